@@ -1,0 +1,175 @@
+//! The event schema: one variant per kind of record, serialised as JSON objects with a `type`.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the record schema; written into every log header.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One SMTP reply as the client saw it: the command that got it, the code, enhanced code, text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmtpReply {
+    pub command: String,
+    pub code: u16,
+    /// Enhanced status code (RFC 3463) such as `5.1.1`, when the server sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<String>,
+    pub text: String,
+}
+
+impl SmtpReply {
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+/// A state change. `msg` is the MTA's queue id for one (message, recipient) pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A run began: which scenario, which seed.
+    RunStarted { scenario: String, seed: u64, mode: String },
+    /// A run ended (all messages final, or its time limit was reached).
+    RunFinished { reason: String },
+    /// A message for one recipient entered the queue.
+    Injected {
+        msg: u64,
+        message_id: String,
+        from: String,
+        rcpt: String,
+        domain: String,
+        size: u64,
+    },
+    /// A DNS answer the MTA used for routing (MX or A lookup).
+    DnsAnswer {
+        domain: String,
+        qtype: String,
+        answer: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// An outbound connection was established.
+    ConnOpened { conn: u64, domain: String, mx: String, addr: String },
+    /// An outbound connection attempt failed before a session.
+    ConnFailed { domain: String, mx: String, addr: String, error: String },
+    /// An outbound connection ended.
+    ConnClosed { conn: u64, messages: u64 },
+    /// The MTA received an SMTP reply.
+    SmtpReply {
+        conn: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msg: Option<u64>,
+        #[serde(flatten)]
+        reply: SmtpReply,
+    },
+    /// The receiving server accepted the message for the recipient.
+    Delivered { msg: u64, rcpt: String, domain: String, mx: String, attempts: u32 },
+    /// A temporary failure; the message stays queued until `retry_at_ms`.
+    Deferred {
+        msg: u64,
+        rcpt: String,
+        domain: String,
+        attempts: u32,
+        retry_at_ms: u64,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply: Option<SmtpReply>,
+    },
+    /// A permanent failure.
+    Bounced {
+        msg: u64,
+        rcpt: String,
+        domain: String,
+        attempts: u32,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply: Option<SmtpReply>,
+    },
+    /// The message outlived the queue lifetime.
+    Expired { msg: u64, rcpt: String, domain: String, attempts: u32, reason: String },
+    /// Receiving side: a server accepted a connection.
+    SessionAccepted { host: String, session: u64, peer: String },
+    /// Receiving side: the verdicts for one received message.
+    AuthVerdict {
+        host: String,
+        session: u64,
+        message_id: String,
+        mail_from: String,
+        header_from: String,
+        spf: String,
+        dkim: String,
+        dmarc: String,
+    },
+    /// Receiving side: a message was stored for a user.
+    Stored { host: String, session: u64, message_id: String, rcpt: String, size: u64 },
+    /// Receiving side: the server refused a recipient or message.
+    Refused { host: String, session: u64, command: String, code: u16, enhanced: String, rcpt: String },
+}
+
+impl Event {
+    /// The `type` tag of this event, as it appears in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::RunStarted { .. } => "run_started",
+            Event::RunFinished { .. } => "run_finished",
+            Event::Injected { .. } => "injected",
+            Event::DnsAnswer { .. } => "dns_answer",
+            Event::ConnOpened { .. } => "conn_opened",
+            Event::ConnFailed { .. } => "conn_failed",
+            Event::ConnClosed { .. } => "conn_closed",
+            Event::SmtpReply { .. } => "smtp_reply",
+            Event::Delivered { .. } => "delivered",
+            Event::Deferred { .. } => "deferred",
+            Event::Bounced { .. } => "bounced",
+            Event::Expired { .. } => "expired",
+            Event::SessionAccepted { .. } => "session_accepted",
+            Event::AuthVerdict { .. } => "auth_verdict",
+            Event::Stored { .. } => "stored",
+            Event::Refused { .. } => "refused",
+        }
+    }
+}
+
+/// One record of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch, from the run's clock.
+    pub ts: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_through_json_with_type_tag() {
+        let rec = Record {
+            seq: 7,
+            ts: 1_000,
+            event: Event::SmtpReply {
+                conn: 3,
+                msg: Some(9),
+                reply: SmtpReply {
+                    command: "RCPT".into(),
+                    code: 550,
+                    enhanced: Some("5.1.1".into()),
+                    text: "no such user".into(),
+                },
+            },
+        };
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(json.contains(r#""type":"smtp_reply""#), "{json}");
+        assert!(json.contains(r#""code":550"#), "{json}");
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.event.kind(), "smtp_reply");
+    }
+}

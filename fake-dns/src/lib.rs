@@ -1,0 +1,338 @@
+//! Synthetic DNS for mailsim.
+//!
+//! * [`ZoneSet`] is the zone model a scenario is compiled into: zones (origins) holding A, MX,
+//!   TXT (SPF, DKIM keys, DMARC), NS and PTR records. It answers in-process with
+//!   [`ZoneSet::lookup`] (for virtual time) and builds a hickory [`Catalog`].
+//! * [`DnsServer`] serves that catalog with hickory-server over UDP and TCP on one loopback
+//!   port, and shuts down cleanly.
+
+use hickory_proto::rr::rdata::{A, MX, NS, PTR, SOA, TXT};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::Server;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket};
+
+/// Default TTL of synthetic records, in seconds.
+pub const TTL_S_DEFAULT: u32 = 300;
+/// A DNS TXT character-string holds at most 255 octets; longer texts are split.
+const TXT_STRING_BYTES_MAX: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("invalid DNS name {name:?}: {message}")]
+    BadName { name: String, message: String },
+    #[error("zone {origin}: {message}")]
+    Zone { origin: String, message: String },
+    #[error("binding DNS server on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The data of one synthetic record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordData {
+    A(Ipv4Addr),
+    Mx { preference: u16, exchange: String },
+    Txt(String),
+    Ptr(String),
+    Ns(String),
+}
+
+impl RecordData {
+    pub fn record_type(&self) -> RecordType {
+        match self {
+            RecordData::A(_) => RecordType::A,
+            RecordData::Mx { .. } => RecordType::MX,
+            RecordData::Txt(_) => RecordType::TXT,
+            RecordData::Ptr(_) => RecordType::PTR,
+            RecordData::Ns(_) => RecordType::NS,
+        }
+    }
+}
+
+/// One record: owner name (absolute, without the trailing dot is fine), TTL, data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneRecord {
+    pub name: String,
+    pub ttl_s: u32,
+    pub data: RecordData,
+}
+
+/// The answer of an in-process lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Answer(Vec<RecordData>),
+    /// The name exists but has no record of that type.
+    NoData,
+    NxDomain,
+    /// No zone here is authoritative for the name.
+    NotAuthoritative,
+}
+
+/// The zone model: a set of zone origins and the records under them.
+///
+/// Declaring a zone also declares every parent suffix (`news.example.test` brings `example.test`
+/// and `test`), so that fake-dns is authoritative for the whole tree it serves and answers
+/// NXDOMAIN, not REFUSED, for names nobody published (DMARC's tree walk asks those).
+#[derive(Debug, Clone, Default)]
+pub struct ZoneSet {
+    origins: BTreeSet<String>,
+    records: BTreeMap<String, Vec<ZoneRecord>>,
+}
+
+/// Lower-case a name and drop a trailing dot, the form used as map keys.
+pub fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn parse_name(name: &str) -> Result<Name, DnsError> {
+    let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
+    Name::from_str(&fqdn).map_err(|e| DnsError::BadName { name: name.to_string(), message: e.to_string() })
+}
+
+impl ZoneSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declare a zone and its parent suffixes (idempotent).
+    pub fn add_zone(&mut self, origin: &str) {
+        let origin = normalize(origin);
+        let mut candidate = origin.as_str();
+        loop {
+            if !candidate.is_empty() {
+                self.origins.insert(candidate.to_string());
+            }
+            match candidate.split_once('.') {
+                Some((_, rest)) => candidate = rest,
+                None => break,
+            }
+        }
+    }
+
+    /// Add a record; declares a zone for `name` itself when no declared zone covers it.
+    pub fn add(&mut self, name: &str, data: RecordData) {
+        let name = normalize(name);
+        if self.zone_for(&name).is_none() {
+            self.add_zone(&name);
+        }
+        self.records.entry(name.clone()).or_default().push(ZoneRecord { name, ttl_s: TTL_S_DEFAULT, data });
+    }
+
+    /// Remove every record of `name` with the given type.
+    pub fn remove(&mut self, name: &str, rtype: RecordType) {
+        if let Some(records) = self.records.get_mut(&normalize(name)) {
+            records.retain(|r| r.data.record_type() != rtype);
+        }
+    }
+
+    /// The most specific declared zone that is authoritative for `name`.
+    pub fn zone_for(&self, name: &str) -> Option<String> {
+        let name = normalize(name);
+        let mut candidate = name.as_str();
+        loop {
+            if self.origins.contains(candidate) {
+                return Some(candidate.to_string());
+            }
+            match candidate.split_once('.') {
+                Some((_, rest)) => candidate = rest,
+                None => return None,
+            }
+        }
+    }
+
+    /// Zones with the records each is authoritative for.
+    pub fn zones(&self) -> impl Iterator<Item = (&str, Vec<&ZoneRecord>)> {
+        self.origins.iter().map(|origin| {
+            let records = self
+                .records
+                .values()
+                .flatten()
+                .filter(|r| self.zone_for(&r.name).as_deref() == Some(origin.as_str()))
+                .collect();
+            (origin.as_str(), records)
+        })
+    }
+
+    /// Answer a query from the model itself, without a socket.
+    pub fn lookup(&self, name: &str, rtype: RecordType) -> Lookup {
+        let name = normalize(name);
+        if self.zone_for(&name).is_none() {
+            return Lookup::NotAuthoritative;
+        }
+        let answer: Vec<RecordData> = self
+            .records
+            .get(&name)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.data.record_type() == rtype)
+            .map(|r| r.data.clone())
+            .collect();
+        if !answer.is_empty() {
+            return Lookup::Answer(answer);
+        }
+        let suffix = format!(".{name}");
+        let exists = self.origins.contains(&name)
+            || self.records.get(&name).is_some_and(|r| !r.is_empty())
+            || self.records.iter().any(|(k, v)| !v.is_empty() && k.ends_with(&suffix));
+        if exists { Lookup::NoData } else { Lookup::NxDomain }
+    }
+
+    /// Build a hickory catalog with one authoritative in-memory zone per origin.
+    pub fn to_catalog(&self) -> Result<Catalog, DnsError> {
+        let mut catalog = Catalog::new();
+        for (origin, records) in self.zones() {
+            let records: Vec<&ZoneRecord> = records;
+            let origin_name = parse_name(origin)?;
+            let mut zone: InMemoryZoneHandler = InMemoryZoneHandler::empty(
+                origin_name.clone(),
+                ZoneType::Primary,
+                AxfrPolicy::Deny,
+            );
+            let serial = 1;
+            let ns_name = parse_name(&format!("ns.{origin}"))?;
+            let soa = SOA::new(
+                ns_name.clone(),
+                parse_name(&format!("hostmaster.{origin}"))?,
+                serial,
+                3600,
+                600,
+                86_400,
+                60,
+            );
+            let zone_err = |message: String| DnsError::Zone { origin: origin.to_string(), message };
+            if !zone.upsert_mut(Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)), serial) {
+                return Err(zone_err("SOA rejected".into()));
+            }
+            zone.upsert_mut(Record::from_rdata(origin_name.clone(), 3600, RData::NS(NS(ns_name))), serial);
+            for r in records {
+                let owner = parse_name(&r.name)?;
+                let rdata = match &r.data {
+                    RecordData::A(ip) => RData::A(A(*ip)),
+                    RecordData::Mx { preference, exchange } => {
+                        RData::MX(MX::new(*preference, parse_name(exchange)?))
+                    }
+                    RecordData::Txt(text) => RData::TXT(TXT::new(split_txt(text))),
+                    RecordData::Ptr(target) => RData::PTR(PTR(parse_name(target)?)),
+                    RecordData::Ns(target) => RData::NS(NS(parse_name(target)?)),
+                };
+                if !zone.upsert_mut(Record::from_rdata(owner, r.ttl_s, rdata), serial) {
+                    return Err(zone_err(format!("record {} {:?} rejected", r.name, r.data)));
+                }
+            }
+            let handler: Arc<dyn ZoneHandler> = Arc::new(zone);
+            catalog.upsert(LowerName::new(&origin_name), vec![handler]);
+        }
+        Ok(catalog)
+    }
+}
+
+/// Split a long TXT value into character-strings of at most 255 octets (on char boundaries).
+fn split_txt(text: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    for ch in text.chars() {
+        if current.len() + ch.len_utf8() > TXT_STRING_BYTES_MAX {
+            parts.push(std::mem::take(&mut current));
+        }
+        current.push(ch);
+    }
+    parts.push(current);
+    parts
+}
+
+/// A running hickory-server answering from a [`ZoneSet`] on UDP and TCP.
+pub struct DnsServer {
+    addr: SocketAddr,
+    server: Server<Catalog>,
+}
+
+impl DnsServer {
+    /// Bind UDP and TCP on `addr` (port 0 picks a port free for both) and start serving.
+    pub async fn start(zones: &ZoneSet, addr: SocketAddr) -> Result<DnsServer, DnsError> {
+        let catalog = zones.to_catalog()?;
+        let (udp, tcp) = bind_pair(addr).await?;
+        let addr = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
+        let mut server = Server::new(catalog);
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
+        tracing::debug!(%addr, "fake-dns listening");
+        Ok(DnsServer { addr, server })
+    }
+
+    /// The address serving both UDP and TCP.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting queries and wait for the server tasks to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.server.shutdown_gracefully().await;
+    }
+
+    /// Serve until the server fails or is stopped from elsewhere.
+    pub async fn wait(mut self) -> Result<(), String> {
+        self.server.block_until_done().await.map_err(|e| e.to_string())
+    }
+}
+
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+    let bind_err = |source| DnsError::Bind { addr, source };
+    if addr.port() != 0 {
+        let udp = UdpSocket::bind(addr).await.map_err(bind_err)?;
+        let tcp = TcpListener::bind(addr).await.map_err(bind_err)?;
+        return Ok((udp, tcp));
+    }
+    // Port 0: let UDP pick, then take the same port for TCP; retry if TCP's is taken.
+    let mut last = None;
+    for _ in 0..32 {
+        let udp = UdpSocket::bind(addr).await.map_err(bind_err)?;
+        let picked = udp.local_addr().map_err(bind_err)?;
+        match TcpListener::bind(picked).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_err(last.unwrap_or_else(|| std::io::Error::other("no free port"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ZoneSet {
+        let mut z = ZoneSet::new();
+        z.add_zone("example.test");
+        z.add("example.test", RecordData::Mx { preference: 10, exchange: "mx1.example.test".into() });
+        z.add("mx1.example.test", RecordData::A(Ipv4Addr::new(127, 0, 1, 1)));
+        z.add("example.test", RecordData::Txt("v=spf1 ip4:127.0.0.1 -all".into()));
+        z
+    }
+
+    #[test]
+    fn in_process_lookup_distinguishes_nodata_and_nxdomain() {
+        let z = sample();
+        assert_eq!(
+            z.lookup("EXAMPLE.test.", RecordType::MX),
+            Lookup::Answer(vec![RecordData::Mx { preference: 10, exchange: "mx1.example.test".into() }])
+        );
+        assert_eq!(z.lookup("example.test", RecordType::A), Lookup::NoData);
+        assert_eq!(z.lookup("nope.example.test", RecordType::A), Lookup::NxDomain);
+        assert_eq!(z.lookup("other.test", RecordType::A), Lookup::NxDomain, "parent zone test. is ours");
+        assert_eq!(z.lookup("other.example", RecordType::A), Lookup::NotAuthoritative);
+    }
+
+    #[test]
+    fn long_txt_is_split_into_255_octet_strings() {
+        let long = "p=".to_string() + &"A".repeat(600);
+        let parts = split_txt(&long);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.len() <= 255));
+        assert_eq!(parts.concat(), long);
+    }
+}

@@ -1,0 +1,134 @@
+//! SPF, DKIM and DMARC verification with mail-auth, against whatever DNS the resolver points at
+//! (fake-dns in mailsim).
+
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::{AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator, SpfResult};
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// The verdicts for one message, as short lowercase words, plus the header to prepend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    pub spf: String,
+    pub dkim: String,
+    pub dmarc: String,
+    /// The RFC5322.From domain.
+    pub header_from: String,
+    /// The DMARC policy the From domain publishes (`none`, `quarantine`, `reject`), if any.
+    pub dmarc_policy: Option<String>,
+    /// `Authentication-Results: ...\r\n`.
+    pub header: String,
+}
+
+pub struct Verifier {
+    auth: MessageAuthenticator,
+    hostname: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("building the DNS resolver for verification: {0}")]
+pub struct VerifierError(String);
+
+impl Verifier {
+    /// A verifier asking the DNS server at `dns` (UDP and TCP).
+    pub fn new(dns: SocketAddr, hostname: &str) -> Result<Self, VerifierError> {
+        let mut udp = ConnectionConfig::udp();
+        udp.port = dns.port();
+        let mut tcp = ConnectionConfig::tcp();
+        tcp.port = dns.port();
+        let config = ResolverConfig::from_parts(None, vec![], vec![NameServerConfig::new(dns.ip(), true, vec![udp, tcp])]);
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        opts.cache_size = 4096;
+        opts.ndots = 0;
+        let auth = MessageAuthenticator::new(config, opts).map_err(|e| VerifierError(e.to_string()))?;
+        Ok(Verifier { auth, hostname: hostname.to_string() })
+    }
+
+    /// Verify a message received from `ip` after `helo`, with envelope sender `mail_from`.
+    pub async fn verify(&self, ip: IpAddr, helo: &str, mail_from: &str, message: &[u8]) -> Verdicts {
+        let mail_from_domain = mail_from.rsplit_once('@').map_or(helo, |(_, d)| d).to_string();
+        let spf = self
+            .auth
+            .verify_spf(SpfParameters::verify_mail_from(ip, helo, &self.hostname, mail_from))
+            .await;
+        let spf_word = spf_word(spf.result());
+        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+            let header = format!(
+                "Authentication-Results: {}; spf={spf_word} smtp.mailfrom={mail_from}; dkim=permerror (unparsable message); dmarc=permerror\r\n",
+                self.hostname
+            );
+            return Verdicts {
+                spf: spf_word.into(),
+                dkim: "permerror".into(),
+                dmarc: "permerror".into(),
+                header_from: String::new(),
+                dmarc_policy: None,
+                header,
+            };
+        };
+        let dkim = self.auth.verify_dkim(&parsed).await;
+        let dmarc = self
+            .auth
+            .verify_dmarc(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf))
+            .await;
+        let header_from = Some(parsed.from()).and_then(|f| f.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        let dkim_word = if dkim.is_empty() {
+            "none"
+        } else if dkim.iter().any(|d| d.result() == &DkimResult::Pass) {
+            "pass"
+        } else {
+            dkim_word(dkim[0].result())
+        };
+        let dmarc_word = match (dmarc.dkim_result(), dmarc.spf_result()) {
+            (DmarcResult::Pass, _) | (_, DmarcResult::Pass) => "pass",
+            (DmarcResult::None, DmarcResult::None) => "none",
+            (DmarcResult::TempError(_), _) | (_, DmarcResult::TempError(_)) => "temperror",
+            (DmarcResult::PermError(_), _) | (_, DmarcResult::PermError(_)) => "permerror",
+            _ => "fail",
+        };
+        let dmarc_policy = (dmarc_word != "none" || !dmarc.domain().is_empty())
+            .then(|| format!("{:?}", dmarc.policy()).to_ascii_lowercase())
+            .filter(|p| p != "unspecified");
+        let header = AuthenticationResults::new(&self.hostname)
+            .with_spf_mailfrom_result(&spf, ip, mail_from, helo)
+            .with_dkim_results(&dkim, &header_from)
+            .with_dmarc_result(&dmarc)
+            .to_header();
+        Verdicts {
+            spf: spf_word.into(),
+            dkim: dkim_word.into(),
+            dmarc: dmarc_word.into(),
+            header_from,
+            dmarc_policy,
+            header,
+        }
+    }
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn dkim_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::None => "none",
+    }
+}

@@ -1,0 +1,458 @@
+//! Inbound SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES).
+
+use smtp_proto::request::receiver::DataReceiver;
+use smtp_proto::Request;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Limits and names of a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub hostname: String,
+    /// RFC 5321 section 4.5.3.1.4: a command line is at most 512 octets with CRLF.
+    pub command_line_bytes_max: usize,
+    pub message_bytes_max: usize,
+    pub rcpts_per_message_max: usize,
+    pub connections_max: usize,
+    /// A client silent for this long is dropped (RFC 5321 suggests 5 minutes).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "mx.mailsim.test".into(),
+            command_line_bytes_max: 512,
+            message_bytes_max: 25 * 1024 * 1024,
+            rcpts_per_message_max: 100,
+            connections_max: 1024,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A reply to send: code, enhanced status code, text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: Option<(u8, u16, u16)>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Self {
+        Reply { code, enhanced: Some(enhanced), text: text.into() }
+    }
+
+    pub fn enhanced_str(&self) -> String {
+        self.enhanced.map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_default()
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// Append the wire form (multi-line when the text has newlines).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let lines: Vec<&str> = self.text.split('\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            out.extend_from_slice(format!("{}{}", self.code, sep).as_bytes());
+            if let Some((a, b, c)) = self.enhanced {
+                out.extend_from_slice(format!("{a}.{b}.{c} ").as_bytes());
+            }
+            out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// What the session knows of its client.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub helo: String,
+}
+
+/// The envelope of the transaction in progress.
+#[derive(Debug, Clone, Default)]
+pub struct Transaction {
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+}
+
+/// The decisions of a server: who is accepted, what happens to a message.
+pub trait Backend: Send + Sync + 'static {
+    /// `Some(reply)` refuses the connection with that reply (then closes).
+    fn on_connect(&self, info: &SessionInfo) -> Option<Reply>;
+    fn on_mail(&self, info: &SessionInfo, from: &str) -> Reply;
+    fn on_rcpt(&self, info: &SessionInfo, tx: &Transaction, rcpt: &str) -> impl Future<Output = Reply> + Send;
+    fn on_data(&self, info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> impl Future<Output = Reply> + Send;
+}
+
+/// One unit of client input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A command line without its CRLF.
+    Line(Vec<u8>),
+    /// A command line longer than the limit (already discarded up to its end).
+    LineTooLong,
+    /// A complete DATA body, dot-unstuffed, without the final `.`.
+    Data(Vec<u8>),
+    /// A DATA body over the size limit (discarded).
+    DataTooBig,
+}
+
+/// Sans-IO framer: feed it bytes, take complete command lines or DATA bodies.
+pub struct Framer {
+    buf: Vec<u8>,
+    pos: usize,
+    line_bytes_max: usize,
+    data_bytes_max: usize,
+    data: Option<(DataReceiver, Vec<u8>, bool)>,
+    discarding_line: bool,
+}
+
+impl Framer {
+    pub fn new(line_bytes_max: usize, data_bytes_max: usize) -> Self {
+        Framer { buf: Vec::new(), pos: 0, line_bytes_max, data_bytes_max, data: None, discarding_line: false }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Switch to DATA mode (after replying 354).
+    pub fn start_data(&mut self) {
+        self.data = Some((DataReceiver::new(), Vec::new(), false));
+    }
+
+    pub fn has_buffered(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    pub fn next(&mut self) -> Option<Input> {
+        let rest = &self.buf[self.pos..];
+        if let Some((receiver, body, too_big)) = self.data.as_mut() {
+            let mut it = rest.iter();
+            let done = receiver.ingest(&mut it, body);
+            self.pos = self.buf.len() - it.len();
+            if body.len() > self.data_bytes_max {
+                *too_big = true;
+                body.clear();
+            }
+            if !done {
+                self.compact();
+                return None;
+            }
+            let (_, body, too_big) = self.data.take().expect("data mode");
+            return Some(if too_big { Input::DataTooBig } else { Input::Data(body) });
+        }
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(nl) => {
+                let line_end = self.pos + nl + 1;
+                let line = &self.buf[self.pos..line_end];
+                self.pos = line_end;
+                if self.discarding_line {
+                    self.discarding_line = false;
+                    return Some(Input::LineTooLong);
+                }
+                if line.len() > self.line_bytes_max {
+                    return Some(Input::LineTooLong);
+                }
+                let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+                let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+                Some(Input::Line(trimmed.to_vec()))
+            }
+            None => {
+                if rest.len() > self.line_bytes_max {
+                    self.discarding_line = true;
+                    self.pos = self.buf.len();
+                }
+                self.compact();
+                None
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Run one SMTP session over any stream.
+pub async fn handle_session<S, B>(mut stream: S, mut info: SessionInfo, backend: &B, cfg: &ServerConfig)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let mut out = Vec::with_capacity(1024);
+    if let Some(refusal) = backend.on_connect(&info) {
+        refusal.write_to(&mut out);
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+    Reply { code: 220, enhanced: None, text: format!("{} ESMTP mailsim", cfg.hostname) }.write_to(&mut out);
+    let mut framer = Framer::new(cfg.command_line_bytes_max, cfg.message_bytes_max);
+    let mut tx: Option<Transaction> = None;
+    let mut readbuf = vec![0u8; 64 * 1024];
+    loop {
+        // Reply to everything pipelined so far before reading more (RFC 2920).
+        if !framer.has_buffered() && !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        let input = match framer.next() {
+            Some(input) => input,
+            None => {
+                if !out.is_empty() {
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+                let n = match tokio::time::timeout(cfg.idle_timeout, stream.read(&mut readbuf)).await {
+                    Err(_) => {
+                        Reply::new(421, (4, 4, 2), format!("{} idle too long, closing", cfg.hostname)).write_to(&mut out);
+                        let _ = stream.write_all(&out).await;
+                        return;
+                    }
+                    Ok(Err(_)) | Ok(Ok(0)) => return,
+                    Ok(Ok(n)) => n,
+                };
+                framer.feed(&readbuf[..n]);
+                continue;
+            }
+        };
+        let flow = match input {
+            Input::LineTooLong => {
+                Reply::new(500, (5, 5, 6), "line too long").write_to(&mut out);
+                Flow::Continue
+            }
+            Input::DataTooBig => {
+                tx = None;
+                Reply::new(552, (5, 3, 4), "message exceeds the size limit").write_to(&mut out);
+                Flow::Continue
+            }
+            Input::Data(message) => {
+                let t = tx.take().unwrap_or_default();
+                backend.on_data(&info, &t, message).await.write_to(&mut out);
+                Flow::Continue
+            }
+            Input::Line(line) => command(&line, &mut info, &mut tx, &mut framer, backend, cfg, &mut out).await,
+        };
+        if flow == Flow::Close {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+async fn command<B: Backend>(
+    line: &[u8],
+    info: &mut SessionInfo,
+    tx: &mut Option<Transaction>,
+    framer: &mut Framer,
+    backend: &B,
+    cfg: &ServerConfig,
+    out: &mut Vec<u8>,
+) -> Flow {
+    let mut with_crlf = Vec::with_capacity(line.len() + 2);
+    with_crlf.extend_from_slice(line);
+    with_crlf.extend_from_slice(b"\r\n");
+    let request = match Request::parse(&mut with_crlf.iter()) {
+        Ok(r) => r.into_owned(),
+        Err(smtp_proto::Error::UnknownCommand) => {
+            Reply::new(500, (5, 5, 2), "command not recognized").write_to(out);
+            return Flow::Continue;
+        }
+        Err(smtp_proto::Error::InvalidSenderAddress) => {
+            Reply::new(501, (5, 1, 7), "bad sender address syntax").write_to(out);
+            return Flow::Continue;
+        }
+        Err(smtp_proto::Error::InvalidRecipientAddress) => {
+            Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out);
+            return Flow::Continue;
+        }
+        Err(e) => {
+            Reply::new(501, (5, 5, 4), format!("syntax error: {e:?}")).write_to(out);
+            return Flow::Continue;
+        }
+    };
+    match request {
+        Request::Ehlo { host } | Request::Lhlo { host } => {
+            info.helo = host;
+            *tx = None;
+            let text = format!(
+                "{} hello {}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
+                cfg.hostname, info.helo, cfg.message_bytes_max
+            );
+            Reply { code: 250, enhanced: None, text }.write_to(out);
+        }
+        Request::Helo { host } => {
+            info.helo = host;
+            *tx = None;
+            Reply { code: 250, enhanced: None, text: cfg.hostname.clone() }.write_to(out);
+        }
+        Request::Mail { from } => {
+            if info.helo.is_empty() {
+                Reply::new(503, (5, 5, 1), "say EHLO first").write_to(out);
+            } else if tx.is_some() {
+                Reply::new(503, (5, 5, 1), "nested MAIL command").write_to(out);
+            } else if from.size > cfg.message_bytes_max {
+                Reply::new(552, (5, 3, 4), "message size exceeds fixed maximum message size").write_to(out);
+            } else {
+                let reply = backend.on_mail(info, &from.address);
+                if reply.is_positive() {
+                    *tx = Some(Transaction { mail_from: from.address, rcpts: Vec::new() });
+                }
+                reply.write_to(out);
+            }
+        }
+        Request::Rcpt { to } => match tx.as_mut() {
+            None => Reply::new(503, (5, 5, 1), "need MAIL before RCPT").write_to(out),
+            Some(t) if t.rcpts.len() >= cfg.rcpts_per_message_max => {
+                Reply::new(452, (4, 5, 3), "too many recipients").write_to(out)
+            }
+            Some(t) => {
+                let reply = backend.on_rcpt(info, t, &to.address).await;
+                if reply.is_positive() {
+                    t.rcpts.push(to.address);
+                }
+                reply.write_to(out);
+            }
+        },
+        Request::Data => match tx.as_ref() {
+            Some(t) if !t.rcpts.is_empty() => {
+                Reply { code: 354, enhanced: None, text: "end data with <CR><LF>.<CR><LF>".into() }.write_to(out);
+                framer.start_data();
+            }
+            Some(_) => {
+                *tx = None;
+                Reply::new(554, (5, 5, 1), "no valid recipients").write_to(out);
+            }
+            None => Reply::new(503, (5, 5, 1), "need MAIL and RCPT before DATA").write_to(out),
+        },
+        Request::Rset => {
+            *tx = None;
+            Reply::new(250, (2, 0, 0), "reset").write_to(out);
+        }
+        Request::Noop { .. } => Reply::new(250, (2, 0, 0), "OK").write_to(out),
+        Request::Vrfy { .. } => Reply::new(252, (2, 1, 5), "cannot verify, will attempt delivery").write_to(out),
+        Request::Quit => {
+            Reply::new(221, (2, 0, 0), format!("{} closing", cfg.hostname)).write_to(out);
+            return Flow::Close;
+        }
+        other => Reply::new(502, (5, 5, 1), format!("{} not implemented", other.name())).write_to(out),
+    }
+    Flow::Continue
+}
+
+/// Accept connections on `listener` until `shutdown` resolves, at most `connections_max` at
+/// once; then wait for every open session to finish.
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    cfg: Arc<ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+    let limit = Arc::new(Semaphore::new(cfg.connections_max));
+    let mut sessions = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    let mut out = Vec::new();
+                    Reply::new(421, (4, 7, 0), "too many connections, try later").write_to(&mut out);
+                    let mut stream = stream;
+                    let _ = stream.write_all(&out).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(peer);
+                let info = SessionInfo { id: SESSION_IDS.fetch_add(1, Ordering::Relaxed), peer, local, helo: String::new() };
+                let backend = backend.clone();
+                let cfg = cfg.clone();
+                sessions.spawn(async move {
+                    handle_session(stream, info, backend.as_ref(), &cfg).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    while sessions.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framer_splits_pipelined_commands_and_data() {
+        let mut f = Framer::new(512, 1000);
+        f.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDA");
+        assert_eq!(f.next(), Some(Input::Line(b"MAIL FROM:<a@b>".to_vec())));
+        assert_eq!(f.next(), Some(Input::Line(b"RCPT TO:<c@d>".to_vec())));
+        assert_eq!(f.next(), None);
+        f.feed(b"TA\r\n");
+        assert_eq!(f.next(), Some(Input::Line(b"DATA".to_vec())));
+        f.start_data();
+        f.feed(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
+        assert_eq!(f.next(), Some(Input::Data(b"Subject: x\r\n\r\n.dot\r\n".to_vec())));
+        assert_eq!(f.next(), Some(Input::Line(b"QUIT".to_vec())));
+    }
+
+    #[test]
+    fn framer_flags_long_lines_and_big_messages() {
+        let mut f = Framer::new(16, 10);
+        f.feed(&[b'A'; 40]);
+        assert_eq!(f.next(), None);
+        f.feed(b"AAAA\r\nNOOP\r\n");
+        assert_eq!(f.next(), Some(Input::LineTooLong));
+        assert_eq!(f.next(), Some(Input::Line(b"NOOP".to_vec())));
+        f.start_data();
+        f.feed(b"0123456789abcdef\r\n.\r\n");
+        assert_eq!(f.next(), Some(Input::DataTooBig));
+    }
+
+    #[test]
+    fn multiline_reply_wire_form() {
+        let mut out = Vec::new();
+        Reply { code: 250, enhanced: None, text: "mx hello\nPIPELINING".into() }.write_to(&mut out);
+        assert_eq!(out, b"250-mx hello\r\n250 PIPELINING\r\n");
+        out.clear();
+        Reply::new(550, (5, 1, 1), "no such user").write_to(&mut out);
+        assert_eq!(out, b"550 5.1.1 no such user\r\n");
+    }
+}

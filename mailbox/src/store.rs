@@ -1,0 +1,105 @@
+//! Maildir storage: `ROOT/<domain>/<local-part>/{tmp,new,cur}`, written to tmp and renamed into
+//! new (optionally fsynced first, as a durable mail server must).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct Maildir {
+    root: PathBuf,
+    fsync: bool,
+    counter: AtomicU64,
+    tag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("storing into {path}: {source}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// A recipient address turned into a safe (domain, local part) pair of path components.
+fn path_parts(rcpt: &str) -> Option<(String, String)> {
+    let (local, domain) = rcpt.rsplit_once('@')?;
+    let clean = |s: &str| -> Option<String> {
+        let s = s.to_ascii_lowercase();
+        let ok = !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "._+-=".contains(c));
+        ok.then_some(s)
+    };
+    Some((clean(domain)?, clean(local)?))
+}
+
+impl Maildir {
+    /// `tag` makes file names unique between stores sharing a root (e.g. the MX host name).
+    pub fn new(root: &Path, fsync: bool, tag: &str) -> Self {
+        Maildir { root: root.to_path_buf(), fsync, counter: AtomicU64::new(0), tag: tag.replace(['/', '.'], "_") }
+    }
+
+    pub fn user_dir(&self, rcpt: &str) -> Option<PathBuf> {
+        let (domain, local) = path_parts(rcpt)?;
+        Some(self.root.join(domain).join(local))
+    }
+
+    /// Store `message` for `rcpt`; returns the path in `new/`.
+    pub fn deliver(&self, rcpt: &str, message: &[u8]) -> Result<PathBuf, StoreError> {
+        let dir = self.user_dir(rcpt).ok_or_else(|| StoreError {
+            path: self.root.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, format!("unsafe recipient {rcpt:?}")),
+        })?;
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError { path, source }
+        };
+        for sub in ["tmp", "new", "cur"] {
+            let d = dir.join(sub);
+            if !d.exists() {
+                fs::create_dir_all(&d).map_err(err(&d))?;
+            }
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}.{}.{}", std::process::id(), n, self.tag);
+        let tmp = dir.join("tmp").join(&name);
+        let new = dir.join("new").join(&name);
+        let mut f = File::create(&tmp).map_err(err(&tmp))?;
+        f.write_all(message).map_err(err(&tmp))?;
+        if self.fsync {
+            f.sync_all().map_err(err(&tmp))?;
+        }
+        fs::rename(&tmp, &new).map_err(err(&new))?;
+        Ok(new)
+    }
+
+    /// Every message stored for `rcpt`, in `new/` and `cur/`.
+    pub fn messages(&self, rcpt: &str) -> Vec<PathBuf> {
+        let Some(dir) = self.user_dir(rcpt) else { return vec![] };
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = fs::read_dir(dir.join(sub)) {
+                out.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliver_and_list_and_refuse_path_tricks() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path(), true, "mx1.example.test");
+        let p = md.deliver("Bob@Example.Test", b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        assert!(p.starts_with(dir.path().join("example.test/bob/new")));
+        assert_eq!(md.messages("bob@example.test").len(), 1);
+        assert!(md.deliver("../../etc@example.test", b"x").is_err());
+        assert!(md.deliver("a@..", b"x").is_err());
+    }
+}

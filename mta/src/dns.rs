@@ -1,0 +1,130 @@
+//! MX resolution behind a trait, so live mode asks fake-dns over the wire and tests or virtual
+//! mode can answer from memory.
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One MX host with its addresses, in the order to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    pub name: String,
+    pub preference: u16,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Why a destination has no usable route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Try again later (SERVFAIL, timeout, no address for any MX yet).
+    #[error("temporary DNS failure: {0}")]
+    Temp(String),
+    /// Never deliverable (NXDOMAIN, null MX).
+    #[error("permanent DNS failure: {0}")]
+    Perm(String),
+}
+
+/// Resolves a recipient domain to its MX hosts, sorted by preference.
+pub trait Resolver: Send + Sync + 'static {
+    fn route(&self, domain: &str) -> impl Future<Output = Result<Vec<MxHost>, RouteError>> + Send;
+}
+
+/// A resolver speaking DNS to one name server (fake-dns in mailsim) through hickory-resolver,
+/// with hickory's cache in front.
+#[derive(Clone)]
+pub struct HickoryResolver {
+    inner: TokioResolver,
+}
+
+impl HickoryResolver {
+    pub fn new(server: SocketAddr) -> Result<Self, RouteError> {
+        let mut udp = ConnectionConfig::udp();
+        udp.port = server.port();
+        let mut tcp = ConnectionConfig::tcp();
+        tcp.port = server.port();
+        let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
+        let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        opts.cache_size = 4096;
+        opts.ndots = 0;
+        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
+            .build()
+            .map_err(|e| RouteError::Temp(format!("building resolver: {e}")))?;
+        Ok(HickoryResolver { inner })
+    }
+
+    async fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, RouteError> {
+        match self.inner.lookup(fqdn(host), RecordType::A).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() => Err(RouteError::Perm(format!("{host}: NXDOMAIN"))),
+            Err(e) if e.is_no_records_found() => Ok(vec![]),
+            Err(e) => Err(RouteError::Temp(format!("{host} A: {e}"))),
+        }
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+}
+
+impl Resolver for HickoryResolver {
+    async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
+        let mx = match self.inner.lookup(fqdn(domain), RecordType::MX).await {
+            Ok(lookup) => {
+                let mut hosts: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((
+                            mx.preference,
+                            mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                hosts.sort();
+                hosts
+            }
+            Err(e) if e.is_nx_domain() => {
+                return Err(RouteError::Perm(format!("{domain}: NXDOMAIN")));
+            }
+            // No MX: RFC 5321 section 5.1, the domain itself is the implicit MX.
+            Err(e) if e.is_no_records_found() => vec![(0, domain.to_ascii_lowercase())],
+            Err(e) => return Err(RouteError::Temp(format!("{domain} MX: {e}"))),
+        };
+        // Null MX (RFC 7505): a single MX with an empty exchange.
+        if mx.len() == 1 && mx[0].1.is_empty() {
+            return Err(RouteError::Perm(format!("{domain} publishes a null MX")));
+        }
+        let mut out = Vec::with_capacity(mx.len());
+        let mut last_err = None;
+        for (preference, name) in mx {
+            match self.addrs(&name).await {
+                Ok(addrs) => out.push(MxHost { name, preference, addrs }),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if out.iter().all(|h| h.addrs.is_empty()) {
+            return Err(match last_err {
+                Some(RouteError::Perm(m)) if out.is_empty() => RouteError::Perm(m),
+                Some(e) => RouteError::Temp(e.to_string()),
+                None => RouteError::Temp(format!("{domain}: no MX host has an address")),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,550 @@
+//! The MTA engine: injection into the spool and queue, the dispatcher that opens connections per
+//! destination within limits, and the delivery sessions that turn SMTP replies into outcomes.
+//!
+//! Everything that changes state emits an event; nothing is counted on the side.
+
+use crate::client::{Envelope, Reply, SmtpClient, SmtpTimeouts};
+use crate::dkim::Signer;
+use crate::dns::{MxHost, Resolver, RouteError};
+use crate::queue::{Queue, QueueEntry, RetryPolicy};
+use crate::spool::{Spool, SpoolError};
+use mailsim_events::{Clock, Event, EventSink, SmtpReply};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, watch};
+
+/// Opens outbound connections; TCP in live mode, in-memory pipes in virtual mode.
+pub trait Connector: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// TCP connector, optionally binding a source address (the MTA's IP, which SPF checks).
+#[derive(Debug, Clone, Default)]
+pub struct TcpConnector {
+    pub source_ip: Option<IpAddr>,
+}
+
+impl Connector for TcpConnector {
+    type Stream = TcpStream;
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if let Some(ip) = self.source_ip {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MtaConfig {
+    /// Name used in EHLO.
+    pub hostname: String,
+    /// TCP port of remote SMTP servers (25 on the Internet; the fleet's port in mailsim).
+    pub remote_port: u16,
+    pub conns_per_domain_max: usize,
+    pub msgs_per_conn_max: usize,
+    pub retry: RetryPolicy,
+    pub timeouts: SmtpTimeouts,
+    /// How long a 421 backs a whole destination off.
+    pub destination_backoff_s: u64,
+}
+
+impl Default for MtaConfig {
+    fn default() -> Self {
+        MtaConfig {
+            hostname: "mta.mailsim.test".into(),
+            remote_port: 25,
+            conns_per_domain_max: 8,
+            msgs_per_conn_max: 500,
+            retry: RetryPolicy::default(),
+            timeouts: SmtpTimeouts::default(),
+            destination_backoff_s: 60,
+        }
+    }
+}
+
+/// A message handed to the MTA.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub message_id: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MtaError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimError),
+    #[error("recipient {0:?} has no domain")]
+    BadRecipient(String),
+}
+
+struct State {
+    queue: Queue,
+    active: HashMap<String, usize>,
+    next_id: u64,
+    next_conn: u64,
+}
+
+struct Inner<R, C> {
+    cfg: MtaConfig,
+    resolver: R,
+    connector: C,
+    spool: Spool,
+    signers: HashMap<String, Signer>,
+    events: EventSink,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    wake: Notify,
+    queued: watch::Sender<usize>,
+}
+
+/// The MTA. Cheap to clone; clones share one queue.
+pub struct Mta<R, C> {
+    inner: Arc<Inner<R, C>>,
+}
+
+impl<R, C> Clone for Mta<R, C> {
+    fn clone(&self) -> Self {
+        Mta { inner: self.inner.clone() }
+    }
+}
+
+enum Fate {
+    Delivered,
+    Temp { reason: String, reply: Option<SmtpReply> },
+    Perm { reason: String, reply: Option<SmtpReply> },
+}
+
+/// A first, coarse reason for a failure, from the enhanced status code or the reply code.
+pub fn coarse_reason(reply: &Reply) -> &'static str {
+    match reply.enhanced.as_deref() {
+        Some("5.1.1") | Some("5.1.0") | Some("5.1.10") => "userunknown",
+        Some("4.2.2") | Some("5.2.2") => "mailboxfull",
+        Some("5.3.4") | Some("5.2.3") => "mesgtoobig",
+        Some("5.7.26") | Some("5.7.25") | Some("5.7.27") => "policyviolation",
+        Some(e) if e.starts_with("5.7") => "blocked",
+        Some(e) if e.starts_with("4.7") => "ratelimited",
+        _ if reply.code == 421 => "ratelimited",
+        _ if reply.code >= 500 => "undefined",
+        _ => "systemerror",
+    }
+}
+
+impl<R: Resolver, C: Connector> Mta<R, C> {
+    pub fn new(
+        cfg: MtaConfig,
+        resolver: R,
+        connector: C,
+        spool: Spool,
+        signers: Vec<Signer>,
+        events: EventSink,
+    ) -> Self {
+        let clock = events.clock().clone();
+        let signers = signers.into_iter().map(|s| (s.domain().to_ascii_lowercase(), s)).collect();
+        Mta {
+            inner: Arc::new(Inner {
+                cfg,
+                resolver,
+                connector,
+                spool,
+                signers,
+                events,
+                clock,
+                state: Mutex::new(State { queue: Queue::new(), active: HashMap::new(), next_id: 1, next_conn: 1 }),
+                wake: Notify::new(),
+                queued: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// Messages (per recipient) still queued.
+    pub fn queued(&self) -> usize {
+        self.inner.state.lock().expect("mta state").queue.len()
+    }
+
+    /// A watch on the queue length.
+    pub fn queued_watch(&self) -> watch::Receiver<usize> {
+        self.inner.queued.subscribe()
+    }
+
+    /// DKIM-sign (when a key for the From domain is configured), spool durably and queue a
+    /// batch. Signing runs on every core. Returns the queue ids. Blocking: call it from a
+    /// blocking thread.
+    pub fn inject(&self, batch: Vec<OutboundMessage>) -> Result<Vec<u64>, MtaError> {
+        let inner = &self.inner;
+        let signed = sign_all(&inner.signers, batch)?;
+        let bodies: Vec<&[u8]> = signed.iter().map(|m| m.body.as_slice()).collect();
+        let refs = inner.spool.write_batch(&bodies)?;
+        let now = inner.clock.now_ms();
+        let mut ids = Vec::new();
+        let mut st = inner.state.lock().expect("mta state");
+        for (m, spool) in signed.iter().zip(refs) {
+            inner.spool.retain(&spool, m.rcpts.len().saturating_sub(1));
+            for rcpt in &m.rcpts {
+                let Some((_, domain)) = rcpt.rsplit_once('@') else {
+                    return Err(MtaError::BadRecipient(rcpt.clone()));
+                };
+                let domain = domain.to_ascii_lowercase();
+                let id = st.next_id;
+                st.next_id += 1;
+                inner.events.emit(Event::Injected {
+                    msg: id,
+                    message_id: m.message_id.clone(),
+                    from: m.from.clone(),
+                    rcpt: rcpt.clone(),
+                    domain: domain.clone(),
+                    size: m.body.len() as u64,
+                });
+                st.queue.insert(QueueEntry {
+                    id,
+                    message_id: m.message_id.clone(),
+                    from: m.from.clone(),
+                    rcpt: rcpt.clone(),
+                    domain,
+                    spool,
+                    injected_ms: now,
+                    attempts: 0,
+                });
+                ids.push(id);
+            }
+        }
+        inner.queued.send_replace(st.queue.len());
+        drop(st);
+        inner.wake.notify_one();
+        Ok(ids)
+    }
+
+    /// Run the dispatcher until `shutdown` resolves; then wait for open sessions to end.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let mut sessions = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let now = self.inner.clock.now_ms();
+            let next_due = {
+                let mut st = self.inner.state.lock().expect("mta state");
+                st.queue.promote_due(now);
+                let wanted: Vec<(String, usize)> = st
+                    .queue
+                    .ready_domains()
+                    .map(|(d, n)| (d.to_string(), n))
+                    .collect();
+                for (domain, ready) in wanted {
+                    let active = st.active.get(&domain).copied().unwrap_or(0);
+                    let by_load = ready.div_ceil(self.inner.cfg.msgs_per_conn_max.max(1));
+                    let want = by_load.max(1).min(self.inner.cfg.conns_per_domain_max);
+                    for _ in active..want {
+                        *st.active.entry(domain.clone()).or_insert(0) += 1;
+                        let conn = st.next_conn;
+                        st.next_conn += 1;
+                        let mta = self.clone();
+                        let domain = domain.clone();
+                        sessions.spawn(async move { mta.session(domain, conn).await });
+                    }
+                }
+                st.queue.next_due_ms()
+            };
+            let sleep = match next_due {
+                Some(due) => Duration::from_millis(due.saturating_sub(now).max(1)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        while sessions.join_next().await.is_some() {}
+    }
+
+    fn take(&self, domain: &str) -> Option<QueueEntry> {
+        self.inner.state.lock().expect("mta state").queue.take_ready(domain)
+    }
+
+    /// One outbound connection for `domain`: route, connect (MX in preference order), then
+    /// deliver ready messages one transaction after another until none are left.
+    async fn session(&self, domain: String, conn: u64) {
+        self.session_inner(&domain, conn).await;
+        let mut st = self.inner.state.lock().expect("mta state");
+        if let Some(n) = st.active.get_mut(&domain) {
+            *n = n.saturating_sub(1);
+        }
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    async fn session_inner(&self, domain: &str, conn: u64) {
+        let inner = &self.inner;
+        let hosts = match inner.resolver.route(domain).await {
+            Ok(hosts) => {
+                inner.events.emit(Event::DnsAnswer {
+                    domain: domain.to_string(),
+                    qtype: "MX".into(),
+                    answer: hosts
+                        .iter()
+                        .map(|h| {
+                            let addrs: Vec<String> = h.addrs.iter().map(|a| a.to_string()).collect();
+                            format!("{} {} {}", h.preference, h.name, addrs.join(","))
+                        })
+                        .collect(),
+                    error: None,
+                });
+                hosts
+            }
+            Err(e) => {
+                inner.events.emit(Event::DnsAnswer {
+                    domain: domain.to_string(),
+                    qtype: "MX".into(),
+                    answer: vec![],
+                    error: Some(e.to_string()),
+                });
+                // Fail what is ready now for this domain, in one sweep.
+                while let Some(entry) = self.take(domain) {
+                    let fate = match &e {
+                        RouteError::Perm(m) => Fate::Perm { reason: format!("hostunknown: {m}"), reply: None },
+                        RouteError::Temp(m) => Fate::Temp { reason: format!("dns: {m}"), reply: None },
+                    };
+                    self.settle(entry, fate, "");
+                }
+                return;
+            }
+        };
+        let Some((stream, mx)) = self.connect_first(conn, domain, &hosts).await else {
+            while let Some(entry) = self.take(domain) {
+                self.settle(entry, Fate::Temp { reason: "connection failed to every MX".into(), reply: None }, "");
+            }
+            return;
+        };
+        let mut client = SmtpClient::new(stream, inner.cfg.timeouts);
+        let mut sent = 0u64;
+        match client.handshake(&inner.cfg.hostname).await {
+            Ok(replies) => {
+                let mut refused = None;
+                for (cmd, r) in &replies {
+                    self.emit_reply(conn, None, cmd, r);
+                    if r.code / 100 != 2 && (*cmd == "CONNECT" || *cmd == "HELO") {
+                        refused = Some(r.clone());
+                    }
+                }
+                if let Some(r) = refused {
+                    self.fail_session(domain, &r);
+                    inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                    client.quit().await;
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(domain, conn, "handshake failed: {e}");
+                inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                return;
+            }
+        }
+        while (sent as usize) < inner.cfg.msgs_per_conn_max {
+            let Some(entry) = self.take(domain) else { break };
+            let body = match inner.spool.read(&entry.spool) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.settle(entry, Fate::Temp { reason: format!("spool: {e}"), reply: None }, &mx);
+                    continue;
+                }
+            };
+            let env = Envelope { from: &entry.from, rcpt: &entry.rcpt, body: &body };
+            match client.transaction(&env).await {
+                Ok(outcome) => {
+                    for (cmd, r) in &outcome.replies {
+                        self.emit_reply(conn, Some(entry.id), cmd, r);
+                    }
+                    let r = &outcome.decisive;
+                    let closing = r.code == 421;
+                    let fate = match r.code {
+                        200..=299 => Fate::Delivered,
+                        400..=499 => Fate::Temp {
+                            reason: coarse_reason(r).to_string(),
+                            reply: Some(r.to_event(outcome.decisive_command)),
+                        },
+                        _ => Fate::Perm {
+                            reason: coarse_reason(r).to_string(),
+                            reply: Some(r.to_event(outcome.decisive_command)),
+                        },
+                    };
+                    sent += 1;
+                    self.settle(entry, fate, &mx);
+                    if closing {
+                        let until = inner.clock.now_ms() + inner.cfg.destination_backoff_s * 1000;
+                        inner.state.lock().expect("mta state").queue.hold_domain(domain, until);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.settle(entry, Fate::Temp { reason: format!("connection: {e}"), reply: None }, &mx);
+                    inner.events.emit(Event::ConnClosed { conn, messages: sent });
+                    return;
+                }
+            }
+        }
+        inner.events.emit(Event::ConnClosed { conn, messages: sent });
+        client.quit().await;
+    }
+
+    /// A server refused the whole session (bad greeting): defer or bounce what is ready.
+    fn fail_session(&self, domain: &str, r: &Reply) {
+        let until = self.inner.clock.now_ms() + self.inner.cfg.destination_backoff_s * 1000;
+        let mut batch = Vec::new();
+        while let Some(e) = self.take(domain) {
+            batch.push(e);
+        }
+        for entry in batch {
+            let reply = Some(r.to_event("CONNECT"));
+            let fate = if r.code >= 500 {
+                Fate::Perm { reason: coarse_reason(r).into(), reply }
+            } else {
+                Fate::Temp { reason: coarse_reason(r).into(), reply }
+            };
+            self.settle(entry, fate, "");
+        }
+        if r.code < 500 {
+            self.inner.state.lock().expect("mta state").queue.hold_domain(domain, until);
+        }
+    }
+
+    async fn connect_first(&self, conn: u64, domain: &str, hosts: &[MxHost]) -> Option<(C::Stream, String)> {
+        let inner = &self.inner;
+        for host in hosts {
+            for ip in &host.addrs {
+                let addr = SocketAddr::new(*ip, inner.cfg.remote_port);
+                let attempt = tokio::time::timeout(inner.cfg.timeouts.connect, inner.connector.connect(addr)).await;
+                let error = match attempt {
+                    Ok(Ok(stream)) => {
+                        inner.events.emit(Event::ConnOpened {
+                            conn,
+                            domain: domain.to_string(),
+                            mx: host.name.clone(),
+                            addr: addr.to_string(),
+                        });
+                        return Some((stream, host.name.clone()));
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "connect timed out".to_string(),
+                };
+                inner.events.emit(Event::ConnFailed {
+                    domain: domain.to_string(),
+                    mx: host.name.clone(),
+                    addr: addr.to_string(),
+                    error,
+                });
+            }
+        }
+        None
+    }
+
+    fn emit_reply(&self, conn: u64, msg: Option<u64>, command: &str, r: &Reply) {
+        self.inner.events.emit(Event::SmtpReply { conn, msg, reply: r.to_event(command) });
+    }
+
+    /// Record the outcome of one attempt and update the queue.
+    fn settle(&self, entry: QueueEntry, fate: Fate, mx: &str) {
+        let inner = &self.inner;
+        let attempts = entry.attempts + 1;
+        let mut st = inner.state.lock().expect("mta state");
+        let final_ = match fate {
+            Fate::Delivered => {
+                inner.events.emit(Event::Delivered {
+                    msg: entry.id,
+                    rcpt: entry.rcpt.clone(),
+                    domain: entry.domain.clone(),
+                    mx: mx.to_string(),
+                    attempts,
+                });
+                true
+            }
+            Fate::Perm { reason, reply } => {
+                inner.events.emit(Event::Bounced {
+                    msg: entry.id,
+                    rcpt: entry.rcpt.clone(),
+                    domain: entry.domain.clone(),
+                    attempts,
+                    reason,
+                    reply,
+                });
+                true
+            }
+            Fate::Temp { reason, reply } => {
+                let now = inner.clock.now_ms();
+                match inner.cfg.retry.next_retry_ms(attempts, entry.injected_ms, now) {
+                    Some(due) => {
+                        inner.events.emit(Event::Deferred {
+                            msg: entry.id,
+                            rcpt: entry.rcpt.clone(),
+                            domain: entry.domain.clone(),
+                            attempts,
+                            retry_at_ms: due,
+                            reason,
+                            reply,
+                        });
+                        st.queue.defer(entry.id, attempts, due);
+                        false
+                    }
+                    None => {
+                        inner.events.emit(Event::Expired {
+                            msg: entry.id,
+                            rcpt: entry.rcpt.clone(),
+                            domain: entry.domain.clone(),
+                            attempts,
+                            reason,
+                        });
+                        true
+                    }
+                }
+            }
+        };
+        if final_ {
+            st.queue.complete(entry.id);
+            inner.spool.release(&entry.spool);
+        }
+        inner.queued.send_replace(st.queue.len());
+    }
+}
+
+/// DKIM-sign a batch on all cores.
+fn sign_all(signers: &HashMap<String, Signer>, batch: Vec<OutboundMessage>) -> Result<Vec<OutboundMessage>, MtaError> {
+    if signers.is_empty() {
+        return Ok(batch);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(batch.len().max(1));
+    let chunk = batch.len().div_ceil(threads).max(1);
+    let mut batch = batch;
+    let results: Vec<Result<(), MtaError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = batch
+            .chunks_mut(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    for m in part {
+                        let domain = m.from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+                        if let Some(signer) = signers.get(&domain) {
+                            m.body = signer.sign(&m.body)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("signing thread")).collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(batch)
+}

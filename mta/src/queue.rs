@@ -1,0 +1,202 @@
+//! The queue and retry scheduler, free of I/O and clocks: callers pass `now_ms` in and get
+//! deadlines back ("next due at T"); the shell decides how to wait.
+
+use crate::spool::SpoolRef;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+/// Retry schedule; defaults like Postfix (300 s minimum, doubling, 4000 s maximum, 5 days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub retry_interval_s_min: u64,
+    pub retry_interval_s_max: u64,
+    pub lifetime_s: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { retry_interval_s_min: 300, retry_interval_s_max: 4000, lifetime_s: 5 * 86_400 }
+    }
+}
+
+impl RetryPolicy {
+    /// When to try again after `attempts` failed attempts, or `None` when the message would
+    /// outlive its lifetime (expire it now).
+    pub fn next_retry_ms(&self, attempts: u32, injected_ms: u64, now_ms: u64) -> Option<u64> {
+        let shift = attempts.saturating_sub(1).min(32);
+        let delay_s = self
+            .retry_interval_s_min
+            .saturating_mul(1u64 << shift)
+            .min(self.retry_interval_s_max.max(self.retry_interval_s_min));
+        let due = now_ms.saturating_add(delay_s.saturating_mul(1000));
+        (due <= injected_ms.saturating_add(self.lifetime_s.saturating_mul(1000))).then_some(due)
+    }
+}
+
+/// One queued (message, recipient).
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    pub id: u64,
+    pub message_id: String,
+    pub from: String,
+    pub rcpt: String,
+    pub domain: String,
+    pub spool: SpoolRef,
+    pub injected_ms: u64,
+    pub attempts: u32,
+}
+
+#[derive(Default)]
+pub struct Queue {
+    entries: HashMap<u64, QueueEntry>,
+    ready: BTreeMap<String, VecDeque<u64>>,
+    waiting: BinaryHeap<Reverse<(u64, u64)>>,
+    holds: HashMap<String, u64>,
+}
+
+impl Queue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&QueueEntry> {
+        self.entries.get(&id)
+    }
+
+    /// Add a new entry, ready now.
+    pub fn insert(&mut self, entry: QueueEntry) {
+        self.ready.entry(entry.domain.clone()).or_default().push_back(entry.id);
+        self.entries.insert(entry.id, entry);
+    }
+
+    /// Move every entry due by `now_ms` to its domain's ready list.
+    pub fn promote_due(&mut self, now_ms: u64) {
+        while let Some(&Reverse((due, id))) = self.waiting.peek() {
+            if due > now_ms {
+                break;
+            }
+            self.waiting.pop();
+            if let Some(e) = self.entries.get(&id) {
+                self.ready.entry(e.domain.clone()).or_default().push_back(id);
+            }
+        }
+        self.holds.retain(|_, until| *until > now_ms);
+    }
+
+    /// The earliest time anything waiting becomes due (or a hold lifts).
+    pub fn next_due_ms(&self) -> Option<u64> {
+        let waiting = self.waiting.peek().map(|Reverse((due, _))| *due);
+        let hold = self.holds.values().min().copied();
+        match (waiting, hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Domains with ready entries that are not on hold, with how many are ready.
+    pub fn ready_domains(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.ready
+            .iter()
+            .filter(|(d, q)| !q.is_empty() && !self.holds.contains_key(d.as_str()))
+            .map(|(d, q)| (d.as_str(), q.len()))
+    }
+
+    /// Take the next ready entry of `domain` (unless the domain is on hold).
+    pub fn take_ready(&mut self, domain: &str) -> Option<QueueEntry> {
+        if self.holds.contains_key(domain) {
+            return None;
+        }
+        let q = self.ready.get_mut(domain)?;
+        while let Some(id) = q.pop_front() {
+            if let Some(e) = self.entries.get(&id) {
+                return Some(e.clone());
+            }
+        }
+        None
+    }
+
+    /// Put an entry back at the head of its ready list (a connection ended before trying it).
+    pub fn requeue_front(&mut self, id: u64) {
+        if let Some(e) = self.entries.get(&id) {
+            self.ready.entry(e.domain.clone()).or_default().push_front(id);
+        }
+    }
+
+    /// Schedule another attempt at `due_ms`, recording the attempt count.
+    pub fn defer(&mut self, id: u64, attempts: u32, due_ms: u64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.attempts = attempts;
+            self.waiting.push(Reverse((due_ms, id)));
+        }
+    }
+
+    /// Hold a whole destination until `until_ms` (after a 421 or a rate-limit reply).
+    pub fn hold_domain(&mut self, domain: &str, until_ms: u64) {
+        let h = self.holds.entry(domain.to_string()).or_insert(until_ms);
+        *h = (*h).max(until_ms);
+    }
+
+    /// Remove a final entry.
+    pub fn complete(&mut self, id: u64) -> Option<QueueEntry> {
+        self.entries.remove(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, domain: &str) -> QueueEntry {
+        QueueEntry {
+            id,
+            message_id: format!("<{id}@t>"),
+            from: "a@s.test".into(),
+            rcpt: format!("u{id}@{domain}"),
+            domain: domain.into(),
+            spool: SpoolRef { segment: 0, offset: 0, len: 1 },
+            injected_ms: 0,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn retry_policy_doubles_caps_and_expires() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.next_retry_ms(1, 0, 0), Some(300_000));
+        assert_eq!(p.next_retry_ms(2, 0, 0), Some(600_000));
+        assert_eq!(p.next_retry_ms(5, 0, 0), Some(4_000_000), "capped at the maximum");
+        let near_end = 5 * 86_400_000 - 1000;
+        assert_eq!(p.next_retry_ms(9, 0, near_end), None, "would outlive the lifetime");
+    }
+
+    #[test]
+    fn deferred_entries_come_back_when_due_and_holds_block_a_domain() {
+        let mut q = Queue::new();
+        q.insert(entry(1, "a.test"));
+        q.insert(entry(2, "a.test"));
+        let e = q.take_ready("a.test").unwrap();
+        assert_eq!(e.id, 1);
+        q.defer(1, 1, 1000);
+        assert_eq!(q.next_due_ms(), Some(1000));
+        q.promote_due(999);
+        assert_eq!(q.take_ready("a.test").unwrap().id, 2);
+        assert!(q.take_ready("a.test").is_none());
+        q.hold_domain("a.test", 5000);
+        q.promote_due(1000);
+        assert!(q.take_ready("a.test").is_none(), "on hold");
+        assert_eq!(q.ready_domains().count(), 0);
+        q.promote_due(5000);
+        assert_eq!(q.take_ready("a.test").unwrap().id, 1);
+        q.complete(1);
+        q.complete(2);
+        assert!(q.is_empty());
+    }
+}

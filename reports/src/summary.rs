@@ -1,0 +1,153 @@
+//! The run summary, folded from the event log.
+
+use mailsim_events::{Event, Record};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSummary {
+    pub injected: u64,
+    pub delivered: u64,
+    pub bounced: u64,
+    /// Still queued at the end of the run.
+    pub deferred: u64,
+    pub expired: u64,
+}
+
+/// Receiver-side verdict counts; "fail" counts every result other than pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthSummary {
+    pub spf_pass: u64,
+    pub spf_fail: u64,
+    pub dkim_pass: u64,
+    pub dkim_fail: u64,
+    pub dmarc_pass: u64,
+    pub dmarc_fail: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub injected: u64,
+    pub delivered: u64,
+    pub bounced: u64,
+    pub deferred: u64,
+    pub expired: u64,
+    /// From the first record to the last, in seconds of the run's clock.
+    pub elapsed_s: f64,
+    pub domains: BTreeMap<String, DomainSummary>,
+    pub auth: AuthSummary,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Queued,
+    Delivered,
+    Bounced,
+    Expired,
+}
+
+impl Summary {
+    /// Fold records (in log order) into a summary.
+    pub fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> Summary {
+        let mut s = Summary::default();
+        let mut fates: HashMap<u64, (String, Fate)> = HashMap::new();
+        let (mut first_ts, mut last_ts) = (None, 0u64);
+        for r in records {
+            first_ts.get_or_insert(r.ts);
+            last_ts = last_ts.max(r.ts);
+            match &r.event {
+                Event::RunStarted { scenario, seed, .. } => {
+                    s.scenario = scenario.clone();
+                    s.seed = *seed;
+                }
+                Event::Injected { msg, domain, .. } => {
+                    fates.insert(*msg, (domain.clone(), Fate::Queued));
+                }
+                Event::Delivered { msg, .. } => set_fate(&mut fates, *msg, Fate::Delivered),
+                Event::Bounced { msg, .. } => set_fate(&mut fates, *msg, Fate::Bounced),
+                Event::Expired { msg, .. } => set_fate(&mut fates, *msg, Fate::Expired),
+                Event::AuthVerdict { spf, dkim, dmarc, .. } => {
+                    let a = &mut s.auth;
+                    if spf == "pass" { a.spf_pass += 1 } else { a.spf_fail += 1 }
+                    if dkim == "pass" { a.dkim_pass += 1 } else { a.dkim_fail += 1 }
+                    if dmarc == "pass" { a.dmarc_pass += 1 } else { a.dmarc_fail += 1 }
+                }
+                _ => {}
+            }
+        }
+        for (domain, fate) in fates.values() {
+            let d = s.domains.entry(domain.clone()).or_default();
+            d.injected += 1;
+            match fate {
+                Fate::Queued => d.deferred += 1,
+                Fate::Delivered => d.delivered += 1,
+                Fate::Bounced => d.bounced += 1,
+                Fate::Expired => d.expired += 1,
+            }
+        }
+        for d in s.domains.values() {
+            s.injected += d.injected;
+            s.delivered += d.delivered;
+            s.bounced += d.bounced;
+            s.deferred += d.deferred;
+            s.expired += d.expired;
+        }
+        s.elapsed_s = first_ts.map_or(0.0, |f| (last_ts - f) as f64 / 1000.0);
+        s
+    }
+}
+
+fn set_fate(fates: &mut HashMap<u64, (String, Fate)>, msg: u64, fate: Fate) {
+    if let Some(entry) = fates.get_mut(&msg) {
+        entry.1 = fate;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, event: Event) -> Record {
+        Record { seq, ts: 1000 + seq * 500, event }
+    }
+
+    #[test]
+    fn folds_outcomes_per_domain_and_auth() {
+        let inj = |msg, domain: &str| Event::Injected {
+            msg,
+            message_id: String::new(),
+            from: "a@s.test".into(),
+            rcpt: format!("u@{domain}"),
+            domain: domain.into(),
+            size: 1,
+        };
+        let records = vec![
+            rec(0, Event::RunStarted { scenario: "t".into(), seed: 9, mode: "live".into() }),
+            rec(1, inj(1, "a.test")),
+            rec(2, inj(2, "a.test")),
+            rec(3, inj(3, "b.test")),
+            rec(4, Event::Delivered { msg: 1, rcpt: "u@a.test".into(), domain: "a.test".into(), mx: "mx".into(), attempts: 1 }),
+            rec(5, Event::Bounced { msg: 3, rcpt: "u@b.test".into(), domain: "b.test".into(), attempts: 1, reason: "userunknown".into(), reply: None }),
+            rec(6, Event::AuthVerdict {
+                host: "mx".into(),
+                session: 1,
+                message_id: String::new(),
+                mail_from: String::new(),
+                header_from: String::new(),
+                spf: "pass".into(),
+                dkim: "fail".into(),
+                dmarc: "pass".into(),
+            }),
+        ];
+        let s = Summary::fold(&records);
+        assert_eq!((s.injected, s.delivered, s.bounced, s.deferred, s.expired), (3, 1, 1, 1, 0));
+        assert_eq!(s.domains["a.test"].deferred, 1);
+        assert_eq!(s.domains["b.test"].bounced, 1);
+        assert_eq!(s.auth.spf_pass, 1);
+        assert_eq!(s.auth.dkim_fail, 1);
+        assert_eq!(s.seed, 9);
+        assert_eq!(s.elapsed_s, 3.0);
+    }
+}

@@ -1,0 +1,12 @@
+//! mailsim: the scenario model, the fleet of simulated recipient servers, the runner and the
+//! `mailsim` command line.
+//!
+//! Flow of a run: [`scenario::Scenario`] (TOML) -> [`world::World`] (DNS zones, DKIM keys, fleet
+//! plan) -> fake-dns + [`fleet::Fleet`] + the MTA on loopback -> the event log -> the summary
+//! (folded by `mailsim-reports`).
+
+pub mod fleet;
+pub mod keys;
+pub mod runner;
+pub mod scenario;
+pub mod world;

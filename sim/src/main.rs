@@ -1,0 +1,100 @@
+//! The `mailsim` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mailsim::runner::{self, RunOptions};
+use mailsim::scenario::Scenario;
+use mailsim::world::World;
+use mailsim_events::{Clock, SystemClock, read_log};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "mailsim", version, about = "A deliverability testbed: real MTA, synthetic DNS, simulated recipients")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario and write its event log and summary.json.
+    Run {
+        scenario: PathBuf,
+        /// Run directory (default: runs/<name>-<unix ms>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Print a run's event log as JSON lines.
+    Events { run_dir: PathBuf },
+    /// Serve a scenario's DNS zones alone (UDP and TCP) until interrupted.
+    Dns {
+        scenario: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MAILSIM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailsim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { scenario, out, quiet } => {
+            let sc = Scenario::load(&scenario)?;
+            let out_dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", sc.name, SystemClock.now_ms())));
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let summary = rt.block_on(runner::run(&sc, &RunOptions { out_dir: out_dir.clone(), progress: !quiet }))?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            let rate = if summary.elapsed_s > 0.0 { summary.delivered as f64 / summary.elapsed_s } else { 0.0 };
+            eprintln!(
+                "mailsim: {} injected, {} delivered, {} bounced, {} deferred, {} expired in {:.1} s ({rate:.0} delivered/s); run directory {}",
+                summary.injected, summary.delivered, summary.bounced, summary.deferred, summary.expired, summary.elapsed_s,
+                out_dir.display()
+            );
+        }
+        Command::Events { run_dir } => {
+            let path = runner::events_path(&run_dir);
+            let (records, torn) = read_log(&path).with_context(|| format!("reading {}", path.display()))?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for r in &records {
+                serde_json::to_writer(&mut out, r)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            if torn {
+                eprintln!("mailsim: {}: the log ends in a torn record (cut off by a crash); shown up to it", path.display());
+            }
+        }
+        Command::Dns { scenario, listen } => {
+            let sc = Scenario::load(&scenario)?;
+            let world = World::build(&sc).map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let server = fake_dns::DnsServer::start(&world.zones, listen).await?;
+                println!("dns: serving {} zones on {} (udp+tcp)", world.zones.zones().count(), server.addr());
+                tokio::signal::ctrl_c().await?;
+                server.shutdown().await;
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}

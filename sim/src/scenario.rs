@@ -1,0 +1,374 @@
+//! Scenario format v1: a TOML file describing the sender, the recipient domains with their DNS
+//! and behaviour, the campaign and the MTA's limits. See the README's scenario reference.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{file}: {message}")]
+    Read { file: PathBuf, message: String },
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid { file: PathBuf, line: usize, field: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Live,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub mta: MtaSection,
+    #[serde(rename = "sender")]
+    pub senders: Vec<Spanned<Sender>>,
+    #[serde(rename = "domain")]
+    pub domains: Vec<Spanned<Domain>>,
+    pub campaign: Spanned<Campaign>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaSection {
+    pub hostname: String,
+    /// The MTA's source address (SPF and PTR are published for it).
+    pub ip: std::net::Ipv4Addr,
+    pub conns_per_domain_max: usize,
+    pub msgs_per_conn_max: usize,
+    pub retry_interval_s_min: u64,
+    pub retry_interval_s_max: u64,
+    pub lifetime_s: u64,
+    /// The run stops after this long even if messages are still queued (they count as deferred).
+    pub run_time_s_max: u64,
+}
+
+impl Default for MtaSection {
+    fn default() -> Self {
+        MtaSection {
+            hostname: "mta.mailsim.test".into(),
+            ip: std::net::Ipv4Addr::new(127, 0, 0, 1),
+            conns_per_domain_max: 8,
+            msgs_per_conn_max: 500,
+            retry_interval_s_min: 300,
+            retry_interval_s_max: 4000,
+            lifetime_s: 5 * 86_400,
+            run_time_s_max: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    #[default]
+    Rsa,
+    Ed25519,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sender {
+    pub domain: String,
+    /// Envelope and header From address; defaults to `news@<domain>`.
+    pub from: Option<String>,
+    /// SPF record; defaults to `v=spf1 ip4:<mta ip> -all`.
+    pub spf: Option<String>,
+    /// DMARC record; defaults to `v=DMARC1; p=reject`.
+    pub dmarc: Option<String>,
+    #[serde(default = "default_selector")]
+    pub dkim_selector: String,
+    #[serde(default)]
+    pub dkim_algorithm: DkimAlgorithm,
+    /// A PKCS#8 PEM private key; generated from the seed when absent.
+    pub dkim_private_key: Option<PathBuf>,
+    /// Publish the DKIM key in DNS (false simulates a missing key).
+    #[serde(default = "yes")]
+    pub dkim_publish: bool,
+}
+
+fn default_selector() -> String {
+    "s1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MxSpec {
+    pub host: String,
+    #[serde(default = "default_pref")]
+    pub preference: u16,
+    /// Nothing listens on this host (connections are refused).
+    #[serde(default)]
+    pub down: bool,
+}
+
+fn default_pref() -> u16 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UnknownUsers {
+    /// Share of recipients (0-100) that do not exist, chosen from the seed.
+    #[serde(default)]
+    pub percent: f64,
+    /// Local parts that do not exist.
+    #[serde(default)]
+    pub list: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TempFail {
+    /// Share of RCPT commands (0-100) answered 451 4.3.0, drawn per attempt.
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Domain {
+    pub name: String,
+    /// MX hosts; default one host `mx1.<name>`.
+    #[serde(default)]
+    pub mx: Vec<MxSpec>,
+    pub spf: Option<String>,
+    pub dmarc: Option<String>,
+    /// Relative share of the campaign's recipients.
+    #[serde(default = "one")]
+    pub weight: f64,
+    #[serde(default)]
+    pub unknown_users: UnknownUsers,
+    pub tempfail: Option<TempFail>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    pub messages: u64,
+    #[serde(default = "default_size")]
+    pub size_bytes: usize,
+    #[serde(default = "default_subject")]
+    pub subject: String,
+}
+
+fn default_size() -> usize {
+    5 * 1024
+}
+
+fn default_subject() -> String {
+    "Our November newsletter".into()
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError::Read { file: path.to_path_buf(), message: e.to_string() })?;
+        Scenario::parse(&text, path)
+    }
+
+    /// Parse and validate; errors name the file, line and field.
+    pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            ScenarioError::Invalid {
+                file: path.to_path_buf(),
+                line,
+                field: "toml".into(),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        scenario.validate(text, path)?;
+        Ok(scenario)
+    }
+
+    fn validate(&self, text: &str, path: &Path) -> Result<(), ScenarioError> {
+        let invalid = |offset: usize, field: String, message: String| ScenarioError::Invalid {
+            file: path.to_path_buf(),
+            line: line_of(text, offset),
+            field,
+            message,
+        };
+        if self.senders.is_empty() {
+            return Err(invalid(0, "sender".into(), "at least one [[sender]] is required".into()));
+        }
+        if self.domains.is_empty() {
+            return Err(invalid(0, "domain".into(), "at least one [[domain]] is required".into()));
+        }
+        for (i, s) in self.senders.iter().enumerate() {
+            let at = s.span().start;
+            if !valid_domain(&s.get_ref().domain) {
+                return Err(invalid(at, format!("sender[{i}].domain"), format!("{:?} is not a domain name", s.get_ref().domain)));
+            }
+            if let Some(from) = &s.get_ref().from
+                && !from.ends_with(&format!("@{}", s.get_ref().domain))
+            {
+                return Err(invalid(at, format!("sender[{i}].from"), format!("{from:?} is not an address at {}", s.get_ref().domain)));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, d) in self.domains.iter().enumerate() {
+            let at = d.span().start;
+            let dom = d.get_ref();
+            if !valid_domain(&dom.name) {
+                return Err(invalid(at, format!("domain[{i}].name"), format!("{:?} is not a domain name", dom.name)));
+            }
+            if !seen.insert(dom.name.to_ascii_lowercase()) {
+                return Err(invalid(at, format!("domain[{i}].name"), format!("{} is declared twice", dom.name)));
+            }
+            if !(dom.weight.is_finite() && dom.weight >= 0.0) {
+                return Err(invalid(at, format!("domain[{i}].weight"), "must be a number >= 0".into()));
+            }
+            if !(0.0..=100.0).contains(&dom.unknown_users.percent) {
+                return Err(invalid(at, format!("domain[{i}].unknown_users.percent"), "must be between 0 and 100".into()));
+            }
+            if let Some(t) = &dom.tempfail
+                && !(0.0..100.0).contains(&t.percent)
+            {
+                return Err(invalid(at, format!("domain[{i}].tempfail.percent"), "must be at least 0 and below 100".into()));
+            }
+            for (j, mx) in dom.mx.iter().enumerate() {
+                if !valid_domain(&mx.host) {
+                    return Err(invalid(at, format!("domain[{i}].mx[{j}].host"), format!("{:?} is not a host name", mx.host)));
+                }
+            }
+            if !dom.mx.is_empty() && dom.mx.iter().all(|m| m.down) {
+                // Allowed: every MX down is a real failure mode (messages defer, then expire).
+            }
+        }
+        if self.domains.iter().map(|d| d.get_ref().weight).sum::<f64>() <= 0.0 {
+            return Err(invalid(self.domains[0].span().start, "domain[*].weight".into(), "the weights add up to zero".into()));
+        }
+        let c = self.campaign.get_ref();
+        if c.messages == 0 || c.messages > 100_000_000 {
+            return Err(invalid(self.campaign.span().start, "campaign.messages".into(), "must be between 1 and 100000000".into()));
+        }
+        if c.size_bytes < 200 || c.size_bytes > 50 * 1024 * 1024 {
+            return Err(invalid(self.campaign.span().start, "campaign.size_bytes".into(), "must be between 200 and 52428800".into()));
+        }
+        let m = &self.mta;
+        if m.conns_per_domain_max == 0 || m.msgs_per_conn_max == 0 || m.retry_interval_s_min == 0 {
+            return Err(invalid(0, "mta".into(), "conns_per_domain_max, msgs_per_conn_max and retry_interval_s_min must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub fn campaign(&self) -> &Campaign {
+        self.campaign.get_ref()
+    }
+
+    pub fn domains(&self) -> impl Iterator<Item = &Domain> {
+        self.domains.iter().map(|d| d.get_ref())
+    }
+
+    pub fn senders(&self) -> impl Iterator<Item = &Sender> {
+        self.senders.iter().map(|s| s.get_ref())
+    }
+}
+
+impl Sender {
+    pub fn from_address(&self) -> String {
+        self.from.clone().unwrap_or_else(|| format!("news@{}", self.domain))
+    }
+}
+
+impl Domain {
+    /// MX hosts with defaults applied.
+    pub fn mx_hosts(&self) -> Vec<MxSpec> {
+        if self.mx.is_empty() {
+            vec![MxSpec { host: format!("mx1.{}", self.name), preference: 10, down: false }]
+        } else {
+            self.mx.clone()
+        }
+    }
+}
+
+fn valid_domain(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+seed = 1
+[[sender]]
+domain = "s.test"
+[[domain]]
+name = "a.test"
+[campaign]
+messages = 10
+"#;
+
+    fn err(text: &str) -> String {
+        Scenario::parse(text, Path::new("x.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_scenario_parses_with_defaults() {
+        let s = Scenario::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(s.campaign().size_bytes, 5120);
+        assert_eq!(s.domains().next().unwrap().mx_hosts()[0].host, "mx1.a.test");
+        assert_eq!(s.senders().next().unwrap().from_address(), "news@s.test");
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = GOOD.replace("[campaign]", "[campaign]\nmesages = 3");
+        let e = err(&text);
+        assert!(e.starts_with("x.toml:9:"), "{e}");
+        assert!(e.contains("mesages"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let e = err(&GOOD.replace("messages = 10", "messages = \"ten\""));
+        assert!(e.starts_with("x.toml:9:"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field_and_its_table() {
+        let text = GOOD.replace("name = \"a.test\"", "name = \"a.test\"\nweight = -1");
+        let e = err(&text);
+        assert!(e.contains("domain[0].weight"), "{e}");
+        assert!(e.starts_with("x.toml:6:") || e.starts_with("x.toml:7:"), "{e}");
+        let e = err(&GOOD.replace("name = \"a.test\"", "name = \"bad domain\""));
+        assert!(e.contains("domain[0].name"), "{e}");
+        let e = err(&GOOD.replace("messages = 10", "messages = 0"));
+        assert!(e.contains("campaign.messages"), "{e}");
+        let e = err("name = \"t\"");
+        assert!(e.contains("x.toml") && e.contains("missing field"), "{e}");
+    }
+}

@@ -1,0 +1,134 @@
+//! Compiles a scenario into the world a run needs: DNS zones, DKIM keys, and the plan of the
+//! fleet (which MX host of which domain listens on which loopback address, with what behaviour).
+
+use crate::keys::{self, DkimKeyPair};
+use crate::scenario::{DkimAlgorithm, Scenario, Sender};
+use fake_dns::{RecordData, ZoneSet};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+/// What a simulated recipient server does.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    pub seed: u64,
+    pub unknown_percent: f64,
+    pub unknown_list: BTreeSet<String>,
+    pub tempfail_percent: f64,
+}
+
+/// One MX host of the fleet.
+#[derive(Debug, Clone)]
+pub struct HostPlan {
+    pub name: String,
+    pub domain: String,
+    pub ip: Ipv4Addr,
+    /// Nothing listens: connections to it are refused.
+    pub down: bool,
+    pub behaviour: Behaviour,
+}
+
+pub struct SenderKeys {
+    pub sender: Sender,
+    pub key: DkimKeyPair,
+}
+
+pub struct World {
+    pub zones: ZoneSet,
+    pub hosts: Vec<HostPlan>,
+    pub senders: Vec<SenderKeys>,
+}
+
+/// SplitMix64-style mixing of a seed and a string: a stable, seed-driven hash.
+pub fn mix(seed: u64, text: &str) -> u64 {
+    let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for b in text.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
+        h ^= h >> 29;
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+/// True with probability `percent`/100, decided by the seed and the key.
+pub fn chance(seed: u64, key: &str, percent: f64) -> bool {
+    percent > 0.0 && (mix(seed, key) % 1_000_000) as f64 / 10_000.0 < percent
+}
+
+fn host_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250) as u8 + 1)
+}
+
+impl World {
+    pub fn build(scenario: &Scenario) -> Result<World, String> {
+        let mut zones = ZoneSet::new();
+        let mta = &scenario.mta;
+        let mta_ip = mta.ip;
+
+        // The MTA's own name, address and reverse record (for iprev and PTR checks).
+        zones.add(&mta.hostname, RecordData::A(mta_ip));
+        zones.add_zone("in-addr.arpa");
+        let o = mta_ip.octets();
+        zones.add(&format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]), RecordData::Ptr(mta.hostname.clone()));
+
+        let mut senders = Vec::new();
+        for (i, s) in scenario.senders().enumerate() {
+            zones.add_zone(&s.domain);
+            let spf = s.spf.clone().unwrap_or_else(|| format!("v=spf1 ip4:{mta_ip} -all"));
+            zones.add(&s.domain, RecordData::Txt(spf));
+            let dmarc = s.dmarc.clone().unwrap_or_else(|| format!("v=DMARC1; p=reject; rua=mailto:dmarc-reports@{}", s.domain));
+            zones.add(&format!("_dmarc.{}", s.domain), RecordData::Txt(dmarc));
+            let key_seed = mix(scenario.seed, &format!("dkim:{i}:{}", s.domain));
+            let key = match (&s.dkim_private_key, s.dkim_algorithm) {
+                (Some(path), _) => {
+                    let pem = std::fs::read_to_string(path).map_err(|e| format!("sender[{i}].dkim_private_key {}: {e}", path.display()))?;
+                    keys::rsa_from_pem(&pem).map_err(|e| format!("sender[{i}].dkim_private_key {}: {e}", path.display()))?
+                }
+                (None, DkimAlgorithm::Rsa) => keys::rsa_from_seed(key_seed)?,
+                (None, DkimAlgorithm::Ed25519) => keys::ed25519_from_seed(key_seed)?,
+            };
+            if s.dkim_publish {
+                zones.add(&format!("{}._domainkey.{}", s.dkim_selector, s.domain), RecordData::Txt(key.dns_txt.clone()));
+            }
+            senders.push(SenderKeys { sender: s.clone(), key });
+        }
+
+        let mut hosts = Vec::new();
+        for d in scenario.domains() {
+            zones.add_zone(&d.name);
+            let behaviour = Behaviour {
+                seed: mix(scenario.seed, &format!("behaviour:{}", d.name)),
+                unknown_percent: d.unknown_users.percent,
+                unknown_list: d.unknown_users.list.iter().map(|u| u.to_ascii_lowercase()).collect(),
+                tempfail_percent: d.tempfail.as_ref().map_or(0.0, |t| t.percent),
+            };
+            for mx in d.mx_hosts() {
+                zones.add(&d.name, RecordData::Mx { preference: mx.preference, exchange: mx.host.clone() });
+                let existing = hosts.iter().find(|h: &&HostPlan| h.name.eq_ignore_ascii_case(&mx.host)).map(|h| h.ip);
+                let ip = match existing {
+                    Some(ip) => ip,
+                    None => {
+                        let ip = host_ip(hosts.len());
+                        zones.add(&mx.host, RecordData::A(ip));
+                        hosts.push(HostPlan {
+                            name: mx.host.to_ascii_lowercase(),
+                            domain: d.name.to_ascii_lowercase(),
+                            ip,
+                            down: mx.down,
+                            behaviour: behaviour.clone(),
+                        });
+                        ip
+                    }
+                };
+                let _ = ip;
+            }
+            if let Some(spf) = &d.spf {
+                zones.add(&d.name, RecordData::Txt(spf.clone()));
+            }
+            if let Some(dmarc) = &d.dmarc {
+                zones.add(&format!("_dmarc.{}", d.name), RecordData::Txt(dmarc.clone()));
+            }
+        }
+        Ok(World { zones, hosts, senders })
+    }
+}
