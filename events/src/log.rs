@@ -32,15 +32,27 @@ pub enum LogError {
     #[error("event log {path}: not a mailsim event log (bad magic)")]
     BadMagic { path: PathBuf },
     #[error("event log {path}: schema version {found}, this build reads {expected}")]
-    SchemaVersion { path: PathBuf, found: u32, expected: u32 },
+    SchemaVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("event log {path}: record {seq} at byte {offset}: {message}")]
-    BadRecord { path: PathBuf, seq: u64, offset: u64, message: String },
+    BadRecord {
+        path: PathBuf,
+        seq: u64,
+        offset: u64,
+        message: String,
+    },
     #[error("event log writer stopped: {0}")]
     WriterGone(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.to_path_buf(), source }
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 enum Cmd {
@@ -70,7 +82,8 @@ impl EventSink {
         self.tx
             .send(Cmd::Flush(tx))
             .map_err(|_| LogError::WriterGone("log closed".into()))?;
-        rx.recv().map_err(|_| LogError::WriterGone("writer failed before the flush".into()))
+        rx.recv()
+            .map_err(|_| LogError::WriterGone("writer failed before the flush".into()))
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -124,7 +137,11 @@ impl EventLog {
             next_seq = rec.seq + 1;
         }
         let good_end = reader.good_end;
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
         let len = file.metadata().map_err(io_err(path))?.len();
         let cut_bytes = len.saturating_sub(good_end);
         if cut_bytes > 0 {
@@ -133,7 +150,10 @@ impl EventLog {
         }
         let mut file = file;
         file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
-        Ok((Self::start(path, file, next_seq, clock), OpenReport { records, cut_bytes }))
+        Ok((
+            Self::start(path, file, next_seq, clock),
+            OpenReport { records, cut_bytes },
+        ))
     }
 
     fn start(path: &Path, file: File, first_seq: u64, clock: Arc<dyn Clock>) -> Self {
@@ -165,7 +185,9 @@ impl EventLog {
     }
 
     fn shutdown(&mut self) -> Result<u64, LogError> {
-        let Some(writer) = self.writer.take() else { return Ok(0) };
+        let Some(writer) = self.writer.take() else {
+            return Ok(0);
+        };
         let _ = self.sink.tx.send(Cmd::Close);
         writer
             .join()
@@ -194,15 +216,17 @@ fn write_loop(path: &Path, file: File, mut seq: u64, rx: Receiver<Cmd>) -> Resul
                 Cmd::Append(ts, event) => {
                     payload.clear();
                     let record = Record { seq, ts, event };
-                    serde_json::to_writer(&mut payload, &record)
-                        .map_err(|e| LogError::BadRecord {
+                    serde_json::to_writer(&mut payload, &record).map_err(|e| {
+                        LogError::BadRecord {
                             path: path.to_path_buf(),
                             seq,
                             offset: 0,
                             message: e.to_string(),
-                        })?;
+                        }
+                    })?;
                     let crc = crc32fast::hash(&payload);
-                    out.write_all(&(payload.len() as u32).to_le_bytes()).map_err(io_err(path))?;
+                    out.write_all(&(payload.len() as u32).to_le_bytes())
+                        .map_err(io_err(path))?;
                     out.write_all(&crc.to_le_bytes()).map_err(io_err(path))?;
                     out.write_all(&payload).map_err(io_err(path))?;
                     seq += 1;
@@ -248,11 +272,18 @@ impl LogReader {
         let mut input = BufReader::with_capacity(1 << 20, file);
         let mut header = [0u8; HEADER_BYTES as usize];
         input.read_exact(&mut header).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => LogError::BadMagic { path: path.to_path_buf() },
-            _ => LogError::Io { path: path.to_path_buf(), source: e },
+            io::ErrorKind::UnexpectedEof => LogError::BadMagic {
+                path: path.to_path_buf(),
+            },
+            _ => LogError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
         if &header[..8] != MAGIC {
-            return Err(LogError::BadMagic { path: path.to_path_buf() });
+            return Err(LogError::BadMagic {
+                path: path.to_path_buf(),
+            });
         }
         let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         if version != SCHEMA_VERSION {

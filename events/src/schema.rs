@@ -33,7 +33,11 @@ impl SmtpReply {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A run began: which scenario, which seed.
-    RunStarted { scenario: String, seed: u64, mode: String },
+    RunStarted {
+        scenario: String,
+        seed: u64,
+        mode: String,
+    },
     /// A run ended (all messages final, or its time limit was reached).
     RunFinished { reason: String },
     /// A message for one recipient entered the queue.
@@ -54,9 +58,19 @@ pub enum Event {
         error: Option<String>,
     },
     /// An outbound connection was established.
-    ConnOpened { conn: u64, domain: String, mx: String, addr: String },
+    ConnOpened {
+        conn: u64,
+        domain: String,
+        mx: String,
+        addr: String,
+    },
     /// An outbound connection attempt failed before a session.
-    ConnFailed { domain: String, mx: String, addr: String, error: String },
+    ConnFailed {
+        domain: String,
+        mx: String,
+        addr: String,
+        error: String,
+    },
     /// An outbound connection ended.
     ConnClosed { conn: u64, messages: u64 },
     /// The MTA received an SMTP reply.
@@ -68,7 +82,13 @@ pub enum Event {
         reply: SmtpReply,
     },
     /// The receiving server accepted the message for the recipient.
-    Delivered { msg: u64, rcpt: String, domain: String, mx: String, attempts: u32 },
+    Delivered {
+        msg: u64,
+        rcpt: String,
+        domain: String,
+        mx: String,
+        attempts: u32,
+    },
     /// A temporary failure; the message stays queued until `retry_at_ms`.
     Deferred {
         msg: u64,
@@ -91,9 +111,19 @@ pub enum Event {
         reply: Option<SmtpReply>,
     },
     /// The message outlived the queue lifetime.
-    Expired { msg: u64, rcpt: String, domain: String, attempts: u32, reason: String },
+    Expired {
+        msg: u64,
+        rcpt: String,
+        domain: String,
+        attempts: u32,
+        reason: String,
+    },
     /// Receiving side: a server accepted a connection.
-    SessionAccepted { host: String, session: u64, peer: String },
+    SessionAccepted {
+        host: String,
+        session: u64,
+        peer: String,
+    },
     /// Receiving side: the verdicts for one received message.
     AuthVerdict {
         host: String,
@@ -106,9 +136,22 @@ pub enum Event {
         dmarc: String,
     },
     /// Receiving side: a message was stored for a user.
-    Stored { host: String, session: u64, message_id: String, rcpt: String, size: u64 },
+    Stored {
+        host: String,
+        session: u64,
+        message_id: String,
+        rcpt: String,
+        size: u64,
+    },
     /// Receiving side: the server refused a recipient or message.
-    Refused { host: String, session: u64, command: String, code: u16, enhanced: String, rcpt: String },
+    Refused {
+        host: String,
+        session: u64,
+        command: String,
+        code: u16,
+        enhanced: String,
+        rcpt: String,
+    },
 }
 
 impl Event {

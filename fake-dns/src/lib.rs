@@ -30,7 +30,10 @@ pub enum DnsError {
     #[error("zone {origin}: {message}")]
     Zone { origin: String, message: String },
     #[error("binding DNS server on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The data of one synthetic record.
@@ -91,8 +94,15 @@ pub fn normalize(name: &str) -> String {
 }
 
 fn parse_name(name: &str) -> Result<Name, DnsError> {
-    let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
-    Name::from_str(&fqdn).map_err(|e| DnsError::BadName { name: name.to_string(), message: e.to_string() })
+    let fqdn = if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    };
+    Name::from_str(&fqdn).map_err(|e| DnsError::BadName {
+        name: name.to_string(),
+        message: e.to_string(),
+    })
 }
 
 impl ZoneSet {
@@ -121,7 +131,14 @@ impl ZoneSet {
         if self.zone_for(&name).is_none() {
             self.add_zone(&name);
         }
-        self.records.entry(name.clone()).or_default().push(ZoneRecord { name, ttl_s: TTL_S_DEFAULT, data });
+        self.records
+            .entry(name.clone())
+            .or_default()
+            .push(ZoneRecord {
+                name,
+                ttl_s: TTL_S_DEFAULT,
+                data,
+            });
     }
 
     /// Remove every record of `name` with the given type.
@@ -179,8 +196,15 @@ impl ZoneSet {
         let suffix = format!(".{name}");
         let exists = self.origins.contains(&name)
             || self.records.get(&name).is_some_and(|r| !r.is_empty())
-            || self.records.iter().any(|(k, v)| !v.is_empty() && k.ends_with(&suffix));
-        if exists { Lookup::NoData } else { Lookup::NxDomain }
+            || self
+                .records
+                .iter()
+                .any(|(k, v)| !v.is_empty() && k.ends_with(&suffix));
+        if exists {
+            Lookup::NoData
+        } else {
+            Lookup::NxDomain
+        }
     }
 
     /// Build a hickory catalog with one authoritative in-memory zone per origin.
@@ -205,18 +229,28 @@ impl ZoneSet {
                 86_400,
                 60,
             );
-            let zone_err = |message: String| DnsError::Zone { origin: origin.to_string(), message };
-            if !zone.upsert_mut(Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)), serial) {
+            let zone_err = |message: String| DnsError::Zone {
+                origin: origin.to_string(),
+                message,
+            };
+            if !zone.upsert_mut(
+                Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)),
+                serial,
+            ) {
                 return Err(zone_err("SOA rejected".into()));
             }
-            zone.upsert_mut(Record::from_rdata(origin_name.clone(), 3600, RData::NS(NS(ns_name))), serial);
+            zone.upsert_mut(
+                Record::from_rdata(origin_name.clone(), 3600, RData::NS(NS(ns_name))),
+                serial,
+            );
             for r in records {
                 let owner = parse_name(&r.name)?;
                 let rdata = match &r.data {
                     RecordData::A(ip) => RData::A(A(*ip)),
-                    RecordData::Mx { preference, exchange } => {
-                        RData::MX(MX::new(*preference, parse_name(exchange)?))
-                    }
+                    RecordData::Mx {
+                        preference,
+                        exchange,
+                    } => RData::MX(MX::new(*preference, parse_name(exchange)?)),
                     RecordData::Txt(text) => RData::TXT(TXT::new(split_txt(text))),
                     RecordData::Ptr(target) => RData::PTR(PTR(parse_name(target)?)),
                     RecordData::Ns(target) => RData::NS(NS(parse_name(target)?)),
@@ -257,7 +291,9 @@ impl DnsServer {
     pub async fn start(zones: &ZoneSet, addr: SocketAddr) -> Result<DnsServer, DnsError> {
         let catalog = zones.to_catalog()?;
         let (udp, tcp) = bind_pair(addr).await?;
-        let addr = udp.local_addr().map_err(|source| DnsError::Bind { addr, source })?;
+        let addr = udp
+            .local_addr()
+            .map_err(|source| DnsError::Bind { addr, source })?;
         let mut server = Server::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
@@ -277,7 +313,10 @@ impl DnsServer {
 
     /// Serve until the server fails or is stopped from elsewhere.
     pub async fn wait(mut self) -> Result<(), String> {
-        self.server.block_until_done().await.map_err(|e| e.to_string())
+        self.server
+            .block_until_done()
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -298,7 +337,9 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsErro
             Err(e) => last = Some(e),
         }
     }
-    Err(bind_err(last.unwrap_or_else(|| std::io::Error::other("no free port"))))
+    Err(bind_err(
+        last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    ))
 }
 
 #[cfg(test)]
@@ -308,9 +349,21 @@ mod tests {
     fn sample() -> ZoneSet {
         let mut z = ZoneSet::new();
         z.add_zone("example.test");
-        z.add("example.test", RecordData::Mx { preference: 10, exchange: "mx1.example.test".into() });
-        z.add("mx1.example.test", RecordData::A(Ipv4Addr::new(127, 0, 1, 1)));
-        z.add("example.test", RecordData::Txt("v=spf1 ip4:127.0.0.1 -all".into()));
+        z.add(
+            "example.test",
+            RecordData::Mx {
+                preference: 10,
+                exchange: "mx1.example.test".into(),
+            },
+        );
+        z.add(
+            "mx1.example.test",
+            RecordData::A(Ipv4Addr::new(127, 0, 1, 1)),
+        );
+        z.add(
+            "example.test",
+            RecordData::Txt("v=spf1 ip4:127.0.0.1 -all".into()),
+        );
         z
     }
 
@@ -319,12 +372,25 @@ mod tests {
         let z = sample();
         assert_eq!(
             z.lookup("EXAMPLE.test.", RecordType::MX),
-            Lookup::Answer(vec![RecordData::Mx { preference: 10, exchange: "mx1.example.test".into() }])
+            Lookup::Answer(vec![RecordData::Mx {
+                preference: 10,
+                exchange: "mx1.example.test".into()
+            }])
         );
         assert_eq!(z.lookup("example.test", RecordType::A), Lookup::NoData);
-        assert_eq!(z.lookup("nope.example.test", RecordType::A), Lookup::NxDomain);
-        assert_eq!(z.lookup("other.test", RecordType::A), Lookup::NxDomain, "parent zone test. is ours");
-        assert_eq!(z.lookup("other.example", RecordType::A), Lookup::NotAuthoritative);
+        assert_eq!(
+            z.lookup("nope.example.test", RecordType::A),
+            Lookup::NxDomain
+        );
+        assert_eq!(
+            z.lookup("other.test", RecordType::A),
+            Lookup::NxDomain,
+            "parent zone test. is ours"
+        );
+        assert_eq!(
+            z.lookup("other.example", RecordType::A),
+            Lookup::NotAuthoritative
+        );
     }
 
     #[test]

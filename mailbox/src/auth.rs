@@ -2,10 +2,15 @@
 //! (fake-dns in mailsim).
 
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
-use mail_auth::{AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator, SpfResult};
 use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+    SpfResult,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -39,22 +44,46 @@ impl Verifier {
         udp.port = dns.port();
         let mut tcp = ConnectionConfig::tcp();
         tcp.port = dns.port();
-        let config = ResolverConfig::from_parts(None, vec![], vec![NameServerConfig::new(dns.ip(), true, vec![udp, tcp])]);
+        let config = ResolverConfig::from_parts(
+            None,
+            vec![],
+            vec![NameServerConfig::new(dns.ip(), true, vec![udp, tcp])],
+        );
         let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 2;
         opts.cache_size = 4096;
         opts.ndots = 0;
-        let auth = MessageAuthenticator::new(config, opts).map_err(|e| VerifierError(e.to_string()))?;
-        Ok(Verifier { auth, hostname: hostname.to_string() })
+        // Answers come from the scenario's DNS only, never from /etc/hosts.
+        opts.use_hosts_file = ResolveHosts::Never;
+        let auth =
+            MessageAuthenticator::new(config, opts).map_err(|e| VerifierError(e.to_string()))?;
+        Ok(Verifier {
+            auth,
+            hostname: hostname.to_string(),
+        })
     }
 
     /// Verify a message received from `ip` after `helo`, with envelope sender `mail_from`.
-    pub async fn verify(&self, ip: IpAddr, helo: &str, mail_from: &str, message: &[u8]) -> Verdicts {
-        let mail_from_domain = mail_from.rsplit_once('@').map_or(helo, |(_, d)| d).to_string();
+    pub async fn verify(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+    ) -> Verdicts {
+        let mail_from_domain = mail_from
+            .rsplit_once('@')
+            .map_or(helo, |(_, d)| d)
+            .to_string();
         let spf = self
             .auth
-            .verify_spf(SpfParameters::verify_mail_from(ip, helo, &self.hostname, mail_from))
+            .verify_spf(SpfParameters::verify_mail_from(
+                ip,
+                helo,
+                &self.hostname,
+                mail_from,
+            ))
             .await;
         let spf_word = spf_word(spf.result());
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
@@ -74,9 +103,17 @@ impl Verifier {
         let dkim = self.auth.verify_dkim(&parsed).await;
         let dmarc = self
             .auth
-            .verify_dmarc(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf))
+            .verify_dmarc(DmarcParameters::new(
+                &parsed,
+                &dkim,
+                &mail_from_domain,
+                &spf,
+            ))
             .await;
-        let header_from = Some(parsed.from()).and_then(|f| f.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+        let header_from = Some(parsed.from())
+            .and_then(|f| f.rsplit_once('@'))
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
         let dkim_word = if dkim.is_empty() {
             "none"
         } else if dkim.iter().any(|d| d.result() == &DkimResult::Pass) {

@@ -1,7 +1,7 @@
 //! Inbound SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES).
 
-use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::Request;
+use smtp_proto::request::receiver::DataReceiver;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,11 +47,17 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Self {
-        Reply { code, enhanced: Some(enhanced), text: text.into() }
+        Reply {
+            code,
+            enhanced: Some(enhanced),
+            text: text.into(),
+        }
     }
 
     pub fn enhanced_str(&self) -> String {
-        self.enhanced.map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_default()
+        self.enhanced
+            .map(|(a, b, c)| format!("{a}.{b}.{c}"))
+            .unwrap_or_default()
     }
 
     pub fn is_positive(&self) -> bool {
@@ -94,8 +100,18 @@ pub trait Backend: Send + Sync + 'static {
     /// `Some(reply)` refuses the connection with that reply (then closes).
     fn on_connect(&self, info: &SessionInfo) -> Option<Reply>;
     fn on_mail(&self, info: &SessionInfo, from: &str) -> Reply;
-    fn on_rcpt(&self, info: &SessionInfo, tx: &Transaction, rcpt: &str) -> impl Future<Output = Reply> + Send;
-    fn on_data(&self, info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> impl Future<Output = Reply> + Send;
+    fn on_rcpt(
+        &self,
+        info: &SessionInfo,
+        tx: &Transaction,
+        rcpt: &str,
+    ) -> impl Future<Output = Reply> + Send;
+    fn on_data(
+        &self,
+        info: &SessionInfo,
+        tx: &Transaction,
+        message: Vec<u8>,
+    ) -> impl Future<Output = Reply> + Send;
 }
 
 /// One unit of client input.
@@ -123,7 +139,14 @@ pub struct Framer {
 
 impl Framer {
     pub fn new(line_bytes_max: usize, data_bytes_max: usize) -> Self {
-        Framer { buf: Vec::new(), pos: 0, line_bytes_max, data_bytes_max, data: None, discarding_line: false }
+        Framer {
+            buf: Vec::new(),
+            pos: 0,
+            line_bytes_max,
+            data_bytes_max,
+            data: None,
+            discarding_line: false,
+        }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -143,7 +166,7 @@ impl Framer {
         self.pos < self.buf.len()
     }
 
-    pub fn next(&mut self) -> Option<Input> {
+    pub fn next_input(&mut self) -> Option<Input> {
         let rest = &self.buf[self.pos..];
         if let Some((receiver, body, too_big)) = self.data.as_mut() {
             let mut it = rest.iter();
@@ -158,7 +181,11 @@ impl Framer {
                 return None;
             }
             let (_, body, too_big) = self.data.take().expect("data mode");
-            return Some(if too_big { Input::DataTooBig } else { Input::Data(body) });
+            return Some(if too_big {
+                Input::DataTooBig
+            } else {
+                Input::Data(body)
+            });
         }
         match rest.iter().position(|&b| b == b'\n') {
             Some(nl) => {
@@ -202,8 +229,12 @@ enum Flow {
 }
 
 /// Run one SMTP session over any stream.
-pub async fn handle_session<S, B>(mut stream: S, mut info: SessionInfo, backend: &B, cfg: &ServerConfig)
-where
+pub async fn handle_session<S, B>(
+    mut stream: S,
+    mut info: SessionInfo,
+    backend: &B,
+    cfg: &ServerConfig,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Backend,
 {
@@ -214,7 +245,12 @@ where
         let _ = stream.shutdown().await;
         return;
     }
-    Reply { code: 220, enhanced: None, text: format!("{} ESMTP mailsim", cfg.hostname) }.write_to(&mut out);
+    Reply {
+        code: 220,
+        enhanced: None,
+        text: format!("{} ESMTP mailsim", cfg.hostname),
+    }
+    .write_to(&mut out);
     let mut framer = Framer::new(cfg.command_line_bytes_max, cfg.message_bytes_max);
     let mut tx: Option<Transaction> = None;
     let mut readbuf = vec![0u8; 64 * 1024];
@@ -226,7 +262,7 @@ where
             }
             out.clear();
         }
-        let input = match framer.next() {
+        let input = match framer.next_input() {
             Some(input) => input,
             None => {
                 if !out.is_empty() {
@@ -235,15 +271,21 @@ where
                     }
                     out.clear();
                 }
-                let n = match tokio::time::timeout(cfg.idle_timeout, stream.read(&mut readbuf)).await {
-                    Err(_) => {
-                        Reply::new(421, (4, 4, 2), format!("{} idle too long, closing", cfg.hostname)).write_to(&mut out);
-                        let _ = stream.write_all(&out).await;
-                        return;
-                    }
-                    Ok(Err(_)) | Ok(Ok(0)) => return,
-                    Ok(Ok(n)) => n,
-                };
+                let n =
+                    match tokio::time::timeout(cfg.idle_timeout, stream.read(&mut readbuf)).await {
+                        Err(_) => {
+                            Reply::new(
+                                421,
+                                (4, 4, 2),
+                                format!("{} idle too long, closing", cfg.hostname),
+                            )
+                            .write_to(&mut out);
+                            let _ = stream.write_all(&out).await;
+                            return;
+                        }
+                        Ok(Err(_)) | Ok(Ok(0)) => return,
+                        Ok(Ok(n)) => n,
+                    };
                 framer.feed(&readbuf[..n]);
                 continue;
             }
@@ -263,7 +305,18 @@ where
                 backend.on_data(&info, &t, message).await.write_to(&mut out);
                 Flow::Continue
             }
-            Input::Line(line) => command(&line, &mut info, &mut tx, &mut framer, backend, cfg, &mut out).await,
+            Input::Line(line) => {
+                command(
+                    &line,
+                    &mut info,
+                    &mut tx,
+                    &mut framer,
+                    backend,
+                    cfg,
+                    &mut out,
+                )
+                .await
+            }
         };
         if flow == Flow::Close {
             let _ = stream.write_all(&out).await;
@@ -312,12 +365,22 @@ async fn command<B: Backend>(
                 "{} hello {}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
                 cfg.hostname, info.helo, cfg.message_bytes_max
             );
-            Reply { code: 250, enhanced: None, text }.write_to(out);
+            Reply {
+                code: 250,
+                enhanced: None,
+                text,
+            }
+            .write_to(out);
         }
         Request::Helo { host } => {
             info.helo = host;
             *tx = None;
-            Reply { code: 250, enhanced: None, text: cfg.hostname.clone() }.write_to(out);
+            Reply {
+                code: 250,
+                enhanced: None,
+                text: cfg.hostname.clone(),
+            }
+            .write_to(out);
         }
         Request::Mail { from } => {
             if info.helo.is_empty() {
@@ -325,11 +388,19 @@ async fn command<B: Backend>(
             } else if tx.is_some() {
                 Reply::new(503, (5, 5, 1), "nested MAIL command").write_to(out);
             } else if from.size > cfg.message_bytes_max {
-                Reply::new(552, (5, 3, 4), "message size exceeds fixed maximum message size").write_to(out);
+                Reply::new(
+                    552,
+                    (5, 3, 4),
+                    "message size exceeds fixed maximum message size",
+                )
+                .write_to(out);
             } else {
                 let reply = backend.on_mail(info, &from.address);
                 if reply.is_positive() {
-                    *tx = Some(Transaction { mail_from: from.address, rcpts: Vec::new() });
+                    *tx = Some(Transaction {
+                        mail_from: from.address,
+                        rcpts: Vec::new(),
+                    });
                 }
                 reply.write_to(out);
             }
@@ -349,7 +420,12 @@ async fn command<B: Backend>(
         },
         Request::Data => match tx.as_ref() {
             Some(t) if !t.rcpts.is_empty() => {
-                Reply { code: 354, enhanced: None, text: "end data with <CR><LF>.<CR><LF>".into() }.write_to(out);
+                Reply {
+                    code: 354,
+                    enhanced: None,
+                    text: "end data with <CR><LF>.<CR><LF>".into(),
+                }
+                .write_to(out);
                 framer.start_data();
             }
             Some(_) => {
@@ -363,12 +439,16 @@ async fn command<B: Backend>(
             Reply::new(250, (2, 0, 0), "reset").write_to(out);
         }
         Request::Noop { .. } => Reply::new(250, (2, 0, 0), "OK").write_to(out),
-        Request::Vrfy { .. } => Reply::new(252, (2, 1, 5), "cannot verify, will attempt delivery").write_to(out),
+        Request::Vrfy { .. } => {
+            Reply::new(252, (2, 1, 5), "cannot verify, will attempt delivery").write_to(out)
+        }
         Request::Quit => {
             Reply::new(221, (2, 0, 0), format!("{} closing", cfg.hostname)).write_to(out);
             return Flow::Close;
         }
-        other => Reply::new(502, (5, 5, 1), format!("{} not implemented", other.name())).write_to(out),
+        other => {
+            Reply::new(502, (5, 5, 1), format!("{} not implemented", other.name())).write_to(out)
+        }
     }
     Flow::Continue
 }
@@ -422,34 +502,45 @@ mod tests {
     fn framer_splits_pipelined_commands_and_data() {
         let mut f = Framer::new(512, 1000);
         f.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDA");
-        assert_eq!(f.next(), Some(Input::Line(b"MAIL FROM:<a@b>".to_vec())));
-        assert_eq!(f.next(), Some(Input::Line(b"RCPT TO:<c@d>".to_vec())));
-        assert_eq!(f.next(), None);
+        assert_eq!(
+            f.next_input(),
+            Some(Input::Line(b"MAIL FROM:<a@b>".to_vec()))
+        );
+        assert_eq!(f.next_input(), Some(Input::Line(b"RCPT TO:<c@d>".to_vec())));
+        assert_eq!(f.next_input(), None);
         f.feed(b"TA\r\n");
-        assert_eq!(f.next(), Some(Input::Line(b"DATA".to_vec())));
+        assert_eq!(f.next_input(), Some(Input::Line(b"DATA".to_vec())));
         f.start_data();
         f.feed(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
-        assert_eq!(f.next(), Some(Input::Data(b"Subject: x\r\n\r\n.dot\r\n".to_vec())));
-        assert_eq!(f.next(), Some(Input::Line(b"QUIT".to_vec())));
+        assert_eq!(
+            f.next_input(),
+            Some(Input::Data(b"Subject: x\r\n\r\n.dot\r\n".to_vec()))
+        );
+        assert_eq!(f.next_input(), Some(Input::Line(b"QUIT".to_vec())));
     }
 
     #[test]
     fn framer_flags_long_lines_and_big_messages() {
         let mut f = Framer::new(16, 10);
         f.feed(&[b'A'; 40]);
-        assert_eq!(f.next(), None);
+        assert_eq!(f.next_input(), None);
         f.feed(b"AAAA\r\nNOOP\r\n");
-        assert_eq!(f.next(), Some(Input::LineTooLong));
-        assert_eq!(f.next(), Some(Input::Line(b"NOOP".to_vec())));
+        assert_eq!(f.next_input(), Some(Input::LineTooLong));
+        assert_eq!(f.next_input(), Some(Input::Line(b"NOOP".to_vec())));
         f.start_data();
         f.feed(b"0123456789abcdef\r\n.\r\n");
-        assert_eq!(f.next(), Some(Input::DataTooBig));
+        assert_eq!(f.next_input(), Some(Input::DataTooBig));
     }
 
     #[test]
     fn multiline_reply_wire_form() {
         let mut out = Vec::new();
-        Reply { code: 250, enhanced: None, text: "mx hello\nPIPELINING".into() }.write_to(&mut out);
+        Reply {
+            code: 250,
+            enhanced: None,
+            text: "mx hello\nPIPELINING".into(),
+        }
+        .write_to(&mut out);
         assert_eq!(out, b"250-mx hello\r\n250 PIPELINING\r\n");
         out.clear();
         Reply::new(550, (5, 1, 1), "no such user").write_to(&mut out);

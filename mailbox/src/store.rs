@@ -28,7 +28,8 @@ fn path_parts(rcpt: &str) -> Option<(String, String)> {
         let ok = !s.is_empty()
             && s != "."
             && s != ".."
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "._+-=".contains(c));
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-=".contains(c));
         ok.then_some(s)
     };
     Some((clean(domain)?, clean(local)?))
@@ -37,7 +38,12 @@ fn path_parts(rcpt: &str) -> Option<(String, String)> {
 impl Maildir {
     /// `tag` makes file names unique between stores sharing a root (e.g. the MX host name).
     pub fn new(root: &Path, fsync: bool, tag: &str) -> Self {
-        Maildir { root: root.to_path_buf(), fsync, counter: AtomicU64::new(0), tag: tag.replace(['/', '.'], "_") }
+        Maildir {
+            root: root.to_path_buf(),
+            fsync,
+            counter: AtomicU64::new(0),
+            tag: tag.replace(['/', '.'], "_"),
+        }
     }
 
     pub fn user_dir(&self, rcpt: &str) -> Option<PathBuf> {
@@ -49,7 +55,10 @@ impl Maildir {
     pub fn deliver(&self, rcpt: &str, message: &[u8]) -> Result<PathBuf, StoreError> {
         let dir = self.user_dir(rcpt).ok_or_else(|| StoreError {
             path: self.root.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, format!("unsafe recipient {rcpt:?}")),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unsafe recipient {rcpt:?}"),
+            ),
         })?;
         let err = |path: &Path| {
             let path = path.to_path_buf();
@@ -76,7 +85,9 @@ impl Maildir {
 
     /// Every message stored for `rcpt`, in `new/` and `cur/`.
     pub fn messages(&self, rcpt: &str) -> Vec<PathBuf> {
-        let Some(dir) = self.user_dir(rcpt) else { return vec![] };
+        let Some(dir) = self.user_dir(rcpt) else {
+            return vec![];
+        };
         let mut out = Vec::new();
         for sub in ["new", "cur"] {
             if let Ok(rd) = fs::read_dir(dir.join(sub)) {
@@ -96,7 +107,9 @@ mod tests {
     fn deliver_and_list_and_refuse_path_tricks() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::new(dir.path(), true, "mx1.example.test");
-        let p = md.deliver("Bob@Example.Test", b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        let p = md
+            .deliver("Bob@Example.Test", b"Subject: hi\r\n\r\nbody\r\n")
+            .unwrap();
         assert!(p.starts_with(dir.path().join("example.test/bob/new")));
         assert_eq!(md.messages("bob@example.test").len(), 1);
         assert!(md.deliver("../../etc@example.test", b"x").is_err());

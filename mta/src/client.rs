@@ -34,13 +34,19 @@ impl Default for SmtpTimeouts {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{phase}: {source}")]
-    Io { phase: &'static str, source: std::io::Error },
+    Io {
+        phase: &'static str,
+        source: std::io::Error,
+    },
     #[error("{phase}: timed out")]
     Timeout { phase: &'static str },
     #[error("{phase}: connection closed by server")]
     Closed { phase: &'static str },
     #[error("{phase}: malformed reply: {message}")]
-    Protocol { phase: &'static str, message: String },
+    Protocol {
+        phase: &'static str,
+        message: String,
+    },
 }
 
 /// Sans-IO reply reader: feed bytes, get complete replies.
@@ -56,9 +62,13 @@ impl ReplyReader {
         match self.receiver.parse(bytes) {
             Ok(r) => {
                 self.receiver.reset();
-                let enhanced = (r.esc[0] != 0)
-                    .then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
-                Ok(Some(Reply { code: r.code, enhanced, text: r.message }))
+                let enhanced =
+                    (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
+                Ok(Some(Reply {
+                    code: r.code,
+                    enhanced,
+                    text: r.message,
+                }))
             }
             Err(smtp_proto::Error::NeedsMoreData { .. }) => Ok(None),
             Err(e) => {
@@ -102,12 +112,17 @@ impl Capabilities {
         let mut caps = Capabilities::default();
         for line in text.lines().skip(1) {
             let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 "PIPELINING" => caps.pipelining = true,
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "STARTTLS" => caps.starttls = true,
-                "SIZE" => caps.size_bytes_max = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+                "SIZE" => {
+                    caps.size_bytes_max =
+                        words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0)
+                }
                 _ => {}
             }
         }
@@ -180,7 +195,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
     }
 
     /// Read the next complete reply.
-    pub async fn read_reply(&mut self, phase: &'static str, limit: Duration) -> Result<Reply, ClientError> {
+    pub async fn read_reply(
+        &mut self,
+        phase: &'static str,
+        limit: Duration,
+    ) -> Result<Reply, ClientError> {
         loop {
             if self.inpos < self.inbuf.len() {
                 let mut it = self.inbuf[self.inpos..].iter();
@@ -225,7 +244,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
 
     /// Read the greeting and say EHLO (falling back to HELO). Returns the greeting and EHLO
     /// replies; a non-2xx greeting is returned for the caller to act on.
-    pub async fn handshake(&mut self, helo_name: &str) -> Result<Vec<(&'static str, Reply)>, ClientError> {
+    pub async fn handshake(
+        &mut self,
+        helo_name: &str,
+    ) -> Result<Vec<(&'static str, Reply)>, ClientError> {
         let mut replies = Vec::with_capacity(2);
         let greeting = self.read_reply("greeting", self.timeouts.greeting).await?;
         let ok = greeting.code / 100 == 2;
@@ -233,7 +255,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         if !ok {
             return Ok(replies);
         }
-        self.outbuf.extend_from_slice(format!("EHLO {helo_name}\r\n").as_bytes());
+        self.outbuf
+            .extend_from_slice(format!("EHLO {helo_name}\r\n").as_bytes());
         self.flush_out("EHLO", self.timeouts.command).await?;
         let ehlo = self.read_reply("EHLO", self.timeouts.command).await?;
         if ehlo.code == 250 {
@@ -241,7 +264,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             replies.push(("EHLO", ehlo));
         } else {
             replies.push(("EHLO", ehlo));
-            self.outbuf.extend_from_slice(format!("HELO {helo_name}\r\n").as_bytes());
+            self.outbuf
+                .extend_from_slice(format!("HELO {helo_name}\r\n").as_bytes());
             self.flush_out("HELO", self.timeouts.command).await?;
             let helo = self.read_reply("HELO", self.timeouts.command).await?;
             replies.push(("HELO", helo));
@@ -251,7 +275,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
 
     /// Run one mail transaction for one recipient; with PIPELINING, MAIL, RCPT and DATA go in
     /// one write (RFC 2920).
-    pub async fn transaction(&mut self, env: &Envelope<'_>) -> Result<TransactionOutcome, ClientError> {
+    pub async fn transaction(
+        &mut self,
+        env: &Envelope<'_>,
+    ) -> Result<TransactionOutcome, ClientError> {
         let t = self.timeouts;
         let size = match self.caps.size_bytes_max {
             Some(_) => format!(" SIZE={}", env.body.len()),
@@ -275,7 +302,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             mail = self.read_reply("MAIL", t.command).await?;
             if mail.code / 100 != 2 {
                 replies.push(("MAIL", mail.clone()));
-                return Ok(TransactionOutcome { decisive: mail, decisive_command: "MAIL", replies });
+                return Ok(TransactionOutcome {
+                    decisive: mail,
+                    decisive_command: "MAIL",
+                    replies,
+                });
             }
             self.outbuf.extend_from_slice(rcpt_cmd.as_bytes());
             self.flush_out("RCPT", t.command).await?;
@@ -294,7 +325,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         replies.push(("RCPT", rcpt.clone()));
         let Some(data) = data else {
             self.reset().await?;
-            return Ok(TransactionOutcome { decisive: rcpt, decisive_command: "RCPT", replies });
+            return Ok(TransactionOutcome {
+                decisive: rcpt,
+                decisive_command: "RCPT",
+                replies,
+            });
         };
         let data_ok = data.code == 354;
         replies.push(("DATA", data.clone()));
@@ -306,27 +341,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             replies.push(("DATA", end));
         }
         if !mail_ok {
-            return Ok(TransactionOutcome { decisive: mail, decisive_command: "MAIL", replies });
+            return Ok(TransactionOutcome {
+                decisive: mail,
+                decisive_command: "MAIL",
+                replies,
+            });
         }
         if !rcpt_ok {
-            return Ok(TransactionOutcome { decisive: rcpt, decisive_command: "RCPT", replies });
+            return Ok(TransactionOutcome {
+                decisive: rcpt,
+                decisive_command: "RCPT",
+                replies,
+            });
         }
         if !data_ok {
             self.reset().await?;
-            return Ok(TransactionOutcome { decisive: data, decisive_command: "DATA", replies });
+            return Ok(TransactionOutcome {
+                decisive: data,
+                decisive_command: "DATA",
+                replies,
+            });
         }
         dot_stuff(env.body, &mut self.outbuf);
         self.flush_out("DATA", t.data).await?;
         let end = self.read_reply("DATA", t.data).await?;
         replies.push(("DATA", end.clone()));
-        Ok(TransactionOutcome { decisive: end, decisive_command: "DATA", replies })
+        Ok(TransactionOutcome {
+            decisive: end,
+            decisive_command: "DATA",
+            replies,
+        })
     }
 
     /// RSET after a failed transaction, so the next one starts clean.
     async fn reset(&mut self) -> Result<(), ClientError> {
         self.outbuf.extend_from_slice(b"RSET\r\n");
         self.flush_out("RSET", self.timeouts.command).await?;
-        self.read_reply("RSET", self.timeouts.command).await.map(|_| ())
+        self.read_reply("RSET", self.timeouts.command)
+            .await
+            .map(|_| ())
     }
 
     /// QUIT and close; errors are ignored (the work is done).

@@ -5,8 +5,15 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 
 /// Headers covered by the signature.
-pub const SIGNED_HEADERS: [&str; 7] =
-    ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"];
+pub const SIGNED_HEADERS: [&str; 7] = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+];
 
 /// A DKIM signer for one domain and selector.
 pub struct Signer {
@@ -25,7 +32,12 @@ pub struct DkimError {
 
 impl Signer {
     /// `pkcs8_der` is the private key in PKCS#8 DER, RSA or Ed25519 as `ed25519` says.
-    pub fn from_pkcs8(domain: &str, selector: &str, pkcs8_der: &[u8], ed25519: bool) -> Result<Self, DkimError> {
+    pub fn from_pkcs8(
+        domain: &str,
+        selector: &str,
+        pkcs8_der: &[u8],
+        ed25519: bool,
+    ) -> Result<Self, DkimError> {
         let err = |e: mail_auth::Error| DkimError {
             domain: domain.into(),
             selector: selector.into(),
@@ -43,7 +55,11 @@ impl Signer {
             .headers(SIGNED_HEADERS)
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed);
-        Ok(Signer { domain: domain.into(), selector: selector.into(), inner })
+        Ok(Signer {
+            domain: domain.into(),
+            selector: selector.into(),
+            inner,
+        })
     }
 
     pub fn domain(&self) -> &str {

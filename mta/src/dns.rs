@@ -2,7 +2,9 @@
 //! mode can answer from memory.
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use std::future::Future;
@@ -53,6 +55,8 @@ impl HickoryResolver {
         opts.attempts = 2;
         opts.cache_size = 4096;
         opts.ndots = 0;
+        // Answers come from the scenario's DNS only, never from /etc/hosts.
+        opts.use_hosts_file = ResolveHosts::Never;
         let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(opts)
             .build()
@@ -78,7 +82,11 @@ impl HickoryResolver {
 }
 
 fn fqdn(name: &str) -> String {
-    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
 }
 
 impl Resolver for HickoryResolver {
@@ -91,7 +99,10 @@ impl Resolver for HickoryResolver {
                     .filter_map(|r| match &r.data {
                         RData::MX(mx) => Some((
                             mx.preference,
-                            mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                            mx.exchange
+                                .to_ascii()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
                         )),
                         _ => None,
                     })
@@ -114,7 +125,11 @@ impl Resolver for HickoryResolver {
         let mut last_err = None;
         for (preference, name) in mx {
             match self.addrs(&name).await {
-                Ok(addrs) => out.push(MxHost { name, preference, addrs }),
+                Ok(addrs) => out.push(MxHost {
+                    name,
+                    preference,
+                    addrs,
+                }),
                 Err(e) => last_err = Some(e),
             }
         }

@@ -34,7 +34,11 @@ pub struct TcpConnector {
 impl Connector for TcpConnector {
     type Stream = TcpStream;
     async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(ip) = self.source_ip {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
@@ -118,14 +122,22 @@ pub struct Mta<R, C> {
 
 impl<R, C> Clone for Mta<R, C> {
     fn clone(&self) -> Self {
-        Mta { inner: self.inner.clone() }
+        Mta {
+            inner: self.inner.clone(),
+        }
     }
 }
 
 enum Fate {
     Delivered,
-    Temp { reason: String, reply: Option<SmtpReply> },
-    Perm { reason: String, reply: Option<SmtpReply> },
+    Temp {
+        reason: String,
+        reply: Option<SmtpReply>,
+    },
+    Perm {
+        reason: String,
+        reply: Option<SmtpReply>,
+    },
 }
 
 /// A first, coarse reason for a failure, from the enhanced status code or the reply code.
@@ -153,7 +165,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         events: EventSink,
     ) -> Self {
         let clock = events.clock().clone();
-        let signers = signers.into_iter().map(|s| (s.domain().to_ascii_lowercase(), s)).collect();
+        let signers = signers
+            .into_iter()
+            .map(|s| (s.domain().to_ascii_lowercase(), s))
+            .collect();
         Mta {
             inner: Arc::new(Inner {
                 cfg,
@@ -163,7 +178,12 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 signers,
                 events,
                 clock,
-                state: Mutex::new(State { queue: Queue::new(), active: HashMap::new(), next_id: 1, next_conn: 1 }),
+                state: Mutex::new(State {
+                    queue: Queue::new(),
+                    active: HashMap::new(),
+                    next_id: 1,
+                    next_conn: 1,
+                }),
                 wake: Notify::new(),
                 queued: watch::channel(0).0,
             }),
@@ -271,7 +291,12 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     }
 
     fn take(&self, domain: &str) -> Option<QueueEntry> {
-        self.inner.state.lock().expect("mta state").queue.take_ready(domain)
+        self.inner
+            .state
+            .lock()
+            .expect("mta state")
+            .queue
+            .take_ready(domain)
     }
 
     /// One outbound connection for `domain`: route, connect (MX in preference order), then
@@ -296,7 +321,8 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     answer: hosts
                         .iter()
                         .map(|h| {
-                            let addrs: Vec<String> = h.addrs.iter().map(|a| a.to_string()).collect();
+                            let addrs: Vec<String> =
+                                h.addrs.iter().map(|a| a.to_string()).collect();
                             format!("{} {} {}", h.preference, h.name, addrs.join(","))
                         })
                         .collect(),
@@ -314,8 +340,14 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 // Fail what is ready now for this domain, in one sweep.
                 while let Some(entry) = self.take(domain) {
                     let fate = match &e {
-                        RouteError::Perm(m) => Fate::Perm { reason: format!("hostunknown: {m}"), reply: None },
-                        RouteError::Temp(m) => Fate::Temp { reason: format!("dns: {m}"), reply: None },
+                        RouteError::Perm(m) => Fate::Perm {
+                            reason: format!("hostunknown: {m}"),
+                            reply: None,
+                        },
+                        RouteError::Temp(m) => Fate::Temp {
+                            reason: format!("dns: {m}"),
+                            reply: None,
+                        },
                     };
                     self.settle(entry, fate, "");
                 }
@@ -324,7 +356,14 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         };
         let Some((stream, mx)) = self.connect_first(conn, domain, &hosts).await else {
             while let Some(entry) = self.take(domain) {
-                self.settle(entry, Fate::Temp { reason: "connection failed to every MX".into(), reply: None }, "");
+                self.settle(
+                    entry,
+                    Fate::Temp {
+                        reason: "connection failed to every MX".into(),
+                        reply: None,
+                    },
+                    "",
+                );
             }
             return;
         };
@@ -353,15 +392,28 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             }
         }
         while (sent as usize) < inner.cfg.msgs_per_conn_max {
-            let Some(entry) = self.take(domain) else { break };
+            let Some(entry) = self.take(domain) else {
+                break;
+            };
             let body = match inner.spool.read(&entry.spool) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.settle(entry, Fate::Temp { reason: format!("spool: {e}"), reply: None }, &mx);
+                    self.settle(
+                        entry,
+                        Fate::Temp {
+                            reason: format!("spool: {e}"),
+                            reply: None,
+                        },
+                        &mx,
+                    );
                     continue;
                 }
             };
-            let env = Envelope { from: &entry.from, rcpt: &entry.rcpt, body: &body };
+            let env = Envelope {
+                from: &entry.from,
+                rcpt: &entry.rcpt,
+                body: &body,
+            };
             match client.transaction(&env).await {
                 Ok(outcome) => {
                     for (cmd, r) in &outcome.replies {
@@ -384,18 +436,36 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     self.settle(entry, fate, &mx);
                     if closing {
                         let until = inner.clock.now_ms() + inner.cfg.destination_backoff_s * 1000;
-                        inner.state.lock().expect("mta state").queue.hold_domain(domain, until);
+                        inner
+                            .state
+                            .lock()
+                            .expect("mta state")
+                            .queue
+                            .hold_domain(domain, until);
                         break;
                     }
                 }
                 Err(e) => {
-                    self.settle(entry, Fate::Temp { reason: format!("connection: {e}"), reply: None }, &mx);
-                    inner.events.emit(Event::ConnClosed { conn, messages: sent });
+                    self.settle(
+                        entry,
+                        Fate::Temp {
+                            reason: format!("connection: {e}"),
+                            reply: None,
+                        },
+                        &mx,
+                    );
+                    inner.events.emit(Event::ConnClosed {
+                        conn,
+                        messages: sent,
+                    });
                     return;
                 }
             }
         }
-        inner.events.emit(Event::ConnClosed { conn, messages: sent });
+        inner.events.emit(Event::ConnClosed {
+            conn,
+            messages: sent,
+        });
         client.quit().await;
     }
 
@@ -409,23 +479,41 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         for entry in batch {
             let reply = Some(r.to_event("CONNECT"));
             let fate = if r.code >= 500 {
-                Fate::Perm { reason: coarse_reason(r).into(), reply }
+                Fate::Perm {
+                    reason: coarse_reason(r).into(),
+                    reply,
+                }
             } else {
-                Fate::Temp { reason: coarse_reason(r).into(), reply }
+                Fate::Temp {
+                    reason: coarse_reason(r).into(),
+                    reply,
+                }
             };
             self.settle(entry, fate, "");
         }
         if r.code < 500 {
-            self.inner.state.lock().expect("mta state").queue.hold_domain(domain, until);
+            self.inner
+                .state
+                .lock()
+                .expect("mta state")
+                .queue
+                .hold_domain(domain, until);
         }
     }
 
-    async fn connect_first(&self, conn: u64, domain: &str, hosts: &[MxHost]) -> Option<(C::Stream, String)> {
+    async fn connect_first(
+        &self,
+        conn: u64,
+        domain: &str,
+        hosts: &[MxHost],
+    ) -> Option<(C::Stream, String)> {
         let inner = &self.inner;
         for host in hosts {
             for ip in &host.addrs {
                 let addr = SocketAddr::new(*ip, inner.cfg.remote_port);
-                let attempt = tokio::time::timeout(inner.cfg.timeouts.connect, inner.connector.connect(addr)).await;
+                let attempt =
+                    tokio::time::timeout(inner.cfg.timeouts.connect, inner.connector.connect(addr))
+                        .await;
                 let error = match attempt {
                     Ok(Ok(stream)) => {
                         inner.events.emit(Event::ConnOpened {
@@ -451,7 +539,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     }
 
     fn emit_reply(&self, conn: u64, msg: Option<u64>, command: &str, r: &Reply) {
-        self.inner.events.emit(Event::SmtpReply { conn, msg, reply: r.to_event(command) });
+        self.inner.events.emit(Event::SmtpReply {
+            conn,
+            msg,
+            reply: r.to_event(command),
+        });
     }
 
     /// Record the outcome of one attempt and update the queue.
@@ -483,7 +575,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             }
             Fate::Temp { reason, reply } => {
                 let now = inner.clock.now_ms();
-                match inner.cfg.retry.next_retry_ms(attempts, entry.injected_ms, now) {
+                match inner
+                    .cfg
+                    .retry
+                    .next_retry_ms(attempts, entry.injected_ms, now)
+                {
                     Some(due) => {
                         inner.events.emit(Event::Deferred {
                             msg: entry.id,
@@ -519,11 +615,16 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
 }
 
 /// DKIM-sign a batch on all cores.
-fn sign_all(signers: &HashMap<String, Signer>, batch: Vec<OutboundMessage>) -> Result<Vec<OutboundMessage>, MtaError> {
+fn sign_all(
+    signers: &HashMap<String, Signer>,
+    batch: Vec<OutboundMessage>,
+) -> Result<Vec<OutboundMessage>, MtaError> {
     if signers.is_empty() {
         return Ok(batch);
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(batch.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(batch.len().max(1));
     let chunk = batch.len().div_ceil(threads).max(1);
     let mut batch = batch;
     let results: Vec<Result<(), MtaError>> = std::thread::scope(|s| {
@@ -532,7 +633,11 @@ fn sign_all(signers: &HashMap<String, Signer>, batch: Vec<OutboundMessage>) -> R
             .map(|part| {
                 s.spawn(move || {
                     for m in part {
-                        let domain = m.from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+                        let domain = m
+                            .from
+                            .rsplit_once('@')
+                            .map(|(_, d)| d.to_ascii_lowercase())
+                            .unwrap_or_default();
                         if let Some(signer) = signers.get(&domain) {
                             m.body = signer.sign(&m.body)?;
                         }
@@ -541,7 +646,10 @@ fn sign_all(signers: &HashMap<String, Signer>, batch: Vec<OutboundMessage>) -> R
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("signing thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("signing thread"))
+            .collect()
     });
     for r in results {
         r?;

@@ -15,7 +15,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { retry_interval_s_min: 300, retry_interval_s_max: 4000, lifetime_s: 5 * 86_400 }
+        RetryPolicy {
+            retry_interval_s_min: 300,
+            retry_interval_s_max: 4000,
+            lifetime_s: 5 * 86_400,
+        }
     }
 }
 
@@ -73,7 +77,10 @@ impl Queue {
 
     /// Add a new entry, ready now.
     pub fn insert(&mut self, entry: QueueEntry) {
-        self.ready.entry(entry.domain.clone()).or_default().push_back(entry.id);
+        self.ready
+            .entry(entry.domain.clone())
+            .or_default()
+            .push_back(entry.id);
         self.entries.insert(entry.id, entry);
     }
 
@@ -85,7 +92,10 @@ impl Queue {
             }
             self.waiting.pop();
             if let Some(e) = self.entries.get(&id) {
-                self.ready.entry(e.domain.clone()).or_default().push_back(id);
+                self.ready
+                    .entry(e.domain.clone())
+                    .or_default()
+                    .push_back(id);
             }
         }
         self.holds.retain(|_, until| *until > now_ms);
@@ -126,7 +136,10 @@ impl Queue {
     /// Put an entry back at the head of its ready list (a connection ended before trying it).
     pub fn requeue_front(&mut self, id: u64) {
         if let Some(e) = self.entries.get(&id) {
-            self.ready.entry(e.domain.clone()).or_default().push_front(id);
+            self.ready
+                .entry(e.domain.clone())
+                .or_default()
+                .push_front(id);
         }
     }
 
@@ -161,7 +174,11 @@ mod tests {
             from: "a@s.test".into(),
             rcpt: format!("u{id}@{domain}"),
             domain: domain.into(),
-            spool: SpoolRef { segment: 0, offset: 0, len: 1 },
+            spool: SpoolRef {
+                segment: 0,
+                offset: 0,
+                len: 1,
+            },
             injected_ms: 0,
             attempts: 0,
         }
@@ -172,9 +189,17 @@ mod tests {
         let p = RetryPolicy::default();
         assert_eq!(p.next_retry_ms(1, 0, 0), Some(300_000));
         assert_eq!(p.next_retry_ms(2, 0, 0), Some(600_000));
-        assert_eq!(p.next_retry_ms(5, 0, 0), Some(4_000_000), "capped at the maximum");
+        assert_eq!(
+            p.next_retry_ms(5, 0, 0),
+            Some(4_000_000),
+            "capped at the maximum"
+        );
         let near_end = 5 * 86_400_000 - 1000;
-        assert_eq!(p.next_retry_ms(9, 0, near_end), None, "would outlive the lifetime");
+        assert_eq!(
+            p.next_retry_ms(9, 0, near_end),
+            None,
+            "would outlive the lifetime"
+        );
     }
 
     #[test]

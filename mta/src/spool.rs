@@ -50,16 +50,30 @@ struct SpoolState {
 impl Spool {
     /// Open (creating) a spool directory. Segment numbering continues after existing files.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
-        let err = |source| SpoolError { path: dir.to_path_buf(), source };
+        let err = |source| SpoolError {
+            path: dir.to_path_buf(),
+            source,
+        };
         fs::create_dir_all(dir).map_err(err)?;
         let mut next_segment = 0;
         for entry in fs::read_dir(dir).map_err(err)? {
             let entry = entry.map_err(err)?;
-            if let Some(n) = entry.file_name().to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 next_segment = next_segment.max(n + 1);
             }
         }
-        Ok(Spool { dir: dir.to_path_buf(), state: Mutex::new(SpoolState { next_segment, segments: HashMap::new() }) })
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(SpoolState {
+                next_segment,
+                segments: HashMap::new(),
+            }),
+        })
     }
 
     fn segment_path(&self, n: u64) -> PathBuf {
@@ -74,27 +88,56 @@ impl Spool {
             st.next_segment - 1
         };
         let path = self.segment_path(segment);
-        let err = |source| SpoolError { path: path.clone(), source };
-        let mut file = OpenOptions::new().create_new(true).read(true).write(true).open(&path).map_err(err)?;
+        let err = |source| SpoolError {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
         let total: usize = bodies.iter().map(|b| b.len()).sum();
         let mut buf = Vec::with_capacity(total);
         let mut refs = Vec::with_capacity(bodies.len());
         for body in bodies {
-            refs.push(SpoolRef { segment, offset: buf.len() as u64, len: body.len() as u32 });
+            refs.push(SpoolRef {
+                segment,
+                offset: buf.len() as u64,
+                len: body.len() as u32,
+            });
             buf.extend_from_slice(body);
         }
         file.write_all(&buf).map_err(err)?;
         file.sync_data().map_err(err)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|source| SpoolError { path: self.dir.clone(), source })?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| SpoolError {
+                path: self.dir.clone(),
+                source,
+            })?;
         let mut st = self.state.lock().expect("spool lock");
-        st.segments.insert(segment, Segment { file, live: bodies.len() });
+        st.segments.insert(
+            segment,
+            Segment {
+                file,
+                live: bodies.len(),
+            },
+        );
         Ok(refs)
     }
 
     /// Add `extra` holders to a body (a message queued for several recipients is released once
     /// per recipient).
     pub fn retain(&self, r: &SpoolRef, extra: usize) {
-        if let Some(seg) = self.state.lock().expect("spool lock").segments.get_mut(&r.segment) {
+        if let Some(seg) = self
+            .state
+            .lock()
+            .expect("spool lock")
+            .segments
+            .get_mut(&r.segment)
+        {
             seg.live += extra;
         }
     }
@@ -104,10 +147,15 @@ impl Spool {
         let st = self.state.lock().expect("spool lock");
         let path = self.segment_path(r.segment);
         let Some(seg) = st.segments.get(&r.segment) else {
-            return Err(SpoolError { path, source: io::Error::new(io::ErrorKind::NotFound, "segment released") });
+            return Err(SpoolError {
+                path,
+                source: io::Error::new(io::ErrorKind::NotFound, "segment released"),
+            });
         };
         let mut buf = vec![0u8; r.len as usize];
-        seg.file.read_exact_at(&mut buf, r.offset).map_err(|source| SpoolError { path, source })?;
+        seg.file
+            .read_exact_at(&mut buf, r.offset)
+            .map_err(|source| SpoolError { path, source })?;
         Ok(buf)
     }
 

@@ -6,4 +6,4 @@
 
 pub mod summary;
 
-pub use summary::{DomainSummary, Summary, AuthSummary};
+pub use summary::{AuthSummary, DomainSummary, Summary};

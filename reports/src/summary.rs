@@ -68,11 +68,25 @@ impl Summary {
                 Event::Delivered { msg, .. } => set_fate(&mut fates, *msg, Fate::Delivered),
                 Event::Bounced { msg, .. } => set_fate(&mut fates, *msg, Fate::Bounced),
                 Event::Expired { msg, .. } => set_fate(&mut fates, *msg, Fate::Expired),
-                Event::AuthVerdict { spf, dkim, dmarc, .. } => {
+                Event::AuthVerdict {
+                    spf, dkim, dmarc, ..
+                } => {
                     let a = &mut s.auth;
-                    if spf == "pass" { a.spf_pass += 1 } else { a.spf_fail += 1 }
-                    if dkim == "pass" { a.dkim_pass += 1 } else { a.dkim_fail += 1 }
-                    if dmarc == "pass" { a.dmarc_pass += 1 } else { a.dmarc_fail += 1 }
+                    if spf == "pass" {
+                        a.spf_pass += 1
+                    } else {
+                        a.spf_fail += 1
+                    }
+                    if dkim == "pass" {
+                        a.dkim_pass += 1
+                    } else {
+                        a.dkim_fail += 1
+                    }
+                    if dmarc == "pass" {
+                        a.dmarc_pass += 1
+                    } else {
+                        a.dmarc_fail += 1
+                    }
                 }
                 _ => {}
             }
@@ -110,7 +124,11 @@ mod tests {
     use super::*;
 
     fn rec(seq: u64, event: Event) -> Record {
-        Record { seq, ts: 1000 + seq * 500, event }
+        Record {
+            seq,
+            ts: 1000 + seq * 500,
+            event,
+        }
     }
 
     #[test]
@@ -124,25 +142,57 @@ mod tests {
             size: 1,
         };
         let records = vec![
-            rec(0, Event::RunStarted { scenario: "t".into(), seed: 9, mode: "live".into() }),
+            rec(
+                0,
+                Event::RunStarted {
+                    scenario: "t".into(),
+                    seed: 9,
+                    mode: "live".into(),
+                },
+            ),
             rec(1, inj(1, "a.test")),
             rec(2, inj(2, "a.test")),
             rec(3, inj(3, "b.test")),
-            rec(4, Event::Delivered { msg: 1, rcpt: "u@a.test".into(), domain: "a.test".into(), mx: "mx".into(), attempts: 1 }),
-            rec(5, Event::Bounced { msg: 3, rcpt: "u@b.test".into(), domain: "b.test".into(), attempts: 1, reason: "userunknown".into(), reply: None }),
-            rec(6, Event::AuthVerdict {
-                host: "mx".into(),
-                session: 1,
-                message_id: String::new(),
-                mail_from: String::new(),
-                header_from: String::new(),
-                spf: "pass".into(),
-                dkim: "fail".into(),
-                dmarc: "pass".into(),
-            }),
+            rec(
+                4,
+                Event::Delivered {
+                    msg: 1,
+                    rcpt: "u@a.test".into(),
+                    domain: "a.test".into(),
+                    mx: "mx".into(),
+                    attempts: 1,
+                },
+            ),
+            rec(
+                5,
+                Event::Bounced {
+                    msg: 3,
+                    rcpt: "u@b.test".into(),
+                    domain: "b.test".into(),
+                    attempts: 1,
+                    reason: "userunknown".into(),
+                    reply: None,
+                },
+            ),
+            rec(
+                6,
+                Event::AuthVerdict {
+                    host: "mx".into(),
+                    session: 1,
+                    message_id: String::new(),
+                    mail_from: String::new(),
+                    header_from: String::new(),
+                    spf: "pass".into(),
+                    dkim: "fail".into(),
+                    dmarc: "pass".into(),
+                },
+            ),
         ];
         let s = Summary::fold(&records);
-        assert_eq!((s.injected, s.delivered, s.bounced, s.deferred, s.expired), (3, 1, 1, 1, 0));
+        assert_eq!(
+            (s.injected, s.delivered, s.bounced, s.deferred, s.expired),
+            (3, 1, 1, 1, 0)
+        );
         assert_eq!(s.domains["a.test"].deferred, 1);
         assert_eq!(s.domains["b.test"].bounced, 1);
         assert_eq!(s.auth.spf_pass, 1);

@@ -42,7 +42,11 @@ impl HostBackend {
 
 impl Backend for HostBackend {
     fn on_connect(&self, info: &SessionInfo) -> Option<Reply> {
-        self.events.emit(Event::SessionAccepted { host: self.host.clone(), session: info.id, peer: info.peer.to_string() });
+        self.events.emit(Event::SessionAccepted {
+            host: self.host.clone(),
+            session: info.id,
+            peer: info.peer.to_string(),
+        });
         None
     }
 
@@ -53,10 +57,20 @@ impl Backend for HostBackend {
     async fn on_rcpt(&self, info: &SessionInfo, _tx: &Transaction, rcpt: &str) -> Reply {
         let lower = rcpt.to_ascii_lowercase();
         let Some((local, domain)) = lower.rsplit_once('@') else {
-            return self.refuse(info, "RCPT", rcpt, Reply::new(501, (5, 1, 3), "bad recipient address"));
+            return self.refuse(
+                info,
+                "RCPT",
+                rcpt,
+                Reply::new(501, (5, 1, 3), "bad recipient address"),
+            );
         };
         if domain != self.domain {
-            return self.refuse(info, "RCPT", rcpt, Reply::new(550, (5, 7, 1), "relaying denied"));
+            return self.refuse(
+                info,
+                "RCPT",
+                rcpt,
+                Reply::new(550, (5, 7, 1), "relaying denied"),
+            );
         }
         let b = &self.behaviour;
         if b.unknown_list.contains(local) || chance(b.seed, &lower, b.unknown_percent) {
@@ -64,7 +78,11 @@ impl Backend for HostBackend {
                 info,
                 "RCPT",
                 rcpt,
-                Reply::new(550, (5, 1, 1), "The email account that you tried to reach does not exist"),
+                Reply::new(
+                    550,
+                    (5, 1, 1),
+                    "The email account that you tried to reach does not exist",
+                ),
             );
         }
         if b.tempfail_percent > 0.0 {
@@ -75,14 +93,26 @@ impl Backend for HostBackend {
                 *n
             };
             if chance(b.seed, &format!("{lower}#{n}"), b.tempfail_percent) {
-                return self.refuse(info, "RCPT", rcpt, Reply::new(451, (4, 3, 0), "Temporary local problem, please try again later"));
+                return self.refuse(
+                    info,
+                    "RCPT",
+                    rcpt,
+                    Reply::new(
+                        451,
+                        (4, 3, 0),
+                        "Temporary local problem, please try again later",
+                    ),
+                );
             }
         }
         Reply::new(250, (2, 1, 5), "recipient OK")
     }
 
     async fn on_data(&self, info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
-        let verdicts = self.verifier.verify(info.peer.ip(), &info.helo, &tx.mail_from, &message).await;
+        let verdicts = self
+            .verifier
+            .verify(info.peer.ip(), &info.helo, &tx.mail_from, &message)
+            .await;
         let message_id = mail_parser::MessageParser::default()
             .parse_headers(&message)
             .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
@@ -142,7 +172,8 @@ impl Fleet {
         events: EventSink,
     ) -> Result<Fleet, String> {
         let live: Vec<&HostPlan> = hosts.iter().filter(|h| !h.down).collect();
-        let verifier = Arc::new(Verifier::new(dns, "fleet.mailsim.test").map_err(|e| e.to_string())?);
+        let verifier =
+            Arc::new(Verifier::new(dns, "fleet.mailsim.test").map_err(|e| e.to_string())?);
         let mut last_err = String::from("no live MX host");
         'attempt: for _ in 0..16 {
             let mut listeners = Vec::with_capacity(live.len());
@@ -171,7 +202,10 @@ impl Fleet {
                     events: events.clone(),
                     attempts: Mutex::new(HashMap::new()),
                 });
-                let cfg = Arc::new(ServerConfig { hostname: h.name.clone(), ..ServerConfig::default() });
+                let cfg = Arc::new(ServerConfig {
+                    hostname: h.name.clone(),
+                    ..ServerConfig::default()
+                });
                 let mut rx = stop_rx.clone();
                 tasks.spawn(async move {
                     smtp::serve(listener, backend, cfg, async move {

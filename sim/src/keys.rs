@@ -23,9 +23,20 @@ pub fn rsa_from_seed(seed: u64) -> Result<DkimKeyPair, String> {
 }
 
 fn rsa_pair(key: &rsa::RsaPrivateKey) -> Result<DkimKeyPair, String> {
-    let der = key.to_pkcs8_der().map_err(|e| e.to_string())?.as_bytes().to_vec();
-    let public = key.to_public_key().to_public_key_der().map_err(|e| e.to_string())?;
-    Ok(DkimKeyPair { pkcs8_der: der, ed25519: false, dns_txt: format!("v=DKIM1; k=rsa; p={}", B64.encode(public.as_bytes())) })
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| e.to_string())?
+        .as_bytes()
+        .to_vec();
+    let public = key
+        .to_public_key()
+        .to_public_key_der()
+        .map_err(|e| e.to_string())?;
+    Ok(DkimKeyPair {
+        pkcs8_der: der,
+        ed25519: false,
+        dns_txt: format!("v=DKIM1; k=rsa; p={}", B64.encode(public.as_bytes())),
+    })
 }
 
 /// Ed25519 (RFC 8463) from a seed.
@@ -33,12 +44,22 @@ pub fn ed25519_from_seed(seed: u64) -> Result<DkimKeyPair, String> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let mut secret = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rng, &mut secret);
-    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&secret).map_err(|e| e.to_string())?;
-    let public = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+    let pair =
+        ring::signature::Ed25519KeyPair::from_seed_unchecked(&secret).map_err(|e| e.to_string())?;
+    let public = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
     // PKCS#8 v1 wrapping of the 32-byte seed (RFC 8410).
-    let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
     der.extend_from_slice(&secret);
-    Ok(DkimKeyPair { pkcs8_der: der, ed25519: true, dns_txt: format!("v=DKIM1; k=ed25519; p={}", B64.encode(public)) })
+    Ok(DkimKeyPair {
+        pkcs8_der: der,
+        ed25519: true,
+        dns_txt: format!("v=DKIM1; k=ed25519; p={}", B64.encode(public)),
+    })
 }
 
 /// An RSA key from a PKCS#8 PEM file's text.
@@ -69,8 +90,11 @@ mod tests {
         let b = ed25519_from_seed(7).unwrap();
         assert_eq!(a.dns_txt, b.dns_txt);
         assert_ne!(a.dns_txt, ed25519_from_seed(8).unwrap().dns_txt);
-        let signer = mailsim_mta::dkim::Signer::from_pkcs8("s.test", "s1", &a.pkcs8_der, true).unwrap();
-        let signed = signer.sign(b"From: a@s.test\r\nSubject: x\r\n\r\nhi\r\n").unwrap();
+        let signer =
+            mailsim_mta::dkim::Signer::from_pkcs8("s.test", "s1", &a.pkcs8_der, true).unwrap();
+        let signed = signer
+            .sign(b"From: a@s.test\r\nSubject: x\r\n\r\nhi\r\n")
+            .unwrap();
         assert!(signed.starts_with(b"DKIM-Signature:"));
     }
 }

@@ -11,7 +11,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "mailsim", version, about = "A deliverability testbed: real MTA, synthetic DNS, simulated recipients")]
+#[command(
+    name = "mailsim",
+    version,
+    about = "A deliverability testbed: real MTA, synthetic DNS, simulated recipients"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,22 +60,46 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { scenario, out, quiet } => {
+        Command::Run {
+            scenario,
+            out,
+            quiet,
+        } => {
             let sc = Scenario::load(&scenario)?;
-            let out_dir = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", sc.name, SystemClock.now_ms())));
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let summary = rt.block_on(runner::run(&sc, &RunOptions { out_dir: out_dir.clone(), progress: !quiet }))?;
+            let out_dir = out.unwrap_or_else(|| {
+                PathBuf::from("runs").join(format!("{}-{}", sc.name, SystemClock.now_ms()))
+            });
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let summary = rt.block_on(runner::run(
+                &sc,
+                &RunOptions {
+                    out_dir: out_dir.clone(),
+                    progress: !quiet,
+                },
+            ))?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
-            let rate = if summary.elapsed_s > 0.0 { summary.delivered as f64 / summary.elapsed_s } else { 0.0 };
+            let rate = if summary.elapsed_s > 0.0 {
+                summary.delivered as f64 / summary.elapsed_s
+            } else {
+                0.0
+            };
             eprintln!(
                 "mailsim: {} injected, {} delivered, {} bounced, {} deferred, {} expired in {:.1} s ({rate:.0} delivered/s); run directory {}",
-                summary.injected, summary.delivered, summary.bounced, summary.deferred, summary.expired, summary.elapsed_s,
+                summary.injected,
+                summary.delivered,
+                summary.bounced,
+                summary.deferred,
+                summary.expired,
+                summary.elapsed_s,
                 out_dir.display()
             );
         }
         Command::Events { run_dir } => {
             let path = runner::events_path(&run_dir);
-            let (records, torn) = read_log(&path).with_context(|| format!("reading {}", path.display()))?;
+            let (records, torn) =
+                read_log(&path).with_context(|| format!("reading {}", path.display()))?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             for r in &records {
@@ -80,16 +108,25 @@ fn real_main() -> anyhow::Result<()> {
             }
             out.flush()?;
             if torn {
-                eprintln!("mailsim: {}: the log ends in a torn record (cut off by a crash); shown up to it", path.display());
+                eprintln!(
+                    "mailsim: {}: the log ends in a torn record (cut off by a crash); shown up to it",
+                    path.display()
+                );
             }
         }
         Command::Dns { scenario, listen } => {
             let sc = Scenario::load(&scenario)?;
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let server = fake_dns::DnsServer::start(&world.zones, listen).await?;
-                println!("dns: serving {} zones on {} (udp+tcp)", world.zones.zones().count(), server.addr());
+                println!(
+                    "dns: serving {} zones on {} (udp+tcp)",
+                    world.zones.zones().count(),
+                    server.addr()
+                );
                 tokio::signal::ctrl_c().await?;
                 server.shutdown().await;
                 anyhow::Ok(())

@@ -39,13 +39,22 @@ pub fn summary_path(dir: &Path) -> PathBuf {
 }
 
 /// Build the campaign's messages `range` deterministically from the seed.
-pub fn build_messages(scenario: &Scenario, world: &World, range: std::ops::Range<u64>, date_s: i64) -> Vec<OutboundMessage> {
+pub fn build_messages(
+    scenario: &Scenario,
+    world: &World,
+    range: std::ops::Range<u64>,
+    date_s: i64,
+) -> Vec<OutboundMessage> {
     let campaign = scenario.campaign();
-    let domains: Vec<(&str, f64)> = scenario.domains().map(|d| (d.name.as_str(), d.weight)).collect();
+    let domains: Vec<(&str, f64)> = scenario
+        .domains()
+        .map(|d| (d.name.as_str(), d.weight))
+        .collect();
     let total: f64 = domains.iter().map(|d| d.1).sum();
     let sender = &world.senders[0].sender;
     let from = sender.from_address();
-    let filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
+    let filler =
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
     range
         .map(|i| {
             let mut rng = ChaCha20Rng::seed_from_u64(mix(scenario.seed, &format!("rcpt:{i}")));
@@ -73,7 +82,12 @@ pub fn build_messages(scenario: &Scenario, world: &World, range: std::ops::Range
                 .text_body(body)
                 .write_to_vec()
                 .unwrap_or_default();
-            OutboundMessage { from: from.clone(), rcpts: vec![rcpt], message_id: format!("<{message_id}>"), body: bytes }
+            OutboundMessage {
+                from: from.clone(),
+                rcpts: vec![rcpt],
+                message_id: format!("<{message_id}>"),
+                body: bytes,
+            }
         })
         .collect()
 }
@@ -84,16 +98,27 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let world = {
         let scenario = scenario.clone();
-        tokio::task::spawn_blocking(move || World::build(&scenario)).await?.map_err(anyhow::Error::msg)?
+        tokio::task::spawn_blocking(move || World::build(&scenario))
+            .await?
+            .map_err(anyhow::Error::msg)?
     };
     let dns = DnsServer::start(&world.zones, "127.0.0.1:0".parse::<SocketAddr>()?).await?;
     let log = EventLog::create(&events_path(&opts.out_dir), clock.clone())?;
     let events = log.sink();
-    events.emit(Event::RunStarted { scenario: scenario.name.clone(), seed: scenario.seed, mode: "live".into() });
+    events.emit(Event::RunStarted {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        mode: "live".into(),
+    });
 
-    let fleet = Fleet::start(&world.hosts, dns.addr(), &opts.out_dir.join("mailboxes"), events.clone())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let fleet = Fleet::start(
+        &world.hosts,
+        dns.addr(),
+        &opts.out_dir.join("mailboxes"),
+        events.clone(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let m = &scenario.mta;
     let cfg = MtaConfig {
         hostname: m.hostname.clone(),
@@ -110,12 +135,21 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
     let signers = world
         .senders
         .iter()
-        .map(|s| Signer::from_pkcs8(&s.sender.domain, &s.sender.dkim_selector, &s.key.pkcs8_der, s.key.ed25519))
+        .map(|s| {
+            Signer::from_pkcs8(
+                &s.sender.domain,
+                &s.sender.dkim_selector,
+                &s.key.pkcs8_der,
+                s.key.ed25519,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mta = Mta::new(
         cfg,
         HickoryResolver::new(dns.addr())?,
-        TcpConnector { source_ip: Some(m.ip.into()) },
+        TcpConnector {
+            source_ip: Some(m.ip.into()),
+        },
         Spool::open(&opts.out_dir.join("spool"))?,
         signers,
         events.clone(),
@@ -172,13 +206,18 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
     dispatcher.await?;
     fleet.shutdown().await;
     dns.shutdown().await;
-    events.emit(Event::RunFinished { reason: finish_reason.into() });
+    events.emit(Event::RunFinished {
+        reason: finish_reason.into(),
+    });
     drop(events);
     log.close()?;
 
     let (records, _) = read_log(&events_path(&opts.out_dir))?;
     let summary = Summary::fold(&records);
-    std::fs::write(summary_path(&opts.out_dir), serde_json::to_string_pretty(&summary)? + "\n")?;
+    std::fs::write(
+        summary_path(&opts.out_dir),
+        serde_json::to_string_pretty(&summary)? + "\n",
+    )?;
     Ok(summary)
 }
 
@@ -188,7 +227,9 @@ fn progress_bar(enabled: bool, total: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} final ({per_sec})") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} final ({per_sec})",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     Some(bar)

@@ -10,7 +10,12 @@ pub enum ScenarioError {
     #[error("{file}: {message}")]
     Read { file: PathBuf, message: String },
     #[error("{file}:{line}: {field}: {message}")]
-    Invalid { file: PathBuf, line: usize, field: String, message: String },
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -178,13 +183,19 @@ fn default_subject() -> String {
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ScenarioError::Read { file: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         Scenario::parse(&text, path)
     }
 
@@ -211,20 +222,36 @@ impl Scenario {
             message,
         };
         if self.senders.is_empty() {
-            return Err(invalid(0, "sender".into(), "at least one [[sender]] is required".into()));
+            return Err(invalid(
+                0,
+                "sender".into(),
+                "at least one [[sender]] is required".into(),
+            ));
         }
         if self.domains.is_empty() {
-            return Err(invalid(0, "domain".into(), "at least one [[domain]] is required".into()));
+            return Err(invalid(
+                0,
+                "domain".into(),
+                "at least one [[domain]] is required".into(),
+            ));
         }
         for (i, s) in self.senders.iter().enumerate() {
             let at = s.span().start;
             if !valid_domain(&s.get_ref().domain) {
-                return Err(invalid(at, format!("sender[{i}].domain"), format!("{:?} is not a domain name", s.get_ref().domain)));
+                return Err(invalid(
+                    at,
+                    format!("sender[{i}].domain"),
+                    format!("{:?} is not a domain name", s.get_ref().domain),
+                ));
             }
             if let Some(from) = &s.get_ref().from
                 && !from.ends_with(&format!("@{}", s.get_ref().domain))
             {
-                return Err(invalid(at, format!("sender[{i}].from"), format!("{from:?} is not an address at {}", s.get_ref().domain)));
+                return Err(invalid(
+                    at,
+                    format!("sender[{i}].from"),
+                    format!("{from:?} is not an address at {}", s.get_ref().domain),
+                ));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -232,25 +259,49 @@ impl Scenario {
             let at = d.span().start;
             let dom = d.get_ref();
             if !valid_domain(&dom.name) {
-                return Err(invalid(at, format!("domain[{i}].name"), format!("{:?} is not a domain name", dom.name)));
+                return Err(invalid(
+                    at,
+                    format!("domain[{i}].name"),
+                    format!("{:?} is not a domain name", dom.name),
+                ));
             }
             if !seen.insert(dom.name.to_ascii_lowercase()) {
-                return Err(invalid(at, format!("domain[{i}].name"), format!("{} is declared twice", dom.name)));
+                return Err(invalid(
+                    at,
+                    format!("domain[{i}].name"),
+                    format!("{} is declared twice", dom.name),
+                ));
             }
             if !(dom.weight.is_finite() && dom.weight >= 0.0) {
-                return Err(invalid(at, format!("domain[{i}].weight"), "must be a number >= 0".into()));
+                return Err(invalid(
+                    at,
+                    format!("domain[{i}].weight"),
+                    "must be a number >= 0".into(),
+                ));
             }
             if !(0.0..=100.0).contains(&dom.unknown_users.percent) {
-                return Err(invalid(at, format!("domain[{i}].unknown_users.percent"), "must be between 0 and 100".into()));
+                return Err(invalid(
+                    at,
+                    format!("domain[{i}].unknown_users.percent"),
+                    "must be between 0 and 100".into(),
+                ));
             }
             if let Some(t) = &dom.tempfail
                 && !(0.0..100.0).contains(&t.percent)
             {
-                return Err(invalid(at, format!("domain[{i}].tempfail.percent"), "must be at least 0 and below 100".into()));
+                return Err(invalid(
+                    at,
+                    format!("domain[{i}].tempfail.percent"),
+                    "must be at least 0 and below 100".into(),
+                ));
             }
             for (j, mx) in dom.mx.iter().enumerate() {
                 if !valid_domain(&mx.host) {
-                    return Err(invalid(at, format!("domain[{i}].mx[{j}].host"), format!("{:?} is not a host name", mx.host)));
+                    return Err(invalid(
+                        at,
+                        format!("domain[{i}].mx[{j}].host"),
+                        format!("{:?} is not a host name", mx.host),
+                    ));
                 }
             }
             if !dom.mx.is_empty() && dom.mx.iter().all(|m| m.down) {
@@ -258,18 +309,35 @@ impl Scenario {
             }
         }
         if self.domains.iter().map(|d| d.get_ref().weight).sum::<f64>() <= 0.0 {
-            return Err(invalid(self.domains[0].span().start, "domain[*].weight".into(), "the weights add up to zero".into()));
+            return Err(invalid(
+                self.domains[0].span().start,
+                "domain[*].weight".into(),
+                "the weights add up to zero".into(),
+            ));
         }
         let c = self.campaign.get_ref();
         if c.messages == 0 || c.messages > 100_000_000 {
-            return Err(invalid(self.campaign.span().start, "campaign.messages".into(), "must be between 1 and 100000000".into()));
+            return Err(invalid(
+                self.campaign.span().start,
+                "campaign.messages".into(),
+                "must be between 1 and 100000000".into(),
+            ));
         }
         if c.size_bytes < 200 || c.size_bytes > 50 * 1024 * 1024 {
-            return Err(invalid(self.campaign.span().start, "campaign.size_bytes".into(), "must be between 200 and 52428800".into()));
+            return Err(invalid(
+                self.campaign.span().start,
+                "campaign.size_bytes".into(),
+                "must be between 200 and 52428800".into(),
+            ));
         }
         let m = &self.mta;
         if m.conns_per_domain_max == 0 || m.msgs_per_conn_max == 0 || m.retry_interval_s_min == 0 {
-            return Err(invalid(0, "mta".into(), "conns_per_domain_max, msgs_per_conn_max and retry_interval_s_min must be positive".into()));
+            return Err(invalid(
+                0,
+                "mta".into(),
+                "conns_per_domain_max, msgs_per_conn_max and retry_interval_s_min must be positive"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -289,7 +357,9 @@ impl Scenario {
 
 impl Sender {
     pub fn from_address(&self) -> String {
-        self.from.clone().unwrap_or_else(|| format!("news@{}", self.domain))
+        self.from
+            .clone()
+            .unwrap_or_else(|| format!("news@{}", self.domain))
     }
 }
 
@@ -297,7 +367,11 @@ impl Domain {
     /// MX hosts with defaults applied.
     pub fn mx_hosts(&self) -> Vec<MxSpec> {
         if self.mx.is_empty() {
-            vec![MxSpec { host: format!("mx1.{}", self.name), preference: 10, down: false }]
+            vec![MxSpec {
+                host: format!("mx1.{}", self.name),
+                preference: 10,
+                down: false,
+            }]
         } else {
             self.mx.clone()
         }
@@ -333,7 +407,9 @@ messages = 10
 "#;
 
     fn err(text: &str) -> String {
-        Scenario::parse(text, Path::new("x.toml")).unwrap_err().to_string()
+        Scenario::parse(text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -363,7 +439,10 @@ messages = 10
         let text = GOOD.replace("name = \"a.test\"", "name = \"a.test\"\nweight = -1");
         let e = err(&text);
         assert!(e.contains("domain[0].weight"), "{e}");
-        assert!(e.starts_with("x.toml:6:") || e.starts_with("x.toml:7:"), "{e}");
+        assert!(
+            e.starts_with("x.toml:6:") || e.starts_with("x.toml:7:"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("name = \"a.test\"", "name = \"bad domain\""));
         assert!(e.contains("domain[0].name"), "{e}");
         let e = err(&GOOD.replace("messages = 10", "messages = 0"));

@@ -69,28 +69,46 @@ impl World {
         zones.add(&mta.hostname, RecordData::A(mta_ip));
         zones.add_zone("in-addr.arpa");
         let o = mta_ip.octets();
-        zones.add(&format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]), RecordData::Ptr(mta.hostname.clone()));
+        zones.add(
+            &format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]),
+            RecordData::Ptr(mta.hostname.clone()),
+        );
 
         let mut senders = Vec::new();
         for (i, s) in scenario.senders().enumerate() {
             zones.add_zone(&s.domain);
-            let spf = s.spf.clone().unwrap_or_else(|| format!("v=spf1 ip4:{mta_ip} -all"));
+            let spf = s
+                .spf
+                .clone()
+                .unwrap_or_else(|| format!("v=spf1 ip4:{mta_ip} -all"));
             zones.add(&s.domain, RecordData::Txt(spf));
-            let dmarc = s.dmarc.clone().unwrap_or_else(|| format!("v=DMARC1; p=reject; rua=mailto:dmarc-reports@{}", s.domain));
+            let dmarc = s.dmarc.clone().unwrap_or_else(|| {
+                format!("v=DMARC1; p=reject; rua=mailto:dmarc-reports@{}", s.domain)
+            });
             zones.add(&format!("_dmarc.{}", s.domain), RecordData::Txt(dmarc));
             let key_seed = mix(scenario.seed, &format!("dkim:{i}:{}", s.domain));
             let key = match (&s.dkim_private_key, s.dkim_algorithm) {
                 (Some(path), _) => {
-                    let pem = std::fs::read_to_string(path).map_err(|e| format!("sender[{i}].dkim_private_key {}: {e}", path.display()))?;
-                    keys::rsa_from_pem(&pem).map_err(|e| format!("sender[{i}].dkim_private_key {}: {e}", path.display()))?
+                    let pem = std::fs::read_to_string(path).map_err(|e| {
+                        format!("sender[{i}].dkim_private_key {}: {e}", path.display())
+                    })?;
+                    keys::rsa_from_pem(&pem).map_err(|e| {
+                        format!("sender[{i}].dkim_private_key {}: {e}", path.display())
+                    })?
                 }
                 (None, DkimAlgorithm::Rsa) => keys::rsa_from_seed(key_seed)?,
                 (None, DkimAlgorithm::Ed25519) => keys::ed25519_from_seed(key_seed)?,
             };
             if s.dkim_publish {
-                zones.add(&format!("{}._domainkey.{}", s.dkim_selector, s.domain), RecordData::Txt(key.dns_txt.clone()));
+                zones.add(
+                    &format!("{}._domainkey.{}", s.dkim_selector, s.domain),
+                    RecordData::Txt(key.dns_txt.clone()),
+                );
             }
-            senders.push(SenderKeys { sender: s.clone(), key });
+            senders.push(SenderKeys {
+                sender: s.clone(),
+                key,
+            });
         }
 
         let mut hosts = Vec::new();
@@ -99,12 +117,26 @@ impl World {
             let behaviour = Behaviour {
                 seed: mix(scenario.seed, &format!("behaviour:{}", d.name)),
                 unknown_percent: d.unknown_users.percent,
-                unknown_list: d.unknown_users.list.iter().map(|u| u.to_ascii_lowercase()).collect(),
+                unknown_list: d
+                    .unknown_users
+                    .list
+                    .iter()
+                    .map(|u| u.to_ascii_lowercase())
+                    .collect(),
                 tempfail_percent: d.tempfail.as_ref().map_or(0.0, |t| t.percent),
             };
             for mx in d.mx_hosts() {
-                zones.add(&d.name, RecordData::Mx { preference: mx.preference, exchange: mx.host.clone() });
-                let existing = hosts.iter().find(|h: &&HostPlan| h.name.eq_ignore_ascii_case(&mx.host)).map(|h| h.ip);
+                zones.add(
+                    &d.name,
+                    RecordData::Mx {
+                        preference: mx.preference,
+                        exchange: mx.host.clone(),
+                    },
+                );
+                let existing = hosts
+                    .iter()
+                    .find(|h: &&HostPlan| h.name.eq_ignore_ascii_case(&mx.host))
+                    .map(|h| h.ip);
                 let ip = match existing {
                     Some(ip) => ip,
                     None => {
@@ -126,9 +158,16 @@ impl World {
                 zones.add(&d.name, RecordData::Txt(spf.clone()));
             }
             if let Some(dmarc) = &d.dmarc {
-                zones.add(&format!("_dmarc.{}", d.name), RecordData::Txt(dmarc.clone()));
+                zones.add(
+                    &format!("_dmarc.{}", d.name),
+                    RecordData::Txt(dmarc.clone()),
+                );
             }
         }
-        Ok(World { zones, hosts, senders })
+        Ok(World {
+            zones,
+            hosts,
+            senders,
+        })
     }
 }

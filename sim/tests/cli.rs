@@ -1,0 +1,120 @@
+//! The command line: `mailsim dns` answers `dig`, and bad scenarios are refused with the place.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn scenario_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quickstart.toml")
+}
+
+fn dig(port: u16, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+short",
+            "+time=2",
+            "+tries=2",
+        ])
+        .args(args)
+        .output()
+        .expect("dig (Debian dnsutils); the README's test command installs it");
+    assert!(
+        out.status.success(),
+        "dig {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn dig_answers_mx_and_txt_from_mailsim_dns() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args([
+            "dns",
+            scenario_path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("ready line: {line}"));
+
+    let mx = dig(port, &["MX", "deadmx.test"]);
+    assert!(
+        mx.contains("10 mx1.deadmx.test.") && mx.contains("20 mx2.deadmx.test."),
+        "{mx}"
+    );
+    let spf = dig(port, &["TXT", "news.example.test"]);
+    assert!(spf.contains("v=spf1 ip4:127.0.0.1 -all"), "{spf}");
+    let dmarc = dig(port, &["TXT", "_dmarc.news.example.test"]);
+    assert!(dmarc.contains("v=DMARC1; p=reject"), "{dmarc}");
+    let dkim = dig(port, &["TXT", "s2026._domainkey.news.example.test"]);
+    assert!(dkim.contains("v=DKIM1; k=rsa; p=MII"), "{dkim}");
+    let tcp = dig(port, &["+tcp", "MX", "accept.test"]);
+    assert!(tcp.contains("mx1.accept.test."), "{tcp}");
+    let ptr = dig(port, &["-x", "127.0.0.1"]);
+    assert!(ptr.contains("mta.mailsim.test."), "{ptr}");
+
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "mailsim dns did not shut down cleanly: {status}"
+    );
+}
+
+#[test]
+fn bad_scenario_is_refused_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(scenario_path())
+        .unwrap()
+        .replace("messages = 10000", "messages = -5");
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("run")
+        .arg(&path)
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .position(|l| l.contains("messages = -5"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("bad.toml:{line}:")), "{err}");
+    assert!(
+        !dir.path().join("run").exists(),
+        "nothing is run for a bad scenario"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("run")
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}

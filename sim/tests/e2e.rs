@@ -1,0 +1,258 @@
+//! End to end over real loopback sockets: fake-dns, the fleet and the MTA run a campaign; the
+//! assertions read the event log.
+
+use mailsim::runner::{self, RunOptions};
+use mailsim::scenario::Scenario;
+use mailsim::world::World;
+use mailsim_events::{Event, Record, read_log};
+use mailsim_reports::Summary;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SCENARIO: &str = r#"
+name = "e2e"
+seed = 7
+
+[mta]
+retry_interval_s_min = 1
+retry_interval_s_max = 1
+lifetime_s = 120
+run_time_s_max = 120
+
+[[sender]]
+domain = "news.sender.test"
+from = "news@news.sender.test"
+dkim_selector = "sel1"
+
+[[domain]]
+name = "accept.test"
+weight = 2
+
+[[domain]]
+name = "unknown.test"
+unknown_users = { percent = 30 }
+
+[[domain]]
+name = "deadmx.test"
+mx = [
+  { host = "mx1.deadmx.test", preference = 10, down = true },
+  { host = "mx2.deadmx.test", preference = 20 },
+]
+
+[[domain]]
+name = "flaky.test"
+tempfail = { percent = 40 }
+
+[campaign]
+messages = 400
+size_bytes = 2000
+"#;
+
+fn run_scenario(dir: &Path) -> (Scenario, Summary) {
+    let scenario = Scenario::parse(SCENARIO, Path::new("e2e.toml")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt
+        .block_on(runner::run(
+            &scenario,
+            &RunOptions {
+                out_dir: dir.to_path_buf(),
+                progress: false,
+            },
+        ))
+        .unwrap();
+    (scenario, summary)
+}
+
+fn per_domain<'a>(records: &'a [Record], kind: &str) -> BTreeMap<String, Vec<&'a Event>> {
+    let mut out: BTreeMap<String, Vec<&Event>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.event.kind() == kind) {
+        let domain = match &r.event {
+            Event::Injected { domain, .. }
+            | Event::Delivered { domain, .. }
+            | Event::Bounced { domain, .. }
+            | Event::Deferred { domain, .. }
+            | Event::Expired { domain, .. }
+            | Event::ConnFailed { domain, .. } => domain.clone(),
+            _ => continue,
+        };
+        out.entry(domain).or_default().push(&r.event);
+    }
+    out
+}
+
+#[test]
+fn campaign_outcomes_per_domain_from_the_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scenario, summary) = run_scenario(dir.path());
+    let (records, torn) = read_log(&dir.path().join("events.log")).unwrap();
+    assert!(!torn);
+
+    let injected = per_domain(&records, "injected");
+    let delivered = per_domain(&records, "delivered");
+    let bounced = per_domain(&records, "bounced");
+    let count = |m: &BTreeMap<String, Vec<&Event>>, d: &str| m.get(d).map_or(0, |v| v.len());
+    assert_eq!(injected.values().map(Vec::len).sum::<usize>(), 400);
+
+    // Accepting domains got every message.
+    assert!(count(&injected, "accept.test") > 100);
+    assert_eq!(
+        count(&delivered, "accept.test"),
+        count(&injected, "accept.test")
+    );
+    assert_eq!(count(&bounced, "accept.test"), 0);
+
+    // Unknown users bounced with 5.1.1; everyone else there was delivered.
+    let unknown_bounces = bounced.get("unknown.test").cloned().unwrap_or_default();
+    assert!(
+        !unknown_bounces.is_empty(),
+        "30% unknown users must produce bounces"
+    );
+    for b in &unknown_bounces {
+        let Event::Bounced {
+            reply: Some(reply),
+            reason,
+            ..
+        } = b
+        else {
+            panic!("bounce without reply: {b:?}")
+        };
+        assert_eq!(
+            (
+                reply.code,
+                reply.enhanced.as_deref(),
+                reply.command.as_str()
+            ),
+            (550, Some("5.1.1"), "RCPT")
+        );
+        assert_eq!(reason, "userunknown");
+    }
+    assert_eq!(
+        count(&delivered, "unknown.test") + unknown_bounces.len(),
+        count(&injected, "unknown.test")
+    );
+
+    // The dead first MX was tried and refused; everything went through the second.
+    assert!(count(&per_domain(&records, "conn_failed"), "deadmx.test") >= 1);
+    for d in &delivered["deadmx.test"] {
+        let Event::Delivered { mx, .. } = d else {
+            unreachable!()
+        };
+        assert_eq!(mx, "mx2.deadmx.test");
+    }
+    assert_eq!(
+        count(&delivered, "deadmx.test"),
+        count(&injected, "deadmx.test")
+    );
+
+    // Temporary failures were retried until delivered.
+    assert!(
+        count(&per_domain(&records, "deferred"), "flaky.test") > 0,
+        "40% tempfail must defer some"
+    );
+    assert_eq!(
+        count(&delivered, "flaky.test"),
+        count(&injected, "flaky.test")
+    );
+
+    // The receivers saw SPF, DKIM and DMARC pass for every delivered message of the aligned sender.
+    let delivered_total = delivered.values().map(Vec::len).sum::<usize>() as u64;
+    assert_eq!(summary.delivered, delivered_total);
+    assert_eq!(summary.auth.spf_pass, delivered_total);
+    assert_eq!(summary.auth.dkim_pass, delivered_total);
+    assert_eq!(summary.auth.dmarc_pass, delivered_total);
+    assert_eq!(
+        summary.auth.spf_fail + summary.auth.dkim_fail + summary.auth.dmarc_fail,
+        0
+    );
+    assert_eq!(summary.deferred, 0);
+    assert_eq!(summary.delivered + summary.bounced, 400);
+
+    // summary.json is the fold of the log, and `mailsim events` prints that same log.
+    let on_disk: Summary =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, summary);
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("events")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Vec<Record> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed, records);
+    assert_eq!(Summary::fold(&printed), summary);
+    for kind in ["injected", "delivered", "bounced", "deferred"] {
+        assert!(
+            printed.iter().any(|r| r.event.kind() == kind),
+            "no {kind} event"
+        );
+    }
+
+    // Every stored message carries the receiver's Authentication-Results header.
+    let stored = stored_messages(&dir.path().join("mailboxes"));
+    assert_eq!(stored.len() as u64, delivered_total);
+    let first = std::fs::read_to_string(&stored[0]).unwrap();
+    assert!(
+        first.starts_with("Authentication-Results: "),
+        "{}",
+        &first[..200]
+    );
+    assert!(
+        first.contains("dkim=pass") && first.contains("spf=pass") && first.contains("dmarc=pass")
+    );
+
+    // An independent implementation (dkimpy) verifies a sample of the MTA's signatures.
+    let world = World::build(&scenario).unwrap();
+    let sample: Vec<&PathBuf> = stored.iter().step_by(stored.len() / 8).take(8).collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dkim_verify.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&world.senders[0].key.dns_txt)
+        .args(&sample)
+        .output()
+        .expect("python3 with dkimpy (Debian python3-dkim); the README's test command installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dkimpy: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("PASS ")).count(),
+        sample.len(),
+        "{stdout}"
+    );
+}
+
+fn stored_messages(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n == "new")
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
