@@ -205,6 +205,13 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     /// blocking thread.
     pub fn inject(&self, batch: Vec<OutboundMessage>) -> Result<Vec<u64>, MtaError> {
         let inner = &self.inner;
+        // Refuse the whole batch before anything is written if a recipient has no domain.
+        if let Some(bad) = batch.iter().flat_map(|m| &m.rcpts).find(|r| {
+            !r.rsplit_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        }) {
+            return Err(MtaError::BadRecipient(bad.clone()));
+        }
         let signed = sign_all(&inner.signers, batch)?;
         let bodies: Vec<&[u8]> = signed.iter().map(|m| m.body.as_slice()).collect();
         let refs = inner.spool.write_batch(&bodies)?;
@@ -214,10 +221,9 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         for (m, spool) in signed.iter().zip(refs) {
             inner.spool.retain(&spool, m.rcpts.len().saturating_sub(1));
             for rcpt in &m.rcpts {
-                let Some((_, domain)) = rcpt.rsplit_once('@') else {
-                    return Err(MtaError::BadRecipient(rcpt.clone()));
-                };
-                let domain = domain.to_ascii_lowercase();
+                let domain = rcpt
+                    .rsplit_once('@')
+                    .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase());
                 let id = st.next_id;
                 st.next_id += 1;
                 inner.events.emit(Event::Injected {

@@ -35,6 +35,15 @@ enum Command {
     },
     /// Print a run's event log as JSON lines.
     Events { run_dir: PathBuf },
+    /// Rebuild the summary (and with --queue, the queue state) from a run's event log alone.
+    Replay {
+        run_dir: PathBuf,
+        /// Print the messages still queued, one JSON object per line, after the summary.
+        #[arg(long)]
+        queue: bool,
+    },
+    /// Show per-domain outcome differences between two runs.
+    Diff { run_a: PathBuf, run_b: PathBuf },
     /// Serve a scenario's DNS zones alone (UDP and TCP) until interrupted.
     Dns {
         scenario: PathBuf,
@@ -79,7 +88,7 @@ fn real_main() -> anyhow::Result<()> {
                     progress: !quiet,
                 },
             ))?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            print!("{}", runner::summary_json(&summary)?);
             let rate = if summary.elapsed_s > 0.0 {
                 summary.delivered as f64 / summary.elapsed_s
             } else {
@@ -114,6 +123,27 @@ fn real_main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Replay { run_dir, queue } => {
+            let records = load_records(&run_dir)?;
+            print!(
+                "{}",
+                runner::summary_json(&mailsim_reports::Summary::fold(&records))?
+            );
+            if queue {
+                let state = mailsim_reports::queue::QueueState::fold(&records);
+                for m in state.messages.values() {
+                    println!("{}", serde_json::to_string(m)?);
+                }
+            }
+        }
+        Command::Diff { run_a, run_b } => {
+            let a = mailsim_reports::Summary::fold(&load_records(&run_a)?);
+            let b = mailsim_reports::Summary::fold(&load_records(&run_b)?);
+            let rows = mailsim_reports::diff::diff(&a, &b);
+            print!("{}", mailsim_reports::diff::render(&rows));
+            let changed = rows.iter().filter(|r| r.changed()).count();
+            println!("{changed} of {} domains differ", rows.len());
+        }
         Command::Dns { scenario, listen } => {
             let sc = Scenario::load(&scenario)?;
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
@@ -134,4 +164,17 @@ fn real_main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every good record of a run's log; a torn tail is reported on stderr and left out.
+fn load_records(run_dir: &std::path::Path) -> anyhow::Result<Vec<mailsim_events::Record>> {
+    let path = runner::events_path(run_dir);
+    let (records, torn) = read_log(&path).with_context(|| format!("reading {}", path.display()))?;
+    if torn {
+        eprintln!(
+            "mailsim: {}: the log ends in a torn record (cut off by a crash); read up to it",
+            path.display()
+        );
+    }
+    Ok(records)
 }

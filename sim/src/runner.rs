@@ -221,6 +221,11 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
     Ok(summary)
 }
 
+/// The one serialisation of a summary, shared by `summary.json` and `mailsim replay`.
+pub fn summary_json(summary: &Summary) -> serde_json::Result<String> {
+    Ok(serde_json::to_string_pretty(summary)? + "\n")
+}
+
 fn progress_bar(enabled: bool, total: u64) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
     if !enabled || !std::io::stderr().is_terminal() {

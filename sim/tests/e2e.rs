@@ -200,6 +200,34 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
         );
     }
 
+    // `mailsim replay` rebuilds the same summary.json from the log alone; nothing is left queued.
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("replay")
+        .arg("--queue")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.stdout,
+        std::fs::read(dir.path().join("summary.json")).unwrap()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("diff")
+        .arg(dir.path())
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("0 of 4 domains differ"),
+        "{text}"
+    );
+
     // Every stored message carries the receiver's Authentication-Results header.
     let stored = stored_messages(&dir.path().join("mailboxes"));
     assert_eq!(stored.len() as u64, delivered_total);
