@@ -94,6 +94,10 @@ pub fn normalize(name: &str) -> String {
 }
 
 fn parse_name(name: &str) -> Result<Name, DnsError> {
+    if name.is_empty() || name == "." {
+        // The root, as in a null MX (RFC 7505): `MX 0 .`
+        return Ok(Name::root());
+    }
     let fqdn = if name.ends_with('.') {
         name.to_string()
     } else {

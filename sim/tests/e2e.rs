@@ -49,8 +49,8 @@ messages = 400
 size_bytes = 2000
 "#;
 
-fn run_scenario(dir: &Path) -> (Scenario, Summary) {
-    let scenario = Scenario::parse(SCENARIO, Path::new("e2e.toml")).unwrap();
+fn run_scenario(text: &str, dir: &Path) -> (Scenario, Summary) {
+    let scenario = Scenario::parse(text, Path::new("e2e.toml")).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,7 +88,7 @@ fn per_domain<'a>(records: &'a [Record], kind: &str) -> BTreeMap<String, Vec<&'a
 #[test]
 fn campaign_outcomes_per_domain_from_the_event_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (scenario, summary) = run_scenario(dir.path());
+    let (scenario, summary) = run_scenario(SCENARIO, dir.path());
     let (records, torn) = read_log(&dir.path().join("events.log")).unwrap();
     assert!(!torn);
 
@@ -261,6 +261,40 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
         stdout.lines().filter(|l| l.starts_with("PASS ")).count(),
         sample.len(),
         "{stdout}"
+    );
+}
+
+#[test]
+fn ed25519_signatures_verify_at_the_receivers() {
+    let text = r#"
+name = "ed25519"
+seed = 3
+[[sender]]
+domain = "ed.sender.test"
+dkim_algorithm = "ed25519"
+[[domain]]
+name = "accept.test"
+[campaign]
+messages = 40
+size_bytes = 1000
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, summary) = run_scenario(text, dir.path());
+    assert_eq!(summary.delivered, 40);
+    assert_eq!(
+        (
+            summary.auth.dkim_pass,
+            summary.auth.dmarc_pass,
+            summary.auth.spf_pass
+        ),
+        (40, 40, 40)
+    );
+    let stored = stored_messages(&dir.path().join("mailboxes"));
+    let text = std::fs::read_to_string(&stored[0]).unwrap();
+    assert!(
+        text.contains("a=ed25519-sha256"),
+        "{}",
+        &text[..600.min(text.len())]
     );
 }
 
