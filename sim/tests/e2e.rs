@@ -176,16 +176,7 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
     let on_disk: Summary =
         serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(on_disk, summary);
-    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("events")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = mailsim(&["events".as_ref(), dir.path().as_os_str()]);
     let printed: Vec<Record> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -201,32 +192,22 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
     }
 
     // `mailsim replay` rebuilds the same summary.json from the log alone; nothing is left queued.
-    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("replay")
-        .arg("--queue")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = mailsim(&[
+        "replay".as_ref(),
+        "--queue".as_ref(),
+        dir.path().as_os_str(),
+    ]);
     assert_eq!(
         out.stdout,
         std::fs::read(dir.path().join("summary.json")).unwrap()
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("diff")
-        .arg(dir.path())
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = mailsim(&[
+        "diff".as_ref(),
+        dir.path().as_os_str(),
+        dir.path().as_os_str(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("0 of 4 domains differ"),
-        "{text}"
-    );
+    assert!(text.contains("0 of 4 domains differ"), "{text}");
 
     // Every stored message carries the receiver's Authentication-Results header.
     let stored = stored_messages(&dir.path().join("mailboxes"));
@@ -296,6 +277,20 @@ size_bytes = 1000
         "{}",
         &text[..600.min(text.len())]
     );
+}
+
+/// Run the `mailsim` binary; it must succeed.
+fn mailsim(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mailsim {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn stored_messages(root: &Path) -> Vec<PathBuf> {
