@@ -533,6 +533,38 @@ mod tests {
     }
 
     #[test]
+    fn framer_survives_random_input_in_random_chunks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let alphabet = b"MAIL FROM:<a@b>\r\n.DATA\x00\xff";
+        for _ in 0..2000 {
+            let mut f = Framer::new(64, 256);
+            let len = rng.gen_range(0..600);
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let mut fed = 0;
+            while fed < input.len() {
+                let n = rng.gen_range(1..=(input.len() - fed).min(50));
+                f.feed(&input[fed..fed + n]);
+                fed += n;
+                while let Some(item) = f.next_input() {
+                    match item {
+                        Input::Line(l) => {
+                            assert!(l.len() <= 64);
+                            if rng.gen_bool(0.2) {
+                                f.start_data();
+                            }
+                        }
+                        Input::Data(d) => assert!(d.len() <= 256),
+                        Input::LineTooLong | Input::DataTooBig => {}
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn multiline_reply_wire_form() {
         let mut out = Vec::new();
         Reply {

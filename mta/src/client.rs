@@ -62,6 +62,13 @@ impl ReplyReader {
         match self.receiver.parse(bytes) {
             Ok(r) => {
                 self.receiver.reset();
+                // smtp-proto accepts short or odd codes ("30"); RFC 5321 replies are 2xx-5xx.
+                if !(200..=599).contains(&r.code) {
+                    return Err(format!(
+                        "reply code {} is not a three-digit 2xx-5xx code",
+                        r.code
+                    ));
+                }
                 let enhanced =
                     (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
                 Ok(Some(Reply {
@@ -421,6 +428,42 @@ mod tests {
         let mut r = ReplyReader::default();
         let mut it = b"hello there\r\n".iter();
         assert!(r.parse(&mut it).is_err());
+    }
+
+    #[test]
+    fn reply_reader_survives_random_input() {
+        // A tiny deterministic generator keeps this crate free of a rand dependency.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"0123455- \r\n.x";
+        for _ in 0..2000 {
+            let mut r = ReplyReader::default();
+            let len = (next() % 300) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let mut it = input.iter();
+            let mut guard = 0;
+            while it.len() > 0 && guard < 1000 {
+                let before = it.len();
+                match r.parse(&mut it) {
+                    Ok(Some(reply)) => assert!(
+                        (200..=599).contains(&reply.code),
+                        "{reply:?} from {:?}",
+                        String::from_utf8_lossy(&input)
+                    ),
+                    Ok(None) => break,
+                    Err(_) if it.len() == before => break,
+                    Err(_) => {}
+                }
+                guard += 1;
+            }
+        }
     }
 
     #[test]
