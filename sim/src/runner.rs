@@ -167,7 +167,9 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
 
     let total = scenario.campaign().messages;
     let bar = progress_bar(opts.progress, total);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(m.run_time_s_max);
+    // The run's time limit, on the runtime's timer (no wall-clock read here).
+    let time_limit = tokio::time::sleep(Duration::from_secs(m.run_time_s_max));
+    tokio::pin!(time_limit);
     let scenario_arc = Arc::new(scenario.clone());
     let world = Arc::new(world);
     let date_s = (clock.now_ms() / 1000) as i64;
@@ -195,7 +197,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
             break "drained";
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break "time limit",
+            _ = &mut time_limit => break "time limit",
             changed = queued.changed() => if changed.is_err() { break "mta stopped" },
         }
     };
