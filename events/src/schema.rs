@@ -16,18 +16,6 @@ pub struct SmtpReply {
     pub text: String,
 }
 
-impl SmtpReply {
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-    pub fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-    pub fn is_permanent(&self) -> bool {
-        self.code >= 500
-    }
-}
-
 /// A state change. `msg` is the MTA's queue id for one (message, recipient) pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -145,13 +145,6 @@ impl ZoneSet {
             });
     }
 
-    /// Remove every record of `name` with the given type.
-    pub fn remove(&mut self, name: &str, rtype: RecordType) {
-        if let Some(records) = self.records.get_mut(&normalize(name)) {
-            records.retain(|r| r.data.record_type() != rtype);
-        }
-    }
-
     /// The most specific declared zone that is authoritative for `name`.
     pub fn zone_for(&self, name: &str) -> Option<String> {
         let name = normalize(name);

@@ -133,16 +133,6 @@ impl Queue {
         None
     }
 
-    /// Put an entry back at the head of its ready list (a connection ended before trying it).
-    pub fn requeue_front(&mut self, id: u64) {
-        if let Some(e) = self.entries.get(&id) {
-            self.ready
-                .entry(e.domain.clone())
-                .or_default()
-                .push_front(id);
-        }
-    }
-
     /// Schedule another attempt at `due_ms`, recording the attempt count.
     pub fn defer(&mut self, id: u64, attempts: u32, due_ms: u64) {
         if let Some(e) = self.entries.get_mut(&id) {

@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SpoolRef {
@@ -33,7 +33,7 @@ pub struct SpoolError {
 }
 
 struct Segment {
-    file: File,
+    file: Arc<File>,
     live: usize,
 }
 
@@ -121,7 +121,7 @@ impl Spool {
         st.segments.insert(
             segment,
             Segment {
-                file,
+                file: Arc::new(file),
                 live: bodies.len(),
             },
         );
@@ -142,19 +142,24 @@ impl Spool {
         }
     }
 
-    /// Read one body.
+    /// Read one body. The lock is held only to find the segment, not for the read.
     pub fn read(&self, r: &SpoolRef) -> Result<Vec<u8>, SpoolError> {
-        let st = self.state.lock().expect("spool lock");
         let path = self.segment_path(r.segment);
-        let Some(seg) = st.segments.get(&r.segment) else {
+        let file = self
+            .state
+            .lock()
+            .expect("spool lock")
+            .segments
+            .get(&r.segment)
+            .map(|seg| seg.file.clone());
+        let Some(file) = file else {
             return Err(SpoolError {
                 path,
                 source: io::Error::new(io::ErrorKind::NotFound, "segment released"),
             });
         };
         let mut buf = vec![0u8; r.len as usize];
-        seg.file
-            .read_exact_at(&mut buf, r.offset)
+        file.read_exact_at(&mut buf, r.offset)
             .map_err(|source| SpoolError { path, source })?;
         Ok(buf)
     }

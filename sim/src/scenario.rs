@@ -304,9 +304,6 @@ impl Scenario {
                     ));
                 }
             }
-            if !dom.mx.is_empty() && dom.mx.iter().all(|m| m.down) {
-                // Allowed: every MX down is a real failure mode (messages defer, then expire).
-            }
         }
         if self.domains.iter().map(|d| d.get_ref().weight).sum::<f64>() <= 0.0 {
             return Err(invalid(

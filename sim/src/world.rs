@@ -133,26 +133,21 @@ impl World {
                         exchange: mx.host.clone(),
                     },
                 );
-                let existing = hosts
+                // An MX host shared by several domains is planned (and addressed) once.
+                if !hosts
                     .iter()
-                    .find(|h: &&HostPlan| h.name.eq_ignore_ascii_case(&mx.host))
-                    .map(|h| h.ip);
-                let ip = match existing {
-                    Some(ip) => ip,
-                    None => {
-                        let ip = host_ip(hosts.len());
-                        zones.add(&mx.host, RecordData::A(ip));
-                        hosts.push(HostPlan {
-                            name: mx.host.to_ascii_lowercase(),
-                            domain: d.name.to_ascii_lowercase(),
-                            ip,
-                            down: mx.down,
-                            behaviour: behaviour.clone(),
-                        });
-                        ip
-                    }
-                };
-                let _ = ip;
+                    .any(|h: &HostPlan| h.name.eq_ignore_ascii_case(&mx.host))
+                {
+                    let ip = host_ip(hosts.len());
+                    zones.add(&mx.host, RecordData::A(ip));
+                    hosts.push(HostPlan {
+                        name: mx.host.to_ascii_lowercase(),
+                        domain: d.name.to_ascii_lowercase(),
+                        ip,
+                        down: mx.down,
+                        behaviour: behaviour.clone(),
+                    });
+                }
             }
             if let Some(spf) = &d.spf {
                 zones.add(&d.name, RecordData::Txt(spf.clone()));
