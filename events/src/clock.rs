@@ -32,3 +32,27 @@ impl Clock for FixedClock {
         self.0
     }
 }
+
+/// Virtual time: the async runtime's clock (paused in virtual mode, so it jumps straight to the
+/// next timer), counted from a fixed epoch so that a run reads the same instants every time.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeClock {
+    epoch_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl RuntimeClock {
+    /// Must be called inside the runtime whose clock it reads.
+    pub fn new(epoch_ms: u64) -> Self {
+        RuntimeClock {
+            epoch_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for RuntimeClock {
+    fn now_ms(&self) -> u64 {
+        self.epoch_ms + self.start.elapsed().as_millis() as u64
+    }
+}

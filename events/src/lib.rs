@@ -15,6 +15,6 @@ pub mod clock;
 pub mod log;
 pub mod schema;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, RuntimeClock, SystemClock};
 pub use log::{EventLog, EventSink, LogError, read_log};
 pub use schema::{Event, Record, SCHEMA_VERSION, SmtpReply};

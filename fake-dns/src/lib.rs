@@ -5,9 +5,11 @@
 //!   [`ZoneSet::lookup`] (for virtual time) and builds a hickory [`Catalog`].
 //! * [`DnsServer`] serves that catalog with hickory-server over UDP and TCP on one loopback
 //!   port, and shuts down cleanly.
+//! * [`FaultyZones`] adds a fault timeline (SERVFAIL, timeouts, NXDOMAIN, changed records).
 
+pub use hickory_proto::rr::RecordType;
 use hickory_proto::rr::rdata::{A, MX, NS, PTR, SOA, TXT};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::Server;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
@@ -17,6 +19,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
+
+pub mod faults;
+pub use faults::{Fault, FaultKind, FaultyZones, Resolution};
 
 /// Default TTL of synthetic records, in seconds.
 pub const TTL_S_DEFAULT: u32 = 300;
@@ -158,6 +163,13 @@ impl ZoneSet {
                 None => return None,
             }
         }
+    }
+
+    /// Every name that exists: zone origins and record owners (lower case, no trailing dot).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let mut all: BTreeSet<&str> = self.origins.iter().map(String::as_str).collect();
+        all.extend(self.records.keys().map(String::as_str));
+        all.into_iter()
     }
 
     /// Zones with the records each is authoritative for.

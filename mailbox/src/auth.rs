@@ -1,6 +1,7 @@
 //! SPF, DKIM and DMARC verification with mail-auth, against whatever DNS the resolver points at
 //! (fake-dns in mailsim).
 
+use crate::zone_answers::{ZoneAnswers, ZoneCache, ZoneCaches};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::config::{
@@ -11,7 +12,9 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
     SpfResult,
 };
-use std::net::{IpAddr, SocketAddr};
+use mail_auth::{MX, Parameters, RecordSet, Txt};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The verdicts for one message, as short lowercase words, plus the header to prepend.
@@ -31,6 +34,8 @@ pub struct Verdicts {
 pub struct Verifier {
     auth: MessageAuthenticator,
     hostname: String,
+    /// In-process answers (virtual mode); empty caches in live mode.
+    caches: ZoneCaches,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +66,20 @@ impl Verifier {
         Ok(Verifier {
             auth,
             hostname: hostname.to_string(),
+            caches: ZoneCaches::new(None),
         })
+    }
+
+    /// A verifier answered in-process from the scenario's zones, at scenario time; it never
+    /// opens a socket (virtual mode).
+    pub fn in_process(answers: Arc<ZoneAnswers>, hostname: &str) -> Result<Self, VerifierError> {
+        // The resolver is never asked: every name gets an answer from the caches.
+        let unused: SocketAddr = "127.0.0.1:9"
+            .parse()
+            .map_err(|_| VerifierError("address".into()))?;
+        let mut v = Verifier::new(unused, hostname)?;
+        v.caches = ZoneCaches::new(Some(answers));
+        Ok(v)
     }
 
     /// Verify a message received from `ip` after `helo`, with envelope sender `mail_from`.
@@ -78,12 +96,12 @@ impl Verifier {
             .to_string();
         let spf = self
             .auth
-            .verify_spf(SpfParameters::verify_mail_from(
+            .verify_spf(self.with_caches(SpfParameters::verify_mail_from(
                 ip,
                 helo,
                 &self.hostname,
                 mail_from,
-            ))
+            )))
             .await;
         let spf_word = spf_word(spf.result());
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
@@ -100,15 +118,15 @@ impl Verifier {
                 header,
             };
         };
-        let dkim = self.auth.verify_dkim(&parsed).await;
+        let dkim = self.auth.verify_dkim(self.with_caches(&parsed)).await;
         let dmarc = self
             .auth
-            .verify_dmarc(DmarcParameters::new(
+            .verify_dmarc(self.with_caches(DmarcParameters::new(
                 &parsed,
                 &dkim,
                 &mail_from_domain,
                 &spf,
-            ))
+            )))
             .await;
         let header_from = Some(parsed.from())
             .and_then(|f| f.rsplit_once('@'))
@@ -144,6 +162,32 @@ impl Verifier {
             dmarc_policy,
             header,
         }
+    }
+}
+
+/// mail-auth's parameters with the five zone caches attached.
+type CachedParameters<'x, P> = Parameters<
+    'x,
+    P,
+    ZoneCache<Txt>,
+    ZoneCache<RecordSet<MX>>,
+    ZoneCache<RecordSet<Ipv4Addr>>,
+    ZoneCache<RecordSet<Ipv6Addr>>,
+    ZoneCache<RecordSet<Box<str>>>,
+>;
+
+impl Verifier {
+    fn with_caches<'x, P>(
+        &'x self,
+        params: P,
+    ) -> CachedParameters<'x, P> {
+        let c = &self.caches;
+        Parameters::new(params)
+            .with_txt_cache(&c.txt)
+            .with_mx_cache(&c.mx)
+            .with_ipv4_cache(&c.ipv4)
+            .with_ipv6_cache(&c.ipv6)
+            .with_ptr_cache(&c.ptr)
     }
 }
 

@@ -5,6 +5,8 @@
 //!   recipient and message. [`smtp::serve`] runs it on a bound listener with a connection cap and
 //!   a shutdown signal.
 //! * [`auth`] verifies SPF, DKIM and DMARC with mail-auth and writes Authentication-Results.
+//! * [`zone_answers`] answers mail-auth's lookups in-process from the scenario's zones and fault
+//!   timeline (virtual mode).
 //! * [`store`] keeps accepted mail per user in Maildir folders.
 //!
 //! The fleet of simulated recipient servers (in `mailsim`) is a [`smtp::Backend`] built from these.
@@ -12,3 +14,4 @@
 pub mod auth;
 pub mod smtp;
 pub mod store;
+pub mod zone_answers;

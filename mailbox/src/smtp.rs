@@ -54,6 +54,19 @@ impl Reply {
         }
     }
 
+    /// Not a reply: close the connection without answering (a server that drops the client).
+    pub fn disconnect() -> Self {
+        Reply {
+            code: 0,
+            enhanced: None,
+            text: String::new(),
+        }
+    }
+
+    pub fn is_disconnect(&self) -> bool {
+        self.code == 0
+    }
+
     pub fn enhanced_str(&self) -> String {
         self.enhanced
             .map(|(a, b, c)| format!("{a}.{b}.{c}"))
@@ -61,7 +74,7 @@ impl Reply {
     }
 
     pub fn is_positive(&self) -> bool {
-        self.code < 400
+        self.code != 0 && self.code < 400
     }
 
     /// Append the wire form (multi-line when the text has newlines).
@@ -112,6 +125,16 @@ pub trait Backend: Send + Sync + 'static {
         tx: &Transaction,
         message: Vec<u8>,
     ) -> impl Future<Output = Reply> + Send;
+    /// The session ended (whatever the reason).
+    fn on_disconnect(&self, _info: &SessionInfo) {}
+    /// How long to wait before the greeting (a slow server).
+    fn greeting_delay(&self, _info: &SessionInfo) -> Duration {
+        Duration::ZERO
+    }
+    /// How long to wait before each batch of replies (a slow server).
+    fn reply_delay(&self, _info: &SessionInfo) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// One unit of client input.
@@ -225,20 +248,33 @@ impl Framer {
 #[derive(PartialEq, Eq)]
 enum Flow {
     Continue,
+    /// QUIT: answer, then close.
     Close,
+    /// The backend drops the connection without answering.
+    Drop,
 }
 
 /// Run one SMTP session over any stream.
-pub async fn handle_session<S, B>(
-    mut stream: S,
-    mut info: SessionInfo,
-    backend: &B,
-    cfg: &ServerConfig,
-) where
+pub async fn handle_session<S, B>(stream: S, info: SessionInfo, backend: &B, cfg: &ServerConfig)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let probe = info.clone();
+    run_session(stream, info, backend, cfg).await;
+    backend.on_disconnect(&probe);
+}
+
+async fn run_session<S, B>(mut stream: S, mut info: SessionInfo, backend: &B, cfg: &ServerConfig)
+where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Backend,
 {
     let mut out = Vec::with_capacity(1024);
+    let delay = backend.greeting_delay(&info);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(refusal) = backend.on_connect(&info) {
         refusal.write_to(&mut out);
         let _ = stream.write_all(&out).await;
@@ -256,20 +292,17 @@ pub async fn handle_session<S, B>(
     let mut readbuf = vec![0u8; 64 * 1024];
     loop {
         // Reply to everything pipelined so far before reading more (RFC 2920).
-        if !framer.has_buffered() && !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        if !framer.has_buffered()
+            && !out.is_empty()
+            && !flush(&mut stream, &mut out, backend, &info).await
+        {
+            return;
         }
         let input = match framer.next_input() {
             Some(input) => input,
             None => {
-                if !out.is_empty() {
-                    if stream.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    out.clear();
+                if !out.is_empty() && !flush(&mut stream, &mut out, backend, &info).await {
+                    return;
                 }
                 let n =
                     match tokio::time::timeout(cfg.idle_timeout, stream.read(&mut readbuf)).await {
@@ -302,8 +335,7 @@ pub async fn handle_session<S, B>(
             }
             Input::Data(message) => {
                 let t = tx.take().unwrap_or_default();
-                backend.on_data(&info, &t, message).await.write_to(&mut out);
-                Flow::Continue
+                answer(backend.on_data(&info, &t, message).await, &mut out)
             }
             Input::Line(line) => {
                 command(
@@ -318,11 +350,49 @@ pub async fn handle_session<S, B>(
                 .await
             }
         };
-        if flow == Flow::Close {
-            let _ = stream.write_all(&out).await;
-            let _ = stream.shutdown().await;
-            return;
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => {
+                let _ = stream.write_all(&out).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Flow::Drop => {
+                // Send what was answered before the drop, then cut the connection.
+                let _ = stream.write_all(&out).await;
+                return;
+            }
         }
+    }
+}
+
+/// Write the pending replies after the backend's reply delay; false when the client is gone.
+async fn flush<S: AsyncWrite + Unpin, B: Backend>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    backend: &B,
+    info: &SessionInfo,
+) -> bool {
+    let delay = backend.reply_delay(info);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let ok = stream.write_all(out).await.is_ok();
+    out.clear();
+    ok
+}
+
+/// Queue a backend's reply, or drop the connection when it says so.
+/// A 421 closes the session after it is sent (RFC 5321 section 3.8).
+fn answer(reply: Reply, out: &mut Vec<u8>) -> Flow {
+    if reply.is_disconnect() {
+        return Flow::Drop;
+    }
+    reply.write_to(out);
+    if reply.code == 421 {
+        Flow::Close
+    } else {
+        Flow::Continue
     }
 }
 
@@ -402,7 +472,7 @@ async fn command<B: Backend>(
                         rcpts: Vec::new(),
                     });
                 }
-                reply.write_to(out);
+                return answer(reply, out);
             }
         }
         Request::Rcpt { to } => match tx.as_mut() {
@@ -415,7 +485,7 @@ async fn command<B: Backend>(
                 if reply.is_positive() {
                     t.rcpts.push(to.address);
                 }
-                reply.write_to(out);
+                return answer(reply, out);
             }
         },
         Request::Data => match tx.as_ref() {
@@ -453,6 +523,75 @@ async fn command<B: Backend>(
     Flow::Continue
 }
 
+/// One SMTP server: a backend, its limits, a connection cap and its own session numbering.
+/// Sessions come from a TCP listener ([`Server::serve`]) or from any stream handed to
+/// [`Server::accept`] (the in-memory pipes of virtual mode).
+pub struct Server<B> {
+    backend: Arc<B>,
+    cfg: Arc<ServerConfig>,
+    limit: Arc<Semaphore>,
+    next_session: AtomicU64,
+}
+
+impl<B: Backend> Server<B> {
+    pub fn new(backend: Arc<B>, cfg: ServerConfig) -> Self {
+        Server {
+            limit: Arc::new(Semaphore::new(cfg.connections_max)),
+            backend,
+            cfg: Arc::new(cfg),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// Serve one connection to its end (or refuse it with 421 when the cap is reached).
+    pub async fn accept<S>(&self, mut stream: S, peer: SocketAddr, local: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Ok(_permit) = self.limit.clone().try_acquire_owned() else {
+            let mut out = Vec::new();
+            Reply::new(421, (4, 7, 0), "too many connections, try later").write_to(&mut out);
+            let _ = stream.write_all(&out).await;
+            let _ = stream.shutdown().await;
+            return;
+        };
+        let info = SessionInfo {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            helo: String::new(),
+        };
+        handle_session(stream, info, self.backend.as_ref(), &self.cfg).await;
+    }
+
+    /// Accept connections on `listener` until `shutdown` resolves; then wait for every open
+    /// session to finish.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut sessions = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                accepted = listener.accept() => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().unwrap_or(peer);
+                    let server = self.clone();
+                    sessions.spawn(async move { server.accept(stream, peer, local).await });
+                }
+            }
+        }
+        drop(listener);
+        while sessions.join_next().await.is_some() {}
+    }
+}
+
 /// Accept connections on `listener` until `shutdown` resolves, at most `connections_max` at
 /// once; then wait for every open session to finish.
 pub async fn serve<B: Backend>(
@@ -461,37 +600,9 @@ pub async fn serve<B: Backend>(
     cfg: Arc<ServerConfig>,
     shutdown: impl Future<Output = ()>,
 ) {
-    static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
-    let limit = Arc::new(Semaphore::new(cfg.connections_max));
-    let mut sessions = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    let mut out = Vec::new();
-                    Reply::new(421, (4, 7, 0), "too many connections, try later").write_to(&mut out);
-                    let mut stream = stream;
-                    let _ = stream.write_all(&out).await;
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().unwrap_or(peer);
-                let info = SessionInfo { id: SESSION_IDS.fetch_add(1, Ordering::Relaxed), peer, local, helo: String::new() };
-                let backend = backend.clone();
-                let cfg = cfg.clone();
-                sessions.spawn(async move {
-                    handle_session(stream, info, backend.as_ref(), &cfg).await;
-                    drop(permit);
-                });
-            }
-        }
-    }
-    drop(listener);
-    while sessions.join_next().await.is_some() {}
+    Arc::new(Server::new(backend, (*cfg).clone()))
+        .serve(listener, shutdown)
+        .await
 }
 
 #[cfg(test)]

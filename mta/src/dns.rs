@@ -63,22 +63,6 @@ impl HickoryResolver {
             .map_err(|e| RouteError::Temp(format!("building resolver: {e}")))?;
         Ok(HickoryResolver { inner })
     }
-
-    async fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, RouteError> {
-        match self.inner.lookup(fqdn(host), RecordType::A).await {
-            Ok(lookup) => Ok(lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    _ => None,
-                })
-                .collect()),
-            Err(e) if e.is_nx_domain() => Err(RouteError::Perm(format!("{host}: NXDOMAIN"))),
-            Err(e) if e.is_no_records_found() => Ok(vec![]),
-            Err(e) => Err(RouteError::Temp(format!("{host} A: {e}"))),
-        }
-    }
 }
 
 fn fqdn(name: &str) -> String {
@@ -89,11 +73,29 @@ fn fqdn(name: &str) -> String {
     }
 }
 
-impl Resolver for HickoryResolver {
-    async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
-        let mx = match self.inner.lookup(fqdn(domain), RecordType::MX).await {
-            Ok(lookup) => {
-                let mut hosts: Vec<(u16, String)> = lookup
+/// The answer to one query, as routing needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    Records(Vec<T>),
+    /// The name exists without records of that type.
+    NoRecords,
+    NxDomain,
+    /// SERVFAIL, timeout, refused: try again later.
+    Failed(String),
+}
+
+/// The two queries routing makes; implemented over the wire ([`HickoryResolver`]) and
+/// in-process (virtual mode). Every implementor is a [`Resolver`] with the same rules.
+pub trait Lookups: Send + Sync + 'static {
+    fn mx(&self, name: &str) -> impl Future<Output = Answer<(u16, String)>> + Send;
+    fn a(&self, name: &str) -> impl Future<Output = Answer<IpAddr>> + Send;
+}
+
+impl Lookups for HickoryResolver {
+    async fn mx(&self, name: &str) -> Answer<(u16, String)> {
+        match self.inner.lookup(fqdn(name), RecordType::MX).await {
+            Ok(lookup) => Answer::Records(
+                lookup
                     .answers()
                     .iter()
                     .filter_map(|r| match &r.data {
@@ -106,32 +108,69 @@ impl Resolver for HickoryResolver {
                         )),
                         _ => None,
                     })
-                    .collect();
+                    .collect(),
+            ),
+            Err(e) if e.is_nx_domain() => Answer::NxDomain,
+            Err(e) if e.is_no_records_found() => Answer::NoRecords,
+            Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+
+    async fn a(&self, name: &str) -> Answer<IpAddr> {
+        match self.inner.lookup(fqdn(name), RecordType::A).await {
+            Ok(lookup) => Answer::Records(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) if e.is_nx_domain() => Answer::NxDomain,
+            Err(e) if e.is_no_records_found() => Answer::NoRecords,
+            Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+}
+
+impl<L: Lookups> Resolver for L {
+    async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
+        let mx = match self.mx(domain).await {
+            Answer::Records(mut hosts) => {
                 hosts.sort();
                 hosts
             }
-            Err(e) if e.is_nx_domain() => {
-                return Err(RouteError::Perm(format!("{domain}: NXDOMAIN")));
-            }
+            Answer::NxDomain => return Err(RouteError::Perm(format!("{domain}: NXDOMAIN"))),
             // No MX: RFC 5321 section 5.1, the domain itself is the implicit MX.
-            Err(e) if e.is_no_records_found() => vec![(0, domain.to_ascii_lowercase())],
-            Err(e) => return Err(RouteError::Temp(format!("{domain} MX: {e}"))),
+            Answer::NoRecords => vec![(0, domain.to_ascii_lowercase())],
+            Answer::Failed(e) => return Err(RouteError::Temp(format!("{domain} MX: {e}"))),
         };
         // Null MX (RFC 7505): a single MX with an empty exchange.
-        if mx.len() == 1 && mx[0].1.is_empty() {
+        if mx.len() == 1 && (mx[0].1.is_empty() || mx[0].1 == ".") {
             return Err(RouteError::Perm(format!("{domain} publishes a null MX")));
         }
         let mut out = Vec::with_capacity(mx.len());
         let mut last_err = None;
         for (preference, name) in mx {
-            match self.addrs(&name).await {
-                Ok(addrs) => out.push(MxHost {
-                    name,
-                    preference,
-                    addrs,
-                }),
-                Err(e) => last_err = Some(e),
-            }
+            let addrs = match self.a(&name).await {
+                Answer::Records(addrs) => addrs,
+                Answer::NoRecords => vec![],
+                Answer::NxDomain => {
+                    last_err = Some(RouteError::Perm(format!("{name}: NXDOMAIN")));
+                    continue;
+                }
+                Answer::Failed(e) => {
+                    last_err = Some(RouteError::Temp(format!("{name} A: {e}")));
+                    continue;
+                }
+            };
+            out.push(MxHost {
+                name,
+                preference,
+                addrs,
+            });
         }
         if out.iter().all(|h| h.addrs.is_empty()) {
             return Err(match last_err {

@@ -286,7 +286,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 Some(due) => Duration::from_millis(due.saturating_sub(now).max(1)),
                 None => Duration::from_secs(3600),
             };
+            // `biased`: branches are polled in order, never at random, so a virtual run
+            // replays exactly.
             tokio::select! {
+                biased;
                 _ = &mut shutdown => break,
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}

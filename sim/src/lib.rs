@@ -5,8 +5,10 @@
 //! plan) -> fake-dns + [`fleet::Fleet`] + the MTA on loopback -> the event log -> the summary
 //! (folded by `mailsim-reports`).
 
+pub mod behaviour;
 pub mod fleet;
 pub mod keys;
 pub mod runner;
 pub mod scenario;
+pub mod virt;
 pub mod world;

@@ -78,16 +78,13 @@ fn real_main() -> anyhow::Result<()> {
             let out_dir = out.unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{}-{}", sc.name, SystemClock.now_ms()))
             });
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let summary = rt.block_on(runner::run(
+            let summary = runner::run_scenario(
                 &sc,
                 &RunOptions {
                     out_dir: out_dir.clone(),
                     progress: !quiet,
                 },
-            ))?;
+            )?;
             print!("{}", runner::summary_json(&summary)?);
             let rate = if summary.elapsed_s > 0.0 {
                 summary.delivered as f64 / summary.elapsed_s

@@ -2,17 +2,20 @@
 //! campaign injected, until every message is final or the time limit passes. Writes the event
 //! log and the summary folded from it.
 
-use crate::fleet::Fleet;
-use crate::scenario::Scenario;
+use crate::fleet::{Fleet, FleetContext, FleetServers};
+use crate::scenario::{Mode, Scenario};
+use crate::virt::{VirtualNet, ZoneLookups};
 use crate::world::{World, mix};
-use fake_dns::DnsServer;
+use fake_dns::{DnsServer, FaultyZones};
 use mail_builder::MessageBuilder;
-use mailsim_events::{Clock, Event, EventLog, SystemClock, read_log};
+use mailsim_events::{Clock, Event, EventLog, EventSink, RuntimeClock, SystemClock, read_log};
+use mailsim_mailbox::auth::Verifier;
+use mailsim_mailbox::zone_answers::ZoneAnswers;
 use mailsim_mta::dkim::Signer;
-use mailsim_mta::dns::HickoryResolver;
+use mailsim_mta::dns::{HickoryResolver, Resolver};
 use mailsim_mta::queue::RetryPolicy;
 use mailsim_mta::spool::Spool;
-use mailsim_mta::{Mta, MtaConfig, OutboundMessage, TcpConnector};
+use mailsim_mta::{Connector, Mta, MtaConfig, OutboundMessage, TcpConnector};
 use mailsim_reports::Summary;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -92,47 +95,64 @@ pub fn build_messages(
         .collect()
 }
 
-/// Run a scenario; returns the summary (also written to `summary.json`).
-pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
+/// The virtual clock starts at 2026-01-01T00:00:00Z, so a virtual run reads the same instants
+/// every time.
+pub const VIRTUAL_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Run a scenario on the runtime its mode needs: a multi-thread runtime on the wall clock for
+/// live mode, a current-thread runtime with a paused clock for virtual mode.
+pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
+    match scenario.mode {
+        Mode::Live => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run_live(scenario, opts)),
+        Mode::Virtual => tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()?
+            .block_on(run_virtual(scenario, opts)),
+    }
+}
+
+/// What both modes set up the same way.
+struct Setup {
+    world: Arc<World>,
+    log: EventLog,
+    events: EventSink,
+    clock: Arc<dyn Clock>,
+    start_ms: u64,
+}
+
+async fn setup(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Setup> {
     std::fs::create_dir_all(&opts.out_dir)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let world = {
-        let scenario = scenario.clone();
-        tokio::task::spawn_blocking(move || World::build(&scenario))
-            .await?
-            .map_err(anyhow::Error::msg)?
-    };
-    let dns = DnsServer::start(&world.zones, "127.0.0.1:0".parse::<SocketAddr>()?).await?;
+    let world = World::build(scenario).map_err(anyhow::Error::msg)?;
     let log = EventLog::create(&events_path(&opts.out_dir), clock.clone())?;
     let events = log.sink();
     events.emit(Event::RunStarted {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
-        mode: "live".into(),
-    });
-
-    let fleet = Fleet::start(
-        &world.hosts,
-        dns.addr(),
-        &opts.out_dir.join("mailboxes"),
-        events.clone(),
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    let m = &scenario.mta;
-    let cfg = MtaConfig {
-        hostname: m.hostname.clone(),
-        remote_port: fleet.port,
-        conns_per_domain_max: m.conns_per_domain_max,
-        msgs_per_conn_max: m.msgs_per_conn_max,
-        retry: RetryPolicy {
-            retry_interval_s_min: m.retry_interval_s_min,
-            retry_interval_s_max: m.retry_interval_s_max,
-            lifetime_s: m.lifetime_s,
+        mode: match scenario.mode {
+            Mode::Live => "live".into(),
+            Mode::Virtual => "virtual".into(),
         },
-        ..MtaConfig::default()
-    };
-    let signers = world
+    });
+    let start_ms = clock.now_ms();
+    Ok(Setup {
+        world: Arc::new(world),
+        log,
+        events,
+        clock,
+        start_ms,
+    })
+}
+
+fn signers(world: &World) -> anyhow::Result<Vec<Signer>> {
+    Ok(world
         .senders
         .iter()
         .map(|s| {
@@ -143,17 +163,105 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
                 s.key.ed25519,
             )
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
+    let m = &scenario.mta;
+    MtaConfig {
+        hostname: m.hostname.clone(),
+        remote_port,
+        conns_per_domain_max: m.conns_per_domain_max,
+        msgs_per_conn_max: m.msgs_per_conn_max,
+        retry: RetryPolicy {
+            retry_interval_s_min: m.retry_interval_s_min,
+            retry_interval_s_max: m.retry_interval_s_max,
+            lifetime_s: m.lifetime_s,
+        },
+        destination_backoff_s: m.destination_backoff_s,
+        ..MtaConfig::default()
+    }
+}
+
+fn fleet_context(setup: &Setup, opts: &RunOptions, verifier: Verifier) -> FleetContext {
+    FleetContext {
+        verifier: Arc::new(verifier),
+        store_root: opts.out_dir.join("mailboxes"),
+        events: setup.events.clone(),
+        clock: setup.clock.clone(),
+        start_ms: setup.start_ms,
+        later: None,
+        inbox: None,
+    }
+}
+
+async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
+    let setup = setup(scenario, opts, Arc::new(SystemClock)).await?;
+    if !setup.world.faults.is_empty() {
+        anyhow::bail!(
+            "{}: [[dns_fault]] needs mode = \"virtual\" (the live DNS server serves static zones)",
+            scenario.name
+        );
+    }
+    let dns = DnsServer::start(&setup.world.zones, "127.0.0.1:0".parse::<SocketAddr>()?).await?;
+    let verifier = Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
+    let servers = FleetServers::build(&setup.world.hosts, &fleet_context(&setup, opts, verifier));
+    let fleet = Fleet::start(&servers).await.map_err(anyhow::Error::msg)?;
     let mta = Mta::new(
-        cfg,
+        mta_config(scenario, fleet.port),
         HickoryResolver::new(dns.addr())?,
         TcpConnector {
-            source_ip: Some(m.ip.into()),
+            source_ip: Some(scenario.mta.ip.into()),
         },
         Spool::open(&opts.out_dir.join("spool"))?,
-        signers,
-        events.clone(),
+        signers(&setup.world)?,
+        setup.events.clone(),
     );
+    let reason = drive(scenario, &setup, &mta, opts, true).await?;
+    fleet.shutdown().await;
+    dns.shutdown().await;
+    finish(setup, reason, opts)
+}
+
+async fn run_virtual(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
+    let clock: Arc<dyn Clock> = Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS));
+    let setup = setup(scenario, opts, clock).await?;
+    let zones = Arc::new(FaultyZones::new(
+        setup.world.zones.clone(),
+        setup.world.faults.clone(),
+    ));
+    let answers = Arc::new(ZoneAnswers::new(
+        zones.clone(),
+        setup.clock.clone(),
+        setup.start_ms,
+    ));
+    let verifier =
+        Verifier::in_process(answers, "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
+    let servers = FleetServers::build(&setup.world.hosts, &fleet_context(&setup, opts, verifier));
+    let net = VirtualNet::new(&servers, scenario.mta.ip.into());
+    let mta = Mta::new(
+        mta_config(scenario, 25),
+        ZoneLookups::new(zones, setup.clock.clone(), setup.start_ms),
+        net.clone(),
+        Spool::open(&opts.out_dir.join("spool"))?,
+        signers(&setup.world)?,
+        setup.events.clone(),
+    );
+    let reason = drive(scenario, &setup, &mta, opts, false).await?;
+    net.shutdown().await;
+    finish(setup, reason, opts)
+}
+
+/// Inject the campaign, run the MTA until every message is final or the time limit passes.
+/// Live mode builds and signs batches on blocking threads; virtual mode does it inline, so that
+/// the paused clock cannot move while a batch is being prepared.
+async fn drive<R: Resolver, C: Connector>(
+    scenario: &Scenario,
+    setup: &Setup,
+    mta: &Mta<R, C>,
+    opts: &RunOptions,
+    blocking_threads: bool,
+) -> anyhow::Result<&'static str> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let dispatcher = {
         let mta = mta.clone();
@@ -164,24 +272,30 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
             .await
         })
     };
-
     let total = scenario.campaign().messages;
     let bar = progress_bar(opts.progress, total);
     // The run's time limit, on the runtime's timer (no wall-clock read here).
-    let time_limit = tokio::time::sleep(Duration::from_secs(m.run_time_s_max));
+    let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
     tokio::pin!(time_limit);
     let scenario_arc = Arc::new(scenario.clone());
-    let world = Arc::new(world);
-    let date_s = (clock.now_ms() / 1000) as i64;
+    let date_s = (setup.clock.now_ms() / 1000) as i64;
     let mut start = 0u64;
     while start < total {
         let end = (start + INJECT_BATCH as u64).min(total);
-        let (mta2, sc, w) = (mta.clone(), scenario_arc.clone(), world.clone());
-        tokio::task::spawn_blocking(move || {
-            let batch = build_messages(&sc, &w, start..end, date_s);
-            mta2.inject(batch)
-        })
-        .await??;
+        if blocking_threads {
+            let (mta2, sc) = (mta.clone(), scenario_arc.clone());
+            let world = setup.world.clone();
+            tokio::task::spawn_blocking(move || {
+                let batch = build_messages(&sc, &world, start..end, date_s);
+                mta2.inject(batch)
+            })
+            .await??;
+        } else {
+            let batch = build_messages(scenario, &setup.world, start..end, date_s);
+            mta.inject(batch)?;
+            // Let the dispatcher start on this batch before the next one is prepared.
+            tokio::task::yield_now().await;
+        }
         start = end;
         if let Some(bar) = &bar {
             bar.set_position(total - mta.queued() as u64);
@@ -197,8 +311,9 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
             break "drained";
         }
         tokio::select! {
-            _ = &mut time_limit => break "time limit",
+            biased;
             changed = queued.changed() => if changed.is_err() { break "mta stopped" },
+            _ = &mut time_limit => break "time limit",
         }
     };
     if let Some(bar) = bar {
@@ -206,20 +321,18 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summa
     }
     let _ = stop_tx.send(true);
     dispatcher.await?;
-    fleet.shutdown().await;
-    dns.shutdown().await;
-    events.emit(Event::RunFinished {
-        reason: finish_reason.into(),
-    });
-    drop(events);
-    log.close()?;
+    Ok(finish_reason)
+}
 
+fn finish(setup: Setup, reason: &str, opts: &RunOptions) -> anyhow::Result<Summary> {
+    setup.events.emit(Event::RunFinished {
+        reason: reason.into(),
+    });
+    drop(setup.events);
+    setup.log.close()?;
     let (records, _) = read_log(&events_path(&opts.out_dir))?;
     let summary = Summary::fold(&records);
-    std::fs::write(
-        summary_path(&opts.out_dir),
-        serde_json::to_string_pretty(&summary)? + "\n",
-    )?;
+    std::fs::write(summary_path(&opts.out_dir), summary_json(&summary)?)?;
     Ok(summary)
 }
 

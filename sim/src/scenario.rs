@@ -21,8 +21,12 @@ pub enum ScenarioError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// Real loopback sockets and the wall clock.
     #[default]
     Live,
+    /// One thread, a paused clock, in-memory connections and in-process DNS: deterministic,
+    /// and days of retries pass in seconds.
+    Virtual,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +44,48 @@ pub struct Scenario {
     #[serde(rename = "domain")]
     pub domains: Vec<Spanned<Domain>>,
     pub campaign: Spanned<Campaign>,
+    /// DNS faults on the timeline.
+    #[serde(default, rename = "dns_fault")]
+    pub dns_faults: Vec<Spanned<DnsFaultSpec>>,
+}
+
+/// A window in scenario time, in seconds since the run started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Window {
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+}
+
+impl Window {
+    pub fn contains_ms(&self, elapsed_ms: u64) -> bool {
+        self.from_s.is_none_or(|f| elapsed_ms >= f * 1000)
+            && self.until_s.is_none_or(|u| elapsed_ms < u * 1000)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsFaultKind {
+    Servfail,
+    Timeout,
+    Nxdomain,
+    /// RFC 7505: `MX 0 .`, the domain accepts no mail.
+    NullMx,
+    /// Replace the MX records with `mx`.
+    ChangeMx,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFaultSpec {
+    /// The name (and, except for `change_mx`, every name under it).
+    pub name: String,
+    pub kind: DnsFaultKind,
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+    /// New MX hosts for `change_mx` (they must be MX hosts of some domain in the scenario).
+    #[serde(default)]
+    pub mx: Vec<MxSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,7 +100,12 @@ pub struct MtaSection {
     pub retry_interval_s_max: u64,
     pub lifetime_s: u64,
     /// The run stops after this long even if messages are still queued (they count as deferred).
+    /// Virtual seconds in virtual mode.
     pub run_time_s_max: u64,
+    /// How long a 421 or a rate-limit reply backs the whole destination off.
+    pub destination_backoff_s: u64,
+    /// Return paths `bounces+<id>-<local>=<domain>@<sender domain>` (VERP).
+    pub verp: bool,
 }
 
 impl Default for MtaSection {
@@ -68,6 +119,8 @@ impl Default for MtaSection {
             retry_interval_s_max: 4000,
             lifetime_s: 5 * 86_400,
             run_time_s_max: 600,
+            destination_backoff_s: 60,
+            verp: true,
         }
     }
 }
@@ -99,6 +152,8 @@ pub struct Sender {
     /// Publish the DKIM key in DNS (false simulates a missing key).
     #[serde(default = "yes")]
     pub dkim_publish: bool,
+    /// Where receivers send ARF complaints (feedback loop); defaults to `fbl@<domain>`.
+    pub feedback: Option<String>,
 }
 
 fn default_selector() -> String {
@@ -140,6 +195,119 @@ pub struct UnknownUsers {
 pub struct TempFail {
     /// Share of RCPT commands (0-100) answered 451 4.3.0, drawn per attempt.
     pub percent: f64,
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+}
+
+/// Mailboxes that are full: 452 4.2.2 on every attempt (or 552 5.2.2 when `permanent`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxFull {
+    /// Share of recipients (0-100) whose mailbox is full, chosen from the seed.
+    pub percent: f64,
+    #[serde(default)]
+    pub permanent: bool,
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+}
+
+/// Greylisting: the first attempt of a (client IP, sender, recipient) triplet gets 451 4.7.1;
+/// a retry at least `window_s` later is accepted, and the triplet is remembered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Greylist {
+    #[serde(default = "default_grey_window")]
+    pub window_s: u64,
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+}
+
+fn default_grey_window() -> u64 {
+    300
+}
+
+/// A token bucket per client IP, refilled at `messages_per_s` up to `burst`; a message without
+/// a token gets the profile's rate-limit reply (450 4.7.x, or 421 4.7.x and the connection
+/// closed when `close = true`). More than `connections_max` open connections per IP -> 421.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub messages_per_s: f64,
+    #[serde(default = "default_burst")]
+    pub burst: f64,
+    #[serde(default)]
+    pub close: bool,
+    pub connections_max: Option<usize>,
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+}
+
+fn default_burst() -> f64 {
+    10.0
+}
+
+/// A slow server: delays before the banner and before each batch of replies.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Slow {
+    #[serde(default)]
+    pub banner_s: f64,
+    #[serde(default)]
+    pub reply_s: f64,
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+}
+
+/// Connections dropped without a reply: at RCPT (before DATA) or after the message was sent
+/// (during DATA, nothing stored), each with a share (0-100) drawn per attempt.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DropConnections {
+    #[serde(default)]
+    pub before_data_percent: f64,
+    #[serde(default)]
+    pub during_data_percent: f64,
+    pub from_s: Option<u64>,
+    pub until_s: Option<u64>,
+}
+
+/// A simple spam score: one point per listed word found in the message (case-insensitive);
+/// `score_max` points or more -> 550 5.7.1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentFilter {
+    pub words: Vec<String>,
+    #[serde(default = "one_u32")]
+    pub score_max: u32,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+/// Accept now, report later: a DSN (async bounce) or an ARF complaint for a share of the
+/// accepted messages, `delay_s` after acceptance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Later {
+    pub percent: f64,
+    #[serde(default = "default_later_delay")]
+    pub delay_s: u64,
+}
+
+fn default_later_delay() -> u64 {
+    600
+}
+
+/// Ready-made behaviours with the replies big providers publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Profile {
+    #[serde(rename = "gmail-like")]
+    GmailLike,
+    #[serde(rename = "yahoo-like")]
+    YahooLike,
+    #[serde(rename = "microsoft-like")]
+    MicrosoftLike,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +325,25 @@ pub struct Domain {
     #[serde(default)]
     pub unknown_users: UnknownUsers,
     pub tempfail: Option<TempFail>,
+    /// Reply texts and default limits of a big provider.
+    pub profile: Option<Profile>,
+    pub mailbox_full: Option<MailboxFull>,
+    /// The SIZE the servers advertise; bigger messages get 552 5.3.4.
+    pub message_size_max: Option<usize>,
+    pub greylist: Option<Greylist>,
+    pub rate_limit: Option<RateLimit>,
+    pub slow: Option<Slow>,
+    #[serde(rename = "drop")]
+    pub drops: Option<DropConnections>,
+    /// Refuse mail without STARTTLS (530 5.7.0; mailsim's MTA does not do TLS).
+    #[serde(default)]
+    pub tls_required: bool,
+    pub content_filter: Option<ContentFilter>,
+    /// Apply the sender's DMARC policy: p=reject and fail -> 550 5.7.26.
+    #[serde(default)]
+    pub dmarc_enforce: bool,
+    pub async_bounce: Option<Later>,
+    pub complaints: Option<Later>,
 }
 
 fn one() -> f64 {
@@ -295,6 +482,48 @@ impl Scenario {
                     "must be at least 0 and below 100".into(),
                 ));
             }
+            let percents = [
+                (
+                    "mailbox_full.percent",
+                    dom.mailbox_full.as_ref().map(|m| m.percent),
+                ),
+                (
+                    "drop.before_data_percent",
+                    dom.drops.as_ref().map(|d| d.before_data_percent),
+                ),
+                (
+                    "drop.during_data_percent",
+                    dom.drops.as_ref().map(|d| d.during_data_percent),
+                ),
+                (
+                    "async_bounce.percent",
+                    dom.async_bounce.as_ref().map(|l| l.percent),
+                ),
+                (
+                    "complaints.percent",
+                    dom.complaints.as_ref().map(|l| l.percent),
+                ),
+            ];
+            for (field, value) in percents {
+                if let Some(p) = value
+                    && !(0.0..=100.0).contains(&p)
+                {
+                    return Err(invalid(
+                        at,
+                        format!("domain[{i}].{field}"),
+                        "must be between 0 and 100".into(),
+                    ));
+                }
+            }
+            if let Some(r) = &dom.rate_limit
+                && !(r.messages_per_s > 0.0 && r.burst >= 1.0)
+            {
+                return Err(invalid(
+                    at,
+                    format!("domain[{i}].rate_limit"),
+                    "messages_per_s must be > 0 and burst >= 1".into(),
+                ));
+            }
             for (j, mx) in dom.mx.iter().enumerate() {
                 if !valid_domain(&mx.host) {
                     return Err(invalid(
@@ -311,6 +540,33 @@ impl Scenario {
                 "domain[*].weight".into(),
                 "the weights add up to zero".into(),
             ));
+        }
+        for (i, f) in self.dns_faults.iter().enumerate() {
+            let at = f.span().start;
+            let fault = f.get_ref();
+            if !valid_domain(&fault.name) {
+                return Err(invalid(
+                    at,
+                    format!("dns_fault[{i}].name"),
+                    format!("{:?} is not a domain name", fault.name),
+                ));
+            }
+            if let (Some(from), Some(until)) = (fault.from_s, fault.until_s)
+                && until <= from
+            {
+                return Err(invalid(
+                    at,
+                    format!("dns_fault[{i}].until_s"),
+                    "must be after from_s".into(),
+                ));
+            }
+            if (fault.kind == DnsFaultKind::ChangeMx) == fault.mx.is_empty() {
+                return Err(invalid(
+                    at,
+                    format!("dns_fault[{i}].mx"),
+                    "is required for kind = \"change_mx\" and only there".into(),
+                ));
+            }
         }
         let c = self.campaign.get_ref();
         if c.messages == 0 || c.messages > 100_000_000 {
@@ -357,6 +613,12 @@ impl Sender {
         self.from
             .clone()
             .unwrap_or_else(|| format!("news@{}", self.domain))
+    }
+
+    pub fn feedback_address(&self) -> String {
+        self.feedback
+            .clone()
+            .unwrap_or_else(|| format!("fbl@{}", self.domain))
     }
 }
 

@@ -2,19 +2,12 @@
 //! fleet (which MX host of which domain listens on which loopback address, with what behaviour).
 
 use crate::keys::{self, DkimKeyPair};
+use crate::scenario::DnsFaultKind;
 use crate::scenario::{DkimAlgorithm, Scenario, Sender};
-use fake_dns::{RecordData, ZoneSet};
-use std::collections::BTreeSet;
+use fake_dns::{Fault, FaultKind, RecordData, RecordType, ZoneSet};
 use std::net::Ipv4Addr;
 
-/// What a simulated recipient server does.
-#[derive(Debug, Clone, Default)]
-pub struct Behaviour {
-    pub seed: u64,
-    pub unknown_percent: f64,
-    pub unknown_list: BTreeSet<String>,
-    pub tempfail_percent: f64,
-}
+pub use crate::behaviour::Behaviour;
 
 /// One MX host of the fleet.
 #[derive(Debug, Clone)]
@@ -25,6 +18,8 @@ pub struct HostPlan {
     /// Nothing listens: connections to it are refused.
     pub down: bool,
     pub behaviour: Behaviour,
+    /// The MX of a sender domain: receives DSNs and complaints for the bounce processor.
+    pub sender_mx: bool,
 }
 
 pub struct SenderKeys {
@@ -34,6 +29,7 @@ pub struct SenderKeys {
 
 pub struct World {
     pub zones: ZoneSet,
+    pub faults: Vec<Fault>,
     pub hosts: Vec<HostPlan>,
     pub senders: Vec<SenderKeys>,
 }
@@ -111,20 +107,32 @@ impl World {
             });
         }
 
-        let mut hosts = Vec::new();
+        let mut hosts: Vec<HostPlan> = Vec::new();
+        // Each sender domain has its own MX in the fleet: its bounce and feedback mailboxes.
+        for s in scenario.senders() {
+            let name = format!("mx.{}", s.domain.to_ascii_lowercase());
+            zones.add(
+                &s.domain,
+                RecordData::Mx {
+                    preference: 10,
+                    exchange: name.clone(),
+                },
+            );
+            let ip = host_ip(hosts.len());
+            zones.add(&name, RecordData::A(ip));
+            hosts.push(HostPlan {
+                name,
+                domain: s.domain.to_ascii_lowercase(),
+                ip,
+                down: false,
+                behaviour: Behaviour::default(),
+                sender_mx: true,
+            });
+        }
         for d in scenario.domains() {
             zones.add_zone(&d.name);
-            let behaviour = Behaviour {
-                seed: mix(scenario.seed, &format!("behaviour:{}", d.name)),
-                unknown_percent: d.unknown_users.percent,
-                unknown_list: d
-                    .unknown_users
-                    .list
-                    .iter()
-                    .map(|u| u.to_ascii_lowercase())
-                    .collect(),
-                tempfail_percent: d.tempfail.as_ref().map_or(0.0, |t| t.percent),
-            };
+            let behaviour =
+                Behaviour::from_domain(d, mix(scenario.seed, &format!("behaviour:{}", d.name)));
             for mx in d.mx_hosts() {
                 zones.add(
                     &d.name,
@@ -146,6 +154,7 @@ impl World {
                         ip,
                         down: mx.down,
                         behaviour: behaviour.clone(),
+                        sender_mx: false,
                     });
                 }
             }
@@ -159,8 +168,59 @@ impl World {
                 );
             }
         }
+        let mut faults = Vec::new();
+        for f in scenario.dns_faults.iter().map(|f| f.get_ref()) {
+            let kind = match f.kind {
+                DnsFaultKind::Servfail => FaultKind::ServFail,
+                DnsFaultKind::Timeout => FaultKind::Timeout,
+                DnsFaultKind::Nxdomain => FaultKind::NxDomain,
+                DnsFaultKind::NullMx => FaultKind::Records(
+                    RecordType::MX,
+                    vec![RecordData::Mx {
+                        preference: 0,
+                        exchange: ".".into(),
+                    }],
+                ),
+                DnsFaultKind::ChangeMx => {
+                    let owner = f.name.to_ascii_lowercase();
+                    let behaviour = hosts
+                        .iter()
+                        .find(|h| h.domain == owner)
+                        .map(|h| h.behaviour.clone())
+                        .unwrap_or_default();
+                    let mut records = Vec::new();
+                    for mx in &f.mx {
+                        // New hosts join the fleet with the domain's behaviour.
+                        if !hosts.iter().any(|h| h.name.eq_ignore_ascii_case(&mx.host)) {
+                            let ip = host_ip(hosts.len());
+                            zones.add(&mx.host, RecordData::A(ip));
+                            hosts.push(HostPlan {
+                                name: mx.host.to_ascii_lowercase(),
+                                domain: owner.clone(),
+                                ip,
+                                down: mx.down,
+                                behaviour: behaviour.clone(),
+                                sender_mx: false,
+                            });
+                        }
+                        records.push(RecordData::Mx {
+                            preference: mx.preference,
+                            exchange: mx.host.clone(),
+                        });
+                    }
+                    FaultKind::Records(RecordType::MX, records)
+                }
+            };
+            faults.push(Fault {
+                name: f.name.clone(),
+                kind,
+                from_ms: f.from_s.unwrap_or(0) * 1000,
+                until_ms: f.until_s.map(|u| u * 1000),
+            });
+        }
         Ok(World {
             zones,
+            faults,
             hosts,
             senders,
         })

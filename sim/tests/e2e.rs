@@ -51,20 +51,14 @@ size_bytes = 2000
 
 fn run_scenario(text: &str, dir: &Path) -> (Scenario, Summary) {
     let scenario = Scenario::parse(text, Path::new("e2e.toml")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let summary = rt
-        .block_on(runner::run(
-            &scenario,
-            &RunOptions {
-                out_dir: dir.to_path_buf(),
-                progress: false,
-            },
-        ))
-        .unwrap();
+    let summary = runner::run_scenario(
+        &scenario,
+        &RunOptions {
+            out_dir: dir.to_path_buf(),
+            progress: false,
+        },
+    )
+    .unwrap();
     (scenario, summary)
 }
 

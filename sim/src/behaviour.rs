@@ -1,0 +1,361 @@
+//! What a simulated recipient server does, compiled from a scenario domain and its profile:
+//! the reply texts it uses and the rules (with their timeline windows) that pick them.
+
+use crate::scenario::{
+    ContentFilter, Domain, DropConnections, Greylist, Later, MailboxFull, Profile, RateLimit, Slow,
+    TempFail, Window,
+};
+use mailsim_mailbox::smtp::Reply;
+use std::collections::BTreeSet;
+
+/// The replies a server gives, by situation. `{ip}` and `{domain}` are filled in when used.
+#[derive(Debug, Clone)]
+pub struct Replies {
+    pub unknown_user: Reply,
+    pub mailbox_full: Reply,
+    pub mailbox_full_permanent: Reply,
+    pub greylisted: Reply,
+    pub rate_limited: Reply,
+    pub rate_limited_close: Reply,
+    pub too_many_connections: Reply,
+    pub tempfail: Reply,
+    pub tls_required: Reply,
+    pub spam: Reply,
+    pub dmarc_reject: Reply,
+}
+
+fn r(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
+    Reply::new(code, enhanced, text)
+}
+
+impl Replies {
+    /// Plain Postfix-like wording.
+    pub fn generic() -> Self {
+        Replies {
+            unknown_user: r(
+                550,
+                (5, 1, 1),
+                "<{rcpt}>: Recipient address rejected: User unknown in virtual mailbox table",
+            ),
+            mailbox_full: r(452, (4, 2, 2), "<{rcpt}>: Mailbox full, try again later"),
+            mailbox_full_permanent: r(552, (5, 2, 2), "<{rcpt}>: Mailbox full, quota exceeded"),
+            greylisted: r(
+                451,
+                (4, 7, 1),
+                "<{rcpt}>: Recipient address rejected: Greylisted, try again in a few minutes",
+            ),
+            rate_limited: r(450, (4, 7, 1), "Rate limit exceeded for {ip}, slow down"),
+            rate_limited_close: r(
+                421,
+                (4, 7, 0),
+                "Too much mail from {ip}, closing connection",
+            ),
+            too_many_connections: r(
+                421,
+                (4, 7, 0),
+                "Too many connections from {ip}, try again later",
+            ),
+            tempfail: r(
+                451,
+                (4, 3, 0),
+                "Temporary local problem, please try again later",
+            ),
+            tls_required: r(530, (5, 7, 0), "Must issue a STARTTLS command first"),
+            spam: r(
+                550,
+                (5, 7, 1),
+                "Message content rejected as spam (score {score})",
+            ),
+            dmarc_reject: r(
+                550,
+                (5, 7, 1),
+                "Message rejected: DMARC policy of {domain} is reject and the message fails DMARC",
+            ),
+        }
+    }
+
+    /// Replies in the wording the provider publishes (support pages of Google, Yahoo and
+    /// Microsoft; see the README's profile section).
+    pub fn for_profile(profile: Option<Profile>) -> Self {
+        let mut p = Replies::generic();
+        match profile {
+            None => {}
+            Some(Profile::GmailLike) => {
+                p.unknown_user = r(
+                    550,
+                    (5, 1, 1),
+                    "The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces. For more information, go to https://support.google.com/mail/?p=NoSuchUser - gsmtp",
+                );
+                p.mailbox_full = r(
+                    452,
+                    (4, 2, 2),
+                    "The recipient's inbox is out of storage space. Please direct the recipient to https://support.google.com/mail/?p=OverQuotaTemp - gsmtp",
+                );
+                p.mailbox_full_permanent = r(
+                    552,
+                    (5, 2, 2),
+                    "The recipient's inbox is out of storage space and inbound mail has been disabled. https://support.google.com/mail/?p=OverQuotaPerm - gsmtp",
+                );
+                p.greylisted = r(451, (4, 7, 1), "Please try again later - gsmtp");
+                p.rate_limited = r(
+                    450,
+                    (4, 2, 1),
+                    "The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered. Please resend your message at a later time. - gsmtp",
+                );
+                p.rate_limited_close = r(
+                    421,
+                    (4, 7, 28),
+                    "[{ip}] Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited. Please visit https://support.google.com/mail/?p=UnsolicitedRateLimitError to review our Bulk Email Senders Guidelines. - gsmtp",
+                );
+                p.too_many_connections = r(
+                    421,
+                    (4, 7, 0),
+                    "Try again later, closing connection. - gsmtp",
+                );
+                p.tls_required = r(
+                    530,
+                    (5, 7, 0),
+                    "Must issue a STARTTLS command first. - gsmtp",
+                );
+                p.spam = r(
+                    550,
+                    (5, 7, 1),
+                    "[{ip}] Our system has detected that this message is likely unsolicited mail. To reduce the amount of spam sent to Gmail, this message has been blocked. - gsmtp",
+                );
+                p.dmarc_reject = r(
+                    550,
+                    (5, 7, 26),
+                    "Unauthenticated email from {domain} is not accepted due to domain's DMARC policy. Please contact the administrator of {domain} domain if this was a legitimate mail. - gsmtp",
+                );
+            }
+            Some(Profile::YahooLike) => {
+                p.unknown_user = r(
+                    554,
+                    (5, 1, 1),
+                    "delivery error: dd This user doesn't have a yahoo.com account ({rcpt}) [0] - mta.yahoo.test",
+                );
+                p.mailbox_full = r(452, (4, 2, 2), "Mailbox over quota, try again later");
+                p.mailbox_full_permanent = r(
+                    552,
+                    (5, 2, 2),
+                    "Requested mail action aborted, mailbox full",
+                );
+                p.greylisted = r(
+                    451,
+                    (4, 7, 1),
+                    "Resources temporarily unavailable. Please try again later [#4.16.1].",
+                );
+                p.rate_limited = r(
+                    421,
+                    (4, 7, 0),
+                    "[TSS04] Messages from {ip} temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+                );
+                p.rate_limited_close = p.rate_limited.clone();
+                p.too_many_connections = r(
+                    421,
+                    (4, 7, 0),
+                    "[TSS04] Messages from {ip} temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+                );
+                p.spam = r(
+                    554,
+                    (5, 7, 9),
+                    "Message not accepted for policy reasons. See https://postmaster.yahooinc.com/error-codes",
+                );
+                p.dmarc_reject = r(
+                    550,
+                    (5, 7, 9),
+                    "Message not accepted for policy reasons. See https://postmaster.yahooinc.com/error-codes",
+                );
+            }
+            Some(Profile::MicrosoftLike) => {
+                p.unknown_user = r(
+                    550,
+                    (5, 5, 0),
+                    "Requested action not taken: mailbox unavailable (S2017) [mx.outlook.test]",
+                );
+                p.mailbox_full = r(
+                    452,
+                    (4, 2, 2),
+                    "Mailbox full, try again later [mx.outlook.test]",
+                );
+                p.mailbox_full_permanent = r(
+                    552,
+                    (5, 2, 2),
+                    "Requested mail action aborted: exceeded storage allocation [mx.outlook.test]",
+                );
+                p.greylisted = r(
+                    451,
+                    (4, 7, 500),
+                    "Server busy. Please try again later from [{ip}]. (S77714) [mx.outlook.test]",
+                );
+                p.rate_limited = r(
+                    451,
+                    (4, 7, 500),
+                    "Server busy. Please try again later from [{ip}]. (S77714) [mx.outlook.test]",
+                );
+                p.rate_limited_close = r(
+                    421,
+                    (4, 7, 500),
+                    "Server busy. Please try again later from [{ip}]. (S77714) [mx.outlook.test]",
+                );
+                p.too_many_connections = r(
+                    421,
+                    (4, 3, 2),
+                    "Service not available, closing transmission channel [mx.outlook.test]",
+                );
+                p.spam = r(
+                    550,
+                    (5, 7, 1),
+                    "Unfortunately, messages from [{ip}] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150). [mx.outlook.test]",
+                );
+                p.dmarc_reject = r(
+                    550,
+                    (5, 7, 509),
+                    "Access denied, sending domain {domain} does not pass DMARC verification and has a DMARC policy of reject. [mx.outlook.test]",
+                );
+            }
+        }
+        p
+    }
+}
+
+/// Stateful limits a profile brings when the scenario does not set its own.
+fn profile_rate_limit(profile: Option<Profile>) -> Option<RateLimit> {
+    let (messages_per_s, burst, close, connections_max) = match profile? {
+        Profile::GmailLike => (50.0, 200.0, true, 20),
+        Profile::YahooLike => (20.0, 100.0, true, 10),
+        Profile::MicrosoftLike => (30.0, 100.0, false, 10),
+    };
+    Some(RateLimit {
+        messages_per_s,
+        burst,
+        close,
+        connections_max: Some(connections_max),
+        from_s: None,
+        until_s: None,
+    })
+}
+
+fn window(from_s: Option<u64>, until_s: Option<u64>) -> Window {
+    Window { from_s, until_s }
+}
+
+/// A rule switched on for a window of scenario time.
+#[derive(Debug, Clone)]
+pub struct Timed<T> {
+    pub rule: T,
+    pub window: Window,
+}
+
+impl<T> Timed<T> {
+    pub fn active(&self, elapsed_ms: u64) -> Option<&T> {
+        self.window.contains_ms(elapsed_ms).then_some(&self.rule)
+    }
+}
+
+/// Everything a simulated server of one domain does.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub seed: u64,
+    pub replies: Replies,
+    pub unknown_percent: f64,
+    pub unknown_list: BTreeSet<String>,
+    pub tempfail: Option<Timed<TempFail>>,
+    pub mailbox_full: Option<Timed<MailboxFull>>,
+    pub message_size_max: Option<usize>,
+    pub greylist: Option<Timed<Greylist>>,
+    pub rate_limit: Option<Timed<RateLimit>>,
+    pub slow: Option<Timed<Slow>>,
+    pub drops: Option<Timed<DropConnections>>,
+    pub tls_required: bool,
+    pub content_filter: Option<ContentFilter>,
+    pub dmarc_enforce: bool,
+    pub async_bounce: Option<Later>,
+    pub complaints: Option<Later>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            seed: 0,
+            replies: Replies::generic(),
+            unknown_percent: 0.0,
+            unknown_list: BTreeSet::new(),
+            tempfail: None,
+            mailbox_full: None,
+            message_size_max: None,
+            greylist: None,
+            rate_limit: None,
+            slow: None,
+            drops: None,
+            tls_required: false,
+            content_filter: None,
+            dmarc_enforce: false,
+            async_bounce: None,
+            complaints: None,
+        }
+    }
+}
+
+impl Behaviour {
+    pub fn from_domain(d: &Domain, seed: u64) -> Self {
+        Behaviour {
+            seed,
+            replies: Replies::for_profile(d.profile),
+            unknown_percent: d.unknown_users.percent,
+            unknown_list: d
+                .unknown_users
+                .list
+                .iter()
+                .map(|u| u.to_ascii_lowercase())
+                .collect(),
+            tempfail: d.tempfail.clone().map(|t| Timed {
+                window: window(t.from_s, t.until_s),
+                rule: t,
+            }),
+            mailbox_full: d.mailbox_full.clone().map(|t| Timed {
+                window: window(t.from_s, t.until_s),
+                rule: t,
+            }),
+            message_size_max: d.message_size_max,
+            greylist: d.greylist.clone().map(|t| Timed {
+                window: window(t.from_s, t.until_s),
+                rule: t,
+            }),
+            rate_limit: d
+                .rate_limit
+                .clone()
+                .or_else(|| profile_rate_limit(d.profile))
+                .map(|t| Timed {
+                    window: window(t.from_s, t.until_s),
+                    rule: t,
+                }),
+            slow: d.slow.clone().map(|t| Timed {
+                window: window(t.from_s, t.until_s),
+                rule: t,
+            }),
+            drops: d.drops.clone().map(|t| Timed {
+                window: window(t.from_s, t.until_s),
+                rule: t,
+            }),
+            tls_required: d.tls_required,
+            content_filter: d.content_filter.clone(),
+            // The big providers enforce p=reject.
+            dmarc_enforce: d.dmarc_enforce || d.profile.is_some(),
+            async_bounce: d.async_bounce.clone(),
+            complaints: d.complaints.clone(),
+        }
+    }
+}
+
+/// Fill `{rcpt}`, `{ip}`, `{domain}`, `{score}` in a reply text.
+pub fn fill(reply: &Reply, vars: &[(&str, &str)]) -> Reply {
+    let mut text = reply.text.clone();
+    for (k, v) in vars {
+        text = text.replace(&format!("{{{k}}}"), v);
+    }
+    Reply {
+        text,
+        ..reply.clone()
+    }
+}
