@@ -95,6 +95,9 @@ pub enum Event {
         domain: String,
         attempts: u32,
         reason: String,
+        /// A hard bounce: the address will never work (it is suppressed).
+        #[serde(default)]
+        hard: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply: Option<SmtpReply>,
     },
@@ -140,6 +143,43 @@ pub enum Event {
         enhanced: String,
         rcpt: String,
     },
+    /// A recipient on the suppression list was not queued.
+    Suppressed {
+        message_id: String,
+        rcpt: String,
+        domain: String,
+        reason: String,
+    },
+    /// An address joined the suppression list (a hard bounce or a complaint).
+    SuppressionAdded { rcpt: String, reason: String },
+    /// The MTA queued an RFC 3464 delivery status notification about message `about` to its
+    /// return path.
+    DsnQueued {
+        msg: u64,
+        about: u64,
+        to: String,
+        reason: String,
+    },
+    /// A recipient server sent a report later about a message it had accepted: an RFC 3464
+    /// bounce (`kind` "bounce") or an RFC 5965 complaint ("complaint").
+    ReportSent {
+        host: String,
+        kind: String,
+        to: String,
+        rcpt: String,
+        message_id: String,
+    },
+    /// The sender's bounce processor read a report from its mailbox and attributed it (by the
+    /// VERP return path) to the message `msg`.
+    ReportReceived {
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msg: Option<u64>,
+        rcpt: String,
+        reason: String,
+        status: String,
+        hard: bool,
+    },
 }
 
 impl Event {
@@ -162,6 +202,11 @@ impl Event {
             Event::AuthVerdict { .. } => "auth_verdict",
             Event::Stored { .. } => "stored",
             Event::Refused { .. } => "refused",
+            Event::Suppressed { .. } => "suppressed",
+            Event::SuppressionAdded { .. } => "suppression_added",
+            Event::DsnQueued { .. } => "dsn_queued",
+            Event::ReportSent { .. } => "report_sent",
+            Event::ReportReceived { .. } => "report_received",
         }
     }
 }

@@ -177,10 +177,7 @@ type CachedParameters<'x, P> = Parameters<
 >;
 
 impl Verifier {
-    fn with_caches<'x, P>(
-        &'x self,
-        params: P,
-    ) -> CachedParameters<'x, P> {
+    fn with_caches<'x, P>(&'x self, params: P) -> CachedParameters<'x, P> {
         let c = &self.caches;
         Parameters::new(params)
             .with_txt_cache(&c.txt)

@@ -8,6 +8,7 @@ use crate::dkim::Signer;
 use crate::dns::{MxHost, Resolver, RouteError};
 use crate::queue::{Queue, QueueEntry, RetryPolicy};
 use crate::spool::{Spool, SpoolError};
+use crate::suppression::Suppression;
 use mailsim_events::{Clock, Event, EventSink, SmtpReply};
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,8 +59,11 @@ pub struct MtaConfig {
     pub msgs_per_conn_max: usize,
     pub retry: RetryPolicy,
     pub timeouts: SmtpTimeouts,
-    /// How long a 421 backs a whole destination off.
+    /// How long a 421 or a rate-limit reply backs a whole destination off.
     pub destination_backoff_s: u64,
+    /// Envelope senders `bounces+<id>-<local>=<domain>@<sender domain>` (VERP), so that every
+    /// asynchronous bounce maps to its message and recipient.
+    pub verp: bool,
 }
 
 impl Default for MtaConfig {
@@ -72,6 +76,7 @@ impl Default for MtaConfig {
             retry: RetryPolicy::default(),
             timeouts: SmtpTimeouts::default(),
             destination_backoff_s: 60,
+            verp: false,
         }
     }
 }
@@ -108,6 +113,7 @@ struct Inner<R, C> {
     connector: C,
     spool: Spool,
     signers: HashMap<String, Signer>,
+    suppression: Arc<Suppression>,
     events: EventSink,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
@@ -137,22 +143,32 @@ enum Fate {
     Perm {
         reason: String,
         reply: Option<SmtpReply>,
+        hard: bool,
     },
 }
 
-/// A first, coarse reason for a failure, from the enhanced status code or the reply code.
-pub fn coarse_reason(reply: &Reply) -> &'static str {
-    match reply.enhanced.as_deref() {
-        Some("5.1.1") | Some("5.1.0") | Some("5.1.10") => "userunknown",
-        Some("4.2.2") | Some("5.2.2") => "mailboxfull",
-        Some("5.3.4") | Some("5.2.3") => "mesgtoobig",
-        Some("5.7.26") | Some("5.7.25") | Some("5.7.27") => "policyviolation",
-        Some(e) if e.starts_with("5.7") => "blocked",
-        Some(e) if e.starts_with("4.7") => "ratelimited",
-        _ if reply.code == 421 => "ratelimited",
-        _ if reply.code >= 500 => "undefined",
-        _ => "systemerror",
-    }
+/// The reason (Sisimai's vocabulary) and hardness of a failure reply to `command`.
+pub fn classify(reply: &Reply, command: &str) -> (&'static str, bool) {
+    mailsim_bounce::classify_reply(reply.code, reply.enhanced.as_deref(), &reply.text, command)
+}
+
+/// Replies that ask the client to slow down: the whole destination backs off.
+pub fn is_rate_limit(reply: &Reply, reason: &str) -> bool {
+    reply.code == 421 || matches!(reason, "toomanyconn" | "speeding" | "ratelimited")
+}
+
+/// The VERP return path for queue entry `id` to `rcpt`, from sender `from`.
+pub fn verp_address(from: &str, id: u64, rcpt: &str) -> String {
+    let domain = from.rsplit_once('@').map_or(from, |(_, d)| d);
+    let encoded = rcpt.replacen('@', "=", 1);
+    format!("bounces+{id}-{encoded}@{domain}")
+}
+
+/// The queue id in a VERP return path, if it is one.
+pub fn verp_id(addr: &str) -> Option<u64> {
+    let local = addr.rsplit_once('@')?.0;
+    let rest = local.strip_prefix("bounces+")?;
+    rest.split('-').next()?.parse().ok()
 }
 
 impl<R: Resolver, C: Connector> Mta<R, C> {
@@ -162,6 +178,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         connector: C,
         spool: Spool,
         signers: Vec<Signer>,
+        suppression: Arc<Suppression>,
         events: EventSink,
     ) -> Self {
         let clock = events.clock().clone();
@@ -176,6 +193,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 connector,
                 spool,
                 signers,
+                suppression,
                 events,
                 clock,
                 state: Mutex::new(State {
@@ -219,11 +237,30 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         let mut ids = Vec::new();
         let mut st = inner.state.lock().expect("mta state");
         for (m, spool) in signed.iter().zip(refs) {
-            inner.spool.retain(&spool, m.rcpts.len().saturating_sub(1));
-            for rcpt in &m.rcpts {
+            let suppressed: Vec<Option<String>> = m
+                .rcpts
+                .iter()
+                .map(|r| inner.suppression.reason(r))
+                .collect();
+            let queued = suppressed.iter().filter(|s| s.is_none()).count();
+            if queued == 0 {
+                inner.spool.release(&spool);
+            } else {
+                inner.spool.retain(&spool, queued - 1);
+            }
+            for (rcpt, suppressed) in m.rcpts.iter().zip(suppressed) {
                 let domain = rcpt
                     .rsplit_once('@')
                     .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase());
+                if let Some(reason) = suppressed {
+                    inner.events.emit(Event::Suppressed {
+                        message_id: m.message_id.clone(),
+                        rcpt: rcpt.clone(),
+                        domain,
+                        reason,
+                    });
+                    continue;
+                }
                 let id = st.next_id;
                 st.next_id += 1;
                 inner.events.emit(Event::Injected {
@@ -234,10 +271,15 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     domain: domain.clone(),
                     size: m.body.len() as u64,
                 });
+                let from = if inner.cfg.verp && !m.from.is_empty() {
+                    verp_address(&m.from, id, rcpt)
+                } else {
+                    m.from.clone()
+                };
                 st.queue.insert(QueueEntry {
                     id,
                     message_id: m.message_id.clone(),
-                    from: m.from.clone(),
+                    from,
                     rcpt: rcpt.clone(),
                     domain,
                     spool,
@@ -350,11 +392,16 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 while let Some(entry) = self.take(domain) {
                     let fate = match &e {
                         RouteError::Perm(m) => Fate::Perm {
-                            reason: format!("hostunknown: {m}"),
+                            reason: if m.contains("null MX") {
+                                format!("notaccept: {m}")
+                            } else {
+                                format!("hostunknown: {m}")
+                            },
                             reply: None,
+                            hard: true,
                         },
                         RouteError::Temp(m) => Fate::Temp {
-                            reason: format!("dns: {m}"),
+                            reason: format!("networkerror: {m}"),
                             reply: None,
                         },
                     };
@@ -368,7 +415,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 self.settle(
                     entry,
                     Fate::Temp {
-                        reason: "connection failed to every MX".into(),
+                        reason: "networkerror: connection failed to every MX".into(),
                         reply: None,
                     },
                     "",
@@ -429,21 +476,23 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         self.emit_reply(conn, Some(entry.id), cmd, r);
                     }
                     let r = &outcome.decisive;
-                    let closing = r.code == 421;
+                    let (reason, hard) = classify(r, outcome.decisive_command);
+                    let backoff = r.code >= 400 && is_rate_limit(r, reason);
                     let fate = match r.code {
                         200..=299 => Fate::Delivered,
                         400..=499 => Fate::Temp {
-                            reason: coarse_reason(r).to_string(),
+                            reason: reason.to_string(),
                             reply: Some(r.to_event(outcome.decisive_command)),
                         },
                         _ => Fate::Perm {
-                            reason: coarse_reason(r).to_string(),
+                            reason: reason.to_string(),
                             reply: Some(r.to_event(outcome.decisive_command)),
+                            hard,
                         },
                     };
                     sent += 1;
                     self.settle(entry, fate, &mx);
-                    if closing {
+                    if backoff {
                         let until = inner.clock.now_ms() + inner.cfg.destination_backoff_s * 1000;
                         inner
                             .state
@@ -485,16 +534,18 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         while let Some(e) = self.take(domain) {
             batch.push(e);
         }
+        let (reason, hard) = classify(r, "CONNECT");
         for entry in batch {
             let reply = Some(r.to_event("CONNECT"));
             let fate = if r.code >= 500 {
                 Fate::Perm {
-                    reason: coarse_reason(r).into(),
+                    reason: reason.into(),
                     reply,
+                    hard,
                 }
             } else {
                 Fate::Temp {
-                    reason: coarse_reason(r).into(),
+                    reason: reason.into(),
                     reply,
                 }
             };
@@ -571,15 +622,37 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 });
                 true
             }
-            Fate::Perm { reason, reply } => {
+            Fate::Perm {
+                reason,
+                reply,
+                hard,
+            } => {
+                let dsn = DsnFacts {
+                    status: reply
+                        .as_ref()
+                        .and_then(|r| r.enhanced.clone())
+                        .unwrap_or_else(|| "5.0.0".into()),
+                    diagnostic: reply.as_ref().map(|r| format!("{} {}", r.code, r.text)),
+                    remote_mta: (!mx.is_empty()).then(|| mx.to_string()),
+                    explanation: "The remote server refused it permanently.",
+                    reason: reason.clone(),
+                };
                 inner.events.emit(Event::Bounced {
                     msg: entry.id,
                     rcpt: entry.rcpt.clone(),
                     domain: entry.domain.clone(),
                     attempts,
-                    reason,
+                    reason: reason.clone(),
                     reply,
+                    hard,
                 });
+                if hard && !entry.from.is_empty() && inner.suppression.add(&entry.rcpt, &reason) {
+                    inner.events.emit(Event::SuppressionAdded {
+                        rcpt: entry.rcpt.clone(),
+                        reason,
+                    });
+                }
+                self.queue_dsn(&mut st, &entry, dsn);
                 true
             }
             Fate::Temp { reason, reply } => {
@@ -603,6 +676,17 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         false
                     }
                     None => {
+                        let dsn = DsnFacts {
+                            status: reply
+                                .as_ref()
+                                .and_then(|r| r.enhanced.clone())
+                                .filter(|e| e.starts_with('4'))
+                                .unwrap_or_else(|| "4.4.7".into()),
+                            diagnostic: reply.as_ref().map(|r| format!("{} {}", r.code, r.text)),
+                            remote_mta: (!mx.is_empty()).then(|| mx.to_string()),
+                            explanation: "Delivery time expired: the message could not be delivered within its lifetime.",
+                            reason: "expired".into(),
+                        };
                         inner.events.emit(Event::Expired {
                             msg: entry.id,
                             rcpt: entry.rcpt.clone(),
@@ -610,6 +694,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                             attempts,
                             reason,
                         });
+                        self.queue_dsn(&mut st, &entry, dsn);
                         true
                     }
                 }
@@ -620,6 +705,77 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             inner.spool.release(&entry.spool);
         }
         inner.queued.send_replace(st.queue.len());
+    }
+}
+
+/// What a DSN says about a failed queue entry.
+struct DsnFacts {
+    status: String,
+    diagnostic: Option<String>,
+    remote_mta: Option<String>,
+    explanation: &'static str,
+    reason: String,
+}
+
+impl<R: Resolver, C: Connector> Mta<R, C> {
+    /// Queue an RFC 3464 report about `entry` to its return path (never about a report: those
+    /// have the null sender). Runs under the state lock so the queue never looks empty between
+    /// the failure and its report.
+    fn queue_dsn(&self, st: &mut State, entry: &QueueEntry, facts: DsnFacts) {
+        let inner = &self.inner;
+        if entry.from.is_empty() {
+            return;
+        }
+        let original = inner.spool.read(&entry.spool).unwrap_or_default();
+        let headers_end = original
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(original.len(), |p| p + 2);
+        let id = st.next_id;
+        st.next_id += 1;
+        let message_id = format!("dsn.{id}.{}@{}", entry.id, inner.cfg.hostname);
+        let body = mailsim_bounce::build::dsn(&mailsim_bounce::build::Dsn {
+            reporting_mta: &inner.cfg.hostname,
+            to: &entry.from,
+            recipient: &entry.rcpt,
+            action: "failed",
+            status: &facts.status,
+            diagnostic: facts.diagnostic.as_deref(),
+            remote_mta: facts.remote_mta.as_deref(),
+            explanation: facts.explanation,
+            original_headers: &original[..headers_end],
+            message_id: &message_id,
+            date_s: (inner.clock.now_ms() / 1000) as i64,
+        });
+        let spool = match inner.spool.write_batch(&[&body]) {
+            Ok(mut refs) if !refs.is_empty() => refs.remove(0),
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("spooling a DSN for message {}: {e}", entry.id);
+                return;
+            }
+        };
+        let domain = entry
+            .from
+            .rsplit_once('@')
+            .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase());
+        inner.events.emit(Event::DsnQueued {
+            msg: id,
+            about: entry.id,
+            to: entry.from.clone(),
+            reason: facts.reason,
+        });
+        st.queue.insert(QueueEntry {
+            id,
+            message_id: format!("<{message_id}>"),
+            from: String::new(),
+            rcpt: entry.from.clone(),
+            domain,
+            spool,
+            injected_ms: inner.clock.now_ms(),
+            attempts: 0,
+        });
+        inner.wake.notify_one();
     }
 }
 

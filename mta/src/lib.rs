@@ -16,5 +16,6 @@ pub mod dns;
 pub mod engine;
 pub mod queue;
 pub mod spool;
+pub mod suppression;
 
 pub use engine::{Connector, Mta, MtaConfig, MtaError, OutboundMessage, TcpConnector};

@@ -12,6 +12,9 @@ pub struct DomainSummary {
     /// Still queued at the end of the run.
     pub deferred: u64,
     pub expired: u64,
+    /// Not queued: the address was on the suppression list.
+    #[serde(default)]
+    pub suppressed: u64,
 }
 
 /// Receiver-side verdict counts; "fail" counts every result other than pass.
@@ -38,6 +41,21 @@ pub struct Summary {
     pub elapsed_s: f64,
     pub domains: BTreeMap<String, DomainSummary>,
     pub auth: AuthSummary,
+    /// Suppressed at injection.
+    #[serde(default)]
+    pub suppressed: u64,
+    /// Final failures by reason (bounced and expired).
+    #[serde(default)]
+    pub reasons: BTreeMap<String, u64>,
+    /// Delivery status notifications the MTA queued to return paths.
+    #[serde(default)]
+    pub dsns_queued: u64,
+    /// Reports read by the sender's bounce processor, by kind ("bounce", "complaint").
+    #[serde(default)]
+    pub reports_received: BTreeMap<String, u64>,
+    /// Addresses that joined the suppression list.
+    #[serde(default)]
+    pub suppression_added: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,9 +83,24 @@ impl Summary {
                 Event::Injected { msg, domain, .. } => {
                     fates.insert(*msg, (domain.clone(), Fate::Queued));
                 }
-                Event::Delivered { msg, .. } => set_fate(&mut fates, *msg, Fate::Delivered),
-                Event::Bounced { msg, .. } => set_fate(&mut fates, *msg, Fate::Bounced),
-                Event::Expired { msg, .. } => set_fate(&mut fates, *msg, Fate::Expired),
+                Event::Delivered { msg, .. } => {
+                    set_fate(&mut fates, *msg, Fate::Delivered);
+                }
+                Event::Bounced { msg, reason, .. } if set_fate(&mut fates, *msg, Fate::Bounced) => {
+                    *s.reasons.entry(reason_word(reason)).or_default() += 1;
+                }
+                Event::Expired { msg, .. } if set_fate(&mut fates, *msg, Fate::Expired) => {
+                    *s.reasons.entry("expired".into()).or_default() += 1;
+                }
+                Event::Suppressed { domain, .. } => {
+                    s.domains.entry(domain.clone()).or_default().suppressed += 1;
+                    s.suppressed += 1;
+                }
+                Event::SuppressionAdded { .. } => s.suppression_added += 1,
+                Event::DsnQueued { .. } => s.dsns_queued += 1,
+                Event::ReportReceived { kind, .. } => {
+                    *s.reports_received.entry(kind.clone()).or_default() += 1
+                }
                 Event::AuthVerdict {
                     spf, dkim, dmarc, ..
                 } => {
@@ -113,10 +146,24 @@ impl Summary {
     }
 }
 
-fn set_fate(fates: &mut HashMap<u64, (String, Fate)>, msg: u64, fate: Fate) {
-    if let Some(entry) = fates.get_mut(&msg) {
-        entry.1 = fate;
+/// Record a message's fate; false for messages that are not the campaign's (DSNs).
+fn set_fate(fates: &mut HashMap<u64, (String, Fate)>, msg: u64, fate: Fate) -> bool {
+    match fates.get_mut(&msg) {
+        Some(entry) => {
+            entry.1 = fate;
+            true
+        }
+        None => false,
     }
+}
+
+/// The reason word of an event's reason (`"hostunknown: NXDOMAIN"` -> `hostunknown`).
+fn reason_word(reason: &str) -> String {
+    reason
+        .split([':', ' '])
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -172,6 +219,7 @@ mod tests {
                     attempts: 1,
                     reason: "userunknown".into(),
                     reply: None,
+                    hard: true,
                 },
             ),
             rec(

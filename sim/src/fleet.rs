@@ -4,6 +4,7 @@
 //! 127.x.y.z address; in virtual mode [`crate::virt::VirtualNet`] hands it in-memory pipes.
 
 use crate::behaviour::{Behaviour, fill};
+use crate::feedback::LaterQueue;
 use crate::world::{HostPlan, chance, mix};
 use mailsim_events::{Clock, Event, EventSink};
 use mailsim_mailbox::auth::Verifier;
@@ -14,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// A report a server sends later about a message it accepted.
@@ -66,7 +67,7 @@ pub struct HostBackend {
     clock: Arc<dyn Clock>,
     start_ms: u64,
     state: Mutex<HostState>,
-    later: Option<mpsc::UnboundedSender<LaterReport>>,
+    later: Option<LaterQueue>,
     inbox: Option<Inbox>,
 }
 
@@ -294,6 +295,24 @@ impl Backend for HostBackend {
                 return self.refuse(info, "DATA", &rcpt, reply);
             }
         }
+        if let Some(inbox) = &self.inbox {
+            // The sender's own mailbox: stored and handed to the bounce processor. Plus-addresses
+            // (VERP) share their base mailbox: bounces+7-bob=x.test@ -> bounces@.
+            for rcpt in &tx.rcpts {
+                let mailbox = match rcpt.rsplit_once('@') {
+                    Some((local, domain)) => {
+                        format!("{}@{domain}", local.split('+').next().unwrap_or(local))
+                    }
+                    None => rcpt.clone(),
+                };
+                if let Err(e) = self.store.deliver(&mailbox, &message) {
+                    tracing::warn!(host = %self.host, "{e}");
+                    return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
+                }
+            }
+            inbox(info, tx, &message);
+            return Reply::new(250, (2, 0, 0), format!("OK queued as {}", info.id));
+        }
         let verdicts = self
             .verifier
             .verify(info.peer.ip(), &info.helo, &tx.mail_from, &message)
@@ -348,9 +367,6 @@ impl Backend for HostBackend {
                 size: stored.len() as u64,
             });
         }
-        if let Some(inbox) = &self.inbox {
-            inbox(info, tx, &message);
-        }
         if let Some(later) = &self.later {
             let now = self.clock.now_ms();
             for rcpt in &tx.rcpts {
@@ -362,7 +378,7 @@ impl Backend for HostBackend {
                 for (kind, rule, tag) in picks {
                     let Some(rule) = rule else { continue };
                     if chance(b.seed, &format!("{tag}:{lower}"), rule.percent) {
-                        let _ = later.send(LaterReport {
+                        later.push(LaterReport {
                             due_ms: now + rule.delay_s * 1000,
                             kind,
                             host: self.host.clone(),
@@ -401,7 +417,7 @@ pub struct FleetContext {
     pub events: EventSink,
     pub clock: Arc<dyn Clock>,
     pub start_ms: u64,
-    pub later: Option<mpsc::UnboundedSender<LaterReport>>,
+    pub later: Option<LaterQueue>,
     /// The bounce processor, called for every message a sender's own MX accepts.
     pub inbox: Option<Inbox>,
 }

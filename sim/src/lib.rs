@@ -6,6 +6,7 @@
 //! (folded by `mailsim-reports`).
 
 pub mod behaviour;
+pub mod feedback;
 pub mod fleet;
 pub mod keys;
 pub mod runner;

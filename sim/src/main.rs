@@ -44,12 +44,39 @@ enum Command {
     },
     /// Show per-domain outcome differences between two runs.
     Diff { run_a: PathBuf, run_b: PathBuf },
+    /// Bounce and complaint processing.
+    Bounce {
+        #[command(subcommand)]
+        command: BounceCommand,
+    },
     /// Serve a scenario's DNS zones alone (UDP and TCP) until interrupted.
     Dns {
         scenario: PathBuf,
         #[arg(long, default_value = "127.0.0.1:5353")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum BounceCommand {
+    /// Classify bounce, complaint and auto-reply messages: one JSON object per recipient found,
+    /// {"file","index","recipient","status","reason","hard"}.
+    Classify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// One line of `mailsim bounce classify`.
+#[derive(serde::Serialize)]
+struct ClassifiedLine<'a> {
+    file: String,
+    /// The recipient's 1-based position in the message.
+    index: usize,
+    recipient: &'a str,
+    status: &'a str,
+    reason: &'a str,
+    hard: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -140,6 +167,39 @@ fn real_main() -> anyhow::Result<()> {
             print!("{}", mailsim_reports::diff::render(&rows));
             let changed = rows.iter().filter(|r| r.changed()).count();
             println!("{changed} of {} domains differ", rows.len());
+        }
+        Command::Bounce {
+            command: BounceCommand::Classify { files },
+        } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut unreadable = 0;
+            for file in &files {
+                let raw = match std::fs::read(file) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        eprintln!("mailsim: {}: {e}", file.display());
+                        unreadable += 1;
+                        continue;
+                    }
+                };
+                for (i, c) in mailsim_bounce::classify_message(&raw).iter().enumerate() {
+                    let line = ClassifiedLine {
+                        file: file.display().to_string(),
+                        index: i + 1,
+                        recipient: &c.recipient,
+                        status: &c.status,
+                        reason: &c.reason,
+                        hard: c.hard,
+                    };
+                    serde_json::to_writer(&mut out, &line)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+            if unreadable > 0 {
+                anyhow::bail!("{unreadable} of {} files could not be read", files.len());
+            }
         }
         Command::Dns { scenario, listen } => {
             let sc = Scenario::load(&scenario)?;

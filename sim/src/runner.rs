@@ -2,7 +2,8 @@
 //! campaign injected, until every message is final or the time limit passes. Writes the event
 //! log and the summary folded from it.
 
-use crate::fleet::{Fleet, FleetContext, FleetServers};
+use crate::feedback::{BounceProcessor, LaterQueue, Reporter};
+use crate::fleet::{Fleet, FleetContext, FleetServers, LaterReport};
 use crate::scenario::{Mode, Scenario};
 use crate::virt::{VirtualNet, ZoneLookups};
 use crate::world::{World, mix};
@@ -15,6 +16,7 @@ use mailsim_mta::dkim::Signer;
 use mailsim_mta::dns::{HickoryResolver, Resolver};
 use mailsim_mta::queue::RetryPolicy;
 use mailsim_mta::spool::Spool;
+use mailsim_mta::suppression::Suppression;
 use mailsim_mta::{Connector, Mta, MtaConfig, OutboundMessage, TcpConnector};
 use mailsim_reports::Summary;
 use rand::{Rng, SeedableRng};
@@ -179,20 +181,64 @@ fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
             lifetime_s: m.lifetime_s,
         },
         destination_backoff_s: m.destination_backoff_s,
+        verp: m.verp,
         ..MtaConfig::default()
     }
 }
 
-fn fleet_context(setup: &Setup, opts: &RunOptions, verifier: Verifier) -> FleetContext {
+/// The campaign's feedback loop: the suppression list, the queue of the receivers' later
+/// reports and the sender's bounce processor.
+struct Feedback {
+    suppression: Arc<Suppression>,
+    later: LaterQueue,
+    later_rx: tokio::sync::mpsc::UnboundedReceiver<LaterReport>,
+}
+
+fn feedback(opts: &RunOptions) -> anyhow::Result<Feedback> {
+    let dir = opts.out_dir.join("spool");
+    std::fs::create_dir_all(&dir)?;
+    let (later, later_rx) = LaterQueue::new();
+    Ok(Feedback {
+        suppression: Arc::new(Suppression::open(&dir.join("suppression.log"))?),
+        later,
+        later_rx,
+    })
+}
+
+fn fleet_context(
+    setup: &Setup,
+    opts: &RunOptions,
+    verifier: Verifier,
+    fb: &Feedback,
+) -> FleetContext {
+    let processor = BounceProcessor {
+        events: setup.events.clone(),
+        suppression: fb.suppression.clone(),
+    };
     FleetContext {
         verifier: Arc::new(verifier),
         store_root: opts.out_dir.join("mailboxes"),
         events: setup.events.clone(),
         clock: setup.clock.clone(),
         start_ms: setup.start_ms,
-        later: None,
-        inbox: None,
+        later: Some(fb.later.clone()),
+        inbox: Some(Arc::new(move |info, tx, message| {
+            processor.process(info, tx, message)
+        })),
     }
+}
+
+fn feedback_addresses(world: &World) -> Vec<(String, String)> {
+    world
+        .senders
+        .iter()
+        .map(|s| {
+            (
+                s.sender.domain.to_ascii_lowercase(),
+                s.sender.feedback_address(),
+            )
+        })
+        .collect()
 }
 
 async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
@@ -205,7 +251,11 @@ async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summ
     }
     let dns = DnsServer::start(&setup.world.zones, "127.0.0.1:0".parse::<SocketAddr>()?).await?;
     let verifier = Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
-    let servers = FleetServers::build(&setup.world.hosts, &fleet_context(&setup, opts, verifier));
+    let fb = feedback(opts)?;
+    let servers = FleetServers::build(
+        &setup.world.hosts,
+        &fleet_context(&setup, opts, verifier, &fb),
+    );
     let fleet = Fleet::start(&servers).await.map_err(anyhow::Error::msg)?;
     let mta = Mta::new(
         mta_config(scenario, fleet.port),
@@ -215,9 +265,20 @@ async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summ
         },
         Spool::open(&opts.out_dir.join("spool"))?,
         signers(&setup.world)?,
+        fb.suppression.clone(),
         setup.events.clone(),
     );
-    let reason = drive(scenario, &setup, &mta, opts, true).await?;
+    let reporter = Reporter {
+        resolver: Arc::new(HickoryResolver::new(dns.addr())?),
+        connector_for: |ip| TcpConnector {
+            source_ip: Some(ip),
+        },
+        port: fleet.port,
+        events: setup.events.clone(),
+        clock: setup.clock.clone(),
+        feedback_addresses: feedback_addresses(&setup.world),
+    };
+    let reason = drive(scenario, &setup, &mta, opts, true, reporter, fb).await?;
     fleet.shutdown().await;
     dns.shutdown().await;
     finish(setup, reason, opts)
@@ -237,17 +298,31 @@ async fn run_virtual(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<S
     ));
     let verifier =
         Verifier::in_process(answers, "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
-    let servers = FleetServers::build(&setup.world.hosts, &fleet_context(&setup, opts, verifier));
+    let fb = feedback(opts)?;
+    let servers = FleetServers::build(
+        &setup.world.hosts,
+        &fleet_context(&setup, opts, verifier, &fb),
+    );
     let net = VirtualNet::new(&servers, scenario.mta.ip.into());
     let mta = Mta::new(
         mta_config(scenario, 25),
-        ZoneLookups::new(zones, setup.clock.clone(), setup.start_ms),
+        ZoneLookups::new(zones.clone(), setup.clock.clone(), setup.start_ms),
         net.clone(),
         Spool::open(&opts.out_dir.join("spool"))?,
         signers(&setup.world)?,
+        fb.suppression.clone(),
         setup.events.clone(),
     );
-    let reason = drive(scenario, &setup, &mta, opts, false).await?;
+    let reporter_net = net.clone();
+    let reporter = Reporter {
+        resolver: Arc::new(ZoneLookups::new(zones, setup.clock.clone(), setup.start_ms)),
+        connector_for: move |ip| reporter_net.from_ip(ip),
+        port: 25,
+        events: setup.events.clone(),
+        clock: setup.clock.clone(),
+        feedback_addresses: feedback_addresses(&setup.world),
+    };
+    let reason = drive(scenario, &setup, &mta, opts, false, reporter, fb).await?;
     net.shutdown().await;
     finish(setup, reason, opts)
 }
@@ -255,22 +330,40 @@ async fn run_virtual(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<S
 /// Inject the campaign, run the MTA until every message is final or the time limit passes.
 /// Live mode builds and signs batches on blocking threads; virtual mode does it inline, so that
 /// the paused clock cannot move while a batch is being prepared.
-async fn drive<R: Resolver, C: Connector>(
+async fn drive<R, C, RR, F, RC>(
     scenario: &Scenario,
     setup: &Setup,
     mta: &Mta<R, C>,
     opts: &RunOptions,
     blocking_threads: bool,
-) -> anyhow::Result<&'static str> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    reporter: Reporter<RR, F>,
+    fb: Feedback,
+) -> anyhow::Result<&'static str>
+where
+    R: Resolver,
+    C: Connector,
+    RR: Resolver,
+    RC: Connector,
+    F: Fn(std::net::IpAddr) -> RC + Send + Sync + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let dispatcher = {
         let mta = mta.clone();
+        let mut stop_rx = stop_rx.clone();
         tokio::spawn(async move {
             mta.run(async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })
             .await
         })
+    };
+    let mut pending = fb.later.pending();
+    let reporting = {
+        let mut stop_rx = stop_rx.clone();
+        let later = fb.later.clone();
+        tokio::spawn(reporter.run(later, fb.later_rx, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }))
     };
     let total = scenario.campaign().messages;
     let bar = progress_bar(opts.progress, total);
@@ -304,15 +397,18 @@ async fn drive<R: Resolver, C: Connector>(
     let mut queued = mta.queued_watch();
     let finish_reason = loop {
         let now_queued = *queued.borrow_and_update();
+        let now_pending = *pending.borrow_and_update();
         if let Some(bar) = &bar {
-            bar.set_position(total - now_queued as u64);
+            bar.set_position(total.saturating_sub(now_queued as u64));
         }
-        if now_queued == 0 {
+        // Drained: nothing queued in the MTA and no report still to be sent by the fleet.
+        if now_queued == 0 && now_pending == 0 {
             break "drained";
         }
         tokio::select! {
             biased;
             changed = queued.changed() => if changed.is_err() { break "mta stopped" },
+            _ = pending.changed() => {}
             _ = &mut time_limit => break "time limit",
         }
     };
@@ -321,6 +417,10 @@ async fn drive<R: Resolver, C: Connector>(
     }
     let _ = stop_tx.send(true);
     dispatcher.await?;
+    reporting.await?;
+    if let Err(e) = fb.suppression.sync() {
+        tracing::warn!("suppression list: {e}");
+    }
     Ok(finish_reason)
 }
 

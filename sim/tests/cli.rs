@@ -118,3 +118,57 @@ fn bad_scenario_is_refused_naming_file_line_and_field() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+#[test]
+fn bounce_classify_prints_one_line_per_recipient() {
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bounce/tests/data/sisimai/eml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("bounce")
+        .arg("classify")
+        .arg(data.join("lhost-exim-02.eml"))
+        .arg(data.join("arf-01.eml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(u64, &str, &str, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["index"].as_u64().unwrap(),
+                l["recipient"].as_str().unwrap(),
+                l["reason"].as_str().unwrap(),
+                l["hard"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got[0], (1, "kijitora@example.jp", "userunknown", true));
+    assert_eq!(got[1], (2, "sabatora@example.jp", "userunknown", true));
+    assert_eq!(got[2].2, "feedback");
+    assert!(
+        lines[0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("lhost-exim-02.eml")
+    );
+    assert_eq!(lines[0]["status"], "5.1.1");
+
+    // A missing file is named, the others are still classified, and the exit code says so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(["bounce", "classify", "/nonexistent/x.eml"])
+        .arg(data.join("lhost-exim-02.eml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.eml"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}

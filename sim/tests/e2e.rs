@@ -154,7 +154,35 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
     );
 
     // The receivers saw SPF, DKIM and DMARC pass for every delivered message of the aligned sender.
-    let delivered_total = delivered.values().map(Vec::len).sum::<usize>() as u64;
+    // (The sender's own domain receives the MTA's DSNs; those are not campaign deliveries.)
+    let delivered_total = delivered
+        .iter()
+        .filter(|(d, _)| injected.contains_key(*d))
+        .map(|(_, v)| v.len())
+        .sum::<usize>() as u64;
+    // Every bounce was reported back by a DSN to its VERP return path, read by the bounce
+    // processor and attributed to its message; the hard bounces were suppressed.
+    assert_eq!(summary.dsns_queued, summary.bounced);
+    assert_eq!(
+        summary.reports_received.get("bounce").copied(),
+        Some(summary.bounced)
+    );
+    assert_eq!(summary.suppression_added, summary.bounced);
+    let bounced_ids: std::collections::BTreeSet<u64> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Bounced { msg, .. } => Some(*msg),
+            _ => None,
+        })
+        .collect();
+    let attributed: std::collections::BTreeSet<u64> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::ReportReceived { msg, .. } => *msg,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attributed, bounced_ids);
     assert_eq!(summary.delivered, delivered_total);
     assert_eq!(summary.auth.spf_pass, delivered_total);
     assert_eq!(summary.auth.dkim_pass, delivered_total);
@@ -203,8 +231,12 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 of 4 domains differ"), "{text}");
 
-    // Every stored message carries the receiver's Authentication-Results header.
-    let stored = stored_messages(&dir.path().join("mailboxes"));
+    // Every stored message carries the receiver's Authentication-Results header (the sender's
+    // own mailbox, news.sender.test/bounces, holds the DSNs instead).
+    let stored: Vec<PathBuf> = stored_messages(&dir.path().join("mailboxes"))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("news.sender.test"))
+        .collect();
     assert_eq!(stored.len() as u64, delivered_total);
     let first = std::fs::read_to_string(&stored[0]).unwrap();
     assert!(

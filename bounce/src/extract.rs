@@ -1,0 +1,686 @@
+//! From a raw message to per-recipient evidence: RFC 3464 delivery-status fields when the
+//! message has them, the human-readable prose otherwise (cut before the returned original).
+
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use regex::Regex;
+use std::sync::OnceLock;
+
+/// One recipient a bounce talks about, with what it says about it.
+#[derive(Debug, Clone, Default)]
+pub struct Finding {
+    pub recipient: String,
+    pub status: Option<String>,
+    pub action: Option<String>,
+    pub diagnostic: String,
+    /// The rest of the prose, consulted after the diagnostic.
+    pub context: String,
+    pub command: Option<String>,
+    pub reply_code: Option<u16>,
+    /// RFC 3464 Remote-MTA: the server that answered.
+    pub remote_mta: Option<String>,
+}
+
+/// What kind of report a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A delivery status notification (RFC 3464 or free text).
+    Bounce,
+    /// An abuse report (RFC 5965 ARF or a provider's own format).
+    Feedback,
+    /// An automatic reply (RFC 3834).
+    Vacation,
+}
+
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub kind: Kind,
+    pub findings: Vec<Finding>,
+    /// ARF Feedback-Type.
+    pub feedback_type: Option<String>,
+}
+
+fn address_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"[A-Za-z0-9][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+            .expect("address regex")
+    })
+}
+
+fn dsn_fields_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"(?im)^(?:reporting-mta|final-recipient|original-recipient):")
+            .expect("dsn fields regex")
+    })
+}
+
+/// Words of a delivery failure, for messages whose sender and subject do not say so.
+const FAILURE_PHRASES: &[&str] = &[
+    "could not be delivered",
+    "couldn't be delivered",
+    "was not delivered",
+    "wasn't delivered",
+    "undeliverable",
+    "delivery failed",
+    "delivery has failed",
+    "delivery to the following recipient",
+    "unable to deliver",
+    "failed to deliver",
+    "permanent error",
+    "permanent fatal error",
+    "did not reach",
+    "mailbox is full",
+    "mailbox full",
+    "user unknown",
+    "invalid user address",
+    "requested action not taken",
+];
+
+fn status_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b").expect("status regex"))
+}
+
+fn code_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?m)(?:^|[\s:;(\[])([45][0-9][0-9])[ -]").expect("code regex"))
+}
+
+/// Where the returned original message starts in a bounce's prose.
+const ORIGINAL_MARKERS: &[&str] = &[
+    "----- original message -----",
+    "------ original message follows",
+    "----- original message follows",
+    "--- below this line is a copy of the message",
+    "------ this is a copy of the message",
+    "----- message header follows",
+    "----- the following is a copy of the",
+    "--- original message follows",
+    "original message follows",
+    "message headers follow",
+    "original message headers",
+    "------ unsent message below",
+    "----- unsent message below",
+    "content-type: message/rfc822",
+    "--- the header of the original message is following",
+    "----- original message header",
+    "received: from",
+    "\nreturn-path:",
+    "\nreturn-path: ",
+];
+
+fn mbox_from_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?m)^From \S+@\S+ ").expect("mbox regex"))
+}
+
+/// Split a bounce's prose into the report and the returned original (empty when there is no
+/// marked original; an mbox `From ` line ends the report but marks no original).
+fn split_original(text: &str) -> (&str, &str) {
+    let lower = text.to_ascii_lowercase();
+    let marked = ORIGINAL_MARKERS
+        .iter()
+        .filter_map(|m| lower.find(m))
+        .min()
+        .unwrap_or(text.len());
+    let mbox = mbox_from_re().find(text).map_or(text.len(), |m| m.start());
+    if mbox < marked {
+        (&text[..mbox], "")
+    } else {
+        text.split_at(marked)
+    }
+}
+
+/// Recipients of the returned original: its To: header lines.
+fn original_to(original: &str) -> Vec<String> {
+    original
+        .lines()
+        .filter(|l| l.len() > 3 && l[..3].eq_ignore_ascii_case("to:"))
+        .flat_map(|l| address_re().find_iter(l).map(|m| m.as_str().to_string()))
+        .collect()
+}
+
+/// RFC 3464 fields: blocks separated by blank lines, each `Name: value` with folded lines.
+fn field_blocks(text: &str) -> Vec<Vec<(String, String)>> {
+    let mut blocks = Vec::new();
+    let mut block: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if !block.is_empty() {
+                blocks.push(std::mem::take(&mut block));
+            }
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = block.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            block.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    if !block.is_empty() {
+        blocks.push(block);
+    }
+    blocks
+}
+
+fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    block
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `rfc822; user@example.org` -> `user@example.org`
+fn typed_address(value: &str) -> Option<String> {
+    let v = value.split_once(';').map_or(value, |(_, a)| a);
+    address_re().find(v).map(|m| m.as_str().to_string())
+}
+
+/// The SMTP command a failure answered: the one named last before the first reply code, or
+/// else the first one named after it.
+fn command_in(text: &str) -> Option<String> {
+    let t = squeeze(&text.to_ascii_lowercase());
+    let reply_at = code_re().find(&t).map_or(t.len(), |m| m.start());
+    let rules: &[(&str, &str)] = &[
+        ("end of data", "DATA"),
+        ("final data", "DATA"),
+        ("after data", "DATA"),
+        ("data command", "DATA"),
+        (">>> data", "DATA"),
+        ("rcpt to", "RCPT"),
+        ("rcpt command", "RCPT"),
+        ("[rcpt_to]", "RCPT"),
+        ("after ehlo", "EHLO"),
+        ("after helo", "EHLO"),
+        ("initial connection", "CONNECT"),
+        ("after connect", "CONNECT"),
+        ("mail from", "MAIL"),
+        ("[mail_from]", "MAIL"),
+        ("sender was rejected", "MAIL"),
+    ];
+    let mentions: Vec<(usize, &str)> = rules
+        .iter()
+        .flat_map(|(p, c)| t.match_indices(p).map(move |(i, _)| (i, *c)))
+        .collect();
+    mentions
+        .iter()
+        .filter(|(i, _)| *i < reply_at)
+        .max()
+        .or_else(|| mentions.iter().filter(|(i, _)| *i >= reply_at).min())
+        .map(|(_, c)| c.to_string())
+}
+
+fn status_in(text: &str) -> Option<String> {
+    status_re().captures(text).map(|c| {
+        format!(
+            "{}.{}.{}",
+            &c[1],
+            c[2].trim_start_matches('0').parse::<u32>().unwrap_or(0),
+            c[3].trim_start_matches('0').parse::<u32>().unwrap_or(0)
+        )
+    })
+}
+
+fn code_in(text: &str) -> Option<u16> {
+    code_re().captures(text).and_then(|c| c[1].parse().ok())
+}
+
+/// Texts of the message's own parts (not of the returned original), in order.
+fn own_texts(m: &Message) -> (String, Option<String>, Option<String>, Vec<String>) {
+    let mut prose = String::new();
+    let mut dsn = None;
+    let mut feedback = None;
+    let mut original_rcpts = Vec::new();
+    for part in &m.parts {
+        let ct = part.content_type();
+        let (t, sub) = ct
+            .map(|c| {
+                (
+                    c.ctype().to_ascii_lowercase(),
+                    c.subtype().unwrap_or_default().to_ascii_lowercase(),
+                )
+            })
+            .unwrap_or_else(|| ("text".into(), "plain".into()));
+        let raw = || -> String {
+            let bytes = m
+                .raw_message
+                .get(part.offset_body as usize..part.offset_end as usize)
+                .unwrap_or_default();
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        match (&part.body, t.as_str(), sub.as_str()) {
+            (_, _, "delivery-status") | (_, _, "global-delivery-status") => {
+                let text = match &part.body {
+                    PartType::Text(t) => t.to_string(),
+                    PartType::Binary(b) | PartType::InlineBinary(b) => {
+                        String::from_utf8_lossy(b).into_owned()
+                    }
+                    _ => raw(),
+                };
+                dsn.get_or_insert_with(String::new).push_str(&text);
+            }
+            (_, _, "feedback-report") => {
+                let text = match &part.body {
+                    PartType::Text(t) => t.to_string(),
+                    PartType::Binary(b) | PartType::InlineBinary(b) => {
+                        String::from_utf8_lossy(b).into_owned()
+                    }
+                    _ => raw(),
+                };
+                feedback = Some(text);
+            }
+            (PartType::Message(inner), _, _) => {
+                if let Some(r) = inner.header_raw("X-HmXmrOriginalRecipient") {
+                    feedback.get_or_insert_with(String::new);
+                    original_rcpts.push(r.trim().to_string());
+                }
+                for to in inner.to().map(|a| a.iter()).into_iter().flatten() {
+                    if let Some(a) = to.address() {
+                        original_rcpts.push(a.to_string());
+                    }
+                }
+            }
+            (_, _, "rfc822-headers") => {
+                let text = raw();
+                for line in text.lines() {
+                    let l = line.to_ascii_lowercase();
+                    if (l.starts_with("to:") || l.starts_with("x-hmxmroriginalrecipient:"))
+                        && let Some(a) = address_re().find(line)
+                    {
+                        original_rcpts.push(a.as_str().to_string());
+                    }
+                }
+            }
+            (PartType::Text(text), "text" | "multipart", _) if sub != "html" => {
+                prose.push_str(text);
+                prose.push('\n');
+            }
+            // A multipart whose boundary is missing is text to us.
+            (PartType::Binary(b) | PartType::InlineBinary(b), "multipart" | "text", _) => {
+                prose.push_str(&String::from_utf8_lossy(b));
+                prose.push('\n');
+            }
+            (PartType::Html(html), _, _) if prose.trim().is_empty() => {
+                prose.push_str(&strip_html(html));
+                prose.push('\n');
+            }
+            _ => {}
+        }
+    }
+    (prose, dsn, feedback, original_rcpts)
+}
+
+fn strip_html(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+}
+
+fn is_daemon(addr: &str) -> bool {
+    let local = addr
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    matches!(
+        local.as_str(),
+        "mailer-daemon"
+            | "postmaster"
+            | "post_master"
+            | "mail-daemon"
+            | "maildaemon"
+            | "root"
+            | "nobody"
+    ) && !addr.is_empty()
+}
+
+/// Parse one message. `None` when it is neither a bounce, a complaint nor an auto-reply.
+pub fn extract(raw: &[u8]) -> Option<Extracted> {
+    extract_depth(raw, 0)
+}
+
+/// A bounce forwarded inside another message: the inner one has the delivery status.
+fn nested_bounce(m: &Message, depth: usize) -> Option<Extracted> {
+    if depth >= 2 {
+        return None;
+    }
+    m.parts.iter().find_map(|p| match &p.body {
+        PartType::Message(inner) => {
+            let x = extract_depth(inner.raw_message(), depth + 1)?;
+            (x.kind == Kind::Bounce && x.findings.iter().any(|f| f.status.is_some())).then_some(x)
+        }
+        _ => None,
+    })
+}
+
+fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
+    let m = MessageParser::default().parse(raw)?;
+    let (prose, dsn, feedback, original_rcpts) = own_texts(&m);
+    let from = m
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let to: Vec<String> = m
+        .to()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.address())
+                .map(|x| x.to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default();
+    let subject = m.subject().unwrap_or_default().to_ascii_lowercase();
+
+    if let Some(report) = feedback {
+        let blocks = field_blocks(&report);
+        let fields: Vec<(String, String)> = blocks.into_iter().flatten().collect();
+        let feedback_type = field(&fields, "feedback-type").map(|s| s.to_ascii_lowercase());
+        let mut rcpts: Vec<String> = fields
+            .iter()
+            .filter(|(k, _)| k == "original-rcpt-to" || k == "removal-recipient")
+            .filter_map(|(_, v)| typed_address(v))
+            .collect();
+        if rcpts.is_empty() {
+            rcpts = original_rcpts;
+        }
+        if rcpts.is_empty() {
+            rcpts = to.clone();
+        }
+        rcpts.dedup();
+        return Some(Extracted {
+            kind: Kind::Feedback,
+            findings: rcpts
+                .into_iter()
+                .map(|r| Finding {
+                    recipient: r,
+                    ..Finding::default()
+                })
+                .collect(),
+            feedback_type: Some(feedback_type.unwrap_or_else(|| "abuse".into())),
+        });
+    }
+
+    let (report, original) = split_original(&prose);
+    let report_text = report.to_string();
+    // Delivery-status fields written into the prose (broken MIME, or a plain-text DSN).
+    let dsn = dsn.or_else(|| {
+        dsn_fields_re()
+            .find(&report_text)
+            .map(|m| report_text[m.start()..].to_string())
+    });
+    let mut original_rcpts = original_rcpts;
+    original_rcpts.extend(original_to(original));
+    let mut findings = Vec::new();
+    if let Some(dsn) = &dsn {
+        for block in field_blocks(dsn) {
+            let rcpt = field(&block, "final-recipient")
+                .or_else(|| field(&block, "original-recipient"))
+                .and_then(typed_address);
+            let Some(rcpt) = rcpt else { continue };
+            // Keep a non-SMTP diagnostic type: `X-Unix; 71` is a local delivery program's exit.
+            let diagnostic = field(&block, "diagnostic-code")
+                .map(|d| match d.split_once(';') {
+                    Some((kind, text)) if kind.trim().eq_ignore_ascii_case("smtp") => {
+                        text.trim().to_string()
+                    }
+                    Some((kind, text)) => format!("{}; {}", kind.trim(), text.trim()),
+                    None => d.trim().to_string(),
+                })
+                .unwrap_or_default();
+            let status_field = field(&block, "status").unwrap_or_default();
+            let status = status_in(status_field);
+            // A comment after the code says why: `4.0.0 (host name lookup failure)`.
+            let diagnostic = match status_field.split_once('(') {
+                Some((_, comment)) => format!("{diagnostic} ({comment}"),
+                None => diagnostic,
+            };
+            let action = field(&block, "action").map(|a| a.to_ascii_lowercase());
+            findings.push(Finding {
+                recipient: rcpt,
+                status,
+                action,
+                reply_code: code_in(&diagnostic),
+                command: command_in(&diagnostic),
+                remote_mta: field(&block, "remote-mta").map(|v| {
+                    v.split_once(';')
+                        .map_or(v, |(_, h)| h)
+                        .trim()
+                        .to_ascii_lowercase()
+                }),
+                diagnostic,
+                context: String::new(),
+            });
+        }
+    }
+
+    let auto_replied = m
+        .header_raw("Auto-Submitted")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("auto-replied"))
+        || [
+            "automatic reply",
+            "auto reply",
+            "auto-reply",
+            "autoreply",
+            "out of office",
+            "out of the office",
+            "away from",
+        ]
+        .iter()
+        .any(|p| subject.starts_with(p));
+    let bouncy_subject = [
+        "undeliver",
+        "deliver",
+        "failure",
+        "failed",
+        "returned",
+        "bounce",
+        "error",
+        "rejected",
+        "non remis",
+        "unzustellbar",
+        "notification",
+        "warning",
+        "problem",
+        "not delivered",
+    ]
+    .iter()
+    .any(|w| subject.contains(w));
+    if findings.is_empty() && dsn.is_none() && auto_replied && !is_daemon(&from) && !bouncy_subject
+    {
+        return Some(Extracted {
+            kind: Kind::Vacation,
+            findings: vec![Finding {
+                recipient: from,
+                ..Finding::default()
+            }],
+            feedback_type: None,
+        });
+    }
+    if findings.is_empty() {
+        let lower = report_text.to_ascii_lowercase();
+        let bouncy_text = FAILURE_PHRASES.iter().any(|p| lower.contains(p));
+        if dsn.is_none() && !is_daemon(&from) && !bouncy_subject && !bouncy_text {
+            return None;
+        }
+        let mut not_recipients: Vec<String> = to.clone();
+        not_recipients.push(from.clone());
+        not_recipients.extend(original_senders(original));
+        let (named, skipped) = prose_findings(&report_text, &not_recipients);
+        findings = named;
+        if findings.is_empty() {
+            // The prose names nobody: the returned original's recipients are the ones.
+            let mut seen: Vec<String> = Vec::new();
+            for r in original_rcpts {
+                if !seen.iter().any(|s| s.eq_ignore_ascii_case(&r)) {
+                    seen.push(r);
+                }
+            }
+            findings = seen
+                .into_iter()
+                .map(|r| Finding {
+                    recipient: r,
+                    ..Finding::default()
+                })
+                .collect();
+        }
+        if findings.is_empty() {
+            findings = skipped;
+        }
+    }
+    // Fill what the delivery-status part left out from the prose.
+    if !findings.is_empty() {
+        let n = findings.len();
+        for i in 0..n {
+            let segment = segment_for(&report_text, &findings, i);
+            let f = &mut findings[i];
+            if f.diagnostic.trim().is_empty() {
+                f.diagnostic = segment;
+                f.context = report_text.clone();
+            } else {
+                f.context = segment;
+            }
+            if f.command.is_none() {
+                f.command = command_in(&f.diagnostic).or_else(|| command_in(&f.context));
+            }
+            if f.status.is_none() {
+                f.status = status_in(&f.diagnostic);
+            }
+            if f.reply_code.is_none() {
+                f.reply_code = code_in(&f.diagnostic);
+            }
+        }
+    }
+    if (findings.is_empty() || (dsn.is_none() && findings.iter().all(|f| f.status.is_none())))
+        && let Some(inner) = nested_bounce(&m, depth)
+    {
+        return Some(inner);
+    }
+    if findings.is_empty() {
+        return None;
+    }
+    Some(Extracted {
+        kind: Kind::Bounce,
+        findings,
+        feedback_type: None,
+    })
+}
+
+/// The prose about recipient `i`: every stretch from a mention of it to the next mention of
+/// another recipient (a bounce often lists the addresses first and explains them later).
+fn segment_for(text: &str, findings: &[Finding], i: usize) -> String {
+    let lower = text.to_ascii_lowercase();
+    let me = findings[i].recipient.to_ascii_lowercase();
+    let mine: Vec<usize> = lower.match_indices(&me).map(|(p, _)| p).collect();
+    if mine.is_empty() {
+        return text.to_string();
+    }
+    let others: Vec<usize> = findings
+        .iter()
+        .enumerate()
+        .filter(|(j, f)| *j != i && !f.recipient.eq_ignore_ascii_case(&me))
+        .flat_map(|(_, f)| {
+            lower
+                .match_indices(&f.recipient.to_ascii_lowercase())
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut out = String::new();
+    let mut covered = 0;
+    for &at in &mine {
+        // From the start of the mentioning line: a transcript names the command there.
+        let start = lower[..at].rfind('\n').map_or(0, |p| p + 1).max(covered);
+        if at < covered {
+            continue;
+        }
+        let end = others
+            .iter()
+            .copied()
+            .filter(|&p| p > start)
+            .min()
+            .unwrap_or(text.len());
+        out.push_str(&text[start..end]);
+        out.push('\n');
+        covered = end;
+    }
+    out
+}
+
+/// Collapse runs of white space (folded lines) into one space.
+pub fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Senders of the returned original (From, Return-Path, Sender): never its recipients.
+fn original_senders(original: &str) -> Vec<String> {
+    original
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("from:") || l.starts_with("return-path:") || l.starts_with("sender:")
+        })
+        .flat_map(|l| {
+            address_re()
+                .find_iter(l)
+                .map(|m| m.as_str().to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// Recipients named in a free-text bounce, in order of first mention; and apart, the addresses
+/// of the bounce's own sender and recipient (and the original's senders), the last resort.
+fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<Finding>) {
+    let mut seen: Vec<String> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for m in address_re().find_iter(text) {
+        let a = m.as_str().trim_end_matches('.').to_string();
+        let lower = a.to_ascii_lowercase();
+        if is_daemon(&lower) {
+            continue;
+        }
+        // Message-IDs and similar tokens.
+        let line_start = text[..m.start()].rfind('\n').map_or(0, |p| p + 1);
+        let before = text[line_start..m.start()].to_ascii_lowercase();
+        if before.contains("message-id") || before.contains("message id") {
+            continue;
+        }
+        let list = if not_recipients.contains(&lower) {
+            &mut skipped
+        } else {
+            &mut seen
+        };
+        if !list.iter().any(|s| s.eq_ignore_ascii_case(&a)) {
+            list.push(a);
+        }
+    }
+    let as_findings = |list: Vec<String>| -> Vec<Finding> {
+        list.into_iter()
+            .map(|r| Finding {
+                recipient: r,
+                ..Finding::default()
+            })
+            .collect()
+    };
+    (as_findings(seen), as_findings(skipped))
+}

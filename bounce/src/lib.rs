@@ -1,0 +1,233 @@
+//! Bounce and complaint processing for mailsim.
+//!
+//! * [`extract`] turns a raw message into per-recipient evidence: RFC 3464 delivery-status
+//!   fields, RFC 5965 feedback reports, or the prose of a free-text bounce (cut before the
+//!   returned original message).
+//! * [`reason`] turns evidence (diagnostic text, status code, failed command) into a reason of
+//!   Sisimai's vocabulary (userunknown, mailboxfull, expired, ...) and hard or soft.
+//! * [`build`] writes DSNs (RFC 3464) and abuse reports (RFC 5965 ARF).
+//! * [`classify_message`] and [`classify_reply`] put the two together for a message file and for
+//!   a synchronous SMTP reply.
+
+pub mod build;
+pub mod extract;
+pub mod reason;
+
+use serde::Serialize;
+
+/// One classified recipient of a bounce, complaint or auto-reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Classified {
+    pub recipient: String,
+    /// Enhanced status code (D.S.N), empty when none was found.
+    pub status: String,
+    pub reason: String,
+    pub hard: bool,
+    /// The SMTP reply code quoted, if any.
+    pub reply_code: Option<u16>,
+    /// The server's words about this recipient.
+    pub diagnostic: String,
+    /// What decided the reason (a phrase, "status", "action", "default").
+    #[serde(skip)]
+    pub why: String,
+}
+
+/// Classify every recipient a message reports on; empty when it is not a bounce, a complaint
+/// or an auto-reply.
+pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
+    let Some(x) = extract::extract(raw) else {
+        return Vec::new();
+    };
+    x.findings
+        .into_iter()
+        .map(|f| {
+            let (reason, why) = match x.kind {
+                extract::Kind::Feedback => ("feedback", "feedback report"),
+                extract::Kind::Vacation => ("vacation", "auto-reply"),
+                extract::Kind::Bounce => reason::explain(&reason::Evidence {
+                    status: f.status.as_deref(),
+                    diagnostic: &f.diagnostic,
+                    context: &f.context,
+                    command: f.command.as_deref(),
+                    action: f.action.as_deref(),
+                }),
+            };
+            let (reason, why) = match remote_host_reason(f.remote_mta.as_deref(), &f.diagnostic) {
+                Some(r) => (r, "remote host"),
+                None => (reason, why),
+            };
+            // A Google Groups bounce refuses the poster, not the address.
+            let (reason, why) = if reason != "feedback"
+                && f.status.is_none()
+                && f.recipient
+                    .to_ascii_lowercase()
+                    .ends_with("@googlegroups.com")
+            {
+                ("rejected", "google groups")
+            } else {
+                (reason, why)
+            };
+            Classified {
+                hard: reason::is_hard(reason, f.status.as_deref()),
+                reason: reason.to_string(),
+                status: f.status.unwrap_or_default(),
+                recipient: f.recipient,
+                reply_code: f.reply_code,
+                diagnostic: f
+                    .diagnostic
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                why: why.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// What some big receivers mean by replies that read otherwise, keyed by the answering host
+/// (their published behaviour, as Sisimai's "rhost" rules record it).
+fn remote_host_reason(remote_mta: Option<&str>, diagnostic: &str) -> Option<&'static str> {
+    let host = remote_mta?;
+    let text = diagnostic.to_ascii_lowercase();
+    if host.ends_with("docomo.ne.jp") && text.contains("unknown user") {
+        // NTT docomo answers "Unknown user" to senders its user refuses.
+        return Some("rejected");
+    }
+    if host.ends_with("yahoodns.net") && (text.contains("[tss04]") || text.contains("[ts04]")) {
+        // Yahoo defers mail it refuses from this sender for now.
+        return Some("rejected");
+    }
+    None
+}
+
+/// Classify a synchronous SMTP reply (code, enhanced status, text, the command it answered).
+pub fn classify_reply(
+    code: u16,
+    enhanced: Option<&str>,
+    text: &str,
+    command: &str,
+) -> (&'static str, bool) {
+    let status = enhanced.map(str::to_string).or_else(|| {
+        // No enhanced code: the class of the reply code, detail unknown.
+        Some(format!("{}.0.0", code / 100))
+    });
+    let action = (code < 500).then_some("delayed");
+    let r = if code < 500 {
+        // A temporary failure is not "expired" yet: classify its words and code.
+        reason::reason(&reason::Evidence {
+            status: status.as_deref(),
+            diagnostic: text,
+            context: "",
+            command: Some(command),
+            action: None,
+        })
+    } else {
+        reason::reason(&reason::Evidence {
+            status: status.as_deref(),
+            diagnostic: text,
+            context: "",
+            command: Some(command),
+            action,
+        })
+    };
+    (r, code >= 500 && reason::is_hard(r, status.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synchronous_replies_get_reasons_and_hardness() {
+        let cases = [
+            (
+                550,
+                Some("5.1.1"),
+                "The email account that you tried to reach does not exist",
+                "RCPT",
+                "userunknown",
+                true,
+            ),
+            (
+                452,
+                Some("4.2.2"),
+                "The recipient's inbox is out of storage space",
+                "RCPT",
+                "mailboxfull",
+                false,
+            ),
+            (
+                451,
+                Some("4.7.1"),
+                "Greylisted, try again in a few minutes",
+                "RCPT",
+                "blocked",
+                false,
+            ),
+            (
+                421,
+                Some("4.7.28"),
+                "Our system has detected an unusual rate of unsolicited mail originating from your IP address",
+                "RCPT",
+                "toomanyconn",
+                false,
+            ),
+            (
+                550,
+                Some("5.7.26"),
+                "Unauthenticated email from news.example is not accepted due to domain's DMARC policy",
+                "DATA",
+                "authfailure",
+                false,
+            ),
+            (
+                552,
+                Some("5.3.4"),
+                "message size exceeds fixed maximum message size",
+                "MAIL",
+                "mesgtoobig",
+                false,
+            ),
+            (
+                530,
+                Some("5.7.0"),
+                "Must issue a STARTTLS command first",
+                "MAIL",
+                "securityerror",
+                false,
+            ),
+            (
+                550,
+                Some("5.7.1"),
+                "Message content rejected as spam (score 3)",
+                "DATA",
+                "spamdetected",
+                false,
+            ),
+        ];
+        for (code, enhanced, text, command, reason, hard) in cases {
+            assert_eq!(
+                classify_reply(code, enhanced, text, command),
+                (reason, hard),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_rfc3464_report_names_each_recipient() {
+        let raw = b"From: MAILER-DAEMON@mta.test\r\nTo: bounces+7-bob=x.test@news.test\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mta.test\r\n\r\nFinal-Recipient: rfc822; bob@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\nFinal-Recipient: rfc822; carol@x.test\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n--b--\r\n";
+        let found = classify_message(raw);
+        let got: Vec<(&str, &str, bool)> = found
+            .iter()
+            .map(|c| (c.recipient.as_str(), c.reason.as_str(), c.hard))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("bob@x.test", "userunknown", true),
+                ("carol@x.test", "mailboxfull", false)
+            ]
+        );
+    }
+}

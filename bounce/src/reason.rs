@@ -1,0 +1,730 @@
+//! Reasons: from a diagnostic text, a status code and the SMTP command that failed, to a word of
+//! Sisimai's vocabulary, hard or soft.
+//!
+//! The text rules come first (ordered from the most specific reason to the most general); the
+//! enhanced status code decides when no rule matches.
+
+/// Phrase rules, checked in this order against the lower-cased diagnostic (a reason may
+/// appear twice: its specific phrases early, its generic ones late).
+const RULES: &[(&str, &[&str])] = &[
+    (
+        "notaccept",
+        &[
+            "does not accept mail",
+            "not accepting mail",
+            "accepts no mail",
+            "null mx",
+            "no mail accepted",
+            "does not receive mail",
+            "doesn't receive email",
+            "no mx found for domain",
+            "indicated no smtp service",
+        ],
+    ),
+    (
+        "notcompliantrfc",
+        &[
+            "rfc 5322",
+            "rfc5322",
+            "rfc 2822",
+            "rfc2822",
+            "rfc 822",
+            "not compliant",
+            "duplicate header",
+            "addresses in from: header",
+            "multiple addresses in from",
+        ],
+    ),
+    (
+        "networkerror",
+        &[
+            "dns error",
+            "name server reply",
+            "host name lookup failure",
+            "network error",
+            "routing loop",
+            "mail loop",
+            "loop detected",
+            "too many hops",
+            "hop count",
+            "lost connection",
+            "establish an smtp connection",
+        ],
+    ),
+    ("onhold", &["on hold"]),
+    (
+        "authfailure",
+        &[
+            "dmarc",
+            "spf check",
+            "spf fail",
+            "spf validation",
+            "spf record",
+            "bad spf",
+            "sender policy framework",
+            "dkim",
+            "domainkeys",
+            "is not authorized to send mail on behalf",
+            "not permitted by domain",
+            "designates",
+            "sender id",
+            "authentication failed",
+            "does not meet the required authentication level",
+            "authentication information",
+            "fails to pass",
+            "unauthenticated email",
+            "5.7.26",
+        ],
+    ),
+    (
+        "requireptr",
+        &[
+            "reverse dns",
+            "reverse lookup",
+            "reverse hostname",
+            "rdns",
+            "ptr record",
+            "no ptr",
+            "cannot find your hostname",
+            "cannot resolve your address",
+            "cannot resolve pointer",
+            "client host rejected: cannot find",
+            "reverse address",
+            "does not resolve",
+            "unresolvable",
+            "ip name lookup failed",
+            "no reverse",
+            "mismatches client ip",
+            "5.7.25",
+        ],
+    ),
+    (
+        "virusdetected",
+        &["virus", "infected", "malware", "malicious"],
+    ),
+    ("badreputation", &["reputation"]),
+    (
+        "speeding",
+        &[
+            "rate that prevents additional messages",
+            "receiving mail too quickly",
+            "receiving mail at a rate",
+            "sending too fast",
+            "has sent to too many recipients",
+            "too many recipients this hour",
+        ],
+    ),
+    (
+        "toomanyconn",
+        &[
+            "too many connections",
+            "too many concurrent",
+            "too many simultaneous",
+            "connection limit",
+            "connection rate limit",
+            "too many smtp sessions",
+            "max connections",
+            "frequency limited",
+            "temporarily deferred due to unexpected volume",
+            "unusual rate of unsolicited",
+            "rate limit",
+            "rate-limit",
+            "too many messages from",
+            "throttl",
+            "exceeded the rate",
+            "try again later, closing connection",
+            "too many recipients",
+        ],
+    ),
+    (
+        "rejected",
+        &[
+            "sender was rejected",
+            "sender rejected",
+            "sender address rejected",
+            "sender verify failed",
+            "domain of sender address",
+            "sender domain",
+            "invalid sender",
+            "bad sender",
+            "sender is not allowed",
+            "unknown sender",
+            "sender unknown",
+            "envelope sender",
+            "address rejected: sender",
+            "not allowed to post",
+            "permission to post",
+            "send mail as",
+            "mailfrom domain",
+            "mail from domain",
+            "address that has been blacklisted",
+            "rejected by destination domain",
+        ],
+    ),
+    (
+        "norelaying",
+        &[
+            "relay access denied",
+            "relaying denied",
+            "relay denied",
+            "relay not permitted",
+            "not permitted to relay",
+            "unable to relay",
+            "we do not relay",
+            "email address is not verified",
+            "relaying not allowed",
+        ],
+    ),
+    (
+        "mailboxfull",
+        &[
+            "mailbox full",
+            "mailbox is full",
+            "mailbox has exceeded",
+            "mailbox size limit",
+            "mailbox would exceed",
+            "mailbox over quota",
+            "over quota",
+            "quota exceeded",
+            "exceeded quota",
+            "exceeds quota",
+            "exceeded storage",
+            "out of storage",
+            "storage allocation",
+            "full mailbox",
+            "mail box full",
+            "mailbox exceeds allowed size",
+            "recipient's mailbox exceeded",
+            "too many messages in",
+            "user is over",
+            "not enough space",
+        ],
+    ),
+    (
+        "suspend",
+        &[
+            "suspended",
+            "deactivated",
+            "account has been disabled",
+            "account is disabled",
+            "mailbox is disabled",
+            "mailbox disabled",
+            "is inactive",
+            "not active",
+            "frozen",
+            "account is blocked",
+            "account has been blocked",
+            "compte du destinataire est bloque",
+            "locked",
+        ],
+    ),
+    ("filtered", &["message filtered", "content filter"]),
+    (
+        "mailererror",
+        &[
+            "mailer error",
+            "x-unix",
+            "command died",
+            "command failed",
+            "exit code",
+            "exited with",
+            "procmail:",
+            "pipe to",
+            "local delivery failed",
+        ],
+    ),
+    ("blocked", &["remote protocol error"]),
+    (
+        "hostunknown",
+        &[
+            "host unknown",
+            "host not found",
+            "unknown host",
+            "domain not found",
+            "no such domain",
+            "unknown domain",
+            "domain does not exist",
+            "domain name not found",
+            "host or domain name not found",
+            "unrouteable mail domain",
+            "unroutable mail domain",
+            "couldn't find any host",
+            "could not find any host",
+            "nxdomain",
+            "mx records point to non-existent hosts",
+            "name or service not known",
+            "domain is not reachable",
+            "invalid domain",
+            "domain is invalid",
+            "dns lookup failure",
+        ],
+    ),
+    (
+        "userunknown",
+        &[
+            "user unknown",
+            "unknown user",
+            "no such user",
+            "no such recipient",
+            "no such mailbox",
+            "no such account",
+            "user not found",
+            "recipient not found",
+            "mailbox not found",
+            "address not found",
+            "account not found",
+            "does not exist",
+            "doesn't exist",
+            "does not have an account",
+            "doesn't have a",
+            "not a valid",
+            "invalid recipient",
+            "invalid address",
+            "invalid mailbox",
+            "unknown recipient",
+            "recipient unknown",
+            "unknown address",
+            "unknown mailbox",
+            "unknown local part",
+            "recipient address rejected: access denied",
+            "recipient name is not recognized",
+            "mailbox unavailable",
+            "bad destination mailbox",
+            "unrouteable address",
+            "no mailbox",
+            "not our customer",
+            "not listed",
+            "user doesn't",
+            "user does not",
+            "no account",
+            "undeliverable address",
+            "mailbox is not available",
+            "unavailable mailbox",
+            "no valid recipients",
+            "unknown or illegal alias",
+            "userid",
+        ],
+    ),
+    ("spamdetected", &["blacklisted url", "uribl"]),
+    ("blocked", &["remote protocol error"]),
+    ("undefined", &["delivery report unavailable"]),
+    (
+        "blocked",
+        &[
+            "blocked using",
+            "listed in",
+            "listed at",
+            "listed on",
+            "blacklist",
+            "black list",
+            "blocklist",
+            "block list",
+            "dnsbl",
+            " rbl",
+            "spamhaus",
+            "spamcop",
+            "sorbs",
+            "barracuda",
+            "your ip",
+            "ip address",
+            "client host rejected",
+            "refused to talk",
+            "not allowed to send",
+            "has been blocked",
+            "is blocked",
+            "ip blocked",
+            "blocked by",
+            "hostname is blocked",
+            "dynamic ip",
+            "residential",
+            "dial-up",
+            "dialup",
+            "connections will not be accepted",
+            "not accepting connections",
+            "rejecting connections",
+            "adresse ip source bloquee",
+            "client host blocked",
+            "service refuse",
+        ],
+    ),
+    (
+        "spamdetected",
+        &[
+            "spam",
+            "junk mail",
+            "unsolicited",
+            "bulk mail",
+            "content rejected",
+            "suspicious",
+        ],
+    ),
+    (
+        "hasmoved",
+        &[
+            "has moved",
+            "moved to",
+            "address has changed",
+            "is no longer",
+            "no longer with",
+        ],
+    ),
+    (
+        "exceedlimit",
+        &[
+            "exceeds the limit",
+            "exceeded the limit",
+            "message too large for",
+            "size limit for this recipient",
+            "exceeds size limit",
+            "message length exceeds administrative limit",
+        ],
+    ),
+    (
+        "mesgtoobig",
+        &[
+            "message too big",
+            "message too large",
+            "message is too large",
+            "message size exceeds",
+            "exceeds fixed maximum",
+            "exceeds the maximum",
+            "size exceeds",
+            "too large",
+            "too big",
+        ],
+    ),
+    (
+        "securityerror",
+        &[
+            "authentication required",
+            "must issue a starttls",
+            "starttls",
+            "tls required",
+            "encryption required",
+            "requires authentication",
+            "authentication is required",
+            "must authenticate",
+            "access denied",
+            "delivery not authorized",
+        ],
+    ),
+    (
+        "syntaxerror",
+        &[
+            "syntax error",
+            "command unrecognized",
+            "command not recognized",
+            "unrecognized command",
+            "bad command",
+            "line too long",
+            "malformed address",
+            "invalid command",
+            "not implemented",
+        ],
+    ),
+    (
+        "systemfull",
+        &[
+            "insufficient system storage",
+            "system full",
+            "out of disk",
+            "disk is full",
+            "insufficient disk space",
+        ],
+    ),
+    (
+        "expired",
+        &[
+            "retry timeout exceeded",
+            "retry time not reached for any host after a long failure period",
+            "delivery time expired",
+            "message expired",
+            "queue.expired",
+            "message timed out",
+            "in the queue too long",
+            "too long in queue",
+            "not going to try again",
+            "could not be delivered within",
+            "delivery period has expired",
+            "expired after",
+            "queue lifetime exceeded",
+            "maximum time in queue",
+            "unable to deliver message after multiple attempts",
+            "delivery attempts will continue",
+            "was not delivered within",
+            "unable to deliver for",
+            "has not yet been delivered",
+            "could not deliver for the last",
+            "did not accept our requests to connect",
+            "delivery failed 20 attempts",
+            "delayed for more than",
+            "host not reachable",
+            "have been failing for a long time",
+        ],
+    ),
+];
+
+/// The reason an enhanced status code stands for (RFC 3463 and the IANA registry), when the
+/// text said nothing recognisable.
+pub fn reason_for_status(status: &str) -> Option<&'static str> {
+    let mut parts = status.split('.');
+    let class = parts.next()?;
+    let subject = parts.next()?;
+    let detail = parts.next()?;
+    let r = match (subject, detail) {
+        ("1", "1") | ("1", "0") | ("1", "3") | ("1", "6") => {
+            if subject == "1" && detail == "6" {
+                "hasmoved"
+            } else {
+                "userunknown"
+            }
+        }
+        ("1", "2") => "hostunknown",
+        ("1", "4") => "userunknown",
+        ("1", "7") | ("1", "8") => "rejected",
+        ("1", "10") => "notaccept",
+        ("2", "1") => "suspend",
+        ("2", "2") => "mailboxfull",
+        ("2", "3") => "exceedlimit",
+        ("2", "4") => "mailererror",
+        ("3", "1") => "systemfull",
+        ("3", "4") => "mesgtoobig",
+        ("3", "5") => "systemerror",
+        // "Other or undefined mail system status": says nothing.
+        ("3", "0") => return None,
+        ("3", _) => "systemerror",
+        ("4", "1") | ("4", "2") | ("4", "4") => "networkerror",
+        ("4", "3") => "networkerror",
+        ("4", "6") => "networkerror",
+        ("4", "7") => "expired",
+        ("4", _) => "networkerror",
+        ("5", "3") => "syntaxerror",
+        ("5", _) => "syntaxerror",
+        ("6", _) => "contenterror",
+        ("7", "1") => "blocked",
+        ("7", "9") => "securityerror",
+        ("7", "13") => "suspend",
+        ("7", "7") => "failedstarttls",
+        ("7", "23") | ("7", "24") | ("7", "25") | ("7", "26") | ("7", "27") => "authfailure",
+        ("7", _) => "securityerror",
+        _ => return None,
+    };
+    let _ = class;
+    Some(r)
+}
+
+/// Phrases that say less than a final temporary status: consulted after it.
+const LATE_RULES: &[(&str, &[&str])] = &[
+    (
+        "networkerror",
+        &[
+            "connection timed out",
+            "could not connect",
+            "unable to connect",
+            "couldn't connect",
+        ],
+    ),
+    (
+        "systemerror",
+        &[
+            "system error",
+            "internal error",
+            "server error",
+            "local error",
+            "local problem",
+            "resources temporarily unavailable",
+            "service currently unavailable",
+            "server busy",
+            "configuration error",
+            "i/o error",
+            "transaction failed",
+            "giving up",
+        ],
+    ),
+    (
+        "policyviolation",
+        &[
+            "policy reasons",
+            "violates",
+            "prohibited",
+            "content presents a potential",
+            "header error",
+        ],
+    ),
+    ("blocked", &["connection refused by"]),
+];
+
+/// Generic words, consulted only when no specific phrase, no final temporary status and no
+/// status code decided.
+const WEAK_RULES: &[(&str, &[&str])] = &[
+    ("spamdetected", &["spam", "score"]),
+    ("mailboxfull", &["quota", "is full", "insufficient"]),
+    ("norelaying", &["relay"]),
+    ("securityerror", &["security", "certificate"]),
+    ("mailererror", &["program", "pipe"]),
+    ("notcompliantrfc", &["header"]),
+    (
+        "networkerror",
+        &[
+            "dns",
+            "lookup",
+            "timeout",
+            "timed out",
+            "connection",
+            "unreachable",
+        ],
+    ),
+    (
+        "userunknown",
+        &[
+            "not found",
+            "recipient address rejected",
+            "address rejected",
+            "recipient rejected",
+        ],
+    ),
+    ("suspend", &["disabled"]),
+    (
+        "policyviolation",
+        &[
+            "policy",
+            "prohibited",
+            "not allowed",
+            "violat",
+            "not permitted",
+            "denied",
+        ],
+    ),
+];
+
+/// What the classifier knows about one failed recipient.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence<'a> {
+    /// Enhanced status code (D.S.N) if any.
+    pub status: Option<&'a str>,
+    /// The server's own words about this recipient (a Diagnostic-Code, a reply text, or the
+    /// part of a bounce's prose that names the recipient).
+    pub diagnostic: &'a str,
+    /// The rest of the bounce's prose, consulted after the diagnostic.
+    pub context: &'a str,
+    /// The SMTP command the failure answered (MAIL, RCPT, DATA), when known.
+    pub command: Option<&'a str>,
+    /// RFC 3464 Action field.
+    pub action: Option<&'a str>,
+}
+
+/// True when `phrase` occurs in `text` starting at a word boundary ("locked" is not found in
+/// "blocked").
+fn mentions(text: &str, phrase: &str) -> bool {
+    let starts_word = phrase.chars().next().is_some_and(|c| c.is_alphanumeric());
+    text.match_indices(phrase).any(|(i, _)| {
+        !starts_word
+            || !text[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric())
+    })
+}
+
+fn find_rule(
+    rules: &'static [(&'static str, &'static [&'static str])],
+    text: &str,
+) -> Option<(&'static str, &'static str)> {
+    rules
+        .iter()
+        .find_map(|(r, phrases)| phrases.iter().find(|p| mentions(text, p)).map(|p| (*r, *p)))
+}
+
+/// Status codes that say more than any wording.
+fn decisive_status(status: Option<&str>) -> Option<&'static str> {
+    match status? {
+        "5.1.6" => Some("hasmoved"),
+        "5.1.7" | "5.1.8" => Some("rejected"),
+        "5.2.3" => Some("exceedlimit"),
+        "5.7.13" => Some("suspend"),
+        _ => None,
+    }
+}
+
+/// Wordings that name an unknown recipient beyond doubt, whatever the command.
+const SURELY_UNKNOWN: &[&str] = &[
+    "recipient name is not recognized",
+    "not listed in",
+    "no such mailbox",
+    "recipient address rejected: access denied",
+    "userid",
+    "mailbox not found",
+];
+
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Pick the reason for one failure.
+pub fn reason(e: &Evidence) -> &'static str {
+    explain(e).0
+}
+
+/// The reason and what decided it (a phrase, "status", "action").
+pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
+    let primary = squeeze(&e.diagnostic.to_ascii_lowercase());
+    let context = squeeze(&e.context.to_ascii_lowercase());
+    let decided = decisive_status(e.status)
+        .map(|r| (r, "status"))
+        .or_else(|| find_rule(RULES, &primary))
+        .or_else(|| find_rule(RULES, &context))
+        .or_else(|| {
+            let delayed = e.action.is_some_and(|a| a.eq_ignore_ascii_case("delayed"));
+            // A routing or network failure that lasted until the message was given up.
+            let final_temp = e.status.is_some_and(|s| s.starts_with("4.4."))
+                && e.action.is_some_and(|a| a.eq_ignore_ascii_case("failed"));
+            (delayed || final_temp).then_some(("expired", "action"))
+        })
+        .or_else(|| find_rule(LATE_RULES, &primary))
+        .or_else(|| find_rule(LATE_RULES, &context))
+        .or_else(|| {
+            e.status
+                .filter(|s| !s.ends_with(".0.0") && !s.contains(".0.9"))
+                .and_then(reason_for_status)
+                .map(|r| (r, "status"))
+        })
+        .or_else(|| find_rule(WEAK_RULES, &primary))
+        .or_else(|| find_rule(WEAK_RULES, &context));
+    let (mut r, why) = decided.unwrap_or(("onhold", "default"));
+    // An unknown recipient refused at RCPT (or with a 5.1.x status) is unknown; refused after
+    // the message was sent, or without telling, the message was filtered.
+    let command = e.command.unwrap_or_default().to_ascii_uppercase();
+    let weakly_decided = matches!(why, "default" | "status")
+        || WEAK_RULES.iter().any(|(_, phrases)| phrases.contains(&why));
+    let refused_client = matches!(command.as_str(), "CONNECT" | "EHLO");
+    if refused_client && (weakly_decided || matches!(r, "requireptr" | "spamdetected")) {
+        // Refused before any envelope: the client itself is blocked.
+        r = "blocked";
+    } else if command == "MAIL" && matches!(r, "userunknown" | "onhold" | "filtered") {
+        // The sender was refused, not the recipient.
+        r = "rejected";
+    } else if r == "userunknown" && command != "RCPT" {
+        // A 5.1.x status is about the address itself, whatever command it answered.
+        let status_says_address = e.status.is_some_and(|s| {
+            s.starts_with("5.1.")
+                || s.starts_with("4.1.")
+                || s.starts_with("5.5.")
+                || s.starts_with("5.4.")
+        });
+        let surely = SURELY_UNKNOWN
+            .iter()
+            .any(|p| mentions(&primary, p) || mentions(&context, p));
+        if !status_says_address && !surely {
+            r = "filtered";
+        }
+    }
+    (r, why)
+}
+/// Hard bounces: the address will never work.
+pub fn is_hard(reason: &str, status: Option<&str>) -> bool {
+    match reason {
+        "userunknown" | "hostunknown" | "hasmoved" => true,
+        "notaccept" => !status.is_some_and(|s| s.starts_with('4')),
+        _ => false,
+    }
+}

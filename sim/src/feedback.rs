@@ -1,0 +1,276 @@
+//! The feedback loop of a campaign, on both sides:
+//!
+//! * [`Reporter`]: recipient servers that accepted a message and report on it later send an
+//!   RFC 3464 DSN (accept-then-bounce) to the return path or an RFC 5965 ARF complaint to the
+//!   sender's feedback address, over SMTP through the same DNS and network as everything else.
+//! * [`BounceProcessor`]: the sender's own MX hands every message it accepts (the MTA's DSNs
+//!   and the receivers' reports) to the processor, which parses it (mailsim-bounce), attributes
+//!   it to the campaign message by the VERP return path, records it and suppresses hard
+//!   bounces and complainers.
+
+use crate::fleet::{LaterKind, LaterReport};
+use mailsim_events::{Clock, Event, EventSink};
+use mailsim_mailbox::smtp::{SessionInfo, Transaction};
+use mailsim_mta::Connector;
+use mailsim_mta::client::{Envelope, SmtpClient, SmtpTimeouts};
+use mailsim_mta::dns::Resolver;
+use mailsim_mta::engine::verp_id;
+use mailsim_mta::suppression::Suppression;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// The queue of reports waiting to be sent, with a count the runner waits on: a report is
+/// counted from the moment a server decides to send it until it is delivered or given up.
+#[derive(Clone)]
+pub struct LaterQueue {
+    tx: mpsc::UnboundedSender<LaterReport>,
+    pending: Arc<watch::Sender<usize>>,
+}
+
+impl LaterQueue {
+    pub fn new() -> (LaterQueue, mpsc::UnboundedReceiver<LaterReport>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            LaterQueue {
+                tx,
+                pending: Arc::new(watch::channel(0).0),
+            },
+            rx,
+        )
+    }
+
+    pub fn push(&self, report: LaterReport) {
+        self.pending.send_modify(|n| *n += 1);
+        if self.tx.send(report).is_err() {
+            self.done();
+        }
+    }
+
+    fn done(&self) {
+        self.pending.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    pub fn pending(&self) -> watch::Receiver<usize> {
+        self.pending.subscribe()
+    }
+}
+
+/// Attempts to send one report before giving up, and the wait between them.
+const REPORT_ATTEMPTS_MAX: u32 = 3;
+const REPORT_RETRY: Duration = Duration::from_secs(60);
+
+/// Sends the fleet's later reports.
+pub struct Reporter<R, F> {
+    pub resolver: Arc<R>,
+    /// A connector whose source address is the reporting host's.
+    pub connector_for: F,
+    pub port: u16,
+    pub events: EventSink,
+    pub clock: Arc<dyn Clock>,
+    /// Where complaints go, by sender domain.
+    pub feedback_addresses: Vec<(String, String)>,
+}
+
+impl<R, F, C> Reporter<R, F>
+where
+    R: Resolver,
+    C: Connector,
+    F: Fn(IpAddr) -> C + Send + Sync + 'static,
+{
+    /// Send reports as they come due, until `shutdown` resolves; then wait for those started.
+    pub async fn run(
+        self,
+        queue: LaterQueue,
+        mut rx: mpsc::UnboundedReceiver<LaterReport>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let me = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                report = rx.recv() => {
+                    let Some(report) = report else { break };
+                    let (me, queue) = (me.clone(), queue.clone());
+                    tasks.spawn(async move {
+                        me.deliver(report).await;
+                        queue.done();
+                    });
+                }
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn deliver(&self, report: LaterReport) {
+        let now = self.clock.now_ms();
+        tokio::time::sleep(Duration::from_millis(report.due_ms.saturating_sub(now))).await;
+        let sender_domain = report
+            .mail_from
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        let (kind, to) = match report.kind {
+            LaterKind::Bounce => ("bounce", report.mail_from.clone()),
+            LaterKind::Complaint => (
+                "complaint",
+                self.feedback_addresses
+                    .iter()
+                    .find(|(d, _)| *d == sender_domain)
+                    .map_or_else(|| format!("fbl@{sender_domain}"), |(_, a)| a.clone()),
+            ),
+        };
+        let date_s = (self.clock.now_ms() / 1000) as i64;
+        let message_id = format!(
+            "report.{}.{}@{}",
+            kind,
+            report.message_id.trim_matches(['<', '>']),
+            report.host
+        );
+        // The original's header block, with the return path it came with.
+        let mut headers = format!("Return-Path: <{}>\r\n", report.mail_from).into_bytes();
+        headers.extend_from_slice(&report.headers);
+        let body = match report.kind {
+            LaterKind::Bounce => mailsim_bounce::build::dsn(&mailsim_bounce::build::Dsn {
+                reporting_mta: &report.host,
+                to: &to,
+                recipient: &report.rcpt,
+                action: "failed",
+                status: "5.1.1",
+                diagnostic: Some(
+                    "550 5.1.1 The mailbox is no longer available (disabled after delivery)",
+                ),
+                remote_mta: None,
+                explanation: "The message was accepted, but the mailbox turned out to be unavailable.",
+                original_headers: &headers,
+                message_id: &message_id,
+                date_s,
+            }),
+            LaterKind::Complaint => mailsim_bounce::build::arf(&mailsim_bounce::build::Arf {
+                reporter: report
+                    .host
+                    .split_once('.')
+                    .map_or(report.host.as_str(), |(_, d)| d),
+                to: &to,
+                recipient: &report.rcpt,
+                mail_from: &report.mail_from,
+                source_ip: "127.0.0.1",
+                original_headers: &headers,
+                message_id: &message_id,
+                date_s,
+            }),
+        };
+        let domain = to.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+        for attempt in 1..=REPORT_ATTEMPTS_MAX {
+            match self.send(&report, &domain, &to, &body).await {
+                Ok(()) => {
+                    self.events.emit(Event::ReportSent {
+                        host: report.host.clone(),
+                        kind: kind.into(),
+                        to: to.clone(),
+                        rcpt: report.rcpt.clone(),
+                        message_id: report.message_id.clone(),
+                    });
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(host = %report.host, attempt, "sending a {kind} report: {e}");
+                    if attempt < REPORT_ATTEMPTS_MAX {
+                        tokio::time::sleep(REPORT_RETRY).await;
+                    }
+                }
+            }
+        }
+        tracing::warn!(host = %report.host, "gave up sending a {kind} report to {to}");
+    }
+
+    async fn send(
+        &self,
+        report: &LaterReport,
+        domain: &str,
+        to: &str,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let hosts = self
+            .resolver
+            .route(domain)
+            .await
+            .map_err(|e| e.to_string())?;
+        let connector = (self.connector_for)(report.host_ip);
+        let addr = hosts
+            .iter()
+            .flat_map(|h| h.addrs.iter())
+            .next()
+            .ok_or_else(|| format!("{domain}: no MX address"))?;
+        let stream = connector
+            .connect(SocketAddr::new(*addr, self.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = SmtpClient::new(stream, SmtpTimeouts::default());
+        client
+            .handshake(&report.host)
+            .await
+            .map_err(|e| e.to_string())?;
+        let outcome = client
+            .transaction(&Envelope {
+                from: "",
+                rcpt: to,
+                body,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        client.quit().await;
+        if outcome.decisive.code / 100 == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} {}",
+                outcome.decisive.code, outcome.decisive.text
+            ))
+        }
+    }
+}
+
+/// Reads the sender's mailbox: every message its MX accepts.
+pub struct BounceProcessor {
+    pub events: EventSink,
+    pub suppression: Arc<Suppression>,
+}
+
+impl BounceProcessor {
+    pub fn process(&self, _info: &SessionInfo, tx: &Transaction, message: &[u8]) {
+        let found = mailsim_bounce::classify_message(message);
+        let text = String::from_utf8_lossy(message);
+        // DSNs come to the VERP return path; complaints name it in Original-Mail-From.
+        let msg = tx.rcpts.iter().find_map(|r| verp_id(r)).or_else(|| {
+            text.split(|c: char| c == '<' || c == '>' || c.is_whitespace())
+                .find_map(verp_id)
+        });
+        for c in found {
+            let kind = if c.reason == "feedback" {
+                "complaint"
+            } else {
+                "bounce"
+            };
+            self.events.emit(Event::ReportReceived {
+                kind: kind.into(),
+                msg,
+                rcpt: c.recipient.clone(),
+                reason: c.reason.clone(),
+                status: c.status.clone(),
+                hard: c.hard,
+            });
+            if (kind == "complaint" || c.hard) && self.suppression.add(&c.recipient, &c.reason) {
+                self.events.emit(Event::SuppressionAdded {
+                    rcpt: c.recipient,
+                    reason: c.reason,
+                });
+            }
+        }
+    }
+}
