@@ -161,7 +161,7 @@ mod tests {
                 Some("4.7.1"),
                 "Greylisted, try again in a few minutes",
                 "RCPT",
-                "blocked",
+                "greylisted",
                 false,
             ),
             (

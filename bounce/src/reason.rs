@@ -52,6 +52,12 @@ const RULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("onhold", &["on hold"]),
+    // Not a bounce reason in Sisimai (greylisting never ends in a bounce): mailsim's word for
+    // the deferral.
+    (
+        "greylisted",
+        &["greylist", "graylist", "grey-list", "gray-list"],
+    ),
     (
         "authfailure",
         &[
@@ -133,6 +139,7 @@ const RULES: &[(&str, &[&str])] = &[
             "throttl",
             "exceeded the rate",
             "try again later, closing connection",
+            "server busy. please try again later from",
             "too many recipients",
         ],
     ),

@@ -143,6 +143,13 @@ pub enum Event {
         enhanced: String,
         rcpt: String,
     },
+    /// The MTA backs a whole destination off (after a 421 or a rate-limit reply): no new
+    /// connection to it before `until_ms`.
+    Backoff {
+        domain: String,
+        until_ms: u64,
+        reason: String,
+    },
     /// A recipient on the suppression list was not queued.
     Suppressed {
         message_id: String,
@@ -202,6 +209,7 @@ impl Event {
             Event::AuthVerdict { .. } => "auth_verdict",
             Event::Stored { .. } => "stored",
             Event::Refused { .. } => "refused",
+            Event::Backoff { .. } => "backoff",
             Event::Suppressed { .. } => "suppressed",
             Event::SuppressionAdded { .. } => "suppression_added",
             Event::DsnQueued { .. } => "dsn_queued",

@@ -139,12 +139,14 @@ impl Verifier {
         } else {
             dkim_word(dkim[0].result())
         };
-        let dmarc_word = match (dmarc.dkim_result(), dmarc.spf_result()) {
-            (DmarcResult::Pass, _) | (_, DmarcResult::Pass) => "pass",
-            (DmarcResult::None, DmarcResult::None) => "none",
-            (DmarcResult::TempError(_), _) | (_, DmarcResult::TempError(_)) => "temperror",
-            (DmarcResult::PermError(_), _) | (_, DmarcResult::PermError(_)) => "permerror",
-            _ => "fail",
+        // The combined result: mail-auth (RFC 9989) leaves both mechanisms at "none" when
+        // nothing aligns, and reports fail when a record was found.
+        let dmarc_word = match dmarc.result() {
+            DmarcResult::Pass => "pass",
+            DmarcResult::None => "none",
+            DmarcResult::TempError(_) => "temperror",
+            DmarcResult::PermError(_) => "permerror",
+            DmarcResult::Fail(_) => "fail",
         };
         let dmarc_policy = (dmarc_word != "none" || !dmarc.domain().is_empty())
             .then(|| format!("{:?}", dmarc.policy()).to_ascii_lowercase())

@@ -59,8 +59,10 @@ impl ReplyReader {
     /// Parse one reply from `bytes`, advancing past what was consumed. `Ok(None)` means every
     /// byte was consumed and more are needed.
     pub fn parse(&mut self, bytes: &mut std::slice::Iter<'_, u8>) -> Result<Option<Reply>, String> {
+        let before = bytes.as_slice();
         match self.receiver.parse(bytes) {
             Ok(r) => {
+                let consumed = &before[..before.len() - bytes.as_slice().len()];
                 self.receiver.reset();
                 // smtp-proto accepts short or odd codes ("30"); RFC 5321 replies are 2xx-5xx.
                 if !(200..=599).contains(&r.code) {
@@ -69,8 +71,13 @@ impl ReplyReader {
                         r.code
                     ));
                 }
-                let enhanced =
-                    (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]));
+                let enhanced = if r.esc.contains(&u8::MAX) {
+                    // smtp-proto keeps each part in a byte; RFC 3463 allows three digits
+                    // (Microsoft's 5.7.509): read it from the reply's last line instead.
+                    last_line_enhanced(consumed)
+                } else {
+                    (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]))
+                };
                 Ok(Some(Reply {
                     code: r.code,
                     enhanced,
@@ -84,6 +91,19 @@ impl ReplyReader {
             }
         }
     }
+}
+
+/// The enhanced status code (`D.DDD.DDD`) right after the code on a reply's last line.
+fn last_line_enhanced(raw: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(raw);
+    let line = text.trim_end().lines().last()?;
+    let token = line.get(4..)?.split_whitespace().next()?;
+    let parts: Vec<&str> = token.split('.').collect();
+    let ok = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    ok.then(|| token.to_string())
 }
 
 /// A reply: code, enhanced status code and the text (continuation lines joined by `\n`).
@@ -173,8 +193,25 @@ pub struct TransactionOutcome {
     /// The reply that decides the recipient's fate (MAIL, RCPT, or the end of DATA).
     pub decisive: Reply,
     pub decisive_command: &'static str,
+    /// The server closed (or will close) the connection: no further transaction on it.
+    pub connection_closed: bool,
     /// Every reply received, with its command, in order.
     pub replies: Vec<(&'static str, Reply)>,
+}
+
+impl TransactionOutcome {
+    fn closing(
+        decisive: Reply,
+        decisive_command: &'static str,
+        replies: Vec<(&'static str, Reply)>,
+    ) -> Self {
+        TransactionOutcome {
+            decisive,
+            decisive_command,
+            connection_closed: true,
+            replies,
+        }
+    }
 }
 
 /// The async shell: one SMTP client session over any stream.
@@ -301,18 +338,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             self.outbuf.extend_from_slice(b"DATA\r\n");
             self.flush_out("MAIL", t.command).await?;
             mail = self.read_reply("MAIL", t.command).await?;
+            if mail.code == 421 {
+                // The server is closing: its reply decides, nothing more will come.
+                replies.push(("MAIL", mail.clone()));
+                return Ok(TransactionOutcome::closing(mail, "MAIL", replies));
+            }
             rcpt = self.read_reply("RCPT", t.command).await?;
-            data = Some(self.read_reply("DATA", t.command).await?);
+            if rcpt.code == 421 {
+                replies.push(("MAIL", mail));
+                replies.push(("RCPT", rcpt.clone()));
+                return Ok(TransactionOutcome::closing(rcpt, "RCPT", replies));
+            }
+            data = match self.read_reply("DATA", t.command).await {
+                Ok(r) => Some(r),
+                // A refused envelope and then a closed connection: the refusal decides.
+                Err(_) if mail.code / 100 != 2 || rcpt.code / 100 != 2 => {
+                    let (decisive, command) = if mail.code / 100 != 2 {
+                        (mail.clone(), "MAIL")
+                    } else {
+                        (rcpt.clone(), "RCPT")
+                    };
+                    replies.push(("MAIL", mail));
+                    replies.push(("RCPT", rcpt));
+                    return Ok(TransactionOutcome::closing(decisive, command, replies));
+                }
+                Err(e) => return Err(e),
+            };
         } else {
             self.outbuf.extend_from_slice(mail_cmd.as_bytes());
             self.flush_out("MAIL", t.command).await?;
             mail = self.read_reply("MAIL", t.command).await?;
             if mail.code / 100 != 2 {
                 replies.push(("MAIL", mail.clone()));
+                let closed = mail.code == 421 || self.reset().await.is_err();
                 return Ok(TransactionOutcome {
                     decisive: mail,
                     decisive_command: "MAIL",
                     replies,
+                    connection_closed: closed,
                 });
             }
             self.outbuf.extend_from_slice(rcpt_cmd.as_bytes());
@@ -331,11 +394,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         replies.push(("MAIL", mail.clone()));
         replies.push(("RCPT", rcpt.clone()));
         let Some(data) = data else {
-            self.reset().await?;
+            let closed = rcpt.code == 421 || self.reset().await.is_err();
             return Ok(TransactionOutcome {
                 decisive: rcpt,
                 decisive_command: "RCPT",
                 replies,
+                connection_closed: closed,
             });
         };
         let data_ok = data.code == 354;
@@ -352,6 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
                 decisive: mail,
                 decisive_command: "MAIL",
                 replies,
+                connection_closed: false,
             });
         }
         if !rcpt_ok {
@@ -359,14 +424,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
                 decisive: rcpt,
                 decisive_command: "RCPT",
                 replies,
+                connection_closed: false,
             });
         }
         if !data_ok {
-            self.reset().await?;
+            let closed = data.code == 421 || self.reset().await.is_err();
             return Ok(TransactionOutcome {
                 decisive: data,
                 decisive_command: "DATA",
                 replies,
+                connection_closed: closed,
             });
         }
         dot_stuff(env.body, &mut self.outbuf);
@@ -374,6 +441,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         let end = self.read_reply("DATA", t.data).await?;
         replies.push(("DATA", end.clone()));
         Ok(TransactionOutcome {
+            connection_closed: end.code == 421,
             decisive: end,
             decisive_command: "DATA",
             replies,
@@ -421,6 +489,12 @@ mod tests {
         assert_eq!(rcpt.code, 550);
         assert_eq!(rcpt.enhanced.as_deref(), Some("5.1.1"));
         assert_eq!(rcpt.text, "no such user");
+        // Three-digit parts (RFC 3463 allows up to 999), as Microsoft sends them.
+        let mut it =
+            b"550-5.7.509 Access denied, sending domain\r\n550 5.7.509 does not pass DMARC\r\n"
+                .iter();
+        let r = r.parse(&mut it).unwrap().unwrap();
+        assert_eq!(r.enhanced.as_deref(), Some("5.7.509"));
     }
 
     #[test]

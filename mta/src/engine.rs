@@ -492,14 +492,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     };
                     sent += 1;
                     self.settle(entry, fate, &mx);
+                    if outcome.connection_closed && !backoff {
+                        break;
+                    }
                     if backoff {
-                        let until = inner.clock.now_ms() + inner.cfg.destination_backoff_s * 1000;
-                        inner
-                            .state
-                            .lock()
-                            .expect("mta state")
-                            .queue
-                            .hold_domain(domain, until);
+                        self.back_off(domain, reason);
                         break;
                     }
                 }
@@ -527,9 +524,25 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         client.quit().await;
     }
 
+    /// Hold a whole destination for `destination_backoff_s` and say so.
+    fn back_off(&self, domain: &str, reason: &str) {
+        let inner = &self.inner;
+        let until = inner.clock.now_ms() + inner.cfg.destination_backoff_s * 1000;
+        inner
+            .state
+            .lock()
+            .expect("mta state")
+            .queue
+            .hold_domain(domain, until);
+        inner.events.emit(Event::Backoff {
+            domain: domain.to_string(),
+            until_ms: until,
+            reason: reason.to_string(),
+        });
+    }
+
     /// A server refused the whole session (bad greeting): defer or bounce what is ready.
     fn fail_session(&self, domain: &str, r: &Reply) {
-        let until = self.inner.clock.now_ms() + self.inner.cfg.destination_backoff_s * 1000;
         let mut batch = Vec::new();
         while let Some(e) = self.take(domain) {
             batch.push(e);
@@ -552,12 +565,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             self.settle(entry, fate, "");
         }
         if r.code < 500 {
-            self.inner
-                .state
-                .lock()
-                .expect("mta state")
-                .queue
-                .hold_domain(domain, until);
+            self.back_off(domain, reason);
         }
     }
 

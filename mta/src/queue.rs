@@ -24,8 +24,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// When to try again after `attempts` failed attempts, or `None` when the message would
-    /// outlive its lifetime (expire it now).
+    /// When to try again after `attempts` failed attempts, or `None` when the message has
+    /// reached its lifetime (expire it now). Like Postfix, a message younger than its lifetime
+    /// is always tried again: it expires at the first failure at or after the lifetime.
     pub fn next_retry_ms(&self, attempts: u32, injected_ms: u64, now_ms: u64) -> Option<u64> {
         let shift = attempts.saturating_sub(1).min(32);
         let delay_s = self
@@ -33,7 +34,8 @@ impl RetryPolicy {
             .saturating_mul(1u64 << shift)
             .min(self.retry_interval_s_max.max(self.retry_interval_s_min));
         let due = now_ms.saturating_add(delay_s.saturating_mul(1000));
-        (due <= injected_ms.saturating_add(self.lifetime_s.saturating_mul(1000))).then_some(due)
+        let end = injected_ms.saturating_add(self.lifetime_s.saturating_mul(1000));
+        (now_ms < end).then_some(due)
     }
 }
 
@@ -187,8 +189,13 @@ mod tests {
         let near_end = 5 * 86_400_000 - 1000;
         assert_eq!(
             p.next_retry_ms(9, 0, near_end),
+            Some(near_end + 4_000_000),
+            "still young: one more try, past the lifetime"
+        );
+        assert_eq!(
+            p.next_retry_ms(10, 0, 5 * 86_400_000),
             None,
-            "would outlive the lifetime"
+            "at the lifetime: expire"
         );
     }
 

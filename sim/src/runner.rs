@@ -48,6 +48,7 @@ pub fn build_messages(
     scenario: &Scenario,
     world: &World,
     range: std::ops::Range<u64>,
+    send: u32,
     date_s: i64,
 ) -> Vec<OutboundMessage> {
     let campaign = scenario.campaign();
@@ -73,7 +74,11 @@ pub fn build_messages(
                 pick -= w;
             }
             let rcpt = format!("user{i}@{domain}");
-            let message_id = format!("{i}.{}@{}", scenario.seed, sender.domain);
+            let message_id = if send == 0 {
+                format!("{i}.{}@{}", scenario.seed, sender.domain)
+            } else {
+                format!("{i}.{}.{send}@{}", scenario.seed, sender.domain)
+            };
             let mut body = format!("Hello user{i},\r\n\r\n");
             while body.len() + 600 < campaign.size_bytes {
                 body.push_str(filler);
@@ -365,33 +370,47 @@ where
             let _ = stop_rx.wait_for(|s| *s).await;
         }))
     };
-    let total = scenario.campaign().messages;
+    let campaign = scenario.campaign();
+    let total = campaign.messages * u64::from(campaign.sends);
     let bar = progress_bar(opts.progress, total);
     // The run's time limit, on the runtime's timer (no wall-clock read here).
     let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
     tokio::pin!(time_limit);
     let scenario_arc = Arc::new(scenario.clone());
-    let date_s = (setup.clock.now_ms() / 1000) as i64;
-    let mut start = 0u64;
-    while start < total {
-        let end = (start + INJECT_BATCH as u64).min(total);
-        if blocking_threads {
-            let (mta2, sc) = (mta.clone(), scenario_arc.clone());
-            let world = setup.world.clone();
-            tokio::task::spawn_blocking(move || {
-                let batch = build_messages(&sc, &world, start..end, date_s);
-                mta2.inject(batch)
-            })
-            .await??;
-        } else {
-            let batch = build_messages(scenario, &setup.world, start..end, date_s);
-            mta.inject(batch)?;
-            // Let the dispatcher start on this batch before the next one is prepared.
-            tokio::task::yield_now().await;
+    let mut injected = 0u64;
+    for send in 0..campaign.sends {
+        if send > 0 {
+            let at_ms = setup.start_ms + campaign.send_interval_s * 1000 * u64::from(send);
+            let wait = Duration::from_millis(at_ms.saturating_sub(setup.clock.now_ms()));
+            tokio::select! {
+                biased;
+                _ = &mut time_limit => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
-        start = end;
-        if let Some(bar) = &bar {
-            bar.set_position(total - mta.queued() as u64);
+        let date_s = (setup.clock.now_ms() / 1000) as i64;
+        let mut start = 0u64;
+        while start < campaign.messages {
+            let end = (start + INJECT_BATCH as u64).min(campaign.messages);
+            if blocking_threads {
+                let (mta2, sc) = (mta.clone(), scenario_arc.clone());
+                let world = setup.world.clone();
+                tokio::task::spawn_blocking(move || {
+                    let batch = build_messages(&sc, &world, start..end, send, date_s);
+                    mta2.inject(batch)
+                })
+                .await??;
+            } else {
+                let batch = build_messages(scenario, &setup.world, start..end, send, date_s);
+                mta.inject(batch)?;
+                // Let the dispatcher start on this batch before the next one is prepared.
+                tokio::task::yield_now().await;
+            }
+            injected += end - start;
+            start = end;
+            if let Some(bar) = &bar {
+                bar.set_position(injected.saturating_sub(mta.queued() as u64));
+            }
         }
     }
     let mut queued = mta.queued_watch();
@@ -399,7 +418,7 @@ where
         let now_queued = *queued.borrow_and_update();
         let now_pending = *pending.borrow_and_update();
         if let Some(bar) = &bar {
-            bar.set_position(total.saturating_sub(now_queued as u64));
+            bar.set_position(injected.saturating_sub(now_queued as u64));
         }
         // Drained: nothing queued in the MTA and no report still to be sent by the fleet.
         if now_queued == 0 && now_pending == 0 {

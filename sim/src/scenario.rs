@@ -354,10 +354,21 @@ fn one() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct Campaign {
     pub messages: u64,
+    /// How many times the campaign is sent to the same recipients (a later send meets the
+    /// suppression list built from the earlier ones).
+    #[serde(default = "one_u32")]
+    pub sends: u32,
+    /// Time between the starts of two sends.
+    #[serde(default = "default_send_interval")]
+    pub send_interval_s: u64,
     #[serde(default = "default_size")]
     pub size_bytes: usize,
     #[serde(default = "default_subject")]
     pub subject: String,
+}
+
+fn default_send_interval() -> u64 {
+    3600
 }
 
 fn default_size() -> usize {
@@ -574,6 +585,13 @@ impl Scenario {
                 self.campaign.span().start,
                 "campaign.messages".into(),
                 "must be between 1 and 100000000".into(),
+            ));
+        }
+        if c.sends == 0 || c.sends > 100 {
+            return Err(invalid(
+                self.campaign.span().start,
+                "campaign.sends".into(),
+                "must be between 1 and 100".into(),
             ));
         }
         if c.size_bytes < 200 || c.size_bytes > 50 * 1024 * 1024 {

@@ -1,0 +1,401 @@
+//! The scenario library (scenarios/*.toml): each runs in virtual time and its event log shows
+//! the outcome its header comment promises. One also runs twice to prove determinism.
+
+use mailsim::runner::{self, RunOptions};
+use mailsim::scenario::Scenario;
+use mailsim_events::{Event, Record, read_log};
+use mailsim_reports::Summary;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+fn run(name: &str, dir: &Path) -> (Summary, Vec<Record>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios")
+        .join(format!("{name}.toml"));
+    let scenario = Scenario::load(&path).unwrap();
+    let summary = runner::run_scenario(
+        &scenario,
+        &RunOptions {
+            out_dir: dir.to_path_buf(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    let (records, torn) = read_log(&runner::events_path(dir)).unwrap();
+    assert!(!torn);
+    // The summary is a projection of the log: folding the log again gives summary.json.
+    assert_eq!(
+        runner::summary_json(&Summary::fold(&records)).unwrap(),
+        std::fs::read_to_string(runner::summary_path(dir)).unwrap()
+    );
+    assert!(
+        matches!(records.last().map(|r| &r.event), Some(Event::RunFinished { reason }) if reason == "drained"),
+        "{name} did not drain"
+    );
+    (summary, records)
+}
+
+fn elapsed_s(records: &[Record], r: &Record) -> u64 {
+    (r.ts - records[0].ts) / 1000
+}
+
+/// Recipients of each campaign message id (queue id).
+fn injected_rcpts(records: &[Record]) -> BTreeMap<u64, String> {
+    records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Injected { msg, rcpt, .. } => Some((*msg, rcpt.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn greylist_storm_every_message_passes_on_the_retry_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, records) = run("greylist-storm", dir.path());
+    assert_eq!((s.delivered, s.bounced, s.expired), (s.injected, 0, 0));
+    let mut deferrals = 0;
+    for r in &records {
+        match &r.event {
+            Event::Deferred { reason, .. } => {
+                assert_eq!(reason, "greylisted");
+                deferrals += 1;
+            }
+            Event::Delivered {
+                domain, attempts, ..
+            } if domain != "news.example.test" => {
+                let expected = if domain == "slowgrey.test" { 3 } else { 2 };
+                assert_eq!(*attempts, expected, "{domain}");
+            }
+            Event::Backoff { domain, .. } => panic!("greylisting backed {domain} off"),
+            _ => {}
+        }
+    }
+    assert!(deferrals >= s.injected);
+}
+
+#[test]
+fn isp_throttling_backs_each_destination_off_and_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, records) = run("isp-throttling", dir.path());
+    assert_eq!((s.delivered, s.bounced, s.expired), (s.injected, 0, 0));
+    let mut deferred: BTreeMap<String, u64> = BTreeMap::new();
+    let mut backoffs: Vec<(String, u64, u64)> = Vec::new();
+    for r in &records {
+        match &r.event {
+            Event::Deferred { domain, reason, .. } => {
+                assert_eq!(reason, "toomanyconn", "{domain}");
+                *deferred.entry(domain.clone()).or_default() += 1;
+            }
+            Event::Backoff {
+                domain, until_ms, ..
+            } => backoffs.push((domain.clone(), r.ts, *until_ms)),
+            _ => {}
+        }
+    }
+    for d in ["gmail.test", "yahoo.test", "outlook.test"] {
+        assert!(
+            deferred.get(d).copied().unwrap_or(0) > 0,
+            "{d} never throttled"
+        );
+        assert!(backoffs.iter().any(|b| b.0 == d), "{d} never backed off");
+    }
+    assert_eq!(deferred.get("plain.test"), None);
+    // The published replies: gmail-like 421 4.7.28, yahoo-like [TSS04], microsoft-like 4.7.500.
+    let texts: Vec<&str> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Deferred {
+                reply: Some(reply), ..
+            } => Some(reply.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("unusual rate of unsolicited mail"))
+    );
+    assert!(texts.iter().any(|t| t.contains("[TSS04]")));
+    assert!(texts.iter().any(|t| t.contains("(S77714)")));
+    // No connection to a destination opens while it is backed off.
+    for r in &records {
+        if let Event::ConnOpened { domain, .. } = &r.event {
+            for (d, from, until) in &backoffs {
+                assert!(
+                    !(d == domain && r.ts > *from && r.ts < *until),
+                    "{domain}: connection at {} during a backoff until {until}",
+                    r.ts
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dns_outage_defers_while_faults_last_and_bounces_dead_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, records) = run("dns-outage", dir.path());
+    let d = &s.domains;
+    for (domain, fault_end_s) in [
+        ("servfail.test", 1800),
+        ("timeout.test", 600),
+        ("moved.test", 900),
+    ] {
+        assert_eq!(d[domain].delivered, d[domain].injected, "{domain}");
+        for r in &records {
+            match &r.event {
+                Event::Delivered { domain: dd, mx, .. } if dd == domain => {
+                    assert!(
+                        elapsed_s(&records, r) >= fault_end_s,
+                        "{domain} before its fault ended"
+                    );
+                    if domain == "moved.test" {
+                        assert_eq!(mx, "mx2.moved.test");
+                    }
+                }
+                Event::Deferred {
+                    domain: dd, reason, ..
+                } if dd == domain => {
+                    assert!(reason.starts_with("networkerror"), "{reason}");
+                }
+                _ => {}
+            }
+        }
+    }
+    for (domain, reason) in [("gone.test", "hostunknown"), ("nullmx.test", "notaccept")] {
+        assert_eq!(d[domain].bounced, d[domain].injected, "{domain}");
+        for r in &records {
+            if let Event::Bounced {
+                domain: dd,
+                reason: why,
+                hard,
+                attempts,
+                ..
+            } = &r.event
+                && dd == domain
+            {
+                assert!(why.starts_with(reason), "{why}");
+                assert!(*hard);
+                assert_eq!(*attempts, 1);
+            }
+        }
+    }
+    assert_eq!(d["steady.test"].delivered, d["steady.test"].injected);
+    assert!(records.iter().all(|r| !matches!(&r.event,
+        Event::Delivered { domain, attempts, .. } if domain == "steady.test" && *attempts != 1)));
+    assert_eq!(s.dsns_queued, s.bounced);
+    assert_eq!(s.suppression_added, s.bounced);
+    assert_eq!(s.reports_received.get("bounce").copied(), Some(s.bounced));
+}
+
+#[test]
+fn dmarc_misconfig_is_rejected_by_enforcing_receivers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, records) = run("dmarc-misconfig", dir.path());
+    let d = &s.domains;
+    assert_eq!(d["gmail.test"].bounced, d["gmail.test"].injected);
+    assert_eq!(d["outlook.test"].bounced, d["outlook.test"].injected);
+    assert_eq!(d["lenient.test"].delivered, d["lenient.test"].injected);
+    for r in &records {
+        if let Event::Bounced {
+            domain,
+            reason,
+            hard,
+            reply: Some(reply),
+            ..
+        } = &r.event
+        {
+            assert_eq!(reason, "authfailure");
+            assert!(!hard, "authentication failures are not the address's fault");
+            let expected = if domain == "gmail.test" {
+                "5.7.26"
+            } else {
+                "5.7.509"
+            };
+            assert_eq!(reply.enhanced.as_deref(), Some(expected));
+            assert_eq!(reply.command, "DATA");
+        }
+    }
+    let verdicts = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::AuthVerdict { .. }))
+        .count() as u64;
+    assert_eq!(verdicts, s.injected);
+    let a = &s.auth;
+    assert_eq!((a.spf_pass, a.dkim_pass, a.dmarc_pass), (0, 0, 0));
+    assert_eq!(
+        (a.spf_fail, a.dkim_fail, a.dmarc_fail),
+        (verdicts, verdicts, verdicts)
+    );
+    assert_eq!(s.suppression_added, 0);
+}
+
+#[test]
+fn mailbox_full_expires_after_five_days_of_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, records) = run("mailbox-full-expiry", dir.path());
+    let d = &s.domains;
+    assert!(d["full.test"].expired > 0);
+    assert_eq!(
+        d["full.test"].delivered + d["full.test"].expired,
+        d["full.test"].injected
+    );
+    assert!(d["quota.test"].bounced > 0);
+    assert_eq!(
+        d["quota.test"].delivered + d["quota.test"].bounced,
+        d["quota.test"].injected
+    );
+    assert_eq!(d["ok.test"].delivered, d["ok.test"].injected);
+    let lifetime_ms = 432_000_000;
+    for r in &records {
+        match &r.event {
+            Event::Expired {
+                domain, attempts, ..
+            } => {
+                assert_eq!(domain, "full.test");
+                assert_eq!(*attempts, 112);
+                assert!(r.ts - records[0].ts >= lifetime_ms);
+            }
+            Event::Bounced {
+                domain,
+                reason,
+                hard,
+                ..
+            } => {
+                assert_eq!(domain, "quota.test");
+                assert_eq!(reason, "mailboxfull");
+                assert!(!hard);
+            }
+            Event::ReportReceived { reason, msg, .. } => {
+                assert_eq!(reason, "mailboxfull");
+                assert!(msg.is_some());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(s.dsns_queued, s.expired + s.bounced);
+    assert_eq!(
+        s.reports_received.get("bounce").copied(),
+        Some(s.expired + s.bounced)
+    );
+    assert_eq!(s.suppression_added, 0);
+}
+
+#[test]
+fn async_reports_are_attributed_and_suppress_the_second_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, records) = run("async-bounces-and-complaints", dir.path());
+    let rcpt_of = injected_rcpts(&records);
+    let mut sent: Vec<(String, String)> = Vec::new();
+    let mut received: Vec<(String, String)> = Vec::new();
+    let mut should_suppress: BTreeSet<String> = BTreeSet::new();
+    for r in &records {
+        match &r.event {
+            Event::ReportSent { kind, rcpt, .. } => sent.push((kind.clone(), rcpt.clone())),
+            Event::ReportReceived {
+                kind,
+                msg,
+                rcpt,
+                hard,
+                ..
+            } => {
+                let msg = msg.expect("every report is attributed by its VERP address");
+                assert_eq!(&rcpt_of[&msg], rcpt, "attributed to the right message");
+                if kind == "complaint" || *hard {
+                    should_suppress.insert(rcpt.clone());
+                }
+                if kind == "complaint" || rcpt.ends_with("@late.test") {
+                    received.push((kind.clone(), rcpt.clone()));
+                }
+            }
+            Event::Bounced {
+                rcpt, hard: true, ..
+            } => {
+                should_suppress.insert(rcpt.clone());
+            }
+            _ => {}
+        }
+    }
+    sent.sort();
+    received.sort();
+    assert!(sent.iter().any(|k| k.0 == "bounce") && sent.iter().any(|k| k.0 == "complaint"));
+    assert_eq!(
+        sent, received,
+        "every report the fleet sent was received and attributed"
+    );
+    let added: BTreeSet<String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::SuppressionAdded { rcpt, .. } => Some(rcpt.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(added, should_suppress);
+    let suppressed: BTreeSet<String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Suppressed { rcpt, .. } => Some(rcpt.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        suppressed, should_suppress,
+        "the second send skips exactly the suppressed"
+    );
+    // Second send: message ids end in ".59.1@..."; nobody suppressed is delivered again, every
+    // one else is.
+    let second: BTreeSet<u64> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Injected {
+                msg, message_id, ..
+            } if message_id.contains(".59.1@") => Some(*msg),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(second.len() as u64 + s.suppressed, 3000);
+    for r in &records {
+        if let Event::Delivered { msg, rcpt, .. } = &r.event
+            && second.contains(msg)
+        {
+            assert!(!should_suppress.contains(rcpt));
+        }
+    }
+    let delivered_second = records
+        .iter()
+        .filter(|r| matches!(&r.event, Event::Delivered { msg, .. } if second.contains(msg)))
+        .count();
+    assert_eq!(delivered_second, second.len());
+}
+
+#[test]
+fn same_scenario_and_seed_give_a_byte_identical_event_log() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_, ra) = run("async-bounces-and-complaints", a.path());
+    let (_, rb) = run("async-bounces-and-complaints", b.path());
+    let bytes = |records: &[Record]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut out, r).unwrap();
+            out.push(b'\n');
+        }
+        out
+    };
+    let (ba, bb) = (bytes(&ra), bytes(&rb));
+    let hash = |b: &[u8]| {
+        b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+            (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    eprintln!(
+        "event log: {} records, {} bytes, FNV-1a {:016x} / {:016x}",
+        ra.len(),
+        ba.len(),
+        hash(&ba),
+        hash(&bb)
+    );
+    assert_eq!(hash(&ba), hash(&bb));
+    assert!(ba == bb, "the two runs' event logs differ");
+}
