@@ -6,7 +6,7 @@
 
 /// Phrase rules, checked in this order against the lower-cased diagnostic (a reason may
 /// appear twice: its specific phrases early, its generic ones late).
-const RULES: &[(&str, &[&str])] = &[
+static RULES: &[(&str, &[&str])] = &[
     (
         "notaccept",
         &[
@@ -521,7 +521,7 @@ pub fn reason_for_status(status: &str) -> Option<&'static str> {
 }
 
 /// Phrases that say less than a final temporary status: consulted after it.
-const LATE_RULES: &[(&str, &[&str])] = &[
+static LATE_RULES: &[(&str, &[&str])] = &[
     (
         "networkerror",
         &[
@@ -563,7 +563,7 @@ const LATE_RULES: &[(&str, &[&str])] = &[
 
 /// Generic words, consulted only when no specific phrase, no final temporary status and no
 /// status code decided.
-const WEAK_RULES: &[(&str, &[&str])] = &[
+static WEAK_RULES: &[(&str, &[&str])] = &[
     ("spamdetected", &["spam", "score"]),
     ("mailboxfull", &["quota", "is full", "insufficient"]),
     ("norelaying", &["relay"]),
@@ -633,13 +633,69 @@ fn mentions(text: &str, phrase: &str) -> bool {
     })
 }
 
+/// One automaton over every phrase of a rule table, so a text is scanned once.
+struct Matcher {
+    automaton: aho_corasick::AhoCorasick,
+    /// For each pattern: (rule index, phrase index).
+    origin: Vec<(usize, usize)>,
+}
+
+impl Matcher {
+    fn new(rules: &[(&str, &[&str])]) -> Matcher {
+        let mut patterns = Vec::new();
+        let mut origin = Vec::new();
+        for (i, (_, phrases)) in rules.iter().enumerate() {
+            for (j, p) in phrases.iter().enumerate() {
+                patterns.push(*p);
+                origin.push((i, j));
+            }
+        }
+        Matcher {
+            automaton: aho_corasick::AhoCorasick::new(patterns).expect("phrase automaton"),
+            origin,
+        }
+    }
+}
+
+fn matcher(rules: &'static [(&'static str, &'static [&'static str])]) -> &'static Matcher {
+    static TABLES: std::sync::OnceLock<[Matcher; 3]> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        [
+            Matcher::new(RULES),
+            Matcher::new(LATE_RULES),
+            Matcher::new(WEAK_RULES),
+        ]
+    });
+    if std::ptr::eq(rules, RULES) {
+        &tables[0]
+    } else if std::ptr::eq(rules, LATE_RULES) {
+        &tables[1]
+    } else {
+        &tables[2]
+    }
+}
+
+/// The first rule (in table order) with a phrase in `text` at a word boundary, and that phrase.
 fn find_rule(
     rules: &'static [(&'static str, &'static [&'static str])],
     text: &str,
 ) -> Option<(&'static str, &'static str)> {
-    rules
-        .iter()
-        .find_map(|(r, phrases)| phrases.iter().find(|p| mentions(text, p)).map(|p| (*r, *p)))
+    let m = matcher(rules);
+    m.automaton
+        .find_overlapping_iter(text)
+        .filter(|hit| {
+            let (i, j) = m.origin[hit.pattern().as_usize()];
+            let phrase = rules[i].1[j];
+            let starts_word = phrase.chars().next().is_some_and(|c| c.is_alphanumeric());
+            !starts_word
+                || !text[..hit.start()]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric())
+        })
+        .map(|hit| m.origin[hit.pattern().as_usize()])
+        .min()
+        .map(|(i, j)| (rules[i].0, rules[i].1[j]))
 }
 
 /// Status codes that say more than any wording.

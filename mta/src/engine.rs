@@ -429,7 +429,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             Ok(replies) => {
                 let mut refused = None;
                 for (cmd, r) in &replies {
-                    self.emit_reply(conn, None, cmd, r);
+                    // The greeting and EHLO are recorded when they refuse (or say more than
+                    // yes); a 220/250 on every connection is noise.
+                    if r.code / 100 != 2 {
+                        self.emit_reply(conn, None, cmd, r);
+                    }
                     if r.code / 100 != 2 && (*cmd == "CONNECT" || *cmd == "HELO") {
                         refused = Some(r.clone());
                     }
@@ -472,9 +476,14 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             };
             match client.transaction(&env).await {
                 Ok(outcome) => {
-                    for (cmd, r) in &outcome.replies {
-                        self.emit_reply(conn, Some(entry.id), cmd, r);
-                    }
+                    // The reply that decided the attempt (the intermediate 250s and 354 add
+                    // nothing the outcome does not say).
+                    self.emit_reply(
+                        conn,
+                        Some(entry.id),
+                        outcome.decisive_command,
+                        &outcome.decisive,
+                    );
                     let r = &outcome.decisive;
                     let (reason, hard) = classify(r, outcome.decisive_command);
                     let backoff = r.code >= 400 && is_rate_limit(r, reason);

@@ -5,6 +5,7 @@
 //! [`SpoolRef`] (segment, offset, length) names a body; a segment is deleted once every body in
 //! it is released (delivered, bounced or expired).
 
+use mailsim_events::Durability;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -40,6 +41,9 @@ struct Segment {
 pub struct Spool {
     dir: PathBuf,
     state: Mutex<SpoolState>,
+    /// `EveryBatch`: each batch is on disk before `write_batch` returns (a message accepted is
+    /// never lost). `OnFlush`: no fsync (virtual runs, replayed from the seed).
+    durability: Durability,
 }
 
 struct SpoolState {
@@ -48,8 +52,14 @@ struct SpoolState {
 }
 
 impl Spool {
-    /// Open (creating) a spool directory. Segment numbering continues after existing files.
+    /// Open (creating) a durable spool directory. Segment numbering continues after existing
+    /// files.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        Self::open_with(dir, Durability::EveryBatch)
+    }
+
+    /// Open (creating) a spool directory with the given durability.
+    pub fn open_with(dir: &Path, durability: Durability) -> Result<Spool, SpoolError> {
         let err = |source| SpoolError {
             path: dir.to_path_buf(),
             source,
@@ -73,6 +83,7 @@ impl Spool {
                 next_segment,
                 segments: HashMap::new(),
             }),
+            durability,
         })
     }
 
@@ -110,13 +121,15 @@ impl Spool {
             buf.extend_from_slice(body);
         }
         file.write_all(&buf).map_err(err)?;
-        file.sync_data().map_err(err)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| SpoolError {
-                path: self.dir.clone(),
-                source,
-            })?;
+        if self.durability == Durability::EveryBatch {
+            file.sync_data().map_err(err)?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| SpoolError {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+        }
         let mut st = self.state.lock().expect("spool lock");
         st.segments.insert(
             segment,

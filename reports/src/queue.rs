@@ -22,9 +22,12 @@ pub struct QueueState {
 }
 
 impl QueueState {
-    pub fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> QueueState {
+    pub fn fold<R: std::borrow::Borrow<Record>>(
+        records: impl IntoIterator<Item = R>,
+    ) -> QueueState {
         let mut q = QueueState::default();
         for r in records {
+            let r = r.borrow();
             match &r.event {
                 Event::Injected {
                     msg, rcpt, domain, ..

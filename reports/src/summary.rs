@@ -68,11 +68,12 @@ enum Fate {
 
 impl Summary {
     /// Fold records (in log order) into a summary.
-    pub fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> Summary {
+    pub fn fold<R: std::borrow::Borrow<Record>>(records: impl IntoIterator<Item = R>) -> Summary {
         let mut s = Summary::default();
         let mut fates: HashMap<u64, (String, Fate)> = HashMap::new();
         let (mut first_ts, mut last_ts) = (None, 0u64);
         for r in records {
+            let r = r.borrow();
             first_ts.get_or_insert(r.ts);
             last_ts = last_ts.max(r.ts);
             match &r.event {

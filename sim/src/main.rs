@@ -148,21 +148,17 @@ fn real_main() -> anyhow::Result<()> {
             }
         }
         Command::Replay { run_dir, queue } => {
-            let records = load_records(&run_dir)?;
-            print!(
-                "{}",
-                runner::summary_json(&mailsim_reports::Summary::fold(&records))?
-            );
+            print!("{}", runner::summary_json(&fold_run(&run_dir)?)?);
             if queue {
-                let state = mailsim_reports::queue::QueueState::fold(&records);
+                let state = mailsim_reports::queue::QueueState::fold(&load_records(&run_dir)?);
                 for m in state.messages.values() {
                     println!("{}", serde_json::to_string(m)?);
                 }
             }
         }
         Command::Diff { run_a, run_b } => {
-            let a = mailsim_reports::Summary::fold(&load_records(&run_a)?);
-            let b = mailsim_reports::Summary::fold(&load_records(&run_b)?);
+            let a = fold_run(&run_a)?;
+            let b = fold_run(&run_b)?;
             let rows = mailsim_reports::diff::diff(&a, &b);
             print!("{}", mailsim_reports::diff::render(&rows));
             let changed = rows.iter().filter(|r| r.changed()).count();
@@ -221,6 +217,20 @@ fn real_main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A run's summary folded from its log, streaming; a torn tail is reported on stderr.
+fn fold_run(run_dir: &std::path::Path) -> anyhow::Result<mailsim_reports::Summary> {
+    let path = runner::events_path(run_dir);
+    let (summary, torn) =
+        runner::fold_log(&path).with_context(|| format!("reading {}", path.display()))?;
+    if torn {
+        eprintln!(
+            "mailsim: {}: the log ends in a torn record (cut off by a crash); read up to it",
+            path.display()
+        );
+    }
+    Ok(summary)
 }
 
 /// Every good record of a run's log; a torn tail is reported on stderr and left out.

@@ -9,7 +9,9 @@ use crate::virt::{VirtualNet, ZoneLookups};
 use crate::world::{World, mix};
 use fake_dns::{DnsServer, FaultyZones};
 use mail_builder::MessageBuilder;
-use mailsim_events::{Clock, Event, EventLog, EventSink, RuntimeClock, SystemClock, read_log};
+use mailsim_events::{
+    Clock, Durability, Event, EventLog, EventSink, LogReader, RuntimeClock, SystemClock,
+};
 use mailsim_mailbox::auth::Verifier;
 use mailsim_mailbox::zone_answers::ZoneAnswers;
 use mailsim_mta::dkim::Signer;
@@ -138,7 +140,12 @@ async fn setup(
 ) -> anyhow::Result<Setup> {
     std::fs::create_dir_all(&opts.out_dir)?;
     let world = World::build(scenario).map_err(anyhow::Error::msg)?;
-    let log = EventLog::create(&events_path(&opts.out_dir), clock.clone())?;
+    // A virtual run is replayed from its seed: its log is forced to disk once, at the end.
+    let durability = match scenario.mode {
+        Mode::Live => Durability::EveryBatch,
+        Mode::Virtual => Durability::OnFlush,
+    };
+    let log = EventLog::create_with(&events_path(&opts.out_dir), clock.clone(), durability)?;
     let events = log.sink();
     events.emit(Event::RunStarted {
         scenario: scenario.name.clone(),
@@ -313,7 +320,7 @@ async fn run_virtual(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<S
         mta_config(scenario, 25),
         ZoneLookups::new(zones.clone(), setup.clock.clone(), setup.start_ms),
         net.clone(),
-        Spool::open(&opts.out_dir.join("spool"))?,
+        Spool::open_with(&opts.out_dir.join("spool"), Durability::OnFlush)?,
         signers(&setup.world)?,
         fb.suppression.clone(),
         setup.events.clone(),
@@ -449,10 +456,27 @@ fn finish(setup: Setup, reason: &str, opts: &RunOptions) -> anyhow::Result<Summa
     });
     drop(setup.events);
     setup.log.close()?;
-    let (records, _) = read_log(&events_path(&opts.out_dir))?;
-    let summary = Summary::fold(&records);
+    let (summary, _) = fold_log(&events_path(&opts.out_dir))?;
     std::fs::write(summary_path(&opts.out_dir), summary_json(&summary)?)?;
     Ok(summary)
+}
+
+/// Fold a log into its summary, streaming (a log may hold millions of records). The second
+/// value is true when the log ends in a torn record (left out).
+pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
+    let mut reader = LogReader::open(path)?;
+    let mut error = None;
+    let summary = Summary::fold(reader.by_ref().map_while(|r| match r {
+        Ok(r) => Some(r),
+        Err(e) => {
+            error = Some(e);
+            None
+        }
+    }));
+    match error {
+        Some(e) => Err(e.into()),
+        None => Ok((summary, reader.torn)),
+    }
 }
 
 /// The one serialisation of a summary, shared by `summary.json` and `mailsim replay`.
