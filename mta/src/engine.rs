@@ -410,47 +410,27 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 return;
             }
         };
-        let Some((stream, mx)) = self.connect_first(conn, domain, &hosts).await else {
-            while let Some(entry) = self.take(domain) {
-                self.settle(
-                    entry,
-                    Fate::Temp {
-                        reason: "networkerror: connection failed to every MX".into(),
-                        reply: None,
-                    },
-                    "",
-                );
-            }
-            return;
-        };
-        let mut client = SmtpClient::new(stream, inner.cfg.timeouts);
-        let mut sent = 0u64;
-        match client.handshake(&inner.cfg.hostname).await {
-            Ok(replies) => {
-                let mut refused = None;
-                for (cmd, r) in &replies {
-                    // The greeting and EHLO are recorded when they refuse (or say more than
-                    // yes); a 220/250 on every connection is noise.
-                    if r.code / 100 != 2 {
-                        self.emit_reply(conn, None, cmd, r);
-                    }
-                    if r.code / 100 != 2 && (*cmd == "CONNECT" || *cmd == "HELO") {
-                        refused = Some(r.clone());
-                    }
-                }
-                if let Some(r) = refused {
-                    self.fail_session(domain, &r);
-                    inner.events.emit(Event::ConnClosed { conn, messages: 0 });
-                    client.quit().await;
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(domain, conn, "handshake failed: {e}");
-                inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+        let (mut client, mx) = match self.open_session(conn, domain, &hosts).await {
+            Opened::Ready(client, mx) => (client, mx),
+            Opened::Refused(r) => {
+                self.fail_session(domain, &r);
                 return;
             }
-        }
+            Opened::Failed => {
+                while let Some(entry) = self.take(domain) {
+                    self.settle(
+                        entry,
+                        Fate::Temp {
+                            reason: "networkerror: no MX host could be reached".into(),
+                            reply: None,
+                        },
+                        "",
+                    );
+                }
+                return;
+            }
+        };
+        let mut sent = 0u64;
         while (sent as usize) < inner.cfg.msgs_per_conn_max {
             let Some(entry) = self.take(domain) else {
                 break;
@@ -578,41 +558,78 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }
     }
 
-    async fn connect_first(
-        &self,
-        conn: u64,
-        domain: &str,
-        hosts: &[MxHost],
-    ) -> Option<(C::Stream, String)> {
+    /// Connect and greet, MX host by host in preference order: a host that cannot be reached,
+    /// does not greet in time or refuses the session is skipped for the next one.
+    async fn open_session(&self, conn: u64, domain: &str, hosts: &[MxHost]) -> Opened<C::Stream> {
         let inner = &self.inner;
+        let mut refusal = None;
         for host in hosts {
             for ip in &host.addrs {
                 let addr = SocketAddr::new(*ip, inner.cfg.remote_port);
                 let attempt =
                     tokio::time::timeout(inner.cfg.timeouts.connect, inner.connector.connect(addr))
                         .await;
-                let error = match attempt {
-                    Ok(Ok(stream)) => {
-                        inner.events.emit(Event::ConnOpened {
-                            conn,
-                            domain: domain.to_string(),
-                            mx: host.name.clone(),
-                            addr: addr.to_string(),
-                        });
-                        return Some((stream, host.name.clone()));
+                let stream = match attempt {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        self.conn_failed(domain, &host.name, addr, e.to_string());
+                        continue;
                     }
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "connect timed out".to_string(),
+                    Err(_) => {
+                        self.conn_failed(domain, &host.name, addr, "connect timed out".into());
+                        continue;
+                    }
                 };
-                inner.events.emit(Event::ConnFailed {
+                inner.events.emit(Event::ConnOpened {
+                    conn,
                     domain: domain.to_string(),
                     mx: host.name.clone(),
                     addr: addr.to_string(),
-                    error,
                 });
+                let mut client = SmtpClient::new(stream, inner.cfg.timeouts);
+                match client.handshake(&inner.cfg.hostname).await {
+                    Ok(replies) => {
+                        let mut refused = None;
+                        for (cmd, r) in &replies {
+                            // The greeting and EHLO are recorded when they refuse; a 220/250
+                            // on every connection is noise.
+                            if r.code / 100 != 2 {
+                                self.emit_reply(conn, None, cmd, r);
+                                if *cmd == "CONNECT" || *cmd == "HELO" {
+                                    refused = Some(r.clone());
+                                }
+                            }
+                        }
+                        match refused {
+                            None => return Opened::Ready(client, host.name.clone()),
+                            Some(r) => {
+                                inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                                client.quit().await;
+                                refusal = Some(r);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(domain, conn, "handshake with {} failed: {e}", host.name);
+                        inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                        self.conn_failed(domain, &host.name, addr, format!("handshake: {e}"));
+                    }
+                }
             }
         }
-        None
+        match refusal {
+            Some(r) => Opened::Refused(r),
+            None => Opened::Failed,
+        }
+    }
+
+    fn conn_failed(&self, domain: &str, mx: &str, addr: SocketAddr, error: String) {
+        self.inner.events.emit(Event::ConnFailed {
+            domain: domain.to_string(),
+            mx: mx.to_string(),
+            addr: addr.to_string(),
+            error,
+        });
     }
 
     fn emit_reply(&self, conn: u64, msg: Option<u64>, command: &str, r: &Reply) {
@@ -723,6 +740,15 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }
         inner.queued.send_replace(st.queue.len());
     }
+}
+
+/// How opening a session to a destination went.
+enum Opened<S> {
+    Ready(SmtpClient<S>, String),
+    /// Every host that answered refused the session (the last refusal).
+    Refused(Reply),
+    /// No host could be reached or greeted.
+    Failed,
 }
 
 /// What a DSN says about a failed queue entry.

@@ -2,8 +2,8 @@
 //! the reply texts it uses and the rules (with their timeline windows) that pick them.
 
 use crate::scenario::{
-    ContentFilter, Domain, DropConnections, Greylist, Later, MailboxFull, Profile, RateLimit, Slow,
-    TempFail, Window,
+    ContentFilter, Domain, DropConnections, Greylist, HostBehaviour, Later, MailboxFull, Profile,
+    RateLimit, Slow, TempFail, Window,
 };
 use mailsim_mailbox::smtp::Reply;
 use std::collections::BTreeSet;
@@ -236,8 +236,35 @@ fn profile_rate_limit(profile: Option<Profile>) -> Option<RateLimit> {
     })
 }
 
-fn window(from_s: Option<u64>, until_s: Option<u64>) -> Window {
-    Window { from_s, until_s }
+/// Rules that can be switched on and off on the timeline.
+pub trait Windowed {
+    fn window(&self) -> Window;
+}
+
+macro_rules! windowed {
+    ($($t:ty),*) => {$(
+        impl Windowed for $t {
+            fn window(&self) -> Window {
+                Window { from_s: self.from_s, until_s: self.until_s }
+            }
+        }
+    )*};
+}
+
+windowed!(
+    TempFail,
+    MailboxFull,
+    Greylist,
+    RateLimit,
+    Slow,
+    DropConnections
+);
+
+fn timed<T: Windowed>(rule: T) -> Timed<T> {
+    Timed {
+        window: rule.window(),
+        rule,
+    }
 }
 
 /// A rule switched on for a window of scenario time.
@@ -309,35 +336,17 @@ impl Behaviour {
                 .iter()
                 .map(|u| u.to_ascii_lowercase())
                 .collect(),
-            tempfail: d.tempfail.clone().map(|t| Timed {
-                window: window(t.from_s, t.until_s),
-                rule: t,
-            }),
-            mailbox_full: d.mailbox_full.clone().map(|t| Timed {
-                window: window(t.from_s, t.until_s),
-                rule: t,
-            }),
+            tempfail: d.tempfail.clone().map(timed),
+            mailbox_full: d.mailbox_full.clone().map(timed),
             message_size_max: d.message_size_max,
-            greylist: d.greylist.clone().map(|t| Timed {
-                window: window(t.from_s, t.until_s),
-                rule: t,
-            }),
+            greylist: d.greylist.clone().map(timed),
             rate_limit: d
                 .rate_limit
                 .clone()
                 .or_else(|| profile_rate_limit(d.profile))
-                .map(|t| Timed {
-                    window: window(t.from_s, t.until_s),
-                    rule: t,
-                }),
-            slow: d.slow.clone().map(|t| Timed {
-                window: window(t.from_s, t.until_s),
-                rule: t,
-            }),
-            drops: d.drops.clone().map(|t| Timed {
-                window: window(t.from_s, t.until_s),
-                rule: t,
-            }),
+                .map(timed),
+            slow: d.slow.clone().map(timed),
+            drops: d.drops.clone().map(timed),
             tls_required: d.tls_required,
             content_filter: d.content_filter.clone(),
             // The big providers enforce p=reject.
@@ -345,6 +354,44 @@ impl Behaviour {
             async_bounce: d.async_bounce.clone(),
             complaints: d.complaints.clone(),
         }
+    }
+}
+
+impl Behaviour {
+    /// The domain's behaviour with one host's overrides applied.
+    pub fn for_host(&self, o: &HostBehaviour) -> Behaviour {
+        let mut b = self.clone();
+        if let Some(t) = &o.tempfail {
+            b.tempfail = Some(timed(t.clone()));
+        }
+        if let Some(t) = &o.mailbox_full {
+            b.mailbox_full = Some(timed(t.clone()));
+        }
+        if let Some(m) = o.message_size_max {
+            b.message_size_max = Some(m);
+        }
+        if let Some(t) = &o.greylist {
+            b.greylist = Some(timed(t.clone()));
+        }
+        if let Some(t) = &o.rate_limit {
+            b.rate_limit = Some(timed(t.clone()));
+        }
+        if let Some(t) = &o.slow {
+            b.slow = Some(timed(t.clone()));
+        }
+        if let Some(t) = &o.drops {
+            b.drops = Some(timed(t.clone()));
+        }
+        if let Some(v) = o.tls_required {
+            b.tls_required = v;
+        }
+        if let Some(f) = &o.content_filter {
+            b.content_filter = Some(f.clone());
+        }
+        if let Some(v) = o.dmarc_enforce {
+            b.dmarc_enforce = v;
+        }
+        b
     }
 }
 

@@ -173,6 +173,26 @@ pub struct MxSpec {
     /// Nothing listens on this host (connections are refused).
     #[serde(default)]
     pub down: bool,
+    /// This host behaves differently from its domain: each rule given here replaces the
+    /// domain's.
+    pub behaviour: Option<HostBehaviour>,
+}
+
+/// Per-MX-host overrides of a domain's behaviour (same fields and meaning as on the domain).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostBehaviour {
+    pub tempfail: Option<TempFail>,
+    pub mailbox_full: Option<MailboxFull>,
+    pub message_size_max: Option<usize>,
+    pub greylist: Option<Greylist>,
+    pub rate_limit: Option<RateLimit>,
+    pub slow: Option<Slow>,
+    #[serde(rename = "drop")]
+    pub drops: Option<DropConnections>,
+    pub tls_required: Option<bool>,
+    pub content_filter: Option<ContentFilter>,
+    pub dmarc_enforce: Option<bool>,
 }
 
 fn default_pref() -> u16 {
@@ -484,13 +504,14 @@ impl Scenario {
                     "must be between 0 and 100".into(),
                 ));
             }
-            if let Some(t) = &dom.tempfail
-                && !(0.0..100.0).contains(&t.percent)
-            {
+            // 100% for ever would never deliver anything: allowed only for a window.
+            if dom.tempfail.as_ref().is_some_and(|t| {
+                !(0.0..=100.0).contains(&t.percent) || (t.percent >= 100.0 && t.until_s.is_none())
+            }) {
                 return Err(invalid(
                     at,
                     format!("domain[{i}].tempfail.percent"),
-                    "must be at least 0 and below 100".into(),
+                    "must be at least 0 and below 100 (100 only with until_s)".into(),
                 ));
             }
             let percents = [
@@ -648,6 +669,7 @@ impl Domain {
                 host: format!("mx1.{}", self.name),
                 preference: 10,
                 down: false,
+                behaviour: None,
             }]
         } else {
             self.mx.clone()

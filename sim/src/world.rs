@@ -153,7 +153,10 @@ impl World {
                         domain: d.name.to_ascii_lowercase(),
                         ip,
                         down: mx.down,
-                        behaviour: behaviour.clone(),
+                        behaviour: match &mx.behaviour {
+                            Some(o) => behaviour.for_host(o),
+                            None => behaviour.clone(),
+                        },
                         sender_mx: false,
                     });
                 }

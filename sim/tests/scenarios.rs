@@ -399,3 +399,142 @@ fn same_scenario_and_seed_give_a_byte_identical_event_log() {
     assert_eq!(hash(&ba), hash(&bb));
     assert!(ba == bb, "the two runs' event logs differ");
 }
+
+/// The fleet's remaining behaviours, each on its own domain, in one virtual run.
+const BEHAVIOURS: &str = r#"
+name = "behaviours"
+seed = 5
+mode = "virtual"
+
+[mta]
+retry_interval_s_min = 60
+retry_interval_s_max = 600
+lifetime_s = 7200
+run_time_s_max = 86400
+
+[[sender]]
+domain = "news.example.test"
+dkim_algorithm = "ed25519"
+
+[[domain]]
+name = "tls.test"
+tls_required = true
+
+[[domain]]
+name = "spam.test"
+content_filter = { words = ["newsletter", "unsubscribe"], score_max = 1 }
+
+[[domain]]
+name = "small.test"
+message_size_max = 1000
+
+[[domain]]
+name = "dropper.test"
+drop = { before_data_percent = 30, during_data_percent = 30 }
+
+[[domain]]
+name = "slow.test"
+mx = [
+  { host = "mx1.slow.test", preference = 10, behaviour = { slow = { banner_s = 400 } } },
+  { host = "mx2.slow.test", preference = 20 },
+]
+
+[[domain]]
+name = "later.test"
+tempfail = { percent = 100, until_s = 600 }
+
+[campaign]
+messages = 600
+size_bytes = 2000
+"#;
+
+#[test]
+fn behaviours_refuse_drop_delay_and_switch_off_as_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = Scenario::parse(BEHAVIOURS, Path::new("behaviours.toml")).unwrap();
+    let s = runner::run_scenario(
+        &scenario,
+        &RunOptions {
+            out_dir: dir.path().to_path_buf(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    let (records, _) = read_log(&runner::events_path(dir.path())).unwrap();
+    let d = &s.domains;
+    let bounce_of = |domain: &str| -> BTreeSet<(String, String, String)> {
+        records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Bounced {
+                    domain: dd,
+                    reason,
+                    reply: Some(reply),
+                    ..
+                } if dd == domain => Some((
+                    reason.clone(),
+                    reply.command.clone(),
+                    format!(
+                        "{} {}",
+                        reply.code,
+                        reply.enhanced.clone().unwrap_or_default()
+                    ),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    // TLS required: 530 5.7.0 to MAIL; the content filter: 550 5.7.1 at the end of DATA; the
+    // advertised SIZE: 552 5.3.4 to MAIL (the client declares SIZE=).
+    assert_eq!(d["tls.test"].bounced, d["tls.test"].injected);
+    assert_eq!(
+        bounce_of("tls.test"),
+        BTreeSet::from([("securityerror".into(), "MAIL".into(), "530 5.7.0".into())])
+    );
+    assert_eq!(d["spam.test"].bounced, d["spam.test"].injected);
+    assert_eq!(
+        bounce_of("spam.test"),
+        BTreeSet::from([("spamdetected".into(), "DATA".into(), "550 5.7.1".into())])
+    );
+    assert_eq!(d["small.test"].bounced, d["small.test"].injected);
+    assert_eq!(
+        bounce_of("small.test"),
+        BTreeSet::from([("mesgtoobig".into(), "MAIL".into(), "552 5.3.4".into())])
+    );
+    // Dropped connections are retried until delivered, and nothing is stored twice (a message
+    // cut during DATA was not stored).
+    assert_eq!(d["dropper.test"].delivered, d["dropper.test"].injected);
+    let drops = records
+        .iter()
+        .filter(|r| {
+            matches!(&r.event, Event::Deferred { domain, reason, .. }
+            if domain == "dropper.test" && reason.starts_with("connection"))
+        })
+        .count();
+    assert!(drops > 0);
+    let stored: BTreeMap<String, usize> = records.iter().fold(BTreeMap::new(), |mut m, r| {
+        if let Event::Stored { rcpt, host, .. } = &r.event
+            && host == "mx1.dropper.test"
+        {
+            *m.entry(rcpt.clone()).or_default() += 1;
+        }
+        m
+    });
+    assert_eq!(stored.len() as u64, d["dropper.test"].delivered);
+    assert!(stored.values().all(|&n| n == 1));
+    // A greeting slower than the client waits (60 s) sends the MTA to the next MX.
+    assert_eq!(d["slow.test"].delivered, d["slow.test"].injected);
+    assert!(records.iter().all(|r| !matches!(&r.event,
+        Event::Delivered { domain, mx, .. } if domain == "slow.test" && mx != "mx2.slow.test")));
+    assert!(records.iter().any(|r| matches!(&r.event,
+        Event::ConnFailed { mx, error, .. } if mx == "mx1.slow.test" && error.contains("handshake"))));
+    // A rule switched off at 600 s: everything deferred before, delivered after.
+    assert_eq!(d["later.test"].delivered, d["later.test"].injected);
+    for r in &records {
+        if let Event::Delivered { domain, .. } = &r.event
+            && domain == "later.test"
+        {
+            assert!(elapsed_s(&records, r) >= 600);
+        }
+    }
+}
