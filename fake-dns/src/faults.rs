@@ -79,16 +79,21 @@ impl FaultyZones {
         FaultyZones { zones, faults }
     }
 
-    /// Answer `name`/`rtype` as the server would `elapsed_ms` into the run. The last matching
-    /// active fault wins.
-    pub fn resolve(&self, name: &str, rtype: RecordType, elapsed_ms: u64) -> Resolution {
+    /// The fault that decides a query `elapsed_ms` into the run, if any (the last matching
+    /// active fault wins).
+    pub fn fault(&self, name: &str, rtype: RecordType, elapsed_ms: u64) -> Option<&FaultKind> {
         let name = normalize(name);
-        let fault = self
-            .faults
+        self.faults
             .iter()
             .rev()
-            .find(|f| f.active(elapsed_ms) && f.covers(&name) && kind_applies(&f.kind, rtype));
-        match fault.map(|f| &f.kind) {
+            .find(|f| f.active(elapsed_ms) && f.covers(&name) && kind_applies(&f.kind, rtype))
+            .map(|f| &f.kind)
+    }
+
+    /// Answer `name`/`rtype` as the server would `elapsed_ms` into the run.
+    pub fn resolve(&self, name: &str, rtype: RecordType, elapsed_ms: u64) -> Resolution {
+        let name = normalize(name);
+        match self.fault(&name, rtype, elapsed_ms) {
             Some(FaultKind::ServFail) => return Resolution::ServFail,
             Some(FaultKind::Timeout) => return Resolution::Timeout,
             Some(FaultKind::NxDomain) => return Resolution::NxDomain,

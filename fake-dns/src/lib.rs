@@ -21,7 +21,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 
 pub mod faults;
+pub mod serve_faults;
 pub use faults::{Fault, FaultKind, FaultyZones, Resolution};
+pub use serve_faults::{Elapsed, FaultyCatalog};
 
 /// Default TTL of synthetic records, in seconds.
 pub const TTL_S_DEFAULT: u32 = 300;
@@ -91,6 +93,21 @@ pub enum Lookup {
 pub struct ZoneSet {
     origins: BTreeSet<String>,
     records: BTreeMap<String, Vec<ZoneRecord>>,
+}
+
+/// One hickory record from the zone model's data.
+pub fn record_of(owner: &Name, ttl_s: u32, data: &RecordData) -> Result<Record, DnsError> {
+    let rdata = match data {
+        RecordData::A(ip) => RData::A(A(*ip)),
+        RecordData::Mx {
+            preference,
+            exchange,
+        } => RData::MX(MX::new(*preference, parse_name(exchange)?)),
+        RecordData::Txt(text) => RData::TXT(TXT::new(split_txt(text))),
+        RecordData::Ptr(target) => RData::PTR(PTR(parse_name(target)?)),
+        RecordData::Ns(target) => RData::NS(NS(parse_name(target)?)),
+    };
+    Ok(Record::from_rdata(owner.clone(), ttl_s, rdata))
 }
 
 /// Lower-case a name and drop a trailing dot, the form used as map keys.
@@ -254,17 +271,7 @@ impl ZoneSet {
             );
             for r in records {
                 let owner = parse_name(&r.name)?;
-                let rdata = match &r.data {
-                    RecordData::A(ip) => RData::A(A(*ip)),
-                    RecordData::Mx {
-                        preference,
-                        exchange,
-                    } => RData::MX(MX::new(*preference, parse_name(exchange)?)),
-                    RecordData::Txt(text) => RData::TXT(TXT::new(split_txt(text))),
-                    RecordData::Ptr(target) => RData::PTR(PTR(parse_name(target)?)),
-                    RecordData::Ns(target) => RData::NS(NS(parse_name(target)?)),
-                };
-                if !zone.upsert_mut(Record::from_rdata(owner, r.ttl_s, rdata), serial) {
+                if !zone.upsert_mut(record_of(&owner, r.ttl_s, &r.data)?, serial) {
                     return Err(zone_err(format!("record {} {:?} rejected", r.name, r.data)));
                 }
             }
@@ -292,18 +299,29 @@ fn split_txt(text: &str) -> Vec<String> {
 /// A running hickory-server answering from a [`ZoneSet`] on UDP and TCP.
 pub struct DnsServer {
     addr: SocketAddr,
-    server: Server<Catalog>,
+    server: Server<FaultyCatalog>,
 }
 
 impl DnsServer {
     /// Bind UDP and TCP on `addr` (port 0 picks a port free for both) and start serving.
     pub async fn start(zones: &ZoneSet, addr: SocketAddr) -> Result<DnsServer, DnsError> {
-        let catalog = zones.to_catalog()?;
+        let faulty = Arc::new(FaultyZones::new(zones.clone(), Vec::new()));
+        Self::start_with_faults(faulty, addr, Arc::new(|| 0)).await
+    }
+
+    /// Serve the zones through their fault timeline; `elapsed_ms` says how far into the
+    /// scenario a query arrives.
+    pub async fn start_with_faults(
+        zones: Arc<FaultyZones>,
+        addr: SocketAddr,
+        elapsed_ms: Elapsed,
+    ) -> Result<DnsServer, DnsError> {
+        let catalog = zones.zones.to_catalog()?;
         let (udp, tcp) = bind_pair(addr).await?;
         let addr = udp
             .local_addr()
             .map_err(|source| DnsError::Bind { addr, source })?;
-        let mut server = Server::new(catalog);
+        let mut server = Server::new(FaultyCatalog::new(catalog, zones, elapsed_ms));
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);
         tracing::debug!(%addr, "fake-dns listening");

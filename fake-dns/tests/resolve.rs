@@ -133,3 +133,98 @@ async fn answers_mx_a_txt_ptr_over_udp_and_tcp() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn faults_on_the_timeline_are_served_over_the_wire() {
+    use fake_dns::{Fault, FaultKind, FaultyZones};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let faults = vec![
+        Fault {
+            name: "example.test".into(),
+            kind: FaultKind::ServFail,
+            from_ms: 1000,
+            until_ms: Some(2000),
+        },
+        Fault {
+            name: "example.test".into(),
+            kind: FaultKind::NxDomain,
+            from_ms: 2000,
+            until_ms: Some(3000),
+        },
+        Fault {
+            name: "example.test".into(),
+            kind: FaultKind::Records(
+                RecordType::MX,
+                vec![RecordData::Mx {
+                    preference: 0,
+                    exchange: ".".into(),
+                }],
+            ),
+            from_ms: 3000,
+            until_ms: Some(4000),
+        },
+        Fault {
+            name: "example.test".into(),
+            kind: FaultKind::Timeout,
+            from_ms: 4000,
+            until_ms: None,
+        },
+    ];
+    let now = Arc::new(AtomicU64::new(0));
+    let clock = now.clone();
+    let server = DnsServer::start_with_faults(
+        Arc::new(FaultyZones::new(zones(), faults)),
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(move || clock.load(Ordering::SeqCst)),
+    )
+    .await
+    .unwrap();
+    // A new resolver each time: hickory caches answers (and negative answers).
+    let fresh = || resolver(server.addr(), false);
+    let mx = |r: TokioResolver| async move { r.lookup("example.test.", RecordType::MX).await };
+
+    // Before any fault: the zone's answer.
+    assert_eq!(mx(fresh()).await.unwrap().answers().len(), 2);
+    now.store(1500, Ordering::SeqCst);
+    let e = mx(fresh()).await.unwrap_err();
+    assert!(
+        !e.is_nx_domain() && !e.is_no_records_found(),
+        "SERVFAIL, got {e}"
+    );
+    now.store(2500, Ordering::SeqCst);
+    assert!(mx(fresh()).await.unwrap_err().is_nx_domain());
+    now.store(3500, Ordering::SeqCst);
+    let null = mx(fresh()).await.unwrap();
+    assert!(matches!(&null.answers()[0].data,
+        RData::MX(m) if m.preference == 0 && m.exchange.is_root()));
+    // The A record of the MX host is not covered by a record change.
+    assert!(
+        fresh()
+            .lookup("mx1.example.test.", RecordType::A)
+            .await
+            .is_ok()
+    );
+    now.store(4500, Ordering::SeqCst);
+    let mut opts = ResolverOpts::default();
+    opts.timeout = std::time::Duration::from_millis(300);
+    opts.attempts = 1;
+    opts.use_hosts_file = ResolveHosts::Never;
+    let mut udp = ConnectionConfig::udp();
+    udp.port = server.addr().port();
+    let quick = TokioResolver::builder_with_config(
+        ResolverConfig::from_parts(
+            None,
+            vec![],
+            vec![NameServerConfig::new(server.addr().ip(), true, vec![udp])],
+        ),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert!(mx(quick).await.is_err(), "no answer while timing out");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    server.shutdown().await;
+}

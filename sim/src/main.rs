@@ -204,7 +204,18 @@ fn real_main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let server = fake_dns::DnsServer::start(&world.zones, listen).await?;
+                // Faults on the scenario's timeline count from now.
+                let zones = std::sync::Arc::new(fake_dns::FaultyZones::new(
+                    world.zones.clone(),
+                    world.faults.clone(),
+                ));
+                let start_ms = SystemClock.now_ms();
+                let server = fake_dns::DnsServer::start_with_faults(
+                    zones,
+                    listen,
+                    std::sync::Arc::new(move || SystemClock.now_ms().saturating_sub(start_ms)),
+                )
+                .await?;
                 println!(
                     "dns: serving {} zones on {} (udp+tcp)",
                     world.zones.zones().count(),

@@ -255,13 +255,17 @@ fn feedback_addresses(world: &World) -> Vec<(String, String)> {
 
 async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
     let setup = setup(scenario, opts, Arc::new(SystemClock)).await?;
-    if !setup.world.faults.is_empty() {
-        anyhow::bail!(
-            "{}: [[dns_fault]] needs mode = \"virtual\" (the live DNS server serves static zones)",
-            scenario.name
-        );
-    }
-    let dns = DnsServer::start(&setup.world.zones, "127.0.0.1:0".parse::<SocketAddr>()?).await?;
+    let zones = Arc::new(FaultyZones::new(
+        setup.world.zones.clone(),
+        setup.world.faults.clone(),
+    ));
+    let (clock, start_ms) = (setup.clock.clone(), setup.start_ms);
+    let dns = DnsServer::start_with_faults(
+        zones,
+        "127.0.0.1:0".parse::<SocketAddr>()?,
+        Arc::new(move || clock.now_ms().saturating_sub(start_ms)),
+    )
+    .await?;
     let verifier = Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
     let fb = feedback(opts)?;
     let servers = FleetServers::build(
