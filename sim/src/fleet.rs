@@ -67,6 +67,8 @@ pub struct HostBackend {
     clock: Arc<dyn Clock>,
     start_ms: u64,
     state: Mutex<HostState>,
+    /// The Maildir all accepted mail of this server goes to: `inbox@<host>`.
+    inbox_address: String,
     later: Option<LaterQueue>,
     inbox: Option<Inbox>,
 }
@@ -355,7 +357,11 @@ impl Backend for HostBackend {
         stored.extend_from_slice(received.as_bytes());
         stored.extend_from_slice(&message);
         for rcpt in &tx.rcpts {
-            if let Err(e) = self.store.deliver(rcpt, &stored) {
+            // One Maildir per simulated server (a folder per user would cost four directories
+            // per recipient, and every campaign recipient is new); Delivered-To names the user.
+            let mut copy = format!("Delivered-To: {rcpt}\r\n").into_bytes();
+            copy.extend_from_slice(&stored);
+            if let Err(e) = self.store.deliver(&self.inbox_address, &copy) {
                 tracing::warn!(host = %self.host, "{e}");
                 return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
             }
@@ -440,6 +446,7 @@ impl FleetServers {
                     clock: ctx.clock.clone(),
                     start_ms: ctx.start_ms,
                     state: Mutex::new(HostState::default()),
+                    inbox_address: format!("inbox@{}", h.name),
                     later: if h.sender_mx { None } else { ctx.later.clone() },
                     inbox: if h.sender_mx { ctx.inbox.clone() } else { None },
                 });

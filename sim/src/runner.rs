@@ -138,6 +138,13 @@ async fn setup(
     opts: &RunOptions,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Setup> {
+    // A run directory holds one run: its spool and suppression list are state, not output.
+    if events_path(&opts.out_dir).exists() {
+        anyhow::bail!(
+            "{}: already holds a run (events.log); choose another --out or remove it",
+            opts.out_dir.display()
+        );
+    }
     std::fs::create_dir_all(&opts.out_dir)?;
     let world = World::build(scenario).map_err(anyhow::Error::msg)?;
     // A virtual run is replayed from its seed: its log is forced to disk once, at the end.

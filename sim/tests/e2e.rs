@@ -231,16 +231,27 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 of 4 domains differ"), "{text}");
 
-    // Every stored message carries the receiver's Authentication-Results header (the sender's
-    // own mailbox, news.sender.test/bounces, holds the DSNs instead).
+    // Every stored message names its recipient (Delivered-To) and carries the receiver's
+    // Authentication-Results header (the sender's own mailbox, news.sender.test/bounces, holds
+    // the DSNs instead).
     let stored: Vec<PathBuf> = stored_messages(&dir.path().join("mailboxes"))
         .into_iter()
         .filter(|p| !p.to_string_lossy().contains("news.sender.test"))
         .collect();
     assert_eq!(stored.len() as u64, delivered_total);
     let first = std::fs::read_to_string(&stored[0]).unwrap();
+    let mut lines = first.lines();
     assert!(
-        first.starts_with("Authentication-Results: "),
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("Delivered-To: user")),
+        "{}",
+        &first[..200]
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("Authentication-Results: ")),
         "{}",
         &first[..200]
     );
