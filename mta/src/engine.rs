@@ -7,10 +7,10 @@ use crate::client::{Envelope, Reply, SmtpClient, SmtpTimeouts};
 use crate::dkim::Signer;
 use crate::dns::{MxHost, Resolver, RouteError};
 use crate::queue::{Queue, QueueEntry, RetryPolicy};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Recovered, Spool, SpoolEnvelope, SpoolError, SpoolRef};
 use crate::suppression::Suppression;
-use mailsim_events::{Clock, Event, EventSink, SmtpReply};
-use std::collections::HashMap;
+use mailsim_events::{Clock, Event, EventSink, Record, SmtpReply};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -157,6 +157,23 @@ pub fn is_rate_limit(reply: &Reply, reason: &str) -> bool {
     reply.code == 421 || matches!(reason, "toomanyconn" | "speeding" | "ratelimited")
 }
 
+/// The domain of an address, lower-cased (empty when there is none).
+fn domain_of(addr: &str) -> String {
+    addr.rsplit_once('@')
+        .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase())
+}
+
+/// What [`Mta::recover`] found in the spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Recipients queued again.
+    pub requeued: u64,
+    /// Recipients the log showed final (their spool space is released).
+    pub final_: u64,
+    /// Recipients whose injection had not reached the log before the crash.
+    pub announced: u64,
+}
+
 /// The VERP return path for queue entry `id` to `rcpt`, from sender `from`.
 pub fn verp_address(from: &str, id: u64, rcpt: &str) -> String {
     let domain = from.rsplit_once('@').map_or(from, |(_, d)| d);
@@ -231,68 +248,187 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             return Err(MtaError::BadRecipient(bad.clone()));
         }
         let signed = sign_all(&inner.signers, batch)?;
-        let bodies: Vec<&[u8]> = signed.iter().map(|m| m.body.as_slice()).collect();
-        let refs = inner.spool.write_batch(&bodies)?;
         let now = inner.clock.now_ms();
+        // Recipients on the suppression list are not queued (and get no queue id).
+        let mut suppressed = Vec::new();
+        let mut kept: Vec<Vec<String>> = Vec::with_capacity(signed.len());
+        for m in &signed {
+            let mut k = Vec::with_capacity(m.rcpts.len());
+            for rcpt in &m.rcpts {
+                match inner.suppression.reason(rcpt) {
+                    Some(reason) => suppressed.push((m.message_id.clone(), rcpt.clone(), reason)),
+                    None => k.push(rcpt.clone()),
+                }
+            }
+            kept.push(k);
+        }
+        // Queue ids are reserved before the spool write: they are part of each envelope.
+        let envelopes: Vec<SpoolEnvelope> = {
+            let mut st = inner.state.lock().expect("mta state");
+            signed
+                .iter()
+                .zip(&kept)
+                .filter(|(_, k)| !k.is_empty())
+                .map(|(m, k)| {
+                    let first_id = st.next_id;
+                    st.next_id += k.len() as u64;
+                    SpoolEnvelope {
+                        first_id,
+                        from: m.from.clone(),
+                        rcpts: k.clone(),
+                        message_id: m.message_id.clone(),
+                        injected_ms: now,
+                        about: None,
+                    }
+                })
+                .collect()
+        };
+        let entries: Vec<(&SpoolEnvelope, &[u8])> = envelopes
+            .iter()
+            .zip(
+                signed
+                    .iter()
+                    .zip(&kept)
+                    .filter(|(_, k)| !k.is_empty())
+                    .map(|(m, _)| m.body.as_slice()),
+            )
+            .collect();
+        let refs = inner.spool.write_batch(&entries)?;
         let mut ids = Vec::new();
         let mut st = inner.state.lock().expect("mta state");
-        for (m, spool) in signed.iter().zip(refs) {
-            let suppressed: Vec<Option<String>> = m
-                .rcpts
-                .iter()
-                .map(|r| inner.suppression.reason(r))
-                .collect();
-            let queued = suppressed.iter().filter(|s| s.is_none()).count();
-            if queued == 0 {
-                inner.spool.release(&spool);
-            } else {
-                inner.spool.retain(&spool, queued - 1);
-            }
-            for (rcpt, suppressed) in m.rcpts.iter().zip(suppressed) {
-                let domain = rcpt
-                    .rsplit_once('@')
-                    .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase());
-                if let Some(reason) = suppressed {
-                    inner.events.emit(Event::Suppressed {
-                        message_id: m.message_id.clone(),
-                        rcpt: rcpt.clone(),
-                        domain,
-                        reason,
-                    });
-                    continue;
-                }
-                let id = st.next_id;
-                st.next_id += 1;
+        for (message_id, rcpt, reason) in suppressed {
+            inner.events.emit(Event::Suppressed {
+                message_id,
+                rcpt: rcpt.clone(),
+                domain: domain_of(&rcpt),
+                reason,
+            });
+        }
+        for ((envelope, body), spool) in entries.iter().zip(refs) {
+            inner.spool.retain(&spool, envelope.rcpts.len() - 1);
+            for (i, rcpt) in envelope.rcpts.iter().enumerate() {
+                let entry = self.entry_for(envelope, i, spool);
                 inner.events.emit(Event::Injected {
-                    msg: id,
-                    message_id: m.message_id.clone(),
-                    from: m.from.clone(),
+                    msg: entry.id,
+                    message_id: envelope.message_id.clone(),
+                    from: envelope.from.clone(),
                     rcpt: rcpt.clone(),
-                    domain: domain.clone(),
-                    size: m.body.len() as u64,
+                    domain: entry.domain.clone(),
+                    size: body.len() as u64,
                 });
-                let from = if inner.cfg.verp && !m.from.is_empty() {
-                    verp_address(&m.from, id, rcpt)
-                } else {
-                    m.from.clone()
-                };
-                st.queue.insert(QueueEntry {
-                    id,
-                    message_id: m.message_id.clone(),
-                    from,
-                    rcpt: rcpt.clone(),
-                    domain,
-                    spool,
-                    injected_ms: now,
-                    attempts: 0,
-                });
-                ids.push(id);
+                ids.push(entry.id);
+                st.queue.insert(entry);
             }
         }
         inner.queued.send_replace(st.queue.len());
         drop(st);
         inner.wake.notify_one();
         Ok(ids)
+    }
+
+    /// The queue entry for recipient `i` of a spooled envelope.
+    fn entry_for(&self, envelope: &SpoolEnvelope, i: usize, spool: SpoolRef) -> QueueEntry {
+        let id = envelope.first_id + i as u64;
+        let rcpt = envelope.rcpts[i].clone();
+        let from = if self.inner.cfg.verp && !envelope.from.is_empty() {
+            verp_address(&envelope.from, id, &rcpt)
+        } else {
+            envelope.from.clone()
+        };
+        QueueEntry {
+            id,
+            message_id: envelope.message_id.clone(),
+            from,
+            domain: domain_of(&rcpt),
+            rcpt,
+            spool,
+            injected_ms: envelope.injected_ms,
+            attempts: 0,
+        }
+    }
+
+    /// After a restart: queue again every spooled recipient that the event log (`records`, this
+    /// MTA's log) does not show as final, with its attempts and next retry. A recipient whose
+    /// injection never reached the log is announced now. Call before [`Mta::run`].
+    pub fn recover(
+        &self,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<RecoveryReport, MtaError> {
+        let inner = &self.inner;
+        let mut finals = HashSet::new();
+        let mut announced = HashSet::new();
+        let mut retry: HashMap<u64, (u32, u64)> = HashMap::new();
+        let mut max_id = 0u64;
+        for r in records {
+            match r.event {
+                Event::Injected { msg, .. } | Event::DsnQueued { msg, .. } => {
+                    announced.insert(msg);
+                    max_id = max_id.max(msg);
+                }
+                Event::Delivered { msg, .. }
+                | Event::Bounced { msg, .. }
+                | Event::Expired { msg, .. } => {
+                    finals.insert(msg);
+                }
+                Event::Deferred {
+                    msg,
+                    attempts,
+                    retry_at_ms,
+                    ..
+                } => {
+                    retry.insert(msg, (attempts, retry_at_ms));
+                }
+                _ => {}
+            }
+        }
+        let recovered = inner.spool.recover()?;
+        let mut report = RecoveryReport::default();
+        let mut st = inner.state.lock().expect("mta state");
+        for Recovered { spool, envelope } in recovered {
+            let n = envelope.rcpts.len();
+            max_id = max_id.max(envelope.first_id + n as u64 - 1);
+            inner.spool.retain(&spool, n.saturating_sub(1));
+            for i in 0..n {
+                let mut entry = self.entry_for(&envelope, i, spool);
+                if finals.contains(&entry.id) {
+                    report.final_ += 1;
+                    inner.spool.release(&spool);
+                    continue;
+                }
+                if !announced.contains(&entry.id) {
+                    report.announced += 1;
+                    match envelope.about {
+                        Some(about) => inner.events.emit(Event::DsnQueued {
+                            msg: entry.id,
+                            about,
+                            to: entry.rcpt.clone(),
+                            reason: "recovered".into(),
+                        }),
+                        None => inner.events.emit(Event::Injected {
+                            msg: entry.id,
+                            message_id: entry.message_id.clone(),
+                            from: envelope.from.clone(),
+                            rcpt: entry.rcpt.clone(),
+                            domain: entry.domain.clone(),
+                            size: u64::from(spool.len),
+                        }),
+                    }
+                }
+                report.requeued += 1;
+                match retry.get(&entry.id) {
+                    Some(&(attempts, due)) => {
+                        entry.attempts = attempts;
+                        st.queue.insert_waiting(entry, due);
+                    }
+                    None => st.queue.insert(entry),
+                }
+            }
+        }
+        st.next_id = st.next_id.max(max_id + 1);
+        inner.queued.send_replace(st.queue.len());
+        drop(st);
+        inner.wake.notify_one();
+        Ok(report)
     }
 
     /// Run the dispatcher until `shutdown` resolves; then wait for open sessions to end.
@@ -790,7 +926,15 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             message_id: &message_id,
             date_s: (inner.clock.now_ms() / 1000) as i64,
         });
-        let spool = match inner.spool.write_batch(&[&body]) {
+        let envelope = SpoolEnvelope {
+            first_id: id,
+            from: String::new(),
+            rcpts: vec![entry.from.clone()],
+            message_id: format!("<{message_id}>"),
+            injected_ms: inner.clock.now_ms(),
+            about: Some(entry.id),
+        };
+        let spool = match inner.spool.write_batch(&[(&envelope, &body)]) {
             Ok(mut refs) if !refs.is_empty() => refs.remove(0),
             Ok(_) => return,
             Err(e) => {
@@ -798,10 +942,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 return;
             }
         };
-        let domain = entry
-            .from
-            .rsplit_once('@')
-            .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase());
+        let domain = domain_of(&entry.from);
         inner.events.emit(Event::DsnQueued {
             msg: id,
             about: entry.id,

@@ -86,6 +86,12 @@ impl Queue {
         self.entries.insert(entry.id, entry);
     }
 
+    /// Add an entry that waits until `due_ms` (a deferred message recovered after a restart).
+    pub fn insert_waiting(&mut self, entry: QueueEntry, due_ms: u64) {
+        self.waiting.push(Reverse((due_ms, entry.id)));
+        self.entries.insert(entry.id, entry);
+    }
+
     /// Move every entry due by `now_ms` to its domain's ready list.
     pub fn promote_due(&mut self, now_ms: u64) {
         while let Some(&Reverse((due, id))) = self.waiting.peek() {

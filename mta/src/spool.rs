@@ -1,9 +1,12 @@
-//! The durable spool: message bodies on disk.
+//! The durable spool: messages on disk, each with its envelope.
 //!
-//! Bodies are appended to segment files, one segment per injected batch, fsynced once per batch
-//! (with the directory), so durability costs one fsync per batch rather than per message. A
-//! [`SpoolRef`] (segment, offset, length) names a body; a segment is deleted once every body in
-//! it is released (delivered, bounced or expired).
+//! Messages are appended to segment files, one segment per injected batch, fsynced once per
+//! batch (with the directory), so durability costs one fsync per batch rather than per message.
+//! Each entry is `meta_len: u32 LE | body_len: u32 LE | crc32(meta + body): u32 LE | meta | body`,
+//! where `meta` is the envelope (JSON: queue ids, sender, recipients); after a crash
+//! [`Spool::recover`] reads every entry back (a torn last entry was never acknowledged and is
+//! dropped). A [`SpoolRef`] (segment, offset, length) names a body; a segment is deleted once
+//! every body in it is released (delivered, bounced or expired).
 
 use mailsim_events::Durability;
 use std::collections::HashMap;
@@ -25,6 +28,30 @@ impl std::fmt::Display for SpoolRef {
         write!(f, "{}:{}:{}", self.segment, self.offset, self.len)
     }
 }
+
+/// The envelope stored with a body: enough to queue it again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpoolEnvelope {
+    /// Queue id of the first recipient; the others follow in order.
+    pub first_id: u64,
+    /// The sender as injected (before VERP); empty for a DSN.
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub message_id: String,
+    pub injected_ms: u64,
+    /// The queue id a DSN reports on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<u64>,
+}
+
+/// One entry found by [`Spool::recover`].
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub spool: SpoolRef,
+    pub envelope: SpoolEnvelope,
+}
+
+const ENTRY_HEADER_BYTES: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 #[error("spool {path}: {source}")]
@@ -91,8 +118,12 @@ impl Spool {
         self.dir.join(format!("{n:010}.seg"))
     }
 
-    /// Write a batch of bodies durably; returns one reference per body, in order.
-    pub fn write_batch(&self, bodies: &[&[u8]]) -> Result<Vec<SpoolRef>, SpoolError> {
+    /// Write a batch of messages durably (per the spool's durability); returns one reference
+    /// per body, in order.
+    pub fn write_batch(
+        &self,
+        batch: &[(&SpoolEnvelope, &[u8])],
+    ) -> Result<Vec<SpoolRef>, SpoolError> {
         let segment = {
             let mut st = self.state.lock().expect("spool lock");
             st.next_segment += 1;
@@ -109,10 +140,19 @@ impl Spool {
             .write(true)
             .open(&path)
             .map_err(err)?;
-        let total: usize = bodies.iter().map(|b| b.len()).sum();
+        let total: usize = batch.iter().map(|(_, b)| b.len() + 256).sum();
         let mut buf = Vec::with_capacity(total);
-        let mut refs = Vec::with_capacity(bodies.len());
-        for body in bodies {
+        let mut refs = Vec::with_capacity(batch.len());
+        for (envelope, body) in batch {
+            let meta = serde_json::to_vec(envelope)
+                .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&meta);
+            crc.update(body);
+            buf.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc.finalize().to_le_bytes());
+            buf.extend_from_slice(&meta);
             refs.push(SpoolRef {
                 segment,
                 offset: buf.len() as u64,
@@ -135,10 +175,88 @@ impl Spool {
             segment,
             Segment {
                 file: Arc::new(file),
-                live: bodies.len(),
+                live: batch.len(),
             },
         );
         Ok(refs)
+    }
+
+    /// Read back every entry of every segment left in the directory (after a restart), in
+    /// segment order. Each recovered body holds one reference (as after `write_batch`); a torn
+    /// or corrupt tail of a segment is dropped, and a segment with no good entry is deleted.
+    pub fn recover(&self) -> Result<Vec<Recovered>, SpoolError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SpoolError { path, source }
+        };
+        let mut numbers: Vec<u64> = fs::read_dir(&self.dir)
+            .map_err(err(&self.dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".seg"))
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .collect();
+        numbers.sort_unstable();
+        let mut out = Vec::new();
+        for n in numbers {
+            let path = self.segment_path(n);
+            let bytes = fs::read(&path).map_err(err(&path))?;
+            let mut pos = 0usize;
+            let mut found = 0usize;
+            while pos + ENTRY_HEADER_BYTES <= bytes.len() {
+                let word = |at: usize| {
+                    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                };
+                let (meta_len, body_len, crc) =
+                    (word(pos) as usize, word(pos + 4) as usize, word(pos + 8));
+                let start = pos + ENTRY_HEADER_BYTES;
+                let Some(end) = start
+                    .checked_add(meta_len)
+                    .and_then(|m| m.checked_add(body_len))
+                    .filter(|&e| e <= bytes.len())
+                else {
+                    break;
+                };
+                if crc32fast::hash(&bytes[start..end]) != crc {
+                    break;
+                }
+                let Ok(envelope) =
+                    serde_json::from_slice::<SpoolEnvelope>(&bytes[start..start + meta_len])
+                else {
+                    break;
+                };
+                out.push(Recovered {
+                    spool: SpoolRef {
+                        segment: n,
+                        offset: (start + meta_len) as u64,
+                        len: body_len as u32,
+                    },
+                    envelope,
+                });
+                found += 1;
+                pos = end;
+            }
+            if found == 0 {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(err(&path))?;
+            self.state.lock().expect("spool lock").segments.insert(
+                n,
+                Segment {
+                    file: Arc::new(file),
+                    live: found,
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Add `extra` holders to a body (a message queued for several recipients is released once
@@ -203,11 +321,25 @@ impl Spool {
 mod tests {
     use super::*;
 
+    fn env(first_id: u64) -> SpoolEnvelope {
+        SpoolEnvelope {
+            first_id,
+            from: "a@b.test".into(),
+            rcpts: vec!["c@d.test".into()],
+            message_id: format!("<{first_id}@b.test>"),
+            injected_ms: 7,
+            about: None,
+        }
+    }
+
     #[test]
     fn batch_round_trip_and_release_deletes_segment() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let refs = spool.write_batch(&[b"one", b"second body", b""]).unwrap();
+        let (e1, e2, e3) = (env(1), env(2), env(3));
+        let refs = spool
+            .write_batch(&[(&e1, b"one"), (&e2, b"second body"), (&e3, b"")])
+            .unwrap();
         assert_eq!(spool.read(&refs[1]).unwrap(), b"second body");
         assert_eq!(spool.read(&refs[2]).unwrap(), b"");
         for r in &refs {
@@ -217,5 +349,38 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
         let again = Spool::open(dir.path()).unwrap();
         assert!(again.read(&refs[0]).is_err());
+    }
+
+    #[test]
+    fn recovery_reads_envelopes_back_and_drops_a_torn_tail_at_every_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (e1, e2) = (env(1), env(2));
+        spool
+            .write_batch(&[(&e1, b"first body"), (&e2, b"second body")])
+            .unwrap();
+        let seg = dir.path().join("0000000000.seg");
+        let full = fs::read(&seg).unwrap();
+        drop(spool);
+        let again = Spool::open(dir.path()).unwrap();
+        let rec = again.recover().unwrap();
+        assert_eq!(rec.len(), 2);
+        assert_eq!(rec[1].envelope, e2);
+        assert_eq!(again.read(&rec[1].spool).unwrap(), b"second body");
+        drop(again);
+        // Cut the file anywhere inside the second entry: the first survives, the second is gone.
+        let first_end = ENTRY_HEADER_BYTES + serde_json::to_vec(&e1).unwrap().len() + 10;
+        for cut in first_end..full.len() {
+            fs::write(&seg, &full[..cut]).unwrap();
+            let s = Spool::open(dir.path()).unwrap();
+            let rec = s.recover().unwrap();
+            assert_eq!(rec.len(), 1, "cut at {cut}");
+            assert_eq!(s.read(&rec[0].spool).unwrap(), b"first body");
+        }
+        // A segment cut inside its first entry holds nothing and is removed.
+        fs::write(&seg, &full[..5]).unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        assert!(s.recover().unwrap().is_empty());
+        assert!(!seg.exists());
     }
 }
