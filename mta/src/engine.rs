@@ -163,6 +163,9 @@ fn domain_of(addr: &str) -> String {
         .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase())
 }
 
+/// How often a durable spool's finished segments are reclaimed.
+const RECLAIM_INTERVAL: Duration = Duration::from_millis(250);
+
 /// What [`Mta::recover`] found in the spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -435,6 +438,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         let mut sessions = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
+        // A durable spool deletes finished segments after the log has the events on disk.
+        let reclaiming = self.inner.spool.durability() == mailsim_events::Durability::EveryBatch;
+        let mut reclaim = tokio::time::interval(RECLAIM_INTERVAL);
+        reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = self.inner.clock.now_ms();
             let next_due = {
@@ -469,12 +476,30 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                _ = reclaim.tick(), if reclaiming => self.reclaim().await,
                 _ = self.inner.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
         while sessions.join_next().await.is_some() {}
+        if reclaiming {
+            self.reclaim().await;
+        }
+    }
+
+    /// Make the log durable, then delete the spool segments its events made final.
+    async fn reclaim(&self) {
+        if !self.inner.spool.has_dead() {
+            return;
+        }
+        let mta = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if mta.inner.events.flush().is_ok() {
+                mta.inner.spool.collect();
+            }
+        })
+        .await;
     }
 
     fn take(&self, domain: &str) -> Option<QueueEntry> {

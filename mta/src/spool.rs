@@ -76,6 +76,9 @@ pub struct Spool {
 struct SpoolState {
     next_segment: u64,
     segments: HashMap<u64, Segment>,
+    /// Segments whose every message is final, not yet deleted: a durable spool deletes them
+    /// only after the events saying so are on disk ([`Spool::collect`]).
+    dead: Vec<u64>,
 }
 
 impl Spool {
@@ -109,6 +112,7 @@ impl Spool {
             state: Mutex::new(SpoolState {
                 next_segment,
                 segments: HashMap::new(),
+                dead: Vec::new(),
             }),
             durability,
         })
@@ -295,7 +299,8 @@ impl Spool {
         Ok(buf)
     }
 
-    /// Release one body; the segment file goes when its last body does.
+    /// Release one body; the segment file goes when its last body does (for a durable spool,
+    /// at the next [`Spool::collect`]).
     pub fn release(&self, r: &SpoolRef) {
         let mut st = self.state.lock().expect("spool lock");
         let gone = match st.segments.get_mut(&r.segment) {
@@ -307,8 +312,32 @@ impl Spool {
         };
         if gone {
             st.segments.remove(&r.segment);
-            let _ = fs::remove_file(self.segment_path(r.segment));
+            match self.durability {
+                Durability::EveryBatch => st.dead.push(r.segment),
+                Durability::OnFlush => {
+                    let _ = fs::remove_file(self.segment_path(r.segment));
+                }
+            }
         }
+    }
+
+    /// True when released segments wait for [`Spool::collect`].
+    pub fn has_dead(&self) -> bool {
+        !self.state.lock().expect("spool lock").dead.is_empty()
+    }
+
+    /// Delete the released segments. Call once the events that made them final are durable:
+    /// a crash before that finds the segments and the log agreeing that they are not final.
+    pub fn collect(&self) -> usize {
+        let dead = std::mem::take(&mut self.state.lock().expect("spool lock").dead);
+        for n in &dead {
+            let _ = fs::remove_file(self.segment_path(*n));
+        }
+        dead.len()
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// Number of segment files still held.
@@ -346,6 +375,8 @@ mod tests {
             spool.release(r);
         }
         assert_eq!(spool.segments(), 0);
+        assert!(spool.has_dead());
+        assert_eq!(spool.collect(), 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
         let again = Spool::open(dir.path()).unwrap();
         assert!(again.read(&refs[0]).is_err());

@@ -6,10 +6,12 @@
 //! (folded by `mailsim-reports`).
 
 pub mod behaviour;
+pub mod daemon;
 pub mod feedback;
 pub mod fleet;
 pub mod keys;
 pub mod runner;
 pub mod scenario;
+pub mod send;
 pub mod virt;
 pub mod world;

@@ -49,6 +49,58 @@ enum Command {
         #[command(subcommand)]
         command: BounceCommand,
     },
+    /// Run the MTA as a daemon: SMTP submission in, delivery through the given DNS server.
+    /// A restart on the same spool queues again everything not final (crash safe).
+    Mta {
+        /// Spool directory (segments, events.log, suppression.log).
+        #[arg(long)]
+        spool: PathBuf,
+        /// The DNS server to resolve MX through (fake-dns, as `mailsim fleet` prints it).
+        #[arg(long)]
+        dns: SocketAddr,
+        /// Where to take mail by SMTP.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        submission: SocketAddr,
+        /// The port remote SMTP servers listen on (`mailsim fleet` prints it).
+        #[arg(long, default_value_t = 25)]
+        remote_port: u16,
+        #[arg(long, default_value = "mta.mailsim.test")]
+        hostname: String,
+        /// Source address of outbound connections.
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: std::net::IpAddr,
+        #[arg(long, default_value_t = 300)]
+        retry_interval_s_min: u64,
+        #[arg(long, default_value_t = 4000)]
+        retry_interval_s_max: u64,
+        #[arg(long, default_value_t = 432_000)]
+        lifetime_s: u64,
+        #[arg(long, default_value_t = 8)]
+        conns_per_domain_max: usize,
+    },
+    /// Run a scenario's DNS and fleet alone (live), until interrupted; prints the DNS address
+    /// and the fleet's SMTP port on a ready line.
+    Fleet {
+        scenario: PathBuf,
+        /// Directory for the fleet's event log and mailboxes.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Submit a scenario's campaign to an MTA by SMTP (mailsim's daemon or any other).
+    Send {
+        scenario: PathBuf,
+        /// The MTA's submission address.
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Append each acknowledged Message-ID to this file.
+        #[arg(long)]
+        acked: Option<PathBuf>,
+        /// Give up after this long without an acknowledgement.
+        #[arg(long, default_value_t = 120)]
+        stall_s_max: u64,
+    },
     /// Serve a scenario's DNS zones alone (UDP and TCP) until interrupted.
     Dns {
         scenario: PathBuf,
@@ -197,6 +249,69 @@ fn real_main() -> anyhow::Result<()> {
                 anyhow::bail!("{unreadable} of {} files could not be read", files.len());
             }
         }
+        Command::Mta {
+            spool,
+            dns,
+            submission,
+            remote_port,
+            hostname,
+            ip,
+            retry_interval_s_min,
+            retry_interval_s_max,
+            lifetime_s,
+            conns_per_domain_max,
+        } => {
+            let opts = mailsim::daemon::MtaDaemonOptions {
+                spool,
+                dns,
+                submission,
+                remote_port,
+                hostname,
+                source_ip: Some(ip),
+                retry: mailsim_mta::queue::RetryPolicy {
+                    retry_interval_s_min,
+                    retry_interval_s_max,
+                    lifetime_s,
+                },
+                conns_per_domain_max,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(mailsim::daemon::run_mta(opts, stop_signal()))?;
+        }
+        Command::Fleet { scenario, out } => {
+            let sc = Scenario::load(&scenario)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(mailsim::daemon::run_fleet(&sc, out, stop_signal()))?;
+        }
+        Command::Send {
+            scenario,
+            to,
+            connections,
+            acked,
+            stall_s_max,
+        } => {
+            let sc = Scenario::load(&scenario)?;
+            let world = World::build(&sc).map_err(anyhow::Error::msg)?;
+            let messages = mailsim::send::campaign(&sc, &world);
+            let opts = mailsim::send::SendOptions {
+                to,
+                connections,
+                acked_path: acked,
+                stall_max: std::time::Duration::from_secs(stall_s_max),
+            };
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(mailsim::send::send(messages, &opts))?;
+            println!(
+                "send: acked={} rejected={} retried={}",
+                report.acked, report.rejected, report.retried
+            );
+        }
         Command::Dns { scenario, listen } => {
             let sc = Scenario::load(&scenario)?;
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
@@ -228,6 +343,22 @@ fn real_main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// A run's summary folded from its log, streaming; a torn tail is reported on stderr.
