@@ -11,6 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+/// Bytes read from a client at a time.
+const READ_BUF_BYTES: usize = 16 * 1024;
+
 /// Limits and names of a server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -20,6 +23,8 @@ pub struct ServerConfig {
     pub message_bytes_max: usize,
     pub rcpts_per_message_max: usize,
     pub connections_max: usize,
+    /// Open connections from one client address (0: no limit beyond `connections_max`).
+    pub connections_per_ip_max: usize,
     /// A client silent for this long is dropped (RFC 5321 suggests 5 minutes).
     pub idle_timeout: Duration,
 }
@@ -32,6 +37,7 @@ impl Default for ServerConfig {
             message_bytes_max: 25 * 1024 * 1024,
             rcpts_per_message_max: 100,
             connections_max: 1024,
+            connections_per_ip_max: 0,
             idle_timeout: Duration::from_secs(300),
         }
     }
@@ -289,7 +295,8 @@ where
     .write_to(&mut out);
     let mut framer = Framer::new(cfg.command_line_bytes_max, cfg.message_bytes_max);
     let mut tx: Option<Transaction> = None;
-    let mut readbuf = vec![0u8; 64 * 1024];
+    // Per-connection memory is what bounds a server holding thousands of idle clients.
+    let mut readbuf = vec![0u8; READ_BUF_BYTES];
     loop {
         // Reply to everything pipelined so far before reading more (RFC 2920).
         if !framer.has_buffered()
@@ -530,6 +537,7 @@ pub struct Server<B> {
     backend: Arc<B>,
     cfg: Arc<ServerConfig>,
     limit: Arc<Semaphore>,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     next_session: AtomicU64,
 }
 
@@ -539,6 +547,7 @@ impl<B: Backend> Server<B> {
             limit: Arc::new(Semaphore::new(cfg.connections_max)),
             backend,
             cfg: Arc::new(cfg),
+            per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_session: AtomicU64::new(1),
         }
     }
@@ -553,12 +562,25 @@ impl<B: Backend> Server<B> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let Ok(_permit) = self.limit.clone().try_acquire_owned() else {
-            let mut out = Vec::new();
-            Reply::new(421, (4, 7, 0), "too many connections, try later").write_to(&mut out);
-            let _ = stream.write_all(&out).await;
-            let _ = stream.shutdown().await;
+            refuse(&mut stream, "too many connections, try later").await;
             return;
         };
+        let ip = peer.ip();
+        let cap = self.cfg.connections_per_ip_max;
+        if cap > 0 {
+            let admitted = {
+                let mut per_ip = self.per_ip.lock().expect("per-ip counts");
+                let n = per_ip.entry(ip).or_insert(0);
+                *n < cap && {
+                    *n += 1;
+                    true
+                }
+            };
+            if !admitted {
+                refuse(&mut stream, "too many connections from your address").await;
+                return;
+            }
+        }
         let info = SessionInfo {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             peer,
@@ -566,6 +588,15 @@ impl<B: Backend> Server<B> {
             helo: String::new(),
         };
         handle_session(stream, info, self.backend.as_ref(), &self.cfg).await;
+        if cap > 0 {
+            let mut per_ip = self.per_ip.lock().expect("per-ip counts");
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
     }
 
     /// Accept connections on `listener` until `shutdown` resolves; then wait for every open
@@ -590,6 +621,14 @@ impl<B: Backend> Server<B> {
         drop(listener);
         while sessions.join_next().await.is_some() {}
     }
+}
+
+/// Answer 421 and close (a connection over a cap).
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) {
+    let mut out = Vec::new();
+    Reply::new(421, (4, 7, 0), text).write_to(&mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Accept connections on `listener` until `shutdown` resolves, at most `connections_max` at

@@ -74,7 +74,21 @@ async fn start(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_with_backlog(cfg, 1024).await
+}
+
+async fn start_with_backlog(
+    cfg: ServerConfig,
+    backlog: u32,
+) -> (
+    std::net::SocketAddr,
+    Arc<Recorder>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener: TcpListener = socket.listen(backlog).unwrap();
     let addr = listener.local_addr().unwrap();
     let backend = Arc::new(Recorder::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -200,6 +214,114 @@ async fn connection_cap_and_idle_timeout() {
     assert!(third.reply().await.starts_with("221"));
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("clean shutdown")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let cfg = ServerConfig {
+        connections_per_ip_max: 2,
+        ..ServerConfig::default()
+    };
+    let (addr, _backend, stop, task) = start(cfg).await;
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    assert!(a.reply().await.starts_with("220"));
+    assert!(b.reply().await.starts_with("220"));
+    let mut c = Client::connect(addr).await;
+    assert!(
+        c.reply().await.starts_with("421 4.7.0"),
+        "third from one address"
+    );
+    a.send(b"QUIT\r\n").await;
+    assert!(a.reply().await.starts_with("221"));
+    // Once one leaves, the address may connect again.
+    let mut again = None;
+    for _ in 0..50 {
+        let mut d = Client::connect(addr).await;
+        if d.reply().await.starts_with("220") {
+            again = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some());
+    drop((b, again));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("clean shutdown")
+        .unwrap();
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 10,000 clients (in another process: each side needs its own 10,000 descriptors) connect
+/// and stay idle; the server's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_open_connections_stay_within_bounded_memory() {
+    const CLIENTS: usize = 10_000;
+    let cfg = ServerConfig {
+        connections_max: CLIENTS + 100,
+        idle_timeout: Duration::from_secs(120),
+        ..ServerConfig::default()
+    };
+    // A deep accept queue, so that 10,000 quick connects are not dropped and retried.
+    let (addr, _backend, stop, task) = start_with_backlog(cfg, 8192).await;
+    let before = rss_kib();
+    let script = format!(
+        r#"
+import socket, sys
+socks = []
+for i in range({CLIENTS}):
+    s = socket.create_connection(("127.0.0.1", {port}))
+    socks.append(s)
+greeted = 0
+for s in socks:
+    if s.recv(200).startswith(b"220"):
+        greeted += 1
+print(greeted, flush=True)
+sys.stdin.read()
+"#,
+        port = addr.port()
+    );
+    let mut child = tokio::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+    )
+    .await
+    .expect("clients connected")
+    .unwrap();
+    assert_eq!(line.trim(), CLIENTS.to_string(), "every client was greeted");
+    let during = rss_kib();
+    let per_conn = (during.saturating_sub(before)) as f64 / CLIENTS as f64;
+    eprintln!(
+        "10,000 idle connections: RSS {before} KiB -> {during} KiB ({per_conn:.1} KiB per connection)"
+    );
+    assert!(per_conn < 48.0, "{per_conn:.1} KiB per connection");
+    drop(child.stdin.take());
+    let _ = child.wait().await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .expect("clean shutdown")
         .unwrap();
