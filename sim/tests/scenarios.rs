@@ -538,3 +538,71 @@ fn behaviours_refuse_drop_delay_and_switch_off_as_configured() {
         }
     }
 }
+
+/// The soak scenario at a third of its rate (the suite runs unoptimised): an hour of virtual
+/// time with faults switching on and off; nothing lost, the queue drained, memory flat.
+#[test]
+fn soak_hour_loses_nothing_and_memory_stays_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/soak.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("messages = 2000", "messages = 400");
+    let scenario_path = dir.path().join("soak.toml");
+    std::fs::write(&scenario_path, text).unwrap();
+    let out = dir.path().join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("run")
+        .arg(&scenario_path)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut rss = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        if let Some(kib) = std::fs::read_to_string(&status_path).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            rss.push(kib);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    let s: Summary =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s.injected, 400 * 60);
+    assert_eq!(s.delivered, s.injected, "{s:?}");
+    assert_eq!((s.bounced, s.expired, s.deferred), (0, 0, 0));
+    let (records, _) = read_log(&runner::events_path(&out)).unwrap();
+    assert!(
+        matches!(&records.last().unwrap().event, Event::RunFinished { reason } if reason == "drained")
+    );
+    // Each fault showed up while it was on.
+    let deferred_in = |domain: &str| {
+        records
+            .iter()
+            .any(|r| matches!(&r.event, Event::Deferred { domain: d, .. } if d == domain))
+    };
+    for d in ["flaky.test", "dnsfail.test", "grey.test"] {
+        assert!(deferred_in(d), "{d} never deferred");
+    }
+    if rss.len() >= 9 {
+        let third = rss.len() / 3;
+        let early = *rss[..third].iter().max().unwrap();
+        let late = *rss[rss.len() - third..].iter().max().unwrap();
+        eprintln!(
+            "soak RSS: early max {early} KiB, late max {late} KiB ({} samples)",
+            rss.len()
+        );
+        assert!(
+            late <= early * 5 / 4 + 16 * 1024,
+            "memory grew: {early} -> {late} KiB"
+        );
+    }
+}
