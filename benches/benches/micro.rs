@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot paths: SMTP reply parsing (client), command framing (server),
-//! DATA dot-stuffing, and event-log append + summary fold.
+//! DATA dot-stuffing, event-log append + summary fold, DKIM signing (RSA-2048, Ed25519), MX
+//! resolution with a warm cache, and the retry scheduler with 1M queued messages.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use mailsim_benches::{reply_stream, sample_message};
@@ -113,5 +114,124 @@ fn event_log(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, smtp_parsing, event_log);
+fn dkim_signing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dkim");
+    let body = sample_message(5 * 1024);
+    g.throughput(Throughput::Elements(1));
+    for (name, key) in [
+        ("sign_rsa2048_5k", mailsim::keys::rsa_from_seed(7).unwrap()),
+        (
+            "sign_ed25519_5k",
+            mailsim::keys::ed25519_from_seed(7).unwrap(),
+        ),
+    ] {
+        let signer = mailsim_mta::dkim::Signer::from_pkcs8(
+            "news.example.test",
+            "s1",
+            &key.pkcs8_der,
+            key.ed25519,
+        )
+        .unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(signer.sign(&body).unwrap().len()))
+        });
+    }
+    g.finish();
+}
+
+fn mx_resolution(c: &mut Criterion) {
+    use mailsim_mta::dns::{HickoryResolver, Resolver};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut zones = fake_dns::ZoneSet::new();
+    zones.add_zone("accept.test");
+    zones.add(
+        "accept.test",
+        fake_dns::RecordData::Mx {
+            preference: 10,
+            exchange: "mx1.accept.test".into(),
+        },
+    );
+    zones.add(
+        "mx1.accept.test",
+        fake_dns::RecordData::A([127, 1, 0, 1].into()),
+    );
+    let server = rt
+        .block_on(fake_dns::DnsServer::start(
+            &zones,
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let resolver = HickoryResolver::new(server.addr()).unwrap();
+    rt.block_on(resolver.route("accept.test")).unwrap();
+    let mut g = c.benchmark_group("dns");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("mx_route_warm_cache", |b| {
+        b.iter(|| black_box(rt.block_on(resolver.route("accept.test")).unwrap().len()))
+    });
+    g.finish();
+    rt.block_on(server.shutdown());
+}
+
+fn scheduler(c: &mut Criterion) {
+    use mailsim_mta::queue::Queue;
+    const N: u64 = 1_000_000;
+    let mut g = c.benchmark_group("scheduler");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("insert_1m", |b| {
+        b.iter_batched(
+            || (0..N).map(mailsim_benches::queue_entry).collect::<Vec<_>>(),
+            |entries| {
+                let mut q = Queue::new();
+                for e in entries {
+                    q.insert(e);
+                }
+                black_box(q.len())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // 1M deferred messages come due at once: promote them and take each one.
+    g.bench_function("promote_and_take_1m_due", |b| {
+        b.iter_batched(
+            || {
+                let mut q = Queue::new();
+                for id in 0..N {
+                    q.insert(mailsim_benches::queue_entry(id));
+                }
+                for d in ["accept.test", "big.test", "flaky.test", "unknown.test"] {
+                    while let Some(e) = q.take_ready(d) {
+                        q.defer(e.id, 1, 1000 + e.id % 300);
+                    }
+                }
+                q
+            },
+            |mut q| {
+                q.promote_due(2000);
+                let mut n = 0u64;
+                for d in ["accept.test", "big.test", "flaky.test", "unknown.test"] {
+                    while let Some(e) = q.take_ready(d) {
+                        n += e.id & 1;
+                    }
+                }
+                black_box(n)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    smtp_parsing,
+    event_log,
+    dkim_signing,
+    mx_resolution,
+    scheduler
+);
 criterion_main!(benches);

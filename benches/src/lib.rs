@@ -24,3 +24,21 @@ pub fn reply_stream(n: usize) -> Vec<u8> {
     }
     out
 }
+
+/// A queue entry like the campaign's (one recipient of a 5 KB message).
+pub fn queue_entry(id: u64) -> mailsim_mta::queue::QueueEntry {
+    mailsim_mta::queue::QueueEntry {
+        id,
+        message_id: format!("<{id}.42@news.example.test>"),
+        from: format!("bounces+{id}-user{id}=accept.test@news.example.test"),
+        rcpt: format!("user{id}@accept.test"),
+        domain: ["accept.test", "big.test", "flaky.test", "unknown.test"][(id % 4) as usize].into(),
+        spool: mailsim_mta::spool::SpoolRef {
+            segment: id / 1000,
+            offset: (id % 1000) * 5200,
+            len: 5200,
+        },
+        injected_ms: 1_767_225_600_000,
+        attempts: 0,
+    }
+}

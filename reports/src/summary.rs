@@ -71,6 +71,9 @@ impl Summary {
     pub fn fold<R: std::borrow::Borrow<Record>>(records: impl IntoIterator<Item = R>) -> Summary {
         let mut s = Summary::default();
         let mut fates: HashMap<u64, (String, Fate)> = HashMap::new();
+        // (Message-ID, recipient) -> queue id: a copy stored by the receiving server is a
+        // delivery, whoever sent it (mailsim's MTA, or another MTA under test).
+        let mut by_message: HashMap<(String, String), u64> = HashMap::new();
         let (mut first_ts, mut last_ts) = (None, 0u64);
         for r in records {
             let r = r.borrow();
@@ -81,8 +84,25 @@ impl Summary {
                     s.scenario = scenario.clone();
                     s.seed = *seed;
                 }
-                Event::Injected { msg, domain, .. } => {
+                Event::Injected {
+                    msg,
+                    domain,
+                    message_id,
+                    rcpt,
+                    ..
+                } => {
                     fates.insert(*msg, (domain.clone(), Fate::Queued));
+                    by_message.insert((message_id.clone(), rcpt.to_ascii_lowercase()), *msg);
+                }
+                Event::Stored {
+                    message_id, rcpt, ..
+                } => {
+                    if let Some(msg) =
+                        by_message.get(&(message_id.clone(), rcpt.to_ascii_lowercase()))
+                        && fates.get(msg).is_some_and(|f| f.1 == Fate::Queued)
+                    {
+                        set_fate(&mut fates, *msg, Fate::Delivered);
+                    }
                 }
                 Event::Delivered { msg, .. } => {
                     set_fate(&mut fates, *msg, Fate::Delivered);

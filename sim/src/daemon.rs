@@ -267,6 +267,7 @@ pub async fn run_fleet(
         inbox: Some(Arc::new(move |info, tx, message| {
             processor.process(info, tx, message)
         })),
+        stored: Arc::default(),
     };
     let servers = FleetServers::build(&world.hosts, &ctx);
     let fleet = Fleet::start(&servers).await.map_err(anyhow::Error::msg)?;

@@ -67,6 +67,7 @@ pub struct HostBackend {
     clock: Arc<dyn Clock>,
     start_ms: u64,
     state: Mutex<HostState>,
+    stored: Arc<std::sync::atomic::AtomicU64>,
     /// The Maildir all accepted mail of this server goes to: `inbox@<host>`.
     inbox_address: String,
     later: Option<LaterQueue>,
@@ -372,6 +373,8 @@ impl Backend for HostBackend {
                 rcpt: rcpt.clone(),
                 size: stored.len() as u64,
             });
+            self.stored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(later) = &self.later {
             let now = self.clock.now_ms();
@@ -426,6 +429,9 @@ pub struct FleetContext {
     pub later: Option<LaterQueue>,
     /// The bounce processor, called for every message a sender's own MX accepts.
     pub inbox: Option<Inbox>,
+    /// Copies stored (campaign recipients), for a runner waiting on another MTA's deliveries;
+    /// figures come from the `stored` events, not from this.
+    pub stored: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FleetServers {
@@ -446,6 +452,7 @@ impl FleetServers {
                     clock: ctx.clock.clone(),
                     start_ms: ctx.start_ms,
                     state: Mutex::new(HostState::default()),
+                    stored: ctx.stored.clone(),
                     inbox_address: format!("inbox@{}", h.name),
                     later: if h.sender_mx { None } else { ctx.later.clone() },
                     inbox: if h.sender_mx { ctx.inbox.clone() } else { None },
@@ -474,10 +481,16 @@ pub struct Fleet {
 impl Fleet {
     /// Bind every live host on one shared port (the first bind picks it) and start serving.
     pub async fn start(servers: &FleetServers) -> Result<Fleet, String> {
+        Self::start_on(servers, 0).await
+    }
+
+    /// Bind every live host on `port` (0: the first bind picks one) and start serving.
+    pub async fn start_on(servers: &FleetServers, port: u16) -> Result<Fleet, String> {
+        let wanted = port;
         let mut last_err = String::from("no live MX host");
         'attempt: for _ in 0..16 {
             let mut listeners = Vec::with_capacity(servers.servers.len());
-            let mut port = 0u16;
+            let mut port = wanted;
             for (h, _) in &servers.servers {
                 match TcpListener::bind(SocketAddr::new(h.ip.into(), port)).await {
                     Ok(l) => {

@@ -32,6 +32,19 @@ enum Command {
         /// Never draw a progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Measure another MTA: submit the campaign to it (smtp://HOST:PORT) instead of
+        /// mailsim's own; it must route every scenario domain to the fleet (--fleet-port).
+        #[arg(long)]
+        mta: Option<String>,
+        /// The fleet's SMTP port when measuring another MTA (0: any, printed at start).
+        #[arg(long, default_value_t = 0)]
+        fleet_port: u16,
+        /// The DNS server's port when measuring another MTA (0: any).
+        #[arg(long, default_value_t = 0)]
+        dns_port: u16,
+        /// Submission connections to the other MTA.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
     },
     /// Print a run's event log as JSON lines.
     Events { run_dir: PathBuf },
@@ -152,18 +165,39 @@ fn real_main() -> anyhow::Result<()> {
             scenario,
             out,
             quiet,
+            mta,
+            fleet_port,
+            dns_port,
+            connections,
         } => {
             let sc = Scenario::load(&scenario)?;
             let out_dir = out.unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{}-{}", sc.name, SystemClock.now_ms()))
             });
-            let summary = runner::run_scenario(
-                &sc,
-                &RunOptions {
-                    out_dir: out_dir.clone(),
-                    progress: !quiet,
-                },
-            )?;
+            let run_opts = RunOptions {
+                out_dir: out_dir.clone(),
+                progress: !quiet,
+            };
+            let summary = match mta {
+                None => runner::run_scenario(&sc, &run_opts)?,
+                Some(url) => {
+                    let addr = url
+                        .strip_prefix("smtp://")
+                        .ok_or_else(|| anyhow::anyhow!("--mta {url}: expected smtp://HOST:PORT"))?
+                        .parse::<SocketAddr>()
+                        .map_err(|e| anyhow::anyhow!("--mta {url}: {e}"))?;
+                    runner::run_external(
+                        &sc,
+                        &run_opts,
+                        &runner::ExternalMta {
+                            submission: addr,
+                            fleet_port,
+                            dns_port,
+                            connections,
+                        },
+                    )?
+                }
+            };
             print!("{}", runner::summary_json(&summary)?);
             let rate = if summary.elapsed_s > 0.0 {
                 summary.delivered as f64 / summary.elapsed_s
@@ -302,6 +336,7 @@ fn real_main() -> anyhow::Result<()> {
                 connections,
                 acked_path: acked,
                 stall_max: std::time::Duration::from_secs(stall_s_max),
+                on_ack: None,
             };
             let report = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -124,6 +124,117 @@ pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Su
     }
 }
 
+/// Another MTA under test: mailsim submits the campaign to it by SMTP and its deliveries are
+/// measured on the fleet's side.
+pub struct ExternalMta {
+    pub submission: SocketAddr,
+    /// The fleet's SMTP port (0: any); the other MTA must route every scenario domain there.
+    pub fleet_port: u16,
+    /// The DNS server's port (0: any).
+    pub dns_port: u16,
+    pub connections: usize,
+}
+
+/// Run a scenario live against another MTA: fake-dns and the fleet as usual, the campaign
+/// submitted by SMTP to `mta`, until every acknowledged message is stored by the fleet (or the
+/// time limit passes). The log holds `injected` at each acknowledgement and the fleet's side
+/// (sessions, verdicts, `stored`); the summary counts a stored copy as delivered.
+pub fn run_external(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    mta: &ExternalMta,
+) -> anyhow::Result<Summary> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run_external_async(scenario, opts, mta))
+}
+
+async fn run_external_async(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    mta: &ExternalMta,
+) -> anyhow::Result<Summary> {
+    let setup = setup(scenario, opts, Arc::new(SystemClock)).await?;
+    let zones = Arc::new(FaultyZones::new(
+        setup.world.zones.clone(),
+        setup.world.faults.clone(),
+    ));
+    let (clock, start_ms) = (setup.clock.clone(), setup.start_ms);
+    let dns = DnsServer::start_with_faults(
+        zones,
+        SocketAddr::new([127, 0, 0, 1].into(), mta.dns_port),
+        Arc::new(move || clock.now_ms().saturating_sub(start_ms)),
+    )
+    .await?;
+    let verifier = Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
+    let fb = feedback(opts)?;
+    let ctx = fleet_context(&setup, opts, verifier, &fb);
+    let servers = FleetServers::build(&setup.world.hosts, &ctx);
+    let fleet = Fleet::start_on(&servers, mta.fleet_port)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "mailsim: fleet on port {} (hosts: {}), dns on {}",
+        fleet.port,
+        setup
+            .world
+            .hosts
+            .iter()
+            .filter(|h| !h.down)
+            .map(|h| format!("{}={}", h.name, h.ip))
+            .collect::<Vec<_>>()
+            .join(" "),
+        dns.addr()
+    );
+    let messages = crate::send::campaign(scenario, &setup.world);
+    let expected = messages.len() as u64;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let sink = setup.events.clone();
+    let on_ack: crate::send::OnAck = Arc::new(move |m: &OutboundMessage| {
+        for rcpt in &m.rcpts {
+            sink.emit(Event::Injected {
+                msg: next.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                message_id: m.message_id.clone(),
+                from: m.from.clone(),
+                rcpt: rcpt.clone(),
+                domain: rcpt
+                    .rsplit_once('@')
+                    .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase()),
+                size: m.body.len() as u64,
+            });
+        }
+    });
+    let send_opts = crate::send::SendOptions {
+        to: mta.submission,
+        connections: mta.connections,
+        acked_path: None,
+        stall_max: Duration::from_secs(60),
+        on_ack: Some(on_ack),
+    };
+    let report = crate::send::send(messages, &send_opts).await?;
+    // Wait for the fleet to have stored every acknowledged message.
+    let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
+    tokio::pin!(time_limit);
+    let reason = loop {
+        if ctx.stored.load(std::sync::atomic::Ordering::Relaxed) >= report.acked {
+            break "drained";
+        }
+        tokio::select! {
+            biased;
+            _ = &mut time_limit => break "time limit",
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    };
+    eprintln!(
+        "mailsim: {} of {expected} messages acknowledged by {}",
+        report.acked, mta.submission
+    );
+    fleet.shutdown().await;
+    dns.shutdown().await;
+    finish(setup, reason, opts)
+}
+
 /// What both modes set up the same way.
 struct Setup {
     world: Arc<World>,
@@ -244,6 +355,7 @@ fn fleet_context(
         inbox: Some(Arc::new(move |info, tx, message| {
             processor.process(info, tx, message)
         })),
+        stored: Arc::default(),
     }
 }
 

@@ -14,12 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+/// Called for every acknowledged message.
+pub type OnAck = Arc<dyn Fn(&OutboundMessage) + Send + Sync>;
+
 pub struct SendOptions {
     pub to: SocketAddr,
     pub connections: usize,
     pub acked_path: Option<PathBuf>,
     /// Give up when no message was acknowledged for this long.
     pub stall_max: Duration,
+    pub on_ack: Option<OnAck>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,7 @@ pub fn campaign(scenario: &Scenario, world: &World) -> Vec<OutboundMessage> {
 struct Shared {
     report: Mutex<SendReport>,
     acked: Option<Mutex<std::fs::File>>,
+    on_ack: Option<OnAck>,
 }
 
 pub async fn send(
@@ -57,6 +62,7 @@ pub async fn send(
     let shared = Arc::new(Shared {
         report: Mutex::new(SendReport::default()),
         acked,
+        on_ack: opts.on_ack.clone(),
     });
     let n = opts.connections.max(1);
     let mut parts: Vec<Vec<OutboundMessage>> = (0..n).map(|_| Vec::new()).collect();
@@ -123,6 +129,9 @@ async fn worker(
                         let mut f = f.lock().expect("acked file");
                         writeln!(f, "{}", m.message_id)?;
                         f.flush()?;
+                    }
+                    if let Some(f) = &shared.on_ack {
+                        f(m);
                     }
                     shared.report.lock().expect("report").acked += 1;
                     stalled = Duration::ZERO;
