@@ -136,7 +136,7 @@ fn split_original(text: &str) -> (&str, &str) {
 fn original_to(original: &str) -> Vec<String> {
     original
         .lines()
-        .filter(|l| l.len() > 3 && l[..3].eq_ignore_ascii_case("to:"))
+        .filter(|l| l.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("to:")))
         .flat_map(|l| address_re().find_iter(l).map(|m| m.as_str().to_string()))
         .collect()
 }
