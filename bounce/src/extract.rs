@@ -372,8 +372,18 @@ fn nested_bounce(m: &Message, depth: usize) -> Option<Extracted> {
     })
 }
 
+/// mail-parser, with its debug assertions (which fire on some malformed MIME in unoptimised
+/// builds) turned into "unparsable" instead of a panic.
+fn parse_message(raw: &[u8]) -> Option<Message<'_>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        MessageParser::default().parse(raw)
+    }))
+    .ok()
+    .flatten()
+}
+
 fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
-    let m = MessageParser::default().parse(raw)?;
+    let m = parse_message(raw)?;
     let (prose, dsn, feedback, original_rcpts) = own_texts(&m);
     let from = m
         .from()

@@ -228,6 +228,8 @@ pub async fn run_mta(
 pub async fn run_fleet(
     scenario: &Scenario,
     out: PathBuf,
+    smtp_port: u16,
+    dns_port: u16,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
@@ -245,7 +247,7 @@ pub async fn run_fleet(
     let dns_clock = clock.clone();
     let dns = DnsServer::start_with_faults(
         zones,
-        "127.0.0.1:0".parse()?,
+        SocketAddr::new([127, 0, 0, 1].into(), dns_port),
         Arc::new(move || dns_clock.now_ms().saturating_sub(start_ms)),
     )
     .await?;
@@ -270,7 +272,9 @@ pub async fn run_fleet(
         stored: Arc::default(),
     };
     let servers = FleetServers::build(&world.hosts, &ctx);
-    let fleet = Fleet::start(&servers).await.map_err(anyhow::Error::msg)?;
+    let fleet = Fleet::start_on(&servers, smtp_port)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let reporter = Reporter {
         resolver: Arc::new(HickoryResolver::new(dns.addr())?),
         connector_for: |ip| TcpConnector {
@@ -294,6 +298,13 @@ pub async fn run_fleet(
     let reporting = tokio::spawn(reporter.run(later, later_rx, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
+    // Where each domain's first live MX listens, for an MTA routed without DNS (transport maps).
+    for d in scenario.domains() {
+        let name = d.name.to_ascii_lowercase();
+        if let Some(h) = world.hosts.iter().find(|h| h.domain == name && !h.down) {
+            println!("fleet: route {name} {}", h.ip);
+        }
+    }
     println!(
         "fleet: dns={} smtp_port={} hosts={} ready",
         dns.addr(),

@@ -98,6 +98,12 @@ enum Command {
         /// Directory for the fleet's event log and mailboxes.
         #[arg(long)]
         out: PathBuf,
+        /// The port every MX host listens on (0: any).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// The DNS server's port (0: any).
+        #[arg(long, default_value_t = 0)]
+        dns_port: u16,
     },
     /// Submit a scenario's campaign to an MTA by SMTP (mailsim's daemon or any other).
     Send {
@@ -314,12 +320,23 @@ fn real_main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(mailsim::daemon::run_mta(opts, stop_signal()))?;
         }
-        Command::Fleet { scenario, out } => {
+        Command::Fleet {
+            scenario,
+            out,
+            port,
+            dns_port,
+        } => {
             let sc = Scenario::load(&scenario)?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(mailsim::daemon::run_fleet(&sc, out, stop_signal()))?;
+                .block_on(mailsim::daemon::run_fleet(
+                    &sc,
+                    out,
+                    port,
+                    dns_port,
+                    stop_signal(),
+                ))?;
         }
         Command::Send {
             scenario,
