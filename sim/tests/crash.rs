@@ -28,6 +28,17 @@ messages = 20000
 size_bytes = 1500
 "#;
 
+/// Kills the daemons whatever happens to the test (a failed assertion included).
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailsim"))
 }
@@ -113,6 +124,7 @@ fn kill_dash_nine_loses_nothing() {
         "--out",
         fleet_dir.to_str().unwrap(),
     ]));
+    let mut reaper = Reaper(vec![fleet.id()]);
     let (dns, port) = (
         field(&ready, "dns").to_string(),
         field(&ready, "smtp_port").to_string(),
@@ -123,6 +135,7 @@ fn kill_dash_nine_loses_nothing() {
     };
     let spool = dir.path().join("spool");
     let mut mta = start_mta(&spool, &dns, &port, &submission);
+    reaper.0.push(mta.id());
     let acked_path = dir.path().join("acked.txt");
     let mut sender = bin()
         .args([
@@ -150,6 +163,7 @@ fn kill_dash_nine_loses_nothing() {
         mta.wait().unwrap();
         kills += 1;
         mta = start_mta(&spool, &dns, &port, &submission);
+        reaper.0.push(mta.id());
         assert!(
             started.elapsed() < Duration::from_secs(600),
             "submission never ended"
