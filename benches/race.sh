@@ -117,7 +117,7 @@ round() {
   "$BIN" send "$WORK/race.toml" --to "$to" --connections 8 > /dev/null
   local stored=0
   for _ in $(seq 1200); do
-    stored=$(find "$FLEET_DIR/mailboxes" -path '*/new/*' -type f 2>/dev/null | wc -l)
+    stored=$(cat "$FLEET_DIR/stored.count" 2>/dev/null || echo 0)
     [ "$stored" -ge "$MESSAGES" ] && break
     sleep 0.5
   done

@@ -272,6 +272,18 @@ pub async fn run_fleet(
         stored: Arc::default(),
     };
     let servers = FleetServers::build(&world.hosts, &ctx);
+    // How many copies the fleet has stored, rewritten twice a second: a cheap progress reading
+    // for a harness waiting on another MTA (the figures themselves come from the log).
+    let progress = {
+        let (stored, path) = (ctx.stored.clone(), out.join("stored.count"));
+        tokio::spawn(async move {
+            loop {
+                let n = stored.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = tokio::fs::write(&path, format!("{n}\n")).await;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        })
+    };
     let fleet = Fleet::start_on(&servers, smtp_port)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -312,6 +324,7 @@ pub async fn run_fleet(
         servers.servers.len()
     );
     shutdown.await;
+    progress.abort();
     let _ = stop_tx.send(true);
     reporting.await?;
     fleet.shutdown().await;
