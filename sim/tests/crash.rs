@@ -43,17 +43,21 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailsim"))
 }
 
-/// Start a daemon and return it with the first line it printed.
+/// Start a daemon and return it with its ready line (the first line saying "ready"). The rest
+/// of its output is drained on a thread, so that the daemon never blocks on a full pipe.
 fn start(cmd: &mut Command) -> (Child, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "exited before ready");
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (child, line)
 }
 
