@@ -71,8 +71,9 @@ impl Summary {
     pub fn fold<R: std::borrow::Borrow<Record>>(records: impl IntoIterator<Item = R>) -> Summary {
         let mut s = Summary::default();
         let mut fates: HashMap<u64, (String, Fate)> = HashMap::new();
-        // (Message-ID, recipient) -> queue id: a copy stored by the receiving server is a
-        // delivery, whoever sent it (mailsim's MTA, or another MTA under test).
+        // Measuring another MTA (mode "external") there are no `delivered` events: a copy
+        // stored by the receiving server is the delivery. (Message-ID, recipient) -> queue id.
+        let mut external = false;
         let mut by_message: HashMap<(String, String), u64> = HashMap::new();
         let (mut first_ts, mut last_ts) = (None, 0u64);
         for r in records {
@@ -80,9 +81,14 @@ impl Summary {
             first_ts.get_or_insert(r.ts);
             last_ts = last_ts.max(r.ts);
             match &r.event {
-                Event::RunStarted { scenario, seed, .. } => {
+                Event::RunStarted {
+                    scenario,
+                    seed,
+                    mode,
+                } => {
                     s.scenario = scenario.clone();
                     s.seed = *seed;
+                    external = mode == "external";
                 }
                 Event::Injected {
                     msg,
@@ -92,11 +98,13 @@ impl Summary {
                     ..
                 } => {
                     fates.insert(*msg, (domain.clone(), Fate::Queued));
-                    by_message.insert((message_id.clone(), rcpt.to_ascii_lowercase()), *msg);
+                    if external {
+                        by_message.insert((message_id.clone(), rcpt.to_ascii_lowercase()), *msg);
+                    }
                 }
                 Event::Stored {
                     message_id, rcpt, ..
-                } => {
+                } if external => {
                     if let Some(msg) =
                         by_message.get(&(message_id.clone(), rcpt.to_ascii_lowercase()))
                         && fates.get(msg).is_some_and(|f| f.1 == Fate::Queued)
@@ -268,5 +276,46 @@ mod tests {
         assert_eq!(s.auth.dkim_fail, 1);
         assert_eq!(s.seed, 9);
         assert_eq!(s.elapsed_s, 3.0);
+    }
+
+    #[test]
+    fn another_mtas_run_counts_stored_copies_as_deliveries() {
+        let injected = |msg: u64, rcpt: &str| Event::Injected {
+            msg,
+            message_id: format!("<{msg}@s.test>"),
+            from: "n@s.test".into(),
+            rcpt: rcpt.into(),
+            domain: "a.test".into(),
+            size: 10,
+        };
+        let stored = |msg: u64, rcpt: &str| Event::Stored {
+            host: "mx1.a.test".into(),
+            session: 1,
+            message_id: format!("<{msg}@s.test>"),
+            rcpt: rcpt.into(),
+            size: 10,
+        };
+        for (mode, delivered) in [("external", 1), ("live", 0)] {
+            let records = vec![
+                rec(
+                    0,
+                    Event::RunStarted {
+                        scenario: "x".into(),
+                        seed: 1,
+                        mode: mode.into(),
+                    },
+                ),
+                rec(1, injected(1, "u1@a.test")),
+                rec(2, injected(2, "u2@a.test")),
+                rec(3, stored(1, "U1@a.test")),
+                rec(4, stored(9, "u9@a.test")),
+            ];
+            let s = Summary::fold(&records);
+            assert_eq!(
+                (s.injected, s.delivered, s.deferred),
+                (2, delivered, 2 - delivered),
+                "{mode}"
+            );
+        }
     }
 }

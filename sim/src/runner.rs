@@ -138,7 +138,8 @@ pub struct ExternalMta {
 /// Run a scenario live against another MTA: fake-dns and the fleet as usual, the campaign
 /// submitted by SMTP to `mta`, until every acknowledged message is stored by the fleet (or the
 /// time limit passes). The log holds `injected` at each acknowledgement and the fleet's side
-/// (sessions, verdicts, `stored`); the summary counts a stored copy as delivered.
+/// (sessions, verdicts, `stored`); the run is marked `mode: "external"`, and its summary counts
+/// a stored copy as delivered.
 pub fn run_external(
     scenario: &Scenario,
     opts: &RunOptions,
@@ -155,7 +156,7 @@ async fn run_external_async(
     opts: &RunOptions,
     mta: &ExternalMta,
 ) -> anyhow::Result<Summary> {
-    let setup = setup(scenario, opts, Arc::new(SystemClock)).await?;
+    let setup = setup(scenario, opts, Arc::new(SystemClock), true).await?;
     let zones = Arc::new(FaultyZones::new(
         setup.world.zones.clone(),
         setup.world.faults.clone(),
@@ -248,6 +249,7 @@ async fn setup(
     scenario: &Scenario,
     opts: &RunOptions,
     clock: Arc<dyn Clock>,
+    external: bool,
 ) -> anyhow::Result<Setup> {
     // A run directory holds one run: its spool and suppression list are state, not output.
     if events_path(&opts.out_dir).exists() {
@@ -268,9 +270,10 @@ async fn setup(
     events.emit(Event::RunStarted {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
-        mode: match scenario.mode {
-            Mode::Live => "live".into(),
-            Mode::Virtual => "virtual".into(),
+        mode: match (external, scenario.mode) {
+            (true, _) => "external".into(),
+            (false, Mode::Live) => "live".into(),
+            (false, Mode::Virtual) => "virtual".into(),
         },
     });
     let start_ms = clock.now_ms();
@@ -373,7 +376,7 @@ fn feedback_addresses(world: &World) -> Vec<(String, String)> {
 }
 
 async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
-    let setup = setup(scenario, opts, Arc::new(SystemClock)).await?;
+    let setup = setup(scenario, opts, Arc::new(SystemClock), false).await?;
     let zones = Arc::new(FaultyZones::new(
         setup.world.zones.clone(),
         setup.world.faults.clone(),
@@ -421,7 +424,7 @@ async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summ
 
 async fn run_virtual(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
     let clock: Arc<dyn Clock> = Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS));
-    let setup = setup(scenario, opts, clock).await?;
+    let setup = setup(scenario, opts, clock, false).await?;
     let zones = Arc::new(FaultyZones::new(
         setup.world.zones.clone(),
         setup.world.faults.clone(),
