@@ -13,22 +13,7 @@ cargo build --release --quiet
 BIN=$PWD/target/release/mailsim
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cat > "$WORK/crash.toml" <<TOML
-name = "crash"
-seed = 9
-[[sender]]
-domain = "news.example.test"
-[[domain]]
-name = "a.test"
-[[domain]]
-name = "b.test"
-[[domain]]
-name = "c.test"
-unknown_users = { percent = 5 }
-[campaign]
-messages = $MESSAGES
-size_bytes = 2000
-TOML
+sed "s/^messages = .*/messages = $MESSAGES/" scenarios/crash.toml > "$WORK/crash.toml"
 
 "$BIN" fleet "$WORK/crash.toml" --out "$WORK/fleet" > "$WORK/fleet.out" 2> "$WORK/fleet.err" &
 for _ in $(seq 50); do grep -q ready "$WORK/fleet.out" 2>/dev/null && break; sleep 0.1; done

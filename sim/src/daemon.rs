@@ -2,7 +2,7 @@
 //! port and delivering it through a given DNS server; and the fleet with its DNS alone
 //! (`mailsim fleet`). A killed MTA restarts on its spool and loses nothing it acknowledged.
 
-use crate::feedback::{BounceProcessor, LaterQueue, Reporter};
+use crate::feedback::{LaterQueue, Reporter};
 use crate::fleet::{Fleet, FleetContext, FleetServers};
 use crate::scenario::Scenario;
 use crate::world::World;
@@ -253,24 +253,15 @@ pub async fn run_fleet(
     .await?;
     let suppression = Arc::new(Suppression::open(&out.join("suppression.log"))?);
     let (later, later_rx) = LaterQueue::new();
-    let processor = BounceProcessor {
-        events: events.clone(),
-        suppression,
-    };
-    let ctx = FleetContext {
-        verifier: Arc::new(
-            Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?,
-        ),
-        store_root: out.join("mailboxes"),
-        events: events.clone(),
-        clock: clock.clone(),
+    let ctx = FleetContext::with_feedback(
+        Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?,
+        out.join("mailboxes"),
+        events.clone(),
+        clock.clone(),
         start_ms,
-        later: Some(later.clone()),
-        inbox: Some(Arc::new(move |info, tx, message| {
-            processor.process(info, tx, message)
-        })),
-        stored: Arc::default(),
-    };
+        later.clone(),
+        suppression,
+    );
     let servers = FleetServers::build(&world.hosts, &ctx);
     // How many copies the fleet has stored, rewritten twice a second: a cheap progress reading
     // for a harness waiting on another MTA (the figures themselves come from the log).
@@ -295,16 +286,7 @@ pub async fn run_fleet(
         port: fleet.port,
         events: events.clone(),
         clock: clock.clone(),
-        feedback_addresses: world
-            .senders
-            .iter()
-            .map(|s| {
-                (
-                    s.sender.domain.to_ascii_lowercase(),
-                    s.sender.feedback_address(),
-                )
-            })
-            .collect(),
+        feedback_addresses: world.feedback_addresses(),
     };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let reporting = tokio::spawn(reporter.run(later, later_rx, async move {

@@ -434,6 +434,37 @@ pub struct FleetContext {
     pub stored: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl FleetContext {
+    /// A fleet whose servers report later through `later` and whose sender MXs hand what
+    /// they receive to a bounce processor recording into `events` and `suppression`.
+    pub fn with_feedback(
+        verifier: Verifier,
+        store_root: std::path::PathBuf,
+        events: EventSink,
+        clock: Arc<dyn Clock>,
+        start_ms: u64,
+        later: LaterQueue,
+        suppression: Arc<mailsim_mta::suppression::Suppression>,
+    ) -> FleetContext {
+        let processor = crate::feedback::BounceProcessor {
+            events: events.clone(),
+            suppression,
+        };
+        FleetContext {
+            verifier: Arc::new(verifier),
+            store_root,
+            events,
+            clock,
+            start_ms,
+            later: Some(later),
+            inbox: Some(Arc::new(move |info, tx, message| {
+                processor.process(info, tx, message)
+            })),
+            stored: Arc::default(),
+        }
+    }
+}
+
 impl FleetServers {
     /// One server per live host.
     pub fn build(hosts: &[HostPlan], ctx: &FleetContext) -> FleetServers {

@@ -2,7 +2,7 @@
 //! campaign injected, until every message is final or the time limit passes. Writes the event
 //! log and the summary folded from it.
 
-use crate::feedback::{BounceProcessor, LaterQueue, Reporter};
+use crate::feedback::{LaterQueue, Reporter};
 use crate::fleet::{Fleet, FleetContext, FleetServers, LaterReport};
 use crate::scenario::{Mode, Scenario};
 use crate::virt::{VirtualNet, ZoneLookups};
@@ -344,35 +344,15 @@ fn fleet_context(
     verifier: Verifier,
     fb: &Feedback,
 ) -> FleetContext {
-    let processor = BounceProcessor {
-        events: setup.events.clone(),
-        suppression: fb.suppression.clone(),
-    };
-    FleetContext {
-        verifier: Arc::new(verifier),
-        store_root: opts.out_dir.join("mailboxes"),
-        events: setup.events.clone(),
-        clock: setup.clock.clone(),
-        start_ms: setup.start_ms,
-        later: Some(fb.later.clone()),
-        inbox: Some(Arc::new(move |info, tx, message| {
-            processor.process(info, tx, message)
-        })),
-        stored: Arc::default(),
-    }
-}
-
-fn feedback_addresses(world: &World) -> Vec<(String, String)> {
-    world
-        .senders
-        .iter()
-        .map(|s| {
-            (
-                s.sender.domain.to_ascii_lowercase(),
-                s.sender.feedback_address(),
-            )
-        })
-        .collect()
+    FleetContext::with_feedback(
+        verifier,
+        opts.out_dir.join("mailboxes"),
+        setup.events.clone(),
+        setup.clock.clone(),
+        setup.start_ms,
+        fb.later.clone(),
+        fb.suppression.clone(),
+    )
 }
 
 async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
@@ -414,7 +394,7 @@ async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summ
         port: fleet.port,
         events: setup.events.clone(),
         clock: setup.clock.clone(),
-        feedback_addresses: feedback_addresses(&setup.world),
+        feedback_addresses: setup.world.feedback_addresses(),
     };
     let reason = drive(scenario, &setup, &mta, opts, true, reporter, fb).await?;
     fleet.shutdown().await;
@@ -458,7 +438,7 @@ async fn run_virtual(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<S
         port: 25,
         events: setup.events.clone(),
         clock: setup.clock.clone(),
-        feedback_addresses: feedback_addresses(&setup.world),
+        feedback_addresses: setup.world.feedback_addresses(),
     };
     let reason = drive(scenario, &setup, &mta, opts, false, reporter, fb).await?;
     net.shutdown().await;

@@ -56,6 +56,19 @@ fn host_ip(i: usize) -> Ipv4Addr {
 }
 
 impl World {
+    /// Where receivers send complaints, by sender domain.
+    pub fn feedback_addresses(&self) -> Vec<(String, String)> {
+        self.senders
+            .iter()
+            .map(|s| {
+                (
+                    s.sender.domain.to_ascii_lowercase(),
+                    s.sender.feedback_address(),
+                )
+            })
+            .collect()
+    }
+
     pub fn build(scenario: &Scenario) -> Result<World, String> {
         let mut zones = ZoneSet::new();
         let mta = &scenario.mta;

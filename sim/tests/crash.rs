@@ -11,23 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SCENARIO: &str = r#"
-name = "crash"
-seed = 9
-[[sender]]
-domain = "news.example.test"
-[[domain]]
-name = "a.test"
-[[domain]]
-name = "b.test"
-[[domain]]
-name = "c.test"
-unknown_users = { percent = 5 }
-[campaign]
-messages = 20000
-size_bytes = 1500
-"#;
-
 /// Kills the daemons whatever happens to the test (a failed assertion included).
 struct Reaper(Vec<u32>);
 
@@ -119,8 +102,7 @@ fn stored_message_ids(root: &Path) -> Vec<String> {
 #[test]
 fn kill_dash_nine_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let scenario = dir.path().join("crash.toml");
-    std::fs::write(&scenario, SCENARIO).unwrap();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/crash.toml");
     let fleet_dir = dir.path().join("fleet");
     let (mut fleet, ready) = start(bin().args([
         "fleet",
