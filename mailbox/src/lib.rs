@@ -12,6 +12,12 @@
 //! The fleet of simulated recipient servers (in `mailsim`) is a [`smtp::Backend`] built from these.
 
 pub mod auth;
+pub mod clock;
+pub mod folders;
+pub mod imap;
+pub mod imap_wire;
+pub mod mime;
+pub mod users;
 pub mod smtp;
 pub mod store;
 pub mod zone_answers;

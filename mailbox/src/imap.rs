@@ -1,0 +1,1428 @@
+//! IMAP4rev1 (RFC 3501) with IDLE (RFC 2177), LITERAL+ (RFC 7888), UNSELECT (RFC 3691) and MOVE
+//! (RFC 6851).
+//!
+//! [`Session`] is the protocol: bytes in ([`Session::feed`]), responses out
+//! ([`Session::take_output`]), and a [`Step`] telling the I/O shell what it must do next (read,
+//! check a password, start TLS, wait in IDLE, close). Commands are parsed by imap-codec; the
+//! mailbox state lives in [`crate::folders`]. [`serve_connection`] is the tokio shell around it.
+
+use crate::folders::{self, Flags, FolderError, FolderRef, Mailstore, Message, SystemFlag};
+use crate::imap_wire::{push_literal, quoted_or_literal};
+use crate::mime::{Mime, SectionText};
+use crate::users::sasl_plain;
+use base64::Engine;
+use imap_codec::decode::{AuthenticateDataDecodeError, CommandDecodeError, Decoder};
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{AString, LiteralMode};
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section,
+};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::{AuthenticateDataCodec, CommandCodec};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits and names of the IMAP service.
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    pub hostname: String,
+    /// Longest command line (outside literals).
+    pub line_bytes_max: usize,
+    /// Largest literal (an APPENDed message).
+    pub literal_bytes_max: usize,
+    /// RFC 3501 section 5.4: at least 30 minutes.
+    pub idle_timeout: Duration,
+    /// Wait this long (times the failures so far) before answering a failed login.
+    pub auth_failure_delay: Duration,
+    /// Failed logins before the connection is closed.
+    pub auth_failures_max: u32,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            hostname: "imap.mailsim.test".into(),
+            line_bytes_max: 64 * 1024,
+            literal_bytes_max: 25 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(30 * 60),
+            auth_failure_delay: Duration::from_secs(1),
+            auth_failures_max: 3,
+        }
+    }
+}
+
+/// What the I/O shell must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send the output, read more input.
+    NeedInput,
+    /// Check these credentials, then call [`Session::auth_done`].
+    Authenticate { login: String, password: Vec<u8> },
+    /// Send the output, then run the TLS handshake and call [`Session::tls_started`].
+    StartTls,
+    /// In IDLE: send the output, then wait for input or a mailbox change
+    /// ([`Session::idle_poll`]).
+    Idle,
+    /// Send the output and close.
+    Close,
+}
+
+#[derive(Debug, Clone)]
+struct View {
+    uid: u32,
+    flags: Flags,
+    recent: bool,
+}
+
+struct Selected {
+    name: String,
+    folder: FolderRef,
+    read_only: bool,
+    view: Vec<View>,
+}
+
+enum State {
+    NotAuthenticated,
+    Authenticated,
+    Selected(Selected),
+}
+
+enum Pending {
+    None,
+    /// AUTHENTICATE PLAIN waiting for the client's response line.
+    AuthData(String),
+    /// Credentials handed to the shell.
+    AuthCheck(String),
+    Idle(String),
+    Closed,
+}
+
+/// One IMAP session, independent of any socket.
+pub struct Session {
+    cfg: Arc<ImapConfig>,
+    store: Arc<Mailstore>,
+    state: State,
+    user: String,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    /// Input must reach this length before decoding again (a literal is being received).
+    literal_until: Option<usize>,
+    pending: Pending,
+    tls_active: bool,
+    tls_available: bool,
+    /// Plaintext LOGIN is allowed without TLS (loopback peers, as Dovecot does).
+    plaintext_ok: bool,
+    auth_failures: u32,
+}
+
+fn ok_str(s: &AString<'_>) -> String {
+    String::from_utf8_lossy(s.as_ref()).into_owned()
+}
+
+fn mailbox_name(m: &Mailbox<'_>) -> String {
+    match m {
+        Mailbox::Inbox => "INBOX".into(),
+        Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+    }
+}
+
+fn list_pattern(m: &ListMailbox<'_>) -> String {
+    match m {
+        ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+        ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+    }
+}
+
+/// LIST wildcard matching: `*` matches anything, `%` anything but the separator.
+fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..])),
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != folders::SEPARATOR as u8)
+            .any(|i| wildcard(rest, &name[i..])),
+        Some((&c, rest)) => name
+            .split_first()
+            .is_some_and(|(&n, nrest)| n == c && wildcard(rest, nrest)),
+    }
+}
+
+fn flag_name(f: &Flag<'_>) -> Option<String> {
+    Some(match f {
+        Flag::Answered => "\\Answered".into(),
+        Flag::Deleted => "\\Deleted".into(),
+        Flag::Draft => "\\Draft".into(),
+        Flag::Flagged => "\\Flagged".into(),
+        Flag::Seen => "\\Seen".into(),
+        Flag::Keyword(k) => k.inner().to_string(),
+        Flag::Extension(_) => return None,
+    })
+}
+
+fn internal_date(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("\"%d-%b-%Y %H:%M:%S +0000\"")
+        .to_string()
+}
+
+fn date_of(ms: i64) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .date_naive()
+}
+
+fn section_label(s: &Section<'_>) -> (Vec<u32>, Option<SectionText>, String) {
+    use imap_codec::imap_types::fetch::Part;
+    let path = |p: &Part| -> Vec<u32> { p.0.as_ref().iter().map(|n| n.get()).collect() };
+    let dotted = |v: &[u32]| -> String {
+        v.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+    };
+    let names = |list: &imap_codec::imap_types::core::NonEmptyVec<AString<'_>>| -> Vec<String> {
+        list.as_ref().iter().map(ok_str).collect()
+    };
+    let prefixed = |p: &Option<Part>, what: &str| -> (Vec<u32>, String) {
+        match p {
+            Some(p) => {
+                let v = path(p);
+                let l = format!("{}.{what}", dotted(&v));
+                (v, l)
+            }
+            None => (vec![], what.to_string()),
+        }
+    };
+    match s {
+        Section::Part(p) => {
+            let v = path(p);
+            let l = dotted(&v);
+            (v, None, l)
+        }
+        Section::Header(p) => {
+            let (v, l) = prefixed(p, "HEADER");
+            (v, Some(SectionText::Header), l)
+        }
+        Section::Text(p) => {
+            let (v, l) = prefixed(p, "TEXT");
+            (v, Some(SectionText::Text), l)
+        }
+        Section::Mime(p) => {
+            let v = path(p);
+            let l = format!("{}.MIME", dotted(&v));
+            (v, Some(SectionText::Mime), l)
+        }
+        Section::HeaderFields(p, list) => {
+            let n = names(list);
+            let (v, l) = prefixed(p, &format!("HEADER.FIELDS ({})", n.join(" ")));
+            (v, Some(SectionText::Fields(n)), l)
+        }
+        Section::HeaderFieldsNot(p, list) => {
+            let n = names(list);
+            let (v, l) = prefixed(p, &format!("HEADER.FIELDS.NOT ({})", n.join(" ")));
+            (v, Some(SectionText::FieldsNot(n)), l)
+        }
+    }
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Resolve a sequence set against the session's view: indices into it, ascending.
+fn resolve(set: &SequenceSet, view: &[View], uid: bool) -> Result<Vec<usize>, &'static str> {
+    let mut out = Vec::new();
+    if uid {
+        let star = view.last().map_or(0, |v| v.uid);
+        let val = |s: &SeqOrUid| match s {
+            SeqOrUid::Value(n) => n.get(),
+            SeqOrUid::Asterisk => star,
+        };
+        for seq in set.0.as_ref() {
+            let (lo, hi) = match seq {
+                Sequence::Single(s) => (val(s), val(s)),
+                Sequence::Range(a, b) => (val(a).min(val(b)), val(a).max(val(b))),
+            };
+            let start = view.partition_point(|v| v.uid < lo);
+            let end = view.partition_point(|v| v.uid <= hi);
+            out.extend(start..end);
+        }
+    } else {
+        let max = view.len() as u32;
+        let val = |s: &SeqOrUid| -> Result<u32, &'static str> {
+            let n = match s {
+                SeqOrUid::Value(n) => n.get(),
+                SeqOrUid::Asterisk => max,
+            };
+            if n == 0 || n > max {
+                Err("Invalid messageset")
+            } else {
+                Ok(n)
+            }
+        };
+        for seq in set.0.as_ref() {
+            let (lo, hi) = match seq {
+                Sequence::Single(s) => (val(s)?, val(s)?),
+                Sequence::Range(a, b) => {
+                    let (a, b) = (val(a)?, val(b)?);
+                    (a.min(b), a.max(b))
+                }
+            };
+            out.extend((lo - 1) as usize..hi as usize);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// A message as SEARCH sees it.
+struct Candidate<'m> {
+    seq: u32,
+    max_seq: u32,
+    view: &'m View,
+    meta: &'m Message,
+    max_uid: u32,
+    content: Option<Vec<u8>>,
+    path: std::path::PathBuf,
+}
+
+impl Candidate<'_> {
+    fn content(&mut self) -> &[u8] {
+        if self.content.is_none() {
+            self.content = Some(std::fs::read(&self.path).unwrap_or_default());
+        }
+        self.content.as_deref().unwrap_or_default()
+    }
+
+    fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
+        let val = |s: &SeqOrUid| match s {
+            SeqOrUid::Value(v) => v.get(),
+            SeqOrUid::Asterisk => max,
+        };
+        set.0.as_ref().iter().any(|seq| match seq {
+            Sequence::Single(s) => val(s) == n,
+            Sequence::Range(a, b) => {
+                let (a, b) = (val(a), val(b));
+                a.min(b) <= n && n <= a.max(b)
+            }
+        })
+    }
+
+    fn header_has(&mut self, name: &str, value: &[u8]) -> bool {
+        let mime = Mime::new(self.content());
+        mime.header_values(name)
+            .iter()
+            .any(|v| contains_ci(v.as_bytes(), value))
+    }
+
+    fn matches(&mut self, key: &SearchKey<'_>) -> bool {
+        let f = &self.view.flags;
+        match key {
+            SearchKey::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
+            SearchKey::Or(a, b) => self.matches(a) || self.matches(b),
+            SearchKey::Not(k) => !self.matches(k),
+            SearchKey::All => true,
+            SearchKey::SequenceSet(set) => Self::in_set(set, self.seq, self.max_seq),
+            SearchKey::Uid(set) => Self::in_set(set, self.view.uid, self.max_uid),
+            SearchKey::Answered => f.has(SystemFlag::Answered),
+            SearchKey::Unanswered => !f.has(SystemFlag::Answered),
+            SearchKey::Deleted => f.has(SystemFlag::Deleted),
+            SearchKey::Undeleted => !f.has(SystemFlag::Deleted),
+            SearchKey::Draft => f.has(SystemFlag::Draft),
+            SearchKey::Undraft => !f.has(SystemFlag::Draft),
+            SearchKey::Flagged => f.has(SystemFlag::Flagged),
+            SearchKey::Unflagged => !f.has(SystemFlag::Flagged),
+            SearchKey::Seen => f.has(SystemFlag::Seen),
+            SearchKey::Unseen => !f.has(SystemFlag::Seen),
+            SearchKey::Keyword(k) => f.has_keyword(k.inner()),
+            SearchKey::Unkeyword(k) => !f.has_keyword(k.inner()),
+            SearchKey::Recent => self.view.recent,
+            SearchKey::Old => !self.view.recent,
+            SearchKey::New => self.view.recent && !f.has(SystemFlag::Seen),
+            SearchKey::Larger(n) => self.meta.size > u64::from(*n),
+            SearchKey::Smaller(n) => self.meta.size < u64::from(*n),
+            SearchKey::Before(d) => date_of(self.meta.internal_ms) < *d.as_ref(),
+            SearchKey::On(d) => date_of(self.meta.internal_ms) == *d.as_ref(),
+            SearchKey::Since(d) => date_of(self.meta.internal_ms) >= *d.as_ref(),
+            SearchKey::SentBefore(d) | SearchKey::SentOn(d) | SearchKey::SentSince(d) => {
+                let sent = Mime::new(self.content()).sent_date().and_then(|(y, m, dd)| {
+                    chrono::NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(dd))
+                });
+                let Some(sent) = sent else { return false };
+                match key {
+                    SearchKey::SentBefore(_) => sent < *d.as_ref(),
+                    SearchKey::SentOn(_) => sent == *d.as_ref(),
+                    _ => sent >= *d.as_ref(),
+                }
+            }
+            SearchKey::Bcc(v) => self.header_has("bcc", v.as_ref()),
+            SearchKey::Cc(v) => self.header_has("cc", v.as_ref()),
+            SearchKey::From(v) => self.header_has("from", v.as_ref()),
+            SearchKey::To(v) => self.header_has("to", v.as_ref()),
+            SearchKey::Subject(v) => self.header_has("subject", v.as_ref()),
+            SearchKey::Header(name, v) => {
+                let name = ok_str(name);
+                let mime = Mime::new(self.content());
+                let values = mime.header_values(&name);
+                !values.is_empty() && values.iter().any(|x| contains_ci(x.as_bytes(), v.as_ref()))
+            }
+            SearchKey::Body(v) => {
+                let mime = Mime::new(self.content());
+                contains_ci(mime.text_bytes(), v.as_ref())
+            }
+            SearchKey::Text(v) => contains_ci(self.content(), v.as_ref()),
+        }
+    }
+}
+
+impl Session {
+    pub fn new(
+        cfg: Arc<ImapConfig>,
+        store: Arc<Mailstore>,
+        tls_available: bool,
+        plaintext_ok: bool,
+    ) -> Self {
+        let mut s = Session {
+            cfg,
+            store,
+            state: State::NotAuthenticated,
+            user: String::new(),
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            literal_until: None,
+            pending: Pending::None,
+            tls_active: false,
+            tls_available,
+            plaintext_ok,
+            auth_failures: 0,
+        };
+        let caps = s.capabilities();
+        s.line(&format!(
+            "* OK [CAPABILITY {caps}] {} mailsim IMAP ready.",
+            s.cfg.hostname
+        ));
+        s
+    }
+
+    fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1", "LITERAL+", "IDLE", "UNSELECT", "MOVE"];
+        if self.tls_available && !self.tls_active {
+            caps.push("STARTTLS");
+        }
+        if self.login_allowed() {
+            caps.push("AUTH=PLAIN");
+        } else {
+            caps.push("LOGINDISABLED");
+        }
+        caps.join(" ")
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.tls_active || self.plaintext_ok
+    }
+
+    fn line(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Bytes from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.inbuf.extend_from_slice(bytes);
+    }
+
+    /// Responses to send.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    pub fn tls_started(&mut self) {
+        self.tls_active = true;
+    }
+
+    /// The result of an [`Step::Authenticate`]: the canonical user, or `None`.
+    pub fn auth_done(&mut self, user: Option<String>) {
+        let Pending::AuthCheck(tag) = std::mem::replace(&mut self.pending, Pending::None) else {
+            return;
+        };
+        match user {
+            Some(u) => {
+                self.user = u;
+                self.state = State::Authenticated;
+                let caps = self.capabilities();
+                self.line(&format!("{tag} OK [CAPABILITY {caps}] Logged in"));
+            }
+            None => {
+                self.auth_failures += 1;
+                self.line(&format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed."));
+                if self.auth_failures >= self.cfg.auth_failures_max {
+                    self.line("* BYE Too many failed logins.");
+                    self.pending = Pending::Closed;
+                }
+            }
+        }
+    }
+
+    /// How long the shell waits before answering the next failed login.
+    pub fn auth_failure_delay(&self) -> Duration {
+        self.cfg.auth_failure_delay * (self.auth_failures + 1)
+    }
+
+    /// Called in IDLE when the mailbox may have changed: report what did.
+    pub fn idle_poll(&mut self) {
+        if matches!(self.pending, Pending::Idle(_)) {
+            self.sync(true);
+        }
+    }
+
+    /// Run what the buffered input allows; says what the shell must do next.
+    pub fn step(&mut self) -> Step {
+        loop {
+            match &self.pending {
+                Pending::Closed => return Step::Close,
+                Pending::AuthCheck(_) => return Step::NeedInput,
+                _ => {}
+            }
+            if let Some(until) = self.literal_until {
+                if self.inbuf.len() < until {
+                    return Step::NeedInput;
+                }
+                self.literal_until = None;
+            }
+            if let Pending::Idle(tag) = &self.pending {
+                let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') else {
+                    return self.need_line().unwrap_or(Step::Idle);
+                };
+                let line: Vec<u8> = self.inbuf.drain(..=end).collect();
+                let tag = tag.clone();
+                self.pending = Pending::None;
+                if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                    self.sync(true);
+                    self.line(&format!("{tag} OK Idle completed."));
+                } else {
+                    self.line(&format!("{tag} BAD Expected DONE."));
+                }
+                continue;
+            }
+            if let Pending::AuthData(tag) = &self.pending {
+                let tag = tag.clone();
+                let buf = std::mem::take(&mut self.inbuf);
+                match AuthenticateDataCodec::default().decode(&buf) {
+                    Ok((rest, data)) => {
+                        self.inbuf = rest.to_vec();
+                        self.pending = Pending::None;
+                        let decoded = data.0.declassify().clone();
+                        if let Some(step) = self.begin_plain(&tag, &decoded) {
+                            return step;
+                        }
+                        continue;
+                    }
+                    Err(AuthenticateDataDecodeError::Incomplete) => {
+                        self.inbuf = buf;
+                        return self.need_line().unwrap_or(Step::NeedInput);
+                    }
+                    Err(AuthenticateDataDecodeError::Failed) => {
+                        let end = buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |p| p + 1);
+                        self.inbuf = buf[end..].to_vec();
+                        self.pending = Pending::None;
+                        let cancelled = buf[..end].trim_ascii() == b"*";
+                        self.line(&format!(
+                            "{tag} BAD {}",
+                            if cancelled { "Authentication aborted by client." } else { "Invalid base64 data." }
+                        ));
+                        continue;
+                    }
+                }
+            }
+            if self.inbuf.is_empty() {
+                return Step::NeedInput;
+            }
+            let buf = std::mem::take(&mut self.inbuf);
+            let result = CommandCodec::default().decode(&buf);
+            match result {
+                Ok((rest, cmd)) => {
+                    let consumed = buf.len() - rest.len();
+                    let step = self.command(cmd);
+                    self.inbuf = buf[consumed..].to_vec();
+                    if let Some(step) = step {
+                        return step;
+                    }
+                }
+                Err(CommandDecodeError::Incomplete) => {
+                    self.inbuf = buf;
+                    return self.need_line().unwrap_or(Step::NeedInput);
+                }
+                Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
+                    let length = length as usize;
+                    if length > self.cfg.literal_bytes_max {
+                        if mode == LiteralMode::NonSync {
+                            // The client sends the data anyway: nothing to do but close.
+                            self.line("* BYE Literal too big.");
+                            return Step::Close;
+                        }
+                        self.line(&format!("{} NO [TOOBIG] Literal too big.", tag.inner()));
+                        // The client does not send the data of a refused literal.
+                        continue;
+                    }
+                    if mode == LiteralMode::Sync {
+                        self.line("+ Ready for literal data");
+                    }
+                    self.literal_until = Some(buf.len() + length);
+                    self.inbuf = buf;
+                    return Step::NeedInput;
+                }
+                Err(CommandDecodeError::Failed) => {
+                    // Answer a bad command once its line is complete, not before.
+                    let Some(end) = buf.iter().position(|&b| b == b'\n').map(|p| p + 1) else {
+                        self.inbuf = buf;
+                        return self.need_line().unwrap_or(Step::NeedInput);
+                    };
+                    let tag = buf[..end]
+                        .split(|&b| b == b' ')
+                        .next()
+                        .filter(|t| !t.is_empty() && t.iter().all(|b| b.is_ascii_graphic()))
+                        .map_or("*".into(), |t| String::from_utf8_lossy(t).into_owned());
+                    self.inbuf = buf[end..].to_vec();
+                    self.line(&format!("{tag} BAD Error in IMAP command received by server."));
+                }
+            }
+        }
+    }
+
+    /// A line longer than the limit ends the session.
+    fn need_line(&mut self) -> Option<Step> {
+        if self.inbuf.len() > self.cfg.line_bytes_max {
+            self.inbuf.clear();
+            self.line("* BYE Line too long.");
+            return Some(Step::Close);
+        }
+        None
+    }
+
+    fn begin_plain(&mut self, tag: &str, decoded: &[u8]) -> Option<Step> {
+        match sasl_plain(decoded) {
+            Some((login, password)) => {
+                self.pending = Pending::AuthCheck(tag.to_string());
+                Some(Step::Authenticate { login, password })
+            }
+            None => {
+                self.line(&format!("{tag} NO [AUTHENTICATIONFAILED] Invalid PLAIN response."));
+                None
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command<'_>) -> Option<Step> {
+        let tag = cmd.tag.inner().to_string();
+        let selected = matches!(self.state, State::Selected(_));
+        let authed = !matches!(self.state, State::NotAuthenticated);
+        // EXPUNGE responses are not allowed while answering FETCH, STORE, SEARCH or COPY
+        // (RFC 3501 section 7.4.1): their sequence numbers would shift under the client.
+        let mut expunge_ok = true;
+        let result: Result<String, String> = match cmd.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.line(&format!("* CAPABILITY {caps}"));
+                Ok("Capability completed.".into())
+            }
+            CommandBody::Noop => Ok("NOOP completed.".into()),
+            CommandBody::Logout => {
+                self.line("* BYE Logging out.");
+                self.line(&format!("{tag} OK Logout completed."));
+                self.pending = Pending::Closed;
+                return Some(Step::Close);
+            }
+            CommandBody::StartTLS => {
+                if !self.tls_available || self.tls_active {
+                    Err("BAD STARTTLS not available.".into())
+                } else if authed {
+                    Err("BAD STARTTLS only before login.".into())
+                } else {
+                    self.line(&format!("{tag} OK Begin TLS negotiation now."));
+                    // Anything pipelined after STARTTLS was sent in clear: dropped (RFC 3501 6.2.1).
+                    self.inbuf.clear();
+                    return Some(Step::StartTls);
+                }
+            }
+            CommandBody::Login { username, password } if !authed => {
+                if !self.login_allowed() {
+                    Err("NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections.".into())
+                } else {
+                    self.pending = Pending::AuthCheck(tag);
+                    return Some(Step::Authenticate {
+                        login: ok_str(&username),
+                        password: password.declassify().as_ref().to_vec(),
+                    });
+                }
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } if !authed => {
+                if !self.login_allowed() {
+                    Err("NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections.".into())
+                } else if mechanism != AuthMechanism::Plain {
+                    Err("NO Unsupported authentication mechanism.".into())
+                } else if let Some(ir) = initial_response {
+                    let decoded = ir.declassify().to_vec();
+                    return self.begin_plain(&tag, &decoded);
+                } else {
+                    self.line("+ ");
+                    self.pending = Pending::AuthData(tag);
+                    return None;
+                }
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
+                Err("BAD Already logged in.".into())
+            }
+            _ if !authed => Err("BAD Please log in first.".into()),
+            CommandBody::Select { mailbox } => self.select(&mailbox_name(&mailbox), false),
+            CommandBody::Examine { mailbox } => self.select(&mailbox_name(&mailbox), true),
+            CommandBody::Create { mailbox } => self
+                .store
+                .create(&self.user, &mailbox_name(&mailbox))
+                .map(|()| "Create completed.".into())
+                .map_err(no),
+            CommandBody::Delete { mailbox } => {
+                let name = mailbox_name(&mailbox);
+                if let State::Selected(s) = &self.state
+                    && s.name == name
+                {
+                    self.state = State::Authenticated;
+                }
+                self.store
+                    .delete(&self.user, &name)
+                    .map(|()| "Delete completed.".into())
+                    .map_err(no)
+            }
+            CommandBody::Rename { from, to } => self
+                .store
+                .rename(&self.user, &mailbox_name(&from), &mailbox_name(&to))
+                .map(|()| "Rename completed.".into())
+                .map_err(no),
+            CommandBody::Subscribe { mailbox } => self
+                .store
+                .set_subscribed(&self.user, &mailbox_name(&mailbox), true)
+                .map(|()| "Subscribe completed.".into())
+                .map_err(no),
+            CommandBody::Unsubscribe { mailbox } => self
+                .store
+                .set_subscribed(&self.user, &mailbox_name(&mailbox), false)
+                .map(|()| "Unsubscribe completed.".into())
+                .map_err(no),
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => {
+                self.list(&mailbox_name(&reference), &list_pattern(&mailbox_wildcard), false);
+                Ok("List completed.".into())
+            }
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => {
+                self.list(&mailbox_name(&reference), &list_pattern(&mailbox_wildcard), true);
+                Ok("Lsub completed.".into())
+            }
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&mailbox_name(&mailbox), &item_names),
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let mut f = Flags::default();
+                for fl in &flags {
+                    if let Some(n) = flag_name(fl) {
+                        f.insert_name(&n);
+                    }
+                }
+                let ms = date.map_or_else(
+                    || crate::clock::wall_ms() as i64,
+                    |d| d.as_ref().timestamp_millis(),
+                );
+                self.append(&mailbox_name(&mailbox), message.data(), f, ms)
+            }
+            CommandBody::Idle => {
+                self.line("+ idling");
+                self.pending = Pending::Idle(tag);
+                if selected {
+                    self.sync(true);
+                }
+                return Some(Step::Idle);
+            }
+            _ if !selected => Err("BAD No mailbox selected.".into()),
+            CommandBody::Check => Ok("Check completed.".into()),
+            CommandBody::Close | CommandBody::Unselect => {
+                let close = matches!(cmd.body, CommandBody::Close);
+                if let State::Selected(s) = std::mem::replace(&mut self.state, State::Authenticated)
+                    && close
+                    && !s.read_only
+                {
+                    let mut f = folders::lock(&s.folder);
+                    let _ = f.expunge_where(|m| m.flags.has(SystemFlag::Deleted));
+                }
+                self.line(&format!("{tag} OK {} completed.", if close { "Close" } else { "Unselect" }));
+                return None;
+            }
+            CommandBody::Expunge => self.expunge(),
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                expunge_ok = false;
+                let cs = charset.map(|c| c.as_ref().to_ascii_uppercase());
+                if cs.as_deref().is_some_and(|c| c != "UTF-8" && c != "US-ASCII") {
+                    Err("NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset.".into())
+                } else {
+                    self.search(&criteria, uid)
+                }
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+            } => {
+                expunge_ok = false;
+                self.fetch(&sequence_set, macro_or_item_names, uid)
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+            } => {
+                expunge_ok = false;
+                self.store_flags(&sequence_set, kind, response, &flags, uid)
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                expunge_ok = false;
+                self.copy(&sequence_set, &mailbox_name(&mailbox), uid, false)
+            }
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox_name(&mailbox), uid, true),
+            _ => Err("BAD Command not supported.".into()),
+        };
+        if matches!(self.state, State::Selected(_)) {
+            self.sync(expunge_ok);
+        }
+        match result {
+            Ok(text) => self.line(&format!("{tag} OK {text}")),
+            Err(text) if text.starts_with("BAD ") || text.starts_with("NO ") => {
+                self.line(&format!("{tag} {text}"))
+            }
+            Err(text) => self.line(&format!("{tag} NO {text}")),
+        }
+        None
+    }
+
+    fn select(&mut self, name: &str, read_only: bool) -> Result<String, String> {
+        // A failed SELECT leaves no mailbox selected (RFC 3501 section 6.3.1).
+        self.state = State::Authenticated;
+        let folder = self.store.folder(&self.user, name).map_err(no)?;
+        let (view, uidvalidity, uidnext, keywords) = {
+            let mut f = folders::lock(&folder);
+            f.refresh().map_err(no)?;
+            let floor = if read_only {
+                f.recent_floor()
+            } else {
+                f.claim_recent()
+            };
+            let view: Vec<View> = f
+                .messages
+                .iter()
+                .map(|m| View {
+                    uid: m.uid,
+                    flags: m.flags.clone(),
+                    recent: m.uid >= floor,
+                })
+                .collect();
+            let mut keywords = std::collections::BTreeSet::new();
+            for m in &f.messages {
+                keywords.extend(m.flags.keywords.iter().cloned());
+            }
+            (view, f.uidvalidity, f.uidnext, keywords)
+        };
+        let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
+        self.line(&format!("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw})"));
+        if read_only {
+            self.line("* OK [PERMANENTFLAGS ()] Read-only mailbox.");
+        } else {
+            self.line(&format!(
+                "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw} \\*)] Flags permitted."
+            ));
+        }
+        self.line(&format!("* {} EXISTS", view.len()));
+        self.line(&format!("* {} RECENT", view.iter().filter(|v| v.recent).count()));
+        if let Some(i) = view.iter().position(|v| !v.flags.has(SystemFlag::Seen)) {
+            self.line(&format!("* OK [UNSEEN {}] First unseen.", i + 1));
+        }
+        self.line(&format!("* OK [UIDVALIDITY {uidvalidity}] UIDs valid"));
+        self.line(&format!("* OK [UIDNEXT {uidnext}] Predicted next UID"));
+        self.state = State::Selected(Selected {
+            name: name.to_string(),
+            folder,
+            read_only,
+            view,
+        });
+        Ok(if read_only {
+            "[READ-ONLY] Examine completed.".into()
+        } else {
+            "[READ-WRITE] Select completed.".into()
+        })
+    }
+
+    fn list(&mut self, reference: &str, pattern: &str, subscribed_only: bool) {
+        let kind = if subscribed_only { "LSUB" } else { "LIST" };
+        if pattern.is_empty() && !subscribed_only {
+            self.line(&format!("* LIST (\\Noselect) \"{}\" \"\"", folders::SEPARATOR));
+            return;
+        }
+        let full = format!("{reference}{pattern}");
+        let names = if subscribed_only {
+            self.store.subscriptions(&self.user).into_iter().collect()
+        } else {
+            self.store.list(&self.user)
+        };
+        for name in names {
+            let matched = if folders::is_inbox(&name) {
+                wildcard(full.to_ascii_uppercase().as_bytes(), b"INBOX")
+            } else {
+                wildcard(full.as_bytes(), name.as_bytes())
+            };
+            if matched {
+                let shown = quoted_or_literal(name.as_bytes());
+                self.line(&format!("* {kind} () \"{}\" {shown}", folders::SEPARATOR));
+            }
+        }
+    }
+
+    fn status(&mut self, name: &str, items: &[StatusDataItemName]) -> Result<String, String> {
+        let folder = self.store.folder(&self.user, name).map_err(no)?;
+        let mut parts = Vec::new();
+        {
+            let mut f = folders::lock(&folder);
+            f.refresh().map_err(no)?;
+            for item in items {
+                parts.push(match item {
+                    StatusDataItemName::Messages => format!("MESSAGES {}", f.messages.len()),
+                    StatusDataItemName::Recent => format!(
+                        "RECENT {}",
+                        f.messages.iter().filter(|m| m.uid >= f.recent_floor()).count()
+                    ),
+                    StatusDataItemName::UidNext => format!("UIDNEXT {}", f.uidnext),
+                    StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", f.uidvalidity),
+                    StatusDataItemName::Unseen => format!(
+                        "UNSEEN {}",
+                        f.messages.iter().filter(|m| !m.flags.has(SystemFlag::Seen)).count()
+                    ),
+                    _ => continue,
+                });
+            }
+        }
+        let shown = quoted_or_literal(name.as_bytes());
+        self.line(&format!("* STATUS {shown} ({})", parts.join(" ")));
+        Ok("Status completed.".into())
+    }
+
+    fn append(&mut self, name: &str, data: &[u8], flags: Flags, ms: i64) -> Result<String, String> {
+        let folder = match self.store.folder(&self.user, name) {
+            Ok(f) => f,
+            Err(FolderError::NoSuchFolder) => {
+                return Err("NO [TRYCREATE] Mailbox doesn't exist.".into());
+            }
+            Err(e) => return Err(no(e)),
+        };
+        if self.store.over_quota(&self.user, data.len() as u64) {
+            return Err("NO [OVERQUOTA] Quota exceeded.".into());
+        }
+        let mut f = folders::lock(&folder);
+        f.append(data, flags, ms).map_err(no)?;
+        Ok("Append completed.".into())
+    }
+
+    /// Report what changed in the selected folder since the session last looked.
+    fn sync(&mut self, expunge_ok: bool) {
+        let State::Selected(sel) = &mut self.state else {
+            return;
+        };
+        let mut lines = Vec::new();
+        {
+            let mut f = folders::lock(&sel.folder);
+            let _ = f.refresh();
+            if expunge_ok {
+                let mut i = 0;
+                while i < sel.view.len() {
+                    if f.find(sel.view[i].uid).is_none() {
+                        lines.push(format!("* {} EXPUNGE", i + 1));
+                        sel.view.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            let last = sel.view.last().map_or(0, |v| v.uid);
+            let fresh: Vec<&Message> = f.messages.iter().filter(|m| m.uid > last).collect();
+            if !fresh.is_empty() {
+                let fresh: Vec<(u32, Flags)> =
+                    fresh.into_iter().map(|m| (m.uid, m.flags.clone())).collect();
+                let floor = if sel.read_only {
+                    f.recent_floor()
+                } else {
+                    f.claim_recent()
+                };
+                for (uid, flags) in fresh {
+                    sel.view.push(View {
+                        uid,
+                        flags,
+                        recent: uid >= floor,
+                    });
+                }
+                lines.push(format!("* {} EXISTS", sel.view.len()));
+                lines.push(format!(
+                    "* {} RECENT",
+                    sel.view.iter().filter(|v| v.recent).count()
+                ));
+            }
+            for (i, v) in sel.view.iter_mut().enumerate() {
+                if let Some(m) = f.find(v.uid)
+                    && m.flags != v.flags
+                {
+                    v.flags = m.flags.clone();
+                    lines.push(format!("* {} FETCH (FLAGS ({}))", i + 1, flag_list(v)));
+                }
+            }
+        }
+        for l in lines {
+            self.line(&l);
+        }
+    }
+
+    fn expunge(&mut self) -> Result<String, String> {
+        let State::Selected(sel) = &self.state else {
+            return Err("BAD No mailbox selected.".into());
+        };
+        if sel.read_only {
+            return Err("NO Mailbox is read-only.".into());
+        }
+        let mut f = folders::lock(&sel.folder);
+        f.expunge_where(|m| m.flags.has(SystemFlag::Deleted))
+            .map_err(no)?;
+        Ok("Expunge completed.".into())
+    }
+
+    fn search(&mut self, key: &SearchKey<'_>, uid: bool) -> Result<String, String> {
+        let State::Selected(sel) = &self.state else {
+            return Err("BAD No mailbox selected.".into());
+        };
+        let f = folders::lock(&sel.folder);
+        let max_seq = sel.view.len() as u32;
+        let max_uid = sel.view.last().map_or(0, |v| v.uid);
+        let mut hits = Vec::new();
+        for (i, v) in sel.view.iter().enumerate() {
+            let Some(meta) = f.find(v.uid) else { continue };
+            let mut c = Candidate {
+                seq: i as u32 + 1,
+                max_seq,
+                view: v,
+                meta,
+                max_uid,
+                content: None,
+                path: f.path_of(meta),
+            };
+            if c.matches(key) {
+                hits.push(if uid { v.uid } else { i as u32 + 1 });
+            }
+        }
+        drop(f);
+        let list: String = hits.iter().map(|n| format!(" {n}")).collect();
+        self.line(&format!("* SEARCH{list}"));
+        Ok("Search completed.".into())
+    }
+
+    fn fetch(
+        &mut self,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+    ) -> Result<String, String> {
+        let State::Selected(sel) = &mut self.state else {
+            return Err("BAD No mailbox selected.".into());
+        };
+        let mut items: Vec<MessageDataItemName<'_>> = match items {
+            MacroOrMessageDataItemNames::Macro(m) => match m {
+                Macro::All => Macro::All.expand(),
+                Macro::Fast => Macro::Fast.expand(),
+                Macro::Full => Macro::Full.expand(),
+                _ => vec![MessageDataItemName::Flags],
+            },
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+        };
+        if uid && !items.contains(&MessageDataItemName::Uid) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        let indices = resolve(set, &sel.view, uid).map_err(|e| format!("BAD {e}"))?;
+        let sets_seen = !sel.read_only
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let mut f = folders::lock(&sel.folder);
+        let mut dirty = false;
+        let mut out = Vec::new();
+        for idx in indices {
+            let uid_of = sel.view[idx].uid;
+            let Some(meta) = f.find(uid_of).cloned() else {
+                continue;
+            };
+            let mut flags_changed = false;
+            if sets_seen && !meta.flags.has(SystemFlag::Seen) {
+                if let Some(m) = f.find_mut(uid_of) {
+                    m.flags.system.insert(SystemFlag::Seen);
+                    sel.view[idx].flags = m.flags.clone();
+                }
+                dirty = true;
+                flags_changed = true;
+            }
+            let needs_content = items.iter().any(|i| {
+                !matches!(
+                    i,
+                    MessageDataItemName::Flags
+                        | MessageDataItemName::Uid
+                        | MessageDataItemName::Rfc822Size
+                        | MessageDataItemName::InternalDate
+                )
+            });
+            let content = if needs_content {
+                f.read(&meta).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let mime = Mime::new(&content);
+            out.extend_from_slice(format!("* {} FETCH (", idx + 1).as_bytes());
+            let mut first = true;
+            let mut sep = |out: &mut Vec<u8>| {
+                if !first {
+                    out.push(b' ');
+                }
+                first = false;
+            };
+            let mut flags_sent = false;
+            for item in &items {
+                sep(&mut out);
+                match item {
+                    MessageDataItemName::Flags => {
+                        flags_sent = true;
+                        out.extend_from_slice(
+                            format!("FLAGS ({})", flag_list(&sel.view[idx])).as_bytes(),
+                        );
+                    }
+                    MessageDataItemName::Uid => {
+                        out.extend_from_slice(format!("UID {uid_of}").as_bytes())
+                    }
+                    MessageDataItemName::Rfc822Size => {
+                        out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes())
+                    }
+                    MessageDataItemName::InternalDate => out.extend_from_slice(
+                        format!("INTERNALDATE {}", internal_date(meta.internal_ms)).as_bytes(),
+                    ),
+                    MessageDataItemName::Envelope => {
+                        out.extend_from_slice(format!("ENVELOPE {}", mime.envelope()).as_bytes())
+                    }
+                    MessageDataItemName::Body => out
+                        .extend_from_slice(format!("BODY {}", mime.body_structure(false)).as_bytes()),
+                    MessageDataItemName::BodyStructure => out.extend_from_slice(
+                        format!("BODYSTRUCTURE {}", mime.body_structure(true)).as_bytes(),
+                    ),
+                    MessageDataItemName::Rfc822 => {
+                        out.extend_from_slice(b"RFC822 ");
+                        push_literal(&mut out, &content);
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        push_literal(&mut out, mime.header_bytes());
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        push_literal(&mut out, mime.text_bytes());
+                    }
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
+                        let (path, text, label) = match section {
+                            Some(s) => section_label(s),
+                            None => (vec![], None, String::new()),
+                        };
+                        let bytes = mime.section(&path, text.as_ref());
+                        match (bytes, partial) {
+                            (None, _) => {
+                                out.extend_from_slice(format!("BODY[{label}] NIL").as_bytes())
+                            }
+                            (Some(b), None) => {
+                                out.extend_from_slice(format!("BODY[{label}] ").as_bytes());
+                                push_literal(&mut out, &b);
+                            }
+                            (Some(b), Some((start, len))) => {
+                                let s = (*start as usize).min(b.len());
+                                let e = s.saturating_add(len.get() as usize).min(b.len());
+                                out.extend_from_slice(format!("BODY[{label}]<{start}> ").as_bytes());
+                                push_literal(&mut out, &b[s..e]);
+                            }
+                        }
+                    }
+                }
+            }
+            if flags_changed && !flags_sent {
+                sep(&mut out);
+                out.extend_from_slice(format!("FLAGS ({})", flag_list(&sel.view[idx])).as_bytes());
+            }
+            out.extend_from_slice(b")\r\n");
+        }
+        if dirty {
+            f.write_index().map_err(no)?;
+            f.changed();
+        }
+        drop(f);
+        self.out.extend_from_slice(&out);
+        Ok("Fetch completed.".into())
+    }
+
+    fn store_flags(
+        &mut self,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+    ) -> Result<String, String> {
+        let State::Selected(sel) = &mut self.state else {
+            return Err("BAD No mailbox selected.".into());
+        };
+        if sel.read_only {
+            return Err("NO Mailbox is read-only.".into());
+        }
+        let indices = resolve(set, &sel.view, uid).map_err(|e| format!("BAD {e}"))?;
+        let names: Vec<String> = flags.iter().filter_map(flag_name).collect();
+        let mut f = folders::lock(&sel.folder);
+        let mut lines = Vec::new();
+        for idx in indices {
+            let u = sel.view[idx].uid;
+            let Some(m) = f.find_mut(u) else { continue };
+            match kind {
+                StoreType::Replace => {
+                    m.flags = Flags::default();
+                    for n in &names {
+                        m.flags.insert_name(n);
+                    }
+                }
+                StoreType::Add => names.iter().for_each(|n| m.flags.insert_name(n)),
+                StoreType::Remove => names.iter().for_each(|n| m.flags.remove_name(n)),
+            }
+            sel.view[idx].flags = m.flags.clone();
+            if response == StoreResponse::Answer {
+                let uid_part = if uid { format!("UID {u} ") } else { String::new() };
+                lines.push(format!(
+                    "* {} FETCH ({uid_part}FLAGS ({}))",
+                    idx + 1,
+                    flag_list(&sel.view[idx])
+                ));
+            }
+        }
+        f.write_index().map_err(no)?;
+        f.changed();
+        drop(f);
+        for l in lines {
+            self.line(&l);
+        }
+        Ok("Store completed.".into())
+    }
+
+    fn copy(
+        &mut self,
+        set: &SequenceSet,
+        dest: &str,
+        uid: bool,
+        remove: bool,
+    ) -> Result<String, String> {
+        let user = self.user.clone();
+        let store = self.store.clone();
+        let State::Selected(sel) = &mut self.state else {
+            return Err("BAD No mailbox selected.".into());
+        };
+        if remove && sel.read_only {
+            return Err("NO Mailbox is read-only.".into());
+        }
+        let target = match store.folder(&user, dest) {
+            Ok(t) => t,
+            Err(FolderError::NoSuchFolder) => {
+                return Err("NO [TRYCREATE] Mailbox doesn't exist.".into());
+            }
+            Err(e) => return Err(no(e)),
+        };
+        let indices = resolve(set, &sel.view, uid).map_err(|e| format!("BAD {e}"))?;
+        let same = Arc::ptr_eq(&target, &sel.folder);
+        let mut moved = Vec::new();
+        {
+            let mut src = folders::lock(&sel.folder);
+            let picked: Vec<Message> = indices
+                .iter()
+                .filter_map(|&i| src.find(sel.view[i].uid).cloned())
+                .collect();
+            let bytes: u64 = picked.iter().map(|m| m.size).sum();
+            if store.over_quota(&user, bytes) {
+                return Err("NO [OVERQUOTA] Quota exceeded.".into());
+            }
+            let mut copies = Vec::new();
+            for m in &picked {
+                copies.push((src.read(m).map_err(no)?, m.flags.clone(), m.internal_ms));
+                moved.push(m.uid);
+            }
+            if same {
+                for (data, flags, ms) in copies {
+                    src.append(&data, flags, ms).map_err(no)?;
+                }
+            } else {
+                let mut dst = folders::lock(&target);
+                for (data, flags, ms) in copies {
+                    dst.append(&data, flags, ms).map_err(no)?;
+                }
+            }
+            if remove {
+                src.expunge_where(|m| moved.contains(&m.uid)).map_err(no)?;
+            }
+        }
+        Ok(if remove { "Move completed." } else { "Copy completed." }.into())
+    }
+}
+
+fn flag_list(v: &View) -> String {
+    let mut names = v.flags.names();
+    if v.recent {
+        names.push("\\Recent".into());
+    }
+    names.join(" ")
+}
+
+fn no(e: FolderError) -> String {
+    match e {
+        FolderError::NoSuchFolder => "NO Mailbox doesn't exist.".into(),
+        FolderError::Exists => "NO Mailbox already exists.".into(),
+        FolderError::BadName => "NO Invalid mailbox name.".into(),
+        FolderError::OverQuota => "NO [OVERQUOTA] Quota exceeded.".into(),
+        other => {
+            tracing::error!("imap storage: {other}");
+            "NO [SERVERBUG] Internal error.".into()
+        }
+    }
+}
+
+/// Base64 helper shared with the SMTP and POP3 sides.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(dir: &std::path::Path) -> Session {
+        let store = Arc::new(Mailstore::new(dir, 0));
+        Session::new(Arc::new(ImapConfig::default()), store, false, true)
+    }
+
+    fn run(s: &mut Session, input: &str) -> String {
+        s.feed(input.as_bytes());
+        loop {
+            match s.step() {
+                Step::Authenticate { login, password } => {
+                    let ok = login == "bob" && password == b"pw";
+                    s.auth_done(ok.then(|| "bob@example.test".to_string()));
+                }
+                _ => break,
+            }
+        }
+        String::from_utf8(s.take_output()).unwrap()
+    }
+
+    #[test]
+    fn login_append_select_fetch_store_search_expunge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        let greeting = String::from_utf8(s.take_output()).unwrap();
+        assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1"), "{greeting}");
+        assert!(run(&mut s, "a LOGIN bob wrong\r\n").contains("a NO [AUTHENTICATIONFAILED]"));
+        assert!(run(&mut s, "b LOGIN bob pw\r\n").contains("b OK"));
+        let r = run(&mut s, "c APPEND INBOX (\\Seen) {22}\r\n");
+        assert_eq!(r, "+ Ready for literal data\r\n");
+        let r = run(&mut s, "Subject: hi\r\n\r\nhello\r\n\r\n");
+        assert!(r.contains("c OK"), "{r}");
+        let r = run(&mut s, "d APPEND INBOX {22+}\r\nSubject: yo\r\n\r\nworld\r\n\r\n");
+        assert!(r.contains("d OK"), "{r}");
+        let r = run(&mut s, "e SELECT INBOX\r\n");
+        assert!(r.contains("* 2 EXISTS") && r.contains("* 2 RECENT") && r.contains("[UNSEEN 2]"), "{r}");
+        let r = run(&mut s, "f FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n");
+        assert!(r.contains("* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) BODY[HEADER.FIELDS (SUBJECT)] {15}\r\nSubject: hi\r\n\r\n)"), "{r}");
+        let r = run(&mut s, "g FETCH 2 BODY[TEXT]\r\n");
+        assert!(r.contains("BODY[TEXT] {7}\r\nworld\r\n FLAGS (\\Seen \\Recent))"), "{r}");
+        let r = run(&mut s, "h SEARCH SUBJECT yo\r\n");
+        assert!(r.contains("* SEARCH 2\r\n"), "{r}");
+        let r = run(&mut s, "i STORE 1 +FLAGS (\\Deleted)\r\nj EXPUNGE\r\n");
+        assert!(r.contains("* 1 EXPUNGE") && r.contains("j OK"), "{r}");
+        let r = run(&mut s, "k UID FETCH 2 (FLAGS)\r\n");
+        assert!(r.contains("* 1 FETCH (UID 2 FLAGS"), "{r}");
+        let r = run(&mut s, "l BOGUS\r\nm LOGOUT\r\n");
+        assert!(r.contains("l BAD") && r.contains("* BYE") && r.contains("m OK"), "{r}");
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard(b"a/%", b"a/b"));
+        assert!(!wildcard(b"a/%", b"a/b/c"));
+        assert!(wildcard(b"a/*", b"a/b/c"));
+        assert!(wildcard(b"%t*4", b"test3/test4"));
+        assert!(!wildcard(b"%", b"a/b"));
+    }
+
+    #[test]
+    fn hostile_input_gets_answers_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        s.take_output();
+        let r = run(&mut s, "\r\n* \r\na FETCH\r\nb SELECT\r\n");
+        assert!(r.contains("a BAD") && r.contains("b BAD"), "{r}");
+        let r = run(&mut s, "c APPEND INBOX {999999999999}\r\n");
+        assert!(r.contains("BAD") || r.contains("NO"), "{r}");
+        let long = format!("d {}", "x".repeat(70_000));
+        let mut s2 = session(dir.path());
+        s2.take_output();
+        s2.feed(long.as_bytes());
+        assert_eq!(s2.step(), Step::Close);
+    }
+}

@@ -1,0 +1,191 @@
+//! Accounts: addresses with argon2id password hashes, from the command line or a file.
+//!
+//! A users file has one account per line, `address:password` or `address:$argon2id$...`;
+//! blank lines and `#` comments are skipped. A bare local part takes the first domain.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("{place}: expected ADDRESS:PASSWORD")]
+    Syntax { place: String },
+    #[error("{place}: {address:?} is not in a served domain ({domains})")]
+    ForeignDomain {
+        place: String,
+        address: String,
+        domains: String,
+    },
+    #[error("{place}: bad password hash: {why}")]
+    BadHash { place: String, why: String },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The accounts of a mailbox server.
+#[derive(Debug, Default)]
+pub struct Users {
+    domains: Vec<String>,
+    /// address (lowercase) -> PHC string of its argon2id hash.
+    hashes: BTreeMap<String, String>,
+}
+
+/// The cost used for new hashes: argon2id defaults (19 MiB, 2 passes), OWASP's minimum.
+fn hasher() -> Argon2<'static> {
+    Argon2::default()
+}
+
+impl Users {
+    pub fn new(domains: &[String]) -> Self {
+        Users {
+            domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            hashes: BTreeMap::new(),
+        }
+    }
+
+    pub fn domains(&self) -> &[String] {
+        &self.domains
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// The canonical address for a login name (a bare local part takes the first domain).
+    pub fn canonical(&self, login: &str) -> String {
+        let login = login.to_ascii_lowercase();
+        if login.contains('@') {
+            login
+        } else {
+            format!("{login}@{}", self.domains.first().map_or("", String::as_str))
+        }
+    }
+
+    pub fn exists(&self, address: &str) -> bool {
+        self.hashes.contains_key(&self.canonical(address))
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.hashes.keys().cloned().collect()
+    }
+
+    /// Add `ADDRESS:PASSWORD` (or `ADDRESS:$argon2id$...`); `place` names where it came from.
+    pub fn add_spec(&mut self, spec: &str, place: &str) -> Result<(), UsersError> {
+        let (login, secret) = spec.split_once(':').ok_or_else(|| UsersError::Syntax {
+            place: place.to_string(),
+        })?;
+        if login.trim().is_empty() || secret.is_empty() {
+            return Err(UsersError::Syntax {
+                place: place.to_string(),
+            });
+        }
+        let address = self.canonical(login.trim());
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        if !self.is_local_domain(domain) {
+            return Err(UsersError::ForeignDomain {
+                place: place.to_string(),
+                address,
+                domains: self.domains.join(", "),
+            });
+        }
+        let hash = if secret.starts_with("$argon2") {
+            PasswordHash::new(secret).map_err(|e| UsersError::BadHash {
+                place: place.to_string(),
+                why: e.to_string(),
+            })?;
+            secret.to_string()
+        } else {
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            hasher()
+                .hash_password(secret.as_bytes(), &salt)
+                .map_err(|e| UsersError::BadHash {
+                    place: place.to_string(),
+                    why: e.to_string(),
+                })?
+                .to_string()
+        };
+        self.hashes.insert(address, hash);
+        Ok(())
+    }
+
+    pub fn load_file(&mut self, path: &Path) -> Result<(), UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            self.add_spec(line, &format!("{} line {}", path.display(), i + 1))?;
+        }
+        Ok(())
+    }
+
+    /// Check a password (argon2: CPU-heavy, call from a blocking thread). Returns the canonical
+    /// address when it matches.
+    pub fn verify(&self, login: &str, password: &[u8]) -> Option<String> {
+        let address = self.canonical(login);
+        let hash = self.hashes.get(&address)?;
+        let parsed = PasswordHash::new(hash).ok()?;
+        hasher()
+            .verify_password(password, &parsed)
+            .ok()
+            .map(|()| address)
+    }
+}
+
+/// Hash a password for a users file.
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+}
+
+/// Decode SASL PLAIN (RFC 4616): `authzid NUL authcid NUL password`.
+pub fn sasl_plain(decoded: &[u8]) -> Option<(String, Vec<u8>)> {
+    let mut parts = decoded.split(|&b| b == 0);
+    let authz = parts.next()?;
+    let authc = parts.next()?;
+    let pass = parts.next()?;
+    if parts.next().is_some() || authc.is_empty() {
+        return None;
+    }
+    let authc = std::str::from_utf8(authc).ok()?;
+    // Acting as another user is not offered.
+    if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc.as_bytes()) {
+        return None;
+    }
+    Some((authc.to_string(), pass.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_and_errors_name_the_place() {
+        let mut u = Users::new(&["example.test".into()]);
+        u.add_spec("bob:secret", "--user").unwrap();
+        let hashed = hash_password("pw2");
+        u.add_spec(&format!("alice@example.test:{hashed}"), "users.txt line 2")
+            .unwrap();
+        assert_eq!(u.verify("bob", b"secret").as_deref(), Some("bob@example.test"));
+        assert_eq!(u.verify("Bob@Example.Test", b"secret").as_deref(), Some("bob@example.test"));
+        assert!(u.verify("bob", b"wrong").is_none());
+        assert!(u.verify("alice", b"pw2").is_some());
+        let e = u.add_spec("eve@other.test:x", "users.txt line 3").unwrap_err();
+        assert!(e.to_string().starts_with("users.txt line 3:"), "{e}");
+        assert!(u.add_spec("nopassword", "--user").is_err());
+        assert_eq!(sasl_plain(b"\0bob\0secret"), Some(("bob".into(), b"secret".to_vec())));
+        assert_eq!(sasl_plain(b"eve\0bob\0secret"), None);
+    }
+}
