@@ -70,6 +70,17 @@ impl Verifier {
         })
     }
 
+    /// A verifier asking the system's resolvers (`/etc/resolv.conf`): a mailbox server on the
+    /// real Internet.
+    pub fn system(hostname: &str) -> Result<Self, VerifierError> {
+        let auth = MessageAuthenticator::new_system_conf().map_err(|e| VerifierError(e.to_string()))?;
+        Ok(Verifier {
+            auth,
+            hostname: hostname.to_string(),
+            caches: ZoneCaches::new(None),
+        })
+    }
+
     /// A verifier answered in-process from the scenario's zones, at scenario time; it never
     /// opens a socket (virtual mode).
     pub fn in_process(answers: Arc<ZoneAnswers>, hostname: &str) -> Result<Self, VerifierError> {

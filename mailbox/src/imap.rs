@@ -4,11 +4,12 @@
 //! [`Session`] is the protocol: bytes in ([`Session::feed`]), responses out
 //! ([`Session::take_output`]), and a [`Step`] telling the I/O shell what it must do next (read,
 //! check a password, start TLS, wait in IDLE, close). Commands are parsed by imap-codec; the
-//! mailbox state lives in [`crate::folders`]. [`serve_connection`] is the tokio shell around it.
+//! mailbox state lives in [`crate::folders`]; [`crate::shell`] runs it on a socket.
 
 use crate::folders::{self, Flags, FolderError, FolderRef, Mailstore, Message, SystemFlag};
 use crate::imap_wire::{push_literal, quoted_or_literal};
 use crate::mime::{Mime, SectionText};
+use crate::shell::{Protocol, Step};
 use crate::users::sasl_plain;
 use base64::Engine;
 use imap_codec::decode::{AuthenticateDataDecodeError, CommandDecodeError, Decoder};
@@ -54,22 +55,6 @@ impl Default for ImapConfig {
             auth_failures_max: 3,
         }
     }
-}
-
-/// What the I/O shell must do next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Send the output, read more input.
-    NeedInput,
-    /// Check these credentials, then call [`Session::auth_done`].
-    Authenticate { login: String, password: Vec<u8> },
-    /// Send the output, then run the TLS handshake and call [`Session::tls_started`].
-    StartTls,
-    /// In IDLE: send the output, then wait for input or a mailbox change
-    /// ([`Session::idle_poll`]).
-    Idle,
-    /// Send the output and close.
-    Close,
 }
 
 #[derive(Debug, Clone)]
@@ -433,26 +418,33 @@ impl Session {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    /// Bytes from the client.
-    pub fn feed(&mut self, bytes: &[u8]) {
+}
+
+impl Protocol for Session {
+    fn feed(&mut self, bytes: &[u8]) {
         self.inbuf.extend_from_slice(bytes);
     }
 
-    /// Responses to send.
-    pub fn take_output(&mut self) -> Vec<u8> {
+    fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
     }
 
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    pub fn tls_started(&mut self) {
+    fn tls_started(&mut self) {
         self.tls_active = true;
     }
 
-    /// The result of an [`Step::Authenticate`]: the canonical user, or `None`.
-    pub fn auth_done(&mut self, user: Option<String>) {
+    fn idle_timeout(&self) -> Duration {
+        self.cfg.idle_timeout
+    }
+
+    fn idle_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.state {
+            State::Selected(sel) => Some(folders::lock(&sel.folder).changes.subscribe()),
+            _ => None,
+        }
+    }
+
+    fn auth_done(&mut self, user: Option<String>) {
         let Pending::AuthCheck(tag) = std::mem::replace(&mut self.pending, Pending::None) else {
             return;
         };
@@ -474,20 +466,17 @@ impl Session {
         }
     }
 
-    /// How long the shell waits before answering the next failed login.
-    pub fn auth_failure_delay(&self) -> Duration {
+    fn auth_failure_delay(&self) -> Duration {
         self.cfg.auth_failure_delay * (self.auth_failures + 1)
     }
 
-    /// Called in IDLE when the mailbox may have changed: report what did.
-    pub fn idle_poll(&mut self) {
+    fn idle_poll(&mut self) {
         if matches!(self.pending, Pending::Idle(_)) {
             self.sync(true);
         }
     }
 
-    /// Run what the buffered input allows; says what the shell must do next.
-    pub fn step(&mut self) -> Step {
+    fn step(&mut self) -> Step {
         loop {
             match &self.pending {
                 Pending::Closed => return Step::Close,
@@ -600,6 +589,9 @@ impl Session {
         }
     }
 
+}
+
+impl Session {
     /// A line longer than the limit ends the session.
     fn need_line(&mut self) -> Option<Step> {
         if self.inbuf.len() > self.cfg.line_bytes_max {

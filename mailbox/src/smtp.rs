@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use crate::shell::{ConnectionLimiter, Refusal};
 
 /// Bytes read from a client at a time.
 const READ_BUF_BYTES: usize = 16 * 1024;
@@ -27,6 +27,14 @@ pub struct ServerConfig {
     pub connections_per_ip_max: usize,
     /// A client silent for this long is dropped (RFC 5321 suggests 5 minutes).
     pub idle_timeout: Duration,
+    /// Offer STARTTLS (RFC 3207) with this certificate.
+    pub tls: Option<crate::tls::Tls>,
+    /// Offer AUTH PLAIN and LOGIN (RFC 4954), only once the connection is encrypted.
+    pub auth: bool,
+    /// Wait this long (times the failures so far) before answering a failed AUTH.
+    pub auth_failure_delay: Duration,
+    /// Failed AUTH attempts before the connection is closed.
+    pub auth_failures_max: u32,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +47,10 @@ impl Default for ServerConfig {
             connections_max: 1024,
             connections_per_ip_max: 0,
             idle_timeout: Duration::from_secs(300),
+            tls: None,
+            auth: false,
+            auth_failure_delay: Duration::from_secs(1),
+            auth_failures_max: 3,
         }
     }
 }
@@ -105,6 +117,10 @@ pub struct SessionInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub helo: String,
+    /// The session runs inside TLS (after STARTTLS).
+    pub tls: bool,
+    /// The authenticated user (after AUTH).
+    pub user: Option<String>,
 }
 
 /// The envelope of the transaction in progress.
@@ -140,6 +156,14 @@ pub trait Backend: Send + Sync + 'static {
     /// How long to wait before each batch of replies (a slow server).
     fn reply_delay(&self, _info: &SessionInfo) -> Duration {
         Duration::ZERO
+    }
+    /// Check AUTH credentials; the canonical user name when they are right.
+    fn authenticate(
+        &self,
+        _login: &str,
+        _password: &[u8],
+    ) -> impl Future<Output = Option<String>> + Send {
+        std::future::ready(None)
     }
 }
 
@@ -251,13 +275,104 @@ impl Framer {
     }
 }
 
-#[derive(PartialEq, Eq)]
 enum Flow {
     Continue,
     /// QUIT: answer, then close.
     Close,
     /// The backend drops the connection without answering.
     Drop,
+    /// STARTTLS accepted: send the 220, then the TLS handshake.
+    StartTls,
+    /// AUTH started.
+    Auth(AuthOutcome),
+}
+
+/// Where an AUTH exchange stands after a client line.
+enum AuthOutcome {
+    /// Send this 334 challenge; the next line is for `AuthStep`.
+    Next(AuthStep, &'static str),
+    /// Finished: the reply, and the user when the credentials were right.
+    Done(Reply, Option<String>),
+}
+
+/// RFC 4954 replies.
+fn auth_ok() -> Reply {
+    Reply::new(235, (2, 7, 0), "Authentication successful")
+}
+
+fn auth_bad() -> Reply {
+    Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
+}
+
+async fn check_credentials<B: Backend>(backend: &B, login: &str, password: &[u8]) -> AuthOutcome {
+    match backend.authenticate(login, password).await {
+        Some(user) => AuthOutcome::Done(auth_ok(), Some(user)),
+        None => AuthOutcome::Done(auth_bad(), None),
+    }
+}
+
+fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let t = text.trim();
+    if t == "=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(t).ok()
+}
+
+async fn plain_response<B: Backend>(backend: &B, text: &str) -> AuthOutcome {
+    match decode_b64(text).and_then(|d| crate::users::sasl_plain(&d)) {
+        Some((login, password)) => check_credentials(backend, &login, &password).await,
+        None => AuthOutcome::Done(
+            Reply::new(501, (5, 5, 2), "cannot decode the AUTH PLAIN response"),
+            None,
+        ),
+    }
+}
+
+/// A client line during an AUTH exchange.
+async fn auth_line<B: Backend>(line: &[u8], step: AuthStep, backend: &B) -> AuthOutcome {
+    let text = String::from_utf8_lossy(line);
+    if text.trim() == "*" {
+        return AuthOutcome::Done(Reply::new(501, (5, 0, 0), "authentication cancelled"), None);
+    }
+    match step {
+        AuthStep::PlainResponse => plain_response(backend, &text).await,
+        AuthStep::LoginUser => match decode_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
+            Some(user) => AuthOutcome::Next(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
+            None => AuthOutcome::Done(Reply::new(501, (5, 5, 2), "cannot decode the user name"), None),
+        },
+        AuthStep::LoginPassword(user) => match decode_b64(&text) {
+            Some(password) => check_credentials(backend, &user, &password).await,
+            None => AuthOutcome::Done(Reply::new(501, (5, 5, 2), "cannot decode the password"), None),
+        },
+    }
+}
+
+/// Answer the end of an AUTH exchange: remember the user, or count and slow down failures.
+async fn finish_auth(
+    info: &mut SessionInfo,
+    failures: &mut u32,
+    reply: Reply,
+    user: Option<String>,
+    cfg: &ServerConfig,
+    out: &mut Vec<u8>,
+) -> Flow {
+    if let Some(u) = user {
+        info.user = Some(u);
+        reply.write_to(out);
+        return Flow::Continue;
+    }
+    if reply.code == 535 {
+        *failures += 1;
+        tokio::time::sleep(cfg.auth_failure_delay * *failures).await;
+    }
+    reply.write_to(out);
+    if *failures >= cfg.auth_failures_max {
+        Reply::new(421, (4, 7, 0), "too many failed authentications, closing").write_to(out);
+        return Flow::Close;
+    }
+    Flow::Continue
 }
 
 /// Run one SMTP session over any stream.
@@ -267,15 +382,6 @@ where
     B: Backend,
 {
     let probe = info.clone();
-    run_session(stream, info, backend, cfg).await;
-    backend.on_disconnect(&probe);
-}
-
-async fn run_session<S, B>(mut stream: S, mut info: SessionInfo, backend: &B, cfg: &ServerConfig)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    B: Backend,
-{
     let mut out = Vec::with_capacity(1024);
     let delay = backend.greeting_delay(&info);
     if !delay.is_zero() {
@@ -283,8 +389,10 @@ where
     }
     if let Some(refusal) = backend.on_connect(&info) {
         refusal.write_to(&mut out);
+        let mut stream = stream;
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;
+        backend.on_disconnect(&probe);
         return;
     }
     Reply {
@@ -293,23 +401,61 @@ where
         text: format!("{} ESMTP mailsim", cfg.hostname),
     }
     .write_to(&mut out);
+    let mut info = info;
+    if let SessionEnd::StartTls(plain) = run_session(stream, &mut info, backend, cfg, out).await
+        && let Some(tls) = &cfg.tls
+        && let Ok(secured) = tls.acceptor.accept(plain).await
+    {
+        // RFC 3207 section 4.2: the session starts over, the client must say EHLO again.
+        info.tls = true;
+        info.helo.clear();
+        run_session(secured, &mut info, backend, cfg, Vec::new()).await;
+    }
+    backend.on_disconnect(&probe);
+}
+
+enum SessionEnd<S> {
+    Done,
+    StartTls(S),
+}
+
+/// An AUTH exchange in progress (RFC 4954): what the next client line is.
+enum AuthStep {
+    PlainResponse,
+    LoginUser,
+    LoginPassword(String),
+}
+
+async fn run_session<S, B>(
+    mut stream: S,
+    info: &mut SessionInfo,
+    backend: &B,
+    cfg: &ServerConfig,
+    mut out: Vec<u8>,
+) -> SessionEnd<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
     let mut framer = Framer::new(cfg.command_line_bytes_max, cfg.message_bytes_max);
     let mut tx: Option<Transaction> = None;
+    let mut auth_step: Option<AuthStep> = None;
+    let mut auth_failures = 0u32;
     // Per-connection memory is what bounds a server holding thousands of idle clients.
     let mut readbuf = vec![0u8; READ_BUF_BYTES];
     loop {
         // Reply to everything pipelined so far before reading more (RFC 2920).
         if !framer.has_buffered()
             && !out.is_empty()
-            && !flush(&mut stream, &mut out, backend, &info).await
+            && !flush(&mut stream, &mut out, backend, info).await
         {
-            return;
+            return SessionEnd::Done;
         }
         let input = match framer.next_input() {
             Some(input) => input,
             None => {
-                if !out.is_empty() && !flush(&mut stream, &mut out, backend, &info).await {
-                    return;
+                if !out.is_empty() && !flush(&mut stream, &mut out, backend, info).await {
+                    return SessionEnd::Done;
                 }
                 let n =
                     match tokio::time::timeout(cfg.idle_timeout, stream.read(&mut readbuf)).await {
@@ -321,9 +467,9 @@ where
                             )
                             .write_to(&mut out);
                             let _ = stream.write_all(&out).await;
-                            return;
+                            return SessionEnd::Done;
                         }
-                        Ok(Err(_)) | Ok(Ok(0)) => return,
+                        Ok(Err(_)) | Ok(Ok(0)) => return SessionEnd::Done,
                         Ok(Ok(n)) => n,
                     };
                 framer.feed(&readbuf[..n]);
@@ -342,19 +488,46 @@ where
             }
             Input::Data(message) => {
                 let t = tx.take().unwrap_or_default();
-                answer(backend.on_data(&info, &t, message).await, &mut out)
+                answer(backend.on_data(info, &t, message).await, &mut out)
+            }
+            Input::Line(line) if auth_step.is_some() => {
+                let step = auth_step.take().expect("checked");
+                let result = auth_line(&line, step, backend).await;
+                match result {
+                    AuthOutcome::Next(next, challenge) => {
+                        auth_step = Some(next);
+                        Reply {
+                            code: 334,
+                            enhanced: None,
+                            text: challenge.into(),
+                        }
+                        .write_to(&mut out);
+                        Flow::Continue
+                    }
+                    AuthOutcome::Done(reply, user) => {
+                        finish_auth(info, &mut auth_failures, reply, user, cfg, &mut out).await
+                    }
+                }
             }
             Input::Line(line) => {
-                command(
-                    &line,
-                    &mut info,
-                    &mut tx,
-                    &mut framer,
-                    backend,
-                    cfg,
-                    &mut out,
-                )
-                .await
+                match command(&line, info, &mut tx, &mut framer, backend, cfg, &mut out).await {
+                    Flow::Auth(first) => match first {
+                        AuthOutcome::Done(reply, user) => {
+                            finish_auth(info, &mut auth_failures, reply, user, cfg, &mut out).await
+                        }
+                        AuthOutcome::Next(next, challenge) => {
+                            auth_step = Some(next);
+                            Reply {
+                                code: 334,
+                                enhanced: None,
+                                text: challenge.into(),
+                            }
+                            .write_to(&mut out);
+                            Flow::Continue
+                        }
+                    },
+                    other => other,
+                }
             }
         };
         match flow {
@@ -362,13 +535,22 @@ where
             Flow::Close => {
                 let _ = stream.write_all(&out).await;
                 let _ = stream.shutdown().await;
-                return;
+                return SessionEnd::Done;
             }
             Flow::Drop => {
                 // Send what was answered before the drop, then cut the connection.
                 let _ = stream.write_all(&out).await;
-                return;
+                return SessionEnd::Done;
             }
+            Flow::StartTls => {
+                if stream.write_all(&out).await.is_err() {
+                    return SessionEnd::Done;
+                }
+                // Nothing sent in clear after STARTTLS may be acted on (RFC 3207 section 6).
+                return SessionEnd::StartTls(stream);
+            }
+            // An AUTH exchange is answered where it is read.
+            Flow::Auth(_) => {}
         }
     }
 }
@@ -438,10 +620,17 @@ async fn command<B: Backend>(
         Request::Ehlo { host } | Request::Lhlo { host } => {
             info.helo = host;
             *tx = None;
-            let text = format!(
+            let mut text = format!(
                 "{} hello {}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
                 cfg.hostname, info.helo, cfg.message_bytes_max
             );
+            if cfg.tls.is_some() && !info.tls {
+                text.push_str("\nSTARTTLS");
+            }
+            // Credentials only travel encrypted: AUTH is offered after STARTTLS.
+            if cfg.auth && info.tls {
+                text.push_str("\nAUTH PLAIN LOGIN");
+            }
             Reply {
                 code: 250,
                 enhanced: None,
@@ -519,6 +708,51 @@ async fn command<B: Backend>(
         Request::Vrfy { .. } => {
             Reply::new(252, (2, 1, 5), "cannot verify, will attempt delivery").write_to(out)
         }
+        Request::StartTls => {
+            if cfg.tls.is_none() {
+                Reply::new(502, (5, 5, 1), "STARTTLS not offered").write_to(out);
+            } else if info.tls {
+                Reply::new(503, (5, 5, 1), "TLS already active").write_to(out);
+            } else {
+                *tx = None;
+                Reply::new(220, (2, 0, 0), "ready to start TLS").write_to(out);
+                return Flow::StartTls;
+            }
+        }
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => {
+            if !cfg.auth {
+                Reply::new(502, (5, 5, 1), "AUTH not offered").write_to(out);
+            } else if !info.tls {
+                Reply::new(
+                    538,
+                    (5, 7, 11),
+                    "encryption required for requested authentication mechanism",
+                )
+                .write_to(out);
+            } else if info.user.is_some() {
+                Reply::new(503, (5, 5, 1), "already authenticated").write_to(out);
+            } else if tx.is_some() {
+                Reply::new(503, (5, 5, 1), "AUTH not permitted during a mail transaction")
+                    .write_to(out);
+            } else if mechanism == smtp_proto::AUTH_PLAIN {
+                return Flow::Auth(if initial_response.is_empty() {
+                    AuthOutcome::Next(AuthStep::PlainResponse, "")
+                } else {
+                    plain_response(backend, &initial_response).await
+                });
+            } else if mechanism == smtp_proto::AUTH_LOGIN {
+                return Flow::Auth(if initial_response.is_empty() {
+                    AuthOutcome::Next(AuthStep::LoginUser, "VXNlcm5hbWU6")
+                } else {
+                    auth_line(initial_response.as_bytes(), AuthStep::LoginUser, backend).await
+                });
+            } else {
+                Reply::new(504, (5, 5, 4), "unrecognized authentication type").write_to(out);
+            }
+        }
         Request::Quit => {
             Reply::new(221, (2, 0, 0), format!("{} closing", cfg.hostname)).write_to(out);
             return Flow::Close;
@@ -536,18 +770,16 @@ async fn command<B: Backend>(
 pub struct Server<B> {
     backend: Arc<B>,
     cfg: Arc<ServerConfig>,
-    limit: Arc<Semaphore>,
-    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    limiter: ConnectionLimiter,
     next_session: AtomicU64,
 }
 
 impl<B: Backend> Server<B> {
     pub fn new(backend: Arc<B>, cfg: ServerConfig) -> Self {
         Server {
-            limit: Arc::new(Semaphore::new(cfg.connections_max)),
+            limiter: ConnectionLimiter::new(cfg.connections_max, cfg.connections_per_ip_max),
             backend,
             cfg: Arc::new(cfg),
-            per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_session: AtomicU64::new(1),
         }
     }
@@ -556,47 +788,31 @@ impl<B: Backend> Server<B> {
         &self.backend
     }
 
-    /// Serve one connection to its end (or refuse it with 421 when the cap is reached).
+    /// Serve one connection to its end (or refuse it with 421 when a cap is reached).
     pub async fn accept<S>(&self, mut stream: S, peer: SocketAddr, local: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Ok(_permit) = self.limit.clone().try_acquire_owned() else {
-            refuse(&mut stream, "too many connections, try later").await;
-            return;
-        };
-        let ip = peer.ip();
-        let cap = self.cfg.connections_per_ip_max;
-        if cap > 0 {
-            let admitted = {
-                let mut per_ip = self.per_ip.lock().expect("per-ip counts");
-                let n = per_ip.entry(ip).or_insert(0);
-                *n < cap && {
-                    *n += 1;
-                    true
-                }
-            };
-            if !admitted {
+        let _admission = match self.limiter.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(Refusal::TooManyConnections) => {
+                refuse(&mut stream, "too many connections, try later").await;
+                return;
+            }
+            Err(Refusal::TooManyFromAddress) => {
                 refuse(&mut stream, "too many connections from your address").await;
                 return;
             }
-        }
+        };
         let info = SessionInfo {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             peer,
             local,
             helo: String::new(),
+            tls: false,
+            user: None,
         };
         handle_session(stream, info, self.backend.as_ref(), &self.cfg).await;
-        if cap > 0 {
-            let mut per_ip = self.per_ip.lock().expect("per-ip counts");
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-        }
     }
 
     /// Accept connections on `listener` until `shutdown` resolves; then wait for every open

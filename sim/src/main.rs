@@ -105,6 +105,55 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         dns_port: u16,
     },
+    /// A standalone mailbox server: inbound SMTP (MX), submission, IMAP and POP3 over Maildir.
+    Mailbox {
+        /// Where mail is stored (Maildir per user: DATA/<domain>/<user>/).
+        #[arg(long)]
+        data: PathBuf,
+        /// A domain this server receives mail for (repeat for more; the first is the default
+        /// for bare user names).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// An account, USER:PASSWORD or USER:$argon2id$... (repeatable).
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// A file of accounts, one USER:PASSWORD or USER:HASH per line.
+        #[arg(long)]
+        users_file: Option<PathBuf>,
+        /// Inbound SMTP (the MX role).
+        #[arg(long)]
+        smtp: Option<SocketAddr>,
+        /// Submission (STARTTLS, then AUTH PLAIN/LOGIN).
+        #[arg(long)]
+        submission: Option<SocketAddr>,
+        #[arg(long)]
+        imap: Option<SocketAddr>,
+        #[arg(long)]
+        pop3: Option<SocketAddr>,
+        /// `self-signed` (made at start-up) or CERT.pem,KEY.pem.
+        #[arg(long, default_value = "self-signed")]
+        tls: String,
+        /// The name the server gives itself (greetings, certificate, headers).
+        #[arg(long, default_value = "mail.mailsim.test")]
+        hostname: String,
+        /// DNS server for SPF/DKIM/DMARC checks (default: the system's resolvers).
+        #[arg(long)]
+        dns: Option<SocketAddr>,
+        /// Submitted mail for other domains goes to this MTA (e.g. `mailsim mta --submission`).
+        #[arg(long)]
+        relay: Option<SocketAddr>,
+        /// Per-user quota, bytes (K, M, G suffixes); full mailboxes get 452 4.2.2.
+        #[arg(long)]
+        quota: Option<String>,
+        /// Remove messages older than this many days (logged).
+        #[arg(long)]
+        retention_days: Option<u32>,
+        /// Seconds to wait before answering a failed login (times the failures so far).
+        #[arg(long, default_value_t = 1.0)]
+        auth_delay_s: f64,
+    },
+    /// Hash a password for a mailbox users file (argon2id).
+    HashPassword { password: String },
     /// Submit a scenario's campaign to an MTA by SMTP (mailsim's daemon or any other).
     Send {
         scenario: PathBuf,
@@ -338,6 +387,83 @@ fn real_main() -> anyhow::Result<()> {
                     stop_signal(),
                 ))?;
         }
+        Command::Mailbox {
+            data,
+            domains,
+            users,
+            users_file,
+            smtp,
+            submission,
+            imap,
+            pop3,
+            tls,
+            hostname,
+            dns,
+            relay,
+            quota,
+            retention_days,
+            auth_delay_s,
+        } => {
+            use mailsim_mailbox::{server, tls::Tls, users::Users};
+            let mut accounts = Users::new(&domains);
+            for (i, u) in users.iter().enumerate() {
+                accounts.add_spec(u, &format!("--user #{}", i + 1))?;
+            }
+            if let Some(f) = &users_file {
+                accounts.load_file(f)?;
+            }
+            let tls = match tls.as_str() {
+                "none" => None,
+                "self-signed" => Some(Tls::self_signed(&[hostname.clone()])?),
+                pair => {
+                    let (cert, key) = pair.split_once(',').with_context(|| {
+                        format!("--tls {pair:?}: expected self-signed, none or CERT,KEY")
+                    })?;
+                    Some(Tls::from_pem(cert.as_ref(), key.as_ref())?)
+                }
+            };
+            if smtp.is_none() && submission.is_none() && imap.is_none() && pop3.is_none() {
+                anyhow::bail!("give at least one of --smtp, --submission, --imap, --pop3");
+            }
+            let mut cfg = server::MailboxConfig::new(data, accounts);
+            cfg.hostname = hostname;
+            cfg.smtp = smtp;
+            cfg.submission = submission;
+            cfg.imap = imap;
+            cfg.pop3 = pop3;
+            cfg.tls = tls;
+            cfg.dns = dns;
+            cfg.relay = relay;
+            cfg.quota_bytes = match &quota {
+                Some(q) => parse_bytes(q).with_context(|| format!("--quota {q:?}"))?,
+                None => 0,
+            };
+            cfg.retention_days = retention_days;
+            if !(0.0..=60.0).contains(&auth_delay_s) {
+                anyhow::bail!("--auth-delay-s {auth_delay_s}: expected 0 to 60 seconds");
+            }
+            cfg.auth_failure_delay = std::time::Duration::from_secs_f64(auth_delay_s);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let running = server::start(cfg).await?;
+                    let show = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+                    println!(
+                        "mailbox: smtp={} submission={} imap={} pop3={} ready",
+                        show(running.smtp),
+                        show(running.submission),
+                        show(running.imap),
+                        show(running.pop3)
+                    );
+                    stop_signal().await;
+                    running.shutdown().await;
+                    anyhow::Ok(())
+                })?;
+        }
+        Command::HashPassword { password } => {
+            println!("{}", mailsim_mailbox::users::hash_password(&password));
+        }
         Command::Send {
             scenario,
             to,
@@ -395,6 +521,21 @@ fn real_main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `1048576`, `512K`, `10M`, `2G` as bytes.
+fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| "expected a byte count such as 500M")?;
+    n.checked_mul(mult).context("too large")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,0 +1,452 @@
+//! The standalone mailbox server (`mailsim mailbox`): inbound SMTP for its domains (the MX
+//! role), submission with STARTTLS and AUTH, IMAP and POP3 over one Maildir store, quota and
+//! retention.
+
+use crate::auth::Verifier;
+use crate::folders::{FolderError, Mailstore};
+use crate::shell::{self, ConnectionLimiter};
+use crate::smtp::{Backend, Reply, ServerConfig, SessionInfo, Transaction};
+use crate::tls::Tls;
+use crate::users::Users;
+use crate::{imap, pop3};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Everything `mailsim mailbox` is told.
+pub struct MailboxConfig {
+    pub data: PathBuf,
+    pub hostname: String,
+    pub users: Users,
+    pub smtp: Option<SocketAddr>,
+    pub submission: Option<SocketAddr>,
+    pub imap: Option<SocketAddr>,
+    pub pop3: Option<SocketAddr>,
+    pub tls: Option<Tls>,
+    /// DNS server for SPF/DKIM/DMARC (the system's resolvers when absent).
+    pub dns: Option<SocketAddr>,
+    /// Where submitted mail for other domains goes (an MTA's SMTP port).
+    pub relay: Option<SocketAddr>,
+    /// Per-user bytes (0: unlimited).
+    pub quota_bytes: u64,
+    /// Remove messages older than this many days.
+    pub retention_days: Option<u32>,
+    pub message_bytes_max: usize,
+    /// Failed logins are answered after this delay (times the failures so far).
+    pub auth_failure_delay: Duration,
+    pub connections_per_ip_max: usize,
+}
+
+impl MailboxConfig {
+    pub fn new(data: PathBuf, users: Users) -> Self {
+        MailboxConfig {
+            data,
+            hostname: "mail.mailsim.test".into(),
+            users,
+            smtp: None,
+            submission: None,
+            imap: None,
+            pop3: None,
+            tls: None,
+            dns: None,
+            relay: None,
+            quota_bytes: 0,
+            retention_days: None,
+            message_bytes_max: 25 * 1024 * 1024,
+            auth_failure_delay: Duration::from_secs(1),
+            connections_per_ip_max: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Port 25: mail for local users from anyone, nothing else.
+    Mx,
+    /// Port 587: authenticated users only, any destination.
+    Submission,
+}
+
+/// The SMTP decisions of the mailbox server.
+pub struct MailboxBackend {
+    role: Role,
+    users: Arc<Users>,
+    store: Arc<Mailstore>,
+    verifier: Option<Arc<Verifier>>,
+    relay: Option<SocketAddr>,
+    hostname: String,
+}
+
+fn domain_of(addr: &str) -> &str {
+    addr.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+impl MailboxBackend {
+    fn received(&self, info: &SessionInfo, rcpt: &str) -> String {
+        let with = match (info.tls, info.user.is_some()) {
+            (true, true) => "ESMTPSA",
+            (true, false) => "ESMTPS",
+            (false, true) => "ESMTPA",
+            (false, false) => "ESMTP",
+        };
+        let date = chrono::DateTime::from_timestamp_millis(crate::clock::wall_ms() as i64)
+            .unwrap_or_default()
+            .to_rfc2822();
+        format!(
+            "Received: from {} ([{}])\r\n\tby {} (mailsim) with {with}\r\n\tfor <{rcpt}>; {date}\r\n",
+            info.helo,
+            info.peer.ip(),
+            self.hostname
+        )
+    }
+
+    /// Relay one message to the MTA, one transaction per recipient.
+    async fn relay(&self, from: &str, rcpts: &[String], message: &[u8]) -> Reply {
+        let Some(addr) = self.relay else {
+            return Reply::new(550, (5, 7, 1), "no outbound relay configured");
+        };
+        let timeouts = mailsim_mta::client::SmtpTimeouts::default();
+        let stream = match tokio::time::timeout(
+            timeouts.connect,
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => return Reply::new(451, (4, 4, 1), "relay MTA not reachable, try again later"),
+        };
+        let mut client = mailsim_mta::client::SmtpClient::new(stream, timeouts);
+        match client.handshake(&self.hostname).await {
+            Ok(r) if r.last().is_some_and(|(_, r)| r.code == 250) => {}
+            _ => return Reply::new(451, (4, 4, 2), "relay MTA refused the session"),
+        }
+        for rcpt in rcpts {
+            let env = mailsim_mta::client::Envelope {
+                from,
+                rcpt,
+                body: message,
+            };
+            match client.transaction(&env).await {
+                Ok(o) if o.decisive.code / 100 == 2 => {}
+                Ok(o) => {
+                    let code = if o.decisive.code / 100 == 5 { 554 } else { 451 };
+                    let class = (code / 100) as u8;
+                    return Reply::new(
+                        code,
+                        (class, 0, 0),
+                        format!("relay said for <{rcpt}>: {} {}", o.decisive.code, o.decisive.text),
+                    );
+                }
+                Err(e) => return Reply::new(451, (4, 4, 2), format!("relay failed: {e}")),
+            }
+        }
+        client.quit().await;
+        Reply::new(250, (2, 0, 0), "Ok: queued")
+    }
+}
+
+impl Backend for MailboxBackend {
+    fn on_connect(&self, _info: &SessionInfo) -> Option<Reply> {
+        None
+    }
+
+    fn on_mail(&self, info: &SessionInfo, from: &str) -> Reply {
+        if self.role == Role::Submission {
+            if !info.tls {
+                return Reply::new(530, (5, 7, 0), "Must issue a STARTTLS command first");
+            }
+            let Some(user) = &info.user else {
+                return Reply::new(530, (5, 7, 0), "Authentication required");
+            };
+            if !from.eq_ignore_ascii_case(user) {
+                return Reply::new(
+                    553,
+                    (5, 7, 1),
+                    format!("<{from}>: sender address not owned by user {user}"),
+                );
+            }
+        }
+        Reply::new(250, (2, 1, 0), "Ok")
+    }
+
+    fn on_rcpt(
+        &self,
+        info: &SessionInfo,
+        _tx: &Transaction,
+        rcpt: &str,
+    ) -> impl Future<Output = Reply> + Send {
+        let reply = if self.users.is_local_domain(domain_of(rcpt)) {
+            if !self.users.exists(rcpt) {
+                Reply::new(550, (5, 1, 1), format!("<{rcpt}>: user unknown"))
+            } else if self.store.over_quota(&self.users.canonical(rcpt), 0) {
+                Reply::new(452, (4, 2, 2), format!("<{rcpt}>: mailbox full"))
+            } else {
+                Reply::new(250, (2, 1, 5), "Ok")
+            }
+        } else if self.role == Role::Submission && info.user.is_some() {
+            if self.relay.is_some() {
+                Reply::new(250, (2, 1, 5), "Ok")
+            } else {
+                Reply::new(550, (5, 7, 1), format!("<{rcpt}>: no outbound relay configured"))
+            }
+        } else {
+            // Never an open relay: only authenticated submission reaches other domains.
+            Reply::new(554, (5, 7, 1), format!("<{rcpt}>: Relay access denied"))
+        };
+        std::future::ready(reply)
+    }
+
+    fn on_data(
+        &self,
+        info: &SessionInfo,
+        tx: &Transaction,
+        message: Vec<u8>,
+    ) -> impl Future<Output = Reply> + Send {
+        let info = info.clone();
+        let tx = tx.clone();
+        async move {
+            let (local, remote): (Vec<String>, Vec<String>) = tx
+                .rcpts
+                .iter()
+                .cloned()
+                .partition(|r| self.users.is_local_domain(domain_of(r)));
+            let auth_header = match (&self.verifier, self.role) {
+                (Some(v), Role::Mx) => {
+                    v.verify(info.peer.ip(), &info.helo, &tx.mail_from, &message)
+                        .await
+                        .header
+                }
+                _ => String::new(),
+            };
+            for rcpt in &local {
+                let user = self.users.canonical(rcpt);
+                let mut stored = Vec::with_capacity(message.len() + 512);
+                stored.extend_from_slice(format!("Return-Path: <{}>\r\n", tx.mail_from).as_bytes());
+                stored.extend_from_slice(format!("Delivered-To: {user}\r\n").as_bytes());
+                stored.extend_from_slice(self.received(&info, &user).as_bytes());
+                stored.extend_from_slice(auth_header.as_bytes());
+                stored.extend_from_slice(&message);
+                let store = self.store.clone();
+                let result = tokio::task::spawn_blocking(move || store.deliver(&user, &stored))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(FolderError::Io {
+                            path: PathBuf::new(),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                    });
+                match result {
+                    Ok(_) => {}
+                    Err(FolderError::OverQuota) => {
+                        return Reply::new(452, (4, 2, 2), format!("<{rcpt}>: mailbox full"));
+                    }
+                    Err(e) => {
+                        tracing::error!("delivery to {rcpt}: {e}");
+                        return Reply::new(451, (4, 3, 0), "local delivery failed, try again later");
+                    }
+                }
+            }
+            if !remote.is_empty() {
+                let mut relayed = self.received(&info, &remote.join(">, <")).into_bytes();
+                relayed.extend_from_slice(&message);
+                return self.relay(&tx.mail_from, &remote, &relayed).await;
+            }
+            Reply::new(250, (2, 0, 0), "Ok: delivered")
+        }
+    }
+
+    fn authenticate(&self, login: &str, password: &[u8]) -> impl Future<Output = Option<String>> + Send {
+        let users = self.users.clone();
+        let login = login.to_string();
+        let password = password.to_vec();
+        async move {
+            tokio::task::spawn_blocking(move || users.verify(&login, &password))
+                .await
+                .ok()
+                .flatten()
+        }
+    }
+}
+
+/// A running mailbox server: its bound addresses and a way to stop it.
+pub struct Running {
+    pub smtp: Option<SocketAddr>,
+    pub submission: Option<SocketAddr>,
+    pub imap: Option<SocketAddr>,
+    pub pop3: Option<SocketAddr>,
+    pub store: Arc<Mailstore>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Stop accepting, let sessions finish, return when every listener is closed.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Verifier(#[from] crate::auth::VerifierError),
+    #[error("{0}")]
+    Config(String),
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })?;
+    Ok((l, bound))
+}
+
+fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> + Send {
+    async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Bind every configured listener and serve until [`Running::shutdown`].
+pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
+    if cfg.users.domains().is_empty() {
+        return Err(StartError::Config("at least one --domain is needed".into()));
+    }
+    if cfg.submission.is_some() && cfg.tls.is_none() {
+        return Err(StartError::Config(
+            "submission needs TLS (AUTH is only offered after STARTTLS): give --tls".into(),
+        ));
+    }
+    let users = Arc::new(cfg.users);
+    let store = Arc::new(Mailstore::new(&cfg.data, cfg.quota_bytes));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let verifier = match cfg.dns {
+        Some(dns) => Some(Arc::new(Verifier::new(dns, &cfg.hostname)?)),
+        None => Verifier::system(&cfg.hostname).ok().map(Arc::new),
+    };
+    let smtp_cfg = |auth: bool| ServerConfig {
+        hostname: cfg.hostname.clone(),
+        message_bytes_max: cfg.message_bytes_max,
+        connections_per_ip_max: cfg.connections_per_ip_max,
+        tls: cfg.tls.clone(),
+        auth,
+        auth_failure_delay: cfg.auth_failure_delay,
+        ..ServerConfig::default()
+    };
+    let mut running = Running {
+        smtp: None,
+        submission: None,
+        imap: None,
+        pop3: None,
+        store: store.clone(),
+        stop,
+        tasks: tokio::task::JoinSet::new(),
+    };
+    for (role, addr) in [(Role::Mx, cfg.smtp), (Role::Submission, cfg.submission)] {
+        let Some(addr) = addr else { continue };
+        let what = if role == Role::Mx { "smtp" } else { "submission" };
+        let (listener, bound) = bind(what, addr).await?;
+        let backend = Arc::new(MailboxBackend {
+            role,
+            users: users.clone(),
+            store: store.clone(),
+            verifier: verifier.clone(),
+            relay: cfg.relay,
+            hostname: cfg.hostname.clone(),
+        });
+        let server = Arc::new(crate::smtp::Server::new(backend, smtp_cfg(role == Role::Submission)));
+        tasks.spawn(server.serve(listener, stopped(stop_rx.clone())));
+        match role {
+            Role::Mx => running.smtp = Some(bound),
+            Role::Submission => running.submission = Some(bound),
+        }
+    }
+    let limiter = Arc::new(ConnectionLimiter::new(1024, cfg.connections_per_ip_max));
+    if let Some(addr) = cfg.imap {
+        let (listener, bound) = bind("imap", addr).await?;
+        let icfg = Arc::new(imap::ImapConfig {
+            hostname: cfg.hostname.clone(),
+            auth_failure_delay: cfg.auth_failure_delay,
+            literal_bytes_max: cfg.message_bytes_max,
+            ..imap::ImapConfig::default()
+        });
+        let (store2, tls_on) = (store.clone(), cfg.tls.is_some());
+        tasks.spawn(shell::serve(
+            listener,
+            limiter.clone(),
+            users.clone(),
+            cfg.tls.clone(),
+            move |peer: SocketAddr| {
+                imap::Session::new(icfg.clone(), store2.clone(), tls_on, peer.ip().is_loopback())
+            },
+            "* BYE Too many connections.\r\n",
+            stopped(stop_rx.clone()),
+        ));
+        running.imap = Some(bound);
+    }
+    if let Some(addr) = cfg.pop3 {
+        let (listener, bound) = bind("pop3", addr).await?;
+        let pcfg = Arc::new(pop3::Pop3Config {
+            hostname: cfg.hostname.clone(),
+            auth_failure_delay: cfg.auth_failure_delay,
+            ..pop3::Pop3Config::default()
+        });
+        let (store2, tls_on) = (store.clone(), cfg.tls.is_some());
+        tasks.spawn(shell::serve(
+            listener,
+            limiter.clone(),
+            users.clone(),
+            cfg.tls.clone(),
+            move |peer: SocketAddr| {
+                pop3::Session::new(pcfg.clone(), store2.clone(), tls_on, peer.ip().is_loopback())
+            },
+            "-ERR [SYS/TEMP] Too many connections.\r\n",
+            stopped(stop_rx.clone()),
+        ));
+        running.pop3 = Some(bound);
+    }
+    if let Some(days) = cfg.retention_days {
+        let (store2, users2, stop2) = (store.clone(), users.clone(), stopped(stop_rx.clone()));
+        tasks.spawn(async move {
+            let max_age_ms = i64::from(days) * 86_400_000;
+            let sweep = async {
+                loop {
+                    let (s, u) = (store2.clone(), users2.clone());
+                    let removed = tokio::task::spawn_blocking(move || {
+                        s.apply_retention(&u.addresses(), max_age_ms)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    for (user, folder, uid) in removed {
+                        tracing::info!(%user, %folder, uid, days, "retention: removed message older than the policy");
+                    }
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            };
+            tokio::select! {
+                _ = stop2 => {}
+                _ = sweep => {}
+            }
+        });
+    }
+    running.tasks = tasks;
+    Ok(running)
+}

@@ -1,0 +1,178 @@
+//! The mailbox server checked by clients nobody here wrote: Python's smtplib, imaplib and
+//! poplib (tests/clients.py), curl (smtp://, imap://, pop3://) and swaks, over loopback.
+//! `.ci/run` installs curl and swaks; a missing tool fails the test, it is not skipped.
+
+use fake_dns::{DnsServer, RecordData, ZoneSet};
+use mailsim_mailbox::server::{self, MailboxConfig, Running};
+use mailsim_mailbox::tls::Tls;
+use mailsim_mailbox::users::Users;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+fn loopback() -> Option<SocketAddr> {
+    Some("127.0.0.1:0".parse().unwrap())
+}
+
+async fn start(data: &std::path::Path, dns: SocketAddr) -> Running {
+    let mut users = Users::new(&["example.test".into()]);
+    users.add_spec("bob:secret", "test").unwrap();
+    users.add_spec("alice:secret2", "test").unwrap();
+    let mut cfg = MailboxConfig::new(data.to_path_buf(), users);
+    cfg.hostname = "mx.example.test".into();
+    cfg.smtp = loopback();
+    cfg.submission = loopback();
+    cfg.imap = loopback();
+    cfg.pop3 = loopback();
+    cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
+    cfg.dns = Some(dns);
+    cfg.auth_failure_delay = Duration::from_millis(50);
+    server::start(cfg).await.unwrap()
+}
+
+/// SPF for the sending domain, so that inbound mail gets a real verdict.
+async fn dns() -> DnsServer {
+    let mut zones = ZoneSet::new();
+    zones.add_zone("other.test");
+    zones.add("other.test", RecordData::Txt("v=spf1 ip4:127.0.0.1 -all".into()));
+    zones.add("_dmarc.other.test", RecordData::Txt("v=DMARC1; p=none".into()));
+    DnsServer::start(&zones, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run ({e}); .ci/run installs it"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+async fn blocking(mut cmd: Command, what: &'static str) -> String {
+    tokio::task::spawn_blocking(move || run(&mut cmd, what))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_read_what_smtp_delivered_and_relaying_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns().await;
+    let srv = start(dir.path(), dns.addr()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script);
+    for a in [srv.smtp, srv.submission, srv.imap, srv.pop3] {
+        cmd.arg(a.unwrap().port().to_string());
+    }
+    let text = blocking(cmd, "python3 tests/clients.py").await;
+    assert!(text.contains("all client checks passed"), "{text}");
+    // The SPF verdict for the inbound message is a real one from the DNS above.
+    let bob = srv.store.user_dir("bob@example.test");
+    let mut found = false;
+    for e in std::fs::read_dir(bob.join("cur")).unwrap().flatten() {
+        let body = std::fs::read_to_string(e.path()).unwrap();
+        if body.contains("hello bob") {
+            assert!(body.contains("spf=pass"), "{body}");
+            found = true;
+        }
+    }
+    assert!(found, "bob's message is stored");
+    srv.shutdown().await;
+    dns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_and_swaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns().await;
+    let srv = start(dir.path(), dns.addr()).await;
+    let (smtp, sub, imap, pop3) = (
+        srv.smtp.unwrap(),
+        srv.submission.unwrap(),
+        srv.imap.unwrap(),
+        srv.pop3.unwrap(),
+    );
+    // swaks: submission with STARTTLS and AUTH PLAIN.
+    let mut swaks = Command::new("swaks");
+    swaks.args([
+        "--server", &sub.to_string(), "--tls", "--auth", "PLAIN",
+        "--auth-user", "bob", "--auth-password", "secret",
+        "--from", "bob@example.test", "--to", "alice@example.test",
+        "--header", "Subject: by swaks", "--body", "swaks body",
+    ]);
+    let text = blocking(swaks, "swaks (submission)").await;
+    assert!(text.contains("235 2.7.0"), "{text}");
+    // swaks trying to relay through the MX port is refused.
+    let mut relay = Command::new("swaks");
+    relay.args([
+        "--server", &smtp.to_string(), "--from", "x@other.test",
+        "--to", "victim@elsewhere.test", "--quit-after", "RCPT",
+    ]);
+    let out = tokio::task::spawn_blocking(move || relay.output().expect("swaks installed"))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("554 5.7.1"), "{text}");
+    // curl: SMTP in through the MX port, then read over IMAP (STARTTLS required) and POP3.
+    let msg = dir.path().join("msg.eml");
+    std::fs::write(&msg, "From: carol@other.test\r\nSubject: by curl\r\n\r\ncurl body\r\n").unwrap();
+    let mut c = Command::new("curl");
+    c.args(["-sS", &format!("smtp://{smtp}"), "--mail-from", "carol@other.test",
+        "--mail-rcpt", "alice@example.test", "-T"]).arg(&msg);
+    blocking(c, "curl smtp://").await;
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--ssl-reqd", "-k", "--user", "alice:secret2",
+        &format!("imap://{imap}/INBOX"), "-X", "SEARCH SUBJECT curl"]);
+    let text = blocking(c, "curl imap:// SEARCH").await;
+    assert!(text.contains("* SEARCH 2"), "{text}");
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--ssl-reqd", "-k", "--user", "alice:secret2",
+        &format!("imap://{imap}/INBOX;UID=2")]);
+    let text = blocking(c, "curl imap:// fetch").await;
+    assert!(text.contains("curl body"), "{text}");
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--user", "alice:secret2", &format!("pop3://{pop3}/1")]);
+    let text = blocking(c, "curl pop3:// RETR").await;
+    assert!(text.contains("swaks body"), "{text}");
+    // A wrong password is refused by curl's IMAP login too.
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--user", "alice:wrong", &format!("imap://{imap}/INBOX")]);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+    assert!(!out.status.success());
+    srv.shutdown().await;
+    dns.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_survives_a_restart_with_uids_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns().await;
+    let srv = start(dir.path(), dns.addr()).await;
+    srv.store.deliver("bob@example.test", b"Subject: keep\r\n\r\nme\r\n").unwrap();
+    let inbox = srv.store.folder("bob@example.test", "INBOX").unwrap();
+    let (validity, uid) = {
+        let mut f = mailsim_mailbox::folders::lock(&inbox);
+        let m = f.messages.last_mut().unwrap();
+        m.flags.insert_name("\\Flagged");
+        let uid = m.uid;
+        f.write_index().unwrap();
+        (f.uidvalidity, uid)
+    };
+    srv.shutdown().await;
+    let srv = start(dir.path(), dns.addr()).await;
+    let inbox = srv.store.folder("bob@example.test", "INBOX").unwrap();
+    let f = mailsim_mailbox::folders::lock(&inbox);
+    assert_eq!(f.uidvalidity, validity);
+    let m = f.find(uid).expect("same UID after restart");
+    assert!(m.flags.has(mailsim_mailbox::folders::SystemFlag::Flagged));
+    drop(f);
+    srv.shutdown().await;
+    dns.shutdown().await;
+}
