@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v dig >/dev/null 2>&1 || need+=(dnsutils)
 /usr/bin/python3 -c 'import dkim' >/dev/null 2>&1 || need+=(python3-dkim)
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -73,7 +73,8 @@ impl Verifier {
     /// A verifier asking the system's resolvers (`/etc/resolv.conf`): a mailbox server on the
     /// real Internet.
     pub fn system(hostname: &str) -> Result<Self, VerifierError> {
-        let auth = MessageAuthenticator::new_system_conf().map_err(|e| VerifierError(e.to_string()))?;
+        let auth =
+            MessageAuthenticator::new_system_conf().map_err(|e| VerifierError(e.to_string()))?;
         Ok(Verifier {
             auth,
             hostname: hostname.to_string(),

@@ -162,6 +162,22 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FolderError + '_ {
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
+static LAST_UIDVALIDITY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A UIDVALIDITY for a new folder: the time in seconds, but never the same twice in a process,
+/// so that a mailbox deleted and created again within a second still gets a new one
+/// (RFC 3501 section 2.3.1.1).
+fn next_uidvalidity() -> u32 {
+    let now = (wall_ms() / 1000) as u32;
+    let mut prev = LAST_UIDVALIDITY.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST_UIDVALIDITY.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
 
 /// A Maildir file name unique on this host.
 fn unique_name() -> String {
@@ -178,7 +194,11 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Write `bytes` into a new durable file in `dir/tmp` and rename it to `dir/<sub>/<name>`.
-pub fn write_durable(dir: &Path, sub: &str, bytes: &[u8]) -> Result<(String, PathBuf), FolderError> {
+pub fn write_durable(
+    dir: &Path,
+    sub: &str,
+    bytes: &[u8],
+) -> Result<(String, PathBuf), FolderError> {
     let name = unique_name();
     let tmp = dir.join("tmp").join(&name);
     let dst = dir.join(sub).join(&name);
@@ -233,7 +253,7 @@ impl Folder {
         match fs::read_to_string(&index) {
             Ok(text) => folder.read_index(&index, &text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                folder.uidvalidity = (wall_ms() / 1000) as u32;
+                folder.uidvalidity = next_uidvalidity();
                 dirty = true;
             }
             Err(e) => return Err(io_err(&index)(e)),
@@ -735,11 +755,7 @@ impl Mailstore {
 
     /// Remove messages older than `max_age_ms` from every folder of every user under the root;
     /// returns (user, folder, uid) of each removed message.
-    pub fn apply_retention(
-        &self,
-        users: &[String],
-        max_age_ms: i64,
-    ) -> Vec<(String, String, u32)> {
+    pub fn apply_retention(&self, users: &[String], max_age_ms: i64) -> Vec<(String, String, u32)> {
         let cutoff = wall_ms() as i64 - max_age_ms;
         let mut removed = Vec::new();
         for user in users {
@@ -750,7 +766,9 @@ impl Mailstore {
                 let mut f = lock(&f);
                 let _ = f.refresh();
                 match f.expunge_where(|m| m.internal_ms < cutoff) {
-                    Ok(uids) => removed.extend(uids.into_iter().map(|u| (user.clone(), name.clone(), u))),
+                    Ok(uids) => {
+                        removed.extend(uids.into_iter().map(|u| (user.clone(), name.clone(), u)))
+                    }
                     Err(e) => tracing::warn!("retention in {name} of {user}: {e}"),
                 }
             }
@@ -778,7 +796,11 @@ mod tests {
         // An SMTP delivery straight into new/ and an orphan in cur/ (crash before the index).
         let md = crate::store::Maildir::new(dir.path(), true, "t");
         md.deliver(u, b"Subject: two\r\n\r\ny\r\n").unwrap();
-        fs::write(store.user_dir(u).join("cur").join("orphan"), b"Subject: 3\r\n\r\n").unwrap();
+        fs::write(
+            store.user_dir(u).join("cur").join("orphan"),
+            b"Subject: 3\r\n\r\n",
+        )
+        .unwrap();
         let reopened = Folder::open(&store.user_dir(u), false).unwrap();
         assert_eq!(reopened.messages.len(), 3);
         assert_eq!(reopened.uidvalidity, lock(&inbox).uidvalidity);
@@ -805,7 +827,10 @@ mod tests {
         // ".." is a folder name like any other, kept inside the user's directory.
         assert!(store.user_dir(u).join("folders").join("%2E%2E").is_dir());
         assert!(matches!(store.create(u, "x//y"), Err(FolderError::BadName)));
-        assert!(matches!(store.folder(u, "nope"), Err(FolderError::NoSuchFolder)));
+        assert!(matches!(
+            store.folder(u, "nope"),
+            Err(FolderError::NoSuchFolder)
+        ));
     }
 
     #[test]
@@ -814,7 +839,10 @@ mod tests {
         let store = Mailstore::new(dir.path(), 100);
         let u = "bob@example.test";
         store.deliver(u, &[b'x'; 60]).unwrap();
-        assert!(matches!(store.deliver(u, &[b'y'; 60]), Err(FolderError::OverQuota)));
+        assert!(matches!(
+            store.deliver(u, &[b'y'; 60]),
+            Err(FolderError::OverQuota)
+        ));
         let inbox = store.folder(u, "INBOX").unwrap();
         lock(&inbox).append(b"old", Flags::default(), 0).unwrap();
         let removed = store.apply_retention(&[u.to_string()], 86_400_000);

@@ -165,9 +165,8 @@ fn date_of(ms: i64) -> chrono::NaiveDate {
 fn section_label(s: &Section<'_>) -> (Vec<u32>, Option<SectionText>, String) {
     use imap_codec::imap_types::fetch::Part;
     let path = |p: &Part| -> Vec<u32> { p.0.as_ref().iter().map(|n| n.get()).collect() };
-    let dotted = |v: &[u32]| -> String {
-        v.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
-    };
+    let dotted =
+        |v: &[u32]| -> String { v.iter().map(u32::to_string).collect::<Vec<_>>().join(".") };
     let names = |list: &imap_codec::imap_types::core::NonEmptyVec<AString<'_>>| -> Vec<String> {
         list.as_ref().iter().map(ok_str).collect()
     };
@@ -300,10 +299,13 @@ impl Candidate<'_> {
         })
     }
 
+    /// An address header contains `value`: in its raw text or in a parsed address (so that
+    /// comments and display-name quoting do not hide a match).
     fn header_has(&mut self, name: &str, value: &[u8]) -> bool {
         let mime = Mime::new(self.content());
         mime.header_values(name)
             .iter()
+            .chain(mime.address_texts(name).iter())
             .any(|v| contains_ci(v.as_bytes(), value))
     }
 
@@ -337,9 +339,11 @@ impl Candidate<'_> {
             SearchKey::On(d) => date_of(self.meta.internal_ms) == *d.as_ref(),
             SearchKey::Since(d) => date_of(self.meta.internal_ms) >= *d.as_ref(),
             SearchKey::SentBefore(d) | SearchKey::SentOn(d) | SearchKey::SentSince(d) => {
-                let sent = Mime::new(self.content()).sent_date().and_then(|(y, m, dd)| {
-                    chrono::NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(dd))
-                });
+                let sent = Mime::new(self.content())
+                    .sent_date()
+                    .and_then(|(y, m, dd)| {
+                        chrono::NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(dd))
+                    });
                 let Some(sent) = sent else { return false };
                 match key {
                     SearchKey::SentBefore(_) => sent < *d.as_ref(),
@@ -351,7 +355,12 @@ impl Candidate<'_> {
             SearchKey::Cc(v) => self.header_has("cc", v.as_ref()),
             SearchKey::From(v) => self.header_has("from", v.as_ref()),
             SearchKey::To(v) => self.header_has("to", v.as_ref()),
-            SearchKey::Subject(v) => self.header_has("subject", v.as_ref()),
+            SearchKey::Subject(v) => {
+                let mime = Mime::new(self.content());
+                mime.header_values("subject")
+                    .iter()
+                    .any(|x| contains_ci(x.as_bytes(), v.as_ref()))
+            }
             SearchKey::Header(name, v) => {
                 let name = ok_str(name);
                 let mime = Mime::new(self.content());
@@ -417,7 +426,6 @@ impl Session {
         self.out.extend_from_slice(s.as_bytes());
         self.out.extend_from_slice(b"\r\n");
     }
-
 }
 
 impl Protocol for Session {
@@ -457,7 +465,9 @@ impl Protocol for Session {
             }
             None => {
                 self.auth_failures += 1;
-                self.line(&format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed."));
+                self.line(&format!(
+                    "{tag} NO [AUTHENTICATIONFAILED] Authentication failed."
+                ));
                 if self.auth_failures >= self.cfg.auth_failures_max {
                     self.line("* BYE Too many failed logins.");
                     self.pending = Pending::Closed;
@@ -522,13 +532,20 @@ impl Protocol for Session {
                         return self.need_line().unwrap_or(Step::NeedInput);
                     }
                     Err(AuthenticateDataDecodeError::Failed) => {
-                        let end = buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |p| p + 1);
+                        let end = buf
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map_or(buf.len(), |p| p + 1);
                         self.inbuf = buf[end..].to_vec();
                         self.pending = Pending::None;
                         let cancelled = buf[..end].trim_ascii() == b"*";
                         self.line(&format!(
                             "{tag} BAD {}",
-                            if cancelled { "Authentication aborted by client." } else { "Invalid base64 data." }
+                            if cancelled {
+                                "Authentication aborted by client."
+                            } else {
+                                "Invalid base64 data."
+                            }
                         ));
                         continue;
                     }
@@ -583,12 +600,13 @@ impl Protocol for Session {
                         .filter(|t| !t.is_empty() && t.iter().all(|b| b.is_ascii_graphic()))
                         .map_or("*".into(), |t| String::from_utf8_lossy(t).into_owned());
                     self.inbuf = buf[end..].to_vec();
-                    self.line(&format!("{tag} BAD Error in IMAP command received by server."));
+                    self.line(&format!(
+                        "{tag} BAD Error in IMAP command received by server."
+                    ));
                 }
             }
         }
     }
-
 }
 
 impl Session {
@@ -609,7 +627,9 @@ impl Session {
                 Some(Step::Authenticate { login, password })
             }
             None => {
-                self.line(&format!("{tag} NO [AUTHENTICATIONFAILED] Invalid PLAIN response."));
+                self.line(&format!(
+                    "{tag} NO [AUTHENTICATIONFAILED] Invalid PLAIN response."
+                ));
                 None
             }
         }
@@ -717,14 +737,22 @@ impl Session {
                 reference,
                 mailbox_wildcard,
             } => {
-                self.list(&mailbox_name(&reference), &list_pattern(&mailbox_wildcard), false);
+                self.list(
+                    &mailbox_name(&reference),
+                    &list_pattern(&mailbox_wildcard),
+                    false,
+                );
                 Ok("List completed.".into())
             }
             CommandBody::Lsub {
                 reference,
                 mailbox_wildcard,
             } => {
-                self.list(&mailbox_name(&reference), &list_pattern(&mailbox_wildcard), true);
+                self.list(
+                    &mailbox_name(&reference),
+                    &list_pattern(&mailbox_wildcard),
+                    true,
+                );
                 Ok("Lsub completed.".into())
             }
             CommandBody::Status {
@@ -768,7 +796,10 @@ impl Session {
                     let mut f = folders::lock(&s.folder);
                     let _ = f.expunge_where(|m| m.flags.has(SystemFlag::Deleted));
                 }
-                self.line(&format!("{tag} OK {} completed.", if close { "Close" } else { "Unselect" }));
+                self.line(&format!(
+                    "{tag} OK {} completed.",
+                    if close { "Close" } else { "Unselect" }
+                ));
                 return None;
             }
             CommandBody::Expunge => self.expunge(),
@@ -779,7 +810,10 @@ impl Session {
             } => {
                 expunge_ok = false;
                 let cs = charset.map(|c| c.as_ref().to_ascii_uppercase());
-                if cs.as_deref().is_some_and(|c| c != "UTF-8" && c != "US-ASCII") {
+                if cs
+                    .as_deref()
+                    .is_some_and(|c| c != "UTF-8" && c != "US-ASCII")
+                {
                     Err("NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset.".into())
                 } else {
                     self.search(&criteria, uid)
@@ -859,7 +893,9 @@ impl Session {
             (view, f.uidvalidity, f.uidnext, keywords)
         };
         let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
-        self.line(&format!("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw})"));
+        self.line(&format!(
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw})"
+        ));
         if read_only {
             self.line("* OK [PERMANENTFLAGS ()] Read-only mailbox.");
         } else {
@@ -868,7 +904,10 @@ impl Session {
             ));
         }
         self.line(&format!("* {} EXISTS", view.len()));
-        self.line(&format!("* {} RECENT", view.iter().filter(|v| v.recent).count()));
+        self.line(&format!(
+            "* {} RECENT",
+            view.iter().filter(|v| v.recent).count()
+        ));
         if let Some(i) = view.iter().position(|v| !v.flags.has(SystemFlag::Seen)) {
             self.line(&format!("* OK [UNSEEN {}] First unseen.", i + 1));
         }
@@ -890,15 +929,39 @@ impl Session {
     fn list(&mut self, reference: &str, pattern: &str, subscribed_only: bool) {
         let kind = if subscribed_only { "LSUB" } else { "LIST" };
         if pattern.is_empty() && !subscribed_only {
-            self.line(&format!("* LIST (\\Noselect) \"{}\" \"\"", folders::SEPARATOR));
+            self.line(&format!(
+                "* LIST (\\Noselect) \"{}\" \"\"",
+                folders::SEPARATOR
+            ));
             return;
         }
         let full = format!("{reference}{pattern}");
-        let names = if subscribed_only {
+        let names: Vec<String> = if subscribed_only {
             self.store.subscriptions(&self.user).into_iter().collect()
         } else {
             self.store.list(&self.user)
         };
+        if subscribed_only && full.ends_with('%') {
+            // A subscribed name below the level `%` reaches shows its unsubscribed parent as
+            // \Noselect (RFC 3501 section 6.3.9).
+            let mut parents = std::collections::BTreeSet::new();
+            for name in &names {
+                let parts: Vec<&str> = name.split(folders::SEPARATOR).collect();
+                for depth in 1..parts.len() {
+                    let parent = parts[..depth].join(&folders::SEPARATOR.to_string());
+                    if !names.contains(&parent) && wildcard(full.as_bytes(), parent.as_bytes()) {
+                        parents.insert(parent);
+                    }
+                }
+            }
+            for p in parents {
+                let shown = quoted_or_literal(p.as_bytes());
+                self.line(&format!(
+                    "* LSUB (\\Noselect) \"{}\" {shown}",
+                    folders::SEPARATOR
+                ));
+            }
+        }
         for name in names {
             let matched = if folders::is_inbox(&name) {
                 wildcard(full.to_ascii_uppercase().as_bytes(), b"INBOX")
@@ -923,13 +986,19 @@ impl Session {
                     StatusDataItemName::Messages => format!("MESSAGES {}", f.messages.len()),
                     StatusDataItemName::Recent => format!(
                         "RECENT {}",
-                        f.messages.iter().filter(|m| m.uid >= f.recent_floor()).count()
+                        f.messages
+                            .iter()
+                            .filter(|m| m.uid >= f.recent_floor())
+                            .count()
                     ),
                     StatusDataItemName::UidNext => format!("UIDNEXT {}", f.uidnext),
                     StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", f.uidvalidity),
                     StatusDataItemName::Unseen => format!(
                         "UNSEEN {}",
-                        f.messages.iter().filter(|m| !m.flags.has(SystemFlag::Seen)).count()
+                        f.messages
+                            .iter()
+                            .filter(|m| !m.flags.has(SystemFlag::Seen))
+                            .count()
                     ),
                     _ => continue,
                 });
@@ -979,8 +1048,10 @@ impl Session {
             let last = sel.view.last().map_or(0, |v| v.uid);
             let fresh: Vec<&Message> = f.messages.iter().filter(|m| m.uid > last).collect();
             if !fresh.is_empty() {
-                let fresh: Vec<(u32, Flags)> =
-                    fresh.into_iter().map(|m| (m.uid, m.flags.clone())).collect();
+                let fresh: Vec<(u32, Flags)> = fresh
+                    .into_iter()
+                    .map(|m| (m.uid, m.flags.clone()))
+                    .collect();
                 let floor = if sel.read_only {
                     f.recent_floor()
                 } else {
@@ -1148,8 +1219,9 @@ impl Session {
                     MessageDataItemName::Envelope => {
                         out.extend_from_slice(format!("ENVELOPE {}", mime.envelope()).as_bytes())
                     }
-                    MessageDataItemName::Body => out
-                        .extend_from_slice(format!("BODY {}", mime.body_structure(false)).as_bytes()),
+                    MessageDataItemName::Body => out.extend_from_slice(
+                        format!("BODY {}", mime.body_structure(false)).as_bytes(),
+                    ),
                     MessageDataItemName::BodyStructure => out.extend_from_slice(
                         format!("BODYSTRUCTURE {}", mime.body_structure(true)).as_bytes(),
                     ),
@@ -1184,7 +1256,9 @@ impl Session {
                             (Some(b), Some((start, len))) => {
                                 let s = (*start as usize).min(b.len());
                                 let e = s.saturating_add(len.get() as usize).min(b.len());
-                                out.extend_from_slice(format!("BODY[{label}]<{start}> ").as_bytes());
+                                out.extend_from_slice(
+                                    format!("BODY[{label}]<{start}> ").as_bytes(),
+                                );
                                 push_literal(&mut out, &b[s..e]);
                             }
                         }
@@ -1239,7 +1313,11 @@ impl Session {
             }
             sel.view[idx].flags = m.flags.clone();
             if response == StoreResponse::Answer {
-                let uid_part = if uid { format!("UID {u} ") } else { String::new() };
+                let uid_part = if uid {
+                    format!("UID {u} ")
+                } else {
+                    String::new()
+                };
                 lines.push(format!(
                     "* {} FETCH ({uid_part}FLAGS ({}))",
                     idx + 1,
@@ -1310,7 +1388,12 @@ impl Session {
                 src.expunge_where(|m| moved.contains(&m.uid)).map_err(no)?;
             }
         }
-        Ok(if remove { "Move completed." } else { "Copy completed." }.into())
+        Ok(if remove {
+            "Move completed."
+        } else {
+            "Copy completed."
+        }
+        .into())
     }
 }
 
@@ -1351,14 +1434,9 @@ mod tests {
 
     fn run(s: &mut Session, input: &str) -> String {
         s.feed(input.as_bytes());
-        loop {
-            match s.step() {
-                Step::Authenticate { login, password } => {
-                    let ok = login == "bob" && password == b"pw";
-                    s.auth_done(ok.then(|| "bob@example.test".to_string()));
-                }
-                _ => break,
-            }
+        while let Step::Authenticate { login, password } = s.step() {
+            let ok = login == "bob" && password == b"pw";
+            s.auth_done(ok.then(|| "bob@example.test".to_string()));
         }
         String::from_utf8(s.take_output()).unwrap()
     }
@@ -1368,21 +1446,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = session(dir.path());
         let greeting = String::from_utf8(s.take_output()).unwrap();
-        assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1"), "{greeting}");
+        assert!(
+            greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),
+            "{greeting}"
+        );
         assert!(run(&mut s, "a LOGIN bob wrong\r\n").contains("a NO [AUTHENTICATIONFAILED]"));
         assert!(run(&mut s, "b LOGIN bob pw\r\n").contains("b OK"));
         let r = run(&mut s, "c APPEND INBOX (\\Seen) {22}\r\n");
         assert_eq!(r, "+ Ready for literal data\r\n");
         let r = run(&mut s, "Subject: hi\r\n\r\nhello\r\n\r\n");
         assert!(r.contains("c OK"), "{r}");
-        let r = run(&mut s, "d APPEND INBOX {22+}\r\nSubject: yo\r\n\r\nworld\r\n\r\n");
+        let r = run(
+            &mut s,
+            "d APPEND INBOX {22+}\r\nSubject: yo\r\n\r\nworld\r\n\r\n",
+        );
         assert!(r.contains("d OK"), "{r}");
         let r = run(&mut s, "e SELECT INBOX\r\n");
-        assert!(r.contains("* 2 EXISTS") && r.contains("* 2 RECENT") && r.contains("[UNSEEN 2]"), "{r}");
-        let r = run(&mut s, "f FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n");
+        assert!(
+            r.contains("* 2 EXISTS") && r.contains("* 2 RECENT") && r.contains("[UNSEEN 2]"),
+            "{r}"
+        );
+        let r = run(
+            &mut s,
+            "f FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
+        );
         assert!(r.contains("* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) BODY[HEADER.FIELDS (SUBJECT)] {15}\r\nSubject: hi\r\n\r\n)"), "{r}");
         let r = run(&mut s, "g FETCH 2 BODY[TEXT]\r\n");
-        assert!(r.contains("BODY[TEXT] {7}\r\nworld\r\n FLAGS (\\Seen \\Recent))"), "{r}");
+        assert!(
+            r.contains("BODY[TEXT] {7}\r\nworld\r\n FLAGS (\\Seen \\Recent))"),
+            "{r}"
+        );
         let r = run(&mut s, "h SEARCH SUBJECT yo\r\n");
         assert!(r.contains("* SEARCH 2\r\n"), "{r}");
         let r = run(&mut s, "i STORE 1 +FLAGS (\\Deleted)\r\nj EXPUNGE\r\n");
@@ -1390,7 +1483,10 @@ mod tests {
         let r = run(&mut s, "k UID FETCH 2 (FLAGS)\r\n");
         assert!(r.contains("* 1 FETCH (UID 2 FLAGS"), "{r}");
         let r = run(&mut s, "l BOGUS\r\nm LOGOUT\r\n");
-        assert!(r.contains("l BAD") && r.contains("* BYE") && r.contains("m OK"), "{r}");
+        assert!(
+            r.contains("l BAD") && r.contains("* BYE") && r.contains("m OK"),
+            "{r}"
+        );
     }
 
     #[test]

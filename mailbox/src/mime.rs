@@ -40,6 +40,9 @@ fn split_header(raw: &[u8]) -> usize {
 struct At<'m, 'a> {
     msg: &'m mail_parser::Message<'a>,
     idx: usize,
+    /// For the root of an encapsulated message: where the enclosing part ends (mail-parser
+    /// ends a nested multipart at its closing boundary, leaving out the epilogue).
+    root_end: Option<usize>,
     /// The bytes the part offsets count in: mail-parser gives an encapsulated message parsed in
     /// place offsets into the outermost message, one it had to decode first offsets into its own
     /// decoded bytes.
@@ -61,8 +64,12 @@ impl<'m, 'a> At<'m, 'a> {
     }
     fn body_bytes(&self) -> &'m [u8] {
         let p = self.part();
+        let end = match self.root_end {
+            Some(e) if self.idx == 0 => e.max(p.offset_body as usize),
+            _ => p.offset_end as usize,
+        };
         self.raw()
-            .get(p.offset_body as usize..p.offset_end as usize)
+            .get(p.offset_body as usize..end)
             .unwrap_or_default()
     }
     /// The encapsulated message of a message/rfc822 part.
@@ -76,6 +83,7 @@ impl<'m, 'a> At<'m, 'a> {
                     msg: m,
                     idx: 0,
                     raw: if in_place { self.raw } else { inner },
+                    root_end: in_place.then_some(self.part().offset_end as usize),
                 })
             }
             _ => None,
@@ -112,6 +120,7 @@ impl<'a> Mime<'a> {
                 msg,
                 idx: 0,
                 raw: self.raw,
+                root_end: None,
             })
     }
 
@@ -144,7 +153,12 @@ impl<'a> Mime<'a> {
         if path.is_empty() {
             return Some(match text {
                 None => self.raw.to_vec(),
-                Some(t) => select_text(self.header_bytes(), self.text_bytes(), t, self.header_bytes()),
+                Some(t) => select_text(
+                    self.header_bytes(),
+                    self.text_bytes(),
+                    t,
+                    self.header_bytes(),
+                ),
             });
         }
         let mut at = root;
@@ -159,6 +173,7 @@ impl<'a> Mime<'a> {
                     let child = *children.get((k as usize).checked_sub(1)?)?;
                     at = At {
                         idx: child as usize,
+                        root_end: None,
                         ..at
                     };
                 }
@@ -204,6 +219,40 @@ impl<'a> Mime<'a> {
                     if extended { " NIL NIL NIL NIL" } else { "" }
                 ));
             }
+        }
+        out
+    }
+
+    /// The addresses of an address header as SEARCH sees them: each display name and each
+    /// `local@domain`, comments and routes removed.
+    pub fn address_texts(&self, name: &str) -> Vec<String> {
+        let Some(msg) = &self.msg else {
+            return vec![];
+        };
+        let addr = match name.to_ascii_lowercase().as_str() {
+            "from" => msg.from(),
+            "to" => msg.to(),
+            "cc" => msg.cc(),
+            "bcc" => msg.bcc(),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        let mut push = |a: &mail_parser::Addr<'_>| {
+            if let Some(n) = &a.name {
+                out.push(n.to_string());
+            }
+            if let Some(x) = &a.address {
+                out.push(x.to_string());
+            }
+        };
+        match addr {
+            Some(Address::List(l)) => l.iter().for_each(&mut push),
+            Some(Address::Group(g)) => {
+                for grp in g {
+                    grp.addresses.iter().for_each(&mut push);
+                }
+            }
+            None => {}
         }
         out
     }
@@ -257,7 +306,10 @@ fn fields(header: &[u8]) -> Vec<&[u8]> {
 fn field_name(field: &[u8]) -> &[u8] {
     let colon = field.iter().position(|&b| b == b':').unwrap_or(field.len());
     let name = &field[..colon];
-    let trimmed = name.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |p| p + 1);
+    let trimmed = name
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |p| p + 1);
     &name[..trimmed]
 }
 
@@ -303,8 +355,12 @@ fn first_value(header: &[u8], name: &str) -> Option<String> {
 fn envelope_of(msg: &mail_parser::Message<'_>, header: &[u8]) -> String {
     let raw = |name: &str| nstring(first_value(header, name).as_deref().map(str::as_bytes));
     let from = addresses(msg.from());
-    let sender = msg.sender().map_or_else(|| from.clone(), |a| addresses(Some(a)));
-    let reply_to = msg.reply_to().map_or_else(|| from.clone(), |a| addresses(Some(a)));
+    let sender = msg
+        .sender()
+        .map_or_else(|| from.clone(), |a| addresses(Some(a)));
+    let reply_to = msg
+        .reply_to()
+        .map_or_else(|| from.clone(), |a| addresses(Some(a)));
     format!(
         "({} {} {} {} {} {} {} {} {} {})",
         raw("date"),
@@ -328,9 +384,18 @@ fn one_address(name: Option<&str>, addr: Option<&str>) -> String {
         },
         None => (None, None),
     };
+    // An obsolete source route (`@relay:user@host`) goes in the adl field.
+    let (adl, mailbox) = match mailbox {
+        Some(m) if m.starts_with('@') && m.contains(':') => {
+            let (route, local) = m.rsplit_once(':').unwrap_or(("", m));
+            (Some(route), Some(local))
+        }
+        other => (None, other),
+    };
     format!(
-        "({} NIL {} {})",
+        "({} {} {} {})",
         nstring(name.map(str::as_bytes)),
+        nstring(adl.map(str::as_bytes)),
         nstring(mailbox.map(str::as_bytes)),
         nstring(host.map(str::as_bytes)),
     )
@@ -350,7 +415,8 @@ fn addresses(a: Option<&Address<'_>>) -> String {
                 if let Some(name) = g.name.as_deref() {
                     // RFC 3501: a group is framed by (NIL NIL "name" NIL) ... (NIL NIL NIL NIL).
                     out.push_str(&format!("(NIL NIL {} NIL)", nstring(Some(name.as_bytes()))));
-                    for x in &g.addresses {
+                    // A comment alone in a group is not a member.
+                    for x in g.addresses.iter().filter(|x| x.address.is_some()) {
                         out.push_str(&one_address(x.name.as_deref(), x.address.as_deref()));
                     }
                     out.push_str("(NIL NIL NIL NIL)");
@@ -450,6 +516,7 @@ fn structure(at: At<'_, '_>, extended: bool, out: &mut String) {
             structure(
                 At {
                     idx: c as usize,
+                    root_end: None,
                     ..at
                 },
                 extended,
@@ -486,7 +553,11 @@ fn structure(at: At<'_, '_>, extended: bool, out: &mut String) {
         None => "(\"charset\" \"us-ascii\")".into(),
     };
     let header = at.header_bytes();
-    let id = nstring(first_value(header, "Content-ID").as_deref().map(str::as_bytes));
+    let id = nstring(
+        first_value(header, "Content-ID")
+            .as_deref()
+            .map(str::as_bytes),
+    );
     let description = nstring(
         first_value(header, "Content-Description")
             .as_deref()
@@ -523,7 +594,11 @@ fn structure(at: At<'_, '_>, extended: bool, out: &mut String) {
         out.push_str(&format!(" {}", count_lines(body)));
     }
     if extended {
-        let md5 = nstring(first_value(header, "Content-MD5").as_deref().map(str::as_bytes));
+        let md5 = nstring(
+            first_value(header, "Content-MD5")
+                .as_deref()
+                .map(str::as_bytes),
+        );
         out.push_str(&format!(" {md5} {}", extension_tail(at)));
     }
     out.push(')');
@@ -561,8 +636,14 @@ mod tests {
     fn envelope_and_bodystructure() {
         let m = Mime::new(MULTI);
         let env = m.envelope();
-        assert!(env.starts_with("(NIL \"hello there\" ((\"Bob\" NIL \"bob\" \"example.test\"))"), "{env}");
-        assert!(env.contains("((NIL NIL \"alice\" \"example.test\")(\"C D\" NIL \"cd\" \"x.test\"))"), "{env}");
+        assert!(
+            env.starts_with("(NIL \"hello there\" ((\"Bob\" NIL \"bob\" \"example.test\"))"),
+            "{env}"
+        );
+        assert!(
+            env.contains("((NIL NIL \"alice\" \"example.test\")(\"C D\" NIL \"cd\" \"x.test\"))"),
+            "{env}"
+        );
         let bs = m.body_structure(false);
         assert!(bs.starts_with("((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 10 1)(\"message\" \"rfc822\" NIL NIL NIL \"7bit\" "), "{bs}");
         assert!(bs.ends_with(" \"mixed\")"), "{bs}");

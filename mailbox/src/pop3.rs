@@ -42,8 +42,14 @@ struct Listed {
 }
 
 enum State {
-    Authorization { user: Option<String> },
-    Transaction { folder: FolderRef, uidvalidity: u32, msgs: Vec<Listed> },
+    Authorization {
+        user: Option<String>,
+    },
+    Transaction {
+        folder: FolderRef,
+        uidvalidity: u32,
+        msgs: Vec<Listed>,
+    },
 }
 
 pub struct Session {
@@ -152,11 +158,14 @@ impl Session {
             (_, "CAPA") => self.capa(),
             (_, "QUIT") => {
                 if let State::Transaction { folder, msgs, .. } = &self.state {
-                    let doomed: Vec<u32> = msgs.iter().filter(|m| m.deleted).map(|m| m.uid).collect();
+                    let doomed: Vec<u32> =
+                        msgs.iter().filter(|m| m.deleted).map(|m| m.uid).collect();
                     let mut f = folders::lock(folder);
                     if let Err(e) = f.expunge_where(|m| doomed.contains(&m.uid)) {
                         drop(f);
-                        self.line(&format!("-ERR [SYS/TEMP] some deleted messages not removed: {e}"));
+                        self.line(&format!(
+                            "-ERR [SYS/TEMP] some deleted messages not removed: {e}"
+                        ));
                         self.closing = true;
                         return Some(Step::Close);
                     }
@@ -176,9 +185,8 @@ impl Session {
                     return Some(Step::StartTls);
                 }
             }
-            (State::Authorization { .. }, "USER" | "PASS" | "AUTH") if !login_ok => {
-                self.line("-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.")
-            }
+            (State::Authorization { .. }, "USER" | "PASS" | "AUTH") if !login_ok => self
+                .line("-ERR [AUTH] Plaintext authentication disallowed on non-secure connections."),
             (State::Authorization { user }, "USER") => match args.first() {
                 Some(u) => {
                     *user = Some((*u).to_string());
@@ -220,7 +228,12 @@ impl Session {
                 let l = format!("+OK {} {bytes}", live.len());
                 self.line(&l);
             }
-            (State::Transaction { msgs, uidvalidity, .. }, "LIST" | "UIDL") => {
+            (
+                State::Transaction {
+                    msgs, uidvalidity, ..
+                },
+                "LIST" | "UIDL",
+            ) => {
                 let uidl = verb == "UIDL";
                 let v = *uidvalidity;
                 let show = |i: usize, m: &Listed| -> String {
@@ -295,15 +308,17 @@ impl Session {
                 dot_stuff_into(&shown, &mut self.out);
                 self.line(".");
             }
-            (State::Transaction { msgs, .. }, "DELE") => match args.first().map(|a| pick(msgs, a)) {
-                Some(Ok(i)) => {
-                    msgs[i].deleted = true;
-                    let l = format!("+OK Message {} deleted.", i + 1);
-                    self.line(&l);
+            (State::Transaction { msgs, .. }, "DELE") => {
+                match args.first().map(|a| pick(msgs, a)) {
+                    Some(Ok(i)) => {
+                        msgs[i].deleted = true;
+                        let l = format!("+OK Message {} deleted.", i + 1);
+                        self.line(&l);
+                    }
+                    Some(Err(e)) => self.line(e),
+                    None => self.line("-ERR Which message?"),
                 }
-                Some(Err(e)) => self.line(e),
-                None => self.line("-ERR Which message?"),
-            },
+            }
             (State::Transaction { msgs, .. }, "RSET") => {
                 msgs.iter_mut().for_each(|m| m.deleted = false);
                 self.line("+OK");
@@ -471,9 +486,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Mailstore::new(dir.path(), 0));
         store
-            .deliver("bob@example.test", b"Subject: a\r\n\r\n.dot line\r\nl2\r\nl3\r\n")
+            .deliver(
+                "bob@example.test",
+                b"Subject: a\r\n\r\n.dot line\r\nl2\r\nl3\r\n",
+            )
             .unwrap();
-        store.deliver("bob@example.test", b"Subject: b\r\n\r\nx\r\n").unwrap();
+        store
+            .deliver("bob@example.test", b"Subject: b\r\n\r\nx\r\n")
+            .unwrap();
         let mut s = Session::new(Arc::new(Pop3Config::default()), store.clone(), false, true);
         assert!(run(&mut s, "").starts_with("+OK"));
         assert!(run(&mut s, "USER bob\r\nPASS nope\r\n").contains("-ERR [AUTH]"));
@@ -482,7 +502,10 @@ mod tests {
         let r = run(&mut s, "LIST\r\nUIDL 2\r\n");
         assert!(r.starts_with("+OK\r\n1 33\r\n2 17\r\n.\r\n+OK 2 "), "{r}");
         let r = run(&mut s, "RETR 1\r\n");
-        assert_eq!(r, "+OK 33 octets\r\nSubject: a\r\n\r\n..dot line\r\nl2\r\nl3\r\n.\r\n");
+        assert_eq!(
+            r,
+            "+OK 33 octets\r\nSubject: a\r\n\r\n..dot line\r\nl2\r\nl3\r\n.\r\n"
+        );
         let r = run(&mut s, "TOP 1 1\r\n");
         assert_eq!(r, "+OK 33 octets\r\nSubject: a\r\n\r\n..dot line\r\n.\r\n");
         assert!(run(&mut s, "DELE 1\r\nRETR 1\r\n").contains("-ERR Message is deleted."));

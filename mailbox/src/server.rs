@@ -137,7 +137,10 @@ impl MailboxBackend {
                     return Reply::new(
                         code,
                         (class, 0, 0),
-                        format!("relay said for <{rcpt}>: {} {}", o.decisive.code, o.decisive.text),
+                        format!(
+                            "relay said for <{rcpt}>: {} {}",
+                            o.decisive.code, o.decisive.text
+                        ),
                     );
                 }
                 Err(e) => return Reply::new(451, (4, 4, 2), format!("relay failed: {e}")),
@@ -190,7 +193,11 @@ impl Backend for MailboxBackend {
             if self.relay.is_some() {
                 Reply::new(250, (2, 1, 5), "Ok")
             } else {
-                Reply::new(550, (5, 7, 1), format!("<{rcpt}>: no outbound relay configured"))
+                Reply::new(
+                    550,
+                    (5, 7, 1),
+                    format!("<{rcpt}>: no outbound relay configured"),
+                )
             }
         } else {
             // Never an open relay: only authenticated submission reaches other domains.
@@ -245,7 +252,11 @@ impl Backend for MailboxBackend {
                     }
                     Err(e) => {
                         tracing::error!("delivery to {rcpt}: {e}");
-                        return Reply::new(451, (4, 3, 0), "local delivery failed, try again later");
+                        return Reply::new(
+                            451,
+                            (4, 3, 0),
+                            "local delivery failed, try again later",
+                        );
                     }
                 }
             }
@@ -258,7 +269,11 @@ impl Backend for MailboxBackend {
         }
     }
 
-    fn authenticate(&self, login: &str, password: &[u8]) -> impl Future<Output = Option<String>> + Send {
+    fn authenticate(
+        &self,
+        login: &str,
+        password: &[u8],
+    ) -> impl Future<Output = Option<String>> + Send {
         let users = self.users.clone();
         let login = login.to_string();
         let password = password.to_vec();
@@ -304,7 +319,10 @@ pub enum StartError {
     Config(String),
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
     let l = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { what, addr, source })?;
@@ -314,12 +332,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, Sock
     Ok((l, bound))
 }
 
-fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) -> impl Future<Output = ()> + Send {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -362,7 +378,11 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
     };
     for (role, addr) in [(Role::Mx, cfg.smtp), (Role::Submission, cfg.submission)] {
         let Some(addr) = addr else { continue };
-        let what = if role == Role::Mx { "smtp" } else { "submission" };
+        let what = if role == Role::Mx {
+            "smtp"
+        } else {
+            "submission"
+        };
         let (listener, bound) = bind(what, addr).await?;
         let backend = Arc::new(MailboxBackend {
             role,
@@ -372,7 +392,10 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
             relay: cfg.relay,
             hostname: cfg.hostname.clone(),
         });
-        let server = Arc::new(crate::smtp::Server::new(backend, smtp_cfg(role == Role::Submission)));
+        let server = Arc::new(crate::smtp::Server::new(
+            backend,
+            smtp_cfg(role == Role::Submission),
+        ));
         tasks.spawn(server.serve(listener, stopped(stop_rx.clone())));
         match role {
             Role::Mx => running.smtp = Some(bound),
@@ -395,7 +418,12 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
             users.clone(),
             cfg.tls.clone(),
             move |peer: SocketAddr| {
-                imap::Session::new(icfg.clone(), store2.clone(), tls_on, peer.ip().is_loopback())
+                imap::Session::new(
+                    icfg.clone(),
+                    store2.clone(),
+                    tls_on,
+                    peer.ip().is_loopback(),
+                )
             },
             "* BYE Too many connections.\r\n",
             stopped(stop_rx.clone()),
@@ -416,7 +444,12 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
             users.clone(),
             cfg.tls.clone(),
             move |peer: SocketAddr| {
-                pop3::Session::new(pcfg.clone(), store2.clone(), tls_on, peer.ip().is_loopback())
+                pop3::Session::new(
+                    pcfg.clone(),
+                    store2.clone(),
+                    tls_on,
+                    peer.ip().is_loopback(),
+                )
             },
             "-ERR [SYS/TEMP] Too many connections.\r\n",
             stopped(stop_rx.clone()),

@@ -251,7 +251,10 @@ pub async fn serve<P, F>(
     // Sessions get a moment to finish what they are doing; an IMAP client in IDLE would
     // otherwise hold the server for half an hour.
     let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(2), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), drain)
+        .await
+        .is_err()
+    {
         sessions.abort_all();
         while sessions.join_next().await.is_some() {}
     }

@@ -1,5 +1,6 @@
 //! Inbound SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES).
 
+use crate::shell::{ConnectionLimiter, Refusal};
 use smtp_proto::Request;
 use smtp_proto::request::receiver::DataReceiver;
 use std::future::Future;
@@ -9,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use crate::shell::{ConnectionLimiter, Refusal};
 
 /// Bytes read from a client at a time.
 const READ_BUF_BYTES: usize = 16 * 1024;
@@ -340,11 +340,17 @@ async fn auth_line<B: Backend>(line: &[u8], step: AuthStep, backend: &B) -> Auth
         AuthStep::PlainResponse => plain_response(backend, &text).await,
         AuthStep::LoginUser => match decode_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
             Some(user) => AuthOutcome::Next(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
-            None => AuthOutcome::Done(Reply::new(501, (5, 5, 2), "cannot decode the user name"), None),
+            None => AuthOutcome::Done(
+                Reply::new(501, (5, 5, 2), "cannot decode the user name"),
+                None,
+            ),
         },
         AuthStep::LoginPassword(user) => match decode_b64(&text) {
             Some(password) => check_credentials(backend, &user, &password).await,
-            None => AuthOutcome::Done(Reply::new(501, (5, 5, 2), "cannot decode the password"), None),
+            None => AuthOutcome::Done(
+                Reply::new(501, (5, 5, 2), "cannot decode the password"),
+                None,
+            ),
         },
     }
 }
@@ -735,8 +741,12 @@ async fn command<B: Backend>(
             } else if info.user.is_some() {
                 Reply::new(503, (5, 5, 1), "already authenticated").write_to(out);
             } else if tx.is_some() {
-                Reply::new(503, (5, 5, 1), "AUTH not permitted during a mail transaction")
-                    .write_to(out);
+                Reply::new(
+                    503,
+                    (5, 5, 1),
+                    "AUTH not permitted during a mail transaction",
+                )
+                .write_to(out);
             } else if mechanism == smtp_proto::AUTH_PLAIN {
                 return Flow::Auth(if initial_response.is_empty() {
                     AuthOutcome::Next(AuthStep::PlainResponse, "")

@@ -3,8 +3,8 @@
 //! A users file has one account per line, `address:password` or `address:$argon2id$...`;
 //! blank lines and `#` comments are skipped. A bare local part takes the first domain.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -62,7 +62,10 @@ impl Users {
         if login.contains('@') {
             login
         } else {
-            format!("{login}@{}", self.domains.first().map_or("", String::as_str))
+            format!(
+                "{login}@{}",
+                self.domains.first().map_or("", String::as_str)
+            )
         }
     }
 
@@ -178,14 +181,25 @@ mod tests {
         let hashed = hash_password("pw2");
         u.add_spec(&format!("alice@example.test:{hashed}"), "users.txt line 2")
             .unwrap();
-        assert_eq!(u.verify("bob", b"secret").as_deref(), Some("bob@example.test"));
-        assert_eq!(u.verify("Bob@Example.Test", b"secret").as_deref(), Some("bob@example.test"));
+        assert_eq!(
+            u.verify("bob", b"secret").as_deref(),
+            Some("bob@example.test")
+        );
+        assert_eq!(
+            u.verify("Bob@Example.Test", b"secret").as_deref(),
+            Some("bob@example.test")
+        );
         assert!(u.verify("bob", b"wrong").is_none());
         assert!(u.verify("alice", b"pw2").is_some());
-        let e = u.add_spec("eve@other.test:x", "users.txt line 3").unwrap_err();
+        let e = u
+            .add_spec("eve@other.test:x", "users.txt line 3")
+            .unwrap_err();
         assert!(e.to_string().starts_with("users.txt line 3:"), "{e}");
         assert!(u.add_spec("nopassword", "--user").is_err());
-        assert_eq!(sasl_plain(b"\0bob\0secret"), Some(("bob".into(), b"secret".to_vec())));
+        assert_eq!(
+            sasl_plain(b"\0bob\0secret"),
+            Some(("bob".into(), b"secret".to_vec()))
+        );
         assert_eq!(sasl_plain(b"eve\0bob\0secret"), None);
     }
 }

@@ -34,8 +34,14 @@ async fn start(data: &std::path::Path, dns: SocketAddr) -> Running {
 async fn dns() -> DnsServer {
     let mut zones = ZoneSet::new();
     zones.add_zone("other.test");
-    zones.add("other.test", RecordData::Txt("v=spf1 ip4:127.0.0.1 -all".into()));
-    zones.add("_dmarc.other.test", RecordData::Txt("v=DMARC1; p=none".into()));
+    zones.add(
+        "other.test",
+        RecordData::Txt("v=spf1 ip4:127.0.0.1 -all".into()),
+    );
+    zones.add(
+        "_dmarc.other.test",
+        RecordData::Txt("v=DMARC1; p=none".into()),
+    );
     DnsServer::start(&zones, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
@@ -102,18 +108,37 @@ async fn curl_and_swaks() {
     // swaks: submission with STARTTLS and AUTH PLAIN.
     let mut swaks = Command::new("swaks");
     swaks.args([
-        "--server", &sub.to_string(), "--tls", "--auth", "PLAIN",
-        "--auth-user", "bob", "--auth-password", "secret",
-        "--from", "bob@example.test", "--to", "alice@example.test",
-        "--header", "Subject: by swaks", "--body", "swaks body",
+        "--server",
+        &sub.to_string(),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "bob",
+        "--auth-password",
+        "secret",
+        "--from",
+        "bob@example.test",
+        "--to",
+        "alice@example.test",
+        "--header",
+        "Subject: by swaks",
+        "--body",
+        "swaks body",
     ]);
     let text = blocking(swaks, "swaks (submission)").await;
     assert!(text.contains("235 2.7.0"), "{text}");
     // swaks trying to relay through the MX port is refused.
     let mut relay = Command::new("swaks");
     relay.args([
-        "--server", &smtp.to_string(), "--from", "x@other.test",
-        "--to", "victim@elsewhere.test", "--quit-after", "RCPT",
+        "--server",
+        &smtp.to_string(),
+        "--from",
+        "x@other.test",
+        "--to",
+        "victim@elsewhere.test",
+        "--quit-after",
+        "RCPT",
     ]);
     let out = tokio::task::spawn_blocking(move || relay.output().expect("swaks installed"))
         .await
@@ -122,29 +147,67 @@ async fn curl_and_swaks() {
     assert!(text.contains("554 5.7.1"), "{text}");
     // curl: SMTP in through the MX port, then read over IMAP (STARTTLS required) and POP3.
     let msg = dir.path().join("msg.eml");
-    std::fs::write(&msg, "From: carol@other.test\r\nSubject: by curl\r\n\r\ncurl body\r\n").unwrap();
+    std::fs::write(
+        &msg,
+        "From: carol@other.test\r\nSubject: by curl\r\n\r\ncurl body\r\n",
+    )
+    .unwrap();
     let mut c = Command::new("curl");
-    c.args(["-sS", &format!("smtp://{smtp}"), "--mail-from", "carol@other.test",
-        "--mail-rcpt", "alice@example.test", "-T"]).arg(&msg);
+    c.args([
+        "-sS",
+        &format!("smtp://{smtp}"),
+        "--mail-from",
+        "carol@other.test",
+        "--mail-rcpt",
+        "alice@example.test",
+        "-T",
+    ])
+    .arg(&msg);
     blocking(c, "curl smtp://").await;
     let mut c = Command::new("curl");
-    c.args(["-sS", "--ssl-reqd", "-k", "--user", "alice:secret2",
-        &format!("imap://{imap}/INBOX"), "-X", "SEARCH SUBJECT curl"]);
+    c.args([
+        "-sS",
+        "--ssl-reqd",
+        "-k",
+        "--user",
+        "alice:secret2",
+        &format!("imap://{imap}/INBOX"),
+        "-X",
+        "SEARCH SUBJECT curl",
+    ]);
     let text = blocking(c, "curl imap:// SEARCH").await;
     assert!(text.contains("* SEARCH 2"), "{text}");
     let mut c = Command::new("curl");
-    c.args(["-sS", "--ssl-reqd", "-k", "--user", "alice:secret2",
-        &format!("imap://{imap}/INBOX;UID=2")]);
+    c.args([
+        "-sS",
+        "--ssl-reqd",
+        "-k",
+        "--user",
+        "alice:secret2",
+        &format!("imap://{imap}/INBOX;UID=2"),
+    ]);
     let text = blocking(c, "curl imap:// fetch").await;
     assert!(text.contains("curl body"), "{text}");
     let mut c = Command::new("curl");
-    c.args(["-sS", "--user", "alice:secret2", &format!("pop3://{pop3}/1")]);
+    c.args([
+        "-sS",
+        "--user",
+        "alice:secret2",
+        &format!("pop3://{pop3}/1"),
+    ]);
     let text = blocking(c, "curl pop3:// RETR").await;
     assert!(text.contains("swaks body"), "{text}");
     // A wrong password is refused by curl's IMAP login too.
     let mut c = Command::new("curl");
-    c.args(["-sS", "--user", "alice:wrong", &format!("imap://{imap}/INBOX")]);
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap();
+    c.args([
+        "-sS",
+        "--user",
+        "alice:wrong",
+        &format!("imap://{imap}/INBOX"),
+    ]);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
     assert!(!out.status.success());
     srv.shutdown().await;
     dns.shutdown().await;
@@ -155,7 +218,9 @@ async fn mail_survives_a_restart_with_uids_and_flags() {
     let dir = tempfile::tempdir().unwrap();
     let dns = dns().await;
     let srv = start(dir.path(), dns.addr()).await;
-    srv.store.deliver("bob@example.test", b"Subject: keep\r\n\r\nme\r\n").unwrap();
+    srv.store
+        .deliver("bob@example.test", b"Subject: keep\r\n\r\nme\r\n")
+        .unwrap();
     let inbox = srv.store.folder("bob@example.test", "INBOX").unwrap();
     let (validity, uid) = {
         let mut f = mailsim_mailbox::folders::lock(&inbox);
@@ -168,11 +233,12 @@ async fn mail_survives_a_restart_with_uids_and_flags() {
     srv.shutdown().await;
     let srv = start(dir.path(), dns.addr()).await;
     let inbox = srv.store.folder("bob@example.test", "INBOX").unwrap();
-    let f = mailsim_mailbox::folders::lock(&inbox);
-    assert_eq!(f.uidvalidity, validity);
-    let m = f.find(uid).expect("same UID after restart");
-    assert!(m.flags.has(mailsim_mailbox::folders::SystemFlag::Flagged));
-    drop(f);
+    {
+        let f = mailsim_mailbox::folders::lock(&inbox);
+        assert_eq!(f.uidvalidity, validity);
+        let m = f.find(uid).expect("same UID after restart");
+        assert!(m.flags.has(mailsim_mailbox::folders::SystemFlag::Flagged));
+    }
     srv.shutdown().await;
     dns.shutdown().await;
 }

@@ -106,52 +106,7 @@ enum Command {
         dns_port: u16,
     },
     /// A standalone mailbox server: inbound SMTP (MX), submission, IMAP and POP3 over Maildir.
-    Mailbox {
-        /// Where mail is stored (Maildir per user: DATA/<domain>/<user>/).
-        #[arg(long)]
-        data: PathBuf,
-        /// A domain this server receives mail for (repeat for more; the first is the default
-        /// for bare user names).
-        #[arg(long = "domain", required = true)]
-        domains: Vec<String>,
-        /// An account, USER:PASSWORD or USER:$argon2id$... (repeatable).
-        #[arg(long = "user")]
-        users: Vec<String>,
-        /// A file of accounts, one USER:PASSWORD or USER:HASH per line.
-        #[arg(long)]
-        users_file: Option<PathBuf>,
-        /// Inbound SMTP (the MX role).
-        #[arg(long)]
-        smtp: Option<SocketAddr>,
-        /// Submission (STARTTLS, then AUTH PLAIN/LOGIN).
-        #[arg(long)]
-        submission: Option<SocketAddr>,
-        #[arg(long)]
-        imap: Option<SocketAddr>,
-        #[arg(long)]
-        pop3: Option<SocketAddr>,
-        /// `self-signed` (made at start-up) or CERT.pem,KEY.pem.
-        #[arg(long, default_value = "self-signed")]
-        tls: String,
-        /// The name the server gives itself (greetings, certificate, headers).
-        #[arg(long, default_value = "mail.mailsim.test")]
-        hostname: String,
-        /// DNS server for SPF/DKIM/DMARC checks (default: the system's resolvers).
-        #[arg(long)]
-        dns: Option<SocketAddr>,
-        /// Submitted mail for other domains goes to this MTA (e.g. `mailsim mta --submission`).
-        #[arg(long)]
-        relay: Option<SocketAddr>,
-        /// Per-user quota, bytes (K, M, G suffixes); full mailboxes get 452 4.2.2.
-        #[arg(long)]
-        quota: Option<String>,
-        /// Remove messages older than this many days (logged).
-        #[arg(long)]
-        retention_days: Option<u32>,
-        /// Seconds to wait before answering a failed login (times the failures so far).
-        #[arg(long, default_value_t = 1.0)]
-        auth_delay_s: f64,
-    },
+    Mailbox(Box<MailboxArgs>),
     /// Hash a password for a mailbox users file (argon2id).
     HashPassword { password: String },
     /// Submit a scenario's campaign to an MTA by SMTP (mailsim's daemon or any other).
@@ -387,23 +342,24 @@ fn real_main() -> anyhow::Result<()> {
                     stop_signal(),
                 ))?;
         }
-        Command::Mailbox {
-            data,
-            domains,
-            users,
-            users_file,
-            smtp,
-            submission,
-            imap,
-            pop3,
-            tls,
-            hostname,
-            dns,
-            relay,
-            quota,
-            retention_days,
-            auth_delay_s,
-        } => {
+        Command::Mailbox(args) => {
+            let MailboxArgs {
+                data,
+                domains,
+                users,
+                users_file,
+                smtp,
+                submission,
+                imap,
+                pop3,
+                tls,
+                hostname,
+                dns,
+                relay,
+                quota,
+                retention_days,
+                auth_delay_s,
+            } = *args;
             use mailsim_mailbox::{server, tls::Tls, users::Users};
             let mut accounts = Users::new(&domains);
             for (i, u) in users.iter().enumerate() {
@@ -414,7 +370,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             let tls = match tls.as_str() {
                 "none" => None,
-                "self-signed" => Some(Tls::self_signed(&[hostname.clone()])?),
+                "self-signed" => Some(Tls::self_signed(std::slice::from_ref(&hostname))?),
                 pair => {
                     let (cert, key) = pair.split_once(',').with_context(|| {
                         format!("--tls {pair:?}: expected self-signed, none or CERT,KEY")
@@ -521,6 +477,54 @@ fn real_main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(clap::Args)]
+struct MailboxArgs {
+    /// Where mail is stored (Maildir per user: DATA/<domain>/<user>/).
+    #[arg(long)]
+    data: PathBuf,
+    /// A domain this server receives mail for (repeat for more; the first is the default
+    /// for bare user names).
+    #[arg(long = "domain", required = true)]
+    domains: Vec<String>,
+    /// An account, USER:PASSWORD or USER:$argon2id$... (repeatable).
+    #[arg(long = "user")]
+    users: Vec<String>,
+    /// A file of accounts, one USER:PASSWORD or USER:HASH per line.
+    #[arg(long)]
+    users_file: Option<PathBuf>,
+    /// Inbound SMTP (the MX role).
+    #[arg(long)]
+    smtp: Option<SocketAddr>,
+    /// Submission (STARTTLS, then AUTH PLAIN/LOGIN).
+    #[arg(long)]
+    submission: Option<SocketAddr>,
+    #[arg(long)]
+    imap: Option<SocketAddr>,
+    #[arg(long)]
+    pop3: Option<SocketAddr>,
+    /// `self-signed` (made at start-up) or CERT.pem,KEY.pem.
+    #[arg(long, default_value = "self-signed")]
+    tls: String,
+    /// The name the server gives itself (greetings, certificate, headers).
+    #[arg(long, default_value = "mail.mailsim.test")]
+    hostname: String,
+    /// DNS server for SPF/DKIM/DMARC checks (default: the system's resolvers).
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// Submitted mail for other domains goes to this MTA (e.g. `mailsim mta --submission`).
+    #[arg(long)]
+    relay: Option<SocketAddr>,
+    /// Per-user quota, bytes (K, M, G suffixes); full mailboxes get 452 4.2.2.
+    #[arg(long)]
+    quota: Option<String>,
+    /// Remove messages older than this many days (logged).
+    #[arg(long)]
+    retention_days: Option<u32>,
+    /// Seconds to wait before answering a failed login (times the failures so far).
+    #[arg(long, default_value_t = 1.0)]
+    auth_delay_s: f64,
 }
 
 /// `1048576`, `512K`, `10M`, `2G` as bytes.
