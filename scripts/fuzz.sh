@@ -13,9 +13,11 @@ declare -A SEEDS=(
   [smtp_reply_parser]=fuzz/seeds/smtp_reply_parser
   [bounce_classify]=bounce/tests/data/sisimai/eml
   [scenario_loader]=scenarios
+  [imap_session]=fuzz/seeds/imap_session
+  [pop3_session]=fuzz/seeds/pop3_session
 )
 status=0
-for target in smtp_server_session smtp_reply_parser bounce_classify scenario_loader; do
+for target in smtp_server_session smtp_reply_parser bounce_classify scenario_loader imap_session pop3_session; do
   mkdir -p "fuzz/corpus/$target"
   log=$(mktemp)
   if cargo fuzz run -O "$target" "fuzz/corpus/$target" "${SEEDS[$target]}" -- \

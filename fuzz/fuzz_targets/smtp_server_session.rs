@@ -48,6 +48,8 @@ fuzz_target!(|data: &[u8]| {
             peer: "127.0.0.1:1".parse().unwrap(),
             local: "127.0.0.1:25".parse().unwrap(),
             helo: String::new(),
+            tls: false,
+            user: None,
         };
         let input = data.to_vec();
         let feeder = tokio::spawn(async move {
