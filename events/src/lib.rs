@@ -16,5 +16,5 @@ pub mod log;
 pub mod schema;
 
 pub use clock::{Clock, RuntimeClock, SystemClock};
-pub use log::{Durability, EventLog, EventSink, LogError, LogReader, read_log};
+pub use log::{Durability, EventLog, EventSink, LogError, LogReader, frame_ranges, read_log};
 pub use schema::{Event, Record, SCHEMA_VERSION, SmtpReply};

@@ -416,6 +416,47 @@ impl Iterator for LogReader {
     }
 }
 
+/// The payloads of a whole log held in memory, as byte ranges (for readers that decode in
+/// parallel); true when a torn or corrupt tail ended it. Checks the header like [`LogReader`].
+pub fn frame_ranges(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<std::ops::Range<usize>>, bool), LogError> {
+    let header = HEADER_BYTES as usize;
+    if bytes.len() < header || &bytes[..8] != MAGIC {
+        return Err(LogError::BadMagic {
+            path: path.to_path_buf(),
+        });
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != SCHEMA_VERSION {
+        return Err(LogError::SchemaVersion {
+            path: path.to_path_buf(),
+            found: version,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    let mut pos = header;
+    let mut out = Vec::new();
+    while pos < bytes.len() {
+        let Some(head) = bytes.get(pos..pos + FRAME_HEADER_BYTES) else {
+            return Ok((out, true));
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let start = pos + FRAME_HEADER_BYTES;
+        let payload = bytes
+            .get(start..start.saturating_add(len))
+            .filter(|_| len <= RECORD_BYTES_MAX);
+        match payload {
+            Some(p) if crc32fast::hash(p) == crc => out.push(start..start + len),
+            _ => return Ok((out, true)),
+        }
+        pos = start + len;
+    }
+    Ok((out, false))
+}
+
 /// Read every good record of a log. A torn tail is not an error for readers; it is reported in
 /// the second value (true when the file ended in a torn frame).
 pub fn read_log(path: &Path) -> Result<(Vec<Record>, bool), LogError> {

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod feedback;
 pub mod fleet;
 pub mod keys;
+pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod send;

@@ -55,6 +55,23 @@ enum Command {
         #[arg(long)]
         queue: bool,
     },
+    /// Write a deliverability report of a run: report.html (charts, tables, what to fix),
+    /// domains.csv, reasons.csv, replies.csv, events.parquet, SVG charts, and DMARC aggregate
+    /// reports (dmarc/). With --compare, two runs side by side.
+    Report {
+        /// The run directory.
+        #[arg(required_unless_present = "compare")]
+        run_dir: Option<PathBuf>,
+        /// Compare two runs instead (per domain, with deltas).
+        #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], conflicts_with = "run_dir")]
+        compare: Option<Vec<PathBuf>>,
+        /// Where to write (default RUN_DIR/report, or compare/ in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Show per-domain outcome differences between two runs.
     Diff { run_a: PathBuf, run_b: PathBuf },
     /// Bounce and complaint processing.
@@ -208,6 +225,8 @@ fn real_main() -> anyhow::Result<()> {
                     )?
                 }
             };
+            // The scenario travels with its run: `mailsim report` reads its DNS (DMARC rua).
+            let _ = std::fs::copy(&scenario, out_dir.join("scenario.toml"));
             print!("{}", runner::summary_json(&summary)?);
             let rate = if summary.elapsed_s > 0.0 {
                 summary.delivered as f64 / summary.elapsed_s
@@ -250,6 +269,41 @@ fn real_main() -> anyhow::Result<()> {
                 for m in state.messages.values() {
                     println!("{}", serde_json::to_string(m)?);
                 }
+            }
+        }
+        Command::Report {
+            run_dir,
+            compare,
+            out,
+            quiet,
+        } => {
+            if let Some(runs) = compare {
+                let out = out.unwrap_or_else(|| PathBuf::from("compare"));
+                let (a, b) = mailsim_reports::report::write_compare(&runs[0], &runs[1], &out, !quiet)?;
+                println!(
+                    "report: {} vs {}: delivered {} -> {}, bounced {} -> {}; {}",
+                    runs[0].display(),
+                    runs[1].display(),
+                    a.totals.delivered,
+                    b.totals.delivered,
+                    a.totals.bounced_hard + a.totals.bounced_soft,
+                    b.totals.bounced_hard + b.totals.bounced_soft,
+                    out.join("compare.html").display()
+                );
+            } else if let Some(run_dir) = run_dir {
+                let out = out.unwrap_or_else(|| run_dir.join("report"));
+                let published = mailsim::report::published_dmarc(&run_dir)?;
+                let w = mailsim_reports::report::write_report(&run_dir, &out, &published, !quiet)?;
+                let check = mailsim::report::check_against_summary(&run_dir, &w.figures)?;
+                println!(
+                    "report: {} events, {} files, {} DMARC aggregate reports; {}{}; {}",
+                    w.figures.events,
+                    w.files.len(),
+                    w.dmarc_reports,
+                    check,
+                    if w.torn { "; the log ends in a torn record" } else { "" },
+                    out.join("report.html").display()
+                );
             }
         }
         Command::Diff { run_a, run_b } => {

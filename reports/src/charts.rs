@@ -1,0 +1,275 @@
+//! The report's charts, drawn with plotters as SVG.
+
+use crate::figures::Figures;
+use plotters::prelude::*;
+
+pub struct Chart {
+    /// File name without extension.
+    pub name: &'static str,
+    pub title: &'static str,
+    pub svg: String,
+}
+
+const W: u32 = 900;
+const H: u32 = 380;
+const DELIVERED: RGBColor = RGBColor(46, 139, 87);
+const BOUNCED: RGBColor = RGBColor(200, 55, 55);
+const DEFERRED: RGBColor = RGBColor(230, 160, 40);
+const EXPIRED: RGBColor = RGBColor(120, 80, 160);
+const SERIES: [RGBColor; 3] = [
+    RGBColor(52, 101, 164),
+    RGBColor(46, 139, 87),
+    RGBColor(230, 160, 40),
+];
+
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+
+fn svg(draw: impl FnOnce(DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Drawn) -> String {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (W, H)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        if let Err(e) = draw(root.clone()) {
+            let _ = root.draw(&Text::new(
+                format!("chart not drawn: {e}"),
+                (20, 20),
+                ("sans-serif", 14).into_font(),
+            ));
+        }
+        let _ = root.present();
+    }
+    out
+}
+
+fn line_chart(points: &[(f64, f64)], caption: &str, y_desc: &str, color: RGBColor) -> String {
+    svg(|root| {
+        let x_max = points.last().map_or(1.0, |p| p.0).max(1.0);
+        let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.1;
+        let mut c = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        c.configure_mesh()
+            .x_desc("seconds since the start of the run")
+            .y_desc(y_desc)
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        c.draw_series(AreaSeries::new(points.iter().copied(), 0.0, color.mix(0.25)))?;
+        c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?;
+        Ok(())
+    })
+}
+
+/// Horizontal bars; each row is a label and stacked (value, color) segments.
+fn hbars(
+    rows: &[(String, Vec<(f64, RGBColor)>)],
+    caption: &str,
+    x_desc: &str,
+    legend: &[(&str, RGBColor)],
+) -> String {
+    svg(|root| {
+        let n = rows.len().max(1);
+        let x_max = rows
+            .iter()
+            .map(|r| r.1.iter().map(|s| s.0).sum::<f64>())
+            .fold(0.0, f64::max)
+            .max(1e-9)
+            * 1.05;
+        let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        let mut c = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(190)
+            .build_cartesian_2d(0.0..x_max, 0.0..n as f64)?;
+        c.configure_mesh()
+            .x_desc(x_desc)
+            .y_labels(n)
+            .y_label_formatter(&|y| {
+                let i = y.floor() as usize;
+                labels.get(i).cloned().unwrap_or_default()
+            })
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        for (i, (_, segs)) in rows.iter().enumerate() {
+            let mut x0 = 0.0;
+            for &(v, color) in segs {
+                let y0 = i as f64 + 0.15;
+                c.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, y0), (x0 + v, y0 + 0.7)],
+                    color.filled(),
+                )))?;
+                x0 += v;
+            }
+        }
+        for (k, (name, color)) in legend.iter().enumerate() {
+            let color = *color;
+            c.draw_series(std::iter::once(Rectangle::new(
+                [(0.0, 0.0), (0.0, 0.0)],
+                color.filled(),
+            )))?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            let _ = k;
+        }
+        if !legend.is_empty() {
+            c.configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()?;
+        }
+        Ok(())
+    })
+}
+
+/// Vertical bars with a label under each.
+fn vbars(bars: &[(String, f64)], caption: &str, y_desc: &str, color: RGBColor) -> String {
+    svg(|root| {
+        let n = bars.len().max(1);
+        let y_max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.1;
+        let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        let mut c = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..n as f64, 0.0..y_max)?;
+        c.configure_mesh()
+            .y_desc(y_desc)
+            .x_labels(n)
+            .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        c.draw_series(bars.iter().enumerate().map(|(i, b)| {
+            Rectangle::new([(i as f64 + 0.1, 0.0), (i as f64 + 0.9, b.1)], color.filled())
+        }))?;
+        Ok(())
+    })
+}
+
+fn fmt_seconds(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.0}s")
+    } else if s < 7200.0 {
+        format!("{:.0}m", s / 60.0)
+    } else if s < 172_800.0 {
+        format!("{:.0}h", s / 3600.0)
+    } else {
+        format!("{:.1}d", s / 86400.0)
+    }
+}
+
+pub fn all(f: &Figures) -> Vec<Chart> {
+    let mut charts = Vec::new();
+    charts.push(Chart {
+        name: "throughput",
+        title: "Throughput",
+        svg: line_chart(
+            &f.throughput,
+            &format!("Messages delivered per second ({}-second buckets)", f.bucket_s),
+            "messages/s",
+            SERIES[0],
+        ),
+    });
+    charts.push(Chart {
+        name: "queue_depth",
+        title: "Queue depth",
+        svg: line_chart(
+            &f.queue_depth,
+            "Messages queued (injected, not yet delivered, bounced or expired)",
+            "messages",
+            SERIES[2],
+        ),
+    });
+    let outcome_rows: Vec<(String, Vec<(f64, RGBColor)>)> = f
+        .domains
+        .iter()
+        .filter(|d| d.injected > 0)
+        .map(|d| {
+            let n = d.injected as f64;
+            (
+                d.domain.clone(),
+                vec![
+                    (100.0 * d.delivered as f64 / n, DELIVERED),
+                    (100.0 * (d.bounced_hard + d.bounced_soft) as f64 / n, BOUNCED),
+                    (100.0 * d.deferred as f64 / n, DEFERRED),
+                    (100.0 * d.expired as f64 / n, EXPIRED),
+                ],
+            )
+        })
+        .collect();
+    charts.push(Chart {
+        name: "outcomes_by_domain",
+        title: "Outcomes per domain",
+        svg: hbars(
+            &outcome_rows,
+            "Final outcome of each message, per recipient domain",
+            "% of the domain's messages",
+            &[
+                ("delivered", DELIVERED),
+                ("bounced", BOUNCED),
+                ("still deferred", DEFERRED),
+                ("expired", EXPIRED),
+            ],
+        ),
+    });
+    let mut by_reason: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, reason, n) in &f.reasons {
+        *by_reason.entry(reason.clone()).or_default() += n;
+    }
+    let mut reasons: Vec<(String, u64)> = by_reason.into_iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let reason_rows: Vec<(String, Vec<(f64, RGBColor)>)> = reasons
+        .iter()
+        .take(15)
+        .map(|(r, n)| (r.clone(), vec![(*n as f64, BOUNCED)]))
+        .collect();
+    charts.push(Chart {
+        name: "bounce_reasons",
+        title: "Bounce reasons",
+        svg: hbars(&reason_rows, "Why messages failed for good", "messages", &[]),
+    });
+    let ttd: Vec<(String, f64)> = f
+        .ttd_histogram
+        .iter()
+        .map(|&(lo, hi, n)| (format!("{}-{}", fmt_seconds(lo), fmt_seconds(hi)), n as f64))
+        .collect();
+    charts.push(Chart {
+        name: "time_to_deliver",
+        title: "Time to deliver",
+        svg: vbars(
+            &ttd,
+            "Time from injection to delivery (delivered messages)",
+            "messages",
+            SERIES[0],
+        ),
+    });
+    let auth_rows: Vec<(String, Vec<(f64, RGBColor)>)> = f
+        .auth
+        .iter()
+        .flat_map(|a| {
+            let n = a.messages.max(1) as f64;
+            [
+                (format!("{} SPF", a.domain), a.spf_pass, SERIES[0]),
+                (format!("{} DKIM", a.domain), a.dkim_pass, SERIES[1]),
+                (format!("{} DMARC", a.domain), a.dmarc_pass, SERIES[2]),
+            ]
+            .into_iter()
+            .map(move |(l, p, c)| (l, vec![(100.0 * p as f64 / n, c)]))
+        })
+        .collect();
+    charts.push(Chart {
+        name: "auth_by_domain",
+        title: "SPF, DKIM and DMARC",
+        svg: hbars(
+            &auth_rows,
+            "Receivers' verdicts: % pass, per recipient domain",
+            "% of messages received",
+            &[("SPF", SERIES[0]), ("DKIM", SERIES[1]), ("DMARC", SERIES[2])],
+        ),
+    });
+    charts
+}

@@ -1,0 +1,267 @@
+//! `mailsim report`: event log -> events.parquet -> figures (polars) -> charts (plotters) ->
+//! report.html, CSV files and DMARC aggregate reports; and the side-by-side comparison of two
+//! runs.
+
+use crate::figures::{DomainRow, Figures};
+use crate::{charts, dmarc, figures, html, table};
+use indicatif::{ProgressBar, ProgressStyle};
+use polars::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Table(#[from] table::TableError),
+    #[error("computing the figures: {0}")]
+    Polars(#[from] PolarsError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Write {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// What a report run produced.
+pub struct Written {
+    pub figures: Figures,
+    pub files: Vec<PathBuf>,
+    pub dmarc_reports: usize,
+    pub torn: bool,
+}
+
+fn progress(show: bool, len: u64, what: &str) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(len)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), ReportError> {
+    let file = std::fs::File::create(path).map_err(write_err(path))?;
+    CsvWriter::new(file).include_header(true).finish(df)?;
+    Ok(())
+}
+
+fn opt_col(name: &str, v: Vec<Option<f64>>) -> Column {
+    Series::new(name.into(), v).into_column()
+}
+
+fn domains_frame(rows: &[DomainRow]) -> PolarsResult<DataFrame> {
+    let s = |name: &str, v: Vec<String>| Series::new(name.into(), v).into_column();
+    let u = |name: &str, v: Vec<u64>| Series::new(name.into(), v).into_column();
+    let f = |name: &str, v: Vec<f64>| Series::new(name.into(), v).into_column();
+    DataFrame::new_infer_height(vec![
+        s("domain", rows.iter().map(|d| d.domain.clone()).collect()),
+        u("injected", rows.iter().map(|d| d.injected).collect()),
+        u("delivered", rows.iter().map(|d| d.delivered).collect()),
+        u("bounced_hard", rows.iter().map(|d| d.bounced_hard).collect()),
+        u("bounced_soft", rows.iter().map(|d| d.bounced_soft).collect()),
+        u("deferred", rows.iter().map(|d| d.deferred).collect()),
+        u("expired", rows.iter().map(|d| d.expired).collect()),
+        u("suppressed", rows.iter().map(|d| d.suppressed).collect()),
+        f("delivery_rate", rows.iter().map(|d| d.delivery_rate).collect()),
+        opt_col("p50_s", rows.iter().map(|d| d.p50_s).collect()),
+        opt_col("p90_s", rows.iter().map(|d| d.p90_s).collect()),
+        opt_col("p99_s", rows.iter().map(|d| d.p99_s).collect()),
+        f(
+            "attempts_per_message",
+            rows.iter().map(|d| d.attempts_per_message).collect(),
+        ),
+        f(
+            "deferrals_per_message",
+            rows.iter().map(|d| d.deferrals_per_message).collect(),
+        ),
+    ])
+}
+
+/// Write the report of the run in `run_dir` into `out`. `published_dmarc` maps a domain to its
+/// DMARC TXT record (from the run's scenario), for the aggregate reports.
+pub fn write_report(
+    run_dir: &Path,
+    out: &Path,
+    published_dmarc: &BTreeMap<String, String>,
+    show_progress: bool,
+) -> Result<Written, ReportError> {
+    std::fs::create_dir_all(out).map_err(write_err(out))?;
+    let log = run_dir.join("events.log");
+    let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    // A rough record count for the bar: about 180 bytes a record.
+    let bar = progress(show_progress, (log_bytes / 180).max(1), "reading");
+    let (mut df, torn) = table::load(&log, &|n| bar.inc(n))?;
+    bar.set_length(df.height() as u64);
+    bar.finish_and_clear();
+    let steps = progress(show_progress, 5, "report");
+    let mut files = Vec::new();
+    let parquet = out.join("events.parquet");
+    steps.set_message("parquet");
+    table::write_parquet(&mut df, &parquet)?;
+    drop(df);
+    files.push(parquet.clone());
+    steps.inc(1);
+    steps.set_message("figures");
+    let f = figures::compute(&parquet)?;
+    steps.inc(1);
+    steps.set_message("csv");
+    let mut rows = f.domains.clone();
+    rows.push(f.totals.clone());
+    let path = out.join("domains.csv");
+    write_csv(&mut domains_frame(&rows)?, &path)?;
+    files.push(path);
+    let path = out.join("reasons.csv");
+    let mut reasons = DataFrame::new_infer_height(vec![
+        Series::new("domain".into(), f.reasons.iter().map(|r| r.0.clone()).collect::<Vec<_>>()).into_column(),
+        Series::new("reason".into(), f.reasons.iter().map(|r| r.1.clone()).collect::<Vec<_>>()).into_column(),
+        Series::new("messages".into(), f.reasons.iter().map(|r| r.2).collect::<Vec<_>>()).into_column(),
+    ])?;
+    write_csv(&mut reasons, &path)?;
+    files.push(path);
+    let path = out.join("replies.csv");
+    let mut replies = DataFrame::new_infer_height(vec![
+        Series::new("domain".into(), f.replies.iter().map(|r| r.0.clone()).collect::<Vec<_>>()).into_column(),
+        Series::new("code".into(), f.replies.iter().map(|r| r.1).collect::<Vec<_>>()).into_column(),
+        Series::new("enhanced".into(), f.replies.iter().map(|r| r.2.clone()).collect::<Vec<_>>()).into_column(),
+        Series::new("text".into(), f.replies.iter().map(|r| r.3.clone()).collect::<Vec<_>>()).into_column(),
+        Series::new("count".into(), f.replies.iter().map(|r| r.4).collect::<Vec<_>>()).into_column(),
+    ])?;
+    write_csv(&mut replies, &path)?;
+    files.push(path);
+    steps.inc(1);
+    steps.set_message("charts");
+    let charts = charts::all(&f);
+    for c in &charts {
+        let path = out.join(format!("{}.svg", c.name));
+        std::fs::write(&path, &c.svg).map_err(write_err(&path))?;
+        files.push(path);
+    }
+    steps.inc(1);
+    steps.set_message("dmarc");
+    let reports = dmarc::aggregate_reports(&f, published_dmarc).map_err(write_err(out))?;
+    if !reports.is_empty() {
+        let dir = out.join("dmarc");
+        std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+        for r in &reports {
+            let path = dir.join(&r.file_name);
+            std::fs::write(&path, &r.xml).map_err(write_err(&path))?;
+            files.push(path);
+        }
+    }
+    steps.inc(1);
+    let names: Vec<String> = files
+        .iter()
+        .filter_map(|p| p.strip_prefix(out).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    let page = html::page(&f, &charts, &reports, &names);
+    let path = out.join("report.html");
+    std::fs::write(&path, page).map_err(write_err(&path))?;
+    files.push(path);
+    steps.finish_and_clear();
+    Ok(Written {
+        dmarc_reports: reports.len(),
+        figures: f,
+        files,
+        torn,
+    })
+}
+
+/// Two runs side by side: `compare.html` and `compare.csv` (per domain, A, B and B - A).
+pub fn write_compare(
+    a_dir: &Path,
+    b_dir: &Path,
+    out: &Path,
+    show_progress: bool,
+) -> Result<(Figures, Figures), ReportError> {
+    std::fs::create_dir_all(out).map_err(write_err(out))?;
+    let mut figs = Vec::new();
+    for (i, dir) in [a_dir, b_dir].into_iter().enumerate() {
+        let bar = progress(show_progress, 1, if i == 0 { "run A" } else { "run B" });
+        let (mut df, _) = table::load(&dir.join("events.log"), &|_| {})?;
+        let parquet = out.join(format!("events-{}.parquet", if i == 0 { "a" } else { "b" }));
+        table::write_parquet(&mut df, &parquet)?;
+        drop(df);
+        figs.push(figures::compute(&parquet)?);
+        bar.finish_and_clear();
+    }
+    let b = figs.pop().unwrap_or_default();
+    let a = figs.pop().unwrap_or_default();
+    let mut names: Vec<String> = a
+        .domains
+        .iter()
+        .chain(b.domains.iter())
+        .map(|d| d.domain.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    let find = |f: &Figures, n: &str| f.domains.iter().find(|d| d.domain == n).cloned().unwrap_or_default();
+    let mut rows: Vec<(String, DomainRow, DomainRow)> =
+        names.iter().map(|n| (n.clone(), find(&a, n), find(&b, n))).collect();
+    rows.push(("all domains".into(), a.totals.clone(), b.totals.clone()));
+    // CSV: one row per domain and measure.
+    let (mut dom, mut measure, mut va, mut vb) = (vec![], vec![], vec![], vec![]);
+    let measures: [(&str, fn(&DomainRow) -> f64); 8] = [
+        ("injected", |d| d.injected as f64),
+        ("delivered", |d| d.delivered as f64),
+        ("bounced", |d| (d.bounced_hard + d.bounced_soft) as f64),
+        ("deferred", |d| d.deferred as f64),
+        ("expired", |d| d.expired as f64),
+        ("delivery_rate", |d| d.delivery_rate),
+        ("p50_s", |d| d.p50_s.unwrap_or(f64::NAN)),
+        ("p90_s", |d| d.p90_s.unwrap_or(f64::NAN)),
+    ];
+    for (n, ra, rb) in &rows {
+        for (m, get) in &measures {
+            dom.push(n.clone());
+            measure.push(m.to_string());
+            va.push(get(ra));
+            vb.push(get(rb));
+        }
+    }
+    let delta: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| y - x).collect();
+    let mut df = DataFrame::new_infer_height(vec![
+        Series::new("domain".into(), dom).into_column(),
+        Series::new("measure".into(), measure).into_column(),
+        Series::new("a".into(), va).into_column(),
+        Series::new("b".into(), vb).into_column(),
+        Series::new("delta".into(), delta).into_column(),
+    ])?;
+    let path = out.join("compare.csv");
+    write_csv(&mut df, &path)?;
+    let mut h = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Run comparison</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}td:first-child{{text-align:left}}.up{{color:#2e8b57}}.down{{color:#c83737}}</style></head><body><h1>Run comparison</h1><p>A: {} ({}), B: {} ({})</p><table><tr><th>domain</th><th>measure</th><th>A</th><th>B</th><th>B - A</th></tr>",
+        html::esc(&a.scenario),
+        html::esc(&a_dir.display().to_string()),
+        html::esc(&b.scenario),
+        html::esc(&b_dir.display().to_string())
+    );
+    for (n, ra, rb) in &rows {
+        for (m, get) in &measures {
+            let (x, y) = (get(ra), get(rb));
+            let d = y - x;
+            let class = if d > 0.0 { "up" } else if d < 0.0 { "down" } else { "" };
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{m}</td><td>{x:.3}</td><td>{y:.3}</td><td class=\"{class}\">{d:+.3}</td></tr>",
+                html::esc(n)
+            ));
+        }
+    }
+    h.push_str("</table></body></html>");
+    let path = out.join("compare.html");
+    std::fs::write(&path, h).map_err(write_err(&path))?;
+    Ok((a, b))
+}

@@ -1,0 +1,115 @@
+//! What `mailsim report` needs from the simulation side: the DMARC records the run's scenario
+//! published, and the check that the report's totals are summary.json's.
+
+use crate::runner;
+use crate::scenario::Scenario;
+use crate::world::World;
+use fake_dns::{Lookup, RecordData, RecordType};
+use mailsim_reports::Summary;
+use mailsim_reports::figures::Figures;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Domain -> DMARC TXT record, from the scenario saved with the run (`scenario.toml`); empty
+/// for a run directory without one.
+pub fn published_dmarc(run_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let path = run_dir.join("scenario.toml");
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let scenario = Scenario::load(&path)?;
+    let world = World::build(&scenario).map_err(anyhow::Error::msg)?;
+    let mut out = BTreeMap::new();
+    let names: Vec<String> = world.zones.names().map(str::to_string).collect();
+    for name in names {
+        let Some(domain) = name.trim_end_matches('.').strip_prefix("_dmarc.") else {
+            continue;
+        };
+        if let Lookup::Answer(records) = world.zones.lookup(&name, RecordType::TXT) {
+            for r in records {
+                if let RecordData::Txt(t) = r
+                    && t.trim_start().starts_with("v=DMARC1")
+                {
+                    out.insert(domain.to_ascii_lowercase(), t);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compare the report's totals with summary.json (folded from the log when absent); a line
+/// saying they match, or which figure differs.
+pub fn check_against_summary(run_dir: &Path, f: &Figures) -> anyhow::Result<String> {
+    let path = runner::summary_path(run_dir);
+    let summary: Summary = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)?,
+        Err(_) => runner::fold_log(&runner::events_path(run_dir))?.0,
+    };
+    let mismatches = differences(&summary, f);
+    Ok(if mismatches.is_empty() {
+        "totals equal summary.json".to_string()
+    } else {
+        format!("DIFFERENT from summary.json: {}", mismatches.join(", "))
+    })
+}
+
+/// Every figure the report and the summary both state, where they disagree.
+pub fn differences(s: &Summary, f: &Figures) -> Vec<String> {
+    let mut out = Vec::new();
+    let t = &f.totals;
+    let pairs = [
+        ("injected", s.injected, t.injected),
+        ("delivered", s.delivered, t.delivered),
+        ("bounced", s.bounced, t.bounced_hard + t.bounced_soft),
+        ("deferred", s.deferred, t.deferred),
+        ("expired", s.expired, t.expired),
+        ("suppressed", s.suppressed, t.suppressed),
+        ("dsns_queued", s.dsns_queued, f.dsns_queued),
+        ("suppression_added", s.suppression_added, f.suppression_added),
+        (
+            "auth messages",
+            s.auth.spf_pass + s.auth.spf_fail,
+            f.auth.iter().map(|a| a.messages).sum(),
+        ),
+        ("spf pass", s.auth.spf_pass, f.auth.iter().map(|a| a.spf_pass).sum()),
+        ("dkim pass", s.auth.dkim_pass, f.auth.iter().map(|a| a.dkim_pass).sum()),
+        ("dmarc pass", s.auth.dmarc_pass, f.auth.iter().map(|a| a.dmarc_pass).sum()),
+    ];
+    for (name, a, b) in pairs {
+        if a != b {
+            out.push(format!("{name} {a} vs {b}"));
+        }
+    }
+    for (domain, d) in &s.domains {
+        let row = f.domains.iter().find(|r| &r.domain == domain);
+        let r = row.cloned().unwrap_or_default();
+        let pairs = [
+            ("injected", d.injected, r.injected),
+            ("delivered", d.delivered, r.delivered),
+            ("bounced", d.bounced, r.bounced_hard + r.bounced_soft),
+            ("deferred", d.deferred, r.deferred),
+            ("expired", d.expired, r.expired),
+            ("suppressed", d.suppressed, r.suppressed),
+        ];
+        for (name, a, b) in pairs {
+            if a != b {
+                out.push(format!("{domain} {name} {a} vs {b}"));
+            }
+        }
+    }
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, reason, n) in &f.reasons {
+        *reasons.entry(reason.clone()).or_default() += n;
+    }
+    if reasons != s.reasons {
+        out.push(format!("reasons {:?} vs {:?}", s.reasons, reasons));
+    }
+    if s.reports_received != f.reports_received {
+        out.push(format!(
+            "reports received {:?} vs {:?}",
+            s.reports_received, f.reports_received
+        ));
+    }
+    out
+}
