@@ -70,55 +70,56 @@ fn hbars(
     legend: &[(&str, RGBColor)],
 ) -> String {
     svg(|root| {
-        let n = rows.len().max(1);
-        let x_max = rows
+        let n = rows.len().max(1) as u32;
+        let widest = rows
             .iter()
             .map(|r| r.1.iter().map(|s| s.0).sum::<f64>())
             .fold(0.0, f64::max)
-            .max(1e-9)
-            * 1.05;
+            .max(1e-9);
+        // Room on the right for the legend.
+        let x_max = widest * if legend.is_empty() { 1.05 } else { 1.3 };
         let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
         let mut c = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(190)
-            .build_cartesian_2d(0.0..x_max, 0.0..n as f64)?;
+            .build_cartesian_2d(0.0..x_max, (0..n).into_segmented())?;
         c.configure_mesh()
             .x_desc(x_desc)
-            .y_labels(n)
-            .y_label_formatter(&|y| {
-                let i = y.floor() as usize;
-                labels.get(i).cloned().unwrap_or_default()
+            .y_labels(n as usize)
+            .y_label_formatter(&|y| match y {
+                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+                _ => String::new(),
             })
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         for (i, (_, segs)) in rows.iter().enumerate() {
             let mut x0 = 0.0;
             for &(v, color) in segs {
-                let y0 = i as f64 + 0.15;
-                c.draw_series(std::iter::once(Rectangle::new(
-                    [(x0, y0), (x0 + v, y0 + 0.7)],
+                let mut bar = Rectangle::new(
+                    [
+                        (x0, SegmentValue::Exact(i as u32)),
+                        (x0 + v, SegmentValue::Exact(i as u32 + 1)),
+                    ],
                     color.filled(),
-                )))?;
+                );
+                bar.set_margin(4, 4, 0, 0);
+                c.draw_series(std::iter::once(bar))?;
                 x0 += v;
             }
         }
-        for (k, (name, color)) in legend.iter().enumerate() {
+        for (name, color) in legend {
             let color = *color;
-            c.draw_series(std::iter::once(Rectangle::new(
-                [(0.0, 0.0), (0.0, 0.0)],
-                color.filled(),
-            )))?
-            .label(*name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
-            let _ = k;
+            c.draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<u32>)>>())?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
         }
         if !legend.is_empty() {
             c.configure_series_labels()
-                .background_style(WHITE.mix(0.85))
+                .background_style(WHITE.mix(0.9))
                 .border_style(BLACK.mix(0.3))
-                .position(SeriesLabelPosition::LowerRight)
+                .position(SeriesLabelPosition::UpperRight)
                 .draw()?;
         }
         Ok(())
@@ -128,7 +129,7 @@ fn hbars(
 /// Vertical bars with a label under each.
 fn vbars(bars: &[(String, f64)], caption: &str, y_desc: &str, color: RGBColor) -> String {
     svg(|root| {
-        let n = bars.len().max(1);
+        let n = bars.len().max(1) as u32;
         let y_max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.1;
         let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
         let mut c = ChartBuilder::on(&root)
@@ -136,15 +137,26 @@ fn vbars(bars: &[(String, f64)], caption: &str, y_desc: &str, color: RGBColor) -
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..n as f64, 0.0..y_max)?;
+            .build_cartesian_2d((0..n).into_segmented(), 0.0..y_max)?;
         c.configure_mesh()
             .y_desc(y_desc)
-            .x_labels(n)
-            .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
+            .x_labels(n as usize)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         c.draw_series(bars.iter().enumerate().map(|(i, b)| {
-            Rectangle::new([(i as f64 + 0.1, 0.0), (i as f64 + 0.9, b.1)], color.filled())
+            let mut bar = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i as u32), 0.0),
+                    (SegmentValue::Exact(i as u32 + 1), b.1),
+                ],
+                color.filled(),
+            );
+            bar.set_margin(0, 0, 6, 6);
+            bar
         }))?;
         Ok(())
     })

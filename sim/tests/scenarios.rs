@@ -32,7 +32,48 @@ fn run(name: &str, dir: &Path) -> (Summary, Vec<Record>) {
         matches!(records.last().map(|r| &r.event), Some(Event::RunFinished { reason }) if reason == "drained"),
         "{name} did not drain"
     );
+    check_report(&path, dir, &summary);
     (summary, records)
+}
+
+/// The report of the run (polars over events.parquet) states the same totals as summary.json,
+/// and every DMARC aggregate report it writes is read back by mail-auth's report parser.
+fn check_report(scenario: &Path, dir: &Path, summary: &Summary) {
+    std::fs::copy(scenario, dir.join("scenario.toml")).unwrap();
+    let out = dir.join("report");
+    let published = mailsim::report::published_dmarc(dir).unwrap();
+    let w = mailsim_reports::report::write_report(dir, &out, &published, false).unwrap();
+    let diffs = mailsim::report::differences(summary, &w.figures);
+    assert!(diffs.is_empty(), "report differs from summary.json: {diffs:?}");
+    let csv = std::fs::read_to_string(out.join("domains.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + w.figures.domains.len() + 1, "{csv}");
+    let total = csv.lines().last().unwrap();
+    assert!(
+        total.starts_with(&format!("all domains,{},{},", summary.injected, summary.delivered)),
+        "{total}"
+    );
+    let mut reported = 0u64;
+    for r in std::fs::read_dir(out.join("dmarc")).into_iter().flatten().flatten() {
+        let xml = std::fs::read(r.path()).unwrap();
+        let parsed = mail_auth::report::Report::parse_xml(&xml)
+            .unwrap_or_else(|e| panic!("{}: {e}", r.path().display()));
+        let name = r.file_name().to_string_lossy().into_owned();
+        assert!(name.starts_with(&format!("{}!{}!", parsed.org_name(), parsed.domain())), "{name}");
+        reported += parsed.records().iter().map(|x| u64::from(x.count())).sum::<u64>();
+    }
+    // Every verdict of a receiving domain reports to a sender that asks is in some report.
+    let asked: u64 = w
+        .figures
+        .dmarc
+        .iter()
+        .filter(|d| {
+            published
+                .get(&d.header_from.to_ascii_lowercase())
+                .is_some_and(|t| t.contains("rua="))
+        })
+        .map(|d| d.count)
+        .sum();
+    assert_eq!(reported, asked);
 }
 
 fn elapsed_s(records: &[Record], r: &Record) -> u64 {
