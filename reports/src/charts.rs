@@ -56,8 +56,15 @@ fn line_chart(points: &[(f64, f64)], caption: &str, y_desc: &str, color: RGBColo
             .y_desc(y_desc)
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
-        c.draw_series(AreaSeries::new(points.iter().copied(), 0.0, color.mix(0.25)))?;
-        c.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?;
+        c.draw_series(AreaSeries::new(
+            points.iter().copied(),
+            0.0,
+            color.mix(0.25),
+        ))?;
+        c.draw_series(LineSeries::new(
+            points.iter().copied(),
+            color.stroke_width(2),
+        ))?;
         Ok(())
     })
 }
@@ -113,7 +120,9 @@ fn hbars(
             let color = *color;
             c.draw_series(std::iter::empty::<Rectangle<(f64, SegmentValue<u32>)>>())?
                 .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
         }
         if !legend.is_empty() {
             c.configure_series_labels()
@@ -181,7 +190,10 @@ pub fn all(f: &Figures) -> Vec<Chart> {
         title: "Throughput",
         svg: line_chart(
             &f.throughput,
-            &format!("Messages delivered per second ({}-second buckets)", f.bucket_s),
+            &format!(
+                "Messages delivered per second ({}-second buckets)",
+                f.bucket_s
+            ),
             "messages/s",
             SERIES[0],
         ),
@@ -206,7 +218,10 @@ pub fn all(f: &Figures) -> Vec<Chart> {
                 d.domain.clone(),
                 vec![
                     (100.0 * d.delivered as f64 / n, DELIVERED),
-                    (100.0 * (d.bounced_hard + d.bounced_soft) as f64 / n, BOUNCED),
+                    (
+                        100.0 * (d.bounced_hard + d.bounced_soft) as f64 / n,
+                        BOUNCED,
+                    ),
                     (100.0 * d.deferred as f64 / n, DEFERRED),
                     (100.0 * d.expired as f64 / n, EXPIRED),
                 ],
@@ -242,7 +257,12 @@ pub fn all(f: &Figures) -> Vec<Chart> {
     charts.push(Chart {
         name: "bounce_reasons",
         title: "Bounce reasons",
-        svg: hbars(&reason_rows, "Why messages failed for good", "messages", &[]),
+        svg: hbars(
+            &reason_rows,
+            "Why messages failed for good",
+            "messages",
+            &[],
+        ),
     });
     let ttd: Vec<(String, f64)> = f
         .ttd_histogram
@@ -280,7 +300,11 @@ pub fn all(f: &Figures) -> Vec<Chart> {
             &auth_rows,
             "Receivers' verdicts: % pass, per recipient domain",
             "% of messages received",
-            &[("SPF", SERIES[0]), ("DKIM", SERIES[1]), ("DMARC", SERIES[2])],
+            &[
+                ("SPF", SERIES[0]),
+                ("DKIM", SERIES[1]),
+                ("DMARC", SERIES[2]),
+            ],
         ),
     });
     charts

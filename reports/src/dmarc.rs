@@ -88,7 +88,11 @@ fn write_report(
     open(&mut w, "feedback")?;
     open(&mut w, "report_metadata")?;
     elem(&mut w, "org_name", receiver)?;
-    elem(&mut w, "email", &format!("noreply-dmarc-support@{receiver}"))?;
+    elem(
+        &mut w,
+        "email",
+        &format!("noreply-dmarc-support@{receiver}"),
+    )?;
     elem(
         &mut w,
         "report_id",
@@ -122,7 +126,13 @@ fn write_report(
         open(&mut w, "policy_evaluated")?;
         elem(&mut w, "disposition", disposition)?;
         // Aligned results: a DMARC pass means the passing mechanism was aligned.
-        let aligned = |word: &str| if pass && word == "pass" { "pass" } else { "fail" };
+        let aligned = |word: &str| {
+            if pass && word == "pass" {
+                "pass"
+            } else {
+                "fail"
+            }
+        };
         elem(&mut w, "dkim", aligned(&r.dkim))?;
         elem(&mut w, "spf", aligned(&r.spf))?;
         close(&mut w, "policy_evaluated")?;

@@ -47,7 +47,7 @@ pub struct DmarcRow {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {
     pub scenario: String,
     pub seed: u64,
@@ -81,7 +81,12 @@ fn is(kind: &str) -> Expr {
 }
 
 fn u64_at(df: &DataFrame, name: &str, i: usize) -> PolarsResult<u64> {
-    Ok(df.column(name)?.cast(&DataType::UInt64)?.u64()?.get(i).unwrap_or(0))
+    Ok(df
+        .column(name)?
+        .cast(&DataType::UInt64)?
+        .u64()?
+        .get(i)
+        .unwrap_or(0))
 }
 
 fn f64_opt(df: &DataFrame, name: &str, i: usize) -> PolarsResult<Option<f64>> {
@@ -110,8 +115,7 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
     ]);
     let finals = if external {
         // Measuring another MTA: a copy the fleet stored is the delivery (as in summary.json).
-        let stored = ev
-            .clone()
+        ev.clone()
             .filter(is("stored"))
             .select([
                 col("message_id"),
@@ -120,7 +124,9 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
                 col("seq"),
             ])
             .join(
-                injected.clone().select([col("msg"), col("message_id"), col("rcpt_lc")]),
+                injected
+                    .clone()
+                    .select([col("msg"), col("message_id"), col("rcpt_lc")]),
                 [col("message_id"), col("rcpt_lc")],
                 [col("message_id"), col("rcpt_lc")],
                 JoinArgs::new(JoinType::Inner),
@@ -133,8 +139,7 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
                 lit(NULL).cast(DataType::Boolean).alias("hard"),
                 lit(NULL).cast(DataType::String).alias("reason"),
                 lit(NULL).cast(DataType::UInt32).alias("attempts"),
-            ]);
-        stored
+            ])
     } else {
         ev.clone()
             .filter(
@@ -176,7 +181,8 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
         )
         .with_columns([
             col("fate").fill_null(lit("queued")),
-            ((col("ts_final").cast(DataType::Float64) - col("ts_injected").cast(DataType::Float64))
+            ((col("ts_final").cast(DataType::Float64)
+                - col("ts_injected").cast(DataType::Float64))
                 / lit(1000.0))
             .alias("latency_s"),
             col("attempts")
@@ -193,11 +199,56 @@ fn reason_word(e: Expr) -> Expr {
     e.str().extract(lit(r"^([^: ]*)"), 1)
 }
 
-pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
-    let ev = LazyFrame::scan_parquet(
+/// The columns the figures use.
+fn used_columns() -> [Expr; 23] {
+    [
+        col("seq"),
+        col("ts_ms"),
+        col("type"),
+        col("msg"),
+        col("message_id"),
+        col("rcpt"),
+        col("domain"),
+        col("conn"),
+        col("host"),
+        col("session"),
+        col("peer"),
+        col("code"),
+        col("enhanced"),
+        col("text"),
+        col("attempts"),
+        col("reason"),
+        col("hard"),
+        col("spf"),
+        col("dkim"),
+        col("dmarc"),
+        col("header_from"),
+        col("mail_from"),
+        col("detail"),
+    ]
+}
+
+/// A string field of `detail` (`"key":"value"`), as polars extracts it.
+fn detail_str(key: &str) -> Expr {
+    col("detail")
+        .str()
+        .extract(lit(format!(r#""{key}":"((?:[^"\\]|\\.)*)""#)), 1)
+}
+
+/// The figures of the table written to `events.parquet`, read back from that file.
+pub fn compute_from_parquet(parquet: &Path) -> PolarsResult<Figures> {
+    let table = LazyFrame::scan_parquet(
         PlRefPath::new(parquet.to_string_lossy().as_ref()),
         ScanArgsParquet::default(),
-    )?;
+    )?
+    .select(used_columns())
+    .collect()?;
+    compute(&table)
+}
+
+/// The figures of the event table (the rows `events.parquet` holds).
+pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
+    let ev = table.clone().lazy().select(used_columns());
     let mut f = Figures::default();
     let meta = ev
         .clone()
@@ -205,9 +256,21 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
             len().alias("events"),
             col("ts_ms").min().alias("first"),
             col("ts_ms").max().alias("last"),
-            col("scenario").drop_nulls().first().alias("scenario"),
-            col("seed").drop_nulls().first().alias("seed"),
-            col("mode").drop_nulls().first().alias("mode"),
+            detail_str("scenario")
+                .filter(is("run_started"))
+                .first()
+                .alias("scenario"),
+            col("detail")
+                .filter(is("run_started"))
+                .first()
+                .str()
+                .extract(lit(r#""seed":(\d+)"#), 1)
+                .cast(DataType::UInt64)
+                .alias("seed"),
+            detail_str("mode")
+                .filter(is("run_started"))
+                .first()
+                .alias("mode"),
             is("dsn_queued").sum().alias("dsns"),
             is("suppression_added").sum().alias("supp_added"),
         ])
@@ -225,15 +288,18 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
     let received = ev
         .clone()
         .filter(is("report_received"))
-        .group_by([col("report_kind")])
+        .group_by([detail_str("kind").alias("report_kind")])
         .agg([len().alias("n")])
         .collect()?;
     for i in 0..received.height() {
-        f.reports_received
-            .insert(str_at(&received, "report_kind", i)?, u64_at(&received, "n", i)?);
+        f.reports_received.insert(
+            str_at(&received, "report_kind", i)?,
+            u64_at(&received, "n", i)?,
+        );
     }
 
-    let msgs = messages(&ev, external).cache();
+    // Materialised once: every figure below starts from these rows.
+    let msgs = messages(&ev, external).collect()?.lazy();
     let suppressed = ev
         .clone()
         .filter(is("suppressed"))
@@ -246,14 +312,18 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
         .agg([
             len().alias("injected"),
             fate("delivered").alias("delivered"),
-            (col("fate").eq(lit("bounced")).and(col("hard").eq(lit(true))))
-                .cast(DataType::UInt64)
-                .sum()
-                .alias("bounced_hard"),
-            (col("fate").eq(lit("bounced")).and(col("hard").eq(lit(true)).not()))
-                .cast(DataType::UInt64)
-                .sum()
-                .alias("bounced_soft"),
+            (col("fate")
+                .eq(lit("bounced"))
+                .and(col("hard").eq(lit(true))))
+            .cast(DataType::UInt64)
+            .sum()
+            .alias("bounced_hard"),
+            (col("fate")
+                .eq(lit("bounced"))
+                .and(col("hard").eq(lit(true)).not()))
+            .cast(DataType::UInt64)
+            .sum()
+            .alias("bounced_soft"),
             fate("queued").alias("deferred"),
             fate("expired").alias("expired"),
             col("latency_s")
@@ -268,8 +338,14 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
                 .filter(col("fate").eq(lit("delivered")))
                 .quantile(lit(0.99), QuantileMethod::Linear)
                 .alias("p99"),
-            col("attempts_n").cast(DataType::Float64).mean().alias("attempts"),
-            col("deferrals").cast(DataType::Float64).mean().alias("deferrals"),
+            col("attempts_n")
+                .cast(DataType::Float64)
+                .mean()
+                .alias("attempts"),
+            col("deferrals")
+                .cast(DataType::Float64)
+                .mean()
+                .alias("deferrals"),
         ])
         .join(
             suppressed,
@@ -318,8 +394,14 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
                 .filter(col("fate").eq(lit("delivered")))
                 .quantile(lit(0.99), QuantileMethod::Linear)
                 .alias("p99"),
-            col("attempts_n").cast(DataType::Float64).mean().alias("attempts"),
-            col("deferrals").cast(DataType::Float64).mean().alias("deferrals"),
+            col("attempts_n")
+                .cast(DataType::Float64)
+                .mean()
+                .alias("attempts"),
+            col("deferrals")
+                .cast(DataType::Float64)
+                .mean()
+                .alias("deferrals"),
         ])
         .collect()?;
     let t = &mut f.totals;
@@ -348,7 +430,11 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
     let campaign = msgs.clone().select([col("msg"), col("domain")]);
     let reasons = ev
         .clone()
-        .filter(col("type").eq(lit("bounced")).or(col("type").eq(lit("expired"))))
+        .filter(
+            col("type")
+                .eq(lit("bounced"))
+                .or(col("type").eq(lit("expired"))),
+        )
         .select([
             col("msg"),
             when(is("expired"))
@@ -444,9 +530,10 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
         .enumerate()
         .map(|(i, &n)| (i as f64 * bucket_s, n as f64 / bucket_s))
         .collect();
-    let ins = msgs
-        .clone()
-        .select([bucket_of(col("ts_injected")).alias("b"), lit(1i64).alias("d")]);
+    let ins = msgs.clone().select([
+        bucket_of(col("ts_injected")).alias("b"),
+        lit(1i64).alias("d"),
+    ]);
     let outs = msgs
         .clone()
         .filter(col("fate").neq(lit("queued")))
@@ -491,27 +578,27 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
     }
 
     // Receivers' verdicts, by the recipient's domain of the stored copy.
-    let stored = ev
+    // The receiving domain of an MX host: the recipients' domain of what it stored (a host
+    // serves one domain in a fleet); one row per host, so the join below is cheap.
+    let host_domain = ev
         .clone()
         .filter(is("stored"))
-        .select([
-            col("host"),
-            col("session"),
-            col("message_id"),
-            col("rcpt").str().to_lowercase().str().extract(lit(r"@(.*)$"), 1).alias("rcpt_domain"),
-        ])
-        .unique_stable(None, UniqueKeepStrategy::First);
-    let stored = stored
-        .group_by_stable([col("host"), col("session"), col("message_id")])
-        .agg([col("rcpt_domain").first()]);
-    let sessions = ev
-        .clone()
-        .filter(is("session_accepted"))
-        .select([
-            col("host"),
-            col("session"),
-            col("peer").str().extract(lit(r"^\[?([^\]]*?)\]?:\d+$"), 1).alias("source_ip"),
-        ]);
+        .group_by([col("host")])
+        .agg([col("rcpt")
+            .first()
+            .str()
+            .to_lowercase()
+            .str()
+            .extract(lit(r"@(.*)$"), 1)
+            .alias("rcpt_domain")]);
+    let sessions = ev.clone().filter(is("session_accepted")).select([
+        col("host"),
+        col("session"),
+        col("peer")
+            .str()
+            .extract(lit(r"^\[?([^\]]*?)\]?:\d+$"), 1)
+            .alias("source_ip"),
+    ]);
     let verdicts = ev
         .clone()
         .filter(is("auth_verdict"))
@@ -531,9 +618,9 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
                 .alias("mail_from_domain"),
         ])
         .join(
-            stored,
-            [col("host"), col("session"), col("message_id")],
-            [col("host"), col("session"), col("message_id")],
+            host_domain,
+            [col("host")],
+            [col("host")],
             JoinArgs::new(JoinType::Left),
         )
         .join(
@@ -546,15 +633,28 @@ pub fn compute(parquet: &Path) -> PolarsResult<Figures> {
             col("rcpt_domain").fill_null(lit("(unknown)")),
             col("source_ip").fill_null(lit("0.0.0.0")),
         ])
-        .cache();
+        .collect()?
+        .lazy();
     let auth = verdicts
         .clone()
         .group_by([col("rcpt_domain")])
         .agg([
             len().alias("n"),
-            col("spf").eq(lit("pass")).cast(DataType::UInt64).sum().alias("spf"),
-            col("dkim").eq(lit("pass")).cast(DataType::UInt64).sum().alias("dkim"),
-            col("dmarc").eq(lit("pass")).cast(DataType::UInt64).sum().alias("dmarc"),
+            col("spf")
+                .eq(lit("pass"))
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("spf"),
+            col("dkim")
+                .eq(lit("pass"))
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("dkim"),
+            col("dmarc")
+                .eq(lit("pass"))
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("dmarc"),
         ])
         .sort(["rcpt_domain"], SortMultipleOptions::default())
         .collect()?;

@@ -60,7 +60,10 @@ pub fn advice(f: &Figures) -> Vec<String> {
     let mut out = Vec::new();
     let mut by_reason: std::collections::BTreeMap<&str, Vec<(&str, u64)>> = Default::default();
     for (domain, reason, n) in &f.reasons {
-        by_reason.entry(reason.as_str()).or_default().push((domain.as_str(), *n));
+        by_reason
+            .entry(reason.as_str())
+            .or_default()
+            .push((domain.as_str(), *n));
     }
     let list = |v: &Vec<(&str, u64)>| {
         v.iter()
@@ -86,7 +89,13 @@ pub fn advice(f: &Figures) -> Vec<String> {
             list(v)
         ));
     }
-    for key in ["blocked", "spamdetected", "policyviolation", "authfailure", "filtered"] {
+    for key in [
+        "blocked",
+        "spamdetected",
+        "policyviolation",
+        "authfailure",
+        "filtered",
+    ] {
         if let Some(v) = by_reason.get(key) {
             out.push(format!(
                 "Rejected by policy ({key}: {}): check authentication, content and sending IP reputation.",
@@ -97,7 +106,9 @@ pub fn advice(f: &Figures) -> Vec<String> {
     let throttled: Vec<&(String, u32, String, String, u64)> = f
         .replies
         .iter()
-        .filter(|r| r.1 == 421 || r.2.starts_with("4.7.") || r.3.to_ascii_lowercase().contains("rate"))
+        .filter(|r| {
+            r.1 == 421 || r.2.starts_with("4.7.") || r.3.to_ascii_lowercase().contains("rate")
+        })
         .collect();
     if !throttled.is_empty() {
         let domains: std::collections::BTreeSet<&str> =
@@ -185,7 +196,11 @@ pub fn page(f: &Figures, charts: &[Chart], dmarc: &[AggregateReport], files: &[S
     for d in &f.domains {
         h.push_str(&domain_row(d));
     }
-    h.push_str(&domain_row(t).replace("<td>", "<td><b>").replace("</td>", "</b></td>"));
+    h.push_str(
+        &domain_row(t)
+            .replace("<td>", "<td><b>")
+            .replace("</td>", "</b></td>"),
+    );
     h.push_str("</table><p class=\"muted\">deferred: still queued when the log ends; p50/p90/p99: time from injection to delivery.</p>");
     for c in charts {
         let _ = write!(
@@ -194,12 +209,23 @@ pub fn page(f: &Figures, charts: &[Chart], dmarc: &[AggregateReport], files: &[S
             esc(c.title),
             c.name,
             // The SVG's XML declaration is not allowed inside HTML.
-            c.svg.trim_start_matches(|ch| ch != '<').replacen("<?xml version=\"1.0\" encoding=\"UTF-8\"?>", "", 1)
+            c.svg.trim_start_matches(|ch| ch != '<').replacen(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
+                "",
+                1
+            )
         );
     }
-    h.push_str("<h2>Bounce reasons</h2><table><tr><th>domain</th><th>reason</th><th>messages</th></tr>");
+    h.push_str(
+        "<h2>Bounce reasons</h2><table><tr><th>domain</th><th>reason</th><th>messages</th></tr>",
+    );
     for (d, r, n) in f.reasons.iter().take(50) {
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{n}</td></tr>", esc(d), esc(r));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{n}</td></tr>",
+            esc(d),
+            esc(r)
+        );
     }
     h.push_str("</table><h2>Top SMTP replies</h2><table><tr><th>domain</th><th>code</th><th>enhanced</th><th>text</th><th>count</th></tr>");
     for (d, code, enh, text, n) in f.replies.iter().take(30) {

@@ -12,11 +12,11 @@
 pub mod charts;
 pub mod diff;
 pub mod dmarc;
+pub mod figures;
+pub mod html;
 pub mod queue;
 pub mod report;
 pub mod summary;
-pub mod figures;
-pub mod html;
 pub mod table;
 
 pub use summary::{AuthSummary, DomainSummary, Summary};

@@ -70,12 +70,21 @@ fn domains_frame(rows: &[DomainRow]) -> PolarsResult<DataFrame> {
         s("domain", rows.iter().map(|d| d.domain.clone()).collect()),
         u("injected", rows.iter().map(|d| d.injected).collect()),
         u("delivered", rows.iter().map(|d| d.delivered).collect()),
-        u("bounced_hard", rows.iter().map(|d| d.bounced_hard).collect()),
-        u("bounced_soft", rows.iter().map(|d| d.bounced_soft).collect()),
+        u(
+            "bounced_hard",
+            rows.iter().map(|d| d.bounced_hard).collect(),
+        ),
+        u(
+            "bounced_soft",
+            rows.iter().map(|d| d.bounced_soft).collect(),
+        ),
         u("deferred", rows.iter().map(|d| d.deferred).collect()),
         u("expired", rows.iter().map(|d| d.expired).collect()),
         u("suppressed", rows.iter().map(|d| d.suppressed).collect()),
-        f("delivery_rate", rows.iter().map(|d| d.delivery_rate).collect()),
+        f(
+            "delivery_rate",
+            rows.iter().map(|d| d.delivery_rate).collect(),
+        ),
         opt_col("p50_s", rows.iter().map(|d| d.p50_s).collect()),
         opt_col("p90_s", rows.iter().map(|d| d.p90_s).collect()),
         opt_col("p99_s", rows.iter().map(|d| d.p99_s).collect()),
@@ -103,20 +112,31 @@ pub fn write_report(
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     // A rough record count for the bar: about 180 bytes a record.
     let bar = progress(show_progress, (log_bytes / 180).max(1), "reading");
-    let (mut df, torn) = table::load(&log, &|n| bar.inc(n))?;
+    let (df, torn) = table::load(&log, &|n| bar.inc(n))?;
     bar.set_length(df.height() as u64);
     bar.finish_and_clear();
     let steps = progress(show_progress, 5, "report");
     let mut files = Vec::new();
     let parquet = out.join("events.parquet");
-    steps.set_message("parquet");
-    table::write_parquet(&mut df, &parquet)?;
+    steps.set_message("parquet+figures");
+    // The export and the figures are computed from the same table at the same time (the
+    // suite checks that figures read back from events.parquet are these).
+    let (written, f) = std::thread::scope(|scope| {
+        let export = scope.spawn(|| {
+            let mut copy = df.clone();
+            table::write_parquet(&mut copy, &parquet)
+        });
+        let f = figures::compute(&df);
+        let written = export
+            .join()
+            .unwrap_or(Err(table::TableError::Panicked("writing events.parquet")));
+        (written, f)
+    });
+    written?;
+    let f = f?;
     drop(df);
     files.push(parquet.clone());
-    steps.inc(1);
-    steps.set_message("figures");
-    let f = figures::compute(&parquet)?;
-    steps.inc(1);
+    steps.inc(2);
     steps.set_message("csv");
     let mut rows = f.domains.clone();
     rows.push(f.totals.clone());
@@ -125,19 +145,51 @@ pub fn write_report(
     files.push(path);
     let path = out.join("reasons.csv");
     let mut reasons = DataFrame::new_infer_height(vec![
-        Series::new("domain".into(), f.reasons.iter().map(|r| r.0.clone()).collect::<Vec<_>>()).into_column(),
-        Series::new("reason".into(), f.reasons.iter().map(|r| r.1.clone()).collect::<Vec<_>>()).into_column(),
-        Series::new("messages".into(), f.reasons.iter().map(|r| r.2).collect::<Vec<_>>()).into_column(),
+        Series::new(
+            "domain".into(),
+            f.reasons.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new(
+            "reason".into(),
+            f.reasons.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new(
+            "messages".into(),
+            f.reasons.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )
+        .into_column(),
     ])?;
     write_csv(&mut reasons, &path)?;
     files.push(path);
     let path = out.join("replies.csv");
     let mut replies = DataFrame::new_infer_height(vec![
-        Series::new("domain".into(), f.replies.iter().map(|r| r.0.clone()).collect::<Vec<_>>()).into_column(),
-        Series::new("code".into(), f.replies.iter().map(|r| r.1).collect::<Vec<_>>()).into_column(),
-        Series::new("enhanced".into(), f.replies.iter().map(|r| r.2.clone()).collect::<Vec<_>>()).into_column(),
-        Series::new("text".into(), f.replies.iter().map(|r| r.3.clone()).collect::<Vec<_>>()).into_column(),
-        Series::new("count".into(), f.replies.iter().map(|r| r.4).collect::<Vec<_>>()).into_column(),
+        Series::new(
+            "domain".into(),
+            f.replies.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new(
+            "code".into(),
+            f.replies.iter().map(|r| r.1).collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new(
+            "enhanced".into(),
+            f.replies.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new(
+            "text".into(),
+            f.replies.iter().map(|r| r.3.clone()).collect::<Vec<_>>(),
+        )
+        .into_column(),
+        Series::new(
+            "count".into(),
+            f.replies.iter().map(|r| r.4).collect::<Vec<_>>(),
+        )
+        .into_column(),
     ])?;
     write_csv(&mut replies, &path)?;
     files.push(path);
@@ -180,6 +232,9 @@ pub fn write_report(
     })
 }
 
+/// A compared measure: its name and how to read it off a domain's row.
+type Measure = (&'static str, fn(&DomainRow) -> f64);
+
 /// Two runs side by side: `compare.html` and `compare.csv` (per domain, A, B and B - A).
 pub fn write_compare(
     a_dir: &Path,
@@ -191,11 +246,8 @@ pub fn write_compare(
     let mut figs = Vec::new();
     for (i, dir) in [a_dir, b_dir].into_iter().enumerate() {
         let bar = progress(show_progress, 1, if i == 0 { "run A" } else { "run B" });
-        let (mut df, _) = table::load(&dir.join("events.log"), &|_| {})?;
-        let parquet = out.join(format!("events-{}.parquet", if i == 0 { "a" } else { "b" }));
-        table::write_parquet(&mut df, &parquet)?;
-        drop(df);
-        figs.push(figures::compute(&parquet)?);
+        let (df, _) = table::load(&dir.join("events.log"), &|_| {})?;
+        figs.push(figures::compute(&df)?);
         bar.finish_and_clear();
     }
     let b = figs.pop().unwrap_or_default();
@@ -208,13 +260,21 @@ pub fn write_compare(
         .collect();
     names.sort();
     names.dedup();
-    let find = |f: &Figures, n: &str| f.domains.iter().find(|d| d.domain == n).cloned().unwrap_or_default();
-    let mut rows: Vec<(String, DomainRow, DomainRow)> =
-        names.iter().map(|n| (n.clone(), find(&a, n), find(&b, n))).collect();
+    let find = |f: &Figures, n: &str| {
+        f.domains
+            .iter()
+            .find(|d| d.domain == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut rows: Vec<(String, DomainRow, DomainRow)> = names
+        .iter()
+        .map(|n| (n.clone(), find(&a, n), find(&b, n)))
+        .collect();
     rows.push(("all domains".into(), a.totals.clone(), b.totals.clone()));
     // CSV: one row per domain and measure.
     let (mut dom, mut measure, mut va, mut vb) = (vec![], vec![], vec![], vec![]);
-    let measures: [(&str, fn(&DomainRow) -> f64); 8] = [
+    let measures: [Measure; 8] = [
         ("injected", |d| d.injected as f64),
         ("delivered", |d| d.delivered as f64),
         ("bounced", |d| (d.bounced_hard + d.bounced_soft) as f64),
@@ -253,7 +313,13 @@ pub fn write_compare(
         for (m, get) in &measures {
             let (x, y) = (get(ra), get(rb));
             let d = y - x;
-            let class = if d > 0.0 { "up" } else if d < 0.0 { "down" } else { "" };
+            let class = if d > 0.0 {
+                "up"
+            } else if d < 0.0 {
+                "down"
+            } else {
+                ""
+            };
             h.push_str(&format!(
                 "<tr><td>{}</td><td>{m}</td><td>{x:.3}</td><td>{y:.3}</td><td class=\"{class}\">{d:+.3}</td></tr>",
                 html::esc(n)

@@ -2,7 +2,18 @@
 //! (nulls where a kind has no such field), written to `events.parquet`.
 //!
 //! The log is read whole, its frames checked (length and CRC, a torn tail ends it as for every
-//! reader), then decoded on every core into borrowed rows and turned into polars columns.
+//! reader), then decoded on every core into borrowed rows whose fields go straight into polars
+//! column builders.
+//!
+//! Columns: `seq`, `ts_ms`, `type`, then the fields most events carry (`msg`, `message_id`,
+//! `rcpt`, `domain`, `size`, `mx`, `host`, `addr`, `peer`, `conn`, `session`, `command`, `code`,
+//! `enhanced`, `text` (an SMTP reply, also the reply inside `deferred` and `bounced`),
+//! `attempts`, `retry_at_ms`, `reason`, `hard`, `spf`, `dkim`, `dmarc`, `header_from`,
+//! `mail_from` (the envelope sender: `from` of `injected`, `mail_from` of `auth_verdict`)),
+//! and `detail`: the fields of the rare kinds (`run_started`, `dns_answer`, `backoff`,
+//! `conn_closed`, `dsn_queued`, `report_sent`, `report_received`, `suppression_added`) as a
+//! JSON object, so that every field of every event is in the table without forty mostly
+//! empty columns.
 
 use mailsim_events::LogError;
 use polars::prelude::*;
@@ -27,6 +38,8 @@ pub enum TableError {
     },
     #[error(transparent)]
     Polars(#[from] PolarsError),
+    #[error("{0}: a worker thread panicked")]
+    Panicked(&'static str),
 }
 
 #[derive(Deserialize, Default)]
@@ -126,98 +139,139 @@ struct Row<'a> {
     messages: Option<u64>,
 }
 
+/// Records decoded per part, and rows per Parquet row group.
+const ROWS_PER_CHUNK: usize = 1 << 20;
+
+/// Column builders, one per field: nulls cost a bit, strings go straight into Arrow buffers.
 macro_rules! columns {
-    ($($name:ident : $ty:ty),* $(,)?) => {
-        #[derive(Default)]
-        struct Cols<'a> {
-            $($name: Vec<Option<$ty>>,)*
-            _life: std::marker::PhantomData<&'a ()>,
+    ($($name:ident : $kind:ident),* $(,)?) => {
+        struct Cols {
+            $($name: columns!(@builder $kind),)*
         }
-        impl<'a> Cols<'a> {
+        impl Cols {
             fn with_capacity(n: usize) -> Self {
-                Cols { $($name: Vec::with_capacity(n),)* _life: std::marker::PhantomData }
+                Cols { $($name: columns!(@new $kind, stringify!($name).trim_start_matches("r#"), n),)* }
             }
             fn into_columns(self) -> Vec<Column> {
-                vec![$(Series::new(stringify!($name).trim_start_matches("r#").into(), self.$name).into_column(),)*]
+                vec![$(self.$name.finish().into_series().into_column(),)*]
             }
         }
     };
+    (@builder str) => { StringChunkedBuilder };
+    (@builder u64) => { PrimitiveChunkedBuilder<UInt64Type> };
+    (@builder u32) => { PrimitiveChunkedBuilder<UInt32Type> };
+    (@builder bool) => { BooleanChunkedBuilder };
+    (@new str, $n:expr, $cap:expr) => { StringChunkedBuilder::new($n.into(), $cap) };
+    (@new u64, $n:expr, $cap:expr) => { PrimitiveChunkedBuilder::<UInt64Type>::new($n.into(), $cap) };
+    (@new u32, $n:expr, $cap:expr) => { PrimitiveChunkedBuilder::<UInt32Type>::new($n.into(), $cap) };
+    (@new bool, $n:expr, $cap:expr) => { BooleanChunkedBuilder::new($n.into(), $cap) };
 }
 
 columns! {
-    seq: u64, ts_ms: u64, r#type: Cow<'a, str>, msg: u64, message_id: Cow<'a, str>,
-    from: Cow<'a, str>, rcpt: Cow<'a, str>, domain: Cow<'a, str>, size: u64, mx: Cow<'a, str>,
-    addr: Cow<'a, str>, conn: u64, host: Cow<'a, str>, session: u64, peer: Cow<'a, str>,
-    command: Cow<'a, str>, code: u32, enhanced: Cow<'a, str>, text: Cow<'a, str>,
-    attempts: u32, retry_at_ms: u64, until_ms: u64, reason: Cow<'a, str>, hard: bool,
-    error: Cow<'a, str>, qtype: Cow<'a, str>, answer: Cow<'a, str>, spf: Cow<'a, str>,
-    dkim: Cow<'a, str>, dmarc: Cow<'a, str>, header_from: Cow<'a, str>,
-    mail_from: Cow<'a, str>, report_kind: Cow<'a, str>, to: Cow<'a, str>,
-    status: Cow<'a, str>, about: u64, scenario: Cow<'a, str>, seed: u64, mode: Cow<'a, str>,
-    messages: u64,
+    seq: u64, ts_ms: u64, r#type: str, msg: u64, message_id: str, rcpt: str, domain: str,
+    size: u64, mx: str, host: str, addr: str, peer: str, conn: u64, session: u64,
+    command: str, code: u32, enhanced: str, text: str, attempts: u32, retry_at_ms: u64,
+    reason: str, hard: bool, spf: str, dkim: str, dmarc: str, header_from: str,
+    mail_from: str, detail: str,
 }
 
-impl<'a> Cols<'a> {
-    fn push(&mut self, r: Row<'a>) {
+/// The fields of the rare event kinds, as one JSON object (None when there are none).
+fn detail(r: &Row<'_>) -> Option<String> {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        m.insert(k.to_string(), v);
+    };
+    if let Some(v) = &r.scenario {
+        put("scenario", v.as_ref().into());
+    }
+    if let Some(v) = r.seed {
+        put("seed", v.into());
+    }
+    if let Some(v) = &r.mode {
+        put("mode", v.as_ref().into());
+    }
+    if let Some(v) = &r.error {
+        put("error", v.as_ref().into());
+    }
+    if let Some(v) = &r.qtype {
+        put("qtype", v.as_ref().into());
+    }
+    if let Some(v) = &r.answer {
+        put(
+            "answer",
+            v.iter().map(|a| a.as_ref()).collect::<Vec<_>>().into(),
+        );
+    }
+    if let Some(v) = r.until_ms {
+        put("until_ms", v.into());
+    }
+    if let Some(v) = &r.report_kind {
+        put("kind", v.as_ref().into());
+    }
+    if let Some(v) = &r.to {
+        put("to", v.as_ref().into());
+    }
+    if let Some(v) = &r.status {
+        put("status", v.as_ref().into());
+    }
+    if let Some(v) = r.about {
+        put("about", v.into());
+    }
+    if let Some(v) = r.messages {
+        put("messages", v.into());
+    }
+    (!m.is_empty()).then(|| serde_json::Value::Object(m).to_string())
+}
+
+impl Cols {
+    fn push(&mut self, r: Row<'_>) {
+        let detail = detail(&r);
         let reply = r.reply.unwrap_or_default();
-        self.seq.push(Some(r.seq));
-        self.ts_ms.push(Some(r.ts));
-        self.r#type.push(Some(r.kind));
-        self.msg.push(r.msg);
-        self.message_id.push(r.message_id);
-        self.from.push(r.from);
-        self.rcpt.push(r.rcpt);
-        self.domain.push(r.domain);
-        self.size.push(r.size);
-        self.mx.push(r.mx);
-        self.addr.push(r.addr);
-        self.conn.push(r.conn);
-        self.host.push(r.host);
-        self.session.push(r.session);
-        self.peer.push(r.peer);
-        self.command.push(r.command.or(reply.command));
-        self.code.push(r.code.or(reply.code));
-        self.enhanced.push(r.enhanced.or(reply.enhanced));
-        self.text.push(r.text.or(reply.text));
-        self.attempts.push(r.attempts);
-        self.retry_at_ms.push(r.retry_at_ms);
-        self.until_ms.push(r.until_ms);
-        self.reason.push(r.reason);
-        self.hard.push(r.hard);
-        self.error.push(r.error);
-        self.qtype.push(r.qtype);
-        self.answer.push(r.answer.map(|a| Cow::Owned(a.join(" "))));
-        self.spf.push(r.spf);
-        self.dkim.push(r.dkim);
-        self.dmarc.push(r.dmarc);
-        self.header_from.push(r.header_from);
-        self.mail_from.push(r.mail_from);
-        self.report_kind.push(r.report_kind);
-        self.to.push(r.to);
-        self.status.push(r.status);
-        self.about.push(r.about);
-        self.scenario.push(r.scenario);
-        self.seed.push(r.seed);
-        self.mode.push(r.mode);
-        self.messages.push(r.messages);
+        self.seq.append_value(r.seq);
+        self.ts_ms.append_value(r.ts);
+        self.r#type.append_value(&r.kind);
+        self.msg.append_option(r.msg);
+        self.message_id.append_option(r.message_id);
+        self.rcpt.append_option(r.rcpt);
+        self.domain.append_option(r.domain);
+        self.size.append_option(r.size);
+        self.mx.append_option(r.mx);
+        self.host.append_option(r.host);
+        self.addr.append_option(r.addr);
+        self.peer.append_option(r.peer);
+        self.conn.append_option(r.conn);
+        self.session.append_option(r.session);
+        self.command.append_option(r.command.or(reply.command));
+        self.code.append_option(r.code.or(reply.code));
+        self.enhanced.append_option(r.enhanced.or(reply.enhanced));
+        self.text.append_option(r.text.or(reply.text));
+        self.attempts.append_option(r.attempts);
+        self.retry_at_ms.append_option(r.retry_at_ms);
+        self.reason.append_option(r.reason);
+        self.hard.append_option(r.hard);
+        self.spf.append_option(r.spf);
+        self.dkim.append_option(r.dkim);
+        self.dmarc.append_option(r.dmarc);
+        self.header_from.append_option(r.header_from);
+        self.mail_from.append_option(r.mail_from.or(r.from));
+        self.detail.append_option(detail);
     }
 }
 
-/// Decode `ranges` of `bytes` into a DataFrame.
-fn decode_chunk(
+/// Decode the frames `ranges` of the log `bytes`.
+fn decode_part(
     path: &str,
     bytes: &[u8],
     ranges: &[std::ops::Range<usize>],
 ) -> Result<DataFrame, TableError> {
     let mut cols = Cols::with_capacity(ranges.len());
     for r in ranges {
-        let row: Row<'_> = serde_json::from_slice(&bytes[r.clone()]).map_err(|err| {
-            TableError::BadRecord {
+        let row: Row<'_> =
+            serde_json::from_slice(&bytes[r.clone()]).map_err(|err| TableError::BadRecord {
                 path: path.to_string(),
                 offset: r.start,
                 message: err.to_string(),
-            }
-        })?;
+            })?;
         cols.push(row);
     }
     Ok(DataFrame::new_infer_height(cols.into_columns())?)
@@ -233,32 +287,32 @@ pub fn load(path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(DataFrame, 
     })?;
     let (ranges, torn) = mailsim_events::frame_ranges(path, &bytes)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Chunks of at most a million records keep the per-chunk row buffers small.
-    let chunk = ranges.len().div_ceil(threads).clamp(1, 1_000_000);
+    // Parts of at most ROWS_PER_CHUNK records keep the builders small; each becomes one
+    // Parquet row group.
+    let chunk = ranges.len().div_ceil(threads).clamp(1, ROWS_PER_CHUNK);
     let parts: Vec<&[std::ops::Range<usize>]> = ranges.chunks(chunk).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut frames_out: Vec<Option<Result<DataFrame, TableError>>> =
-        (0..parts.len()).map(|_| None).collect();
-    let slots: Vec<std::sync::Mutex<Option<Result<DataFrame, TableError>>>> =
-        (0..parts.len()).map(|_| std::sync::Mutex::new(None)).collect();
+    let slots: Vec<std::sync::Mutex<Option<Result<DataFrame, TableError>>>> = (0..parts.len())
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
     std::thread::scope(|scope| {
         for _ in 0..threads.min(parts.len()) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(part) = parts.get(i) else { break };
-                    let df = decode_chunk(&p, &bytes, part);
+                    let df = decode_part(&p, &bytes, part);
                     progress(part.len() as u64);
                     *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(df);
                 }
             });
         }
     });
-    for (i, slot) in slots.into_iter().enumerate() {
-        frames_out[i] = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-    }
     let mut df: Option<DataFrame> = None;
-    for part in frames_out.into_iter().flatten() {
+    for slot in slots {
+        let Some(part) = slot.into_inner().unwrap_or_else(|e| e.into_inner()) else {
+            return Err(TableError::Panicked("decoding the event log"));
+        };
         let part = part?;
         match df.as_mut() {
             None => df = Some(part),
@@ -267,11 +321,10 @@ pub fn load(path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(DataFrame, 
             }
         }
     }
+    // Left in chunks (one per decoded part): Parquet writes row groups from them and polars
+    // reads them as they are; gluing them together would copy every column once more.
     let df = match df {
-        Some(mut d) => {
-            d.rechunk_mut();
-            d
-        }
+        Some(d) => d,
         None => DataFrame::new_infer_height(Cols::with_capacity(0).into_columns())?,
     };
     Ok((df, torn))
@@ -283,8 +336,10 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), TableError> 
         path: path.display().to_string(),
         source,
     })?;
+    // LZ4: most of the cost of writing is compression, and the file is read once, locally.
     ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Zstd(None))
+        .with_compression(ParquetCompression::Lz4Raw)
+        .with_row_group_size(Some(ROWS_PER_CHUNK))
         .finish(df)?;
     Ok(())
 }

@@ -279,7 +279,8 @@ fn real_main() -> anyhow::Result<()> {
         } => {
             if let Some(runs) = compare {
                 let out = out.unwrap_or_else(|| PathBuf::from("compare"));
-                let (a, b) = mailsim_reports::report::write_compare(&runs[0], &runs[1], &out, !quiet)?;
+                let (a, b) =
+                    mailsim_reports::report::write_compare(&runs[0], &runs[1], &out, !quiet)?;
                 println!(
                     "report: {} vs {}: delivered {} -> {}, bounced {} -> {}; {}",
                     runs[0].display(),
@@ -301,7 +302,11 @@ fn real_main() -> anyhow::Result<()> {
                     w.files.len(),
                     w.dmarc_reports,
                     check,
-                    if w.torn { "; the log ends in a torn record" } else { "" },
+                    if w.torn {
+                        "; the log ends in a torn record"
+                    } else {
+                        ""
+                    },
                     out.join("report.html").display()
                 );
             }

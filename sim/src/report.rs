@@ -66,15 +66,31 @@ pub fn differences(s: &Summary, f: &Figures) -> Vec<String> {
         ("expired", s.expired, t.expired),
         ("suppressed", s.suppressed, t.suppressed),
         ("dsns_queued", s.dsns_queued, f.dsns_queued),
-        ("suppression_added", s.suppression_added, f.suppression_added),
+        (
+            "suppression_added",
+            s.suppression_added,
+            f.suppression_added,
+        ),
         (
             "auth messages",
             s.auth.spf_pass + s.auth.spf_fail,
             f.auth.iter().map(|a| a.messages).sum(),
         ),
-        ("spf pass", s.auth.spf_pass, f.auth.iter().map(|a| a.spf_pass).sum()),
-        ("dkim pass", s.auth.dkim_pass, f.auth.iter().map(|a| a.dkim_pass).sum()),
-        ("dmarc pass", s.auth.dmarc_pass, f.auth.iter().map(|a| a.dmarc_pass).sum()),
+        (
+            "spf pass",
+            s.auth.spf_pass,
+            f.auth.iter().map(|a| a.spf_pass).sum(),
+        ),
+        (
+            "dkim pass",
+            s.auth.dkim_pass,
+            f.auth.iter().map(|a| a.dkim_pass).sum(),
+        ),
+        (
+            "dmarc pass",
+            s.auth.dmarc_pass,
+            f.auth.iter().map(|a| a.dmarc_pass).sum(),
+        ),
     ];
     for (name, a, b) in pairs {
         if a != b {

@@ -26,9 +26,17 @@ fn report_page_renders_in_chromium_and_compare_shows_deltas() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     run_scenario("dmarc-misconfig", &a);
     run_scenario("greylist-storm", &b);
-    let o = mailsim().args(["report", "--quiet"]).arg(&a).output().unwrap();
+    let o = mailsim()
+        .args(["report", "--quiet"])
+        .arg(&a)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(text.contains("totals equal summary.json"), "{text}");
     let report = a.join("report");
     for f in [
@@ -49,9 +57,15 @@ fn report_page_renders_in_chromium_and_compare_shows_deltas() {
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     // Self-contained: nothing fetched (SVG namespace names are not fetches).
     for fetch in ["src=\"http", "href=\"http", "url(http", "@import"] {
-        assert!(!html.contains(fetch), "the page must not load anything: {fetch}");
+        assert!(
+            !html.contains(fetch),
+            "the page must not load anything: {fetch}"
+        );
     }
-    assert!(html.contains("What to fix") && html.contains("DMARC failed"), "advice for the DMARC failures");
+    assert!(
+        html.contains("What to fix") && html.contains("DMARC failed"),
+        "advice for the DMARC failures"
+    );
     let profile = dir.path().join("chromium-profile");
     let url = format!("file://{}", report.join("report.html").display());
     let o = Command::new("chromium")
@@ -78,7 +92,9 @@ fn report_page_renders_in_chromium_and_compare_shows_deltas() {
     assert!(
         dom.contains("data-charts-visible=\"6\""),
         "six charts drawn and visible; got {}",
-        dom.split("data-charts-visible").nth(1).map_or("no marker", |s| &s[..s.len().min(8)])
+        dom.split("data-charts-visible")
+            .nth(1)
+            .map_or("no marker", |s| &s[..s.len().min(8)])
     );
     let console_errors: Vec<&str> = log
         .lines()
@@ -98,6 +114,9 @@ fn report_page_renders_in_chromium_and_compare_shows_deltas() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let csv = std::fs::read_to_string(cmp.join("compare.csv")).unwrap();
     assert!(csv.starts_with("domain,measure,a,b,delta"), "{csv}");
-    assert!(csv.lines().any(|l| l.starts_with("all domains,injected,")), "{csv}");
+    assert!(
+        csv.lines().any(|l| l.starts_with("all domains,injected,")),
+        "{csv}"
+    );
     assert!(cmp.join("compare.html").is_file());
 }

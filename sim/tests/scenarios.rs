@@ -44,22 +44,47 @@ fn check_report(scenario: &Path, dir: &Path, summary: &Summary) {
     let published = mailsim::report::published_dmarc(dir).unwrap();
     let w = mailsim_reports::report::write_report(dir, &out, &published, false).unwrap();
     let diffs = mailsim::report::differences(summary, &w.figures);
-    assert!(diffs.is_empty(), "report differs from summary.json: {diffs:?}");
+    assert!(
+        diffs.is_empty(),
+        "report differs from summary.json: {diffs:?}"
+    );
+    // The figures are those of events.parquet: read back, the file gives the same ones.
+    let from_file =
+        mailsim_reports::figures::compute_from_parquet(&out.join("events.parquet")).unwrap();
+    assert_eq!(from_file, w.figures);
     let csv = std::fs::read_to_string(out.join("domains.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + w.figures.domains.len() + 1, "{csv}");
+    assert_eq!(
+        csv.lines().count(),
+        1 + w.figures.domains.len() + 1,
+        "{csv}"
+    );
     let total = csv.lines().last().unwrap();
     assert!(
-        total.starts_with(&format!("all domains,{},{},", summary.injected, summary.delivered)),
+        total.starts_with(&format!(
+            "all domains,{},{},",
+            summary.injected, summary.delivered
+        )),
         "{total}"
     );
     let mut reported = 0u64;
-    for r in std::fs::read_dir(out.join("dmarc")).into_iter().flatten().flatten() {
+    for r in std::fs::read_dir(out.join("dmarc"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let xml = std::fs::read(r.path()).unwrap();
         let parsed = mail_auth::report::Report::parse_xml(&xml)
             .unwrap_or_else(|e| panic!("{}: {e}", r.path().display()));
         let name = r.file_name().to_string_lossy().into_owned();
-        assert!(name.starts_with(&format!("{}!{}!", parsed.org_name(), parsed.domain())), "{name}");
-        reported += parsed.records().iter().map(|x| u64::from(x.count())).sum::<u64>();
+        assert!(
+            name.starts_with(&format!("{}!{}!", parsed.org_name(), parsed.domain())),
+            "{name}"
+        );
+        reported += parsed
+            .records()
+            .iter()
+            .map(|x| u64::from(x.count()))
+            .sum::<u64>();
     }
     // Every verdict of a receiving domain reports to a sender that asks is in some report.
     let asked: u64 = w

@@ -3,7 +3,10 @@
 //! bounced), then run the whole `mailsim report` pipeline on it and time each stage.
 //! Prints `report-bench: events=N log_mb=M seconds=S ...`.
 //!
-//! Usage: report-events [EVENTS] [DIR]
+//! Usage: report-events [EVENTS] [DIR]   write the log and summary.json, then time the report
+//!        report-events --report-only DIR  time the report of an existing log (a fresh
+//!                                          process: the generator's heap does not weigh on it)
+//! REPORT_STAGES=1 also times each stage alone.
 
 use mailsim_events::{Clock, Durability, Event, EventLog, SmtpReply, SystemClock};
 use std::collections::BTreeMap;
@@ -29,8 +32,16 @@ fn reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let target: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000_000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--report-only") {
+        let dir = PathBuf::from(args.get(1).ok_or("--report-only DIR")?);
+        return time_report(&dir);
+    }
+    let mut args = args.into_iter();
+    let target: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
     let dir = match args.next() {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join("mailsim-report-bench"),
@@ -45,7 +56,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Durability::OnFlush,
     )?;
     let sink = log.sink();
-    let domains = ["gmail.test", "yahoo.test", "outlook.test", "corp.test", "small.test"];
+    let domains = [
+        "gmail.test",
+        "yahoo.test",
+        "outlook.test",
+        "corp.test",
+        "small.test",
+    ];
     sink.emit(Event::RunStarted {
         scenario: "report-bench".into(),
         seed: 1,
@@ -66,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             domain: domain.into(),
             size: 5120,
         });
-        if msg % 50 == 0 {
+        if msg.is_multiple_of(50) {
             conn += 1;
             sink.emit(Event::ConnOpened {
                 conn,
@@ -149,15 +166,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     drop(sink);
     let written = log.close()?;
-    let t1 = wall.now_ms();
     let log_mb = std::fs::metadata(dir.join("events.log"))?.len() as f64 / 1e6;
-    eprintln!("report-bench: wrote {written} records ({log_mb:.0} MB) in {:.1} s", (t1 - t0) as f64 / 1000.0);
+    // summary.json, as a run leaves it (`mailsim report` compares its totals with it).
+    let summary = mailsim_reports::Summary::fold(
+        mailsim_events::LogReader::open(&dir.join("events.log"))?.map_while(Result::ok),
+    );
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    eprintln!(
+        "report-bench: wrote {written} records ({log_mb:.0} MB) and summary.json in {:.1} s",
+        (wall.now_ms() - t0) as f64 / 1000.0
+    );
+    time_report(&dir)
+}
+
+fn time_report(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let wall = SystemClock;
+    let log_mb = std::fs::metadata(dir.join("events.log"))?.len() as f64 / 1e6;
     let out = dir.join("report");
-    let w = mailsim_reports::report::write_report(&dir, &out, &BTreeMap::new(), false)?;
+    if std::env::var_os("REPORT_STAGES").is_some() {
+        // Each stage alone, for finding where the time goes.
+        let s0 = wall.now_ms();
+        let (mut df, _) = mailsim_reports::table::load(&dir.join("events.log"), &|_| {})?;
+        let s1 = wall.now_ms();
+        std::fs::create_dir_all(&out)?;
+        let pq = out.join("events.parquet");
+        mailsim_reports::table::write_parquet(&mut df, &pq)?;
+        drop(df);
+        let s2 = wall.now_ms();
+        let f = mailsim_reports::figures::compute_from_parquet(&pq)?;
+        let s3 = wall.now_ms();
+        let charts = mailsim_reports::charts::all(&f);
+        let s4 = wall.now_ms();
+        eprintln!(
+            "report-bench stages: load={:.2}s parquet={:.2}s figures={:.2}s charts={:.2}s ({} charts)",
+            (s1 - s0) as f64 / 1000.0,
+            (s2 - s1) as f64 / 1000.0,
+            (s3 - s2) as f64 / 1000.0,
+            (s4 - s3) as f64 / 1000.0,
+            charts.len()
+        );
+    }
+    let t1 = wall.now_ms();
+    let w = mailsim_reports::report::write_report(dir, &out, &BTreeMap::new(), false)?;
     let t2 = wall.now_ms();
     println!(
-        "report-bench: events={} messages={msg} log_mb={log_mb:.0} seconds={:.2} delivered={} bounced={} files={}",
+        "report-bench: events={} messages={} log_mb={log_mb:.0} seconds={:.2} delivered={} bounced={} files={}",
         w.figures.events,
+        w.figures.totals.injected,
         (t2 - t1) as f64 / 1000.0,
         w.figures.totals.delivered,
         w.figures.totals.bounced_hard,
