@@ -132,16 +132,23 @@ impl MailboxBackend {
             match client.transaction(&env).await {
                 Ok(o) if o.decisive.code / 100 == 2 => {}
                 Ok(o) => {
-                    let code = if o.decisive.code / 100 == 5 { 554 } else { 451 };
-                    let class = (code / 100) as u8;
-                    return Reply::new(
-                        code,
-                        (class, 0, 0),
-                        format!(
-                            "relay said for <{rcpt}>: {} {}",
-                            o.decisive.code, o.decisive.text
-                        ),
-                    );
+                    // The relay's verdict goes back to the client as it was given.
+                    let r = &o.decisive;
+                    let (code, class) = match r.code / 100 {
+                        5 => (r.code, 5),
+                        4 => (r.code, 4),
+                        _ => (451, 4),
+                    };
+                    let enhanced = r
+                        .enhanced
+                        .as_deref()
+                        .and_then(|e| {
+                            let mut p = e.split('.').map(|x| x.parse::<u16>().ok());
+                            Some((p.next()?? as u8, p.next()??, p.next()??))
+                        })
+                        .filter(|e| e.0 == class)
+                        .unwrap_or((class, 0, 0));
+                    return Reply::new(code, enhanced, format!("relay: <{rcpt}>: {}", r.text));
                 }
                 Err(e) => return Reply::new(451, (4, 4, 2), format!("relay failed: {e}")),
             }

@@ -242,3 +242,110 @@ async fn mail_survives_a_restart_with_uids_and_flags() {
     srv.shutdown().await;
     dns.shutdown().await;
 }
+
+/// Submission for another domain goes out through the relay MTA; here the relay is a second
+/// mailbox server's MX (the receiving side of that domain), so the copy can be checked there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_relays_other_domains_and_quota_fills_with_452() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns().await;
+    // The other domain's server, with a small quota for its user.
+    let mut users = Users::new(&["other.test".into()]);
+    users.add_spec("carol:pw", "test").unwrap();
+    let mut cfg = MailboxConfig::new(dir.path().join("other"), users);
+    cfg.smtp = loopback();
+    cfg.dns = Some(dns.addr());
+    cfg.quota_bytes = 5000;
+    let other = server::start(cfg).await.unwrap();
+    // Ours relays through it.
+    let mut users = Users::new(&["example.test".into()]);
+    users.add_spec("bob:secret", "test").unwrap();
+    let mut cfg = MailboxConfig::new(dir.path().join("ours"), users);
+    cfg.submission = loopback();
+    cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
+    cfg.dns = Some(dns.addr());
+    cfg.relay = other.smtp;
+    let ours = server::start(cfg).await.unwrap();
+    let script = r#"
+import smtplib, ssl, sys
+tls = ssl.create_default_context(); tls.check_hostname = False; tls.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1])); s.starttls(context=tls); s.login("bob", "secret")
+body = b"From: bob@example.test\r\nTo: carol@other.test\r\nSubject: relayed\r\n\r\n" + b"x" * 1200 + b"\r\n"
+print(s.sendmail("bob@example.test", ["carol@other.test"], body))
+print(s.sendmail("bob@example.test", ["carol@other.test"], body))
+try:
+    s.sendmail("bob@example.test", ["carol@other.test"], body)
+    print("third accepted")
+except smtplib.SMTPException as e:
+    print("third refused", e)
+s.quit()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &ours.submission.unwrap().port().to_string()]);
+    let text = blocking(cmd, "python3 relay").await;
+    // Two copies (about 1.8 KB each with the headers added) fit in carol's 5,000 bytes; the
+    // third is over quota: the relay passes the receiving server's 452 4.2.2 back.
+    assert!(
+        text.contains("third refused") && text.contains("452") && text.contains("4.2.2"),
+        "{text}"
+    );
+    let carol = other.store.user_dir("carol@other.test");
+    let stored: Vec<String> = std::fs::read_dir(carol.join("new"))
+        .into_iter()
+        .chain(std::fs::read_dir(carol.join("cur")))
+        .flatten()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(stored[0].contains("with ESMTPSA") && stored[0].contains("Subject: relayed"));
+    ours.shutdown().await;
+    other.shutdown().await;
+    dns.shutdown().await;
+}
+
+/// IMAP IDLE: a message delivered while a client idles is announced as EXISTS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_announces_new_mail() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns().await;
+    let srv = start(dir.path(), dns.addr()).await;
+    let stream = tokio::net::TcpStream::connect(srv.imap.unwrap())
+        .await
+        .unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    let mut read_until = async |r: &mut BufReader<_>, needle: &str| -> String {
+        let mut seen = String::new();
+        loop {
+            line.clear();
+            let n = tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+                .await
+                .expect("server answers")
+                .unwrap();
+            assert!(n > 0, "closed; saw {seen}");
+            seen.push_str(&line);
+            if line.contains(needle) {
+                return seen;
+            }
+        }
+    };
+    read_until(&mut r, "OK").await;
+    w.write_all(b"a LOGIN bob secret\r\nb SELECT INBOX\r\nc IDLE\r\n")
+        .await
+        .unwrap();
+    let seen = read_until(&mut r, "+ idling").await;
+    assert!(seen.contains("* 0 EXISTS"), "{seen}");
+    srv.store
+        .deliver("bob@example.test", b"Subject: ping\r\n\r\nhi\r\n")
+        .unwrap();
+    let seen = read_until(&mut r, "EXISTS").await;
+    assert!(seen.contains("* 1 EXISTS"), "{seen}");
+    w.write_all(b"DONE\r\nd LOGOUT\r\n").await.unwrap();
+    let seen = read_until(&mut r, "d OK").await;
+    assert!(seen.contains("c OK"), "{seen}");
+    srv.shutdown().await;
+    dns.shutdown().await;
+}
