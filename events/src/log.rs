@@ -319,19 +319,7 @@ impl LogReader {
                 source: e,
             },
         })?;
-        if &header[..8] != MAGIC {
-            return Err(LogError::BadMagic {
-                path: path.to_path_buf(),
-            });
-        }
-        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        if version != SCHEMA_VERSION {
-            return Err(LogError::SchemaVersion {
-                path: path.to_path_buf(),
-                found: version,
-                expected: SCHEMA_VERSION,
-            });
-        }
+        check_header(path, &header)?;
         Ok(LogReader {
             path: path.to_path_buf(),
             input,
@@ -416,14 +404,9 @@ impl Iterator for LogReader {
     }
 }
 
-/// The payloads of a whole log held in memory, as byte ranges (for readers that decode in
-/// parallel); true when a torn or corrupt tail ended it. Checks the header like [`LogReader`].
-pub fn frame_ranges(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(Vec<std::ops::Range<usize>>, bool), LogError> {
-    let header = HEADER_BYTES as usize;
-    if bytes.len() < header || &bytes[..8] != MAGIC {
+/// The magic and schema version at the start of a log.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    if bytes.len() < HEADER_BYTES as usize || &bytes[..8] != MAGIC {
         return Err(LogError::BadMagic {
             path: path.to_path_buf(),
         });
@@ -436,7 +419,17 @@ pub fn frame_ranges(
             expected: SCHEMA_VERSION,
         });
     }
-    let mut pos = header;
+    Ok(())
+}
+
+/// The payloads of a whole log held in memory, as byte ranges (for readers that decode in
+/// parallel); true when a torn or corrupt tail ended it. Checks the header like [`LogReader`].
+pub fn frame_ranges(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<std::ops::Range<usize>>, bool), LogError> {
+    check_header(path, bytes)?;
+    let mut pos = HEADER_BYTES as usize;
     let mut out = Vec::new();
     while pos < bytes.len() {
         let Some(head) = bytes.get(pos..pos + FRAME_HEADER_BYTES) else {

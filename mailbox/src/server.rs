@@ -410,55 +410,51 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         }
     }
     let limiter = Arc::new(ConnectionLimiter::new(1024, cfg.connections_per_ip_max));
+    let tls_on = cfg.tls.is_some();
+    let listen = |what: &'static str, addr: SocketAddr| bind(what, addr);
     if let Some(addr) = cfg.imap {
-        let (listener, bound) = bind("imap", addr).await?;
+        let (listener, bound) = listen("imap", addr).await?;
         let icfg = Arc::new(imap::ImapConfig {
             hostname: cfg.hostname.clone(),
             auth_failure_delay: cfg.auth_failure_delay,
             literal_bytes_max: cfg.message_bytes_max,
             ..imap::ImapConfig::default()
         });
-        let (store2, tls_on) = (store.clone(), cfg.tls.is_some());
+        let store = store.clone();
+        let make = move |peer: SocketAddr| {
+            imap::Session::new(icfg.clone(), store.clone(), tls_on, peer.ip().is_loopback())
+        };
+        let refuse = "* BYE Too many connections.\r\n";
         tasks.spawn(shell::serve(
             listener,
             limiter.clone(),
             users.clone(),
             cfg.tls.clone(),
-            move |peer: SocketAddr| {
-                imap::Session::new(
-                    icfg.clone(),
-                    store2.clone(),
-                    tls_on,
-                    peer.ip().is_loopback(),
-                )
-            },
-            "* BYE Too many connections.\r\n",
+            make,
+            refuse,
             stopped(stop_rx.clone()),
         ));
         running.imap = Some(bound);
     }
     if let Some(addr) = cfg.pop3 {
-        let (listener, bound) = bind("pop3", addr).await?;
+        let (listener, bound) = listen("pop3", addr).await?;
         let pcfg = Arc::new(pop3::Pop3Config {
             hostname: cfg.hostname.clone(),
             auth_failure_delay: cfg.auth_failure_delay,
             ..pop3::Pop3Config::default()
         });
-        let (store2, tls_on) = (store.clone(), cfg.tls.is_some());
+        let store = store.clone();
+        let make = move |peer: SocketAddr| {
+            pop3::Session::new(pcfg.clone(), store.clone(), tls_on, peer.ip().is_loopback())
+        };
+        let refuse = "-ERR [SYS/TEMP] Too many connections.\r\n";
         tasks.spawn(shell::serve(
             listener,
             limiter.clone(),
             users.clone(),
             cfg.tls.clone(),
-            move |peer: SocketAddr| {
-                pop3::Session::new(
-                    pcfg.clone(),
-                    store2.clone(),
-                    tls_on,
-                    peer.ip().is_loopback(),
-                )
-            },
-            "-ERR [SYS/TEMP] Too many connections.\r\n",
+            make,
+            refuse,
             stopped(stop_rx.clone()),
         ));
         running.pop3 = Some(bound);

@@ -194,6 +194,30 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
         ])
 }
 
+/// Time to deliver (p50/p90/p99 of delivered messages), attempts and deferrals per message:
+/// the same for one domain and for all.
+fn delivery_aggs() -> [Expr; 5] {
+    let latency = |q: f64, name: &str| {
+        col("latency_s")
+            .filter(col("fate").eq(lit("delivered")))
+            .quantile(lit(q), QuantileMethod::Linear)
+            .alias(name)
+    };
+    [
+        latency(0.5, "p50"),
+        latency(0.9, "p90"),
+        latency(0.99, "p99"),
+        col("attempts_n")
+            .cast(DataType::Float64)
+            .mean()
+            .alias("attempts"),
+        col("deferrals")
+            .cast(DataType::Float64)
+            .mean()
+            .alias("deferrals"),
+    ]
+}
+
 /// The first word of a reason (`"hostunknown: NXDOMAIN"` -> `hostunknown`), as summary.json.
 fn reason_word(e: Expr) -> Expr {
     e.str().extract(lit(r"^([^: ]*)"), 1)
@@ -309,44 +333,29 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
     let per_domain = msgs
         .clone()
         .group_by([col("domain")])
-        .agg([
-            len().alias("injected"),
-            fate("delivered").alias("delivered"),
-            (col("fate")
-                .eq(lit("bounced"))
-                .and(col("hard").eq(lit(true))))
-            .cast(DataType::UInt64)
-            .sum()
-            .alias("bounced_hard"),
-            (col("fate")
-                .eq(lit("bounced"))
-                .and(col("hard").eq(lit(true)).not()))
-            .cast(DataType::UInt64)
-            .sum()
-            .alias("bounced_soft"),
-            fate("queued").alias("deferred"),
-            fate("expired").alias("expired"),
-            col("latency_s")
-                .filter(col("fate").eq(lit("delivered")))
-                .quantile(lit(0.5), QuantileMethod::Linear)
-                .alias("p50"),
-            col("latency_s")
-                .filter(col("fate").eq(lit("delivered")))
-                .quantile(lit(0.9), QuantileMethod::Linear)
-                .alias("p90"),
-            col("latency_s")
-                .filter(col("fate").eq(lit("delivered")))
-                .quantile(lit(0.99), QuantileMethod::Linear)
-                .alias("p99"),
-            col("attempts_n")
-                .cast(DataType::Float64)
-                .mean()
-                .alias("attempts"),
-            col("deferrals")
-                .cast(DataType::Float64)
-                .mean()
-                .alias("deferrals"),
-        ])
+        .agg(
+            [
+                len().alias("injected"),
+                fate("delivered").alias("delivered"),
+                (col("fate")
+                    .eq(lit("bounced"))
+                    .and(col("hard").eq(lit(true))))
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("bounced_hard"),
+                (col("fate")
+                    .eq(lit("bounced"))
+                    .and(col("hard").eq(lit(true)).not()))
+                .cast(DataType::UInt64)
+                .sum()
+                .alias("bounced_soft"),
+                fate("queued").alias("deferred"),
+                fate("expired").alias("expired"),
+            ]
+            .into_iter()
+            .chain(delivery_aggs())
+            .collect::<Vec<_>>(),
+        )
         .join(
             suppressed,
             [col("domain")],
@@ -379,31 +388,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             deferrals_per_message: f64_opt(&per_domain, "deferrals", i)?.unwrap_or(0.0),
         });
     }
-    let all = msgs
-        .clone()
-        .select([
-            col("latency_s")
-                .filter(col("fate").eq(lit("delivered")))
-                .quantile(lit(0.5), QuantileMethod::Linear)
-                .alias("p50"),
-            col("latency_s")
-                .filter(col("fate").eq(lit("delivered")))
-                .quantile(lit(0.9), QuantileMethod::Linear)
-                .alias("p90"),
-            col("latency_s")
-                .filter(col("fate").eq(lit("delivered")))
-                .quantile(lit(0.99), QuantileMethod::Linear)
-                .alias("p99"),
-            col("attempts_n")
-                .cast(DataType::Float64)
-                .mean()
-                .alias("attempts"),
-            col("deferrals")
-                .cast(DataType::Float64)
-                .mean()
-                .alias("deferrals"),
-        ])
-        .collect()?;
+    let all = msgs.clone().select(delivery_aggs()).collect()?;
     let t = &mut f.totals;
     t.domain = "all domains".into();
     for d in &f.domains {
