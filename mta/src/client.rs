@@ -584,10 +584,17 @@ mod tests {
         let alphabet = b".\r\nab";
         for _ in 0..5000 {
             let len = rng.gen_range(0..40);
-            let body: Vec<u8> = (0..len).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect();
+            let body: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
             let mut out = Vec::new();
             dot_stuff(&body, &mut out);
-            assert_eq!(out, dot_stuff_reference(&body), "{:?}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                out,
+                dot_stuff_reference(&body),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 }
