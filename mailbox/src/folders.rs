@@ -193,6 +193,13 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A file's modification time in ms since the epoch: the internal date of mail found on disk.
+fn mtime_ms(meta: Option<&fs::Metadata>) -> i64 {
+    meta.and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Write `bytes` into a new durable file in `dir/tmp` and rename it to `dir/<sub>/<name>`.
 pub fn write_durable(
     dir: &Path,
@@ -269,12 +276,7 @@ impl Folder {
         for entry in fs::read_dir(&cur).map_err(io_err(&cur))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !known.contains(&name) {
-                let mtime = entry
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_millis() as i64);
+                let mtime = mtime_ms(entry.metadata().ok().as_ref());
                 orphans.push((mtime, name));
             }
         }
@@ -394,11 +396,7 @@ impl Folder {
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let meta = entry.metadata().ok();
-            let mtime = meta
-                .as_ref()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as i64);
+            let mtime = mtime_ms(meta.as_ref());
             found.push((mtime, name, meta.map_or(0, |m| m.len())));
         }
         if found.is_empty() {

@@ -11,7 +11,6 @@ use crate::imap_wire::{push_literal, quoted_or_literal};
 use crate::mime::{Mime, SectionText};
 use crate::shell::{Protocol, Step};
 use crate::users::sasl_plain;
-use base64::Engine;
 use imap_codec::decode::{AuthenticateDataDecodeError, CommandDecodeError, Decoder};
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
@@ -273,18 +272,32 @@ struct Candidate<'m> {
     view: &'m View,
     meta: &'m Message,
     max_uid: u32,
-    content: Option<Vec<u8>>,
-    path: std::path::PathBuf,
+    /// The parsed message, when the search looks at content (parsed once for all its keys).
+    mime: Option<&'m Mime<'m>>,
+}
+
+/// Does the search look at headers or text (so that each message must be read and parsed)?
+fn needs_content(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().any(needs_content),
+        SearchKey::Or(a, b) => needs_content(a) || needs_content(b),
+        SearchKey::Not(k) => needs_content(k),
+        SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_)
+        | SearchKey::Bcc(_)
+        | SearchKey::Cc(_)
+        | SearchKey::From(_)
+        | SearchKey::To(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Header(..)
+        | SearchKey::Body(_)
+        | SearchKey::Text(_) => true,
+        _ => false,
+    }
 }
 
 impl Candidate<'_> {
-    fn content(&mut self) -> &[u8] {
-        if self.content.is_none() {
-            self.content = Some(std::fs::read(&self.path).unwrap_or_default());
-        }
-        self.content.as_deref().unwrap_or_default()
-    }
-
     fn in_set(set: &SequenceSet, n: u32, max: u32) -> bool {
         let val = |s: &SeqOrUid| match s {
             SeqOrUid::Value(v) => v.get(),
@@ -301,15 +314,15 @@ impl Candidate<'_> {
 
     /// An address header contains `value`: in its raw text or in a parsed address (so that
     /// comments and display-name quoting do not hide a match).
-    fn header_has(&mut self, name: &str, value: &[u8]) -> bool {
-        let mime = Mime::new(self.content());
+    fn header_has(&self, name: &str, value: &[u8]) -> bool {
+        let Some(mime) = self.mime else { return false };
         mime.header_values(name)
             .iter()
             .chain(mime.address_texts(name).iter())
             .any(|v| contains_ci(v.as_bytes(), value))
     }
 
-    fn matches(&mut self, key: &SearchKey<'_>) -> bool {
+    fn matches(&self, key: &SearchKey<'_>) -> bool {
         let f = &self.view.flags;
         match key {
             SearchKey::And(keys) => keys.as_ref().iter().all(|k| self.matches(k)),
@@ -339,11 +352,9 @@ impl Candidate<'_> {
             SearchKey::On(d) => date_of(self.meta.internal_ms) == *d.as_ref(),
             SearchKey::Since(d) => date_of(self.meta.internal_ms) >= *d.as_ref(),
             SearchKey::SentBefore(d) | SearchKey::SentOn(d) | SearchKey::SentSince(d) => {
-                let sent = Mime::new(self.content())
-                    .sent_date()
-                    .and_then(|(y, m, dd)| {
-                        chrono::NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(dd))
-                    });
+                let sent = self.mime.and_then(Mime::sent_date).and_then(|(y, m, dd)| {
+                    chrono::NaiveDate::from_ymd_opt(i32::from(y), u32::from(m), u32::from(dd))
+                });
                 let Some(sent) = sent else { return false };
                 match key {
                     SearchKey::SentBefore(_) => sent < *d.as_ref(),
@@ -356,22 +367,21 @@ impl Candidate<'_> {
             SearchKey::From(v) => self.header_has("from", v.as_ref()),
             SearchKey::To(v) => self.header_has("to", v.as_ref()),
             SearchKey::Subject(v) => {
-                let mime = Mime::new(self.content());
+                let Some(mime) = self.mime else { return false };
                 mime.header_values("subject")
                     .iter()
                     .any(|x| contains_ci(x.as_bytes(), v.as_ref()))
             }
             SearchKey::Header(name, v) => {
                 let name = ok_str(name);
-                let mime = Mime::new(self.content());
+                let Some(mime) = self.mime else { return false };
                 let values = mime.header_values(&name);
                 !values.is_empty() && values.iter().any(|x| contains_ci(x.as_bytes(), v.as_ref()))
             }
-            SearchKey::Body(v) => {
-                let mime = Mime::new(self.content());
-                contains_ci(mime.text_bytes(), v.as_ref())
-            }
-            SearchKey::Text(v) => contains_ci(self.content(), v.as_ref()),
+            SearchKey::Body(v) => self
+                .mime
+                .is_some_and(|m| contains_ci(m.text_bytes(), v.as_ref())),
+            SearchKey::Text(v) => self.mime.is_some_and(|m| contains_ci(m.raw(), v.as_ref())),
         }
     }
 }
@@ -1105,16 +1115,22 @@ impl Session {
         let max_seq = sel.view.len() as u32;
         let max_uid = sel.view.last().map_or(0, |v| v.uid);
         let mut hits = Vec::new();
+        let read = needs_content(key);
         for (i, v) in sel.view.iter().enumerate() {
             let Some(meta) = f.find(v.uid) else { continue };
-            let mut c = Candidate {
+            let content = if read {
+                f.read(meta).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let mime = read.then(|| Mime::new(&content));
+            let c = Candidate {
                 seq: i as u32 + 1,
                 max_seq,
                 view: v,
                 meta,
                 max_uid,
-                content: None,
-                path: f.path_of(meta),
+                mime: mime.as_ref(),
             };
             if c.matches(key) {
                 hits.push(if uid { v.uid } else { i as u32 + 1 });
@@ -1416,11 +1432,6 @@ fn no(e: FolderError) -> String {
             "NO [SERVERBUG] Internal error.".into()
         }
     }
-}
-
-/// Base64 helper shared with the SMTP and POP3 sides.
-pub fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@
 
 use crate::folders::{self, FolderRef, Mailstore};
 use crate::shell::{Protocol, Step};
-use crate::users::sasl_plain;
-use base64::Engine;
+use crate::users::sasl_plain_b64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,8 +304,9 @@ impl Session {
                 };
                 let l = format!("+OK {} octets", content.len());
                 self.line(&l);
-                dot_stuff_into(&shown, &mut self.out);
-                self.line(".");
+                // The same framing as SMTP DATA (RFC 1939 section 3): leading dots doubled,
+                // CRLF line ends, the terminating "." line.
+                mailsim_mta::client::dot_stuff(&shown, &mut self.out);
             }
             (State::Transaction { msgs, .. }, "DELE") => {
                 match args.first().map(|a| pick(msgs, a)) {
@@ -333,11 +333,7 @@ impl Session {
             self.line("-ERR Authentication aborted.");
             return None;
         }
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()
-            .and_then(|d| sasl_plain(&d));
-        match decoded {
+        match sasl_plain_b64(b64) {
             Some((login, password)) => {
                 self.checking = true;
                 Some(Step::Authenticate { login, password })
@@ -376,22 +372,6 @@ fn top_of(content: &[u8], n: usize) -> Vec<u8> {
     }
     out.extend_from_slice(&body[..end]);
     out
-}
-
-/// Multi-line response body: lines starting with "." get another (RFC 1939 section 3), and the
-/// data ends with CRLF.
-fn dot_stuff_into(data: &[u8], out: &mut Vec<u8>) {
-    let mut at_line_start = true;
-    for &b in data {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !data.is_empty() && !data.ends_with(b"\n") {
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 impl Protocol for Session {

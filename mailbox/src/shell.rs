@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What the shell must do next for a session.
@@ -203,8 +203,48 @@ where
     }
 }
 
-/// Accept connections until `shutdown`, one session each from `make(peer)`; then wait for the
-/// open sessions to end. `refuse` is the line sent to a connection over a limit.
+/// Accept connections on `listener` until `shutdown`, spawning `on_conn(stream, peer)` for each;
+/// then wait for the open sessions: all of them (`grace` None), or that long before the rest
+/// are aborted.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Option<Duration>,
+    mut on_conn: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut sessions = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                sessions.spawn(on_conn(stream, peer));
+            }
+        }
+    }
+    drop(listener);
+    let drain = async { while sessions.join_next().await.is_some() {} };
+    match grace {
+        None => drain.await,
+        Some(grace) => {
+            if tokio::time::timeout(grace, drain).await.is_err() {
+                sessions.abort_all();
+                while sessions.join_next().await.is_some() {}
+            }
+        }
+    }
+}
+
+/// Accept connections until `shutdown`, one session each from `make(peer)`; then give the open
+/// sessions a moment before closing them (an IMAP client in IDLE would otherwise hold the
+/// server for half an hour). `refuse` is the line sent to a connection over a limit.
 pub async fn serve<P, F>(
     listener: TcpListener,
     limiter: Arc<ConnectionLimiter>,
@@ -217,45 +257,21 @@ pub async fn serve<P, F>(
     P: Protocol + 'static,
     F: Fn(SocketAddr) -> P,
 {
-    let mut sessions = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            accepted = listener.accept() => {
-                let Ok((mut stream, peer)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                match limiter.admit(peer.ip()) {
-                    Ok(admission) => {
-                        let session = make(peer);
-                        let users = users.clone();
-                        let tls = tls.clone();
-                        sessions.spawn(async move {
-                            run_connection(stream, session, users, tls).await;
-                            drop(admission);
-                        });
-                    }
-                    Err(_) => {
-                        sessions.spawn(async move {
-                            let _ = stream.write_all(refuse.as_bytes()).await;
-                            let _ = stream.shutdown().await;
-                        });
-                    }
+    let on_conn = |mut stream: TcpStream, peer: SocketAddr| {
+        let admitted = limiter.admit(peer.ip()).map(|a| (a, make(peer)));
+        let (users, tls) = (users.clone(), tls.clone());
+        async move {
+            match admitted {
+                Ok((admission, session)) => {
+                    run_connection(stream, session, users, tls).await;
+                    drop(admission);
+                }
+                Err(_) => {
+                    let _ = stream.write_all(refuse.as_bytes()).await;
+                    let _ = stream.shutdown().await;
                 }
             }
         }
-    }
-    drop(listener);
-    // Sessions get a moment to finish what they are doing; an IMAP client in IDLE would
-    // otherwise hold the server for half an hour.
-    let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(2), drain)
-        .await
-        .is_err()
-    {
-        sessions.abort_all();
-        while sessions.join_next().await.is_some() {}
-    }
+    };
+    accept_loop(listener, shutdown, Some(Duration::from_secs(2)), on_conn).await;
 }

@@ -311,17 +311,8 @@ async fn check_credentials<B: Backend>(backend: &B, login: &str, password: &[u8]
     }
 }
 
-fn decode_b64(text: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let t = text.trim();
-    if t == "=" {
-        return Some(Vec::new());
-    }
-    base64::engine::general_purpose::STANDARD.decode(t).ok()
-}
-
 async fn plain_response<B: Backend>(backend: &B, text: &str) -> AuthOutcome {
-    match decode_b64(text).and_then(|d| crate::users::sasl_plain(&d)) {
+    match crate::users::sasl_plain_b64(text) {
         Some((login, password)) => check_credentials(backend, &login, &password).await,
         None => AuthOutcome::Done(
             Reply::new(501, (5, 5, 2), "cannot decode the AUTH PLAIN response"),
@@ -338,14 +329,16 @@ async fn auth_line<B: Backend>(line: &[u8], step: AuthStep, backend: &B) -> Auth
     }
     match step {
         AuthStep::PlainResponse => plain_response(backend, &text).await,
-        AuthStep::LoginUser => match decode_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
-            Some(user) => AuthOutcome::Next(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
-            None => AuthOutcome::Done(
-                Reply::new(501, (5, 5, 2), "cannot decode the user name"),
-                None,
-            ),
-        },
-        AuthStep::LoginPassword(user) => match decode_b64(&text) {
+        AuthStep::LoginUser => {
+            match crate::users::decode_sasl_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
+                Some(user) => AuthOutcome::Next(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
+                None => AuthOutcome::Done(
+                    Reply::new(501, (5, 5, 2), "cannot decode the user name"),
+                    None,
+                ),
+            }
+        }
+        AuthStep::LoginPassword(user) => match crate::users::decode_sasl_b64(&text) {
             Some(password) => check_credentials(backend, &user, &password).await,
             None => AuthOutcome::Done(
                 Reply::new(501, (5, 5, 2), "cannot decode the password"),
@@ -496,11 +489,22 @@ where
                 let t = tx.take().unwrap_or_default();
                 answer(backend.on_data(info, &t, message).await, &mut out)
             }
-            Input::Line(line) if auth_step.is_some() => {
-                let step = auth_step.take().expect("checked");
-                let result = auth_line(&line, step, backend).await;
-                match result {
-                    AuthOutcome::Next(next, challenge) => {
+            Input::Line(line) => {
+                // A line is the next step of an AUTH exchange, or a command (which may start one).
+                let auth = match auth_step.take() {
+                    Some(step) => Ok(auth_line(&line, step, backend).await),
+                    None => {
+                        match command(&line, info, &mut tx, &mut framer, backend, cfg, &mut out)
+                            .await
+                        {
+                            Flow::Auth(outcome) => Ok(outcome),
+                            other => Err(other),
+                        }
+                    }
+                };
+                match auth {
+                    Err(flow) => flow,
+                    Ok(AuthOutcome::Next(next, challenge)) => {
                         auth_step = Some(next);
                         Reply {
                             code: 334,
@@ -510,29 +514,9 @@ where
                         .write_to(&mut out);
                         Flow::Continue
                     }
-                    AuthOutcome::Done(reply, user) => {
+                    Ok(AuthOutcome::Done(reply, user)) => {
                         finish_auth(info, &mut auth_failures, reply, user, cfg, &mut out).await
                     }
-                }
-            }
-            Input::Line(line) => {
-                match command(&line, info, &mut tx, &mut framer, backend, cfg, &mut out).await {
-                    Flow::Auth(first) => match first {
-                        AuthOutcome::Done(reply, user) => {
-                            finish_auth(info, &mut auth_failures, reply, user, cfg, &mut out).await
-                        }
-                        AuthOutcome::Next(next, challenge) => {
-                            auth_step = Some(next);
-                            Reply {
-                                code: 334,
-                                enhanced: None,
-                                text: challenge.into(),
-                            }
-                            .write_to(&mut out);
-                            Flow::Continue
-                        }
-                    },
-                    other => other,
                 }
             }
         };
@@ -828,24 +812,12 @@ impl<B: Backend> Server<B> {
     /// Accept connections on `listener` until `shutdown` resolves; then wait for every open
     /// session to finish.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let mut sessions = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                accepted = listener.accept() => {
-                    let Ok((stream, peer)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(peer);
-                    let server = self.clone();
-                    sessions.spawn(async move { server.accept(stream, peer, local).await });
-                }
-            }
-        }
-        drop(listener);
-        while sessions.join_next().await.is_some() {}
+        crate::shell::accept_loop(listener, shutdown, None, move |stream, peer| {
+            let local = stream.local_addr().unwrap_or(peer);
+            let server = self.clone();
+            async move { server.accept(stream, peer, local).await }
+        })
+        .await
     }
 }
 

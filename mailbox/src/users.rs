@@ -103,14 +103,10 @@ impl Users {
             })?;
             secret.to_string()
         } else {
-            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-            hasher()
-                .hash_password(secret.as_bytes(), &salt)
-                .map_err(|e| UsersError::BadHash {
-                    place: place.to_string(),
-                    why: e.to_string(),
-                })?
-                .to_string()
+            hash(secret).map_err(|e| UsersError::BadHash {
+                place: place.to_string(),
+                why: e.to_string(),
+            })?
         };
         self.hashes.insert(address, hash);
         Ok(())
@@ -144,13 +140,32 @@ impl Users {
     }
 }
 
+/// An argon2id PHC string for `password`, with a fresh salt.
+fn hash(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Ok(hasher()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
 /// Hash a password for a users file.
 pub fn hash_password(password: &str) -> String {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    hasher()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .unwrap_or_default()
+    hash(password).unwrap_or_default()
+}
+
+/// A SASL response line in base64 (RFC 4954: `=` is the empty response).
+pub fn decode_sasl_b64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let t = text.trim();
+    if t == "=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(t).ok()
+}
+
+/// A SASL PLAIN response as sent on the wire (base64), decoded.
+pub fn sasl_plain_b64(text: &str) -> Option<(String, Vec<u8>)> {
+    decode_sasl_b64(text).and_then(|d| sasl_plain(&d))
 }
 
 /// Decode SASL PLAIN (RFC 4616): `authzid NUL authcid NUL password`.

@@ -3,8 +3,7 @@
 
 use crate::runner;
 use crate::scenario::Scenario;
-use crate::world::World;
-use fake_dns::{Lookup, RecordData, RecordType};
+use crate::world;
 use mailsim_reports::Summary;
 use mailsim_reports::figures::Figures;
 use std::collections::BTreeMap;
@@ -18,23 +17,16 @@ pub fn published_dmarc(run_dir: &Path) -> anyhow::Result<BTreeMap<String, String
         return Ok(BTreeMap::new());
     }
     let scenario = Scenario::load(&path)?;
-    let world = World::build(&scenario).map_err(anyhow::Error::msg)?;
-    let mut out = BTreeMap::new();
-    let names: Vec<String> = world.zones.names().map(str::to_string).collect();
-    for name in names {
-        let Some(domain) = name.trim_end_matches('.').strip_prefix("_dmarc.") else {
-            continue;
-        };
-        if let Lookup::Answer(records) = world.zones.lookup(&name, RecordType::TXT) {
-            for r in records {
-                if let RecordData::Txt(t) = r
-                    && t.trim_start().starts_with("v=DMARC1")
-                {
-                    out.insert(domain.to_ascii_lowercase(), t);
-                }
-            }
-        }
-    }
+    // The records World::build puts in the zones, without building the world (it makes keys).
+    let mut out: BTreeMap<String, String> = scenario
+        .domains()
+        .filter_map(|d| Some((d.name.to_ascii_lowercase(), d.dmarc.clone()?)))
+        .collect();
+    out.extend(
+        scenario
+            .senders()
+            .map(|s| (s.domain.to_ascii_lowercase(), world::dmarc_record(s))),
+    );
     Ok(out)
 }
 

@@ -34,6 +34,14 @@ pub struct World {
     pub senders: Vec<SenderKeys>,
 }
 
+/// The DMARC record a sender publishes: its own, or `p=reject` with aggregate reports to the
+/// sender's own domain.
+pub fn dmarc_record(s: &crate::scenario::Sender) -> String {
+    s.dmarc
+        .clone()
+        .unwrap_or_else(|| format!("v=DMARC1; p=reject; rua=mailto:dmarc-reports@{}", s.domain))
+}
+
 /// SplitMix64-style mixing of a seed and a string: a stable, seed-driven hash.
 pub fn mix(seed: u64, text: &str) -> u64 {
     let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
@@ -91,10 +99,10 @@ impl World {
                 .clone()
                 .unwrap_or_else(|| format!("v=spf1 ip4:{mta_ip} -all"));
             zones.add(&s.domain, RecordData::Txt(spf));
-            let dmarc = s.dmarc.clone().unwrap_or_else(|| {
-                format!("v=DMARC1; p=reject; rua=mailto:dmarc-reports@{}", s.domain)
-            });
-            zones.add(&format!("_dmarc.{}", s.domain), RecordData::Txt(dmarc));
+            zones.add(
+                &format!("_dmarc.{}", s.domain),
+                RecordData::Txt(dmarc_record(s)),
+            );
             let key_seed = mix(scenario.seed, &format!("dkim:{i}:{}", s.domain));
             let key = match (&s.dkim_private_key, s.dkim_algorithm) {
                 (Some(path), _) => {
