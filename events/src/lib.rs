@@ -16,5 +16,8 @@ pub mod log;
 pub mod schema;
 
 pub use clock::{Clock, RuntimeClock, SystemClock};
-pub use log::{Durability, EventLog, EventSink, LogError, LogReader, frame_ranges, read_log};
+pub use log::{
+    Damage, Durability, EventLog, EventSink, LogError, LogReader, RepairReport, frame_ranges,
+    read_log, repair,
+};
 pub use schema::{Event, Record, SCHEMA_VERSION, SmtpReply};

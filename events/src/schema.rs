@@ -190,6 +190,37 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every `type` tag, in declaration order (a test holds it to serde's own list).
+    pub const KINDS: &'static [&'static str] = &[
+        "run_started",
+        "run_finished",
+        "injected",
+        "dns_answer",
+        "conn_opened",
+        "conn_failed",
+        "conn_closed",
+        "smtp_reply",
+        "delivered",
+        "deferred",
+        "bounced",
+        "expired",
+        "session_accepted",
+        "auth_verdict",
+        "stored",
+        "refused",
+        "backoff",
+        "suppressed",
+        "suppression_added",
+        "dsn_queued",
+        "report_sent",
+        "report_received",
+    ];
+
+    /// Is `kind` the `type` tag of an event of this schema?
+    pub fn is_kind(kind: &str) -> bool {
+        Self::KINDS.contains(&kind)
+    }
+
     /// The `type` tag of this event, as it appears in JSON.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -255,5 +286,23 @@ mod tests {
         let back: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rec);
         assert_eq!(back.event.kind(), "smtp_reply");
+    }
+
+    /// serde names every variant it knows when it meets an unknown one: that list is KINDS.
+    #[test]
+    fn kinds_are_serdes_variants() {
+        let err = serde_json::from_str::<Event>(r#"{"type":"no_such_kind"}"#)
+            .unwrap_err()
+            .to_string();
+        let expected = err
+            .split("expected one of ")
+            .nth(1)
+            .expect("serde lists the variants");
+        let listed: Vec<&str> = expected
+            .split(", ")
+            .map(|v| v.trim_matches(|c: char| c == '`' || !c.is_ascii() || c.is_whitespace()))
+            .map(|v| v.split('`').next().unwrap_or(v))
+            .collect();
+        assert_eq!(listed, Event::KINDS, "{err}");
     }
 }
