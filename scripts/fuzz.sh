@@ -2,6 +2,7 @@
 # Run every cargo-fuzz target for SECONDS each (default 60) with its seed corpus; print the
 # executions and any finding. Needs cargo-fuzz (cargo install cargo-fuzz); libFuzzer's flags
 # need a nightly compiler, or RUSTC_BOOTSTRAP=1 on stable as here.
+# An input that takes over 10 s is a finding too (-timeout): a slow path is a denial of service.
 # Findings land in fuzz/artifacts/<target>/; each becomes a regression test. Built with -O:
 # third-party debug assertions (mail-parser) are not findings; our own checks are assert!s.
 set -euo pipefail
@@ -21,7 +22,7 @@ for target in smtp_server_session smtp_reply_parser bounce_classify scenario_loa
   mkdir -p "fuzz/corpus/$target"
   log=$(mktemp)
   if cargo fuzz run -O "$target" "fuzz/corpus/$target" "${SEEDS[$target]}" -- \
-      -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -print_final_stats=1 > "$log" 2>&1; then
+      -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 > "$log" 2>&1; then
     result=ok
   else
     result=FINDING

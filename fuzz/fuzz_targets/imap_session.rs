@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use mailsim_mailbox::folders::Mailstore;
 use mailsim_mailbox::imap::{ImapConfig, Session};
-use mailsim_mailbox::shell::{Protocol, Step};
+use mailsim_mailbox::shell::{LoginOutcome, Protocol, Step};
 use std::sync::Arc;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
         .deliver(user, b"From: a@b.test\r\nSubject: one\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nhello\r\n--x--\r\n")
         .unwrap();
     store.deliver(user, b"Subject: two\r\n\r\nbody\r\n").unwrap();
+    // Nested folders, so that LIST wildcards have levels to match (issue 13, item 1).
+    store.create(user, "a/b/c").unwrap();
     let cfg = ImapConfig {
         line_bytes_max: 1024,
         literal_bytes_max: 4096,
@@ -31,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
             match s.step() {
                 Step::Authenticate { login, password } => {
                     let ok = login.eq_ignore_ascii_case("bob") && password == b"pw";
-                    s.auth_done(ok.then(|| user.to_string()));
+                    s.auth_done(if ok {
+                        LoginOutcome::Accepted(user.to_string())
+                    } else {
+                        LoginOutcome::Rejected
+                    });
                 }
                 Step::StartTls => s.tls_started(),
                 Step::Idle => {

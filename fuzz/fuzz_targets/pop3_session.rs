@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use mailsim_mailbox::folders::Mailstore;
 use mailsim_mailbox::pop3::{Pop3Config, Session};
-use mailsim_mailbox::shell::{Protocol, Step};
+use mailsim_mailbox::shell::{LoginOutcome, Protocol, Step};
 use std::sync::Arc;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
             match s.step() {
                 Step::Authenticate { login, password } => {
                     let ok = login.eq_ignore_ascii_case("bob") && password == b"pw";
-                    s.auth_done(ok.then(|| user.to_string()));
+                    s.auth_done(if ok {
+                        LoginOutcome::Accepted(user.to_string())
+                    } else {
+                        LoginOutcome::Rejected
+                    });
                 }
                 Step::StartTls => s.tls_started(),
                 Step::Idle | Step::NeedInput => break,

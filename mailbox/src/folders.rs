@@ -150,6 +150,8 @@ pub enum FolderError {
     Exists,
     #[error("invalid mailbox name")]
     BadName,
+    #[error("mailbox name too long")]
+    NameTooLong,
     #[error("over quota")]
     OverQuota,
 }
@@ -512,6 +514,9 @@ impl Folder {
     }
 }
 
+/// The longest encoded folder name (one path component, `NAME_MAX` on Linux).
+pub const FOLDER_NAME_ENCODED_BYTES_MAX: usize = 255;
+
 /// Encode a folder name as one path component (anything outside `[A-Za-z0-9_-]` as `%XX`).
 fn encode_name(name: &str) -> String {
     let mut out = String::new();
@@ -592,6 +597,10 @@ impl Mailstore {
             || name.chars().any(|c| c.is_control())
         {
             return Err(FolderError::BadName);
+        }
+        // The encoded name is one path component: most file systems stop at 255 bytes.
+        if encode_name(name).len() > FOLDER_NAME_ENCODED_BYTES_MAX {
+            return Err(FolderError::NameTooLong);
         }
         Ok(self.user_dir(user).join("folders").join(encode_name(name)))
     }

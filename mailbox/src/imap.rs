@@ -9,7 +9,7 @@
 use crate::folders::{self, Flags, FolderError, FolderRef, Mailstore, Message, SystemFlag};
 use crate::imap_wire::{push_literal, quoted_or_literal};
 use crate::mime::{Mime, SectionText};
-use crate::shell::{Protocol, Step};
+use crate::shell::{LoginOutcome, Protocol, Step, Timeout};
 use crate::users::sasl_plain;
 use imap_codec::decode::{AuthenticateDataDecodeError, CommandDecodeError, Decoder};
 use imap_codec::imap_types::auth::AuthMechanism;
@@ -35,10 +35,8 @@ pub struct ImapConfig {
     pub line_bytes_max: usize,
     /// Largest literal (an APPENDed message).
     pub literal_bytes_max: usize,
-    /// RFC 3501 section 5.4: at least 30 minutes.
+    /// Logged in: RFC 3501 section 5.4, at least 30 minutes (before login: the shell's).
     pub idle_timeout: Duration,
-    /// Wait this long (times the failures so far) before answering a failed login.
-    pub auth_failure_delay: Duration,
     /// Failed logins before the connection is closed.
     pub auth_failures_max: u32,
 }
@@ -50,7 +48,6 @@ impl Default for ImapConfig {
             line_bytes_max: 64 * 1024,
             literal_bytes_max: 25 * 1024 * 1024,
             idle_timeout: Duration::from_secs(30 * 60),
-            auth_failure_delay: Duration::from_secs(1),
             auth_failures_max: 3,
         }
     }
@@ -102,6 +99,8 @@ pub struct Session {
     /// Plaintext LOGIN is allowed without TLS (loopback peers, as Dovecot does).
     plaintext_ok: bool,
     auth_failures: u32,
+    /// Commands decoded so far.
+    commands: u64,
 }
 
 fn ok_str(s: &AString<'_>) -> String {
@@ -123,17 +122,68 @@ fn list_pattern(m: &ListMailbox<'_>) -> String {
 }
 
 /// LIST wildcard matching: `*` matches anything, `%` anything but the separator.
+///
+/// Iterative and bounded: runs of wildcards collapse to one (`*` if the run has one, else `%`),
+/// a pattern with more literal bytes than the name is refused at once, and the rest is a walk
+/// of the set of pattern positions over the name, O(name x pattern) with no recursion (a
+/// recursive matcher took seconds, then the stack, on a long run of `%` and `*`).
 fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..])),
-        Some((b'%', rest)) => (0..=name.len())
-            .take_while(|&i| i == 0 || name[i - 1] != folders::SEPARATOR as u8)
-            .any(|i| wildcard(rest, &name[i..])),
-        Some((&c, rest)) => name
-            .split_first()
-            .is_some_and(|(&n, nrest)| n == c && wildcard(rest, nrest)),
+    let mut p: Vec<u8> = Vec::with_capacity(pattern.len().min(name.len() * 2 + 2));
+    let mut literals = 0usize;
+    for &c in pattern {
+        match (c, p.last_mut()) {
+            (b'*' | b'%', Some(last @ (b'*' | b'%'))) => {
+                if c == b'*' {
+                    *last = b'*';
+                }
+            }
+            _ => {
+                if c != b'*' && c != b'%' {
+                    literals += 1;
+                    if literals > name.len() {
+                        return false;
+                    }
+                }
+                p.push(c);
+            }
+        }
     }
+    let sep = folders::SEPARATOR as u8;
+    // reach[i]: the pattern's first i bytes can match the part of the name read so far.
+    let mut reach = vec![false; p.len() + 1];
+    let mut next = vec![false; p.len() + 1];
+    let close = |r: &mut [bool]| {
+        for i in 0..p.len() {
+            if r[i] && (p[i] == b'*' || p[i] == b'%') {
+                r[i + 1] = true;
+            }
+        }
+    };
+    reach[0] = true;
+    close(&mut reach);
+    for &c in name {
+        next.iter_mut().for_each(|r| *r = false);
+        let mut any = false;
+        for i in 0..p.len() {
+            if !reach[i] {
+                continue;
+            }
+            match p[i] {
+                b'*' => next[i] = true,
+                b'%' if c != sep => next[i] = true,
+                b'%' => continue,
+                lit if lit == c => next[i + 1] = true,
+                _ => continue,
+            }
+            any = true;
+        }
+        if !any {
+            return false;
+        }
+        close(&mut next);
+        std::mem::swap(&mut reach, &mut next);
+    }
+    reach[p.len()]
 }
 
 fn flag_name(f: &Flag<'_>) -> Option<String> {
@@ -406,6 +456,7 @@ impl Session {
             tls_available,
             plaintext_ok,
             auth_failures: 0,
+            commands: 0,
         };
         let caps = s.capabilities();
         s.line(&format!(
@@ -462,18 +513,18 @@ impl Protocol for Session {
         }
     }
 
-    fn auth_done(&mut self, user: Option<String>) {
+    fn auth_done(&mut self, outcome: LoginOutcome) {
         let Pending::AuthCheck(tag) = std::mem::replace(&mut self.pending, Pending::None) else {
             return;
         };
-        match user {
-            Some(u) => {
+        match outcome {
+            LoginOutcome::Accepted(u) => {
                 self.user = u;
                 self.state = State::Authenticated;
                 let caps = self.capabilities();
                 self.line(&format!("{tag} OK [CAPABILITY {caps}] Logged in"));
             }
-            None => {
+            LoginOutcome::Rejected => {
                 self.auth_failures += 1;
                 self.line(&format!(
                     "{tag} NO [AUTHENTICATIONFAILED] Authentication failed."
@@ -483,11 +534,32 @@ impl Protocol for Session {
                     self.pending = Pending::Closed;
                 }
             }
+            LoginOutcome::Throttled => {
+                self.line(&format!(
+                    "{tag} NO [UNAVAILABLE] Too many failed logins from your address, try again later."
+                ));
+                self.line("* BYE Too many failed logins.");
+                self.pending = Pending::Closed;
+            }
         }
     }
 
-    fn auth_failure_delay(&self) -> Duration {
-        self.cfg.auth_failure_delay * (self.auth_failures + 1)
+    fn authenticated(&self) -> bool {
+        !matches!(self.state, State::NotAuthenticated)
+    }
+
+    fn partial_command(&self) -> Option<u64> {
+        let waiting_for_sasl = matches!(self.pending, Pending::AuthData(_));
+        (!self.inbuf.is_empty() || waiting_for_sasl).then_some(self.commands)
+    }
+
+    fn timed_out(&mut self, why: Timeout) {
+        self.line(match why {
+            Timeout::Idle => "* BYE Autologout; idle for too long.",
+            Timeout::Command => "* BYE Autologout; command not completed in time.",
+            Timeout::Login => "* BYE Autologout; not logged in in time.",
+        });
+        self.pending = Pending::Closed;
     }
 
     fn idle_poll(&mut self) {
@@ -569,8 +641,14 @@ impl Protocol for Session {
             match result {
                 Ok((rest, cmd)) => {
                     let consumed = buf.len() - rest.len();
+                    self.commands += 1;
                     let step = self.command(cmd);
-                    self.inbuf = buf[consumed..].to_vec();
+                    // Anything pipelined after STARTTLS came in clear, before the handshake:
+                    // dropped, never run as if it had come over TLS (RFC 3501 section 6.2.1;
+                    // the class of CVE-2011-0411).
+                    if step != Some(Step::StartTls) {
+                        self.inbuf = buf[consumed..].to_vec();
+                    }
                     if let Some(step) = step {
                         return step;
                     }
@@ -672,8 +750,6 @@ impl Session {
                     Err("BAD STARTTLS only before login.".into())
                 } else {
                     self.line(&format!("{tag} OK Begin TLS negotiation now."));
-                    // Anything pipelined after STARTTLS was sent in clear: dropped (RFC 3501 6.2.1).
-                    self.inbuf.clear();
                     return Some(Step::StartTls);
                 }
             }
@@ -1426,9 +1502,13 @@ fn no(e: FolderError) -> String {
         FolderError::NoSuchFolder => "NO Mailbox doesn't exist.".into(),
         FolderError::Exists => "NO Mailbox already exists.".into(),
         FolderError::BadName => "NO Invalid mailbox name.".into(),
+        FolderError::NameTooLong => "NO [LIMIT] Mailbox name too long.".into(),
         FolderError::OverQuota => "NO [OVERQUOTA] Quota exceeded.".into(),
         other => {
-            tracing::error!("imap storage: {other}");
+            // The error may carry a path built from a client's name: log a bounded form.
+            let text = other.to_string();
+            let shown: String = text.chars().take(300).collect();
+            tracing::error!("imap storage: {shown}");
             "NO [SERVERBUG] Internal error.".into()
         }
     }
@@ -1447,7 +1527,11 @@ mod tests {
         s.feed(input.as_bytes());
         while let Step::Authenticate { login, password } = s.step() {
             let ok = login == "bob" && password == b"pw";
-            s.auth_done(ok.then(|| "bob@example.test".to_string()));
+            s.auth_done(if ok {
+                LoginOutcome::Accepted("bob@example.test".into())
+            } else {
+                LoginOutcome::Rejected
+            });
         }
         String::from_utf8(s.take_output()).unwrap()
     }
@@ -1507,6 +1591,86 @@ mod tests {
         assert!(wildcard(b"a/*", b"a/b/c"));
         assert!(wildcard(b"%t*4", b"test3/test4"));
         assert!(!wildcard(b"%", b"a/b"));
+        assert!(wildcard(b"*%*", b""));
+        assert!(!wildcard(b"a%", b"b"));
+    }
+
+    /// The definition, as a recursion: only for short inputs.
+    fn wildcard_reference(pattern: &[u8], name: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => name.is_empty(),
+            Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard_reference(rest, &name[i..])),
+            Some((b'%', rest)) => (0..=name.len())
+                .take_while(|&i| i == 0 || name[i - 1] != b'/')
+                .any(|i| wildcard_reference(rest, &name[i..])),
+            Some((&c, rest)) => name
+                .split_first()
+                .is_some_and(|(&n, nrest)| n == c && wildcard_reference(rest, nrest)),
+        }
+    }
+
+    #[test]
+    fn wildcards_agree_with_the_definition_on_random_short_inputs() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3501);
+        for _ in 0..20_000 {
+            let p: Vec<u8> = (0..rng.gen_range(0..8))
+                .map(|_| b"ab/*%"[rng.gen_range(0..5)])
+                .collect();
+            let n: Vec<u8> = (0..rng.gen_range(0..8))
+                .map(|_| b"ab/"[rng.gen_range(0..3)])
+                .collect();
+            assert_eq!(
+                wildcard(&p, &n),
+                wildcard_reference(&p, &n),
+                "{:?} {:?}",
+                String::from_utf8_lossy(&p),
+                String::from_utf8_lossy(&n)
+            );
+        }
+    }
+
+    /// Issue 13, item 1: `LIST "" "%*%*...%*x"` overflowed a worker's stack (and 90 `%` took
+    /// seconds). The session answers a 60,000-byte wildcard pattern over nested folders.
+    #[test]
+    fn list_with_a_long_run_of_wildcards_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        s.take_output();
+        run(&mut s, "a LOGIN bob pw\r\n");
+        for name in ["a", "a/b", "a/b/c", "a/b/c/d/e/f/g/h"] {
+            assert!(run(&mut s, &format!("c CREATE {name}\r\n")).contains("c OK"));
+        }
+        let pattern = "%*".repeat(30_000);
+        let r = run(&mut s, &format!("l LIST \"\" \"{pattern}q\"\r\n"));
+        assert!(
+            r.ends_with("l OK List completed.\r\n") && !r.contains("* LIST"),
+            "{r}"
+        );
+        let r = run(&mut s, &format!("m LIST \"\" \"{pattern}\"\r\n"));
+        // CREATE made the parents of a/b/c/d/e/f/g/h too (RFC 3501 section 6.3.3).
+        assert_eq!(r.matches("* LIST").count(), 9, "{r}");
+        let r = run(&mut s, &format!("n LIST \"\" \"{}\"\r\n", "%".repeat(90)));
+        assert!(
+            r.contains("* LIST () \"/\" \"a\"\r\n") && !r.contains("a/b"),
+            "{r}"
+        );
+    }
+
+    /// Issue 13, item 2: commands pipelined after STARTTLS, before the handshake, are dropped.
+    #[test]
+    fn commands_pipelined_after_starttls_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mailstore::new(dir.path(), 0));
+        let mut s = Session::new(Arc::new(ImapConfig::default()), store, true, false);
+        s.take_output();
+        s.feed(b"a STARTTLS\r\nb LOGIN bob pw\r\nc LIST \"\" *\r\n");
+        assert_eq!(s.step(), Step::StartTls);
+        let r = String::from_utf8(s.take_output()).unwrap();
+        assert_eq!(r, "a OK Begin TLS negotiation now.\r\n");
+        s.tls_started();
+        assert_eq!(s.step(), Step::NeedInput);
+        assert!(s.take_output().is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod folders;
 pub mod imap;
 pub mod imap_wire;
+pub mod login;
 pub mod mime;
 pub mod pop3;
 pub mod server;

@@ -6,7 +6,7 @@
 //! the same across sessions and restarts.
 
 use crate::folders::{self, FolderRef, Mailstore};
-use crate::shell::{Protocol, Step};
+use crate::shell::{LoginOutcome, Protocol, Step, Timeout};
 use crate::users::sasl_plain_b64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +16,8 @@ pub struct Pop3Config {
     pub hostname: String,
     /// RFC 2449: commands are at most 255 octets; a little slack for long user names.
     pub line_bytes_max: usize,
-    /// RFC 1939 section 3: at least 10 minutes.
+    /// Logged in: RFC 1939 section 3, at least 10 minutes (before login: the shell's).
     pub idle_timeout: Duration,
-    pub auth_failure_delay: Duration,
     pub auth_failures_max: u32,
 }
 
@@ -28,7 +27,6 @@ impl Default for Pop3Config {
             hostname: "pop3.mailsim.test".into(),
             line_bytes_max: 1024,
             idle_timeout: Duration::from_secs(10 * 60),
-            auth_failure_delay: Duration::from_secs(1),
             auth_failures_max: 3,
         }
     }
@@ -65,6 +63,8 @@ pub struct Session {
     checking: bool,
     closing: bool,
     auth_failures: u32,
+    /// Command lines read so far.
+    commands: u64,
 }
 
 impl Session {
@@ -87,6 +87,7 @@ impl Session {
             checking: false,
             closing: false,
             auth_failures: 0,
+            commands: 0,
         };
         let greeting = format!("+OK {} mailsim POP3 ready.", s.cfg.hostname);
         s.line(&greeting);
@@ -395,6 +396,7 @@ impl Protocol for Session {
                 return Step::NeedInput;
             };
             let raw: Vec<u8> = self.inbuf.drain(..=end).collect();
+            self.commands += 1;
             if raw.len() > self.cfg.line_bytes_max {
                 self.line("-ERR Line too long.");
                 continue;
@@ -418,25 +420,44 @@ impl Protocol for Session {
         std::mem::take(&mut self.out)
     }
 
-    fn auth_done(&mut self, user: Option<String>) {
+    fn auth_done(&mut self, outcome: LoginOutcome) {
         self.checking = false;
-        match user {
-            Some(u) => match self.open(&u) {
+        match outcome {
+            LoginOutcome::Accepted(u) => match self.open(&u) {
                 Ok(()) => self.line("+OK Logged in."),
                 Err(e) => self.line(&e),
             },
-            None => {
+            LoginOutcome::Rejected => {
                 self.auth_failures += 1;
                 self.line("-ERR [AUTH] Authentication failed.");
                 if self.auth_failures >= self.cfg.auth_failures_max {
                     self.closing = true;
                 }
             }
+            LoginOutcome::Throttled => {
+                self.line(
+                    "-ERR [SYS/TEMP] Too many failed logins from your address, try again later.",
+                );
+                self.closing = true;
+            }
         }
     }
 
-    fn auth_failure_delay(&self) -> Duration {
-        self.cfg.auth_failure_delay * (self.auth_failures + 1)
+    fn authenticated(&self) -> bool {
+        matches!(self.state, State::Transaction { .. })
+    }
+
+    fn partial_command(&self) -> Option<u64> {
+        (!self.inbuf.is_empty() || self.awaiting_sasl).then_some(self.commands)
+    }
+
+    fn timed_out(&mut self, why: Timeout) {
+        self.line(match why {
+            Timeout::Idle => "-ERR Disconnected for inactivity.",
+            Timeout::Command => "-ERR Disconnected: command not completed in time.",
+            Timeout::Login => "-ERR Disconnected: not logged in in time.",
+        });
+        self.closing = true;
     }
 
     fn tls_started(&mut self) {
@@ -456,7 +477,11 @@ mod tests {
         s.feed(input.as_bytes());
         while let Step::Authenticate { login, password } = s.step() {
             let ok = login == "bob" && password == b"pw";
-            s.auth_done(ok.then(|| "bob@example.test".to_string()));
+            s.auth_done(if ok {
+                LoginOutcome::Accepted("bob@example.test".into())
+            } else {
+                LoginOutcome::Rejected
+            });
         }
         String::from_utf8(s.take_output()).unwrap()
     }

@@ -4,7 +4,8 @@
 
 use crate::auth::Verifier;
 use crate::folders::{FolderError, Mailstore};
-use crate::shell::{self, ConnectionLimiter};
+use crate::login::{LoginGuard, LoginLimits, LoginOutcome};
+use crate::shell::{self, ConnectionLimiter, Timeouts};
 use crate::smtp::{Backend, Reply, ServerConfig, SessionInfo, Transaction};
 use crate::tls::Tls;
 use crate::users::Users;
@@ -35,8 +36,16 @@ pub struct MailboxConfig {
     /// Remove messages older than this many days.
     pub retention_days: Option<u32>,
     pub message_bytes_max: usize,
-    /// Failed logins are answered after this delay (times the failures so far).
-    pub auth_failure_delay: Duration,
+    /// Password checks: concurrency, delays and per-address failure limits.
+    pub login: LoginLimits,
+    /// IMAP and POP3 timeouts before login and per command.
+    pub timeouts: Timeouts,
+    /// SMTP and submission: per command, per message and (submission) to authenticate.
+    pub smtp_command_timeout: Duration,
+    pub smtp_data_timeout: Duration,
+    pub smtp_login_timeout: Duration,
+    /// Rejected RCPTs in one SMTP session before it is closed (recipient harvesting).
+    pub rcpt_rejects_max: u32,
     pub connections_per_ip_max: usize,
 }
 
@@ -56,7 +65,12 @@ impl MailboxConfig {
             quota_bytes: 0,
             retention_days: None,
             message_bytes_max: 25 * 1024 * 1024,
-            auth_failure_delay: Duration::from_secs(1),
+            login: LoginLimits::default(),
+            timeouts: Timeouts::default(),
+            smtp_command_timeout: Duration::from_secs(300),
+            smtp_data_timeout: Duration::from_secs(600),
+            smtp_login_timeout: Duration::from_secs(180),
+            rcpt_rejects_max: 20,
             connections_per_ip_max: 50,
         }
     }
@@ -74,6 +88,7 @@ pub enum Role {
 pub struct MailboxBackend {
     role: Role,
     users: Arc<Users>,
+    guard: Arc<LoginGuard>,
     store: Arc<Mailstore>,
     verifier: Option<Arc<Verifier>>,
     relay: Option<SocketAddr>,
@@ -84,7 +99,27 @@ fn domain_of(addr: &str) -> &str {
     addr.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
+/// `postmaster` (no domain) or `postmaster@` one of the served domains.
+fn is_postmaster(rcpt: &str, users: &Users) -> bool {
+    match rcpt.rsplit_once('@') {
+        None => rcpt.eq_ignore_ascii_case("postmaster"),
+        Some((local, domain)) => {
+            local.eq_ignore_ascii_case("postmaster") && users.is_local_domain(domain)
+        }
+    }
+}
+
 impl MailboxBackend {
+    /// The mailbox a local recipient's mail goes to; postmaster without a domain is the first
+    /// served domain's postmaster (readable once an account of that name exists).
+    fn mailbox_of(&self, rcpt: &str) -> String {
+        if !rcpt.contains('@') {
+            let domain = self.users.domains().first().cloned().unwrap_or_default();
+            return format!("postmaster@{}", domain.to_ascii_lowercase());
+        }
+        self.users.canonical(rcpt)
+    }
+
     fn received(&self, info: &SessionInfo, rcpt: &str) -> String {
         let with = match (info.tls, info.user.is_some()) {
             (true, true) => "ESMTPSA",
@@ -188,7 +223,10 @@ impl Backend for MailboxBackend {
         _tx: &Transaction,
         rcpt: &str,
     ) -> impl Future<Output = Reply> + Send {
-        let reply = if self.users.is_local_domain(domain_of(rcpt)) {
+        let reply = if is_postmaster(rcpt, &self.users) {
+            // RFC 5321 section 4.5.1: postmaster, with or without a domain, is always accepted.
+            Reply::new(250, (2, 1, 5), "Ok")
+        } else if self.users.is_local_domain(domain_of(rcpt)) {
             if !self.users.exists(rcpt) {
                 Reply::new(550, (5, 1, 1), format!("<{rcpt}>: user unknown"))
             } else if self.store.over_quota(&self.users.canonical(rcpt), 0) {
@@ -222,11 +260,10 @@ impl Backend for MailboxBackend {
         let info = info.clone();
         let tx = tx.clone();
         async move {
-            let (local, remote): (Vec<String>, Vec<String>) = tx
-                .rcpts
-                .iter()
-                .cloned()
-                .partition(|r| self.users.is_local_domain(domain_of(r)));
+            let (local, remote): (Vec<String>, Vec<String>) =
+                tx.rcpts.iter().cloned().partition(|r| {
+                    is_postmaster(r, &self.users) || self.users.is_local_domain(domain_of(r))
+                });
             let auth_header = match (&self.verifier, self.role) {
                 (Some(v), Role::Mx) => {
                     v.verify(info.peer.ip(), &info.helo, &tx.mail_from, &message)
@@ -236,7 +273,7 @@ impl Backend for MailboxBackend {
                 _ => String::new(),
             };
             for rcpt in &local {
-                let user = self.users.canonical(rcpt);
+                let user = self.mailbox_of(rcpt);
                 let mut stored = Vec::with_capacity(message.len() + 512);
                 stored.extend_from_slice(format!("Return-Path: <{}>\r\n", tx.mail_from).as_bytes());
                 stored.extend_from_slice(format!("Delivered-To: {user}\r\n").as_bytes());
@@ -278,18 +315,11 @@ impl Backend for MailboxBackend {
 
     fn authenticate(
         &self,
+        info: &SessionInfo,
         login: &str,
         password: &[u8],
-    ) -> impl Future<Output = Option<String>> + Send {
-        let users = self.users.clone();
-        let login = login.to_string();
-        let password = password.to_vec();
-        async move {
-            tokio::task::spawn_blocking(move || users.verify(&login, &password))
-                .await
-                .ok()
-                .flatten()
-        }
+    ) -> impl Future<Output = LoginOutcome> + Send {
+        self.guard.check(info.peer.ip(), login, password)
     }
 }
 
@@ -358,6 +388,7 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         ));
     }
     let users = Arc::new(cfg.users);
+    let guard = Arc::new(LoginGuard::new(users.clone(), cfg.login.clone()));
     let store = Arc::new(Mailstore::new(&cfg.data, cfg.quota_bytes));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -371,7 +402,10 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         connections_per_ip_max: cfg.connections_per_ip_max,
         tls: cfg.tls.clone(),
         auth,
-        auth_failure_delay: cfg.auth_failure_delay,
+        command_timeout: cfg.smtp_command_timeout,
+        data_timeout: cfg.smtp_data_timeout,
+        login_timeout: cfg.smtp_login_timeout,
+        rcpt_rejects_max: Some(cfg.rcpt_rejects_max),
         ..ServerConfig::default()
     };
     let mut running = Running {
@@ -394,6 +428,7 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         let backend = Arc::new(MailboxBackend {
             role,
             users: users.clone(),
+            guard: guard.clone(),
             store: store.clone(),
             verifier: verifier.clone(),
             relay: cfg.relay,
@@ -411,12 +446,16 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
     }
     let limiter = Arc::new(ConnectionLimiter::new(1024, cfg.connections_per_ip_max));
     let tls_on = cfg.tls.is_some();
+    let ctx = shell::Context {
+        guard: guard.clone(),
+        tls: cfg.tls.clone(),
+        timeouts: Arc::new(cfg.timeouts.clone()),
+    };
     let listen = |what: &'static str, addr: SocketAddr| bind(what, addr);
     if let Some(addr) = cfg.imap {
         let (listener, bound) = listen("imap", addr).await?;
         let icfg = Arc::new(imap::ImapConfig {
             hostname: cfg.hostname.clone(),
-            auth_failure_delay: cfg.auth_failure_delay,
             literal_bytes_max: cfg.message_bytes_max,
             ..imap::ImapConfig::default()
         });
@@ -428,8 +467,7 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         tasks.spawn(shell::serve(
             listener,
             limiter.clone(),
-            users.clone(),
-            cfg.tls.clone(),
+            ctx.clone(),
             make,
             refuse,
             stopped(stop_rx.clone()),
@@ -440,7 +478,6 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         let (listener, bound) = listen("pop3", addr).await?;
         let pcfg = Arc::new(pop3::Pop3Config {
             hostname: cfg.hostname.clone(),
-            auth_failure_delay: cfg.auth_failure_delay,
             ..pop3::Pop3Config::default()
         });
         let store = store.clone();
@@ -451,8 +488,7 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         tasks.spawn(shell::serve(
             listener,
             limiter.clone(),
-            users.clone(),
-            cfg.tls.clone(),
+            ctx.clone(),
             make,
             refuse,
             stopped(stop_rx.clone()),

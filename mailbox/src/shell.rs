@@ -1,9 +1,10 @@
-//! The tokio shell shared by the sans-IO IMAP and POP3 sessions: read, write, check passwords on
-//! a blocking thread (argon2 is slow on purpose), delay failed logins, STARTTLS, IDLE, limits
-//! and a clean shutdown.
+//! The tokio shell shared by the sans-IO IMAP and POP3 sessions: read, write, check passwords
+//! through the [`LoginGuard`] (bounded, delayed, counted per address), STARTTLS, IDLE, timeouts
+//! (idle, per command, login deadline), limits and a clean shutdown.
 
+use crate::login::LoginGuard;
+pub use crate::login::LoginOutcome;
 use crate::tls::Tls;
-use crate::users::Users;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// What the shell must do next for a session.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,17 +31,57 @@ pub enum Step {
     Close,
 }
 
+/// Why the shell ended a session on a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// The client said nothing for too long.
+    Idle,
+    /// A command begun was not complete in time (a client dripping bytes).
+    Command,
+    /// The client did not log in in time.
+    Login,
+}
+
+/// The shell's time limits (the protocol's own idle timeout applies once logged in).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Before login: a client silent this long is dropped.
+    pub login_idle: Duration,
+    /// Before login: the whole session, however busy the client keeps it (Dovecot's 3 minutes).
+    pub login_total: Duration,
+    /// Before login: a command must be complete this long after its first byte.
+    pub command: Duration,
+    /// Logged in: a command (with its literals) must be complete this long after its first byte.
+    pub command_authenticated: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            login_idle: Duration::from_secs(60),
+            login_total: Duration::from_secs(180),
+            command: Duration::from_secs(60),
+            command_authenticated: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
 /// A line-based mail access protocol driven by bytes.
 pub trait Protocol: Send {
     fn feed(&mut self, bytes: &[u8]);
     fn step(&mut self) -> Step;
     fn take_output(&mut self) -> Vec<u8>;
-    fn auth_done(&mut self, user: Option<String>);
-    /// How long to wait before answering the next failed login.
-    fn auth_failure_delay(&self) -> Duration;
+    /// The answer to [`Step::Authenticate`].
+    fn auth_done(&mut self, outcome: LoginOutcome);
     fn tls_started(&mut self);
-    /// A client silent this long is disconnected.
+    /// Once logged in, a client silent this long is disconnected.
     fn idle_timeout(&self) -> Duration;
+    fn authenticated(&self) -> bool;
+    /// When part of a command has been received: the number of commands before it (so that the
+    /// shell can tell a command in progress from the next one).
+    fn partial_command(&self) -> Option<u64>;
+    /// Say goodbye for a timeout (the shell then closes).
+    fn timed_out(&mut self, why: Timeout);
     /// Changes of the selected mailbox, for IDLE.
     fn idle_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
@@ -123,29 +165,82 @@ enum End<S> {
     StartTls(S),
 }
 
+/// What a session needs from the server around it.
+#[derive(Clone)]
+pub struct Context {
+    pub guard: Arc<LoginGuard>,
+    pub tls: Option<Tls>,
+    pub timeouts: Arc<Timeouts>,
+}
+
 /// Run one session over a stream to its end (through one STARTTLS).
-pub async fn run_connection<S, P>(stream: S, mut session: P, users: Arc<Users>, tls: Option<Tls>)
+pub async fn run_connection<S, P>(stream: S, mut session: P, ctx: &Context, peer: IpAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     P: Protocol,
 {
-    if let End::StartTls(stream) = drive(stream, &mut session, &users).await {
-        let Some(tls) = tls else { return };
-        let Ok(secured) = tls.acceptor.accept(stream).await else {
+    let started = Instant::now();
+    if let End::StartTls(stream) = drive(stream, &mut session, ctx, peer, started).await {
+        let Some(tls) = &ctx.tls else { return };
+        let handshake = tls.acceptor.accept(stream);
+        let Ok(Ok(secured)) = tokio::time::timeout(ctx.timeouts.command, handshake).await else {
             return;
         };
         session.tls_started();
         // The session refuses a second STARTTLS, so this cannot ask again.
-        let _ = drive(secured, &mut session, &users).await;
+        let _ = drive(secured, &mut session, ctx, peer, started).await;
     }
 }
 
-async fn drive<S, P>(mut stream: S, session: &mut P, users: &Arc<Users>) -> End<S>
+/// When the next read must have arrived, and what it is if it has not.
+fn read_deadline<P: Protocol>(
+    session: &P,
+    t: &Timeouts,
+    started: Instant,
+    partial: &mut Option<(u64, Instant)>,
+) -> (Instant, Timeout) {
+    let now = Instant::now();
+    let authed = session.authenticated();
+    *partial = match (session.partial_command(), *partial) {
+        (Some(n), Some((m, since))) if n == m => Some((m, since)),
+        (Some(n), _) => Some((n, now)),
+        (None, _) => None,
+    };
+    let idle = if authed {
+        session.idle_timeout()
+    } else {
+        t.login_idle
+    };
+    let mut deadline = (now + idle, Timeout::Idle);
+    if !authed && started + t.login_total < deadline.0 {
+        deadline = (started + t.login_total, Timeout::Login);
+    }
+    if let Some((_, since)) = *partial {
+        let limit = if authed {
+            t.command_authenticated
+        } else {
+            t.command
+        };
+        if since + limit < deadline.0 {
+            deadline = (since + limit, Timeout::Command);
+        }
+    }
+    deadline
+}
+
+async fn drive<S, P>(
+    mut stream: S,
+    session: &mut P,
+    ctx: &Context,
+    peer: IpAddr,
+    started: Instant,
+) -> End<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     P: Protocol,
 {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut partial = None;
     loop {
         let step = session.step();
         let out = session.take_output();
@@ -154,21 +249,21 @@ where
         }
         match step {
             Step::NeedInput => {
-                match tokio::time::timeout(session.idle_timeout(), stream.read(&mut buf)).await {
+                let (deadline, why) = read_deadline(session, &ctx.timeouts, started, &mut partial);
+                match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => session.feed(&buf[..n]),
-                    _ => return End::Closed,
+                    Ok(_) => return End::Closed,
+                    Err(_) => {
+                        session.timed_out(why);
+                        let _ = stream.write_all(&session.take_output()).await;
+                        let _ = stream.shutdown().await;
+                        return End::Closed;
+                    }
                 }
             }
             Step::Authenticate { login, password } => {
-                let users = users.clone();
-                let user = tokio::task::spawn_blocking(move || users.verify(&login, &password))
-                    .await
-                    .ok()
-                    .flatten();
-                if user.is_none() {
-                    tokio::time::sleep(session.auth_failure_delay()).await;
-                }
-                session.auth_done(user);
+                let outcome = ctx.guard.check(peer, &login, &password).await;
+                session.auth_done(outcome);
             }
             Step::StartTls => return End::StartTls(stream),
             Step::Idle => {
@@ -248,8 +343,7 @@ pub async fn accept_loop<F, Fut>(
 pub async fn serve<P, F>(
     listener: TcpListener,
     limiter: Arc<ConnectionLimiter>,
-    users: Arc<Users>,
-    tls: Option<Tls>,
+    ctx: Context,
     make: F,
     refuse: &'static str,
     shutdown: impl Future<Output = ()>,
@@ -259,11 +353,11 @@ pub async fn serve<P, F>(
 {
     let on_conn = |mut stream: TcpStream, peer: SocketAddr| {
         let admitted = limiter.admit(peer.ip()).map(|a| (a, make(peer)));
-        let (users, tls) = (users.clone(), tls.clone());
+        let ctx = ctx.clone();
         async move {
             match admitted {
                 Ok((admission, session)) => {
-                    run_connection(stream, session, users, tls).await;
+                    run_connection(stream, session, &ctx, peer.ip()).await;
                     drop(admission);
                 }
                 Err(_) => {

@@ -1,5 +1,6 @@
 //! Inbound SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES).
 
+use crate::login::LoginOutcome;
 use crate::shell::{ConnectionLimiter, Refusal};
 use smtp_proto::Request;
 use smtp_proto::request::receiver::DataReceiver;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 /// Bytes read from a client at a time.
 const READ_BUF_BYTES: usize = 16 * 1024;
@@ -25,14 +27,23 @@ pub struct ServerConfig {
     pub connections_max: usize,
     /// Open connections from one client address (0: no limit beyond `connections_max`).
     pub connections_per_ip_max: usize,
-    /// A client silent for this long is dropped (RFC 5321 suggests 5 minutes).
+    /// A client silent for this long is dropped (RFC 5321 section 4.5.3.2.7: 5 minutes).
     pub idle_timeout: Duration,
+    /// A command line must be complete this long after its first byte (a client dripping
+    /// bytes is cut, as Postfix's `smtpd_per_record_deadline` does).
+    pub command_timeout: Duration,
+    /// A message must be complete this long after the 354 (RFC 5321 section 4.5.3.2.6 gives
+    /// the client 10 minutes for the end of DATA).
+    pub data_timeout: Duration,
+    /// With `auth`: a client not authenticated this long after connecting is cut.
+    pub login_timeout: Duration,
+    /// RCPT commands refused with 5xx in one session before it is closed with 421 (recipient
+    /// harvesting; Postfix's `smtpd_hard_error_limit`); `None`: no limit.
+    pub rcpt_rejects_max: Option<u32>,
     /// Offer STARTTLS (RFC 3207) with this certificate.
     pub tls: Option<crate::tls::Tls>,
     /// Offer AUTH PLAIN and LOGIN (RFC 4954), only once the connection is encrypted.
     pub auth: bool,
-    /// Wait this long (times the failures so far) before answering a failed AUTH.
-    pub auth_failure_delay: Duration,
     /// Failed AUTH attempts before the connection is closed.
     pub auth_failures_max: u32,
 }
@@ -47,9 +58,12 @@ impl Default for ServerConfig {
             connections_max: 1024,
             connections_per_ip_max: 0,
             idle_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            login_timeout: Duration::from_secs(180),
+            rcpt_rejects_max: None,
             tls: None,
             auth: false,
-            auth_failure_delay: Duration::from_secs(1),
             auth_failures_max: 3,
         }
     }
@@ -157,13 +171,14 @@ pub trait Backend: Send + Sync + 'static {
     fn reply_delay(&self, _info: &SessionInfo) -> Duration {
         Duration::ZERO
     }
-    /// Check AUTH credentials; the canonical user name when they are right.
+    /// Check AUTH credentials (and delay or refuse a client that keeps failing).
     fn authenticate(
         &self,
+        _info: &SessionInfo,
         _login: &str,
         _password: &[u8],
-    ) -> impl Future<Output = Option<String>> + Send {
-        std::future::ready(None)
+    ) -> impl Future<Output = LoginOutcome> + Send {
+        std::future::ready(LoginOutcome::Rejected)
     }
 }
 
@@ -217,6 +232,16 @@ impl Framer {
 
     pub fn has_buffered(&self) -> bool {
         self.pos < self.buf.len()
+    }
+
+    /// Part of a command line has arrived.
+    pub fn has_partial_line(&self) -> bool {
+        self.data.is_none() && (self.pos < self.buf.len() || self.discarding_line)
+    }
+
+    /// In DATA mode (after the 354, before the final dot).
+    pub fn in_data(&self) -> bool {
+        self.data.is_some()
     }
 
     pub fn next_input(&mut self) -> Option<Input> {
@@ -291,87 +316,95 @@ enum Flow {
 enum AuthOutcome {
     /// Send this 334 challenge; the next line is for `AuthStep`.
     Next(AuthStep, &'static str),
-    /// Finished: the reply, and the user when the credentials were right.
-    Done(Reply, Option<String>),
+    /// Finished without a check (a malformed or cancelled exchange): this reply.
+    Failed(Reply),
+    /// Finished: what the credentials came to.
+    Checked(LoginOutcome),
 }
 
-/// RFC 4954 replies.
-fn auth_ok() -> Reply {
-    Reply::new(235, (2, 7, 0), "Authentication successful")
+async fn check_credentials<B: Backend>(
+    backend: &B,
+    info: &SessionInfo,
+    login: &str,
+    password: &[u8],
+) -> AuthOutcome {
+    AuthOutcome::Checked(backend.authenticate(info, login, password).await)
 }
 
-fn auth_bad() -> Reply {
-    Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
-}
-
-async fn check_credentials<B: Backend>(backend: &B, login: &str, password: &[u8]) -> AuthOutcome {
-    match backend.authenticate(login, password).await {
-        Some(user) => AuthOutcome::Done(auth_ok(), Some(user)),
-        None => AuthOutcome::Done(auth_bad(), None),
-    }
-}
-
-async fn plain_response<B: Backend>(backend: &B, text: &str) -> AuthOutcome {
+async fn plain_response<B: Backend>(backend: &B, info: &SessionInfo, text: &str) -> AuthOutcome {
     match crate::users::sasl_plain_b64(text) {
-        Some((login, password)) => check_credentials(backend, &login, &password).await,
-        None => AuthOutcome::Done(
-            Reply::new(501, (5, 5, 2), "cannot decode the AUTH PLAIN response"),
-            None,
-        ),
+        Some((login, password)) => check_credentials(backend, info, &login, &password).await,
+        None => AuthOutcome::Failed(Reply::new(
+            501,
+            (5, 5, 2),
+            "cannot decode the AUTH PLAIN response",
+        )),
     }
 }
 
 /// A client line during an AUTH exchange.
-async fn auth_line<B: Backend>(line: &[u8], step: AuthStep, backend: &B) -> AuthOutcome {
+async fn auth_line<B: Backend>(
+    line: &[u8],
+    step: AuthStep,
+    backend: &B,
+    info: &SessionInfo,
+) -> AuthOutcome {
     let text = String::from_utf8_lossy(line);
     if text.trim() == "*" {
-        return AuthOutcome::Done(Reply::new(501, (5, 0, 0), "authentication cancelled"), None);
+        return AuthOutcome::Failed(Reply::new(501, (5, 0, 0), "authentication cancelled"));
     }
     match step {
-        AuthStep::PlainResponse => plain_response(backend, &text).await,
+        AuthStep::PlainResponse => plain_response(backend, info, &text).await,
         AuthStep::LoginUser => {
             match crate::users::decode_sasl_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
                 Some(user) => AuthOutcome::Next(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
-                None => AuthOutcome::Done(
-                    Reply::new(501, (5, 5, 2), "cannot decode the user name"),
-                    None,
-                ),
+                None => {
+                    AuthOutcome::Failed(Reply::new(501, (5, 5, 2), "cannot decode the user name"))
+                }
             }
         }
         AuthStep::LoginPassword(user) => match crate::users::decode_sasl_b64(&text) {
-            Some(password) => check_credentials(backend, &user, &password).await,
-            None => AuthOutcome::Done(
-                Reply::new(501, (5, 5, 2), "cannot decode the password"),
-                None,
-            ),
+            Some(password) => check_credentials(backend, info, &user, &password).await,
+            None => AuthOutcome::Failed(Reply::new(501, (5, 5, 2), "cannot decode the password")),
         },
     }
 }
 
-/// Answer the end of an AUTH exchange: remember the user, or count and slow down failures.
-async fn finish_auth(
+/// Answer the end of an AUTH exchange (RFC 4954 replies): remember the user, or count failures.
+/// The backend has already slowed a failing client down.
+fn finish_auth(
     info: &mut SessionInfo,
     failures: &mut u32,
-    reply: Reply,
-    user: Option<String>,
+    outcome: LoginOutcome,
     cfg: &ServerConfig,
     out: &mut Vec<u8>,
 ) -> Flow {
-    if let Some(u) = user {
-        info.user = Some(u);
-        reply.write_to(out);
-        return Flow::Continue;
+    match outcome {
+        LoginOutcome::Accepted(u) => {
+            info.user = Some(u);
+            Reply::new(235, (2, 7, 0), "Authentication successful").write_to(out);
+            Flow::Continue
+        }
+        LoginOutcome::Rejected => {
+            *failures += 1;
+            Reply::new(535, (5, 7, 8), "Authentication credentials invalid").write_to(out);
+            if *failures >= cfg.auth_failures_max {
+                Reply::new(421, (4, 7, 0), "too many failed authentications, closing")
+                    .write_to(out);
+                return Flow::Close;
+            }
+            Flow::Continue
+        }
+        LoginOutcome::Throttled => {
+            Reply::new(
+                421,
+                (4, 7, 0),
+                "too many failed authentications from your address, try again later",
+            )
+            .write_to(out);
+            Flow::Close
+        }
     }
-    if reply.code == 535 {
-        *failures += 1;
-        tokio::time::sleep(cfg.auth_failure_delay * *failures).await;
-    }
-    reply.write_to(out);
-    if *failures >= cfg.auth_failures_max {
-        Reply::new(421, (4, 7, 0), "too many failed authentications, closing").write_to(out);
-        return Flow::Close;
-    }
-    Flow::Continue
 }
 
 /// Run one SMTP session over any stream.
@@ -381,6 +414,7 @@ where
     B: Backend,
 {
     let probe = info.clone();
+    let started = Instant::now();
     let mut out = Vec::with_capacity(1024);
     let delay = backend.greeting_delay(&info);
     if !delay.is_zero() {
@@ -401,14 +435,16 @@ where
     }
     .write_to(&mut out);
     let mut info = info;
-    if let SessionEnd::StartTls(plain) = run_session(stream, &mut info, backend, cfg, out).await
+    if let SessionEnd::StartTls(plain) =
+        run_session(stream, &mut info, backend, cfg, out, started).await
         && let Some(tls) = &cfg.tls
-        && let Ok(secured) = tls.acceptor.accept(plain).await
+        && let Ok(Ok(secured)) =
+            tokio::time::timeout(cfg.command_timeout, tls.acceptor.accept(plain)).await
     {
         // RFC 3207 section 4.2: the session starts over, the client must say EHLO again.
         info.tls = true;
         info.helo.clear();
-        run_session(secured, &mut info, backend, cfg, Vec::new()).await;
+        run_session(secured, &mut info, backend, cfg, Vec::new(), started).await;
     }
     backend.on_disconnect(&probe);
 }
@@ -425,12 +461,59 @@ enum AuthStep {
     LoginPassword(String),
 }
 
+/// Which timer ends a session if no input comes.
+#[derive(Clone, Copy)]
+enum Timer {
+    Idle,
+    Command,
+    Data,
+    Login,
+}
+
+/// The earliest deadline for the next input: idle, the command or message under way, login.
+fn read_deadline(
+    cfg: &ServerConfig,
+    info: &SessionInfo,
+    started: Instant,
+    framer: &Framer,
+    partial: &mut Option<(bool, Instant)>,
+) -> (Instant, Timer) {
+    let now = Instant::now();
+    let in_data = framer.in_data();
+    // A message counts from the 354, a command line from its first byte.
+    *partial = match *partial {
+        Some((was_data, since))
+            if was_data == in_data && (in_data || framer.has_partial_line()) =>
+        {
+            Some((was_data, since))
+        }
+        _ if in_data || framer.has_partial_line() => Some((in_data, now)),
+        _ => None,
+    };
+    let mut deadline = (now + cfg.idle_timeout, Timer::Idle);
+    if let Some((data, since)) = *partial {
+        let (limit, timer) = if data {
+            (cfg.data_timeout, Timer::Data)
+        } else {
+            (cfg.command_timeout, Timer::Command)
+        };
+        if since + limit < deadline.0 {
+            deadline = (since + limit, timer);
+        }
+    }
+    if cfg.auth && info.user.is_none() && started + cfg.login_timeout < deadline.0 {
+        deadline = (started + cfg.login_timeout, Timer::Login);
+    }
+    deadline
+}
+
 async fn run_session<S, B>(
     mut stream: S,
     info: &mut SessionInfo,
     backend: &B,
     cfg: &ServerConfig,
     mut out: Vec<u8>,
+    started: Instant,
 ) -> SessionEnd<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -440,6 +523,8 @@ where
     let mut tx: Option<Transaction> = None;
     let mut auth_step: Option<AuthStep> = None;
     let mut auth_failures = 0u32;
+    let mut rcpt_rejects = 0u32;
+    let mut partial = None;
     // Per-connection memory is what bounds a server holding thousands of idle clients.
     let mut readbuf = vec![0u8; READ_BUF_BYTES];
     loop {
@@ -456,21 +541,24 @@ where
                 if !out.is_empty() && !flush(&mut stream, &mut out, backend, info).await {
                     return SessionEnd::Done;
                 }
-                let n =
-                    match tokio::time::timeout(cfg.idle_timeout, stream.read(&mut readbuf)).await {
-                        Err(_) => {
-                            Reply::new(
-                                421,
-                                (4, 4, 2),
-                                format!("{} idle too long, closing", cfg.hostname),
-                            )
+                let (deadline, timer) = read_deadline(cfg, info, started, &framer, &mut partial);
+                let n = match tokio::time::timeout_at(deadline, stream.read(&mut readbuf)).await {
+                    Err(_) => {
+                        let what = match timer {
+                            Timer::Idle => "idle too long",
+                            Timer::Command => "command not completed in time",
+                            Timer::Data => "message not completed in time",
+                            Timer::Login => "not authenticated in time",
+                        };
+                        Reply::new(421, (4, 4, 2), format!("{} {what}, closing", cfg.hostname))
                             .write_to(&mut out);
-                            let _ = stream.write_all(&out).await;
-                            return SessionEnd::Done;
-                        }
-                        Ok(Err(_)) | Ok(Ok(0)) => return SessionEnd::Done,
-                        Ok(Ok(n)) => n,
-                    };
+                        let _ = stream.write_all(&out).await;
+                        let _ = stream.shutdown().await;
+                        return SessionEnd::Done;
+                    }
+                    Ok(Err(_)) | Ok(Ok(0)) => return SessionEnd::Done,
+                    Ok(Ok(n)) => n,
+                };
                 framer.feed(&readbuf[..n]);
                 continue;
             }
@@ -492,12 +580,32 @@ where
             Input::Line(line) => {
                 // A line is the next step of an AUTH exchange, or a command (which may start one).
                 let auth = match auth_step.take() {
-                    Some(step) => Ok(auth_line(&line, step, backend).await),
+                    Some(step) => Ok(auth_line(&line, step, backend, info).await),
                     None => {
-                        match command(&line, info, &mut tx, &mut framer, backend, cfg, &mut out)
-                            .await
-                        {
+                        let rcpt = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"RCPT");
+                        let before = out.len();
+                        let flow =
+                            command(&line, info, &mut tx, &mut framer, backend, cfg, &mut out)
+                                .await;
+                        if rcpt && out.get(before) == Some(&b'5') {
+                            rcpt_rejects += 1;
+                        }
+                        match flow {
                             Flow::Auth(outcome) => Ok(outcome),
+                            Flow::Continue
+                                if cfg.rcpt_rejects_max.is_some_and(|m| rcpt_rejects >= m) =>
+                            {
+                                Reply::new(
+                                    421,
+                                    (4, 7, 0),
+                                    format!(
+                                        "{} too many rejected recipients, closing",
+                                        cfg.hostname
+                                    ),
+                                )
+                                .write_to(&mut out);
+                                Err(Flow::Close)
+                            }
                             other => Err(other),
                         }
                     }
@@ -514,8 +622,12 @@ where
                         .write_to(&mut out);
                         Flow::Continue
                     }
-                    Ok(AuthOutcome::Done(reply, user)) => {
-                        finish_auth(info, &mut auth_failures, reply, user, cfg, &mut out).await
+                    Ok(AuthOutcome::Failed(reply)) => {
+                        reply.write_to(&mut out);
+                        Flow::Continue
+                    }
+                    Ok(AuthOutcome::Checked(outcome)) => {
+                        finish_auth(info, &mut auth_failures, outcome, cfg, &mut out)
                     }
                 }
             }
@@ -602,7 +714,7 @@ async fn command<B: Backend>(
             return Flow::Continue;
         }
         Err(e) => {
-            Reply::new(501, (5, 5, 4), format!("syntax error: {e:?}")).write_to(out);
+            syntax_error(e).write_to(out);
             return Flow::Continue;
         }
     };
@@ -661,19 +773,18 @@ async fn command<B: Backend>(
                 return answer(reply, out);
             }
         }
-        Request::Rcpt { to } => match tx.as_mut() {
-            None => Reply::new(503, (5, 5, 1), "need MAIL before RCPT").write_to(out),
-            Some(t) if t.rcpts.len() >= cfg.rcpts_per_message_max => {
-                Reply::new(452, (4, 5, 3), "too many recipients").write_to(out)
+        Request::Rcpt { mut to } if to.address.is_empty() => {
+            // smtp-proto reads both <> and <postmaster> as "": only the second is a recipient
+            // (RFC 5321 section 4.5.1: postmaster without a domain must be accepted).
+            let raw = String::from_utf8_lossy(line).to_ascii_lowercase();
+            if raw.contains("<postmaster>") {
+                to.address = "postmaster".into();
+                return rcpt(to.address, tx, backend, info, cfg, out).await;
             }
-            Some(t) => {
-                let reply = backend.on_rcpt(info, t, &to.address).await;
-                if reply.is_positive() {
-                    t.rcpts.push(to.address);
-                }
-                return answer(reply, out);
-            }
-        },
+            Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out)
+        }
+        Request::Rcpt { to } => return rcpt(to.address, tx, backend, info, cfg, out).await,
+
         Request::Data => match tx.as_ref() {
             Some(t) if !t.rcpts.is_empty() => {
                 Reply {
@@ -735,13 +846,19 @@ async fn command<B: Backend>(
                 return Flow::Auth(if initial_response.is_empty() {
                     AuthOutcome::Next(AuthStep::PlainResponse, "")
                 } else {
-                    plain_response(backend, &initial_response).await
+                    plain_response(backend, info, &initial_response).await
                 });
             } else if mechanism == smtp_proto::AUTH_LOGIN {
                 return Flow::Auth(if initial_response.is_empty() {
                     AuthOutcome::Next(AuthStep::LoginUser, "VXNlcm5hbWU6")
                 } else {
-                    auth_line(initial_response.as_bytes(), AuthStep::LoginUser, backend).await
+                    auth_line(
+                        initial_response.as_bytes(),
+                        AuthStep::LoginUser,
+                        backend,
+                        info,
+                    )
+                    .await
                 });
             } else {
                 Reply::new(504, (5, 5, 4), "unrecognized authentication type").write_to(out);
@@ -756,6 +873,54 @@ async fn command<B: Backend>(
         }
     }
     Flow::Continue
+}
+
+/// RCPT for `address`: limits and sequence here, the decision the backend's.
+async fn rcpt<B: Backend>(
+    address: String,
+    tx: &mut Option<Transaction>,
+    backend: &B,
+    info: &SessionInfo,
+    cfg: &ServerConfig,
+    out: &mut Vec<u8>,
+) -> Flow {
+    match tx.as_mut() {
+        None => Reply::new(503, (5, 5, 1), "need MAIL before RCPT").write_to(out),
+        Some(t) if t.rcpts.len() >= cfg.rcpts_per_message_max => {
+            Reply::new(452, (4, 5, 3), "too many recipients").write_to(out)
+        }
+        Some(t) => {
+            let reply = backend.on_rcpt(info, t, &address).await;
+            if reply.is_positive() {
+                t.rcpts.push(address);
+            }
+            return answer(reply, out);
+        }
+    }
+    Flow::Continue
+}
+
+/// The reply to a command smtp-proto could not parse, without Rust's debug text: what was
+/// wrong, and only printable ASCII of what the client sent (at most 64 characters).
+fn syntax_error(e: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error as E;
+    match e {
+        E::SyntaxError { syntax } => Reply::new(501, (5, 5, 4), format!("syntax: {syntax}")),
+        E::InvalidParameter { param } => Reply::new(
+            501,
+            (5, 5, 4),
+            format!("invalid value for parameter {param}"),
+        ),
+        E::UnsupportedParameter { param } => {
+            let shown: String = param
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect();
+            Reply::new(555, (5, 5, 4), format!("unsupported parameter {shown}"))
+        }
+        _ => Reply::new(500, (5, 5, 2), "command not recognized"),
+    }
 }
 
 /// One SMTP server: a backend, its limits, a connection cap and its own session numbering.

@@ -4,7 +4,7 @@
 //! blank lines and `#` comments are skipped. A bare local part takes the first domain.
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -130,13 +130,40 @@ impl Users {
     /// Check a password (argon2: CPU-heavy, call from a blocking thread). Returns the canonical
     /// address when it matches.
     pub fn verify(&self, login: &str, password: &[u8]) -> Option<String> {
+        self.verify_with_memory(login, password, &mut Vec::new())
+    }
+
+    /// [`Users::verify`] with argon2's working memory supplied by the caller (grown to the
+    /// hash's cost once, then reused), so that memory is one buffer per concurrent check
+    /// however many checks run over time.
+    pub fn verify_with_memory(
+        &self,
+        login: &str,
+        password: &[u8],
+        memory: &mut Vec<argon2::Block>,
+    ) -> Option<String> {
         let address = self.canonical(login);
         let hash = self.hashes.get(&address)?;
         let parsed = PasswordHash::new(hash).ok()?;
-        hasher()
-            .verify_password(password, &parsed)
-            .ok()
-            .map(|()| address)
+        let algorithm = argon2::Algorithm::try_from(parsed.algorithm).ok()?;
+        let version = match parsed.version {
+            Some(v) => argon2::Version::try_from(v).ok()?,
+            None => argon2::Version::default(),
+        };
+        let params = argon2::Params::try_from(&parsed).ok()?;
+        let expected = parsed.hash?;
+        let mut salt = [0u8; 64];
+        let salt = parsed.salt?.decode_b64(&mut salt).ok()?;
+        if memory.len() < params.block_count() {
+            memory.resize(params.block_count(), argon2::Block::default());
+        }
+        let mut out = vec![0u8; expected.len()];
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
+            .ok()?;
+        // password_hash's Output compares in constant time.
+        let got = argon2::password_hash::Output::new(&out).ok()?;
+        (got == expected).then_some(address)
     }
 }
 
@@ -206,6 +233,30 @@ mod tests {
         );
         assert!(u.verify("bob", b"wrong").is_none());
         assert!(u.verify("alice", b"pw2").is_some());
+        // A hash made elsewhere with other costs (argon2's own verifier agrees).
+        let other = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(8 * 1024, 3, 1, Some(24)).unwrap(),
+        );
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let phc = other.hash_password(b"pw3", &salt).unwrap().to_string();
+        u.add_spec(&format!("carol@example.test:{phc}"), "users.txt line 4")
+            .unwrap();
+        let mut memory = Vec::new();
+        assert!(u.verify_with_memory("carol", b"pw3", &mut memory).is_some());
+        assert!(u.verify_with_memory("carol", b"pw4", &mut memory).is_none());
+        assert!(
+            u.verify_with_memory("bob", b"secret", &mut memory)
+                .is_some()
+        );
+        use argon2::password_hash::PasswordVerifier;
+        let parsed = PasswordHash::new(&phc).unwrap();
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"pw3", &parsed)
+                .is_ok()
+        );
         let e = u
             .add_spec("eve@other.test:x", "users.txt line 3")
             .unwrap_err();

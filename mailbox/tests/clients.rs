@@ -26,7 +26,7 @@ async fn start(data: &std::path::Path, dns: SocketAddr) -> Running {
     cfg.pop3 = loopback();
     cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
     cfg.dns = Some(dns);
-    cfg.auth_failure_delay = Duration::from_millis(50);
+    cfg.login.failure_delay = Duration::from_millis(50);
     server::start(cfg).await.unwrap()
 }
 

@@ -457,7 +457,7 @@ fn real_main() -> anyhow::Result<()> {
             if !(0.0..=60.0).contains(&auth_delay_s) {
                 anyhow::bail!("--auth-delay-s {auth_delay_s}: expected 0 to 60 seconds");
             }
-            cfg.auth_failure_delay = std::time::Duration::from_secs_f64(auth_delay_s);
+            cfg.login.failure_delay = std::time::Duration::from_secs_f64(auth_delay_s);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
