@@ -448,7 +448,8 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         ));
     }
 
-    // SMTP replies by destination domain (the connection's).
+    // SMTP replies by destination domain (the connection's), grouped by code, enhanced code
+    // and the text with its variable parts taken out.
     let conns = ev
         .clone()
         .filter(is("conn_opened"))
@@ -467,7 +468,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             col("domain").fill_null(lit("(none)")),
             col("code"),
             col("enhanced").fill_null(lit("")),
-            col("text").fill_null(lit("")),
+            normalised_reply_text(col("text").fill_null(lit(""))),
         ])
         .agg([len().alias("n")])
         .sort(
@@ -689,4 +690,16 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         });
     }
     Ok(f)
+}
+
+/// A reply text with what varies from one reply to the next taken out, so that replies of one
+/// kind group together: an address in angle brackets becomes `<...>`, and a word with a digit
+/// in it (a queue id, a count, a time, an IP address) becomes `N`. `250 2.0.0 OK queued as
+/// 8F2A1` and `... as 77C03` are one row; `550 5.1.1 <a@x>: user unknown` and `<b@x>` are one.
+fn normalised_reply_text(text: Expr) -> Expr {
+    text.str()
+        .replace_all(lit(r"<[^>]*>"), lit("<...>"), false)
+        .str()
+        .replace_all(lit(r"[^\s<>]*[0-9][^\s<>]*"), lit("N"), false)
+        .alias("text")
 }

@@ -19,4 +19,4 @@ pub mod report;
 pub mod summary;
 pub mod table;
 
-pub use summary::{AuthSummary, DomainSummary, Summary};
+pub use summary::{AuthSummary, DomainSummary, Drain, Summary};

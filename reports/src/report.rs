@@ -107,12 +107,13 @@ pub fn write_report(
     published_dmarc: &BTreeMap<String, String>,
     show_progress: bool,
 ) -> Result<Written, ReportError> {
-    std::fs::create_dir_all(out).map_err(write_err(out))?;
     let log = run_dir.join("events.log");
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     // A rough record count for the bar: about 180 bytes a record.
     let bar = progress(show_progress, (log_bytes / 180).max(1), "reading");
+    // The log is read (and refused if damaged) before anything is written.
     let (df, torn) = table::load(&log, &|n| bar.inc(n))?;
+    std::fs::create_dir_all(out).map_err(write_err(out))?;
     bar.set_length(df.height() as u64);
     bar.finish_and_clear();
     let steps = progress(show_progress, 5, "report");
@@ -232,8 +233,34 @@ pub fn write_report(
     })
 }
 
-/// A compared measure: its name and how to read it off a domain's row.
-type Measure = (&'static str, fn(&DomainRow) -> f64);
+/// How a compared measure is shown, and which way is better.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// A count of messages: integers.
+    Count,
+    /// A share, 0 to 1: a percentage.
+    Share,
+    /// Seconds.
+    Seconds,
+}
+
+/// A compared measure: its name, how to read it off a domain's row, how to show it, and
+/// whether a rise is good (Some(true)), bad (Some(false)) or neither.
+type Measure = (&'static str, fn(&DomainRow) -> f64, Kind, Option<bool>);
+
+fn show(kind: Kind, x: f64, signed: bool) -> String {
+    if x.is_nan() {
+        return "-".into();
+    }
+    match (kind, signed) {
+        (Kind::Count, false) => format!("{x:.0}"),
+        (Kind::Count, true) => format!("{x:+.0}"),
+        (Kind::Share, false) => format!("{:.1}%", x * 100.0),
+        (Kind::Share, true) => format!("{:+.1} pt", x * 100.0),
+        (Kind::Seconds, false) => format!("{x:.1} s"),
+        (Kind::Seconds, true) => format!("{x:+.1} s"),
+    }
+}
 
 /// Two runs side by side: `compare.html` and `compare.csv` (per domain, A, B and B - A).
 pub fn write_compare(
@@ -242,7 +269,6 @@ pub fn write_compare(
     out: &Path,
     show_progress: bool,
 ) -> Result<(Figures, Figures), ReportError> {
-    std::fs::create_dir_all(out).map_err(write_err(out))?;
     let mut figs = Vec::new();
     for (i, dir) in [a_dir, b_dir].into_iter().enumerate() {
         let bar = progress(show_progress, 1, if i == 0 { "run A" } else { "run B" });
@@ -250,6 +276,7 @@ pub fn write_compare(
         figs.push(figures::compute(&df)?);
         bar.finish_and_clear();
     }
+    std::fs::create_dir_all(out).map_err(write_err(out))?;
     let b = figs.pop().unwrap_or_default();
     let a = figs.pop().unwrap_or_default();
     let mut names: Vec<String> = a
@@ -275,17 +302,37 @@ pub fn write_compare(
     // CSV: one row per domain and measure.
     let (mut dom, mut measure, mut va, mut vb) = (vec![], vec![], vec![], vec![]);
     let measures: [Measure; 8] = [
-        ("injected", |d| d.injected as f64),
-        ("delivered", |d| d.delivered as f64),
-        ("bounced", |d| (d.bounced_hard + d.bounced_soft) as f64),
-        ("deferred", |d| d.deferred as f64),
-        ("expired", |d| d.expired as f64),
-        ("delivery_rate", |d| d.delivery_rate),
-        ("p50_s", |d| d.p50_s.unwrap_or(f64::NAN)),
-        ("p90_s", |d| d.p90_s.unwrap_or(f64::NAN)),
+        ("injected", |d| d.injected as f64, Kind::Count, None),
+        ("delivered", |d| d.delivered as f64, Kind::Count, Some(true)),
+        (
+            "bounced",
+            |d| (d.bounced_hard + d.bounced_soft) as f64,
+            Kind::Count,
+            Some(false),
+        ),
+        ("deferred", |d| d.deferred as f64, Kind::Count, Some(false)),
+        ("expired", |d| d.expired as f64, Kind::Count, Some(false)),
+        (
+            "delivery_rate",
+            |d| d.delivery_rate,
+            Kind::Share,
+            Some(true),
+        ),
+        (
+            "p50_s",
+            |d| d.p50_s.unwrap_or(f64::NAN),
+            Kind::Seconds,
+            Some(false),
+        ),
+        (
+            "p90_s",
+            |d| d.p90_s.unwrap_or(f64::NAN),
+            Kind::Seconds,
+            Some(false),
+        ),
     ];
     for (n, ra, rb) in &rows {
-        for (m, get) in &measures {
+        for (m, get, _, _) in &measures {
             dom.push(n.clone());
             measure.push(m.to_string());
             va.push(get(ra));
@@ -303,26 +350,40 @@ pub fn write_compare(
     let path = out.join("compare.csv");
     write_csv(&mut df, &path)?;
     let mut h = format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Run comparison</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}td:first-child{{text-align:left}}.up{{color:#2e8b57}}.down{{color:#c83737}}</style></head><body><h1>Run comparison</h1><p>A: {} ({}), B: {} ({})</p><table><tr><th>domain</th><th>measure</th><th>A</th><th>B</th><th>B - A</th></tr>",
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Run comparison</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:.3em .6em;text-align:right}}td:first-child{{text-align:left}}.better{{color:#2e8b57}}.worse{{color:#c83737}}</style></head><body><h1>Run comparison</h1><p>A: {} ({}), B: {} ({})</p><table><tr><th>domain</th><th>measure</th><th>A</th><th>B</th><th>B - A</th></tr>",
         html::esc(&a.scenario),
         html::esc(&a_dir.display().to_string()),
         html::esc(&b.scenario),
         html::esc(&b_dir.display().to_string())
     );
     for (n, ra, rb) in &rows {
-        for (m, get) in &measures {
+        for (m, get, kind, rise_is_good) in &measures {
             let (x, y) = (get(ra), get(rb));
             let d = y - x;
-            let class = if d > 0.0 {
-                "up"
-            } else if d < 0.0 {
-                "down"
-            } else {
-                ""
+            // Green for a change for the better, red for the worse (more bounces is worse).
+            let class = match (rise_is_good, d.partial_cmp(&0.0)) {
+                (Some(good), Some(std::cmp::Ordering::Greater)) => {
+                    if *good {
+                        "better"
+                    } else {
+                        "worse"
+                    }
+                }
+                (Some(good), Some(std::cmp::Ordering::Less)) => {
+                    if *good {
+                        "worse"
+                    } else {
+                        "better"
+                    }
+                }
+                _ => "",
             };
             h.push_str(&format!(
-                "<tr><td>{}</td><td>{m}</td><td>{x:.3}</td><td>{y:.3}</td><td class=\"{class}\">{d:+.3}</td></tr>",
-                html::esc(n)
+                "<tr><td>{}</td><td>{m}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td></tr>",
+                html::esc(n),
+                show(*kind, x, false),
+                show(*kind, y, false),
+                show(*kind, d, true)
             ));
         }
     }

@@ -266,12 +266,17 @@ fn decode_part(
 ) -> Result<DataFrame, TableError> {
     let mut cols = Cols::with_capacity(ranges.len());
     for r in ranges {
+        let bad = |message: String| TableError::BadRecord {
+            path: path.to_string(),
+            offset: r.start,
+            message,
+        };
         let row: Row<'_> =
-            serde_json::from_slice(&bytes[r.clone()]).map_err(|err| TableError::BadRecord {
-                path: path.to_string(),
-                offset: r.start,
-                message: err.to_string(),
-            })?;
+            serde_json::from_slice(&bytes[r.clone()]).map_err(|err| bad(err.to_string()))?;
+        // What `mailsim events` refuses, the report refuses too.
+        if !mailsim_events::Event::is_kind(&row.kind) {
+            return Err(bad(format!("unknown event type {:?}", row.kind)));
+        }
         cols.push(row);
     }
     Ok(DataFrame::new_infer_height(cols.into_columns())?)

@@ -62,10 +62,84 @@ pub fn ed25519_from_seed(seed: u64) -> Result<DkimKeyPair, String> {
     })
 }
 
-/// An RSA key from a PKCS#8 PEM file's text.
+/// Object identifiers of the private key algorithms a DKIM key file may hold.
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+const OID_EC: &str = "1.2.840.10045.2.1";
+const OID_ED25519: &str = "1.3.101.112";
+
+/// An RSA key from a PEM file's text: PKCS#8 (`BEGIN PRIVATE KEY`) or PKCS#1 (`BEGIN RSA
+/// PRIVATE KEY`). Anything else is refused with what it is.
 pub fn rsa_from_pem(pem: &str) -> Result<DkimKeyPair, String> {
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+    let label = pem.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+    });
+    let key = match label {
+        None => {
+            return Err(
+                "not a PEM private key: no \"-----BEGIN PRIVATE KEY-----\" line (an RSA key in \
+                 PKCS#8 or PKCS#1 PEM is expected)"
+                    .into(),
+            );
+        }
+        Some("RSA PRIVATE KEY") => {
+            use rsa::pkcs1::DecodeRsaPrivateKey;
+            rsa::RsaPrivateKey::from_pkcs1_pem(pem)
+                .map_err(|e| format!("a PKCS#1 RSA key that cannot be read: {e}"))?
+        }
+        Some("PRIVATE KEY") => {
+            let (_, doc) = rsa::pkcs8::SecretDocument::from_pem(pem)
+                .map_err(|e| format!("a PKCS#8 PEM block that cannot be decoded: {e}"))?;
+            let info = rsa::pkcs8::PrivateKeyInfo::try_from(doc.as_bytes())
+                .map_err(|e| format!("not a PKCS#8 private key: {e}"))?;
+            let oid = info.algorithm.oid.to_string();
+            match oid.as_str() {
+                OID_RSA => rsa::RsaPrivateKey::from_pkcs8_der(doc.as_bytes())
+                    .map_err(|e| format!("an RSA key that cannot be read: {e}"))?,
+                OID_EC => {
+                    return Err(format!(
+                        "an elliptic-curve (ECDSA) key (OID {oid}): DKIM signs with RSA, or \
+                         Ed25519 (RFC 8463), not ECDSA"
+                    ));
+                }
+                OID_ED25519 => {
+                    return Err(format!(
+                        "an Ed25519 key (OID {oid}): only RSA keys are read from a file; leave \
+                         dkim_private_key out and set dkim_algorithm = \"ed25519\" for a \
+                         generated one"
+                    ));
+                }
+                _ => return Err(format!("a private key of algorithm OID {oid}, not RSA")),
+            }
+        }
+        Some("EC PRIVATE KEY") => {
+            return Err(
+                "an elliptic-curve (SEC1) key: DKIM signs with RSA, or Ed25519 (RFC 8463), not \
+                 ECDSA"
+                    .into(),
+            );
+        }
+        Some("ENCRYPTED PRIVATE KEY") => {
+            return Err("an encrypted private key: give the key without a passphrase".into());
+        }
+        Some(other) => {
+            return Err(format!(
+                "a PEM \"{other}\" block, not a private key (\"PRIVATE KEY\" or \"RSA PRIVATE \
+                 KEY\" is expected)"
+            ));
+        }
+    };
     rsa_pair(&key)
+}
+
+impl std::fmt::Debug for DkimKeyPair {
+    /// The public half only: a private key never reaches a log or a panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimKeyPair")
+            .field("dns_txt", &self.dns_txt)
+            .finish_non_exhaustive()
+    }
 }
 
 /// PEM text of a PKCS#8 DER private key (for tools such as dkimpy).
@@ -96,5 +170,40 @@ mod tests {
             .sign(b"From: a@s.test\r\nSubject: x\r\n\r\nhi\r\n")
             .unwrap();
         assert!(signed.starts_with(b"DKIM-Signature:"));
+    }
+
+    /// Issue 13, item 8: a key file that is not an RSA key says what it is.
+    #[test]
+    fn key_files_that_are_not_rsa_keys_say_what_they_are() {
+        let rng = ring::rand::SystemRandom::new();
+        let ec = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let e = rsa_from_pem(&pkcs8_pem(ec.as_ref())).unwrap_err();
+        assert!(
+            e.contains("elliptic-curve") && e.contains("1.2.840.10045.2.1"),
+            "{e}"
+        );
+        let ed = ed25519_from_seed(1).unwrap();
+        let e = rsa_from_pem(&pkcs8_pem(&ed.pkcs8_der)).unwrap_err();
+        assert!(e.contains("Ed25519"), "{e}");
+        let e = rsa_from_pem("just some text\nin a file\n").unwrap_err();
+        assert!(e.starts_with("not a PEM private key"), "{e}");
+        assert!(!e.contains("NUL"), "{e}");
+        let e = rsa_from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .unwrap_err();
+        assert!(e.contains("\"CERTIFICATE\" block"), "{e}");
+        // PKCS#1 and PKCS#8 RSA keys are both read, to the same key.
+        let pair = rsa_from_seed(3).unwrap();
+        let key = rsa::RsaPrivateKey::from_pkcs8_der(&pair.pkcs8_der).unwrap();
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        let pkcs1 = key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        assert_eq!(rsa_from_pem(&pkcs1).unwrap().dns_txt, pair.dns_txt);
+        assert_eq!(
+            rsa_from_pem(&pkcs8_pem(&pair.pkcs8_der)).unwrap().dns_txt,
+            pair.dns_txt
+        );
     }
 }

@@ -9,6 +9,7 @@ use mailsim_events::{Clock, SystemClock, read_log};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -46,8 +47,17 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         connections: usize,
     },
-    /// Print a run's event log as JSON lines.
-    Events { run_dir: PathBuf },
+    /// Print a run's event log as JSON lines. A log damaged in the middle is refused with the
+    /// place (exit 2) unless --salvage.
+    Events {
+        run_dir: PathBuf,
+        /// Skip damaged stretches (each reported on stderr) and print every valid record.
+        #[arg(long)]
+        salvage: bool,
+    },
+    /// Rewrite a damaged event log keeping every valid record (the original is kept as
+    /// events.log.damaged).
+    Repair { run_dir: PathBuf },
     /// Rebuild the summary (and with --queue, the queue state) from a run's event log alone.
     Replay {
         run_dir: PathBuf,
@@ -171,21 +181,26 @@ struct ClassifiedLine<'a> {
     hard: bool,
 }
 
-fn main() -> std::process::ExitCode {
+/// Exit codes, as diff(1) and grep(1) use them: 0 yes / the same / found; 1 a negative answer
+/// (runs differ, nothing found, a report that disagrees with summary.json); 2 an error.
+const EXIT_NEGATIVE: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MAILSIM_LOG"))
         .with_writer(std::io::stderr)
         .init();
     match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("mailsim: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
+fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run {
@@ -205,8 +220,9 @@ fn real_main() -> anyhow::Result<()> {
                 out_dir: out_dir.clone(),
                 progress: !quiet,
             };
-            let summary = match mta {
-                None => runner::run_scenario(&sc, &run_opts)?,
+            let existed = out_dir.exists();
+            let result = (|| match mta {
+                None => runner::run_scenario(&sc, &run_opts),
                 Some(url) => {
                     let addr = url
                         .strip_prefix("smtp://")
@@ -222,44 +238,100 @@ fn real_main() -> anyhow::Result<()> {
                             dns_port,
                             connections,
                         },
-                    )?
+                    )
+                }
+            })();
+            let summary = match result {
+                Ok(summary) => summary,
+                Err(e) => {
+                    if !existed {
+                        remove_empty_dirs(&out_dir);
+                    }
+                    return Err(e);
                 }
             };
             // The scenario travels with its run: `mailsim report` reads its DNS (DMARC rua).
             let _ = std::fs::copy(&scenario, out_dir.join("scenario.toml"));
             print!("{}", runner::summary_json(&summary)?);
-            let rate = if summary.elapsed_s > 0.0 {
-                summary.delivered as f64 / summary.elapsed_s
+            let ((_, drain), _) = runner::fold_log_with_drain(&runner::events_path(&out_dir))?;
+            let share = mailsim_reports::Drain::BULK_SHARE * 100.0;
+            // Virtual time has no network latency: it measures waits and retries, not speed.
+            let drained = if sc.mode == mailsim::scenario::Mode::Virtual {
+                format!(
+                    "bulk: {share:.0}% of deliveries by {:.1} virtual s, tail: the rest {:.1} virtual s later",
+                    drain.bulk_s, drain.tail_s
+                )
             } else {
-                0.0
+                format!(
+                    "bulk: {share:.0}% of deliveries in {:.1} s ({:.0} delivered/s), tail: the rest in {:.1} s more",
+                    drain.bulk_s, drain.bulk_per_s, drain.tail_s
+                )
             };
             eprintln!(
-                "mailsim: {} injected, {} delivered, {} bounced, {} deferred, {} expired in {:.1} s ({rate:.0} delivered/s); run directory {}",
+                "mailsim: {} injected, {} delivered, {} bounced, {} deferred, {} expired; {drained}; run directory {}",
                 summary.injected,
                 summary.delivered,
                 summary.bounced,
                 summary.deferred,
                 summary.expired,
-                summary.elapsed_s,
                 out_dir.display()
             );
         }
-        Command::Events { run_dir } => {
+        Command::Events { run_dir, salvage } => {
             let path = runner::events_path(&run_dir);
-            let (records, torn) =
-                read_log(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut reader = mailsim_events::LogReader::open(&path)?;
+            if salvage {
+                reader = reader.salvaging();
+            }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            for r in &records {
-                serde_json::to_writer(&mut out, r)?;
+            for r in reader.by_ref() {
+                serde_json::to_writer(&mut out, &r?)?;
                 out.write_all(b"\n")?;
             }
             out.flush()?;
-            if torn {
+            for d in &reader.damage {
                 eprintln!(
-                    "mailsim: {}: the log ends in a torn record (cut off by a crash); shown up to it",
-                    path.display()
+                    "mailsim: {}: skipped {} damaged bytes at byte {} (record {})",
+                    path.display(),
+                    d.skipped,
+                    d.offset,
+                    d.record
                 );
+            }
+            if reader.torn {
+                eprintln!(
+                    "mailsim: {}: the log ends in a torn record (cut off by a crash) at byte {}; shown up to it",
+                    path.display(),
+                    reader.good_end
+                );
+            }
+        }
+        Command::Repair { run_dir } => {
+            let path = runner::events_path(&run_dir);
+            let r = mailsim_events::repair(&path)?;
+            match &r.original {
+                None => println!(
+                    "repair: {}: {} records, nothing to repair",
+                    path.display(),
+                    r.records
+                ),
+                Some(original) => {
+                    for d in &r.damage {
+                        println!(
+                            "repair: left out {} damaged bytes at byte {} (record {})",
+                            d.skipped, d.offset, d.record
+                        );
+                    }
+                    println!(
+                        "repair: {}: kept {} valid records, left out {} damaged stretches and {} bytes of torn tail; the original is {}",
+                        path.display(),
+                        r.records,
+                        r.damage.len(),
+                        r.torn_bytes,
+                        original.display()
+                    );
+                }
             }
         }
         Command::Replay { run_dir, queue } => {
@@ -294,8 +366,24 @@ fn real_main() -> anyhow::Result<()> {
             } else if let Some(run_dir) = run_dir {
                 let out = out.unwrap_or_else(|| run_dir.join("report"));
                 let published = mailsim::report::published_dmarc(&run_dir)?;
-                let w = mailsim_reports::report::write_report(&run_dir, &out, &published, !quiet)?;
-                let check = mailsim::report::check_against_summary(&run_dir, &w.figures)?;
+                let existed = out.exists();
+                let w =
+                    match mailsim_reports::report::write_report(&run_dir, &out, &published, !quiet)
+                    {
+                        Ok(w) => w,
+                        Err(e) => {
+                            if !existed {
+                                remove_empty_dirs(&out);
+                            }
+                            return Err(e.into());
+                        }
+                    };
+                let mismatches = mailsim::report::check_against_summary(&run_dir, &w.figures)?;
+                let check = if mismatches.is_empty() {
+                    "totals equal summary.json".to_string()
+                } else {
+                    format!("DIFFERENT from summary.json: {}", mismatches.join(", "))
+                };
                 println!(
                     "report: {} events, {} files, {} DMARC aggregate reports; {}{}; {}",
                     w.figures.events,
@@ -309,6 +397,13 @@ fn real_main() -> anyhow::Result<()> {
                     },
                     out.join("report.html").display()
                 );
+                if !mismatches.is_empty() {
+                    eprintln!(
+                        "mailsim: the report's totals differ from {}",
+                        runner::summary_path(&run_dir).display()
+                    );
+                    return Ok(ExitCode::from(EXIT_NEGATIVE));
+                }
             }
         }
         Command::Diff { run_a, run_b } => {
@@ -318,6 +413,9 @@ fn real_main() -> anyhow::Result<()> {
             print!("{}", mailsim_reports::diff::render(&rows));
             let changed = rows.iter().filter(|r| r.changed()).count();
             println!("{changed} of {} domains differ", rows.len());
+            if changed > 0 {
+                return Ok(ExitCode::from(EXIT_NEGATIVE));
+            }
         }
         Command::Bounce {
             command: BounceCommand::Classify { files },
@@ -325,6 +423,7 @@ fn real_main() -> anyhow::Result<()> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut unreadable = 0;
+            let mut found = 0;
             for file in &files {
                 let raw = match std::fs::read(file) {
                     Ok(raw) => raw,
@@ -334,7 +433,15 @@ fn real_main() -> anyhow::Result<()> {
                         continue;
                     }
                 };
-                for (i, c) in mailsim_bounce::classify_message(&raw).iter().enumerate() {
+                let classified = mailsim_bounce::classify_message(&raw);
+                if classified.is_empty() {
+                    eprintln!(
+                        "mailsim: {}: no bounce, complaint or auto-reply found",
+                        file.display()
+                    );
+                }
+                found += classified.len();
+                for (i, c) in classified.iter().enumerate() {
                     let line = ClassifiedLine {
                         file: file.display().to_string(),
                         index: i + 1,
@@ -350,6 +457,9 @@ fn real_main() -> anyhow::Result<()> {
             out.flush()?;
             if unreadable > 0 {
                 anyhow::bail!("{unreadable} of {} files could not be read", files.len());
+            }
+            if found == 0 {
+                return Ok(ExitCode::from(EXIT_NEGATIVE));
             }
         }
         Command::Mta {
@@ -535,7 +645,7 @@ fn real_main() -> anyhow::Result<()> {
             })?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
@@ -599,6 +709,19 @@ fn parse_bytes(s: &str) -> anyhow::Result<u64> {
         .parse()
         .with_context(|| "expected a byte count such as 500M")?;
     n.checked_mul(mult).context("too large")
+}
+
+/// Remove `dir` if it holds nothing but empty directories (what a run or report that failed
+/// early leaves); anything with a file in it stays.
+fn remove_empty_dirs(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,6 +7,7 @@ use crate::fleet::{Fleet, FleetContext, FleetServers, LaterReport};
 use crate::scenario::{Mode, Scenario};
 use crate::virt::{VirtualNet, ZoneLookups};
 use crate::world::{World, mix};
+use anyhow::Context;
 use fake_dns::{DnsServer, FaultyZones};
 use mail_builder::MessageBuilder;
 use mailsim_events::{
@@ -20,7 +21,7 @@ use mailsim_mta::queue::RetryPolicy;
 use mailsim_mta::spool::Spool;
 use mailsim_mta::suppression::Suppression;
 use mailsim_mta::{Connector, Mta, MtaConfig, OutboundMessage, TcpConnector};
-use mailsim_reports::Summary;
+use mailsim_reports::{Drain, Summary};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::net::SocketAddr;
@@ -258,8 +259,10 @@ async fn setup(
             opts.out_dir.display()
         );
     }
-    std::fs::create_dir_all(&opts.out_dir)?;
+    // Built first: a scenario that cannot be built leaves no directory behind.
     let world = World::build(scenario).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating the run directory {}", opts.out_dir.display()))?;
     // A virtual run is replayed from its seed: its log is forced to disk once, at the end.
     let durability = match scenario.mode {
         Mode::Live => Durability::EveryBatch,
@@ -329,7 +332,7 @@ struct Feedback {
 
 fn feedback(opts: &RunOptions) -> anyhow::Result<Feedback> {
     let dir = opts.out_dir.join("spool");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (later, later_rx) = LaterQueue::new();
     Ok(Feedback {
         suppression: Arc::new(Suppression::open(&dir.join("suppression.log"))?),
@@ -570,9 +573,21 @@ fn finish(setup: Setup, reason: &str, opts: &RunOptions) -> anyhow::Result<Summa
 /// Fold a log into its summary, streaming (a log may hold millions of records). The second
 /// value is true when the log ends in a torn record (left out).
 pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
+    fold_log_with(path, |records| Summary::fold(records))
+}
+
+/// [`fold_log`] with the run's [`Drain`] (bulk and tail of its deliveries).
+pub fn fold_log_with_drain(path: &Path) -> anyhow::Result<((Summary, Drain), bool)> {
+    fold_log_with(path, |records| Summary::fold_with_drain(records))
+}
+
+fn fold_log_with<T>(
+    path: &Path,
+    fold: impl FnOnce(&mut dyn Iterator<Item = mailsim_events::Record>) -> T,
+) -> anyhow::Result<(T, bool)> {
     let mut reader = LogReader::open(path)?;
     let mut error = None;
-    let summary = Summary::fold(reader.by_ref().map_while(|r| match r {
+    let folded = fold(&mut reader.by_ref().map_while(|r| match r {
         Ok(r) => Some(r),
         Err(e) => {
             error = Some(e);
@@ -581,7 +596,7 @@ pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
     }));
     match error {
         Some(e) => Err(e.into()),
-        None => Ok((summary, reader.torn)),
+        None => Ok((folded, reader.torn)),
     }
 }
 

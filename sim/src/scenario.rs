@@ -32,6 +32,9 @@ pub enum Mode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// The file it was read from (for errors found later, such as in a DKIM key file).
+    #[serde(skip)]
+    pub path: PathBuf,
     pub name: String,
     #[serde(default)]
     pub seed: u64,
@@ -39,9 +42,9 @@ pub struct Scenario {
     pub mode: Mode,
     #[serde(default)]
     pub mta: MtaSection,
-    #[serde(rename = "sender")]
+    #[serde(rename = "sender", default)]
     pub senders: Vec<Spanned<Sender>>,
-    #[serde(rename = "domain")]
+    #[serde(rename = "domain", default)]
     pub domains: Vec<Spanned<Domain>>,
     pub campaign: Spanned<Campaign>,
     /// DNS faults on the timeline.
@@ -419,7 +422,7 @@ impl Scenario {
 
     /// Parse and validate; errors name the file, line and field.
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
             ScenarioError::Invalid {
                 file: path.to_path_buf(),
@@ -429,6 +432,7 @@ impl Scenario {
             }
         })?;
         scenario.validate(text, path)?;
+        scenario.path = path.to_path_buf();
         Ok(scenario)
     }
 
@@ -443,14 +447,15 @@ impl Scenario {
             return Err(invalid(
                 0,
                 "sender".into(),
-                "at least one [[sender]] is required".into(),
+                "at least one [[sender]] table is required (the domain the campaign is sent from)"
+                    .into(),
             ));
         }
         if self.domains.is_empty() {
             return Err(invalid(
                 0,
                 "domain".into(),
-                "at least one [[domain]] is required".into(),
+                "at least one [[domain]] table is required (a recipient domain)".into(),
             ));
         }
         for (i, s) in self.senders.iter().enumerate() {
@@ -623,12 +628,41 @@ impl Scenario {
             ));
         }
         let m = &self.mta;
-        if m.conns_per_domain_max == 0 || m.msgs_per_conn_max == 0 || m.retry_interval_s_min == 0 {
+        // The [mta] table's line (it has no span of its own: it is optional).
+        let mta_at = text
+            .lines()
+            .scan(0usize, |offset, l| {
+                let at = *offset;
+                *offset += l.len() + 1;
+                Some((at, l))
+            })
+            .find(|(_, l)| l.trim() == "[mta]")
+            .map_or(0, |(at, _)| at);
+        let positive = [
+            ("conns_per_domain_max", m.conns_per_domain_max as u64),
+            ("msgs_per_conn_max", m.msgs_per_conn_max as u64),
+            ("retry_interval_s_min", m.retry_interval_s_min),
+            ("retry_interval_s_max", m.retry_interval_s_max),
+            ("lifetime_s", m.lifetime_s),
+            ("run_time_s_max", m.run_time_s_max),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(
+                    mta_at,
+                    format!("mta.{field}"),
+                    "must be positive".into(),
+                ));
+            }
+        }
+        if m.retry_interval_s_min > m.retry_interval_s_max {
             return Err(invalid(
-                0,
-                "mta".into(),
-                "conns_per_domain_max, msgs_per_conn_max and retry_interval_s_min must be positive"
-                    .into(),
+                mta_at,
+                "mta.retry_interval_s_min".into(),
+                format!(
+                    "{} is above retry_interval_s_max ({})",
+                    m.retry_interval_s_min, m.retry_interval_s_max
+                ),
             ));
         }
         Ok(())

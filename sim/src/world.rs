@@ -106,12 +106,17 @@ impl World {
             let key_seed = mix(scenario.seed, &format!("dkim:{i}:{}", s.domain));
             let key = match (&s.dkim_private_key, s.dkim_algorithm) {
                 (Some(path), _) => {
-                    let pem = std::fs::read_to_string(path).map_err(|e| {
-                        format!("sender[{i}].dkim_private_key {}: {e}", path.display())
-                    })?;
-                    keys::rsa_from_pem(&pem).map_err(|e| {
-                        format!("sender[{i}].dkim_private_key {}: {e}", path.display())
-                    })?
+                    let place = || {
+                        format!(
+                            "{}: sender[{i}].dkim_private_key = {}",
+                            scenario.path.display(),
+                            path.display()
+                        )
+                    };
+                    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", place()))?;
+                    let pem = String::from_utf8(pem)
+                        .map_err(|_| format!("{}: not a PEM text file (it is binary)", place()))?;
+                    keys::rsa_from_pem(&pem).map_err(|e| format!("{}: {e}", place()))?
                 }
                 (None, DkimAlgorithm::Rsa) => keys::rsa_from_seed(key_seed)?,
                 (None, DkimAlgorithm::Ed25519) => keys::ed25519_from_seed(key_seed)?,
