@@ -2,17 +2,13 @@
 //! port and delivering it through a given DNS server; and the fleet with its DNS alone
 //! (`mailsim fleet`). A killed MTA restarts on its spool and loses nothing it acknowledged.
 
-use crate::feedback::{LaterQueue, Reporter};
-use crate::fleet::{Fleet, FleetContext, FleetServers};
+use crate::assemble::{Plan, assemble, build_mta, open_log};
+use crate::env::{Env, LiveEnv};
 use crate::scenario::Scenario;
-use crate::world::World;
-use fake_dns::{DnsServer, FaultyZones};
-use mailsim_events::{Clock, Event, EventLog, EventSink, LogReader, SystemClock};
-use mailsim_mailbox::auth::Verifier;
+use mailsim_events::LogReader;
 use mailsim_mailbox::smtp::{Backend, Reply, Server, ServerConfig, SessionInfo, Transaction};
 use mailsim_mta::dns::HickoryResolver;
 use mailsim_mta::queue::RetryPolicy;
-use mailsim_mta::spool::Spool;
 use mailsim_mta::suppression::Suppression;
 use mailsim_mta::{Mta, MtaConfig, OutboundMessage, TcpConnector};
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +27,7 @@ pub struct MtaDaemonOptions {
     /// The port remote SMTP servers listen on (the fleet's port).
     pub remote_port: u16,
     pub hostname: String,
-    pub source_ip: Option<IpAddr>,
+    pub source_ip: IpAddr,
     pub retry: RetryPolicy,
     pub conns_per_domain_max: usize,
 }
@@ -93,7 +89,7 @@ impl Backend for Ingress {
 
 /// Spool what the submission port receives in batches: one fsync for every message that
 /// arrived while the previous batch was being written.
-async fn injector(mta: Mta<HickoryResolver, TcpConnector>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn injector(mta: DaemonMta, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < INJECT_BATCH_MAX {
@@ -131,87 +127,34 @@ async fn injector(mta: Mta<HickoryResolver, TcpConnector>, mut jobs: mpsc::Unbou
     }
 }
 
-/// Open (or create) a daemon's event log; the second value is every good record before this
-/// start (a torn tail is cut).
-fn open_log(path: &std::path::Path, clock: Arc<dyn Clock>) -> anyhow::Result<EventLog> {
-    if path.exists() {
-        let (log, report) = EventLog::open(path, clock)?;
-        if report.cut_bytes > 0 {
-            tracing::warn!(
-                "{}: cut a torn tail of {} bytes",
-                path.display(),
-                report.cut_bytes
-            );
-        }
-        Ok(log)
-    } else {
-        Ok(EventLog::create(path, clock)?)
-    }
-}
-
 /// Run the MTA until `shutdown` resolves. Prints `mta: ready submission=ADDR` once it listens.
 pub async fn run_mta(
     opts: MtaDaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.spool)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let log_path = opts.spool.join("events.log");
-    let log = open_log(&log_path, clock.clone())?;
+    let env = LiveEnv::with_dns(opts.dns);
+    let log = open_log(&opts.spool, env.clock(), env.durability(), true)?;
     let events = log.sink();
     let suppression = Arc::new(Suppression::open(&opts.spool.join("suppression.log"))?);
-    let mta = Mta::new(
-        MtaConfig {
-            hostname: opts.hostname.clone(),
-            remote_port: opts.remote_port,
-            conns_per_domain_max: opts.conns_per_domain_max,
-            retry: opts.retry,
-            verp: false,
-            ..MtaConfig::default()
-        },
-        HickoryResolver::new(opts.dns)?,
-        TcpConnector {
-            source_ip: opts.source_ip,
-        },
-        Spool::open(&opts.spool.join("segments"))?,
-        Vec::new(),
+    let segments = opts.spool.join("segments");
+    let (cfg, ip) = (opts.mta_config(), opts.source_ip);
+    let mta = build_mta(
+        &env,
+        cfg,
+        ip,
+        &segments,
+        vec![],
         suppression.clone(),
         events.clone(),
-    );
-    let mut reader = LogReader::open(&log_path)?;
-    let report = mta.recover(reader.by_ref().map_while(Result::ok))?;
-    eprintln!(
-        "mta: recovered {} queued, {} already final, {} announced",
-        report.requeued, report.final_, report.announced
-    );
+    )?;
+    recover(&mta, &opts.spool.join("events.log"))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatcher = {
-        let (mta, mut rx) = (mta.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            mta.run(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
-    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-    let injecting = tokio::spawn(injector(mta.clone(), jobs_rx));
-    let listener = TcpListener::bind(opts.submission).await?;
-    let addr = listener.local_addr()?;
-    let server = Arc::new(Server::new(
-        Arc::new(Ingress { jobs: jobs_tx }),
-        ServerConfig {
-            hostname: opts.hostname.clone(),
-            ..ServerConfig::default()
-        },
-    ));
+    let dispatcher = tokio::spawn({
+        let (mta, stop) = (mta.clone(), stopped(&stop_rx));
+        async move { mta.run(stop).await }
+    });
+    let (addr, serving, injecting) = submission(&mta, &opts, stopped(&stop_rx)).await?;
     println!("mta: ready submission={addr}");
-    let serving = {
-        let mut rx = stop_rx.clone();
-        tokio::spawn(server.serve(listener, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }))
-    };
     shutdown.await;
     let _ = stop_tx.send(true);
     serving.await?;
@@ -223,8 +166,66 @@ pub async fn run_mta(
     Ok(())
 }
 
-/// Run a scenario's DNS and fleet alone until `shutdown` resolves. Prints
-/// `fleet: dns=ADDR smtp_port=P hosts=N ready`.
+impl MtaDaemonOptions {
+    fn mta_config(&self) -> MtaConfig {
+        MtaConfig {
+            hostname: self.hostname.clone(),
+            remote_port: self.remote_port,
+            conns_per_domain_max: self.conns_per_domain_max,
+            retry: self.retry,
+            verp: false,
+            ..MtaConfig::default()
+        }
+    }
+}
+
+type DaemonMta = Mta<HickoryResolver, TcpConnector>;
+
+/// Queue again everything the log does not show final (after a crash or a stop).
+fn recover(mta: &DaemonMta, log: &std::path::Path) -> anyhow::Result<()> {
+    let mut reader = LogReader::open(log)?;
+    let report = mta.recover(reader.by_ref().map_while(Result::ok))?;
+    eprintln!(
+        "mta: recovered {} queued, {} already final, {} announced",
+        report.requeued, report.final_, report.announced
+    );
+    Ok(())
+}
+
+/// Resolves once the stop flag is set.
+fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + use<> {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// The submission port: an SMTP server whose DATA is acknowledged once spooled, and the
+/// injector that spools in batches. Its address and the two tasks.
+async fn submission(
+    mta: &DaemonMta,
+    opts: &MtaDaemonOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let injecting = tokio::spawn(injector(mta.clone(), jobs_rx));
+    let listener = TcpListener::bind(opts.submission).await?;
+    let addr = listener.local_addr()?;
+    let server_cfg = ServerConfig {
+        hostname: opts.hostname.clone(),
+        ..ServerConfig::default()
+    };
+    let server = Arc::new(Server::new(Arc::new(Ingress { jobs: jobs_tx }), server_cfg));
+    let serving = tokio::spawn(server.serve(listener, stop));
+    Ok((addr, serving, injecting))
+}
+
+/// Run a scenario's DNS and fleet alone until `shutdown` resolves. Prints one
+/// `fleet: route DOMAIN IP` line per domain, then `fleet: dns=ADDR smtp_port=P hosts=N ready`.
 pub async fn run_fleet(
     scenario: &Scenario,
     out: PathBuf,
@@ -232,89 +233,45 @@ pub async fn run_fleet(
     dns_port: u16,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&out)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let log = open_log(&out.join("events.log"), clock.clone())?;
-    let events: EventSink = log.sink();
-    let world = World::build(scenario).map_err(anyhow::Error::msg)?;
-    events.emit(Event::RunStarted {
-        scenario: scenario.name.clone(),
-        seed: scenario.seed,
-        mode: "fleet".into(),
-    });
-    let start_ms = clock.now_ms();
-    let zones = Arc::new(FaultyZones::new(world.zones.clone(), world.faults.clone()));
-    let dns_clock = clock.clone();
-    let dns = DnsServer::start_with_faults(
-        zones,
-        SocketAddr::new([127, 0, 0, 1].into(), dns_port),
-        Arc::new(move || dns_clock.now_ms().saturating_sub(start_ms)),
-    )
-    .await?;
-    let suppression = Arc::new(Suppression::open(&out.join("suppression.log"))?);
-    let (later, later_rx) = LaterQueue::new();
-    let ctx = FleetContext::with_feedback(
-        Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?,
-        out.join("mailboxes"),
-        events.clone(),
-        clock.clone(),
-        start_ms,
-        later.clone(),
-        suppression,
-    );
-    let servers = FleetServers::build(&world.hosts, &ctx);
-    // How many copies the fleet has stored, rewritten twice a second: a cheap progress reading
-    // for a harness waiting on another MTA (the figures themselves come from the log).
-    let progress = {
-        let (stored, path) = (ctx.stored.clone(), out.join("stored.count"));
-        tokio::spawn(async move {
-            loop {
-                let n = stored.load(std::sync::atomic::Ordering::Relaxed);
-                let _ = tokio::fs::write(&path, format!("{n}\n")).await;
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        })
+    let plan = Plan {
+        out_dir: out.clone(),
+        state_dir: out.clone(),
+        mode: "fleet",
+        reopen_log: true,
+        dns_port,
+        fleet_port: smtp_port,
     };
-    let fleet = Fleet::start_on(&servers, smtp_port)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let reporter = Reporter {
-        resolver: Arc::new(HickoryResolver::new(dns.addr())?),
-        connector_for: |ip| TcpConnector {
-            source_ip: Some(ip),
-        },
-        port: fleet.port,
-        events: events.clone(),
-        clock: clock.clone(),
-        feedback_addresses: world.feedback_addresses(),
-    };
+    let mut a = assemble(scenario, LiveEnv::default(), &plan).await?;
+    let progress = stored_count(a.fleet.stored.clone(), out.join("stored.count"));
+    let (reporter, later_rx) = a.reporter()?;
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let reporting = tokio::spawn(reporter.run(later, later_rx, async move {
+    let reporting = tokio::spawn(reporter.run(a.later.clone(), later_rx, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
-    // Where each domain's first live MX listens, for an MTA routed without DNS (transport maps).
-    for d in scenario.domains() {
-        let name = d.name.to_ascii_lowercase();
-        if let Some(h) = world.hosts.iter().find(|h| h.domain == name && !h.down) {
-            println!("fleet: route {name} {}", h.ip);
-        }
+    for (domain, ip) in a.world.routes() {
+        println!("fleet: route {domain} {ip}");
     }
-    println!(
-        "fleet: dns={} smtp_port={} hosts={} ready",
-        dns.addr(),
-        fleet.port,
-        servers.servers.len()
-    );
+    let dns = a.env.dns_addr().map_or_else(String::new, |d| d.to_string());
+    let (port, hosts) = (a.fleet_port, a.fleet_servers);
+    println!("fleet: dns={dns} smtp_port={port} hosts={hosts} ready");
     shutdown.await;
     progress.abort();
     let _ = stop_tx.send(true);
     reporting.await?;
-    fleet.shutdown().await;
-    dns.shutdown().await;
-    events.emit(Event::RunFinished {
-        reason: "stopped".into(),
-    });
-    drop(events);
-    log.close()?;
-    Ok(())
+    a.finish("stopped").await
+}
+
+/// How many copies the fleet has stored, rewritten to `path` twice a second: a cheap progress
+/// reading for a harness waiting on another MTA (the figures themselves come from the log).
+fn stored_count(
+    stored: Arc<std::sync::atomic::AtomicU64>,
+    path: PathBuf,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let n = stored.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = tokio::fs::write(&path, format!("{n}\n")).await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
 }

@@ -415,6 +415,7 @@ fn find_header_end(message: &[u8]) -> usize {
 }
 
 /// The servers of the fleet, by address.
+#[derive(Default)]
 pub struct FleetServers {
     pub servers: Vec<(HostPlan, Arc<Server<HostBackend>>)>,
 }

@@ -5,8 +5,10 @@
 //! plan) -> fake-dns + [`fleet::Fleet`] + the MTA on loopback -> the event log -> the summary
 //! (folded by `mailsim-reports`).
 
+pub mod assemble;
 pub mod behaviour;
 pub mod daemon;
+pub mod env;
 pub mod feedback;
 pub mod fleet;
 pub mod keys;

@@ -480,7 +480,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 submission,
                 remote_port,
                 hostname,
-                source_ip: Some(ip),
+                source_ip: ip,
                 retry: mailsim_mta::queue::RetryPolicy {
                     retry_interval_s_min,
                     retry_interval_s_max,

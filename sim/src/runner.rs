@@ -1,26 +1,14 @@
-//! Runs a scenario in live mode: fake-dns, the fleet and the MTA on loopback sockets, the
-//! campaign injected, until every message is final or the time limit passes. Writes the event
-//! log and the summary folded from it.
+//! Runs a scenario: its parts assembled in a live or virtual [`Env`], the campaign injected,
+//! until every message is final or the time limit passes. Writes the event log and the summary
+//! folded from it.
 
-use crate::feedback::{LaterQueue, Reporter};
-use crate::fleet::{Fleet, FleetContext, FleetServers, LaterReport};
+use crate::assemble::{Assembly, Plan, Reporting, assemble};
+use crate::env::{Env, LiveEnv, VirtualEnv};
 use crate::scenario::{Mode, Scenario};
-use crate::virt::{VirtualNet, ZoneLookups};
 use crate::world::{World, mix};
-use anyhow::Context;
-use fake_dns::{DnsServer, FaultyZones};
 use mail_builder::MessageBuilder;
-use mailsim_events::{
-    Clock, Durability, Event, EventLog, EventSink, LogReader, RuntimeClock, SystemClock,
-};
-use mailsim_mailbox::auth::Verifier;
-use mailsim_mailbox::zone_answers::ZoneAnswers;
-use mailsim_mta::dkim::Signer;
-use mailsim_mta::dns::{HickoryResolver, Resolver};
-use mailsim_mta::queue::RetryPolicy;
-use mailsim_mta::spool::Spool;
-use mailsim_mta::suppression::Suppression;
-use mailsim_mta::{Connector, Mta, MtaConfig, OutboundMessage, TcpConnector};
+use mailsim_events::{Event, LogReader};
+use mailsim_mta::{Mta, OutboundMessage};
 use mailsim_reports::{Drain, Summary};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -105,9 +93,7 @@ pub fn build_messages(
         .collect()
 }
 
-/// The virtual clock starts at 2026-01-01T00:00:00Z, so a virtual run reads the same instants
-/// every time.
-pub const VIRTUAL_EPOCH_MS: u64 = 1_767_225_600_000;
+pub use crate::env::VIRTUAL_EPOCH_MS;
 
 /// Run a scenario on the runtime its mode needs: a multi-thread runtime on the wall clock for
 /// live mode, a current-thread runtime with a paused clock for virtual mode.
@@ -116,13 +102,38 @@ pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Su
         Mode::Live => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(run_live(scenario, opts)),
+            .block_on(run(scenario, opts, LiveEnv::default(), "live")),
         Mode::Virtual => tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()?
-            .block_on(run_virtual(scenario, opts)),
+            .block_on(async { run(scenario, opts, VirtualEnv::new(), "virtual").await }),
     }
+}
+
+fn plan(opts: &RunOptions, mode: &'static str, dns_port: u16, fleet_port: u16) -> Plan {
+    Plan {
+        out_dir: opts.out_dir.clone(),
+        state_dir: opts.out_dir.join("spool"),
+        mode,
+        reopen_log: false,
+        dns_port,
+        fleet_port,
+    }
+}
+
+/// A run of mailsim's own MTA in `env`.
+async fn run<E: Env>(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    env: E,
+    mode: &'static str,
+) -> anyhow::Result<Summary> {
+    let mut a = assemble(scenario, env, &plan(opts, mode, 0, 0)).await?;
+    let mta = a.mta(scenario)?;
+    let reporter = a.reporter()?;
+    let reason = drive(scenario, &a, &mta, opts, reporter).await?;
+    finish(a, reason, opts).await
 }
 
 /// Another MTA under test: mailsim submits the campaign to it by SMTP and its deliveries are
@@ -157,42 +168,49 @@ async fn run_external_async(
     opts: &RunOptions,
     mta: &ExternalMta,
 ) -> anyhow::Result<Summary> {
-    let setup = setup(scenario, opts, Arc::new(SystemClock), true).await?;
-    let zones = Arc::new(FaultyZones::new(
-        setup.world.zones.clone(),
-        setup.world.faults.clone(),
-    ));
-    let (clock, start_ms) = (setup.clock.clone(), setup.start_ms);
-    let dns = DnsServer::start_with_faults(
-        zones,
-        SocketAddr::new([127, 0, 0, 1].into(), mta.dns_port),
-        Arc::new(move || clock.now_ms().saturating_sub(start_ms)),
-    )
-    .await?;
-    let verifier = Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
-    let fb = feedback(opts)?;
-    let ctx = fleet_context(&setup, opts, verifier, &fb);
-    let servers = FleetServers::build(&setup.world.hosts, &ctx);
-    let fleet = Fleet::start_on(&servers, mta.fleet_port)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let plan = plan(opts, "external", mta.dns_port, mta.fleet_port);
+    let a = assemble(scenario, LiveEnv::default(), &plan).await?;
+    let hosts: Vec<String> = (a.world.hosts.iter().filter(|h| !h.down))
+        .map(|h| format!("{}={}", h.name, h.ip))
+        .collect();
     eprintln!(
         "mailsim: fleet on port {} (hosts: {}), dns on {}",
-        fleet.port,
-        setup
-            .world
-            .hosts
-            .iter()
-            .filter(|h| !h.down)
-            .map(|h| format!("{}={}", h.name, h.ip))
-            .collect::<Vec<_>>()
-            .join(" "),
-        dns.addr()
+        a.fleet_port,
+        hosts.join(" "),
+        a.env.dns_addr().map_or_else(String::new, |d| d.to_string())
     );
-    let messages = crate::send::campaign(scenario, &setup.world);
+    let (acked, expected) = submit(scenario, &a, mta).await?;
+    // Wait for the fleet to have stored every acknowledged message.
+    let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
+    tokio::pin!(time_limit);
+    let reason = loop {
+        if a.fleet.stored.load(std::sync::atomic::Ordering::Relaxed) >= acked {
+            break "drained";
+        }
+        tokio::select! {
+            biased;
+            _ = &mut time_limit => break "time limit",
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    };
+    eprintln!(
+        "mailsim: {acked} of {expected} messages acknowledged by {}",
+        mta.submission
+    );
+    finish(a, reason, opts).await
+}
+
+/// Submit the campaign to another MTA, recording `injected` at each acknowledgement; the
+/// messages acknowledged and the messages in the campaign.
+async fn submit<E: Env>(
+    scenario: &Scenario,
+    a: &Assembly<E>,
+    mta: &ExternalMta,
+) -> anyhow::Result<(u64, u64)> {
+    let messages = crate::send::campaign(scenario, &a.world);
     let expected = messages.len() as u64;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    let sink = setup.events.clone();
+    let sink = a.events.clone();
     let on_ack: crate::send::OnAck = Arc::new(move |m: &OutboundMessage| {
         for rcpt in &m.rcpts {
             sink.emit(Event::Injected {
@@ -215,258 +233,20 @@ async fn run_external_async(
         on_ack: Some(on_ack),
     };
     let report = crate::send::send(messages, &send_opts).await?;
-    // Wait for the fleet to have stored every acknowledged message.
-    let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
-    tokio::pin!(time_limit);
-    let reason = loop {
-        if ctx.stored.load(std::sync::atomic::Ordering::Relaxed) >= report.acked {
-            break "drained";
-        }
-        tokio::select! {
-            biased;
-            _ = &mut time_limit => break "time limit",
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    };
-    eprintln!(
-        "mailsim: {} of {expected} messages acknowledged by {}",
-        report.acked, mta.submission
-    );
-    fleet.shutdown().await;
-    dns.shutdown().await;
-    finish(setup, reason, opts)
-}
-
-/// What both modes set up the same way.
-struct Setup {
-    world: Arc<World>,
-    log: EventLog,
-    events: EventSink,
-    clock: Arc<dyn Clock>,
-    start_ms: u64,
-}
-
-async fn setup(
-    scenario: &Scenario,
-    opts: &RunOptions,
-    clock: Arc<dyn Clock>,
-    external: bool,
-) -> anyhow::Result<Setup> {
-    // A run directory holds one run: its spool and suppression list are state, not output.
-    if events_path(&opts.out_dir).exists() {
-        anyhow::bail!(
-            "{}: already holds a run (events.log); choose another --out or remove it",
-            opts.out_dir.display()
-        );
-    }
-    // Built first: a scenario that cannot be built leaves no directory behind.
-    let world = World::build(scenario).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&opts.out_dir)
-        .with_context(|| format!("creating the run directory {}", opts.out_dir.display()))?;
-    // A virtual run is replayed from its seed: its log is forced to disk once, at the end.
-    let durability = match scenario.mode {
-        Mode::Live => Durability::EveryBatch,
-        Mode::Virtual => Durability::OnFlush,
-    };
-    let log = EventLog::create_with(&events_path(&opts.out_dir), clock.clone(), durability)?;
-    let events = log.sink();
-    events.emit(Event::RunStarted {
-        scenario: scenario.name.clone(),
-        seed: scenario.seed,
-        mode: match (external, scenario.mode) {
-            (true, _) => "external".into(),
-            (false, Mode::Live) => "live".into(),
-            (false, Mode::Virtual) => "virtual".into(),
-        },
-    });
-    let start_ms = clock.now_ms();
-    Ok(Setup {
-        world: Arc::new(world),
-        log,
-        events,
-        clock,
-        start_ms,
-    })
-}
-
-fn signers(world: &World) -> anyhow::Result<Vec<Signer>> {
-    Ok(world
-        .senders
-        .iter()
-        .map(|s| {
-            Signer::from_pkcs8(
-                &s.sender.domain,
-                &s.sender.dkim_selector,
-                &s.key.pkcs8_der,
-                s.key.ed25519,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?)
-}
-
-fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
-    let m = &scenario.mta;
-    MtaConfig {
-        hostname: m.hostname.clone(),
-        remote_port,
-        conns_per_domain_max: m.conns_per_domain_max,
-        msgs_per_conn_max: m.msgs_per_conn_max,
-        retry: RetryPolicy {
-            retry_interval_s_min: m.retry_interval_s_min,
-            retry_interval_s_max: m.retry_interval_s_max,
-            lifetime_s: m.lifetime_s,
-        },
-        destination_backoff_s: m.destination_backoff_s,
-        verp: m.verp,
-        ..MtaConfig::default()
-    }
-}
-
-/// The campaign's feedback loop: the suppression list, the queue of the receivers' later
-/// reports and the sender's bounce processor.
-struct Feedback {
-    suppression: Arc<Suppression>,
-    later: LaterQueue,
-    later_rx: tokio::sync::mpsc::UnboundedReceiver<LaterReport>,
-}
-
-fn feedback(opts: &RunOptions) -> anyhow::Result<Feedback> {
-    let dir = opts.out_dir.join("spool");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (later, later_rx) = LaterQueue::new();
-    Ok(Feedback {
-        suppression: Arc::new(Suppression::open(&dir.join("suppression.log"))?),
-        later,
-        later_rx,
-    })
-}
-
-fn fleet_context(
-    setup: &Setup,
-    opts: &RunOptions,
-    verifier: Verifier,
-    fb: &Feedback,
-) -> FleetContext {
-    FleetContext::with_feedback(
-        verifier,
-        opts.out_dir.join("mailboxes"),
-        setup.events.clone(),
-        setup.clock.clone(),
-        setup.start_ms,
-        fb.later.clone(),
-        fb.suppression.clone(),
-    )
-}
-
-async fn run_live(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
-    let setup = setup(scenario, opts, Arc::new(SystemClock), false).await?;
-    let zones = Arc::new(FaultyZones::new(
-        setup.world.zones.clone(),
-        setup.world.faults.clone(),
-    ));
-    let (clock, start_ms) = (setup.clock.clone(), setup.start_ms);
-    let dns = DnsServer::start_with_faults(
-        zones,
-        "127.0.0.1:0".parse::<SocketAddr>()?,
-        Arc::new(move || clock.now_ms().saturating_sub(start_ms)),
-    )
-    .await?;
-    let verifier = Verifier::new(dns.addr(), "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
-    let fb = feedback(opts)?;
-    let servers = FleetServers::build(
-        &setup.world.hosts,
-        &fleet_context(&setup, opts, verifier, &fb),
-    );
-    let fleet = Fleet::start(&servers).await.map_err(anyhow::Error::msg)?;
-    let mta = Mta::new(
-        mta_config(scenario, fleet.port),
-        HickoryResolver::new(dns.addr())?,
-        TcpConnector {
-            source_ip: Some(scenario.mta.ip.into()),
-        },
-        Spool::open(&opts.out_dir.join("spool"))?,
-        signers(&setup.world)?,
-        fb.suppression.clone(),
-        setup.events.clone(),
-    );
-    let reporter = Reporter {
-        resolver: Arc::new(HickoryResolver::new(dns.addr())?),
-        connector_for: |ip| TcpConnector {
-            source_ip: Some(ip),
-        },
-        port: fleet.port,
-        events: setup.events.clone(),
-        clock: setup.clock.clone(),
-        feedback_addresses: setup.world.feedback_addresses(),
-    };
-    let reason = drive(scenario, &setup, &mta, opts, true, reporter, fb).await?;
-    fleet.shutdown().await;
-    dns.shutdown().await;
-    finish(setup, reason, opts)
-}
-
-async fn run_virtual(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
-    let clock: Arc<dyn Clock> = Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS));
-    let setup = setup(scenario, opts, clock, false).await?;
-    let zones = Arc::new(FaultyZones::new(
-        setup.world.zones.clone(),
-        setup.world.faults.clone(),
-    ));
-    let answers = Arc::new(ZoneAnswers::new(
-        zones.clone(),
-        setup.clock.clone(),
-        setup.start_ms,
-    ));
-    let verifier =
-        Verifier::in_process(answers, "fleet.mailsim.test").map_err(anyhow::Error::msg)?;
-    let fb = feedback(opts)?;
-    let servers = FleetServers::build(
-        &setup.world.hosts,
-        &fleet_context(&setup, opts, verifier, &fb),
-    );
-    let net = VirtualNet::new(&servers, scenario.mta.ip.into());
-    let mta = Mta::new(
-        mta_config(scenario, 25),
-        ZoneLookups::new(zones.clone(), setup.clock.clone(), setup.start_ms),
-        net.clone(),
-        Spool::open_with(&opts.out_dir.join("spool"), Durability::OnFlush)?,
-        signers(&setup.world)?,
-        fb.suppression.clone(),
-        setup.events.clone(),
-    );
-    let reporter_net = net.clone();
-    let reporter = Reporter {
-        resolver: Arc::new(ZoneLookups::new(zones, setup.clock.clone(), setup.start_ms)),
-        connector_for: move |ip| reporter_net.from_ip(ip),
-        port: 25,
-        events: setup.events.clone(),
-        clock: setup.clock.clone(),
-        feedback_addresses: setup.world.feedback_addresses(),
-    };
-    let reason = drive(scenario, &setup, &mta, opts, false, reporter, fb).await?;
-    net.shutdown().await;
-    finish(setup, reason, opts)
+    Ok((report.acked, expected))
 }
 
 /// Inject the campaign, run the MTA until every message is final or the time limit passes.
 /// Live mode builds and signs batches on blocking threads; virtual mode does it inline, so that
 /// the paused clock cannot move while a batch is being prepared.
-async fn drive<R, C, RR, F, RC>(
+async fn drive<E: Env>(
     scenario: &Scenario,
-    setup: &Setup,
-    mta: &Mta<R, C>,
+    setup: &Assembly<E>,
+    mta: &Mta<E::Resolver, E::Connector>,
     opts: &RunOptions,
-    blocking_threads: bool,
-    reporter: Reporter<RR, F>,
-    fb: Feedback,
-) -> anyhow::Result<&'static str>
-where
-    R: Resolver,
-    C: Connector,
-    RR: Resolver,
-    RC: Connector,
-    F: Fn(std::net::IpAddr) -> RC + Send + Sync + 'static,
-{
+    (reporter, later_rx): Reporting<E>,
+) -> anyhow::Result<&'static str> {
+    let blocking_threads = setup.env.blocking_threads();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let dispatcher = {
         let mta = mta.clone();
@@ -478,11 +258,11 @@ where
             .await
         })
     };
-    let mut pending = fb.later.pending();
+    let mut pending = setup.later.pending();
     let reporting = {
         let mut stop_rx = stop_rx.clone();
-        let later = fb.later.clone();
-        tokio::spawn(reporter.run(later, fb.later_rx, async move {
+        let later = setup.later.clone();
+        tokio::spawn(reporter.run(later, later_rx, async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         }))
     };
@@ -553,18 +333,18 @@ where
     let _ = stop_tx.send(true);
     dispatcher.await?;
     reporting.await?;
-    if let Err(e) = fb.suppression.sync() {
+    if let Err(e) = setup.suppression.sync() {
         tracing::warn!("suppression list: {e}");
     }
     Ok(finish_reason)
 }
 
-fn finish(setup: Setup, reason: &str, opts: &RunOptions) -> anyhow::Result<Summary> {
-    setup.events.emit(Event::RunFinished {
-        reason: reason.into(),
-    });
-    drop(setup.events);
-    setup.log.close()?;
+async fn finish<E: Env>(
+    a: Assembly<E>,
+    reason: &str,
+    opts: &RunOptions,
+) -> anyhow::Result<Summary> {
+    a.finish(reason).await?;
     let (summary, _) = fold_log(&events_path(&opts.out_dir))?;
     std::fs::write(summary_path(&opts.out_dir), summary_json(&summary)?)?;
     Ok(summary)

@@ -65,6 +65,18 @@ fn host_ip(i: usize) -> Ipv4Addr {
 
 impl World {
     /// Where receivers send complaints, by sender domain.
+    /// Where each recipient domain's first live MX listens, for an MTA routed without DNS
+    /// (transport maps), in the scenario's order.
+    pub fn routes(&self) -> Vec<(String, std::net::Ipv4Addr)> {
+        let mut out: Vec<(String, std::net::Ipv4Addr)> = Vec::new();
+        for h in self.hosts.iter().filter(|h| !h.down && !h.sender_mx) {
+            if !out.iter().any(|(d, _)| *d == h.domain) {
+                out.push((h.domain.clone(), h.ip));
+            }
+        }
+        out
+    }
+
     pub fn feedback_addresses(&self) -> Vec<(String, String)> {
         self.senders
             .iter()

@@ -1,0 +1,259 @@
+//! One assembly of a run's parts: from a scenario's world and an [`Env`], the event log, DNS,
+//! the fleet with its feedback loop (later reports, the sender's bounce processor, the
+//! suppression list), and on demand the MTA and the report sender. `mailsim run` (live and
+//! virtual), the external run (`--mta`) and the fleet daemon are short callers of
+//! [`assemble`]; the MTA daemon, which has no world, builds its MTA with [`build_mta`].
+
+use crate::env::{Env, SourceConnector};
+use crate::feedback::{LaterQueue, Reporter};
+use crate::fleet::{FleetContext, FleetServers, LaterReport};
+use crate::scenario::Scenario;
+use crate::world::World;
+use anyhow::Context;
+use fake_dns::FaultyZones;
+use mailsim_events::{Clock, Durability, Event, EventLog, EventSink};
+use mailsim_mta::dkim::Signer;
+use mailsim_mta::queue::RetryPolicy;
+use mailsim_mta::spool::Spool;
+use mailsim_mta::suppression::Suppression;
+use mailsim_mta::{Mta, MtaConfig};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What to assemble, and where.
+pub struct Plan {
+    /// The run directory (event log, mailboxes).
+    pub out_dir: PathBuf,
+    /// Where the spool and the suppression list live.
+    pub state_dir: PathBuf,
+    /// `mode` of the `run_started` event: live, virtual, external, fleet.
+    pub mode: &'static str,
+    /// A run refuses a directory that holds a log; a daemon carries on with it.
+    pub reopen_log: bool,
+    pub dns_port: u16,
+    pub fleet_port: u16,
+}
+
+/// The assembled parts of a run.
+pub struct Assembly<E: Env> {
+    pub env: E,
+    pub world: Arc<World>,
+    pub log: EventLog,
+    pub events: EventSink,
+    pub clock: Arc<dyn Clock>,
+    /// The clock's reading at scenario time zero.
+    pub start_ms: u64,
+    pub fleet: FleetContext,
+    /// Servers in the fleet (hosts that are up).
+    pub fleet_servers: usize,
+    /// The port the fleet's servers answer on.
+    pub fleet_port: u16,
+    pub suppression: Arc<Suppression>,
+    pub later: LaterQueue,
+    later_rx: Option<UnboundedReceiver<LaterReport>>,
+    state_dir: PathBuf,
+}
+
+/// Assemble log, world, DNS and fleet for `scenario` in `env`.
+pub async fn assemble<E: Env>(
+    scenario: &Scenario,
+    mut env: E,
+    plan: &Plan,
+) -> anyhow::Result<Assembly<E>> {
+    let log_path = plan.out_dir.join("events.log");
+    // A run directory holds one run: its spool and suppression list are state, not output.
+    if !plan.reopen_log && log_path.exists() {
+        anyhow::bail!(
+            "{}: already holds a run (events.log); choose another --out or remove it",
+            plan.out_dir.display()
+        );
+    }
+    // Built first: a scenario that cannot be built leaves no directory behind.
+    let world = World::build(scenario).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&plan.out_dir)
+        .with_context(|| format!("creating the run directory {}", plan.out_dir.display()))?;
+    let clock = env.clock();
+    let log = open_log(
+        &plan.out_dir,
+        clock.clone(),
+        env.durability(),
+        plan.reopen_log,
+    )?;
+    let events = log.sink();
+    events.emit(Event::RunStarted {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        mode: plan.mode.into(),
+    });
+    let start_ms = clock.now_ms();
+    let zones = Arc::new(FaultyZones::new(world.zones.clone(), world.faults.clone()));
+    env.start_dns(zones, start_ms, plan.dns_port).await?;
+    let verifier = env.verifier()?;
+    std::fs::create_dir_all(&plan.state_dir)
+        .with_context(|| format!("creating {}", plan.state_dir.display()))?;
+    let suppression = Arc::new(Suppression::open(&plan.state_dir.join("suppression.log"))?);
+    let (later, later_rx) = LaterQueue::new();
+    let fleet = FleetContext::with_feedback(
+        verifier,
+        plan.out_dir.join("mailboxes"),
+        events.clone(),
+        clock.clone(),
+        start_ms,
+        later.clone(),
+        suppression.clone(),
+    );
+    let servers = FleetServers::build(&world.hosts, &fleet);
+    let fleet_port = env.start_fleet(&servers, plan.fleet_port).await?;
+    Ok(Assembly {
+        env,
+        world: Arc::new(world),
+        log,
+        events,
+        clock,
+        start_ms,
+        fleet,
+        fleet_servers: servers.servers.len(),
+        fleet_port,
+        suppression,
+        later,
+        later_rx: Some(later_rx),
+        state_dir: plan.state_dir.clone(),
+    })
+}
+
+/// `dir/events.log`: carried on with (a torn tail cut) when `reopen` and it exists, else
+/// created.
+pub fn open_log(
+    dir: &Path,
+    clock: Arc<dyn Clock>,
+    durability: Durability,
+    reopen: bool,
+) -> anyhow::Result<EventLog> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("events.log");
+    if reopen && path.exists() {
+        let (log, report) = EventLog::open(&path, clock)?;
+        if report.cut_bytes > 0 {
+            tracing::warn!(
+                "{}: cut a torn tail of {} bytes",
+                path.display(),
+                report.cut_bytes
+            );
+        }
+        return Ok(log);
+    }
+    Ok(EventLog::create_with(&path, clock, durability)?)
+}
+
+/// The report sender's connector factory: the environment's connections from a host's address.
+pub type ConnectorFor<C> = Box<dyn Fn(IpAddr) -> C + Send + Sync>;
+
+/// The fleet's report sender in an environment, and the queue it takes reports from.
+pub type Reporting<E> = (
+    Reporter<<E as Env>::Resolver, ConnectorFor<<E as Env>::Connector>>,
+    UnboundedReceiver<LaterReport>,
+);
+
+impl<E: Env> Assembly<E> {
+    /// The scenario's MTA: its DKIM signers, its spool in the state directory, delivering to
+    /// the fleet.
+    pub fn mta(&self, scenario: &Scenario) -> anyhow::Result<Mta<E::Resolver, E::Connector>> {
+        build_mta(
+            &self.env,
+            mta_config(scenario, self.fleet_port),
+            scenario.mta.ip.into(),
+            &self.state_dir,
+            signers(&self.world)?,
+            self.suppression.clone(),
+            self.events.clone(),
+        )
+    }
+
+    /// The fleet's sender of later reports (DSNs and complaints), each from its host's address,
+    /// and the queue it takes them from (once).
+    pub fn reporter(&mut self) -> anyhow::Result<Reporting<E>> {
+        let base = self.env.connector(IpAddr::from([0, 0, 0, 0]));
+        let reporter = Reporter {
+            resolver: Arc::new(self.env.resolver()?),
+            connector_for: Box::new(move |ip| base.speaking_from(ip)) as ConnectorFor<E::Connector>,
+            port: self.fleet_port,
+            events: self.events.clone(),
+            clock: self.clock.clone(),
+            feedback_addresses: self.world.feedback_addresses(),
+        };
+        let rx = self
+            .later_rx
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the report queue was taken already"))?;
+        Ok((reporter, rx))
+    }
+
+    /// Stop the environment, write `run_finished` and close the log.
+    pub async fn finish(self, reason: &str) -> anyhow::Result<()> {
+        self.env.shutdown().await;
+        self.events.emit(Event::RunFinished {
+            reason: reason.into(),
+        });
+        drop(self.events);
+        drop(self.fleet);
+        self.log.close()?;
+        Ok(())
+    }
+}
+
+/// An MTA in `env`: routes through the environment's resolver, connects from `source_ip`,
+/// spools under `state_dir` with the environment's durability.
+pub fn build_mta<E: Env>(
+    env: &E,
+    cfg: MtaConfig,
+    source_ip: IpAddr,
+    state_dir: &Path,
+    signers: Vec<Signer>,
+    suppression: Arc<Suppression>,
+    events: EventSink,
+) -> anyhow::Result<Mta<E::Resolver, E::Connector>> {
+    Ok(Mta::new(
+        cfg,
+        env.resolver()?,
+        env.connector(source_ip),
+        Spool::open_with(state_dir, env.durability())?,
+        signers,
+        suppression,
+        events,
+    ))
+}
+
+fn signers(world: &World) -> anyhow::Result<Vec<Signer>> {
+    Ok(world
+        .senders
+        .iter()
+        .map(|s| {
+            Signer::from_pkcs8(
+                &s.sender.domain,
+                &s.sender.dkim_selector,
+                &s.key.pkcs8_der,
+                s.key.ed25519,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
+    let m = &scenario.mta;
+    MtaConfig {
+        hostname: m.hostname.clone(),
+        remote_port,
+        conns_per_domain_max: m.conns_per_domain_max,
+        msgs_per_conn_max: m.msgs_per_conn_max,
+        retry: RetryPolicy {
+            retry_interval_s_min: m.retry_interval_s_min,
+            retry_interval_s_max: m.retry_interval_s_max,
+            lifetime_s: m.lifetime_s,
+        },
+        destination_backoff_s: m.destination_backoff_s,
+        verp: m.verp,
+        ..MtaConfig::default()
+    }
+}
