@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::clock::wall_ms;
+use mailsim_events::{Clock, SystemClock};
 
 pub const INDEX_FILE: &str = "mailsim-index";
 pub const SEPARATOR: char = '/';
@@ -169,8 +169,8 @@ static LAST_UIDVALIDITY: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomi
 /// A UIDVALIDITY for a new folder: the time in seconds, but never the same twice in a process,
 /// so that a mailbox deleted and created again within a second still gets a new one
 /// (RFC 3501 section 2.3.1.1).
-fn next_uidvalidity() -> u32 {
-    let now = (wall_ms() / 1000) as u32;
+fn next_uidvalidity(now_ms: u64) -> u32 {
+    let now = (now_ms / 1000) as u32;
     let mut prev = LAST_UIDVALIDITY.load(Ordering::Relaxed);
     loop {
         let next = now.max(prev + 1);
@@ -182,10 +182,10 @@ fn next_uidvalidity() -> u32 {
 }
 
 /// A Maildir file name unique on this host.
-fn unique_name() -> String {
+fn unique_name(now_ms: u64) -> String {
     format!(
         "{}.M{}P{}.mailsim",
-        wall_ms() / 1000,
+        now_ms / 1000,
         UNIQUE.fetch_add(1, Ordering::Relaxed),
         std::process::id()
     )
@@ -207,8 +207,9 @@ pub fn write_durable(
     dir: &Path,
     sub: &str,
     bytes: &[u8],
+    now_ms: u64,
 ) -> Result<(String, PathBuf), FolderError> {
-    let name = unique_name();
+    let name = unique_name(now_ms);
     let tmp = dir.join("tmp").join(&name);
     let dst = dir.join(sub).join(&name);
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -220,7 +221,6 @@ pub fn write_durable(
 }
 
 /// The state of one open folder, shared by every session that has it selected.
-#[derive(Debug)]
 pub struct Folder {
     dir: PathBuf,
     pub uidvalidity: u32,
@@ -230,6 +230,8 @@ pub struct Folder {
     recent_floor: u32,
     /// Bumped on every change; sessions and IDLE watch it.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// Where UIDVALIDITY and file names take the time from.
+    clock: Arc<dyn Clock>,
 }
 
 impl Folder {
@@ -242,7 +244,7 @@ impl Folder {
     }
 
     /// Open (creating the Maildir if `create`), read the index and pick up unindexed files.
-    pub fn open(dir: &Path, create: bool) -> Result<Folder, FolderError> {
+    pub fn open(dir: &Path, create: bool, clock: Arc<dyn Clock>) -> Result<Folder, FolderError> {
         if !dir.join("cur").is_dir() {
             if !create {
                 return Err(FolderError::NoSuchFolder);
@@ -256,13 +258,14 @@ impl Folder {
             messages: Vec::new(),
             recent_floor: 1,
             changes: tokio::sync::watch::channel(0).0,
+            clock,
         };
         let index = dir.join(INDEX_FILE);
         let mut dirty = false;
         match fs::read_to_string(&index) {
             Ok(text) => folder.read_index(&index, &text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                folder.uidvalidity = next_uidvalidity();
+                folder.uidvalidity = next_uidvalidity(folder.clock.now_ms());
                 dirty = true;
             }
             Err(e) => return Err(io_err(&index)(e)),
@@ -469,7 +472,7 @@ impl Folder {
         flags: Flags,
         internal_ms: i64,
     ) -> Result<u32, FolderError> {
-        let (name, _) = write_durable(&self.dir, "cur", bytes)?;
+        let (name, _) = write_durable(&self.dir, "cur", bytes, self.clock.now_ms())?;
         let uid = self.push(name, internal_ms, bytes.len() as u64, flags);
         self.write_index()?;
         self.changed();
@@ -558,6 +561,8 @@ pub struct Mailstore {
     open: Mutex<HashMap<PathBuf, Arc<Mutex<Folder>>>>,
     /// Per-user byte limit (0: none).
     pub quota_bytes: u64,
+    /// Internal dates, UIDVALIDITY, retention: the time comes from here.
+    clock: Arc<dyn Clock>,
 }
 
 pub type FolderRef = Arc<Mutex<Folder>>;
@@ -567,12 +572,22 @@ pub fn lock(f: &FolderRef) -> MutexGuard<'_, Folder> {
 }
 
 impl Mailstore {
+    /// A store on the wall clock.
     pub fn new(root: &Path, quota_bytes: u64) -> Self {
+        Self::with_clock(root, quota_bytes, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(root: &Path, quota_bytes: u64, clock: Arc<dyn Clock>) -> Self {
         Mailstore {
             root: root.to_path_buf(),
             open: Mutex::new(HashMap::new()),
             quota_bytes,
+            clock,
         }
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     pub fn root(&self) -> &Path {
@@ -612,7 +627,11 @@ impl Mailstore {
         if let Some(f) = open.get(&dir) {
             return Ok(f.clone());
         }
-        let f = Arc::new(Mutex::new(Folder::open(&dir, is_inbox(name))?));
+        let f = Arc::new(Mutex::new(Folder::open(
+            &dir,
+            is_inbox(name),
+            self.clock.clone(),
+        )?));
         open.insert(dir, f.clone());
         Ok(f)
     }
@@ -651,7 +670,7 @@ impl Mailstore {
             let d = self.folder_dir(user, &prefix)?;
             if !d.join("cur").is_dir() {
                 Folder::create_dirs(&d)?;
-                Folder::open(&d, true)?;
+                Folder::open(&d, true, self.clock.clone())?;
             }
         }
         Ok(())
@@ -737,7 +756,7 @@ impl Mailstore {
         }
         let inbox = self.folder(user, "INBOX")?;
         let mut f = lock(&inbox);
-        f.append(bytes, Flags::default(), wall_ms() as i64)
+        f.append(bytes, Flags::default(), self.clock.now_ms() as i64)
     }
 
     pub fn subscriptions(&self, user: &str) -> BTreeSet<String> {
@@ -763,7 +782,7 @@ impl Mailstore {
     /// Remove messages older than `max_age_ms` from every folder of every user under the root;
     /// returns (user, folder, uid) of each removed message.
     pub fn apply_retention(&self, users: &[String], max_age_ms: i64) -> Vec<(String, String, u32)> {
-        let cutoff = wall_ms() as i64 - max_age_ms;
+        let cutoff = self.clock.now_ms() as i64 - max_age_ms;
         let mut removed = Vec::new();
         for user in users {
             for name in self.list(user) {
@@ -808,14 +827,14 @@ mod tests {
             b"Subject: 3\r\n\r\n",
         )
         .unwrap();
-        let reopened = Folder::open(&store.user_dir(u), false).unwrap();
+        let reopened = Folder::open(&store.user_dir(u), false, store.clock().clone()).unwrap();
         assert_eq!(reopened.messages.len(), 3);
         assert_eq!(reopened.uidvalidity, lock(&inbox).uidvalidity);
         assert!(reopened.find(uid1).unwrap().flags.has(SystemFlag::Seen));
         assert_eq!(reopened.uidnext, 4);
         // An expunged file never comes back, even if the index still names it.
         fs::remove_file(reopened.path_of(reopened.find(uid1).unwrap())).unwrap();
-        let again = Folder::open(&store.user_dir(u), false).unwrap();
+        let again = Folder::open(&store.user_dir(u), false, store.clock().clone()).unwrap();
         assert_eq!(again.messages.len(), 2);
         assert!(again.find(uid1).is_none());
     }

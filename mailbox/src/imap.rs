@@ -858,7 +858,7 @@ impl Session {
                     }
                 }
                 let ms = date.map_or_else(
-                    || crate::clock::wall_ms() as i64,
+                    || self.store.clock().now_ms() as i64,
                     |d| d.as_ref().timestamp_millis(),
                 );
                 self.append(&mailbox_name(&mailbox), message.data(), f, ms)

@@ -12,7 +12,6 @@
 //! The fleet of simulated recipient servers (in `mailsim`) is a [`smtp::Backend`] built from these.
 
 pub mod auth;
-pub mod clock;
 pub mod folders;
 pub mod imap;
 pub mod imap_wire;

@@ -10,6 +10,7 @@ use crate::smtp::{Backend, Reply, ServerConfig, SessionInfo, Transaction};
 use crate::tls::Tls;
 use crate::users::Users;
 use crate::{imap, pop3};
+use mailsim_events::{Clock, SystemClock};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub struct MailboxConfig {
     /// Rejected RCPTs in one SMTP session before it is closed (recipient harvesting).
     pub rcpt_rejects_max: u32,
     pub connections_per_ip_max: usize,
+    /// Internal dates, Received headers, retention.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl MailboxConfig {
@@ -72,6 +75,7 @@ impl MailboxConfig {
             smtp_login_timeout: Duration::from_secs(180),
             rcpt_rejects_max: 20,
             connections_per_ip_max: 50,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -127,7 +131,7 @@ impl MailboxBackend {
             (false, true) => "ESMTPA",
             (false, false) => "ESMTP",
         };
-        let date = chrono::DateTime::from_timestamp_millis(crate::clock::wall_ms() as i64)
+        let date = chrono::DateTime::from_timestamp_millis(self.store.clock().now_ms() as i64)
             .unwrap_or_default()
             .to_rfc2822();
         format!(
@@ -389,7 +393,11 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
     }
     let users = Arc::new(cfg.users);
     let guard = Arc::new(LoginGuard::new(users.clone(), cfg.login.clone()));
-    let store = Arc::new(Mailstore::new(&cfg.data, cfg.quota_bytes));
+    let store = Arc::new(Mailstore::with_clock(
+        &cfg.data,
+        cfg.quota_bytes,
+        cfg.clock.clone(),
+    ));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let verifier = match cfg.dns {
