@@ -3,14 +3,13 @@
 //! DMARC, and storing accepted mail per user. In live mode each host listens on its own
 //! 127.x.y.z address; in virtual mode [`crate::virt::VirtualNet`] hands it in-memory pipes.
 
-use crate::behaviour::{Behaviour, fill};
 use crate::feedback::LaterQueue;
-use crate::world::{HostPlan, chance, mix};
+use crate::policy::{AuthFacts, Now, ReceiverPolicy, Verdict};
+use crate::world::{HostPlan, mix};
 use mailsim_events::{Clock, Event, EventSink};
 use mailsim_mailbox::auth::Verifier;
 use mailsim_mailbox::smtp::{Backend, Reply, Server, ServerConfig, SessionInfo, Transaction};
 use mailsim_mailbox::store::Maildir;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,31 +41,20 @@ pub enum LaterKind {
     Complaint,
 }
 
-/// Per-host memory: attempts, greylist triplets, token buckets, open connections.
-#[derive(Default)]
-struct HostState {
-    attempts: HashMap<String, u32>,
-    greylist: HashMap<String, u64>,
-    buckets: HashMap<IpAddr, (f64, u64)>,
-    connections: HashMap<IpAddr, usize>,
-    data_attempts: u64,
-}
-
 /// What a delivered message is handed to on a sender's own MX (the bounce processor).
 pub type Inbox = Arc<dyn Fn(&SessionInfo, &Transaction, &[u8]) + Send + Sync>;
 
-/// One simulated server's decisions.
+/// One simulated server: its [`ReceiverPolicy`] decides, this carries the decisions out
+/// (replies, events, storage, verification, later reports).
 pub struct HostBackend {
     host: String,
     ip: IpAddr,
-    domain: String,
-    behaviour: Behaviour,
+    policy: Mutex<ReceiverPolicy>,
     verifier: Arc<Verifier>,
     store: Maildir,
     events: EventSink,
     clock: Arc<dyn Clock>,
     start_ms: u64,
-    state: Mutex<HostState>,
     stored: Arc<std::sync::atomic::AtomicU64>,
     /// The Maildir all accepted mail of this server goes to: `inbox@<host>`.
     inbox_address: String,
@@ -75,8 +63,16 @@ pub struct HostBackend {
 }
 
 impl HostBackend {
-    fn elapsed_ms(&self) -> u64 {
-        self.clock.now_ms().saturating_sub(self.start_ms)
+    fn now(&self) -> Now {
+        let ms = self.clock.now_ms();
+        Now {
+            ms,
+            elapsed_ms: ms.saturating_sub(self.start_ms),
+        }
+    }
+
+    fn policy(&self) -> std::sync::MutexGuard<'_, ReceiverPolicy> {
+        self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn refuse(&self, info: &SessionInfo, command: &str, rcpt: &str, reply: Reply) -> Reply {
@@ -91,212 +87,61 @@ impl HostBackend {
         reply
     }
 
-    /// Take a token from the client's bucket; false when it is empty.
-    fn take_token(&self, ip: IpAddr, rate: f64, burst: f64) -> bool {
-        let now = self.clock.now_ms();
-        let mut st = self.state.lock().expect("host state");
-        let (tokens, last) = st.buckets.entry(ip).or_insert((burst, now));
-        *tokens = (*tokens + (now.saturating_sub(*last)) as f64 / 1000.0 * rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+    /// Carry out a verdict: the reply to send (a refusal recorded, a drop recorded and cut).
+    fn carry_out(&self, info: &SessionInfo, command: &str, rcpt: &str, v: Verdict) -> Reply {
+        match v {
+            Verdict::Accept(reply) => reply,
+            Verdict::Refuse(reply) => self.refuse(info, command, rcpt, reply),
+            Verdict::Drop => {
+                self.refuse(info, command, rcpt, Reply::new(0, (0, 0, 0), "dropped"));
+                Reply::disconnect()
+            }
         }
-    }
-
-    /// The n-th attempt for a key (1-based), for per-attempt random draws.
-    fn attempt(&self, key: &str) -> u32 {
-        let mut st = self.state.lock().expect("host state");
-        let n = st.attempts.entry(key.to_string()).or_insert(0);
-        *n += 1;
-        *n
     }
 }
 
 impl Backend for HostBackend {
     fn on_connect(&self, info: &SessionInfo) -> Option<Reply> {
-        let elapsed = self.elapsed_ms();
-        let open = {
-            let mut st = self.state.lock().expect("host state");
-            let n = st.connections.entry(info.peer.ip()).or_insert(0);
-            *n += 1;
-            *n
-        };
+        let refusal = self.policy().connect(self.now(), info.peer.ip());
         self.events.emit(Event::SessionAccepted {
             host: self.host.clone(),
             session: info.id,
             peer: info.peer.to_string(),
         });
-        let limit = self
-            .behaviour
-            .rate_limit
-            .as_ref()
-            .and_then(|r| r.active(elapsed));
-        if let Some(max) = limit.and_then(|r| r.connections_max)
-            && open > max
-        {
-            let ip = info.peer.ip().to_string();
-            let reply = fill(&self.behaviour.replies.too_many_connections, &[("ip", &ip)]);
-            return Some(self.refuse(info, "CONNECT", "", reply));
-        }
-        None
+        refusal.map(|reply| self.refuse(info, "CONNECT", "", reply))
     }
 
     fn on_disconnect(&self, info: &SessionInfo) {
-        let mut st = self.state.lock().expect("host state");
-        if let Some(n) = st.connections.get_mut(&info.peer.ip()) {
-            *n = n.saturating_sub(1);
-        }
+        self.policy().disconnect(info.peer.ip());
     }
 
     fn greeting_delay(&self, _info: &SessionInfo) -> Duration {
-        let slow = self
-            .behaviour
-            .slow
-            .as_ref()
-            .and_then(|s| s.active(self.elapsed_ms()));
-        slow.map_or(Duration::ZERO, |s| {
-            Duration::from_secs_f64(s.banner_s.max(0.0))
-        })
+        self.policy().greeting_delay(self.now())
     }
 
     fn reply_delay(&self, _info: &SessionInfo) -> Duration {
-        let slow = self
-            .behaviour
-            .slow
-            .as_ref()
-            .and_then(|s| s.active(self.elapsed_ms()));
-        slow.map_or(Duration::ZERO, |s| {
-            Duration::from_secs_f64(s.reply_s.max(0.0))
-        })
+        self.policy().reply_delay(self.now())
     }
 
     fn on_mail(&self, info: &SessionInfo, from: &str) -> Reply {
-        if self.behaviour.tls_required {
-            return self.refuse(
-                info,
-                "MAIL",
-                "",
-                self.behaviour.replies.tls_required.clone(),
-            );
-        }
-        let _ = from;
-        Reply::new(250, (2, 1, 0), "sender OK")
+        let verdict = self.policy().mail(from);
+        self.carry_out(info, "MAIL", "", verdict)
     }
 
     async fn on_rcpt(&self, info: &SessionInfo, tx: &Transaction, rcpt: &str) -> Reply {
-        let lower = rcpt.to_ascii_lowercase();
-        let Some((local, domain)) = lower.rsplit_once('@') else {
-            return self.refuse(
-                info,
-                "RCPT",
-                rcpt,
-                Reply::new(501, (5, 1, 3), "bad recipient address"),
-            );
-        };
-        if domain != self.domain {
-            return self.refuse(
-                info,
-                "RCPT",
-                rcpt,
-                Reply::new(550, (5, 7, 1), "relaying denied"),
-            );
-        }
-        let b = &self.behaviour;
-        let elapsed = self.elapsed_ms();
-        let ip = info.peer.ip().to_string();
-        let vars = [("rcpt", lower.as_str()), ("ip", ip.as_str())];
-        if let Some(limit) = b.rate_limit.as_ref().and_then(|r| r.active(elapsed))
-            && !self.take_token(info.peer.ip(), limit.messages_per_s, limit.burst)
-        {
-            let reply = if limit.close {
-                &b.replies.rate_limited_close
-            } else {
-                &b.replies.rate_limited
-            };
-            return self.refuse(info, "RCPT", rcpt, fill(reply, &vars));
-        }
-        if b.unknown_list.contains(local) || chance(b.seed, &lower, b.unknown_percent) {
-            return self.refuse(info, "RCPT", rcpt, fill(&b.replies.unknown_user, &vars));
-        }
-        if let Some(full) = b.mailbox_full.as_ref().and_then(|m| m.active(elapsed))
-            && chance(b.seed, &format!("full:{lower}"), full.percent)
-        {
-            let reply = if full.permanent {
-                &b.replies.mailbox_full_permanent
-            } else {
-                &b.replies.mailbox_full
-            };
-            return self.refuse(info, "RCPT", rcpt, fill(reply, &vars));
-        }
-        if let Some(grey) = b.greylist.as_ref().and_then(|g| g.active(elapsed)) {
-            let triplet = format!("{ip}|{}|{lower}", tx.mail_from.to_ascii_lowercase());
-            let now = self.clock.now_ms();
-            let first = *self
-                .state
-                .lock()
-                .expect("host state")
-                .greylist
-                .entry(triplet)
-                .or_insert(now);
-            if now < first + grey.window_s * 1000 {
-                return self.refuse(info, "RCPT", rcpt, fill(&b.replies.greylisted, &vars));
-            }
-        }
-        if let Some(t) = b.tempfail.as_ref().and_then(|t| t.active(elapsed)) {
-            let n = self.attempt(&lower);
-            if chance(b.seed, &format!("{lower}#{n}"), t.percent) {
-                return self.refuse(info, "RCPT", rcpt, fill(&b.replies.tempfail, &vars));
-            }
-        }
-        if let Some(d) = b.drops.as_ref().and_then(|d| d.active(elapsed)) {
-            let n = self.attempt(&format!("drop:{lower}"));
-            if chance(
-                b.seed,
-                &format!("drop-rcpt:{lower}#{n}"),
-                d.before_data_percent,
-            ) {
-                self.refuse(info, "RCPT", rcpt, Reply::new(0, (0, 0, 0), "dropped"));
-                return Reply::disconnect();
-            }
-        }
-        Reply::new(250, (2, 1, 5), "recipient OK")
+        let verdict = self
+            .policy()
+            .rcpt(self.now(), info.peer.ip(), &tx.mail_from, rcpt);
+        self.carry_out(info, "RCPT", rcpt, verdict)
     }
 
     async fn on_data(&self, info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
-        let b = &self.behaviour;
-        let elapsed = self.elapsed_ms();
         let rcpt = tx.rcpts.first().cloned().unwrap_or_default();
-        if let Some(d) = b.drops.as_ref().and_then(|d| d.active(elapsed)) {
-            let n = {
-                let mut st = self.state.lock().expect("host state");
-                st.data_attempts += 1;
-                st.data_attempts
-            };
-            if chance(
-                b.seed,
-                &format!("drop-data:{rcpt}#{n}"),
-                d.during_data_percent,
-            ) {
-                self.refuse(info, "DATA", &rcpt, Reply::new(0, (0, 0, 0), "dropped"));
-                return Reply::disconnect();
-            }
-        }
-        let ip = info.peer.ip().to_string();
-        if let Some(filter) = &b.content_filter {
-            let text = String::from_utf8_lossy(&message).to_ascii_lowercase();
-            let score = filter
-                .words
-                .iter()
-                .filter(|w| text.contains(&w.to_ascii_lowercase()))
-                .count() as u32;
-            if score >= filter.score_max {
-                let s = score.to_string();
-                let reply = fill(&b.replies.spam, &[("ip", &ip), ("score", &s)]);
-                return self.refuse(info, "DATA", &rcpt, reply);
-            }
+        let before = self
+            .policy()
+            .data(self.now(), info.peer.ip(), &rcpt, &message);
+        if let Some(verdict) = before {
+            return self.carry_out(info, "DATA", &rcpt, verdict);
         }
         if let Some(inbox) = &self.inbox {
             // The sender's own mailbox: stored and handed to the bounce processor. Plus-addresses
@@ -335,15 +180,13 @@ impl Backend for HostBackend {
             dkim: verdicts.dkim.clone(),
             dmarc: verdicts.dmarc.clone(),
         });
-        if b.dmarc_enforce
-            && verdicts.dmarc == "fail"
-            && verdicts.dmarc_policy.as_deref() == Some("reject")
-        {
-            let reply = fill(
-                &b.replies.dmarc_reject,
-                &[("domain", &verdicts.header_from), ("ip", &ip)],
-            );
-            return self.refuse(info, "DATA", &rcpt, reply);
+        let auth = AuthFacts {
+            header_from: &verdicts.header_from,
+            dmarc: &verdicts.dmarc,
+            dmarc_policy: verdicts.dmarc_policy.as_deref(),
+        };
+        if let Some(verdict) = self.policy().authenticated(info.peer.ip(), &auth) {
+            return self.carry_out(info, "DATA", &rcpt, verdict);
         }
         let received = format!(
             "Received: from {} ({}) by {} with ESMTP id {}; session {}\r\n",
@@ -377,30 +220,21 @@ impl Backend for HostBackend {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(later) = &self.later {
-            let now = self.clock.now_ms();
+            let now = self.now();
             for rcpt in &tx.rcpts {
-                let lower = rcpt.to_ascii_lowercase();
-                let picks = [
-                    (LaterKind::Bounce, b.async_bounce.as_ref(), "async-bounce"),
-                    (LaterKind::Complaint, b.complaints.as_ref(), "complaint"),
-                ];
-                for (kind, rule, tag) in picks {
-                    let Some(rule) = rule else { continue };
-                    if chance(b.seed, &format!("{tag}:{lower}"), rule.percent) {
-                        later.push(LaterReport {
-                            due_ms: now + rule.delay_s * 1000,
-                            kind,
-                            host: self.host.clone(),
-                            host_ip: self.ip,
-                            mail_from: tx.mail_from.clone(),
-                            rcpt: rcpt.clone(),
-                            message_id: message_id.clone(),
-                            headers: message[..headers_end].to_vec(),
-                        });
-                        // A message is bounced or complained about, not both.
-                        break;
-                    }
-                }
+                let Some(decision) = self.policy().later(now, rcpt) else {
+                    continue;
+                };
+                later.push(LaterReport {
+                    due_ms: decision.due_ms,
+                    kind: decision.kind,
+                    host: self.host.clone(),
+                    host_ip: self.ip,
+                    mail_from: tx.mail_from.clone(),
+                    rcpt: rcpt.clone(),
+                    message_id: message_id.clone(),
+                    headers: message[..headers_end].to_vec(),
+                });
             }
         }
         Reply::new(250, (2, 0, 0), format!("OK queued as {}", info.id))
@@ -473,17 +307,17 @@ impl FleetServers {
             .iter()
             .filter(|h| !h.down)
             .map(|h| {
+                let policy = ReceiverPolicy::new(&h.domain, h.behaviour.clone());
+                let size_max = policy.message_size_max();
                 let backend = Arc::new(HostBackend {
                     host: h.name.clone(),
                     ip: IpAddr::V4(h.ip),
-                    domain: h.domain.clone(),
-                    behaviour: h.behaviour.clone(),
+                    policy: Mutex::new(policy),
                     verifier: ctx.verifier.clone(),
                     store: Maildir::new(&ctx.store_root, false, &h.name),
                     events: ctx.events.clone(),
                     clock: ctx.clock.clone(),
                     start_ms: ctx.start_ms,
-                    state: Mutex::new(HostState::default()),
                     stored: ctx.stored.clone(),
                     inbox_address: format!("inbox@{}", h.name),
                     later: if h.sender_mx { None } else { ctx.later.clone() },
@@ -493,7 +327,7 @@ impl FleetServers {
                     hostname: h.name.clone(),
                     ..ServerConfig::default()
                 };
-                if let Some(max) = h.behaviour.message_size_max {
+                if let Some(max) = size_max {
                     cfg.message_bytes_max = max;
                 }
                 (h.clone(), Arc::new(Server::new(backend, cfg)))

@@ -12,6 +12,7 @@ pub mod env;
 pub mod feedback;
 pub mod fleet;
 pub mod keys;
+pub mod policy;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -1,0 +1,399 @@
+//! A simulated recipient server's decisions, in one place and without I/O.
+//!
+//! [`ReceiverPolicy`] holds a host's behaviour (its rules and its provider profile's reply
+//! texts) and every piece of state the rules keep: open connections per client address,
+//! token buckets, greylist triplets, attempt counters. It is told the facts of each step of a
+//! session (the scenario time, the client's address, the envelope, the message, the
+//! authentication verdicts) and answers with a [`Verdict`]; the fleet's SMTP backend
+//! ([`crate::fleet::HostBackend`]) carries it out: it writes the reply, records the event,
+//! stores the message, queues the later report. Nothing else decides what a simulated server
+//! does.
+
+use crate::behaviour::{Behaviour, fill};
+use crate::fleet::LaterKind;
+use crate::world::chance;
+use mailsim_mailbox::smtp::Reply;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// What the server does at one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on (and answer this reply where the step has one).
+    Accept(Reply),
+    /// Refuse with this reply (recorded as a refusal).
+    Refuse(Reply),
+    /// Cut the connection without answering (recorded as a refusal).
+    Drop,
+}
+
+/// The time of a step: the clock's reading and the scenario time (since the run began).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub ms: u64,
+    pub elapsed_ms: u64,
+}
+
+/// A report the server will send later about a message it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaterDecision {
+    pub kind: LaterKind,
+    pub due_ms: u64,
+}
+
+/// What the verifier found, as far as a policy needs it.
+pub struct AuthFacts<'a> {
+    pub header_from: &'a str,
+    pub dmarc: &'a str,
+    pub dmarc_policy: Option<&'a str>,
+}
+
+#[derive(Default)]
+struct State {
+    attempts: HashMap<String, u32>,
+    greylist: HashMap<String, u64>,
+    buckets: HashMap<IpAddr, (f64, u64)>,
+    connections: HashMap<IpAddr, usize>,
+    data_attempts: u64,
+}
+
+/// One host's rules and memory.
+pub struct ReceiverPolicy {
+    domain: String,
+    behaviour: Behaviour,
+    state: State,
+}
+
+impl ReceiverPolicy {
+    pub fn new(domain: &str, behaviour: Behaviour) -> Self {
+        ReceiverPolicy {
+            domain: domain.to_string(),
+            behaviour,
+            state: State::default(),
+        }
+    }
+
+    /// The largest message the host takes (its SIZE), when it has a limit of its own.
+    pub fn message_size_max(&self) -> Option<usize> {
+        self.behaviour.message_size_max
+    }
+
+    /// A client connected: a refusal when it has too many connections open.
+    pub fn connect(&mut self, now: Now, peer: IpAddr) -> Option<Reply> {
+        let open = {
+            let n = self.state.connections.entry(peer).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let b = &self.behaviour;
+        let limit = b.rate_limit.as_ref().and_then(|r| r.active(now.elapsed_ms));
+        if let Some(max) = limit.and_then(|r| r.connections_max)
+            && open > max
+        {
+            let ip = peer.to_string();
+            return Some(fill(&b.replies.too_many_connections, &[("ip", &ip)]));
+        }
+        None
+    }
+
+    /// A session ended.
+    pub fn disconnect(&mut self, peer: IpAddr) {
+        if let Some(n) = self.state.connections.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// How long the banner takes (a slow server).
+    pub fn greeting_delay(&self, now: Now) -> Duration {
+        let slow = self
+            .behaviour
+            .slow
+            .as_ref()
+            .and_then(|s| s.active(now.elapsed_ms));
+        slow.map_or(Duration::ZERO, |s| {
+            Duration::from_secs_f64(s.banner_s.max(0.0))
+        })
+    }
+
+    /// How long each batch of replies takes (a slow server).
+    pub fn reply_delay(&self, now: Now) -> Duration {
+        let slow = self
+            .behaviour
+            .slow
+            .as_ref()
+            .and_then(|s| s.active(now.elapsed_ms));
+        slow.map_or(Duration::ZERO, |s| {
+            Duration::from_secs_f64(s.reply_s.max(0.0))
+        })
+    }
+
+    /// MAIL FROM.
+    pub fn mail(&self, _from: &str) -> Verdict {
+        if self.behaviour.tls_required {
+            return Verdict::Refuse(self.behaviour.replies.tls_required.clone());
+        }
+        Verdict::Accept(Reply::new(250, (2, 1, 0), "sender OK"))
+    }
+
+    /// RCPT TO, in a transaction from `mail_from`.
+    pub fn rcpt(&mut self, now: Now, peer: IpAddr, mail_from: &str, rcpt: &str) -> Verdict {
+        let lower = rcpt.to_ascii_lowercase();
+        let Some((local, domain)) = lower.rsplit_once('@') else {
+            return Verdict::Refuse(Reply::new(501, (5, 1, 3), "bad recipient address"));
+        };
+        if domain != self.domain {
+            return Verdict::Refuse(Reply::new(550, (5, 7, 1), "relaying denied"));
+        }
+        let elapsed = now.elapsed_ms;
+        let ip = peer.to_string();
+        let vars = [("rcpt", lower.as_str()), ("ip", ip.as_str())];
+        if let Some(limit) = self
+            .behaviour
+            .rate_limit
+            .as_ref()
+            .and_then(|r| r.active(elapsed))
+        {
+            let (rate, burst, close) = (limit.messages_per_s, limit.burst, limit.close);
+            if !self.take_token(now.ms, peer, rate, burst) {
+                let b = &self.behaviour;
+                let reply = if close {
+                    &b.replies.rate_limited_close
+                } else {
+                    &b.replies.rate_limited
+                };
+                return Verdict::Refuse(fill(reply, &vars));
+            }
+        }
+        let b = &self.behaviour;
+        if b.unknown_list.contains(local) || chance(b.seed, &lower, b.unknown_percent) {
+            return Verdict::Refuse(fill(&b.replies.unknown_user, &vars));
+        }
+        if let Some(full) = b.mailbox_full.as_ref().and_then(|m| m.active(elapsed))
+            && chance(b.seed, &format!("full:{lower}"), full.percent)
+        {
+            let reply = if full.permanent {
+                &b.replies.mailbox_full_permanent
+            } else {
+                &b.replies.mailbox_full
+            };
+            return Verdict::Refuse(fill(reply, &vars));
+        }
+        if let Some(grey) = b.greylist.as_ref().and_then(|g| g.active(elapsed)) {
+            let triplet = format!("{ip}|{}|{lower}", mail_from.to_ascii_lowercase());
+            let window_ms = grey.window_s * 1000;
+            let first = *self.state.greylist.entry(triplet).or_insert(now.ms);
+            if now.ms < first + window_ms {
+                return Verdict::Refuse(fill(&self.behaviour.replies.greylisted, &vars));
+            }
+        }
+        let b = &self.behaviour;
+        if let Some(t) = b.tempfail.as_ref().and_then(|t| t.active(elapsed)) {
+            let (seed, percent) = (b.seed, t.percent);
+            let n = self.attempt(&lower);
+            if chance(seed, &format!("{lower}#{n}"), percent) {
+                return Verdict::Refuse(fill(&self.behaviour.replies.tempfail, &vars));
+            }
+        }
+        let b = &self.behaviour;
+        if let Some(d) = b.drops.as_ref().and_then(|d| d.active(elapsed)) {
+            let (seed, percent) = (b.seed, d.before_data_percent);
+            let n = self.attempt(&format!("drop:{lower}"));
+            if chance(seed, &format!("drop-rcpt:{lower}#{n}"), percent) {
+                return Verdict::Drop;
+            }
+        }
+        Verdict::Accept(Reply::new(250, (2, 1, 5), "recipient OK"))
+    }
+
+    /// The message, before it is verified: a drop during DATA, or the content filter.
+    pub fn data(&mut self, now: Now, peer: IpAddr, rcpt: &str, message: &[u8]) -> Option<Verdict> {
+        let b = &self.behaviour;
+        if let Some(d) = b.drops.as_ref().and_then(|d| d.active(now.elapsed_ms)) {
+            let (seed, percent) = (b.seed, d.during_data_percent);
+            self.state.data_attempts += 1;
+            let n = self.state.data_attempts;
+            if chance(seed, &format!("drop-data:{rcpt}#{n}"), percent) {
+                return Some(Verdict::Drop);
+            }
+        }
+        let b = &self.behaviour;
+        if let Some(filter) = &b.content_filter {
+            let text = String::from_utf8_lossy(message).to_ascii_lowercase();
+            let score = filter
+                .words
+                .iter()
+                .filter(|w| text.contains(&w.to_ascii_lowercase()))
+                .count() as u32;
+            if score >= filter.score_max {
+                let (ip, s) = (peer.to_string(), score.to_string());
+                let reply = fill(&b.replies.spam, &[("ip", &ip), ("score", &s)]);
+                return Some(Verdict::Refuse(reply));
+            }
+        }
+        None
+    }
+
+    /// The message, once verified: refused when the host enforces a DMARC reject policy that
+    /// failed.
+    pub fn authenticated(&self, peer: IpAddr, auth: &AuthFacts<'_>) -> Option<Verdict> {
+        let b = &self.behaviour;
+        if b.dmarc_enforce && auth.dmarc == "fail" && auth.dmarc_policy == Some("reject") {
+            let ip = peer.to_string();
+            let reply = fill(
+                &b.replies.dmarc_reject,
+                &[("domain", auth.header_from), ("ip", &ip)],
+            );
+            return Some(Verdict::Refuse(reply));
+        }
+        None
+    }
+
+    /// A report to send later about an accepted message for `rcpt`: a bounce or a complaint
+    /// (not both), or nothing.
+    pub fn later(&self, now: Now, rcpt: &str) -> Option<LaterDecision> {
+        let b = &self.behaviour;
+        let lower = rcpt.to_ascii_lowercase();
+        let picks = [
+            (LaterKind::Bounce, b.async_bounce.as_ref(), "async-bounce"),
+            (LaterKind::Complaint, b.complaints.as_ref(), "complaint"),
+        ];
+        for (kind, rule, tag) in picks {
+            let Some(rule) = rule else { continue };
+            if chance(b.seed, &format!("{tag}:{lower}"), rule.percent) {
+                return Some(LaterDecision {
+                    kind,
+                    due_ms: now.ms + rule.delay_s * 1000,
+                });
+            }
+        }
+        None
+    }
+
+    /// Take a token from the client's bucket; false when it is empty.
+    fn take_token(&mut self, now_ms: u64, ip: IpAddr, rate: f64, burst: f64) -> bool {
+        let (tokens, last) = self.state.buckets.entry(ip).or_insert((burst, now_ms));
+        *tokens = (*tokens + (now_ms.saturating_sub(*last)) as f64 / 1000.0 * rate).min(burst);
+        *last = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The n-th attempt for a key (1-based), for per-attempt random draws.
+    fn attempt(&mut self, key: &str) -> u32 {
+        let n = self.state.attempts.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Scenario;
+    use crate::world::World;
+
+    /// The policy of `domain`'s first host in a scenario whose domains are given as TOML.
+    fn policy(domains: &str, domain: &str) -> ReceiverPolicy {
+        let text = format!(
+            "name = \"p\"\nseed = 1\n[[sender]]\ndomain = \"s.test\"\ndkim_algorithm = \"ed25519\"\n{domains}\n[campaign]\nmessages = 1\n"
+        );
+        let sc = Scenario::parse(&text, std::path::Path::new("p.toml")).unwrap();
+        let world = World::build(&sc).unwrap();
+        let host = world.hosts.iter().find(|h| h.domain == domain).unwrap();
+        ReceiverPolicy::new(&host.domain, host.behaviour.clone())
+    }
+
+    fn at(s: u64) -> Now {
+        Now {
+            ms: 1_000_000 + s * 1000,
+            elapsed_ms: s * 1000,
+        }
+    }
+
+    fn code(v: &Verdict) -> u16 {
+        match v {
+            Verdict::Accept(r) | Verdict::Refuse(r) => r.code,
+            Verdict::Drop => 0,
+        }
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+
+    #[test]
+    fn greylisting_refuses_a_new_triplet_until_its_window_has_passed() {
+        let mut p = policy(
+            "[[domain]]\nname = \"g.test\"\ngreylist = { window_s = 300 }",
+            "g.test",
+        );
+        let first = p.rcpt(at(0), PEER, "a@s.test", "u@g.test");
+        assert!(
+            matches!(first, Verdict::Refuse(ref r) if r.code == 451),
+            "{first:?}"
+        );
+        assert_eq!(code(&p.rcpt(at(299), PEER, "a@s.test", "u@g.test")), 451);
+        assert_eq!(code(&p.rcpt(at(300), PEER, "a@s.test", "u@g.test")), 250);
+        // Another sender is another triplet.
+        assert_eq!(code(&p.rcpt(at(300), PEER, "b@s.test", "u@g.test")), 451);
+    }
+
+    #[test]
+    fn rate_limits_and_connection_caps_keep_state_per_client() {
+        let mut p = policy(
+            "[[domain]]\nname = \"r.test\"\nrate_limit = { messages_per_s = 1.0, burst = 2.0, connections_max = 2 }",
+            "r.test",
+        );
+        let codes: Vec<u16> = (0..3)
+            .map(|i| code(&p.rcpt(at(0), PEER, "a@s.test", &format!("u{i}@r.test"))))
+            .collect();
+        assert_eq!(codes[..2], [250, 250]);
+        assert!(codes[2] >= 400, "{codes:?}");
+        // A second later the bucket has one token again.
+        assert_eq!(code(&p.rcpt(at(1), PEER, "a@s.test", "u9@r.test")), 250);
+        assert!(p.connect(at(0), PEER).is_none());
+        assert!(p.connect(at(0), PEER).is_none());
+        assert!(
+            p.connect(at(0), PEER).is_some(),
+            "a third connection is over the cap"
+        );
+        p.disconnect(PEER);
+        p.disconnect(PEER);
+        assert!(p.connect(at(0), PEER).is_none());
+    }
+
+    #[test]
+    fn unknown_users_relaying_dmarc_and_later_reports() {
+        let mut p = policy(
+            "[[domain]]\nname = \"u.test\"\nunknown_users = { list = [\"gone\"] }\ndmarc_enforce = true\ncomplaints = { percent = 100, delay_s = 60 }",
+            "u.test",
+        );
+        assert_eq!(code(&p.rcpt(at(0), PEER, "a@s.test", "gone@u.test")), 550);
+        assert_eq!(code(&p.rcpt(at(0), PEER, "a@s.test", "x@other.test")), 550);
+        assert_eq!(code(&p.rcpt(at(0), PEER, "a@s.test", "here@u.test")), 250);
+        let fail = AuthFacts {
+            header_from: "s.test",
+            dmarc: "fail",
+            dmarc_policy: Some("reject"),
+        };
+        assert!(matches!(
+            p.authenticated(PEER, &fail),
+            Some(Verdict::Refuse(_))
+        ));
+        let pass = AuthFacts {
+            dmarc: "pass",
+            ..fail
+        };
+        assert!(p.authenticated(PEER, &pass).is_none());
+        assert_eq!(
+            p.later(at(10), "here@u.test"),
+            Some(LaterDecision {
+                kind: LaterKind::Complaint,
+                due_ms: at(10).ms + 60_000
+            })
+        );
+    }
+}
