@@ -1,6 +1,7 @@
 //! The event schema: one variant per kind of record, serialised as JSON objects with a `type`.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Version of the record schema; written into every log header.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -20,11 +21,21 @@ pub struct SmtpReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// A run began: which scenario, which seed.
+    /// A run began: which scenario, which seed, and what the scenario published that a
+    /// report needs (so that the log alone is enough to report a run).
     RunStarted {
         scenario: String,
         seed: u64,
         mode: String,
+        /// Domain -> its DMARC record (TXT at `_dmarc.<domain>`), senders and recipients.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        dmarc_records: BTreeMap<String, String>,
+        /// Domain -> its SPF record.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        spf_records: BTreeMap<String, String>,
+        /// Recipient domain -> the provider profile its servers follow.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        profiles: BTreeMap<String, String>,
     },
     /// A run ended (all messages final, or its time limit was reached).
     RunFinished { reason: String },

@@ -99,12 +99,24 @@ fn domains_frame(rows: &[DomainRow]) -> PolarsResult<DataFrame> {
     ])
 }
 
-/// Write the report of the run in `run_dir` into `out`. `published_dmarc` maps a domain to its
-/// DMARC TXT record (from the run's scenario), for the aggregate reports.
+/// The DMARC records the run's scenario published, domain -> record, as its `run_started`
+/// event recorded them (empty for a log that does not say).
+pub fn published_dmarc(log: &Path) -> Result<BTreeMap<String, String>, ReportError> {
+    let first = mailsim_events::LogReader::open(log)
+        .map_err(table::TableError::from)?
+        .next()
+        .transpose()
+        .map_err(table::TableError::from)?;
+    Ok(match first.map(|r| r.event) {
+        Some(mailsim_events::Event::RunStarted { dmarc_records, .. }) => dmarc_records,
+        _ => BTreeMap::new(),
+    })
+}
+
+/// Write the report of the run in `run_dir` into `out`, from its event log alone.
 pub fn write_report(
     run_dir: &Path,
     out: &Path,
-    published_dmarc: &BTreeMap<String, String>,
     show_progress: bool,
 ) -> Result<Written, ReportError> {
     let log = run_dir.join("events.log");
@@ -204,7 +216,8 @@ pub fn write_report(
     }
     steps.inc(1);
     steps.set_message("dmarc");
-    let reports = dmarc::aggregate_reports(&f, published_dmarc).map_err(write_err(out))?;
+    let published_dmarc = published_dmarc(&log)?;
+    let reports = dmarc::aggregate_reports(&f, &published_dmarc).map_err(write_err(out))?;
     if !reports.is_empty() {
         let dir = out.join("dmarc");
         std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;

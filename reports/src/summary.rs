@@ -111,6 +111,7 @@ impl Summary {
                     scenario,
                     seed,
                     mode,
+                    ..
                 } => {
                     s.scenario = scenario.clone();
                     s.seed = *seed;
@@ -297,6 +298,9 @@ mod tests {
                     scenario: "t".into(),
                     seed: 9,
                     mode: "live".into(),
+                    dmarc_records: Default::default(),
+                    spf_records: Default::default(),
+                    profiles: Default::default(),
                 },
             ),
             rec(1, inj(1, "a.test")),
@@ -376,6 +380,9 @@ mod tests {
                         scenario: "x".into(),
                         seed: 1,
                         mode: mode.into(),
+                        dmarc_records: Default::default(),
+                        spf_records: Default::default(),
+                        profiles: Default::default(),
                     },
                 ),
                 rec(1, injected(1, "u1@a.test")),

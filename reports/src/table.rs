@@ -137,6 +137,12 @@ struct Row<'a> {
     mode: Option<Cow<'a, str>>,
     #[serde(default)]
     messages: Option<u64>,
+    #[serde(default)]
+    dmarc_records: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    spf_records: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    profiles: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Records decoded per part, and rows per Parquet row group.
@@ -189,6 +195,15 @@ fn detail(r: &Row<'_>) -> Option<String> {
     }
     if let Some(v) = &r.mode {
         put("mode", v.as_ref().into());
+    }
+    for (k, v) in [
+        ("dmarc_records", &r.dmarc_records),
+        ("spf_records", &r.spf_records),
+        ("profiles", &r.profiles),
+    ] {
+        if let Some(v) = v {
+            put(k, serde_json::to_value(v).unwrap_or_default());
+        }
     }
     if let Some(v) = &r.error {
         put("error", v.as_ref().into());

@@ -82,10 +82,14 @@ pub async fn assemble<E: Env>(
         plan.reopen_log,
     )?;
     let events = log.sink();
+    let published = world.published(scenario);
     events.emit(Event::RunStarted {
         scenario: scenario.name.clone(),
         seed: scenario.seed,
         mode: plan.mode.into(),
+        dmarc_records: published.dmarc,
+        spf_records: published.spf,
+        profiles: published.profiles,
     });
     let start_ms = clock.now_ms();
     let zones = Arc::new(FaultyZones::new(world.zones.clone(), world.faults.clone()));

@@ -250,7 +250,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     return Err(e);
                 }
             };
-            // The scenario travels with its run: `mailsim report` reads its DNS (DMARC rua).
+            // The scenario travels with its run, for the reader (reports need only the log).
             let _ = std::fs::copy(&scenario, out_dir.join("scenario.toml"));
             print!("{}", runner::summary_json(&summary)?);
             let ((_, drain), _) = runner::fold_log_with_drain(&runner::events_path(&out_dir))?;
@@ -285,11 +285,29 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            for r in reader.by_ref() {
-                serde_json::to_writer(&mut out, &r?)?;
-                out.write_all(b"\n")?;
+            let mut write = || -> anyhow::Result<()> {
+                for r in reader.by_ref() {
+                    serde_json::to_writer(&mut out, &r?)?;
+                    out.write_all(b"\n")?;
+                }
+                out.flush()?;
+                Ok(())
+            };
+            // A reader that has seen enough (`| head`) closes the pipe: not an error.
+            if let Err(e) = write() {
+                let kind = e
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| {
+                        e.downcast_ref::<serde_json::Error>()
+                            .and_then(serde_json::Error::io_error_kind)
+                    });
+                let closed = kind == Some(std::io::ErrorKind::BrokenPipe);
+                if !closed {
+                    return Err(e);
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            out.flush()?;
             for d in &reader.damage {
                 eprintln!(
                     "mailsim: {}: skipped {} damaged bytes at byte {} (record {})",
@@ -365,19 +383,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 );
             } else if let Some(run_dir) = run_dir {
                 let out = out.unwrap_or_else(|| run_dir.join("report"));
-                let published = mailsim::report::published_dmarc(&run_dir)?;
                 let existed = out.exists();
-                let w =
-                    match mailsim_reports::report::write_report(&run_dir, &out, &published, !quiet)
-                    {
-                        Ok(w) => w,
-                        Err(e) => {
-                            if !existed {
-                                remove_empty_dirs(&out);
-                            }
-                            return Err(e.into());
+                let w = match mailsim_reports::report::write_report(&run_dir, &out, !quiet) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        if !existed {
+                            remove_empty_dirs(&out);
                         }
-                    };
+                        return Err(e.into());
+                    }
+                };
                 let mismatches = mailsim::report::check_against_summary(&run_dir, &w.figures)?;
                 let check = if mismatches.is_empty() {
                     "totals equal summary.json".to_string()

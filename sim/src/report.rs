@@ -1,34 +1,10 @@
-//! What `mailsim report` needs from the simulation side: the DMARC records the run's scenario
-//! published, and the check that the report's totals are summary.json's.
+//! The check that a report's totals are summary.json's.
 
 use crate::runner;
-use crate::scenario::Scenario;
-use crate::world;
 use mailsim_reports::Summary;
 use mailsim_reports::figures::Figures;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Domain -> DMARC TXT record, from the scenario saved with the run (`scenario.toml`); empty
-/// for a run directory without one.
-pub fn published_dmarc(run_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
-    let path = run_dir.join("scenario.toml");
-    if !path.exists() {
-        return Ok(BTreeMap::new());
-    }
-    let scenario = Scenario::load(&path)?;
-    // The records World::build puts in the zones, without building the world (it makes keys).
-    let mut out: BTreeMap<String, String> = scenario
-        .domains()
-        .filter_map(|d| Some((d.name.to_ascii_lowercase(), d.dmarc.clone()?)))
-        .collect();
-    out.extend(
-        scenario
-            .senders()
-            .map(|s| (s.domain.to_ascii_lowercase(), world::dmarc_record(s))),
-    );
-    Ok(out)
-}
 
 /// Compare the report's totals with summary.json (folded from the log when absent): every
 /// figure that differs (none when they match).

@@ -333,6 +333,17 @@ pub enum Profile {
     MicrosoftLike,
 }
 
+impl Profile {
+    /// The name a scenario gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::GmailLike => "gmail-like",
+            Profile::YahooLike => "yahoo-like",
+            Profile::MicrosoftLike => "microsoft-like",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Domain {

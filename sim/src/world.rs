@@ -4,8 +4,17 @@
 use crate::keys::{self, DkimKeyPair};
 use crate::scenario::DnsFaultKind;
 use crate::scenario::{DkimAlgorithm, Scenario, Sender};
-use fake_dns::{Fault, FaultKind, RecordData, RecordType, ZoneSet};
+use fake_dns::{Fault, FaultKind, Lookup, RecordData, RecordType, ZoneSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+
+/// What a scenario published that a report needs (recorded in `run_started`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    pub dmarc: BTreeMap<String, String>,
+    pub spf: BTreeMap<String, String>,
+    pub profiles: BTreeMap<String, String>,
+}
 
 pub use crate::behaviour::Behaviour;
 
@@ -65,6 +74,39 @@ fn host_ip(i: usize) -> Ipv4Addr {
 
 impl World {
     /// Where receivers send complaints, by sender domain.
+    /// What the scenario published that a report needs: DMARC and SPF records as the zones
+    /// hold them, and the recipient domains' provider profiles.
+    pub fn published(&self, scenario: &Scenario) -> Published {
+        let txt = |name: &str, prefix: &str| match self.zones.lookup(name, RecordType::TXT) {
+            Lookup::Answer(records) => records.into_iter().find_map(|r| match r {
+                RecordData::Txt(t) if t.starts_with(prefix) => Some(t),
+                _ => None,
+            }),
+            _ => None,
+        };
+        let domains: std::collections::BTreeSet<String> = scenario
+            .senders()
+            .map(|s| s.domain.to_ascii_lowercase())
+            .chain(scenario.domains().map(|d| d.name.to_ascii_lowercase()))
+            .collect();
+        let mut p = Published::default();
+        for d in domains {
+            if let Some(r) = txt(&format!("_dmarc.{d}"), "v=DMARC1") {
+                p.dmarc.insert(d.clone(), r);
+            }
+            if let Some(r) = txt(&d, "v=spf1") {
+                p.spf.insert(d, r);
+            }
+        }
+        for d in scenario.domains() {
+            if let Some(profile) = d.profile {
+                p.profiles
+                    .insert(d.name.to_ascii_lowercase(), profile.name().into());
+            }
+        }
+        p
+    }
+
     /// Where each recipient domain's first live MX listens, for an MTA routed without DNS
     /// (transport maps), in the scenario's order.
     pub fn routes(&self) -> Vec<(String, std::net::Ipv4Addr)> {

@@ -324,3 +324,37 @@ fn scenario_and_key_errors_name_the_file_and_field_and_leave_nothing_behind() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains(s(&file)), "{err}");
 }
+
+/// Issue 12, item 5: the log alone is enough to report a run, DMARC aggregate reports included
+/// (the DMARC records are in `run_started`; the report no longer reads scenario.toml).
+#[test]
+fn the_report_needs_only_the_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/dmarc-misconfig.toml");
+    let out_dir = dir.path().join("run");
+    let o = mailsim(&["run", s(&scenario), "--out", s(&out_dir), "--quiet"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    std::fs::remove_file(out_dir.join("scenario.toml")).unwrap();
+    let first = text(&mailsim(&["events", s(&out_dir)])).0;
+    let started: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(started["type"], "run_started");
+    let record = started["dmarc_records"]["news.example.test"]
+        .as_str()
+        .unwrap();
+    // The scenario file says what the sender published.
+    let toml = std::fs::read_to_string(&scenario).unwrap();
+    assert!(
+        record.contains("p=reject") && toml.contains("p=reject"),
+        "{record}"
+    );
+    assert!(record.contains("rua=mailto:"), "{record}");
+    let o = mailsim(&["report", s(&out_dir), "--quiet"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let xml: Vec<_> = std::fs::read_dir(out_dir.join("report/dmarc"))
+        .unwrap()
+        .collect();
+    assert!(
+        !xml.is_empty(),
+        "DMARC aggregate reports from the log alone"
+    );
+}

@@ -67,6 +67,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scenario: "report-bench".into(),
         seed: 1,
         mode: "live".into(),
+        dmarc_records: BTreeMap::from([(
+            "news.example.test".to_string(),
+            "v=DMARC1; p=reject; rua=mailto:dmarc@news.example.test".to_string(),
+        )]),
+        spf_records: BTreeMap::new(),
+        profiles: BTreeMap::new(),
     });
     let mut events = 1u64;
     let mut msg = 0u64;
@@ -210,7 +216,7 @@ fn time_report(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> 
         );
     }
     let t1 = wall.now_ms();
-    let w = mailsim_reports::report::write_report(dir, &out, &BTreeMap::new(), false)?;
+    let w = mailsim_reports::report::write_report(dir, &out, false)?;
     let t2 = wall.now_ms();
     println!(
         "report-bench: events={} messages={} log_mb={log_mb:.0} seconds={:.2} delivered={} bounced={} files={}",
