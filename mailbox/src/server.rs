@@ -381,6 +381,37 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// What the IMAP and POP3 listeners share: the connection limits, the session context and the
+/// stop signal.
+struct Access {
+    limiter: Arc<ConnectionLimiter>,
+    ctx: shell::Context,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Access {
+    /// Serve one mail access protocol on `listener`; `refuse` answers a connection over a limit.
+    fn spawn<P, F>(
+        &self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        listener: TcpListener,
+        make: F,
+        refuse: &'static str,
+    ) where
+        P: shell::Protocol + 'static,
+        F: Fn(SocketAddr) -> P + Send + Sync + 'static,
+    {
+        tasks.spawn(shell::serve(
+            listener,
+            self.limiter.clone(),
+            self.ctx.clone(),
+            make,
+            refuse,
+            stopped(self.stop.clone()),
+        ));
+    }
+}
+
 /// Bind every configured listener and serve until [`Running::shutdown`].
 pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
     if cfg.users.domains().is_empty() {
@@ -459,9 +490,13 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         tls: cfg.tls.clone(),
         timeouts: Arc::new(cfg.timeouts.clone()),
     };
-    let listen = |what: &'static str, addr: SocketAddr| bind(what, addr);
+    let access = Access {
+        limiter,
+        ctx,
+        stop: stop_rx.clone(),
+    };
     if let Some(addr) = cfg.imap {
-        let (listener, bound) = listen("imap", addr).await?;
+        let (listener, bound) = bind("imap", addr).await?;
         let icfg = Arc::new(imap::ImapConfig {
             hostname: cfg.hostname.clone(),
             literal_bytes_max: cfg.message_bytes_max,
@@ -471,19 +506,16 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         let make = move |peer: SocketAddr| {
             imap::Session::new(icfg.clone(), store.clone(), tls_on, peer.ip().is_loopback())
         };
-        let refuse = "* BYE Too many connections.\r\n";
-        tasks.spawn(shell::serve(
+        access.spawn(
+            &mut tasks,
             listener,
-            limiter.clone(),
-            ctx.clone(),
             make,
-            refuse,
-            stopped(stop_rx.clone()),
-        ));
+            "* BYE Too many connections.\r\n",
+        );
         running.imap = Some(bound);
     }
     if let Some(addr) = cfg.pop3 {
-        let (listener, bound) = listen("pop3", addr).await?;
+        let (listener, bound) = bind("pop3", addr).await?;
         let pcfg = Arc::new(pop3::Pop3Config {
             hostname: cfg.hostname.clone(),
             ..pop3::Pop3Config::default()
@@ -493,14 +525,7 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
             pop3::Session::new(pcfg.clone(), store.clone(), tls_on, peer.ip().is_loopback())
         };
         let refuse = "-ERR [SYS/TEMP] Too many connections.\r\n";
-        tasks.spawn(shell::serve(
-            listener,
-            limiter.clone(),
-            ctx.clone(),
-            make,
-            refuse,
-            stopped(stop_rx.clone()),
-        ));
+        access.spawn(&mut tasks, listener, make, refuse);
         running.pop3 = Some(bound);
     }
     if let Some(days) = cfg.retention_days {

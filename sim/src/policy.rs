@@ -106,25 +106,19 @@ impl ReceiverPolicy {
 
     /// How long the banner takes (a slow server).
     pub fn greeting_delay(&self, now: Now) -> Duration {
-        let slow = self
-            .behaviour
-            .slow
-            .as_ref()
-            .and_then(|s| s.active(now.elapsed_ms));
-        slow.map_or(Duration::ZERO, |s| {
-            Duration::from_secs_f64(s.banner_s.max(0.0))
-        })
+        self.slow(now, |s| s.banner_s)
     }
 
     /// How long each batch of replies takes (a slow server).
     pub fn reply_delay(&self, now: Now) -> Duration {
-        let slow = self
-            .behaviour
-            .slow
-            .as_ref()
-            .and_then(|s| s.active(now.elapsed_ms));
+        self.slow(now, |s| s.reply_s)
+    }
+
+    fn slow(&self, now: Now, seconds: impl Fn(&crate::scenario::Slow) -> f64) -> Duration {
+        let b = &self.behaviour;
+        let slow = b.slow.as_ref().and_then(|s| s.active(now.elapsed_ms));
         slow.map_or(Duration::ZERO, |s| {
-            Duration::from_secs_f64(s.reply_s.max(0.0))
+            Duration::from_secs_f64(seconds(s).max(0.0))
         })
     }
 
