@@ -203,6 +203,8 @@ pub struct Framer {
     data_bytes_max: usize,
     data: Option<(DataReceiver, Vec<u8>, bool)>,
     discarding_line: bool,
+    /// Inputs handed out so far (to tell a command in progress from the next one).
+    taken: u64,
 }
 
 impl Framer {
@@ -214,6 +216,7 @@ impl Framer {
             data_bytes_max,
             data: None,
             discarding_line: false,
+            taken: 0,
         }
     }
 
@@ -239,12 +242,25 @@ impl Framer {
         self.data.is_none() && (self.pos < self.buf.len() || self.discarding_line)
     }
 
+    /// How many inputs (lines, messages) have been taken.
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
     /// In DATA mode (after the 354, before the final dot).
     pub fn in_data(&self) -> bool {
         self.data.is_some()
     }
 
     pub fn next_input(&mut self) -> Option<Input> {
+        let input = self.take_input();
+        if input.is_some() {
+            self.taken += 1;
+        }
+        input
+    }
+
+    fn take_input(&mut self) -> Option<Input> {
         let rest = &self.buf[self.pos..];
         if let Some((receiver, body, too_big)) = self.data.as_mut() {
             let mut it = rest.iter();
@@ -476,22 +492,21 @@ fn read_deadline(
     info: &SessionInfo,
     started: Instant,
     framer: &Framer,
-    partial: &mut Option<(bool, Instant)>,
+    partial: &mut Option<((bool, u64), Instant)>,
 ) -> (Instant, Timer) {
     let now = Instant::now();
-    let in_data = framer.in_data();
-    // A message counts from the 354, a command line from its first byte.
+    // A message counts from the 354, a command line from its first byte; the same input is
+    // the same mode and the same count of inputs taken (a busy pipelining client whose reads
+    // end mid-line is on a new command each time).
+    let key = (framer.in_data(), framer.taken());
+    let pending = key.0 || framer.has_partial_line();
     *partial = match *partial {
-        Some((was_data, since))
-            if was_data == in_data && (in_data || framer.has_partial_line()) =>
-        {
-            Some((was_data, since))
-        }
-        _ if in_data || framer.has_partial_line() => Some((in_data, now)),
+        Some((k, since)) if pending && k == key => Some((k, since)),
+        _ if pending => Some((key, now)),
         _ => None,
     };
     let mut deadline = (now + cfg.idle_timeout, Timer::Idle);
-    if let Some((data, since)) = *partial {
+    if let Some(((data, _), since)) = *partial {
         let (limit, timer) = if data {
             (cfg.data_timeout, Timer::Data)
         } else {

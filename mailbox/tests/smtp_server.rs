@@ -326,3 +326,50 @@ sys.stdin.read()
         .expect("clean shutdown")
         .unwrap();
 }
+
+/// Issue 13, item 4: the per-command deadline runs from a command's first byte, not from the
+/// first partial read of a busy session: a client that keeps pipelining commands whose reads
+/// end mid-line is never cut; one that stops mid-line is cut at the deadline. Paused clock,
+/// in-memory pipe.
+#[tokio::test(start_paused = true)]
+async fn the_command_deadline_follows_each_command_not_the_session() {
+    use tokio::io::AsyncReadExt;
+    let cfg = ServerConfig {
+        command_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    let info = SessionInfo {
+        id: 1,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        local: "127.0.0.1:25".parse().unwrap(),
+        helo: String::new(),
+        tls: false,
+        user: None,
+    };
+    let (mut client, server) = tokio::io::duplex(4096);
+    let session = tokio::spawn(async move {
+        mailsim_mailbox::smtp::handle_session(server, info, &Recorder::default(), &cfg).await
+    });
+    let start = tokio::time::Instant::now();
+    client.write_all(b"NO").await.unwrap();
+    // Every 1.5 s the end of one NOOP and the start of the next: 15 s in all.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        client.write_all(b"OP\r\nNO").await.unwrap();
+    }
+    // Then silence in the middle of a command: cut 2 s later.
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    session.await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("250 2.0.0 OK").count(), 10, "{text}");
+    assert!(
+        text.contains("421 4.4.2 mx.mailsim.test command not completed in time"),
+        "{text}"
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(17) && took < Duration::from_secs(18),
+        "{took:?}"
+    );
+}
