@@ -564,11 +564,12 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
     }
 
     // Receivers' verdicts, by the recipient's domain of the stored copy.
-    // The receiving domain of an MX host: the recipients' domain of what it stored (a host
-    // serves one domain in a fleet); one row per host, so the join below is cheap.
+    // The receiving domain of an MX host: the recipients' domain of what it stored or refused
+    // (a host serves one domain in a fleet; one that refused everything, as a DMARC-enforcing
+    // receiver may, stored nothing); one row per host, so the join below is cheap.
     let host_domain = ev
         .clone()
-        .filter(is("stored"))
+        .filter(is("stored").or(is("refused").and(col("rcpt").str().contains(lit("@"), true))))
         .group_by([col("host")])
         .agg([col("rcpt")
             .first()

@@ -357,4 +357,21 @@ fn the_report_needs_only_the_event_log() {
         !xml.is_empty(),
         "DMARC aggregate reports from the log alone"
     );
+    // Every receiving domain is named, including those that refused everything
+    // (gmail.test and outlook.test enforce the sender's p=reject).
+    let names: Vec<String> = xml
+        .iter()
+        .map(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("(unknown)")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("gmail.test!")),
+        "{names:?}"
+    );
 }
