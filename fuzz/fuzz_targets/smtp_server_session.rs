@@ -43,14 +43,11 @@ fuzz_target!(|data: &[u8]| {
             idle_timeout: Duration::from_secs(5),
             ..ServerConfig::default()
         };
-        let info = SessionInfo {
-            id: 1,
-            peer: "127.0.0.1:1".parse().unwrap(),
-            local: "127.0.0.1:25".parse().unwrap(),
-            helo: String::new(),
-            tls: false,
-            user: None,
-        };
+        let info = SessionInfo::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:25".parse().unwrap(),
+        );
         let input = data.to_vec();
         let feeder = tokio::spawn(async move {
             let _ = client.write_all(&input).await;

@@ -9,12 +9,12 @@
 //! Dovecot's auth penalty and fail2ban do). A success clears the address's count.
 
 use crate::users::Users;
+use mailsim_events::Clock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 /// The bounds of [`LoginGuard`].
 #[derive(Debug, Clone)]
@@ -58,7 +58,8 @@ pub enum LoginOutcome {
 struct Address {
     /// One check at a time per address: parallel guesses from one place wait in line.
     serial: tokio::sync::Mutex<()>,
-    failures: Mutex<(u32, Option<Instant>)>,
+    /// Failures so far and the clock's reading (ms) at the last one.
+    failures: Mutex<(u32, Option<u64>)>,
 }
 
 /// The shared gate in front of [`Users::verify`].
@@ -66,6 +67,7 @@ pub struct LoginGuard {
     users: Arc<Users>,
     limits: LoginLimits,
     checks: Arc<Semaphore>,
+    clock: Arc<dyn Clock>,
     /// argon2's working memory, one buffer per check that ran at once, reused: freed and
     /// reallocated 19 MiB blocks would stay in the allocator's per-thread arenas instead.
     memories: Arc<Mutex<Vec<Vec<argon2::Block>>>>,
@@ -76,8 +78,10 @@ pub struct LoginGuard {
 const ADDRESSES_SWEEP_AT: usize = 10_000;
 
 impl LoginGuard {
-    pub fn new(users: Arc<Users>, limits: LoginLimits) -> Self {
+    /// `clock` dates failures (their window); the delays are the runtime's timers.
+    pub fn new(users: Arc<Users>, limits: LoginLimits, clock: Arc<dyn Clock>) -> Self {
         LoginGuard {
+            clock,
             checks: Arc::new(Semaphore::new(limits.checks_concurrent_max.max(1))),
             users,
             limits,
@@ -93,18 +97,18 @@ impl LoginGuard {
     fn address(&self, ip: IpAddr) -> Arc<Address> {
         let mut map = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= ADDRESSES_SWEEP_AT {
-            let now = Instant::now();
-            let window = self.limits.failure_window;
             map.retain(|_, a| {
-                Arc::strong_count(a) > 1
-                    || a.failures
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .1
-                        .is_some_and(|last| now.duration_since(last) < window)
+                let last = a.failures.lock().unwrap_or_else(|p| p.into_inner()).1;
+                Arc::strong_count(a) > 1 || self.within_window(last)
             });
         }
         map.entry(ip).or_default().clone()
+    }
+
+    /// A failure at `last` (clock ms) still counts.
+    fn within_window(&self, last: Option<u64>) -> bool {
+        let window_ms = self.limits.failure_window.as_millis() as u64;
+        last.is_some_and(|last| self.clock.now_ms().saturating_sub(last) < window_ms)
     }
 
     /// Check `login`/`password` for a client at `ip`.
@@ -113,9 +117,7 @@ impl LoginGuard {
         let _turn = address.serial.lock().await;
         let failures = {
             let mut f = address.failures.lock().unwrap_or_else(|p| p.into_inner());
-            if f.1
-                .is_some_and(|last| last.elapsed() >= self.limits.failure_window)
-            {
+            if !self.within_window(f.1) {
                 *f = (0, None);
             }
             f.0
@@ -154,7 +156,7 @@ impl LoginGuard {
                 Duration::ZERO
             } else {
                 f.0 += 1;
-                f.1 = Some(Instant::now());
+                f.1 = Some(self.clock.now_ms());
                 (self.limits.failure_delay * f.0).min(self.limits.failure_delay_max)
             }
         };
@@ -176,7 +178,9 @@ mod tests {
     fn guard(limits: LoginLimits) -> LoginGuard {
         let mut users = Users::new(&["example.test".to_string()]);
         users.add_spec("bob@example.test:pw", "test").unwrap();
-        LoginGuard::new(Arc::new(users), limits)
+        // The runtime's (paused) clock, so that advancing time ages the failures.
+        let clock = Arc::new(mailsim_events::RuntimeClock::new(0));
+        LoginGuard::new(Arc::new(users), limits, clock)
     }
 
     #[tokio::test(start_paused = true)]
@@ -187,7 +191,7 @@ mod tests {
         });
         let attacker: IpAddr = "127.0.0.9".parse().unwrap();
         let other: IpAddr = "127.0.0.1".parse().unwrap();
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         for _ in 0..3 {
             assert_eq!(g.check(attacker, "bob", b"x").await, LoginOutcome::Rejected);
         }

@@ -423,7 +423,11 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         ));
     }
     let users = Arc::new(cfg.users);
-    let guard = Arc::new(LoginGuard::new(users.clone(), cfg.login.clone()));
+    let guard = Arc::new(LoginGuard::new(
+        users.clone(),
+        cfg.login.clone(),
+        cfg.clock.clone(),
+    ));
     let store = Arc::new(Mailstore::with_clock(
         &cfg.data,
         cfg.quota_bytes,

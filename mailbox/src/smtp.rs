@@ -137,6 +137,20 @@ pub struct SessionInfo {
     pub user: Option<String>,
 }
 
+impl SessionInfo {
+    /// A new session, before EHLO, TLS or AUTH.
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr) -> Self {
+        SessionInfo {
+            id,
+            peer,
+            local,
+            helo: String::new(),
+            tls: false,
+            user: None,
+        }
+    }
+}
+
 /// The envelope of the transaction in progress.
 #[derive(Debug, Clone, Default)]
 pub struct Transaction {
@@ -978,14 +992,11 @@ impl<B: Backend> Server<B> {
                 return;
             }
         };
-        let info = SessionInfo {
-            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+        let info = SessionInfo::new(
+            self.next_session.fetch_add(1, Ordering::Relaxed),
             peer,
             local,
-            helo: String::new(),
-            tls: false,
-            user: None,
-        };
+        );
         handle_session(stream, info, self.backend.as_ref(), &self.cfg).await;
     }
 

@@ -338,14 +338,11 @@ async fn the_command_deadline_follows_each_command_not_the_session() {
         command_timeout: Duration::from_secs(2),
         ..ServerConfig::default()
     };
-    let info = SessionInfo {
-        id: 1,
-        peer: "127.0.0.1:1".parse().unwrap(),
-        local: "127.0.0.1:25".parse().unwrap(),
-        helo: String::new(),
-        tls: false,
-        user: None,
-    };
+    let info = SessionInfo::new(
+        1,
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:25".parse().unwrap(),
+    );
     let (mut client, server) = tokio::io::duplex(4096);
     let session = tokio::spawn(async move {
         mailsim_mailbox::smtp::handle_session(server, info, &Recorder::default(), &cfg).await

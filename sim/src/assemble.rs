@@ -72,8 +72,6 @@ pub async fn assemble<E: Env>(
     }
     // Built first: a scenario that cannot be built leaves no directory behind.
     let world = World::build(scenario).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&plan.out_dir)
-        .with_context(|| format!("creating the run directory {}", plan.out_dir.display()))?;
     let clock = env.clock();
     let log = open_log(
         &plan.out_dir,
@@ -135,7 +133,8 @@ pub fn open_log(
     durability: Durability,
     reopen: bool,
 ) -> anyhow::Result<EventLog> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the run directory {}", dir.display()))?;
     let path = dir.join("events.log");
     if reopen && path.exists() {
         let (log, report) = EventLog::open(&path, clock)?;
