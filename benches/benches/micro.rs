@@ -165,7 +165,7 @@ fn mx_resolution(c: &mut Criterion) {
             "127.0.0.1:0".parse().unwrap(),
         ))
         .unwrap();
-    let resolver = HickoryResolver::new(server.addr()).unwrap();
+    let resolver = HickoryResolver::new(fake_dns::resolver_for(server.addr())).unwrap();
     rt.block_on(resolver.route("accept.test")).unwrap();
     let mut g = c.benchmark_group("dns");
     g.throughput(Throughput::Elements(1));

@@ -6,6 +6,9 @@
 //! * [`DnsServer`] serves that catalog with hickory-server over UDP and TCP on one loopback
 //!   port, and shuts down cleanly.
 //! * [`FaultyZones`] adds a fault timeline (SERVFAIL, timeouts, NXDOMAIN, changed records).
+//! * [`InProcess`] answers the same zones and timeline without a socket at scenario time
+//!   (virtual mode: the MTA's routing and mail-auth's SPF/DKIM/DMARC lookups), and
+//!   [`resolver_for`] is the one hickory set-up for asking a server over the wire (live mode).
 
 pub use hickory_proto::rr::RecordType;
 use hickory_proto::rr::rdata::{A, MX, NS, PTR, SOA, TXT};
@@ -21,8 +24,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 
 pub mod faults;
+pub mod in_process;
 pub mod serve_faults;
 pub use faults::{Fault, FaultKind, FaultyZones, Resolution};
+pub use in_process::{InProcess, resolver_for};
 pub use serve_faults::{Elapsed, FaultyCatalog};
 
 /// Default TTL of synthetic records, in seconds.

@@ -1,21 +1,18 @@
 //! SPF, DKIM and DMARC verification with mail-auth, against whatever DNS the resolver points at
 //! (fake-dns in mailsim).
 
-use crate::zone_answers::{ZoneAnswers, ZoneCache, ZoneCaches};
+use crate::auth_dns::{AuthDns, ZoneCache, ZoneCaches};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
     SpfResult,
 };
 use mail_auth::{MX, Parameters, RecordSet, Txt};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The verdicts for one message, as short lowercase words, plus the header to prepend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,24 +40,12 @@ pub struct Verifier {
 pub struct VerifierError(String);
 
 impl Verifier {
-    /// A verifier asking the DNS server at `dns` (UDP and TCP).
-    pub fn new(dns: SocketAddr, hostname: &str) -> Result<Self, VerifierError> {
-        let mut udp = ConnectionConfig::udp();
-        udp.port = dns.port();
-        let mut tcp = ConnectionConfig::tcp();
-        tcp.port = dns.port();
-        let config = ResolverConfig::from_parts(
-            None,
-            vec![],
-            vec![NameServerConfig::new(dns.ip(), true, vec![udp, tcp])],
-        );
-        let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(2);
-        opts.attempts = 2;
-        opts.cache_size = 4096;
-        opts.ndots = 0;
-        // Answers come from the scenario's DNS only, never from /etc/hosts.
-        opts.use_hosts_file = ResolveHosts::Never;
+    /// A verifier asking the resolvers `config` names (in mailsim, fake-dns's
+    /// `resolver_for(server)`).
+    pub fn new(
+        (config, opts): (ResolverConfig, ResolverOpts),
+        hostname: &str,
+    ) -> Result<Self, VerifierError> {
         let auth =
             MessageAuthenticator::new(config, opts).map_err(|e| VerifierError(e.to_string()))?;
         Ok(Verifier {
@@ -82,14 +67,17 @@ impl Verifier {
         })
     }
 
-    /// A verifier answered in-process from the scenario's zones, at scenario time; it never
-    /// opens a socket (virtual mode).
-    pub fn in_process(answers: Arc<ZoneAnswers>, hostname: &str) -> Result<Self, VerifierError> {
+    /// A verifier answered in-process by `answers` (the scenario's zones at scenario time);
+    /// it never opens a socket (virtual mode).
+    pub fn in_process(answers: Arc<dyn AuthDns>, hostname: &str) -> Result<Self, VerifierError> {
         // The resolver is never asked: every name gets an answer from the caches.
-        let unused: SocketAddr = "127.0.0.1:9"
-            .parse()
-            .map_err(|_| VerifierError("address".into()))?;
-        let mut v = Verifier::new(unused, hostname)?;
+        let mut v = Verifier::new(
+            (
+                ResolverConfig::from_parts(None, vec![], vec![]),
+                ResolverOpts::default(),
+            ),
+            hostname,
+        )?;
         v.caches = ZoneCaches::new(Some(answers));
         Ok(v)
     }

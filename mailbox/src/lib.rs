@@ -5,13 +5,14 @@
 //!   recipient and message. [`smtp::serve`] runs it on a bound listener with a connection cap and
 //!   a shutdown signal.
 //! * [`auth`] verifies SPF, DKIM and DMARC with mail-auth and writes Authentication-Results.
-//! * [`zone_answers`] answers mail-auth's lookups in-process from the scenario's zones and fault
-//!   timeline (virtual mode).
+//! * [`auth_dns`] is where an injected in-process DNS (fake-dns's zones, virtual mode) answers
+//!   mail-auth's lookups.
 //! * [`store`] keeps accepted mail per user in Maildir folders.
 //!
 //! The fleet of simulated recipient servers (in `mailsim`) is a [`smtp::Backend`] built from these.
 
 pub mod auth;
+pub mod auth_dns;
 pub mod folders;
 pub mod imap;
 pub mod imap_wire;
@@ -24,4 +25,3 @@ pub mod smtp;
 pub mod store;
 pub mod tls;
 pub mod users;
-pub mod zone_answers;

@@ -10,6 +10,7 @@ use crate::smtp::{Backend, Reply, ServerConfig, SessionInfo, Transaction};
 use crate::tls::Tls;
 use crate::users::Users;
 use crate::{imap, pop3};
+use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mailsim_events::{Clock, SystemClock};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,8 +29,8 @@ pub struct MailboxConfig {
     pub imap: Option<SocketAddr>,
     pub pop3: Option<SocketAddr>,
     pub tls: Option<Tls>,
-    /// DNS server for SPF/DKIM/DMARC (the system's resolvers when absent).
-    pub dns: Option<SocketAddr>,
+    /// The resolvers for SPF/DKIM/DMARC (the system's when absent).
+    pub dns: Option<(ResolverConfig, ResolverOpts)>,
     /// Where submitted mail for other domains goes (an MTA's SMTP port).
     pub relay: Option<SocketAddr>,
     /// Per-user bytes (0: unlimited).
@@ -435,8 +436,8 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
     ));
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let verifier = match cfg.dns {
-        Some(dns) => Some(Arc::new(Verifier::new(dns, &cfg.hostname)?)),
+    let verifier = match &cfg.dns {
+        Some(dns) => Some(Arc::new(Verifier::new(dns.clone(), &cfg.hostname)?)),
         None => Verifier::system(&cfg.hostname).ok().map(Arc::new),
     };
     let smtp_cfg = |auth: bool| ServerConfig {

@@ -25,7 +25,7 @@ async fn start(data: &std::path::Path, dns: SocketAddr) -> Running {
     cfg.imap = loopback();
     cfg.pop3 = loopback();
     cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
-    cfg.dns = Some(dns);
+    cfg.dns = Some(fake_dns::resolver_for(dns));
     cfg.login.failure_delay = Duration::from_millis(50);
     server::start(cfg).await.unwrap()
 }
@@ -254,7 +254,7 @@ async fn submission_relays_other_domains_and_quota_fills_with_452() {
     users.add_spec("carol:pw", "test").unwrap();
     let mut cfg = MailboxConfig::new(dir.path().join("other"), users);
     cfg.smtp = loopback();
-    cfg.dns = Some(dns.addr());
+    cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
     cfg.quota_bytes = 5000;
     let other = server::start(cfg).await.unwrap();
     // Ours relays through it.
@@ -263,7 +263,7 @@ async fn submission_relays_other_domains_and_quota_fills_with_452() {
     let mut cfg = MailboxConfig::new(dir.path().join("ours"), users);
     cfg.submission = loopback();
     cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
-    cfg.dns = Some(dns.addr());
+    cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
     cfg.relay = other.smtp;
     let ours = server::start(cfg).await.unwrap();
     let script = r#"

@@ -945,7 +945,7 @@ async fn run_script(script: &Script, mbox: &[Vec<u8>]) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut cfg = MailboxConfig::new(dir.path().to_path_buf(), users);
     cfg.imap = Some("127.0.0.1:0".parse().unwrap());
-    cfg.dns = Some("127.0.0.1:9".parse().unwrap());
+    cfg.dns = Some(fake_dns::resolver_for("127.0.0.1:9".parse().unwrap()));
     cfg.login.failure_delay = Duration::from_millis(10);
     let srv = server::start(cfg).await.map_err(|e| e.to_string())?;
     let addr = srv.imap.unwrap();

@@ -2,14 +2,11 @@
 //! mode can answer from memory.
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::IpAddr;
 
 /// One MX host with its addresses, in the order to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,20 +40,9 @@ pub struct HickoryResolver {
 }
 
 impl HickoryResolver {
-    pub fn new(server: SocketAddr) -> Result<Self, RouteError> {
-        let mut udp = ConnectionConfig::udp();
-        udp.port = server.port();
-        let mut tcp = ConnectionConfig::tcp();
-        tcp.port = server.port();
-        let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
-        let config = ResolverConfig::from_parts(None, vec![], vec![ns]);
-        let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(2);
-        opts.attempts = 2;
-        opts.cache_size = 4096;
-        opts.ndots = 0;
-        // Answers come from the scenario's DNS only, never from /etc/hosts.
-        opts.use_hosts_file = ResolveHosts::Never;
+    /// A resolver asking the servers `config` names (in mailsim, fake-dns's
+    /// `resolver_for(server)`).
+    pub fn new((config, opts): (ResolverConfig, ResolverOpts)) -> Result<Self, RouteError> {
         let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(opts)
             .build()

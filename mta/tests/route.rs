@@ -49,7 +49,7 @@ async fn routes_follow_dns() {
     let server = DnsServer::start(&zones(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let r = HickoryResolver::new(server.addr()).unwrap();
+    let r = HickoryResolver::new(fake_dns::resolver_for(server.addr())).unwrap();
 
     let multi = r.route("multi.test").await.unwrap();
     let names: Vec<(&str, u16)> = multi

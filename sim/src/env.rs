@@ -14,12 +14,12 @@
 //! The event sink is made from the clock and the durability by [`crate::assemble`].
 
 use crate::fleet::{Fleet, FleetServers};
-use crate::virt::{VirtualNet, ZoneLookups};
-use fake_dns::{DnsServer, FaultyZones};
+use crate::virt::VirtualNet;
+use fake_dns::{DnsServer, FaultyZones, InProcess, RecordData, RecordType, Resolution};
 use mailsim_events::{Clock, Durability, RuntimeClock, SystemClock};
 use mailsim_mailbox::auth::Verifier;
-use mailsim_mailbox::zone_answers::ZoneAnswers;
-use mailsim_mta::dns::{HickoryResolver, Resolver};
+use mailsim_mailbox::auth_dns::AuthDns;
+use mailsim_mta::dns::{Answer, HickoryResolver, Lookups, Resolver};
 use mailsim_mta::{Connector, TcpConnector};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +31,11 @@ const VERIFIER_HOST: &str = "fleet.mailsim.test";
 /// The virtual clock starts at 2026-01-01T00:00:00Z, so a virtual run reads the same instants
 /// every time.
 pub const VIRTUAL_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// Milliseconds since the scenario's start, on `clock`: the time the DNS fault timeline follows.
+fn scenario_time(clock: Arc<dyn Clock>, start_ms: u64) -> fake_dns::Elapsed {
+    Arc::new(move || clock.now_ms().saturating_sub(start_ms))
+}
 
 /// A connector that can speak from another source address (a fleet host sending reports).
 pub trait SourceConnector: Connector + Clone {
@@ -131,11 +136,10 @@ impl Env for LiveEnv {
         start_ms: u64,
         port: u16,
     ) -> anyhow::Result<()> {
-        let clock = self.clock();
         let dns = DnsServer::start_with_faults(
             zones,
             SocketAddr::new([127, 0, 0, 1].into(), port),
-            Arc::new(move || clock.now_ms().saturating_sub(start_ms)),
+            scenario_time(self.clock(), start_ms),
         )
         .await?;
         self.dns_addr = Some(dns.addr());
@@ -148,11 +152,12 @@ impl Env for LiveEnv {
     }
 
     fn resolver(&self) -> anyhow::Result<HickoryResolver> {
-        Ok(HickoryResolver::new(self.dns()?)?)
+        Ok(HickoryResolver::new(fake_dns::resolver_for(self.dns()?))?)
     }
 
     fn verifier(&self) -> anyhow::Result<Verifier> {
-        Verifier::new(self.dns()?, VERIFIER_HOST).map_err(anyhow::Error::msg)
+        Verifier::new(fake_dns::resolver_for(self.dns()?), VERIFIER_HOST)
+            .map_err(anyhow::Error::msg)
     }
 
     async fn start_fleet(&mut self, servers: &FleetServers, port: u16) -> anyhow::Result<u16> {
@@ -184,7 +189,7 @@ impl Env for LiveEnv {
 /// current-thread runtime with a paused clock that the run uses.
 pub struct VirtualEnv {
     clock: Arc<dyn Clock>,
-    zones: Option<(Arc<FaultyZones>, u64)>,
+    zones: Option<Zones>,
     net: Option<VirtualNet>,
 }
 
@@ -197,7 +202,7 @@ impl VirtualEnv {
         }
     }
 
-    fn zones(&self) -> anyhow::Result<(Arc<FaultyZones>, u64)> {
+    fn zones(&self) -> anyhow::Result<Zones> {
         self.zones
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no zones to answer from"))
@@ -211,7 +216,7 @@ impl Default for VirtualEnv {
 }
 
 impl Env for VirtualEnv {
-    type Resolver = ZoneLookups;
+    type Resolver = Zones;
     type Connector = VirtualNet;
 
     fn clock(&self) -> Arc<dyn Clock> {
@@ -233,7 +238,8 @@ impl Env for VirtualEnv {
         start_ms: u64,
         _port: u16,
     ) -> anyhow::Result<()> {
-        self.zones = Some((zones, start_ms));
+        let elapsed = scenario_time(self.clock.clone(), start_ms);
+        self.zones = Some(Zones(Arc::new(InProcess::new(zones, elapsed))));
         Ok(())
     }
 
@@ -241,15 +247,12 @@ impl Env for VirtualEnv {
         None
     }
 
-    fn resolver(&self) -> anyhow::Result<ZoneLookups> {
-        let (zones, start_ms) = self.zones()?;
-        Ok(ZoneLookups::new(zones, self.clock.clone(), start_ms))
+    fn resolver(&self) -> anyhow::Result<Zones> {
+        self.zones()
     }
 
     fn verifier(&self) -> anyhow::Result<Verifier> {
-        let (zones, start_ms) = self.zones()?;
-        let answers = Arc::new(ZoneAnswers::new(zones, self.clock.clone(), start_ms));
-        Verifier::in_process(answers, VERIFIER_HOST).map_err(anyhow::Error::msg)
+        Verifier::in_process(Arc::new(self.zones()?), VERIFIER_HOST).map_err(anyhow::Error::msg)
     }
 
     async fn start_fleet(&mut self, servers: &FleetServers, _port: u16) -> anyhow::Result<u16> {
@@ -269,5 +272,89 @@ impl Env for VirtualEnv {
         if let Some(net) = self.net {
             net.shutdown().await;
         }
+    }
+}
+
+/// fake-dns's in-process zones, injected as the MTA's routing and the verifier's DNS.
+#[derive(Clone)]
+pub struct Zones(Arc<InProcess>);
+
+impl Zones {
+    async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<RecordData>, Answer<()>> {
+        match self.0.query(name, rtype).await {
+            Resolution::Answer(r) => Ok(r),
+            Resolution::NoData => Err(Answer::NoRecords),
+            Resolution::NxDomain => Err(Answer::NxDomain),
+            Resolution::ServFail => Err(Answer::Failed("SERVFAIL".into())),
+            Resolution::Refused => Err(Answer::Failed("REFUSED".into())),
+            Resolution::Timeout => Err(Answer::Failed("query timed out".into())),
+        }
+    }
+}
+
+fn no_records<T>(a: Answer<()>) -> Answer<T> {
+    match a {
+        Answer::Records(_) | Answer::NoRecords => Answer::NoRecords,
+        Answer::NxDomain => Answer::NxDomain,
+        Answer::Failed(e) => Answer::Failed(e),
+    }
+}
+
+impl Lookups for Zones {
+    async fn mx(&self, name: &str) -> Answer<(u16, String)> {
+        match self.query(name, RecordType::MX).await {
+            Ok(records) => Answer::Records(
+                records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        RecordData::Mx {
+                            preference,
+                            exchange,
+                        } => Some((
+                            preference,
+                            exchange.trim_end_matches('.').to_ascii_lowercase(),
+                        )),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(a) => no_records(a),
+        }
+    }
+
+    async fn a(&self, name: &str) -> Answer<IpAddr> {
+        match self.query(name, RecordType::A).await {
+            Ok(records) => Answer::Records(
+                records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        RecordData::A(a) => Some(IpAddr::V4(a)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(a) => no_records(a),
+        }
+    }
+}
+
+impl AuthDns for Zones {
+    fn names(&self) -> &std::collections::HashSet<Box<str>> {
+        self.0.names()
+    }
+    fn reverse(&self) -> &std::collections::HashMap<IpAddr, String> {
+        self.0.reverse()
+    }
+    fn txt(&self, name: Option<&str>) -> mail_auth::Txt {
+        self.0.txt(name)
+    }
+    fn mx(&self, name: Option<&str>) -> mail_auth::RecordSet<mail_auth::MX> {
+        self.0.mx(name)
+    }
+    fn ipv4(&self, name: Option<&str>) -> mail_auth::RecordSet<std::net::Ipv4Addr> {
+        self.0.ipv4(name)
+    }
+    fn ptr(&self, name: Option<&str>) -> mail_auth::RecordSet<Box<str>> {
+        self.0.ptr(name)
     }
 }

@@ -572,7 +572,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             cfg.imap = imap;
             cfg.pop3 = pop3;
             cfg.tls = tls;
-            cfg.dns = dns;
+            cfg.dns = dns.map(fake_dns::resolver_for);
             cfg.relay = relay;
             cfg.quota_bytes = match &quota {
                 Some(q) => parse_bytes(q).with_context(|| format!("--quota {q:?}"))?,
