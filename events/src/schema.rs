@@ -17,13 +17,111 @@ pub struct SmtpReply {
     pub text: String,
 }
 
-/// A state change. `msg` is the MTA's queue id for one (message, recipient) pair.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
+/// What a field's value is, as the report's table stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Str,
+    U64,
+    /// An integer of at most 32 bits.
+    U32,
+    Bool,
+    /// An [`SmtpReply`]: its fields become the `command`, `code`, `enhanced` and `text` columns.
+    Reply,
+    /// Anything else (lists, maps): kept as JSON.
+    Json,
+}
+
+/// The [`Shape`] of a field's Rust type (an `Option` has the shape of what it holds).
+pub trait HasShape {
+    const SHAPE: Shape;
+}
+
+macro_rules! shapes {
+    ($($t:ty => $s:ident),* $(,)?) => {
+        $(impl HasShape for $t { const SHAPE: Shape = Shape::$s; })*
+    };
+}
+shapes!(String => Str, u64 => U64, u32 => U32, u16 => U32, bool => Bool, SmtpReply => Reply,
+    Vec<String> => Json, BTreeMap<String, String> => Json);
+
+impl<T: HasShape> HasShape for Option<T> {
+    const SHAPE: Shape = T::SHAPE;
+}
+
+/// One kind of event as the schema defines it.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The `type` tag.
+    pub tag: &'static str,
+    /// A handful per run (the run's start, DNS answers, reports): the table keeps the fields
+    /// only such kinds carry together in one JSON column rather than a column each.
+    pub rare: bool,
+    /// Field names (as in JSON) and shapes, in declaration order.
+    pub fields: &'static [(&'static str, Shape)],
+}
+
+/// Defines [`Event`], its tags and its field shapes from one list of kinds.
+macro_rules! schema {
+    ($(#[doc = $edoc:literal])* pub enum Event; $(
+        $(#[doc = $vdoc:literal])*
+        $variant:ident = $tag:literal $($rare:ident)? {
+            $(
+                $(#[$fmeta:meta])*
+                $field:ident : $ty:ty
+            ),* $(,)?
+        }
+    )*) => {
+        $(#[doc = $edoc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        pub enum Event {
+            $(
+                $(#[doc = $vdoc])*
+                $variant { $( $(#[$fmeta])* $field: $ty, )* },
+            )*
+        }
+
+        impl Event {
+            /// Every `type` tag, in declaration order (a test holds it to serde's own list).
+            pub const KINDS: &'static [&'static str] = &[$($tag),*];
+
+            /// Every kind with its fields.
+            pub const SCHEMA: &'static [Kind] = &[$(
+                Kind {
+                    tag: $tag,
+                    rare: schema!(@rare $($rare)?),
+                    fields: &[$((stringify!($field), <$ty as HasShape>::SHAPE)),*],
+                },
+            )*];
+
+            /// The `type` tag of this event, as it appears in JSON.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Event::$variant { .. } => $tag,)*
+                }
+            }
+
+            /// Is `kind` the `type` tag of an event of this schema?
+            pub fn is_kind(kind: &str) -> bool {
+                Self::KINDS.contains(&kind)
+            }
+        }
+    };
+    (@rare rare) => { true };
+    (@rare) => { false };
+}
+
+schema! {
+    /// A state change. `msg` is the MTA's queue id for one (message, recipient) pair.
+    ///
+    /// This is the one definition of the schema: the enum, its `type` tags ([`Event::KINDS`]) and
+    /// the shape of every field ([`Event::SCHEMA`], which the report's table is built from) all
+    /// come from the list below.
+    pub enum Event;
+
     /// A run began: which scenario, which seed, and what the scenario published that a
     /// report needs (so that the log alone is enough to report a run).
-    RunStarted {
+    RunStarted = "run_started" rare {
         scenario: String,
         seed: u64,
         mode: String,
@@ -36,60 +134,60 @@ pub enum Event {
         /// Recipient domain -> the provider profile its servers follow.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         profiles: BTreeMap<String, String>,
-    },
+    }
     /// A run ended (all messages final, or its time limit was reached).
-    RunFinished { reason: String },
+    RunFinished = "run_finished" { reason: String }
     /// A message for one recipient entered the queue.
-    Injected {
+    Injected = "injected" {
         msg: u64,
         message_id: String,
         from: String,
         rcpt: String,
         domain: String,
         size: u64,
-    },
+    }
     /// A DNS answer the MTA used for routing (MX or A lookup).
-    DnsAnswer {
+    DnsAnswer = "dns_answer" rare {
         domain: String,
         qtype: String,
         answer: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
-    },
+    }
     /// An outbound connection was established.
-    ConnOpened {
+    ConnOpened = "conn_opened" {
         conn: u64,
         domain: String,
         mx: String,
         addr: String,
-    },
+    }
     /// An outbound connection attempt failed before a session.
-    ConnFailed {
+    ConnFailed = "conn_failed" {
         domain: String,
         mx: String,
         addr: String,
         error: String,
-    },
+    }
     /// An outbound connection ended.
-    ConnClosed { conn: u64, messages: u64 },
+    ConnClosed = "conn_closed" rare { conn: u64, messages: u64 }
     /// The MTA received an SMTP reply.
-    SmtpReply {
+    SmtpReply = "smtp_reply" {
         conn: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         msg: Option<u64>,
         #[serde(flatten)]
         reply: SmtpReply,
-    },
+    }
     /// The receiving server accepted the message for the recipient.
-    Delivered {
+    Delivered = "delivered" {
         msg: u64,
         rcpt: String,
         domain: String,
         mx: String,
         attempts: u32,
-    },
+    }
     /// A temporary failure; the message stays queued until `retry_at_ms`.
-    Deferred {
+    Deferred = "deferred" {
         msg: u64,
         rcpt: String,
         domain: String,
@@ -98,9 +196,9 @@ pub enum Event {
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply: Option<SmtpReply>,
-    },
+    }
     /// A permanent failure.
-    Bounced {
+    Bounced = "bounced" {
         msg: u64,
         rcpt: String,
         domain: String,
@@ -111,23 +209,23 @@ pub enum Event {
         hard: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply: Option<SmtpReply>,
-    },
+    }
     /// The message outlived the queue lifetime.
-    Expired {
+    Expired = "expired" {
         msg: u64,
         rcpt: String,
         domain: String,
         attempts: u32,
         reason: String,
-    },
+    }
     /// Receiving side: a server accepted a connection.
-    SessionAccepted {
+    SessionAccepted = "session_accepted" {
         host: String,
         session: u64,
         peer: String,
-    },
+    }
     /// Receiving side: the verdicts for one received message.
-    AuthVerdict {
+    AuthVerdict = "auth_verdict" {
         host: String,
         session: u64,
         message_id: String,
@@ -136,60 +234,60 @@ pub enum Event {
         spf: String,
         dkim: String,
         dmarc: String,
-    },
+    }
     /// Receiving side: a message was stored for a user.
-    Stored {
+    Stored = "stored" {
         host: String,
         session: u64,
         message_id: String,
         rcpt: String,
         size: u64,
-    },
+    }
     /// Receiving side: the server refused a recipient or message.
-    Refused {
+    Refused = "refused" {
         host: String,
         session: u64,
         command: String,
         code: u16,
         enhanced: String,
         rcpt: String,
-    },
+    }
     /// The MTA backs a whole destination off (after a 421 or a rate-limit reply): no new
     /// connection to it before `until_ms`.
-    Backoff {
+    Backoff = "backoff" rare {
         domain: String,
         until_ms: u64,
         reason: String,
-    },
+    }
     /// A recipient on the suppression list was not queued.
-    Suppressed {
+    Suppressed = "suppressed" {
         message_id: String,
         rcpt: String,
         domain: String,
         reason: String,
-    },
+    }
     /// An address joined the suppression list (a hard bounce or a complaint).
-    SuppressionAdded { rcpt: String, reason: String },
+    SuppressionAdded = "suppression_added" rare { rcpt: String, reason: String }
     /// The MTA queued an RFC 3464 delivery status notification about message `about` to its
     /// return path.
-    DsnQueued {
+    DsnQueued = "dsn_queued" rare {
         msg: u64,
         about: u64,
         to: String,
         reason: String,
-    },
+    }
     /// A recipient server sent a report later about a message it had accepted: an RFC 3464
     /// bounce (`kind` "bounce") or an RFC 5965 complaint ("complaint").
-    ReportSent {
+    ReportSent = "report_sent" rare {
         host: String,
         kind: String,
         to: String,
         rcpt: String,
         message_id: String,
-    },
+    }
     /// The sender's bounce processor read a report from its mailbox and attributed it (by the
     /// VERP return path) to the message `msg`.
-    ReportReceived {
+    ReportReceived = "report_received" rare {
         kind: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         msg: Option<u64>,
@@ -197,67 +295,6 @@ pub enum Event {
         reason: String,
         status: String,
         hard: bool,
-    },
-}
-
-impl Event {
-    /// Every `type` tag, in declaration order (a test holds it to serde's own list).
-    pub const KINDS: &'static [&'static str] = &[
-        "run_started",
-        "run_finished",
-        "injected",
-        "dns_answer",
-        "conn_opened",
-        "conn_failed",
-        "conn_closed",
-        "smtp_reply",
-        "delivered",
-        "deferred",
-        "bounced",
-        "expired",
-        "session_accepted",
-        "auth_verdict",
-        "stored",
-        "refused",
-        "backoff",
-        "suppressed",
-        "suppression_added",
-        "dsn_queued",
-        "report_sent",
-        "report_received",
-    ];
-
-    /// Is `kind` the `type` tag of an event of this schema?
-    pub fn is_kind(kind: &str) -> bool {
-        Self::KINDS.contains(&kind)
-    }
-
-    /// The `type` tag of this event, as it appears in JSON.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Event::RunStarted { .. } => "run_started",
-            Event::RunFinished { .. } => "run_finished",
-            Event::Injected { .. } => "injected",
-            Event::DnsAnswer { .. } => "dns_answer",
-            Event::ConnOpened { .. } => "conn_opened",
-            Event::ConnFailed { .. } => "conn_failed",
-            Event::ConnClosed { .. } => "conn_closed",
-            Event::SmtpReply { .. } => "smtp_reply",
-            Event::Delivered { .. } => "delivered",
-            Event::Deferred { .. } => "deferred",
-            Event::Bounced { .. } => "bounced",
-            Event::Expired { .. } => "expired",
-            Event::SessionAccepted { .. } => "session_accepted",
-            Event::AuthVerdict { .. } => "auth_verdict",
-            Event::Stored { .. } => "stored",
-            Event::Refused { .. } => "refused",
-            Event::Backoff { .. } => "backoff",
-            Event::Suppressed { .. } => "suppressed",
-            Event::SuppressionAdded { .. } => "suppression_added",
-            Event::DsnQueued { .. } => "dsn_queued",
-            Event::ReportSent { .. } => "report_sent",
-            Event::ReportReceived { .. } => "report_received",
-        }
     }
 }
 
@@ -315,5 +352,24 @@ mod tests {
             .map(|v| v.split('`').next().unwrap_or(v))
             .collect();
         assert_eq!(listed, Event::KINDS, "{err}");
+    }
+
+    /// A field name means one thing: wherever it appears it has one shape (so the report's
+    /// table has one type per column).
+    #[test]
+    fn a_field_name_has_one_shape_in_every_kind() {
+        let tags: Vec<&str> = Event::SCHEMA.iter().map(|k| k.tag).collect();
+        assert_eq!(tags, Event::KINDS);
+        let mut seen: BTreeMap<&str, (Shape, &str)> = BTreeMap::new();
+        for kind in Event::SCHEMA {
+            for &(name, shape) in kind.fields {
+                let (first, at) = *seen.entry(name).or_insert((shape, kind.tag));
+                assert_eq!(
+                    first, shape,
+                    "`{name}` is {first:?} in {at} but {shape:?} in {}",
+                    kind.tag
+                );
+            }
+        }
     }
 }
