@@ -6,8 +6,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use mailsim_benches::{reply_stream, sample_message};
 use mailsim_events::clock::FixedClock;
 use mailsim_events::{Event, EventLog, read_log};
-use mailsim_mailbox::smtp::{Framer, Input};
-use mailsim_mta::client::{ReplyReader, dot_stuff};
+use mailsim_smtp::ReplyReader;
+use mailsim_smtp::client::dot_stuff;
+use mailsim_smtp::server::{Framer, Input};
 use std::hint::black_box;
 use std::sync::Arc;
 

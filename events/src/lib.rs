@@ -20,4 +20,4 @@ pub use log::{
     Damage, Durability, EventLog, EventSink, LogError, LogReader, RepairReport, frame_ranges,
     read_log, repair,
 };
-pub use schema::{Event, HasShape, Kind, Record, SCHEMA_VERSION, Shape, SmtpReply};
+pub use schema::{Event, HasShape, Kind, Record, Reply, SCHEMA_VERSION, Shape, SmtpReply};

@@ -1,20 +1,28 @@
 //! The event schema: one variant per kind of record, serialised as JSON objects with a `type`.
 
+pub use mailsim_smtp::Reply;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the record schema; written into every log header.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// One SMTP reply as the client saw it: the command that got it, the code, enhanced code, text.
+/// One SMTP reply as the client saw it, with the command that got it (in JSON: `command`,
+/// then the reply's `code`, `enhanced`, `text`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SmtpReply {
     pub command: String,
-    pub code: u16,
-    /// Enhanced status code (RFC 3463) such as `5.1.1`, when the server sent one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enhanced: Option<String>,
-    pub text: String,
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+impl SmtpReply {
+    pub fn new(command: &str, reply: &Reply) -> Self {
+        SmtpReply {
+            command: command.to_string(),
+            reply: reply.clone(),
+        }
+    }
 }
 
 /// What a field's value is, as the report's table stores it.
@@ -320,17 +328,17 @@ mod tests {
             event: Event::SmtpReply {
                 conn: 3,
                 msg: Some(9),
-                reply: SmtpReply {
-                    command: "RCPT".into(),
-                    code: 550,
-                    enhanced: Some("5.1.1".into()),
-                    text: "no such user".into(),
-                },
+                reply: SmtpReply::new("RCPT", &Reply::new(550, (5, 1, 1), "no such user")),
             },
         };
         let json = serde_json::to_string(&rec).unwrap();
         assert!(json.contains(r#""type":"smtp_reply""#), "{json}");
-        assert!(json.contains(r#""code":550"#), "{json}");
+        assert!(
+            json.ends_with(
+                r#""command":"RCPT","code":550,"enhanced":"5.1.1","text":"no such user"}"#
+            ),
+            "{json}"
+        );
         let back: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rec);
         assert_eq!(back.event.kind(), "smtp_reply");

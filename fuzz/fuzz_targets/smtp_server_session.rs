@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailsim_mailbox::smtp::{Backend, Reply, ServerConfig, SessionInfo, Transaction, handle_session};
+use mailsim_smtp::Reply;
+use mailsim_smtp::server::{Backend, ServerConfig, SessionInfo, Transaction, handle_session};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -10,7 +10,6 @@ use crate::folders::{self, Flags, FolderError, FolderRef, Mailstore, Message, Sy
 use crate::imap_wire::{push_literal, quoted_or_literal};
 use crate::mime::{Mime, SectionText};
 use crate::shell::{LoginOutcome, Protocol, Step, Timeout};
-use crate::users::sasl_plain;
 use imap_codec::decode::{AuthenticateDataDecodeError, CommandDecodeError, Decoder};
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
@@ -24,6 +23,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
+use mailsim_smtp::sasl::sasl_plain;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -10,6 +10,7 @@
 
 use crate::users::Users;
 use mailsim_events::Clock;
+pub use mailsim_smtp::sasl::LoginOutcome;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -41,17 +42,6 @@ impl Default for LoginLimits {
             failure_window: Duration::from_secs(15 * 60),
         }
     }
-}
-
-/// What a login attempt came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoginOutcome {
-    /// The credentials are right: the canonical user.
-    Accepted(String),
-    /// Wrong credentials (answered after the address's delay).
-    Rejected,
-    /// Too many failures from this address: refused without a check.
-    Throttled,
 }
 
 #[derive(Default)]

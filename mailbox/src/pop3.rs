@@ -7,7 +7,7 @@
 
 use crate::folders::{self, FolderRef, Mailstore};
 use crate::shell::{LoginOutcome, Protocol, Step, Timeout};
-use crate::users::sasl_plain_b64;
+use mailsim_smtp::sasl::sasl_plain_b64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -307,7 +307,7 @@ impl Session {
                 self.line(&l);
                 // The same framing as SMTP DATA (RFC 1939 section 3): leading dots doubled,
                 // CRLF line ends, the terminating "." line.
-                mailsim_mta::client::dot_stuff(&shown, &mut self.out);
+                mailsim_smtp::client::dot_stuff(&shown, &mut self.out);
             }
             (State::Transaction { msgs, .. }, "DELE") => {
                 match args.first().map(|a| pick(msgs, a)) {

@@ -5,13 +5,15 @@
 use crate::auth::Verifier;
 use crate::folders::{FolderError, Mailstore};
 use crate::login::{LoginGuard, LoginLimits, LoginOutcome};
-use crate::shell::{self, ConnectionLimiter, Timeouts};
-use crate::smtp::{Backend, Reply, ServerConfig, SessionInfo, Transaction};
-use crate::tls::Tls;
+use crate::shell::{self, Timeouts};
 use crate::users::Users;
 use crate::{imap, pop3};
 use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mailsim_events::{Clock, SystemClock};
+use mailsim_smtp::Reply;
+use mailsim_smtp::net::ConnectionLimiter;
+use mailsim_smtp::server::{Backend, ServerConfig, SessionInfo, Transaction};
+use mailsim_smtp::tls::Tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -148,7 +150,7 @@ impl MailboxBackend {
         let Some(addr) = self.relay else {
             return Reply::new(550, (5, 7, 1), "no outbound relay configured");
         };
-        let timeouts = mailsim_mta::client::SmtpTimeouts::default();
+        let timeouts = mailsim_smtp::client::SmtpTimeouts::default();
         let stream = match tokio::time::timeout(
             timeouts.connect,
             tokio::net::TcpStream::connect(addr),
@@ -158,13 +160,13 @@ impl MailboxBackend {
             Ok(Ok(s)) => s,
             _ => return Reply::new(451, (4, 4, 1), "relay MTA not reachable, try again later"),
         };
-        let mut client = mailsim_mta::client::SmtpClient::new(stream, timeouts);
+        let mut client = mailsim_smtp::client::SmtpClient::new(stream, timeouts);
         match client.handshake(&self.hostname).await {
             Ok(r) if r.last().is_some_and(|(_, r)| r.code == 250) => {}
             _ => return Reply::new(451, (4, 4, 2), "relay MTA refused the session"),
         }
         for rcpt in rcpts {
-            let env = mailsim_mta::client::Envelope {
+            let env = mailsim_smtp::client::Envelope {
                 from,
                 rcpt,
                 body: message,
@@ -478,7 +480,7 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
             relay: cfg.relay,
             hostname: cfg.hostname.clone(),
         });
-        let server = Arc::new(crate::smtp::Server::new(
+        let server = Arc::new(mailsim_smtp::server::Server::new(
             backend,
             smtp_cfg(role == Role::Submission),
         ));

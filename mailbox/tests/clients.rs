@@ -4,8 +4,8 @@
 
 use fake_dns::{DnsServer, RecordData, ZoneSet};
 use mailsim_mailbox::server::{self, MailboxConfig, Running};
-use mailsim_mailbox::tls::Tls;
 use mailsim_mailbox::users::Users;
+use mailsim_smtp::tls::Tls;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;

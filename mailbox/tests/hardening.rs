@@ -6,8 +6,8 @@
 
 use mailsim_mailbox::server::{self, MailboxConfig, Running};
 use mailsim_mailbox::shell::Timeouts;
-use mailsim_mailbox::tls::Tls;
 use mailsim_mailbox::users::Users;
+use mailsim_smtp::tls::Tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,8 +2,8 @@
 //! resident memory is this test's alone.
 
 use mailsim_mailbox::server::{self, MailboxConfig};
-use mailsim_mailbox::tls::Tls;
 use mailsim_mailbox::users::Users;
+use mailsim_smtp::tls::Tls;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

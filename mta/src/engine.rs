@@ -3,13 +3,14 @@
 //!
 //! Everything that changes state emits an event; nothing is counted on the side.
 
-use crate::client::{Envelope, Reply, SmtpClient, SmtpTimeouts};
 use crate::dkim::Signer;
 use crate::dns::{MxHost, Resolver, RouteError};
 use crate::queue::{Queue, QueueEntry, RetryPolicy};
 use crate::spool::{Recovered, Spool, SpoolEnvelope, SpoolError, SpoolRef};
 use crate::suppression::Suppression;
 use mailsim_events::{Clock, Event, EventSink, Record, SmtpReply};
+use mailsim_smtp::Reply;
+use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
@@ -632,11 +633,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         200..=299 => Fate::Delivered,
                         400..=499 => Fate::Temp {
                             reason: reason.to_string(),
-                            reply: Some(r.to_event(outcome.decisive_command)),
+                            reply: Some(SmtpReply::new(outcome.decisive_command, r)),
                         },
                         _ => Fate::Perm {
                             reason: reason.to_string(),
-                            reply: Some(r.to_event(outcome.decisive_command)),
+                            reply: Some(SmtpReply::new(outcome.decisive_command, r)),
                             hard,
                         },
                     };
@@ -699,7 +700,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }
         let (reason, hard) = classify(r, "CONNECT");
         for entry in batch {
-            let reply = Some(r.to_event("CONNECT"));
+            let reply = Some(SmtpReply::new("CONNECT", r));
             let fate = if r.code >= 500 {
                 Fate::Perm {
                     reason: reason.into(),
@@ -797,7 +798,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         self.inner.events.emit(Event::SmtpReply {
             conn,
             msg,
-            reply: r.to_event(command),
+            reply: SmtpReply::new(command, r),
         });
     }
 
@@ -825,9 +826,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 let dsn = DsnFacts {
                     status: reply
                         .as_ref()
-                        .and_then(|r| r.enhanced.clone())
+                        .and_then(|r| r.reply.enhanced.clone())
                         .unwrap_or_else(|| "5.0.0".into()),
-                    diagnostic: reply.as_ref().map(|r| format!("{} {}", r.code, r.text)),
+                    diagnostic: reply
+                        .as_ref()
+                        .map(|r| format!("{} {}", r.reply.code, r.reply.text)),
                     remote_mta: (!mx.is_empty()).then(|| mx.to_string()),
                     explanation: "The remote server refused it permanently.",
                     reason: reason.clone(),
@@ -874,10 +877,12 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         let dsn = DsnFacts {
                             status: reply
                                 .as_ref()
-                                .and_then(|r| r.enhanced.clone())
+                                .and_then(|r| r.reply.enhanced.clone())
                                 .filter(|e| e.starts_with('4'))
                                 .unwrap_or_else(|| "4.4.7".into()),
-                            diagnostic: reply.as_ref().map(|r| format!("{} {}", r.code, r.text)),
+                            diagnostic: reply
+                                .as_ref()
+                                .map(|r| format!("{} {}", r.reply.code, r.reply.text)),
                             remote_mta: (!mx.is_empty()).then(|| mx.to_string()),
                             explanation: "Delivery time expired: the message could not be delivered within its lifetime.",
                             reason: "expired".into(),

@@ -4,13 +4,12 @@
 //! [`spool`] in one durable batch and queues one [`queue::QueueEntry`] per recipient. The
 //! dispatcher ([`engine::Mta::run`]) opens connections per destination within a limit, after
 //! resolving MX hosts through a [`dns::Resolver`]; each session speaks SMTP with the
-//! [`client::SmtpClient`] (PIPELINING, many messages per connection). Each reply becomes an event;
+//! [`mailsim_smtp::client::SmtpClient`] (PIPELINING, many messages per connection). Each reply becomes an event;
 //! 2xx delivers, 4xx defers with backoff ([`queue::RetryPolicy`]), 5xx bounces.
 //!
 //! Seams: the clock and the event sink come from `mailsim-events`; the network is a
 //! [`engine::Connector`]; DNS is a [`dns::Resolver`].
 
-pub mod client;
 pub mod dkim;
 pub mod dns;
 pub mod engine;

@@ -5,7 +5,7 @@ use crate::scenario::{
     ContentFilter, Domain, DropConnections, Greylist, HostBehaviour, Later, MailboxFull, Profile,
     RateLimit, Slow, TempFail, Window,
 };
-use mailsim_mailbox::smtp::Reply;
+use mailsim_smtp::Reply;
 use std::collections::BTreeSet;
 
 /// The replies a server gives, by situation. `{ip}` and `{domain}` are filled in when used.

@@ -10,12 +10,12 @@
 
 use crate::fleet::{LaterKind, LaterReport};
 use mailsim_events::{Clock, Event, EventSink};
-use mailsim_mailbox::smtp::{SessionInfo, Transaction};
 use mailsim_mta::Connector;
-use mailsim_mta::client::{Envelope, SmtpClient, SmtpTimeouts};
 use mailsim_mta::dns::Resolver;
 use mailsim_mta::engine::verp_id;
 use mailsim_mta::suppression::Suppression;
+use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts};
+use mailsim_smtp::server::{SessionInfo, Transaction};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;

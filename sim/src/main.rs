@@ -544,7 +544,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 retention_days,
                 auth_delay_s,
             } = *args;
-            use mailsim_mailbox::{server, tls::Tls, users::Users};
+            use mailsim_mailbox::{server, users::Users};
+            use mailsim_smtp::tls::Tls;
             let mut accounts = Users::new(&domains);
             for (i, u) in users.iter().enumerate() {
                 accounts.add_spec(u, &format!("--user #{}", i + 1))?;

@@ -12,7 +12,7 @@
 use crate::behaviour::{Behaviour, fill};
 use crate::fleet::LaterKind;
 use crate::world::chance;
-use mailsim_mailbox::smtp::Reply;
+use mailsim_smtp::Reply;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;

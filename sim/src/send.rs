@@ -6,7 +6,7 @@ use crate::runner::build_messages;
 use crate::scenario::Scenario;
 use crate::world::World;
 use mailsim_mta::OutboundMessage;
-use mailsim_mta::client::{Envelope, SmtpClient, SmtpTimeouts};
+use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

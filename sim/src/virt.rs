@@ -2,8 +2,8 @@
 //! (paused) clock. Used on a current-thread runtime, so one seed replays a run exactly.
 
 use crate::fleet::{FleetServers, HostBackend};
-use mailsim_mailbox::smtp::Server;
 use mailsim_mta::Connector;
+use mailsim_smtp::server::Server;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};

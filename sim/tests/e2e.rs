@@ -117,8 +117,8 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
         };
         assert_eq!(
             (
-                reply.code,
-                reply.enhanced.as_deref(),
+                reply.reply.code,
+                reply.reply.enhanced.as_deref(),
                 reply.command.as_str()
             ),
             (550, Some("5.1.1"), "RCPT")

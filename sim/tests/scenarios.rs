@@ -182,7 +182,7 @@ fn isp_throttling_backs_each_destination_off_and_delivers_everything() {
         .filter_map(|r| match &r.event {
             Event::Deferred {
                 reply: Some(reply), ..
-            } => Some(reply.text.as_str()),
+            } => Some(reply.reply.text.as_str()),
             _ => None,
         })
         .collect();
@@ -288,7 +288,7 @@ fn dmarc_misconfig_is_rejected_by_enforcing_receivers_only() {
             } else {
                 "5.7.509"
             };
-            assert_eq!(reply.enhanced.as_deref(), Some(expected));
+            assert_eq!(reply.reply.enhanced.as_deref(), Some(expected));
             assert_eq!(reply.command, "DATA");
         }
     }
@@ -550,8 +550,8 @@ fn behaviours_refuse_drop_delay_and_switch_off_as_configured() {
                     reply.command.clone(),
                     format!(
                         "{} {}",
-                        reply.code,
-                        reply.enhanced.clone().unwrap_or_default()
+                        reply.reply.code,
+                        reply.reply.enhanced.clone().unwrap_or_default()
                     ),
                 )),
                 _ => None,

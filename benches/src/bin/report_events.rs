@@ -25,9 +25,11 @@ impl Clock for Stepping {
 fn reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
     SmtpReply {
         command: "DATA".into(),
-        code,
-        enhanced: Some(enhanced.into()),
-        text: text.into(),
+        reply: mailsim_events::Reply {
+            code,
+            enhanced: Some(enhanced.into()),
+            text: text.into(),
+        },
     }
 }
 

@@ -1,7 +1,8 @@
 //! The inbound SMTP server over a real loopback socket: pipelining, limits, sequence errors,
 //! connection cap and clean shutdown.
 
-use mailsim_mailbox::smtp::{Backend, Reply, ServerConfig, SessionInfo, Transaction, serve};
+use mailsim_smtp::Reply;
+use mailsim_smtp::server::{Backend, ServerConfig, SessionInfo, Transaction, serve};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -345,7 +346,7 @@ async fn the_command_deadline_follows_each_command_not_the_session() {
     );
     let (mut client, server) = tokio::io::duplex(4096);
     let session = tokio::spawn(async move {
-        mailsim_mailbox::smtp::handle_session(server, info, &Recorder::default(), &cfg).await
+        mailsim_smtp::server::handle_session(server, info, &Recorder::default(), &cfg).await
     });
     let start = tokio::time::Instant::now();
     client.write_all(b"NO").await.unwrap();

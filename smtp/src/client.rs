@@ -5,8 +5,7 @@
 //! reply. [`SmtpClient`] is the thin async shell around them, generic over the stream, so TCP,
 //! TLS and in-memory pipes all work.
 
-use mailsim_events::SmtpReply;
-use smtp_proto::response::parser::ResponseReceiver;
+use crate::reply::{Reply, ReplyReader};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -47,82 +46,6 @@ pub enum ClientError {
         phase: &'static str,
         message: String,
     },
-}
-
-/// Sans-IO reply reader: feed bytes, get complete replies.
-#[derive(Default)]
-pub struct ReplyReader {
-    receiver: ResponseReceiver,
-}
-
-impl ReplyReader {
-    /// Parse one reply from `bytes`, advancing past what was consumed. `Ok(None)` means every
-    /// byte was consumed and more are needed.
-    pub fn parse(&mut self, bytes: &mut std::slice::Iter<'_, u8>) -> Result<Option<Reply>, String> {
-        let before = bytes.as_slice();
-        match self.receiver.parse(bytes) {
-            Ok(r) => {
-                let consumed = &before[..before.len() - bytes.as_slice().len()];
-                self.receiver.reset();
-                // smtp-proto accepts short or odd codes ("30"); RFC 5321 replies are 2xx-5xx.
-                if !(200..=599).contains(&r.code) {
-                    return Err(format!(
-                        "reply code {} is not a three-digit 2xx-5xx code",
-                        r.code
-                    ));
-                }
-                let enhanced = if r.esc.contains(&u8::MAX) {
-                    // smtp-proto keeps each part in a byte; RFC 3463 allows three digits
-                    // (Microsoft's 5.7.509): read it from the reply's last line instead.
-                    last_line_enhanced(consumed)
-                } else {
-                    (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]))
-                };
-                Ok(Some(Reply {
-                    code: r.code,
-                    enhanced,
-                    text: r.message,
-                }))
-            }
-            Err(smtp_proto::Error::NeedsMoreData { .. }) => Ok(None),
-            Err(e) => {
-                self.receiver.reset();
-                Err(format!("{e:?}"))
-            }
-        }
-    }
-}
-
-/// The enhanced status code (`D.DDD.DDD`) right after the code on a reply's last line.
-fn last_line_enhanced(raw: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(raw);
-    let line = text.trim_end().lines().last()?;
-    let token = line.get(4..)?.split_whitespace().next()?;
-    let parts: Vec<&str> = token.split('.').collect();
-    let ok = parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
-    ok.then(|| token.to_string())
-}
-
-/// A reply: code, enhanced status code and the text (continuation lines joined by `\n`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    pub enhanced: Option<String>,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn to_event(&self, command: &str) -> SmtpReply {
-        SmtpReply {
-            command: command.to_string(),
-            code: self.code,
-            enhanced: self.enhanced.clone(),
-            text: self.text.clone(),
-        }
-    }
 }
 
 /// What the server said it supports in its EHLO reply.
@@ -478,75 +401,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reply_reader_handles_multiline_split_input_and_enhanced_codes() {
-        let mut r = ReplyReader::default();
-        let part1 = b"250-mx.example.test hello\r\n250-PIPE";
-        let part2 = b"LINING\r\n250 SIZE 1000\r\n550 5.1.1 no such user\r\n";
-        let mut it = part1.iter();
-        assert_eq!(r.parse(&mut it).unwrap(), None);
-        assert_eq!(it.len(), 0);
-        let mut it = part2.iter();
-        let ehlo = r.parse(&mut it).unwrap().unwrap();
-        assert_eq!(ehlo.code, 250);
-        let caps = Capabilities::from_ehlo_text(&ehlo.text);
-        assert!(caps.pipelining);
-        assert_eq!(caps.size_bytes_max, Some(1000));
-        let rcpt = r.parse(&mut it).unwrap().unwrap();
-        assert_eq!(rcpt.code, 550);
-        assert_eq!(rcpt.enhanced.as_deref(), Some("5.1.1"));
-        assert_eq!(rcpt.text, "no such user");
-        // Three-digit parts (RFC 3463 allows up to 999), as Microsoft sends them.
-        let mut it =
-            b"550-5.7.509 Access denied, sending domain\r\n550 5.7.509 does not pass DMARC\r\n"
-                .iter();
-        let r = r.parse(&mut it).unwrap().unwrap();
-        assert_eq!(r.enhanced.as_deref(), Some("5.7.509"));
-    }
-
-    #[test]
-    fn reply_reader_rejects_garbage() {
-        let mut r = ReplyReader::default();
-        let mut it = b"hello there\r\n".iter();
-        assert!(r.parse(&mut it).is_err());
-    }
-
-    #[test]
-    fn reply_reader_survives_random_input() {
-        // A tiny deterministic generator keeps this crate free of a rand dependency.
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let alphabet = b"0123455- \r\n.x";
-        for _ in 0..2000 {
-            let mut r = ReplyReader::default();
-            let len = (next() % 300) as usize;
-            let input: Vec<u8> = (0..len)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect();
-            let mut it = input.iter();
-            let mut guard = 0;
-            while it.len() > 0 && guard < 1000 {
-                let before = it.len();
-                match r.parse(&mut it) {
-                    Ok(Some(reply)) => assert!(
-                        (200..=599).contains(&reply.code),
-                        "{reply:?} from {:?}",
-                        String::from_utf8_lossy(&input)
-                    ),
-                    Ok(None) => break,
-                    Err(_) if it.len() == before => break,
-                    Err(_) => {}
-                }
-                guard += 1;
-            }
-        }
-    }
 
     #[test]
     fn dot_stuffing_doubles_leading_dots_and_terminates() {

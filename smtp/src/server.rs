@@ -1,7 +1,8 @@
-//! Inbound SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES).
+//! Inbound SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS, AUTH).
 
-use crate::login::LoginOutcome;
-use crate::shell::{ConnectionLimiter, Refusal};
+use crate::net::{ConnectionLimiter, Refusal};
+use crate::reply::Reply;
+use crate::sasl::LoginOutcome;
 use smtp_proto::Request;
 use smtp_proto::request::receiver::DataReceiver;
 use std::future::Future;
@@ -65,61 +66,6 @@ impl Default for ServerConfig {
             tls: None,
             auth: false,
             auth_failures_max: 3,
-        }
-    }
-}
-
-/// A reply to send: code, enhanced status code, text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    pub enhanced: Option<(u8, u16, u16)>,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn new(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Self {
-        Reply {
-            code,
-            enhanced: Some(enhanced),
-            text: text.into(),
-        }
-    }
-
-    /// Not a reply: close the connection without answering (a server that drops the client).
-    pub fn disconnect() -> Self {
-        Reply {
-            code: 0,
-            enhanced: None,
-            text: String::new(),
-        }
-    }
-
-    pub fn is_disconnect(&self) -> bool {
-        self.code == 0
-    }
-
-    pub fn enhanced_str(&self) -> String {
-        self.enhanced
-            .map(|(a, b, c)| format!("{a}.{b}.{c}"))
-            .unwrap_or_default()
-    }
-
-    pub fn is_positive(&self) -> bool {
-        self.code != 0 && self.code < 400
-    }
-
-    /// Append the wire form (multi-line when the text has newlines).
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        let lines: Vec<&str> = self.text.split('\n').collect();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            out.extend_from_slice(format!("{}{}", self.code, sep).as_bytes());
-            if let Some((a, b, c)) = self.enhanced {
-                out.extend_from_slice(format!("{a}.{b}.{c} ").as_bytes());
-            }
-            out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
-            out.extend_from_slice(b"\r\n");
         }
     }
 }
@@ -362,7 +308,7 @@ async fn check_credentials<B: Backend>(
 }
 
 async fn plain_response<B: Backend>(backend: &B, info: &SessionInfo, text: &str) -> AuthOutcome {
-    match crate::users::sasl_plain_b64(text) {
+    match crate::sasl::sasl_plain_b64(text) {
         Some((login, password)) => check_credentials(backend, info, &login, &password).await,
         None => AuthOutcome::Failed(Reply::new(
             501,
@@ -386,14 +332,14 @@ async fn auth_line<B: Backend>(
     match step {
         AuthStep::PlainResponse => plain_response(backend, info, &text).await,
         AuthStep::LoginUser => {
-            match crate::users::decode_sasl_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
+            match crate::sasl::decode_sasl_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
                 Some(user) => AuthOutcome::Next(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
                 None => {
                     AuthOutcome::Failed(Reply::new(501, (5, 5, 2), "cannot decode the user name"))
                 }
             }
         }
-        AuthStep::LoginPassword(user) => match crate::users::decode_sasl_b64(&text) {
+        AuthStep::LoginPassword(user) => match crate::sasl::decode_sasl_b64(&text) {
             Some(password) => check_credentials(backend, info, &user, &password).await,
             None => AuthOutcome::Failed(Reply::new(501, (5, 5, 2), "cannot decode the password")),
         },
@@ -1003,7 +949,7 @@ impl<B: Backend> Server<B> {
     /// Accept connections on `listener` until `shutdown` resolves; then wait for every open
     /// session to finish.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        crate::shell::accept_loop(listener, shutdown, None, move |stream, peer| {
+        crate::net::accept_loop(listener, shutdown, None, move |stream, peer| {
             let local = stream.local_addr().unwrap_or(peer);
             let server = self.clone();
             async move { server.accept(stream, peer, local).await }
@@ -1101,20 +1047,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn multiline_reply_wire_form() {
-        let mut out = Vec::new();
-        Reply {
-            code: 250,
-            enhanced: None,
-            text: "mx hello\nPIPELINING".into(),
-        }
-        .write_to(&mut out);
-        assert_eq!(out, b"250-mx hello\r\n250 PIPELINING\r\n");
-        out.clear();
-        Reply::new(550, (5, 1, 1), "no such user").write_to(&mut out);
-        assert_eq!(out, b"550 5.1.1 no such user\r\n");
     }
 }
