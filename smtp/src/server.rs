@@ -190,7 +190,14 @@ impl Framer {
 
     /// Switch to DATA mode (after replying 354).
     pub fn start_data(&mut self) {
-        self.data = Some((DataReceiver::new(), Vec::new(), false));
+        // The message starts after the CRLF that ended the DATA command: a first line that
+        // starts with a dot is stuffed (RFC 5321 section 4.5.2), and a lone "." right away is
+        // the end of an empty message. smtp-proto's receiver starts without that CRLF, so it
+        // is shown one, and what it passes on is dropped.
+        let mut receiver = DataReceiver::new();
+        let mut primed = Vec::new();
+        receiver.ingest(&mut b"\r\n".iter(), &mut primed);
+        self.data = Some((receiver, Vec::new(), false));
     }
 
     pub fn has_buffered(&self) -> bool {
@@ -1001,6 +1008,23 @@ mod tests {
             f.next_input(),
             Some(Input::Data(b"Subject: x\r\n\r\n.dot\r\n".to_vec()))
         );
+        assert_eq!(f.next_input(), Some(Input::Line(b"QUIT".to_vec())));
+    }
+
+    /// RFC 5321 section 4.5.2 from the first byte of the message: a stuffed first line loses
+    /// its dot, and "." right after the 354 is an empty message.
+    #[test]
+    fn framer_unstuffs_the_first_line_and_ends_an_empty_message() {
+        let mut f = Framer::new(512, 1000);
+        f.start_data();
+        f.feed(b"..first\r\nsecond\r\n.\r\n");
+        assert_eq!(
+            f.next_input(),
+            Some(Input::Data(b".first\r\nsecond\r\n".to_vec()))
+        );
+        f.start_data();
+        f.feed(b".\r\nQUIT\r\n");
+        assert_eq!(f.next_input(), Some(Input::Data(Vec::new())));
         assert_eq!(f.next_input(), Some(Input::Line(b"QUIT".to_vec())));
     }
 
