@@ -737,6 +737,8 @@ async fn command<B: Backend>(
                 Reply::new(503, (5, 5, 1), "say EHLO first").write_to(out);
             } else if tx.is_some() {
                 Reply::new(503, (5, 5, 1), "nested MAIL command").write_to(out);
+            } else if !from.address.is_empty() && !is_mailbox(&from.address) {
+                Reply::new(501, (5, 1, 7), "bad sender address syntax").write_to(out);
             } else if from.size > cfg.message_bytes_max {
                 Reply::new(
                     552,
@@ -857,6 +859,14 @@ async fn command<B: Backend>(
     Flow::Continue
 }
 
+/// RFC 5321 section 4.1.2: `Local-part "@" ( Domain / address-literal )`, both parts present
+/// (smtp-proto lets `a@` through).
+fn is_mailbox(address: &str) -> bool {
+    address
+        .rsplit_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+}
+
 /// RCPT for `address`: limits and sequence here, the decision the backend's.
 async fn rcpt<B: Backend>(
     address: String,
@@ -868,6 +878,9 @@ async fn rcpt<B: Backend>(
 ) -> Flow {
     match tx.as_mut() {
         None => Reply::new(503, (5, 5, 1), "need MAIL before RCPT").write_to(out),
+        Some(_) if address != "postmaster" && !is_mailbox(&address) => {
+            Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out)
+        }
         Some(t) if t.rcpts.len() >= cfg.rcpts_per_message_max => {
             Reply::new(452, (4, 5, 3), "too many recipients").write_to(out)
         }
@@ -1026,6 +1039,16 @@ mod tests {
         f.feed(b".\r\nQUIT\r\n");
         assert_eq!(f.next_input(), Some(Input::Data(Vec::new())));
         assert_eq!(f.next_input(), Some(Input::Line(b"QUIT".to_vec())));
+    }
+
+    #[test]
+    fn a_mailbox_has_a_local_part_and_a_domain() {
+        for ok in ["a@b.test", "\"a b\"@b.test", "a@[192.0.2.1]", "a@b@c.test"] {
+            assert!(is_mailbox(ok), "{ok}");
+        }
+        for bad in ["a@", "@b.test", "a", ""] {
+            assert!(!is_mailbox(bad), "{bad}");
+        }
     }
 
     #[test]
