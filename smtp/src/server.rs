@@ -283,158 +283,36 @@ impl Framer {
     }
 }
 
-enum Flow {
-    Continue,
-    /// QUIT: answer, then close.
-    Close,
-    /// The backend drops the connection without answering.
-    Drop,
-    /// STARTTLS accepted: send the 220, then the TLS handshake.
+/// What the driver does next for a [`Session`].
+#[derive(Debug)]
+pub enum Action {
+    /// Ask the backend, then give the answer to [`Session::answer`] (or, for
+    /// [`Question::Credentials`], to [`Session::authenticated`]).
+    Ask(Question),
+    /// Send [`Session::output`] (after the backend's reply delay), then [`Session::flushed`].
+    Flush,
+    /// Read more input, until `deadline` (time since the session started); then
+    /// [`Session::feed`], or [`Session::timed_out`] when nothing came.
+    Read { deadline: Duration },
+    /// Send the output, then the TLS handshake; then [`Session::tls_started`].
     StartTls,
-    /// AUTH started.
-    Auth(AuthOutcome),
+    /// Send the output and close the connection (QUIT, a 421).
+    Close,
+    /// Send the output and drop the connection (the backend cut the client off).
+    Drop,
 }
 
-/// Where an AUTH exchange stands after a client line.
-enum AuthOutcome {
-    /// Send this 334 challenge; the next line is for `AuthStep`.
-    Next(AuthStep, &'static str),
-    /// Finished without a check (a malformed or cancelled exchange): this reply.
-    Failed(Reply),
-    /// Finished: what the credentials came to.
-    Checked(LoginOutcome),
-}
-
-async fn check_credentials<B: Backend>(
-    backend: &B,
-    info: &SessionInfo,
-    login: &str,
-    password: &[u8],
-) -> AuthOutcome {
-    AuthOutcome::Checked(backend.authenticate(info, login, password).await)
-}
-
-async fn plain_response<B: Backend>(backend: &B, info: &SessionInfo, text: &str) -> AuthOutcome {
-    match crate::sasl::sasl_plain_b64(text) {
-        Some((login, password)) => check_credentials(backend, info, &login, &password).await,
-        None => AuthOutcome::Failed(Reply::new(
-            501,
-            (5, 5, 2),
-            "cannot decode the AUTH PLAIN response",
-        )),
-    }
-}
-
-/// A client line during an AUTH exchange.
-async fn auth_line<B: Backend>(
-    line: &[u8],
-    step: AuthStep,
-    backend: &B,
-    info: &SessionInfo,
-) -> AuthOutcome {
-    let text = String::from_utf8_lossy(line);
-    if text.trim() == "*" {
-        return AuthOutcome::Failed(Reply::new(501, (5, 0, 0), "authentication cancelled"));
-    }
-    match step {
-        AuthStep::PlainResponse => plain_response(backend, info, &text).await,
-        AuthStep::LoginUser => {
-            match crate::sasl::decode_sasl_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
-                Some(user) => AuthOutcome::Next(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
-                None => {
-                    AuthOutcome::Failed(Reply::new(501, (5, 5, 2), "cannot decode the user name"))
-                }
-            }
-        }
-        AuthStep::LoginPassword(user) => match crate::sasl::decode_sasl_b64(&text) {
-            Some(password) => check_credentials(backend, info, &user, &password).await,
-            None => AuthOutcome::Failed(Reply::new(501, (5, 5, 2), "cannot decode the password")),
-        },
-    }
-}
-
-/// Answer the end of an AUTH exchange (RFC 4954 replies): remember the user, or count failures.
-/// The backend has already slowed a failing client down.
-fn finish_auth(
-    info: &mut SessionInfo,
-    failures: &mut u32,
-    outcome: LoginOutcome,
-    cfg: &ServerConfig,
-    out: &mut Vec<u8>,
-) -> Flow {
-    match outcome {
-        LoginOutcome::Accepted(u) => {
-            info.user = Some(u);
-            Reply::new(235, (2, 7, 0), "Authentication successful").write_to(out);
-            Flow::Continue
-        }
-        LoginOutcome::Rejected => {
-            *failures += 1;
-            Reply::new(535, (5, 7, 8), "Authentication credentials invalid").write_to(out);
-            if *failures >= cfg.auth_failures_max {
-                Reply::new(421, (4, 7, 0), "too many failed authentications, closing")
-                    .write_to(out);
-                return Flow::Close;
-            }
-            Flow::Continue
-        }
-        LoginOutcome::Throttled => {
-            Reply::new(
-                421,
-                (4, 7, 0),
-                "too many failed authentications from your address, try again later",
-            )
-            .write_to(out);
-            Flow::Close
-        }
-    }
-}
-
-/// Run one SMTP session over any stream.
-pub async fn handle_session<S, B>(stream: S, info: SessionInfo, backend: &B, cfg: &ServerConfig)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    B: Backend,
-{
-    let probe = info.clone();
-    let started = Instant::now();
-    let mut out = Vec::with_capacity(1024);
-    let delay = backend.greeting_delay(&info);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(refusal) = backend.on_connect(&info) {
-        refusal.write_to(&mut out);
-        let mut stream = stream;
-        let _ = stream.write_all(&out).await;
-        let _ = stream.shutdown().await;
-        backend.on_disconnect(&probe);
-        return;
-    }
-    Reply {
-        code: 220,
-        enhanced: None,
-        text: format!("{} ESMTP mailsim", cfg.hostname),
-    }
-    .write_to(&mut out);
-    let mut info = info;
-    if let SessionEnd::StartTls(plain) =
-        run_session(stream, &mut info, backend, cfg, out, started).await
-        && let Some(tls) = &cfg.tls
-        && let Ok(Ok(secured)) =
-            tokio::time::timeout(cfg.command_timeout, tls.acceptor.accept(plain)).await
-    {
-        // RFC 3207 section 4.2: the session starts over, the client must say EHLO again.
-        info.tls = true;
-        info.helo.clear();
-        run_session(secured, &mut info, backend, cfg, Vec::new(), started).await;
-    }
-    backend.on_disconnect(&probe);
-}
-
-enum SessionEnd<S> {
-    Done,
-    StartTls(S),
+/// What the session asks its backend.
+#[derive(Debug)]
+pub enum Question {
+    /// MAIL FROM (`""` for the null sender).
+    Mail { from: String },
+    /// RCPT TO, within [`Session::transaction`].
+    Rcpt { rcpt: String },
+    /// A complete message for the envelope `tx`.
+    Data { tx: Transaction, message: Vec<u8> },
+    /// AUTH credentials to check.
+    Credentials { login: String, password: Vec<u8> },
 }
 
 /// An AUTH exchange in progress (RFC 4954): what the next client line is.
@@ -453,206 +331,549 @@ enum Timer {
     Login,
 }
 
-/// The earliest deadline for the next input: idle, the command or message under way, login.
-fn read_deadline(
-    cfg: &ServerConfig,
-    info: &SessionInfo,
-    started: Instant,
-    framer: &Framer,
-    partial: &mut Option<((bool, u64), Instant)>,
-) -> (Instant, Timer) {
-    let now = Instant::now();
-    // A message counts from the 354, a command line from its first byte; the same input is
-    // the same mode and the same count of inputs taken (a busy pipelining client whose reads
-    // end mid-line is on a new command each time).
-    let key = (framer.in_data(), framer.taken());
-    let pending = key.0 || framer.has_partial_line();
-    *partial = match *partial {
-        Some((k, since)) if pending && k == key => Some((k, since)),
-        _ if pending => Some((key, now)),
-        _ => None,
-    };
-    let mut deadline = (now + cfg.idle_timeout, Timer::Idle);
-    if let Some(((data, _), since)) = *partial {
-        let (limit, timer) = if data {
-            (cfg.data_timeout, Timer::Data)
-        } else {
-            (cfg.command_timeout, Timer::Command)
-        };
-        if since + limit < deadline.0 {
-            deadline = (since + limit, timer);
-        }
-    }
-    if cfg.auth && info.user.is_none() && started + cfg.login_timeout < deadline.0 {
-        deadline = (started + cfg.login_timeout, Timer::Login);
-    }
-    deadline
+/// What the session waits to be told.
+enum Waiting {
+    /// The reply to MAIL from this address.
+    Mail(String),
+    /// The reply to RCPT for this address; the output length before the command.
+    Rcpt(String, usize),
+    Data,
+    Credentials,
 }
 
-async fn run_session<S, B>(
-    mut stream: S,
-    info: &mut SessionInfo,
-    backend: &B,
-    cfg: &ServerConfig,
-    mut out: Vec<u8>,
-    started: Instant,
-) -> SessionEnd<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    B: Backend,
-{
-    let mut framer = Framer::new(cfg.command_line_bytes_max, cfg.message_bytes_max);
-    let mut tx: Option<Transaction> = None;
-    let mut auth_step: Option<AuthStep> = None;
-    let mut auth_failures = 0u32;
-    let mut rcpt_rejects = 0u32;
-    let mut partial = None;
-    // Per-connection memory is what bounds a server holding thousands of idle clients.
-    let mut readbuf = vec![0u8; READ_BUF_BYTES];
-    loop {
-        // Reply to everything pipelined so far before reading more (RFC 2920).
-        if !framer.has_buffered()
-            && !out.is_empty()
-            && !flush(&mut stream, &mut out, backend, info).await
-        {
-            return SessionEnd::Done;
+/// How a command leaves the session.
+enum Flow {
+    Continue,
+    /// QUIT, a 421: answer, then close.
+    Close,
+    /// The backend drops the connection without answering.
+    Drop,
+    /// STARTTLS accepted: send the 220, then the TLS handshake.
+    StartTls,
+    /// The backend has to be asked first.
+    Ask(Question, Waiting),
+}
+
+/// One SMTP server session, sans-IO: bytes and backend answers in, replies and questions out.
+/// [`handle_session`] drives it over a stream; tests and fuzzers drive it by hand.
+pub struct Session<'c> {
+    cfg: &'c ServerConfig,
+    pub info: SessionInfo,
+    framer: Framer,
+    tx: Option<Transaction>,
+    auth_step: Option<AuthStep>,
+    auth_failures: u32,
+    rcpt_rejects: u32,
+    /// The input under way (mode and count of inputs taken) and since when.
+    partial: Option<((bool, u64), Duration)>,
+    timer: Timer,
+    out: Vec<u8>,
+    waiting: Option<Waiting>,
+    /// How the last input ended the session, once its replies are out.
+    end: Option<Action>,
+}
+
+impl<'c> Session<'c> {
+    /// A session whose greeting is already in the output.
+    pub fn new(info: SessionInfo, cfg: &'c ServerConfig) -> Self {
+        let mut out = Vec::with_capacity(1024);
+        Reply::plain(220, format!("{} ESMTP mailsim", cfg.hostname)).write_to(&mut out);
+        Session {
+            cfg,
+            info,
+            framer: Framer::new(cfg.command_line_bytes_max, cfg.message_bytes_max),
+            tx: None,
+            auth_step: None,
+            auth_failures: 0,
+            rcpt_rejects: 0,
+            partial: None,
+            timer: Timer::Idle,
+            out,
+            waiting: None,
+            end: None,
         }
-        let input = match framer.next_input() {
-            Some(input) => input,
-            None => {
-                if !out.is_empty() && !flush(&mut stream, &mut out, backend, info).await {
-                    return SessionEnd::Done;
+    }
+
+    /// Bytes from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.framer.feed(bytes);
+    }
+
+    /// The replies to send.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The output was sent.
+    pub fn flushed(&mut self) {
+        self.out.clear();
+    }
+
+    /// The transaction in progress (for a RCPT question).
+    pub fn transaction(&self) -> Option<&Transaction> {
+        self.tx.as_ref()
+    }
+
+    /// What to do next; `now` is the time since the session started.
+    pub fn next(&mut self, now: Duration) -> Action {
+        loop {
+            if let Some(end) = self.end.take() {
+                return end;
+            }
+            // Reply to everything pipelined so far before reading more (RFC 2920).
+            if !self.framer.has_buffered() && !self.out.is_empty() {
+                return Action::Flush;
+            }
+            let Some(input) = self.framer.next_input() else {
+                if !self.out.is_empty() {
+                    return Action::Flush;
                 }
-                let (deadline, timer) = read_deadline(cfg, info, started, &framer, &mut partial);
-                let n = match tokio::time::timeout_at(deadline, stream.read(&mut readbuf)).await {
-                    Err(_) => {
-                        let what = match timer {
-                            Timer::Idle => "idle too long",
-                            Timer::Command => "command not completed in time",
-                            Timer::Data => "message not completed in time",
-                            Timer::Login => "not authenticated in time",
-                        };
-                        Reply::new(421, (4, 4, 2), format!("{} {what}, closing", cfg.hostname))
-                            .write_to(&mut out);
-                        let _ = stream.write_all(&out).await;
-                        let _ = stream.shutdown().await;
-                        return SessionEnd::Done;
-                    }
-                    Ok(Err(_)) | Ok(Ok(0)) => return SessionEnd::Done,
-                    Ok(Ok(n)) => n,
-                };
-                framer.feed(&readbuf[..n]);
-                continue;
+                let (deadline, timer) = self.read_deadline(now);
+                self.timer = timer;
+                return Action::Read { deadline };
+            };
+            if let Some(action) = self.input(input) {
+                return action;
+            }
+        }
+    }
+
+    /// No input came before the deadline: a 421 naming the timer, then close.
+    pub fn timed_out(&mut self) {
+        let what = match self.timer {
+            Timer::Idle => "idle too long",
+            Timer::Command => "command not completed in time",
+            Timer::Data => "message not completed in time",
+            Timer::Login => "not authenticated in time",
+        };
+        Reply::new(
+            421,
+            (4, 4, 2),
+            format!("{} {what}, closing", self.cfg.hostname),
+        )
+        .write_to(&mut self.out);
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 section
+    /// 4.2: the client must say EHLO again; nothing sent in clear is acted on).
+    pub fn tls_started(&mut self) {
+        self.info.tls = true;
+        self.info.helo.clear();
+        self.framer = Framer::new(self.cfg.command_line_bytes_max, self.cfg.message_bytes_max);
+        self.tx = None;
+        self.auth_step = None;
+        self.auth_failures = 0;
+        self.rcpt_rejects = 0;
+        self.partial = None;
+        self.out.clear();
+        self.waiting = None;
+        self.end = None;
+    }
+
+    /// The backend's reply to a MAIL, RCPT or message question.
+    pub fn answer(&mut self, reply: Reply) {
+        let flow = match self.waiting.take() {
+            Some(Waiting::Mail(from)) => {
+                if reply.is_positive() {
+                    self.tx = Some(Transaction {
+                        mail_from: from,
+                        rcpts: Vec::new(),
+                    });
+                }
+                let flow = answer(reply, &mut self.out);
+                self.after_command(flow, None)
+            }
+            Some(Waiting::Rcpt(rcpt, before)) => {
+                if reply.is_positive()
+                    && let Some(t) = self.tx.as_mut()
+                {
+                    t.rcpts.push(rcpt);
+                }
+                let flow = answer(reply, &mut self.out);
+                self.after_command(flow, Some(before))
+            }
+            Some(Waiting::Data) => answer(reply, &mut self.out),
+            Some(Waiting::Credentials) | None => Flow::Continue,
+        };
+        self.end = self.finish(flow);
+    }
+
+    /// The backend's verdict on AUTH credentials (RFC 4954 replies): remember the user, or
+    /// count failures. The backend has already slowed a failing client down.
+    pub fn authenticated(&mut self, outcome: LoginOutcome) {
+        self.waiting = None;
+        let out = &mut self.out;
+        let flow = match outcome {
+            LoginOutcome::Accepted(u) => {
+                self.info.user = Some(u);
+                Reply::new(235, (2, 7, 0), "Authentication successful").write_to(out);
+                Flow::Continue
+            }
+            LoginOutcome::Rejected => {
+                self.auth_failures += 1;
+                Reply::new(535, (5, 7, 8), "Authentication credentials invalid").write_to(out);
+                if self.auth_failures >= self.cfg.auth_failures_max {
+                    Reply::new(421, (4, 7, 0), "too many failed authentications, closing")
+                        .write_to(out);
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                }
+            }
+            LoginOutcome::Throttled => {
+                Reply::new(
+                    421,
+                    (4, 7, 0),
+                    "too many failed authentications from your address, try again later",
+                )
+                .write_to(out);
+                Flow::Close
             }
         };
+        self.end = self.finish(flow);
+    }
+
+    /// The action a flow ends in, if it ends the session's run of inputs.
+    fn finish(&mut self, flow: Flow) -> Option<Action> {
+        match flow {
+            Flow::Continue => None,
+            Flow::Close => Some(Action::Close),
+            Flow::Drop => Some(Action::Drop),
+            Flow::StartTls => Some(Action::StartTls),
+            Flow::Ask(question, waiting) => {
+                self.waiting = Some(waiting);
+                Some(Action::Ask(question))
+            }
+        }
+    }
+
+    /// One input: its replies go to the output; a question or the end of the session is
+    /// returned.
+    fn input(&mut self, input: Input) -> Option<Action> {
         let flow = match input {
             Input::LineTooLong => {
-                Reply::new(500, (5, 5, 6), "line too long").write_to(&mut out);
+                Reply::new(500, (5, 5, 6), "line too long").write_to(&mut self.out);
                 Flow::Continue
             }
             Input::DataTooBig => {
-                tx = None;
-                Reply::new(552, (5, 3, 4), "message exceeds the size limit").write_to(&mut out);
+                self.tx = None;
+                Reply::new(552, (5, 3, 4), "message exceeds the size limit")
+                    .write_to(&mut self.out);
                 Flow::Continue
             }
             Input::Data(message) => {
-                let t = tx.take().unwrap_or_default();
-                answer(backend.on_data(info, &t, message).await, &mut out)
+                let tx = self.tx.take().unwrap_or_default();
+                Flow::Ask(Question::Data { tx, message }, Waiting::Data)
             }
-            Input::Line(line) => {
-                // A line is the next step of an AUTH exchange, or a command (which may start one).
-                let auth = match auth_step.take() {
-                    Some(step) => Ok(auth_line(&line, step, backend, info).await),
-                    None => {
-                        let rcpt = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"RCPT");
-                        let before = out.len();
-                        let flow =
-                            command(&line, info, &mut tx, &mut framer, backend, cfg, &mut out)
-                                .await;
-                        if rcpt && out.get(before) == Some(&b'5') {
-                            rcpt_rejects += 1;
-                        }
-                        match flow {
-                            Flow::Auth(outcome) => Ok(outcome),
-                            Flow::Continue
-                                if cfg.rcpt_rejects_max.is_some_and(|m| rcpt_rejects >= m) =>
-                            {
-                                Reply::new(
-                                    421,
-                                    (4, 7, 0),
-                                    format!(
-                                        "{} too many rejected recipients, closing",
-                                        cfg.hostname
-                                    ),
-                                )
-                                .write_to(&mut out);
-                                Err(Flow::Close)
-                            }
-                            other => Err(other),
-                        }
-                    }
-                };
-                match auth {
-                    Err(flow) => flow,
-                    Ok(AuthOutcome::Next(next, challenge)) => {
-                        auth_step = Some(next);
-                        Reply {
-                            code: 334,
-                            enhanced: None,
-                            text: challenge.into(),
-                        }
-                        .write_to(&mut out);
-                        Flow::Continue
-                    }
-                    Ok(AuthOutcome::Failed(reply)) => {
-                        reply.write_to(&mut out);
-                        Flow::Continue
-                    }
-                    Ok(AuthOutcome::Checked(outcome)) => {
-                        finish_auth(info, &mut auth_failures, outcome, cfg, &mut out)
+            // A line is the next step of an AUTH exchange, or a command (which may start one).
+            Input::Line(line) => match self.auth_step.take() {
+                Some(step) => self.auth_line(&line, step),
+                None => {
+                    let before = self.out.len();
+                    let rcpt = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"RCPT");
+                    let flow = self.command(&line, before);
+                    match flow {
+                        Flow::Ask(..) | Flow::StartTls => flow,
+                        _ => self.after_command(flow, rcpt.then_some(before)),
                     }
                 }
+            },
+        };
+        self.finish(flow)
+    }
+
+    /// After a command's reply: count a refused RCPT (`rcpt_at`: where its reply starts) and
+    /// close a session that has had too many.
+    fn after_command(&mut self, flow: Flow, rcpt_at: Option<usize>) -> Flow {
+        if rcpt_at.is_some_and(|at| self.out.get(at) == Some(&b'5')) {
+            self.rcpt_rejects += 1;
+        }
+        match flow {
+            Flow::Continue
+                if self
+                    .cfg
+                    .rcpt_rejects_max
+                    .is_some_and(|m| self.rcpt_rejects >= m) =>
+            {
+                Reply::new(
+                    421,
+                    (4, 7, 0),
+                    format!("{} too many rejected recipients, closing", self.cfg.hostname),
+                )
+                .write_to(&mut self.out);
+                Flow::Close
+            }
+            other => other,
+        }
+    }
+
+    /// The earliest deadline for the next input: idle, the command or message under way, login.
+    fn read_deadline(&mut self, now: Duration) -> (Duration, Timer) {
+        let cfg = self.cfg;
+        // A message counts from the 354, a command line from its first byte; the same input is
+        // the same mode and the same count of inputs taken (a busy pipelining client whose
+        // reads end mid-line is on a new command each time).
+        let key = (self.framer.in_data(), self.framer.taken());
+        let pending = key.0 || self.framer.has_partial_line();
+        self.partial = match self.partial {
+            Some((k, since)) if pending && k == key => Some((k, since)),
+            _ if pending => Some((key, now)),
+            _ => None,
+        };
+        let mut deadline = (now + cfg.idle_timeout, Timer::Idle);
+        if let Some(((data, _), since)) = self.partial {
+            let (limit, timer) = if data {
+                (cfg.data_timeout, Timer::Data)
+            } else {
+                (cfg.command_timeout, Timer::Command)
+            };
+            if since + limit < deadline.0 {
+                deadline = (since + limit, timer);
+            }
+        }
+        if cfg.auth && self.info.user.is_none() && cfg.login_timeout < deadline.0 {
+            deadline = (cfg.login_timeout, Timer::Login);
+        }
+        deadline
+    }
+
+    /// A client line during an AUTH exchange.
+    fn auth_line(&mut self, line: &[u8], step: AuthStep) -> Flow {
+        let text = String::from_utf8_lossy(line);
+        if text.trim() == "*" {
+            return self.auth_failed(501, (5, 0, 0), "authentication cancelled");
+        }
+        match step {
+            AuthStep::PlainResponse => self.plain_response(&text),
+            AuthStep::LoginUser => {
+                match crate::sasl::decode_sasl_b64(&text).and_then(|d| String::from_utf8(d).ok()) {
+                    Some(user) => self.challenge(AuthStep::LoginPassword(user), "UGFzc3dvcmQ6"),
+                    None => self.auth_failed(501, (5, 5, 2), "cannot decode the user name"),
+                }
+            }
+            AuthStep::LoginPassword(login) => match crate::sasl::decode_sasl_b64(&text) {
+                Some(password) => credentials(login, password),
+                None => self.auth_failed(501, (5, 5, 2), "cannot decode the password"),
+            },
+        }
+    }
+
+    fn plain_response(&mut self, text: &str) -> Flow {
+        match crate::sasl::sasl_plain_b64(text) {
+            Some((login, password)) => credentials(login, password),
+            None => self.auth_failed(501, (5, 5, 2), "cannot decode the AUTH PLAIN response"),
+        }
+    }
+
+    /// Send a 334 challenge; the next line answers it.
+    fn challenge(&mut self, next: AuthStep, challenge: &str) -> Flow {
+        self.auth_step = Some(next);
+        Reply::plain(334, challenge).write_to(&mut self.out);
+        Flow::Continue
+    }
+
+    /// An AUTH exchange ended without a check (malformed or cancelled).
+    fn auth_failed(&mut self, code: u16, enhanced: (u8, u16, u16), text: &str) -> Flow {
+        Reply::new(code, enhanced, text).write_to(&mut self.out);
+        Flow::Continue
+    }
+
+    fn command(&mut self, line: &[u8], before: usize) -> Flow {
+        let cfg = self.cfg;
+        let out = &mut self.out;
+        let mut with_crlf = Vec::with_capacity(line.len() + 2);
+        with_crlf.extend_from_slice(line);
+        with_crlf.extend_from_slice(b"\r\n");
+        let request = match Request::parse(&mut with_crlf.iter()) {
+            Ok(r) => r.into_owned(),
+            Err(smtp_proto::Error::UnknownCommand) => {
+                Reply::new(500, (5, 5, 2), "command not recognized").write_to(out);
+                return Flow::Continue;
+            }
+            Err(smtp_proto::Error::InvalidSenderAddress) => {
+                Reply::new(501, (5, 1, 7), "bad sender address syntax").write_to(out);
+                return Flow::Continue;
+            }
+            Err(smtp_proto::Error::InvalidRecipientAddress) => {
+                Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out);
+                return Flow::Continue;
+            }
+            Err(e) => {
+                syntax_error(e).write_to(out);
+                return Flow::Continue;
             }
         };
-        match flow {
-            Flow::Continue => {}
-            Flow::Close => {
-                let _ = stream.write_all(&out).await;
-                let _ = stream.shutdown().await;
-                return SessionEnd::Done;
-            }
-            Flow::Drop => {
-                // Send what was answered before the drop, then cut the connection.
-                let _ = stream.write_all(&out).await;
-                return SessionEnd::Done;
-            }
-            Flow::StartTls => {
-                if stream.write_all(&out).await.is_err() {
-                    return SessionEnd::Done;
+        let info = &mut self.info;
+        let tx = &mut self.tx;
+        match request {
+            Request::Ehlo { host } | Request::Lhlo { host } => {
+                info.helo = host;
+                *tx = None;
+                let mut text = format!(
+                    "{} hello {}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
+                    cfg.hostname, info.helo, cfg.message_bytes_max
+                );
+                if cfg.tls.is_some() && !info.tls {
+                    text.push_str("\nSTARTTLS");
                 }
-                // Nothing sent in clear after STARTTLS may be acted on (RFC 3207 section 6).
-                return SessionEnd::StartTls(stream);
+                // Credentials only travel encrypted: AUTH is offered after STARTTLS.
+                if cfg.auth && info.tls {
+                    text.push_str("\nAUTH PLAIN LOGIN");
+                }
+                Reply::plain(250, text).write_to(out);
             }
-            // An AUTH exchange is answered where it is read.
-            Flow::Auth(_) => {}
+            Request::Helo { host } => {
+                info.helo = host;
+                *tx = None;
+                Reply::plain(250, cfg.hostname.clone()).write_to(out);
+            }
+            Request::Mail { from } => {
+                if info.helo.is_empty() {
+                    Reply::new(503, (5, 5, 1), "say EHLO first").write_to(out);
+                } else if tx.is_some() {
+                    Reply::new(503, (5, 5, 1), "nested MAIL command").write_to(out);
+                } else if !from.address.is_empty() && !is_mailbox(&from.address) {
+                    Reply::new(501, (5, 1, 7), "bad sender address syntax").write_to(out);
+                } else if from.size > cfg.message_bytes_max {
+                    Reply::new(
+                        552,
+                        (5, 3, 4),
+                        "message size exceeds fixed maximum message size",
+                    )
+                    .write_to(out);
+                } else {
+                    return Flow::Ask(
+                        Question::Mail {
+                            from: from.address.clone(),
+                        },
+                        Waiting::Mail(from.address),
+                    );
+                }
+            }
+            Request::Rcpt { mut to } if to.address.is_empty() => {
+                // smtp-proto reads both <> and <postmaster> as "": only the second is a
+                // recipient (RFC 5321 section 4.5.1: postmaster without a domain must be
+                // accepted).
+                let raw = String::from_utf8_lossy(line).to_ascii_lowercase();
+                if raw.contains("<postmaster>") {
+                    to.address = "postmaster".into();
+                    return self.rcpt(to.address, before);
+                }
+                Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out)
+            }
+            Request::Rcpt { to } => return self.rcpt(to.address, before),
+            Request::Data => match tx.as_ref() {
+                Some(t) if !t.rcpts.is_empty() => {
+                    Reply::plain(354, "end data with <CR><LF>.<CR><LF>").write_to(out);
+                    self.framer.start_data();
+                }
+                Some(_) => {
+                    *tx = None;
+                    Reply::new(554, (5, 5, 1), "no valid recipients").write_to(out);
+                }
+                None => {
+                    Reply::new(503, (5, 5, 1), "need MAIL and RCPT before DATA").write_to(out)
+                }
+            },
+            Request::Rset => {
+                *tx = None;
+                Reply::new(250, (2, 0, 0), "reset").write_to(out);
+            }
+            Request::Noop { .. } => Reply::new(250, (2, 0, 0), "OK").write_to(out),
+            Request::Vrfy { .. } => {
+                Reply::new(252, (2, 1, 5), "cannot verify, will attempt delivery").write_to(out)
+            }
+            Request::StartTls => {
+                if cfg.tls.is_none() {
+                    Reply::new(502, (5, 5, 1), "STARTTLS not offered").write_to(out);
+                } else if info.tls {
+                    Reply::new(503, (5, 5, 1), "TLS already active").write_to(out);
+                } else {
+                    *tx = None;
+                    Reply::new(220, (2, 0, 0), "ready to start TLS").write_to(out);
+                    return Flow::StartTls;
+                }
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                if !cfg.auth {
+                    Reply::new(502, (5, 5, 1), "AUTH not offered").write_to(out);
+                } else if !info.tls {
+                    Reply::new(
+                        538,
+                        (5, 7, 11),
+                        "encryption required for requested authentication mechanism",
+                    )
+                    .write_to(out);
+                } else if info.user.is_some() {
+                    Reply::new(503, (5, 5, 1), "already authenticated").write_to(out);
+                } else if tx.is_some() {
+                    Reply::new(
+                        503,
+                        (5, 5, 1),
+                        "AUTH not permitted during a mail transaction",
+                    )
+                    .write_to(out);
+                } else if mechanism == smtp_proto::AUTH_PLAIN {
+                    return if initial_response.is_empty() {
+                        self.challenge(AuthStep::PlainResponse, "")
+                    } else {
+                        self.plain_response(&initial_response)
+                    };
+                } else if mechanism == smtp_proto::AUTH_LOGIN {
+                    return if initial_response.is_empty() {
+                        self.challenge(AuthStep::LoginUser, "VXNlcm5hbWU6")
+                    } else {
+                        self.auth_line(initial_response.as_bytes(), AuthStep::LoginUser)
+                    };
+                } else {
+                    Reply::new(504, (5, 5, 4), "unrecognized authentication type").write_to(out);
+                }
+            }
+            Request::Quit => {
+                Reply::new(221, (2, 0, 0), format!("{} closing", cfg.hostname)).write_to(out);
+                return Flow::Close;
+            }
+            other => {
+                Reply::new(502, (5, 5, 1), format!("{} not implemented", other.name()))
+                    .write_to(out)
+            }
         }
+        Flow::Continue
+    }
+
+    /// RCPT for `address`: limits and sequence here, the decision the backend's.
+    fn rcpt(&mut self, address: String, before: usize) -> Flow {
+        let out = &mut self.out;
+        match self.tx.as_ref() {
+            None => Reply::new(503, (5, 5, 1), "need MAIL before RCPT").write_to(out),
+            Some(_) if address != "postmaster" && !is_mailbox(&address) => {
+                Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out)
+            }
+            Some(t) if t.rcpts.len() >= self.cfg.rcpts_per_message_max => {
+                Reply::new(452, (4, 5, 3), "too many recipients").write_to(out)
+            }
+            Some(_) => {
+                return Flow::Ask(
+                    Question::Rcpt {
+                        rcpt: address.clone(),
+                    },
+                    Waiting::Rcpt(address, before),
+                );
+            }
+        }
+        Flow::Continue
     }
 }
 
-/// Write the pending replies after the backend's reply delay; false when the client is gone.
-async fn flush<S: AsyncWrite + Unpin, B: Backend>(
-    stream: &mut S,
-    out: &mut Vec<u8>,
-    backend: &B,
-    info: &SessionInfo,
-) -> bool {
-    let delay = backend.reply_delay(info);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let ok = stream.write_all(out).await.is_ok();
-    out.clear();
-    ok
+/// Ask the backend to check credentials.
+fn credentials(login: String, password: Vec<u8>) -> Flow {
+    Flow::Ask(
+        Question::Credentials { login, password },
+        Waiting::Credentials,
+    )
 }
 
 /// Queue a backend's reply, or drop the connection when it says so.
@@ -669,194 +890,124 @@ fn answer(reply: Reply, out: &mut Vec<u8>) -> Flow {
     }
 }
 
-async fn command<B: Backend>(
-    line: &[u8],
-    info: &mut SessionInfo,
-    tx: &mut Option<Transaction>,
-    framer: &mut Framer,
-    backend: &B,
-    cfg: &ServerConfig,
-    out: &mut Vec<u8>,
-) -> Flow {
-    let mut with_crlf = Vec::with_capacity(line.len() + 2);
-    with_crlf.extend_from_slice(line);
-    with_crlf.extend_from_slice(b"\r\n");
-    let request = match Request::parse(&mut with_crlf.iter()) {
-        Ok(r) => r.into_owned(),
-        Err(smtp_proto::Error::UnknownCommand) => {
-            Reply::new(500, (5, 5, 2), "command not recognized").write_to(out);
-            return Flow::Continue;
-        }
-        Err(smtp_proto::Error::InvalidSenderAddress) => {
-            Reply::new(501, (5, 1, 7), "bad sender address syntax").write_to(out);
-            return Flow::Continue;
-        }
-        Err(smtp_proto::Error::InvalidRecipientAddress) => {
-            Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out);
-            return Flow::Continue;
-        }
-        Err(e) => {
-            syntax_error(e).write_to(out);
-            return Flow::Continue;
-        }
-    };
-    match request {
-        Request::Ehlo { host } | Request::Lhlo { host } => {
-            info.helo = host;
-            *tx = None;
-            let mut text = format!(
-                "{} hello {}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES",
-                cfg.hostname, info.helo, cfg.message_bytes_max
-            );
-            if cfg.tls.is_some() && !info.tls {
-                text.push_str("\nSTARTTLS");
-            }
-            // Credentials only travel encrypted: AUTH is offered after STARTTLS.
-            if cfg.auth && info.tls {
-                text.push_str("\nAUTH PLAIN LOGIN");
-            }
-            Reply {
-                code: 250,
-                enhanced: None,
-                text,
-            }
-            .write_to(out);
-        }
-        Request::Helo { host } => {
-            info.helo = host;
-            *tx = None;
-            Reply {
-                code: 250,
-                enhanced: None,
-                text: cfg.hostname.clone(),
-            }
-            .write_to(out);
-        }
-        Request::Mail { from } => {
-            if info.helo.is_empty() {
-                Reply::new(503, (5, 5, 1), "say EHLO first").write_to(out);
-            } else if tx.is_some() {
-                Reply::new(503, (5, 5, 1), "nested MAIL command").write_to(out);
-            } else if !from.address.is_empty() && !is_mailbox(&from.address) {
-                Reply::new(501, (5, 1, 7), "bad sender address syntax").write_to(out);
-            } else if from.size > cfg.message_bytes_max {
-                Reply::new(
-                    552,
-                    (5, 3, 4),
-                    "message size exceeds fixed maximum message size",
-                )
-                .write_to(out);
-            } else {
-                let reply = backend.on_mail(info, &from.address);
-                if reply.is_positive() {
-                    *tx = Some(Transaction {
-                        mail_from: from.address,
-                        rcpts: Vec::new(),
-                    });
-                }
-                return answer(reply, out);
-            }
-        }
-        Request::Rcpt { mut to } if to.address.is_empty() => {
-            // smtp-proto reads both <> and <postmaster> as "": only the second is a recipient
-            // (RFC 5321 section 4.5.1: postmaster without a domain must be accepted).
-            let raw = String::from_utf8_lossy(line).to_ascii_lowercase();
-            if raw.contains("<postmaster>") {
-                to.address = "postmaster".into();
-                return rcpt(to.address, tx, backend, info, cfg, out).await;
-            }
-            Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out)
-        }
-        Request::Rcpt { to } => return rcpt(to.address, tx, backend, info, cfg, out).await,
+/// Run one SMTP session over any stream: the tokio driver of [`Session`].
+pub async fn handle_session<S, B>(stream: S, info: SessionInfo, backend: &B, cfg: &ServerConfig)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    let probe = info.clone();
+    let started = Instant::now();
+    let delay = backend.greeting_delay(&info);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(refusal) = backend.on_connect(&info) {
+        let mut out = Vec::new();
+        refusal.write_to(&mut out);
+        let mut stream = stream;
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+        backend.on_disconnect(&probe);
+        return;
+    }
+    let mut session = Session::new(info, cfg);
+    if let SessionEnd::StartTls(plain) = drive(stream, &mut session, backend, started).await
+        && let Some(tls) = &cfg.tls
+        && let Ok(Ok(secured)) =
+            tokio::time::timeout(cfg.command_timeout, tls.acceptor.accept(plain)).await
+    {
+        session.tls_started();
+        drive(secured, &mut session, backend, started).await;
+    }
+    backend.on_disconnect(&probe);
+}
 
-        Request::Data => match tx.as_ref() {
-            Some(t) if !t.rcpts.is_empty() => {
-                Reply {
-                    code: 354,
-                    enhanced: None,
-                    text: "end data with <CR><LF>.<CR><LF>".into(),
+enum SessionEnd<S> {
+    Done,
+    StartTls(S),
+}
+
+/// Carry out a session's actions on one stream (plain, then again inside TLS).
+async fn drive<S, B>(
+    mut stream: S,
+    session: &mut Session<'_>,
+    backend: &B,
+    started: Instant,
+) -> SessionEnd<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Backend,
+{
+    // Per-connection memory is what bounds a server holding thousands of idle clients.
+    let mut readbuf = vec![0u8; READ_BUF_BYTES];
+    loop {
+        match session.next(started.elapsed()) {
+            Action::Flush => {
+                let delay = backend.reply_delay(&session.info);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
                 }
-                .write_to(out);
-                framer.start_data();
+                let ok = stream.write_all(session.output()).await.is_ok();
+                session.flushed();
+                if !ok {
+                    return SessionEnd::Done;
+                }
             }
-            Some(_) => {
-                *tx = None;
-                Reply::new(554, (5, 5, 1), "no valid recipients").write_to(out);
+            Action::Read { deadline } => {
+                match tokio::time::timeout_at(started + deadline, stream.read(&mut readbuf)).await
+                {
+                    Err(_) => {
+                        session.timed_out();
+                        let _ = stream.write_all(session.output()).await;
+                        let _ = stream.shutdown().await;
+                        return SessionEnd::Done;
+                    }
+                    Ok(Err(_)) | Ok(Ok(0)) => return SessionEnd::Done,
+                    Ok(Ok(n)) => session.feed(&readbuf[..n]),
+                }
             }
-            None => Reply::new(503, (5, 5, 1), "need MAIL and RCPT before DATA").write_to(out),
-        },
-        Request::Rset => {
-            *tx = None;
-            Reply::new(250, (2, 0, 0), "reset").write_to(out);
-        }
-        Request::Noop { .. } => Reply::new(250, (2, 0, 0), "OK").write_to(out),
-        Request::Vrfy { .. } => {
-            Reply::new(252, (2, 1, 5), "cannot verify, will attempt delivery").write_to(out)
-        }
-        Request::StartTls => {
-            if cfg.tls.is_none() {
-                Reply::new(502, (5, 5, 1), "STARTTLS not offered").write_to(out);
-            } else if info.tls {
-                Reply::new(503, (5, 5, 1), "TLS already active").write_to(out);
-            } else {
-                *tx = None;
-                Reply::new(220, (2, 0, 0), "ready to start TLS").write_to(out);
-                return Flow::StartTls;
+            Action::Ask(question) => match question {
+                Question::Mail { from } => {
+                    let reply = backend.on_mail(&session.info, &from);
+                    session.answer(reply);
+                }
+                Question::Rcpt { rcpt } => {
+                    let reply = match session.transaction() {
+                        Some(tx) => backend.on_rcpt(&session.info, tx, &rcpt).await,
+                        None => Reply::new(503, (5, 5, 1), "need MAIL before RCPT"),
+                    };
+                    session.answer(reply);
+                }
+                Question::Data { tx, message } => {
+                    let reply = backend.on_data(&session.info, &tx, message).await;
+                    session.answer(reply);
+                }
+                Question::Credentials { login, password } => {
+                    let outcome = backend.authenticate(&session.info, &login, &password).await;
+                    session.authenticated(outcome);
+                }
+            },
+            Action::Close => {
+                let _ = stream.write_all(session.output()).await;
+                let _ = stream.shutdown().await;
+                return SessionEnd::Done;
             }
-        }
-        Request::Auth {
-            mechanism,
-            initial_response,
-        } => {
-            if !cfg.auth {
-                Reply::new(502, (5, 5, 1), "AUTH not offered").write_to(out);
-            } else if !info.tls {
-                Reply::new(
-                    538,
-                    (5, 7, 11),
-                    "encryption required for requested authentication mechanism",
-                )
-                .write_to(out);
-            } else if info.user.is_some() {
-                Reply::new(503, (5, 5, 1), "already authenticated").write_to(out);
-            } else if tx.is_some() {
-                Reply::new(
-                    503,
-                    (5, 5, 1),
-                    "AUTH not permitted during a mail transaction",
-                )
-                .write_to(out);
-            } else if mechanism == smtp_proto::AUTH_PLAIN {
-                return Flow::Auth(if initial_response.is_empty() {
-                    AuthOutcome::Next(AuthStep::PlainResponse, "")
-                } else {
-                    plain_response(backend, info, &initial_response).await
-                });
-            } else if mechanism == smtp_proto::AUTH_LOGIN {
-                return Flow::Auth(if initial_response.is_empty() {
-                    AuthOutcome::Next(AuthStep::LoginUser, "VXNlcm5hbWU6")
-                } else {
-                    auth_line(
-                        initial_response.as_bytes(),
-                        AuthStep::LoginUser,
-                        backend,
-                        info,
-                    )
-                    .await
-                });
-            } else {
-                Reply::new(504, (5, 5, 4), "unrecognized authentication type").write_to(out);
+            Action::Drop => {
+                // Send what was answered before the drop, then cut the connection.
+                let _ = stream.write_all(session.output()).await;
+                return SessionEnd::Done;
             }
-        }
-        Request::Quit => {
-            Reply::new(221, (2, 0, 0), format!("{} closing", cfg.hostname)).write_to(out);
-            return Flow::Close;
-        }
-        other => {
-            Reply::new(502, (5, 5, 1), format!("{} not implemented", other.name())).write_to(out)
+            Action::StartTls => {
+                if stream.write_all(session.output()).await.is_err() {
+                    return SessionEnd::Done;
+                }
+                session.flushed();
+                // Nothing sent in clear after STARTTLS may be acted on (RFC 3207 section 6).
+                return SessionEnd::StartTls(stream);
+            }
         }
     }
-    Flow::Continue
 }
 
 /// RFC 5321 section 4.1.2: `Local-part "@" ( Domain / address-literal )`, both parts present
@@ -865,34 +1016,6 @@ fn is_mailbox(address: &str) -> bool {
     address
         .rsplit_once('@')
         .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
-}
-
-/// RCPT for `address`: limits and sequence here, the decision the backend's.
-async fn rcpt<B: Backend>(
-    address: String,
-    tx: &mut Option<Transaction>,
-    backend: &B,
-    info: &SessionInfo,
-    cfg: &ServerConfig,
-    out: &mut Vec<u8>,
-) -> Flow {
-    match tx.as_mut() {
-        None => Reply::new(503, (5, 5, 1), "need MAIL before RCPT").write_to(out),
-        Some(_) if address != "postmaster" && !is_mailbox(&address) => {
-            Reply::new(501, (5, 1, 3), "bad recipient address syntax").write_to(out)
-        }
-        Some(t) if t.rcpts.len() >= cfg.rcpts_per_message_max => {
-            Reply::new(452, (4, 5, 3), "too many recipients").write_to(out)
-        }
-        Some(t) => {
-            let reply = backend.on_rcpt(info, t, &address).await;
-            if reply.is_positive() {
-                t.rcpts.push(address);
-            }
-            return answer(reply, out);
-        }
-    }
-    Flow::Continue
 }
 
 /// The reply to a command smtp-proto could not parse, without Rust's debug text: what was
@@ -1039,6 +1162,78 @@ mod tests {
         f.feed(b".\r\nQUIT\r\n");
         assert_eq!(f.next_input(), Some(Input::Data(Vec::new())));
         assert_eq!(f.next_input(), Some(Input::Line(b"QUIT".to_vec())));
+    }
+
+    fn session_info() -> SessionInfo {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:25".parse().unwrap();
+        SessionInfo::new(1, peer, local)
+    }
+
+    /// The session is a state machine: bytes and answers in, replies and questions out, time
+    /// as an argument; no runtime needed.
+    #[test]
+    fn a_session_is_driven_by_hand() {
+        let cfg = ServerConfig {
+            hostname: "mx.test".into(),
+            ..ServerConfig::default()
+        };
+        let mut s = Session::new(session_info(), &cfg);
+        let t0 = Duration::ZERO;
+        assert!(matches!(s.next(t0), Action::Flush));
+        assert_eq!(s.output(), b"220 mx.test ESMTP mailsim\r\n");
+        s.flushed();
+        match s.next(t0) {
+            Action::Read { deadline } => assert_eq!(deadline, cfg.idle_timeout),
+            other => panic!("{other:?}"),
+        }
+        // A pipelined envelope: EHLO answered at once, then one question per command.
+        s.feed(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\n");
+        match s.next(t0) {
+            Action::Ask(Question::Mail { from }) => assert_eq!(from, "a@c.test"),
+            other => panic!("{other:?}"),
+        }
+        s.answer(Reply::new(250, (2, 1, 0), "sender ok"));
+        match s.next(t0) {
+            Action::Ask(Question::Rcpt { rcpt }) => {
+                assert_eq!(rcpt, "x@mx.test");
+                assert_eq!(s.transaction().map(|t| t.mail_from.as_str()), Some("a@c.test"));
+            }
+            other => panic!("{other:?}"),
+        }
+        s.answer(Reply::new(550, (5, 1, 1), "no such user"));
+        // DATA without an accepted recipient; the replies go out together (RFC 2920).
+        assert!(matches!(s.next(t0), Action::Flush));
+        let text = String::from_utf8(s.output().to_vec()).unwrap();
+        assert!(text.starts_with("250-mx.test hello c.test\r\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "250 2.1.0 sender ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n"
+            ),
+            "{text}"
+        );
+        s.flushed();
+        // Half a command at 10 s: the command deadline runs from its first byte.
+        let t10 = Duration::from_secs(10);
+        s.feed(b"NO");
+        match s.next(t10) {
+            Action::Read { deadline } => assert_eq!(deadline, t10 + cfg.command_timeout),
+            other => panic!("{other:?}"),
+        }
+        match s.next(t10 + Duration::from_secs(5)) {
+            Action::Read { deadline } => assert_eq!(deadline, t10 + cfg.command_timeout),
+            other => panic!("{other:?}"),
+        }
+        s.timed_out();
+        assert_eq!(
+            s.output(),
+            b"421 4.4.2 mx.test command not completed in time, closing\r\n"
+        );
+        // The rest of the command and a pipelined QUIT: both answered, then the close.
+        s.flushed();
+        s.feed(b"OP\r\nQUIT\r\n");
+        assert!(matches!(s.next(t10), Action::Close));
+        assert_eq!(s.output(), b"250 2.0.0 OK\r\n221 2.0.0 mx.test closing\r\n");
     }
 
     #[test]
