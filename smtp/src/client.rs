@@ -1,9 +1,10 @@
 //! The outbound SMTP client.
 //!
-//! The protocol pieces are sans-IO: [`ReplyReader`] turns bytes into replies with smtp-proto's
-//! response parser, [`dot_stuff`] frames a message body for DATA, [`Capabilities`] reads an EHLO
-//! reply. [`SmtpClient`] is the thin async shell around them, generic over the stream, so TCP,
-//! TLS and in-memory pipes all work.
+//! The protocol pieces are sans-IO: [`ClientTransaction`] is one mail transaction as a state
+//! machine (replies in, commands and the outcome out), [`ReplyReader`] turns bytes into replies
+//! with smtp-proto's response parser, [`dot_stuff`] frames a message body for DATA,
+//! [`Capabilities`] reads an EHLO reply. [`SmtpClient`] is the thin async shell around them,
+//! generic over the stream, so TCP, TLS and in-memory pipes all work.
 
 use crate::reply::{Reply, ReplyReader};
 use std::time::Duration;
@@ -130,19 +131,292 @@ pub struct TransactionOutcome {
     pub replies: Vec<(&'static str, Reply)>,
 }
 
-impl TransactionOutcome {
-    fn closing(
-        decisive: Reply,
-        decisive_command: &'static str,
-        replies: Vec<(&'static str, Reply)>,
-    ) -> Self {
-        TransactionOutcome {
-            decisive,
-            decisive_command,
-            connection_closed: true,
-            replies,
+/// Which timeout an I/O step runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Command,
+    /// Sending a message and waiting for the reply to its end.
+    Data,
+}
+
+/// What the driver of a [`ClientTransaction`] does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Send what the transaction appended to the output (`phase` names the command in errors),
+    /// then tell [`ClientTransaction::sent`].
+    Send { phase: &'static str, wait: Wait },
+    /// Read one reply for `phase`, then give it to [`ClientTransaction::reply`].
+    Read { phase: &'static str, wait: Wait },
+    /// The transaction is over.
+    Done(TransactionOutcome),
+}
+
+/// Where a transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    SendMail,
+    ReadMail,
+    SendRcpt,
+    ReadRcpt,
+    SendData,
+    ReadData,
+    /// "." for a message nobody can receive (the server said 354 anyway), and its reply.
+    SendEmpty,
+    ReadEmpty,
+    SendBody,
+    ReadEnd,
+    /// RSET after a failure; then the outcome kept in `after_rset`.
+    SendRset,
+    ReadRset,
+    Done,
+}
+
+/// One mail transaction for one recipient, sans-IO: replies in, commands and the outcome out.
+/// With PIPELINING, MAIL, RCPT and DATA go in one write (RFC 2920); without, one at a time.
+/// [`SmtpClient::transaction`] drives it over a stream.
+pub struct ClientTransaction<'a> {
+    body: &'a [u8],
+    rcpt_cmd: String,
+    pipelining: bool,
+    state: State,
+    mail: Option<Reply>,
+    rcpt: Option<Reply>,
+    data: Option<Reply>,
+    replies: Vec<(&'static str, Reply)>,
+    after_rset: Option<TransactionOutcome>,
+}
+
+fn ok(r: &Option<Reply>) -> bool {
+    r.as_ref().is_some_and(|r| r.code / 100 == 2)
+}
+
+impl<'a> ClientTransaction<'a> {
+    /// A transaction for `env` to a server with `caps`; its first commands are appended to
+    /// `out` and the first step returned.
+    pub fn new(env: &Envelope<'a>, caps: &Capabilities, out: &mut Vec<u8>) -> (Self, Step) {
+        let size = match caps.size_bytes_max {
+            Some(_) => format!(" SIZE={}", env.body.len()),
+            None => String::new(),
+        };
+        let rcpt_cmd = format!("RCPT TO:<{}>\r\n", env.rcpt);
+        out.extend_from_slice(format!("MAIL FROM:<{}>{size}\r\n", env.from).as_bytes());
+        if caps.pipelining {
+            out.extend_from_slice(rcpt_cmd.as_bytes());
+            out.extend_from_slice(b"DATA\r\n");
+        }
+        let t = ClientTransaction {
+            body: env.body,
+            rcpt_cmd,
+            pipelining: caps.pipelining,
+            state: State::SendMail,
+            mail: None,
+            rcpt: None,
+            data: None,
+            replies: Vec::with_capacity(4),
+            after_rset: None,
+        };
+        (t, send("MAIL", Wait::Command))
+    }
+
+    /// The output was sent.
+    pub fn sent(&mut self) -> Step {
+        let (state, phase, wait) = match self.state {
+            State::SendMail => (State::ReadMail, "MAIL", Wait::Command),
+            State::SendRcpt => (State::ReadRcpt, "RCPT", Wait::Command),
+            State::SendData => (State::ReadData, "DATA", Wait::Command),
+            State::SendEmpty => (State::ReadEmpty, "DATA", Wait::Data),
+            State::SendBody => (State::ReadEnd, "DATA", Wait::Data),
+            State::SendRset => (State::ReadRset, "RSET", Wait::Command),
+            other => unreachable!("sent() in state {other:?}"),
+        };
+        self.state = state;
+        Step::Read { phase, wait }
+    }
+
+    /// A reply came; what is sent next is appended to `out`.
+    pub fn reply(&mut self, r: Reply, out: &mut Vec<u8>) -> Step {
+        match self.state {
+            State::ReadMail if self.pipelining => {
+                if r.code == 421 {
+                    // The server is closing: its reply decides, nothing more will come.
+                    self.replies.push(("MAIL", r.clone()));
+                    return self.done(r, "MAIL", true);
+                }
+                self.mail = Some(r);
+                self.state = State::ReadRcpt;
+                Step::Read {
+                    phase: "RCPT",
+                    wait: Wait::Command,
+                }
+            }
+            State::ReadMail => {
+                if r.code / 100 != 2 {
+                    self.replies.push(("MAIL", r.clone()));
+                    return self.reset_unless_closing(r, "MAIL", out);
+                }
+                self.mail = Some(r);
+                out.extend_from_slice(self.rcpt_cmd.as_bytes());
+                self.state = State::SendRcpt;
+                send("RCPT", Wait::Command)
+            }
+            State::ReadRcpt if self.pipelining => {
+                if r.code == 421 {
+                    let mail = self.mail.take().unwrap_or_else(|| r.clone());
+                    self.replies.push(("MAIL", mail));
+                    self.replies.push(("RCPT", r.clone()));
+                    return self.done(r, "RCPT", true);
+                }
+                self.rcpt = Some(r);
+                self.state = State::ReadData;
+                Step::Read {
+                    phase: "DATA",
+                    wait: Wait::Command,
+                }
+            }
+            State::ReadRcpt => {
+                let accepted = r.code / 100 == 2;
+                self.rcpt = Some(r);
+                if accepted {
+                    out.extend_from_slice(b"DATA\r\n");
+                    self.state = State::SendData;
+                    send("DATA", Wait::Command)
+                } else {
+                    self.envelope_answered(None, out)
+                }
+            }
+            State::ReadData => self.envelope_answered(Some(r), out),
+            State::ReadEmpty => {
+                self.replies.push(("DATA", r));
+                self.after_data(out)
+            }
+            State::ReadEnd => {
+                self.replies.push(("DATA", r.clone()));
+                let closing = r.code == 421;
+                self.done(r, "DATA", closing)
+            }
+            State::ReadRset => match self.after_rset.take() {
+                Some(outcome) => {
+                    self.state = State::Done;
+                    Step::Done(outcome)
+                }
+                None => unreachable!("RSET without an outcome"),
+            },
+            other => unreachable!("reply() in state {other:?}"),
         }
     }
+
+    /// The connection failed in the current step: some failures still decide the recipient
+    /// (a refused envelope and then a closed connection; a failed RSET only closes).
+    pub fn failed(&mut self, e: ClientError) -> Result<TransactionOutcome, ClientError> {
+        match self.state {
+            State::SendRset | State::ReadRset => {
+                let mut outcome = self.after_rset.take().ok_or(e)?;
+                outcome.connection_closed = true;
+                Ok(outcome)
+            }
+            State::ReadData if self.pipelining && !(ok(&self.mail) && ok(&self.rcpt)) => {
+                let (mail, rcpt) = match (self.mail.take(), self.rcpt.take()) {
+                    (Some(m), Some(r)) => (m, r),
+                    _ => return Err(e),
+                };
+                let (decisive, command) = if mail.code / 100 != 2 {
+                    (mail.clone(), "MAIL")
+                } else {
+                    (rcpt.clone(), "RCPT")
+                };
+                self.replies.push(("MAIL", mail));
+                self.replies.push(("RCPT", rcpt));
+                Ok(self.outcome(decisive, command, true))
+            }
+            _ => Err(e),
+        }
+    }
+
+    /// MAIL and RCPT answered, and DATA (`None`: not sent, the recipient was refused).
+    fn envelope_answered(&mut self, data: Option<Reply>, out: &mut Vec<u8>) -> Step {
+        let (Some(mail), Some(rcpt)) = (self.mail.clone(), self.rcpt.clone()) else {
+            unreachable!("envelope without MAIL and RCPT replies")
+        };
+        self.replies.push(("MAIL", mail.clone()));
+        self.replies.push(("RCPT", rcpt.clone()));
+        let Some(data) = data else {
+            return self.reset_unless_closing(rcpt, "RCPT", out);
+        };
+        self.replies.push(("DATA", data.clone()));
+        let data_ok = data.code == 354;
+        self.data = Some(data);
+        if data_ok && !(mail.code / 100 == 2 && rcpt.code / 100 == 2) {
+            // The server wants data although nobody can receive it: send an empty message.
+            out.extend_from_slice(b".\r\n");
+            self.state = State::SendEmpty;
+            return send("DATA", Wait::Data);
+        }
+        self.after_data(out)
+    }
+
+    /// Which reply decides, or the message itself.
+    fn after_data(&mut self, out: &mut Vec<u8>) -> Step {
+        let refused = [(&self.mail, "MAIL"), (&self.rcpt, "RCPT")]
+            .into_iter()
+            .find_map(|(reply, command)| {
+                reply
+                    .as_ref()
+                    .filter(|r| r.code / 100 != 2)
+                    .map(|r| (r.clone(), command))
+            });
+        if let Some((reply, command)) = refused {
+            return self.done(reply, command, false);
+        }
+        let Some(data) = self.data.clone() else {
+            unreachable!("after_data without a DATA reply")
+        };
+        if data.code != 354 {
+            return self.reset_unless_closing(data, "DATA", out);
+        }
+        dot_stuff(self.body, out);
+        self.state = State::SendBody;
+        send("DATA", Wait::Data)
+    }
+
+    /// A refusal by `reply` to `command`: the server closes after a 421; otherwise RSET, so
+    /// the next transaction starts clean.
+    fn reset_unless_closing(
+        &mut self,
+        reply: Reply,
+        command: &'static str,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        if reply.code == 421 {
+            return self.done(reply, command, true);
+        }
+        self.after_rset = Some(self.outcome(reply, command, false));
+        out.extend_from_slice(b"RSET\r\n");
+        self.state = State::SendRset;
+        send("RSET", Wait::Command)
+    }
+
+    fn outcome(
+        &mut self,
+        decisive: Reply,
+        command: &'static str,
+        closed: bool,
+    ) -> TransactionOutcome {
+        TransactionOutcome {
+            decisive,
+            decisive_command: command,
+            connection_closed: closed,
+            replies: std::mem::take(&mut self.replies),
+        }
+    }
+
+    fn done(&mut self, decisive: Reply, command: &'static str, closed: bool) -> Step {
+        self.state = State::Done;
+        Step::Done(self.outcome(decisive, command, closed))
+    }
+}
+
+fn send(phase: &'static str, wait: Wait) -> Step {
+    Step::Send { phase, wait }
 }
 
 /// The async shell: one SMTP client session over any stream.
@@ -248,144 +522,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         Ok(replies)
     }
 
-    /// Run one mail transaction for one recipient; with PIPELINING, MAIL, RCPT and DATA go in
-    /// one write (RFC 2920).
+    /// Run one mail transaction for one recipient: the tokio driver of [`ClientTransaction`].
     pub async fn transaction(
         &mut self,
         env: &Envelope<'_>,
     ) -> Result<TransactionOutcome, ClientError> {
         let t = self.timeouts;
-        let size = match self.caps.size_bytes_max {
-            Some(_) => format!(" SIZE={}", env.body.len()),
-            None => String::new(),
+        let limit = |wait| match wait {
+            Wait::Command => t.command,
+            Wait::Data => t.data,
         };
-        let mut replies = Vec::with_capacity(4);
-        let mail_cmd = format!("MAIL FROM:<{}>{size}\r\n", env.from);
-        let rcpt_cmd = format!("RCPT TO:<{}>\r\n", env.rcpt);
-        let (mail, rcpt, data);
-        if self.caps.pipelining {
-            self.outbuf.extend_from_slice(mail_cmd.as_bytes());
-            self.outbuf.extend_from_slice(rcpt_cmd.as_bytes());
-            self.outbuf.extend_from_slice(b"DATA\r\n");
-            self.flush_out("MAIL", t.command).await?;
-            mail = self.read_reply("MAIL", t.command).await?;
-            if mail.code == 421 {
-                // The server is closing: its reply decides, nothing more will come.
-                replies.push(("MAIL", mail.clone()));
-                return Ok(TransactionOutcome::closing(mail, "MAIL", replies));
-            }
-            rcpt = self.read_reply("RCPT", t.command).await?;
-            if rcpt.code == 421 {
-                replies.push(("MAIL", mail));
-                replies.push(("RCPT", rcpt.clone()));
-                return Ok(TransactionOutcome::closing(rcpt, "RCPT", replies));
-            }
-            data = match self.read_reply("DATA", t.command).await {
-                Ok(r) => Some(r),
-                // A refused envelope and then a closed connection: the refusal decides.
-                Err(_) if mail.code / 100 != 2 || rcpt.code / 100 != 2 => {
-                    let (decisive, command) = if mail.code / 100 != 2 {
-                        (mail.clone(), "MAIL")
-                    } else {
-                        (rcpt.clone(), "RCPT")
-                    };
-                    replies.push(("MAIL", mail));
-                    replies.push(("RCPT", rcpt));
-                    return Ok(TransactionOutcome::closing(decisive, command, replies));
-                }
-                Err(e) => return Err(e),
+        let (mut tx, mut step) = ClientTransaction::new(env, &self.caps, &mut self.outbuf);
+        loop {
+            let next = match step {
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Send { phase, wait } => self
+                    .flush_out(phase, limit(wait))
+                    .await
+                    .map(|()| tx.sent()),
+                Step::Read { phase, wait } => match self.read_reply(phase, limit(wait)).await {
+                    Ok(reply) => Ok(tx.reply(reply, &mut self.outbuf)),
+                    Err(e) => Err(e),
+                },
             };
-        } else {
-            self.outbuf.extend_from_slice(mail_cmd.as_bytes());
-            self.flush_out("MAIL", t.command).await?;
-            mail = self.read_reply("MAIL", t.command).await?;
-            if mail.code / 100 != 2 {
-                replies.push(("MAIL", mail.clone()));
-                let closed = mail.code == 421 || self.reset().await.is_err();
-                return Ok(TransactionOutcome {
-                    decisive: mail,
-                    decisive_command: "MAIL",
-                    replies,
-                    connection_closed: closed,
-                });
-            }
-            self.outbuf.extend_from_slice(rcpt_cmd.as_bytes());
-            self.flush_out("RCPT", t.command).await?;
-            rcpt = self.read_reply("RCPT", t.command).await?;
-            if rcpt.code / 100 == 2 {
-                self.outbuf.extend_from_slice(b"DATA\r\n");
-                self.flush_out("DATA", t.command).await?;
-                data = Some(self.read_reply("DATA", t.command).await?);
-            } else {
-                data = None;
-            }
+            step = match next {
+                Ok(step) => step,
+                Err(e) => return tx.failed(e),
+            };
         }
-        let mail_ok = mail.code / 100 == 2;
-        let rcpt_ok = rcpt.code / 100 == 2;
-        replies.push(("MAIL", mail.clone()));
-        replies.push(("RCPT", rcpt.clone()));
-        let Some(data) = data else {
-            let closed = rcpt.code == 421 || self.reset().await.is_err();
-            return Ok(TransactionOutcome {
-                decisive: rcpt,
-                decisive_command: "RCPT",
-                replies,
-                connection_closed: closed,
-            });
-        };
-        let data_ok = data.code == 354;
-        replies.push(("DATA", data.clone()));
-        if data_ok && !(mail_ok && rcpt_ok) {
-            // The server wants data although nobody can receive it: send an empty message.
-            self.outbuf.extend_from_slice(b".\r\n");
-            self.flush_out("DATA", t.data).await?;
-            let end = self.read_reply("DATA", t.data).await?;
-            replies.push(("DATA", end));
-        }
-        if !mail_ok {
-            return Ok(TransactionOutcome {
-                decisive: mail,
-                decisive_command: "MAIL",
-                replies,
-                connection_closed: false,
-            });
-        }
-        if !rcpt_ok {
-            return Ok(TransactionOutcome {
-                decisive: rcpt,
-                decisive_command: "RCPT",
-                replies,
-                connection_closed: false,
-            });
-        }
-        if !data_ok {
-            let closed = data.code == 421 || self.reset().await.is_err();
-            return Ok(TransactionOutcome {
-                decisive: data,
-                decisive_command: "DATA",
-                replies,
-                connection_closed: closed,
-            });
-        }
-        dot_stuff(env.body, &mut self.outbuf);
-        self.flush_out("DATA", t.data).await?;
-        let end = self.read_reply("DATA", t.data).await?;
-        replies.push(("DATA", end.clone()));
-        Ok(TransactionOutcome {
-            connection_closed: end.code == 421,
-            decisive: end,
-            decisive_command: "DATA",
-            replies,
-        })
-    }
-
-    /// RSET after a failed transaction, so the next one starts clean.
-    async fn reset(&mut self) -> Result<(), ClientError> {
-        self.outbuf.extend_from_slice(b"RSET\r\n");
-        self.flush_out("RSET", self.timeouts.command).await?;
-        self.read_reply("RSET", self.timeouts.command)
-            .await
-            .map(|_| ())
     }
 
     /// QUIT and close; errors are ignored (the work is done).
@@ -401,6 +565,94 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn r(code: u16) -> Reply {
+        Reply::plain(code, "x")
+    }
+
+    fn caps(pipelining: bool) -> Capabilities {
+        Capabilities {
+            pipelining,
+            ..Capabilities::default()
+        }
+    }
+
+    const ENV: Envelope<'static> = Envelope {
+        from: "a@s.test",
+        rcpt: "b@r.test",
+        body: b".dot\r\n",
+    };
+
+    /// With PIPELINING: the envelope in one write, the replies in order, the message stuffed.
+    #[test]
+    fn a_pipelined_transaction_sends_the_envelope_at_once() {
+        let mut out = Vec::new();
+        let (mut t, step) = ClientTransaction::new(&ENV, &caps(true), &mut out);
+        assert!(matches!(step, Step::Send { phase: "MAIL", .. }));
+        assert_eq!(out, b"MAIL FROM:<a@s.test>\r\nRCPT TO:<b@r.test>\r\nDATA\r\n");
+        out.clear();
+        assert!(matches!(t.sent(), Step::Read { phase: "MAIL", .. }));
+        assert!(matches!(t.reply(r(250), &mut out), Step::Read { phase: "RCPT", .. }));
+        assert!(matches!(t.reply(r(250), &mut out), Step::Read { phase: "DATA", .. }));
+        assert!(matches!(
+            t.reply(r(354), &mut out),
+            Step::Send {
+                phase: "DATA",
+                wait: Wait::Data
+            }
+        ));
+        assert_eq!(out, b"..dot\r\n.\r\n");
+        assert!(matches!(t.sent(), Step::Read { wait: Wait::Data, .. }));
+        match t.reply(r(250), &mut out) {
+            Step::Done(o) => {
+                assert_eq!((o.decisive.code, o.decisive_command), (250, "DATA"));
+                assert!(!o.connection_closed);
+                let commands: Vec<&str> = o.replies.iter().map(|(c, _)| *c).collect();
+                assert_eq!(commands, ["MAIL", "RCPT", "DATA", "DATA"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Without PIPELINING: one command at a time; a refused recipient is followed by RSET, and
+    /// a connection lost during the RSET only closes.
+    #[test]
+    fn a_refused_recipient_is_reset_and_a_failed_reset_closes() {
+        let mut out = Vec::new();
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(false), &mut out);
+        assert_eq!(out, b"MAIL FROM:<a@s.test>\r\n");
+        out.clear();
+        t.sent();
+        assert!(matches!(t.reply(r(250), &mut out), Step::Send { phase: "RCPT", .. }));
+        assert_eq!(out, b"RCPT TO:<b@r.test>\r\n");
+        out.clear();
+        t.sent();
+        assert!(matches!(t.reply(r(550), &mut out), Step::Send { phase: "RSET", .. }));
+        assert_eq!(out, b"RSET\r\n");
+        t.sent();
+        let o = t.failed(ClientError::Closed { phase: "RSET" }).unwrap();
+        assert_eq!((o.decisive.code, o.decisive_command), (550, "RCPT"));
+        assert!(o.connection_closed);
+    }
+
+    /// With PIPELINING, a refused envelope and then a closed connection: the refusal decides;
+    /// a connection lost with the envelope accepted is an error.
+    #[test]
+    fn a_connection_lost_after_a_pipelined_refusal_is_decided_by_the_refusal() {
+        let mut out = Vec::new();
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), &mut out);
+        t.sent();
+        t.reply(r(250), &mut out);
+        t.reply(r(450), &mut out);
+        let o = t.failed(ClientError::Closed { phase: "DATA" }).unwrap();
+        assert_eq!((o.decisive.code, o.decisive_command), (450, "RCPT"));
+        assert!(o.connection_closed);
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), &mut out);
+        t.sent();
+        t.reply(r(250), &mut out);
+        t.reply(r(250), &mut out);
+        assert!(t.failed(ClientError::Closed { phase: "DATA" }).is_err());
+    }
 
     #[test]
     fn dot_stuffing_doubles_leading_dots_and_terminates() {
