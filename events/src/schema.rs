@@ -9,11 +9,47 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// One SMTP reply as the client saw it, with the command that got it (in JSON: `command`,
 /// then the reply's `code`, `enhanced`, `text`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpReply {
     pub command: String,
-    #[serde(flatten)]
     pub reply: Reply,
+}
+
+/// The JSON of an [`SmtpReply`]: one flat object. (Written out rather than `#[serde(flatten)]`,
+/// which would buffer every reply of a log once more when it is read.)
+#[derive(Serialize, Deserialize)]
+struct SmtpReplyJson<C, T> {
+    command: C,
+    code: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enhanced: Option<T>,
+    text: T,
+}
+
+impl Serialize for SmtpReply {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SmtpReplyJson {
+            command: self.command.as_str(),
+            code: self.reply.code,
+            enhanced: self.reply.enhanced.as_deref(),
+            text: self.reply.text.as_str(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SmtpReply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = SmtpReplyJson::<String, String>::deserialize(d)?;
+        Ok(SmtpReply {
+            command: j.command,
+            reply: Reply {
+                code: j.code,
+                enhanced: j.enhanced,
+                text: j.text,
+            },
+        })
+    }
 }
 
 impl SmtpReply {
