@@ -96,7 +96,9 @@ enum Slot {
 /// lists and maps, and any field the schema does not know).
 struct Layout {
     columns: Vec<(&'static str, Shape)>,
-    slots: HashMap<&'static str, Slot>,
+    /// Where each field name goes, by the name's first byte: a record's keys are looked up
+    /// without hashing (a few short comparisons each).
+    by_first: Vec<Vec<(&'static str, Slot)>>,
     seq: usize,
     ts: usize,
     kind: usize,
@@ -112,6 +114,14 @@ const REPLY: [(&str, Shape); 4] = [
 ];
 
 impl Layout {
+    fn slot(&self, key: &str) -> Option<Slot> {
+        let first = usize::from(*key.as_bytes().first()?);
+        self.by_first[first]
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|&(_, slot)| slot)
+    }
+
     fn new() -> Layout {
         let mut columns: Vec<(&'static str, Shape)> = vec![
             ("seq", Shape::U64),
@@ -148,12 +158,16 @@ impl Layout {
             }
         }
         let at = |name: &str| columns.iter().position(|(n, _)| *n == name).unwrap_or(0);
+        let mut by_first = vec![Vec::new(); 256];
+        for (&name, &slot) in &slots {
+            by_first[usize::from(name.as_bytes()[0])].push((name, slot));
+        }
         Layout {
+            by_first,
             seq: 0,
             ts: 1,
             kind: 2,
             detail: at("detail"),
-            slots,
             columns,
         }
     }
@@ -249,7 +263,7 @@ impl<'l> Cols<'l> {
     }
 
     fn reply_part<E: de::Error>(&mut self, name: &str, t: Option<Text<'_>>) -> Result<(), E> {
-        if let Some(Slot::Column(i)) = self.layout.slots.get(name).copied()
+        if let Some(Slot::Column(i)) = self.layout.slot(name)
             && let Builder::Str(b) = self.fill(i)?
         {
             b.append_option(t.map(|t| t.0));
@@ -283,7 +297,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
         let mut kind: Option<Text<'de>> = None;
         let mut detail = serde_json::Map::new();
         while let Some(key) = map.next_key::<Text<'de>>()? {
-            match layout.slots.get(key.0.as_ref()).copied() {
+            match layout.slot(&key.0) {
                 Some(Slot::Column(i)) if i == layout.kind => {
                     let t: Text<'de> = map.next_value()?;
                     let Builder::Str(b) = cols.fill(i)? else {
@@ -296,7 +310,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
                 Some(Slot::Reply) => {
                     if let Some(r) = map.next_value::<Option<Reply<'de>>>()? {
                         cols.reply_part("command", r.command)?;
-                        if let Some(Slot::Column(i)) = layout.slots.get("code").copied()
+                        if let Some(Slot::Column(i)) = layout.slot("code")
                             && let Builder::U32(b) = cols.fill(i)?
                         {
                             b.append_option(r.code);
