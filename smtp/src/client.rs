@@ -536,10 +536,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         loop {
             let next = match step {
                 Step::Done(outcome) => return Ok(outcome),
-                Step::Send { phase, wait } => self
-                    .flush_out(phase, limit(wait))
-                    .await
-                    .map(|()| tx.sent()),
+                Step::Send { phase, wait } => {
+                    self.flush_out(phase, limit(wait)).await.map(|()| tx.sent())
+                }
                 Step::Read { phase, wait } => match self.read_reply(phase, limit(wait)).await {
                     Ok(reply) => Ok(tx.reply(reply, &mut self.outbuf)),
                     Err(e) => Err(e),
@@ -589,11 +588,20 @@ mod tests {
         let mut out = Vec::new();
         let (mut t, step) = ClientTransaction::new(&ENV, &caps(true), &mut out);
         assert!(matches!(step, Step::Send { phase: "MAIL", .. }));
-        assert_eq!(out, b"MAIL FROM:<a@s.test>\r\nRCPT TO:<b@r.test>\r\nDATA\r\n");
+        assert_eq!(
+            out,
+            b"MAIL FROM:<a@s.test>\r\nRCPT TO:<b@r.test>\r\nDATA\r\n"
+        );
         out.clear();
         assert!(matches!(t.sent(), Step::Read { phase: "MAIL", .. }));
-        assert!(matches!(t.reply(r(250), &mut out), Step::Read { phase: "RCPT", .. }));
-        assert!(matches!(t.reply(r(250), &mut out), Step::Read { phase: "DATA", .. }));
+        assert!(matches!(
+            t.reply(r(250), &mut out),
+            Step::Read { phase: "RCPT", .. }
+        ));
+        assert!(matches!(
+            t.reply(r(250), &mut out),
+            Step::Read { phase: "DATA", .. }
+        ));
         assert!(matches!(
             t.reply(r(354), &mut out),
             Step::Send {
@@ -602,7 +610,13 @@ mod tests {
             }
         ));
         assert_eq!(out, b"..dot\r\n.\r\n");
-        assert!(matches!(t.sent(), Step::Read { wait: Wait::Data, .. }));
+        assert!(matches!(
+            t.sent(),
+            Step::Read {
+                wait: Wait::Data,
+                ..
+            }
+        ));
         match t.reply(r(250), &mut out) {
             Step::Done(o) => {
                 assert_eq!((o.decisive.code, o.decisive_command), (250, "DATA"));
@@ -623,11 +637,17 @@ mod tests {
         assert_eq!(out, b"MAIL FROM:<a@s.test>\r\n");
         out.clear();
         t.sent();
-        assert!(matches!(t.reply(r(250), &mut out), Step::Send { phase: "RCPT", .. }));
+        assert!(matches!(
+            t.reply(r(250), &mut out),
+            Step::Send { phase: "RCPT", .. }
+        ));
         assert_eq!(out, b"RCPT TO:<b@r.test>\r\n");
         out.clear();
         t.sent();
-        assert!(matches!(t.reply(r(550), &mut out), Step::Send { phase: "RSET", .. }));
+        assert!(matches!(
+            t.reply(r(550), &mut out),
+            Step::Send { phase: "RSET", .. }
+        ));
         assert_eq!(out, b"RSET\r\n");
         t.sent();
         let o = t.failed(ClientError::Closed { phase: "RSET" }).unwrap();

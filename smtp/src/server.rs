@@ -598,7 +598,10 @@ impl<'c> Session<'c> {
                 Reply::new(
                     421,
                     (4, 7, 0),
-                    format!("{} too many rejected recipients, closing", self.cfg.hostname),
+                    format!(
+                        "{} too many rejected recipients, closing",
+                        self.cfg.hostname
+                    ),
                 )
                 .write_to(&mut self.out);
                 Flow::Close
@@ -771,9 +774,7 @@ impl<'c> Session<'c> {
                     *tx = None;
                     Reply::new(554, (5, 5, 1), "no valid recipients").write_to(out);
                 }
-                None => {
-                    Reply::new(503, (5, 5, 1), "need MAIL and RCPT before DATA").write_to(out)
-                }
+                None => Reply::new(503, (5, 5, 1), "need MAIL and RCPT before DATA").write_to(out),
             },
             Request::Rset => {
                 *tx = None;
@@ -836,10 +837,8 @@ impl<'c> Session<'c> {
                 Reply::new(221, (2, 0, 0), format!("{} closing", cfg.hostname)).write_to(out);
                 return Flow::Close;
             }
-            other => {
-                Reply::new(502, (5, 5, 1), format!("{} not implemented", other.name()))
-                    .write_to(out)
-            }
+            other => Reply::new(502, (5, 5, 1), format!("{} not implemented", other.name()))
+                .write_to(out),
         }
         Flow::Continue
     }
@@ -955,8 +954,7 @@ where
                 }
             }
             Action::Read { deadline } => {
-                match tokio::time::timeout_at(started + deadline, stream.read(&mut readbuf)).await
-                {
+                match tokio::time::timeout_at(started + deadline, stream.read(&mut readbuf)).await {
                     Err(_) => {
                         session.timed_out();
                         let _ = stream.write_all(session.output()).await;
@@ -1197,7 +1195,10 @@ mod tests {
         match s.next(t0) {
             Action::Ask(Question::Rcpt { rcpt }) => {
                 assert_eq!(rcpt, "x@mx.test");
-                assert_eq!(s.transaction().map(|t| t.mail_from.as_str()), Some("a@c.test"));
+                assert_eq!(
+                    s.transaction().map(|t| t.mail_from.as_str()),
+                    Some("a@c.test")
+                );
             }
             other => panic!("{other:?}"),
         }

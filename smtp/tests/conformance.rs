@@ -581,7 +581,8 @@ fn deviations(path: &Path) -> BTreeMap<String, String> {
 async fn smtp_scripts_run_against_the_server() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let tls = Tls::self_signed(&[HOST.to_string()]).expect("certificate");
-    let servers = [false, true].map(|small| Arc::new(Server::new(Arc::new(Acceptor), config(&tls, small))));
+    let servers =
+        [false, true].map(|small| Arc::new(Server::new(Arc::new(Acceptor), config(&tls, small))));
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(data.join("opensmtpd"))
         .expect("opensmtpd scripts")
         .filter_map(|e| e.ok().map(|e| e.path()))
