@@ -1,108 +1,12 @@
 //! The inbound SMTP server over a real loopback socket: pipelining, limits, sequence errors,
 //! connection cap and clean shutdown.
 
-use mailsim_smtp::Reply;
-use mailsim_smtp::server::{Backend, ServerConfig, SessionInfo, Transaction, serve};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{Client, Recorder, start};
+use mailsim_smtp::server::{ServerConfig, SessionInfo};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-
-#[derive(Default)]
-struct Recorder {
-    messages: Mutex<Vec<(Transaction, Vec<u8>)>>,
-}
-
-impl Backend for Recorder {
-    fn on_connect(&self, _: &SessionInfo) -> Option<Reply> {
-        None
-    }
-    fn on_mail(&self, _: &SessionInfo, _: &str) -> Reply {
-        Reply::new(250, (2, 1, 0), "sender OK")
-    }
-    async fn on_rcpt(&self, _: &SessionInfo, _: &Transaction, rcpt: &str) -> Reply {
-        if rcpt.starts_with("nobody@") {
-            Reply::new(550, (5, 1, 1), "no such user")
-        } else {
-            Reply::new(250, (2, 1, 5), "recipient OK")
-        }
-    }
-    async fn on_data(&self, _: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
-        self.messages.lock().unwrap().push((tx.clone(), message));
-        Reply::new(250, (2, 0, 0), "OK")
-    }
-}
-
-struct Client {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> Client {
-        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-        Client {
-            reader: BufReader::new(r),
-            writer: w,
-        }
-    }
-    async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.unwrap();
-    }
-    /// One complete reply (all its lines), joined.
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(5), self.reader.read_line(&mut line))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "connection closed; got so far: {all:?}");
-            all.push_str(&line);
-            if line.as_bytes().get(3) == Some(&b' ') {
-                return all;
-            }
-        }
-    }
-}
-
-async fn start(
-    cfg: ServerConfig,
-) -> (
-    std::net::SocketAddr,
-    Arc<Recorder>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    start_with_backlog(cfg, 1024).await
-}
-
-async fn start_with_backlog(
-    cfg: ServerConfig,
-    backlog: u32,
-) -> (
-    std::net::SocketAddr,
-    Arc<Recorder>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener: TcpListener = socket.listen(backlog).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let backend = Arc::new(Recorder::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(
-        listener,
-        backend.clone(),
-        Arc::new(cfg),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    (addr, backend, stop, task)
-}
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn pipelined_transaction_limits_and_sequence_errors() {
@@ -187,7 +91,9 @@ async fn pipelined_transaction_limits_and_sequence_errors() {
 async fn connection_cap_and_idle_timeout() {
     let cfg = ServerConfig {
         connections_max: 1,
-        idle_timeout: Duration::from_millis(300),
+        // Long enough that the second connection is surely refused before the first is
+        // dropped, however slow the machine.
+        idle_timeout: Duration::from_secs(2),
         ..ServerConfig::default()
     };
     let (addr, _backend, stop, task) = start(cfg).await;
@@ -252,77 +158,6 @@ async fn connections_per_address_are_capped() {
     drop((b, again));
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("clean shutdown")
-        .unwrap();
-}
-
-/// Resident memory of this process, from /proc.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// 10,000 clients (in another process: each side needs its own 10,000 descriptors) connect
-/// and stay idle; the server's memory stays bounded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_open_connections_stay_within_bounded_memory() {
-    const CLIENTS: usize = 10_000;
-    let cfg = ServerConfig {
-        connections_max: CLIENTS + 100,
-        idle_timeout: Duration::from_secs(120),
-        ..ServerConfig::default()
-    };
-    // A deep accept queue, so that 10,000 quick connects are not dropped and retried.
-    let (addr, _backend, stop, task) = start_with_backlog(cfg, 8192).await;
-    let before = rss_kib();
-    let script = format!(
-        r#"
-import socket, sys
-socks = []
-for i in range({CLIENTS}):
-    s = socket.create_connection(("127.0.0.1", {port}))
-    socks.append(s)
-greeted = 0
-for s in socks:
-    if s.recv(200).startswith(b"220"):
-        greeted += 1
-print(greeted, flush=True)
-sys.stdin.read()
-"#,
-        port = addr.port()
-    );
-    let mut child = tokio::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
-    )
-    .await
-    .expect("clients connected")
-    .unwrap();
-    assert_eq!(line.trim(), CLIENTS.to_string(), "every client was greeted");
-    let during = rss_kib();
-    let per_conn = (during.saturating_sub(before)) as f64 / CLIENTS as f64;
-    eprintln!(
-        "10,000 idle connections: RSS {before} KiB -> {during} KiB ({per_conn:.1} KiB per connection)"
-    );
-    assert!(per_conn < 48.0, "{per_conn:.1} KiB per connection");
-    drop(child.stdin.take());
-    let _ = child.wait().await;
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), task)
         .await
         .expect("clean shutdown")
         .unwrap();
