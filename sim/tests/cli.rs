@@ -1,4 +1,5 @@
-//! The command line: `mailsim dns` answers `dig`, and bad scenarios are refused with the place.
+//! The command line: `mailsim dns` answers `dig` (MX, TXT, PTR, SOA, NS), bad scenarios are refused
+//! with the place, and `run` refuses a directory that already holds a run.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -71,6 +72,24 @@ fn dig_answers_mx_and_txt_from_mailsim_dns() {
     assert!(tcp.contains("mx1.accept.test."), "{tcp}");
     let ptr = dig(port, &["-x", "127.0.0.1"]);
     assert!(ptr.contains("mta.mailsim.test."), "{ptr}");
+    // Every zone is authoritative: its SOA (RFC 1035 3.3.13: MNAME, RNAME, serial, refresh,
+    // retry, expire, minimum) and its NS.
+    let soa = dig(port, &["SOA", "accept.test"]);
+    assert_eq!(
+        soa.trim(),
+        "ns.accept.test. hostmaster.accept.test. 1 3600 600 86400 60",
+        "{soa}"
+    );
+    let ns = dig(port, &["NS", "accept.test"]);
+    assert_eq!(ns.trim(), "ns.accept.test.", "{ns}");
+    // A name under no zone of the scenario is refused (the server is authoritative only).
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
+        .args(["A", "example.org"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status: REFUSED"), "{text}");
 
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -171,4 +190,54 @@ fn bounce_classify_prints_one_line_per_recipient() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.eml"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}
+
+/// `run` into a directory that already holds a run is refused (exit 2, the path named), and
+/// the earlier run is left as it was, byte for byte.
+#[test]
+fn run_refuses_a_directory_that_holds_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("tiny.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "tiny"
+seed = 1
+mode = "virtual"
+[[sender]]
+domain = "s.test"
+[[domain]]
+name = "r.test"
+[campaign]
+messages = 5
+size_bytes = 800
+"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("run");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_mailsim"))
+            .arg("run")
+            .arg(&scenario)
+            .arg("--out")
+            .arg(&out_dir)
+            .arg("--quiet")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let log = std::fs::read(out_dir.join("events.log")).unwrap();
+    let second = run();
+    assert_eq!(second.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains(&out_dir.display().to_string()) && err.contains("already holds a run"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out_dir.join("events.log")).unwrap(), log);
 }
