@@ -194,10 +194,26 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mailsim: {e:#}");
+            eprintln!("mailsim: {}", error_chain(&e));
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// An error and its causes, each said once: many errors already name their source in their
+/// own text ("event log PATH: No such file"), which `{:#}` would print a second time.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut previous = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        previous = text;
+    }
+    out
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
