@@ -1,5 +1,6 @@
 //! The command line: `mailsim dns` answers `dig` (MX, TXT, PTR, SOA, NS), bad scenarios are refused
-//! with the place, and `run` refuses a directory that already holds a run.
+//! with the place, `run` refuses a directory that already holds a run, and `replay --queue` lists
+//! what a run left queued.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -240,4 +241,99 @@ size_bytes = 800
         "{err}"
     );
     assert_eq!(std::fs::read(out_dir.join("events.log")).unwrap(), log);
+}
+
+/// `replay --queue` on a run stopped by its time limit: after the summary, one line per message
+/// still queued, and they are exactly what the scenario implies (every message to the domain
+/// that always answers 451; none to the one that accepts, whose mailbox holds the rest).
+#[test]
+fn replay_queue_lists_what_the_time_limit_left_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("queued.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "queued"
+seed = 4
+mode = "virtual"
+[[sender]]
+domain = "s.test"
+[[domain]]
+name = "r.test"
+tempfail = { percent = 100, until_s = 100000 }
+[[domain]]
+name = "ok.test"
+[mta]
+run_time_s_max = 900
+retry_interval_s_min = 60
+retry_interval_s_max = 120
+[campaign]
+messages = 10
+size_bytes = 800
+"#,
+    )
+    .unwrap();
+    let run_dir = dir.path().join("run");
+    let run = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&run_dir)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let replay = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(["replay", "--queue"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(replay.status.success());
+    let text = String::from_utf8(replay.stdout).unwrap();
+    let queued: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"msg\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The receiving side: ok.test's mailbox holds the messages that were not queued.
+    let stored = walk_new(&run_dir.join("mailboxes"));
+    assert_eq!(queued.len() + stored, 10, "{text}");
+    assert!(!queued.is_empty() && stored > 0, "{text}");
+    for q in &queued {
+        assert!(q["rcpt"].as_str().unwrap().ends_with("@r.test"), "{q}");
+        // Fifteen minutes of retries 60-120 s apart.
+        let attempts = q["attempts"].as_u64().unwrap();
+        assert!((7..=16).contains(&attempts), "{q}");
+    }
+
+    // A missing run directory is named once, with the system's reason once.
+    let missing = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("replay")
+        .arg(dir.path().join("nothing"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// Files in the `new` folders below `root`.
+fn walk_new(root: &Path) -> usize {
+    let mut n = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.parent().is_some_and(|x| x.ends_with("new")) {
+                n += 1;
+            }
+        }
+    }
+    n
 }
