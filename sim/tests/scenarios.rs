@@ -1,5 +1,6 @@
 //! The scenario library (scenarios/*.toml): each runs in virtual time and its event log shows
-//! the outcome its header comment promises. One also runs twice to prove determinism.
+//! the outcome its header comment promises; the receivers' Maildirs hold one file per delivery
+//! (counted from the files, not the log). One also runs twice to prove determinism.
 
 use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
@@ -33,6 +34,37 @@ fn run(name: &str, dir: &Path) -> (Summary, Vec<Record>) {
         "{name} did not drain"
     );
     check_report(&path, dir, &summary);
+    // What the receivers stored, counted from their Maildirs rather than the log: one file
+    // per delivered message (the senders' own mailboxes, which hold DSNs and complaints, apart).
+    let senders: BTreeSet<String> = scenario
+        .senders
+        .iter()
+        .map(|s| s.get_ref().domain.clone())
+        .collect();
+    let mut stored = 0u64;
+    let mut dirs = vec![dir.join("mailboxes")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let sender_box = p
+                .strip_prefix(dir.join("mailboxes"))
+                .ok()
+                .and_then(|rel| rel.components().next())
+                .is_some_and(|c| senders.contains(&*c.as_os_str().to_string_lossy()));
+            if sender_box {
+                continue;
+            }
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.parent().is_some_and(|x| x.ends_with("new")) {
+                stored += 1;
+            }
+        }
+    }
+    assert_eq!(
+        stored, summary.delivered,
+        "{name}: the receivers' Maildirs against the deliveries"
+    );
     (summary, records)
 }
 
