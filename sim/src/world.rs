@@ -160,14 +160,23 @@ impl World {
             let key_seed = mix(scenario.seed, &format!("dkim:{i}:{}", s.domain));
             let key = match (&s.dkim_private_key, s.dkim_algorithm) {
                 (Some(path), _) => {
+                    // A relative path is relative to the scenario file, as a user writes it.
+                    let resolved = match scenario.path.parent() {
+                        Some(dir) if path.is_relative() => dir.join(path),
+                        _ => path.clone(),
+                    };
                     let place = || {
+                        let shown = if resolved == *path {
+                            path.display().to_string()
+                        } else {
+                            format!("{} ({})", path.display(), resolved.display())
+                        };
                         format!(
-                            "{}: sender[{i}].dkim_private_key = {}",
+                            "{}: sender[{i}].dkim_private_key = {shown}",
                             scenario.path.display(),
-                            path.display()
                         )
                     };
-                    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", place()))?;
+                    let pem = std::fs::read(&resolved).map_err(|e| format!("{}: {e}", place()))?;
                     let pem = String::from_utf8(pem)
                         .map_err(|_| format!("{}: not a PEM text file (it is binary)", place()))?;
                     keys::rsa_from_pem(&pem).map_err(|e| format!("{}: {e}", place()))?
