@@ -351,6 +351,85 @@ size_bytes = 1000
     dkimpy_verifies(&world.senders[0].key.dns_txt, &stored);
 }
 
+/// A sender's own DKIM key (`dkim_private_key`, a PKCS#8 PEM made here by openssl): the MTA
+/// signs with it, and dkimpy verifies every stored message against the public key openssl
+/// derives from the same file (not the record mailsim publishes).
+#[test]
+fn a_senders_own_dkim_key_signs_and_verifies_independently() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("dkim.pem");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("openssl (Debian openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let der = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    let b64 = Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&der.stdout)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let record = format!(
+        "v=DKIM1; k=rsa; p={}",
+        String::from_utf8(b64.stdout).unwrap().trim()
+    );
+    let text = r#"
+name = "own-key"
+seed = 5
+mode = "virtual"
+[[sender]]
+domain = "own.sender.test"
+dkim_private_key = "dkim.pem"
+[[domain]]
+name = "accept.test"
+[campaign]
+messages = 12
+size_bytes = 1000
+"#;
+    // The key's path is relative to the scenario file, wherever mailsim is run from.
+    let scenario = dir.path().join("own.toml");
+    std::fs::write(&scenario, text).unwrap();
+    let out = dir.path().join("run");
+    let json = mailsim(&[
+        "run".as_ref(),
+        scenario.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    let summary: Summary = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!((summary.delivered, summary.auth.dkim_pass), (12, 12));
+    let stored: Vec<PathBuf> = stored_messages(&out.join("mailboxes"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("accept.test"))
+        .collect();
+    assert_eq!(stored.len(), 12);
+    dkimpy_verifies(&record, &stored);
+}
+
 /// Run the `mailsim` binary; it must succeed.
 fn mailsim(args: &[&std::ffi::OsStr]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
