@@ -1,6 +1,8 @@
 //! `mailsim report` end to end: the CLI on a library scenario's run, the page loaded in
-//! headless Chromium (no console errors, every chart drawn and visible), and `--compare`.
-//! `.ci/run` installs Chromium; a missing browser fails the test.
+//! headless Chromium (no console errors, every chart drawn and visible), `--compare`, and the
+//! tables (domains, reasons, replies, time-to-deliver percentiles, compare deltas) checked
+//! against what the scenario implies and what the receivers stored. `.ci/run` installs
+//! Chromium; a missing browser fails the test.
 
 use std::path::Path;
 use std::process::Command;
@@ -119,4 +121,172 @@ fn report_page_renders_in_chromium_and_compare_shows_deltas() {
         "{csv}"
     );
     assert!(cmp.join("compare.html").is_file());
+}
+
+/// Run a scenario given as text; returns the run directory.
+fn run_text(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let scenario = dir.join(format!("{name}.toml"));
+    std::fs::write(&scenario, text).unwrap();
+    let out = dir.join(name);
+    let o = mailsim()
+        .args(["run", "--quiet", "--out"])
+        .arg(&out)
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// Files in the `new` folders of the MX host directories whose name ends with `domain`.
+fn stored_at(run: &Path, domain: &str) -> u64 {
+    let mut n = 0;
+    for host in std::fs::read_dir(run.join("mailboxes")).unwrap().flatten() {
+        if !host.file_name().to_string_lossy().ends_with(domain) {
+            continue;
+        }
+        let mut dirs = vec![host.path()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.parent().is_some_and(|x| x.ends_with("new")) {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// One CSV file as rows of named fields (the files hold no quoted commas in the columns read).
+fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
+/// The report's tables against what the scenario implies and what the receivers stored: the
+/// per-domain counts, the bounce reasons and replies, the time-to-deliver percentiles of a
+/// server that delays every reply, and `--compare`'s deltas between two campaigns of known
+/// sizes.
+#[test]
+fn report_tables_match_the_scenario_and_the_mailboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = |messages: u32| {
+        format!(
+            r#"
+name = "tables"
+seed = 8
+mode = "virtual"
+[[sender]]
+domain = "s.test"
+[[domain]]
+name = "accept.test"
+[[domain]]
+name = "unknown.test"
+unknown_users = {{ percent = 30 }}
+[[domain]]
+name = "slow.test"
+slow = {{ banner_s = 3.0, reply_s = 2.0 }}
+[campaign]
+messages = {messages}
+size_bytes = 900
+"#
+        )
+    };
+    let a = run_text(dir.path(), "a", &scenario(90));
+    let b = run_text(dir.path(), "b", &scenario(120));
+    for run in [&a, &b] {
+        let o = mailsim()
+            .args(["report", "--quiet"])
+            .arg(run)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let report = a.join("report");
+    let domains = csv_rows(&report.join("domains.csv"));
+    let row = |d: &str| domains.iter().find(|r| r["domain"] == d).unwrap().clone();
+    let num = |r: &std::collections::BTreeMap<String, String>, k: &str| -> f64 {
+        r[k].parse().unwrap_or_else(|_| panic!("{k} = {:?}", r[k]))
+    };
+
+    assert_eq!(num(&row("all domains"), "injected"), 90.0);
+    let accept = row("accept.test");
+    assert_eq!(num(&accept, "delivered"), num(&accept, "injected"));
+    assert_eq!(
+        num(&accept, "delivered"),
+        stored_at(&a, "accept.test") as f64
+    );
+    assert!(num(&accept, "p99_s") < 1.0, "{accept:?}");
+
+    let unknown = row("unknown.test");
+    let refused = num(&unknown, "injected") - stored_at(&a, "unknown.test") as f64;
+    assert!(refused > 0.0);
+    assert_eq!(num(&unknown, "bounced_hard"), refused, "{unknown:?}");
+    let reasons = csv_rows(&report.join("reasons.csv"));
+    assert!(
+        reasons.iter().any(|r| r["domain"] == "unknown.test"
+            && r["reason"] == "userunknown"
+            && r["messages"].parse::<f64>().ok() == Some(refused)),
+        "{reasons:?}"
+    );
+    let replies = csv_rows(&report.join("replies.csv"));
+    assert!(
+        replies.iter().any(|r| r["domain"] == "unknown.test"
+            && r["code"] == "550"
+            && r["enhanced"] == "5.1.1"
+            && r["count"].parse::<f64>().ok() == Some(refused)),
+        "{replies:?}"
+    );
+
+    // Banner 3 s, then 2 s before each of four batches of replies: no delivery sooner than 11 s.
+    let slow = row("slow.test");
+    let (p50, p90, p99) = (
+        num(&slow, "p50_s"),
+        num(&slow, "p90_s"),
+        num(&slow, "p99_s"),
+    );
+    assert!(p50 >= 11.0 && p50 <= p90 && p90 <= p99, "{slow:?}");
+
+    let cmp = dir.path().join("cmp");
+    let o = mailsim()
+        .args(["report", "--quiet", "--compare"])
+        .arg(&a)
+        .arg(&b)
+        .arg("--out")
+        .arg(&cmp)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let compare = csv_rows(&cmp.join("compare.csv"));
+    let injected = compare
+        .iter()
+        .find(|r| r["domain"] == "all domains" && r["measure"] == "injected")
+        .unwrap();
+    assert_eq!(
+        (
+            num(injected, "a"),
+            num(injected, "b"),
+            num(injected, "delta")
+        ),
+        (90.0, 120.0, 30.0),
+        "{injected:?}"
+    );
 }
