@@ -2,6 +2,8 @@
 //! with the place, `run` refuses a directory that already holds a run, and `replay --queue` lists
 //! what a run left queued.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -300,7 +302,7 @@ size_bytes = 800
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     // The receiving side: ok.test's mailbox holds the messages that were not queued.
-    let stored = walk_new(&run_dir.join("mailboxes"));
+    let stored = common::maildir_files(&run_dir.join("mailboxes")).len();
     assert_eq!(queued.len() + stored, 10, "{text}");
     assert!(!queued.is_empty() && stored > 0, "{text}");
     for q in &queued {
@@ -319,21 +321,4 @@ size_bytes = 800
     assert_eq!(missing.status.code(), Some(2));
     let err = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
-}
-
-/// Files in the `new` folders below `root`.
-fn walk_new(root: &Path) -> usize {
-    let mut n = 0;
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.parent().is_some_and(|x| x.ends_with("new")) {
-                n += 1;
-            }
-        }
-    }
-    n
 }

@@ -5,10 +5,12 @@
 //! a kill may be delivered twice), and the bounces are exactly the recipients the receiving
 //! side refused (the fleet's own log), all at the one domain the scenario gives unknown users.
 
+mod common;
+
 use mailsim_events::{Event, read_log};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,32 +74,10 @@ fn start_mta(spool: &Path, dns: &str, port: &str, submission: &str) -> Child {
 }
 
 fn stored_message_ids(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p: PathBuf = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .parent()
-                .and_then(|d| d.file_name())
-                .is_some_and(|n| n == "new")
-            {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                if let Some(id) = text.lines().find_map(|l| {
-                    l.strip_prefix("Message-ID: ")
-                        .or_else(|| l.strip_prefix("Message-Id: "))
-                }) {
-                    out.push(id.trim().to_string());
-                }
-            }
-        }
-    }
-    out
+    common::maildir_files(root)
+        .iter()
+        .filter_map(|p| common::message_id(&std::fs::read_to_string(p).unwrap_or_default()))
+        .collect()
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! End to end over real loopback sockets: fake-dns, the fleet and the MTA run a campaign; the
 //! assertions read the event log.
 
+mod common;
+
 use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim::world::World;
@@ -234,7 +236,7 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
     // Every stored message names its recipient (Delivered-To) and carries the receiver's
     // Authentication-Results header (the sender's own mailbox, news.sender.test/bounces, holds
     // the DSNs instead).
-    let stored: Vec<PathBuf> = stored_messages(&dir.path().join("mailboxes"))
+    let stored: Vec<PathBuf> = common::maildir_files(&dir.path().join("mailboxes"))
         .into_iter()
         .filter(|p| !p.to_string_lossy().contains("news.sender.test"))
         .collect();
@@ -333,7 +335,7 @@ size_bytes = 1000
         ),
         (40, 40, 40)
     );
-    let stored: Vec<PathBuf> = stored_messages(&dir.path().join("mailboxes"))
+    let stored: Vec<PathBuf> = common::maildir_files(&dir.path().join("mailboxes"))
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("accept.test"))
         .collect();
@@ -422,7 +424,7 @@ size_bytes = 1000
     ]);
     let summary: Summary = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!((summary.delivered, summary.auth.dkim_pass), (12, 12));
-    let stored: Vec<PathBuf> = stored_messages(&out.join("mailboxes"))
+    let stored: Vec<PathBuf> = common::maildir_files(&out.join("mailboxes"))
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("accept.test"))
         .collect();
@@ -441,26 +443,5 @@ fn mailsim(args: &[&std::ffi::OsStr]) -> std::process::Output {
         "mailsim {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    out
-}
-
-fn stored_messages(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
-                .parent()
-                .and_then(|p| p.file_name())
-                .is_some_and(|n| n == "new")
-            {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
     out
 }

@@ -2,6 +2,8 @@
 //! the scenario's header promises, read from the receivers' Maildirs where it can be (not from
 //! mailsim's log or counters).
 
+mod common;
+
 use mailsim_events::{Event, read_log};
 use mailsim_reports::Summary;
 use std::collections::BTreeMap;
@@ -11,19 +13,10 @@ use std::process::Command;
 /// Stored files per MX host directory (`mailboxes/<host>/.../new/*`).
 fn stored_per_host(root: &Path) -> BTreeMap<String, Vec<PathBuf>> {
     let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for host in std::fs::read_dir(root).unwrap().flatten() {
-        let name = host.file_name().to_string_lossy().to_string();
-        let mut dirs = vec![host.path()];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    dirs.push(p);
-                } else if p.parent().is_some_and(|x| x.ends_with("new")) {
-                    out.entry(name.clone()).or_default().push(p);
-                }
-            }
-        }
+    for file in common::maildir_files(root) {
+        out.entry(common::host_of(root, &file))
+            .or_default()
+            .push(file);
     }
     out
 }

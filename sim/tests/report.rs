@@ -4,6 +4,8 @@
 //! against what the scenario implies and what the receivers stored. `.ci/run` installs
 //! Chromium; a missing browser fails the test.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -140,24 +142,11 @@ fn run_text(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 /// Files in the `new` folders of the MX host directories whose name ends with `domain`.
 fn stored_at(run: &Path, domain: &str) -> u64 {
-    let mut n = 0;
-    for host in std::fs::read_dir(run.join("mailboxes")).unwrap().flatten() {
-        if !host.file_name().to_string_lossy().ends_with(domain) {
-            continue;
-        }
-        let mut dirs = vec![host.path()];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    dirs.push(p);
-                } else if p.parent().is_some_and(|x| x.ends_with("new")) {
-                    n += 1;
-                }
-            }
-        }
-    }
-    n
+    let root = run.join("mailboxes");
+    common::maildir_files(&root)
+        .iter()
+        .filter(|f| common::host_of(&root, f).ends_with(domain))
+        .count() as u64
 }
 
 /// One CSV file as rows of named fields (the files hold no quoted commas in the columns read).

@@ -2,6 +2,8 @@
 //! the outcome its header comment promises; the receivers' Maildirs hold one file per delivery
 //! (counted from the files, not the log). One also runs twice to prove determinism.
 
+mod common;
+
 use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim_events::{Event, Record, read_log};
@@ -41,26 +43,11 @@ fn run(name: &str, dir: &Path) -> (Summary, Vec<Record>) {
         .iter()
         .map(|s| s.get_ref().domain.clone())
         .collect();
-    let mut stored = 0u64;
-    let mut dirs = vec![dir.join("mailboxes")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            let sender_box = p
-                .strip_prefix(dir.join("mailboxes"))
-                .ok()
-                .and_then(|rel| rel.components().next())
-                .is_some_and(|c| senders.contains(&*c.as_os_str().to_string_lossy()));
-            if sender_box {
-                continue;
-            }
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.parent().is_some_and(|x| x.ends_with("new")) {
-                stored += 1;
-            }
-        }
-    }
+    let root = dir.join("mailboxes");
+    let stored = common::maildir_files(&root)
+        .iter()
+        .filter(|f| !senders.contains(&common::host_of(&root, f)))
+        .count() as u64;
     assert_eq!(
         stored, summary.delivered,
         "{name}: the receivers' Maildirs against the deliveries"
@@ -707,23 +694,14 @@ fn soak_hour_loses_nothing_and_memory_stays_flat() {
             _ => None,
         })
         .collect();
-    let mut stored_ids = Vec::new();
-    let mut dirs = vec![out.join("mailboxes")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.parent().is_some_and(|p| p.ends_with("new")) {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let id = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Message-ID: "))
-                    .unwrap_or_else(|| panic!("{} has no Message-ID", path.display()));
-                stored_ids.push(id.trim().to_string());
-            }
-        }
-    }
+    let stored_ids: Vec<String> = common::maildir_files(&out.join("mailboxes"))
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            common::message_id(&text)
+                .unwrap_or_else(|| panic!("{} has no Message-ID", path.display()))
+        })
+        .collect();
     assert_eq!(stored_ids.len(), 400 * 60, "stored files");
     let unique: BTreeSet<String> = stored_ids.into_iter().collect();
     assert_eq!(unique.len(), 400 * 60, "a message stored twice");
