@@ -223,7 +223,7 @@ fn not_found(code: ResponseCode) -> Error {
 }
 
 /// An answer set without DNSSEC status (the zones are not signed).
-pub fn record_set<T>(items: Vec<T>) -> RecordSet<T> {
+fn record_set<T>(items: Vec<T>) -> RecordSet<T> {
     RecordSet {
         rrset: Arc::from(items.into_boxed_slice()),
         dnssec_status: DnssecStatus::Indeterminate,

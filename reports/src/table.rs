@@ -99,11 +99,12 @@ struct Layout {
     /// Where each field name goes, by the name's first byte: a record's keys are looked up
     /// without hashing (a few short comparisons each).
     by_first: Vec<Vec<(&'static str, Slot)>>,
-    seq: usize,
-    ts: usize,
-    kind: usize,
-    detail: usize,
 }
+
+/// The first three columns, in this order; `detail` is the last.
+const SEQ: usize = 0;
+const TS: usize = 1;
+const KIND: usize = 2;
 
 /// The parts of a reply, as columns.
 const REPLY: [(&str, Shape); 4] = [
@@ -114,6 +115,10 @@ const REPLY: [(&str, Shape); 4] = [
 ];
 
 impl Layout {
+    fn detail(&self) -> usize {
+        self.columns.len() - 1
+    }
+
     fn slot(&self, key: &str) -> Option<Slot> {
         let first = usize::from(*key.as_bytes().first()?);
         self.by_first[first]
@@ -149,7 +154,7 @@ impl Layout {
             .filter(|(_, (n, _))| !matches!(*n, "ts_ms" | "detail"))
             .map(|(i, (n, _))| (*n, Slot::Column(i)))
             .collect();
-        slots.insert("ts", Slot::Column(1));
+        slots.insert("ts", Slot::Column(TS));
         for kind in Event::SCHEMA {
             for &(name, shape) in kind.fields {
                 if shape == Shape::Reply {
@@ -157,19 +162,11 @@ impl Layout {
                 }
             }
         }
-        let at = |name: &str| columns.iter().position(|(n, _)| *n == name).unwrap_or(0);
         let mut by_first = vec![Vec::new(); 256];
         for (&name, &slot) in &slots {
             by_first[usize::from(name.as_bytes()[0])].push((name, slot));
         }
-        Layout {
-            by_first,
-            seq: 0,
-            ts: 1,
-            kind: 2,
-            detail: at("detail"),
-            columns,
-        }
+        Layout { by_first, columns }
     }
 }
 
@@ -298,7 +295,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
         let mut detail = serde_json::Map::new();
         while let Some(key) = map.next_key::<Text<'de>>()? {
             match layout.slot(&key.0) {
-                Some(Slot::Column(i)) if i == layout.kind => {
+                Some(Slot::Column(i)) if i == KIND => {
                     let t: Text<'de> = map.next_value()?;
                     let Builder::Str(b) = cols.fill(i)? else {
                         unreachable!("`type` is a string column")
@@ -325,17 +322,13 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
                 }
             }
         }
-        for (required, name) in [
-            (layout.seq, "seq"),
-            (layout.ts, "ts"),
-            (layout.kind, "type"),
-        ] {
+        for (required, name) in [(SEQ, "seq"), (TS, "ts"), (KIND, "type")] {
             if cols.filled[required] != cols.row {
                 return Err(de::Error::missing_field(name));
             }
         }
         if !detail.is_empty() {
-            let Builder::Str(b) = cols.fill(layout.detail)? else {
+            let Builder::Str(b) = cols.fill(layout.detail())? else {
                 unreachable!("`detail` is a string column")
             };
             b.append_value(serde_json::Value::Object(detail).to_string());
