@@ -109,7 +109,7 @@ fn event_log(c: &mut Criterion) {
     g.bench_function("read_and_fold_200k", |b| {
         b.iter(|| {
             let (records, _) = read_log(&path).unwrap();
-            black_box(mailsim_reports::Summary::fold(&records).delivered)
+            black_box(mailsim_summary::Summary::fold(&records).delivered)
         })
     });
     g.finish();

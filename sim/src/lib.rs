@@ -3,17 +3,17 @@
 //!
 //! Flow of a run: [`scenario::Scenario`] (TOML) -> [`world::World`] (DNS zones, DKIM keys, fleet
 //! plan) -> fake-dns + [`fleet::Fleet`] + the MTA on loopback -> the event log -> the summary
-//! (folded by `mailsim-reports`).
+//! (folded by `mailsim-summary`).
 
 pub mod assemble;
 pub mod behaviour;
+pub mod cli;
 pub mod daemon;
 pub mod env;
 pub mod feedback;
 pub mod fleet;
 pub mod keys;
 pub mod policy;
-pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod send;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mailsim::cli::{EXIT_ERROR, EXIT_NEGATIVE, error_chain, remove_empty_dirs};
 use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim::world::World;
@@ -68,20 +69,7 @@ enum Command {
     /// Write a deliverability report of a run: report.html (charts, tables, what to fix),
     /// domains.csv, reasons.csv, replies.csv, events.parquet, SVG charts, and DMARC aggregate
     /// reports (dmarc/). With --compare, two runs side by side.
-    Report {
-        /// The run directory.
-        #[arg(required_unless_present = "compare")]
-        run_dir: Option<PathBuf>,
-        /// Compare two runs instead (per domain, with deltas).
-        #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], conflicts_with = "run_dir")]
-        compare: Option<Vec<PathBuf>>,
-        /// Where to write (default RUN_DIR/report, or compare/ in the current directory).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// No progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Report(mailsim::cli::ReportArgs),
     /// Show per-domain outcome differences between two runs.
     Diff { run_a: PathBuf, run_b: PathBuf },
     /// Bounce and complaint processing.
@@ -181,11 +169,6 @@ struct ClassifiedLine<'a> {
     hard: bool,
 }
 
-/// Exit codes, as diff(1) and grep(1) use them: 0 yes / the same / found; 1 a negative answer
-/// (runs differ, nothing found, a report that disagrees with summary.json); 2 an error.
-const EXIT_NEGATIVE: u8 = 1;
-const EXIT_ERROR: u8 = 2;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("MAILSIM_LOG"))
@@ -198,22 +181,6 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
-}
-
-/// An error and its causes, each said once: many errors already name their source in their
-/// own text ("event log PATH: No such file"), which `{:#}` would print a second time.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    let mut previous = out.clone();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !previous.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        previous = text;
-    }
-    out
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
@@ -270,7 +237,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let _ = std::fs::copy(&scenario, out_dir.join("scenario.toml"));
             print!("{}", runner::summary_json(&summary)?);
             let ((_, drain), _) = runner::fold_log_with_drain(&runner::events_path(&out_dir))?;
-            let share = mailsim_reports::Drain::BULK_SHARE * 100.0;
+            let share = mailsim_summary::Drain::BULK_SHARE * 100.0;
             // Virtual time has no network latency: it measures waits and retries, not speed.
             let drained = if sc.mode == mailsim::scenario::Mode::Virtual {
                 format!(
@@ -371,77 +338,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::Replay { run_dir, queue } => {
             print!("{}", runner::summary_json(&fold_run(&run_dir)?)?);
             if queue {
-                let state = mailsim_reports::queue::QueueState::fold(&load_records(&run_dir)?);
+                let state = mailsim_summary::queue::QueueState::fold(&load_records(&run_dir)?);
                 for m in state.messages.values() {
                     println!("{}", serde_json::to_string(m)?);
                 }
             }
         }
-        Command::Report {
-            run_dir,
-            compare,
-            out,
-            quiet,
-        } => {
-            if let Some(runs) = compare {
-                let out = out.unwrap_or_else(|| PathBuf::from("compare"));
-                let (a, b) =
-                    mailsim_reports::report::write_compare(&runs[0], &runs[1], &out, !quiet)?;
-                println!(
-                    "report: {} vs {}: delivered {} -> {}, bounced {} -> {}; {}",
-                    runs[0].display(),
-                    runs[1].display(),
-                    a.totals.delivered,
-                    b.totals.delivered,
-                    a.totals.bounced_hard + a.totals.bounced_soft,
-                    b.totals.bounced_hard + b.totals.bounced_soft,
-                    out.join("compare.html").display()
-                );
-            } else if let Some(run_dir) = run_dir {
-                let out = out.unwrap_or_else(|| run_dir.join("report"));
-                let existed = out.exists();
-                let w = match mailsim_reports::report::write_report(&run_dir, &out, !quiet) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        if !existed {
-                            remove_empty_dirs(&out);
-                        }
-                        return Err(e.into());
-                    }
-                };
-                let mismatches = mailsim::report::check_against_summary(&run_dir, &w.figures)?;
-                let check = if mismatches.is_empty() {
-                    "totals equal summary.json".to_string()
-                } else {
-                    format!("DIFFERENT from summary.json: {}", mismatches.join(", "))
-                };
-                println!(
-                    "report: {} events, {} files, {} DMARC aggregate reports; {}{}; {}",
-                    w.figures.events,
-                    w.files.len(),
-                    w.dmarc_reports,
-                    check,
-                    if w.torn {
-                        "; the log ends in a torn record"
-                    } else {
-                        ""
-                    },
-                    out.join("report.html").display()
-                );
-                if !mismatches.is_empty() {
-                    eprintln!(
-                        "mailsim: the report's totals differ from {}",
-                        runner::summary_path(&run_dir).display()
-                    );
-                    return Ok(ExitCode::from(EXIT_NEGATIVE));
-                }
-            }
-        }
+        Command::Report(args) => match mailsim::cli::exec_report(&args)? {},
         Command::Diff { run_a, run_b } => {
             let a = fold_run(&run_a)?;
             let b = fold_run(&run_b)?;
-            let rows = mailsim_reports::diff::diff(&a, &b);
-            print!("{}", mailsim_reports::diff::render(&rows));
+            let rows = mailsim_summary::diff::diff(&a, &b);
+            print!("{}", mailsim_summary::diff::render(&rows));
             let changed = rows.iter().filter(|r| r.changed()).count();
             println!("{changed} of {} domains differ", rows.len());
             if changed > 0 {
@@ -743,19 +651,6 @@ fn parse_bytes(s: &str) -> anyhow::Result<u64> {
     n.checked_mul(mult).context("too large")
 }
 
-/// Remove `dir` if it holds nothing but empty directories (what a run or report that failed
-/// early leaves); anything with a file in it stays.
-fn remove_empty_dirs(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_dirs(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
 /// Resolves on SIGINT or SIGTERM.
 async fn stop_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -773,7 +668,7 @@ async fn stop_signal() {
 }
 
 /// A run's summary folded from its log, streaming; a torn tail is reported on stderr.
-fn fold_run(run_dir: &std::path::Path) -> anyhow::Result<mailsim_reports::Summary> {
+fn fold_run(run_dir: &std::path::Path) -> anyhow::Result<mailsim_summary::Summary> {
     let path = runner::events_path(run_dir);
     let (summary, torn) =
         runner::fold_log(&path).with_context(|| format!("reading {}", path.display()))?;

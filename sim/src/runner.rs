@@ -9,7 +9,7 @@ use crate::world::{World, mix};
 use mail_builder::MessageBuilder;
 use mailsim_events::{Event, LogReader};
 use mailsim_mta::{Mta, OutboundMessage};
-use mailsim_reports::{Drain, Summary};
+use mailsim_summary::{Drain, Summary};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::net::SocketAddr;

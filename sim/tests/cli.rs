@@ -1,6 +1,6 @@
 //! The command line: `mailsim dns` answers `dig` (MX, TXT, PTR, SOA, NS), bad scenarios are refused
-//! with the place, `run` refuses a directory that already holds a run, and `replay --queue` lists
-//! what a run left queued.
+//! with the place, `run` refuses a directory that already holds a run, `replay --queue` lists
+//! what a run left queued, and `report` hands its arguments to the report tool.
 
 mod common;
 
@@ -321,4 +321,55 @@ size_bytes = 800
     assert_eq!(missing.status.code(), Some(2));
     let err = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// `mailsim report` hands its arguments to the report tool (`$MAILSIM_REPORT` here, a script
+/// that records what it was given) and its exit code is the command's; a tool that is not there
+/// is named with the variable that named it.
+#[test]
+fn report_hands_its_arguments_to_the_report_tool() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("args");
+    let tool = dir.path().join("tool.sh");
+    std::fs::write(
+        &tool,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > '{}'\necho from-the-tool\nexit 7\n",
+            got.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .env("MAILSIM_REPORT", &tool)
+        .args(["report", "--quiet", "--out", "o u t", "--", "--run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-the-tool\n");
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap(),
+        "--out\no u t\n--quiet\n--\n--run\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .env("MAILSIM_REPORT", &tool)
+        .args(["report", "--compare", "a", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "--compare\na\nb\n");
+
+    let missing = dir.path().join("no-such-tool");
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .env("MAILSIM_REPORT", &missing)
+        .args(["report", "run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MAILSIM_REPORT=") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
 }

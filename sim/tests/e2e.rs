@@ -7,7 +7,7 @@ use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim::world::World;
 use mailsim_events::{Event, Record, read_log};
-use mailsim_reports::Summary;
+use mailsim_summary::Summary;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

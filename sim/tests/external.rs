@@ -5,7 +5,7 @@
 mod common;
 
 use mailsim_events::{Event, read_log};
-use mailsim_reports::Summary;
+use mailsim_summary::Summary;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

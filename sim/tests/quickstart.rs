@@ -5,7 +5,7 @@
 mod common;
 
 use mailsim_events::{Event, read_log};
-use mailsim_reports::Summary;
+use mailsim_summary::Summary;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -176,7 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let written = log.close()?;
     let log_mb = std::fs::metadata(dir.join("events.log"))?.len() as f64 / 1e6;
     // summary.json, as a run leaves it (`mailsim report` compares its totals with it).
-    let summary = mailsim_reports::Summary::fold(
+    let summary = mailsim_summary::Summary::fold(
         mailsim_events::LogReader::open(&dir.join("events.log"))?.map_while(Result::ok),
     );
     std::fs::write(

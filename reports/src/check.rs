@@ -1,21 +1,8 @@
 //! The check that a report's totals are summary.json's.
 
-use crate::runner;
-use mailsim_reports::Summary;
-use mailsim_reports::figures::Figures;
+use crate::figures::Figures;
+use mailsim_summary::Summary;
 use std::collections::BTreeMap;
-use std::path::Path;
-
-/// Compare the report's totals with summary.json (folded from the log when absent): every
-/// figure that differs (none when they match).
-pub fn check_against_summary(run_dir: &Path, f: &Figures) -> anyhow::Result<Vec<String>> {
-    let path = runner::summary_path(run_dir);
-    let summary: Summary = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)?,
-        Err(_) => runner::fold_log(&runner::events_path(run_dir))?.0,
-    };
-    Ok(differences(&summary, f))
-}
 
 /// Every figure the report and the summary both state, where they disagree.
 pub fn differences(s: &Summary, f: &Figures) -> Vec<String> {
