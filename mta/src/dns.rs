@@ -27,6 +27,38 @@ pub enum RouteError {
     Perm(String),
 }
 
+/// The hosts in the order one connection tries them: by preference and, within a preference,
+/// in an order drawn for this connection. RFC 5321 section 5.1: the sender MUST randomise hosts
+/// of equal preference to spread the load. The draw is a SplitMix64 stream seeded by `draw`
+/// (the connection's number), so a virtual run stays the same for the same seed.
+pub fn connection_order(hosts: &[MxHost], draw: u64) -> Vec<&MxHost> {
+    let mut state = draw;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut out: Vec<&MxHost> = hosts.iter().collect();
+    out.sort_by_key(|h| h.preference);
+    let mut start = 0;
+    while start < out.len() {
+        let end = start
+            + out[start..]
+                .iter()
+                .take_while(|h| h.preference == out[start].preference)
+                .count();
+        // Fisher-Yates over the group.
+        for i in (start + 1..end).rev() {
+            let j = start + (next() % (i - start + 1) as u64) as usize;
+            out.swap(i, j);
+        }
+        start = end;
+    }
+    out
+}
+
 /// Resolves a recipient domain to its MX hosts, sorted by preference.
 pub trait Resolver: Send + Sync + 'static {
     fn route(&self, domain: &str) -> impl Future<Output = Result<Vec<MxHost>, RouteError>> + Send;

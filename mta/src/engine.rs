@@ -720,12 +720,13 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }
     }
 
-    /// Connect and greet, MX host by host in preference order: a host that cannot be reached,
-    /// does not greet in time or refuses the session is skipped for the next one.
+    /// Connect and greet, MX host by host in preference order (hosts of equal preference in
+    /// an order drawn for this connection): a host that cannot be reached, does not greet in
+    /// time or refuses the session is skipped for the next one.
     async fn open_session(&self, conn: u64, domain: &str, hosts: &[MxHost]) -> Opened<C::Stream> {
         let inner = &self.inner;
         let mut refusal = None;
-        for host in hosts {
+        for host in crate::dns::connection_order(hosts, conn) {
             for ip in &host.addrs {
                 let addr = SocketAddr::new(*ip, inner.cfg.remote_port);
                 let attempt =

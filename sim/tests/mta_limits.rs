@@ -3,6 +3,8 @@
 //! (`stored` per session), connections per destination from the MTA's connection events, and
 //! the time a slow server's delays (`slow.banner_s`, `slow.reply_s`) must add to each delivery.
 
+mod common;
+
 use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim_events::{Event, read_log};
@@ -107,4 +109,54 @@ fn connections_messages_per_connection_and_slow_replies() {
         "slow.test delivered after {slow_min} ms"
     );
     assert!(*fast_max < 1_000, "fast.test took {fast_max} ms");
+}
+
+/// RFC 5321 section 5.1: MX hosts of equal preference are tried in a random order, so the load
+/// is spread. Counted from the receiving side: each host's Maildir.
+#[test]
+fn equal_preference_mx_hosts_share_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "equal-mx"
+seed = 5
+mode = "virtual"
+[[sender]]
+domain = "s.test"
+[[domain]]
+name = "two.test"
+mx = [
+  { host = "mx1.two.test", preference = 10 },
+  { host = "mx2.two.test", preference = 10 },
+  { host = "backup.two.test", preference = 20 },
+]
+[mta]
+msgs_per_conn_max = 1
+[campaign]
+messages = 40
+size_bytes = 900
+"#;
+    let scenario = Scenario::parse(text, Path::new("equal-mx.toml")).unwrap();
+    let summary = runner::run_scenario(
+        &scenario,
+        &RunOptions {
+            out_dir: dir.path().to_path_buf(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(summary.delivered, 40);
+    let root = dir.path().join("mailboxes");
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for f in common::maildir_files(&root) {
+        *per_host.entry(common::host_of(&root, &f)).or_default() += 1;
+    }
+    per_host.remove("s.test");
+    let mx1 = per_host.get("mx1.two.test").copied().unwrap_or(0);
+    let mx2 = per_host.get("mx2.two.test").copied().unwrap_or(0);
+    assert_eq!(
+        mx1 + mx2,
+        40,
+        "the backup MX is not used while both primaries answer: {per_host:?}"
+    );
+    assert!(mx1 >= 10 && mx2 >= 10, "{per_host:?}");
 }
