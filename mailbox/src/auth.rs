@@ -151,11 +151,27 @@ impl Verifier {
         let dmarc_policy = (dmarc_word != "none" || !dmarc.domain().is_empty())
             .then(|| format!("{:?}", dmarc.policy()).to_ascii_lowercase())
             .filter(|p| p != "unspecified");
-        let header = AuthenticationResults::new(&self.hostname)
-            .with_spf_mailfrom_result(&spf, ip, mail_from, helo)
+        // mail-auth writes the DKIM and DMARC clauses; the SPF clause is written here (its
+        // comment would lose the `=` of a VERP address), and a message without a signature gets
+        // `dkim=none` (RFC 8601 section 2.7.1) rather than no DKIM clause at all.
+        let rest = AuthenticationResults::new(&self.hostname)
             .with_dkim_results(&dkim, &header_from)
             .with_dmarc_result(&dmarc)
             .to_header();
+        let rest = rest
+            .strip_prefix("Authentication-Results: ")
+            .and_then(|r| r.strip_prefix(self.hostname.as_str()))
+            .unwrap_or_default();
+        let header = format!(
+            "Authentication-Results: {};\r\n\t{}{}{rest}",
+            self.hostname,
+            spf_clause(spf_word, &self.hostname, mail_from, helo, ip),
+            if dkim.is_empty() {
+                ";\r\n\tdkim=none"
+            } else {
+                ""
+            },
+        );
         Verdicts {
             spf: spf_word.into(),
             dkim: dkim_word.into(),
@@ -188,6 +204,56 @@ impl Verifier {
             .with_ipv6_cache(&c.ipv6)
             .with_ptr_cache(&c.ptr)
     }
+}
+
+/// The SPF clause of Authentication-Results (RFC 8601 section 2.7.2): the result, a comment
+/// in mail-auth's words, and `smtp.mailfrom` (the envelope sender, or postmaster@HELO for a
+/// null sender).
+fn spf_clause(word: &str, hostname: &str, mail_from: &str, helo: &str, ip: IpAddr) -> String {
+    let checked = if mail_from.is_empty() {
+        format!("postmaster@{helo}")
+    } else {
+        mail_from.to_string()
+    };
+    let comment = match word {
+        "pass" => format!("domain of {checked} designates {ip} as permitted sender"),
+        "fail" => format!("domain of {checked} does not designate {ip} as permitted sender"),
+        "softfail" => format!("domain of {checked} reports soft fail for {ip}"),
+        "neutral" => format!("domain of {checked} reports neutral for {ip}"),
+        "temperror" => format!("temporary dns error validating {checked}"),
+        "permerror" => format!("unable to verify SPF record for {checked}"),
+        _ => format!("no SPF records found for {checked}"),
+    };
+    // A comment may hold anything but unescaped parentheses and backslashes (RFC 5322 3.2.2).
+    let mut escaped = String::with_capacity(comment.len());
+    for c in comment.chars() {
+        if matches!(c, '(' | ')' | '\\') {
+            escaped.push('\\');
+        }
+        if !c.is_control() {
+            escaped.push(c);
+        }
+    }
+    let pvalue = if mail_from.is_empty() {
+        "<>".to_string()
+    } else if mail_from
+        .chars()
+        .all(|c| c.is_ascii_graphic() && !"()<>,;:\\\"/[]?=".contains(c) || c == '@')
+    {
+        mail_from.to_string()
+    } else {
+        // A quoted string: a value that is not an RFC 2045 token (a VERP `=`, say).
+        let mut q = String::from("\"");
+        for c in mail_from.chars().filter(|c| !c.is_control()) {
+            if matches!(c, '"' | '\\') {
+                q.push('\\');
+            }
+            q.push(c);
+        }
+        q.push('"');
+        q
+    };
+    format!("spf={word} ({hostname}: {escaped}) smtp.mailfrom={pvalue}")
 }
 
 fn spf_word(r: SpfResult) -> &'static str {

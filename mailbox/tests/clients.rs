@@ -86,6 +86,15 @@ async fn python_clients_read_what_smtp_delivered_and_relaying_is_refused() {
         let body = std::fs::read_to_string(e.path()).unwrap();
         if body.contains("hello bob") {
             assert!(body.contains("spf=pass"), "{body}");
+            // Unsigned: the DKIM clause says none (RFC 8601 section 2.7.1), not nothing.
+            let ar = body
+                .split("\r\n")
+                .skip_while(|l| !l.starts_with("Authentication-Results:"))
+                .take_while(|l| l.starts_with("Authentication-Results:") || l.starts_with('\t'))
+                .flat_map(str::split_whitespace)
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(ar.contains("; dkim=none; dmarc="), "{ar}");
             found = true;
         }
     }

@@ -126,10 +126,11 @@ where
             ),
         };
         let date_s = (self.clock.now_ms() / 1000) as i64;
+        // RFC 5322 section 3.6.4: one `@` in a msg-id; the original's id becomes a dot-atom.
         let message_id = format!(
             "report.{}.{}@{}",
             kind,
-            report.message_id.trim_matches(['<', '>']),
+            report.message_id.trim_matches(['<', '>']).replace('@', "."),
             report.host
         );
         // The original's header block, with the return path it came with.

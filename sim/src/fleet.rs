@@ -189,13 +189,16 @@ impl Backend for HostBackend {
         if let Some(verdict) = self.policy().authenticated(info.peer.ip(), &auth) {
             return self.carry_out(info, "DATA", &rcpt, verdict);
         }
+        // RFC 5321 section 4.4: the trace header ends in the time of receipt; final delivery
+        // adds the reverse path as Return-Path.
+        let date = mail_builder::headers::date::Date::new((self.now().ms / 1000) as i64);
         let received = format!(
-            "Received: from {} ({}) by {} with ESMTP id {}; session {}\r\n",
+            "Received: from {} ([{}]) by {} with ESMTP id {}; {}\r\n",
             info.helo,
             info.peer.ip(),
             self.host,
             info.id,
-            info.id
+            date.to_rfc822()
         );
         let mut stored = Vec::with_capacity(verdicts.header.len() + received.len() + message.len());
         stored.extend_from_slice(verdicts.header.as_bytes());
@@ -204,7 +207,11 @@ impl Backend for HostBackend {
         for rcpt in &tx.rcpts {
             // One Maildir per simulated server (a folder per user would cost four directories
             // per recipient, and every campaign recipient is new); Delivered-To names the user.
-            let mut copy = format!("Delivered-To: {rcpt}\r\n").into_bytes();
+            let mut copy = format!(
+                "Return-Path: <{}>\r\nDelivered-To: {rcpt}\r\n",
+                tx.mail_from
+            )
+            .into_bytes();
             copy.extend_from_slice(&stored);
             if let Err(e) = self.store.deliver(&self.inbox_address, &copy) {
                 tracing::warn!(host = %self.host, "{e}");

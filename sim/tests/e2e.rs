@@ -264,6 +264,13 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
         assert!(
             lines
                 .next()
+                .is_some_and(|l| l.starts_with("Return-Path: <")),
+            "{}: {head}",
+            path.display()
+        );
+        assert!(
+            lines
+                .next()
                 .is_some_and(|l| l.starts_with("Delivered-To: user")),
             "{}: {head}",
             path.display()
@@ -285,6 +292,52 @@ fn campaign_outcomes_per_domain_from_the_event_log() {
     // An independent implementation (dkimpy) verifies every signature the receivers stored.
     let world = World::build(&scenario).unwrap();
     dkimpy_verifies(&world.senders[0].key.dns_txt, &stored);
+    // An independent RFC 8601 parser (authres) reads every Authentication-Results header: SPF,
+    // DKIM and DMARC each pass, and smtp.mailfrom is the envelope sender, a VERP address with
+    // its `=`, as the Return-Path the receiver wrote from the SMTP envelope says.
+    for line in authres_read(&stored) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let return_path = fields
+            .last()
+            .and_then(|f| f.strip_prefix("return-path="))
+            .unwrap();
+        assert!(return_path.contains('='), "a VERP return path: {line}");
+        assert_eq!(fields.len(), 5, "spf, dkim and dmarc: {line}");
+        assert_eq!(
+            fields[1],
+            format!("spf=pass,smtp.mailfrom={return_path}"),
+            "{line}"
+        );
+        assert!(fields[2].starts_with("dkim=pass,header.d="), "{line}");
+        assert!(fields[3].starts_with("dmarc=pass,header.from="), "{line}");
+        // The comment names the whole address too.
+        let text = std::fs::read_to_string(fields[0]).unwrap();
+        assert!(
+            text.contains(&format!("domain of {return_path} designates")),
+            "{line}"
+        );
+    }
+}
+
+/// authres (Debian's python3-authres) reads the Authentication-Results header of each file:
+/// one line per file (tests/data/authres_check.py says what is on it).
+fn authres_read(files: &[PathBuf]) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/authres_check.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args(files)
+        .output()
+        .expect(
+            "python3 with authres (Debian python3-authres); the README's test command installs it",
+        );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "authres: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), files.len(), "{stdout}");
+    stdout.lines().map(str::to_string).collect()
 }
 
 /// dkimpy (Debian's python3-dkim, with python3-nacl for Ed25519), an implementation nobody here

@@ -45,7 +45,16 @@ fn run(name: &str, dir: &Path) -> (Summary, Vec<Record>) {
         .map(|s| s.get_ref().domain.clone())
         .collect();
     let root = dir.join("mailboxes");
-    let stored = common::maildir_files(&root)
+    let files = common::maildir_files(&root);
+    // Every stored copy, and every DSN and complaint the senders received, has the headers
+    // RFC 5321 and 5322 ask for.
+    for f in &files {
+        let delivered = !senders.contains(&common::host_of(&root, f));
+        if let Err(e) = common::check_stored_headers(f, delivered) {
+            panic!("{name}: {e}");
+        }
+    }
+    let stored = files
         .iter()
         .filter(|f| !senders.contains(&common::host_of(&root, f)))
         .count() as u64;

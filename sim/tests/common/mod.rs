@@ -40,3 +40,34 @@ pub fn message_id(text: &str) -> Option<String> {
         })
         .map(|id| id.trim().to_string())
 }
+
+/// What RFC 5322 and RFC 5321 ask of a stored copy, read with mail-parser: a Message-ID of one
+/// `@` (section 3.6.4); for a receiver's copy (`delivered`), a Return-Path (RFC 5321 section
+/// 4.4) and a first Received header that ends in its date (RFC 5322 section 3.6.7).
+pub fn check_stored_headers(file: &Path, delivered: bool) -> Result<(), String> {
+    let raw = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let text = String::from_utf8_lossy(&raw);
+    let id = message_id(&text).ok_or_else(|| format!("{}: no Message-ID", file.display()))?;
+    if id.matches('@').count() != 1 || !id.starts_with('<') || !id.ends_with('>') {
+        return Err(format!("{}: Message-ID {id}", file.display()));
+    }
+    if !delivered {
+        return Ok(());
+    }
+    let msg = mail_parser::MessageParser::default()
+        .parse(&raw)
+        .ok_or_else(|| format!("{}: not a message", file.display()))?;
+    if msg
+        .return_address()
+        .is_none_or(|a| a.is_empty() && !text.starts_with("Return-Path: <>"))
+    {
+        return Err(format!("{}: no Return-Path", file.display()));
+    }
+    let received = msg
+        .received()
+        .ok_or_else(|| format!("{}: no Received", file.display()))?;
+    if received.date.is_none() {
+        return Err(format!("{}: Received without a date", file.display()));
+    }
+    Ok(())
+}
