@@ -238,8 +238,10 @@ impl ZoneSet {
         }
     }
 
-    /// Build a hickory catalog with one authoritative in-memory zone per origin.
-    pub fn to_catalog(&self) -> Result<Catalog, DnsError> {
+    /// Build a hickory catalog with one authoritative in-memory zone per origin, each with its
+    /// SOA, its NS `ns.<origin>` and that name's address `ns_ip` (the server's own), unless the
+    /// scenario gives that name records of its own.
+    pub fn to_catalog(&self, ns_ip: std::net::IpAddr) -> Result<Catalog, DnsError> {
         let mut catalog = Catalog::new();
         for (origin, records) in self.zones() {
             let records: Vec<&ZoneRecord> = records;
@@ -264,16 +266,26 @@ impl ZoneSet {
                 origin: origin.to_string(),
                 message,
             };
+            // The SOA's own TTL is its MINIMUM: a negative answer carries the SOA with
+            // min(TTL, MINIMUM) (RFC 2308 section 3), however the server copies it.
             if !zone.upsert_mut(
-                Record::from_rdata(origin_name.clone(), 3600, RData::SOA(soa)),
+                Record::from_rdata(origin_name.clone(), 60, RData::SOA(soa)),
                 serial,
             ) {
                 return Err(zone_err("SOA rejected".into()));
             }
             zone.upsert_mut(
-                Record::from_rdata(origin_name.clone(), 3600, RData::NS(NS(ns_name))),
+                Record::from_rdata(origin_name.clone(), 3600, RData::NS(NS(ns_name.clone()))),
                 serial,
             );
+            // The NS name resolves (RFC 1034 section 4.2.1: a zone's name servers are named and
+            // found); to this server.
+            let ns_owner = format!("ns.{origin}");
+            if !records.iter().any(|r| normalize(&r.name) == ns_owner)
+                && let std::net::IpAddr::V4(v4) = ns_ip
+            {
+                zone.upsert_mut(Record::from_rdata(ns_name, 3600, RData::A(A(v4))), serial);
+            }
             for r in records {
                 let owner = parse_name(&r.name)?;
                 if !zone.upsert_mut(record_of(&owner, r.ttl_s, &r.data)?, serial) {
@@ -321,11 +333,11 @@ impl DnsServer {
         addr: SocketAddr,
         elapsed_ms: Elapsed,
     ) -> Result<DnsServer, DnsError> {
-        let catalog = zones.zones.to_catalog()?;
         let (udp, tcp) = bind_pair(addr).await?;
         let addr = udp
             .local_addr()
             .map_err(|source| DnsError::Bind { addr, source })?;
+        let catalog = zones.zones.to_catalog(addr.ip())?;
         let mut server = Server::new(FaultyCatalog::new(catalog, zones, elapsed_ms));
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64 * 1024);

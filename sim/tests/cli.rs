@@ -85,6 +85,22 @@ fn dig_answers_mx_and_txt_from_mailsim_dns() {
     );
     let ns = dig(port, &["NS", "accept.test"]);
     assert_eq!(ns.trim(), "ns.accept.test.", "{ns}");
+    // The NS name resolves, to the server itself.
+    let ns_a = dig(port, &["A", "ns.accept.test"]);
+    assert_eq!(ns_a.trim(), "127.0.0.1", "{ns_a}");
+    // A negative answer's SOA has the TTL min(SOA TTL, MINIMUM) = 60 (RFC 2308 section 3).
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=2"])
+        .args(["+noall", "+authority", "A", "nobody.accept.test"])
+        .output()
+        .unwrap();
+    let authority = String::from_utf8_lossy(&out.stdout);
+    let soa_ttl: Vec<&str> = authority
+        .lines()
+        .filter(|l| l.contains("SOA"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(soa_ttl, ["60"], "{authority}");
     // A name under no zone of the scenario is refused (the server is authoritative only).
     let out = Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
