@@ -27,6 +27,10 @@ pub struct Classified {
     pub reply_code: Option<u16>,
     /// The server's words about this recipient.
     pub diagnostic: String,
+    /// The DSN's Action for this recipient (RFC 3464 section 2.3.3: failed, delayed, ...),
+    /// when the report has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     /// What decided the reason (a phrase, "status", "action", "default").
     #[serde(skip)]
     pub why: String,
@@ -73,6 +77,7 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                 status: f.status.unwrap_or_default(),
                 recipient: f.recipient,
                 reply_code: f.reply_code,
+                action: f.action.map(|a| a.to_ascii_lowercase()),
                 diagnostic: f
                     .diagnostic
                     .split_whitespace()

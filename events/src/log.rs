@@ -74,8 +74,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
     }
 }
 
+/// Sees every record the writer writes, in log order, on the writer's thread (keep it cheap).
+pub type Observer = Box<dyn FnMut(&Record) + Send>;
+
 enum Cmd {
     Append(u64, Event),
+    Observe(Observer),
     Flush(SyncSender<()>),
     Close,
 }
@@ -96,6 +100,12 @@ impl EventSink {
     }
 
     /// Block until everything emitted so far is on disk.
+    /// Have `observer` see every record written after this call, in log order: how a run
+    /// follows its own progress from the events rather than from counters on the side.
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.tx.send(Cmd::Observe(observer));
+    }
+
     pub fn flush(&self) -> Result<(), LogError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.tx
@@ -257,6 +267,7 @@ fn write_loop(
     let mut written = 0u64;
     let mut payload = Vec::with_capacity(512);
     let mut waiters: Vec<SyncSender<()>> = Vec::new();
+    let mut observers: Vec<Observer> = Vec::new();
     loop {
         let Ok(first) = rx.recv() else { break };
         let mut closing = false;
@@ -280,10 +291,14 @@ fn write_loop(
                         .map_err(io_err(path))?;
                     out.write_all(&crc.to_le_bytes()).map_err(io_err(path))?;
                     out.write_all(&payload).map_err(io_err(path))?;
+                    for observe in &mut observers {
+                        observe(&record);
+                    }
                     seq += 1;
                     written += 1;
                     batch += 1;
                 }
+                Cmd::Observe(observer) => observers.push(observer),
                 Cmd::Flush(done) => waiters.push(done),
                 Cmd::Close => closing = true,
             }

@@ -330,7 +330,11 @@ schema! {
         message_id: String,
     }
     /// The sender's bounce processor read a report from its mailbox and attributed it (by the
-    /// VERP return path) to the message `msg`.
+    /// VERP return path) to the message `msg`. `message_id` is the Message-ID the report
+    /// quotes (a DSN's returned message or headers, a complaint's original), by which a report
+    /// from another MTA, whose return path is not VERP, is attributed; `action` the DSN's
+    /// Action for the recipient (RFC 3464: failed, delayed, ...). Both are left out when the
+    /// report has none.
     ReportReceived = "report_received" rare {
         kind: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -339,6 +343,10 @@ schema! {
         reason: String,
         status: String,
         hard: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        message_id: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        action: String,
     }
 }
 

@@ -105,7 +105,7 @@ fn str_at(df: &DataFrame, name: &str, i: usize) -> PolarsResult<String> {
 
 /// Per message: domain, injection time, final fate (`delivered`, `bounced`, `expired`, or
 /// `queued`), hardness, reason, attempts, time of the final event.
-fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
+fn messages(ev: &LazyFrame, external: bool) -> PolarsResult<LazyFrame> {
     let injected = ev.clone().filter(is("injected")).select([
         col("msg"),
         col("domain"),
@@ -114,15 +114,46 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
         col("rcpt").str().to_lowercase().alias("rcpt_lc"),
     ]);
     let finals = if external {
-        // Measuring another MTA: a copy the fleet stored is the delivery (as in summary.json).
-        ev.clone()
-            .filter(is("stored"))
+        // Measuring another MTA (as summary.json): a copy the fleet stored is the delivery; a
+        // DSN of the other MTA's that says failed (or, without an Action, gives a hard reason)
+        // is the bounce, or the expiry when its status is temporary. The first word counts,
+        // matched by (Message-ID, recipient) whatever the order in the log.
+        let stored = ev.clone().filter(is("stored")).select([
+            col("message_id"),
+            col("rcpt").str().to_lowercase().alias("rcpt_lc"),
+            col("ts_ms"),
+            col("seq"),
+            lit("delivered").alias("fate"),
+            lit(NULL).cast(DataType::Boolean).alias("hard"),
+            lit(NULL).cast(DataType::String).alias("reason"),
+        ]);
+        let action = detail_str("action");
+        let dsns = ev
+            .clone()
+            .filter(
+                is("report_received")
+                    .and(detail_str("kind").eq(lit("bounce")))
+                    .and(col("message_id").is_not_null())
+                    .and(
+                        action
+                            .clone()
+                            .eq(lit("failed"))
+                            .or(action.is_null().and(col("hard").eq(lit(true)))),
+                    ),
+            )
             .select([
                 col("message_id"),
                 col("rcpt").str().to_lowercase().alias("rcpt_lc"),
                 col("ts_ms"),
                 col("seq"),
-            ])
+                when(detail_str("status").str().starts_with(lit("4")))
+                    .then(lit("expired"))
+                    .otherwise(lit("bounced"))
+                    .alias("fate"),
+                col("hard"),
+                col("reason"),
+            ]);
+        concat([stored, dsns], UnionArgs::default())?
             .join(
                 injected
                     .clone()
@@ -133,13 +164,13 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
             )
             .sort(["seq"], SortMultipleOptions::default())
             .group_by_stable([col("msg")])
-            .agg([col("ts_ms").first().alias("ts_final")])
-            .with_columns([
-                lit("delivered").alias("fate"),
-                lit(NULL).cast(DataType::Boolean).alias("hard"),
-                lit(NULL).cast(DataType::String).alias("reason"),
-                lit(NULL).cast(DataType::UInt32).alias("attempts"),
+            .agg([
+                col("fate").first(),
+                col("hard").first(),
+                col("reason").first(),
+                col("ts_ms").first().alias("ts_final"),
             ])
+            .with_columns([lit(NULL).cast(DataType::UInt32).alias("attempts")])
     } else {
         ev.clone()
             .filter(
@@ -166,7 +197,7 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
             col("attempts").max().alias("deferred_attempts"),
             len().alias("deferrals"),
         ]);
-    injected
+    Ok(injected
         .join(
             finals,
             [col("msg")],
@@ -191,7 +222,7 @@ fn messages(ev: &LazyFrame, external: bool) -> LazyFrame {
                 .fill_null(lit(0u64))
                 .alias("attempts_n"),
             col("deferrals").cast(DataType::UInt64).fill_null(lit(0u64)),
-        ])
+        ]))
 }
 
 /// Time to deliver (p50/p90/p99 of delivered messages), attempts and deferrals per message:
@@ -323,7 +354,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
     }
 
     // Materialised once: every figure below starts from these rows.
-    let msgs = messages(&ev, external).collect()?.lazy();
+    let msgs = messages(&ev, external)?.collect()?.lazy();
     let suppressed = ev
         .clone()
         .filter(is("suppressed"))
@@ -411,28 +442,46 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
     t.attempts_per_message = f64_opt(&all, "attempts", 0)?.unwrap_or(0.0);
     t.deferrals_per_message = f64_opt(&all, "deferrals", 0)?.unwrap_or(0.0);
 
-    // Reasons: every bounced or expired event of a campaign message (as summary.json counts).
+    // Reasons: every bounced or expired event of a campaign message (as summary.json counts);
+    // measuring another MTA, the fate each message took from its DSN.
     let campaign = msgs.clone().select([col("msg"), col("domain")]);
-    let reasons = ev
-        .clone()
-        .filter(
-            col("type")
-                .eq(lit("bounced"))
-                .or(col("type").eq(lit("expired"))),
-        )
-        .select([
-            col("msg"),
-            when(is("expired"))
-                .then(lit("expired"))
-                .otherwise(reason_word(col("reason")))
-                .alias("reason_word"),
-        ])
-        .join(
-            campaign,
-            [col("msg")],
-            [col("msg")],
-            JoinArgs::new(JoinType::Inner),
-        )
+    let reasons = if external {
+        msgs.clone()
+            .filter(
+                col("fate")
+                    .eq(lit("bounced"))
+                    .or(col("fate").eq(lit("expired"))),
+            )
+            .select([
+                col("domain"),
+                when(col("fate").eq(lit("expired")))
+                    .then(lit("expired"))
+                    .otherwise(reason_word(col("reason")))
+                    .alias("reason_word"),
+            ])
+    } else {
+        ev.clone()
+            .filter(
+                col("type")
+                    .eq(lit("bounced"))
+                    .or(col("type").eq(lit("expired"))),
+            )
+            .select([
+                col("msg"),
+                when(is("expired"))
+                    .then(lit("expired"))
+                    .otherwise(reason_word(col("reason")))
+                    .alias("reason_word"),
+            ])
+            .join(
+                campaign,
+                [col("msg")],
+                [col("msg")],
+                JoinArgs::new(JoinType::Inner),
+            )
+            .select([col("domain"), col("reason_word")])
+    };
+    let reasons = reasons
         .group_by([col("domain"), col("reason_word")])
         .agg([len().alias("n")])
         .sort(

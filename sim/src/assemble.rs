@@ -228,7 +228,8 @@ pub fn build_mta<E: Env>(
     ))
 }
 
-fn signers(world: &World) -> anyhow::Result<Vec<Signer>> {
+/// The DKIM signers of the scenario's senders, one per sender.
+pub fn signers(world: &World) -> anyhow::Result<Vec<Signer>> {
     Ok(world
         .senders
         .iter()

@@ -538,7 +538,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         } => {
             let sc = Scenario::load(&scenario)?;
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
-            let messages = mailsim::send::campaign(&sc, &world);
+            // The MTA it is sent to signs (mailsim's daemon does, with the scenario's keys).
+            let messages = mailsim::send::campaign(&sc, &world, mailsim::send::now_s(), None)?;
             let opts = mailsim::send::SendOptions {
                 to,
                 connections,

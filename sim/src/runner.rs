@@ -148,10 +148,12 @@ pub struct ExternalMta {
 }
 
 /// Run a scenario live against another MTA: fake-dns and the fleet as usual, the campaign
-/// submitted by SMTP to `mta`, until every acknowledged message is stored by the fleet (or the
-/// time limit passes). The log holds `injected` at each acknowledgement and the fleet's side
-/// (sessions, verdicts, `stored`); the run is marked `mode: "external"`, and its summary counts
-/// a stored copy as delivered.
+/// submitted by SMTP to `mta`, until every acknowledged message is final by the receiving
+/// side's account (stored by the fleet, or failed per the other MTA's DSN) and
+/// [`EXTERNAL_QUIET`] has passed with nothing more heard, or the time limit passes. The log
+/// holds `injected` at each acknowledgement and the receiving side's events (sessions,
+/// verdicts, `stored`, `report_received`); the run is marked `mode: "external"`, and its
+/// summary counts a stored copy as delivered and a failed DSN as bounced or expired.
 pub fn run_external(
     scenario: &Scenario,
     opts: &RunOptions,
@@ -179,18 +181,35 @@ async fn run_external_async(
         hosts.join(" "),
         a.env.dns_addr().map_or_else(String::new, |d| d.to_string())
     );
-    let (acked, expected) = submit(scenario, &a, mta).await?;
-    // Wait for the fleet to have stored every acknowledged message.
+    // Follow, from the events as they are written, how many acknowledged messages are final
+    // by the receiving side's account.
+    let (final_tx, mut finals) = tokio::sync::watch::channel((0u64, 0u64));
+    let mut finality = Finality::default();
+    a.events.observe(Box::new(move |r| {
+        if finality.push(&r.event) {
+            let _ = final_tx.send((finality.injected, finality.done));
+        }
+    }));
     let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
     tokio::pin!(time_limit);
+    let (acked, expected) = submit(scenario, &a, mta).await?;
+    // Every acknowledged message final (stored by the fleet, or failed per the other MTA's
+    // DSN), then a quiet period with nothing more heard: the run is over.
     let reason = loop {
-        if a.fleet.stored.load(std::sync::atomic::Ordering::Relaxed) >= acked {
-            break "drained";
-        }
-        tokio::select! {
-            biased;
-            _ = &mut time_limit => break "time limit",
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        let (injected, done) = *finals.borrow_and_update();
+        if injected >= acked && done >= injected {
+            tokio::select! {
+                biased;
+                _ = &mut time_limit => break "time limit",
+                changed = finals.changed() => if changed.is_err() { break "drained" },
+                _ = tokio::time::sleep(EXTERNAL_QUIET) => break "drained",
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut time_limit => break "time limit",
+                changed = finals.changed() => if changed.is_err() { break "drained" },
+            }
         }
     };
     eprintln!(
@@ -200,6 +219,50 @@ async fn run_external_async(
     finish(a, reason, opts).await
 }
 
+/// How long an external run waits, once every acknowledged message is final, for anything
+/// more from the other MTA (a late copy, a DSN) before it ends.
+pub const EXTERNAL_QUIET: Duration = Duration::from_secs(2);
+
+/// Which of the campaign's acknowledged messages are final by the receiving side's account
+/// ([`mailsim_summary::external_outcome`]: stored, or failed per a DSN), whatever the order of
+/// acknowledgement and outcome in the log.
+#[derive(Debug, Default)]
+struct Finality {
+    /// Acknowledged (message, recipient) pairs.
+    injected: u64,
+    /// Of those, the ones with a final outcome.
+    done: u64,
+    acked: std::collections::HashSet<(String, String)>,
+    outcome: std::collections::HashSet<(String, String)>,
+}
+
+impl Finality {
+    /// Take one event into account; true when the counts changed or the event is one of the
+    /// receiving side's (which restarts the quiet period).
+    fn push(&mut self, event: &Event) -> bool {
+        if let Event::Injected {
+            message_id, rcpt, ..
+        } = event
+        {
+            let key = (message_id.clone(), rcpt.to_ascii_lowercase());
+            self.injected += 1;
+            if self.outcome.contains(&key) {
+                self.done += 1;
+            }
+            self.acked.insert(key);
+            return true;
+        }
+        let Some((key, _)) = mailsim_summary::external_outcome(event) else {
+            return matches!(event, Event::ReportReceived { .. });
+        };
+        if self.acked.contains(&key) && !self.outcome.contains(&key) {
+            self.done += 1;
+        }
+        self.outcome.insert(key);
+        true
+    }
+}
+
 /// Submit the campaign to another MTA, recording `injected` at each acknowledgement; the
 /// messages acknowledged and the messages in the campaign.
 async fn submit<E: Env>(
@@ -207,7 +270,18 @@ async fn submit<E: Env>(
     a: &Assembly<E>,
     mta: &ExternalMta,
 ) -> anyhow::Result<(u64, u64)> {
-    let messages = crate::send::campaign(scenario, &a.world);
+    // Dated by the run's clock (live: now); signed with the sender's key unless the scenario
+    // says the MTA under test signs.
+    let signer = if scenario.external.sign {
+        let sender = &a.world.senders[0].sender;
+        crate::assemble::signers(&a.world)?
+            .into_iter()
+            .find(|s| s.domain().eq_ignore_ascii_case(&sender.domain))
+    } else {
+        None
+    };
+    let date_s = (a.env.clock().now_ms() / 1000) as i64;
+    let messages = crate::send::campaign(scenario, &a.world, date_s, signer.as_ref())?;
     let expected = messages.len() as u64;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let sink = a.events.clone();

@@ -50,6 +50,24 @@ pub struct Scenario {
     /// DNS faults on the timeline.
     #[serde(default, rename = "dns_fault")]
     pub dns_faults: Vec<Spanned<DnsFaultSpec>>,
+    /// Measuring another MTA (`mailsim run --mta`).
+    #[serde(default)]
+    pub external: ExternalSection,
+}
+
+/// `[external]`: how the campaign is handed to another MTA under test.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalSection {
+    /// DKIM-sign the campaign with the sender's key before submitting it (for an MTA that
+    /// does not sign; false when the MTA under test signs itself).
+    pub sign: bool,
+}
+
+impl Default for ExternalSection {
+    fn default() -> Self {
+        ExternalSection { sign: true }
+    }
 }
 
 /// A window in scenario time, in seconds since the run started.

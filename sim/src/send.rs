@@ -34,10 +34,30 @@ pub struct SendReport {
     pub retried: u64,
 }
 
-/// The campaign's messages, as a client would submit them (unsigned: the MTA signs).
-pub fn campaign(scenario: &Scenario, world: &World) -> Vec<OutboundMessage> {
+/// The campaign's messages, as a client would submit them, dated `date_s` (seconds since the
+/// Unix epoch: now, for an MTA on the wall clock), and DKIM-signed by `signer` when one is
+/// given (for an MTA under test that does not sign).
+pub fn campaign(
+    scenario: &Scenario,
+    world: &World,
+    date_s: i64,
+    signer: Option<&mailsim_mta::dkim::Signer>,
+) -> anyhow::Result<Vec<OutboundMessage>> {
     let total = scenario.campaign().messages;
-    build_messages(scenario, world, 0..total, 0, 1_767_225_600)
+    let mut messages = build_messages(scenario, world, 0..total, 0, date_s);
+    if let Some(signer) = signer {
+        for m in &mut messages {
+            m.body = signer.sign(&m.body)?;
+        }
+    }
+    Ok(messages)
+}
+
+/// Now, in seconds since the Unix epoch, for a message's Date.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 struct Shared {

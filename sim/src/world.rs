@@ -107,11 +107,12 @@ impl World {
         p
     }
 
-    /// Where each recipient domain's first live MX listens, for an MTA routed without DNS
-    /// (transport maps), in the scenario's order.
+    /// Where each recipient domain's and each sender domain's first live MX listens, for an
+    /// MTA routed without DNS (transport maps), in the scenario's order.
     pub fn routes(&self) -> Vec<(String, std::net::Ipv4Addr)> {
         let mut out: Vec<(String, std::net::Ipv4Addr)> = Vec::new();
-        for h in self.hosts.iter().filter(|h| !h.down && !h.sender_mx) {
+        // The senders' own MX too: an MTA routed by these lines returns its DSNs there.
+        for h in self.hosts.iter().filter(|h| !h.down) {
             if !out.iter().any(|(d, _)| *d == h.domain) {
                 out.push((h.domain.clone(), h.ip));
             }
@@ -316,5 +317,44 @@ impl World {
             hosts,
             senders,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An MTA routed by `mailsim fleet`'s route lines must reach the sender's MX too, or it
+    /// cannot return its DSNs (issue 14: Postfix bounced them, "unable to look up host").
+    #[test]
+    fn routes_name_every_recipient_domain_and_the_senders_mx() {
+        let text = r#"
+name = "routes"
+[[sender]]
+domain = "news.example.test"
+[[domain]]
+name = "a.test"
+[[domain]]
+name = "b.test"
+mx = [{ host = "mx1.b.test", down = true }, { host = "mx2.b.test", preference = 20 }]
+[campaign]
+messages = 1
+"#;
+        let scenario = Scenario::parse(text, std::path::Path::new("routes.toml")).unwrap();
+        let world = World::build(&scenario).unwrap();
+        let routes = world.routes();
+        let domains: Vec<&str> = routes.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(
+            domains,
+            ["news.example.test", "a.test", "b.test"],
+            "{routes:?}"
+        );
+        let live_b = world
+            .hosts
+            .iter()
+            .find(|h| h.name == "mx2.b.test")
+            .unwrap()
+            .ip;
+        assert_eq!(routes[2].1, live_b, "the first MX that is up");
     }
 }

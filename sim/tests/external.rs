@@ -43,6 +43,9 @@ domain = "ext.sender.test"
 name = "a.test"
 [[domain]]
 name = "b.test"
+[[domain]]
+name = "c.test"
+unknown_users = { percent = 30 }
 [campaign]
 messages = 60
 size_bytes = 1200
@@ -97,29 +100,63 @@ size_bytes = 1200
     let count = |kind: &str| records.iter().filter(|r| r.event.kind() == kind).count() as u64;
     let (mta_delivered, mta_bounced) = (count("delivered"), count("bounced"));
     // Observer 2: the files the fleet stored for the campaign's domains.
-    let stored: u64 = ["a.test", "b.test"]
+    let domains = ["a.test", "b.test", "c.test"];
+    let files: Vec<std::path::PathBuf> = domains
         .iter()
-        .map(|d| {
-            let host = run_dir.join("mailboxes").join(format!("mx1.{d}"));
-            common::maildir_files(&host).len() as u64
-        })
-        .sum();
-    // Every campaign message, by all three accounts. (Bounces are left out here: the other
-    // MTA's DSNs are not yet attributed in external mode; issue 14.)
-    let campaign_delivered = records
-        .iter()
-        .filter(|r| {
-            matches!(&r.event, Event::Delivered { domain, .. } if domain == "a.test" || domain == "b.test")
-        })
-        .count() as u64;
+        .flat_map(|d| common::maildir_files(&run_dir.join("mailboxes").join(format!("mx1.{d}"))))
+        .collect();
+    let stored = files.len() as u64;
+    // Every campaign message, by all three accounts: the other MTA's DSNs (to the sender's
+    // plain return path, not VERP) are attributed by the Message-ID they return.
+    let campaign = |kind: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r.event.kind() == kind
+                    && match &r.event {
+                        Event::Delivered { domain, .. } | Event::Bounced { domain, .. } => {
+                            domains.contains(&domain.as_str())
+                        }
+                        _ => false,
+                    }
+            })
+            .count() as u64
+    };
+    let (campaign_delivered, campaign_bounced) = (campaign("delivered"), campaign("bounced"));
     assert_eq!(
-        (campaign_delivered, mta_bounced),
-        (60, 0),
-        "{mta_delivered} delivered"
+        campaign_delivered + campaign_bounced,
+        60,
+        "{mta_delivered} delivered, {mta_bounced} bounced"
     );
+    assert!(campaign_bounced > 0, "c.test refuses 30% of its users");
     assert_eq!(stored, campaign_delivered);
     assert_eq!(
-        summary.delivered, stored,
-        "the run's figure against the files"
+        (summary.delivered, summary.bounced, summary.deferred),
+        (stored, campaign_bounced, 0),
+        "the run's figures against the files and the other MTA's log"
     );
+    assert_eq!(summary.reasons.get("userunknown"), Some(&campaign_bounced));
+    // The run ended by itself once everything was final, well before its time limit.
+    let (run_records, _) = read_log(&run_dir.join("events.log")).unwrap();
+    assert!(
+        matches!(&run_records.last().unwrap().event, Event::RunFinished { reason } if reason == "drained"),
+        "{:?}",
+        run_records.last()
+    );
+    // What the receivers saw: signed by the injector (sign = true, the default), dated now.
+    assert_eq!(summary.auth.dkim_pass, stored, "{:?}", summary.auth);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for f in &files {
+        let raw = std::fs::read(f).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let date = msg.date().unwrap().to_timestamp();
+        assert!(
+            (now - date).abs() < 600,
+            "{}: Date {date}, now {now}",
+            f.display()
+        );
+    }
 }

@@ -14,4 +14,4 @@ pub mod diff;
 pub mod queue;
 pub mod summary;
 
-pub use summary::{AuthSummary, DomainSummary, Drain, Summary};
+pub use summary::{AuthSummary, DomainSummary, Drain, Outcome, Summary, external_outcome};

@@ -17,13 +17,16 @@ pub struct DomainSummary {
     pub suppressed: u64,
 }
 
-/// Receiver-side verdict counts; "fail" counts every result other than pass.
+/// Receiver-side verdict counts; "fail" counts every result other than pass, but for DKIM,
+/// where a message with no signature at all is `dkim_none` (RFC 8601: none), not a failure.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthSummary {
     pub spf_pass: u64,
     pub spf_fail: u64,
     pub dkim_pass: u64,
     pub dkim_fail: u64,
+    #[serde(default)]
+    pub dkim_none: u64,
     pub dmarc_pass: u64,
     pub dmarc_fail: u64,
 }
@@ -97,10 +100,14 @@ impl Summary {
     ) -> Summary {
         let mut s = Summary::default();
         let mut fates: HashMap<u64, (String, Fate)> = HashMap::new();
-        // Measuring another MTA (mode "external") there are no `delivered` events: a copy
-        // stored by the receiving server is the delivery. (Message-ID, recipient) -> queue id.
+        // Measuring another MTA (mode "external") there are no `delivered` or `bounced`
+        // events: a copy stored by a receiving server is the delivery, and a DSN of the other
+        // MTA's, read by the bounce processor, the bounce or the expiry. Both are matched to
+        // the campaign's messages by (Message-ID, recipient), in whichever order they come:
+        // another MTA may deliver before the injector has logged its acknowledgement.
         let mut external = false;
         let mut by_message: HashMap<(String, String), u64> = HashMap::new();
+        let mut early: HashMap<(String, String), (u64, Outcome)> = HashMap::new();
         let (mut first_ts, mut last_ts) = (None, 0u64);
         for r in records {
             let r = r.borrow();
@@ -127,18 +134,26 @@ impl Summary {
                     on_injected(r.ts);
                     fates.insert(*msg, (domain.clone(), Fate::Queued));
                     if external {
-                        by_message.insert((message_id.clone(), rcpt.to_ascii_lowercase()), *msg);
+                        let key = (message_id.clone(), rcpt.to_ascii_lowercase());
+                        if let Some((ts, outcome)) = early.remove(&key) {
+                            outcome.apply(*msg, ts, &mut fates, &mut s, &mut on_delivered);
+                        }
+                        by_message.insert(key, *msg);
                     }
                 }
-                Event::Stored {
-                    message_id, rcpt, ..
-                } if external => {
-                    if let Some(msg) =
-                        by_message.get(&(message_id.clone(), rcpt.to_ascii_lowercase()))
-                        && fates.get(msg).is_some_and(|f| f.1 == Fate::Queued)
-                        && set_fate(&mut fates, *msg, Fate::Delivered)
-                    {
-                        on_delivered(r.ts);
+                Event::Stored { .. } | Event::ReportReceived { .. } if external => {
+                    if let Event::ReportReceived { kind, .. } = &r.event {
+                        *s.reports_received.entry(kind.clone()).or_default() += 1;
+                    }
+                    if let Some((key, outcome)) = external_outcome(&r.event) {
+                        match by_message.get(&key) {
+                            Some(msg) => {
+                                outcome.apply(*msg, r.ts, &mut fates, &mut s, &mut on_delivered)
+                            }
+                            None => {
+                                early.entry(key).or_insert((r.ts, outcome));
+                            }
+                        }
                     }
                 }
                 Event::Delivered { msg, .. } => {
@@ -171,10 +186,10 @@ impl Summary {
                     } else {
                         a.spf_fail += 1
                     }
-                    if dkim == "pass" {
-                        a.dkim_pass += 1
-                    } else {
-                        a.dkim_fail += 1
+                    match dkim.as_str() {
+                        "pass" => a.dkim_pass += 1,
+                        "none" => a.dkim_none += 1,
+                        _ => a.dkim_fail += 1,
                     }
                     if dmarc == "pass" {
                         a.dmarc_pass += 1
@@ -257,6 +272,84 @@ fn set_fate(fates: &mut HashMap<u64, (String, Fate)>, msg: u64, fate: Fate) -> b
             true
         }
         None => false,
+    }
+}
+
+/// What the receiving side says became of a message another MTA handled (external mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A receiving server stored a copy.
+    Delivered,
+    /// The other MTA's DSN says it failed: the reason word.
+    Bounced(String),
+    /// The other MTA's DSN says it gave up after temporary failures.
+    Expired,
+}
+
+/// Measuring another MTA: what `event` says became of one of the campaign's messages, keyed by
+/// (Message-ID, lower-cased recipient). A copy stored is a delivery; a DSN the bounce processor
+/// read is final when it says failed (or, without an Action, gives a hard reason): an expiry
+/// when its status is temporary (4.x.x), else a bounce. Anything else says nothing final.
+pub fn external_outcome(event: &Event) -> Option<((String, String), Outcome)> {
+    match event {
+        Event::Stored {
+            message_id, rcpt, ..
+        } => Some((
+            (message_id.clone(), rcpt.to_ascii_lowercase()),
+            Outcome::Delivered,
+        )),
+        Event::ReportReceived {
+            kind,
+            rcpt,
+            reason,
+            status,
+            hard,
+            message_id,
+            action,
+            ..
+        } if kind == "bounce" && !message_id.is_empty() => {
+            let failed = action == "failed" || (action.is_empty() && *hard);
+            failed.then(|| {
+                let outcome = if status.starts_with('4') {
+                    Outcome::Expired
+                } else {
+                    Outcome::Bounced(reason_word(reason))
+                };
+                ((message_id.clone(), rcpt.to_ascii_lowercase()), outcome)
+            })
+        }
+        _ => None,
+    }
+}
+
+impl Outcome {
+    /// Give the campaign's message `msg` this outcome, seen at `ts`: a message still queued
+    /// takes it (the first final word counts; a copy stored twice is one delivery).
+    fn apply(
+        self,
+        msg: u64,
+        ts: u64,
+        fates: &mut HashMap<u64, (String, Fate)>,
+        s: &mut Summary,
+        on_delivered: &mut impl FnMut(u64),
+    ) {
+        if !fates.get(&msg).is_some_and(|f| f.1 == Fate::Queued) {
+            return;
+        }
+        match self {
+            Outcome::Delivered => {
+                set_fate(fates, msg, Fate::Delivered);
+                on_delivered(ts);
+            }
+            Outcome::Bounced(reason) => {
+                set_fate(fates, msg, Fate::Bounced);
+                *s.reasons.entry(reason).or_default() += 1;
+            }
+            Outcome::Expired => {
+                set_fate(fates, msg, Fate::Expired);
+                *s.reasons.entry("expired".into()).or_default() += 1;
+            }
+        }
     }
 }
 
