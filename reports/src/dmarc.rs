@@ -3,7 +3,7 @@
 
 use crate::figures::{DmarcRow, Figures};
 use mail_auth::common::parse::TxtRecordParser;
-use mail_auth::dmarc::{Alignment, Dmarc, Policy};
+use mail_auth::dmarc::{Alignment, Dmarc, Policy, Report};
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use std::collections::BTreeMap;
@@ -23,6 +23,17 @@ fn policy_word(p: &Policy) -> &'static str {
         Policy::Quarantine => "quarantine",
         Policy::Reject => "reject",
         Policy::None | Policy::Unspecified => "none",
+    }
+}
+
+/// `fo` as published (RFC 7489 section 6.3), default 0.
+fn failure_options(fo: &Report) -> &'static str {
+    match fo {
+        Report::All => "0",
+        Report::Any => "1",
+        Report::Dkim => "d",
+        Report::Spf => "s",
+        Report::DkimSpf => "d:s",
     }
 }
 
@@ -86,6 +97,7 @@ fn write_report(
     let mut w = Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     open(&mut w, "feedback")?;
+    elem(&mut w, "version", "1.0")?;
     open(&mut w, "report_metadata")?;
     elem(&mut w, "org_name", receiver)?;
     elem(
@@ -114,11 +126,13 @@ fn write_report(
     };
     elem(&mut w, "sp", policy_word(sp))?;
     elem(&mut w, "pct", "100")?;
+    elem(&mut w, "fo", failure_options(&record.fo))?;
     close(&mut w, "policy_published")?;
     for r in rows {
         let pass = r.dmarc == "pass";
-        // What the receiver did: the published policy for failing mail, nothing otherwise.
-        let disposition = if pass { "none" } else { policy_word(&record.p) };
+        // What the receiver did: delivered (none), or refused after its verdict (reject); the
+        // fleet has no spam folder, so nothing is quarantined.
+        let disposition = if r.stored { "none" } else { "reject" };
         open(&mut w, "record")?;
         open(&mut w, "row")?;
         elem(&mut w, "source_ip", &r.source_ip)?;
@@ -137,7 +151,16 @@ fn write_report(
         elem(&mut w, "spf", aligned(&r.spf))?;
         close(&mut w, "policy_evaluated")?;
         close(&mut w, "row")?;
+        // The SPF identity: the envelope sender's domain (mfrom), or for a null sender the
+        // HELO identity (RFC 7208 section 2.4); the verdict does not keep the HELO name, so the
+        // header's domain stands for it.
+        let (spf_domain, scope) = if r.mail_from_domain.is_empty() {
+            (&r.header_from, "helo")
+        } else {
+            (&r.mail_from_domain, "mfrom")
+        };
         open(&mut w, "identifiers")?;
+        elem(&mut w, "envelope_from", &r.mail_from_domain)?;
         elem(&mut w, "header_from", &r.header_from)?;
         close(&mut w, "identifiers")?;
         open(&mut w, "auth_results")?;
@@ -148,12 +171,8 @@ fn write_report(
             close(&mut w, "dkim")?;
         }
         open(&mut w, "spf")?;
-        let spf_domain = if r.mail_from_domain.is_empty() {
-            &r.header_from
-        } else {
-            &r.mail_from_domain
-        };
         elem(&mut w, "domain", spf_domain)?;
+        elem(&mut w, "scope", scope)?;
         elem(&mut w, "result", spf_result(&r.spf))?;
         close(&mut w, "spf")?;
         close(&mut w, "auth_results")?;

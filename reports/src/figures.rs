@@ -44,6 +44,8 @@ pub struct DmarcRow {
     pub spf: String,
     pub dkim: String,
     pub dmarc: String,
+    /// Whether the receiver stored these messages (else it refused them after its verdict).
+    pub stored: bool,
     pub count: u64,
 }
 
@@ -635,6 +637,12 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             .extract(lit(r"^\[?([^\]]*?)\]?:\d+$"), 1)
             .alias("source_ip"),
     ]);
+    // What the receiver did with each message it gave a verdict: stored it, or not.
+    let stored_messages = ev
+        .clone()
+        .filter(is("stored"))
+        .group_by([col("host"), col("session"), col("message_id")])
+        .agg([len().gt(lit(0)).alias("was_stored")]);
     let verdicts = ev
         .clone()
         .filter(is("auth_verdict"))
@@ -665,9 +673,16 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             [col("host"), col("session")],
             JoinArgs::new(JoinType::Left),
         )
+        .join(
+            stored_messages,
+            [col("host"), col("session"), col("message_id")],
+            [col("host"), col("session"), col("message_id")],
+            JoinArgs::new(JoinType::Left),
+        )
         .with_columns([
             col("rcpt_domain").fill_null(lit("(unknown)")),
             col("source_ip").fill_null(lit("0.0.0.0")),
+            col("was_stored").fill_null(lit(false)),
         ])
         .collect()?
         .lazy();
@@ -712,6 +727,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             col("spf"),
             col("dkim"),
             col("dmarc"),
+            col("was_stored"),
         ])
         .agg([len().alias("n")])
         .sort(
@@ -723,6 +739,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
                 "spf",
                 "dkim",
                 "dmarc",
+                "was_stored",
             ],
             SortMultipleOptions::default(),
         )
@@ -736,6 +753,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             spf: str_at(&dmarc, "spf", i)?,
             dkim: str_at(&dmarc, "dkim", i)?,
             dmarc: str_at(&dmarc, "dmarc", i)?,
+            stored: dmarc.column("was_stored")?.bool()?.get(i).unwrap_or(false),
             count: u64_at(&dmarc, "n", i)?,
         });
     }

@@ -104,6 +104,26 @@ fn check_report(scenario: &Path, dir: &Path, summary: &Summary) {
         )),
         "{total}"
     );
+    // What the receivers stored, from the files: (receiving domain, From domain) -> copies.
+    let root = dir.join("mailboxes");
+    let mut stored_from: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for f in common::maildir_files(&root) {
+        let raw = std::fs::read(&f).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let to = msg
+            .header("Delivered-To")
+            .and_then(|h| h.as_text())
+            .unwrap_or("");
+        let from = msg
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .unwrap_or("");
+        let domain = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+        if let (Some(receiver), Some(author)) = (domain(to), domain(from)) {
+            *stored_from.entry((receiver, author)).or_default() += 1;
+        }
+    }
     let mut reported = 0u64;
     for r in std::fs::read_dir(out.join("dmarc"))
         .into_iter()
@@ -117,6 +137,36 @@ fn check_report(scenario: &Path, dir: &Path, summary: &Summary) {
         assert!(
             name.starts_with(&format!("{}!{}!", parsed.org_name(), parsed.domain())),
             "{name}"
+        );
+        // RFC 7489 appendix C asks for these; the parser reads them back.
+        let text = String::from_utf8_lossy(&xml);
+        assert_eq!(parsed.version(), 1.0, "{name}");
+        assert!(parsed.fo().is_some(), "{name}: policy_published/fo");
+        for rec in parsed.records() {
+            assert!(
+                !rec.envelope_from().is_empty(),
+                "{name}: identifiers/envelope_from"
+            );
+        }
+        assert!(
+            text.contains("<scope>mfrom</scope>"),
+            "{name}: auth_results/spf/scope"
+        );
+        // The disposition is what the receiver did: delivered (none) exactly as many as its
+        // mailboxes hold from that domain; the rest refused (reject).
+        let delivered: u64 = parsed
+            .records()
+            .iter()
+            .filter(|x| x.action_disposition() == mail_auth::report::ActionDisposition::None)
+            .map(|x| u64::from(x.count()))
+            .sum();
+        assert_eq!(
+            delivered,
+            stored_from
+                .get(&(parsed.org_name().to_string(), parsed.domain().to_string()))
+                .copied()
+                .unwrap_or(0),
+            "{name}: disposition none against the receiver's mailboxes"
         );
         reported += parsed
             .records()
