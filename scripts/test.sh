@@ -13,16 +13,33 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
-# Postfix, the other MTA of sim/tests/postfix.rs, installed without a system configuration
-# (the test gives it its own).
+# The other MTAs of sim/tests/other_mtas.rs. Postfix is installed without a system
+# configuration (the test gives it its own). Exim's package would remove Postfix (both provide
+# mail-transport-agent), so its daemon is unpacked into .test-tools/, with the libraries it
+# links and the user it runs as.
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+EXIM=.test-tools/exim4/usr/sbin/exim4
+for lib in libidn12 libgnutls-dane0 libdb5.3 libpcre2-8-0 libnsl2; do
+  dpkg -s "$lib" >/dev/null 2>&1 || need+=("$lib")
+done
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+if [ ${#need[@]} -gt 0 ] || [ ! -x "$EXIM" ]; then
+  echo "installing: ${need[*]} ${EXIM}"
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
 fi
+if [ ! -x "$EXIM" ]; then
+  tmp=$(mktemp -d); chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq exim4-daemon-light 2>/dev/null)
+  mkdir -p .test-tools/exim4
+  dpkg-deb -x "$tmp"/exim4-daemon-light_*.deb .test-tools/exim4
+  rm -rf "$tmp"
+fi
+id Debian-exim >/dev/null 2>&1 || $SUDO useradd --system --no-create-home \
+  --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
