@@ -13,6 +13,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # The other MTAs of sim/tests/other_mtas.rs. Postfix is installed without a system
 # configuration (the test gives it its own). Exim's package would remove Postfix (both provide
 # mail-transport-agent), so its daemon is unpacked into .test-tools/, with the libraries it
@@ -40,6 +41,13 @@ if [ ! -x "$EXIM" ]; then
 fi
 id Debian-exim >/dev/null 2>&1 || $SUDO useradd --system --no-create-home \
   --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
+# parsedmarc (PyPI), an independent reader of the DMARC aggregate reports, in a virtualenv of
+# its own (Debian's python3-venv).
+if [ ! -x .test-tools/parsedmarc/bin/python ] || \
+   ! .test-tools/parsedmarc/bin/python -c 'import parsedmarc' >/dev/null 2>&1; then
+  /usr/bin/python3 -m venv .test-tools/parsedmarc
+  .test-tools/parsedmarc/bin/pip install -q parsedmarc
+fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings

@@ -187,6 +187,63 @@ fn check_report(scenario: &Path, dir: &Path, summary: &Summary) {
         .map(|d| d.count)
         .sum();
     assert_eq!(reported, asked);
+    parsedmarc_reads(&out.join("dmarc"), &stored_from, reported);
+}
+
+/// parsedmarc (PyPI, in the virtualenv the test command makes in .test-tools/parsedmarc) reads
+/// every aggregate report as RFC 7489's schema (not a "draft"), with fo, envelope_from and the
+/// SPF scope, the same total count, and disposition none exactly as often as the receiver's
+/// mailboxes hold messages from that domain.
+#[cfg(feature = "report")]
+fn parsedmarc_reads(dir: &Path, stored_from: &BTreeMap<(String, String), u64>, reported: u64) {
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    if files.is_empty() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(root.join(".test-tools/parsedmarc/bin/python"))
+        .arg(root.join("sim/tests/data/parsedmarc_read.py"))
+        .args(&files)
+        .output()
+        .expect(
+            "parsedmarc's virtualenv in .test-tools/parsedmarc; the README's test command makes it",
+        );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "parsedmarc: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut total = 0u64;
+    for line in text.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["xml_schema"], "1.0", "{line}");
+        assert!(r["fo"].is_string(), "{line}");
+        let mut none = 0u64;
+        for rec in r["records"].as_array().unwrap() {
+            let n = rec["count"].as_u64().unwrap();
+            total += n;
+            if rec["disposition"] == "none" {
+                none += n;
+            }
+            assert!(
+                rec["envelope_from"].as_str().is_some_and(|e| !e.is_empty()),
+                "{line}"
+            );
+            assert_eq!(rec["spf_scopes"], serde_json::json!(["mfrom"]), "{line}");
+        }
+        let key = (
+            r["org_name"].as_str().unwrap().to_string(),
+            r["domain"].as_str().unwrap().to_string(),
+        );
+        assert_eq!(none, stored_from.get(&key).copied().unwrap_or(0), "{line}");
+    }
+    assert_eq!(total, reported, "{text}");
 }
 
 fn elapsed_s(records: &[Record], r: &Record) -> u64 {
