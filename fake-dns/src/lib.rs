@@ -250,6 +250,8 @@ impl ZoneSet {
                 origin_name.clone(),
                 ZoneType::Primary,
                 AxfrPolicy::Deny,
+                // Unsigned zones: no NSEC or NSEC3 proofs of non-existence.
+                None,
             );
             let serial = 1;
             let ns_name = parse_name(&format!("ns.{origin}"))?;

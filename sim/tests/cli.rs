@@ -101,6 +101,19 @@ fn dig_answers_mx_and_txt_from_mailsim_dns() {
         .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
     assert_eq!(soa_ttl, ["60"], "{authority}");
+    // The DO bit of a query is copied into the answer (RFC 3225 section 3).
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=2"])
+        .args(["+dnssec", "MX", "accept.test"])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer
+            .lines()
+            .any(|l| l.starts_with("; EDNS:") && l.contains("flags: do;")),
+        "{answer}"
+    );
     // A name under no zone of the scenario is refused (the server is authoritative only).
     let out = Command::new("dig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
