@@ -49,13 +49,12 @@ fn the_quickstart_does_what_its_header_says() {
     for d in ["accept.test", "flaky.test"] {
         assert_eq!(files(&format!("mx1.{d}")), injected(d), "{d}");
     }
-    // big.test: every message too, spread over its two MX of equal preference (RFC 5321 5.1).
+    // big.test: every message too, over its two MX of equal preference (RFC 5321 5.1: each
+    // connection draws the order; with up to 500 messages a connection, a live run of a few
+    // connections may well put most on one host, so the spread itself is checked where the
+    // draw is deterministic: mta_limits.rs).
     let (mx1, mx2) = (files("mx1.big.test"), files("mx2.big.test"));
-    assert_eq!(mx1 + mx2, injected("big.test"));
-    assert!(
-        mx1 * 4 >= injected("big.test") && mx2 * 4 >= injected("big.test"),
-        "each takes at least a quarter: {mx1} + {mx2}"
-    );
+    assert_eq!(mx1 + mx2, injected("big.test"), "{mx1} + {mx2}");
     // flaky.test's 451s were retried: deferrals happened, none is left, all were stored above.
     let (records, _) = read_log(&run.join("events.log")).unwrap();
     let retried = records
