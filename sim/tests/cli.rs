@@ -402,3 +402,53 @@ fn report_hands_its_arguments_to_the_report_tool() {
         "{err}"
     );
 }
+
+/// `mailsim events RUN | head`: a reader that has seen enough closes the pipe; mailsim stops
+/// quietly with exit 0, no "Broken pipe" on stderr.
+#[test]
+fn events_into_a_closed_pipe_end_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("pipe.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"pipe\"\nseed = 3\nmode = \"virtual\"\n[[sender]]\ndomain = \"s.test\"\n\
+         [[domain]]\nname = \"a.test\"\n[campaign]\nmessages = 2000\nsize_bytes = 800\n",
+    )
+    .unwrap();
+    let run_dir = dir.path().join("run");
+    let run = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&run_dir)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("events")
+        .arg(&run_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line's worth, then close the pipe with megabytes still to come.
+    let mut first = [0u8; 256];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.is_empty(), "{err}");
+    assert!(std::fs::metadata(run_dir.join("events.log")).unwrap().len() > 1 << 20);
+}
