@@ -37,6 +37,10 @@ pub struct Extracted {
     pub findings: Vec<Finding>,
     /// ARF Feedback-Type.
     pub feedback_type: Option<String>,
+    /// The Message-ID (as `<id>`) of the message the report is about, from the message it
+    /// returns (`message/rfc822`: RFC 3464 section 2, RFC 5965's third part) or the headers it
+    /// returns (`text/rfc822-headers`, RFC 6522), whichever comes first.
+    pub message_id: Option<String>,
 }
 
 fn address_re() -> &'static Regex {
@@ -384,7 +388,39 @@ fn parse_message(raw: &[u8]) -> Option<Message<'_>> {
 
 fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
     let m = parse_message(raw)?;
-    let (prose, dsn, feedback, original_rcpts) = own_texts(&m);
+    let mut x = extract_from(&m, depth)?;
+    if x.message_id.is_none() {
+        x.message_id = returned_message_id(&m, raw);
+    }
+    Some(x)
+}
+
+/// See [`Extracted::message_id`].
+fn returned_message_id(m: &Message, raw: &[u8]) -> Option<String> {
+    m.parts.iter().find_map(|part| {
+        let id = match &part.body {
+            PartType::Message(inner) => inner.message_id().map(str::to_string),
+            _ if part.content_type().is_some_and(|ct| {
+                ct.ctype().eq_ignore_ascii_case("text")
+                    && ct
+                        .subtype()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("rfc822-headers"))
+            }) =>
+            {
+                let headers = raw.get(part.offset_body as usize..part.offset_end as usize)?;
+                std::panic::catch_unwind(|| MessageParser::default().parse_headers(headers))
+                    .ok()
+                    .flatten()
+                    .and_then(|h| h.message_id().map(str::to_string))
+            }
+            _ => None,
+        }?;
+        Some(format!("<{id}>"))
+    })
+}
+
+fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
+    let (prose, dsn, feedback, original_rcpts) = own_texts(m);
     let from = m
         .from()
         .and_then(|a| a.first())
@@ -419,6 +455,7 @@ fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
         }
         rcpts.dedup();
         return Some(Extracted {
+            message_id: None,
             kind: Kind::Feedback,
             findings: rcpts
                 .into_iter()
@@ -519,6 +556,7 @@ fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
     if findings.is_empty() && dsn.is_none() && auto_replied && !is_daemon(&from) && !bouncy_subject
     {
         return Some(Extracted {
+            message_id: None,
             kind: Kind::Vacation,
             findings: vec![Finding {
                 recipient: from,
@@ -582,7 +620,7 @@ fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
         }
     }
     if (findings.is_empty() || (dsn.is_none() && findings.iter().all(|f| f.status.is_none())))
-        && let Some(inner) = nested_bounce(&m, depth)
+        && let Some(inner) = nested_bounce(m, depth)
     {
         return Some(inner);
     }
@@ -590,6 +628,7 @@ fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
         return None;
     }
     Some(Extracted {
+        message_id: None,
         kind: Kind::Bounce,
         findings,
         feedback_type: None,

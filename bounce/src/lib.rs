@@ -31,6 +31,10 @@ pub struct Classified {
     /// when the report has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The Message-ID of the message the report is about, as the report returns it
+    /// ([`extract::Extracted::message_id`]).
+    #[serde(skip)]
+    pub message_id: Option<String>,
     /// What decided the reason (a phrase, "status", "action", "default").
     #[serde(skip)]
     pub why: String,
@@ -78,6 +82,7 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                 recipient: f.recipient,
                 reply_code: f.reply_code,
                 action: f.action.map(|a| a.to_ascii_lowercase()),
+                message_id: x.message_id.clone(),
                 diagnostic: f
                     .diagnostic
                     .split_whitespace()

@@ -252,11 +252,6 @@ impl BounceProcessor {
             text.split(|c: char| c == '<' || c == '>' || c.is_whitespace())
                 .find_map(verp_id)
         });
-        let message_id = if found.is_empty() {
-            String::new()
-        } else {
-            quoted_message_id(message).unwrap_or_default()
-        };
         for c in found {
             let kind = if c.reason == "feedback" {
                 "complaint"
@@ -270,7 +265,7 @@ impl BounceProcessor {
                 reason: c.reason.clone(),
                 status: c.status.clone(),
                 hard: c.hard,
-                message_id: message_id.clone(),
+                message_id: c.message_id.clone().unwrap_or_default(),
                 action: c.action.clone().unwrap_or_default(),
             });
             if (kind == "complaint" || c.hard) && self.suppression.add(&c.recipient, &c.reason) {
@@ -281,30 +276,4 @@ impl BounceProcessor {
             }
         }
     }
-}
-
-/// The Message-ID of the message a report is about, as `<id>`: from the message it returns
-/// (`message/rfc822`, RFC 3464 section 2; RFC 5965's third part) or the headers it returns
-/// (`text/rfc822-headers`, RFC 6522), whichever comes first.
-pub fn quoted_message_id(report: &[u8]) -> Option<String> {
-    let parsed = mail_parser::MessageParser::default().parse(report)?;
-    parsed.parts.iter().find_map(|part| {
-        let id = match &part.body {
-            mail_parser::PartType::Message(inner) => inner.message_id().map(str::to_string),
-            _ if mail_parser::MimeHeaders::content_type(part).is_some_and(|ct| {
-                ct.ctype().eq_ignore_ascii_case("text")
-                    && ct
-                        .subtype()
-                        .is_some_and(|s| s.eq_ignore_ascii_case("rfc822-headers"))
-            }) =>
-            {
-                let headers = &report[part.offset_body as usize..part.offset_end as usize];
-                mail_parser::MessageParser::default()
-                    .parse_headers(headers)
-                    .and_then(|h| h.message_id().map(str::to_string))
-            }
-            _ => None,
-        }?;
-        Some(format!("<{id}>"))
-    })
 }
