@@ -539,7 +539,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let sc = Scenario::load(&scenario)?;
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
             // The MTA it is sent to signs (mailsim's daemon does, with the scenario's keys).
-            let messages = mailsim::send::campaign(&sc, &world, mailsim::send::now_s(), None)?;
+            let now_s = (SystemClock.now_ms() / 1000) as i64;
+            let messages = mailsim::send::campaign(&sc, &world, now_s, None)?;
             let opts = mailsim::send::SendOptions {
                 to,
                 connections,

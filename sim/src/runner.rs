@@ -197,19 +197,12 @@ async fn run_external_async(
     // DSN), then a quiet period with nothing more heard: the run is over.
     let reason = loop {
         let (injected, done) = *finals.borrow_and_update();
-        if injected >= acked && done >= injected {
-            tokio::select! {
-                biased;
-                _ = &mut time_limit => break "time limit",
-                changed = finals.changed() => if changed.is_err() { break "drained" },
-                _ = tokio::time::sleep(EXTERNAL_QUIET) => break "drained",
-            }
-        } else {
-            tokio::select! {
-                biased;
-                _ = &mut time_limit => break "time limit",
-                changed = finals.changed() => if changed.is_err() { break "drained" },
-            }
+        let all_final = injected >= acked && done >= injected;
+        tokio::select! {
+            biased;
+            _ = &mut time_limit => break "time limit",
+            changed = finals.changed() => if changed.is_err() { break "drained" },
+            _ = tokio::time::sleep(EXTERNAL_QUIET), if all_final => break "drained",
         }
     };
     eprintln!(

@@ -53,13 +53,6 @@ pub fn campaign(
     Ok(messages)
 }
 
-/// Now, in seconds since the Unix epoch, for a message's Date.
-pub fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 struct Shared {
     report: Mutex<SendReport>,
     acked: Option<Mutex<std::fs::File>>,

@@ -9,14 +9,6 @@ use mailsim_summary::Summary;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Kills the daemon whatever happens to the test.
 struct Reaper(std::process::Child);
 
@@ -30,7 +22,11 @@ impl Drop for Reaper {
 #[test]
 fn another_mta_is_measured_from_outside() {
     let dir = tempfile::tempdir().unwrap();
-    let (dns_port, fleet_port, submission) = (free_port(), free_port(), free_port());
+    let (dns_port, fleet_port, submission) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
     let scenario = dir.path().join("external.toml");
     std::fs::write(
         &scenario,

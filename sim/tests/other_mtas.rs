@@ -6,6 +6,8 @@
 //! Postfix ("No configuration") and unpacks Exim's package (Debian's MTA packages conflict with
 //! each other); both daemons start as root.
 
+mod common;
+
 use mailsim::scenario::Scenario;
 use mailsim::world::World;
 use mailsim_events::{Event, read_log};
@@ -40,14 +42,6 @@ size_bytes = 2000
 const SENDER_DOMAIN: &str = "news.example.test";
 const MESSAGES: u64 = 300;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The ports of a run and where its fleet hosts listen, before anything starts: the other MTA
 /// is configured with these routes (`mailsim fleet` prints the same lines).
 struct Setup {
@@ -68,9 +62,9 @@ fn setup(dir: &Path) -> Setup {
     Setup {
         scenario,
         routes: world.routes(),
-        dns_port: free_port(),
-        fleet_port: free_port(),
-        mta_port: free_port(),
+        dns_port: common::free_port(),
+        fleet_port: common::free_port(),
+        mta_port: common::free_port(),
     }
 }
 

@@ -3,6 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+/// A port free on 127.0.0.1 now (for a server a test starts in another process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Every message file in a Maildir `new` folder below `root` (a run's `mailboxes`), sorted. A
 /// missing folder holds nothing (a run still in progress may not have made it yet).
 pub fn maildir_files(root: &Path) -> Vec<PathBuf> {
