@@ -251,7 +251,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }) {
             return Err(MtaError::BadRecipient(bad.clone()));
         }
-        let signed = sign_all(&inner.signers, batch)?;
+        let signed = sign_all(&inner.signers, batch, inner.clock.now_ms() / 1000)?;
         let now = inner.clock.now_ms();
         // Recipients on the suppression list are not queued (and get no queue id).
         let mut suppressed = Vec::new();
@@ -998,6 +998,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
 fn sign_all(
     signers: &HashMap<String, Signer>,
     batch: Vec<OutboundMessage>,
+    now_s: u64,
 ) -> Result<Vec<OutboundMessage>, MtaError> {
     if signers.is_empty() {
         return Ok(batch);
@@ -1019,7 +1020,7 @@ fn sign_all(
                             .map(|(_, d)| d.to_ascii_lowercase())
                             .unwrap_or_default();
                         if let Some(signer) = signers.get(&domain) {
-                            m.body = signer.sign(&m.body)?;
+                            m.body = signer.sign(&m.body, now_s)?;
                         }
                     }
                     Ok(())

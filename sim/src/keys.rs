@@ -167,7 +167,7 @@ mod tests {
         let signer =
             mailsim_mta::dkim::Signer::from_pkcs8("s.test", "s1", &a.pkcs8_der, true).unwrap();
         let signed = signer
-            .sign(b"From: a@s.test\r\nSubject: x\r\n\r\nhi\r\n")
+            .sign(b"From: a@s.test\r\nSubject: x\r\n\r\nhi\r\n", 1_767_225_600)
             .unwrap();
         assert!(signed.starts_with(b"DKIM-Signature:"));
     }

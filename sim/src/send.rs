@@ -47,7 +47,7 @@ pub fn campaign(
     let mut messages = build_messages(scenario, world, 0..total, 0, date_s);
     if let Some(signer) = signer {
         for m in &mut messages {
-            m.body = signer.sign(&m.body)?;
+            m.body = signer.sign(&m.body, date_s.max(0) as u64)?;
         }
     }
     Ok(messages)

@@ -75,8 +75,24 @@ pub fn check_stored_headers(file: &Path, delivered: bool) -> Result<(), String> 
     let received = msg
         .received()
         .ok_or_else(|| format!("{}: no Received", file.display()))?;
-    if received.date.is_none() {
+    let Some(received_at) = received.date.as_ref().map(|d| d.to_timestamp()) else {
         return Err(format!("{}: Received without a date", file.display()));
+    };
+    // A DKIM signature is made after the message is dated and before it is received, on the
+    // run's clock (RFC 6376 section 3.5, t=): in a virtual run that is the virtual clock.
+    if let Some(sig) = msg.header_raw("DKIM-Signature") {
+        let t = sig
+            .split(';')
+            .filter_map(|tag| tag.trim().strip_prefix("t="))
+            .find_map(|v| v.trim().parse::<i64>().ok())
+            .ok_or_else(|| format!("{}: DKIM-Signature without t=", file.display()))?;
+        let dated = msg.date().map(|d| d.to_timestamp()).unwrap_or(i64::MIN);
+        if t < dated - 1 || t > received_at + 1 {
+            return Err(format!(
+                "{}: DKIM t={t} outside Date {dated} .. Received {received_at}",
+                file.display()
+            ));
+        }
     }
     Ok(())
 }
