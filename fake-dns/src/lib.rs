@@ -120,7 +120,7 @@ pub fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn parse_name(name: &str) -> Result<Name, DnsError> {
+pub(crate) fn parse_name(name: &str) -> Result<Name, DnsError> {
     if name.is_empty() || name == "." {
         // The root, as in a null MX (RFC 7505): `MX 0 .`
         return Ok(Name::root());
@@ -185,6 +185,13 @@ impl ZoneSet {
                 None => return None,
             }
         }
+    }
+
+    /// The records owned by `name` (any type; empty when none).
+    pub fn records_at(&self, name: &str) -> &[ZoneRecord] {
+        self.records
+            .get(&normalize(name))
+            .map_or(&[][..], Vec::as_slice)
     }
 
     /// Every name that exists: zone origins and record owners (lower case, no trailing dot).

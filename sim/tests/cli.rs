@@ -12,16 +12,10 @@ fn scenario_path() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quickstart.toml")
 }
 
-fn dig(port: u16, args: &[&str]) -> String {
+/// dig's whole output for a query to the server on `port` (2 s per try, 2 tries).
+fn dig_full(port: u16, args: &[&str]) -> String {
     let out = Command::new("dig")
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+short",
-            "+time=2",
-            "+tries=2",
-        ])
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=2"])
         .args(args)
         .output()
         .expect("dig (Debian dnsutils); the README's test command installs it");
@@ -31,6 +25,11 @@ fn dig(port: u16, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The answer's data only (`+short`).
+fn dig(port: u16, args: &[&str]) -> String {
+    dig_full(port, &[&["+short"], args].concat())
 }
 
 #[test]
@@ -89,12 +88,7 @@ fn dig_answers_mx_and_txt_from_mailsim_dns() {
     let ns_a = dig(port, &["A", "ns.accept.test"]);
     assert_eq!(ns_a.trim(), "127.0.0.1", "{ns_a}");
     // A negative answer's SOA has the TTL min(SOA TTL, MINIMUM) = 60 (RFC 2308 section 3).
-    let out = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=2"])
-        .args(["+noall", "+authority", "A", "nobody.accept.test"])
-        .output()
-        .unwrap();
-    let authority = String::from_utf8_lossy(&out.stdout);
+    let authority = dig_full(port, &["+noall", "+authority", "A", "nobody.accept.test"]);
     let soa_ttl: Vec<&str> = authority
         .lines()
         .filter(|l| l.contains("SOA"))
@@ -102,25 +96,45 @@ fn dig_answers_mx_and_txt_from_mailsim_dns() {
         .collect();
     assert_eq!(soa_ttl, ["60"], "{authority}");
     // The DO bit of a query is copied into the answer (RFC 3225 section 3).
-    let out = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=2"])
-        .args(["+dnssec", "MX", "accept.test"])
-        .output()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&out.stdout);
+    let answer = dig_full(port, &["+dnssec", "MX", "accept.test"]);
     assert!(
         answer
             .lines()
             .any(|l| l.starts_with("; EDNS:") && l.contains("flags: do;")),
         "{answer}"
     );
+    // An MX answer's additional section has the address of every exchange (RFC 1035 section
+    // 3.3.9), not only the first's; the answer is authoritative and keeps EDNS.
+    let mx = dig_full(
+        port,
+        &[
+            "+dnssec",
+            "+noall",
+            "+comments",
+            "+answer",
+            "+additional",
+            "MX",
+            "deadmx.test",
+        ],
+    );
+    let additional: Vec<String> = mx
+        .split(";; ADDITIONAL SECTION:")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\tA\t"))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(additional, ["mx1.deadmx.test.", "mx2.deadmx.test."], "{mx}");
+    assert!(
+        mx.contains("flags: qr aa") && mx.contains("flags: do;"),
+        "{mx}"
+    );
+    // ANY gets one RRset (RFC 8482 section 4.1: a minimal answer), the MX set here.
+    let any = dig(port, &["ANY", "news.example.test"]);
+    assert_eq!(any.trim(), "10 mx.news.example.test.", "{any}");
     // A name under no zone of the scenario is refused (the server is authoritative only).
-    let out = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
-        .args(["A", "example.org"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = dig_full(port, &["+tries=1", "A", "example.org"]);
     assert!(text.contains("status: REFUSED"), "{text}");
 
     let _ = Command::new("kill")
