@@ -39,6 +39,16 @@ if [ ! -x "$EXIM" ]; then
   dpkg-deb -x "$tmp"/exim4-daemon-light_*.deb .test-tools/exim4
   rm -rf "$tmp"
 fi
+# RFC 7489's aggregate-report schema (Appendix C), as Debian ships it in libmail-dmarc-perl:
+# only the schema file is unpacked, the Perl module is not installed.
+if [ ! -f .test-tools/mail-dmarc/rua-schema.xsd ]; then
+  tmp=$(mktemp -d); chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq libmail-dmarc-perl 2>/dev/null)
+  dpkg-deb -x "$tmp"/libmail-dmarc-perl_*.deb "$tmp/x"
+  mkdir -p .test-tools/mail-dmarc
+  cp "$tmp"/x/usr/share/perl5/auto/share/dist/Mail-DMARC/rua-schema.xsd .test-tools/mail-dmarc/
+  rm -rf "$tmp"
+fi
 id Debian-exim >/dev/null 2>&1 || $SUDO useradd --system --no-create-home \
   --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
 # parsedmarc (PyPI), an independent reader of the DMARC aggregate reports, in a virtualenv of

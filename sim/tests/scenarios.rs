@@ -190,8 +190,9 @@ fn check_report(scenario: &Path, dir: &Path, summary: &Summary) {
     parsedmarc_reads(&out.join("dmarc"), &stored_from, reported);
 }
 
-/// parsedmarc (PyPI, in the virtualenv the test command makes in .test-tools/parsedmarc) reads
-/// every aggregate report as RFC 7489's schema (not a "draft"), with fo, envelope_from and the
+/// Every aggregate report is valid against RFC 7489's XML schema (Debian's copy, unpacked by the
+/// test command; lxml validates), and parsedmarc (PyPI, in the virtualenv the test command makes
+/// in .test-tools/parsedmarc) reads it as that schema's version (not a "draft"), with fo, envelope_from and the
 /// SPF scope, the same total count, and disposition none exactly as often as the receiver's
 /// mailboxes hold messages from that domain.
 #[cfg(feature = "report")]
@@ -217,6 +218,19 @@ fn parsedmarc_reads(dir: &Path, stored_from: &BTreeMap<(String, String), u64>, r
     assert!(
         out.status.success(),
         "parsedmarc: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // RFC 7489's schema (Appendix C), Debian's copy, checked by lxml.
+    let out = std::process::Command::new(root.join(".test-tools/parsedmarc/bin/python"))
+        .arg(root.join("sim/tests/data/dmarc_schema_check.py"))
+        .arg(root.join(".test-tools/mail-dmarc/rua-schema.xsd"))
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "RFC 7489 schema: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let mut total = 0u64;
