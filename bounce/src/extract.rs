@@ -60,6 +60,27 @@ fn dsn_fields_re() -> &'static Regex {
 }
 
 /// Words of a delivery failure, for messages whose sender and subject do not say so.
+/// A warning that delivery is still being tried (RFC 3464's Action "delayed", written as
+/// prose): Sendmail's "Will keep trying", Exim's "Delivery attempts will continue", Postfix's
+/// "Delayed Mail (still being retried)", and the plain "will continue to try".
+const DELAY_PHRASES: &[&str] = &[
+    "attempts will continue",
+    "will continue to try",
+    "will continue trying",
+    "will keep trying",
+    "will keep on trying",
+    "still being retried",
+    "still trying",
+    "will be retried",
+    "will retry",
+    "warning: message delayed",
+    "message has been delayed",
+    "delivery has been delayed",
+    "delivery is delayed",
+    "this is only a warning",
+    "this is a warning",
+];
+
 const FAILURE_PHRASES: &[&str] = &[
     "could not be delivered",
     "couldn't be delivered",
@@ -481,9 +502,12 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
     let mut findings = Vec::new();
     if let Some(dsn) = &dsn {
         for block in field_blocks(dsn) {
-            let rcpt = field(&block, "final-recipient")
-                .or_else(|| field(&block, "original-recipient"))
-                .and_then(typed_address);
+            // The address the sender gave (RFC 3464 section 2.3.1, Original-Recipient) is the
+            // one a sender's list holds; else the Final-Recipient (section 2.3.2), when either
+            // is an Internet address (an X.400 Final-Recipient is not).
+            let rcpt = field(&block, "original-recipient")
+                .and_then(typed_address)
+                .or_else(|| field(&block, "final-recipient").and_then(typed_address));
             let Some(rcpt) = rcpt else { continue };
             // Keep a non-SMTP diagnostic type: `X-Unix; 71` is a local delivery program's exit.
             let diagnostic = field(&block, "diagnostic-code")
@@ -596,6 +620,11 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
             findings = skipped;
         }
     }
+    // A report without delivery-status fields that says delivery goes on is a delay warning.
+    let still_trying = dsn.is_none() && {
+        let lower = squeeze(&report_text.to_ascii_lowercase());
+        DELAY_PHRASES.iter().any(|p| lower.contains(p))
+    };
     // Fill what the delivery-status part left out from the prose.
     if !findings.is_empty() {
         let n = findings.len();
@@ -616,6 +645,9 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
             }
             if f.reply_code.is_none() {
                 f.reply_code = code_in(&f.diagnostic);
+            }
+            if still_trying && f.action.is_none() {
+                f.action = Some("delayed".into());
             }
         }
     }
@@ -714,7 +746,13 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
         if before.contains("message-id") || before.contains("message id") {
             continue;
         }
-        let list = if not_recipients.contains(&lower) {
+        // The report quoting the original's header fields ("Your message To: list@... Subject:
+        // ... did not reach the following recipient(s)"): the original's addressees and
+        // senders, not the failed recipient, unless nobody else is named.
+        let quoted_field = ["to:", "cc:", "from:", "sender:", "reply-to:"]
+            .iter()
+            .any(|f| before.trim_start().starts_with(f));
+        let list = if quoted_field || not_recipients.contains(&lower) {
             &mut skipped
         } else {
             &mut seen

@@ -58,6 +58,7 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                     context: &f.context,
                     command: f.command.as_deref(),
                     action: f.action.as_deref(),
+                    reply_code: f.reply_code,
                 }),
             };
             let (reason, why) = match remote_host_reason(f.remote_mta.as_deref(), &f.diagnostic) {
@@ -130,6 +131,7 @@ pub fn classify_reply(
             context: "",
             command: Some(command),
             action: None,
+            reply_code: Some(code),
         })
     } else {
         reason::reason(&reason::Evidence {
@@ -138,6 +140,7 @@ pub fn classify_reply(
             context: "",
             command: Some(command),
             action,
+            reply_code: Some(code),
         })
     };
     (r, code >= 500 && reason::is_hard(r, status.as_deref()))

@@ -112,9 +112,6 @@ static RULES: &[(&str, &[&str])] = &[
     (
         "speeding",
         &[
-            "rate that prevents additional messages",
-            "receiving mail too quickly",
-            "receiving mail at a rate",
             "sending too fast",
             "has sent to too many recipients",
             "too many recipients this hour",
@@ -124,6 +121,9 @@ static RULES: &[(&str, &[&str])] = &[
         "toomanyconn",
         &[
             "too many connections",
+            // Throttling for an unusual rate or volume (Google's 421 4.7.28, Yahoo's [TSS04]).
+            "unusual rate",
+            "unexpected volume",
             "too many concurrent",
             "too many simultaneous",
             "connection limit",
@@ -131,15 +131,11 @@ static RULES: &[(&str, &[&str])] = &[
             "too many smtp sessions",
             "max connections",
             "frequency limited",
-            "temporarily deferred due to unexpected volume",
-            "unusual rate of unsolicited",
             "rate limit",
             "rate-limit",
             "too many messages from",
             "throttl",
             "exceeded the rate",
-            "try again later, closing connection",
-            "server busy. please try again later from",
             "too many recipients",
         ],
     ),
@@ -312,7 +308,12 @@ static RULES: &[(&str, &[&str])] = &[
             "userid",
         ],
     ),
-    ("spamdetected", &["blacklisted url", "uribl"]),
+    // "Unsolicited mail" is the providers' word for spam (Google's 550 5.7.1 "likely
+    // unsolicited mail"), said before "has been blocked" can read as a block list.
+    (
+        "spamdetected",
+        &["blacklisted url", "uribl", "unsolicited mail"],
+    ),
     ("blocked", &["remote protocol error"]),
     ("undefined", &["delivery report unavailable"]),
     (
@@ -404,7 +405,6 @@ static RULES: &[(&str, &[&str])] = &[
         "securityerror",
         &[
             "authentication required",
-            "must issue a starttls",
             "starttls",
             "tls required",
             "encryption required",
@@ -471,6 +471,274 @@ static RULES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// A family of wordings: a subject word and what is said of it, within a few words of each
+/// other in either order ("host cx.example.org not found", "no such domain").
+pub struct Pair {
+    /// The name the family is known by (what [`explain`] reports as having decided).
+    pub name: &'static str,
+    pub reason: &'static str,
+    /// Words the subject starts with ("domain" finds "domain" and "domains").
+    pub subjects: &'static [&'static str],
+    /// What is said of it: phrases of one or more words.
+    pub predicates: &'static [&'static str],
+    /// How many words may stand between them.
+    pub gap: usize,
+}
+
+/// Families of wordings, consulted after the specific phrases. Each names where it comes from.
+static PAIRS: &[Pair] = &[
+    // RFC 3207 (STARTTLS) and the MTAs' wording of a failed or missing TLS session (Postfix
+    // "TLS is required, but was not offered", Exim "TLS session failure", Google "does not
+    // support TLS").
+    Pair {
+        name: "tls ~ failed",
+        reason: "failedstarttls",
+        subjects: &["tls", "starttls", "ssl"],
+        predicates: &[
+            "not supported",
+            "does not support",
+            "doesn't support",
+            "not offered",
+            "failed",
+            "failure",
+            "negotiation",
+            "handshake",
+        ],
+        gap: 3,
+    },
+    // RFC 5321 section 5 (the domain has no route: no MX, no address), RFC 3463 X.1.2 ("bad
+    // destination system address") and resolver wording (NXDOMAIN, "host not found").
+    Pair {
+        name: "domain ~ not found",
+        reason: "hostunknown",
+        subjects: &["domain", "host", "hostname"],
+        predicates: &[
+            "not found",
+            "does not exist",
+            "doesn't exist",
+            "no such",
+            "unknown",
+            "invalid",
+            "not reachable",
+            "unreachable",
+            "could not be resolved",
+            "not resolvable",
+        ],
+        gap: 2,
+    },
+    // RFC 3463 X.2.2 ("mailbox full") and the providers' over-quota wording.
+    Pair {
+        name: "mailbox ~ full",
+        reason: "mailboxfull",
+        subjects: &[
+            "mailbox", "inbox", "quota", "storage", "mail box", "maildir",
+        ],
+        predicates: &["full", "exceeded", "exceeds", "exceed", "over", "out of"],
+        gap: 3,
+    },
+    // RFC 3463 X.2.1 ("mailbox disabled, not accepting messages") and the providers' wording
+    // of an account that exists but is closed.
+    Pair {
+        name: "account ~ disabled",
+        reason: "suspend",
+        subjects: &["account", "mailbox", "user", "recipient"],
+        predicates: &[
+            "disabled",
+            "inactive",
+            "suspended",
+            "deactivated",
+            "frozen",
+            "locked",
+            "blocked",
+            "closed",
+            "expired",
+        ],
+        gap: 3,
+    },
+    // Receivers throttling a sender: an unusual or unexpected rate or volume of mail (Google's
+    // 421 4.7.28, Yahoo's [TSS04] in their published error lists), a limit on it.
+    Pair {
+        name: "rate ~ limited",
+        reason: "toomanyconn",
+        subjects: &["rate", "volume", "traffic"],
+        predicates: &[
+            "unusual",
+            "unexpected",
+            "excessive",
+            "limited",
+            "limit",
+            "exceeded",
+            "too high",
+        ],
+        gap: 2,
+    },
+    // A server too busy for this sender now: RFC 5321 section 4.2.3's 421 "closing transmission
+    // channel", and the providers' "server busy, try again later" (Google's 421 4.4.5,
+    // Microsoft's 451 4.7.500).
+    Pair {
+        name: "busy ~ try again later",
+        reason: "toomanyconn",
+        subjects: &["busy", "closing connection", "closing transmission channel"],
+        predicates: &["try again later", "try later", "please try again"],
+        gap: 3,
+    },
+    // A recipient receiving mail faster than it accepts (Google's 450 4.2.1 "receiving mail
+    // at a rate that prevents additional messages", "receiving mail too quickly").
+    Pair {
+        name: "receiving mail ~ too fast",
+        reason: "speeding",
+        subjects: &["receiving mail", "receiving email", "receiving messages"],
+        predicates: &["at a rate", "too quickly", "too fast"],
+        gap: 1,
+    },
+    // A cap on concurrent connections (Exchange's 421 4.3.2 "maximum number of concurrent
+    // connections has exceeded a limit", Postfix's "too many connections").
+    Pair {
+        name: "connections ~ exceeded",
+        reason: "toomanyconn",
+        subjects: &["connections", "concurrent", "sessions"],
+        predicates: &["exceeded", "limit", "maximum", "too many"],
+        gap: 3,
+    },
+    // RFC 5321 section 3.6.1 and 7.1: a server that is not the recipient's refuses to relay.
+    Pair {
+        name: "relay ~ denied",
+        reason: "norelaying",
+        subjects: &["relay", "relaying"],
+        predicates: &[
+            "denied",
+            "not permitted",
+            "not allowed",
+            "not configured",
+            "refused",
+            "prohibited",
+            "unable",
+            "not accepted",
+        ],
+        gap: 3,
+    },
+    // RFC 5321 section 4.1.1.2 (MAIL refused) and RFC 3463 X.1.7/X.1.8 (bad sender address):
+    // the sender, not the recipient, is refused.
+    Pair {
+        name: "sender ~ rejected",
+        reason: "rejected",
+        subjects: &[
+            "sender",
+            "mail from",
+            "envelope from",
+            "from address",
+            "sending domain",
+        ],
+        predicates: &[
+            "rejected",
+            "refused",
+            "denied",
+            "blacklisted",
+            "not allowed",
+            "not permitted",
+            "invalid",
+            "unknown",
+            "not verified",
+            "verify failed",
+        ],
+        gap: 3,
+    },
+    // RFC 3463 X.7.1 used for content, and the filters' wording of a spam verdict
+    // (SpamAssassin "scored as spam", "UBE" = unsolicited bulk email).
+    Pair {
+        name: "message ~ spam",
+        reason: "spamdetected",
+        subjects: &["message", "content", "mail", "email", "scored", "score"],
+        predicates: &["spam", "unsolicited", "junk", "ube", "bulk"],
+        gap: 4,
+    },
+    // RFC 3463 X.3.1 ("mail system full") and X.4.5 (congestion): the receiving system, not
+    // the mailbox, is out of room.
+    Pair {
+        name: "insufficient ~ storage",
+        reason: "systemfull",
+        subjects: &["insufficient", "not enough", "out of", "no space"],
+        predicates: &["disk", "storage", "space", "system"],
+        gap: 2,
+    },
+    // RFC 5321 section 4.2.3 (500/501 syntax errors) and RFC 3463 X.1.3/X.5.2 (bad syntax).
+    Pair {
+        name: "address ~ malformed",
+        reason: "syntaxerror",
+        subjects: &["address", "command", "parameter", "argument"],
+        predicates: &[
+            "malformed",
+            "syntax",
+            "unrecognized",
+            "unrecognised",
+            "not recognized",
+            "not implemented",
+        ],
+        gap: 2,
+    },
+];
+
+/// True when a subject of `pair` and one of its predicates stand within its gap of words.
+fn pair_matches(pair: &Pair, text: &str) -> bool {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '(' | ')' | '"'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let starts_at = |i: usize, phrase: &str| {
+        let mut k = i;
+        for part in phrase.split(' ') {
+            match words.get(k) {
+                Some(w) if w.trim_matches('.').starts_with(part) => k += 1,
+                _ => return None,
+            }
+        }
+        Some(k)
+    };
+    for i in 0..words.len() {
+        for subject in pair.subjects {
+            let Some(end) = starts_at(i, subject) else {
+                continue;
+            };
+            for predicate in pair.predicates {
+                let plen = predicate.split(' ').count();
+                // After the subject, within the gap.
+                for j in end..=(end + pair.gap).min(words.len()) {
+                    if starts_at(j, predicate).is_some() {
+                        return true;
+                    }
+                }
+                // Before it ("no such domain", "invalid domain").
+                let from = i.saturating_sub(pair.gap + plen);
+                for j in from..i {
+                    if starts_at(j, predicate).is_some_and(|e| e <= i) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// True when the phrase or family called `name` occurs in `text` (for evaluation: which
+/// labelled texts support a phrase).
+pub fn fires(name: &str, text: &str) -> bool {
+    let text = squeeze(&text.to_ascii_lowercase());
+    match PAIRS.iter().find(|p| p.name == name) {
+        Some(pair) => pair_matches(pair, &text),
+        None => mentions(&text, name),
+    }
+}
+
+/// The first family (in table order) whose wording `text` has.
+fn find_pair(text: &str) -> Option<(&'static str, &'static str)> {
+    PAIRS
+        .iter()
+        .filter(|p| !left_out(p.name))
+        .find(|p| pair_matches(p, text))
+        .map(|p| (p.reason, p.name))
+}
+
 /// The reason an enhanced status code stands for (RFC 3463 and the IANA registry), when the
 /// text said nothing recognisable.
 pub fn reason_for_status(status: &str) -> Option<&'static str> {
@@ -499,6 +767,9 @@ pub fn reason_for_status(status: &str) -> Option<&'static str> {
         ("3", "5") => "systemerror",
         // "Other or undefined mail system status": says nothing.
         ("3", "0") => return None,
+        // "Other or undefined protocol status" (RFC 3463 section 3.6): says nothing either;
+        // servers put it on any refusal ("550 5.5.0 Requested action not taken").
+        ("5", "0") => return None,
         ("3", _) => "systemerror",
         ("4", "1") | ("4", "2") | ("4", "4") => "networkerror",
         ("4", "3") => "networkerror",
@@ -618,6 +889,14 @@ pub struct Evidence<'a> {
     pub command: Option<&'a str>,
     /// RFC 3464 Action field.
     pub action: Option<&'a str>,
+    /// The SMTP reply code quoted, when known.
+    pub reply_code: Option<u16>,
+}
+
+/// What an SMTP reply code alone says (RFC 5321 section 4.2.3): 500-504 are the syntax and
+/// sequence replies, 555 unrecognised MAIL/RCPT parameters (section 4.1.1.11).
+fn reason_for_reply_code(code: Option<u16>) -> Option<&'static str> {
+    matches!(code?, 500..=504 | 555).then_some("syntaxerror")
 }
 
 /// True when `phrase` occurs in `text` starting at a word boundary ("locked" is not found in
@@ -675,6 +954,39 @@ fn matcher(rules: &'static [(&'static str, &'static [&'static str])]) -> &'stati
     }
 }
 
+thread_local! {
+    /// Phrases left out of every rule table on this thread (see [`without_phrases`]).
+    static LEFT_OUT: std::cell::RefCell<Option<std::collections::HashSet<&'static str>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with these phrases left out of the rule tables on this thread: for evaluation, so
+/// that a k-fold test can score a fold without the phrases nothing outside it supports.
+pub fn without_phrases<R>(
+    phrases: std::collections::HashSet<&'static str>,
+    f: impl FnOnce() -> R,
+) -> R {
+    LEFT_OUT.with(|l| *l.borrow_mut() = Some(phrases));
+    let r = f();
+    LEFT_OUT.with(|l| *l.borrow_mut() = None);
+    r
+}
+
+fn left_out(phrase: &str) -> bool {
+    LEFT_OUT.with(|l| l.borrow().as_ref().is_some_and(|set| set.contains(phrase)))
+}
+
+/// Every phrase of every rule table, with the reason it stands for (the wordings that keep an
+/// unknown recipient unknown after DATA among them).
+pub fn phrases() -> impl Iterator<Item = (&'static str, &'static str)> {
+    [RULES, LATE_RULES, WEAK_RULES]
+        .into_iter()
+        .flatten()
+        .flat_map(|(reason, phrases)| phrases.iter().map(move |p| (*reason, *p)))
+        .chain(SURELY_UNKNOWN.iter().map(|p| ("userunknown", *p)))
+        .chain(PAIRS.iter().map(|p| (p.reason, p.name)))
+}
+
 /// The first rule (in table order) with a phrase in `text` at a word boundary, and that phrase.
 fn find_rule(
     rules: &'static [(&'static str, &'static [&'static str])],
@@ -686,6 +998,9 @@ fn find_rule(
         .filter(|hit| {
             let (i, j) = m.origin[hit.pattern().as_usize()];
             let phrase = rules[i].1[j];
+            if left_out(phrase) {
+                return false;
+            }
             let starts_word = phrase.chars().next().is_some_and(|c| c.is_alphanumeric());
             !starts_word
                 || !text[..hit.start()]
@@ -736,6 +1051,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
         .map(|r| (r, "status"))
         .or_else(|| find_rule(RULES, &primary))
         .or_else(|| find_rule(RULES, &context))
+        .or_else(|| find_pair(&primary))
         .or_else(|| {
             let delayed = e.action.is_some_and(|a| a.eq_ignore_ascii_case("delayed"));
             // A routing or network failure that lasted until the message was given up.
@@ -751,13 +1067,15 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .and_then(reason_for_status)
                 .map(|r| (r, "status"))
         })
+        .or_else(|| reason_for_reply_code(e.reply_code).map(|r| (r, "reply code")))
         .or_else(|| find_rule(WEAK_RULES, &primary))
         .or_else(|| find_rule(WEAK_RULES, &context));
     let (mut r, why) = decided.unwrap_or(("onhold", "default"));
+
     // An unknown recipient refused at RCPT (or with a 5.1.x status) is unknown; refused after
     // the message was sent, or without telling, the message was filtered.
     let command = e.command.unwrap_or_default().to_ascii_uppercase();
-    let weakly_decided = matches!(why, "default" | "status")
+    let weakly_decided = matches!(why, "default" | "status" | "reply code")
         || WEAK_RULES.iter().any(|(_, phrases)| phrases.contains(&why));
     let refused_client = matches!(command.as_str(), "CONNECT" | "EHLO");
     if refused_client && (weakly_decided || matches!(r, "requireptr" | "spamdetected")) {
@@ -776,6 +1094,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
         });
         let surely = SURELY_UNKNOWN
             .iter()
+            .filter(|p| !left_out(p))
             .any(|p| mentions(&primary, p) || mentions(&context, p));
         if !status_says_address && !surely {
             r = "filtered";
