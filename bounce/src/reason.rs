@@ -125,6 +125,8 @@ static RULES: &[(&str, &[&str])] = &[
             "unusual rate",
             "unexpected volume",
             "too many concurrent",
+            // Postfix's anvil rate limit: "Error: too much mail from <ip>".
+            "too much mail",
             "too many simultaneous",
             "connection limit",
             "connection rate limit",

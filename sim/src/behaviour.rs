@@ -29,7 +29,8 @@ fn r(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
 }
 
 impl Replies {
-    /// Plain Postfix-like wording.
+    /// Postfix's own wording (its smtpd and anvil replies: "User unknown in virtual mailbox
+    /// table", "too much mail from", "too many connections from"; postgrey's "Greylisted").
     pub fn generic() -> Self {
         Replies {
             unknown_user: r(
@@ -74,8 +75,19 @@ impl Replies {
         }
     }
 
-    /// Replies in the wording the provider publishes (support pages of Google, Yahoo and
-    /// Microsoft; see the README's profile section).
+    /// Replies in the wording the provider publishes or is seen to send:
+    /// - Google: "Gmail SMTP errors and codes", https://support.google.com/a/answer/3726730
+    ///   (each reply's text, code and enhanced code as listed there);
+    /// - Yahoo: https://postmaster.yahooinc.com/error-codes ([TSS04], 5.7.9 policy reasons,
+    ///   "This user doesn't have a ... account", [#4.16.1] resources temporarily unavailable);
+    /// - Microsoft: Exchange Online's NDR reference, https://learn.microsoft.com/exchange/mail-flow-best-practices/non-delivery-reports-in-exchange-online/non-delivery-reports-in-exchange-online
+    ///   (5.7.509 DMARC), Exchange's connection limit (421 4.3.2, as quoted in
+    ///   https://learn.microsoft.com/en-us/answers/questions/407670), and Outlook.com's replies with their
+    ///   S-numbers as senders report them (S3150 block list, S77714 server busy,
+    ///   https://techcommunity.microsoft.com/t5/exchange/office365-throttling-inbound-messages-s77719/td-p/2352675).
+    ///
+    /// The bounce classifier is tested on these texts as text it was not written from
+    /// (sim/tests/provider_replies.rs).
     pub fn for_profile(profile: Option<Profile>) -> Self {
         let mut p = Replies::generic();
         match profile {
@@ -96,7 +108,12 @@ impl Replies {
                     (5, 2, 2),
                     "The recipient's inbox is out of storage space and inbound mail has been disabled. https://support.google.com/mail/?p=OverQuotaPerm - gsmtp",
                 );
-                p.greylisted = r(451, (4, 7, 1), "Please try again later - gsmtp");
+                // Google's temporary refusal of a message (it does not say "greylisted").
+                p.greylisted = r(
+                    451,
+                    (4, 3, 0),
+                    "Mail server temporarily rejected message. - gsmtp",
+                );
                 p.rate_limited = r(
                     450,
                     (4, 2, 1),
@@ -201,7 +218,7 @@ impl Replies {
                 p.too_many_connections = r(
                     421,
                     (4, 3, 2),
-                    "Service not available, closing transmission channel [mx.outlook.test]",
+                    "The maximum number of concurrent connections has exceeded a limit, closing transmission channel [mx.outlook.test]",
                 );
                 p.spam = r(
                     550,
