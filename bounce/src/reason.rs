@@ -413,7 +413,6 @@ static RULES: &[(&str, &[&str])] = &[
             "requires authentication",
             "authentication is required",
             "must authenticate",
-            "access denied",
             "delivery not authorized",
         ],
     ),
@@ -485,6 +484,9 @@ pub struct Pair {
     pub predicates: &'static [&'static str],
     /// How many words may stand between them.
     pub gap: usize,
+    /// Consulted before the phrase tables: the family says more than any single word of
+    /// another reason it may contain ("user unknown (mailbox disabled)" is a closed account).
+    pub early: bool,
 }
 
 /// Families of wordings, consulted after the specific phrases. Each names where it comes from.
@@ -507,6 +509,7 @@ static PAIRS: &[Pair] = &[
             "handshake",
         ],
         gap: 3,
+        early: false,
     },
     // RFC 5321 section 5 (the domain has no route: no MX, no address), RFC 3463 X.1.2 ("bad
     // destination system address") and resolver wording (NXDOMAIN, "host not found").
@@ -527,6 +530,7 @@ static PAIRS: &[Pair] = &[
             "not resolvable",
         ],
         gap: 2,
+        early: false,
     },
     // RFC 3463 X.2.2 ("mailbox full") and the providers' over-quota wording.
     Pair {
@@ -537,6 +541,7 @@ static PAIRS: &[Pair] = &[
         ],
         predicates: &["full", "exceeded", "exceeds", "exceed", "over", "out of"],
         gap: 3,
+        early: false,
     },
     // RFC 3463 X.2.1 ("mailbox disabled, not accepting messages") and the providers' wording
     // of an account that exists but is closed.
@@ -555,7 +560,8 @@ static PAIRS: &[Pair] = &[
             "closed",
             "expired",
         ],
-        gap: 3,
+        gap: 5,
+        early: true,
     },
     // Receivers throttling a sender: an unusual or unexpected rate or volume of mail (Google's
     // 421 4.7.28, Yahoo's [TSS04] in their published error lists), a limit on it.
@@ -573,6 +579,7 @@ static PAIRS: &[Pair] = &[
             "too high",
         ],
         gap: 2,
+        early: false,
     },
     // A server too busy for this sender now: RFC 5321 section 4.2.3's 421 "closing transmission
     // channel", and the providers' "server busy, try again later" (Google's 421 4.4.5,
@@ -583,6 +590,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["busy", "closing connection", "closing transmission channel"],
         predicates: &["try again later", "try later", "please try again"],
         gap: 3,
+        early: false,
     },
     // A recipient receiving mail faster than it accepts (Google's 450 4.2.1 "receiving mail
     // at a rate that prevents additional messages", "receiving mail too quickly").
@@ -592,6 +600,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["receiving mail", "receiving email", "receiving messages"],
         predicates: &["at a rate", "too quickly", "too fast"],
         gap: 1,
+        early: false,
     },
     // A cap on concurrent connections (Exchange's 421 4.3.2 "maximum number of concurrent
     // connections has exceeded a limit", Postfix's "too many connections").
@@ -601,6 +610,19 @@ static PAIRS: &[Pair] = &[
         subjects: &["connections", "concurrent", "sessions"],
         predicates: &["exceeded", "limit", "maximum", "too many"],
         gap: 3,
+        early: false,
+    },
+    // The sending MTA gave up after its retry period (RFC 5321 section 4.5.4.1: retries
+    // until the queue lifetime ends; RFC 3463 X.4.7 "delivery time expired"): qmail's "in
+    // the queue too long", "failed N attempts". (Yahoo's "after multiple retries, giving up"
+    // is a system error in Sisimai's reading: not this family.)
+    Pair {
+        name: "queue ~ too long",
+        reason: "expired",
+        subjects: &["queue", "attempts"],
+        predicates: &["too long", "failed", "expired", "lifetime"],
+        gap: 3,
+        early: false,
     },
     // RFC 5321 section 3.6.1 and 7.1: a server that is not the recipient's refuses to relay.
     Pair {
@@ -618,6 +640,7 @@ static PAIRS: &[Pair] = &[
             "not accepted",
         ],
         gap: 3,
+        early: false,
     },
     // RFC 5321 section 4.1.1.2 (MAIL refused) and RFC 3463 X.1.7/X.1.8 (bad sender address):
     // the sender, not the recipient, is refused.
@@ -644,6 +667,7 @@ static PAIRS: &[Pair] = &[
             "verify failed",
         ],
         gap: 3,
+        early: false,
     },
     // RFC 3463 X.7.1 used for content, and the filters' wording of a spam verdict
     // (SpamAssassin "scored as spam", "UBE" = unsolicited bulk email).
@@ -653,6 +677,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["message", "content", "mail", "email", "scored", "score"],
         predicates: &["spam", "unsolicited", "junk", "ube", "bulk"],
         gap: 4,
+        early: false,
     },
     // RFC 3463 X.3.1 ("mail system full") and X.4.5 (congestion): the receiving system, not
     // the mailbox, is out of room.
@@ -662,6 +687,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["insufficient", "not enough", "out of", "no space"],
         predicates: &["disk", "storage", "space", "system"],
         gap: 2,
+        early: false,
     },
     // RFC 5321 section 4.2.3 (500/501 syntax errors) and RFC 3463 X.1.3/X.5.2 (bad syntax).
     Pair {
@@ -677,6 +703,7 @@ static PAIRS: &[Pair] = &[
             "not implemented",
         ],
         gap: 2,
+        early: false,
     },
 ];
 
@@ -684,7 +711,8 @@ static PAIRS: &[Pair] = &[
 fn pair_matches(pair: &Pair, text: &str) -> bool {
     let words: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '(' | ')' | '"'))
-        .filter(|w| !w.is_empty())
+        // Addresses and links are not words ("blocked@example.org" says nothing of blocking).
+        .filter(|w| !w.is_empty() && !w.contains('@') && !w.contains("://"))
         .collect();
     let starts_at = |i: usize, phrase: &str| {
         let mut k = i;
@@ -732,11 +760,12 @@ pub fn fires(name: &str, text: &str) -> bool {
     }
 }
 
-/// The first family (in table order) whose wording `text` has.
-fn find_pair(text: &str) -> Option<(&'static str, &'static str)> {
+/// The first family (in table order) whose wording `text` has; only the early ones when
+/// `early`.
+fn find_pair(text: &str, early: bool) -> Option<(&'static str, &'static str)> {
     PAIRS
         .iter()
-        .filter(|p| !left_out(p.name))
+        .filter(|p| !left_out(p.name) && (!early || p.early))
         .find(|p| pair_matches(p, text))
         .map(|p| (p.reason, p.name))
 }
@@ -832,6 +861,9 @@ static LATE_RULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("blocked", &["connection refused by"]),
+    // A bare "access denied" says only that something was refused (Microsoft's 5.4.1 edge
+    // block, qmail's sender refusal, Postfix's "Relay access denied" all use it).
+    ("securityerror", &["access denied"]),
 ];
 
 /// Generic words, consulted only when no specific phrase, no final temporary status and no
@@ -1051,9 +1083,10 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     let context = squeeze(&e.context.to_ascii_lowercase());
     let decided = decisive_status(e.status)
         .map(|r| (r, "status"))
+        .or_else(|| find_pair(&primary, true))
         .or_else(|| find_rule(RULES, &primary))
         .or_else(|| find_rule(RULES, &context))
-        .or_else(|| find_pair(&primary))
+        .or_else(|| find_pair(&primary, false))
         .or_else(|| {
             let delayed = e.action.is_some_and(|a| a.eq_ignore_ascii_case("delayed"));
             // A routing or network failure that lasted until the message was given up.

@@ -190,11 +190,11 @@ fn ten_fold_agreement_without_the_phrases_only_the_scored_fold_supports() {
     for l in lines.iter().chain(&misses) {
         eprintln!("  {l}");
     }
-    // Measured 2026-11-30: mean 79.7%, worst fold 63.6%, hard/soft 95.7% (the same evaluation
-    // of the classifier before the phrase families of this change: 77.0%, 63.6%, 94.7%).
+    // Measured 2026-11-30: mean 81.1%, worst fold 63.6%, hard/soft 95.7% (the same evaluation
+    // of the classifier before the phrase families: 77.0%, 63.6%, 94.7%).
     assert!(
-        mean >= 79.5,
-        "mean fold agreement {mean:.1}% fell below 79.5%"
+        mean >= 81.0,
+        "mean fold agreement {mean:.1}% fell below 81%"
     );
     assert!(
         worst >= 63.0,

@@ -142,9 +142,13 @@ where
                 to: &to,
                 recipient: &report.rcpt,
                 action: "failed",
+                // An accept-then-bounce as Exchange Online writes it when the address is
+                // found missing after the message was accepted (its NDR reference lists
+                // "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP
+                // address lookup"); the DSN's Status keeps RFC 3463's 5.1.1.
                 status: "5.1.1",
                 diagnostic: Some(
-                    "550 5.1.1 The mailbox is no longer available (disabled after delivery)",
+                    "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
                 ),
                 remote_mta: None,
                 explanation: "The message was accepted, but the mailbox turned out to be unavailable.",
