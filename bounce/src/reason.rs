@@ -709,6 +709,16 @@ static PAIRS: &[Pair] = &[
 
 /// True when a subject of `pair` and one of its predicates stand within its gap of words.
 fn pair_matches(pair: &Pair, text: &str) -> bool {
+    // Most texts hold no subject or no predicate at all: say so before splitting into words
+    // (by the first word of each, which a match must contain as it is).
+    fn first(phrase: &str) -> &str {
+        phrase.split(' ').next().unwrap_or_default()
+    }
+    if !pair.subjects.iter().any(|w| text.contains(first(w)))
+        || !pair.predicates.iter().any(|w| text.contains(first(w)))
+    {
+        return false;
+    }
     let words: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '(' | ')' | '"'))
         // Addresses and links are not words ("blocked@example.org" says nothing of blocking).
