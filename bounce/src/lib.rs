@@ -182,7 +182,7 @@ mod tests {
                 Some("4.7.28"),
                 "Our system has detected an unusual rate of unsolicited mail originating from your IP address",
                 "RCPT",
-                "toomanyconn",
+                "ratelimited",
                 false,
             ),
             (
@@ -198,7 +198,7 @@ mod tests {
                 Some("5.3.4"),
                 "message size exceeds fixed maximum message size",
                 "MAIL",
-                "mesgtoobig",
+                "emailtoolarge",
                 false,
             ),
             (

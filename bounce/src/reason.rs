@@ -1,6 +1,10 @@
 //! Reasons: from a diagnostic text, a status code and the SMTP command that failed, to a word of
 //! Sisimai's vocabulary, hard or soft.
 //!
+//! The vocabulary is Sisimai's current one (its `Sisimai::Eb` constants, 2026): `ratelimited`
+//! took the place of `toomanyconn` and `speeding`, `emailtoolarge` of `mesgtoobig` and
+//! `exceedlimit`. Corpora labelled with the older words are read through [`current_name`].
+//!
 //! The text rules come first (ordered from the most specific reason to the most general); the
 //! enhanced status code decides when no rule matches.
 
@@ -110,7 +114,7 @@ static RULES: &[(&str, &[&str])] = &[
     ),
     ("badreputation", &["reputation"]),
     (
-        "speeding",
+        "ratelimited",
         &[
             "sending too fast",
             "has sent to too many recipients",
@@ -118,7 +122,7 @@ static RULES: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "toomanyconn",
+        "ratelimited",
         &[
             "too many connections",
             // Throttling for an unusual rate or volume (Google's 421 4.7.28, Yahoo's [TSS04]).
@@ -379,7 +383,7 @@ static RULES: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "exceedlimit",
+        "emailtoolarge",
         &[
             "exceeds the limit",
             "exceeded the limit",
@@ -390,7 +394,7 @@ static RULES: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "mesgtoobig",
+        "emailtoolarge",
         &[
             "message too big",
             "message too large",
@@ -567,7 +571,7 @@ static PAIRS: &[Pair] = &[
     // 421 4.7.28, Yahoo's [TSS04] in their published error lists), a limit on it.
     Pair {
         name: "rate ~ limited",
-        reason: "toomanyconn",
+        reason: "ratelimited",
         subjects: &["rate", "volume", "traffic"],
         predicates: &[
             "unusual",
@@ -586,7 +590,7 @@ static PAIRS: &[Pair] = &[
     // Microsoft's 451 4.7.500).
     Pair {
         name: "busy ~ try again later",
-        reason: "toomanyconn",
+        reason: "ratelimited",
         subjects: &["busy", "closing connection", "closing transmission channel"],
         predicates: &["try again later", "try later", "please try again"],
         gap: 3,
@@ -596,7 +600,7 @@ static PAIRS: &[Pair] = &[
     // at a rate that prevents additional messages", "receiving mail too quickly").
     Pair {
         name: "receiving mail ~ too fast",
-        reason: "speeding",
+        reason: "ratelimited",
         subjects: &["receiving mail", "receiving email", "receiving messages"],
         predicates: &["at a rate", "too quickly", "too fast"],
         gap: 1,
@@ -606,7 +610,7 @@ static PAIRS: &[Pair] = &[
     // connections has exceeded a limit", Postfix's "too many connections").
     Pair {
         name: "connections ~ exceeded",
-        reason: "toomanyconn",
+        reason: "ratelimited",
         subjects: &["connections", "concurrent", "sessions"],
         predicates: &["exceeded", "limit", "maximum", "too many"],
         gap: 3,
@@ -801,10 +805,10 @@ pub fn reason_for_status(status: &str) -> Option<&'static str> {
         ("1", "10") => "notaccept",
         ("2", "1") => "suspend",
         ("2", "2") => "mailboxfull",
-        ("2", "3") => "exceedlimit",
+        ("2", "3") => "emailtoolarge",
         ("2", "4") => "mailererror",
         ("3", "1") => "systemfull",
-        ("3", "4") => "mesgtoobig",
+        ("3", "4") => "emailtoolarge",
         ("3", "5") => "systemerror",
         // "Other or undefined mail system status": says nothing.
         ("3", "0") => return None,
@@ -1062,7 +1066,7 @@ fn decisive_status(status: Option<&str>) -> Option<&'static str> {
     match status? {
         "5.1.6" => Some("hasmoved"),
         "5.1.7" | "5.1.8" => Some("rejected"),
-        "5.2.3" => Some("exceedlimit"),
+        "5.2.3" => Some("emailtoolarge"),
         "5.7.13" => Some("suspend"),
         _ => None,
     }
@@ -1091,6 +1095,15 @@ pub fn reason(e: &Evidence) -> &'static str {
 pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     let primary = squeeze(&e.diagnostic.to_ascii_lowercase());
     let context = squeeze(&e.context.to_ascii_lowercase());
+    // RFC 3464 section 2.3.3: a report of success (delivered, relayed, expanded) is no bounce;
+    // Sisimai calls it "delivered".
+    if e.action.is_some_and(|a| {
+        ["delivered", "relayed", "expanded"]
+            .iter()
+            .any(|k| a.eq_ignore_ascii_case(k))
+    }) {
+        return ("delivered", "action");
+    }
     let decided = decisive_status(e.status)
         .map(|r| (r, "status"))
         .or_else(|| find_pair(&primary, true))
@@ -1147,6 +1160,16 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     }
     (r, why)
 }
+/// A reason of Sisimai's older vocabulary in the current one (labels written before the
+/// renaming: `toomanyconn`, `speeding`, `mesgtoobig`, `exceedlimit`).
+pub fn current_name(reason: &str) -> &str {
+    match reason {
+        "toomanyconn" | "speeding" => "ratelimited",
+        "mesgtoobig" | "exceedlimit" => "emailtoolarge",
+        other => other,
+    }
+}
+
 /// Hard bounces: the address will never work.
 pub fn is_hard(reason: &str, status: Option<&str>) -> bool {
     match reason {

@@ -14,7 +14,9 @@ fn reason_agreement_on_the_sisimai_corpus_is_at_least_95_percent() {
     let mut misses = Vec::new();
     for line in labels.lines().skip(1) {
         let cols: Vec<&str> = line.split('\t').collect();
-        let (file, expected, index) = (cols[0], cols[1], cols[5].parse::<usize>().unwrap());
+        let (file, index) = (cols[0], cols[5].parse::<usize>().unwrap());
+        // Labelled with Sisimai's vocabulary of 2025; read in the current one.
+        let expected = mailsim_bounce::reason::current_name(cols[1]);
         let found = cache
             .entry(file.to_string())
             .or_insert_with(|| classify_message(&std::fs::read(root.join(file)).unwrap()));
@@ -79,7 +81,7 @@ fn rows(root: &Path) -> Vec<Row> {
             let cols: Vec<&str> = line.split('\t').collect();
             Row {
                 file: cols[0].to_string(),
-                reason: cols[1].to_string(),
+                reason: mailsim_bounce::reason::current_name(cols[1]).to_string(),
                 hard_or_soft: cols[3].to_string(),
                 index: cols[5].parse().unwrap(),
             }
@@ -190,11 +192,12 @@ fn ten_fold_agreement_without_the_phrases_only_the_scored_fold_supports() {
     for l in lines.iter().chain(&misses) {
         eprintln!("  {l}");
     }
-    // Measured 2026-11-30: mean 81.1%, worst fold 63.6%, hard/soft 95.7% (the same evaluation
-    // of the classifier before the phrase families: 77.0%, 63.6%, 94.7%).
+    // Measured 2026-11-30: mean 81.6%, worst fold 63.6%, hard/soft 95.7%, in Sisimai's current
+    // vocabulary (the same evaluation of the classifier before the phrase families, in the
+    // older one: 77.0%, 63.6%, 94.7%).
     assert!(
-        mean >= 81.0,
-        "mean fold agreement {mean:.1}% fell below 81%"
+        mean >= 81.5,
+        "mean fold agreement {mean:.1}% fell below 81.5%"
     );
     assert!(
         worst >= 63.0,

@@ -155,7 +155,7 @@ pub fn classify(reply: &Reply, command: &str) -> (&'static str, bool) {
 
 /// Replies that ask the client to slow down: the whole destination backs off.
 pub fn is_rate_limit(reply: &Reply, reason: &str) -> bool {
-    reply.code == 421 || matches!(reason, "toomanyconn" | "speeding" | "ratelimited")
+    reply.code == 421 || reason == "ratelimited"
 }
 
 /// The domain of an address, lower-cased (empty when there is none).

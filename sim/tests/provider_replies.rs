@@ -56,10 +56,8 @@ fn expected(profile: &str, situation: &str) -> &'static str {
         // Yahoo's "Resources temporarily unavailable": a temporary system refusal.
         ("yahoo-like", "greylisted") => "systemerror",
         // Microsoft answers "Server busy ... from [ip]" (S77714): throttling.
-        ("microsoft-like", "greylisted") => "toomanyconn",
-        // Google's per-recipient rate (450 4.2.1): Sisimai's "speeding".
-        ("gmail-like", "rate_limited") => "speeding",
-        (_, "rate_limited" | "rate_limited_close" | "too_many_connections") => "toomanyconn",
+        ("microsoft-like", "greylisted") => "ratelimited",
+        (_, "rate_limited" | "rate_limited_close" | "too_many_connections") => "ratelimited",
         (_, "tempfail") => "systemerror",
         (_, "tls_required") => "securityerror",
         // Yahoo refuses spam and DMARC failures alike "for policy reasons" (5.7.9).

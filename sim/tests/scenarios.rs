@@ -310,7 +310,7 @@ fn isp_throttling_backs_each_destination_off_and_delivers_everything() {
     for r in &records {
         match &r.event {
             Event::Deferred { domain, reason, .. } => {
-                assert_eq!(reason, "toomanyconn", "{domain}");
+                assert_eq!(reason, "ratelimited", "{domain}");
                 *deferred.entry(domain.clone()).or_default() += 1;
             }
             Event::Backoff {
@@ -724,7 +724,7 @@ fn behaviours_refuse_drop_delay_and_switch_off_as_configured() {
     assert_eq!(d["small.test"].bounced, d["small.test"].injected);
     assert_eq!(
         bounce_of("small.test"),
-        BTreeSet::from([("mesgtoobig".into(), "MAIL".into(), "552 5.3.4".into())])
+        BTreeSet::from([("emailtoolarge".into(), "MAIL".into(), "552 5.3.4".into())])
     );
     // Dropped connections are retried until delivered, and nothing is stored twice (a message
     // cut during DATA was not stored).
