@@ -227,6 +227,29 @@ mod tests {
         }
     }
 
+    /// RFC 3464's Action delivered (a success report) is Sisimai's "delivered", whatever the
+    /// words; a relay's suppression list is "suppressed".
+    #[test]
+    fn success_reports_and_suppressed_addresses() {
+        let raw = b"From: MAILER-DAEMON@mta.test\r\nTo: a@news.test\r\nSubject: Delivery Status Notification (Success)\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nYour message was delivered.\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mta.test\r\n\r\nFinal-Recipient: rfc822; bob@x.test\r\nAction: delivered\r\nStatus: 2.0.0\r\nDiagnostic-Code: smtp; 250 2.0.0 OK: queued as 1234 (header checked)\r\n--b--\r\n";
+        let found = classify_message(raw);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].reason.as_str(), found[0].hard),
+            ("delivered", false)
+        );
+        assert_eq!(
+            classify_reply(
+                550,
+                Some("5.1.1"),
+                "Amazon SES did not send the message to this address because it is on the suppression list for your account",
+                "RCPT"
+            )
+            .0,
+            "suppressed"
+        );
+    }
+
     #[test]
     fn an_rfc3464_report_names_each_recipient() {
         let raw = b"From: MAILER-DAEMON@mta.test\r\nTo: bounces+7-bob=x.test@news.test\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mta.test\r\n\r\nFinal-Recipient: rfc822; bob@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\nFinal-Recipient: rfc822; carol@x.test\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n--b--\r\n";

@@ -11,6 +11,13 @@
 /// Phrase rules, checked in this order against the lower-cased diagnostic (a reason may
 /// appear twice: its specific phrases early, its generic ones late).
 static RULES: &[(&str, &[&str])] = &[
+    // A relay that did not try: the address is on its suppression list (Amazon SES: "did not
+    // send the message to this address because it is on the suppression list", "has
+    // suppressed sending to this address"). Sisimai's "suppressed".
+    (
+        "suppressed",
+        &["suppression list", "has suppressed sending"],
+    ),
     (
         "notaccept",
         &[
