@@ -798,48 +798,55 @@ pub fn reason_for_status(status: &str) -> Option<&'static str> {
     let class = parts.next()?;
     let subject = parts.next()?;
     let detail = parts.next()?;
+    let permanent = class == "5";
+    // Each code by its meaning in RFC 3463 and the IANA registry (RFC 5248; 7372 for the
+    // X.7.20-X.7.26 authentication codes, 7293 for X.7.17/18, 7505 for null MX).
     let r = match (subject, detail) {
-        ("1", "1") | ("1", "0") | ("1", "3") | ("1", "6") => {
-            if subject == "1" && detail == "6" {
-                "hasmoved"
-            } else {
-                "userunknown"
-            }
-        }
+        // Addressing.
+        ("1", "0") | ("1", "1") | ("1", "3") | ("1", "4") => "userunknown",
         ("1", "2") => "hostunknown",
-        ("1", "4") => "userunknown",
+        ("1", "6") => "hasmoved",
         ("1", "7") | ("1", "8") => "rejected",
         ("1", "10") => "notaccept",
+        // Mailbox: "other or undefined mailbox status" says the mailbox exists and something
+        // about it refused the message (Sisimai's "filtered").
+        ("2", "0") => "filtered",
         ("2", "1") => "suspend",
         ("2", "2") => "mailboxfull",
         ("2", "3") => "emailtoolarge",
         ("2", "4") => "mailererror",
-        ("3", "1") => "systemfull",
-        ("3", "4") => "emailtoolarge",
-        ("3", "5") => "systemerror",
-        // "Other or undefined mail system status": says nothing.
+        // Mail system. X.3.0 says nothing.
         ("3", "0") => return None,
-        // "Other or undefined protocol status" (RFC 3463 section 3.6): says nothing either;
-        // servers put it on any refusal ("550 5.5.0 Requested action not taken").
-        ("5", "0") => return None,
+        ("3", "1") => "systemfull",
+        ("3", "2") => "notaccept",
+        ("3", "4") => "emailtoolarge",
         ("3", _) => "systemerror",
-        ("4", "1") | ("4", "2") | ("4", "4") => "networkerror",
-        ("4", "3") => "networkerror",
-        ("4", "6") => "networkerror",
+        // Network and routing: X.4.4 "unable to route" as a permanent failure means the
+        // domain has no route at all; X.4.1 "no answer from host" until the report was
+        // written means delivery expired; X.4.5 is congestion of the mail system.
+        ("4", "4") if permanent => "hostunknown",
+        ("4", "1") if !permanent => "expired",
+        ("4", "5") => "systemfull",
         ("4", "7") => "expired",
         ("4", _) => "networkerror",
-        ("5", "3") => "syntaxerror",
+        // Protocol: X.5.0 says nothing ("550 5.5.0 Requested action not taken"); X.5.3 is
+        // too many recipients, X.5.4/X.5.5 arguments or versions the server does not take.
+        ("5", "0") => return None,
+        ("5", "3") => "ratelimited",
+        ("5", "4") | ("5", "5") => "systemerror",
         ("5", _) => "syntaxerror",
         ("6", _) => "contenterror",
+        // Security or policy.
         ("7", "1") => "blocked",
-        ("7", "9") => "securityerror",
-        ("7", "13") => "suspend",
         ("7", "7") => "failedstarttls",
-        ("7", "23") | ("7", "24") | ("7", "25") | ("7", "26") | ("7", "27") => "authfailure",
+        ("7", "13") => "suspend",
+        ("7", "17") | ("7", "18") => "hasmoved",
+        ("7", "25") => "requireptr",
+        ("7", "20" | "21" | "22" | "23" | "24" | "26") => "authfailure",
+        ("7", "27") => "notaccept",
         ("7", _) => "securityerror",
         _ => return None,
     };
-    let _ = class;
     Some(r)
 }
 
