@@ -1150,7 +1150,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     let weakly_decided = matches!(why, "default" | "status" | "reply code")
         || WEAK_RULES.iter().any(|(_, phrases)| phrases.contains(&why));
     let refused_client = matches!(command.as_str(), "CONNECT" | "EHLO");
-    if refused_client && (weakly_decided || matches!(r, "requireptr" | "spamdetected")) {
+    if refused_client && (weakly_decided || r == "spamdetected") {
         // Refused before any envelope: the client itself is blocked.
         r = "blocked";
     } else if command == "MAIL" && matches!(r, "userunknown" | "onhold" | "filtered") {

@@ -192,19 +192,21 @@ fn ten_fold_agreement_without_the_phrases_only_the_scored_fold_supports() {
     for l in lines.iter().chain(&misses) {
         eprintln!("  {l}");
     }
-    // Measured 2026-11-30: mean 81.6%, worst fold 63.6%, hard/soft 95.7%, in Sisimai's current
+    // Measured 2026-11-30: mean 81.7%, worst fold 63.6%, hard/soft 95.4%, in Sisimai's current
     // vocabulary (the same evaluation of the classifier before the phrase families, in the
-    // older one: 77.0%, 63.6%, 94.7%).
+    // older one: 77.0%, 63.6%, 94.7%). Hard/soft was 95.7% until the status codes were read by
+    // their RFC 3463 meaning (permanent X.4.4 is hostunknown, hard: one row labelled
+    // networkerror lost).
     assert!(
-        mean >= 81.5,
-        "mean fold agreement {mean:.1}% fell below 81.5%"
+        mean >= 81.6,
+        "mean fold agreement {mean:.1}% fell below 81.6%"
     );
     assert!(
         worst >= 63.0,
         "worst fold agreement {worst:.1}% fell below 63%"
     );
     assert!(
-        hard_share >= 95.5,
-        "hard/soft agreement {hard_share:.1}% fell below 95.5%"
+        hard_share >= 95.0,
+        "hard/soft agreement {hard_share:.1}% fell below 95%"
     );
 }
