@@ -97,7 +97,7 @@ pub async fn assemble<E: Env>(
         .with_context(|| format!("creating {}", plan.state_dir.display()))?;
     let suppression = Arc::new(Suppression::open(&plan.state_dir.join("suppression.log"))?);
     let (later, later_rx) = LaterQueue::new();
-    let fleet = FleetContext::with_feedback(
+    let mut fleet = FleetContext::with_feedback(
         verifier,
         plan.out_dir.join("mailboxes"),
         events.clone(),
@@ -106,6 +106,7 @@ pub async fn assemble<E: Env>(
         later.clone(),
         suppression.clone(),
     );
+    fleet.keep = scenario.store();
     let servers = FleetServers::build(&world.hosts, &fleet);
     let fleet_port = env.start_fleet(&servers, plan.fleet_port).await?;
     Ok(Assembly {

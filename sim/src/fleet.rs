@@ -5,6 +5,7 @@
 
 use crate::feedback::LaterQueue;
 use crate::policy::{AuthFacts, Now, ReceiverPolicy, Verdict};
+use crate::scenario::Store;
 use crate::world::{HostPlan, mix};
 use mailsim_events::{Clock, Event, EventSink};
 use mailsim_mailbox::auth::Verifier;
@@ -61,6 +62,8 @@ pub struct HostBackend {
     inbox_address: String,
     later: Option<LaterQueue>,
     inbox: Option<Inbox>,
+    /// What a campaign recipient's copy leaves in the Maildir.
+    keep: Store,
 }
 
 impl HostBackend {
@@ -213,7 +216,20 @@ impl Backend for HostBackend {
             )
             .into_bytes();
             copy.extend_from_slice(&stored);
-            if let Err(e) = self.store.deliver(&self.inbox_address, &copy) {
+            let kept: Option<&[u8]> = match self.keep {
+                Store::Full => Some(&copy),
+                Store::Headers => {
+                    // The header block with its last line end; the empty line after it
+                    // makes a message with an empty body.
+                    copy.truncate(find_header_end(&copy));
+                    copy.extend_from_slice(b"\r\n");
+                    Some(&copy)
+                }
+                Store::Nothing => None,
+            };
+            if let Some(kept) = kept
+                && let Err(e) = self.store.deliver(&self.inbox_address, kept)
+            {
                 tracing::warn!(host = %self.host, "{e}");
                 return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
             }
@@ -275,6 +291,8 @@ pub struct FleetContext {
     /// Copies stored (campaign recipients), for a runner waiting on another MTA's deliveries;
     /// figures come from the `stored` events, not from this.
     pub stored: Arc<std::sync::atomic::AtomicU64>,
+    /// What the recipient servers keep of each copy (the senders' own MXs keep everything).
+    pub keep: Store,
 }
 
 impl FleetContext {
@@ -304,6 +322,7 @@ impl FleetContext {
                 processor.process(info, tx, message)
             })),
             stored: Arc::default(),
+            keep: Store::Full,
         }
     }
 }
@@ -330,6 +349,7 @@ impl FleetServers {
                     inbox_address: format!("inbox@{}", h.name),
                     later: if h.sender_mx { None } else { ctx.later.clone() },
                     inbox: if h.sender_mx { ctx.inbox.clone() } else { None },
+                    keep: ctx.keep,
                 });
                 let mut cfg = ServerConfig {
                     hostname: h.name.clone(),

@@ -53,7 +53,39 @@ pub struct Scenario {
     /// Measuring another MTA (`mailsim run --mta`).
     #[serde(default)]
     pub external: ExternalSection,
+    /// What the simulated servers keep of the mail they accept.
+    #[serde(default)]
+    pub fleet: FleetSection,
 }
+
+/// `[fleet]`: what the simulated recipient servers keep of what they accept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// `full`, `headers` or `none`; unset: full, except virtual runs of
+    /// [`HEADERS_FROM_DELIVERIES`] campaign messages or more, which keep headers.
+    pub store: Option<Store>,
+}
+
+/// What a receiving server writes into its Maildir for each accepted copy. Events, verdicts
+/// and the stored copy's size are the same whatever it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Store {
+    /// The whole message, as received (with Return-Path, Delivered-To, Authentication-Results
+    /// and Received added).
+    #[serde(rename = "full")]
+    Full,
+    /// Its header block only, body left out.
+    #[serde(rename = "headers")]
+    Headers,
+    /// Nothing: no Maildir file.
+    #[serde(rename = "none")]
+    Nothing,
+}
+
+/// A virtual run of this many campaign messages (times its sends) or more keeps headers unless
+/// `[fleet] store` says otherwise: a million-message run need not write a million bodies.
+pub const HEADERS_FROM_DELIVERIES: u64 = 100_000;
 
 /// `[external]`: how the campaign is handed to another MTA under test.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +94,21 @@ pub struct ExternalSection {
     /// DKIM-sign the campaign with the sender's key before submitting it (for an MTA that
     /// does not sign; false when the MTA under test signs itself).
     pub sign: bool,
+}
+
+impl Scenario {
+    /// What the fleet keeps: `[fleet] store`, else full, except for large virtual runs.
+    pub fn store(&self) -> Store {
+        self.fleet.store.unwrap_or_else(|| {
+            let c = self.campaign();
+            let deliveries = c.messages.saturating_mul(u64::from(c.sends.max(1)));
+            if self.mode == Mode::Virtual && deliveries >= HEADERS_FROM_DELIVERIES {
+                Store::Headers
+            } else {
+                Store::Full
+            }
+        })
+    }
 }
 
 impl Default for ExternalSection {

@@ -1,0 +1,135 @@
+//! What the fleet keeps (`[fleet] store`): the whole message, its headers, or nothing. The
+//! event log is byte for byte the same whatever is kept (verdicts and figures do not depend on
+//! it), and the receivers' Maildirs hold exactly what was asked, read from the files.
+
+mod common;
+
+use mailsim::runner::{self, RunOptions};
+use mailsim::scenario::{Scenario, Store};
+use std::path::Path;
+
+fn scenario(store: &str) -> String {
+    format!(
+        r#"
+name = "store"
+seed = 5
+mode = "virtual"
+[[sender]]
+domain = "s.test"
+[[domain]]
+name = "accept.test"
+[[domain]]
+name = "some-unknown.test"
+unknown_users = {{ percent = 20 }}
+[campaign]
+messages = 120
+size_bytes = 4000
+{store}
+"#
+    )
+}
+
+/// Run the scenario; the log's records as `mailsim events` prints them, and the recipient
+/// servers' Maildir files (the sender's own MX left out).
+fn run(store: &str, dir: &Path) -> (String, Vec<std::path::PathBuf>, u64) {
+    let scenario = Scenario::parse(&scenario(store), Path::new("store.toml")).unwrap();
+    let summary = runner::run_scenario(
+        &scenario,
+        &RunOptions {
+            out_dir: dir.to_path_buf(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("events")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mailboxes = dir.join("mailboxes");
+    let files = common::maildir_files(&mailboxes)
+        .into_iter()
+        .filter(|f| !common::host_of(&mailboxes, f).ends_with("s.test"))
+        .collect();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        files,
+        summary.delivered,
+    )
+}
+
+#[test]
+fn full_headers_and_nothing_keep_what_they_say_and_log_the_same() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (full_log, full, delivered) = run("", dirs[0].path());
+    let (headers_log, headers, _) = run("[fleet]\nstore = \"headers\"", dirs[1].path());
+    let (none_log, none, _) = run("[fleet]\nstore = \"none\"", dirs[2].path());
+    assert!(delivered > 80 && delivered < 120, "{delivered}");
+
+    // The log does not depend on what is kept (the run directory's name is not in it).
+    assert_eq!(full_log, headers_log);
+    assert_eq!(full_log, none_log);
+
+    // Full: every delivery is a file with its body.
+    assert_eq!(full.len() as u64, delivered);
+    for f in &full {
+        let text = std::fs::read_to_string(f).unwrap();
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            body.len() > 3000,
+            "{}: body of {} bytes",
+            f.display(),
+            body.len()
+        );
+    }
+    // Headers: every delivery is a file, the same header block, an empty body.
+    assert_eq!(headers.len() as u64, delivered);
+    let full_ids: std::collections::BTreeSet<String> = full
+        .iter()
+        .map(|f| common::message_id(&std::fs::read_to_string(f).unwrap()).unwrap())
+        .collect();
+    let mut header_ids = std::collections::BTreeSet::new();
+    for f in &headers {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{}", f.display());
+        assert_eq!(text.matches("\r\n\r\n").count(), 1, "{}", f.display());
+        common::check_stored_headers(f, true).unwrap();
+        header_ids.insert(common::message_id(&text).unwrap());
+    }
+    assert_eq!(full_ids, header_ids);
+    // Nothing: no file at the receivers.
+    assert!(none.is_empty(), "{none:?}");
+}
+
+#[test]
+fn large_virtual_runs_keep_headers_unless_told() {
+    let parse = |text: &str| Scenario::parse(text, Path::new("s.toml")).unwrap().store();
+    let big = scenario("").replace("messages = 120", "messages = 100000");
+    assert_eq!(parse(&scenario("")), Store::Full);
+    assert_eq!(parse(&big), Store::Headers);
+    assert_eq!(
+        parse(&big.replace("mode = \"virtual\"", "mode = \"live\"")),
+        Store::Full
+    );
+    assert_eq!(
+        parse(&format!("{big}[fleet]\nstore = \"full\"\n")),
+        Store::Full
+    );
+    // A wrong value names the file, the line and what the field takes.
+    let e = Scenario::parse(
+        &scenario("[fleet]\nstore = \"bodies\""),
+        Path::new("s.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    let line = scenario("[fleet]\nstore = \"bodies\"")
+        .lines()
+        .position(|l| l.starts_with("store"))
+        .unwrap()
+        + 1;
+    assert!(
+        e.contains(&format!("s.toml:{line}:")) && e.contains("`full`, `headers`, `none`"),
+        "{e}"
+    );
+}
