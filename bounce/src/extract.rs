@@ -508,7 +508,31 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
             let rcpt = field(&block, "original-recipient")
                 .and_then(typed_address)
                 .or_else(|| field(&block, "final-recipient").and_then(typed_address));
-            let Some(rcpt) = rcpt else { continue };
+            let rcpt = match rcpt {
+                Some(rcpt) => rcpt,
+                // A recipient block without an Internet address (an X.400 Final-Recipient
+                // alone): when the returned message names exactly one recipient and this is
+                // the report's only recipient block, it is that one's.
+                None if field(&block, "final-recipient").is_some()
+                    && field_blocks(dsn)
+                        .iter()
+                        .filter(|b| field(b, "final-recipient").is_some())
+                        .count()
+                        == 1 =>
+                {
+                    let mut rcpts: Vec<String> = original_rcpts
+                        .iter()
+                        .map(|r| r.to_ascii_lowercase())
+                        .collect();
+                    rcpts.sort();
+                    rcpts.dedup();
+                    match rcpts.as_slice() {
+                        [only] => only.clone(),
+                        _ => continue,
+                    }
+                }
+                None => continue,
+            };
             // Keep a non-SMTP diagnostic type: `X-Unix; 71` is a local delivery program's exit.
             let diagnostic = field(&block, "diagnostic-code")
                 .map(|d| match d.split_once(';') {
@@ -676,7 +700,7 @@ fn segment_for(text: &str, findings: &[Finding], i: usize) -> String {
     if mine.is_empty() {
         return text.to_string();
     }
-    let others: Vec<usize> = findings
+    let mut others: Vec<usize> = findings
         .iter()
         .enumerate()
         .filter(|(j, f)| *j != i && !f.recipient.eq_ignore_ascii_case(&me))
@@ -687,19 +711,23 @@ fn segment_for(text: &str, findings: &[Finding], i: usize) -> String {
                 .collect::<Vec<_>>()
         })
         .collect();
+    others.sort_unstable();
     let mut out = String::new();
     let mut covered = 0;
     for &at in &mine {
-        // From the start of the mentioning line: a transcript names the command there.
-        let start = lower[..at].rfind('\n').map_or(0, |p| p + 1).max(covered);
         if at < covered {
             continue;
         }
+        // From the start of the mentioning line (a transcript names the command there), but
+        // not before what is already taken: searched only back to there, so a long line with
+        // many mentions costs its length once, not once per mention.
+        let start = lower[covered..at]
+            .rfind('\n')
+            .map_or(covered, |p| covered + p + 1);
+        // The next mention of another recipient after the start.
         let end = others
-            .iter()
+            .get(others.partition_point(|&p| p <= start))
             .copied()
-            .filter(|&p| p > start)
-            .min()
             .unwrap_or(text.len());
         out.push_str(&text[start..end]);
         out.push('\n');
@@ -734,30 +762,46 @@ fn original_senders(original: &str) -> Vec<String> {
 fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<Finding>) {
     let mut seen: Vec<String> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
+    let mut listed = std::collections::HashSet::new();
+    // Where the line of the current address starts, found by scanning only the text since
+    // the previous address: one long line with many addresses is read once, not once per
+    // address.
+    let (mut line_start, mut scanned) = (0, 0);
     for m in address_re().find_iter(text) {
+        if let Some(p) = text[scanned..m.start()].rfind('\n') {
+            line_start = scanned + p + 1;
+        }
+        scanned = m.start();
         let a = m.as_str().trim_end_matches('.').to_string();
         let lower = a.to_ascii_lowercase();
         if is_daemon(&lower) {
             continue;
         }
-        // Message-IDs and similar tokens.
-        let line_start = text[..m.start()].rfind('\n').map_or(0, |p| p + 1);
-        let before = text[line_start..m.start()].to_ascii_lowercase();
+        // Message-IDs and similar tokens: the words just before it on its line.
+        let mut near = line_start.max(m.start().saturating_sub(200));
+        while !text.is_char_boundary(near) {
+            near += 1;
+        }
+        let before = text[near..m.start()].to_ascii_lowercase();
         if before.contains("message-id") || before.contains("message id") {
             continue;
         }
         // The report quoting the original's header fields ("Your message To: list@... Subject:
         // ... did not reach the following recipient(s)"): the original's addressees and
         // senders, not the failed recipient, unless nobody else is named.
+        let head = text[line_start..m.start()].trim_start();
         let quoted_field = ["to:", "cc:", "from:", "sender:", "reply-to:"]
             .iter()
-            .any(|f| before.trim_start().starts_with(f));
+            .any(|f| {
+                head.get(..f.len())
+                    .is_some_and(|h| h.eq_ignore_ascii_case(f))
+            });
         let list = if quoted_field || not_recipients.contains(&lower) {
             &mut skipped
         } else {
             &mut seen
         };
-        if !list.iter().any(|s| s.eq_ignore_ascii_case(&a)) {
+        if listed.insert((quoted_field || not_recipients.contains(&lower), lower)) {
             list.push(a);
         }
     }
