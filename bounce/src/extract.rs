@@ -501,7 +501,12 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
     original_rcpts.extend(original_to(original));
     let mut findings = Vec::new();
     if let Some(dsn) = &dsn {
-        for block in field_blocks(dsn) {
+        let blocks = field_blocks(dsn);
+        let recipient_blocks = blocks
+            .iter()
+            .filter(|b| field(b, "final-recipient").is_some())
+            .count();
+        for block in blocks {
             // The address the sender gave (RFC 3464 section 2.3.1, Original-Recipient) is the
             // one a sender's list holds; else the Final-Recipient (section 2.3.2), when either
             // is an Internet address (an X.400 Final-Recipient is not).
@@ -513,13 +518,7 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
                 // A recipient block without an Internet address (an X.400 Final-Recipient
                 // alone): when the returned message names exactly one recipient and this is
                 // the report's only recipient block, it is that one's.
-                None if field(&block, "final-recipient").is_some()
-                    && field_blocks(dsn)
-                        .iter()
-                        .filter(|b| field(b, "final-recipient").is_some())
-                        .count()
-                        == 1 =>
-                {
+                None if field(&block, "final-recipient").is_some() && recipient_blocks == 1 => {
                     let mut rcpts: Vec<String> = original_rcpts
                         .iter()
                         .map(|r| r.to_ascii_lowercase())

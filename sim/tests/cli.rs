@@ -27,6 +27,23 @@ fn dig_full(port: u16, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `mailsim run SCENARIO --out RUN_DIR --quiet`, which must succeed.
+fn run_quietly(scenario: &Path, run_dir: &Path) {
+    let run = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("run")
+        .arg(scenario)
+        .arg("--out")
+        .arg(run_dir)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 /// The answer's data only (`+short`).
 fn dig(port: u16, args: &[&str]) -> String {
     dig_full(port, &[&["+short"], args].concat())
@@ -319,19 +336,7 @@ size_bytes = 800
     )
     .unwrap();
     let run_dir = dir.path().join("run");
-    let run = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&run_dir)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    run_quietly(&scenario, &run_dir);
     let replay = Command::new(env!("CARGO_BIN_EXE_mailsim"))
         .args(["replay", "--queue"])
         .arg(&run_dir)
@@ -431,19 +436,7 @@ fn events_into_a_closed_pipe_end_quietly() {
     )
     .unwrap();
     let run_dir = dir.path().join("run");
-    let run = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&run_dir)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    run_quietly(&scenario, &run_dir);
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailsim"))
         .arg("events")
         .arg(&run_dir)

@@ -3,7 +3,6 @@
 
 mod common;
 
-use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim::world::World;
 use mailsim_events::{Event, Record, read_log};
@@ -53,14 +52,7 @@ size_bytes = 2000
 
 fn run_scenario(text: &str, dir: &Path) -> (Scenario, Summary) {
     let scenario = Scenario::parse(text, Path::new("e2e.toml")).unwrap();
-    let summary = runner::run_scenario(
-        &scenario,
-        &RunOptions {
-            out_dir: dir.to_path_buf(),
-            progress: false,
-        },
-    )
-    .unwrap();
+    let summary = common::run(&scenario, dir);
     (scenario, summary)
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::{Scenario, Store};
 use std::path::Path;
 
@@ -33,14 +32,7 @@ size_bytes = 4000
 /// servers' Maildir files (the sender's own MX left out).
 fn run(store: &str, dir: &Path) -> (String, Vec<std::path::PathBuf>, u64) {
     let scenario = Scenario::parse(&scenario(store), Path::new("store.toml")).unwrap();
-    let summary = runner::run_scenario(
-        &scenario,
-        &RunOptions {
-            out_dir: dir.to_path_buf(),
-            progress: false,
-        },
-    )
-    .unwrap();
+    let summary = common::run(&scenario, dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
         .arg("events")
         .arg(dir)

@@ -5,7 +5,6 @@
 
 mod common;
 
-use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim_events::{Event, read_log};
 use std::collections::BTreeMap;
@@ -34,14 +33,7 @@ size_bytes = 900
 fn connections_messages_per_connection_and_slow_replies() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = Scenario::parse(SCENARIO, Path::new("limits.toml")).unwrap();
-    let summary = runner::run_scenario(
-        &scenario,
-        &RunOptions {
-            out_dir: dir.path().to_path_buf(),
-            progress: false,
-        },
-    )
-    .unwrap();
+    let summary = common::run(&scenario, dir.path());
     assert_eq!(summary.delivered, 60);
     let (records, _) = read_log(&dir.path().join("events.log")).unwrap();
 
@@ -136,14 +128,7 @@ messages = 40
 size_bytes = 900
 "#;
     let scenario = Scenario::parse(text, Path::new("equal-mx.toml")).unwrap();
-    let summary = runner::run_scenario(
-        &scenario,
-        &RunOptions {
-            out_dir: dir.path().to_path_buf(),
-            progress: false,
-        },
-    )
-    .unwrap();
+    let summary = common::run(&scenario, dir.path());
     assert_eq!(summary.delivered, 40);
     let root = dir.path().join("mailboxes");
     let mut per_host: BTreeMap<String, usize> = BTreeMap::new();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use mailsim::runner::{self, RunOptions};
+use mailsim::runner;
 use mailsim::scenario::Scenario;
 use mailsim_events::{Event, Record, read_log};
 use mailsim_summary::Summary;
@@ -16,14 +16,7 @@ fn run(name: &str, dir: &Path) -> (Summary, Vec<Record>) {
         .join("../scenarios")
         .join(format!("{name}.toml"));
     let scenario = Scenario::load(&path).unwrap();
-    let summary = runner::run_scenario(
-        &scenario,
-        &RunOptions {
-            out_dir: dir.to_path_buf(),
-            progress: false,
-        },
-    )
-    .unwrap();
+    let summary = common::run(&scenario, dir);
     let (records, torn) = read_log(&runner::events_path(dir)).unwrap();
     assert!(!torn);
     // The summary is a projection of the log: folding the log again gives summary.json.
@@ -677,14 +670,7 @@ size_bytes = 2000
 fn behaviours_refuse_drop_delay_and_switch_off_as_configured() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = Scenario::parse(BEHAVIOURS, Path::new("behaviours.toml")).unwrap();
-    let s = runner::run_scenario(
-        &scenario,
-        &RunOptions {
-            out_dir: dir.path().to_path_buf(),
-            progress: false,
-        },
-    )
-    .unwrap();
+    let s = common::run(&scenario, dir.path());
     let (records, _) = read_log(&runner::events_path(dir.path())).unwrap();
     let d = &s.domains;
     let bounce_of = |domain: &str| -> BTreeSet<(String, String, String)> {

@@ -3,6 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
+/// Run `scenario` in this process into `dir`, without a progress bar; its summary.
+pub fn run(scenario: &mailsim::scenario::Scenario, dir: &Path) -> mailsim_summary::Summary {
+    mailsim::runner::run_scenario(
+        scenario,
+        &mailsim::runner::RunOptions {
+            out_dir: dir.to_path_buf(),
+            progress: false,
+        },
+    )
+    .unwrap()
+}
+
 /// A port free on 127.0.0.1 now (for a server a test starts in another process).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
