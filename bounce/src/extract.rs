@@ -341,7 +341,8 @@ fn own_texts(m: &Message) -> (String, Option<String>, Option<String>, Vec<String
     (prose, dsn, feedback, original_rcpts)
 }
 
-fn strip_html(html: &str) -> String {
+/// The text of an HTML fragment: tags become spaces, `&nbsp;` a space.
+pub fn strip_html(html: &str) -> String {
     let mut out = String::with_capacity(html.len());
     let mut in_tag = false;
     for c in html.chars() {

@@ -348,6 +348,56 @@ schema! {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         action: String,
     }
+    /// Receiving side (a provider with a reputation model): where an accepted copy landed,
+    /// `inbox` or `spam`, with the main cause (`reputation`, `content`, `authentication`,
+    /// `no-one-click-unsubscribe`, `volume`) and the probability of the spam folder it was drawn
+    /// with (percent).
+    Placed = "placed" {
+        host: String,
+        message_id: String,
+        rcpt: String,
+        folder: String,
+        cause: String,
+        spam_percent: u32,
+    }
+    /// A provider's reputation of a sender after one day of its mail: `subject` is `ip:<addr>`
+    /// or `domain:<d>`; `score` 0-100; `cause` the day's largest change.
+    Reputation = "reputation" rare {
+        provider: String,
+        subject: String,
+        day: u32,
+        score: u32,
+        cause: String,
+    }
+    /// A simulated recipient opened a message: fetched the images of its HTML part. `status`
+    /// is the HTTP status (0: no answer; `error` says why, such as a host outside loopback).
+    Opened = "opened" {
+        rcpt: String,
+        message_id: String,
+        url: String,
+        status: u16,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error: String,
+    }
+    /// A simulated recipient followed a link of a message.
+    Clicked = "clicked" {
+        rcpt: String,
+        message_id: String,
+        url: String,
+        status: u16,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error: String,
+    }
+    /// A simulated recipient unsubscribed: `method` `one-click` (RFC 8058 POST) or `mailto`.
+    Unsubscribed = "unsubscribed" {
+        rcpt: String,
+        message_id: String,
+        method: String,
+        url: String,
+        status: u16,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error: String,
+    }
 }
 
 /// One record of the log.

@@ -53,13 +53,42 @@ impl Maildir {
 
     /// Store `message` for `rcpt`; returns the path in `new/`.
     pub fn deliver(&self, rcpt: &str, message: &[u8]) -> Result<PathBuf, StoreError> {
-        let dir = self.user_dir(rcpt).ok_or_else(|| StoreError {
+        self.deliver_into(rcpt, None, message)
+    }
+
+    /// Store `message` in `rcpt`'s folder `folder` (None: INBOX), where the IMAP server finds
+    /// it ([`crate::folders`]: `folders/<name>` under the user's Maildir). The name is one
+    /// level of letters, digits, `_` and `-` (such as `Junk`), which the folder encoding keeps
+    /// as it is.
+    pub fn deliver_into(
+        &self,
+        rcpt: &str,
+        folder: Option<&str>,
+        message: &[u8],
+    ) -> Result<PathBuf, StoreError> {
+        let invalid = |what: String| StoreError {
+            path: self.root.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, what),
+        };
+        if let Some(f) = folder
+            && (f.is_empty()
+                || !f
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err(invalid(format!("unsupported folder name {f:?}")));
+        }
+        let user = self.user_dir(rcpt).ok_or_else(|| StoreError {
             path: self.root.clone(),
             source: io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("unsafe recipient {rcpt:?}"),
             ),
         })?;
+        let dir = match folder {
+            Some(f) => user.join("folders").join(f),
+            None => user,
+        };
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError { path, source }
@@ -114,5 +143,13 @@ mod tests {
         assert_eq!(md.messages("bob@example.test").len(), 1);
         assert!(md.deliver("../../etc@example.test", b"x").is_err());
         assert!(md.deliver("a@..", b"x").is_err());
+        let junk = md
+            .deliver_into("bob@example.test", Some("Junk"), b"Subject: x\r\n\r\n")
+            .unwrap();
+        assert!(junk.starts_with(dir.path().join("example.test/bob/folders/Junk/new")));
+        assert!(
+            md.deliver_into("bob@example.test", Some("../x"), b"x")
+                .is_err()
+        );
     }
 }

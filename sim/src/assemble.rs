@@ -7,7 +7,8 @@
 use crate::env::{Env, SourceConnector};
 use crate::feedback::{LaterQueue, Reporter};
 use crate::fleet::{FleetContext, FleetServers, LaterReport};
-use crate::scenario::Scenario;
+use crate::scenario::{ListUnsubscribe, Scenario};
+use crate::web::{SenderWeb, Tracking, Trust, http_service};
 use crate::world::World;
 use anyhow::Context;
 use fake_dns::FaultyZones;
@@ -18,6 +19,7 @@ use mailsim_mta::spool::Spool;
 use mailsim_mta::suppression::Suppression;
 use mailsim_mta::{Mta, MtaConfig};
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -54,6 +56,11 @@ pub struct Assembly<E: Env> {
     pub later: LaterQueue,
     later_rx: Option<UnboundedReceiver<LaterReport>>,
     state_dir: PathBuf,
+    /// The sender's tracking and unsubscribe server, when the campaign has HTML or
+    /// List-Unsubscribe, and where its URLs point.
+    pub web: Option<Arc<SenderWeb>>,
+    pub tracking: Option<Tracking>,
+    trust: Trust,
 }
 
 /// Assemble log, world, DNS and fleet for `scenario` in `env`.
@@ -109,6 +116,25 @@ pub async fn assemble<E: Env>(
     fleet.keep = scenario.store();
     let servers = FleetServers::build(&world.hosts, &fleet);
     let fleet_port = env.start_fleet(&servers, plan.fleet_port).await?;
+    let c = scenario.campaign();
+    let (mut web, mut tracking, mut trust) = (None, None, Trust::default());
+    if c.html || c.list_unsubscribe != ListUnsubscribe::None {
+        let secret = env.secret(&format!("sender-web:{}", scenario.seed));
+        let w = SenderWeb::new(&secret, suppression.clone(), events.clone());
+        let at = SocketAddr::from(([127, 0, 0, 1], 0));
+        let http = env.serve(at, http_service(w.router(), None)).await?;
+        let tls = mailsim_smtp::tls::Tls::self_signed(&["127.0.0.1".to_string()])?;
+        let https = env
+            .serve(at, http_service(w.router(), Some(tls.acceptor.clone())))
+            .await?;
+        trust = trust.with(tls.cert_der);
+        tracking = Some(Tracking {
+            tokens: w.tokens.clone(),
+            http_base: format!("http://{http}"),
+            https_base: format!("https://{https}"),
+        });
+        web = Some(w);
+    }
     Ok(Assembly {
         env,
         world: Arc::new(world),
@@ -123,6 +149,9 @@ pub async fn assemble<E: Env>(
         later,
         later_rx: Some(later_rx),
         state_dir: plan.state_dir.clone(),
+        web,
+        tracking,
+        trust,
     })
 }
 
@@ -186,6 +215,7 @@ impl<E: Env> Assembly<E> {
             events: self.events.clone(),
             clock: self.clock.clone(),
             feedback_addresses: self.world.feedback_addresses(),
+            trust: self.trust.clone(),
         };
         let rx = self
             .later_rx

@@ -316,6 +316,97 @@ pub struct Behaviour {
     pub dmarc_enforce: bool,
     pub async_bounce: Option<Later>,
     pub complaints: Option<Later>,
+    /// The provider's reputation model and the recipients' engagement, when the scenario has
+    /// `[reputation]`; shared by every host of the domain.
+    pub deliverability: Option<Deliverability>,
+}
+
+/// A provider's memory of its senders and its users' habits.
+#[derive(Debug, Clone)]
+pub struct Deliverability {
+    pub provider: std::sync::Arc<std::sync::Mutex<crate::reputation::Provider>>,
+    pub recipients: std::sync::Arc<crate::engage::Recipients>,
+    /// The provider's name in events (the recipient domain).
+    pub name: String,
+}
+
+impl Deliverability {
+    pub fn new(
+        d: &Domain,
+        section: &crate::scenario::ReputationSection,
+        recipients: std::sync::Arc<crate::engage::Recipients>,
+        seed: u64,
+    ) -> Self {
+        let mut model = reputation_model(d.profile, &Replies::for_profile(d.profile));
+        if let Some(v) = section.initial {
+            model.initial = v;
+        }
+        if let Some(v) = section.new_daily {
+            model.new_daily = v;
+        }
+        if let Some(v) = section.growth {
+            model.growth = v;
+        }
+        if let Some(v) = section.bulk_daily {
+            model.bulk_daily = v;
+        }
+        Deliverability {
+            provider: std::sync::Arc::new(std::sync::Mutex::new(crate::reputation::Provider::new(
+                model, seed,
+            ))),
+            recipients,
+            name: d.name.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// A profile's reputation model: the numbers and replies the provider publishes (cited), and
+/// mailsim's assumptions for what it does not publish (see [`crate::reputation::Model`]).
+///
+/// - Gmail, "Email sender guidelines", https://support.google.com/a/answer/81126: senders of
+///   more than 5,000 messages a day to Gmail accounts need SPF, DKIM and DMARC with alignment,
+///   one-click unsubscribe (RFC 8058) for marketing mail, and a spam rate under 0.3 % (best
+///   under 0.1 %); increase volume slowly. Replies from "Gmail SMTP errors and codes",
+///   https://support.google.com/a/answer/3726730 (421 4.7.28, 550 5.7.26).
+/// - Yahoo, "Sender Best Practices", https://senders.yahooinc.com/best-practices/: the same
+///   bulk rules (authentication, one-click unsubscribe, complaint rate under 0.3 %); replies
+///   from https://postmaster.yahooinc.com/error-codes (TSS04 deferrals, 5.7.9 policy refusals).
+/// - Outlook.com, "Fix NDR error 550 5.7.515",
+///   https://support.microsoft.com/topic/34cfe8f8-6fbf-457e-9e8b-9e4dbaf4e0ef: domains sending
+///   5,000 or more messages to its consumer services must pass SPF, DKIM and DMARC or are
+///   refused with 550 5.7.515; one-click unsubscribe is recommended, not required.
+pub fn reputation_model(profile: Option<Profile>, replies: &Replies) -> crate::reputation::Model {
+    let mut m = crate::reputation::Model::generic(replies.spam.clone());
+    match profile {
+        None => {}
+        Some(Profile::GmailLike) => {
+            m.one_click_required = true;
+            m.unauthenticated = Some(r(
+                550,
+                (5, 7, 26),
+                "This mail has been blocked because the sender is unauthenticated. Gmail requires all senders to authenticate with either SPF or DKIM. Authentication results: DKIM = did not pass; SPF = did not pass. For instructions on setting up authentication, go to https://support.google.com/mail/answer/81126#authentication - gsmtp",
+            ));
+            m.throttle = replies.rate_limited_close.clone();
+            m.domain_weight = 0.6;
+            m.new_daily = 1_000;
+        }
+        Some(Profile::YahooLike) => {
+            m.one_click_required = true;
+            m.unauthenticated = Some(replies.dmarc_reject.clone());
+            m.throttle = replies.rate_limited.clone();
+            m.new_daily = 1_000;
+        }
+        Some(Profile::MicrosoftLike) => {
+            m.unauthenticated = Some(r(
+                550,
+                (5, 7, 515),
+                "Access denied, sending domain {domain} does not meet the required authentication level. [mx.outlook.test]",
+            ));
+            m.throttle = replies.rate_limited.clone();
+            m.new_daily = 1_000;
+        }
+    }
+    m
 }
 
 impl Default for Behaviour {
@@ -337,6 +428,7 @@ impl Default for Behaviour {
             dmarc_enforce: false,
             async_bounce: None,
             complaints: None,
+            deliverability: None,
         }
     }
 }
@@ -370,6 +462,7 @@ impl Behaviour {
             dmarc_enforce: d.dmarc_enforce || d.profile.is_some(),
             async_bounce: d.async_bounce.clone(),
             complaints: d.complaints.clone(),
+            deliverability: None,
         }
     }
 }

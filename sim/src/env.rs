@@ -38,6 +38,10 @@ fn scenario_time(clock: Arc<dyn Clock>, start_ms: u64) -> fake_dns::Elapsed {
 }
 
 /// A connector that can speak from another source address (a fleet host sending reports).
+/// A byte stream a server is handed (a TCP connection or an in-memory pipe).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 pub trait SourceConnector: Connector + Clone {
     fn speaking_from(&self, ip: IpAddr) -> Self;
 }
@@ -88,6 +92,16 @@ pub trait Env: Send + Sync + 'static {
     /// Outbound connections from `source_ip`.
     fn connector(&self, source_ip: IpAddr) -> Self::Connector;
     /// Stop serving and wait for every session.
+    /// Serve another server (the sender's web) at `addr` (port 0: any); the address it
+    /// answers on.
+    fn serve(
+        &mut self,
+        addr: SocketAddr,
+        service: crate::web::StreamService,
+    ) -> impl Future<Output = anyhow::Result<SocketAddr>> + Send;
+    /// A secret of 32 bytes for `label`: random in live mode, derived from the label in
+    /// virtual mode (a run replays exactly).
+    fn secret(&self, label: &str) -> [u8; 32];
     fn shutdown(self) -> impl Future<Output = ()> + Send;
 }
 
@@ -97,6 +111,7 @@ pub struct LiveEnv {
     dns: Option<DnsServer>,
     dns_addr: Option<SocketAddr>,
     fleet: Option<Fleet>,
+    services: tokio::task::JoinSet<()>,
 }
 
 impl LiveEnv {
@@ -175,7 +190,41 @@ impl Env for LiveEnv {
         }
     }
 
-    async fn shutdown(self) {
+    async fn serve(
+        &mut self,
+        addr: SocketAddr,
+        service: crate::web::StreamService,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+        let bound = listener.local_addr()?;
+        self.services.spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            connections.spawn(service(Box::new(stream), peer));
+                        }
+                        Err(e) => tracing::debug!("accepting on {bound}: {e}"),
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(bound)
+    }
+
+    fn secret(&self, _label: &str) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .expect("the system's random source");
+        key
+    }
+
+    async fn shutdown(mut self) {
+        self.services.shutdown().await;
         if let Some(fleet) = self.fleet {
             fleet.shutdown().await;
         }
@@ -266,6 +315,24 @@ impl Env for VirtualEnv {
             // No fleet: a network where every connection is refused.
             None => VirtualNet::new(&FleetServers::default(), source_ip),
         }
+    }
+
+    async fn serve(
+        &mut self,
+        addr: SocketAddr,
+        service: crate::web::StreamService,
+    ) -> anyhow::Result<SocketAddr> {
+        let net = self
+            .net
+            .get_or_insert_with(|| VirtualNet::new(&FleetServers::default(), addr.ip()));
+        Ok(net.serve(addr, service))
+    }
+
+    fn secret(&self, label: &str) -> [u8; 32] {
+        let digest = ring::digest::digest(&ring::digest::SHA256, label.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        key
     }
 
     async fn shutdown(self) {

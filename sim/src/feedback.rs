@@ -71,6 +71,8 @@ pub struct Reporter<R, F> {
     pub clock: Arc<dyn Clock>,
     /// Where complaints go, by sender domain.
     pub feedback_addresses: Vec<(String, String)>,
+    /// The certificates recipients' HTTPS requests trust (the run's own web servers').
+    pub trust: crate::web::Trust,
 }
 
 impl<R, F, C> Reporter<R, F>
@@ -110,6 +112,95 @@ where
     async fn deliver(&self, report: LaterReport) {
         let now = self.clock.now_ms();
         tokio::time::sleep(Duration::from_millis(report.due_ms.saturating_sub(now))).await;
+        match report.kind {
+            LaterKind::Bounce | LaterKind::Complaint => self.report(report).await,
+            LaterKind::UnsubscribeMailto => self.unsubscribe_by_mail(report).await,
+            LaterKind::Open
+            | LaterKind::Click
+            | LaterKind::UnsubscribeOneClick
+            | LaterKind::UnsubscribeWeb => self.act_on_web(report).await,
+        }
+    }
+
+    /// A recipient's request to a URL of the message, recorded with its outcome.
+    async fn act_on_web(&self, report: LaterReport) {
+        let post =
+            (report.kind == LaterKind::UnsubscribeOneClick).then_some("List-Unsubscribe=One-Click");
+        let result = if report.url.is_empty() {
+            Err("nothing to load: the message has no image".to_string())
+        } else {
+            let connector = (self.connector_for)(report.host_ip);
+            crate::web::fetch(&connector, &self.trust, post, &report.url).await
+        };
+        let (status, error) = match result {
+            Ok(status) => (status, String::new()),
+            Err(e) => (0, e),
+        };
+        let (rcpt, message_id, url) = (report.rcpt, report.message_id, report.url);
+        self.events.emit(match report.kind {
+            LaterKind::Open => Event::Opened {
+                rcpt,
+                message_id,
+                url,
+                status,
+                error,
+            },
+            LaterKind::Click => Event::Clicked {
+                rcpt,
+                message_id,
+                url,
+                status,
+                error,
+            },
+            _ => Event::Unsubscribed {
+                rcpt,
+                message_id,
+                method: if post.is_some() { "one-click" } else { "web" }.into(),
+                url,
+                status,
+                error,
+            },
+        });
+    }
+
+    /// RFC 2369 mailto unsubscribe: a mail from the recipient to the list's address.
+    async fn unsubscribe_by_mail(&self, report: LaterReport) {
+        let (to, query) = report
+            .url
+            .split_once('?')
+            .unwrap_or((report.url.as_str(), ""));
+        let subject = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("subject="))
+            .unwrap_or("unsubscribe");
+        let date = mail_builder::headers::date::Date::new((self.clock.now_ms() / 1000) as i64);
+        let body = format!(
+            "From: <{}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <unsubscribe.{}@{}>\r\n\r\nunsubscribe\r\n",
+            report.rcpt,
+            date.to_rfc822(),
+            report.message_id.trim_matches(['<', '>']).replace('@', "."),
+            report.host,
+        );
+        let domain = to.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+        let result = self
+            .send(&report, &report.rcpt, &domain, to, body.as_bytes())
+            .await;
+        let (status, error) = match result {
+            Ok(()) => (250, String::new()),
+            Err(e) => (0, e),
+        };
+        self.events.emit(Event::Unsubscribed {
+            rcpt: report.rcpt.clone(),
+            message_id: report.message_id.clone(),
+            method: "mailto".into(),
+            url: format!("mailto:{}", report.url),
+            status,
+            error,
+        });
+    }
+
+    /// A bounce or a complaint report, sent by SMTP.
+    async fn report(&self, report: LaterReport) {
         let sender_domain = report
             .mail_from
             .rsplit_once('@')
@@ -117,7 +208,7 @@ where
             .to_ascii_lowercase();
         let (kind, to) = match report.kind {
             LaterKind::Bounce => ("bounce", report.mail_from.clone()),
-            LaterKind::Complaint => (
+            _ => (
                 "complaint",
                 self.feedback_addresses
                     .iter()
@@ -156,7 +247,7 @@ where
                 message_id: &message_id,
                 date_s,
             }),
-            LaterKind::Complaint => mailsim_bounce::build::arf(&mailsim_bounce::build::Arf {
+            _ => mailsim_bounce::build::arf(&mailsim_bounce::build::Arf {
                 reporter: report
                     .host
                     .split_once('.')
@@ -172,7 +263,7 @@ where
         };
         let domain = to.rsplit_once('@').map_or("", |(_, d)| d).to_string();
         for attempt in 1..=REPORT_ATTEMPTS_MAX {
-            match self.send(&report, &domain, &to, &body).await {
+            match self.send(&report, "", &domain, &to, &body).await {
                 Ok(()) => {
                     self.events.emit(Event::ReportSent {
                         host: report.host.clone(),
@@ -197,6 +288,7 @@ where
     async fn send(
         &self,
         report: &LaterReport,
+        from: &str,
         domain: &str,
         to: &str,
         body: &[u8],
@@ -223,7 +315,7 @@ where
             .map_err(|e| e.to_string())?;
         let outcome = client
             .transaction(&Envelope {
-                from: "",
+                from,
                 rcpt: to,
                 body,
             })
@@ -249,6 +341,21 @@ pub struct BounceProcessor {
 
 impl BounceProcessor {
     pub fn process(&self, _info: &SessionInfo, tx: &Transaction, message: &[u8]) {
+        // RFC 2369 mailto unsubscribe: a mail to the list's unsubscribe address takes its
+        // sender off the list.
+        let to_unsubscribe = tx.rcpts.iter().any(|r| {
+            r.rsplit_once('@')
+                .is_some_and(|(local, _)| local.eq_ignore_ascii_case("unsubscribe"))
+        });
+        if to_unsubscribe {
+            if !tx.mail_from.is_empty() && self.suppression.add(&tx.mail_from, "unsubscribed") {
+                self.events.emit(Event::SuppressionAdded {
+                    rcpt: tx.mail_from.to_ascii_lowercase(),
+                    reason: "unsubscribed".into(),
+                });
+            }
+            return;
+        }
         let found = mailsim_bounce::classify_message(message);
         let text = String::from_utf8_lossy(message);
         // DSNs come to the VERP return path; complaints name it in Original-Mail-From.

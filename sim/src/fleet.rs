@@ -33,6 +33,9 @@ pub struct LaterReport {
     pub message_id: String,
     /// The original message's header block.
     pub headers: Vec<u8>,
+    /// What a recipient's action uses: the image, link or unsubscribe URL, or the mailto
+    /// address (empty for reports).
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,16 @@ pub enum LaterKind {
     Bounce,
     /// An RFC 5965 ARF report to the sender's feedback address: the user marked it as spam.
     Complaint,
+    /// The recipient opens the message: its images are fetched.
+    Open,
+    /// The recipient follows a link.
+    Click,
+    /// RFC 8058 one-click unsubscribe: a POST to the URL.
+    UnsubscribeOneClick,
+    /// An unsubscribe web page (a GET).
+    UnsubscribeWeb,
+    /// A mail to the List-Unsubscribe mailto address.
+    UnsubscribeMailto,
 }
 
 /// What a delivered message is handed to on a sender's own MX (the bounce processor).
@@ -77,6 +90,21 @@ impl HostBackend {
 
     fn policy(&self) -> std::sync::MutexGuard<'_, ReceiverPolicy> {
         self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record the provider's reputation changes, if any.
+    fn reputation_events(&self, policy: &ReceiverPolicy) {
+        if let Some((provider, changes)) = policy.reputation_changes() {
+            for c in changes {
+                self.events.emit(Event::Reputation {
+                    provider: provider.clone(),
+                    subject: c.subject,
+                    day: c.day,
+                    score: c.score,
+                    cause: c.cause,
+                });
+            }
+        }
     }
 
     fn refuse(&self, info: &SessionInfo, command: &str, rcpt: &str, reply: Reply) -> Reply {
@@ -133,9 +161,12 @@ impl Backend for HostBackend {
     }
 
     async fn on_rcpt(&self, info: &SessionInfo, tx: &Transaction, rcpt: &str) -> Reply {
-        let verdict = self
-            .policy()
-            .rcpt(self.now(), info.peer.ip(), &tx.mail_from, rcpt);
+        let verdict = {
+            let mut policy = self.policy();
+            let v = policy.rcpt(self.now(), info.peer.ip(), &tx.mail_from, rcpt);
+            self.reputation_events(&policy);
+            v
+        };
         self.carry_out(info, "RCPT", rcpt, verdict)
     }
 
@@ -186,12 +217,27 @@ impl Backend for HostBackend {
         });
         let auth = AuthFacts {
             header_from: &verdicts.header_from,
+            spf: &verdicts.spf,
+            dkim: &verdicts.dkim,
             dmarc: &verdicts.dmarc,
             dmarc_policy: verdicts.dmarc_policy.as_deref(),
         };
         if let Some(verdict) = self.policy().authenticated(info.peer.ip(), &auth) {
             return self.carry_out(info, "DATA", &rcpt, verdict);
         }
+        if let Some(verdict) = self.policy().bulk_rules(self.now(), info.peer.ip(), &auth) {
+            return self.carry_out(info, "DATA", &rcpt, verdict);
+        }
+        // With a reputation model: the message's links and content score, read once.
+        let judged = {
+            let policy = self.policy();
+            policy.has_reputation().then(|| {
+                (
+                    crate::engage::Links::of(&message),
+                    policy.content_score(&message),
+                )
+            })
+        };
         // RFC 5321 section 4.4: the trace header ends in the time of receipt; final delivery
         // adds the reverse path as Return-Path.
         let date = mail_builder::headers::date::Date::new((self.now().ms / 1000) as i64);
@@ -207,7 +253,17 @@ impl Backend for HostBackend {
         stored.extend_from_slice(verdicts.header.as_bytes());
         stored.extend_from_slice(received.as_bytes());
         stored.extend_from_slice(&message);
+        let mut actions = Vec::new();
         for rcpt in &tx.rcpts {
+            let placed = judged.as_ref().and_then(|judged| {
+                let policy = self.policy();
+                let d = policy.place(self.now(), info.peer.ip(), rcpt, &message_id, &auth, judged);
+                self.reputation_events(&policy);
+                d
+            });
+            let folder = placed
+                .as_ref()
+                .and_then(|d| d.placement.spam.then_some("Junk"));
             // One Maildir per simulated server (a folder per user would cost four directories
             // per recipient, and every campaign recipient is new); Delivered-To names the user.
             let mut copy = format!(
@@ -228,7 +284,7 @@ impl Backend for HostBackend {
                 Store::Nothing => None,
             };
             if let Some(kept) = kept
-                && let Err(e) = self.store.deliver(&self.inbox_address, kept)
+                && let Err(e) = self.store.deliver_into(&self.inbox_address, folder, kept)
             {
                 tracing::warn!(host = %self.host, "{e}");
                 return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
@@ -242,26 +298,79 @@ impl Backend for HostBackend {
             });
             self.stored
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(d) = placed {
+                self.events.emit(Event::Placed {
+                    host: self.host.clone(),
+                    message_id: message_id.clone(),
+                    rcpt: rcpt.clone(),
+                    folder: if d.placement.spam { "spam" } else { "inbox" }.into(),
+                    cause: d.placement.cause.into(),
+                    spam_percent: d.placement.spam_percent,
+                });
+                actions.push((rcpt.clone(), d.actions));
+            }
         }
         if let Some(later) = &self.later {
             let now = self.now();
+            let report = |rcpt: &str, due_ms: u64, kind: LaterKind, url: String| LaterReport {
+                due_ms,
+                kind,
+                host: self.host.clone(),
+                host_ip: self.ip,
+                mail_from: tx.mail_from.clone(),
+                rcpt: rcpt.to_string(),
+                message_id: message_id.clone(),
+                headers: message[..headers_end].to_vec(),
+                url,
+            };
             for rcpt in &tx.rcpts {
                 let Some(decision) = self.policy().later(now, rcpt) else {
                     continue;
                 };
-                later.push(LaterReport {
-                    due_ms: decision.due_ms,
-                    kind: decision.kind,
-                    host: self.host.clone(),
-                    host_ip: self.ip,
-                    mail_from: tx.mail_from.clone(),
-                    rcpt: rcpt.clone(),
-                    message_id: message_id.clone(),
-                    headers: message[..headers_end].to_vec(),
-                });
+                later.push(report(rcpt, decision.due_ms, decision.kind, String::new()));
+            }
+            if let Some((links, _)) = &judged {
+                for (rcpt, acts) in actions {
+                    for (act, due_ms) in acts {
+                        for (kind, url) in recipient_action(act, links) {
+                            later.push(report(&rcpt, due_ms, kind, url));
+                        }
+                    }
+                }
             }
         }
         Reply::new(250, (2, 0, 0), format!("OK queued as {}", info.id))
+    }
+}
+
+/// The requests (or report) a recipient's act makes with a message's links: an open loads
+/// every image (or nothing can be seen of it: an open without URL), a click follows the link,
+/// an unsubscribe uses what List-Unsubscribe offers, and a recipient who wants out of a list
+/// that offers no way out reports the message as spam.
+fn recipient_action(
+    act: crate::engage::Act,
+    links: &crate::engage::Links,
+) -> Vec<(LaterKind, String)> {
+    use crate::engage::{Act, Unsubscribe};
+    match act {
+        Act::Open if links.images.is_empty() => vec![(LaterKind::Open, String::new())],
+        Act::Open => links
+            .images
+            .iter()
+            .map(|u| (LaterKind::Open, u.clone()))
+            .collect(),
+        Act::Click => links
+            .link
+            .iter()
+            .map(|u| (LaterKind::Click, u.clone()))
+            .collect(),
+        Act::Unsubscribe => match &links.unsubscribe {
+            Some(Unsubscribe::OneClick(u)) => vec![(LaterKind::UnsubscribeOneClick, u.clone())],
+            Some(Unsubscribe::Web(u)) => vec![(LaterKind::UnsubscribeWeb, u.clone())],
+            Some(Unsubscribe::Mailto(a)) => vec![(LaterKind::UnsubscribeMailto, a.clone())],
+            None => vec![(LaterKind::Complaint, String::new())],
+        },
+        Act::Complaint => vec![(LaterKind::Complaint, String::new())],
     }
 }
 

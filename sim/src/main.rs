@@ -540,7 +540,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
             // The MTA it is sent to signs (mailsim's daemon does, with the scenario's keys).
             let now_s = (SystemClock.now_ms() / 1000) as i64;
-            let messages = mailsim::send::campaign(&sc, &world, now_s, None)?;
+            let messages = mailsim::send::campaign(&sc, &world, now_s, None, None)?;
             let opts = mailsim::send::SendOptions {
                 to,
                 connections,

@@ -11,6 +11,7 @@
 
 use crate::behaviour::{Behaviour, fill};
 use crate::fleet::LaterKind;
+use crate::scenario::SegmentKind;
 use crate::world::chance;
 use mailsim_smtp::Reply;
 use std::collections::HashMap;
@@ -45,8 +46,18 @@ pub struct LaterDecision {
 /// What the verifier found, as far as a policy needs it.
 pub struct AuthFacts<'a> {
     pub header_from: &'a str,
+    pub spf: &'a str,
+    pub dkim: &'a str,
     pub dmarc: &'a str,
     pub dmarc_policy: Option<&'a str>,
+}
+
+/// Where an accepted copy goes, and what its recipient will do with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementDecision {
+    pub placement: crate::reputation::Placement,
+    /// Actions and their clock times.
+    pub actions: Vec<(crate::engage::Act, u64)>,
 }
 
 #[derive(Default)]
@@ -58,7 +69,32 @@ struct State {
     data_attempts: u64,
 }
 
-/// One host's rules and memory.
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// What the reputation model is told of a message: the authenticated domain is the From
+/// domain (DKIM d= aligns with it when DMARC passes).
+fn message_facts<'a>(
+    ip: &'a str,
+    auth: &AuthFacts<'a>,
+    one_click: bool,
+    content_score: u32,
+    key: &'a str,
+) -> crate::reputation::MessageFacts<'a> {
+    crate::reputation::MessageFacts {
+        ip,
+        domain: auth.header_from,
+        spf_pass: auth.spf == "pass",
+        dkim_pass: auth.dkim == "pass",
+        dmarc_pass: auth.dmarc == "pass",
+        one_click,
+        content_score,
+        key,
+    }
+}
+
+/// One host's rules and memory (a provider's reputation memory is shared by its hosts).
 pub struct ReceiverPolicy {
     domain: String,
     behaviour: Behaviour,
@@ -72,6 +108,11 @@ impl ReceiverPolicy {
             behaviour,
             state: State::default(),
         }
+    }
+
+    /// Does the host's provider keep a reputation (and place mail)?
+    pub fn has_reputation(&self) -> bool {
+        self.behaviour.deliverability.is_some()
     }
 
     /// The largest message the host takes (its SIZE), when it has a limit of its own.
@@ -161,6 +202,10 @@ impl ReceiverPolicy {
         }
         let b = &self.behaviour;
         if b.unknown_list.contains(local) || chance(b.seed, &lower, b.unknown_percent) {
+            if let Some(d) = &b.deliverability {
+                let mut provider = d.provider.lock().unwrap_or_else(|p| p.into_inner());
+                provider.unknown_user(elapsed, &ip, domain_of(mail_from));
+            }
             return Verdict::Refuse(fill(&b.replies.unknown_user, &vars));
         }
         if let Some(full) = b.mailbox_full.as_ref().and_then(|m| m.active(elapsed))
@@ -195,6 +240,23 @@ impl ReceiverPolicy {
             let n = self.attempt(&format!("drop:{lower}"));
             if chance(seed, &format!("drop-rcpt:{lower}#{n}"), percent) {
                 return Verdict::Drop;
+            }
+        }
+        if self.behaviour.deliverability.is_some() {
+            let n = self.attempt(&format!("rep:{lower}"));
+            if let Some(d) = &self.behaviour.deliverability {
+                let mut provider = d.provider.lock().unwrap_or_else(|p| p.into_inner());
+                let sender_domain = domain_of(mail_from);
+                let key = format!("{lower}#{n}");
+                if let Some(reply) = provider.admit(elapsed, &ip, sender_domain, &lower, &key) {
+                    let vars = [("ip", ip.as_str()), ("domain", sender_domain)];
+                    return Verdict::Refuse(fill(&reply, &vars));
+                }
+                let kind = d.recipients.of(&lower).kind;
+                if kind != SegmentKind::Recipient {
+                    let pristine = kind == SegmentKind::PristineTrap;
+                    provider.trap_hit(elapsed, &ip, sender_domain, pristine);
+                }
             }
         }
         Verdict::Accept(Reply::new(250, (2, 1, 5), "recipient OK"))
@@ -241,6 +303,72 @@ impl ReceiverPolicy {
             return Some(Verdict::Refuse(reply));
         }
         None
+    }
+
+    /// The refusal a provider with a reputation model gives a bulk sender's message that is
+    /// not authenticated (its published bulk-sender rule).
+    pub fn bulk_rules(&self, now: Now, peer: IpAddr, auth: &AuthFacts<'_>) -> Option<Verdict> {
+        let d = self.behaviour.deliverability.as_ref()?;
+        let ip = peer.to_string();
+        let facts = message_facts(&ip, auth, false, 0, "");
+        let mut provider = d.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let reply = provider.refuse_unauthenticated(now.elapsed_ms, &facts)?;
+        Some(Verdict::Refuse(fill(
+            &reply,
+            &[("domain", auth.header_from), ("ip", &ip)],
+        )))
+    }
+
+    /// Inbox or spam folder for an accepted copy, and what its recipient will do with it
+    /// (None: the provider has no reputation model, everything goes to the inbox).
+    pub fn place(
+        &self,
+        now: Now,
+        peer: IpAddr,
+        rcpt: &str,
+        message_id: &str,
+        auth: &AuthFacts<'_>,
+        (links, content_score): &(crate::engage::Links, u32),
+    ) -> Option<PlacementDecision> {
+        let d = self.behaviour.deliverability.as_ref()?;
+        let ip = peer.to_string();
+        let key = format!("{}|{message_id}", rcpt.to_ascii_lowercase());
+        let facts = message_facts(&ip, auth, links.one_click(), *content_score, &key);
+        let mut provider = d.provider.lock().unwrap_or_else(|p| p.into_inner());
+        let placement = provider.place(now.elapsed_ms, &facts);
+        let actions = d.recipients.actions(rcpt, &key, placement.spam, now.ms);
+        let start = now.ms - now.elapsed_ms;
+        for (act, at) in &actions {
+            let at = at.saturating_sub(start);
+            match act {
+                crate::engage::Act::Open => provider.open_at(at, &ip, facts.domain, placement.spam),
+                crate::engage::Act::Complaint => provider.complaint_at(at, &ip, facts.domain),
+                _ => {}
+            }
+        }
+        Some(PlacementDecision { placement, actions })
+    }
+
+    /// The provider's reputation changes since the last call (for the event log), with the
+    /// provider's name.
+    pub fn reputation_changes(&self) -> Option<(String, Vec<crate::reputation::Change>)> {
+        let d = self.behaviour.deliverability.as_ref()?;
+        let changes = d
+            .provider
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_changes();
+        (!changes.is_empty()).then(|| (d.name.clone(), changes))
+    }
+
+    /// The content score of a message for this provider (its content filter's words count).
+    pub fn content_score(&self, message: &[u8]) -> u32 {
+        let words = self
+            .behaviour
+            .content_filter
+            .as_ref()
+            .map_or(&[][..], |f| &f.words[..]);
+        crate::reputation::content_score(message, words)
     }
 
     /// A report to send later about an accepted message for `rcpt`: a bounce or a complaint
@@ -370,6 +498,8 @@ mod tests {
         assert_eq!(code(&p.rcpt(at(0), PEER, "a@s.test", "here@u.test")), 250);
         let fail = AuthFacts {
             header_from: "s.test",
+            spf: "pass",
+            dkim: "pass",
             dmarc: "fail",
             dmarc_policy: Some("reject"),
         };

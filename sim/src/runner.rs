@@ -4,9 +4,13 @@
 
 use crate::assemble::{Assembly, Plan, Reporting, assemble};
 use crate::env::{Env, LiveEnv, VirtualEnv};
-use crate::scenario::{Mode, Scenario};
+use crate::scenario::{ListUnsubscribe, Mode, Scenario};
+use crate::web::Token;
 use crate::world::{World, mix};
 use mail_builder::MessageBuilder;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::raw::Raw;
+use mail_builder::mime::MimePart;
 use mailsim_events::{Event, LogReader};
 use mailsim_mta::{Mta, OutboundMessage};
 use mailsim_summary::{Drain, Summary};
@@ -41,6 +45,7 @@ pub fn build_messages(
     range: std::ops::Range<u64>,
     send: u32,
     date_s: i64,
+    tracking: Option<&crate::web::Tracking>,
 ) -> Vec<OutboundMessage> {
     let campaign = scenario.campaign();
     let domains: Vec<(&str, f64)> = scenario
@@ -54,17 +59,7 @@ pub fn build_messages(
         "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
     range
         .map(|i| {
-            let mut rng = ChaCha20Rng::seed_from_u64(mix(scenario.seed, &format!("rcpt:{i}")));
-            let mut pick = rng.gen_range(0.0..total);
-            let mut domain = domains[0].0;
-            for (d, w) in &domains {
-                if pick < *w {
-                    domain = d;
-                    break;
-                }
-                pick -= w;
-            }
-            let rcpt = format!("user{i}@{domain}");
+            let rcpt = recipient_in(scenario.seed, &domains, total, i);
             let message_id = if send == 0 {
                 format!("{i}.{}@{}", scenario.seed, sender.domain)
             } else {
@@ -74,15 +69,51 @@ pub fn build_messages(
             while body.len() + 600 < campaign.size_bytes {
                 body.push_str(filler);
             }
-            let bytes = MessageBuilder::new()
+            let mut builder = MessageBuilder::new()
                 .from(("Newsletter", from.as_str()))
                 .to(rcpt.as_str())
                 .subject(campaign.subject.as_str())
                 .message_id(message_id.as_str())
-                .date(date_s)
-                .text_body(body)
-                .write_to_vec()
-                .unwrap_or_default();
+                .date(date_s);
+            let unsubscribe_mailto = format!("unsubscribe@{}", sender.domain);
+            let unsubscribe_url = tracking.map(|t| {
+                let token = t.tokens.sign(&Token::Unsubscribe { rcpt: rcpt.clone() });
+                format!("{}/u/{token}", t.https_base)
+            });
+            builder = match (campaign.list_unsubscribe, &unsubscribe_url) {
+                (ListUnsubscribe::None, _) => builder,
+                (ListUnsubscribe::OneClick, Some(url)) => builder
+                    .header(
+                        "List-Unsubscribe",
+                        Raw::new(format!(
+                            "<{url}>, <mailto:{unsubscribe_mailto}?subject=unsubscribe>"
+                        )),
+                    )
+                    .header(
+                        "List-Unsubscribe-Post",
+                        Raw::new("List-Unsubscribe=One-Click"),
+                    ),
+                _ => builder.header(
+                    "List-Unsubscribe",
+                    Raw::new(format!("<mailto:{unsubscribe_mailto}?subject=unsubscribe>")),
+                ),
+            };
+            builder = if campaign.html {
+                // multipart/alternative with a boundary of our own: mail-builder's would come
+                // from the clock, and a virtual run must build the same bytes every time.
+                let html = html_part(&rcpt, &body, tracking, unsubscribe_url.as_deref());
+                let boundary = format!("=_mailsim_{:016x}", mix(scenario.seed, &message_id));
+                builder.body(MimePart::new(
+                    ContentType::new("multipart/alternative").attribute("boundary", boundary),
+                    vec![
+                        MimePart::new("text/plain", body),
+                        MimePart::new("text/html", html),
+                    ],
+                ))
+            } else {
+                builder.text_body(body)
+            };
+            let bytes = builder.write_to_vec().unwrap_or_default();
             OutboundMessage {
                 from: from.clone(),
                 rcpts: vec![rcpt],
@@ -91,6 +122,71 @@ pub fn build_messages(
             }
         })
         .collect()
+}
+
+/// The campaign's recipient number `i`: `user<i>@<domain>`, the domain drawn by weight.
+pub fn recipient(scenario: &Scenario, i: u64) -> String {
+    let domains: Vec<(&str, f64)> = scenario
+        .domains()
+        .map(|d| (d.name.as_str(), d.weight))
+        .collect();
+    let total: f64 = domains.iter().map(|d| d.1).sum();
+    recipient_in(scenario.seed, &domains, total, i)
+}
+
+fn recipient_in(seed: u64, domains: &[(&str, f64)], total: f64, i: u64) -> String {
+    let mut rng = ChaCha20Rng::seed_from_u64(mix(seed, &format!("rcpt:{i}")));
+    let mut pick = rng.gen_range(0.0..total);
+    let mut domain = domains[0].0;
+    for (d, w) in domains {
+        if pick < *w {
+            domain = d;
+            break;
+        }
+        pick -= w;
+    }
+    format!("user{i}@{domain}")
+}
+
+/// The HTML part of a campaign message: the text as paragraphs, the open pixel, a link to
+/// read more and the unsubscribe link, through the sender's tracking server when there is one.
+fn html_part(
+    rcpt: &str,
+    text: &str,
+    tracking: Option<&crate::web::Tracking>,
+    unsubscribe_url: Option<&str>,
+) -> String {
+    let mut html = String::from("<!doctype html><html><body>");
+    for para in text.split("\r\n\r\n").filter(|p| !p.trim().is_empty()) {
+        html.push_str("<p>");
+        html.push_str(
+            &para
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace("\r\n", " "),
+        );
+        html.push_str("</p>");
+    }
+    if let Some(t) = tracking {
+        let article = "https://www.example.org/newsletter/november";
+        let click = t.tokens.sign(&Token::Click {
+            rcpt: rcpt.to_string(),
+            url: article.into(),
+        });
+        let open = t.tokens.sign(&Token::Open {
+            rcpt: rcpt.to_string(),
+        });
+        html.push_str(&format!(
+            "<p><a href=\"{}/t/c/{click}\">Read the whole story</a></p>\
+             <img src=\"{}/t/o/{open}\" width=\"1\" height=\"1\" alt=\"\">",
+            t.http_base, t.http_base
+        ));
+    }
+    if let Some(u) = unsubscribe_url {
+        html.push_str(&format!("<p><a href=\"{u}\">Unsubscribe</a></p>"));
+    }
+    html.push_str("</body></html>");
+    html
 }
 
 pub use crate::env::VIRTUAL_EPOCH_MS;
@@ -274,7 +370,13 @@ async fn submit<E: Env>(
         None
     };
     let date_s = (a.env.clock().now_ms() / 1000) as i64;
-    let messages = crate::send::campaign(scenario, &a.world, date_s, signer.as_ref())?;
+    let messages = crate::send::campaign(
+        scenario,
+        &a.world,
+        date_s,
+        signer.as_ref(),
+        a.tracking.as_ref(),
+    )?;
     let expected = messages.len() as u64;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let sink = a.events.clone();
@@ -334,12 +436,13 @@ async fn drive<E: Env>(
         }))
     };
     let campaign = scenario.campaign();
-    let total = campaign.messages * u64::from(campaign.sends);
+    let total = campaign.total();
     let bar = progress_bar(opts.progress, total);
     // The run's time limit, on the runtime's timer (no wall-clock read here).
     let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
     tokio::pin!(time_limit);
     let scenario_arc = Arc::new(scenario.clone());
+    let tracking = setup.tracking.clone().map(Arc::new);
     let mut injected = 0u64;
     for send in 0..campaign.sends {
         if send > 0 {
@@ -352,19 +455,45 @@ async fn drive<E: Env>(
             }
         }
         let date_s = (setup.clock.now_ms() / 1000) as i64;
+        let count = campaign.messages_in(send);
+        if let (Some(after), Some(web)) = (campaign.sunset_after_sends, &setup.web) {
+            sunset(scenario, setup, web, count, after);
+        }
         let mut start = 0u64;
-        while start < campaign.messages {
-            let end = (start + INJECT_BATCH as u64).min(campaign.messages);
-            if blocking_threads {
-                let (mta2, sc) = (mta.clone(), scenario_arc.clone());
-                let world = setup.world.clone();
+        while start < count {
+            let end = (start + INJECT_BATCH as u64).min(count);
+            let batch = if blocking_threads {
+                let (sc, world, tracking) =
+                    (scenario_arc.clone(), setup.world.clone(), tracking.clone());
                 tokio::task::spawn_blocking(move || {
-                    let batch = build_messages(&sc, &world, start..end, send, date_s);
-                    mta2.inject(batch)
+                    build_messages(&sc, &world, start..end, send, date_s, tracking.as_deref())
                 })
-                .await??;
+                .await?
             } else {
-                let batch = build_messages(scenario, &setup.world, start..end, send, date_s);
+                build_messages(
+                    scenario,
+                    &setup.world,
+                    start..end,
+                    send,
+                    date_s,
+                    tracking.as_deref(),
+                )
+            };
+            if let Some(web) = &setup.web {
+                for m in &batch {
+                    for rcpt in m
+                        .rcpts
+                        .iter()
+                        .filter(|r| setup.suppression.reason(r).is_none())
+                    {
+                        web.mailed(rcpt);
+                    }
+                }
+            }
+            if blocking_threads {
+                let mta2 = mta.clone();
+                tokio::task::spawn_blocking(move || mta2.inject(batch)).await??;
+            } else {
                 mta.inject(batch)?;
                 // Let the dispatcher start on this batch before the next one is prepared.
                 tokio::task::yield_now().await;
@@ -404,6 +533,29 @@ async fn drive<E: Env>(
         tracing::warn!("suppression list: {e}");
     }
     Ok(finish_reason)
+}
+
+/// Before a send: suppress (reason `unengaged`) every recipient of the send mailed `after`
+/// times or more with no open or click since, as the sender's tracking server knows it.
+fn sunset<E: Env>(
+    scenario: &Scenario,
+    setup: &Assembly<E>,
+    web: &crate::web::SenderWeb,
+    count: u64,
+    after: u32,
+) {
+    for i in 0..count {
+        let rcpt = recipient(scenario, i);
+        if web.engagement(&rcpt).mailed_since >= after
+            && setup.suppression.reason(&rcpt).is_none()
+            && setup.suppression.add(&rcpt, "unengaged")
+        {
+            setup.events.emit(Event::SuppressionAdded {
+                rcpt,
+                reason: "unengaged".into(),
+            });
+        }
+    }
 }
 
 async fn finish<E: Env>(

@@ -56,6 +56,79 @@ pub struct Scenario {
     /// What the simulated servers keep of the mail they accept.
     #[serde(default)]
     pub fleet: FleetSection,
+    /// The providers keep a reputation of the sender and place accepted mail in the inbox or
+    /// the spam folder (absent: no reputation model, everything accepted is in the inbox).
+    pub reputation: Option<ReputationSection>,
+    /// The recipients' engagement: who opens, clicks, unsubscribes, complains; spam traps.
+    #[serde(default, rename = "segment")]
+    pub segments: Vec<Spanned<Segment>>,
+}
+
+/// `[reputation]`: switches the providers' reputation model on; each number, when set, replaces
+/// the one of every provider's profile (see [`crate::reputation::Model`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationSection {
+    /// The score (0-100) of a sender a provider has not seen before.
+    pub initial: Option<f64>,
+    /// Messages a provider takes on its first day from a sending IP it has not seen before.
+    pub new_daily: Option<u64>,
+    /// How much more than its best earlier day an IP may send in a day.
+    pub growth: Option<f64>,
+    /// Messages a day (per From domain) from which the bulk-sender rules apply.
+    pub bulk_daily: Option<u64>,
+}
+
+/// `[[segment]]`: a share of the recipients and what they do with the mail they get.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    /// `engaged`, `occasional` and `dormant` bring their own rates; any other name needs them.
+    pub name: String,
+    /// Share of the recipients (percent); the segments together at most 100, the rest is
+    /// `occasional`.
+    pub percent: f64,
+    #[serde(default)]
+    pub kind: SegmentKind,
+    /// Percent of the messages in the inbox that get opened (a tenth of that in the spam
+    /// folder).
+    pub open_percent: Option<f64>,
+    /// Percent of the opened messages whose link is followed.
+    pub click_percent: Option<f64>,
+    /// Percent of the opened messages after which the recipient unsubscribes.
+    pub unsubscribe_percent: Option<f64>,
+    /// Percent of the messages in the inbox reported as spam.
+    pub complaint_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum SegmentKind {
+    /// People.
+    #[default]
+    #[serde(rename = "recipient")]
+    Recipient,
+    /// An address that never belonged to anyone, kept to catch senders of unsolicited mail.
+    #[serde(rename = "pristine-trap")]
+    PristineTrap,
+    /// An abandoned address turned into a trap by its provider.
+    #[serde(rename = "recycled-trap")]
+    RecycledTrap,
+}
+
+/// RFC 2369 / RFC 8058 headers on the campaign's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum ListUnsubscribe {
+    /// No List-Unsubscribe header.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// `List-Unsubscribe: <mailto:...>` only.
+    #[serde(rename = "mailto")]
+    Mailto,
+    /// `List-Unsubscribe: <https URL>, <mailto:...>` and `List-Unsubscribe-Post:
+    /// List-Unsubscribe=One-Click` (RFC 8058).
+    #[serde(rename = "one-click")]
+    OneClick,
 }
 
 /// `[fleet]`: what the simulated recipient servers keep of what they accept.
@@ -101,7 +174,7 @@ impl Scenario {
     pub fn store(&self) -> Store {
         self.fleet.store.unwrap_or_else(|| {
             let c = self.campaign();
-            let deliveries = c.messages.saturating_mul(u64::from(c.sends.max(1)));
+            let deliveries = c.total();
             if self.mode == Mode::Virtual && deliveries >= HEADERS_FROM_DELIVERIES {
                 Store::Headers
             } else {
@@ -452,6 +525,8 @@ fn one() -> f64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Campaign {
+    /// Recipients per send (from `schedule` when that is given).
+    #[serde(default)]
     pub messages: u64,
     /// How many times the campaign is sent to the same recipients (a later send meets the
     /// suppression list built from the earlier ones).
@@ -464,6 +539,34 @@ pub struct Campaign {
     pub size_bytes: usize,
     #[serde(default = "default_subject")]
     pub subject: String,
+    /// Messages per send, one entry per send (a warm-up plan): send k goes to the first
+    /// `schedule[k]` recipients. Replaces `messages` and `sends`.
+    #[serde(default)]
+    pub schedule: Vec<u64>,
+    /// An HTML part beside the text: an image (the open pixel) and links, through the
+    /// sender's tracking web server.
+    #[serde(default)]
+    pub html: bool,
+    #[serde(default)]
+    pub list_unsubscribe: ListUnsubscribe,
+    /// Before each send, leave out (suppress, reason `unengaged`) every recipient mailed this
+    /// many times with no open or click since.
+    pub sunset_after_sends: Option<u32>,
+}
+
+impl Campaign {
+    /// Recipients of send `send` (0-based).
+    pub fn messages_in(&self, send: u32) -> u64 {
+        self.schedule
+            .get(send as usize)
+            .copied()
+            .unwrap_or(self.messages)
+    }
+
+    /// Messages over every send.
+    pub fn total(&self) -> u64 {
+        (0..self.sends).map(|s| self.messages_in(s)).sum()
+    }
 }
 
 fn default_send_interval() -> u64 {
@@ -507,6 +610,22 @@ impl Scenario {
                 message: e.message().trim().to_string(),
             }
         })?;
+        {
+            let c = scenario.campaign.get_mut();
+            if !c.schedule.is_empty() {
+                if c.sends != 1 || c.messages != 0 {
+                    let line = line_of(text, scenario.campaign.span().start);
+                    return Err(ScenarioError::Invalid {
+                        file: path.to_path_buf(),
+                        line,
+                        field: "campaign.schedule".into(),
+                        message: "replaces messages and sends: give one or the others".into(),
+                    });
+                }
+                c.sends = c.schedule.len() as u32;
+                c.messages = c.schedule.iter().copied().max().unwrap_or(0);
+            }
+        }
         scenario.validate(text, path)?;
         scenario.path = path.to_path_buf();
         Ok(scenario)
@@ -689,6 +808,38 @@ impl Scenario {
                 "must be between 1 and 100000000".into(),
             ));
         }
+        if let Some(i) = c.schedule.iter().position(|&n| n == 0) {
+            return Err(invalid(
+                self.campaign.span().start,
+                format!("campaign.schedule[{i}]"),
+                "must be at least 1".into(),
+            ));
+        }
+        if c.sunset_after_sends.is_some() && !c.html {
+            return Err(invalid(
+                self.campaign.span().start,
+                "campaign.sunset_after_sends".into(),
+                "needs html = true (opens and clicks are what the sender's tracking server sees)"
+                    .into(),
+            ));
+        }
+        if let Some(s) = self.segments.first()
+            && self.reputation.is_none()
+        {
+            return Err(invalid(
+                s.span().start,
+                "segment[0]".into(),
+                "recipients act only where providers place mail: add a [reputation] section".into(),
+            ));
+        }
+        if c.sunset_after_sends == Some(0) {
+            return Err(invalid(
+                self.campaign.span().start,
+                "campaign.sunset_after_sends".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        self.validate_segments(text, path)?;
         if c.sends == 0 || c.sends > 100 {
             return Err(invalid(
                 self.campaign.span().start,
@@ -739,6 +890,59 @@ impl Scenario {
                     "{} is above retry_interval_s_max ({})",
                     m.retry_interval_s_min, m.retry_interval_s_max
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_segments(&self, text: &str, path: &Path) -> Result<(), ScenarioError> {
+        let invalid = |offset: usize, field: String, message: String| ScenarioError::Invalid {
+            file: path.to_path_buf(),
+            line: line_of(text, offset),
+            field,
+            message,
+        };
+        let mut total = 0.0;
+        for (i, s) in self.segments.iter().enumerate() {
+            let (at, seg) = (s.span().start, s.get_ref());
+            let rates = [
+                ("percent", Some(seg.percent)),
+                ("open_percent", seg.open_percent),
+                ("click_percent", seg.click_percent),
+                ("unsubscribe_percent", seg.unsubscribe_percent),
+                ("complaint_percent", seg.complaint_percent),
+            ];
+            for (field, value) in rates {
+                if let Some(p) = value
+                    && !(0.0..=100.0).contains(&p)
+                {
+                    return Err(invalid(
+                        at,
+                        format!("segment[{i}].{field}"),
+                        "must be between 0 and 100".into(),
+                    ));
+                }
+            }
+            if seg.kind == SegmentKind::Recipient
+                && crate::engage::preset(&seg.name).is_none()
+                && seg.open_percent.is_none()
+            {
+                return Err(invalid(
+                    at,
+                    format!("segment[{i}].open_percent"),
+                    format!(
+                        "segment {:?} has no preset (engaged, occasional, dormant): give its rates",
+                        seg.name
+                    ),
+                ));
+            }
+            total += seg.percent;
+        }
+        if total > 100.0 + 1e-9 {
+            return Err(invalid(
+                self.segments[0].span().start,
+                "segment[*].percent".into(),
+                format!("the segments add up to {total}%, more than 100"),
             ));
         }
         Ok(())
@@ -827,6 +1031,54 @@ messages = 10
         assert_eq!(s.campaign().size_bytes, 5120);
         assert_eq!(s.domains().next().unwrap().mx_hosts()[0].host, "mx1.a.test");
         assert_eq!(s.senders().next().unwrap().from_address(), "news@s.test");
+    }
+
+    #[test]
+    fn deliverability_fields_are_checked_and_name_their_field() {
+        let base = "name = \"t\"\n[[sender]]\ndomain = \"s.test\"\n[[domain]]\nname = \"a.test\"\n";
+        let ok = format!(
+            "{base}[reputation]\nnew_daily = 10\n[[segment]]\nname = \"dormant\"\npercent = 40\n[campaign]\nhtml = true\nschedule = [5, 10, 20]\nsunset_after_sends = 2\n"
+        );
+        let s = Scenario::parse(&ok, Path::new("x.toml")).unwrap();
+        let c = s.campaign();
+        assert_eq!(
+            (c.sends, c.messages, c.messages_in(1), c.total()),
+            (3, 20, 10, 35)
+        );
+        let cases = [
+            (
+                "[campaign]\nmessages = 5\nschedule = [1, 2]\n",
+                "x.toml:6: campaign.schedule: replaces messages and sends",
+            ),
+            (
+                "[campaign]\nschedule = [1, 0]\n",
+                "campaign.schedule[1]: must be at least 1",
+            ),
+            (
+                "[campaign]\nmessages = 5\nsunset_after_sends = 2\n",
+                "campaign.sunset_after_sends: needs html = true",
+            ),
+            (
+                "[[segment]]\nname = \"engaged\"\npercent = 10\n[campaign]\nmessages = 5\n",
+                "segment[0]: recipients act only where providers place mail",
+            ),
+            (
+                "[reputation]\n[[segment]]\nname = \"fans\"\npercent = 10\n[campaign]\nmessages = 5\n",
+                "segment[0].open_percent: segment \"fans\" has no preset",
+            ),
+            (
+                "[reputation]\n[[segment]]\nname = \"engaged\"\npercent = 70\n[[segment]]\nname = \"dormant\"\npercent = 40\n[campaign]\nmessages = 5\n",
+                "segment[*].percent: the segments add up to 110%",
+            ),
+            (
+                "[reputation]\n[[segment]]\nname = \"engaged\"\npercent = 10\nclick_percent = 101\n[campaign]\nmessages = 5\n",
+                "segment[0].click_percent: must be between 0 and 100",
+            ),
+        ];
+        for (tail, want) in cases {
+            let e = err(&format!("{base}{tail}"));
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

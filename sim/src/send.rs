@@ -42,9 +42,10 @@ pub fn campaign(
     world: &World,
     date_s: i64,
     signer: Option<&mailsim_mta::dkim::Signer>,
+    tracking: Option<&crate::web::Tracking>,
 ) -> anyhow::Result<Vec<OutboundMessage>> {
-    let total = scenario.campaign().messages;
-    let mut messages = build_messages(scenario, world, 0..total, 0, date_s);
+    let total = scenario.campaign().messages_in(0);
+    let mut messages = build_messages(scenario, world, 0..total, 0, date_s, tracking);
     if let Some(signer) = signer {
         for m in &mut messages {
             m.body = signer.sign(&m.body, date_s.max(0) as u64)?;

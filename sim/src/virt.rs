@@ -2,6 +2,7 @@
 //! (paused) clock. Used on a current-thread runtime, so one seed replays a run exactly.
 
 use crate::fleet::{FleetServers, HostBackend};
+use crate::web::StreamService;
 use mailsim_mta::Connector;
 use mailsim_smtp::server::Server;
 use std::collections::BTreeMap;
@@ -22,6 +23,8 @@ pub struct VirtualNet {
     client_ip: IpAddr,
     next_port: Arc<AtomicU16>,
     sessions: Arc<Mutex<JoinSet<()>>>,
+    /// Other servers (the sender's web), by address and port.
+    services: Arc<Mutex<BTreeMap<SocketAddr, StreamService>>>,
 }
 
 impl VirtualNet {
@@ -37,7 +40,22 @@ impl VirtualNet {
             client_ip,
             next_port: Arc::new(AtomicU16::new(40_000)),
             sessions: Arc::new(Mutex::new(JoinSet::new())),
+            services: Arc::default(),
         }
+    }
+
+    /// Serve `service` at `addr` (port 0: the next free port from 8000); the address used.
+    pub fn serve(&self, addr: SocketAddr, service: StreamService) -> SocketAddr {
+        let mut services = self.services.lock().expect("services");
+        let mut addr = addr;
+        if addr.port() == 0 {
+            let port = (8000..)
+                .find(|p| !services.contains_key(&SocketAddr::new(addr.ip(), *p)))
+                .unwrap_or(8000);
+            addr.set_port(port);
+        }
+        services.insert(addr, service);
+        addr
     }
 
     /// The same network seen from another client address (a fleet host sending reports).
@@ -59,19 +77,38 @@ impl Connector for VirtualNet {
     type Stream = DuplexStream;
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<DuplexStream> {
+        let service = self.services.lock().expect("services").get(&addr).cloned();
+        if let Some(service) = service {
+            return Ok(self.pipe(|server_end, peer| service(Box::new(server_end), peer)));
+        }
         let Some(server) = self.servers.get(&addr.ip()).cloned() else {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 format!("connection refused by {addr}"),
             ));
         };
+        Ok(
+            self.pipe(
+                |server_end, peer| async move { server.accept(server_end, peer, addr).await },
+            ),
+        )
+    }
+}
+
+impl VirtualNet {
+    /// A new in-memory connection from the next client port: the server's end is handed to
+    /// `serve`, which runs as a session of this network; the client's end is returned.
+    fn pipe<F>(&self, serve: impl FnOnce(DuplexStream, SocketAddr) -> F) -> DuplexStream
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (client, server_end) = tokio::io::duplex(PIPE_BYTES);
         let port = self.next_port.fetch_add(1, Ordering::Relaxed).max(1024);
         let peer = SocketAddr::new(self.client_ip, port);
         self.sessions
             .lock()
             .expect("sessions")
-            .spawn(async move { server.accept(server_end, peer, addr).await });
-        Ok(client)
+            .spawn(serve(server_end, peer));
+        client
     }
 }

@@ -219,10 +219,19 @@ impl World {
                 sender_mx: true,
             });
         }
+        let recipients = std::sync::Arc::new(crate::engage::Recipients::from_scenario(scenario));
         for d in scenario.domains() {
             zones.add_zone(&d.name);
-            let behaviour =
-                Behaviour::from_domain(d, mix(scenario.seed, &format!("behaviour:{}", d.name)));
+            let seed = mix(scenario.seed, &format!("behaviour:{}", d.name));
+            let mut behaviour = Behaviour::from_domain(d, seed);
+            if let Some(section) = &scenario.reputation {
+                behaviour.deliverability = Some(crate::behaviour::Deliverability::new(
+                    d,
+                    section,
+                    recipients.clone(),
+                    seed,
+                ));
+            }
             for mx in d.mx_hosts() {
                 zones.add(
                     &d.name,
