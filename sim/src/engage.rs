@@ -78,6 +78,8 @@ pub struct Recipients {
     /// Upper bound of each segment's share (cumulative percent).
     segments: Vec<(f64, Rates)>,
     rest: Rates,
+    /// Recipients act within this many seconds of delivery.
+    within_s: u64,
 }
 
 impl Recipients {
@@ -95,6 +97,12 @@ impl Recipients {
             seed: scenario.seed,
             segments,
             rest: Rates::occasional(),
+            within_s: scenario
+                .reputation
+                .as_ref()
+                .and_then(|r| r.act_within_s)
+                .unwrap_or(ACT_WITHIN_S)
+                .max(1),
         }
     }
 
@@ -116,12 +124,15 @@ impl Recipients {
         let seed = self.seed;
         let mut out = Vec::new();
         let open = if spam { r.open / 10.0 } else { r.open };
-        // A delay from a few minutes to most of a day, stable per copy.
+        // Delays stable per copy, scaled to the window recipients act in (by default an open
+        // 5 minutes to 12 hours after delivery, a click seconds after the open).
+        let w = self.within_s;
         let delay = |tag: &str, min_s: u64, spread_s: u64| {
-            (min_s + mix(seed, &format!("{tag}-delay:{key}")) % spread_s) * 1000
+            let scale = |s: u64| s * 1000 * w / ACT_WITHIN_S;
+            scale(min_s) + mix(seed, &format!("{tag}-delay:{key}")) % scale(spread_s).max(1)
         };
         if chance(seed, &format!("open:{key}"), open) {
-            let opened = now_ms + delay("open", 300, 12 * 3600);
+            let opened = now_ms + delay("open", 300, 12 * 3600 - 300);
             out.push((Act::Open, opened));
             if chance(seed, &format!("click:{key}"), r.click) {
                 out.push((Act::Click, opened + delay("click", 5, 120)));
@@ -132,11 +143,17 @@ impl Recipients {
             }
         }
         if !spam && chance(seed, &format!("complaint:{key}"), r.complaint) {
-            out.push((Act::Complaint, now_ms + delay("complaint", 600, 12 * 3600)));
+            out.push((
+                Act::Complaint,
+                now_ms + delay("complaint", 600, 12 * 3600 - 600),
+            ));
         }
         out
     }
 }
+
+/// The default window recipients act in after delivery (12 hours).
+pub const ACT_WITHIN_S: u64 = 43_200;
 
 /// How a message offers unsubscription (RFC 2369, RFC 8058).
 #[derive(Debug, Clone, PartialEq, Eq)]

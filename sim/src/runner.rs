@@ -76,10 +76,13 @@ pub fn build_messages(
                 .message_id(message_id.as_str())
                 .date(date_s);
             let unsubscribe_mailto = format!("unsubscribe@{}", sender.domain);
-            let unsubscribe_url = tracking.map(|t| {
-                let token = t.tokens.sign(&Token::Unsubscribe { rcpt: rcpt.clone() });
-                format!("{}/u/{token}", t.https_base)
-            });
+            let unsubscribe_url = match &campaign.unsubscribe_url {
+                Some(template) => Some(template.replace("{{rcpt}}", &rcpt)),
+                None => tracking.map(|t| {
+                    let token = t.tokens.sign(&Token::Unsubscribe { rcpt: rcpt.clone() });
+                    format!("{}/u/{token}", t.https_base)
+                }),
+            };
             builder = match (campaign.list_unsubscribe, &unsubscribe_url) {
                 (ListUnsubscribe::None, _) => builder,
                 (ListUnsubscribe::OneClick, Some(url)) => builder
@@ -101,7 +104,10 @@ pub fn build_messages(
             builder = if campaign.html {
                 // multipart/alternative with a boundary of our own: mail-builder's would come
                 // from the clock, and a virtual run must build the same bytes every time.
-                let html = html_part(&rcpt, &body, tracking, unsubscribe_url.as_deref());
+                let html = match &campaign.html_template_text {
+                    Some(template) => template.replace("{{rcpt}}", &html_escape(&rcpt)),
+                    None => html_part(&rcpt, &body, tracking, unsubscribe_url.as_deref()),
+                };
                 let boundary = format!("=_mailsim_{:016x}", mix(scenario.seed, &message_id));
                 builder.body(MimePart::new(
                     ContentType::new("multipart/alternative").attribute("boundary", boundary),
@@ -146,6 +152,13 @@ fn recipient_in(seed: u64, domains: &[(&str, f64)], total: f64, i: u64) -> Strin
         pick -= w;
     }
     format!("user{i}@{domain}")
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The HTML part of a campaign message: the text as paragraphs, the open pixel, a link to
@@ -267,7 +280,18 @@ async fn run_external_async(
     mta: &ExternalMta,
 ) -> anyhow::Result<Summary> {
     let plan = plan(opts, "external", mta.dns_port, mta.fleet_port);
-    let a = assemble(scenario, LiveEnv::default(), &plan).await?;
+    let mut a = assemble(scenario, LiveEnv::default(), &plan).await?;
+    // The fleet's later reports and its recipients' actions (opens, clicks, unsubscribes
+    // through the URLs in the other MTA's deliveries).
+    let (reporter, later_rx) = a.reporter()?;
+    let (stop_reports, stop_rx) = tokio::sync::watch::channel(false);
+    let reporting = {
+        let (later, mut stop_rx) = (a.later.clone(), stop_rx);
+        tokio::spawn(reporter.run(later, later_rx, async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }))
+    };
+    let mut pending = a.later.pending();
     let hosts: Vec<String> = (a.world.hosts.iter().filter(|h| !h.down))
         .map(|h| format!("{}={}", h.name, h.ip))
         .collect();
@@ -293,14 +317,17 @@ async fn run_external_async(
     // DSN), then a quiet period with nothing more heard: the run is over.
     let reason = loop {
         let (injected, done) = *finals.borrow_and_update();
-        let all_final = injected >= acked && done >= injected;
+        let all_final = injected >= acked && done >= injected && *pending.borrow_and_update() == 0;
         tokio::select! {
             biased;
             _ = &mut time_limit => break "time limit",
             changed = finals.changed() => if changed.is_err() { break "drained" },
+            _ = pending.changed() => {}
             _ = tokio::time::sleep(EXTERNAL_QUIET), if all_final => break "drained",
         }
     };
+    let _ = stop_reports.send(true);
+    reporting.await?;
     eprintln!(
         "mailsim: {acked} of {expected} messages acknowledged by {}",
         mta.submission

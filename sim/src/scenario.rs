@@ -77,6 +77,9 @@ pub struct ReputationSection {
     pub growth: Option<f64>,
     /// Messages a day (per From domain) from which the bulk-sender rules apply.
     pub bulk_daily: Option<u64>,
+    /// Recipients act within this many seconds of delivery (default 43,200: opens from 5
+    /// minutes to 12 hours later); a live run that should see its opens in seconds sets a few.
+    pub act_within_s: Option<u64>,
 }
 
 /// `[[segment]]`: a share of the recipients and what they do with the mail they get.
@@ -549,6 +552,15 @@ pub struct Campaign {
     pub html: bool,
     #[serde(default)]
     pub list_unsubscribe: ListUnsubscribe,
+    /// The HTML part from a file (relative to the scenario) instead of mailsim's own, with
+    /// `{{rcpt}}` replaced by the recipient's address: another sender's own tracking URLs.
+    pub html_template: Option<PathBuf>,
+    /// The List-Unsubscribe URI (`{{rcpt}}` replaced) instead of mailsim's tracking server's:
+    /// another sender's own.
+    pub unsubscribe_url: Option<String>,
+    /// The template's text (read at load).
+    #[serde(skip)]
+    pub html_template_text: Option<String>,
     /// Before each send, leave out (suppress, reason `unengaged`) every recipient mailed this
     /// many times with no open or click since.
     pub sunset_after_sends: Option<u32>,
@@ -628,6 +640,20 @@ impl Scenario {
         }
         scenario.validate(text, path)?;
         scenario.path = path.to_path_buf();
+        if let Some(t) = scenario.campaign.get_ref().html_template.clone() {
+            let resolved = match path.parent() {
+                Some(dir) if t.is_relative() => dir.join(&t),
+                _ => t.clone(),
+            };
+            let text_of =
+                std::fs::read_to_string(&resolved).map_err(|e| ScenarioError::Invalid {
+                    file: path.to_path_buf(),
+                    line: line_of(text, scenario.campaign.span().start),
+                    field: "campaign.html_template".into(),
+                    message: format!("{}: {e}", resolved.display()),
+                })?;
+            scenario.campaign.get_mut().html_template_text = Some(text_of);
+        }
         Ok(scenario)
     }
 
@@ -813,6 +839,13 @@ impl Scenario {
                 self.campaign.span().start,
                 format!("campaign.schedule[{i}]"),
                 "must be at least 1".into(),
+            ));
+        }
+        if (c.html_template.is_some() || c.unsubscribe_url.is_some()) && !c.html {
+            return Err(invalid(
+                self.campaign.span().start,
+                "campaign.html_template".into(),
+                "html_template and unsubscribe_url need html = true".into(),
             ));
         }
         if c.sunset_after_sends.is_some() && !c.html {
