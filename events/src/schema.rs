@@ -369,13 +369,13 @@ schema! {
         score: u32,
         cause: String,
     }
-    /// A simulated recipient opened a message: fetched the images of its HTML part. `status`
-    /// is the HTTP status (0: no answer; `error` says why, such as a host outside loopback).
+    /// A simulated recipient opened a message: fetched the images of its HTML part.
+    /// `http_status` is the HTTP status (0: no answer; `error` says why, such as a host outside loopback).
     Opened = "opened" {
         rcpt: String,
         message_id: String,
         url: String,
-        status: u16,
+        http_status: u16,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         error: String,
     }
@@ -384,7 +384,7 @@ schema! {
         rcpt: String,
         message_id: String,
         url: String,
-        status: u16,
+        http_status: u16,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         error: String,
     }
@@ -394,7 +394,7 @@ schema! {
         message_id: String,
         method: String,
         url: String,
-        status: u16,
+        http_status: u16,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         error: String,
     }

@@ -142,14 +142,14 @@ where
                 rcpt,
                 message_id,
                 url,
-                status,
+                http_status: status,
                 error,
             },
             LaterKind::Click => Event::Clicked {
                 rcpt,
                 message_id,
                 url,
-                status,
+                http_status: status,
                 error,
             },
             _ => Event::Unsubscribed {
@@ -157,7 +157,7 @@ where
                 message_id,
                 method: if post.is_some() { "one-click" } else { "web" }.into(),
                 url,
-                status,
+                http_status: status,
                 error,
             },
         });
@@ -194,7 +194,7 @@ where
             message_id: report.message_id.clone(),
             method: "mailto".into(),
             url: format!("mailto:{}", report.url),
-            status,
+            http_status: status,
             error,
         });
     }

@@ -183,11 +183,19 @@ fn a_warm_up_by_schedule_builds_reputation_and_reaches_the_inbox() {
     let (mut opens, mut clicks) = (0, 0);
     for (_, e) in run.events() {
         match e {
-            Event::Opened { status, url, .. } => {
+            Event::Opened {
+                http_status: status,
+                url,
+                ..
+            } => {
                 assert_eq!(*status, 200, "{url}");
                 opens += 1;
             }
-            Event::Clicked { status, url, .. } => {
+            Event::Clicked {
+                http_status: status,
+                url,
+                ..
+            } => {
                 assert_eq!(*status, 302, "{url}");
                 clicks += 1;
             }
@@ -349,7 +357,9 @@ fn sunsetting_the_unengaged_raises_placement_for_the_rest() {
     for r in &run.records {
         match &r.event {
             Event::Opened {
-                rcpt, status: 200, ..
+                rcpt,
+                http_status: 200,
+                ..
             } => {
                 last_open.insert(rcpt.to_ascii_lowercase(), r.ts);
             }

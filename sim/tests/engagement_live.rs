@@ -226,21 +226,34 @@ unsubscribe_url = "http://127.0.0.1:{web_port}/u/{{{{rcpt}}}}"
     for r in &records {
         match &r.event {
             Event::Opened {
-                url, status, error, ..
+                url,
+                http_status: status,
+                error,
+                ..
             } if url.contains("198.51.100.7") => {
                 assert_eq!(*status, 0);
                 assert!(error.contains("outside 127.0.0.0/8"), "{error}");
                 *counts.entry("refused").or_default() += 1;
             }
-            Event::Opened { status, .. } => {
+            Event::Opened {
+                http_status: status,
+                ..
+            } => {
                 assert_eq!(*status, 200);
                 *counts.entry("opened").or_default() += 1;
             }
-            Event::Clicked { status, .. } => {
+            Event::Clicked {
+                http_status: status,
+                ..
+            } => {
                 assert_eq!(*status, 302);
                 *counts.entry("clicked").or_default() += 1;
             }
-            Event::Unsubscribed { status, method, .. } => {
+            Event::Unsubscribed {
+                http_status: status,
+                method,
+                ..
+            } => {
                 assert_eq!((*status, method.as_str()), (200, "one-click"));
                 *counts.entry("unsubscribed").or_default() += 1;
             }
