@@ -171,6 +171,58 @@ fn vbars(bars: &[(String, f64)], caption: &str, y_desc: &str, color: RGBColor) -
     })
 }
 
+/// Several named series over days, each its own color, with a legend.
+fn day_lines(
+    series: &[(String, Vec<(f64, f64)>)],
+    caption: &str,
+    y_desc: &str,
+    y_max: f64,
+) -> String {
+    svg(|root| {
+        let x_max = series
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.0))
+            .fold(1.0, f64::max);
+        let mut c = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        c.configure_mesh()
+            .x_desc("day of the run")
+            .y_desc(y_desc)
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            c.draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        }
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+        Ok(())
+    })
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(52, 101, 164),
+    RGBColor(46, 139, 87),
+    RGBColor(230, 160, 40),
+    RGBColor(200, 55, 55),
+    RGBColor(120, 80, 160),
+    RGBColor(90, 90, 90),
+];
+
 fn fmt_seconds(s: f64) -> String {
     if s < 120.0 {
         format!("{s:.0}s")
@@ -307,5 +359,44 @@ pub fn all(f: &Figures) -> Vec<Chart> {
             ],
         ),
     });
+    let d = &f.deliverability;
+    if d.present() {
+        let mut placement: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for (p, day, inbox, spam) in &d.placement {
+            let share = 100.0 * *inbox as f64 / (*inbox + *spam).max(1) as f64;
+            match placement.last_mut() {
+                Some(last) if last.0 == *p => last.1.push((*day as f64, share)),
+                _ => placement.push((p.clone(), vec![(*day as f64, share)])),
+            }
+        }
+        charts.push(Chart {
+            name: "inbox_placement",
+            title: "Inbox placement",
+            svg: day_lines(
+                &placement,
+                "Inbox placement per provider, by day",
+                "% of delivered copies in the inbox",
+                105.0,
+            ),
+        });
+        let mut reputation: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for (p, subject, day, score, _) in &d.reputation {
+            let name = format!("{p} {subject}");
+            match reputation.last_mut() {
+                Some(last) if last.0 == name => last.1.push((*day as f64, *score as f64)),
+                _ => reputation.push((name, vec![(*day as f64, *score as f64)])),
+            }
+        }
+        charts.push(Chart {
+            name: "reputation",
+            title: "Reputation",
+            svg: day_lines(
+                &reputation,
+                "The providers' reputation of the sender (0-100), after each day",
+                "score",
+                105.0,
+            ),
+        });
+    }
     charts
 }

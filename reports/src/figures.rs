@@ -76,6 +76,8 @@ pub struct Figures {
     pub dsns_queued: u64,
     pub suppression_added: u64,
     pub reports_received: BTreeMap<String, u64>,
+    /// Placement, reputation and engagement (runs with a reputation model).
+    pub deliverability: crate::deliverability::Deliverability,
 }
 
 fn is(kind: &str) -> Expr {
@@ -257,7 +259,7 @@ fn reason_word(e: Expr) -> Expr {
 }
 
 /// The columns the figures use.
-fn used_columns() -> [Expr; 23] {
+fn used_columns() -> [Expr; 25] {
     [
         col("seq"),
         col("ts_ms"),
@@ -281,6 +283,8 @@ fn used_columns() -> [Expr; 23] {
         col("dmarc"),
         col("header_from"),
         col("mail_from"),
+        col("folder"),
+        col("cause"),
         col("detail"),
     ]
 }
@@ -757,6 +761,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             count: u64_at(&dmarc, "n", i)?,
         });
     }
+    f.deliverability = crate::deliverability::compute(&ev, f.first_ts_ms, f.totals.delivered)?;
     Ok(f)
 }
 

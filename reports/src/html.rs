@@ -147,6 +147,57 @@ pub fn advice(f: &Figures) -> Vec<String> {
     out
 }
 
+/// Placement per provider, the funnel and the causes of spam placement (runs with a
+/// reputation model).
+fn deliverability_section(h: &mut String, d: &crate::deliverability::Deliverability) {
+    if !d.present() {
+        return;
+    }
+    let f = &d.funnel;
+    h.push_str("<h2 id=\"deliverability\">Deliverability</h2><table id=\"placement\"><tr><th>provider</th><th>inbox</th><th>spam folder</th><th>inbox placement</th></tr>");
+    for (p, inbox, spam) in d.by_provider() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{inbox}</td><td>{spam}</td><td>{}</td></tr>",
+            esc(&p),
+            pct(inbox as f64 / (inbox + spam).max(1) as f64)
+        );
+    }
+    let _ = write!(
+        h,
+        "</table><h3>Engagement funnel</h3><table id=\"funnel\"><tr><th>step</th><th>messages</th><th>rate</th><th>rate of</th></tr>\
+         <tr><td>sent</td><td>{}</td><td></td><td></td></tr>\
+         <tr><td>delivered</td><td>{}</td><td>{}</td><td>sent</td></tr>\
+         <tr><td>inbox</td><td>{}</td><td>{}</td><td>delivered and placed</td></tr>\
+         <tr><td>opened</td><td>{}</td><td>{}</td><td>inbox</td></tr>\
+         <tr><td>clicked</td><td>{}</td><td>{}</td><td>opened</td></tr>\
+         <tr><td>unsubscribed</td><td>{}</td><td>{}</td><td>delivered</td></tr>\
+         <tr><td>complaints</td><td>{}</td><td>{:.3}%</td><td>inbox (the providers' spam rate)</td></tr></table>",
+        f.sent,
+        f.delivered,
+        pct(if f.sent > 0 {
+            f.delivered as f64 / f.sent as f64
+        } else {
+            0.0
+        }),
+        f.inbox,
+        pct(f.inbox_rate()),
+        f.opened,
+        pct(f.open_rate()),
+        f.clicked,
+        pct(f.click_rate()),
+        f.unsubscribed,
+        pct(f.unsubscribe_rate()),
+        f.complaints,
+        100.0 * f.complaint_rate()
+    );
+    h.push_str("<h3>Why mail went to the spam folder</h3><table id=\"spam-causes\"><tr><th>cause</th><th>messages</th></tr>");
+    for (c, n) in &d.spam_causes {
+        let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(c));
+    }
+    h.push_str("</table>");
+}
+
 pub fn page(f: &Figures, charts: &[Chart], dmarc: &[AggregateReport], files: &[String]) -> String {
     let mut h = String::new();
     let t = &f.totals;
@@ -188,10 +239,11 @@ pub fn page(f: &Figures, charts: &[Chart], dmarc: &[AggregateReport], files: &[S
         secs(t.p50_s)
     );
     h.push_str("<h2>What to fix</h2><ul class=\"advice\">");
-    for a in advice(f) {
+    for a in advice(f).into_iter().chain(f.deliverability.advice()) {
         let _ = write!(h, "<li>{}</li>", esc(&a));
     }
     h.push_str("</ul>");
+    deliverability_section(&mut h, &f.deliverability);
     h.push_str("<h2>Per domain</h2><table><tr><th>domain</th><th>injected</th><th>delivered</th><th>bounced hard</th><th>bounced soft</th><th>deferred</th><th>expired</th><th>suppressed</th><th>delivery rate</th><th>p50 s</th><th>p90 s</th><th>p99 s</th><th>attempts/msg</th></tr>");
     for d in &f.domains {
         h.push_str(&domain_row(d));

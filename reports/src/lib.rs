@@ -8,6 +8,7 @@
 
 pub mod charts;
 pub mod check;
+pub mod deliverability;
 pub mod dmarc;
 pub mod figures;
 pub mod html;

@@ -400,8 +400,65 @@ pub fn write_compare(
             ));
         }
     }
-    h.push_str("</table></body></html>");
+    h.push_str("</table>");
+    h.push_str(&placement_compare(&a, &b));
+    h.push_str("</body></html>");
     let path = out.join("compare.html");
     std::fs::write(&path, h).map_err(write_err(&path))?;
     Ok((a, b))
+}
+
+/// The two runs' inbox placement per provider side by side (runs with a reputation model).
+fn placement_compare(a: &Figures, b: &Figures) -> String {
+    let (pa, pb) = (
+        a.deliverability.by_provider(),
+        b.deliverability.by_provider(),
+    );
+    if pa.is_empty() && pb.is_empty() {
+        return String::new();
+    }
+    let mut names: Vec<&String> = pa.iter().chain(pb.iter()).map(|p| &p.0).collect();
+    names.sort();
+    names.dedup();
+    let share = |v: &[(String, u64, u64)], n: &str| {
+        v.iter()
+            .find(|p| p.0 == n)
+            .map(|p| p.1 as f64 / (p.1 + p.2).max(1) as f64)
+    };
+    let show = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    let mut h = String::from(
+        "<h2>Inbox placement</h2><table id=\"placement-compare\"><tr><th>provider</th><th>A</th><th>B</th><th>B - A</th></tr>",
+    );
+    let rows = names
+        .iter()
+        .map(|n| (n.to_string(), share(&pa, n), share(&pb, n)))
+        .chain(std::iter::once((
+            "all providers".to_string(),
+            Some(a.deliverability.funnel.inbox_rate()),
+            Some(b.deliverability.funnel.inbox_rate()),
+        )));
+    for (n, x, y) in rows {
+        let delta = match (x, y) {
+            (Some(x), Some(y)) => {
+                let d = 100.0 * (y - x);
+                let class = if d > 0.0 {
+                    "better"
+                } else if d < 0.0 {
+                    "worse"
+                } else {
+                    ""
+                };
+                format!("<td class=\"{class}\">{d:+.1} points</td>")
+            }
+            _ => "<td>-</td>".into(),
+        };
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td>{delta}</tr>",
+            html::esc(&n),
+            show(x),
+            show(y)
+        ));
+    }
+    h.push_str("</table>");
+    h
 }

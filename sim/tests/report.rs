@@ -279,3 +279,135 @@ size_bytes = 900
         "{injected:?}"
     );
 }
+
+/// Inbox and Junk copies per provider, counted in the receivers' Maildirs.
+fn placement_in_mailboxes(run: &Path) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let root = run.join("mailboxes");
+    let mut out = std::collections::BTreeMap::new();
+    for f in common::maildir_files(&root) {
+        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+        if !rel.contains("/inbox/") {
+            continue;
+        }
+        let host = common::host_of(&root, &f);
+        let provider = host.trim_start_matches("mx1.").to_string();
+        let e = out.entry(provider).or_insert((0, 0));
+        if rel.contains("/Junk/") {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_report_shows_placement_reputation_and_engagement() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_scenario("sunset-unengaged", &a);
+    // The same list without the sunset.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/sunset-unengaged.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("sunset_after_sends = 5\n", "");
+    let b_scenario = dir.path().join("no-sunset.toml");
+    std::fs::write(&b_scenario, text).unwrap();
+    let o = mailsim()
+        .args(["run", "--quiet", "--out"])
+        .arg(&b)
+        .arg(&b_scenario)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let o = mailsim()
+        .args(["report", "--quiet"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = a.join("report");
+    for f in ["inbox_placement.svg", "reputation.svg"] {
+        assert!(report.join(f).is_file(), "{f} missing");
+    }
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    // The placement table against the receivers' own folders.
+    let stored = placement_in_mailboxes(&a);
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for (provider, (inbox, spam)) in &stored {
+        let row = format!(
+            "<tr><td>{provider}</td><td>{inbox}</td><td>{spam}</td><td>{:.1}%</td></tr>",
+            100.0 * *inbox as f64 / (inbox + spam) as f64
+        );
+        assert!(html.contains(&row), "{row} not in the placement table");
+    }
+    let inbox: u64 = stored.values().map(|v| v.0).sum();
+    assert!(
+        html.contains(&format!("<tr><td>inbox</td><td>{inbox}</td>")),
+        "funnel inbox {inbox}"
+    );
+    assert!(
+        html.contains("Remove the unengaged"),
+        "advice for the dormant"
+    );
+    assert!(html.contains(
+        "<table id=\"spam-causes\"><tr><th>cause</th><th>messages</th></tr><tr><td>reputation</td>"
+    ));
+
+    let profile = dir.path().join("chromium-profile");
+    let o = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", report.join("report.html").display()))
+        .output()
+        .expect("chromium (installed by .ci/run)");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        dom.contains("data-charts-visible=\"8\""),
+        "eight charts drawn and visible (placement and reputation too)"
+    );
+    assert!(dom.contains("id=\"funnel\""));
+
+    // --compare: the run without the sunset places less in the inbox.
+    let cmp = dir.path().join("cmp");
+    let o = mailsim()
+        .args(["report", "--quiet", "--compare"])
+        .arg(&a)
+        .arg(&b)
+        .arg("--out")
+        .arg(&cmp)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(cmp.join("compare.html")).unwrap();
+    let table = page
+        .split("id=\"placement-compare\"")
+        .nth(1)
+        .expect("placement table");
+    let all = table.split("all providers").nth(1).unwrap();
+    assert!(all.contains("class=\"worse\""), "{all}");
+    let share = |run: &Path| {
+        let s = placement_in_mailboxes(run);
+        let (i, n) = s
+            .values()
+            .fold((0, 0), |acc, v| (acc.0 + v.0, acc.1 + v.0 + v.1));
+        100.0 * i as f64 / n as f64
+    };
+    let (sa, sb) = (share(&a), share(&b));
+    assert!(sb < sa, "{sb} >= {sa}");
+    assert!(
+        all.contains(&format!("{:.1}%", sa)) && all.contains(&format!("{:.1}%", sb)),
+        "{all}"
+    );
+}
