@@ -349,9 +349,9 @@ schema! {
         action: String,
     }
     /// Receiving side (a provider with a reputation model): where an accepted copy landed,
-    /// `inbox` or `spam`, with the main cause (`reputation`, `content`, `authentication`,
-    /// `no-one-click-unsubscribe`, `volume`) and the probability of the spam folder it was drawn
-    /// with (percent).
+    /// `inbox` or `spam`; for `spam` the main cause (`reputation`, `content`,
+    /// `authentication`, `no-one-click-unsubscribe`), empty for `inbox`; and the probability of
+    /// the spam folder it was drawn with (percent).
     Placed = "placed" {
         host: String,
         message_id: String,

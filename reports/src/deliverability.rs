@@ -11,10 +11,17 @@ pub struct Funnel {
     pub delivered: u64,
     pub inbox: u64,
     pub spam: u64,
-    /// Copies opened (once each however many images), clicked, unsubscribed from.
+    /// Copies opened (once each however many images) and clicked, by the recipients' account;
+    /// unsubscriptions the sender's endpoint took (a 2xx answer, or a mailto mail accepted).
     pub opened: u64,
     pub clicked: u64,
     pub unsubscribed: u64,
+    /// Unsubscribe requests that failed (no answer, or an error status): the recipient asked and
+    /// is still on the list.
+    pub unsubscribe_failed: u64,
+    /// Opens whose images reached no tracking server (refused, unanswered or an error status):
+    /// the sender did not see them.
+    pub opens_unseen: u64,
     /// Complaints (ARF reports the sender received).
     pub complaints: u64,
 }
@@ -23,9 +30,10 @@ impl Funnel {
     pub fn inbox_rate(&self) -> f64 {
         ratio(self.inbox, self.inbox + self.spam)
     }
-    /// Opens per message in the inbox.
+    /// Opens per message placed (inbox or spam folder: people open a little in the spam
+    /// folder too).
     pub fn open_rate(&self) -> f64 {
-        ratio(self.opened, self.inbox)
+        ratio(self.opened, self.inbox + self.spam)
     }
     /// Clicks per opened message.
     pub fn click_rate(&self) -> f64 {
@@ -156,9 +164,22 @@ impl Deliverability {
             ));
         }
         let content = spam("content");
-        if content > 0 {
+        // A handful is the filter's noise on any mail; advice from 1 % of the placed copies.
+        if content > 0 && content * 100 >= self.funnel.inbox + self.funnel.spam {
             out.push(format!(
                 "Review the content: {content} messages went to the spam folder for their content (spam phrases, HTML without a text part, images without text, no List-Unsubscribe)."
+            ));
+        }
+        if self.funnel.unsubscribe_failed > 0 {
+            out.push(format!(
+                "Fix the unsubscribe endpoint: {} unsubscribe requests failed, and those recipients are still on the list (they will complain next).",
+                self.funnel.unsubscribe_failed
+            ));
+        }
+        if self.funnel.opens_unseen > 0 {
+            out.push(format!(
+                "Check the tracking: {} of {} opens reached no tracking server (their image requests were refused, unanswered or failed), so the sender's open figures miss them.",
+                self.funnel.opens_unseen, self.funnel.opened
             ));
         }
         out
@@ -302,7 +323,26 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
     };
     d.funnel.opened = copies("opened")?;
     d.funnel.clicked = copies("clicked")?;
-    d.funnel.unsubscribed = copies("unsubscribed")?;
+    let ok = col("http_status")
+        .gt_eq(lit(200))
+        .and(col("http_status").lt(lit(300)));
+    let count = |filter: Expr| -> PolarsResult<u64> {
+        let df = ev
+            .clone()
+            .filter(filter)
+            .select([col("rcpt"), col("message_id")])
+            .unique(None, UniqueKeepStrategy::First)
+            .select([len().alias("n")])
+            .collect()?;
+        Ok(nums(&df, "n")?.first().copied().unwrap_or(0))
+    };
+    // The mailto kind records the SMTP reply code (250) as its status.
+    let taken = ok.clone().or(col("http_status").eq(lit(250)));
+    d.funnel.unsubscribed = count(is("unsubscribed").and(taken.clone()))?;
+    d.funnel.unsubscribe_failed = count(is("unsubscribed").and(taken.not()))?;
+    // An open the sender saw: any of its image requests answered 2xx.
+    let seen = count(is("opened").and(ok))?;
+    d.funnel.opens_unseen = d.funnel.opened.saturating_sub(seen);
     let counts = ev
         .clone()
         .select([

@@ -259,7 +259,7 @@ fn reason_word(e: Expr) -> Expr {
 }
 
 /// The columns the figures use.
-fn used_columns() -> [Expr; 25] {
+fn used_columns() -> [Expr; 26] {
     [
         col("seq"),
         col("ts_ms"),
@@ -285,6 +285,7 @@ fn used_columns() -> [Expr; 25] {
         col("mail_from"),
         col("folder"),
         col("cause"),
+        col("http_status"),
         col("detail"),
     ]
 }

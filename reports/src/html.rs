@@ -169,9 +169,9 @@ fn deliverability_section(h: &mut String, d: &crate::deliverability::Deliverabil
          <tr><td>sent</td><td>{}</td><td></td><td></td></tr>\
          <tr><td>delivered</td><td>{}</td><td>{}</td><td>sent</td></tr>\
          <tr><td>inbox</td><td>{}</td><td>{}</td><td>delivered and placed</td></tr>\
-         <tr><td>opened</td><td>{}</td><td>{}</td><td>inbox</td></tr>\
+         <tr><td>opened</td><td>{}</td><td>{}</td><td>placed (inbox and spam folder)</td></tr>\
          <tr><td>clicked</td><td>{}</td><td>{}</td><td>opened</td></tr>\
-         <tr><td>unsubscribed</td><td>{}</td><td>{}</td><td>delivered</td></tr>\
+         <tr><td>unsubscribed (taken by the sender)</td><td>{}</td><td>{}</td><td>delivered</td></tr>\
          <tr><td>complaints</td><td>{}</td><td>{:.3}%</td><td>inbox (the providers' spam rate)</td></tr></table>",
         f.sent,
         f.delivered,

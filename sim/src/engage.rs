@@ -128,7 +128,8 @@ impl Recipients {
         // 5 minutes to 12 hours after delivery, a click seconds after the open).
         let w = self.within_s;
         let delay = |tag: &str, min_s: u64, spread_s: u64| {
-            let scale = |s: u64| s * 1000 * w / ACT_WITHIN_S;
+            let scale =
+                |s: u64| (u128::from(s) * 1000 * u128::from(w) / u128::from(ACT_WITHIN_S)) as u64;
             scale(min_s) + mix(seed, &format!("{tag}-delay:{key}")) % scale(spread_s).max(1)
         };
         if chance(seed, &format!("open:{key}"), open) {
@@ -151,6 +152,9 @@ impl Recipients {
         out
     }
 }
+
+/// Images an open loads at most.
+pub const IMAGES_MAX: usize = 10;
 
 /// The default window recipients act in after delivery (12 hours).
 pub const ACT_WITHIN_S: u64 = 43_200;
@@ -185,6 +189,8 @@ impl Links {
         for part in &m.parts {
             if let mail_parser::PartType::Html(html) = &part.body {
                 links.images.extend(attribute_values(html, "img", "src"));
+                // A mail client loads a message's first images, not an unbounded number.
+                links.images.truncate(IMAGES_MAX);
                 if links.link.is_none() {
                     links.link = attribute_values(html, "a", "href")
                         .into_iter()

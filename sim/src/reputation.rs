@@ -378,7 +378,8 @@ impl Provider {
         });
         Placement {
             spam,
-            cause,
+            // What sent it to the spam folder; an inbox copy has none.
+            cause: if spam { cause } else { "" },
             spam_percent: percent.round() as u32,
         }
     }
@@ -660,16 +661,33 @@ mod tests {
             .count();
         // A score of 50: 22 % (and a clean content score).
         assert!((170..=270).contains(&spam), "{spam}");
-        let bad = MessageFacts {
-            content_score: 8,
-            ..facts("x")
-        };
-        assert_eq!(p.place(0, &bad).cause, "content");
-        let unaligned = MessageFacts {
-            dmarc_pass: false,
-            ..facts("y")
-        };
-        assert_eq!(p.place(0, &unaligned).cause, "authentication");
+        // The cause of a copy sent to the spam folder is its largest part; an inbox copy has
+        // none.
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        for (content_score, dmarc_pass, want) in
+            [(8, true, "content"), (0, false, "authentication")]
+        {
+            let spam = keys
+                .iter()
+                .map(|k| {
+                    p.place(
+                        0,
+                        &MessageFacts {
+                            content_score,
+                            dmarc_pass,
+                            ..facts(k)
+                        },
+                    )
+                })
+                .find(|pl| pl.spam)
+                .unwrap();
+            assert_eq!(spam.cause, want);
+        }
+        let inbox = (0..100)
+            .map(|i| p.place(0, &facts(&format!("i{i}"))))
+            .find(|pl| !pl.spam)
+            .unwrap();
+        assert_eq!(inbox.cause, "");
     }
 
     #[test]

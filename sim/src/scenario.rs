@@ -827,10 +827,22 @@ impl Scenario {
             }
         }
         let c = self.campaign.get_ref();
-        if c.messages == 0 || c.messages > 100_000_000 {
+        if c.messages == 0 && c.schedule.is_empty() {
             return Err(invalid(
                 self.campaign.span().start,
                 "campaign.messages".into(),
+                "required: recipients per send (or a campaign.schedule of them)".into(),
+            ));
+        }
+        if c.messages == 0 || c.messages > 100_000_000 {
+            return Err(invalid(
+                self.campaign.span().start,
+                if c.schedule.is_empty() {
+                    "campaign.messages"
+                } else {
+                    "campaign.schedule"
+                }
+                .into(),
                 "must be between 1 and 100000000".into(),
             ));
         }
@@ -873,6 +885,7 @@ impl Scenario {
             ));
         }
         self.validate_segments(text, path)?;
+        self.validate_deliverability(text, path)?;
         if c.sends == 0 || c.sends > 100 {
             return Err(invalid(
                 self.campaign.span().start,
@@ -924,6 +937,88 @@ impl Scenario {
                     m.retry_interval_s_min, m.retry_interval_s_max
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_deliverability(&self, text: &str, path: &Path) -> Result<(), ScenarioError> {
+        let at = |offset: usize, field: &str, message: String| ScenarioError::Invalid {
+            file: path.to_path_buf(),
+            line: line_of(text, offset),
+            field: field.into(),
+            message,
+        };
+        let c = self.campaign.get_ref();
+        let campaign_at = self.campaign.span().start;
+        if let Some(url) = &c.unsubscribe_url {
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://"))
+                || url.contains(|ch: char| ch == '>' || ch == '<' || ch.is_whitespace())
+            {
+                return Err(at(
+                    campaign_at,
+                    "campaign.unsubscribe_url",
+                    format!("{url:?} is not an http(s) URI (RFC 8058 needs an HTTPS one)"),
+                ));
+            }
+        }
+        if !c.schedule.is_empty() && c.schedule.len() > 100 {
+            return Err(at(
+                campaign_at,
+                "campaign.schedule",
+                "at most 100 sends".into(),
+            ));
+        }
+        // Every send must start before the run's time limit.
+        let last_send_s = c
+            .send_interval_s
+            .saturating_mul(u64::from(c.sends.saturating_sub(1)));
+        if last_send_s >= self.mta.run_time_s_max {
+            return Err(at(
+                campaign_at,
+                if c.schedule.is_empty() {
+                    "campaign.sends"
+                } else {
+                    "campaign.schedule"
+                },
+                format!(
+                    "the last send starts at {last_send_s} s, after mta.run_time_s_max ({} s): raise run_time_s_max or send fewer times",
+                    self.mta.run_time_s_max
+                ),
+            ));
+        }
+        let Some(r) = &self.reputation else {
+            return Ok(());
+        };
+        // The [reputation] table's line.
+        let rep_at = text.find("[reputation]").unwrap_or(0);
+        let checks: [(&str, bool); 5] = [
+            (
+                "reputation.initial",
+                r.initial.is_none_or(|v| (0.0..=100.0).contains(&v)),
+            ),
+            ("reputation.new_daily", r.new_daily.is_none_or(|v| v >= 1)),
+            (
+                "reputation.growth",
+                r.growth.is_none_or(|v| v.is_finite() && v >= 1.0),
+            ),
+            ("reputation.bulk_daily", r.bulk_daily.is_none_or(|v| v >= 1)),
+            (
+                "reputation.act_within_s",
+                r.act_within_s
+                    .is_none_or(|v| (1..=30 * 86_400).contains(&v)),
+            ),
+        ];
+        let why = |field: &str| match field {
+            "reputation.initial" => "must be a score between 0 and 100",
+            "reputation.growth" => "must be a number >= 1",
+            "reputation.act_within_s" => "must be between 1 and 2592000 (30 days)",
+            _ => "must be at least 1",
+        };
+        for (field, ok) in checks {
+            if !ok {
+                return Err(at(rep_at, field, why(field).into()));
+            }
         }
         Ok(())
     }
@@ -1070,7 +1165,7 @@ messages = 10
     fn deliverability_fields_are_checked_and_name_their_field() {
         let base = "name = \"t\"\n[[sender]]\ndomain = \"s.test\"\n[[domain]]\nname = \"a.test\"\n";
         let ok = format!(
-            "{base}[reputation]\nnew_daily = 10\n[[segment]]\nname = \"dormant\"\npercent = 40\n[campaign]\nhtml = true\nschedule = [5, 10, 20]\nsunset_after_sends = 2\n"
+            "{base}[mta]\nrun_time_s_max = 86400\n[reputation]\nnew_daily = 10\n[[segment]]\nname = \"dormant\"\npercent = 40\n[campaign]\nhtml = true\nschedule = [5, 10, 20]\nsunset_after_sends = 2\n"
         );
         let s = Scenario::parse(&ok, Path::new("x.toml")).unwrap();
         let c = s.campaign();
@@ -1106,6 +1201,35 @@ messages = 10
             (
                 "[reputation]\n[[segment]]\nname = \"engaged\"\npercent = 10\nclick_percent = 101\n[campaign]\nmessages = 5\n",
                 "segment[0].click_percent: must be between 0 and 100",
+            ),
+            ("[campaign]\nschedule = []\n", "campaign.messages: required"),
+            (
+                "[campaign]\nschedule = [1, 2, 3]\n",
+                "campaign.schedule: the last send starts at 7200 s, after mta.run_time_s_max (600 s)",
+            ),
+            (
+                "[reputation]\ninitial = nan\n[campaign]\nmessages = 5\n",
+                "reputation.initial: must be a score",
+            ),
+            (
+                "[reputation]\ngrowth = -3\n[campaign]\nmessages = 5\n",
+                "reputation.growth",
+            ),
+            (
+                "[reputation]\nnew_daily = 0\n[campaign]\nmessages = 5\n",
+                "reputation.new_daily",
+            ),
+            (
+                "[reputation]\nact_within_s = 9223372036854775807\n[campaign]\nmessages = 5\n",
+                "reputation.act_within_s",
+            ),
+            (
+                "[campaign]\nmessages = 5\nhtml = true\nunsubscribe_url = \"javascript:alert(1)\"\n",
+                "campaign.unsubscribe_url",
+            ),
+            (
+                "[campaign]\nmessages = 5\nhtml = true\nhtml_template = \"/nonexistent/t.html\"\n",
+                "campaign.html_template: /nonexistent/t.html",
             ),
         ];
         for (tail, want) in cases {

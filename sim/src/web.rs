@@ -103,6 +103,10 @@ impl Trust {
     }
 }
 
+/// The most of a response body a recipient reads (the rest is left unread and the connection
+/// closed).
+pub const RESPONSE_BYTES_MAX: usize = 1024 * 1024;
+
 /// A recipient's HTTP request: the status of the answer, or why there was none.
 pub async fn fetch<C: Connector>(
     connector: &C,
@@ -127,7 +131,17 @@ pub async fn fetch<C: Connector>(
         tracing::warn!("refused a request to {host}: outside 127.0.0.0/8");
         return Err(format!("refused: {ip} is outside 127.0.0.0/8"));
     }
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let port = match (uri.port(), uri.port_u16()) {
+        (None, _) => {
+            if https {
+                443
+            } else {
+                80
+            }
+        }
+        (Some(_), Some(p)) => p,
+        (Some(p), None) => return Err(format!("bad port {p} in {url:?}")),
+    };
     let addr = SocketAddr::new(ip, port);
     let request = hyper::Request::builder()
         .method(if post.is_some() { "POST" } else { "GET" })
@@ -186,8 +200,11 @@ where
     let status = match response {
         Ok(r) => {
             let status = r.status().as_u16();
-            // Read the body to its end, as a client does before it closes.
-            let _ = r.into_body().collect().await;
+            // Read the body, as a client does, up to a bound: a recipient's mail client does
+            // not load a huge image into memory, and neither does this one.
+            let _ = http_body_util::Limited::new(r.into_body(), RESPONSE_BYTES_MAX)
+                .collect()
+                .await;
             Ok(status)
         }
         Err(e) => Err(e),
