@@ -182,7 +182,16 @@ pub struct Links {
 
 impl Links {
     pub fn of(message: &[u8]) -> Links {
-        let Some(m) = mail_parser::MessageParser::default().parse(message) else {
+        Links::of_parsed(
+            mail_parser::MessageParser::default()
+                .parse(message)
+                .as_ref(),
+        )
+    }
+
+    /// The links of a message already parsed (None: one that could not be parsed has none).
+    pub fn of_parsed(m: Option<&mail_parser::Message<'_>>) -> Links {
+        let Some(m) = m else {
             return Links::default();
         };
         let mut links = Links::default();

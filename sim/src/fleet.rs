@@ -231,12 +231,7 @@ impl Backend for HostBackend {
         // With a reputation model: the message's links and content score, read once.
         let judged = {
             let policy = self.policy();
-            policy.has_reputation().then(|| {
-                (
-                    crate::engage::Links::of(&message),
-                    policy.content_score(&message),
-                )
-            })
+            policy.has_reputation().then(|| policy.judge(&message))
         };
         // RFC 5321 section 4.4: the trace header ends in the time of receipt; final delivery
         // adds the reverse path as Return-Path.

@@ -361,14 +361,19 @@ impl ReceiverPolicy {
         (!changes.is_empty()).then(|| (d.name.clone(), changes))
     }
 
-    /// The content score of a message for this provider (its content filter's words count).
-    pub fn content_score(&self, message: &[u8]) -> u32 {
+    /// The message's links and its content score for this provider (its content filter's
+    /// words count), from one parse.
+    pub fn judge(&self, message: &[u8]) -> (crate::engage::Links, u32) {
         let words = self
             .behaviour
             .content_filter
             .as_ref()
             .map_or(&[][..], |f| &f.words[..]);
-        crate::reputation::content_score(message, words)
+        let parsed = mail_parser::MessageParser::default().parse(message);
+        (
+            crate::engage::Links::of_parsed(parsed.as_ref()),
+            crate::reputation::content_score_of(parsed.as_ref(), words),
+        )
     }
 
     /// A report to send later about an accepted message for `rcpt`: a bounce or a complaint

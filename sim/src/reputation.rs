@@ -504,7 +504,18 @@ pub const SPAM_PHRASES: &[&str] = &[
 /// (SpamAssassin's MIME_HTML_ONLY), an HTML part of images with little text (HTML_IMAGE_RATIO),
 /// very many links, and no List-Unsubscribe header at all.
 pub fn content_score(message: &[u8], extra_words: &[String]) -> u32 {
-    let Some(m) = mail_parser::MessageParser::default().parse(message) else {
+    content_score_of(
+        mail_parser::MessageParser::default()
+            .parse(message)
+            .as_ref(),
+        extra_words,
+    )
+}
+
+/// [`content_score`] of a message already parsed (None: it could not be parsed, which scores
+/// as spam does).
+pub fn content_score_of(m: Option<&mail_parser::Message<'_>>, extra_words: &[String]) -> u32 {
+    let Some(m) = m else {
         return 10;
     };
     let (mut text, mut html) = (String::new(), String::new());
