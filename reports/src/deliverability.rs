@@ -2,6 +2,7 @@
 //! day, the providers' reputation of the sender over time, the engagement funnel, the causes
 //! of spam-folder placement, and what to fix, all from the event table.
 
+use crate::figures::{detail_str, is};
 use polars::prelude::*;
 
 /// The funnel of a campaign, with rates as the providers compute them.
@@ -186,16 +187,6 @@ impl Deliverability {
     }
 }
 
-fn is(kind: &str) -> Expr {
-    col("type").eq(lit(kind))
-}
-
-fn detail(key: &str) -> Expr {
-    col("detail")
-        .str()
-        .extract(lit(format!(r#""{key}":"((?:[^"\\]|\\.)*)""#)), 1)
-}
-
 fn detail_u32(key: &str) -> Expr {
     col("detail")
         .str()
@@ -283,8 +274,8 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
         .clone()
         .filter(is("reputation"))
         .select([
-            detail("provider").alias("provider"),
-            detail("subject").alias("subject"),
+            detail_str("provider").alias("provider"),
+            detail_str("subject").alias("subject"),
             detail_u32("day").alias("day"),
             detail_u32("score").alias("score"),
             col("cause"),
@@ -310,23 +301,8 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
             rc[i].clone(),
         ));
     }
-    // Copies acted on, each once.
-    let copies = |kind: &str| -> PolarsResult<u64> {
-        let df = ev
-            .clone()
-            .filter(is(kind))
-            .select([col("rcpt"), col("message_id")])
-            .unique(None, UniqueKeepStrategy::First)
-            .select([len().alias("n")])
-            .collect()?;
-        Ok(nums(&df, "n")?.first().copied().unwrap_or(0))
-    };
-    d.funnel.opened = copies("opened")?;
-    d.funnel.clicked = copies("clicked")?;
-    let ok = col("http_status")
-        .gt_eq(lit(200))
-        .and(col("http_status").lt(lit(300)));
-    let count = |filter: Expr| -> PolarsResult<u64> {
+    // Copies acted on (distinct recipient and message) among the rows `filter` keeps.
+    let copies = |filter: Expr| -> PolarsResult<u64> {
         let df = ev
             .clone()
             .filter(filter)
@@ -336,18 +312,23 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
             .collect()?;
         Ok(nums(&df, "n")?.first().copied().unwrap_or(0))
     };
+    d.funnel.opened = copies(is("opened"))?;
+    d.funnel.clicked = copies(is("clicked"))?;
+    let ok = col("http_status")
+        .gt_eq(lit(200))
+        .and(col("http_status").lt(lit(300)));
     // The mailto kind records the SMTP reply code (250) as its status.
     let taken = ok.clone().or(col("http_status").eq(lit(250)));
-    d.funnel.unsubscribed = count(is("unsubscribed").and(taken.clone()))?;
-    d.funnel.unsubscribe_failed = count(is("unsubscribed").and(taken.not()))?;
+    d.funnel.unsubscribed = copies(is("unsubscribed").and(taken.clone()))?;
+    d.funnel.unsubscribe_failed = copies(is("unsubscribed").and(taken.not()))?;
     // An open the sender saw: any of its image requests answered 2xx.
-    let seen = count(is("opened").and(ok))?;
+    let seen = copies(is("opened").and(ok))?;
     d.funnel.opens_unseen = d.funnel.opened.saturating_sub(seen);
     let counts = ev
         .clone()
         .select([
             is("injected").cast(DataType::UInt64).sum().alias("sent"),
-            (is("report_received").and(detail("kind").eq(lit("complaint"))))
+            (is("report_received").and(detail_str("kind").eq(lit("complaint"))))
                 .cast(DataType::UInt64)
                 .sum()
                 .alias("complaints"),

@@ -80,7 +80,7 @@ pub struct Figures {
     pub deliverability: crate::deliverability::Deliverability,
 }
 
-fn is(kind: &str) -> Expr {
+pub(crate) fn is(kind: &str) -> Expr {
     col("type").eq(lit(kind))
 }
 
@@ -291,7 +291,7 @@ fn used_columns() -> [Expr; 26] {
 }
 
 /// A string field of `detail` (`"key":"value"`), as polars extracts it.
-fn detail_str(key: &str) -> Expr {
+pub(crate) fn detail_str(key: &str) -> Expr {
     col("detail")
         .str()
         .extract(lit(format!(r#""{key}":"((?:[^"\\]|\\.)*)""#)), 1)

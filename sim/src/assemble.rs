@@ -127,7 +127,7 @@ pub async fn assemble<E: Env>(
         let https = env
             .serve(at, http_service(w.router(), Some(tls.acceptor.clone())))
             .await?;
-        trust = trust.with(tls.cert_der);
+        trust = Trust::of(&[tls.cert_der]).map_err(anyhow::Error::msg)?;
         tracking = Some(Tracking {
             tokens: w.tokens.clone(),
             http_base: format!("http://{http}"),

@@ -48,10 +48,7 @@ pub fn build_messages(
     tracking: Option<&crate::web::Tracking>,
 ) -> Vec<OutboundMessage> {
     let campaign = scenario.campaign();
-    let domains: Vec<(&str, f64)> = scenario
-        .domains()
-        .map(|d| (d.name.as_str(), d.weight))
-        .collect();
+    let domains = weighted_domains(scenario);
     let total: f64 = domains.iter().map(|d| d.1).sum();
     let sender = &world.senders[0].sender;
     let from = sender.from_address();
@@ -130,16 +127,15 @@ pub fn build_messages(
         .collect()
 }
 
-/// The campaign's recipient number `i`: `user<i>@<domain>`, the domain drawn by weight.
-pub fn recipient(scenario: &Scenario, i: u64) -> String {
-    let domains: Vec<(&str, f64)> = scenario
+/// The recipient domains and their weights, in the scenario's order.
+fn weighted_domains(scenario: &Scenario) -> Vec<(&str, f64)> {
+    scenario
         .domains()
         .map(|d| (d.name.as_str(), d.weight))
-        .collect();
-    let total: f64 = domains.iter().map(|d| d.1).sum();
-    recipient_in(scenario.seed, &domains, total, i)
+        .collect()
 }
 
+/// The campaign's recipient number `i`: `user<i>@<domain>`, the domain drawn by weight.
 fn recipient_in(seed: u64, domains: &[(&str, f64)], total: f64, i: u64) -> String {
     let mut rng = ChaCha20Rng::seed_from_u64(mix(seed, &format!("rcpt:{i}")));
     let mut pick = rng.gen_range(0.0..total);
@@ -489,39 +485,31 @@ async fn drive<E: Env>(
         let mut start = 0u64;
         while start < count {
             let end = (start + INJECT_BATCH as u64).min(count);
-            let batch = if blocking_threads {
-                let (sc, world, tracking) =
-                    (scenario_arc.clone(), setup.world.clone(), tracking.clone());
-                tokio::task::spawn_blocking(move || {
-                    build_messages(&sc, &world, start..end, send, date_s, tracking.as_deref())
-                })
-                .await?
-            } else {
-                build_messages(
-                    scenario,
-                    &setup.world,
-                    start..end,
-                    send,
-                    date_s,
-                    tracking.as_deref(),
-                )
-            };
-            if let Some(web) = &setup.web {
-                for m in &batch {
-                    for rcpt in m
-                        .rcpts
-                        .iter()
-                        .filter(|r| setup.suppression.reason(r).is_none())
-                    {
+            // Build, note who is mailed (the sender's tracking server counts mailings for the
+            // sunset), inject: on a blocking thread live, inline virtual.
+            let (sc, world, tracking, web, suppression, mta2) = (
+                scenario_arc.clone(),
+                setup.world.clone(),
+                tracking.clone(),
+                setup.web.clone(),
+                setup.suppression.clone(),
+                mta.clone(),
+            );
+            let batch = move || {
+                let batch =
+                    build_messages(&sc, &world, start..end, send, date_s, tracking.as_deref());
+                if let Some(web) = &web {
+                    let rcpts = batch.iter().flat_map(|m| &m.rcpts);
+                    for rcpt in rcpts.filter(|r| suppression.reason(r).is_none()) {
                         web.mailed(rcpt);
                     }
                 }
-            }
+                mta2.inject(batch)
+            };
             if blocking_threads {
-                let mta2 = mta.clone();
-                tokio::task::spawn_blocking(move || mta2.inject(batch)).await??;
+                tokio::task::spawn_blocking(batch).await??;
             } else {
-                mta.inject(batch)?;
+                batch()?;
                 // Let the dispatcher start on this batch before the next one is prepared.
                 tokio::task::yield_now().await;
             }
@@ -571,11 +559,11 @@ fn sunset<E: Env>(
     count: u64,
     after: u32,
 ) {
+    let domains = weighted_domains(scenario);
+    let total: f64 = domains.iter().map(|d| d.1).sum();
     for i in 0..count {
-        let rcpt = recipient(scenario, i);
-        if web.engagement(&rcpt).mailed_since >= after
-            && setup.suppression.reason(&rcpt).is_none()
-            && setup.suppression.add(&rcpt, "unengaged")
+        let rcpt = recipient_in(scenario.seed, &domains, total, i);
+        if web.engagement(&rcpt).mailed_since >= after && setup.suppression.add(&rcpt, "unengaged")
         {
             setup.events.emit(Event::SuppressionAdded {
                 rcpt,

@@ -74,21 +74,17 @@ pub fn allowed(ip: IpAddr) -> bool {
     }
 }
 
-/// Certificates the recipients' HTTPS client trusts: the run's own servers'.
+/// The recipients' HTTPS client: it trusts the run's own servers' certificates only (none:
+/// no HTTPS request succeeds). Built once, shared by every request.
 #[derive(Clone, Default)]
 pub struct Trust {
-    certs: Vec<Vec<u8>>,
+    connector: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Trust {
-    pub fn with(mut self, cert_der: Vec<u8>) -> Self {
-        self.certs.push(cert_der);
-        self
-    }
-
-    fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+    pub fn of(certs_der: &[Vec<u8>]) -> Result<Trust, String> {
         let mut roots = rustls::RootCertStore::empty();
-        for c in &self.certs {
+        for c in certs_der {
             roots
                 .add(rustls::pki_types::CertificateDer::from(c.clone()))
                 .map_err(|e| e.to_string())?;
@@ -99,7 +95,15 @@ impl Trust {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        Ok(Trust {
+            connector: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+        })
+    }
+
+    fn connector(&self) -> Result<&tokio_rustls::TlsConnector, String> {
+        self.connector
+            .as_ref()
+            .ok_or_else(|| "TLS: no certificate is trusted in this run".to_string())
     }
 }
 

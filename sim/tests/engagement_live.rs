@@ -10,17 +10,8 @@ use mailsim_events::{Event, read_log};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+
 use std::sync::{Arc, Mutex};
-
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// What the other sender's web server was asked: (method, path, body).
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
@@ -134,43 +125,10 @@ unsubscribe_url = "http://127.0.0.1:{web_port}/u/{{{{rcpt}}}}"
     )
     .unwrap();
     let spool = dir.path().join("spool");
-    let mut mta = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("mta")
-        .arg("--spool")
-        .arg(&spool)
-        .args(["--dns", &format!("127.0.0.1:{dns_port}")])
-        .args(["--submission", &format!("127.0.0.1:{submission}")])
-        .args(["--remote-port", &fleet_port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(mta.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("ready") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the MTA exited");
-    }
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let _mta = Reaper(mta);
+    let _mta = common::start_mta_daemon(&spool, dns_port, submission, fleet_port);
 
     let run_dir = dir.path().join("run");
-    let run = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("run")
-        .arg(&scenario)
-        .args(["--mta", &format!("smtp://127.0.0.1:{submission}")])
-        .args(["--fleet-port", &fleet_port.to_string()])
-        .args(["--dns-port", &dns_port.to_string()])
-        .arg("--out")
-        .arg(&run_dir)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    common::run_against(&scenario, submission, fleet_port, dns_port, &run_dir);
 
     // What the receiving servers stored: which recipients got the message in their inbox.
     let root = run_dir.join("mailboxes");

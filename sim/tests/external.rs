@@ -6,18 +6,7 @@ mod common;
 
 use mailsim_events::{Event, read_log};
 use mailsim_summary::Summary;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-/// Kills the daemon whatever happens to the test.
-struct Reaper(std::process::Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::Command;
 
 #[test]
 fn another_mta_is_measured_from_outside() {
@@ -49,44 +38,11 @@ size_bytes = 1200
     )
     .unwrap();
     let spool = dir.path().join("spool");
-    let mut mta = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("mta")
-        .arg("--spool")
-        .arg(&spool)
-        .args(["--dns", &format!("127.0.0.1:{dns_port}")])
-        .args(["--submission", &format!("127.0.0.1:{submission}")])
-        .args(["--remote-port", &fleet_port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(mta.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("ready") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the MTA exited");
-    }
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let mut mta = Reaper(mta);
+    let mut mta = common::start_mta_daemon(&spool, dns_port, submission, fleet_port);
 
     let run_dir = dir.path().join("run");
-    let run = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .arg("run")
-        .arg(&scenario)
-        .args(["--mta", &format!("smtp://127.0.0.1:{submission}")])
-        .args(["--fleet-port", &fleet_port.to_string()])
-        .args(["--dns-port", &dns_port.to_string()])
-        .arg("--out")
-        .arg(&run_dir)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let summary: Summary = serde_json::from_slice(&run.stdout).unwrap();
+    let stdout = common::run_against(&scenario, submission, fleet_port, dns_port, &run_dir);
+    let summary: Summary = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(summary.injected, 60);
 
     // Observer 1: the other MTA's own log says what it delivered and bounced.

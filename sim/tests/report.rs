@@ -24,6 +24,31 @@ fn run_scenario(name: &str, out: &Path) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `page` loaded in headless Chromium (a profile under `dir`): its DOM once scripts ran on
+/// stdout, the browser's log (console messages) on stderr.
+fn chromium_dom(dir: &Path, page: &Path) -> std::process::Output {
+    let profile = dir.join("chromium-profile");
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (installed by .ci/run)")
+}
+
 #[test]
 fn report_page_renders_in_chromium_and_compare_shows_deltas() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,27 +95,7 @@ fn report_page_renders_in_chromium_and_compare_shows_deltas() {
         html.contains("What to fix") && html.contains("DMARC failed"),
         "advice for the DMARC failures"
     );
-    let profile = dir.path().join("chromium-profile");
-    let url = format!("file://{}", report.join("report.html").display());
-    let o = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(&url)
-        .output()
-        .expect("chromium (installed by .ci/run)");
+    let o = chromium_dom(dir.path(), &report.join("report.html"));
     let dom = String::from_utf8_lossy(&o.stdout);
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -355,23 +360,7 @@ fn the_report_shows_placement_reputation_and_engagement() {
         "<table id=\"spam-causes\"><tr><th>cause</th><th>messages</th></tr><tr><td>reputation</td>"
     ));
 
-    let profile = dir.path().join("chromium-profile");
-    let o = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("file://{}", report.join("report.html").display()))
-        .output()
-        .expect("chromium (installed by .ci/run)");
+    let o = chromium_dom(dir.path(), &report.join("report.html"));
     let dom = String::from_utf8_lossy(&o.stdout);
     assert!(
         dom.contains("data-charts-visible=\"8\""),

@@ -108,3 +108,67 @@ pub fn check_stored_headers(file: &Path, delivered: bool) -> Result<(), String> 
     }
     Ok(())
 }
+
+/// A child process killed and reaped whatever happens to the test.
+pub struct Reaper(pub std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// mailsim's MTA daemon in its own process, as "another MTA": spooling in `spool`, asking DNS
+/// at 127.0.0.1:`dns_port`, taking submissions on `submission`, delivering to `fleet_port`;
+/// returned once it says it is ready.
+pub fn start_mta_daemon(spool: &Path, dns_port: u16, submission: u16, fleet_port: u16) -> Reaper {
+    use std::io::BufRead;
+    let mut mta = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("mta")
+        .arg("--spool")
+        .arg(spool)
+        .args(["--dns", &format!("127.0.0.1:{dns_port}")])
+        .args(["--submission", &format!("127.0.0.1:{submission}")])
+        .args(["--remote-port", &fleet_port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(mta.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the MTA exited");
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Reaper(mta)
+}
+
+/// `mailsim run SCENARIO --mta smtp://127.0.0.1:<submission>` into `run_dir`, which must
+/// succeed; its standard output (the summary).
+pub fn run_against(
+    scenario: &Path,
+    submission: u16,
+    fleet_port: u16,
+    dns_port: u16,
+    run_dir: &Path,
+) -> Vec<u8> {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("run")
+        .arg(scenario)
+        .args(["--mta", &format!("smtp://127.0.0.1:{submission}")])
+        .args(["--fleet-port", &fleet_port.to_string()])
+        .args(["--dns-port", &dns_port.to_string()])
+        .arg("--out")
+        .arg(run_dir)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    run.stdout
+}
