@@ -3,7 +3,7 @@
 //! (idle, per command, login deadline), limits and a clean shutdown.
 
 use crate::login::LoginGuard;
-use mailsim_smtp::net::{ConnectionLimiter, accept_loop};
+use mailsim_smtp::net::{ConnectionLimiter, accept_loop, send_within};
 pub use mailsim_smtp::sasl::LoginOutcome;
 use mailsim_smtp::tls::Tls;
 use std::future::Future;
@@ -172,7 +172,7 @@ where
     loop {
         let step = session.step();
         let out = session.take_output();
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+        if !out.is_empty() && !send_within(&mut stream, &out, ctx.timeouts.command).await {
             return End::Closed;
         }
         match step {
@@ -183,7 +183,9 @@ where
                     Ok(_) => return End::Closed,
                     Err(_) => {
                         session.timed_out(why);
-                        let _ = stream.write_all(&session.take_output()).await;
+                        let _ =
+                            send_within(&mut stream, &session.take_output(), ctx.timeouts.command)
+                                .await;
                         let _ = stream.shutdown().await;
                         return End::Closed;
                     }

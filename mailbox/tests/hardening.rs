@@ -265,6 +265,66 @@ async fn slow_and_idle_clients_are_cut_at_the_timeouts() {
     running.shutdown().await;
 }
 
+/// Found by the fuzz targets run in the suite (sim/tests/fuzz_targets.rs): a client that sends
+/// commands and never reads the replies blocked the server's write, with no timeout on it, so the
+/// session and its buffers were held for good. Each protocol now gives up on a reply it cannot
+/// send within the command timeout (1.5 s here) and closes, which the client sees as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_cut_at_the_command_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.timeouts = Timeouts {
+        login_idle: Duration::from_secs(60),
+        login_total: Duration::from_secs(60),
+        command: Duration::from_millis(1500),
+        command_authenticated: Duration::from_secs(60),
+    };
+    cfg.smtp_command_timeout = Duration::from_millis(1500);
+    cfg.smtp_login_timeout = Duration::from_secs(60);
+    let (running, _) = started(cfg).await;
+    for (addr, login, command) in [
+        (
+            running.smtp.unwrap(),
+            &b""[..],
+            &b"EHLO client.example.test\r\n"[..],
+        ),
+        (
+            running.imap.unwrap(),
+            &b"a LOGIN bob secret\r\n"[..],
+            &b"b CAPABILITY\r\n"[..],
+        ),
+        (
+            running.pop3.unwrap(),
+            &b"USER bob\r\nPASS secret\r\n"[..],
+            &b"CAPA\r\n"[..],
+        ),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(login).await.unwrap();
+        let chunk = command.repeat(4096);
+        let t0 = Instant::now();
+        let mut sent = 0usize;
+        // Megabytes of replies fill both sockets' buffers; then the server's write waits.
+        let cut = tokio::time::timeout(Duration::from_secs(30), async {
+            while s.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+        })
+        .await;
+        assert!(
+            cut.is_ok(),
+            "{addr}: still connected after 30 s ({sent} bytes sent, no reply read)"
+        );
+        assert!(sent > 0, "{addr}: cut before anything was sent");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1500),
+            "{addr}: {:?}",
+            t0.elapsed()
+        );
+    }
+    running.shutdown().await;
+}
+
 async fn smtp_session(addr: SocketAddr, lines: &[&str]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     read_until(&mut s, line_ends("220 ")).await;

@@ -117,3 +117,20 @@ pub async fn accept_loop<F, Fut>(
         }
     }
 }
+
+/// Write `bytes` to a client within `limit`; false when the write failed or timed out. A client
+/// that sends commands and never reads the replies must not hold its session, and the buffers
+/// behind it, forever: a server's timeouts cover its writes as well as its reads (Postfix's
+/// `smtpd_timeout` is "the time limit for sending a server response and for receiving a client
+/// request").
+pub async fn send_within<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> bool {
+    use tokio::io::AsyncWriteExt;
+    matches!(
+        tokio::time::timeout(limit, stream.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}

@@ -1,6 +1,6 @@
 //! Inbound SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS, AUTH).
 
-use crate::net::{ConnectionLimiter, Refusal};
+use crate::net::{ConnectionLimiter, Refusal, send_within};
 use crate::reply::Reply;
 use crate::sasl::LoginOutcome;
 use smtp_proto::Request;
@@ -905,7 +905,7 @@ where
         let mut out = Vec::new();
         refusal.write_to(&mut out);
         let mut stream = stream;
-        let _ = stream.write_all(&out).await;
+        let _ = send_within(&mut stream, &out, cfg.command_timeout).await;
         let _ = stream.shutdown().await;
         backend.on_disconnect(&probe);
         return;
@@ -940,6 +940,7 @@ where
 {
     // Per-connection memory is what bounds a server holding thousands of idle clients.
     let mut readbuf = vec![0u8; READ_BUF_BYTES];
+    let limit = session.cfg.command_timeout;
     loop {
         match session.next(started.elapsed()) {
             Action::Flush => {
@@ -947,7 +948,7 @@ where
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let ok = stream.write_all(session.output()).await.is_ok();
+                let ok = send_within(&mut stream, session.output(), limit).await;
                 session.flushed();
                 if !ok {
                     return SessionEnd::Done;
@@ -957,7 +958,7 @@ where
                 match tokio::time::timeout_at(started + deadline, stream.read(&mut readbuf)).await {
                     Err(_) => {
                         session.timed_out();
-                        let _ = stream.write_all(session.output()).await;
+                        let _ = send_within(&mut stream, session.output(), limit).await;
                         let _ = stream.shutdown().await;
                         return SessionEnd::Done;
                     }
@@ -987,17 +988,17 @@ where
                 }
             },
             Action::Close => {
-                let _ = stream.write_all(session.output()).await;
+                let _ = send_within(&mut stream, session.output(), limit).await;
                 let _ = stream.shutdown().await;
                 return SessionEnd::Done;
             }
             Action::Drop => {
                 // Send what was answered before the drop, then cut the connection.
-                let _ = stream.write_all(session.output()).await;
+                let _ = send_within(&mut stream, session.output(), limit).await;
                 return SessionEnd::Done;
             }
             Action::StartTls => {
-                if stream.write_all(session.output()).await.is_err() {
+                if !send_within(&mut stream, session.output(), limit).await {
                     return SessionEnd::Done;
                 }
                 session.flushed();
