@@ -62,6 +62,7 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 # The fuzz targets are a workspace of their own (cargo-fuzz's layout): they must keep compiling.
+# (Their bodies, fuzz/src/lib.rs, run on seeds and mutations in sim/tests/fuzz_targets.rs.)
 # Checked in the same target directory, so the dependencies clippy just checked are reused.
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}" cargo check --manifest-path fuzz/Cargo.toml --bins --locked
 cargo test --workspace --all-features --locked
