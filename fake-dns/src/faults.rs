@@ -13,6 +13,8 @@ pub enum FaultKind {
     ServFail,
     /// Never answer (the client times out).
     Timeout,
+    /// Never answer queries of these types at exactly this name (others are answered).
+    TimeoutOf(Vec<RecordType>),
     /// Answer NXDOMAIN.
     NxDomain,
     /// Replace the records of one type at exactly this name (a change at time T; a null MX is
@@ -37,7 +39,7 @@ impl Fault {
 
     fn covers(&self, name: &str) -> bool {
         match self.kind {
-            FaultKind::Records(..) => name == self.name,
+            FaultKind::Records(..) | FaultKind::TimeoutOf(_) => name == self.name,
             _ => {
                 name == self.name
                     || (name.len() > self.name.len()
@@ -95,7 +97,7 @@ impl FaultyZones {
         let name = normalize(name);
         match self.fault(&name, rtype, elapsed_ms) {
             Some(FaultKind::ServFail) => return Resolution::ServFail,
-            Some(FaultKind::Timeout) => return Resolution::Timeout,
+            Some(FaultKind::Timeout | FaultKind::TimeoutOf(_)) => return Resolution::Timeout,
             Some(FaultKind::NxDomain) => return Resolution::NxDomain,
             Some(FaultKind::Records(_, records)) => {
                 return if records.is_empty() {
@@ -123,6 +125,7 @@ impl FaultyZones {
 fn kind_applies(kind: &FaultKind, rtype: RecordType) -> bool {
     match kind {
         FaultKind::Records(t, _) => *t == rtype,
+        FaultKind::TimeoutOf(types) => types.contains(&rtype),
         _ => true,
     }
 }

@@ -13,7 +13,7 @@ use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::spf::Spf;
 use mail_auth::{DnsError, DnssecStatus, Error, MX, RecordSet, Txt};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,6 +185,18 @@ impl InProcess {
                 .into_iter()
                 .filter_map(|r| match r {
                     RecordData::A(a) => Some(a),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    pub fn ipv6(&self, name: Option<&str>) -> RecordSet<Ipv6Addr> {
+        record_set(
+            self.records(name, RecordType::AAAA)
+                .into_iter()
+                .filter_map(|r| match r {
+                    RecordData::Aaaa(a) => Some(a),
                     _ => None,
                 })
                 .collect(),

@@ -1,7 +1,8 @@
 //! Synthetic DNS for mailsim.
 //!
-//! * [`ZoneSet`] is the zone model a scenario is compiled into: zones (origins) holding A, MX,
-//!   TXT (SPF, DKIM keys, DMARC), NS and PTR records. It answers in-process with
+//! * [`ZoneSet`] is the zone model a scenario is compiled into: zones (origins) holding A, AAAA,
+//!   MX, TXT (SPF, DKIM keys, DMARC), CNAME, NS, PTR and SOA records, generated or read from
+//!   RFC 1035 zone files ([`zonefile`]). It answers in-process with
 //!   [`ZoneSet::lookup`] (for virtual time) and builds a hickory [`Catalog`].
 //! * [`DnsServer`] serves that catalog with hickory-server over UDP and TCP on one loopback
 //!   port, and shuts down cleanly.
@@ -11,13 +12,13 @@
 //!   [`resolver_for`] is the one hickory set-up for asking a server over the wire (live mode).
 
 pub use hickory_proto::rr::RecordType;
-use hickory_proto::rr::rdata::{A, MX, NS, PTR, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, SOA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::Server;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +27,15 @@ use tokio::net::{TcpListener, UdpSocket};
 pub mod faults;
 pub mod in_process;
 pub mod serve_faults;
+pub mod zonefile;
 pub use faults::{Fault, FaultKind, FaultyZones, Resolution};
 pub use in_process::{InProcess, resolver_for};
 pub use serve_faults::{Elapsed, FaultyCatalog};
 
 /// Default TTL of synthetic records, in seconds.
 pub const TTL_S_DEFAULT: u32 = 300;
+/// How many CNAME links an in-process lookup follows.
+const CNAME_CHAIN_MAX: usize = 8;
 /// A DNS TXT character-string holds at most 255 octets; longer texts are split.
 const TXT_STRING_BYTES_MAX: usize = 255;
 
@@ -41,6 +45,8 @@ pub enum DnsError {
     BadName { name: String, message: String },
     #[error("zone {origin}: {message}")]
     Zone { origin: String, message: String },
+    #[error("{place}: {message}")]
+    ZoneFile { place: String, message: String },
     #[error("binding DNS server on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -52,20 +58,44 @@ pub enum DnsError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordData {
     A(Ipv4Addr),
-    Mx { preference: u16, exchange: String },
+    Aaaa(Ipv6Addr),
+    Mx {
+        preference: u16,
+        exchange: String,
+    },
+    /// The record's character-strings joined (RFC 7208 section 3.3, RFC 6376 section 3.6.2.2
+    /// read them so); served again in strings of at most 255 octets.
     Txt(String),
     Ptr(String),
     Ns(String),
+    Cname(String),
+    /// A zone's own SOA, from a zone file (generated zones get one of fake-dns's).
+    Soa(Soa),
+}
+
+/// The fields of an SOA record (RFC 1035 section 3.3.13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Soa {
+    pub mname: String,
+    pub rname: String,
+    pub serial: u32,
+    pub refresh: i32,
+    pub retry: i32,
+    pub expire: i32,
+    pub minimum: u32,
 }
 
 impl RecordData {
     pub fn record_type(&self) -> RecordType {
         match self {
             RecordData::A(_) => RecordType::A,
+            RecordData::Aaaa(_) => RecordType::AAAA,
             RecordData::Mx { .. } => RecordType::MX,
             RecordData::Txt(_) => RecordType::TXT,
             RecordData::Ptr(_) => RecordType::PTR,
             RecordData::Ns(_) => RecordType::NS,
+            RecordData::Cname(_) => RecordType::CNAME,
+            RecordData::Soa(_) => RecordType::SOA,
         }
     }
 }
@@ -111,6 +141,17 @@ pub fn record_of(owner: &Name, ttl_s: u32, data: &RecordData) -> Result<Record, 
         RecordData::Txt(text) => RData::TXT(TXT::new(split_txt(text))),
         RecordData::Ptr(target) => RData::PTR(PTR(parse_name(target)?)),
         RecordData::Ns(target) => RData::NS(NS(parse_name(target)?)),
+        RecordData::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        RecordData::Cname(target) => RData::CNAME(CNAME(parse_name(target)?)),
+        RecordData::Soa(soa) => RData::SOA(SOA::new(
+            parse_name(&soa.mname)?,
+            parse_name(&soa.rname)?,
+            soa.serial,
+            soa.refresh,
+            soa.retry,
+            soa.expire,
+            soa.minimum,
+        )),
     };
     Ok(Record::from_rdata(owner.clone(), ttl_s, rdata))
 }
@@ -130,10 +171,26 @@ pub(crate) fn parse_name(name: &str) -> Result<Name, DnsError> {
     } else {
         format!("{name}.")
     };
-    Name::from_str(&fqdn).map_err(|e| DnsError::BadName {
-        name: name.to_string(),
-        message: e.to_string(),
-    })
+    Name::from_str(&fqdn)
+        .or_else(|e| {
+            // A label may hold any octet (RFC 2181 section 11); hickory's text form refuses
+            // some (`foo:bar/baz`, as the SPF suite publishes).
+            let labels: Vec<&[u8]> = name
+                .trim_end_matches('.')
+                .split('.')
+                .map(str::as_bytes)
+                .collect();
+            Name::from_labels(labels)
+                .map(|mut n| {
+                    n.set_fqdn(true);
+                    n
+                })
+                .map_err(|_| e)
+        })
+        .map_err(|e| DnsError::BadName {
+            name: name.to_string(),
+            message: e.to_string(),
+        })
 }
 
 impl ZoneSet {
@@ -141,8 +198,13 @@ impl ZoneSet {
         Self::default()
     }
 
-    /// Declare a zone and its parent suffixes (idempotent).
+    /// Declare a zone and its parent suffixes (idempotent). `"."` declares the root: the set
+    /// is then authoritative for every name, and one it does not hold does not exist.
     pub fn add_zone(&mut self, origin: &str) {
+        if origin == "." {
+            self.origins.insert(String::new());
+            return;
+        }
         let origin = normalize(origin);
         let mut candidate = origin.as_str();
         loop {
@@ -172,6 +234,28 @@ impl ZoneSet {
             });
     }
 
+    /// Put `records` (from a zone file) in place of what the model holds at their names and
+    /// types: a zone file adds names and types and overrides the generated ones it also has.
+    pub fn overlay(&mut self, origin: &str, records: Vec<ZoneRecord>) {
+        self.add_zone(origin);
+        let replaced: BTreeSet<(String, RecordType)> = records
+            .iter()
+            .map(|r| (normalize(&r.name), r.data.record_type()))
+            .collect();
+        for (name, rtype) in &replaced {
+            if let Some(held) = self.records.get_mut(name) {
+                held.retain(|r| r.data.record_type() != *rtype);
+            }
+        }
+        for mut r in records {
+            r.name = normalize(&r.name);
+            if self.zone_for(&r.name).is_none() {
+                self.add_zone(&r.name);
+            }
+            self.records.entry(r.name.clone()).or_default().push(r);
+        }
+    }
+
     /// The most specific declared zone that is authoritative for `name`.
     pub fn zone_for(&self, name: &str) -> Option<String> {
         let name = normalize(name);
@@ -182,7 +266,8 @@ impl ZoneSet {
             }
             match candidate.split_once('.') {
                 Some((_, rest)) => candidate = rest,
-                None => return None,
+                // The root, when declared, holds every name.
+                None => return self.origins.contains("").then(String::new),
             }
         }
     }
@@ -214,6 +299,18 @@ impl ZoneSet {
         })
     }
 
+    /// The records of `rtype` at exactly `name`, if any.
+    fn lookup_exact(&self, name: &str, rtype: RecordType) -> Option<Vec<RecordData>> {
+        let found: Vec<RecordData> = self
+            .records
+            .get(name)?
+            .iter()
+            .filter(|r| r.data.record_type() == rtype)
+            .map(|r| r.data.clone())
+            .collect();
+        (!found.is_empty()).then_some(found)
+    }
+
     /// Answer a query from the model itself, without a socket.
     pub fn lookup(&self, name: &str, rtype: RecordType) -> Lookup {
         let name = normalize(name);
@@ -230,6 +327,29 @@ impl ZoneSet {
             .collect();
         if !answer.is_empty() {
             return Lookup::Answer(answer);
+        }
+        // An alias answers for every type at its name (RFC 1034 section 3.6.2); a resolver
+        // follows it, as here, a few links at most.
+        if rtype != RecordType::CNAME {
+            let mut target = name.clone();
+            for _ in 0..CNAME_CHAIN_MAX {
+                let Some(next) = self
+                    .records
+                    .get(&target)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|r| match &r.data {
+                        RecordData::Cname(t) => Some(normalize(t)),
+                        _ => None,
+                    })
+                else {
+                    break;
+                };
+                match self.lookup_exact(&next, rtype) {
+                    Some(found) => return Lookup::Answer(found),
+                    None => target = next,
+                }
+            }
         }
         let suffix = format!(".{name}");
         let exists = self.origins.contains(&name)
@@ -277,16 +397,26 @@ impl ZoneSet {
             };
             // The SOA's own TTL is its MINIMUM: a negative answer carries the SOA with
             // min(TTL, MINIMUM) (RFC 2308 section 3), however the server copies it.
-            if !zone.upsert_mut(
-                Record::from_rdata(origin_name.clone(), 60, RData::SOA(soa)),
-                serial,
-            ) {
+            // A zone file's own SOA and NS at the origin stand in for fake-dns's.
+            let own = |rtype: RecordType| {
+                records
+                    .iter()
+                    .any(|r| normalize(&r.name) == *origin && r.data.record_type() == rtype)
+            };
+            if !own(RecordType::SOA)
+                && !zone.upsert_mut(
+                    Record::from_rdata(origin_name.clone(), 60, RData::SOA(soa)),
+                    serial,
+                )
+            {
                 return Err(zone_err("SOA rejected".into()));
             }
-            zone.upsert_mut(
-                Record::from_rdata(origin_name.clone(), 3600, RData::NS(NS(ns_name.clone()))),
-                serial,
-            );
+            if !own(RecordType::NS) {
+                zone.upsert_mut(
+                    Record::from_rdata(origin_name.clone(), 3600, RData::NS(NS(ns_name.clone()))),
+                    serial,
+                );
+            }
             // The NS name resolves (RFC 1034 section 4.2.1: a zone's name servers are named and
             // found); to this server.
             let ns_owner = format!("ns.{origin}");
@@ -295,7 +425,14 @@ impl ZoneSet {
             {
                 zone.upsert_mut(Record::from_rdata(ns_name, 3600, RData::A(A(v4))), serial);
             }
-            for r in records {
+            for (i, r) in records.iter().enumerate() {
+                // An RRset holds no two equal records (RFC 2181 section 5): a repeat is one.
+                if records[..i]
+                    .iter()
+                    .any(|e| normalize(&e.name) == normalize(&r.name) && e.data == r.data)
+                {
+                    continue;
+                }
                 let owner = parse_name(&r.name)?;
                 if !zone.upsert_mut(record_of(&owner, r.ttl_s, &r.data)?, serial) {
                     return Err(zone_err(format!("record {} {:?} rejected", r.name, r.data)));

@@ -156,7 +156,7 @@ impl RequestHandler for FaultyCatalog {
                     .await;
             }
             // No answer: the client's timeout is the fault.
-            Some(FaultKind::Timeout) => return not_sent(request),
+            Some(FaultKind::Timeout | FaultKind::TimeoutOf(_)) => return not_sent(request),
             Some(FaultKind::ServFail) => ResponseCode::ServFail,
             Some(FaultKind::NxDomain) => ResponseCode::NXDomain,
             Some(FaultKind::Records(_, records)) => {

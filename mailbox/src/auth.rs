@@ -2,10 +2,12 @@
 //! (fake-dns in mailsim).
 
 use crate::auth_dns::{AuthDns, ZoneCache, ZoneCaches};
+use crate::spf::{Answer, Rr, SpfDns, SpfResult as Spf};
+use hickory_resolver::TokioResolver;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
     SpfResult,
@@ -17,6 +19,8 @@ use std::sync::Arc;
 /// The verdicts for one message, as short lowercase words, plus the header to prepend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdicts {
+    /// Each mechanism's result with the reason for it (`mailsim auth verify`'s JSON).
+    pub detail: Detail,
     pub spf: String,
     pub dkim: String,
     pub dmarc: String,
@@ -28,11 +32,141 @@ pub struct Verdicts {
     pub header: String,
 }
 
+/// Why each mechanism gave its result: what a postmaster reads to fix a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Detail {
+    pub spf: SpfDetail,
+    /// One per DKIM-Signature, in the message's order.
+    pub dkim: Vec<DkimDetail>,
+    pub dmarc: DmarcDetail,
+    /// Present when the message carries an ARC set (RFC 8617).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arc: Option<ArcDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct SpfDetail {
+    pub result: String,
+    /// The domain whose policy was checked (the envelope sender's, or the HELO name's).
+    pub domain: String,
+    pub reason: String,
+    /// The domain's own explanation of a fail (its `exp=` text, RFC 7208 section 6.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DkimDetail {
+    pub result: String,
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DmarcDetail {
+    pub result: String,
+    /// The RFC5322.From domain.
+    pub domain: String,
+    /// The published policy (`none`, `quarantine`, `reject`), if a record was found.
+    pub policy: Option<String>,
+    /// Whether SPF passed for a domain aligned with From (`pass`, `fail`, `none`, ...).
+    pub spf_aligned: String,
+    /// Whether a DKIM signature of a domain aligned with From passed.
+    pub dkim_aligned: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ArcDetail {
+    pub result: String,
+    /// How many ARC sets (instances) the message carries.
+    pub sets: usize,
+    pub reason: String,
+}
+
 pub struct Verifier {
     auth: MessageAuthenticator,
     hostname: String,
     /// In-process answers (virtual mode); empty caches in live mode.
     caches: ZoneCaches,
+    /// Where SPF's evaluation (crate::spf) looks things up.
+    spf_dns: SpfSource,
+}
+
+/// SPF's lookups: over the wire with hickory, or in-process from the zones.
+enum SpfSource {
+    Wire(TokioResolver),
+    InProcess(Arc<dyn AuthDns>),
+}
+
+impl SpfDns for SpfSource {
+    fn query(&self, name: &str, rr: Rr) -> impl std::future::Future<Output = Answer> + Send {
+        async move {
+            match self {
+                SpfSource::InProcess(answers) => answers.spf_query(name, rr),
+                SpfSource::Wire(resolver) => wire_query(resolver, name, rr).await,
+            }
+        }
+    }
+}
+
+/// One query over hickory, answered in the text forms SPF compares.
+async fn wire_query(resolver: &TokioResolver, name: &str, rr: Rr) -> Answer {
+    use hickory_resolver::proto::rr::{Name, RData, RecordType};
+    let rtype = match rr {
+        Rr::A => RecordType::A,
+        Rr::Aaaa => RecordType::AAAA,
+        Rr::Mx => RecordType::MX,
+        Rr::Txt => RecordType::TXT,
+        Rr::Ptr => RecordType::PTR,
+    };
+    let bare = name.trim_end_matches('.');
+    // Any octet may be in a label (RFC 2181 section 11); hickory's text form refuses some.
+    let Ok(mut qname) = Name::from_ascii(format!("{bare}."))
+        .or_else(|_| Name::from_labels(bare.split('.').map(str::as_bytes)))
+    else {
+        return Answer::Temp(format!("{name:?} cannot be asked"));
+    };
+    qname.set_fqdn(true);
+    // Labels as they are (to_ascii would escape a ':' or '/' inside one).
+    let text = |n: &Name| {
+        n.iter()
+            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    match resolver.lookup(qname, rtype).await {
+        Ok(lookup) => {
+            let mut mx: Vec<(u16, String)> = Vec::new();
+            let mut out = Vec::new();
+            for r in lookup.answers() {
+                match (&r.data, rr) {
+                    (RData::A(a), Rr::A) => out.push(a.0.to_string()),
+                    (RData::AAAA(a), Rr::Aaaa) => out.push(a.0.to_string()),
+                    (RData::MX(m), Rr::Mx) => mx.push((m.preference, text(&m.exchange))),
+                    (RData::TXT(t), Rr::Txt) => out.push(
+                        t.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect(),
+                    ),
+                    (RData::PTR(p), Rr::Ptr) => out.push(text(&p.0)),
+                    _ => {}
+                }
+            }
+            mx.sort();
+            out.extend(mx.into_iter().map(|(_, n)| n));
+            if out.is_empty() {
+                Answer::Void
+            } else {
+                Answer::Records(out)
+            }
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::Void,
+        Err(e) => Answer::Temp(e.to_string()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +180,18 @@ impl Verifier {
         (config, opts): (ResolverConfig, ResolverOpts),
         hostname: &str,
     ) -> Result<Self, VerifierError> {
+        let resolver =
+            TokioResolver::builder_with_config(config.clone(), TokioRuntimeProvider::default())
+                .with_options(opts.clone())
+                .build()
+                .map_err(|e| VerifierError(e.to_string()))?;
         let auth =
             MessageAuthenticator::new(config, opts).map_err(|e| VerifierError(e.to_string()))?;
         Ok(Verifier {
             auth,
             hostname: hostname.to_string(),
             caches: ZoneCaches::new(None),
+            spf_dns: SpfSource::Wire(resolver),
         })
     }
 
@@ -60,10 +200,15 @@ impl Verifier {
     pub fn system(hostname: &str) -> Result<Self, VerifierError> {
         let auth =
             MessageAuthenticator::new_system_conf().map_err(|e| VerifierError(e.to_string()))?;
+        let resolver = TokioResolver::builder_tokio()
+            .map_err(|e| VerifierError(e.to_string()))?
+            .build()
+            .map_err(|e| VerifierError(e.to_string()))?;
         Ok(Verifier {
             auth,
             hostname: hostname.to_string(),
             caches: ZoneCaches::new(None),
+            spf_dns: SpfSource::Wire(resolver),
         })
     }
 
@@ -78,7 +223,8 @@ impl Verifier {
             ),
             hostname,
         )?;
-        v.caches = ZoneCaches::new(Some(answers));
+        v.caches = ZoneCaches::new(Some(answers.clone()));
+        v.spf_dns = SpfSource::InProcess(answers);
         Ok(v)
     }
 
@@ -94,22 +240,45 @@ impl Verifier {
             .rsplit_once('@')
             .map_or(helo, |(_, d)| d)
             .to_string();
-        let spf = self
-            .auth
-            .verify_spf(self.with_caches(SpfParameters::verify_mail_from(
+        let checked = crate::spf::check_host(
+            &self.spf_dns,
+            &crate::spf::Request {
                 ip,
-                helo,
-                &self.hostname,
                 mail_from,
-            )))
-            .await;
-        let spf_word = spf_word(spf.result());
+                helo,
+                receiver: &self.hostname,
+            },
+        )
+        .await;
+        // DMARC (mail-auth) reads SPF's result for the envelope domain.
+        let spf =
+            mail_auth::SpfOutput::new(checked.domain.clone()).with_result(match checked.result {
+                Spf::None => SpfResult::None,
+                Spf::Neutral => SpfResult::Neutral,
+                Spf::Pass => SpfResult::Pass,
+                Spf::Fail => SpfResult::Fail,
+                Spf::SoftFail => SpfResult::SoftFail,
+                Spf::TempError => SpfResult::TempError,
+                Spf::PermError => SpfResult::PermError,
+            });
+        let spf_word = checked.result.word();
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
             let header = format!(
                 "Authentication-Results: {}; spf={spf_word} smtp.mailfrom={mail_from}; dkim=permerror (unparsable message); dmarc=permerror\r\n",
                 self.hostname
             );
+            let detail = Detail {
+                spf: spf_detail(&checked),
+                dkim: Vec::new(),
+                dmarc: DmarcDetail {
+                    result: "permerror".into(),
+                    reason: "the message has no header section mail-auth can read".into(),
+                    ..DmarcDetail::default()
+                },
+                arc: None,
+            };
             return Verdicts {
+                detail,
                 spf: spf_word.into(),
                 dkim: "permerror".into(),
                 dmarc: "permerror".into(),
@@ -119,6 +288,12 @@ impl Verifier {
             };
         };
         let dkim = self.auth.verify_dkim(self.with_caches(&parsed)).await;
+        // ARC (RFC 8617) only where the message carries it: no clause otherwise.
+        let arc = if parsed.as_headers.is_empty() && parsed.ams_headers.is_empty() {
+            None
+        } else {
+            Some(self.auth.verify_arc(self.with_caches(&parsed)).await)
+        };
         let dmarc = self
             .auth
             .verify_dmarc(self.with_caches(DmarcParameters::new(
@@ -154,10 +329,12 @@ impl Verifier {
         // mail-auth writes the DKIM and DMARC clauses; the SPF clause is written here (its
         // comment would lose the `=` of a VERP address), and a message without a signature gets
         // `dkim=none` (RFC 8601 section 2.7.1) rather than no DKIM clause at all.
-        let rest = AuthenticationResults::new(&self.hostname)
-            .with_dkim_results(&dkim, &header_from)
-            .with_dmarc_result(&dmarc)
-            .to_header();
+        let mut results =
+            AuthenticationResults::new(&self.hostname).with_dkim_results(&dkim, &header_from);
+        if let Some(arc) = &arc {
+            results = results.with_arc_result(arc, ip);
+        }
+        let rest = results.with_dmarc_result(&dmarc).to_header();
         let rest = rest
             .strip_prefix("Authentication-Results: ")
             .and_then(|r| r.strip_prefix(self.hostname.as_str()))
@@ -172,7 +349,25 @@ impl Verifier {
                 ""
             },
         );
+        let detail = Detail {
+            spf: spf_detail(&checked),
+            dkim: dkim.iter().map(dkim_detail).collect(),
+            dmarc: dmarc_detail(&dmarc, dmarc_word, &header_from, dmarc_policy.as_deref()),
+            arc: arc.as_ref().map(|a| ArcDetail {
+                result: self::dkim_word(a.result()).into(),
+                sets: a.sets().len(),
+                reason: match a.result() {
+                    DkimResult::Pass => {
+                        "every ARC set's seal and message signature verify, and the chain is intact"
+                            .into()
+                    }
+                    DkimResult::None => "no ARC set".into(),
+                    other => reason_of(other),
+                },
+            }),
+        };
         Verdicts {
+            detail,
             spf: spf_word.into(),
             dkim: dkim_word.into(),
             dmarc: dmarc_word.into(),
@@ -256,15 +451,119 @@ fn spf_clause(word: &str, hostname: &str, mail_from: &str, helo: &str, ip: IpAdd
     format!("spf={word} ({hostname}: {escaped}) smtp.mailfrom={pvalue}")
 }
 
-fn spf_word(r: SpfResult) -> &'static str {
+/// SPF's result with the evaluation's reason and the domain's explanation of a fail.
+fn spf_detail(o: &crate::spf::Outcome) -> SpfDetail {
+    SpfDetail {
+        result: o.result.word().into(),
+        domain: o.domain.clone(),
+        reason: o.reason.clone(),
+        explanation: o.explanation.clone(),
+    }
+}
+
+fn dkim_detail(d: &mail_auth::DkimOutput<'_>) -> DkimDetail {
+    let (domain, selector, algorithm) = d.signature().map_or_else(Default::default, |s| {
+        (
+            s.d.clone(),
+            s.s.clone(),
+            match s.a {
+                mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+                mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+                mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+            }
+            .to_string(),
+        )
+    });
+    DkimDetail {
+        result: dkim_word(d.result()).into(),
+        reason: match d.result() {
+            DkimResult::Pass => {
+                format!("the signature verifies with the key at {selector}._domainkey.{domain}")
+            }
+            DkimResult::Neutral(e)
+            | DkimResult::Fail(e)
+            | DkimResult::PermError(e)
+            | DkimResult::TempError(e) => dkim_reason(e, &selector, &domain),
+            DkimResult::None => "no signature".into(),
+        },
+        domain,
+        selector,
+        algorithm,
+    }
+}
+
+fn dmarc_detail(
+    dmarc: &mail_auth::DmarcOutput,
+    word: &str,
+    header_from: &str,
+    policy: Option<&str>,
+) -> DmarcDetail {
+    let aligned = |r: &DmarcResult| match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::None => "none",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::Fail(_) => "fail",
+    };
+    let reason = match dmarc.result() {
+        DmarcResult::Pass => match (dmarc.spf_result(), dmarc.dkim_result()) {
+            (DmarcResult::Pass, DmarcResult::Pass) => {
+                "SPF and DKIM both pass for domains aligned with From".to_string()
+            }
+            (DmarcResult::Pass, _) => "SPF passes for a domain aligned with From".to_string(),
+            _ => "a DKIM signature of a domain aligned with From passes".to_string(),
+        },
+        DmarcResult::None => {
+            format!("{header_from} publishes no DMARC record (nor does its organizational domain)")
+        }
+        DmarcResult::Fail(_) => format!(
+            "neither SPF nor DKIM passes for a domain aligned with From ({header_from}): SPF {}, DKIM {}",
+            aligned(dmarc.spf_result()),
+            aligned(dmarc.dkim_result())
+        ),
+        DmarcResult::TempError(e) => format!("DMARC policy discovery failed temporarily: {e}"),
+        DmarcResult::PermError(e) => format!("the DMARC record cannot be used: {e}"),
+    };
+    DmarcDetail {
+        result: word.into(),
+        domain: header_from.into(),
+        policy: policy.map(str::to_string),
+        spf_aligned: aligned(dmarc.spf_result()).into(),
+        dkim_aligned: aligned(dmarc.dkim_result()).into(),
+        reason,
+    }
+}
+
+/// A failed signature's reason in RFC 6376's terms where mail-auth's words are a library's.
+fn dkim_reason(e: &mail_auth::Error, selector: &str, domain: &str) -> String {
+    use mail_auth::common::crypto::CryptoError;
+    use mail_auth::dkim::DkimError;
+    match e {
+        mail_auth::Error::Crypto(CryptoError::FailedVerification | CryptoError::Library(_)) => format!(
+            "the signature (b=) does not verify with the key at {selector}._domainkey.{domain}: a signed header field changed, or the key is not the signer's (RFC 6376 section 6.1.3)"
+        ),
+        mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch) => {
+            "the body hash (bh=) does not match the body: it changed after signing (RFC 6376 section 3.7)".into()
+        }
+        mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_)) => {
+            format!("no key record at {selector}._domainkey.{domain} (RFC 6376 section 6.1.2)")
+        }
+        mail_auth::Error::Dns(mail_auth::DnsError::Resolver(r)) => {
+            format!("the key lookup at {selector}._domainkey.{domain} failed: {r}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// mail-auth's words for a failed check.
+fn reason_of(r: &DkimResult) -> String {
     match r {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
+        DkimResult::Pass => "pass".into(),
+        DkimResult::None => "no signature".into(),
+        DkimResult::Neutral(e)
+        | DkimResult::Fail(e)
+        | DkimResult::PermError(e)
+        | DkimResult::TempError(e) => e.to_string(),
     }
 }
 

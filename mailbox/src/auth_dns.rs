@@ -22,7 +22,10 @@ pub trait AuthDns: Send + Sync {
     fn txt(&self, name: Option<&str>) -> Txt;
     fn mx(&self, name: Option<&str>) -> RecordSet<MX>;
     fn ipv4(&self, name: Option<&str>) -> RecordSet<Ipv4Addr>;
+    fn ipv6(&self, name: Option<&str>) -> RecordSet<Ipv6Addr>;
     fn ptr(&self, name: Option<&str>) -> RecordSet<Box<str>>;
+    /// One query as SPF's evaluation asks it (records in text form).
+    fn spf_query(&self, name: &str, rr: crate::spf::Rr) -> crate::spf::Answer;
 }
 
 /// One of mail-auth's five caches, answering from an [`AuthDns`] (or nothing, in live mode).
@@ -79,11 +82,7 @@ macro_rules! name_cache {
 name_cache!(Txt, |a, name| a.txt(name));
 name_cache!(RecordSet<MX>, |a, name| a.mx(name));
 name_cache!(RecordSet<Ipv4Addr>, |a, name| a.ipv4(name));
-// The zones hold no AAAA records.
-name_cache!(RecordSet<Ipv6Addr>, |_a, _name| RecordSet {
-    rrset: Arc::from(Vec::new().into_boxed_slice()),
-    dnssec_status: mail_auth::DnssecStatus::Indeterminate,
-});
+name_cache!(RecordSet<Ipv6Addr>, |a, name| a.ipv6(name));
 
 impl ResolverCache<IpAddr, RecordSet<Box<str>>> for ZoneCache<RecordSet<Box<str>>> {
     fn get<Q>(&self, key: &Q) -> Option<RecordSet<Box<str>>>

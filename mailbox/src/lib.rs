@@ -20,5 +20,6 @@ pub mod mime;
 pub mod pop3;
 pub mod server;
 pub mod shell;
+pub mod spf;
 pub mod store;
 pub mod users;

@@ -421,6 +421,45 @@ impl AuthDns for Zones {
     fn ipv4(&self, name: Option<&str>) -> mail_auth::RecordSet<std::net::Ipv4Addr> {
         self.0.ipv4(name)
     }
+    fn ipv6(&self, name: Option<&str>) -> mail_auth::RecordSet<std::net::Ipv6Addr> {
+        self.0.ipv6(name)
+    }
+    fn spf_query(&self, name: &str, rr: mailsim_mailbox::spf::Rr) -> mailsim_mailbox::spf::Answer {
+        use fake_dns::{RecordData, Resolution};
+        use mailsim_mailbox::spf::{Answer, Rr};
+        let rtype = match rr {
+            Rr::A => RecordType::A,
+            Rr::Aaaa => RecordType::AAAA,
+            Rr::Mx => RecordType::MX,
+            Rr::Txt => RecordType::TXT,
+            Rr::Ptr => RecordType::PTR,
+        };
+        match self.0.resolve(name, rtype) {
+            Resolution::Answer(records) => {
+                let mut mx: Vec<(u16, String)> = Vec::new();
+                let mut out: Vec<String> = Vec::new();
+                for r in records {
+                    match r {
+                        RecordData::A(a) => out.push(a.to_string()),
+                        RecordData::Aaaa(a) => out.push(a.to_string()),
+                        RecordData::Mx {
+                            preference,
+                            exchange,
+                        } => mx.push((preference, fake_dns::normalize(&exchange))),
+                        RecordData::Txt(t) => out.push(t),
+                        RecordData::Ptr(p) => out.push(fake_dns::normalize(&p)),
+                        _ => {}
+                    }
+                }
+                mx.sort();
+                out.extend(mx.into_iter().map(|(_, n)| n));
+                Answer::Records(out)
+            }
+            Resolution::NoData | Resolution::NxDomain | Resolution::Refused => Answer::Void,
+            Resolution::ServFail => Answer::Temp("SERVFAIL".into()),
+            Resolution::Timeout => Answer::Temp("query timed out".into()),
+        }
+    }
     fn ptr(&self, name: Option<&str>) -> mail_auth::RecordSet<Box<str>> {
         self.0.ptr(name)
     }

@@ -6,6 +6,7 @@
 //! (folded by `mailsim-summary`).
 
 pub mod assemble;
+pub mod auth;
 pub mod behaviour;
 pub mod cli;
 pub mod daemon;

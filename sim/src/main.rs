@@ -7,8 +7,8 @@ use mailsim::runner::{self, RunOptions};
 use mailsim::scenario::Scenario;
 use mailsim::world::World;
 use mailsim_events::{Clock, SystemClock, read_log};
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -139,11 +139,51 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         stall_s_max: u64,
     },
-    /// Serve a scenario's DNS zones alone (UDP and TCP) until interrupted.
+    /// Serve a scenario's DNS zones, zone files, or both (UDP and TCP) until interrupted.
     Dns {
-        scenario: PathBuf,
+        /// The scenario whose zones (and zone files, and fault timeline) to serve.
+        scenario: Option<PathBuf>,
+        /// An RFC 1035 zone file to serve (with $ORIGIN or an SOA); over the scenario's records
+        /// where both hold a name and type. Repeat for more.
+        #[arg(long = "zone")]
+        zones: Vec<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:5353")]
         listen: SocketAddr,
+    },
+    /// Sender authentication: SPF, DKIM, DMARC and ARC.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// A receiver's view of one message: SPF (RFC 7208), every DKIM signature (RFC 6376), DMARC
+    /// (RFC 7489) and ARC (RFC 8617) where present. Prints the Authentication-Results header
+    /// (RFC 8601) and a JSON verdict with the reason for each result; exit 0 when DMARC passes
+    /// (or, without a DMARC record, SPF or DKIM does), 1 otherwise.
+    Verify {
+        /// The message as received (RFC 5322), or - for standard input.
+        message: PathBuf,
+        /// The connecting client's address.
+        #[arg(long)]
+        ip: IpAddr,
+        /// The client's HELO/EHLO name.
+        #[arg(long)]
+        helo: String,
+        /// The envelope sender (MAIL FROM); "" for the null sender.
+        #[arg(long = "mail-from")]
+        mail_from: String,
+        /// Zone files to answer the lookups (served by fake-dns on a loopback port).
+        #[arg(long = "zone")]
+        zones: Vec<PathBuf>,
+        /// A DNS server to ask instead (e.g. `mailsim dns`'s address).
+        #[arg(long)]
+        dns: Option<SocketAddr>,
+        /// The receiving host's name (authserv-id in the header).
+        #[arg(long, default_value = "mx.mailsim.test")]
+        hostname: String,
     },
 }
 
@@ -557,18 +597,33 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 report.acked, report.rejected, report.retried
             );
         }
-        Command::Dns { scenario, listen } => {
-            let sc = Scenario::load(&scenario)?;
-            let world = World::build(&sc).map_err(anyhow::Error::msg)?;
+        Command::Dns {
+            scenario,
+            zones,
+            listen,
+        } => {
+            let (mut set, faults) = match &scenario {
+                Some(path) => {
+                    let sc = Scenario::load(path)?;
+                    let world = World::build(&sc).map_err(anyhow::Error::msg)?;
+                    (world.zones, world.faults)
+                }
+                None if zones.is_empty() => {
+                    anyhow::bail!("nothing to serve: give a scenario, --zone files, or both")
+                }
+                None => (fake_dns::ZoneSet::new(), Vec::new()),
+            };
+            for path in &zones {
+                let file = fake_dns::zonefile::load(path, None)?;
+                set.overlay(&file.origin, file.records);
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
                 // Faults on the scenario's timeline count from now.
-                let zones = std::sync::Arc::new(fake_dns::FaultyZones::new(
-                    world.zones.clone(),
-                    world.faults.clone(),
-                ));
+                let served = set.zones().count();
+                let zones = std::sync::Arc::new(fake_dns::FaultyZones::new(set, faults));
                 let start_ms = SystemClock.now_ms();
                 let server = fake_dns::DnsServer::start_with_faults(
                     zones,
@@ -576,15 +631,53 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     std::sync::Arc::new(move || SystemClock.now_ms().saturating_sub(start_ms)),
                 )
                 .await?;
-                println!(
-                    "dns: serving {} zones on {} (udp+tcp)",
-                    world.zones.zones().count(),
-                    server.addr()
-                );
+                println!("dns: serving {served} zones on {} (udp+tcp)", server.addr());
                 tokio::signal::ctrl_c().await?;
                 server.shutdown().await;
                 anyhow::Ok(())
             })?;
+        }
+        Command::Auth {
+            command:
+                AuthCommand::Verify {
+                    message,
+                    ip,
+                    helo,
+                    mail_from,
+                    zones,
+                    dns,
+                    hostname,
+                },
+        } => {
+            let raw = if message.as_os_str() == "-" {
+                let mut raw = Vec::new();
+                std::io::stdin().read_to_end(&mut raw)?;
+                raw
+            } else {
+                std::fs::read(&message).with_context(|| message.display().to_string())?
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let verdicts = rt.block_on(async {
+                let dns = mailsim::auth::Dns::new(&zones, dns).await?;
+                let received = mailsim::auth::Received {
+                    ip,
+                    helo: &helo,
+                    mail_from: &mail_from,
+                    message: &raw,
+                };
+                let v = mailsim::auth::verify(&dns, &hostname, &received).await;
+                dns.shutdown().await;
+                v
+            })?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(verdicts.header.replace("\r\n", "\n").as_bytes())?;
+            serde_json::to_writer(&mut out, &verdicts.detail)?;
+            out.write_all(b"\n")?;
+            if !mailsim::auth::passes(&verdicts) {
+                return Ok(ExitCode::from(EXIT_NEGATIVE));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -47,6 +47,12 @@ pub struct Scenario {
     #[serde(rename = "domain", default)]
     pub domains: Vec<Spanned<Domain>>,
     pub campaign: Spanned<Campaign>,
+    /// RFC 1035 zone files served beside the generated records, and over them where they hold
+    /// the same name and type (`zones = ["customer.zone"]`, relative to the scenario file; or
+    /// `{ file = "...", origin = "example.com" }` for a file without `$ORIGIN`). Faults apply
+    /// to their names as to any other.
+    #[serde(default)]
+    pub zones: Vec<ZoneFileRef>,
     /// DNS faults on the timeline.
     #[serde(default, rename = "dns_fault")]
     pub dns_faults: Vec<Spanned<DnsFaultSpec>>,
@@ -62,6 +68,32 @@ pub struct Scenario {
     /// The recipients' engagement: who opens, clicks, unsubscribes, complains; spam traps.
     #[serde(default, rename = "segment")]
     pub segments: Vec<Spanned<Segment>>,
+}
+
+/// One entry of `zones`: a zone file, with the zone's name when the file has no `$ORIGIN`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ZoneFileRef {
+    Path(PathBuf),
+    #[serde(rename_all = "snake_case")]
+    Table {
+        file: PathBuf,
+        origin: Option<String>,
+    },
+}
+
+impl ZoneFileRef {
+    pub fn file(&self) -> &std::path::Path {
+        match self {
+            ZoneFileRef::Path(p) | ZoneFileRef::Table { file: p, .. } => p,
+        }
+    }
+    pub fn origin(&self) -> Option<&str> {
+        match self {
+            ZoneFileRef::Path(_) => None,
+            ZoneFileRef::Table { origin, .. } => origin.as_deref(),
+        }
+    }
 }
 
 /// `[reputation]`: switches the providers' reputation model on; each number, when set, replaces

@@ -270,6 +270,23 @@ impl World {
                 );
             }
         }
+        // The scenario's zone files, over the generated records.
+        for (i, z) in scenario.zones.iter().enumerate() {
+            let path = z.file();
+            // A relative path is relative to the scenario file, as a user writes it.
+            let resolved = match scenario.path.parent() {
+                Some(dir) if path.is_relative() => dir.join(path),
+                _ => path.to_path_buf(),
+            };
+            let file = fake_dns::zonefile::load(&resolved, z.origin()).map_err(|e| {
+                format!(
+                    "{}: zones[{i}] = {}: {e}",
+                    scenario.path.display(),
+                    path.display()
+                )
+            })?;
+            zones.overlay(&file.origin, file.records);
+        }
         let mut faults = Vec::new();
         for f in scenario.dns_faults.iter().map(|f| f.get_ref()) {
             let kind = match f.kind {

@@ -1,0 +1,228 @@
+//! Issue 19: zone files in scenarios and in `mailsim dns` (read back with dig), and
+//! `mailsim auth verify` on a message others signed (RFC 8463's example, signed by dkimpy).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/auth")
+        .join(name)
+}
+
+fn dig(port: u16, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+time=2",
+            "+tries=2",
+            "+short",
+        ])
+        .args(args)
+        .output()
+        .expect("dig (Debian dnsutils); the README's test command installs it");
+    assert!(out.status.success(), "dig {args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `mailsim dns ARGS --listen 127.0.0.1:0`, its port read from the ready line.
+fn serve(args: &[&str]) -> (std::process::Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("dns")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("ready line: {line}"));
+    (child, port)
+}
+
+#[test]
+fn zone_files_are_served_beside_and_over_a_scenarios_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // The quickstart with a zone file that overrides news.example.test's SPF record and adds
+    // names and types the generator never makes.
+    let quickstart = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quickstart.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("scenario.toml"),
+        format!("zones = [\"news.zone\"]\n{quickstart}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("news.zone"),
+        "$ORIGIN news.example.test.\n\
+         @ IN TXT \"v=spf1 ip4:192.0.2.0/24 ~all\"\n\
+         ipv6 IN AAAA 2001:db8::1\n\
+         alias IN CNAME ipv6\n",
+    )
+    .unwrap();
+    let scenario = dir.path().join("scenario.toml");
+    let football = data("football.zone");
+    let (mut child, port) = serve(&[
+        scenario.to_str().unwrap(),
+        "--zone",
+        football.to_str().unwrap(),
+    ]);
+
+    // The file's TXT replaced the generated SPF record; the DMARC record beside it stays.
+    assert_eq!(
+        dig(port, &["TXT", "news.example.test"]).trim(),
+        "\"v=spf1 ip4:192.0.2.0/24 ~all\""
+    );
+    assert!(dig(port, &["TXT", "_dmarc.news.example.test"]).contains("v=DMARC1"));
+    assert_eq!(
+        dig(port, &["AAAA", "ipv6.news.example.test"]).trim(),
+        "2001:db8::1"
+    );
+    let alias = dig(port, &["AAAA", "alias.news.example.test"]);
+    assert!(
+        alias.contains("ipv6.news.example.test.") && alias.contains("2001:db8::1"),
+        "{alias}"
+    );
+    // The generated zones are still there.
+    assert!(dig(port, &["MX", "deadmx.test"]).contains("mx1.deadmx.test."));
+    // --zone: the file's own SOA, and a TXT written in two strings.
+    assert_eq!(
+        dig(port, &["SOA", "football.example.com"]).trim(),
+        "ns1.football.example.com. hostmaster.football.example.com. 2018021201 3600 600 86400 300"
+    );
+    let key = dig(port, &["TXT", "test._domainkey.football.example.com"]);
+    assert!(key.contains("\"v=DKIM1; g=*; k=rsa; \" \"p=MIGf"), "{key}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A broken zone file: the run stops before it starts, naming the scenario's field and the
+    // file's line.
+    std::fs::write(
+        dir.path().join("news.zone"),
+        "$ORIGIN news.example.test.\n@ IN A 192.0.2.1\nmail IN A 300.0.0.1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(["run", scenario.to_str().unwrap(), "--out"])
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("zones[0] = news.zone") && err.contains("news.zone:3: "),
+        "{err}"
+    );
+}
+
+fn verify(message: &Path, ip: &str, mail_from: &str) -> (Output, String, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(["auth", "verify"])
+        .arg(message)
+        .args([
+            "--ip",
+            ip,
+            "--helo",
+            "mail.football.example.com",
+            "--mail-from",
+            mail_from,
+        ])
+        .arg("--zone")
+        .arg(data("football.zone"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let json = stdout.lines().last().unwrap_or_default();
+    let verdict = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out, stdout, verdict)
+}
+
+#[test]
+fn auth_verify_reads_rfc_8463s_example_signed_by_dkimpy() {
+    // From the sending domain's MX address: SPF (mx) passes, both signatures verify, DMARC
+    // passes in strict alignment.
+    let (out, text, v) = verify(
+        &data("rfc8463.eml"),
+        "192.0.2.25",
+        "joe@football.example.com",
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with("Authentication-Results: mx.mailsim.test;"),
+        "{text}"
+    );
+    assert_eq!(text.matches("dkim=pass").count(), 2, "{text}");
+    assert!(
+        text.contains("spf=pass") && text.contains("dmarc=pass"),
+        "{text}"
+    );
+    assert_eq!(v["spf"]["result"], "pass");
+    assert_eq!(v["spf"]["reason"], "football.example.com: +mx matched");
+    assert_eq!(v["dkim"][0]["algorithm"], "ed25519-sha256");
+    assert_eq!(v["dkim"][0]["selector"], "brisbane");
+    assert_eq!(v["dkim"][1]["algorithm"], "rsa-sha256");
+    assert!(
+        v["dkim"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["result"] == "pass")
+    );
+    assert_eq!(v["dmarc"]["policy"], "reject");
+
+    // The body changed after signing, sent from elsewhere: both signatures fail on the body
+    // hash, SPF fails, DMARC fails and the exit status says so.
+    let dir = tempfile::tempdir().unwrap();
+    let tampered = dir.path().join("tampered.eml");
+    let original = std::fs::read_to_string(data("rfc8463.eml")).unwrap();
+    std::fs::write(
+        &tampered,
+        original.replace("We lost the game.", "We won the game."),
+    )
+    .unwrap();
+    let (out, text, v) = verify(&tampered, "198.51.100.7", "joe@football.example.com");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(v["spf"]["result"], "fail", "{text}");
+    assert_eq!(v["spf"]["reason"], "football.example.com: -all matched");
+    for d in v["dkim"].as_array().unwrap() {
+        assert_eq!(d["result"], "fail", "{text}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("body hash"),
+            "{text}"
+        );
+    }
+    assert_eq!(v["dmarc"]["result"], "fail");
+
+    // An IPv6 client inside the record's ip6 range.
+    let (out, text, v) = verify(
+        &data("rfc8463.eml"),
+        "2001:db8::77",
+        "joe@football.example.com",
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(v["spf"]["result"], "pass", "{text}");
+
+    // No DNS given: a clear error, not a look-up on the Internet.
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(["auth", "verify"])
+        .arg(data("rfc8463.eml"))
+        .args(["--ip", "192.0.2.25", "--helo", "x", "--mail-from", ""])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--zone"));
+}
