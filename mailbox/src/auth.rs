@@ -97,17 +97,15 @@ pub struct Verifier {
 
 /// SPF's lookups: over the wire with hickory, or in-process from the zones.
 enum SpfSource {
-    Wire(TokioResolver),
+    Wire(Box<TokioResolver>),
     InProcess(Arc<dyn AuthDns>),
 }
 
 impl SpfDns for SpfSource {
-    fn query(&self, name: &str, rr: Rr) -> impl std::future::Future<Output = Answer> + Send {
-        async move {
-            match self {
-                SpfSource::InProcess(answers) => answers.spf_query(name, rr),
-                SpfSource::Wire(resolver) => wire_query(resolver, name, rr).await,
-            }
+    async fn query(&self, name: &str, rr: Rr) -> Answer {
+        match self {
+            SpfSource::InProcess(answers) => answers.spf_query(name, rr),
+            SpfSource::Wire(resolver) => wire_query(resolver, name, rr).await,
         }
     }
 }
@@ -191,7 +189,7 @@ impl Verifier {
             auth,
             hostname: hostname.to_string(),
             caches: ZoneCaches::new(None),
-            spf_dns: SpfSource::Wire(resolver),
+            spf_dns: SpfSource::Wire(Box::new(resolver)),
         })
     }
 
@@ -208,7 +206,7 @@ impl Verifier {
             auth,
             hostname: hostname.to_string(),
             caches: ZoneCaches::new(None),
-            spf_dns: SpfSource::Wire(resolver),
+            spf_dns: SpfSource::Wire(Box::new(resolver)),
         })
     }
 
