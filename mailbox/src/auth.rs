@@ -13,6 +13,7 @@ use mail_auth::{
     SpfResult,
 };
 use mail_auth::{MX, Parameters, RecordSet, Txt};
+use mailsim_events::{Clock, SystemClock};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -93,6 +94,8 @@ pub struct Verifier {
     caches: ZoneCaches,
     /// Where SPF's evaluation (crate::spf) looks things up.
     spf_dns: SpfSource,
+    /// The receiver's clock (`%{t}` in SPF explanations).
+    clock: Arc<dyn Clock>,
 }
 
 /// SPF's lookups: over the wire with hickory, or in-process from the zones.
@@ -112,14 +115,8 @@ impl SpfDns for SpfSource {
 
 /// One query over hickory, answered in the text forms SPF compares.
 async fn wire_query(resolver: &TokioResolver, name: &str, rr: Rr) -> Answer {
-    use hickory_resolver::proto::rr::{Name, RData, RecordType};
-    let rtype = match rr {
-        Rr::A => RecordType::A,
-        Rr::Aaaa => RecordType::AAAA,
-        Rr::Mx => RecordType::MX,
-        Rr::Txt => RecordType::TXT,
-        Rr::Ptr => RecordType::PTR,
-    };
+    use hickory_resolver::proto::rr::{Name, RData};
+    let rtype = rr.record_type();
     let bare = name.trim_end_matches('.');
     // Any octet may be in a label (RFC 2181 section 11); hickory's text form refuses some.
     let Ok(mut qname) = Name::from_ascii(format!("{bare}."))
@@ -190,6 +187,7 @@ impl Verifier {
             hostname: hostname.to_string(),
             caches: ZoneCaches::new(None),
             spf_dns: SpfSource::Wire(Box::new(resolver)),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -207,6 +205,7 @@ impl Verifier {
             hostname: hostname.to_string(),
             caches: ZoneCaches::new(None),
             spf_dns: SpfSource::Wire(Box::new(resolver)),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -224,6 +223,12 @@ impl Verifier {
         v.caches = ZoneCaches::new(Some(answers.clone()));
         v.spf_dns = SpfSource::InProcess(answers);
         Ok(v)
+    }
+
+    /// The same verifier reading `clock` (the run's, in a scenario) instead of the wall clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Verify a message received from `ip` after `helo`, with envelope sender `mail_from`.
@@ -245,6 +250,7 @@ impl Verifier {
                 mail_from,
                 helo,
                 receiver: &self.hostname,
+                now_s: self.clock.now_ms() / 1000,
             },
         )
         .await;

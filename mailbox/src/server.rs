@@ -439,9 +439,10 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let verifier = match &cfg.dns {
-        Some(dns) => Some(Arc::new(Verifier::new(dns.clone(), &cfg.hostname)?)),
-        None => Verifier::system(&cfg.hostname).ok().map(Arc::new),
-    };
+        Some(dns) => Some(Verifier::new(dns.clone(), &cfg.hostname)?),
+        None => Verifier::system(&cfg.hostname).ok(),
+    }
+    .map(|v| Arc::new(v.with_clock(cfg.clock.clone())));
     let smtp_cfg = |auth: bool| ServerConfig {
         hostname: cfg.hostname.clone(),
         message_bytes_max: cfg.message_bytes_max,

@@ -20,6 +20,19 @@ pub enum Rr {
     Ptr,
 }
 
+impl Rr {
+    pub fn record_type(self) -> hickory_resolver::proto::rr::RecordType {
+        use hickory_resolver::proto::rr::RecordType;
+        match self {
+            Rr::A => RecordType::A,
+            Rr::Aaaa => RecordType::AAAA,
+            Rr::Mx => RecordType::MX,
+            Rr::Txt => RecordType::TXT,
+            Rr::Ptr => RecordType::PTR,
+        }
+    }
+}
+
 /// One query's answer, records in text form (addresses, names without the trailing dot, TXT
 /// strings joined).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,31 +240,31 @@ fn parse_mechanism(text: &str) -> Result<Mechanism, String> {
             })
         }
         "ip4" => {
-            let r = rest.strip_prefix(':').ok_or("ip4 needs :address")?;
-            let (addr, len) = r.split_once('/').map_or((r, None), |(a, l)| (a, Some(l)));
-            let addr: Ipv4Addr = addr
-                .parse()
-                .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-            let len = match len {
-                Some(l) => cidr_length(l, 32)?,
-                None => 32,
-            };
+            let (addr, len) = network(rest, "ip4", 32)?;
             Ok(Mechanism::Ip4(addr, len))
         }
         "ip6" => {
-            let r = rest.strip_prefix(':').ok_or("ip6 needs :address")?;
-            let (addr, len) = r.split_once('/').map_or((r, None), |(a, l)| (a, Some(l)));
-            let addr: Ipv6Addr = addr
-                .parse()
-                .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
-            let len = match len {
-                Some(l) => cidr_length(l, 128)?,
-                None => 128,
-            };
+            let (addr, len) = network(rest, "ip6", 128)?;
             Ok(Mechanism::Ip6(addr, len))
         }
         _ => Err(format!("unknown mechanism {name:?}")),
     }
+}
+
+/// `ip4:` / `ip6:` network: `:address[/length]` (length at most `max`, `max` by default).
+fn network<T: std::str::FromStr>(rest: &str, name: &str, max: u8) -> Result<(T, u8), String> {
+    let r = rest
+        .strip_prefix(':')
+        .ok_or_else(|| format!("{name} needs :address"))?;
+    let (addr, len) = r.split_once('/').map_or((r, None), |(a, l)| (a, Some(l)));
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an {name} address"))?;
+    let len = match len {
+        Some(l) => cidr_length(l, max)?,
+        None => max,
+    };
+    Ok((addr, len))
 }
 
 /// The `/N`, `//N` or `/N//M` that ends `text`, if any (digits only; checked by dual_cidr).
@@ -427,6 +440,8 @@ pub struct Request<'a> {
     pub helo: &'a str,
     /// The receiving host (for `%{r}` in explanations).
     pub receiver: &'a str,
+    /// Seconds since the Unix epoch by the receiver's clock (for `%{t}` in explanations).
+    pub now_s: u64,
 }
 
 struct Eval<'a, D: SpfDns> {
@@ -435,6 +450,7 @@ struct Eval<'a, D: SpfDns> {
     sender: String,
     helo: &'a str,
     receiver: &'a str,
+    now_s: u64,
     dns_terms: usize,
     void: usize,
 }
@@ -460,6 +476,7 @@ pub async fn check_host<D: SpfDns>(dns: &D, r: &Request<'_>) -> Outcome {
         sender,
         helo: r.helo,
         receiver: r.receiver,
+        now_s: r.now_s,
         dns_terms: 0,
         void: 0,
     };
@@ -833,10 +850,7 @@ impl<'a, D: SpfDns> Eval<'a, D> {
             }
             b'c' if exp => self.ip.to_string(),
             b'r' if exp => self.receiver.to_string(),
-            b't' if exp => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .to_string(),
+            b't' if exp => self.now_s.to_string(),
             other => return Err(format!("%{{{}}} is only for explanations", other as char)),
         })
     }

@@ -171,8 +171,11 @@ impl Env for LiveEnv {
     }
 
     fn verifier(&self) -> anyhow::Result<Verifier> {
-        Verifier::new(fake_dns::resolver_for(self.dns()?), VERIFIER_HOST)
-            .map_err(anyhow::Error::msg)
+        Ok(
+            Verifier::new(fake_dns::resolver_for(self.dns()?), VERIFIER_HOST)
+                .map_err(anyhow::Error::msg)?
+                .with_clock(self.clock()),
+        )
     }
 
     async fn start_fleet(&mut self, servers: &FleetServers, port: u16) -> anyhow::Result<u16> {
@@ -301,7 +304,9 @@ impl Env for VirtualEnv {
     }
 
     fn verifier(&self) -> anyhow::Result<Verifier> {
-        Verifier::in_process(Arc::new(self.zones()?), VERIFIER_HOST).map_err(anyhow::Error::msg)
+        Ok(Verifier::in_process(Arc::new(self.zones()?), VERIFIER_HOST)
+            .map_err(anyhow::Error::msg)?
+            .with_clock(self.clock()))
     }
 
     async fn start_fleet(&mut self, servers: &FleetServers, _port: u16) -> anyhow::Result<u16> {
@@ -426,14 +431,8 @@ impl AuthDns for Zones {
     }
     fn spf_query(&self, name: &str, rr: mailsim_mailbox::spf::Rr) -> mailsim_mailbox::spf::Answer {
         use fake_dns::{RecordData, Resolution};
-        use mailsim_mailbox::spf::{Answer, Rr};
-        let rtype = match rr {
-            Rr::A => RecordType::A,
-            Rr::Aaaa => RecordType::AAAA,
-            Rr::Mx => RecordType::MX,
-            Rr::Txt => RecordType::TXT,
-            Rr::Ptr => RecordType::PTR,
-        };
+        use mailsim_mailbox::spf::Answer;
+        let rtype = rr.record_type();
         match self.0.resolve(name, rtype) {
             Resolution::Answer(records) => {
                 let mut mx: Vec<(u16, String)> = Vec::new();
