@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -51,30 +50,7 @@ fn dig(port: u16, args: &[&str]) -> String {
 
 #[test]
 fn dig_answers_mx_and_txt_from_mailsim_dns() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsim"))
-        .args([
-            "dns",
-            scenario_path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("ready line: {line}"));
+    let (mut child, port) = common::serve_dns(&[scenario_path().to_str().unwrap()]);
 
     let mx = dig(port, &["MX", "deadmx.test"]);
     assert!(

@@ -172,3 +172,27 @@ pub fn run_against(
     );
     run.stdout
 }
+
+/// `mailsim dns ARGS --listen 127.0.0.1:0` running, with the port its ready line names.
+pub fn serve_dns(args: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .arg("dns")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("ready line: {line}"));
+    (child, port)
+}
