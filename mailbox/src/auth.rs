@@ -113,6 +113,58 @@ impl SpfDns for SpfSource {
     }
 }
 
+/// Lookups over the wire in SPF's text forms, for callers outside the verifier (`mailsim auth
+/// check` lints a domain's records with them and evaluates SPF over them).
+pub struct WireDns {
+    resolver: TokioResolver,
+}
+
+impl WireDns {
+    /// Ask the resolvers `config` names (in mailsim, fake-dns's `resolver_for(server)`).
+    pub fn new((config, opts): (ResolverConfig, ResolverOpts)) -> Result<Self, VerifierError> {
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
+            .build()
+            .map_err(|e| VerifierError(e.to_string()))?;
+        Ok(WireDns { resolver })
+    }
+
+    /// The CNAME `name` is an alias for, if it is one.
+    pub async fn cname(&self, name: &str) -> Answer {
+        use hickory_resolver::proto::rr::{Name, RData, RecordType};
+        let Ok(qname) = Name::from_ascii(format!("{}.", name.trim_end_matches('.'))) else {
+            return Answer::Temp(format!("{name:?} cannot be asked"));
+        };
+        match self.resolver.lookup(qname, RecordType::CNAME).await {
+            Ok(lookup) => {
+                let out: Vec<String> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::CNAME(c) => {
+                            Some(c.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if out.is_empty() {
+                    Answer::Void
+                } else {
+                    Answer::Records(out)
+                }
+            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::Void,
+            Err(e) => Answer::Temp(e.to_string()),
+        }
+    }
+}
+
+impl SpfDns for WireDns {
+    async fn query(&self, name: &str, rr: Rr) -> Answer {
+        wire_query(&self.resolver, name, rr).await
+    }
+}
+
 /// One query over hickory, answered in the text forms SPF compares.
 async fn wire_query(resolver: &TokioResolver, name: &str, rr: Rr) -> Answer {
     use hickory_resolver::proto::rr::{Name, RData};

@@ -7,6 +7,7 @@
 
 pub mod assemble;
 pub mod auth;
+pub mod auth_check;
 pub mod behaviour;
 pub mod cli;
 pub mod daemon;
