@@ -5,14 +5,17 @@ use crate::auth_dns::{AuthDns, ZoneCache, ZoneCaches};
 use crate::spf::{Answer, Rr, SpfDns, SpfResult as Spf};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use mail_auth::common::crypto::{Algorithm, CryptoError};
 use mail_auth::common::headers::HeaderWriter;
+use mail_auth::common::verify::{DomainKey, VerifySignature};
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
     SpfResult,
 };
-use mail_auth::{MX, Parameters, RecordSet, Txt};
+use mail_auth::{DkimOutput, MX, Parameters, RecordSet, Txt};
 use mailsim_events::{Clock, SystemClock};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -344,11 +347,91 @@ impl Verifier {
             };
         };
         let dkim = self.auth.verify_dkim(self.with_caches(&parsed)).await;
+        // A body hash that does not match is a failed verification (RFC 6376 section 6.1.3:
+        // PERMFAIL, "body hash did not verify"; RFC 8601 section 2.7.1: dkim=fail), which
+        // mail-auth 0.13 reports as neutral, and before it fetches the key. Section 6.1 fetches
+        // the key first (6.1.2): a key that cannot be had is the result, as other verifiers say.
+        let mut checked_dkim = Vec::with_capacity(dkim.len());
+        for d in dkim {
+            let body_hash = matches!(
+                d.result(),
+                DkimResult::Neutral(mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch))
+            );
+            let signed = d.signature().and_then(|sig| {
+                parsed
+                    .dkim_headers
+                    .iter()
+                    .map(|h| &h.header)
+                    .find(|s| std::ptr::eq(*s, sig))
+            });
+            checked_dkim.push(match signed {
+                Some(sig) if body_hash => match self
+                    .auth
+                    .txt_lookup::<DomainKey>(sig.domain_key(), Some(&self.caches.txt))
+                    .await
+                {
+                    Ok(_) => {
+                        DkimOutput::fail(mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch))
+                            .with_signature(sig)
+                    }
+                    Err(e) => DkimOutput::dns_error(e).with_signature(sig),
+                },
+                _ => d,
+            });
+        }
+        // A key verifiers must refuse is a permanent error, not a signature that "fails"
+        // (mail-auth 0.13 takes it and the verification then fails): an Ed25519 key that is not
+        // the bare 32-byte point (RFC 8463 section 4.2), an RSA key under 1024 bits (RFC 8301
+        // section 3.2).
+        for d in checked_dkim.iter_mut() {
+            let Some(sig) = d.signature() else { continue };
+            if !matches!(d.result(), DkimResult::Fail(_)) {
+                continue;
+            }
+            let name = format!("{}._domainkey.{}", sig.selector(), sig.domain());
+            let Answer::Records(txt) = self.spf_dns.query(&name, Rr::Txt).await else {
+                continue;
+            };
+            let [record] = txt.as_slice() else { continue };
+            let Some(key) = key_bytes(record) else {
+                continue;
+            };
+            let problem = match sig.algorithm() {
+                Algorithm::Ed25519Sha256 if key.len() != 32 => format!(
+                    "{UNUSABLE_KEY} an Ed25519 key of {} bytes, not 32 (RFC 8463 section 4.2)",
+                    key.len()
+                ),
+                Algorithm::RsaSha1 | Algorithm::RsaSha256 => match rsa_key_bits(&key) {
+                    Some(bits) if bits < 1024 => format!(
+                        "{UNUSABLE_KEY} a {bits}-bit RSA key; verifiers must not accept keys under 1024 bits (RFC 8301 section 3.2)"
+                    ),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let sig = sig as *const _;
+            let signed = parsed
+                .dkim_headers
+                .iter()
+                .map(|h| &h.header)
+                .find(|s| std::ptr::eq(*s, sig));
+            if let Some(sig) = signed {
+                *d = DkimOutput::perm_err(mail_auth::Error::Crypto(CryptoError::Library(problem)))
+                    .with_signature(sig);
+            }
+        }
+        let dkim = checked_dkim;
         // ARC (RFC 8617) only where the message carries it: no clause otherwise.
-        let arc = if parsed.as_headers.is_empty() && parsed.ams_headers.is_empty() {
+        let arc = if parsed.as_headers.is_empty()
+            && parsed.ams_headers.is_empty()
+            && parsed.aar_headers.is_empty()
+        {
             None
         } else {
-            Some(self.auth.verify_arc(self.with_caches(&parsed)).await)
+            Some(arc_chain(
+                self.auth.verify_arc(self.with_caches(&parsed)).await,
+                &parsed,
+            ))
         };
         let dmarc = self
             .auth
@@ -387,7 +470,7 @@ impl Verifier {
         // `dkim=none` (RFC 8601 section 2.7.1) rather than no DKIM clause at all.
         let mut results =
             AuthenticationResults::new(&self.hostname).with_dkim_results(&dkim, &header_from);
-        if let Some(arc) = &arc {
+        if let Some((arc, _)) = &arc {
             results = results.with_arc_result(arc, ip);
         }
         let rest = results.with_dmarc_result(&dmarc).to_header();
@@ -409,10 +492,11 @@ impl Verifier {
             spf: spf_detail(&checked),
             dkim: dkim.iter().map(dkim_detail).collect(),
             dmarc: dmarc_detail(&dmarc, dmarc_word, &header_from, dmarc_policy.as_deref()),
-            arc: arc.as_ref().map(|a| ArcDetail {
+            arc: arc.as_ref().map(|(a, problem)| ArcDetail {
                 result: self::dkim_word(a.result()).into(),
                 sets: a.sets().len(),
                 reason: match a.result() {
+                    _ if problem.is_some() => problem.clone().unwrap_or_default(),
                     DkimResult::Pass => {
                         "every ARC set's seal and message signature verify, and the chain is intact"
                             .into()
@@ -590,11 +674,123 @@ fn dmarc_detail(
     }
 }
 
+/// A chain's validation status has three values, none, pass and fail (RFC 8617 section 4.4);
+/// ARC header fields that do not make a valid chain are a fail (section 5.2), where mail-auth
+/// 0.13 also says neutral, permerror or temperror, or none when a set is incomplete. A chain
+/// mail-auth passes is checked against what it lets through: each ARC-Seal and
+/// ARC-Message-Signature a valid tag list with its required tags, signed with rsa-sha256, the
+/// message signature not covering ARC-Seal. Called only when the message carries ARC fields.
+fn arc_chain<'x>(
+    arc: mail_auth::ArcOutput<'x>,
+    parsed: &AuthenticatedMessage<'_>,
+) -> (mail_auth::ArcOutput<'x>, Option<String>) {
+    let broken = || mail_auth::Error::Arc(mail_auth::arc::ArcError::BrokenChain);
+    let error = match arc.result() {
+        DkimResult::Pass => match arc_header_problem(parsed) {
+            None => return (arc, None),
+            Some(problem) => return (arc.with_result(DkimResult::Fail(broken())), Some(problem)),
+        },
+        DkimResult::Fail(_) => return (arc, None),
+        DkimResult::Neutral(e) | DkimResult::PermError(e) | DkimResult::TempError(e) => e.clone(),
+        DkimResult::None => broken(),
+    };
+    (arc.with_result(DkimResult::Fail(error)), None)
+}
+
+/// The first ARC header field that breaks RFC 8617 section 4.1's rules, said.
+fn arc_header_problem(parsed: &AuthenticatedMessage<'_>) -> Option<String> {
+    let seals = parsed.as_headers.iter().map(|h| h.value);
+    let signatures = parsed.ams_headers.iter().map(|h| h.value);
+    let fields = seals
+        .map(|v| ("ARC-Seal", v, &["a", "b", "cv", "d", "i", "s"][..], "4.1.3"))
+        .chain(signatures.map(|v| {
+            (
+                "ARC-Message-Signature",
+                v,
+                &["a", "b", "bh", "d", "h", "i", "s"][..],
+                "4.1.2",
+            )
+        }));
+    for (field, value, required, section) in fields {
+        let tags = match crate::tags::tag_list(&String::from_utf8_lossy(value)) {
+            Ok(tags) => tags,
+            Err(e) => return Some(format!("{field}: {e} (RFC 6376 section 3.2)")),
+        };
+        let get = |n: &str| tags.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        if let Some(missing) = required.iter().find(|t| get(t).is_none()) {
+            return Some(format!(
+                "{field} has no {missing}= tag (RFC 8617 section {section})"
+            ));
+        }
+        if let Some(a) = get("a").filter(|a| *a != "rsa-sha256") {
+            return Some(format!(
+                "{field} a={a}: ARC signs with rsa-sha256 (RFC 8617 section 4.1.3; rsa-sha1 is refused by RFC 8301 section 3.1)"
+            ));
+        }
+        if field == "ARC-Message-Signature"
+            && get("h").is_some_and(|h| {
+                h.split(':')
+                    .any(|f| f.trim().eq_ignore_ascii_case("arc-seal"))
+            })
+        {
+            return Some(format!(
+                "{field} signs ARC-Seal, which it must not (RFC 8617 section 4.1.2)"
+            ));
+        }
+    }
+    None
+}
+
+/// How a key verifiers must refuse is described (and recognised in [`dkim_reason`]).
+const UNUSABLE_KEY: &str = "the key is";
+
+/// The key in a DKIM key record's p= (base64, white space allowed).
+fn key_bytes(record: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let p = record.split(';').find_map(|spec| {
+        let (name, value) = spec.split_once('=')?;
+        (name.trim() == "p").then_some(value)
+    })?;
+    let p: String = p.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(p).ok()
+}
+
+/// The bit length of an RSA public key given as SubjectPublicKeyInfo DER (RFC 6376's p=) or
+/// as a bare RSAPublicKey (which some signers publish); None when it is neither.
+pub fn rsa_key_bits(der: &[u8]) -> Option<usize> {
+    use rsa::pkcs1::der::Decode;
+    let modulus = match rsa::pkcs8::SubjectPublicKeyInfoRef::from_der(der) {
+        Ok(spki) => {
+            // rsaEncryption (RFC 8017 appendix C).
+            if spki.algorithm.oid.to_string() != "1.2.840.113549.1.1.1" {
+                return None;
+            }
+            let bytes = spki.subject_public_key.as_bytes()?;
+            rsa::pkcs1::RsaPublicKey::from_der(bytes)
+                .ok()?
+                .modulus
+                .as_bytes()
+                .to_vec()
+        }
+        Err(_) => rsa::pkcs1::RsaPublicKey::from_der(der)
+            .ok()?
+            .modulus
+            .as_bytes()
+            .to_vec(),
+    };
+    let first = *modulus.first()?;
+    Some(modulus.len() * 8 - first.leading_zeros() as usize)
+}
+
 /// A failed signature's reason in RFC 6376's terms where mail-auth's words are a library's.
 fn dkim_reason(e: &mail_auth::Error, selector: &str, domain: &str) -> String {
     use mail_auth::common::crypto::CryptoError;
     use mail_auth::dkim::DkimError;
     match e {
+        mail_auth::Error::Crypto(CryptoError::Library(msg)) if msg.starts_with(UNUSABLE_KEY) => {
+            let what = &msg[UNUSABLE_KEY.len()..];
+            format!("the key at {selector}._domainkey.{domain} is{what}")
+        }
         mail_auth::Error::Crypto(CryptoError::FailedVerification | CryptoError::Library(_)) => format!(
             "the signature (b=) does not verify with the key at {selector}._domainkey.{domain}: a signed header field changed, or the key is not the signer's (RFC 6376 section 6.1.3)"
         ),

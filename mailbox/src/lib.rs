@@ -22,4 +22,5 @@ pub mod server;
 pub mod shell;
 pub mod spf;
 pub mod store;
+pub mod tags;
 pub mod users;

@@ -164,9 +164,9 @@ fn auth_verify_reads_rfc_8463s_example_signed_by_dkimpy() {
     );
     assert_eq!(v["dmarc"]["policy"], "reject");
 
-    // The body changed after signing, sent from elsewhere: neither signature verifies (mail-auth
-    // reports a body-hash mismatch as neutral, with its reason), SPF fails, DMARC fails and the
-    // exit status says so.
+    // The body changed after signing, sent from elsewhere: neither signature verifies (dkim=fail,
+    // the body hash named: RFC 6376 section 6.1.3, RFC 8601 section 2.7.1), SPF fails, DMARC
+    // fails and the exit status says so.
     let dir = tempfile::tempdir().unwrap();
     let tampered = dir.path().join("tampered.eml");
     let original = std::fs::read_to_string(data("rfc8463.eml")).unwrap();
@@ -180,13 +180,15 @@ fn auth_verify_reads_rfc_8463s_example_signed_by_dkimpy() {
     assert_eq!(v["spf"]["result"], "fail", "{text}");
     assert_eq!(v["spf"]["reason"], "football.example.com: -all matched");
     for d in v["dkim"].as_array().unwrap() {
-        assert_eq!(d["result"], "neutral", "{text}");
+        assert_eq!(d["result"], "fail", "{text}");
         assert!(
             d["reason"].as_str().unwrap().contains("body hash"),
             "{text}"
         );
     }
     assert_eq!(v["dmarc"]["result"], "fail");
+    assert!(text.contains("dkim=fail"), "{text}");
+    assert!(!text.contains("dkim=neutral"), "{text}");
 
     // An IPv6 client inside the record's ip6 range.
     let (out, text, v) = verify(
