@@ -35,7 +35,7 @@ pub fn parse(text: &str, path: &Path, origin: Option<&str>) -> Result<ZoneFile, 
     };
     // Records without a TTL before any $TTL get fake-dns's default (hickory refuses them; BIND
     // takes the SOA's). One line is added in front: line numbers are counted back.
-    let text = format!("$TTL {}\n{text}", crate::TTL_S_DEFAULT);
+    let text = format!("$TTL {}\n{}", crate::TTL_S_DEFAULT, mend_quoted(text));
     let parsed = Parser::new(text.as_str(), Some(path.to_path_buf()), origin_name.clone()).parse();
     let (origin, sets) = match parsed {
         Ok(ok) => ok,
@@ -155,6 +155,90 @@ fn explain(message: &str, origin_given: bool) -> String {
     }
 }
 
+/// Records as BIND reads them, rewritten for hickory 0.26's parser, which mangles a quoted
+/// string inside parentheses (the form BIND and opendkim-genkey write DKIM keys in: the quotes
+/// stay in the data and a ';' inside them starts a comment) and decodes `\DDD` wrongly
+/// (`\059` is not ';'). So a record in parentheses is joined onto its first line (its comments
+/// dropped, the line breaks it held put back after it, so later line numbers hold), a ';'
+/// inside quotes becomes `\;`, and a `\DDD` of a printable character becomes that character
+/// (escaped where it must be).
+fn mend_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    let (mut quoted, mut comment, mut depth, mut held) = (false, false, 0usize, 0usize);
+    while let Some(c) = chars.next() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+            } else {
+                if depth == 0 {
+                    out.push(c);
+                }
+                continue;
+            }
+        }
+        match c {
+            '\\' => {
+                let digits: String = chars.clone().take(3).collect();
+                let value =
+                    (quoted && digits.len() == 3 && digits.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| digits.parse::<u32>().ok())
+                        .flatten()
+                        .and_then(char::from_u32)
+                        .filter(|c| (' '..='~').contains(c));
+                match value {
+                    Some(v) => {
+                        for _ in 0..3 {
+                            chars.next();
+                        }
+                        if matches!(v, '"' | '\\' | ';') {
+                            out.push('\\');
+                        }
+                        out.push(v);
+                    }
+                    None => {
+                        out.push(c);
+                        if let Some(next) = chars.next() {
+                            out.push(next);
+                        }
+                    }
+                }
+            }
+            '"' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            ';' if quoted => out.push_str("\\;"),
+            ';' => {
+                comment = true;
+                if depth == 0 {
+                    out.push(c);
+                }
+            }
+            '(' if !quoted => {
+                depth += 1;
+                out.push(' ');
+            }
+            ')' if !quoted && depth > 0 => {
+                depth -= 1;
+                out.push(' ');
+            }
+            '\n' if depth > 0 => {
+                held += 1;
+                out.push(' ');
+            }
+            '\n' => {
+                out.push('\n');
+                for _ in 0..std::mem::take(&mut held) {
+                    out.push('\n');
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +255,35 @@ mod tests {
         @ IN TXT \"v=spf1 ip4:192.0.2.0/24 \" \"ip6:2001:db8::/32 -all\"\n\
         www IN CNAME mail\n\
         25.2.0.192.in-addr.arpa. IN PTR mail.customer.test.\n";
+
+    #[test]
+    fn keys_written_over_lines_in_parentheses_and_decimal_escapes_are_read_as_bind_reads_them() {
+        let zone = "$ORIGIN k.test.\n\
+            a._domainkey IN TXT ( \"v=DKIM1; k=rsa; \"\n\
+            \t\"p=AAAA\" ) ; opendkim-genkey's form\n\
+            b._domainkey IN TXT \"v=DKIM1\\059 k=rsa\\059 p=\\065B\"\n\
+            c IN TXT \"quote \\\" and \\\\ and \\; stay\"\n";
+        let file = parse(zone, Path::new("k.zone"), None).unwrap();
+        let txt = |name: &str| {
+            file.records
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.data.clone())
+        };
+        assert_eq!(
+            txt("a._domainkey.k.test"),
+            Some(RecordData::Txt("v=DKIM1; k=rsa; p=AAAA".into()))
+        );
+        assert_eq!(
+            txt("b._domainkey.k.test"),
+            Some(RecordData::Txt("v=DKIM1; k=rsa; p=AB".into()))
+        );
+        assert_eq!(
+            txt("c.k.test"),
+            Some(RecordData::Txt("quote \" and \\ and ; stay".into()))
+        );
+        assert_eq!(file.records.len(), 3, "{:?}", file.records);
+    }
 
     #[test]
     fn a_zone_file_becomes_the_model_with_aliases_followed() {
