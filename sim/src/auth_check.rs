@@ -48,6 +48,8 @@ pub struct Finding {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub domain: String,
+    /// pass, warn or fail: the most serious finding's level.
+    pub result: &'static str,
     pub findings: Vec<Finding>,
     pub checked: Vec<String>,
 }
@@ -77,11 +79,7 @@ impl Report {
         }
         out.push_str(&format!("checked: {}\n", self.checked.join(", ")));
         let count = |l: Level| self.findings.iter().filter(|f| f.level == l).count();
-        let verdict = match self.worst() {
-            Level::Fail => "fail",
-            Level::Warn => "warn",
-            Level::Info => "pass",
-        };
+        let verdict = self.result;
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         out.push_str(&format!(
             "result: {verdict} ({}, {})\n",
@@ -114,37 +112,116 @@ const COMMON_SELECTORS: &[&str] = &[
     "mailsim",
 ];
 
-/// Check `request.domain` against the DNS server at `server`.
+/// The organizational domain (RFC 7489 section 3.2): the registered domain, one label below
+/// its public suffix. mailsim bundles no Public Suffix List: the suffix is the last label,
+/// or the last two where the second-level label is one of the usual registry ones under a
+/// two-letter country code (co.uk, com.au, ne.jp, ...). Names under other multi-label
+/// suffixes are taken one level too high.
+pub fn organizational_domain(domain: &str) -> String {
+    let labels: Vec<&str> = domain.trim_end_matches('.').split('.').collect();
+    const SECOND_LEVEL: &[&str] = &[
+        "co", "com", "net", "org", "gov", "ac", "edu", "ne", "or", "go", "gob", "mil", "nic",
+    ];
+    let n = labels.len();
+    let suffix = if n >= 3
+        && labels[n - 1].len() == 2
+        && SECOND_LEVEL.contains(&labels[n - 2].to_ascii_lowercase().as_str())
+    {
+        2
+    } else {
+        1
+    };
+    labels[n.saturating_sub(suffix + 1)..]
+        .join(".")
+        .to_ascii_lowercase()
+}
+
+/// A host name as DNS carries it: a domain (or a selector, `dots` allowing sub-labels) in
+/// A-labels, each label 1 to 63 letters, digits, '-' or '_', at most 253 characters in all.
+fn dns_name(what: &str, given: &str, need_dot: bool) -> anyhow::Result<String> {
+    let trimmed = given.strip_suffix('.').unwrap_or(given);
+    // Unicode names (IDNA) are asked for in their xn-- form.
+    let ascii = idna::domain_to_ascii(trimmed)
+        .map_err(|_| anyhow::anyhow!("{what} {given:?}: not a valid international domain name"))?;
+    let bad = |why: &str| anyhow::anyhow!("{what} {given:?}: {why}");
+    if ascii.is_empty() {
+        return Err(bad("empty"));
+    }
+    if ascii.len() > 253 {
+        return Err(bad("longer than 253 characters (RFC 1035 section 2.3.4)"));
+    }
+    if ascii.parse::<IpAddr>().is_ok() || ascii.starts_with('[') {
+        return Err(bad("an address, not a domain name"));
+    }
+    for label in ascii.split('.') {
+        if label.is_empty() {
+            return Err(bad("has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(bad(
+                "has a label longer than 63 characters (RFC 1035 section 2.3.4)",
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(bad(&format!("{c:?} is not allowed in a host name")));
+        }
+    }
+    if need_dot && !ascii.contains('.') {
+        return Err(bad("expected a domain name such as example.com"));
+    }
+    Ok(ascii)
+}
+
+/// Check `request.domain` against the DNS server at `server`. An error (not a finding) when
+/// the request is not a name or the server does not answer at all.
 pub async fn check(server: SocketAddr, request: &Request<'_>) -> anyhow::Result<Report> {
     let dns = WireDns::new(fake_dns::resolver_for(server))?;
-    let domain = request
-        .domain
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
-        .to_string();
-    if domain.is_empty() || !domain.contains('.') {
-        anyhow::bail!(
-            "DOMAIN {:?}: expected a domain name such as example.com",
-            request.domain
-        );
+    let domain = dns_name("DOMAIN", request.domain, true)?;
+    let selectors = request
+        .selectors
+        .iter()
+        .map(|s| dns_name("--selector", s, false))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // An IPv4 address written in IPv6 (::ffff:a.b.c.d) is that IPv4 sender (RFC 7208 section 5).
+    let ips: Vec<IpAddr> = request
+        .ips
+        .iter()
+        .map(|ip| match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*ip, IpAddr::V4),
+            v4 => *v4,
+        })
+        .collect();
+    // A server that answers nothing is not a domain with every record broken.
+    if let Answer::Temp(e) = spf::SpfDns::query(&dns, &domain, Rr::Txt).await {
+        anyhow::bail!("the DNS server at {server} does not answer for {domain}: {e}");
     }
     let mut c = Checker {
         dns,
         domain: domain.clone(),
         findings: Vec::new(),
         checked: Vec::new(),
+        spf_cache: std::collections::HashMap::new(),
     };
-    c.spf(request.ips).await;
-    c.dkim(request.selectors).await;
+    c.spf(&ips).await;
+    c.dkim(&selectors).await;
     c.dmarc().await;
     c.mx().await;
-    c.ptr(request.ips).await;
+    c.ptr(&ips).await;
     c.mta_sts().await;
     c.tls_rpt().await;
     // Most serious first; within a level, in the order checked.
     c.findings.sort_by_key(|f| std::cmp::Reverse(f.level));
+    let result = match c.findings.iter().map(|f| f.level).max() {
+        Some(Level::Fail) => "fail",
+        Some(Level::Warn) => "warn",
+        _ => "pass",
+    };
     Ok(Report {
         domain,
+        result,
         findings: c.findings,
         checked: c.checked,
     })
@@ -155,6 +232,8 @@ struct Checker {
     domain: String,
     findings: Vec<Finding>,
     checked: Vec<String>,
+    /// SPF records already read, by domain (an include reached twice is read once).
+    spf_cache: std::collections::HashMap<String, Option<Option<spf::Record>>>,
 }
 
 const SPF_SYNTAX: &str = "RFC 7208 section 4.6 and section 12";
@@ -190,9 +269,10 @@ impl Checker {
                     "dns.error",
                     name,
                     format!(
-                        "the {rr:?} lookup failed ({e}): receivers answer temperror and defer or refuse"
+                        "the {} lookup failed ({e}): receivers that cannot read it defer the mail or act as if the record were missing; make the name answer",
+                        rr.record_type()
                     ),
-                    "RFC 7208 section 2.6.6, RFC 7489 section 6.6.3",
+                    "RFC 1035 section 4.1.1 (server failure), RFC 2308",
                 );
                 None
             }
@@ -289,7 +369,31 @@ impl Checker {
     /// (the DNS failed, several records, a syntax error: each said). `via` names the include or
     /// redirect that led here.
     async fn spf_record(&mut self, name: &str, via: Option<&str>) -> Option<Option<spf::Record>> {
+        if let Some(known) = self.spf_cache.get(name) {
+            return known.clone();
+        }
+        let record = self.read_spf_record(name, via).await;
+        self.spf_cache.insert(name.to_string(), record.clone());
+        record
+    }
+
+    async fn read_spf_record(
+        &mut self,
+        name: &str,
+        via: Option<&str>,
+    ) -> Option<Option<spf::Record>> {
         let records = self.txt_records(name, spf::is_spf1).await?;
+        if let [one] = records.as_slice()
+            && one.len() > 450
+        {
+            self.add(
+                Level::Warn,
+                "spf.size",
+                name,
+                format!("the SPF record is {} bytes: answers over 512 bytes need TCP, which some receivers do not try; keep it under 450 (use includes or fewer terms)", one.len()),
+                "RFC 7208 section 3.4",
+            );
+        }
         let from = via
             .map(|v| format!(" (reached by {v})"))
             .unwrap_or_default();
@@ -331,6 +435,20 @@ impl Checker {
             .iter()
             .find(|(_, m)| *m == Mechanism::All)
             .map(|(q, _)| *q);
+        if let Some(at) = record.terms.iter().position(|(_, m)| *m == Mechanism::All)
+            && at + 1 < record.terms.len()
+        {
+            self.add(
+                Level::Warn,
+                "spf.after-all",
+                domain,
+                format!(
+                    "{} term(s) after \"all\" are never evaluated; move them before it",
+                    record.terms.len() - at - 1
+                ),
+                "RFC 7208 section 5.1",
+            );
+        }
         for (_, m) in &record.terms {
             if let Mechanism::Ptr(_) = m {
                 self.add(
@@ -383,14 +501,41 @@ impl Checker {
     /// that come back empty, as a receiver evaluating mail from an unlisted host does.
     async fn spf_limits(&mut self, domain: &str, record: spf::Record) {
         let mut terms = 0usize;
-        let mut voids = 0usize;
+        // Void lookups as a receiver counts them for an IPv4 client (A queries) and for an
+        // IPv6 one (AAAA): the worse of the two.
+        let (mut voids4, mut voids6) = (0usize, 0usize);
         let mut queue: VecDeque<(String, spf::Record, Vec<String>)> = VecDeque::new();
         queue.push_back((domain.to_string(), record, vec![domain.to_string()]));
-        while let Some((at, record, chain)) = queue.pop_front() {
+        // Past 10 terms a receiver stops; so does the walk (however the includes branch).
+        'walk: while let Some((at, record, chain)) = queue.pop_front() {
             let mut targets: Vec<(&'static str, String)> = Vec::new();
-            for (_, m) in &record.terms {
+            for (q, m) in &record.terms {
                 if m.queries_dns() {
                     terms += 1;
+                    if terms > spf::DNS_TERMS_MAX {
+                        break 'walk;
+                    }
+                }
+                let open = match m {
+                    Mechanism::Ip4(_, len) if *q == Qualifier::Pass => Some((*len, 32u32, 16u8)),
+                    Mechanism::Ip6(_, len) if *q == Qualifier::Pass => Some((*len, 128, 32)),
+                    _ => None,
+                };
+                if let Some((len, bits, wide)) = open
+                    && len < wide
+                {
+                    let every = len == 0;
+                    self.add(
+                        if every { Level::Fail } else { Level::Warn },
+                        "spf.open-range",
+                        &at,
+                        if every {
+                            "an ip4:/0 or ip6:/0 range authorises every address on the Internet, as +all does; list your own".to_string()
+                        } else {
+                            format!("a /{len} range authorises 2^{} addresses; list the ones you send from", bits - len as u32)
+                        },
+                        "RFC 7208 section 5.6",
+                    );
                 }
                 match m {
                     Mechanism::Include(t) => targets.push(("include", t.clone())),
@@ -399,9 +544,8 @@ impl Checker {
                         if !name.contains('%') {
                             let v4 = self.lookup(&name, Rr::A).await.unwrap_or_default();
                             let v6 = self.lookup(&name, Rr::Aaaa).await.unwrap_or_default();
-                            if v4.is_empty() && v6.is_empty() {
-                                voids += 1;
-                            }
+                            voids4 += usize::from(v4.is_empty());
+                            voids6 += usize::from(v6.is_empty());
                         }
                     }
                     Mechanism::Mx(t, ..) => {
@@ -409,7 +553,8 @@ impl Checker {
                         if !name.contains('%') {
                             let mx = self.lookup(&name, Rr::Mx).await.unwrap_or_default();
                             if mx.is_empty() {
-                                voids += 1;
+                                voids4 += 1;
+                                voids6 += 1;
                             } else if mx.len() > 10 {
                                 self.add(
                                     Level::Fail,
@@ -425,7 +570,8 @@ impl Checker {
                         if !t.contains('%')
                             && self.lookup(t, Rr::A).await.unwrap_or_default().is_empty() =>
                     {
-                        voids += 1;
+                        voids4 += 1;
+                        voids6 += 1;
                     }
                     _ => {}
                 }
@@ -456,7 +602,8 @@ impl Checker {
                 match self.spf_record(&target, Some(&via)).await {
                     None => {}
                     Some(None) => {
-                        voids += 1;
+                        voids4 += 1;
+                        voids6 += 1;
                         self.add(
                             Level::Fail,
                             "spf.include-none",
@@ -473,24 +620,38 @@ impl Checker {
                 }
             }
         }
+        let voids = voids4.max(voids6);
+        let counted = if terms > spf::DNS_TERMS_MAX {
+            format!("more than {}", spf::DNS_TERMS_MAX)
+        } else {
+            terms.to_string()
+        };
         if let Some(entry) = self.checked.iter_mut().find(|c| *c == "SPF") {
-            *entry = format!("SPF ({terms} DNS-querying terms, {voids} void lookups)");
+            *entry = format!("SPF ({counted} DNS-querying terms, {voids} void lookups)");
         }
         if terms > spf::DNS_TERMS_MAX {
             self.add(
                 Level::Fail,
                 "spf.lookups",
                 domain,
-                format!("evaluating the record takes {terms} DNS-querying terms (include, a, mx, ptr, exists, redirect, counted through every include); receivers stop at 10 and answer permerror; flatten includes into ip4:/ip6: or drop unused ones"),
+                format!("evaluating the record takes {counted} DNS-querying terms (include, a, mx, ptr, exists, redirect, counted through every include); receivers stop at 10 and answer permerror; flatten includes into ip4:/ip6: or drop unused ones"),
                 SPF_LIMITS,
             );
         }
-        if voids > spf::VOID_LOOKUPS_MAX {
+        if voids4.max(voids6) > spf::VOID_LOOKUPS_MAX {
+            let (level, who) = if voids4 > spf::VOID_LOOKUPS_MAX {
+                (Level::Fail, "")
+            } else {
+                (
+                    Level::Warn,
+                    " (for IPv6 clients: the names have no AAAA records)",
+                )
+            };
             self.add(
-                Level::Fail,
+                level,
                 "spf.void-lookups",
                 domain,
-                format!("{voids} lookups return nothing (names that do not exist or have no records); receivers stop at 2 and answer permerror; remove the dead terms"),
+                format!("{voids} lookups return nothing{who} (names that do not exist or have no records); receivers stop at 2 and answer permerror; remove the dead terms"),
                 SPF_LIMITS,
             );
         }
@@ -536,6 +697,7 @@ impl Checker {
                 }
                 several => {
                     found += 1;
+                    self.checked.push(format!("DKIM {selector}"));
                     self.add(
                         Level::Fail,
                         "dkim.multiple",
@@ -610,7 +772,8 @@ impl Checker {
             );
             return;
         }
-        let kind = get("k").unwrap_or("rsa");
+        // The tag values' literals are case-insensitive (RFC 5234 section 2.3).
+        let kind = get("k").unwrap_or("rsa").to_ascii_lowercase();
         use base64::Engine;
         let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&p) else {
             self.add(
@@ -622,7 +785,7 @@ impl Checker {
             );
             return;
         };
-        match kind {
+        match kind.as_str() {
             "rsa" => match mailsim_mailbox::auth::rsa_key_bits(&der) {
                 Some(bits) if bits < 1024 => self.add(
                     Level::Fail,
@@ -667,20 +830,24 @@ impl Checker {
             ),
         }
         if let Some(h) = get("h")
-            && !h.split(':').any(|a| a.trim() == "sha256")
+            && !h
+                .split(':')
+                .any(|a| a.trim().eq_ignore_ascii_case("sha256"))
         {
             self.add(
                 Level::Fail,
                 "dkim.hash",
                 name,
                 format!(
-                    "h={h} does not allow sha256; sha1 must not be used for signing or verifying"
+                    "h={h} leaves out sha256, the one hash verifiers accept (sha1 must not be used); list sha256 or drop h="
                 ),
                 "RFC 8301 section 3.1",
             );
         }
         if let Some(s) = get("s")
-            && !s.split(':').any(|t| matches!(t.trim(), "email" | "*"))
+            && !s
+                .split(':')
+                .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case("email"))
         {
             self.add(
                 Level::Fail,
@@ -709,30 +876,33 @@ impl Checker {
     async fn dmarc(&mut self) {
         self.checked.push("DMARC".into());
         const DMARC: &str = "RFC 7489 section 6.3";
-        // Policy discovery: the domain's own record, else the closest parent's (the
-        // organizational domain's, section 6.6.3), walking up to the last two labels.
-        let mut at = self.domain.clone();
-        let (found_at, records) = loop {
+        // Policy discovery (section 6.6.3): the domain's own record, else its organizational
+        // domain's.
+        let org = organizational_domain(&self.domain);
+        let mut candidates = vec![self.domain.clone()];
+        if org != self.domain {
+            candidates.push(org.clone());
+        }
+        let mut found = None;
+        for at in candidates {
             let name = format!("_dmarc.{at}");
             let Some(records) = self.txt_records(&name, |t| t.starts_with("v=DMARC1")).await else {
                 return;
             };
             if !records.is_empty() {
-                break (at, records);
+                found = Some((at, records));
+                break;
             }
-            match at.split_once('.') {
-                Some((_, parent)) if parent.contains('.') => at = parent.to_string(),
-                _ => {
-                    self.add(
-                        Level::Fail,
-                        "dmarc.none",
-                        &format!("_dmarc.{}", self.domain),
-                        "no DMARC record here or at a parent domain: receivers apply no policy and send no reports; publish \"v=DMARC1; p=none; rua=mailto:...\" and tighten it (Google and Yahoo require DMARC of bulk senders)".into(),
-                        "RFC 7489 section 6.6.3",
-                    );
-                    return;
-                }
-            }
+        }
+        let Some((found_at, records)) = found else {
+            self.add(
+                Level::Fail,
+                "dmarc.none",
+                &format!("_dmarc.{}", self.domain),
+                format!("no DMARC record here{}: receivers apply no policy and send no reports; publish \"v=DMARC1; p=none; rua=mailto:...\" and tighten it (Google and Yahoo require DMARC of bulk senders)", if org != self.domain { format!(" or at the organizational domain {org}") } else { String::new() }),
+                "RFC 7489 section 6.6.3",
+            );
+            return;
         };
         let name = format!("_dmarc.{found_at}");
         let inherited = found_at != self.domain;
@@ -779,6 +949,17 @@ impl Checker {
                 DMARC,
             );
         };
+        if let Some((_, v)) = tags.first().filter(|(k, _)| k == "v")
+            && v != "DMARC1"
+        {
+            let why = if v.contains([',', '=', ' ']) {
+                "v=DMARC1 runs into the next tags: DMARC tags are separated by ';', not ',' or spaces"
+            } else {
+                "the version must be exactly DMARC1"
+            };
+            bad(self, &format!("v={v}"), why);
+            return;
+        }
         let policy_word = |v: &str| {
             matches!(
                 v.to_ascii_lowercase().as_str(),
@@ -859,7 +1040,7 @@ impl Checker {
                 Level::Warn,
                 "dmarc.pct",
                 &name,
-                format!("pct={pct}: the policy applies to {pct}% of failing mail only"),
+                format!("pct={pct}: the policy applies to {pct}% of failing mail only; raise it to 100 once reports show your mail aligned"),
                 "RFC 7489 section 6.3",
             );
         }
@@ -925,8 +1106,8 @@ impl Checker {
                 continue;
             };
             let host = host.trim_end_matches('.').to_ascii_lowercase();
-            let inside = |a: &str, b: &str| a == b || a.ends_with(&format!(".{b}"));
-            if inside(&host, policy_domain) || inside(policy_domain, &host) {
+            // Reports to the policy's own organization need no authorisation (section 7.1).
+            if organizational_domain(&host) == organizational_domain(policy_domain) {
                 continue;
             }
             let auth = format!("{policy_domain}._report._dmarc.{host}");
@@ -974,6 +1155,16 @@ impl Checker {
                     "RFC 5321 section 5.1",
                 );
             }
+            return;
+        }
+        if hosts.len() > 1 && hosts.iter().any(|h| h.is_empty()) {
+            self.add(
+                Level::Fail,
+                "mx.null",
+                &domain,
+                "a null MX (\"0 .\") beside other MX records: a domain that takes no mail must publish it alone, and senders may treat the domain as taking none; remove one or the other".into(),
+                "RFC 7505 section 3",
+            );
             return;
         }
         if hosts.len() == 1 && hosts[0].is_empty() {
@@ -1029,7 +1220,7 @@ impl Checker {
                 "mx.unresolvable",
                 &domain,
                 format!(
-                    "MX host{} {} without A/AAAA records{}",
+                    "MX host{} {} without A/AAAA records{}; give each MX host an address, or drop it",
                     if unresolved.len() > 1 { "s" } else { "" },
                     unresolved.join(", "),
                     if reachable == 0 {

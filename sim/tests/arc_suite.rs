@@ -105,7 +105,10 @@ async fn arc_validation_suite_through_fake_dns() {
             // section 5.2 says the chain then fails; that is checked, outside the figure.
             if want.is_empty() {
                 unstated += 1;
-                assert_eq!(got, "fail", "{name}: a chain whose newest seal says cv=fail");
+                assert_eq!(
+                    got, "fail",
+                    "{name}: a chain whose newest seal says cv=fail"
+                );
                 total -= 1;
                 continue;
             }

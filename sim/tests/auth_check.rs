@@ -221,3 +221,102 @@ fn bad_arguments_are_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DOMAIN \"localhost\""));
 }
+
+#[test]
+fn correct_setups_written_other_ways_have_nothing_to_fix() {
+    // sim/tests/data/authcheck/good: a DKIM key over lines in parentheses (opendkim-genkey's
+    // form), tag values in upper case with decimal escapes, reports to another name of the same
+    // organization, a selector that is a CNAME to the key.
+    let mut good: Vec<std::path::PathBuf> = std::fs::read_dir(data().join("good"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    good.sort();
+    assert_eq!(good.len(), 4);
+    for zone in &good {
+        let mut args = vec!["--zone", zone.to_str().unwrap(), "--json"];
+        args.extend_from_slice(DEFAULT_ARGS);
+        let out = check(&args);
+        assert_eq!(findings(&out), vec![], "{}", zone.display());
+        assert_eq!(out.status.code(), Some(0), "{}", zone.display());
+    }
+}
+
+#[test]
+fn branching_includes_stop_at_the_limit_as_receivers_do() {
+    // Each level includes the next twice: 2^40 evaluations if followed blindly.
+    let dir = tempfile::tempdir().unwrap();
+    let mut zone = String::from(
+        "$ORIGIN d.example.\n@ TXT \"v=spf1 include:m1.d.example include:m1.d.example -all\"\n@ MX 10 mx\nmx A 192.0.2.25\n",
+    );
+    for i in 1..40 {
+        zone.push_str(&format!(
+            "m{i} TXT \"v=spf1 include:m{n}.d.example include:m{n}.d.example -all\"\n",
+            n = i + 1
+        ));
+    }
+    zone.push_str("m40 TXT \"v=spf1 -all\"\n");
+    let path = dir.path().join("diamond.zone");
+    std::fs::write(&path, zone).unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(["auth", "check", "d.example", "--json", "--zone"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let rules: BTreeSet<String> = findings(&out).into_iter().map(|(_, r)| r).collect();
+    assert!(rules.contains("spf.lookups"), "{rules:?}");
+}
+
+#[test]
+fn a_dns_server_that_does_not_answer_is_an_error_not_a_domain_full_of_faults() {
+    let port = common::free_port();
+    let started = std::time::Instant::now();
+    let out = check(&["--dns", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not answer"));
+    assert!(out.stdout.is_empty());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn names_are_checked_and_unicode_names_asked_in_their_xn_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = dir.path().join("idn.zone");
+    std::fs::write(
+        &zone,
+        std::fs::read_to_string(data().join("clean.zone"))
+            .unwrap()
+            .replace("shop.example", "xn--bcher-kva.example"),
+    )
+    .unwrap();
+    let run = |domain: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mailsim"))
+            .args(["auth", "check", domain, "--json", "--zone"])
+            .arg(&zone)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run("bücher.example", DEFAULT_ARGS);
+    assert_eq!(findings(&out), vec![]);
+    assert_eq!(out.status.code(), Some(0));
+    for (domain, extra) in [
+        ("shop..example", &[][..]),
+        ("192.0.2.10", &[]),
+        ("shop.example/evil", &[]),
+        ("xn--bcher-kva.example", &["--selector", ""][..]),
+    ] {
+        let out = run(domain, extra);
+        assert_eq!(out.status.code(), Some(2), "{domain} {extra:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).is_empty(),
+            "{domain}: no reason given"
+        );
+    }
+}

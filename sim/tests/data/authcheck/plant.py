@@ -54,6 +54,11 @@ PLANTS = {
         "add": [f"bulk MX 10 h{n}.bulk" for n in range(1, 12)] + [f"h{n}.bulk A 192.0.2.{100 + n}" for n in range(1, 12)],
     },
     "spf.ip-not-authorised": spf("v=spf1 ip4:192.0.2.25 ip4:192.0.2.26 include:_spf.esp.example -all"),
+    "spf.open-range": spf("v=spf1 ip4:0.0.0.0/0 include:_spf.esp.example -all"),
+    "spf.after-all": spf("v=spf1 ip4:192.0.2.0/24 include:_spf.esp.example -all ip4:198.51.100.99"),
+    "spf.size": spf("v=spf1 ip4:192.0.2.0/24 " + " ".join(f"ip4:198.18.{n}.0/24" for n in range(40)) + " include:_spf.esp.example -all"),
+    "spf.void-lookups~ipv6": spf("v=spf1 ip4:192.0.2.0/24 a:v4only1.shop.example a:v4only2.shop.example a:v4only3.shop.example -all")
+        | {"add": [f"v4only{n} A 192.0.2.{20 + n}" for n in range(1, 4)]},
     # DKIM (RFC 6376, RFC 8301, RFC 8463)
     "dkim.missing": {"remove_prefix": [SEL]},
     "dkim.none": {"args": "--ip 192.0.2.10",
@@ -79,10 +84,12 @@ PLANTS = {
     "dmarc.rua-uri": dmarc("v=DMARC1; p=reject; rua=dmarc@shop.example"),
     "dmarc.rua-external": {"remove_prefix": ["shop.example._report._dmarc.reports.example.net."]},
     "dmarc.strict-alignment": dmarc(f"v=DMARC1; p=reject; {RUA}; adkim=s"),
+    "dmarc.syntax~commas": dmarc(f"v=DMARC1, p=reject, {RUA}"),
     # MX (RFC 5321, RFC 7505, RFC 2181)
     "mx.none": {"remove_prefix": ["@              MX"]},
     "mx.implicit": {"remove_prefix": ["@              MX"], "add": ["@ A 192.0.2.25"]},
     "mx.null": {"remove_prefix": ["@              MX"], "add": ["@ MX 0 ."]},
+    "mx.null~beside-others": {"add": ["@ MX 0 ."]},
     "mx.ip": {"replace": {"@              MX   10 mx1": "@              MX   10 192.0.2.25."}},
     "mx.cname": {"replace": {"mx1            A    192.0.2.25": "mx1            CNAME mx2"}},
     "mx.unresolvable": {"remove_prefix": ["mx2            A"]},
@@ -95,6 +102,19 @@ PLANTS = {
     "mta-sts.host": {"remove_prefix": ["mta-sts        A"]},
     "tlsrpt.multiple": {"add": ['_smtp._tls TXT "v=TLSRPTv1; rua=mailto:tls@reports.example.net"']},
     "tlsrpt.syntax": {"replace_prefix": {"_smtp._tls ": '_smtp._tls     TXT  "v=TLSRPTv1; rua=tls-reports@shop.example"'}},
+}
+
+# Correct setups written other ways: each must give no finding at all.
+GOOD = {
+    # opendkim-genkey's form: the key over lines in parentheses, with a comment.
+    "dkim-in-parentheses": {"replace_prefix": {SEL: 'sel2026._domainkey IN TXT ( "v=DKIM1; k=rsa; "\n\t"p=' + "@KEY@" + '" ) ; ----- DKIM key sel2026'}},
+    # Tag values in upper case (ABNF literals are case-insensitive) and decimal escapes.
+    "dkim-case-and-escapes": {"replace_prefix": {SEL: f'{SEL} TXT "v=DKIM1\\059 k=RSA\\059 h=SHA256\\059 s=EMAIL\\059 p=' + "@KEY@" + '"'}},
+    # Reports to another name of the same organization need no authorisation.
+    "dmarc-rua-same-organization": dmarc("v=DMARC1; p=reject; rua=mailto:dmarc@reports.shop.example,mailto:agg@reports.example.net"),
+    # A Microsoft 365-style selector: a CNAME to the key.
+    "dkim-selector-cname": {"replace_prefix": {SEL: "sel2026._domainkey CNAME sel2026._domainkey.esp.example."},
+                            "add": ['sel2026._domainkey.esp.example. TXT "v=DKIM1; k=rsa; p=' + "@KEY@" + '"']},
 }
 
 
@@ -127,6 +147,14 @@ def main():
         clean = f.read().splitlines()
     body = [l for l in clean if not l.startswith(";")]
     os.makedirs("bad", exist_ok=True)
+    key = next(l for l in body if l.startswith(SEL)).split("p=")[1]
+    key = key.replace('" "', "").rstrip('"')
+    os.makedirs("good", exist_ok=True)
+    for name, how in GOOD.items():
+        # Character strings hold 255 bytes at most (RFC 1035 section 3.3): the key in two.
+        lines = [l.replace("@KEY@", key[:200] + '" "' + key[200:]) for l in plant(body, how)]
+        with open(f"good/{name}.zone", "w") as f:
+            f.write("\n".join([f"; clean.zone written another way: {name} (see plant.py)"] + lines) + "\n")
     for rule, how in PLANTS.items():
         lines = plant(body, how)
         if lines == body:
