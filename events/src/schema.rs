@@ -303,6 +303,15 @@ schema! {
         until_ms: u64,
         reason: String,
     }
+    /// The MTA changed how many connections it opens to a destination at once (adaptive
+    /// concurrency): lowered when a connection is refused, fails or times out while others
+    /// work, raised after as many good sessions as the window holds.
+    Concurrency = "concurrency" rare {
+        domain: String,
+        old: u64,
+        new: u64,
+        cause: String,
+    }
     /// A recipient on the suppression list was not queued.
     Suppressed = "suppressed" {
         message_id: String,

@@ -57,6 +57,9 @@ pub struct MtaConfig {
     /// TCP port of remote SMTP servers (25 on the Internet; the fleet's port in mailsim).
     pub remote_port: u16,
     pub conns_per_domain_max: usize,
+    /// Connections a destination starts with (None: the maximum); raised after good sessions,
+    /// lowered on refusals and failures (adaptive concurrency).
+    pub conns_per_domain_initial: Option<usize>,
     pub msgs_per_conn_max: usize,
     pub retry: RetryPolicy,
     pub timeouts: SmtpTimeouts,
@@ -73,6 +76,7 @@ impl Default for MtaConfig {
             hostname: "mta.mailsim.test".into(),
             remote_port: 25,
             conns_per_domain_max: 8,
+            conns_per_domain_initial: None,
             msgs_per_conn_max: 500,
             retry: RetryPolicy::default(),
             timeouts: SmtpTimeouts::default(),
@@ -101,9 +105,37 @@ pub enum MtaError {
     BadRecipient(String),
 }
 
+/// How many connections a destination gets at once, and what moves the number (Postfix's
+/// destination concurrency feedback, in whole sessions).
+struct Window {
+    limit: usize,
+    /// Good sessions since the limit last moved: at `limit` of them (or `probe_after`, when
+    /// more) it is raised by one.
+    good: usize,
+    /// Good sessions a raise waits for: doubled each time a raise is refused straight away,
+    /// so a destination's cap is probed less and less often.
+    probe_after: usize,
+    /// The last move was a raise.
+    raised: bool,
+}
+
+/// How a session ended, for the destination's window.
+enum SessionEnd {
+    /// It delivered (or tried) messages and closed normally.
+    Good,
+    /// The connection was refused or could not be made while other sessions to the
+    /// destination were up (nothing is deferred): the window is lowered to those sessions.
+    Refused(String),
+    /// The connection was lost or timed out mid-session: the window is lowered by one.
+    Lost(String),
+    /// Anything else (the messages it held are settled).
+    Other,
+}
+
 struct State {
     queue: Queue,
     active: HashMap<String, usize>,
+    windows: HashMap<String, Window>,
     next_id: u64,
     next_conn: u64,
 }
@@ -220,6 +252,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 state: Mutex::new(State {
                     queue: Queue::new(),
                     active: HashMap::new(),
+                    windows: HashMap::new(),
                     next_id: 1,
                     next_conn: 1,
                 }),
@@ -456,7 +489,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 for (domain, ready) in wanted {
                     let active = st.active.get(&domain).copied().unwrap_or(0);
                     let by_load = ready.div_ceil(self.inner.cfg.msgs_per_conn_max.max(1));
-                    let want = by_load.max(1).min(self.inner.cfg.conns_per_domain_max);
+                    let want = by_load.max(1).min(self.window_limit(&st, &domain));
                     for _ in active..want {
                         *st.active.entry(domain.clone()).or_insert(0) += 1;
                         let conn = st.next_conn;
@@ -512,19 +545,103 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             .take_ready(domain)
     }
 
+    /// The connections `domain` may have at once now.
+    fn window_limit(&self, st: &State, domain: &str) -> usize {
+        st.windows
+            .get(domain)
+            .map_or_else(|| self.initial_window(), |w| w.limit)
+    }
+
+    fn initial_window(&self) -> usize {
+        let max = self.inner.cfg.conns_per_domain_max.max(1);
+        self.inner
+            .cfg
+            .conns_per_domain_initial
+            .map_or(max, |n| n.clamp(1, max))
+    }
+
+    /// Other sessions to `domain` still up (connecting or sending) besides this one.
+    fn others_up(&self, domain: &str) -> usize {
+        let st = self.inner.state.lock().expect("mta state");
+        st.active
+            .get(domain)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(1)
+    }
+
     /// One outbound connection for `domain`: route, connect (MX in preference order), then
     /// deliver ready messages one transaction after another until none are left.
     async fn session(&self, domain: String, conn: u64) {
-        self.session_inner(&domain, conn).await;
+        let end = self.session_inner(&domain, conn).await;
         let mut st = self.inner.state.lock().expect("mta state");
+        let others = st
+            .active
+            .get(&domain)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(1);
         if let Some(n) = st.active.get_mut(&domain) {
             *n = n.saturating_sub(1);
         }
+        let max = self.inner.cfg.conns_per_domain_max.max(1);
+        let initial = self.initial_window();
+        let ready = st.queue.ready_domains().any(|(d, n)| d == domain && n > 0);
+        let window = st.windows.entry(domain.clone()).or_insert(Window {
+            limit: initial,
+            good: 0,
+            probe_after: 0,
+            raised: false,
+        });
+        let old = window.limit;
+        let refused = matches!(end, SessionEnd::Refused(_));
+        let cause = match end {
+            // Positive feedback: a window's worth of good sessions, and mail still waiting.
+            SessionEnd::Good => {
+                window.good += 1;
+                let needed = window.limit.max(window.probe_after);
+                if window.good >= needed && window.limit < max && ready {
+                    window.limit += 1;
+                    window.good = 0;
+                    window.raised = true;
+                    Some(format!("{needed} good sessions"))
+                } else {
+                    None
+                }
+            }
+            // Negative feedback: one less, and for a refusal no more than the sessions still up.
+            SessionEnd::Refused(why) | SessionEnd::Lost(why) => {
+                if window.raised {
+                    window.probe_after = (window.probe_after.max(window.limit) * 2).min(1 << 12);
+                }
+                window.raised = false;
+                window.good = 0;
+                window.limit = if refused {
+                    (old - 1).min(others)
+                } else {
+                    old - 1
+                }
+                .max(1);
+                Some(why)
+            }
+            SessionEnd::Other => None,
+        };
+        let new = window.limit;
         drop(st);
+        if let Some(cause) = cause
+            && new != old
+        {
+            self.inner.events.emit(Event::Concurrency {
+                domain: domain.clone(),
+                old: old as u64,
+                new: new as u64,
+                cause,
+            });
+        }
         self.inner.wake.notify_one();
     }
 
-    async fn session_inner(&self, domain: &str, conn: u64) {
+    async fn session_inner(&self, domain: &str, conn: u64) -> SessionEnd {
         let inner = &self.inner;
         let hosts = match inner.resolver.route(domain).await {
             Ok(hosts) => {
@@ -569,14 +686,22 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     };
                     self.settle(entry, fate, "");
                 }
-                return;
+                return SessionEnd::Other;
             }
         };
         let (mut client, mx) = match self.open_session(conn, domain, &hosts).await {
             Opened::Ready(client, mx) => (client, mx),
+            // A refusal of one connection while others are up lowers the window and leaves
+            // the mail to them; only when every connection fails is the destination held.
+            Opened::Refused(r) if r.code < 500 && self.others_up(domain) > 0 => {
+                return SessionEnd::Refused(format!("greeting {} {}", r.code, r.text));
+            }
+            Opened::Failed if self.others_up(domain) > 0 => {
+                return SessionEnd::Refused("no MX host could be reached".into());
+            }
             Opened::Refused(r) => {
                 self.fail_session(domain, &r);
-                return;
+                return SessionEnd::Other;
             }
             Opened::Failed => {
                 while let Some(entry) = self.take(domain) {
@@ -589,10 +714,13 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         "",
                     );
                 }
-                return;
+                return SessionEnd::Other;
             }
         };
         let mut sent = 0u64;
+        // A session that ends on a throttle or a server's close says nothing good of the
+        // destination's capacity.
+        let mut throttled = false;
         while (sent as usize) < inner.cfg.msgs_per_conn_max {
             let Some(entry) = self.take(domain) else {
                 break;
@@ -643,6 +771,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     };
                     sent += 1;
                     self.settle(entry, fate, &mx);
+                    throttled |= backoff || outcome.connection_closed;
                     if outcome.connection_closed && !backoff {
                         break;
                     }
@@ -664,7 +793,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         conn,
                         messages: sent,
                     });
-                    return;
+                    return SessionEnd::Lost(format!("connection lost: {e}"));
                 }
             }
         }
@@ -673,6 +802,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             messages: sent,
         });
         client.quit().await;
+        if sent > 0 && !throttled {
+            SessionEnd::Good
+        } else {
+            SessionEnd::Other
+        }
     }
 
     /// Hold a whole destination for `destination_backoff_s` and say so.

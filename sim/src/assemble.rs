@@ -281,6 +281,7 @@ fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
         hostname: m.hostname.clone(),
         remote_port,
         conns_per_domain_max: m.conns_per_domain_max,
+        conns_per_domain_initial: m.conns_per_domain_initial,
         msgs_per_conn_max: m.msgs_per_conn_max,
         retry: RetryPolicy {
             retry_interval_s_min: m.retry_interval_s_min,

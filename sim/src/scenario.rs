@@ -271,6 +271,9 @@ pub struct MtaSection {
     /// The MTA's source address (SPF and PTR are published for it).
     pub ip: std::net::Ipv4Addr,
     pub conns_per_domain_max: usize,
+    /// Connections a destination starts with (unset: conns_per_domain_max); the MTA raises
+    /// the number after good sessions and lowers it when connections are refused or fail.
+    pub conns_per_domain_initial: Option<usize>,
     pub msgs_per_conn_max: usize,
     pub retry_interval_s_min: u64,
     pub retry_interval_s_max: u64,
@@ -290,6 +293,7 @@ impl Default for MtaSection {
             hostname: "mta.mailsim.test".into(),
             ip: std::net::Ipv4Addr::new(127, 0, 0, 1),
             conns_per_domain_max: 8,
+            conns_per_domain_initial: None,
             msgs_per_conn_max: 500,
             retry_interval_s_min: 300,
             retry_interval_s_max: 4000,
@@ -945,6 +949,10 @@ impl Scenario {
             .map_or(0, |(at, _)| at);
         let positive = [
             ("conns_per_domain_max", m.conns_per_domain_max as u64),
+            (
+                "conns_per_domain_initial",
+                m.conns_per_domain_initial.unwrap_or(1) as u64,
+            ),
             ("msgs_per_conn_max", m.msgs_per_conn_max as u64),
             ("retry_interval_s_min", m.retry_interval_s_min),
             ("retry_interval_s_max", m.retry_interval_s_max),
