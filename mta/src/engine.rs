@@ -6,6 +6,7 @@
 use crate::dkim::Signer;
 use crate::dns::{MxHost, Resolver, RouteError};
 use crate::queue::{Queue, QueueEntry, RetryPolicy};
+use crate::shaping::{Rule, Shaping};
 use crate::spool::{Recovered, Spool, SpoolEnvelope, SpoolError, SpoolRef};
 use crate::suppression::Suppression;
 use mailsim_events::{Clock, Event, EventSink, Record, SmtpReply};
@@ -68,6 +69,8 @@ pub struct MtaConfig {
     /// Envelope senders `bounces+<id>-<local>=<domain>@<sender domain>` (VERP), so that every
     /// asynchronous bounce maps to its message and recipient.
     pub verp: bool,
+    /// Per-destination limits and reply-driven actions (a shaping file).
+    pub shaping: Arc<Shaping>,
 }
 
 impl Default for MtaConfig {
@@ -82,6 +85,7 @@ impl Default for MtaConfig {
             timeouts: SmtpTimeouts::default(),
             destination_backoff_s: 60,
             verp: false,
+            shaping: Arc::new(Shaping::default()),
         }
     }
 }
@@ -136,6 +140,10 @@ struct State {
     queue: Queue,
     active: HashMap<String, usize>,
     windows: HashMap<String, Window>,
+    /// Each destination's MX host names, once routed (for shaping rules by MX suffix).
+    mx_names: HashMap<String, Vec<String>>,
+    /// When each rate-shaped destination may next be sent a message (ms).
+    next_slot_ms: HashMap<String, u64>,
     next_id: u64,
     next_conn: u64,
 }
@@ -253,6 +261,8 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     queue: Queue::new(),
                     active: HashMap::new(),
                     windows: HashMap::new(),
+                    mx_names: HashMap::new(),
+                    next_slot_ms: HashMap::new(),
                     next_id: 1,
                     next_conn: 1,
                 }),
@@ -545,15 +555,29 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             .take_ready(domain)
     }
 
-    /// The connections `domain` may have at once now.
-    fn window_limit(&self, st: &State, domain: &str) -> usize {
-        st.windows
-            .get(domain)
-            .map_or_else(|| self.initial_window(), |w| w.limit)
+    /// The shaping rule for `domain`, if one matches (by name, or by its MX hosts once known).
+    fn rule<'s>(&'s self, st: &State, domain: &str) -> Option<&'s Rule> {
+        let mx = st.mx_names.get(domain).map_or(&[][..], |v| v.as_slice());
+        self.inner.cfg.shaping.rule_for(domain, mx)
     }
 
-    fn initial_window(&self) -> usize {
+    /// The most connections `domain` may ever have: the MTA's limit, or its shaping rule's.
+    fn window_max(&self, st: &State, domain: &str) -> usize {
         let max = self.inner.cfg.conns_per_domain_max.max(1);
+        self.rule(st, domain)
+            .and_then(|r| r.connection_limit)
+            .map_or(max, |n| n.clamp(1, max))
+    }
+
+    /// The connections `domain` may have at once now.
+    fn window_limit(&self, st: &State, domain: &str) -> usize {
+        let max = self.window_max(st, domain);
+        st.windows
+            .get(domain)
+            .map_or_else(|| self.initial_window(max), |w| w.limit.min(max))
+    }
+
+    fn initial_window(&self, max: usize) -> usize {
         self.inner
             .cfg
             .conns_per_domain_initial
@@ -584,8 +608,8 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         if let Some(n) = st.active.get_mut(&domain) {
             *n = n.saturating_sub(1);
         }
-        let max = self.inner.cfg.conns_per_domain_max.max(1);
-        let initial = self.initial_window();
+        let max = self.window_max(&st, &domain);
+        let initial = self.initial_window(max);
         let ready = st.queue.ready_domains().any(|(d, n)| d == domain && n > 0);
         let window = st.windows.entry(domain.clone()).or_insert(Window {
             limit: initial,
@@ -645,6 +669,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         let inner = &self.inner;
         let hosts = match inner.resolver.route(domain).await {
             Ok(hosts) => {
+                inner.state.lock().expect("mta state").mx_names.insert(
+                    domain.to_string(),
+                    hosts.iter().map(|h| h.name.clone()).collect(),
+                );
                 inner.events.emit(Event::DnsAnswer {
                     domain: domain.to_string(),
                     qtype: "MX".into(),
@@ -689,8 +717,15 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 return SessionEnd::Other;
             }
         };
-        let (mut client, mx) = match self.open_session(conn, domain, &hosts).await {
+        let opened = self.open_session(conn, domain, &hosts).await;
+        let suspended = match &opened {
+            Opened::Refused(r) => self.shape_reply(domain, r),
+            _ => false,
+        };
+        let (mut client, mx) = match opened {
             Opened::Ready(client, mx) => (client, mx),
+            // A shaping rule held the destination on this refusal: its mail waits.
+            Opened::Refused(_) if suspended => return SessionEnd::Other,
             // A refusal of one connection while others are up lowers the window and leaves
             // the mail to them; only when every connection fails is the destination held.
             Opened::Refused(r) if r.code < 500 && self.others_up(domain) > 0 => {
@@ -721,7 +756,19 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         // A session that ends on a throttle or a server's close says nothing good of the
         // destination's capacity.
         let mut throttled = false;
-        while (sent as usize) < inner.cfg.msgs_per_conn_max {
+        let (per_conn, rate) = {
+            let st = inner.state.lock().expect("mta state");
+            let rule = self.rule(&st, domain);
+            (
+                rule.and_then(|r| r.messages_per_connection)
+                    .unwrap_or(inner.cfg.msgs_per_conn_max),
+                rule.and_then(|r| r.messages_per_s),
+            )
+        };
+        while (sent as usize) < per_conn {
+            if let Some(rate) = rate {
+                self.pace(domain, rate).await;
+            }
             let Some(entry) = self.take(domain) else {
                 break;
             };
@@ -771,6 +818,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     };
                     sent += 1;
                     self.settle(entry, fate, &mx);
+                    if r.code >= 400 && self.shape_reply(domain, r) {
+                        throttled = true;
+                        break;
+                    }
                     throttled |= backoff || outcome.connection_closed;
                     if outcome.connection_closed && !backoff {
                         break;
@@ -807,6 +858,76 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         } else {
             SessionEnd::Other
         }
+    }
+
+    /// Wait for the destination's next slot under its shaping rule's message rate.
+    async fn pace(&self, domain: &str, per_s: f64) {
+        let interval_ms = (1000.0 / per_s).max(0.0) as u64;
+        let now = self.inner.clock.now_ms();
+        let slot = {
+            let mut st = self.inner.state.lock().expect("mta state");
+            let next = st.next_slot_ms.entry(domain.to_string()).or_insert(now);
+            let slot = (*next).max(now);
+            *next = slot + interval_ms;
+            slot
+        };
+        if slot > now {
+            tokio::time::sleep(Duration::from_millis(slot - now)).await;
+        }
+    }
+
+    /// A reply from `domain` that its shaping rule acts on: lower its connection window and
+    /// or hold it (said with `concurrency` and `backoff` events). True when it is held.
+    fn shape_reply(&self, domain: &str, r: &Reply) -> bool {
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let mut st = inner.state.lock().expect("mta state");
+        let Some(rule) = self.rule(&st, domain) else {
+            return false;
+        };
+        let Some(action) = rule.action_for(r.code, r.enhanced.as_deref(), &r.text) else {
+            return false;
+        };
+        let cause = format!("shaping: the reply matched {:?}", action.pattern);
+        let mut moved = None;
+        if let Some(n) = action.connection_limit {
+            let max = self.window_max(&st, domain);
+            let initial = self.initial_window(max);
+            let w = st.windows.entry(domain.to_string()).or_insert(Window {
+                limit: initial,
+                good: 0,
+                probe_after: 0,
+                raised: false,
+            });
+            if w.limit > n {
+                moved = Some((w.limit, n.max(1)));
+                w.limit = n.max(1);
+                w.good = 0;
+                w.raised = false;
+            }
+        }
+        let until = action.suspend_s.map(|secs| {
+            let until = now + secs * 1000;
+            st.queue.hold_domain(domain, until);
+            until
+        });
+        drop(st);
+        if let Some((old, new)) = moved {
+            inner.events.emit(Event::Concurrency {
+                domain: domain.to_string(),
+                old: old as u64,
+                new: new as u64,
+                cause: cause.clone(),
+            });
+        }
+        if let Some(until_ms) = until {
+            inner.events.emit(Event::Backoff {
+                domain: domain.to_string(),
+                until_ms,
+                reason: cause,
+            });
+        }
+        until.is_some()
     }
 
     /// Hold a whole destination for `destination_backoff_s` and say so.

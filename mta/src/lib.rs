@@ -14,6 +14,7 @@ pub mod dkim;
 pub mod dns;
 pub mod engine;
 pub mod queue;
+pub mod shaping;
 pub mod spool;
 pub mod suppression;
 

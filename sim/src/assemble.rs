@@ -290,6 +290,7 @@ fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
         },
         destination_backoff_s: m.destination_backoff_s,
         verp: m.verp,
+        shaping: m.shaping_rules.clone().unwrap_or_default(),
         ..MtaConfig::default()
     }
 }

@@ -31,6 +31,8 @@ pub struct MtaDaemonOptions {
     pub source_ip: IpAddr,
     pub retry: RetryPolicy,
     pub conns_per_domain_max: usize,
+    /// Per-destination limits and reply-driven actions (`--shaping`).
+    pub shaping: std::sync::Arc<mailsim_mta::shaping::Shaping>,
 }
 
 type Job = (OutboundMessage, oneshot::Sender<Result<Vec<u64>, String>>);
@@ -173,6 +175,7 @@ impl MtaDaemonOptions {
             hostname: self.hostname.clone(),
             remote_port: self.remote_port,
             conns_per_domain_max: self.conns_per_domain_max,
+            shaping: self.shaping.clone(),
             retry: self.retry,
             verp: false,
             ..MtaConfig::default()

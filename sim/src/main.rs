@@ -105,6 +105,9 @@ enum Command {
         lifetime_s: u64,
         #[arg(long, default_value_t = 8)]
         conns_per_domain_max: usize,
+        /// A shaping file: per-destination limits and reply-driven actions (see the README).
+        #[arg(long)]
+        shaping: Option<PathBuf>,
     },
     /// Run a scenario's DNS and fleet alone (live), until interrupted; prints the DNS address
     /// and the fleet's SMTP port on a ready line.
@@ -480,7 +483,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
             retry_interval_s_max,
             lifetime_s,
             conns_per_domain_max,
+            shaping,
         } => {
+            let shaping = match shaping {
+                None => Default::default(),
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("--shaping {}", path.display()))?;
+                    std::sync::Arc::new(
+                        mailsim_mta::shaping::Shaping::parse(&text, &path.display().to_string())
+                            .map_err(anyhow::Error::msg)?,
+                    )
+                }
+            };
             let opts = mailsim::daemon::MtaDaemonOptions {
                 spool,
                 dns,
@@ -494,6 +509,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     lifetime_s,
                 },
                 conns_per_domain_max,
+                shaping,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -285,6 +285,12 @@ pub struct MtaSection {
     pub destination_backoff_s: u64,
     /// Return paths `bounces+<id>-<local>=<domain>@<sender domain>` (VERP).
     pub verp: bool,
+    /// A shaping file (per-destination limits and reply-driven actions), relative to the
+    /// scenario file.
+    pub shaping: Option<std::path::PathBuf>,
+    /// The shaping file's rules, read when the scenario is.
+    #[serde(skip)]
+    pub shaping_rules: Option<std::sync::Arc<mailsim_mta::shaping::Shaping>>,
 }
 
 impl Default for MtaSection {
@@ -301,6 +307,8 @@ impl Default for MtaSection {
             run_time_s_max: 600,
             destination_backoff_s: 60,
             verp: true,
+            shaping: None,
+            shaping_rules: None,
         }
     }
 }
@@ -676,6 +684,28 @@ impl Scenario {
         }
         scenario.validate(text, path)?;
         scenario.path = path.to_path_buf();
+        if let Some(file) = scenario.mta.shaping.clone() {
+            let resolved = match path.parent() {
+                Some(dir) if file.is_relative() => dir.join(&file),
+                _ => file.clone(),
+            };
+            let invalid = |message: String| ScenarioError::Invalid {
+                file: path.to_path_buf(),
+                line: text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("shaping"))
+                    .map_or(0, |n| n + 1),
+                field: "mta.shaping".into(),
+                message,
+            };
+            let rules = std::fs::read_to_string(&resolved)
+                .map_err(|e| invalid(format!("{}: {e}", resolved.display())))
+                .and_then(|t| {
+                    mailsim_mta::shaping::Shaping::parse(&t, &resolved.display().to_string())
+                        .map_err(invalid)
+                })?;
+            scenario.mta.shaping_rules = Some(std::sync::Arc::new(rules));
+        }
         if let Some(t) = scenario.campaign.get_ref().html_template.clone() {
             let resolved = match path.parent() {
                 Some(dir) if t.is_relative() => dir.join(&t),
