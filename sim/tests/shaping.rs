@@ -129,9 +129,9 @@ suspend_s = 120
         );
         assert_eq!(until - at, 120_000);
         // The receiver stored nothing from the MTA while the hold lasted.
-        let during = records.iter().filter(|r| {
-            matches!(r.event, Event::Stored { .. }) && r.ts > *at && r.ts < *until
-        });
+        let during = records
+            .iter()
+            .filter(|r| matches!(r.event, Event::Stored { .. }) && r.ts > *at && r.ts < *until);
         assert_eq!(
             during.count(),
             0,
