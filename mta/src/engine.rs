@@ -142,8 +142,8 @@ struct State {
     windows: HashMap<String, Window>,
     /// Each destination's MX host names, once routed (for shaping rules by MX suffix).
     mx_names: HashMap<String, Vec<String>>,
-    /// When each rate-shaped destination may next be sent a message (ms).
-    next_slot_ms: HashMap<String, u64>,
+    /// When each rate-shaped destination may next be sent a message (microseconds).
+    next_slot_us: HashMap<String, u64>,
     next_id: u64,
     next_conn: u64,
 }
@@ -262,7 +262,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     active: HashMap::new(),
                     windows: HashMap::new(),
                     mx_names: HashMap::new(),
-                    next_slot_ms: HashMap::new(),
+                    next_slot_us: HashMap::new(),
                     next_id: 1,
                     next_conn: 1,
                 }),
@@ -498,7 +498,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     .collect();
                 for (domain, ready) in wanted {
                     let active = st.active.get(&domain).copied().unwrap_or(0);
-                    let by_load = ready.div_ceil(self.inner.cfg.msgs_per_conn_max.max(1));
+                    let per_conn = self
+                        .rule(&st, &domain)
+                        .and_then(|r| r.messages_per_connection)
+                        .unwrap_or(self.inner.cfg.msgs_per_conn_max);
+                    let by_load = ready.div_ceil(per_conn.max(1));
                     let want = by_load.max(1).min(self.window_limit(&st, &domain));
                     for _ in active..want {
                         *st.active.entry(domain.clone()).or_insert(0) += 1;
@@ -569,8 +573,12 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             .map_or(max, |n| n.clamp(1, max))
     }
 
-    /// The connections `domain` may have at once now.
+    /// The connections `domain` may have at once now. Where rules match by MX host names,
+    /// one until the destination's MX hosts are known.
     fn window_limit(&self, st: &State, domain: &str) -> usize {
+        if self.inner.cfg.shaping.by_mx() && !st.mx_names.contains_key(domain) {
+            return 1;
+        }
         let max = self.window_max(st, domain);
         st.windows
             .get(domain)
@@ -724,8 +732,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         };
         let (mut client, mx) = match opened {
             Opened::Ready(client, mx) => (client, mx),
-            // A shaping rule held the destination on this refusal: its mail waits.
-            Opened::Refused(_) if suspended => return SessionEnd::Other,
+            // A shaping rule held the destination on this refusal: its mail waits, and the
+            // window comes down to the sessions up, so the hold does not repeat itself.
+            Opened::Refused(r) if suspended => {
+                return SessionEnd::Refused(format!("greeting {} {}", r.code, r.text));
+            }
             // A refusal of one connection while others are up lowers the window and leaves
             // the mail to them; only when every connection fails is the destination held.
             Opened::Refused(r) if r.code < 500 && self.others_up(domain) > 0 => {
@@ -766,8 +777,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             )
         };
         while (sent as usize) < per_conn {
-            if let Some(rate) = rate {
-                self.pace(domain, rate).await;
+            if let Some(rate) = rate
+                && !self.pace(domain, rate).await
+            {
+                throttled = true;
+                break;
             }
             let Some(entry) = self.take(domain) else {
                 break;
@@ -861,19 +875,32 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     }
 
     /// Wait for the destination's next slot under its shaping rule's message rate.
-    async fn pace(&self, domain: &str, per_s: f64) {
-        let interval_ms = (1000.0 / per_s).max(0.0) as u64;
-        let now = self.inner.clock.now_ms();
-        let slot = {
+    /// A wait longer than this is not spent holding a connection open: the destination is
+    /// held until its slot and the session ends.
+    const PACE_IN_SESSION_US: u64 = 2_000_000;
+
+    /// Wait for the destination's next slot under its shaping rule's message rate; false when
+    /// the slot is too far off to wait in the session (the destination is held until then).
+    async fn pace(&self, domain: &str, per_s: f64) -> bool {
+        let interval_us = (1e6 / per_s).clamp(0.0, 1e15) as u64;
+        let now_us = self.inner.clock.now_ms().saturating_mul(1000);
+        let wait = {
             let mut st = self.inner.state.lock().expect("mta state");
-            let next = st.next_slot_ms.entry(domain.to_string()).or_insert(now);
-            let slot = (*next).max(now);
-            *next = slot + interval_ms;
-            slot
+            let next = st.next_slot_us.get(domain).copied().unwrap_or(now_us);
+            let slot = next.max(now_us);
+            let wait = slot - now_us;
+            if wait > Self::PACE_IN_SESSION_US {
+                st.queue.hold_domain(domain, slot.div_ceil(1000));
+                return false;
+            }
+            st.next_slot_us
+                .insert(domain.to_string(), slot.saturating_add(interval_us));
+            wait
         };
-        if slot > now {
-            tokio::time::sleep(Duration::from_millis(slot - now)).await;
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_micros(wait)).await;
         }
+        true
     }
 
     /// A reply from `domain` that its shaping rule acts on: lower its connection window and
@@ -907,7 +934,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             }
         }
         let until = action.suspend_s.map(|secs| {
-            let until = now + secs * 1000;
+            let until = now.saturating_add(secs.saturating_mul(1000));
             st.queue.hold_domain(domain, until);
             until
         });

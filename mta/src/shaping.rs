@@ -65,41 +65,76 @@ impl Shaping {
             }
         })?;
         for (i, rule) in shaping.destinations.iter().enumerate() {
-            let at = |field: &str| format!("{file}: destination[{i}].{field}");
+            let at = |field: &str, why: &str| {
+                format!(
+                    "{file}:{}: destination[{i}].{field}: {why}",
+                    field_line(text, i, None, field)
+                )
+            };
             if rule.domains.is_empty() && rule.mx_suffixes.is_empty() {
-                return Err(format!("{}: give domains or mx_suffixes", at("domains")));
+                return Err(at("domains", "give domains or mx_suffixes"));
             }
-            if rule.connection_limit == Some(0) || rule.messages_per_connection == Some(0) {
-                return Err(format!(
-                    "{}: limits must be positive",
-                    at("connection_limit")
-                ));
+            for d in &rule.domains {
+                let name = d.strip_prefix("*.").unwrap_or(d);
+                if !is_name(name) {
+                    return Err(at(
+                        "domains",
+                        &format!("{d:?} is not a domain or \"*.\" and a domain"),
+                    ));
+                }
+            }
+            for m in &rule.mx_suffixes {
+                if !is_name(m.trim_start_matches('.')) {
+                    return Err(at(
+                        "mx_suffixes",
+                        &format!("{m:?} is not the end of a host name (\".google.test\")"),
+                    ));
+                }
+            }
+            if rule.connection_limit == Some(0) {
+                return Err(at("connection_limit", "must be positive"));
+            }
+            if rule.messages_per_connection == Some(0) {
+                return Err(at("messages_per_connection", "must be positive"));
             }
             if let Some(r) = rule.messages_per_s
-                && !(r.is_finite() && r > 0.0)
+                && !(RATE_MIN..=RATE_MAX).contains(&r)
             {
-                return Err(format!(
-                    "{}: must be a positive number",
-                    at("messages_per_s")
+                return Err(at(
+                    "messages_per_s",
+                    &format!("must be a number from {RATE_MIN} to {RATE_MAX}"),
                 ));
             }
             for (j, a) in rule.on_reply.iter().enumerate() {
-                let at = |field: &str| format!("{file}: destination[{i}].on_reply[{j}].{field}");
+                let at = |field: &str, why: &str| {
+                    format!(
+                        "{file}:{}: destination[{i}].on_reply[{j}].{field}: {why}",
+                        field_line(text, i, Some(j), field)
+                    )
+                };
                 if a.pattern.trim().is_empty() {
-                    return Err(format!("{}: must not be empty", at("match")));
+                    return Err(at("match", "must not be empty"));
                 }
                 if a.suspend_s.is_none() && a.connection_limit.is_none() {
-                    return Err(format!(
-                        "{}: give suspend_s or connection_limit",
-                        at("match")
-                    ));
+                    return Err(at("match", "give suspend_s or connection_limit"));
                 }
                 if a.connection_limit == Some(0) {
-                    return Err(format!("{}: must be positive", at("connection_limit")));
+                    return Err(at("connection_limit", "must be positive"));
+                }
+                if a.suspend_s.is_some_and(|s| s > SUSPEND_S_MAX) {
+                    return Err(at(
+                        "suspend_s",
+                        &format!("at most {SUSPEND_S_MAX} (30 days)"),
+                    ));
                 }
             }
         }
         Ok(shaping)
+    }
+
+    /// Whether any rule matches by MX host names.
+    pub fn by_mx(&self) -> bool {
+        self.destinations.iter().any(|r| !r.mx_suffixes.is_empty())
     }
 
     /// The rule for `domain`, whose MX hosts are `mx` (when known).
@@ -113,12 +148,62 @@ impl Shaping {
                     None => d == domain,
                 }
             }) || r.mx_suffixes.iter().any(|s| {
-                let s = s.to_ascii_lowercase();
-                mx.iter()
-                    .any(|m| m.to_ascii_lowercase().trim_end_matches('.').ends_with(&s))
+                // On label boundaries: "google.test" matches mx.google.test, not notgoogle.test.
+                let s = s.trim_start_matches('.').to_ascii_lowercase();
+                mx.iter().any(|m| {
+                    let m = m.to_ascii_lowercase();
+                    let m = m.trim_end_matches('.');
+                    m == s || m.ends_with(&format!(".{s}"))
+                })
             })
         })
     }
+}
+
+/// Messages a second a rule may ask for: from one in about 17 minutes to 100,000.
+const RATE_MIN: f64 = 0.001;
+const RATE_MAX: f64 = 100_000.0;
+/// The longest hold a reply may cause.
+const SUSPEND_S_MAX: u64 = 30 * 86_400;
+
+/// A host name (or its end): labels of letters, digits, '-' and '_', dot-separated.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// The line of `field` in the `i`th [[destination]] (or its `j`th [[destination.on_reply]]);
+/// the table's own line when the field is not written there.
+fn field_line(text: &str, i: usize, j: Option<usize>, field: &str) -> usize {
+    let mut destination = None;
+    let mut reply = None;
+    let mut table_line = 1;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with("[[destination]]") {
+            destination = Some(destination.map_or(0, |d| d + 1));
+            reply = None;
+        } else if t.starts_with("[[destination.on_reply]]") {
+            reply = Some(reply.map_or(0, |r| r + 1));
+        } else if t.starts_with('[') {
+            destination = None;
+        }
+        if destination != Some(i) || reply != j {
+            continue;
+        }
+        if t.starts_with("[[") {
+            table_line = n + 1;
+        } else if let Some(rest) = t.strip_prefix(field)
+            && rest.trim_start().starts_with('=')
+        {
+            return n + 1;
+        }
+    }
+    table_line
 }
 
 impl Rule {
@@ -198,6 +283,48 @@ messages_per_s = 5.0
             "s.toml",
         )
         .unwrap_err();
-        assert!(e.contains("messages_per_s"), "{e}");
+        assert!(
+            e.starts_with("s.toml:3: destination[0].messages_per_s"),
+            "{e}"
+        );
+        let second = "[[destination]]\ndomains = [\"a.test\"]\n\n[[destination]]\ndomains = [\"b.test\"]\nmessages_per_connection = 0\n";
+        let e = Shaping::parse(second, "s.toml").unwrap_err();
+        assert!(
+            e.starts_with("s.toml:6: destination[1].messages_per_connection"),
+            "{e}"
+        );
+        let e = Shaping::parse(
+            "[[destination]]\ndomains = [\"a.test\"]\n[[destination.on_reply]]\nmatch = \"451\"\nsuspend_s = 9223372036854775807\n",
+            "s.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("s.toml:5: destination[0].on_reply[0].suspend_s"),
+            "{e}"
+        );
+        for bad in [
+            "domains = [\"*\"]",
+            "mx_suffixes = [\"\"]",
+            "messages_per_s = 1e-300\ndomains = [\"a.test\"]",
+        ] {
+            let e = Shaping::parse(&format!("[[destination]]\n{bad}\n"), "s.toml").unwrap_err();
+            assert!(e.starts_with("s.toml:2: destination[0]."), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn mx_suffixes_match_on_label_boundaries() {
+        let s = Shaping::parse(
+            "[[destination]]\nmx_suffixes = [\"google.test\"]\n",
+            "s.toml",
+        )
+        .unwrap();
+        assert!(s.rule_for("a.test", &["mx.google.test".into()]).is_some());
+        assert!(s.rule_for("a.test", &["google.test.".into()]).is_some());
+        assert!(
+            s.rule_for("a.test", &["mx.notgoogle.test".into()])
+                .is_none()
+        );
+        assert!(s.by_mx());
     }
 }

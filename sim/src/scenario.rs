@@ -989,6 +989,15 @@ impl Scenario {
             ("lifetime_s", m.lifetime_s),
             ("run_time_s_max", m.run_time_s_max),
         ];
+        if m.conns_per_domain_initial
+            .is_some_and(|n| n > m.conns_per_domain_max)
+        {
+            return Err(invalid(
+                mta_at,
+                "mta.conns_per_domain_initial".into(),
+                format!("at most conns_per_domain_max ({})", m.conns_per_domain_max),
+            ));
+        }
         for (field, value) in positive {
             if value == 0 {
                 return Err(invalid(

@@ -116,3 +116,15 @@ fn the_same_over_loopback_sockets() {
     );
     assert!(matches!(moves.last(), Some((_, 2 | 3, _))), "{moves:?}");
 }
+
+#[test]
+fn an_initial_window_above_the_limit_is_named() {
+    let text = "name = \"x\"\n[[sender]]\ndomain = \"s.test\"\n[[domain]]\nname = \"a.test\"\n[mta]\nconns_per_domain_max = 2\nconns_per_domain_initial = 5\n[campaign]\nmessages = 1\n";
+    let e = Scenario::parse(text, Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x.toml:6") && e.contains("mta.conns_per_domain_initial"),
+        "{e}"
+    );
+}

@@ -172,3 +172,124 @@ fn the_shipped_rules_load_and_a_broken_file_is_named() {
         "{e}"
     );
 }
+
+/// Scenario text for `capped.test`: two connections per client, the third refused with 421.
+fn capped(mode: &str, messages: u64, mta: &str) -> String {
+    format!(
+        r#"
+name = "capped"
+seed = 6
+mode = "{mode}"
+[[sender]]
+domain = "s.test"
+[[domain]]
+name = "capped.test"
+rate_limit = {{ messages_per_s = 100000, burst = 100000, connections_max = 2 }}
+[mta]
+shaping = "shaping.toml"
+{mta}
+[campaign]
+messages = {messages}
+size_bytes = 900
+"#
+    )
+}
+
+fn stored(records: &[mailsim_events::Record]) -> Vec<u64> {
+    records
+        .iter()
+        .filter(|r| matches!(r.event, Event::Stored { .. }))
+        .map(|r| r.ts)
+        .collect()
+}
+
+/// The most MTA connections to any destination open at once.
+fn peak_connections(records: &[mailsim_events::Record]) -> usize {
+    let (mut open, mut peak) = (0usize, 0usize);
+    for r in records {
+        match r.event {
+            Event::ConnOpened { .. } => {
+                open += 1;
+                peak = peak.max(open);
+            }
+            Event::ConnClosed { .. } => open = open.saturating_sub(1),
+            _ => {}
+        }
+    }
+    peak
+}
+
+#[test]
+fn rules_and_the_adaptive_window_work_together() {
+    // A rule that suspends on every 421: the refused greetings also lower the window to the
+    // two connections the destination takes, so the hold does not repeat for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let records = run(
+        dir.path(),
+        &capped(
+            "virtual",
+            100,
+            "conns_per_domain_max = 4\nmsgs_per_conn_max = 5\nrun_time_s_max = 3000",
+        ),
+        "[[destination]]\ndomains = [\"capped.test\"]\n[[destination.on_reply]]\nmatch = \"421\"\nsuspend_s = 100\n",
+    );
+    assert_eq!(stored(&records).len(), 100, "all delivered in the end");
+
+    // A rule by MX name holds from the first connection (before the MX hosts were known).
+    let dir = tempfile::tempdir().unwrap();
+    let records = run(
+        dir.path(),
+        &capped(
+            "virtual",
+            200,
+            "conns_per_domain_max = 8\nmsgs_per_conn_max = 10",
+        ),
+        "[[destination]]\nmx_suffixes = [\"capped.test\"]\nconnection_limit = 1\n",
+    );
+    assert_eq!(stored(&records).len(), 200);
+    assert_eq!(peak_connections(&records), 1);
+
+    // A rule's messages per connection sizes the connections opened.
+    let dir = tempfile::tempdir().unwrap();
+    let records = run(
+        dir.path(),
+        &capped("virtual", 60, "conns_per_domain_max = 2"),
+        "[[destination]]\ndomains = [\"capped.test\"]\nmessages_per_connection = 1\n",
+    );
+    assert_eq!(stored(&records).len(), 60);
+    assert_eq!(peak_connections(&records), 2);
+
+    // 600 a second is paced to the microsecond, not rounded to 1 ms slots (1,000 a second).
+    let dir = tempfile::tempdir().unwrap();
+    let records = run(
+        dir.path(),
+        &capped("virtual", 1000, "conns_per_domain_max = 2"),
+        "[[destination]]\ndomains = [\"capped.test\"]\nmessages_per_s = 600.0\n",
+    );
+    let ts = stored(&records);
+    assert_eq!(ts.len(), 1000);
+    let spread_ms = ts.iter().max().unwrap() - ts.iter().min().unwrap();
+    assert!((1600..=1750).contains(&spread_ms), "{spread_ms} ms");
+}
+
+#[test]
+fn a_slow_rule_does_not_outlast_the_run_over_real_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let records = run(
+        dir.path(),
+        &capped("live", 5, "run_time_s_max = 4"),
+        "[[destination]]\ndomains = [\"capped.test\"]\nmessages_per_s = 0.01\n",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // One message, then the destination waits 100 s for its next slot: the run ends first.
+    assert_eq!(stored(&records).len(), 1);
+    assert!(matches!(
+        &records.last().unwrap().event,
+        Event::RunFinished { reason } if reason == "time limit"
+    ));
+}
