@@ -26,6 +26,7 @@ pub fn load(path: &Path, origin: Option<&str>) -> Result<ZoneFile, DnsError> {
 
 /// Parse zone-file `text` (named `path` in errors; `$INCLUDE` is relative to it).
 pub fn parse(text: &str, path: &Path, origin: Option<&str>) -> Result<ZoneFile, DnsError> {
+    let written = text;
     let origin_name = match origin {
         Some(o) => Some(Name::from_str(o).map_err(|e| DnsError::ZoneFile {
             place: format!("{}: origin {o:?}", path.display()),
@@ -64,6 +65,47 @@ pub fn parse(text: &str, path: &Path, origin: Option<&str>) -> Result<ZoneFile, 
                 name: normalize(&owner),
                 ttl_s: record.ttl,
                 data,
+            });
+        }
+    }
+    // What BIND refuses and hickory lets through: a string over 255 bytes, and a CNAME beside
+    // other records at its name.
+    let origin_text = normalize(&origin.to_ascii());
+    let place = |owner: &str, rtype: &str| match line_of_record(written, owner, &origin_text, rtype)
+    {
+        Some(n) => format!("{}:{n}", path.display()),
+        None => path.display().to_string(),
+    };
+    for set in sets.values() {
+        for record in set.records_without_rrsigs() {
+            if let RData::TXT(txt) = &record.data
+                && let Some(long) = txt.txt_data.iter().find(|s| s.len() > 255)
+            {
+                let owner = normalize(&record.name.to_ascii());
+                return Err(DnsError::ZoneFile {
+                    place: place(&owner, "TXT"),
+                    message: format!(
+                        "{owner} TXT: a quoted string of {} bytes; each holds at most 255 (RFC 1035 section 3.3): split it into several",
+                        long.len()
+                    ),
+                });
+            }
+        }
+    }
+    for r in records
+        .iter()
+        .filter(|r| matches!(r.data, RecordData::Cname(_)))
+    {
+        if records
+            .iter()
+            .any(|o| o.name == r.name && !matches!(o.data, RecordData::Cname(_)))
+        {
+            return Err(DnsError::ZoneFile {
+                place: place(&r.name, "CNAME"),
+                message: format!(
+                    "{} has a CNAME and other records; a CNAME must be its name's only record (RFC 1034 section 3.6.2, RFC 2181 section 10.1)",
+                    r.name
+                ),
             });
         }
     }
@@ -153,6 +195,29 @@ fn explain(message: &str, origin_given: bool) -> String {
     } else {
         message.to_string()
     }
+}
+
+/// The line of the first record of type `rtype` whose owner (written absolute, relative to
+/// `origin`, or `@`) is `owner`.
+fn line_of_record(text: &str, owner: &str, origin: &str, rtype: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let mut tokens = line.split_whitespace();
+            let Some(first) = tokens.next().filter(|_| !line.starts_with([' ', '\t'])) else {
+                return false;
+            };
+            let first = first.to_ascii_lowercase();
+            let named = match first.strip_suffix('.') {
+                Some(absolute) => absolute == owner,
+                None if first == "@" => owner == origin,
+                None => format!("{first}.{origin}") == owner,
+            };
+            named
+                && line
+                    .split_whitespace()
+                    .any(|t| t.eq_ignore_ascii_case(rtype))
+        })
+        .map(|n| n + 1)
 }
 
 /// Records as BIND reads them, rewritten for hickory 0.26's parser, which mangles a quoted
@@ -283,6 +348,21 @@ mod tests {
             Some(RecordData::Txt("quote \" and \\ and ; stay".into()))
         );
         assert_eq!(file.records.len(), 3, "{:?}", file.records);
+    }
+
+    #[test]
+    fn what_bind_refuses_is_refused_with_the_line() {
+        let long = "x".repeat(300);
+        let zone = format!("$ORIGIN k.test.\n@ IN MX 10 mx\nkey IN TXT \"{long}\"\n");
+        let e = parse(&zone, Path::new("k.zone"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k.zone:3") && e.contains("300 bytes"), "{e}");
+        let zone = "$ORIGIN k.test.\n@ IN MX 10 mx\nwww IN A 192.0.2.1\nwww IN CNAME mx\n";
+        let e = parse(zone, Path::new("k.zone"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k.zone:4") && e.contains("CNAME"), "{e}");
     }
 
     #[test]

@@ -1245,6 +1245,21 @@ impl Checker {
         const FCRDNS: &str = "RFC 8601 section 3 (iprev), Google and Yahoo sender requirements";
         for &ip in ips {
             self.checked.push(format!("PTR {ip}"));
+            let internal = match ip {
+                IpAddr::V4(v4) => {
+                    v4.is_loopback() || v4.is_private() || v4.is_unspecified() || v4.is_link_local()
+                }
+                IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || v6.is_unique_local(),
+            };
+            if internal {
+                self.add(
+                    Level::Info,
+                    "ip.internal",
+                    &ip.to_string(),
+                    "a loopback, private or unspecified address: right for a test bed, never seen by receivers on the Internet".into(),
+                    "RFC 6890",
+                );
+            }
             let reverse = spf::reverse_name(ip);
             let Some(names) = self.lookup(&reverse, Rr::Ptr).await else {
                 continue;

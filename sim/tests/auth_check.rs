@@ -320,3 +320,31 @@ fn names_are_checked_and_unicode_names_asked_in_their_xn_form() {
         );
     }
 }
+
+#[test]
+fn an_internal_sending_address_is_said_and_does_not_change_the_verdict_by_itself() {
+    let zone = data().join("clean.zone");
+    let out = check(&[
+        "--zone",
+        zone.to_str().unwrap(),
+        "--json",
+        "--selector",
+        "sel2026",
+        "--ip",
+        "192.0.2.10",
+        "--ip",
+        "10.1.2.3",
+    ]);
+    let found = findings(&out);
+    assert!(
+        found.contains(&("info".to_string(), "ip.internal".to_string())),
+        "{found:?}"
+    );
+    // 10.1.2.3 is not in the record and has no PTR: those are the failures, not the note.
+    let fails: BTreeSet<&str> = found
+        .iter()
+        .filter(|(l, _)| l == "fail")
+        .map(|(_, r)| r.as_str())
+        .collect();
+    assert_eq!(fails, BTreeSet::from(["spf.ip-not-authorised", "ptr.none"]));
+}

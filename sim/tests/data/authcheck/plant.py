@@ -17,7 +17,9 @@ SEL = "sel2026._domainkey"
 
 
 def spf(text):
-    return {"replace": {SPF: f'@              TXT  "{text}"'}}
+    # A quoted string holds at most 255 bytes (RFC 1035 section 3.3): longer records in parts.
+    parts = " ".join(f'"{text[i:i + 250]}"' for i in range(0, len(text), 250))
+    return {"replace": {SPF: f'@              TXT  {parts}'}}
 
 
 def dkim(text):
