@@ -125,11 +125,9 @@ pub struct WireDns {
 impl WireDns {
     /// Ask the resolvers `config` names (in mailsim, fake-dns's `resolver_for(server)`).
     pub fn new((config, opts): (ResolverConfig, ResolverOpts)) -> Result<Self, VerifierError> {
-        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(opts)
-            .build()
-            .map_err(|e| VerifierError(e.to_string()))?;
-        Ok(WireDns { resolver })
+        Ok(WireDns {
+            resolver: resolver_from(config, opts)?,
+        })
     }
 
     /// The CNAME `name` is an alias for, if it is one.
@@ -138,9 +136,12 @@ impl WireDns {
         let Ok(qname) = Name::from_ascii(format!("{}.", name.trim_end_matches('.'))) else {
             return Answer::Temp(format!("{name:?} cannot be asked"));
         };
-        match self.resolver.lookup(qname, RecordType::CNAME).await {
-            Ok(lookup) => {
-                let out: Vec<String> = lookup
+        let found = self
+            .resolver
+            .lookup(qname, RecordType::CNAME)
+            .await
+            .map(|lookup| {
+                lookup
                     .answers()
                     .iter()
                     .filter_map(|r| match &r.data {
@@ -149,16 +150,9 @@ impl WireDns {
                         }
                         _ => None,
                     })
-                    .collect();
-                if out.is_empty() {
-                    Answer::Void
-                } else {
-                    Answer::Records(out)
-                }
-            }
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::Void,
-            Err(e) => Answer::Temp(e.to_string()),
-        }
+                    .collect()
+            });
+        answer_of(found, |e| e.is_nx_domain() || e.is_no_records_found())
     }
 }
 
@@ -166,6 +160,17 @@ impl SpfDns for WireDns {
     async fn query(&self, name: &str, rr: Rr) -> Answer {
         wire_query(&self.resolver, name, rr).await
     }
+}
+
+/// A hickory resolver asking the servers `config` names.
+fn resolver_from(
+    config: ResolverConfig,
+    opts: ResolverOpts,
+) -> Result<TokioResolver, VerifierError> {
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(opts)
+        .build()
+        .map_err(|e| VerifierError(e.to_string()))
 }
 
 /// One query over hickory, answered in the text forms SPF compares.
@@ -187,36 +192,29 @@ async fn wire_query(resolver: &TokioResolver, name: &str, rr: Rr) -> Answer {
             .collect::<Vec<_>>()
             .join(".")
     };
-    match resolver.lookup(qname, rtype).await {
-        Ok(lookup) => {
-            let mut mx: Vec<(u16, String)> = Vec::new();
-            let mut out = Vec::new();
-            for r in lookup.answers() {
-                match (&r.data, rr) {
-                    (RData::A(a), Rr::A) => out.push(a.0.to_string()),
-                    (RData::AAAA(a), Rr::Aaaa) => out.push(a.0.to_string()),
-                    (RData::MX(m), Rr::Mx) => mx.push((m.preference, text(&m.exchange))),
-                    (RData::TXT(t), Rr::Txt) => out.push(
-                        t.txt_data
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s))
-                            .collect(),
-                    ),
-                    (RData::PTR(p), Rr::Ptr) => out.push(text(&p.0)),
-                    _ => {}
-                }
-            }
-            mx.sort();
-            out.extend(mx.into_iter().map(|(_, n)| n));
-            if out.is_empty() {
-                Answer::Void
-            } else {
-                Answer::Records(out)
+    let found = resolver.lookup(qname, rtype).await.map(|lookup| {
+        let mut mx: Vec<(u16, String)> = Vec::new();
+        let mut out = Vec::new();
+        for r in lookup.answers() {
+            match (&r.data, rr) {
+                (RData::A(a), Rr::A) => out.push(a.0.to_string()),
+                (RData::AAAA(a), Rr::Aaaa) => out.push(a.0.to_string()),
+                (RData::MX(m), Rr::Mx) => mx.push((m.preference, text(&m.exchange))),
+                (RData::TXT(t), Rr::Txt) => out.push(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s))
+                        .collect(),
+                ),
+                (RData::PTR(p), Rr::Ptr) => out.push(text(&p.0)),
+                _ => {}
             }
         }
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Answer::Void,
-        Err(e) => Answer::Temp(e.to_string()),
-    }
+        mx.sort();
+        out.extend(mx.into_iter().map(|(_, n)| n));
+        out
+    });
+    answer_of(found, |e| e.is_nx_domain() || e.is_no_records_found())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,11 +228,7 @@ impl Verifier {
         (config, opts): (ResolverConfig, ResolverOpts),
         hostname: &str,
     ) -> Result<Self, VerifierError> {
-        let resolver =
-            TokioResolver::builder_with_config(config.clone(), TokioRuntimeProvider::default())
-                .with_options(opts.clone())
-                .build()
-                .map_err(|e| VerifierError(e.to_string()))?;
+        let resolver = resolver_from(config.clone(), opts.clone())?;
         let auth =
             MessageAuthenticator::new(config, opts).map_err(|e| VerifierError(e.to_string()))?;
         Ok(Verifier {
@@ -357,13 +351,7 @@ impl Verifier {
                 d.result(),
                 DkimResult::Neutral(mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch))
             );
-            let signed = d.signature().and_then(|sig| {
-                parsed
-                    .dkim_headers
-                    .iter()
-                    .map(|h| &h.header)
-                    .find(|s| std::ptr::eq(*s, sig))
-            });
+            let signed = d.signature().and_then(|sig| own_signature(&parsed, sig));
             checked_dkim.push(match signed {
                 Some(sig) if body_hash => match self
                     .auth
@@ -409,13 +397,7 @@ impl Verifier {
                 },
                 _ => continue,
             };
-            let sig = sig as *const _;
-            let signed = parsed
-                .dkim_headers
-                .iter()
-                .map(|h| &h.header)
-                .find(|s| std::ptr::eq(*s, sig));
-            if let Some(sig) = signed {
+            if let Some(sig) = own_signature(&parsed, sig) {
                 *d = DkimOutput::perm_err(mail_auth::Error::Crypto(CryptoError::Library(problem)))
                     .with_signature(sig);
             }
@@ -739,6 +721,32 @@ fn arc_header_problem(parsed: &AuthenticatedMessage<'_>) -> Option<String> {
         }
     }
     None
+}
+
+/// The message's own copy of a signature a DKIM output points at (an output is rebuilt with
+/// it, which needs the message's lifetime).
+fn own_signature<'x>(
+    parsed: &'x AuthenticatedMessage<'_>,
+    sig: &mail_auth::dkim::Signature,
+) -> Option<&'x mail_auth::dkim::Signature> {
+    parsed
+        .dkim_headers
+        .iter()
+        .map(|h| &h.header)
+        .find(|s| std::ptr::eq(*s, sig))
+}
+
+/// A lookup's records as SPF's answer: none, NXDOMAIN and no data are a void lookup.
+fn answer_of<E: std::fmt::Display>(
+    result: Result<Vec<String>, E>,
+    empty: impl Fn(&E) -> bool,
+) -> Answer {
+    match result {
+        Ok(out) if out.is_empty() => Answer::Void,
+        Ok(out) => Answer::Records(out),
+        Err(e) if empty(&e) => Answer::Void,
+        Err(e) => Answer::Temp(e.to_string()),
+    }
 }
 
 /// How a key verifiers must refuse is described (and recognised in [`dkim_reason`]).

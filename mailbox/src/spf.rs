@@ -638,23 +638,15 @@ impl<'a, D: SpfDns> Eval<'a, D> {
                 }
             }
             Mechanism::A(spec, v4, v6) => {
-                let target = match spec {
-                    Some(s) => match self.target(s, domain).await? {
-                        Some(t) => t,
-                        None => return Ok(false),
-                    },
-                    None => domain.to_string(),
+                let Some(target) = self.target_or(spec.as_deref(), domain).await? else {
+                    return Ok(false);
                 };
                 let addrs = self.addresses(&target).await?;
                 Ok(addrs.iter().any(|a| self.in_cidr(*a, *v4, *v6)))
             }
             Mechanism::Mx(spec, v4, v6) => {
-                let target = match spec {
-                    Some(s) => match self.target(s, domain).await? {
-                        Some(t) => t,
-                        None => return Ok(false),
-                    },
-                    None => domain.to_string(),
+                let Some(target) = self.target_or(spec.as_deref(), domain).await? else {
+                    return Ok(false);
                 };
                 let names = self.lookup(&target, Rr::Mx).await?;
                 if names.len() > NAMES_MAX {
@@ -672,12 +664,8 @@ impl<'a, D: SpfDns> Eval<'a, D> {
                 Ok(false)
             }
             Mechanism::Ptr(spec) => {
-                let target = match spec {
-                    Some(s) => match self.target(s, domain).await? {
-                        Some(t) => t,
-                        None => return Ok(false),
-                    },
-                    None => domain.to_string(),
+                let Some(target) = self.target_or(spec.as_deref(), domain).await? else {
+                    return Ok(false);
                 };
                 let target = target.trim_end_matches('.').to_ascii_lowercase();
                 Ok(self
@@ -709,6 +697,19 @@ impl<'a, D: SpfDns> Eval<'a, D> {
             .await
             .map_err(|e| (SpfResult::PermError, e))?;
         Ok(valid_domain(&t).then_some(t))
+    }
+
+    /// The target of a mechanism whose domain-spec is optional (a, mx, ptr): the current
+    /// domain when there is none.
+    async fn target_or(
+        &mut self,
+        spec: Option<&str>,
+        domain: &str,
+    ) -> Result<Option<String>, (SpfResult, String)> {
+        match spec {
+            Some(s) => self.target(s, domain).await,
+            None => Ok(Some(domain.to_string())),
+        }
     }
 
     /// A query whose empty answer counts as a void lookup.

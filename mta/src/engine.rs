@@ -123,6 +123,17 @@ struct Window {
     raised: bool,
 }
 
+impl Window {
+    fn new(limit: usize) -> Self {
+        Window {
+            limit,
+            good: 0,
+            probe_after: 0,
+            raised: false,
+        }
+    }
+}
+
 /// How a session ended, for the destination's window.
 enum SessionEnd {
     /// It delivered (or tried) messages and closed normally.
@@ -619,12 +630,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         let max = self.window_max(&st, &domain);
         let initial = self.initial_window(max);
         let ready = st.queue.ready_domains().any(|(d, n)| d == domain && n > 0);
-        let window = st.windows.entry(domain.clone()).or_insert(Window {
-            limit: initial,
-            good: 0,
-            probe_after: 0,
-            raised: false,
-        });
+        let window = st
+            .windows
+            .entry(domain.clone())
+            .or_insert_with(|| Window::new(initial));
         let old = window.limit;
         let refused = matches!(end, SessionEnd::Refused(_));
         let cause = match end {
@@ -920,12 +929,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         if let Some(n) = action.connection_limit {
             let max = self.window_max(&st, domain);
             let initial = self.initial_window(max);
-            let w = st.windows.entry(domain.to_string()).or_insert(Window {
-                limit: initial,
-                good: 0,
-                probe_after: 0,
-                raised: false,
-            });
+            let w = st
+                .windows
+                .entry(domain.to_string())
+                .or_insert_with(|| Window::new(initial));
             if w.limit > n {
                 moved = Some((w.limit, n.max(1)));
                 w.limit = n.max(1);

@@ -24,6 +24,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// The check's verdict when this is the most serious finding.
+    fn verdict(self) -> &'static str {
+        match self {
+            Level::Fail => "fail",
+            Level::Warn => "warn",
+            Level::Info => "pass",
+        }
+    }
+
     fn word(self) -> &'static str {
         match self {
             Level::Info => "INFO",
@@ -214,17 +223,14 @@ pub async fn check(server: SocketAddr, request: &Request<'_>) -> anyhow::Result<
     c.tls_rpt().await;
     // Most serious first; within a level, in the order checked.
     c.findings.sort_by_key(|f| std::cmp::Reverse(f.level));
-    let result = match c.findings.iter().map(|f| f.level).max() {
-        Some(Level::Fail) => "fail",
-        Some(Level::Warn) => "warn",
-        _ => "pass",
-    };
-    Ok(Report {
+    let mut report = Report {
         domain,
-        result,
+        result: "",
         findings: c.findings,
         checked: c.checked,
-    })
+    };
+    report.result = report.worst().verdict();
+    Ok(report)
 }
 
 struct Checker {
