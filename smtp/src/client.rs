@@ -47,6 +47,9 @@ pub enum ClientError {
         phase: &'static str,
         message: String,
     },
+    /// The TLS handshake after STARTTLS failed (the connection is unusable).
+    #[error("STARTTLS: handshake failed: {0}")]
+    Tls(String),
 }
 
 /// What the server said it supports in its EHLO reply.
@@ -504,6 +507,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         if !ok {
             return Ok(replies);
         }
+        self.ehlo(helo_name, &mut replies).await?;
+        Ok(replies)
+    }
+
+    /// EHLO (HELO when EHLO is refused); the capabilities are what the EHLO reply says.
+    async fn ehlo(
+        &mut self,
+        helo_name: &str,
+        replies: &mut Vec<(&'static str, Reply)>,
+    ) -> Result<(), ClientError> {
+        self.caps = Capabilities::default();
         self.outbuf
             .extend_from_slice(format!("EHLO {helo_name}\r\n").as_bytes());
         self.flush_out("EHLO", self.timeouts.command).await?;
@@ -519,7 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             let helo = self.read_reply("HELO", self.timeouts.command).await?;
             replies.push(("HELO", helo));
         }
-        Ok(replies)
+        Ok(())
     }
 
     /// Run one mail transaction for one recipient: the tokio driver of [`ClientTransaction`].
@@ -558,6 +572,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             let _ = self.read_reply("QUIT", Duration::from_secs(5)).await;
         }
         let _ = self.stream.shutdown().await;
+    }
+}
+
+/// How a STARTTLS went.
+#[derive(Debug)]
+pub enum StartTls {
+    /// The session is encrypted and the server greeted again (EHLO inside TLS).
+    Done {
+        params: crate::tls::TlsParams,
+        /// The certificate's check against the trusted roots and the host name.
+        certificate: Result<(), crate::tls::CertProblem>,
+        /// The EHLO (and HELO) replies inside TLS.
+        replies: Vec<(&'static str, Reply)>,
+    },
+    /// The server answered STARTTLS with something else than 220: the session goes on in clear.
+    Refused(Reply),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<crate::tls::MaybeTls<S>> {
+    /// STARTTLS (RFC 3207) to the server named `server_name`, then EHLO again as `helo_name`.
+    /// A failed handshake is an error and leaves the connection unusable.
+    pub async fn starttls(
+        &mut self,
+        tls: &crate::tls::ClientTls,
+        server_name: &str,
+        helo_name: &str,
+    ) -> Result<StartTls, ClientError> {
+        use crate::tls::MaybeTls;
+        self.outbuf.extend_from_slice(b"STARTTLS\r\n");
+        self.flush_out("STARTTLS", self.timeouts.command).await?;
+        let reply = self.read_reply("STARTTLS", self.timeouts.command).await?;
+        if reply.code != 220 {
+            return Ok(StartTls::Refused(reply));
+        }
+        // Anything the server sent after its 220 came in clear: it is not part of the new
+        // session (RFC 3207 section 6).
+        self.inbuf.clear();
+        self.inpos = 0;
+        let handshake = tls
+            .handshake()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| ClientError::Tls(format!("server name {server_name:?}: {e}")))?;
+        let plain = match std::mem::replace(&mut self.stream, MaybeTls::Gone) {
+            MaybeTls::Plain(s) => s,
+            other => {
+                self.stream = other;
+                return Err(ClientError::Tls("the session is already encrypted".into()));
+            }
+        };
+        let connect = handshake.connector.connect(name, plain);
+        let secured = match tokio::time::timeout(self.timeouts.command, connect).await {
+            Err(_) => return Err(ClientError::Timeout { phase: "STARTTLS" }),
+            Ok(Err(e)) => return Err(ClientError::Tls(e.to_string())),
+            Ok(Ok(s)) => s,
+        };
+        let params = crate::tls::TlsParams::of(secured.get_ref().1);
+        let certificate = handshake
+            .verdict()
+            .unwrap_or(Err(crate::tls::CertProblem::Invalid(
+                "no certificate".into(),
+            )));
+        self.stream = MaybeTls::Tls(Box::new(secured));
+        let mut replies = Vec::with_capacity(1);
+        self.ehlo(helo_name, &mut replies).await?;
+        Ok(StartTls::Done {
+            params,
+            certificate,
+            replies,
+        })
     }
 }
 

@@ -79,6 +79,8 @@ pub struct SessionInfo {
     pub helo: String,
     /// The session runs inside TLS (after STARTTLS).
     pub tls: bool,
+    /// The protocol and cipher of that TLS.
+    pub tls_params: Option<crate::tls::TlsParams>,
     /// The authenticated user (after AUTH).
     pub user: Option<String>,
 }
@@ -92,6 +94,7 @@ impl SessionInfo {
             local,
             helo: String::new(),
             tls: false,
+            tls_params: None,
             user: None,
         }
     }
@@ -913,10 +916,14 @@ where
     let mut session = Session::new(info, cfg);
     if let SessionEnd::StartTls(plain) = drive(stream, &mut session, backend, started).await
         && let Some(tls) = &cfg.tls
+        // A server whose TLS is broken: the connection is cut where the handshake would be.
+        && !tls.handshake_fails
         && let Ok(Ok(secured)) =
             tokio::time::timeout(cfg.command_timeout, tls.acceptor.accept(plain)).await
     {
+        let params = crate::tls::TlsParams::of(secured.get_ref().1);
         session.tls_started();
+        session.info.tls_params = Some(params);
         drive(secured, &mut session, backend, started).await;
     }
     backend.on_disconnect(&probe);
