@@ -214,6 +214,47 @@ schema! {
     }
     /// An outbound connection ended.
     ConnClosed = "conn_closed" rare { conn: u64, messages: u64 }
+    /// An outbound connection's STARTTLS (RFC 3207), or why the session had none: what
+    /// TLS-RPT (RFC 8460) reports are made from.
+    Tls = "tls" {
+        conn: u64,
+        domain: String,
+        mx: String,
+        addr: String,
+        /// What the destination's policy asked for: `opportunistic`, `required`,
+        /// `sts-enforce` or `sts-testing` (MTA-STS, RFC 8461).
+        policy: String,
+        /// `success`, or the RFC 8460 result type of the failure (`starttls-not-supported`,
+        /// `certificate-host-mismatch`, `certificate-expired`, `certificate-not-trusted`,
+        /// `validation-failure`).
+        result: String,
+        /// The protocol and cipher (`TLSv1.3 TLS13_AES_256_GCM_SHA384`); empty without TLS.
+        params: String,
+        /// The certificate's check against the trusted roots and the MX name: `ok` or an
+        /// RFC 8460 result type (opportunistic TLS encrypts with any certificate).
+        certificate: String,
+        /// What happened next: `encrypted`, `clear` (sent without TLS), `skipped` (this MX
+        /// was not used).
+        outcome: String,
+        /// What failed, in words.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
+    }
+    /// An MTA-STS policy (RFC 8461) was fetched for a destination, or could not be.
+    StsPolicy = "sts_policy" rare {
+        domain: String,
+        /// The `id` of the `_mta-sts` TXT record.
+        id: String,
+        /// `enforce`, `testing` or `none`; empty when the fetch failed.
+        mode: String,
+        /// The policy's `mx` lines: host names and `*.` patterns.
+        mx_patterns: Vec<String>,
+        max_age_s: u64,
+        /// The policy as served (for TLS-RPT's `policy-string`).
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    }
     /// The MTA received an SMTP reply.
     SmtpReply = "smtp_reply" {
         conn: u64,
@@ -286,6 +327,10 @@ schema! {
         message_id: String,
         rcpt: String,
         size: u64,
+        /// The session's TLS protocol and cipher (`TLSv1.3 TLS13_AES_256_GCM_SHA384`), when
+        /// it was encrypted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<String>,
     }
     /// Receiving side: the server refused a recipient or message.
     Refused = "refused" {

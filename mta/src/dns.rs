@@ -59,8 +59,9 @@ pub fn connection_order(hosts: &[MxHost], draw: u64) -> Vec<&MxHost> {
     out
 }
 
-/// Resolves a recipient domain to its MX hosts, sorted by preference.
-pub trait Resolver: Send + Sync + 'static {
+/// Resolves a recipient domain to its MX hosts, sorted by preference (and answers the other
+/// lookups delivery makes: MTA-STS's TXT and its web server's address).
+pub trait Resolver: Lookups {
     fn route(&self, domain: &str) -> impl Future<Output = Result<Vec<MxHost>, RouteError>> + Send;
 }
 
@@ -102,11 +103,14 @@ pub enum Answer<T> {
     Failed(String),
 }
 
-/// The two queries routing makes; implemented over the wire ([`HickoryResolver`]) and
-/// in-process (virtual mode). Every implementor is a [`Resolver`] with the same rules.
+/// The queries delivery makes (MX and A for routing, TXT for MTA-STS); implemented over the
+/// wire ([`HickoryResolver`]) and in-process (virtual mode). Every implementor is a
+/// [`Resolver`] with the same rules.
 pub trait Lookups: Send + Sync + 'static {
     fn mx(&self, name: &str) -> impl Future<Output = Answer<(u16, String)>> + Send;
     fn a(&self, name: &str) -> impl Future<Output = Answer<IpAddr>> + Send;
+    /// TXT records, each one's strings joined.
+    fn txt(&self, name: &str) -> impl Future<Output = Answer<String>> + Send;
 }
 
 impl Lookups for HickoryResolver {
@@ -142,6 +146,29 @@ impl Lookups for HickoryResolver {
                     .iter()
                     .filter_map(|r| match &r.data {
                         RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) if e.is_nx_domain() => Answer::NxDomain,
+            Err(e) if e.is_no_records_found() => Answer::NoRecords,
+            Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+
+    async fn txt(&self, name: &str) -> Answer<String> {
+        match self.inner.lookup(fqdn(name), RecordType::TXT).await {
+            Ok(lookup) => Answer::Records(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|s| String::from_utf8_lossy(s))
+                                .collect::<String>(),
+                        ),
                         _ => None,
                     })
                     .collect(),

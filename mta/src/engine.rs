@@ -6,12 +6,14 @@
 use crate::dkim::Signer;
 use crate::dns::{MxHost, Resolver, RouteError};
 use crate::queue::{Queue, QueueEntry, RetryPolicy};
-use crate::shaping::{Rule, Shaping};
+use crate::shaping::{Rule, Shaping, TlsMode};
 use crate::spool::{Recovered, Spool, SpoolEnvelope, SpoolError, SpoolRef};
+use crate::sts::{Mode as StsMode, Policy as StsPolicy};
 use crate::suppression::Suppression;
 use mailsim_events::{Clock, Event, EventSink, Record, SmtpReply};
 use mailsim_smtp::Reply;
-use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts};
+use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts, StartTls};
+use mailsim_smtp::tls::{ClientTls, MaybeTls};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
@@ -71,6 +73,14 @@ pub struct MtaConfig {
     pub verp: bool,
     /// Per-destination limits and reply-driven actions (a shaping file).
     pub shaping: Arc<Shaping>,
+    /// STARTTLS where a shaping rule does not say otherwise.
+    pub tls: TlsMode,
+    /// The roots server certificates are checked against (a run's own authority).
+    pub tls_client: ClientTls,
+    /// Look up and apply destinations' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// The HTTPS port of `mta-sts.<domain>` (443 on the Internet; the fleet's in mailsim).
+    pub sts_port: u16,
 }
 
 impl Default for MtaConfig {
@@ -86,6 +96,10 @@ impl Default for MtaConfig {
             destination_backoff_s: 60,
             verp: false,
             shaping: Arc::new(Shaping::default()),
+            tls: TlsMode::default(),
+            tls_client: ClientTls::untrusting(),
+            mta_sts: true,
+            sts_port: 443,
         }
     }
 }
@@ -155,6 +169,8 @@ struct State {
     mx_names: HashMap<String, Vec<String>>,
     /// When each rate-shaped destination may next be sent a message (microseconds).
     next_slot_us: HashMap<String, u64>,
+    /// What is known of each destination's MTA-STS policy.
+    sts: HashMap<String, StsEntry>,
     next_id: u64,
     next_conn: u64,
 }
@@ -171,7 +187,22 @@ struct Inner<R, C> {
     state: Mutex<State>,
     wake: Notify,
     queued: watch::Sender<usize>,
+    /// One MTA-STS policy lookup at a time per destination (its sessions wait for the answer;
+    /// other destinations do not).
+    sts_lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A destination's MTA-STS policy as last looked up.
+struct StsEntry {
+    policy: Option<Arc<StsPolicy>>,
+    /// Until when the policy applies (its `max_age` from the fetch).
+    expires_ms: u64,
+    /// When the `_mta-sts` TXT record is next asked again (a changed `id` means a new policy).
+    recheck_ms: u64,
+}
+
+/// How often a destination's `_mta-sts` TXT record is asked again.
+const STS_RECHECK_MS: u64 = 300_000;
 
 /// The MTA. Cheap to clone; clones share one queue.
 pub struct Mta<R, C> {
@@ -274,11 +305,13 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     windows: HashMap::new(),
                     mx_names: HashMap::new(),
                     next_slot_us: HashMap::new(),
+                    sts: HashMap::new(),
                     next_id: 1,
                     next_conn: 1,
                 }),
                 wake: Notify::new(),
                 queued: watch::channel(0).0,
+                sts_lookups: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -734,7 +767,10 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 return SessionEnd::Other;
             }
         };
-        let opened = self.open_session(conn, domain, &hosts).await;
+        let sts = self.sts_policy(domain).await;
+        let opened = self
+            .open_session(conn, domain, &hosts, sts.as_deref())
+            .await;
         let suspended = match &opened {
             Opened::Refused(r) => self.shape_reply(domain, r),
             _ => false,
@@ -751,19 +787,23 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             Opened::Refused(r) if r.code < 500 && self.others_up(domain) > 0 => {
                 return SessionEnd::Refused(format!("greeting {} {}", r.code, r.text));
             }
-            Opened::Failed if self.others_up(domain) > 0 => {
-                return SessionEnd::Refused("no MX host could be reached".into());
+            Opened::Failed(why) if self.others_up(domain) > 0 => {
+                return SessionEnd::Refused(why.unwrap_or_else(|| NO_MX.into()));
             }
             Opened::Refused(r) => {
                 self.fail_session(domain, &r);
                 return SessionEnd::Other;
             }
-            Opened::Failed => {
+            Opened::Failed(why) => {
+                let reason = match why {
+                    Some(why) => why,
+                    None => format!("networkerror: {NO_MX}"),
+                };
                 while let Some(entry) = self.take(domain) {
                     self.settle(
                         entry,
                         Fate::Temp {
-                            reason: "networkerror: no MX host could be reached".into(),
+                            reason: reason.clone(),
                             reply: None,
                         },
                         "",
@@ -1011,68 +1051,399 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
 
     /// Connect and greet, MX host by host in preference order (hosts of equal preference in
     /// an order drawn for this connection): a host that cannot be reached, does not greet in
-    /// time or refuses the session is skipped for the next one.
-    async fn open_session(&self, conn: u64, domain: &str, hosts: &[MxHost]) -> Opened<C::Stream> {
+    /// time, refuses the session or fails the destination's TLS policy is skipped for the next
+    /// one.
+    async fn open_session(
+        &self,
+        conn: u64,
+        domain: &str,
+        hosts: &[MxHost],
+        sts: Option<&StsPolicy>,
+    ) -> Opened<C::Stream> {
         let inner = &self.inner;
+        let mode = {
+            let st = inner.state.lock().expect("mta state");
+            self.rule(&st, domain)
+                .and_then(|r| r.tls)
+                .unwrap_or(inner.cfg.tls)
+        };
+        let sts = sts.filter(|p| p.mode != StsMode::None);
         let mut refusal = None;
+        let mut tls_failure = None;
         for host in crate::dns::connection_order(hosts, conn) {
+            let tls = TlsPlan {
+                conn,
+                domain,
+                mx: &host.name,
+                mode,
+                sts,
+            };
+            // Under enforce, a host the policy does not name gets no connection (RFC 8461
+            // section 4.1); under testing, the session's event says so (`secure`).
+            if let Some(p) = sts
+                && p.mode == StsMode::Enforce
+                && !p.allows(&host.name)
+            {
+                let why = format!("{} is not an mx of the domain's MTA-STS policy", host.name);
+                self.tls_event(
+                    &tls,
+                    "",
+                    TlsFacts::failed("validation-failure", &why),
+                    "skipped",
+                );
+                tls_failure = Some(format!("securityerror: sts-enforce: {why}"));
+                continue;
+            }
             for ip in &host.addrs {
                 let addr = SocketAddr::new(*ip, inner.cfg.remote_port);
-                let attempt =
-                    tokio::time::timeout(inner.cfg.timeouts.connect, inner.connector.connect(addr))
-                        .await;
-                let stream = match attempt {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        self.conn_failed(domain, &host.name, addr, e.to_string());
-                        continue;
-                    }
-                    Err(_) => {
-                        self.conn_failed(domain, &host.name, addr, "connect timed out".into());
-                        continue;
-                    }
-                };
-                inner.events.emit(Event::ConnOpened {
-                    conn,
-                    domain: domain.to_string(),
-                    mx: host.name.clone(),
-                    addr: addr.to_string(),
-                });
-                let mut client = SmtpClient::new(stream, inner.cfg.timeouts);
-                match client.handshake(&inner.cfg.hostname).await {
-                    Ok(replies) => {
-                        let mut refused = None;
-                        for (cmd, r) in &replies {
-                            // The greeting and EHLO are recorded when they refuse; a 220/250
-                            // on every connection is noise.
-                            if r.code / 100 != 2 {
-                                self.emit_reply(conn, None, cmd, r);
-                                if *cmd == "CONNECT" || *cmd == "HELO" {
-                                    refused = Some(r.clone());
-                                }
-                            }
+                // After a failed handshake, opportunistic TLS tries the host again in clear.
+                let mut clear = false;
+                loop {
+                    let attempt = tokio::time::timeout(
+                        inner.cfg.timeouts.connect,
+                        inner.connector.connect(addr),
+                    )
+                    .await;
+                    let stream = match attempt {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            self.conn_failed(domain, &host.name, addr, e.to_string());
+                            break;
                         }
-                        match refused {
-                            None => return Opened::Ready(client, host.name.clone()),
-                            Some(r) => {
-                                inner.events.emit(Event::ConnClosed { conn, messages: 0 });
-                                client.quit().await;
-                                refusal = Some(r);
-                            }
+                        Err(_) => {
+                            self.conn_failed(domain, &host.name, addr, "connect timed out".into());
+                            break;
+                        }
+                    };
+                    inner.events.emit(Event::ConnOpened {
+                        conn,
+                        domain: domain.to_string(),
+                        mx: host.name.clone(),
+                        addr: addr.to_string(),
+                    });
+                    let mut client = SmtpClient::new(MaybeTls::Plain(stream), inner.cfg.timeouts);
+                    let replies = match client.handshake(&inner.cfg.hostname).await {
+                        Ok(replies) => replies,
+                        Err(e) => {
+                            tracing::debug!(
+                                domain,
+                                conn,
+                                "handshake with {} failed: {e}",
+                                host.name
+                            );
+                            inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                            self.conn_failed(domain, &host.name, addr, format!("handshake: {e}"));
+                            break;
+                        }
+                    };
+                    let mut refused = self.refusal(conn, &replies);
+                    let secured = match refused {
+                        Some(_) => Secured::Clear,
+                        None if clear => Secured::Clear,
+                        None => self.secure(&mut client, &tls, addr).await,
+                    };
+                    match secured {
+                        Secured::Clear => {}
+                        Secured::Refused(r) => refused = Some(r),
+                        Secured::Skip(why) => {
+                            inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                            client.quit().await;
+                            tls_failure = Some(why);
+                            break;
+                        }
+                        Secured::RetryClear => {
+                            inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                            clear = true;
+                            continue;
+                        }
+                        Secured::Lost(e) => {
+                            inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                            self.conn_failed(domain, &host.name, addr, e);
+                            break;
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!(domain, conn, "handshake with {} failed: {e}", host.name);
-                        inner.events.emit(Event::ConnClosed { conn, messages: 0 });
-                        self.conn_failed(domain, &host.name, addr, format!("handshake: {e}"));
+                    match refused {
+                        None => return Opened::Ready(client, host.name.clone()),
+                        Some(r) => {
+                            inner.events.emit(Event::ConnClosed { conn, messages: 0 });
+                            client.quit().await;
+                            refusal = Some(r);
+                            break;
+                        }
                     }
                 }
             }
         }
         match refusal {
             Some(r) => Opened::Refused(r),
-            None => Opened::Failed,
+            None => Opened::Failed(tls_failure),
         }
+    }
+
+    /// The greeting, EHLO and HELO replies that refuse the session, recorded (a 220/250 on
+    /// every connection is noise).
+    fn refusal(&self, conn: u64, replies: &[(&'static str, Reply)]) -> Option<Reply> {
+        let mut refused = None;
+        for (cmd, r) in replies {
+            if r.code / 100 != 2 {
+                self.emit_reply(conn, None, cmd, r);
+                if *cmd == "CONNECT" || *cmd == "HELO" {
+                    refused = Some(r.clone());
+                }
+            }
+        }
+        refused
+    }
+
+    /// STARTTLS on a greeted session as the destination's policy asks, and the `tls` event.
+    async fn secure(
+        &self,
+        client: &mut SmtpClient<MaybeTls<C::Stream>>,
+        tls: &TlsPlan<'_>,
+        addr: SocketAddr,
+    ) -> Secured {
+        let inner = &self.inner;
+        let enforce = tls.sts.is_some_and(|p| p.mode == StsMode::Enforce);
+        // Mail goes only over TLS: a required destination, or an enforced MTA-STS policy.
+        let must = enforce || tls.mode == TlsMode::Required;
+        if tls.mode == TlsMode::Off && tls.sts.is_none() {
+            return Secured::Clear;
+        }
+        let failed = |this: &Self, facts: TlsFacts, retry: bool| {
+            let why = format!(
+                "securityerror: {}: {} ({})",
+                tls.policy(),
+                facts.result,
+                facts.detail.as_deref().unwrap_or("")
+            );
+            let outcome = if must {
+                "skipped"
+            } else if retry {
+                "retry-clear"
+            } else {
+                "clear"
+            };
+            this.tls_event(tls, &addr.to_string(), facts, outcome);
+            if must {
+                Secured::Skip(why)
+            } else if retry {
+                Secured::RetryClear
+            } else {
+                Secured::Clear
+            }
+        };
+        if !client.caps.starttls {
+            let detail = format!("{} does not offer STARTTLS", tls.mx);
+            return failed(
+                self,
+                TlsFacts::failed("starttls-not-supported", &detail),
+                false,
+            );
+        }
+        match client
+            .starttls(&inner.cfg.tls_client, tls.mx, &inner.cfg.hostname)
+            .await
+        {
+            Ok(StartTls::Done {
+                params,
+                certificate,
+                replies,
+            }) => {
+                let cert = match &certificate {
+                    Ok(()) => "ok".to_string(),
+                    Err(p) => p.result_type().to_string(),
+                };
+                let mut facts = TlsFacts {
+                    result: "success".into(),
+                    params: params.to_string(),
+                    certificate: cert,
+                    detail: None,
+                };
+                // MTA-STS wants a certificate valid for the MX name under trusted roots, and
+                // (testing mode gets here with any MX) an MX the policy names.
+                if tls.sts.is_some()
+                    && let Err(p) = &certificate
+                {
+                    facts.result = p.result_type().into();
+                    facts.detail = Some(format!("{}'s certificate: {p}", tls.mx));
+                    if enforce {
+                        return failed(self, facts, false);
+                    }
+                } else if tls.sts.is_some_and(|p| !p.allows(tls.mx)) {
+                    facts.result = "validation-failure".into();
+                    facts.detail = Some(format!(
+                        "{} is not an mx of the domain's MTA-STS policy",
+                        tls.mx
+                    ));
+                }
+                self.tls_event(tls, &addr.to_string(), facts, "encrypted");
+                match self.refusal(tls.conn, &replies) {
+                    Some(r) => Secured::Refused(r),
+                    None => Secured::Clear,
+                }
+            }
+            Ok(StartTls::Refused(r)) => {
+                self.emit_reply(tls.conn, None, "STARTTLS", &r);
+                let detail = format!("STARTTLS answered {} {}", r.code, r.text);
+                failed(
+                    self,
+                    TlsFacts::failed("starttls-not-supported", &detail),
+                    false,
+                )
+            }
+            // The handshake itself failed: the connection is gone, TLS did not happen.
+            Err(e @ mailsim_smtp::client::ClientError::Tls(_)) => failed(
+                self,
+                TlsFacts::failed("validation-failure", &e.to_string()),
+                true,
+            ),
+            // Lost or timed out around the handshake (waiting for the 220, or the EHLO inside
+            // TLS): a connection failure, not a TLS one.
+            Err(e) => Secured::Lost(format!("STARTTLS: {e}")),
+        }
+    }
+
+    fn tls_event(&self, tls: &TlsPlan<'_>, addr: &str, facts: TlsFacts, outcome: &str) {
+        self.inner.events.emit(Event::Tls {
+            conn: tls.conn,
+            domain: tls.domain.to_string(),
+            mx: tls.mx.to_string(),
+            addr: addr.to_string(),
+            policy: tls.policy().to_string(),
+            result: facts.result,
+            params: facts.params,
+            certificate: facts.certificate,
+            outcome: outcome.to_string(),
+            why: facts.detail,
+        });
+    }
+
+    /// The MTA-STS policy of `domain` (RFC 8461 section 5): from the cache while its TXT
+    /// record was asked recently; else the TXT record, and the policy fetched when its `id` is
+    /// new. A policy that cannot be fetched leaves the cached one in force until it expires,
+    /// and none means delivery as without MTA-STS.
+    async fn sts_policy(&self, domain: &str) -> Option<Arc<StsPolicy>> {
+        let inner = &self.inner;
+        if !inner.cfg.mta_sts {
+            return None;
+        }
+        // (the policy while it applies, whether the entry is fresh, its expiry): an entry is
+        // fresh while its TXT record was asked recently and the policy it had, if any, has
+        // not expired (an expired policy is looked up again at once, never dropped silently).
+        let cached = |now: u64| {
+            let st = inner.state.lock().expect("mta state");
+            st.sts.get(domain).map(|e| {
+                let live = now < e.expires_ms;
+                (
+                    e.policy.clone().filter(|_| live),
+                    now < e.recheck_ms && (e.policy.is_none() || live),
+                    e.expires_ms,
+                )
+            })
+        };
+        if let Some((policy, true, _)) = cached(inner.clock.now_ms()) {
+            return policy;
+        }
+        let lock = inner
+            .sts_lookups
+            .lock()
+            .expect("mta state")
+            .entry(domain.to_string())
+            .or_default()
+            .clone();
+        let _one = lock.lock().await;
+        let now = inner.clock.now_ms();
+        let (policy, expires_ms) = match cached(now) {
+            Some((policy, true, _)) => return policy,
+            Some((policy, false, expires)) => (policy, expires),
+            None => (None, 0),
+        };
+        let id = match inner.resolver.txt(&format!("_mta-sts.{domain}")).await {
+            // RFC 8461 section 3.1: of the records that start with "v=STSv1", exactly one.
+            crate::dns::Answer::Records(records) => {
+                let ours: Vec<&String> = records
+                    .iter()
+                    .filter(|r| r.starts_with("v=STSv1;"))
+                    .collect();
+                match ours.as_slice() {
+                    [one] => crate::sts::record_id(one),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let (policy, expires_ms) = match id {
+            Some(id) if policy.as_ref().is_none_or(|p| p.id != id) => {
+                match self.fetch_sts(domain, &id).await {
+                    Ok(p) => {
+                        let expires = now.saturating_add(p.max_age_s.saturating_mul(1000));
+                        (Some(Arc::new(p)), expires)
+                    }
+                    Err(_) => (policy, expires_ms),
+                }
+            }
+            _ => (policy, expires_ms),
+        };
+        inner.state.lock().expect("mta state").sts.insert(
+            domain.to_string(),
+            StsEntry {
+                policy: policy.clone(),
+                expires_ms,
+                recheck_ms: now + STS_RECHECK_MS,
+            },
+        );
+        policy
+    }
+
+    /// Fetch a policy from `mta-sts.<domain>` and record the attempt.
+    async fn fetch_sts(&self, domain: &str, id: &str) -> Result<StsPolicy, String> {
+        let inner = &self.inner;
+        let host = format!("mta-sts.{domain}");
+        let fetched = match inner.resolver.a(&host).await {
+            crate::dns::Answer::Records(addrs) if !addrs.is_empty() => {
+                // Each address in turn until one answers with a policy.
+                let mut last = Err(String::new());
+                for ip in addrs {
+                    let addr = SocketAddr::new(ip, inner.cfg.sts_port);
+                    last = crate::sts::fetch(
+                        &inner.connector,
+                        &inner.cfg.tls_client,
+                        addr,
+                        domain,
+                        id,
+                    )
+                    .await;
+                    if last.is_ok() {
+                        break;
+                    }
+                }
+                last
+            }
+            other => Err(format!(
+                "sts-policy-fetch-error: {host} has no address ({other:?})"
+            )),
+        };
+        inner.events.emit(match &fetched {
+            Ok(p) => Event::StsPolicy {
+                domain: domain.to_string(),
+                id: id.to_string(),
+                mode: p.mode.as_str().into(),
+                mx_patterns: p.mx.clone(),
+                max_age_s: p.max_age_s,
+                text: p.text.clone(),
+                error: None,
+            },
+            Err(e) => Event::StsPolicy {
+                domain: domain.to_string(),
+                id: id.to_string(),
+                mode: String::new(),
+                mx_patterns: vec![],
+                max_age_s: 0,
+                text: String::new(),
+                error: Some(e.clone()),
+            },
+        });
+        fetched
     }
 
     fn conn_failed(&self, domain: &str, mx: &str, addr: SocketAddr, error: String) {
@@ -1200,11 +1571,66 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
 
 /// How opening a session to a destination went.
 enum Opened<S> {
-    Ready(SmtpClient<S>, String),
+    Ready(SmtpClient<MaybeTls<S>>, String),
     /// Every host that answered refused the session (the last refusal).
     Refused(Reply),
-    /// No host could be reached or greeted.
-    Failed,
+    /// No host could be reached or greeted, or none met the TLS policy (why, then).
+    Failed(Option<String>),
+}
+
+const NO_MX: &str = "no MX host could be reached";
+
+/// What one MX host's session must do about TLS.
+struct TlsPlan<'a> {
+    conn: u64,
+    domain: &'a str,
+    mx: &'a str,
+    mode: TlsMode,
+    sts: Option<&'a StsPolicy>,
+}
+
+impl TlsPlan<'_> {
+    /// The policy's name in events.
+    fn policy(&self) -> &'static str {
+        match self.sts.map(|p| p.mode) {
+            Some(StsMode::Enforce) => "sts-enforce",
+            Some(StsMode::Testing) => "sts-testing",
+            _ => self.mode.as_str(),
+        }
+    }
+}
+
+/// What a `tls` event says of one attempt.
+struct TlsFacts {
+    result: String,
+    params: String,
+    certificate: String,
+    detail: Option<String>,
+}
+
+impl TlsFacts {
+    fn failed(result: &str, detail: &str) -> TlsFacts {
+        TlsFacts {
+            result: result.into(),
+            params: String::new(),
+            certificate: String::new(),
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// What STARTTLS left a session with.
+enum Secured {
+    /// Go on (encrypted or in clear, as the policy allows).
+    Clear,
+    /// The EHLO inside TLS refused the session.
+    Refused(Reply),
+    /// This host gets no mail (why).
+    Skip(String),
+    /// The handshake failed and the connection is lost: again in clear.
+    RetryClear,
+    /// The connection was lost (why): the next host.
+    Lost(String),
 }
 
 /// What a DSN says about a failed queue entry.

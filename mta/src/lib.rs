@@ -16,6 +16,7 @@ pub mod engine;
 pub mod queue;
 pub mod shaping;
 pub mod spool;
+pub mod sts;
 pub mod suppression;
 
 pub use engine::{Connector, Mta, MtaConfig, MtaError, OutboundMessage, TcpConnector};

@@ -11,6 +11,7 @@
 //! connection_limit = 10
 //! messages_per_connection = 100
 //! messages_per_s = 50.0
+//! tls = "required"        # "opportunistic" (the default), "required" or "off"
 //! [[destination.on_reply]]
 //! match = "4.7.28"        # a substring of "CODE ENHANCED TEXT", case-insensitive
 //! suspend_s = 600         # hold the destination this long
@@ -38,8 +39,35 @@ pub struct Rule {
     pub connection_limit: Option<usize>,
     pub messages_per_connection: Option<usize>,
     pub messages_per_s: Option<f64>,
+    /// STARTTLS to this destination (the MTA's `tls` when not given).
+    pub tls: Option<TlsMode>,
     #[serde(default)]
     pub on_reply: Vec<ReplyAction>,
+}
+
+/// Whether outbound sessions use STARTTLS (RFC 3207).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Never.
+    Off,
+    /// When the server offers it, with any certificate (RFC 7435); in clear when it does not,
+    /// and again in clear on a new connection when the handshake fails (as Postfix's `may`).
+    #[default]
+    Opportunistic,
+    /// Always: a server that does not offer it, or whose handshake fails, gets no mail (the
+    /// certificate is not checked: Postfix's `encrypt`).
+    Required,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::Opportunistic => "opportunistic",
+            TlsMode::Required => "required",
+        }
+    }
 }
 
 /// What a reply matching `pattern` does to its destination.

@@ -78,6 +78,23 @@ pub struct Figures {
     pub reports_received: BTreeMap<String, u64>,
     /// Placement, reputation and engagement (runs with a reputation model).
     pub deliverability: crate::deliverability::Deliverability,
+    /// Outbound TLS per destination (the MTA's `tls` events: what TLS-RPT reports count).
+    pub tls: Vec<TlsRow>,
+}
+
+/// One destination's STARTTLS sessions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsRow {
+    pub domain: String,
+    /// `opportunistic`, `required`, `sts-enforce`, `sts-testing` (that of the most frequent
+    /// outcome).
+    pub policy: String,
+    /// Sessions that went on encrypted, in clear, and MX hosts the policy kept mail from.
+    pub encrypted: u64,
+    pub clear: u64,
+    pub skipped: u64,
+    /// Failures (RFC 8460 result types) and their counts, most frequent first.
+    pub failures: Vec<(String, u64)>,
 }
 
 pub(crate) fn is(kind: &str) -> Expr {
@@ -259,7 +276,7 @@ fn reason_word(e: Expr) -> Expr {
 }
 
 /// The columns the figures use.
-fn used_columns() -> [Expr; 26] {
+fn used_columns() -> [Expr; 29] {
     [
         col("seq"),
         col("ts_ms"),
@@ -286,6 +303,9 @@ fn used_columns() -> [Expr; 26] {
         col("folder"),
         col("cause"),
         col("http_status"),
+        col("policy"),
+        col("result"),
+        col("outcome"),
         col("detail"),
     ]
 }
@@ -359,6 +379,8 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             u64_at(&received, "n", i)?,
         );
     }
+
+    f.tls = tls_rows(&ev)?;
 
     // Materialised once: every figure below starts from these rows.
     let msgs = messages(&ev, external)?.collect()?.lazy();
@@ -776,4 +798,48 @@ fn normalised_reply_text(text: Expr) -> Expr {
         .str()
         .replace_all(lit(r"[^\s<>]*[0-9][^\s<>]*"), lit("N"), false)
         .alias("text")
+}
+
+/// Outbound TLS per destination, from the `tls` events.
+fn tls_rows(ev: &LazyFrame) -> PolarsResult<Vec<TlsRow>> {
+    let t = ev
+        .clone()
+        .filter(is("tls"))
+        .group_by([col("domain"), col("outcome"), col("result")])
+        .agg([len().alias("n"), col("policy").last().alias("policy")])
+        .sort(
+            ["domain", "n", "outcome", "result"],
+            SortMultipleOptions::default().with_order_descending_multi([false, true, false, false]),
+        )
+        .collect()?;
+    let mut rows: Vec<TlsRow> = Vec::new();
+    for i in 0..t.height() {
+        let domain = str_at(&t, "domain", i)?;
+        if rows.last().is_none_or(|r| r.domain != domain) {
+            rows.push(TlsRow {
+                domain,
+                ..TlsRow::default()
+            });
+        }
+        let Some(row) = rows.last_mut() else {
+            continue;
+        };
+        let n = u64_at(&t, "n", i)?;
+        if row.policy.is_empty() {
+            row.policy = str_at(&t, "policy", i)?;
+        }
+        match str_at(&t, "outcome", i)?.as_str() {
+            "encrypted" => row.encrypted += n,
+            "skipped" => row.skipped += n,
+            _ => row.clear += n,
+        }
+        let result = str_at(&t, "result", i)?;
+        if result != "success" {
+            match row.failures.iter_mut().find(|(r, _)| *r == result) {
+                Some((_, m)) => *m += n,
+                None => row.failures.push((result, n)),
+            }
+        }
+    }
+    Ok(rows)
 }

@@ -303,6 +303,27 @@ pub fn page(f: &Figures, charts: &[Chart], dmarc: &[AggregateReport], files: &[S
         );
     }
     h.push_str("</table>");
+    if !f.tls.is_empty() {
+        h.push_str("<h2 id=\"tls\">TLS</h2><p>Outbound STARTTLS per destination (the sessions TLS-RPT reports count; the run's <code>tlsrpt/</code> holds the RFC 8460 reports):</p><table id=\"tls-table\"><tr><th>domain</th><th>policy</th><th>encrypted</th><th>in clear</th><th>held by policy</th><th>failures</th></tr>");
+        for t in &f.tls {
+            let failures: Vec<String> = t
+                .failures
+                .iter()
+                .map(|(r, n)| format!("{r} ({n})"))
+                .collect();
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+                esc(&t.domain),
+                esc(&t.policy),
+                t.encrypted,
+                t.clear,
+                t.skipped,
+                esc(&failures.join(", "))
+            );
+        }
+        h.push_str("</table>");
+    }
     if !dmarc.is_empty() {
         h.push_str("<h2>DMARC aggregate reports</h2><p>As each receiving domain would send them to the addresses the sending domain publishes (<code>rua</code>):</p><ul>");
         for r in dmarc {

@@ -61,6 +61,10 @@ pub struct Assembly<E: Env> {
     pub web: Option<Arc<SenderWeb>>,
     pub tracking: Option<Tracking>,
     trust: Trust,
+    /// What the MTA trusts: the run's authority.
+    tls_roots: Vec<Vec<u8>>,
+    /// Where `mta-sts.<domain>` answers HTTPS.
+    sts_port: u16,
 }
 
 /// Assemble log, world, DNS and fleet for `scenario` in `env`.
@@ -114,8 +118,29 @@ pub async fn assemble<E: Env>(
         suppression.clone(),
     );
     fleet.keep = scenario.store();
-    let servers = FleetServers::build(&world.hosts, &fleet);
+    // The run's own certificate authority: every fleet host's certificate and the MTA-STS
+    // web servers' come from it, and the MTA trusts it (written out for other MTAs, --mta).
+    let ca = Arc::new(mailsim_smtp::tls::Ca::new("mailsim run authority")?);
+    std::fs::write(plan.out_dir.join("ca.pem"), ca.cert_pem())
+        .with_context(|| format!("writing {}", plan.out_dir.join("ca.pem").display()))?;
+    fleet.tls_ca = Some(ca.clone());
+    let servers = FleetServers::build(&world.hosts, &fleet).map_err(anyhow::Error::msg)?;
     let fleet_port = env.start_fleet(&servers, plan.fleet_port).await?;
+    let mut sts_port = 443;
+    if !world.sts.is_empty() {
+        let names: Vec<String> = world
+            .sts
+            .iter()
+            .map(|s| format!("mta-sts.{}", s.domain))
+            .collect();
+        let tls = ca.issue(&names, mailsim_smtp::tls::CertFault::None)?;
+        let at = SocketAddr::from((crate::world::STS_IP, 0));
+        let router = crate::web::sts_router(&world.sts);
+        sts_port = env
+            .serve(at, http_service(router, Some(tls.acceptor.clone())))
+            .await?
+            .port();
+    }
     let c = scenario.campaign();
     let (mut web, mut tracking, mut trust) = (None, None, Trust::default());
     if c.html || c.list_unsubscribe != ListUnsubscribe::None {
@@ -152,6 +177,8 @@ pub async fn assemble<E: Env>(
         web,
         tracking,
         trust,
+        tls_roots: vec![ca.cert_der()],
+        sts_port,
     })
 }
 
@@ -190,12 +217,21 @@ pub type Reporting<E> = (
 );
 
 impl<E: Env> Assembly<E> {
+    /// The port the recipient domains' MTA-STS web servers answer HTTPS on (443 when none
+    /// publishes a policy).
+    pub fn sts_port(&self) -> u16 {
+        self.sts_port
+    }
+
     /// The scenario's MTA: its DKIM signers, its spool in the state directory, delivering to
     /// the fleet.
     pub fn mta(&self, scenario: &Scenario) -> anyhow::Result<Mta<E::Resolver, E::Connector>> {
+        let mut cfg = mta_config(scenario, self.fleet_port);
+        cfg.tls_client = mailsim_smtp::tls::ClientTls::new(&self.tls_roots)?;
+        cfg.sts_port = self.sts_port;
         build_mta(
             &self.env,
-            mta_config(scenario, self.fleet_port),
+            cfg,
             scenario.mta.ip.into(),
             &self.state_dir,
             signers(&self.world)?,
@@ -291,6 +327,8 @@ fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
         destination_backoff_s: m.destination_backoff_s,
         verp: m.verp,
         shaping: m.shaping_rules.clone().unwrap_or_default(),
+        tls: m.tls,
+        mta_sts: m.mta_sts,
         ..MtaConfig::default()
     }
 }

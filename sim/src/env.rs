@@ -408,6 +408,21 @@ impl Lookups for Zones {
             Err(a) => no_records(a),
         }
     }
+
+    async fn txt(&self, name: &str) -> Answer<String> {
+        match self.query(name, RecordType::TXT).await {
+            Ok(records) => Answer::Records(
+                records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        RecordData::Txt(t) => Some(t),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(a) => no_records(a),
+        }
+    }
 }
 
 impl AuthDns for Zones {

@@ -156,7 +156,7 @@ impl Backend for HostBackend {
     }
 
     fn on_mail(&self, info: &SessionInfo, from: &str) -> Reply {
-        let verdict = self.policy().mail(from);
+        let verdict = self.policy().mail(from, info.tls);
         self.carry_out(info, "MAIL", "", verdict)
     }
 
@@ -236,8 +236,17 @@ impl Backend for HostBackend {
         // RFC 5321 section 4.4: the trace header ends in the time of receipt; final delivery
         // adds the reverse path as Return-Path.
         let date = mail_builder::headers::date::Date::new((self.now().ms / 1000) as i64);
+        // With TLS, the protocol ESMTPS (RFC 3848) and the TLS parameters in a comment where
+        // Postfix writes them (the cipher suite in rustls's name).
+        let (with, tls_comment) = match &info.tls_params {
+            Some(p) => (
+                "ESMTPS",
+                format!(" (using {} with cipher {})", p.version, p.cipher),
+            ),
+            None => ("ESMTP", String::new()),
+        };
         let received = format!(
-            "Received: from {} ([{}]) by {} with ESMTP id {}; {}\r\n",
+            "Received: from {} ([{}]){tls_comment} by {} with {with} id {}; {}\r\n",
             info.helo,
             info.peer.ip(),
             self.host,
@@ -290,6 +299,7 @@ impl Backend for HostBackend {
                 message_id: message_id.clone(),
                 rcpt: rcpt.clone(),
                 size: stored.len() as u64,
+                tls: info.tls_params.as_ref().map(|p| p.to_string()),
             });
             self.stored
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -397,6 +407,8 @@ pub struct FleetContext {
     pub stored: Arc<std::sync::atomic::AtomicU64>,
     /// What the recipient servers keep of each copy (the senders' own MXs keep everything).
     pub keep: Store,
+    /// The authority that issues the servers' certificates (None: no STARTTLS).
+    pub tls_ca: Option<Arc<mailsim_smtp::tls::Ca>>,
 }
 
 impl FleetContext {
@@ -427,13 +439,14 @@ impl FleetContext {
             })),
             stored: Arc::default(),
             keep: Store::Full,
+            tls_ca: None,
         }
     }
 }
 
 impl FleetServers {
-    /// One server per live host.
-    pub fn build(hosts: &[HostPlan], ctx: &FleetContext) -> FleetServers {
+    /// One server per live host, each offering STARTTLS as its plan says.
+    pub fn build(hosts: &[HostPlan], ctx: &FleetContext) -> Result<FleetServers, String> {
         let servers = hosts
             .iter()
             .filter(|h| !h.down)
@@ -462,11 +475,33 @@ impl FleetServers {
                 if let Some(max) = size_max {
                     cfg.message_bytes_max = max;
                 }
-                (h.clone(), Arc::new(Server::new(backend, cfg)))
+                if let Some(ca) = &ctx.tls_ca {
+                    cfg.tls = host_tls(ca, h).map_err(|e| format!("{}: {e}", h.name))?;
+                }
+                Ok((h.clone(), Arc::new(Server::new(backend, cfg))))
             })
-            .collect();
-        FleetServers { servers }
+            .collect::<Result<_, String>>()?;
+        Ok(FleetServers { servers })
     }
+}
+
+/// A host's STARTTLS: a certificate from the run's authority, or the fault its plan names.
+fn host_tls(
+    ca: &mailsim_smtp::tls::Ca,
+    h: &HostPlan,
+) -> Result<Option<mailsim_smtp::tls::Tls>, mailsim_smtp::tls::TlsError> {
+    use crate::scenario::TlsFault;
+    use mailsim_smtp::tls::CertFault;
+    let fault = match h.tls {
+        TlsFault::None => return Ok(None),
+        TlsFault::Ok | TlsFault::HandshakeFailure => CertFault::None,
+        TlsFault::Expired => CertFault::Expired,
+        TlsFault::WrongName => CertFault::WrongName,
+        TlsFault::SelfSigned => CertFault::SelfSigned,
+    };
+    let mut tls = ca.issue(std::slice::from_ref(&h.name), fault)?;
+    tls.handshake_fails = h.tls == TlsFault::HandshakeFailure;
+    Ok(Some(tls))
 }
 
 /// The fleet serving on loopback TCP (live mode).

@@ -21,6 +21,7 @@ pub mod reputation;
 pub mod runner;
 pub mod scenario;
 pub mod send;
+pub mod tlsrpt;
 pub mod virt;
 pub mod web;
 pub mod world;

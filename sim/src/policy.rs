@@ -163,9 +163,9 @@ impl ReceiverPolicy {
         })
     }
 
-    /// MAIL FROM.
-    pub fn mail(&self, _from: &str) -> Verdict {
-        if self.behaviour.tls_required {
+    /// MAIL FROM, in a session encrypted (`tls`) or not.
+    pub fn mail(&self, _from: &str, tls: bool) -> Verdict {
+        if self.behaviour.tls_required && !tls {
             return Verdict::Refuse(self.behaviour.replies.tls_required.clone());
         }
         Verdict::Accept(Reply::new(250, (2, 1, 0), "sender OK"))

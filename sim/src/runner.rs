@@ -7,6 +7,7 @@ use crate::env::{Env, LiveEnv, VirtualEnv};
 use crate::scenario::{ListUnsubscribe, Mode, Scenario};
 use crate::web::Token;
 use crate::world::{World, mix};
+use anyhow::Context;
 use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::raw::Raw;
@@ -16,7 +17,7 @@ use mailsim_mta::{Mta, OutboundMessage};
 use mailsim_summary::{Drain, Summary};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,7 +239,7 @@ async fn run<E: Env>(
     let mta = a.mta(scenario)?;
     let reporter = a.reporter()?;
     let reason = drive(scenario, &a, &mta, opts, reporter).await?;
-    finish(a, reason, opts).await
+    finish(a, scenario, reason, opts).await
 }
 
 /// Another MTA under test: mailsim submits the campaign to it by SMTP and its deliveries are
@@ -328,7 +329,7 @@ async fn run_external_async(
         "mailsim: {acked} of {expected} messages acknowledged by {}",
         mta.submission
     );
-    finish(a, reason, opts).await
+    finish(a, scenario, reason, opts).await
 }
 
 /// How long an external run waits, once every acknowledged message is final, for anything
@@ -575,11 +576,22 @@ fn sunset<E: Env>(
 
 async fn finish<E: Env>(
     a: Assembly<E>,
+    scenario: &Scenario,
     reason: &str,
     opts: &RunOptions,
 ) -> anyhow::Result<Summary> {
+    let (ip, contact) = (
+        IpAddr::V4(scenario.mta.ip),
+        format!("postmaster@{}", scenario.mta.hostname),
+    );
     a.finish(reason).await?;
-    let (summary, _) = fold_log(&events_path(&opts.out_dir))?;
+    // One pass over the log: the summary, and the TLS-RPT reports beside it.
+    let mut tls = crate::tlsrpt::TlsReports::default();
+    let (summary, _) = fold_log_with(&events_path(&opts.out_dir), |records| {
+        Summary::fold(records.inspect(|r| tls.add(r)))
+    })?;
+    tls.write(&opts.out_dir, ip, &contact)
+        .with_context(|| format!("writing TLS reports in {}", opts.out_dir.display()))?;
     std::fs::write(summary_path(&opts.out_dir), summary_json(&summary)?)?;
     Ok(summary)
 }

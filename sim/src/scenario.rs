@@ -291,6 +291,11 @@ pub struct MtaSection {
     /// The shaping file's rules, read when the scenario is.
     #[serde(skip)]
     pub shaping_rules: Option<std::sync::Arc<mailsim_mta::shaping::Shaping>>,
+    /// STARTTLS to destinations whose shaping rule does not say: "opportunistic" (the
+    /// default), "required" or "off".
+    pub tls: mailsim_mta::shaping::TlsMode,
+    /// Look up and apply destinations' MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
 }
 
 impl Default for MtaSection {
@@ -309,6 +314,8 @@ impl Default for MtaSection {
             verp: true,
             shaping: None,
             shaping_rules: None,
+            tls: mailsim_mta::shaping::TlsMode::default(),
+            mta_sts: true,
         }
     }
 }
@@ -364,6 +371,38 @@ pub struct MxSpec {
     /// This host behaves differently from its domain: each rule given here replaces the
     /// domain's.
     pub behaviour: Option<HostBehaviour>,
+    /// What this host's STARTTLS is like (every host offers it, with a certificate from the
+    /// run's authority, unless told otherwise).
+    #[serde(default)]
+    pub tls: TlsFault,
+}
+
+/// A receiving host's STARTTLS, and the faults a scenario can give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsFault {
+    /// STARTTLS with a valid certificate for the host's name.
+    #[default]
+    Ok,
+    /// STARTTLS is not offered.
+    None,
+    /// The certificate expired.
+    Expired,
+    /// The certificate is for another name.
+    WrongName,
+    /// The certificate is signed by its own key.
+    SelfSigned,
+    /// STARTTLS is accepted and the connection cut instead of the handshake.
+    HandshakeFailure,
+}
+
+/// A domain's MTA-STS policy mode (RFC 8461).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StsMode {
+    Enforce,
+    Testing,
+    None,
 }
 
 /// Per-MX-host overrides of a domain's behaviour (same fields and meaning as on the domain).
@@ -554,9 +593,13 @@ pub struct Domain {
     pub slow: Option<Slow>,
     #[serde(rename = "drop")]
     pub drops: Option<DropConnections>,
-    /// Refuse mail without STARTTLS (530 5.7.0; mailsim's MTA does not do TLS).
+    /// Refuse mail that does not come over TLS (530 5.7.0 to MAIL outside STARTTLS).
     #[serde(default)]
     pub tls_required: bool,
+    /// Publish an MTA-STS policy (RFC 8461) in this mode: the `_mta-sts` TXT record, the
+    /// policy at `https://mta-sts.<domain>/.well-known/mta-sts.txt` naming the domain's MX
+    /// hosts, and a TLS-RPT record (RFC 8460) `_smtp._tls`.
+    pub mta_sts: Option<StsMode>,
     pub content_filter: Option<ContentFilter>,
     /// Apply the sender's DMARC policy: p=reject and fail -> 550 5.7.26.
     #[serde(default)]
@@ -1191,6 +1234,7 @@ impl Domain {
                 preference: 10,
                 down: false,
                 behaviour: None,
+                tls: TlsFault::Ok,
             }]
         } else {
             self.mx.clone()

@@ -66,6 +66,41 @@ pub fn http_service(router: Router, tls: Option<tokio_rustls::TlsAcceptor>) -> S
     })
 }
 
+/// The recipient domains' MTA-STS web servers (RFC 8461 section 3.3) as one: the policy of the
+/// domain the Host header names, at `/.well-known/mta-sts.txt`, as `text/plain`; 404 for
+/// anything else.
+pub fn sts_router(sites: &[crate::world::StsSite]) -> Router {
+    let policies: Arc<HashMap<String, String>> = Arc::new(
+        sites
+            .iter()
+            .map(|s| (format!("mta-sts.{}", s.domain), s.policy.clone()))
+            .collect(),
+    );
+    Router::new().route(
+        "/.well-known/mta-sts.txt",
+        get(move |headers: axum::http::HeaderMap| {
+            let policies = policies.clone();
+            async move {
+                let host = headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                match policies.get(&host) {
+                    Some(policy) => (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "text/plain")],
+                        policy.clone(),
+                    )
+                        .into_response(),
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        }),
+    )
+}
+
 /// Is this address one a simulated recipient may ask (127.0.0.0/8)?
 pub fn allowed(ip: IpAddr) -> bool {
     match ip {

@@ -29,7 +29,20 @@ pub struct HostPlan {
     pub behaviour: Behaviour,
     /// The MX of a sender domain: receives DSNs and complaints for the bounce processor.
     pub sender_mx: bool,
+    /// Its STARTTLS, or the fault it has.
+    pub tls: crate::scenario::TlsFault,
 }
+
+/// A domain's MTA-STS policy, as its web server `mta-sts.<domain>` serves it.
+#[derive(Debug, Clone)]
+pub struct StsSite {
+    pub domain: String,
+    pub policy: String,
+}
+
+/// The address every `mta-sts.<domain>` web server of a run answers on (one server, one
+/// certificate naming them all).
+pub const STS_IP: Ipv4Addr = Ipv4Addr::new(127, 2, 0, 1);
 
 pub struct SenderKeys {
     pub sender: Sender,
@@ -41,6 +54,8 @@ pub struct World {
     pub faults: Vec<Fault>,
     pub hosts: Vec<HostPlan>,
     pub senders: Vec<SenderKeys>,
+    /// The MTA-STS policies the recipient domains publish.
+    pub sts: Vec<StsSite>,
 }
 
 /// The DMARC record a sender publishes: its own, or `p=reject` with aggregate reports to the
@@ -217,9 +232,11 @@ impl World {
                 down: false,
                 behaviour: Behaviour::default(),
                 sender_mx: true,
+                tls: crate::scenario::TlsFault::Ok,
             });
         }
         let recipients = std::sync::Arc::new(crate::engage::Recipients::from_scenario(scenario));
+        let mut sts = Vec::new();
         for d in scenario.domains() {
             zones.add_zone(&d.name);
             let seed = mix(scenario.seed, &format!("behaviour:{}", d.name));
@@ -257,6 +274,7 @@ impl World {
                             None => behaviour.clone(),
                         },
                         sender_mx: false,
+                        tls: mx.tls,
                     });
                 }
             }
@@ -268,6 +286,33 @@ impl World {
                     &format!("_dmarc.{}", d.name),
                     RecordData::Txt(dmarc.clone()),
                 );
+            }
+            if let Some(mode) = d.mta_sts {
+                let name = d.name.to_ascii_lowercase();
+                let mode = match mode {
+                    crate::scenario::StsMode::Enforce => "enforce",
+                    crate::scenario::StsMode::Testing => "testing",
+                    crate::scenario::StsMode::None => "none",
+                };
+                let mut policy = format!("version: STSv1\nmode: {mode}\n");
+                for mx in d.mx_hosts() {
+                    policy.push_str(&format!("mx: {}\n", mx.host.to_ascii_lowercase()));
+                }
+                policy.push_str("max_age: 86400\n");
+                let id = format!("{:016x}", mix(scenario.seed, &policy));
+                zones.add(
+                    &format!("_mta-sts.{name}"),
+                    RecordData::Txt(format!("v=STSv1; id={id};")),
+                );
+                zones.add(&format!("mta-sts.{name}"), RecordData::A(STS_IP));
+                zones.add(
+                    &format!("_smtp._tls.{name}"),
+                    RecordData::Txt(format!("v=TLSRPTv1; rua=mailto:tlsrpt@{name}")),
+                );
+                sts.push(StsSite {
+                    domain: name,
+                    policy,
+                });
             }
         }
         // The scenario's zone files, over the generated records.
@@ -320,6 +365,7 @@ impl World {
                                 down: mx.down,
                                 behaviour: behaviour.clone(),
                                 sender_mx: false,
+                                tls: mx.tls,
                             });
                         }
                         records.push(RecordData::Mx {
@@ -342,6 +388,7 @@ impl World {
             faults,
             hosts,
             senders,
+            sts,
         })
     }
 }

@@ -241,7 +241,9 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 smtp_dns_support_level = disabled
-smtp_tls_security_level = none
+smtp_tls_security_level = may
+smtp_tls_CAfile = {dir}/run/ca.pem
+smtp_tls_loglevel = 1
 smtpd_tls_security_level = none
 transport_maps = inline:{{ {transport} }}
 queue_run_delay = 1s
@@ -332,7 +334,23 @@ fn postfix_is_measured_exactly() {
         || postfix_outcomes(&log(), SENDER_DOMAIN),
         log,
     );
-    eprintln!("postfix: {said}");
+    // Postfix's own TLS (OpenSSL) found every fleet certificate issued for its host by the
+    // run's authority (ca.pem): "Trusted" is its word for a chain that verifies; and each
+    // receiver wrote the session's TLS into its Received header.
+    let log = log();
+    let trusted = log.matches("Trusted TLS connection established to").count();
+    assert!(trusted > 0, "{log}");
+    assert!(!log.contains("Untrusted TLS connection"), "{log}");
+    let root = dir.path().join("run/mailboxes");
+    for f in common::maildir_files(&root) {
+        // The sender's own mailboxes hold the receivers' reports, not Postfix's mail.
+        if common::host_of(&root, &f) == SENDER_DOMAIN {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(text.contains("(using TLSv1."), "{}", f.display());
+    }
+    eprintln!("postfix: {said}; {trusted} trusted TLS connections");
 }
 
 /// Where the test command unpacks Debian's exim4-daemon-light (the package itself would remove

@@ -400,3 +400,60 @@ fn the_report_shows_placement_reputation_and_engagement() {
         "{all}"
     );
 }
+
+/// The report's TLS table against the receivers' mailboxes: the domain whose MTA-STS policy
+/// kept every session from its MX has nothing stored and only held sessions; the others'
+/// encrypted sessions delivered what their mailboxes hold.
+#[test]
+fn the_report_shows_tls_per_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    run_scenario("mta-sts-enforce", &a);
+    let o = mailsim()
+        .args(["report", "--quiet"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(a.join("report/report.html")).unwrap();
+    let table = html
+        .split("<table id=\"tls-table\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .expect("a TLS table");
+    let row = |domain: &str| -> Vec<String> {
+        let start = table
+            .find(&format!("<tr><td>{domain}</td>"))
+            .unwrap_or_else(|| panic!("{domain}: {table}"));
+        table[start..]
+            .split("</tr>")
+            .next()
+            .unwrap()
+            .split("<td")
+            .skip(1)
+            .map(|c| {
+                let c = c.split_once('>').unwrap().1;
+                c.trim_end_matches("</td>").to_string()
+            })
+            .collect()
+    };
+    let stored = |host: &str| {
+        std::fs::read_dir(a.join(format!("mailboxes/{host}/inbox/new")))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(stored("mx1.strict.test"), 0);
+    let strict = row("strict.test");
+    assert_eq!(strict[1], "sts-enforce");
+    assert_eq!((strict[2].as_str(), strict[3].as_str()), ("0", "0"));
+    assert!(strict[4].parse::<u64>().unwrap() > 0);
+    assert!(
+        strict[5].starts_with("certificate-host-mismatch ("),
+        "{strict:?}"
+    );
+    let plain = row("plain.test");
+    assert_eq!(plain[1], "opportunistic");
+    assert!(plain[5].starts_with("starttls-not-supported"), "{plain:?}");
+    assert!(stored("mx1.plain.test") > 0 && stored("mx1.good.test") > 0);
+    assert_eq!(row("good.test")[5], "");
+}

@@ -464,6 +464,7 @@ mod tests {
             message_id: format!("<{msg}@s.test>"),
             rcpt: rcpt.into(),
             size: 10,
+            tls: None,
         };
         for (mode, delivered) in [("external", 1), ("live", 0)] {
             let records = vec![

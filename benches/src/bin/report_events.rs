@@ -157,6 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 message_id,
                 rcpt: rcpt.clone(),
                 size: 5120,
+                tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
             });
             sink.emit(Event::Delivered {
                 msg,
