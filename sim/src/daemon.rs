@@ -33,6 +33,14 @@ pub struct MtaDaemonOptions {
     pub conns_per_domain_max: usize,
     /// Per-destination limits and reply-driven actions (`--shaping`).
     pub shaping: std::sync::Arc<mailsim_mta::shaping::Shaping>,
+    /// STARTTLS where no shaping rule says otherwise (`--tls`).
+    pub tls: mailsim_mta::shaping::TlsMode,
+    /// Certificates (DER) server certificates are checked against (`--tls-ca`).
+    pub tls_roots: Vec<Vec<u8>>,
+    /// DKIM signers (`--dkim`).
+    pub signers: Vec<mailsim_mta::dkim::Signer>,
+    /// The HTTPS port of `mta-sts.<domain>` (`--sts-port`; a fleet prints its own).
+    pub sts_port: u16,
 }
 
 type Job = (OutboundMessage, oneshot::Sender<Result<Vec<u64>, String>>);
@@ -132,7 +140,7 @@ async fn injector(mta: DaemonMta, mut jobs: mpsc::UnboundedReceiver<Job>) {
 
 /// Run the MTA until `shutdown` resolves. Prints `mta: ready submission=ADDR` once it listens.
 pub async fn run_mta(
-    opts: MtaDaemonOptions,
+    mut opts: MtaDaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let env = LiveEnv::with_dns(opts.dns);
@@ -140,13 +148,13 @@ pub async fn run_mta(
     let events = log.sink();
     let suppression = Arc::new(Suppression::open(&opts.spool.join("suppression.log"))?);
     let segments = opts.spool.join("segments");
-    let (cfg, ip) = (opts.mta_config(), opts.source_ip);
+    let (cfg, ip) = (opts.mta_config()?, opts.source_ip);
     let mta = build_mta(
         &env,
         cfg,
         ip,
         &segments,
-        vec![],
+        std::mem::take(&mut opts.signers),
         suppression.clone(),
         events.clone(),
     )?;
@@ -170,16 +178,19 @@ pub async fn run_mta(
 }
 
 impl MtaDaemonOptions {
-    fn mta_config(&self) -> MtaConfig {
-        MtaConfig {
+    fn mta_config(&self) -> anyhow::Result<MtaConfig> {
+        Ok(MtaConfig {
             hostname: self.hostname.clone(),
             remote_port: self.remote_port,
             conns_per_domain_max: self.conns_per_domain_max,
             shaping: self.shaping.clone(),
             retry: self.retry,
             verp: false,
+            tls: self.tls,
+            tls_client: mailsim_smtp::tls::ClientTls::new(&self.tls_roots)?,
+            sts_port: self.sts_port,
             ..MtaConfig::default()
-        }
+        })
     }
 }
 
@@ -229,7 +240,8 @@ async fn submission(
 }
 
 /// Run a scenario's DNS and fleet alone until `shutdown` resolves. Prints one
-/// `fleet: route DOMAIN IP` line per domain, then `fleet: dns=ADDR smtp_port=P hosts=N ready`.
+/// `fleet: route DOMAIN IP` line per domain, then
+/// `fleet: dns=ADDR smtp_port=P sts_port=Q hosts=N ready`.
 pub async fn run_fleet(
     scenario: &Scenario,
     out: PathBuf,
@@ -257,7 +269,9 @@ pub async fn run_fleet(
     }
     let dns = a.env.dns_addr().map_or_else(String::new, |d| d.to_string());
     let (port, hosts) = (a.fleet_port, a.fleet_servers);
-    println!("fleet: dns={dns} smtp_port={port} hosts={hosts} ready");
+    // Where the recipient domains' MTA-STS policies are served (`mailsim mta --sts-port`).
+    let sts = a.sts_port();
+    println!("fleet: dns={dns} smtp_port={port} sts_port={sts} hosts={hosts} ready");
     shutdown.await;
     progress.abort();
     let _ = stop_tx.send(true);

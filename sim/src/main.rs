@@ -108,6 +108,21 @@ enum Command {
         /// A shaping file: per-destination limits and reply-driven actions (see the README).
         #[arg(long)]
         shaping: Option<PathBuf>,
+        /// STARTTLS: opportunistic (any certificate; in clear when not offered), required, off.
+        #[arg(long, default_value = "opportunistic")]
+        tls: String,
+        /// Check servers' certificates against these (PEM; a fleet's ca.pem). They are
+        /// checked for MTA-STS and reported in `tls` events either way.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// DKIM-sign mail from DOMAIN with the RSA key (PKCS#8 or PKCS#1 PEM):
+        /// DOMAIN:SELECTOR:KEY_FILE (repeatable).
+        #[arg(long)]
+        dkim: Vec<String>,
+        /// The HTTPS port of destinations' `mta-sts.<domain>` servers (`mailsim fleet` prints
+        /// its `sts_port`).
+        #[arg(long, default_value_t = 443)]
+        sts_port: u16,
     },
     /// Run a scenario's DNS and fleet alone (live), until interrupted; prints the DNS address
     /// and the fleet's SMTP port on a ready line.
@@ -484,7 +499,48 @@ fn real_main() -> anyhow::Result<ExitCode> {
             lifetime_s,
             conns_per_domain_max,
             shaping,
+            tls,
+            tls_ca,
+            dkim,
+            sts_port,
         } => {
+            let tls = match tls.as_str() {
+                "opportunistic" => mailsim_mta::shaping::TlsMode::Opportunistic,
+                "required" => mailsim_mta::shaping::TlsMode::Required,
+                "off" => mailsim_mta::shaping::TlsMode::Off,
+                other => anyhow::bail!("--tls {other:?}: give opportunistic, required or off"),
+            };
+            let tls_roots = match &tls_ca {
+                None => vec![],
+                Some(path) => {
+                    use rustls::pki_types::CertificateDer;
+                    use rustls::pki_types::pem::PemObject;
+                    let roots: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+                        .and_then(|certs| certs.map(|c| c.map(|c| c.to_vec())).collect())
+                        .map_err(|e| anyhow::anyhow!("--tls-ca {}: {e}", path.display()))?;
+                    if roots.is_empty() {
+                        anyhow::bail!("--tls-ca {}: no CERTIFICATE in it", path.display());
+                    }
+                    roots
+                }
+            };
+            let mut signers = Vec::new();
+            for spec in &dkim {
+                let mut parts = spec.splitn(3, ':');
+                let (Some(domain), Some(selector), Some(file)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    anyhow::bail!("--dkim {spec:?}: give DOMAIN:SELECTOR:KEY_FILE");
+                };
+                let pem = std::fs::read_to_string(file)
+                    .with_context(|| format!("--dkim {spec}: reading {file}"))?;
+                let key = mailsim::keys::rsa_from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("--dkim {spec}: {file}: {e}"))?;
+                signers.push(
+                    mailsim_mta::dkim::Signer::from_pkcs8(domain, selector, &key.pkcs8_der, false)
+                        .with_context(|| format!("--dkim {spec}"))?,
+                );
+            }
             let shaping = match shaping {
                 None => Default::default(),
                 Some(path) => {
@@ -510,6 +566,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 },
                 conns_per_domain_max,
                 shaping,
+                tls,
+                tls_roots,
+                signers,
+                sts_port,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -622,7 +682,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         } => {
             let sc = Scenario::load(&scenario)?;
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
-            // The MTA it is sent to signs (mailsim's daemon does, with the scenario's keys).
+            // The MTA it is sent to signs, or not (mailsim's daemon with --dkim).
             let now_s = (SystemClock.now_ms() / 1000) as i64;
             let messages = mailsim::send::campaign(&sc, &world, now_s, None, None)?;
             let opts = mailsim::send::SendOptions {
