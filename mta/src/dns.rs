@@ -113,70 +113,63 @@ pub trait Lookups: Send + Sync + 'static {
     fn txt(&self, name: &str) -> impl Future<Output = Answer<String>> + Send;
 }
 
-impl Lookups for HickoryResolver {
-    async fn mx(&self, name: &str) -> Answer<(u16, String)> {
-        match self.inner.lookup(fqdn(name), RecordType::MX).await {
+impl HickoryResolver {
+    /// One query: the records `pick` takes from the answer, or why there are none.
+    async fn query<T>(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        pick: impl Fn(&RData) -> Option<T>,
+    ) -> Answer<T> {
+        match self.inner.lookup(fqdn(name), rtype).await {
             Ok(lookup) => Answer::Records(
                 lookup
                     .answers()
                     .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::MX(mx) => Some((
-                            mx.preference,
-                            mx.exchange
-                                .to_ascii()
-                                .trim_end_matches('.')
-                                .to_ascii_lowercase(),
-                        )),
-                        _ => None,
-                    })
+                    .filter_map(|r| pick(&r.data))
                     .collect(),
             ),
             Err(e) if e.is_nx_domain() => Answer::NxDomain,
             Err(e) if e.is_no_records_found() => Answer::NoRecords,
             Err(e) => Answer::Failed(e.to_string()),
         }
+    }
+}
+
+impl Lookups for HickoryResolver {
+    async fn mx(&self, name: &str) -> Answer<(u16, String)> {
+        self.query(name, RecordType::MX, |d| match d {
+            RData::MX(mx) => Some((
+                mx.preference,
+                mx.exchange
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            )),
+            _ => None,
+        })
+        .await
     }
 
     async fn a(&self, name: &str) -> Answer<IpAddr> {
-        match self.inner.lookup(fqdn(name), RecordType::A).await {
-            Ok(lookup) => Answer::Records(
-                lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
-            Err(e) if e.is_nx_domain() => Answer::NxDomain,
-            Err(e) if e.is_no_records_found() => Answer::NoRecords,
-            Err(e) => Answer::Failed(e.to_string()),
-        }
+        self.query(name, RecordType::A, |d| match d {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .await
     }
 
     async fn txt(&self, name: &str) -> Answer<String> {
-        match self.inner.lookup(fqdn(name), RecordType::TXT).await {
-            Ok(lookup) => Answer::Records(
-                lookup
-                    .answers()
+        self.query(name, RecordType::TXT, |d| match d {
+            RData::TXT(txt) => Some(
+                txt.txt_data
                     .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::TXT(txt) => Some(
-                            txt.txt_data
-                                .iter()
-                                .map(|s| String::from_utf8_lossy(s))
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .collect(),
+                    .map(|s| String::from_utf8_lossy(s))
+                    .collect::<String>(),
             ),
-            Err(e) if e.is_nx_domain() => Answer::NxDomain,
-            Err(e) if e.is_no_records_found() => Answer::NoRecords,
-            Err(e) => Answer::Failed(e.to_string()),
-        }
+            _ => None,
+        })
+        .await
     }
 }
 
