@@ -330,6 +330,21 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     /// batch. Signing runs on every core. Returns the queue ids. Blocking: call it from a
     /// blocking thread.
     pub fn inject(&self, batch: Vec<OutboundMessage>) -> Result<Vec<u64>, MtaError> {
+        Ok(self
+            .inject_each(batch)?
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .collect())
+    }
+
+    /// [`Mta::inject`], answering for each message and each of its recipients, in order: the
+    /// queue id, or why the recipient was not queued (the suppression list's reason). The batch
+    /// is refused whole, before anything is written, when a recipient has no domain.
+    pub fn inject_each(
+        &self,
+        batch: Vec<OutboundMessage>,
+    ) -> Result<Vec<Vec<Result<u64, String>>>, MtaError> {
         let inner = &self.inner;
         // Refuse the whole batch before anything is written if a recipient has no domain.
         if let Some(bad) = batch.iter().flat_map(|m| &m.rcpts).find(|r| {
@@ -343,15 +358,25 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         // Recipients on the suppression list are not queued (and get no queue id).
         let mut suppressed = Vec::new();
         let mut kept: Vec<Vec<String>> = Vec::with_capacity(signed.len());
+        // Per message and recipient: the queue id (filled in below) or the suppression reason.
+        let mut answers: Vec<Vec<Result<u64, String>>> = Vec::with_capacity(signed.len());
         for m in &signed {
             let mut k = Vec::with_capacity(m.rcpts.len());
+            let mut a = Vec::with_capacity(m.rcpts.len());
             for rcpt in &m.rcpts {
                 match inner.suppression.reason(rcpt) {
-                    Some(reason) => suppressed.push((m.message_id.clone(), rcpt.clone(), reason)),
-                    None => k.push(rcpt.clone()),
+                    Some(reason) => {
+                        a.push(Err(reason.clone()));
+                        suppressed.push((m.message_id.clone(), rcpt.clone(), reason));
+                    }
+                    None => {
+                        a.push(Ok(0));
+                        k.push(rcpt.clone());
+                    }
                 }
             }
             kept.push(k);
+            answers.push(a);
         }
         // Queue ids are reserved before the spool write: they are part of each envelope.
         let envelopes: Vec<SpoolEnvelope> = {
@@ -385,6 +410,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             )
             .collect();
         let refs = inner.spool.write_batch(&entries)?;
+        // The queued recipients' ids, in message and recipient order.
         let mut ids = Vec::new();
         let mut st = inner.state.lock().expect("mta state");
         for (message_id, rcpt, reason) in suppressed {
@@ -414,7 +440,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         inner.queued.send_replace(st.queue.len());
         drop(st);
         inner.wake.notify_one();
-        Ok(ids)
+        let mut ids = ids.into_iter();
+        for id in answers.iter_mut().flatten().flatten() {
+            *id = ids.next().unwrap_or_default();
+        }
+        Ok(answers)
     }
 
     /// The queue entry for recipient `i` of a spooled envelope.

@@ -10,6 +10,7 @@ use mailsim_mta::dns::HickoryResolver;
 use mailsim_mta::queue::RetryPolicy;
 use mailsim_mta::suppression::Suppression;
 use mailsim_mta::{Mta, MtaConfig, OutboundMessage, TcpConnector};
+use mailsim_platform::http::{ApiConfig, Spool, Spooled};
 use mailsim_smtp::Reply;
 use mailsim_smtp::server::{Backend, Server, ServerConfig, SessionInfo, Transaction};
 use std::net::{IpAddr, SocketAddr};
@@ -41,9 +42,41 @@ pub struct MtaDaemonOptions {
     pub signers: Vec<mailsim_mta::dkim::Signer>,
     /// The HTTPS port of `mta-sts.<domain>` (`--sts-port`; a fleet prints its own).
     pub sts_port: u16,
+    /// Where to serve the HTTP injection API (`--http`), with its bearer tokens and body limit.
+    pub http: Option<HttpOptions>,
 }
 
-type Job = (OutboundMessage, oneshot::Sender<Result<Vec<u64>, String>>);
+pub struct HttpOptions {
+    pub listen: SocketAddr,
+    pub tokens: mailsim_platform::http::Tokens,
+    pub body_max: usize,
+}
+
+/// The API's spool: the submission port's injector (one fsync for whatever arrived meanwhile).
+struct Injector {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Spool for Injector {
+    fn spool(
+        &self,
+        batch: Vec<OutboundMessage>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Spooled, String>> + Send>> {
+        let (done, result) = oneshot::channel();
+        let sent = self.jobs.send((batch, done));
+        Box::pin(async move {
+            sent.map_err(|_| "shutting down".to_string())?;
+            result.await.map_err(|_| "shutting down".to_string())?
+        })
+    }
+}
+
+/// Messages to spool together, and who waits for the answer (per message and recipient: the
+/// queue id or why it was not queued).
+type Job = (
+    Vec<OutboundMessage>,
+    oneshot::Sender<Result<Spooled, String>>,
+);
 
 /// The submission port's decisions: take any envelope, acknowledge DATA only once the message
 /// is in the spool (on disk).
@@ -83,15 +116,17 @@ impl Backend for Ingress {
             message_id,
             body: message,
         };
-        if self.jobs.send((job, done)).is_err() {
+        if self.jobs.send((vec![job], done)).is_err() {
             return Reply::new(421, (4, 3, 2), "shutting down");
         }
         match result.await {
-            Ok(Ok(ids)) => Reply::new(
-                250,
-                (2, 0, 0),
-                format!("queued as {}", ids.first().copied().unwrap_or_default()),
-            ),
+            Ok(Ok(spooled)) => {
+                let first = spooled.iter().flatten().find_map(|r| r.as_ref().ok());
+                match first {
+                    Some(id) => Reply::new(250, (2, 0, 0), format!("queued as {id}")),
+                    None => Reply::new(250, (2, 0, 0), "accepted; every recipient is suppressed"),
+                }
+            }
             Ok(Err(e)) => Reply::new(451, (4, 3, 0), format!("not queued: {e}")),
             Err(_) => Reply::new(421, (4, 3, 2), "shutting down"),
         }
@@ -102,35 +137,33 @@ impl Backend for Ingress {
 /// arrived while the previous batch was being written.
 async fn injector(mta: DaemonMta, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < INJECT_BATCH_MAX {
+        let mut messages = first.0;
+        let mut waiters = vec![(first.1, messages.len())];
+        while messages.len() < INJECT_BATCH_MAX {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok((more, waiter)) => {
+                    waiters.push((waiter, more.len()));
+                    messages.extend(more);
+                }
                 Err(_) => break,
             }
         }
-        let (messages, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let counts: Vec<usize> = messages.iter().map(|m| m.rcpts.len()).collect();
         let mta2 = mta.clone();
-        let result = tokio::task::spawn_blocking(move || mta2.inject(messages)).await;
+        let result = tokio::task::spawn_blocking(move || mta2.inject_each(messages)).await;
         match result {
-            Ok(Ok(ids)) => {
-                // Ids come back in message order, one per queued recipient; a suppressed
-                // recipient has none, so split by what each message could have had.
-                let mut rest = ids.as_slice();
-                for (waiter, n) in waiters.into_iter().zip(counts) {
-                    let take = n.min(rest.len());
-                    let _ = waiter.send(Ok(rest[..take].to_vec()));
-                    rest = &rest[take..];
+            Ok(Ok(answers)) => {
+                let mut answers = answers.into_iter();
+                for (waiter, n) in waiters {
+                    let _ = waiter.send(Ok(answers.by_ref().take(n).collect()));
                 }
             }
             Ok(Err(e)) => {
-                for w in waiters {
+                for (w, _) in waiters {
                     let _ = w.send(Err(e.to_string()));
                 }
             }
             Err(e) => {
-                for w in waiters {
+                for (w, _) in waiters {
                     let _ = w.send(Err(e.to_string()));
                 }
             }
@@ -138,7 +171,8 @@ async fn injector(mta: DaemonMta, mut jobs: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// Run the MTA until `shutdown` resolves. Prints `mta: ready submission=ADDR` once it listens.
+/// Run the MTA until `shutdown` resolves. Prints `mta: ready submission=ADDR` (and
+/// ` http=ADDR` with the API) once it listens.
 pub async fn run_mta(
     mut opts: MtaDaemonOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -164,11 +198,45 @@ pub async fn run_mta(
         let (mta, stop) = (mta.clone(), stopped(&stop_rx));
         async move { mta.run(stop).await }
     });
-    let (addr, serving, injecting) = submission(&mta, &opts, stopped(&stop_rx)).await?;
-    println!("mta: ready submission={addr}");
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let injecting = tokio::spawn(injector(mta.clone(), jobs_rx));
+    let (addr, serving) = submission(&opts, jobs_tx.clone(), stopped(&stop_rx)).await?;
+    let mut ready = format!("mta: ready submission={addr}");
+    let api = match opts.http.take() {
+        Some(http) => {
+            let listener = TcpListener::bind(http.listen).await?;
+            ready.push_str(&format!(" http={}", listener.local_addr()?));
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&env.secret("message-id")[..8]);
+            let cfg = ApiConfig {
+                tokens: http.tokens,
+                body_max: http.body_max,
+                id_prefix: format!("{:016x}", u64::from_be_bytes(prefix)),
+            };
+            let router = mailsim_platform::http::router(
+                cfg,
+                Arc::new(Injector {
+                    jobs: jobs_tx.clone(),
+                }),
+                env.clock(),
+            );
+            let stop = stopped(&stop_rx);
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }))
+        }
+        None => None,
+    };
+    drop(jobs_tx);
+    println!("{ready}");
     shutdown.await;
     let _ = stop_tx.send(true);
     serving.await?;
+    if let Some(api) = api {
+        api.await??;
+    }
     injecting.await?;
     dispatcher.await?;
     suppression.sync()?;
@@ -215,28 +283,22 @@ fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> 
     }
 }
 
-/// The submission port: an SMTP server whose DATA is acknowledged once spooled, and the
-/// injector that spools in batches. Its address and the two tasks.
+/// The submission port: an SMTP server whose DATA is acknowledged once spooled (by the
+/// injector behind `jobs`). Its address and task.
 async fn submission(
-    mta: &DaemonMta,
     opts: &MtaDaemonOptions,
+    jobs: mpsc::UnboundedSender<Job>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(
-    SocketAddr,
-    tokio::task::JoinHandle<()>,
-    tokio::task::JoinHandle<()>,
-)> {
-    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-    let injecting = tokio::spawn(injector(mta.clone(), jobs_rx));
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(opts.submission).await?;
     let addr = listener.local_addr()?;
     let server_cfg = ServerConfig {
         hostname: opts.hostname.clone(),
         ..ServerConfig::default()
     };
-    let server = Arc::new(Server::new(Arc::new(Ingress { jobs: jobs_tx }), server_cfg));
+    let server = Arc::new(Server::new(Arc::new(Ingress { jobs }), server_cfg));
     let serving = tokio::spawn(server.serve(listener, stop));
-    Ok((addr, serving, injecting))
+    Ok((addr, serving))
 }
 
 /// Run a scenario's DNS and fleet alone until `shutdown` resolves. Prints one

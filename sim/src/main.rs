@@ -123,6 +123,15 @@ enum Command {
         /// its `sts_port`).
         #[arg(long, default_value_t = 443)]
         sts_port: u16,
+        /// Serve the HTTP injection API (POST /api/inject/v1) here; needs --http-tokens.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// The API's bearer tokens: one per line (at least 16 characters), `#` comments.
+        #[arg(long)]
+        http_tokens: Option<PathBuf>,
+        /// The largest API request body taken, in bytes (larger: 413).
+        #[arg(long, default_value_t = mailsim_platform::http::BODY_MAX_DEFAULT)]
+        http_body_max: usize,
     },
     /// Run a scenario's DNS and fleet alone (live), until interrupted; prints the DNS address
     /// and the fleet's SMTP port on a ready line.
@@ -145,9 +154,19 @@ enum Command {
     /// Submit a scenario's campaign to an MTA by SMTP (mailsim's daemon or any other).
     Send {
         scenario: PathBuf,
-        /// The MTA's submission address.
+        /// The MTA's submission address (SMTP).
+        #[arg(long, required_unless_present = "http", conflicts_with = "http")]
+        to: Option<SocketAddr>,
+        /// Inject through the MTA's HTTP API at this address instead (POST /api/inject/v1).
+        #[arg(long, requires = "token_file")]
+        http: Option<SocketAddr>,
+        /// The API's bearer token (the file's first line).
         #[arg(long)]
-        to: SocketAddr,
+        token_file: Option<PathBuf>,
+        /// Recipients per API request.
+        #[arg(long, default_value_t = 100)]
+        per_request: usize,
+        /// Connections (SMTP sessions or HTTP keep-alive connections) at once.
         #[arg(long, default_value_t = 4)]
         connections: usize,
         /// Append each acknowledged Message-ID to this file.
@@ -503,7 +522,23 @@ fn real_main() -> anyhow::Result<ExitCode> {
             tls_ca,
             dkim,
             sts_port,
+            http,
+            http_tokens,
+            http_body_max,
         } => {
+            let http = match (http, &http_tokens) {
+                (None, None) => None,
+                (None, Some(_)) => anyhow::bail!("--http-tokens without --http: give both"),
+                (Some(_), None) => anyhow::bail!(
+                    "--http needs --http-tokens FILE: the API takes no request without a token"
+                ),
+                (Some(listen), Some(path)) => Some(mailsim::daemon::HttpOptions {
+                    listen,
+                    tokens: mailsim_platform::http::Tokens::load(path)
+                        .map_err(|e| anyhow::anyhow!("--http-tokens {e}"))?,
+                    body_max: http_body_max,
+                }),
+            };
             let tls = match tls.as_str() {
                 "opportunistic" => mailsim_mta::shaping::TlsMode::Opportunistic,
                 "required" => mailsim_mta::shaping::TlsMode::Required,
@@ -570,6 +605,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 tls_roots,
                 signers,
                 sts_port,
+                http,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -676,6 +712,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::Send {
             scenario,
             to,
+            http,
+            token_file,
+            per_request,
             connections,
             acked,
             stall_s_max,
@@ -685,20 +724,46 @@ fn real_main() -> anyhow::Result<ExitCode> {
             // The MTA it is sent to signs, or not (mailsim's daemon with --dkim).
             let now_s = (SystemClock.now_ms() / 1000) as i64;
             let messages = mailsim::send::campaign(&sc, &world, now_s, None, None)?;
-            let opts = mailsim::send::SendOptions {
-                to,
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let mut opts = mailsim::send::SendOptions {
+                to: to.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
                 connections,
                 acked_path: acked,
                 stall_max: std::time::Duration::from_secs(stall_s_max),
                 on_ack: None,
             };
-            let report = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(mailsim::send::send(messages, &opts))?;
+            // The time of the sending alone (the messages and requests are built before).
+            let (report, took) = match (http, &token_file) {
+                (Some(api), Some(file)) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("--token-file {}", file.display()))?;
+                    let token = text.lines().next().unwrap_or("").trim().to_string();
+                    if token.is_empty() {
+                        anyhow::bail!("--token-file {}: line 1 is empty", file.display());
+                    }
+                    let requests =
+                        mailsim::send::campaign_requests(&sc, &messages, &world, per_request);
+                    drop(messages);
+                    opts.to = api;
+                    let started = std::time::Instant::now();
+                    let report =
+                        runtime.block_on(mailsim::send::send_http(requests, api, &token, &opts))?;
+                    (report, started.elapsed())
+                }
+                _ => {
+                    let started = std::time::Instant::now();
+                    let report = runtime.block_on(mailsim::send::send(messages, &opts))?;
+                    (report, started.elapsed())
+                }
+            };
             println!(
-                "send: acked={} rejected={} retried={}",
-                report.acked, report.rejected, report.retried
+                "send: acked={} rejected={} retried={} seconds={:.3}",
+                report.acked,
+                report.rejected,
+                report.retried,
+                took.as_secs_f64()
             );
         }
         Command::Dns {

@@ -60,31 +60,42 @@ struct Shared {
     on_ack: Option<OnAck>,
 }
 
+impl Shared {
+    fn new(opts: &SendOptions) -> anyhow::Result<Arc<Shared>> {
+        let acked = match &opts.acked_path {
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            )),
+            None => None,
+        };
+        Ok(Arc::new(Shared {
+            report: Mutex::new(SendReport::default()),
+            acked,
+            on_ack: opts.on_ack.clone(),
+        }))
+    }
+}
+
+/// Deal `items` round-robin into `n` parts (at least one), one per connection.
+fn deal<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let n = n.max(1);
+    let mut parts: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        parts[i % n].push(item);
+    }
+    parts
+}
+
 pub async fn send(
     messages: Vec<OutboundMessage>,
     opts: &SendOptions,
 ) -> anyhow::Result<SendReport> {
-    let acked = match &opts.acked_path {
-        Some(p) => Some(Mutex::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        )),
-        None => None,
-    };
-    let shared = Arc::new(Shared {
-        report: Mutex::new(SendReport::default()),
-        acked,
-        on_ack: opts.on_ack.clone(),
-    });
-    let n = opts.connections.max(1);
-    let mut parts: Vec<Vec<OutboundMessage>> = (0..n).map(|_| Vec::new()).collect();
-    for (i, m) in messages.into_iter().enumerate() {
-        parts[i % n].push(m);
-    }
+    let shared = Shared::new(opts)?;
     let mut tasks = tokio::task::JoinSet::new();
-    for part in parts {
+    for part in deal(messages, opts.connections) {
         let (shared, to, stall) = (shared.clone(), opts.to, opts.stall_max);
         tasks.spawn(async move { worker(part, to, stall, &shared).await });
     }
@@ -180,6 +191,175 @@ async fn worker(
     }
     if let Some(c) = client {
         c.quit().await;
+    }
+    Ok(())
+}
+
+/// The campaign as HTTP injection requests (`POST /api/inject/v1`), `per_request` recipients
+/// each: one template (the campaign's subject, its From, a text body of its size) with each
+/// recipient's name and Message-ID as substitution data, so the MTA builds what `campaign`
+/// would have sent by SMTP (same recipients, Message-IDs, subject and size).
+pub fn campaign_requests(
+    scenario: &Scenario,
+    messages: &[OutboundMessage],
+    world: &World,
+    per_request: usize,
+) -> Vec<(Vec<u8>, usize)> {
+    let campaign = scenario.campaign();
+    let sender = &world.senders[0].sender;
+    let filler =
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
+    let mut text = String::from("Hello {{ name }},\r\n\r\n");
+    while text.len() + 600 < campaign.size_bytes {
+        text.push_str(filler);
+    }
+    let content = serde_json::json!({
+        "from": {"email": sender.from_address(), "name": "Newsletter"},
+        "subject": campaign.subject,
+        "headers": {"Message-ID": "{{ id }}"},
+        "text_body": text,
+    });
+    messages
+        .chunks(per_request.max(1))
+        .enumerate()
+        .map(|(k, chunk)| {
+            let recipients: Vec<serde_json::Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    serde_json::json!({
+                        "email": m.rcpts[0],
+                        "substitutions": {
+                            "name": format!("user{}", k * per_request.max(1) + j),
+                            "id": m.message_id,
+                        }
+                    })
+                })
+                .collect();
+            let body = serde_json::json!({
+                "envelope_sender": chunk[0].from,
+                "content": content,
+                "recipients": recipients,
+            });
+            (serde_json::to_vec(&body).unwrap_or_default(), chunk.len())
+        })
+        .collect()
+}
+
+/// POST each request to the injection API at `to` with `token`, over `connections` kept-alive
+/// connections; a request answered 5xx or lost is sent again, one answered 4xx counts its
+/// recipients as rejected (and its error is printed once).
+pub async fn send_http(
+    requests: Vec<(Vec<u8>, usize)>,
+    to: SocketAddr,
+    token: &str,
+    opts: &SendOptions,
+) -> anyhow::Result<SendReport> {
+    let shared = Shared::new(opts)?;
+    let token = Arc::new(format!("Bearer {token}"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in deal(requests, opts.connections) {
+        let (shared, token, stall) = (shared.clone(), token.clone(), opts.stall_max);
+        tasks.spawn(async move { http_worker(part, to, &token, stall, &shared).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let report = *shared.report.lock().expect("report");
+    Ok(report)
+}
+
+type HttpSender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+async fn http_connect(to: SocketAddr) -> anyhow::Result<HttpSender> {
+    let stream = TcpStream::connect(to).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn http_worker(
+    requests: Vec<(Vec<u8>, usize)>,
+    to: SocketAddr,
+    token: &str,
+    stall_max: Duration,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let mut conn: Option<HttpSender> = None;
+    let mut stalled = Duration::ZERO;
+    let pause = Duration::from_millis(100);
+    for (body, recipients) in requests {
+        let body = bytes::Bytes::from(body);
+        loop {
+            if stalled > stall_max {
+                anyhow::bail!("{to}: nothing acknowledged for {stall_max:?}");
+            }
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match http_connect(to).await {
+                    Ok(c) => conn.insert(c),
+                    Err(_) => {
+                        shared.report.lock().expect("report").retried += 1;
+                        tokio::time::sleep(pause).await;
+                        stalled += pause;
+                        continue;
+                    }
+                },
+            };
+            let request = hyper::Request::post("/api/inject/v1")
+                .header(hyper::header::HOST, to.to_string())
+                .header(hyper::header::AUTHORIZATION, token)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(http_body_util::Full::new(body.clone()))?;
+            let answer = match c.send_request(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    match response.into_body().collect().await {
+                        Ok(b) => Some((status, b.to_bytes())),
+                        Err(_) => None,
+                    }
+                }
+                Err(_) => None,
+            };
+            match answer {
+                Some((200, bytes)) => {
+                    let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+                    let queued = v["queued"].as_array().map_or(&[][..], |q| q.as_slice());
+                    if let Some(f) = &shared.acked {
+                        let mut f = f.lock().expect("acked file");
+                        for q in queued {
+                            writeln!(f, "{}", q["message_id"].as_str().unwrap_or(""))?;
+                        }
+                        f.flush()?;
+                    }
+                    let mut report = shared.report.lock().expect("report");
+                    report.acked += queued.len() as u64;
+                    report.rejected += v["fail_count"].as_u64().unwrap_or(0);
+                    stalled = Duration::ZERO;
+                    break;
+                }
+                Some((status, bytes)) if (400..500).contains(&status) => {
+                    let mut report = shared.report.lock().expect("report");
+                    if report.rejected == 0 {
+                        eprintln!(
+                            "send: {status} {}",
+                            String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+                        );
+                    }
+                    report.rejected += recipients as u64;
+                    break;
+                }
+                _ => {
+                    shared.report.lock().expect("report").retried += 1;
+                    conn = None;
+                    tokio::time::sleep(pause).await;
+                    stalled += pause;
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -9,7 +9,6 @@ mod common;
 
 use mailsim_events::{Event, read_log};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,29 +28,7 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailsim"))
 }
 
-/// Start a daemon and return it with its ready line (the first line saying "ready"). The rest
-/// of its output is drained on a thread, so that the daemon never blocks on a full pipe.
-fn start(cmd: &mut Command) -> (Child, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("ready") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "exited before ready");
-    }
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    (child, line)
-}
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("{key} in {line:?}"))
-}
+use common::{field, start_daemon as start};
 
 fn start_mta(spool: &Path, dns: &str, port: &str, submission: &str) -> Child {
     let (child, line) = start(bin().args([

@@ -196,3 +196,29 @@ pub fn serve_dns(args: &[&str]) -> (std::process::Child, u16) {
         .unwrap_or_else(|| panic!("ready line: {line}"));
     (child, port)
 }
+
+/// Start a daemon and return it with its ready line (the first line saying "ready"). The rest
+/// of its output is drained on a thread, so that the daemon never blocks on a full pipe.
+pub fn start_daemon(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "exited before ready");
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, line)
+}
+
+/// The value of `key=VALUE` in a ready line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} in {line:?}"))
+}
