@@ -95,6 +95,7 @@ fn event_log(c: &mut Criterion) {
             rcpt: format!("user{i}@accept.test"),
             domain: "accept.test".into(),
             size: 5120,
+            lane: None,
         });
         sink.emit(Event::Delivered {
             msg: i,
@@ -205,7 +206,7 @@ fn scheduler(c: &mut Criterion) {
                     q.insert(mailsim_benches::queue_entry(id));
                 }
                 for d in ["accept.test", "big.test", "flaky.test", "unknown.test"] {
-                    while let Some(e) = q.take_ready(d) {
+                    while let Some(e) = q.take_ready(d, false) {
                         q.defer(e.id, 1, 1000 + e.id % 300);
                     }
                 }
@@ -215,7 +216,7 @@ fn scheduler(c: &mut Criterion) {
                 q.promote_due(2000);
                 let mut n = 0u64;
                 for d in ["accept.test", "big.test", "flaky.test", "unknown.test"] {
-                    while let Some(e) = q.take_ready(d) {
+                    while let Some(e) = q.take_ready(d, false) {
                         n += e.id & 1;
                     }
                 }

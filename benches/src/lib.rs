@@ -40,5 +40,6 @@ pub fn queue_entry(id: u64) -> mailsim_mta::queue::QueueEntry {
         },
         injected_ms: 1_767_225_600_000,
         attempts: 0,
+        lane: mailsim_mta::queue::Lane::Bulk,
     }
 }

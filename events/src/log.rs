@@ -770,6 +770,7 @@ mod tests {
             rcpt: format!("u{msg}@c.test"),
             domain: "c.test".into(),
             size: 100,
+            lane: None,
         }
     }
 

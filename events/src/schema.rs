@@ -189,6 +189,9 @@ schema! {
         rcpt: String,
         domain: String,
         size: u64,
+        /// `transactional` for mail in the MTA's transactional lane (absent: bulk).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lane: Option<String>,
     }
     /// A DNS answer the MTA used for routing (MX or A lookup).
     DnsAnswer = "dns_answer" rare {

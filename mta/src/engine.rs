@@ -5,7 +5,7 @@
 
 use crate::dkim::Signer;
 use crate::dns::{MxHost, Resolver, RouteError};
-use crate::queue::{Queue, QueueEntry, RetryPolicy};
+use crate::queue::{Lane, Queue, QueueEntry, RetryPolicy};
 use crate::shaping::{Rule, Shaping, TlsMode};
 use crate::spool::{Recovered, Spool, SpoolEnvelope, SpoolError, SpoolRef};
 use crate::sts::{Mode as StsMode, Policy as StsPolicy};
@@ -81,6 +81,16 @@ pub struct MtaConfig {
     pub mta_sts: bool,
     /// The HTTPS port of `mta-sts.<domain>` (443 on the Internet; the fleet's in mailsim).
     pub sts_port: u16,
+    /// Transactional and bulk mail in separate lanes (None: one queue, first in first out).
+    pub lanes: Option<Lanes>,
+}
+
+/// Lanes: transactional mail is taken before bulk mail at every destination, and has
+/// connections of its own beside the destination's window (which bulk mail cannot use).
+#[derive(Debug, Clone, Copy)]
+pub struct Lanes {
+    /// Connections per destination for transactional mail only.
+    pub transactional_conns: usize,
 }
 
 impl Default for MtaConfig {
@@ -100,8 +110,14 @@ impl Default for MtaConfig {
             tls_client: ClientTls::untrusting(),
             mta_sts: true,
             sts_port: 443,
+            lanes: None,
         }
     }
+}
+
+/// The lane's word in `injected` events: none for bulk mail.
+fn lane_word(lane: Lane) -> Option<String> {
+    (!lane.is_bulk()).then(|| "transactional".to_string())
 }
 
 /// A message handed to the MTA.
@@ -111,6 +127,7 @@ pub struct OutboundMessage {
     pub rcpts: Vec<String>,
     pub message_id: String,
     pub body: Vec<u8>,
+    pub lane: Lane,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +181,8 @@ enum SessionEnd {
 struct State {
     queue: Queue,
     active: HashMap<String, usize>,
+    /// Transactional-only sessions up per destination (with lanes).
+    active_transactional: HashMap<String, usize>,
     windows: HashMap<String, Window>,
     /// Each destination's MX host names, once routed (for shaping rules by MX suffix).
     mx_names: HashMap<String, Vec<String>>,
@@ -289,6 +308,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             .into_iter()
             .map(|s| (s.domain().to_ascii_lowercase(), s))
             .collect();
+        let queue = if cfg.lanes.is_some() {
+            Queue::with_lanes()
+        } else {
+            Queue::new()
+        };
         Mta {
             inner: Arc::new(Inner {
                 cfg,
@@ -300,8 +324,9 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 events,
                 clock,
                 state: Mutex::new(State {
-                    queue: Queue::new(),
+                    queue,
                     active: HashMap::new(),
+                    active_transactional: HashMap::new(),
                     windows: HashMap::new(),
                     mx_names: HashMap::new(),
                     next_slot_us: HashMap::new(),
@@ -395,6 +420,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         message_id: m.message_id.clone(),
                         injected_ms: now,
                         about: None,
+                        lane: m.lane,
                     }
                 })
                 .collect()
@@ -432,6 +458,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     rcpt: rcpt.clone(),
                     domain: entry.domain.clone(),
                     size: body.len() as u64,
+                    lane: lane_word(envelope.lane),
                 });
                 ids.push(entry.id);
                 st.queue.insert(entry);
@@ -465,6 +492,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             spool,
             injected_ms: envelope.injected_ms,
             attempts: 0,
+            lane: envelope.lane,
         }
     }
 
@@ -532,6 +560,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                             rcpt: entry.rcpt.clone(),
                             domain: entry.domain.clone(),
                             size: u64::from(spool.len),
+                            lane: lane_word(envelope.lane),
                         }),
                     }
                 }
@@ -576,15 +605,36 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         .rule(&st, &domain)
                         .and_then(|r| r.messages_per_connection)
                         .unwrap_or(self.inner.cfg.msgs_per_conn_max);
-                    let by_load = ready.div_ceil(per_conn.max(1));
-                    let want = by_load.max(1).min(self.window_limit(&st, &domain));
+                    let per_conn = per_conn.max(1);
+                    let window = self.window_limit(&st, &domain);
+                    let (want, want_transactional) = match self.inner.cfg.lanes {
+                        None => (ready.div_ceil(per_conn).max(1).min(window), 0),
+                        // Transactional mail has its own sessions; the window serves the
+                        // rest (and takes transactional mail first when it finds some).
+                        Some(lanes) => {
+                            let t = st.queue.ready_transactional(&domain);
+                            (
+                                (ready - t).div_ceil(per_conn).min(window),
+                                t.div_ceil(per_conn).min(lanes.transactional_conns.max(1)),
+                            )
+                        }
+                    };
                     for _ in active..want {
                         *st.active.entry(domain.clone()).or_insert(0) += 1;
                         let conn = st.next_conn;
                         st.next_conn += 1;
                         let mta = self.clone();
                         let domain = domain.clone();
-                        sessions.spawn(async move { mta.session(domain, conn).await });
+                        sessions.spawn(async move { mta.session(domain, conn, false).await });
+                    }
+                    let up = st.active_transactional.get(&domain).copied().unwrap_or(0);
+                    for _ in up..want_transactional {
+                        *st.active_transactional.entry(domain.clone()).or_insert(0) += 1;
+                        let conn = st.next_conn;
+                        st.next_conn += 1;
+                        let mta = self.clone();
+                        let domain = domain.clone();
+                        sessions.spawn(async move { mta.session(domain, conn, true).await });
                     }
                 }
                 st.queue.next_due_ms()
@@ -624,13 +674,14 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         .await;
     }
 
-    fn take(&self, domain: &str) -> Option<QueueEntry> {
+    /// The next ready entry of `domain` (transactional first; with `transactional`, no other).
+    fn take(&self, domain: &str, transactional: bool) -> Option<QueueEntry> {
         self.inner
             .state
             .lock()
             .expect("mta state")
             .queue
-            .take_ready(domain)
+            .take_ready(domain, transactional)
     }
 
     /// The shaping rule for `domain`, if one matches (by name, or by its MX hosts once known).
@@ -669,18 +720,25 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     /// Other sessions to `domain` still up (connecting or sending) besides this one.
     fn others_up(&self, domain: &str) -> usize {
         let st = self.inner.state.lock().expect("mta state");
-        st.active
-            .get(domain)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(1)
+        let up = |m: &HashMap<String, usize>| m.get(domain).copied().unwrap_or(0);
+        (up(&st.active) + up(&st.active_transactional)).saturating_sub(1)
     }
 
     /// One outbound connection for `domain`: route, connect (MX in preference order), then
-    /// deliver ready messages one transaction after another until none are left.
-    async fn session(&self, domain: String, conn: u64) {
-        let end = self.session_inner(&domain, conn).await;
+    /// deliver ready messages one transaction after another until none are left. A
+    /// `transactional` session (lanes) takes transactional mail only and is outside the
+    /// destination's window: it neither counts in it nor moves it.
+    async fn session(&self, domain: String, conn: u64, transactional: bool) {
+        let end = self.session_inner(&domain, conn, transactional).await;
         let mut st = self.inner.state.lock().expect("mta state");
+        if transactional {
+            if let Some(n) = st.active_transactional.get_mut(&domain) {
+                *n = n.saturating_sub(1);
+            }
+            drop(st);
+            self.inner.wake.notify_one();
+            return;
+        }
         let others = st
             .active
             .get(&domain)
@@ -745,7 +803,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         self.inner.wake.notify_one();
     }
 
-    async fn session_inner(&self, domain: &str, conn: u64) -> SessionEnd {
+    async fn session_inner(&self, domain: &str, conn: u64, transactional: bool) -> SessionEnd {
         let inner = &self.inner;
         let hosts = match inner.resolver.route(domain).await {
             Ok(hosts) => {
@@ -776,7 +834,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     error: Some(e.to_string()),
                 });
                 // Fail what is ready now for this domain, in one sweep.
-                while let Some(entry) = self.take(domain) {
+                while let Some(entry) = self.take(domain, transactional) {
                     let fate = match &e {
                         RouteError::Perm(m) => Fate::Perm {
                             reason: if m.contains("null MX") {
@@ -821,7 +879,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 return SessionEnd::Refused(why.unwrap_or_else(|| NO_MX.into()));
             }
             Opened::Refused(r) => {
-                self.fail_session(domain, &r);
+                self.fail_session(domain, &r, transactional);
                 return SessionEnd::Other;
             }
             Opened::Failed(why) => {
@@ -829,7 +887,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     Some(why) => why,
                     None => format!("networkerror: {NO_MX}"),
                 };
-                while let Some(entry) = self.take(domain) {
+                while let Some(entry) = self.take(domain, transactional) {
                     self.settle(
                         entry,
                         Fate::Temp {
@@ -862,7 +920,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 throttled = true;
                 break;
             }
-            let Some(entry) = self.take(domain) else {
+            let Some(entry) = self.take(domain, transactional) else {
                 break;
             };
             let body = match inner.spool.read(&entry.spool) {
@@ -1052,9 +1110,9 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     }
 
     /// A server refused the whole session (bad greeting): defer or bounce what is ready.
-    fn fail_session(&self, domain: &str, r: &Reply) {
+    fn fail_session(&self, domain: &str, r: &Reply, transactional: bool) {
         let mut batch = Vec::new();
-        while let Some(e) = self.take(domain) {
+        while let Some(e) = self.take(domain, transactional) {
             batch.push(e);
         }
         let (reason, hard) = classify(r, "CONNECT");
@@ -1709,6 +1767,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             message_id: format!("<{message_id}>"),
             injected_ms: inner.clock.now_ms(),
             about: Some(entry.id),
+            lane: Lane::Bulk,
         };
         let spool = match inner.spool.write_batch(&[(&envelope, &body)]) {
             Ok(mut refs) if !refs.is_empty() => refs.remove(0),
@@ -1734,6 +1793,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             spool,
             injected_ms: inner.clock.now_ms(),
             attempts: 0,
+            lane: Lane::Bulk,
         });
         inner.wake.notify_one();
     }

@@ -39,6 +39,31 @@ impl RetryPolicy {
     }
 }
 
+/// Which traffic a message belongs to: transactional mail (password resets, receipts) is
+/// taken before bulk mail and has connections of its own, when the MTA runs with lanes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    #[default]
+    Bulk,
+    Transactional,
+}
+
+impl Lane {
+    pub fn is_bulk(&self) -> bool {
+        *self == Lane::Bulk
+    }
+
+    /// `bulk` or `transactional` (any case).
+    pub fn parse(word: &str) -> Option<Lane> {
+        match word.trim().to_ascii_lowercase().as_str() {
+            "bulk" => Some(Lane::Bulk),
+            "transactional" => Some(Lane::Transactional),
+            _ => None,
+        }
+    }
+}
+
 /// One queued (message, recipient).
 #[derive(Debug, Clone)]
 pub struct QueueEntry {
@@ -50,19 +75,56 @@ pub struct QueueEntry {
     pub spool: SpoolRef,
     pub injected_ms: u64,
     pub attempts: u32,
+    pub lane: Lane,
 }
 
 #[derive(Default)]
 pub struct Queue {
     entries: HashMap<u64, QueueEntry>,
-    ready: BTreeMap<String, VecDeque<u64>>,
+    ready: BTreeMap<String, Ready>,
     waiting: BinaryHeap<Reverse<(u64, u64)>>,
     holds: HashMap<String, u64>,
+    /// Keep transactional entries apart and take them first (else one FIFO per domain).
+    lanes: bool,
+}
+
+/// A destination's ready entries: transactional ones (with lanes) and the rest.
+#[derive(Default)]
+struct Ready {
+    transactional: VecDeque<u64>,
+    bulk: VecDeque<u64>,
+}
+
+impl Ready {
+    fn len(&self) -> usize {
+        self.transactional.len() + self.bulk.len()
+    }
 }
 
 impl Queue {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A queue that takes transactional entries before bulk ones.
+    pub fn with_lanes() -> Self {
+        Queue {
+            lanes: true,
+            ..Self::default()
+        }
+    }
+
+    /// Put `id` on its domain's ready list (its lane's, with lanes).
+    fn make_ready(&mut self, domain: &str, id: u64, lane: Lane) {
+        let ready = match self.ready.get_mut(domain) {
+            Some(r) => r,
+            None => self.ready.entry(domain.to_string()).or_default(),
+        };
+        if self.lanes && lane == Lane::Transactional {
+            ready.transactional.push_back(id);
+        } else {
+            ready.bulk.push_back(id);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -79,10 +141,7 @@ impl Queue {
 
     /// Add a new entry, ready now.
     pub fn insert(&mut self, entry: QueueEntry) {
-        self.ready
-            .entry(entry.domain.clone())
-            .or_default()
-            .push_back(entry.id);
+        self.make_ready(&entry.domain, entry.id, entry.lane);
         self.entries.insert(entry.id, entry);
     }
 
@@ -100,10 +159,8 @@ impl Queue {
             }
             self.waiting.pop();
             if let Some(e) = self.entries.get(&id) {
-                self.ready
-                    .entry(e.domain.clone())
-                    .or_default()
-                    .push_back(id);
+                let (domain, lane) = (e.domain.clone(), e.lane);
+                self.make_ready(&domain, id, lane);
             }
         }
         self.holds.retain(|_, until| *until > now_ms);
@@ -123,17 +180,34 @@ impl Queue {
     pub fn ready_domains(&self) -> impl Iterator<Item = (&str, usize)> {
         self.ready
             .iter()
-            .filter(|(d, q)| !q.is_empty() && !self.holds.contains_key(d.as_str()))
+            .filter(|(d, q)| q.len() > 0 && !self.holds.contains_key(d.as_str()))
             .map(|(d, q)| (d.as_str(), q.len()))
     }
 
-    /// Take the next ready entry of `domain` (unless the domain is on hold).
-    pub fn take_ready(&mut self, domain: &str) -> Option<QueueEntry> {
+    /// How many transactional entries of `domain` are ready (0 without lanes or on hold).
+    pub fn ready_transactional(&self, domain: &str) -> usize {
+        if self.holds.contains_key(domain) {
+            return 0;
+        }
+        self.ready.get(domain).map_or(0, |r| r.transactional.len())
+    }
+
+    /// Take the next ready entry of `domain` (unless the domain is on hold): a transactional
+    /// one first; with `only_transactional`, no other.
+    pub fn take_ready(&mut self, domain: &str, only_transactional: bool) -> Option<QueueEntry> {
         if self.holds.contains_key(domain) {
             return None;
         }
-        let q = self.ready.get_mut(domain)?;
-        while let Some(id) = q.pop_front() {
+        let r = self.ready.get_mut(domain)?;
+        while let Some(id) = r.transactional.pop_front() {
+            if let Some(e) = self.entries.get(&id) {
+                return Some(e.clone());
+            }
+        }
+        if only_transactional {
+            return None;
+        }
+        while let Some(id) = r.bulk.pop_front() {
             if let Some(e) = self.entries.get(&id) {
                 return Some(e.clone());
             }
@@ -179,6 +253,7 @@ mod tests {
             },
             injected_ms: 0,
             attempts: 0,
+            lane: Lane::Bulk,
         }
     }
 
@@ -210,21 +285,45 @@ mod tests {
         let mut q = Queue::new();
         q.insert(entry(1, "a.test"));
         q.insert(entry(2, "a.test"));
-        let e = q.take_ready("a.test").unwrap();
+        let e = q.take_ready("a.test", false).unwrap();
         assert_eq!(e.id, 1);
         q.defer(1, 1, 1000);
         assert_eq!(q.next_due_ms(), Some(1000));
         q.promote_due(999);
-        assert_eq!(q.take_ready("a.test").unwrap().id, 2);
-        assert!(q.take_ready("a.test").is_none());
+        assert_eq!(q.take_ready("a.test", false).unwrap().id, 2);
+        assert!(q.take_ready("a.test", false).is_none());
         q.hold_domain("a.test", 5000);
         q.promote_due(1000);
-        assert!(q.take_ready("a.test").is_none(), "on hold");
+        assert!(q.take_ready("a.test", false).is_none(), "on hold");
         assert_eq!(q.ready_domains().count(), 0);
         q.promote_due(5000);
-        assert_eq!(q.take_ready("a.test").unwrap().id, 1);
+        assert_eq!(q.take_ready("a.test", false).unwrap().id, 1);
         q.complete(1);
         q.complete(2);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn with_lanes_transactional_entries_go_first_and_alone_when_asked() {
+        let mut q = Queue::with_lanes();
+        for id in 1..=3 {
+            q.insert(entry(id, "a.test"));
+        }
+        let mut t = entry(4, "a.test");
+        t.lane = Lane::Transactional;
+        q.insert(t.clone());
+        assert_eq!(q.ready_transactional("a.test"), 1);
+        assert_eq!(q.take_ready("a.test", true).unwrap().id, 4);
+        assert!(
+            q.take_ready("a.test", true).is_none(),
+            "no bulk for a transactional session"
+        );
+        assert_eq!(q.take_ready("a.test", false).unwrap().id, 1);
+        // Without lanes, one FIFO whatever the lane.
+        let mut plain = Queue::new();
+        plain.insert(entry(1, "a.test"));
+        plain.insert(t);
+        assert_eq!(plain.ready_transactional("a.test"), 0);
+        assert_eq!(plain.take_ready("a.test", false).unwrap().id, 1);
     }
 }

@@ -42,6 +42,9 @@ pub struct SpoolEnvelope {
     /// The queue id a DSN reports on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub about: Option<u64>,
+    /// Transactional or bulk (absent: bulk).
+    #[serde(default, skip_serializing_if = "crate::queue::Lane::is_bulk")]
+    pub lane: crate::queue::Lane,
 }
 
 /// One entry found by [`Spool::recover`].
@@ -358,6 +361,7 @@ mod tests {
             message_id: format!("<{first_id}@b.test>"),
             injected_ms: 7,
             about: None,
+            lane: crate::queue::Lane::Bulk,
         }
     }
 

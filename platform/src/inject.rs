@@ -13,6 +13,7 @@ use email_address::{EmailAddress, Options};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::text::Text;
 use mailsim_mta::OutboundMessage;
+use mailsim_mta::queue::Lane;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -35,6 +36,9 @@ pub struct InjectRequest {
     /// Substitution data for every recipient (a recipient's own wins).
     #[serde(default)]
     pub substitutions: Map<String, Value>,
+    /// `transactional` or `bulk` (the default): the MTA's lane for these messages.
+    #[serde(default)]
+    pub lane: Lane,
 }
 
 /// The message: a whole RFC 5322 message (a JSON string), or the parts to build it from (a
@@ -293,7 +297,11 @@ pub fn make(request: &InjectRequest, stamp: &Stamp) -> Result<Vec<Made>, FieldEr
         let message = raw_message(text, stamp, &sender, "content")?;
         let rcpts = request.recipients.iter().map(|r| r.email.clone()).collect();
         return Ok(vec![Made {
-            message: OutboundMessage { rcpts, ..message },
+            message: OutboundMessage {
+                rcpts,
+                lane: request.lane,
+                ..message
+            },
             recipients: (0..request.recipients.len()).collect(),
         }]);
     }
@@ -315,6 +323,7 @@ pub fn make(request: &InjectRequest, stamp: &Stamp) -> Result<Vec<Made>, FieldEr
                 .map_err(|e| FieldError::at(format!("recipients[{i}]"), e.to_string()))?,
         };
         message.rcpts = vec![r.email.clone()];
+        message.lane = request.lane;
         bytes += message.body.len();
         if bytes > RENDERED_BYTES_MAX {
             return Err(FieldError::at(
@@ -465,6 +474,7 @@ fn built_message(
         rcpts: Vec::new(),
         message_id: format!("<{id}>"),
         body,
+        lane: Lane::Bulk,
     })
 }
 
@@ -561,6 +571,7 @@ fn raw_message(
         rcpts: Vec::new(),
         message_id,
         body,
+        lane: Lane::Bulk,
     })
 }
 

@@ -329,6 +329,9 @@ fn mta_config(scenario: &Scenario, remote_port: u16) -> MtaConfig {
         shaping: m.shaping_rules.clone().unwrap_or_default(),
         tls: m.tls,
         mta_sts: m.mta_sts,
+        lanes: m.lanes.then_some(mailsim_mta::engine::Lanes {
+            transactional_conns: m.transactional_conns,
+        }),
         ..MtaConfig::default()
     }
 }

@@ -7,6 +7,7 @@ use crate::env::{Env, LiveEnv};
 use crate::scenario::Scenario;
 use mailsim_events::LogReader;
 use mailsim_mta::dns::HickoryResolver;
+use mailsim_mta::queue::Lane;
 use mailsim_mta::queue::RetryPolicy;
 use mailsim_mta::suppression::Suppression;
 use mailsim_mta::{Mta, MtaConfig, OutboundMessage, TcpConnector};
@@ -44,6 +45,29 @@ pub struct MtaDaemonOptions {
     pub sts_port: u16,
     /// Where to serve the HTTP injection API (`--http`), with its bearer tokens and body limit.
     pub http: Option<HttpOptions>,
+    /// Transactional and bulk mail in separate lanes (`--lanes`).
+    pub lanes: Option<mailsim_mta::engine::Lanes>,
+    /// A second SMTP submission port whose mail is transactional (`--submission-transactional`).
+    pub submission_transactional: Option<SocketAddr>,
+}
+
+/// The injectors' queues: with lanes, transactional mail has an injector of its own, so that
+/// it never waits behind a bulk batch being signed and written; else both are one.
+#[derive(Clone)]
+struct Jobs {
+    bulk: mpsc::UnboundedSender<Job>,
+    transactional: mpsc::UnboundedSender<Job>,
+}
+
+impl Jobs {
+    fn send(&self, lane: Lane, job: Job) -> Result<(), ()> {
+        let to = if lane.is_bulk() {
+            &self.bulk
+        } else {
+            &self.transactional
+        };
+        to.send(job).map_err(|_| ())
+    }
 }
 
 pub struct HttpOptions {
@@ -54,7 +78,7 @@ pub struct HttpOptions {
 
 /// The API's spool: the submission port's injector (one fsync for whatever arrived meanwhile).
 struct Injector {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: Jobs,
 }
 
 impl Spool for Injector {
@@ -63,7 +87,8 @@ impl Spool for Injector {
         batch: Vec<OutboundMessage>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Spooled, String>> + Send>> {
         let (done, result) = oneshot::channel();
-        let sent = self.jobs.send((batch, done));
+        let lane = batch.first().map_or(Lane::Bulk, |m| m.lane);
+        let sent = self.jobs.send(lane, (batch, done));
         Box::pin(async move {
             sent.map_err(|_| "shutting down".to_string())?;
             result.await.map_err(|_| "shutting down".to_string())?
@@ -81,8 +106,13 @@ type Job = (
 /// The submission port's decisions: take any envelope, acknowledge DATA only once the message
 /// is in the spool (on disk).
 struct Ingress {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: Jobs,
+    /// The port's lane, unless the message's `X-Mailsim-Lane` header names one.
+    lane: Lane,
 }
+
+/// The header a submitted message names its lane in (`transactional` or `bulk`).
+pub const LANE_HEADER: &str = "X-Mailsim-Lane";
 
 impl Backend for Ingress {
     fn on_connect(&self, _info: &SessionInfo) -> Option<Reply> {
@@ -105,18 +135,35 @@ impl Backend for Ingress {
     }
 
     async fn on_data(&self, _info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
-        let message_id = mail_parser::MessageParser::default()
-            .parse_headers(&message)
+        let headers = mail_parser::MessageParser::default().parse_headers(&message);
+        let message_id = headers
+            .as_ref()
             .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
             .unwrap_or_default();
+        let named = headers
+            .as_ref()
+            .and_then(|m| m.header_raw(LANE_HEADER))
+            .map(|v| Lane::parse(v).ok_or(v.trim().to_string()));
+        let lane = match named {
+            None => self.lane,
+            Some(Ok(lane)) => lane,
+            Some(Err(word)) => {
+                return Reply::new(
+                    554,
+                    (5, 6, 0),
+                    format!("{LANE_HEADER}: {word:?} is not a lane (transactional or bulk)"),
+                );
+            }
+        };
         let (done, result) = oneshot::channel();
         let job = OutboundMessage {
             from: tx.mail_from.clone(),
             rcpts: tx.rcpts.clone(),
             message_id,
             body: message,
+            lane,
         };
-        if self.jobs.send((vec![job], done)).is_err() {
+        if self.jobs.send(lane, (vec![job], done)).is_err() {
             return Reply::new(421, (4, 3, 2), "shutting down");
         }
         match result.await {
@@ -198,10 +245,40 @@ pub async fn run_mta(
         let (mta, stop) = (mta.clone(), stopped(&stop_rx));
         async move { mta.run(stop).await }
     });
-    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-    let injecting = tokio::spawn(injector(mta.clone(), jobs_rx));
-    let (addr, serving) = submission(&opts, jobs_tx.clone(), stopped(&stop_rx)).await?;
+    let (bulk_tx, bulk_rx) = mpsc::unbounded_channel();
+    let mut injecting = vec![tokio::spawn(injector(mta.clone(), bulk_rx))];
+    let jobs_tx = Jobs {
+        transactional: if opts.lanes.is_some() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            injecting.push(tokio::spawn(injector(mta.clone(), rx)));
+            tx
+        } else {
+            bulk_tx.clone()
+        },
+        bulk: bulk_tx,
+    };
+    let (addr, serving) = submission(
+        opts.submission,
+        &opts.hostname,
+        Ingress {
+            jobs: jobs_tx.clone(),
+            lane: Lane::Bulk,
+        },
+        stopped(&stop_rx),
+    )
+    .await?;
+    let mut servings = vec![serving];
     let mut ready = format!("mta: ready submission={addr}");
+    if let Some(listen) = opts.submission_transactional {
+        let ingress = Ingress {
+            jobs: jobs_tx.clone(),
+            lane: Lane::Transactional,
+        };
+        let (addr, serving) =
+            submission(listen, &opts.hostname, ingress, stopped(&stop_rx)).await?;
+        servings.push(serving);
+        ready.push_str(&format!(" submission_transactional={addr}"));
+    }
     let api = match opts.http.take() {
         Some(http) => {
             let listener = TcpListener::bind(http.listen).await?;
@@ -233,11 +310,15 @@ pub async fn run_mta(
     println!("{ready}");
     shutdown.await;
     let _ = stop_tx.send(true);
-    serving.await?;
+    for serving in servings {
+        serving.await?;
+    }
     if let Some(api) = api {
         api.await??;
     }
-    injecting.await?;
+    for injecting in injecting {
+        injecting.await?;
+    }
     dispatcher.await?;
     suppression.sync()?;
     drop(events);
@@ -257,6 +338,7 @@ impl MtaDaemonOptions {
             tls: self.tls,
             tls_client: mailsim_smtp::tls::ClientTls::new(&self.tls_roots)?,
             sts_port: self.sts_port,
+            lanes: self.lanes,
             ..MtaConfig::default()
         })
     }
@@ -284,19 +366,20 @@ fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> 
 }
 
 /// The submission port: an SMTP server whose DATA is acknowledged once spooled (by the
-/// injector behind `jobs`). Its address and task.
+/// injectors behind `ingress`). Its address and task.
 async fn submission(
-    opts: &MtaDaemonOptions,
-    jobs: mpsc::UnboundedSender<Job>,
+    listen: SocketAddr,
+    hostname: &str,
+    ingress: Ingress,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(opts.submission).await?;
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let server_cfg = ServerConfig {
-        hostname: opts.hostname.clone(),
+        hostname: hostname.to_string(),
         ..ServerConfig::default()
     };
-    let server = Arc::new(Server::new(Arc::new(Ingress { jobs }), server_cfg));
+    let server = Arc::new(Server::new(Arc::new(ingress), server_cfg));
     let serving = tokio::spawn(server.serve(listener, stop));
     Ok((addr, serving))
 }

@@ -132,6 +132,17 @@ enum Command {
         /// The largest API request body taken, in bytes (larger: 413).
         #[arg(long, default_value_t = mailsim_platform::http::BODY_MAX_DEFAULT)]
         http_body_max: usize,
+        /// Transactional and bulk mail in separate lanes: transactional first at every
+        /// destination, with connections and an injector of its own. A message's lane: the
+        /// API's `lane` field, an `X-Mailsim-Lane` header, or the port it came in by.
+        #[arg(long)]
+        lanes: bool,
+        /// Connections per destination for transactional mail only (with --lanes).
+        #[arg(long, default_value_t = 2, requires = "lanes")]
+        transactional_conns: usize,
+        /// A second SMTP submission port whose mail is transactional (with --lanes).
+        #[arg(long, requires = "lanes")]
+        submission_transactional: Option<SocketAddr>,
     },
     /// Run a scenario's DNS and fleet alone (live), until interrupted; prints the DNS address
     /// and the fleet's SMTP port on a ready line.
@@ -169,6 +180,10 @@ enum Command {
         /// Connections (SMTP sessions or HTTP keep-alive connections) at once.
         #[arg(long, default_value_t = 4)]
         connections: usize,
+        /// Submit by SMTP at most this many messages a second, evenly spaced (a steady stream,
+        /// such as transactional mail).
+        #[arg(long, conflicts_with = "http")]
+        rate: Option<f64>,
         /// Append each acknowledged Message-ID to this file.
         #[arg(long)]
         acked: Option<PathBuf>,
@@ -525,7 +540,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             http,
             http_tokens,
             http_body_max,
+            lanes,
+            transactional_conns,
+            submission_transactional,
         } => {
+            if transactional_conns == 0 {
+                anyhow::bail!("--transactional-conns 0: give at least 1");
+            }
             let http = match (http, &http_tokens) {
                 (None, None) => None,
                 (None, Some(_)) => anyhow::bail!("--http-tokens without --http: give both"),
@@ -606,6 +627,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 signers,
                 sts_port,
                 http,
+                lanes: lanes.then_some(mailsim_mta::engine::Lanes {
+                    transactional_conns,
+                }),
+                submission_transactional,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -716,9 +741,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             token_file,
             per_request,
             connections,
+            rate,
             acked,
             stall_s_max,
         } => {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                anyhow::bail!("--rate: give a number of messages per second over 0");
+            }
             let sc = Scenario::load(&scenario)?;
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
             // The MTA it is sent to signs, or not (mailsim's daemon with --dkim).
@@ -733,6 +762,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 acked_path: acked,
                 stall_max: std::time::Duration::from_secs(stall_s_max),
                 on_ack: None,
+                rate,
             };
             // The time of the sending alone (the messages and requests are built before).
             let (report, took) = match (http, &token_file) {

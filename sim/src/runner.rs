@@ -123,9 +123,82 @@ pub fn build_messages(
                 rcpts: vec![rcpt],
                 message_id: format!("<{message_id}>"),
                 body: bytes,
+                lane: mailsim_mta::queue::Lane::Bulk,
             }
         })
         .collect()
+}
+
+/// Transactional message `i` of the scenario's `[transactional]` stream: a sign-in code to a
+/// member of one of the campaign's domains (drawn from the seed), in the transactional lane.
+pub fn build_transactional(
+    scenario: &Scenario,
+    world: &World,
+    t: &crate::scenario::TransactionalSection,
+    i: u64,
+    date_s: i64,
+) -> OutboundMessage {
+    let domains = weighted_domains(scenario);
+    let total: f64 = domains.iter().map(|d| d.1).sum();
+    let drawn = recipient_in(mix(scenario.seed, "transactional"), &domains, total, i);
+    let rcpt = format!(
+        "member{i}@{}",
+        drawn.rsplit_once('@').map_or("", |(_, d)| d)
+    );
+    let sender = &world.senders[0].sender;
+    let from = sender.from_address();
+    let message_id = format!("t{i}.{}@{}", scenario.seed, sender.domain);
+    let code = mix(scenario.seed, &message_id) % 1_000_000;
+    let body = MessageBuilder::new()
+        .from(("Accounts", from.as_str()))
+        .to(rcpt.as_str())
+        .subject(t.subject.as_str())
+        .message_id(message_id.as_str())
+        .date(date_s)
+        .text_body(format!("Your sign-in code is {code:06}.\r\n"))
+        .write_to_vec()
+        .unwrap_or_default();
+    OutboundMessage {
+        from,
+        rcpts: vec![rcpt],
+        message_id: format!("<{message_id}>"),
+        body,
+        lane: mailsim_mta::queue::Lane::Transactional,
+    }
+}
+
+/// The scenario's transactional stream: one message every 1/rate seconds from `start_s`, on
+/// the runtime's clock (virtual time in a virtual run), until all are sent or `stop`.
+async fn transactional_stream<E: Env>(
+    scenario: Arc<Scenario>,
+    world: Arc<World>,
+    mta: Mta<E::Resolver, E::Connector>,
+    clock: Arc<dyn mailsim_events::Clock>,
+    (start_ms, blocking_threads): (u64, bool),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Some(t) = scenario.transactional.as_ref().map(|t| t.get_ref().clone()) else {
+        return Ok(());
+    };
+    let interval_us = (1e6 / t.messages_per_s).max(1.0);
+    for i in 0..t.messages {
+        let at_ms = start_ms + t.start_s * 1000 + (i as f64 * interval_us / 1000.0) as u64;
+        let wait = Duration::from_millis(at_ms.saturating_sub(clock.now_ms()));
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let date_s = (clock.now_ms() / 1000) as i64;
+        let message = build_transactional(&scenario, &world, &t, i, date_s);
+        if blocking_threads {
+            let mta = mta.clone();
+            tokio::task::spawn_blocking(move || mta.inject(vec![message])).await??;
+        } else {
+            mta.inject(vec![message])?;
+        }
+    }
+    Ok(())
 }
 
 /// The recipient domains and their weights, in the scenario's order.
@@ -415,6 +488,7 @@ async fn submit<E: Env>(
                     .rsplit_once('@')
                     .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase()),
                 size: m.body.len() as u64,
+                lane: None,
             });
         }
     });
@@ -424,6 +498,7 @@ async fn submit<E: Env>(
         acked_path: None,
         stall_max: Duration::from_secs(60),
         on_ack: Some(on_ack),
+        rate: None,
     };
     let report = crate::send::send(messages, &send_opts).await?;
     Ok((report.acked, expected))
@@ -467,6 +542,19 @@ async fn drive<E: Env>(
     tokio::pin!(time_limit);
     let scenario_arc = Arc::new(scenario.clone());
     let tracking = setup.tracking.clone().map(Arc::new);
+    // Only a scenario with a transactional stream gets the task (the others' runs stay
+    // exactly as they were).
+    let mut stream = scenario.transactional.is_some().then(|| {
+        tokio::spawn(transactional_stream::<E>(
+            scenario_arc.clone(),
+            setup.world.clone(),
+            mta.clone(),
+            setup.clock.clone(),
+            (setup.start_ms, blocking_threads),
+            stop_rx.clone(),
+        ))
+    });
+    let mut streaming = stream.is_some();
     let mut injected = 0u64;
     for send in 0..campaign.sends {
         if send > 0 {
@@ -528,12 +616,17 @@ async fn drive<E: Env>(
         if let Some(bar) = &bar {
             bar.set_position(injected.saturating_sub(now_queued as u64));
         }
-        // Drained: nothing queued in the MTA and no report still to be sent by the fleet.
-        if now_queued == 0 && now_pending == 0 {
+        // Drained: nothing queued in the MTA, no report still to be sent by the fleet, and
+        // the transactional stream (if any) over.
+        if now_queued == 0 && now_pending == 0 && !streaming {
             break "drained";
         }
         tokio::select! {
             biased;
+            done = async { stream.as_mut().expect("streaming").await }, if streaming => {
+                streaming = false;
+                done??;
+            }
             changed = queued.changed() => if changed.is_err() { break "mta stopped" },
             _ = pending.changed() => {}
             _ = &mut time_limit => break "time limit",
@@ -543,6 +636,9 @@ async fn drive<E: Env>(
         bar.finish_and_clear();
     }
     let _ = stop_tx.send(true);
+    if let Some(stream) = stream.filter(|_| streaming) {
+        stream.await??;
+    }
     dispatcher.await?;
     reporting.await?;
     if let Err(e) = setup.suppression.sync() {

@@ -68,6 +68,8 @@ pub struct Scenario {
     /// The recipients' engagement: who opens, clicks, unsubscribes, complains; spam traps.
     #[serde(default, rename = "segment")]
     pub segments: Vec<Spanned<Segment>>,
+    /// Transactional mail at a steady rate beside the campaign.
+    pub transactional: Option<Spanned<TransactionalSection>>,
 }
 
 /// One entry of `zones`: a zone file, with the zone's name when the file has no `$ORIGIN`.
@@ -296,6 +298,10 @@ pub struct MtaSection {
     pub tls: mailsim_mta::shaping::TlsMode,
     /// Look up and apply destinations' MTA-STS policies (RFC 8461).
     pub mta_sts: bool,
+    /// Transactional and bulk mail in separate lanes: transactional first at every
+    /// destination, on connections of its own (`transactional_conns` per destination).
+    pub lanes: bool,
+    pub transactional_conns: usize,
 }
 
 impl Default for MtaSection {
@@ -316,8 +322,28 @@ impl Default for MtaSection {
             shaping_rules: None,
             tls: mailsim_mta::shaping::TlsMode::default(),
             mta_sts: true,
+            lanes: false,
+            transactional_conns: 2,
         }
     }
+}
+
+/// Transactional mail (sign-in codes, receipts) sent at a steady rate beside the campaign, in
+/// the MTA's transactional lane: each message to a recipient of the campaign's domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionalSection {
+    pub messages_per_s: f64,
+    pub messages: u64,
+    /// When the first one goes (scenario seconds).
+    #[serde(default)]
+    pub start_s: u64,
+    #[serde(default = "default_transactional_subject")]
+    pub subject: String,
+}
+
+fn default_transactional_subject() -> String {
+    "Your sign-in code".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -995,6 +1021,35 @@ impl Scenario {
         }
         self.validate_segments(text, path)?;
         self.validate_deliverability(text, path)?;
+        if let Some(t) = &self.transactional {
+            let at = t.span().start;
+            let t = t.get_ref();
+            if !(t.messages_per_s.is_finite() && t.messages_per_s > 0.0 && t.messages_per_s <= 1e6)
+            {
+                return Err(invalid(
+                    at,
+                    "transactional.messages_per_s".into(),
+                    format!(
+                        "{} is not a rate: give a number over 0 (at most 1000000)",
+                        t.messages_per_s
+                    ),
+                ));
+            }
+            if t.messages == 0 {
+                return Err(invalid(
+                    at,
+                    "transactional.messages".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        if self.mta.lanes && self.mta.transactional_conns == 0 {
+            return Err(invalid(
+                0,
+                "mta.transactional_conns".into(),
+                "must be at least 1 with lanes".into(),
+            ));
+        }
         if c.sends == 0 || c.sends > 100 {
             return Err(invalid(
                 self.campaign.span().start,

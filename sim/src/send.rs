@@ -24,6 +24,8 @@ pub struct SendOptions {
     /// Give up when no message was acknowledged for this long.
     pub stall_max: Duration,
     pub on_ack: Option<OnAck>,
+    /// Submit at most this many messages per second, evenly spaced (all connections together).
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,8 @@ struct Shared {
     report: Mutex<SendReport>,
     acked: Option<Mutex<std::fs::File>>,
     on_ack: Option<OnAck>,
+    /// With a rate: the interval between two messages and when the next may go.
+    pacing: Option<(Duration, Mutex<tokio::time::Instant>)>,
 }
 
 impl Shared {
@@ -71,11 +75,31 @@ impl Shared {
             )),
             None => None,
         };
+        let pacing = opts.rate.filter(|r| *r > 0.0).map(|r| {
+            (
+                Duration::from_secs_f64(1.0 / r),
+                Mutex::new(tokio::time::Instant::now()),
+            )
+        });
         Ok(Arc::new(Shared {
             report: Mutex::new(SendReport::default()),
             acked,
             on_ack: opts.on_ack.clone(),
+            pacing,
         }))
+    }
+
+    /// With a rate, wait for this message's slot.
+    async fn pace(&self) {
+        if let Some((interval, next)) = &self.pacing {
+            let slot = {
+                let mut next = next.lock().expect("pacing");
+                let slot = (*next).max(tokio::time::Instant::now());
+                *next = slot + *interval;
+                slot
+            };
+            tokio::time::sleep_until(slot).await;
+        }
     }
 }
 
@@ -127,6 +151,7 @@ async fn worker(
     let mut stalled = Duration::ZERO;
     let pause = Duration::from_millis(100);
     for m in &messages {
+        shared.pace().await;
         loop {
             if stalled > stall_max {
                 anyhow::bail!("{to}: nothing acknowledged for {stall_max:?}");

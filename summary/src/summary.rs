@@ -59,7 +59,40 @@ pub struct Summary {
     /// Addresses that joined the suppression list.
     #[serde(default)]
     pub suppression_added: u64,
+    /// Per lane (`bulk`, `transactional`), when the log has transactional mail (an MTA with
+    /// lanes): messages delivered and the time from injection to delivery.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lanes: BTreeMap<String, LaneSummary>,
 }
+
+/// One lane's deliveries and their time from injection to delivery (milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneSummary {
+    pub delivered: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+impl LaneSummary {
+    fn of(mut ms: Vec<u64>) -> LaneSummary {
+        ms.sort_unstable();
+        let at = |q: f64| {
+            // Nearest rank: the smallest value with at least q of the values at or below it.
+            let rank = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len().max(1));
+            ms.get(rank - 1).copied().unwrap_or(0)
+        };
+        LaneSummary {
+            delivered: ms.len() as u64,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: ms.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Each message's domain, fate, injection time and whether it went in the transactional lane.
+type Fates = HashMap<u64, (String, Fate, u64, bool)>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fate {
@@ -99,7 +132,9 @@ impl Summary {
         mut on_delivered: impl FnMut(u64),
     ) -> Summary {
         let mut s = Summary::default();
-        let mut fates: HashMap<u64, (String, Fate)> = HashMap::new();
+        let mut fates: Fates = HashMap::new();
+        // Injection to delivery, per lane: [bulk, transactional].
+        let mut lane_ms: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
         // Measuring another MTA (mode "external") there are no `delivered` or `bounced`
         // events: a copy stored by a receiving server is the delivery, and a DSN of the other
         // MTA's, read by the bounce processor, the bounce or the expiry. Both are matched to
@@ -129,10 +164,12 @@ impl Summary {
                     domain,
                     message_id,
                     rcpt,
+                    lane,
                     ..
                 } => {
                     on_injected(r.ts);
-                    fates.insert(*msg, (domain.clone(), Fate::Queued));
+                    let transactional = lane.as_deref() == Some("transactional");
+                    fates.insert(*msg, (domain.clone(), Fate::Queued, r.ts, transactional));
                     if external {
                         let key = (message_id.clone(), rcpt.to_ascii_lowercase());
                         if let Some((ts, outcome)) = early.remove(&key) {
@@ -157,8 +194,14 @@ impl Summary {
                     }
                 }
                 Event::Delivered { msg, .. } => {
-                    let first = fates.get(msg).is_some_and(|f| f.1 != Fate::Delivered);
-                    if set_fate(&mut fates, *msg, Fate::Delivered) && first {
+                    let first = fates
+                        .get(msg)
+                        .filter(|f| f.1 != Fate::Delivered)
+                        .map(|f| (f.2, f.3));
+                    if let Some((injected, transactional)) = first {
+                        lane_ms[usize::from(transactional)].push(r.ts.saturating_sub(injected));
+                    }
+                    if set_fate(&mut fates, *msg, Fate::Delivered) && first.is_some() {
                         on_delivered(r.ts);
                     }
                 }
@@ -200,7 +243,13 @@ impl Summary {
                 _ => {}
             }
         }
-        for (domain, fate) in fates.values() {
+        if fates.values().any(|f| f.3) {
+            let [bulk, transactional] = lane_ms;
+            s.lanes.insert("bulk".into(), LaneSummary::of(bulk));
+            s.lanes
+                .insert("transactional".into(), LaneSummary::of(transactional));
+        }
+        for (domain, fate, _, _) in fates.values() {
             let d = s.domains.entry(domain.clone()).or_default();
             d.injected += 1;
             match fate {
@@ -265,7 +314,7 @@ impl Drain {
     }
 }
 
-fn set_fate(fates: &mut HashMap<u64, (String, Fate)>, msg: u64, fate: Fate) -> bool {
+fn set_fate(fates: &mut Fates, msg: u64, fate: Fate) -> bool {
     match fates.get_mut(&msg) {
         Some(entry) => {
             entry.1 = fate;
@@ -329,7 +378,7 @@ impl Outcome {
         self,
         msg: u64,
         ts: u64,
-        fates: &mut HashMap<u64, (String, Fate)>,
+        fates: &mut Fates,
         s: &mut Summary,
         on_delivered: &mut impl FnMut(u64),
     ) {
@@ -375,6 +424,58 @@ mod tests {
     }
 
     #[test]
+    fn lanes_get_their_injection_to_delivery_times_when_the_log_has_transactional_mail() {
+        let inj = |msg, lane: Option<&str>| Event::Injected {
+            msg,
+            message_id: String::new(),
+            from: "a@s.test".into(),
+            rcpt: format!("u{msg}@a.test"),
+            domain: "a.test".into(),
+            size: 1,
+            lane: lane.map(str::to_string),
+        };
+        let del = |msg| Event::Delivered {
+            msg,
+            rcpt: format!("u{msg}@a.test"),
+            domain: "a.test".into(),
+            mx: "mx".into(),
+            attempts: 1,
+        };
+        // rec(seq): ts = 1000 + 500 * seq.
+        let records = vec![
+            rec(0, inj(1, None)),
+            rec(1, inj(2, None)),
+            rec(2, inj(3, Some("transactional"))),
+            rec(3, del(3)),
+            rec(4, del(3)),
+            rec(8, del(1)),
+            rec(9, del(2)),
+        ];
+        let s = Summary::fold(&records);
+        assert_eq!(
+            s.lanes["transactional"],
+            LaneSummary {
+                delivered: 1,
+                p50_ms: 500,
+                p99_ms: 500,
+                max_ms: 500
+            }
+        );
+        assert_eq!(
+            s.lanes["bulk"],
+            LaneSummary {
+                delivered: 2,
+                p50_ms: 4000,
+                p99_ms: 4000,
+                max_ms: 4000
+            }
+        );
+        // Without transactional mail there is no lanes section (skipped in summary.json).
+        let plain = Summary::fold(&records[..2]);
+        assert!(plain.lanes.is_empty());
+    }
+
+    #[test]
     fn folds_outcomes_per_domain_and_auth() {
         let inj = |msg, domain: &str| Event::Injected {
             msg,
@@ -383,6 +484,7 @@ mod tests {
             rcpt: format!("u@{domain}"),
             domain: domain.into(),
             size: 1,
+            lane: None,
         };
         let records = vec![
             rec(
@@ -457,6 +559,7 @@ mod tests {
             rcpt: rcpt.into(),
             domain: "a.test".into(),
             size: 10,
+            lane: None,
         };
         let stored = |msg: u64, rcpt: &str| Event::Stored {
             host: "mx1.a.test".into(),

@@ -90,6 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rcpt: rcpt.clone(),
             domain: domain.into(),
             size: 5120,
+            lane: None,
         });
         if msg.is_multiple_of(50) {
             conn += 1;
