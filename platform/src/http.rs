@@ -5,14 +5,17 @@
 //! refused request has queued nothing.
 
 use crate::inject::{self, FieldError, Stamp};
+use crate::track::{Mark, Tracker};
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Path as UrlPath;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use mailsim_events::Clock;
+use axum::routing::{get, post};
+use mailsim_events::{Clock, Event, EventSink};
 use mailsim_mta::OutboundMessage;
+use mailsim_mta::suppression::Suppression;
 use serde::Serialize;
 use std::future::Future;
 use std::path::Path;
@@ -104,17 +107,39 @@ struct Api {
     spool: Arc<dyn Spool>,
     clock: Arc<dyn Clock>,
     next_id: AtomicU64,
+    tracking: Option<Tracking>,
 }
 
-/// The API's routes over `spool`, dated by `clock`.
-pub fn router(cfg: ApiConfig, spool: Arc<dyn Spool>, clock: Arc<dyn Clock>) -> Router {
+/// The MTA's open and click tracking and one-click unsubscribe, served beside the API: the
+/// key and base URL, where the events go, and the suppression list an unsubscribe joins.
+pub struct Tracking {
+    pub tracker: Tracker,
+    pub events: EventSink,
+    pub suppression: Arc<Suppression>,
+}
+
+/// The API's routes over `spool`, dated by `clock`; with `tracking`, also `/t/o/<token>` (a
+/// 1x1 GIF, an `opened` event), `/t/c/<token>` (a 302 to the link, a `clicked` event) and
+/// `/u/<token>` (RFC 8058: GET shows a button, POST `List-Unsubscribe=One-Click` adds the
+/// address to the suppression list, an `unsubscribed` event). These take no bearer token; a
+/// token that is not the MTA's own gets 404 and nothing is logged.
+pub fn router(
+    cfg: ApiConfig,
+    spool: Arc<dyn Spool>,
+    clock: Arc<dyn Clock>,
+    tracking: Option<Tracking>,
+) -> Router {
     let api = Arc::new(Api {
         cfg,
         spool,
         clock,
         next_id: AtomicU64::new(1),
+        tracking,
     });
     Router::new()
+        .route("/t/o/{token}", get(open))
+        .route("/t/c/{token}", get(click))
+        .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
         .route(
             "/api/inject/v1",
             post(inject_v1).fallback(|| async {
@@ -238,6 +263,7 @@ async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
             date_s,
             id_prefix: &api2.cfg.id_prefix,
             next_id: &api2.next_id,
+            tracker: api2.tracking.as_ref().map(|t| &t.tracker),
         };
         let made = inject::make(&request, &stamp)?;
         let emails: Vec<String> = request.recipients.into_iter().map(|r| r.email).collect();
@@ -308,4 +334,127 @@ async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
         }
     }
     json(StatusCode::OK, &answer)
+}
+
+/// A 1x1 transparent GIF (the open pixel).
+pub const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// RFC 8058 section 3.1: is this POST body (form-encoded) `List-Unsubscribe=One-Click`?
+pub fn is_one_click(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .any(|kv| kv.trim() == "List-Unsubscribe=One-Click")
+}
+
+/// What a token says, when it is one of this MTA's.
+fn mark<'a>(api: &'a Api, token: &str) -> Option<(&'a Tracking, Mark)> {
+    let t = api.tracking.as_ref()?;
+    Some((t, t.tracker.check(token)?))
+}
+
+fn no_such_link() -> Response {
+    error(StatusCode::NOT_FOUND, None, "no such link".into())
+}
+
+async fn open(State(api): State<Arc<Api>>, UrlPath(token): UrlPath<String>) -> Response {
+    let Some((t, Mark::Open { message_id, rcpt })) = mark(&api, &token) else {
+        return no_such_link();
+    };
+    t.events.emit(Event::Opened {
+        rcpt,
+        message_id,
+        url: format!("/t/o/{token}"),
+        http_status: 200,
+        error: String::new(),
+    });
+    let headers = [
+        (header::CONTENT_TYPE, "image/gif"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    (headers, PIXEL).into_response()
+}
+
+async fn click(State(api): State<Arc<Api>>, UrlPath(token): UrlPath<String>) -> Response {
+    let Some((
+        t,
+        Mark::Click {
+            message_id,
+            rcpt,
+            url,
+        },
+    )) = mark(&api, &token)
+    else {
+        return no_such_link();
+    };
+    let Ok(location) = header::HeaderValue::from_str(&url) else {
+        return no_such_link();
+    };
+    t.events.emit(Event::Clicked {
+        rcpt,
+        message_id,
+        url,
+        http_status: 302,
+        error: String::new(),
+    });
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+/// RFC 8058 section 3.2: a GET must not unsubscribe (mail scanners follow links); it shows
+/// the button that POSTs.
+async fn unsubscribe_page(
+    State(api): State<Arc<Api>>,
+    UrlPath(token): UrlPath<String>,
+) -> Response {
+    if !matches!(mark(&api, &token), Some((_, Mark::Unsubscribe { .. }))) {
+        return no_such_link();
+    }
+    let page = "<!doctype html><title>Unsubscribe</title><form method=post>\
+        <input type=hidden name=List-Unsubscribe value=One-Click>\
+        <button>Unsubscribe</button></form>\n";
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+/// RFC 8058 section 3.1: the POST body is `List-Unsubscribe=One-Click`; the address joins the
+/// suppression list (the next injection to it is not queued).
+async fn unsubscribe(
+    State(api): State<Arc<Api>>,
+    UrlPath(token): UrlPath<String>,
+    body: Body,
+) -> Response {
+    let Some((t, Mark::Unsubscribe { message_id, rcpt })) = mark(&api, &token) else {
+        return no_such_link();
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, 4096).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            "the body is larger than 4096 bytes".into(),
+        );
+    };
+    if !is_one_click(&bytes) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            None,
+            "the body must be List-Unsubscribe=One-Click (RFC 8058)".into(),
+        );
+    }
+    if t.suppression.add(&rcpt, "unsubscribed") {
+        t.events.emit(Event::SuppressionAdded {
+            rcpt: rcpt.clone(),
+            reason: "unsubscribed".into(),
+        });
+    }
+    t.events.emit(Event::Unsubscribed {
+        rcpt,
+        message_id,
+        method: "one-click".into(),
+        url: format!("/u/{token}"),
+        http_status: 200,
+        error: String::new(),
+    });
+    (StatusCode::OK, "unsubscribed\n").into_response()
 }

@@ -11,6 +11,7 @@
 
 use email_address::{EmailAddress, Options};
 use mail_builder::MessageBuilder;
+use mail_builder::headers::raw::Raw;
 use mail_builder::headers::text::Text;
 use mailsim_mta::OutboundMessage;
 use mailsim_mta::queue::Lane;
@@ -39,6 +40,10 @@ pub struct InjectRequest {
     /// `transactional` or `bulk` (the default): the MTA's lane for these messages.
     #[serde(default)]
     pub lane: Lane,
+    /// Track opens and clicks: the HTML part's links go through the MTA's click tracker and
+    /// an open pixel is added (built content with an `html_body` only).
+    #[serde(default)]
+    pub tracking: bool,
 }
 
 /// The message: a whole RFC 5322 message (a JSON string), or the parts to build it from (a
@@ -268,6 +273,8 @@ pub struct Stamp<'a> {
     pub date_s: i64,
     pub id_prefix: &'a str,
     pub next_id: &'a std::sync::atomic::AtomicU64,
+    /// The MTA's tracking (links, pixel, one-click unsubscribe), when it serves it.
+    pub tracker: Option<&'a crate::track::Tracker>,
 }
 
 impl Stamp<'_> {
@@ -319,8 +326,16 @@ pub fn make(request: &InjectRequest, stamp: &Stamp) -> Result<Vec<Made>, FieldEr
                 let text = render("content")?;
                 raw_message(&text, stamp, &sender, &format!("recipients[{i}]: content"))?
             }
-            Content::Built(b) => built_message(b, r, stamp, &sender, &render)
-                .map_err(|e| FieldError::at(format!("recipients[{i}]"), e.to_string()))?,
+            Content::Built(b) => {
+                let how = Building {
+                    stamp,
+                    sender: &sender,
+                    tracking: request.tracking,
+                    bulk: request.lane.is_bulk(),
+                };
+                built_message(b, r, &how, &render)
+                    .map_err(|e| FieldError::at(format!("recipients[{i}]"), e.to_string()))?
+            }
         };
         message.rcpts = vec![r.email.clone()];
         message.lane = request.lane;
@@ -420,14 +435,24 @@ fn template_error(e: &minijinja::Error) -> String {
     }
 }
 
+/// How a request's messages are built.
+struct Building<'a> {
+    stamp: &'a Stamp<'a>,
+    sender: &'a str,
+    /// Rewrite the HTML part's links and add the open pixel.
+    tracking: bool,
+    /// Bulk mail gets RFC 8058's List-Unsubscribe (one-click) from the MTA's tracker.
+    bulk: bool,
+}
+
 /// Build a message from its parts; `render` renders a template by field name.
 fn built_message(
     b: &Built,
     r: &Recipient,
-    stamp: &Stamp,
-    sender: &str,
+    how: &Building,
     render: &dyn Fn(&str) -> Result<String, FieldError>,
 ) -> Result<OutboundMessage, FieldError> {
+    let (stamp, sender) = (how.stamp, how.sender);
     let subject = render("content.subject")?;
     check_one_line("content.subject", &subject)?;
     let from_domain = b.from.email.rsplit_once('@').map_or("", |(_, d)| d);
@@ -459,11 +484,31 @@ fn built_message(
     }
     let id = message_id.unwrap_or_else(|| stamp.message_id(from_domain));
     builder = builder.message_id(id.clone());
+    let bracketed = format!("<{id}>");
+    if let Some(tracker) = stamp.tracker
+        && how.bulk
+        && !b
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("list-unsubscribe"))
+    {
+        let url = tracker.unsubscribe_url(&bracketed, &r.email);
+        builder = builder
+            .header("List-Unsubscribe", Raw::new(format!("<{url}>")))
+            .header(
+                "List-Unsubscribe-Post",
+                Raw::new("List-Unsubscribe=One-Click"),
+            );
+    }
     if b.text_body.is_some() {
         builder = builder.text_body(render("content.text_body")?);
     }
     if b.html_body.is_some() {
-        builder = builder.html_body(render("content.html_body")?);
+        let mut html = render("content.html_body")?;
+        if let Some(tracker) = stamp.tracker.filter(|_| how.tracking) {
+            html = tracker.rewrite_html(&html, &bracketed, &r.email);
+        }
+        builder = builder.html_body(html);
     }
     let body = builder.write_to_vec().map_err(|e| FieldError {
         field: None,
@@ -472,7 +517,7 @@ fn built_message(
     Ok(OutboundMessage {
         from: sender.to_string(),
         rcpts: Vec::new(),
-        message_id: format!("<{id}>"),
+        message_id: bracketed,
         body,
         lane: Lane::Bulk,
     })
@@ -588,6 +633,7 @@ mod tests {
             date_s: 1_700_000_000,
             id_prefix: "p",
             next_id: &next,
+            tracker: None,
         };
         make(&request, &stamp)
     }
@@ -729,6 +775,61 @@ mod tests {
         let ids: Vec<&str> = m.iter().map(|m| m.message.message_id.as_str()).collect();
         assert_eq!(ids, ["<m1@s.test>", "<m2@s.test>"]);
         assert!(m[1].message.body.ends_with(b"Hi b@x.test\r\n"));
+    }
+
+    #[test]
+    fn tracked_bulk_mail_gets_its_links_rewritten_a_pixel_and_one_click_unsubscribe() {
+        let request = parse(
+            br#"{"envelope_sender":"b@s.test","tracking":true,
+                "content":{"from":{"email":"n@s.test"},"subject":"s","text_body":"t",
+                           "html_body":"<a href='https://shop.test/{{ email }}'>go</a>"},
+                "recipients":[{"email":"a@x.test"}]}"#,
+        )
+        .unwrap();
+        let tracker = crate::track::Tracker::new(&[1; 32], "http://127.0.0.1:9");
+        let next = AtomicU64::new(1);
+        let stamp = Stamp {
+            date_s: 1_700_000_000,
+            id_prefix: "p",
+            next_id: &next,
+            tracker: Some(&tracker),
+        };
+        let m = make(&request, &stamp).unwrap();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&m[0].message.body)
+            .unwrap();
+        let html = parsed.body_html(0).unwrap();
+        let href = html
+            .split("href='")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        let token = href.strip_prefix("http://127.0.0.1:9/t/c/").unwrap();
+        assert_eq!(
+            tracker.check(token),
+            Some(crate::track::Mark::Click {
+                message_id: "<p.1@s.test>".into(),
+                rcpt: "a@x.test".into(),
+                url: "https://shop.test/a@x.test".into()
+            })
+        );
+        assert!(html.contains("http://127.0.0.1:9/t/o/"), "{html}");
+        let unsubscribe = parsed.header_raw("List-Unsubscribe").unwrap().trim();
+        assert!(
+            unsubscribe.starts_with("<http://127.0.0.1:9/u/"),
+            "{unsubscribe}"
+        );
+        // Transactional mail: no List-Unsubscribe.
+        let request = parse(
+            br#"{"envelope_sender":"b@s.test","lane":"transactional",
+                "content":{"from":{"email":"n@s.test"},"subject":"s","text_body":"t"},
+                "recipients":[{"email":"a@x.test"}]}"#,
+        )
+        .unwrap();
+        let m = make(&request, &stamp).unwrap();
+        assert!(!String::from_utf8_lossy(&m[0].message.body).contains("List-Unsubscribe"));
     }
 
     #[test]

@@ -74,6 +74,39 @@ pub struct HttpOptions {
     pub listen: SocketAddr,
     pub tokens: mailsim_platform::http::Tokens,
     pub body_max: usize,
+    /// The base of the tracking and unsubscribe URLs put in mail (`--http-public-url`;
+    /// default `http://<the listener's address>`).
+    pub public_url: Option<String>,
+}
+
+/// The key tracking tokens are signed with: `tracking.key` in the spool (made on the first
+/// start, kept across restarts, so that the links in mail already sent keep working).
+fn tracking_key(spool: &std::path::Path, env: &LiveEnv) -> anyhow::Result<[u8; 32]> {
+    let path = spool.join("tracking.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
+            anyhow::anyhow!("{}: {} bytes, a key is 32", path.display(), b.len())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = env.secret("tracking");
+            let tmp = spool.join("tracking.key.tmp");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&key)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            Ok(key)
+        }
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
 }
 
 /// The API's spool: the submission port's injector (one fsync for whatever arrived meanwhile).
@@ -282,7 +315,17 @@ pub async fn run_mta(
     let api = match opts.http.take() {
         Some(http) => {
             let listener = TcpListener::bind(http.listen).await?;
-            ready.push_str(&format!(" http={}", listener.local_addr()?));
+            let local = listener.local_addr()?;
+            ready.push_str(&format!(" http={local}"));
+            let base = http.public_url.unwrap_or_else(|| format!("http://{local}"));
+            let tracking = mailsim_platform::http::Tracking {
+                tracker: mailsim_platform::track::Tracker::new(
+                    &tracking_key(&opts.spool, &env)?,
+                    &base,
+                ),
+                events: events.clone(),
+                suppression: suppression.clone(),
+            };
             let mut prefix = [0u8; 8];
             prefix.copy_from_slice(&env.secret("message-id")[..8]);
             let cfg = ApiConfig {
@@ -296,6 +339,7 @@ pub async fn run_mta(
                     jobs: jobs_tx.clone(),
                 }),
                 env.clock(),
+                Some(tracking),
             );
             let stop = stopped(&stop_rx);
             Some(tokio::spawn(async move {

@@ -23,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the `mta` variant (its many flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario and write its event log and summary.json.
@@ -132,6 +134,10 @@ enum Command {
         /// The largest API request body taken, in bytes (larger: 413).
         #[arg(long, default_value_t = mailsim_platform::http::BODY_MAX_DEFAULT)]
         http_body_max: usize,
+        /// The base of the tracking and one-click unsubscribe URLs put in mail (default:
+        /// http:// and the --http address; give an https:// one behind a TLS proxy).
+        #[arg(long, requires = "http")]
+        http_public_url: Option<String>,
         /// Transactional and bulk mail in separate lanes: transactional first at every
         /// destination, with connections and an injector of its own. A message's lane: the
         /// API's `lane` field, an `X-Mailsim-Lane` header, or the port it came in by.
@@ -540,12 +546,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
             http,
             http_tokens,
             http_body_max,
+            http_public_url,
             lanes,
             transactional_conns,
             submission_transactional,
         } => {
             if transactional_conns == 0 {
                 anyhow::bail!("--transactional-conns 0: give at least 1");
+            }
+            if let Some(url) = &http_public_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                anyhow::bail!("--http-public-url {url:?}: give an http:// or https:// URL");
             }
             let http = match (http, &http_tokens) {
                 (None, None) => None,
@@ -558,6 +570,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     tokens: mailsim_platform::http::Tokens::load(path)
                         .map_err(|e| anyhow::anyhow!("--http-tokens {e}"))?,
                     body_max: http_body_max,
+                    public_url: http_public_url,
                 }),
             };
             let tls = match tls.as_str() {

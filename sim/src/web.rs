@@ -23,8 +23,6 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http_body_util::BodyExt;
 use mailsim_events::{Event, EventSink};
 use mailsim_mta::Connector;
@@ -261,16 +259,17 @@ pub enum Token {
     Unsubscribe { rcpt: String },
 }
 
-/// Signs and checks tokens with one key.
+/// Signs and checks tokens with one key (mailsim-platform's signer: the MTA's tracking signs
+/// its own the same way).
 #[derive(Clone)]
 pub struct Tokens {
-    key: ring::hmac::Key,
+    signer: mailsim_platform::track::Signer,
 }
 
 impl Tokens {
     pub fn new(secret: &[u8; 32]) -> Tokens {
         Tokens {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+            signer: mailsim_platform::track::Signer::new(secret),
         }
     }
 
@@ -281,20 +280,11 @@ impl Tokens {
             Token::Click { rcpt, url } => format!("c\n{rcpt}\n{url}"),
             Token::Unsubscribe { rcpt } => format!("u\n{rcpt}"),
         };
-        let tag = ring::hmac::sign(&self.key, payload.as_bytes());
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(payload),
-            URL_SAFE_NO_PAD.encode(tag.as_ref())
-        )
+        self.signer.sign(&payload)
     }
 
     pub fn check(&self, token: &str) -> Option<Token> {
-        let (payload, tag) = token.split_once('.')?;
-        let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        ring::hmac::verify(&self.key, &payload, &tag).ok()?;
-        let text = String::from_utf8(payload).ok()?;
+        let text = self.signer.check(token)?;
         let mut parts = text.splitn(3, '\n');
         let (kind, rcpt) = (parts.next()?, parts.next()?.to_string());
         match (kind, parts.next()) {
@@ -335,13 +325,6 @@ pub struct Tracking {
     /// `https://127.0.0.1:P` (unsubscribe).
     pub https_base: String,
 }
-
-/// A 1x1 transparent GIF.
-const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
-    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
-];
 
 impl SenderWeb {
     pub fn new(secret: &[u8; 32], suppression: Arc<Suppression>, events: EventSink) -> Arc<Self> {
@@ -389,7 +372,11 @@ async fn open(State(web): State<Arc<SenderWeb>>, Path(token): Path<String>) -> R
         e.opens += 1;
         e.mailed_since = 0;
     });
-    ([(header::CONTENT_TYPE, "image/gif")], PIXEL).into_response()
+    (
+        [(header::CONTENT_TYPE, "image/gif")],
+        mailsim_platform::http::PIXEL,
+    )
+        .into_response()
 }
 
 async fn click(State(web): State<Arc<SenderWeb>>, Path(token): Path<String>) -> Response {
@@ -431,10 +418,7 @@ async fn unsubscribe(
     let Ok(bytes) = axum::body::to_bytes(body, 4096).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response();
     };
-    let one_click = String::from_utf8_lossy(&bytes)
-        .split('&')
-        .any(|kv| kv.trim() == "List-Unsubscribe=One-Click");
-    if !one_click {
+    if !mailsim_platform::http::is_one_click(&bytes) {
         return (
             StatusCode::BAD_REQUEST,
             "the body must be List-Unsubscribe=One-Click (RFC 8058)\n",
@@ -453,6 +437,8 @@ async fn unsubscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn tokens_round_trip_and_refuse_forgeries() {

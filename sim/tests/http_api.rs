@@ -70,31 +70,55 @@ fn wait_stored(mailboxes: &Path, n: usize) -> std::collections::BTreeMap<String,
     }
 }
 
+/// A fleet (scenarios/crash.toml's domains) and `mailsim mta --http` delivering to it, with
+/// the test's token and `extra` flags.
+struct Platform {
+    _fleet: Reaper,
+    mta: Reaper,
+    api: String,
+    fleet_dir: std::path::PathBuf,
+    spool: std::path::PathBuf,
+}
+
+impl Platform {
+    fn start(dir: &Path, extra: &[&str]) -> Platform {
+        let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/crash.toml");
+        let fleet_dir = dir.join("fleet");
+        let (fleet, ready) = start(bin().args([
+            "fleet",
+            scenario.to_str().unwrap(),
+            "--out",
+            fleet_dir.to_str().unwrap(),
+        ]));
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, format!("# the test's token\n\n{TOKEN}\n")).unwrap();
+        let spool = dir.join("spool");
+        let (mta, mta_ready) = start(
+            bin()
+                .args(["mta", "--spool"])
+                .arg(&spool)
+                .args(["--dns", field(&ready, "dns")])
+                .args(["--remote-port", field(&ready, "smtp_port")])
+                .args(["--submission", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+                .arg("--http-tokens")
+                .arg(&tokens)
+                .args(extra),
+        );
+        Platform {
+            _fleet: fleet,
+            mta,
+            api: field(&mta_ready, "http").to_string(),
+            fleet_dir,
+            spool,
+        }
+    }
+}
+
 #[test]
 fn the_injection_api_answers_each_case_and_queues_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/crash.toml");
-    let fleet_dir = dir.path().join("fleet");
-    let (_fleet, ready) = start(bin().args([
-        "fleet",
-        scenario.to_str().unwrap(),
-        "--out",
-        fleet_dir.to_str().unwrap(),
-    ]));
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("# the test's token\n\n{TOKEN}\n")).unwrap();
-    let (_mta, mta_ready) = start(
-        bin()
-            .args(["mta", "--spool"])
-            .arg(dir.path().join("spool"))
-            .args(["--dns", field(&ready, "dns")])
-            .args(["--remote-port", field(&ready, "smtp_port")])
-            .args(["--submission", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .arg("--http-tokens")
-            .arg(&tokens)
-            .args(["--http-body-max", "1000000"]),
-    );
-    let api = field(&mta_ready, "http").to_string();
+    let p = Platform::start(dir.path(), &["--http-body-max", "1000000"]);
+    let (api, fleet_dir) = (p.api.clone(), p.fleet_dir.clone());
     let mailboxes = fleet_dir.join("mailboxes");
 
     // One message, given whole.
@@ -232,4 +256,185 @@ fn the_injection_api_answers_each_case_and_queues_all_or_nothing() {
             Some("spring")
         );
     }
+}
+
+/// A tiny web server standing for the shop a newsletter links to: answers every request with
+/// a page naming the path it was asked for, and keeps the paths.
+fn shop() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let paths = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            paths.lock().unwrap().push(path.clone());
+            let body = format!("<html><title>Shop</title><p id=landed>landed on {path}</p></html>");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let Platform {
+        _fleet: _fleet_up,
+        mut mta,
+        api,
+        fleet_dir,
+        spool,
+    } = Platform::start(dir.path(), &[]);
+    let (shop_port, shop_paths) = shop();
+    let link = format!("http://127.0.0.1:{shop_port}/winter?from=mail&amp;id=7");
+    let request = serde_json::json!({
+        "envelope_sender": "bounces@news.example.test",
+        "tracking": true,
+        "content": {
+            "from": {"email": "news@news.example.test"},
+            "subject": "Winter sale",
+            "text_body": "See the shop.",
+            "html_body": format!("<html><body><p>Hello {{{{ name }}}}</p><a id=go href=\"{link}\">Shop now</a></body></html>")
+        },
+        "recipients": [{"email": "reader@a.test", "name": "Reader"}]
+    });
+    let (status, answer) = curl(
+        &api,
+        &[AUTH, JSON],
+        &serde_json::to_vec(&request).unwrap(),
+        dir.path(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let message_id = answer["queued"][0]["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = wait_stored(&fleet_dir.join("mailboxes"), 1);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(stored[&message_id].as_bytes())
+        .unwrap();
+    // What the reader's browser gets: the HTML part as delivered.
+    let page = dir.path().join("message.html");
+    std::fs::write(&page, parsed.body_html(0).unwrap().as_bytes()).unwrap();
+    let tracked = {
+        let html = parsed.body_html(0).unwrap().to_string();
+        let href = html
+            .split("href=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        href.replace("&amp;", "&")
+    };
+    assert!(
+        tracked.starts_with(&format!("http://{api}/t/c/")),
+        "the link goes through the tracker: {tracked}"
+    );
+    // Opening the message loads the pixel; following the link lands on the shop.
+    let opened = common::chromium_dom(dir.path(), &format!("file://{}", page.display()));
+    assert!(String::from_utf8_lossy(&opened.stdout).contains("Shop now"));
+    let clicked = common::chromium_dom(dir.path(), &tracked);
+    let dom = String::from_utf8_lossy(&clicked.stdout);
+    assert!(
+        dom.contains("landed on /winter?from=mail&amp;id=7"),
+        "Chromium ended on the shop's page: {dom}"
+    );
+    let asked: Vec<String> = shop_paths
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| *p != "/favicon.ico")
+        .cloned()
+        .collect();
+    assert_eq!(
+        asked,
+        ["/winter?from=mail&id=7"],
+        "the shop saw the original link's path once"
+    );
+    // A token that is not the MTA's: 404, nothing logged.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{api}/t/c/b3RoZXI.AAAA"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    // RFC 8058 one-click: the POST unsubscribes; the next injection to the reader is refused.
+    let unsubscribe = parsed
+        .header_raw("List-Unsubscribe")
+        .unwrap()
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_string();
+    assert_eq!(
+        parsed.header_raw("List-Unsubscribe-Post").map(str::trim),
+        Some("List-Unsubscribe=One-Click")
+    );
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["-X", "POST", "-d", "List-Unsubscribe=One-Click"])
+        .arg(&unsubscribe)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let (status, answer) = curl(
+        &api,
+        &[AUTH, JSON],
+        &serde_json::to_vec(&request).unwrap(),
+        dir.path(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(answer["success_count"], 0, "{answer}");
+    assert_eq!(answer["failed_recipients"][0], "reader@a.test");
+    // The MTA's log, after an orderly stop: one open, one click with the original link, one
+    // unsubscribe, for this message and reader.
+    let _ = Command::new("kill")
+        .args(["-INT", &mta.0.id().to_string()])
+        .status();
+    mta.0.wait().unwrap();
+    let (records, _) = mailsim_events::read_log(&spool.join("events.log")).unwrap();
+    let mut seen = Vec::new();
+    for r in &records {
+        match &r.event {
+            mailsim_events::Event::Opened {
+                rcpt,
+                message_id: m,
+                ..
+            } => seen.push(format!("opened {rcpt} {m}")),
+            mailsim_events::Event::Clicked {
+                rcpt,
+                message_id: m,
+                url,
+                ..
+            } => seen.push(format!("clicked {rcpt} {m} {url}")),
+            mailsim_events::Event::Unsubscribed {
+                rcpt,
+                message_id: m,
+                ..
+            } => seen.push(format!("unsubscribed {rcpt} {m}")),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            format!("opened reader@a.test {message_id}"),
+            format!(
+                "clicked reader@a.test {message_id} http://127.0.0.1:{shop_port}/winter?from=mail&id=7"
+            ),
+            format!("unsubscribed reader@a.test {message_id}"),
+        ]
+    );
 }

@@ -24,29 +24,9 @@ fn run_scenario(name: &str, out: &Path) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// `page` loaded in headless Chromium (a profile under `dir`): its DOM once scripts ran on
-/// stdout, the browser's log (console messages) on stderr.
+/// `page` (a file) loaded in headless Chromium: its DOM on stdout, the browser's log on stderr.
 fn chromium_dom(dir: &Path, page: &Path) -> std::process::Output {
-    let profile = dir.join("chromium-profile");
-    Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("chromium (installed by .ci/run)")
+    common::chromium_dom(dir, &format!("file://{}", page.display()))
 }
 
 #[test]

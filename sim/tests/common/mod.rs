@@ -222,3 +222,28 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("{key} in {line:?}"))
 }
+
+/// `url` loaded in headless Chromium (a profile under `dir`): its DOM once scripts ran (and
+/// redirects were followed) on stdout, the browser's log (console messages) on stderr.
+pub fn chromium_dom(dir: &Path, url: &str) -> std::process::Output {
+    let profile = dir.join("chromium-profile");
+    std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .output()
+        .expect("chromium (installed by .ci/run)")
+}
