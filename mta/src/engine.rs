@@ -389,7 +389,13 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             let mut k = Vec::with_capacity(m.rcpts.len());
             let mut a = Vec::with_capacity(m.rcpts.len());
             for rcpt in &m.rcpts {
-                match inner.suppression.reason(rcpt) {
+                // An unsubscribe is from marketing: transactional mail (a password reset) still
+                // goes; bounces and complaints stop every lane.
+                let reason = inner
+                    .suppression
+                    .reason(rcpt)
+                    .filter(|r| m.lane.is_bulk() || r != "unsubscribed");
+                match reason {
                     Some(reason) => {
                         a.push(Err(reason.clone()));
                         suppressed.push((m.message_id.clone(), rcpt.clone(), reason));

@@ -4,7 +4,8 @@
 //! JSON, `{"error": {"status": 400, "field": "recipients[3].email", "message": "..."}}`, and a
 //! refused request has queued nothing.
 
-use crate::inject::{self, FieldError, Stamp};
+use crate::inject::{self, FieldError, InjectRequest, Stamp};
+use crate::lists::Lists;
 use crate::track::{Mark, Tracker};
 use axum::Router;
 use axum::body::Body;
@@ -22,6 +23,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 /// For each message and each of its recipients: the queue id, or why it was not queued.
 pub type Spooled = Vec<Vec<Result<u64, String>>>;
@@ -74,8 +76,8 @@ impl Tokens {
         Ok(Tokens { digests })
     }
 
-    /// Is `Authorization: Bearer <token>` one of ours?
-    fn admits(&self, headers: &HeaderMap) -> bool {
+    /// None when `Authorization: Bearer <token>` names one of ours, else why not.
+    fn refuses(&self, headers: &HeaderMap) -> Option<&'static str> {
         let Some(token) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -83,11 +85,15 @@ impl Tokens {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
         else {
-            return false;
+            return Some("a bearer token is needed (Authorization: Bearer <token>)");
         };
         let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         // Digests compared: what the comparison's time could tell is about a hash, not a token.
-        self.digests.iter().any(|t| t.as_ref() == d.as_ref())
+        if self.digests.iter().any(|t| t.as_ref() == d.as_ref()) {
+            None
+        } else {
+            Some("the bearer token is not accepted")
+        }
     }
 }
 
@@ -101,6 +107,55 @@ pub struct ApiConfig {
 
 /// Request bodies up to 16 MiB by default: 10,000 recipients with a few fields each.
 pub const BODY_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// A request's header must arrive within this (also between requests on a kept-alive
+/// connection: an idle client is let go), its body within `BODY_SECONDS_MAX`.
+pub const HEADER_SECONDS_MAX: Duration = Duration::from_secs(10);
+pub const BODY_SECONDS_MAX: Duration = Duration::from_secs(60);
+/// Connections served at once; more are closed at once (file descriptors are shared with the
+/// MTA's SMTP).
+pub const CONNECTIONS_MAX: usize = 256;
+
+/// Serve `router` on `listener` until `stop`: HTTP/1.1 with the header timeout, at most
+/// `CONNECTIONS_MAX` connections; at `stop`, no new connection, and the open ones get 5 s to
+/// finish their request.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    continue; // over the cap: dropped, closed
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                connections.spawn(async move {
+                    let _permit = permit;
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_SECONDS_MAX);
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = http.serve_connection(io, service).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    Ok(())
+}
 
 struct Api {
     cfg: ApiConfig,
@@ -108,6 +163,7 @@ struct Api {
     clock: Arc<dyn Clock>,
     next_id: AtomicU64,
     tracking: Option<Tracking>,
+    lists: Option<Arc<Lists>>,
 }
 
 /// The MTA's open and click tracking and one-click unsubscribe, served beside the API: the
@@ -128,6 +184,7 @@ pub fn router(
     spool: Arc<dyn Spool>,
     clock: Arc<dyn Clock>,
     tracking: Option<Tracking>,
+    lists: Option<Arc<Lists>>,
 ) -> Router {
     let api = Arc::new(Api {
         cfg,
@@ -135,11 +192,23 @@ pub fn router(
         clock,
         next_id: AtomicU64::new(1),
         tracking,
+        lists,
     });
     Router::new()
-        .route("/t/o/{token}", get(open))
-        .route("/t/c/{token}", get(click))
-        .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
+        .route("/t/o/{token}", get(open).fallback(wrong_method))
+        .route("/t/c/{token}", get(click).fallback(wrong_method))
+        .route(
+            "/u/{token}",
+            get(unsubscribe_page)
+                .post(unsubscribe)
+                .fallback(wrong_method),
+        )
+        .route(
+            "/api/campaigns",
+            post(campaigns).fallback(|| async {
+                error(StatusCode::METHOD_NOT_ALLOWED, None, "use POST".into())
+            }),
+        )
         .route(
             "/api/inject/v1",
             post(inject_v1).fallback(|| async {
@@ -200,18 +269,19 @@ pub struct QueuedRecipient {
     pub message_id: String,
 }
 
-async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
-    if !api.cfg.tokens.admits(&headers) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            None,
-            "a bearer token is needed (Authorization: Bearer <token>)".into(),
-        );
+/// A request's JSON body, once the bearer token, the media type and the size are right.
+async fn json_body(
+    api: &Api,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
+    if let Some(why) = api.cfg.tokens.refuses(headers) {
+        let mut r = error(StatusCode::UNAUTHORIZED, None, why.into());
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer realm=\"mailsim\""),
         );
-        return r;
+        return Err(r);
     }
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -219,11 +289,11 @@ async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return error(
+        return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
             "the body must be JSON (Content-Type: application/json)".into(),
-        );
+        ));
     }
     let max = api.cfg.body_max;
     let too_large = || {
@@ -238,26 +308,43 @@ async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return too_large();
+        return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(body, max).await {
-        Ok(b) => b,
-        Err(e) => {
+    match tokio::time::timeout(BODY_SECONDS_MAX, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            None,
+            format!(
+                "the body did not arrive within {} s",
+                BODY_SECONDS_MAX.as_secs()
+            ),
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
             if e.into_inner().is::<http_body_util::LengthLimitError>() {
-                return too_large();
+                Err(too_large())
+            } else {
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    "the body could not be read".into(),
+                ))
             }
-            return error(
-                StatusCode::BAD_REQUEST,
-                None,
-                "the body could not be read".into(),
-            );
         }
-    };
+    }
+}
+
+fn refused(e: FieldError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    field_error(status, e)
+}
+
+/// Check, build and spool one request's messages (all or none); what became of each recipient.
+async fn queue(api: &Arc<Api>, request: InjectRequest) -> Result<InjectResponse, Response> {
     let date_s = (api.clock.now_ms() / 1000) as i64;
     let api2 = api.clone();
     // Checking and templating a large request is CPU work: off the I/O threads.
     let made = tokio::task::spawn_blocking(move || {
-        let request = inject::parse(&bytes)?;
         inject::check(&request)?;
         let stamp = Stamp {
             date_s,
@@ -272,35 +359,25 @@ async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
     .await;
     let (made, emails) = match made {
         Ok(Ok(m)) => m,
-        Ok(Err(e)) => {
-            let status = if e.message.contains("bytes of mail") {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return field_error(status, e);
-        }
+        Ok(Err(e)) => return Err(refused(e)),
         Err(e) => {
-            return error(
+            return Err(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 None,
                 format!("not queued: {e}"),
-            );
+            ));
         }
     };
     let message_ids: Vec<String> = made.iter().map(|m| m.message.message_id.clone()).collect();
     let targets: Vec<Vec<usize>> = made.iter().map(|m| m.recipients.clone()).collect();
     let batch = made.into_iter().map(|m| m.message).collect();
-    let spooled = match api.spool.spool(batch).await {
-        Ok(s) => s,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                format!("not queued: {e}"),
-            );
-        }
-    };
+    let spooled = api.spool.spool(batch).await.map_err(|e| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            format!("not queued: {e}"),
+        )
+    })?;
     let mut answer = InjectResponse {
         success_count: 0,
         fail_count: 0,
@@ -333,6 +410,108 @@ async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
             });
         }
     }
+    Ok(answer)
+}
+
+async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match json_body(&api, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let request = match tokio::task::spawn_blocking(move || inject::parse(&bytes)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return refused(e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
+    };
+    match queue(&api, request).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(r) => r,
+    }
+}
+
+/// The answer to a campaign: how the list's subscribers stood, and what was queued.
+#[derive(Serialize)]
+pub struct CampaignResponse {
+    pub list: String,
+    /// Active subscribers mailed.
+    pub recipients: usize,
+    pub success_count: usize,
+    pub fail_count: usize,
+    pub failed_recipients: Vec<String>,
+    pub errors: Vec<String>,
+    /// The list's subscribers by status after the campaign was queued.
+    pub statuses: std::collections::BTreeMap<String, u64>,
+}
+
+/// Recipients per batch of a campaign (each batch is checked, built and spooled whole).
+const CAMPAIGN_BATCH: usize = 1000;
+
+async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match json_body(&api, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(lists) = api.lists.clone() else {
+        return error(StatusCode::NOT_FOUND, None, "no lists on this MTA".into());
+    };
+    let request = match tokio::task::spawn_blocking(move || inject::parse_campaign(&bytes)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return refused(e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
+    };
+    let suppression = api.tracking.as_ref().map(|t| t.suppression.clone());
+    let list = request.list.clone();
+    let subscribers = {
+        let (lists, list) = (lists.clone(), list.clone());
+        tokio::task::spawn_blocking(move || {
+            lists.active(&list, |e| suppression.as_ref().and_then(|s| s.reason(e)))
+        })
+        .await
+    };
+    let subscribers = match subscribers {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, None, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
+    };
+    if subscribers.is_empty() {
+        return field_error(
+            StatusCode::BAD_REQUEST,
+            FieldError {
+                field: Some("list".into()),
+                message: format!("{list:?} has no active subscriber"),
+                status: 400,
+            },
+        );
+    }
+    let mut answer = CampaignResponse {
+        list: list.clone(),
+        recipients: subscribers.len(),
+        success_count: 0,
+        fail_count: 0,
+        failed_recipients: Vec::new(),
+        errors: Vec::new(),
+        statuses: Default::default(),
+    };
+    for chunk in subscribers.chunks(CAMPAIGN_BATCH) {
+        match queue(&api, request.for_subscribers(chunk)).await {
+            Ok(part) => {
+                answer.success_count += part.success_count;
+                answer.fail_count += part.fail_count;
+                answer.failed_recipients.extend(part.failed_recipients);
+                answer.errors.extend(part.errors);
+            }
+            // A refused first batch queued nothing; a later one says how far it got.
+            Err(r) if answer.success_count == 0 => return r,
+            Err(_) => {
+                answer.errors.push(format!(
+                    "stopped after {} recipients: a batch was refused",
+                    answer.success_count + answer.fail_count
+                ));
+                break;
+            }
+        }
+    }
+    answer.statuses = lists.counts(&list).unwrap_or_default();
     json(StatusCode::OK, &answer)
 }
 
@@ -343,11 +522,20 @@ pub const PIXEL: &[u8] = &[
     0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
-/// RFC 8058 section 3.1: is this POST body (form-encoded) `List-Unsubscribe=One-Click`?
+/// RFC 8058 section 3.1: does this POST body carry `List-Unsubscribe=One-Click`, form-encoded
+/// (`application/x-www-form-urlencoded`, percent-encoding allowed) or as a part of
+/// `multipart/form-data` (which the RFC recommends)?
 pub fn is_one_click(body: &[u8]) -> bool {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .any(|kv| kv.trim() == "List-Unsubscribe=One-Click")
+    if form_urlencoded::parse(body).any(|(k, v)| k == "List-Unsubscribe" && v == "One-Click") {
+        return true;
+    }
+    let text = String::from_utf8_lossy(body);
+    // multipart/form-data: a part named List-Unsubscribe whose value is One-Click.
+    text.split("name=\"List-Unsubscribe\"").skip(1).any(|rest| {
+        rest.split_once("\r\n\r\n")
+            .or_else(|| rest.split_once("\n\n"))
+            .is_some_and(|(_, value)| value.lines().next().map(str::trim) == Some("One-Click"))
+    })
 }
 
 /// What a token says, when it is one of this MTA's.
@@ -360,10 +548,26 @@ fn no_such_link() -> Response {
     error(StatusCode::NOT_FOUND, None, "no such link".into())
 }
 
-async fn open(State(api): State<Arc<Api>>, UrlPath(token): UrlPath<String>) -> Response {
+async fn wrong_method() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        None,
+        "use GET (or POST to unsubscribe)".into(),
+    )
+}
+
+async fn open(
+    State(api): State<Arc<Api>>,
+    method: axum::http::Method,
+    UrlPath(token): UrlPath<String>,
+) -> Response {
     let Some((t, Mark::Open { message_id, rcpt })) = mark(&api, &token) else {
         return no_such_link();
     };
+    if method == axum::http::Method::HEAD {
+        // A HEAD fetches nothing: no open (link checkers and proxies send them).
+        return ([(header::CONTENT_TYPE, "image/gif")], "").into_response();
+    }
     t.events.emit(Event::Opened {
         rcpt,
         message_id,
@@ -378,7 +582,11 @@ async fn open(State(api): State<Arc<Api>>, UrlPath(token): UrlPath<String>) -> R
     (headers, PIXEL).into_response()
 }
 
-async fn click(State(api): State<Arc<Api>>, UrlPath(token): UrlPath<String>) -> Response {
+async fn click(
+    State(api): State<Arc<Api>>,
+    method: axum::http::Method,
+    UrlPath(token): UrlPath<String>,
+) -> Response {
     let Some((
         t,
         Mark::Click {
@@ -393,6 +601,9 @@ async fn click(State(api): State<Arc<Api>>, UrlPath(token): UrlPath<String>) -> 
     let Ok(location) = header::HeaderValue::from_str(&url) else {
         return no_such_link();
     };
+    if method == axum::http::Method::HEAD {
+        return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
+    }
     t.events.emit(Event::Clicked {
         rcpt,
         message_id,
@@ -441,6 +652,11 @@ async fn unsubscribe(
             None,
             "the body must be List-Unsubscribe=One-Click (RFC 8058)".into(),
         );
+    }
+    if let Some(lists) = &api.lists
+        && let Err(e) = lists.set_status(&rcpt, "unsubscribed")
+    {
+        tracing::warn!("lists: {e}");
     }
     if t.suppression.add(&rcpt, "unsubscribed") {
         t.events.emit(Event::SuppressionAdded {

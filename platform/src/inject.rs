@@ -24,8 +24,11 @@ use std::collections::BTreeMap;
 pub const RECIPIENTS_MAX: usize = 10_000;
 /// The most bytes of mail one request may make (all its messages together).
 pub const RENDERED_BYTES_MAX: usize = 256 * 1024 * 1024;
-/// The template work one message may take (minijinja's fuel: about one unit per instruction).
-pub const TEMPLATE_FUEL: u64 = 200_000;
+/// The template work one field of one message may take (minijinja's fuel: about one unit per
+/// instruction).
+pub const TEMPLATE_FUEL: u64 = 50_000;
+/// The longest one request may spend building its messages.
+pub const RENDER_SECONDS_MAX: u64 = 10;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,8 +40,8 @@ pub struct InjectRequest {
     /// Substitution data for every recipient (a recipient's own wins).
     #[serde(default)]
     pub substitutions: Map<String, Value>,
-    /// `transactional` or `bulk` (the default): the MTA's lane for these messages.
-    #[serde(default)]
+    /// `transactional` or `bulk` (the default, any case): the MTA's lane for these messages.
+    #[serde(default, deserialize_with = "lane")]
     pub lane: Lane,
     /// Track opens and clicks: the HTML part's links go through the MTA's click tracker and
     /// an open pixel is added (built content with an `html_body` only).
@@ -48,13 +51,13 @@ pub struct InjectRequest {
 
 /// The message: a whole RFC 5322 message (a JSON string), or the parts to build it from (a
 /// JSON object).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Content {
     Raw(String),
     Built(Built),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Built {
     pub from: Mailbox,
@@ -70,7 +73,7 @@ pub struct Built {
     pub html_body: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mailbox {
     pub email: String,
@@ -86,6 +89,12 @@ pub struct Recipient {
     pub name: Option<String>,
     #[serde(default)]
     pub substitutions: Map<String, Value>,
+}
+
+fn lane<'de, D: Deserializer<'de>>(d: D) -> Result<Lane, D::Error> {
+    let word = String::deserialize(d)?;
+    Lane::parse(&word)
+        .ok_or_else(|| de::Error::custom(format!("{word:?} is not a lane: bulk or transactional")))
 }
 
 impl<'de> Deserialize<'de> for Content {
@@ -110,12 +119,84 @@ impl<'de> Deserialize<'de> for Content {
     }
 }
 
+/// `POST /api/campaigns`: the injection request's fields, with a list (`lists`) instead of
+/// recipients; each active subscriber is a recipient, its CSV fields its substitution data
+/// (`name` also names it in To:).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRequest {
+    pub list: String,
+    pub envelope_sender: String,
+    pub content: Content,
+    #[serde(default)]
+    pub substitutions: Map<String, Value>,
+    #[serde(default, deserialize_with = "lane")]
+    pub lane: Lane,
+    #[serde(default)]
+    pub tracking: bool,
+}
+
+impl CampaignRequest {
+    /// The injection request for these subscribers.
+    pub fn for_subscribers(&self, subscribers: &[crate::lists::Subscriber]) -> InjectRequest {
+        InjectRequest {
+            envelope_sender: self.envelope_sender.clone(),
+            content: self.content.clone(),
+            recipients: subscribers
+                .iter()
+                .map(|s| Recipient {
+                    email: s.email.clone(),
+                    name: s
+                        .fields
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    substitutions: s.fields.clone(),
+                })
+                .collect(),
+            substitutions: self.substitutions.clone(),
+            lane: self.lane,
+            tracking: self.tracking,
+        }
+    }
+}
+
+/// Read a campaign request (as [`parse`] reads an injection).
+pub fn parse_campaign(body: &[u8]) -> Result<CampaignRequest, FieldError> {
+    let request: CampaignRequest = read_json(body)?;
+    crate::lists::check_list_name(&request.list).map_err(|m| FieldError::at("list", m))?;
+    Ok(request)
+}
+
+/// A JSON object of type `T`; an error names the field being read (its JSON path).
+fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldError> {
+    // A struct would also be read from an array, by position: only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(FieldError::whole("the body must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        FieldError {
+            // serde_path_to_error names the root "."; otherwise the field being read.
+            field: (path != ".").then_some(path),
+            message: e.into_inner().to_string(),
+            status: 400,
+        }
+    })?;
+    de.end().map_err(|e| FieldError::whole(e.to_string()))?;
+    Ok(value)
+}
+
 /// What was wrong with a request, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     /// The JSON path of the field (`recipients[3].email`); none when the body as a whole is bad.
     pub field: Option<String>,
     pub message: String,
+    /// The HTTP status it calls for: 400, or 413 when the request would make too much mail.
+    #[serde(skip)]
+    pub status: u16,
 }
 
 impl FieldError {
@@ -123,6 +204,15 @@ impl FieldError {
         FieldError {
             field: Some(field.into()),
             message: message.into(),
+            status: 400,
+        }
+    }
+
+    fn whole(message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: None,
+            message: message.into(),
+            status: 400,
         }
     }
 }
@@ -138,34 +228,35 @@ impl std::fmt::Display for FieldError {
 
 /// Read a request body. Bad JSON, a wrong type, a missing or unknown field: the error names it.
 pub fn parse(body: &[u8]) -> Result<InjectRequest, FieldError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let request: InjectRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        FieldError {
-            // serde_path_to_error names the root ".", and a field it could not finish reading
-            // by the name of the last key it read.
-            field: (path != "." && !inner.is_syntax() && !inner.is_eof()).then_some(path),
-            message: inner.to_string(),
-        }
-    })?;
-    de.end().map_err(|e| FieldError {
-        field: None,
-        message: e.to_string(),
-    })?;
-    Ok(request)
+    read_json(body)
 }
 
 /// An address a mail server can route: RFC 5321's form, no display name, a dotted domain.
 pub fn check_address(field: &str, address: &str) -> Result<(), FieldError> {
     let options = Options::default().without_display_text();
-    match EmailAddress::parse_with_options(address, options) {
-        Ok(a) if a.domain().contains('.') => Ok(()),
-        Ok(_) => Err(FieldError::at(
-            field,
-            format!("{address:?}: the domain must be a fully qualified name"),
-        )),
-        Err(e) => Err(FieldError::at(field, format!("{address:?}: {e}"))),
+    let a = EmailAddress::parse_with_options(address, options)
+        .map_err(|e| FieldError::at(field, format!("{address:?}: {e}")))?;
+    let domain = a.domain();
+    let why = if domain.starts_with('[') {
+        Some("an address literal: give a domain name")
+    } else if !domain.is_ascii() {
+        Some("a domain not in ASCII: give its xn-- form (IDNA)")
+    } else if !domain.contains('.') {
+        Some("the domain must be a fully qualified name")
+    } else if !domain.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }) {
+        Some("the domain is not a host name (RFC 1123: letters, digits and inner hyphens)")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(FieldError::at(field, format!("{address:?}: {why}"))),
+        None => Ok(()),
     }
 }
 
@@ -182,27 +273,50 @@ fn check_field_name(field: &str, name: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// A header value must stay one field: no line breaks (header injection).
-fn check_one_line(field: &str, value: &str) -> Result<(), FieldError> {
+/// Why a header value cannot be written as given: a line break (header injection) or another
+/// control character (RFC 5322 allows none but the tab).
+fn header_value_fault(value: &str) -> Option<&'static str> {
     if value.contains(['\r', '\n']) {
-        return Err(FieldError::at(
-            field,
-            "a header value may not contain a line break",
-        ));
+        Some("a header value may not contain a line break")
+    } else if value.chars().any(|c| c.is_control() && c != '\t') {
+        Some("a header value may not contain control characters")
+    } else {
+        None
     }
-    Ok(())
 }
 
-/// Fields the builder writes itself: set through `from`, `subject`, `reply_to` and the bodies.
-const BUILT_FIELDS: [&str; 8] = [
+fn check_one_line(field: &str, value: &str) -> Result<(), FieldError> {
+    match header_value_fault(value) {
+        Some(why) => Err(FieldError::at(field, why)),
+        None => Ok(()),
+    }
+}
+
+/// RFC 5322 3.6.4's msg-id without its angle brackets: `left@right`, printable ASCII, no
+/// white space or angle brackets.
+fn valid_message_id(id: &str) -> bool {
+    id.split_once('@').is_some_and(|(l, r)| {
+        !l.is_empty()
+            && !r.is_empty()
+            && !r.contains('@')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+    })
+}
+
+/// Fields the builder writes itself (from `from`, `subject`, `reply_to`, `recipients`, the
+/// bodies and `lane`), or that would mislead about who got the message.
+const BUILT_FIELDS: [&str; 9] = [
     "from",
     "to",
+    "cc",
+    "bcc",
     "subject",
     "reply-to",
     "date",
     "mime-version",
-    "content-type",
-    "content-transfer-encoding",
+    "x-mailsim-lane",
 ];
 
 /// Check what can be checked before any template is rendered.
@@ -234,6 +348,12 @@ pub fn check(request: &InjectRequest) -> Result<(), FieldError> {
             if text.trim().is_empty() {
                 return Err(FieldError::at("content", "the message is empty"));
             }
+            if request.tracking {
+                return Err(FieldError::at(
+                    "tracking",
+                    "tracking rewrites an html_body: give content as an object",
+                ));
+            }
         }
         Content::Built(b) => {
             check_address("content.from.email", &b.from.email)?;
@@ -246,15 +366,29 @@ pub fn check(request: &InjectRequest) -> Result<(), FieldError> {
                     check_one_line("content.reply_to.name", name)?;
                 }
             }
+            let mut seen = std::collections::BTreeSet::new();
             for name in b.headers.keys() {
                 let field = format!("content.headers.{name}");
                 check_field_name(&field, name)?;
-                if BUILT_FIELDS.contains(&name.to_ascii_lowercase().as_str()) {
+                let lower = name.to_ascii_lowercase();
+                if BUILT_FIELDS.contains(&lower.as_str()) || lower.starts_with("content-") {
                     return Err(FieldError::at(
                         field,
-                        "this field is written from content's own fields (from, subject, reply_to, the bodies)",
+                        "this field is written from the request's own fields (from, subject, reply_to, recipients, the bodies, lane)",
                     ));
                 }
+                if !seen.insert(lower) {
+                    return Err(FieldError::at(
+                        field,
+                        "the field is named twice (names are case-insensitive)",
+                    ));
+                }
+            }
+            if seen.contains("list-unsubscribe-post") && !seen.contains("list-unsubscribe") {
+                return Err(FieldError::at(
+                    "content.headers.List-Unsubscribe-Post",
+                    "List-Unsubscribe-Post needs a List-Unsubscribe field (RFC 8058)",
+                ));
             }
             if b.text_body.is_none() && b.html_body.is_none() {
                 return Err(FieldError::at(
@@ -314,16 +448,31 @@ pub fn make(request: &InjectRequest, stamp: &Stamp) -> Result<Vec<Made>, FieldEr
     }
     let mut made = Vec::with_capacity(request.recipients.len());
     let mut bytes = 0usize;
+    let started = std::time::Instant::now();
     for (i, r) in request.recipients.iter().enumerate() {
+        if started.elapsed().as_secs() >= RENDER_SECONDS_MAX {
+            return Err(FieldError::at(
+                "recipients",
+                format!(
+                    "building the messages took over {RENDER_SECONDS_MAX} s (stopped at recipient {i}): send fewer recipients per request or a simpler template"
+                ),
+            ));
+        }
         let ctx = context(request, r);
+        let left = std::cell::Cell::new(RENDERED_BYTES_MAX.saturating_sub(bytes));
         let render = |name: &str| {
-            templates
-                .render(name, &ctx)
-                .map_err(|e| FieldError::at(format!("recipients[{i}]"), format!("{name}: {e}")))
+            let out = templates
+                .render(name, &ctx, left.get())
+                .map_err(|e| FieldError {
+                    field: Some(format!("recipients[{i}]")),
+                    ..e
+                })?;
+            left.set(left.get().saturating_sub(out.len()));
+            Ok(out)
         };
         let mut message = match &request.content {
             Content::Raw(_) => {
-                let text = render("content")?;
+                let text = format!("{}\n\n{}", render("content.head")?, render("content.body")?);
                 raw_message(&text, stamp, &sender, &format!("recipients[{i}]: content"))?
             }
             Content::Built(b) => {
@@ -333,20 +482,29 @@ pub fn make(request: &InjectRequest, stamp: &Stamp) -> Result<Vec<Made>, FieldEr
                     tracking: request.tracking,
                     bulk: request.lane.is_bulk(),
                 };
-                built_message(b, r, &how, &render)
-                    .map_err(|e| FieldError::at(format!("recipients[{i}]"), e.to_string()))?
+                built_message(b, r, &how, &render).map_err(|e| match &e.field {
+                    Some(f) if f.starts_with("recipients[") => e,
+                    _ => FieldError {
+                        field: Some(format!("recipients[{i}]")),
+                        message: e.to_string(),
+                        ..e
+                    },
+                })?
             }
         };
         message.rcpts = vec![r.email.clone()];
         message.lane = request.lane;
         bytes += message.body.len();
         if bytes > RENDERED_BYTES_MAX {
-            return Err(FieldError::at(
-                "recipients",
-                format!(
-                    "the request makes more than {RENDERED_BYTES_MAX} bytes of mail (at recipient {i}); send fewer recipients per request"
-                ),
-            ));
+            return Err(FieldError {
+                status: 413,
+                ..FieldError::at(
+                    "recipients",
+                    format!(
+                        "the request makes more than {RENDERED_BYTES_MAX} bytes of mail (at recipient {i}); send fewer recipients per request"
+                    ),
+                )
+            });
         }
         made.push(Made {
             message,
@@ -369,11 +527,49 @@ fn context(request: &InjectRequest, r: &Recipient) -> Value {
     Value::Object(ctx)
 }
 
-/// The request's templates, compiled once, named by their field.
+/// The request's templates, compiled once, named by their field. A whole message is two: its
+/// header section (`content.head`) and its body (`content.body`).
 struct Templates {
     env: minijinja::Environment<'static>,
     /// Does any template use markup (`{{`, `{%`, `{#`)?
     any: bool,
+}
+
+/// Templates whose output goes into header fields: a value put in them must stay on one line
+/// (no header injection) and hold no control characters.
+fn is_header_template(name: &str) -> bool {
+    name == "content.subject" || name == "content.head" || name.starts_with("content.headers.")
+}
+
+/// A whole message's template split at its first empty line (line ends made LF).
+fn split_message(text: &str) -> (String, String) {
+    let text = text.replace("\r\n", "\n");
+    match text.split_once("\n\n") {
+        Some((head, body)) => (head.to_string(), body.to_string()),
+        None => (text, String::new()),
+    }
+}
+
+/// A writer that fails past `left` bytes: a template cannot make more mail than the request
+/// may (checked while it is written, not after).
+struct Capped {
+    out: Vec<u8>,
+    left: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.left {
+            return Err(std::io::Error::other("too large"));
+        }
+        self.left -= buf.len();
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Templates {
@@ -388,9 +584,34 @@ impl Templates {
                 minijinja::AutoEscape::None
             }
         });
+        env.set_formatter(|out, state, value| {
+            if is_header_template(state.name())
+                && let Some(why) = value.as_str().and_then(header_value_fault)
+            {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("a substitution in a header field: {why}"),
+                ));
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
+        // namespace() would let a loop build a string of any size: not offered.
+        env.add_function(
+            "namespace",
+            |_: minijinja::value::Rest<minijinja::Value>| -> Result<minijinja::Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "namespace() is not available in mail templates",
+                ))
+            },
+        );
         let mut sources: Vec<(String, String)> = Vec::new();
         match content {
-            Content::Raw(text) => sources.push(("content".into(), text.clone())),
+            Content::Raw(text) => {
+                let (head, body) = split_message(text);
+                sources.push(("content.head".into(), head));
+                sources.push(("content.body".into(), body));
+            }
             Content::Built(b) => {
                 sources.push(("content.subject".into(), b.subject.clone()));
                 for (name, value) in &b.headers {
@@ -408,18 +629,62 @@ impl Templates {
             .iter()
             .any(|(_, s)| s.contains("{{") || s.contains("{%") || s.contains("{#"));
         for (name, source) in sources {
-            env.add_template_owned(name.clone(), source)
-                .map_err(|e| FieldError::at(name, template_error(&e)))?;
+            let field = match name.as_str() {
+                "content.head" | "content.body" => "content".to_string(),
+                other => other.to_string(),
+            };
+            env.add_template_owned(name, source)
+                .map_err(|e| FieldError::at(field, template_error(&e)))?;
         }
         Ok(Templates { env, any })
     }
 
-    fn render(&self, name: &str, ctx: &Value) -> Result<String, String> {
+    /// Render template `name` for one recipient, writing at most `left` bytes.
+    fn render(&self, name: &str, ctx: &Value, left: usize) -> Result<String, FieldError> {
+        let field = match name {
+            "content.head" | "content.body" => "content",
+            other => other,
+        };
         let t = self
             .env
             .get_template(name)
-            .map_err(|e| template_error(&e))?;
-        t.render(ctx).map_err(|e| template_error(&e))
+            .map_err(|e| FieldError::whole(template_error(&e)))?;
+        let mut out = Capped {
+            out: Vec::new(),
+            left,
+        };
+        match t.render_captured_to(ctx, &mut out) {
+            Ok(_) => Ok(String::from_utf8_lossy(&out.out).into_owned()),
+            Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => Err(FieldError {
+                field: Some(field.into()),
+                message: format!(
+                    "the request would make more than {RENDERED_BYTES_MAX} bytes of mail; send fewer recipients per request"
+                ),
+                status: 413,
+            }),
+            Err(e) => {
+                let mut message = format!("{field}: {}", template_error(&e));
+                if e.kind() == minijinja::ErrorKind::UndefinedError {
+                    let known: Vec<&str> = ctx
+                        .as_object()
+                        .map(|o| o.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    let mut missing: Vec<String> = t
+                        .undeclared_variables(false)
+                        .into_iter()
+                        .filter(|v| !known.contains(&v.as_str()))
+                        .collect();
+                    missing.sort();
+                    if !missing.is_empty() {
+                        message.push_str(&format!(
+                            " ({} not in this recipient's data)",
+                            missing.join(", ")
+                        ));
+                    }
+                }
+                Err(FieldError::whole(message))
+            }
+        }
     }
 }
 
@@ -470,8 +735,10 @@ fn built_message(
         let value = render(&field)?;
         check_one_line(&field, &value)?;
         if name.eq_ignore_ascii_case("message-id") {
-            let id = value.trim().trim_start_matches('<').trim_end_matches('>');
-            if !id.contains('@') || id.contains(char::is_whitespace) {
+            let v = value.trim();
+            let id = v.strip_prefix('<').unwrap_or(v);
+            let id = id.strip_suffix('>').unwrap_or(id);
+            if !valid_message_id(id) {
                 return Err(FieldError::at(
                     field,
                     format!("{value:?} is not a Message-ID (RFC 5322 3.6.4: <left@right>)"),
@@ -510,10 +777,9 @@ fn built_message(
         }
         builder = builder.html_body(html);
     }
-    let body = builder.write_to_vec().map_err(|e| FieldError {
-        field: None,
-        message: format!("the message could not be written: {e}"),
-    })?;
+    let body = builder
+        .write_to_vec()
+        .map_err(|e| FieldError::whole(format!("the message could not be written: {e}")))?;
     Ok(OutboundMessage {
         from: sender.to_string(),
         rcpts: Vec::new(),
@@ -594,10 +860,17 @@ fn raw_message(
         added.push_str("\r\n");
     }
     let message_id = if has_id {
-        mail_parser::MessageParser::default()
+        let id = mail_parser::MessageParser::default()
             .parse_headers(crlf.as_bytes())
-            .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
-            .unwrap_or_default()
+            .and_then(|m| m.message_id().map(str::to_string))
+            .unwrap_or_default();
+        if !valid_message_id(&id) {
+            return Err(FieldError::at(
+                field,
+                "the Message-ID field is not a msg-id (RFC 5322 3.6.4: <left@right>)",
+            ));
+        }
+        format!("<{id}>")
     } else {
         let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
         let id = format!("<{}>", stamp.message_id(domain));
@@ -663,8 +936,38 @@ mod tests {
         assert_eq!(f, None, "{m}");
         assert!(m.contains("missing field `content`"), "{m}");
         let (f, m) = field_of(r#"{"envelope_sender":"b@s.test", "content": "#);
-        assert_eq!(f, None);
+        assert_eq!(f.as_deref(), Some("content"), "the field being read");
         assert!(m.contains("EOF"), "{m}");
+        let (f, m) = field_of(r#"["b@s.test", "From: a@s.test\n\nhi", [["a@x.test", null, {}]]]"#);
+        assert_eq!(f, None);
+        assert!(m.contains("JSON object"), "{m}");
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":"From: a@s.test\n\nhi","recipients":[{"email":"a@x.test"}],"lane":1}"#,
+        );
+        assert_eq!(f.as_deref(), Some("lane"), "{m}");
+        for bad in ["a@[127.0.0.1]", "a@a_b.test", "j@bü.test", "a@-x.test"] {
+            let (f, m) = field_of(&format!(
+                r#"{{"envelope_sender":"b@s.test","content":"From: a@s.test\n\nhi","recipients":[{{"email":"{bad}"}}]}}"#
+            ));
+            assert_eq!(f.as_deref(), Some("recipients[0].email"), "{bad}: {m}");
+        }
+        for (header, why) in [
+            ("Content-ID", "written from"),
+            ("Bcc", "written from"),
+            ("X-Mailsim-Lane", "written from"),
+            ("List-Unsubscribe-Post", "needs a List-Unsubscribe"),
+        ] {
+            let (f, m) = field_of(&format!(
+                r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"t","headers":{{"{header}":"x"}}}},"recipients":[{{"email":"a@x.test"}}]}}"#
+            ));
+            assert!(f.unwrap().starts_with("content.headers."), "{header}");
+            assert!(m.contains(why), "{header}: {m}");
+        }
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s","text_body":"t","headers":{"X-A":"1","x-a":"2"}},"recipients":[{"email":"a@x.test"}]}"#,
+        );
+        assert!(f.unwrap().starts_with("content.headers."));
+        assert!(m.contains("twice"), "{m}");
         let (f, m) = field_of(
             r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s","text_body":"t","headers":{"Subject":"x"}},"recipients":[{"email":"a@x.test"}]}"#,
         );
@@ -726,6 +1029,51 @@ mod tests {
         assert!(
             m.contains("content.text_body") && m.contains("undefined"),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn substitutions_cannot_add_header_fields_to_a_whole_message_either() {
+        for value in [
+            "RAWINJ\\nBcc: evil@b.test",
+            "x\\n\\n<html>body replaced",
+            "x\\u0000y",
+        ] {
+            let (f, m) = field_of(&format!(
+                r#"{{"envelope_sender":"b@s.test","content":"From: a@s.test\nSubject: {{{{ s }}}}\n\nhi {{{{ s }}}}","recipients":[{{"email":"a@x.test","substitutions":{{"s":"{value}"}}}}]}}"#
+            ));
+            assert_eq!(f.as_deref(), Some("recipients[0]"), "{value}: {m}");
+            assert!(m.contains("header field"), "{value}: {m}");
+        }
+        // In the body a line break is just text.
+        let m = made(
+            r#"{"envelope_sender":"b@s.test","content":"From: a@s.test\nSubject: hi\n\n{{ s }}","recipients":[{"email":"a@x.test","substitutions":{"s":"line 1\nline 2"}}]}"#,
+        )
+        .expect("made");
+        assert!(m[0].message.body.ends_with(b"line 1\r\nline 2\r\n"));
+    }
+
+    #[test]
+    fn a_template_cannot_make_more_mail_than_a_request_may() {
+        let big = "y".repeat(200_000);
+        let e = made(&format!(
+            r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{{% for i in range(30000) %}}{{{{ s }}}}{{% endfor %}}"}},"substitutions":{{"s":"{big}"}},"recipients":[{{"email":"a@x.test"}}]}}"#
+        ))
+        .err()
+        .expect("refused");
+        assert_eq!(e.status, 413, "{e}");
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s","text_body":"{% set ns = namespace(x='') %}{{ ns.x }}"},"recipients":[{"email":"a@x.test"}]}"#,
+        );
+        assert_eq!(f.as_deref(), Some("recipients[0]"));
+        assert!(m.contains("namespace"), "{m}");
+        let (_, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"Hi {{ name }}","text_body":"t"},"recipients":[{"email":"a@x.test"}]}"#,
+        );
+        assert!(m.contains("name not in this recipient's data"), "{m}");
+        assert!(
+            !m.contains("recipients[0]"),
+            "the field is not repeated: {m}"
         );
     }
 

@@ -7,4 +7,5 @@
 
 pub mod http;
 pub mod inject;
+pub mod lists;
 pub mod track;

@@ -4,8 +4,7 @@
 //!   altered or cut token is refused, and without the key no token can be made or guessed.
 //! * [`Tracker`]: what the MTA puts in a bulk message it builds: its HTML links rewritten to
 //!   `/t/c/<token>` (a 302 to the link), an open pixel `/t/o/<token>`, and RFC 8058's
-//!   `List-Unsubscribe` (the one-click URL `/u/<token>` and a mailto) with
-//!   `List-Unsubscribe-Post`.
+//!   `List-Unsubscribe` (the one-click URL `/u/<token>`) with `List-Unsubscribe-Post`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -125,42 +124,47 @@ impl Tracker {
         format!("{}/u/{token}", self.base)
     }
 
-    /// `html` with every `href` to an http(s) URL pointing at the click tracker instead, and
-    /// the open pixel at the end of the body (before `</body>` when there is one).
+    /// `html` with the `href` of every `<a>` and `<area>` tag that names an http(s) URL
+    /// pointing at the click tracker instead (the URL as a browser reads it: entities decoded),
+    /// and the open pixel before the last `</body>` (or at the end). Other tags (`<link>`,
+    /// `<base>`), text that only looks like an attribute, and URLs with white space or control
+    /// characters inside are left alone.
     pub fn rewrite_html(&self, html: &str, message_id: &str, rcpt: &str) -> String {
-        let mut out = String::with_capacity(html.len() + 512);
         let lower = html.to_ascii_lowercase();
+        let mut out = String::with_capacity(html.len() + 512);
         let mut at = 0;
-        while let Some(found) = lower[at..].find("href=") {
-            let start = at + found + "href=".len();
-            let Some(quote) = html[start..]
-                .chars()
-                .next()
-                .filter(|c| *c == '"' || *c == '\'')
-            else {
-                out.push_str(&html[at..start]);
-                at = start;
-                continue;
-            };
-            let value_start = start + 1;
-            let Some(len) = html[value_start..].find(quote) else {
+        let mut search = 0;
+        while let Some(lt) = lower[search..].find('<').map(|i| search + i) {
+            let name_end = lower[lt + 1..]
+                .find(|c: char| !c.is_ascii_alphanumeric())
+                .map_or(lower.len(), |i| lt + 1 + i);
+            let tag = &lower[lt + 1..name_end];
+            let Some(gt) = lower[name_end..].find('>').map(|i| name_end + i) else {
                 break;
             };
-            let value = &html[value_start..value_start + len];
-            out.push_str(&html[at..value_start]);
-            let url = value.replace("&amp;", "&");
-            let scheme = url.split(':').next().unwrap_or("").to_ascii_lowercase();
-            if scheme == "http" || scheme == "https" {
-                let token = self.token(&Mark::Click {
-                    message_id: message_id.into(),
-                    rcpt: rcpt.into(),
-                    url,
-                });
-                out.push_str(&format!("{}/t/c/{token}", self.base));
-            } else {
-                out.push_str(value);
+            search = gt + 1;
+            if tag != "a" && tag != "area" {
+                continue;
             }
-            at = value_start + len;
+            let Some((value_start, value_end)) = href_value(&lower, name_end, gt) else {
+                continue;
+            };
+            let url = html_escape::decode_html_entities(&html[value_start..value_end]).into_owned();
+            let url = url.trim();
+            let scheme = url.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if !(scheme == "http" || scheme == "https")
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                continue;
+            }
+            let token = self.token(&Mark::Click {
+                message_id: message_id.into(),
+                rcpt: rcpt.into(),
+                url: url.to_string(),
+            });
+            out.push_str(&html[at..value_start]);
+            out.push_str(&format!("{}/t/c/{token}", self.base));
+            at = value_end;
         }
         out.push_str(&html[at..]);
         let token = self.token(&Mark::Open {
@@ -177,6 +181,62 @@ impl Tracker {
         }
         out
     }
+}
+
+/// Where the value of the `href` attribute is within a tag's attributes (`lower[from..to]`, the
+/// tag lower-cased): quoted or not, with white space around the `=` (HTML's attribute syntax).
+fn href_value(lower: &str, from: usize, to: usize) -> Option<(usize, usize)> {
+    let attrs = &lower[from..to];
+    let mut i = 0;
+    let bytes = attrs.as_bytes();
+    while i < bytes.len() {
+        // An attribute name starts after white space.
+        if !bytes[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let name_start = i;
+        while i < bytes.len()
+            && !bytes[i].is_ascii_whitespace()
+            && bytes[i] != b'='
+            && bytes[i] != b'>'
+        {
+            i += 1;
+        }
+        let name = &attrs[name_start..i];
+        let mut j = i;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j >= bytes.len() || bytes[j] != b'=' {
+            continue;
+        }
+        j += 1;
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let (start, end) = match bytes.get(j) {
+            Some(q @ (b'"' | b'\'')) => {
+                let close = attrs[j + 1..].find(*q as char)? + j + 1;
+                (j + 1, close)
+            }
+            Some(_) => {
+                let end = attrs[j..]
+                    .find(|c: char| c.is_ascii_whitespace())
+                    .map_or(attrs.len(), |k| j + k);
+                (j, end)
+            }
+            None => return None,
+        };
+        if name == "href" {
+            return Some((from + start, from + end));
+        }
+        i = end;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -219,8 +279,10 @@ mod tests {
     #[test]
     fn links_are_rewritten_and_the_pixel_added() {
         let t = Tracker::new(&[7; 32], "http://127.0.0.1:8025");
-        let html = "<html><body><a HREF=\"https://shop.test/x?a=1&amp;b=2\">x</a> \
-                    <a href='mailto:help@shop.test'>help</a> <a href=#top>top</a></body></html>";
+        let html = "<html><head><link rel=stylesheet href=\"https://cdn.test/s.css\"><base href=\"https://shop.test/\"></head>\
+                    <body><a HREF=\"https://shop.test/x?a=1&amp;b=2\">x</a> \
+                    <a href='mailto:help@shop.test'>help</a> <a href=#top>top</a> \
+                    <a class=b href = https://shop.test/p&#x2f;q>unquoted</a> <p data-href=\"https://no.test/\">href=\"https://no.test/\"</p></body></html>";
         let out = t.rewrite_html(html, "<m@s.test>", "a@b.test");
         let tracked = out
             .split("HREF=\"")
@@ -239,6 +301,26 @@ mod tests {
             })
         );
         assert!(out.contains("href='mailto:help@shop.test'"), "{out}");
+        assert!(
+            out.contains("href=\"https://cdn.test/s.css\""),
+            "a <link> is not a click: {out}"
+        );
+        assert!(out.contains("<base href=\"https://shop.test/\">"), "{out}");
+        assert!(
+            out.contains("data-href=\"https://no.test/\">href=\"https://no.test/\""),
+            "{out}"
+        );
+        let unquoted = out
+            .split("href = ")
+            .nth(1)
+            .unwrap()
+            .split('>')
+            .next()
+            .unwrap();
+        let token = unquoted.strip_prefix("http://127.0.0.1:8025/t/c/").unwrap();
+        assert!(
+            matches!(t.check(token), Some(Mark::Click { url, .. }) if url == "https://shop.test/p/q")
+        );
         assert!(out.contains("href=#top"), "{out}");
         assert!(out.contains("alt=\"\"></body></html>"), "{out}");
     }

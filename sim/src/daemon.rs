@@ -144,6 +144,9 @@ struct Ingress {
     lane: Lane,
 }
 
+/// The subscriber lists' database in the spool (`mailsim list import`, `POST /api/campaigns`).
+pub const LISTS_FILE: &str = "lists.sqlite";
+
 /// The header a submitted message names its lane in (`transactional` or `bulk`).
 pub const LANE_HEADER: &str = "X-Mailsim-Lane";
 
@@ -173,18 +176,37 @@ impl Backend for Ingress {
             .as_ref()
             .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
             .unwrap_or_default();
-        let named = headers
+        let named: Vec<&str> = headers
             .as_ref()
-            .and_then(|m| m.header_raw(LANE_HEADER))
-            .map(|v| Lane::parse(v).ok_or(v.trim().to_string()));
-        let lane = match named {
-            None => self.lane,
-            Some(Ok(lane)) => lane,
-            Some(Err(word)) => {
+            .map(|m| {
+                m.headers()
+                    .iter()
+                    .filter(|h| h.name().eq_ignore_ascii_case(LANE_HEADER))
+                    .filter_map(|h| {
+                        let (start, end) = (h.offset_start() as usize, h.offset_end() as usize);
+                        std::str::from_utf8(message.get(start..end)?).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let lane = match named.as_slice() {
+            [] => self.lane,
+            [one] => match Lane::parse(one) {
+                Some(lane) => lane,
+                None => {
+                    let word: String = one.trim().chars().take(64).collect();
+                    return Reply::new(
+                        554,
+                        (5, 6, 0),
+                        format!("{LANE_HEADER}: {word:?} is not a lane (transactional or bulk)"),
+                    );
+                }
+            },
+            _ => {
                 return Reply::new(
                     554,
                     (5, 6, 0),
-                    format!("{LANE_HEADER}: {word:?} is not a lane (transactional or bulk)"),
+                    format!("{LANE_HEADER} appears more than once"),
                 );
             }
         };
@@ -340,13 +362,16 @@ pub async fn run_mta(
                 }),
                 env.clock(),
                 Some(tracking),
+                Some(Arc::new(
+                    mailsim_platform::lists::Lists::open(&opts.spool.join(LISTS_FILE))
+                        .map_err(anyhow::Error::msg)?,
+                )),
             );
-            let stop = stopped(&stop_rx);
-            Some(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-            }))
+            Some(tokio::spawn(mailsim_platform::http::serve(
+                listener,
+                router,
+                stopped(&stop_rx),
+            )))
         }
         None => None,
     };

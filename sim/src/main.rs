@@ -213,6 +213,32 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Subscriber lists of the MTA daemon (in SPOOL/lists.sqlite), for `POST /api/campaigns`.
+    List {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListCommand {
+    /// Import subscribers from a CSV file with a header row: an `email` column, every other
+    /// column a substitution field (`name` also names the recipient). All rows or none; a
+    /// subscriber already on the list gets the new fields and keeps its status.
+    Import {
+        #[arg(long)]
+        spool: PathBuf,
+        #[arg(long)]
+        list: String,
+        csv: PathBuf,
+    },
+    /// A list's subscribers by status (active, unsubscribed, bounced, complained), as JSON.
+    Show {
+        #[arg(long)]
+        spool: PathBuf,
+        #[arg(long)]
+        list: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -554,6 +580,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             if transactional_conns == 0 {
                 anyhow::bail!("--transactional-conns 0: give at least 1");
             }
+            if http.is_some() && http_body_max == 0 {
+                anyhow::bail!("--http-body-max 0: give the largest request body to take, in bytes");
+            }
             if let Some(url) = &http_public_url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
@@ -747,6 +776,32 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::HashPassword { password } => {
             println!("{}", mailsim_mailbox::users::hash_password(&password));
         }
+        Command::List { command } => {
+            let open = |spool: &std::path::Path| {
+                std::fs::create_dir_all(spool)
+                    .with_context(|| format!("--spool {}", spool.display()))?;
+                mailsim_platform::lists::Lists::open(&spool.join(mailsim::daemon::LISTS_FILE))
+                    .map_err(anyhow::Error::msg)
+            };
+            match command {
+                ListCommand::Import { spool, list, csv } => {
+                    let file =
+                        std::fs::File::open(&csv).with_context(|| format!("{}", csv.display()))?;
+                    let done = open(&spool)?
+                        .import_csv(
+                            &list,
+                            std::io::BufReader::new(file),
+                            &csv.display().to_string(),
+                        )
+                        .map_err(anyhow::Error::msg)?;
+                    println!("list: {list} added={} updated={}", done.added, done.updated);
+                }
+                ListCommand::Show { spool, list } => {
+                    let counts = open(&spool)?.counts(&list).map_err(anyhow::Error::msg)?;
+                    println!("{}", serde_json::to_string(&counts)?);
+                }
+            }
+        }
         Command::Send {
             scenario,
             to,
@@ -780,12 +835,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
             // The time of the sending alone (the messages and requests are built before).
             let (report, took) = match (http, &token_file) {
                 (Some(api), Some(file)) => {
+                    // The first token of a file as `mailsim mta --http-tokens` reads one.
                     let text = std::fs::read_to_string(file)
                         .with_context(|| format!("--token-file {}", file.display()))?;
-                    let token = text.lines().next().unwrap_or("").trim().to_string();
-                    if token.is_empty() {
-                        anyhow::bail!("--token-file {}: line 1 is empty", file.display());
-                    }
+                    let Some(token) = text
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_string)
+                    else {
+                        anyhow::bail!("--token-file {}: no token in it", file.display());
+                    };
                     let requests =
                         mailsim::send::campaign_requests(&sc, &messages, &world, per_request);
                     drop(messages);

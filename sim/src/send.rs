@@ -366,6 +366,12 @@ async fn http_worker(
                     stalled = Duration::ZERO;
                     break;
                 }
+                Some((status @ (401 | 403), bytes)) => {
+                    anyhow::bail!(
+                        "{to}: {status} {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+                    );
+                }
                 Some((status, bytes)) if (400..500).contains(&status) => {
                     let mut report = shared.report.lock().expect("report");
                     if report.rejected == 0 {

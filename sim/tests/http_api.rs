@@ -24,8 +24,13 @@ fn start(cmd: &mut Command) -> (Reaper, String) {
     (Reaper(child), line)
 }
 
-/// POST `body` to the API with curl; the status and the JSON answer.
+/// POST `body` to the injection API with curl; the status and the JSON answer.
 fn curl(api: &str, headers: &[&str], body: &[u8], dir: &Path) -> (u16, Value) {
+    curl_at(api, "/api/inject/v1", headers, body, dir)
+}
+
+/// POST `body` to `path` with curl and `headers`; the status and the JSON answer.
+fn curl_at(api: &str, path: &str, headers: &[&str], body: &[u8], dir: &Path) -> (u16, Value) {
     let file = dir.join("body.json");
     std::fs::write(&file, body).unwrap();
     let mut cmd = Command::new("curl");
@@ -35,7 +40,7 @@ fn curl(api: &str, headers: &[&str], body: &[u8], dir: &Path) -> (u16, Value) {
     }
     cmd.arg("--data-binary")
         .arg(format!("@{}", file.display()))
-        .arg(format!("http://{api}/api/inject/v1"));
+        .arg(format!("http://{api}{path}"));
     let out = cmd.output().expect("curl (scripts/test.sh installs it)");
     let text = String::from_utf8(out.stdout).unwrap();
     let (json, status) = text.rsplit_once('\n').unwrap();
@@ -179,7 +184,10 @@ fn the_injection_api_answers_each_case_and_queues_all_or_nothing() {
     );
     let (status, answer) = curl(&api, &[AUTH, JSON], b"{\"envelope_sender\": ", dir.path());
     assert_eq!(status, 400);
-    assert!(answer["error"]["field"].is_null(), "{answer}");
+    assert_eq!(
+        answer["error"]["field"], "envelope_sender",
+        "being read: {answer}"
+    );
     assert!(
         answer["error"]["message"]
             .as_str()
@@ -231,6 +239,23 @@ fn the_injection_api_answers_each_case_and_queues_all_or_nothing() {
         "{:?}",
         stored.keys().take(5).collect::<Vec<_>>()
     );
+    // A client that sends half a request header is let go (10 s), not kept for ever.
+    {
+        use std::io::{Read, Write};
+        let mut idle = std::net::TcpStream::connect(&api).unwrap();
+        idle.write_all(b"POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = idle.read_to_end(&mut rest);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(8) && waited < Duration::from_secs(20),
+            "closed after {waited:?}"
+        );
+    }
     for i in 0..1000 {
         let id = format!("<C{i:04}@news.example.test>");
         let text = stored.get(&id).unwrap_or_else(|| panic!("{id} not stored"));
@@ -364,12 +389,10 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
         "the shop saw the original link's path once"
     );
     // A token that is not the MTA's: 404, nothing logged.
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("http://{api}/t/c/b3RoZXI.AAAA"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    assert_eq!(
+        http_code(&[&format!("http://{api}/t/c/b3RoZXI.AAAA")]),
+        "404"
+    );
     // RFC 8058 one-click: the POST unsubscribes; the next injection to the reader is refused.
     let unsubscribe = parsed
         .header_raw("List-Unsubscribe")
@@ -382,13 +405,16 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
         parsed.header_raw("List-Unsubscribe-Post").map(str::trim),
         Some("List-Unsubscribe=One-Click")
     );
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .args(["-X", "POST", "-d", "List-Unsubscribe=One-Click"])
-        .arg(&unsubscribe)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(
+        http_code(&[
+            "-X",
+            "POST",
+            "-d",
+            "List-Unsubscribe=One-Click",
+            &unsubscribe
+        ]),
+        "200"
+    );
     let (status, answer) = curl(
         &api,
         &[AUTH, JSON],
@@ -398,6 +424,21 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
     assert_eq!(status, 200);
     assert_eq!(answer["success_count"], 0, "{answer}");
     assert_eq!(answer["failed_recipients"][0], "reader@a.test");
+    // An unsubscribe is from marketing: a password reset still goes.
+    let reset = serde_json::json!({
+        "envelope_sender": "bounces@news.example.test",
+        "lane": "Transactional",
+        "content": "From: accounts@news.example.test\nSubject: reset\n\nYour code: 1234",
+        "recipients": [{"email": "reader@a.test"}]
+    });
+    let (status, answer) = curl(
+        &api,
+        &[AUTH, JSON],
+        &serde_json::to_vec(&reset).unwrap(),
+        dir.path(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(answer["success_count"], 1, "{answer}");
     // The MTA's log, after an orderly stop: one open, one click with the original link, one
     // unsubscribe, for this message and reader.
     let _ = Command::new("kill")
@@ -437,4 +478,122 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
             format!("unsubscribed reader@a.test {message_id}"),
         ]
     );
+}
+
+#[test]
+fn a_campaign_mails_the_active_subscribers_of_a_list_imported_from_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Platform::start(dir.path(), &[]);
+    let import = |file: &str, text: &str| {
+        let csv = dir.path().join(file);
+        std::fs::write(&csv, text).unwrap();
+        bin()
+            .args(["list", "import", "--list", "news", "--spool"])
+            .arg(&p.spool)
+            .arg(&csv)
+            .output()
+            .unwrap()
+    };
+    let out = import(
+        "subs.csv",
+        "email,name,plan\nann@a.test,Ann,gold\nbob@b.test,Bob,silver\n\"cy@a.test\",\"Cy, Jr.\",bronze\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "list: news added=3 updated=0"
+    );
+    let out = import("bad.csv", "email,name\ndee@b.test,Dee\nnot-an-address,X\n");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.csv: line 3: column email"), "{err}");
+    let campaign = serde_json::to_vec(&serde_json::json!({
+        "list": "news",
+        "envelope_sender": "bounces@news.example.test",
+        "content": {
+            "from": {"email": "news@news.example.test"},
+            "subject": "Your {{ plan }} plan",
+            "text_body": "Hello {{ name }}, your plan: {{ plan }}."
+        }
+    }))
+    .unwrap();
+    let (status, answer) = curl_at(
+        &p.api,
+        "/api/campaigns",
+        &[AUTH, JSON],
+        &campaign,
+        dir.path(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["recipients"], 3,
+        "dee's row was not imported: {answer}"
+    );
+    assert_eq!(answer["success_count"], 3);
+    let stored = wait_stored(&p.fleet_dir.join("mailboxes"), 3);
+    let texts: Vec<&String> = stored.values().collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Hello Cy, Jr., your plan: bronze.")),
+        "substitution from the CSV fields"
+    );
+    // Bob unsubscribes with the one-click URL of the mail he got: the next campaign skips him.
+    let bob = stored
+        .values()
+        .find(|t| t.contains("Delivered-To: bob@b.test"))
+        .unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(bob.as_bytes())
+        .unwrap();
+    let url = parsed
+        .header_raw("List-Unsubscribe")
+        .unwrap()
+        .trim()
+        .trim_matches(['<', '>'])
+        .to_string();
+    assert_eq!(
+        http_code(&["-F", "List-Unsubscribe=One-Click", &url]),
+        "200",
+        "multipart one-click"
+    );
+    let (status, answer) = curl_at(
+        &p.api,
+        "/api/campaigns",
+        &[AUTH, JSON],
+        &campaign,
+        dir.path(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["recipients"], 2, "{answer}");
+    assert_eq!(answer["statuses"]["unsubscribed"], 1, "{answer}");
+    let stored = wait_stored(&p.fleet_dir.join("mailboxes"), 5);
+    let to_bob = stored
+        .values()
+        .filter(|t| t.contains("Delivered-To: bob@b.test"))
+        .count();
+    assert_eq!(to_bob, 1, "bob got the first campaign only");
+    let out = bin()
+        .args(["list", "show", "--list", "news", "--spool"])
+        .arg(&p.spool)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"active":2,"unsubscribed":1}"#
+    );
+}
+
+/// The HTTP status curl gets with `args`.
+fn http_code(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
