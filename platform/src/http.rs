@@ -339,35 +339,39 @@ fn refused(e: FieldError) -> Response {
     field_error(status, e)
 }
 
+/// One request's messages, built, and its recipients' addresses.
+type Built = (Vec<inject::Made>, Vec<String>);
+
+/// Check and build one request's messages (CPU work: call on a blocking thread).
+fn build(api: &Api, request: InjectRequest) -> Result<Built, FieldError> {
+    inject::check(&request)?;
+    let stamp = Stamp {
+        date_s: (api.clock.now_ms() / 1000) as i64,
+        id_prefix: &api.cfg.id_prefix,
+        next_id: &api.next_id,
+        tracker: api.tracking.as_ref().map(|t| &t.tracker),
+    };
+    let made = inject::make(&request, &stamp)?;
+    let emails = request.recipients.into_iter().map(|r| r.email).collect();
+    Ok((made, emails))
+}
+
 /// Check, build and spool one request's messages (all or none); what became of each recipient.
 async fn queue(api: &Arc<Api>, request: InjectRequest) -> Result<InjectResponse, Response> {
-    let date_s = (api.clock.now_ms() / 1000) as i64;
     let api2 = api.clone();
-    // Checking and templating a large request is CPU work: off the I/O threads.
-    let made = tokio::task::spawn_blocking(move || {
-        inject::check(&request)?;
-        let stamp = Stamp {
-            date_s,
-            id_prefix: &api2.cfg.id_prefix,
-            next_id: &api2.next_id,
-            tracker: api2.tracking.as_ref().map(|t| &t.tracker),
-        };
-        let made = inject::make(&request, &stamp)?;
-        let emails: Vec<String> = request.recipients.into_iter().map(|r| r.email).collect();
-        Ok::<_, FieldError>((made, emails))
-    })
-    .await;
-    let (made, emails) = match made {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return Err(refused(e)),
-        Err(e) => {
-            return Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                None,
-                format!("not queued: {e}"),
-            ));
-        }
-    };
+    match tokio::task::spawn_blocking(move || build(&api2, request)).await {
+        Ok(Ok(built)) => spool_built(api, built).await,
+        Ok(Err(e)) => Err(refused(e)),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            format!("not queued: {e}"),
+        )),
+    }
+}
+
+/// Spool built messages as one batch; what became of each recipient.
+async fn spool_built(api: &Arc<Api>, (made, emails): Built) -> Result<InjectResponse, Response> {
     let message_ids: Vec<String> = made.iter().map(|m| m.message.message_id.clone()).collect();
     let targets: Vec<Vec<usize>> = made.iter().map(|m| m.recipients.clone()).collect();
     let batch = made.into_iter().map(|m| m.message).collect();
@@ -443,8 +447,10 @@ pub struct CampaignResponse {
     pub statuses: std::collections::BTreeMap<String, u64>,
 }
 
-/// Recipients per batch of a campaign (each batch is checked, built and spooled whole).
+/// Recipients per batch of a campaign (each batch is spooled whole).
 const CAMPAIGN_BATCH: usize = 1000;
+/// The most mail one campaign may make (it is built whole before any is spooled).
+const CAMPAIGN_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
 async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
     let bytes = match json_body(&api, &headers, body).await {
@@ -474,15 +480,61 @@ async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
     };
     if subscribers.is_empty() {
-        return field_error(
-            StatusCode::BAD_REQUEST,
-            FieldError {
-                field: Some("list".into()),
-                message: format!("{list:?} has no active subscriber"),
-                status: 400,
-            },
-        );
+        let message = if lists.exists(&list).unwrap_or(false) {
+            format!("{list:?} has no active subscriber")
+        } else {
+            format!("there is no list {list:?} (mailsim list import makes one)")
+        };
+        return error(StatusCode::BAD_REQUEST, Some("list".into()), message);
     }
+    // Every batch is checked and built before any is spooled: a template error or a bad
+    // field stops the campaign before anyone is mailed.
+    let built = {
+        let (api2, subscribers) = (api.clone(), subscribers.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut batches = Vec::new();
+            let mut bytes = 0usize;
+            for (k, chunk) in subscribers.chunks(CAMPAIGN_BATCH).enumerate() {
+                let built = build(&api2, request.for_subscribers(chunk)).map_err(|e| {
+                    // Name the subscriber, not a position in a request the client never sent.
+                    let who = e
+                        .field
+                        .as_deref()
+                        .and_then(|f| f.strip_prefix("recipients["))
+                        .and_then(|f| f.split(']').next())
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .and_then(|i| chunk.get(i))
+                        .map(|s| s.email.clone());
+                    match who {
+                        Some(email) => FieldError {
+                            field: Some("list".into()),
+                            message: format!("subscriber {email}: {}", e.message),
+                            ..e
+                        },
+                        None => e,
+                    }
+                })?;
+                bytes += built.0.iter().map(|m| m.message.body.len()).sum::<usize>();
+                if bytes > CAMPAIGN_BYTES_MAX {
+                    return Err(FieldError {
+                        field: Some("list".into()),
+                        message: format!(
+                            "the campaign makes more than {CAMPAIGN_BYTES_MAX} bytes of mail (at batch {k})"
+                        ),
+                        status: 413,
+                    });
+                }
+                batches.push(built);
+            }
+            Ok(batches)
+        })
+        .await
+    };
+    let batches = match built {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return refused(e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
+    };
     let mut answer = CampaignResponse {
         list: list.clone(),
         recipients: subscribers.len(),
@@ -492,22 +544,25 @@ async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
         errors: Vec::new(),
         statuses: Default::default(),
     };
-    for chunk in subscribers.chunks(CAMPAIGN_BATCH) {
-        match queue(&api, request.for_subscribers(chunk)).await {
+    for batch in batches {
+        match spool_built(&api, batch).await {
             Ok(part) => {
                 answer.success_count += part.success_count;
                 answer.fail_count += part.fail_count;
                 answer.failed_recipients.extend(part.failed_recipients);
                 answer.errors.extend(part.errors);
             }
-            // A refused first batch queued nothing; a later one says how far it got.
-            Err(r) if answer.success_count == 0 => return r,
+            Err(r) if answer.success_count + answer.fail_count == 0 => return r,
             Err(_) => {
-                answer.errors.push(format!(
-                    "stopped after {} recipients: a batch was refused",
-                    answer.success_count + answer.fail_count
-                ));
-                break;
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("list".into()),
+                    format!(
+                        "the spool failed after {} of {} subscribers were queued (the first ones, in address order); the rest were not",
+                        answer.success_count + answer.fail_count,
+                        subscribers.len()
+                    ),
+                );
             }
         }
     }
@@ -658,12 +713,14 @@ async fn unsubscribe(
     {
         tracing::warn!("lists: {e}");
     }
-    if t.suppression.add(&rcpt, "unsubscribed") {
-        t.events.emit(Event::SuppressionAdded {
-            rcpt: rcpt.clone(),
-            reason: "unsubscribed".into(),
-        });
+    if !t.suppression.add(&rcpt, "unsubscribed") {
+        // Already on the list (a second click): nothing new to log.
+        return (StatusCode::OK, "unsubscribed\n").into_response();
     }
+    t.events.emit(Event::SuppressionAdded {
+        rcpt: rcpt.clone(),
+        reason: "unsubscribed".into(),
+    });
     t.events.emit(Event::Unsubscribed {
         rcpt,
         message_id,

@@ -243,6 +243,12 @@ pub fn check_address(field: &str, address: &str) -> Result<(), FieldError> {
         Some("a domain not in ASCII: give its xn-- form (IDNA)")
     } else if !domain.contains('.') {
         Some("the domain must be a fully qualified name")
+    } else if domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        Some("an address, not a domain name (RFC 1123 2.1: a top-level label is not all digits)")
     } else if !domain.split('.').all(|l| {
         !l.is_empty()
             && l.len() <= 63
@@ -307,7 +313,7 @@ fn valid_message_id(id: &str) -> bool {
 
 /// Fields the builder writes itself (from `from`, `subject`, `reply_to`, `recipients`, the
 /// bodies and `lane`), or that would mislead about who got the message.
-const BUILT_FIELDS: [&str; 9] = [
+const BUILT_FIELDS: [&str; 15] = [
     "from",
     "to",
     "cc",
@@ -317,6 +323,13 @@ const BUILT_FIELDS: [&str; 9] = [
     "date",
     "mime-version",
     "x-mailsim-lane",
+    // Trace and authentication fields are the receivers' to write (RFC 5321 4.4, RFC 8601).
+    "received",
+    "return-path",
+    "delivered-to",
+    "authentication-results",
+    "dkim-signature",
+    "sender",
 ];
 
 /// Check what can be checked before any template is rendered.
@@ -337,8 +350,14 @@ pub fn check(request: &InjectRequest) -> Result<(), FieldError> {
             ),
         ));
     }
+    for (k, v) in &request.substitutions {
+        check_values(&format!("substitutions.{k}"), v)?;
+    }
     for (i, r) in request.recipients.iter().enumerate() {
         check_address(&format!("recipients[{i}].email"), &r.email)?;
+        for (k, v) in &r.substitutions {
+            check_values(&format!("recipients[{i}].substitutions.{k}"), v)?;
+        }
         if let Some(name) = &r.name {
             check_one_line(&format!("recipients[{i}].name"), name)?;
         }
@@ -371,7 +390,11 @@ pub fn check(request: &InjectRequest) -> Result<(), FieldError> {
                 let field = format!("content.headers.{name}");
                 check_field_name(&field, name)?;
                 let lower = name.to_ascii_lowercase();
-                if BUILT_FIELDS.contains(&lower.as_str()) || lower.starts_with("content-") {
+                if BUILT_FIELDS.contains(&lower.as_str())
+                    || lower.starts_with("content-")
+                    || lower.starts_with("arc-")
+                    || lower.starts_with("resent-")
+                {
                     return Err(FieldError::at(
                         field,
                         "this field is written from the request's own fields (from, subject, reply_to, recipients, the bodies, lane)",
@@ -535,6 +558,91 @@ struct Templates {
     any: bool,
 }
 
+/// The longest template of one field.
+pub const TEMPLATE_BYTES_MAX: usize = 256 * 1024;
+/// The most `~` and `+` operators one template's tags may hold (each can join two values).
+pub const TEMPLATE_JOINS_MAX: usize = 32;
+/// The longest string in substitution data.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// What a template may hold, so that no template makes a value of unbounded size from a small
+/// request: no `set` or `with` (a chain of them doubles a string at every step), at most
+/// `TEMPLATE_JOINS_MAX` joining operators, at most `TEMPLATE_BYTES_MAX` bytes.
+fn check_template_source(field: &str, source: &str) -> Result<(), FieldError> {
+    if source.len() > TEMPLATE_BYTES_MAX {
+        return Err(FieldError::at(
+            field,
+            format!("the template is over {TEMPLATE_BYTES_MAX} bytes"),
+        ));
+    }
+    let mut joins = 0;
+    let mut rest = source;
+    while let Some(open) = rest.find(['{']) {
+        let after = &rest[open + 1..];
+        let close = match after.chars().next() {
+            Some('{') => "}}",
+            Some('%') => "%}",
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
+        let inner_start = open + 2;
+        let Some(len) = rest[inner_start..].find(close) else {
+            break;
+        };
+        let inner = &rest[inner_start..inner_start + len];
+        if close == "%}" {
+            let word = inner
+                .trim_start_matches(['-', '+'])
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if matches!(word, "set" | "endset" | "with" | "endwith") {
+                return Err(FieldError::at(
+                    field,
+                    format!("`{{% {word} %}}` is not supported in mail templates"),
+                ));
+            }
+        }
+        let mut quote = None;
+        for c in inner.chars() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, '~' | '+') => joins += 1,
+                _ => {}
+            }
+        }
+        rest = &rest[inner_start + len + 2..];
+    }
+    if joins > TEMPLATE_JOINS_MAX {
+        return Err(FieldError::at(
+            field,
+            format!("more than {TEMPLATE_JOINS_MAX} `~`/`+` operators in one template"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every string in substitution data is at most `VALUE_BYTES_MAX` bytes.
+fn check_values(field: &str, value: &Value) -> Result<(), FieldError> {
+    match value {
+        Value::String(s) if s.len() > VALUE_BYTES_MAX => Err(FieldError::at(
+            field,
+            format!("a value of {} bytes: at most {VALUE_BYTES_MAX}", s.len()),
+        )),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_values(&format!("{field}[{i}]"), v)),
+        Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, v)| check_values(&format!("{field}.{k}"), v)),
+        _ => Ok(()),
+    }
+}
+
 /// Templates whose output goes into header fields: a value put in them must stay on one line
 /// (no header injection) and hold no control characters.
 fn is_header_template(name: &str) -> bool {
@@ -595,14 +703,42 @@ impl Templates {
             }
             minijinja::escape_formatter(out, state, value)
         });
-        // namespace() would let a loop build a string of any size: not offered.
-        env.add_function(
-            "namespace",
-            |_: minijinja::value::Rest<minijinja::Value>| -> Result<minijinja::Value, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    "namespace() is not available in mail templates",
-                ))
+        // minijinja without its builtins (join, replace, center, range, namespace, ... could
+        // each make a string of any size from a small request); these few only shrink or keep
+        // a value's size.
+        env.add_filter("lower", |v: &str| v.to_lowercase());
+        env.add_filter("upper", |v: &str| v.to_uppercase());
+        env.add_filter("trim", |v: &str| v.trim().to_string());
+        env.add_filter("capitalize", |v: &str| {
+            let mut c = v.chars();
+            c.next().map_or_else(String::new, |f| {
+                f.to_uppercase()
+                    .chain(c.flat_map(char::to_lowercase))
+                    .collect()
+            })
+        });
+        env.add_filter("title", |v: &str| {
+            v.split(' ')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next().map_or_else(String::new, |f| {
+                        f.to_uppercase()
+                            .chain(c.flat_map(char::to_lowercase))
+                            .collect()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        env.add_filter("length", |v: minijinja::Value| v.len().unwrap_or(0));
+        env.add_filter(
+            "default",
+            |v: minijinja::Value, other: Option<minijinja::Value>| {
+                if v.is_undefined() || v.is_none() || (v.as_str() == Some("")) {
+                    other.unwrap_or_else(|| minijinja::Value::from(""))
+                } else {
+                    v
+                }
             },
         );
         let mut sources: Vec<(String, String)> = Vec::new();
@@ -633,6 +769,7 @@ impl Templates {
                 "content.head" | "content.body" => "content".to_string(),
                 other => other.to_string(),
             };
+            check_template_source(&field, &source)?;
             env.add_template_owned(name, source)
                 .map_err(|e| FieldError::at(field, template_error(&e)))?;
         }
@@ -818,6 +955,12 @@ fn raw_message(
             c => crlf.push(c),
         }
     }
+    if crlf.starts_with("\r\n") {
+        return Err(FieldError::at(
+            field,
+            "the message starts with an empty line: it has no header section",
+        ));
+    }
     let head_end = crlf.find("\r\n\r\n").map_or(crlf.len(), |i| i + 2);
     let (mut has_from, mut has_date, mut has_id) = (false, false, false);
     for (n, line) in crlf[..head_end].split("\r\n").enumerate() {
@@ -843,6 +986,24 @@ fn raw_message(
             ));
         };
         check_field_name(&format!("{field} (line {})", n + 1), name)?;
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(FieldError::at(
+                field,
+                format!(
+                    "line {}: a header field may not contain control characters",
+                    n + 1
+                ),
+            ));
+        }
+        if name.eq_ignore_ascii_case("bcc") || name.eq_ignore_ascii_case("x-mailsim-lane") {
+            return Err(FieldError::at(
+                field,
+                format!(
+                    "line {}: {name} is not sent (Bcc recipients go in `recipients`, the lane in `lane`)",
+                    n + 1
+                ),
+            ));
+        }
         has_from |= name.eq_ignore_ascii_case("from");
         has_date |= name.eq_ignore_ascii_case("date");
         has_id |= name.eq_ignore_ascii_case("message-id");
@@ -1056,17 +1217,42 @@ mod tests {
     #[test]
     fn a_template_cannot_make_more_mail_than_a_request_may() {
         let big = "y".repeat(200_000);
+        let items = vec!["1"; 2000].join(",");
         let e = made(&format!(
-            r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{{% for i in range(30000) %}}{{{{ s }}}}{{% endfor %}}"}},"substitutions":{{"s":"{big}"}},"recipients":[{{"email":"a@x.test"}}]}}"#
+            r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{{% for i in items %}}{{{{ s }}}}{{% endfor %}}"}},"substitutions":{{"s":"{big}","items":[{items}]}},"recipients":[{{"email":"a@x.test"}}]}}"#
         ))
         .err()
         .expect("refused");
         assert_eq!(e.status, 413, "{e}");
         let (f, m) = field_of(
-            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s","text_body":"{% set ns = namespace(x='') %}{{ ns.x }}"},"recipients":[{"email":"a@x.test"}]}"#,
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s","text_body":"{% set ns = s ~ s %}{{ ns }}"},"recipients":[{"email":"a@x.test"}]}"#,
         );
-        assert_eq!(f.as_deref(), Some("recipients[0]"));
-        assert!(m.contains("namespace"), "{m}");
+        assert_eq!(f.as_deref(), Some("content.text_body"));
+        assert!(m.contains("set"), "{m}");
+        for body in [
+            "{{ (s|list)|join(s) }}",
+            "{{ s|replace('A', s) }}",
+            "{{ range(9)|length }}",
+        ] {
+            let (f, m) = field_of(&format!(
+                r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{body}"}},"substitutions":{{"s":"AAAA"}},"recipients":[{{"email":"a@x.test"}}]}}"#
+            ));
+            assert!(f.is_some(), "{body}: {m}");
+            assert!(m.contains("unknown"), "{body}: {m}");
+        }
+        let joins = "{{ s".to_string() + &" ~ s".repeat(40) + " }}";
+        let (f, m) = field_of(&format!(
+            r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{joins}"}},"recipients":[{{"email":"a@x.test"}}]}}"#
+        ));
+        assert_eq!(f.as_deref(), Some("content.text_body"), "{m}");
+        let m = made(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"{{ name|default('friend')|title }}","text_body":"{{ 'a~b+c' }} {{ name|upper }}"},"recipients":[{"email":"a@x.test","name":"ann lee"}]}"#,
+        )
+        .expect("the filters kept work; operators inside strings are not counted");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&m[0].message.body)
+            .unwrap();
+        assert_eq!(parsed.subject(), Some("Ann Lee"));
         let (_, m) = field_of(
             r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"Hi {{ name }}","text_body":"t"},"recipients":[{"email":"a@x.test"}]}"#,
         );
@@ -1111,6 +1297,40 @@ mod tests {
         );
         assert_eq!(f.as_deref(), Some("content"));
         assert!(m.contains("line 1"), "{m}");
+    }
+
+    #[test]
+    fn a_whole_message_must_start_with_clean_header_fields_and_not_disclose_bcc() {
+        for (content, want) in [
+            ("\\nFrom: a@s.test\\n\\nbody", "starts with an empty line"),
+            (
+                "From: a@s.test\\nSubject: a\\u0001b\\n\\nbody",
+                "control characters",
+            ),
+            ("From: a@s.test\\nBcc: secret@b.test\\n\\nbody", "Bcc"),
+            (
+                "From: a@s.test\\nX-Mailsim-Lane: bogus\\n\\nbody",
+                "X-Mailsim-Lane",
+            ),
+            ("From: a@s.test\\nMessage-ID: garbage\\n\\nbody", "msg-id"),
+        ] {
+            let (f, m) = field_of(&format!(
+                r#"{{"envelope_sender":"b@s.test","content":"{content}","recipients":[{{"email":"a@x.test"}}]}}"#
+            ));
+            assert_eq!(f.as_deref(), Some("content"), "{content}: {m}");
+            assert!(m.contains(want), "{content}: {m}");
+        }
+        for (header, address) in [
+            ("Received", "a@x.test"),
+            ("Authentication-Results", "a@x.test"),
+            ("ARC-Seal", "a@x.test"),
+            ("X-Ok", "u@127.1.0.2"),
+        ] {
+            let (f, _) = field_of(&format!(
+                r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"t","headers":{{"{header}":"x"}}}},"recipients":[{{"email":"{address}"}}]}}"#
+            ));
+            assert!(f.is_some(), "{header} / {address}");
+        }
     }
 
     #[test]
@@ -1182,11 +1402,12 @@ mod tests {
 
     #[test]
     fn runaway_templates_run_out_of_fuel() {
-        let (f, m) = field_of(
-            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s",
-                "text_body":"{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"},
-                "recipients":[{"email":"a@x.test"}]}"#,
-        );
+        let items = vec!["1"; 1000].join(",");
+        let (f, m) = field_of(&format!(
+            r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s",
+                "text_body":"{{% for i in items %}}{{% for j in items %}}x{{% endfor %}}{{% endfor %}}"}},
+                "substitutions":{{"items":[{items}]}},"recipients":[{{"email":"a@x.test"}}]}}"#
+        ));
         assert_eq!(f.as_deref(), Some("recipients[0]"), "{m}");
         assert!(m.contains("fuel"), "{m}");
     }

@@ -48,6 +48,9 @@ impl Lists {
     /// Open (or make) the database at `path`.
     pub fn open(path: &Path) -> Result<Lists, String> {
         let db = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Another process (an import beside the MTA's campaigns) may hold the write lock.
+        db.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              CREATE TABLE IF NOT EXISTS subscribers (
@@ -76,36 +79,10 @@ impl Lists {
         source: &str,
     ) -> Result<Imported, String> {
         check_list_name(list)?;
-        let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_reader(csv);
-        let headers = reader
-            .headers()
-            .map_err(|e| format!("{source}: line 1: {e}"))?
-            .clone();
-        let email_at = headers
-            .iter()
-            .position(|h| h.eq_ignore_ascii_case("email"))
-            .ok_or_else(|| format!("{source}: line 1: no `email` column in the header row"))?;
-        let mut rows = Vec::new();
-        for record in reader.records() {
-            let record = record.map_err(|e| {
-                let line = e.position().map_or(0, |p| p.line());
-                format!("{source}: line {line}: {e}")
-            })?;
-            let line = record.position().map_or(0, |p| p.line());
-            let email = record.get(email_at).unwrap_or("").to_ascii_lowercase();
-            check_address("email", &email)
-                .map_err(|e| format!("{source}: line {line}: column email: {}", e.message))?;
-            let fields: Map<String, Value> = headers
-                .iter()
-                .zip(record.iter())
-                .enumerate()
-                .filter(|(i, _)| *i != email_at)
-                .map(|(_, (h, v))| (h.to_string(), Value::String(v.to_string())))
-                .collect();
-            rows.push((email, Value::Object(fields).to_string()));
-        }
+        let rows: Vec<(String, String)> = read_csv(csv, source)?
+            .into_iter()
+            .map(|s| (s.email, Value::Object(s.fields).to_string()))
+            .collect();
         let mut db = self.db();
         let tx = db.transaction().map_err(|e| e.to_string())?;
         let mut done = Imported::default();
@@ -181,6 +158,17 @@ impl Lists {
             .map_err(|e| e.to_string())
     }
 
+    /// Is there a list of this name (with any subscriber)?
+    pub fn exists(&self, list: &str) -> Result<bool, String> {
+        self.db()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM subscribers WHERE list = ?1)",
+                params![list],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())
+    }
+
     /// Subscribers of `list` by status.
     pub fn counts(&self, list: &str) -> Result<BTreeMap<String, u64>, String> {
         let db = self.db();
@@ -193,6 +181,64 @@ impl Lists {
         .and_then(|rows| rows.collect())
         .map_err(|e| e.to_string())
     }
+}
+
+/// Subscribers from a CSV (RFC 4180) with a header row naming an `email` column; every other
+/// column is a field. An error names `source`, the line and the column. Addresses are
+/// lower-cased.
+pub fn read_csv(csv: impl std::io::Read, source: &str) -> Result<Vec<Subscriber>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(csv);
+    let headers = reader
+        .headers()
+        .map_err(|e| format!("{source}: line 1: {e}"))?
+        .clone();
+    let email_at = headers
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case("email"))
+        .ok_or_else(|| format!("{source}: line 1: no `email` column in the header row"))?;
+    let mut seen = std::collections::BTreeSet::new();
+    for h in &headers {
+        if h.is_empty() {
+            return Err(format!("{source}: line 1: a column without a name"));
+        }
+        if !seen.insert(h.to_ascii_lowercase()) {
+            return Err(format!("{source}: line 1: column {h:?} is named twice"));
+        }
+    }
+    // Column names as fields: lower-cased, so that `Name` greets as `name` does.
+    let names: Vec<String> = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            format!("{source}: line {line}: {e}")
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let email = record.get(email_at).unwrap_or("").to_ascii_lowercase();
+        check_address("email", &email)
+            .map_err(|e| format!("{source}: line {line}: column email: {}", e.message))?;
+        // A field goes into headers as easily as into a body: one line, no control characters.
+        if let Some((h, _)) = names
+            .iter()
+            .zip(record.iter())
+            .find(|(_, v)| v.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "{source}: line {line}: column {h}: a field may not hold a line break or control character"
+            ));
+        }
+        let fields: Map<String, Value> = names
+            .iter()
+            .zip(record.iter())
+            .enumerate()
+            .filter(|(i, _)| *i != email_at)
+            .map(|(_, (h, v))| (h.clone(), Value::String(v.to_string())))
+            .collect();
+        out.push(Subscriber { email, fields });
+    }
+    Ok(out)
 }
 
 /// The subscriber status a suppression reason stands for.
@@ -265,5 +311,20 @@ mod tests {
             .unwrap_err();
         assert!(e.starts_with("x.csv: line 2:"), "{e}");
         assert!(lists.import_csv("a b", "email\n".as_bytes(), "x").is_err());
+        for (csv, want) in [
+            ("email,email\nr@a.test,s@a.test\n", "named twice"),
+            ("email,\nr@a.test,v\n", "without a name"),
+            (
+                "email,name\ng@a.test,\"Evil\nBcc: x@b.test\"\n",
+                "line 2: column name",
+            ),
+        ] {
+            let e = lists
+                .import_csv("other", csv.as_bytes(), "x.csv")
+                .unwrap_err();
+            assert!(e.contains(want), "{csv}: {e}");
+        }
+        assert!(!lists.exists("other").unwrap());
+        assert!(lists.exists("news").unwrap());
     }
 }

@@ -797,7 +797,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     println!("list: {list} added={} updated={}", done.added, done.updated);
                 }
                 ListCommand::Show { spool, list } => {
-                    let counts = open(&spool)?.counts(&list).map_err(anyhow::Error::msg)?;
+                    let lists = open(&spool)?;
+                    if !lists.exists(&list).map_err(anyhow::Error::msg)? {
+                        anyhow::bail!("--list {list:?}: no such list in {}", spool.display());
+                    }
+                    let counts = lists.counts(&list).map_err(anyhow::Error::msg)?;
                     println!("{}", serde_json::to_string(&counts)?);
                 }
             }

@@ -57,13 +57,24 @@ pub fn build_messages(
         "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
     range
         .map(|i| {
-            let rcpt = recipient_in(scenario.seed, &domains, total, i);
+            let subscriber = campaign
+                .list_subscribers
+                .as_ref()
+                .map(|l| &l[(i % l.len() as u64) as usize]);
+            let rcpt = match subscriber {
+                Some(s) => s.email.clone(),
+                None => recipient_in(scenario.seed, &domains, total, i),
+            };
             let message_id = if send == 0 {
                 format!("{i}.{}@{}", scenario.seed, sender.domain)
             } else {
                 format!("{i}.{}.{send}@{}", scenario.seed, sender.domain)
             };
-            let mut body = format!("Hello user{i},\r\n\r\n");
+            let greeting = subscriber
+                .and_then(|s| s.fields.get("name"))
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("user{i}"), str::to_string);
+            let mut body = format!("Hello {greeting},\r\n\r\n");
             while body.len() + 600 < campaign.size_bytes {
                 body.push_str(filler);
             }

@@ -674,6 +674,13 @@ pub struct Campaign {
     /// The template's text (read at load).
     #[serde(skip)]
     pub html_template_text: Option<String>,
+    /// The recipients from a subscriber list (CSV with an `email` column, relative to the
+    /// scenario) instead of generated ones; `messages` becomes the list's length, and a
+    /// subscriber's `name` field greets it.
+    pub list: Option<PathBuf>,
+    /// The list's subscribers (read at load).
+    #[serde(skip)]
+    pub list_subscribers: Option<std::sync::Arc<Vec<mailsim_platform::lists::Subscriber>>>,
     /// Before each send, leave out (suppress, reason `unengaged`) every recipient mailed this
     /// many times with no open or click since.
     pub sunset_after_sends: Option<u32>,
@@ -788,6 +795,54 @@ impl Scenario {
                     message: format!("{}: {e}", resolved.display()),
                 })?;
             scenario.campaign.get_mut().html_template_text = Some(text_of);
+        }
+        if let Some(list) = scenario.campaign.get_ref().list.clone() {
+            let resolved = match path.parent() {
+                Some(dir) if list.is_relative() => dir.join(&list),
+                _ => list.clone(),
+            };
+            let line = line_of(text, scenario.campaign.span().start);
+            let invalid = |message: String| ScenarioError::Invalid {
+                file: path.to_path_buf(),
+                line,
+                field: "campaign.list".into(),
+                message,
+            };
+            let file = std::fs::File::open(&resolved)
+                .map_err(|e| invalid(format!("{}: {e}", resolved.display())))?;
+            let subscribers = mailsim_platform::lists::read_csv(
+                std::io::BufReader::new(file),
+                &resolved.display().to_string(),
+            )
+            .map_err(invalid)?;
+            let domains: Vec<String> = scenario
+                .domains
+                .iter()
+                .map(|d| d.get_ref().name.to_ascii_lowercase())
+                .collect();
+            if let Some(s) = subscribers.iter().find(|s| {
+                !domains
+                    .iter()
+                    .any(|d| s.email.rsplit_once('@').is_some_and(|(_, sd)| sd == d))
+            }) {
+                return Err(invalid(format!(
+                    "{}: {}'s domain is not a [[domain]] of the scenario",
+                    resolved.display(),
+                    s.email
+                )));
+            }
+            if subscribers.is_empty() {
+                return Err(invalid(format!("{}: no subscriber", resolved.display())));
+            }
+            let c = scenario.campaign.get_mut();
+            if c.schedule.iter().any(|n| *n > subscribers.len() as u64) {
+                return Err(invalid(format!(
+                    "the schedule mails more recipients than the list's {}",
+                    subscribers.len()
+                )));
+            }
+            c.messages = subscribers.len() as u64;
+            c.list_subscribers = Some(std::sync::Arc::new(subscribers));
         }
         Ok(scenario)
     }
@@ -962,14 +1017,14 @@ impl Scenario {
             }
         }
         let c = self.campaign.get_ref();
-        if c.messages == 0 && c.schedule.is_empty() {
+        if c.messages == 0 && c.schedule.is_empty() && c.list.is_none() {
             return Err(invalid(
                 self.campaign.span().start,
                 "campaign.messages".into(),
-                "required: recipients per send (or a campaign.schedule of them)".into(),
+                "required: recipients per send (or a campaign.schedule of them, or a campaign.list)".into(),
             ));
         }
-        if c.messages == 0 || c.messages > 100_000_000 {
+        if (c.messages == 0 && c.list.is_none()) || c.messages > 100_000_000 {
             return Err(invalid(
                 self.campaign.span().start,
                 if c.schedule.is_empty() {
