@@ -346,6 +346,7 @@ type Built = (Vec<inject::Made>, Vec<String>);
 fn build(api: &Api, request: InjectRequest) -> Result<Built, FieldError> {
     inject::check(&request)?;
     let stamp = Stamp {
+        clock: api.clock.as_ref(),
         date_s: (api.clock.now_ms() / 1000) as i64,
         id_prefix: &api.cfg.id_prefix,
         next_id: &api.next_id,
@@ -487,10 +488,11 @@ async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
         };
         return error(StatusCode::BAD_REQUEST, Some("list".into()), message);
     }
+    let total = subscribers.len();
     // Every batch is checked and built before any is spooled: a template error or a bad
     // field stops the campaign before anyone is mailed.
     let built = {
-        let (api2, subscribers) = (api.clone(), subscribers.clone());
+        let api2 = api.clone();
         tokio::task::spawn_blocking(move || {
             let mut batches = Vec::new();
             let mut bytes = 0usize;
@@ -537,7 +539,7 @@ async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
     };
     let mut answer = CampaignResponse {
         list: list.clone(),
-        recipients: subscribers.len(),
+        recipients: total,
         success_count: 0,
         fail_count: 0,
         failed_recipients: Vec::new(),
@@ -560,7 +562,7 @@ async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
                     format!(
                         "the spool failed after {} of {} subscribers were queued (the first ones, in address order); the rest were not",
                         answer.success_count + answer.fail_count,
-                        subscribers.len()
+                        total
                     ),
                 );
             }
