@@ -96,6 +96,7 @@ fn event_log(c: &mut Criterion) {
             domain: "accept.test".into(),
             size: 5120,
             lane: None,
+            campaign: None,
         });
         sink.emit(Event::Delivered {
             msg: i,

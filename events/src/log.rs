@@ -771,6 +771,7 @@ mod tests {
             domain: "c.test".into(),
             size: 100,
             lane: None,
+            campaign: None,
         }
     }
 

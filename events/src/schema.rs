@@ -192,6 +192,9 @@ schema! {
         /// `transactional` for mail in the MTA's transactional lane (absent: bulk).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lane: Option<String>,
+        /// The platform campaign the message belongs to (`POST /api/campaigns`; absent: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        campaign: Option<u64>,
     }
     /// A DNS answer the MTA used for routing (MX or A lookup).
     DnsAnswer = "dns_answer" rare {

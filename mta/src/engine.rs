@@ -128,6 +128,8 @@ pub struct OutboundMessage {
     pub message_id: String,
     pub body: Vec<u8>,
     pub lane: Lane,
+    /// The platform campaign it belongs to (named in its `injected` events).
+    pub campaign: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -427,6 +429,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         injected_ms: now,
                         about: None,
                         lane: m.lane,
+                        campaign: m.campaign,
                     }
                 })
                 .collect()
@@ -465,6 +468,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     domain: entry.domain.clone(),
                     size: body.len() as u64,
                     lane: lane_word(envelope.lane),
+                    campaign: envelope.campaign,
                 });
                 ids.push(entry.id);
                 st.queue.insert(entry);
@@ -567,6 +571,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                             domain: entry.domain.clone(),
                             size: u64::from(spool.len),
                             lane: lane_word(envelope.lane),
+                            campaign: envelope.campaign,
                         }),
                     }
                 }
@@ -1774,6 +1779,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             injected_ms: inner.clock.now_ms(),
             about: Some(entry.id),
             lane: Lane::Bulk,
+            campaign: None,
         };
         let spool = match inner.spool.write_batch(&[(&envelope, &body)]) {
             Ok(mut refs) if !refs.is_empty() => refs.remove(0),

@@ -45,6 +45,9 @@ pub struct SpoolEnvelope {
     /// Transactional or bulk (absent: bulk).
     #[serde(default, skip_serializing_if = "crate::queue::Lane::is_bulk")]
     pub lane: crate::queue::Lane,
+    /// The platform campaign (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<u64>,
 }
 
 /// One entry found by [`Spool::recover`].
@@ -362,6 +365,7 @@ mod tests {
             injected_ms: 7,
             about: None,
             lane: crate::queue::Lane::Bulk,
+            campaign: None,
         }
     }
 

@@ -4,8 +4,13 @@
 //! JSON, `{"error": {"status": 400, "field": "recipients[3].email", "message": "..."}}`, and a
 //! refused request has queued nothing.
 
+// An `Err(Response)` here is the HTTP answer itself, handed to axum at once: boxing it would
+// only move it.
+#![allow(clippy::result_large_err)]
+
+use crate::campaigns::{Campaign, Engagement, Outcome, Plan};
 use crate::inject::{self, FieldError, InjectRequest, Stamp};
-use crate::lists::Lists;
+use crate::lists::{Lists, Subscriber};
 use crate::track::{Mark, Tracker};
 use axum::Router;
 use axum::body::Body;
@@ -115,12 +120,13 @@ pub const BODY_SECONDS_MAX: Duration = Duration::from_secs(60);
 /// MTA's SMTP).
 pub const CONNECTIONS_MAX: usize = 256;
 
-/// Serve `router` on `listener` until `stop`: HTTP/1.1 with the header timeout, at most
-/// `CONNECTIONS_MAX` connections; at `stop`, no new connection, and the open ones get 5 s to
-/// finish their request.
+/// Serve `router` on `listener` until `stop`: HTTP/1.1 (behind TLS with `tls`: the handshake
+/// within the header timeout) with the header timeout, at most `CONNECTIONS_MAX` connections;
+/// at `stop`, no new connection, and the open ones get 5 s to finish their request.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -137,13 +143,27 @@ pub async fn serve(
                     continue; // over the cap: dropped, closed
                 };
                 let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                let tls = tls.clone();
                 connections.spawn(async move {
                     let _permit = permit;
                     let mut http = hyper::server::conn::http1::Builder::new();
                     http.timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(HEADER_SECONDS_MAX);
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = http.serve_connection(io, service).await;
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                        Some(tls) => {
+                            let Ok(Ok(stream)) =
+                                tokio::time::timeout(HEADER_SECONDS_MAX, tls.accept(stream)).await
+                            else {
+                                return;
+                            };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                    }
                 });
             }
         }
@@ -164,6 +184,9 @@ struct Api {
     next_id: AtomicU64,
     tracking: Option<Tracking>,
     lists: Option<Arc<Lists>>,
+    /// Held while campaign mail is spooled: by the scheduler, or by a request sending its
+    /// campaign at once (which the scheduler must not also send).
+    sending: tokio::sync::Mutex<()>,
 }
 
 /// The MTA's open and click tracking and one-click unsubscribe, served beside the API: the
@@ -174,49 +197,133 @@ pub struct Tracking {
     pub suppression: Arc<Suppression>,
 }
 
-/// The API's routes over `spool`, dated by `clock`; with `tracking`, also `/t/o/<token>` (a
-/// 1x1 GIF, an `opened` event), `/t/c/<token>` (a 302 to the link, a `clicked` event) and
-/// `/u/<token>` (RFC 8058: GET shows a button, POST `List-Unsubscribe=One-Click` adds the
-/// address to the suppression list, an `unsubscribed` event). These take no bearer token; a
-/// token that is not the MTA's own gets 404 and nothing is logged.
-pub fn router(
-    cfg: ApiConfig,
-    spool: Arc<dyn Spool>,
-    clock: Arc<dyn Clock>,
-    tracking: Option<Tracking>,
-    lists: Option<Arc<Lists>>,
-) -> Router {
-    let api = Arc::new(Api {
-        cfg,
-        spool,
-        clock,
-        next_id: AtomicU64::new(1),
-        tracking,
-        lists,
-    });
-    Router::new()
-        .route("/t/o/{token}", get(open).fallback(wrong_method))
-        .route("/t/c/{token}", get(click).fallback(wrong_method))
-        .route(
-            "/u/{token}",
-            get(unsubscribe_page)
-                .post(unsubscribe)
-                .fallback(wrong_method),
-        )
-        .route(
-            "/api/campaigns",
-            post(campaigns).fallback(|| async {
-                error(StatusCode::METHOD_NOT_ALLOWED, None, "use POST".into())
+/// The API and its campaign scheduler over `spool`, dated by `clock`.
+#[derive(Clone)]
+pub struct Platform {
+    api: Arc<Api>,
+}
+
+impl Platform {
+    pub fn new(
+        cfg: ApiConfig,
+        spool: Arc<dyn Spool>,
+        clock: Arc<dyn Clock>,
+        tracking: Option<Tracking>,
+        lists: Option<Arc<Lists>>,
+    ) -> Platform {
+        Platform {
+            api: Arc::new(Api {
+                cfg,
+                spool,
+                clock,
+                next_id: AtomicU64::new(1),
+                tracking,
+                lists,
+                sending: tokio::sync::Mutex::new(()),
             }),
-        )
-        .route(
-            "/api/inject/v1",
-            post(inject_v1).fallback(|| async {
-                error(StatusCode::METHOD_NOT_ALLOWED, None, "use POST".into())
-            }),
-        )
-        .fallback(|| async { error(StatusCode::NOT_FOUND, None, "no such endpoint".into()) })
-        .with_state(api)
+        }
+    }
+
+    /// The API's routes; with tracking, also `/t/o/<token>` (a 1x1 GIF, an `opened` event),
+    /// `/t/c/<token>` (a 302 to the link, a `clicked` event) and `/u/<token>` (RFC 8058: GET
+    /// shows a button, POST `List-Unsubscribe=One-Click` adds the address to the suppression
+    /// list, an `unsubscribed` event). These take no bearer token; a token that is not the
+    /// MTA's own gets 404 and nothing is logged.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/t/o/{token}", get(open).fallback(wrong_method))
+            .route("/t/c/{token}", get(click).fallback(wrong_method))
+            .route(
+                "/u/{token}",
+                get(unsubscribe_page)
+                    .post(unsubscribe)
+                    .fallback(wrong_method),
+            )
+            .route(
+                "/api/campaigns",
+                post(campaigns).fallback(|| async {
+                    error(StatusCode::METHOD_NOT_ALLOWED, None, "use POST".into())
+                }),
+            )
+            .route(
+                "/api/campaigns/{id}",
+                get(campaign_report).fallback(|| async {
+                    error(StatusCode::METHOD_NOT_ALLOWED, None, "use GET".into())
+                }),
+            )
+            .route(
+                "/api/inject/v1",
+                post(inject_v1).fallback(|| async {
+                    error(StatusCode::METHOD_NOT_ALLOWED, None, "use POST".into())
+                }),
+            )
+            .fallback(|| async { error(StatusCode::NOT_FOUND, None, "no such endpoint".into()) })
+            .with_state(self.api.clone())
+    }
+
+    /// An RFC 2369 mailto unsubscribe that reached the sender's MX (`mailsim mta --mx`): the
+    /// token in its subject names the recipient and the message. Err says why nothing was
+    /// done (no token of this MTA's), for the SMTP reply.
+    pub fn unsubscribe_by_mail(&self, subject: &str) -> Result<String, String> {
+        let api = &self.api;
+        let t = api
+            .tracking
+            .as_ref()
+            .ok_or("this MTA does not track (no --http)")?;
+        let Some(Mark::Unsubscribe { message_id, rcpt }) = t.tracker.mailto_subject(subject) else {
+            return Err(
+                "no unsubscribe token of this sender in the subject (reply to the address in the List-Unsubscribe header, keeping its subject)"
+                    .into(),
+            );
+        };
+        let url = format!("mailto:{}", crate::track::MAILTO_LOCAL);
+        take_unsubscribe(api, t, message_id, rcpt.clone(), "mailto", url, 250);
+        Ok(rcpt)
+    }
+
+    /// `email` joined the suppression list for `reason` (a hard bounce, a complaint): its
+    /// status on every list follows.
+    pub fn subscriber_suppressed(&self, email: &str, reason: &str) {
+        if let Some(lists) = &self.api.lists
+            && let Err(e) = lists.set_status(email, crate::lists::status_for(reason))
+        {
+            tracing::warn!("lists: {e}");
+        }
+    }
+
+    /// Send the scheduled campaigns as their plans allow (checked every second), until
+    /// `stop`; campaigns left unfinished are taken up again at the next start.
+    pub async fn run_campaigns(&self, stop: impl Future<Output = ()>) {
+        let Some(lists) = self.api.lists.clone() else {
+            return stop.await;
+        };
+        tokio::pin!(stop);
+        // At `stop`, the batch being sent is finished and recorded (not cut between spool and
+        // record, which would send it twice after a restart).
+        let stopping = std::sync::atomic::AtomicBool::new(false);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let due = send_due(&self.api, &lists, &stopping);
+            tokio::pin!(due);
+            let result = tokio::select! {
+                r = &mut due => r,
+                _ = &mut stop => {
+                    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let r = due.await;
+                    if let Err(e) = r {
+                        tracing::warn!("campaigns: {e}");
+                    }
+                    return;
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!("campaigns: {e}");
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -251,13 +358,29 @@ fn field_error(status: StatusCode, e: FieldError) -> Response {
     error(status, e.field, e.message)
 }
 
-/// The answer to an injection: KumoMTA's counts, and what became of each recipient.
-#[derive(Serialize)]
-pub struct InjectResponse {
+/// KumoMTA's counts: recipients queued, and those not queued with why.
+#[derive(Serialize, Default)]
+pub struct Counts {
     pub success_count: usize,
     pub fail_count: usize,
     pub failed_recipients: Vec<String>,
     pub errors: Vec<String>,
+}
+
+impl Counts {
+    /// A recipient the suppression list kept out.
+    fn suppressed(&mut self, email: String, reason: &str) {
+        self.fail_count += 1;
+        self.errors.push(format!("{email}: suppressed ({reason})"));
+        self.failed_recipients.push(email);
+    }
+}
+
+/// The answer to an injection: KumoMTA's counts, and what became of each recipient.
+#[derive(Serialize)]
+pub struct InjectResponse {
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Every queued recipient, in the request's order.
     pub queued: Vec<QueuedRecipient>,
 }
@@ -269,12 +392,8 @@ pub struct QueuedRecipient {
     pub message_id: String,
 }
 
-/// A request's JSON body, once the bearer token, the media type and the size are right.
-async fn json_body(
-    api: &Api,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<axum::body::Bytes, Response> {
+/// Ok when the request carries one of the API's bearer tokens; else the 401.
+fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
     if let Some(why) = api.cfg.tokens.refuses(headers) {
         let mut r = error(StatusCode::UNAUTHORIZED, None, why.into());
         r.headers_mut().insert(
@@ -283,6 +402,16 @@ async fn json_body(
         );
         return Err(r);
     }
+    Ok(())
+}
+
+/// A request's JSON body, once the bearer token, the media type and the size are right.
+async fn json_body(
+    api: &Api,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
+    authorized(api, headers)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -371,8 +500,12 @@ async fn queue(api: &Arc<Api>, request: InjectRequest) -> Result<InjectResponse,
     }
 }
 
-/// Spool built messages as one batch; what became of each recipient.
-async fn spool_built(api: &Arc<Api>, (made, emails): Built) -> Result<InjectResponse, Response> {
+/// What became of one recipient of a spooled batch: its queue id and Message-ID, or why it
+/// was not queued (the suppression list's reason).
+type Each = Result<(u64, String), String>;
+
+/// Spool built messages as one batch; what became of each recipient, in request order.
+async fn spool_each(api: &Arc<Api>, (made, emails): Built) -> Result<Vec<Each>, Response> {
     let message_ids: Vec<String> = made.iter().map(|m| m.message.message_id.clone()).collect();
     let targets: Vec<Vec<usize>> = made.iter().map(|m| m.recipients.clone()).collect();
     let batch = made.into_iter().map(|m| m.message).collect();
@@ -383,36 +516,37 @@ async fn spool_built(api: &Arc<Api>, (made, emails): Built) -> Result<InjectResp
             format!("not queued: {e}"),
         )
     })?;
-    let mut answer = InjectResponse {
-        success_count: 0,
-        fail_count: 0,
-        failed_recipients: Vec::new(),
-        errors: Vec::new(),
-        queued: Vec::new(),
-    };
-    let mut per_recipient: Vec<Option<(u64, usize)>> = vec![None; emails.len()];
+    let mut each: Vec<Each> = vec![Err("not made".into()); emails.len()];
     for (m, (outcomes, rcpts)) in spooled.iter().zip(&targets).enumerate() {
         for (outcome, &i) in outcomes.iter().zip(rcpts) {
-            match outcome {
-                Ok(id) => per_recipient[i] = Some((*id, m)),
-                Err(reason) => {
-                    answer.fail_count += 1;
-                    answer.failed_recipients.push(emails[i].clone());
-                    answer
-                        .errors
-                        .push(format!("{}: suppressed ({reason})", emails[i]));
-                }
-            }
+            each[i] = match outcome {
+                Ok(id) => Ok((*id, message_ids[m].clone())),
+                Err(reason) => Err(reason.clone()),
+            };
         }
     }
-    for (i, q) in per_recipient.into_iter().enumerate() {
-        if let Some((queue_id, m)) = q {
-            answer.success_count += 1;
-            answer.queued.push(QueuedRecipient {
-                email: emails[i].clone(),
-                queue_id,
-                message_id: message_ids[m].clone(),
-            });
+    Ok(each)
+}
+
+/// Spool built messages as one batch; the answer to an injection.
+async fn spool_built(api: &Arc<Api>, built: Built) -> Result<InjectResponse, Response> {
+    let emails = built.1.clone();
+    let each = spool_each(api, built).await?;
+    let mut answer = InjectResponse {
+        counts: Counts::default(),
+        queued: Vec::new(),
+    };
+    for (email, e) in emails.into_iter().zip(each) {
+        match e {
+            Ok((queue_id, message_id)) => {
+                answer.counts.success_count += 1;
+                answer.queued.push(QueuedRecipient {
+                    email,
+                    queue_id,
+                    message_id,
+                });
+            }
+            Err(reason) => answer.counts.suppressed(email, &reason),
         }
     }
     Ok(answer)
@@ -434,18 +568,30 @@ async fn inject_v1(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
     }
 }
 
-/// The answer to a campaign: how the list's subscribers stood, and what was queued.
+/// The answer to a campaign sent at once: how the list's subscribers stood, and what was
+/// queued.
 #[derive(Serialize)]
 pub struct CampaignResponse {
+    /// The campaign's id (`GET /api/campaigns/<id>`; `campaign` in its `injected` events).
+    pub campaign: u64,
+    pub state: String,
     pub list: String,
     /// Active subscribers mailed.
     pub recipients: usize,
-    pub success_count: usize,
-    pub fail_count: usize,
-    pub failed_recipients: Vec<String>,
-    pub errors: Vec<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
     /// The list's subscribers by status after the campaign was queued.
     pub statuses: std::collections::BTreeMap<String, u64>,
+}
+
+/// The answer to a campaign scheduled for later or sent at a rate (202).
+#[derive(Serialize)]
+pub struct ScheduledResponse {
+    pub campaign: u64,
+    pub state: String,
+    pub list: String,
+    pub recipients: usize,
+    pub send_at_ms: u64,
 }
 
 /// Recipients per batch of a campaign (each batch is spooled whole).
@@ -453,32 +599,72 @@ const CAMPAIGN_BATCH: usize = 1000;
 /// The most mail one campaign may make (it is built whole before any is spooled).
 const CAMPAIGN_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
+/// Run blocking work (SQLite, building messages) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Response> + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            e.to_string(),
+        ))
+    })
+}
+
+/// Name the subscriber a build error is about, not a position in a request the client never
+/// sent.
+fn about_subscriber(e: FieldError, chunk: &[Subscriber]) -> FieldError {
+    let who = e
+        .field
+        .as_deref()
+        .and_then(|f| f.strip_prefix("recipients["))
+        .and_then(|f| f.split(']').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| chunk.get(i))
+        .map(|s| s.email.clone());
+    match who {
+        Some(email) => FieldError {
+            field: Some("list".into()),
+            message: format!("subscriber {email}: {}", e.message),
+            ..e
+        },
+        None => e,
+    }
+}
+
 async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match json_body(&api, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    match campaign(api, headers, body).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Check a campaign, build every message (a template error or a bad field stops it before
+/// anyone is mailed), record it; send it now when its plan lets everything go at once, else
+/// leave it to the scheduler.
+async fn campaign(api: Arc<Api>, headers: HeaderMap, body: Body) -> Result<Response, Response> {
+    let bytes = json_body(&api, &headers, body).await?;
     let Some(lists) = api.lists.clone() else {
-        return error(StatusCode::NOT_FOUND, None, "no lists on this MTA".into());
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            None,
+            "no lists on this MTA".into(),
+        ));
     };
-    let request = match tokio::task::spawn_blocking(move || inject::parse_campaign(&bytes)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return refused(e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
-    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let request = blocking(move || inject::parse_campaign(&bytes).map_err(refused)).await?;
+    let now = api.clock.now_ms();
+    let plan = Plan::of(&request, now).map_err(refused)?;
     let suppression = api.tracking.as_ref().map(|t| t.suppression.clone());
     let list = request.list.clone();
     let subscribers = {
         let (lists, list) = (lists.clone(), list.clone());
-        tokio::task::spawn_blocking(move || {
-            lists.active(&list, |e| suppression.as_ref().and_then(|s| s.reason(e)))
+        blocking(move || {
+            lists
+                .active(&list, |e| suppression.as_ref().and_then(|s| s.reason(e)))
+                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, None, e))
         })
-        .await
-    };
-    let subscribers = match subscribers {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, None, e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
+        .await?
     };
     if subscribers.is_empty() {
         let message = if lists.exists(&list).unwrap_or(false) {
@@ -486,90 +672,256 @@ async fn campaigns(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body) 
         } else {
             format!("there is no list {list:?} (mailsim list import makes one)")
         };
-        return error(StatusCode::BAD_REQUEST, Some("list".into()), message);
+        return Err(error(StatusCode::BAD_REQUEST, Some("list".into()), message));
     }
     let total = subscribers.len();
-    // Every batch is checked and built before any is spooled: a template error or a bad
-    // field stops the campaign before anyone is mailed.
-    let built = {
-        let api2 = api.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut batches = Vec::new();
-            let mut bytes = 0usize;
-            for (k, chunk) in subscribers.chunks(CAMPAIGN_BATCH).enumerate() {
-                let built = build(&api2, request.for_subscribers(chunk)).map_err(|e| {
-                    // Name the subscriber, not a position in a request the client never sent.
-                    let who = e
-                        .field
-                        .as_deref()
-                        .and_then(|f| f.strip_prefix("recipients["))
-                        .and_then(|f| f.split(']').next())
-                        .and_then(|i| i.parse::<usize>().ok())
-                        .and_then(|i| chunk.get(i))
-                        .map(|s| s.email.clone());
-                    match who {
-                        Some(email) => FieldError {
-                            field: Some("list".into()),
-                            message: format!("subscriber {email}: {}", e.message),
-                            ..e
-                        },
-                        None => e,
-                    }
-                })?;
-                bytes += built.0.iter().map(|m| m.message.body.len()).sum::<usize>();
-                if bytes > CAMPAIGN_BYTES_MAX {
-                    return Err(FieldError {
-                        field: Some("list".into()),
-                        message: format!(
-                            "the campaign makes more than {CAMPAIGN_BYTES_MAX} bytes of mail (at batch {k})"
-                        ),
-                        status: 413,
-                    });
-                }
-                batches.push(built);
+    let subscribers = Arc::new(subscribers);
+    let (api2, subs, name) = (api.clone(), subscribers.clone(), request.name.clone());
+    let batches = blocking(move || {
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        for (k, chunk) in subs.chunks(CAMPAIGN_BATCH).enumerate() {
+            let built = build(&api2, request.for_subscribers(chunk))
+                .map_err(|e| refused(about_subscriber(e, chunk)))?;
+            bytes += built.0.iter().map(|m| m.message.body.len()).sum::<usize>();
+            if bytes > CAMPAIGN_BYTES_MAX {
+                return Err(refused(FieldError {
+                    field: Some("list".into()),
+                    message: format!(
+                        "the campaign makes more than {CAMPAIGN_BYTES_MAX} bytes of mail (at batch {k})"
+                    ),
+                    status: 413,
+                }));
             }
-            Ok(batches)
+            batches.push(built);
+        }
+        Ok(batches)
+    })
+    .await?;
+    let _sending = api.sending.lock().await;
+    let id = {
+        let (lists, list, plan, subs) = (lists.clone(), list.clone(), plan.clone(), subscribers);
+        blocking(move || {
+            lists
+                .create_campaign(&name, &list, &text, &plan, &subs, now)
+                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, None, e))
         })
-        .await
+        .await?
     };
-    let batches = match built {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return refused(e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
-    };
+    if !plan.immediate(now) {
+        // Checked and recorded; the scheduler builds them again when they are due (with the
+        // subscribers' fields and statuses as they are then).
+        drop(batches);
+        let answer = ScheduledResponse {
+            campaign: id,
+            state: "scheduled".into(),
+            list,
+            recipients: total,
+            send_at_ms: plan.send_at_ms,
+        };
+        return Ok(json(StatusCode::ACCEPTED, &answer));
+    }
     let mut answer = CampaignResponse {
+        campaign: id,
+        state: "sent".into(),
         list: list.clone(),
         recipients: total,
-        success_count: 0,
-        fail_count: 0,
-        failed_recipients: Vec::new(),
-        errors: Vec::new(),
+        counts: Counts::default(),
         statuses: Default::default(),
     };
-    for batch in batches {
-        match spool_built(&api, batch).await {
-            Ok(part) => {
-                answer.success_count += part.success_count;
-                answer.fail_count += part.fail_count;
-                answer.failed_recipients.extend(part.failed_recipients);
-                answer.errors.extend(part.errors);
-            }
-            Err(r) if answer.success_count + answer.fail_count == 0 => return r,
+    for (made, emails) in batches {
+        let made = made
+            .into_iter()
+            .map(|mut m| {
+                m.message.campaign = Some(id);
+                m
+            })
+            .collect();
+        let each = match spool_each(&api, (made, emails.clone())).await {
+            Ok(each) => each,
             Err(_) => {
-                return error(
+                let done = answer.counts.success_count + answer.counts.fail_count;
+                let l = lists.clone();
+                let _ = blocking(move || {
+                    l.stop_campaign(id)
+                        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, None, e))
+                })
+                .await;
+                return Err(error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some("list".into()),
                     format!(
-                        "the spool failed after {} of {} subscribers were queued (the first ones, in address order); the rest were not",
-                        answer.success_count + answer.fail_count,
-                        total
+                        "campaign {id}: the spool failed after {done} of {total} subscribers were dealt with (the first ones, in address order); the rest were not queued"
                     ),
-                );
+                ));
+            }
+        };
+        let mut outcomes = Vec::with_capacity(each.len());
+        for (email, e) in emails.into_iter().zip(each) {
+            outcomes.push(match e {
+                Ok((_, message_id)) => {
+                    answer.counts.success_count += 1;
+                    Outcome::Queued { message_id }
+                }
+                Err(reason) => {
+                    answer.counts.suppressed(email, &reason);
+                    Outcome::Skipped(format!("suppressed ({reason})"))
+                }
+            });
+        }
+        record(&lists, id, outcomes).await?;
+    }
+    answer.statuses = lists.counts(&list).unwrap_or_default();
+    Ok(json(StatusCode::OK, &answer))
+}
+
+/// Record the outcomes of a campaign's next subscribers.
+async fn record(lists: &Arc<Lists>, id: u64, outcomes: Vec<Outcome>) -> Result<(), Response> {
+    let lists = lists.clone();
+    blocking(move || {
+        let c = lists
+            .campaign(id)
+            .and_then(|c| c.ok_or_else(|| format!("campaign {id} is gone")))
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, None, e))?;
+        lists
+            .record_outcomes(&c, &outcomes)
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, None, e))
+    })
+    .await
+}
+
+/// Send what the unfinished campaigns' plans allow by now, a batch at a time.
+async fn send_due(
+    api: &Arc<Api>,
+    lists: &Arc<Lists>,
+    stopping: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    let why = |r: Response| format!("status {}", r.status());
+    let _sending = api.sending.lock().await;
+    let ids = lists.unfinished_campaigns()?;
+    for id in ids {
+        loop {
+            if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
+            let Some(c) = lists.campaign(id)? else { break };
+            let allowed = c.plan.allowance(api.clock.now_ms()).min(c.members);
+            if allowed <= c.next {
+                break;
+            }
+            let n = (allowed - c.next).min(CAMPAIGN_BATCH as u64);
+            let suppression = api.tracking.as_ref().map(|t| t.suppression.clone());
+            let batch =
+                lists.campaign_batch(&c, n, |e| suppression.as_ref().and_then(|s| s.reason(e)))?;
+            let outcomes = send_batch(api, &c, batch).await.map_err(why)?;
+            record(lists, id, outcomes).await.map_err(why)?;
+        }
+    }
+    Ok(())
+}
+
+/// Build and spool one batch of a scheduled campaign; each subscriber's outcome, in order.
+async fn send_batch(
+    api: &Arc<Api>,
+    c: &Campaign,
+    batch: Vec<crate::campaigns::Member>,
+) -> Result<Vec<Outcome>, Response> {
+    let mut outcomes: Vec<Option<Outcome>> = batch
+        .iter()
+        .map(|b| {
+            b.as_ref()
+                .err()
+                .map(|(_, why)| Outcome::Skipped(why.clone()))
+        })
+        .collect();
+    let mailable: Vec<(usize, Subscriber)> = batch
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.ok().map(|s| (i, s)))
+        .collect();
+    if !mailable.is_empty() {
+        let (api2, text, id) = (api.clone(), c.request.clone(), c.id);
+        let subs: Vec<Subscriber> = mailable.iter().map(|(_, s)| s.clone()).collect();
+        // Built together; when that fails (a subscriber's fields changed since the campaign
+        // was checked), one by one, so that only the bad ones fail.
+        let built = blocking(move || {
+            let request = inject::parse_campaign(text.as_bytes()).map_err(refused)?;
+            let mut one = |chunk: &[Subscriber]| {
+                let mut r = request.for_subscribers(chunk);
+                r.campaign = Some(id);
+                build(&api2, r).map_err(|e| about_subscriber(e, chunk).message)
+            };
+            Ok(match one(&subs) {
+                Ok(built) => vec![Ok(built)],
+                Err(_) => subs.chunks(1).map(&mut one).collect(),
+            })
+        })
+        .await?;
+        let mut at = mailable.iter().map(|(i, _)| *i);
+        for b in built {
+            match b {
+                Ok(built) => {
+                    for e in spool_each(api, built).await? {
+                        let Some(i) = at.next() else { break };
+                        outcomes[i] = Some(match e {
+                            Ok((_, message_id)) => Outcome::Queued { message_id },
+                            Err(reason) => Outcome::Skipped(format!("suppressed ({reason})")),
+                        });
+                    }
+                }
+                Err(message) => {
+                    if let Some(i) = at.next() {
+                        outcomes[i] = Some(Outcome::Failed(message));
+                    }
+                }
             }
         }
     }
-    answer.statuses = lists.counts(&list).unwrap_or_default();
-    json(StatusCode::OK, &answer)
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Failed("not built".into())))
+        .collect())
+}
+
+/// `GET /api/campaigns/<id>`: the campaign's progress and engagement.
+async fn campaign_report(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Err(r) = authorized(&api, &headers) {
+        return r;
+    }
+    let Some(lists) = api.lists.clone() else {
+        return error(StatusCode::NOT_FOUND, None, "no lists on this MTA".into());
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            None,
+            format!("{id:?} is not a campaign id (a number)"),
+        );
+    };
+    let report = blocking(move || {
+        lists
+            .campaign_report(id)
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, None, e))
+    })
+    .await;
+    match report {
+        Ok(Some(r)) => json(StatusCode::OK, &r),
+        Ok(None) => error(StatusCode::NOT_FOUND, None, format!("no campaign {id}")),
+        Err(r) => r,
+    }
+}
+
+/// Count a tracking request towards its campaign (if the message is a campaign's).
+fn note(api: &Api, message_id: &str, rcpt: &str, what: Engagement) {
+    if let Some(lists) = &api.lists
+        && let Err(e) = lists.note_engagement(message_id, rcpt, what)
+    {
+        tracing::warn!("lists: {e}");
+    }
 }
 
 /// A 1x1 transparent GIF (the open pixel).
@@ -625,6 +977,7 @@ async fn open(
         // A HEAD fetches nothing: no open (link checkers and proxies send them).
         return ([(header::CONTENT_TYPE, "image/gif")], "").into_response();
     }
+    note(&api, &message_id, &rcpt, Engagement::Open);
     t.events.emit(Event::Opened {
         rcpt,
         message_id,
@@ -661,6 +1014,7 @@ async fn click(
     if method == axum::http::Method::HEAD {
         return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
     }
+    note(&api, &message_id, &rcpt, Engagement::Click(&url));
     t.events.emit(Event::Clicked {
         rcpt,
         message_id,
@@ -710,14 +1064,38 @@ async fn unsubscribe(
             "the body must be List-Unsubscribe=One-Click (RFC 8058)".into(),
         );
     }
+    take_unsubscribe(
+        &api,
+        t,
+        message_id,
+        rcpt,
+        "one-click",
+        format!("/u/{token}"),
+        200,
+    );
+    (StatusCode::OK, "unsubscribed\n").into_response()
+}
+
+/// An unsubscribe taken: the subscriber's status on every list, the campaign's counter, the
+/// suppression list, and the `suppression_added` and `unsubscribed` events (none when the
+/// address was already unsubscribed: a second click logs nothing).
+fn take_unsubscribe(
+    api: &Api,
+    t: &Tracking,
+    message_id: String,
+    rcpt: String,
+    method: &str,
+    url: String,
+    status: u16,
+) {
     if let Some(lists) = &api.lists
         && let Err(e) = lists.set_status(&rcpt, "unsubscribed")
     {
         tracing::warn!("lists: {e}");
     }
+    note(api, &message_id, &rcpt, Engagement::Unsubscribe);
     if !t.suppression.add(&rcpt, "unsubscribed") {
-        // Already on the list (a second click): nothing new to log.
-        return (StatusCode::OK, "unsubscribed\n").into_response();
+        return;
     }
     t.events.emit(Event::SuppressionAdded {
         rcpt: rcpt.clone(),
@@ -726,10 +1104,9 @@ async fn unsubscribe(
     t.events.emit(Event::Unsubscribed {
         rcpt,
         message_id,
-        method: "one-click".into(),
-        url: format!("/u/{token}"),
-        http_status: 200,
+        method: method.into(),
+        url,
+        http_status: status,
         error: String::new(),
     });
-    (StatusCode::OK, "unsubscribed\n").into_response()
 }

@@ -47,6 +47,9 @@ pub struct InjectRequest {
     /// an open pixel is added (built content with an `html_body` only).
     #[serde(default)]
     pub tracking: bool,
+    /// The campaign the messages belong to (set by `POST /api/campaigns`, not by a client).
+    #[serde(skip)]
+    pub campaign: Option<u64>,
 }
 
 /// The message: a whole RFC 5322 message (a JSON string), or the parts to build it from (a
@@ -134,6 +137,15 @@ pub struct CampaignRequest {
     pub lane: Lane,
     #[serde(default)]
     pub tracking: bool,
+    /// A name to know the campaign by (at most 200 characters).
+    #[serde(default)]
+    pub name: String,
+    /// When to start (RFC 3339); default: now.
+    pub send_at: Option<String>,
+    /// The most messages an hour, after the warm-up steps (default: no limit).
+    pub rate_per_hour: Option<u64>,
+    /// Warm-up steps from the send time: `[{"hours": 24, "per_hour": 1000}, ...]`.
+    pub warmup: Option<Vec<crate::campaigns::Step>>,
 }
 
 impl CampaignRequest {
@@ -157,6 +169,7 @@ impl CampaignRequest {
             substitutions: self.substitutions.clone(),
             lane: self.lane,
             tracking: self.tracking,
+            campaign: None,
         }
     }
 }
@@ -165,6 +178,12 @@ impl CampaignRequest {
 pub fn parse_campaign(body: &[u8]) -> Result<CampaignRequest, FieldError> {
     let request: CampaignRequest = read_json(body)?;
     crate::lists::check_list_name(&request.list).map_err(|m| FieldError::at("list", m))?;
+    if request.name.chars().count() > 200 || request.name.chars().any(char::is_control) {
+        return Err(FieldError::at(
+            "name",
+            "at most 200 characters, no control character",
+        ));
+    }
     Ok(request)
 }
 
@@ -200,7 +219,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn at(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    pub(crate) fn at(field: impl Into<String>, message: impl Into<String>) -> FieldError {
         FieldError {
             field: Some(field.into()),
             message: message.into(),
@@ -466,6 +485,7 @@ pub fn make(request: &InjectRequest, stamp: &Stamp) -> Result<Vec<Made>, FieldEr
             message: OutboundMessage {
                 rcpts,
                 lane: request.lane,
+                campaign: request.campaign,
                 ..message
             },
             recipients: (0..request.recipients.len()).collect(),
@@ -519,6 +539,7 @@ pub fn make(request: &InjectRequest, stamp: &Stamp) -> Result<Vec<Made>, FieldEr
         };
         message.rcpts = vec![r.email.clone()];
         message.lane = request.lane;
+        message.campaign = request.campaign;
         bytes += message.body.len();
         if bytes > RENDERED_BYTES_MAX {
             return Err(FieldError {
@@ -898,13 +919,12 @@ fn built_message(
             .keys()
             .any(|k| k.eq_ignore_ascii_case("list-unsubscribe"))
     {
-        let url = tracker.unsubscribe_url(&bracketed, &r.email);
-        builder = builder
-            .header("List-Unsubscribe", Raw::new(format!("<{url}>")))
-            .header(
-                "List-Unsubscribe-Post",
-                Raw::new("List-Unsubscribe=One-Click"),
-            );
+        let sender_domain = how.sender.rsplit_once('@').map_or("", |(_, d)| d);
+        let value = tracker.list_unsubscribe(&bracketed, &r.email, sender_domain);
+        builder = builder.header("List-Unsubscribe", Raw::new(value)).header(
+            "List-Unsubscribe-Post",
+            Raw::new("List-Unsubscribe=One-Click"),
+        );
     }
     if b.text_body.is_some() {
         builder = builder.text_body(render("content.text_body")?);
@@ -925,6 +945,7 @@ fn built_message(
         message_id: bracketed,
         body,
         lane: Lane::Bulk,
+        campaign: None,
     })
 }
 
@@ -1053,6 +1074,7 @@ fn raw_message(
         message_id,
         body,
         lane: Lane::Bulk,
+        campaign: None,
     })
 }
 

@@ -62,10 +62,11 @@ impl Lists {
              );",
         )
         .map_err(|e| format!("{}: {e}", path.display()))?;
+        Lists::create_campaign_tables(&db).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Lists { db: Mutex::new(db) })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 

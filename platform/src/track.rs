@@ -97,14 +97,54 @@ pub struct Tracker {
     signer: Signer,
     /// `http://127.0.0.1:P`: the API listener as recipients reach it (no trailing slash).
     base: String,
+    /// Does the MTA take mail to `unsubscribe@<sender domain>` (`mailsim mta --mx`)?
+    mailto: bool,
 }
+
+/// The local part of the sender's address that takes RFC 2369 mailto unsubscribes.
+pub const MAILTO_LOCAL: &str = "unsubscribe";
 
 impl Tracker {
     pub fn new(secret: &[u8; 32], base: &str) -> Tracker {
         Tracker {
             signer: Signer::new(secret),
             base: base.trim_end_matches('/').to_string(),
+            mailto: false,
         }
+    }
+
+    /// Also offer unsubscription by mail (RFC 2369): `unsubscribe@<envelope sender's domain>`,
+    /// the token in the subject.
+    pub fn with_mailto(self) -> Tracker {
+        Tracker {
+            mailto: true,
+            ..self
+        }
+    }
+
+    /// The `List-Unsubscribe` value for `rcpt`'s copy of `message_id`: the one-click URL, and
+    /// with [`Tracker::with_mailto`] a mailto URL at `sender_domain`.
+    pub fn list_unsubscribe(&self, message_id: &str, rcpt: &str, sender_domain: &str) -> String {
+        let url = self.unsubscribe_url(message_id, rcpt);
+        if !self.mailto || sender_domain.is_empty() {
+            return format!("<{url}>");
+        }
+        let token = self.token(&Mark::Unsubscribe {
+            message_id: message_id.into(),
+            rcpt: rcpt.into(),
+        });
+        format!("<{url}>, <mailto:{MAILTO_LOCAL}@{sender_domain}?subject=unsubscribe%20{token}>")
+    }
+
+    /// The unsubscribe a mail's subject names (`unsubscribe <token>`, or the token alone), when
+    /// the token is one of this MTA's unsubscribe tokens.
+    pub fn mailto_subject(&self, subject: &str) -> Option<Mark> {
+        // A client that did not decode the mailto URL's subject leaves %20 in it.
+        let subject = subject.replace("%20", " ");
+        subject
+            .split_whitespace()
+            .filter_map(|w| self.check(w))
+            .find(|m| matches!(m, Mark::Unsubscribe { .. }))
     }
 
     pub fn token(&self, mark: &Mark) -> String {
@@ -274,6 +314,40 @@ mod tests {
             t.unsubscribe_url("<m@s.test>", "a@b.test")
                 .starts_with("http://127.0.0.1:8025/u/")
         );
+    }
+
+    #[test]
+    fn the_mailto_unsubscribe_carries_a_token_only_this_key_accepts() {
+        let t = Tracker::new(&[7; 32], "http://127.0.0.1:8025");
+        let plain = t.list_unsubscribe("<m@s.test>", "a@b.test", "s.test");
+        assert!(plain.starts_with("<http://127.0.0.1:8025/u/") && !plain.contains("mailto"));
+        let t = t.with_mailto();
+        let value = t.list_unsubscribe("<m@s.test>", "a@b.test", "s.test");
+        let (https, mailto) = value.split_once(", ").unwrap();
+        assert!(https.starts_with("<http://"), "{value}");
+        let subject = mailto
+            .strip_prefix("<mailto:unsubscribe@s.test?subject=")
+            .and_then(|m| m.strip_suffix('>'))
+            .unwrap();
+        let want = Some(Mark::Unsubscribe {
+            message_id: "<m@s.test>".into(),
+            rcpt: "a@b.test".into(),
+        });
+        // As sent: decoded by the client, or left encoded; with Re: or anything around it.
+        assert_eq!(t.mailto_subject(&subject.replace("%20", " ")), want);
+        assert_eq!(t.mailto_subject(subject), want);
+        assert_eq!(
+            t.mailto_subject(&format!("Re: {}", subject.replace("%20", " "))),
+            want
+        );
+        assert_eq!(t.mailto_subject("unsubscribe"), None);
+        assert_eq!(Tracker::new(&[8; 32], "x").mailto_subject(subject), None);
+        // An open or click token is not an unsubscribe.
+        let open = t.token(&Mark::Open {
+            message_id: "<m@s.test>".into(),
+            rcpt: "a@b.test".into(),
+        });
+        assert_eq!(t.mailto_subject(&format!("unsubscribe {open}")), None);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct Plan {
     pub reopen_log: bool,
     pub dns_port: u16,
     pub fleet_port: u16,
+    /// Serve the senders' own MX hosts (false: an MTA's `--mx` takes their address).
+    pub sender_mx: bool,
+    /// Certificates (DER) the recipients trust besides the run's own servers'.
+    pub trusted: Vec<Vec<u8>>,
 }
 
 /// The assembled parts of a run.
@@ -124,7 +128,13 @@ pub async fn assemble<E: Env>(
     std::fs::write(plan.out_dir.join("ca.pem"), ca.cert_pem())
         .with_context(|| format!("writing {}", plan.out_dir.join("ca.pem").display()))?;
     fleet.tls_ca = Some(ca.clone());
-    let servers = FleetServers::build(&world.hosts, &fleet).map_err(anyhow::Error::msg)?;
+    let hosts: Vec<_> = world
+        .hosts
+        .iter()
+        .filter(|h| plan.sender_mx || !h.sender_mx)
+        .cloned()
+        .collect();
+    let servers = FleetServers::build(&hosts, &fleet).map_err(anyhow::Error::msg)?;
     let fleet_port = env.start_fleet(&servers, plan.fleet_port).await?;
     let mut sts_port = 443;
     if !world.sts.is_empty() {
@@ -142,7 +152,8 @@ pub async fn assemble<E: Env>(
             .port();
     }
     let c = scenario.campaign();
-    let (mut web, mut tracking, mut trust) = (None, None, Trust::default());
+    let (mut web, mut tracking) = (None, None);
+    let mut trusted = plan.trusted.clone();
     if c.html || c.list_unsubscribe != ListUnsubscribe::None {
         let secret = env.secret(&format!("sender-web:{}", scenario.seed));
         let w = SenderWeb::new(&secret, suppression.clone(), events.clone());
@@ -152,7 +163,7 @@ pub async fn assemble<E: Env>(
         let https = env
             .serve(at, http_service(w.router(), Some(tls.acceptor.clone())))
             .await?;
-        trust = Trust::of(&[tls.cert_der]).map_err(anyhow::Error::msg)?;
+        trusted.push(tls.cert_der);
         tracking = Some(Tracking {
             tokens: w.tokens.clone(),
             http_base: format!("http://{http}"),
@@ -160,6 +171,11 @@ pub async fn assemble<E: Env>(
         });
         web = Some(w);
     }
+    let trust = if trusted.is_empty() {
+        Trust::default()
+    } else {
+        Trust::of(&trusted).map_err(anyhow::Error::msg)?
+    };
     Ok(Assembly {
         env,
         world: Arc::new(world),

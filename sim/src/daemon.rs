@@ -49,6 +49,8 @@ pub struct MtaDaemonOptions {
     pub lanes: Option<mailsim_mta::engine::Lanes>,
     /// A second SMTP submission port whose mail is transactional (`--submission-transactional`).
     pub submission_transactional: Option<SocketAddr>,
+    /// Where to serve the sender's MX (`--mx`): DSNs, complaints, mailto unsubscribes.
+    pub mx: Option<SocketAddr>,
 }
 
 /// The injectors' queues: with lanes, transactional mail has an injector of its own, so that
@@ -75,8 +77,55 @@ pub struct HttpOptions {
     pub tokens: mailsim_platform::http::Tokens,
     pub body_max: usize,
     /// The base of the tracking and unsubscribe URLs put in mail (`--http-public-url`;
-    /// default `http://<the listener's address>`).
+    /// default `https://<the HTTPS listener>` with `--https`, else `http://<the listener>`).
     pub public_url: Option<String>,
+    /// The same routes over TLS (`--https`), with the certificate and key (PEM) to present;
+    /// none given: a self-signed one made at the first start (`https.pem`, `https.key` in
+    /// the spool).
+    pub https: Option<(SocketAddr, Option<(PathBuf, PathBuf)>)>,
+}
+
+/// The HTTPS listener's certificate: the one given, else the spool's own (made once for
+/// `localhost` and the listener's address, kept across restarts, so that a client that
+/// trusts it keeps trusting it).
+fn https_tls(
+    spool: &std::path::Path,
+    given: Option<(PathBuf, PathBuf)>,
+    listen: SocketAddr,
+) -> anyhow::Result<mailsim_smtp::tls::Tls> {
+    let (cert, key) = match given {
+        Some(pair) => pair,
+        None => {
+            let (cert, key) = (spool.join("https.pem"), spool.join("https.key"));
+            if !cert.exists() || !key.exists() {
+                let names = vec!["localhost".to_string(), listen.ip().to_string()];
+                let made = rcgen::generate_simple_self_signed(names)?;
+                write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
+                std::fs::write(&cert, made.cert.pem())?;
+            }
+            (cert, key)
+        }
+    };
+    Ok(mailsim_smtp::tls::Tls::from_pem(&cert, &key)?)
+}
+
+/// Write a secret file readable by its owner only (written aside, then renamed into place).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// The key tracking tokens are signed with: `tracking.key` in the spool (made on the first
@@ -89,20 +138,7 @@ fn tracking_key(spool: &std::path::Path, env: &LiveEnv) -> anyhow::Result<[u8; 3
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = env.secret("tracking");
-            let tmp = spool.join("tracking.key.tmp");
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&key)?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &path)?;
+            write_private(&path, &key)?;
             Ok(key)
         }
         Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
@@ -144,6 +180,74 @@ struct Ingress {
     lane: Lane,
 }
 
+/// Any address with a local part and a dotted domain is taken (the daemons relay or read it).
+fn rcpt_reply(rcpt: &str) -> Reply {
+    if rcpt
+        .rsplit_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+    {
+        Reply::new(250, (2, 1, 5), "recipient OK")
+    } else {
+        Reply::new(501, (5, 1, 3), "bad recipient address")
+    }
+}
+
+/// The sender's MX (`mailsim mta --mx`): what comes back to the senders' domains. A mail to
+/// `unsubscribe@...` is an RFC 2369 unsubscribe: with the API, the token its subject carries
+/// (from the List-Unsubscribe header the MTA put in the mail) names the recipient, and a mail
+/// without one is refused (550) rather than taken on its From, which anyone can write; without
+/// the API, the envelope sender is unsubscribed. Everything else (DSNs, ARF complaints) goes to
+/// the bounce processor: hard bounces and complaints join the suppression list, which the
+/// lists' statuses follow.
+struct SenderMx {
+    platform: Option<mailsim_platform::http::Platform>,
+    processor: crate::feedback::BounceProcessor,
+}
+
+impl Backend for SenderMx {
+    fn on_connect(&self, _info: &SessionInfo) -> Option<Reply> {
+        None
+    }
+
+    fn on_mail(&self, _info: &SessionInfo, _from: &str) -> Reply {
+        Reply::new(250, (2, 1, 0), "sender OK")
+    }
+
+    async fn on_rcpt(&self, _info: &SessionInfo, _tx: &Transaction, rcpt: &str) -> Reply {
+        rcpt_reply(rcpt)
+    }
+
+    async fn on_data(&self, info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
+        let to_unsubscribe = tx.rcpts.iter().any(|r| {
+            r.rsplit_once('@').is_some_and(|(local, _)| {
+                local.eq_ignore_ascii_case(mailsim_platform::track::MAILTO_LOCAL)
+            })
+        });
+        match (&self.platform, to_unsubscribe) {
+            (Some(platform), true) => {
+                let subject = mail_parser::MessageParser::default()
+                    .parse_headers(&message)
+                    .and_then(|m| m.subject().map(str::to_string))
+                    .unwrap_or_default();
+                match platform.unsubscribe_by_mail(&subject) {
+                    Ok(rcpt) => Reply::new(250, (2, 0, 0), format!("{rcpt} unsubscribed")),
+                    Err(why) => Reply::new(550, (5, 7, 1), &why),
+                }
+            }
+            _ => {
+                // The lists follow: a hard bounce marks the subscriber bounced, a complaint
+                // complained, on every list.
+                for (rcpt, reason) in self.processor.process(info, tx, &message) {
+                    if let Some(platform) = &self.platform {
+                        platform.subscriber_suppressed(&rcpt, &reason);
+                    }
+                }
+                Reply::new(250, (2, 0, 0), "received")
+            }
+        }
+    }
+}
+
 /// The subscriber lists' database in the spool (`mailsim list import`, `POST /api/campaigns`).
 pub const LISTS_FILE: &str = "lists.sqlite";
 
@@ -160,14 +264,7 @@ impl Backend for Ingress {
     }
 
     async fn on_rcpt(&self, _info: &SessionInfo, _tx: &Transaction, rcpt: &str) -> Reply {
-        if rcpt
-            .rsplit_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-        {
-            Reply::new(250, (2, 1, 5), "recipient OK")
-        } else {
-            Reply::new(501, (5, 1, 3), "bad recipient address")
-        }
+        rcpt_reply(rcpt)
     }
 
     async fn on_data(&self, _info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
@@ -217,6 +314,7 @@ impl Backend for Ingress {
             message_id,
             body: message,
             lane,
+            campaign: None,
         };
         if self.jobs.send(lane, (vec![job], done)).is_err() {
             return Reply::new(421, (4, 3, 2), "shutting down");
@@ -339,12 +437,27 @@ pub async fn run_mta(
             let listener = TcpListener::bind(http.listen).await?;
             let local = listener.local_addr()?;
             ready.push_str(&format!(" http={local}"));
-            let base = http.public_url.unwrap_or_else(|| format!("http://{local}"));
+            let https = match http.https {
+                Some((listen, given)) => {
+                    let tls = https_tls(&opts.spool, given, listen)?;
+                    let listener = TcpListener::bind(listen).await?;
+                    let at = listener.local_addr()?;
+                    ready.push_str(&format!(" https={at}"));
+                    Some((listener, tls.acceptor, at))
+                }
+                None => None,
+            };
+            let base = http.public_url.unwrap_or_else(|| match &https {
+                Some((_, _, at)) => format!("https://{at}"),
+                None => format!("http://{local}"),
+            });
+            let mut tracker =
+                mailsim_platform::track::Tracker::new(&tracking_key(&opts.spool, &env)?, &base);
+            if opts.mx.is_some() {
+                tracker = tracker.with_mailto();
+            }
             let tracking = mailsim_platform::http::Tracking {
-                tracker: mailsim_platform::track::Tracker::new(
-                    &tracking_key(&opts.spool, &env)?,
-                    &base,
-                ),
+                tracker,
                 events: events.clone(),
                 suppression: suppression.clone(),
             };
@@ -355,7 +468,7 @@ pub async fn run_mta(
                 body_max: http.body_max,
                 id_prefix: format!("{:016x}", u64::from_be_bytes(prefix)),
             };
-            let router = mailsim_platform::http::router(
+            let platform = mailsim_platform::http::Platform::new(
                 cfg,
                 Arc::new(Injector {
                     jobs: jobs_tx.clone(),
@@ -367,14 +480,45 @@ pub async fn run_mta(
                         .map_err(anyhow::Error::msg)?,
                 )),
             );
-            Some(tokio::spawn(mailsim_platform::http::serve(
+            let scheduling = tokio::spawn({
+                let (platform, stop) = (platform.clone(), stopped(&stop_rx));
+                async move { platform.run_campaigns(stop).await }
+            });
+            let mut serving = vec![tokio::spawn(mailsim_platform::http::serve(
                 listener,
-                router,
+                platform.router(),
+                None,
                 stopped(&stop_rx),
-            )))
+            ))];
+            if let Some((listener, acceptor, _)) = https {
+                serving.push(tokio::spawn(mailsim_platform::http::serve(
+                    listener,
+                    platform.router(),
+                    Some(acceptor),
+                    stopped(&stop_rx),
+                )));
+            }
+            Some((platform, serving, scheduling))
         }
         None => None,
     };
+    if let Some(listen) = opts.mx {
+        let backend = SenderMx {
+            platform: api.as_ref().map(|(p, _, _)| p.clone()),
+            processor: crate::feedback::BounceProcessor {
+                events: events.clone(),
+                suppression: suppression.clone(),
+            },
+        };
+        let listener = TcpListener::bind(listen).await?;
+        ready.push_str(&format!(" mx={}", listener.local_addr()?));
+        let server_cfg = ServerConfig {
+            hostname: opts.hostname.clone(),
+            ..ServerConfig::default()
+        };
+        let server = Arc::new(Server::new(Arc::new(backend), server_cfg));
+        servings.push(tokio::spawn(server.serve(listener, stopped(&stop_rx))));
+    }
     drop(jobs_tx);
     println!("{ready}");
     shutdown.await;
@@ -382,8 +526,13 @@ pub async fn run_mta(
     for serving in servings {
         serving.await?;
     }
-    if let Some(api) = api {
-        api.await??;
+    if let Some((platform, serving, scheduling)) = api {
+        for serving in serving {
+            serving.await??;
+        }
+        scheduling.await?;
+        // The platform's spool is an injector queue: the injectors end once it is gone.
+        drop(platform);
     }
     for injecting in injecting {
         injecting.await?;
@@ -461,6 +610,8 @@ pub async fn run_fleet(
     out: PathBuf,
     smtp_port: u16,
     dns_port: u16,
+    sender_mx: bool,
+    trusted: Vec<Vec<u8>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let plan = Plan {
@@ -470,6 +621,8 @@ pub async fn run_fleet(
         reopen_log: true,
         dns_port,
         fleet_port: smtp_port,
+        sender_mx,
+        trusted,
     };
     let mut a = assemble(scenario, LiveEnv::default(), &plan).await?;
     let progress = stored_count(a.fleet.stored.clone(), out.join("stored.count"));

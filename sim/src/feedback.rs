@@ -340,7 +340,14 @@ pub struct BounceProcessor {
 }
 
 impl BounceProcessor {
-    pub fn process(&self, _info: &SessionInfo, tx: &Transaction, message: &[u8]) {
+    /// Read one message; the (address, reason) pairs it put on the suppression list.
+    pub fn process(
+        &self,
+        _info: &SessionInfo,
+        tx: &Transaction,
+        message: &[u8],
+    ) -> Vec<(String, String)> {
+        let mut added = Vec::new();
         // RFC 2369 mailto unsubscribe: a mail to the list's unsubscribe address takes its
         // sender off the list.
         let to_unsubscribe = tx.rcpts.iter().any(|r| {
@@ -349,12 +356,14 @@ impl BounceProcessor {
         });
         if to_unsubscribe {
             if !tx.mail_from.is_empty() && self.suppression.add(&tx.mail_from, "unsubscribed") {
+                let rcpt = tx.mail_from.to_ascii_lowercase();
                 self.events.emit(Event::SuppressionAdded {
-                    rcpt: tx.mail_from.to_ascii_lowercase(),
+                    rcpt: rcpt.clone(),
                     reason: "unsubscribed".into(),
                 });
+                added.push((rcpt, "unsubscribed".to_string()));
             }
-            return;
+            return added;
         }
         let found = mailsim_bounce::classify_message(message);
         let text = String::from_utf8_lossy(message);
@@ -380,11 +389,13 @@ impl BounceProcessor {
                 action: c.action.clone().unwrap_or_default(),
             });
             if (kind == "complaint" || c.hard) && self.suppression.add(&c.recipient, &c.reason) {
+                added.push((c.recipient.clone(), c.reason.clone()));
                 self.events.emit(Event::SuppressionAdded {
                     rcpt: c.recipient,
                     reason: c.reason,
                 });
             }
         }
+        added
     }
 }

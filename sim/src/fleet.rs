@@ -435,7 +435,7 @@ impl FleetContext {
             start_ms,
             later: Some(later),
             inbox: Some(Arc::new(move |info, tx, message| {
-                processor.process(info, tx, message)
+                processor.process(info, tx, message);
             })),
             stored: Arc::default(),
             keep: Store::Full,

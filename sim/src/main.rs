@@ -138,6 +138,16 @@ enum Command {
         /// http:// and the --http address; give an https:// one behind a TLS proxy).
         #[arg(long, requires = "http")]
         http_public_url: Option<String>,
+        /// Serve the same (API, tracking, unsubscribe) over HTTPS here, and put https:// URLs
+        /// in mail (RFC 8058 asks for an HTTPS one-click URI); needs --http.
+        #[arg(long, requires = "http")]
+        https: Option<SocketAddr>,
+        /// The HTTPS certificate chain (PEM; default: a self-signed one made in the spool).
+        #[arg(long, requires = "https", requires = "https_key")]
+        https_cert: Option<PathBuf>,
+        /// The HTTPS certificate's private key (PEM).
+        #[arg(long, requires = "https_cert")]
+        https_key: Option<PathBuf>,
         /// Transactional and bulk mail in separate lanes: transactional first at every
         /// destination, with connections and an injector of its own. A message's lane: the
         /// API's `lane` field, an `X-Mailsim-Lane` header, or the port it came in by.
@@ -149,6 +159,11 @@ enum Command {
         /// A second SMTP submission port whose mail is transactional (with --lanes).
         #[arg(long, requires = "lanes")]
         submission_transactional: Option<SocketAddr>,
+        /// Serve the sender's MX here: what comes back to the senders' domains. DSNs and ARF
+        /// complaints put addresses on the suppression list; a mail to unsubscribe@ is an
+        /// RFC 2369 unsubscribe (with --http, bulk mail offers it in List-Unsubscribe).
+        #[arg(long)]
+        mx: Option<SocketAddr>,
     },
     /// Run a scenario's DNS and fleet alone (live), until interrupted; prints the DNS address
     /// and the fleet's SMTP port on a ready line.
@@ -163,6 +178,15 @@ enum Command {
         /// The DNS server's port (0: any).
         #[arg(long, default_value_t = 0)]
         dns_port: u16,
+        /// Leave the senders' own MX hosts unserved (their routes are still printed), so that
+        /// `mailsim mta --mx <route IP>:<port>` takes the bounces, complaints and mailto
+        /// unsubscribes the fleet's recipients send back.
+        #[arg(long)]
+        no_sender_mx: bool,
+        /// Certificates (PEM) the fleet's recipients also trust when they fetch https:// URLs
+        /// (a sender's own server: `mailsim mta --https`); repeatable.
+        #[arg(long)]
+        trust: Vec<PathBuf>,
     },
     /// A standalone mailbox server: inbound SMTP (MX), submission, IMAP and POP3 over Maildir.
     Mailbox(Box<MailboxArgs>),
@@ -573,9 +597,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             http_tokens,
             http_body_max,
             http_public_url,
+            https,
+            https_cert,
+            https_key,
             lanes,
             transactional_conns,
             submission_transactional,
+            mx,
         } => {
             if transactional_conns == 0 {
                 anyhow::bail!("--transactional-conns 0: give at least 1");
@@ -600,6 +628,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!("--http-tokens {e}"))?,
                     body_max: http_body_max,
                     public_url: http_public_url,
+                    https: https.map(|listen| (listen, https_cert.zip(https_key))),
                 }),
             };
             let tls = match tls.as_str() {
@@ -673,6 +702,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     transactional_conns,
                 }),
                 submission_transactional,
+                mx,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -684,8 +714,22 @@ fn real_main() -> anyhow::Result<ExitCode> {
             out,
             port,
             dns_port,
+            no_sender_mx,
+            trust,
         } => {
             let sc = Scenario::load(&scenario)?;
+            let mut trusted = Vec::new();
+            for path in &trust {
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject;
+                let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.map(|c| c.map(|c| c.to_vec())).collect())
+                    .map_err(|e| anyhow::anyhow!("--trust {}: {e}", path.display()))?;
+                if certs.is_empty() {
+                    anyhow::bail!("--trust {}: no CERTIFICATE in it", path.display());
+                }
+                trusted.extend(certs);
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -694,6 +738,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     out,
                     port,
                     dns_port,
+                    !no_sender_mx,
+                    trusted,
                     stop_signal(),
                 ))?;
         }

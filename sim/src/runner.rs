@@ -135,6 +135,7 @@ pub fn build_messages(
                 message_id: format!("<{message_id}>"),
                 body: bytes,
                 lane: mailsim_mta::queue::Lane::Bulk,
+                campaign: None,
             }
         })
         .collect()
@@ -175,6 +176,7 @@ pub fn build_transactional(
         message_id: format!("<{message_id}>"),
         body,
         lane: mailsim_mta::queue::Lane::Transactional,
+        campaign: None,
     }
 }
 
@@ -309,6 +311,8 @@ fn plan(opts: &RunOptions, mode: &'static str, dns_port: u16, fleet_port: u16) -
         reopen_log: false,
         dns_port,
         fleet_port,
+        sender_mx: true,
+        trusted: Vec::new(),
     }
 }
 
@@ -500,6 +504,7 @@ async fn submit<E: Env>(
                     .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase()),
                 size: m.body.len() as u64,
                 lane: None,
+                campaign: None,
             });
         }
     });

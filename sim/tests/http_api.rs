@@ -83,39 +83,135 @@ struct Platform {
     api: String,
     fleet_dir: std::path::PathBuf,
     spool: std::path::PathBuf,
+    fleet_ready: String,
+    tokens: std::path::PathBuf,
+    /// The MTA's `--mx` (the senders' MX address, which the fleet leaves to it).
+    mx: Option<String>,
+    /// More flags for every start of the MTA.
+    mta_args: Vec<String>,
+}
+
+/// Start a daemon, reaped at the end of the test; every line it printed up to its ready line.
+fn start_lines(cmd: &mut Command) -> (Reaper, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "exited before ready");
+        let ready = line.contains("ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (Reaper(child), lines)
 }
 
 impl Platform {
     fn start(dir: &Path, extra: &[&str]) -> Platform {
         let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/crash.toml");
-        let fleet_dir = dir.join("fleet");
-        let (fleet, ready) = start(bin().args([
-            "fleet",
-            scenario.to_str().unwrap(),
-            "--out",
-            fleet_dir.to_str().unwrap(),
-        ]));
-        let tokens = dir.join("tokens");
-        std::fs::write(&tokens, format!("# the test's token\n\n{TOKEN}\n")).unwrap();
-        let spool = dir.join("spool");
-        let (mta, mta_ready) = start(
+        Platform::start_with(dir, &scenario, extra)
+    }
+
+    /// `mailsim mta` on the spool, delivering to the fleet; its ready line.
+    fn start_mta(&self, extra: &[&str]) -> (Reaper, String) {
+        start(
             bin()
                 .args(["mta", "--spool"])
-                .arg(&spool)
-                .args(["--dns", field(&ready, "dns")])
-                .args(["--remote-port", field(&ready, "smtp_port")])
+                .arg(&self.spool)
+                .args(["--dns", field(&self.fleet_ready, "dns")])
+                .args(["--remote-port", field(&self.fleet_ready, "smtp_port")])
                 .args(["--submission", "127.0.0.1:0", "--http", "127.0.0.1:0"])
                 .arg("--http-tokens")
-                .arg(&tokens)
+                .arg(&self.tokens)
+                .args(self.mx.iter().flat_map(|mx| ["--mx", mx.as_str()]))
+                .args(&self.mta_args)
                 .args(extra),
+        )
+    }
+
+    /// A fleet of `scenario` that leaves the sender's MX to the MTA (`--no-sender-mx`), and
+    /// the MTA serving it (`--mx` on the sender domain's route, the fleet's port).
+    fn start_with_mx(dir: &Path, scenario: &Path, sender_domain: &str) -> Platform {
+        let fleet_dir = dir.join("fleet");
+        let (fleet, lines) = start_lines(
+            bin()
+                .args(["fleet", scenario.to_str().unwrap(), "--out"])
+                .arg(&fleet_dir)
+                .arg("--no-sender-mx"),
         );
-        Platform {
+        let ip = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("fleet: route {sender_domain} ")))
+            .unwrap()
+            .trim()
+            .to_string();
+        let ready = lines.last().unwrap().clone();
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+        let mut p = Platform {
             _fleet: fleet,
-            mta,
-            api: field(&mta_ready, "http").to_string(),
+            mta: Reaper(Command::new("true").spawn().unwrap()),
+            api: String::new(),
             fleet_dir,
-            spool,
-        }
+            spool: dir.join("spool"),
+            mx: Some(format!("{ip}:{}", field(&ready, "smtp_port"))),
+            fleet_ready: ready,
+            tokens,
+            mta_args: vec!["--https".into(), "127.0.0.1:0".into()],
+        };
+        let (mta, mta_ready) = p.start_mta(&[]);
+        p.mta = mta;
+        p.api = field(&mta_ready, "http").to_string();
+        p
+    }
+
+    fn start_with(dir: &Path, scenario: &Path, extra: &[&str]) -> Platform {
+        Platform::start_with_args(dir, scenario, &[], extra)
+    }
+
+    /// A fleet of `scenario` with `fleet_args`, and the MTA with `mta_args` at every start.
+    fn start_with_args(
+        dir: &Path,
+        scenario: &Path,
+        fleet_args: &[&str],
+        mta_args: &[&str],
+    ) -> Platform {
+        let fleet_dir = dir.join("fleet");
+        let (fleet, ready) = start(
+            bin()
+                .args([
+                    "fleet",
+                    scenario.to_str().unwrap(),
+                    "--out",
+                    fleet_dir.to_str().unwrap(),
+                ])
+                .args(fleet_args),
+        );
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, format!("# the test's token\n\n{TOKEN}\n")).unwrap();
+        let mut p = Platform {
+            _fleet: fleet,
+            mta: Reaper(Command::new("true").spawn().unwrap()),
+            api: String::new(),
+            fleet_dir,
+            spool: dir.join("spool"),
+            fleet_ready: ready,
+            tokens,
+            mx: None,
+            mta_args: mta_args.iter().map(|a| a.to_string()).collect(),
+        };
+        let (mta, mta_ready) = p.start_mta(&[]);
+        p.mta = mta;
+        p.api = field(&mta_ready, "http").to_string();
+        p
     }
 }
 
@@ -319,6 +415,7 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
         api,
         fleet_dir,
         spool,
+        ..
     } = Platform::start(dir.path(), &[]);
     let (shop_port, shop_paths) = shop();
     let link = format!("http://127.0.0.1:{shop_port}/winter?from=mail&amp;id=7");
@@ -596,4 +693,490 @@ fn http_code(args: &[&str]) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fleet whose recipients (every address of gmail.test) open, click and unsubscribe every
+/// message that reaches their inbox, within 3 s of its arrival (a tenth of that in the spam
+/// folder).
+const KEEN: &str = r#"
+name = "keen-recipients"
+seed = 7
+mode = "live"
+
+[[sender]]
+domain = "news.example.test"
+
+[reputation]
+initial = 90
+act_within_s = 3
+
+[[domain]]
+name = "gmail.test"
+profile = "gmail-like"
+
+[[segment]]
+name = "keen"
+percent = 100
+open_percent = 100
+click_percent = 100
+unsubscribe_percent = 100
+complaint_percent = 0
+
+[campaign]
+messages = 24
+"#;
+
+/// The Unix time in milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The fleet's events (its own log, read with `mailsim events`) of `kind`.
+fn fleet_events(fleet_dir: &Path, kind: &str) -> Vec<Value> {
+    let out = bin().arg("events").arg(fleet_dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_scheduled_campaign_keeps_its_rate_across_a_restart_and_recipients_engage_through_the_mta() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("keen.toml");
+    std::fs::write(&scenario, KEEN).unwrap();
+    // The sender's HTTPS certificate, made with OpenSSL; the fleet's recipients trust it.
+    let (cert, key) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A server's certificate, not an authority's (webpki refuses a CA as end entity).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut p = Platform::start_with_args(
+        dir.path(),
+        &scenario,
+        &["--trust", cert_s],
+        &[
+            "--https",
+            "127.0.0.1:0",
+            "--https-cert",
+            cert_s,
+            "--https-key",
+            key_s,
+        ],
+    );
+    let csv = dir.path().join("subs.csv");
+    let mut rows = String::from("email,name\n");
+    for i in 1..=24 {
+        rows.push_str(&format!("u{i}@gmail.test,U{i}\n"));
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let out = bin()
+        .args(["list", "import", "--list", "news", "--spool"])
+        .arg(&p.spool)
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The simulated recipients fetch the tracked link (the MTA's 302) and stop there.
+    let link = "http://127.0.0.1:9/winter";
+    // Three seconds from now, in RFC 3339 with an offset; then 4 messages a second.
+    let start_s = now_ms() / 1000 + 3;
+    let send_at = String::from_utf8(
+        Command::new("date")
+            .args([
+                "-d",
+                &format!("@{start_s}"),
+                "+%Y-%m-%dT%H:%M:%S+00:00",
+                "-u",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let campaign = serde_json::to_vec(&serde_json::json!({
+        "list": "news",
+        "name": "winter",
+        "send_at": send_at.trim(),
+        "rate_per_hour": 4 * 3600,
+        "envelope_sender": "bounces@news.example.test",
+        "tracking": true,
+        "content": {
+            "from": {"email": "news@news.example.test"},
+            "subject": "Winter, {{ name }}",
+            "html_body": format!("<p>Hi {{{{ name }}}}, <a href=\"{link}\">the sale</a></p>")
+        }
+    }))
+    .unwrap();
+    let (status, answer) = curl_at(
+        &p.api,
+        "/api/campaigns",
+        &[AUTH, JSON],
+        &campaign,
+        dir.path(),
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["state"], "scheduled");
+    assert_eq!(answer["send_at_ms"], start_s * 1000, "{answer}");
+    let id = answer["campaign"].as_u64().unwrap();
+    let mailboxes = p.fleet_dir.join("mailboxes");
+    // Stop the MTA (SIGTERM) 2.5 s into the campaign: at 4 a second, some are stored, not all.
+    std::thread::sleep(Duration::from_millis(
+        (start_s * 1000 + 2500).saturating_sub(now_ms()),
+    ));
+    let pid = p.mta.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let stopped = loop {
+        if let Some(status) = p.mta.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the MTA did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(stopped.success(), "a clean stop");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = common::maildir_files(&mailboxes);
+    assert!(
+        (1..=12).contains(&before.len()),
+        "{} stored 2.5 s into a campaign of 4 a second",
+        before.len()
+    );
+    let first = before
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().modified().unwrap())
+        .min()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        first >= start_s * 1000,
+        "nothing arrived before the send time"
+    );
+    // Restarted on the same spool, the MTA takes the campaign up where it stopped.
+    let (mta, ready) = p.start_mta(&[]);
+    p.mta = mta;
+    p.api = field(&ready, "http").to_string();
+    let stored = wait_stored(&mailboxes, 24);
+    let mut to: Vec<String> = stored
+        .values()
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Delivered-To: "))
+                .map(str::to_string)
+        })
+        .collect();
+    to.sort();
+    to.dedup();
+    assert_eq!((stored.len(), to.len()), (24, 24), "each subscriber once");
+    // The recipients act within 3 s of each arrival; then the campaign's report is what the
+    // fleet's recipients did (their own log) and what the shop saw.
+    std::thread::sleep(Duration::from_secs(6));
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-H", AUTH])
+            .arg(format!("http://{}{path}", p.api))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let report = get(&format!("/api/campaigns/{id}"));
+    let did = |kind: &str, status: u64| {
+        let mut rcpts: Vec<String> = fleet_events(&p.fleet_dir, kind)
+            .iter()
+            .filter(|e| e["http_status"] == status)
+            .map(|e| e["rcpt"].as_str().unwrap().to_string())
+            .collect();
+        rcpts.sort();
+        rcpts.dedup();
+        rcpts.len() as u64
+    };
+    let opened = did("opened", 200);
+    assert!(opened >= 12, "most of the inbox opened: {report}");
+    assert_eq!(report["state"], "sent", "{report}");
+    assert_eq!(report["queued"], 24, "{report}");
+    assert_eq!(report["opened"], opened, "{report}");
+    let clicked = did("clicked", 302);
+    assert_eq!(report["clicked"], clicked, "{report}");
+    assert_eq!(report["links"][link], clicked, "one click each: {report}");
+    assert_eq!(report["unsubscribed"], did("unsubscribed", 200), "{report}");
+    // RFC 8058's HTTPS one-click URI: the recipients unsubscribed by POST over TLS.
+    let unsubscribes = fleet_events(&p.fleet_dir, "unsubscribed");
+    assert!(
+        unsubscribes.iter().all(|u| u["method"] == "one-click"
+            && u["url"].as_str().unwrap().starts_with("https://127.0.0.1:")),
+        "{unsubscribes:?}"
+    );
+    assert_eq!(
+        report["domains"]["gmail.test"]["opened"], opened,
+        "{report}"
+    );
+    let out = bin()
+        .args(["list", "show", "--list", "news", "--spool"])
+        .arg(&p.spool)
+        .output()
+        .unwrap();
+    let statuses: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        statuses["unsubscribed"], report["unsubscribed"],
+        "{statuses}"
+    );
+    // The MTA's injected events name the campaign.
+    let injected = bin().arg("events").arg(&p.spool).output().unwrap();
+    let named = String::from_utf8_lossy(&injected.stdout)
+        .lines()
+        .filter(|l| {
+            l.contains(r#""type":"injected""#) && l.contains(&format!(r#""campaign":{id}"#))
+        })
+        .count();
+    assert_eq!(named, 24);
+    assert_eq!(get("/api/campaigns/99")["error"]["status"], 404);
+}
+
+/// Recipients whose servers answer later: half of late.test's mailboxes are dead (an RFC 3464
+/// DSN a second after accepting), half of annoyed.test's users press "spam" (an RFC 5965 ARF
+/// report a second after delivery); calm.test takes everything.
+const RETURNS: &str = r#"
+name = "returns"
+seed = 11
+mode = "live"
+
+[[sender]]
+domain = "news.example.test"
+feedback = "fbl@news.example.test"
+
+[[domain]]
+name = "late.test"
+async_bounce = { percent = 50, delay_s = 1 }
+
+[[domain]]
+name = "annoyed.test"
+complaints = { percent = 50, delay_s = 1 }
+
+[[domain]]
+name = "calm.test"
+
+[campaign]
+messages = 30
+"#;
+
+#[test]
+fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("returns.toml");
+    std::fs::write(&scenario, RETURNS).unwrap();
+    let p = Platform::start_with_mx(dir.path(), &scenario, "news.example.test");
+    let csv = dir.path().join("subs.csv");
+    let mut rows = String::from("email\n");
+    for domain in ["late.test", "annoyed.test", "calm.test"] {
+        for i in 1..=10 {
+            rows.push_str(&format!("u{i}@{domain}\n"));
+        }
+    }
+    std::fs::write(&csv, rows).unwrap();
+    assert!(
+        bin()
+            .args(["list", "import", "--list", "news", "--spool"])
+            .arg(&p.spool)
+            .arg(&csv)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let campaign = serde_json::to_vec(&serde_json::json!({
+        "list": "news",
+        "envelope_sender": "bounces@news.example.test",
+        "content": {
+            "from": {"email": "news@news.example.test"},
+            "subject": "News",
+            "text_body": "The news."
+        }
+    }))
+    .unwrap();
+    let (status, answer) = curl_at(
+        &p.api,
+        "/api/campaigns",
+        &[AUTH, JSON],
+        &campaign,
+        dir.path(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let stored = wait_stored(&p.fleet_dir.join("mailboxes"), 30);
+    // What the fleet sent back, by its own log, once every report went out.
+    let started = Instant::now();
+    let sent = loop {
+        let sent = fleet_events(&p.fleet_dir, "report_sent");
+        let taken = bin().arg("events").arg(&p.spool).output().unwrap();
+        let received = String::from_utf8_lossy(&taken.stdout)
+            .matches(r#""type":"report_received""#)
+            .count();
+        if !sent.is_empty() && received >= sent.len() {
+            break sent;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} reports sent, {received} received",
+            sent.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let of = |kind: &str| -> std::collections::BTreeSet<String> {
+        sent.iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["rcpt"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (bounced, complained) = (of("bounce"), of("complaint"));
+    assert!(!bounced.is_empty() && !complained.is_empty(), "{sent:?}");
+    // RFC 2369: the List-Unsubscribe mailto of a calm.test message, sent with curl's SMTP
+    // client to the address and subject it names.
+    let text = stored
+        .values()
+        .find(|t| t.contains("Delivered-To: u3@calm.test"))
+        .unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(text.as_bytes())
+        .unwrap();
+    let header = parsed.header_raw("List-Unsubscribe").unwrap().to_string();
+    let mailto = header
+        .split(',')
+        .find_map(|u| u.trim().trim_matches(['<', '>']).strip_prefix("mailto:"))
+        .unwrap_or_else(|| panic!("no mailto in {header}"))
+        .to_string();
+    // The one-click URI is https, served with the certificate the MTA made in its spool.
+    let https = header
+        .split(',')
+        .map(|u| u.trim().trim_matches(['<', '>']))
+        .find(|u| u.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no https URI in {header}"));
+    let ca = p.spool.join("https.pem");
+    assert_eq!(
+        http_code(&["--cacert", ca.to_str().unwrap(), https]),
+        "200",
+        "the unsubscribe page over TLS"
+    );
+    let (to, query) = mailto.split_once('?').unwrap();
+    let subject = query.strip_prefix("subject=").unwrap().replace("%20", " ");
+    assert_eq!(to, "unsubscribe@news.example.test");
+    let mx = p.mx.as_deref().unwrap();
+    let send = |subject: &str| {
+        let mail = dir.path().join("unsubscribe.eml");
+        std::fs::write(
+            &mail,
+            format!(
+                "From: <u3@calm.test>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nunsubscribe\r\n"
+            ),
+        )
+        .unwrap();
+        Command::new("curl")
+            .args([
+                "-sSv",
+                &format!("smtp://{mx}"),
+                "--mail-from",
+                "u3@calm.test",
+            ])
+            .args(["--mail-rcpt", to, "-T"])
+            .arg(&mail)
+            .output()
+            .unwrap()
+    };
+    let forged = send("unsubscribe please");
+    assert!(!forged.status.success(), "no token: refused");
+    assert!(
+        String::from_utf8_lossy(&forged.stderr).contains("< 550 5.7.1 no unsubscribe token"),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
+    let out = send(&subject);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The list follows what came back, before any other campaign.
+    let out = bin()
+        .args(["list", "show", "--list", "news", "--spool"])
+        .arg(&p.spool)
+        .output()
+        .unwrap();
+    let statuses: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(statuses["bounced"], bounced.len(), "{statuses}");
+    assert_eq!(statuses["complained"], complained.len(), "{statuses}");
+    assert_eq!(statuses["unsubscribed"], 1, "{statuses}");
+    assert_eq!(
+        statuses["active"],
+        30 - bounced.len() - complained.len() - 1,
+        "{statuses}"
+    );
+    // The next campaign mails the active subscribers only.
+    let (status, answer) = curl_at(
+        &p.api,
+        "/api/campaigns",
+        &[AUTH, JSON],
+        &campaign,
+        dir.path(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let again = wait_stored(
+        &p.fleet_dir.join("mailboxes"),
+        30 + statuses["active"].as_u64().unwrap() as usize,
+    );
+    let gone: std::collections::BTreeSet<String> = bounced
+        .iter()
+        .chain(&complained)
+        .cloned()
+        .chain(["u3@calm.test".to_string()])
+        .collect();
+    for rcpt in &gone {
+        let copies = again
+            .values()
+            .filter(|t| {
+                t.contains(&format!("Delivered-To: {rcpt}\r\n"))
+                    || t.contains(&format!("Delivered-To: {rcpt}\n"))
+            })
+            .count();
+        assert_eq!(copies, 1, "{rcpt} was mailed once, before it left the list");
+    }
+    let log = bin().arg("events").arg(&p.spool).output().unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains(r#""type":"unsubscribed""#) && l.contains(r#""method":"mailto""#))
+            .count(),
+        1
+    );
 }

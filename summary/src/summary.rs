@@ -433,6 +433,7 @@ mod tests {
             domain: "a.test".into(),
             size: 1,
             lane: lane.map(str::to_string),
+            campaign: None,
         };
         let del = |msg| Event::Delivered {
             msg,
@@ -485,6 +486,7 @@ mod tests {
             domain: domain.into(),
             size: 1,
             lane: None,
+            campaign: None,
         };
         let records = vec![
             rec(
@@ -560,6 +562,7 @@ mod tests {
             domain: "a.test".into(),
             size: 10,
             lane: None,
+            campaign: None,
         };
         let stored = |msg: u64, rcpt: &str| Event::Stored {
             host: "mx1.a.test".into(),

@@ -91,6 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             domain: domain.into(),
             size: 5120,
             lane: None,
+            campaign: None,
         });
         if msg.is_multiple_of(50) {
             conn += 1;
