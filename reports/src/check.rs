@@ -71,6 +71,21 @@ pub fn differences(s: &Summary, f: &Figures) -> Vec<String> {
     if reasons != s.reasons {
         out.push(format!("reasons {:?} vs {:?}", s.reasons, reasons));
     }
+    // The lanes: summary.json folds them record by record, the report joins the table.
+    let lanes: BTreeMap<String, (u64, u64, u64, u64)> = f
+        .engagement
+        .lanes
+        .iter()
+        .map(|l| (l.lane.clone(), (l.delivered, l.p50_ms, l.p99_ms, l.max_ms)))
+        .collect();
+    let summary_lanes: BTreeMap<String, (u64, u64, u64, u64)> = s
+        .lanes
+        .iter()
+        .map(|(k, l)| (k.clone(), (l.delivered, l.p50_ms, l.p99_ms, l.max_ms)))
+        .collect();
+    if lanes != summary_lanes {
+        out.push(format!("lanes {summary_lanes:?} vs {lanes:?}"));
+    }
     if s.reports_received != f.reports_received {
         out.push(format!(
             "reports received {:?} vs {:?}",

@@ -203,7 +203,7 @@ fn provider() -> Expr {
         .alias("provider")
 }
 
-fn strs(df: &DataFrame, name: &str) -> PolarsResult<Vec<String>> {
+pub(crate) fn strs(df: &DataFrame, name: &str) -> PolarsResult<Vec<String>> {
     let c = df.column(name)?.cast(&DataType::String)?;
     let ca = c.str()?;
     Ok((0..ca.len())
@@ -211,7 +211,7 @@ fn strs(df: &DataFrame, name: &str) -> PolarsResult<Vec<String>> {
         .collect())
 }
 
-fn nums(df: &DataFrame, name: &str) -> PolarsResult<Vec<u64>> {
+pub(crate) fn nums(df: &DataFrame, name: &str) -> PolarsResult<Vec<u64>> {
     let c = df.column(name)?.cast(&DataType::UInt64)?;
     let ca = c.u64()?;
     Ok((0..ca.len()).map(|i| ca.get(i).unwrap_or(0)).collect())

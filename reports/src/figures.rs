@@ -80,6 +80,8 @@ pub struct Figures {
     pub deliverability: crate::deliverability::Deliverability,
     /// Outbound TLS per destination (the MTA's `tls` events: what TLS-RPT reports count).
     pub tls: Vec<TlsRow>,
+    /// Opens, clicks and unsubscribes per campaign and domain, clicks per link, lanes.
+    pub engagement: crate::engagement::Engagement,
 }
 
 /// One destination's STARTTLS sessions.
@@ -276,7 +278,7 @@ fn reason_word(e: Expr) -> Expr {
 }
 
 /// The columns the figures use.
-fn used_columns() -> [Expr; 29] {
+fn used_columns() -> [Expr; 32] {
     [
         col("seq"),
         col("ts_ms"),
@@ -306,6 +308,9 @@ fn used_columns() -> [Expr; 29] {
         col("policy"),
         col("result"),
         col("outcome"),
+        col("campaign"),
+        col("lane"),
+        col("url"),
         col("detail"),
     ]
 }
@@ -785,6 +790,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         });
     }
     f.deliverability = crate::deliverability::compute(&ev, f.first_ts_ms, f.totals.delivered)?;
+    f.engagement = crate::engagement::compute(&ev)?;
     Ok(f)
 }
 

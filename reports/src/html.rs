@@ -198,6 +198,59 @@ fn deliverability_section(h: &mut String, d: &crate::deliverability::Deliverabil
     h.push_str("</table>");
 }
 
+/// Opens, clicks and unsubscribes per campaign and domain, clicks per link, and the time from
+/// injection to delivery per lane.
+fn engagement_section(h: &mut String, e: &crate::engagement::Engagement) {
+    if e.present() {
+        h.push_str("<h2 id=\"engagement\">Engagement by campaign</h2><p>Recipients who opened, clicked and unsubscribed (each copy once; unsubscribes the sender took), per campaign (<code>-</code>: mail of no platform campaign) and recipient domain:</p><table id=\"engagement-table\"><tr><th>campaign</th><th>domain</th><th>sent</th><th>delivered</th><th>opened</th><th>clicked</th><th>unsubscribed</th><th>open rate</th><th>click rate</th></tr>");
+        for r in &e.campaigns {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.campaign),
+                esc(&r.domain),
+                r.sent,
+                r.delivered,
+                r.opened,
+                r.clicked,
+                r.unsubscribed,
+                pct(r.opened as f64 / r.delivered.max(1) as f64),
+                pct(r.clicked as f64 / r.opened.max(1) as f64),
+            );
+        }
+        h.push_str("</table>");
+        if !e.links.is_empty() {
+            h.push_str("<h3>Clicks per link</h3><table id=\"links-table\"><tr><th>campaign</th><th>link</th><th>clicks</th><th>recipients</th></tr>");
+            for l in &e.links {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&l.campaign),
+                    esc(&l.url),
+                    l.clicks,
+                    l.recipients
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
+    if !e.lanes.is_empty() {
+        h.push_str("<h2 id=\"lanes\">Lanes</h2><p>Time from injection to delivery per lane (the MTA ran with <code>--lanes</code>):</p><table id=\"lanes-table\"><tr><th>lane</th><th>delivered</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th></tr>");
+        for l in &e.lanes {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&l.lane),
+                l.delivered,
+                l.p50_ms,
+                l.p99_ms,
+                l.max_ms
+            );
+        }
+        h.push_str("</table>");
+    }
+}
+
 pub fn page(f: &Figures, charts: &[Chart], dmarc: &[AggregateReport], files: &[String]) -> String {
     let mut h = String::new();
     let t = &f.totals;
@@ -244,6 +297,7 @@ pub fn page(f: &Figures, charts: &[Chart], dmarc: &[AggregateReport], files: &[S
     }
     h.push_str("</ul>");
     deliverability_section(&mut h, &f.deliverability);
+    engagement_section(&mut h, &f.engagement);
     h.push_str("<h2>Per domain</h2><table><tr><th>domain</th><th>injected</th><th>delivered</th><th>bounced hard</th><th>bounced soft</th><th>deferred</th><th>expired</th><th>suppressed</th><th>delivery rate</th><th>p50 s</th><th>p90 s</th><th>p99 s</th><th>attempts/msg</th></tr>");
     for d in &f.domains {
         h.push_str(&domain_row(d));

@@ -10,6 +10,7 @@ pub mod charts;
 pub mod check;
 pub mod deliverability;
 pub mod dmarc;
+pub mod engagement;
 pub mod figures;
 pub mod html;
 pub mod report;

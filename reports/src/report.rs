@@ -206,6 +206,34 @@ pub fn write_report(
     ])?;
     write_csv(&mut replies, &path)?;
     files.push(path);
+    let e = &f.engagement;
+    if e.present() {
+        let path = out.join("engagement.csv");
+        let col_s = |name: &str, v: Vec<String>| Series::new(name.into(), v).into_column();
+        let col_n = |name: &str, v: Vec<u64>| Series::new(name.into(), v).into_column();
+        let c = &e.campaigns;
+        let mut frame = DataFrame::new_infer_height(vec![
+            col_s("campaign", c.iter().map(|r| r.campaign.clone()).collect()),
+            col_s("domain", c.iter().map(|r| r.domain.clone()).collect()),
+            col_n("sent", c.iter().map(|r| r.sent).collect()),
+            col_n("delivered", c.iter().map(|r| r.delivered).collect()),
+            col_n("opened", c.iter().map(|r| r.opened).collect()),
+            col_n("clicked", c.iter().map(|r| r.clicked).collect()),
+            col_n("unsubscribed", c.iter().map(|r| r.unsubscribed).collect()),
+        ])?;
+        write_csv(&mut frame, &path)?;
+        files.push(path);
+        let path = out.join("links.csv");
+        let l = &e.links;
+        let mut frame = DataFrame::new_infer_height(vec![
+            col_s("campaign", l.iter().map(|r| r.campaign.clone()).collect()),
+            col_s("link", l.iter().map(|r| r.url.clone()).collect()),
+            col_n("clicks", l.iter().map(|r| r.clicks).collect()),
+            col_n("recipients", l.iter().map(|r| r.recipients).collect()),
+        ])?;
+        write_csv(&mut frame, &path)?;
+        files.push(path);
+    }
     steps.inc(1);
     steps.set_message("charts");
     let charts = charts::all(&f);

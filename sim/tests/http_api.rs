@@ -965,6 +965,29 @@ fn a_scheduled_campaign_keeps_its_rate_across_a_restart_and_recipients_engage_th
         .count();
     assert_eq!(named, 24);
     assert_eq!(get("/api/campaigns/99")["error"]["status"], 404);
+    // The report of the MTA's log (polars over events.parquet) says the same per campaign,
+    // domain and link as the fleet's recipients' own log.
+    let o = bin()
+        .args(["report", "--quiet"])
+        .arg(&p.spool)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = std::fs::read_to_string(p.spool.join("report/engagement.csv")).unwrap();
+    assert_eq!(
+        table.lines().nth(1).unwrap(),
+        format!(
+            "{id},gmail.test,24,24,{opened},{clicked},{}",
+            did("unsubscribed", 200)
+        ),
+        "{table}"
+    );
+    let links = std::fs::read_to_string(p.spool.join("report/links.csv")).unwrap();
+    assert_eq!(
+        links.lines().nth(1).unwrap(),
+        format!("{id},{link},{clicked},{clicked}"),
+        "{links}"
+    );
 }
 
 /// Recipients whose servers answer later: half of late.test's mailboxes are dead (an RFC 3464

@@ -258,4 +258,38 @@ fn the_lanes_scenario_delivers_sign_in_codes_in_a_second_while_the_campaign_drai
         with.elapsed_s,
         without.elapsed_s
     );
+    // The report's lanes table (a polars join of the log, checked against summary.json's
+    // fold by the report itself) counts the codes the mailboxes hold, as fast as they came.
+    for (dir, worst) in [(on.path(), worst_with), (off.path(), worst_without)] {
+        let o = bin()
+            .args(["report", "--quiet"])
+            .arg(dir.join("run"))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && said.contains("totals equal summary.json"),
+            "{said}"
+        );
+        let html = std::fs::read_to_string(dir.join("run/report/report.html")).unwrap();
+        let cells: Vec<u64> = html
+            .split("<tr><td>transactional</td>")
+            .nth(1)
+            .unwrap()
+            .split("</tr>")
+            .next()
+            .unwrap()
+            .split("<td>")
+            .filter_map(|c| c.split('<').next()?.parse().ok())
+            .collect();
+        let [delivered, _p50, _p99, max_ms] = cells[..] else {
+            panic!("{cells:?}")
+        };
+        assert_eq!(delivered, 100);
+        // Whole seconds in the files: the longest wait is within a second of theirs.
+        assert!(
+            (max_ms as i64 / 1000 - worst).abs() <= 1,
+            "max {max_ms} ms, the files' worst {worst} s"
+        );
+    }
 }

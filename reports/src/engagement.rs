@@ -1,0 +1,246 @@
+//! Engagement per campaign and recipient domain (opens, clicks, unsubscribes), clicks per link,
+//! and the time from injection to delivery per lane, from the event table.
+//!
+//! A copy is a (recipient, Message-ID) pair; it belongs to the campaign its `injected` event
+//! names (`campaign`, from the platform's `POST /api/campaigns`; `-` for mail without one,
+//! such as a scenario's own campaign). Opens and clicks are counted once per copy however
+//! often they happened (the recipient opened it), from whichever side logged them: the MTA's
+//! tracking endpoints or the simulated recipients.
+
+use crate::deliverability::{nums, strs};
+use crate::figures::is;
+use polars::prelude::*;
+
+/// One campaign's copies to one recipient domain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CampaignRow {
+    pub campaign: String,
+    pub domain: String,
+    pub sent: u64,
+    pub delivered: u64,
+    pub opened: u64,
+    pub clicked: u64,
+    /// Unsubscribes the sender took (a 2xx answer, or a mailto mail accepted).
+    pub unsubscribed: u64,
+}
+
+/// One link of a campaign: every click, and the recipients who clicked it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkRow {
+    pub campaign: String,
+    /// The original link (the MTA's `clicked` events name it); a recipient's own record of a
+    /// click names the tracking URL it fetched, which is shown as `(tracked link)` and its
+    /// host, since the link behind a token is the sender's to know.
+    pub url: String,
+    pub clicks: u64,
+    pub recipients: u64,
+}
+
+/// One lane's deliveries and their time from injection to delivery (nearest-rank
+/// percentiles, as summary.json's `lanes`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaneRow {
+    pub lane: String,
+    pub delivered: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Engagement {
+    pub campaigns: Vec<CampaignRow>,
+    pub links: Vec<LinkRow>,
+    /// Present when the log has transactional mail (an MTA with lanes).
+    pub lanes: Vec<LaneRow>,
+}
+
+impl Engagement {
+    /// Anything to show: a campaign, an open, a click or an unsubscribe.
+    pub fn present(&self) -> bool {
+        self.campaigns
+            .iter()
+            .any(|c| c.campaign != "-" || c.opened > 0 || c.clicked > 0 || c.unsubscribed > 0)
+    }
+}
+
+/// The 2xx answers (and a mailto's 250): an unsubscribe the sender took.
+fn taken() -> Expr {
+    (col("http_status")
+        .gt_eq(lit(200))
+        .and(col("http_status").lt(lit(300))))
+    .or(col("http_status").eq(lit(250)))
+}
+
+pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
+    let mut out = Engagement::default();
+    let campaign = col("campaign")
+        .cast(DataType::String)
+        .fill_null(lit("-"))
+        .alias("campaign");
+    let rcpt = col("rcpt").str().to_lowercase().alias("rcpt");
+    let sent = ev.clone().filter(is("injected")).select([
+        col("msg"),
+        col("ts_ms").alias("injected_ms"),
+        col("message_id"),
+        rcpt.clone(),
+        col("domain"),
+        campaign,
+        col("lane").fill_null(lit("bulk")).alias("lane"),
+    ]);
+    let delivered = ev
+        .clone()
+        .filter(is("delivered"))
+        .group_by([col("msg")])
+        .agg([col("ts_ms").min().alias("delivered_ms")]);
+    let fates = sent.clone().join(
+        delivered,
+        [col("msg")],
+        [col("msg")],
+        JoinArgs::new(JoinType::Left),
+    );
+    let per_domain = fates
+        .clone()
+        .group_by([col("campaign"), col("domain")])
+        .agg([
+            len().alias("sent"),
+            col("delivered_ms").count().alias("delivered"),
+        ]);
+    // Each copy's campaign and domain (a whole message for many recipients is a copy each).
+    let copies = sent
+        .clone()
+        .select([
+            col("message_id"),
+            col("rcpt"),
+            col("campaign"),
+            col("domain"),
+        ])
+        .unique(None, UniqueKeepStrategy::First);
+    let acts = ev
+        .clone()
+        .filter(is("opened").or(is("clicked")).or(is("unsubscribed")))
+        .select([
+            col("type"),
+            rcpt,
+            col("message_id"),
+            col("url"),
+            col("http_status"),
+        ])
+        .join(
+            copies,
+            [col("message_id"), col("rcpt")],
+            [col("message_id"), col("rcpt")],
+            JoinArgs::new(JoinType::Inner),
+        );
+    let counted = |kind: &str, keep: Expr| {
+        acts.clone()
+            .filter(is(kind).and(keep))
+            .select([
+                col("campaign"),
+                col("domain"),
+                col("rcpt"),
+                col("message_id"),
+            ])
+            .unique(None, UniqueKeepStrategy::First)
+            .group_by([col("campaign"), col("domain")])
+            .agg([len().alias(kind)])
+    };
+    let mut table = per_domain;
+    for (kind, keep) in [
+        ("opened", lit(true)),
+        ("clicked", lit(true)),
+        ("unsubscribed", taken()),
+    ] {
+        table = table.join(
+            counted(kind, keep),
+            [col("campaign"), col("domain")],
+            [col("campaign"), col("domain")],
+            JoinArgs::new(JoinType::Left),
+        );
+    }
+    let table = table
+        .sort(["campaign", "domain"], SortMultipleOptions::default())
+        .collect()?;
+    let (c, d, s, dl, o, k, u) = (
+        strs(&table, "campaign")?,
+        strs(&table, "domain")?,
+        nums(&table, "sent")?,
+        nums(&table, "delivered")?,
+        nums(&table, "opened")?,
+        nums(&table, "clicked")?,
+        nums(&table, "unsubscribed")?,
+    );
+    for i in 0..table.height() {
+        out.campaigns.push(CampaignRow {
+            campaign: c[i].clone(),
+            domain: d[i].clone(),
+            sent: s[i],
+            delivered: dl[i],
+            opened: o[i],
+            clicked: k[i],
+            unsubscribed: u[i],
+        });
+    }
+    let tracked = col("url").str().contains(lit("/t/c/"), true);
+    let link = when(tracked)
+        .then(lit("(tracked link) ") + col("url").str().extract(lit(r"^(\w+://[^/]+)"), 1))
+        .otherwise(col("url"))
+        .alias("link");
+    let links = acts
+        .filter(is("clicked"))
+        .select([col("campaign"), link, col("rcpt")])
+        .group_by([col("campaign"), col("link")])
+        .agg([
+            len().alias("clicks"),
+            col("rcpt").n_unique().alias("recipients"),
+        ])
+        .sort(
+            ["campaign", "clicks", "link"],
+            SortMultipleOptions::default().with_order_descending_multi([false, true, false]),
+        )
+        .collect()?;
+    let (c, l, n, r) = (
+        strs(&links, "campaign")?,
+        strs(&links, "link")?,
+        nums(&links, "clicks")?,
+        nums(&links, "recipients")?,
+    );
+    for i in 0..links.height() {
+        out.links.push(LinkRow {
+            campaign: c[i].clone(),
+            url: l[i].clone(),
+            clicks: n[i],
+            recipients: r[i],
+        });
+    }
+    let times = fates
+        .filter(col("delivered_ms").is_not_null())
+        .select([
+            col("lane"),
+            (col("delivered_ms").cast(DataType::Int64) - col("injected_ms").cast(DataType::Int64))
+                .alias("ms"),
+        ])
+        .collect()?;
+    let (lanes, ms) = (strs(&times, "lane")?, nums(&times, "ms")?);
+    if lanes.iter().any(|l| l == "transactional") {
+        let mut by: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for (l, m) in lanes.into_iter().zip(ms) {
+            by.entry(l).or_default().push(m);
+        }
+        for (lane, mut ms) in by {
+            ms.sort_unstable();
+            let at = |q: f64| {
+                let rank = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len().max(1));
+                ms.get(rank - 1).copied().unwrap_or(0)
+            };
+            out.lanes.push(LaneRow {
+                lane,
+                delivered: ms.len() as u64,
+                p50_ms: at(0.5),
+                p99_ms: at(0.99),
+                max_ms: ms.last().copied().unwrap_or(0),
+            });
+        }
+    }
+    Ok(out)
+}
