@@ -396,7 +396,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 let reason = inner
                     .suppression
                     .reason(rcpt)
-                    .filter(|r| m.lane.is_bulk() || r != "unsubscribed");
+                    .filter(|r| m.lane.is_bulk() || !crate::suppression::is_unsubscribe(r));
                 match reason {
                     Some(reason) => {
                         a.push(Err(reason.clone()));

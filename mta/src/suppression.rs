@@ -79,10 +79,15 @@ impl Suppression {
     }
 
     /// Add `addr`; false when it was already listed. The line is written before this returns.
+    /// An unsubscribe (`unsubscribed`, `unengaged`) is the weakest reason: it only stops bulk
+    /// mail, so a later hard bounce or complaint replaces it (a new line, true) and then stops
+    /// every lane; any other reason stays as it was first listed.
     pub fn add(&self, addr: &str, reason: &str) -> bool {
         let key = addr.to_ascii_lowercase();
         let mut inner = self.inner.lock().expect("suppression");
-        if inner.reasons.contains_key(&key) {
+        if let Some(old) = inner.reasons.get(&key)
+            && (!is_unsubscribe(old) || is_unsubscribe(reason))
+        {
             return false;
         }
         let clean: String = reason.chars().filter(|c| !c.is_control()).collect();
@@ -113,9 +118,39 @@ impl Suppression {
     }
 }
 
+/// Reasons that are the recipient's choice, not a failure: they stop bulk mail only.
+pub fn is_unsubscribe(reason: &str) -> bool {
+    matches!(reason, "unsubscribed" | "unengaged")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounce_or_complaint_replaces_an_unsubscribe_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("suppression.log");
+        let s = Suppression::open(&path).unwrap();
+        assert!(s.add("a@x.test", "unsubscribed"));
+        assert!(!s.add("a@x.test", "unengaged"));
+        assert!(
+            s.add("a@x.test", "feedback"),
+            "a complaint after an unsubscribe"
+        );
+        assert!(!s.add("a@x.test", "userunknown"));
+        assert!(!s.add("a@x.test", "unsubscribed"));
+        assert!(s.add("b@x.test", "userunknown"));
+        assert!(!s.add("b@x.test", "unsubscribed"));
+        drop(s);
+        let s = Suppression::open(&path).unwrap();
+        assert_eq!(
+            s.reason("a@x.test").as_deref(),
+            Some("feedback"),
+            "the last line wins"
+        );
+        assert_eq!(s.reason("b@x.test").as_deref(), Some("userunknown"));
+    }
 
     #[test]
     fn additions_survive_reopening_and_a_torn_line_is_skipped() {
