@@ -90,6 +90,20 @@ impl Plan {
         self.send_at_ms <= now_ms && self.rate_per_hour.is_none() && self.warmup.is_empty()
     }
 
+    /// The rate (messages an hour) the plan sets at `now_ms`: the warm-up step's, then
+    /// `rate_per_hour`; None for no limit.
+    pub fn rate_at(&self, now_ms: u64) -> Option<u64> {
+        let mut left = u128::from(now_ms.saturating_sub(self.send_at_ms));
+        for s in &self.warmup {
+            let len = u128::from(s.hours) * HOUR_MS;
+            if left < len {
+                return Some(s.per_hour);
+            }
+            left -= len;
+        }
+        self.rate_per_hour
+    }
+
     /// How many messages the plan lets go by `now_ms`, in all (`u64::MAX`: no limit left).
     pub fn allowance(&self, now_ms: u64) -> u64 {
         if now_ms < self.send_at_ms {
@@ -559,6 +573,10 @@ mod tests {
         let p = plan(Some(36 * 3_600), &[(2, 100), (1, 1_000)]);
         assert_eq!(p.allowance(1_000 + 3 * h + 10_000), 1_200 + 360);
         assert!(!p.immediate(5_000) && plan(None, &[]).immediate(1_000));
+        assert_eq!(p.rate_at(1_000), Some(100));
+        assert_eq!(p.rate_at(1_000 + 2 * h), Some(1_000));
+        assert_eq!(p.rate_at(1_000 + 3 * h), Some(36 * 3_600));
+        assert_eq!(plan(None, &[(1, 5)]).rate_at(1_000 + h), None);
     }
 
     #[test]

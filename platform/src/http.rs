@@ -284,10 +284,13 @@ impl Platform {
     /// `email` joined the suppression list for `reason` (a hard bounce, a complaint): its
     /// status on every list follows.
     pub fn subscriber_suppressed(&self, email: &str, reason: &str) {
-        if let Some(lists) = &self.api.lists
-            && let Err(e) = lists.set_status(email, crate::lists::status_for(reason))
-        {
-            tracing::warn!("lists: {e}");
+        if let Some(lists) = self.api.lists.clone() {
+            let (email, status) = (email.to_string(), crate::lists::status_for(reason));
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = lists.set_status(&email, status) {
+                    tracing::warn!("lists: {e}");
+                }
+            });
         }
     }
 
@@ -790,6 +793,18 @@ async fn record(lists: &Arc<Lists>, id: u64, outcomes: Vec<Outcome>) -> Result<(
     .await
 }
 
+/// Run a database call on a blocking thread (SQLite is not for the async workers, which also
+/// serve SMTP and the tracking URLs).
+async fn db<T: Send + 'static>(
+    lists: &Arc<Lists>,
+    f: impl FnOnce(&Lists) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let lists = lists.clone();
+    tokio::task::spawn_blocking(move || f(&lists))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
+
 /// Send what the unfinished campaigns' plans allow by now, a batch at a time.
 async fn send_due(
     api: &Arc<Api>,
@@ -798,21 +813,37 @@ async fn send_due(
 ) -> Result<(), String> {
     let why = |r: Response| format!("status {}", r.status());
     let _sending = api.sending.lock().await;
-    let ids = lists.unfinished_campaigns()?;
+    let ids = db(lists, |l| l.unfinished_campaigns()).await?;
     for id in ids {
+        // At most a second's worth of the plan's current rate per tick: the allowance counts
+        // from the send time, and what a stopped MTA did not send must not leave at once.
+        let now = api.clock.now_ms();
+        let Some(c) = db(lists, move |l| l.campaign(id)).await? else {
+            continue;
+        };
+        let mut budget = c
+            .plan
+            .rate_at(now)
+            .map_or(u64::MAX, |per_hour| per_hour.div_ceil(3600));
         loop {
             if stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(());
             }
-            let Some(c) = lists.campaign(id)? else { break };
+            let Some(c) = db(lists, move |l| l.campaign(id)).await? else {
+                break;
+            };
             let allowed = c.plan.allowance(api.clock.now_ms()).min(c.members);
-            if allowed <= c.next {
+            if allowed <= c.next || budget == 0 {
                 break;
             }
-            let n = (allowed - c.next).min(CAMPAIGN_BATCH as u64);
+            let n = (allowed - c.next).min(CAMPAIGN_BATCH as u64).min(budget);
+            budget -= n;
             let suppression = api.tracking.as_ref().map(|t| t.suppression.clone());
-            let batch =
-                lists.campaign_batch(&c, n, |e| suppression.as_ref().and_then(|s| s.reason(e)))?;
+            let c2 = c.clone();
+            let batch = db(lists, move |l| {
+                l.campaign_batch(&c2, n, |e| suppression.as_ref().and_then(|s| s.reason(e)))
+            })
+            .await?;
             let outcomes = send_batch(api, &c, batch).await.map_err(why)?;
             record(lists, id, outcomes).await.map_err(why)?;
         }
@@ -916,12 +947,27 @@ async fn campaign_report(
 }
 
 /// Count a tracking request towards its campaign (if the message is a campaign's).
+/// Done on a blocking thread, not awaited: the pixel or the redirect does not wait for it.
 fn note(api: &Api, message_id: &str, rcpt: &str, what: Engagement) {
-    if let Some(lists) = &api.lists
-        && let Err(e) = lists.note_engagement(message_id, rcpt, what)
-    {
-        tracing::warn!("lists: {e}");
-    }
+    let Some(lists) = api.lists.clone() else {
+        return;
+    };
+    let (message_id, rcpt) = (message_id.to_string(), rcpt.to_string());
+    let url = match what {
+        Engagement::Click(url) => Some(url.to_string()),
+        _ => None,
+    };
+    let unsubscribe = matches!(what, Engagement::Unsubscribe);
+    tokio::task::spawn_blocking(move || {
+        let what = match (&url, unsubscribe) {
+            (Some(url), _) => Engagement::Click(url),
+            (None, true) => Engagement::Unsubscribe,
+            (None, false) => Engagement::Open,
+        };
+        if let Err(e) = lists.note_engagement(&message_id, &rcpt, what) {
+            tracing::warn!("lists: {e}");
+        }
+    });
 }
 
 /// A 1x1 transparent GIF (the open pixel).
@@ -1088,15 +1134,20 @@ fn take_unsubscribe(
     url: String,
     status: u16,
 ) {
-    if let Some(lists) = &api.lists
-        && let Err(e) = lists.set_status(&rcpt, "unsubscribed")
-    {
-        tracing::warn!("lists: {e}");
+    if let Some(lists) = api.lists.clone() {
+        let rcpt = rcpt.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = lists.set_status(&rcpt, "unsubscribed") {
+                tracing::warn!("lists: {e}");
+            }
+        });
     }
-    note(api, &message_id, &rcpt, Engagement::Unsubscribe);
     if !t.suppression.add(&rcpt, "unsubscribed") {
+        // Already on the suppression list (a second click, or a bounce before): nothing new,
+        // for the log or for the campaign's count.
         return;
     }
+    note(api, &message_id, &rcpt, Engagement::Unsubscribe);
     t.events.emit(Event::SuppressionAdded {
         rcpt: rcpt.clone(),
         reason: "unsubscribed".into(),

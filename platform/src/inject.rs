@@ -196,10 +196,23 @@ fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FieldErro
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // A missing or repeated field is reported on the object that lacks or repeats it:
+        // name the field itself.
+        let named = ["missing field `", "duplicate field `"]
+            .iter()
+            .find_map(|p| message.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next());
+        // serde_path_to_error names the root "."; otherwise the field being read.
+        let field = match (path.as_str(), named) {
+            (".", None) => None,
+            (".", Some(name)) => Some(name.to_string()),
+            (_, Some(name)) => Some(format!("{path}.{name}")),
+            (_, None) => Some(path),
+        };
         FieldError {
-            // serde_path_to_error names the root "."; otherwise the field being read.
-            field: (path != ".").then_some(path),
-            message: e.into_inner().to_string(),
+            field,
+            message,
             status: 400,
         }
     })?;
@@ -1119,8 +1132,16 @@ mod tests {
         assert!(m.contains("unknown field"), "{m}");
         let (f, m) =
             field_of(r#"{"envelope_sender":"b@s.test","recipients":[{"email":"a@x.test"}]}"#);
-        assert_eq!(f, None, "{m}");
+        assert_eq!(f.as_deref(), Some("content"), "{m}");
         assert!(m.contains("missing field `content`"), "{m}");
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"text_body":"x"},"recipients":[{"email":"a@x.test"}]}"#,
+        );
+        assert_eq!(f.as_deref(), Some("content.subject"), "{m}");
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","envelope_sender":"c@s.test","content":"x","recipients":[]}"#,
+        );
+        assert_eq!(f.as_deref(), Some("envelope_sender"), "{m}");
         let (f, m) = field_of(r#"{"envelope_sender":"b@s.test", "content": "#);
         assert_eq!(f.as_deref(), Some("content"), "the field being read");
         assert!(m.contains("EOF"), "{m}");

@@ -59,7 +59,8 @@ impl Lists {
                  fields TEXT NOT NULL,
                  status TEXT NOT NULL DEFAULT 'active',
                  PRIMARY KEY (list, email)
-             );",
+             );
+             CREATE INDEX IF NOT EXISTS subscribers_by_email ON subscribers (email);",
         )
         .map_err(|e| format!("{}: {e}", path.display()))?;
         Lists::create_campaign_tables(&db).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -119,22 +120,30 @@ impl Lists {
         list: &str,
         suppressed: impl Fn(&str) -> Option<String>,
     ) -> Result<Vec<Subscriber>, String> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare(
-                "SELECT email, fields FROM subscribers WHERE list = ?1 AND status = 'active' ORDER BY email",
-            )
-            .map_err(|e| e.to_string())?;
-        let rows: Vec<(String, String)> = stmt
-            .query_map(params![list], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())?;
+        let mut db = self.db();
+        let rows: Vec<(String, String)> = {
+            let mut stmt = db
+                .prepare(
+                    "SELECT email, fields FROM subscribers WHERE list = ?1 AND status = 'active' ORDER BY email",
+                )
+                .map_err(|e| e.to_string())?;
+            stmt.query_map(params![list], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| e.to_string())?
+        };
+        // The suppressed ones' statuses, in one transaction (an index on email keeps each
+        // update a lookup).
+        let tx = db.transaction().map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(rows.len());
         for (email, fields) in rows {
             if let Some(reason) = suppressed(&email) {
-                db.execute(
-                    "UPDATE subscribers SET status = ?1 WHERE email = ?2",
-                    params![status_for(&reason), email],
+                let status = status_for(&reason);
+                tx.execute(
+                    &format!(
+                        "UPDATE subscribers SET status = ?1 WHERE email = ?2 AND {RANK} < {}",
+                        rank_of(status)
+                    ),
+                    params![status, email],
                 )
                 .map_err(|e| e.to_string())?;
                 continue;
@@ -145,14 +154,20 @@ impl Lists {
             };
             out.push(Subscriber { email, fields });
         }
+        tx.commit().map_err(|e| e.to_string())?;
         Ok(out)
     }
 
-    /// Set `email`'s status on every list (an unsubscribe, a bounce, a complaint).
+    /// Set `email`'s status on every list (an unsubscribe, a bounce, a complaint), where it is
+    /// weaker: `active` < `unsubscribed` < `bounced` < `complained` (an unsubscribe does not
+    /// hide a complaint, a complaint does replace an unsubscribe).
     pub fn set_status(&self, email: &str, status: &str) -> Result<(), String> {
         self.db()
             .execute(
-                "UPDATE subscribers SET status = ?1 WHERE email = ?2",
+                &format!(
+                    "UPDATE subscribers SET status = ?1 WHERE email = ?2 AND {RANK} < {}",
+                    rank_of(status)
+                ),
                 params![status, email.to_ascii_lowercase()],
             )
             .map(|_| ())
@@ -240,6 +255,18 @@ pub fn read_csv(csv: impl std::io::Read, source: &str) -> Result<Vec<Subscriber>
         out.push(Subscriber { email, fields });
     }
     Ok(out)
+}
+
+/// A status's strength, as SQL over the `status` column and for one status.
+const RANK: &str = "(CASE status WHEN 'unsubscribed' THEN 1 WHEN 'bounced' THEN 2 WHEN 'complained' THEN 3 ELSE 0 END)";
+
+fn rank_of(status: &str) -> u8 {
+    match status {
+        "unsubscribed" => 1,
+        "bounced" => 2,
+        "complained" => 3,
+        _ => 0,
+    }
 }
 
 /// The subscriber status a suppression reason stands for.

@@ -4,8 +4,8 @@
 //! A copy is a (recipient, Message-ID) pair; it belongs to the campaign its `injected` event
 //! names (`campaign`, from the platform's `POST /api/campaigns`; `-` for mail without one,
 //! such as a scenario's own campaign). Opens and clicks are counted once per copy however
-//! often they happened (the recipient opened it), from whichever side logged them: the MTA's
-//! tracking endpoints or the simulated recipients.
+//! often they happened (the recipient opened it; a click counts as an open), from whichever
+//! side logged them: the MTA's tracking endpoints or the simulated recipients.
 
 use crate::deliverability::{nums, strs};
 use crate::figures::is;
@@ -134,7 +134,7 @@ pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
         );
     let counted = |kind: &str, keep: Expr| {
         acts.clone()
-            .filter(is(kind).and(keep))
+            .filter(keep)
             .select([
                 col("campaign"),
                 col("domain"),
@@ -147,9 +147,10 @@ pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
     };
     let mut table = per_domain;
     for (kind, keep) in [
-        ("opened", lit(true)),
-        ("clicked", lit(true)),
-        ("unsubscribed", taken()),
+        // A click is an open too (the images may have been blocked), as senders count it.
+        ("opened", is("opened").or(is("clicked"))),
+        ("clicked", is("clicked")),
+        ("unsubscribed", is("unsubscribed").and(taken())),
     ] {
         table = table.join(
             counted(kind, keep),

@@ -202,7 +202,7 @@ fn deliverability_section(h: &mut String, d: &crate::deliverability::Deliverabil
 /// injection to delivery per lane.
 fn engagement_section(h: &mut String, e: &crate::engagement::Engagement) {
     if e.present() {
-        h.push_str("<h2 id=\"engagement\">Engagement by campaign</h2><p>Recipients who opened, clicked and unsubscribed (each copy once; unsubscribes the sender took), per campaign (<code>-</code>: mail of no platform campaign) and recipient domain:</p><table id=\"engagement-table\"><tr><th>campaign</th><th>domain</th><th>sent</th><th>delivered</th><th>opened</th><th>clicked</th><th>unsubscribed</th><th>open rate</th><th>click rate</th></tr>");
+        h.push_str("<h2 id=\"engagement\">Engagement by campaign</h2><p>Recipients who opened, clicked and unsubscribed (each copy once; a click counts as an open too, since its images may have been blocked; unsubscribes the sender took), per campaign (<code>-</code>: mail of no platform campaign) and recipient domain:</p><table id=\"engagement-table\"><tr><th>campaign</th><th>domain</th><th>sent</th><th>delivered</th><th>opened</th><th>clicked</th><th>unsubscribed</th><th>open rate</th><th>click rate</th></tr>");
         for r in &e.campaigns {
             let _ = write!(
                 h,
@@ -235,7 +235,7 @@ fn engagement_section(h: &mut String, e: &crate::engagement::Engagement) {
         }
     }
     if !e.lanes.is_empty() {
-        h.push_str("<h2 id=\"lanes\">Lanes</h2><p>Time from injection to delivery per lane (the MTA ran with <code>--lanes</code>):</p><table id=\"lanes-table\"><tr><th>lane</th><th>delivered</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th></tr>");
+        h.push_str("<h2 id=\"lanes\">Lanes</h2><p>Time from injection to delivery per lane (the log has transactional mail; without <code>--lanes</code> it waits in the same queue as bulk mail):</p><table id=\"lanes-table\"><tr><th>lane</th><th>delivered</th><th>p50 ms</th><th>p99 ms</th><th>max ms</th></tr>");
         for l in &e.lanes {
             let _ = write!(
                 h,

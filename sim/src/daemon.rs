@@ -192,16 +192,18 @@ fn rcpt_reply(rcpt: &str) -> Reply {
     }
 }
 
-/// The sender's MX (`mailsim mta --mx`): what comes back to the senders' domains. A mail to
-/// `unsubscribe@...` is an RFC 2369 unsubscribe: with the API, the token its subject carries
-/// (from the List-Unsubscribe header the MTA put in the mail) names the recipient, and a mail
-/// without one is refused (550) rather than taken on its From, which anyone can write; without
-/// the API, the envelope sender is unsubscribed. Everything else (DSNs, ARF complaints) goes to
-/// the bounce processor: hard bounces and complaints join the suppression list, which the
-/// lists' statuses follow.
+/// The sender's MX (`mailsim mta --mx`): what comes back to the senders' domains. Every mail it
+/// accepts is first stored (Maildir under `SPOOL/mx/<domain>/<user>`, synced: a 250 loses
+/// nothing, whatever the processing makes of it). A mail to `unsubscribe@...` is an RFC 2369
+/// unsubscribe: the token its subject carries (from the List-Unsubscribe header the MTA put in
+/// the mail, with the API) names the recipient; a mail without one, or to an MTA without the
+/// API, which puts no token in mail, is refused (550) rather than taken on its sender, which
+/// anyone can write. Everything else (DSNs, ARF complaints) goes to the bounce processor: hard
+/// bounces and complaints join the suppression list, which the lists' statuses follow.
 struct SenderMx {
     platform: Option<mailsim_platform::http::Platform>,
     processor: crate::feedback::BounceProcessor,
+    store: mailsim_mailbox::store::Maildir,
 }
 
 impl Backend for SenderMx {
@@ -223,6 +225,19 @@ impl Backend for SenderMx {
                 local.eq_ignore_ascii_case(mailsim_platform::track::MAILTO_LOCAL)
             })
         });
+        if to_unsubscribe && self.platform.is_none() {
+            return Reply::new(
+                550,
+                (5, 7, 1),
+                "this sender takes mailto unsubscribes with the token from its List-Unsubscribe header only (mailsim mta --http)",
+            );
+        }
+        for rcpt in &tx.rcpts {
+            if let Err(e) = self.store.deliver(rcpt, &message) {
+                tracing::warn!("sender's MX: storing for {rcpt}: {e}");
+                return Reply::new(451, (4, 3, 0), "could not store the message; try again");
+            }
+        }
         match (&self.platform, to_unsubscribe) {
             (Some(platform), true) => {
                 let subject = mail_parser::MessageParser::default()
@@ -509,6 +524,7 @@ pub async fn run_mta(
                 events: events.clone(),
                 suppression: suppression.clone(),
             },
+            store: mailsim_mailbox::store::Maildir::new(&opts.spool.join("mx"), true, "mx"),
         };
         let listener = TcpListener::bind(listen).await?;
         ready.push_str(&format!(" mx={}", listener.local_addr()?));

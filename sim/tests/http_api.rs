@@ -887,11 +887,39 @@ fn a_scheduled_campaign_keeps_its_rate_across_a_restart_and_recipients_engage_th
         first >= start_s * 1000,
         "nothing arrived before the send time"
     );
-    // Restarted on the same spool, the MTA takes the campaign up where it stopped.
+    // Restarted on the same spool 3 s later, the MTA takes the campaign up where it stopped,
+    // at its rate: what it missed while down does not leave at once.
+    std::thread::sleep(Duration::from_secs(3));
+    let restarted_ms = now_ms();
     let (mta, ready) = p.start_mta(&[]);
     p.mta = mta;
     p.api = field(&ready, "http").to_string();
     let stored = wait_stored(&mailboxes, 24);
+    let mut after: Vec<u64> = common::maildir_files(&mailboxes)
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .unwrap()
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        })
+        .filter(|&t| t >= restarted_ms)
+        .collect();
+    after.sort_unstable();
+    // The scheduler sends once a second: within any half second, at most a second's worth
+    // (4) and one of slack (what was missed while down would be about 20).
+    let busiest = after
+        .iter()
+        .map(|&t| after.iter().filter(|&&u| u >= t && u < t + 500).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest <= 5,
+        "{busiest} stored within half a second after the restart: {after:?}"
+    );
     let mut to: Vec<String> = stored
         .values()
         .filter_map(|t| {
@@ -1061,13 +1089,22 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
     let stored = wait_stored(&p.fleet_dir.join("mailboxes"), 30);
     // What the fleet sent back, by its own log, once every report went out.
     let started = Instant::now();
+    let (mut last, mut steady_since) = (usize::MAX, Instant::now());
     let sent = loop {
         let sent = fleet_events(&p.fleet_dir, "report_sent");
         let taken = bin().arg("events").arg(&p.spool).output().unwrap();
         let received = String::from_utf8_lossy(&taken.stdout)
             .matches(r#""type":"report_received""#)
             .count();
-        if !sent.is_empty() && received >= sent.len() {
+        if sent.len() != last {
+            (last, steady_since) = (sent.len(), Instant::now());
+        }
+        // Both kinds came, all were received, and no more for 2 s (the fleet answers 1 s
+        // after delivery).
+        let both = ["bounce", "complaint"]
+            .iter()
+            .all(|k| sent.iter().any(|r| r["kind"] == *k));
+        if both && received >= sent.len() && steady_since.elapsed() > Duration::from_secs(2) {
             break sent;
         }
         assert!(
@@ -1085,6 +1122,9 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
     };
     let (bounced, complained) = (of("bounce"), of("complaint"));
     assert!(!bounced.is_empty() && !complained.is_empty(), "{sent:?}");
+    // Every report the fleet sent is stored in the sender's MX mailboxes, whatever it said.
+    let kept = common::maildir_files(&p.spool.join("mx")).len();
+    assert_eq!(kept, sent.len(), "stored in SPOOL/mx");
     // RFC 2369: the List-Unsubscribe mailto of a calm.test message, sent with curl's SMTP
     // client to the address and subject it names.
     let text = stored
@@ -1202,4 +1242,31 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
             .count(),
         1
     );
+    // A client idling in an SMTP session does not hold a stop: SIGTERM ends the MTA within
+    // its 10 s grace.
+    let mut idle = std::net::TcpStream::connect(mx).unwrap();
+    std::io::Write::write_all(&mut idle, b"EHLO idle.test\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut p = p;
+    let pid = p.mta.0.id().to_string();
+    let stopping = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    loop {
+        if let Some(status) = p.mta.0.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "an idle session held the stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
 }

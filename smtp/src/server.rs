@@ -1097,15 +1097,25 @@ impl<B: Backend> Server<B> {
 
     /// Accept connections on `listener` until `shutdown` resolves; then wait for every open
     /// session to finish.
+    /// Serve until `shutdown`; then open sessions get [`SHUTDOWN_GRACE`] to finish (a client
+    /// idling in a session must not hold a stop for the whole idle timeout).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        crate::net::accept_loop(listener, shutdown, None, move |stream, peer| {
-            let local = stream.local_addr().unwrap_or(peer);
-            let server = self.clone();
-            async move { server.accept(stream, peer, local).await }
-        })
+        crate::net::accept_loop(
+            listener,
+            shutdown,
+            Some(SHUTDOWN_GRACE),
+            move |stream, peer| {
+                let local = stream.local_addr().unwrap_or(peer);
+                let server = self.clone();
+                async move { server.accept(stream, peer, local).await }
+            },
+        )
         .await
     }
 }
+
+/// How long open sessions may go on after a server is told to stop.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Answer 421 and close (a connection over a cap).
 async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, text: &str) {

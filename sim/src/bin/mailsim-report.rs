@@ -67,11 +67,12 @@ fn real_main(args: ReportArgs) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     };
-    let mismatches = mailsim_reports::check::differences(&summary_of(&run_dir)?, &w.figures);
+    let (summary, against) = summary_of(&run_dir)?;
+    let mismatches = mailsim_reports::check::differences(&summary, &w.figures);
     let check = if mismatches.is_empty() {
-        "totals equal summary.json".to_string()
+        format!("totals equal {against}")
     } else {
-        format!("DIFFERENT from summary.json: {}", mismatches.join(", "))
+        format!("DIFFERENT from {against}: {}", mismatches.join(", "))
     };
     println!(
         "report: {} events, {} files, {} DMARC aggregate reports; {}{}; {}",
@@ -97,12 +98,18 @@ fn real_main(args: ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The run's summary.json, or the summary folded from its log when there is none.
-fn summary_of(run_dir: &Path) -> anyhow::Result<Summary> {
+/// The summary to check the report against, and what it is: the run's summary.json, or (a
+/// daemon's spool has none) the summary folded from the log record by record.
+fn summary_of(run_dir: &Path) -> anyhow::Result<(Summary, &'static str)> {
     let path = runner::summary_path(run_dir);
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
-        }
-        Err(_) => Ok(runner::fold_log(&runner::events_path(run_dir))?.0),
+        Ok(text) => Ok((
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+            "summary.json",
+        )),
+        Err(_) => Ok((
+            runner::fold_log(&runner::events_path(run_dir))?.0,
+            "the log's summary fold",
+        )),
     }
 }
