@@ -127,6 +127,40 @@ impl Plan {
     }
 }
 
+/// What a rate-limited campaign may still send: its rate's share of the time since the
+/// scheduler last looked at it, fractions carried over (so that 720 an hour is one message
+/// every 5 s), at most a second's worth or one message (so that nothing piles up while the
+/// plan's allowance, a stop or a restart held it back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credit {
+    at_ms: u64,
+    /// Message-milliseconds an hour: one message is `HOUR_MS` of them (exact, no rounding).
+    units: u128,
+}
+
+impl Credit {
+    /// A credit that starts a second before `now_ms` (the first look earns a second's share).
+    pub fn new(now_ms: u64) -> Credit {
+        Credit {
+            at_ms: now_ms.saturating_sub(1000),
+            units: 0,
+        }
+    }
+
+    /// Earn up to `now_ms` at `per_hour`; the whole messages that may go now.
+    pub fn refill(&mut self, per_hour: u64, now_ms: u64) -> u64 {
+        let earned = u128::from(per_hour) * u128::from(now_ms.saturating_sub(self.at_ms));
+        let cap = (u128::from(per_hour) * 1000).max(HOUR_MS);
+        self.units = (self.units + earned).min(cap);
+        self.at_ms = now_ms;
+        u64::try_from(self.units / HOUR_MS).unwrap_or(u64::MAX)
+    }
+
+    pub fn spend(&mut self, messages: u64) {
+        self.units = self.units.saturating_sub(u128::from(messages) * HOUR_MS);
+    }
+}
+
 /// A campaign as the database keeps it.
 #[derive(Debug, Clone)]
 pub struct Campaign {
@@ -577,6 +611,33 @@ mod tests {
         assert_eq!(p.rate_at(1_000 + 2 * h), Some(1_000));
         assert_eq!(p.rate_at(1_000 + 3 * h), Some(36 * 3_600));
         assert_eq!(plan(None, &[(1, 5)]).rate_at(1_000 + h), None);
+    }
+
+    #[test]
+    fn the_credit_keeps_slow_rates_and_lets_nothing_pile_up() {
+        // 720 an hour, looked at every second: one message every 5 s.
+        let mut c = Credit::new(0);
+        let sent: Vec<u64> = (0..15u64)
+            .map(|s| {
+                let n = c.refill(720, s * 1000);
+                c.spend(n);
+                n
+            })
+            .collect();
+        assert_eq!(sent, [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        // After 30 s unseen (a stop), one message, not six; then the rate again.
+        assert_eq!(c.refill(720, 44_000), 1);
+        c.spend(1);
+        assert_eq!(c.refill(720, 45_000), 0);
+        // 14,400 an hour: 4 a second, never 8 after a pause.
+        let mut c = Credit::new(5_000);
+        assert_eq!(
+            c.refill(14_400, 5_000),
+            4,
+            "a second's share at the first look"
+        );
+        c.spend(4);
+        assert_eq!(c.refill(14_400, 15_000), 4);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 // only move it.
 #![allow(clippy::result_large_err)]
 
-use crate::campaigns::{Campaign, Engagement, Outcome, Plan};
+use crate::campaigns::{Campaign, Credit, Engagement, Outcome, Plan};
 use crate::inject::{self, FieldError, InjectRequest, Stamp};
 use crate::lists::{Lists, Subscriber};
 use crate::track::{Mark, Tracker};
@@ -304,12 +304,13 @@ impl Platform {
         // At `stop`, the batch being sent is finished and recorded (not cut between spool and
         // record, which would send it twice after a restart).
         let stopping = std::sync::atomic::AtomicBool::new(false);
+        let mut credits = std::collections::HashMap::new();
         loop {
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            let due = send_due(&self.api, &lists, &stopping);
+            let due = send_due(&self.api, &lists, &stopping, &mut credits);
             tokio::pin!(due);
             let result = tokio::select! {
                 r = &mut due => r,
@@ -810,21 +811,26 @@ async fn send_due(
     api: &Arc<Api>,
     lists: &Arc<Lists>,
     stopping: &std::sync::atomic::AtomicBool,
+    credits: &mut std::collections::HashMap<u64, Credit>,
 ) -> Result<(), String> {
     let why = |r: Response| format!("status {}", r.status());
     let _sending = api.sending.lock().await;
     let ids = db(lists, |l| l.unfinished_campaigns()).await?;
     for id in ids {
-        // At most a second's worth of the plan's current rate per tick: the allowance counts
-        // from the send time, and what a stopped MTA did not send must not leave at once.
+        // The plan's current rate, not only its allowance: the allowance counts from the send
+        // time, and what a stopped MTA did not send must not leave at once.
         let now = api.clock.now_ms();
         let Some(c) = db(lists, move |l| l.campaign(id)).await? else {
             continue;
         };
-        let mut budget = c
-            .plan
-            .rate_at(now)
-            .map_or(u64::MAX, |per_hour| per_hour.div_ceil(3600));
+        let mut budget = match c.plan.rate_at(now) {
+            None => u64::MAX,
+            Some(per_hour) => credits
+                .entry(id)
+                .or_insert_with(|| Credit::new(now))
+                .refill(per_hour, now),
+        };
+        let start_budget = budget;
         loop {
             if stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(());
@@ -846,6 +852,9 @@ async fn send_due(
             .await?;
             let outcomes = send_batch(api, &c, batch).await.map_err(why)?;
             record(lists, id, outcomes).await.map_err(why)?;
+        }
+        if let Some(credit) = credits.get_mut(&id) {
+            credit.spend(start_budget - budget);
         }
     }
     Ok(())

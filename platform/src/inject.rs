@@ -38,7 +38,7 @@ pub struct InjectRequest {
     pub content: Content,
     pub recipients: Vec<Recipient>,
     /// Substitution data for every recipient (a recipient's own wins).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub substitutions: Map<String, Value>,
     /// `transactional` or `bulk` (the default, any case): the MTA's lane for these messages.
     #[serde(default, deserialize_with = "lane")]
@@ -68,7 +68,7 @@ pub struct Built {
     #[serde(default)]
     pub reply_to: Option<Mailbox>,
     /// More header fields, by name (values are templates).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub text_body: Option<String>,
@@ -90,8 +90,37 @@ pub struct Recipient {
     pub email: String,
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub substitutions: Map<String, Value>,
+}
+
+/// A JSON object whose keys are all different: serde_json keeps the last of a repeated key
+/// silently, which would let a request say two things and mean one.
+fn unique_keys<'de, D, T, M>(d: D) -> Result<M, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+    M: Default + Extend<(String, T)>,
+{
+    struct V<T, M>(std::marker::PhantomData<(T, M)>);
+    impl<'de, T: Deserialize<'de>, M: Default + Extend<(String, T)>> Visitor<'de> for V<T, M> {
+        type Value = M;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<M, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = M::default();
+            while let Some((k, v)) = map.next_entry::<String, T>()? {
+                if !seen.insert(k.clone()) {
+                    return Err(de::Error::custom(format!("the key {k:?} is given twice")));
+                }
+                out.extend([(k, v)]);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V(std::marker::PhantomData))
 }
 
 fn lane<'de, D: Deserializer<'de>>(d: D) -> Result<Lane, D::Error> {
@@ -131,7 +160,7 @@ pub struct CampaignRequest {
     pub list: String,
     pub envelope_sender: String,
     pub content: Content,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub substitutions: Map<String, Value>,
     #[serde(default, deserialize_with = "lane")]
     pub lane: Lane,
@@ -1142,6 +1171,17 @@ mod tests {
             r#"{"envelope_sender":"b@s.test","envelope_sender":"c@s.test","content":"x","recipients":[]}"#,
         );
         assert_eq!(f.as_deref(), Some("envelope_sender"), "{m}");
+        // A repeated key of an object the request names freely is no more taken than a
+        // repeated field (serde_json would keep the last one).
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s","text_body":"x","headers":{"X-A":"1","X-A":"2"}},"recipients":[{"email":"a@x.test"}]}"#,
+        );
+        assert_eq!(f.as_deref(), Some("content.headers"), "{m}");
+        assert!(m.contains("\"X-A\" is given twice"), "{m}");
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":"x","recipients":[{"email":"a@x.test","substitutions":{"a":1,"a":2}}]}"#,
+        );
+        assert_eq!(f.as_deref(), Some("recipients[0].substitutions"), "{m}");
         let (f, m) = field_of(r#"{"envelope_sender":"b@s.test", "content": "#);
         assert_eq!(f.as_deref(), Some("content"), "the field being read");
         assert!(m.contains("EOF"), "{m}");

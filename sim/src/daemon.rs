@@ -180,6 +180,12 @@ struct Ingress {
     lane: Lane,
 }
 
+/// Is this the address RFC 2369 mailto unsubscribes go to (`unsubscribe@<any domain>`)?
+fn is_unsubscribe_address(rcpt: &str) -> bool {
+    rcpt.rsplit_once('@')
+        .is_some_and(|(local, _)| local.eq_ignore_ascii_case(mailsim_platform::track::MAILTO_LOCAL))
+}
+
 /// Any address with a local part and a dotted domain is taken (the daemons relay or read it).
 fn rcpt_reply(rcpt: &str) -> Reply {
     if rcpt
@@ -215,23 +221,35 @@ impl Backend for SenderMx {
         Reply::new(250, (2, 1, 0), "sender OK")
     }
 
-    async fn on_rcpt(&self, _info: &SessionInfo, _tx: &Transaction, rcpt: &str) -> Reply {
-        rcpt_reply(rcpt)
-    }
-
-    async fn on_data(&self, info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
-        let to_unsubscribe = tx.rcpts.iter().any(|r| {
-            r.rsplit_once('@').is_some_and(|(local, _)| {
-                local.eq_ignore_ascii_case(mailsim_platform::track::MAILTO_LOCAL)
-            })
-        });
-        if to_unsubscribe && self.platform.is_none() {
+    async fn on_rcpt(&self, _info: &SessionInfo, tx: &Transaction, rcpt: &str) -> Reply {
+        let unsubscribe = is_unsubscribe_address(rcpt);
+        if unsubscribe && self.platform.is_none() {
             return Reply::new(
                 550,
                 (5, 7, 1),
                 "this sender takes mailto unsubscribes with the token from its List-Unsubscribe header only (mailsim mta --http)",
             );
         }
+        if self.store.user_dir(rcpt).is_none() {
+            return Reply::new(550, (5, 1, 3), "no such mailbox here (bad address)");
+        }
+        // One answer per transaction: an unsubscribe and a report are not taken together.
+        if tx
+            .rcpts
+            .first()
+            .is_some_and(|first| is_unsubscribe_address(first) != unsubscribe)
+        {
+            return Reply::new(
+                452,
+                (4, 5, 3),
+                "unsubscribe@ and other recipients go in separate transactions; send this one again",
+            );
+        }
+        rcpt_reply(rcpt)
+    }
+
+    async fn on_data(&self, info: &SessionInfo, tx: &Transaction, message: Vec<u8>) -> Reply {
+        let to_unsubscribe = tx.rcpts.iter().any(|r| is_unsubscribe_address(r));
         for rcpt in &tx.rcpts {
             if let Err(e) = self.store.deliver(rcpt, &message) {
                 tracing::warn!("sender's MX: storing for {rcpt}: {e}");

@@ -1184,6 +1184,46 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
         "{}",
         String::from_utf8_lossy(&forged.stderr)
     );
+    // An unsubscribe and a report do not share a transaction (one answer for both), and an
+    // address no mailbox can be made for is refused at RCPT, not after the data.
+    let mixed = Command::new("curl")
+        .args([
+            "-sSv",
+            &format!("smtp://{mx}"),
+            "--mail-from",
+            "u3@calm.test",
+        ])
+        .args([
+            "--mail-rcpt",
+            to,
+            "--mail-rcpt",
+            "fbl@news.example.test",
+            "-T",
+        ])
+        .arg(dir.path().join("unsubscribe.eml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        !mixed.status.success() && said.contains("< 452 4.5.3"),
+        "{said}"
+    );
+    let bad = Command::new("curl")
+        .args([
+            "-sSv",
+            &format!("smtp://{mx}"),
+            "--mail-from",
+            "u3@calm.test",
+        ])
+        .args(["--mail-rcpt", "a/b@news.example.test", "-T"])
+        .arg(dir.path().join("unsubscribe.eml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && said.contains("< 550 5.1.3"),
+        "{said}"
+    );
     let out = send(&subject);
     assert!(
         out.status.success(),
