@@ -232,9 +232,10 @@ pub struct DomainReport {
 }
 
 /// What a tracking request did, for the campaign's counters.
-pub enum Engagement<'a> {
+pub enum Engagement {
     Open,
-    Click(&'a str),
+    /// The original link.
+    Click(String),
     Unsubscribe,
 }
 
@@ -468,7 +469,7 @@ impl Lists {
     ) -> Result<(), String> {
         let db = self.db();
         let rcpt = rcpt.to_ascii_lowercase();
-        let column = match what {
+        let column = match &what {
             Engagement::Open => "opened = 1",
             Engagement::Click(_) => "clicks = clicks + 1, opened = 1",
             Engagement::Unsubscribe => "unsubscribed = 1",
@@ -731,7 +732,11 @@ mod tests {
             .unwrap();
         for _ in 0..2 {
             lists
-                .note_engagement("<1@s.test>", "ann@a.test", Engagement::Click("https://x/"))
+                .note_engagement(
+                    "<1@s.test>",
+                    "ann@a.test",
+                    Engagement::Click("https://x/".into()),
+                )
                 .unwrap();
         }
         // Another message's engagement is not this campaign's.

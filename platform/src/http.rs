@@ -818,19 +818,9 @@ async fn send_due(
     let ids = db(lists, |l| l.unfinished_campaigns()).await?;
     for id in ids {
         // The plan's current rate, not only its allowance: the allowance counts from the send
-        // time, and what a stopped MTA did not send must not leave at once.
-        let now = api.clock.now_ms();
-        let Some(c) = db(lists, move |l| l.campaign(id)).await? else {
-            continue;
-        };
-        let mut budget = match c.plan.rate_at(now) {
-            None => u64::MAX,
-            Some(per_hour) => credits
-                .entry(id)
-                .or_insert_with(|| Credit::new(now))
-                .refill(per_hour, now),
-        };
-        let start_budget = budget;
+        // time, and what a stopped MTA did not send must not leave at once. Set at the first
+        // look of this tick.
+        let (mut budget, mut start_budget) = (None, 0);
         loop {
             if stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(());
@@ -838,12 +828,23 @@ async fn send_due(
             let Some(c) = db(lists, move |l| l.campaign(id)).await? else {
                 break;
             };
-            let allowed = c.plan.allowance(api.clock.now_ms()).min(c.members);
-            if allowed <= c.next || budget == 0 {
+            let now = api.clock.now_ms();
+            let budget = budget.get_or_insert_with(|| {
+                start_budget = match c.plan.rate_at(now) {
+                    None => u64::MAX,
+                    Some(per_hour) => credits
+                        .entry(id)
+                        .or_insert_with(|| Credit::new(now))
+                        .refill(per_hour, now),
+                };
+                start_budget
+            });
+            let allowed = c.plan.allowance(now).min(c.members);
+            if allowed <= c.next || *budget == 0 {
                 break;
             }
-            let n = (allowed - c.next).min(CAMPAIGN_BATCH as u64).min(budget);
-            budget -= n;
+            let n = (allowed - c.next).min(CAMPAIGN_BATCH as u64).min(*budget);
+            *budget -= n;
             let suppression = api.tracking.as_ref().map(|t| t.suppression.clone());
             let c2 = c.clone();
             let batch = db(lists, move |l| {
@@ -853,8 +854,8 @@ async fn send_due(
             let outcomes = send_batch(api, &c, batch).await.map_err(why)?;
             record(lists, id, outcomes).await.map_err(why)?;
         }
-        if let Some(credit) = credits.get_mut(&id) {
-            credit.spend(start_budget - budget);
+        if let (Some(credit), Some(left)) = (credits.get_mut(&id), budget) {
+            credit.spend(start_budget - left);
         }
     }
     Ok(())
@@ -962,17 +963,7 @@ fn note(api: &Api, message_id: &str, rcpt: &str, what: Engagement) {
         return;
     };
     let (message_id, rcpt) = (message_id.to_string(), rcpt.to_string());
-    let url = match what {
-        Engagement::Click(url) => Some(url.to_string()),
-        _ => None,
-    };
-    let unsubscribe = matches!(what, Engagement::Unsubscribe);
     tokio::task::spawn_blocking(move || {
-        let what = match (&url, unsubscribe) {
-            (Some(url), _) => Engagement::Click(url),
-            (None, true) => Engagement::Unsubscribe,
-            (None, false) => Engagement::Open,
-        };
         if let Err(e) = lists.note_engagement(&message_id, &rcpt, what) {
             tracing::warn!("lists: {e}");
         }
@@ -1069,7 +1060,7 @@ async fn click(
     if method == axum::http::Method::HEAD {
         return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
     }
-    note(&api, &message_id, &rcpt, Engagement::Click(&url));
+    note(&api, &message_id, &rcpt, Engagement::Click(url.clone()));
     t.events.emit(Event::Clicked {
         rcpt,
         message_id,
@@ -1089,6 +1080,12 @@ async fn unsubscribe_page(
     if !matches!(mark(&api, &token), Some((_, Mark::Unsubscribe { .. }))) {
         return no_such_link();
     }
+    unsubscribe_page_response()
+}
+
+/// The page a GET of a one-click URL shows: the button that POSTs `List-Unsubscribe=One-Click`
+/// (RFC 8058 section 3.2: a GET must not unsubscribe). The scenario sender's web serves it too.
+pub fn unsubscribe_page_response() -> Response {
     let page = "<!doctype html><title>Unsubscribe</title><form method=post>\
         <input type=hidden name=List-Unsubscribe value=One-Click>\
         <button>Unsubscribe</button></form>\n";

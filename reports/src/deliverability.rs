@@ -203,6 +203,19 @@ fn provider() -> Expr {
         .alias("provider")
 }
 
+/// A 2xx answer to a recipient's request.
+fn answered_2xx() -> Expr {
+    col("http_status")
+        .gt_eq(lit(200))
+        .and(col("http_status").lt(lit(300)))
+}
+
+/// An unsubscribe the sender took: a 2xx answer, or (the mailto kind records the SMTP reply
+/// code as its status) a 250.
+pub(crate) fn taken() -> Expr {
+    answered_2xx().or(col("http_status").eq(lit(250)))
+}
+
 pub(crate) fn strs(df: &DataFrame, name: &str) -> PolarsResult<Vec<String>> {
     let c = df.column(name)?.cast(&DataType::String)?;
     let ca = c.str()?;
@@ -314,11 +327,8 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
     };
     d.funnel.opened = copies(is("opened"))?;
     d.funnel.clicked = copies(is("clicked"))?;
-    let ok = col("http_status")
-        .gt_eq(lit(200))
-        .and(col("http_status").lt(lit(300)));
-    // The mailto kind records the SMTP reply code (250) as its status.
-    let taken = ok.clone().or(col("http_status").eq(lit(250)));
+    let ok = answered_2xx();
+    let taken = taken();
     d.funnel.unsubscribed = copies(is("unsubscribed").and(taken.clone()))?;
     d.funnel.unsubscribe_failed = copies(is("unsubscribed").and(taken.not()))?;
     // An open the sender saw: any of its image requests answered 2xx.

@@ -7,7 +7,7 @@
 //! often they happened (the recipient opened it; a click counts as an open), from whichever
 //! side logged them: the MTA's tracking endpoints or the simulated recipients.
 
-use crate::deliverability::{nums, strs};
+use crate::deliverability::{nums, strs, taken};
 use crate::figures::is;
 use polars::prelude::*;
 
@@ -62,14 +62,6 @@ impl Engagement {
             .iter()
             .any(|c| c.campaign != "-" || c.opened > 0 || c.clicked > 0 || c.unsubscribed > 0)
     }
-}
-
-/// The 2xx answers (and a mailto's 250): an unsubscribe the sender took.
-fn taken() -> Expr {
-    (col("http_status")
-        .gt_eq(lit(200))
-        .and(col("http_status").lt(lit(300))))
-    .or(col("http_status").eq(lit(250)))
 }
 
 pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
@@ -228,18 +220,14 @@ pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
         for (l, m) in lanes.into_iter().zip(ms) {
             by.entry(l).or_default().push(m);
         }
-        for (lane, mut ms) in by {
-            ms.sort_unstable();
-            let at = |q: f64| {
-                let rank = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len().max(1));
-                ms.get(rank - 1).copied().unwrap_or(0)
-            };
+        for (lane, ms) in by {
+            let s = mailsim_summary::LaneSummary::of(ms);
             out.lanes.push(LaneRow {
                 lane,
-                delivered: ms.len() as u64,
-                p50_ms: at(0.5),
-                p99_ms: at(0.99),
-                max_ms: ms.last().copied().unwrap_or(0),
+                delivered: s.delivered,
+                p50_ms: s.p50_ms,
+                p99_ms: s.p99_ms,
+                max_ms: s.max_ms,
             });
         }
     }

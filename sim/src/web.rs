@@ -400,10 +400,7 @@ async fn unsubscribe_page(
     if !matches!(web.tokens.check(&token), Some(Token::Unsubscribe { .. })) {
         return not_found();
     }
-    let page = "<!doctype html><title>Unsubscribe</title><form method=post>\
-        <input type=hidden name=List-Unsubscribe value=One-Click>\
-        <button>Unsubscribe</button></form>\n";
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+    mailsim_platform::http::unsubscribe_page_response()
 }
 
 /// RFC 8058 section 3.1: the POST body is `List-Unsubscribe=One-Click`.

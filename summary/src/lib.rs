@@ -14,4 +14,6 @@ pub mod diff;
 pub mod queue;
 pub mod summary;
 
-pub use summary::{AuthSummary, DomainSummary, Drain, Outcome, Summary, external_outcome};
+pub use summary::{
+    AuthSummary, DomainSummary, Drain, LaneSummary, Outcome, Summary, external_outcome,
+};

@@ -75,7 +75,8 @@ pub struct LaneSummary {
 }
 
 impl LaneSummary {
-    fn of(mut ms: Vec<u64>) -> LaneSummary {
+    /// Deliveries and nearest-rank percentiles of these times (milliseconds).
+    pub fn of(mut ms: Vec<u64>) -> LaneSummary {
         ms.sort_unstable();
         let at = |q: f64| {
             // Nearest rank: the smallest value with at least q of the values at or below it.
