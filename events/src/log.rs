@@ -580,7 +580,7 @@ impl Iterator for LogReader {
         let frame = &self.buf;
         let record = self.records;
         let start = self.good_end - (FRAME_HEADER_BYTES + frame.len()) as u64;
-        Some(serde_json::from_slice::<Record>(frame).map_err(|e| {
+        Some(Record::from_json(frame).map_err(|e| {
             // The checksum matched, so this is a schema mismatch, not a torn write.
             LogError::BadRecord {
                 path: self.path.clone(),
@@ -697,7 +697,7 @@ pub fn repair(path: &Path) -> Result<RepairReport, LogError> {
         let frame = &reader.buf;
         let len = frame.len() as u64;
         let at = reader.good_end - len - FRAME_HEADER_BYTES as u64;
-        serde_json::from_slice::<Record>(frame).map_err(|e| LogError::BadRecord {
+        Record::from_json(frame).map_err(|e| LogError::BadRecord {
             path: path.to_path_buf(),
             record: reader.records,
             offset: at,

@@ -149,6 +149,36 @@ macro_rules! schema {
             pub fn is_kind(kind: &str) -> bool {
                 Self::KINDS.contains(&kind)
             }
+
+            /// The event of kind `tag` from the rest of its record's fields (what follows
+            /// `type`), without serde's buffering of an internally tagged enum.
+            fn from_fields<'de, D: serde::Deserializer<'de>>(
+                tag: &str,
+                fields: D,
+            ) -> Result<Event, D::Error> {
+                match tag {
+                    $($tag => {
+                        let v = variant_fields::$variant::Fields::deserialize(fields)?;
+                        Ok(Event::$variant { $($field: v.$field,)* })
+                    })*
+                    _ => Err(serde::de::Error::unknown_variant(tag, Self::KINDS)),
+                }
+            }
+        }
+
+        /// Each kind's fields as a struct of their own (for [`Event::from_fields`]), in a
+        /// module named after the kind.
+        #[allow(non_snake_case)]
+        mod variant_fields {
+            $(
+                pub(super) mod $variant {
+                    use super::super::*;
+                    #[derive(Deserialize)]
+                    pub(in super::super) struct Fields {
+                        $( $(#[$fmeta])* pub(in super::super) $field: $ty, )*
+                    }
+                }
+            )*
         }
     };
     (@rare rare) => { true };
@@ -470,6 +500,84 @@ pub struct Record {
     pub event: Event,
 }
 
+impl Record {
+    /// A record from its JSON. The log writes `seq`, `ts` and `type` first, and such a record
+    /// is read in one pass (serde's derived reading of a flattened, internally tagged enum
+    /// buffers every field twice first); any other order, or a bad record, is read (and its
+    /// error told) the derived way.
+    pub fn from_json(json: &[u8]) -> Result<Record, serde_json::Error> {
+        match serde_json::from_slice::<InOrder>(json) {
+            Ok(InOrder(record)) => Ok(record),
+            Err(_) => serde_json::from_slice::<Record>(json),
+        }
+    }
+}
+
+/// A [`Record`] whose JSON begins with `seq`, `ts` and `type`, in that order.
+struct InOrder(Record);
+
+impl<'de> Deserialize<'de> for InOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(InOrderVisitor)
+    }
+}
+
+struct InOrderVisitor;
+
+impl<'de> serde::de::Visitor<'de> for InOrderVisitor {
+    type Value = InOrder;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a record beginning with seq, ts and type")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<InOrder, A::Error> {
+        fn key<'de, A: serde::de::MapAccess<'de>>(
+            map: &mut A,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            match map.next_key_seed(Named(name))? {
+                Some(true) => Ok(()),
+                _ => Err(serde::de::Error::custom(format!(
+                    "`{name}` not where expected"
+                ))),
+            }
+        }
+        key(&mut map, "seq")?;
+        let seq = map.next_value()?;
+        key(&mut map, "ts")?;
+        let ts = map.next_value()?;
+        key(&mut map, "type")?;
+        let tag: std::borrow::Cow<'de, str> = map.next_value()?;
+        let fields = serde::de::value::MapAccessDeserializer::new(map);
+        let event = Event::from_fields(&tag, fields)?;
+        Ok(InOrder(Record { seq, ts, event }))
+    }
+}
+
+/// A map key that is (true) or is not (false) `.0`, read without a copy.
+struct Named(&'static str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Named {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Named {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +604,38 @@ mod tests {
         let back: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rec);
         assert_eq!(back.event.kind(), "smtp_reply");
+        assert_eq!(Record::from_json(json.as_bytes()).unwrap(), rec);
+    }
+
+    #[test]
+    fn a_record_in_another_order_or_with_escapes_reads_the_same() {
+        let rec = Record {
+            seq: 3,
+            ts: 9,
+            event: Event::Deferred {
+                msg: 1,
+                rcpt: "a\"b@x.test".into(),
+                domain: "x.test".into(),
+                attempts: 2,
+                retry_at_ms: 10,
+                reason: "greylisted".into(),
+                reply: None,
+            },
+        };
+        let reordered = r#"{"type":"deferred","ts":9,"msg":1,"rcpt":"a\"b@x.test","seq":3,
+            "domain":"x.test","attempts":2,"retry_at_ms":10,"reason":"greylisted"}"#;
+        assert_eq!(Record::from_json(reordered.as_bytes()).unwrap(), rec);
+        // An escaped tag and a field the schema does not know (ignored, as serde's derive does).
+        let escaped = r#"{"seq":3,"ts":9,"type":"defer\u0072ed","msg":1,"rcpt":"a\"b@x.test",
+            "domain":"x.test","attempts":2,"retry_at_ms":10,"reason":"greylisted","extra":[1]}"#;
+        assert_eq!(Record::from_json(escaped.as_bytes()).unwrap(), rec);
+        // A bad record gets the derived reading's error (which names the field).
+        let bad = r#"{"seq":3,"ts":9,"type":"deferred","msg":"one"}"#;
+        let e = Record::from_json(bad.as_bytes()).unwrap_err().to_string();
+        let derived = serde_json::from_str::<Record>(bad).unwrap_err().to_string();
+        assert_eq!(e, derived);
+        let unknown = r#"{"seq":3,"ts":9,"type":"no_such_kind"}"#;
+        assert!(Record::from_json(unknown.as_bytes()).is_err());
     }
 
     /// serde names every variant it knows when it meets an unknown one: that list is KINDS.

@@ -8,6 +8,7 @@ use crate::env::{Env, SourceConnector};
 use crate::feedback::{LaterQueue, Reporter};
 use crate::fleet::{FleetContext, FleetServers, LaterReport};
 use crate::scenario::{ListUnsubscribe, Scenario};
+use crate::tlsrpt::TlsReports;
 use crate::web::{SenderWeb, Tracking, Trust, http_service};
 use crate::world::World;
 use anyhow::Context;
@@ -18,6 +19,7 @@ use mailsim_mta::queue::RetryPolicy;
 use mailsim_mta::spool::Spool;
 use mailsim_mta::suppression::Suppression;
 use mailsim_mta::{Mta, MtaConfig};
+use mailsim_summary::{Drain, Summary, SummaryFold};
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,45 @@ pub struct Assembly<E: Env> {
     tls_roots: Vec<Vec<u8>>,
     /// Where `mta-sts.<domain>` answers HTTPS.
     sts_port: u16,
+    /// The summary and TLS reports of a new log, folded on the log's writer thread as it
+    /// writes each record (ready when the log is closed).
+    folded: Option<std::sync::mpsc::Receiver<Folded>>,
+}
+
+/// A run's summary, how it drained and its TLS reports, folded from its records.
+pub type Folded = (Summary, Drain, TlsReports);
+
+/// The fold of a log as it is written: the same projection as reading the log back after the
+/// run (every record the writer writes, in log order), done beside the run on the writer's
+/// thread. Sent when the writer drops its observers (the log closed).
+struct WriterFold {
+    fold: Option<(SummaryFold, TlsReports)>,
+    tx: std::sync::mpsc::Sender<Folded>,
+}
+
+impl Drop for WriterFold {
+    fn drop(&mut self) {
+        if let Some((summary, tls)) = self.fold.take() {
+            let (summary, drain) = summary.finish_with_drain();
+            let _ = self.tx.send((summary, drain, tls));
+        }
+    }
+}
+
+/// Fold everything `events` writes from now on (call it before the first record).
+fn fold_as_written(events: &EventSink) -> std::sync::mpsc::Receiver<Folded> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut state = WriterFold {
+        fold: Some((SummaryFold::default(), TlsReports::default())),
+        tx,
+    };
+    events.observe(Box::new(move |r| {
+        if let Some((summary, tls)) = &mut state.fold {
+            summary.push(r);
+            tls.add(r);
+        }
+    }));
+    rx
 }
 
 /// Assemble log, world, DNS and fleet for `scenario` in `env`.
@@ -95,6 +136,8 @@ pub async fn assemble<E: Env>(
         plan.reopen_log,
     )?;
     let events = log.sink();
+    // A new log is folded as it is written; a log carried on with holds records from before.
+    let folded = (!plan.reopen_log).then(|| fold_as_written(&events));
     let published = world.published(scenario);
     events.emit(Event::RunStarted {
         scenario: scenario.name.clone(),
@@ -189,6 +232,7 @@ pub async fn assemble<E: Env>(
         suppression,
         later,
         later_rx: Some(later_rx),
+        folded,
         state_dir: plan.state_dir.clone(),
         web,
         tracking,
@@ -276,8 +320,9 @@ impl<E: Env> Assembly<E> {
         Ok((reporter, rx))
     }
 
-    /// Stop the environment, write `run_finished` and close the log.
-    pub async fn finish(self, reason: &str) -> anyhow::Result<()> {
+    /// Stop the environment, write `run_finished` and close the log; the summary and TLS
+    /// reports folded as the log was written (none for a log carried on with).
+    pub async fn finish(self, reason: &str) -> anyhow::Result<Option<Folded>> {
         self.env.shutdown().await;
         self.events.emit(Event::RunFinished {
             reason: reason.into(),
@@ -285,7 +330,7 @@ impl<E: Env> Assembly<E> {
         drop(self.events);
         drop(self.fleet);
         self.log.close()?;
-        Ok(())
+        Ok(self.folded.and_then(|rx| rx.try_recv().ok()))
     }
 }
 

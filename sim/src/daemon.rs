@@ -677,7 +677,8 @@ pub async fn run_fleet(
     progress.abort();
     let _ = stop_tx.send(true);
     reporting.await?;
-    a.finish("stopped").await
+    a.finish("stopped").await?;
+    Ok(())
 }
 
 /// How many copies the fleet has stored, rewritten to `path` twice a second: a cheap progress

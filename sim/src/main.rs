@@ -381,7 +381,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             let existed = out_dir.exists();
             let result = (|| match mta {
-                None => runner::run_scenario(&sc, &run_opts),
+                None => runner::run_scenario_drained(&sc, &run_opts),
                 Some(url) => {
                     let addr = url
                         .strip_prefix("smtp://")
@@ -400,8 +400,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     )
                 }
             })();
-            let summary = match result {
-                Ok(summary) => summary,
+            let (summary, drain) = match result {
+                Ok(ran) => ran,
                 Err(e) => {
                     if !existed {
                         remove_empty_dirs(&out_dir);
@@ -412,7 +412,6 @@ fn real_main() -> anyhow::Result<ExitCode> {
             // The scenario travels with its run, for the reader (reports need only the log).
             let _ = std::fs::copy(&scenario, out_dir.join("scenario.toml"));
             print!("{}", runner::summary_json(&summary)?);
-            let ((_, drain), _) = runner::fold_log_with_drain(&runner::events_path(&out_dir))?;
             let share = mailsim_summary::Drain::BULK_SHARE * 100.0;
             // Virtual time has no network latency: it measures waits and retries, not speed.
             let drained = if sc.mode == mailsim::scenario::Mode::Virtual {

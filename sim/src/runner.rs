@@ -290,6 +290,14 @@ pub use crate::env::VIRTUAL_EPOCH_MS;
 /// Run a scenario on the runtime its mode needs: a multi-thread runtime on the wall clock for
 /// live mode, a current-thread runtime with a paused clock for virtual mode.
 pub fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Summary> {
+    run_scenario_drained(scenario, opts).map(|(summary, _)| summary)
+}
+
+/// [`run_scenario`], with how the run drained (folded with the summary).
+pub fn run_scenario_drained(
+    scenario: &Scenario,
+    opts: &RunOptions,
+) -> anyhow::Result<(Summary, Drain)> {
     match scenario.mode {
         Mode::Live => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -322,7 +330,7 @@ async fn run<E: Env>(
     opts: &RunOptions,
     env: E,
     mode: &'static str,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, Drain)> {
     let mut a = assemble(scenario, env, &plan(opts, mode, 0, 0)).await?;
     let mta = a.mta(scenario)?;
     let reporter = a.reporter()?;
@@ -352,7 +360,7 @@ pub fn run_external(
     scenario: &Scenario,
     opts: &RunOptions,
     mta: &ExternalMta,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, Drain)> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -363,7 +371,7 @@ async fn run_external_async(
     scenario: &Scenario,
     opts: &RunOptions,
     mta: &ExternalMta,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, Drain)> {
     let plan = plan(opts, "external", mta.dns_port, mta.fleet_port);
     let mut a = assemble(scenario, LiveEnv::default(), &plan).await?;
     // The fleet's later reports and its recipients' actions (opens, clicks, unsubscribes
@@ -691,32 +699,33 @@ async fn finish<E: Env>(
     scenario: &Scenario,
     reason: &str,
     opts: &RunOptions,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, Drain)> {
     let (ip, contact) = (
         IpAddr::V4(scenario.mta.ip),
         format!("postmaster@{}", scenario.mta.hostname),
     );
-    a.finish(reason).await?;
-    // One pass over the log: the summary, and the TLS-RPT reports beside it.
-    let mut tls = crate::tlsrpt::TlsReports::default();
-    let (summary, _) = fold_log_with(&events_path(&opts.out_dir), |records| {
-        Summary::fold(records.inspect(|r| tls.add(r)))
-    })?;
+    // The summary and the TLS-RPT reports beside it, folded as the log was written (else one
+    // pass over the log).
+    let (summary, drain, tls) = match a.finish(reason).await? {
+        Some(folded) => folded,
+        None => {
+            let mut tls = crate::tlsrpt::TlsReports::default();
+            let ((summary, drain), _) = fold_log_with(&events_path(&opts.out_dir), |records| {
+                Summary::fold_with_drain(records.inspect(|r| tls.add(r)))
+            })?;
+            (summary, drain, tls)
+        }
+    };
     tls.write(&opts.out_dir, ip, &contact)
         .with_context(|| format!("writing TLS reports in {}", opts.out_dir.display()))?;
     std::fs::write(summary_path(&opts.out_dir), summary_json(&summary)?)?;
-    Ok(summary)
+    Ok((summary, drain))
 }
 
 /// Fold a log into its summary, streaming (a log may hold millions of records). The second
 /// value is true when the log ends in a torn record (left out).
 pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
     fold_log_with(path, |records| Summary::fold(records))
-}
-
-/// [`fold_log`] with the run's [`Drain`] (bulk and tail of its deliveries).
-pub fn fold_log_with_drain(path: &Path) -> anyhow::Result<((Summary, Drain), bool)> {
-    fold_log_with(path, |records| Summary::fold_with_drain(records))
 }
 
 fn fold_log_with<T>(

@@ -15,5 +15,5 @@ pub mod queue;
 pub mod summary;
 
 pub use summary::{
-    AuthSummary, DomainSummary, Drain, LaneSummary, Outcome, Summary, external_outcome,
+    AuthSummary, DomainSummary, Drain, LaneSummary, Outcome, Summary, SummaryFold, external_outcome,
 };

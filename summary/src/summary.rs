@@ -106,144 +106,176 @@ enum Fate {
 impl Summary {
     /// Fold records (in log order) into a summary.
     pub fn fold<R: std::borrow::Borrow<Record>>(records: impl IntoIterator<Item = R>) -> Summary {
-        Self::fold_observed(records, |_| {}, |_| {})
+        Self::fold_with_drain(records).0
     }
 
     /// Fold records into a summary and the drain figures of [`Drain`].
     pub fn fold_with_drain<R: std::borrow::Borrow<Record>>(
         records: impl IntoIterator<Item = R>,
     ) -> (Summary, Drain) {
-        let mut first_injected_ms = None;
-        let mut delivered_ms = Vec::new();
-        let summary = Self::fold_observed(
-            records,
-            |ts| {
-                first_injected_ms.get_or_insert(ts);
-            },
-            |ts| delivered_ms.push(ts),
-        );
-        (summary, Drain::new(first_injected_ms, delivered_ms))
+        let mut fold = SummaryFold::default();
+        for r in records {
+            fold.push(r.borrow());
+        }
+        fold.finish_with_drain()
+    }
+}
+
+/// The summary fold one record at a time: what [`Summary::fold`] does over a whole log, for a
+/// writer that sees the records as it writes them (a run folds its log while it runs).
+#[derive(Default)]
+pub struct SummaryFold {
+    s: Summary,
+    fates: Fates,
+    // Injection to delivery, per lane: [bulk, transactional].
+    lane_ms: [Vec<u64>; 2],
+    // Measuring another MTA (mode "external") there are no `delivered` or `bounced`
+    // events: a copy stored by a receiving server is the delivery, and a DSN of the other
+    // MTA's, read by the bounce processor, the bounce or the expiry. Both are matched to
+    // the campaign's messages by (Message-ID, recipient), in whichever order they come:
+    // another MTA may deliver before the injector has logged its acknowledgement.
+    external: bool,
+    by_message: HashMap<(String, String), u64>,
+    early: HashMap<(String, String), (u64, Outcome)>,
+    first_ts: Option<u64>,
+    last_ts: u64,
+    // For the [`Drain`]: the first injection, and each message's delivery.
+    first_injected_ms: Option<u64>,
+    delivered_ms: Vec<u64>,
+}
+
+impl SummaryFold {
+    /// Take the next record (in log order) into account.
+    pub fn push(&mut self, r: &Record) {
+        let SummaryFold {
+            s,
+            fates,
+            lane_ms,
+            external,
+            by_message,
+            early,
+            first_ts,
+            last_ts,
+            first_injected_ms,
+            delivered_ms,
+        } = self;
+        let mut on_injected = |ts| {
+            first_injected_ms.get_or_insert(ts);
+        };
+        let mut on_delivered = |ts| delivered_ms.push(ts);
+        first_ts.get_or_insert(r.ts);
+        *last_ts = (*last_ts).max(r.ts);
+        match &r.event {
+            Event::RunStarted {
+                scenario,
+                seed,
+                mode,
+                ..
+            } => {
+                s.scenario = scenario.clone();
+                s.seed = *seed;
+                *external = mode == "external";
+            }
+            Event::Injected {
+                msg,
+                domain,
+                message_id,
+                rcpt,
+                lane,
+                ..
+            } => {
+                on_injected(r.ts);
+                let transactional = lane.as_deref() == Some("transactional");
+                fates.insert(*msg, (domain.clone(), Fate::Queued, r.ts, transactional));
+                if *external {
+                    let key = (message_id.clone(), rcpt.to_ascii_lowercase());
+                    if let Some((ts, outcome)) = early.remove(&key) {
+                        outcome.apply(*msg, ts, fates, s, &mut on_delivered);
+                    }
+                    by_message.insert(key, *msg);
+                }
+            }
+            Event::Stored { .. } | Event::ReportReceived { .. } if *external => {
+                if let Event::ReportReceived { kind, .. } = &r.event {
+                    *s.reports_received.entry(kind.clone()).or_default() += 1;
+                }
+                if let Some((key, outcome)) = external_outcome(&r.event) {
+                    match by_message.get(&key) {
+                        Some(msg) => outcome.apply(*msg, r.ts, fates, s, &mut on_delivered),
+                        None => {
+                            early.entry(key).or_insert((r.ts, outcome));
+                        }
+                    }
+                }
+            }
+            Event::Delivered { msg, .. } => {
+                let first = fates
+                    .get(msg)
+                    .filter(|f| f.1 != Fate::Delivered)
+                    .map(|f| (f.2, f.3));
+                if let Some((injected, transactional)) = first {
+                    lane_ms[usize::from(transactional)].push(r.ts.saturating_sub(injected));
+                }
+                if set_fate(fates, *msg, Fate::Delivered) && first.is_some() {
+                    on_delivered(r.ts);
+                }
+            }
+            Event::Bounced { msg, reason, .. } if set_fate(fates, *msg, Fate::Bounced) => {
+                *s.reasons.entry(reason_word(reason)).or_default() += 1;
+            }
+            Event::Expired { msg, .. } if set_fate(fates, *msg, Fate::Expired) => {
+                *s.reasons.entry("expired".into()).or_default() += 1;
+            }
+            Event::Suppressed { domain, .. } => {
+                s.domains.entry(domain.clone()).or_default().suppressed += 1;
+                s.suppressed += 1;
+            }
+            Event::SuppressionAdded { .. } => s.suppression_added += 1,
+            Event::DsnQueued { .. } => s.dsns_queued += 1,
+            Event::ReportReceived { kind, .. } => {
+                *s.reports_received.entry(kind.clone()).or_default() += 1
+            }
+            Event::AuthVerdict {
+                spf, dkim, dmarc, ..
+            } => {
+                let a = &mut s.auth;
+                if spf == "pass" {
+                    a.spf_pass += 1
+                } else {
+                    a.spf_fail += 1
+                }
+                match dkim.as_str() {
+                    "pass" => a.dkim_pass += 1,
+                    "none" => a.dkim_none += 1,
+                    _ => a.dkim_fail += 1,
+                }
+                if dmarc == "pass" {
+                    a.dmarc_pass += 1
+                } else {
+                    a.dmarc_fail += 1
+                }
+            }
+            _ => {}
+        }
     }
 
-    /// Fold records, telling `on_injected` and `on_delivered` the time of each injection and
-    /// of each message's delivery.
-    pub fn fold_observed<R: std::borrow::Borrow<Record>>(
-        records: impl IntoIterator<Item = R>,
-        mut on_injected: impl FnMut(u64),
-        mut on_delivered: impl FnMut(u64),
-    ) -> Summary {
-        let mut s = Summary::default();
-        let mut fates: Fates = HashMap::new();
-        // Injection to delivery, per lane: [bulk, transactional].
-        let mut lane_ms: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-        // Measuring another MTA (mode "external") there are no `delivered` or `bounced`
-        // events: a copy stored by a receiving server is the delivery, and a DSN of the other
-        // MTA's, read by the bounce processor, the bounce or the expiry. Both are matched to
-        // the campaign's messages by (Message-ID, recipient), in whichever order they come:
-        // another MTA may deliver before the injector has logged its acknowledgement.
-        let mut external = false;
-        let mut by_message: HashMap<(String, String), u64> = HashMap::new();
-        let mut early: HashMap<(String, String), (u64, Outcome)> = HashMap::new();
-        let (mut first_ts, mut last_ts) = (None, 0u64);
-        for r in records {
-            let r = r.borrow();
-            first_ts.get_or_insert(r.ts);
-            last_ts = last_ts.max(r.ts);
-            match &r.event {
-                Event::RunStarted {
-                    scenario,
-                    seed,
-                    mode,
-                    ..
-                } => {
-                    s.scenario = scenario.clone();
-                    s.seed = *seed;
-                    external = mode == "external";
-                }
-                Event::Injected {
-                    msg,
-                    domain,
-                    message_id,
-                    rcpt,
-                    lane,
-                    ..
-                } => {
-                    on_injected(r.ts);
-                    let transactional = lane.as_deref() == Some("transactional");
-                    fates.insert(*msg, (domain.clone(), Fate::Queued, r.ts, transactional));
-                    if external {
-                        let key = (message_id.clone(), rcpt.to_ascii_lowercase());
-                        if let Some((ts, outcome)) = early.remove(&key) {
-                            outcome.apply(*msg, ts, &mut fates, &mut s, &mut on_delivered);
-                        }
-                        by_message.insert(key, *msg);
-                    }
-                }
-                Event::Stored { .. } | Event::ReportReceived { .. } if external => {
-                    if let Event::ReportReceived { kind, .. } = &r.event {
-                        *s.reports_received.entry(kind.clone()).or_default() += 1;
-                    }
-                    if let Some((key, outcome)) = external_outcome(&r.event) {
-                        match by_message.get(&key) {
-                            Some(msg) => {
-                                outcome.apply(*msg, r.ts, &mut fates, &mut s, &mut on_delivered)
-                            }
-                            None => {
-                                early.entry(key).or_insert((r.ts, outcome));
-                            }
-                        }
-                    }
-                }
-                Event::Delivered { msg, .. } => {
-                    let first = fates
-                        .get(msg)
-                        .filter(|f| f.1 != Fate::Delivered)
-                        .map(|f| (f.2, f.3));
-                    if let Some((injected, transactional)) = first {
-                        lane_ms[usize::from(transactional)].push(r.ts.saturating_sub(injected));
-                    }
-                    if set_fate(&mut fates, *msg, Fate::Delivered) && first.is_some() {
-                        on_delivered(r.ts);
-                    }
-                }
-                Event::Bounced { msg, reason, .. } if set_fate(&mut fates, *msg, Fate::Bounced) => {
-                    *s.reasons.entry(reason_word(reason)).or_default() += 1;
-                }
-                Event::Expired { msg, .. } if set_fate(&mut fates, *msg, Fate::Expired) => {
-                    *s.reasons.entry("expired".into()).or_default() += 1;
-                }
-                Event::Suppressed { domain, .. } => {
-                    s.domains.entry(domain.clone()).or_default().suppressed += 1;
-                    s.suppressed += 1;
-                }
-                Event::SuppressionAdded { .. } => s.suppression_added += 1,
-                Event::DsnQueued { .. } => s.dsns_queued += 1,
-                Event::ReportReceived { kind, .. } => {
-                    *s.reports_received.entry(kind.clone()).or_default() += 1
-                }
-                Event::AuthVerdict {
-                    spf, dkim, dmarc, ..
-                } => {
-                    let a = &mut s.auth;
-                    if spf == "pass" {
-                        a.spf_pass += 1
-                    } else {
-                        a.spf_fail += 1
-                    }
-                    match dkim.as_str() {
-                        "pass" => a.dkim_pass += 1,
-                        "none" => a.dkim_none += 1,
-                        _ => a.dkim_fail += 1,
-                    }
-                    if dmarc == "pass" {
-                        a.dmarc_pass += 1
-                    } else {
-                        a.dmarc_fail += 1
-                    }
-                }
-                _ => {}
-            }
-        }
+    /// The summary of every record pushed.
+    pub fn finish(self) -> Summary {
+        self.finish_with_drain().0
+    }
+
+    /// The summary of every record pushed, and how the run drained.
+    pub fn finish_with_drain(self) -> (Summary, Drain) {
+        let SummaryFold {
+            mut s,
+            fates,
+            lane_ms,
+            first_ts,
+            last_ts,
+            first_injected_ms,
+            delivered_ms,
+            ..
+        } = self;
         if fates.values().any(|f| f.3) {
             let [bulk, transactional] = lane_ms;
             s.lanes.insert("bulk".into(), LaneSummary::of(bulk));
@@ -268,7 +300,7 @@ impl Summary {
             s.expired += d.expired;
         }
         s.elapsed_s = first_ts.map_or(0.0, |f| (last_ts - f) as f64 / 1000.0);
-        s
+        (s, Drain::new(first_injected_ms, delivered_ms))
     }
 }
 

@@ -4,15 +4,32 @@
 use std::path::{Path, PathBuf};
 
 /// Run `scenario` in this process into `dir`, without a progress bar; its summary.
+///
+/// Two checks on every run: the summary the run folded as it wrote its log equals a fold of
+/// the log read back afterwards (`mailsim replay`'s), and every record reads back the same
+/// through the log's one-pass reading and serde's derived one.
 pub fn run(scenario: &mailsim::scenario::Scenario, dir: &Path) -> mailsim_summary::Summary {
-    mailsim::runner::run_scenario(
+    let summary = mailsim::runner::run_scenario(
         scenario,
         &mailsim::runner::RunOptions {
             out_dir: dir.to_path_buf(),
             progress: false,
         },
     )
-    .unwrap()
+    .unwrap();
+    let log = mailsim::runner::events_path(dir);
+    let (replayed, torn) = mailsim::runner::fold_log(&log).unwrap();
+    assert!(!torn);
+    assert_eq!(replayed, summary, "the run's summary and its log's");
+    for r in mailsim_events::LogReader::open(&log).unwrap() {
+        let r = r.unwrap();
+        let json = serde_json::to_vec(&r).unwrap();
+        let derived: mailsim_events::Record = serde_json::from_slice(&json).unwrap();
+        assert_eq!(derived, r, "{}", String::from_utf8_lossy(&json));
+        let one_pass = mailsim_events::Record::from_json(&json).unwrap();
+        assert_eq!(one_pass, r, "{}", String::from_utf8_lossy(&json));
+    }
+    summary
 }
 
 /// A port free on 127.0.0.1 now (for a server a test starts in another process).
@@ -27,6 +44,18 @@ pub fn free_port() -> u16 {
 /// Every message file in a Maildir `new` folder below `root` (a run's `mailboxes`), sorted. A
 /// missing folder holds nothing (a run still in progress may not have made it yet).
 pub fn maildir_files(root: &Path) -> Vec<PathBuf> {
+    files_where(root, |path| {
+        path.parent().is_some_and(|p| p.ends_with("new"))
+    })
+}
+
+/// Every file called `name` under `root`, sorted.
+pub fn files_named(root: &Path, name: &str) -> Vec<PathBuf> {
+    files_where(root, |path| path.file_name().is_some_and(|n| n == name))
+}
+
+/// Every file under `root` that `keep` accepts, sorted.
+fn files_where(root: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -34,7 +63,7 @@ pub fn maildir_files(root: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.parent().is_some_and(|p| p.ends_with("new")) {
+            } else if keep(&path) {
                 out.push(path);
             }
         }
@@ -67,7 +96,12 @@ pub fn message_id(text: &str) -> Option<String> {
 /// 4.4) and a first Received header that ends in its date (RFC 5322 section 3.6.7).
 pub fn check_stored_headers(file: &Path, delivered: bool) -> Result<(), String> {
     let raw = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let text = String::from_utf8_lossy(&raw);
+    check_stored_bytes(file, &raw, delivered)
+}
+
+/// [`check_stored_headers`] of one stored copy's bytes (`file` names it in errors).
+pub fn check_stored_bytes(file: &Path, raw: &[u8], delivered: bool) -> Result<(), String> {
+    let text = String::from_utf8_lossy(raw);
     let id = message_id(&text).ok_or_else(|| format!("{}: no Message-ID", file.display()))?;
     if id.matches('@').count() != 1 || !id.starts_with('<') || !id.ends_with('>') {
         return Err(format!("{}: Message-ID {id}", file.display()));
@@ -76,7 +110,7 @@ pub fn check_stored_headers(file: &Path, delivered: bool) -> Result<(), String> 
         return Ok(());
     }
     let msg = mail_parser::MessageParser::default()
-        .parse(&raw)
+        .parse(raw)
         .ok_or_else(|| format!("{}: not a message", file.display()))?;
     if msg
         .return_address()
