@@ -1,17 +1,27 @@
 //! Maildir storage: `ROOT/<domain>/<local-part>/{tmp,new,cur}`, written to tmp and renamed into
 //! new (optionally fsynced first, as a durable mail server must).
 
-use std::fs::{self, File};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The file [`Maildir::append_mbox`] appends to.
+pub const MBOX_FILE: &str = "headers.mbox";
 
 pub struct Maildir {
     root: PathBuf,
     fsync: bool,
     counter: AtomicU64,
     tag: String,
+    /// The mbox files [`Maildir::append_mbox`] has open (at most [`MBOXES_OPEN_MAX`]).
+    mboxes: Mutex<HashMap<PathBuf, File>>,
 }
+
+/// Most mbox files kept open at once (then all are closed and opened again as needed).
+const MBOXES_OPEN_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 #[error("storing into {path}: {source}")]
@@ -43,6 +53,7 @@ impl Maildir {
             fsync,
             counter: AtomicU64::new(0),
             tag: tag.replace(['/', '.'], "_"),
+            mboxes: Mutex::default(),
         }
     }
 
@@ -51,21 +62,8 @@ impl Maildir {
         Some(self.root.join(domain).join(local))
     }
 
-    /// Store `message` for `rcpt`; returns the path in `new/`.
-    pub fn deliver(&self, rcpt: &str, message: &[u8]) -> Result<PathBuf, StoreError> {
-        self.deliver_into(rcpt, None, message)
-    }
-
-    /// Store `message` in `rcpt`'s folder `folder` (None: INBOX), where the IMAP server finds
-    /// it ([`crate::folders`]: `folders/<name>` under the user's Maildir). The name is one
-    /// level of letters, digits, `_` and `-` (such as `Junk`), which the folder encoding keeps
-    /// as it is.
-    pub fn deliver_into(
-        &self,
-        rcpt: &str,
-        folder: Option<&str>,
-        message: &[u8],
-    ) -> Result<PathBuf, StoreError> {
+    /// The directory of `rcpt`'s messages, or of its folder `folder`.
+    fn folder_dir(&self, rcpt: &str, folder: Option<&str>) -> Result<PathBuf, StoreError> {
         let invalid = |what: String| StoreError {
             path: self.root.clone(),
             source: io::Error::new(io::ErrorKind::InvalidInput, what),
@@ -89,6 +87,25 @@ impl Maildir {
             Some(f) => user.join("folders").join(f),
             None => user,
         };
+        Ok(dir)
+    }
+
+    /// Store `message` for `rcpt`; returns the path in `new/`.
+    pub fn deliver(&self, rcpt: &str, message: &[u8]) -> Result<PathBuf, StoreError> {
+        self.deliver_into(rcpt, None, message)
+    }
+
+    /// Store `message` in `rcpt`'s folder `folder` (None: INBOX), where the IMAP server finds
+    /// it ([`crate::folders`]: `folders/<name>` under the user's Maildir). The name is one
+    /// level of letters, digits, `_` and `-` (such as `Junk`), which the folder encoding keeps
+    /// as it is.
+    pub fn deliver_into(
+        &self,
+        rcpt: &str,
+        folder: Option<&str>,
+        message: &[u8],
+    ) -> Result<PathBuf, StoreError> {
+        let dir = self.folder_dir(rcpt, folder)?;
         let err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError { path, source }
@@ -110,6 +127,76 @@ impl Maildir {
         }
         fs::rename(&tmp, &new).map_err(err(&new))?;
         Ok(new)
+    }
+
+    /// Append `message` for `rcpt` to one mbox file (`headers.mbox` in the user's directory, or
+    /// in `folders/<name>` for a folder) instead of a Maildir file: what a server keeping only
+    /// header blocks writes, one file for every copy rather than a file (and its inode) each.
+    /// The format is mboxrd (RFC 4155; `From ` lines quoted with `>`), lines ending in LF, as
+    /// mail tools read it; `sender` and `unix_s` make the `From ` line. One `write` per copy,
+    /// under the store's lock, so copies appended at once by several sessions stay whole.
+    pub fn append_mbox(
+        &self,
+        rcpt: &str,
+        folder: Option<&str>,
+        sender: &str,
+        unix_s: i64,
+        message: &[u8],
+    ) -> Result<PathBuf, StoreError> {
+        let dir = self.folder_dir(rcpt, folder)?;
+        let path = dir.join(MBOX_FILE);
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError { path, source }
+        };
+        let when = chrono::DateTime::from_timestamp(unix_s, 0).unwrap_or_default();
+        // The From line's address: the envelope sender, or MAILER-DAEMON for the null one.
+        let sender = match sender.trim() {
+            "" => "MAILER-DAEMON",
+            s if s.contains(char::is_whitespace) => "MAILER-DAEMON",
+            s => s,
+        };
+        let mut out = Vec::with_capacity(message.len() + 64);
+        out.extend_from_slice(
+            format!("From {sender} {}\n", when.format("%a %b %e %H:%M:%S %Y")).as_bytes(),
+        );
+        for line in message.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line
+                .iter()
+                .position(|&b| b != b'>')
+                .is_some_and(|i| line[i..].starts_with(b"From "))
+            {
+                out.push(b'>');
+            }
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        // The empty line that ends each message.
+        out.push(b'\n');
+        let mut open = self.mboxes.lock().unwrap_or_else(|e| e.into_inner());
+        if !open.contains_key(&path) {
+            let create = || OpenOptions::new().append(true).create(true).open(&path);
+            let f = match create() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&dir).map_err(err(&dir))?;
+                    create()
+                }
+                other => other,
+            }
+            .map_err(err(&path))?;
+            if open.len() >= MBOXES_OPEN_MAX {
+                open.clear();
+            }
+            open.insert(path.clone(), f);
+        }
+        let f = open.get_mut(&path).expect("opened above");
+        f.write_all(&out).map_err(err(&path))?;
+        if self.fsync {
+            f.sync_data().map_err(err(&path))?;
+        }
+        Ok(path)
     }
 
     /// Every message stored for `rcpt`, in `new/` and `cur/`.

@@ -276,20 +276,19 @@ impl Backend for HostBackend {
             )
             .into_bytes();
             copy.extend_from_slice(&stored);
-            let kept: Option<&[u8]> = match self.keep {
-                Store::Full => Some(&copy),
+            let kept = match self.keep {
+                Store::Full => Some(self.store.deliver_into(&self.inbox_address, folder, &copy)),
                 Store::Headers => {
                     // The header block with its last line end; the empty line after it
-                    // makes a message with an empty body.
+                    // makes a message with an empty body. Appended to the server's mbox.
                     copy.truncate(find_header_end(&copy));
                     copy.extend_from_slice(b"\r\n");
-                    Some(&copy)
+                    let (from, unix_s) = (&tx.mail_from, (self.now().ms / 1000) as i64);
+                    Some((self.store).append_mbox(&self.inbox_address, folder, from, unix_s, &copy))
                 }
                 Store::Nothing => None,
             };
-            if let Some(kept) = kept
-                && let Err(e) = self.store.deliver_into(&self.inbox_address, folder, kept)
-            {
+            if let Some(Err(e)) = kept {
                 tracing::warn!(host = %self.host, "{e}");
                 return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
             }

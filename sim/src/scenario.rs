@@ -177,7 +177,7 @@ pub struct FleetSection {
     pub store: Option<Store>,
 }
 
-/// What a receiving server writes into its Maildir for each accepted copy. Events, verdicts
+/// What a receiving server writes for each accepted copy. Events, verdicts
 /// and the stored copy's size are the same whatever it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Store {
@@ -185,7 +185,8 @@ pub enum Store {
     /// and Received added).
     #[serde(rename = "full")]
     Full,
-    /// Its header block only, body left out.
+    /// Its header block only, body left out, appended to one mbox file per server (and
+    /// folder), `headers.mbox` (mboxrd, RFC 4155): no file per copy.
     #[serde(rename = "headers")]
     Headers,
     /// Nothing: no Maildir file.

@@ -1,6 +1,7 @@
 //! What the fleet keeps (`[fleet] store`): the whole message, its headers, or nothing. The
 //! event log is byte for byte the same whatever is kept (verdicts and figures do not depend on
-//! it), and the receivers' Maildirs hold exactly what was asked, read from the files.
+//! it), and the receivers hold exactly what was asked, read from their files (Maildir files
+//! for full copies, one mbox per server for header blocks).
 
 mod common;
 
@@ -75,20 +76,51 @@ fn full_headers_and_nothing_keep_what_they_say_and_log_the_same() {
             body.len()
         );
     }
-    // Headers: every delivery is a file, the same header block, an empty body.
-    assert_eq!(headers.len() as u64, delivered);
+    // Headers: no Maildir file; every delivery is a message in the server's mbox, read with
+    // mail-parser's mbox reader: the same header block, an empty body, the envelope sender
+    // and the time of receipt on its From line.
+    assert!(headers.is_empty(), "{headers:?}");
     let full_ids: std::collections::BTreeSet<String> = full
         .iter()
         .map(|f| common::message_id(&std::fs::read_to_string(f).unwrap()).unwrap())
         .collect();
     let mut header_ids = std::collections::BTreeSet::new();
-    for f in &headers {
-        let text = std::fs::read_to_string(f).unwrap();
-        assert!(text.ends_with("\r\n\r\n"), "{}", f.display());
-        assert_eq!(text.matches("\r\n\r\n").count(), 1, "{}", f.display());
-        common::check_stored_headers(f, true).unwrap();
-        header_ids.insert(common::message_id(&text).unwrap());
+    let mailboxes = dirs[1].path().join("mailboxes");
+    let mut mboxes = 0;
+    for host in std::fs::read_dir(&mailboxes).unwrap() {
+        let host = host.unwrap().path();
+        if host.ends_with("s.test") || host.to_string_lossy().ends_with(".s.test") {
+            continue;
+        }
+        let mbox = common::files_named(&host, "headers.mbox");
+        assert_eq!(mbox.len(), 1, "{}: {mbox:?}", host.display());
+        mboxes += 1;
+        let reader = std::io::BufReader::new(std::fs::File::open(&mbox[0]).unwrap());
+        for m in mail_parser::mailbox::mbox::MessageIterator::new(reader) {
+            let m = m.unwrap();
+            let text = String::from_utf8(m.contents().to_vec()).unwrap();
+            // The header block, the empty line of an empty body, the line ending the message.
+            assert!(text.ends_with("\n\n\n"), "{text}");
+            assert_eq!(text.trim_end().matches("\n\n").count(), 0, "{text}");
+            common::check_stored_bytes(&mbox[0], m.contents(), true).unwrap();
+            let parsed = mail_parser::MessageParser::default()
+                .parse(m.contents())
+                .unwrap();
+            let received = parsed.received().unwrap().date.unwrap().to_timestamp();
+            assert!(
+                (received - m.internal_date() as i64).abs() <= 1,
+                "From line {} vs Received {received}",
+                m.internal_date()
+            );
+            assert_eq!(
+                format!("<{}>", m.from()),
+                parsed.return_address().map(|a| format!("<{a}>")).unwrap()
+            );
+            assert!(header_ids.insert(common::message_id(&text).unwrap()));
+        }
     }
+    assert_eq!(mboxes, 2);
+    assert_eq!(header_ids.len() as u64, delivered);
     assert_eq!(full_ids, header_ids);
     // Nothing: no file at the receivers.
     assert!(none.is_empty(), "{none:?}");
