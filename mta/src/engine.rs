@@ -251,9 +251,41 @@ enum Fate {
     },
 }
 
+/// Replies classified so far (see [`classify`]), by code, enhanced code, command and text.
+type Classified = HashMap<Box<str>, (&'static str, bool)>;
+
 /// The reason (Sisimai's vocabulary) and hardness of a failure reply to `command`.
 pub fn classify(reply: &Reply, command: &str) -> (&'static str, bool) {
-    mailsim_bounce::classify_reply(reply.code, reply.enhanced.as_deref(), &reply.text, command)
+    // A pure function of the reply and the command, and a run meets the same few replies
+    // millions of times (every greylisted RCPT): remembered per thread, at most
+    // CLASSIFIED_MAX of them (then forgotten all at once).
+    const CLASSIFIED_MAX: usize = 4096;
+    thread_local! {
+        static CLASSIFIED: std::cell::RefCell<(String, Classified)> = Default::default();
+    }
+    CLASSIFIED.with(|memo| {
+        let (key, seen) = &mut *memo.borrow_mut();
+        key.clear();
+        let enhanced = reply.enhanced.as_deref().unwrap_or("");
+        let _ = std::fmt::Write::write_fmt(
+            key,
+            format_args!("{}\0{enhanced}\0{command}\0{}", reply.code, reply.text),
+        );
+        if let Some(&known) = seen.get(key.as_str()) {
+            return known;
+        }
+        let decided = mailsim_bounce::classify_reply(
+            reply.code,
+            reply.enhanced.as_deref(),
+            &reply.text,
+            command,
+        );
+        if seen.len() >= CLASSIFIED_MAX {
+            seen.clear();
+        }
+        seen.insert(key.as_str().into(), decided);
+        decided
+    })
 }
 
 /// Replies that ask the client to slow down: the whole destination backs off.

@@ -9,6 +9,12 @@ use mailsim::world::World;
 use mailsim_events::{Clock, SystemClock, read_log};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
+
+/// mimalloc rather than the system allocator: a virtual run of a million messages makes and
+/// frees tens of millions of short strings and buffers, and glibc's allocator spent a fifth of
+/// such a run in malloc and free (BENCHMARKS.md, issue 23).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
