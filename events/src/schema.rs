@@ -159,6 +159,9 @@ macro_rules! schema {
                 match tag {
                     $($tag => {
                         let v = variant_fields::$variant::Fields::deserialize(fields)?;
+                        if v.again_seq.is_some() || v.again_ts.is_some() || v.again_type.is_some() {
+                            return Err(serde::de::Error::custom("seq, ts or type repeated"));
+                        }
                         Ok(Event::$variant { $($field: v.$field,)* })
                     })*
                     _ => Err(serde::de::Error::unknown_variant(tag, Self::KINDS)),
@@ -176,6 +179,14 @@ macro_rules! schema {
                     #[derive(Deserialize)]
                     pub(in super::super) struct Fields {
                         $( $(#[$fmeta])* pub(in super::super) $field: $ty, )*
+                        // A record's own keys again after its kind's fields: refused here (the
+                        // derived reading then names the duplicate).
+                        #[serde(rename = "seq", default)]
+                        pub(in super::super) again_seq: Option<serde::de::IgnoredAny>,
+                        #[serde(rename = "ts", default)]
+                        pub(in super::super) again_ts: Option<serde::de::IgnoredAny>,
+                        #[serde(rename = "type", default)]
+                        pub(in super::super) again_type: Option<serde::de::IgnoredAny>,
                     }
                 }
             )*
@@ -634,6 +645,22 @@ mod tests {
         let e = Record::from_json(bad.as_bytes()).unwrap_err().to_string();
         let derived = serde_json::from_str::<Record>(bad).unwrap_err().to_string();
         assert_eq!(e, derived);
+        // A repeated key is an error both ways.
+        for repeated in [
+            r#"{"seq":3,"ts":9,"type":"run_finished","reason":"x","seq":4}"#,
+            r#"{"seq":3,"ts":9,"type":"run_finished","reason":"x","type":"expired"}"#,
+            r#"{"seq":3,"ts":9,"type":"run_finished","reason":"x","reason":"y"}"#,
+            r#"{"seq":3,"ts":9,"type":"smtp_reply","conn":1,"command":"RCPT","code":250,"text":"ok","ts":1}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Record>(repeated).is_err(),
+                "{repeated}"
+            );
+            assert!(
+                Record::from_json(repeated.as_bytes()).is_err(),
+                "{repeated}"
+            );
+        }
         let unknown = r#"{"seq":3,"ts":9,"type":"no_such_kind"}"#;
         assert!(Record::from_json(unknown.as_bytes()).is_err());
     }

@@ -132,9 +132,10 @@ impl Maildir {
     /// Append `message` for `rcpt` to one mbox file (`headers.mbox` in the user's directory, or
     /// in `folders/<name>` for a folder) instead of a Maildir file: what a server keeping only
     /// header blocks writes, one file for every copy rather than a file (and its inode) each.
-    /// The format is mboxrd (RFC 4155; `From ` lines quoted with `>`), lines ending in LF, as
-    /// mail tools read it; `sender` and `unix_s` make the `From ` line. One `write` per copy,
-    /// under the store's lock, so copies appended at once by several sessions stay whole.
+    /// The format is mboxrd (the mbox of RFC 4155, `From ` lines quoted with `>`), lines in LF, as
+    /// mail tools read it; `sender` and `unix_s` make the `From ` line. Each copy is written
+    /// under the store's lock (copies appended at once by several sessions stay whole), and a
+    /// copy that fails half-written is cut off again.
     pub fn append_mbox(
         &self,
         rcpt: &str,
@@ -151,10 +152,10 @@ impl Maildir {
         };
         let when = chrono::DateTime::from_timestamp(unix_s, 0).unwrap_or_default();
         // The From line's address: the envelope sender, or MAILER-DAEMON for the null one.
+        // (A quoted local part may hold spaces, which the From line cannot.)
         let sender = match sender.trim() {
-            "" => "MAILER-DAEMON",
-            s if s.contains(char::is_whitespace) => "MAILER-DAEMON",
-            s => s,
+            "" => "MAILER-DAEMON".to_string(),
+            s => s.replace(char::is_whitespace, "_"),
         };
         let mut out = Vec::with_capacity(message.len() + 64);
         out.extend_from_slice(
@@ -192,7 +193,14 @@ impl Maildir {
             open.insert(path.clone(), f);
         }
         let f = open.get_mut(&path).expect("opened above");
-        f.write_all(&out).map_err(err(&path))?;
+        let end = f.metadata().map_err(err(&path))?.len();
+        if let Err(e) = f.write_all(&out) {
+            // No torn copy left for the next one to run into: cut it off, and open the file
+            // afresh next time.
+            let _ = f.set_len(end);
+            open.remove(&path);
+            return Err(err(&path)(e));
+        }
         if self.fsync {
             f.sync_data().map_err(err(&path))?;
         }

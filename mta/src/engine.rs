@@ -266,10 +266,17 @@ pub fn classify(reply: &Reply, command: &str) -> (&'static str, bool) {
     CLASSIFIED.with(|memo| {
         let (key, seen) = &mut *memo.borrow_mut();
         key.clear();
-        let enhanced = reply.enhanced.as_deref().unwrap_or("");
+        // No enhanced code and an empty one are told apart ("-" / "+...").
+        let (mark, enhanced) = match reply.enhanced.as_deref() {
+            Some(e) => ('+', e),
+            None => ('-', ""),
+        };
         let _ = std::fmt::Write::write_fmt(
             key,
-            format_args!("{}\0{enhanced}\0{command}\0{}", reply.code, reply.text),
+            format_args!(
+                "{}\0{mark}{enhanced}\0{command}\0{}",
+                reply.code, reply.text
+            ),
         );
         if let Some(&known) = seen.get(key.as_str()) {
             return known;

@@ -186,7 +186,8 @@ pub enum Store {
     #[serde(rename = "full")]
     Full,
     /// Its header block only, body left out, appended to one mbox file per server (and
-    /// folder), `headers.mbox` (mboxrd, RFC 4155): no file per copy.
+    /// folder), `headers.mbox` (mboxrd: RFC 4155's mbox, `From ` lines quoted): no file per
+    /// copy.
     #[serde(rename = "headers")]
     Headers,
     /// Nothing: no Maildir file.

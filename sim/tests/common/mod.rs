@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 /// Run `scenario` in this process into `dir`, without a progress bar; its summary.
 ///
 /// Two checks on every run: the summary the run folded as it wrote its log equals a fold of
-/// the log read back afterwards (`mailsim replay`'s), and every record reads back the same
-/// through the log's one-pass reading and serde's derived one.
+/// the log read back afterwards (`mailsim replay`'s), and every record's JSON as written reads
+/// the same through the log's one-pass reading and serde's derived one.
 pub fn run(scenario: &mailsim::scenario::Scenario, dir: &Path) -> mailsim_summary::Summary {
     let summary = mailsim::runner::run_scenario(
         scenario,
@@ -21,14 +21,21 @@ pub fn run(scenario: &mailsim::scenario::Scenario, dir: &Path) -> mailsim_summar
     let (replayed, torn) = mailsim::runner::fold_log(&log).unwrap();
     assert!(!torn);
     assert_eq!(replayed, summary, "the run's summary and its log's");
-    for r in mailsim_events::LogReader::open(&log).unwrap() {
-        let r = r.unwrap();
-        let json = serde_json::to_vec(&r).unwrap();
-        let derived: mailsim_events::Record = serde_json::from_slice(&json).unwrap();
-        assert_eq!(derived, r, "{}", String::from_utf8_lossy(&json));
-        let one_pass = mailsim_events::Record::from_json(&json).unwrap();
-        assert_eq!(one_pass, r, "{}", String::from_utf8_lossy(&json));
+    // The frames as written (the log's layout: a 12-byte header, then length, checksum and
+    // JSON per record), each read both ways, and as the log's reader gives them.
+    let raw = std::fs::read(&log).unwrap();
+    let mut at = 12;
+    let mut records = mailsim_events::LogReader::open(&log).unwrap();
+    while at < raw.len() {
+        let len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
+        let json = &raw[at + 8..at + 8 + len];
+        at += 8 + len;
+        let derived: mailsim_events::Record = serde_json::from_slice(json).unwrap();
+        let one_pass = mailsim_events::Record::from_json(json).unwrap();
+        assert_eq!(one_pass, derived, "{}", String::from_utf8_lossy(json));
+        assert_eq!(records.next().unwrap().unwrap(), derived);
     }
+    assert!(records.next().is_none());
     summary
 }
 
