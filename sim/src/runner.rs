@@ -704,18 +704,12 @@ async fn finish<E: Env>(
         IpAddr::V4(scenario.mta.ip),
         format!("postmaster@{}", scenario.mta.hostname),
     );
-    // The summary and the TLS-RPT reports beside it, folded as the log was written (else one
-    // pass over the log).
-    let (summary, drain, tls) = match a.finish(reason).await? {
-        Some(folded) => folded,
-        None => {
-            let mut tls = crate::tlsrpt::TlsReports::default();
-            let ((summary, drain), _) = fold_log_with(&events_path(&opts.out_dir), |records| {
-                Summary::fold_with_drain(records.inspect(|r| tls.add(r)))
-            })?;
-            (summary, drain, tls)
-        }
-    };
+    // The summary and the TLS-RPT reports beside it, folded as the log was written (a run's
+    // log is always new).
+    let (summary, drain, tls) = a
+        .finish(reason)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the run's log was not folded as it was written"))?;
     tls.write(&opts.out_dir, ip, &contact)
         .with_context(|| format!("writing TLS reports in {}", opts.out_dir.display()))?;
     std::fs::write(summary_path(&opts.out_dir), summary_json(&summary)?)?;

@@ -1156,8 +1156,22 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
     let subject = query.strip_prefix("subject=").unwrap().replace("%20", " ");
     assert_eq!(to, "unsubscribe@news.example.test");
     let mx = p.mx.as_deref().unwrap();
+    let mail = dir.path().join("unsubscribe.eml");
+    // curl's SMTP client sends the file `mail` to `rcpts` at the sender's MX.
+    let submit = |rcpts: &[&str]| {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-sSv",
+            &format!("smtp://{mx}"),
+            "--mail-from",
+            "u3@calm.test",
+        ]);
+        for rcpt in rcpts {
+            curl.args(["--mail-rcpt", rcpt]);
+        }
+        curl.arg("-T").arg(&mail).output().unwrap()
+    };
     let send = |subject: &str| {
-        let mail = dir.path().join("unsubscribe.eml");
         std::fs::write(
             &mail,
             format!(
@@ -1165,17 +1179,7 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
             ),
         )
         .unwrap();
-        Command::new("curl")
-            .args([
-                "-sSv",
-                &format!("smtp://{mx}"),
-                "--mail-from",
-                "u3@calm.test",
-            ])
-            .args(["--mail-rcpt", to, "-T"])
-            .arg(&mail)
-            .output()
-            .unwrap()
+        submit(&[to])
     };
     let forged = send("unsubscribe please");
     assert!(!forged.status.success(), "no token: refused");
@@ -1186,39 +1190,13 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
     );
     // An unsubscribe and a report do not share a transaction (one answer for both), and an
     // address no mailbox can be made for is refused at RCPT, not after the data.
-    let mixed = Command::new("curl")
-        .args([
-            "-sSv",
-            &format!("smtp://{mx}"),
-            "--mail-from",
-            "u3@calm.test",
-        ])
-        .args([
-            "--mail-rcpt",
-            to,
-            "--mail-rcpt",
-            "fbl@news.example.test",
-            "-T",
-        ])
-        .arg(dir.path().join("unsubscribe.eml"))
-        .output()
-        .unwrap();
+    let mixed = submit(&[to, "fbl@news.example.test"]);
     let said = String::from_utf8_lossy(&mixed.stderr);
     assert!(
         !mixed.status.success() && said.contains("< 452 4.5.3"),
         "{said}"
     );
-    let bad = Command::new("curl")
-        .args([
-            "-sSv",
-            &format!("smtp://{mx}"),
-            "--mail-from",
-            "u3@calm.test",
-        ])
-        .args(["--mail-rcpt", "a/b@news.example.test", "-T"])
-        .arg(dir.path().join("unsubscribe.eml"))
-        .output()
-        .unwrap();
+    let bad = submit(&["a/b@news.example.test"]);
     let said = String::from_utf8_lossy(&bad.stderr);
     assert!(
         !bad.status.success() && said.contains("< 550 5.1.3"),
