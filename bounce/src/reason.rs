@@ -8,32 +8,49 @@
 //! The text rules come first (ordered from the most specific reason to the most general); the
 //! enhanced status code decides when no rule matches.
 
+/// A rule: the reason, the name of its family of wordings (one meaning, several wordings; the
+/// unit a k-fold evaluation leaves out), and the wordings.
+type Rule = (&'static str, &'static str, &'static [&'static str]);
+
 /// Phrase rules, checked in this order against the lower-cased diagnostic (a reason may
 /// appear twice: its specific phrases early, its generic ones late).
-static RULES: &[(&str, &[&str])] = &[
+static RULES: &[Rule] = &[
     // A relay that did not try: the address is on its suppression list (Amazon SES: "did not
     // send the message to this address because it is on the suppression list", "has
     // suppressed sending to this address"). Sisimai's "suppressed".
     (
         "suppressed",
+        "suppression list",
         &["suppression list", "has suppressed sending"],
     ),
+    // RFC 3463 X.3.2 (system not accepting network messages): the host takes no mail at all.
     (
         "notaccept",
+        "accepts no mail",
         &[
             "does not accept mail",
             "not accepting mail",
             "accepts no mail",
-            "null mx",
             "no mail accepted",
             "does not receive mail",
             "doesn't receive email",
+        ],
+    ),
+    // RFC 7505 (null MX, X.1.10) and resolvers' wording of a domain without a mail exchanger.
+    (
+        "notaccept",
+        "no mx",
+        &[
+            "null mx",
             "no mx found for domain",
             "indicated no smtp service",
         ],
     ),
+    // A message refused for breaking the message format (RFC 5322 and its predecessors by number;
+    // Google's 550 5.7.1 "not RFC 5322 compliant").
     (
         "notcompliantrfc",
+        "not rfc 5322 compliant",
         &[
             "rfc 5322",
             "rfc5322",
@@ -41,50 +58,84 @@ static RULES: &[(&str, &[&str])] = &[
             "rfc2822",
             "rfc 822",
             "not compliant",
+        ],
+    ),
+    // RFC 5322 section 3.6: fields that occur at most once, From with one mailbox unless Sender is
+    // set.
+    (
+        "notcompliantrfc",
+        "header field occurrence",
+        &[
             "duplicate header",
             "addresses in from: header",
             "multiple addresses in from",
         ],
     ),
+    // RFC 3463 X.4.3 (directory server failure): the resolver failed, not the domain (Postfix
+    // "Name service error ... name server reply", "host name lookup failure").
     (
         "networkerror",
+        "name service failure",
+        &["dns error", "name server reply", "host name lookup failure"],
+    ),
+    // RFC 3463 X.4.2 (bad connection): the session was lost or never established (Postfix "lost
+    // connection with", qmail "wasn't able to establish an SMTP connection").
+    (
+        "networkerror",
+        "connection failed",
         &[
-            "dns error",
-            "name server reply",
-            "host name lookup failure",
             "network error",
+            "lost connection",
+            "establish an smtp connection",
+        ],
+    ),
+    // RFC 5321 section 6.3 and RFC 3463 X.4.6: a routing or forwarding loop, found by counting
+    // hops.
+    (
+        "networkerror",
+        "mail loop",
+        &[
             "routing loop",
             "mail loop",
             "loop detected",
             "too many hops",
             "hop count",
-            "lost connection",
-            "establish an smtp connection",
         ],
     ),
-    ("onhold", &["on hold"]),
+    ("onhold", "on hold", &["on hold"]),
     // Not a bounce reason in Sisimai (greylisting never ends in a bounce): mailsim's word for
     // the deferral.
     (
         "greylisted",
+        "greylisting",
         &["greylist", "graylist", "grey-list", "gray-list"],
     ),
+    ("authfailure", "dmarc", &["dmarc"]),
+    // RFC 7208 (SPF): results and the receivers' wording of them ("designates", "not permitted by
+    // domain", Microsoft's Sender ID).
     (
         "authfailure",
+        "spf",
         &[
-            "dmarc",
             "spf check",
             "spf fail",
             "spf validation",
             "spf record",
             "bad spf",
             "sender policy framework",
-            "dkim",
-            "domainkeys",
             "is not authorized to send mail on behalf",
             "not permitted by domain",
             "designates",
             "sender id",
+        ],
+    ),
+    ("authfailure", "dkim", &["dkim", "domainkeys"]),
+    // Providers' bulk-sender rules (Google 550 5.7.26 "unauthenticated email", Microsoft "does not
+    // meet the required authentication level"): SPF and DKIM both missing or failed.
+    (
+        "authfailure",
+        "sender authentication failed",
+        &[
             "authentication failed",
             "does not meet the required authentication level",
             "authentication information",
@@ -93,8 +144,11 @@ static RULES: &[(&str, &[&str])] = &[
             "5.7.26",
         ],
     ),
+    // RFC 7372 X.7.25 (reverse DNS validation failed) and the receivers' wording of a missing PTR
+    // record (M3AAWG's sender best practices ask for one).
     (
         "requireptr",
+        "reverse dns",
         &[
             "reverse dns",
             "reverse lookup",
@@ -102,47 +156,70 @@ static RULES: &[(&str, &[&str])] = &[
             "rdns",
             "ptr record",
             "no ptr",
-            "cannot find your hostname",
-            "cannot resolve your address",
             "cannot resolve pointer",
             "client host rejected: cannot find",
             "reverse address",
-            "does not resolve",
-            "unresolvable",
-            "ip name lookup failed",
             "no reverse",
-            "mismatches client ip",
             "5.7.25",
         ],
     ),
+    // The client's name and address do not match (forward-confirmed reverse DNS, Postfix's
+    // reject_unknown_client_hostname "cannot find your hostname").
+    (
+        "requireptr",
+        "client name unresolvable",
+        &[
+            "cannot find your hostname",
+            "cannot resolve your address",
+            "does not resolve",
+            "unresolvable",
+            "ip name lookup failed",
+            "mismatches client ip",
+        ],
+    ),
+    // Anti-virus refusals (RFC 3463 X.7.0 used for content; scanners' "virus", "infected",
+    // "malware").
     (
         "virusdetected",
+        "virus",
         &["virus", "infected", "malware", "malicious"],
     ),
-    ("badreputation", &["reputation"]),
+    ("badreputation", "reputation", &["reputation"]),
+    // A sender over its own allowance of recipients per hour (the providers' outbound limits).
     (
         "ratelimited",
+        "sending too fast",
         &[
             "sending too fast",
             "has sent to too many recipients",
             "too many recipients this hour",
         ],
     ),
+    // A cap on concurrent sessions (Exchange 421 4.3.2, Postfix anvil's "too many connections").
     (
         "ratelimited",
+        "too many connections",
         &[
             "too many connections",
-            // Throttling for an unusual rate or volume (Google's 421 4.7.28, Yahoo's [TSS04]).
-            "unusual rate",
-            "unexpected volume",
             "too many concurrent",
-            // Postfix's anvil rate limit: "Error: too much mail from <ip>".
-            "too much mail",
             "too many simultaneous",
             "connection limit",
             "connection rate limit",
             "too many smtp sessions",
             "max connections",
+        ],
+    ),
+    // Receivers throttling a sender (Google 421 4.7.28, Yahoo [TSS04], Postfix anvil's "too much
+    // mail from").
+    (
+        "ratelimited",
+        "rate limit",
+        &[
+            // Throttling for an unusual rate or volume (Google's 421 4.7.28, Yahoo's [TSS04]).
+            "unusual rate",
+            "unexpected volume",
+            // Postfix's anvil rate limit: "Error: too much mail from <ip>".
+            "too much mail",
             "frequency limited",
             "rate limit",
             "rate-limit",
@@ -152,8 +229,11 @@ static RULES: &[(&str, &[&str])] = &[
             "too many recipients",
         ],
     ),
+    // RFC 5321 section 4.1.1.2 (MAIL refused) and RFC 3463 X.1.7/X.1.8: the sender, not the
+    // recipient, is refused.
     (
         "rejected",
+        "sender refused",
         &[
             "sender was rejected",
             "sender rejected",
@@ -168,17 +248,31 @@ static RULES: &[(&str, &[&str])] = &[
             "sender unknown",
             "envelope sender",
             "address rejected: sender",
-            "not allowed to post",
-            "permission to post",
             "send mail as",
             "mailfrom domain",
             "mail from domain",
-            "address that has been blacklisted",
-            "rejected by destination domain",
         ],
     ),
+    // Mailing lists that take posts from members only (Mailman, Google Groups).
+    (
+        "rejected",
+        "not allowed to post",
+        &["not allowed to post", "permission to post"],
+    ),
+    (
+        "rejected",
+        "address that has been blacklisted",
+        &["address that has been blacklisted"],
+    ),
+    (
+        "rejected",
+        "rejected by destination domain",
+        &["rejected by destination domain"],
+    ),
+    // RFC 5321 sections 3.6.1 and 7.1: a server that is not the recipient's refuses to relay.
     (
         "norelaying",
+        "relay denied",
         &[
             "relay access denied",
             "relaying denied",
@@ -187,12 +281,18 @@ static RULES: &[(&str, &[&str])] = &[
             "not permitted to relay",
             "unable to relay",
             "we do not relay",
-            "email address is not verified",
             "relaying not allowed",
         ],
     ),
     (
+        "norelaying",
+        "email address is not verified",
+        &["email address is not verified"],
+    ),
+    // RFC 3463 X.2.2 (mailbox full) and the MTAs' and providers' over-quota wording.
+    (
         "mailboxfull",
+        "mailbox full",
         &[
             "mailbox full",
             "mailbox is full",
@@ -216,8 +316,10 @@ static RULES: &[(&str, &[&str])] = &[
             "not enough space",
         ],
     ),
+    // RFC 3463 X.2.1 (mailbox disabled, not accepting messages): the account exists and is closed.
     (
         "suspend",
+        "account disabled",
         &[
             "suspended",
             "deactivated",
@@ -234,9 +336,17 @@ static RULES: &[(&str, &[&str])] = &[
             "locked",
         ],
     ),
-    ("filtered", &["message filtered", "content filter"]),
+    // A filter of the recipient's refused the message after DATA (Sisimai's "filtered").
+    (
+        "filtered",
+        "message filtered",
+        &["message filtered", "content filter"],
+    ),
+    // A local delivery program (pipe, procmail) exited with an error (Sendmail's and Postfix's
+    // X-Unix diagnostic type).
     (
         "mailererror",
+        "delivery program failed",
         &[
             "mailer error",
             "x-unix",
@@ -249,9 +359,15 @@ static RULES: &[(&str, &[&str])] = &[
             "local delivery failed",
         ],
     ),
-    ("blocked", &["remote protocol error"]),
+    (
+        "blocked",
+        "remote protocol error",
+        &["remote protocol error"],
+    ),
+    // RFC 3463 X.1.2 (bad destination system address) and resolvers' NXDOMAIN wording.
     (
         "hostunknown",
+        "no such domain",
         &[
             "host unknown",
             "host not found",
@@ -275,8 +391,11 @@ static RULES: &[(&str, &[&str])] = &[
             "dns lookup failure",
         ],
     ),
+    // RFC 3463 X.1.1 (bad destination mailbox address): the MTAs' wording of a recipient that does
+    // not exist.
     (
         "userunknown",
+        "no such user",
         &[
             "user unknown",
             "unknown user",
@@ -293,44 +412,78 @@ static RULES: &[(&str, &[&str])] = &[
             "doesn't exist",
             "does not have an account",
             "doesn't have a",
-            "not a valid",
-            "invalid recipient",
-            "invalid address",
-            "invalid mailbox",
             "unknown recipient",
             "recipient unknown",
             "unknown address",
             "unknown mailbox",
             "unknown local part",
-            "recipient address rejected: access denied",
             "recipient name is not recognized",
-            "mailbox unavailable",
-            "bad destination mailbox",
-            "unrouteable address",
             "no mailbox",
-            "not our customer",
-            "not listed",
             "user doesn't",
             "user does not",
             "no account",
-            "undeliverable address",
-            "mailbox is not available",
-            "unavailable mailbox",
-            "no valid recipients",
             "unknown or illegal alias",
-            "userid",
         ],
     ),
+    // RFC 3463 X.1.1/X.1.3: the recipient address is not one the system takes.
+    (
+        "userunknown",
+        "invalid recipient",
+        &[
+            "not a valid",
+            "invalid recipient",
+            "invalid address",
+            "invalid mailbox",
+            "bad destination mailbox",
+            "undeliverable address",
+            "no valid recipients",
+        ],
+    ),
+    (
+        "userunknown",
+        "recipient address rejected: access denied",
+        &["recipient address rejected: access denied"],
+    ),
+    // RFC 5321 section 4.2.2's 550 reply text ("Requested action not taken: mailbox unavailable").
+    (
+        "userunknown",
+        "mailbox unavailable",
+        &[
+            "mailbox unavailable",
+            "mailbox is not available",
+            "unavailable mailbox",
+        ],
+    ),
+    (
+        "userunknown",
+        "unrouteable address",
+        &["unrouteable address"],
+    ),
+    ("userunknown", "not our customer", &["not our customer"]),
+    ("userunknown", "not listed", &["not listed"]),
+    ("userunknown", "userid", &["userid"]),
     // "Unsolicited mail" is the providers' word for spam (Google's 550 5.7.1 "likely
     // unsolicited mail"), said before "has been blocked" can read as a block list.
     (
         "spamdetected",
-        &["blacklisted url", "uribl", "unsolicited mail"],
+        "url blocklisted",
+        &["blacklisted url", "uribl"],
     ),
-    ("blocked", &["remote protocol error"]),
-    ("undefined", &["delivery report unavailable"]),
+    ("spamdetected", "unsolicited mail", &["unsolicited mail"]),
     (
         "blocked",
+        "remote protocol error",
+        &["remote protocol error"],
+    ),
+    (
+        "undefined",
+        "delivery report unavailable",
+        &["delivery report unavailable"],
+    ),
+    // DNS block lists (RFC 5782) by name and the receivers' wording of a listing.
+    (
+        "blocked",
+        "dnsbl",
         &[
             "blocked using",
             "listed in",
@@ -346,6 +499,14 @@ static RULES: &[(&str, &[&str])] = &[
             "spamcop",
             "sorbs",
             "barracuda",
+        ],
+    ),
+    // The client's address or name is refused (Postfix's "Client host rejected", the providers' IP
+    // blocks).
+    (
+        "blocked",
+        "client host refused",
+        &[
             "your ip",
             "ip address",
             "client host rejected",
@@ -356,10 +517,6 @@ static RULES: &[(&str, &[&str])] = &[
             "ip blocked",
             "blocked by",
             "hostname is blocked",
-            "dynamic ip",
-            "residential",
-            "dial-up",
-            "dialup",
             "connections will not be accepted",
             "not accepting connections",
             "rejecting connections",
@@ -368,8 +525,17 @@ static RULES: &[(&str, &[&str])] = &[
             "service refuse",
         ],
     ),
+    // Receivers that refuse mail from dynamic or residential address ranges (Spamhaus PBL's
+    // policy).
+    (
+        "blocked",
+        "dynamic address",
+        &["dynamic ip", "residential", "dial-up", "dialup"],
+    ),
+    // Spam verdicts of content filters.
     (
         "spamdetected",
+        "spam",
         &[
             "spam",
             "junk mail",
@@ -379,8 +545,10 @@ static RULES: &[(&str, &[&str])] = &[
             "suspicious",
         ],
     ),
+    // RFC 3463 X.1.6 (destination mailbox has moved, no forwarding address).
     (
         "hasmoved",
+        "has moved",
         &[
             "has moved",
             "moved to",
@@ -389,8 +557,10 @@ static RULES: &[(&str, &[&str])] = &[
             "no longer with",
         ],
     ),
+    // RFC 3463 X.2.3/X.3.4 and RFC 1870 (SIZE): the message is larger than a limit.
     (
         "emailtoolarge",
+        "message too large",
         &[
             "exceeds the limit",
             "exceeded the limit",
@@ -402,6 +572,7 @@ static RULES: &[(&str, &[&str])] = &[
     ),
     (
         "emailtoolarge",
+        "message too large",
         &[
             "message too big",
             "message too large",
@@ -414,8 +585,10 @@ static RULES: &[(&str, &[&str])] = &[
             "too big",
         ],
     ),
+    // RFC 4954 (530 5.7.0 authentication required) and RFC 3207 (must issue STARTTLS first).
     (
         "securityerror",
+        "authentication required",
         &[
             "authentication required",
             "starttls",
@@ -427,8 +600,10 @@ static RULES: &[(&str, &[&str])] = &[
             "delivery not authorized",
         ],
     ),
+    // RFC 5321 section 4.2.3 (500-504) and RFC 3463 X.5.2: the command or its syntax was refused.
     (
         "syntaxerror",
+        "syntax error",
         &[
             "syntax error",
             "command unrecognized",
@@ -441,8 +616,10 @@ static RULES: &[(&str, &[&str])] = &[
             "not implemented",
         ],
     ),
+    // RFC 3463 X.3.1 (mail system full): the system, not the mailbox, is out of room.
     (
         "systemfull",
+        "system storage full",
         &[
             "insufficient system storage",
             "system full",
@@ -451,8 +628,11 @@ static RULES: &[(&str, &[&str])] = &[
             "insufficient disk space",
         ],
     ),
+    // RFC 5321 section 4.5.4.1 and RFC 3463 X.4.7: the sending MTA gave up after its retry period
+    // (each MTA's wording of it).
     (
         "expired",
+        "gave up",
         &[
             "retry timeout exceeded",
             "retry time not reached for any host after a long failure period",
@@ -773,12 +953,24 @@ fn pair_matches(pair: &Pair, text: &str) -> bool {
 
 /// True when the phrase or family called `name` occurs in `text` (for evaluation: which
 /// labelled texts support a phrase).
-pub fn fires(name: &str, text: &str) -> bool {
+pub fn fires(unit: Unit, name: &str, text: &str) -> bool {
     let text = squeeze(&text.to_ascii_lowercase());
-    match PAIRS.iter().find(|p| p.name == name) {
-        Some(pair) => pair_matches(pair, &text),
-        None => mentions(&text, name),
+    if let Some(pair) = PAIRS.iter().find(|p| p.name == name) {
+        return pair_matches(pair, &text);
     }
+    if unit == Unit::Wording {
+        return mentions(&text, name);
+    }
+    let mut family = [RULES, LATE_RULES, WEAK_RULES]
+        .into_iter()
+        .flatten()
+        .filter(|(_, family, _)| *family == name)
+        .flat_map(|(_, _, phrases)| phrases.iter())
+        .peekable();
+    if family.peek().is_none() {
+        return mentions(&text, name);
+    }
+    family.any(|p| mentions(&text, p))
 }
 
 /// The first family (in table order) whose wording `text` has; only the early ones when
@@ -851,9 +1043,11 @@ pub fn reason_for_status(status: &str) -> Option<&'static str> {
 }
 
 /// Phrases that say less than a final temporary status: consulted after it.
-static LATE_RULES: &[(&str, &[&str])] = &[
+static LATE_RULES: &[Rule] = &[
+    // RFC 3463 X.4.1 (no answer from host): no connection could be made.
     (
         "networkerror",
+        "could not connect",
         &[
             "connection timed out",
             "could not connect",
@@ -861,8 +1055,10 @@ static LATE_RULES: &[(&str, &[&str])] = &[
             "couldn't connect",
         ],
     ),
+    // RFC 3463 X.3.0/X.3.5 and the MTAs' wording of an internal failure.
     (
         "systemerror",
+        "system error",
         &[
             "system error",
             "internal error",
@@ -878,63 +1074,63 @@ static LATE_RULES: &[(&str, &[&str])] = &[
             "giving up",
         ],
     ),
+    // A receiver's local policy refused the message (RFC 3463 X.7.1 used for policy).
     (
         "policyviolation",
-        &[
-            "policy reasons",
-            "violates",
-            "prohibited",
-            "content presents a potential",
-            "header error",
-        ],
+        "policy",
+        &["policy reasons", "violates", "prohibited"],
     ),
-    ("blocked", &["connection refused by"]),
+    (
+        "policyviolation",
+        "content presents a potential",
+        &["content presents a potential"],
+    ),
+    ("policyviolation", "header error", &["header error"]),
+    (
+        "blocked",
+        "connection refused by",
+        &["connection refused by"],
+    ),
     // A bare "access denied" says only that something was refused (Microsoft's 5.4.1 edge
     // block, qmail's sender refusal, Postfix's "Relay access denied" all use it).
-    ("securityerror", &["access denied"]),
+    ("securityerror", "access denied", &["access denied"]),
 ];
 
 /// Generic words, consulted only when no specific phrase, no final temporary status and no
 /// status code decided.
-static WEAK_RULES: &[(&str, &[&str])] = &[
-    ("spamdetected", &["spam", "score"]),
-    ("mailboxfull", &["quota", "is full", "insufficient"]),
-    ("norelaying", &["relay"]),
-    ("securityerror", &["security", "certificate"]),
-    ("mailererror", &["program", "pipe"]),
-    ("notcompliantrfc", &["header"]),
-    (
-        "networkerror",
-        &[
-            "dns",
-            "lookup",
-            "timeout",
-            "timed out",
-            "connection",
-            "unreachable",
-        ],
-    ),
+static WEAK_RULES: &[Rule] = &[
+    ("spamdetected", "spam", &["spam"]),
+    ("spamdetected", "score", &["score"]),
+    ("mailboxfull", "quota", &["quota"]),
+    ("mailboxfull", "is full", &["is full"]),
+    ("mailboxfull", "insufficient", &["insufficient"]),
+    ("norelaying", "relay", &["relay"]),
+    ("securityerror", "security", &["security"]),
+    ("securityerror", "certificate", &["certificate"]),
+    ("mailererror", "program", &["program"]),
+    ("mailererror", "pipe", &["pipe"]),
+    ("notcompliantrfc", "header", &["header"]),
+    ("networkerror", "dns", &["dns"]),
+    ("networkerror", "lookup", &["lookup"]),
+    ("networkerror", "timeout", &["timeout"]),
+    ("networkerror", "timed out", &["timed out"]),
+    ("networkerror", "connection", &["connection"]),
+    ("networkerror", "unreachable", &["unreachable"]),
+    ("userunknown", "not found", &["not found"]),
     (
         "userunknown",
-        &[
-            "not found",
-            "recipient address rejected",
-            "address rejected",
-            "recipient rejected",
-        ],
+        "recipient address rejected",
+        &["recipient address rejected"],
     ),
-    ("suspend", &["disabled"]),
-    (
-        "policyviolation",
-        &[
-            "policy",
-            "prohibited",
-            "not allowed",
-            "violat",
-            "not permitted",
-            "denied",
-        ],
-    ),
+    ("userunknown", "address rejected", &["address rejected"]),
+    ("userunknown", "recipient rejected", &["recipient rejected"]),
+    ("suspend", "disabled", &["disabled"]),
+    ("policyviolation", "policy", &["policy"]),
+    ("policyviolation", "prohibited", &["prohibited"]),
+    ("policyviolation", "not allowed", &["not allowed"]),
+    ("policyviolation", "violat", &["violat"]),
+    ("policyviolation", "not permitted", &["not permitted"]),
+    ("policyviolation", "denied", &["denied"]),
 ];
 
 /// What the classifier knows about one failed recipient.
@@ -982,10 +1178,10 @@ struct Matcher {
 }
 
 impl Matcher {
-    fn new(rules: &[(&str, &[&str])]) -> Matcher {
+    fn new(rules: &[Rule]) -> Matcher {
         let mut patterns = Vec::new();
         let mut origin = Vec::new();
-        for (i, (_, phrases)) in rules.iter().enumerate() {
+        for (i, (_, _, phrases)) in rules.iter().enumerate() {
             for (j, p) in phrases.iter().enumerate() {
                 patterns.push(*p);
                 origin.push((i, j));
@@ -998,7 +1194,7 @@ impl Matcher {
     }
 }
 
-fn matcher(rules: &'static [(&'static str, &'static [&'static str])]) -> &'static Matcher {
+fn matcher(rules: &'static [Rule]) -> &'static Matcher {
     static TABLES: std::sync::OnceLock<[Matcher; 3]> = std::sync::OnceLock::new();
     let tables = TABLES.get_or_init(|| {
         [
@@ -1016,51 +1212,103 @@ fn matcher(rules: &'static [(&'static str, &'static [&'static str])]) -> &'stati
     }
 }
 
+/// What a k-fold evaluation leaves out of the rule tables: whole families of wordings (one
+/// meaning, several wordings), or single wordings. Families of [`Pair`]s and the wordings that
+/// keep an unknown recipient unknown after DATA are units of their own either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Family,
+    Wording,
+}
+
 thread_local! {
-    /// Phrases left out of every rule table on this thread (see [`without_phrases`]).
-    static LEFT_OUT: std::cell::RefCell<Option<std::collections::HashSet<&'static str>>> =
+    /// Units left out of every rule table on this thread (see [`without_phrases`]).
+    static LEFT_OUT: std::cell::RefCell<Option<(Unit, std::collections::HashSet<&'static str>)>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// Run `f` with these phrases left out of the rule tables on this thread: for evaluation, so
-/// that a k-fold test can score a fold without the phrases nothing outside it supports.
+/// Run `f` with these units (families or wordings, by name) left out of the rule tables on
+/// this thread: for evaluation, so that a k-fold test can score a fold without the units
+/// nothing outside it supports.
 pub fn without_phrases<R>(
-    phrases: std::collections::HashSet<&'static str>,
+    unit: Unit,
+    left: std::collections::HashSet<&'static str>,
     f: impl FnOnce() -> R,
 ) -> R {
-    LEFT_OUT.with(|l| *l.borrow_mut() = Some(phrases));
+    LEFT_OUT.with(|l| *l.borrow_mut() = Some((unit, left)));
     let r = f();
     LEFT_OUT.with(|l| *l.borrow_mut() = None);
     r
 }
 
-fn left_out(phrase: &str) -> bool {
-    LEFT_OUT.with(|l| l.borrow().as_ref().is_some_and(|set| set.contains(phrase)))
+/// True when the unit called `name` is left out (a family of pairs, a wording that keeps an
+/// unknown recipient unknown: units under either kind of evaluation).
+fn left_out(name: &str) -> bool {
+    LEFT_OUT.with(|l| {
+        l.borrow()
+            .as_ref()
+            .is_some_and(|(_, set)| set.contains(name))
+    })
 }
 
-/// Every phrase of every rule table, with the reason it stands for (the wordings that keep an
-/// unknown recipient unknown after DATA among them).
-pub fn phrases() -> impl Iterator<Item = (&'static str, &'static str)> {
-    [RULES, LATE_RULES, WEAK_RULES]
-        .into_iter()
-        .flatten()
-        .flat_map(|(reason, phrases)| phrases.iter().map(move |p| (*reason, *p)))
-        .chain(SURELY_UNKNOWN.iter().map(|p| ("userunknown", *p)))
-        .chain(PAIRS.iter().map(|p| (p.reason, p.name)))
+/// True when a table rule's wording is left out: its family's name under [`Unit::Family`],
+/// the wording under [`Unit::Wording`].
+fn rule_left_out(family: &str, wording: &str) -> bool {
+    LEFT_OUT.with(|l| {
+        l.borrow().as_ref().is_some_and(|(unit, set)| match unit {
+            Unit::Family => set.contains(family),
+            Unit::Wording => set.contains(wording),
+        })
+    })
+}
+
+/// The unit of evaluation of the given kind that `why` (what decided a reason: a wording, a
+/// family of pairs, "status", ...) belongs to, if it is one.
+pub fn unit_of(unit: Unit, why: &str) -> Option<&'static str> {
+    let tables = [RULES, LATE_RULES, WEAK_RULES].into_iter().flatten();
+    let found =
+        tables.flat_map(|(_, family, wordings)| wordings.iter().map(move |w| (*family, *w)));
+    let pairs = PAIRS.iter().map(|p| (p.name, p.name));
+    let surely = SURELY_UNKNOWN.iter().map(|p| (*p, *p));
+    found
+        .chain(surely)
+        .chain(pairs)
+        .find(|(_, w)| *w == why)
+        .map(|(family, wording)| match unit {
+            Unit::Family => family,
+            Unit::Wording => wording,
+        })
+}
+
+/// Every unit of evaluation of the given kind, with the reason it stands for: the families or
+/// the wordings of the rule tables, then the wordings that keep an unknown recipient unknown
+/// after DATA and the families of pairs (units of their own either way).
+pub fn units(unit: Unit) -> Vec<(&'static str, &'static str)> {
+    let tables = [RULES, LATE_RULES, WEAK_RULES].into_iter().flatten();
+    let mut all: Vec<(&'static str, &'static str)> = match unit {
+        Unit::Family => tables
+            .map(|(reason, family, _)| (*reason, *family))
+            .collect(),
+        Unit::Wording => tables
+            .flat_map(|(reason, _, wordings)| wordings.iter().map(move |w| (*reason, *w)))
+            .collect(),
+    };
+    all.extend(SURELY_UNKNOWN.iter().map(|p| ("userunknown", *p)));
+    all.extend(PAIRS.iter().map(|p| (p.reason, p.name)));
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// The first rule (in table order) with a phrase in `text` at a word boundary, and that phrase.
-fn find_rule(
-    rules: &'static [(&'static str, &'static [&'static str])],
-    text: &str,
-) -> Option<(&'static str, &'static str)> {
+fn find_rule(rules: &'static [Rule], text: &str) -> Option<(&'static str, &'static str)> {
     let m = matcher(rules);
     m.automaton
         .find_overlapping_iter(text)
         .filter(|hit| {
             let (i, j) = m.origin[hit.pattern().as_usize()];
-            let phrase = rules[i].1[j];
-            if left_out(phrase) {
+            let phrase = rules[i].2[j];
+            if rule_left_out(rules[i].1, phrase) {
                 return false;
             }
             let starts_word = phrase.chars().next().is_some_and(|c| c.is_alphanumeric());
@@ -1072,7 +1320,7 @@ fn find_rule(
         })
         .map(|hit| m.origin[hit.pattern().as_usize()])
         .min()
-        .map(|(i, j)| (rules[i].0, rules[i].1[j]))
+        .map(|(i, j)| (rules[i].0, rules[i].2[j]))
 }
 
 /// Status codes that say more than any wording.
@@ -1148,7 +1396,9 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     // the message was sent, or without telling, the message was filtered.
     let command = e.command.unwrap_or_default().to_ascii_uppercase();
     let weakly_decided = matches!(why, "default" | "status" | "reply code")
-        || WEAK_RULES.iter().any(|(_, phrases)| phrases.contains(&why));
+        || WEAK_RULES
+            .iter()
+            .any(|(_, _, wordings)| wordings.contains(&why));
     let refused_client = matches!(command.as_str(), "CONNECT" | "EHLO");
     if refused_client && (weakly_decided || r == "spamdetected") {
         // Refused before any envelope: the client itself is blocked.
