@@ -41,6 +41,8 @@ pub struct Extracted {
     /// returns (`message/rfc822`: RFC 3464 section 2, RFC 5965's third part) or the headers it
     /// returns (`text/rfc822-headers`, RFC 6522), whichever comes first.
     pub message_id: Option<String>,
+    /// Which MTA or provider wrote the report ([`crate::origin::writer`]), when recognised.
+    pub writer: Option<&'static str>,
 }
 
 fn address_re() -> &'static Regex {
@@ -227,7 +229,14 @@ fn command_in(text: &str) -> Option<String> {
         ("after connect", "CONNECT"),
         ("mail from", "MAIL"),
         ("[mail_from]", "MAIL"),
+        // qmail-remote names the step that failed in words: "Connected to X but greeting
+        // failed", "... but my name was rejected", "... but sender was rejected", "X does not
+        // like recipient", "X failed after I sent the message".
+        ("but greeting failed", "CONNECT"),
+        ("but my name was rejected", "EHLO"),
         ("sender was rejected", "MAIL"),
+        ("does not like recipient", "RCPT"),
+        ("failed after i sent the message", "DATA"),
     ];
     let mentions: Vec<(usize, &str)> = rules
         .iter()
@@ -478,6 +487,7 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
         rcpts.dedup();
         return Some(Extracted {
             message_id: None,
+            writer: None,
             kind: Kind::Feedback,
             findings: rcpts
                 .into_iter()
@@ -605,6 +615,7 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
     {
         return Some(Extracted {
             message_id: None,
+            writer: None,
             kind: Kind::Vacation,
             findings: vec![Finding {
                 recipient: from,
@@ -683,8 +694,16 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
     if findings.is_empty() {
         return None;
     }
+    // The report, the line that marks the returned original (a writer's fixed separator, as
+    // qmail-send's "--- Below this line is a copy of the message.") and the status fields.
+    let marker = original.lines().next().unwrap_or_default();
+    let own_text = format!(
+        "{report_text}\n{marker}\n{}",
+        dsn.as_deref().unwrap_or_default()
+    );
     Some(Extracted {
         message_id: None,
+        writer: crate::origin::writer(m, &from, &subject, &squeeze(&own_text.to_ascii_lowercase())),
         kind: Kind::Bounce,
         findings,
         feedback_type: None,

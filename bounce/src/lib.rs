@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod extract;
+pub mod origin;
 pub mod reason;
 
 use serde::Serialize;
@@ -35,6 +36,12 @@ pub struct Classified {
     /// ([`extract::Extracted::message_id`]).
     #[serde(skip)]
     pub message_id: Option<String>,
+    /// Which MTA or provider wrote the report ([`origin::writer`]), when recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+    /// Which provider's server gave the answer reported ([`origin::remote`]), when recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     /// What decided the reason (a phrase, "status", "action", "default").
     #[serde(skip)]
     pub why: String,
@@ -61,7 +68,8 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                     reply_code: f.reply_code,
                 }),
             };
-            let (reason, why) = match remote_host_reason(f.remote_mta.as_deref(), &f.diagnostic) {
+            let remote = origin::remote(f.remote_mta.as_deref(), &f.diagnostic);
+            let (reason, why) = match remote_host_reason(remote, &f.diagnostic) {
                 Some(r) => (r, "remote host"),
                 None => (reason, why),
             };
@@ -84,6 +92,8 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                 reply_code: f.reply_code,
                 action: f.action.map(|a| a.to_ascii_lowercase()),
                 message_id: x.message_id.clone(),
+                writer: x.writer.map(str::to_string),
+                remote: remote.map(str::to_string),
                 diagnostic: f
                     .diagnostic
                     .split_whitespace()
@@ -95,20 +105,18 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
         .collect()
 }
 
-/// What some big receivers mean by replies that read otherwise, keyed by the answering host
-/// (their published behaviour, as Sisimai's "rhost" rules record it).
-fn remote_host_reason(remote_mta: Option<&str>, diagnostic: &str) -> Option<&'static str> {
-    let host = remote_mta?;
+/// What some big receivers mean by replies that read otherwise, keyed by the provider whose
+/// server answered ([`origin::remote`]; their published behaviour, as Sisimai's "rhost" rules
+/// record it).
+fn remote_host_reason(remote: Option<&str>, diagnostic: &str) -> Option<&'static str> {
     let text = diagnostic.to_ascii_lowercase();
-    if host.ends_with("docomo.ne.jp") && text.contains("unknown user") {
+    match remote? {
         // NTT docomo answers "Unknown user" to senders its user refuses.
-        return Some("rejected");
-    }
-    if host.ends_with("yahoodns.net") && (text.contains("[tss04]") || text.contains("[ts04]")) {
+        "nttdocomo" if text.contains("unknown user") => Some("rejected"),
         // Yahoo defers mail it refuses from this sender for now.
-        return Some("rejected");
+        "yahoo" if text.contains("[tss04]") || text.contains("[ts04]") => Some("rejected"),
+        _ => None,
     }
-    None
 }
 
 /// Classify a synchronous SMTP reply (code, enhanced status, text, the command it answered).

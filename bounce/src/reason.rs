@@ -1342,6 +1342,10 @@ const SURELY_UNKNOWN: &[&str] = &[
     "recipient address rejected: access denied",
     "userid",
     "mailbox not found",
+    // Yahoo refuses an unknown recipient after DATA: "554 delivery error: dd This user doesn't
+    // have a yahoo.com account" (the sample bounce of its published SMTP error codes page; "dd"
+    // is its code for it).
+    "delivery error: dd",
 ];
 
 fn squeeze(text: &str) -> String {

@@ -332,7 +332,8 @@ const EXIT_WARNINGS: u8 = 3;
 #[derive(Subcommand)]
 enum BounceCommand {
     /// Classify bounce, complaint and auto-reply messages: one JSON object per recipient found,
-    /// {"file","index","recipient","status","reason","hard"}.
+    /// {"file","index","recipient","status","reason","hard"}, with "writer" (the MTA or provider
+    /// that wrote the report) and "remote" (the provider whose server answered) when recognised.
     Classify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -349,6 +350,10 @@ struct ClassifiedLine<'a> {
     status: &'a str,
     reason: &'a str,
     hard: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote: Option<&'a str>,
 }
 
 fn main() -> ExitCode {
@@ -569,6 +574,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         status: &c.status,
                         reason: &c.reason,
                         hard: c.hard,
+                        writer: c.writer.as_deref(),
+                        remote: c.remote.as_deref(),
                     };
                     serde_json::to_writer(&mut out, &line)?;
                     out.write_all(b"\n")?;

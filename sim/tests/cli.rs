@@ -219,6 +219,9 @@ fn bounce_classify_prints_one_line_per_recipient() {
             .ends_with("lhost-exim-02.eml")
     );
     assert_eq!(lines[0]["status"], "5.1.1");
+    // Exim wrote it (X-Failed-Recipients, its template); an ARF report names no writer.
+    assert_eq!(lines[0]["writer"], "exim");
+    assert!(lines[2].get("writer").is_none());
 
     // A missing file is named, the others are still classified, and the exit code says so.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsim"))

@@ -74,7 +74,7 @@ fn expected(profile: &str, situation: &str) -> &'static str {
 /// them: no phrase of it that occurs in a reply is over four words or half of the reply.
 #[test]
 fn provider_replies_are_classified_by_families_not_by_their_own_sentences() {
-    let phrases: Vec<(&str, &str)> = mailsim_bounce::reason::phrases().collect();
+    let phrases = mailsim_bounce::reason::units(mailsim_bounce::reason::Unit::Wording);
     let mut wrong = Vec::new();
     for (profile, name) in PROFILES {
         let replies = Replies::for_profile(profile);
