@@ -8,7 +8,9 @@ fn main() {
         let (file, index) = (cols[0], cols[5].parse::<usize>().unwrap());
         let expected = mailsim_bounce::reason::current_name(cols[1]);
         let found = mailsim_bounce::classify_message(&std::fs::read(root.join(file)).unwrap());
-        let Some(c) = found.get(index - 1) else { continue };
+        let Some(c) = found.get(index - 1) else {
+            continue;
+        };
         if !want.is_empty() && expected != want && c.reason != want {
             continue;
         }
