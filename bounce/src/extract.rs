@@ -221,6 +221,8 @@ fn command_in(text: &str) -> Option<String> {
         ("data command", "DATA"),
         (">>> data", "DATA"),
         ("rcpt to", "RCPT"),
+        // A reply that quotes the RCPT argument it refuses ("554 Rcpt <x> does not exist").
+        ("rcpt <", "RCPT"),
         ("rcpt command", "RCPT"),
         ("[rcpt_to]", "RCPT"),
         ("after ehlo", "EHLO"),
