@@ -85,7 +85,8 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                 (reason, why)
             };
             Classified {
-                hard: reason::is_hard(reason, f.status.as_deref()),
+                hard: reason::is_hard(reason, f.status.as_deref())
+                    || (reason == "notaccept" && reason::permanent_whatever_status(why)),
                 reason: reason.to_string(),
                 status: f.status.unwrap_or_default(),
                 recipient: f.recipient,
