@@ -759,7 +759,14 @@ fn segment_for(text: &str, findings: &[Finding], i: usize) -> String {
 
 /// Collapse runs of white space (folded lines) into one space.
 pub fn squeeze(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
 }
 
 /// Senders of the returned original (From, Return-Path, Sender): never its recipients.

@@ -219,19 +219,41 @@ static WRITERS: &[(&str, &[Clue])] = &[
 /// `subject` are the bounce's sender address and Subject, `prose` the text of its own parts
 /// (delivery-status fields included), all lower-cased.
 pub fn writer(m: &Message, from: &str, subject: &str, prose: &str) -> Option<&'static str> {
+    // Every template wording of every writer in one pass over the prose.
+    static TEXTS: std::sync::OnceLock<(aho_corasick::AhoCorasick, Vec<usize>)> =
+        std::sync::OnceLock::new();
+    let (automaton, writer_of) = TEXTS.get_or_init(|| {
+        let (mut patterns, mut writer_of) = (Vec::new(), Vec::new());
+        for (i, (_, clues)) in WRITERS.iter().enumerate() {
+            for clue in clues.iter() {
+                if let Text(t) = clue {
+                    patterns.push(*t);
+                    writer_of.push(i);
+                }
+            }
+        }
+        let automaton = aho_corasick::AhoCorasick::new(patterns).expect("writer clues");
+        (automaton, writer_of)
+    });
+    let mut by_text = vec![false; WRITERS.len()];
+    for hit in automaton.find_overlapping_iter(prose) {
+        by_text[writer_of[hit.pattern().as_usize()]] = true;
+    }
     let header = |name: &str| m.header_raw(name).map(str::to_ascii_lowercase);
     WRITERS
         .iter()
-        .find(|(_, clues)| {
-            clues.iter().any(|clue| match *clue {
-                Text(t) => prose.contains(t),
-                From(f) => from.contains(f),
-                Header(name) => header(name).is_some(),
-                HeaderHas(name, v) => header(name).is_some_and(|h| h.contains(v)),
-                Subject(s) => subject.starts_with(s),
-            })
+        .enumerate()
+        .find(|(i, (_, clues))| {
+            by_text[*i]
+                || clues.iter().any(|clue| match *clue {
+                    Text(_) => false,
+                    From(f) => from.contains(f),
+                    Header(name) => header(name).is_some(),
+                    HeaderHas(name, v) => header(name).is_some_and(|h| h.contains(v)),
+                    Subject(s) => subject.starts_with(s),
+                })
         })
-        .map(|(name, _)| *name)
+        .map(|(_, (name, _))| *name)
 }
 
 /// Receivers by the names of their inbound mail hosts (their published MX records).

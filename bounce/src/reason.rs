@@ -8,6 +8,8 @@
 //! The text rules come first (ordered from the most specific reason to the most general); the
 //! enhanced status code decides when no rule matches.
 
+use crate::extract::squeeze;
+
 /// A rule: the reason, the name of its family of wordings (one meaning, several wordings; the
 /// unit a k-fold evaluation leaves out), and the wordings.
 type Rule = (&'static str, &'static str, &'static [&'static str]);
@@ -1352,10 +1354,6 @@ const SURELY_UNKNOWN: &[&str] = &[
     // is its code for it).
     "delivery error: dd",
 ];
-
-fn squeeze(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
 
 /// Pick the reason for one failure.
 pub fn reason(e: &Evidence) -> &'static str {
