@@ -85,8 +85,7 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                 (reason, why)
             };
             Classified {
-                hard: reason::is_hard(reason, f.status.as_deref())
-                    || (reason == "notaccept" && reason::permanent_whatever_status(why)),
+                hard: reason::is_hard(reason, f.status.as_deref()),
                 reason: reason.to_string(),
                 status: f.status.unwrap_or_default(),
                 recipient: f.recipient,

@@ -1441,14 +1441,6 @@ pub fn current_name(reason: &str) -> &str {
     }
 }
 
-/// True when what decided the reason (`why`, from [`explain`]) says the failure is permanent
-/// whatever class the report's status has: a domain that publishes no mail exchanger (RFC 7505
-/// section 4.2: null MX, "the domain accepts no mail", a permanent 5.1.10; "no MX found"),
-/// which some MTAs report as a delay (OpenSMTPD's "temporary failure report").
-pub fn permanent_whatever_status(why: &str) -> bool {
-    unit_of(Unit::Family, why) == Some("no mx")
-}
-
 /// Hard bounces: the address will never work.
 pub fn is_hard(reason: &str, status: Option<&str>) -> bool {
     match reason {
