@@ -20,7 +20,7 @@ use mail_parser::Message;
 enum Clue {
     /// Words of its template, in the lower-cased prose of the bounce's own parts.
     Text(&'static str),
-    /// The bounce's From address contains this (lower-cased).
+    /// The bounce's From address is at this domain or below it (whole labels).
     From(&'static str),
     /// A header field of the bounce (top level) by name.
     Header(&'static str),
@@ -53,8 +53,8 @@ static WRITERS: &[(&str, &[Clue])] = &[
     (
         "gmail",
         &[
-            From("@googlemail.com"),
-            From("mailer-daemon@google.com"),
+            From("googlemail.com"),
+            From("google.com"),
             Text("google tried to deliver your message"),
             Text("delivery to the following recipient failed"),
         ],
@@ -64,7 +64,8 @@ static WRITERS: &[(&str, &[Clue])] = &[
     (
         "yahoo",
         &[
-            From("@yahoo"),
+            From("yahoo.com"),
+            From("yahoo.co.jp"),
             Text("sorry, we were unable to deliver your message to the following address"),
         ],
     ),
@@ -84,15 +85,15 @@ static WRITERS: &[(&str, &[Clue])] = &[
             Text("this is an automatically generated delivery status notification"),
             HeaderHas("x-mailer", "internet mail service"),
             HeaderHas("received", "internet mail service"),
-            From("@outlook.com"),
-            From("@hotmail.com"),
+            From("outlook.com"),
+            From("hotmail.com"),
         ],
     ),
     // Providers running Exim under their own name.
-    ("gmx", &[From("gmx.")]),
+    ("gmx", &[From("gmx.com"), From("gmx.net"), From("gmx.de")]),
     ("mail.ru", &[From("mail.ru")]),
-    ("yandex", &[From("yandex.")]),
-    ("zoho", &[From("zoho"), Text("zoho mail")]),
+    ("yandex", &[From("yandex.ru"), From("yandex.com")]),
+    ("zoho", &[From("zoho.com"), From("zohomail.com")]),
     // Content filters and gateways that write their own bounces.
     (
         "amavis",
@@ -103,14 +104,18 @@ static WRITERS: &[(&str, &[Clue])] = &[
     ),
     ("surfcontrol", &[HeaderHas("x-mailer", "surfcontrol")]),
     ("m-filter", &[HeaderHas("x-mailer", "m-filter")]),
+    // Gateways are named by their own template only: their names also occur in the replies
+    // of the servers they protect, quoted in other MTAs' bounces.
     (
         "mimecast",
-        &[
-            Subject("[postmaster] email delivery failure"),
-            Text("mimecast"),
-        ],
+        &[Subject("[postmaster] email delivery failure")],
     ),
-    ("trend micro", &[Text("interscan"), Text("trend micro")]),
+    (
+        "trend micro",
+        &[Text(
+            "****** message from interscan messaging security suite ******",
+        )],
+    ),
     // IMail writes X-Mailer "<SMTP32 vN>" and "Body of message generated response".
     (
         "imail",
@@ -155,11 +160,12 @@ static WRITERS: &[(&str, &[Clue])] = &[
             Text("courier mail server at"),
         ],
     ),
-    // HCL (Lotus) Domino and Notes: "was not delivered to:" / "------- Failure Reasons".
+    // HCL (Lotus) Domino and Notes: "Your message ... was not delivered to: <address>
+    // because: ...", "------- Failure Reasons".
     (
         "domino",
         &[
-            Text("was not delivered because:"),
+            Text("was not delivered to:"),
             Text("------- failure reasons"),
         ],
     ),
@@ -247,13 +253,22 @@ pub fn writer(m: &Message, from: &str, subject: &str, prose: &str) -> Option<&'s
             by_text[*i]
                 || clues.iter().any(|clue| match *clue {
                     Text(_) => false,
-                    From(f) => from.contains(f),
+                    From(domain) => in_domain(from.rsplit_once('@').map_or("", |(_, d)| d), domain),
                     Header(name) => header(name).is_some(),
                     HeaderHas(name, v) => header(name).is_some_and(|h| h.contains(v)),
                     Subject(s) => subject.starts_with(s),
                 })
         })
         .map(|(_, (name, _))| *name)
+}
+
+/// True when `host` is `domain` or a name below it (whole labels: "mx.gmx.net" is in "gmx.net",
+/// "notgmx.net" is not).
+fn in_domain(host: &str, domain: &str) -> bool {
+    host == domain
+        || host
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
 /// Receivers by the names of their inbound mail hosts (their published MX records).
@@ -287,30 +302,28 @@ static PROVIDERS: &[(&str, &[&str])] = &[
 ];
 
 /// The provider whose server answered: from the host name (Remote-MTA), else from the host
-/// the prose says answered ("host mx.example said:", "from mx.example [192.0.2.1]").
+/// the prose says answered ("host mx.example said:", "host mx.example [192.0.2.1]"). A
+/// Remote-MTA that is no known provider's is the answer: the prose is not read then.
 pub fn remote(remote_mta: Option<&str>, diagnostic: &str) -> Option<&'static str> {
     let by_name = |host: &str| {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         PROVIDERS
             .iter()
-            .find(|(_, suffixes)| {
-                suffixes.iter().any(|s| {
-                    host == *s || host.strip_suffix(s).is_some_and(|rest| rest.ends_with('.'))
-                })
-            })
+            .find(|(_, suffixes)| suffixes.iter().any(|s| in_domain(&host, s)))
             .map(|(name, _)| *name)
     };
-    if let Some(found) = remote_mta.and_then(by_name) {
-        return Some(found);
+    // The report names the server that answered: that one, known or not.
+    if let Some(host) = remote_mta {
+        return by_name(host);
     }
     let text = diagnostic.to_ascii_lowercase();
     let words: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | '<' | '>' | ','))
         .collect();
-    // "host X said", "host X [address]", "from X [address]", "by X": the word after "host".
+    // "host X said", "host X [address]" (Postfix, Exim, qmail): the word after "host".
     words
         .windows(2)
-        .filter(|w| matches!(w[0], "host" | "server" | "from"))
+        .filter(|w| w[0] == "host")
         .find_map(|w| by_name(w[1].trim_end_matches(':')))
 }
 

@@ -1350,9 +1350,9 @@ const SURELY_UNKNOWN: &[&str] = &[
     "userid",
     "mailbox not found",
     // Yahoo refuses an unknown recipient after DATA: "554 delivery error: dd This user doesn't
-    // have a yahoo.com account" (the sample bounce of its published SMTP error codes page; "dd"
-    // is its code for it).
-    "delivery error: dd",
+    // have a yahoo.com account" (the sample bounce of its published SMTP error codes page; the
+    // same "dd" also prefixes other refusals, such as a disabled account).
+    "delivery error: dd this user doesn't have a",
 ];
 
 /// Pick the reason for one failure.

@@ -143,9 +143,9 @@ fn recipients_bounce_or_not_and_hard_or_soft_agree_with_bounceparser() {
     // figures): bounce or not 113/122, recipients 35/38, hard/soft 21/31, reason 20/31 with
     // user_unknown read as userunknown or filtered only. BounceParser's user_unknown also
     // labels closed and moved mailboxes ("Mailbox currently suspended", "recipient no longer
-    // on server"): read as suspend and hasmoved too, reason 25/31. Then wordings of an unknown
-    // recipient added to their family ("not a known user", "no mail box", "not an active
-    // address", "bad recipient") and a reply quoting "Rcpt <address>" read as the RCPT reply:
+    // on server"): read as suspend and hasmoved too, reason 25/31. Then five wordings of an
+    // unknown recipient added to their family ("not a known user", "no mail box", "not an
+    // active address", "bad recipient", "bad_recipient") and a reply quoting "Rcpt <address>" read as the RCPT reply:
     // hard/soft 26/31, reason 30/31 (the Sisimai corpus unchanged). Since then this corpus is
     // no longer unseen. The hard/soft misses left are words the two vocabularies weigh
     // differently (a suspended account, an unknown user refused after DATA: soft for Sisimai).

@@ -217,14 +217,18 @@ fn ten_fold_agreement_without_the_rules_only_the_scored_fold_supports() {
     use mailsim_bounce::reason::Unit;
     let by_family = ten_fold(Unit::Family);
     let by_wording = ten_fold(Unit::Wording);
-    // Measured 2026-12-01 (bounds are these figures, so a change that overfits fails):
-    // - by family: mean 89.5%, worst fold 81.8%, hard/soft 97.5%;
-    // - by wording (every wording its own unit, as before the families were named): mean
-    //   81.7%, worst 63.6%, hard/soft 95.4%, the figures of 2026-11-30 (the classifier did
-    //   not change when its wordings were grouped into families).
+    // Measured 2026-12-01 (bounds are these figures less rounding, so a change that overfits
+    // fails):
+    // - by wording (every wording its own unit, as before the families were named; the honest
+    //   figure): mean 81.7%, worst 63.6%, hard/soft 95.4%, as on 2026-11-30 (this session's
+    //   rule changes each rest on one file, so its fold leaves them out);
+    // - by family: mean 89.5%, worst fold 81.8%, hard/soft 97.5%. This flatters: a wording
+    //   only the scored file holds stays in when another wording of its family is supported.
+    // Never left out: the status-code tables, the command read from the prose, the provider
+    // rules keyed on the answering host and the writer clues.
     for (name, f, mean, worst, hard) in [
-        ("family", &by_family, 89.4, 81.0, 97.0),
-        ("wording", &by_wording, 81.6, 63.0, 95.0),
+        ("family", &by_family, 89.4, 81.7, 97.4),
+        ("wording", &by_wording, 81.6, 63.5, 95.3),
     ] {
         assert!(
             f.mean >= mean,
