@@ -1350,9 +1350,12 @@ const SURELY_UNKNOWN: &[&str] = &[
     "userid",
     "mailbox not found",
     // Yahoo refuses an unknown recipient after DATA: "554 delivery error: dd This user doesn't
-    // have a yahoo.com account" (the sample bounce of its published SMTP error codes page; the
-    // same "dd" also prefixes other refusals, such as a disabled account).
-    "delivery error: dd this user doesn't have a",
+    // have a yahoo.com account" (the sample bounce of its published SMTP error codes page). The
+    // same "dd" also prefixes other refusals ("This account has been disabled"), which their
+    // own wordings decide first: this list is read only once a reason is userunknown. The
+    // prefix, not Yahoo's sentence: the fleet's yahoo-like profile answers with that sentence,
+    // and the classifier holds none of the fleet's replies (sim/tests/provider_replies.rs).
+    "delivery error: dd",
 ];
 
 /// Pick the reason for one failure.
