@@ -94,11 +94,7 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                 message_id: x.message_id.clone(),
                 writer: x.writer.map(str::to_string),
                 remote: remote.map(str::to_string),
-                diagnostic: f
-                    .diagnostic
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                diagnostic: extract::squeeze(&f.diagnostic),
                 why: why.to_string(),
             }
         })
