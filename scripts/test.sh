@@ -19,6 +19,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 # mail-transport-agent), so its daemon is unpacked into .test-tools/, with the libraries it
 # links and the user it runs as.
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
+# NATS with JetStream for the multi-node tests (cluster/tests/stream.rs, sim/tests/cluster.rs).
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 EXIM=.test-tools/exim4/usr/sbin/exim4
 for lib in libidn12 libgnutls-dane0 libdb5.3 libpcre2-8-0 libnsl2; do
   dpkg -s "$lib" >/dev/null 2>&1 || need+=("$lib")

@@ -757,6 +757,100 @@ pub fn repair(path: &Path) -> Result<RepairReport, LogError> {
     })
 }
 
+/// Follows a log that another writer (another process, or this one's writer thread) is still
+/// appending to: [`LogTail::next_payload`] yields each complete frame's payload in order and
+/// `None` at the current end, where a frame still being written is waited for, not read as a
+/// torn tail. A frame whose checksum fails once its bytes are all there is damage.
+pub struct LogTail {
+    path: PathBuf,
+    file: File,
+    /// Where the next frame starts.
+    offset: u64,
+    /// Complete frames read so far.
+    records: u64,
+    buf: Vec<u8>,
+}
+
+impl LogTail {
+    /// Follow `path` from its first frame. The file must exist and have its header.
+    pub fn open(path: &Path) -> Result<Self, LogError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let mut header = [0u8; HEADER_BYTES as usize];
+        let got = {
+            use std::os::unix::fs::FileExt;
+            read_full_at(&|at, b: &mut [u8]| file.read_at(b, at), 0, &mut header)
+                .map_err(io_err(path))?
+        };
+        if got < header.len() {
+            return Err(LogError::BadMagic {
+                path: path.to_path_buf(),
+            });
+        }
+        check_header(path, &header)?;
+        Ok(LogTail {
+            path: path.to_path_buf(),
+            file,
+            offset: HEADER_BYTES,
+            records: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Where the next frame starts (bytes from the file's start).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Go back (or on) to a frame boundary found earlier with [`LogTail::offset`], where
+    /// `records` frames come before it.
+    pub fn seek(&mut self, offset: u64, records: u64) {
+        self.offset = offset.max(HEADER_BYTES);
+        self.records = records;
+    }
+
+    /// Complete frames read so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The next complete frame's payload (one record's JSON), or `None` when the file holds no
+    /// complete frame past the current one yet.
+    pub fn next_payload(&mut self) -> Result<Option<&[u8]>, LogError> {
+        use std::os::unix::fs::FileExt;
+        let read_at = |at: u64, b: &mut [u8]| self.file.read_at(b, at);
+        let mut head = [0u8; FRAME_HEADER_BYTES];
+        let got = read_full_at(&read_at, self.offset, &mut head).map_err(io_err(&self.path))?;
+        if got < FRAME_HEADER_BYTES {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let at = self.offset + FRAME_HEADER_BYTES as u64;
+        let damage = || LogError::Corrupt {
+            path: self.path.clone(),
+            offset: self.offset,
+            record: self.records + 1,
+            good: self.records,
+            skipped: 0,
+            resume: self.offset,
+        };
+        if len > RECORD_BYTES_MAX {
+            return Err(damage());
+        }
+        self.buf.resize(len, 0);
+        let got = read_full_at(&read_at, at, &mut self.buf).map_err(io_err(&self.path))?;
+        if got < len {
+            return Ok(None);
+        }
+        if crc32fast::hash(&self.buf) != crc {
+            return Err(damage());
+        }
+        self.offset = at + len as u64;
+        self.records += 1;
+        Ok(Some(&self.buf))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,8 @@ pub struct Plan {
     pub sender_mx: bool,
     /// Certificates (DER) the recipients trust besides the run's own servers'.
     pub trusted: Vec<Vec<u8>>,
+    /// Serve only this shard's domains (`mailsim fleet --shard`); none: every domain.
+    pub shard: Option<crate::cluster::Shard>,
 }
 
 /// The assembled parts of a run.
@@ -175,6 +177,7 @@ pub async fn assemble<E: Env>(
         .hosts
         .iter()
         .filter(|h| plan.sender_mx || !h.sender_mx)
+        .filter(|h| plan.shard.is_none_or(|s| s.owns(&h.domain)))
         .cloned()
         .collect();
     let servers = FleetServers::build(&hosts, &fleet).map_err(anyhow::Error::msg)?;

@@ -33,6 +33,8 @@ pub struct MtaDaemonOptions {
     pub source_ip: IpAddr,
     pub retry: RetryPolicy,
     pub conns_per_domain_max: usize,
+    /// How long a destination is held after every connection failed (`--destination-backoff-s`).
+    pub destination_backoff_s: u64,
     /// Per-destination limits and reply-driven actions (`--shaping`).
     pub shaping: std::sync::Arc<mailsim_mta::shaping::Shaping>,
     /// STARTTLS where no shaping rule says otherwise (`--tls`).
@@ -584,6 +586,7 @@ impl MtaDaemonOptions {
             hostname: self.hostname.clone(),
             remote_port: self.remote_port,
             conns_per_domain_max: self.conns_per_domain_max,
+            destination_backoff_s: self.destination_backoff_s,
             shaping: self.shaping.clone(),
             retry: self.retry,
             verp: false,
@@ -636,18 +639,37 @@ async fn submission(
     Ok((addr, serving))
 }
 
+/// What `mailsim fleet` serves, and where.
+pub struct FleetOptions {
+    /// The fleet's directory: event log, mailboxes, `ca.pem`.
+    pub out: PathBuf,
+    /// The port every MX host listens on (0: any).
+    pub smtp_port: u16,
+    pub dns_port: u16,
+    /// Serve the senders' own MX hosts (false: `mailsim mta --mx` takes them).
+    pub sender_mx: bool,
+    /// Certificates (DER) the recipients also trust.
+    pub trusted: Vec<Vec<u8>>,
+    /// Serve only this shard's domains.
+    pub shard: Option<crate::cluster::Shard>,
+}
+
 /// Run a scenario's DNS and fleet alone until `shutdown` resolves. Prints one
-/// `fleet: route DOMAIN IP` line per domain, then
+/// `fleet: route DOMAIN IP` line per (served) domain, then
 /// `fleet: dns=ADDR smtp_port=P sts_port=Q hosts=N ready`.
 pub async fn run_fleet(
     scenario: &Scenario,
-    out: PathBuf,
-    smtp_port: u16,
-    dns_port: u16,
-    sender_mx: bool,
-    trusted: Vec<Vec<u8>>,
+    opts: FleetOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let FleetOptions {
+        out,
+        smtp_port,
+        dns_port,
+        sender_mx,
+        trusted,
+        shard,
+    } = opts;
     let plan = Plan {
         out_dir: out.clone(),
         state_dir: out.clone(),
@@ -657,6 +679,7 @@ pub async fn run_fleet(
         fleet_port: smtp_port,
         sender_mx,
         trusted,
+        shard,
     };
     let mut a = assemble(scenario, LiveEnv::default(), &plan).await?;
     let progress = stored_count(a.fleet.stored.clone(), out.join("stored.count"));
@@ -666,6 +689,9 @@ pub async fn run_fleet(
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     for (domain, ip) in a.world.routes() {
+        if shard.is_some_and(|s| !s.owns(&domain)) {
+            continue;
+        }
         println!("fleet: route {domain} {ip}");
     }
     let dns = a.env.dns_addr().map_or_else(String::new, |d| d.to_string());

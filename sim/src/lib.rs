@@ -10,6 +10,7 @@ pub mod auth;
 pub mod auth_check;
 pub mod behaviour;
 pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod engage;
 pub mod env;

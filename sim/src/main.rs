@@ -113,6 +113,10 @@ enum Command {
         lifetime_s: u64,
         #[arg(long, default_value_t = 8)]
         conns_per_domain_max: usize,
+        /// How long a destination is held when every connection to it fails (or after a
+        /// rate-limit reply), in seconds.
+        #[arg(long, default_value_t = 60)]
+        destination_backoff_s: u64,
         /// A shaping file: per-destination limits and reply-driven actions (see the README).
         #[arg(long)]
         shaping: Option<PathBuf>,
@@ -170,6 +174,8 @@ enum Command {
         /// RFC 2369 unsubscribe (with --http, bulk mail offers it in List-Unsubscribe).
         #[arg(long)]
         mx: Option<SocketAddr>,
+        #[command(flatten)]
+        publish: mailsim::cluster::PublishArgs,
     },
     /// Run a scenario's DNS and fleet alone (live), until interrupted; prints the DNS address
     /// and the fleet's SMTP port on a ready line.
@@ -193,6 +199,24 @@ enum Command {
         /// (a sender's own server: `mailsim mta --https`); repeatable.
         #[arg(long)]
         trust: Vec<PathBuf>,
+        /// Serve only shard i of n: the domains whose name hashes to i (every node computes
+        /// the same split), so that n fleet nodes serve the scenario together.
+        #[arg(long)]
+        shard: Option<mailsim::cluster::Shard>,
+        #[command(flatten)]
+        publish: mailsim::cluster::PublishArgs,
+    },
+    /// Merge a multi-node run's event stream (NATS JetStream) into one run directory:
+    /// events.log (ordered by time, then node, then the node's sequence) and summary.json.
+    Collect {
+        /// The run id the nodes published under (--run).
+        run_id: String,
+        /// The NATS server (nats://HOST:PORT).
+        #[arg(long)]
+        nats: String,
+        /// The run directory to write (must not hold an events.log).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// A standalone mailbox server: inbound SMTP (MX), submission, IMAP and POP3 over Maildir.
     Mailbox(Box<MailboxArgs>),
@@ -600,6 +624,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             retry_interval_s_max,
             lifetime_s,
             conns_per_domain_max,
+            destination_backoff_s,
             shaping,
             tls,
             tls_ca,
@@ -616,6 +641,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             transactional_conns,
             submission_transactional,
             mx,
+            publish,
         } => {
             if transactional_conns == 0 {
                 anyhow::bail!("--transactional-conns 0: give at least 1");
@@ -704,6 +730,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     lifetime_s,
                 },
                 conns_per_domain_max,
+                destination_backoff_s,
                 shaping,
                 tls,
                 tls_roots,
@@ -716,10 +743,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 submission_transactional,
                 mx,
             };
+            let log = opts.spool.join("events.log");
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(mailsim::daemon::run_mta(opts, stop_signal()))?;
+                .block_on(async {
+                    let publishing = publish.start(log).await?;
+                    let ran = mailsim::daemon::run_mta(opts, stop_signal()).await;
+                    if let Some(p) = publishing {
+                        p.finish().await?;
+                    }
+                    ran
+                })?;
         }
         Command::Fleet {
             scenario,
@@ -728,6 +763,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
             dns_port,
             no_sender_mx,
             trust,
+            shard,
+            publish,
         } => {
             let sc = Scenario::load(&scenario)?;
             let mut trusted = Vec::new();
@@ -745,15 +782,33 @@ fn real_main() -> anyhow::Result<ExitCode> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(mailsim::daemon::run_fleet(
-                    &sc,
-                    out,
-                    port,
-                    dns_port,
-                    !no_sender_mx,
-                    trusted,
-                    stop_signal(),
-                ))?;
+                .block_on(async {
+                    let publishing = publish.start(out.join("events.log")).await?;
+                    let opts = mailsim::daemon::FleetOptions {
+                        out,
+                        smtp_port: port,
+                        dns_port,
+                        sender_mx: !no_sender_mx,
+                        trusted,
+                        shard,
+                    };
+                    let ran = mailsim::daemon::run_fleet(&sc, opts, stop_signal()).await;
+                    if let Some(p) = publishing {
+                        p.finish().await?;
+                    }
+                    ran
+                })?;
+        }
+        Command::Collect { run_id, nats, out } => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(mailsim::cluster::collect(&nats, &run_id, &out))?;
+            let summary = fold_run(&out)?;
+            let json = runner::summary_json(&summary)?;
+            std::fs::write(out.join("summary.json"), &json)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.join("summary.json").display()))?;
+            print!("{json}");
         }
         Command::Mailbox(args) => {
             let MailboxArgs {

@@ -321,6 +321,7 @@ fn plan(opts: &RunOptions, mode: &'static str, dns_port: u16, fleet_port: u16) -
         fleet_port,
         sender_mx: true,
         trusted: Vec::new(),
+        shard: None,
     }
 }
 

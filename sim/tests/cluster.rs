@@ -1,0 +1,265 @@
+//! A run spread over nodes on one machine, on a real nats-server with JetStream: two fleet
+//! shards and the MTA as separate `mailsim` processes publishing their logs to one stream,
+//! `mailsim send` injecting, one fleet shard killed with SIGKILL mid-run and restarted. Checked
+//! from outside the nodes' own counters: what the shards' mailboxes hold, what the stream holds
+//! against each node's local log, and the collected run's per-domain outcomes against the same
+//! scenario run by `mailsim run` on one node.
+
+mod common;
+
+use common::{field, start_daemon};
+use mailsim_cluster::nats_server::NatsServer;
+use mailsim_events::read_log;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const SCENARIO: &str = r#"
+name = "cluster"
+seed = 21
+[[sender]]
+domain = "news.example.test"
+[[domain]]
+name = "a.test"
+[[domain]]
+name = "b.test"
+unknown_users = { percent = 10 }
+[[domain]]
+name = "c.test"
+[[domain]]
+name = "d.test"
+unknown_users = { percent = 5 }
+[[domain]]
+name = "e.test"
+[campaign]
+messages = 1500
+size_bytes = 1200
+"#;
+
+struct Reaper(Vec<u32>);
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailsim"))
+}
+
+fn fleet_shard(scenario: &Path, out: &Path, shard: u32, port: u16, nats: &str) -> (Child, String) {
+    start_daemon(
+        bin()
+            .arg("fleet")
+            .arg(scenario)
+            .arg("--out")
+            .arg(out)
+            .args(["--port", &port.to_string()])
+            .args(["--shard", &format!("{shard}/2")])
+            .args([
+                "--nats",
+                nats,
+                "--run",
+                "r1",
+                "--node",
+                &format!("fleet-{shard}"),
+            ]),
+    )
+}
+
+/// Stop a daemon as an operator does (SIGTERM) and wait for it.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// (domain -> (delivered, bounced)) of a summary.json.
+fn outcomes(summary: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
+    summary["domains"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(d, s)| {
+            let n = |k: &str| s[k].as_u64().unwrap();
+            (d.clone(), (n("delivered"), n("bounced")))
+        })
+        .collect()
+}
+
+#[test]
+fn two_fleet_shards_and_an_mta_publish_one_run_through_a_killed_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("cluster.toml");
+    std::fs::write(&scenario, SCENARIO).unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 0)
+        .expect("nats-server (apt-get install nats-server)");
+    let url = nats.url();
+    let port = common::free_port();
+    let (f0_dir, f1_dir) = (dir.path().join("fleet-0"), dir.path().join("fleet-1"));
+    let (f0, ready0) = fleet_shard(&scenario, &f0_dir, 0, port, &url);
+    let mut reaper = Reaper(vec![f0.id()]);
+    let (mut f1, _) = fleet_shard(&scenario, &f1_dir, 1, port, &url);
+    reaper.0.push(f1.id());
+    let mut f0 = f0;
+    // The shards split the domains: each serves some, none serves one twice (the second would
+    // not have bound the addresses), and the MTA resolves through the first shard's DNS.
+    let dns = field(&ready0, "dns").to_string();
+    let submission = common::free_port().to_string();
+    let spool = dir.path().join("mta");
+    let (mut mta, _) = start_daemon(
+        bin()
+            .arg("mta")
+            .arg("--spool")
+            .arg(&spool)
+            .args(["--dns", &dns, "--remote-port", &port.to_string()])
+            .args(["--submission", &format!("127.0.0.1:{submission}")])
+            .args(["--retry-interval-s-min", "1", "--retry-interval-s-max", "2"])
+            .args(["--destination-backoff-s", "2"])
+            .args(["--nats", &url, "--run", "r1", "--node", "mta"]),
+    );
+    reaper.0.push(mta.id());
+    let acked = dir.path().join("acked.txt");
+    let mut send = bin()
+        .arg("send")
+        .arg(&scenario)
+        .args(["--to", &format!("127.0.0.1:{submission}"), "--acked"])
+        .arg(&acked)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    reaper.0.push(send.id());
+    let acked_now = || {
+        std::fs::read_to_string(&acked)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+
+    // Kill shard 1 mid-run, while the campaign is being submitted and delivered: its hosts are
+    // down (the MTA defers), then it comes back on its own directory and log, and publishes on
+    // from where the stream stopped.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked_now() < 300 {
+        assert!(Instant::now() < deadline, "submission stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f1.kill().unwrap();
+    f1.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (again, _) = fleet_shard(&scenario, &f1_dir, 1, port, &url);
+    f1 = again;
+    reaper.0.push(f1.id());
+    assert!(send.wait().unwrap().success());
+    let acked_n = acked_now() as u64;
+    assert_eq!(acked_n, 1500);
+
+    // Every acknowledged message final in the MTA's log.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let replay = bin().arg("replay").arg(&spool).output().unwrap();
+        let s: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap_or_default();
+        let (d, b) = (s["delivered"].as_u64(), s["bounced"].as_u64());
+        if d.zip(b).is_some_and(|(d, b)| d + b == acked_n) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not final: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for child in [&mut mta, &mut f0, &mut f1] {
+        stop(child);
+    }
+    // The outage was felt: the MTA found shard 1's hosts down and deferred.
+    let mta_log = read_log(&spool.join("events.log")).unwrap().0;
+    let failed = mta_log
+        .iter()
+        .filter(|r| matches!(r.event, mailsim_events::Event::ConnFailed { .. }))
+        .count();
+    assert!(failed > 0, "no connection failed while shard 1 was down");
+
+    // The stream holds each node's local log exactly (counted by reading both).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let in_stream: BTreeMap<String, u64> = rt.block_on(async {
+        let js = async_nats::jetstream::new(mailsim_cluster::connect(&url, "test").await.unwrap());
+        let mut n = BTreeMap::new();
+        for r in mailsim_cluster::collect::read_stream(&js, "r1")
+            .await
+            .unwrap()
+        {
+            *n.entry(r.node).or_insert(0u64) += 1;
+        }
+        n
+    });
+    let local = |p: &Path| read_log(&p.join("events.log")).unwrap().0.len() as u64;
+    let expected: BTreeMap<String, u64> = [
+        ("fleet-0".to_string(), local(&f0_dir)),
+        ("fleet-1".to_string(), local(&f1_dir)),
+        ("mta".to_string(), local(&spool)),
+    ]
+    .into();
+    assert_eq!(in_stream, expected);
+
+    // The collected run against the receiving side: the shards' mailboxes hold one copy of
+    // each delivered message (the campaign's: the sender's MX also holds DSNs).
+    let collected = dir.path().join("collected");
+    let out = bin()
+        .args(["collect", "r1", "--nats", &url, "--out"])
+        .arg(&collected)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(collected.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary, on_disk);
+    let acked_ids: std::collections::BTreeSet<String> = std::fs::read_to_string(&acked)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut stored = std::collections::BTreeSet::new();
+    for d in [&f0_dir, &f1_dir] {
+        for f in common::maildir_files(&d.join("mailboxes")) {
+            if let Some(id) = common::message_id(&std::fs::read_to_string(&f).unwrap_or_default())
+                && acked_ids.contains(&id)
+            {
+                stored.insert(id);
+            }
+        }
+    }
+    assert_eq!(
+        summary["delivered"].as_u64(),
+        Some(stored.len() as u64),
+        "{summary}"
+    );
+    assert_eq!(summary["injected"].as_u64(), Some(acked_n));
+
+    // The same scenario on one node: the same outcome at every domain.
+    let single = dir.path().join("single");
+    let run = bin()
+        .arg("run")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&single)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let one: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(outcomes(&summary), outcomes(&one));
+    assert!(outcomes(&one).values().any(|(_, b)| *b > 0));
+    drop(nats);
+}
