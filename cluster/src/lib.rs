@@ -12,6 +12,7 @@
 //! `_`), so that `mailsim.<run>.events.>` selects exactly one run's records.
 
 pub mod collect;
+pub mod kv;
 pub mod nats_server;
 pub mod publish;
 

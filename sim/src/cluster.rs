@@ -2,7 +2,9 @@
 //! daemon's event log published to a NATS JetStream stream (`--nats URL --run ID --node NAME`),
 //! and `mailsim collect` merging the stream into one run directory.
 
+use crate::scenario::Scenario;
 use mailsim_cluster::publish::{Published, Publisher};
+use mailsim_events::Clock;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -131,6 +133,433 @@ pub async fn collect(url: &str, run: &str, out: &Path) -> anyhow::Result<()> {
         c.node_lifecycle
     );
     Ok(())
+}
+
+/// What the coordinator hands the nodes besides the scenario (key `plan`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct RunPlan {
+    /// Fleet nodes: shards `0/n` .. `n-1/n`.
+    pub fleet_nodes: u32,
+    /// The port every fleet node's MX hosts listen on.
+    pub fleet_port: u16,
+}
+
+/// What a node says once it serves (key `ready.<node>`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeReady {
+    pub role: String,
+    /// The MTA node's submission address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<std::net::SocketAddr>,
+    /// The daemon's own ready line.
+    pub line: String,
+}
+
+/// A node's part in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// One shard of the fleet (with its own DNS).
+    Fleet,
+    /// The scenario's MTA (with its own DNS), taking the coordinator's submissions.
+    Mta,
+}
+
+/// `mailsim node`.
+pub struct NodeOptions {
+    pub nats: String,
+    pub run: String,
+    pub role: Role,
+    /// The fleet node's shard index (of the plan's `fleet_nodes`).
+    pub shard: Option<u32>,
+    pub out: PathBuf,
+    /// The node's name (default `fleet-<i>` or `mta`).
+    pub name: Option<String>,
+    /// How long to wait for the coordinator's scenario.
+    pub wait: Duration,
+}
+
+/// The name a node publishes under.
+pub fn node_name(role: Role, shard: Option<u32>, name: Option<&str>) -> String {
+    match (name, role) {
+        (Some(n), _) => n.to_string(),
+        (None, Role::Fleet) => format!("fleet-{}", shard.unwrap_or(0)),
+        (None, Role::Mta) => "mta".to_string(),
+    }
+}
+
+/// The nodes a plan expects.
+pub fn expected_nodes(plan: &RunPlan) -> Vec<String> {
+    let mut out: Vec<String> = (0..plan.fleet_nodes)
+        .map(|i| node_name(Role::Fleet, Some(i), None))
+        .collect();
+    out.push(node_name(Role::Mta, None, None));
+    out
+}
+
+/// Resolves when the coordinator says stop (key `stop`) or `signal` does.
+async fn stop_when(kv: async_nats::jetstream::kv::Store, signal: impl Future<Output = ()>) {
+    let said = async move {
+        loop {
+            if let Ok(Some(_)) = mailsim_cluster::kv::get(&kv, "stop").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = said => {}
+        _ = signal => {}
+    }
+}
+
+/// `mailsim node`: wait for the coordinator's scenario and plan, serve this node's part of
+/// it (publishing the log), say ready, and stop when the coordinator (or a signal) says so;
+/// then publish the rest and say done (key `done.<node>`: the records published).
+pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use mailsim_cluster::kv;
+    mailsim_cluster::check_name("--run", &opts.run)?;
+    let name = node_name(opts.role, opts.shard, opts.name.as_deref());
+    mailsim_cluster::check_name("--name", &name)?;
+    let client = mailsim_cluster::connect(&opts.nats, &format!("mailsim-{name}")).await?;
+    let js = async_nats::jetstream::new(client);
+    let bucket = kv::bucket(&js, &opts.run).await?;
+    eprintln!("{name}: waiting for run {}'s scenario", opts.run);
+    let text = kv::wait_for(&bucket, "scenario", opts.wait).await?;
+    let plan: RunPlan = serde_json::from_slice(&kv::wait_for(&bucket, "plan", opts.wait).await?)
+        .map_err(|e| anyhow::anyhow!("run {}: the coordinator's plan: {e}", opts.run))?;
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| anyhow::anyhow!("--out {}: {e}", opts.out.display()))?;
+    let scenario_path = opts.out.join("scenario.toml");
+    std::fs::write(&scenario_path, &text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", scenario_path.display()))?;
+    let scenario = Scenario::load(&scenario_path)?;
+    let publish = PublishArgs {
+        nats: Some(opts.nats.clone()),
+        run: Some(opts.run.clone()),
+        node: Some(name.clone()),
+    };
+    let publishing = publish.start(opts.out.join("events.log")).await?;
+    let stop = stop_when(bucket.clone(), signal);
+    let announce = |ready: NodeReady| {
+        let (bucket, key) = (bucket.clone(), format!("ready.{name}"));
+        async move {
+            let json = serde_json::to_vec(&ready).unwrap_or_default();
+            kv::put(&bucket, &key, json).await
+        }
+    };
+    let ran = match opts.role {
+        Role::Fleet => {
+            let index = opts.shard.unwrap_or(0);
+            if index >= plan.fleet_nodes {
+                anyhow::bail!(
+                    "--shard {index}: the run has {} fleet nodes (0 to {})",
+                    plan.fleet_nodes,
+                    plan.fleet_nodes.saturating_sub(1)
+                );
+            }
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let fleet = crate::daemon::FleetOptions {
+                out: opts.out.clone(),
+                smtp_port: plan.fleet_port,
+                dns_port: 0,
+                sender_mx: true,
+                trusted: Vec::new(),
+                shard: Some(Shard {
+                    index,
+                    count: plan.fleet_nodes,
+                }),
+                ready: Some(ready_tx),
+            };
+            let said = async {
+                match ready_rx.await {
+                    Ok(line) => {
+                        announce(NodeReady {
+                            role: "fleet".into(),
+                            submission: None,
+                            line,
+                        })
+                        .await
+                    }
+                    Err(_) => Ok(()),
+                }
+            };
+            let (ran, said) = tokio::join!(crate::daemon::run_fleet(&scenario, fleet, stop), said);
+            said?;
+            ran
+        }
+        Role::Mta => {
+            let world = crate::world::World::build(&scenario).map_err(anyhow::Error::msg)?;
+            let zones = std::sync::Arc::new(fake_dns::FaultyZones::new(
+                world.zones.clone(),
+                world.faults.clone(),
+            ));
+            let start_ms = mailsim_events::SystemClock.now_ms();
+            let dns = fake_dns::DnsServer::start_with_faults(
+                zones,
+                std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                std::sync::Arc::new(move || {
+                    mailsim_events::SystemClock
+                        .now_ms()
+                        .saturating_sub(start_ms)
+                }),
+            )
+            .await?;
+            let port = mailsim_cluster::nats_server::free_port()?;
+            let submission = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let mta = crate::daemon::MtaDaemonOptions::for_scenario(
+                &scenario,
+                &world,
+                opts.out.clone(),
+                dns.addr(),
+                submission,
+                plan.fleet_port,
+            )?;
+            let said = async {
+                // Ready once the submission port takes connections.
+                loop {
+                    if tokio::net::TcpStream::connect(submission).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                announce(NodeReady {
+                    role: "mta".into(),
+                    submission: Some(submission),
+                    line: format!("mta: ready submission={submission}"),
+                })
+                .await
+            };
+            let run = crate::daemon::run_mta(mta, stop);
+            tokio::pin!(run);
+            let ran = tokio::select! {
+                // Ended before it was ready: its error.
+                ran = &mut run => ran,
+                said = said => {
+                    said?;
+                    run.await
+                }
+            };
+            dns.shutdown().await;
+            ran
+        }
+    };
+    ran?;
+    if let Some(p) = publishing {
+        let p = p.finish().await?;
+        kv::put(&bucket, &format!("done.{name}"), p.next_seq.to_string()).await?;
+    }
+    Ok(())
+}
+
+/// `mailsim run SCENARIO --nats`: the coordinator of a multi-node run.
+pub struct CoordinatorOptions {
+    pub nats: String,
+    pub run: String,
+    pub fleet_nodes: u32,
+    /// The fleet nodes' SMTP port (0: a free one here, which suits nodes on this machine).
+    pub fleet_port: u16,
+    /// The run directory the collected run is written to.
+    pub out: PathBuf,
+    /// How long to wait for every node to say ready.
+    pub wait: Duration,
+    /// Submission connections to the MTA node.
+    pub connections: usize,
+}
+
+/// Counts, from the MTA node's records as the stream has them, of what was injected and
+/// what is final.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    injected: u64,
+    suppressed: u64,
+    /// Messages with a final outcome (delivered, bounced or expired), each once.
+    done: u64,
+}
+
+/// Follow node `node`'s records in the stream from the start, keeping `tx` up to date.
+async fn follow(
+    js: async_nats::jetstream::Context,
+    run: String,
+    node: String,
+    tx: watch::Sender<Progress>,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures_util::StreamExt;
+    use mailsim_events::{Event, Record};
+    let stream = js
+        .get_stream(mailsim_cluster::stream_name(&run))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: mailsim_cluster::events_subject(&run, &node),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut p = Progress::default();
+    let mut finals = std::collections::HashSet::new();
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let r = Record::from_json(&m.payload)
+            .map_err(|e| anyhow::anyhow!("{}: a record that does not read: {e}", m.subject))?;
+        match r.event {
+            Event::Injected { .. } => p.injected += 1,
+            Event::Suppressed { .. } => p.suppressed += 1,
+            Event::Delivered { msg, .. }
+            | Event::Bounced { msg, .. }
+            | Event::Expired { msg, .. } => {
+                if finals.insert(msg) {
+                    p.done += 1;
+                }
+            }
+            _ => continue,
+        }
+        let _ = tx.send(p);
+    }
+    Ok(())
+}
+
+/// Coordinate a multi-node run of `scenario` (read from `scenario_path`): hand the nodes the
+/// scenario and the plan, wait for every node, submit the campaign to the MTA node, follow its
+/// records until every acknowledged message is final, stop the nodes, and collect the stream
+/// into `opts.out` (events.log, summary.json). The coordinator's own log (in
+/// `out/coordinator/`) frames the run with `run_started` (mode `cluster`) and `run_finished`.
+pub async fn coordinate(
+    scenario_path: &Path,
+    scenario: &Scenario,
+    opts: CoordinatorOptions,
+) -> anyhow::Result<mailsim_summary::Summary> {
+    use mailsim_cluster::{collect::COORDINATOR, kv};
+    mailsim_cluster::check_name("--run", &opts.run)?;
+    if opts.fleet_nodes == 0 {
+        anyhow::bail!("--fleet-nodes 0: give at least one fleet node");
+    }
+    let text = std::fs::read(scenario_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", scenario_path.display()))?;
+    let world = crate::world::World::build(scenario).map_err(anyhow::Error::msg)?;
+    let client = mailsim_cluster::connect(&opts.nats, "mailsim-coordinator").await?;
+    let js = async_nats::jetstream::new(client);
+    let bucket = kv::bucket(&js, &opts.run).await?;
+    if kv::get(&bucket, "scenario").await?.is_some() {
+        anyhow::bail!(
+            "--run {}: this NATS server already holds a run of that id; choose another",
+            opts.run
+        );
+    }
+    mailsim_cluster::events_stream(&js, &opts.run).await?;
+    // The coordinator's own log, published like a node's.
+    let own = opts.out.join(COORDINATOR);
+    let log = crate::assemble::open_log(
+        &own,
+        std::sync::Arc::new(mailsim_events::SystemClock),
+        mailsim_events::Durability::EveryBatch,
+        false,
+    )?;
+    let events = log.sink();
+    let published = world.published(scenario);
+    events.emit(mailsim_events::Event::RunStarted {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        mode: "cluster".into(),
+        dmarc_records: published.dmarc,
+        spf_records: published.spf,
+        profiles: published.profiles,
+    });
+    let publishing = PublishArgs {
+        nats: Some(opts.nats.clone()),
+        run: Some(opts.run.clone()),
+        node: Some(COORDINATOR.to_string()),
+    }
+    .start(own.join("events.log"))
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("no publisher"))?;
+    let fleet_port = match opts.fleet_port {
+        0 => mailsim_cluster::nats_server::free_port()?,
+        p => p,
+    };
+    let plan = RunPlan {
+        fleet_nodes: opts.fleet_nodes,
+        fleet_port,
+    };
+    kv::put(&bucket, "plan", serde_json::to_vec(&plan)?).await?;
+    kv::put(&bucket, "scenario", text).await?;
+    let nodes = expected_nodes(&plan);
+    eprintln!(
+        "coordinator: run {} waiting for {} (fleet port {fleet_port})",
+        opts.run,
+        nodes.join(", ")
+    );
+    let mut submission = None;
+    for node in &nodes {
+        let ready = kv::wait_for(&bucket, &format!("ready.{node}"), opts.wait)
+            .await
+            .map_err(|e| anyhow::anyhow!("node {node} never said ready: {e}"))?;
+        let ready: NodeReady = serde_json::from_slice(&ready)?;
+        submission = submission.or(ready.submission);
+    }
+    let submission =
+        submission.ok_or_else(|| anyhow::anyhow!("the MTA node gave no submission address"))?;
+    let (tx, mut progress) = watch::channel(Progress::default());
+    let following = tokio::spawn(follow(js.clone(), opts.run.clone(), "mta".into(), tx));
+    let now_s = (mailsim_events::SystemClock.now_ms() / 1000) as i64;
+    let messages = crate::send::campaign(scenario, &world, now_s, None, None)?;
+    let send = crate::send::SendOptions {
+        to: submission,
+        connections: opts.connections,
+        acked_path: None,
+        stall_max: Duration::from_secs(120),
+        on_ack: None,
+        rate: None,
+    };
+    let report = crate::send::send(messages, &send).await?;
+    eprintln!(
+        "coordinator: {} messages acknowledged by the MTA node ({} refused)",
+        report.acked, report.rejected
+    );
+    let limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
+    tokio::pin!(limit);
+    let reason = loop {
+        let p = *progress.borrow_and_update();
+        if p.injected + p.suppressed >= report.acked && p.done >= p.injected {
+            break "drained";
+        }
+        tokio::select! {
+            _ = &mut limit => break "time limit",
+            changed = progress.changed() => if changed.is_err() { break "stream ended" },
+        }
+    };
+    following.abort();
+    kv::put(&bucket, "stop", reason).await?;
+    for node in &nodes {
+        kv::wait_for(&bucket, &format!("done.{node}"), DRAIN_MAX + opts.wait)
+            .await
+            .map_err(|e| anyhow::anyhow!("node {node} never said done: {e}"))?;
+    }
+    events.emit(mailsim_events::Event::RunFinished {
+        reason: reason.into(),
+    });
+    drop(events);
+    log.close()?;
+    publishing.finish().await?;
+    let c = mailsim_cluster::collect::collect(&js, &opts.run, &opts.out).await?;
+    eprintln!(
+        "coordinator: collected {} records from {} nodes into {}",
+        c.records,
+        c.per_node.len(),
+        opts.out.display()
+    );
+    let (summary, _) = crate::runner::fold_log(&crate::runner::events_path(&opts.out))?;
+    std::fs::write(
+        crate::runner::summary_path(&opts.out),
+        crate::runner::summary_json(&summary)?,
+    )?;
+    Ok(summary)
 }
 
 #[cfg(test)]

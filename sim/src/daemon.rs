@@ -652,6 +652,8 @@ pub struct FleetOptions {
     pub trusted: Vec<Vec<u8>>,
     /// Serve only this shard's domains.
     pub shard: Option<crate::cluster::Shard>,
+    /// Told the ready line once the fleet serves (a node says so to its coordinator).
+    pub ready: Option<oneshot::Sender<String>>,
 }
 
 /// Run a scenario's DNS and fleet alone until `shutdown` resolves. Prints one
@@ -669,6 +671,7 @@ pub async fn run_fleet(
         sender_mx,
         trusted,
         shard,
+        ready,
     } = opts;
     let plan = Plan {
         out_dir: out.clone(),
@@ -698,7 +701,11 @@ pub async fn run_fleet(
     let (port, hosts) = (a.fleet_port, a.fleet_servers);
     // Where the recipient domains' MTA-STS policies are served (`mailsim mta --sts-port`).
     let sts = a.sts_port();
-    println!("fleet: dns={dns} smtp_port={port} sts_port={sts} hosts={hosts} ready");
+    let line = format!("fleet: dns={dns} smtp_port={port} sts_port={sts} hosts={hosts} ready");
+    println!("{line}");
+    if let Some(tx) = ready {
+        let _ = tx.send(line);
+    }
     shutdown.await;
     progress.abort();
     let _ = stop_tx.send(true);
@@ -720,4 +727,46 @@ fn stored_count(
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     })
+}
+
+impl MtaDaemonOptions {
+    /// The MTA a scenario describes (its address, name, retry schedule, connection limits,
+    /// shaping, TLS and the senders' DKIM keys), as a daemon taking mail on `submission` and
+    /// delivering through `dns` to servers on `remote_port`: the MTA node of a multi-node run.
+    pub fn for_scenario(
+        scenario: &Scenario,
+        world: &crate::world::World,
+        spool: PathBuf,
+        dns: SocketAddr,
+        submission: SocketAddr,
+        remote_port: u16,
+    ) -> anyhow::Result<MtaDaemonOptions> {
+        let m = &scenario.mta;
+        Ok(MtaDaemonOptions {
+            spool,
+            dns,
+            submission,
+            remote_port,
+            hostname: m.hostname.clone(),
+            source_ip: m.ip.into(),
+            retry: RetryPolicy {
+                retry_interval_s_min: m.retry_interval_s_min,
+                retry_interval_s_max: m.retry_interval_s_max,
+                lifetime_s: m.lifetime_s,
+            },
+            conns_per_domain_max: m.conns_per_domain_max,
+            destination_backoff_s: m.destination_backoff_s,
+            shaping: m.shaping_rules.clone().unwrap_or_default(),
+            tls: m.tls,
+            tls_roots: Vec::new(),
+            signers: crate::assemble::signers(world)?,
+            sts_port: 443,
+            http: None,
+            lanes: m.lanes.then_some(mailsim_mta::engine::Lanes {
+                transactional_conns: m.transactional_conns,
+            }),
+            submission_transactional: None,
+            mx: None,
+        })
+    }
 }

@@ -55,6 +55,44 @@ enum Command {
         /// Submission connections to the other MTA.
         #[arg(long, default_value_t = 8)]
         connections: usize,
+        /// Coordinate a multi-node run on this NATS server (nats://HOST:PORT): the nodes
+        /// (`mailsim node`) take the scenario from it, the run is collected from its stream.
+        #[arg(long, requires = "run_id", conflicts_with = "mta")]
+        nats: Option<String>,
+        /// The multi-node run's id (one NATS subject token: letters, digits, '-', '_').
+        #[arg(long, requires = "nats")]
+        run_id: Option<String>,
+        /// Fleet nodes of a multi-node run (shards 0/N .. N-1/N).
+        #[arg(long, default_value_t = 1)]
+        fleet_nodes: u32,
+        /// How long a multi-node run waits for every node to say ready, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait_s: u64,
+    },
+    /// One node of a multi-node run: takes the scenario from the coordinator (`mailsim run
+    /// SCENARIO --nats URL --run-id ID`) through NATS, serves its part, publishes its event
+    /// log, and stops when the coordinator says so.
+    Node {
+        /// The NATS server (nats://HOST:PORT).
+        #[arg(long)]
+        nats: String,
+        /// The run id the coordinator was given.
+        #[arg(long)]
+        run: String,
+        #[arg(long, value_enum)]
+        role: mailsim::cluster::Role,
+        /// The fleet node's shard index (0 .. the run's fleet nodes - 1).
+        #[arg(long)]
+        shard: Option<u32>,
+        /// The node's directory: its event log, mailboxes or spool.
+        #[arg(long)]
+        out: PathBuf,
+        /// The node's name in the run (default fleet-<shard> or mta).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long to wait for the coordinator's scenario, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait_s: u64,
     },
     /// Print a run's event log as JSON lines. A log damaged in the middle is refused with the
     /// place (exit 2) unless --salvage.
@@ -405,11 +443,48 @@ fn real_main() -> anyhow::Result<ExitCode> {
             fleet_port,
             dns_port,
             connections,
+            nats,
+            run_id,
+            fleet_nodes,
+            wait_s,
         } => {
             let sc = Scenario::load(&scenario)?;
             let out_dir = out.unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{}-{}", sc.name, SystemClock.now_ms()))
             });
+            if let (Some(nats), Some(run)) = (nats, run_id) {
+                if runner::events_path(&out_dir).exists() {
+                    anyhow::bail!(
+                        "{}: already holds a run (events.log); choose another --out or remove it",
+                        out_dir.display()
+                    );
+                }
+                let opts = mailsim::cluster::CoordinatorOptions {
+                    nats,
+                    run,
+                    fleet_nodes,
+                    fleet_port,
+                    out: out_dir.clone(),
+                    wait: std::time::Duration::from_secs(wait_s),
+                    connections,
+                };
+                let summary = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(mailsim::cluster::coordinate(&scenario, &sc, opts))?;
+                let _ = std::fs::copy(&scenario, out_dir.join("scenario.toml"));
+                print!("{}", runner::summary_json(&summary)?);
+                eprintln!(
+                    "mailsim: {} injected, {} delivered, {} bounced, {} deferred, {} expired; run directory {}",
+                    summary.injected,
+                    summary.delivered,
+                    summary.bounced,
+                    summary.deferred,
+                    summary.expired,
+                    out_dir.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let run_opts = RunOptions {
                 out_dir: out_dir.clone(),
                 progress: !quiet,
@@ -791,6 +866,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         sender_mx: !no_sender_mx,
                         trusted,
                         shard,
+                        ready: None,
                     };
                     let ran = mailsim::daemon::run_fleet(&sc, opts, stop_signal()).await;
                     if let Some(p) = publishing {
@@ -798,6 +874,29 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     }
                     ran
                 })?;
+        }
+        Command::Node {
+            nats,
+            run,
+            role,
+            shard,
+            out,
+            name,
+            wait_s,
+        } => {
+            let opts = mailsim::cluster::NodeOptions {
+                nats,
+                run,
+                role,
+                shard,
+                out,
+                name,
+                wait: std::time::Duration::from_secs(wait_s),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(mailsim::cluster::run_node(opts, stop_signal()))?;
         }
         Command::Collect { run_id, nats, out } => {
             tokio::runtime::Builder::new_multi_thread()

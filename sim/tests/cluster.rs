@@ -1,9 +1,11 @@
-//! A run spread over nodes on one machine, on a real nats-server with JetStream: two fleet
-//! shards and the MTA as separate `mailsim` processes publishing their logs to one stream,
-//! `mailsim send` injecting, one fleet shard killed with SIGKILL mid-run and restarted. Checked
-//! from outside the nodes' own counters: what the shards' mailboxes hold, what the stream holds
-//! against each node's local log, and the collected run's per-domain outcomes against the same
-//! scenario run by `mailsim run` on one node.
+//! Runs spread over nodes on one machine, on a real nats-server with JetStream: two fleet
+//! shards and the MTA as separate `mailsim` processes publishing their logs to one stream, one
+//! fleet shard killed with SIGKILL mid-run and restarted. Once with the daemons (`mailsim fleet
+//! --shard`, `mailsim mta`, `mailsim send`, `mailsim collect`), once with `mailsim node` and
+//! the coordinator (`mailsim run --nats`). Checked from outside the nodes' own counters: what
+//! the shards' mailboxes hold, what the stream holds against each node's local log, and the
+//! collected run's per-domain outcomes against the same scenario run by `mailsim run` on one
+//! node.
 
 mod common;
 
@@ -37,11 +39,20 @@ messages = 1500
 size_bytes = 1200
 "#;
 
+/// The MTA node's settings for a short outage: retry after 1 to 2 s, hold a destination whose
+/// every connection failed for 2 s (the daemon test gives the same on the command line).
+const MTA_QUICK: &str =
+    "[mta]\nretry_interval_s_min = 1\nretry_interval_s_max = 2\ndestination_backoff_s = 2\n";
+
 struct Reaper(Vec<u32>);
 impl Drop for Reaper {
     fn drop(&mut self) {
         for pid in &self.0 {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(pid.to_string())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }
@@ -88,6 +99,75 @@ fn outcomes(summary: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
             (d.clone(), (n("delivered"), n("bounced")))
         })
         .collect()
+}
+
+/// Records per node the run's stream holds, read back from it.
+fn stream_counts(url: &str, run: &str) -> BTreeMap<String, u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(mailsim_cluster::connect(url, "test").await.unwrap());
+        let mut n = BTreeMap::new();
+        for r in mailsim_cluster::collect::read_stream(&js, run)
+            .await
+            .unwrap()
+        {
+            *n.entry(r.node).or_insert(0u64) += 1;
+        }
+        n
+    })
+}
+
+/// Records in a node's local log.
+fn local(dir: &Path) -> u64 {
+    read_log(&dir.join("events.log")).unwrap().0.len() as u64
+}
+
+/// The distinct campaign Message-IDs stored in the mailboxes under `dirs` (the sender's MX
+/// also holds DSNs, which are left out by `campaign`).
+fn stored_ids(dirs: &[&Path], campaign: &std::collections::BTreeSet<String>) -> usize {
+    let mut stored = std::collections::BTreeSet::new();
+    for d in dirs {
+        for f in common::maildir_files(&d.join("mailboxes")) {
+            if let Some(id) = common::message_id(&std::fs::read_to_string(&f).unwrap_or_default())
+                && campaign.contains(&id)
+            {
+                stored.insert(id);
+            }
+        }
+    }
+    stored.len()
+}
+
+/// The same scenario run by `mailsim run` on one node: its summary.
+fn single_node(scenario: &Path, out: &Path) -> serde_json::Value {
+    let run = bin()
+        .arg("run")
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
+/// Stored events in a fleet node's log so far (a torn tail read up to).
+fn stored_so_far(dir: &Path) -> usize {
+    read_log(&dir.join("events.log"))
+        .map(|(r, _)| {
+            r.iter()
+                .filter(|r| matches!(r.event, mailsim_events::Event::Stored { .. }))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[test]
@@ -180,32 +260,16 @@ fn two_fleet_shards_and_an_mta_publish_one_run_through_a_killed_shard() {
     assert!(failed > 0, "no connection failed while shard 1 was down");
 
     // The stream holds each node's local log exactly (counted by reading both).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let in_stream: BTreeMap<String, u64> = rt.block_on(async {
-        let js = async_nats::jetstream::new(mailsim_cluster::connect(&url, "test").await.unwrap());
-        let mut n = BTreeMap::new();
-        for r in mailsim_cluster::collect::read_stream(&js, "r1")
-            .await
-            .unwrap()
-        {
-            *n.entry(r.node).or_insert(0u64) += 1;
-        }
-        n
-    });
-    let local = |p: &Path| read_log(&p.join("events.log")).unwrap().0.len() as u64;
     let expected: BTreeMap<String, u64> = [
         ("fleet-0".to_string(), local(&f0_dir)),
         ("fleet-1".to_string(), local(&f1_dir)),
         ("mta".to_string(), local(&spool)),
     ]
     .into();
-    assert_eq!(in_stream, expected);
+    assert_eq!(stream_counts(&url, "r1"), expected);
 
     // The collected run against the receiving side: the shards' mailboxes hold one copy of
-    // each delivered message (the campaign's: the sender's MX also holds DSNs).
+    // each delivered message.
     let collected = dir.path().join("collected");
     let out = bin()
         .args(["collect", "r1", "--nats", &url, "--out"])
@@ -226,40 +290,139 @@ fn two_fleet_shards_and_an_mta_publish_one_run_through_a_killed_shard() {
         .lines()
         .map(str::to_string)
         .collect();
-    let mut stored = std::collections::BTreeSet::new();
-    for d in [&f0_dir, &f1_dir] {
-        for f in common::maildir_files(&d.join("mailboxes")) {
-            if let Some(id) = common::message_id(&std::fs::read_to_string(&f).unwrap_or_default())
-                && acked_ids.contains(&id)
-            {
-                stored.insert(id);
-            }
-        }
-    }
+    let stored = stored_ids(&[&f0_dir, &f1_dir], &acked_ids);
     assert_eq!(
         summary["delivered"].as_u64(),
-        Some(stored.len() as u64),
+        Some(stored as u64),
         "{summary}"
     );
     assert_eq!(summary["injected"].as_u64(), Some(acked_n));
 
     // The same scenario on one node: the same outcome at every domain.
-    let single = dir.path().join("single");
-    let run = bin()
-        .arg("run")
-        .arg(&scenario)
-        .arg("--out")
-        .arg(&single)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let one: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let one = single_node(&scenario, &dir.path().join("single"));
     assert_eq!(outcomes(&summary), outcomes(&one));
     assert!(outcomes(&one).values().any(|(_, b)| *b > 0));
+    drop(nats);
+}
+
+/// A node started with `mailsim node`, its stderr kept in `<dir>.err`.
+fn node(url: &str, run: &str, args: &[&str], dir: &Path) -> Child {
+    let err = std::fs::File::create(dir.with_extension("err")).unwrap();
+    bin()
+        .args(["node", "--nats", url, "--run", run, "--out"])
+        .arg(dir)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("cluster.toml");
+    std::fs::write(&scenario, format!("{SCENARIO}{MTA_QUICK}")).unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 0)
+        .expect("nats-server (apt-get install nats-server)");
+    let url = nats.url();
+    let (f0_dir, f1_dir, mta_dir) = (
+        dir.path().join("fleet-0"),
+        dir.path().join("fleet-1"),
+        dir.path().join("mta"),
+    );
+    // Nodes first: they wait for the coordinator's scenario.
+    let mut f0 = node(&url, "r2", &["--role", "fleet", "--shard", "0"], &f0_dir);
+    let mut reaper = Reaper(vec![f0.id()]);
+    let mut f1 = node(&url, "r2", &["--role", "fleet", "--shard", "1"], &f1_dir);
+    reaper.0.push(f1.id());
+    let mut mta = node(&url, "r2", &["--role", "mta"], &mta_dir);
+    reaper.0.push(mta.id());
+    let run_dir = dir.path().join("run");
+    let coordinator = bin()
+        .arg("run")
+        .arg(&scenario)
+        .args([
+            "--nats",
+            &url,
+            "--run-id",
+            "r2",
+            "--fleet-nodes",
+            "2",
+            "--out",
+        ])
+        .arg(&run_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    reaper.0.push(coordinator.id());
+
+    // Fleet node 1 killed once it has stored some mail, and started again on its directory.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored_so_far(&f1_dir) < 50 {
+        assert!(Instant::now() < deadline, "fleet-1 stored nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f1.kill().unwrap();
+    f1.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    f1 = node(&url, "r2", &["--role", "fleet", "--shard", "1"], &f1_dir);
+    reaper.0.push(f1.id());
+
+    let out = coordinator.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    // Every node stopped by itself when the coordinator said so.
+    for child in [&mut f0, &mut f1, &mut mta] {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status}");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["injected"].as_u64(), Some(1500), "{said}");
+
+    // No event lost: each node's local log (fleet-1's across its kill) is in the stream once.
+    let expected: BTreeMap<String, u64> = [
+        (
+            "coordinator".to_string(),
+            local(&run_dir.join("coordinator")),
+        ),
+        ("fleet-0".to_string(), local(&f0_dir)),
+        ("fleet-1".to_string(), local(&f1_dir)),
+        ("mta".to_string(), local(&mta_dir)),
+    ]
+    .into();
+    assert_eq!(stream_counts(&url, "r2"), expected);
+    // The outage was felt: the MTA node's connections to fleet-1 failed meanwhile.
+    let mta_log = read_log(&mta_dir.join("events.log")).unwrap().0;
+    assert!(
+        mta_log
+            .iter()
+            .any(|r| matches!(r.event, mailsim_events::Event::ConnFailed { .. })),
+        "no connection failed while fleet-1 was down"
+    );
+
+    // The receiving side's copies, and the single-node run's outcomes per domain.
+    let campaign: std::collections::BTreeSet<String> = mta_log
+        .iter()
+        .filter_map(|r| match &r.event {
+            mailsim_events::Event::Injected { message_id, .. } => Some(message_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let stored = stored_ids(&[&f0_dir, &f1_dir], &campaign);
+    assert_eq!(
+        summary["delivered"].as_u64(),
+        Some(stored as u64),
+        "{summary}"
+    );
+    let one = single_node(&scenario, &dir.path().join("single"));
+    assert_eq!(outcomes(&summary), outcomes(&one));
+    // The collected run reads as any run: replay gives its summary.json.
+    let replay = bin().arg("replay").arg(&run_dir).output().unwrap();
+    assert_eq!(
+        replay.stdout,
+        std::fs::read(run_dir.join("summary.json")).unwrap()
+    );
     drop(nats);
 }
