@@ -40,13 +40,18 @@ pub async fn wait_for(
     within: Duration,
 ) -> Result<bytes::Bytes, ClusterError> {
     let deadline = Instant::now() + within;
+    // A failed read (the server restarting, a timeout) is tried again until the deadline,
+    // and named if it is the last word.
     loop {
-        if let Some(v) = kv.get(key).await.map_err(nats)? {
-            return Ok(v);
-        }
+        let last_error = match kv.get(key).await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        };
         if Instant::now() >= deadline {
+            let why = last_error.map_or_else(String::new, |e| format!(" (last read: {e})"));
             return Err(ClusterError::Nats(format!(
-                "no {key:?} in the run's bucket within {within:?}"
+                "no {key:?} in the run's bucket within {within:?}{why}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

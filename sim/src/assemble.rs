@@ -44,6 +44,9 @@ pub struct Plan {
     pub trusted: Vec<Vec<u8>>,
     /// Serve only this shard's domains (`mailsim fleet --shard`); none: every domain.
     pub shard: Option<crate::cluster::Shard>,
+    /// Where each domain's MX hosts listen (a multi-node run's fleet networks); none: the
+    /// scenario's own addresses.
+    pub placement: Option<crate::cluster::FleetNets>,
 }
 
 /// The assembled parts of a run.
@@ -129,7 +132,11 @@ pub async fn assemble<E: Env>(
         );
     }
     // Built first: a scenario that cannot be built leaves no directory behind.
-    let world = World::build(scenario).map_err(anyhow::Error::msg)?;
+    let world = match &plan.placement {
+        Some(nets) => World::build_placed(scenario, &|d| nets.place(d)),
+        None => World::build(scenario),
+    }
+    .map_err(anyhow::Error::msg)?;
     let clock = env.clock();
     let log = open_log(
         &plan.out_dir,

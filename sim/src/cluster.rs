@@ -32,14 +32,54 @@ impl std::str::FromStr for Shard {
 }
 
 impl Shard {
-    /// True when this shard serves `domain`'s MX hosts (FNV-1a of the lowercased name).
+    /// True when this shard serves `domain`'s MX hosts.
     pub fn owns(&self, domain: &str) -> bool {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in domain.bytes().map(|b| b.to_ascii_lowercase()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        shard_of(domain, self.count) == self.index
+    }
+}
+
+/// The shard of `count` that serves `domain` (FNV-1a of the lowercased name).
+pub fn shard_of(domain: &str, count: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in domain.bytes().map(|b| b.to_ascii_lowercase()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(count.max(1))) as u32
+}
+
+/// Each fleet node's own /16 (`--fleet-nets 10.11.0.0/16,10.12.0.0/16`): the MX hosts of a
+/// shard's domains listen there, and every node's DNS says so. Routed to the node's machine,
+/// that is how fleet nodes on several machines are reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FleetNets(pub Vec<[u8; 2]>);
+
+impl std::str::FromStr for FleetNets {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FleetNets, String> {
+        let mut nets = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let bad = || format!("{part:?}: give each fleet node's network as A.B.0.0/16");
+            let (addr, len) = part.split_once('/').ok_or_else(bad)?;
+            let ip: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+            let o = ip.octets();
+            if len != "16" || o[2] != 0 || o[3] != 0 {
+                return Err(bad());
+            }
+            if nets.contains(&[o[0], o[1]]) {
+                return Err(format!("{part:?}: given twice"));
+            }
+            nets.push([o[0], o[1]]);
         }
-        h % u64::from(self.count) == u64::from(self.index)
+        Ok(FleetNets(nets))
+    }
+}
+
+impl FleetNets {
+    /// Where `domain`'s MX hosts listen (`None`: no networks given, the scenario's own).
+    pub fn place(&self, domain: &str) -> Option<[u8; 2]> {
+        let n = self.0.len() as u32;
+        (n > 0).then(|| self.0[shard_of(domain, n) as usize])
     }
 }
 
@@ -136,12 +176,15 @@ pub async fn collect(url: &str, run: &str, out: &Path) -> anyhow::Result<()> {
 }
 
 /// What the coordinator hands the nodes besides the scenario (key `plan`).
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunPlan {
     /// Fleet nodes: shards `0/n` .. `n-1/n`.
     pub fleet_nodes: u32,
     /// The port every fleet node's MX hosts listen on.
     pub fleet_port: u16,
+    /// Each fleet node's /16, in shard order (empty: the scenario's own addresses).
+    #[serde(default)]
+    pub fleet_nets: FleetNets,
 }
 
 /// What a node says once it serves (key `ready.<node>`).
@@ -269,6 +312,7 @@ pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> an
                     count: plan.fleet_nodes,
                 }),
                 ready: Some(ready_tx),
+                placement: Some(plan.fleet_nets.clone()),
             };
             let said = async {
                 match ready_rx.await {
@@ -288,7 +332,9 @@ pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> an
             ran
         }
         Role::Mta => {
-            let world = crate::world::World::build(&scenario).map_err(anyhow::Error::msg)?;
+            let nets = plan.fleet_nets.clone();
+            let world = crate::world::World::build_placed(&scenario, &|d| nets.place(d))
+                .map_err(anyhow::Error::msg)?;
             let zones = std::sync::Arc::new(fake_dns::FaultyZones::new(
                 world.zones.clone(),
                 world.faults.clone(),
@@ -358,6 +404,8 @@ pub struct CoordinatorOptions {
     pub fleet_nodes: u32,
     /// The fleet nodes' SMTP port (0: a free one here, which suits nodes on this machine).
     pub fleet_port: u16,
+    /// Each fleet node's /16 (empty: the scenario's own addresses).
+    pub fleet_nets: FleetNets,
     /// The run directory the collected run is written to.
     pub out: PathBuf,
     /// How long to wait for every node to say ready.
@@ -440,6 +488,13 @@ pub async fn coordinate(
     if opts.fleet_nodes == 0 {
         anyhow::bail!("--fleet-nodes 0: give at least one fleet node");
     }
+    let nets = opts.fleet_nets.0.len();
+    if nets > 0 && nets != opts.fleet_nodes as usize {
+        anyhow::bail!(
+            "--fleet-nets: {nets} networks for {} fleet nodes; give one per node",
+            opts.fleet_nodes
+        );
+    }
     let text = std::fs::read(scenario_path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", scenario_path.display()))?;
     let world = crate::world::World::build(scenario).map_err(anyhow::Error::msg)?;
@@ -486,6 +541,7 @@ pub async fn coordinate(
     let plan = RunPlan {
         fleet_nodes: opts.fleet_nodes,
         fleet_port,
+        fleet_nets: opts.fleet_nets.clone(),
     };
     kv::put(&bucket, "plan", serde_json::to_vec(&plan)?).await?;
     kv::put(&bucket, "scenario", text).await?;
@@ -579,6 +635,23 @@ mod tests {
             .map(|s| domains.iter().filter(|d| s.owns(d)).count())
             .collect();
         assert!(per.iter().all(|&n| n > 60), "{per:?}");
+        let nets: FleetNets = "10.11.0.0/16, 127.12.0.0/16".parse().unwrap();
+        assert_eq!(nets.0, vec![[10, 11], [127, 12]]);
+        for d in &domains {
+            let at = nets.place(d).unwrap();
+            assert_eq!(at, nets.0[shard_of(d, 2) as usize]);
+        }
+        assert_eq!(FleetNets::default().place("a.test"), None);
+        for bad in [
+            "10.11.0.0/24",
+            "10.11.1.0/16",
+            "10.11.0.0",
+            "x/16",
+            "10.1.0.0/16,10.1.0.0/16",
+        ] {
+            let e = bad.parse::<FleetNets>().unwrap_err();
+            assert!(e.contains("10.") || e.contains("x/16"), "{e}");
+        }
         for bad in ["2/2", "1", "a/2", "0/0", "-1/2"] {
             let e = bad.parse::<Shard>().unwrap_err();
             assert!(e.contains(bad) && e.contains("i/n"), "{e}");

@@ -654,6 +654,8 @@ pub struct FleetOptions {
     pub shard: Option<crate::cluster::Shard>,
     /// Told the ready line once the fleet serves (a node says so to its coordinator).
     pub ready: Option<oneshot::Sender<String>>,
+    /// Each fleet node's /16 (a multi-node run's `--fleet-nets`).
+    pub placement: Option<crate::cluster::FleetNets>,
 }
 
 /// Run a scenario's DNS and fleet alone until `shutdown` resolves. Prints one
@@ -672,6 +674,7 @@ pub async fn run_fleet(
         trusted,
         shard,
         ready,
+        placement,
     } = opts;
     let plan = Plan {
         out_dir: out.clone(),
@@ -683,6 +686,7 @@ pub async fn run_fleet(
         sender_mx,
         trusted,
         shard,
+        placement,
     };
     let mut a = assemble(scenario, LiveEnv::default(), &plan).await?;
     let progress = stored_count(a.fleet.stored.clone(), out.join("stored.count"));

@@ -65,6 +65,10 @@ enum Command {
         /// Fleet nodes of a multi-node run (shards 0/N .. N-1/N).
         #[arg(long, default_value_t = 1)]
         fleet_nodes: u32,
+        /// Each fleet node's own network, in shard order (A.B.0.0/16,...): its domains' MX
+        /// hosts listen there and every node's DNS says so (default: the scenario's 127.1.x.y).
+        #[arg(long, requires = "nats")]
+        fleet_nets: Option<mailsim::cluster::FleetNets>,
         /// How long a multi-node run waits for every node to say ready, in seconds.
         #[arg(long, default_value_t = 120)]
         wait_s: u64,
@@ -446,6 +450,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             nats,
             run_id,
             fleet_nodes,
+            fleet_nets,
             wait_s,
         } => {
             let sc = Scenario::load(&scenario)?;
@@ -464,6 +469,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     run,
                     fleet_nodes,
                     fleet_port,
+                    fleet_nets: fleet_nets.unwrap_or_default(),
                     out: out_dir.clone(),
                     wait: std::time::Duration::from_secs(wait_s),
                     connections,
@@ -867,6 +873,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                         trusted,
                         shard,
                         ready: None,
+                        placement: None,
                     };
                     let ran = mailsim::daemon::run_fleet(&sc, opts, stop_signal()).await;
                     if let Some(p) = publishing {

@@ -322,6 +322,7 @@ fn plan(opts: &RunOptions, mode: &'static str, dns_port: u16, fleet_port: u16) -
         sender_mx: true,
         trusted: Vec::new(),
         shard: None,
+        placement: None,
     }
 }
 

@@ -87,6 +87,19 @@ fn host_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250) as u8 + 1)
 }
 
+/// Where a domain's MX hosts listen: the first two octets of their addresses, by domain
+/// (`None`: the scenario's own 127.1.x.y). A multi-node run places each fleet node's domains in
+/// a /16 of its own, which can be routed to the node's machine.
+pub type Placement<'a> = &'a dyn Fn(&str) -> Option<[u8; 2]>;
+
+/// Host `i`'s address, in its domain's placement if it has one.
+fn placed_ip(place: Placement, domain: &str, i: usize) -> Ipv4Addr {
+    match place(&domain.to_ascii_lowercase()) {
+        Some([a, b]) => Ipv4Addr::new(a, b, (i / 250) as u8, (i % 250) as u8 + 1),
+        None => host_ip(i),
+    }
+}
+
 impl World {
     /// Where receivers send complaints, by sender domain.
     /// What the scenario published that a report needs: DMARC and SPF records as the zones
@@ -148,6 +161,12 @@ impl World {
     }
 
     pub fn build(scenario: &Scenario) -> Result<World, String> {
+        World::build_placed(scenario, &|_| None)
+    }
+
+    /// The world with each domain's MX hosts at the addresses `place` gives (the zones say
+    /// so too); the same scenario and placement give the same world on every node.
+    pub fn build_placed(scenario: &Scenario, place: Placement) -> Result<World, String> {
         let mut zones = ZoneSet::new();
         let mta = &scenario.mta;
         let mta_ip = mta.ip;
@@ -223,7 +242,7 @@ impl World {
                     exchange: name.clone(),
                 },
             );
-            let ip = host_ip(hosts.len());
+            let ip = placed_ip(place, &s.domain, hosts.len());
             zones.add(&name, RecordData::A(ip));
             hosts.push(HostPlan {
                 name,
@@ -262,7 +281,7 @@ impl World {
                     .iter()
                     .any(|h: &HostPlan| h.name.eq_ignore_ascii_case(&mx.host))
                 {
-                    let ip = host_ip(hosts.len());
+                    let ip = placed_ip(place, &d.name, hosts.len());
                     zones.add(&mx.host, RecordData::A(ip));
                     hosts.push(HostPlan {
                         name: mx.host.to_ascii_lowercase(),
@@ -356,7 +375,7 @@ impl World {
                     for mx in &f.mx {
                         // New hosts join the fleet with the domain's behaviour.
                         if !hosts.iter().any(|h| h.name.eq_ignore_ascii_case(&mx.host)) {
-                            let ip = host_ip(hosts.len());
+                            let ip = placed_ip(place, &owner, hosts.len());
                             zones.add(&mx.host, RecordData::A(ip));
                             hosts.push(HostPlan {
                                 name: mx.host.to_ascii_lowercase(),

@@ -349,6 +349,8 @@ fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() 
             "r2",
             "--fleet-nodes",
             "2",
+            "--fleet-nets",
+            "127.11.0.0/16,127.12.0.0/16",
             "--out",
         ])
         .arg(&run_dir)
@@ -401,6 +403,19 @@ fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() 
             .any(|r| matches!(r.event, mailsim_events::Event::ConnFailed { .. })),
         "no connection failed while fleet-1 was down"
     );
+
+    // Each fleet node served its domains in its own network: the MTA node connected to
+    // 127.11.x.y and 127.12.x.y only (as every node's DNS answered), to both.
+    let nets: std::collections::BTreeSet<String> = mta_log
+        .iter()
+        .filter_map(|r| match &r.event {
+            mailsim_events::Event::ConnOpened { addr, .. } => {
+                Some(addr.split('.').take(2).collect::<Vec<_>>().join("."))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nets, ["127.11", "127.12"].map(String::from).into());
 
     // The receiving side's copies, and the single-node run's outcomes per domain.
     let campaign: std::collections::BTreeSet<String> = mta_log
