@@ -5,8 +5,8 @@
 # fleet`, `mailsim mta`, `mailsim send`: the same daemons, no NATS), alternating, ROUNDS times
 # each, all on this machine. Both MTAs sign with the same RSA-2048 key (the scenario's PEM,
 # given to the daemon with --dkim), the fleet verifies SPF/DKIM/DMARC and stores every copy.
-# Per round: the events in every node's log, and the seconds from the MTA's first event to its
-# last (elapsed_s of its log's summary): events/s and messages/s.
+# Per round: the events in every node's log, and the seconds from the MTA's first `injected` to
+# its last final outcome: events/s and messages/s.
 # Usage: benches/cluster.sh [MESSAGES] [ROUNDS]
 # Last line: cluster: stream=<events/s> plain=<events/s> ratio=<stream/plain> messages=<n>
 set -euo pipefail
@@ -57,7 +57,20 @@ URL=nats://127.0.0.1:$NATS_PORT
 sleep 1
 
 events_in() { local n=0; for d in "$@"; do n=$((n + $("$BIN" events "$d" | wc -l))); done; echo $n; }
-elapsed_of() { "$BIN" replay "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["elapsed_s"])'; }
+# Seconds from the MTA's first `injected` to its last final outcome (delivered, bounced,
+# expired): the campaign's own window, without the daemons' idle time before and after it.
+elapsed_of() {
+  "$BIN" events "$1" | python3 -c '
+import json, sys
+first = last = None
+for line in sys.stdin:
+    e = json.loads(line)
+    if e["type"] == "injected" and first is None:
+        first = e["ts"]
+    if e["type"] in ("delivered", "bounced", "expired"):
+        last = e["ts"]
+print((last - first) / 1000)'
+}
 final_of() { "$BIN" replay "$1" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["delivered"]+s["bounced"]+s["expired"])'; }
 
 with_stream() {

@@ -78,10 +78,17 @@ pub async fn read_stream(js: &Context, run: &str) -> Result<Vec<NodeRecord>, Clu
             message,
         };
         let headers = m.headers.as_ref();
-        let node = headers
+        // The node is the one whose subject the record came by; its header must agree.
+        let node = m.subject.rsplit('.').next().unwrap_or_default().to_string();
+        let said = headers
             .and_then(|h| h.get(NODE_HEADER))
             .map(|v| v.as_str().to_string())
             .ok_or_else(|| bad(format!("no {NODE_HEADER} header")))?;
+        if said != node {
+            return Err(bad(format!(
+                "{NODE_HEADER} {said:?} on node {node:?}'s subject"
+            )));
+        }
         let node_seq = headers
             .and_then(|h| h.get(SEQ_HEADER))
             .and_then(|v| v.as_str().parse::<u64>().ok())
@@ -181,4 +188,78 @@ pub async fn collect(js: &Context, run: &str, out: &Path) -> Result<Collected, C
     drop(sink);
     log.close()?;
     Ok(collected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(node: &str, node_seq: u64, ts: u64, event: Event) -> NodeRecord {
+        NodeRecord {
+            node: node.into(),
+            node_seq,
+            record: Record {
+                seq: node_seq,
+                ts,
+                event,
+            },
+        }
+    }
+
+    fn finished(reason: &str) -> Event {
+        Event::RunFinished {
+            reason: reason.into(),
+        }
+    }
+
+    fn started(mode: &str) -> Event {
+        Event::RunStarted {
+            scenario: "s".into(),
+            seed: 1,
+            mode: mode.into(),
+            dmarc_records: Default::default(),
+            spf_records: Default::default(),
+            profiles: Default::default(),
+        }
+    }
+
+    #[test]
+    fn merged_by_time_then_node_then_sequence_once_each() {
+        let suppressed = |who: &str| Event::Suppressed {
+            message_id: format!("<{who}@x>"),
+            rcpt: "r@x".into(),
+            domain: "x".into(),
+            reason: "test".into(),
+        };
+        let records = vec![
+            rec("b", 1, 10, suppressed("b1")),
+            rec("a", 2, 10, suppressed("a2")),
+            rec("a", 1, 10, suppressed("a1")),
+            rec("b", 0, 5, started("fleet")),
+            rec(COORDINATOR, 0, 1, started("cluster")),
+            rec("a", 1, 10, suppressed("a1")),
+            rec("b", 2, 50, finished("stopped")),
+            rec(COORDINATOR, 1, 99, finished("drained")),
+        ];
+        let (merged, c) = merge(records);
+        let order: Vec<(String, u64)> = merged
+            .iter()
+            .map(|r| (r.node.clone(), r.node_seq))
+            .collect();
+        // Equal times: node a before b, a's sequence 1 before 2; the duplicate of a/1 kept
+        // once; b's own start and finish left out; the coordinator's first and last.
+        assert_eq!(
+            order,
+            [
+                (COORDINATOR, 0),
+                ("a", 1),
+                ("a", 2),
+                ("b", 1),
+                (COORDINATOR, 1)
+            ]
+            .map(|(n, s)| (n.to_string(), s))
+        );
+        assert_eq!((c.duplicates, c.node_lifecycle, c.records), (1, 2, 5));
+        assert_eq!(c.per_node["a"], 3);
+    }
 }

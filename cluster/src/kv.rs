@@ -39,7 +39,8 @@ pub async fn wait_for(
     key: &str,
     within: Duration,
 ) -> Result<bytes::Bytes, ClusterError> {
-    let deadline = Instant::now() + within;
+    // A deadline past what the clock can hold is no deadline.
+    let deadline = Instant::now().checked_add(within);
     // A failed read (the server restarting, a timeout) is tried again until the deadline,
     // and named if it is the last word.
     loop {
@@ -48,7 +49,7 @@ pub async fn wait_for(
             Ok(None) => None,
             Err(e) => Some(e.to_string()),
         };
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             let why = last_error.map_or_else(String::new, |e| format!(" (last read: {e})"));
             return Err(ClusterError::Nats(format!(
                 "no {key:?} in the run's bucket within {within:?}{why}"
@@ -58,13 +59,26 @@ pub async fn wait_for(
     }
 }
 
-/// Put `value` at `key`.
+/// How long a put is tried again after failing (NATS restarting, a timeout).
+pub const PUT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Put `value` at `key`, trying again for up to [`PUT_RETRY_MAX`].
 pub async fn put(
     kv: &kv::Store,
     key: &str,
     value: impl Into<bytes::Bytes>,
 ) -> Result<(), ClusterError> {
-    kv.put(key, value.into()).await.map(|_| ()).map_err(nats)
+    let value = value.into();
+    let deadline = Instant::now() + PUT_RETRY_MAX;
+    loop {
+        match kv.put(key, value.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(ClusterError::Nats(format!("putting {key:?}: {e}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// The value at `key` now, if any.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Records published and not yet acknowledged, at most.
-const IN_FLIGHT_MAX: usize = 1024;
+pub const IN_FLIGHT_MAX: usize = 1024;
 /// How often the log is looked at again once everything in it is published.
 const POLL: Duration = Duration::from_millis(50);
 /// First wait after a failed publish (doubled up to [`RETRY_MAX`]).
@@ -29,8 +29,12 @@ pub struct Publisher {
 /// What a publisher did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Published {
-    /// The sequence number the first record published here had (what the stream held before
-    /// is not sent again).
+    /// The records the stream held from this node when the publisher started (the sequence
+    /// number after the last one).
+    pub found: u64,
+    /// The sequence number publishing started from: [`IN_FLIGHT_MAX`] before `found`, since
+    /// records sent before a break may have been stored out of order (a record lost with a
+    /// broken connection while later ones were stored); the stream drops those it holds.
     pub resumed_at: u64,
     /// Records the stream acknowledged (those it already held by their id included).
     pub acknowledged: u64,
@@ -103,6 +107,8 @@ impl Publisher {
                 }
             }
         };
+        out.found = next_seq;
+        next_seq = next_seq.saturating_sub(IN_FLIGHT_MAX as u64);
         out.resumed_at = next_seq;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut pause = RETRY_MIN;

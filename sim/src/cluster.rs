@@ -126,7 +126,16 @@ impl PublishArgs {
             node: node.clone(),
             log,
         };
-        let task = tokio::spawn(publisher.run(stop_rx));
+        let who = node.clone();
+        let task = tokio::spawn(async move {
+            let ran = publisher.run(stop_rx).await;
+            if let Err(e) = &ran {
+                // Said at once, not only when the daemon stops: the local log keeps every
+                // record, and a restart publishes on from where the stream stopped.
+                eprintln!("{who}: publishing stopped: {e}");
+            }
+            ran
+        });
         Ok(Some(Publishing {
             stop,
             task,
@@ -150,8 +159,9 @@ impl Publishing {
             })??;
         let p = done?;
         eprintln!(
-            "{}: published records {}..{} ({} acknowledged, {} already in the stream, {} retries)",
-            self.node, p.resumed_at, p.next_seq, p.acknowledged, p.duplicates, p.retries
+            "{}: published records {}..{} ({} acknowledged, {} of them already in the stream, \
+             {} retries)",
+            self.node, p.found, p.next_seq, p.acknowledged, p.duplicates, p.retries
         );
         Ok(p)
     }
@@ -185,6 +195,44 @@ pub struct RunPlan {
     /// Each fleet node's /16, in shard order (empty: the scenario's own addresses).
     #[serde(default)]
     pub fleet_nets: FleetNets,
+    /// Injector nodes, each submitting its share of the campaign (0: the coordinator submits).
+    #[serde(default)]
+    pub injectors: u32,
+}
+
+/// What an injector node submitted (key `injected.<node>`).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Injected {
+    pub acked: u64,
+    pub rejected: u64,
+}
+
+/// Submit the campaign's messages `index`, `index + count`, ... to `to` (all of them with one
+/// part): an injector node's share, or the coordinator's whole campaign.
+async fn submit_share(
+    scenario: &Scenario,
+    to: std::net::SocketAddr,
+    index: u32,
+    count: u32,
+    connections: usize,
+) -> anyhow::Result<crate::send::SendReport> {
+    let world = crate::world::World::build(scenario).map_err(anyhow::Error::msg)?;
+    let now_s = (mailsim_events::SystemClock.now_ms() / 1000) as i64;
+    let messages: Vec<_> = crate::send::campaign(scenario, &world, now_s, None, None)?
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 % u64::from(count.max(1)) == u64::from(index))
+        .map(|(_, m)| m)
+        .collect();
+    let send = crate::send::SendOptions {
+        to,
+        connections,
+        acked_path: None,
+        stall_max: Duration::from_secs(120),
+        on_ack: None,
+        rate: None,
+    };
+    crate::send::send(messages, &send).await
 }
 
 /// What a node says once it serves (key `ready.<node>`).
@@ -205,6 +253,9 @@ pub enum Role {
     Fleet,
     /// The scenario's MTA (with its own DNS), taking the coordinator's submissions.
     Mta,
+    /// Submits its share of the campaign to the MTA node (`--shard i` of the run's
+    /// injectors) once the coordinator says start.
+    Injector,
 }
 
 /// `mailsim node`.
@@ -219,6 +270,8 @@ pub struct NodeOptions {
     pub name: Option<String>,
     /// How long to wait for the coordinator's scenario.
     pub wait: Duration,
+    /// The MTA node's submission address (`--listen`; port 0: a free one).
+    pub listen: std::net::SocketAddr,
 }
 
 /// The name a node publishes under.
@@ -227,6 +280,7 @@ pub fn node_name(role: Role, shard: Option<u32>, name: Option<&str>) -> String {
         (Some(n), _) => n.to_string(),
         (None, Role::Fleet) => format!("fleet-{}", shard.unwrap_or(0)),
         (None, Role::Mta) => "mta".to_string(),
+        (None, Role::Injector) => format!("injector-{}", shard.unwrap_or(0)),
     }
 }
 
@@ -236,6 +290,7 @@ pub fn expected_nodes(plan: &RunPlan) -> Vec<String> {
         .map(|i| node_name(Role::Fleet, Some(i), None))
         .collect();
     out.push(node_name(Role::Mta, None, None));
+    out.extend((0..plan.injectors).map(|i| node_name(Role::Injector, Some(i), None)));
     out
 }
 
@@ -281,7 +336,11 @@ pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> an
         run: Some(opts.run.clone()),
         node: Some(name.clone()),
     };
-    let publishing = publish.start(opts.out.join("events.log")).await?;
+    // An injector has nothing of its own to log (the MTA logs what it takes).
+    let publishing = match opts.role {
+        Role::Injector => None,
+        _ => publish.start(opts.out.join("events.log")).await?,
+    };
     let stop = stop_when(bucket.clone(), signal);
     let announce = |ready: NodeReady| {
         let (bucket, key) = (bucket.clone(), format!("ready.{name}"));
@@ -292,7 +351,9 @@ pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> an
     };
     let ran = match opts.role {
         Role::Fleet => {
-            let index = opts.shard.unwrap_or(0);
+            let index = opts
+                .shard
+                .ok_or_else(|| anyhow::anyhow!("--role fleet needs --shard i"))?;
             if index >= plan.fleet_nodes {
                 anyhow::bail!(
                     "--shard {index}: the run has {} fleet nodes (0 to {})",
@@ -331,6 +392,47 @@ pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> an
             said?;
             ran
         }
+        Role::Injector => {
+            let index = opts
+                .shard
+                .ok_or_else(|| anyhow::anyhow!("--role injector needs --shard i"))?;
+            if index >= plan.injectors {
+                anyhow::bail!(
+                    "--shard {index}: the run has {} injector nodes",
+                    plan.injectors
+                );
+            }
+            // Nothing of its own to log: the MTA logs what it takes.
+            announce(NodeReady {
+                role: "injector".into(),
+                submission: None,
+                line: format!("{name}: ready"),
+            })
+            .await?;
+            let mta: NodeReady =
+                serde_json::from_slice(&kv::wait_for(&bucket, "ready.mta", opts.wait).await?)
+                    .map_err(|e| anyhow::anyhow!("ready.mta in the run's bucket: {e}"))?;
+            let to = mta
+                .submission
+                .ok_or_else(|| anyhow::anyhow!("the MTA node gave no submission address"))?;
+            let started = async {
+                kv::wait_for(&bucket, "start", Duration::from_secs(365 * 24 * 3600)).await
+            };
+            tokio::pin!(stop);
+            tokio::select! {
+                _ = &mut stop => {}
+                started = started => {
+                    started?;
+                    let r = submit_share(&scenario, to, index, plan.injectors, 8).await?;
+                    eprintln!("{name}: {} messages acknowledged ({} refused)", r.acked, r.rejected);
+                    let said = Injected { acked: r.acked, rejected: r.rejected };
+                    kv::put(&bucket, &format!("injected.{name}"), serde_json::to_vec(&said)?)
+                        .await?;
+                    stop.await;
+                }
+            }
+            Ok(())
+        }
         Role::Mta => {
             let nets = plan.fleet_nets.clone();
             let world = crate::world::World::build_placed(&scenario, &|d| nets.place(d))
@@ -350,8 +452,14 @@ pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> an
                 }),
             )
             .await?;
-            let port = mailsim_cluster::nats_server::free_port()?;
-            let submission = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let submission = match opts.listen.port() {
+                0 => {
+                    let l = std::net::TcpListener::bind(opts.listen)
+                        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", opts.listen))?;
+                    l.local_addr()?
+                }
+                _ => opts.listen,
+            };
             let mta = crate::daemon::MtaDaemonOptions::for_scenario(
                 &scenario,
                 &world,
@@ -390,10 +498,11 @@ pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> an
         }
     };
     ran?;
-    if let Some(p) = publishing {
-        let p = p.finish().await?;
-        kv::put(&bucket, &format!("done.{name}"), p.next_seq.to_string()).await?;
-    }
+    let published = match publishing {
+        Some(p) => p.finish().await?.next_seq,
+        None => 0,
+    };
+    kv::put(&bucket, &format!("done.{name}"), published.to_string()).await?;
     Ok(())
 }
 
@@ -406,6 +515,8 @@ pub struct CoordinatorOptions {
     pub fleet_port: u16,
     /// Each fleet node's /16 (empty: the scenario's own addresses).
     pub fleet_nets: FleetNets,
+    /// Injector nodes (0: the coordinator submits the campaign itself).
+    pub injectors: u32,
     /// The run directory the collected run is written to.
     pub out: PathBuf,
     /// How long to wait for every node to say ready.
@@ -424,24 +535,71 @@ struct Progress {
     done: u64,
 }
 
-/// Follow node `node`'s records in the stream from the start, keeping `tx` up to date.
+/// What [`follow`] has read so far.
+#[derive(Default)]
+struct Following {
+    progress: Progress,
+    /// The campaign's messages (the MTA's own DSNs are final too, and are not among them).
+    campaign: std::collections::HashSet<u64>,
+    finals: std::collections::HashSet<u64>,
+    /// The stream sequence to read from next.
+    next: u64,
+}
+
+/// How long [`follow`] keeps trying to read the stream again after it failed (NATS restarting
+/// loses the consumer), counted from the last record it read.
+const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Follow node `node`'s records in the stream from the start, keeping `tx` up to date; after a
+/// failure (NATS restarted, the consumer lost) it reads on from where it was.
 async fn follow(
     js: async_nats::jetstream::Context,
     run: String,
     node: String,
     tx: watch::Sender<Progress>,
 ) -> anyhow::Result<()> {
+    let mut f = Following {
+        next: 1,
+        ..Following::default()
+    };
+    let mut since = std::time::Instant::now();
+    loop {
+        let before = f.next;
+        let why = match follow_from(&js, &run, &node, &mut f, &tx).await {
+            Ok(()) => "the consumer ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if f.next > before {
+            since = std::time::Instant::now();
+        }
+        if since.elapsed() > FOLLOW_RETRY_MAX {
+            anyhow::bail!("{why} (nothing read for {FOLLOW_RETRY_MAX:?})");
+        }
+        tracing::warn!("following {node}'s records from {}: {why}; again", f.next);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn follow_from(
+    js: &async_nats::jetstream::Context,
+    run: &str,
+    node: &str,
+    f: &mut Following,
+    tx: &watch::Sender<Progress>,
+) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     use futures_util::StreamExt;
     use mailsim_events::{Event, Record};
     let stream = js
-        .get_stream(mailsim_cluster::stream_name(&run))
+        .get_stream(mailsim_cluster::stream_name(run))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: mailsim_cluster::events_subject(&run, &node),
-            deliver_policy: DeliverPolicy::All,
+            filter_subject: mailsim_cluster::events_subject(run, node),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: f.next,
+            },
             ..Default::default()
         })
         .await
@@ -450,25 +608,33 @@ async fn follow(
         .messages()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut p = Progress::default();
-    let mut finals = std::collections::HashSet::new();
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let at = m
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        f.next = at + 1;
         let r = Record::from_json(&m.payload)
             .map_err(|e| anyhow::anyhow!("{}: a record that does not read: {e}", m.subject))?;
+        let p = &mut f.progress;
         match r.event {
-            Event::Injected { .. } => p.injected += 1,
+            Event::Injected { msg, .. } => {
+                if f.campaign.insert(msg) {
+                    p.injected += 1;
+                }
+            }
             Event::Suppressed { .. } => p.suppressed += 1,
             Event::Delivered { msg, .. }
             | Event::Bounced { msg, .. }
             | Event::Expired { msg, .. } => {
-                if finals.insert(msg) {
+                if f.campaign.contains(&msg) && f.finals.insert(msg) {
                     p.done += 1;
                 }
             }
             _ => continue,
         }
-        let _ = tx.send(p);
+        let _ = tx.send(*p);
     }
     Ok(())
 }
@@ -479,6 +645,36 @@ async fn follow(
 /// into `opts.out` (events.log, summary.json). The coordinator's own log (in
 /// `out/coordinator/`) frames the run with `run_started` (mode `cluster`) and `run_finished`.
 pub async fn coordinate(
+    scenario_path: &Path,
+    scenario: &Scenario,
+    opts: CoordinatorOptions,
+) -> anyhow::Result<mailsim_summary::Summary> {
+    let (nats, run) = (opts.nats.clone(), opts.run.clone());
+    let ran = coordinate_inner(scenario_path, scenario, opts).await;
+    if let Err(e) = &ran {
+        // Whatever went wrong, the nodes are told to stop (they publish the rest of their
+        // logs first), unless the run's bucket cannot be reached or this run never began.
+        if e.downcast_ref::<NotBegun>().is_none() {
+            let told = async {
+                let client = mailsim_cluster::connect(&nats, "mailsim-coordinator").await?;
+                let js = async_nats::jetstream::new(client);
+                let bucket = mailsim_cluster::kv::bucket(&js, &run).await?;
+                mailsim_cluster::kv::put(&bucket, "stop", "coordinator failed").await
+            };
+            if let Err(e2) = told.await {
+                eprintln!("coordinator: could not tell the nodes to stop: {e2}");
+            }
+        }
+    }
+    ran
+}
+
+/// An error before this coordinator began a run (a run of that id is another's).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotBegun(String);
+
+async fn coordinate_inner(
     scenario_path: &Path,
     scenario: &Scenario,
     opts: CoordinatorOptions,
@@ -502,10 +698,11 @@ pub async fn coordinate(
     let js = async_nats::jetstream::new(client);
     let bucket = kv::bucket(&js, &opts.run).await?;
     if kv::get(&bucket, "scenario").await?.is_some() {
-        anyhow::bail!(
-            "--run {}: this NATS server already holds a run of that id; choose another",
+        return Err(NotBegun(format!(
+            "--run-id {}: this NATS server already holds a run of that id; choose another",
             opts.run
-        );
+        ))
+        .into());
     }
     mailsim_cluster::events_stream(&js, &opts.run).await?;
     // The coordinator's own log, published like a node's.
@@ -542,6 +739,7 @@ pub async fn coordinate(
         fleet_nodes: opts.fleet_nodes,
         fleet_port,
         fleet_nets: opts.fleet_nets.clone(),
+        injectors: opts.injectors,
     };
     kv::put(&bucket, "plan", serde_json::to_vec(&plan)?).await?;
     kv::put(&bucket, "scenario", text).await?;
@@ -556,46 +754,65 @@ pub async fn coordinate(
         let ready = kv::wait_for(&bucket, &format!("ready.{node}"), opts.wait)
             .await
             .map_err(|e| anyhow::anyhow!("node {node} never said ready: {e}"))?;
-        let ready: NodeReady = serde_json::from_slice(&ready)?;
+        let ready: NodeReady = serde_json::from_slice(&ready)
+            .map_err(|e| anyhow::anyhow!("ready.{node} in the run's bucket: {e}"))?;
         submission = submission.or(ready.submission);
     }
     let submission =
         submission.ok_or_else(|| anyhow::anyhow!("the MTA node gave no submission address"))?;
     let (tx, mut progress) = watch::channel(Progress::default());
     let following = tokio::spawn(follow(js.clone(), opts.run.clone(), "mta".into(), tx));
-    let now_s = (mailsim_events::SystemClock.now_ms() / 1000) as i64;
-    let messages = crate::send::campaign(scenario, &world, now_s, None, None)?;
-    let send = crate::send::SendOptions {
-        to: submission,
-        connections: opts.connections,
-        acked_path: None,
-        stall_max: Duration::from_secs(120),
-        on_ack: None,
-        rate: None,
+    let acked = if plan.injectors == 0 {
+        let r = submit_share(scenario, submission, 0, 1, opts.connections).await?;
+        r.acked
+    } else {
+        kv::put(&bucket, "start", "start").await?;
+        let mut acked = 0;
+        for i in 0..plan.injectors {
+            let node = node_name(Role::Injector, Some(i), None);
+            let said = kv::wait_for(
+                &bucket,
+                &format!("injected.{node}"),
+                Duration::from_secs(scenario.mta.run_time_s_max),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("injector {node} never said what it submitted: {e}"))?;
+            let said: Injected = serde_json::from_slice(&said)
+                .map_err(|e| anyhow::anyhow!("injected.{node}: {e}"))?;
+            acked += said.acked;
+        }
+        acked
     };
-    let report = crate::send::send(messages, &send).await?;
-    eprintln!(
-        "coordinator: {} messages acknowledged by the MTA node ({} refused)",
-        report.acked, report.rejected
-    );
+    eprintln!("coordinator: {acked} messages acknowledged by the MTA node");
     let limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
     tokio::pin!(limit);
     let reason = loop {
         let p = *progress.borrow_and_update();
-        if p.injected + p.suppressed >= report.acked && p.done >= p.injected {
+        if p.injected + p.suppressed >= acked && p.done >= p.injected {
             break "drained";
         }
         tokio::select! {
             _ = &mut limit => break "time limit",
-            changed = progress.changed() => if changed.is_err() { break "stream ended" },
+            changed = progress.changed() => if changed.is_err() {
+                let why = match following.await {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(())) => "it ended".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                anyhow::bail!("following the MTA node's records in the stream: {why}");
+            },
         }
     };
     following.abort();
     kv::put(&bucket, "stop", reason).await?;
     for node in &nodes {
-        kv::wait_for(&bucket, &format!("done.{node}"), DRAIN_MAX + opts.wait)
-            .await
-            .map_err(|e| anyhow::anyhow!("node {node} never said done: {e}"))?;
+        kv::wait_for(
+            &bucket,
+            &format!("done.{node}"),
+            DRAIN_MAX.saturating_add(opts.wait),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("node {node} never said done: {e}"))?;
     }
     events.emit(mailsim_events::Event::RunFinished {
         reason: reason.into(),

@@ -69,6 +69,10 @@ enum Command {
         /// hosts listen there and every node's DNS says so (default: the scenario's 127.1.x.y).
         #[arg(long, requires = "nats")]
         fleet_nets: Option<mailsim::cluster::FleetNets>,
+        /// Injector nodes of a multi-node run (`mailsim node --role injector --shard i`), each
+        /// submitting its share of the campaign (0: the coordinator submits it).
+        #[arg(long, default_value_t = 0, requires = "nats")]
+        injectors: u32,
         /// How long a multi-node run waits for every node to say ready, in seconds.
         #[arg(long, default_value_t = 120)]
         wait_s: u64,
@@ -85,9 +89,13 @@ enum Command {
         run: String,
         #[arg(long, value_enum)]
         role: mailsim::cluster::Role,
-        /// The fleet node's shard index (0 .. the run's fleet nodes - 1).
+        /// The fleet or injector node's index (0 .. the run's fleet or injector nodes - 1).
         #[arg(long)]
         shard: Option<u32>,
+        /// The MTA node's submission address (port 0: a free one); give an address the
+        /// coordinator or the injectors can reach when they run on other machines.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
         /// The node's directory: its event log, mailboxes or spool.
         #[arg(long)]
         out: PathBuf,
@@ -451,6 +459,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             run_id,
             fleet_nodes,
             fleet_nets,
+            injectors,
             wait_s,
         } => {
             let sc = Scenario::load(&scenario)?;
@@ -470,6 +479,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     fleet_nodes,
                     fleet_port,
                     fleet_nets: fleet_nets.unwrap_or_default(),
+                    injectors,
                     out: out_dir.clone(),
                     wait: std::time::Duration::from_secs(wait_s),
                     connections,
@@ -887,6 +897,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             run,
             role,
             shard,
+            listen,
             out,
             name,
             wait_s,
@@ -899,6 +910,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 out,
                 name,
                 wait: std::time::Duration::from_secs(wait_s),
+                listen,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -2,7 +2,7 @@
 //! shards and the MTA as separate `mailsim` processes publishing their logs to one stream, one
 //! fleet shard killed with SIGKILL mid-run and restarted. Once with the daemons (`mailsim fleet
 //! --shard`, `mailsim mta`, `mailsim send`, `mailsim collect`), once with `mailsim node` and
-//! the coordinator (`mailsim run --nats`). Checked from outside the nodes' own counters: what
+//! the coordinator (`mailsim run --nats`), NATS also killed for two seconds mid-run. Checked from outside the nodes' own counters: what
 //! the shards' mailboxes hold, what the stream holds against each node's local log, and the
 //! collected run's per-domain outcomes against the same scenario run by `mailsim run` on one
 //! node.
@@ -101,8 +101,8 @@ fn outcomes(summary: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
-/// Records per node the run's stream holds, read back from it.
-fn stream_counts(url: &str, run: &str) -> BTreeMap<String, u64> {
+/// The sequence numbers of the records the run's stream holds per node, in stream order.
+fn stream_seqs(url: &str, run: &str) -> BTreeMap<String, Vec<u64>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,15 +114,20 @@ fn stream_counts(url: &str, run: &str) -> BTreeMap<String, u64> {
             .await
             .unwrap()
         {
-            *n.entry(r.node).or_insert(0u64) += 1;
+            n.entry(r.node).or_insert_with(Vec::new).push(r.node_seq);
         }
         n
     })
 }
 
-/// Records in a node's local log.
-fn local(dir: &Path) -> u64 {
-    read_log(&dir.join("events.log")).unwrap().0.len() as u64
+/// The sequence numbers of a node's local log, in order.
+fn local(dir: &Path) -> Vec<u64> {
+    read_log(&dir.join("events.log"))
+        .unwrap()
+        .0
+        .iter()
+        .map(|r| r.seq)
+        .collect()
 }
 
 /// The distinct campaign Message-IDs stored in the mailboxes under `dirs` (the sender's MX
@@ -259,14 +264,14 @@ fn two_fleet_shards_and_an_mta_publish_one_run_through_a_killed_shard() {
         .count();
     assert!(failed > 0, "no connection failed while shard 1 was down");
 
-    // The stream holds each node's local log exactly (counted by reading both).
-    let expected: BTreeMap<String, u64> = [
+    // The stream holds each node's local log exactly: every sequence number once, in order.
+    let expected: BTreeMap<String, Vec<u64>> = [
         ("fleet-0".to_string(), local(&f0_dir)),
         ("fleet-1".to_string(), local(&f1_dir)),
         ("mta".to_string(), local(&spool)),
     ]
     .into();
-    assert_eq!(stream_counts(&url, "r1"), expected);
+    assert_eq!(stream_seqs(&url, "r1"), expected);
 
     // The collected run against the receiving side: the shards' mailboxes hold one copy of
     // each delivered message.
@@ -319,11 +324,11 @@ fn node(url: &str, run: &str, args: &[&str], dir: &Path) -> Child {
 }
 
 #[test]
-fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() {
+fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node_and_a_nats_outage() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("cluster.toml");
     std::fs::write(&scenario, format!("{SCENARIO}{MTA_QUICK}")).unwrap();
-    let nats = NatsServer::start(&dir.path().join("nats"), 0)
+    let mut nats = NatsServer::start(&dir.path().join("nats"), 0)
         .expect("nats-server (apt-get install nats-server)");
     let url = nats.url();
     let (f0_dir, f1_dir, mta_dir) = (
@@ -338,6 +343,15 @@ fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() 
     reaper.0.push(f1.id());
     let mut mta = node(&url, "r2", &["--role", "mta"], &mta_dir);
     reaper.0.push(mta.id());
+    // Two injectors, each submitting half of the campaign once the coordinator says start.
+    let mut injectors: Vec<Child> = (0..2)
+        .map(|i| {
+            let i = i.to_string();
+            let at = dir.path().join(format!("injector-{i}"));
+            node(&url, "r2", &["--role", "injector", "--shard", &i], &at)
+        })
+        .collect();
+    reaper.0.extend(injectors.iter().map(Child::id));
     let run_dir = dir.path().join("run");
     let coordinator = bin()
         .arg("run")
@@ -351,6 +365,8 @@ fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() 
             "2",
             "--fleet-nets",
             "127.11.0.0/16,127.12.0.0/16",
+            "--injectors",
+            "2",
             "--out",
         ])
         .arg(&run_dir)
@@ -371,20 +387,38 @@ fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() 
     std::thread::sleep(Duration::from_secs(2));
     f1 = node(&url, "r2", &["--role", "fleet", "--shard", "1"], &f1_dir);
     reaper.0.push(f1.id());
+    // Then NATS itself goes away for two seconds (SIGKILL) and comes back on its store: the
+    // nodes publish on, the coordinator follows on.
+    std::thread::sleep(Duration::from_millis(500));
+    nats.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    nats.restart().unwrap();
 
     let out = coordinator.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     // Every node stopped by itself when the coordinator said so.
-    for child in [&mut f0, &mut f1, &mut mta] {
+    for child in [&mut f0, &mut f1, &mut mta]
+        .into_iter()
+        .chain(injectors.iter_mut())
+    {
         let status = child.wait().unwrap();
         assert!(status.success(), "{status}");
+    }
+    // Each injector submitted its half.
+    for i in 0..2 {
+        let err = std::fs::read_to_string(dir.path().join(format!("injector-{i}.err"))).unwrap();
+        assert!(
+            err.contains("750 messages acknowledged"),
+            "injector-{i}: {err}"
+        );
     }
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["injected"].as_u64(), Some(1500), "{said}");
 
-    // No event lost: each node's local log (fleet-1's across its kill) is in the stream once.
-    let expected: BTreeMap<String, u64> = [
+    // No event lost: each node's local log (fleet-1's across its kill) is in the stream, every
+    // record once and in order.
+    let expected: BTreeMap<String, Vec<u64>> = [
         (
             "coordinator".to_string(),
             local(&run_dir.join("coordinator")),
@@ -394,7 +428,7 @@ fn the_coordinator_runs_two_fleet_nodes_and_an_mta_node_through_a_killed_node() 
         ("mta".to_string(), local(&mta_dir)),
     ]
     .into();
-    assert_eq!(stream_counts(&url, "r2"), expected);
+    assert_eq!(stream_seqs(&url, "r2"), expected);
     // The outage was felt: the MTA node's connections to fleet-1 failed meanwhile.
     let mta_log = read_log(&mta_dir.join("events.log")).unwrap().0;
     assert!(
