@@ -316,6 +316,12 @@ async fn stop_when(kv: async_nats::jetstream::kv::Store, signal: impl Future<Out
 pub async fn run_node(opts: NodeOptions, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
     use mailsim_cluster::kv;
     mailsim_cluster::check_name("--run", &opts.run)?;
+    match (opts.role, opts.shard) {
+        (Role::Fleet, None) => anyhow::bail!("--role fleet needs --shard i"),
+        (Role::Injector, None) => anyhow::bail!("--role injector needs --shard i"),
+        (Role::Mta, Some(i)) => anyhow::bail!("--shard {i}: an MTA node has no shard"),
+        _ => {}
+    }
     let name = node_name(opts.role, opts.shard, opts.name.as_deref());
     mailsim_cluster::check_name("--name", &name)?;
     let client = mailsim_cluster::connect(&opts.nats, &format!("mailsim-{name}")).await?;
@@ -648,9 +654,14 @@ pub async fn coordinate(
     scenario_path: &Path,
     scenario: &Scenario,
     opts: CoordinatorOptions,
+    signal: impl Future<Output = ()>,
 ) -> anyhow::Result<mailsim_summary::Summary> {
     let (nats, run) = (opts.nats.clone(), opts.run.clone());
-    let ran = coordinate_inner(scenario_path, scenario, opts).await;
+    // Interrupted (SIGINT, SIGTERM): the nodes are told to stop as on any failure.
+    let ran = tokio::select! {
+        ran = coordinate_inner(scenario_path, scenario, opts) => ran,
+        _ = signal => Err(anyhow::anyhow!("interrupted")),
+    };
     if let Err(e) = &ran {
         // Whatever went wrong, the nodes are told to stop (they publish the rest of their
         // logs first), unless the run's bucket cannot be reached or this run never began.
@@ -704,7 +715,24 @@ async fn coordinate_inner(
         ))
         .into());
     }
-    mailsim_cluster::events_stream(&js, &opts.run).await?;
+    let mut stream = mailsim_cluster::events_stream(&js, &opts.run).await?;
+    // Records published under this id before (daemons with --nats, say) would be taken for
+    // this run's and its nodes' records dropped as duplicates.
+    let held = stream
+        .info()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .state
+        .messages;
+    if held > 0 {
+        return Err(NotBegun(format!(
+            "--run-id {}: this NATS server's stream {} already holds {held} records of that \
+             id; choose another",
+            opts.run,
+            mailsim_cluster::stream_name(&opts.run)
+        ))
+        .into());
+    }
     // The coordinator's own log, published like a node's.
     let own = opts.out.join(COORDINATOR);
     let log = crate::assemble::open_log(

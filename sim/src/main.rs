@@ -487,7 +487,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 let summary = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?
-                    .block_on(mailsim::cluster::coordinate(&scenario, &sc, opts))?;
+                    .block_on(mailsim::cluster::coordinate(
+                        &scenario,
+                        &sc,
+                        opts,
+                        stop_signal(),
+                    ))?;
                 let _ = std::fs::copy(&scenario, out_dir.join("scenario.toml"));
                 print!("{}", runner::summary_json(&summary)?);
                 eprintln!(
