@@ -219,7 +219,7 @@ async fn wire_query(resolver: &TokioResolver, name: &str, rr: Rr) -> Answer {
 
 #[derive(Debug, thiserror::Error)]
 #[error("building the DNS resolver for verification: {0}")]
-pub struct VerifierError(String);
+pub struct VerifierError(pub(crate) String);
 
 impl Verifier {
     /// A verifier asking the resolvers `config` names (in mailsim, fake-dns's
@@ -272,6 +272,14 @@ impl Verifier {
         v.caches = ZoneCaches::new(Some(answers.clone()));
         v.spf_dns = SpfSource::InProcess(answers);
         Ok(v)
+    }
+
+    /// The same verifier taking DKIM passes from `memo` where it holds them (signatures
+    /// verified ahead of time, see [`crate::auth_memo`]); it verifies every other signature.
+    pub fn with_memo(mut self, memo: Arc<crate::auth_memo::SignatureMemo>) -> Self {
+        let caches = std::mem::replace(&mut self.caches, ZoneCaches::new(None));
+        self.caches = caches.with_memo(memo);
+        self
     }
 
     /// The same verifier reading `clock` (the run's, in a scenario) instead of the wall clock.

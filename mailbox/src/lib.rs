@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod auth_dns;
+pub mod auth_memo;
 pub mod folders;
 pub mod imap;
 pub mod imap_wire;

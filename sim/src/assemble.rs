@@ -180,6 +180,7 @@ pub async fn assemble<E: Env>(
     std::fs::write(plan.out_dir.join("ca.pem"), ca.cert_pem())
         .with_context(|| format!("writing {}", plan.out_dir.join("ca.pem").display()))?;
     fleet.tls_ca = Some(ca.clone());
+    fleet.foresight = env.foresight();
     let hosts: Vec<_> = world
         .hosts
         .iter()

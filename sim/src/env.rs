@@ -10,10 +10,12 @@
 //! | connections | TCP from a source address | a pipe to the host at that address |
 //! | durability | fsync per batch | fsync at flush and close |
 //! | batch building | on blocking threads | inline (the paused clock must not move) |
+//! | the receivers' content reads and DKIM checks | when a message arrives | also started on another thread as the MTA sends it, taken when done (the same answers: [`crate::foresight`]) |
 //!
 //! The event sink is made from the clock and the durability by [`crate::assemble`].
 
 use crate::fleet::{Fleet, FleetServers};
+use crate::foresight::Foresight;
 use crate::virt::VirtualNet;
 use fake_dns::{DnsServer, FaultyZones, InProcess, RecordData, RecordType, Resolution};
 use mailsim_events::{Clock, Durability, RuntimeClock, SystemClock};
@@ -83,6 +85,10 @@ pub trait Env: Send + Sync + 'static {
     fn resolver(&self) -> anyhow::Result<Self::Resolver>;
     /// SPF, DKIM and DMARC verification for the fleet.
     fn verifier(&self) -> anyhow::Result<Verifier>;
+    /// Where the receivers' work on a message may be done ahead (virtual runs).
+    fn foresight(&self) -> Option<Arc<Foresight>> {
+        None
+    }
     /// Serve the fleet (on `port`, 0: any); the port clients must connect to.
     fn start_fleet(
         &mut self,
@@ -243,6 +249,10 @@ pub struct VirtualEnv {
     clock: Arc<dyn Clock>,
     zones: Option<Zones>,
     net: Option<VirtualNet>,
+    foresight: Option<Arc<Foresight>>,
+    /// Start [`Foresight`] with the DNS (`MAILSIM_FORESIGHT=0` turns it off: the peer a
+    /// benchmark measures it against, and the test that it changes nothing recorded).
+    foresee: bool,
 }
 
 impl VirtualEnv {
@@ -251,6 +261,8 @@ impl VirtualEnv {
             clock: Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS)),
             zones: None,
             net: None,
+            foresight: None,
+            foresee: std::env::var("MAILSIM_FORESIGHT").map_or(true, |v| v != "0"),
         }
     }
 
@@ -291,6 +303,9 @@ impl Env for VirtualEnv {
         _port: u16,
     ) -> anyhow::Result<()> {
         let elapsed = scenario_time(self.clock.clone(), start_ms);
+        if self.foresee {
+            self.foresight = Some(Arc::new(Foresight::start(zones.clone(), elapsed.clone())?));
+        }
         self.zones = Some(Zones(Arc::new(InProcess::new(zones, elapsed))));
         Ok(())
     }
@@ -304,13 +319,25 @@ impl Env for VirtualEnv {
     }
 
     fn verifier(&self) -> anyhow::Result<Verifier> {
-        Ok(Verifier::in_process(Arc::new(self.zones()?), VERIFIER_HOST)
+        let verifier = Verifier::in_process(Arc::new(self.zones()?), VERIFIER_HOST)
             .map_err(anyhow::Error::msg)?
-            .with_clock(self.clock()))
+            .with_clock(self.clock());
+        Ok(match &self.foresight {
+            Some(f) => verifier.with_memo(f.signatures()),
+            None => verifier,
+        })
+    }
+
+    fn foresight(&self) -> Option<Arc<Foresight>> {
+        self.foresight.clone()
     }
 
     async fn start_fleet(&mut self, servers: &FleetServers, _port: u16) -> anyhow::Result<u16> {
-        self.net = Some(VirtualNet::new(servers, IpAddr::from([0, 0, 0, 0])));
+        let net = VirtualNet::new(servers, IpAddr::from([0, 0, 0, 0]));
+        self.net = Some(match &self.foresight {
+            Some(f) => net.with_foresight(f.clone()),
+            None => net,
+        });
         Ok(25)
     }
 
@@ -344,12 +371,27 @@ impl Env for VirtualEnv {
         if let Some(net) = self.net {
             net.shutdown().await;
         }
+        if let Some(f) = self.foresight {
+            let hits = f.hits();
+            let (asked, taken) = f.signatures().asked_and_taken();
+            tracing::debug!(
+                ready = hits.ready,
+                waited = hits.waited,
+                taken_back = hits.taken_back,
+                inline = hits.inline,
+                dropped = hits.dropped,
+                signatures_asked = asked,
+                signatures_ahead = taken,
+                "receivers' work done ahead"
+            );
+            f.stop();
+        }
     }
 }
 
 /// fake-dns's in-process zones, injected as the MTA's routing and the verifier's DNS.
 #[derive(Clone)]
-pub struct Zones(Arc<InProcess>);
+pub struct Zones(pub(crate) Arc<InProcess>);
 
 impl Zones {
     async fn query(&self, name: &str, rtype: RecordType) -> Result<Vec<RecordData>, Answer<()>> {

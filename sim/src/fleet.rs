@@ -4,6 +4,7 @@
 //! 127.x.y.z address; in virtual mode [`crate::virt::VirtualNet`] hands it in-memory pipes.
 
 use crate::feedback::LaterQueue;
+use crate::foresight::ContentRead;
 use crate::policy::{AuthFacts, Now, ReceiverPolicy, Verdict};
 use crate::scenario::Store;
 use crate::world::{HostPlan, mix};
@@ -18,6 +19,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+/// A parser that reads the Message-ID (and the other identifier fields) and leaves every other
+/// field raw: the message's id is all a receiver reads of the header this way.
+static MESSAGE_IDS: std::sync::LazyLock<mail_parser::MessageParser> =
+    std::sync::LazyLock::new(|| mail_parser::MessageParser::new().with_message_ids());
 
 /// A report a server sends later about a message it accepted.
 #[derive(Debug, Clone)]
@@ -77,6 +83,8 @@ pub struct HostBackend {
     inbox: Option<Inbox>,
     /// What a campaign recipient's copy leaves in the Maildir.
     keep: Store,
+    /// Content read ahead (virtual runs).
+    foresight: Option<Arc<crate::foresight::Foresight>>,
 }
 
 impl HostBackend {
@@ -196,12 +204,14 @@ impl Backend for HostBackend {
             inbox(info, tx, &message);
             return Reply::new(250, (2, 0, 0), format!("OK queued as {}", info.id));
         }
+        // What was done ahead for this message (its signatures checked, its content read).
+        let read_ahead = self.foresight.as_ref().and_then(|f| f.settle(&message));
         let verdicts = self
             .verifier
             .verify(info.peer.ip(), &info.helo, &tx.mail_from, &message)
             .await;
         let headers_end = find_header_end(&message);
-        let message_id = mail_parser::MessageParser::default()
+        let message_id = MESSAGE_IDS
             .parse_headers(&message)
             .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
             .unwrap_or_default();
@@ -231,7 +241,10 @@ impl Backend for HostBackend {
         // With a reputation model: the message's links and content score, read once.
         let judged = {
             let policy = self.policy();
-            policy.has_reputation().then(|| policy.judge(&message))
+            policy.has_reputation().then(|| {
+                let read = read_ahead.unwrap_or_else(|| ContentRead::of(&message));
+                policy.judge(read)
+            })
         };
         // RFC 5321 section 4.4: the trace header ends in the time of receipt; final delivery
         // adds the reverse path as Return-Path.
@@ -408,6 +421,8 @@ pub struct FleetContext {
     pub keep: Store,
     /// The authority that issues the servers' certificates (None: no STARTTLS).
     pub tls_ca: Option<Arc<mailsim_smtp::tls::Ca>>,
+    /// Where the content of messages about to arrive is read ahead (virtual runs).
+    pub foresight: Option<Arc<crate::foresight::Foresight>>,
 }
 
 impl FleetContext {
@@ -439,6 +454,7 @@ impl FleetContext {
             stored: Arc::default(),
             keep: Store::Full,
             tls_ca: None,
+            foresight: None,
         }
     }
 }
@@ -466,6 +482,7 @@ impl FleetServers {
                     later: if h.sender_mx { None } else { ctx.later.clone() },
                     inbox: if h.sender_mx { ctx.inbox.clone() } else { None },
                     keep: ctx.keep,
+                    foresight: ctx.foresight.clone(),
                 });
                 let mut cfg = ServerConfig {
                     hostname: h.name.clone(),

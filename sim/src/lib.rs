@@ -16,6 +16,7 @@ pub mod engage;
 pub mod env;
 pub mod feedback;
 pub mod fleet;
+pub mod foresight;
 pub mod keys;
 pub mod policy;
 pub mod reputation;

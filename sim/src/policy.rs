@@ -362,18 +362,14 @@ impl ReceiverPolicy {
     }
 
     /// The message's links and its content score for this provider (its content filter's
-    /// words count), from one parse.
-    pub fn judge(&self, message: &[u8]) -> (crate::engage::Links, u32) {
+    /// words count), from what was read of it.
+    pub fn judge(&self, read: crate::foresight::ContentRead) -> (crate::engage::Links, u32) {
         let words = self
             .behaviour
             .content_filter
             .as_ref()
             .map_or(&[][..], |f| &f.words[..]);
-        let parsed = mail_parser::MessageParser::default().parse(message);
-        (
-            crate::engage::Links::of_parsed(parsed.as_ref()),
-            crate::reputation::content_score_of(parsed.as_ref(), words),
-        )
+        (read.links, read.facts.score(words))
     }
 
     /// A report to send later about an accepted message for `rcpt`: a bounce or a complaint

@@ -515,50 +515,81 @@ pub fn content_score(message: &[u8], extra_words: &[String]) -> u32 {
 /// [`content_score`] of a message already parsed (None: it could not be parsed, which scores
 /// as spam does).
 pub fn content_score_of(m: Option<&mail_parser::Message<'_>>, extra_words: &[String]) -> u32 {
-    let Some(m) = m else {
-        return 10;
-    };
-    let (mut text, mut html) = (String::new(), String::new());
-    for part in &m.parts {
-        match &part.body {
-            mail_parser::PartType::Text(t) => text.push_str(&t.to_lowercase()),
-            mail_parser::PartType::Html(h) => html.push_str(&h.to_lowercase()),
-            _ => {}
+    ContentFacts::of(m).score(extra_words)
+}
+
+/// What the content score reads of a message, whatever a provider's own words: read once per
+/// message, scored per provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentFacts {
+    /// The text a filter's phrases are looked for in (lower case): the plain part, else the
+    /// HTML part's text. None: the message could not be parsed.
+    body: Option<String>,
+    /// The points that do not depend on words.
+    points: u32,
+}
+
+impl ContentFacts {
+    pub fn of(m: Option<&mail_parser::Message<'_>>) -> Self {
+        let Some(m) = m else {
+            return ContentFacts {
+                body: None,
+                points: 10,
+            };
+        };
+        let (mut text, mut html) = (String::new(), String::new());
+        for part in &m.parts {
+            match &part.body {
+                mail_parser::PartType::Text(t) => text.push_str(&t.to_lowercase()),
+                mail_parser::PartType::Html(h) => html.push_str(&h.to_lowercase()),
+                _ => {}
+            }
+        }
+        let (has_html, has_text) = (!html.is_empty(), !text.is_empty());
+        let mut points = 0u32;
+        let body = if has_text {
+            text
+        } else {
+            mailsim_bounce::extract::strip_html(&html)
+        };
+        if has_html && !has_text {
+            points += 2;
+        }
+        if has_html {
+            let images = html.matches("<img").count();
+            let links = html.matches("<a ").count();
+            let visible = mailsim_bounce::extract::strip_html(&html)
+                .split_whitespace()
+                .count();
+            if images > 0 && visible < 30 * images {
+                points += 2;
+            }
+            if links > 20 {
+                points += 1;
+            }
+        }
+        if m.header("List-Unsubscribe").is_none() {
+            points += 2;
+        }
+        ContentFacts {
+            body: Some(body),
+            points,
         }
     }
-    let (has_html, has_text) = (!html.is_empty(), !text.is_empty());
-    let mut score = 0u32;
-    let body = if has_text {
-        text
-    } else {
-        mailsim_bounce::extract::strip_html(&html)
-    };
-    score += SPAM_PHRASES
-        .iter()
-        .map(|p| p.to_string())
-        .chain(extra_words.iter().map(|w| w.to_lowercase()))
-        .filter(|p| body.contains(p.as_str()))
-        .count() as u32;
-    if has_html && !has_text {
-        score += 2;
+
+    /// The score with `extra_words` (a provider's content filter) beside the spam phrases.
+    pub fn score(&self, extra_words: &[String]) -> u32 {
+        let Some(body) = &self.body else {
+            return self.points;
+        };
+        let phrases = SPAM_PHRASES
+            .iter()
+            .map(|p| p.to_string())
+            .chain(extra_words.iter().map(|w| w.to_lowercase()))
+            .filter(|p| body.contains(p.as_str()))
+            .count() as u32;
+        phrases + self.points
     }
-    if has_html {
-        let images = html.matches("<img").count();
-        let links = html.matches("<a ").count();
-        let visible = mailsim_bounce::extract::strip_html(&html)
-            .split_whitespace()
-            .count();
-        if images > 0 && visible < 30 * images {
-            score += 2;
-        }
-        if links > 20 {
-            score += 1;
-        }
-    }
-    if m.header("List-Unsubscribe").is_none() {
-        score += 2;
-    }
-    score
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! (paused) clock. Used on a current-thread runtime, so one seed replays a run exactly.
 
 use crate::fleet::{FleetServers, HostBackend};
+use crate::foresight::Foresight;
 use crate::web::StreamService;
 use mailsim_mta::Connector;
 use mailsim_smtp::server::Server;
@@ -25,6 +26,8 @@ pub struct VirtualNet {
     sessions: Arc<Mutex<JoinSet<()>>>,
     /// Other servers (the sender's web), by address and port.
     services: Arc<Mutex<BTreeMap<SocketAddr, StreamService>>>,
+    /// Where messages about to be sent are handed ahead (see [`crate::foresight`]).
+    foresight: Option<Arc<Foresight>>,
 }
 
 impl VirtualNet {
@@ -41,7 +44,14 @@ impl VirtualNet {
             next_port: Arc::new(AtomicU16::new(40_000)),
             sessions: Arc::new(Mutex::new(JoinSet::new())),
             services: Arc::default(),
+            foresight: None,
         }
+    }
+
+    /// The same network handing messages about to be sent to `foresight`.
+    pub fn with_foresight(mut self, foresight: Arc<Foresight>) -> Self {
+        self.foresight = Some(foresight);
+        self
     }
 
     /// Serve `service` at `addr` (port 0: the next free port from 8000); the address used.
@@ -75,6 +85,12 @@ impl VirtualNet {
 
 impl Connector for VirtualNet {
     type Stream = DuplexStream;
+
+    fn will_send(&self, message: &[u8]) {
+        if let Some(f) = &self.foresight {
+            f.submit(message);
+        }
+    }
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<DuplexStream> {
         let service = self.services.lock().expect("services").get(&addr).cloned();

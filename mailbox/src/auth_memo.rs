@@ -1,0 +1,274 @@
+//! Signatures verified ahead of time, so a receiver does not verify them again.
+//!
+//! A signature check is a pure function of the public key, the signed data and the signature.
+//! A virtual run verifies every message once per copy on its one runtime thread; here another
+//! thread can verify a message as it leaves the sender (the real verification, with mail-auth,
+//! against the key the zones publish) and remember which (key record, signed-header hash,
+//! signature) triples held. A receiver's verifier consults the memo in the key's place: a
+//! triple it holds is a pass, anything else is verified as before. Either way the answer is the
+//! same, so what the memo holds changes how fast a run is, never what it records.
+
+use mail_auth::common::crypto::{Algorithm, HashContext, HashImpl, Sha256, VerifyingKey};
+use mail_auth::common::headers::Writer;
+use mail_auth::common::verify::DomainKey;
+use mail_auth::dkim::Canonicalization;
+use mail_auth::{AuthenticatedMessage, MessageAuthenticator, ResolverCache, Txt};
+use std::borrow::Borrow;
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How many verified triples a memo keeps (the oldest go first): a run's messages in flight.
+const KEPT: usize = 1 << 16;
+
+/// The (key record, signed-header hash, signature) triples verified so far.
+#[derive(Default)]
+pub struct SignatureMemo {
+    held: Mutex<Held>,
+    /// Verifications a receiver asked for, and how many of them were held.
+    asked: AtomicU64,
+    taken: AtomicU64,
+}
+
+#[derive(Default)]
+struct Held {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl SignatureMemo {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.set.insert(key) {
+            held.order.push_back(key);
+            if held.order.len() > KEPT
+                && let Some(old) = held.order.pop_front()
+            {
+                held.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether the triple was verified (it is forgotten: a copy is verified once per receipt).
+    fn take(&self, key: &[u8; 32]) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = held.set.remove(key);
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        if taken {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// How many verifications receivers asked the memo for, and how many it held.
+    pub fn asked_and_taken(&self) -> (u64, u64) {
+        (
+            self.asked.load(Ordering::Relaxed),
+            self.taken.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many triples are held now.
+    pub fn len(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a [`Remembering`] key does with the memo.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Verify with the key and remember a pass.
+    Fill,
+    /// Take a remembered pass, else verify with the key.
+    Consult,
+}
+
+/// A DKIM public key whose verifications go through a [`SignatureMemo`].
+struct Remembering {
+    inner: Box<dyn VerifyingKey + Send + Sync>,
+    /// The key's TXT record as published: it names the key in the memo.
+    record: String,
+    memo: Arc<SignatureMemo>,
+    role: Role,
+}
+
+/// SHA-256 as mail-auth's canonicalization writes into it.
+struct Digest(<Sha256 as HashImpl>::Context);
+
+impl Writer for Digest {
+    fn write(&mut self, buf: &[u8]) {
+        self.0.write(buf);
+    }
+}
+
+impl Remembering {
+    fn key(&self, canonical: &[u8], signature: &[u8], algorithm: Algorithm) -> [u8; 32] {
+        let mut d = Digest(Sha256::hasher());
+        for part in [
+            self.record.as_bytes(),
+            &[0, algorithm as u8],
+            canonical,
+            &[0],
+            signature,
+        ] {
+            d.write(&(part.len() as u64).to_be_bytes());
+            d.write(part);
+        }
+        let out = d.0.complete();
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&out.as_ref()[..32]);
+        key
+    }
+}
+
+impl VerifyingKey for Remembering {
+    fn verify<'a>(
+        &self,
+        headers: &mut dyn Iterator<Item = (&'a [u8], &'a [u8])>,
+        signature: &[u8],
+        canonicalization: Canonicalization,
+        algorithm: Algorithm,
+    ) -> mail_auth::Result<()> {
+        let headers: Vec<(&'a [u8], &'a [u8])> = headers.collect();
+        let mut canonical = Digest(Sha256::hasher());
+        canonicalization.canonicalize_headers(headers.iter().copied(), &mut canonical);
+        let key = self.key(canonical.0.complete().as_ref(), signature, algorithm);
+        if self.role == Role::Consult && self.memo.take(&key) {
+            return Ok(());
+        }
+        let result = self.inner.verify(
+            &mut headers.into_iter(),
+            signature,
+            canonicalization,
+            algorithm,
+        );
+        if self.role == Role::Fill && result.is_ok() {
+            self.memo.insert(key);
+        }
+        result
+    }
+
+    fn verify_bytes(
+        &self,
+        input: &[u8],
+        signature: &[u8],
+        algorithm: Algorithm,
+    ) -> mail_auth::Result<()> {
+        self.inner.verify_bytes(input, signature, algorithm)
+    }
+
+    fn public_key_bits(&self) -> usize {
+        self.inner.public_key_bits()
+    }
+}
+
+/// The first of `records` that parses as a DKIM key (as a TXT lookup answers), its key
+/// verifying through `memo`.
+fn remembering_key(records: &[String], memo: &Arc<SignatureMemo>, role: Role) -> Option<Txt> {
+    records.iter().find_map(|record| {
+        let key =
+            <DomainKey as mail_auth::common::parse::TxtRecordParser>::parse(record.as_bytes())
+                .ok()?;
+        Some(Txt::from(DomainKey {
+            p: Box::new(Remembering {
+                inner: key.p,
+                record: record.clone(),
+                memo: memo.clone(),
+                role,
+            }),
+            f: key.f,
+        }))
+    })
+}
+
+/// A DKIM key answered from `records` (its TXT texts), consulting `memo` (a receiver).
+pub fn consulting_key(records: &[String], memo: &Arc<SignatureMemo>) -> Option<Txt> {
+    remembering_key(records, memo, Role::Consult)
+}
+
+/// Verifies messages ahead of their receivers, remembering the signatures that hold.
+pub struct Foreseer {
+    auth: MessageAuthenticator,
+    memo: Arc<SignatureMemo>,
+}
+
+/// The TXT answers the foreseer's verification asks for: the signatures' keys.
+struct KeyCache(Vec<(Box<str>, Txt)>);
+
+impl ResolverCache<Box<str>, Txt> for KeyCache {
+    fn get<Q>(&self, key: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0
+            .iter()
+            .find(|(name, _)| name.borrow() == key)
+            .map(|(_, txt)| txt.clone())
+    }
+
+    fn remove<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+
+    fn insert(&self, _: Box<str>, _: Txt, _: std::time::Instant) {}
+}
+
+impl Foreseer {
+    pub fn new(memo: Arc<SignatureMemo>) -> Result<Self, crate::auth::VerifierError> {
+        use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+        let auth = MessageAuthenticator::new(
+            ResolverConfig::from_parts(None, vec![], vec![]),
+            ResolverOpts::default(),
+        )
+        .map_err(|e| crate::auth::VerifierError(e.to_string()))?;
+        Ok(Foreseer { auth, memo })
+    }
+
+    /// Verify the DKIM signatures of `message` with the keys `txt` answers (a DNS name as
+    /// mail-auth asks it, lower case with the trailing dot, to its TXT texts), remembering
+    /// each that holds. Returns how many did.
+    pub async fn verify(&self, message: &[u8], txt: impl Fn(&str) -> Vec<String>) -> usize {
+        use mail_auth::common::verify::VerifySignature;
+        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+            return 0;
+        };
+        let keys = KeyCache(
+            parsed
+                .dkim_headers
+                .iter()
+                .filter_map(|h| {
+                    let name = h.header.domain_key();
+                    let key = remembering_key(&txt(&name), &self.memo, Role::Fill)?;
+                    Some((name.into_boxed_str(), key))
+                })
+                .collect(),
+        );
+        if keys.0.is_empty() {
+            return 0;
+        }
+        self.auth
+            .verify_dkim(mail_auth::Parameters::new(&parsed).with_txt_cache(&keys))
+            .await
+            .iter()
+            .filter(|o| matches!(o.result(), mail_auth::DkimResult::Pass))
+            .count()
+    }
+}

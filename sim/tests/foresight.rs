@@ -1,0 +1,99 @@
+//! A virtual run with the receivers' work done ahead on another thread (sim/src/foresight.rs)
+//! records exactly what a run without it records: the same log, byte for byte. Run as two
+//! processes of the binary, one with `MAILSIM_FORESIGHT=0`.
+
+use std::path::Path;
+use std::process::Command;
+
+/// dirty-list in small: unknown users (refused at RCPT: work handed over and never taken),
+/// spam traps, DKIM Ed25519, content read for placement, two providers, greylisting retries.
+const SCENARIO: &str = r#"
+name = "foresight"
+seed = 7
+mode = "virtual"
+
+[[sender]]
+domain = "news.example.test"
+feedback = "fbl@news.example.test"
+dkim_algorithm = "ed25519"
+
+[mta]
+retry_interval_s_min = 600
+retry_interval_s_max = 3600
+lifetime_s = 172800
+run_time_s_max = 345600
+
+[reputation]
+initial = 70
+new_daily = 500
+
+[[domain]]
+name = "gmail.test"
+profile = "gmail-like"
+weight = 5
+unknown_users = { percent = 8 }
+greylist = { window_s = 300 }
+
+[[domain]]
+name = "outlook.test"
+profile = "microsoft-like"
+weight = 3
+unknown_users = { percent = 8 }
+
+[[segment]]
+name = "recycled"
+kind = "recycled-trap"
+percent = 3
+
+[[segment]]
+name = "engaged"
+percent = 30
+
+[campaign]
+html = true
+list_unsubscribe = "one-click"
+size_bytes = 3000
+send_interval_s = 86400
+messages = 400
+sends = 3
+"#;
+
+fn run(dir: &Path, foresight: &str) {
+    let scenario = dir.join("scenario.toml");
+    std::fs::write(&scenario, SCENARIO).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
+        .args(["run", "--quiet", "--out"])
+        .arg(dir.join("out"))
+        .arg(&scenario)
+        .env("MAILSIM_FORESIGHT", foresight)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn work_done_ahead_changes_nothing_a_run_records() {
+    let (with, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(with.path(), "1");
+    run(without.path(), "0");
+    let log = |d: &Path| std::fs::read(d.join("out/events.log")).unwrap();
+    assert!(
+        log(with.path()) == log(without.path()),
+        "the event logs differ"
+    );
+    // The run did what the test is about: DKIM signatures, placement in both folders,
+    // refusals (work handed over and never taken).
+    let text = String::from_utf8_lossy(&log(with.path())).into_owned();
+    for needed in [
+        "\"dkim\":\"pass\"",
+        "\"folder\":\"spam\"",
+        "\"folder\":\"inbox\"",
+        "\"code\":550",
+    ] {
+        assert!(text.contains(needed), "no {needed} in the log");
+    }
+}
