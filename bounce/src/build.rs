@@ -48,7 +48,9 @@ pub fn dsn(d: &Dsn) -> Vec<u8> {
         d.reporting_mta, d.recipient, d.explanation
     );
     let report = MimePart::new(
-        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        ContentType::new("multipart/report")
+            .attribute("report-type", "delivery-status")
+            .attribute("boundary", boundary(d.message_id, d.date_s)),
         vec![
             MimePart::new("text/plain", human),
             MimePart::new(
@@ -113,7 +115,9 @@ pub fn arf(a: &Arf) -> Vec<u8> {
         a.source_ip
     );
     let report = MimePart::new(
-        ContentType::new("multipart/report").attribute("report-type", "feedback-report"),
+        ContentType::new("multipart/report")
+            .attribute("report-type", "feedback-report")
+            .attribute("boundary", boundary(a.message_id, a.date_s)),
         vec![
             MimePart::new("text/plain", human),
             MimePart::new(
@@ -140,6 +144,19 @@ pub fn arf(a: &Arf) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// The report's MIME boundary, from its Message-ID and date: mail-builder's own comes from the
+/// clock and a counter, and a virtual run must write the same bytes every time.
+fn boundary(message_id: &str, date_s: i64) -> String {
+    // FNV-1a (64 bits).
+    let hash = message_id
+        .bytes()
+        .chain(date_s.to_be_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("=_mailsim_report_{hash:016x}")
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -151,7 +168,7 @@ mod tests {
 
     #[test]
     fn a_written_dsn_and_arf_are_read_back() {
-        let raw = dsn(&Dsn {
+        let report = Dsn {
             reporting_mta: "mta.mailsim.test",
             to: "bounces+7-bob=x.test@news.test",
             recipient: "bob@x.test",
@@ -163,14 +180,18 @@ mod tests {
             original_headers: b"From: news@news.test\r\nTo: bob@x.test\r\nSubject: hi\r\n",
             message_id: "dsn.7@mta.mailsim.test",
             date_s: 1_767_225_600,
-        });
+        };
+        let raw = dsn(&report);
+        // The same report is the same bytes (a virtual run replays them).
+        assert_eq!(raw, dsn(&report));
+        assert!(String::from_utf8_lossy(&raw).contains("boundary=\"=_mailsim_report_"));
         let found = classify_message(&raw);
         assert_eq!(found.len(), 1, "{}", String::from_utf8_lossy(&raw));
         assert_eq!(found[0].recipient, "bob@x.test");
         assert_eq!(found[0].reason, "mailboxfull");
         assert_eq!(found[0].status, "5.2.2");
 
-        let raw = arf(&Arf {
+        let complaint = Arf {
             reporter: "x.test",
             to: "fbl@news.test",
             recipient: "carol@x.test",
@@ -179,7 +200,9 @@ mod tests {
             original_headers: b"From: news@news.test\r\nTo: carol@x.test\r\n",
             message_id: "arf.8@x.test",
             date_s: 1_767_225_600,
-        });
+        };
+        let raw = arf(&complaint);
+        assert_eq!(raw, arf(&complaint));
         let found = classify_message(&raw);
         assert_eq!(found.len(), 1, "{}", String::from_utf8_lossy(&raw));
         assert_eq!(found[0].recipient, "carol@x.test");

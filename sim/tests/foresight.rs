@@ -1,6 +1,7 @@
 //! A virtual run with the receivers' work done ahead on another thread (sim/src/foresight.rs)
-//! records exactly what a run without it records: the same log, byte for byte. Run as two
-//! processes of the binary, one with `MAILSIM_FORESIGHT=0`.
+//! records exactly what a run without it records: the same log, byte for byte, and the same
+//! mail in the receivers' mailboxes. Run as two processes of the binary, one with
+//! `MAILSIM_FORESIGHT=0`.
 
 use std::path::Path;
 use std::process::Command;
@@ -75,6 +76,30 @@ fn run(dir: &Path, foresight: &str) {
     );
 }
 
+/// Every file under `root`: its folder (relative) -> the files' bytes, sorted (Maildir file
+/// names hold the process id).
+fn files(root: &Path) -> std::collections::BTreeMap<String, Vec<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let folder = dir.strip_prefix(root).unwrap().display().to_string();
+                out.entry(folder)
+                    .or_insert_with(Vec::new)
+                    .push(std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    for copies in out.values_mut() {
+        copies.sort();
+    }
+    out
+}
+
 #[test]
 fn work_done_ahead_changes_nothing_a_run_records() {
     let (with, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -85,6 +110,19 @@ fn work_done_ahead_changes_nothing_a_run_records() {
         log(with.path()) == log(without.path()),
         "the event logs differ"
     );
+    let (a, b) = (
+        files(&with.path().join("out/mailboxes")),
+        files(&without.path().join("out/mailboxes")),
+    );
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the mailboxes hold other folders"
+    );
+    for (folder, copies) in &a {
+        assert!(copies == &b[folder], "{folder} holds other mail");
+    }
+    assert!(a.values().map(Vec::len).sum::<usize>() > 1000);
     // The run did what the test is about: DKIM signatures, placement in both folders,
     // refusals (work handed over and never taken).
     let text = String::from_utf8_lossy(&log(with.path())).into_owned();
