@@ -205,7 +205,9 @@ pub struct Foreseer {
     memo: Arc<SignatureMemo>,
 }
 
-/// The TXT answers the foreseer's verification asks for: the signatures' keys.
+/// The TXT answers the foreseer's verification asks for: the signatures' keys. Every other
+/// name (a key that cannot be had, `_report._domainkey`, ATPS) does not exist here, so the
+/// verification never turns to a resolver.
 struct KeyCache(Vec<(Box<str>, Txt)>);
 
 impl ResolverCache<Box<str>, Txt> for KeyCache {
@@ -214,10 +216,19 @@ impl ResolverCache<Box<str>, Txt> for KeyCache {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.0
-            .iter()
-            .find(|(name, _)| name.borrow() == key)
-            .map(|(_, txt)| txt.clone())
+        Some(
+            self.0
+                .iter()
+                .find(|(name, _)| name.borrow() == key)
+                .map_or_else(
+                    || {
+                        Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+                            mail_auth::hickory_resolver::proto::op::ResponseCode::NXDomain,
+                        )))
+                    },
+                    |(_, txt)| txt.clone(),
+                ),
+        )
     }
 
     fn remove<Q>(&self, _: &Q) -> Option<Txt>

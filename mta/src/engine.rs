@@ -28,10 +28,10 @@ use tokio::sync::{Notify, watch};
 pub trait Connector: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
-    /// A message (as spooled, signed) about to be sent over a connection this connector
-    /// made. A simulated network may start its receivers' work on it early; what they answer
-    /// must not depend on it. Sockets ignore it.
-    fn will_send(&self, _message: &[u8]) {}
+    /// A message (as spooled, signed) about to be sent from the reverse path `from` over a
+    /// connection this connector made. A simulated network may start its receivers' work on
+    /// it early; what they answer must not depend on it. Sockets ignore it.
+    fn will_send(&self, _from: &str, _message: &[u8]) {}
 }
 
 /// TCP connector, optionally binding a source address (the MTA's IP, which SPF checks).
@@ -991,7 +991,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     continue;
                 }
             };
-            inner.connector.will_send(&body);
+            inner.connector.will_send(&entry.from, &body);
             let env = Envelope {
                 from: &entry.from,
                 rcpt: &entry.rcpt,

@@ -181,6 +181,17 @@ pub async fn assemble<E: Env>(
         .with_context(|| format!("writing {}", plan.out_dir.join("ca.pem").display()))?;
     fleet.tls_ca = Some(ca.clone());
     fleet.foresight = env.foresight();
+    if let Some(f) = &fleet.foresight {
+        f.expect_helo(&scenario.mta.hostname);
+    }
+    if let Some(f) = &fleet.foresight
+        && world
+            .hosts
+            .iter()
+            .any(|h| h.behaviour.deliverability.is_some())
+    {
+        f.read_content();
+    }
     let hosts: Vec<_> = world
         .hosts
         .iter()

@@ -204,12 +204,23 @@ impl Backend for HostBackend {
             inbox(info, tx, &message);
             return Reply::new(250, (2, 0, 0), format!("OK queued as {}", info.id));
         }
-        // What was done ahead for this message (its signatures checked, its content read).
-        let read_ahead = self.foresight.as_ref().and_then(|f| f.settle(&message));
-        let verdicts = self
-            .verifier
-            .verify(info.peer.ip(), &info.helo, &tx.mail_from, &message)
-            .await;
+        // What was done ahead for this message (its verdicts or signatures, its content).
+        let mut ahead = self.foresight.as_ref().and_then(|f| f.settle(&message));
+        let envelope = crate::foresight::Envelope {
+            ip: info.peer.ip(),
+            helo: info.helo.clone(),
+            mail_from: tx.mail_from.clone(),
+            now_s: self.now().ms / 1000,
+        };
+        let verdicts = match ahead.as_mut().and_then(|a| a.verdicts_for(&envelope)) {
+            Some(v) => v,
+            None => {
+                self.verifier
+                    .verify(info.peer.ip(), &info.helo, &tx.mail_from, &message)
+                    .await
+            }
+        };
+        let read_ahead = ahead.and_then(|a| a.read);
         let headers_end = find_header_end(&message);
         let message_id = MESSAGE_IDS
             .parse_headers(&message)

@@ -2,26 +2,44 @@
 //!
 //! A virtual run is deterministic because everything it records happens on one runtime thread,
 //! in an order fixed by virtual time. Most of a receiver's work on a message is a pure function
-//! of its bytes: reading the content (links, content score) and checking its DKIM signatures.
-//! When the MTA is about to send a message through the virtual network
-//! ([`mailsim_mta::Connector::will_send`]), the message is handed to a thread that does that
-//! work and remembers the answers under a digest of the bytes (the signatures as the memo of
-//! [`mailsim_mailbox::auth_memo`]). The receiver takes an answer when one is there for exactly
-//! the bytes it received and otherwise does the work itself: the same answer either way, so
+//! of its bytes and its envelope: verifying SPF, DKIM and DMARC and, where a provider places
+//! mail, reading its content (links, content score). When the MTA is about to send a message
+//! through the virtual network ([`mailsim_mta::Connector::will_send`]), the message is handed
+//! to a thread that does that work. The receiver takes the answers when they are there for
+//! exactly the bytes it received, waits for them when the thread is on that message, and
+//! otherwise does the work itself (the thread then skips it): the same answers either way, so
 //! the event log does not depend on which came first, only the wall time does.
+//!
+//! The verdicts are the receiver's own only when everything they depend on is the same: the
+//! client's address, HELO name and reverse path, the second on the run's clock (SPF's `%{t}`),
+//! and the DNS answers, which is so when the zones have no fault timeline (the thread then
+//! verifies with a verifier like the fleet's). With faults, the thread only checks the DKIM
+//! signatures against the keys published when the message was handed over, and remembers the
+//! ones that hold ([`mailsim_mailbox::auth_memo`]): the receiver's verifier takes a pass from
+//! the memo for exactly the same key record, signed headers and signature.
 
 use crate::engage::Links;
 use crate::reputation::ContentFacts;
-use fake_dns::{FaultyZones, RecordData, RecordType, Resolution};
+use fake_dns::{FaultyZones, InProcess, RecordData, RecordType, Resolution};
+use mailsim_events::Clock;
+use mailsim_mailbox::auth::{Verdicts, Verifier};
 use mailsim_mailbox::auth_memo::{Foreseer, SignatureMemo};
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Messages waiting for the thread; more are left to their receivers.
 const WAITING_MAX: usize = 1024;
-/// Answers kept for messages not received yet (the oldest go first).
+/// Answers done and not taken yet that are kept (the oldest go first): messages refused
+/// before their DATA leave theirs.
 const KEPT: usize = 4096;
+/// A larger message is left to its receiver.
+const MESSAGE_MAX: usize = 1 << 20;
+/// What the table may hold, counted as twice each message's size (the message and what is
+/// read of it): over it, messages are left to their receivers.
+const BYTES_MAX: usize = 64 << 20;
 
 /// What a receiver reads of a message's content, once per message.
 pub struct ContentRead {
@@ -40,13 +58,45 @@ impl ContentRead {
 }
 
 struct Job {
+    /// The entry it is for.
+    id: u64,
     message: Arc<[u8]>,
-    /// Scenario time when it was handed over: the DNS answers the keys are read from.
+    envelope: Envelope,
+    /// Scenario time when it was handed over: the DNS answers are read at it.
     elapsed_ms: u64,
+}
+
+/// What a message's verdicts depend on besides its bytes and the DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub ip: IpAddr,
+    pub helo: String,
+    pub mail_from: String,
+    /// The run's clock, in seconds.
+    pub now_s: u64,
+}
+
+/// What was done ahead for a message.
+pub struct Ahead {
+    /// Its content as read (when receivers read content).
+    pub read: Option<ContentRead>,
+    /// Its verdicts for this envelope (when the zones have no fault timeline).
+    verdicts: Option<(Envelope, Verdicts)>,
+}
+
+impl Ahead {
+    /// The verdicts done ahead, if they were done for `envelope`.
+    pub fn verdicts_for(&mut self, envelope: &Envelope) -> Option<Verdicts> {
+        match self.verdicts.take() {
+            Some((e, v)) if &e == envelope => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// A message handed over, and how far the thread is with it.
 struct Entry {
+    id: u64,
     message: Arc<[u8]>,
     state: State,
 }
@@ -56,16 +106,22 @@ enum State {
     Queued,
     /// Being done: a receiver that comes for it waits.
     Running,
-    /// Done: its signatures are in the memo, its content read here.
-    Done(ContentRead),
+    /// Done: what was done (its signatures that hold are in the memo).
+    Done(Box<Ahead>),
 }
 
 /// The messages handed over, by [`key`] (the bytes decide: equal keys are compared whole).
 #[derive(Default)]
 struct Table {
     entries: HashMap<u64, Vec<Entry>>,
-    /// Done entries in the order they were done, for forgetting the oldest.
-    done: VecDeque<u64>,
+    /// Entries (key, id) in the order they were done, for forgetting the oldest answers not
+    /// taken (an entry taken since is skipped).
+    done: VecDeque<(u64, u64)>,
+    /// Done entries not taken yet.
+    untaken: usize,
+    /// Twice the bytes of the messages held.
+    bytes: usize,
+    next_id: u64,
     /// The thread ended (nothing waiting will be done).
     closed: bool,
 }
@@ -84,7 +140,36 @@ impl Table {
         if list.is_empty() {
             self.entries.remove(&key);
         }
+        self.bytes -= 2 * entry.message.len();
+        if matches!(entry.state, State::Done(_)) {
+            self.untaken -= 1;
+        }
         entry
+    }
+
+    /// The entry `id` under `key`.
+    fn entry(&mut self, key: u64, id: u64) -> Option<&mut Entry> {
+        self.entries.get_mut(&key)?.iter_mut().find(|e| e.id == id)
+    }
+
+    /// Forget the oldest answers not taken, down to [`KEPT`].
+    fn forget(&mut self) {
+        while self.untaken > KEPT {
+            let Some((key, id)) = self.done.pop_front() else {
+                break;
+            };
+            let at = self.entries.get(&key).and_then(|l| {
+                l.iter()
+                    .position(|e| e.id == id && matches!(e.state, State::Done(_)))
+            });
+            if let Some(at) = at {
+                self.remove(key, at);
+            }
+        }
+        // Entries taken since they were done need no place in the queue.
+        while self.done.len() > 2 * KEPT {
+            self.done.pop_front();
+        }
     }
 }
 
@@ -104,12 +189,20 @@ pub struct Hits {
     pub taken_back: u64,
     /// Never handed over (or forgotten): the receiver did the work.
     pub inline: u64,
-    /// Not handed over because the thread was too far behind.
+    /// Not handed over: the thread was too far behind or had ended, the message was too
+    /// large, or the table held enough.
     pub dropped: u64,
 }
 
 pub struct Foresight {
     jobs: Mutex<Option<SyncSender<Job>>>,
+    clock: Arc<dyn Clock>,
+    /// The HELO name the MTA gives (the thread verifies as from it).
+    helo: Mutex<String>,
+    /// Tells the thread to stop without doing what waits.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether receivers read content (a provider places mail): else only signatures.
+    read_content: Arc<std::sync::atomic::AtomicBool>,
     signatures: Arc<SignatureMemo>,
     table: Arc<(Mutex<Table>, Condvar)>,
     hits: Mutex<Hits>,
@@ -120,23 +213,50 @@ pub struct Foresight {
 impl Foresight {
     /// Start the thread; keys are read from `zones` at the scenario time `elapsed` gives when
     /// a message is handed over.
-    pub fn start(zones: Arc<FaultyZones>, elapsed: fake_dns::Elapsed) -> anyhow::Result<Self> {
+    pub fn start(
+        zones: Arc<FaultyZones>,
+        elapsed: fake_dns::Elapsed,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let signatures = Arc::new(SignatureMemo::new());
         let table = Arc::new((Mutex::new(Table::default()), Condvar::new()));
         let (tx, rx) = std::sync::mpsc::sync_channel(WAITING_MAX);
         let foreseer = Foreseer::new(signatures.clone())?;
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        // With no fault timeline the DNS answers the same at any time: whole verdicts.
+        let verifier = match zones.has_faults() {
+            true => None,
+            false => Some(AheadVerifier::new(zones.clone())?),
+        };
+        let read_content = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
             let table = table.clone();
+            let read_content = read_content.clone();
+            let stopping = stopping.clone();
             std::thread::Builder::new()
                 .name("foresight".into())
                 .spawn(move || {
                     let _closed = Closed(&table);
-                    work(rx, &runtime, &foreseer, &zones, &table)
+                    let flags = Flags {
+                        read_content: &read_content,
+                        stopping: &stopping,
+                    };
+                    let doers = Doers {
+                        runtime: &runtime,
+                        foreseer: &foreseer,
+                        verifier: verifier.as_ref(),
+                        zones: &zones,
+                    };
+                    work(rx, doers, &table, flags)
                 })?
         };
         Ok(Foresight {
             jobs: Mutex::new(Some(tx)),
+            clock,
+            helo: Mutex::default(),
+            stopping,
+            read_content,
             signatures,
             table,
             hits: Mutex::default(),
@@ -145,39 +265,68 @@ impl Foresight {
         })
     }
 
+    /// The HELO name the MTA gives.
+    pub fn expect_helo(&self, helo: &str) {
+        *lock(&self.helo) = helo.to_string();
+    }
+
+    /// Read the content of messages too (some provider places mail by it).
+    pub fn read_content(&self) {
+        self.read_content
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The memo of signatures verified ahead (for the receivers' verifier).
     pub fn signatures(&self) -> Arc<SignatureMemo> {
         self.signatures.clone()
     }
 
-    /// Hand over a message about to be sent; left to its receiver when the thread is behind.
-    pub fn submit(&self, message: &[u8]) {
+    /// Hand over a message about to be sent from `ip` with the reverse path `mail_from`; left
+    /// to its receiver when the thread is behind.
+    pub fn submit(&self, ip: IpAddr, mail_from: &str, message: &[u8]) {
         let jobs = lock(&self.jobs);
         let Some(tx) = jobs.as_ref() else { return };
-        let message: Arc<[u8]> = Arc::from(message);
-        let k = key(&message);
         let mut table = lock(&self.table.0);
-        if table.position(k, &message).is_some() {
+        let k = key(message);
+        if table.position(k, message).is_some() {
             return;
         }
+        if message.len() > MESSAGE_MAX || table.bytes + 2 * message.len() > BYTES_MAX {
+            lock(&self.hits).dropped += 1;
+            return;
+        }
+        let message: Arc<[u8]> = Arc::from(message);
+        let id = table.next_id;
         let job = Job {
+            id,
             message: message.clone(),
+            envelope: Envelope {
+                ip,
+                helo: lock(&self.helo).clone(),
+                mail_from: mail_from.to_string(),
+                now_s: self.clock.now_ms() / 1000,
+            },
             elapsed_ms: (self.elapsed)(),
         };
         match tx.try_send(job) {
-            Ok(()) => table.entries.entry(k).or_default().push(Entry {
-                message,
-                state: State::Queued,
-            }),
+            Ok(()) => {
+                table.next_id += 1;
+                table.bytes += 2 * message.len();
+                table.entries.entry(k).or_default().push(Entry {
+                    id,
+                    message,
+                    state: State::Queued,
+                });
+            }
             Err(_) => lock(&self.hits).dropped += 1,
         }
     }
 
-    /// What was done ahead for `message`: its content as read there (its signatures are
-    /// then in the memo). None: the receiver does the work, because the message was not
-    /// handed over or the thread had not started on it (it will not now). When the thread is
-    /// on it, this waits for it.
-    pub fn settle(&self, message: &[u8]) -> Option<ContentRead> {
+    /// What was done ahead for `message` (its signatures that hold are then in the memo).
+    /// None: the receiver does the work, because the message was not handed over or the
+    /// thread had not started on it (it will not now). When the thread is on it, this waits
+    /// for it.
+    pub fn settle(&self, message: &[u8]) -> Option<Ahead> {
         let k = key(message);
         let (table, done) = &*self.table;
         let mut t = lock(table);
@@ -192,10 +341,10 @@ impl Foresight {
                     t = done.wait(t).unwrap_or_else(|p| p.into_inner());
                 }
                 State::Done(_) => {
-                    let State::Done(read) = t.remove(k, at).state else {
+                    let State::Done(ahead) = t.remove(k, at).state else {
                         unreachable!("matched as done")
                     };
-                    break (Some(read), Outcome::Ahead);
+                    break (Some(*ahead), Outcome::Ahead);
                 }
                 State::Queued | State::Running => {
                     t.remove(k, at);
@@ -218,11 +367,15 @@ impl Foresight {
         *lock(&self.hits)
     }
 
-    /// Stop the thread (what it holds is dropped).
+    /// Stop the thread (what waits for it is dropped undone).
     pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         lock(&self.jobs).take();
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
+        if let Some(t) = lock(&self.thread).take()
+            && t.join().is_err()
+        {
+            tracing::warn!("the thread doing receivers' work ahead panicked (receivers did it)");
         }
     }
 }
@@ -253,50 +406,113 @@ impl Drop for Closed<'_> {
     }
 }
 
-fn work(
-    rx: Receiver<Job>,
-    runtime: &tokio::runtime::Runtime,
-    foreseer: &Foreseer,
-    zones: &FaultyZones,
-    table: &(Mutex<Table>, Condvar),
-) {
+/// What the thread is told while it runs.
+struct Flags<'a> {
+    read_content: &'a std::sync::atomic::AtomicBool,
+    stopping: &'a std::sync::atomic::AtomicBool,
+}
+
+/// What the thread works with.
+struct Doers<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    foreseer: &'a Foreseer,
+    /// With no fault timeline: a verifier like the fleet's.
+    verifier: Option<&'a AheadVerifier>,
+    zones: &'a FaultyZones,
+}
+
+/// A verifier answered from the zones at the time and on the clock a job says.
+struct AheadVerifier {
+    verifier: Verifier,
+    elapsed_ms: Arc<AtomicU64>,
+    now_ms: Arc<AtomicU64>,
+}
+
+/// A clock that reads what it is set to.
+struct SetClock(Arc<AtomicU64>);
+
+impl Clock for SetClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl AheadVerifier {
+    fn new(zones: Arc<FaultyZones>) -> anyhow::Result<Self> {
+        let elapsed_ms = Arc::new(AtomicU64::new(0));
+        let now_ms = Arc::new(AtomicU64::new(0));
+        let elapsed: fake_dns::Elapsed = {
+            let e = elapsed_ms.clone();
+            Arc::new(move || e.load(Ordering::Relaxed))
+        };
+        let dns = crate::env::Zones(Arc::new(InProcess::new(zones, elapsed)));
+        let verifier = Verifier::in_process(Arc::new(dns), crate::env::VERIFIER_HOST)
+            .map_err(anyhow::Error::msg)?
+            .with_clock(Arc::new(SetClock(now_ms.clone())));
+        Ok(AheadVerifier {
+            verifier,
+            elapsed_ms,
+            now_ms,
+        })
+    }
+
+    async fn verify(&self, job: &Job) -> Verdicts {
+        let e = &job.envelope;
+        self.elapsed_ms.store(job.elapsed_ms, Ordering::Relaxed);
+        self.now_ms.store(e.now_s * 1000, Ordering::Relaxed);
+        self.verifier
+            .verify(e.ip, &e.helo, &e.mail_from, &job.message)
+            .await
+    }
+}
+
+fn work(rx: Receiver<Job>, doers: Doers<'_>, table: &(Mutex<Table>, Condvar), flags: Flags<'_>) {
     for job in rx {
+        if flags.stopping.load(Ordering::Relaxed) {
+            break;
+        }
         let k = key(&job.message);
         {
             // Start on it unless its receiver took it back.
             let mut t = lock(&table.0);
-            let Some(at) = t.position(k, &job.message) else {
-                continue;
-            };
-            t.entries.get_mut(&k).expect("the entry found")[at].state = State::Running;
-        }
-        let txt = |name: &str| match zones.resolve(name, RecordType::TXT, job.elapsed_ms) {
-            Resolution::Answer(records) => records
-                .into_iter()
-                .filter_map(|r| match r {
-                    RecordData::Txt(t) => Some(t),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        runtime.block_on(foreseer.verify(&job.message, txt));
-        let read = ContentRead::of(&job.message);
-        let mut t = lock(&table.0);
-        if let Some(at) = t.position(k, &job.message) {
-            t.entries.get_mut(&k).expect("the entry found")[at].state = State::Done(read);
-            t.done.push_back(k);
-        }
-        // Forget the oldest answers nobody took (messages refused before their DATA).
-        while t.done.len() > KEPT {
-            let Some(old) = t.done.pop_front() else { break };
-            if let Some(at) = t
-                .entries
-                .get(&old)
-                .and_then(|l| l.iter().position(|e| matches!(e.state, State::Done(_))))
-            {
-                t.remove(old, at);
+            match t.entry(k, job.id) {
+                Some(e) if matches!(e.state, State::Queued) => e.state = State::Running,
+                _ => continue,
             }
+        }
+        let verdicts = match doers.verifier {
+            Some(v) => {
+                let verdicts = doers.runtime.block_on(v.verify(&job));
+                Some((job.envelope.clone(), verdicts))
+            }
+            None => {
+                let txt =
+                    |name: &str| match doers.zones.resolve(name, RecordType::TXT, job.elapsed_ms) {
+                        Resolution::Answer(records) => records
+                            .into_iter()
+                            .filter_map(|r| match r {
+                                RecordData::Txt(t) => Some(t),
+                                _ => None,
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                doers
+                    .runtime
+                    .block_on(doers.foreseer.verify(&job.message, txt));
+                None
+            }
+        };
+        let read = flags
+            .read_content
+            .load(Ordering::Relaxed)
+            .then(|| ContentRead::of(&job.message));
+        let mut t = lock(&table.0);
+        if let Some(e) = t.entry(k, job.id) {
+            e.state = State::Done(Box::new(Ahead { read, verdicts }));
+            t.untaken += 1;
+            t.done.push_back((k, job.id));
+            t.forget();
         }
         drop(t);
         table.1.notify_all();
@@ -307,8 +523,7 @@ fn work(
 mod tests {
     use super::*;
     use crate::env::Zones;
-    use fake_dns::{InProcess, ZoneSet};
-    use mailsim_mailbox::auth::Verifier;
+    use fake_dns::ZoneSet;
     use mailsim_mta::dkim::Signer;
 
     impl Foresight {
@@ -369,7 +584,9 @@ mod tests {
                 elapsed.clone(),
             ))))
         };
-        let foresight = Foresight::start(zones.clone(), elapsed.clone()).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(SetClock(Arc::new(AtomicU64::new(0))));
+        let foresight = Foresight::start(zones.clone(), elapsed.clone(), clock).unwrap();
+        foresight.read_content();
         let plain = Verifier::in_process(dns(), "r.test").unwrap();
         let with = Verifier::in_process(dns(), "r.test")
             .unwrap()
@@ -394,9 +611,10 @@ mod tests {
             ("wrong key", &wrong_key, "fail", false),
             ("key changed after hand-over", &rekeyed, "fail", false),
         ];
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for (name, message, dkim, memo_holds) in cases {
             now.store(0, std::sync::atomic::Ordering::Relaxed);
-            foresight.submit(message);
+            foresight.submit(ip, "news@s.test", message);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             while !foresight.is_done(message) {
                 assert!(std::time::Instant::now() < deadline, "{name}: never done");
@@ -405,8 +623,10 @@ mod tests {
             // The receiver asks later: after the key's change for the last case.
             now.store(120_000, std::sync::atomic::Ordering::Relaxed);
             let (asked, taken) = foresight.signatures().asked_and_taken();
-            let read = foresight.settle(message).expect("done ahead");
-            let ip = "192.0.2.1".parse().unwrap();
+            let mut ahead = foresight.settle(message).expect("done ahead");
+            // With a fault timeline, no verdicts are done ahead: the signatures are.
+            assert!(ahead.verdicts.take().is_none(), "{name}");
+            let read = ahead.read.expect("content read");
             let ahead = with.verify(ip, "s.test", "news@s.test", message).await;
             let inline = plain.verify(ip, "s.test", "news@s.test", message).await;
             assert_eq!(ahead, inline, "{name}");
@@ -419,6 +639,89 @@ mod tests {
         assert_eq!(foresight.hits().ready, 4);
         // A message nobody handed over is the receiver's own work.
         assert!(foresight.settle(b"Subject: x\r\n\r\nx\r\n").is_none());
+        foresight.stop();
+    }
+
+    /// Without a fault timeline the verdicts are done ahead, and are the receiver's own only
+    /// for the envelope they were done for.
+    #[tokio::test]
+    async fn verdicts_done_ahead_are_the_receivers_for_the_same_envelope() {
+        let key = crate::keys::ed25519_from_seed(3).unwrap();
+        let mut set = ZoneSet::new();
+        set.add(
+            "sel._domainkey.s.test",
+            RecordData::Txt(key.dns_txt.clone()),
+        );
+        set.add(
+            "s.test",
+            RecordData::Txt("v=spf1 ip4:192.0.2.1 -all".into()),
+        );
+        set.add(
+            "_dmarc.s.test",
+            RecordData::Txt("v=DMARC1; p=reject".into()),
+        );
+        let zones = Arc::new(FaultyZones::new(set, Vec::new()));
+        let elapsed: fake_dns::Elapsed = Arc::new(|| 0);
+        let now = Arc::new(AtomicU64::new(1_767_225_600_000));
+        let clock: Arc<dyn Clock> = Arc::new(SetClock(now.clone()));
+        let foresight = Foresight::start(zones.clone(), elapsed.clone(), clock.clone()).unwrap();
+        foresight.expect_helo("mta.s.test");
+        let dns = Arc::new(Zones(Arc::new(InProcess::new(zones.clone(), elapsed))));
+        let plain = Verifier::in_process(dns, "fleet.mailsim.test")
+            .unwrap()
+            .with_clock(clock);
+        let good = Signer::from_pkcs8("s.test", "sel", &key.pkcs8_der, true)
+            .unwrap()
+            .sign(MESSAGE, 1_767_225_600)
+            .unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let envelope = |ip: IpAddr, from: &str| Envelope {
+            ip,
+            helo: "mta.s.test".into(),
+            mail_from: from.into(),
+            now_s: 1_767_225_600,
+        };
+        for (name, at, from) in [
+            ("the same envelope", ip, "news@s.test"),
+            (
+                "another address",
+                "192.0.2.9".parse().unwrap(),
+                "news@s.test",
+            ),
+            ("another reverse path", ip, "other@x.test"),
+        ] {
+            foresight.submit(ip, "news@s.test", &good);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !foresight.is_done(&good) {
+                assert!(std::time::Instant::now() < deadline, "never done");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let mut ahead = foresight.settle(&good).expect("done ahead");
+            assert!(ahead.read.is_none(), "content read though no one asked");
+            let inline = plain.verify(at, "mta.s.test", from, &good).await;
+            match ahead.verdicts_for(&envelope(at, from)) {
+                Some(v) => {
+                    assert_eq!(name, "the same envelope");
+                    assert_eq!(v, inline);
+                    assert_eq!((v.spf.as_str(), v.dkim.as_str()), ("pass", "pass"));
+                }
+                None => assert_ne!(name, "the same envelope"),
+            }
+        }
+        // A second later the clock (SPF's %{t}) may differ: not the receiver's own.
+        foresight.submit(ip, "news@s.test", &good);
+        while !foresight.is_done(&good) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut later = envelope(ip, "news@s.test");
+        later.now_s += 1;
+        assert!(
+            foresight
+                .settle(&good)
+                .unwrap()
+                .verdicts_for(&later)
+                .is_none()
+        );
         foresight.stop();
     }
 }

@@ -59,21 +59,37 @@ messages = 400
 sends = 3
 "#;
 
-fn run(dir: &Path, foresight: &str) {
+/// Run the scenario; the foresight's figures it logged (name -> count).
+fn run(dir: &Path, text: &str, foresight: &str) -> std::collections::BTreeMap<String, u64> {
     let scenario = dir.join("scenario.toml");
-    std::fs::write(&scenario, SCENARIO).unwrap();
+    std::fs::write(&scenario, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
         .args(["run", "--quiet", "--out"])
         .arg(dir.join("out"))
         .arg(&scenario)
         .env("MAILSIM_FORESIGHT", foresight)
+        .env("MAILSIM_LOG", "mailsim::env=debug")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // "receivers' work done ahead ready=N waited=N ..." (with the terminal's colour codes).
+    let mut plain = String::new();
+    let mut chars = stderr.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("receivers' work done ahead"))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
 }
 
 /// Every file under `root`: its folder (relative) -> the files' bytes, sorted (Maildir file
@@ -100,11 +116,37 @@ fn files(root: &Path) -> std::collections::BTreeMap<String, Vec<Vec<u8>>> {
     out
 }
 
+/// A DNS fault: the thread checks only signatures then (the DNS changes over the run).
+const FAULT: &str = r#"
+[[dns_fault]]
+name = "outlook.test"
+kind = "servfail"
+until_s = 600
+"#;
+
 #[test]
 fn work_done_ahead_changes_nothing_a_run_records() {
+    same_with_and_without(SCENARIO, |figures| {
+        // Whole verdicts and contents were done ahead and taken.
+        assert!(figures["ready"] + figures["waited"] > 100, "{figures:?}");
+    });
+}
+
+#[test]
+fn signatures_checked_ahead_under_a_dns_fault_change_nothing_a_run_records() {
+    same_with_and_without(&format!("{SCENARIO}{FAULT}"), |figures| {
+        assert!(figures["signatures_ahead"] > 100, "{figures:?}");
+    });
+}
+
+fn same_with_and_without(text: &str, check: impl Fn(&std::collections::BTreeMap<String, u64>)) {
     let (with, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    run(with.path(), "1");
-    run(without.path(), "0");
+    let figures = run(with.path(), text, "1");
+    assert!(
+        run(without.path(), text, "0").is_empty(),
+        "work done ahead when turned off"
+    );
+    check(&figures);
     let log = |d: &Path| std::fs::read(d.join("out/events.log")).unwrap();
     assert!(
         log(with.path()) == log(without.path()),
