@@ -10,7 +10,7 @@
 //! | connections | TCP from a source address | a pipe to the host at that address |
 //! | durability | fsync per batch | fsync at flush and close |
 //! | batch building | on blocking threads | inline (the paused clock must not move) |
-//! | the receivers' DKIM checks and content reads | when a message arrives | also started on another thread as the MTA sends it; the receiver takes the answers, waits for them, or does the work itself if the thread has not started on it (the same answers: [`crate::foresight`]) |
+//! | the receivers' verification and content reads | when a message arrives | also started on another thread as the MTA sends it; the receiver takes the answers, waits for them, or does the work itself if the thread has not started on it (the same answers: [`crate::foresight`]) |
 //!
 //! The event sink is made from the clock and the durability by [`crate::assemble`].
 
