@@ -115,13 +115,7 @@ impl InProcess {
             return Txt::Error(not_found(ResponseCode::NXDomain));
         };
         let texts: Vec<String> = match self.resolve(name, RecordType::TXT) {
-            Resolution::Answer(records) => records
-                .into_iter()
-                .filter_map(|r| match r {
-                    RecordData::Txt(t) => Some(t),
-                    _ => None,
-                })
-                .collect(),
+            Resolution::Answer(records) => crate::txt_texts(records),
             Resolution::NoData => return Txt::Error(not_found(ResponseCode::NoError)),
             Resolution::NxDomain | Resolution::Refused => {
                 return Txt::Error(not_found(ResponseCode::NXDomain));

@@ -54,6 +54,17 @@ pub enum DnsError {
     },
 }
 
+/// The texts of the TXT records among `records` (an answer to a TXT query), in order.
+pub fn txt_texts(records: Vec<RecordData>) -> Vec<String> {
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            RecordData::Txt(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The data of one synthetic record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordData {

@@ -72,19 +72,6 @@ impl SignatureMemo {
             self.taken.load(Ordering::Relaxed),
         )
     }
-
-    /// How many triples are held now.
-    pub fn len(&self) -> usize {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What a [`Remembering`] key does with the memo.

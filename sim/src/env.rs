@@ -457,15 +457,7 @@ impl Lookups for Zones {
 
     async fn txt(&self, name: &str) -> Answer<String> {
         match self.query(name, RecordType::TXT).await {
-            Ok(records) => Answer::Records(
-                records
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        RecordData::Txt(t) => Some(t),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            Ok(records) => Answer::Records(fake_dns::txt_texts(records)),
             Err(a) => no_records(a),
         }
     }

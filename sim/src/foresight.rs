@@ -20,7 +20,7 @@
 
 use crate::engage::Links;
 use crate::reputation::ContentFacts;
-use fake_dns::{FaultyZones, InProcess, RecordData, RecordType, Resolution};
+use fake_dns::{FaultyZones, InProcess, RecordType, Resolution};
 use mailsim_events::Clock;
 use mailsim_mailbox::auth::{Verdicts, Verifier};
 use mailsim_mailbox::auth_memo::{Foreseer, SignatureMemo};
@@ -488,13 +488,7 @@ fn work(rx: Receiver<Job>, doers: Doers<'_>, table: &(Mutex<Table>, Condvar), fl
             None => {
                 let txt =
                     |name: &str| match doers.zones.resolve(name, RecordType::TXT, job.elapsed_ms) {
-                        Resolution::Answer(records) => records
-                            .into_iter()
-                            .filter_map(|r| match r {
-                                RecordData::Txt(t) => Some(t),
-                                _ => None,
-                            })
-                            .collect(),
+                        Resolution::Answer(records) => fake_dns::txt_texts(records),
                         _ => Vec::new(),
                     };
                 doers
@@ -523,7 +517,7 @@ fn work(rx: Receiver<Job>, doers: Doers<'_>, table: &(Mutex<Table>, Condvar), fl
 mod tests {
     use super::*;
     use crate::env::Zones;
-    use fake_dns::ZoneSet;
+    use fake_dns::{RecordData, ZoneSet};
     use mailsim_mta::dkim::Signer;
 
     impl Foresight {
@@ -533,6 +527,20 @@ mod tests {
             t.position(key(message), message)
                 .is_some_and(|at| matches!(t.entries[&key(message)][at].state, State::Done(_)))
         }
+    }
+
+    /// s.test's zone: its DKIM key at sel._domainkey and SPF for 192.0.2.1.
+    fn signer_zone(key: &crate::keys::DkimKeyPair) -> ZoneSet {
+        let mut set = ZoneSet::new();
+        set.add(
+            "sel._domainkey.s.test",
+            RecordData::Txt(key.dns_txt.clone()),
+        );
+        set.add(
+            "s.test",
+            RecordData::Txt("v=spf1 ip4:192.0.2.1 -all".into()),
+        );
+        set
     }
 
     const MESSAGE: &[u8] = b"From: news@s.test\r\nTo: bob@r.test\r\nSubject: hi\r\n\
@@ -549,15 +557,7 @@ mod tests {
     async fn answers_done_ahead_are_the_answers_done_at_receipt() {
         let key = crate::keys::ed25519_from_seed(3).unwrap();
         let other = crate::keys::ed25519_from_seed(4).unwrap();
-        let mut set = ZoneSet::new();
-        set.add(
-            "sel._domainkey.s.test",
-            RecordData::Txt(key.dns_txt.clone()),
-        );
-        set.add(
-            "s.test",
-            RecordData::Txt("v=spf1 ip4:192.0.2.1 -all".into()),
-        );
+        let mut set = signer_zone(&key);
         // The same selector's key replaced by another one 60 s into the run.
         let faults = vec![fake_dns::Fault {
             name: "new._domainkey.s.test".into(),
@@ -647,15 +647,7 @@ mod tests {
     #[tokio::test]
     async fn verdicts_done_ahead_are_the_receivers_for_the_same_envelope() {
         let key = crate::keys::ed25519_from_seed(3).unwrap();
-        let mut set = ZoneSet::new();
-        set.add(
-            "sel._domainkey.s.test",
-            RecordData::Txt(key.dns_txt.clone()),
-        );
-        set.add(
-            "s.test",
-            RecordData::Txt("v=spf1 ip4:192.0.2.1 -all".into()),
-        );
+        let mut set = signer_zone(&key);
         set.add(
             "_dmarc.s.test",
             RecordData::Txt("v=DMARC1; p=reject".into()),
