@@ -12,6 +12,7 @@
 pub mod build;
 pub mod extract;
 pub mod origin;
+pub mod published;
 pub mod reason;
 
 use serde::Serialize;
@@ -56,6 +57,7 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
     x.findings
         .into_iter()
         .map(|f| {
+            let remote = origin::remote(f.remote_mta.as_deref(), &f.diagnostic);
             let (reason, why) = match x.kind {
                 extract::Kind::Feedback => ("feedback", "feedback report"),
                 extract::Kind::Vacation => ("vacation", "auto-reply"),
@@ -66,9 +68,9 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                     command: f.command.as_deref(),
                     action: f.action.as_deref(),
                     reply_code: f.reply_code,
+                    remote,
                 }),
             };
-            let remote = origin::remote(f.remote_mta.as_deref(), &f.diagnostic);
             let (reason, why) = match remote_host_reason(remote, &f.diagnostic) {
                 Some(r) => (r, "remote host"),
                 None => (reason, why),
@@ -136,6 +138,7 @@ pub fn classify_reply(
             command: Some(command),
             action: None,
             reply_code: Some(code),
+            remote: None,
         })
     } else {
         reason::reason(&reason::Evidence {
@@ -145,6 +148,7 @@ pub fn classify_reply(
             command: Some(command),
             action,
             reply_code: Some(code),
+            remote: None,
         })
     };
     (r, code >= 500 && reason::is_hard(r, status.as_deref()))

@@ -5,8 +5,12 @@
 //! took the place of `toomanyconn` and `speeding`, `emailtoolarge` of `mesgtoobig` and
 //! `exceedlimit`. Corpora labelled with the older words are read through [`current_name`].
 //!
-//! The text rules come first (ordered from the most specific reason to the most general); the
-//! enhanced status code decides when no rule matches.
+//! Evidence in order of strength: the status codes that say more than any wording; the
+//! answering provider's own published replies ([`crate::published`]); the families of wordings
+//! (ordered from the most specific reason to the most general); the Action of a delay or
+//! give-up report; weaker wordings; the enhanced status code; the reply code; generic words;
+//! `onhold` only when nothing decides. The command that failed then separates an unknown
+//! recipient from a filtered message and a refused sender.
 
 use crate::extract::squeeze;
 
@@ -14,9 +18,38 @@ use crate::extract::squeeze;
 /// unit a k-fold evaluation leaves out), and the wordings.
 type Rule = (&'static str, &'static str, &'static [&'static str]);
 
+/// The family of a report that names the reason in the vocabulary's own words.
+const NAMED: &str = "the reason's own name";
+
+/// The family of the public DNS block lists, by name.
+const DNSBLS: &str = "dns block lists by name";
+
+/// Families that are one unit under either kind of evaluation: their wordings come whole from
+/// one source (the vocabulary's names, a provider's published list of replies), none chosen
+/// from a text on its own.
+fn whole(family: &str) -> bool {
+    family == NAMED || family == DNSBLS || crate::published::is_family(family)
+}
+
 /// Phrase rules, checked in this order against the lower-cased diagnostic (a reason may
 /// appear twice: its specific phrases early, its generic ones late).
 static RULES: &[Rule] = &[
+    // A report that names the reason in the vocabulary's own words ("Mailer error", "On hold",
+    // "Internal system error", "Network error on destination MXs"): one family, its wordings
+    // the two-word names of Sisimai's reasons (libsisimai.org/en/reason), not chosen from any
+    // text. Not in it: "user unknown", "host unknown", "mailbox full" and "syntax error", the
+    // MTAs' own wordings, kept in their families below; "policy violation", which Sisimai
+    // reads as a security error under X.7.0.
+    ("mailererror", NAMED, &["mailer error"]),
+    ("onhold", NAMED, &["on hold"]),
+    ("systemerror", NAMED, &["system error"]),
+    ("networkerror", NAMED, &["network error"]),
+    ("securityerror", NAMED, &["security error"]),
+    ("contenterror", NAMED, &["content error"]),
+    ("spamdetected", NAMED, &["spam detected"]),
+    ("virusdetected", NAMED, &["virus detected"]),
+    ("systemfull", NAMED, &["system full"]),
+    ("ratelimited", NAMED, &["rate limited"]),
     // A relay that did not try: the address is on its suppression list (Amazon SES: "did not
     // send the message to this address because it is on the suppression list", "has
     // suppressed sending to this address"). Sisimai's "suppressed".
@@ -85,11 +118,7 @@ static RULES: &[Rule] = &[
     (
         "networkerror",
         "connection failed",
-        &[
-            "network error",
-            "lost connection",
-            "establish an smtp connection",
-        ],
+        &["lost connection", "establish an smtp connection"],
     ),
     // RFC 5321 section 6.3 and RFC 3463 X.4.6: a routing or forwarding loop, found by counting
     // hops.
@@ -104,7 +133,6 @@ static RULES: &[Rule] = &[
             "hop count",
         ],
     ),
-    ("onhold", "on hold", &["on hold"]),
     // Not a bounce reason in Sisimai (greylisting never ends in a bounce): mailsim's word for
     // the deferral.
     (
@@ -350,7 +378,6 @@ static RULES: &[Rule] = &[
         "mailererror",
         "delivery program failed",
         &[
-            "mailer error",
             "x-unix",
             "command died",
             "command failed",
@@ -487,7 +514,29 @@ static RULES: &[Rule] = &[
         "delivery report unavailable",
         &["delivery report unavailable"],
     ),
-    // DNS block lists (RFC 5782) by name and the receivers' wording of a listing.
+    // DNS block lists (RFC 5782) by name: the public lists of client addresses (one family,
+    // the names of the lists' operators, as the comparisons of DNSBLs list them; not the lists
+    // of domains in content, SURBL and URIBL, which are read as spam below).
+    (
+        "blocked",
+        DNSBLS,
+        &[
+            "dnsbl",
+            "spamhaus",
+            "spamcop",
+            "sorbs",
+            "barracuda",
+            "uceprotect",
+            "psbl",
+            "mailspike",
+            "abuseat",
+            "invaluement",
+            "dronebl",
+            "spamrats",
+            "backscatterer",
+        ],
+    ),
+    // The receivers' wording of a listing.
     (
         "blocked",
         "dnsbl",
@@ -500,12 +549,7 @@ static RULES: &[Rule] = &[
             "black list",
             "blocklist",
             "block list",
-            "dnsbl",
             " rbl",
-            "spamhaus",
-            "spamcop",
-            "sorbs",
-            "barracuda",
         ],
     ),
     // The client's address or name is refused (Postfix's "Client host rejected", the providers' IP
@@ -629,7 +673,6 @@ static RULES: &[Rule] = &[
         "system storage full",
         &[
             "insufficient system storage",
-            "system full",
             "out of disk",
             "disk is full",
             "insufficient disk space",
@@ -678,7 +721,9 @@ pub struct Pair {
     pub reason: &'static str,
     /// Words the subject starts with ("domain" finds "domain" and "domains").
     pub subjects: &'static [&'static str],
-    /// What is said of it: phrases of one or more words.
+    /// What is said of it: phrases of one or more words. A word ending in `$` is that word
+    /// exactly ("no$" is not "not"); any other word is a word's start ("domain" finds
+    /// "domains").
     pub predicates: &'static [&'static str],
     /// How many words may stand between them.
     pub gap: usize,
@@ -705,6 +750,124 @@ static PAIRS: &[Pair] = &[
             "failure",
             "negotiation",
             "handshake",
+        ],
+        gap: 3,
+        early: false,
+    },
+    // RFC 3463 X.4.2 (bad connection): the session was lost, broken or never established
+    // (Postfix "lost connection with ... while ...", qmail "wasn't able to establish an SMTP
+    // connection", OpenSMTPD "Network error on destination MXs", "connection reset").
+    Pair {
+        name: "connection ~ lost",
+        reason: "networkerror",
+        subjects: &["connection", "network", "session"],
+        predicates: &[
+            "lost",
+            "error",
+            "establish",
+            "dropped",
+            "reset",
+            "broken",
+            "interrupted",
+        ],
+        gap: 2,
+        early: false,
+    },
+    // RFC 3463 X.4.3 (directory server failure): the resolver failed, not the domain
+    // (Postfix "Name service error for name=... type=MX", "host name lookup failure",
+    // "temporary failure in name resolution").
+    Pair {
+        name: "name service ~ failed",
+        reason: "networkerror",
+        subjects: &[
+            "name service",
+            "name server",
+            "nameserver",
+            "host name lookup",
+            "name resolution",
+        ],
+        predicates: &[
+            "error",
+            "failure",
+            "failed",
+            "timeout",
+            "timed out",
+            "servfail",
+        ],
+        gap: 2,
+        early: false,
+    },
+    // RFC 7505 (null MX, X.1.10) and a domain whose MX says it takes no mail ("No MX found for
+    // domain", "an MX or SRV record indicated no SMTP service"). Early: it says why a delay
+    // report's message will not be delivered, more than its queue lifetime does.
+    Pair {
+        name: "no mx",
+        reason: "notaccept",
+        subjects: &["mx", "smtp service", "mail exchanger"],
+        predicates: &["no$", "null"],
+        gap: 1,
+        early: true,
+    },
+    // The client's address or name is refused (Postfix's "Client host rejected", the providers'
+    // IP blocks: "IP address blacklisted", "Client host blocked", Orange's "Adresse IP source
+    // bloquee").
+    Pair {
+        name: "client ~ refused",
+        reason: "blocked",
+        subjects: &[
+            "client host",
+            "client ip",
+            "your ip",
+            "ip address",
+            "sending ip",
+            "source ip",
+            "adresse ip",
+        ],
+        predicates: &[
+            "rejected",
+            "blocked",
+            "refused",
+            "denied",
+            "blacklisted",
+            "listed",
+            "banned",
+            "bloquee",
+            "not allowed",
+            "not accepted",
+        ],
+        gap: 3,
+        early: false,
+    },
+    // RFC 7372 X.7.25 (reverse DNS validation failed) and the receivers' wording of a missing
+    // or wrong PTR record (M3AAWG's sender best practices ask for one).
+    Pair {
+        name: "reverse dns ~ missing",
+        reason: "requireptr",
+        subjects: &[
+            "reverse dns",
+            "rdns",
+            "ptr",
+            "reverse lookup",
+            "reverse hostname",
+            "reverse address",
+            "reverse mapping",
+            "pointer",
+        ],
+        predicates: &[
+            "missing",
+            "no$",
+            "invalid",
+            "failed",
+            "failure",
+            "not found",
+            "mismatch",
+            "does not",
+            "doesn't",
+            "cannot",
+            "could not",
+            "unable",
+            "validation",
+            "required",
         ],
         gap: 3,
         early: false,
@@ -910,7 +1073,8 @@ fn pair_matches(pair: &Pair, text: &str) -> bool {
     // Most texts hold no subject or no predicate at all: say so before splitting into words
     // (by the first word of each, which a match must contain as it is).
     fn first(phrase: &str) -> &str {
-        phrase.split(' ').next().unwrap_or_default()
+        let word = phrase.split(' ').next().unwrap_or_default();
+        word.strip_suffix('$').unwrap_or(word)
     }
     if !pair.subjects.iter().any(|w| text.contains(first(w)))
         || !pair.predicates.iter().any(|w| text.contains(first(w)))
@@ -925,10 +1089,15 @@ fn pair_matches(pair: &Pair, text: &str) -> bool {
     let starts_at = |i: usize, phrase: &str| {
         let mut k = i;
         for part in phrase.split(' ') {
-            match words.get(k) {
-                Some(w) if w.trim_matches('.').starts_with(part) => k += 1,
-                _ => return None,
+            let w = words.get(k).map(|w| w.trim_matches('.'));
+            let found = match part.strip_suffix('$') {
+                Some(exact) => w == Some(exact),
+                None => w.is_some_and(|w| w.starts_with(part)),
+            };
+            if !found {
+                return None;
             }
+            k += 1;
         }
         Some(k)
     };
@@ -958,20 +1127,23 @@ fn pair_matches(pair: &Pair, text: &str) -> bool {
     false
 }
 
-/// True when the phrase or family called `name` occurs in `text` (for evaluation: which
-/// labelled texts support a phrase).
-pub fn fires(unit: Unit, name: &str, text: &str) -> bool {
+/// True when the unit called `name` (a wording, a family), read for `reason`, occurs in `text`
+/// (for evaluation: which labelled texts support a unit).
+pub fn fires(unit: Unit, reason: &str, name: &str, text: &str) -> bool {
     let text = squeeze(&text.to_ascii_lowercase());
     if let Some(pair) = PAIRS.iter().find(|p| p.name == name) {
         return pair_matches(pair, &text);
     }
-    if unit == Unit::Wording {
+    if crate::published::is_family(name) {
+        return crate::published::fires(name, reason, &text);
+    }
+    if unit == Unit::Wording && !whole(name) {
         return mentions(&text, name);
     }
     let mut family = [RULES, LATE_RULES, WEAK_RULES]
         .into_iter()
         .flatten()
-        .filter(|(_, family, _)| *family == name)
+        .filter(|(r, family, _)| *family == name && *r == reason)
         .flat_map(|(_, _, phrases)| phrases.iter())
         .peekable();
     if family.peek().is_none() {
@@ -1067,7 +1239,6 @@ static LATE_RULES: &[Rule] = &[
         "systemerror",
         "system error",
         &[
-            "system error",
             "internal error",
             "server error",
             "local error",
@@ -1156,6 +1327,8 @@ pub struct Evidence<'a> {
     pub action: Option<&'a str>,
     /// The SMTP reply code quoted, when known.
     pub reply_code: Option<u16>,
+    /// The provider whose server answered ([`crate::origin::remote`]), when known.
+    pub remote: Option<&'a str>,
 }
 
 /// What an SMTP reply code alone says (RFC 5321 section 4.2.3): 500-504 are the syntax and
@@ -1220,8 +1393,10 @@ fn matcher(rules: &'static [Rule]) -> &'static Matcher {
 }
 
 /// What a k-fold evaluation leaves out of the rule tables: whole families of wordings (one
-/// meaning, several wordings), or single wordings. Families of [`Pair`]s and the wordings that
-/// keep an unknown recipient unknown after DATA are units of their own either way.
+/// meaning, several wordings), or single wordings. Families of [`Pair`]s, the families whose
+/// wordings come whole from one source (the reasons' own names, the DNSBL operators' names,
+/// each provider's published replies) and the wordings that keep an unknown recipient unknown
+/// after DATA are units of their own either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
     Family,
@@ -1263,8 +1438,8 @@ fn left_out(name: &str) -> bool {
 fn rule_left_out(family: &str, wording: &str) -> bool {
     LEFT_OUT.with(|l| {
         l.borrow().as_ref().is_some_and(|(unit, set)| match unit {
-            Unit::Family => set.contains(family),
-            Unit::Wording => set.contains(wording),
+            Unit::Wording if !whole(family) => set.contains(wording),
+            _ => set.contains(family),
         })
     })
 }
@@ -1277,13 +1452,15 @@ pub fn unit_of(unit: Unit, why: &str) -> Option<&'static str> {
         tables.flat_map(|(_, family, wordings)| wordings.iter().map(move |w| (*family, *w)));
     let pairs = PAIRS.iter().map(|p| (p.name, p.name));
     let surely = SURELY_UNKNOWN.iter().map(|p| (*p, *p));
+    let published = crate::published::families().map(|f| (f, f));
     found
         .chain(surely)
         .chain(pairs)
+        .chain(published)
         .find(|(_, w)| *w == why)
         .map(|(family, wording)| match unit {
-            Unit::Family => family,
-            Unit::Wording => wording,
+            Unit::Wording if !whole(family) => wording,
+            _ => family,
         })
 }
 
@@ -1297,14 +1474,33 @@ pub fn units(unit: Unit) -> Vec<(&'static str, &'static str)> {
             .map(|(reason, family, _)| (*reason, *family))
             .collect(),
         Unit::Wording => tables
-            .flat_map(|(reason, _, wordings)| wordings.iter().map(move |w| (*reason, *w)))
+            .flat_map(|(reason, family, wordings)| {
+                if whole(family) {
+                    vec![(*reason, *family)]
+                } else {
+                    wordings.iter().map(|w| (*reason, *w)).collect()
+                }
+            })
             .collect(),
     };
     all.extend(SURELY_UNKNOWN.iter().map(|p| ("userunknown", *p)));
     all.extend(PAIRS.iter().map(|p| (p.reason, p.name)));
+    all.extend(crate::published::units());
     all.sort();
     all.dedup();
     all
+}
+
+/// Every wording the classifier holds: the rule tables', the ones that keep an unknown
+/// recipient unknown, the fragments of the providers' published replies (to check that it holds
+/// no whole sentence of a text it is tested on).
+pub fn wordings() -> Vec<&'static str> {
+    let tables = [RULES, LATE_RULES, WEAK_RULES].into_iter().flatten();
+    tables
+        .flat_map(|(_, _, wordings)| wordings.iter().copied())
+        .chain(SURELY_UNKNOWN.iter().copied())
+        .chain(crate::published::fragments())
+        .collect()
 }
 
 /// The first rule (in table order) with a phrase in `text` at a word boundary, and that phrase.
@@ -1378,6 +1574,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     }
     let decided = decisive_status(e.status)
         .map(|r| (r, "status"))
+        .or_else(|| crate::published::reason(e.remote, &primary, left_out))
         .or_else(|| find_pair(&primary, true))
         .or_else(|| find_rule(RULES, &primary))
         .or_else(|| find_rule(RULES, &context))
@@ -1424,10 +1621,12 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 || s.starts_with("5.5.")
                 || s.starts_with("5.4.")
         });
-        let surely = SURELY_UNKNOWN
-            .iter()
-            .filter(|p| !left_out(p))
-            .any(|p| mentions(&primary, p) || mentions(&context, p));
+        // A provider's published reply for an unknown account says so whatever the command.
+        let surely = crate::published::is_family(why)
+            || SURELY_UNKNOWN
+                .iter()
+                .filter(|p| !left_out(p))
+                .any(|p| mentions(&primary, p) || mentions(&context, p));
         if !status_says_address && !surely {
             r = "filtered";
         }

@@ -74,14 +74,14 @@ fn expected(profile: &str, situation: &str) -> &'static str {
 /// them: no phrase of it that occurs in a reply is over four words or half of the reply.
 #[test]
 fn provider_replies_are_classified_by_families_not_by_their_own_sentences() {
-    let phrases = mailsim_bounce::reason::units(mailsim_bounce::reason::Unit::Wording);
+    let phrases = mailsim_bounce::reason::wordings();
     let mut wrong = Vec::new();
     for (profile, name) in PROFILES {
         let replies = Replies::for_profile(profile);
         for (situation, reply, command) in situations(&replies) {
             let r = filled(reply);
             let text = r.text.to_ascii_lowercase();
-            for (_, phrase) in &phrases {
+            for phrase in &phrases {
                 if text.contains(phrase) {
                     let words = phrase.split_whitespace().count();
                     assert!(

@@ -1,0 +1,284 @@
+//! Big receivers' published replies: the lists Google, Microsoft and Yahoo publish of what their
+//! servers answer and why (the "rhost" layer of a bounce parser: what a provider means by a
+//! reply, keyed by the provider that answered).
+//!
+//! Each provider's list is one family (one unit of the k-fold evaluation, see
+//! [`crate::reason::Unit`]): its entries were transcribed from the provider's page as a whole,
+//! each by what the page says it means, not picked from the bounces the classifier is scored
+//! on. An entry is a short fragment of the published reply (at most four words, lower
+//! case, as [`crate::extract::squeeze`] leaves it: replies are quoted over folded lines) and the
+//! reason in Sisimai's vocabulary. Entries apply only to a reply the provider gave: the
+//! answering host is the provider's ([`crate::origin::remote`]) or the reply carries the
+//! provider's own mark (Google appends "gsmtp" to every error it sends).
+//!
+//! Left out on purpose: replies whose meaning is not a bounce reason (Google's "Mail server
+//! temporarily rejected message" says no more than a 4.3.0 status), and the ones the generic
+//! families already read the same way.
+
+/// One provider's published list.
+pub struct Provider {
+    /// The family's name: what decided a reason, and the unit of evaluation.
+    pub family: &'static str,
+    /// The provider's name in [`crate::origin::remote`].
+    pub remote: &'static str,
+    /// Words in a reply that say the provider wrote it.
+    pub marks: &'static [&'static str],
+    /// Where the list is published.
+    pub source: &'static str,
+    /// Fragments of the published replies and the reason each stands for.
+    pub replies: &'static [(&'static str, &'static str)],
+}
+
+pub static PROVIDERS: &[Provider] = &[
+    Provider {
+        family: "google's published replies",
+        remote: "google",
+        // "Gmail appends gsmtp (Google SMTP) to all error messages; gcdp to errors from an
+        // administrator's custom rules"; its replies link to its help pages.
+        marks: &["gsmtp", "gcdp", "support.google.com"],
+        source: "https://support.google.com/a/answer/3726730 (Gmail SMTP errors and codes)",
+        replies: &[
+            // 421 4.7.0 / 550 5.7.1: low reputation of the sending IP or domain.
+            ("very low reputation of", "badreputation"),
+            ("reputation of the sending", "badreputation"),
+            // 421 4.7.0: "suspicious due to the nature of the content and/or the links".
+            ("nature of the content", "spamdetected"),
+            // 550 5.7.1 "likely unsolicited mail".
+            ("likely unsolicited mail", "spamdetected"),
+            // 421 4.7.28 / 550 5.7.1 "unusual rate of unsolicited mail ... rate limited".
+            ("unusual rate of unsolicited", "ratelimited"),
+            // 450 4.2.1 / 550 5.2.1 "receiving mail too quickly" / "at a rate that prevents".
+            ("receiving mail too quickly", "ratelimited"),
+            ("receiving mail at a", "ratelimited"),
+            // 450 4.2.1 / 550 5.7.1 / 550 5.4.5 relay and sending limits.
+            ("smtp relay limit exceeded", "ratelimited"),
+            ("daily sending quota exceeded", "ratelimited"),
+            ("email quota exceeded", "ratelimited"),
+            // 452 4.5.3 "Your message has too many recipients", "Domain policy size per
+            // transaction exceeded".
+            ("too many recipients", "ratelimited"),
+            ("policy size per transaction", "ratelimited"),
+            // 550 5.1.1 / 550 5.2.1 / 452 4.2.2: "The email account that you tried to reach
+            // does not exist / is disabled / is inactive / is over quota".
+            ("reach does not exist", "userunknown"),
+            ("to reach is disabled", "suspend"),
+            ("to reach is inactive", "suspend"),
+            ("to reach is over", "mailboxfull"),
+            // 452 4.2.2 / 552 5.2.2 "The recipient's inbox is out of storage space".
+            ("out of storage space", "mailboxfull"),
+            // 552 5.2.3 / 5.3.4 "Your message exceeded Google's message size limits".
+            ("message size limits", "emailtoolarge"),
+            // 553 5.1.2 "We weren't able to find the recipient domain".
+            ("find the recipient domain", "hostunknown"),
+            // 553 5.1.3 "The recipient address is not a valid RFC 5321 address".
+            ("valid rfc 5321 address", "userunknown"),
+            // 550 5.7.1 "This message is not RFC 5322 compliant"; From: header rules.
+            ("not rfc 5322 compliant", "notcompliantrfc"),
+            ("address in from: header", "notcompliantrfc"),
+            ("addresses in from: header", "notcompliantrfc"),
+            // 554 5.6.0 "Mail message is malformed. Not accepted."
+            ("message is malformed", "contenterror"),
+            // 550 5.7.25: the sending IP has no PTR record, or it does not match.
+            ("have a ptr record", "requireptr"),
+            ("pointer (ptr) record", "requireptr"),
+            // 550 5.7.26 / 5.7.27 / 5.7.30-5.7.32: authentication and alignment.
+            ("not have authentication information", "authfailure"),
+            ("fails to pass authentication", "authfailure"),
+            ("sender is unauthenticated", "authfailure"),
+            ("unauthenticated email", "authfailure"),
+            ("spf check failed", "authfailure"),
+            ("authenticated spf or dkim", "authfailure"),
+            // 552 5.7.0 "content presents a potential security issue", "illegal attachment";
+            // 550 5.7.1 "has a policy that prohibited the mail", "violates ... email policy".
+            // (The reply's first line: multi-line replies are often quoted in part.)
+            ("content presents a potential", "policyviolation"),
+            ("illegal attachment", "policyviolation"),
+            ("policy that prohibited the", "policyviolation"),
+            ("violates", "policyviolation"),
+            // 550 5.7.1 "The IP you're using to send mail is not authorized to send email
+            // directly to our servers"; 421 4.7.0 "IP not in whitelist for RCPT domain".
+            ("send email directly to", "blocked"),
+            ("not in whitelist", "blocked"),
+            // 550 5.7.0 "Mail relay denied"; "Mail Sending denied" (sender account).
+            ("mail relay denied", "norelaying"),
+            ("mail sending denied", "rejected"),
+            // 421 4.3.0 / 4.7.0 "Temporary System Problem".
+            ("temporary system problem", "systemerror"),
+            // 451 4.5.0 / 454 4.5.0 "SMTP protocol violation".
+            ("smtp protocol violation", "syntaxerror"),
+            // 530 / 535 / 554 5.7.0: authentication of the client.
+            ("too many unauthenticated commands", "securityerror"),
+            ("application-specific password required", "securityerror"),
+            ("password not accepted", "securityerror"),
+        ],
+    },
+    Provider {
+        family: "microsoft's published replies",
+        remote: "microsoft",
+        // Exchange Online's NDR codes name the component ("RESOLVER.ADR.RecipNotFound"); its
+        // hosts are *.protection.outlook.com, *.outlook.com.
+        marks: &["outlook.com", "resolver."],
+        source: "https://learn.microsoft.com/en-us/exchange/mail-flow-best-practices/non-delivery-reports-in-exchange-online/non-delivery-reports-in-exchange-online (Exchange Online NDRs); https://sendersupport.olc.protection.outlook.com/pm/troubleshooting.aspx (Outlook.com)",
+        replies: &[
+            // 5.1.1 / 5.1.10 / 5.4.1: the recipient does not exist.
+            ("resolver.adr.recipnotfound", "userunknown"),
+            ("resolver.adr.recipientnotfound", "userunknown"),
+            ("resolver.adr.exrecipnotfound", "userunknown"),
+            ("by smtp address lookup", "userunknown"),
+            // 5.7.1 RESOLVER.RST.AuthRequired: the recipient takes mail only from
+            // authenticated senders.
+            ("resolver.rst.authrequired", "securityerror"),
+            // 5.2.3 / 5.3.4 size limits.
+            ("resolver.rst.recipsizelimit", "emailtoolarge"),
+            ("resolver.rst.sendsizelimit", "emailtoolarge"),
+            // 5.1.8 "Access denied, bad outbound sender".
+            ("bad outbound sender", "rejected"),
+            // 5.7.606-649 "banned sending IP"; 5.7.705/708 "traffic not accepted from this
+            // IP"; 5.7.513 "blocked ... using Customer Block list"; Outlook.com S3140/S3150
+            // "part of their network is on our block list".
+            ("banned sending ip", "blocked"),
+            ("traffic not accepted from", "blocked"),
+            ("customer block list", "blocked"),
+            ("network is on our", "blocked"),
+            // 5.7.509 DMARC; 5.7.515 "doesn't meet the required authentication level";
+            // 5.7.23 SPF violation; 4.7.26 IPv6 without SPF or DKIM.
+            ("does not pass dmarc", "authfailure"),
+            ("required authentication level", "authfailure"),
+            ("sender policy framework violation", "authfailure"),
+            // 5.7.512 "message must be RFC 5322 section 3.6.2 compliant".
+            ("rfc 5322 section 3.6.2", "notcompliantrfc"),
+            // 5.4.310 "DNS domain does not exist"; 5.4.312 "DNS query failed"; 5.4.14 hop
+            // count; 5.4.300 / 4.4.7 expiry.
+            ("domain does not exist", "hostunknown"),
+            ("dns query failed", "networkerror"),
+            ("hop count exceeded", "networkerror"),
+            ("message expired", "expired"),
+            // 5.2.121 / 5.2.122 "per hour message receive limit"; 5.1.90 "daily limit for
+            // message recipients"; 5.2.2 "Submission quota exceeded"; 5.7.700-749 tenant
+            // threshold.
+            ("message receive limit", "ratelimited"),
+            ("daily limit for message", "ratelimited"),
+            ("submission quota exceeded", "ratelimited"),
+            ("tenant has exceeded threshold", "ratelimited"),
+            // 5.7.57 / 5.7.12 the client or sender was not authenticated.
+            ("client was not authenticated", "securityerror"),
+            ("sender was not authenticated", "securityerror"),
+            // 5.7.64 / 5.4.1 "Relay Access Denied".
+            ("relay access denied", "norelaying"),
+        ],
+    },
+    Provider {
+        family: "yahoo's published replies",
+        remote: "yahoo",
+        // Its refusals after DATA start "delivery error: dd" (the sample bounce of the page).
+        marks: &["yahoo", "delivery error: dd"],
+        source: "https://senders.yahooinc.com/smtp-error-codes/ (SMTP error codes)",
+        replies: &[
+            // 553 5.7.1 [BL21]/[BL22]/[BL23] "Connections will not be accepted from ...,
+            // because the ip is in Spamhaus's list".
+            ("[bl21]", "blocked"),
+            ("[bl22]", "blocked"),
+            ("[bl23]", "blocked"),
+            // 554 5.7.9 "Message not accepted for policy reasons".
+            ("accepted for policy reasons", "policyviolation"),
+            // 554 "This mailbox is disabled (554.30)".
+            ("mailbox is disabled", "suspend"),
+            // 554 "delivery error: dd This user doesn't have a yahoo.com account".
+            ("user doesn't have a", "userunknown"),
+            // 552 1 "Requested mail action aborted, mailbox not found".
+            ("mailbox not found", "userunknown"),
+            // 421 "Max message per connection reached".
+            ("max message per connection", "ratelimited"),
+            // 554 "Message not allowed - Headers are not RFC compliant".
+            ("headers are not rfc", "notcompliantrfc"),
+            // 451 "temporarily deferred due to unresolvable RFC.5321 from domain".
+            ("unresolvable rfc.5321 from", "rejected"),
+        ],
+    },
+];
+
+/// True when `family` is a provider's list.
+pub fn is_family(family: &str) -> bool {
+    PROVIDERS.iter().any(|p| p.family == family)
+}
+
+/// Every provider's family name.
+pub fn families() -> impl Iterator<Item = &'static str> {
+    PROVIDERS.iter().map(|p| p.family)
+}
+
+/// The units of evaluation: each provider's family with every reason it stands for.
+pub fn units() -> Vec<(&'static str, &'static str)> {
+    PROVIDERS
+        .iter()
+        .flat_map(|p| p.replies.iter().map(|(_, reason)| (*reason, p.family)))
+        .collect()
+}
+
+/// Every fragment of every list.
+pub fn fragments() -> impl Iterator<Item = &'static str> {
+    PROVIDERS
+        .iter()
+        .flat_map(|p| p.replies.iter().map(|(f, _)| *f))
+}
+
+/// True when a reply of `family` standing for `reason` occurs in `text` (lower case,
+/// squeezed), whoever answered: for evaluation.
+pub fn fires(family: &str, reason: &str, text: &str) -> bool {
+    PROVIDERS
+        .iter()
+        .filter(|p| p.family == family)
+        .flat_map(|p| p.replies.iter())
+        .any(|(f, r)| *r == reason && text.contains(f))
+}
+
+/// The reason a provider's published reply stands for, and the provider's family, when the
+/// reply (`text`: lower case, squeezed) is that provider's: its server answered (`remote`) or
+/// the reply bears its mark. `skip` says whether a family is left out (evaluation).
+pub fn reason(
+    remote: Option<&str>,
+    text: &str,
+    skip: impl Fn(&str) -> bool,
+) -> Option<(&'static str, &'static str)> {
+    PROVIDERS
+        .iter()
+        .filter(|p| !skip(p.family))
+        .filter(|p| remote == Some(p.remote) || p.marks.iter().any(|m| text.contains(m)))
+        .find_map(|p| {
+            p.replies
+                .iter()
+                .find(|(f, _)| text.contains(f))
+                .map(|(_, r)| (*r, p.family))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_providers_reply_is_read_only_when_that_provider_gave_it() {
+        let google = "550-5.7.1 our system has detected that this message is likely unsolicited mail. - gsmtp";
+        assert_eq!(
+            reason(None, google, |_| false),
+            Some(("spamdetected", "google's published replies"))
+        );
+        // The same words from another server are not Google's reply.
+        let other = "550 5.7.1 this message is likely unsolicited mail";
+        assert_eq!(reason(None, other, |_| false), None);
+        assert_eq!(
+            reason(Some("google"), other, |_| false).map(|(r, _)| r),
+            Some("spamdetected")
+        );
+        // Left out (evaluation): not consulted.
+        assert_eq!(reason(None, google, is_family), None);
+    }
+
+    #[test]
+    fn fragments_are_short_and_lower_case() {
+        for f in fragments() {
+            assert_eq!(f, f.to_ascii_lowercase(), "{f}");
+            assert!(f.split(' ').count() <= 4, "{f}");
+        }
+    }
+}
