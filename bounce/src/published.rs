@@ -1,26 +1,31 @@
-//! Big receivers' published replies: the lists Google, Microsoft and Yahoo publish of what their
-//! servers answer and why (the "rhost" layer of a bounce parser: what a provider means by a
-//! reply, keyed by the provider that answered).
+//! What the origin of a bounce is known to say: the big receivers' published replies (the lists
+//! Google, Microsoft and Yahoo publish of what their servers answer and why: the "rhost" layer
+//! of a bounce parser, keyed by the provider that answered) and the MTAs' own messages (what
+//! Postfix, Exim, Sendmail, qmail, ... write in their bounces, from their source code: the
+//! "lhost" layer).
 //!
-//! Each provider's list is one family (one unit of the k-fold evaluation, see
+//! Each provider's list, each MTA's messages, is one family (one unit of the k-fold evaluation, see
 //! [`crate::reason::Unit`]): its entries were transcribed from the provider's page as a whole,
 //! each by what the page says it means, not picked from the bounces the classifier is scored
 //! on. An entry is a short fragment of the published reply (at most four words, lower
 //! case, as [`crate::extract::squeeze`] leaves it: replies are quoted over folded lines) and the
-//! reason in Sisimai's vocabulary. Entries apply only to a reply the provider gave: the
-//! answering host is the provider's ([`crate::origin::remote`]) or the reply carries the
-//! provider's own mark (Google appends "gsmtp" to every error it sends).
+//! reason in Sisimai's vocabulary. A provider's entries apply only to a reply the provider gave:
+//! the answering host is the provider's ([`crate::origin::remote`]) or the reply carries the
+//! provider's own mark (Google appends "gsmtp" to every error it sends). An MTA's messages are
+//! its own sentences and apply wherever they are quoted (a Sendmail server's refusal in a
+//! Postfix bounce is still Sendmail's).
 //!
 //! Left out on purpose: replies whose meaning is not a bounce reason (Google's "Mail server
 //! temporarily rejected message" says no more than a 4.3.0 status), and the ones the generic
 //! families already read the same way.
 
-/// One provider's published list.
+/// One provider's published list, or one MTA's messages.
 pub struct Provider {
     /// The family's name: what decided a reason, and the unit of evaluation.
     pub family: &'static str,
-    /// The provider's name in [`crate::origin::remote`].
-    pub remote: &'static str,
+    /// The provider's name in [`crate::origin::remote`] (None: an MTA's messages, read
+    /// wherever they occur).
+    pub remote: Option<&'static str>,
     /// Words in a reply that say the provider wrote it.
     pub marks: &'static [&'static str],
     /// Where the list is published.
@@ -32,7 +37,7 @@ pub struct Provider {
 pub static PROVIDERS: &[Provider] = &[
     Provider {
         family: "google's published replies",
-        remote: "google",
+        remote: Some("google"),
         // "Gmail appends gsmtp (Google SMTP) to all error messages; gcdp to errors from an
         // administrator's custom rules"; its replies link to its help pages.
         marks: &["gsmtp", "gcdp", "support.google.com"],
@@ -114,7 +119,7 @@ pub static PROVIDERS: &[Provider] = &[
     },
     Provider {
         family: "microsoft's published replies",
-        remote: "microsoft",
+        remote: Some("microsoft"),
         // Exchange Online's NDR codes name the component ("RESOLVER.ADR.RecipNotFound"); its
         // hosts are *.protection.outlook.com, *.outlook.com.
         marks: &["outlook.com", "resolver."],
@@ -169,7 +174,7 @@ pub static PROVIDERS: &[Provider] = &[
     },
     Provider {
         family: "yahoo's published replies",
-        remote: "yahoo",
+        remote: Some("yahoo"),
         // Its refusals after DATA start "delivery error: dd" (the sample bounce of the page).
         marks: &["yahoo", "delivery error: dd"],
         source: "https://senders.yahooinc.com/smtp-error-codes/ (SMTP error codes)",
@@ -197,36 +202,170 @@ pub static PROVIDERS: &[Provider] = &[
     },
 ];
 
-/// True when `family` is a provider's list.
+/// The MTAs' own messages, from their source code: what each writes in a bounce or a delay
+/// report of its own, or answers as a server. Transcribed per MTA (the messages that name a
+/// reason), each by what the code that writes it does.
+pub static MTAS: &[Provider] = &[
+    Provider {
+        family: "qmail's own messages",
+        remote: None,
+        marks: &[],
+        source: "netqmail 1.06 qmail-remote.c (temp_*, perm_*, quit()), qmail-local.c, qmail-send.c",
+        replies: &[
+            // temp_noconn (#4.4.1): no SMTP connection could be made.
+            ("able to establish an", "networkerror"),
+            // dropped() (#4.4.2): "Connected to ... but connection died."
+            ("but connection died", "networkerror"),
+            // temp_dnscanon (#4.4.3): "CNAME lookup failed temporarily."
+            ("cname lookup failed", "networkerror"),
+            // perm_ambigmx / perm_looping (#5.4.6), qmail-local's Delivered-To loop.
+            ("best-preference mx", "networkerror"),
+            ("message is looping", "networkerror"),
+            // temp_dns (#4.1.2), perm_dns (#5.1.2), perm_nomx (#5.4.4).
+            ("find any host by", "hostunknown"),
+            ("find any host named", "hostunknown"),
+            ("a mail exchanger or", "hostunknown"),
+            // temp_oserr, temp_chdir, temp_control (#4.3.0).
+            ("system resources temporarily unavailable", "systemerror"),
+            ("switch to home directory", "systemerror"),
+            ("unable to read control", "systemerror"),
+            // quit(): refused at the greeting or at HELO, the sender refused, AUTH refused.
+            ("but greeting failed", "blocked"),
+            ("my name was rejected", "blocked"),
+            ("but sender was rejected", "rejected"),
+            ("authentication was rejected", "securityerror"),
+            // qmail-local: "Sorry, no mailbox here by that name. (#5.1.1)".
+            ("no mailbox here by", "userunknown"),
+            // qmail-send: "I'm not going to try again; this message has been in the queue
+            // too long."
+            ("queue too long", "expired"),
+        ],
+    },
+    Provider {
+        family: "postfix's own messages",
+        remote: None,
+        marks: &[],
+        source: "Postfix 3.x src/smtp/smtp_proto.c, smtp_connect.c, smtp_addr.c; src/smtpd/smtpd_check.c; src/local, src/pipe",
+        replies: &[
+            // smtp_addr.c: "Host or domain name not found. Name service error for name=%s
+            // type=%s: Host not found" (the domain does not exist) before any other name
+            // service error (the resolver failed).
+            ("host or domain name", "hostunknown"),
+            ("name service error", "networkerror"),
+            // smtp_proto.c: "lost connection with %s while %s"; smtp_connect.c: "mail for %s
+            // loops back to myself".
+            ("lost connection with", "networkerror"),
+            ("loops back to myself", "networkerror"),
+            // smtpd_check.c (reject_unknown_client_hostname / reverse_client_hostname).
+            ("find your reverse hostname", "requireptr"),
+            ("find your hostname", "requireptr"),
+            ("helo command rejected", "blocked"),
+            ("service unavailable; client host", "blocked"),
+            ("relay access denied", "norelaying"),
+            // smtpd: "452 4.3.1 Insufficient system storage"; "552 5.3.4 Message size exceeds
+            // fixed maximum message size"; anvil: "too many connections from" ("too much mail
+            // from" is read by the rate-limit family).
+            ("insufficient system storage", "systemfull"),
+            ("exceeds fixed maximum", "emailtoolarge"),
+            ("too many connections from", "ratelimited"),
+            // pipe / local: "Command died with status %d", "Command time limit exceeded",
+            // "mail transport unavailable".
+            ("command died with", "mailererror"),
+            ("command time limit exceeded", "mailererror"),
+            ("mail transport unavailable", "systemerror"),
+        ],
+    },
+    Provider {
+        family: "exim's own messages",
+        remote: None,
+        marks: &[],
+        source: "Exim 4 src/transports/smtp.c, src/deliver.c, src/retry.c, src/routers (messages set on addr->message)",
+        replies: &[
+            // smtp.c / retry.c: the retry period is over.
+            ("retry time not reached", "expired"),
+            ("have been failing for", "expired"),
+            ("retry timeout exceeded", "expired"),
+            // Routers: the domain cannot be routed, its MX records lead nowhere.
+            ("unrouteable mail domain", "hostunknown"),
+            ("point to non-existent hosts", "hostunknown"),
+            ("host lookup did not", "networkerror"),
+            // The local part cannot be routed.
+            ("unrouteable address", "userunknown"),
+            // deliver.c: 'Too many "Received" headers - suspected mail loop'.
+            ("suspected mail loop", "networkerror"),
+            // Transports: "message is too big", pipe and local delivery failures.
+            ("message is too big", "emailtoolarge"),
+            ("local delivery failed", "mailererror"),
+            ("child process of", "mailererror"),
+            // ACL verification of the sender.
+            ("sender verify failed", "rejected"),
+        ],
+    },
+    Provider {
+        family: "sendmail's own messages",
+        remote: None,
+        marks: &[],
+        source: "sendmail 8 srvrsmtp.c, deliver.c, queue.c, err.c",
+        replies: &[
+            // srvrsmtp.c: "452 4.4.5 Insufficient disk space; try again later".
+            ("insufficient disk space", "systemfull"),
+            // queue.c / savemail: "Message could not be delivered for %s".
+            ("not be delivered for", "expired"),
+            // deliver.c: "Too many hops %d (%d max)".
+            ("too many hops", "networkerror"),
+            // "Mailbox disabled for this recipient" (5.2.1).
+            ("mailbox disabled for this", "suspend"),
+            // "Domain of sender address %s does not exist" (check_mail).
+            ("domain of sender address", "rejected"),
+        ],
+    },
+    Provider {
+        family: "other mtas' own messages",
+        remote: None,
+        marks: &[],
+        source: "HCL Domino (Lotus Notes) delivery failure reports; Ipswitch IMail Server bounces",
+        replies: &[
+            // Domino: "User not listed in public Name & Address Book", "... not listed in
+            // Domino Directory".
+            ("not listed in public", "userunknown"),
+            ("not listed in domino", "userunknown"),
+            // IMail: "Invalid final delivery userid".
+            ("invalid final delivery userid", "userunknown"),
+        ],
+    },
+];
+
+/// Every list, the providers' and the MTAs'.
+fn all() -> impl Iterator<Item = &'static Provider> {
+    PROVIDERS.iter().chain(MTAS.iter())
+}
+
+/// True when `family` is a provider's list or an MTA's messages.
 pub fn is_family(family: &str) -> bool {
-    PROVIDERS.iter().any(|p| p.family == family)
+    all().any(|p| p.family == family)
 }
 
-/// Every provider's family name.
+/// Every family's name.
 pub fn families() -> impl Iterator<Item = &'static str> {
-    PROVIDERS.iter().map(|p| p.family)
+    all().map(|p| p.family)
 }
 
-/// The units of evaluation: each provider's family with every reason it stands for.
+/// The units of evaluation: each family with every reason it stands for.
 pub fn units() -> Vec<(&'static str, &'static str)> {
-    PROVIDERS
-        .iter()
+    all()
         .flat_map(|p| p.replies.iter().map(|(_, reason)| (*reason, p.family)))
         .collect()
 }
 
 /// Every fragment of every list.
 pub fn fragments() -> impl Iterator<Item = &'static str> {
-    PROVIDERS
-        .iter()
-        .flat_map(|p| p.replies.iter().map(|(f, _)| *f))
+    all().flat_map(|p| p.replies.iter().map(|(f, _)| *f))
 }
 
 /// True when a reply of `family` standing for `reason` occurs in `text` (lower case,
 /// squeezed), whoever answered: for evaluation.
 pub fn fires(family: &str, reason: &str, text: &str) -> bool {
-    PROVIDERS
-        .iter()
+    all()
         .filter(|p| p.family == family)
         .flat_map(|p| p.replies.iter())
         .any(|(f, r)| *r == reason && text.contains(f))
@@ -235,21 +374,50 @@ pub fn fires(family: &str, reason: &str, text: &str) -> bool {
 /// The reason a provider's published reply stands for, and the provider's family, when the
 /// reply (`text`: lower case, squeezed) is that provider's: its server answered (`remote`) or
 /// the reply bears its mark. `skip` says whether a family is left out (evaluation).
-pub fn reason(
+pub fn provider_reason(
     remote: Option<&str>,
     text: &str,
     skip: impl Fn(&str) -> bool,
 ) -> Option<(&'static str, &'static str)> {
+    let answered = |p: &Provider| {
+        p.remote.is_some_and(|r| remote == Some(r)) || p.marks.iter().any(|m| text.contains(m))
+    };
     PROVIDERS
         .iter()
-        .filter(|p| !skip(p.family))
-        .filter(|p| remote == Some(p.remote) || p.marks.iter().any(|m| text.contains(m)))
+        .filter(|p| !skip(p.family) && answered(p))
         .find_map(|p| {
             p.replies
                 .iter()
                 .find(|(f, _)| text.contains(f))
                 .map(|(_, r)| (*r, p.family))
         })
+}
+
+/// The reason an MTA's own message in `text` (lower case, squeezed) stands for, and the MTA's
+/// family. `given_up`: only the messages that say the MTA gave up (its retry period is over:
+/// "expired"), else only the others. A give-up message says what became of the message, not
+/// why: the cause, when the report names one, is read first.
+pub fn mta_reason(
+    text: &str,
+    given_up: bool,
+    skip: impl Fn(&str) -> bool,
+) -> Option<(&'static str, &'static str)> {
+    lists_reason(MTAS, text, skip, |r| (r == "expired") == given_up)
+}
+
+/// The first entry (list by list) not skipped, whose reason `wanted` takes, that `text` holds.
+fn lists_reason(
+    lists: &'static [Provider],
+    text: &str,
+    skip: impl Fn(&str) -> bool,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<(&'static str, &'static str)> {
+    lists.iter().filter(|p| !skip(p.family)).find_map(|p| {
+        p.replies
+            .iter()
+            .find(|(f, r)| wanted(r) && text.contains(f))
+            .map(|(_, r)| (*r, p.family))
+    })
 }
 
 #[cfg(test)]
@@ -260,18 +428,18 @@ mod tests {
     fn a_providers_reply_is_read_only_when_that_provider_gave_it() {
         let google = "550-5.7.1 our system has detected that this message is likely unsolicited mail. - gsmtp";
         assert_eq!(
-            reason(None, google, |_| false),
+            provider_reason(None, google, |_| false),
             Some(("spamdetected", "google's published replies"))
         );
         // The same words from another server are not Google's reply.
         let other = "550 5.7.1 this message is likely unsolicited mail";
-        assert_eq!(reason(None, other, |_| false), None);
+        assert_eq!(provider_reason(None, other, |_| false), None);
         assert_eq!(
-            reason(Some("google"), other, |_| false).map(|(r, _)| r),
+            provider_reason(Some("google"), other, |_| false).map(|(r, _)| r),
             Some("spamdetected")
         );
         // Left out (evaluation): not consulted.
-        assert_eq!(reason(None, google, is_family), None);
+        assert_eq!(provider_reason(None, google, is_family), None);
     }
 
     #[test]

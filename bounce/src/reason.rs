@@ -1574,9 +1574,11 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     }
     let decided = decisive_status(e.status)
         .map(|r| (r, "status"))
-        .or_else(|| crate::published::reason(e.remote, &primary, left_out))
+        .or_else(|| crate::published::provider_reason(e.remote, &primary, left_out))
+        .or_else(|| crate::published::mta_reason(&primary, false, left_out))
         .or_else(|| find_pair(&primary, true))
         .or_else(|| find_rule(RULES, &primary))
+        .or_else(|| crate::published::mta_reason(&context, false, left_out))
         .or_else(|| find_rule(RULES, &context))
         .or_else(|| find_pair(&primary, false))
         .or_else(|| {
@@ -1586,6 +1588,8 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 && e.action.is_some_and(|a| a.eq_ignore_ascii_case("failed"));
             (delayed || final_temp).then_some(("expired", "action"))
         })
+        .or_else(|| crate::published::mta_reason(&primary, true, left_out))
+        .or_else(|| crate::published::mta_reason(&context, true, left_out))
         .or_else(|| find_rule(LATE_RULES, &primary))
         .or_else(|| find_rule(LATE_RULES, &context))
         .or_else(|| {
