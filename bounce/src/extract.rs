@@ -638,9 +638,20 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
         let (named, skipped) = prose_findings(&report_text, &not_recipients);
         findings = named;
         if findings.is_empty() {
-            // The prose names nobody: the returned original's recipients are the ones.
+            // The prose names nobody (Exim lists a file or pipe delivery by its command: "save
+            // to ..."): Exim's X-Failed-Recipients header names the failed addresses; else the
+            // returned original's recipients are the ones.
+            let failed: Vec<String> = m
+                .header_raw("X-Failed-Recipients")
+                .map(|v| {
+                    address_re()
+                        .find_iter(v)
+                        .map(|a| a.as_str().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
             let mut seen: Vec<String> = Vec::new();
-            for r in original_rcpts {
+            for r in failed.into_iter().chain(original_rcpts) {
                 if !seen.iter().any(|s| s.eq_ignore_ascii_case(&r)) {
                     seen.push(r);
                 }
