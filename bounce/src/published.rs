@@ -293,10 +293,14 @@ pub static MTAS: &[Provider] = &[
             ("unrouteable address", "userunknown"),
             // deliver.c: 'Too many "Received" headers - suspected mail loop'.
             ("suspected mail loop", "networkerror"),
+            // appendfile: "mailbox is full (MTA-imposed quota exceeded while writing to ...)".
+            ("mailbox is full", "mailboxfull"),
             // Transports: "message is too big", pipe and local delivery failures.
             ("message is too big", "emailtoolarge"),
             ("local delivery failed", "mailererror"),
             ("child process of", "mailererror"),
+            // An address it cannot parse: "malformed address: ... may not follow ...".
+            ("malformed address", "syntaxerror"),
             // ACL verification of the sender.
             ("sender verify failed", "rejected"),
         ],
@@ -320,18 +324,51 @@ pub static MTAS: &[Provider] = &[
         ],
     },
     Provider {
-        family: "other mtas' own messages",
+        family: "opensmtpd's own messages",
         remote: None,
         marks: &[],
-        source: "HCL Domino (Lotus Notes) delivery failure reports; Ipswitch IMail Server bounces",
+        source: "OpenSMTPD usr.sbin/smtpd/mta.c, mta_session.c (the errors it records for a relay or a domain)",
         replies: &[
-            // Domino: "User not listed in public Name & Address Book", "... not listed in
-            // Domino Directory".
+            ("domain does not exist", "hostunknown"),
+            ("no mx found for", "notaccept"),
+            ("network error on destination", "networkerror"),
+            ("loop detected", "networkerror"),
+        ],
+    },
+    Provider {
+        family: "amazon ses's own messages",
+        remote: None,
+        marks: &[],
+        source: "Amazon SES Developer Guide, SMTP issues and error messages (docs.aws.amazon.com/ses/latest/dg/troubleshoot-smtp.html)",
+        replies: &[
+            // "Email address is not verified. The following identities failed the check in
+            // region ...": SES relays only for verified identities.
+            ("address is not verified", "norelaying"),
+            // The account-level suppression list.
+            ("on the suppression list", "suppressed"),
+            // Sending quotas: "Daily message quota exceeded", "Maximum sending rate exceeded".
+            ("daily message quota exceeded", "ratelimited"),
+            ("maximum sending rate exceeded", "ratelimited"),
+        ],
+    },
+    Provider {
+        family: "domino's own messages",
+        remote: None,
+        marks: &[],
+        source: "HCL Domino (Lotus Notes) router delivery failure reports",
+        replies: &[
+            // "User not listed in public Name & Address Book", "... not listed in Domino
+            // Directory".
             ("not listed in public", "userunknown"),
             ("not listed in domino", "userunknown"),
-            // IMail: "Invalid final delivery userid".
-            ("invalid final delivery userid", "userunknown"),
         ],
+    },
+    Provider {
+        family: "imail's own messages",
+        remote: None,
+        marks: &[],
+        source: "Ipswitch IMail Server delivery failure messages",
+        replies: &[("invalid final delivery userid", "userunknown")],
     },
 ];
 

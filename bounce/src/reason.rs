@@ -514,6 +514,10 @@ static RULES: &[Rule] = &[
         "delivery report unavailable",
         &["delivery report unavailable"],
     ),
+    // A refusal that says it is for policy reasons (RFC 3463 X.7.1 used for policy: Yahoo's
+    // 554 5.7.9 "Message not accepted for policy reasons", "Mail from ... rejected for policy
+    // reasons"): the cause it names, whoever was refused.
+    ("policyviolation", "for policy reasons", &["policy reasons"]),
     // DNS block lists (RFC 5782) by name: the public lists of client addresses (one family,
     // the names of the lists' operators, as the comparisons of DNSBLs list them; not the lists
     // of domains in content, SURBL and URIBL, which are read as spam below).
@@ -885,8 +889,6 @@ static PAIRS: &[Pair] = &[
             "no such",
             "unknown",
             "invalid",
-            "not reachable",
-            "unreachable",
             "could not be resolved",
             "not resolvable",
         ],
@@ -1050,11 +1052,13 @@ static PAIRS: &[Pair] = &[
         gap: 2,
         early: false,
     },
-    // RFC 5321 section 4.2.3 (500/501 syntax errors) and RFC 3463 X.1.3/X.5.2 (bad syntax).
+    // RFC 5321 section 4.2.3 (500/501 syntax errors) and RFC 3463 X.5.2/X.5.4 (syntax error,
+    // invalid command arguments). Not a recipient address's syntax: RFC 3463 files that under
+    // addressing (X.1.3, "bad destination mailbox address syntax"), where the status decides.
     Pair {
-        name: "address ~ malformed",
+        name: "command ~ malformed",
         reason: "syntaxerror",
-        subjects: &["address", "command", "parameter", "argument"],
+        subjects: &["command", "parameter", "argument"],
         predicates: &[
             "malformed",
             "syntax",
@@ -1253,11 +1257,7 @@ static LATE_RULES: &[Rule] = &[
         ],
     ),
     // A receiver's local policy refused the message (RFC 3463 X.7.1 used for policy).
-    (
-        "policyviolation",
-        "policy",
-        &["policy reasons", "violates", "prohibited"],
-    ),
+    ("policyviolation", "policy", &["violates", "prohibited"]),
     (
         "policyviolation",
         "content presents a potential",
