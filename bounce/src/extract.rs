@@ -400,12 +400,36 @@ fn nested_bounce(m: &Message, depth: usize) -> Option<Extracted> {
     if depth >= 2 {
         return None;
     }
-    m.parts.iter().find_map(|p| match &p.body {
-        PartType::Message(inner) => {
-            let x = extract_depth(inner.raw_message(), depth + 1)?;
-            (x.kind == Kind::Bounce && x.findings.iter().any(|f| f.status.is_some())).then_some(x)
-        }
-        _ => None,
+    let reports = |x: Extracted| {
+        (x.kind == Kind::Bounce && x.findings.iter().any(|f| f.status.is_some())).then_some(x)
+    };
+    m.parts
+        .iter()
+        .find_map(|p| match &p.body {
+            PartType::Message(inner) => reports(extract_depth(inner.raw_message(), depth + 1)?),
+            _ => None,
+        })
+        .or_else(|| {
+            // A bounce forwarded as text (a provider's notice wrapping the MTA's report): an
+            // mbox "From " line, then the report's own header and body.
+            let raw = m.raw_message();
+            let from_line = mbox_envelope_re().find(raw)?;
+            let rest = &raw[from_line.end()..];
+            let start = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            reports(extract_depth(&rest[start..], depth + 1)?)
+        })
+}
+
+/// An mbox envelope line: "From sender  Thu Apr 29 23:34:45 2015" (the sender need not be an
+/// address: "MAILER-DAEMON").
+fn mbox_envelope_re() -> &'static regex::bytes::Regex {
+    static RE: OnceLock<regex::bytes::Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        regex::bytes::Regex::new(r"(?m)^From \S+ +[A-Z][a-z]{2} [A-Z][a-z]{2} +\d")
+            .expect("mbox envelope regex")
     })
 }
 
