@@ -256,6 +256,9 @@ pub static MTAS: &[Provider] = &[
             // loops back to myself".
             ("lost connection with", "networkerror"),
             ("loops back to myself", "networkerror"),
+            // smtp_proto.c: "host %s refused to talk to me: %s" (no 220 greeting: the server
+            // turned the client away before any envelope).
+            ("refused to talk to", "blocked"),
             // smtpd_check.c (reject_unknown_client_hostname / reverse_client_hostname).
             ("find your reverse hostname", "requireptr"),
             ("find your hostname", "requireptr"),
@@ -327,12 +330,25 @@ pub static MTAS: &[Provider] = &[
         family: "opensmtpd's own messages",
         remote: None,
         marks: &[],
-        source: "OpenSMTPD usr.sbin/smtpd/mta.c, mta_session.c (the errors it records for a relay or a domain)",
+        source: "OpenSMTPD usr.sbin/smtpd/mta.c (relay->failstr), queue.c (\"Envelope expired\")",
         replies: &[
+            // The MX lookup (mta_on_mx): DNS_ENONAME, DNS_EINVAL, DNS_ENOTFOUND, DNS_NULLMX,
+            // DNS_RETRY.
             ("domain does not exist", "hostunknown"),
+            ("invalid domain name", "hostunknown"),
             ("no mx found for", "notaccept"),
+            ("domain does not accept", "notaccept"),
+            ("temporary failure in mx", "networkerror"),
+            // No route left (mta_on_source): every MX refused our sessions, or the network,
+            // the address family or a block stood in the way.
+            ("seem to reject all", "notaccept"),
             ("network error on destination", "networkerror"),
+            ("address family mismatch on", "networkerror"),
+            ("all routes to destination", "networkerror"),
+            ("no valid route to", "networkerror"),
             ("loop detected", "networkerror"),
+            ("could not retrieve credentials", "securityerror"),
+            ("envelope expired", "expired"),
         ],
     },
     Provider {
@@ -350,25 +366,6 @@ pub static MTAS: &[Provider] = &[
             ("daily message quota exceeded", "ratelimited"),
             ("maximum sending rate exceeded", "ratelimited"),
         ],
-    },
-    Provider {
-        family: "domino's own messages",
-        remote: None,
-        marks: &[],
-        source: "HCL Domino (Lotus Notes) router delivery failure reports",
-        replies: &[
-            // "User not listed in public Name & Address Book", "... not listed in Domino
-            // Directory".
-            ("not listed in public", "userunknown"),
-            ("not listed in domino", "userunknown"),
-        ],
-    },
-    Provider {
-        family: "imail's own messages",
-        remote: None,
-        marks: &[],
-        source: "Ipswitch IMail Server delivery failure messages",
-        replies: &[("invalid final delivery userid", "userunknown")],
     },
 ];
 

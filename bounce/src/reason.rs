@@ -347,11 +347,13 @@ static RULES: &[Rule] = &[
         ],
     ),
     // RFC 3463 X.2.1 (mailbox disabled, not accepting messages): the account exists and is closed.
+    // Not a bare "suspended": Postfix's "delivery temporarily suspended: <cause>" suspends
+    // delivery to a destination, not an account (the account ~ disabled pair reads "account
+    // suspended", "mailbox currently suspended").
     (
         "suspend",
         "account disabled",
         &[
-            "suspended",
             "deactivated",
             "account has been disabled",
             "account is disabled",
