@@ -529,11 +529,17 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
     let (report, original) = split_original(&prose);
     let report_text = report.to_string();
     // Delivery-status fields written into the prose (broken MIME, or a plain-text DSN).
-    let dsn = dsn.or_else(|| {
-        dsn_fields_re()
-            .find(&report_text)
-            .map(|m| report_text[m.start()..].to_string())
-    });
+    let fields_in_prose = dsn
+        .is_none()
+        .then(|| dsn_fields_re().find(&report_text).map(|m| m.start()))
+        .flatten();
+    let dsn = dsn.or_else(|| fields_in_prose.map(|start| report_text[start..].to_string()));
+    // The human-readable report: the prose before such fields (their names and values, as
+    // "Reporting-MTA: dns; ...", are not a server's words about a recipient).
+    let human = match fields_in_prose {
+        Some(start) if !report_text[..start].trim().is_empty() => report_text[..start].to_string(),
+        _ => report_text.clone(),
+    };
     let mut original_rcpts = original_rcpts;
     original_rcpts.extend(original_to(original));
     let mut findings = Vec::new();
@@ -701,11 +707,11 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
     if !findings.is_empty() {
         let n = findings.len();
         for i in 0..n {
-            let segment = segment_for(&report_text, &findings, i);
+            let segment = segment_for(&human, &findings, i);
             let f = &mut findings[i];
             if f.diagnostic.trim().is_empty() {
                 f.diagnostic = segment;
-                f.context = report_text.clone();
+                f.context = human.clone();
             } else {
                 f.context = segment;
             }
