@@ -324,6 +324,12 @@ pub static MTAS: &[Provider] = &[
             ("mailbox disabled for this", "suspend"),
             // "Domain of sender address %s does not exist" (check_mail).
             ("domain of sender address", "rejected"),
+            // sysexits.c SysExMsg, the replies for a mailer's exit status: EX_OSERR,
+            // EX_OSFILE, EX_CONFIG (its own system), EX_CANTCREAT (a local mailer's output).
+            ("operating system error", "systemerror"),
+            ("system file missing", "systemerror"),
+            ("local configuration error", "systemerror"),
+            ("can't create output", "mailererror"),
         ],
     },
     Provider {

@@ -1251,6 +1251,7 @@ static LATE_RULES: &[Rule] = &[
             "local problem",
             "resources temporarily unavailable",
             "service currently unavailable",
+            "service unavailable",
             "server busy",
             "configuration error",
             "i/o error",
