@@ -422,42 +422,82 @@ pub fn provider_reason(
     let answered = |p: &Provider| {
         p.remote.is_some_and(|r| remote == Some(r)) || p.marks.iter().any(|m| text.contains(m))
     };
-    PROVIDERS
-        .iter()
-        .filter(|p| !skip(p.family) && answered(p))
-        .find_map(|p| {
-            p.replies
-                .iter()
-                .find(|(f, _)| text.contains(f))
-                .map(|(_, r)| (*r, p.family))
-        })
+    let index = &indexes()[0];
+    index
+        .automaton
+        .find_overlapping_iter(text)
+        .map(|hit| index.origin[hit.pattern().as_usize()])
+        .filter(|&(i, _)| !skip(PROVIDERS[i].family) && answered(&PROVIDERS[i]))
+        .min()
+        .map(|(i, j)| (PROVIDERS[i].replies[j].1, PROVIDERS[i].family))
 }
 
-/// The reason an MTA's own message in `text` (lower case, squeezed) stands for, and the MTA's
-/// family. `given_up`: only the messages that say the MTA gave up (its retry period is over:
-/// "expired"), else only the others. A give-up message says what became of the message, not
-/// why: the cause, when the report names one, is read first.
-pub fn mta_reason(
-    text: &str,
-    given_up: bool,
-    skip: impl Fn(&str) -> bool,
-) -> Option<(&'static str, &'static str)> {
-    lists_reason(MTAS, text, skip, |r| (r == "expired") == given_up)
-}
+/// The MTAs' own messages a text (lower case, squeezed) holds, found once and read twice (the
+/// causes first, the give-up messages later: [`MtaMessages::reason`]).
+pub struct MtaMessages(Vec<(usize, usize)>);
 
-/// The first entry (list by list) not skipped, whose reason `wanted` takes, that `text` holds.
-fn lists_reason(
-    lists: &'static [Provider],
-    text: &str,
-    skip: impl Fn(&str) -> bool,
-    wanted: impl Fn(&str) -> bool,
-) -> Option<(&'static str, &'static str)> {
-    lists.iter().filter(|p| !skip(p.family)).find_map(|p| {
-        p.replies
+impl MtaMessages {
+    pub fn in_text(text: &str) -> MtaMessages {
+        let index = &indexes()[1];
+        let mut hits: Vec<(usize, usize)> = index
+            .automaton
+            .find_overlapping_iter(text)
+            .map(|hit| index.origin[hit.pattern().as_usize()])
+            .collect();
+        hits.sort_unstable();
+        MtaMessages(hits)
+    }
+
+    /// The reason the first message found stands for, and its MTA's family. `given_up`: only
+    /// the messages that say the MTA gave up (its retry period is over: "expired"), else only
+    /// the others. A give-up message says what became of the message, not why: the cause,
+    /// when the report names one, is read first.
+    pub fn reason(
+        &self,
+        given_up: bool,
+        skip: impl Fn(&str) -> bool,
+    ) -> Option<(&'static str, &'static str)> {
+        self.0
             .iter()
-            .find(|(f, r)| wanted(r) && text.contains(f))
-            .map(|(_, r)| (*r, p.family))
-    })
+            .map(|&(i, j)| (&MTAS[i], MTAS[i].replies[j].1))
+            .find(|(p, reason)| (*reason == "expired") == given_up && !skip(p.family))
+            .map(|(p, reason)| (reason, p.family))
+    }
+}
+
+/// One automaton over every fragment of a set of lists, so a text is scanned once.
+struct Index {
+    automaton: aho_corasick::AhoCorasick,
+    /// For each pattern: (list, entry).
+    origin: Vec<(usize, usize)>,
+}
+
+impl Index {
+    fn new(lists: &[Provider]) -> Index {
+        let mut patterns = Vec::new();
+        let mut origin = Vec::new();
+        for (i, p) in lists.iter().enumerate() {
+            for (j, (fragment, _)) in p.replies.iter().enumerate() {
+                patterns.push(*fragment);
+                origin.push((i, j));
+            }
+        }
+        Index {
+            // A contiguous NFA: built in a fraction of a DFA's time (a classifier process may
+            // read one message), scanned about as fast for these few hundred short fragments.
+            automaton: aho_corasick::AhoCorasick::builder()
+                .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
+                .build(patterns)
+                .expect("fragment automaton"),
+            origin,
+        }
+    }
+}
+
+/// The automatons over the providers' fragments and over the MTAs'.
+fn indexes() -> &'static [Index; 2] {
+    static INDEXES: std::sync::OnceLock<[Index; 2]> = std::sync::OnceLock::new();
+    INDEXES.get_or_init(|| [Index::new(PROVIDERS), Index::new(MTAS)])
 }
 
 #[cfg(test)]

@@ -1566,6 +1566,11 @@ pub fn reason(e: &Evidence) -> &'static str {
 pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     let primary = squeeze(&e.diagnostic.to_ascii_lowercase());
     let context = squeeze(&e.context.to_ascii_lowercase());
+    let mta_primary = crate::published::MtaMessages::in_text(&primary);
+    // Read only when the earlier evidence decided nothing.
+    let mta_context = std::cell::OnceCell::new();
+    let mta_context =
+        || mta_context.get_or_init(|| crate::published::MtaMessages::in_text(&context));
     // RFC 3464 section 2.3.3: a report of success (delivered, relayed, expanded) is no bounce;
     // Sisimai calls it "delivered".
     if e.action.is_some_and(|a| {
@@ -1578,10 +1583,10 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     let decided = decisive_status(e.status)
         .map(|r| (r, "status"))
         .or_else(|| crate::published::provider_reason(e.remote, &primary, left_out))
-        .or_else(|| crate::published::mta_reason(&primary, false, left_out))
+        .or_else(|| mta_primary.reason(false, left_out))
         .or_else(|| find_pair(&primary, true))
         .or_else(|| find_rule(RULES, &primary))
-        .or_else(|| crate::published::mta_reason(&context, false, left_out))
+        .or_else(|| mta_context().reason(false, left_out))
         .or_else(|| find_rule(RULES, &context))
         .or_else(|| find_pair(&primary, false))
         .or_else(|| {
@@ -1591,8 +1596,8 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 && e.action.is_some_and(|a| a.eq_ignore_ascii_case("failed"));
             (delayed || final_temp).then_some(("expired", "action"))
         })
-        .or_else(|| crate::published::mta_reason(&primary, true, left_out))
-        .or_else(|| crate::published::mta_reason(&context, true, left_out))
+        .or_else(|| mta_primary.reason(true, left_out))
+        .or_else(|| mta_context().reason(true, left_out))
         .or_else(|| find_rule(LATE_RULES, &primary))
         .or_else(|| find_rule(LATE_RULES, &context))
         .or_else(|| {

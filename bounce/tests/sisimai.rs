@@ -251,7 +251,13 @@ fn ten_fold_agreement_without_the_rules_only_the_scored_fold_supports() {
     for (name, f, mean, worst, hard) in [
         ("family", &by_family, 93.3, 87.8, 98.0),
         ("wording", &by_wording, 90.2, 78.7, 97.7),
-        ("wording and BounceParser", &by_wording_more, 90.8, 78.7, 98.0),
+        (
+            "wording and BounceParser",
+            &by_wording_more,
+            90.8,
+            78.7,
+            98.0,
+        ),
     ] {
         assert!(
             f.mean >= mean,
