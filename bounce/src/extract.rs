@@ -396,7 +396,7 @@ pub fn extract(raw: &[u8]) -> Option<Extracted> {
 }
 
 /// A bounce forwarded inside another message: the inner one has the delivery status.
-fn nested_bounce(m: &Message, depth: usize) -> Option<Extracted> {
+fn nested_bounce(m: &Message, prose: &str, depth: usize) -> Option<Extracted> {
     if depth >= 2 {
         return None;
     }
@@ -411,16 +411,56 @@ fn nested_bounce(m: &Message, depth: usize) -> Option<Extracted> {
         })
         .or_else(|| {
             // A bounce forwarded as text (a provider's notice wrapping the MTA's report): an
-            // mbox "From " line, then the report's own header and body.
-            let raw = m.raw_message();
-            let from_line = mbox_envelope_re().find(raw)?;
-            let rest = &raw[from_line.end()..];
-            let start = rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |i| i + 1);
-            reports(extract_depth(&rest[start..], depth + 1)?)
+            // mbox "From " line in the notice's own prose, before anything that marks a
+            // returned original (a "From " line inside a returned original is that message's),
+            // then the report's own header and body.
+            let from_line = mbox_envelope_re().find(prose.as_bytes())?;
+            let lower = prose[..from_line.start()].to_ascii_lowercase();
+            if ORIGINAL_MARKERS.iter().any(|m| lower.contains(m)) {
+                return None;
+            }
+            let rest = &prose[from_line.end()..];
+            let start = rest.find('\n').map_or(rest.len(), |i| i + 1);
+            reports(extract_depth(&rest.as_bytes()[start..], depth + 1)?)
         })
+}
+
+/// `text` without its RFC 3464 delivery-status field lines (and their folded continuations):
+/// the fields of section 2.2 and 2.3 and extension fields (`X-...`).
+fn without_dsn_fields(text: &str) -> String {
+    const FIELDS: &[&str] = &[
+        "original-envelope-id",
+        "reporting-mta",
+        "dsn-gateway",
+        "received-from-mta",
+        "arrival-date",
+        "original-recipient",
+        "final-recipient",
+        "action",
+        "status",
+        "remote-mta",
+        "diagnostic-code",
+        "last-attempt-date",
+        "final-log-id",
+        "will-retry-until",
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut in_field = false;
+    for line in text.split_inclusive('\n') {
+        if in_field && line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let name = line
+            .split_once(':')
+            .map(|(n, _)| n.trim().to_ascii_lowercase());
+        in_field = name.is_some_and(|n| {
+            !n.contains(' ') && (FIELDS.contains(&n.as_str()) || n.starts_with("x-"))
+        });
+        if !in_field {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// An mbox envelope line: "From sender  Thu Apr 29 23:34:45 2015" (the sender need not be an
@@ -534,11 +574,11 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
         .then(|| dsn_fields_re().find(&report_text).map(|m| m.start()))
         .flatten();
     let dsn = dsn.or_else(|| fields_in_prose.map(|start| report_text[start..].to_string()));
-    // The human-readable report: the prose before such fields (their names and values, as
+    // The human-readable report: the prose without such fields (their names and values, as
     // "Reporting-MTA: dns; ...", are not a server's words about a recipient).
     let human = match fields_in_prose {
-        Some(start) if !report_text[..start].trim().is_empty() => report_text[..start].to_string(),
-        _ => report_text.clone(),
+        Some(_) => without_dsn_fields(&report_text),
+        None => report_text.clone(),
     };
     let mut original_rcpts = original_rcpts;
     original_rcpts.extend(original_to(original));
@@ -669,8 +709,8 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
         findings = named;
         if findings.is_empty() {
             // The prose names nobody (Exim lists a file or pipe delivery by its command: "save
-            // to ..."): Exim's X-Failed-Recipients header names the failed addresses; else the
-            // returned original's recipients are the ones.
+            // to ..."): Exim's X-Failed-Recipients header names the failed addresses, and only
+            // those; without it the returned original's recipients are the ones.
             let failed: Vec<String> = m
                 .header_raw("X-Failed-Recipients")
                 .map(|v| {
@@ -680,8 +720,13 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
                         .collect()
                 })
                 .unwrap_or_default();
+            let named = if failed.is_empty() {
+                original_rcpts
+            } else {
+                failed
+            };
             let mut seen: Vec<String> = Vec::new();
-            for r in failed.into_iter().chain(original_rcpts) {
+            for r in named {
                 if !seen.iter().any(|s| s.eq_ignore_ascii_case(&r)) {
                     seen.push(r);
                 }
@@ -730,7 +775,7 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
         }
     }
     if (findings.is_empty() || (dsn.is_none() && findings.iter().all(|f| f.status.is_none())))
-        && let Some(inner) = nested_bounce(m, depth)
+        && let Some(inner) = nested_bounce(m, &prose, depth)
     {
         return Some(inner);
     }

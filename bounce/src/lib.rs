@@ -69,6 +69,7 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                     action: f.action.as_deref(),
                     reply_code: f.reply_code,
                     remote,
+                    writer: x.writer,
                 }),
             };
             let (reason, why) = match remote_host_reason(remote, &f.diagnostic) {
@@ -139,6 +140,7 @@ pub fn classify_reply(
             action: None,
             reply_code: Some(code),
             remote: None,
+            writer: None,
         })
     } else {
         reason::reason(&reason::Evidence {
@@ -149,6 +151,7 @@ pub fn classify_reply(
             action,
             reply_code: Some(code),
             remote: None,
+            writer: None,
         })
     };
     (r, code >= 500 && reason::is_hard(r, status.as_deref()))

@@ -1,19 +1,23 @@
 //! What the origin of a bounce is known to say: the big receivers' published replies (the lists
 //! Google, Microsoft and Yahoo publish of what their servers answer and why: the "rhost" layer
 //! of a bounce parser, keyed by the provider that answered) and the MTAs' own messages (what
-//! Postfix, Exim, Sendmail, qmail, ... write in their bounces, from their source code: the
-//! "lhost" layer).
+//! Postfix, Exim, Sendmail, qmail, OpenSMTPD and Amazon SES write in their bounces, from their
+//! source code or documentation: the "lhost" layer, keyed by the MTA that wrote the report).
 //!
-//! Each provider's list, each MTA's messages, is one family (one unit of the k-fold evaluation, see
-//! [`crate::reason::Unit`]): its entries were transcribed from the provider's page as a whole,
-//! each by what the page says it means, not picked from the bounces the classifier is scored
-//! on. An entry is a short fragment of the published reply (at most four words, lower
-//! case, as [`crate::extract::squeeze`] leaves it: replies are quoted over folded lines) and the
-//! reason in Sisimai's vocabulary. A provider's entries apply only to a reply the provider gave:
-//! the answering host is the provider's ([`crate::origin::remote`]) or the reply carries the
-//! provider's own mark (Google appends "gsmtp" to every error it sends). An MTA's messages are
-//! its own sentences and apply wherever they are quoted (a Sendmail server's refusal in a
-//! Postfix bounce is still Sendmail's).
+//! An entry is a short fragment of a reply or message (at most four words, lower case, as
+//! [`crate::extract::squeeze`] leaves it: replies are quoted over folded lines) and the reason
+//! in Sisimai's vocabulary, each by what its source says it means. A provider's entries apply
+//! only to a reply the provider gave: the answering host is the provider's
+//! ([`crate::origin::remote`]) or the reply carries the provider's own mark (Google appends
+//! "gsmtp" to every error it sends). An MTA's entries apply only to a report that MTA wrote
+//! ([`crate::origin::writer`]): another server's reply quoted in it is read by the phrase
+//! families. An MTA sentence that wraps a quoted reply ("Connected to ... but sender was
+//! rejected. Remote host said: ...") is read after the phrase families, which read the reply;
+//! one that says the MTA gave up ("... in the queue too long") at the give-up step.
+//!
+//! In the k-fold evaluation ([`crate::reason::Unit`]) each fragment is its own unit by wording
+//! (these lists were written knowing the corpus they are scored on) and each list one unit by
+//! family.
 //!
 //! Left out on purpose: replies whose meaning is not a bounce reason (Google's "Mail server
 //! temporarily rejected message" says no more than a 4.3.0 status), and the ones the generic
@@ -21,23 +25,28 @@
 
 /// One provider's published list, or one MTA's messages.
 pub struct Provider {
-    /// The family's name: what decided a reason, and the unit of evaluation.
+    /// The family's name: its unit of evaluation by family.
     pub family: &'static str,
-    /// The provider's name in [`crate::origin::remote`] (None: an MTA's messages, read
-    /// wherever they occur).
+    /// The provider's name in [`crate::origin::remote`] (a provider's list).
     pub remote: Option<&'static str>,
-    /// Words in a reply that say the provider wrote it.
+    /// Words in a reply that say the provider gave it.
     pub marks: &'static [&'static str],
+    /// The writers' names in [`crate::origin::writer`] (an MTA's messages).
+    pub writers: &'static [&'static str],
     /// Where the list is published.
     pub source: &'static str,
-    /// Fragments of the published replies and the reason each stands for.
+    /// Fragments of the replies or messages and the reason each stands for.
     pub replies: &'static [(&'static str, &'static str)],
+    /// The fragments (of `replies`) that wrap a quoted server reply.
+    pub wrappers: &'static [&'static str],
 }
 
 pub static PROVIDERS: &[Provider] = &[
     Provider {
         family: "google's published replies",
         remote: Some("google"),
+        writers: &[],
+        wrappers: &[],
         // "Gmail appends gsmtp (Google SMTP) to all error messages; gcdp to errors from an
         // administrator's custom rules"; its replies link to its help pages.
         marks: &["gsmtp", "gcdp", "support.google.com"],
@@ -120,9 +129,11 @@ pub static PROVIDERS: &[Provider] = &[
     Provider {
         family: "microsoft's published replies",
         remote: Some("microsoft"),
-        // Exchange Online's NDR codes name the component ("RESOLVER.ADR.RecipNotFound"); its
-        // hosts are *.protection.outlook.com, *.outlook.com.
-        marks: &["outlook.com", "resolver."],
+        writers: &[],
+        wrappers: &[],
+        // Exchange's NDR codes name the component ("RESOLVER.ADR.RecipNotFound"); Exchange
+        // Online's hosts, named in its replies, are *.protection.outlook.com.
+        marks: &["protection.outlook.com", "resolver.adr.", "resolver.rst."],
         source: "https://learn.microsoft.com/en-us/exchange/mail-flow-best-practices/non-delivery-reports-in-exchange-online/non-delivery-reports-in-exchange-online (Exchange Online NDRs); https://sendersupport.olc.protection.outlook.com/pm/troubleshooting.aspx (Outlook.com)",
         replies: &[
             // 5.1.1 / 5.1.10 / 5.4.1: the recipient does not exist.
@@ -153,11 +164,10 @@ pub static PROVIDERS: &[Provider] = &[
             // 5.7.512 "message must be RFC 5322 section 3.6.2 compliant".
             ("rfc 5322 section 3.6.2", "notcompliantrfc"),
             // 5.4.310 "DNS domain does not exist"; 5.4.312 "DNS query failed"; 5.4.14 hop
-            // count; 5.4.300 / 4.4.7 expiry.
+            // count.
             ("domain does not exist", "hostunknown"),
             ("dns query failed", "networkerror"),
             ("hop count exceeded", "networkerror"),
-            ("message expired", "expired"),
             // 5.2.121 / 5.2.122 "per hour message receive limit"; 5.1.90 "daily limit for
             // message recipients"; 5.2.2 "Submission quota exceeded"; 5.7.700-749 tenant
             // threshold.
@@ -175,8 +185,15 @@ pub static PROVIDERS: &[Provider] = &[
     Provider {
         family: "yahoo's published replies",
         remote: Some("yahoo"),
-        // Its refusals after DATA start "delivery error: dd" (the sample bounce of the page).
-        marks: &["yahoo", "delivery error: dd"],
+        writers: &[],
+        wrappers: &[],
+        // Its refusals after DATA start "delivery error: dd" (the sample bounce of the page);
+        // its replies point to postmaster.yahooinc.com.
+        marks: &[
+            "delivery error: dd",
+            "postmaster.yahooinc.com",
+            "yahoo.com account",
+        ],
         source: "https://senders.yahooinc.com/smtp-error-codes/ (SMTP error codes)",
         replies: &[
             // 553 5.7.1 [BL21]/[BL22]/[BL23] "Connections will not be accepted from ...,
@@ -210,6 +227,13 @@ pub static MTAS: &[Provider] = &[
         family: "qmail's own messages",
         remote: None,
         marks: &[],
+        writers: &["qmail"],
+        wrappers: &[
+            "but greeting failed",
+            "my name was rejected",
+            "but sender was rejected",
+            "authentication was rejected",
+        ],
         source: "netqmail 1.06 qmail-remote.c (temp_*, perm_*, quit()), qmail-local.c, qmail-send.c",
         replies: &[
             // temp_noconn (#4.4.1): no SMTP connection could be made.
@@ -245,11 +269,15 @@ pub static MTAS: &[Provider] = &[
         family: "postfix's own messages",
         remote: None,
         marks: &[],
+        writers: &["postfix"],
+        wrappers: &["refused to talk to"],
         source: "Postfix 3.x src/smtp/smtp_proto.c, smtp_connect.c, smtp_addr.c; src/smtpd/smtpd_check.c; src/local, src/pipe",
         replies: &[
             // smtp_addr.c: "Host or domain name not found. Name service error for name=%s
-            // type=%s: Host not found" (the domain does not exist) before any other name
-            // service error (the resolver failed).
+            // type=%s: Host not found" (the domain does not exist), but "Host not found, try
+            // again" (TRY_AGAIN: the resolver failed for now), like any other name service
+            // error.
+            ("not found, try again", "networkerror"),
             ("host or domain name", "hostunknown"),
             ("name service error", "networkerror"),
             // smtp_proto.c: "lost connection with %s while %s"; smtp_connect.c: "mail for %s
@@ -282,6 +310,8 @@ pub static MTAS: &[Provider] = &[
         family: "exim's own messages",
         remote: None,
         marks: &[],
+        writers: &["exim"],
+        wrappers: &[],
         source: "Exim 4 src/transports/smtp.c, src/deliver.c, src/retry.c, src/routers (messages set on addr->message)",
         replies: &[
             // smtp.c / retry.c: the retry period is over.
@@ -312,6 +342,8 @@ pub static MTAS: &[Provider] = &[
         family: "sendmail's own messages",
         remote: None,
         marks: &[],
+        writers: &["sendmail", "sendmail v5"],
+        wrappers: &[],
         source: "sendmail 8 srvrsmtp.c, deliver.c, queue.c, err.c",
         replies: &[
             // srvrsmtp.c: "452 4.4.5 Insufficient disk space; try again later".
@@ -320,8 +352,6 @@ pub static MTAS: &[Provider] = &[
             ("not be delivered for", "expired"),
             // deliver.c: "Too many hops %d (%d max)".
             ("too many hops", "networkerror"),
-            // "Mailbox disabled for this recipient" (5.2.1).
-            ("mailbox disabled for this", "suspend"),
             // "Domain of sender address %s does not exist" (check_mail).
             ("domain of sender address", "rejected"),
             // sysexits.c SysExMsg, the replies for a mailer's exit status: EX_OSERR,
@@ -336,6 +366,8 @@ pub static MTAS: &[Provider] = &[
         family: "opensmtpd's own messages",
         remote: None,
         marks: &[],
+        writers: &["opensmtpd"],
+        wrappers: &[],
         source: "OpenSMTPD usr.sbin/smtpd/mta.c (relay->failstr), queue.c (\"Envelope expired\")",
         replies: &[
             // The MX lookup (mta_on_mx): DNS_ENONAME, DNS_EINVAL, DNS_ENOTFOUND, DNS_NULLMX,
@@ -361,6 +393,8 @@ pub static MTAS: &[Provider] = &[
         family: "amazon ses's own messages",
         remote: None,
         marks: &[],
+        writers: &["amazon ses"],
+        wrappers: &[],
         source: "Amazon SES Developer Guide, SMTP issues and error messages (docs.aws.amazon.com/ses/latest/dg/troubleshoot-smtp.html)",
         replies: &[
             // "Email address is not verified. The following identities failed the check in
@@ -385,15 +419,35 @@ pub fn is_family(family: &str) -> bool {
     all().any(|p| p.family == family)
 }
 
-/// Every family's name.
-pub fn families() -> impl Iterator<Item = &'static str> {
-    all().map(|p| p.family)
+/// The providers' lists, by family name.
+pub fn provider_families() -> impl Iterator<Item = &'static str> {
+    PROVIDERS.iter().map(|p| p.family)
 }
 
-/// The units of evaluation: each family with every reason it stands for.
-pub fn units() -> Vec<(&'static str, &'static str)> {
+/// The family a fragment belongs to (the first list that holds it).
+pub fn family_of(fragment: &str) -> Option<&'static str> {
     all()
-        .flat_map(|p| p.replies.iter().map(|(_, reason)| (*reason, p.family)))
+        .find(|p| p.replies.iter().any(|(f, _)| *f == fragment))
+        .map(|p| p.family)
+}
+
+/// True when `fragment` is a provider's published reply (which says what it means whatever
+/// the command it answered).
+pub fn is_provider_reply(fragment: &str) -> bool {
+    PROVIDERS
+        .iter()
+        .any(|p| p.replies.iter().any(|(f, _)| *f == fragment))
+}
+
+/// The units of evaluation, with the reason each stands for: every fragment by wording, every
+/// list by family.
+pub fn units(by_family: bool) -> Vec<(&'static str, &'static str)> {
+    all()
+        .flat_map(|p| {
+            p.replies.iter().map(move |(fragment, reason)| {
+                (*reason, if by_family { p.family } else { *fragment })
+            })
+        })
         .collect()
 }
 
@@ -402,8 +456,8 @@ pub fn fragments() -> impl Iterator<Item = &'static str> {
     all().flat_map(|p| p.replies.iter().map(|(f, _)| *f))
 }
 
-/// True when a reply of `family` standing for `reason` occurs in `text` (lower case,
-/// squeezed), whoever answered: for evaluation.
+/// True when a fragment of `family` standing for `reason` occurs in `text` (lower case,
+/// squeezed), whoever answered or wrote it: for evaluation.
 pub fn fires(family: &str, reason: &str, text: &str) -> bool {
     all()
         .filter(|p| p.family == family)
@@ -411,14 +465,17 @@ pub fn fires(family: &str, reason: &str, text: &str) -> bool {
         .any(|(f, r)| *r == reason && text.contains(f))
 }
 
-/// The reason a provider's published reply stands for, and the provider's family, when the
-/// reply (`text`: lower case, squeezed) is that provider's: its server answered (`remote`) or
-/// the reply bears its mark. `skip` says whether a family is left out (evaluation).
+/// What decided: the reason, the family and the fragment.
+pub type Decided = (&'static str, &'static str, &'static str);
+
+/// The reason a provider's published reply stands for, when the reply (`text`: lower case,
+/// squeezed) is that provider's: its server answered (`remote`) or the reply bears its mark.
+/// `skip(family, fragment)` says whether an entry is left out (evaluation).
 pub fn provider_reason(
     remote: Option<&str>,
     text: &str,
-    skip: impl Fn(&str) -> bool,
-) -> Option<(&'static str, &'static str)> {
+    skip: impl Fn(&str, &str) -> bool,
+) -> Option<Decided> {
     let answered = |p: &Provider| {
         p.remote.is_some_and(|r| remote == Some(r)) || p.marks.iter().any(|m| text.contains(m))
     };
@@ -427,41 +484,64 @@ pub fn provider_reason(
         .automaton
         .find_overlapping_iter(text)
         .map(|hit| index.origin[hit.pattern().as_usize()])
-        .filter(|&(i, _)| !skip(PROVIDERS[i].family) && answered(&PROVIDERS[i]))
+        .filter(|&(i, j)| {
+            let p = &PROVIDERS[i];
+            answered(p) && !skip(p.family, p.replies[j].0)
+        })
         .min()
-        .map(|(i, j)| (PROVIDERS[i].replies[j].1, PROVIDERS[i].family))
+        .map(|(i, j)| decided(&PROVIDERS[i], j))
 }
 
-/// The MTAs' own messages a text (lower case, squeezed) holds, found once and read twice (the
-/// causes first, the give-up messages later: [`MtaMessages::reason`]).
+fn decided(p: &'static Provider, j: usize) -> Decided {
+    (p.replies[j].1, p.family, p.replies[j].0)
+}
+
+/// Where an MTA's message is read: its own statement of a cause, a sentence that wraps a
+/// quoted reply, or its giving up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Cause,
+    Wrapper,
+    GivenUp,
+}
+
+/// The MTA's own messages a text (lower case, squeezed) holds, for a report that MTA wrote;
+/// found once and read by tier ([`MtaMessages::reason`]).
 pub struct MtaMessages(Vec<(usize, usize)>);
 
 impl MtaMessages {
-    pub fn in_text(text: &str) -> MtaMessages {
+    pub fn in_text(text: &str, writer: Option<&str>) -> MtaMessages {
+        let Some(writer) = writer else {
+            return MtaMessages(Vec::new());
+        };
         let index = &indexes()[1];
         let mut hits: Vec<(usize, usize)> = index
             .automaton
             .find_overlapping_iter(text)
             .map(|hit| index.origin[hit.pattern().as_usize()])
+            .filter(|&(i, _)| MTAS[i].writers.contains(&writer))
             .collect();
         hits.sort_unstable();
         MtaMessages(hits)
     }
 
-    /// The reason the first message found stands for, and its MTA's family. `given_up`: only
-    /// the messages that say the MTA gave up (its retry period is over: "expired"), else only
-    /// the others. A give-up message says what became of the message, not why: the cause,
-    /// when the report names one, is read first.
-    pub fn reason(
-        &self,
-        given_up: bool,
-        skip: impl Fn(&str) -> bool,
-    ) -> Option<(&'static str, &'static str)> {
+    /// The first message of the tier found, not skipped (`skip(family, fragment)`).
+    pub fn reason(&self, tier: Tier, skip: impl Fn(&str, &str) -> bool) -> Option<Decided> {
         self.0
             .iter()
-            .map(|&(i, j)| (&MTAS[i], MTAS[i].replies[j].1))
-            .find(|(p, reason)| (*reason == "expired") == given_up && !skip(p.family))
-            .map(|(p, reason)| (reason, p.family))
+            .find(|&&(i, j)| {
+                let p = &MTAS[i];
+                let (fragment, reason) = p.replies[j];
+                let its = if reason == "expired" {
+                    Tier::GivenUp
+                } else if p.wrappers.contains(&fragment) {
+                    Tier::Wrapper
+                } else {
+                    Tier::Cause
+                };
+                its == tier && !skip(p.family, fragment)
+            })
+            .map(|&(i, j)| decided(&MTAS[i], j))
     }
 }
 
@@ -508,18 +588,63 @@ mod tests {
     fn a_providers_reply_is_read_only_when_that_provider_gave_it() {
         let google = "550-5.7.1 our system has detected that this message is likely unsolicited mail. - gsmtp";
         assert_eq!(
-            provider_reason(None, google, |_| false),
-            Some(("spamdetected", "google's published replies"))
+            provider_reason(None, google, |_, _| false),
+            Some((
+                "spamdetected",
+                "google's published replies",
+                "likely unsolicited mail"
+            ))
         );
         // The same words from another server are not Google's reply.
         let other = "550 5.7.1 this message is likely unsolicited mail";
-        assert_eq!(provider_reason(None, other, |_| false), None);
+        assert_eq!(provider_reason(None, other, |_, _| false), None);
         assert_eq!(
-            provider_reason(Some("google"), other, |_| false).map(|(r, _)| r),
+            provider_reason(Some("google"), other, |_, _| false).map(|(r, _, _)| r),
             Some("spamdetected")
         );
         // Left out (evaluation): not consulted.
-        assert_eq!(provider_reason(None, google, is_family), None);
+        assert_eq!(
+            provider_reason(None, google, |family, _| is_family(family)),
+            None
+        );
+    }
+
+    #[test]
+    fn an_mtas_messages_are_read_in_its_own_reports_by_tier() {
+        let none = |_: &str, _: &str| false;
+        let qmail = "<a@example.org>: connected to 192.0.2.1 but sender was rejected. remote host said: 553 sorry, your envelope sender is in my badmailfrom list";
+        let found = MtaMessages::in_text(qmail, Some("qmail"));
+        // The sentence wraps the server's reply: not a cause of its own.
+        assert_eq!(found.reason(Tier::Cause, none), None);
+        assert_eq!(
+            found.reason(Tier::Wrapper, none).map(|d| d.0),
+            Some("rejected")
+        );
+        // Another MTA's report that quotes the same words: not qmail's message.
+        assert_eq!(
+            MtaMessages::in_text(qmail, Some("postfix")).reason(Tier::Wrapper, none),
+            None
+        );
+        assert_eq!(
+            MtaMessages::in_text(qmail, None).reason(Tier::Wrapper, none),
+            None
+        );
+        // Postfix's TRY_AGAIN: the resolver failed for now, the domain may well exist.
+        let postfix = "host or domain name not found. name service error for name=example.org type=mx: host not found, try again";
+        assert_eq!(
+            MtaMessages::in_text(postfix, Some("postfix"))
+                .reason(Tier::Cause, none)
+                .map(|d| d.0),
+            Some("networkerror")
+        );
+        // A give-up message waits for its tier.
+        let given_up = "i'm not going to try again; this message has been in the queue too long.";
+        let found = MtaMessages::in_text(given_up, Some("qmail"));
+        assert_eq!(found.reason(Tier::Cause, none), None);
+        assert_eq!(
+            found.reason(Tier::GivenUp, none).map(|d| d.0),
+            Some("expired")
+        );
     }
 
     #[test]

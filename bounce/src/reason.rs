@@ -24,23 +24,16 @@ const NAMED: &str = "the reason's own name";
 /// The family of the public DNS block lists, by name.
 const DNSBLS: &str = "dns block lists by name";
 
-/// Families that are one unit under either kind of evaluation: their wordings come whole from
-/// one source (the vocabulary's names, a provider's published list of replies), none chosen
-/// from a text on its own.
-fn whole(family: &str) -> bool {
-    family == NAMED || family == DNSBLS || crate::published::is_family(family)
-}
-
 /// Phrase rules, checked in this order against the lower-cased diagnostic (a reason may
 /// appear twice: its specific phrases early, its generic ones late).
 static RULES: &[Rule] = &[
     // A report that names the reason in the vocabulary's own words ("Mailer error", "On hold",
-    // "Internal system error", "Network error on destination MXs"): one family, its wordings
-    // the two-word names of Sisimai's reasons (libsisimai.org/en/reason), not chosen from any
-    // text. Not in it: "user unknown", "host unknown", "mailbox full" and "syntax error", the
-    // MTAs' own wordings, kept in their families below; "policy violation", which Sisimai
-    // reads as a security error under X.7.0.
+    // "Internal system error", "Network error on destination MXs"): its wordings the two-word
+    // names of Sisimai's reasons (libsisimai.org/en/reason). Not in it: "user unknown",
+    // "host unknown", "mailbox full" and "syntax error", the MTAs' own wordings, kept in their
+    // families below.
     ("mailererror", NAMED, &["mailer error"]),
+    ("policyviolation", NAMED, &["policy violation"]),
     ("onhold", NAMED, &["on hold"]),
     ("systemerror", NAMED, &["system error"]),
     ("networkerror", NAMED, &["network error"]),
@@ -516,13 +509,9 @@ static RULES: &[Rule] = &[
         "delivery report unavailable",
         &["delivery report unavailable"],
     ),
-    // A refusal that says it is for policy reasons (RFC 3463 X.7.1 used for policy: Yahoo's
-    // 554 5.7.9 "Message not accepted for policy reasons", "Mail from ... rejected for policy
-    // reasons"): the cause it names, whoever was refused.
-    ("policyviolation", "for policy reasons", &["policy reasons"]),
-    // DNS block lists (RFC 5782) by name: the public lists of client addresses (one family,
-    // the names of the lists' operators, as the comparisons of DNSBLs list them; not the lists
-    // of domains in content, SURBL and URIBL, which are read as spam below).
+    // DNS block lists (RFC 5782) by name: the public lists of client addresses (the names of
+    // the lists and their operators; not the lists of domains in content, SURBL and URIBL,
+    // which are read as spam below, nor a filtering appliance's name).
     (
         "blocked",
         DNSBLS,
@@ -531,7 +520,6 @@ static RULES: &[Rule] = &[
             "spamhaus",
             "spamcop",
             "sorbs",
-            "barracuda",
             "uceprotect",
             "psbl",
             "mailspike",
@@ -589,6 +577,11 @@ static RULES: &[Rule] = &[
         "dynamic address",
         &["dynamic ip", "residential", "dial-up", "dialup"],
     ),
+    // A refusal that says it is for policy reasons (RFC 3463 X.7.1 used for policy: Yahoo's
+    // 554 5.7.9 "Message not accepted for policy reasons", "Mail from ... rejected for policy
+    // reasons"): the cause it names, whoever was refused (after the block lists:
+    // a listing names the cause more precisely).
+    ("policyviolation", "for policy reasons", &["policy reasons"]),
     // Spam verdicts of content filters.
     (
         "spamdetected",
@@ -804,15 +797,15 @@ static PAIRS: &[Pair] = &[
         early: false,
     },
     // RFC 7505 (null MX, X.1.10) and a domain whose MX says it takes no mail ("No MX found for
-    // domain", "an MX or SRV record indicated no SMTP service"). Early: it says why a delay
-    // report's message will not be delivered, more than its queue lifetime does.
+    // domain", "an MX or SRV record indicated no SMTP service"; "MX" the word, not a host
+    // named mx1...).
     Pair {
         name: "no mx",
         reason: "notaccept",
-        subjects: &["mx", "smtp service", "mail exchanger"],
+        subjects: &["mx$", "smtp service", "mail exchanger"],
         predicates: &["no$", "null"],
         gap: 1,
-        early: true,
+        early: false,
     },
     // The client's address or name is refused (Postfix's "Client host rejected", the providers'
     // IP blocks: "IP address blacklisted", "Client host blocked", Orange's "Adresse IP source
@@ -1143,7 +1136,7 @@ pub fn fires(unit: Unit, reason: &str, name: &str, text: &str) -> bool {
     if crate::published::is_family(name) {
         return crate::published::fires(name, reason, &text);
     }
-    if unit == Unit::Wording && !whole(name) {
+    if unit == Unit::Wording {
         return mentions(&text, name);
     }
     let mut family = [RULES, LATE_RULES, WEAK_RULES]
@@ -1251,7 +1244,6 @@ static LATE_RULES: &[Rule] = &[
             "local problem",
             "resources temporarily unavailable",
             "service currently unavailable",
-            "service unavailable",
             "server busy",
             "configuration error",
             "i/o error",
@@ -1306,6 +1298,13 @@ static WEAK_RULES: &[Rule] = &[
     ("userunknown", "address rejected", &["address rejected"]),
     ("userunknown", "recipient rejected", &["recipient rejected"]),
     ("suspend", "disabled", &["disabled"]),
+    // RFC 5321's 421/554 "Service not available" in a server's own words, with nothing more
+    // specific in the text (a refusal that names its cause is read before).
+    (
+        "systemerror",
+        "service unavailable",
+        &["service unavailable"],
+    ),
     ("policyviolation", "policy", &["policy"]),
     ("policyviolation", "prohibited", &["prohibited"]),
     ("policyviolation", "not allowed", &["not allowed"]),
@@ -1332,6 +1331,8 @@ pub struct Evidence<'a> {
     pub reply_code: Option<u16>,
     /// The provider whose server answered ([`crate::origin::remote`]), when known.
     pub remote: Option<&'a str>,
+    /// The MTA or provider that wrote the report ([`crate::origin::writer`]), when known.
+    pub writer: Option<&'a str>,
 }
 
 /// What an SMTP reply code alone says (RFC 5321 section 4.2.3): 500-504 are the syntax and
@@ -1441,8 +1442,8 @@ fn left_out(name: &str) -> bool {
 fn rule_left_out(family: &str, wording: &str) -> bool {
     LEFT_OUT.with(|l| {
         l.borrow().as_ref().is_some_and(|(unit, set)| match unit {
-            Unit::Wording if !whole(family) => set.contains(wording),
-            _ => set.contains(family),
+            Unit::Wording => set.contains(wording),
+            Unit::Family => set.contains(family),
         })
     })
 }
@@ -1455,15 +1456,16 @@ pub fn unit_of(unit: Unit, why: &str) -> Option<&'static str> {
         tables.flat_map(|(_, family, wordings)| wordings.iter().map(move |w| (*family, *w)));
     let pairs = PAIRS.iter().map(|p| (p.name, p.name));
     let surely = SURELY_UNKNOWN.iter().map(|p| (*p, *p));
-    let published = crate::published::families().map(|f| (f, f));
+    let published = crate::published::fragments()
+        .filter_map(|f| crate::published::family_of(f).map(|family| (family, f)));
     found
         .chain(surely)
         .chain(pairs)
         .chain(published)
         .find(|(_, w)| *w == why)
         .map(|(family, wording)| match unit {
-            Unit::Wording if !whole(family) => wording,
-            _ => family,
+            Unit::Wording => wording,
+            Unit::Family => family,
         })
 }
 
@@ -1477,18 +1479,12 @@ pub fn units(unit: Unit) -> Vec<(&'static str, &'static str)> {
             .map(|(reason, family, _)| (*reason, *family))
             .collect(),
         Unit::Wording => tables
-            .flat_map(|(reason, family, wordings)| {
-                if whole(family) {
-                    vec![(*reason, *family)]
-                } else {
-                    wordings.iter().map(|w| (*reason, *w)).collect()
-                }
-            })
+            .flat_map(|(reason, _, wordings)| wordings.iter().map(move |w| (*reason, *w)))
             .collect(),
     };
     all.extend(SURELY_UNKNOWN.iter().map(|p| ("userunknown", *p)));
     all.extend(PAIRS.iter().map(|p| (p.reason, p.name)));
-    all.extend(crate::published::units());
+    all.extend(crate::published::units(unit == Unit::Family));
     all.sort();
     all.dedup();
     all
@@ -1553,7 +1549,8 @@ const SURELY_UNKNOWN: &[&str] = &[
     // same "dd" also prefixes other refusals ("This account has been disabled"), which their
     // own wordings decide first: this list is read only once a reason is userunknown. The
     // prefix, not Yahoo's sentence: the fleet's yahoo-like profile answers with that sentence,
-    // and the classifier holds none of the fleet's replies (sim/tests/provider_replies.rs).
+    // and sim/tests/provider_replies.rs classifies the fleet's replies without the providers'
+    // published lists (published.rs), which hold a fragment of it.
     "delivery error: dd",
 ];
 
@@ -1566,11 +1563,12 @@ pub fn reason(e: &Evidence) -> &'static str {
 pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     let primary = squeeze(&e.diagnostic.to_ascii_lowercase());
     let context = squeeze(&e.context.to_ascii_lowercase());
-    let mta_primary = crate::published::MtaMessages::in_text(&primary);
+    use crate::published::{MtaMessages, Tier};
+    let mta_primary = MtaMessages::in_text(&primary, e.writer);
     // Read only when the earlier evidence decided nothing.
     let mta_context = std::cell::OnceCell::new();
-    let mta_context =
-        || mta_context.get_or_init(|| crate::published::MtaMessages::in_text(&context));
+    let mta_context = || mta_context.get_or_init(|| MtaMessages::in_text(&context, e.writer));
+    let fragment = |d: crate::published::Decided| (d.0, d.2);
     // RFC 3464 section 2.3.3: a report of success (delivered, relayed, expanded) is no bounce;
     // Sisimai calls it "delivered".
     if e.action.is_some_and(|a| {
@@ -1582,12 +1580,28 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     }
     let decided = decisive_status(e.status)
         .map(|r| (r, "status"))
-        .or_else(|| crate::published::provider_reason(e.remote, &primary, left_out))
-        .or_else(|| mta_primary.reason(false, left_out))
+        .or_else(|| {
+            crate::published::provider_reason(e.remote, &primary, rule_left_out).map(fragment)
+        })
+        .or_else(|| mta_primary.reason(Tier::Cause, rule_left_out).map(fragment))
         .or_else(|| find_pair(&primary, true))
         .or_else(|| find_rule(RULES, &primary))
-        .or_else(|| mta_context().reason(false, left_out))
+        .or_else(|| {
+            mta_primary
+                .reason(Tier::Wrapper, rule_left_out)
+                .map(fragment)
+        })
+        .or_else(|| {
+            mta_context()
+                .reason(Tier::Cause, rule_left_out)
+                .map(fragment)
+        })
         .or_else(|| find_rule(RULES, &context))
+        .or_else(|| {
+            mta_context()
+                .reason(Tier::Wrapper, rule_left_out)
+                .map(fragment)
+        })
         .or_else(|| find_pair(&primary, false))
         .or_else(|| {
             let delayed = e.action.is_some_and(|a| a.eq_ignore_ascii_case("delayed"));
@@ -1596,8 +1610,16 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 && e.action.is_some_and(|a| a.eq_ignore_ascii_case("failed"));
             (delayed || final_temp).then_some(("expired", "action"))
         })
-        .or_else(|| mta_primary.reason(true, left_out))
-        .or_else(|| mta_context().reason(true, left_out))
+        .or_else(|| {
+            mta_primary
+                .reason(Tier::GivenUp, rule_left_out)
+                .map(fragment)
+        })
+        .or_else(|| {
+            mta_context()
+                .reason(Tier::GivenUp, rule_left_out)
+                .map(fragment)
+        })
         .or_else(|| find_rule(LATE_RULES, &primary))
         .or_else(|| find_rule(LATE_RULES, &context))
         .or_else(|| {
@@ -1634,7 +1656,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 || s.starts_with("5.4.")
         });
         // A provider's published reply for an unknown account says so whatever the command.
-        let surely = crate::published::is_family(why)
+        let surely = crate::published::is_provider_reply(why)
             || SURELY_UNKNOWN
                 .iter()
                 .filter(|p| !left_out(p))

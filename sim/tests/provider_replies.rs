@@ -71,10 +71,23 @@ fn expected(profile: &str, situation: &str) -> &'static str {
 }
 
 /// Each profile's every reply gets the reason it states, and the classifier holds none of
-/// them: no phrase of it that occurs in a reply is over four words or half of the reply.
+/// them: no phrase of it that occurs in a reply is over four words or half of the reply. The
+/// classifier's own lists of the providers' published replies (the pages the profiles'
+/// replies were transcribed from) are left out here, so the reasons come from the families
+/// written for replies in general.
 #[test]
 fn provider_replies_are_classified_by_families_not_by_their_own_sentences() {
-    let phrases = mailsim_bounce::reason::wordings();
+    use mailsim_bounce::reason::{Unit, without_phrases};
+    let providers: std::collections::HashSet<&'static str> =
+        mailsim_bounce::published::provider_families().collect();
+    let published: Vec<&'static str> = mailsim_bounce::published::PROVIDERS
+        .iter()
+        .flat_map(|p| p.replies.iter().map(|(f, _)| *f))
+        .collect();
+    let phrases: Vec<&'static str> = mailsim_bounce::reason::wordings()
+        .into_iter()
+        .filter(|w| !published.contains(w))
+        .collect();
     let mut wrong = Vec::new();
     for (profile, name) in PROFILES {
         let replies = Replies::for_profile(profile);
@@ -91,8 +104,9 @@ fn provider_replies_are_classified_by_families_not_by_their_own_sentences() {
                     );
                 }
             }
-            let (reason, _) =
-                mailsim_bounce::classify_reply(r.code, r.enhanced.as_deref(), &r.text, command);
+            let (reason, _) = without_phrases(Unit::Family, providers.clone(), || {
+                mailsim_bounce::classify_reply(r.code, r.enhanced.as_deref(), &r.text, command)
+            });
             if reason != expected(name, situation) {
                 wrong.push(format!(
                     "{name} {situation}: {} {:?} {:?} -> {reason}, expected {}",
