@@ -35,18 +35,26 @@ pub struct Provider {
     pub writers: &'static [&'static str],
     /// Where the list is published.
     pub source: &'static str,
+    /// Every message of the source named (not a choice of them): one unit of the k-fold
+    /// evaluation even by wording, since no fragment of it was picked for a text it is scored
+    /// on.
+    pub complete: bool,
     /// Fragments of the replies or messages and the reason each stands for.
     pub replies: &'static [(&'static str, &'static str)],
     /// The fragments (of `replies`) that wrap a quoted server reply.
     pub wrappers: &'static [&'static str],
+    /// Generic words only (an MTA's stock replies): read last of all.
+    pub generic: bool,
 }
 
 pub static PROVIDERS: &[Provider] = &[
     Provider {
         family: "google's published replies",
+        complete: false,
         remote: Some("google"),
         writers: &[],
         wrappers: &[],
+        generic: false,
         // "Gmail appends gsmtp (Google SMTP) to all error messages; gcdp to errors from an
         // administrator's custom rules"; its replies link to its help pages.
         marks: &["gsmtp", "gcdp", "support.google.com"],
@@ -128,9 +136,11 @@ pub static PROVIDERS: &[Provider] = &[
     },
     Provider {
         family: "microsoft's published replies",
+        complete: false,
         remote: Some("microsoft"),
         writers: &[],
         wrappers: &[],
+        generic: false,
         // Exchange's NDR codes name the component ("RESOLVER.ADR.RecipNotFound"); Exchange
         // Online's hosts, named in its replies, are *.protection.outlook.com.
         marks: &["protection.outlook.com", "resolver.adr.", "resolver.rst."],
@@ -184,9 +194,11 @@ pub static PROVIDERS: &[Provider] = &[
     },
     Provider {
         family: "yahoo's published replies",
+        complete: false,
         remote: Some("yahoo"),
         writers: &[],
         wrappers: &[],
+        generic: false,
         // Its refusals after DATA start "delivery error: dd" (the sample bounce of the page);
         // its replies point to postmaster.yahooinc.com.
         marks: &[
@@ -224,7 +236,8 @@ pub static PROVIDERS: &[Provider] = &[
 /// reason), each by what the code that writes it does.
 pub static MTAS: &[Provider] = &[
     Provider {
-        family: "qmail's own messages",
+        family: "qmail-remote's messages",
+        complete: true,
         remote: None,
         marks: &[],
         writers: &["qmail"],
@@ -234,32 +247,58 @@ pub static MTAS: &[Provider] = &[
             "but sender was rejected",
             "authentication was rejected",
         ],
-        source: "netqmail 1.06 qmail-remote.c (temp_*, perm_*, quit()), qmail-local.c, qmail-send.c",
+        generic: false,
+        source: "qmail-remote.c (netqmail 1.06 with the common TLS and AUTH patches): every message of temp_*(), perm_*(), dropped(), dropped_tls() and the quit() calls of smtp()",
         replies: &[
             // temp_noconn (#4.4.1): no SMTP connection could be made.
             ("able to establish an", "networkerror"),
-            // dropped() (#4.4.2): "Connected to ... but connection died."
+            // dropped(), dropped_tls() (#4.4.2): "Connected to ... but connection died."
             ("but connection died", "networkerror"),
+            ("tls connection died", "networkerror"),
             // temp_dnscanon (#4.4.3): "CNAME lookup failed temporarily."
             ("cname lookup failed", "networkerror"),
-            // perm_ambigmx / perm_looping (#5.4.6), qmail-local's Delivered-To loop.
+            // perm_ambigmx, perm_looping (#5.4.6).
             ("best-preference mx", "networkerror"),
-            ("message is looping", "networkerror"),
+            ("message is looping within", "networkerror"),
             // temp_dns (#4.1.2), perm_dns (#5.1.2), perm_nomx (#5.4.4).
             ("find any host by", "hostunknown"),
             ("find any host named", "hostunknown"),
             ("a mail exchanger or", "hostunknown"),
-            // temp_oserr, temp_chdir, temp_control (#4.3.0).
+            // temp_nomem, temp_oserr, temp_read, temp_chdir, temp_control, temp_noip,
+            // perm_usage (#4.3.0, #5.3.5).
+            ("out of memory", "systemerror"),
             ("system resources temporarily unavailable", "systemerror"),
+            ("unable to read message", "systemerror"),
             ("switch to home directory", "systemerror"),
             ("unable to read control", "systemerror"),
-            // quit(): refused at the greeting or at HELO, the sender refused, AUTH refused.
+            ("invalid ipaddr in control/outgoingip", "systemerror"),
+            ("was invoked improperly", "systemerror"),
+            // perm_partialline (#5.6.2): the message cannot be sent as it is.
+            ("partial final lines", "contenterror"),
+            // "TLS not available: ..." (the session could not be secured).
+            ("tls not available", "failedstarttls"),
+            // quit(): refused at the greeting or at HELO, the sender refused, AUTH refused
+            // (sentences that wrap the server's quoted reply).
             ("but greeting failed", "blocked"),
             ("my name was rejected", "blocked"),
             ("but sender was rejected", "rejected"),
             ("authentication was rejected", "securityerror"),
-            // qmail-local: "Sorry, no mailbox here by that name. (#5.1.1)".
+        ],
+    },
+    Provider {
+        family: "qmail-local's and qmail-send's messages",
+        complete: false,
+        remote: None,
+        marks: &[],
+        writers: &["qmail"],
+        wrappers: &[],
+        generic: false,
+        source: "netqmail 1.06 qmail-local.c, qmail-send.c",
+        replies: &[
+            // qmail-local: "Sorry, no mailbox here by that name. (#5.1.1)"; "This message is
+            // looping: it already has my Delivered-To line. (#5.4.6)".
             ("no mailbox here by", "userunknown"),
+            ("already has my delivered-to", "networkerror"),
             // qmail-send: "I'm not going to try again; this message has been in the queue
             // too long."
             ("queue too long", "expired"),
@@ -267,10 +306,12 @@ pub static MTAS: &[Provider] = &[
     },
     Provider {
         family: "postfix's own messages",
+        complete: false,
         remote: None,
         marks: &[],
         writers: &["postfix"],
         wrappers: &["refused to talk to"],
+        generic: false,
         source: "Postfix 3.x src/smtp/smtp_proto.c, smtp_connect.c, smtp_addr.c; src/smtpd/smtpd_check.c; src/local, src/pipe",
         replies: &[
             // smtp_addr.c: "Host or domain name not found. Name service error for name=%s
@@ -308,10 +349,12 @@ pub static MTAS: &[Provider] = &[
     },
     Provider {
         family: "exim's own messages",
+        complete: false,
         remote: None,
         marks: &[],
         writers: &["exim"],
         wrappers: &[],
+        generic: false,
         source: "Exim 4 src/transports/smtp.c, src/deliver.c, src/retry.c, src/routers (messages set on addr->message)",
         replies: &[
             // smtp.c / retry.c: the retry period is over.
@@ -340,10 +383,12 @@ pub static MTAS: &[Provider] = &[
     },
     Provider {
         family: "sendmail's own messages",
+        complete: false,
         remote: None,
         marks: &[],
         writers: &["sendmail", "sendmail v5"],
         wrappers: &[],
+        generic: false,
         source: "sendmail 8 srvrsmtp.c, deliver.c, queue.c, err.c",
         replies: &[
             // srvrsmtp.c: "452 4.4.5 Insufficient disk space; try again later".
@@ -354,26 +399,51 @@ pub static MTAS: &[Provider] = &[
             ("too many hops", "networkerror"),
             // "Domain of sender address %s does not exist" (check_mail).
             ("domain of sender address", "rejected"),
-            // sysexits.c SysExMsg, the replies for a mailer's exit status: EX_OSERR,
-            // EX_OSFILE, EX_CONFIG (its own system), EX_CANTCREAT (a local mailer's output).
+        ],
+    },
+    Provider {
+        family: "sendmail's sysexits replies",
+        complete: true,
+        remote: None,
+        marks: &[],
+        writers: &["sendmail", "sendmail v5"],
+        // Generic words all ("User unknown", "Service unavailable", written after the
+        // remote's own reply): read last, after the phrase families and the status code.
+        wrappers: &[],
+        generic: true,
+        source: "sendmail 8 sendmail/sysexits.c SysExMsg: the reply for each mailer exit status, but EX_TEMPFAIL (\"Deferred\", a prefix to its cause) and EX_PROTOCOL (\"Remote protocol error\", the remote's failure, read by the phrase families)",
+        replies: &[
+            ("bad usage", "systemerror"),
+            ("data format error", "contenterror"),
+            ("cannot open input", "systemerror"),
+            ("user unknown", "userunknown"),
+            ("host unknown", "hostunknown"),
+            ("service unavailable", "systemerror"),
+            ("internal error", "systemerror"),
             ("operating system error", "systemerror"),
             ("system file missing", "systemerror"),
-            ("local configuration error", "systemerror"),
             ("can't create output", "mailererror"),
+            ("i/o error", "systemerror"),
+            ("insufficient permission", "mailererror"),
+            ("local configuration error", "systemerror"),
         ],
     },
     Provider {
         family: "opensmtpd's own messages",
+        complete: true,
         remote: None,
         marks: &[],
         writers: &["opensmtpd"],
         wrappers: &[],
-        source: "OpenSMTPD usr.sbin/smtpd/mta.c (relay->failstr), queue.c (\"Envelope expired\")",
+        generic: false,
+        source: "OpenSMTPD usr.sbin/smtpd/mta.c: every relay->failstr (mta_on_mx, mta_on_secret, mta_on_source); mta_session.c \"Loop detected\"; queue.c \"Envelope expired\"",
         replies: &[
             // The MX lookup (mta_on_mx): DNS_ENONAME, DNS_EINVAL, DNS_ENOTFOUND, DNS_NULLMX,
             // DNS_RETRY.
             ("domain does not exist", "hostunknown"),
             ("invalid domain name", "hostunknown"),
+            // DNS_ENOTFOUND for a host given as the relay, not a domain's MX.
+            ("host not found", "hostunknown"),
             ("no mx found for", "notaccept"),
             ("domain does not accept", "notaccept"),
             ("temporary failure in mx", "networkerror"),
@@ -386,15 +456,18 @@ pub static MTAS: &[Provider] = &[
             ("no valid route to", "networkerror"),
             ("loop detected", "networkerror"),
             ("could not retrieve credentials", "securityerror"),
+            ("could not retrieve source", "networkerror"),
             ("envelope expired", "expired"),
         ],
     },
     Provider {
         family: "amazon ses's own messages",
+        complete: false,
         remote: None,
         marks: &[],
         writers: &["amazon ses"],
         wrappers: &[],
+        generic: false,
         source: "Amazon SES Developer Guide, SMTP issues and error messages (docs.aws.amazon.com/ses/latest/dg/troubleshoot-smtp.html)",
         replies: &[
             // "Email address is not verified. The following identities failed the check in
@@ -439,16 +512,28 @@ pub fn is_provider_reply(fragment: &str) -> bool {
         .any(|p| p.replies.iter().any(|(f, _)| *f == fragment))
 }
 
-/// The units of evaluation, with the reason each stands for: every fragment by wording, every
-/// list by family.
+/// The units of evaluation, with the reason each stands for: every list by family; by
+/// wording, every fragment of a list that is a choice, a complete list whole.
 pub fn units(by_family: bool) -> Vec<(&'static str, &'static str)> {
     all()
         .flat_map(|p| {
             p.replies.iter().map(move |(fragment, reason)| {
-                (*reason, if by_family { p.family } else { *fragment })
+                (
+                    *reason,
+                    if by_family || p.complete {
+                        p.family
+                    } else {
+                        *fragment
+                    },
+                )
             })
         })
         .collect()
+}
+
+/// True when `family` is a complete list (see [`Provider::complete`]).
+pub fn is_complete(family: &str) -> bool {
+    all().any(|p| p.family == family && p.complete)
 }
 
 /// Every fragment of every list.
@@ -497,12 +582,13 @@ fn decided(p: &'static Provider, j: usize) -> Decided {
 }
 
 /// Where an MTA's message is read: its own statement of a cause, a sentence that wraps a
-/// quoted reply, or its giving up.
+/// quoted reply, its giving up, or a stock reply in generic words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
     Cause,
     Wrapper,
     GivenUp,
+    Generic,
 }
 
 /// The MTA's own messages a text (lower case, squeezed) holds, for a report that MTA wrote;
@@ -532,7 +618,9 @@ impl MtaMessages {
             .find(|&&(i, j)| {
                 let p = &MTAS[i];
                 let (fragment, reason) = p.replies[j];
-                let its = if reason == "expired" {
+                let its = if p.generic {
+                    Tier::Generic
+                } else if reason == "expired" {
                     Tier::GivenUp
                 } else if p.wrappers.contains(&fragment) {
                     Tier::Wrapper
@@ -636,6 +724,15 @@ mod tests {
                 .reason(Tier::Cause, none)
                 .map(|d| d.0),
             Some("networkerror")
+        );
+        // Sendmail's stock reply for a mailer's exit status is read last of all.
+        let sendmail = "554 5.7.9 header error ... <a@example.org>... service unavailable";
+        let found = MtaMessages::in_text(sendmail, Some("sendmail"));
+        assert_eq!(found.reason(Tier::Cause, none), None);
+        assert_eq!(found.reason(Tier::Wrapper, none), None);
+        assert_eq!(
+            found.reason(Tier::Generic, none).map(|d| d.0),
+            Some("systemerror")
         );
         // A give-up message waits for its tier.
         let given_up = "i'm not going to try again; this message has been in the queue too long.";

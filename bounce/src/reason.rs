@@ -587,7 +587,9 @@ static RULES: &[Rule] = &[
         "spamdetected",
         "spam",
         &[
-            "spam",
+            "spam$",
+            "spamming",
+            "spammer",
             "junk mail",
             "unsolicited",
             "bulk mail",
@@ -1033,7 +1035,7 @@ static PAIRS: &[Pair] = &[
         name: "message ~ spam",
         reason: "spamdetected",
         subjects: &["message", "content", "mail", "email", "scored", "score"],
-        predicates: &["spam", "unsolicited", "junk", "ube", "bulk"],
+        predicates: &["spam$", "spamming", "unsolicited", "junk", "ube", "bulk"],
         gap: 4,
         early: false,
     },
@@ -1136,7 +1138,7 @@ pub fn fires(unit: Unit, reason: &str, name: &str, text: &str) -> bool {
     if crate::published::is_family(name) {
         return crate::published::fires(name, reason, &text);
     }
-    if unit == Unit::Wording {
+    if unit == Unit::Wording && !crate::published::is_complete(name) {
         return mentions(&text, name);
     }
     let mut family = [RULES, LATE_RULES, WEAK_RULES]
@@ -1272,7 +1274,7 @@ static LATE_RULES: &[Rule] = &[
 /// Generic words, consulted only when no specific phrase, no final temporary status and no
 /// status code decided.
 static WEAK_RULES: &[Rule] = &[
-    ("spamdetected", "spam", &["spam"]),
+    ("spamdetected", "spam", &["spam$", "spamming", "spammer"]),
     ("spamdetected", "score", &["score"]),
     ("mailboxfull", "quota", &["quota"]),
     ("mailboxfull", "is full", &["is full"]),
@@ -1344,14 +1346,27 @@ fn reason_for_reply_code(code: Option<u16>) -> Option<&'static str> {
 /// True when `phrase` occurs in `text` starting at a word boundary ("locked" is not found in
 /// "blocked").
 fn mentions(text: &str, phrase: &str) -> bool {
-    let starts_word = phrase.chars().next().is_some_and(|c| c.is_alphanumeric());
-    text.match_indices(phrase).any(|(i, _)| {
-        !starts_word
-            || !text[..i]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_alphanumeric())
-    })
+    let (bare, _) = whole_word(phrase);
+    text.match_indices(bare)
+        .any(|(i, _)| at_word(text, phrase, i, i + bare.len()))
+}
+
+/// A wording ending in `$` is a whole word ("spam$" is not found in "spamhaus"): the wording
+/// without it, and whether it is one.
+fn whole_word(phrase: &str) -> (&str, bool) {
+    match phrase.strip_suffix('$') {
+        Some(bare) => (bare, true),
+        None => (phrase, false),
+    }
+}
+
+/// True when `phrase`, found in `text` at `start..end`, starts a word (when it starts with a
+/// letter or digit) and, when it ends in `$`, also ends one.
+fn at_word(text: &str, phrase: &str, start: usize, end: usize) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+    let starts_word = alnum(phrase.chars().next());
+    (!starts_word || !alnum(text[..start].chars().next_back()))
+        && (!whole_word(phrase).1 || !alnum(text[end..].chars().next()))
 }
 
 /// One automaton over every phrase of a rule table, so a text is scanned once.
@@ -1367,7 +1382,7 @@ impl Matcher {
         let mut origin = Vec::new();
         for (i, (_, _, phrases)) in rules.iter().enumerate() {
             for (j, p) in phrases.iter().enumerate() {
-                patterns.push(*p);
+                patterns.push(whole_word(p).0);
                 origin.push((i, j));
             }
         }
@@ -1442,8 +1457,8 @@ fn left_out(name: &str) -> bool {
 fn rule_left_out(family: &str, wording: &str) -> bool {
     LEFT_OUT.with(|l| {
         l.borrow().as_ref().is_some_and(|(unit, set)| match unit {
-            Unit::Wording => set.contains(wording),
-            Unit::Family => set.contains(family),
+            Unit::Wording if !crate::published::is_complete(family) => set.contains(wording),
+            _ => set.contains(family),
         })
     })
 }
@@ -1464,8 +1479,8 @@ pub fn unit_of(unit: Unit, why: &str) -> Option<&'static str> {
         .chain(published)
         .find(|(_, w)| *w == why)
         .map(|(family, wording)| match unit {
-            Unit::Wording => wording,
-            Unit::Family => family,
+            Unit::Wording if !crate::published::is_complete(family) => wording,
+            _ => family,
         })
 }
 
@@ -1496,7 +1511,7 @@ pub fn units(unit: Unit) -> Vec<(&'static str, &'static str)> {
 pub fn wordings() -> Vec<&'static str> {
     let tables = [RULES, LATE_RULES, WEAK_RULES].into_iter().flatten();
     tables
-        .flat_map(|(_, _, wordings)| wordings.iter().copied())
+        .flat_map(|(_, _, wordings)| wordings.iter().map(|w| whole_word(w).0))
         .chain(SURELY_UNKNOWN.iter().copied())
         .chain(crate::published::fragments())
         .collect()
@@ -1510,15 +1525,7 @@ fn find_rule(rules: &'static [Rule], text: &str) -> Option<(&'static str, &'stat
         .filter(|hit| {
             let (i, j) = m.origin[hit.pattern().as_usize()];
             let phrase = rules[i].2[j];
-            if rule_left_out(rules[i].1, phrase) {
-                return false;
-            }
-            let starts_word = phrase.chars().next().is_some_and(|c| c.is_alphanumeric());
-            !starts_word
-                || !text[..hit.start()]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_alphanumeric())
+            !rule_left_out(rules[i].1, phrase) && at_word(text, phrase, hit.start(), hit.end())
         })
         .map(|hit| m.origin[hit.pattern().as_usize()])
         .min()
@@ -1554,6 +1561,18 @@ const SURELY_UNKNOWN: &[&str] = &[
     "delivery error: dd",
 ];
 
+/// Clauses that say why a receiver has a rule, not what this message did ("To reduce the
+/// amount of spam sent to Gmail, this message has been blocked", "To best protect our users
+/// from spam, ...": the providers' refusals for unauthenticated or malformed mail, low
+/// reputation, ... say it alike): taken out before the text is read.
+fn without_purposes(text: String) -> String {
+    const PURPOSES: &[&str] = &["amount of spam", "users from spam"];
+    if !PURPOSES.iter().any(|p| text.contains(p)) {
+        return text;
+    }
+    PURPOSES.iter().fold(text, |t, p| t.replace(p, " "))
+}
+
 /// Pick the reason for one failure.
 pub fn reason(e: &Evidence) -> &'static str {
     explain(e).0
@@ -1561,8 +1580,8 @@ pub fn reason(e: &Evidence) -> &'static str {
 
 /// The reason and what decided it (a phrase, "status", "action").
 pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
-    let primary = squeeze(&e.diagnostic.to_ascii_lowercase());
-    let context = squeeze(&e.context.to_ascii_lowercase());
+    let primary = without_purposes(squeeze(&e.diagnostic.to_ascii_lowercase()));
+    let context = without_purposes(squeeze(&e.context.to_ascii_lowercase()));
     use crate::published::{MtaMessages, Tier};
     let mta_primary = MtaMessages::in_text(&primary, e.writer);
     // Read only when the earlier evidence decided nothing.
@@ -1629,6 +1648,16 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .map(|r| (r, "status"))
         })
         .or_else(|| reason_for_reply_code(e.reply_code).map(|r| (r, "reply code")))
+        .or_else(|| {
+            mta_primary
+                .reason(Tier::Generic, rule_left_out)
+                .map(fragment)
+        })
+        .or_else(|| {
+            mta_context()
+                .reason(Tier::Generic, rule_left_out)
+                .map(fragment)
+        })
         .or_else(|| find_rule(WEAK_RULES, &primary))
         .or_else(|| find_rule(WEAK_RULES, &context));
     let (mut r, why) = decided.unwrap_or(("onhold", "default"));

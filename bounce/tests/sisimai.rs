@@ -233,24 +233,32 @@ fn ten_fold_agreement_without_the_rules_only_the_scored_fold_supports() {
     let by_wording_more = ten_fold(Unit::Wording, true);
     // Measured 2026-12-02 (bounds are these figures less rounding, so a change that overfits
     // fails):
-    // - by wording (every hand-chosen wording its own unit, the fragments of the providers'
-    //   published replies and of the MTAs' own messages too: those lists were written knowing
-    //   this corpus; the honest figure): mean 84.2%, worst fold 69.7%, hard/soft 96.3% (81.7 /
-    //   63.6 / 95.4 before the pairs for lost connections, failed name service, null MX,
-    //   refused clients and missing reverse DNS, the providers' and MTAs' lists, and the
-    //   extraction fixes of the same day);
+    // - by wording (every hand-chosen wording its own unit, each fragment of the providers'
+    //   published replies and of the MTAs' messages too when the list is a choice, written
+    //   knowing this corpus; a complete transcription of a source's messages, as OpenSMTPD's
+    //   mta.c failures, qmail-remote's messages, Sendmail's sysexits replies, one unit; the
+    //   honest figure): mean 85.5%, worst fold 72.7%, hard/soft 96.3% (81.7 / 63.6 / 95.4
+    //   before the pairs for lost connections, failed name service, null MX, refused clients
+    //   and missing reverse DNS, the providers' and MTAs' lists, and the extraction fixes of
+    //   the same day);
     // - by wording, trained on the other nine folds and on BounceParser's labelled corpus (a
-    //   unit it supports is kept in every fold; none of its files is scored): mean 85.0%,
-    //   worst fold 69.7%, hard/soft 96.9%;
-    // - by family: mean 92.9%, worst fold 87.9%, hard/soft 98.1%. This flatters: a wording
+    //   unit it supports is kept in every fold; none of its files is scored): mean 86.3%,
+    //   worst fold 72.7%, hard/soft 96.9%;
+    // - by family: mean 93.2%, worst fold 87.9%, hard/soft 98.1%. This flatters: a wording
     //   only the scored file holds stays in when another wording of its family is supported.
     // Never left out: the status-code tables, the command read from the prose, the provider
     // rules keyed on the answering host and the writer clues. Each pair family is one unit
     // either way (a subject and a predicate within a few words: a family by construction).
     for (name, f, mean, worst, hard) in [
-        ("family", &by_family, 92.8, 87.8, 98.0),
-        ("wording", &by_wording, 84.1, 69.6, 96.2),
-        ("wording and BounceParser", &by_wording_more, 84.9, 69.6, 96.8),
+        ("family", &by_family, 93.1, 87.8, 98.0),
+        ("wording", &by_wording, 85.4, 72.6, 96.2),
+        (
+            "wording and BounceParser",
+            &by_wording_more,
+            86.2,
+            72.6,
+            96.8,
+        ),
     ] {
         assert!(
             f.mean >= mean,
