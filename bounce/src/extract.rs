@@ -425,6 +425,35 @@ fn nested_bounce(m: &Message, prose: &str, depth: usize) -> Option<Extracted> {
         })
 }
 
+/// AOL's delivery failure template names its members by screen name, not address: "Your mail
+/// to the following recipients could not be delivered because ...:" and then one indented
+/// name per line. A screen name is the local part of an address at aol.com.
+fn aol_screen_names(text: &str) -> Vec<String> {
+    let lower = text.to_ascii_lowercase();
+    let Some(at) = lower.find("the following recipients") else {
+        return Vec::new();
+    };
+    // The list starts after the sentence (its colon) and ends at the first line that is not
+    // an indented name.
+    let Some(colon) = lower[at..].find(':') else {
+        return Vec::new();
+    };
+    let list = &text[at + colon + 1..];
+    list.lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| {
+            let name = l.trim();
+            l.starts_with([' ', '\t'])
+                && !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        })
+        .map(|l| format!("{}@aol.com", l.trim().to_ascii_lowercase()))
+        .collect()
+}
+
 /// `text` without its RFC 3464 delivery-status field lines (and their folded continuations):
 /// the fields of section 2.2 and 2.3 and extension fields (`X-...`).
 fn without_dsn_fields(text: &str) -> String {
@@ -707,6 +736,22 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
         not_recipients.extend(original_senders(original));
         let (named, skipped) = prose_findings(&report_text, &not_recipients);
         findings = named;
+        // AOL's template: the screen names listed are the recipients (an address in its
+        // sentence is the sender it refuses).
+        let aol = if from.ends_with("@aol.com") {
+            aol_screen_names(&report_text)
+        } else {
+            Vec::new()
+        };
+        if !aol.is_empty() {
+            findings = aol
+                .into_iter()
+                .map(|r| Finding {
+                    recipient: r,
+                    ..Finding::default()
+                })
+                .collect();
+        }
         if findings.is_empty() {
             // The prose names nobody (Exim lists a file or pipe delivery by its command: "save
             // to ..."): Exim's X-Failed-Recipients header names the failed addresses, and only

@@ -153,7 +153,8 @@ fn recipients_bounce_or_not_and_hard_or_soft_agree_with_bounceparser() {
         pct(bounce_agree, bounce_total) >= 92.0,
         "bounce or not below 92%"
     );
-    assert!(pct(rcpt_agree, rcpt_total) >= 92.0, "recipients below 92%");
+    // 35/38 until AOL's screen-name template was read (2026-12-02): 37/38.
+    assert!(pct(rcpt_agree, rcpt_total) >= 97.0, "recipients below 97%");
     assert!(pct(hard_agree, hard_total) >= 83.0, "hard/soft below 83%");
     assert!(pct(reason_agree, reason_total) >= 96.0, "reason below 96%");
 }

@@ -56,9 +56,12 @@ fn recipients_and_failed_or_delayed_agree_with_flufl_bounce() {
     // rule for a family (RFC 3464's Original-Recipient first, an X.400 Final-Recipient skipped;
     // delay warnings written as prose; the original's header fields quoted in the report are
     // not recipients): 47/51 (92.2%) and 50/50. Since then this corpus is no longer unseen.
+    // 48/51 (94.1%) once AOL's template was read (its recipients are screen names listed
+    // after "the following recipients", local parts at aol.com; BounceParser's corpus has two
+    // more of them).
     assert!(
-        share >= 92.0,
-        "recipient agreement {share:.1}% fell below 92%"
+        share >= 94.0,
+        "recipient agreement {share:.1}% fell below 94%"
     );
     assert!(
         outcome_share >= 99.0,
