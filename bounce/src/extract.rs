@@ -433,9 +433,14 @@ fn aol_screen_names(text: &str) -> Vec<String> {
     let Some(at) = lower.find("the following recipients") else {
         return Vec::new();
     };
-    // The list starts after the sentence (its colon) and ends at the first line that is not
-    // an indented name.
-    let Some(colon) = lower[at..].find(':') else {
+    // The list starts after the sentence (its colon, in the same paragraph) and ends at the
+    // first line that is not an indented name.
+    let paragraph = ["\n\n", "\n\r\n"]
+        .iter()
+        .filter_map(|blank| lower[at..].find(blank))
+        .min()
+        .unwrap_or(lower.len() - at);
+    let Some(colon) = lower[at..at + paragraph].find(':') else {
         return Vec::new();
     };
     let list = &text[at + colon + 1..];
@@ -738,7 +743,7 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
         findings = named;
         // AOL's template: the screen names listed are the recipients (an address in its
         // sentence is the sender it refuses).
-        let aol = if from.ends_with("@aol.com") {
+        let aol = if is_daemon(&from) && from.ends_with("@aol.com") {
             aol_screen_names(&report_text)
         } else {
             Vec::new()

@@ -43,7 +43,7 @@ pub struct Provider {
     pub replies: &'static [(&'static str, &'static str)],
     /// The fragments (of `replies`) that wrap a quoted server reply.
     pub wrappers: &'static [&'static str],
-    /// Generic words only (an MTA's stock replies): read last of all.
+    /// Generic words only (an MTA's stock replies): read after the status and reply codes.
     pub generic: bool,
 }
 
@@ -232,12 +232,16 @@ pub static PROVIDERS: &[Provider] = &[
 ];
 
 /// The MTAs' own messages, from their source code: what each writes in a bounce or a delay
-/// report of its own, or answers as a server. Transcribed per MTA (the messages that name a
-/// reason), each by what the code that writes it does.
+/// report of its own, or answers as a server, each read by what the code that writes it does.
+/// Most lists are a choice (the messages that name a reason); a list marked
+/// [`Provider::complete`] is every message of the source it names.
 pub static MTAS: &[Provider] = &[
     Provider {
         family: "qmail-remote's messages",
-        complete: true,
+        // Not marked complete: qmail-remote.c differs between the patch sets that add TLS and
+        // AUTH (control/outgoingip or control/domainips, "but STARTTLS was rejected", ...),
+        // and "failed on DATA command" / "failed after I sent the message" say no reason.
+        complete: false,
         remote: None,
         marks: &[],
         writers: &["qmail"],
@@ -248,7 +252,7 @@ pub static MTAS: &[Provider] = &[
             "authentication was rejected",
         ],
         generic: false,
-        source: "qmail-remote.c (netqmail 1.06 with the common TLS and AUTH patches): every message of temp_*(), perm_*(), dropped(), dropped_tls() and the quit() calls of smtp()",
+        source: "qmail-remote.c (netqmail 1.06, and a TLS/AUTH-patched copy): the messages of temp_*(), perm_*(), dropped() and the quit() calls of smtp() that name a reason",
         replies: &[
             // temp_noconn (#4.4.1): no SMTP connection could be made.
             ("able to establish an", "networkerror"),
@@ -408,7 +412,8 @@ pub static MTAS: &[Provider] = &[
         marks: &[],
         writers: &["sendmail", "sendmail v5"],
         // Generic words all ("User unknown", "Service unavailable", written after the
-        // remote's own reply): read last, after the phrase families and the status code.
+        // remote's own reply): read after the phrase families, the status code and the reply
+        // code, before the generic single words.
         wrappers: &[],
         generic: true,
         source: "sendmail 8 sendmail/sysexits.c SysExMsg: the reply for each mailer exit status, but EX_TEMPFAIL (\"Deferred\", a prefix to its cause) and EX_PROTOCOL (\"Remote protocol error\", the remote's failure, read by the phrase families)",
@@ -429,14 +434,14 @@ pub static MTAS: &[Provider] = &[
         ],
     },
     Provider {
-        family: "opensmtpd's own messages",
+        family: "opensmtpd's mta.c failures",
         complete: true,
         remote: None,
         marks: &[],
         writers: &["opensmtpd"],
         wrappers: &[],
         generic: false,
-        source: "OpenSMTPD usr.sbin/smtpd/mta.c: every relay->failstr (mta_on_mx, mta_on_secret, mta_on_source); mta_session.c \"Loop detected\"; queue.c \"Envelope expired\"",
+        source: "OpenSMTPD (6.4 and later: \"Could not retrieve credentials\") usr.sbin/smtpd/mta.c: every relay->failstr of mta_on_mx, mta_on_secret and mta_on_source, and mta_on_smarthost's \"Cannot retrieve smarthost\"",
         replies: &[
             // The MX lookup (mta_on_mx): DNS_ENONAME, DNS_EINVAL, DNS_ENOTFOUND, DNS_NULLMX,
             // DNS_RETRY.
@@ -454,9 +459,22 @@ pub static MTAS: &[Provider] = &[
             ("address family mismatch on", "networkerror"),
             ("all routes to destination", "networkerror"),
             ("no valid route to", "networkerror"),
-            ("loop detected", "networkerror"),
             ("could not retrieve credentials", "securityerror"),
             ("could not retrieve source", "networkerror"),
+            ("cannot retrieve smarthost", "systemerror"),
+        ],
+    },
+    Provider {
+        family: "opensmtpd's other messages",
+        complete: false,
+        remote: None,
+        marks: &[],
+        writers: &["opensmtpd"],
+        wrappers: &[],
+        generic: false,
+        source: "OpenSMTPD usr.sbin/smtpd/mta_session.c (\"Loop detected\"), queue.c (\"Envelope expired\")",
+        replies: &[
+            ("loop detected", "networkerror"),
             ("envelope expired", "expired"),
         ],
     },
@@ -513,14 +531,14 @@ pub fn is_provider_reply(fragment: &str) -> bool {
 }
 
 /// The units of evaluation, with the reason each stands for: every list by family; by
-/// wording, every fragment of a list that is a choice, a complete list whole.
-pub fn units(by_family: bool) -> Vec<(&'static str, &'static str)> {
+/// wording, every fragment, but a complete list whole when `whole_lists`.
+pub fn units(by_family: bool, whole_lists: bool) -> Vec<(&'static str, &'static str)> {
     all()
         .flat_map(|p| {
             p.replies.iter().map(move |(fragment, reason)| {
                 (
                     *reason,
-                    if by_family || p.complete {
+                    if by_family || (whole_lists && p.complete) {
                         p.family
                     } else {
                         *fragment
@@ -529,6 +547,12 @@ pub fn units(by_family: bool) -> Vec<(&'static str, &'static str)> {
             })
         })
         .collect()
+}
+
+/// True when `fragment` is a stock reply of a generic list (decided as weakly as a status).
+pub fn is_generic(fragment: &str) -> bool {
+    MTAS.iter()
+        .any(|p| p.generic && p.replies.iter().any(|(f, _)| *f == fragment))
 }
 
 /// True when `family` is a complete list (see [`Provider::complete`]).
