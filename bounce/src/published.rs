@@ -23,6 +23,8 @@
 //! temporarily rejected message" says no more than a 4.3.0 status), and the ones the generic
 //! families already read the same way.
 
+use crate::reason::Matcher;
+
 /// One provider's published list, or one MTA's messages.
 pub struct Provider {
     /// The family's name: its unit of evaluation by family.
@@ -621,7 +623,8 @@ pub struct MtaMessages(Vec<(usize, usize)>);
 
 impl MtaMessages {
     pub fn in_text(text: &str, writer: Option<&str>) -> MtaMessages {
-        let Some(writer) = writer else {
+        // Most reports are written by no MTA these lists know: no scan then.
+        let Some(writer) = writer.filter(|w| MTAS.iter().any(|p| p.writers.contains(w))) else {
             return MtaMessages(Vec::new());
         };
         let index = &indexes()[1];
@@ -657,39 +660,18 @@ impl MtaMessages {
     }
 }
 
-/// One automaton over every fragment of a set of lists, so a text is scanned once.
-struct Index {
-    automaton: aho_corasick::AhoCorasick,
-    /// For each pattern: (list, entry).
-    origin: Vec<(usize, usize)>,
-}
-
-impl Index {
-    fn new(lists: &[Provider]) -> Index {
-        let mut patterns = Vec::new();
-        let mut origin = Vec::new();
-        for (i, p) in lists.iter().enumerate() {
-            for (j, (fragment, _)) in p.replies.iter().enumerate() {
-                patterns.push(*fragment);
-                origin.push((i, j));
-            }
-        }
-        Index {
-            // A contiguous NFA: built in a fraction of a DFA's time (a classifier process may
-            // read one message), scanned about as fast for these few hundred short fragments.
-            automaton: aho_corasick::AhoCorasick::builder()
-                .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
-                .build(patterns)
-                .expect("fragment automaton"),
-            origin,
-        }
-    }
-}
-
 /// The automatons over the providers' fragments and over the MTAs'.
-fn indexes() -> &'static [Index; 2] {
-    static INDEXES: std::sync::OnceLock<[Index; 2]> = std::sync::OnceLock::new();
-    INDEXES.get_or_init(|| [Index::new(PROVIDERS), Index::new(MTAS)])
+fn indexes() -> &'static [Matcher; 2] {
+    static INDEXES: std::sync::OnceLock<[Matcher; 2]> = std::sync::OnceLock::new();
+    // Contiguous NFAs: built in a fraction of a DFA's time (a classifier process may read one
+    // message), scanned about as fast for these few hundred short fragments.
+    let over = |lists: &'static [Provider]| {
+        Matcher::over(
+            lists.iter().map(|p| p.replies.iter().map(|(f, _)| *f)),
+            Some(aho_corasick::AhoCorasickKind::ContiguousNFA),
+        )
+    };
+    INDEXES.get_or_init(|| [over(PROVIDERS), over(MTAS)])
 }
 
 #[cfg(test)]

@@ -1392,27 +1392,42 @@ fn at_word(text: &str, phrase: &str, start: usize, end: usize) -> bool {
         && (!whole_word(phrase).1 || !alnum(text[end..].chars().next()))
 }
 
-/// One automaton over every phrase of a rule table, so a text is scanned once.
-struct Matcher {
-    automaton: aho_corasick::AhoCorasick,
-    /// For each pattern: (rule index, phrase index).
-    origin: Vec<(usize, usize)>,
+/// One automaton over every phrase of a table of lists (a rule table, the providers' or MTAs'
+/// lists), so a text is scanned once.
+pub(crate) struct Matcher {
+    pub(crate) automaton: aho_corasick::AhoCorasick,
+    /// For each pattern: (list index, phrase index).
+    pub(crate) origin: Vec<(usize, usize)>,
 }
 
 impl Matcher {
-    fn new(rules: &[Rule]) -> Matcher {
+    /// Over `lists` of phrases; `kind` as aho-corasick chooses when None.
+    pub(crate) fn over<'a, L: IntoIterator<Item = &'a str>>(
+        lists: impl IntoIterator<Item = L>,
+        kind: Option<aho_corasick::AhoCorasickKind>,
+    ) -> Matcher {
         let mut patterns = Vec::new();
         let mut origin = Vec::new();
-        for (i, (_, _, phrases)) in rules.iter().enumerate() {
-            for (j, p) in phrases.iter().enumerate() {
-                patterns.push(whole_word(p).0);
+        for (i, phrases) in lists.into_iter().enumerate() {
+            for (j, p) in phrases.into_iter().enumerate() {
+                patterns.push(p);
                 origin.push((i, j));
             }
         }
         Matcher {
-            automaton: aho_corasick::AhoCorasick::new(patterns).expect("phrase automaton"),
+            automaton: aho_corasick::AhoCorasick::builder()
+                .kind(kind)
+                .build(patterns)
+                .expect("phrase automaton"),
             origin,
         }
+    }
+
+    fn new(rules: &[Rule]) -> Matcher {
+        let lists = rules
+            .iter()
+            .map(|(_, _, phrases)| phrases.iter().map(|p| whole_word(p).0));
+        Matcher::over(lists, None)
     }
 }
 

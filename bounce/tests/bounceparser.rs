@@ -4,6 +4,9 @@
 //! `std_reason` vocabulary is coarser than Sisimai's; where a reason maps onto Sisimai's words
 //! it is scored too.
 
+mod common;
+
+use common::reasons_of;
 use mailsim_bounce::classify_message;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,26 +18,6 @@ fn hard_of(std_reason: &str) -> Option<bool> {
         "over_quota" | "spam" | "message_too_large" => Some(false),
         _ => None,
     }
-}
-
-/// The reasons of Sisimai's vocabulary a `std_reason` stands for (None: no mapping).
-fn reasons_of(std_reason: &str) -> Option<&'static [&'static str]> {
-    Some(match std_reason {
-        // BounceParser calls every recipient address that no longer takes mail user_unknown:
-        // Sisimai tells apart the same words after DATA (filtered), a closed account (suspend)
-        // and a moved one (hasmoved).
-        "user_unknown" => &["userunknown", "filtered", "suspend", "hasmoved"],
-        "over_quota" => &["mailboxfull"],
-        "domain_error" => &["hostunknown", "notaccept"],
-        "message_too_large" => &["emailtoolarge"],
-        "spam" => &[
-            "spamdetected",
-            "blocked",
-            "policyviolation",
-            "badreputation",
-        ],
-        _ => return None,
-    })
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Reason agreement with Sisimai's own expectations on real bounce mails
 //! (tests/data/sisimai, see its ORIGIN.md). Classification uses message content only.
 
+mod common;
+
 use mailsim_bounce::classify_message;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -298,18 +300,8 @@ fn bounceparser_support(
         let cols: Vec<&str> = line.split('\t').collect();
         let col = |i: usize| cols.get(i).copied().unwrap_or_default().trim();
         // One std_reason for the whole message (the labels with several are skipped).
-        let allowed: &[&str] = match col(3) {
-            "user_unknown" => &["userunknown", "filtered", "suspend", "hasmoved"],
-            "over_quota" => &["mailboxfull"],
-            "domain_error" => &["hostunknown", "notaccept"],
-            "message_too_large" => &["emailtoolarge"],
-            "spam" => &[
-                "spamdetected",
-                "blocked",
-                "policyviolation",
-                "badreputation",
-            ],
-            _ => continue,
+        let Some(allowed) = common::reasons_of(col(3)) else {
+            continue;
         };
         let found = classify_message(&std::fs::read(root.join("corpus").join(col(0))).unwrap());
         for c in &found {
