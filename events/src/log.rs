@@ -465,6 +465,28 @@ impl LogReader {
         Ok(true)
     }
 
+    /// The next good frame's payload (one record's JSON, not decoded) and the offset its frame
+    /// starts at; `None` at the end or at a torn tail, damage as for the records.
+    pub fn next_payload(&mut self) -> Result<Option<(u64, &[u8])>, LogError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.next_frame() {
+            Ok(true) => {
+                let start = self.good_end - (FRAME_HEADER_BYTES + self.buf.len()) as u64;
+                Ok(Some((start, &self.buf)))
+            }
+            Ok(false) => {
+                self.done = true;
+                Ok(None)
+            }
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+        }
+    }
+
     fn corrupt(&self, d: Damage) -> LogError {
         LogError::Corrupt {
             path: self.path.clone(),
@@ -563,28 +585,16 @@ impl Iterator for LogReader {
     type Item = Result<Record, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        match self.next_frame() {
-            Ok(true) => {}
-            Ok(false) => {
-                self.done = true;
-                return None;
-            }
-            Err(e) => {
-                self.done = true;
-                return Some(Err(e));
-            }
-        }
-        let frame = &self.buf;
-        let record = self.records;
-        let start = self.good_end - (FRAME_HEADER_BYTES + frame.len()) as u64;
-        Some(Record::from_json(frame).map_err(|e| {
+        let (start, decoded) = match self.next_payload() {
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+            Ok(Some((start, frame))) => (start, Record::from_json(frame)),
+        };
+        Some(decoded.map_err(|e| {
             // The checksum matched, so this is a schema mismatch, not a torn write.
             LogError::BadRecord {
                 path: self.path.clone(),
-                record,
+                record: self.records,
                 offset: start,
                 message: e.to_string(),
             }

@@ -2,6 +2,7 @@
 //! day, the providers' reputation of the sender over time, the engagement funnel, the causes
 //! of spam-folder placement, and what to fix, all from the event table.
 
+use crate::figures::Run;
 use crate::figures::{detail_str, is};
 use polars::prelude::*;
 
@@ -231,7 +232,12 @@ pub(crate) fn nums(df: &DataFrame, name: &str) -> PolarsResult<Vec<u64>> {
 }
 
 /// The deliverability figures of the event table; `first_ts_ms` is day 0's start.
-pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult<Deliverability> {
+pub fn compute(
+    ev: &LazyFrame,
+    engine: Engine,
+    first_ts_ms: u64,
+    delivered: u64,
+) -> PolarsResult<Deliverability> {
     let mut d = Deliverability::default();
     let day = ((col("ts_ms").cast(DataType::Int64) - lit(first_ts_ms as i64)) / lit(86_400_000i64))
         .cast(DataType::UInt32)
@@ -240,7 +246,7 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
         .clone()
         .filter(is("placed"))
         .select([provider(), day.clone(), col("folder"), col("cause")])
-        .collect()?
+        .run(engine)?
         .lazy();
     let per_day = placed
         .clone()
@@ -258,7 +264,7 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
                 .alias("spam"),
         ])
         .sort(["provider", "day"], SortMultipleOptions::default())
-        .collect()?;
+        .run(engine)?;
     let (p, days, inbox, spam) = (
         strs(&per_day, "provider")?,
         nums(&per_day, "day")?,
@@ -279,7 +285,7 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
             ["n", "cause"],
             SortMultipleOptions::default().with_order_descending_multi([true, false]),
         )
-        .collect()?;
+        .run(engine)?;
     for (c, n) in strs(&causes, "cause")?.into_iter().zip(nums(&causes, "n")?) {
         d.spam_causes.push((c, n));
     }
@@ -297,7 +303,7 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
             ["provider", "subject", "day"],
             SortMultipleOptions::default(),
         )
-        .collect()?;
+        .run(engine)?;
     let (rp, rs, rd, rsc, rc) = (
         strs(&rep, "provider")?,
         strs(&rep, "subject")?,
@@ -322,7 +328,7 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
             .select([col("rcpt"), col("message_id")])
             .unique(None, UniqueKeepStrategy::First)
             .select([len().alias("n")])
-            .collect()?;
+            .run(engine)?;
         Ok(nums(&df, "n")?.first().copied().unwrap_or(0))
     };
     d.funnel.opened = copies(is("opened"))?;
@@ -343,7 +349,7 @@ pub fn compute(ev: &LazyFrame, first_ts_ms: u64, delivered: u64) -> PolarsResult
                 .sum()
                 .alias("complaints"),
         ])
-        .collect()?;
+        .run(engine)?;
     d.funnel.sent = nums(&counts, "sent")?.first().copied().unwrap_or(0);
     d.funnel.complaints = nums(&counts, "complaints")?.first().copied().unwrap_or(0);
     d.funnel.delivered = delivered;

@@ -8,6 +8,7 @@
 //! side logged them: the MTA's tracking endpoints or the simulated recipients.
 
 use crate::deliverability::{nums, strs, taken};
+use crate::figures::Run;
 use crate::figures::is;
 use polars::prelude::*;
 
@@ -64,7 +65,7 @@ impl Engagement {
     }
 }
 
-pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
+pub fn compute(ev: &LazyFrame, engine: Engine) -> PolarsResult<Engagement> {
     let mut out = Engagement::default();
     let campaign = col("campaign")
         .cast(DataType::String)
@@ -153,7 +154,7 @@ pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
     }
     let table = table
         .sort(["campaign", "domain"], SortMultipleOptions::default())
-        .collect()?;
+        .run(engine)?;
     let (c, d, s, dl, o, k, u) = (
         strs(&table, "campaign")?,
         strs(&table, "domain")?,
@@ -191,7 +192,7 @@ pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
             ["campaign", "clicks", "link"],
             SortMultipleOptions::default().with_order_descending_multi([false, true, false]),
         )
-        .collect()?;
+        .run(engine)?;
     let (c, l, n, r) = (
         strs(&links, "campaign")?,
         strs(&links, "link")?,
@@ -213,7 +214,7 @@ pub fn compute(ev: &LazyFrame) -> PolarsResult<Engagement> {
             (col("delivered_ms").cast(DataType::Int64) - col("injected_ms").cast(DataType::Int64))
                 .alias("ms"),
         ])
-        .collect()?;
+        .run(engine)?;
     let (lanes, ms) = (strs(&times, "lane")?, nums(&times, "ms")?);
     if lanes.iter().any(|l| l == "transactional") {
         let mut by: std::collections::BTreeMap<String, Vec<u64>> = Default::default();

@@ -322,20 +322,41 @@ pub(crate) fn detail_str(key: &str) -> Expr {
         .extract(lit(format!(r#""{key}":"((?:[^"\\]|\\.)*)""#)), 1)
 }
 
-/// The figures of the table written to `events.parquet`, read back from that file.
+/// Runs a query with the engine the figures are computed with.
+pub(crate) trait Run {
+    fn run(self, engine: Engine) -> PolarsResult<DataFrame>;
+}
+
+impl Run for LazyFrame {
+    fn run(self, engine: Engine) -> PolarsResult<DataFrame> {
+        let opts = self.get_current_optimizations();
+        LazyFrame::collect_all_with_engine(vec![self.logical_plan], engine, opts)?
+            .pop()
+            .ok_or_else(|| PolarsError::ComputeError("a query gave no result".into()))
+    }
+}
+
+/// The figures of `events.parquet`, computed by polars' streaming engine: the file is read in
+/// row groups by each query, in memory bounded by what the queries keep (one row per message
+/// at most), not by the log's size.
 pub fn compute_from_parquet(parquet: &Path) -> PolarsResult<Figures> {
     let table = LazyFrame::scan_parquet(
         PlRefPath::new(parquet.to_string_lossy().as_ref()),
         ScanArgsParquet::default(),
-    )?
-    .select(used_columns())
-    .collect()?;
-    compute(&table)
+    )?;
+    compute_with(table.select(used_columns()), Engine::Streaming)
 }
 
-/// The figures of the event table (the rows `events.parquet` holds).
+/// The figures of an event table held in memory (the rows `events.parquet` holds), computed by
+/// polars' in-memory engine: the same figures as [`compute_from_parquet`] gives for its file.
 pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
-    let ev = table.clone().lazy().select(used_columns());
+    compute_with(
+        table.clone().lazy().select(used_columns()),
+        Engine::InMemory,
+    )
+}
+
+fn compute_with(ev: LazyFrame, engine: Engine) -> PolarsResult<Figures> {
     let mut f = Figures::default();
     let meta = ev
         .clone()
@@ -361,7 +382,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             is("dsn_queued").sum().alias("dsns"),
             is("suppression_added").sum().alias("supp_added"),
         ])
-        .collect()?;
+        .run(engine)?;
     f.events = u64_at(&meta, "events", 0)?;
     f.first_ts_ms = u64_at(&meta, "first", 0)?;
     f.last_ts_ms = u64_at(&meta, "last", 0)?;
@@ -377,7 +398,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         .filter(is("report_received"))
         .group_by([detail_str("kind").alias("report_kind")])
         .agg([len().alias("n")])
-        .collect()?;
+        .run(engine)?;
     for i in 0..received.height() {
         f.reports_received.insert(
             str_at(&received, "report_kind", i)?,
@@ -385,10 +406,10 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         );
     }
 
-    f.tls = tls_rows(&ev)?;
+    f.tls = tls_rows(&ev, engine)?;
 
     // Materialised once: every figure below starts from these rows.
-    let msgs = messages(&ev, external)?.collect()?.lazy();
+    let msgs = messages(&ev, external)?.run(engine)?.lazy();
     let suppressed = ev
         .clone()
         .filter(is("suppressed"))
@@ -428,7 +449,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             JoinArgs::new(JoinType::Full).with_coalesce(JoinCoalesce::CoalesceColumns),
         )
         .sort(["domain"], SortMultipleOptions::default())
-        .collect()?;
+        .run(engine)?;
     for i in 0..per_domain.height() {
         let injected = u64_at(&per_domain, "injected", i)?;
         let delivered = u64_at(&per_domain, "delivered", i)?;
@@ -453,7 +474,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             deferrals_per_message: f64_opt(&per_domain, "deferrals", i)?.unwrap_or(0.0),
         });
     }
-    let all = msgs.clone().select(delivery_aggs()).collect()?;
+    let all = msgs.clone().select(delivery_aggs()).run(engine)?;
     let t = &mut f.totals;
     t.domain = "all domains".into();
     for d in &f.domains {
@@ -522,7 +543,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             ["n", "domain", "reason_word"],
             SortMultipleOptions::default().with_order_descending_multi([true, false, false]),
         )
-        .collect()?;
+        .run(engine)?;
     for i in 0..reasons.height() {
         f.reasons.push((
             str_at(&reasons, "domain", i)?,
@@ -560,7 +581,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
                 .with_order_descending_multi([true, false, false, false, false]),
         )
         .limit(200)
-        .collect()?;
+        .run(engine)?;
     for i in 0..replies.height() {
         f.replies.push((
             str_at(&replies, "domain", i)?,
@@ -586,7 +607,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         .filter(col("fate").eq(lit("delivered")))
         .group_by([bucket_of(col("ts_final")).alias("b")])
         .agg([len().alias("n")])
-        .collect()?;
+        .run(engine)?;
     let mut per_bucket = vec![0u64; buckets.max(1) as usize];
     for i in 0..delivered.height() {
         let b = delivered.column("b")?.i64()?.get(i).unwrap_or(0);
@@ -612,7 +633,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         .agg([col("d").sum()])
         .sort(["b"], SortMultipleOptions::default())
         .with_column(col("d").cum_sum(false).cast(DataType::Int64).alias("depth"))
-        .collect()?;
+        .run(engine)?;
     let mut level = 0i64;
     let mut j = 0;
     for b in 0..buckets.max(1) {
@@ -635,7 +656,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
         .group_by([col("bin")])
         .agg([len().alias("n")])
         .sort(["bin"], SortMultipleOptions::default())
-        .collect()?;
+        .run(engine)?;
     for i in 0..ttd.height() {
         let bin = ttd.column("bin")?.i64()?.get(i).unwrap_or(0);
         let (lo, hi) = if bin == 0 {
@@ -716,7 +737,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             col("source_ip").fill_null(lit("0.0.0.0")),
             col("was_stored").fill_null(lit(false)),
         ])
-        .collect()?
+        .run(engine)?
         .lazy();
     let auth = verdicts
         .clone()
@@ -740,7 +761,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
                 .alias("dmarc"),
         ])
         .sort(["rcpt_domain"], SortMultipleOptions::default())
-        .collect()?;
+        .run(engine)?;
     for i in 0..auth.height() {
         f.auth.push(AuthRow {
             domain: str_at(&auth, "rcpt_domain", i)?,
@@ -775,7 +796,7 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             ],
             SortMultipleOptions::default(),
         )
-        .collect()?;
+        .run(engine)?;
     for i in 0..dmarc.height() {
         f.dmarc.push(DmarcRow {
             receiver: str_at(&dmarc, "rcpt_domain", i)?,
@@ -789,8 +810,9 @@ pub fn compute(table: &DataFrame) -> PolarsResult<Figures> {
             count: u64_at(&dmarc, "n", i)?,
         });
     }
-    f.deliverability = crate::deliverability::compute(&ev, f.first_ts_ms, f.totals.delivered)?;
-    f.engagement = crate::engagement::compute(&ev)?;
+    f.deliverability =
+        crate::deliverability::compute(&ev, engine, f.first_ts_ms, f.totals.delivered)?;
+    f.engagement = crate::engagement::compute(&ev, engine)?;
     Ok(f)
 }
 
@@ -807,7 +829,7 @@ fn normalised_reply_text(text: Expr) -> Expr {
 }
 
 /// Outbound TLS per destination, from the `tls` events.
-fn tls_rows(ev: &LazyFrame) -> PolarsResult<Vec<TlsRow>> {
+fn tls_rows(ev: &LazyFrame, engine: Engine) -> PolarsResult<Vec<TlsRow>> {
     let t = ev
         .clone()
         .filter(is("tls"))
@@ -817,7 +839,7 @@ fn tls_rows(ev: &LazyFrame) -> PolarsResult<Vec<TlsRow>> {
             ["domain", "n", "outcome", "result"],
             SortMultipleOptions::default().with_order_descending_multi([false, true, false, false]),
         )
-        .collect()?;
+        .run(engine)?;
     let mut rows: Vec<TlsRow> = Vec::new();
     for i in 0..t.height() {
         let domain = str_at(&t, "domain", i)?;

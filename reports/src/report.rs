@@ -121,33 +121,31 @@ pub fn write_report(
 ) -> Result<Written, ReportError> {
     let log = run_dir.join("events.log");
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    // A rough record count for the bar: about 180 bytes a record.
-    let bar = progress(show_progress, (log_bytes / 180).max(1), "reading");
-    // The log is read (and refused if damaged) before anything is written.
-    let (df, torn) = table::load(&log, &|n| bar.inc(n))?;
+    // A rough record count for the bar: about 230 bytes a record.
+    let bar = progress(show_progress, (log_bytes / 230).max(1), "reading");
+    // The log is checked as it is written to events.parquet, part by part; if it is damaged,
+    // no file is left (nor `out`, when this made it).
+    let made = !out.exists();
     std::fs::create_dir_all(out).map_err(write_err(out))?;
-    bar.set_length(df.height() as u64);
+    let parquet = out.join("events.parquet");
+    let exported = table::export(&log, &parquet, &|n| bar.inc(n));
+    let exported = match exported {
+        Ok(e) => e,
+        Err(e) => {
+            if made {
+                let _ = std::fs::remove_dir(out);
+            }
+            return Err(e.into());
+        }
+    };
+    let torn = exported.torn;
+    bar.set_length(exported.rows);
     bar.finish_and_clear();
     let steps = progress(show_progress, 5, "report");
     let mut files = Vec::new();
-    let parquet = out.join("events.parquet");
-    steps.set_message("parquet+figures");
-    // The export and the figures are computed from the same table at the same time (the
-    // suite checks that figures read back from events.parquet are these).
-    let (written, f) = std::thread::scope(|scope| {
-        let export = scope.spawn(|| {
-            let mut copy = df.clone();
-            table::write_parquet(&mut copy, &parquet)
-        });
-        let f = figures::compute(&df);
-        let written = export
-            .join()
-            .unwrap_or(Err(table::TableError::Panicked("writing events.parquet")));
-        (written, f)
-    });
-    written?;
-    let f = f?;
-    drop(df);
+    steps.set_message("figures");
+    // The figures are read from events.parquet with polars' streaming engine.
+    let f = figures::compute_from_parquet(&parquet)?;
     files.push(parquet.clone());
     steps.inc(2);
     steps.set_message("csv");
@@ -310,14 +308,18 @@ pub fn write_compare(
     out: &Path,
     show_progress: bool,
 ) -> Result<(Figures, Figures), ReportError> {
+    std::fs::create_dir_all(out).map_err(write_err(out))?;
     let mut figs = Vec::new();
     for (i, dir) in [a_dir, b_dir].into_iter().enumerate() {
         let bar = progress(show_progress, 1, if i == 0 { "run A" } else { "run B" });
-        let (df, _) = table::load(&dir.join("events.log"), &|_| {})?;
-        figs.push(figures::compute(&df)?);
+        let parquet = out.join(format!(".run-{}.parquet", ["a", "b"][i]));
+        let figures = table::export(&dir.join("events.log"), &parquet, &|_| {})
+            .map_err(ReportError::from)
+            .and_then(|_| Ok(figures::compute_from_parquet(&parquet)?));
+        let _ = std::fs::remove_file(&parquet);
+        figs.push(figures?);
         bar.finish_and_clear();
     }
-    std::fs::create_dir_all(out).map_err(write_err(out))?;
     let b = figs.pop().unwrap_or_default();
     let a = figs.pop().unwrap_or_default();
     let mut names: Vec<String> = a

@@ -1,9 +1,10 @@
 //! The event log as a table: one row per record, one column per field of any event kind
 //! (nulls where a kind has no such field), written to `events.parquet`.
 //!
-//! The log is read whole, its frames checked (length and CRC, a torn tail ends it as for every
-//! reader), then decoded on every core into borrowed rows whose fields go straight into polars
-//! column builders.
+//! The log is read in parts of [`ROWS_PER_PART`] records, its frames checked (length and CRC, a
+//! torn tail ends it as for every reader); each part is decoded on one of the cores into
+//! borrowed rows whose fields go straight into polars column builders, written as one Parquet
+//! row group and dropped, so that memory holds a few parts whatever the log's size.
 //!
 //! The columns come from the event schema ([`Event::SCHEMA`]), so a new kind or field reaches
 //! `events.parquet` without an edit here: `seq`, `ts_ms`, `type`; one column per scalar field
@@ -15,6 +16,7 @@
 
 use mailsim_events::{Event, LogError, Shape};
 use polars::prelude::*;
+use polars_arrow::array::{MutableBinaryViewArray, MutableBooleanArray, MutablePrimitiveArray};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use std::borrow::Cow;
@@ -34,7 +36,7 @@ pub enum TableError {
     #[error("{path}: record at byte {offset}: {message}")]
     BadRecord {
         path: String,
-        offset: usize,
+        offset: u64,
         message: String,
     },
     #[error(transparent)]
@@ -44,7 +46,7 @@ pub enum TableError {
 }
 
 /// Records decoded per part, and rows per Parquet row group.
-const ROWS_PER_CHUNK: usize = 1 << 20;
+pub const ROWS_PER_PART: usize = 1 << 18;
 
 /// A string from the log, borrowed when it has no escapes.
 struct Text<'de>(Cow<'de, str>);
@@ -170,52 +172,60 @@ impl Layout {
     }
 }
 
-/// One column's builder: nulls cost a bit, strings go straight into Arrow buffers.
+/// One column's builder: strings go straight into Arrow buffers; the nulls a column has between
+/// two values (most columns are empty in most rows) are added as one run when the next value
+/// comes, or when the part ends.
 enum Builder {
-    Str(StringChunkedBuilder),
-    U64(PrimitiveChunkedBuilder<UInt64Type>),
-    U32(PrimitiveChunkedBuilder<UInt32Type>),
-    Bool(BooleanChunkedBuilder),
+    Str(MutableBinaryViewArray<str>),
+    U64(MutablePrimitiveArray<u64>),
+    U32(MutablePrimitiveArray<u32>),
+    Bool(MutableBooleanArray),
 }
 
 impl Builder {
-    fn new(name: &str, shape: Shape, n: usize) -> Builder {
+    fn new(shape: Shape, n: usize) -> Builder {
         match shape {
-            Shape::U64 => Builder::U64(PrimitiveChunkedBuilder::new(name.into(), n)),
-            Shape::U32 => Builder::U32(PrimitiveChunkedBuilder::new(name.into(), n)),
-            Shape::Bool => Builder::Bool(BooleanChunkedBuilder::new(name.into(), n)),
+            Shape::U64 => Builder::U64(MutablePrimitiveArray::with_capacity(n)),
+            Shape::U32 => Builder::U32(MutablePrimitiveArray::with_capacity(n)),
+            Shape::Bool => Builder::Bool(MutableBooleanArray::with_capacity(n)),
             Shape::Str | Shape::Reply | Shape::Json => {
-                Builder::Str(StringChunkedBuilder::new(name.into(), n))
+                Builder::Str(MutableBinaryViewArray::with_capacity(n))
             }
         }
     }
 
-    fn null(&mut self) {
+    fn nulls(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         match self {
-            Builder::Str(b) => b.append_null(),
-            Builder::U64(b) => b.append_null(),
-            Builder::U32(b) => b.append_null(),
-            Builder::Bool(b) => b.append_null(),
+            Builder::Str(b) => b.extend_null(n),
+            Builder::U64(b) => b.extend_null(n),
+            Builder::U32(b) => b.extend_null(n),
+            Builder::Bool(b) => b.extend_null(n),
         }
     }
 
-    fn finish(self) -> Column {
+    fn finish(self, name: &str) -> Column {
+        let name = PlSmallStr::from(name);
         match self {
-            Builder::Str(b) => b.finish().into_series().into_column(),
-            Builder::U64(b) => b.finish().into_series().into_column(),
-            Builder::U32(b) => b.finish().into_series().into_column(),
-            Builder::Bool(b) => b.finish().into_series().into_column(),
+            Builder::Str(b) => StringChunked::with_chunk(name, b.freeze()).into_column(),
+            Builder::U64(b) => UInt64Chunked::with_chunk(name, b.freeze()).into_column(),
+            Builder::U32(b) => UInt32Chunked::with_chunk(name, b.freeze()).into_column(),
+            Builder::Bool(b) => BooleanChunked::with_chunk(name, b.freeze()).into_column(),
         }
     }
 }
 
-/// The builders of one part of the table, and which columns the current row has filled.
+/// The builders of one part of the table, and how many rows each column holds so far.
 struct Cols<'l> {
     layout: &'l Layout,
     builders: Vec<Builder>,
-    /// Per column, the row (counted from 1) it was last filled in.
-    filled: Vec<u64>,
-    row: u64,
+    /// Per column, the rows it holds (values and nulls): the current row is filled in column
+    /// `i` when `len[i] == row + 1`.
+    len: Vec<usize>,
+    /// The current row (from 0).
+    row: usize,
 }
 
 impl<'l> Cols<'l> {
@@ -225,36 +235,52 @@ impl<'l> Cols<'l> {
             builders: layout
                 .columns
                 .iter()
-                .map(|&(name, shape)| Builder::new(name, shape, n))
+                .map(|&(_, shape)| Builder::new(shape, n))
                 .collect(),
-            filled: vec![0; layout.columns.len()],
+            len: vec![0; layout.columns.len()],
             row: 0,
         }
     }
 
-    fn into_columns(self) -> Vec<Column> {
-        self.builders.into_iter().map(Builder::finish).collect()
+    fn filled(&self, i: usize) -> bool {
+        self.len[i] == self.row + 1
     }
 
-    /// Mark column `i` filled in this row (a field given twice is an error).
+    /// The columns of the `rows` rows read.
+    fn into_columns(self, rows: usize) -> Vec<Column> {
+        self.builders
+            .into_iter()
+            .zip(self.len)
+            .zip(&self.layout.columns)
+            .map(|((mut b, len), (name, _))| {
+                b.nulls(rows - len);
+                b.finish(name)
+            })
+            .collect()
+    }
+
+    /// The builder of column `i`, its nulls up to this row added, for this row's value (a
+    /// field given twice is an error).
     fn fill<E: de::Error>(&mut self, i: usize) -> Result<&mut Builder, E> {
-        if self.filled[i] == self.row {
+        if self.filled(i) {
             return Err(E::custom(format_args!(
                 "field `{}` given twice",
                 self.layout.columns[i].0
             )));
         }
-        self.filled[i] = self.row;
-        Ok(&mut self.builders[i])
+        let b = &mut self.builders[i];
+        b.nulls(self.row - self.len[i]);
+        self.len[i] = self.row + 1;
+        Ok(b)
     }
 
     /// One value of column `i`, read as the column's shape.
     fn value<'de, A: MapAccess<'de>>(&mut self, i: usize, map: &mut A) -> Result<(), A::Error> {
         match self.fill(i)? {
-            Builder::Str(b) => b.append_option(map.next_value::<Option<Text<'de>>>()?.map(|t| t.0)),
-            Builder::U64(b) => b.append_option(map.next_value::<Option<u64>>()?),
-            Builder::U32(b) => b.append_option(map.next_value::<Option<u32>>()?),
-            Builder::Bool(b) => b.append_option(map.next_value::<Option<bool>>()?),
+            Builder::Str(b) => b.push(map.next_value::<Option<Text<'de>>>()?.map(|t| t.0)),
+            Builder::U64(b) => b.push(map.next_value::<Option<u64>>()?),
+            Builder::U32(b) => b.push(map.next_value::<Option<u32>>()?),
+            Builder::Bool(b) => b.push(map.next_value::<Option<bool>>()?),
         }
         Ok(())
     }
@@ -263,7 +289,7 @@ impl<'l> Cols<'l> {
         if let Some(Slot::Column(i)) = self.layout.slot(name)
             && let Builder::Str(b) = self.fill(i)?
         {
-            b.append_option(t.map(|t| t.0));
+            b.push(t.map(|t| t.0));
         }
         Ok(())
     }
@@ -290,7 +316,6 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
         let cols = self.0;
         let layout = cols.layout;
-        cols.row += 1;
         let mut kind: Option<Text<'de>> = None;
         let mut detail = serde_json::Map::new();
         while let Some(key) = map.next_key::<Text<'de>>()? {
@@ -300,7 +325,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
                     let Builder::Str(b) = cols.fill(i)? else {
                         unreachable!("`type` is a string column")
                     };
-                    b.append_value(&t.0);
+                    b.push_value(&*t.0);
                     kind = Some(t);
                 }
                 Some(Slot::Column(i)) => cols.value(i, &mut map)?,
@@ -310,7 +335,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
                         if let Some(Slot::Column(i)) = layout.slot("code")
                             && let Builder::U32(b) = cols.fill(i)?
                         {
-                            b.append_option(r.code);
+                            b.push(r.code);
                         }
                         cols.reply_part("enhanced", r.enhanced)?;
                         cols.reply_part("text", r.text)?;
@@ -323,7 +348,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
             }
         }
         for (required, name) in [(SEQ, "seq"), (TS, "ts"), (KIND, "type")] {
-            if cols.filled[required] != cols.row {
+            if !cols.filled(required) {
                 return Err(de::Error::missing_field(name));
             }
         }
@@ -331,32 +356,40 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
             let Builder::Str(b) = cols.fill(layout.detail())? else {
                 unreachable!("`detail` is a string column")
             };
-            b.append_value(serde_json::Value::Object(detail).to_string());
+            b.push_value(serde_json::Value::Object(detail).to_string());
         }
-        for (i, b) in cols.builders.iter_mut().enumerate() {
-            if cols.filled[i] != cols.row {
-                b.null();
-            }
-        }
+        cols.row += 1;
         kind.ok_or_else(|| de::Error::missing_field("type"))
     }
 }
 
-/// Decode the frames `ranges` of the log `bytes`.
-fn decode_part(
-    path: &str,
-    bytes: &[u8],
-    ranges: &[std::ops::Range<usize>],
-) -> Result<DataFrame, TableError> {
+/// A run of records read from the log: their payloads one after another, and for each its
+/// range there and the offset its frame starts at in the log (for errors).
+#[derive(Default)]
+struct Part {
+    bytes: Vec<u8>,
+    records: Vec<(std::ops::Range<usize>, u64)>,
+}
+
+impl Part {
+    fn push(&mut self, at: u64, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.records.push((start..self.bytes.len(), at));
+    }
+}
+
+/// Decode the records of `part` (from the log `path`) into columns.
+fn decode_part(path: &str, part: &Part) -> Result<DataFrame, TableError> {
     let layout = Layout::new();
-    let mut cols = Cols::with_capacity(&layout, ranges.len());
-    for r in ranges {
+    let mut cols = Cols::with_capacity(&layout, part.records.len());
+    for (r, at) in &part.records {
         let bad = |message: String| TableError::BadRecord {
             path: path.to_string(),
-            offset: r.start,
+            offset: *at,
             message,
         };
-        let mut de = serde_json::Deserializer::from_slice(&bytes[r.clone()]);
+        let mut de = serde_json::Deserializer::from_slice(&part.bytes[r.clone()]);
         let kind = RowSeed(&mut cols)
             .deserialize(&mut de)
             .and_then(|k| de.end().map(|()| k))
@@ -366,74 +399,149 @@ fn decode_part(
             return Err(bad(format!("unknown event type {:?}", kind.0)));
         }
     }
-    Ok(DataFrame::new_infer_height(cols.into_columns())?)
+    let rows = cols.row;
+    Ok(DataFrame::new_infer_height(cols.into_columns(rows))?)
 }
 
-/// The whole log as a DataFrame (rows in log order) and whether a torn tail was cut.
-/// `progress` is told how many records are decoded as it goes.
-pub fn load(path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(DataFrame, bool), TableError> {
-    let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| TableError::Io {
-        path: p.clone(),
+/// What [`export`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exported {
+    /// Records (rows) written.
+    pub rows: u64,
+    /// True when a torn tail ended the log (the records before it are written).
+    pub torn: bool,
+}
+
+/// Write the event log `log` as the table `parquet` (rows in log order, LZ4), part by part:
+/// [`ROWS_PER_PART`] records are read (frames checked: length and CRC, a torn tail ends the
+/// log as for every reader), decoded on every core into columns, and written as one row group,
+/// so that memory holds a few parts whatever the log's size. `progress` is told how many
+/// records are written as it goes. On any error (a damaged or invalid record, I/O) nothing is
+/// left at `parquet`.
+pub fn export(
+    log: &Path,
+    parquet: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Exported, TableError> {
+    let partial = parquet.with_extension("parquet.partial");
+    let written = export_to(log, &partial, progress).and_then(|e| {
+        std::fs::rename(&partial, parquet).map_err(|source| TableError::Io {
+            path: parquet.display().to_string(),
+            source,
+        })?;
+        Ok(e)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
+}
+
+fn export_to(
+    log: &Path,
+    out: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Exported, TableError> {
+    let p = log.display().to_string();
+    let mut reader = mailsim_events::LogReader::open(log)?;
+    let file = std::fs::File::create(out).map_err(|source| TableError::Io {
+        path: out.display().to_string(),
         source,
     })?;
-    let (ranges, torn) = mailsim_events::frame_ranges(path, &bytes)?;
+    let empty =
+        DataFrame::new_infer_height(Cols::with_capacity(&Layout::new(), 0).into_columns(0))?;
+    // LZ4: most of the cost of writing is compression, and the file is read locally.
+    let mut writer = ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Lz4Raw)
+        .batched(empty.schema())?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Parts of at most ROWS_PER_CHUNK records keep the builders small; each becomes one
-    // Parquet row group.
-    let chunk = ranges.len().div_ceil(threads).clamp(1, ROWS_PER_CHUNK);
-    let parts: Vec<&[std::ops::Range<usize>]> = ranges.chunks(chunk).collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<DataFrame, TableError>>>> = (0..parts.len())
-        .map(|_| std::sync::Mutex::new(None))
-        .collect();
     std::thread::scope(|scope| {
-        for _ in 0..threads.min(parts.len()) {
-            scope.spawn(|| {
+        // Parts go to the decoders through a queue of `threads` places, and come back to the
+        // writer through another, which writes them in log order: a slow writer holds up the
+        // decoders, and they the reader, so that at most about 4 x `threads` parts are held.
+        let (to_decode, queue) = std::sync::mpsc::sync_channel::<(usize, Part)>(threads);
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        let (decoded, to_write) =
+            std::sync::mpsc::sync_channel::<(usize, Result<DataFrame, TableError>)>(threads);
+        for _ in 0..threads {
+            let queue = queue.clone();
+            let decoded = decoded.clone();
+            let p = &p;
+            scope.spawn(move || {
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(part) = parts.get(i) else { break };
-                    let df = decode_part(&p, &bytes, part);
-                    progress(part.len() as u64);
-                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(df);
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((i, part)) = job else { break };
+                    let df = decode_part(p, &part);
+                    drop(part);
+                    if decoded.send((i, df)).is_err() {
+                        break;
+                    }
                 }
             });
         }
-    });
-    let mut df: Option<DataFrame> = None;
-    for slot in slots {
-        let Some(part) = slot.into_inner().unwrap_or_else(|e| e.into_inner()) else {
-            return Err(TableError::Panicked("decoding the event log"));
-        };
-        let part = part?;
-        match df.as_mut() {
-            None => df = Some(part),
-            Some(d) => {
-                d.vstack_mut(&part)?;
+        drop((queue, decoded));
+        let write = scope.spawn(move || -> Result<(u64, usize), TableError> {
+            let mut waiting = std::collections::BTreeMap::new();
+            let mut next = 0;
+            let mut rows = 0u64;
+            for (i, df) in to_write {
+                waiting.insert(i, df);
+                while let Some(df) = waiting.remove(&next) {
+                    let df = df?;
+                    writer.write_batch(&df)?;
+                    rows += df.height() as u64;
+                    progress(df.height() as u64);
+                    next += 1;
+                }
             }
+            writer.finish()?;
+            Ok((rows, next))
+        });
+        let mut sent = 0;
+        let read = (|| -> Result<bool, TableError> {
+            loop {
+                let mut part = Part::default();
+                while part.records.len() < ROWS_PER_PART {
+                    match reader.next_payload()? {
+                        Some((at, payload)) => part.push(at, payload),
+                        None => break,
+                    }
+                }
+                let last = part.records.len() < ROWS_PER_PART;
+                // A refused send: the writer stopped at an error, which it reports.
+                if !part.records.is_empty() {
+                    if to_decode.send((sent, part)).is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                if last {
+                    break;
+                }
+            }
+            Ok(reader.torn)
+        })();
+        drop(to_decode);
+        let rows = write
+            .join()
+            .unwrap_or(Err(TableError::Panicked("writing events.parquet")));
+        // A damaged log is the first thing to say; then what the writer met.
+        let torn = read?;
+        let (rows, written) = rows?;
+        if written != sent {
+            return Err(TableError::Panicked("decoding the event log"));
         }
-    }
-    // Left in chunks (one per decoded part): Parquet writes row groups from them and polars
-    // reads them as they are; gluing them together would copy every column once more.
-    let df = match df {
-        Some(d) => d,
-        None => DataFrame::new_infer_height(Cols::with_capacity(&Layout::new(), 0).into_columns())?,
-    };
-    Ok((df, torn))
+        Ok(Exported { rows, torn })
+    })
 }
 
-/// Write the table as Parquet (zstd).
-pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), TableError> {
-    let file = std::fs::File::create(path).map_err(|source| TableError::Io {
-        path: path.display().to_string(),
+/// The whole of a table written by [`export`], in memory.
+pub fn read_parquet(parquet: &Path) -> Result<DataFrame, TableError> {
+    let file = std::fs::File::open(parquet).map_err(|source| TableError::Io {
+        path: parquet.display().to_string(),
         source,
     })?;
-    // LZ4: most of the cost of writing is compression, and the file is read once, locally.
-    ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Lz4Raw)
-        .with_row_group_size(Some(ROWS_PER_CHUNK))
-        .finish(df)?;
-    Ok(())
+    Ok(ParquetReader::new(file).finish()?)
 }
 
 #[cfg(test)]
@@ -497,16 +605,13 @@ mod tests {
         let mut n = 0;
         let records: Vec<serde_json::Value> =
             Event::SCHEMA.iter().map(|k| example(k, &mut n)).collect();
-        let mut bytes = Vec::new();
-        let mut ranges = Vec::new();
+        let mut part = Part::default();
         for r in &records {
             // Each example is a valid record of the schema.
             serde_json::from_value::<mailsim_events::Record>(r.clone()).expect("valid record");
-            let start = bytes.len();
-            serde_json::to_writer(&mut bytes, r).unwrap();
-            ranges.push(start..bytes.len());
+            part.push(0, &serde_json::to_vec(r).unwrap());
         }
-        let df = decode_part("test", &bytes, &ranges).unwrap();
+        let df = decode_part("test", &part).unwrap();
         assert_eq!(df.height(), records.len());
         for (row, r) in records.iter().enumerate() {
             let detail = df.column("detail").unwrap().str().unwrap().get(row);
@@ -548,10 +653,11 @@ mod tests {
             r#"{"seq":1,"ts":2,"reason":"a"}"#,
             r#"{"seq":1,"ts":2,"type":"no_such_kind"}"#,
         ] {
-            let whole: Vec<std::ops::Range<usize>> = std::iter::once(0..bad.len()).collect();
-            let err = decode_part("log", bad.as_bytes(), &whole).unwrap_err();
+            let mut part = Part::default();
+            part.push(77, bad.as_bytes());
+            let err = decode_part("log", &part).unwrap_err();
             assert!(
-                err.to_string().starts_with("log: record at byte 0"),
+                err.to_string().starts_with("log: record at byte 77"),
                 "{err}"
             );
         }

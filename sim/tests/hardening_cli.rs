@@ -245,6 +245,16 @@ fn report_checks(dir: &Path, a: &Path, b: &Path) {
         "--quiet",
     ]);
     assert!(o.status.success(), "{:?}", text(&o));
+    let mut left: Vec<String> = std::fs::read_dir(&cmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["compare.csv", "compare.html"],
+        "the runs' tables are not left"
+    );
     let html = std::fs::read_to_string(cmp.join("compare.html")).unwrap();
     assert!(!html.contains(".000<"), "counts are integers");
     let bounced_all = html
