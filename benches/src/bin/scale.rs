@@ -1,0 +1,156 @@
+//! The scale benchmark (issue 23): a scenario's run, replay, event listing and report, each as
+//! the user runs it (a `mailsim` child process), with its wall time, its own peak RSS (from
+//! `wait4`) and events per second over the run's log.
+//!
+//! Usage: scale [SCENARIO] [--out DIR] [--bin DIR] [--skip-run]
+//!   SCENARIO   default benches/scenarios/scale-million.toml
+//!   --out DIR  the run directory (default: a temporary one, removed at the end)
+//!   --bin DIR  where `mailsim` and `mailsim-report` are (default: beside this binary, so
+//!              `cargo build --release -p mailsim --features report --bins` first)
+//!   --skip-run measure replay, events and report of the run already in --out
+//!
+//! Prints one line per step: `scale: step=run wall_s=... peak_rss_mb=... events=...
+//! events_per_s=...`, then the run directory's size on disk.
+
+use mailsim_events::{Clock, SystemClock};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Wall time, peak RSS (bytes) and exit status of one child process.
+fn measure(cmd: &mut Command) -> Result<(f64, u64, i32), Box<dyn std::error::Error>> {
+    let wall = SystemClock;
+    let t0 = wall.now_ms();
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet waited for; both pointers are to live locals.
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = (wall.now_ms() - t0) as f64 / 1000.0;
+    if got != pid {
+        return Err(format!("wait4: {}", std::io::Error::last_os_error()).into());
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    // ru_maxrss is in kilobytes on Linux.
+    Ok((seconds, usage.ru_maxrss as u64 * 1024, code))
+}
+
+/// Records in a log: its frames, checked but not decoded.
+fn records(log: &Path) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut reader = mailsim_events::LogReader::open(log)?;
+    let mut n = 0;
+    while reader.next_payload()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    own + std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| disk_bytes(&e.path()))
+        .sum::<u64>()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut scenario = PathBuf::from("benches/scenarios/scale-million.toml");
+    let mut out: Option<PathBuf> = None;
+    let mut bin: Option<PathBuf> = None;
+    let mut skip_run = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => out = Some(args.next().ok_or("--out DIR")?.into()),
+            "--bin" => bin = Some(args.next().ok_or("--bin DIR")?.into()),
+            "--skip-run" => skip_run = true,
+            s if s.starts_with("--") => return Err(format!("unknown option {s}").into()),
+            s => scenario = s.into(),
+        }
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or("this binary has no directory")?
+            .to_path_buf(),
+    };
+    let mailsim = bin.join("mailsim");
+    if !mailsim.exists() || !bin.join("mailsim-report").exists() {
+        return Err(format!(
+            "no mailsim and mailsim-report in {}: cargo build --release -p mailsim --features report --bins",
+            bin.display()
+        )
+        .into());
+    }
+    let temp = tempfile::tempdir()?;
+    let dir = out.unwrap_or_else(|| temp.path().join("run"));
+    if skip_run && !dir.join("events.log").exists() {
+        return Err(format!("--skip-run: no run in {}", dir.display()).into());
+    }
+    let quiet = || {
+        let mut c = Command::new(&mailsim);
+        c.stdout(Stdio::null());
+        c
+    };
+    let mut steps: Vec<(&str, Command)> = Vec::new();
+    if !skip_run {
+        let mut c = quiet();
+        c.arg("run")
+            .arg(&scenario)
+            .arg("--quiet")
+            .arg("--out")
+            .arg(&dir);
+        steps.push(("run", c));
+    }
+    let mut c = quiet();
+    c.arg("replay").arg(&dir);
+    steps.push(("replay", c));
+    let mut c = quiet();
+    c.arg("events").arg(&dir);
+    steps.push(("events", c));
+    let mut c = quiet();
+    c.arg("report")
+        .arg(&dir)
+        .arg("--quiet")
+        .arg("--out")
+        .arg(temp.path().join("report"))
+        .env("MAILSIM_REPORT", bin.join("mailsim-report"));
+    steps.push(("report", c));
+    let mut events = None;
+    for (step, mut cmd) in steps {
+        let (seconds, rss, code) = measure(&mut cmd)?;
+        if code != 0 {
+            return Err(format!("{step}: exit status {code}").into());
+        }
+        let n = match events {
+            Some(n) => n,
+            None => *events.insert(records(&dir.join("events.log"))?),
+        };
+        println!(
+            "scale: step={step} wall_s={seconds:.1} peak_rss_mb={:.0} events={n} events_per_s={:.0}",
+            rss as f64 / 1e6,
+            n as f64 / seconds
+        );
+    }
+    println!(
+        "scale: run_dir_mb={:.0} log_mb={:.0}",
+        disk_bytes(&dir) as f64 / 1e6,
+        disk_bytes(&dir.join("events.log")) as f64 / 1e6
+    );
+    Ok(())
+}
