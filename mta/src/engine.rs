@@ -32,6 +32,11 @@ pub trait Connector: Send + Sync + 'static {
     /// connection this connector made. A simulated network may start its receivers' work on
     /// it early; what they answer must not depend on it. Sockets ignore it.
     fn will_send(&self, _from: &str, _message: &[u8]) {}
+    /// How many messages ahead [`Connector::will_send`] wants too: as a message is taken, the
+    /// next ones ready for the destination (they may go out on other connections).
+    fn looks_ahead(&self) -> usize {
+        0
+    }
 }
 
 /// TCP connector, optionally binding a source address (the MTA's IP, which SPF checks).
@@ -738,6 +743,18 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             .take_ready(domain, transactional)
     }
 
+    /// The entries [`Mta::take`] would give next (at most `n`), left in the queue.
+    fn peek(&self, domain: &str, transactional: bool, n: usize) -> Vec<QueueEntry> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let st = self.inner.state.lock().expect("mta state");
+        st.queue
+            .peek_ready(domain, transactional, n)
+            .cloned()
+            .collect()
+    }
+
     /// The shaping rule for `domain`, if one matches (by name, or by its MX hosts once known).
     fn rule<'s>(&'s self, st: &State, domain: &str) -> Option<&'s Rule> {
         let mx = st.mx_names.get(domain).map_or(&[][..], |v| v.as_slice());
@@ -992,6 +1009,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 }
             };
             inner.connector.will_send(&entry.from, &body);
+            for next in self.peek(domain, transactional, inner.connector.looks_ahead()) {
+                if let Ok(next_body) = inner.spool.read(&next.spool) {
+                    inner.connector.will_send(&next.from, &next_body);
+                }
+            }
             let env = Envelope {
                 from: &entry.from,
                 rcpt: &entry.rcpt,

@@ -215,6 +215,28 @@ impl Queue {
         None
     }
 
+    /// The entries [`Queue::take_ready`] would give next (at most `n`), left where they are.
+    pub fn peek_ready(
+        &self,
+        domain: &str,
+        only_transactional: bool,
+        n: usize,
+    ) -> impl Iterator<Item = &QueueEntry> {
+        let r = self
+            .ready
+            .get(domain)
+            .filter(|_| !self.holds.contains_key(domain));
+        let transactional = r.into_iter().flat_map(|r| r.transactional.iter());
+        let bulk = r
+            .into_iter()
+            .flat_map(|r| r.bulk.iter())
+            .take(if only_transactional { 0 } else { usize::MAX });
+        transactional
+            .chain(bulk)
+            .filter_map(|id| self.entries.get(id))
+            .take(n)
+    }
+
     /// Schedule another attempt at `due_ms`, recording the attempt count.
     pub fn defer(&mut self, id: u64, attempts: u32, due_ms: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
@@ -301,6 +323,35 @@ mod tests {
         q.complete(1);
         q.complete(2);
         assert!(q.is_empty());
+    }
+
+    /// What a peek shows is what the takes then give, in order; a peek takes nothing, and
+    /// shows nothing that a take would not give (a held domain, bulk for a transactional
+    /// session, an entry completed meanwhile).
+    #[test]
+    fn a_peek_shows_the_next_takes_and_leaves_them() {
+        let mut q = Queue::with_lanes();
+        for id in 1..=4 {
+            q.insert(entry(id, "a.test"));
+        }
+        let mut t = entry(5, "a.test");
+        t.lane = Lane::Transactional;
+        q.insert(t);
+        let ids = |q: &Queue, only_t, n| -> Vec<u64> {
+            q.peek_ready("a.test", only_t, n).map(|e| e.id).collect()
+        };
+        assert_eq!(ids(&q, false, 3), [5, 1, 2]);
+        assert_eq!(ids(&q, false, 3), [5, 1, 2], "nothing taken");
+        assert_eq!(ids(&q, true, 3), [5]);
+        q.complete(1);
+        assert_eq!(ids(&q, false, 2), [5, 2], "a completed entry is skipped");
+        assert_eq!(q.take_ready("a.test", false).unwrap().id, 5);
+        assert_eq!(q.take_ready("a.test", false).unwrap().id, 2);
+        assert_eq!(ids(&q, false, 9), [3, 4]);
+        assert!(ids(&q, true, 9).is_empty());
+        assert!(q.peek_ready("b.test", false, 9).next().is_none());
+        q.hold_domain("a.test", 5000);
+        assert!(ids(&q, false, 9).is_empty(), "on hold");
     }
 
     #[test]

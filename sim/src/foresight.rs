@@ -4,8 +4,10 @@
 //! in an order fixed by virtual time. Most of a receiver's work on a message is a pure function
 //! of its bytes and its envelope: verifying SPF, DKIM and DMARC and, where a provider places
 //! mail, reading its content (links, content score). When the MTA is about to send a message
-//! through the virtual network ([`mailsim_mta::Connector::will_send`]), the message is handed
-//! to a thread that does that work. The receiver takes the answers when they are there for
+//! through the virtual network ([`mailsim_mta::Connector::will_send`]), and as it takes the one
+//! before it for the same destination ([`mailsim_mta::Connector::looks_ahead`]: without that
+//! lead the thread was on exactly the message its receiver asked for, and the runtime waited
+//! for it on most messages), the message is handed to a thread that does that work. The receiver takes the answers when they are there for
 //! exactly the bytes it received, waits for them when the thread is on that message, and
 //! otherwise does the work itself (the thread then skips it): the same answers either way, so
 //! the event log does not depend on which came first, only the wall time does.
