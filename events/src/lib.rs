@@ -18,6 +18,6 @@ pub mod schema;
 pub use clock::{Clock, RuntimeClock, SystemClock};
 pub use log::{
     Damage, Durability, EventLog, EventSink, LogError, LogReader, LogTail, Observer, RepairReport,
-    frame_ranges, read_log, repair,
+    read_log, repair,
 };
 pub use schema::{Event, HasShape, Kind, Record, Reply, SCHEMA_VERSION, Shape, SmtpReply};

@@ -620,10 +620,11 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
     Ok(())
 }
 
-/// The payloads of a whole log held in memory, as byte ranges (for readers that decode in
-/// parallel); true when a torn tail ended it. Checks the header and refuses damage followed by
+/// The payloads of a whole log held in memory, as byte ranges (the tests hold the streaming
+/// reader to it); true when a torn tail ended it. Checks the header and refuses damage followed by
 /// valid frames, like [`LogReader`].
-pub fn frame_ranges(
+#[cfg(test)]
+fn frame_ranges(
     path: &Path,
     bytes: &[u8],
 ) -> Result<(Vec<std::ops::Range<usize>>, bool), LogError> {

@@ -308,6 +308,9 @@ pub fn write_compare(
     out: &Path,
     show_progress: bool,
 ) -> Result<(Figures, Figures), ReportError> {
+    // Each run's table is written in `out` for its figures, then removed; if a log is
+    // damaged, nothing is left (nor `out`, when this made it).
+    let made = !out.exists();
     std::fs::create_dir_all(out).map_err(write_err(out))?;
     let mut figs = Vec::new();
     for (i, dir) in [a_dir, b_dir].into_iter().enumerate() {
@@ -317,7 +320,15 @@ pub fn write_compare(
             .map_err(ReportError::from)
             .and_then(|_| Ok(figures::compute_from_parquet(&parquet)?));
         let _ = std::fs::remove_file(&parquet);
-        figs.push(figures?);
+        match figures {
+            Ok(f) => figs.push(f),
+            Err(e) => {
+                if made {
+                    let _ = std::fs::remove_dir(out);
+                }
+                return Err(e);
+            }
+        }
         bar.finish_and_clear();
     }
     let b = figs.pop().unwrap_or_default();

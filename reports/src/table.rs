@@ -41,6 +41,8 @@ pub enum TableError {
     },
     #[error(transparent)]
     Polars(#[from] PolarsError),
+    #[error("writing {path}: {source}")]
+    Write { path: String, source: PolarsError },
     #[error("{0}: a worker thread panicked")]
     Panicked(&'static str),
 }
@@ -412,22 +414,35 @@ pub struct Exported {
     pub torn: bool,
 }
 
+/// The most threads decoding parts. Parts sent to be decoded and not yet written are at most
+/// one more than the decoders: what bounds the export's memory, whatever the number of cores.
+const DECODERS_MAX: usize = 4;
+
 /// Write the event log `log` as the table `parquet` (rows in log order, LZ4), part by part:
 /// [`ROWS_PER_PART`] records are read (frames checked: length and CRC, a torn tail ends the
-/// log as for every reader), decoded on every core into columns, and written as one row group,
-/// so that memory holds a few parts whatever the log's size. `progress` is told how many
-/// records are written as it goes. On any error (a damaged or invalid record, I/O) nothing is
-/// left at `parquet`.
+/// log as for every reader), decoded on other cores into columns, and written as one row
+/// group, so that memory holds a few parts whatever the log's size (and however many cores). `progress` is told how
+/// many records are written as it goes. On any error (a damaged or invalid record, I/O) nothing
+/// is left at `parquet` (an earlier file there is kept).
 pub fn export(
     log: &Path,
     parquet: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Exported, TableError> {
+    export_in_parts(log, parquet, ROWS_PER_PART, progress)
+}
+
+fn export_in_parts(
+    log: &Path,
+    parquet: &Path,
+    rows_per_part: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Exported, TableError> {
     let partial = parquet.with_extension("parquet.partial");
-    let written = export_to(log, &partial, progress).and_then(|e| {
-        std::fs::rename(&partial, parquet).map_err(|source| TableError::Io {
+    let written = export_to(log, &partial, rows_per_part, progress).and_then(|e| {
+        std::fs::rename(&partial, parquet).map_err(|source| TableError::Write {
             path: parquet.display().to_string(),
-            source,
+            source: source.into(),
         })?;
         Ok(e)
     });
@@ -437,80 +452,93 @@ pub fn export(
     written
 }
 
+/// One part's columns, or why not, from the thread that decoded it (an error when it ended
+/// without answering).
+type Decoded = std::sync::mpsc::Receiver<Result<DataFrame, TableError>>;
+
 fn export_to(
     log: &Path,
     out: &Path,
+    rows_per_part: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Exported, TableError> {
     let p = log.display().to_string();
     let mut reader = mailsim_events::LogReader::open(log)?;
-    let file = std::fs::File::create(out).map_err(|source| TableError::Io {
+    let written = |source: PolarsError| TableError::Write {
         path: out.display().to_string(),
         source,
-    })?;
+    };
+    let file = std::fs::File::create(out).map_err(|e| written(e.into()))?;
     let empty =
         DataFrame::new_infer_height(Cols::with_capacity(&Layout::new(), 0).into_columns(0))?;
     // LZ4: most of the cost of writing is compression, and the file is read locally.
     let mut writer = ParquetWriter::new(file)
         .with_compression(ParquetCompression::Lz4Raw)
-        .batched(empty.schema())?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        .batched(empty.schema())
+        .map_err(written)?;
+    let decoders = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(DECODERS_MAX);
     std::thread::scope(|scope| {
-        // Parts go to the decoders through a queue of `threads` places, and come back to the
-        // writer through another, which writes them in log order: a slow writer holds up the
-        // decoders, and they the reader, so that at most about 4 x `threads` parts are held.
-        let (to_decode, queue) = std::sync::mpsc::sync_channel::<(usize, Part)>(threads);
+        // Each part goes to a decoder with a channel for its answer; the writer takes the
+        // answers in log order. Both queues are bounded: a slow writer holds up the decoders,
+        // and they the reader. A decoder that ends without answering (a panic) is an error for
+        // the writer at that part.
+        type Job = (
+            Part,
+            std::sync::mpsc::SyncSender<Result<DataFrame, TableError>>,
+        );
+        let (to_decode, queue) = std::sync::mpsc::sync_channel::<Job>(decoders);
+        let (in_order, answers) = std::sync::mpsc::sync_channel::<Decoded>(decoders);
         let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
-        let (decoded, to_write) =
-            std::sync::mpsc::sync_channel::<(usize, Result<DataFrame, TableError>)>(threads);
-        for _ in 0..threads {
-            let queue = queue.clone();
-            let decoded = decoded.clone();
-            let p = &p;
-            scope.spawn(move || {
-                loop {
-                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((i, part)) = job else { break };
-                    let df = decode_part(p, &part);
-                    drop(part);
-                    if decoded.send((i, df)).is_err() {
-                        break;
+        let workers: Vec<_> = (0..decoders)
+            .map(|_| {
+                let queue = queue.clone();
+                let p = &p;
+                scope.spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((part, answer)) = job else { break };
+                        let df = decode_part(p, &part);
+                        drop(part);
+                        // A writer gone (it stopped at an error) needs no answer.
+                        let _ = answer.send(df);
                     }
-                }
-            });
-        }
-        drop((queue, decoded));
-        let write = scope.spawn(move || -> Result<(u64, usize), TableError> {
-            let mut waiting = std::collections::BTreeMap::new();
-            let mut next = 0;
+                })
+            })
+            .collect();
+        drop(queue);
+        // The writer: rows and parts written, or the error and the part it was met at.
+        let write = scope.spawn(move || -> Result<u64, (TableError, usize)> {
             let mut rows = 0u64;
-            for (i, df) in to_write {
-                waiting.insert(i, df);
-                while let Some(df) = waiting.remove(&next) {
-                    let df = df?;
-                    writer.write_batch(&df)?;
-                    rows += df.height() as u64;
-                    progress(df.height() as u64);
-                    next += 1;
-                }
+            for (i, answer) in answers.into_iter().enumerate() {
+                let df = answer
+                    .recv()
+                    .unwrap_or(Err(TableError::Panicked("decoding the event log")))
+                    .map_err(|e| (e, i))?;
+                writer.write_batch(&df).map_err(|e| (written(e), i))?;
+                rows += df.height() as u64;
+                progress(df.height() as u64);
             }
-            writer.finish()?;
-            Ok((rows, next))
+            writer.finish().map_err(|e| (written(e), usize::MAX))?;
+            Ok(rows)
         });
+        // The reader (this thread): the torn flag, or the error and the part it was met in.
         let mut sent = 0;
-        let read = (|| -> Result<bool, TableError> {
+        let read = (|| -> Result<bool, (TableError, usize)> {
             loop {
                 let mut part = Part::default();
-                while part.records.len() < ROWS_PER_PART {
-                    match reader.next_payload()? {
+                while part.records.len() < rows_per_part {
+                    match reader.next_payload().map_err(|e| (e.into(), sent))? {
                         Some((at, payload)) => part.push(at, payload),
                         None => break,
                     }
                 }
-                let last = part.records.len() < ROWS_PER_PART;
-                // A refused send: the writer stopped at an error, which it reports.
+                let last = part.records.len() < rows_per_part;
                 if !part.records.is_empty() {
-                    if to_decode.send((sent, part)).is_err() {
+                    let (answer, decoded) = std::sync::mpsc::sync_channel(1);
+                    // A refused send: the writer or the decoders stopped, which they report.
+                    if in_order.send(decoded).is_err() || to_decode.send((part, answer)).is_err() {
                         break;
                     }
                     sent += 1;
@@ -521,17 +549,21 @@ fn export_to(
             }
             Ok(reader.torn)
         })();
-        drop(to_decode);
-        let rows = write
-            .join()
-            .unwrap_or(Err(TableError::Panicked("writing events.parquet")));
-        // A damaged log is the first thing to say; then what the writer met.
-        let torn = read?;
-        let (rows, written) = rows?;
-        if written != sent {
-            return Err(TableError::Panicked("decoding the event log"));
+        drop((to_decode, in_order));
+        let rows = write.join().unwrap_or(Err((
+            TableError::Panicked("writing events.parquet"),
+            usize::MAX,
+        )));
+        // Joined here, a decoder's panic is the writer's error, not the scope's panic.
+        for w in workers {
+            let _ = w.join();
         }
-        Ok(Exported { rows, torn })
+        // Of two errors, the one met first in the log.
+        match (read, rows) {
+            (Ok(torn), Ok(rows)) => Ok(Exported { rows, torn }),
+            (Err((r, at_r)), Err((w, at_w))) => Err(if at_w < at_r { w } else { r }),
+            (Err((e, _)), Ok(_)) | (Ok(_), Err((e, _))) => Err(e),
+        }
     })
 }
 
@@ -644,6 +676,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A log exported in parts of a few records is the table it is in one part: the same rows
+    /// in the same order, and the same figures by the streaming engine as by the in-memory
+    /// one (the rows of every kind, five times over, with every field).
+    #[test]
+    fn a_log_in_many_parts_is_the_same_table_as_in_one() {
+        struct At(u64);
+        impl mailsim_events::Clock for At {
+            fn now_ms(&self) -> u64 {
+                self.0
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("events.log");
+        let events =
+            mailsim_events::EventLog::create(&log, std::sync::Arc::new(At(1_767_225_600_000)))
+                .unwrap();
+        let sink = events.sink();
+        let mut n = 0;
+        for _ in 0..5 {
+            for kind in Event::SCHEMA {
+                let r: mailsim_events::Record =
+                    serde_json::from_value(example(kind, &mut n)).unwrap();
+                sink.emit(r.event);
+            }
+        }
+        sink.flush().unwrap();
+        events.close().unwrap();
+        let (one, many) = (
+            dir.path().join("one.parquet"),
+            dir.path().join("many.parquet"),
+        );
+        let whole = export_in_parts(&log, &one, 1 << 20, &|_| {}).unwrap();
+        let parts = export_in_parts(&log, &many, 7, &|_| {}).unwrap();
+        assert_eq!(whole, parts);
+        assert_eq!(whole.rows, 5 * Event::SCHEMA.len() as u64);
+        let (a, b) = (read_parquet(&one).unwrap(), read_parquet(&many).unwrap());
+        assert!(a.equals_missing(&b), "{a}\n{b}");
+        let seq: Vec<u64> = b
+            .column("seq")
+            .unwrap()
+            .u64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        assert!(seq.windows(2).all(|w| w[0] < w[1]), "rows in log order");
+        let streamed = crate::figures::compute_from_parquet(&many).unwrap();
+        assert_eq!(streamed, crate::figures::compute(&a).unwrap());
+        assert_eq!(streamed.events, whole.rows);
+        assert!(!dir.path().join("many.parquet.partial").exists());
     }
 
     #[test]
