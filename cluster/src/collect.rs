@@ -93,7 +93,7 @@ pub async fn read_stream(js: &Context, run: &str) -> Result<Vec<NodeRecord>, Clu
             .and_then(|h| h.get(SEQ_HEADER))
             .and_then(|v| v.as_str().parse::<u64>().ok())
             .ok_or_else(|| bad(format!("no {SEQ_HEADER} header with a number")))?;
-        let record = Record::from_json(&m.payload).map_err(|e| bad(e.to_string()))?;
+        let record = Record::from_payload(&m.payload).map_err(|e| bad(e.to_string()))?;
         out.push(NodeRecord {
             node,
             node_seq,

@@ -54,14 +54,10 @@ struct InFlight {
     ack: PublishAckFuture,
 }
 
-/// The `seq` of a record's JSON.
+/// The `seq` of a record (a log frame's payload, binary or JSON).
 fn seq_of(payload: &[u8]) -> Result<u64, String> {
-    #[derive(serde::Deserialize)]
-    struct Seq {
-        seq: u64,
-    }
-    serde_json::from_slice::<Seq>(payload)
-        .map(|s| s.seq)
+    mailsim_events::Record::from_payload(payload)
+        .map(|r| r.seq)
         .map_err(|e| e.to_string())
 }
 

@@ -11,13 +11,16 @@
 //! Data flow: components hold an [`log::EventSink`] (cheap to clone), stamp events with the
 //! clock and send them to the writer thread, which assigns `seq` in arrival order.
 
+pub mod binary;
 pub mod clock;
 pub mod log;
 pub mod schema;
 
 pub use clock::{Clock, RuntimeClock, SystemClock};
 pub use log::{
-    Damage, Durability, EventLog, EventSink, LogError, LogReader, LogTail, Observer, RepairReport,
-    read_log, repair,
+    Damage, Durability, EventLog, EventSink, Format, LogError, LogReader, LogTail, Observer,
+    RepairReport, convert, read_log, repair,
 };
-pub use schema::{Event, HasShape, Kind, Record, Reply, SCHEMA_VERSION, Shape, SmtpReply};
+pub use schema::{
+    Event, HasShape, Kind, PayloadError, Record, Reply, SCHEMA_VERSION, Shape, SmtpReply,
+};

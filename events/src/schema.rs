@@ -1,10 +1,12 @@
 //! The event schema: one variant per kind of record, serialised as JSON objects with a `type`.
 
+use crate::binary::{self, Bin, DecodeError, Input};
 pub use mailsim_smtp::Reply;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of the record schema; written into every log header.
+/// Version of the record schema (its JSON). A log's header carries the version of its format
+/// ([`crate::log::Format`]): 1 is this schema in JSON, 2 this schema in the binary encoding.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// One SMTP reply as the client saw it, with the command that got it (in JSON: `command`,
@@ -166,6 +168,45 @@ macro_rules! schema {
                     })*
                     _ => Err(serde::de::Error::unknown_variant(tag, Self::KINDS)),
                 }
+            }
+        }
+
+        /// Each kind's position in [`Event::KINDS`]: its byte in the binary encoding.
+        #[allow(clippy::enum_variant_names)]
+        #[repr(u8)]
+        enum KindId { $($variant,)* }
+
+        impl Event {
+            /// The event's kind and fields in the binary encoding ([`crate::binary`]).
+            fn put_binary(&self, out: &mut Vec<u8>) {
+                match self {
+                    $(Event::$variant { $($field,)* } => {
+                        out.push(KindId::$variant as u8);
+                        $( Bin::put($field, out); )*
+                    })*
+                }
+            }
+
+            /// The event whose kind byte and fields `input` holds.
+            fn get_binary(input: &mut Input<'_>) -> Result<Event, DecodeError> {
+                let kind = input.byte().map_err(|what| DecodeError {
+                    context: "kind".into(),
+                    what: what.into(),
+                })?;
+                $(
+                    if kind == KindId::$variant as u8 {
+                        return Ok(Event::$variant {
+                            $($field: Bin::get(input).map_err(|what| DecodeError {
+                                context: concat!($tag, ".", stringify!($field)).into(),
+                                what: what.into(),
+                            })?,)*
+                        });
+                    }
+                )*
+                Err(DecodeError {
+                    context: "kind".into(),
+                    what: format!("no kind has the number {kind}"),
+                })
             }
         }
 
@@ -511,7 +552,56 @@ pub struct Record {
     pub event: Event,
 }
 
+/// Why a frame's payload is not a record.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Binary(#[from] DecodeError),
+}
+
 impl Record {
+    /// The record in the binary encoding ([`crate::binary`]), appended to `out`.
+    pub fn put_binary(&self, out: &mut Vec<u8>) {
+        out.push(binary::MARKER);
+        binary::put_varint(self.seq, out);
+        binary::put_varint(self.ts, out);
+        self.event.put_binary(out);
+    }
+
+    /// A record from its binary encoding (beginning with [`binary::MARKER`]).
+    pub fn from_binary(bytes: &[u8]) -> Result<Record, DecodeError> {
+        let mut input = Input::new(bytes);
+        let head = |context: &str, what: &str| DecodeError {
+            context: context.into(),
+            what: what.into(),
+        };
+        if input.byte().ok() != Some(binary::MARKER) {
+            return Err(head("marker", "not a binary record"));
+        }
+        let seq = input.varint().map_err(|w| head("seq", w))?;
+        let ts = input.varint().map_err(|w| head("ts", w))?;
+        let event = Event::get_binary(&mut input)?;
+        if !input.at_end() {
+            return Err(DecodeError {
+                context: event.kind().into(),
+                what: "bytes after the last field".into(),
+            });
+        }
+        Ok(Record { seq, ts, event })
+    }
+
+    /// A record from a log frame's payload, in either encoding: JSON (log format 1, and what
+    /// `mailsim events` prints) or binary (format 2), told apart by the first byte.
+    pub fn from_payload(payload: &[u8]) -> Result<Record, PayloadError> {
+        if payload.first() == Some(&binary::MARKER) {
+            Ok(Record::from_binary(payload)?)
+        } else {
+            Ok(Record::from_json(payload)?)
+        }
+    }
+
     /// A record from its JSON. The log writes `seq`, `ts` and `type` first, and such a record
     /// is read in one pass (serde's derived reading of a flattened, internally tagged enum
     /// buffers every field twice first); any other order, or a bad record, is read (and its
@@ -663,6 +753,113 @@ mod tests {
         }
         let unknown = r#"{"seq":3,"ts":9,"type":"no_such_kind"}"#;
         assert!(Record::from_json(unknown.as_bytes()).is_err());
+    }
+
+    /// A record of every kind, each field given a value of its shape (a reply flattened into
+    /// `smtp_reply`), then again with each field its kind may leave out left out.
+    pub(crate) fn every_kind() -> Vec<Record> {
+        let mut out = Vec::new();
+        for (i, kind) in Event::SCHEMA.iter().enumerate() {
+            let mut m = serde_json::Map::new();
+            m.insert("seq".into(), (i as u64 * 1_000_003).into());
+            m.insert("ts".into(), 1_767_225_600_123u64.into());
+            m.insert("type".into(), kind.tag.into());
+            for &(name, shape) in kind.fields {
+                let v = match shape {
+                    Shape::Str => format!("{name} é\u{1F600} {i}").into(),
+                    Shape::U64 => (u64::MAX - i as u64).into(),
+                    Shape::U32 => (i as u64 + 300).into(),
+                    Shape::Bool => true.into(),
+                    Shape::Reply => serde_json::json!({
+                        "command": "RCPT", "code": 451, "enhanced": "4.7.28", "text": "slow down"
+                    }),
+                    Shape::Json => serde_json::Value::Null,
+                };
+                m.insert(name.into(), v);
+            }
+            let valid = |m: &serde_json::Map<String, serde_json::Value>| {
+                serde_json::from_value::<Record>(serde_json::Value::Object(m.clone())).ok()
+            };
+            for &(name, shape) in kind.fields {
+                if shape == Shape::Json {
+                    for v in [
+                        serde_json::json!(["a", "b"]),
+                        serde_json::json!({ "k": "v", "l": "w" }),
+                    ] {
+                        m.insert(name.into(), v);
+                        if valid(&m).is_some() {
+                            break;
+                        }
+                    }
+                }
+                if shape == Shape::Reply
+                    && valid(&m).is_none()
+                    && let Some(serde_json::Value::Object(parts)) = m.remove(name)
+                {
+                    m.extend(parts);
+                }
+            }
+            let full = valid(&m).unwrap_or_else(|| panic!("example of {}", kind.tag));
+            out.push(full);
+            for name in m.keys() {
+                let mut fewer = m.clone();
+                fewer.remove(name);
+                out.extend(valid(&fewer));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_the_binary_encoding() {
+        let records = every_kind();
+        assert!(
+            records.len() > Event::SCHEMA.len() + 15,
+            "{}",
+            records.len()
+        );
+        for r in &records {
+            let mut b = Vec::new();
+            r.put_binary(&mut b);
+            assert_eq!(&Record::from_binary(&b).unwrap(), r);
+            assert_eq!(&Record::from_payload(&b).unwrap(), r);
+            let json = serde_json::to_vec(r).unwrap();
+            assert_eq!(&Record::from_payload(&json).unwrap(), r);
+            assert!(b.len() < json.len(), "{} vs {}", b.len(), json.len());
+        }
+    }
+
+    /// Any cut and any changed byte of a binary record is an error or another record, never a
+    /// panic; a cut or a byte too many is always an error, which names the field.
+    #[test]
+    fn a_damaged_binary_record_is_an_error_not_a_panic() {
+        for r in every_kind() {
+            let mut b = Vec::new();
+            r.put_binary(&mut b);
+            for cut in 0..b.len() {
+                assert!(
+                    Record::from_binary(&b[..cut]).is_err(),
+                    "{} cut at {cut}",
+                    r.event.kind()
+                );
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            let e = Record::from_binary(&longer).unwrap_err();
+            assert_eq!(e.context, r.event.kind(), "{e}");
+            for i in 0..b.len() {
+                for flip in [0x01u8, 0x80, 0xFF] {
+                    let mut bad = b.clone();
+                    bad[i] ^= flip;
+                    let _ = Record::from_binary(&bad);
+                }
+            }
+        }
+        let mut b = Vec::new();
+        every_kind()[0].put_binary(&mut b);
+        b.truncate(b.len() - 1);
+        let e = Record::from_binary(&b).unwrap_err().to_string();
+        assert!(e.starts_with("binary record, run_started."), "{e}");
     }
 
     /// serde names every variant it knows when it meets an unknown one: that list is KINDS.

@@ -266,3 +266,46 @@ pub fn pop3_session(data: &[u8]) {
         );
     }
 }
+
+/// Arbitrary bytes as an event log file (header, frames, payloads in either format): every
+/// reader (strict, salvaging, repair) ends with records or an error, never a panic; a record
+/// that reads is the same record again through the binary encoding.
+pub fn log_file(data: &[u8]) {
+    use mailsim_events::{LogReader, Record, read_log, repair};
+    let same_again = |r: &Record| {
+        let mut b = Vec::new();
+        r.put_binary(&mut b);
+        assert_eq!(
+            &Record::from_binary(&b).expect("a record re-encoded reads"),
+            r
+        );
+    };
+    if let Ok(r) = Record::from_payload(data) {
+        same_again(&r);
+    }
+    // Each frame's payload decoded whatever its checksum says (a mutation seldom keeps one
+    // right): the decoders see damaged payloads.
+    let mut at = 12usize;
+    while let Some(head) = data.get(at..at + 8) {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let Some(payload) = data.get(at + 8..(at + 8).saturating_add(len)) else {
+            break;
+        };
+        if let Ok(r) = Record::from_payload(payload) {
+            same_again(&r);
+        }
+        at += 8 + len;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.log");
+    std::fs::write(&path, data).unwrap();
+    if let Ok((records, _)) = read_log(&path) {
+        records.iter().for_each(same_again);
+    }
+    if let Ok(reader) = LogReader::open(&path) {
+        for r in reader.salvaging().flatten() {
+            same_again(&r);
+        }
+    }
+    let _ = repair(&path);
+}

@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+mod from_record;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error("reading {path}: {source}")]
@@ -287,6 +289,27 @@ impl<'l> Cols<'l> {
         Ok(())
     }
 
+    /// The row's last step: the fields no column holds as its `detail`; every row has `seq`,
+    /// `ts` and `type`.
+    fn end_row<E: de::Error>(
+        &mut self,
+        detail: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), E> {
+        for (required, name) in [(SEQ, "seq"), (TS, "ts"), (KIND, "type")] {
+            if !self.filled(required) {
+                return Err(E::missing_field(name));
+            }
+        }
+        if !detail.is_empty() {
+            let Builder::Str(b) = self.fill(self.layout.detail())? else {
+                unreachable!("`detail` is a string column")
+            };
+            b.push_value(serde_json::Value::Object(detail).to_string());
+        }
+        self.row += 1;
+        Ok(())
+    }
+
     fn reply_part<E: de::Error>(&mut self, name: &str, t: Option<Text<'_>>) -> Result<(), E> {
         if let Some(Slot::Column(i)) = self.layout.slot(name)
             && let Builder::Str(b) = self.fill(i)?
@@ -349,18 +372,7 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
                 }
             }
         }
-        for (required, name) in [(SEQ, "seq"), (TS, "ts"), (KIND, "type")] {
-            if !cols.filled(required) {
-                return Err(de::Error::missing_field(name));
-            }
-        }
-        if !detail.is_empty() {
-            let Builder::Str(b) = cols.fill(layout.detail())? else {
-                unreachable!("`detail` is a string column")
-            };
-            b.push_value(serde_json::Value::Object(detail).to_string());
-        }
-        cols.row += 1;
+        cols.end_row(detail)?;
         kind.ok_or_else(|| de::Error::missing_field("type"))
     }
 }
@@ -391,7 +403,15 @@ fn decode_part(path: &str, part: &Part) -> Result<DataFrame, TableError> {
             offset: *at,
             message,
         };
-        let mut de = serde_json::Deserializer::from_slice(&part.bytes[r.clone()]);
+        let payload = &part.bytes[r.clone()];
+        if payload.first() == Some(&mailsim_events::binary::MARKER) {
+            // Log format 2: the record decoded, its fields as its JSON would give them.
+            let record =
+                mailsim_events::Record::from_binary(payload).map_err(|e| bad(e.to_string()))?;
+            from_record::push(&mut cols, &record).map_err(|e| bad(e.to_string()))?;
+            continue;
+        }
+        let mut de = serde_json::Deserializer::from_slice(payload);
         let kind = RowSeed(&mut cols)
             .deserialize(&mut de)
             .and_then(|k| de.end().map(|()| k))
@@ -676,6 +696,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A log in the binary format makes the table its JSON makes: every kind with every field,
+    /// and with each field its kind may leave out left out (absent options, empty strings).
+    #[test]
+    fn both_formats_make_the_same_table() {
+        let mut n = 0;
+        let mut records = Vec::new();
+        for kind in Event::SCHEMA {
+            let full = example(kind, &mut n);
+            records.push(serde_json::from_value::<mailsim_events::Record>(full.clone()).unwrap());
+            for name in full.as_object().unwrap().keys() {
+                let mut fewer = full.clone();
+                fewer.as_object_mut().unwrap().remove(name);
+                if let Ok(r) = serde_json::from_value::<mailsim_events::Record>(fewer) {
+                    records.push(r);
+                }
+            }
+        }
+        assert!(
+            records.len() > Event::SCHEMA.len() + 15,
+            "{}",
+            records.len()
+        );
+        let (mut json, mut binary) = (Part::default(), Part::default());
+        for r in &records {
+            json.push(0, &serde_json::to_vec(r).unwrap());
+            let mut b = Vec::new();
+            r.put_binary(&mut b);
+            binary.push(0, &b);
+        }
+        let (a, b) = (
+            decode_part("json", &json).unwrap(),
+            decode_part("binary", &binary).unwrap(),
+        );
+        assert_eq!(a.height(), records.len());
+        assert!(a.equals_missing(&b), "{a}\n{b}");
     }
 
     /// A log exported in parts of a few records is the table it is in one part: the same rows

@@ -621,7 +621,7 @@ async fn follow_from(
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .stream_sequence;
         f.next = at + 1;
-        let r = Record::from_json(&m.payload)
+        let r = Record::from_payload(&m.payload)
             .map_err(|e| anyhow::anyhow!("{}: a record that does not read: {e}", m.subject))?;
         let p = &mut f.progress;
         match r.event {

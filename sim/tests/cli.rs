@@ -436,5 +436,6 @@ fn events_into_a_closed_pipe_end_quietly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}: {err}");
     assert!(err.is_empty(), "{err}");
-    assert!(std::fs::metadata(run_dir.join("events.log")).unwrap().len() > 1 << 20);
+    // Half a megabyte of binary log: over a megabyte of JSON lines, more than a pipe holds.
+    assert!(std::fs::metadata(run_dir.join("events.log")).unwrap().len() > 1 << 19);
 }

@@ -326,3 +326,85 @@ fn pop3_session() {
         ],
     );
 }
+
+/// Small logs in both formats, with lists, maps, options and replies.
+fn log_seeds() -> Vec<Vec<u8>> {
+    use mailsim_events::{Durability, Event, EventLog, Format, Reply, SmtpReply};
+    struct At(u64);
+    impl mailsim_events::Clock for At {
+        fn now_ms(&self) -> u64 {
+            self.0
+        }
+    }
+    let events = || {
+        vec![
+            Event::RunStarted {
+                scenario: "s".into(),
+                seed: 7,
+                mode: "virtual".into(),
+                dmarc_records: [("a.test".to_string(), "v=DMARC1; p=none".to_string())].into(),
+                spf_records: Default::default(),
+                profiles: [("b.test".to_string(), "gmail-like".to_string())].into(),
+            },
+            Event::SmtpReply {
+                conn: 1,
+                msg: Some(2),
+                reply: SmtpReply::new("RCPT", &Reply::new(550, (5, 1, 1), "no such user")),
+            },
+            Event::Deferred {
+                msg: 2,
+                rcpt: "u@b.test".into(),
+                domain: "b.test".into(),
+                attempts: 1,
+                retry_at_ms: 1_000,
+                reason: "greylisted".into(),
+                reply: Some(SmtpReply::new("RCPT", &Reply::new(451, (4, 7, 1), "later"))),
+            },
+            Event::DnsAnswer {
+                domain: "b.test".into(),
+                qtype: "MX".into(),
+                answer: vec!["10 mx.b.test".into()],
+                error: None,
+            },
+            Event::RunFinished {
+                reason: "drained".into(),
+            },
+        ]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    [Format::Binary, Format::Json]
+        .into_iter()
+        .map(|format| {
+            let path = dir.path().join(format!("{format:?}.log"));
+            let log = EventLog::create_in(
+                &path,
+                std::sync::Arc::new(At(1_767_225_600_000)),
+                Durability::OnFlush,
+                format,
+            )
+            .unwrap();
+            for e in events() {
+                log.sink().emit(e);
+            }
+            log.close().unwrap();
+            std::fs::read(&path).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn log_file() {
+    fuzz(
+        "log_file",
+        targets::log_file,
+        log_seeds(),
+        &[
+            b"MSIMLOG\0\x02\0\0\0",
+            b"MSIMLOG\0\x01\0\0\0",
+            b"\xb2",
+            b"{\"seq\":",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+            b"\0\0\0\0\0\0\0\0",
+        ],
+    );
+}

@@ -2,12 +2,15 @@
 //! the user runs it (a `mailsim` child process), with its wall time, its own peak RSS (from
 //! `wait4`) and events per second over the run's log.
 //!
-//! Usage: scale [SCENARIO] [--out DIR] [--bin DIR] [--skip-run]
+//! Usage: scale [SCENARIO] [--out DIR] [--bin DIR] [--skip-run] [--compare-formats]
 //!   SCENARIO   default benches/scenarios/scale-million.toml
 //!   --out DIR  the run directory (default: a temporary one, removed at the end)
 //!   --bin DIR  where `mailsim` and `mailsim-report` are (default: beside this binary, so
 //!              `cargo build --release -p mailsim --features report --bins` first)
 //!   --skip-run measure replay, events and report of the run already in --out
+//!   --compare-formats  also convert the run's log to format 1 (JSON records) in a copy of
+//!              the run directory, and measure replay, events and report on each in turn
+//!              (`format=binary` and `format=json` on each line)
 //!
 //! Prints one line per step: `scale: step=run wall_s=... peak_rss_mb=... events=...
 //! events_per_s=...`, then the run directory's size on disk.
@@ -72,12 +75,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut out: Option<PathBuf> = None;
     let mut bin: Option<PathBuf> = None;
     let mut skip_run = false;
+    let mut compare = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = Some(args.next().ok_or("--out DIR")?.into()),
             "--bin" => bin = Some(args.next().ok_or("--bin DIR")?.into()),
             "--skip-run" => skip_run = true,
+            "--compare-formats" => compare = true,
             s if s.starts_with("--") => return Err(format!("unknown option {s}").into()),
             s => scenario = s.into(),
         }
@@ -117,22 +122,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .arg(&dir);
         steps.push(("run", c));
     }
-    let mut c = quiet();
-    c.arg("replay").arg(&dir);
-    steps.push(("replay", c));
-    let mut c = quiet();
-    c.arg("events").arg(&dir);
-    steps.push(("events", c));
-    let mut c = quiet();
-    c.arg("report")
-        .arg(&dir)
-        .arg("--quiet")
-        .arg("--out")
-        .arg(temp.path().join("report"))
-        .env("MAILSIM_REPORT", bin.join("mailsim-report"));
-    steps.push(("report", c));
     let mut events = None;
-    for (step, mut cmd) in steps {
+    let mut run = |step: &str,
+                   format: Option<&str>,
+                   mut cmd: Command|
+     -> Result<(), Box<dyn std::error::Error>> {
         let (seconds, rss, code) = measure(&mut cmd)?;
         if code != 0 {
             return Err(format!("{step}: exit status {code}").into());
@@ -141,10 +135,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(n) => n,
             None => *events.insert(records(&dir.join("events.log"))?),
         };
+        let format = format.map(|f| format!(" format={f}")).unwrap_or_default();
         println!(
-            "scale: step={step} wall_s={seconds:.1} peak_rss_mb={:.0} events={n} events_per_s={:.0}",
+            "scale: step={step}{format} wall_s={seconds:.1} peak_rss_mb={:.0} events={n} events_per_s={:.0}",
             rss as f64 / 1e6,
             n as f64 / seconds
+        );
+        Ok(())
+    };
+    for (step, cmd) in steps {
+        run(step, None, cmd)?;
+    }
+    // The readers, on the run directory and (when comparing) on its copy with a JSON log.
+    let json_dir = temp.path().join("json");
+    let mut dirs = vec![("binary", dir.clone())];
+    if compare {
+        std::fs::create_dir_all(&json_dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() && entry.file_name() != "events.log" {
+                std::fs::copy(entry.path(), json_dir.join(entry.file_name()))?;
+            }
+        }
+        mailsim_events::convert(
+            &dir.join("events.log"),
+            &json_dir.join("events.log"),
+            mailsim_events::Format::Json,
+        )?;
+        dirs.push(("json", json_dir.clone()));
+    }
+    for (format, d) in &dirs {
+        let format = compare.then_some(*format);
+        let mut c = quiet();
+        c.arg("replay").arg(d);
+        run("replay", format, c)?;
+        let mut c = quiet();
+        c.arg("events").arg(d);
+        run("events", format, c)?;
+        let mut c = quiet();
+        c.arg("report")
+            .arg(d)
+            .arg("--quiet")
+            .arg("--out")
+            .arg(temp.path().join("report"))
+            .env("MAILSIM_REPORT", bin.join("mailsim-report"));
+        run("report", format, c)?;
+        std::fs::remove_dir_all(temp.path().join("report")).ok();
+    }
+    if compare {
+        println!(
+            "scale: log_mb format=json {:.0}",
+            disk_bytes(&json_dir.join("events.log")) as f64 / 1e6
         );
     }
     println!(

@@ -22,17 +22,22 @@ pub fn run(scenario: &mailsim::scenario::Scenario, dir: &Path) -> mailsim_summar
     assert!(!torn);
     assert_eq!(replayed, summary, "the run's summary and its log's");
     // The frames as written (the log's layout: a 12-byte header, then length, checksum and
-    // JSON per record), each read both ways, and as the log's reader gives them.
+    // the binary record per record), each decoded, its JSON read both ways, and as the log's
+    // reader gives them.
     let raw = std::fs::read(&log).unwrap();
+    assert_eq!(raw[8..12], 2u32.to_le_bytes(), "log format 2");
     let mut at = 12;
     let mut records = mailsim_events::LogReader::open(&log).unwrap();
     while at < raw.len() {
         let len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
-        let json = &raw[at + 8..at + 8 + len];
+        let binary = &raw[at + 8..at + 8 + len];
         at += 8 + len;
-        let derived: mailsim_events::Record = serde_json::from_slice(json).unwrap();
-        let one_pass = mailsim_events::Record::from_json(json).unwrap();
-        assert_eq!(one_pass, derived, "{}", String::from_utf8_lossy(json));
+        let record = mailsim_events::Record::from_binary(binary).unwrap();
+        let json = serde_json::to_vec(&record).unwrap();
+        let derived: mailsim_events::Record = serde_json::from_slice(&json).unwrap();
+        let one_pass = mailsim_events::Record::from_json(&json).unwrap();
+        assert_eq!(one_pass, derived, "{}", String::from_utf8_lossy(&json));
+        assert_eq!(derived, record);
         assert_eq!(records.next().unwrap().unwrap(), derived);
     }
     assert!(records.next().is_none());

@@ -1,0 +1,262 @@
+//! The log's binary record encoding (log format 2).
+//!
+//! A record is `MARKER | seq | ts | kind | fields`: `seq` and `ts` as LEB128 varints, `kind` one
+//! byte (the kind's position in [`Event::KINDS`](crate::Event::KINDS)), then the kind's fields
+//! in their order in the schema, each as its type encodes ([`Bin`]): integers as varints, a
+//! string as its byte length (varint) and its UTF-8 bytes, a bool as one byte (0 or 1), an
+//! `Option` as a byte (0 absent, 1 present) and the value, a list or a map as its length and
+//! its items. No field names and no JSON: a record is about a third of its JSON's size and
+//! reads several times faster.
+//!
+//! Every record is whole in itself (no string table shared between records): a frame can be
+//! decoded alone, which salvaging a damaged log, publishing frames one by one to a cluster
+//! stream and decoding parts of a log on several cores all need. The encoding follows the
+//! schema's field order, so a change to the schema is a new log format version.
+
+use crate::schema::{Reply, SmtpReply};
+use std::collections::BTreeMap;
+
+/// The first byte of every binary record: a JSON record starts with `{`, so one byte tells the
+/// two encodings apart (and a log's frames can be read without its header).
+pub const MARKER: u8 = 0xB2;
+
+/// Why a binary record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("binary record, {context}: {what}")]
+pub struct DecodeError {
+    /// Which part of the record: `seq`, `kind`, or `<kind>.<field>`.
+    pub context: String,
+    pub what: String,
+}
+
+/// The bytes of one record being read.
+pub struct Input<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+/// Why a value could not be read (the caller adds where).
+pub type Fault = &'static str;
+
+impl<'a> Input<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Input { bytes, pos: 0 }
+    }
+
+    pub fn at_end(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+
+    pub fn byte(&mut self) -> Result<u8, Fault> {
+        let b = *self.bytes.get(self.pos).ok_or("the record ends early")?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    pub fn varint(&mut self) -> Result<u64, Fault> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7F);
+            if shift == 63 && bits > 1 {
+                return Err("an integer over 64 bits");
+            }
+            value |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("an integer over 64 bits")
+    }
+
+    fn len(&mut self) -> Result<usize, Fault> {
+        let n = self.varint()?;
+        if n > (self.bytes.len() - self.pos) as u64 {
+            return Err("a length past the end of the record");
+        }
+        Ok(n as usize)
+    }
+
+    pub fn str(&mut self) -> Result<&'a str, Fault> {
+        let n = self.len()?;
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        std::str::from_utf8(s).map_err(|_| "a string that is not UTF-8")
+    }
+}
+
+pub fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(s: &str, out: &mut Vec<u8>) {
+    put_varint(s.len() as u64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A field type's binary encoding.
+pub trait Bin: Sized {
+    fn put(&self, out: &mut Vec<u8>);
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault>;
+}
+
+impl Bin for String {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_str(self, out);
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        input.str().map(str::to_string)
+    }
+}
+
+impl Bin for u64 {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_varint(*self, out);
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        input.varint()
+    }
+}
+
+impl Bin for u32 {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_varint(u64::from(*self), out);
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        u32::try_from(input.varint()?).map_err(|_| "a number over 32 bits")
+    }
+}
+
+impl Bin for u16 {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_varint(u64::from(*self), out);
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        u16::try_from(input.varint()?).map_err(|_| "a number over 16 bits")
+    }
+}
+
+impl Bin for bool {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        match input.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err("a bool that is neither 0 nor 1"),
+        }
+    }
+}
+
+impl<T: Bin> Bin for Option<T> {
+    fn put(&self, out: &mut Vec<u8>) {
+        match self {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                v.put(out);
+            }
+        }
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        match input.byte()? {
+            0 => Ok(None),
+            1 => T::get(input).map(Some),
+            _ => Err("an option flag that is neither 0 nor 1"),
+        }
+    }
+}
+
+impl Bin for Vec<String> {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_varint(self.len() as u64, out);
+        for s in self {
+            put_str(s, out);
+        }
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        // Each item takes at least one byte: the count cannot pass the record's end.
+        let n = input.len()?;
+        (0..n).map(|_| String::get(input)).collect()
+    }
+}
+
+impl Bin for BTreeMap<String, String> {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_varint(self.len() as u64, out);
+        for (k, v) in self {
+            put_str(k, out);
+            put_str(v, out);
+        }
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        let n = input.len()?;
+        let mut map = BTreeMap::new();
+        for _ in 0..n {
+            let k = String::get(input)?;
+            let v = String::get(input)?;
+            if map.insert(k, v).is_some() {
+                return Err("a map with a key twice");
+            }
+        }
+        Ok(map)
+    }
+}
+
+impl Bin for SmtpReply {
+    fn put(&self, out: &mut Vec<u8>) {
+        self.command.put(out);
+        self.reply.code.put(out);
+        self.reply.enhanced.put(out);
+        self.reply.text.put(out);
+    }
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        Ok(SmtpReply {
+            command: String::get(input)?,
+            reply: Reply {
+                code: u16::get(input)?,
+                enhanced: Option::get(input)?,
+                text: String::get(input)?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_every_width_and_refuse_overflow() {
+        for v in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(v, &mut out);
+            let mut input = Input::new(&out);
+            assert_eq!(input.varint(), Ok(v));
+            assert!(input.at_end());
+        }
+        // Eleven bytes, or a tenth byte with more than the 64th bit.
+        let too_long = [0xFFu8; 10];
+        assert!(Input::new(&too_long).varint().is_err());
+        let mut over = vec![0xFF; 9];
+        over.push(0x02);
+        assert!(Input::new(&over).varint().is_err());
+        assert!(Input::new(&[0x80]).varint().is_err(), "cut short");
+    }
+
+    #[test]
+    fn lengths_past_the_end_and_bad_utf8_are_refused() {
+        assert!(Input::new(&[5, b'a']).str().is_err());
+        assert!(Input::new(&[2, 0xC3, 0x28]).str().is_err());
+        assert_eq!(Input::new(&[2, b'o', b'k']).str(), Ok("ok"));
+        // A list claiming more items than bytes left.
+        assert!(Vec::<String>::get(&mut Input::new(&[200, 1])).is_err());
+        assert!(bool::get(&mut Input::new(&[2])).is_err());
+        assert!(u16::get(&mut Input::new(&[0x80, 0x80, 0x04])).is_err());
+    }
+}
