@@ -16,9 +16,10 @@ declare -A SEEDS=(
   [scenario_loader]=scenarios
   [imap_session]=fuzz/seeds/imap_session
   [pop3_session]=fuzz/seeds/pop3_session
+  [log_file]=fuzz/seeds/log_file
 )
 status=0
-for target in smtp_server_session smtp_reply_parser bounce_classify scenario_loader imap_session pop3_session; do
+for target in smtp_server_session smtp_reply_parser bounce_classify scenario_loader imap_session pop3_session log_file; do
   mkdir -p "fuzz/corpus/$target"
   log=$(mktemp)
   if cargo fuzz run -O "$target" "fuzz/corpus/$target" "${SEEDS[$target]}" -- \

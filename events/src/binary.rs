@@ -5,8 +5,8 @@
 //! in their order in the schema, each as its type encodes ([`Bin`]): integers as varints, a
 //! string as its byte length (varint) and its UTF-8 bytes, a bool as one byte (0 or 1), an
 //! `Option` as a byte (0 absent, 1 present) and the value, a list or a map as its length and
-//! its items. No field names and no JSON: a record is about a third of its JSON's size and
-//! reads several times faster.
+//! its items. No field names and no JSON: on a real log (scale-million) a record is about
+//! half its JSON's size and a replay reads the log about twice as fast.
 //!
 //! Every record is whole in itself (no string table shared between records): a frame can be
 //! decoded alone, which salvaging a damaged log, publishing frames one by one to a cluster
@@ -17,8 +17,10 @@ use crate::schema::{Reply, SmtpReply};
 use std::collections::BTreeMap;
 
 /// The first byte of every binary record: a JSON record starts with `{`, so one byte tells the
-/// two encodings apart (and a log's frames can be read without its header).
-pub const MARKER: u8 = 0xB2;
+/// two encodings apart (and a log's frames can be read without its header). A byte that never
+/// occurs in UTF-8, so that text from outside (a remote server's reply, a message id) cannot
+/// hold what looks like the start of a record to a reader resynchronising after damage.
+pub const MARKER: u8 = 0xF5;
 
 /// Why a binary record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,9 +182,14 @@ impl Bin for Vec<String> {
         }
     }
     fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
-        // Each item takes at least one byte: the count cannot pass the record's end.
+        // Each item takes at least one byte: the count cannot pass the record's end. The list
+        // grows as items are read, not from the count, which a damaged record may inflate.
         let n = input.len()?;
-        (0..n).map(|_| String::get(input)).collect()
+        let mut items = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            items.push(String::get(input)?);
+        }
+        Ok(items)
     }
 }
 

@@ -223,12 +223,18 @@ impl EventLog {
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<(Self, OpenReport), LogError> {
         let mut reader = LogReader::open(path)?;
         let mut records = 0u64;
-        let mut next_seq = 0u64;
+        let mut next_seq = Some(0u64);
         for rec in reader.by_ref() {
             let rec = rec?;
             records += 1;
-            next_seq = rec.seq + 1;
+            next_seq = rec.seq.checked_add(1);
         }
+        let next_seq = next_seq.ok_or_else(|| LogError::BadRecord {
+            path: path.to_path_buf(),
+            record: records,
+            offset: 0,
+            message: "its seq is the largest number: no record can follow it".into(),
+        })?;
         let good_end = reader.good_end;
         let format = reader.format;
         let file = OpenOptions::new()
@@ -472,7 +478,9 @@ impl LogReader {
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len > RECORD_BYTES_MAX {
+        // No record is empty: eight zero bytes (a tail of zeros a crash can leave) are not a
+        // frame, though zero is the checksum of nothing.
+        if len == 0 || len > RECORD_BYTES_MAX {
             return Ok(Frame::Bad);
         }
         self.buf.resize(len, 0);
@@ -704,7 +712,7 @@ fn frame_ranges(
             let start = pos + FRAME_HEADER_BYTES;
             bytes
                 .get(start..start.saturating_add(len))
-                .filter(|p| len <= RECORD_BYTES_MAX && crc32fast::hash(p) == crc)
+                .filter(|p| len > 0 && len <= RECORD_BYTES_MAX && crc32fast::hash(p) == crc)
                 .map(|_| start..start + len)
         });
         match frame {
@@ -840,22 +848,42 @@ pub fn repair(path: &Path) -> Result<RepairReport, LogError> {
 /// left out. Returns the records written.
 pub fn convert(src: &Path, dst: &Path, format: Format) -> Result<u64, LogError> {
     let mut reader = LogReader::open(src)?;
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(dst).map_err(io_err(dst))?);
-    out.write_all(MAGIC).map_err(io_err(dst))?;
-    out.write_all(&(format as u32).to_le_bytes())
-        .map_err(io_err(dst))?;
-    let mut payload = Vec::with_capacity(512);
-    let mut n = 0;
-    for record in reader.by_ref() {
-        write_frame(&mut out, dst, format, &record?, n + 1, &mut payload)?;
-        n += 1;
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(dst)) {
+        use std::os::unix::fs::MetadataExt;
+        if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+            return Err(LogError::Io {
+                path: dst.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "is the log being converted"),
+            });
+        }
     }
-    let file = out.into_inner().map_err(|e| LogError::Io {
-        path: dst.to_path_buf(),
-        source: e.into_error(),
-    })?;
-    file.sync_all().map_err(io_err(dst))?;
-    Ok(n)
+    // Written beside `dst` and renamed: a failure leaves no shorter log that reads as whole.
+    let mut tmp_name = dst.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".converting");
+    let tmp = dst.with_file_name(tmp_name);
+    let written = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
+        out.write_all(MAGIC).map_err(io_err(&tmp))?;
+        out.write_all(&(format as u32).to_le_bytes())
+            .map_err(io_err(&tmp))?;
+        let mut payload = Vec::with_capacity(512);
+        let mut n = 0;
+        for record in reader.by_ref() {
+            write_frame(&mut out, &tmp, format, &record?, n + 1, &mut payload)?;
+            n += 1;
+        }
+        let file = out.into_inner().map_err(|e| LogError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, dst).map_err(io_err(dst))?;
+        Ok(n)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Follows a log that another writer (another process, or this one's writer thread) is still
@@ -937,6 +965,11 @@ impl LogTail {
         };
         if len > RECORD_BYTES_MAX {
             return Err(damage());
+        }
+        if len == 0 {
+            // Zeros where a frame would start: space the writer has not filled (no record is
+            // empty), waited for like a frame being written.
+            return Ok(None);
         }
         self.buf.resize(len, 0);
         let got = read_full_at(&read_at, at, &mut self.buf).map_err(io_err(&self.path))?;
@@ -1215,6 +1248,24 @@ mod tests {
             "{json_bytes} vs {}",
             bytes.len()
         );
+    }
+
+    /// A tail of zeros (what a crash can leave where the file had grown) is a torn tail, cut on
+    /// reopen; converting a log onto itself is refused and leaves it whole.
+    #[test]
+    fn a_tail_of_zeros_is_torn_and_a_log_is_not_converted_onto_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = log_of(dir.path(), 10);
+        let mut zeros = bytes.clone();
+        zeros.extend_from_slice(&[0u8; 64]);
+        std::fs::write(&path, &zeros).unwrap();
+        let (records, torn) = read_log(&path).unwrap();
+        assert_eq!((records.len(), torn), (10, true));
+        let (log, report) = EventLog::open(&path, Arc::new(FixedClock(1))).unwrap();
+        assert_eq!((report.records, report.cut_bytes), (10, 64));
+        log.close().unwrap();
+        assert!(convert(&path, &path, Format::Json).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 
     #[test]

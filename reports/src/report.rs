@@ -121,8 +121,13 @@ pub fn write_report(
 ) -> Result<Written, ReportError> {
     let log = run_dir.join("events.log");
     let log_bytes = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    // A rough record count for the bar: about 230 bytes a record.
-    let bar = progress(show_progress, (log_bytes / 230).max(1), "reading");
+    // A rough record count for the bar: about 110 bytes a record in the binary format, 230 in
+    // JSON (format 1).
+    let per_record = match mailsim_events::LogReader::open(&log).map(|r| r.format) {
+        Ok(mailsim_events::Format::Json) => 230,
+        _ => 110,
+    };
+    let bar = progress(show_progress, (log_bytes / per_record).max(1), "reading");
     // The log is checked as it is written to events.parquet, part by part; if it is damaged,
     // no file is left (nor `out`, when this made it).
     let made = !out.exists();

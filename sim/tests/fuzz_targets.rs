@@ -397,7 +397,7 @@ fn log_file() {
     fuzz(
         "log_file",
         targets::log_file,
-        log_seeds(),
+        [read_seeds(&["fuzz/seeds/log_file"], None), log_seeds()].concat(),
         &[
             b"MSIMLOG\0\x02\0\0\0",
             b"MSIMLOG\0\x01\0\0\0",
