@@ -724,23 +724,46 @@ pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
     fold_log_with(path, |records| Summary::fold(records))
 }
 
+/// Records per batch handed from the reading thread to the fold.
+const FOLD_BATCH: usize = 4096;
+
+/// `fold` over the records of the log at `path`, read and decoded on a thread of their own in
+/// batches (a bounded queue of them) while this one folds: the two halves of a replay take
+/// about as long as each other. An error reading the log is the result, whatever was folded.
 fn fold_log_with<T>(
     path: &Path,
     fold: impl FnOnce(&mut dyn Iterator<Item = mailsim_events::Record>) -> T,
 ) -> anyhow::Result<(T, bool)> {
     let mut reader = LogReader::open(path)?;
-    let mut error = None;
-    let folded = fold(&mut reader.by_ref().map_while(|r| match r {
-        Ok(r) => Some(r),
-        Err(e) => {
-            error = Some(e);
-            None
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<mailsim_events::Record>>(8);
+    std::thread::scope(|scope| {
+        let read = std::thread::Builder::new()
+            .name("log-reader".into())
+            .spawn_scoped(scope, move || -> Result<bool, mailsim_events::LogError> {
+                let mut batch = Vec::with_capacity(FOLD_BATCH);
+                for r in reader.by_ref() {
+                    batch.push(r?);
+                    if batch.len() == FOLD_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(FOLD_BATCH));
+                        if tx.send(full).is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(batch);
+                Ok(reader.torn)
+            })?;
+        let folded = fold(&mut rx.iter().flatten());
+        drop(rx);
+        match read.join() {
+            Ok(Ok(torn)) => Ok((folded, torn)),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(anyhow::anyhow!(
+                "reading {}: the reader thread panicked",
+                path.display()
+            )),
         }
-    }));
-    match error {
-        Some(e) => Err(e.into()),
-        None => Ok((folded, reader.torn)),
-    }
+    })
 }
 
 /// The one serialisation of a summary, shared by `summary.json` and `mailsim replay`.

@@ -92,8 +92,28 @@ impl LaneSummary {
     }
 }
 
-/// Each message's domain, fate, injection time and whether it went in the transactional lane.
-type Fates = HashMap<u64, (String, Fate, u64, bool)>;
+/// Each message's domain (its number in [`Domains`]), fate, injection time and whether it went
+/// in the transactional lane: a million messages hold no string each.
+type Fates = HashMap<u64, (u32, Fate, u64, bool)>;
+
+/// The recipient domains met, each numbered once.
+#[derive(Default)]
+struct Domains {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl Domains {
+    fn id(&mut self, domain: &str) -> u32 {
+        if let Some(&id) = self.ids.get(domain) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(domain.to_string());
+        self.ids.insert(domain.to_string(), id);
+        id
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fate {
@@ -127,6 +147,7 @@ impl Summary {
 pub struct SummaryFold {
     s: Summary,
     fates: Fates,
+    domains: Domains,
     // Injection to delivery, per lane: [bulk, transactional].
     lane_ms: [Vec<u64>; 2],
     // Measuring another MTA (mode "external") there are no `delivered` or `bounced`
@@ -150,6 +171,7 @@ impl SummaryFold {
         let SummaryFold {
             s,
             fates,
+            domains,
             lane_ms,
             external,
             by_message,
@@ -186,7 +208,8 @@ impl SummaryFold {
             } => {
                 on_injected(r.ts);
                 let transactional = lane.as_deref() == Some("transactional");
-                fates.insert(*msg, (domain.clone(), Fate::Queued, r.ts, transactional));
+                let domain = domains.id(domain);
+                fates.insert(*msg, (domain, Fate::Queued, r.ts, transactional));
                 if *external {
                     let key = (message_id.clone(), rcpt.to_ascii_lowercase());
                     if let Some((ts, outcome)) = early.remove(&key) {
@@ -269,6 +292,7 @@ impl SummaryFold {
         let SummaryFold {
             mut s,
             fates,
+            domains,
             lane_ms,
             first_ts,
             last_ts,
@@ -282,8 +306,9 @@ impl SummaryFold {
             s.lanes
                 .insert("transactional".into(), LaneSummary::of(transactional));
         }
-        for (domain, fate, _, _) in fates.values() {
-            let d = s.domains.entry(domain.clone()).or_default();
+        let mut per_domain = vec![DomainSummary::default(); domains.names.len()];
+        for &(domain, fate, _, _) in fates.values() {
+            let d = &mut per_domain[domain as usize];
             d.injected += 1;
             match fate {
                 Fate::Queued => d.deferred += 1,
@@ -291,6 +316,18 @@ impl SummaryFold {
                 Fate::Bounced => d.bounced += 1,
                 Fate::Expired => d.expired += 1,
             }
+        }
+        for (name, counts) in domains.names.into_iter().zip(per_domain) {
+            // (A message injected again under the same number counts once, for its last domain.)
+            if counts.injected == 0 {
+                continue;
+            }
+            let d = s.domains.entry(name).or_default();
+            d.injected += counts.injected;
+            d.delivered += counts.delivered;
+            d.bounced += counts.bounced;
+            d.deferred += counts.deferred;
+            d.expired += counts.expired;
         }
         for d in s.domains.values() {
             s.injected += d.injected;
