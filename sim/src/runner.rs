@@ -724,44 +724,145 @@ pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
     fold_log_with(path, |records| Summary::fold(records))
 }
 
-/// Records per batch handed from the reading thread to the fold.
+/// Records per batch handed from the reading thread to the decoders and on to the fold.
 const FOLD_BATCH: usize = 4096;
 
-/// `fold` over the records of the log at `path`, read and decoded on a thread of their own in
-/// batches (a bounded queue of them) while this one folds: the two halves of a replay take
-/// about as long as each other. An error reading the log is the result, whatever was folded.
+/// Threads decoding batches at most.
+const FOLD_DECODERS_MAX: usize = 4;
+
+/// Frames read from the log, not yet decoded: their payloads one after another, and for each
+/// its end there, its number in the log and the offset its frame starts at (for errors).
+#[derive(Default)]
+struct RawBatch {
+    bytes: Vec<u8>,
+    frames: Vec<(usize, u64, u64)>,
+}
+
+impl RawBatch {
+    fn decode(self, path: &Path) -> Result<Vec<mailsim_events::Record>, mailsim_events::LogError> {
+        let mut start = 0;
+        let mut out = Vec::with_capacity(self.frames.len());
+        for (end, record, offset) in self.frames {
+            let payload = &self.bytes[start..end];
+            start = end;
+            out.push(mailsim_events::Record::from_payload(payload).map_err(|e| {
+                mailsim_events::LogError::BadRecord {
+                    path: path.to_path_buf(),
+                    record,
+                    offset,
+                    message: e.to_string(),
+                }
+            })?);
+        }
+        Ok(out)
+    }
+}
+
+/// One batch's records, or why not, from the thread that decoded it.
+type DecodedBatch =
+    std::sync::mpsc::Receiver<Result<Vec<mailsim_events::Record>, mailsim_events::LogError>>;
+
+/// `fold` over the records of the log at `path`. One thread reads the frames (checksums
+/// checked) in batches, the batches are decoded on the other cores, and this thread folds them
+/// in log order: every queue is bounded, so memory holds a few batches whatever the log's size.
+/// An error reading or decoding the log is the result, whatever was folded before it.
 fn fold_log_with<T>(
     path: &Path,
     fold: impl FnOnce(&mut dyn Iterator<Item = mailsim_events::Record>) -> T,
 ) -> anyhow::Result<(T, bool)> {
+    use std::sync::mpsc::{SyncSender, sync_channel};
+    use std::sync::{Arc as SharedArc, Mutex};
+    type Job = (
+        RawBatch,
+        SyncSender<Result<Vec<mailsim_events::Record>, mailsim_events::LogError>>,
+    );
     let mut reader = LogReader::open(path)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<mailsim_events::Record>>(8);
+    let decoders = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(FOLD_DECODERS_MAX);
+    let (to_decode, jobs) = sync_channel::<Job>(decoders);
+    let (in_order, answers) = sync_channel::<DecodedBatch>(decoders + 1);
+    let jobs = SharedArc::new(Mutex::new(jobs));
     std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..decoders)
+            .map(|_| {
+                let jobs = jobs.clone();
+                scope.spawn(move || {
+                    loop {
+                        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((batch, answer)) = job else { break };
+                        // A fold gone (it stopped) needs no answer.
+                        let _ = answer.send(batch.decode(path));
+                    }
+                })
+            })
+            .collect();
+        drop(jobs);
         let read = std::thread::Builder::new()
             .name("log-reader".into())
             .spawn_scoped(scope, move || -> Result<bool, mailsim_events::LogError> {
-                let mut batch = Vec::with_capacity(FOLD_BATCH);
-                for r in reader.by_ref() {
-                    batch.push(r?);
-                    if batch.len() == FOLD_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(FOLD_BATCH));
-                        if tx.send(full).is_err() {
+                loop {
+                    let mut batch = RawBatch::default();
+                    while batch.frames.len() < FOLD_BATCH {
+                        let Some((offset, payload)) = reader.next_payload()? else {
+                            break;
+                        };
+                        batch.bytes.extend_from_slice(payload);
+                        batch
+                            .frames
+                            .push((batch.bytes.len(), reader.records, offset));
+                    }
+                    let last = batch.frames.len() < FOLD_BATCH;
+                    if !batch.frames.is_empty() {
+                        let (answer, decoded) = sync_channel(1);
+                        // A refused send: the fold or the decoders stopped.
+                        if in_order.send(decoded).is_err()
+                            || to_decode.send((batch, answer)).is_err()
+                        {
                             break;
                         }
                     }
+                    if last {
+                        break;
+                    }
                 }
-                let _ = tx.send(batch);
                 Ok(reader.torn)
             })?;
-        let folded = fold(&mut rx.iter().flatten());
-        drop(rx);
-        match read.join() {
+        // The first decoding error ends the records; it is the result.
+        let mut failed = None;
+        let folded = {
+            let mut records = answers
+                .iter()
+                .map_while(|answer| match answer.recv() {
+                    Ok(Ok(records)) => Some(records),
+                    Ok(Err(e)) => {
+                        failed = Some(anyhow::Error::from(e));
+                        None
+                    }
+                    Err(_) => {
+                        failed = Some(anyhow::anyhow!(
+                            "reading {}: a thread decoding the log panicked",
+                            path.display()
+                        ));
+                        None
+                    }
+                })
+                .flatten();
+            fold(&mut records)
+        };
+        drop(answers);
+        let read = read.join();
+        for w in workers {
+            let _ = w.join();
+        }
+        // A batch that did not decode comes before anything the reader met after it.
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match read {
             Ok(Ok(torn)) => Ok((folded, torn)),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(anyhow::anyhow!(
-                "reading {}: the reader thread panicked",
-                path.display()
-            )),
+            Err(_) => anyhow::bail!("reading {}: the reader thread panicked", path.display()),
         }
     })
 }
@@ -783,4 +884,86 @@ fn progress_bar(enabled: bool, total: u64) -> Option<indicatif::ProgressBar> {
         bar.set_style(style.progress_chars("=> "));
     }
     Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailsim_events::{Durability, EventLog, Record};
+
+    struct At(u64);
+    impl mailsim_events::Clock for At {
+        fn now_ms(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn injected(msg: u64) -> Event {
+        Event::Injected {
+            msg,
+            message_id: format!("<{msg}@t>"),
+            from: "a@s.test".into(),
+            rcpt: format!("u{msg}@d{}.test", msg % 7),
+            domain: format!("d{}.test", msg % 7),
+            size: 10,
+            lane: None,
+            campaign: None,
+        }
+    }
+
+    /// Many batches decoded on several threads fold to what one pass over the records folds;
+    /// a frame whose checksum is right but whose record does not read is the error, with its
+    /// number and offset, though a later one is damaged too.
+    #[test]
+    fn a_log_folded_in_batches_is_the_log_folded_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let log = EventLog::create_with(&path, Arc::new(At(5)), Durability::OnFlush).unwrap();
+        let n = 3 * FOLD_BATCH as u64 + 17;
+        for msg in 0..n {
+            log.sink().emit(injected(msg));
+            if msg % 3 == 0 {
+                log.sink().emit(Event::Delivered {
+                    msg,
+                    rcpt: format!("u{msg}@d.test"),
+                    domain: format!("d{}.test", msg % 7),
+                    mx: "mx".into(),
+                    attempts: 1,
+                });
+            }
+        }
+        log.close().unwrap();
+        let (records, _) = mailsim_events::read_log(&path).unwrap();
+        let (folded, torn) = fold_log(&path).unwrap();
+        assert!(!torn);
+        assert_eq!(folded, Summary::fold(&records));
+        assert_eq!(folded.injected, n);
+
+        // Record 5000's payload replaced by bytes of its length that do not read (its checksum
+        // made right), and the last frame cut (a torn tail).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut at = 12;
+        let mut number = 0;
+        let mut target = None;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            number += 1;
+            if number == 5000 {
+                target = Some((at, len));
+            }
+            at += 8 + len;
+        }
+        let (at, len) = target.unwrap();
+        let garbage = vec![b'x'; len];
+        bytes[at + 4..at + 8].copy_from_slice(&crc32fast::hash(&garbage).to_le_bytes());
+        bytes[at + 8..at + 8 + len].copy_from_slice(&garbage);
+        bytes.truncate(bytes.len() - 3);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = fold_log(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("record 5000") && e.contains(&format!("byte {at}")),
+            "{e}"
+        );
+        let _ = Record::from_payload(&garbage).unwrap_err();
+    }
 }
