@@ -224,15 +224,20 @@ impl EventLog {
         let mut reader = LogReader::open(path)?;
         let mut records = 0u64;
         let mut next_seq = Some(0u64);
-        for rec in reader.by_ref() {
+        let mut last_start = HEADER_BYTES;
+        loop {
+            // Without salvage, the next frame starts where the last good one ended.
+            let start = reader.good_end;
+            let Some(rec) = reader.next() else { break };
             let rec = rec?;
             records += 1;
             next_seq = rec.seq.checked_add(1);
+            last_start = start;
         }
         let next_seq = next_seq.ok_or_else(|| LogError::BadRecord {
             path: path.to_path_buf(),
             record: records,
-            offset: 0,
+            offset: last_start,
             message: "its seq is the largest number: no record can follow it".into(),
         })?;
         let good_end = reader.good_end;
@@ -848,19 +853,24 @@ pub fn repair(path: &Path) -> Result<RepairReport, LogError> {
 /// left out. Returns the records written.
 pub fn convert(src: &Path, dst: &Path, format: Format) -> Result<u64, LogError> {
     let mut reader = LogReader::open(src)?;
-    if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(dst)) {
-        use std::os::unix::fs::MetadataExt;
-        if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
-            return Err(LogError::Io {
-                path: dst.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::AlreadyExists, "is the log being converted"),
-            });
-        }
-    }
     // Written beside `dst` and renamed: a failure leaves no shorter log that reads as whole.
     let mut tmp_name = dst.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".converting");
     let tmp = dst.with_file_name(tmp_name);
+    for target in [dst, tmp.as_path()] {
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(target)) {
+            use std::os::unix::fs::MetadataExt;
+            if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+                return Err(LogError::Io {
+                    path: target.to_path_buf(),
+                    source: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "is the log being converted",
+                    ),
+                });
+            }
+        }
+    }
     let written = (|| {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
         out.write_all(MAGIC).map_err(io_err(&tmp))?;
@@ -967,8 +977,21 @@ impl LogTail {
             return Err(damage());
         }
         if len == 0 {
-            // Zeros where a frame would start: space the writer has not filled (no record is
-            // empty), waited for like a frame being written.
+            // Zeros where a frame would start (no record is empty): space the writer has not
+            // filled yet, waited for, when only zeros follow; damage when anything else does.
+            let end = self.file.metadata().map_err(io_err(&self.path))?.len();
+            let mut chunk = vec![0u8; 1 << 16];
+            let mut from = self.offset;
+            while from < end {
+                let n = read_full_at(&read_at, from, &mut chunk).map_err(io_err(&self.path))?;
+                if n == 0 {
+                    break;
+                }
+                if chunk[..n].iter().any(|&b| b != 0) {
+                    return Err(damage());
+                }
+                from += n as u64;
+            }
             return Ok(None);
         }
         self.buf.resize(len, 0);
@@ -1265,7 +1288,33 @@ mod tests {
         assert_eq!((report.records, report.cut_bytes), (10, 64));
         log.close().unwrap();
         assert!(convert(&path, &path, Format::Json).is_err());
+        let onto_tmp = dir.path().join("events.log.converting");
+        std::fs::copy(&path, &onto_tmp).unwrap();
+        assert!(convert(&onto_tmp, &path, Format::Json).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert_eq!(std::fs::read(&onto_tmp).unwrap(), bytes);
+    }
+
+    /// A follower waits at zeros with nothing after them (space not yet written), and stops
+    /// with damage at zeros followed by anything else.
+    #[test]
+    fn a_follower_waits_at_a_tail_of_zeros_but_not_at_zeros_in_the_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = log_of(dir.path(), 10);
+        let mut zeros = bytes.clone();
+        zeros.extend_from_slice(&[0u8; 100_000]);
+        std::fs::write(&path, &zeros).unwrap();
+        let mut tail = LogTail::open(&path).unwrap();
+        for _ in 0..10 {
+            assert!(tail.next_payload().unwrap().is_some());
+        }
+        assert!(tail.next_payload().unwrap().is_none());
+        zeros.push(1);
+        std::fs::write(&path, &zeros).unwrap();
+        assert!(matches!(
+            tail.next_payload(),
+            Err(LogError::Corrupt { record: 11, .. })
+        ));
     }
 
     #[test]

@@ -801,18 +801,27 @@ fn fold_log_with<T>(
         let read = std::thread::Builder::new()
             .name("log-reader".into())
             .spawn_scoped(scope, move || -> Result<bool, mailsim_events::LogError> {
+                // An error reading ends the log there; the frames read before it are still
+                // decoded (a record among them that does not read is the earlier error).
+                let mut met = None;
                 loop {
                     let mut batch = RawBatch::default();
                     while batch.frames.len() < FOLD_BATCH {
-                        let Some((offset, payload)) = reader.next_payload()? else {
-                            break;
-                        };
-                        batch.bytes.extend_from_slice(payload);
-                        batch
-                            .frames
-                            .push((batch.bytes.len(), reader.records, offset));
+                        match reader.next_payload() {
+                            Ok(Some((offset, payload))) => {
+                                batch.bytes.extend_from_slice(payload);
+                                batch
+                                    .frames
+                                    .push((batch.bytes.len(), reader.records, offset));
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                met = Some(e);
+                                break;
+                            }
+                        }
                     }
-                    let last = batch.frames.len() < FOLD_BATCH;
+                    let last = met.is_some() || batch.frames.len() < FOLD_BATCH;
                     if !batch.frames.is_empty() {
                         let (answer, decoded) = sync_channel(1);
                         // A refused send: the fold or the decoders stopped.
@@ -826,7 +835,10 @@ fn fold_log_with<T>(
                         break;
                     }
                 }
-                Ok(reader.torn)
+                match met {
+                    Some(e) => Err(e),
+                    None => Ok(reader.torn),
+                }
             })?;
         // The first decoding error ends the records; it is the result.
         let mut failed = None;
@@ -940,16 +952,21 @@ mod tests {
         assert_eq!(folded.injected, n);
 
         // Record 5000's payload replaced by bytes of its length that do not read (its checksum
-        // made right), and the last frame cut (a torn tail).
+        // made right), damage ten frames later (in the same batch, valid frames after it), and
+        // the last frame cut (a torn tail).
         let mut bytes = std::fs::read(&path).unwrap();
         let mut at = 12;
         let mut number = 0;
         let mut target = None;
+        let mut damaged = 0;
         while at < bytes.len() {
             let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
             number += 1;
             if number == 5000 {
                 target = Some((at, len));
+            }
+            if number == 5010 {
+                damaged = at + 8;
             }
             at += 8 + len;
         }
@@ -957,6 +974,7 @@ mod tests {
         let garbage = vec![b'x'; len];
         bytes[at + 4..at + 8].copy_from_slice(&crc32fast::hash(&garbage).to_le_bytes());
         bytes[at + 8..at + 8 + len].copy_from_slice(&garbage);
+        bytes[damaged] ^= 0x40;
         bytes.truncate(bytes.len() - 3);
         std::fs::write(&path, &bytes).unwrap();
         let e = fold_log(&path).unwrap_err().to_string();
@@ -965,5 +983,14 @@ mod tests {
             "{e}"
         );
         let _ = Record::from_payload(&garbage).unwrap_err();
+        // The damage alone (record 5000 whole again) is the error.
+        let mut good = Vec::new();
+        records[4999].put_binary(&mut good);
+        assert_eq!(good.len(), len);
+        bytes[at + 4..at + 8].copy_from_slice(&crc32fast::hash(&good).to_le_bytes());
+        bytes[at + 8..at + 8 + len].copy_from_slice(&good);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = fold_log(&path).unwrap_err().to_string();
+        assert!(e.contains("damaged") && e.contains("record 5010"), "{e}");
     }
 }
