@@ -1,12 +1,15 @@
 //! The durable spool: messages on disk, each with its envelope.
 //!
 //! Messages are appended to segment files, one segment per injected batch, fsynced once per
-//! batch (with the directory), so durability costs one fsync per batch rather than per message.
+//! batch (with the directory) when durability is asked, so it costs one fsync per batch rather
+//! than per message.
 //! Each entry is `meta_len: u32 LE | body_len: u32 LE | crc32(meta + body): u32 LE | meta | body`,
 //! where `meta` is the envelope (JSON: queue ids, sender, recipients); after a crash
 //! [`Spool::recover`] reads every entry back (a torn last entry was never acknowledged and is
 //! dropped). A [`SpoolRef`] (segment, offset, length) names a body; a segment is deleted once
-//! every body in it is released (delivered, bounced or expired).
+//! every body in it is released (delivered, bounced or expired). Without durability (a virtual
+//! run's spool) a thread of the spool's writes each segment behind the caller, and bodies are
+//! read from memory until their segment is on disk.
 
 use mailsim_events::Durability;
 use std::collections::HashMap;
@@ -67,16 +70,94 @@ pub struct SpoolError {
 }
 
 struct Segment {
-    file: Arc<File>,
+    data: Data,
     live: usize,
 }
 
+/// Where a segment's bytes are read from.
+#[derive(Clone)]
+enum Data {
+    File(Arc<File>),
+    /// Written by the spool's writer thread, not yet on disk (no durability asked).
+    Writing(Arc<Vec<u8>>),
+}
+
+/// Segments waiting in the writer thread's queue at most (then `write_batch` waits for it; one
+/// more is being written).
+const WRITING_MAX: usize = 8;
+
 pub struct Spool {
     dir: PathBuf,
-    state: Mutex<SpoolState>,
+    state: Arc<Mutex<SpoolState>>,
     /// `EveryBatch`: each batch is on disk before `write_batch` returns (a message accepted is
-    /// never lost). `OnFlush`: no fsync (virtual runs, replayed from the seed).
+    /// never lost). `OnFlush`: no fsync (virtual runs, replayed from the seed), and each batch
+    /// is written to its file by a thread of the spool's while the caller goes on (read back
+    /// from memory until then).
     durability: Durability,
+    writer: Option<Writer>,
+}
+
+/// A segment for the writer thread: its number, its file, its bytes.
+type WriteJob = (u64, PathBuf, Arc<Vec<u8>>);
+
+/// The thread writing an `OnFlush` spool's segments behind its caller.
+struct Writer {
+    jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(state: Arc<Mutex<SpoolState>>) -> io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(WRITING_MAX);
+        let thread = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                for (segment, path, data) in rx {
+                    let written = OpenOptions::new()
+                        .create_new(true)
+                        .read(true)
+                        .write(true)
+                        .open(&path)
+                        .and_then(|mut f| match f.write_all(&data) {
+                            Ok(()) => Ok(f),
+                            // No partial file is left behind (one the open refused is not
+                            // this spool's to delete).
+                            Err(e) => {
+                                let _ = fs::remove_file(&path);
+                                Err(e)
+                            }
+                        });
+                    let mut st = state.lock().expect("spool lock");
+                    match (written, st.segments.get_mut(&segment)) {
+                        (Ok(file), Some(seg)) => seg.data = Data::File(Arc::new(file)),
+                        // Released while being written: nothing reads it any more.
+                        (Ok(_), None) => {
+                            let _ = fs::remove_file(&path);
+                        }
+                        // Kept in memory (read from there): the run goes on without the file.
+                        (Err(e), _) => {
+                            tracing::warn!(
+                                "spool {}: {e} (the segment is kept in memory)",
+                                path.display()
+                            );
+                        }
+                    }
+                }
+            })?;
+        Ok(Writer {
+            jobs: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 struct SpoolState {
@@ -113,14 +194,20 @@ impl Spool {
                 next_segment = next_segment.max(n + 1);
             }
         }
+        let state = Arc::new(Mutex::new(SpoolState {
+            next_segment,
+            segments: HashMap::new(),
+            dead: Vec::new(),
+        }));
+        let writer = match durability {
+            Durability::EveryBatch => None,
+            Durability::OnFlush => Some(Writer::start(state.clone()).map_err(err)?),
+        };
         Ok(Spool {
             dir: dir.to_path_buf(),
-            state: Mutex::new(SpoolState {
-                next_segment,
-                segments: HashMap::new(),
-                dead: Vec::new(),
-            }),
+            state,
             durability,
+            writer,
         })
     }
 
@@ -144,12 +231,6 @@ impl Spool {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(err)?;
         let total: usize = batch.iter().map(|(_, b)| b.len() + 256).sum();
         let mut buf = Vec::with_capacity(total);
         let mut refs = Vec::with_capacity(batch.len());
@@ -170,21 +251,49 @@ impl Spool {
             });
             buf.extend_from_slice(body);
         }
-        file.write_all(&buf).map_err(err)?;
-        if self.durability == Durability::EveryBatch {
-            file.sync_data().map_err(err)?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| SpoolError {
-                    path: self.dir.clone(),
-                    source,
-                })?;
-        }
+        let data = match self.writer.as_ref().and_then(|w| w.jobs.as_ref()) {
+            Some(jobs) => {
+                let data = Arc::new(buf);
+                // In the table before the writer can look for it.
+                self.state.lock().expect("spool lock").segments.insert(
+                    segment,
+                    Segment {
+                        data: Data::Writing(data.clone()),
+                        live: batch.len(),
+                    },
+                );
+                if jobs.send((segment, path.clone(), data)).is_err() {
+                    let mut st = self.state.lock().expect("spool lock");
+                    st.segments.remove(&segment);
+                    return Err(err(io::Error::other("the spool's writer thread ended")));
+                }
+                return Ok(refs);
+            }
+            None => {
+                let mut file = OpenOptions::new()
+                    .create_new(true)
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(err)?;
+                file.write_all(&buf).map_err(err)?;
+                if self.durability == Durability::EveryBatch {
+                    file.sync_data().map_err(err)?;
+                    File::open(&self.dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|source| SpoolError {
+                            path: self.dir.clone(),
+                            source,
+                        })?;
+                }
+                Data::File(Arc::new(file))
+            }
+        };
         let mut st = self.state.lock().expect("spool lock");
         st.segments.insert(
             segment,
             Segment {
-                file: Arc::new(file),
+                data,
                 live: batch.len(),
             },
         );
@@ -261,7 +370,7 @@ impl Spool {
             self.state.lock().expect("spool lock").segments.insert(
                 n,
                 Segment {
-                    file: Arc::new(file),
+                    data: Data::File(Arc::new(file)),
                     live: found,
                 },
             );
@@ -286,23 +395,33 @@ impl Spool {
     /// Read one body. The lock is held only to find the segment, not for the read.
     pub fn read(&self, r: &SpoolRef) -> Result<Vec<u8>, SpoolError> {
         let path = self.segment_path(r.segment);
-        let file = self
+        let data = self
             .state
             .lock()
             .expect("spool lock")
             .segments
             .get(&r.segment)
-            .map(|seg| seg.file.clone());
-        let Some(file) = file else {
-            return Err(SpoolError {
+            .map(|seg| seg.data.clone());
+        match data {
+            None => Err(SpoolError {
                 path,
                 source: io::Error::new(io::ErrorKind::NotFound, "segment released"),
-            });
-        };
-        let mut buf = vec![0u8; r.len as usize];
-        file.read_exact_at(&mut buf, r.offset)
-            .map_err(|source| SpoolError { path, source })?;
-        Ok(buf)
+            }),
+            Some(Data::Writing(bytes)) => usize::try_from(r.offset)
+                .ok()
+                .and_then(|at| bytes.get(at..at.checked_add(r.len as usize)?))
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| SpoolError {
+                    path,
+                    source: io::Error::new(io::ErrorKind::UnexpectedEof, "past the segment's end"),
+                }),
+            Some(Data::File(file)) => {
+                let mut buf = vec![0u8; r.len as usize];
+                file.read_exact_at(&mut buf, r.offset)
+                    .map_err(|source| SpoolError { path, source })?;
+                Ok(buf)
+            }
+        }
     }
 
     /// Release one body; the segment file goes when its last body does (for a durable spool,
@@ -317,12 +436,14 @@ impl Spool {
             None => false,
         };
         if gone {
-            st.segments.remove(&r.segment);
+            let seg = st.segments.remove(&r.segment);
             match self.durability {
                 Durability::EveryBatch => st.dead.push(r.segment),
-                Durability::OnFlush => {
+                // A segment still being written is deleted by the writer when it is done.
+                Durability::OnFlush if matches!(seg.map(|s| s.data), Some(Data::File(_))) => {
                     let _ = fs::remove_file(self.segment_path(r.segment));
                 }
+                Durability::OnFlush => {}
             }
         }
     }
@@ -388,6 +509,44 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
         let again = Spool::open(dir.path()).unwrap();
         assert!(again.read(&refs[0]).is_err());
+    }
+
+    #[test]
+    fn a_spool_without_durability_writes_behind_and_reads_back_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_with(dir.path(), Durability::OnFlush).unwrap();
+        let envs: Vec<SpoolEnvelope> = (0..40).map(env).collect();
+        let bodies: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("body {i}").repeat(i + 1).into_bytes())
+            .collect();
+        let mut kept = Vec::new();
+        for (n, (e, b)) in envs.iter().zip(&bodies).enumerate() {
+            let refs = spool.write_batch(&[(e, b.as_slice())]).unwrap();
+            // Read at once (from memory or from the file, whichever the writer has reached).
+            assert_eq!(spool.read(&refs[0]).unwrap(), *b);
+            // Every other segment is released at once, perhaps before it is written.
+            if n % 2 == 0 {
+                spool.release(&refs[0]);
+                assert!(spool.read(&refs[0]).is_err());
+            } else {
+                kept.push((refs[0], b.clone()));
+            }
+        }
+        for (r, b) in &kept {
+            assert_eq!(spool.read(r).unwrap(), *b);
+        }
+        drop(spool);
+        // The writer is done when the spool is dropped: the kept segments are on disk, the
+        // released ones are not (deleted whether they were written before or after).
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, kept.len());
+        let again = Spool::open(dir.path()).unwrap();
+        let rec = again.recover().unwrap();
+        assert_eq!(rec.len(), kept.len());
+        for (r, (k, b)) in rec.iter().zip(&kept) {
+            assert_eq!(r.spool, *k);
+            assert_eq!(again.read(&r.spool).unwrap(), *b);
+        }
     }
 
     #[test]
