@@ -9,7 +9,7 @@
 //! | the fleet's listeners | one TCP listener per MX host address | in-memory pipes |
 //! | connections | TCP from a source address | a pipe to the host at that address |
 //! | durability | fsync per batch | fsync at flush and close |
-//! | batch building | on blocking threads | inline (the paused clock must not move) |
+//! | batch building | on blocking threads | on a thread of its own, ahead (a pure function of the scenario); signed and injected inline (the paused clock must not move) |
 //! | the receivers' verification and content reads | when a message arrives | also started on another thread as the MTA sends it; the receiver takes the answers, waits for them, or does the work itself if the thread has not started on it (the same answers: [`crate::foresight`]) |
 //!
 //! The event sink is made from the clock and the durability by [`crate::assemble`].
@@ -69,7 +69,8 @@ pub trait Env: Send + Sync + 'static {
     fn clock(&self) -> Arc<dyn Clock>;
     /// How the event log and the spool force writes to disk.
     fn durability(&self) -> Durability;
-    /// Build and sign campaign batches on blocking threads (else inline).
+    /// Build and sign campaign batches on blocking threads (else built ahead on a thread of
+    /// their own, signed and injected inline).
     fn blocking_threads(&self) -> bool;
     /// Answer the zones from now on, scenario time counting from `start_ms`; `port` is the
     /// DNS port where there is one (0: any).

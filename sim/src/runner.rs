@@ -531,8 +531,9 @@ async fn submit<E: Env>(
 }
 
 /// Inject the campaign, run the MTA until every message is final or the time limit passes.
-/// Live mode builds and signs batches on blocking threads; virtual mode does it inline, so that
-/// the paused clock cannot move while a batch is being prepared.
+/// Live mode builds and signs batches on blocking threads; virtual mode builds them on a thread
+/// of its own ahead of time and signs and injects them inline, so that the paused clock cannot
+/// move while a batch is being injected.
 async fn drive<E: Env>(
     scenario: &Scenario,
     setup: &Assembly<E>,
@@ -597,11 +598,22 @@ async fn drive<E: Env>(
         if let (Some(after), Some(web)) = (campaign.sunset_after_sends, &setup.web) {
             sunset(scenario, setup, web, count, after);
         }
+        // Virtual: the batches are built on a thread of their own, ahead of the one being
+        // injected (building is a pure function of the scenario, the send and its date, so the
+        // bytes are the same either way); live: built and injected on a blocking thread.
+        let ahead = (!blocking_threads).then(|| {
+            built_ahead(
+                scenario_arc.clone(),
+                setup.world.clone(),
+                tracking.clone(),
+                (count, send, date_s),
+            )
+        });
         let mut start = 0u64;
         while start < count {
             let end = (start + INJECT_BATCH as u64).min(count);
             // Build, note who is mailed (the sender's tracking server counts mailings for the
-            // sunset), inject: on a blocking thread live, inline virtual.
+            // sunset), inject.
             let (sc, world, tracking, web, suppression, mta2) = (
                 scenario_arc.clone(),
                 setup.world.clone(),
@@ -610,9 +622,7 @@ async fn drive<E: Env>(
                 setup.suppression.clone(),
                 mta.clone(),
             );
-            let batch = move || {
-                let batch =
-                    build_messages(&sc, &world, start..end, send, date_s, tracking.as_deref());
+            let inject = move |batch: Vec<OutboundMessage>| {
                 if let Some(web) = &web {
                     let rcpts = batch.iter().flat_map(|m| &m.rcpts);
                     for rcpt in rcpts.filter(|r| suppression.reason(r).is_none()) {
@@ -621,12 +631,29 @@ async fn drive<E: Env>(
                 }
                 mta2.inject(batch)
             };
-            if blocking_threads {
-                tokio::task::spawn_blocking(batch).await??;
-            } else {
-                batch()?;
-                // Let the dispatcher start on this batch before the next one is prepared.
-                tokio::task::yield_now().await;
+            match &ahead {
+                None => {
+                    tokio::task::spawn_blocking(move || {
+                        let batch = build_messages(
+                            &sc,
+                            &world,
+                            start..end,
+                            send,
+                            date_s,
+                            tracking.as_deref(),
+                        );
+                        inject(batch)
+                    })
+                    .await??;
+                }
+                Some(built) => {
+                    let batch = built
+                        .recv()
+                        .map_err(|_| anyhow::anyhow!("the thread building the messages ended"))?;
+                    inject(batch)?;
+                    // Let the dispatcher start on this batch before the next one is injected.
+                    tokio::task::yield_now().await;
+                }
             }
             injected += end - start;
             start = end;
@@ -671,6 +698,43 @@ async fn drive<E: Env>(
         tracing::warn!("suppression list: {e}");
     }
     Ok(finish_reason)
+}
+
+/// The batches of a send's `count` messages (of [`INJECT_BATCH`]), built in order on a thread
+/// of their own, at most two ahead of the one taken (one waiting, one being built). The thread ends when they are all built
+/// or the receiver is dropped.
+fn built_ahead(
+    scenario: Arc<Scenario>,
+    world: Arc<World>,
+    tracking: Option<Arc<crate::web::Tracking>>,
+    (count, send, date_s): (u64, u32, i64),
+) -> std::sync::mpsc::Receiver<Vec<OutboundMessage>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("builder".into())
+        .spawn(move || {
+            let mut start = 0u64;
+            while start < count {
+                let end = (start + INJECT_BATCH as u64).min(count);
+                let batch = build_messages(
+                    &scenario,
+                    &world,
+                    start..end,
+                    send,
+                    date_s,
+                    tracking.as_deref(),
+                );
+                if tx.send(batch).is_err() {
+                    return;
+                }
+                start = end;
+            }
+        });
+    if let Err(e) = spawned {
+        // The receiver then reports the thread ended.
+        tracing::warn!("cannot start the thread building messages: {e}");
+    }
+    rx
 }
 
 /// Before a send: suppress (reason `unengaged`) every recipient of the send mailed `after`
@@ -920,6 +984,33 @@ mod tests {
             size: 10,
             lane: None,
             campaign: None,
+        }
+    }
+
+    /// The batches built ahead on their own thread are, in order, the messages built in one
+    /// call (the same bytes, so a virtual run's log does not depend on where they were built).
+    #[test]
+    fn batches_built_ahead_are_the_messages_built_in_one_call() {
+        let text = "name = \"t\"\nseed = 5\nmode = \"virtual\"\n[[sender]]\ndomain = \"s.test\"\n\
+                    [[domain]]\nname = \"a.test\"\n[[domain]]\nname = \"b.test\"\n\
+                    [campaign]\nmessages = 2500\nhtml = true\n";
+        let scenario = Scenario::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let world = Arc::new(World::build(&scenario).unwrap());
+        let count = 2 * INJECT_BATCH as u64 + 500;
+        let whole = build_messages(&scenario, &world, 0..count, 3, 1_767_225_600, None);
+        let built = built_ahead(Arc::new(scenario), world, None, (count, 3, 1_767_225_600));
+        let batches: Vec<Vec<OutboundMessage>> = built.iter().collect();
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [INJECT_BATCH, INJECT_BATCH, 500]
+        );
+        let ahead: Vec<&OutboundMessage> = batches.iter().flatten().collect();
+        assert_eq!(ahead.len(), whole.len());
+        for (a, w) in ahead.iter().zip(&whole) {
+            assert_eq!(
+                (&a.rcpts, &a.message_id, &a.body),
+                (&w.rcpts, &w.message_id, &w.body)
+            );
         }
     }
 
