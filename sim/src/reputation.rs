@@ -556,8 +556,8 @@ impl ContentFacts {
             points += 2;
         }
         if has_html {
-            let images = html.matches("<img").count();
-            let links = html.matches("<a ").count();
+            let images = memchr::memmem::find_iter(html.as_bytes(), "<img").count();
+            let links = memchr::memmem::find_iter(html.as_bytes(), "<a ").count();
             let visible = mailsim_bounce::extract::strip_html(&html)
                 .split_whitespace()
                 .count();
@@ -582,13 +582,14 @@ impl ContentFacts {
         let Some(body) = &self.body else {
             return self.points;
         };
-        let phrases = SPAM_PHRASES
-            .iter()
-            .map(|p| p.to_string())
-            .chain(extra_words.iter().map(|w| w.to_lowercase()))
-            .filter(|p| body.contains(p.as_str()))
-            .count() as u32;
-        phrases + self.points
+        let found =
+            |phrase: &str| memchr::memmem::find(body.as_bytes(), phrase.as_bytes()).is_some();
+        let phrases = SPAM_PHRASES.iter().filter(|p| found(p)).count()
+            + extra_words
+                .iter()
+                .filter(|w| found(&w.to_lowercase()))
+                .count();
+        phrases as u32 + self.points
     }
 }
 
@@ -772,5 +773,15 @@ mod tests {
         let html_only = b"From: a@s.test\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n<p>Act now! <img src=\"http://x/a.png\"> winner</p>\r\n";
         // Two phrases, HTML only, an image with little text, no List-Unsubscribe.
         assert_eq!(content_score(html_only, &[]), 8);
+        // A provider's own words, matched in lower case; one point each, found or not.
+        let words = ["Our NEWS".to_string(), "absent".to_string()];
+        assert_eq!(content_score(plain, &words), 1);
+        // Over 20 links: one point (the text is long enough for its one image).
+        let links = "<a href=\"http://x/\">a b c d e f g h i j</a> ".repeat(21);
+        let many = format!(
+            "From: a@s.test\r\nList-Unsubscribe: <mailto:u@s.test>\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nHello.\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>{links}<img src=\"http://x/i.png\"></p>\r\n--b--\r\n"
+        );
+        assert_eq!(content_score(many.as_bytes(), &[]), 1);
     }
 }
