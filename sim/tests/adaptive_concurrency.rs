@@ -114,7 +114,11 @@ fn the_same_over_loopback_sockets() {
         moves.iter().all(|(_, n, _)| *n <= 3),
         "the window rose past the cap's probe: {moves:?}"
     );
-    assert!(matches!(moves.last(), Some((_, 2 | 3, _))), "{moves:?}");
+    // Over sockets the receiver counts a connection until its session task has ended, so a
+    // connection the MTA opens just after closing one can be refused at two; the window then
+    // lowers to the one session up (as against a real server's connection counter). It ends
+    // within what the cap allows, never at zero.
+    assert!(matches!(moves.last(), Some((_, 1..=3, _))), "{moves:?}");
 }
 
 #[test]
