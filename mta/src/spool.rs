@@ -251,23 +251,10 @@ impl Spool {
             });
             buf.extend_from_slice(body);
         }
-        let data = match self.writer.as_ref().and_then(|w| w.jobs.as_ref()) {
+        let (data, behind) = match self.writer.as_ref().and_then(|w| w.jobs.as_ref()) {
             Some(jobs) => {
-                let data = Arc::new(buf);
-                // In the table before the writer can look for it.
-                self.state.lock().expect("spool lock").segments.insert(
-                    segment,
-                    Segment {
-                        data: Data::Writing(data.clone()),
-                        live: batch.len(),
-                    },
-                );
-                if jobs.send((segment, path.clone(), data)).is_err() {
-                    let mut st = self.state.lock().expect("spool lock");
-                    st.segments.remove(&segment);
-                    return Err(err(io::Error::other("the spool's writer thread ended")));
-                }
-                return Ok(refs);
+                let bytes = Arc::new(buf);
+                (Data::Writing(bytes.clone()), Some((jobs, bytes)))
             }
             None => {
                 let mut file = OpenOptions::new()
@@ -286,17 +273,27 @@ impl Spool {
                             source,
                         })?;
                 }
-                Data::File(Arc::new(file))
+                (Data::File(Arc::new(file)), None)
             }
         };
-        let mut st = self.state.lock().expect("spool lock");
-        st.segments.insert(
+        // In the table before the writer can look for it.
+        self.state.lock().expect("spool lock").segments.insert(
             segment,
             Segment {
                 data,
                 live: batch.len(),
             },
         );
+        if let Some((jobs, bytes)) = behind
+            && jobs.send((segment, path.clone(), bytes)).is_err()
+        {
+            self.state
+                .lock()
+                .expect("spool lock")
+                .segments
+                .remove(&segment);
+            return Err(err(io::Error::other("the spool's writer thread ended")));
+        }
         Ok(refs)
     }
 

@@ -614,14 +614,8 @@ async fn drive<E: Env>(
             let end = (start + INJECT_BATCH as u64).min(count);
             // Build, note who is mailed (the sender's tracking server counts mailings for the
             // sunset), inject.
-            let (sc, world, tracking, web, suppression, mta2) = (
-                scenario_arc.clone(),
-                setup.world.clone(),
-                tracking.clone(),
-                setup.web.clone(),
-                setup.suppression.clone(),
-                mta.clone(),
-            );
+            let (web, suppression, mta2) =
+                (setup.web.clone(), setup.suppression.clone(), mta.clone());
             let inject = move |batch: Vec<OutboundMessage>| {
                 if let Some(web) = &web {
                     let rcpts = batch.iter().flat_map(|m| &m.rcpts);
@@ -633,6 +627,8 @@ async fn drive<E: Env>(
             };
             match &ahead {
                 None => {
+                    let (sc, world, tracking) =
+                        (scenario_arc.clone(), setup.world.clone(), tracking.clone());
                     tokio::task::spawn_blocking(move || {
                         let batch = build_messages(
                             &sc,
