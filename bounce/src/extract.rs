@@ -356,16 +356,24 @@ fn own_texts(m: &Message) -> (String, Option<String>, Option<String>, Vec<String
 pub fn strip_html(html: &str) -> String {
     let mut out = String::with_capacity(html.len());
     let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                out.push(' ');
-            }
-            _ if !in_tag => out.push(c),
-            _ => {}
+    // The text between two angle brackets is kept or dropped whole (both are ASCII, so every
+    // cut is at a character's boundary).
+    let mut from = 0;
+    for at in memchr::memchr2_iter(b'<', b'>', html.as_bytes()) {
+        if !in_tag {
+            out.push_str(&html[from..at]);
         }
+        in_tag = html.as_bytes()[at] == b'<';
+        if !in_tag {
+            out.push(' ');
+        }
+        from = at + 1;
+    }
+    if !in_tag {
+        out.push_str(&html[from..]);
+    }
+    if !out.contains('&') {
+        return out;
     }
     out.replace("&nbsp;", " ")
         .replace("&lt;", "<")
@@ -978,4 +986,48 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
             .collect()
     };
     (as_findings(seen), as_findings(skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_html;
+
+    /// The text of an HTML fragment read a character at a time (what `strip_html` did before it
+    /// copied whole runs between angle brackets): the oracle for its answers.
+    fn strip_html_by_char(html: &str) -> String {
+        let mut out = String::new();
+        let mut in_tag = false;
+        for c in html.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' => {
+                    in_tag = false;
+                    out.push(' ');
+                }
+                _ if !in_tag => out.push(c),
+                _ => {}
+            }
+        }
+        out.replace("&nbsp;", " ")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+    }
+
+    #[test]
+    fn html_is_stripped_as_a_character_at_a_time() {
+        for html in [
+            "",
+            "plain",
+            "<p>Hello</p>",
+            "a > b < c",
+            "<<a>>x<",
+            ">>",
+            "<b>caf\u{e9}</b>&nbsp;&lt;3&gt;\u{1f600}<img src=\"x\">",
+            "&amp;lt; &nbsp &n&nbsp;bsp;",
+            "<a href=\"https://t.example/c?x=1&y=2\">Read \u{fc}ber</a> tail",
+            "text <unclosed tag with caf\u{e9}",
+        ] {
+            assert_eq!(strip_html(html), strip_html_by_char(html), "{html:?}");
+        }
+    }
 }

@@ -547,10 +547,12 @@ impl ContentFacts {
         }
         let (has_html, has_text) = (!html.is_empty(), !text.is_empty());
         let mut points = 0u32;
-        let body = if has_text {
-            text
-        } else {
+        // The HTML part's text, stripped once (the body read without a plain part, and the
+        // words counted against the images).
+        let stripped = if has_html {
             mailsim_bounce::extract::strip_html(&html)
+        } else {
+            String::new()
         };
         if has_html && !has_text {
             points += 2;
@@ -558,10 +560,9 @@ impl ContentFacts {
         if has_html {
             let images = memchr::memmem::find_iter(html.as_bytes(), "<img").count();
             let links = memchr::memmem::find_iter(html.as_bytes(), "<a ").count();
-            let visible = mailsim_bounce::extract::strip_html(&html)
-                .split_whitespace()
-                .count();
-            if images > 0 && visible < 30 * images {
+            // Fewer than 30 visible words an image (counted no further than that).
+            let few_words = 30 * images;
+            if images > 0 && stripped.split_whitespace().take(few_words).count() < few_words {
                 points += 2;
             }
             if links > 20 {
@@ -572,7 +573,7 @@ impl ContentFacts {
             points += 2;
         }
         ContentFacts {
-            body: Some(body),
+            body: Some(if has_text { text } else { stripped }),
             points,
         }
     }
