@@ -17,7 +17,9 @@ pub struct Maildir {
     counter: AtomicU64,
     tag: String,
     /// The mbox files [`Maildir::append_mbox`] has open (at most [`MBOXES_OPEN_MAX`]).
-    mboxes: Mutex<HashMap<PathBuf, File>>,
+    /// The mbox files open for appending, each with its length (what this store wrote to it
+    /// since opening it is all that is written to it).
+    mboxes: Mutex<HashMap<PathBuf, (File, u64)>>,
 }
 
 /// Most mbox files kept open at once (then all are closed and opened again as needed).
@@ -187,20 +189,21 @@ impl Maildir {
                 other => other,
             }
             .map_err(err(&path))?;
+            let len = f.metadata().map_err(err(&path))?.len();
             if open.len() >= MBOXES_OPEN_MAX {
                 open.clear();
             }
-            open.insert(path.clone(), f);
+            open.insert(path.clone(), (f, len));
         }
-        let f = open.get_mut(&path).expect("opened above");
-        let end = f.metadata().map_err(err(&path))?.len();
+        let (f, end) = open.get_mut(&path).expect("opened above");
         if let Err(e) = f.write_all(&out) {
             // No torn copy left for the next one to run into: cut it off, and open the file
             // afresh next time.
-            let _ = f.set_len(end);
+            let _ = f.set_len(*end);
             open.remove(&path);
             return Err(err(&path)(e));
         }
+        *end += out.len() as u64;
         if self.fsync {
             f.sync_data().map_err(err(&path))?;
         }
