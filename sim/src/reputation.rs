@@ -525,7 +525,8 @@ pub struct ContentFacts {
     /// The text a filter's phrases are looked for in (lower case): the plain part, else the
     /// HTML part's text. None: the message could not be parsed.
     body: Option<String>,
-    /// The points that do not depend on words.
+    /// The points that do not depend on a provider's own words (the spam phrases found are
+    /// counted in).
     points: u32,
 }
 
@@ -572,8 +573,12 @@ impl ContentFacts {
         if m.header("List-Unsubscribe").is_none() {
             points += 2;
         }
+        let body = if has_text { text } else { stripped };
+        // The spam phrases every filter looks for, counted once here (where the message is
+        // read) rather than for each provider that scores it.
+        points += SPAM_PHRASES.iter().filter(|p| contains(&body, p)).count() as u32;
         ContentFacts {
-            body: Some(if has_text { text } else { stripped }),
+            body: Some(body),
             points,
         }
     }
@@ -583,15 +588,17 @@ impl ContentFacts {
         let Some(body) = &self.body else {
             return self.points;
         };
-        let found =
-            |phrase: &str| memchr::memmem::find(body.as_bytes(), phrase.as_bytes()).is_some();
-        let phrases = SPAM_PHRASES.iter().filter(|p| found(p)).count()
-            + extra_words
-                .iter()
-                .filter(|w| found(&w.to_lowercase()))
-                .count();
-        phrases as u32 + self.points
+        let words = extra_words
+            .iter()
+            .filter(|w| contains(body, &w.to_lowercase()))
+            .count();
+        words as u32 + self.points
     }
+}
+
+/// True when `phrase` occurs in `text`.
+fn contains(text: &str, phrase: &str) -> bool {
+    memchr::memmem::find(text.as_bytes(), phrase.as_bytes()).is_some()
 }
 
 #[cfg(test)]
