@@ -25,6 +25,14 @@ use tokio::task::JoinSet;
 static MESSAGE_IDS: std::sync::LazyLock<mail_parser::MessageParser> =
     std::sync::LazyLock::new(|| mail_parser::MessageParser::new().with_message_ids());
 
+/// A message's Message-ID as a receiver records it (in angle brackets; empty without one).
+pub(crate) fn message_id_of(message: &[u8]) -> String {
+    MESSAGE_IDS
+        .parse_headers(message)
+        .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
+        .unwrap_or_default()
+}
+
 /// A report a server sends later about a message it accepted.
 #[derive(Debug, Clone)]
 pub struct LaterReport {
@@ -220,12 +228,11 @@ impl Backend for HostBackend {
                     .await
             }
         };
-        let read_ahead = ahead.and_then(|a| a.read);
+        let (read_ahead, message_id) = match ahead {
+            Some(a) => (a.read, a.message_id),
+            None => (None, message_id_of(&message)),
+        };
         let headers_end = find_header_end(&message);
-        let message_id = MESSAGE_IDS
-            .parse_headers(&message)
-            .and_then(|m| m.message_id().map(|id| format!("<{id}>")))
-            .unwrap_or_default();
         self.events.emit(Event::AuthVerdict {
             host: self.host.clone(),
             session: info.id,

@@ -84,6 +84,8 @@ pub struct Ahead {
     pub read: Option<ContentRead>,
     /// Its verdicts for this envelope (when the zones have no fault timeline).
     verdicts: Option<(Envelope, Verdicts)>,
+    /// Its Message-ID as the receiver records it ([`crate::fleet::message_id_of`]).
+    pub message_id: String,
 }
 
 impl Ahead {
@@ -126,6 +128,9 @@ struct Table {
     next_id: u64,
     /// The thread ended (nothing waiting will be done).
     closed: bool,
+    /// Receivers waiting on the condition variable (the thread wakes them only then: a wake-up
+    /// is a system call).
+    waiters: usize,
 }
 
 impl Table {
@@ -340,7 +345,9 @@ impl Foresight {
             match &t.entries[&k][at].state {
                 State::Running if !t.closed => {
                     waited = true;
+                    t.waiters += 1;
                     t = done.wait(t).unwrap_or_else(|p| p.into_inner());
+                    t.waiters -= 1;
                 }
                 State::Done(_) => {
                     let State::Done(ahead) = t.remove(k, at).state else {
@@ -503,15 +510,24 @@ fn work(rx: Receiver<Job>, doers: Doers<'_>, table: &(Mutex<Table>, Condvar), fl
             .read_content
             .load(Ordering::Relaxed)
             .then(|| ContentRead::of(&job.message));
+        let message_id = crate::fleet::message_id_of(&job.message);
         let mut t = lock(&table.0);
         if let Some(e) = t.entry(k, job.id) {
-            e.state = State::Done(Box::new(Ahead { read, verdicts }));
+            e.state = State::Done(Box::new(Ahead {
+                read,
+                verdicts,
+                message_id,
+            }));
             t.untaken += 1;
             t.done.push_back((k, job.id));
             t.forget();
         }
+        // A receiver counts itself in before it waits, under the lock: none is missed.
+        let wake = t.waiters > 0;
         drop(t);
-        table.1.notify_all();
+        if wake {
+            table.1.notify_all();
+        }
     }
 }
 
@@ -628,6 +644,11 @@ mod tests {
             let mut ahead = foresight.settle(message).expect("done ahead");
             // With a fault timeline, no verdicts are done ahead: the signatures are.
             assert!(ahead.verdicts.take().is_none(), "{name}");
+            assert_eq!(
+                ahead.message_id,
+                crate::fleet::message_id_of(message),
+                "{name}"
+            );
             let read = ahead.read.expect("content read");
             let ahead = with.verify(ip, "s.test", "news@s.test", message).await;
             let inline = plain.verify(ip, "s.test", "news@s.test", message).await;
