@@ -16,9 +16,9 @@ pub struct Maildir {
     fsync: bool,
     counter: AtomicU64,
     tag: String,
-    /// The mbox files [`Maildir::append_mbox`] has open (at most [`MBOXES_OPEN_MAX`]).
-    /// The mbox files open for appending, each with its length (what this store wrote to it
-    /// since opening it is all that is written to it).
+    /// The mbox files [`Maildir::append_mbox`] has open (at most [`MBOXES_OPEN_MAX`]), each with
+    /// its length: this store is the only writer of its mbox files (each fleet host's store has
+    /// a root of its own), so what it wrote since opening one is all that was written to it.
     mboxes: Mutex<HashMap<PathBuf, (File, u64)>>,
 }
 
