@@ -14,7 +14,7 @@ use mailsim_events::{Clock, Event, EventSink, Record, SmtpReply};
 use mailsim_smtp::Reply;
 use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts, StartTls};
 use mailsim_smtp::tls::{ClientTls, MaybeTls};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -220,7 +220,14 @@ struct Inner<R, C> {
     /// One MTA-STS policy lookup at a time per destination (its sessions wait for the answer;
     /// other destinations do not).
     sts_lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bodies read from the spool for [`Connector::will_send`] ahead of their turn, by queue
+    /// id, oldest first: the session that takes the entry sends them without reading the spool
+    /// again. At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise is forgotten).
+    read_ahead: Mutex<VecDeque<(u64, Vec<u8>)>>,
 }
+
+/// Bodies kept read ahead of their turn.
+const READ_AHEAD_MAX: usize = 64;
 
 /// A destination's MTA-STS policy as last looked up.
 struct StsEntry {
@@ -387,6 +394,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 wake: Notify::new(),
                 queued: watch::channel(0).0,
                 sts_lookups: Mutex::new(HashMap::new()),
+                read_ahead: Mutex::default(),
             }),
         }
     }
@@ -743,16 +751,48 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             .take_ready(domain, transactional)
     }
 
-    /// The entries [`Mta::take`] would give next (at most `n`), left in the queue.
-    fn peek(&self, domain: &str, transactional: bool, n: usize) -> Vec<QueueEntry> {
+    /// Hand over to the connector the bodies of the entries [`Mta::take`] would give next (as
+    /// many as it looks ahead), left in the queue and kept read for the session that takes
+    /// them.
+    fn read_next(&self, domain: &str, transactional: bool) {
+        let n = self.inner.connector.looks_ahead();
         if n == 0 {
-            return Vec::new();
+            return;
         }
-        let st = self.inner.state.lock().expect("mta state");
-        st.queue
-            .peek_ready(domain, transactional, n)
-            .cloned()
-            .collect()
+        let next: Vec<(u64, String, crate::spool::SpoolRef)> = {
+            let st = self.inner.state.lock().expect("mta state");
+            st.queue
+                .peek_ready(domain, transactional, n)
+                .map(|e| (e.id, e.from.clone(), e.spool))
+                .collect()
+        };
+        for (id, from, spool) in next {
+            if self
+                .inner
+                .read_ahead
+                .lock()
+                .expect("bodies read ahead")
+                .iter()
+                .any(|(at, _)| *at == id)
+            {
+                continue;
+            }
+            if let Ok(body) = self.inner.spool.read(&spool) {
+                self.inner.connector.will_send(&from, &body);
+                let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
+                if kept.len() >= READ_AHEAD_MAX {
+                    kept.pop_front();
+                }
+                kept.push_back((id, body));
+            }
+        }
+    }
+
+    /// The body of queue entry `id` if it was read ahead of its turn (forgotten as taken).
+    fn taken_ahead(&self, id: u64) -> Option<Vec<u8>> {
+        let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
+        let at = kept.iter().position(|(at, _)| *at == id)?;
+        kept.remove(at).map(|(_, body)| body)
     }
 
     /// The shaping rule for `domain`, if one matches (by name, or by its MX hosts once known).
@@ -994,26 +1034,28 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             let Some(entry) = self.take(domain, transactional) else {
                 break;
             };
-            let body = match inner.spool.read(&entry.spool) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.settle(
-                        entry,
-                        Fate::Temp {
-                            reason: format!("spool: {e}"),
-                            reply: None,
-                        },
-                        &mx,
-                    );
-                    continue;
-                }
+            // A body read ahead was handed over then; any other is read and handed over now.
+            let body = match self.taken_ahead(entry.id) {
+                Some(b) => b,
+                None => match inner.spool.read(&entry.spool) {
+                    Ok(b) => {
+                        inner.connector.will_send(&entry.from, &b);
+                        b
+                    }
+                    Err(e) => {
+                        self.settle(
+                            entry,
+                            Fate::Temp {
+                                reason: format!("spool: {e}"),
+                                reply: None,
+                            },
+                            &mx,
+                        );
+                        continue;
+                    }
+                },
             };
-            inner.connector.will_send(&entry.from, &body);
-            for next in self.peek(domain, transactional, inner.connector.looks_ahead()) {
-                if let Ok(next_body) = inner.spool.read(&next.spool) {
-                    inner.connector.will_send(&next.from, &next_body);
-                }
-            }
+            self.read_next(domain, transactional);
             let env = Envelope {
                 from: &entry.from,
                 rcpt: &entry.rcpt,
