@@ -114,6 +114,27 @@ fn code_re() -> &'static Regex {
     RE.get_or_init(|| Regex::new(r"(?m)(?:^|[\s:;(\[])([45][0-9][0-9])[ -]").expect("code regex"))
 }
 
+/// A reporting MTA's gloss on a status code ahead of the remote server's reply it quotes:
+/// `5.1.0 - Unknown address error 550-'5.2.2 <x>... Mailbox Full' (delivery attempts: 0)`
+/// (Amazon SES's delivery-status reports). The gloss names the class of a code of its own,
+/// the same whatever the server said (here 5.1.0 for a full mailbox): it says no more than a
+/// status code, and is not read as the server's words; the quoted reply says what happened.
+fn glossed_reply_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"\b[245]\.\d{1,3}\.\d{1,3} - [^'0-9\n]+? ([245]\d\d[ -]')")
+            .expect("glossed reply regex")
+    })
+}
+
+/// A text without the reporting MTA's glosses ([`glossed_reply_re`]).
+fn without_gloss(text: String) -> String {
+    match glossed_reply_re().replace_all(&text, "$1") {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(t) => t,
+    }
+}
+
 /// Where the returned original message starts in a bounce's prose.
 const ORIGINAL_MARKERS: &[&str] = &[
     "----- original message -----",
@@ -674,6 +695,7 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
                 Some((_, comment)) => format!("{diagnostic} ({comment}"),
                 None => diagnostic,
             };
+            let diagnostic = without_gloss(diagnostic);
             let action = field(&block, "action").map(|a| a.to_ascii_lowercase());
             findings.push(Finding {
                 recipient: rcpt,
@@ -816,7 +838,7 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
                 f.diagnostic = segment;
                 f.context = human.clone();
             } else {
-                f.context = segment;
+                f.context = without_gloss(segment);
             }
             if f.command.is_none() {
                 f.command = command_in(&f.diagnostic).or_else(|| command_in(&f.context));
@@ -990,7 +1012,34 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
 
 #[cfg(test)]
 mod tests {
-    use super::strip_html;
+    use super::{strip_html, without_gloss};
+
+    #[test]
+    fn a_gloss_on_a_status_code_is_not_read_as_the_servers_words() {
+        // The reporting MTA's gloss goes, the quoted reply and what follows stay.
+        assert_eq!(
+            without_gloss(
+                "5.1.0 - Unknown address error 550-'5.2.2 <a@example.org>... Mailbox Full' (delivery attempts: 0)".into()
+            ),
+            "550-'5.2.2 <a@example.org>... Mailbox Full' (delivery attempts: 0)"
+        );
+        // On a line of prose too.
+        assert_eq!(
+            without_gloss(
+                "The reason for the problem:\n5.3.0 - Other mail system problem 550 'No such user'"
+                    .into()
+            ),
+            "The reason for the problem:\n550 'No such user'"
+        );
+        // A status code that is the server's own, before its words, stays.
+        for kept in [
+            "550 5.1.1 - User unknown",
+            "5.1.1 - Bad destination mailbox address",
+            "4.4.7 - Delivery expired 421 timed out",
+        ] {
+            assert_eq!(without_gloss(kept.into()), kept);
+        }
+    }
 
     /// The text of an HTML fragment read a character at a time (what `strip_html` did before it
     /// copied whole runs between angle brackets): the oracle for its answers.
