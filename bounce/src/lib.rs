@@ -172,6 +172,10 @@ mod tests {
                 "userunknown",
                 true,
             ),
+            // Before any envelope the words are about the client's own name, not a recipient
+            // (Sisimai's definition of "blocked": the client's address, host name or HELO).
+            (501, None, "Invalid domain name", "EHLO", "blocked", false),
+            (554, None, "No such user here", "CONNECT", "blocked", false),
             (
                 452,
                 Some("4.2.2"),

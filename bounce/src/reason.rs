@@ -1731,7 +1731,14 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
             .iter()
             .any(|(_, _, wordings)| wordings.contains(&why));
     let refused_client = matches!(command.as_str(), "CONNECT" | "EHLO");
-    if refused_client && (weakly_decided || r == "spamdetected") {
+    // Before MAIL and RCPT (RFC 5321 section 3.3) the server knows no recipient: words about an
+    // unknown or full mailbox, an unknown or invalid domain, answer the client's own name
+    // ("Connected to ... but my name was rejected. Remote host said: 501 Invalid domain name").
+    let about_recipient = matches!(
+        r,
+        "userunknown" | "filtered" | "mailboxfull" | "hostunknown" | "suspend" | "hasmoved"
+    );
+    if refused_client && (weakly_decided || r == "spamdetected" || about_recipient) {
         // Refused before any envelope: the client itself is blocked.
         r = "blocked";
     } else if command == "MAIL" && matches!(r, "userunknown" | "onhold" | "filtered") {
