@@ -80,7 +80,9 @@ pub struct QueueEntry {
 
 #[derive(Default)]
 pub struct Queue {
-    entries: HashMap<u64, QueueEntry>,
+    /// Boxed: a million queued entries then cost the map 16 bytes a slot, not the entry's
+    /// size a slot (a hash table keeps about twice as many slots as entries, all touched).
+    entries: HashMap<u64, Box<QueueEntry>>,
     ready: BTreeMap<String, Ready>,
     waiting: BinaryHeap<Reverse<(u64, u64)>>,
     holds: HashMap<String, u64>,
@@ -136,19 +138,19 @@ impl Queue {
     }
 
     pub fn get(&self, id: u64) -> Option<&QueueEntry> {
-        self.entries.get(&id)
+        self.entries.get(&id).map(|e| &**e)
     }
 
     /// Add a new entry, ready now.
     pub fn insert(&mut self, entry: QueueEntry) {
         self.make_ready(&entry.domain, entry.id, entry.lane);
-        self.entries.insert(entry.id, entry);
+        self.entries.insert(entry.id, Box::new(entry));
     }
 
     /// Add an entry that waits until `due_ms` (a deferred message recovered after a restart).
     pub fn insert_waiting(&mut self, entry: QueueEntry, due_ms: u64) {
         self.waiting.push(Reverse((due_ms, entry.id)));
-        self.entries.insert(entry.id, entry);
+        self.entries.insert(entry.id, Box::new(entry));
     }
 
     /// Move every entry due by `now_ms` to its domain's ready list.
@@ -201,7 +203,7 @@ impl Queue {
         let r = self.ready.get_mut(domain)?;
         while let Some(id) = r.transactional.pop_front() {
             if let Some(e) = self.entries.get(&id) {
-                return Some(e.clone());
+                return Some(QueueEntry::clone(e));
             }
         }
         if only_transactional {
@@ -209,7 +211,7 @@ impl Queue {
         }
         while let Some(id) = r.bulk.pop_front() {
             if let Some(e) = self.entries.get(&id) {
-                return Some(e.clone());
+                return Some(QueueEntry::clone(e));
             }
         }
         None
@@ -233,7 +235,7 @@ impl Queue {
             .take(if only_transactional { 0 } else { usize::MAX });
         transactional
             .chain(bulk)
-            .filter_map(|id| self.entries.get(id))
+            .filter_map(|id| self.entries.get(id).map(|e| &**e))
             .take(n)
     }
 
@@ -253,7 +255,7 @@ impl Queue {
 
     /// Remove a final entry.
     pub fn complete(&mut self, id: u64) -> Option<QueueEntry> {
-        self.entries.remove(&id)
+        self.entries.remove(&id).map(|e| *e)
     }
 }
 
