@@ -1,7 +1,9 @@
 //! DKIM signing with mail-auth: RSA-SHA256 (default, 2048-bit keys) or Ed25519-SHA256.
 
 use mail_auth::AuthenticatedMessage;
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::crypto::{
+    DkimKey, Ed25519Key, HashContext, HashImpl, RsaKey, Sha256, SigningKey,
+};
 use mail_auth::common::headers::{HeaderStream, HeaderWriter, Writable, Writer};
 use mail_auth::dkim::Canonicalization;
 use mail_auth::dkim::Signature;
@@ -49,6 +51,52 @@ impl Writable for Signable<'_> {
         self.headers.write(writer);
         self.signature.write(writer, false);
     }
+}
+
+/// A [`Writer`] that passes what it is given to two.
+struct Tee<'a, A: Writer, B: Writer> {
+    first: &'a mut A,
+    second: &'a mut B,
+}
+
+impl<A: Writer, B: Writer> Writer for Tee<'_, A, B> {
+    fn write(&mut self, buf: &[u8]) {
+        self.first.write(buf);
+        self.second.write(buf);
+    }
+}
+
+/// What is signed, also hashed with SHA-256 into `digest` as the key reads it.
+struct Hashed<'a, 'd> {
+    signable: Signable<'a>,
+    digest: &'d mut <Sha256 as HashImpl>::Context,
+}
+
+impl Writable for Hashed<'_, '_> {
+    fn write(self, writer: &mut impl Writer) {
+        self.signable.write(&mut Tee {
+            first: writer,
+            second: self.digest,
+        });
+    }
+}
+
+/// An Ed25519-SHA256 signature as made (RFC 8463 section 3: the key signs the SHA-256 hash
+/// of the canonical signed header fields and the DKIM-Signature field without its `b=`
+/// value), for a [`SignatureWitness`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    /// The SHA-256 hash the key signed.
+    pub header_hash: [u8; 32],
+    /// The signature (the `b=` value decoded).
+    pub signature: Vec<u8>,
+}
+
+/// Told of the Ed25519 signatures the MTA makes, a batch at a time. A virtual run's fleet
+/// verifies them there, in one batch, ahead of the receivers (see `mailsim_mailbox::auth_memo`).
+pub trait SignatureWitness: Send + Sync {
+    /// Signatures made for `domain` with `selector`.
+    fn signed(&self, domain: &str, selector: &str, made: &[Made]);
 }
 
 /// The message's header fields (as mail-auth's parser splits them, value with its line end)
@@ -119,6 +167,17 @@ impl Signer {
     /// The DKIM-Signature header (with CRLF) for `message`, signed at `now_s` (seconds since
     /// the Unix epoch, the run's clock).
     pub fn signature_header(&self, message: &[u8], now_s: u64) -> Result<String, DkimError> {
+        Ok(self.make(message, now_s, false)?.0)
+    }
+
+    /// The DKIM-Signature header, and with `witnessed` (for an Ed25519 key) the signature as
+    /// made.
+    fn make(
+        &self,
+        message: &[u8],
+        now_s: u64,
+        witnessed: bool,
+    ) -> Result<(String, Option<Made>), DkimError> {
         let parsed = AuthenticatedMessage::parse(message)
             .ok_or_else(|| self.error(mail_auth::Error::NoHeadersFound))?;
         let fields = Fields {
@@ -135,23 +194,48 @@ impl Signer {
         sig.bh = self.key.hash(body).as_ref().to_vec();
         sig.t = now_s;
         sig.h = signed;
-        sig.b = self
-            .key
-            .sign(Signable {
-                headers,
-                signature: &sig,
-            })
-            .map_err(|e| self.error(e))?;
-        Ok(sig.to_header())
+        let signable = Signable {
+            headers,
+            signature: &sig,
+        };
+        let (b, made) = match &self.key {
+            DkimKey::Ed25519(_) if witnessed => {
+                let mut digest = Sha256::hasher();
+                let b = self.key.sign(Hashed {
+                    signable,
+                    digest: &mut digest,
+                });
+                let mut header_hash = [0u8; 32];
+                header_hash.copy_from_slice(&digest.complete().as_ref()[..32]);
+                (b, Some(header_hash))
+            }
+            _ => (self.key.sign(signable), None),
+        };
+        sig.b = b.map_err(|e| self.error(e))?;
+        let made = made.map(|header_hash| Made {
+            header_hash,
+            signature: sig.b.clone(),
+        });
+        Ok((sig.to_header(), made))
     }
 
     /// `message` with its DKIM-Signature prepended, signed at `now_s`.
     pub fn sign(&self, message: &[u8], now_s: u64) -> Result<Vec<u8>, DkimError> {
-        let header = self.signature_header(message, now_s)?;
+        Ok(self.sign_witnessed(message, now_s, false)?.0)
+    }
+
+    /// [`Signer::sign`], and with `witnessed` (for an Ed25519 key) the signature as made.
+    pub fn sign_witnessed(
+        &self,
+        message: &[u8],
+        now_s: u64,
+        witnessed: bool,
+    ) -> Result<(Vec<u8>, Option<Made>), DkimError> {
+        let (header, made) = self.make(message, now_s, witnessed)?;
         let mut out = Vec::with_capacity(header.len() + message.len());
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(message);
-        Ok(out)
+        Ok((out, made))
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Everything that changes state emits an event; nothing is counted on the side.
 
-use crate::dkim::Signer;
+use crate::dkim::{SignatureWitness, Signer};
 use crate::dns::{MxHost, Resolver, RouteError};
 use crate::queue::{Lane, Queue, QueueEntry, RetryPolicy};
 use crate::shaping::{Rule, Shaping, TlsMode};
@@ -224,6 +224,8 @@ struct Inner<R, C> {
     /// id, oldest first: the session that takes the entry sends them without reading the spool
     /// again. At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise is forgotten).
     read_ahead: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    /// Told of the Ed25519 signatures made (a virtual run's fleet verifies them ahead).
+    witness: std::sync::OnceLock<Arc<dyn SignatureWitness>>,
 }
 
 /// Bodies kept read ahead of their turn.
@@ -395,8 +397,15 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 queued: watch::channel(0).0,
                 sts_lookups: Mutex::new(HashMap::new()),
                 read_ahead: Mutex::default(),
+                witness: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Tell `witness` of every Ed25519 signature made from now on (set once: a second is
+    /// ignored).
+    pub fn set_signature_witness(&self, witness: Arc<dyn SignatureWitness>) {
+        let _ = self.inner.witness.set(witness);
     }
 
     /// Messages (per recipient) still queued.
@@ -436,7 +445,12 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }) {
             return Err(MtaError::BadRecipient(bad.clone()));
         }
-        let signed = sign_all(&inner.signers, batch, inner.clock.now_ms() / 1000)?;
+        let signed = sign_all(
+            &inner.signers,
+            batch,
+            inner.clock.now_ms() / 1000,
+            inner.witness.get().map(|w| &**w),
+        )?;
         let now = inner.clock.now_ms();
         // Recipients on the suppression list are not queued (and get no queue id).
         let mut suppressed = Vec::new();
@@ -1919,11 +1933,13 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     }
 }
 
-/// DKIM-sign a batch on all cores.
+/// DKIM-sign a batch on all cores; each core tells `witness` of the Ed25519 signatures it
+/// made, once per signer.
 fn sign_all(
     signers: &HashMap<String, Signer>,
     batch: Vec<OutboundMessage>,
     now_s: u64,
+    witness: Option<&dyn SignatureWitness>,
 ) -> Result<Vec<OutboundMessage>, MtaError> {
     if signers.is_empty() {
         return Ok(batch);
@@ -1938,14 +1954,28 @@ fn sign_all(
             .chunks_mut(chunk)
             .map(|part| {
                 s.spawn(move || {
+                    let mut made: HashMap<&str, (&Signer, Vec<crate::dkim::Made>)> = HashMap::new();
                     for m in part {
                         let domain = m
                             .from
                             .rsplit_once('@')
                             .map(|(_, d)| d.to_ascii_lowercase())
                             .unwrap_or_default();
-                        if let Some(signer) = signers.get(&domain) {
-                            m.body = signer.sign(&m.body, now_s)?;
+                        if let Some((d, signer)) = signers.get_key_value(&domain) {
+                            let (body, signature) =
+                                signer.sign_witnessed(&m.body, now_s, witness.is_some())?;
+                            m.body = body;
+                            if let Some(signature) = signature {
+                                made.entry(d)
+                                    .or_insert((signer, Vec::new()))
+                                    .1
+                                    .push(signature);
+                            }
+                        }
+                    }
+                    if let Some(w) = witness {
+                        for (signer, signatures) in made.values() {
+                            w.signed(signer.domain(), signer.selector(), signatures);
                         }
                     }
                     Ok(())

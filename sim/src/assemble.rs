@@ -311,7 +311,7 @@ impl<E: Env> Assembly<E> {
         let mut cfg = mta_config(scenario, self.fleet_port);
         cfg.tls_client = mailsim_smtp::tls::ClientTls::new(&self.tls_roots)?;
         cfg.sts_port = self.sts_port;
-        build_mta(
+        let mta = build_mta(
             &self.env,
             cfg,
             scenario.mta.ip.into(),
@@ -319,7 +319,12 @@ impl<E: Env> Assembly<E> {
             signers(&self.world)?,
             self.suppression.clone(),
             self.events.clone(),
-        )
+        )?;
+        // A virtual run verifies the MTA's Ed25519 signatures in batches as they are made.
+        if let Some(f) = self.env.foresight() {
+            mta.set_signature_witness(Arc::new(f.signatures_ahead()));
+        }
+        Ok(mta)
     }
 
     /// The fleet's sender of later reports (DSNs and complaints), each from its host's address,
