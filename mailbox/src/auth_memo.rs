@@ -85,9 +85,7 @@ impl SignatureMemo {
     /// Whether the triple was verified. It stays remembered (a signature that holds always
     /// holds): a message sent again after a temporary failure is taken from the memo again.
     fn take(&self, key: &[u8; 32]) -> bool {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let taken = held.set.contains(&short(key));
-        drop(held);
+        let taken = self.holds(key);
         self.asked.fetch_add(1, Ordering::Relaxed);
         if taken {
             self.taken.fetch_add(1, Ordering::Relaxed);
@@ -223,9 +221,7 @@ impl SignatureMemo {
     /// (about one time in eight) that it fails alone.
     pub fn verify_ahead_ed25519(&self, answered: &[String], made: &[([u8; 32], &[u8])]) -> usize {
         use ed25519_dalek::{Signature, VerifyingKey};
-        let Some(record) = answered.iter().find(|r| {
-            <DomainKey as mail_auth::common::parse::TxtRecordParser>::parse(r.as_bytes()).is_ok()
-        }) else {
+        let Some((record, _)) = key_record(answered) else {
             return 0;
         };
         let Some(key) = ed25519_public(record).and_then(|p| VerifyingKey::from_bytes(&p).ok())
@@ -307,19 +303,25 @@ impl VerifyingKey for Remembering {
 /// The first of `records` that parses as a DKIM key (as a TXT lookup answers), its key
 /// verifying through `memo`.
 fn remembering_key(records: &[String], memo: &Arc<SignatureMemo>, role: Role) -> Option<Txt> {
+    let (record, key) = key_record(records)?;
+    Some(Txt::from(DomainKey {
+        p: Box::new(Remembering {
+            inner: key.p,
+            record: record.clone(),
+            memo: memo.clone(),
+            role,
+        }),
+        f: key.f,
+    }))
+}
+
+/// The first of `records` (a key name's TXT texts) that reads as a DKIM key, as mail-auth
+/// takes it, and the key.
+fn key_record(records: &[String]) -> Option<(&String, DomainKey)> {
     records.iter().find_map(|record| {
-        let key =
-            <DomainKey as mail_auth::common::parse::TxtRecordParser>::parse(record.as_bytes())
-                .ok()?;
-        Some(Txt::from(DomainKey {
-            p: Box::new(Remembering {
-                inner: key.p,
-                record: record.clone(),
-                memo: memo.clone(),
-                role,
-            }),
-            f: key.f,
-        }))
+        <DomainKey as mail_auth::common::parse::TxtRecordParser>::parse(record.as_bytes())
+            .ok()
+            .map(|key| (record, key))
     })
 }
 

@@ -510,15 +510,20 @@ impl mailsim_mta::dkim::SignatureWitness for SignaturesAhead {
     fn signed(&self, domain: &str, selector: &str, made: &[mailsim_mta::dkim::Made]) {
         // The name as mail-auth asks it.
         let name = format!("{selector}._domainkey.{domain}.");
-        let answered = match self.zones.resolve(&name, RecordType::TXT, (self.elapsed)()) {
-            Resolution::Answer(records) => fake_dns::txt_texts(records),
-            _ => return,
-        };
+        let answered = txt_texts(&self.zones, &name, (self.elapsed)());
         let made: Vec<([u8; 32], &[u8])> = made
             .iter()
             .map(|m| (m.header_hash, m.signature.as_slice()))
             .collect();
         self.memo.verify_ahead_ed25519(&answered, &made);
+    }
+}
+
+/// The TXT texts the zones answer for `name` at `elapsed_ms` (none for any other answer).
+fn txt_texts(zones: &FaultyZones, name: &str, elapsed_ms: u64) -> Vec<String> {
+    match zones.resolve(name, RecordType::TXT, elapsed_ms) {
+        Resolution::Answer(records) => fake_dns::txt_texts(records),
+        _ => Vec::new(),
     }
 }
 
@@ -542,11 +547,7 @@ fn work(rx: Receiver<Job>, doers: Doers<'_>, table: &(Mutex<Table>, Condvar), fl
                 Some((job.envelope.clone(), verdicts))
             }
             None => {
-                let txt =
-                    |name: &str| match doers.zones.resolve(name, RecordType::TXT, job.elapsed_ms) {
-                        Resolution::Answer(records) => fake_dns::txt_texts(records),
-                        _ => Vec::new(),
-                    };
+                let txt = |name: &str| txt_texts(doers.zones, name, job.elapsed_ms);
                 doers
                     .runtime
                     .block_on(doers.foreseer.verify(&job.message, txt));
