@@ -242,6 +242,95 @@ mod tests {
         }
     }
 
+    /// The families of wordings added on 2026-12-03, each read where it stands against the
+    /// families it meets: repeated header fields (RFC 5322 section 3.6) before the name of
+    /// the field ("DKIM-Signature" is no authentication verdict), a size limit (RFC 1870)
+    /// after a full mailbox's, a suspended account (RFC 3463 X.2.1), a missing PTR record
+    /// (RFC 7372 X.7.25) before the words about the client's address, which still decide when
+    /// the refusal names a cause of its own (a PTR, too many connections).
+    #[test]
+    fn header_size_account_and_ptr_families() {
+        let cases = [
+            (
+                550,
+                Some("5.7.1"),
+                "There are multiple Subject headers",
+                "DATA",
+                "notcompliantrfc",
+            ),
+            (
+                554,
+                None,
+                "Transaction failed: Duplicate header 'DKIM-Signature'.",
+                "DATA",
+                "notcompliantrfc",
+            ),
+            (
+                553,
+                None,
+                "Exceeded maximum inbound message size",
+                "DATA",
+                "emailtoolarge",
+            ),
+            (
+                552,
+                None,
+                "Mailbox size limit exceeded",
+                "RCPT",
+                "mailboxfull",
+            ),
+            (
+                550,
+                None,
+                "Recipient suspend the service",
+                "RCPT",
+                "suspend",
+            ),
+            (
+                550,
+                None,
+                "The IP address sending this message does not have a PTR record",
+                "MAIL",
+                "requireptr",
+            ),
+            (
+                450,
+                Some("4.7.25"),
+                "Client host rejected: cannot find your hostname, [192.0.2.1]",
+                "RCPT",
+                "requireptr",
+            ),
+            (
+                421,
+                None,
+                "Client host rejected: too many connections, try again later",
+                "RCPT",
+                "ratelimited",
+            ),
+            (
+                554,
+                Some("5.7.1"),
+                "Client host rejected: Access denied",
+                "RCPT",
+                "blocked",
+            ),
+            (
+                550,
+                Some("5.1.0"),
+                "sender rejected. Please see https://www.spectrum.net/support/internet/understanding-email-error-codes for more information. AUP#In-1310",
+                "MAIL",
+                "ratelimited",
+            ),
+        ];
+        for (code, enhanced, text, command, reason) in cases {
+            assert_eq!(
+                classify_reply(code, enhanced, text, command).0,
+                reason,
+                "{text}"
+            );
+        }
+    }
+
     /// RFC 3464's Action delivered (a success report) is Sisimai's "delivered", whatever the
     /// words; a relay's suppression list is "suppressed".
     #[test]

@@ -1,6 +1,7 @@
 //! What the origin of a bounce is known to say: the big receivers' published replies (the lists
-//! Google, Microsoft and Yahoo publish of what their servers answer and why: the "rhost" layer
-//! of a bounce parser, keyed by the provider that answered) and the MTAs' own messages (what
+//! Google, Microsoft and Yahoo publish of what their servers answer and why, Spectrum's
+//! Acceptable Use Policy codes: the "rhost" layer of a bounce parser, keyed by the provider
+//! that answered) and the MTAs' own messages (what
 //! Postfix, Exim, Sendmail, qmail, OpenSMTPD and Amazon SES write in their bounces, from their
 //! source code or documentation: the "lhost" layer, keyed by the MTA that wrote the report).
 //!
@@ -229,6 +230,29 @@ pub static PROVIDERS: &[Provider] = &[
             ("headers are not rfc", "notcompliantrfc"),
             // 451 "temporarily deferred due to unresolvable RFC.5321 from domain".
             ("unresolvable rfc.5321 from", "rejected"),
+        ],
+    },
+    Provider {
+        family: "spectrum's aup codes",
+        complete: false,
+        remote: None,
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // Spectrum (Charter, Roadrunner) ends its refusals with an Acceptable Use Policy code
+        // ("... for more information. AUP#In-1020") and links its page of error codes.
+        marks: &[
+            "aup#",
+            "spectrum.net/support/internet/understanding-email-error-codes",
+        ],
+        source: "https://www.spectrum.net/support/internet/understanding-email-error-codes (linked from every refusal; read through https://www.suped.com/knowledge/email-deliverability/technical/how-to-interpret-aupi-1300-cloudmark-email-bounce-codes-from-charter and .../how-to-resolve-email-throttling-issues-with-spectrumtwc, which quote it)",
+        replies: &[
+            // AUP#1310, 1320, 1330 (a block of 5 minutes, 1 hour, 24 hours), 1340 (too many
+            // concurrent connections), 1380: Cloudmark's rate limits on the sender's stream,
+            // with or without the "In-"/"I-" of the inbound servers.
+            ("aup#13", "ratelimited"),
+            ("aup#in-13", "ratelimited"),
+            ("aup#i-13", "ratelimited"),
         ],
     },
 ];

@@ -111,11 +111,7 @@ static RULES: &[Rule] = &[
     (
         "notcompliantrfc",
         "header field occurrence",
-        &[
-            "duplicate header",
-            "addresses in from: header",
-            "multiple addresses in from",
-        ],
+        &["addresses in from: header", "multiple addresses in from"],
     ),
     // RFC 3463 X.4.3 (directory server failure): the resolver failed, not the domain (Postfix
     // "Name service error ... name server reply", "host name lookup failure").
@@ -778,6 +774,26 @@ static PAIRS: &[Pair] = &[
         gap: 3,
         early: false,
     },
+    // RFC 5322 section 3.6 (the fields that may occur at most once) and the receivers' wording
+    // of a header that breaks the format (Google's 550 5.7.1 "There are multiple Subject
+    // headers", Yahoo's 554 "Headers are not RFC compliant"). Before the phrase tables: a
+    // header's name in the reply ("Duplicate header 'DKIM-Signature'") is not a verdict on it.
+    Pair {
+        name: "header ~ repeated",
+        reason: "notcompliantrfc",
+        subjects: &["header"],
+        predicates: &[
+            "duplicate",
+            "duplicated",
+            "multiple",
+            "more than one",
+            "repeated",
+            "not rfc",
+            "not compliant",
+        ],
+        gap: 3,
+        early: true,
+    },
     // RFC 3463 X.4.2 (bad connection): the session was lost, broken or never established
     // (Postfix "lost connection with ... while ...", qmail "wasn't able to establish an SMTP
     // connection", OpenSMTPD "Network error on destination MXs", "connection reset").
@@ -832,38 +848,10 @@ static PAIRS: &[Pair] = &[
         gap: 1,
         early: false,
     },
-    // The client's address or name is refused (Postfix's "Client host rejected", the providers'
-    // IP blocks: "IP address blacklisted", "Client host blocked", Orange's "Adresse IP source
-    // bloquee").
-    Pair {
-        name: "client ~ refused",
-        reason: "blocked",
-        subjects: &[
-            "client host",
-            "client ip",
-            "your ip",
-            "ip address",
-            "sending ip",
-            "source ip",
-            "adresse ip",
-        ],
-        predicates: &[
-            "rejected",
-            "blocked",
-            "refused",
-            "denied",
-            "blacklisted",
-            "listed",
-            "banned",
-            "bloquee",
-            "not allowed",
-            "not accepted",
-        ],
-        gap: 3,
-        early: false,
-    },
     // RFC 7372 X.7.25 (reverse DNS validation failed) and the receivers' wording of a missing
-    // or wrong PTR record (M3AAWG's sender best practices ask for one).
+    // or wrong PTR record (M3AAWG's sender best practices ask for one). Before the phrase
+    // tables and the refused client: "The IP address sending this message does not have a PTR
+    // record" names the address only to say what it lacks.
     Pair {
         name: "reverse dns ~ missing",
         reason: "requireptr",
@@ -892,6 +880,36 @@ static PAIRS: &[Pair] = &[
             "unable",
             "validation",
             "required",
+        ],
+        gap: 3,
+        early: true,
+    },
+    // The client's address or name is refused (Postfix's "Client host rejected", the providers'
+    // IP blocks: "IP address blacklisted", "Client host blocked", Orange's "Adresse IP source
+    // bloquee").
+    Pair {
+        name: "client ~ refused",
+        reason: "blocked",
+        subjects: &[
+            "client host",
+            "client ip",
+            "your ip",
+            "ip address",
+            "sending ip",
+            "source ip",
+            "adresse ip",
+        ],
+        predicates: &[
+            "rejected",
+            "blocked",
+            "refused",
+            "denied",
+            "blacklisted",
+            "listed",
+            "banned",
+            "bloquee",
+            "not allowed",
+            "not accepted",
         ],
         gap: 3,
         early: false,
@@ -926,6 +944,22 @@ static PAIRS: &[Pair] = &[
         gap: 3,
         early: false,
     },
+    // RFC 1870 (the SIZE extension: 552 "message size exceeds fixed maximum message size") and
+    // RFC 3463 X.2.3/X.3.4: the message is larger than a limit. After the mailbox's own
+    // families ("mailbox size limit exceeded" is a full mailbox).
+    Pair {
+        name: "size ~ exceeded",
+        reason: "emailtoolarge",
+        subjects: &[
+            "message size",
+            "size limit",
+            "maximum size",
+            "message length",
+        ],
+        predicates: &["exceed", "too large", "too big", "over"],
+        gap: 3,
+        early: false,
+    },
     // RFC 3463 X.2.1 ("mailbox disabled, not accepting messages") and the providers' wording
     // of an account that exists but is closed.
     Pair {
@@ -935,7 +969,7 @@ static PAIRS: &[Pair] = &[
         predicates: &[
             "disabled",
             "inactive",
-            "suspended",
+            "suspend",
             "deactivated",
             "frozen",
             "locked",
