@@ -245,9 +245,12 @@ mod tests {
     /// The families of wordings added on 2026-12-03, each read where it stands against the
     /// families it meets: repeated header fields (RFC 5322 section 3.6) before the name of
     /// the field ("DKIM-Signature" is no authentication verdict), a size limit (RFC 1870)
-    /// after a full mailbox's, a suspended account (RFC 3463 X.2.1), a missing PTR record
-    /// (RFC 7372 X.7.25) before the words about the client's address, which still decide when
-    /// the refusal names a cause of its own (a PTR, too many connections).
+    /// after a full mailbox's and after the status code, a suspended account (RFC 3463
+    /// X.2.1); the words about the client's address still yield when the refusal names a
+    /// cause of its own (a PTR, too many connections).
+    ///
+    /// An unknown recipient in words no table holds (RFC 3463 X.1.1 "bad destination mailbox
+    /// address"): the family reads them; a refused sender is still the sender's.
     #[test]
     fn header_size_account_and_ptr_families() {
         let cases = [
@@ -287,11 +290,18 @@ mod tests {
                 "suspend",
             ),
             (
-                550,
-                None,
-                "The IP address sending this message does not have a PTR record",
-                "MAIL",
-                "requireptr",
+                452,
+                Some("4.2.2"),
+                "Mail folder size limit exceeded",
+                "RCPT",
+                "mailboxfull",
+            ),
+            (
+                552,
+                Some("5.2.2"),
+                "This message would put the user over the maximum size of their mailbox",
+                "DATA",
+                "mailboxfull",
             ),
             (
                 450,
@@ -313,6 +323,23 @@ mod tests {
                 "Client host rejected: Access denied",
                 "RCPT",
                 "blocked",
+            ),
+            (550, None, "Addressee unknown", "RCPT", "userunknown"),
+            (550, None, "Mailbox is unknown here", "RCPT", "userunknown"),
+            (550, None, "Recipient not recognized", "RCPT", "userunknown"),
+            (
+                550,
+                None,
+                "The user account is nonexistent",
+                "RCPT",
+                "userunknown",
+            ),
+            (
+                553,
+                None,
+                "Your envelope sender address is not valid",
+                "MAIL",
+                "rejected",
             ),
             (
                 550,

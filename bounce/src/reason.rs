@@ -747,9 +747,21 @@ pub struct Pair {
     pub predicates: &'static [&'static str],
     /// How many words may stand between them.
     pub gap: usize,
-    /// Consulted before the phrase tables: the family says more than any single word of
-    /// another reason it may contain ("user unknown (mailbox disabled)" is a closed account).
-    pub early: bool,
+    /// Where the family is read among the other evidence.
+    pub stage: Stage,
+}
+
+/// Where a family of [`Pair`]s is read.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Stage {
+    /// Before the phrase tables: the family says more than any single word of another reason
+    /// it may contain ("user unknown (mailbox disabled)" is a closed account).
+    Early,
+    /// After the phrase tables (the specific wordings) and before the report's Action.
+    Phrases,
+    /// After the enhanced status code: the family is general enough that a specific status
+    /// says more ("452 4.2.2 Mail folder size limit exceeded" is a full mailbox).
+    AfterStatus,
 }
 
 /// Families of wordings, consulted after the specific phrases. Each names where it comes from.
@@ -772,7 +784,7 @@ static PAIRS: &[Pair] = &[
             "handshake",
         ],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 5322 section 3.6 (the fields that may occur at most once) and the receivers' wording
     // of a header that breaks the format (Google's 550 5.7.1 "There are multiple Subject
@@ -792,7 +804,7 @@ static PAIRS: &[Pair] = &[
             "not compliant",
         ],
         gap: 3,
-        early: true,
+        stage: Stage::Early,
     },
     // RFC 3463 X.4.2 (bad connection): the session was lost, broken or never established
     // (Postfix "lost connection with ... while ...", qmail "wasn't able to establish an SMTP
@@ -811,7 +823,7 @@ static PAIRS: &[Pair] = &[
             "interrupted",
         ],
         gap: 2,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 3463 X.4.3 (directory server failure): the resolver failed, not the domain
     // (Postfix "Name service error for name=... type=MX", "host name lookup failure",
@@ -835,7 +847,7 @@ static PAIRS: &[Pair] = &[
             "servfail",
         ],
         gap: 2,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 7505 (null MX, X.1.10) and a domain whose MX says it takes no mail ("No MX found for
     // domain", "an MX or SRV record indicated no SMTP service"; "MX" the word, not a host
@@ -846,12 +858,12 @@ static PAIRS: &[Pair] = &[
         subjects: &["mx$", "smtp service", "mail exchanger"],
         predicates: &["no$", "null"],
         gap: 1,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 7372 X.7.25 (reverse DNS validation failed) and the receivers' wording of a missing
-    // or wrong PTR record (M3AAWG's sender best practices ask for one). Before the phrase
-    // tables and the refused client: "The IP address sending this message does not have a PTR
-    // record" names the address only to say what it lacks.
+    // or wrong PTR record (M3AAWG's sender best practices ask for one). Before the refused
+    // client: "The IP address sending this message does not have a PTR record" names the
+    // address only to say what it lacks.
     Pair {
         name: "reverse dns ~ missing",
         reason: "requireptr",
@@ -882,7 +894,7 @@ static PAIRS: &[Pair] = &[
             "required",
         ],
         gap: 3,
-        early: true,
+        stage: Stage::Phrases,
     },
     // The client's address or name is refused (Postfix's "Client host rejected", the providers'
     // IP blocks: "IP address blacklisted", "Client host blocked", Orange's "Adresse IP source
@@ -912,7 +924,7 @@ static PAIRS: &[Pair] = &[
             "not accepted",
         ],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 5321 section 5 (the domain has no route: no MX, no address), RFC 3463 X.1.2 ("bad
     // destination system address") and resolver wording (NXDOMAIN, "host not found").
@@ -931,22 +943,23 @@ static PAIRS: &[Pair] = &[
             "not resolvable",
         ],
         gap: 2,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 3463 X.2.2 ("mailbox full") and the providers' over-quota wording.
     Pair {
         name: "mailbox ~ full",
         reason: "mailboxfull",
         subjects: &[
-            "mailbox", "inbox", "quota", "storage", "mail box", "maildir",
+            "mailbox", "inbox", "quota", "storage", "mail box", "maildir", "folder",
         ],
         predicates: &["full", "exceeded", "exceeds", "exceed", "over", "out of"],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 1870 (the SIZE extension: 552 "message size exceeds fixed maximum message size") and
     // RFC 3463 X.2.3/X.3.4: the message is larger than a limit. After the mailbox's own
-    // families ("mailbox size limit exceeded" is a full mailbox).
+    // families ("mailbox size limit exceeded" is a full mailbox) and after the status code
+    // ("452 4.2.2 Mail folder size limit exceeded").
     Pair {
         name: "size ~ exceeded",
         reason: "emailtoolarge",
@@ -958,7 +971,7 @@ static PAIRS: &[Pair] = &[
         ],
         predicates: &["exceed", "too large", "too big", "over"],
         gap: 3,
-        early: false,
+        stage: Stage::AfterStatus,
     },
     // RFC 3463 X.2.1 ("mailbox disabled, not accepting messages") and the providers' wording
     // of an account that exists but is closed.
@@ -970,6 +983,7 @@ static PAIRS: &[Pair] = &[
             "disabled",
             "inactive",
             "suspend",
+            "suspension",
             "deactivated",
             "frozen",
             "locked",
@@ -978,7 +992,7 @@ static PAIRS: &[Pair] = &[
             "expired",
         ],
         gap: 5,
-        early: true,
+        stage: Stage::Early,
     },
     // Receivers throttling a sender: an unusual or unexpected rate or volume of mail (Google's
     // 421 4.7.28, Yahoo's [TSS04] in their published error lists), a limit on it.
@@ -996,7 +1010,7 @@ static PAIRS: &[Pair] = &[
             "too high",
         ],
         gap: 2,
-        early: false,
+        stage: Stage::Phrases,
     },
     // A server too busy for this sender now: RFC 5321 section 4.2.3's 421 "closing transmission
     // channel", and the providers' "server busy, try again later" (Google's 421 4.4.5,
@@ -1007,7 +1021,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["busy", "closing connection", "closing transmission channel"],
         predicates: &["try again later", "try later", "please try again"],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
     },
     // A recipient receiving mail faster than it accepts (Google's 450 4.2.1 "receiving mail
     // at a rate that prevents additional messages", "receiving mail too quickly").
@@ -1017,7 +1031,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["receiving mail", "receiving email", "receiving messages"],
         predicates: &["at a rate", "too quickly", "too fast"],
         gap: 1,
-        early: false,
+        stage: Stage::Phrases,
     },
     // A cap on concurrent connections (Exchange's 421 4.3.2 "maximum number of concurrent
     // connections has exceeded a limit", Postfix's "too many connections").
@@ -1027,7 +1041,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["connections", "concurrent", "sessions"],
         predicates: &["exceeded", "limit", "maximum", "too many"],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
     },
     // The sending MTA gave up after its retry period (RFC 5321 section 4.5.4.1: retries
     // until the queue lifetime ends; RFC 3463 X.4.7 "delivery time expired"): qmail's "in
@@ -1039,7 +1053,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["queue", "attempts"],
         predicates: &["too long", "failed", "expired", "lifetime"],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 5321 section 3.6.1 and 7.1: a server that is not the recipient's refuses to relay.
     Pair {
@@ -1057,7 +1071,7 @@ static PAIRS: &[Pair] = &[
             "not accepted",
         ],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 5321 section 4.1.1.2 (MAIL refused) and RFC 3463 X.1.7/X.1.8 (bad sender address):
     // the sender, not the recipient, is refused.
@@ -1084,7 +1098,41 @@ static PAIRS: &[Pair] = &[
             "verify failed",
         ],
         gap: 3,
-        early: false,
+        stage: Stage::Phrases,
+    },
+    // RFC 3463 X.1.1 ("bad destination mailbox address") and RFC 5321 section 4.2.2's 550
+    // ("mailbox unavailable"): the MTAs' and providers' many wordings of a recipient that does
+    // not exist ("unknown user", "no such recipient", "invalid mailbox", "recipient not
+    // found", "user does not exist"), one family. After the sender's and the domain's families
+    // (an invalid sender, an unknown domain are not an unknown recipient).
+    Pair {
+        name: "recipient ~ unknown",
+        reason: "userunknown",
+        subjects: &[
+            "user",
+            "recipient",
+            "mailbox",
+            "address",
+            "account",
+            "addressee",
+            "userid",
+            "local part",
+        ],
+        predicates: &[
+            "unknown",
+            "not found",
+            "no such",
+            "does not exist",
+            "doesn't exist",
+            "invalid",
+            "not valid",
+            "not recognized",
+            "not recognised",
+            "nonexistent",
+            "non-existent",
+        ],
+        gap: 3,
+        stage: Stage::Phrases,
     },
     // RFC 3463 X.7.1 used for content, and the filters' wording of a spam verdict
     // (SpamAssassin "scored as spam", "UBE" = unsolicited bulk email).
@@ -1094,7 +1142,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["message", "content", "mail", "email", "scored", "score"],
         predicates: &["spam$", "spamming", "unsolicited", "junk", "ube", "bulk"],
         gap: 4,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 3463 X.3.1 ("mail system full") and X.4.5 (congestion): the receiving system, not
     // the mailbox, is out of room.
@@ -1104,7 +1152,7 @@ static PAIRS: &[Pair] = &[
         subjects: &["insufficient", "not enough", "out of", "no space"],
         predicates: &["disk", "storage", "space", "system"],
         gap: 2,
-        early: false,
+        stage: Stage::Phrases,
     },
     // RFC 5321 section 4.2.3 (500/501 syntax errors) and RFC 3463 X.5.2/X.5.4 (syntax error,
     // invalid command arguments). Not a recipient address's syntax: RFC 3463 files that under
@@ -1122,7 +1170,7 @@ static PAIRS: &[Pair] = &[
             "not implemented",
         ],
         gap: 2,
-        early: false,
+        stage: Stage::Phrases,
     },
 ];
 
@@ -1210,12 +1258,19 @@ pub fn fires(unit: Unit, reason: &str, name: &str, text: &str) -> bool {
     family.any(|p| mentions(&text, p))
 }
 
-/// The first family (in table order) whose wording `text` has; only the early ones when
-/// `early`.
-fn find_pair(text: &str, early: bool) -> Option<(&'static str, &'static str)> {
+/// The first family (in table order) whose wording `text` has, of those read at `stage` (the
+/// phrase tables' stage reads the early ones too).
+fn find_pair(text: &str, stage: Stage) -> Option<(&'static str, &'static str)> {
     PAIRS
         .iter()
-        .filter(|p| !left_out(p.name) && (!early || p.early))
+        .filter(|p| {
+            !left_out(p.name)
+                && match stage {
+                    Stage::Early => p.stage == Stage::Early,
+                    Stage::Phrases => p.stage <= Stage::Phrases,
+                    Stage::AfterStatus => p.stage == Stage::AfterStatus,
+                }
+        })
         .find(|p| pair_matches(p, text))
         .map(|p| (p.reason, p.name))
 }
@@ -1697,7 +1752,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
             crate::published::provider_reason(e.remote, &primary, rule_left_out).map(fragment)
         })
         .or_else(|| mta_primary.reason(Tier::Cause, rule_left_out).map(fragment))
-        .or_else(|| find_pair(&primary, true))
+        .or_else(|| find_pair(&primary, Stage::Early))
         .or_else(|| find_rule(RULES, &primary))
         .or_else(|| {
             mta_primary
@@ -1715,7 +1770,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .reason(Tier::Wrapper, rule_left_out)
                 .map(fragment)
         })
-        .or_else(|| find_pair(&primary, false))
+        .or_else(|| find_pair(&primary, Stage::Phrases))
         .or_else(|| {
             let delayed = e.action.is_some_and(|a| a.eq_ignore_ascii_case("delayed"));
             // A routing or network failure that lasted until the message was given up.
@@ -1741,6 +1796,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .and_then(reason_for_status)
                 .map(|r| (r, "status"))
         })
+        .or_else(|| find_pair(&primary, Stage::AfterStatus))
         .or_else(|| reason_for_reply_code(e.reply_code).map(|r| (r, "reply code")))
         .or_else(|| {
             mta_primary
