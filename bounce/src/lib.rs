@@ -176,6 +176,15 @@ mod tests {
             // (Sisimai's definition of "blocked": the client's address, host name or HELO).
             (501, None, "Invalid domain name", "EHLO", "blocked", false),
             (554, None, "No such user here", "CONNECT", "blocked", false),
+            // An "access denied" at connection time refuses the client itself.
+            (
+                554,
+                Some("5.7.1"),
+                "Access denied",
+                "CONNECT",
+                "blocked",
+                false,
+            ),
             (
                 452,
                 Some("4.2.2"),

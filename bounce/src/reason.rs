@@ -1828,7 +1828,11 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
         r,
         "userunknown" | "filtered" | "mailboxfull" | "hostunknown" | "suspend" | "hasmoved"
     );
-    if refused_client && (weakly_decided || r == "spamdetected" || about_recipient) {
+    // A refusal in security's general words ("Access denied") before any envelope refuses the
+    // client too.
+    if refused_client
+        && (weakly_decided || matches!(r, "spamdetected" | "securityerror") || about_recipient)
+    {
         // Refused before any envelope: the client itself is blocked.
         r = "blocked";
     } else if command == "MAIL" && matches!(r, "userunknown" | "onhold" | "filtered") {
