@@ -18,17 +18,18 @@ use mail_auth::common::verify::DomainKey;
 use mail_auth::dkim::Canonicalization;
 use mail_auth::{AuthenticatedMessage, MessageAuthenticator, ResolverCache, Txt};
 use std::borrow::Borrow;
-use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// How many verified triples a memo keeps (the oldest go first): a run's messages in flight,
-/// up to 900,000 (a million-message campaign is signed, and verified in batches, well before
-/// most of it is sent). Below half of a 2^21-slot table, so the set never grows past it
-/// (hashbrown reuses the slots of removed entries instead): at most about 36 MB for the set
-/// (17 bytes a slot) and 17 MB for the order.
-const KEPT: usize = 900_000;
+/// Where a memo keeps the verified triples: a table of 2^21 names of 16 bytes (32 MB, its
+/// pages taken as they are first written), in sets of four by a name's low bits. A name goes to
+/// a free place of its set, else in place of the set's oldest. A million-message campaign
+/// (scale-million's) fills about half of it, so its names stay until sent again after a
+/// temporary failure: the few sets it fills lose their oldest first.
+const SLOTS: usize = 1 << 21;
+const WAYS: usize = 4;
+const SETS: usize = SLOTS / WAYS;
 
 /// The (key record, signed-header hash, signature) triples verified so far.
 #[derive(Default)]
@@ -40,19 +41,52 @@ pub struct SignatureMemo {
 }
 
 /// Triples by the first 128 bits of their SHA-256 name ([`memo_key`]): a triple never
-/// verified is taken for one held with a chance of about 2^-108 per lookup (KEPT names of
-/// 128 bits).
+/// verified is taken for one held with a chance of about 2^-107 per lookup (2^21 names of
+/// 128 bits). 0 is a free place (a name of 0 is kept as 1).
 #[derive(Default)]
 struct Held {
-    set: HashSet<u128>,
-    order: VecDeque<u128>,
+    /// [`SLOTS`] names once the first is kept (empty until then).
+    slots: Vec<u128>,
+    /// Per set, the place the next name goes to when the set is full (its oldest).
+    next: Vec<u8>,
+}
+
+impl Held {
+    /// The places of `name`'s set.
+    fn set(name: u128) -> std::ops::Range<usize> {
+        let first = (name as usize % SETS) * WAYS;
+        first..first + WAYS
+    }
+
+    fn contains(&self, name: u128) -> bool {
+        !self.slots.is_empty() && self.slots[Self::set(name)].contains(&name)
+    }
+
+    fn insert(&mut self, name: u128) {
+        if self.slots.is_empty() {
+            self.slots = vec![0; SLOTS];
+            self.next = vec![0; SETS];
+        }
+        let places = Self::set(name);
+        let set = &mut self.slots[places.clone()];
+        if set.contains(&name) {
+            return;
+        }
+        if let Some(free) = set.iter_mut().find(|n| **n == 0) {
+            *free = name;
+            return;
+        }
+        let oldest = &mut self.next[places.start / WAYS];
+        set[usize::from(*oldest)] = name;
+        *oldest = (*oldest + 1) % WAYS as u8;
+    }
 }
 
 /// A triple's name as the memo holds it.
 fn short(key: &[u8; 32]) -> u128 {
     let mut first = [0u8; 16];
     first.copy_from_slice(&key[..16]);
-    u128::from_be_bytes(first)
+    u128::from_be_bytes(first).max(1)
 }
 
 impl SignatureMemo {
@@ -68,17 +102,7 @@ impl SignatureMemo {
     fn insert_all(&self, keys: impl IntoIterator<Item = [u8; 32]>) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
-            let key = short(&key);
-            if held.set.contains(&key) {
-                continue;
-            }
-            if held.order.len() >= KEPT
-                && let Some(old) = held.order.pop_front()
-            {
-                held.set.remove(&old);
-            }
-            held.set.insert(key);
-            held.order.push_back(key);
+            held.insert(short(&key));
         }
     }
 
@@ -96,7 +120,7 @@ impl SignatureMemo {
     /// Whether the triple was verified (not counted as a receiver's question).
     fn holds(&self, key: &[u8; 32]) -> bool {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.set.contains(&short(key))
+        held.contains(short(key))
     }
 
     /// How many verifications receivers asked the memo for, and how many it held.
@@ -417,7 +441,27 @@ impl Foreseer {
 
 #[cfg(test)]
 mod tests {
-    use super::ed25519_public;
+    use super::{Held, SETS, WAYS, ed25519_public};
+
+    /// Names of one set: a free place first, then the set's oldest name gives way; other
+    /// sets keep theirs; nothing unseen is held.
+    #[test]
+    fn a_full_set_gives_up_its_oldest_name() {
+        let mut held = Held::default();
+        assert!(!held.contains(7));
+        let same_set = |i: u128| 7 + i * SETS as u128;
+        for i in 0..WAYS as u128 {
+            held.insert(same_set(i));
+        }
+        held.insert(8);
+        held.insert(same_set(0));
+        assert!((0..WAYS as u128).all(|i| held.contains(same_set(i))));
+        held.insert(same_set(4));
+        held.insert(same_set(5));
+        assert!(!held.contains(same_set(0)) && !held.contains(same_set(1)));
+        assert!((2..6).all(|i| held.contains(same_set(i))));
+        assert!(held.contains(8) && !held.contains(9) && !held.contains(same_set(6)));
+    }
 
     /// A key record is read for a batch only in the plain form a run publishes: each tag
     /// once, in lower case, `k=ed25519`, a 32-byte `p=`.
