@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Where a memo keeps the verified triples: a table of 2^21 names of 16 bytes (32 MB, its
-/// pages taken as they are first written), in sets of four by a name's low bits. A name goes to
+/// pages taken as they are first written: names land anywhere, so some ten thousand of them
+/// touch most pages), in sets of four by a name's low bits. A name goes to
 /// a free place of its set, else in place of the set's oldest. A million-message campaign
 /// (scale-million's) fills about half of it, so its names stay until sent again after a
 /// temporary failure: the few sets it fills lose their oldest first.
