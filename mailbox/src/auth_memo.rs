@@ -60,10 +60,12 @@ impl Held {
     }
 
     fn contains(&self, name: u128) -> bool {
+        debug_assert_ne!(name, 0, "0 is a free place, not a name");
         !self.slots.is_empty() && self.slots[Self::set(name)].contains(&name)
     }
 
     fn insert(&mut self, name: u128) {
+        debug_assert_ne!(name, 0, "0 is a free place, not a name");
         if self.slots.is_empty() {
             self.slots = vec![0; SLOTS];
             self.next = vec![0; SETS];
@@ -442,26 +444,39 @@ impl Foreseer {
 
 #[cfg(test)]
 mod tests {
-    use super::{Held, SETS, WAYS, ed25519_public};
+    use super::{Held, SETS, WAYS, ed25519_public, short};
 
-    /// Names of one set: a free place first, then the set's oldest name gives way; other
-    /// sets keep theirs; nothing unseen is held.
+    /// Names of one set: a free place first, then the set's oldest name gives way, round and
+    /// round (more evictions than the set has places); the sets beside it, full too, keep
+    /// theirs and give up their own oldest; nothing unseen is held; a name of 0 is kept as 1.
     #[test]
     fn a_full_set_gives_up_its_oldest_name() {
         let mut held = Held::default();
         assert!(!held.contains(7));
-        let same_set = |i: u128| 7 + i * SETS as u128;
-        for i in 0..WAYS as u128 {
-            held.insert(same_set(i));
+        let in_set = |set: u128, i: u128| set + i * SETS as u128;
+        for set in [7, 8] {
+            for i in 0..WAYS as u128 {
+                held.insert(in_set(set, i));
+            }
         }
-        held.insert(8);
-        held.insert(same_set(0));
-        assert!((0..WAYS as u128).all(|i| held.contains(same_set(i))));
-        held.insert(same_set(4));
-        held.insert(same_set(5));
-        assert!(!held.contains(same_set(0)) && !held.contains(same_set(1)));
-        assert!((2..6).all(|i| held.contains(same_set(i))));
-        assert!(held.contains(8) && !held.contains(9) && !held.contains(same_set(6)));
+        held.insert(in_set(7, 0));
+        assert!(
+            (0..WAYS as u128).all(|i| held.contains(in_set(7, i)) && held.contains(in_set(8, i)))
+        );
+        // Eleven more names in set 7, interleaved with two in set 8.
+        for i in WAYS as u128..WAYS as u128 + 11 {
+            held.insert(in_set(7, i));
+            if i == 6 || i == 9 {
+                held.insert(in_set(8, i));
+            }
+        }
+        let last = WAYS as u128 + 11;
+        assert!((0..last - 4).all(|i| !held.contains(in_set(7, i))));
+        assert!((last - 4..last).all(|i| held.contains(in_set(7, i))));
+        assert!(!held.contains(in_set(8, 0)) && !held.contains(in_set(8, 1)));
+        assert!([2, 3, 6, 9].iter().all(|&i| held.contains(in_set(8, i))));
+        assert!(!held.contains(9) && !held.contains(in_set(7, last)));
+        assert_eq!(short(&[0; 32]), 1);
     }
 
     /// A key record is read for a batch only in the plain form a run publishes: each tag
