@@ -796,7 +796,6 @@ static PAIRS: &[Pair] = &[
         subjects: &["header"],
         predicates: &[
             "duplicate",
-            "duplicated",
             "multiple",
             "more than one",
             "repeated",
@@ -1258,19 +1257,11 @@ pub fn fires(unit: Unit, reason: &str, name: &str, text: &str) -> bool {
     family.any(|p| mentions(&text, p))
 }
 
-/// The first family (in table order) whose wording `text` has, of those read at `stage` (the
-/// phrase tables' stage reads the early ones too).
+/// The first family (in table order) whose wording `text` has, of those read at `stage`.
 fn find_pair(text: &str, stage: Stage) -> Option<(&'static str, &'static str)> {
     PAIRS
         .iter()
-        .filter(|p| {
-            !left_out(p.name)
-                && match stage {
-                    Stage::Early => p.stage == Stage::Early,
-                    Stage::Phrases => p.stage <= Stage::Phrases,
-                    Stage::AfterStatus => p.stage == Stage::AfterStatus,
-                }
-        })
+        .filter(|p| !left_out(p.name) && p.stage == stage)
         .find(|p| pair_matches(p, text))
         .map(|p| (p.reason, p.name))
 }
