@@ -24,7 +24,19 @@ fn stored_per_host(root: &Path) -> BTreeMap<String, Vec<PathBuf>> {
 #[test]
 fn the_quickstart_does_what_its_header_says() {
     let dir = tempfile::tempdir().unwrap();
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quickstart.toml");
+    // The quickstart as shipped, but for its wall-clock cap: 120 s is ample for a release build
+    // on an idle machine (about 20 s), not for this debug build beside the rest of the suite on
+    // two cores (once 135 s, 25 s alone). The messages' lifetime (300 s) stays, so a slow run
+    // still ends in the same verdicts or fails here.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quickstart.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    assert!(text.contains("\nrun_time_s_max = 120\n"));
+    let scenario = dir.path().join("quickstart.toml");
+    std::fs::write(
+        &scenario,
+        text.replace("\nrun_time_s_max = 120\n", "\nrun_time_s_max = 600\n"),
+    )
+    .unwrap();
     let run = dir.path().join("run");
     let out = Command::new(env!("CARGO_BIN_EXE_mailsim"))
         .arg("run")
