@@ -28,10 +28,10 @@ use tokio::sync::{Notify, watch};
 pub trait Connector: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
-    /// A message (as spooled, signed) about to be sent from the reverse path `from` over a
-    /// connection this connector made. A simulated network may start its receivers' work on
-    /// it early; what they answer must not depend on it. Sockets ignore it.
-    fn will_send(&self, _from: &str, _message: &[u8]) {}
+    /// A message (as spooled, signed) about to be sent from the reverse path `from` to `rcpt`
+    /// over a connection this connector made. A simulated network may start its receivers'
+    /// work on it early; what they answer must not depend on it. Sockets ignore it.
+    fn will_send(&self, _from: &str, _rcpt: &str, _message: &[u8]) {}
     /// How many messages ahead [`Connector::will_send`] wants too: as a message is taken, the
     /// next ones ready for the destination (they may go out on other connections).
     fn looks_ahead(&self) -> usize {
@@ -773,14 +773,14 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         if n == 0 {
             return;
         }
-        let next: Vec<(u64, String, crate::spool::SpoolRef)> = {
+        let next: Vec<(u64, String, String, crate::spool::SpoolRef)> = {
             let st = self.inner.state.lock().expect("mta state");
             st.queue
                 .peek_ready(domain, transactional, n)
-                .map(|e| (e.id, e.from.clone(), e.spool))
+                .map(|e| (e.id, e.from.clone(), e.rcpt.clone(), e.spool))
                 .collect()
         };
-        for (id, from, spool) in next {
+        for (id, from, rcpt, spool) in next {
             if self
                 .inner
                 .read_ahead
@@ -792,7 +792,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 continue;
             }
             if let Ok(body) = self.inner.spool.read(&spool) {
-                self.inner.connector.will_send(&from, &body);
+                self.inner.connector.will_send(&from, &rcpt, &body);
                 let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
                 if kept.len() >= READ_AHEAD_MAX {
                     kept.pop_front();
@@ -1053,7 +1053,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 Some(b) => b,
                 None => match inner.spool.read(&entry.spool) {
                     Ok(b) => {
-                        inner.connector.will_send(&entry.from, &b);
+                        inner.connector.will_send(&entry.from, &entry.rcpt, &b);
                         b
                     }
                     Err(e) => {

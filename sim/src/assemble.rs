@@ -200,6 +200,9 @@ pub async fn assemble<E: Env>(
         .cloned()
         .collect();
     let servers = FleetServers::build(&hosts, &fleet).map_err(anyhow::Error::msg)?;
+    if let Some(f) = &fleet.foresight {
+        f.expect_refusals(servers.refusals());
+    }
     let fleet_port = env.start_fleet(&servers, plan.fleet_port).await?;
     let mut sts_port = 443;
     if !world.sts.is_empty() {

@@ -385,6 +385,7 @@ impl Env for VirtualEnv {
                 taken_back = hits.taken_back,
                 inline = hits.inline,
                 dropped = hits.dropped,
+                refused = hits.refused,
                 signatures_asked = asked,
                 signatures_ahead = taken,
                 "receivers' work done ahead"

@@ -13,6 +13,7 @@ use mailsim_mailbox::auth::Verifier;
 use mailsim_mailbox::store::Maildir;
 use mailsim_smtp::Reply;
 use mailsim_smtp::server::{Backend, Server, ServerConfig, SessionInfo, Transaction};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -516,6 +517,32 @@ impl FleetServers {
             })
             .collect::<Result<_, String>>()?;
         Ok(FleetServers { servers })
+    }
+
+    /// Whether every live host of a recipient's domain will surely refuse it at RCPT now
+    /// ([`ReceiverPolicy::rcpt_refused_surely`]), for the work done ahead. Holds the hosts
+    /// weakly (they hold the thread doing that work).
+    pub fn refusals(&self) -> crate::foresight::Refusals {
+        let mut by_domain: HashMap<String, Vec<std::sync::Weak<HostBackend>>> = HashMap::new();
+        for (plan, server) in &self.servers {
+            by_domain
+                .entry(plan.domain.to_ascii_lowercase())
+                .or_default()
+                .push(Arc::downgrade(server.backend()));
+        }
+        Arc::new(move |ip, mail_from, rcpt| {
+            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+            by_domain
+                .get(&domain.to_ascii_lowercase())
+                .is_some_and(|hosts| {
+                    hosts.iter().all(|h| {
+                        h.upgrade().is_some_and(|h| {
+                            let now = h.now();
+                            h.policy().rcpt_refused_surely(now, ip, mail_from, rcpt)
+                        })
+                    })
+                })
+        })
     }
 }
 

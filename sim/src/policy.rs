@@ -69,6 +69,11 @@ struct State {
     data_attempts: u64,
 }
 
+/// A greylisting triplet: the client's address, the reverse path, the recipient.
+fn greylist_triplet(ip: &str, mail_from: &str, lower_rcpt: &str) -> String {
+    format!("{ip}|{}|{lower_rcpt}", mail_from.to_ascii_lowercase())
+}
+
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
@@ -201,36 +206,31 @@ impl ReceiverPolicy {
             }
         }
         let b = &self.behaviour;
-        if b.unknown_list.contains(local) || chance(b.seed, &lower, b.unknown_percent) {
+        if self.unknown(local, &lower) {
             if let Some(d) = &b.deliverability {
                 let mut provider = d.provider.lock().unwrap_or_else(|p| p.into_inner());
                 provider.unknown_user(elapsed, &ip, domain_of(mail_from));
             }
             return Verdict::Refuse(fill(&b.replies.unknown_user, &vars));
         }
-        if let Some(full) = b.mailbox_full.as_ref().and_then(|m| m.active(elapsed))
-            && chance(b.seed, &format!("full:{lower}"), full.percent)
-        {
-            let reply = if full.permanent {
+        if let Some(permanent) = self.full(elapsed, &lower) {
+            let reply = if permanent {
                 &b.replies.mailbox_full_permanent
             } else {
                 &b.replies.mailbox_full
             };
             return Verdict::Refuse(fill(reply, &vars));
         }
-        if let Some(grey) = b.greylist.as_ref().and_then(|g| g.active(elapsed)) {
-            let triplet = format!("{ip}|{}|{lower}", mail_from.to_ascii_lowercase());
-            let window_ms = grey.window_s * 1000;
+        if let Some(window_ms) = self.greylist_window_ms(elapsed) {
+            let triplet = greylist_triplet(&ip, mail_from, &lower);
             let first = *self.state.greylist.entry(triplet).or_insert(now.ms);
             if now.ms < first + window_ms {
                 return Verdict::Refuse(fill(&self.behaviour.replies.greylisted, &vars));
             }
         }
-        let b = &self.behaviour;
-        if let Some(t) = b.tempfail.as_ref().and_then(|t| t.active(elapsed)) {
-            let (seed, percent) = (b.seed, t.percent);
+        if let Some(percent) = self.tempfail_percent(elapsed) {
             let n = self.attempt(&lower);
-            if chance(seed, &format!("{lower}#{n}"), percent) {
+            if self.tempfail_draw(&lower, n, percent) {
                 return Verdict::Refuse(fill(&self.behaviour.replies.tempfail, &vars));
             }
         }
@@ -260,6 +260,68 @@ impl ReceiverPolicy {
             }
         }
         Verdict::Accept(Reply::new(250, (2, 1, 5), "recipient OK"))
+    }
+
+    /// Whether RCPT TO `rcpt` in a transaction from `mail_from` would be refused now, judged
+    /// from the rules that draw nothing on the way and without changing any state: the address,
+    /// unknown users, full mailboxes, greylisting, temporary failures (the next attempt's draw).
+    /// False where it is not sure (a rate limit, drops or a provider's admission may still
+    /// refuse). A guess for work done ahead ([`crate::foresight`]), never a verdict: the
+    /// recipient's own RCPT is judged by [`ReceiverPolicy::rcpt`].
+    pub fn rcpt_refused_surely(&self, now: Now, peer: IpAddr, mail_from: &str, rcpt: &str) -> bool {
+        let lower = rcpt.to_ascii_lowercase();
+        let Some((local, domain)) = lower.rsplit_once('@') else {
+            return true;
+        };
+        let elapsed = now.elapsed_ms;
+        if domain != self.domain
+            || self.unknown(local, &lower)
+            || self.full(elapsed, &lower).is_some()
+        {
+            return true;
+        }
+        if let Some(window_ms) = self.greylist_window_ms(elapsed) {
+            let triplet = greylist_triplet(&peer.to_string(), mail_from, &lower);
+            match self.state.greylist.get(&triplet) {
+                None => return true,
+                Some(first) if now.ms < first + window_ms => return true,
+                Some(_) => {}
+            }
+        }
+        self.tempfail_percent(elapsed).is_some_and(|percent| {
+            let n = self.state.attempts.get(&lower).copied().unwrap_or(0) + 1;
+            self.tempfail_draw(&lower, n, percent)
+        })
+    }
+
+    /// Is `lower` (`local` at this host's domain) an address the host does not know?
+    fn unknown(&self, local: &str, lower: &str) -> bool {
+        let b = &self.behaviour;
+        b.unknown_list.contains(local) || chance(b.seed, lower, b.unknown_percent)
+    }
+
+    /// Is `lower`'s mailbox full at scenario time `elapsed` (and for good: `Some(true)`)?
+    fn full(&self, elapsed: u64, lower: &str) -> Option<bool> {
+        let b = &self.behaviour;
+        let full = b.mailbox_full.as_ref().and_then(|m| m.active(elapsed))?;
+        chance(b.seed, &format!("full:{lower}"), full.percent).then_some(full.permanent)
+    }
+
+    /// The greylisting window, when the host greylists at scenario time `elapsed`.
+    fn greylist_window_ms(&self, elapsed: u64) -> Option<u64> {
+        let grey = self.behaviour.greylist.as_ref()?.active(elapsed)?;
+        Some(grey.window_s * 1000)
+    }
+
+    /// The share of RCPT attempts answered with a temporary failure at scenario time `elapsed`.
+    fn tempfail_percent(&self, elapsed: u64) -> Option<f64> {
+        let t = self.behaviour.tempfail.as_ref()?.active(elapsed)?;
+        Some(t.percent)
+    }
+
+    /// Whether the `n`-th attempt (1-based) for `lower` draws a temporary failure.
+    fn tempfail_draw(&self, lower: &str, n: u32, percent: f64) -> bool {
+        chance(self.behaviour.seed, &format!("{lower}#{n}"), percent)
     }
 
     /// The message, before it is verified: a drop during DATA, or the content filter.
@@ -462,6 +524,51 @@ mod tests {
         assert_eq!(code(&p.rcpt(at(300), PEER, "a@s.test", "u@g.test")), 250);
         // Another sender is another triplet.
         assert_eq!(code(&p.rcpt(at(300), PEER, "b@s.test", "u@g.test")), 451);
+    }
+
+    /// The guess made for work done ahead is the verdict the rules then give, attempt after
+    /// attempt, for every rule it reads (each drawing for its own share of recipients), and it
+    /// changes nothing: a policy asked before every RCPT answers as one never asked.
+    #[test]
+    fn a_sure_refusal_is_the_refusal_that_follows() {
+        let domain = "[[domain]]\nname = \"m.test\"\ngreylist = { window_s = 300 }\nmailbox_full = { percent = 5 }\nunknown_users = { percent = 5, list = [\"gone\"] }\ntempfail = { percent = 20 }";
+        let (mut asked, mut alone) = (policy(domain, "m.test"), policy(domain, "m.test"));
+        let rcpts: Vec<String> = (0..400)
+            .map(|i| format!("u{i}@m.test"))
+            .chain([
+                "gone@m.test".into(),
+                "x@elsewhere.test".into(),
+                "nodomain".into(),
+            ])
+            .collect();
+        let (mut refused, mut accepted) = (0, 0);
+        let mut kinds = std::collections::BTreeSet::new();
+        for t in [0, 100, 299, 300, 301, 900, 4000, 4001] {
+            for (i, rcpt) in rcpts.iter().enumerate() {
+                let from = if i % 7 == 0 { "b@s.test" } else { "a@s.test" };
+                let guess = asked.rcpt_refused_surely(at(t), PEER, from, rcpt);
+                let verdict = asked.rcpt(at(t), PEER, from, rcpt);
+                assert_eq!(
+                    verdict,
+                    alone.rcpt(at(t), PEER, from, rcpt),
+                    "{rcpt} at {t} s"
+                );
+                let is_refused = matches!(verdict, Verdict::Refuse(_));
+                assert_eq!(guess, is_refused, "{rcpt} at {t} s: {verdict:?}");
+                if let Verdict::Refuse(r) = &verdict {
+                    kinds.insert((r.code, r.enhanced.clone()));
+                }
+                refused += usize::from(is_refused);
+                accepted += usize::from(!is_refused);
+            }
+        }
+        // Every rule had its turn: the address, unknown and full mailboxes, greylisting and
+        // temporary failures, each its own reply.
+        assert_eq!(kinds.len(), 6, "{kinds:?}");
+        assert!(
+            accepted > 1000 && refused > 1000,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     #[test]

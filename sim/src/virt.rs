@@ -86,9 +86,9 @@ impl VirtualNet {
 impl Connector for VirtualNet {
     type Stream = DuplexStream;
 
-    fn will_send(&self, from: &str, message: &[u8]) {
+    fn will_send(&self, from: &str, rcpt: &str, message: &[u8]) {
         if let Some(f) = &self.foresight {
-            f.submit(self.client_ip, from, message);
+            f.submit(self.client_ip, from, rcpt, message);
         }
     }
 
