@@ -282,10 +282,10 @@ impl ReceiverPolicy {
         }
         if let Some(window_ms) = self.greylist_window_ms(elapsed) {
             let triplet = greylist_triplet(&peer.to_string(), mail_from, &lower);
-            match self.state.greylist.get(&triplet) {
-                None => return true,
-                Some(first) if now.ms < first + window_ms => return true,
-                Some(_) => {}
+            // As `rcpt` would: a new triplet is first seen now.
+            let first = self.state.greylist.get(&triplet).copied().unwrap_or(now.ms);
+            if now.ms < first + window_ms {
+                return true;
             }
         }
         self.tempfail_percent(elapsed).is_some_and(|percent| {
@@ -508,6 +508,7 @@ mod tests {
     }
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
     #[test]
     fn greylisting_refuses_a_new_triplet_until_its_window_has_passed() {
@@ -534,7 +535,10 @@ mod tests {
         let domain = "[[domain]]\nname = \"m.test\"\ngreylist = { window_s = 300 }\nmailbox_full = { percent = 5 }\nunknown_users = { percent = 5, list = [\"gone\"] }\ntempfail = { percent = 20 }";
         let (mut asked, mut alone) = (policy(domain, "m.test"), policy(domain, "m.test"));
         let rcpts: Vec<String> = (0..400)
-            .map(|i| format!("u{i}@m.test"))
+            .map(|i| match i % 3 {
+                0 => format!("U{i}@M.test"),
+                _ => format!("u{i}@m.test"),
+            })
             .chain([
                 "gone@m.test".into(),
                 "x@elsewhere.test".into(),
@@ -545,12 +549,19 @@ mod tests {
         let mut kinds = std::collections::BTreeSet::new();
         for t in [0, 100, 299, 300, 301, 900, 4000, 4001] {
             for (i, rcpt) in rcpts.iter().enumerate() {
-                let from = if i % 7 == 0 { "b@s.test" } else { "a@s.test" };
-                let guess = asked.rcpt_refused_surely(at(t), PEER, from, rcpt);
-                let verdict = asked.rcpt(at(t), PEER, from, rcpt);
+                // Triplets that differ by sender or by client address alone, now and then.
+                let k = i + t as usize;
+                let from = if k.is_multiple_of(7) {
+                    "b@s.test"
+                } else {
+                    "a@s.test"
+                };
+                let peer = if k.is_multiple_of(11) { OTHER } else { PEER };
+                let guess = asked.rcpt_refused_surely(at(t), peer, from, rcpt);
+                let verdict = asked.rcpt(at(t), peer, from, rcpt);
                 assert_eq!(
                     verdict,
-                    alone.rcpt(at(t), PEER, from, rcpt),
+                    alone.rcpt(at(t), peer, from, rcpt),
                     "{rcpt} at {t} s"
                 );
                 let is_refused = matches!(verdict, Verdict::Refuse(_));
@@ -569,6 +580,23 @@ mod tests {
             accepted > 1000 && refused > 1000,
             "{accepted} accepted, {refused} refused"
         );
+        // A window of nothing lets a new triplet through at once; a rate limit is never guessed.
+        let mut open = policy(
+            "[[domain]]\nname = \"z.test\"\ngreylist = { window_s = 0 }",
+            "z.test",
+        );
+        assert!(!open.rcpt_refused_surely(at(0), PEER, "a@s.test", "u@z.test"));
+        assert_eq!(code(&open.rcpt(at(0), PEER, "a@s.test", "u@z.test")), 250);
+        let mut limited = policy(
+            "[[domain]]\nname = \"r.test\"\nrate_limit = { messages_per_s = 1.0, burst = 1.0 }",
+            "r.test",
+        );
+        assert_eq!(
+            code(&limited.rcpt(at(0), PEER, "a@s.test", "u1@r.test")),
+            250
+        );
+        assert!(!limited.rcpt_refused_surely(at(0), PEER, "a@s.test", "u2@r.test"));
+        assert!(code(&limited.rcpt(at(0), PEER, "a@s.test", "u2@r.test")) >= 400);
     }
 
     #[test]
