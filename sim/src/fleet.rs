@@ -531,9 +531,8 @@ impl FleetServers {
                 .push(Arc::downgrade(server.backend()));
         }
         Arc::new(move |ip, mail_from, rcpt| {
-            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
             by_domain
-                .get(&domain.to_ascii_lowercase())
+                .get(&crate::policy::domain_of(rcpt).to_ascii_lowercase())
                 .is_some_and(|hosts| {
                     hosts.iter().all(|h| {
                         h.upgrade().is_some_and(|h| {

@@ -74,7 +74,8 @@ fn greylist_triplet(ip: &str, mail_from: &str, lower_rcpt: &str) -> String {
     format!("{ip}|{}|{lower_rcpt}", mail_from.to_ascii_lowercase())
 }
 
-fn domain_of(address: &str) -> &str {
+/// The domain of an address (after its last `@`; empty without one).
+pub(crate) fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
