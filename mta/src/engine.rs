@@ -12,7 +12,7 @@ use crate::sts::{Mode as StsMode, Policy as StsPolicy};
 use crate::suppression::Suppression;
 use mailsim_events::{Clock, Event, EventSink, Record, SmtpReply};
 use mailsim_smtp::Reply;
-use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts, StartTls};
+use mailsim_smtp::client::{ClientError, EnvelopeHead, SmtpClient, SmtpTimeouts, StartTls};
 use mailsim_smtp::tls::{ClientTls, MaybeTls};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -32,6 +32,12 @@ pub trait Connector: Send + Sync + 'static {
     /// over a connection this connector made. A simulated network may start its receivers'
     /// work on it early; what they answer must not depend on it. Sockets ignore it.
     fn will_send(&self, _from: &str, _rcpt: &str, _message: &[u8]) {}
+    /// Whether the receiver of `rcpt` will surely refuse it at RCPT (a simulated network's
+    /// foresight). Such a message is not read ahead of its turn nor handed over with
+    /// [`Connector::will_send`]; what is sent never depends on it. Sockets cannot know: false.
+    fn will_refuse(&self, _from: &str, _rcpt: &str) -> bool {
+        false
+    }
     /// How many messages ahead [`Connector::will_send`] wants too: as a message is taken, the
     /// next ones ready for the destination (they may go out on other connections).
     fn looks_ahead(&self) -> usize {
@@ -222,8 +228,9 @@ struct Inner<R, C> {
     sts_lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bodies read from the spool for [`Connector::will_send`] ahead of their turn, by queue
     /// id, oldest first: the session that takes the entry sends them without reading the spool
-    /// again. At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise is forgotten).
-    read_ahead: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    /// again; None for an entry whose receiver will refuse it ([`Connector::will_refuse`]),
+    /// not read. At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise is forgotten).
+    read_ahead: Mutex<VecDeque<(u64, Option<Vec<u8>>)>>,
     /// Told of the Ed25519 signatures made (a virtual run's fleet verifies them ahead).
     witness: std::sync::OnceLock<Arc<dyn SignatureWitness>>,
 }
@@ -791,19 +798,26 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             {
                 continue;
             }
-            if let Ok(body) = self.inner.spool.read(&spool) {
+            let body = if self.inner.connector.will_refuse(&from, &rcpt) {
+                None
+            } else {
+                let Ok(body) = self.inner.spool.read(&spool) else {
+                    continue;
+                };
                 self.inner.connector.will_send(&from, &rcpt, &body);
-                let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
-                if kept.len() >= READ_AHEAD_MAX {
-                    kept.pop_front();
-                }
-                kept.push_back((id, body));
+                Some(body)
+            };
+            let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
+            if kept.len() >= READ_AHEAD_MAX {
+                kept.pop_front();
             }
+            kept.push_back((id, body));
         }
     }
 
-    /// The body of queue entry `id` if it was read ahead of its turn (forgotten as taken).
-    fn taken_ahead(&self, id: u64) -> Option<Vec<u8>> {
+    /// The body of queue entry `id` if it was read ahead of its turn (forgotten as taken);
+    /// Some(None) if it was left unread, its receiver surely refusing it.
+    fn taken_ahead(&self, id: u64) -> Option<Option<Vec<u8>>> {
         let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
         let at = kept.iter().position(|(at, _)| *at == id)?;
         kept.remove(at).map(|(_, body)| body)
@@ -1048,13 +1062,15 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             let Some(entry) = self.take(domain, transactional) else {
                 break;
             };
-            // A body read ahead was handed over then; any other is read and handed over now.
+            // A body read ahead was handed over then; any other is read and handed over now,
+            // unless its receiver will surely refuse it: then it is read only if asked for.
             let body = match self.taken_ahead(entry.id) {
-                Some(b) => b,
+                Some(ahead) => ahead,
+                None if inner.connector.will_refuse(&entry.from, &entry.rcpt) => None,
                 None => match inner.spool.read(&entry.spool) {
                     Ok(b) => {
                         inner.connector.will_send(&entry.from, &entry.rcpt, &b);
-                        b
+                        Some(b)
                     }
                     Err(e) => {
                         self.settle(
@@ -1070,12 +1086,20 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 },
             };
             self.read_next(domain, transactional);
-            let env = Envelope {
+            let env = EnvelopeHead {
                 from: &entry.from,
                 rcpt: &entry.rcpt,
-                body: &body,
+                size: entry.spool.len as usize,
             };
-            match client.transaction(&env).await {
+            let spool = &inner.spool;
+            let spooled = entry.spool;
+            let message = move || match body {
+                Some(b) => Ok(b),
+                None => spool
+                    .read(&spooled)
+                    .map_err(|e| io::Error::new(e.source.kind(), e.to_string())),
+            };
+            match client.transaction_reading(&env, message).await {
                 Ok(outcome) => {
                     // The reply that decided the attempt (the intermediate 250s and 354 add
                     // nothing the outcome does not say).
@@ -1116,10 +1140,21 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     }
                 }
                 Err(e) => {
+                    // A spool failing in the middle of DATA ends the connection too, but says
+                    // nothing of the destination.
+                    let (reason, end) = match &e {
+                        ClientError::Message(source) => {
+                            (format!("spool: {source}"), SessionEnd::Other)
+                        }
+                        _ => (
+                            format!("connection: {e}"),
+                            SessionEnd::Lost(format!("connection lost: {e}")),
+                        ),
+                    };
                     self.settle(
                         entry,
                         Fate::Temp {
-                            reason: format!("connection: {e}"),
+                            reason,
                             reply: None,
                         },
                         &mx,
@@ -1128,7 +1163,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         conn,
                         messages: sent,
                     });
-                    return SessionEnd::Lost(format!("connection lost: {e}"));
+                    return end;
                 }
             }
         }

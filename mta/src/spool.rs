@@ -391,7 +391,8 @@ impl Spool {
 
     /// Read one body. The lock is held only to find the segment, not for the read.
     pub fn read(&self, r: &SpoolRef) -> Result<Vec<u8>, SpoolError> {
-        let path = self.segment_path(r.segment);
+        // The path is named only in an error (making it costs an allocation per read).
+        let path = || self.segment_path(r.segment);
         let data = self
             .state
             .lock()
@@ -401,7 +402,7 @@ impl Spool {
             .map(|seg| seg.data.clone());
         match data {
             None => Err(SpoolError {
-                path,
+                path: path(),
                 source: io::Error::new(io::ErrorKind::NotFound, "segment released"),
             }),
             Some(Data::Writing(bytes)) => usize::try_from(r.offset)
@@ -409,13 +410,16 @@ impl Spool {
                 .and_then(|at| bytes.get(at..at.checked_add(r.len as usize)?))
                 .map(<[u8]>::to_vec)
                 .ok_or_else(|| SpoolError {
-                    path,
+                    path: path(),
                     source: io::Error::new(io::ErrorKind::UnexpectedEof, "past the segment's end"),
                 }),
             Some(Data::File(file)) => {
                 let mut buf = vec![0u8; r.len as usize];
                 file.read_exact_at(&mut buf, r.offset)
-                    .map_err(|source| SpoolError { path, source })?;
+                    .map_err(|source| SpoolError {
+                        path: path(),
+                        source,
+                    })?;
                 Ok(buf)
             }
         }

@@ -86,10 +86,16 @@ impl VirtualNet {
 impl Connector for VirtualNet {
     type Stream = DuplexStream;
 
-    fn will_send(&self, from: &str, rcpt: &str, message: &[u8]) {
+    fn will_send(&self, from: &str, _rcpt: &str, message: &[u8]) {
         if let Some(f) = &self.foresight {
-            f.submit(self.client_ip, from, rcpt, message);
+            f.submit(self.client_ip, from, message);
         }
+    }
+
+    fn will_refuse(&self, from: &str, rcpt: &str) -> bool {
+        self.foresight
+            .as_ref()
+            .is_some_and(|f| f.refuses(self.client_ip, from, rcpt))
     }
 
     /// One: the foresight thread gets each message as the one before it for the same

@@ -50,6 +50,10 @@ pub enum ClientError {
     /// The TLS handshake after STARTTLS failed (the connection is unusable).
     #[error("STARTTLS: handshake failed: {0}")]
     Tls(String),
+    /// The message could not be read when the server asked for it (after its 354): the
+    /// connection is in the middle of DATA and unusable.
+    #[error("DATA: the message could not be read: {0}")]
+    Message(std::io::Error),
 }
 
 /// What the server said it supports in its EHLO reply.
@@ -122,6 +126,15 @@ pub struct Envelope<'a> {
     pub body: &'a [u8],
 }
 
+/// An envelope whose message is asked for only once the server takes it (354 with the
+/// recipient accepted): [`SmtpClient::transaction_reading`].
+pub struct EnvelopeHead<'a> {
+    pub from: &'a str,
+    pub rcpt: &'a str,
+    /// The message's size in bytes (the SIZE parameter of MAIL, RFC 1870).
+    pub size: usize,
+}
+
 /// How one transaction ended for its recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransactionOutcome {
@@ -150,6 +163,8 @@ pub enum Step {
     Send { phase: &'static str, wait: Wait },
     /// Read one reply for `phase`, then give it to [`ClientTransaction::reply`].
     Read { phase: &'static str, wait: Wait },
+    /// The server takes the message: give it to [`ClientTransaction::message`].
+    Message,
     /// The transaction is over.
     Done(TransactionOutcome),
 }
@@ -166,6 +181,8 @@ enum State {
     /// "." for a message nobody can receive (the server said 354 anyway), and its reply.
     SendEmpty,
     ReadEmpty,
+    /// Waiting for the message from the driver.
+    Message,
     SendBody,
     ReadEnd,
     /// RSET after a failure; then the outcome kept in `after_rset`.
@@ -177,8 +194,7 @@ enum State {
 /// One mail transaction for one recipient, sans-IO: replies in, commands and the outcome out.
 /// With PIPELINING, MAIL, RCPT and DATA go in one write (RFC 2920); without, one at a time.
 /// [`SmtpClient::transaction`] drives it over a stream.
-pub struct ClientTransaction<'a> {
-    body: &'a [u8],
+pub struct ClientTransaction {
     rcpt_cmd: String,
     pipelining: bool,
     state: State,
@@ -193,12 +209,13 @@ fn ok(r: &Option<Reply>) -> bool {
     r.as_ref().is_some_and(|r| r.code / 100 == 2)
 }
 
-impl<'a> ClientTransaction<'a> {
+impl ClientTransaction {
     /// A transaction for `env` to a server with `caps`; its first commands are appended to
-    /// `out` and the first step returned.
-    pub fn new(env: &Envelope<'a>, caps: &Capabilities, out: &mut Vec<u8>) -> (Self, Step) {
+    /// `out` and the first step returned. The message itself is asked for with
+    /// [`Step::Message`] when the server takes it.
+    pub fn new(env: &EnvelopeHead<'_>, caps: &Capabilities, out: &mut Vec<u8>) -> (Self, Step) {
         let size = match caps.size_bytes_max {
-            Some(_) => format!(" SIZE={}", env.body.len()),
+            Some(_) => format!(" SIZE={}", env.size),
             None => String::new(),
         };
         let rcpt_cmd = format!("RCPT TO:<{}>\r\n", env.rcpt);
@@ -208,7 +225,6 @@ impl<'a> ClientTransaction<'a> {
             out.extend_from_slice(b"DATA\r\n");
         }
         let t = ClientTransaction {
-            body: env.body,
             rcpt_cmd,
             pipelining: caps.pipelining,
             state: State::SendMail,
@@ -376,7 +392,19 @@ impl<'a> ClientTransaction<'a> {
         if data.code != 354 {
             return self.reset_unless_closing(data, "DATA", out);
         }
-        dot_stuff(self.body, out);
+        self.state = State::Message;
+        Step::Message
+    }
+
+    /// The message the server asked for ([`Step::Message`]), appended to `out` dot-stuffed and
+    /// ended with "." (RFC 5321 section 4.5.2).
+    pub fn message(&mut self, body: &[u8], out: &mut Vec<u8>) -> Step {
+        assert_eq!(
+            self.state,
+            State::Message,
+            "message() when none was asked for"
+        );
+        dot_stuff(body, out);
         self.state = State::SendBody;
         send("DATA", Wait::Data)
     }
@@ -541,6 +569,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         &mut self,
         env: &Envelope<'_>,
     ) -> Result<TransactionOutcome, ClientError> {
+        let head = EnvelopeHead {
+            from: env.from,
+            rcpt: env.rcpt,
+            size: env.body.len(),
+        };
+        self.transaction_reading(&head, || Ok(env.body)).await
+    }
+
+    /// [`SmtpClient::transaction`] with the message read by `message` only if the server takes
+    /// it (most refused recipients never cost a read). A failed read ends the transaction with
+    /// [`ClientError::Message`] in the middle of DATA: the connection is then unusable.
+    pub async fn transaction_reading<B: AsRef<[u8]>>(
+        &mut self,
+        env: &EnvelopeHead<'_>,
+        message: impl FnOnce() -> std::io::Result<B>,
+    ) -> Result<TransactionOutcome, ClientError> {
+        let mut message = Some(message);
         let t = self.timeouts;
         let limit = |wait| match wait {
             Wait::Command => t.command,
@@ -556,6 +601,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
                 Step::Read { phase, wait } => match self.read_reply(phase, limit(wait)).await {
                     Ok(reply) => Ok(tx.reply(reply, &mut self.outbuf)),
                     Err(e) => Err(e),
+                },
+                Step::Message => match message.take().map(|read| read()) {
+                    Some(Ok(body)) => Ok(tx.message(body.as_ref(), &mut self.outbuf)),
+                    Some(Err(e)) => Err(ClientError::Message(e)),
+                    None => Err(ClientError::Message(std::io::Error::other(
+                        "the message was asked for twice",
+                    ))),
                 },
             };
             step = match next {
@@ -660,10 +712,11 @@ mod tests {
         }
     }
 
-    const ENV: Envelope<'static> = Envelope {
+    const BODY: &[u8] = b".dot\r\n";
+    const ENV: EnvelopeHead<'static> = EnvelopeHead {
         from: "a@s.test",
         rcpt: "b@r.test",
-        body: b".dot\r\n",
+        size: BODY.len(),
     };
 
     /// With PIPELINING: the envelope in one write, the replies in order, the message stuffed.
@@ -686,8 +739,11 @@ mod tests {
             t.reply(r(250), &mut out),
             Step::Read { phase: "DATA", .. }
         ));
+        // The message is asked for only now that the server takes it.
+        assert!(matches!(t.reply(r(354), &mut out), Step::Message));
+        assert!(out.is_empty());
         assert!(matches!(
-            t.reply(r(354), &mut out),
+            t.message(BODY, &mut out),
             Step::Send {
                 phase: "DATA",
                 wait: Wait::Data
@@ -756,6 +812,70 @@ mod tests {
         t.reply(r(250), &mut out);
         t.reply(r(250), &mut out);
         assert!(t.failed(ClientError::Closed { phase: "DATA" }).is_err());
+    }
+
+    /// The driver reads the message only for a recipient the server took, and a message that
+    /// cannot be read then is an error of its own.
+    #[tokio::test]
+    async fn the_message_is_read_only_when_the_server_takes_it() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        // A pipelining server refusing the first recipient, taking the second and third.
+        let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let (r, mut w) = tokio::io::split(server_end);
+            let mut lines = BufReader::new(r).lines();
+            let (mut rcpts, mut in_data) = (0, false);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply: &[u8] = if in_data {
+                    if line != "." {
+                        continue;
+                    }
+                    in_data = false;
+                    b"250 2.0.0 queued\r\n"
+                } else if line.starts_with("RCPT") {
+                    rcpts += 1;
+                    if rcpts == 1 {
+                        b"550 5.1.1 no such user\r\n"
+                    } else {
+                        b"250 2.1.5 ok\r\n"
+                    }
+                } else if line == "DATA" {
+                    if rcpts == 1 {
+                        b"554 5.5.1 no valid recipients\r\n"
+                    } else {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    }
+                } else {
+                    b"250 2.0.0 ok\r\n"
+                };
+                if w.write_all(reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = SmtpClient::new(client_end, SmtpTimeouts::default());
+        client.caps = caps(true);
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            Ok(BODY)
+        };
+        let o = client.transaction_reading(&ENV, read).await.unwrap();
+        assert_eq!((o.decisive.code, reads.get()), (550, 0));
+        let o = client.transaction_reading(&ENV, read).await.unwrap();
+        assert_eq!((o.decisive.code, reads.get()), (250, 1));
+        let failed = client
+            .transaction_reading(&ENV, || -> std::io::Result<&[u8]> {
+                Err(std::io::Error::other("spool segment gone"))
+            })
+            .await;
+        match failed {
+            Err(ClientError::Message(e)) => assert!(e.to_string().contains("segment gone")),
+            other => panic!("{other:?}"),
+        }
+        drop(client);
+        server.await.unwrap();
     }
 
     #[test]
