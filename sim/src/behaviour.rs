@@ -506,13 +506,71 @@ impl Behaviour {
 }
 
 /// Fill `{rcpt}`, `{ip}`, `{domain}`, `{score}` in a reply text.
+/// Each variable in turn, as `text.replace("{name}", value)` would, without the pattern's
+/// allocation (a refusal is filled on every refused RCPT).
 pub fn fill(reply: &Reply, vars: &[(&str, &str)]) -> Reply {
     let mut text = reply.text.clone();
     for (k, v) in vars {
-        text = text.replace(&format!("{{{k}}}"), v);
+        if let Some(filled) = replace_var(&text, k, v) {
+            text = filled;
+        }
     }
     Reply {
+        code: reply.code,
+        enhanced: reply.enhanced.clone(),
         text,
-        ..reply.clone()
+    }
+}
+
+/// `text` with every `{name}` replaced by `value` (left to right, not overlapping); None
+/// when there is none.
+fn replace_var(text: &str, name: &str, value: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    let (mut copied, mut from) = (0, 0);
+    while let Some(off) = text[from..].find('{') {
+        let at = from + off;
+        let after = &text[at + 1..];
+        if after.starts_with(name) && after[name.len()..].starts_with('}') {
+            let o = out.get_or_insert_with(|| String::with_capacity(text.len() + value.len()));
+            o.push_str(&text[copied..at]);
+            o.push_str(value);
+            copied = at + name.len() + 2;
+            from = copied;
+        } else {
+            from = at + 1;
+        }
+    }
+    out.map(|mut o| {
+        o.push_str(&text[copied..]);
+        o
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fill` is `str::replace` of each `{name}` in turn, on texts made to trip a scanner.
+    #[test]
+    fn fill_replaces_as_str_replace_does() {
+        let texts = [
+            "<{rcpt}>: Recipient address rejected",
+            "{rcpt}{rcpt}{ip}",
+            "{{rcpt}} {rcpt {ip}} {ipx} {} {",
+            "no variables",
+            "{ip}: {rcpt} from {ip}",
+            "",
+        ];
+        let vars = [("rcpt", "a{ip}@b.test"), ("ip", "192.0.2.1")];
+        for text in texts {
+            let mut expected = text.to_string();
+            for (k, v) in vars {
+                expected = expected.replace(&format!("{{{k}}}"), v);
+            }
+            let r = Reply::new(450, (4, 2, 0), text);
+            let filled = fill(&r, &vars);
+            assert_eq!(filled.text, expected, "{text:?}");
+            assert_eq!((filled.code, filled.enhanced), (r.code, r.enhanced));
+        }
     }
 }

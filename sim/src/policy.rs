@@ -12,7 +12,7 @@
 use crate::behaviour::{Behaviour, fill};
 use crate::fleet::LaterKind;
 use crate::scenario::SegmentKind;
-use crate::world::chance;
+use crate::world::{chance, chance_parts, decimal};
 use mailsim_smtp::Reply;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -71,7 +71,13 @@ struct State {
 
 /// A greylisting triplet: the client's address, the reverse path, the recipient.
 fn greylist_triplet(ip: &str, mail_from: &str, lower_rcpt: &str) -> String {
-    format!("{ip}|{}|{lower_rcpt}", mail_from.to_ascii_lowercase())
+    let mut t = String::with_capacity(ip.len() + mail_from.len() + lower_rcpt.len() + 2);
+    t.push_str(ip);
+    t.push('|');
+    t.extend(mail_from.chars().map(|c| c.to_ascii_lowercase()));
+    t.push('|');
+    t.push_str(lower_rcpt);
+    t
 }
 
 /// The domain of an address (after its last `@`; empty without one).
@@ -305,7 +311,7 @@ impl ReceiverPolicy {
     fn full(&self, elapsed: u64, lower: &str) -> Option<bool> {
         let b = &self.behaviour;
         let full = b.mailbox_full.as_ref().and_then(|m| m.active(elapsed))?;
-        chance(b.seed, &format!("full:{lower}"), full.percent).then_some(full.permanent)
+        chance_parts(b.seed, &[b"full:", lower.as_bytes()], full.percent).then_some(full.permanent)
     }
 
     /// The greylisting window, when the host greylists at scenario time `elapsed`.
@@ -322,7 +328,9 @@ impl ReceiverPolicy {
 
     /// Whether the `n`-th attempt (1-based) for `lower` draws a temporary failure.
     fn tempfail_draw(&self, lower: &str, n: u32, percent: f64) -> bool {
-        chance(self.behaviour.seed, &format!("{lower}#{n}"), percent)
+        let mut digits = [0u8; 20];
+        let n = decimal(n.into(), &mut digits);
+        chance_parts(self.behaviour.seed, &[lower.as_bytes(), b"#", n], percent)
     }
 
     /// The message, before it is verified: a drop during DATA, or the content filter.

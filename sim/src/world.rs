@@ -68,9 +68,15 @@ pub fn dmarc_record(s: &crate::scenario::Sender) -> String {
 
 /// SplitMix64-style mixing of a seed and a string: a stable, seed-driven hash.
 pub fn mix(seed: u64, text: &str) -> u64 {
+    mix_parts(seed, &[text.as_bytes()])
+}
+
+/// [`mix`] of the concatenation of `parts`, without making it (the receivers draw millions of
+/// times on a large run).
+pub fn mix_parts(seed: u64, parts: &[&[u8]]) -> u64 {
     let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
-    for b in text.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01B3);
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01B3);
         h ^= h >> 29;
     }
     h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -78,9 +84,27 @@ pub fn mix(seed: u64, text: &str) -> u64 {
     h ^ (h >> 31)
 }
 
+/// The decimal digits of `n`, written at the end of `buf`.
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let (mut n, mut at) = (n, buf.len());
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
 /// True with probability `percent`/100, decided by the seed and the key.
 pub fn chance(seed: u64, key: &str, percent: f64) -> bool {
-    percent > 0.0 && (mix(seed, key) % 1_000_000) as f64 / 10_000.0 < percent
+    chance_parts(seed, &[key.as_bytes()], percent)
+}
+
+/// [`chance`] with the key given as the concatenation of `parts`.
+pub fn chance_parts(seed: u64, parts: &[&[u8]], percent: f64) -> bool {
+    percent > 0.0 && (mix_parts(seed, parts) % 1_000_000) as f64 / 10_000.0 < percent
 }
 
 fn host_ip(i: usize) -> Ipv4Addr {
@@ -414,6 +438,29 @@ impl World {
 
 #[cfg(test)]
 mod tests {
+    /// The draws made from parts are the draws of the whole key (the event logs depend on it).
+    #[test]
+    fn mix_of_parts_is_mix_of_the_whole() {
+        for (n, key) in [0u64, 7, 10, 99, 4_294_967_295, u64::MAX].into_iter().zip([
+            "",
+            "a",
+            "user1@grey1.test",
+            "full:",
+            "x#",
+            "üñí",
+        ]) {
+            let mut digits = [0u8; 20];
+            let d = decimal(n, &mut digits);
+            assert_eq!(d, n.to_string().as_bytes());
+            let whole = format!("{key}#{n}");
+            assert_eq!(mix_parts(9, &[key.as_bytes(), b"#", d]), mix(9, &whole));
+            assert_eq!(
+                chance_parts(9, &[key.as_bytes(), b"#", d], 50.0),
+                chance(9, &whole, 50.0)
+            );
+        }
+    }
+
     use super::*;
 
     /// An MTA routed by `mailsim fleet`'s route lines must reach the sender's MX too, or it
