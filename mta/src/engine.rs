@@ -228,8 +228,8 @@ struct Inner<R, C> {
     sts_lookups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Bodies read from the spool for [`Connector::will_send`] ahead of their turn, by queue
     /// id, oldest first: the session that takes the entry sends them without reading the spool
-    /// again; None for an entry whose receiver will refuse it ([`Connector::will_refuse`]),
-    /// not read. At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise is forgotten).
+    /// again; None for one not read (its receiver will surely refuse it, or the read failed:
+    /// see [`Mta::hand_over`]). At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise is forgotten).
     read_ahead: Mutex<VecDeque<(u64, Option<Vec<u8>>)>>,
     /// Told of the Ed25519 signatures made (a virtual run's fleet verifies them ahead).
     witness: std::sync::OnceLock<Arc<dyn SignatureWitness>>,
@@ -798,15 +798,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             {
                 continue;
             }
-            let body = if self.inner.connector.will_refuse(&from, &rcpt) {
-                None
-            } else {
-                let Ok(body) = self.inner.spool.read(&spool) else {
-                    continue;
-                };
-                self.inner.connector.will_send(&from, &rcpt, &body);
-                Some(body)
-            };
+            let body = self.hand_over(&from, &rcpt, &spool);
             let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
             if kept.len() >= READ_AHEAD_MAX {
                 kept.pop_front();
@@ -815,8 +807,22 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }
     }
 
+    /// The message of an entry about to be sent, read and handed over to the connector
+    /// ([`Connector::will_send`]) when it looks ahead and the receiver will not surely refuse
+    /// it; None otherwise, and when the read fails: the transaction reads it again if the
+    /// server asks for it, so a spool failure shows the same way in every run (at the 354).
+    fn hand_over(&self, from: &str, rcpt: &str, spool: &SpoolRef) -> Option<Vec<u8>> {
+        let connector = &self.inner.connector;
+        if connector.looks_ahead() == 0 || connector.will_refuse(from, rcpt) {
+            return None;
+        }
+        let body = self.inner.spool.read(spool).ok()?;
+        connector.will_send(from, rcpt, &body);
+        Some(body)
+    }
+
     /// The body of queue entry `id` if it was read ahead of its turn (forgotten as taken);
-    /// Some(None) if it was left unread, its receiver surely refusing it.
+    /// Some(None) if it was left unread.
     fn taken_ahead(&self, id: u64) -> Option<Option<Vec<u8>>> {
         let mut kept = self.inner.read_ahead.lock().expect("bodies read ahead");
         let at = kept.iter().position(|(at, _)| *at == id)?;
@@ -1062,28 +1068,11 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             let Some(entry) = self.take(domain, transactional) else {
                 break;
             };
-            // A body read ahead was handed over then; any other is read and handed over now,
-            // unless its receiver will surely refuse it: then it is read only if asked for.
+            // A message read ahead was handed over then; any other is handed over now if the
+            // connector wants it. It is read for the transaction only if the server asks.
             let body = match self.taken_ahead(entry.id) {
                 Some(ahead) => ahead,
-                None if inner.connector.will_refuse(&entry.from, &entry.rcpt) => None,
-                None => match inner.spool.read(&entry.spool) {
-                    Ok(b) => {
-                        inner.connector.will_send(&entry.from, &entry.rcpt, &b);
-                        Some(b)
-                    }
-                    Err(e) => {
-                        self.settle(
-                            entry,
-                            Fate::Temp {
-                                reason: format!("spool: {e}"),
-                                reply: None,
-                            },
-                            &mx,
-                        );
-                        continue;
-                    }
-                },
+                None => self.hand_over(&entry.from, &entry.rcpt, &entry.spool),
             };
             self.read_next(domain, transactional);
             let env = EnvelopeHead {
