@@ -28,10 +28,10 @@ use tokio::sync::{Notify, watch};
 pub trait Connector: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
-    /// A message (as spooled, signed) about to be sent from the reverse path `from` to `rcpt`
+    /// A message (as spooled, signed) about to be sent from the reverse path `from`
     /// over a connection this connector made. A simulated network may start its receivers'
     /// work on it early; what they answer must not depend on it. Sockets ignore it.
-    fn will_send(&self, _from: &str, _rcpt: &str, _message: &[u8]) {}
+    fn will_send(&self, _from: &str, _message: &[u8]) {}
     /// Whether the receiver of `rcpt` will surely refuse it at RCPT (a simulated network's
     /// foresight). Such a message is not read ahead of its turn nor handed over with
     /// [`Connector::will_send`]; what is sent never depends on it. Sockets cannot know: false.
@@ -229,7 +229,8 @@ struct Inner<R, C> {
     /// Bodies read from the spool for [`Connector::will_send`] ahead of their turn, by queue
     /// id, oldest first: the session that takes the entry sends them without reading the spool
     /// again; None for one not read (its receiver will surely refuse it, or the read failed:
-    /// see [`Mta::hand_over`]). At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise is forgotten).
+    /// see [`Mta::hand_over`]). At most [`READ_AHEAD_MAX`] (an entry the queue loses otherwise
+    /// is forgotten).
     read_ahead: Mutex<VecDeque<(u64, Option<Vec<u8>>)>>,
     /// Told of the Ed25519 signatures made (a virtual run's fleet verifies them ahead).
     witness: std::sync::OnceLock<Arc<dyn SignatureWitness>>,
@@ -817,7 +818,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
             return None;
         }
         let body = self.inner.spool.read(spool).ok()?;
-        connector.will_send(from, rcpt, &body);
+        connector.will_send(from, &body);
         Some(body)
     }
 

@@ -86,7 +86,7 @@ impl VirtualNet {
 impl Connector for VirtualNet {
     type Stream = DuplexStream;
 
-    fn will_send(&self, from: &str, _rcpt: &str, message: &[u8]) {
+    fn will_send(&self, from: &str, message: &[u8]) {
         if let Some(f) = &self.foresight {
             f.submit(self.client_ip, from, message);
         }
