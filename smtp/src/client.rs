@@ -195,7 +195,8 @@ enum State {
 /// With PIPELINING, MAIL, RCPT and DATA go in one write (RFC 2920); without, one at a time.
 /// [`SmtpClient::transaction`] drives it over a stream.
 pub struct ClientTransaction {
-    rcpt_cmd: String,
+    /// The RCPT command still to send (empty with PIPELINING: sent with MAIL).
+    rcpt_cmd: Vec<u8>,
     pipelining: bool,
     state: State,
     mail: Option<Reply>,
@@ -203,6 +204,13 @@ pub struct ClientTransaction {
     data: Option<Reply>,
     replies: Vec<(&'static str, Reply)>,
     after_rset: Option<TransactionOutcome>,
+}
+
+/// `RCPT TO:<rcpt>` and its line end.
+fn push_rcpt(out: &mut Vec<u8>, rcpt: &str) {
+    out.extend_from_slice(b"RCPT TO:<");
+    out.extend_from_slice(rcpt.as_bytes());
+    out.extend_from_slice(b">\r\n");
 }
 
 fn ok(r: &Option<Reply>) -> bool {
@@ -214,16 +222,24 @@ impl ClientTransaction {
     /// `out` and the first step returned. The message itself is asked for with
     /// [`Step::Message`] when the server takes it.
     pub fn new(env: &EnvelopeHead<'_>, caps: &Capabilities, out: &mut Vec<u8>) -> (Self, Step) {
-        let size = match caps.size_bytes_max {
-            Some(_) => format!(" SIZE={}", env.size),
-            None => String::new(),
-        };
-        let rcpt_cmd = format!("RCPT TO:<{}>\r\n", env.rcpt);
-        out.extend_from_slice(format!("MAIL FROM:<{}>{size}\r\n", env.from).as_bytes());
-        if caps.pipelining {
-            out.extend_from_slice(rcpt_cmd.as_bytes());
-            out.extend_from_slice(b"DATA\r\n");
+        out.extend_from_slice(b"MAIL FROM:<");
+        out.extend_from_slice(env.from.as_bytes());
+        out.push(b'>');
+        if caps.size_bytes_max.is_some() {
+            out.extend_from_slice(b" SIZE=");
+            out.extend_from_slice(itoa::Buffer::new().format(env.size).as_bytes());
         }
+        out.extend_from_slice(b"\r\n");
+        // RCPT goes now with PIPELINING, else after MAIL's reply (kept until then).
+        let rcpt_cmd = if caps.pipelining {
+            push_rcpt(out, env.rcpt);
+            out.extend_from_slice(b"DATA\r\n");
+            Vec::new()
+        } else {
+            let mut cmd = Vec::new();
+            push_rcpt(&mut cmd, env.rcpt);
+            cmd
+        };
         let t = ClientTransaction {
             rcpt_cmd,
             pipelining: caps.pipelining,
@@ -274,7 +290,7 @@ impl ClientTransaction {
                     return self.reset_unless_closing(r, "MAIL", out);
                 }
                 self.mail = Some(r);
-                out.extend_from_slice(self.rcpt_cmd.as_bytes());
+                out.extend_from_slice(&self.rcpt_cmd);
                 self.state = State::SendRcpt;
                 send("RCPT", Wait::Command)
             }
@@ -773,6 +789,14 @@ mod tests {
     #[test]
     fn a_refused_recipient_is_reset_and_a_failed_reset_closes() {
         let mut out = Vec::new();
+        // A server that announces SIZE is told the message's (RFC 1870).
+        let sized = Capabilities {
+            size_bytes_max: Some(10_000_000),
+            ..caps(false)
+        };
+        ClientTransaction::new(&ENV, &sized, &mut out);
+        assert_eq!(out, b"MAIL FROM:<a@s.test> SIZE=6\r\n");
+        out.clear();
         let (mut t, _) = ClientTransaction::new(&ENV, &caps(false), &mut out);
         assert_eq!(out, b"MAIL FROM:<a@s.test>\r\n");
         out.clear();

@@ -24,7 +24,7 @@ impl Reply {
     ) -> Self {
         Reply {
             code,
-            enhanced: Some(format!("{class}.{subject}.{detail}")),
+            enhanced: Some(enhanced_code(class.into(), subject, detail)),
             text: text.into(),
         }
     }
@@ -58,10 +58,12 @@ impl Reply {
 
     /// Append the wire form (multi-line when the text has newlines).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let lines: Vec<&str> = self.text.split('\n').collect();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            out.extend_from_slice(format!("{}{}", self.code, sep).as_bytes());
+        let mut code = itoa::Buffer::new();
+        let code = code.format(self.code).as_bytes();
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            out.extend_from_slice(code);
+            out.push(if lines.peek().is_none() { b' ' } else { b'-' });
             if let Some(e) = &self.enhanced {
                 out.extend_from_slice(e.as_bytes());
                 out.push(b' ');
@@ -99,7 +101,8 @@ impl ReplyReader {
                     // (Microsoft's 5.7.509): read it from the reply's last line instead.
                     last_line_enhanced(consumed)
                 } else {
-                    (r.esc[0] != 0).then(|| format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2]))
+                    (r.esc[0] != 0)
+                        .then(|| enhanced_code(r.esc[0].into(), r.esc[1].into(), r.esc[2].into()))
                 };
                 Ok(Some(Reply {
                     code: r.code,
@@ -114,6 +117,18 @@ impl ReplyReader {
             }
         }
     }
+}
+
+/// `class.subject.detail`, RFC 3463's form (every reply sent or read with one makes it).
+fn enhanced_code(class: u16, subject: u16, detail: u16) -> String {
+    let mut s = String::with_capacity(11);
+    let mut digits = itoa::Buffer::new();
+    s.push_str(digits.format(class));
+    s.push('.');
+    s.push_str(digits.format(subject));
+    s.push('.');
+    s.push_str(digits.format(detail));
+    s
 }
 
 /// The enhanced status code (`D.DDD.DDD`) right after the code on a reply's last line.
@@ -216,5 +231,20 @@ mod tests {
         out.clear();
         Reply::new(550, (5, 1, 1), "no such user").write_to(&mut out);
         assert_eq!(out, b"550 5.1.1 no such user\r\n");
+        // Every line carries the enhanced code, up to three digits a part (RFC 3463).
+        out.clear();
+        Reply::new(550, (5, 7, 509), "Access denied\nsee the policy").write_to(&mut out);
+        assert_eq!(
+            out,
+            b"550-5.7.509 Access denied\r\n550 5.7.509 see the policy\r\n"
+        );
+        out.clear();
+        Reply::new(421, (4, 4, 2), "").write_to(&mut out);
+        assert_eq!(out, b"421 4.4.2 \r\n");
+        // Read back, the same reply.
+        let mut reader = ReplyReader::default();
+        let wire = b"451 4.3.0 try later\r\n";
+        let read = reader.parse(&mut wire.iter()).unwrap().unwrap();
+        assert_eq!(read, Reply::new(451, (4, 3, 0), "try later"));
     }
 }
