@@ -118,15 +118,7 @@ impl Queue {
 
     /// Put `id` on its domain's ready list (its lane's, with lanes).
     fn make_ready(&mut self, domain: &str, id: u64, lane: Lane) {
-        let ready = match self.ready.get_mut(domain) {
-            Some(r) => r,
-            None => self.ready.entry(domain.to_string()).or_default(),
-        };
-        if self.lanes && lane == Lane::Transactional {
-            ready.transactional.push_back(id);
-        } else {
-            ready.bulk.push_back(id);
-        }
+        make_ready_in(&mut self.ready, self.lanes, domain, id, lane);
     }
 
     pub fn len(&self) -> usize {
@@ -161,8 +153,7 @@ impl Queue {
             }
             self.waiting.pop();
             if let Some(e) = self.entries.get(&id) {
-                let (domain, lane) = (e.domain.clone(), e.lane);
-                self.make_ready(&domain, id, lane);
+                make_ready_in(&mut self.ready, self.lanes, &e.domain, id, e.lane);
             }
         }
         self.holds.retain(|_, until| *until > now_ms);
@@ -256,6 +247,25 @@ impl Queue {
     /// Remove a final entry.
     pub fn complete(&mut self, id: u64) -> Option<QueueEntry> {
         self.entries.remove(&id).map(|e| *e)
+    }
+}
+
+/// [`Queue::make_ready`] on the queue's ready map (the caller may hold an entry meanwhile).
+fn make_ready_in(
+    ready: &mut BTreeMap<String, Ready>,
+    lanes: bool,
+    domain: &str,
+    id: u64,
+    lane: Lane,
+) {
+    let ready = match ready.get_mut(domain) {
+        Some(r) => r,
+        None => ready.entry(domain.to_string()).or_default(),
+    };
+    if lanes && lane == Lane::Transactional {
+        ready.transactional.push_back(id);
+    } else {
+        ready.bulk.push_back(id);
     }
 }
 
