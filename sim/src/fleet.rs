@@ -532,7 +532,7 @@ impl FleetServers {
         }
         Arc::new(move |ip, mail_from, rcpt| {
             by_domain
-                .get(&crate::policy::domain_of(rcpt).to_ascii_lowercase())
+                .get(&*crate::policy::lowercase(crate::policy::domain_of(rcpt)))
                 .is_some_and(|hosts| {
                     hosts.iter().all(|h| {
                         h.upgrade().is_some_and(|h| {

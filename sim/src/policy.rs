@@ -80,6 +80,16 @@ fn greylist_triplet(ip: &str, mail_from: &str, lower_rcpt: &str) -> String {
     t
 }
 
+/// `s` in ASCII lower case, copied only when it has an upper-case letter (addresses seldom do,
+/// and every RCPT lowers its address).
+pub(crate) fn lowercase(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// The domain of an address (after its last `@`; empty without one).
 pub(crate) fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
@@ -185,7 +195,7 @@ impl ReceiverPolicy {
 
     /// RCPT TO, in a transaction from `mail_from`.
     pub fn rcpt(&mut self, now: Now, peer: IpAddr, mail_from: &str, rcpt: &str) -> Verdict {
-        let lower = rcpt.to_ascii_lowercase();
+        let lower = lowercase(rcpt);
         let Some((local, domain)) = lower.rsplit_once('@') else {
             return Verdict::Refuse(Reply::new(501, (5, 1, 3), "bad recipient address"));
         };
@@ -194,7 +204,7 @@ impl ReceiverPolicy {
         }
         let elapsed = now.elapsed_ms;
         let ip = peer.to_string();
-        let vars = [("rcpt", lower.as_str()), ("ip", ip.as_str())];
+        let vars = [("rcpt", &*lower), ("ip", ip.as_str())];
         if let Some(limit) = self
             .behaviour
             .rate_limit
@@ -276,7 +286,7 @@ impl ReceiverPolicy {
     /// refuse). A guess for work done ahead ([`crate::foresight`]), never a verdict: the
     /// recipient's own RCPT is judged by [`ReceiverPolicy::rcpt`].
     pub fn rcpt_refused_surely(&self, now: Now, peer: IpAddr, mail_from: &str, rcpt: &str) -> bool {
-        let lower = rcpt.to_ascii_lowercase();
+        let lower = lowercase(rcpt);
         let Some((local, domain)) = lower.rsplit_once('@') else {
             return true;
         };
@@ -296,7 +306,7 @@ impl ReceiverPolicy {
             }
         }
         self.tempfail_percent(elapsed).is_some_and(|percent| {
-            let n = self.state.attempts.get(&lower).copied().unwrap_or(0) + 1;
+            let n = self.state.attempts.get(&*lower).copied().unwrap_or(0) + 1;
             self.tempfail_draw(&lower, n, percent)
         })
     }
