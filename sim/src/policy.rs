@@ -12,7 +12,7 @@
 use crate::behaviour::{Behaviour, fill};
 use crate::fleet::LaterKind;
 use crate::scenario::SegmentKind;
-use crate::world::{chance, chance_parts, decimal};
+use crate::world::{chance, chance_parts};
 use mailsim_smtp::Reply;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -338,8 +338,8 @@ impl ReceiverPolicy {
 
     /// Whether the `n`-th attempt (1-based) for `lower` draws a temporary failure.
     fn tempfail_draw(&self, lower: &str, n: u32, percent: f64) -> bool {
-        let mut digits = [0u8; 20];
-        let n = decimal(n.into(), &mut digits);
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(n).as_bytes();
         chance_parts(self.behaviour.seed, &[lower.as_bytes(), b"#", n], percent)
     }
 

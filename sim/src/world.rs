@@ -84,19 +84,6 @@ pub fn mix_parts(seed: u64, parts: &[&[u8]]) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The decimal digits of `n`, written at the end of `buf`.
-pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let (mut n, mut at) = (n, buf.len());
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 /// True with probability `percent`/100, decided by the seed and the key.
 pub fn chance(seed: u64, key: &str, percent: f64) -> bool {
     chance_parts(seed, &[key.as_bytes()], percent)
@@ -449,9 +436,8 @@ mod tests {
             "x#",
             "üñí",
         ]) {
-            let mut digits = [0u8; 20];
-            let d = decimal(n, &mut digits);
-            assert_eq!(d, n.to_string().as_bytes());
+            let mut digits = itoa::Buffer::new();
+            let d = digits.format(n).as_bytes();
             let whole = format!("{key}#{n}");
             assert_eq!(mix_parts(9, &[key.as_bytes(), b"#", d]), mix(9, &whole));
             assert_eq!(
