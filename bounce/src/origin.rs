@@ -289,6 +289,8 @@ static PROVIDERS: &[(&str, &[&str])] = &[
     ("orange", &["orange.fr", "wanadoo.fr"]),
     ("laposte", &["laposte.net"]),
     ("cox", &["cox.net"]),
+    ("comcast", &["comcast.net"]),
+    ("att", &["att.net", "bellsouth.net", "sbcglobal.net"]),
     ("spectrum", &["charter.net", "rr.com", "spectrum.net"]),
     ("godaddy", &["secureserver.net"]),
     ("zoho", &["zoho.com", "zohomail.com", "zoho.eu"]),
@@ -296,7 +298,10 @@ static PROVIDERS: &[(&str, &[&str])] = &[
     ("mimecast", &["mimecast.com"]),
     ("kddi", &["ezweb.ne.jp", "au.com"]),
     ("nttdocomo", &["docomo.ne.jp"]),
-    ("gmx", &["gmx.net", "gmx.com", "gmx.de", "web.de"]),
+    (
+        "gmx",
+        &["gmx.net", "gmx.com", "gmx.de", "web.de", "mail.com"],
+    ),
     ("mail.ru", &["mail.ru"]),
     ("yandex", &["yandex.ru", "yandex.net"]),
 ];

@@ -255,6 +255,220 @@ pub static PROVIDERS: &[Provider] = &[
             ("aup#i-13", "ratelimited"),
         ],
     },
+    Provider {
+        family: "orange's published replies",
+        complete: false,
+        remote: Some("orange"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // Orange's inbound servers (smtp-in.orange.fr, mwinf*.orange.fr) end every refusal
+        // with an OFR code ("OFR006_102", "OFR_416") that its postmaster page explains.
+        marks: &["ofr0", "ofr1", "ofr_"],
+        source: "https://postmaster.orange.fr (its table of OFR codes; read through https://bentonow.com/smtp-errors/orange and https://www.postmastery.com, which quote it, and the replies the codes come with)",
+        replies: &[
+            // 421 OFR004_104 / OFR102_104 "Too many connections, slow down".
+            ("ofr004_104", "ratelimited"),
+            ("ofr102_104", "ratelimited"),
+            // 421 OFR_999: the sending address suspended for some hours after earlier
+            // breaches of the policy.
+            ("ofr_999", "blocked"),
+            // 550 OFR006_102 "Client host blocked for spamming issues" (its Cloudmark listing).
+            ("ofr006_102", "blocked"),
+            ("client host blocked for", "blocked"),
+            // 550 5.1.0 OFR_415 "Emetteur invalide. Invalid sender".
+            ("ofr_415", "rejected"),
+            // 550 5.1.1 OFR_416 "Adresse d au moins un destinataire invalide. Invalid
+            // recipient".
+            ("ofr_416", "userunknown"),
+            // 552 OFR_417 "Boite du destinataire pleine. Recipient overquota".
+            ("ofr_417", "mailboxfull"),
+            // OFR_514 "Taille limite du message atteinte. Maximum size of the message reached".
+            ("ofr_514", "emailtoolarge"),
+        ],
+    },
+    Provider {
+        family: "cox's published error codes",
+        complete: false,
+        remote: Some("cox"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // "554 cmsmtp ... blocked. Refer to Error Codes section at
+        // https://www.cox.com/... AUP#CXBL": the code after "AUP#".
+        marks: &["aup#cx", "aup#cd", "aup#ipbl", "postmaster.cox.net"],
+        source: "http://postmaster.cox.net/confluence/display/postmaster/Error+Codes (Cox's error codes: CXBL, CDRBL, the IPBL family, the 452 threshold); CXCNCT and CXMXRT as Cox's replies state them, quoted on forums.cox.com and suped.com",
+        replies: &[
+            // CXBL: the sending address blocked for behaviour like spam's; CDRBL: the same
+            // for up to 24 hours; IPBL0001-IPBL1000: listed by Spamhaus ZEN, Return Path,
+            // Invaluement or Cloudmark CSI.
+            ("aup#cxbl", "blocked"),
+            ("aup#cdrbl", "blocked"),
+            ("aup#ipbl", "blocked"),
+            // 452 "[message threshold exceeded]": over Cox's rate limit for a while.
+            ("message threshold exceeded", "ratelimited"),
+            // CXCNCT: too many concurrent connections; CXMXRT: too many messages.
+            ("aup#cxcnct", "ratelimited"),
+            ("aup#cxmxrt", "ratelimited"),
+        ],
+    },
+    Provider {
+        family: "comcast's published error codes",
+        complete: false,
+        remote: Some("comcast"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // Comcast's refusals link its page of codes ("... see
+        // http://postmaster.comcast.net/smtp-error-codes.php#BL000000").
+        marks: &["postmaster.comcast.net", "comcast.net/smtp-error-codes"],
+        source: "http://postmaster.comcast.net/mail-error-codes.html and https://es.xfinity.com/support/articles/email-errors (Comcast's error codes)",
+        replies: &[
+            // ES000001 / ES000010: mail from dynamic or residential address space.
+            ("es000001", "blocked"),
+            ("es000010", "blocked"),
+            // BL000000: patterns characteristic of spam; BL000001-BL000111: listed by
+            // Spamhaus ZEN, Cloudmark CSI, SenderScore.
+            ("bl0000", "blocked"),
+            // 421 "[too many sessions opened]".
+            ("too many sessions opened", "ratelimited"),
+            // 421 "[reverse dns failure : try again later]".
+            ("reverse dns failure", "requireptr"),
+        ],
+    },
+    Provider {
+        family: "at&t's published error codes",
+        complete: false,
+        remote: Some("att"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        marks: &["rbl.att.net", "att.net/block", "postmaster.bellsouth.net"],
+        source: "http://rbl.att.net/block_enduser.html and http://postmaster.bellsouth.net/error.htm (AT&T's and BellSouth's error messages)",
+        replies: &[
+            // 421 "Failure in DNS look-up": the sending address has no valid reverse DNS.
+            ("failure in dns look-up", "requireptr"),
+            // 550 "[SUSPEND] Mailbox currently suspended".
+            ("mailbox currently suspended", "suspend"),
+            // 550 "Unauthorized interface for <ip>", "blocked by ldap:ou=rblmx", "Error.
+            // Blocked for abuse": a source of spam, not a valid mail source.
+            ("unauthorized interface for", "blocked"),
+            ("ou=rblmx", "blocked"),
+            ("blocked for abuse", "blocked"),
+            ("dnsbl:attrbl", "blocked"),
+        ],
+    },
+    Provider {
+        family: "godaddy's published bounces",
+        complete: false,
+        remote: Some("godaddy"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // Its inbound hosts (*.secureserver.net) name themselves in their replies.
+        marks: &["secureserver.net"],
+        source: "https://www.godaddy.com/help/fix-rejected-email-with-a-bounce-error-40685 (GoDaddy's bounce errors; the IB codes as copies of that page quote them)",
+        replies: &[
+            // "Account storage limit", "Account disabled".
+            ("account storage limit", "mailboxfull"),
+            ("account disabled", "suspend"),
+            // IB506 "From: domain is invalid" (no valid MX or address for it).
+            ("ib506", "rejected"),
+            // IB508 the sender's SPF record does not allow the address.
+            ("ib508", "authfailure"),
+            // IB108 "Temporarily rejected. Reverse DNS for this IP failed".
+            ("ib108", "requireptr"),
+            // IB212 "rejected due to content judged to be spam by the internet community".
+            ("ib212", "spamdetected"),
+        ],
+    },
+    Provider {
+        family: "zoho's published replies",
+        complete: false,
+        remote: Some("zoho"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        marks: &["zoho.com/mail/help"],
+        source: "https://www.zoho.com/mail/help/spam-reason.html and Zoho Mail's replies as https://smtp.codes/zoho quotes them",
+        replies: &[
+            // 541 5.4.1 "Mail rejected by destination domain": the receiving domain's
+            // filters refuse this sender.
+            ("rejected by destination domain", "rejected"),
+            // 554 5.7.1 "Email flagged as spam".
+            ("email flagged as spam", "spamdetected"),
+            // 552 5.7.1 "Virus ... detected by Zoho Mail".
+            ("detected by zoho mail", "virusdetected"),
+        ],
+    },
+    Provider {
+        family: "united internet's published replies",
+        complete: false,
+        remote: Some("gmx"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // GMX, WEB.DE and mail.com ("Nemesis ESMTP") end their refusals with a link to
+        // their postmaster pages.
+        marks: &[
+            "postmaster.gmx",
+            "postmaster.web.de",
+            "postmaster.mail.com",
+            "nemesis esmtp",
+        ],
+        source: "https://postmaster.gmx.com/en/error-messages, https://postmaster.mail.com/en/error-messages, https://postmaster.web.de/de/fehlermeldungen (GMX, mail.com, WEB.DE)",
+        replies: &[
+            // 554 "IP address is block listed" (case r0201).
+            ("address is block listed", "blocked"),
+            // 554 "Bad DNS PTR resource record" (case rdns).
+            ("dns ptr resource record", "requireptr"),
+            // 4xx "Rate limit reached. Please try again later".
+            ("rate limit reached", "ratelimited"),
+            // 5xx "Reject due to SPF policy".
+            ("due to spf policy", "authfailure"),
+            // "User has too many messages on the server".
+            ("too many messages on", "mailboxfull"),
+        ],
+    },
+    Provider {
+        family: "yandex's published replies",
+        complete: false,
+        remote: Some("yandex"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        marks: &["yandex.com/support", "yandex.ru/support"],
+        source: "https://yandex.com/support/mail/bounces/yandex.html (Report on non-delivery to Yandex)",
+        replies: &[
+            // 554 5.7.1 "Message rejected under suspicion of SPAM".
+            ("suspicion of spam", "spamdetected"),
+            // "Client host [ip] blocked using ...", "blocked by spam statistics": only spam
+            // comes from the address, blocked for 24 hours.
+            ("blocked by spam statistics", "blocked"),
+            // 550 5.7.1 "Policy rejection on the target address": the recipient's account
+            // is blocked.
+            ("policy rejection on the", "suspend"),
+        ],
+    },
+    Provider {
+        family: "tencent's published replies",
+        complete: false,
+        remote: Some("tencent"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // QQ Mail's refusals link its help pages.
+        marks: &["service.mail.qq.com", "service.exmail.qq.com"],
+        source: "QQ Mail's help pages on bounces (service.exmail.qq.com ... id=20022), as https://smtp.codes/qq quotes them",
+        replies: &[
+            // 550 "Mail is rejected by recipients": on the recipient's own block list.
+            ("rejected by recipients", "rejected"),
+            // 550 "Mail content denied": reported as spam by many users.
+            ("mail content denied", "spamdetected"),
+            // 550 "Sender frequency limited".
+            ("sender frequency limited", "ratelimited"),
+        ],
+    },
 ];
 
 /// The MTAs' own messages, from their source code: what each writes in a bounce or a delay
@@ -725,6 +939,58 @@ mod tests {
             provider_reason(None, google, |family, _| is_family(family)),
             None
         );
+    }
+
+    #[test]
+    fn the_providers_published_codes_are_read_by_their_marks_or_hosts() {
+        let none = |_: &str, _: &str| false;
+        let reason = |remote, text| provider_reason(remote, text, none).map(|(r, _, _)| r);
+        // Codes in a reply that names its provider's page or code family.
+        let cases = [
+            (
+                "554 cmsmtp 192.0.2.1 blocked. refer to error codes section at https://www.cox.com/business/support/cox-postmaster-administration.html aup#cxbl",
+                "blocked",
+            ),
+            (
+                "421 cmsmtp connection rate limit exceeded aup#cxcnct",
+                "ratelimited",
+            ),
+            (
+                "554 resimta-ch2-01v.sys.comcast.net comcast 192.0.2.1 comcast block for spam. please see http://postmaster.comcast.net/smtp-error-codes.php#bl000001",
+                "blocked",
+            ),
+            (
+                "421 mwinf5c04 me trop de connexions, ralentissez. too many connections, slow down. ofr004_104 [104]",
+                "ratelimited",
+            ),
+            (
+                "552 mwinf5c11 me boite du destinataire pleine. recipient overquota. ofr_417 [417]",
+                "mailboxfull",
+            ),
+            (
+                "554-gmx.net (mxgmx104) nemesis esmtp service not available 554-no smtp service 554-bad dns ptr resource record. 554 for explanation visit https://postmaster.gmx.net/en/case?c=rdns",
+                "requireptr",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(reason(None, text), Some(want), "{text}");
+        }
+        let att = "550 blocked by ldap:ou=rblmx,dc=att,dc=net";
+        assert_eq!(reason(Some("att"), att), Some("blocked"));
+        // Words without a mark: only the provider's own server makes them its reply.
+        let zoho = "541 5.4.1 mail rejected by destination domain";
+        assert_eq!(reason(None, zoho), None);
+        assert_eq!(reason(Some("zoho"), zoho), Some("rejected"));
+        assert_eq!(reason(Some("google"), zoho), None);
+        let yandex = "550 5.7.1 policy rejection on the target address";
+        assert_eq!(reason(None, yandex), None);
+        assert_eq!(reason(Some("yandex"), yandex), Some("suspend"));
+        // Another provider's code family is not Cox's: Spectrum's AUP codes stay its own.
+        assert_eq!(
+            reason(None, "550 please see spectrum.net aup#in-1310"),
+            Some("ratelimited")
+        );
+        assert_eq!(reason(None, "550 refused aup#cxsndr"), None);
     }
 
     #[test]
