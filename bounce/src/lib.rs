@@ -241,6 +241,42 @@ mod tests {
                 "spamdetected",
                 false,
             ),
+            // A verdict of spam is read before the name of the filter that gave it.
+            (
+                550,
+                Some("5.7.1"),
+                "Message rejected as spam by Content Filtering",
+                "DATA",
+                "spamdetected",
+                false,
+            ),
+            // A content filter's refusal that names no verdict stays "filtered".
+            (
+                550,
+                Some("5.7.1"),
+                "Message refused by content filter",
+                "DATA",
+                "filtered",
+                false,
+            ),
+            // A limit of messages per connection is a rate, not a full mailbox ("too many
+            // messages in" a mailbox).
+            (
+                421,
+                Some("4.7.0"),
+                "Too many messages in this connection, try again later",
+                "MAIL",
+                "ratelimited",
+                false,
+            ),
+            (
+                452,
+                Some("4.2.2"),
+                "Too many messages in mailbox",
+                "RCPT",
+                "mailboxfull",
+                false,
+            ),
         ];
         for (code, enhanced, text, command, reason, hard) in cases {
             assert_eq!(

@@ -261,6 +261,11 @@ static RULES: &[Rule] = &[
             "rate limit",
             "rate-limit",
             "too many messages from",
+            // A limit of messages per connection (Exim's smtp_accept_max_per_connection: "too
+            // many messages in this connection"; Yahoo's "Max message per connection reached").
+            "messages in this connection",
+            "messages in one connection",
+            "messages per connection",
             "throttl",
             "exceeded the rate",
             "too many recipients",
@@ -374,6 +379,19 @@ static RULES: &[Rule] = &[
             "account has been blocked",
             "compte du destinataire est bloque",
             "locked",
+        ],
+    ),
+    // A verdict of spam named as such ("rejected as spam", SpamAssassin's "identified as
+    // spam", Exchange Online's 5.7.350 "detected as spam"), whatever the filter that gave it:
+    // read before the filter's own name ("Message rejected as spam by Content Filtering").
+    (
+        "spamdetected",
+        "verdict as spam",
+        &[
+            "rejected as spam",
+            "identified as spam",
+            "detected as spam",
+            "classified as spam",
         ],
     ),
     // A filter of the recipient's refused the message after DATA (Sisimai's "filtered").
