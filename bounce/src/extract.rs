@@ -935,6 +935,53 @@ pub fn squeeze(text: &str) -> String {
     out
 }
 
+/// The text with every mail address in it (`local@domain`, bracketed or bare) replaced by a
+/// lone `@`. An address names a mailbox; it is no evidence of why mail to it failed (a local
+/// part may read "spam", "blocked" or "filtered"), and with the addresses gone the same reply
+/// to different recipients is one text. Idempotent: a lone `@` is no address.
+pub fn without_addresses(text: &str) -> std::borrow::Cow<'_, str> {
+    // What ends an address: white space, the brackets and quotes around it, the separators
+    // of a list or a field ("to:a@b", "a@b,c@d", "a@b; ...").
+    fn ends(c: char) -> bool {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':' | '"' | '\''
+            )
+    }
+    if !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices('@') {
+        if at < copied {
+            // Inside an address already replaced ("a@b@c").
+            continue;
+        }
+        let start = text[..at]
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| ends(c))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let end = text[at + 1..]
+            .char_indices()
+            .find(|&(_, c)| ends(c))
+            .map_or(text.len(), |(i, _)| at + 1 + i);
+        if start == at || end == at + 1 || start < copied {
+            continue;
+        }
+        out.push_str(&text[copied..start]);
+        out.push('@');
+        copied = end;
+    }
+    if copied == 0 && out.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Senders of the returned original (From, Return-Path, Sender): never its recipients.
 fn original_senders(original: &str) -> Vec<String> {
     original
@@ -1012,7 +1059,33 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
 
 #[cfg(test)]
 mod tests {
-    use super::{strip_html, without_gloss};
+    use super::{strip_html, without_addresses, without_gloss};
+
+    #[test]
+    fn addresses_are_taken_out_of_a_text() {
+        let cases = [
+            (
+                "550 5.1.1 <spam@example.org>: Recipient address rejected: User unknown",
+                "550 5.1.1 <@>: Recipient address rejected: User unknown",
+            ),
+            ("blocked@example.org said: 550 no", "@ said: 550 no"),
+            ("to:a@b,c.d@e.example; (x+y=z@v.example)", "to:@,@; (@)"),
+            ("a@b@c is odd", "@ is odd"),
+            ("Kontakt: jürgen@exämple.de.", "Kontakt: @"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(without_addresses(text), want, "{text}");
+            // Idempotent: a lone @ is no address.
+            assert_eq!(without_addresses(want), want, "{want}");
+        }
+        // No address: the text itself, not a copy.
+        for text in ["550 user unknown", "@ alone", "trailing @", "@", ""] {
+            assert!(matches!(
+                without_addresses(text),
+                std::borrow::Cow::Borrowed(t) if t == text
+            ));
+        }
+    }
 
     #[test]
     fn a_gloss_on_a_status_code_is_not_read_as_the_servers_words() {

@@ -15,6 +15,8 @@ pub mod origin;
 pub mod published;
 pub mod reason;
 
+pub use extract::without_addresses;
+
 use serde::Serialize;
 
 /// One classified recipient of a bounce, complaint or auto-reply.
@@ -278,6 +280,18 @@ mod tests {
                 false,
             ),
         ];
+        // An address is no evidence: a local part that reads like a reason changes nothing.
+        for (local, text) in [
+            ("spam", "<{}@example.org>: Recipient address rejected"),
+            ("blocked", "452 <{}@example.org>: try again later"),
+            ("mailbox-full", "Delivery to {}@example.org failed"),
+        ] {
+            assert_eq!(
+                classify_reply(550, None, &text.replace("{}", local), "RCPT"),
+                classify_reply(550, None, &text.replace("{}", "bob"), "RCPT"),
+                "{local}"
+            );
+        }
         for (code, enhanced, text, command, reason, hard) in cases {
             assert_eq!(
                 classify_reply(code, enhanced, text, command),

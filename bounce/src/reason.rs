@@ -12,7 +12,7 @@
 //! `onhold` only when nothing decides. The command that failed then separates an unknown
 //! recipient from a filtered message and a refused sender.
 
-use crate::extract::squeeze;
+use crate::extract::{squeeze, without_addresses};
 
 /// A rule: the reason, the name of its family of wordings (one meaning, several wordings; the
 /// unit a k-fold evaluation leaves out), and the wordings.
@@ -1253,7 +1253,7 @@ fn pair_matches(pair: &Pair, text: &str) -> bool {
 /// True when the unit called `name` (a wording, a family), read for `reason`, occurs in `text`
 /// (for evaluation: which labelled texts support a unit).
 pub fn fires(unit: Unit, reason: &str, name: &str, text: &str) -> bool {
-    let text = without_purposes(squeeze(&text.to_ascii_lowercase()));
+    let text = readable(text);
     if let Some(pair) = PAIRS.iter().find(|p| p.name == name) {
         return pair_matches(pair, &text);
     }
@@ -1719,6 +1719,17 @@ const SURELY_UNKNOWN: &[&str] = &[
     "delivery error: dd",
 ];
 
+/// A text as the rules read it: lower case, white space squeezed, without addresses
+/// ([`without_addresses`]) and without the clauses that give a rule's purpose.
+fn readable(text: &str) -> String {
+    let text = squeeze(&text.to_ascii_lowercase());
+    let text = match without_addresses(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(t) => t,
+    };
+    without_purposes(text)
+}
+
 /// Clauses that say why a receiver has a rule, not what this message did ("To reduce the
 /// amount of spam sent to Gmail, this message has been blocked", "To best protect our users
 /// from spam, ...": the providers' refusals for unauthenticated or malformed mail, low
@@ -1738,8 +1749,8 @@ pub fn reason(e: &Evidence) -> &'static str {
 
 /// The reason and what decided it (a phrase, "status", "action").
 pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
-    let primary = without_purposes(squeeze(&e.diagnostic.to_ascii_lowercase()));
-    let context = without_purposes(squeeze(&e.context.to_ascii_lowercase()));
+    let primary = readable(e.diagnostic);
+    let context = readable(e.context);
     use crate::published::{MtaMessages, Tier};
     let mta_primary = MtaMessages::in_text(&primary, e.writer);
     // Read only when the earlier evidence decided nothing.

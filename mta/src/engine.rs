@@ -282,9 +282,11 @@ type Classified = HashMap<Box<str>, (&'static str, bool)>;
 
 /// The reason (Sisimai's vocabulary) and hardness of a failure reply to `command`.
 pub fn classify(reply: &Reply, command: &str) -> (&'static str, bool) {
-    // A pure function of the reply and the command, and a run meets the same few replies
-    // millions of times (every greylisted RCPT): remembered per thread, at most
-    // CLASSIFIED_MAX of them (then forgotten all at once).
+    // A pure function of the reply (its text without the addresses it names, which the
+    // classifier does not read: the same refusal names each recipient in turn) and the
+    // command, and a run meets the same few replies millions of times (every greylisted
+    // RCPT): remembered per thread, at most CLASSIFIED_MAX of them (then forgotten all at
+    // once).
     const CLASSIFIED_MAX: usize = 4096;
     thread_local! {
         static CLASSIFIED: std::cell::RefCell<(String, Classified)> = Default::default();
@@ -297,22 +299,16 @@ pub fn classify(reply: &Reply, command: &str) -> (&'static str, bool) {
             Some(e) => ('+', e),
             None => ('-', ""),
         };
+        let text = mailsim_bounce::without_addresses(&reply.text);
         let _ = std::fmt::Write::write_fmt(
             key,
-            format_args!(
-                "{}\0{mark}{enhanced}\0{command}\0{}",
-                reply.code, reply.text
-            ),
+            format_args!("{}\0{mark}{enhanced}\0{command}\0{text}", reply.code),
         );
         if let Some(&known) = seen.get(key.as_str()) {
             return known;
         }
-        let decided = mailsim_bounce::classify_reply(
-            reply.code,
-            reply.enhanced.as_deref(),
-            &reply.text,
-            command,
-        );
+        let decided =
+            mailsim_bounce::classify_reply(reply.code, reply.enhanced.as_deref(), &text, command);
         if seen.len() >= CLASSIFIED_MAX {
             seen.clear();
         }
