@@ -272,6 +272,23 @@ mod tests {
                 false,
             ),
             (
+                421,
+                None,
+                "Too many messages on this connection, try again later",
+                "MAIL",
+                "ratelimited",
+                false,
+            ),
+            // A listing of the client that calls it a spam source is no verdict on the message.
+            (
+                554,
+                Some("5.7.1"),
+                "Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org; identified as spam source",
+                "RCPT",
+                "blocked",
+                false,
+            ),
+            (
                 452,
                 Some("4.2.2"),
                 "Too many messages in mailbox",

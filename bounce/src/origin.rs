@@ -290,7 +290,11 @@ static PROVIDERS: &[(&str, &[&str])] = &[
     ("laposte", &["laposte.net"]),
     ("cox", &["cox.net"]),
     ("comcast", &["comcast.net"]),
-    ("att", &["att.net", "bellsouth.net", "sbcglobal.net"]),
+    // AT&T's inbound hosts for att.net, sbcglobal.net and bellsouth.net are *.prodigy.net.
+    (
+        "att",
+        &["att.net", "bellsouth.net", "sbcglobal.net", "prodigy.net"],
+    ),
     ("spectrum", &["charter.net", "rr.com", "spectrum.net"]),
     ("godaddy", &["secureserver.net"]),
     ("zoho", &["zoho.com", "zohomail.com", "zoho.eu"]),
@@ -346,6 +350,9 @@ mod tests {
             ),
             Some("google")
         );
+        assert_eq!(remote(Some("ff-ip4-mx-vip1.prodigy.net"), ""), Some("att"));
+        assert_eq!(remote(Some("mx.mail.com"), ""), Some("gmx"));
+        assert_eq!(remote(Some("gmail.com"), ""), None);
         // A name that only ends like a provider's is not the provider's.
         assert_eq!(remote(Some("notgoogle.com"), ""), None);
         assert_eq!(remote(None, "550 5.1.1 user unknown"), None);

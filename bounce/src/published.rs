@@ -275,7 +275,6 @@ pub static PROVIDERS: &[Provider] = &[
             ("ofr_999", "blocked"),
             // 550 OFR006_102 "Client host blocked for spamming issues" (its Cloudmark listing).
             ("ofr006_102", "blocked"),
-            ("client host blocked for", "blocked"),
             // 550 5.1.0 OFR_415 "Emetteur invalide. Invalid sender".
             ("ofr_415", "rejected"),
             // 550 5.1.1 OFR_416 "Adresse d au moins un destinataire invalide. Invalid
@@ -329,11 +328,7 @@ pub static PROVIDERS: &[Provider] = &[
             ("es000010", "blocked"),
             // BL000000: patterns characteristic of spam; BL000001-BL000111: listed by
             // Spamhaus ZEN, Cloudmark CSI, SenderScore.
-            ("bl0000", "blocked"),
-            // 421 "[too many sessions opened]".
-            ("too many sessions opened", "ratelimited"),
-            // 421 "[reverse dns failure : try again later]".
-            ("reverse dns failure", "requireptr"),
+            ("bl000", "blocked"),
         ],
     },
     Provider {
@@ -348,14 +343,13 @@ pub static PROVIDERS: &[Provider] = &[
         replies: &[
             // 421 "Failure in DNS look-up": the sending address has no valid reverse DNS.
             ("failure in dns look-up", "requireptr"),
-            // 550 "[SUSPEND] Mailbox currently suspended".
-            ("mailbox currently suspended", "suspend"),
             // 550 "Unauthorized interface for <ip>", "blocked by ldap:ou=rblmx", "Error.
-            // Blocked for abuse": a source of spam, not a valid mail source.
+            // Blocked for abuse": a source of spam, not a valid mail source. (Its "[SUSPEND]
+            // Mailbox currently suspended", its DNSBL "attrbl", are read alike by the generic
+            // families.)
             ("unauthorized interface for", "blocked"),
             ("ou=rblmx", "blocked"),
             ("blocked for abuse", "blocked"),
-            ("dnsbl:attrbl", "blocked"),
         ],
     },
     Provider {
@@ -369,9 +363,8 @@ pub static PROVIDERS: &[Provider] = &[
         marks: &["secureserver.net"],
         source: "https://www.godaddy.com/help/fix-rejected-email-with-a-bounce-error-40685 (GoDaddy's bounce errors; the IB codes as copies of that page quote them)",
         replies: &[
-            // "Account storage limit", "Account disabled".
+            // "Account storage limit".
             ("account storage limit", "mailboxfull"),
-            ("account disabled", "suspend"),
             // IB506 "From: domain is invalid" (no valid MX or address for it).
             ("ib506", "rejected"),
             // IB508 the sender's SPF record does not allow the address.
@@ -391,12 +384,9 @@ pub static PROVIDERS: &[Provider] = &[
         generic: false,
         marks: &["zoho.com/mail/help"],
         source: "https://www.zoho.com/mail/help/spam-reason.html and Zoho Mail's replies as https://smtp.codes/zoho quotes them",
+        // Its "541 5.4.1 Mail rejected by destination domain" and "Email flagged as spam" are
+        // read alike by the generic families.
         replies: &[
-            // 541 5.4.1 "Mail rejected by destination domain": the receiving domain's
-            // filters refuse this sender.
-            ("rejected by destination domain", "rejected"),
-            // 554 5.7.1 "Email flagged as spam".
-            ("email flagged as spam", "spamdetected"),
             // 552 5.7.1 "Virus ... detected by Zoho Mail".
             ("detected by zoho mail", "virusdetected"),
         ],
@@ -418,16 +408,12 @@ pub static PROVIDERS: &[Provider] = &[
         ],
         source: "https://postmaster.gmx.com/en/error-messages, https://postmaster.mail.com/en/error-messages, https://postmaster.web.de/de/fehlermeldungen (GMX, mail.com, WEB.DE)",
         replies: &[
-            // 554 "IP address is block listed" (case r0201).
-            ("address is block listed", "blocked"),
             // 554 "Bad DNS PTR resource record" (case rdns).
             ("dns ptr resource record", "requireptr"),
-            // 4xx "Rate limit reached. Please try again later".
-            ("rate limit reached", "ratelimited"),
             // 5xx "Reject due to SPF policy".
             ("due to spf policy", "authfailure"),
             // "User has too many messages on the server".
-            ("too many messages on", "mailboxfull"),
+            ("messages on the server", "mailboxfull"),
         ],
     },
     Provider {
@@ -440,11 +426,6 @@ pub static PROVIDERS: &[Provider] = &[
         marks: &["yandex.com/support", "yandex.ru/support"],
         source: "https://yandex.com/support/mail/bounces/yandex.html (Report on non-delivery to Yandex)",
         replies: &[
-            // 554 5.7.1 "Message rejected under suspicion of SPAM".
-            ("suspicion of spam", "spamdetected"),
-            // "Client host [ip] blocked using ...", "blocked by spam statistics": only spam
-            // comes from the address, blocked for 24 hours.
-            ("blocked by spam statistics", "blocked"),
             // 550 5.7.1 "Policy rejection on the target address": the recipient's account
             // is blocked.
             ("policy rejection on the", "suspend"),
@@ -465,8 +446,6 @@ pub static PROVIDERS: &[Provider] = &[
             ("rejected by recipients", "rejected"),
             // 550 "Mail content denied": reported as spam by many users.
             ("mail content denied", "spamdetected"),
-            // 550 "Sender frequency limited".
-            ("sender frequency limited", "ratelimited"),
         ],
     },
 ];
@@ -959,6 +938,11 @@ mod tests {
                 "554 resimta-ch2-01v.sys.comcast.net comcast 192.0.2.1 comcast block for spam. please see http://postmaster.comcast.net/smtp-error-codes.php#bl000001",
                 "blocked",
             ),
+            // BL000100-BL000111: SenderScore's listings.
+            (
+                "554 resimta-ch2-01v.sys.comcast.net comcast block for spam. please see http://postmaster.comcast.net/smtp-error-codes.php#bl000100",
+                "blocked",
+            ),
             (
                 "421 mwinf5c04 me trop de connexions, ralentissez. too many connections, slow down. ofr004_104 [104]",
                 "ratelimited",
@@ -978,9 +962,9 @@ mod tests {
         let att = "550 blocked by ldap:ou=rblmx,dc=att,dc=net";
         assert_eq!(reason(Some("att"), att), Some("blocked"));
         // Words without a mark: only the provider's own server makes them its reply.
-        let zoho = "541 5.4.1 mail rejected by destination domain";
+        let zoho = "552 5.7.1 virus eicar-test-signature detected by zoho mail";
         assert_eq!(reason(None, zoho), None);
-        assert_eq!(reason(Some("zoho"), zoho), Some("rejected"));
+        assert_eq!(reason(Some("zoho"), zoho), Some("virusdetected"));
         assert_eq!(reason(Some("google"), zoho), None);
         let yandex = "550 5.7.1 policy rejection on the target address";
         assert_eq!(reason(None, yandex), None);

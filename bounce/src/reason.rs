@@ -262,10 +262,13 @@ static RULES: &[Rule] = &[
             "rate-limit",
             "too many messages from",
             // A limit of messages per connection (Exim's smtp_accept_max_per_connection: "too
-            // many messages in this connection"; Yahoo's "Max message per connection reached").
+            // many messages in this connection"; "... on this connection"; Yahoo's published
+            // "Max message per connection reached").
             "messages in this connection",
+            "messages on this connection",
             "messages in one connection",
             "messages per connection",
+            "message per connection",
             "throttl",
             "exceeded the rate",
             "too many recipients",
@@ -381,17 +384,21 @@ static RULES: &[Rule] = &[
             "locked",
         ],
     ),
-    // A verdict of spam named as such ("rejected as spam", SpamAssassin's "identified as
-    // spam", Exchange Online's 5.7.350 "detected as spam"), whatever the filter that gave it:
-    // read before the filter's own name ("Message rejected as spam by Content Filtering").
+    // A verdict of spam on the message named as such ("message rejected as spam",
+    // SpamAssassin's "message identified as spam", Exchange Online's 5.7.350 "message detected
+    // as spam"), whatever the filter that gave it: read before the filter's own name ("Message
+    // rejected as spam by Content Filtering"). The message, not the sender: "Client host
+    // [192.0.2.1] blocked using a DNSBL; identified as spam source" is a listing.
     (
         "spamdetected",
         "verdict as spam",
         &[
-            "rejected as spam",
-            "identified as spam",
-            "detected as spam",
-            "classified as spam",
+            "message rejected as spam",
+            "message identified as spam",
+            "message detected as spam",
+            "message classified as spam",
+            "mail rejected as spam",
+            "content rejected as spam",
         ],
     ),
     // A filter of the recipient's refused the message after DATA (Sisimai's "filtered").
