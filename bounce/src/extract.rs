@@ -938,7 +938,10 @@ pub fn squeeze(text: &str) -> String {
 /// The text with every mail address in it (`local@domain`, bracketed or bare) replaced by a
 /// lone `@`. An address names a mailbox; it is no evidence of why mail to it failed (a local
 /// part may read "spam", "blocked" or "filtered"), and with the addresses gone the same reply
-/// to different recipients is one text. Idempotent: a lone `@` is no address.
+/// to different recipients is one text. Idempotent: a lone `@` is no address. Broader than
+/// [`address_re`], which finds recipients to report (a dotted domain, ASCII): this takes out
+/// any token around an `@`, whatever it names, and leaves links (`://`) whole, since a
+/// provider's mark may be in one.
 pub fn without_addresses(text: &str) -> std::borrow::Cow<'_, str> {
     // What ends an address: white space, the brackets and quotes around it, the separators
     // of a list or a field ("to:a@b", "a@b,c@d", "a@b; ...").
@@ -968,14 +971,20 @@ pub fn without_addresses(text: &str) -> std::borrow::Cow<'_, str> {
             .char_indices()
             .find(|&(_, c)| ends(c))
             .map_or(text.len(), |(i, _)| at + 1 + i);
-        if start == at || end == at + 1 || start < copied {
+        // The word around it, to the white space: a link ("http://host/?r=a@b") is left whole.
+        let word = text[..at]
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        if start == at || end == at + 1 || text[word..end].contains("://") {
             continue;
         }
         out.push_str(&text[copied..start]);
         out.push('@');
         copied = end;
     }
-    if copied == 0 && out.is_empty() {
+    if copied == 0 {
         return std::borrow::Cow::Borrowed(text);
     }
     out.push_str(&text[copied..]);
@@ -1072,6 +1081,11 @@ mod tests {
             ("to:a@b,c.d@e.example; (x+y=z@v.example)", "to:@,@; (@)"),
             ("a@b@c is odd", "@ is odd"),
             ("Kontakt: jürgen@exämple.de.", "Kontakt: @"),
+            // A link is left whole (a provider's mark may be in it).
+            (
+                "see http://postmaster.example.net/x?r=a@b and c@d",
+                "see http://postmaster.example.net/x?r=a@b and @",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(without_addresses(text), want, "{text}");

@@ -1213,7 +1213,8 @@ fn pair_matches(pair: &Pair, text: &str) -> bool {
     }
     let words: Vec<&str> = text
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':' | '(' | ')' | '"'))
-        // Addresses and links are not words ("blocked@example.org" says nothing of blocking).
+        // Links are not words; nor is the lone "@" left where an address was
+        // (`without_addresses`).
         .filter(|w| !w.is_empty() && !w.contains('@') && !w.contains("://"))
         .collect();
     let starts_at = |i: usize, phrase: &str| {
