@@ -398,7 +398,6 @@ static RULES: &[Rule] = &[
             "message detected as spam",
             "message classified as spam",
             "mail rejected as spam",
-            "content rejected as spam",
         ],
     ),
     // A filter of the recipient's refused the message after DATA (Sisimai's "filtered").
