@@ -60,12 +60,17 @@ pub struct PlacementDecision {
     pub actions: Vec<(crate::engage::Act, u64)>,
 }
 
+/// The policy's tables are looked up several times for every RCPT (greylisting triplets,
+/// attempt counters), millions of times in a large virtual run: hashed with foldhash rather
+/// than SipHash (seeded per table all the same; nothing iterates them).
+type Table<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct State {
-    attempts: HashMap<String, u32>,
-    greylist: HashMap<String, u64>,
-    buckets: HashMap<IpAddr, (f64, u64)>,
-    connections: HashMap<IpAddr, usize>,
+    attempts: Table<String, u32>,
+    greylist: Table<String, u64>,
+    buckets: Table<IpAddr, (f64, u64)>,
+    connections: Table<IpAddr, usize>,
     data_attempts: u64,
 }
 
