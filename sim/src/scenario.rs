@@ -187,7 +187,7 @@ pub enum Store {
     Full,
     /// Its header block only, body left out, appended to one mbox file per server (and
     /// folder), `headers.mbox` (mboxrd: RFC 4155's mbox, `From ` lines quoted): no file per
-    /// copy.
+    /// copy. Written in blocks as copies accumulate: the file is whole when the run ends.
     #[serde(rename = "headers")]
     Headers,
     /// Nothing: no Maildir file.
