@@ -232,7 +232,7 @@ mod tests {
                 Some("5.7.0"),
                 "Must issue a STARTTLS command first",
                 "MAIL",
-                "securityerror",
+                "failedstarttls",
                 false,
             ),
             (

@@ -230,6 +230,15 @@ pub static PROVIDERS: &[Provider] = &[
             ("headers are not rfc", "notcompliantrfc"),
             // 451 "temporarily deferred due to unresolvable RFC.5321 from domain".
             ("unresolvable rfc.5321 from", "rejected"),
+            // 421 4.7.0 [TSS04] "Messages from <ip> temporarily deferred due to unexpected
+            // volume or user complaints", and its older codes [TS01]/[TS02] ("temporarily
+            // deferred") and [TS03] ("All messages from <ip> permanently deferred": Yahoo's help
+            // article, a volume "characteristic of unsolicited, bulk emails"): a deferral for
+            // what the sending IP's traffic and complaints say of it, its reputation.
+            ("[tss04]", "badreputation"),
+            ("[ts01]", "badreputation"),
+            ("[ts02]", "badreputation"),
+            ("[ts03]", "badreputation"),
         ],
     },
     Provider {

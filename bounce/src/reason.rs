@@ -679,14 +679,26 @@ static RULES: &[Rule] = &[
             "too big",
         ],
     ),
-    // RFC 4954 (530 5.7.0 authentication required) and RFC 3207 (must issue STARTTLS first).
+    // RFC 3207's refusal before STARTTLS ("530 Must issue a STARTTLS command first") and the
+    // receivers' "TLS required": Sisimai's FailedSTARTTLS is every error of STARTTLS, DANE and
+    // MTA-STS (its manual page, whose example is "5.7.10 STARTTLS is required to send mail").
+    (
+        "failedstarttls",
+        "starttls required",
+        &[
+            "starttls",
+            "tls required",
+            "tls is required",
+            "requires tls",
+        ],
+    ),
+    // RFC 4954 (530 5.7.0 authentication required; 5.7.11 encryption required for the
+    // mechanism).
     (
         "securityerror",
         "authentication required",
         &[
             "authentication required",
-            "starttls",
-            "tls required",
             "encryption required",
             "requires authentication",
             "authentication is required",

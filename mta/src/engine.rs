@@ -1333,7 +1333,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                     TlsFacts::failed("validation-failure", &why),
                     "skipped",
                 );
-                tls_failure = Some(format!("securityerror: sts-enforce: {why}"));
+                tls_failure = Some(format!("failedstarttls: sts-enforce: {why}"));
                 continue;
             }
             for ip in &host.addrs {
@@ -1453,7 +1453,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         }
         let failed = |this: &Self, facts: TlsFacts, retry: bool| {
             let why = format!(
-                "securityerror: {}: {} ({})",
+                "failedstarttls: {}: {} ({})",
                 tls.policy(),
                 facts.result,
                 facts.detail.as_deref().unwrap_or("")

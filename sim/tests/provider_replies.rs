@@ -59,7 +59,7 @@ fn expected(profile: &str, situation: &str) -> &'static str {
         ("microsoft-like", "greylisted") => "ratelimited",
         (_, "rate_limited" | "rate_limited_close" | "too_many_connections") => "ratelimited",
         (_, "tempfail") => "systemerror",
-        (_, "tls_required") => "securityerror",
+        (_, "tls_required") => "failedstarttls",
         // Yahoo refuses spam and DMARC failures alike "for policy reasons" (5.7.9).
         ("yahoo-like", "spam" | "dmarc_reject") => "policyviolation",
         // Outlook.com's S3150 names its block list, not the content.

@@ -307,8 +307,8 @@ size_bytes = 900
     assert_eq!(
         reasons.into_iter().collect::<Vec<_>>(),
         [
-            "securityerror: required: starttls-not-supported",
-            "securityerror: required: validation-failure"
+            "failedstarttls: required: starttls-not-supported",
+            "failedstarttls: required: validation-failure"
         ]
     );
 }
