@@ -154,6 +154,9 @@ pub static PROVIDERS: &[Provider] = &[
             ("resolver.adr.recipientnotfound", "userunknown"),
             ("resolver.adr.exrecipnotfound", "userunknown"),
             ("by smtp address lookup", "userunknown"),
+            // 5.4.1 "Recipient address rejected: Access denied. AS(201806281)": Directory
+            // Based Edge Blocking, the recipient is not in the tenant's directory.
+            ("address rejected: access denied", "userunknown"),
             // 5.7.1 RESOLVER.RST.AuthRequired: the recipient takes mail only from
             // authenticated senders.
             ("resolver.rst.authrequired", "securityerror"),
@@ -455,6 +458,81 @@ pub static PROVIDERS: &[Provider] = &[
             ("rejected by recipients", "rejected"),
             // 550 "Mail content denied": reported as spam by many users.
             ("mail content denied", "spamdetected"),
+        ],
+    },
+    Provider {
+        family: "mimecast's published replies",
+        complete: false,
+        remote: Some("mimecast"),
+        writers: &[],
+        wrappers: &[],
+        generic: false,
+        // Mimecast, a gateway in front of many companies' mail, ends each refusal with a link
+        // to its list ("... - https://community.mimecast.com/docs/DOC-1369#550").
+        marks: &["community.mimecast.com"],
+        source: "https://community.mimecast.com/s/article/Mimecast-SMTP-Error-Codes-842605754 (formerly DOC-1369), https://mimecastsupport.zendesk.com/hc/en-us/articles/34000709564691 (Mimecast SMTP Error Codes)",
+        // Each reply read by the cause Mimecast gives. Left out: "Email rejected due to
+        // security policies" (a virus signature or a spam score over the threshold: two
+        // reasons), "Recipient temporarily unavailable" and "IP temporarily blacklisted" (a
+        // block list for too many invalid connections, or recipient validation not
+        // answering), and the replies the generic families read the same way ("Invalid
+        // Recipient", "Mail loop detected", "Too many recipients").
+        replies: &[
+            // 421 "Sender address blocked": the sending IP is on a Blocked Senders policy.
+            ("sender address blocked", "blocked"),
+            // 421 "Unable to process connection at this time": Mimecast at its maximum load.
+            ("unable to process connection", "systemerror"),
+            // 451 "Internal resource temporarily unavailable" (also "... resources are ..."):
+            // greylisting of a sender whose reputation checks did not pass, or the sending
+            // IP's poor reputation.
+            ("internal resource", "badreputation"),
+            // 451 "Account service is temporarily unavailable": more concurrent connections
+            // than the customer's account allows.
+            ("account service is temporarily", "ratelimited"),
+            // 550 "Exceeding outbound thread limit": too many concurrent connections.
+            ("outbound thread limit", "ratelimited"),
+            // 451 "Open relay not allowed": neither domain is the customer's.
+            ("open relay not allowed", "norelaying"),
+            ("open relay is not", "norelaying"),
+            // 451 "Account inbounds disabled": the customer's inbound mail is switched off.
+            ("account inbounds disabled", "notaccept"),
+            // "The incorrect hostname used for inbounds": the domain's MX names a host that
+            // does not take its inbound mail.
+            ("incorrect hostname used", "networkerror"),
+            // 550 "SPF Sender Invalid - envelope rejected", "DKIM Sender Invalid ...", "DMARC
+            // Sender Invalid ...": the sender failed the check.
+            ("spf sender invalid", "authfailure"),
+            ("dkim sender invalid", "authfailure"),
+            ("dmarc sender invalid", "authfailure"),
+            // 550 "Local CT IP Reputation - (reject)": the sending IP's poor reputation.
+            ("local ct ip reputation", "badreputation"),
+            // 550 "Administrative prohibition - envelope blocked", "Envelope blocked - User
+            // Entry" (the recipient's own block list), "Rejected by header based (manually)
+            // Blocked Senders", "... Block policy for envelope from address", "Policy level
+            // block list in force": the sender is on a block list the customer or the
+            // recipient keeps.
+            ("envelope blocked", "rejected"),
+            ("blocked senders", "rejected"),
+            ("block policy for", "rejected"),
+            ("policy level block list", "rejected"),
+            // 550 "Anti-Spoofing policy - inbound not allowed": mail from outside in the
+            // customer's own name; 550 "Message bounced due to Content Examination policy";
+            // 554 "Host network not allowed": a Geographical Restriction policy. The
+            // customer's policies.
+            ("anti-spoofing policy", "policyviolation"),
+            ("content examination policy", "policyviolation"),
+            ("host network not allowed", "policyviolation"),
+            ("host network, not allowed", "policyviolation"),
+            // 550 "Journal message past the expiration": kept past the expiry threshold.
+            ("journal message", "expired"),
+            // 553 "This route requires encryption (TLS)" (and TLS 1.2 or high-strength
+            // ciphers): the sender did not use TLS as the route asks.
+            ("route requires encryption", "failedstarttls"),
+            // 554 "Maximum email size exceeded": the size policy or the service's limit.
+            ("maximum email size exceeded", "emailtoolarge"),
+            // 535 "Incorrect authentication data", 550 "Submitter failed to authenticate".
+            ("incorrect authentication data", "securityerror"),
+            ("submitter failed to authenticate", "securityerror"),
         ],
     },
 ];
@@ -964,6 +1042,23 @@ mod tests {
                 "554-gmx.net (mxgmx104) nemesis esmtp service not available 554-no smtp service 554-bad dns ptr resource record. 554 for explanation visit https://postmaster.gmx.net/en/case?c=rdns",
                 "requireptr",
             ),
+            // Mimecast's replies carry its page's link.
+            (
+                "554 host network not allowed - https://community.mimecast.com/docs/doc-1369#554 [z7qzw5bpd1zldyhka4589ru.us222]",
+                "policyviolation",
+            ),
+            (
+                "451 internal resource is temporarily unavailable - https://community.mimecast.com/docs/doc-1369#451",
+                "badreputation",
+            ),
+            (
+                "550 envelope blocked - user entry - https://community.mimecast.com/docs/doc-1369#550",
+                "rejected",
+            ),
+            (
+                "550 dmarc sender invalid - envelope rejected - https://community.mimecast.com/docs/doc-1369#550",
+                "authfailure",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(reason(None, text), Some(want), "{text}");
@@ -978,6 +1073,15 @@ mod tests {
         let yandex = "550 5.7.1 policy rejection on the target address";
         assert_eq!(reason(None, yandex), None);
         assert_eq!(reason(Some("yandex"), yandex), Some("suspend"));
+        // Exchange Online's edge refuses an address its directory lacks with "Access denied";
+        // elsewhere those words say only that something was refused.
+        let dbeb = "550 5.4.1 recipient address rejected: access denied. as(201806281)";
+        assert_eq!(reason(Some("microsoft"), dbeb), Some("userunknown"));
+        assert_eq!(reason(None, dbeb), None);
+        // Without the link, only a host of Mimecast's makes them its reply.
+        let unmarked = "451 account service is temporarily unavailable";
+        assert_eq!(reason(None, unmarked), None);
+        assert_eq!(reason(Some("mimecast"), unmarked), Some("ratelimited"));
         // Another provider's code family is not Cox's: Spectrum's AUP codes stay its own.
         assert_eq!(
             reason(None, "550 please see spectrum.net aup#in-1310"),
