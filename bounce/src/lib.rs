@@ -235,6 +235,32 @@ mod tests {
                 "failedstarttls",
                 false,
             ),
+            // The command a transcript names is not what failed.
+            (
+                421,
+                Some("4.4.2"),
+                "conversation with mx.example.org timed out while sending STARTTLS",
+                "STARTTLS",
+                "networkerror",
+                false,
+            ),
+            (
+                451,
+                Some("4.7.5"),
+                "Server certificate not trusted",
+                "STARTTLS",
+                "failedstarttls",
+                false,
+            ),
+            // Exchange Online's edge: the recipient is not in the tenant's directory.
+            (
+                550,
+                Some("5.4.1"),
+                "Recipient address rejected: Access denied. AS(201806281)",
+                "RCPT",
+                "userunknown",
+                true,
+            ),
             (
                 550,
                 Some("5.7.1"),

@@ -154,9 +154,6 @@ pub static PROVIDERS: &[Provider] = &[
             ("resolver.adr.recipientnotfound", "userunknown"),
             ("resolver.adr.exrecipnotfound", "userunknown"),
             ("by smtp address lookup", "userunknown"),
-            // 5.4.1 "Recipient address rejected: Access denied. AS(201806281)": Directory
-            // Based Edge Blocking, the recipient is not in the tenant's directory.
-            ("address rejected: access denied", "userunknown"),
             // 5.7.1 RESOLVER.RST.AuthRequired: the recipient takes mail only from
             // authenticated senders.
             ("resolver.rst.authrequired", "securityerror"),
@@ -206,10 +203,13 @@ pub static PROVIDERS: &[Provider] = &[
         wrappers: &[],
         generic: false,
         // Its refusals after DATA start "delivery error: dd" (the sample bounce of the page);
-        // its replies point to postmaster.yahooinc.com.
+        // its replies point to postmaster.yahooinc.com (earlier postmaster.verizonmedia.com,
+        // and help pages on postmaster.yahoo.com for the [TS0x] codes).
         marks: &[
             "delivery error: dd",
             "postmaster.yahooinc.com",
+            "postmaster.yahoo.com",
+            "postmaster.verizonmedia.com",
             "yahoo.com account",
         ],
         source: "https://senders.yahooinc.com/smtp-error-codes/ (SMTP error codes)",
@@ -469,7 +469,11 @@ pub static PROVIDERS: &[Provider] = &[
         generic: false,
         // Mimecast, a gateway in front of many companies' mail, ends each refusal with a link
         // to its list ("... - https://community.mimecast.com/docs/DOC-1369#550").
-        marks: &["community.mimecast.com"],
+        marks: &[
+            "community.mimecast.com",
+            "mimecastsupport.zendesk.com",
+            "doc-1369",
+        ],
         source: "https://community.mimecast.com/s/article/Mimecast-SMTP-Error-Codes-842605754 (formerly DOC-1369), https://mimecastsupport.zendesk.com/hc/en-us/articles/34000709564691 (Mimecast SMTP Error Codes)",
         // Each reply read by the cause Mimecast gives. Left out: "Email rejected due to
         // security policies" (a virus signature or a spam score over the threshold: two
@@ -482,10 +486,13 @@ pub static PROVIDERS: &[Provider] = &[
             ("sender address blocked", "blocked"),
             // 421 "Unable to process connection at this time": Mimecast at its maximum load.
             ("unable to process connection", "systemerror"),
-            // 451 "Internal resource temporarily unavailable" (also "... resources are ..."):
-            // greylisting of a sender whose reputation checks did not pass, or the sending
-            // IP's poor reputation.
-            ("internal resource", "badreputation"),
+            // 451 "Internal resource temporarily unavailable" (also "... resource is ...",
+            // "... resources are ..."): greylisting, or the sending IP's poor reputation; the
+            // page's remedy for both is to exempt the sender from the reputation checks, which
+            // decide either way.
+            ("internal resource temporarily", "badreputation"),
+            ("internal resource is", "badreputation"),
+            ("internal resources are", "badreputation"),
             // 451 "Account service is temporarily unavailable": more concurrent connections
             // than the customer's account allows.
             ("account service is temporarily", "ratelimited"),
@@ -519,15 +526,17 @@ pub static PROVIDERS: &[Provider] = &[
             // customer's own name; 550 "Message bounced due to Content Examination policy";
             // 554 "Host network not allowed": a Geographical Restriction policy. The
             // customer's policies.
-            ("anti-spoofing policy", "policyviolation"),
+            ("spoofing policy", "policyviolation"),
             ("content examination policy", "policyviolation"),
             ("host network not allowed", "policyviolation"),
             ("host network, not allowed", "policyviolation"),
             // 550 "Journal message past the expiration": kept past the expiry threshold.
-            ("journal message", "expired"),
-            // 553 "This route requires encryption (TLS)" (and TLS 1.2 or high-strength
-            // ciphers): the sender did not use TLS as the route asks.
-            ("route requires encryption", "failedstarttls"),
+            ("journal message past", "expired"),
+            ("journal messages past", "expired"),
+            // 553 "This route requires encryption (TLS)", "... requires TLS version 1.2 or
+            // greater", "... requires high-strength ciphers": the sender did not use TLS as
+            // the route asks.
+            ("this route requires", "failedstarttls"),
             // 554 "Maximum email size exceeded": the size policy or the service's limit.
             ("maximum email size exceeded", "emailtoolarge"),
             // 535 "Incorrect authentication data", 550 "Submitter failed to authenticate".
@@ -1059,6 +1068,14 @@ mod tests {
                 "550 dmarc sender invalid - envelope rejected - https://community.mimecast.com/docs/doc-1369#550",
                 "authfailure",
             ),
+            (
+                "553 this route requires high-strength ciphers - https://community.mimecast.com/docs/doc-1369#553",
+                "failedstarttls",
+            ),
+            (
+                "550 journal message past the expiration - https://community.mimecast.com/docs/doc-1369#550",
+                "expired",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(reason(None, text), Some(want), "{text}");
@@ -1073,11 +1090,6 @@ mod tests {
         let yandex = "550 5.7.1 policy rejection on the target address";
         assert_eq!(reason(None, yandex), None);
         assert_eq!(reason(Some("yandex"), yandex), Some("suspend"));
-        // Exchange Online's edge refuses an address its directory lacks with "Access denied";
-        // elsewhere those words say only that something was refused.
-        let dbeb = "550 5.4.1 recipient address rejected: access denied. as(201806281)";
-        assert_eq!(reason(Some("microsoft"), dbeb), Some("userunknown"));
-        assert_eq!(reason(None, dbeb), None);
         // Without the link, only a host of Mimecast's makes them its reply.
         let unmarked = "451 account service is temporarily unavailable";
         assert_eq!(reason(None, unmarked), None);

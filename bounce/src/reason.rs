@@ -679,17 +679,24 @@ static RULES: &[Rule] = &[
             "too big",
         ],
     ),
-    // RFC 3207's refusal before STARTTLS ("530 Must issue a STARTTLS command first") and the
-    // receivers' "TLS required": Sisimai's FailedSTARTTLS is every error of STARTTLS, DANE and
-    // MTA-STS (its manual page, whose example is "5.7.10 STARTTLS is required to send mail").
+    // RFC 3207's refusal before STARTTLS ("530 Must issue a STARTTLS command first"), the
+    // receivers' "TLS required" and a client's refusal of the server's certificate (Postfix's
+    // "Server certificate not trusted" / "not verified"): Sisimai's FailedSTARTTLS is the errors
+    // of STARTTLS, DANE and MTA-STS (its manual page, whose example is "5.7.10 STARTTLS is
+    // required to send mail"). Not the bare word: a transcript names the command it was
+    // sending when something else went wrong ("... while sending STARTTLS").
     (
         "failedstarttls",
         "starttls required",
         &[
-            "starttls",
+            "issue a starttls",
+            "starttls first",
+            "starttls required",
+            "starttls is required",
             "tls required",
             "tls is required",
             "requires tls",
+            "server certificate not",
         ],
     ),
     // RFC 4954 (530 5.7.0 authentication required; 5.7.11 encryption required for the
@@ -1406,8 +1413,9 @@ static LATE_RULES: &[Rule] = &[
         "connection refused by",
         &["connection refused by"],
     ),
-    // A bare "access denied" says only that something was refused (Microsoft's 5.4.1 edge
-    // block, qmail's sender refusal, Postfix's "Relay access denied" all use it).
+    // A bare "access denied" says only that something was refused (qmail's sender refusal,
+    // Postfix's "Relay access denied" and its access tables all use it; Exchange Online's
+    // 5.4.1 edge block, "Recipient address rejected: Access denied", is read above).
     ("securityerror", "access denied", &["access denied"]),
 ];
 
