@@ -70,8 +70,18 @@ pub static PROVIDERS: &[Provider] = &[
             ("nature of the content", "spamdetected"),
             // 550 5.7.1 "likely unsolicited mail".
             ("likely unsolicited mail", "spamdetected"),
+            // 550 5.7.1 "... unusual rate of unsolicited mail originating from your IP address.
+            // To protect our users from spam, mail sent from your IP address has been
+            // blocked": the permanent form of the next reply is a block.
+            ("address has been blocked", "blocked"),
             // 421 4.7.28 / 550 5.7.1 "unusual rate of unsolicited mail ... rate limited".
             ("unusual rate of unsolicited", "ratelimited"),
+            // 421 4.7.26 / 4.7.27 / 4.7.30 "This mail has been rate limited because it is
+            // unauthenticated", "... because SPF did not pass", "... because DKIM did not
+            // pass": the limit is for the failed authentication the reply names.
+            ("because it is unauthenticated", "authfailure"),
+            ("because spf did not", "authfailure"),
+            ("because dkim did not", "authfailure"),
             // 450 4.2.1 / 550 5.2.1 "receiving mail too quickly" / "at a rate that prevents".
             ("receiving mail too quickly", "ratelimited"),
             ("receiving mail at a", "ratelimited"),
@@ -101,6 +111,8 @@ pub static PROVIDERS: &[Provider] = &[
             ("not rfc 5322 compliant", "notcompliantrfc"),
             ("address in from: header", "notcompliantrfc"),
             ("addresses in from: header", "notcompliantrfc"),
+            // 550 5.7.1 "Messages missing a valid Message-ID header are not accepted".
+            ("valid message-id header", "notcompliantrfc"),
             // 554 5.6.0 "Mail message is malformed. Not accepted."
             ("message is malformed", "contenterror"),
             // 550 5.7.25: the sending IP has no PTR record, or it does not match.
@@ -1050,6 +1062,19 @@ mod tests {
             (
                 "554-gmx.net (mxgmx104) nemesis esmtp service not available 554-no smtp service 554-bad dns ptr resource record. 554 for explanation visit https://postmaster.gmx.net/en/case?c=rdns",
                 "requireptr",
+            ),
+            // Google's, marked "gsmtp": a limit for failed authentication, a block.
+            (
+                "421-4.7.27 this mail has been rate limited because spf did not pass. for more information, go to https://support.google.com/mail/answer/81126 - gsmtp",
+                "authfailure",
+            ),
+            (
+                "550-5.7.1 our system has detected an unusual rate of unsolicited mail originating from your ip address. to protect our users from spam, mail sent from your ip address has been blocked. - gsmtp",
+                "blocked",
+            ),
+            (
+                "550-5.7.1 messages missing a valid message-id header are not accepted. - gsmtp",
+                "notcompliantrfc",
             ),
             // Mimecast's replies carry its page's link.
             (
