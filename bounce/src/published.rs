@@ -82,6 +82,9 @@ pub static PROVIDERS: &[Provider] = &[
             ("because it is unauthenticated", "authfailure"),
             ("because spf did not", "authfailure"),
             ("because dkim did not", "authfailure"),
+            // 421 4.7.29 / 550 5.7.29 "Your email has been rate limited / blocked because this
+            // message wasn't sent over a TLS connection" (the bulk senders' requirements).
+            ("sent over a tls", "failedstarttls"),
             // 450 4.2.1 / 550 5.2.1 "receiving mail too quickly" / "at a rate that prevents".
             ("receiving mail too quickly", "ratelimited"),
             ("receiving mail at a", "ratelimited"),
@@ -1075,6 +1078,10 @@ mod tests {
             (
                 "550-5.7.1 messages missing a valid message-id header are not accepted. - gsmtp",
                 "notcompliantrfc",
+            ),
+            (
+                "550-5.7.29 your email has been blocked because this message wasn't sent over a tls connection. - gsmtp",
+                "failedstarttls",
             ),
             // Mimecast's replies carry its page's link.
             (
