@@ -181,6 +181,17 @@ pub static PROVIDERS: &[Provider] = &[
             // IP"; 5.7.513 "blocked ... using Customer Block list"; Outlook.com S3140/S3150
             // "part of their network is on our block list".
             ("banned sending ip", "blocked"),
+            // 5.7.511 "Access denied, banned sender[<ip>]. To request removal from this list,
+            // forward this message to delist@microsoft.com": the IP, as in 5.7.606.
+            ("banned sender", "blocked"),
+            // 5.7.506 "Access Denied, Bad HELO": the client's greeting.
+            ("bad helo", "blocked"),
+            // 5.7.750 "Client blocked from sending from unregistered domains": the sender's
+            // domain is none of the sending tenant's.
+            ("unregistered domains", "rejected"),
+            // 4.7.650 "The mail server [<ip>] has been temporarily rate limited due to IP
+            // reputation".
+            ("due to ip reputation", "badreputation"),
             ("traffic not accepted from", "blocked"),
             ("customer block list", "blocked"),
             ("network is on our", "blocked"),
@@ -194,6 +205,10 @@ pub static PROVIDERS: &[Provider] = &[
             // 5.4.310 "DNS domain does not exist"; 5.4.312 "DNS query failed"; 5.4.14 hop
             // count.
             ("domain does not exist", "hostunknown"),
+            // The same, its domain named between: "DNS domain <domain> does not exist
+            // [Message=InfoDomainNonexistent]".
+            ("infodomainnonexistent", "hostunknown"),
+            ("dns domain", "hostunknown"),
             ("dns query failed", "networkerror"),
             ("hop count exceeded", "networkerror"),
             // 5.2.121 / 5.2.122 "per hour message receive limit"; 5.1.90 "daily limit for
@@ -776,6 +791,10 @@ pub static MTAS: &[Provider] = &[
             // The MX lookup (mta_on_mx): DNS_ENONAME, DNS_EINVAL, DNS_ENOTFOUND, DNS_NULLMX,
             // DNS_RETRY.
             ("domain does not exist", "hostunknown"),
+            // The same, its domain named between: "DNS domain <domain> does not exist
+            // [Message=InfoDomainNonexistent]".
+            ("infodomainnonexistent", "hostunknown"),
+            ("dns domain", "hostunknown"),
             ("invalid domain name", "hostunknown"),
             // DNS_ENOTFOUND for a host given as the relay, not a domain's MX.
             ("host not found", "hostunknown"),
@@ -1082,6 +1101,15 @@ mod tests {
             (
                 "550-5.7.29 your email has been blocked because this message wasn't sent over a tls connection. - gsmtp",
                 "failedstarttls",
+            ),
+            // Microsoft's, marked by its hosts.
+            (
+                "550 5.4.310 dns domain example.com does not exist [message=infodomainnonexistent] [bn8nam11ft066.eop-nam11.prod.protection.outlook.com]",
+                "hostunknown",
+            ),
+            (
+                "550 5.7.511 access denied, banned sender[192.0.2.1]. to request removal from this list, forward this message to delist@microsoft.com [bn8nam11ft066.eop-nam11.prod.protection.outlook.com]",
+                "blocked",
             ),
             // Mimecast's replies carry its page's link.
             (

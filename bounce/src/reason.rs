@@ -848,6 +848,18 @@ static PAIRS: &[Pair] = &[
         gap: 3,
         stage: Stage::Early,
     },
+    // A refusal or a limit the reply says is for the sender's reputation: "rate limited due
+    // to IP reputation" (Microsoft's 4.7.650), "suspicious due to the very low reputation of
+    // the sending IP" (Google's 421 4.7.0), "deferred because of poor reputation". Before the
+    // phrase tables: what was done ("rate limited", "blocked") says less than why.
+    Pair {
+        name: "due to ~ reputation",
+        reason: "badreputation",
+        subjects: &["due to", "because of"],
+        predicates: &["reputation"],
+        gap: 3,
+        stage: Stage::Early,
+    },
     // RFC 3463 X.4.2 (bad connection): the session was lost, broken or never established
     // (Postfix "lost connection with ... while ...", qmail "wasn't able to establish an SMTP
     // connection", OpenSMTPD "Network error on destination MXs", "connection reset").
