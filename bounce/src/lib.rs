@@ -252,6 +252,40 @@ mod tests {
                 "failedstarttls",
                 false,
             ),
+            // A limit the reply puts down to the sender's reputation; not a reputation service
+            // or policy named beside another cause.
+            (
+                450,
+                Some("4.7.650"),
+                "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.",
+                "RCPT",
+                "badreputation",
+                false,
+            ),
+            (
+                451,
+                Some("4.7.1"),
+                "reputation service unavailable due to DNS error",
+                "RCPT",
+                "networkerror",
+                false,
+            ),
+            (
+                554,
+                Some("5.7.1"),
+                "rejected due to SPF fail. Reputation: neutral",
+                "RCPT",
+                "authfailure",
+                false,
+            ),
+            (
+                550,
+                Some("5.7.25"),
+                "rejected due to reputation policy: no PTR record",
+                "RCPT",
+                "requireptr",
+                false,
+            ),
             // Exchange Online's edge: the recipient is not in the tenant's directory.
             (
                 550,

@@ -74,17 +74,21 @@ pub static PROVIDERS: &[Provider] = &[
             // To protect our users from spam, mail sent from your IP address has been
             // blocked": the permanent form of the next reply is a block.
             ("address has been blocked", "blocked"),
-            // 421 4.7.28 / 550 5.7.1 "unusual rate of unsolicited mail ... rate limited".
+            // 421 4.7.28 "unusual rate of unsolicited mail ... rate limited".
             ("unusual rate of unsolicited", "ratelimited"),
             // 421 4.7.26 / 4.7.27 / 4.7.30 "This mail has been rate limited because it is
-            // unauthenticated", "... because SPF did not pass", "... because DKIM did not
-            // pass": the limit is for the failed authentication the reply names.
+            // unauthenticated", "... because SPF did not pass" (also "does not pass", "SPF
+            // authentication didn't pass"), "... because DKIM did not pass": the limit is for
+            // the failed authentication the reply names.
             ("because it is unauthenticated", "authfailure"),
-            ("because spf did not", "authfailure"),
-            ("because dkim did not", "authfailure"),
+            ("because spf", "authfailure"),
+            ("because dkim", "authfailure"),
             // 421 4.7.29 / 550 5.7.29 "Your email has been rate limited / blocked because this
-            // message wasn't sent over a TLS connection" (the bulk senders' requirements).
+            // message wasn't sent over a TLS connection", earlier "... because TLS wasn't
+            // used" (the bulk senders' requirements). (Sisimai files 4.7.29 as securityerror;
+            // mailsim reads every TLS requirement as failedstarttls.)
             ("sent over a tls", "failedstarttls"),
+            ("because tls wasn't used", "failedstarttls"),
             // 450 4.2.1 / 550 5.2.1 "receiving mail too quickly" / "at a rate that prevents".
             ("receiving mail too quickly", "ratelimited"),
             ("receiving mail at a", "ratelimited"),
@@ -114,8 +118,9 @@ pub static PROVIDERS: &[Provider] = &[
             ("not rfc 5322 compliant", "notcompliantrfc"),
             ("address in from: header", "notcompliantrfc"),
             ("addresses in from: header", "notcompliantrfc"),
-            // 550 5.7.1 "Messages missing a valid Message-ID header are not accepted".
-            ("valid message-id header", "notcompliantrfc"),
+            // 550 5.7.1 "Messages missing a valid Message-ID header are not accepted" (also
+            // "Message-ID: header").
+            ("missing a valid message-id", "notcompliantrfc"),
             // 554 5.6.0 "Mail message is malformed. Not accepted."
             ("message is malformed", "contenterror"),
             // 550 5.7.25: the sending IP has no PTR record, or it does not match.
@@ -182,8 +187,9 @@ pub static PROVIDERS: &[Provider] = &[
             // "part of their network is on our block list".
             ("banned sending ip", "blocked"),
             // 5.7.511 "Access denied, banned sender[<ip>]. To request removal from this list,
-            // forward this message to delist@microsoft.com": the IP, as in 5.7.606.
-            ("banned sender", "blocked"),
+            // forward this message to delist@microsoft.com": the IP, as in 5.7.606 (the
+            // bracket: older Exchange's 5.7.501-503 "banned sender" is the sending account).
+            ("banned sender[", "blocked"),
             // 5.7.506 "Access Denied, Bad HELO": the client's greeting.
             ("bad helo", "blocked"),
             // 5.7.750 "Client blocked from sending from unregistered domains": the sender's
@@ -208,7 +214,6 @@ pub static PROVIDERS: &[Provider] = &[
             // The same, its domain named between: "DNS domain <domain> does not exist
             // [Message=InfoDomainNonexistent]".
             ("infodomainnonexistent", "hostunknown"),
-            ("dns domain", "hostunknown"),
             ("dns query failed", "networkerror"),
             ("hop count exceeded", "networkerror"),
             // 5.2.121 / 5.2.122 "per hour message receive limit"; 5.1.90 "daily limit for
@@ -791,10 +796,6 @@ pub static MTAS: &[Provider] = &[
             // The MX lookup (mta_on_mx): DNS_ENONAME, DNS_EINVAL, DNS_ENOTFOUND, DNS_NULLMX,
             // DNS_RETRY.
             ("domain does not exist", "hostunknown"),
-            // The same, its domain named between: "DNS domain <domain> does not exist
-            // [Message=InfoDomainNonexistent]".
-            ("infodomainnonexistent", "hostunknown"),
-            ("dns domain", "hostunknown"),
             ("invalid domain name", "hostunknown"),
             // DNS_ENOTFOUND for a host given as the relay, not a domain's MX.
             ("host not found", "hostunknown"),

@@ -848,15 +848,25 @@ static PAIRS: &[Pair] = &[
         gap: 3,
         stage: Stage::Early,
     },
-    // A refusal or a limit the reply says is for the sender's reputation: "rate limited due
-    // to IP reputation" (Microsoft's 4.7.650), "suspicious due to the very low reputation of
-    // the sending IP" (Google's 421 4.7.0), "deferred because of poor reputation". Before the
-    // phrase tables: what was done ("rate limited", "blocked") says less than why.
+    // A limit the reply says is for the sender's reputation: "rate limited due to IP
+    // reputation" (Microsoft's 4.7.650, and its unmarked forms), "deferred because of poor
+    // reputation". Before the phrase tables: the vocabulary's name "rate limited" says what was
+    // done, this why. Only a reputation of the sender's (its IP, domain, a low or poor one): a
+    // "reputation service" or "reputation policy" named beside another cause is not one.
     Pair {
         name: "due to ~ reputation",
         reason: "badreputation",
         subjects: &["due to", "because of"],
-        predicates: &["reputation"],
+        predicates: &[
+            "ip reputation",
+            "sender reputation",
+            "sending reputation",
+            "domain reputation",
+            "low reputation",
+            "poor reputation",
+            "bad reputation",
+            "reputation of the sending",
+        ],
         gap: 3,
         stage: Stage::Early,
     },

@@ -50,8 +50,8 @@ fn sisimai_documented_examples_get_their_reason() {
     // example names no command). 47 on 2026-12-03, after two families of RFC wordings were
     // added having read the misses (a size limit exceeded, RFC 1870; a suspended account,
     // RFC 3463 X.2.1): no longer an unseen figure. 48 after STARTTLS's refusals got a family
-    // of their own; 49 on 2026-12-04 after the family of a limit or refusal said to be due to
-    // the sender's reputation (written from Microsoft's 4.7.650 and Google's 4.7.0, having read
-    // this miss too). Among the misses are rows that contradict their own page (ORIGIN.md).
+    // of their own; 49 on 2026-12-04 after the family of a limit said to be due to the
+    // sender's reputation (written from Microsoft's 4.7.650, having read this miss too).
+    // Among the misses are rows that contradict their own page (ORIGIN.md).
     assert!(agree >= 49, "{agree}/{n} documented examples agree");
 }
