@@ -276,25 +276,25 @@ impl Maildir {
     /// the store is dropped too; call it to read the files while the store is in use.
     pub fn flush(&self) -> Result<(), StoreError> {
         let mut open = self.mboxes.lock().unwrap_or_else(|e| e.into_inner());
-        for (path, mbox) in open.iter_mut() {
-            mbox.write_pending(true).map_err(|source| StoreError {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        Self::write_all_pending(&mut open)
     }
 
     /// Write what every open mbox holds and close them all; on an error the files stay open
     /// with what they hold.
     fn close_all(open: &mut HashMap<PathBuf, Mbox>) -> Result<(), StoreError> {
+        Self::write_all_pending(open)?;
+        open.clear();
+        Ok(())
+    }
+
+    /// Write every copy the open mboxes hold.
+    fn write_all_pending(open: &mut HashMap<PathBuf, Mbox>) -> Result<(), StoreError> {
         for (path, mbox) in open.iter_mut() {
             mbox.write_pending(true).map_err(|source| StoreError {
                 path: path.clone(),
                 source,
             })?;
         }
-        open.clear();
         Ok(())
     }
 
