@@ -235,6 +235,51 @@ mod tests {
                 "failedstarttls",
                 false,
             ),
+            // RFC 5248's reply and status for "Encryption Needed", in words that name no TLS.
+            (
+                523,
+                None,
+                "Encryption needed before this command",
+                "MAIL",
+                "failedstarttls",
+                false,
+            ),
+            (
+                550,
+                Some("5.7.10"),
+                "Encryption needed",
+                "MAIL",
+                "failedstarttls",
+                false,
+            ),
+            // The registry's codes for a priority's size limit (RFC 6710), ARC (RFC 8617) and
+            // REQUIRETLS (RFC 8689), in words that say nothing.
+            (
+                552,
+                Some("5.7.16"),
+                "Requested action not taken",
+                "MAIL",
+                "emailtoolarge",
+                false,
+            ),
+            (
+                550,
+                Some("5.7.29"),
+                "Requested action not taken",
+                "DATA",
+                "authfailure",
+                false,
+            ),
+            (
+                550,
+                Some("5.7.30"),
+                "Requested action not taken",
+                "MAIL",
+                "failedstarttls",
+                false,
+            ),
+            // RFC 7504: the domain does not accept mail, in words that do not say so.
+            (556, None, "No thanks", "RCPT", "notaccept", true),
             // The command a transcript names is not what failed.
             (
                 421,

@@ -1379,11 +1379,18 @@ pub fn reason_for_status(status: &str) -> Option<&'static str> {
         ("6", _) => "contenterror",
         // Security or policy.
         ("7", "1") => "blocked",
-        ("7", "7") => "failedstarttls",
+        // X.7.7 "message integrity failure"; X.7.10 "Encryption Needed" (RFC 5248's registry:
+        // an external privacy layer such as TLS is needed first) and X.7.11 "Encryption
+        // required for requested authentication mechanism" (RFC 4954); X.7.30 "REQUIRETLS
+        // support required" (RFC 8689).
+        ("7", "7" | "10" | "11" | "30") => "failedstarttls",
+        // X.7.16 "Message is too big for the specified priority" (RFC 6710).
+        ("7", "16") => "emailtoolarge",
         ("7", "13") => "suspend",
         ("7", "17") | ("7", "18") => "hasmoved",
         ("7", "25") => "requireptr",
-        ("7", "20" | "21" | "22" | "23" | "24" | "26") => "authfailure",
+        // X.7.29 "ARC validation failure" (RFC 8617).
+        ("7", "20" | "21" | "22" | "23" | "24" | "26" | "29") => "authfailure",
         ("7", "27") => "notaccept",
         ("7", _) => "securityerror",
         _ => return None,
@@ -1508,9 +1515,17 @@ pub struct Evidence<'a> {
 }
 
 /// What an SMTP reply code alone says (RFC 5321 section 4.2.3): 500-504 are the syntax and
-/// sequence replies, 555 unrecognised MAIL/RCPT parameters (section 4.1.1.11).
+/// sequence replies, 555 unrecognised MAIL/RCPT parameters (section 4.1.1.11); 523, 524 and
+/// 538 are the replies RFC 5248's registry gives with X.7.10 "Encryption Needed" and X.7.11
+/// "Encryption required for requested authentication mechanism" (RFC 4954): TLS was needed
+/// first; 521 and 556 say the host or the domain does not accept mail (RFC 7504).
 fn reason_for_reply_code(code: Option<u16>) -> Option<&'static str> {
-    matches!(code?, 500..=504 | 555).then_some("syntaxerror")
+    match code? {
+        500..=504 | 555 => Some("syntaxerror"),
+        523 | 524 | 538 => Some("failedstarttls"),
+        521 | 556 => Some("notaccept"),
+        _ => None,
+    }
 }
 
 /// True when `phrase` occurs in `text` starting at a word boundary ("locked" is not found in
