@@ -93,6 +93,9 @@ pub struct Session {
     out: Vec<u8>,
     /// Input must reach this length before decoding again (a literal is being received).
     literal_until: Option<usize>,
+    /// Where the last literal the server took for the command being read ends: the command
+    /// goes on at least that far, whatever its bytes look like.
+    command_floor: usize,
     pending: Pending,
     tls_active: bool,
     tls_available: bool,
@@ -451,6 +454,7 @@ impl Session {
             inbuf: Vec::new(),
             out: Vec::new(),
             literal_until: None,
+            command_floor: 0,
             pending: Pending::None,
             tls_active: false,
             tls_available,
@@ -641,6 +645,7 @@ impl Protocol for Session {
             match result {
                 Ok((rest, cmd)) => {
                     let consumed = buf.len() - rest.len();
+                    self.command_floor = 0;
                     self.commands += 1;
                     let step = self.command(cmd);
                     // Anything pipelined after STARTTLS came in clear, before the handshake:
@@ -673,15 +678,19 @@ impl Protocol for Session {
                         self.line("+ Ready for literal data");
                     }
                     self.literal_until = Some(buf.len() + length);
+                    self.command_floor = buf.len() + length;
                     self.inbuf = buf;
                     return Step::NeedInput;
                 }
                 Err(CommandDecodeError::Failed) => {
-                    // Answer a bad command once its line is complete, not before.
-                    let Some(end) = buf.iter().position(|&b| b == b'\n').map(|p| p + 1) else {
+                    // Answer a bad command once it is complete, not before: its literals
+                    // (the ones taken, and a non-synchronising one the client sends anyway)
+                    // are part of it, never read as commands of their own.
+                    let Some(end) = bad_command_end(&buf, self.command_floor) else {
                         self.inbuf = buf;
                         return self.need_line().unwrap_or(Step::NeedInput);
                     };
+                    self.command_floor = 0;
                     let tag = buf[..end]
                         .split(|&b| b == b' ')
                         .next()
@@ -697,10 +706,35 @@ impl Protocol for Session {
     }
 }
 
+/// Where a command the decoder refused ends: the end of the line that holds its last byte
+/// read, reading on from `floor` (the end of the last literal the server took for it) and
+/// past every non-synchronising literal (`{N+}`, RFC 7888) a line ends with, whose bytes the
+/// client sends without waiting. None while the command is not all there yet. (A
+/// synchronising literal the refused line announces is not sent: the client waits for a
+/// continuation it never gets, RFC 3501 section 7.5.)
+fn bad_command_end(buf: &[u8], floor: usize) -> Option<usize> {
+    let mut from = floor;
+    loop {
+        let nl = from + buf.get(from..)?.iter().position(|&b| b == b'\n')?;
+        let line = buf[from..nl].strip_suffix(b"\r").unwrap_or(&buf[from..nl]);
+        let skip = line
+            .strip_suffix(b"+}")
+            .and_then(|l| l.iter().rposition(|&b| b == b'{').map(|i| &l[i + 1..]))
+            .filter(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+            .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
+        match skip {
+            Some(n) => from = (nl + 1).checked_add(n)?,
+            None => return Some(nl + 1),
+        }
+    }
+}
+
 impl Session {
     /// A line longer than the limit ends the session.
     fn need_line(&mut self) -> Option<Step> {
-        if self.inbuf.len() > self.cfg.line_bytes_max {
+        // The literals taken for the command being read count against their own limit.
+        if self.inbuf.len().saturating_sub(self.command_floor) > self.cfg.line_bytes_max {
+            self.command_floor = 0;
             self.inbuf.clear();
             self.line("* BYE Line too long.");
             return Some(Step::Close);
@@ -1581,6 +1615,42 @@ mod tests {
         assert!(
             r.contains("l BAD") && r.contains("* BYE") && r.contains("m OK"),
             "{r}"
+        );
+    }
+
+    /// A command refused after one of its literals is dropped whole: the literal's bytes (a
+    /// message being appended, a search string) are never run as commands.
+    #[test]
+    fn a_refused_command_keeps_its_literals() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        s.take_output();
+        run(&mut s, "a LOGIN bob pw\r\n");
+        assert_eq!(
+            run(&mut s, "x1 SEARCH SUBJECT {21}\r\n"),
+            "+ Ready for literal data\r\n"
+        );
+        let r = run(&mut s, "x2 CREATE smuggled\r\n ((( \r\nx3 NOOP\r\n");
+        assert!(r.starts_with("x1 BAD"), "{r}");
+        assert!(!r.contains("x2 "), "{r}");
+        assert!(r.contains("x3 OK"), "{r}");
+        let r = run(&mut s, "b APPEND INBOX {20}\r\n");
+        assert_eq!(r, "+ Ready for literal data\r\n");
+        let r = run(&mut s, "y2 CREATE smuggled\r\n junk\r\n");
+        assert!(r.starts_with("b BAD") && !r.contains("y2 "), "{r}");
+        // A non-synchronising literal on a refused line is sent anyway: skipped too.
+        let r = run(&mut s, "c BOGUS {19+}\r\nz2 CREATE smuggled\r\nd NOOP\r\n");
+        assert!(
+            r.contains("c BAD") && !r.contains("z2 ") && r.contains("d OK"),
+            "{r}"
+        );
+        let r = run(&mut s, "e LIST \"\" *\r\n");
+        assert!(!r.contains("smuggled"), "{r}");
+        assert_eq!(bad_command_end(b"a {3+}\r\nab", 0), None);
+        assert_eq!(bad_command_end(b"a {3+}\r\nabc x\r\n", 0), Some(15));
+        assert_eq!(
+            bad_command_end(b"a {99999999999999999999999+}\r\n", 0),
+            Some(30)
         );
     }
 
