@@ -856,6 +856,23 @@ impl Scenario {
             field,
             message,
         };
+        // The name is the default run directory's (runs/<name>-<time>): one path component.
+        if self.name.is_empty()
+            || self.name.starts_with('.')
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                0,
+                "name".into(),
+                format!(
+                    "{:?} is not a run name: letters, digits, '-', '_' and '.' (not first)",
+                    self.name
+                ),
+            ));
+        }
         if self.senders.is_empty() {
             return Err(invalid(
                 0,
@@ -880,8 +897,10 @@ impl Scenario {
                     format!("{:?} is not a domain name", s.get_ref().domain),
                 ));
             }
+            // The From header's address: no line breaks or other controls (a header of its own).
             if let Some(from) = &s.get_ref().from
-                && !from.ends_with(&format!("@{}", s.get_ref().domain))
+                && (!from.ends_with(&format!("@{}", s.get_ref().domain))
+                    || from.chars().any(|c| c.is_control()))
             {
                 return Err(invalid(
                     at,
@@ -922,29 +941,7 @@ impl Scenario {
                     "must be between 0 and 100".into(),
                 ));
             }
-            // 100% for ever would never deliver anything: allowed only for a window.
-            if dom.tempfail.as_ref().is_some_and(|t| {
-                !(0.0..=100.0).contains(&t.percent) || (t.percent >= 100.0 && t.until_s.is_none())
-            }) {
-                return Err(invalid(
-                    at,
-                    format!("domain[{i}].tempfail.percent"),
-                    "must be at least 0 and below 100 (100 only with until_s)".into(),
-                ));
-            }
             let percents = [
-                (
-                    "mailbox_full.percent",
-                    dom.mailbox_full.as_ref().map(|m| m.percent),
-                ),
-                (
-                    "drop.before_data_percent",
-                    dom.drops.as_ref().map(|d| d.before_data_percent),
-                ),
-                (
-                    "drop.during_data_percent",
-                    dom.drops.as_ref().map(|d| d.during_data_percent),
-                ),
                 (
                     "async_bounce.percent",
                     dom.async_bounce.as_ref().map(|l| l.percent),
@@ -965,15 +962,15 @@ impl Scenario {
                     ));
                 }
             }
-            if let Some(r) = &dom.rate_limit
-                && !(r.messages_per_s > 0.0 && r.burst >= 1.0)
-            {
-                return Err(invalid(
-                    at,
-                    format!("domain[{i}].rate_limit"),
-                    "messages_per_s must be > 0 and burst >= 1".into(),
-                ));
-            }
+            let rules = Rules {
+                tempfail: dom.tempfail.as_ref(),
+                mailbox_full: dom.mailbox_full.as_ref(),
+                drops: dom.drops.as_ref(),
+                rate_limit: dom.rate_limit.as_ref(),
+                slow: dom.slow.as_ref(),
+            };
+            check_rules(&format!("domain[{i}]"), &rules)
+                .map_err(|(field, message)| invalid(at, field, message))?;
             for (j, mx) in dom.mx.iter().enumerate() {
                 if !valid_domain(&mx.host) {
                     return Err(invalid(
@@ -982,13 +979,27 @@ impl Scenario {
                         format!("{:?} is not a host name", mx.host),
                     ));
                 }
+                if let Some(b) = &mx.behaviour {
+                    let rules = Rules {
+                        tempfail: b.tempfail.as_ref(),
+                        mailbox_full: b.mailbox_full.as_ref(),
+                        drops: b.drops.as_ref(),
+                        rate_limit: b.rate_limit.as_ref(),
+                        slow: b.slow.as_ref(),
+                    };
+                    check_rules(&format!("domain[{i}].mx[{j}].behaviour"), &rules)
+                        .map_err(|(field, message)| invalid(at, field, message))?;
+                }
             }
         }
-        if self.domains.iter().map(|d| d.get_ref().weight).sum::<f64>() <= 0.0 {
+        let weights = self.domains.iter().map(|d| d.get_ref().weight).sum::<f64>();
+        if weights <= 0.0 || !weights.is_finite() {
             return Err(invalid(
                 self.domains[0].span().start,
                 "domain[*].weight".into(),
-                "the weights add up to zero".into(),
+                format!(
+                    "the weights add up to {weights}: give shares whose sum is over 0 and finite"
+                ),
             ));
         }
         for (i, f) in self.dns_faults.iter().enumerate() {
@@ -1081,22 +1092,31 @@ impl Scenario {
         if let Some(t) = &self.transactional {
             let at = t.span().start;
             let t = t.get_ref();
-            if !(t.messages_per_s.is_finite() && t.messages_per_s > 0.0 && t.messages_per_s <= 1e6)
+            if !(t.messages_per_s.is_finite()
+                && t.messages_per_s >= 1e-3
+                && t.messages_per_s <= 1e6)
             {
                 return Err(invalid(
                     at,
                     "transactional.messages_per_s".into(),
                     format!(
-                        "{} is not a rate: give a number over 0 (at most 1000000)",
+                        "{} is not a rate: give a number from 0.001 to 1000000",
                         t.messages_per_s
                     ),
                 ));
             }
-            if t.messages == 0 {
+            if t.messages == 0 || t.messages > 100_000_000 {
                 return Err(invalid(
                     at,
                     "transactional.messages".into(),
-                    "must be at least 1".into(),
+                    "must be between 1 and 100000000".into(),
+                ));
+            }
+            if t.start_s > MAX_SCENARIO_S {
+                return Err(invalid(
+                    at,
+                    "transactional.start_s".into(),
+                    format!("must be at most {MAX_SCENARIO_S} (ten years)"),
                 ));
             }
         }
@@ -1354,6 +1374,77 @@ impl Domain {
     }
 }
 
+/// Ten years in seconds: the latest a scenario's timed event may start.
+const MAX_SCENARIO_S: u64 = 10 * 365 * 86_400;
+
+/// The rules a domain and a host's overrides of them share.
+struct Rules<'a> {
+    tempfail: Option<&'a TempFail>,
+    mailbox_full: Option<&'a MailboxFull>,
+    drops: Option<&'a DropConnections>,
+    rate_limit: Option<&'a RateLimit>,
+    slow: Option<&'a Slow>,
+}
+
+/// The checks of [`Rules`]: the field and the message of the first that fails. Shares are
+/// 0-100; delays are at most a day (an SMTP client's timeouts are minutes); rates are finite
+/// and at least one message in about eleven days.
+fn check_rules(prefix: &str, rules: &Rules) -> Result<(), (String, String)> {
+    // 100% for ever would never deliver anything: allowed only for a window.
+    if rules.tempfail.is_some_and(|t| {
+        !(0.0..=100.0).contains(&t.percent) || (t.percent >= 100.0 && t.until_s.is_none())
+    }) {
+        return Err((
+            format!("{prefix}.tempfail.percent"),
+            "must be at least 0 and below 100 (100 only with until_s)".into(),
+        ));
+    }
+    let percents = [
+        (
+            "mailbox_full.percent",
+            rules.mailbox_full.map(|m| m.percent),
+        ),
+        (
+            "drop.before_data_percent",
+            rules.drops.map(|d| d.before_data_percent),
+        ),
+        (
+            "drop.during_data_percent",
+            rules.drops.map(|d| d.during_data_percent),
+        ),
+    ];
+    for (field, value) in percents {
+        if value.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+            return Err((
+                format!("{prefix}.{field}"),
+                "must be between 0 and 100".into(),
+            ));
+        }
+    }
+    if let Some(r) = rules.rate_limit
+        && !(r.messages_per_s.is_finite()
+            && r.messages_per_s >= 1e-6
+            && r.burst.is_finite()
+            && r.burst >= 1.0)
+    {
+        return Err((
+            format!("{prefix}.rate_limit"),
+            "messages_per_s must be a number of at least 0.000001 and burst at least 1".into(),
+        ));
+    }
+    if let Some(slow) = rules.slow {
+        for (field, value) in [("banner_s", slow.banner_s), ("reply_s", slow.reply_s)] {
+            if !(0.0..=86_400.0).contains(&value) {
+                return Err((
+                    format!("{prefix}.slow.{field}"),
+                    format!("{value} is not a delay: give seconds from 0 to 86400"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn valid_domain(name: &str) -> bool {
     let name = name.trim_end_matches('.');
     !name.is_empty()
@@ -1386,6 +1477,76 @@ messages = 10
         Scenario::parse(text, Path::new("x.toml"))
             .unwrap_err()
             .to_string()
+    }
+
+    /// Values that once panicked a run, wrote outside `runs/` or broke the From header (an
+    /// independent review's findings) are refused with their field.
+    #[test]
+    fn hostile_values_are_refused_with_their_field() {
+        let cases = [
+            ("name = \"t\"", "name = \"../../escaped\"", "name"),
+            ("name = \"t\"", "name = \"\"", "name"),
+            (
+                "name = \"a.test\"",
+                "name = \"a.test\"\nslow = { reply_s = inf }",
+                "domain[0].slow.reply_s",
+            ),
+            (
+                "name = \"a.test\"",
+                "name = \"a.test\"\nslow = { banner_s = 1e30 }",
+                "domain[0].slow.banner_s",
+            ),
+            (
+                "name = \"a.test\"",
+                "name = \"a.test\"\nslow = { reply_s = nan }",
+                "domain[0].slow.reply_s",
+            ),
+            (
+                "name = \"a.test\"",
+                "name = \"a.test\"\nweight = 1e308\n[[domain]]\nname = \"b.test\"\nweight = 1e308",
+                "domain[*].weight",
+            ),
+            (
+                "domain = \"s.test\"",
+                "domain = \"s.test\"\nfrom = \"x\\r\\nBcc: evil@s.test\"",
+                "sender[0].from",
+            ),
+            (
+                "name = \"a.test\"",
+                "name = \"a.test\"\nmx = [{ host = \"mx1.a.test\", behaviour = { tempfail = { percent = 500 } } }]",
+                "domain[0].mx[0].behaviour.tempfail.percent",
+            ),
+            (
+                "name = \"a.test\"",
+                "name = \"a.test\"\nmx = [{ host = \"mx1.a.test\", behaviour = { rate_limit = { messages_per_s = 0, burst = 0 } } }]",
+                "domain[0].mx[0].behaviour.rate_limit",
+            ),
+            (
+                "name = \"a.test\"",
+                "name = \"a.test\"\nrate_limit = { messages_per_s = 1e-300 }",
+                "domain[0].rate_limit",
+            ),
+            (
+                "messages = 10",
+                "messages = 10\n[transactional]\nmessages_per_s = 1\nmessages = 5\nstart_s = 18446744073709551615",
+                "transactional.start_s",
+            ),
+            (
+                "messages = 10",
+                "messages = 10\n[transactional]\nmessages_per_s = 1e-300\nmessages = 5",
+                "transactional.messages_per_s",
+            ),
+            (
+                "messages = 10",
+                "messages = 10\n[transactional]\nmessages_per_s = 1\nmessages = 18446744073709551615",
+                "transactional.messages",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert_eq!(GOOD.matches(from).count(), 1, "{from}");
+            let e = err(&GOOD.replace(from, to));
+            assert!(e.contains(field) && e.contains("x.toml:"), "{to}: {e}");
+        }
     }
 
     #[test]
