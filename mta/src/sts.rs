@@ -10,7 +10,7 @@
 use crate::engine::Connector;
 use http_body_util::BodyExt;
 use mailsim_smtp::tls::ClientTls;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// RFC 8461 section 3.2: `max_age` is at most 31557600 seconds (about a year).
@@ -159,6 +159,15 @@ pub fn record_id(txt: &str) -> Option<String> {
         .filter(|id| (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// Is this an address mailsim may fetch a URL from (127.0.0.0/8)? A testbed's requests
+/// (policies, opens, clicks) never leave the machine.
+pub fn allowed(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(_) => false,
+    }
+}
+
 /// Fetch `domain`'s policy from `addr` (the address of `mta-sts.<domain>`): HTTPS with a
 /// certificate valid for that name under the trusted roots, status 200, no redirects
 /// (RFC 8461 section 3.3). The error says which step failed and is prefixed with the RFC 8460
@@ -171,6 +180,14 @@ pub async fn fetch<C: Connector>(
     id: &str,
 ) -> Result<Policy, String> {
     let host = format!("mta-sts.{domain}");
+    if !allowed(addr.ip()) {
+        tracing::warn!(
+            "refused to fetch the MTA-STS policy of {domain} from {addr}: outside 127.0.0.0/8"
+        );
+        return Err(format!(
+            "sts-policy-fetch-error: refused {host} at {addr}: outside 127.0.0.0/8"
+        ));
+    }
     let fetching = async {
         let stream = connector
             .connect(addr)
@@ -234,6 +251,32 @@ mod tests {
 
     /// The policy of RFC 8461 section 3.2's example.
     const EXAMPLE: &str = "version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmx: backupmx.example.com\nmax_age: 604800\n";
+
+    /// A connector that fails the test if asked.
+    struct NoNetwork;
+
+    impl Connector for NoNetwork {
+        type Stream = tokio::io::DuplexStream;
+        async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream> {
+            panic!("connected to {addr}")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_outside_loopback_is_refused_unasked() {
+        let tls = ClientTls::untrusting();
+        let addr: SocketAddr = "192.0.2.10:443".parse().unwrap();
+        let e = fetch(&NoNetwork, &tls, addr, "far.test", "1")
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with("sts-policy-fetch-error: refused mta-sts.far.test at 192.0.2.10:443")
+                && e.contains("127.0.0.0/8"),
+            "{e}"
+        );
+        assert!(allowed("127.3.2.1".parse().unwrap()));
+        assert!(!allowed("::1".parse().unwrap()));
+    }
 
     #[test]
     fn the_rfc_example_parses() {

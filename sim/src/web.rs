@@ -99,13 +99,9 @@ pub fn sts_router(sites: &[crate::world::StsSite]) -> Router {
     )
 }
 
-/// Is this address one a simulated recipient may ask (127.0.0.0/8)?
-pub fn allowed(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(_) => false,
-    }
-}
+/// Is this address one a simulated recipient may ask (127.0.0.0/8)? The MTA's rule for its
+/// policy fetches too.
+pub use mailsim_mta::sts::allowed;
 
 /// The recipients' HTTPS client: it trusts the run's own servers' certificates only (none:
 /// no HTTPS request succeeds). Built once, shared by every request.
