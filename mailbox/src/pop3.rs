@@ -112,7 +112,12 @@ impl Session {
             self.line("USER");
             self.line("SASL PLAIN");
         }
-        if self.tls_available && !self.tls_active {
+        // STLS is a command of the AUTHORIZATION state only (RFC 2595 section 4): not offered
+        // once logged in.
+        if self.tls_available
+            && !self.tls_active
+            && matches!(self.state, State::Authorization { .. })
+        {
             self.line("STLS");
         }
         self.line("IMPLEMENTATION mailsim");
@@ -531,5 +536,19 @@ mod tests {
         assert_eq!(s.step(), Step::NeedInput);
         s.feed(b"STLS\r\n");
         assert_eq!(s.step(), Step::StartTls);
+    }
+
+    /// STLS is offered before login only (an independent review saw it listed after login,
+    /// then refused).
+    #[test]
+    fn stls_is_not_offered_once_logged_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mailstore::new(dir.path(), 0));
+        let mut s = Session::new(Arc::new(Pop3Config::default()), store, true, true);
+        run(&mut s, "");
+        assert!(run(&mut s, "CAPA\r\n").contains("STLS\r\n"));
+        assert!(run(&mut s, "USER bob\r\nPASS pw\r\n").contains("+OK"));
+        let r = run(&mut s, "CAPA\r\n");
+        assert!(r.starts_with("+OK") && !r.contains("STLS"), "{r}");
     }
 }
