@@ -740,7 +740,7 @@ impl<'c> Session<'c> {
                     Reply::new(503, (5, 5, 1), "nested MAIL command").write_to(out);
                 } else if !from.address.is_empty() && !is_mailbox(&from.address) {
                     Reply::new(501, (5, 1, 7), "bad sender address syntax").write_to(out);
-                } else if from.size > cfg.message_bytes_max {
+                } else if from.size > cfg.message_bytes_max || size_overflows(line) {
                     Reply::new(
                         552,
                         (5, 3, 4),
@@ -1136,6 +1136,22 @@ pub async fn serve<B: Backend>(
     Arc::new(Server::new(backend, (*cfg).clone()))
         .serve(listener, shutdown)
         .await
+}
+
+/// True when a MAIL command's SIZE parameter (RFC 1870) holds more than a 64-bit count: the
+/// parser's number wraps, but the declared size is over any limit.
+fn size_overflows(line: &[u8]) -> bool {
+    line.windows(5)
+        .position(|w| w.eq_ignore_ascii_case(b"SIZE="))
+        .is_some_and(|i| {
+            let digits: &[u8] = &line[i + 5..];
+            let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+            n > 0
+                && std::str::from_utf8(&digits[..n])
+                    .ok()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .is_none()
+        })
 }
 
 #[cfg(test)]

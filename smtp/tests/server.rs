@@ -55,6 +55,10 @@ async fn pipelined_transaction_limits_and_sequence_errors() {
     // Declared size over the limit; DATA without recipients; a command line over 512 octets.
     c.send(b"MAIL FROM:<a@s.test> SIZE=20000\r\n").await;
     assert!(c.reply().await.starts_with("552 5.3.4"));
+    // A size past any 64-bit count (the parser's number wraps) is over the limit too.
+    c.send(b"MAIL FROM:<a@s.test> SIZE=99999999999999999999999\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("552 5.3.4"));
     c.send(b"MAIL FROM:<a@s.test>\r\nRCPT TO:<nobody@r.test>\r\nDATA\r\n")
         .await;
     assert!(c.reply().await.starts_with("250"));
