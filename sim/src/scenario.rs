@@ -726,9 +726,20 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read {
+        let bytes = std::fs::read(path).map_err(|e| ScenarioError::Read {
             file: path.to_path_buf(),
             message: e.to_string(),
+        })?;
+        // TOML is UTF-8: say where it stops being so.
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            ScenarioError::Invalid {
+                file: path.to_path_buf(),
+                line: bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1,
+                field: "(text)".into(),
+                message: format!("byte {at} is not UTF-8 (a TOML file is UTF-8 text)"),
+            }
         })?;
         Scenario::parse(&text, path)
     }
@@ -1547,6 +1558,18 @@ messages = 10
             let e = err(&GOOD.replace(from, to));
             assert!(e.contains(field) && e.contains("x.toml:"), "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_with_its_line_and_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.toml");
+        std::fs::write(&path, b"name = \"t\"\nseed = 1\n\xff\xfe").unwrap();
+        let e = Scenario::load(&path).unwrap_err().to_string();
+        assert!(
+            e.ends_with("junk.toml:3: (text): byte 20 is not UTF-8 (a TOML file is UTF-8 text)"),
+            "{e}"
+        );
     }
 
     #[test]
