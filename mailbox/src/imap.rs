@@ -671,7 +671,9 @@ impl Protocol for Session {
                             return Step::Close;
                         }
                         self.line(&format!("{} NO [TOOBIG] Literal too big.", tag.inner()));
-                        // The client does not send the data of a refused literal.
+                        // The client does not send the data of a refused literal; the command
+                        // ends here, with the literals taken for it.
+                        self.command_floor = 0;
                         continue;
                     }
                     if mode == LiteralMode::Sync {
@@ -1646,6 +1648,15 @@ mod tests {
         );
         let r = run(&mut s, "e LIST \"\" *\r\n");
         assert!(!r.contains("smuggled"), "{r}");
+        // A command ended by a literal too big forgets the literals it took before.
+        assert_eq!(
+            run(&mut s, "f SEARCH SUBJECT {3}\r\n"),
+            "+ Ready for literal data\r\n"
+        );
+        let r = run(&mut s, "abc BODY {999999999}\r\n");
+        assert!(r.contains("f NO [TOOBIG]"), "{r}");
+        let r = run(&mut s, "g BOGUS\r\nh NOOP\r\n");
+        assert!(r.contains("g BAD") && r.contains("h OK"), "{r}");
         assert_eq!(bad_command_end(b"a {3+}\r\nab", 0), None);
         assert_eq!(bad_command_end(b"a {3+}\r\nabc x\r\n", 0), Some(15));
         assert_eq!(
