@@ -733,10 +733,11 @@ impl Scenario {
         // TOML is UTF-8: say where it stops being so.
         let text = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();
-            let bytes = e.as_bytes();
+            // Everything before `at` is UTF-8.
+            let valid = std::str::from_utf8(&e.as_bytes()[..at]).unwrap_or_default();
             ScenarioError::Invalid {
                 file: path.to_path_buf(),
-                line: bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1,
+                line: line_of(valid, at),
                 field: "(text)".into(),
                 message: format!("byte {at} is not UTF-8 (a TOML file is UTF-8 text)"),
             }
