@@ -23,7 +23,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::{AuthenticateDataCodec, CommandCodec};
-use mailsim_smtp::sasl::sasl_plain;
+use mailsim_smtp::sasl::{PlainRefused, sasl_plain};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -745,18 +745,16 @@ impl Session {
     }
 
     fn begin_plain(&mut self, tag: &str, decoded: &[u8]) -> Option<Step> {
-        match sasl_plain(decoded) {
-            Some((login, password)) => {
+        let refused = match sasl_plain(decoded) {
+            Ok((login, password)) => {
                 self.pending = Pending::AuthCheck(tag.to_string());
-                Some(Step::Authenticate { login, password })
+                return Some(Step::Authenticate { login, password });
             }
-            None => {
-                self.line(&format!(
-                    "{tag} NO [AUTHENTICATIONFAILED] Invalid PLAIN response."
-                ));
-                None
-            }
-        }
+            Err(PlainRefused::Malformed) => "Invalid PLAIN response.",
+            Err(PlainRefused::ActingAsAnother) => "Acting as another user is not permitted.",
+        };
+        self.line(&format!("{tag} NO [AUTHENTICATIONFAILED] {refused}"));
+        None
     }
 
     fn command(&mut self, cmd: Command<'_>) -> Option<Step> {
@@ -1752,6 +1750,29 @@ mod tests {
         s.tls_started();
         assert_eq!(s.step(), Step::NeedInput);
         assert!(s.take_output().is_empty());
+    }
+
+    /// AUTHENTICATE PLAIN (RFC 4616) asking to act as another user is refused as such, not as
+    /// a response that does not decode (found by an independent review); SASL-IR and the
+    /// continuation form alike.
+    #[test]
+    fn authenticate_plain_refuses_acting_as_another_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        s.take_output();
+        // "eve NUL bob NUL pw" as an initial response, then as a continuation.
+        let r = run(&mut s, "a AUTHENTICATE PLAIN ZXZlAGJvYgBwdw==\r\n");
+        assert_eq!(
+            r,
+            "a NO [AUTHENTICATIONFAILED] Acting as another user is not permitted.\r\n"
+        );
+        let r = run(&mut s, "b AUTHENTICATE PLAIN\r\nZXZlAGJvYgBwdw==\r\n");
+        assert!(
+            r.ends_with("b NO [AUTHENTICATIONFAILED] Acting as another user is not permitted.\r\n"),
+            "{r}"
+        );
+        let r = run(&mut s, "c AUTHENTICATE PLAIN AGJvYgBwdw==\r\n");
+        assert!(r.starts_with("c OK"), "{r}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use crate::folders::{self, FolderRef, Mailstore};
 use crate::shell::{LoginOutcome, Protocol, Step, Timeout};
-use mailsim_smtp::sasl::sasl_plain_b64;
+use mailsim_smtp::sasl::{PlainRefused, sasl_plain_b64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,12 +340,16 @@ impl Session {
             return None;
         }
         match sasl_plain_b64(b64) {
-            Some((login, password)) => {
+            Ok((login, password)) => {
                 self.checking = true;
                 Some(Step::Authenticate { login, password })
             }
-            None => {
+            Err(PlainRefused::Malformed) => {
                 self.line("-ERR [AUTH] Invalid PLAIN response.");
+                None
+            }
+            Err(PlainRefused::ActingAsAnother) => {
+                self.line("-ERR [AUTH] Acting as another user is not permitted.");
                 None
             }
         }
@@ -536,6 +540,26 @@ mod tests {
         assert_eq!(s.step(), Step::NeedInput);
         s.feed(b"STLS\r\n");
         assert_eq!(s.step(), Step::StartTls);
+    }
+
+    /// AUTH PLAIN (RFC 5034): a response asking to act as another user is refused as such,
+    /// not as a response that does not decode (found by an independent review).
+    #[test]
+    fn auth_plain_refuses_acting_as_another_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mailstore::new(dir.path(), 0));
+        let mut s = Session::new(Arc::new(Pop3Config::default()), store, true, true);
+        run(&mut s, "");
+        // "eve NUL bob NUL pw", then garbage, then "NUL bob NUL pw".
+        let r = run(&mut s, "AUTH PLAIN ZXZlAGJvYgBwdw==\r\n");
+        assert_eq!(
+            r,
+            "-ERR [AUTH] Acting as another user is not permitted.\r\n"
+        );
+        let r = run(&mut s, "AUTH PLAIN !!\r\n");
+        assert_eq!(r, "-ERR [AUTH] Invalid PLAIN response.\r\n");
+        let r = run(&mut s, "AUTH PLAIN AGJvYgBwdw==\r\n");
+        assert!(r.starts_with("+OK"), "{r}");
     }
 
     /// STLS is offered before login only (an independent review saw it listed after login,

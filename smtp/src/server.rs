@@ -665,9 +665,18 @@ impl<'c> Session<'c> {
     }
 
     fn plain_response(&mut self, text: &str) -> Flow {
+        use crate::sasl::PlainRefused;
         match crate::sasl::sasl_plain_b64(text) {
-            Some((login, password)) => credentials(login, password),
-            None => self.auth_failed(501, (5, 5, 2), "cannot decode the AUTH PLAIN response"),
+            Ok((login, password)) => credentials(login, password),
+            Err(PlainRefused::Malformed) => {
+                self.auth_failed(501, (5, 5, 2), "cannot decode the AUTH PLAIN response")
+            }
+            // RFC 4954 section 6: the credentials are not valid for what was asked.
+            Err(PlainRefused::ActingAsAnother) => self.auth_failed(
+                535,
+                (5, 7, 8),
+                "authentication credentials invalid: acting as another user (authorization identity) is not permitted",
+            ),
         }
     }
 
