@@ -693,19 +693,81 @@ impl Protocol for Session {
                         return self.need_line().unwrap_or(Step::NeedInput);
                     };
                     self.command_floor = 0;
-                    let tag = buf[..end]
-                        .split(|&b| b == b' ')
-                        .next()
-                        .filter(|t| !t.is_empty() && t.iter().all(|b| b.is_ascii_graphic()))
-                        .map_or("*".into(), |t| String::from_utf8_lossy(t).into_owned());
+                    let (tag, why) = refused_command(&buf[..end]);
                     self.inbuf = buf[end..].to_vec();
-                    self.line(&format!(
-                        "{tag} BAD Error in IMAP command received by server."
-                    ));
+                    self.line(&format!("{tag} BAD {why}"));
                 }
             }
         }
     }
+}
+
+/// The commands this server reads (RFC 3501 and the extensions it announces), by keyword.
+const KEYWORDS: &[&str] = &[
+    "APPEND",
+    "AUTHENTICATE",
+    "CAPABILITY",
+    "CHECK",
+    "CLOSE",
+    "COPY",
+    "CREATE",
+    "DELETE",
+    "EXAMINE",
+    "EXPUNGE",
+    "FETCH",
+    "IDLE",
+    "LIST",
+    "LOGIN",
+    "LOGOUT",
+    "LSUB",
+    "MOVE",
+    "NOOP",
+    "RENAME",
+    "SEARCH",
+    "SELECT",
+    "STARTTLS",
+    "STATUS",
+    "STORE",
+    "SUBSCRIBE",
+    "UID",
+    "UNSELECT",
+    "UNSUBSCRIBE",
+];
+
+/// The tag to answer a command the decoder refused with, and what to say: which part did not
+/// read (the tag, the command name, or the named command's arguments), never a bare "error".
+fn refused_command(command: &[u8]) -> (String, String) {
+    let line = command.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.trim_ascii().split(|&b| b == b' ');
+    let printable = |w: &[u8]| !w.is_empty() && w.iter().all(|b| b.is_ascii_graphic());
+    // RFC 3501 section 9: a tag is ASTRING-CHARs except "+".
+    let tag = words
+        .next()
+        .filter(|t| printable(t) && !t.iter().any(|b| b"(){%*\"\\+".contains(b)) && t.len() <= 64);
+    let Some(tag) = tag else {
+        return ("*".into(), "Missing or invalid tag.".into());
+    };
+    let tag = String::from_utf8_lossy(tag).into_owned();
+    let why = match words.next().filter(|w| printable(w)) {
+        None => "Missing command name after the tag.".into(),
+        Some(word) => {
+            let mut name = String::from_utf8_lossy(&word[..word.len().min(32)]).into_owned();
+            name.make_ascii_uppercase();
+            // UID's arguments start with the command it applies to.
+            let applied = (name == "UID")
+                .then(|| words.next().filter(|w| printable(w)))
+                .flatten()
+                .map(|w| String::from_utf8_lossy(&w[..w.len().min(32)]).to_ascii_uppercase());
+            if !KEYWORDS.contains(&name.as_str()) {
+                format!("Unknown command {name}.")
+            } else if let Some(applied) = applied {
+                format!("Invalid arguments to UID {applied}.")
+            } else {
+                format!("Invalid arguments to {name}.")
+            }
+        }
+    };
+    (tag, why)
 }
 
 /// Where a command the decoder refused ends: the end of the line that holds its last byte
@@ -1782,6 +1844,20 @@ mod tests {
         s.take_output();
         let r = run(&mut s, "\r\n* \r\na FETCH\r\nb SELECT\r\n");
         assert!(r.contains("a BAD") && r.contains("b BAD"), "{r}");
+        // Each refusal says which part did not read (an independent review found one generic
+        // "Error in IMAP command" for all).
+        let r = run(
+            &mut s,
+            "c FROB x\r\nd\r\ne uid fetch 1:* (BODY[\r\n+x NOOP\r\nf STORE 1 +FLAGS (\r\n",
+        );
+        assert_eq!(
+            r,
+            "c BAD Unknown command FROB.\r\n\
+             d BAD Missing command name after the tag.\r\n\
+             e BAD Invalid arguments to UID FETCH.\r\n\
+             * BAD Missing or invalid tag.\r\n\
+             f BAD Invalid arguments to STORE.\r\n"
+        );
         let r = run(&mut s, "c APPEND INBOX {999999999999}\r\n");
         assert!(r.contains("BAD") || r.contains("NO"), "{r}");
         let long = format!("d {}", "x".repeat(70_000));
