@@ -179,7 +179,7 @@ impl Tracker {
                 .find(|c: char| !c.is_ascii_alphanumeric())
                 .map_or(lower.len(), |i| lt + 1 + i);
             let tag = &lower[lt + 1..name_end];
-            let Some(gt) = lower[name_end..].find('>').map(|i| name_end + i) else {
+            let Some(gt) = tag_end(&lower, name_end) else {
                 break;
             };
             search = gt + 1;
@@ -223,6 +223,29 @@ impl Tracker {
     }
 }
 
+/// Where the tag whose attributes start at `from` ends (its `>`): a `>` inside a quoted
+/// attribute value (`<a title=">" href=...>`) does not end it (HTML's tokenizer; an
+/// independent review found such links left untracked).
+fn tag_end(lower: &str, from: usize) -> Option<usize> {
+    let bytes = lower.as_bytes();
+    let mut i = from;
+    let mut after_equals = false;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'>' => return Some(i),
+            q @ (b'"' | b'\'') if after_equals => {
+                i += 1 + lower[i + 1..].find(q as char)?;
+                after_equals = false;
+            }
+            b'=' => after_equals = true,
+            c if c.is_ascii_whitespace() => {}
+            _ => after_equals = false,
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Where the value of the `href` attribute is within a tag's attributes (`lower[from..to]`, the
 /// tag lower-cased): quoted or not, with white space around the `=` (HTML's attribute syntax).
 fn href_value(lower: &str, from: usize, to: usize) -> Option<(usize, usize)> {
@@ -230,20 +253,18 @@ fn href_value(lower: &str, from: usize, to: usize) -> Option<(usize, usize)> {
     let mut i = 0;
     let bytes = attrs.as_bytes();
     while i < bytes.len() {
-        // An attribute name starts after white space.
-        if !bytes[i].is_ascii_whitespace() {
+        // An attribute name starts after white space or a `/` (`<a/href=...>`: HTML's
+        // tokenizer reads a `/` not before `>` as a separator).
+        let separator = |b: u8| b.is_ascii_whitespace() || b == b'/';
+        if !separator(bytes[i]) {
             i += 1;
             continue;
         }
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        while i < bytes.len() && separator(bytes[i]) {
             i += 1;
         }
         let name_start = i;
-        while i < bytes.len()
-            && !bytes[i].is_ascii_whitespace()
-            && bytes[i] != b'='
-            && bytes[i] != b'>'
-        {
+        while i < bytes.len() && !separator(bytes[i]) && bytes[i] != b'=' && bytes[i] != b'>' {
             i += 1;
         }
         let name = &attrs[name_start..i];
@@ -397,5 +418,18 @@ mod tests {
         );
         assert!(out.contains("href=#top"), "{out}");
         assert!(out.contains("alt=\"\"></body></html>"), "{out}");
+        // A `>` in a quoted value before href, and `/` between the name and href: tracked as
+        // a browser reads them (an independent review found both left alone).
+        let out = t.rewrite_html(
+            "<a title=\">\" href=\"https://shop.test/1\">1</a><a/href=\"https://shop.test/2\">2</a>",
+            "<m@s.test>",
+            "a@b.test",
+        );
+        assert!(!out.contains("shop.test"), "{out}");
+        assert_eq!(out.matches("/t/c/").count(), 2, "{out}");
+        assert!(
+            out.starts_with("<a title=\">\" href=\"http://127.0.0.1:8025/t/c/"),
+            "{out}"
+        );
     }
 }
