@@ -298,7 +298,11 @@ pub fn check_address(field: &str, address: &str) -> Result<(), FieldError> {
     let a = EmailAddress::parse_with_options(address, options)
         .map_err(|e| FieldError::at(field, format!("{address:?}: {e}")))?;
     let domain = a.domain();
-    let why = if domain.starts_with('[') {
+    let why = if !a.local_part().is_ascii() {
+        // Its MAIL FROM and RCPT TO would need SMTPUTF8 (RFC 6531), which this MTA's client
+        // does not speak (found by an independent review).
+        Some("a local part not in ASCII: the MTA does not send SMTPUTF8 (RFC 6531)")
+    } else if domain.starts_with('[') {
         Some("an address literal: give a domain name")
     } else if !domain.is_ascii() {
         Some("a domain not in ASCII: give its xn-- form (IDNA)")
@@ -630,9 +634,13 @@ pub const TEMPLATE_JOINS_MAX: usize = 32;
 /// The longest string in substitution data.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 
-/// What a template may hold, so that no template makes a value of unbounded size from a small
-/// request: no `set` or `with` (a chain of them doubles a string at every step), at most
-/// `TEMPLATE_JOINS_MAX` joining operators, at most `TEMPLATE_BYTES_MAX` bytes.
+/// What a template may hold, so that no template makes a value of unbounded size, or spends
+/// unbounded time, from a small request: no `set` or `with` (a chain of them doubles a string
+/// at every step), no `*` (minijinja repeats a string up to 100 MB with it), at most
+/// `TEMPLATE_JOINS_MAX` joining operators and none inside a `{% for %}` (a join of megabyte
+/// values evaluated at every step of a loop copies gigabytes without writing a byte: `{{ (a ~
+/// a)|length }}`), at most `TEMPLATE_BYTES_MAX` bytes. All three were found by an
+/// independent review.
 fn check_template_source(field: &str, source: &str) -> Result<(), FieldError> {
     if source.len() > TEMPLATE_BYTES_MAX {
         return Err(FieldError::at(
@@ -641,6 +649,8 @@ fn check_template_source(field: &str, source: &str) -> Result<(), FieldError> {
         ));
     }
     let mut joins = 0;
+    // How many `{% for %}` blocks the tag being read is inside.
+    let mut loops = 0usize;
     let mut rest = source;
     while let Some(open) = rest.find(['{']) {
         let after = &rest[open + 1..];
@@ -669,12 +679,34 @@ fn check_template_source(field: &str, source: &str) -> Result<(), FieldError> {
                     format!("`{{% {word} %}}` is not supported in mail templates"),
                 ));
             }
+            match word {
+                "for" => loops += 1,
+                "endfor" => loops = loops.saturating_sub(1),
+                _ => {}
+            }
         }
+        // The tag's own words: `-`/`+` right inside the delimiters control whitespace.
+        let words = inner.strip_prefix(['-', '+']).unwrap_or(inner);
+        let words = words.strip_suffix(['-', '+']).unwrap_or(words);
         let mut quote = None;
-        for c in inner.chars() {
+        for c in words.chars() {
             match (quote, c) {
                 (None, '"' | '\'') => quote = Some(c),
                 (Some(q), c) if c == q => quote = None,
+                (None, '*') => {
+                    return Err(FieldError::at(
+                        field,
+                        "`*` is not supported in mail templates (it repeats strings)",
+                    ));
+                }
+                (None, '~' | '+') if loops > 0 => {
+                    return Err(FieldError::at(
+                        field,
+                        format!(
+                            "`{c}` is not supported inside `{{% for %}}` in mail templates: write the parts one after the other (`{{{{ a }}}}{{{{ b }}}}`)"
+                        ),
+                    ));
+                }
                 (None, '~' | '+') => joins += 1,
                 _ => {}
             }
@@ -1300,6 +1332,23 @@ mod tests {
         assert!(m[0].message.body.ends_with(b"line 1\r\nline 2\r\n"));
     }
 
+    /// An independent review: a local part not in ASCII was taken, and would have gone out
+    /// in RCPT TO without SMTPUTF8.
+    #[test]
+    fn addresses_the_mta_cannot_send_to_are_refused_with_why() {
+        for (address, says) in [
+            ("jöhn@x.example", "SMTPUTF8"),
+            ("john@bücher.example", "xn--"),
+            ("john@[192.0.2.1]", "address literal"),
+            ("john@localhost", "fully qualified"),
+        ] {
+            let e = check_address("recipients[0].email", address).expect_err(address);
+            assert_eq!(e.field.as_deref(), Some("recipients[0].email"));
+            assert!(e.message.contains(says), "{address}: {}", e.message);
+        }
+        assert!(check_address("f", "john.o'hara+tag@x.example").is_ok());
+    }
+
     #[test]
     fn a_template_cannot_make_more_mail_than_a_request_may() {
         let big = "y".repeat(200_000);
@@ -1326,6 +1375,35 @@ mod tests {
             assert!(f.is_some(), "{body}: {m}");
             assert!(m.contains("unknown"), "{body}: {m}");
         }
+        // An independent review: `*` repeated a string to 100 MB per use (8.9 GB of memory
+        // from a 552-byte template); a join in a loop copies its values at every step.
+        for (body, says) in [
+            ("{{ (s * 100000000)|length }}", "`*` is not supported"),
+            ("{{ 2 * 3 }}", "`*` is not supported"),
+            (
+                "{% for i in items %}{{ (s ~ s)|length }}{% endfor %}",
+                "`~` is not supported inside",
+            ),
+            (
+                "{% for i in items %}{% if i %}{{ i + 1 }}{% endif %}{% endfor %}",
+                "`+` is not supported inside",
+            ),
+        ] {
+            let (f, m) = field_of(&format!(
+                r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{body}"}},"substitutions":{{"s":"AAAA","items":[1,2]}},"recipients":[{{"email":"a@x.test"}}]}}"#
+            ));
+            assert_eq!(f.as_deref(), Some("content.text_body"), "{body}: {m}");
+            assert!(m.contains(says), "{body}: {m}");
+        }
+        let m = made(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"s","text_body":"{%- for i in items -%}{{ i }}{%+ endfor %} {{ s ~ '*' ~ s }}"},"substitutions":{"s":"A","items":[1,2]},"recipients":[{"email":"a@x.test"}]}"#,
+        )
+        .expect("whitespace control, joins after the loop and `*` in a string are kept");
+        assert!(
+            String::from_utf8_lossy(&m[0].message.body).contains("12 A*A"),
+            "{}",
+            String::from_utf8_lossy(&m[0].message.body)
+        );
         let joins = "{{ s".to_string() + &" ~ s".repeat(40) + " }}";
         let (f, m) = field_of(&format!(
             r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{joins}"}},"recipients":[{{"email":"a@x.test"}}]}}"#
