@@ -447,6 +447,7 @@ pub async fn run_mta(
     };
     let (addr, serving) = submission(
         opts.submission,
+        "--submission",
         &opts.hostname,
         Ingress {
             jobs: jobs_tx.clone(),
@@ -462,20 +463,26 @@ pub async fn run_mta(
             jobs: jobs_tx.clone(),
             lane: Lane::Transactional,
         };
-        let (addr, serving) =
-            submission(listen, &opts.hostname, ingress, stopped(&stop_rx)).await?;
+        let (addr, serving) = submission(
+            listen,
+            "--submission-transactional",
+            &opts.hostname,
+            ingress,
+            stopped(&stop_rx),
+        )
+        .await?;
         servings.push(serving);
         ready.push_str(&format!(" submission_transactional={addr}"));
     }
     let api = match opts.http.take() {
         Some(http) => {
-            let listener = TcpListener::bind(http.listen).await?;
+            let listener = bind(http.listen, "--http").await?;
             let local = listener.local_addr()?;
             ready.push_str(&format!(" http={local}"));
             let https = match http.https {
                 Some((listen, given)) => {
                     let tls = https_tls(&opts.spool, given, listen)?;
-                    let listener = TcpListener::bind(listen).await?;
+                    let listener = bind(listen, "--https").await?;
                     let at = listener.local_addr()?;
                     ready.push_str(&format!(" https={at}"));
                     Some((listener, tls.acceptor, at))
@@ -546,7 +553,7 @@ pub async fn run_mta(
             },
             store: mailsim_mailbox::store::Maildir::new(&opts.spool.join("mx"), true, "mx"),
         };
-        let listener = TcpListener::bind(listen).await?;
+        let listener = bind(listen, "--mx").await?;
         ready.push_str(&format!(" mx={}", listener.local_addr()?));
         let server_cfg = ServerConfig {
             hostname: opts.hostname.clone(),
@@ -620,15 +627,25 @@ fn stopped(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> 
     }
 }
 
+/// A listening socket on `listen`, given by `option`: an error names both ("--http
+/// 127.0.0.1:8025: Address already in use"), not the OS's words alone.
+async fn bind(listen: SocketAddr, option: &str) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("{option} {listen}"))
+}
+
 /// The submission port: an SMTP server whose DATA is acknowledged once spooled (by the
 /// injectors behind `ingress`). Its address and task.
 async fn submission(
     listen: SocketAddr,
+    option: &str,
     hostname: &str,
     ingress: Ingress,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(listen).await?;
+    let listener = bind(listen, option).await?;
     let addr = listener.local_addr()?;
     let server_cfg = ServerConfig {
         hostname: hostname.to_string(),

@@ -1013,17 +1013,31 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("{}", mailsim_mailbox::users::hash_password(&password));
         }
         Command::List { command } => {
-            let open = |spool: &std::path::Path| {
-                std::fs::create_dir_all(spool)
-                    .with_context(|| format!("--spool {}", spool.display()))?;
-                mailsim_platform::lists::Lists::open(&spool.join(mailsim::daemon::LISTS_FILE))
-                    .map_err(anyhow::Error::msg)
+            // A spool that is not there is a mistyped path: refused, never made (an import
+            // into a new tree would be one the MTA never reads; an independent review). Showing
+            // a list needs the lists file too, and creates nothing.
+            let open = |spool: &std::path::Path, show: bool| {
+                if !spool.is_dir() {
+                    anyhow::bail!(
+                        "--spool {}: no such directory (give the MTA daemon's --spool; create it first for a new one)",
+                        spool.display()
+                    );
+                }
+                let file = spool.join(mailsim::daemon::LISTS_FILE);
+                if show && !file.is_file() {
+                    anyhow::bail!(
+                        "--spool {}: no lists here (no {})",
+                        spool.display(),
+                        mailsim::daemon::LISTS_FILE
+                    );
+                }
+                mailsim_platform::lists::Lists::open(&file).map_err(anyhow::Error::msg)
             };
             match command {
                 ListCommand::Import { spool, list, csv } => {
                     let file =
                         std::fs::File::open(&csv).with_context(|| format!("{}", csv.display()))?;
-                    let done = open(&spool)?
+                    let done = open(&spool, false)?
                         .import_csv(
                             &list,
                             std::io::BufReader::new(file),
@@ -1033,7 +1047,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     println!("list: {list} added={} updated={}", done.added, done.updated);
                 }
                 ListCommand::Show { spool, list } => {
-                    let lists = open(&spool)?;
+                    let lists = open(&spool, true)?;
                     if !lists.exists(&list).map_err(anyhow::Error::msg)? {
                         anyhow::bail!("--list {list:?}: no such list in {}", spool.display());
                     }

@@ -490,6 +490,16 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
         http_code(&[&format!("http://{api}/t/c/b3RoZXI.AAAA")]),
         "404"
     );
+    // A path segment that is not UTF-8: 404 too, with the JSON error body every answer has.
+    let (status, answer) = curl_at(
+        &api,
+        "/u/%ff%fe",
+        &[],
+        b"List-Unsubscribe=One-Click",
+        dir.path(),
+    );
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["error"]["status"], 404, "{answer}");
     // RFC 8058 one-click: the POST unsubscribes; the next injection to the reader is refused.
     let unsubscribe = parsed
         .header_raw("List-Unsubscribe")
@@ -502,6 +512,34 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
         parsed.header_raw("List-Unsubscribe-Post").map(str::trim),
         Some("List-Unsubscribe=One-Click")
     );
+    // A POST whose body never comes is answered 408 within the header's 10 s, not held open
+    // (an independent review held every connection with such posts).
+    {
+        use std::io::{Read, Write};
+        let rest = unsubscribe.strip_prefix("http://").expect("an http URL");
+        let (host, path) = rest.split_at(rest.find('/').expect("a path"));
+        let mut stalled = std::net::TcpStream::connect(host).unwrap();
+        stalled
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stalled,
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+        )
+        .unwrap();
+        let began = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stalled.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(began.elapsed() < std::time::Duration::from_secs(20));
+    }
     assert_eq!(
         http_code(&[
             "-X",
@@ -608,6 +646,51 @@ fn a_campaign_mails_the_active_subscribers_of_a_list_imported_from_csv() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.csv: line 3: column email"), "{err}");
+    // A local part not in ASCII would need SMTPUTF8, which the MTA does not send.
+    let out = import("utf8.csv", "email\nj\u{f6}hn@a.test\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("utf8.csv: line 2: column email")
+            && err.contains("SMTPUTF8"),
+        "{err}"
+    );
+    // A mistyped spool is refused and nothing is made there (an independent review).
+    let typo = dir.path().join("no-such-spool");
+    for args in [
+        &["list", "import", "--list", "news", "--spool"][..],
+        &["list", "show", "--list", "news", "--spool"][..],
+    ] {
+        let mut cmd = bin();
+        cmd.args(args).arg(&typo);
+        if args[1] == "import" {
+            cmd.arg(dir.path().join("subs.csv"));
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("no such directory"),
+            "{err}"
+        );
+        assert!(!typo.exists());
+    }
+    let empty = dir.path().join("empty-spool");
+    std::fs::create_dir(&empty).unwrap();
+    let out = bin()
+        .args(["list", "show", "--list", "news", "--spool"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no lists here"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "show made nothing"
+    );
     let campaign = serde_json::to_vec(&serde_json::json!({
         "list": "news",
         "envelope_sender": "bounces@news.example.test",
