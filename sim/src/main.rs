@@ -1273,7 +1273,7 @@ struct MailboxArgs {
     imap: Option<SocketAddr>,
     #[arg(long)]
     pop3: Option<SocketAddr>,
-    /// `self-signed` (made at start-up) or CERT.pem,KEY.pem.
+    /// `self-signed` (made at start-up), CERT.pem,KEY.pem, or `none` (STARTTLS not offered).
     #[arg(long, default_value = "self-signed")]
     tls: String,
     /// The name the server gives itself (greetings, certificate, headers).
