@@ -1073,6 +1073,21 @@ async fn open(
     (headers, PIXEL).into_response()
 }
 
+/// A link as a browser sends it: the bytes of its UTF-8 beyond ASCII percent-encoded (the URL
+/// Standard), for a Location field (an independent review found them sent raw). The event keeps
+/// the link as written.
+fn ascii_url(url: &str) -> String {
+    let mut encoded = String::with_capacity(url.len());
+    for b in url.bytes() {
+        if b.is_ascii() {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    encoded
+}
+
 async fn click(
     State(api): State<Arc<Api>>,
     method: axum::http::Method,
@@ -1089,7 +1104,7 @@ async fn click(
     else {
         return no_such_link();
     };
-    let Ok(location) = header::HeaderValue::from_str(&url) else {
+    let Ok(location) = header::HeaderValue::from_str(&ascii_url(&url)) else {
         return no_such_link();
     };
     if method == axum::http::Method::HEAD {
@@ -1198,4 +1213,19 @@ fn take_unsubscribe(
         http_status: status,
         error: String::new(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_link_beyond_ascii_is_percent_encoded_for_location() {
+        assert_eq!(
+            super::ascii_url("https://shop.test/caf\u{e9}?q=\u{fc}ber&a=1"),
+            "https://shop.test/caf%C3%A9?q=%C3%BCber&a=1"
+        );
+        assert_eq!(
+            super::ascii_url("https://shop.test/a%20b"),
+            "https://shop.test/a%20b"
+        );
+    }
 }

@@ -867,6 +867,19 @@ impl Templates {
                 other => other.to_string(),
             };
             check_template_source(&field, &source)?;
+            // A control character written into a header field's template is the template's
+            // fault, whoever it is rendered for: named at its field, not at the first recipient
+            // (an independent review).
+            if is_header_template(&name)
+                && source
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
+            {
+                return Err(FieldError::at(
+                    field,
+                    "a header value may not contain control characters",
+                ));
+            }
             env.add_template_owned(name, source)
                 .map_err(|e| FieldError::at(field, template_error(&e)))?;
         }
@@ -1330,6 +1343,16 @@ mod tests {
         )
         .expect("made");
         assert!(m[0].message.body.ends_with(b"line 1\r\nline 2\r\n"));
+    }
+
+    /// A control character in a header field's own template is named at that field.
+    #[test]
+    fn a_control_character_in_a_header_template_names_its_field() {
+        let (f, m) = field_of(
+            r#"{"envelope_sender":"b@s.test","content":{"from":{"email":"a@s.test"},"subject":"a\u0000b","text_body":"t"},"recipients":[{"email":"a@x.test"}]}"#,
+        );
+        assert_eq!(f.as_deref(), Some("content.subject"), "{m}");
+        assert!(m.contains("control characters"), "{m}");
     }
 
     /// An independent review: a local part not in ASCII was taken, and would have gone out

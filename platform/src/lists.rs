@@ -226,6 +226,9 @@ pub fn read_csv(csv: impl std::io::Read, source: &str) -> Result<Vec<Subscriber>
     // Column names as fields: lower-cased, so that `Name` greets as `name` does.
     let names: Vec<String> = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
     let mut out = Vec::new();
+    // The line each address was first read on: an address twice in one file is one of two
+    // rows the writer meant differently, refused (an independent review saw the last win).
+    let mut first_on: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
@@ -235,6 +238,11 @@ pub fn read_csv(csv: impl std::io::Read, source: &str) -> Result<Vec<Subscriber>
         let email = record.get(email_at).unwrap_or("").to_ascii_lowercase();
         check_address("email", &email)
             .map_err(|e| format!("{source}: line {line}: column email: {}", e.message))?;
+        if let Some(first) = first_on.insert(email.clone(), line) {
+            return Err(format!(
+                "{source}: line {line}: column email: {email} is already on line {first}"
+            ));
+        }
         // A field goes into headers as easily as into a body: one line, no control characters.
         if let Some((h, _)) = names
             .iter()
@@ -329,6 +337,16 @@ mod tests {
             .import_csv("news", bad.as_bytes(), "subs.csv")
             .unwrap_err();
         assert!(e.starts_with("subs.csv: line 3: column email:"), "{e}");
+        assert_eq!(lists.counts("news").unwrap().values().sum::<u64>(), 3);
+        // The same address twice in one file (in any case): refused, naming both lines.
+        let twice = "email,name\ndee@d.test,Dee\nok@a.test,Ok\nDEE@d.test,Deirdre\n";
+        let e = lists
+            .import_csv("news", twice.as_bytes(), "subs.csv")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "subs.csv: line 4: column email: dee@d.test is already on line 2"
+        );
         assert_eq!(lists.counts("news").unwrap().values().sum::<u64>(), 3);
         let e = lists
             .import_csv("news", "name\nAnn\n".as_bytes(), "x.csv")
