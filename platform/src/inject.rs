@@ -349,12 +349,19 @@ fn check_field_name(field: &str, name: &str) -> Result<(), FieldError> {
 fn header_value_fault(value: &str) -> Option<&'static str> {
     if value.contains(['\r', '\n']) {
         Some("a header value may not contain a line break")
-    } else if value.chars().any(|c| c.is_control() && c != '\t') {
-        Some("a header value may not contain control characters")
+    } else if value.chars().any(is_header_control) {
+        Some(HEADER_CONTROL)
     } else {
         None
     }
 }
+
+/// A control character no header field value may hold (line breaks are told apart first).
+fn is_header_control(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\r' | '\n')
+}
+
+const HEADER_CONTROL: &str = "a header value may not contain control characters";
 
 fn check_one_line(field: &str, value: &str) -> Result<(), FieldError> {
     match header_value_fault(value) {
@@ -870,15 +877,8 @@ impl Templates {
             // A control character written into a header field's template is the template's
             // fault, whoever it is rendered for: named at its field, not at the first recipient
             // (an independent review).
-            if is_header_template(&name)
-                && source
-                    .chars()
-                    .any(|c| c.is_control() && !matches!(c, '\t' | '\r' | '\n'))
-            {
-                return Err(FieldError::at(
-                    field,
-                    "a header value may not contain control characters",
-                ));
+            if is_header_template(&name) && source.chars().any(is_header_control) {
+                return Err(FieldError::at(field, HEADER_CONTROL));
             }
             env.add_template_owned(name, source)
                 .map_err(|e| FieldError::at(field, template_error(&e)))?;
