@@ -11,7 +11,7 @@
 use crate::campaigns::{Campaign, Credit, Engagement, Outcome, Plan};
 use crate::inject::{self, FieldError, InjectRequest, Stamp};
 use crate::lists::{Lists, Subscriber};
-use crate::track::{Mark, Tracker};
+use crate::track::{Hit, Mark, Repeats, Tracker};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Path as UrlPath;
@@ -183,6 +183,8 @@ struct Api {
     clock: Arc<dyn Clock>,
     next_id: AtomicU64,
     tracking: Option<Tracking>,
+    /// How often a tracking link's hits are recorded.
+    repeats: Repeats,
     lists: Option<Arc<Lists>>,
     /// Held while campaign mail is spooled: by the scheduler, or by a request sending its
     /// campaign at once (which the scheduler must not also send).
@@ -218,6 +220,7 @@ impl Platform {
                 clock,
                 next_id: AtomicU64::new(1),
                 tracking,
+                repeats: Repeats::default(),
                 lists,
                 sending: tokio::sync::Mutex::new(()),
             }),
@@ -1051,26 +1054,54 @@ async fn open(
     method: axum::http::Method,
     Segment(token): Segment,
 ) -> Response {
-    let Some((t, Mark::Open { message_id, rcpt })) = mark(&api, &token) else {
+    let Some((t, mark @ Mark::Open { .. })) = mark(&api, &token) else {
         return no_such_link();
     };
     if method == axum::http::Method::HEAD {
         // A HEAD fetches nothing: no open (link checkers and proxies send them).
         return ([(header::CONTENT_TYPE, "image/gif")], "").into_response();
     }
-    note(&api, &message_id, &rcpt, Engagement::Open);
-    t.events.emit(Event::Opened {
-        rcpt,
-        message_id,
-        url: format!("/t/o/{token}"),
-        http_status: 200,
-        error: String::new(),
-    });
+    if recorded(&api, &mark, "open") {
+        let Mark::Open { message_id, rcpt } = mark else {
+            unreachable!("matched as an open")
+        };
+        note(&api, &message_id, &rcpt, Engagement::Open);
+        t.events.emit(Event::Opened {
+            rcpt,
+            message_id,
+            url: format!("/t/o/{token}"),
+            http_status: 200,
+            error: String::new(),
+        });
+    }
     let headers = [
         (header::CONTENT_TYPE, "image/gif"),
         (header::CACHE_CONTROL, "no-store"),
     ];
     (headers, PIXEL).into_response()
+}
+
+/// Whether this hit of a tracking link is recorded ([`Repeats`]): a link requested more often
+/// than a reader would is answered as usual but logged once, as a warning, not as events.
+fn recorded(api: &Api, mark: &Mark, what: &str) -> bool {
+    match api.repeats.hit(mark, api.clock.now_ms()) {
+        Hit::Recorded => true,
+        Hit::FirstRefused => {
+            let (message_id, rcpt) = match mark {
+                Mark::Open { message_id, rcpt }
+                | Mark::Click {
+                    message_id, rcpt, ..
+                }
+                | Mark::Unsubscribe { message_id, rcpt } => (message_id, rcpt),
+            };
+            tracing::warn!(
+                "tracking: the {what} link of {message_id} to {rcpt} was requested more than {} times at once; its hits are not recorded beyond one a minute",
+                Repeats::BURST
+            );
+            false
+        }
+        Hit::Refused => false,
+    }
 }
 
 /// A link as a browser sends it: the bytes of its UTF-8 beyond ASCII percent-encoded (the URL
@@ -1093,21 +1124,26 @@ async fn click(
     method: axum::http::Method,
     Segment(token): Segment,
 ) -> Response {
-    let Some((
-        t,
-        Mark::Click {
-            message_id,
-            rcpt,
-            url,
-        },
-    )) = mark(&api, &token)
+    let Some((t, mark @ Mark::Click { .. })) = mark(&api, &token) else {
+        return no_such_link();
+    };
+    let Mark::Click { url, .. } = &mark else {
+        unreachable!("matched as a click")
+    };
+    let Ok(location) = header::HeaderValue::from_str(&ascii_url(url)) else {
+        return no_such_link();
+    };
+    let recorded = method != axum::http::Method::HEAD && recorded(&api, &mark, "click");
+    let Mark::Click {
+        message_id,
+        rcpt,
+        url,
+    } = mark
     else {
-        return no_such_link();
+        unreachable!("matched as a click")
     };
-    let Ok(location) = header::HeaderValue::from_str(&ascii_url(&url)) else {
-        return no_such_link();
-    };
-    if method == axum::http::Method::HEAD {
+    if !recorded {
+        // A HEAD (link checkers and proxies send them) or a link requested too often.
         return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
     }
     note(&api, &message_id, &rcpt, Engagement::Click(url.clone()));
