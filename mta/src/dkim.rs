@@ -84,19 +84,32 @@ impl Writable for Hashed<'_, '_> {
 /// An Ed25519-SHA256 signature as made (RFC 8463 section 3: the key signs the SHA-256 hash
 /// of the canonical signed header fields and the DKIM-Signature field without its `b=`
 /// value), for a [`SignatureWitness`].
+/// Only [`Signer`] makes one (the fields are private), so a witness is told only of signatures
+/// the key really made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Made {
+    header_hash: [u8; 32],
+    signature: Vec<u8>,
+}
+
+impl Made {
     /// The SHA-256 hash the key signed.
-    pub header_hash: [u8; 32],
+    pub fn header_hash(&self) -> &[u8; 32] {
+        &self.header_hash
+    }
+
     /// The signature (the `b=` value decoded).
-    pub signature: Vec<u8>,
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
 }
 
 /// Told of the Ed25519 signatures the MTA makes, a batch at a time. A virtual run's fleet
-/// verifies them there, in one batch, ahead of the receivers (see `mailsim_mailbox::auth_memo`).
+/// remembers them there for its receivers (see `mailsim_mailbox::auth_memo`).
 pub trait SignatureWitness: Send + Sync {
-    /// Signatures made for `domain` with `selector`.
-    fn signed(&self, domain: &str, selector: &str, made: &[Made]);
+    /// Signatures made for `domain` with `selector` by the private key whose public half is
+    /// `public`.
+    fn signed(&self, domain: &str, selector: &str, public: &[u8; 32], made: &[Made]);
 }
 
 /// The message's header fields (as mail-auth's parser splits them, value with its line end)
@@ -154,6 +167,14 @@ impl Signer {
 
     pub fn selector(&self) -> &str {
         &self.template.s
+    }
+
+    /// The public half of an Ed25519 key (as its key pair holds it); None for RSA.
+    pub fn ed25519_public(&self) -> Option<[u8; 32]> {
+        match &self.key {
+            DkimKey::Ed25519(k) => k.public_key().try_into().ok(),
+            _ => None,
+        }
     }
 
     fn error(&self, e: mail_auth::Error) -> DkimError {

@@ -1996,7 +1996,9 @@ fn sign_all(
                     }
                     if let Some(w) = witness {
                         for (signer, signatures) in made.values() {
-                            w.signed(signer.domain(), signer.selector(), signatures);
+                            if let Some(public) = signer.ed25519_public() {
+                                w.signed(signer.domain(), signer.selector(), &public, signatures);
+                            }
                         }
                     }
                     Ok(())

@@ -323,7 +323,7 @@ impl<E: Env> Assembly<E> {
             self.suppression.clone(),
             self.events.clone(),
         )?;
-        // A virtual run verifies the MTA's Ed25519 signatures in batches as they are made.
+        // A virtual run remembers the MTA's Ed25519 signatures as they are made.
         if let Some(f) = self.env.foresight() {
             mta.set_signature_witness(Arc::new(f.signatures_ahead()));
         }
