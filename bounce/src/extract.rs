@@ -53,6 +53,31 @@ fn address_re() -> &'static Regex {
     })
 }
 
+/// `<final> (expanded from <original>)` (Postfix) or `final (generated from original)` (Exim,
+/// the parenthesis on the next line): the two addresses.
+fn alias_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        let address = address_re().as_str();
+        Regex::new(&format!(
+            r"<?({address})>?\s*\((?:expanded|generated) from\s+<?({address})>?\)"
+        ))
+        .expect("alias regex")
+    })
+}
+
+/// A remote server's reply as Postfix quotes it: from "said:" (or "refused to talk to me:", a
+/// refused greeting) to "(in reply to ... command)", or to the end of its paragraph.
+fn quoted_reply_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(
+            r"(?s)\b(?:said|refused\s+to\s+talk\s+to\s+me):.*?(?:\(in\s+reply\s+to\s+[^)]*\)|\n\s*\n|\z)",
+        )
+            .expect("quoted reply regex")
+    })
+}
+
 fn dsn_fields_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
@@ -111,7 +136,9 @@ fn status_re() -> &'static Regex {
 
 fn code_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"(?m)(?:^|[\s:;(\[])([45][0-9][0-9])[ -]").expect("code regex"))
+    RE.get_or_init(|| {
+        Regex::new(r"(?m)(?:^|[\s:;(\[])([45][0-9][0-9])(?:[\s-]|$)").expect("code regex")
+    })
 }
 
 /// A reporting MTA's gloss on a status code ahead of the remote server's reply it quotes:
@@ -1013,6 +1040,22 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
     let mut seen: Vec<String> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     let mut listed = std::collections::HashSet::new();
+    // An address delivered to because another was aliased or forwarded to it: Postfix's
+    // "<final> (expanded from <original>): ..." (bounce(8)'s per-recipient line), Exim's
+    // "final\n    (generated from original)". The original is the address the sender gave, as a
+    // delivery-status part's Original-Recipient is: it stands for both, once.
+    let aliases: Vec<(String, String)> = alias_re()
+        .captures_iter(text)
+        .map(|c| (c[1].to_ascii_lowercase(), c[2].to_string()))
+        .collect();
+    // A remote server's reply as Postfix's smtp(8) quotes it ("host X said: 550 5.1.1
+    // <other@...>: unauthorized sender (in reply to RCPT TO command)", "host X refused to talk
+    // to me: 554 ... contact postmaster@..."): an address in it is the server's words about
+    // the recipient named before it, not another recipient.
+    let quoted: Vec<std::ops::Range<usize>> = quoted_reply_re()
+        .find_iter(text)
+        .map(|m| m.range())
+        .collect();
     // Where the line of the current address starts, found by scanning only the text since
     // the previous address: one long line with many addresses is read once, not once per
     // address.
@@ -1027,6 +1070,15 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
         if is_daemon(&lower) {
             continue;
         }
+        if !seen.is_empty() && quoted.iter().any(|q| q.contains(&m.start())) {
+            continue;
+        }
+        // An aliased address stands for its original; the original, once listed, is not
+        // listed again.
+        let (a, lower) = match aliases.iter().find(|(fin, _)| *fin == lower) {
+            Some((_, original)) => (original.clone(), original.to_ascii_lowercase()),
+            None => (a, lower),
+        };
         // Message-IDs and similar tokens: the words just before it on its line.
         let mut near = line_start.max(m.start().saturating_sub(200));
         while !text.is_char_boundary(near) {
@@ -1040,12 +1092,21 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
         // ... did not reach the following recipient(s)"): the original's addressees and
         // senders, not the failed recipient, unless nobody else is named.
         let head = text[line_start..m.start()].trim_start();
-        let quoted_field = ["to:", "cc:", "from:", "sender:", "reply-to:"]
-            .iter()
-            .any(|f| {
-                head.get(..f.len())
-                    .is_some_and(|h| h.eq_ignore_ascii_case(f))
-            });
+        // Office 365's non-delivery reports end with the original's "Sender Address:" and
+        // "Recipient Address:" (under "Original Message Details").
+        let quoted_field = [
+            "to:",
+            "cc:",
+            "from:",
+            "sender:",
+            "reply-to:",
+            "sender address:",
+        ]
+        .iter()
+        .any(|f| {
+            head.get(..f.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(f))
+        });
         let list = if quoted_field || not_recipients.contains(&lower) {
             &mut skipped
         } else {

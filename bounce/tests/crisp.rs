@@ -198,13 +198,25 @@ fn recipients_codes_reasons_and_hard_or_soft_agree_with_crisps_labels() {
         eprintln!("  {m}");
     }
     // First measured 2026-12-04, before anything was changed for these files (the held-out
-    // figures; the floors below).
+    // figures): recipients 102/109 (93.6%), reply codes 78/99 (78.8%), status codes 70/72
+    // (97.2%), reason 78/93 (83.9%), hard/soft 90/97 (92.8%). Then four rules that name a
+    // family, none a file: a reply code ending a folded line (Postfix wraps its report at 76
+    // columns: "said: 550\n    5.1.1 ..."); an address inside a reply Postfix quotes ("said:"
+    // or "refused to talk to me:" to "(in reply to ... command)") is not another recipient;
+    // Postfix's "(expanded from <x>)" and Exim's "(generated from x)" name the address the
+    // sender gave, which stands for the recipient (as a delivery-status part's
+    // Original-Recipient does: two rows disagree with the label here by that choice); Office
+    // 365's "Sender Address:" names the original's sender. Then: recipients 106/109, reply
+    // codes 92/98 (one alias's row no longer scored), status codes 69/71, reason 78/92,
+    // hard/soft 90/96; the other corpora's figures unchanged. The reason misses left are
+    // mostly labels the vocabularies weigh differently (a disabled mailbox labelled as unknown,
+    // a DNS blocklist labelled as spam content): no rule was written from them.
     let floors = [
-        ("recipients", &rcpt, 93.0),
-        ("reply codes", &basic, 78.0),
+        ("recipients", &rcpt, 96.0),
+        ("reply codes", &basic, 93.0),
         ("status codes", &enhanced, 97.0),
-        ("reason", &reason, 83.0),
-        ("hard/soft", &hard, 92.0),
+        ("reason", &reason, 84.0),
+        ("hard/soft", &hard, 93.0),
     ];
     for (what, score, floor) in floors {
         assert!(score.share() >= floor, "{what} {score} below {floor}%");
