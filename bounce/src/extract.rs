@@ -136,8 +136,14 @@ fn status_re() -> &'static Regex {
 
 fn code_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
+    // A code at a line's end only when the next line goes on with an enhanced status code, or
+    // right after Postfix's "said:" (Postfix wraps its report: "said: 550\n    5.1.1 <...>",
+    // "said: 550\n    invalid mailbox"), not any number ending a line.
     RE.get_or_init(|| {
-        Regex::new(r"(?m)(?:^|[\s:;(\[])([45][0-9][0-9])(?:[\s-]|$)").expect("code regex")
+        Regex::new(
+            r"(?m)(?:^|[\s:;(\[])([45][0-9][0-9])(?:[ -]|\r?\n[ \t]*[245]\.[0-9])|\bsaid:\s+([45][0-9][0-9])\s",
+        )
+        .expect("code regex")
     })
 }
 
@@ -312,7 +318,10 @@ fn status_in(text: &str) -> Option<String> {
 }
 
 fn code_in(text: &str) -> Option<u16> {
-    code_re().captures(text).and_then(|c| c[1].parse().ok())
+    code_re()
+        .captures(text)
+        .and_then(|c| c.get(1).or(c.get(2)))
+        .and_then(|m| m.as_str().parse().ok())
 }
 
 /// Texts of the message's own parts (not of the returned original), in order.
@@ -1044,18 +1053,31 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
     // "<final> (expanded from <original>): ..." (bounce(8)'s per-recipient line), Exim's
     // "final\n    (generated from original)". The original is the address the sender gave, as a
     // delivery-status part's Original-Recipient is: it stands for both, once.
-    let aliases: Vec<(String, String)> = alias_re()
-        .captures_iter(text)
-        .map(|c| (c[1].to_ascii_lowercase(), c[2].to_string()))
-        .collect();
+    let mut aliases: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for c in alias_re().captures_iter(text) {
+        aliases
+            .entry(c[1].to_ascii_lowercase())
+            .or_insert_with(|| c[2].to_string());
+    }
     // A remote server's reply as Postfix's smtp(8) quotes it ("host X said: 550 5.1.1
     // <other@...>: unauthorized sender (in reply to RCPT TO command)", "host X refused to talk
     // to me: 554 ... contact postmaster@..."): an address in it is the server's words about
     // the recipient named before it, not another recipient.
+    // A span ends where a line starts without indentation too: Postfix indents the lines it
+    // wraps, and a line at the margin is the next recipient's.
     let quoted: Vec<std::ops::Range<usize>> = quoted_reply_re()
         .find_iter(text)
-        .map(|m| m.range())
+        .map(|m| {
+            let span = m.as_str().as_bytes();
+            let end = span
+                .windows(2)
+                .position(|w| w[0] == b'\n' && !w[1].is_ascii_whitespace())
+                .map_or(m.end(), |at| m.start() + at + 1);
+            m.start()..end
+        })
         .collect();
+    // The spans are in order and apart, as the addresses are read: one pass over both.
+    let mut next_quoted = 0;
     // Where the line of the current address starts, found by scanning only the text since
     // the previous address: one long line with many addresses is read once, not once per
     // address.
@@ -1070,13 +1092,20 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
         if is_daemon(&lower) {
             continue;
         }
-        if !seen.is_empty() && quoted.iter().any(|q| q.contains(&m.start())) {
+        while quoted.get(next_quoted).is_some_and(|q| q.end <= m.start()) {
+            next_quoted += 1;
+        }
+        if !seen.is_empty()
+            && quoted
+                .get(next_quoted)
+                .is_some_and(|q| q.contains(&m.start()))
+        {
             continue;
         }
         // An aliased address stands for its original; the original, once listed, is not
         // listed again.
-        let (a, lower) = match aliases.iter().find(|(fin, _)| *fin == lower) {
-            Some((_, original)) => (original.clone(), original.to_ascii_lowercase()),
+        let (a, lower) = match aliases.get(&lower) {
+            Some(original) => (original.clone(), original.to_ascii_lowercase()),
             None => (a, lower),
         };
         // Message-IDs and similar tokens: the words just before it on its line.
@@ -1226,5 +1255,49 @@ mod tests {
         ] {
             assert_eq!(strip_html(html), strip_html_by_char(html), "{html:?}");
         }
+    }
+
+    /// A reply Postfix quotes is the server's words: an address in it is not another
+    /// recipient, but a line at the margin after it starts the next recipient even when the
+    /// reply has no "(in reply to ...)"; an alias names the address the sender gave; a number
+    /// ending a line is a reply code only where a wrapped reply goes on.
+    #[test]
+    fn quoted_replies_aliases_and_wrapped_codes_in_prose() {
+        let bounce = |body: &str| {
+            let raw = format!(
+                "From: MAILER-DAEMON@mx.test\r\nTo: s@s.test\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\n{body}"
+            );
+            crate::classify_message(raw.as_bytes())
+                .into_iter()
+                .map(|c| (c.recipient, c.reply_code))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            bounce(
+                "<a@x.test>: host mx.x.test[192.0.2.1] said: 550\r\n    5.1.1 <b@s.test>: unauthorized sender (in reply to RCPT TO command)\r\n"
+            ),
+            [("a@x.test".to_string(), Some(550))]
+        );
+        assert_eq!(
+            bounce(
+                "a@x.test: Remote host said: 550 unknown user\r\nb@x.test: Remote host said: 550 unknown user\r\n"
+            ),
+            [
+                ("a@x.test".to_string(), Some(550)),
+                ("b@x.test".to_string(), Some(550))
+            ]
+        );
+        assert_eq!(
+            bounce(
+                "<c@y.test> (expanded from <list@s.test>): host mx.y.test said: 550\r\n    invalid mailbox (in reply to RCPT TO command)\r\n"
+            ),
+            [("list@s.test".to_string(), Some(550))]
+        );
+        assert_eq!(
+            bounce(
+                "<d@z.test>: connect to mx.z.test port 465\r\n    421 4.4.1 Connection timed out\r\n"
+            ),
+            [("d@z.test".to_string(), Some(421))]
+        );
     }
 }

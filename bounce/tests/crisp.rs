@@ -8,8 +8,8 @@
 //! Scored: the recipient and the two codes against the JSON; the reason where the authors'
 //! label names one of Sisimai's reasons (below; a label that names none, such as
 //! `permanent_failure` or `unknown_temporary`, is not scored); hard or soft where it follows
-//! from the label and the reply (a temporary failure is soft; a permanent one labelled as an
-//! unknown recipient or host is hard, Sisimai's definition).
+//! from the label and the report (a temporary failure is soft; a permanent one labelled as an
+//! unknown host, or an unknown recipient refused before DATA, is hard: Sisimai's definition).
 
 use mailsim_bounce::classify_message;
 use serde_json::Value;
@@ -169,15 +169,20 @@ fn recipients_codes_reasons_and_hard_or_soft_agree_with_crisps_labels() {
             }
         }
         let temporary = error["temporary"].as_bool() == Some(true);
-        // Sisimai's hard bounces: an unknown recipient or host (a recipient refused after DATA,
-        // "filtered", is soft).
-        let sisimai_hard = |r: &str| matches!(r, "userunknown" | "hostunknown");
+        // Sisimai's hard bounces: an unknown recipient (refused before DATA: after it Sisimai
+        // says "filtered", soft) or host. Read from the label and the report alone.
+        let after_data = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .contains("in reply to end of DATA command");
         let want_hard = if temporary {
             Some(false)
         } else {
-            reasons_of(&label).map(|allowed| match allowed.contains(&c.reason.as_str()) {
-                true => sisimai_hard(&c.reason),
-                false => sisimai_hard(allowed[0]),
+            reasons_of(&label).map(|allowed| match allowed[0] {
+                "userunknown" => !after_data,
+                "hostunknown" => true,
+                _ => false,
             })
         };
         if let Some(want_hard) = want_hard {
@@ -199,7 +204,9 @@ fn recipients_codes_reasons_and_hard_or_soft_agree_with_crisps_labels() {
     }
     // First measured 2026-12-04, before anything was changed for these files (the held-out
     // figures): recipients 102/109 (93.6%), reply codes 78/99 (78.8%), status codes 70/72
-    // (97.2%), reason 78/93 (83.9%), hard/soft 90/97 (92.8%). Then four rules that name a
+    // (97.2%), reason 78/93 (83.9%), hard/soft 90/97 (92.8%; 91/97, 93.8%, once hard/soft was
+    // read from the label and the report alone, not partly from the classifier's own reason:
+    // an independent review's finding). Then four rules that name a
     // family, none a file: a reply code ending a folded line (Postfix wraps its report at 76
     // columns: "said: 550\n    5.1.1 ..."); an address inside a reply Postfix quotes ("said:"
     // or "refused to talk to me:" to "(in reply to ... command)") is not another recipient;
@@ -208,15 +215,16 @@ fn recipients_codes_reasons_and_hard_or_soft_agree_with_crisps_labels() {
     // Original-Recipient does: two rows disagree with the label here by that choice); Office
     // 365's "Sender Address:" names the original's sender. Then: recipients 106/109, reply
     // codes 92/98 (one alias's row no longer scored), status codes 69/71, reason 78/92,
-    // hard/soft 90/96; the other corpora's figures unchanged. The reason misses left are
+    // hard/soft 91/96; the other corpora's figures unchanged. The floors of the reason and
+    // hard/soft stay at the held-out figures. The reason misses left are
     // mostly labels the vocabularies weigh differently (a disabled mailbox labelled as unknown,
     // a DNS blocklist labelled as spam content): no rule was written from them.
     let floors = [
         ("recipients", &rcpt, 96.0),
         ("reply codes", &basic, 93.0),
         ("status codes", &enhanced, 97.0),
-        ("reason", &reason, 84.0),
-        ("hard/soft", &hard, 93.0),
+        ("reason", &reason, 83.0),
+        ("hard/soft", &hard, 92.0),
     ];
     for (what, score, floor) in floors {
         assert!(score.share() >= floor, "{what} {score} below {floor}%");
