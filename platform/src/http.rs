@@ -1082,7 +1082,8 @@ async fn open(
 }
 
 /// Whether this hit of a tracking link is recorded ([`Repeats`]): a link requested more often
-/// than a reader would is answered as usual but logged once, as a warning, not as events.
+/// than a reader would is answered as usual, with a warning when its hits stop being recorded,
+/// not as events.
 fn recorded(api: &Api, mark: &Mark, what: &str) -> bool {
     match api.repeats.hit(mark, api.clock.now_ms()) {
         Hit::Recorded => true,
@@ -1095,8 +1096,9 @@ fn recorded(api: &Api, mark: &Mark, what: &str) -> bool {
                 | Mark::Unsubscribe { message_id, rcpt } => (message_id, rcpt),
             };
             tracing::warn!(
-                "tracking: the {what} link of {message_id} to {rcpt} was requested more than {} times at once; its hits are not recorded beyond one a minute",
-                Repeats::BURST
+                "tracking: the {what} link of {message_id} to {rcpt} is requested faster than hits are recorded ({} at once, then one a minute per link; {} at once, then ten a minute per recipient); the rest are answered, not recorded",
+                Repeats::BURST,
+                Repeats::RCPT_BURST
             );
             false
         }

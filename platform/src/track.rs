@@ -300,21 +300,37 @@ fn href_value(lower: &str, from: usize, to: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// How often one tracking link's hits are recorded: up to [`Repeats::BURST`] at once, then one
-/// each [`Repeats::INTERVAL_MS`] (the generic cell rate algorithm, a token bucket kept as the
-/// time its next hit is due). A reload, a proxy fetching an image again or a reader clicking
-/// twice is recorded; a client requesting one valid link in a loop is answered but no longer
-/// grows the event log and the lists' counters (an independent review grew the log by about
-/// 185 bytes a request, unauthenticated). Bounded by the links the MTA has sent: only a
-/// token the MTA signed gets here.
-#[derive(Default)]
+/// How often tracking hits are recorded: per link, up to [`Repeats::BURST`] at once, then one
+/// each [`Repeats::INTERVAL_MS`]; and per recipient, over all the links of the mail to them, up
+/// to [`Repeats::RCPT_BURST`] at once, then one each [`Repeats::RCPT_INTERVAL_MS`] (the generic
+/// cell rate algorithm: a token bucket kept as the time its next hit is due). A reload, a proxy
+/// fetching an image again or a reader clicking twice is recorded; a client requesting valid
+/// links in a loop is answered but grows the event log and the lists' counters by at most ten
+/// hits a minute per recipient whose links it holds (an independent review grew the log by
+/// about 185 bytes a request, unauthenticated). Only a token the MTA signed gets here.
 pub struct Repeats {
-    /// Per link (its token's payload): when its next hit is due, and whether one was refused
-    /// since the last it recorded. A link whose due time has passed is as if never hit, and is
-    /// dropped when the table is pruned.
-    seen: std::sync::Mutex<std::collections::HashMap<String, Due>>,
+    seen: std::sync::Mutex<Seen>,
 }
 
+/// The buckets by a 128-bit hash of their key (the link's token payload, or the recipient).
+struct Seen {
+    due: std::collections::HashMap<u128, Due>,
+    /// The table is pruned of buckets full again when it reaches this many.
+    prune_at: usize,
+}
+
+impl Default for Repeats {
+    fn default() -> Self {
+        Repeats {
+            seen: std::sync::Mutex::new(Seen {
+                due: std::collections::HashMap::new(),
+                prune_at: Self::PRUNE_AT,
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
 struct Due {
     at_ms: u64,
     refusing: bool,
@@ -331,35 +347,79 @@ pub enum Hit {
     Refused,
 }
 
+fn bucket_key(kind: u8, text: &str) -> u128 {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        &[&[kind][..], text.as_bytes()].concat(),
+    );
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_be_bytes(first)
+}
+
 impl Repeats {
     /// Hits of one link recorded at once.
     pub const BURST: u64 = 10;
     /// Then one hit of the link per minute.
     pub const INTERVAL_MS: u64 = 60_000;
-    /// Past this many links the table drops those whose due time has passed.
+    /// Hits of one recipient's links recorded at once.
+    pub const RCPT_BURST: u64 = 100;
+    /// Then ten a minute.
+    pub const RCPT_INTERVAL_MS: u64 = 6_000;
+    /// The table is pruned first at this many buckets, then at twice what a pruning leaves.
     const PRUNE_AT: usize = 65_536;
 
     /// A hit of `mark`'s link at `now_ms`: whether it is recorded.
     pub fn hit(&self, mark: &Mark, now_ms: u64) -> Hit {
+        let rcpt = match mark {
+            Mark::Open { rcpt, .. } | Mark::Click { rcpt, .. } | Mark::Unsubscribe { rcpt, .. } => {
+                rcpt.to_ascii_lowercase()
+            }
+        };
+        let buckets = [
+            (
+                bucket_key(0, &mark.payload()),
+                Self::BURST,
+                Self::INTERVAL_MS,
+            ),
+            (
+                bucket_key(1, &rcpt),
+                Self::RCPT_BURST,
+                Self::RCPT_INTERVAL_MS,
+            ),
+        ];
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= Self::PRUNE_AT {
-            seen.retain(|_, d| d.at_ms > now_ms);
+        if seen.due.len() >= seen.prune_at {
+            seen.due.retain(|_, d| d.at_ms > now_ms);
+            seen.prune_at = Self::PRUNE_AT.max(2 * seen.due.len());
         }
-        let due = seen.entry(mark.payload()).or_insert(Due {
+        // Each bucket's due time: one beyond a full bucket's wait (a clock set back) is read as
+        // that wait, so a link is held back at most one interval more.
+        let fresh = Due {
             at_ms: now_ms,
             refusing: false,
-        });
-        let at = due.at_ms.max(now_ms);
-        if at - now_ms > (Self::BURST - 1) * Self::INTERVAL_MS {
-            let first = !std::mem::replace(&mut due.refusing, true);
+        };
+        let mut allowed = true;
+        let mut due_at = [0u64; 2];
+        for (i, (key, burst, interval)) in buckets.iter().enumerate() {
+            let due = seen.due.get(key).copied().unwrap_or(fresh);
+            due_at[i] = due.at_ms.clamp(now_ms, now_ms + burst * interval);
+            allowed &= due_at[i] - now_ms <= (burst - 1) * interval;
+        }
+        for (i, (key, _, interval)) in buckets.iter().enumerate() {
+            let taken = if allowed { interval } else { &0 };
+            seen.due.entry(*key).or_insert(fresh).at_ms = due_at[i] + taken;
+        }
+        let link = seen.due.entry(buckets[0].0).or_insert(fresh);
+        if !allowed {
+            let first = !std::mem::replace(&mut link.refusing, true);
             return if first {
                 Hit::FirstRefused
             } else {
                 Hit::Refused
             };
         }
-        due.at_ms = at + Self::INTERVAL_MS;
-        due.refusing = false;
+        link.refusing = false;
         Hit::Recorded
     }
 }
@@ -508,7 +568,7 @@ mod tests {
             message_id: "<n@s.test>".into(),
             rcpt: "a@b.test".into(),
         };
-        let t0 = 1_000_000;
+        let t0 = 1_000_000_000_000;
         for _ in 0..Repeats::BURST {
             assert_eq!(repeats.hit(&open, t0), Hit::Recorded);
         }
@@ -528,5 +588,36 @@ mod tests {
             assert_eq!(repeats.hit(&open, later), Hit::Recorded);
         }
         assert_eq!(repeats.hit(&open, later), Hit::FirstRefused);
+        // A clock set back by a day holds the link back one interval, not a day.
+        let back = later - 86_400_000;
+        assert_eq!(repeats.hit(&open, back), Hit::Refused);
+        assert_eq!(
+            repeats.hit(&open, back + Repeats::INTERVAL_MS),
+            Hit::Recorded
+        );
+    }
+
+    /// One recipient's links together: 100 hits at once over many links, then ten a minute.
+    #[test]
+    fn a_recipients_links_together_are_recorded_a_hundred_at_once_then_ten_a_minute() {
+        let repeats = Repeats::default();
+        let link = |i: u64, rcpt: &str| Mark::Click {
+            message_id: format!("<{i}@s.test>"),
+            rcpt: rcpt.into(),
+            url: "https://shop.test/".into(),
+        };
+        let t0 = 5_000_000;
+        for i in 0..Repeats::RCPT_BURST {
+            assert_eq!(repeats.hit(&link(i, "a@b.test"), t0), Hit::Recorded, "{i}");
+        }
+        assert_eq!(repeats.hit(&link(500, "A@b.test"), t0), Hit::FirstRefused);
+        // A refusal by the recipient's bucket takes nothing from the link's.
+        assert_eq!(repeats.hit(&link(501, "c@b.test"), t0), Hit::Recorded);
+        let later = t0 + Repeats::RCPT_INTERVAL_MS;
+        assert_eq!(repeats.hit(&link(500, "a@b.test"), later), Hit::Recorded);
+        assert_eq!(
+            repeats.hit(&link(502, "a@b.test"), later),
+            Hit::FirstRefused
+        );
     }
 }
