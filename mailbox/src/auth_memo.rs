@@ -239,13 +239,13 @@ impl SignatureMemo {
     /// many were remembered: all of them, or none when the published key is not `public` (or
     /// not in the plain form a run publishes) or the first signature does not verify.
     ///
-    /// Not verified one by one: Ed25519 signing is deterministic and a signature made with a
-    /// private key verifies under its public half (RFC 8032 section 5.1.7; the memo bought
+    /// Not verified one by one: a signature Ed25519 makes with a private key verifies under its
+    /// public half (the scheme's correctness, RFC 8032 section 5.1.7; the memo bought
     /// that fact with a batch verification of every signature before, 12 % of scale-million's
     /// CPU). What could still make them fail at a receiver is checked: the published key is
     /// compared with the signer's, and the first signature of each call is verified in full
-    /// (a signer whose private and public halves disagree, or a broken signing library, fails
-    /// it). A receiver still hashes the body and the signed headers of what it received
+    /// (a broken signing library or digest fails it; a key whose halves disagree is refused
+    /// when the signer loads it). A receiver still hashes the body and the signed headers of what it received
     /// itself, so an altered message, a wrong selector or a key the zones no longer answer
     /// misses the memo and is verified as usual. The MTA's `Made` values can only come from its
     /// signer (their fields are private), which is what makes them honest.

@@ -801,7 +801,7 @@ mod tests {
             }
             (signed, made)
         };
-        // 300 good signatures (two batches): all taken from the memo.
+        // 300 good signatures: all taken from the memo.
         let (signed, made) = sign(0..300);
         witness(&signer, "sel", &made);
         let (dkim, taken) = receive(&signed).await;
