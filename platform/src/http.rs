@@ -1088,13 +1088,7 @@ fn recorded(api: &Api, mark: &Mark, what: &str) -> bool {
     match api.repeats.hit(mark, api.clock.now_ms()) {
         Hit::Recorded => true,
         Hit::FirstRefused => {
-            let (message_id, rcpt) = match mark {
-                Mark::Open { message_id, rcpt }
-                | Mark::Click {
-                    message_id, rcpt, ..
-                }
-                | Mark::Unsubscribe { message_id, rcpt } => (message_id, rcpt),
-            };
+            let (message_id, rcpt) = mark.message_and_rcpt();
             tracing::warn!(
                 "tracking: the {what} link of {message_id} to {rcpt} is requested faster than hits are recorded ({} at once, then one a minute per link; {} at once, then ten a minute per recipient); the rest are answered, not recorded",
                 Repeats::BURST,

@@ -61,6 +61,17 @@ pub enum Mark {
 }
 
 impl Mark {
+    /// The message and the recipient the token stands for (every mark has both).
+    pub fn message_and_rcpt(&self) -> (&str, &str) {
+        match self {
+            Mark::Open { message_id, rcpt }
+            | Mark::Click {
+                message_id, rcpt, ..
+            }
+            | Mark::Unsubscribe { message_id, rcpt } => (message_id, rcpt),
+        }
+    }
+
     fn payload(&self) -> String {
         match self {
             Mark::Open { message_id, rcpt } => format!("O\n{message_id}\n{rcpt}"),
@@ -371,11 +382,7 @@ impl Repeats {
 
     /// A hit of `mark`'s link at `now_ms`: whether it is recorded.
     pub fn hit(&self, mark: &Mark, now_ms: u64) -> Hit {
-        let rcpt = match mark {
-            Mark::Open { rcpt, .. } | Mark::Click { rcpt, .. } | Mark::Unsubscribe { rcpt, .. } => {
-                rcpt.to_ascii_lowercase()
-            }
-        };
+        let rcpt = mark.message_and_rcpt().1.to_ascii_lowercase();
         let buckets = [
             (
                 bucket_key(0, &mark.payload()),
@@ -407,7 +414,7 @@ impl Repeats {
             allowed &= due_at[i] - now_ms <= (burst - 1) * interval;
         }
         for (i, (key, _, interval)) in buckets.iter().enumerate() {
-            let taken = if allowed { interval } else { &0 };
+            let taken = if allowed { *interval } else { 0 };
             seen.due.entry(*key).or_insert(fresh).at_ms = due_at[i] + taken;
         }
         let link = seen.due.entry(buckets[0].0).or_insert(fresh);
