@@ -1164,6 +1164,18 @@ static PAIRS: &[Pair] = &[
         gap: 3,
         stage: Stage::Phrases,
     },
+    // RFC 5321 section 4.2.2's 550 reply text ("mailbox unavailable") with the address it is
+    // about written inside ("550 mailbox carol@example.com unavailable"): the address is not
+    // a word, so the two stand together. Nothing between them: "mailbox temporarily
+    // unavailable" is a busy mailbox, not a missing one.
+    Pair {
+        name: "mailbox <address> unavailable",
+        reason: "userunknown",
+        subjects: &["mailbox$"],
+        predicates: &["unavailable$"],
+        gap: 0,
+        stage: Stage::Phrases,
+    },
     // RFC 3463 X.1.1 ("bad destination mailbox address") and RFC 5321 section 4.2.2's 550
     // ("mailbox unavailable"): the MTAs' and providers' many wordings of a recipient that does
     // not exist ("unknown user", "no such recipient", "invalid mailbox", "recipient not
