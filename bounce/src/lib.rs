@@ -578,4 +578,30 @@ mod tests {
             ]
         );
     }
+
+    /// Postfix's "refused to talk to me" says only that the greeting was refused: a quoted
+    /// status of RFC 3463's network class (X.4.x) names the cause; without one the client was
+    /// turned away.
+    #[test]
+    fn a_refused_greeting_with_a_network_status() {
+        let report = |reply: &str| {
+            format!(
+                "From: MAILER-DAEMON@mta.test (Mail Delivery System)\r\nTo: a@news.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nThis is the mail system at host mta.test.\r\n\r\n<bob@x.test>: host mx.x.test[192.0.2.1] refused to talk to me: {reply}\r\n"
+            )
+        };
+        let reason = |reply: &str| {
+            let found = classify_message(report(reply).as_bytes());
+            assert_eq!(found.len(), 1, "{reply}");
+            found[0].reason.clone()
+        };
+        assert_eq!(
+            reason("421 4.4.2 mx.x.test Error: timeout exceeded"),
+            "networkerror"
+        );
+        assert_eq!(
+            reason("554 mx.x.test ESMTP not accepting messages"),
+            "blocked"
+        );
+        assert_eq!(reason("421 4.4.0 mx.x.test closing"), "blocked");
+    }
 }

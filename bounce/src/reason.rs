@@ -1848,6 +1848,17 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
             crate::published::provider_reason(e.remote, &primary, rule_left_out).map(fragment)
         })
         .or_else(|| mta_primary.reason(Tier::Cause, rule_left_out).map(fragment))
+        // A wrapper says only at which step the server refused ("refused to talk to me", "but
+        // greeting failed"); a quoted status of RFC 3463's network and routing class (X.4.x:
+        // no answer, a bad connection, a timeout) says the connection itself failed.
+        .or_else(|| {
+            e.status
+                .filter(|s| s.starts_with("4.4.") || s.starts_with("5.4."))
+                .filter(|s| !s.ends_with(".4.0"))
+                .filter(|_| mta_primary.reason(Tier::Wrapper, rule_left_out).is_some())
+                .and_then(reason_for_status)
+                .map(|r| (r, "status"))
+        })
         .or_else(|| find_pair(&primary, Stage::Early))
         .or_else(|| find_rule(RULES, &primary))
         .or_else(|| {
