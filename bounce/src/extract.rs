@@ -306,8 +306,19 @@ fn command_in(text: &str) -> Option<String> {
         .map(|(_, c)| c.to_string())
 }
 
+/// The first enhanced status code (RFC 3463: class.subject.detail) in `text`. A dotted quad is
+/// an IP address, not a code: "[4.79.181.168]" holds none.
 fn status_in(text: &str) -> Option<String> {
-    status_re().captures(text).map(|c| {
+    let in_address = |m: regex::Match| {
+        let before = text[..m.start()].chars().next_back();
+        let mut after = text[m.end()..].chars();
+        before.is_some_and(|c| c == '.' || c.is_ascii_digit())
+            || (after.next() == Some('.') && after.next().is_some_and(|c| c.is_ascii_digit()))
+    };
+    let found = status_re()
+        .captures_iter(text)
+        .find(|c| c.get(0).is_some_and(|m| !in_address(m)));
+    found.map(|c| {
         format!(
             "{}.{}.{}",
             &c[1],
@@ -1158,7 +1169,7 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
 
 #[cfg(test)]
 mod tests {
-    use super::{strip_html, without_addresses, without_gloss};
+    use super::{status_in, strip_html, without_addresses, without_gloss};
 
     #[test]
     fn addresses_are_taken_out_of_a_text() {
@@ -1261,6 +1272,21 @@ mod tests {
     /// recipient, but a line at the margin after it starts the next recipient even when the
     /// reply has no "(in reply to ...)"; an alias names the address the sender gave; a number
     /// ending a line is a reply code only where a wrapped reply goes on.
+    #[test]
+    fn an_ip_address_is_no_status_code() {
+        assert_eq!(
+            status_in("host mx2.mail.yahoo.com [4.79.181.168]: 554 delivery error"),
+            None
+        );
+        assert_eq!(
+            status_in("host mx [5.1.1.9]: 550 5.1.1 no such user").as_deref(),
+            Some("5.1.1")
+        );
+        assert_eq!(status_in("(#5.1.1)").as_deref(), Some("5.1.1"));
+        assert_eq!(status_in("Status: 4.4.7").as_deref(), Some("4.4.7"));
+        assert_eq!(status_in("version 1.4.2.0"), None);
+    }
+
     #[test]
     fn quoted_replies_aliases_and_wrapped_codes_in_prose() {
         let bounce = |body: &str| {
