@@ -1268,10 +1268,6 @@ mod tests {
         }
     }
 
-    /// A reply Postfix quotes is the server's words: an address in it is not another
-    /// recipient, but a line at the margin after it starts the next recipient even when the
-    /// reply has no "(in reply to ...)"; an alias names the address the sender gave; a number
-    /// ending a line is a reply code only where a wrapped reply goes on.
     #[test]
     fn an_ip_address_is_no_status_code() {
         assert_eq!(
@@ -1287,6 +1283,10 @@ mod tests {
         assert_eq!(status_in("version 1.4.2.0"), None);
     }
 
+    /// A reply Postfix quotes is the server's words: an address in it is not another
+    /// recipient, but a line at the margin after it starts the next recipient even when the
+    /// reply has no "(in reply to ...)"; an alias names the address the sender gave; a number
+    /// ending a line is a reply code only where a wrapped reply goes on.
     #[test]
     fn quoted_replies_aliases_and_wrapped_codes_in_prose() {
         let bounce = |body: &str| {
