@@ -267,7 +267,7 @@ impl Platform {
     /// An RFC 2369 mailto unsubscribe that reached the sender's MX (`mailsim mta --mx`): the
     /// token in its subject names the recipient and the message. Err says why nothing was
     /// done (no token of this MTA's), for the SMTP reply.
-    pub fn unsubscribe_by_mail(&self, subject: &str) -> Result<String, String> {
+    pub async fn unsubscribe_by_mail(&self, subject: &str) -> Result<String, String> {
         let api = &self.api;
         let t = api
             .tracking
@@ -280,21 +280,15 @@ impl Platform {
             );
         };
         let url = format!("mailto:{}", crate::track::MAILTO_LOCAL);
-        take_unsubscribe(api, t, message_id, rcpt.clone(), "mailto", url, 250);
+        take_unsubscribe(api, t, message_id, rcpt.clone(), "mailto", url, 250).await;
         Ok(rcpt)
     }
 
     /// `email` joined the suppression list for `reason` (a hard bounce, a complaint): its
-    /// status on every list follows.
-    pub fn subscriber_suppressed(&self, email: &str, reason: &str) {
-        if let Some(lists) = self.api.lists.clone() {
-            let (email, status) = (email.to_string(), crate::lists::status_for(reason));
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = lists.set_status(&email, status) {
-                    tracing::warn!("lists: {e}");
-                }
-            });
-        }
+    /// status on every list follows, written before this returns (the report's SMTP answer
+    /// comes after it).
+    pub async fn subscriber_suppressed(&self, email: &str, reason: &str) {
+        set_list_status(&self.api, email, crate::lists::status_for(reason)).await;
     }
 
     /// Send the scheduled campaigns as their plans allow (checked every second), until
@@ -1203,14 +1197,15 @@ async fn unsubscribe(
         "one-click",
         format!("/u/{token}"),
         200,
-    );
+    )
+    .await;
     (StatusCode::OK, "unsubscribed\n").into_response()
 }
 
 /// An unsubscribe taken: the subscriber's status on every list, the campaign's counter, the
 /// suppression list, and the `suppression_added` and `unsubscribed` events (none when the
 /// address was already unsubscribed: a second click logs nothing).
-fn take_unsubscribe(
+async fn take_unsubscribe(
     api: &Api,
     t: &Tracking,
     message_id: String,
@@ -1219,14 +1214,7 @@ fn take_unsubscribe(
     url: String,
     status: u16,
 ) {
-    if let Some(lists) = api.lists.clone() {
-        let rcpt = rcpt.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = lists.set_status(&rcpt, "unsubscribed") {
-                tracing::warn!("lists: {e}");
-            }
-        });
-    }
+    set_list_status(api, &rcpt, "unsubscribed").await;
     if !t.suppression.add(&rcpt, "unsubscribed") {
         // Already on the suppression list (a second click, or a bounce before): nothing new,
         // for the log or for the campaign's count.
@@ -1245,6 +1233,22 @@ fn take_unsubscribe(
         http_status: status,
         error: String::new(),
     });
+}
+
+/// `email`'s status on every list, written (on a blocking thread) before this returns: the
+/// answer to what changed it (an unsubscribe's 200 or 250, a report's 250) comes after the
+/// lists show it. A write that fails is logged; the suppression list still holds the address.
+async fn set_list_status(api: &Api, email: &str, status: &'static str) {
+    let Some(lists) = api.lists.clone() else {
+        return;
+    };
+    let email = email.to_string();
+    let written = tokio::task::spawn_blocking(move || lists.set_status(&email, status)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("lists: {e}"),
+        Err(e) => tracing::warn!("lists: the write did not finish: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -264,7 +264,7 @@ impl Backend for SenderMx {
                     .parse_headers(&message)
                     .and_then(|m| m.subject().map(str::to_string))
                     .unwrap_or_default();
-                match platform.unsubscribe_by_mail(&subject) {
+                match platform.unsubscribe_by_mail(&subject).await {
                     Ok(rcpt) => Reply::new(250, (2, 0, 0), format!("{rcpt} unsubscribed")),
                     Err(why) => Reply::new(550, (5, 7, 1), &why),
                 }
@@ -274,7 +274,7 @@ impl Backend for SenderMx {
                 // complained, on every list.
                 for (rcpt, reason) in self.processor.process(info, tx, &message) {
                     if let Some(platform) = &self.platform {
-                        platform.subscriber_suppressed(&rcpt, &reason);
+                        platform.subscriber_suppressed(&rcpt, &reason).await;
                     }
                 }
                 Reply::new(250, (2, 0, 0), "received")
