@@ -138,10 +138,12 @@ fn code_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     // A code at a line's end only when the next line goes on with an enhanced status code, or
     // right after Postfix's "said:" (Postfix wraps its report: "said: 550\n    5.1.1 <...>",
-    // "said: 550\n    invalid mailbox"), not any number ending a line.
+    // "said: 550\n    invalid mailbox"), not any number ending a line. A code may follow an
+    // opening quote: Exchange's reports quote the reply whole ("Remote Server returned '550
+    // 5.1.10 RESOLVER.ADR.RecipientNotFound; ...'").
     RE.get_or_init(|| {
         Regex::new(
-            r"(?m)(?:^|[\s:;(\[])([45][0-9][0-9])(?:[ -]|\r?\n[ \t]*[245]\.[0-9])|\bsaid:\s+([45][0-9][0-9])\s",
+            r"(?m)(?:^|[\s:;(\['])([45][0-9][0-9])(?:[ -]|\r?\n[ \t]*[245]\.[0-9])|\bsaid:\s+([45][0-9][0-9])\s",
         )
         .expect("code regex")
     })
@@ -1169,7 +1171,7 @@ fn prose_findings(text: &str, not_recipients: &[String]) -> (Vec<Finding>, Vec<F
 
 #[cfg(test)]
 mod tests {
-    use super::{status_in, strip_html, without_addresses, without_gloss};
+    use super::{code_in, status_in, strip_html, without_addresses, without_gloss};
 
     #[test]
     fn addresses_are_taken_out_of_a_text() {
@@ -1281,6 +1283,22 @@ mod tests {
         assert_eq!(status_in("(#5.1.1)").as_deref(), Some("5.1.1"));
         assert_eq!(status_in("Status: 4.4.7").as_deref(), Some("4.4.7"));
         assert_eq!(status_in("version 1.4.2.0"), None);
+    }
+
+    /// Exchange quotes the remote server's reply whole, in single quotes.
+    #[test]
+    fn a_reply_code_after_an_opening_quote() {
+        assert_eq!(
+            code_in(
+                "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found'"
+            ),
+            Some(550)
+        );
+        assert_eq!(
+            code_in("Remote server returned '554 5.2.2 mailbox full'"),
+            Some(554)
+        );
+        assert_eq!(code_in("the number '5500' is no code"), None);
     }
 
     /// A reply Postfix quotes is the server's words: an address in it is not another
