@@ -97,8 +97,14 @@ pub struct Spool {
     writer: Option<Writer>,
 }
 
-/// A segment for the writer thread: its number, its file, its bytes.
-type WriteJob = (u64, PathBuf, Arc<Vec<u8>>);
+/// Work for the writer thread, done in the order given.
+enum WriteJob {
+    /// A segment to write: its number, its file, its bytes.
+    Write(u64, PathBuf, Arc<Vec<u8>>),
+    /// A written segment whose last body was released: its file to delete (deleting a file of
+    /// some megabytes frees its blocks and cached pages, work kept off the caller's thread).
+    Remove(PathBuf),
+}
 
 /// The thread writing an `OnFlush` spool's segments behind its caller.
 struct Writer {
@@ -112,7 +118,14 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
-                for (segment, path, data) in rx {
+                for job in rx {
+                    let (segment, path, data) = match job {
+                        WriteJob::Write(segment, path, data) => (segment, path, data),
+                        WriteJob::Remove(path) => {
+                            let _ = fs::remove_file(&path);
+                            continue;
+                        }
+                    };
                     let written = OpenOptions::new()
                         .create_new(true)
                         .read(true)
@@ -285,7 +298,9 @@ impl Spool {
             },
         );
         if let Some((jobs, bytes)) = behind
-            && jobs.send((segment, path.clone(), bytes)).is_err()
+            && jobs
+                .send(WriteJob::Write(segment, path.clone(), bytes))
+                .is_err()
         {
             self.state
                 .lock()
@@ -428,24 +443,44 @@ impl Spool {
     /// Release one body; the segment file goes when its last body does (for a durable spool,
     /// at the next [`Spool::collect`]).
     pub fn release(&self, r: &SpoolRef) {
-        let mut st = self.state.lock().expect("spool lock");
-        let gone = match st.segments.get_mut(&r.segment) {
-            Some(seg) => {
-                seg.live = seg.live.saturating_sub(1);
-                seg.live == 0
+        let written = {
+            let mut st = self.state.lock().expect("spool lock");
+            let gone = match st.segments.get_mut(&r.segment) {
+                Some(seg) => {
+                    seg.live = seg.live.saturating_sub(1);
+                    seg.live == 0
+                }
+                None => false,
+            };
+            if !gone {
+                return;
             }
-            None => false,
-        };
-        if gone {
             let seg = st.segments.remove(&r.segment);
             match self.durability {
-                Durability::EveryBatch => st.dead.push(r.segment),
-                // A segment still being written is deleted by the writer when it is done.
-                Durability::OnFlush if matches!(seg.map(|s| s.data), Some(Data::File(_))) => {
-                    let _ = fs::remove_file(self.segment_path(r.segment));
+                Durability::EveryBatch => {
+                    st.dead.push(r.segment);
+                    return;
                 }
-                Durability::OnFlush => {}
+                // A segment still being written is deleted by the writer when it is done.
+                Durability::OnFlush => matches!(seg.map(|s| s.data), Some(Data::File(_))),
             }
+        };
+        if !written {
+            return;
+        }
+        // A written segment is deleted by the writer too, after the writes queued before it
+        // (and with the lock released: the writer takes it after each write).
+        let path = self.segment_path(r.segment);
+        let left = match self.writer.as_ref().and_then(|w| w.jobs.as_ref()) {
+            Some(jobs) => match jobs.send(WriteJob::Remove(path)) {
+                Ok(()) => None,
+                Err(std::sync::mpsc::SendError(WriteJob::Remove(path))) => Some(path),
+                Err(_) => None,
+            },
+            None => Some(path),
+        };
+        if let Some(path) = left {
+            let _ = fs::remove_file(path);
         }
     }
 
