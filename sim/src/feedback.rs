@@ -343,9 +343,21 @@ impl BounceProcessor {
     /// Read one message; the (address, reason) pairs it put on the suppression list.
     pub fn process(
         &self,
+        info: &SessionInfo,
+        tx: &Transaction,
+        message: &[u8],
+    ) -> Vec<(String, String)> {
+        self.process_classified(info, tx, message, None)
+    }
+
+    /// [`BounceProcessor::process`], given what [`mailsim_bounce::classify_message`] finds in
+    /// `message` when that was done ahead (None: done here).
+    pub fn process_classified(
+        &self,
         _info: &SessionInfo,
         tx: &Transaction,
         message: &[u8],
+        classified: Option<Vec<mailsim_bounce::Classified>>,
     ) -> Vec<(String, String)> {
         let mut added = Vec::new();
         // RFC 2369 mailto unsubscribe: a mail to the list's unsubscribe address takes its
@@ -365,7 +377,7 @@ impl BounceProcessor {
             }
             return added;
         }
-        let found = mailsim_bounce::classify_message(message);
+        let found = classified.unwrap_or_else(|| mailsim_bounce::classify_message(message));
         let text = String::from_utf8_lossy(message);
         // DSNs come to the VERP return path; complaints name it in Original-Mail-From.
         let msg = tx.rcpts.iter().find_map(|r| verp_id(r)).or_else(|| {

@@ -72,7 +72,11 @@ pub enum LaterKind {
 }
 
 /// What a delivered message is handed to on a sender's own MX (the bounce processor).
-pub type Inbox = Arc<dyn Fn(&SessionInfo, &Transaction, &[u8]) + Send + Sync>;
+pub type Inbox = Arc<
+    dyn Fn(&SessionInfo, &Transaction, &[u8], Option<Vec<mailsim_bounce::Classified>>)
+        + Send
+        + Sync,
+>;
 
 /// One simulated server: its [`ReceiverPolicy`] decides, this carries the decisions out
 /// (replies, events, storage, verification, later reports).
@@ -210,7 +214,13 @@ impl Backend for HostBackend {
                     return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
                 }
             }
-            inbox(info, tx, &message);
+            // A report handed over ahead was classified on the foresight thread.
+            let classified = self
+                .foresight
+                .as_ref()
+                .and_then(|f| f.settle(&message))
+                .and_then(|a| a.classified);
+            inbox(info, tx, &message, classified);
             return Reply::new(250, (2, 0, 0), format!("OK queued as {}", info.id));
         }
         // What was done ahead for this message (its verdicts or signatures, its content).
@@ -467,8 +477,8 @@ impl FleetContext {
             clock,
             start_ms,
             later: Some(later),
-            inbox: Some(Arc::new(move |info, tx, message| {
-                processor.process(info, tx, message);
+            inbox: Some(Arc::new(move |info, tx, message, classified| {
+                processor.process_classified(info, tx, message, classified);
             })),
             stored: Arc::default(),
             keep: Store::Full,

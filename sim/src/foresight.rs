@@ -88,6 +88,10 @@ pub struct Ahead {
     verdicts: Option<(Envelope, Verdicts)>,
     /// Its Message-ID as the receiver records it ([`crate::fleet::message_id_of`]).
     pub message_id: String,
+    /// What [`mailsim_bounce::classify_message`] finds in it, for a message with the null
+    /// reverse path (a delivery status report on its way to the sender's MX, whose bounce
+    /// processor reads it; such a message is not verified or read ahead).
+    pub classified: Option<Vec<mailsim_bounce::Classified>>,
 }
 
 impl Ahead {
@@ -575,6 +579,23 @@ fn work(rx: Receiver<Job>, doers: Doers<'_>, table: &(Mutex<Table>, Condvar), fl
                 _ => continue,
             }
         }
+        // A report for the sender's MX: its bounce processor's reading, nothing else.
+        if job.envelope.mail_from.is_empty() {
+            let classified = Some(mailsim_bounce::classify_message(&job.message));
+            let message_id = crate::fleet::message_id_of(&job.message);
+            finish(
+                table,
+                k,
+                job.id,
+                Ahead {
+                    read: None,
+                    verdicts: None,
+                    message_id,
+                    classified,
+                },
+            );
+            continue;
+        }
         let verdicts = match doers.verifier {
             Some(v) => {
                 let verdicts = doers.runtime.block_on(v.verify(&job));
@@ -593,23 +614,34 @@ fn work(rx: Receiver<Job>, doers: Doers<'_>, table: &(Mutex<Table>, Condvar), fl
             .load(Ordering::Relaxed)
             .then(|| ContentRead::of(&job.message));
         let message_id = crate::fleet::message_id_of(&job.message);
-        let mut t = lock(&table.0);
-        if let Some(e) = t.entry(k, job.id) {
-            e.state = State::Done(Box::new(Ahead {
+        finish(
+            table,
+            k,
+            job.id,
+            Ahead {
                 read,
                 verdicts,
                 message_id,
-            }));
-            t.untaken += 1;
-            t.done.push_back((k, job.id));
-            t.forget();
-        }
-        // A receiver counts itself in before it waits, under the lock: none is missed.
-        let wake = t.waiters > 0;
-        drop(t);
-        if wake {
-            table.1.notify_all();
-        }
+                classified: None,
+            },
+        );
+    }
+}
+
+/// Record what was done ahead for job `id` (key `k`) and wake the receivers waiting.
+fn finish(table: &(Mutex<Table>, Condvar), k: u64, id: u64, ahead: Ahead) {
+    let mut t = lock(&table.0);
+    if let Some(e) = t.entry(k, id) {
+        e.state = State::Done(Box::new(ahead));
+        t.untaken += 1;
+        t.done.push_back((k, id));
+        t.forget();
+    }
+    // A receiver counts itself in before it waits, under the lock: none is missed.
+    let wake = t.waiters > 0;
+    drop(t);
+    if wake {
+        table.1.notify_all();
     }
 }
 
@@ -932,6 +964,37 @@ mod tests {
                 .verdicts_for(&later)
                 .is_none()
         );
+        foresight.stop();
+    }
+
+    /// A message with the null reverse path (a delivery status report for the sender's MX) is
+    /// classified ahead, as its bounce processor would classify it, and not verified or read.
+    #[test]
+    fn a_report_is_classified_ahead_as_its_reader_would() {
+        let zones = Arc::new(FaultyZones::new(ZoneSet::new(), Vec::new()));
+        let elapsed: fake_dns::Elapsed = Arc::new(|| 0);
+        let clock: Arc<dyn Clock> = Arc::new(SetClock(Arc::new(AtomicU64::new(0))));
+        let foresight = Foresight::start(zones, elapsed, clock).unwrap();
+        foresight.read_content();
+        let dsn = b"From: MAILER-DAEMON@mta.s.test\r\nTo: bounces+7-bob=x.test@s.test\r\n\
+Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n\
+--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mta.s.test\r\n\r\n\
+Final-Recipient: rfc822; bob@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+Diagnostic-Code: smtp; 550 5.1.1 <bob@x.test>: user unknown\r\n\r\n--b--\r\n";
+        foresight.submit("192.0.2.1".parse().unwrap(), "", dsn);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !foresight.is_done(dsn) {
+            assert!(std::time::Instant::now() < deadline, "never done");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let ahead = foresight.settle(dsn).expect("done ahead");
+        let classified = ahead.classified.expect("classified ahead");
+        assert_eq!(classified, mailsim_bounce::classify_message(dsn));
+        assert_eq!(classified[0].recipient, "bob@x.test");
+        assert_eq!(classified[0].reason, "userunknown");
+        assert!(ahead.read.is_none() && ahead.verdicts.is_none());
         foresight.stop();
     }
 }
