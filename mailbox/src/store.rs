@@ -47,6 +47,9 @@ struct Mbox {
     pending: Vec<u8>,
     /// What the writer thread met writing this file's blocks.
     slot: Arc<Mutex<Slot>>,
+    /// A write failed and none has succeeded since: every copy is written here, at once, and
+    /// refused while the writes fail (as a store that syncs does).
+    failing: bool,
 }
 
 /// A write the writer thread could not do: the file was cut back to `cut` (its length before
@@ -334,8 +337,10 @@ impl Maildir {
     /// that syncs writes and syncs each copy before returning; one that does not keeps copies
     /// in memory and hands them in whole blocks to a thread of its own that writes them, in
     /// order, while the caller goes on ([`Maildir::flush`] and dropping the store write the
-    /// rest and wait for it). A write that fails is cut off again: the copy appended next is
-    /// refused, and the copies accepted before it are pending again for the next write.
+    /// rest and wait for it). A write that fails is cut off again: the copies accepted before
+    /// it are pending again, and the copy appended next is refused, as is every copy after it
+    /// until a write (then on the caller's thread) succeeds. Which copy first sees a failure
+    /// of the writer thread depends on when the thread met it.
     pub fn append_mbox(
         &self,
         rcpt: &str,
@@ -396,6 +401,7 @@ impl Maildir {
                 end: len,
                 pending: Vec::new(),
                 slot: Arc::default(),
+                failing: false,
             };
             open.insert(path.clone(), mbox);
         }
@@ -423,20 +429,35 @@ impl Maildir {
             .is_some();
         if failed {
             // A block the writer could not write: this copy is refused (the server answers
-            // 451); the ones before it, already accepted, are pending again for the next
-            // write.
+            // 451); the ones before it, already accepted, are pending again, and the file is
+            // written here until a write succeeds.
             mbox.pending.truncate(before);
             self.settle();
             if let Some(e) = mbox.take_failure() {
+                mbox.failing = true;
                 return Err(err(&path)(e));
             }
             mbox.pending.extend_from_slice(&out);
+        }
+        if mbox.failing {
+            return match mbox.write_pending(true) {
+                Ok(()) => {
+                    mbox.failing = false;
+                    Ok(path)
+                }
+                Err(e) => {
+                    // Refused; the copies accepted before it stay pending.
+                    mbox.pending.truncate(before);
+                    Err(err(&path)(e))
+                }
+            };
         }
         if mbox.pending.len() >= MBOX_BUFFER
             && let Err(e) = self.write_blocks(mbox, false)
         {
             // Written here (no writer thread) and failed: as above.
             mbox.pending.truncate(before);
+            mbox.failing = true;
             return Err(err(&path)(e));
         }
         Ok(path)
@@ -516,16 +537,28 @@ impl Maildir {
             let path = path.clone();
             move |source| StoreError { path, source }
         };
+        // Every failure is taken (its copies pending again); the first is reported.
+        let mut first = None;
         for (path, mbox) in open.iter_mut() {
-            self.write_blocks(mbox, true).map_err(failed(path))?;
+            if mbox.failing {
+                match mbox.write_pending(true) {
+                    Ok(()) => mbox.failing = false,
+                    Err(e) => {
+                        first.get_or_insert_with(|| failed(path)(e));
+                    }
+                }
+            } else {
+                self.write_blocks(mbox, true).map_err(failed(path))?;
+            }
         }
         self.settle();
         for (path, mbox) in open.iter_mut() {
             if let Some(e) = mbox.take_failure() {
-                return Err(failed(path)(e));
+                mbox.failing = true;
+                first.get_or_insert_with(|| failed(path)(e));
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Every message stored for `rcpt`, in `new/` and `cur/`.
@@ -641,11 +674,12 @@ mod tests {
         }
     }
 
-    /// A block the writer thread cannot write (here the file is /dev/full) refuses the next
-    /// copy and the flush, and loses none of the copies accepted before: they are pending
-    /// again, in order.
+    /// A block the writer thread cannot write (here the file is /dev/full) refuses the copy
+    /// appended next and every copy after it while the writes (now on the caller's thread)
+    /// fail; none of the copies accepted before is lost: they are pending again, in order, and
+    /// written once the file takes writes again.
     #[test]
-    fn a_failed_block_write_refuses_a_copy_and_keeps_the_accepted_ones() {
+    fn a_failed_block_write_refuses_copies_until_a_write_succeeds() {
         if !Path::new("/dev/full").exists() {
             return;
         }
@@ -661,49 +695,65 @@ mod tests {
                 "y".repeat(900)
             )
         };
-        let (mut accepted, mut refused) = (0, 0);
-        for i in 0..300 {
-            match full.append_mbox(
+        let append = |md: &Maildir, i: usize| {
+            md.append_mbox(
                 "inbox@mx.test",
                 None,
                 "s@a.test",
                 1_700_000_000,
                 copy(i).as_bytes(),
-            ) {
-                Ok(_) => {
-                    accepted += 1;
-                    reference
-                        .append_mbox(
-                            "inbox@mx.test",
-                            None,
-                            "s@a.test",
-                            1_700_000_000,
-                            copy(i).as_bytes(),
-                        )
-                        .unwrap();
-                }
-                Err(e) => {
-                    refused += 1;
-                    assert!(e.to_string().contains(MBOX_FILE), "{e}");
-                }
+            )
+        };
+        let mut accepted = Vec::new();
+        let mut outcomes = Vec::new();
+        for i in 0..150 {
+            let ok = append(&full, i).is_ok();
+            // The writer is done with what it was handed: the outcomes do not depend on when
+            // it runs.
+            full.settle();
+            outcomes.push(ok);
+            if ok {
+                accepted.push(i);
+                append(&reference, i).unwrap();
             }
         }
-        assert!(
-            refused > 0 && accepted > 200,
-            "{accepted} accepted, {refused} refused"
-        );
+        // The first block (64 KB: the 68th copy) fails; every copy after it is refused.
+        let first_refused = outcomes.iter().position(|ok| !ok).expect("a copy refused");
+        assert!(first_refused > 60, "{first_refused}");
+        assert!(outcomes[first_refused..].iter().all(|ok| !ok));
         assert!(full.flush().is_err());
         reference.flush().unwrap();
-        let pending: Vec<u8> = full
-            .mboxes
-            .lock()
-            .unwrap()
-            .values()
-            .flat_map(|m| m.pending.clone())
-            .collect();
+        let reference_file = b.path().join("mx.test/inbox").join(MBOX_FILE);
+        let pending = |md: &Maildir| -> Vec<u8> {
+            md.mboxes
+                .lock()
+                .unwrap()
+                .values()
+                .flat_map(|m| m.pending.clone())
+                .collect()
+        };
+        assert_eq!(pending(&full), std::fs::read(&reference_file).unwrap());
+        // The disk takes writes again (here: the mbox is pointed at a real file).
+        let real = a.path().join("recovered.mbox");
+        for m in full.mboxes.lock().unwrap().values_mut() {
+            m.file = Arc::new(
+                OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&real)
+                    .unwrap(),
+            );
+            m.end = 0;
+        }
+        for i in 150..300 {
+            append(&full, i).unwrap();
+            append(&reference, i).unwrap();
+        }
+        full.flush().unwrap();
+        reference.flush().unwrap();
         assert_eq!(
-            pending,
-            std::fs::read(b.path().join("mx.test/inbox").join(MBOX_FILE)).unwrap()
+            std::fs::read(&real).unwrap(),
+            std::fs::read(&reference_file).unwrap()
         );
     }
 }
