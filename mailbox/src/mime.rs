@@ -209,7 +209,7 @@ impl<'a> Mime<'a> {
     pub fn body_structure(&self, extended: bool) -> String {
         let mut out = String::new();
         match self.root() {
-            Some(at) => structure(at, extended, &mut out),
+            Some(at) => structure(at, extended, 0, &mut out),
             None => {
                 let body = self.text_bytes();
                 out.push_str(&format!(
@@ -504,13 +504,23 @@ fn extension_tail(at: At<'_, '_>) -> String {
     format!("{disposition} {language} {location}")
 }
 
-fn structure(at: At<'_, '_>, extended: bool, out: &mut String) {
+/// How deep BODYSTRUCTURE describes nested parts (multiparts and encapsulated messages): below
+/// this depth a part is described as one part of its declared type, its content opaque.
+/// Dovecot's message parser stops at the same depth (`MESSAGE_PARSER_DEFAULT_MAX_NESTED_MIME_PARTS`,
+/// 100); real mail seldom nests past ten, and the description recurses once per level (a message
+/// nesting thousands of multiparts overflowed the stack and took the whole server down).
+const NESTING_MAX: usize = 100;
+
+fn structure(at: At<'_, '_>, extended: bool, depth: usize, out: &mut String) {
     let part = at.part();
     let ct = match part_header(part, "Content-Type") {
         Some(HeaderValue::ContentType(ct)) => Some(ct),
         _ => None,
     };
-    if let PartType::Multipart(children) = &part.body {
+    let deep = depth >= NESTING_MAX;
+    if let PartType::Multipart(children) = &part.body
+        && !deep
+    {
         out.push('(');
         for &c in children {
             structure(
@@ -520,6 +530,7 @@ fn structure(at: At<'_, '_>, extended: bool, out: &mut String) {
                     ..at
                 },
                 extended,
+                depth + 1,
                 out,
             );
         }
@@ -578,12 +589,12 @@ fn structure(at: At<'_, '_>, extended: bool, out: &mut String) {
         body.len()
     ));
     if ty == "message" && sub == "rfc822" {
-        match at.nested() {
+        match at.nested().filter(|_| !deep) {
             Some(inner) => {
                 out.push(' ');
                 out.push_str(&envelope_of(inner.msg, inner.header_bytes()));
                 out.push(' ');
-                structure(inner, extended, out);
+                structure(inner, extended, depth + 1, out);
             }
             None => out.push_str(
                 " (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) (\"text\" \"plain\" NIL NIL NIL \"7bit\" 0 0)",
@@ -630,6 +641,56 @@ mod tests {
         );
         assert!(m.section(&[3], None).is_none());
         assert_eq!(m.header_values("subject"), ["hello there"]);
+    }
+
+    /// A message nesting thousands of multiparts, or of encapsulated messages: BODYSTRUCTURE
+    /// describes the first `NESTING_MAX` levels and the rest as one opaque part (it recursed
+    /// once per level and overflowed the stack of the server's thread).
+    #[test]
+    fn deep_nesting_is_described_to_a_limit() {
+        let depth = 8000;
+        let mut multi = String::from("From: a@x.test\r\n");
+        for i in 0..depth {
+            multi.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+            ));
+        }
+        multi.push_str("Content-Type: text/plain\r\n\r\nhi\r\n");
+        for i in (0..depth).rev() {
+            multi.push_str(&format!("--b{i}--\r\n"));
+        }
+        let mut encapsulated = String::new();
+        for _ in 0..depth {
+            encapsulated.push_str("From: a@x.test\r\nContent-Type: message/rfc822\r\n\r\n");
+        }
+        encapsulated.push_str("From: a@x.test\r\n\r\nhi\r\n");
+        for (raw, kind) in [(multi, "\"multipart\""), (encapsulated, "\"message\"")] {
+            // On a thread with the stack of a tokio worker (2 MiB).
+            let bs = std::thread::Builder::new()
+                .stack_size(2 * 1024 * 1024)
+                .spawn(move || {
+                    let m = Mime::new(raw.as_bytes());
+                    (m.body_structure(true), m.body_structure(false))
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            for s in [bs.0, bs.1] {
+                let mut open = 0usize;
+                let mut deepest = 0;
+                for c in s.bytes() {
+                    match c {
+                        b'(' => open += 1,
+                        b')' => open -= 1,
+                        _ => {}
+                    }
+                    deepest = deepest.max(open);
+                }
+                assert_eq!(open, 0, "balanced");
+                assert!(deepest > 50 && deepest < 2 * NESTING_MAX + 20, "{deepest}");
+                assert!(s.contains(kind), "{}", &s[..200]);
+            }
+        }
     }
 
     #[test]
