@@ -659,12 +659,29 @@ impl Protocol for Session {
                     }
                 }
                 Err(CommandDecodeError::Incomplete) => {
+                    // Non-synchronising literals (RFC 7888) the client sent on without waiting
+                    // (the decoder finds a literal only when the buffer ends right after its
+                    // announcement): taken within the literal limits, not counted as the line.
+                    match self.nonsync_literals_end(&buf) {
+                        Some(end) => {
+                            if end > buf.len() {
+                                self.literal_until = Some(end);
+                            }
+                            self.command_floor = end;
+                        }
+                        None => {
+                            self.line("* BYE Literal too big.");
+                            return Step::Close;
+                        }
+                    }
                     self.inbuf = buf;
                     return self.need_line().unwrap_or(Step::NeedInput);
                 }
                 Err(CommandDecodeError::LiteralFound { tag, length, mode }) => {
                     let length = length as usize;
-                    if length > self.cfg.literal_bytes_max {
+                    if length > self.cfg.literal_bytes_max
+                        || buf.len().saturating_add(length) > self.command_bytes_max()
+                    {
                         if mode == LiteralMode::NonSync {
                             // The client sends the data anyway: nothing to do but close.
                             self.line("* BYE Literal too big.");
@@ -770,6 +787,15 @@ fn refused_command(command: &[u8]) -> (String, String) {
     (tag, why)
 }
 
+/// The length of the non-synchronising literal (`{N+}`, RFC 7888) a line announces at its end.
+fn nonsync_literal(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.strip_suffix(b"+}")
+        .and_then(|l| l.iter().rposition(|&b| b == b'{').map(|i| &l[i + 1..]))
+        .filter(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
+}
+
 /// Where a command the decoder refused ends: the end of the line that holds its last byte
 /// read, reading on from `floor` (the end of the last literal the server took for it) and
 /// past every non-synchronising literal (`{N+}`, RFC 7888) a line ends with, whose bytes the
@@ -780,13 +806,7 @@ fn bad_command_end(buf: &[u8], floor: usize) -> Option<usize> {
     let mut from = floor;
     loop {
         let nl = from + buf.get(from..)?.iter().position(|&b| b == b'\n')?;
-        let line = buf[from..nl].strip_suffix(b"\r").unwrap_or(&buf[from..nl]);
-        let skip = line
-            .strip_suffix(b"+}")
-            .and_then(|l| l.iter().rposition(|&b| b == b'{').map(|i| &l[i + 1..]))
-            .filter(|n| !n.is_empty() && n.iter().all(u8::is_ascii_digit))
-            .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
-        match skip {
+        match nonsync_literal(&buf[from..nl]) {
             Some(n) => from = (nl + 1).checked_add(n)?,
             None => return Some(nl + 1),
         }
@@ -794,6 +814,41 @@ fn bad_command_end(buf: &[u8], floor: usize) -> Option<usize> {
 }
 
 impl Session {
+    /// How many bytes one command may hold with its literals: before login, a line's worth
+    /// (LOGIN's and AUTHENTICATE's arguments are short; nothing else is run), after it, the
+    /// biggest literal (an APPEND) and a line. Each literal is held until its command ends.
+    fn command_bytes_max(&self) -> usize {
+        if self.authenticated() {
+            self.cfg
+                .literal_bytes_max
+                .saturating_add(self.cfg.line_bytes_max)
+        } else {
+            self.cfg.line_bytes_max
+        }
+    }
+
+    /// Where the command being read stands once the non-synchronising literals announced at
+    /// the ends of its lines (from the last literal taken) are taken: the end of the last one
+    /// (past the buffer while its bytes are still coming). None when one is bigger than a
+    /// literal may be, or the command with them bigger than a command may be.
+    fn nonsync_literals_end(&self, buf: &[u8]) -> Option<usize> {
+        let mut from = self.command_floor;
+        while let Some(p) = buf
+            .get(from..)
+            .and_then(|b| b.iter().position(|&c| c == b'\n'))
+        {
+            let nl = from + p;
+            let Some(n) = nonsync_literal(&buf[from..nl]) else {
+                break;
+            };
+            from = (nl + 1).saturating_add(n);
+            if n > self.cfg.literal_bytes_max || from > self.command_bytes_max() {
+                return None;
+            }
+        }
+        Some(from)
+    }
+
     /// A line longer than the limit ends the session.
     fn need_line(&mut self) -> Option<Step> {
         // The literals taken for the command being read count against their own limit.
@@ -1678,6 +1733,61 @@ mod tests {
             r.contains("l BAD") && r.contains("* BYE") && r.contains("m OK"),
             "{r}"
         );
+    }
+
+    /// A non-synchronising literal bigger than a line (an APPEND with LITERAL+, RFC 7888),
+    /// sent at once or in pieces, is taken as a literal: it was counted against the line's
+    /// limit and ended the session past 64 KB.
+    #[test]
+    fn a_big_nonsync_literal_is_taken_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        s.take_output();
+        run(&mut s, "a LOGIN bob pw\r\n");
+        let body = format!("Subject: big\r\n\r\n{}", "x".repeat(200_000));
+        let command = format!("b APPEND INBOX {{{}+}}\r\n{body}\r\n", body.len());
+        let r = run(&mut s, &command);
+        assert!(r.contains("b OK"), "{r}");
+        let command = format!("c APPEND INBOX {{{}+}}\r\n{body}\r\nd NOOP\r\n", body.len());
+        let mut r = String::new();
+        for piece in command.as_bytes().chunks(4096) {
+            r.push_str(&run(&mut s, std::str::from_utf8(piece).unwrap()));
+        }
+        assert!(r.contains("c OK") && r.contains("d OK"), "{r}");
+        assert!(!r.contains("BYE"), "{r}");
+        let r = run(&mut s, "e SELECT INBOX\r\n");
+        assert!(r.contains("* 2 EXISTS"), "{r}");
+    }
+
+    /// What a command's literals may add up to: before login a line's worth, after it the
+    /// biggest literal and a line. Each literal alone was checked, not their sum, so a client
+    /// that had not logged in could make the server hold any amount in one command.
+    #[test]
+    fn a_commands_literals_are_bounded_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = session(dir.path());
+        s.take_output();
+        let r = run(&mut s, "a SEARCH TEXT {70000}\r\n");
+        assert_eq!(r, "a NO [TOOBIG] Literal too big.\r\n");
+        let r = run(&mut s, "b NOOP\r\n");
+        assert!(r.starts_with("b OK"), "{r}");
+        let r = run(
+            &mut s,
+            &format!("c SEARCH TEXT {{70000+}}\r\n{}", "y".repeat(10_000)),
+        );
+        assert_eq!(r, "* BYE Literal too big.\r\n");
+
+        let mut s = session(dir.path());
+        s.take_output();
+        run(&mut s, "a LOGIN bob pw\r\n");
+        let big = ImapConfig::default().literal_bytes_max - 1000;
+        let r = run(&mut s, &format!("d SEARCH TEXT {{{big}}}\r\n"));
+        assert_eq!(r, "+ Ready for literal data\r\n");
+        let mut r = run(&mut s, &"z".repeat(big));
+        r.push_str(&run(&mut s, &format!(" TEXT {{{big}}}\r\n")));
+        assert_eq!(r, "d NO [TOOBIG] Literal too big.\r\n");
+        let r = run(&mut s, "e NOOP\r\n");
+        assert!(r.starts_with("e OK"), "{r}");
     }
 
     /// A command refused after one of its literals is dropped whole: the literal's bytes (a
