@@ -6,7 +6,7 @@
 //! the same across sessions and restarts.
 
 use crate::folders::{self, FolderRef, Mailstore};
-use crate::shell::{LoginOutcome, Protocol, Step, Timeout};
+use crate::shell::{LoginOutcome, OUTPUT_PENDING_MAX, Protocol, Step, Timeout};
 use mailsim_smtp::sasl::{PlainRefused, sasl_plain_b64};
 use std::sync::Arc;
 use std::time::Duration;
@@ -397,6 +397,9 @@ impl Protocol for Session {
             if self.checking {
                 return Step::NeedInput;
             }
+            if self.out.len() >= OUTPUT_PENDING_MAX && !self.inbuf.is_empty() {
+                return Step::Flush;
+            }
             let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') else {
                 if self.inbuf.len() > self.cfg.line_bytes_max {
                     self.line("-ERR Line too long.");
@@ -484,15 +487,57 @@ mod tests {
 
     fn run(s: &mut Session, input: &str) -> String {
         s.feed(input.as_bytes());
-        while let Step::Authenticate { login, password } = s.step() {
-            let ok = login == "bob" && password == b"pw";
-            s.auth_done(if ok {
-                LoginOutcome::Accepted("bob@example.test".into())
-            } else {
-                LoginOutcome::Rejected
-            });
+        loop {
+            match s.step() {
+                Step::Authenticate { login, password } => {
+                    let ok = login == "bob" && password == b"pw";
+                    s.auth_done(if ok {
+                        LoginOutcome::Accepted("bob@example.test".into())
+                    } else {
+                        LoginOutcome::Rejected
+                    });
+                }
+                Step::Flush => {}
+                _ => break,
+            }
         }
         String::from_utf8(s.take_output()).unwrap()
+    }
+
+    /// Commands pipelined by a client that does not read are answered a bounded amount at a
+    /// time ([`Step::Flush`] once the unsent output passes [`OUTPUT_PENDING_MAX`]): 800
+    /// RETRs of a 1 MB message held 380 MB before.
+    #[test]
+    fn pipelined_answers_wait_for_the_output_to_be_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mailstore::new(dir.path(), 0));
+        let message = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(100_000));
+        store
+            .deliver("bob@example.test", message.as_bytes())
+            .unwrap();
+        let mut s = Session::new(Arc::new(Pop3Config::default()), store, false, true);
+        run(&mut s, "USER bob\r\nPASS pw\r\n");
+        s.feed("RETR 1\r\n".repeat(40).as_bytes());
+        let (mut answered, mut flushes) = (0, 0);
+        loop {
+            let step = s.step();
+            let out = s.take_output();
+            assert!(
+                out.len() < OUTPUT_PENDING_MAX + message.len() + 100,
+                "{}",
+                out.len()
+            );
+            answered += out.windows(4).filter(|w| w == b"+OK ").count();
+            match step {
+                Step::Flush => flushes += 1,
+                other => {
+                    assert_eq!(other, Step::NeedInput);
+                    break;
+                }
+            }
+        }
+        assert_eq!(answered, 40);
+        assert!(flushes >= 10, "{flushes}");
     }
 
     #[test]

@@ -26,9 +26,17 @@ pub enum Step {
     /// IMAP IDLE: send the output, then wait for input or a mailbox change
     /// ([`Protocol::idle_poll`]).
     Idle,
+    /// Send the output, then step again: more commands are waiting in the input, but their
+    /// answers are not built while this much output is unsent (a client that pipelines
+    /// commands and does not read would otherwise make the server hold every answer).
+    Flush,
     /// Send the output and close.
     Close,
 }
+
+/// How much unsent output a session builds before it lets the shell send it
+/// ([`Step::Flush`]) and runs the next of the commands waiting.
+pub const OUTPUT_PENDING_MAX: usize = 256 * 1024;
 
 /// Why the shell ended a session on a timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +228,8 @@ where
                     _ = tokio::time::sleep(Duration::from_secs(2)) => session.idle_poll(),
                 }
             }
+            // The output is sent above (or the client did not read it in time: closed).
+            Step::Flush => {}
             Step::Close => {
                 let _ = stream.shutdown().await;
                 return End::Closed;
