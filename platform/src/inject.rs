@@ -641,14 +641,22 @@ pub const TEMPLATE_JOINS_MAX: usize = 32;
 /// The longest string in substitution data.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 
+/// The statements a mail template may use: conditions and loops. Not `set` or `with` (a chain
+/// of them doubles a string at every step), not `macro` or `call` (a macro that calls itself
+/// with a joined argument doubles it at every level), nor the others (`filter`, `block`,
+/// `extends`, `include`, `import`, `autoescape`, ...), which mail has no use for.
+const TEMPLATE_STATEMENTS: &[&str] = &["if", "elif", "else", "endif", "for", "endfor"];
+
 /// What a template may hold, so that no template makes a value of unbounded size, or spends
-/// unbounded time, from a small request: no `set` or `with` (a chain of them doubles a string
-/// at every step), no `*` (minijinja repeats a string up to 100 MB with it), at most
-/// `TEMPLATE_JOINS_MAX` joining operators and none inside a `{% for %}` (a join of megabyte
-/// values evaluated at every step of a loop copies gigabytes without writing a byte: `{{ (a ~
-/// a)|length }}`), at most `TEMPLATE_BYTES_MAX` bytes. All three were found by an
-/// independent review.
+/// unbounded time, from a small request: only the statements of [`TEMPLATE_STATEMENTS`], no
+/// `*` (minijinja repeats a string up to 100 MB with it), at most `TEMPLATE_JOINS_MAX` joining
+/// operators and none inside a `{% for %}` (a join of megabyte values evaluated at every step
+/// of a loop copies gigabytes without writing a byte: `{{ (a ~ a)|length }}`), at most
+/// `TEMPLATE_BYTES_MAX` bytes. Read from minijinja's own tokens, so that what is checked is
+/// what runs: a scan of the text, found by an independent review, could be led astray by an
+/// escaped quote or a `}}` inside a string.
 fn check_template_source(field: &str, source: &str) -> Result<(), FieldError> {
+    use minijinja::machinery::{Token, WhitespaceConfig, tokenize};
     if source.len() > TEMPLATE_BYTES_MAX {
         return Err(FieldError::at(
             field,
@@ -656,34 +664,31 @@ fn check_template_source(field: &str, source: &str) -> Result<(), FieldError> {
         ));
     }
     let mut joins = 0;
-    // How many `{% for %}` blocks the tag being read is inside.
+    // How many `{% for %}` blocks the token being read is inside.
     let mut loops = 0usize;
-    let mut rest = source;
-    while let Some(open) = rest.find(['{']) {
-        let after = &rest[open + 1..];
-        let close = match after.chars().next() {
-            Some('{') => "}}",
-            Some('%') => "%}",
-            _ => {
-                rest = after;
-                continue;
-            }
-        };
-        let inner_start = open + 2;
-        let Some(len) = rest[inner_start..].find(close) else {
-            break;
-        };
-        let inner = &rest[inner_start..inner_start + len];
-        if close == "%}" {
-            let word = inner
-                .trim_start_matches(['-', '+'])
-                .split_whitespace()
-                .next()
-                .unwrap_or("");
-            if matches!(word, "set" | "endset" | "with" | "endwith") {
+    // The token before: a statement's keyword follows `{%`.
+    let mut after_block_start = false;
+    let tokens = tokenize(
+        source,
+        false,
+        Default::default(),
+        WhitespaceConfig::default(),
+    );
+    for token in tokens {
+        let (token, span) =
+            token.map_err(|e| FieldError::at(field, format!("the template does not read: {e}")))?;
+        if after_block_start {
+            let word = match &token {
+                Token::Ident(w) => *w,
+                _ => "",
+            };
+            if !TEMPLATE_STATEMENTS.contains(&word) {
                 return Err(FieldError::at(
                     field,
-                    format!("`{{% {word} %}}` is not supported in mail templates"),
+                    format!(
+                        "`{{% {word} %}}` (line {}) is not supported in mail templates: only if, elif, else, for and their ends",
+                        span.start_line
+                    ),
                 ));
             }
             match word {
@@ -692,33 +697,30 @@ fn check_template_source(field: &str, source: &str) -> Result<(), FieldError> {
                 _ => {}
             }
         }
-        // The tag's own words: `-`/`+` right inside the delimiters control whitespace.
-        let words = inner.strip_prefix(['-', '+']).unwrap_or(inner);
-        let words = words.strip_suffix(['-', '+']).unwrap_or(words);
-        let mut quote = None;
-        for c in words.chars() {
-            match (quote, c) {
-                (None, '"' | '\'') => quote = Some(c),
-                (Some(q), c) if c == q => quote = None,
-                (None, '*') => {
-                    return Err(FieldError::at(
-                        field,
-                        "`*` is not supported in mail templates (it repeats strings)",
-                    ));
-                }
-                (None, '~' | '+') if loops > 0 => {
-                    return Err(FieldError::at(
-                        field,
-                        format!(
-                            "`{c}` is not supported inside `{{% for %}}` in mail templates: write the parts one after the other (`{{{{ a }}}}{{{{ b }}}}`)"
-                        ),
-                    ));
-                }
-                (None, '~' | '+') => joins += 1,
-                _ => {}
+        after_block_start = matches!(token, Token::BlockStart);
+        match token {
+            Token::Mul => {
+                return Err(FieldError::at(
+                    field,
+                    "`*` is not supported in mail templates (it repeats strings)",
+                ));
             }
+            Token::Tilde | Token::Plus if loops > 0 => {
+                let c = if matches!(token, Token::Tilde) {
+                    '~'
+                } else {
+                    '+'
+                };
+                return Err(FieldError::at(
+                    field,
+                    format!(
+                        "`{c}` is not supported inside `{{% for %}}` in mail templates: write the parts one after the other (`{{{{ a }}}}{{{{ b }}}}`)"
+                    ),
+                ));
+            }
+            Token::Tilde | Token::Plus => joins += 1,
+            _ => {}
         }
-        rest = &rest[inner_start + len + 2..];
     }
     if joins > TEMPLATE_JOINS_MAX {
         return Err(FieldError::at(
@@ -1415,6 +1417,36 @@ mod tests {
             let (f, m) = field_of(&format!(
                 r#"{{"envelope_sender":"b@s.test","content":{{"from":{{"email":"a@s.test"}},"subject":"s","text_body":"{body}"}},"substitutions":{{"s":"AAAA","items":[1,2]}},"recipients":[{{"email":"a@x.test"}}]}}"#
             ));
+            assert_eq!(f.as_deref(), Some("content.text_body"), "{body}: {m}");
+            assert!(m.contains(says), "{body}: {m}");
+        }
+        // A second review: the text scan ignored escaped quotes and `}}` inside strings, so
+        // `*` and joins in loops got through (1.9 GB from one request); and a macro calling
+        // itself doubles a joined argument at every level. Now minijinja's tokens are read.
+        for (body, says) in [
+            (
+                r#"{{ ("\"" * 100 ~ '\'' * 100)|length }}"#,
+                "`*` is not supported",
+            ),
+            (r#"{{ "}}" ~ ("x" * 3)|length }}"#, "`*` is not supported"),
+            (
+                r#"{% for i in items %}{{ ("\"" ~ "x") }}{% endfor %}"#,
+                "`~` is not supported inside",
+            ),
+            (
+                "{% macro m(a) %}{{ m(a ~ a) }}{% endmacro %}{{ m(s) }}",
+                "`{% macro %}` (line 1) is not supported",
+            ),
+            ("{% filter upper %}x{% endfilter %}", "`{% filter %}`"),
+            ("{{ s ", "unexpected end of input"),
+        ] {
+            let request = serde_json::json!({
+                "envelope_sender": "b@s.test",
+                "content": {"from": {"email": "a@s.test"}, "subject": "s", "text_body": body},
+                "substitutions": {"s": "AAAA", "items": [1, 2]},
+                "recipients": [{"email": "a@x.test"}],
+            });
+            let (f, m) = field_of(&request.to_string());
             assert_eq!(f.as_deref(), Some("content.text_body"), "{body}: {m}");
             assert!(m.contains(says), "{body}: {m}");
         }
