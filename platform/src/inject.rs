@@ -1052,6 +1052,9 @@ fn mailbox<'x>(
 /// 2.2: `name: value` lines, folded lines starting with white space, then an empty line) with a
 /// From field (3.6); Date and Message-ID are added when missing, as a submission server does
 /// (RFC 6409 8.2, 8.3).
+/// The longest line of a message, without its CRLF (RFC 5322 section 2.1.1).
+const LINE_OCTETS_MAX: usize = 998;
+
 fn raw_message(
     text: &str,
     stamp: &Stamp,
@@ -1074,6 +1077,22 @@ fn raw_message(
         ));
     }
     let head_end = crlf.find("\r\n\r\n").map_or(crlf.len(), |i| i + 2);
+    // RFC 5322 section 2.1.1: a line is at most 998 characters (octets) before its CRLF. A
+    // receiver may refuse a longer one or break it where it likes; it is the sender's to fix.
+    if let Some((n, line)) = crlf
+        .split("\r\n")
+        .enumerate()
+        .find(|(_, l)| l.len() > LINE_OCTETS_MAX)
+    {
+        return Err(FieldError::at(
+            field,
+            format!(
+                "line {}: {} octets, over RFC 5322's {LINE_OCTETS_MAX} (section 2.1.1); fold header fields, wrap or encode the body (quoted-printable, base64)",
+                n + 1,
+                line.len()
+            ),
+        ));
+    }
     let (mut has_from, mut has_date, mut has_id) = (false, false, false);
     for (n, line) in crlf[..head_end].split("\r\n").enumerate() {
         if line.is_empty() {
@@ -1103,6 +1122,17 @@ fn raw_message(
                 field,
                 format!(
                     "line {}: a header field may not contain control characters",
+                    n + 1
+                ),
+            ));
+        }
+        // RFC 5322 section 2.2: header fields are ASCII; UTF-8 in them needs SMTPUTF8 (RFC
+        // 6532), which this MTA does not send (as for addresses).
+        if !line.is_ascii() {
+            return Err(FieldError::at(
+                field,
+                format!(
+                    "line {}: a header field holds a character that is not ASCII: encode it (RFC 2047 encoded-words, e.g. `=?UTF-8?Q?caf=C3=A9?=`) or give the content as an object, which does; the MTA does not send SMTPUTF8 (RFC 6532)",
                     n + 1
                 ),
             ));
@@ -1520,6 +1550,8 @@ mod tests {
 
     #[test]
     fn a_whole_message_must_start_with_clean_header_fields_and_not_disclose_bcc() {
+        let long_body = format!("From: a@s.test\\n\\n{}", "L".repeat(999));
+        let long_subject = format!("From: a@s.test\\nSubject: {}\\n\\nbody", "s".repeat(1000));
         for (content, want) in [
             ("\\nFrom: a@s.test\\n\\nbody", "starts with an empty line"),
             (
@@ -1532,6 +1564,13 @@ mod tests {
                 "X-Mailsim-Lane",
             ),
             ("From: a@s.test\\nMessage-ID: garbage\\n\\nbody", "msg-id"),
+            // An independent review: these two were sent on as given.
+            (
+                "From: a@s.test\\nSubject: café\\n\\nbody",
+                "line 2: a header field holds a character that is not ASCII",
+            ),
+            (&long_body, "line 3: 999 octets, over RFC 5322's 998"),
+            (&long_subject, "line 2: 1009 octets"),
         ] {
             let (f, m) = field_of(&format!(
                 r#"{{"envelope_sender":"b@s.test","content":"{content}","recipients":[{{"email":"a@x.test"}}]}}"#
