@@ -102,24 +102,61 @@ impl Flags {
         }
     }
 
+    /// The index's form: names joined by `,`, `-` for none. A keyword is an IMAP atom, which
+    /// may hold `,` and be `-` but never `%` (RFC 3501 section 9: list-wildcards are
+    /// atom-specials): a `,` in a name is written `%2C`, a keyword `-` is `%2D`. Indexes
+    /// written before hold no `%` and read the same.
     fn encode(&self) -> String {
         let names = self.names();
         if names.is_empty() {
-            "-".into()
-        } else {
-            names.join(",")
+            return "-".into();
         }
+        let escaped: Vec<String> = names
+            .iter()
+            .map(|n| match n.as_str() {
+                "-" => "%2D".to_string(),
+                n => n.replace('%', "%25").replace(',', "%2C"),
+            })
+            .collect();
+        escaped.join(",")
     }
 
     fn decode(s: &str) -> Flags {
         let mut f = Flags::default();
         if s != "-" {
             for n in s.split(',') {
-                f.insert_name(n);
+                f.insert_name(&unescape(n));
             }
         }
         f
     }
+}
+
+/// A flag name as [`Flags::encode`] wrote it: `%` and two hex digits stand for that byte.
+fn unescape(n: &str) -> std::borrow::Cow<'_, str> {
+    if !n.contains('%') {
+        return n.into();
+    }
+    let mut out = Vec::with_capacity(n.len());
+    let b = n.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 /// One message of a folder.
@@ -837,6 +874,38 @@ mod tests {
         let again = Folder::open(&store.user_dir(u), false, store.clock().clone()).unwrap();
         assert_eq!(again.messages.len(), 2);
         assert!(again.find(uid1).is_none());
+    }
+
+    /// Keywords are IMAP atoms: `,` may be in one and `-` may be one (an independent review:
+    /// `foo,bar` came back as two keywords and `-` as no flags after a restart).
+    #[test]
+    fn keywords_with_the_index_separators_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Mailstore::new(dir.path(), 0);
+        let u = "bob@example.test";
+        let uid1 = store.deliver(u, b"Subject: one\r\n\r\nx\r\n").unwrap();
+        let uid2 = store.deliver(u, b"Subject: two\r\n\r\ny\r\n").unwrap();
+        let inbox = store.folder(u, "INBOX").unwrap();
+        {
+            let mut f = lock(&inbox);
+            let m = f.find_mut(uid1).unwrap();
+            m.flags.insert_name("\\Seen");
+            m.flags.insert_name("foo,bar");
+            m.flags.insert_name("50%2C");
+            f.find_mut(uid2).unwrap().flags.insert_name("-");
+            f.write_index().unwrap();
+        }
+        let reopened = Folder::open(&store.user_dir(u), false, store.clock().clone()).unwrap();
+        let names = |uid| {
+            let mut n = reopened.find(uid).unwrap().flags.names();
+            n.sort();
+            n
+        };
+        assert_eq!(names(uid1), ["50%2C", "\\Seen", "foo,bar"]);
+        assert_eq!(names(uid2), ["-"]);
+        // An index written before (no `%`) reads as it did.
+        assert_eq!(Flags::decode("\\Seen,a").names(), ["\\Seen", "a"]);
+        assert!(Flags::decode("-").names().is_empty());
     }
 
     #[test]
