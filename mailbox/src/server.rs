@@ -48,6 +48,9 @@ pub struct MailboxConfig {
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
     pub smtp_login_timeout: Duration,
+    /// IMAP, logged in: a client silent this long, in IDLE or not, is logged out (30 minutes,
+    /// RFC 3501 section 5.4's floor).
+    pub imap_idle_timeout: Duration,
     /// Rejected RCPTs in one SMTP session before it is closed (recipient harvesting).
     pub rcpt_rejects_max: u32,
     pub connections_per_ip_max: usize,
@@ -76,6 +79,7 @@ impl MailboxConfig {
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),
             smtp_login_timeout: Duration::from_secs(180),
+            imap_idle_timeout: Duration::from_secs(30 * 60),
             rcpt_rejects_max: 20,
             connections_per_ip_max: 50,
             clock: Arc::new(SystemClock),
@@ -508,6 +512,7 @@ pub async fn start(cfg: MailboxConfig) -> Result<Running, StartError> {
         let icfg = Arc::new(imap::ImapConfig {
             hostname: cfg.hostname.clone(),
             literal_bytes_max: cfg.message_bytes_max,
+            idle_timeout: cfg.imap_idle_timeout,
             ..imap::ImapConfig::default()
         });
         let store = store.clone();

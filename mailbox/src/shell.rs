@@ -177,8 +177,15 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     let mut partial = None;
+    // When an IDLE with no word from the client ends the session (RFC 2177: the server may log
+    // off a client idle past its inactivity timeout; clients restart IDLE every 29 minutes).
+    // Fixed when the IDLE starts, not moved by the session's own polls of the mailbox.
+    let mut idle_deadline: Option<Instant> = None;
     loop {
         let step = session.step();
+        if step != Step::Idle {
+            idle_deadline = None;
+        }
         let out = session.take_output();
         if !out.is_empty() && !send_within(&mut stream, &out, ctx.timeouts.command).await {
             return End::Closed;
@@ -205,6 +212,8 @@ where
             }
             Step::StartTls => return End::StartTls(stream),
             Step::Idle => {
+                let deadline =
+                    *idle_deadline.get_or_insert_with(|| Instant::now() + session.idle_timeout());
                 let mut watch = session.idle_watch();
                 let changed = async {
                     match watch.as_mut() {
@@ -217,10 +226,20 @@ where
                     }
                 };
                 tokio::select! {
-                    read = tokio::time::timeout(session.idle_timeout(), stream.read(&mut buf)) => {
+                    read = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => {
                         match read {
-                            Ok(Ok(n)) if n > 0 => session.feed(&buf[..n]),
-                            _ => return End::Closed,
+                            Ok(Ok(n)) if n > 0 => {
+                                idle_deadline = None;
+                                session.feed(&buf[..n]);
+                            }
+                            Ok(_) => return End::Closed,
+                            Err(_) => {
+                                session.timed_out(Timeout::Idle);
+                                let out = session.take_output();
+                                let _ = send_within(&mut stream, &out, ctx.timeouts.command).await;
+                                let _ = stream.shutdown().await;
+                                return End::Closed;
+                            }
                         }
                     }
                     _ = changed => session.idle_poll(),

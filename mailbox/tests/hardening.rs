@@ -263,6 +263,28 @@ async fn slow_and_idle_clients_are_cut_at_the_timeouts() {
     );
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     running.shutdown().await;
+
+    // In IDLE, silent: logged out at the idle timeout, which the server's own polls of the
+    // mailbox (every 2 s) do not move (an independent review: they re-armed it, so an IDLE
+    // held its connection for good).
+    let mut cfg = config(dir.path());
+    cfg.imap_idle_timeout = Duration::from_secs(3);
+    let (running, _) = started(cfg).await;
+    let mut s = TcpStream::connect(running.imap.unwrap()).await.unwrap();
+    read_until(&mut s, line_ends("* OK")).await;
+    s.write_all(b"a LOGIN bob secret\r\nb SELECT INBOX\r\nc IDLE\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, line_ends("+ idling")).await;
+    let t0 = Instant::now();
+    let r = read_until(&mut s, |_| false).await;
+    assert!(r.contains("* BYE Autologout; idle for too long."), "{r}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500) && t0.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        t0.elapsed()
+    );
+    running.shutdown().await;
 }
 
 /// Found by the fuzz targets run in the suite (sim/tests/fuzz_targets.rs): a client that sends
