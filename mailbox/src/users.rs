@@ -143,7 +143,13 @@ impl Users {
         memory: &mut Vec<argon2::Block>,
     ) -> Option<String> {
         let address = self.canonical(login);
-        let hash = self.hashes.get(&address)?;
+        // An unknown login costs the same argon2 run as a known one, against a hash of the
+        // default cost, so that the time of an answer does not tell which logins exist (an
+        // independent review measured the difference: no hash at all for unknown users).
+        let (hash, known) = match self.hashes.get(&address) {
+            Some(hash) => (hash.as_str(), true),
+            None => (unknown_user_hash(), false),
+        };
         let parsed = PasswordHash::new(hash).ok()?;
         let algorithm = argon2::Algorithm::try_from(parsed.algorithm).ok()?;
         let version = match parsed.version {
@@ -163,8 +169,23 @@ impl Users {
             .ok()?;
         // password_hash's Output compares in constant time.
         let got = argon2::password_hash::Output::new(&out).ok()?;
-        (got == expected).then_some(address)
+        (got == expected && known).then_some(address)
     }
+}
+
+/// The hash an unknown login is checked against: the default cost, a fixed salt, a password
+/// nobody has (no user has this hash, and `known` is false besides).
+fn unknown_user_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        SaltString::encode_b64(b"mailsim unknown user")
+            .and_then(|salt| {
+                hasher()
+                    .hash_password(b"no such user", &salt)
+                    .map(|h| h.to_string())
+            })
+            .unwrap_or_default()
+    })
 }
 
 /// An argon2id PHC string for `password`, with a fresh salt.
@@ -230,5 +251,18 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().starts_with("users.txt line 3:"), "{e}");
         assert!(u.add_spec("nopassword", "--user").is_err());
+        // An unknown login is checked against a hash of the default cost (the same work as a
+        // known one), and never accepted, even with the password that hash was made from.
+        let dummy = PasswordHash::new(unknown_user_hash()).unwrap();
+        let (params, default) = (
+            argon2::Params::try_from(&dummy).unwrap(),
+            argon2::Params::default(),
+        );
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+        assert!(u.verify("nobody", b"no such user").is_none());
+        assert!(u.verify("nobody@example.test", b"").is_none());
     }
 }
