@@ -1051,11 +1051,10 @@ async fn open(
     let Some((t, mark @ Mark::Open { .. })) = mark(&api, &token) else {
         return no_such_link();
     };
-    if method == axum::http::Method::HEAD {
-        // A HEAD fetches nothing: no open (link checkers and proxies send them).
-        return ([(header::CONTENT_TYPE, "image/gif")], "").into_response();
-    }
-    if recorded(&api, &mark, "open") {
+    // A HEAD fetches nothing: no open (link checkers and proxies send them). Its answer has
+    // the GET's fields, Content-Length included (RFC 9110 section 9.3.2); the server sends
+    // no body.
+    if method != axum::http::Method::HEAD && recorded(&api, &mark, "open") {
         let Mark::Open { message_id, rcpt } = mark else {
             unreachable!("matched as an open")
         };

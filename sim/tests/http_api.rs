@@ -480,6 +480,13 @@ fn a_tracked_message_opened_and_clicked_in_chromium_and_a_one_click_unsubscribe(
             .unwrap()
             .to_string()
     };
+    // A HEAD is answered with the GET's fields (the GIF's length too: an independent review
+    // found 0) and records nothing.
+    let head = Command::new("curl").args(["-sI", &pixel]).output().unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 43\r\n"), "{head}");
+    assert!(head.contains("content-type: image/gif"), "{head}");
     for _ in 0..30 {
         assert_eq!(http_code(&[&pixel]), "200");
     }
