@@ -755,10 +755,28 @@ impl Mailstore {
                 ));
             }
         }
+        // A folder open in sessions moves with its name: they go on with it under the new one
+        // (as Dovecot's do), and never write its index where the old name is (an independent
+        // review: a session holding the old handle failed every FETCH, and wrote its index, old
+        // UIDVALIDITY and all, into a folder created again under the old name).
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         for (x, y) in moves {
-            open.remove(&x);
-            fs::rename(&x, &y).map_err(io_err(&y))?;
+            let handle = open.remove(&x);
+            let moved = {
+                // Held while it moves: no index is written meanwhile.
+                let mut held = handle.as_ref().map(|h| lock(h));
+                let moved = fs::rename(&x, &y);
+                if moved.is_ok()
+                    && let Some(f) = held.as_mut()
+                {
+                    f.dir = y.clone();
+                }
+                moved
+            };
+            if let Some(h) = handle {
+                open.insert(if moved.is_ok() { y.clone() } else { x }, h);
+            }
+            moved.map_err(io_err(&y))?;
         }
         Ok(())
     }
@@ -906,6 +924,48 @@ mod tests {
         // An index written before (no `%`) reads as it did.
         assert_eq!(Flags::decode("\\Seen,a").names(), ["\\Seen", "a"]);
         assert!(Flags::decode("-").names().is_empty());
+    }
+
+    /// A folder open in a session when another renames it moves with its name: the session
+    /// reads its messages and writes its index under the new name, and a folder created again
+    /// under the old name is a new one.
+    #[test]
+    fn an_open_folder_moves_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Mailstore::new(dir.path(), 0);
+        let u = "bob@example.test";
+        store.create(u, "a").unwrap();
+        let held = store.folder(u, "a").unwrap();
+        let uid = lock(&held)
+            .append(b"Subject: kept\r\n\r\nx\r\n", Flags::default(), 0)
+            .unwrap();
+        let validity = lock(&held).uidvalidity;
+        store.rename(u, "a", "z").unwrap();
+        {
+            let mut f = lock(&held);
+            let m = f.find(uid).unwrap().clone();
+            assert!(
+                fs::read(f.path_of(&m))
+                    .unwrap()
+                    .starts_with(b"Subject: kept")
+            );
+            f.find_mut(uid).unwrap().flags.insert_name("\\Flagged");
+            f.write_index().unwrap();
+        }
+        store.create(u, "a").unwrap();
+        let again = store.folder(u, "a").unwrap();
+        assert!(lock(&again).messages.is_empty());
+        assert_ne!(lock(&again).uidvalidity, validity);
+        let z = store.folder(u, "z").unwrap();
+        assert!(Arc::ptr_eq(&z, &held));
+        let reopened = Folder::open(
+            &store.folder_dir(u, "z").unwrap(),
+            false,
+            store.clock().clone(),
+        )
+        .unwrap();
+        assert_eq!(reopened.uidvalidity, validity);
+        assert!(reopened.find(uid).unwrap().flags.has(SystemFlag::Flagged));
     }
 
     #[test]
