@@ -12,6 +12,7 @@ use crate::mime::{Mime, SectionText};
 use crate::shell::{LoginOutcome, OUTPUT_PENDING_MAX, Protocol, Step, Timeout};
 use imap_codec::decode::{AuthenticateDataDecodeError, CommandDecodeError, Decoder};
 use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::bounded_static::IntoBoundedStatic;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{AString, LiteralMode};
 use imap_codec::imap_types::fetch::{
@@ -80,8 +81,23 @@ enum Pending {
     /// Credentials handed to the shell.
     AuthCheck(String),
     Idle(String),
+    /// A FETCH answered a part at a time.
+    Fetch(Box<FetchRest>),
     Closed,
 }
+
+/// What a FETCH still has to answer.
+struct FetchRest {
+    tag: String,
+    /// The messages left, as indices of the session's view (which does not change while the
+    /// FETCH runs: nothing else of the session does).
+    indices: std::collections::VecDeque<usize>,
+    items: Vec<MessageDataItemName<'static>>,
+    /// Whether fetching sets \Seen.
+    sets_seen: bool,
+}
+
+const FETCH_DONE: &str = "Fetch completed.";
 
 /// One IMAP session, independent of any socket.
 pub struct Session {
@@ -577,6 +593,27 @@ impl Protocol for Session {
             match &self.pending {
                 Pending::Closed => return Step::Close,
                 Pending::AuthCheck(_) => return Step::NeedInput,
+                Pending::Fetch(_) if self.out.len() >= OUTPUT_PENDING_MAX => return Step::Flush,
+                Pending::Fetch(_) => {
+                    let Pending::Fetch(mut rest) =
+                        std::mem::replace(&mut self.pending, Pending::None)
+                    else {
+                        unreachable!("matched as a FETCH")
+                    };
+                    match self.fetch_more(&mut rest) {
+                        Ok(false) => self.pending = Pending::Fetch(rest),
+                        done => {
+                            if matches!(self.state, State::Selected(_)) {
+                                self.sync(false);
+                            }
+                            match done {
+                                Err(text) => self.line(&format!("{} {text}", rest.tag)),
+                                _ => self.line(&format!("{} OK {FETCH_DONE}", rest.tag)),
+                            }
+                        }
+                    }
+                    continue;
+                }
                 _ => {}
             }
             if let Some(until) = self.literal_until {
@@ -1065,7 +1102,15 @@ impl Session {
                 uid,
             } => {
                 expunge_ok = false;
-                self.fetch(&sequence_set, macro_or_item_names, uid)
+                match self.fetch(&tag, &sequence_set, macro_or_item_names, uid) {
+                    Ok(Some(rest)) => {
+                        // Answered on as the output is sent; the tagged answer comes last.
+                        self.pending = Pending::Fetch(rest);
+                        return Some(Step::Flush);
+                    }
+                    Ok(None) => Ok(FETCH_DONE.into()),
+                    Err(e) => Err(e),
+                }
             }
             CommandBody::Store {
                 sequence_set,
@@ -1372,12 +1417,17 @@ impl Session {
         Ok("Search completed.".into())
     }
 
+    /// FETCH: the answers for the first messages, and what is left when they fill the output
+    /// ([`OUTPUT_PENDING_MAX`]): the rest is answered a part at a time as the shell sends the
+    /// output ([`Pending::Fetch`], [`Step::Flush`]), so that a FETCH of a whole big mailbox is
+    /// never held in memory at once.
     fn fetch(
         &mut self,
+        tag: &str,
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'_>,
         uid: bool,
-    ) -> Result<String, String> {
+    ) -> Result<Option<Box<FetchRest>>, String> {
         let State::Selected(sel) = &mut self.state else {
             return Err("BAD No mailbox selected.".into());
         };
@@ -1403,10 +1453,31 @@ impl Session {
                         | MessageDataItemName::Rfc822Text
                 )
             });
+        let mut rest = Box::new(FetchRest {
+            tag: tag.to_string(),
+            indices: indices.into(),
+            items: items
+                .into_iter()
+                .map(IntoBoundedStatic::into_static)
+                .collect(),
+            sets_seen,
+        });
+        Ok((!self.fetch_more(&mut rest)?).then_some(rest))
+    }
+
+    /// Answer FETCH for the messages `rest` has left until the output is full; true when none
+    /// is left.
+    fn fetch_more(&mut self, rest: &mut FetchRest) -> Result<bool, String> {
+        let State::Selected(sel) = &mut self.state else {
+            return Err("BAD No mailbox selected.".into());
+        };
+        let (items, sets_seen) = (&rest.items, rest.sets_seen);
         let mut f = folders::lock(&sel.folder);
         let mut dirty = false;
         let mut out = Vec::new();
-        for idx in indices {
+        while self.out.len() + out.len() < OUTPUT_PENDING_MAX
+            && let Some(idx) = rest.indices.pop_front()
+        {
             let uid_of = sel.view[idx].uid;
             let Some(meta) = f.find(uid_of).cloned() else {
                 continue;
@@ -1444,7 +1515,7 @@ impl Session {
                 first = false;
             };
             let mut flags_sent = false;
-            for item in &items {
+            for item in items {
                 sep(&mut out);
                 match item {
                     MessageDataItemName::Flags => {
@@ -1523,7 +1594,7 @@ impl Session {
         }
         drop(f);
         self.out.extend_from_slice(&out);
-        Ok("Fetch completed.".into())
+        Ok(rest.indices.is_empty())
     }
 
     fn store_flags(
@@ -1787,6 +1858,46 @@ mod tests {
         }
         assert_eq!(answered, 40);
         assert!(flushes >= 10, "{flushes}");
+
+        // One FETCH of many messages is answered a part at a time too, its tagged answer last.
+        for i in 0..39 {
+            let r = run(
+                &mut s,
+                &format!("a{i} APPEND INBOX {{{}+}}\r\n{body}\r\n", body.len()),
+            );
+            assert!(r.contains(&format!("a{i} OK")), "{r}");
+        }
+        s.feed(b"g FETCH 1:* (UID BODY.PEEK[])\r\nh NOOP\r\n");
+        let (mut fetched, mut flushes, mut all) = (0, 0, String::new());
+        loop {
+            let step = s.step();
+            let out = String::from_utf8(s.take_output()).unwrap();
+            assert!(
+                out.len() < OUTPUT_PENDING_MAX + body.len() + 200,
+                "{}",
+                out.len()
+            );
+            fetched += out.matches(" FETCH (UID ").count();
+            all.push_str(&out);
+            match step {
+                Step::Flush => flushes += 1,
+                other => {
+                    assert_eq!(other, Step::NeedInput);
+                    break;
+                }
+            }
+        }
+        assert_eq!(fetched, 40);
+        assert!(flushes >= 10, "{flushes}");
+        let done = all.find("g OK Fetch completed.").expect("tagged");
+        assert!(
+            all.rfind(" FETCH (UID ").unwrap() < done,
+            "the tagged answer comes last"
+        );
+        assert!(
+            all[done..].contains("h OK"),
+            "the next command runs after it"
+        );
     }
 
     /// A non-synchronising literal bigger than a line (an APPEND with LITERAL+, RFC 7888),
