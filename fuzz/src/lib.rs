@@ -179,6 +179,8 @@ pub fn imap_session(data: &[u8]) {
                     });
                 }
                 Step::StartTls => s.tls_started(),
+                // The shell sends the output and steps again.
+                Step::Flush => out.extend(s.take_output()),
                 Step::Idle => {
                     s.idle_poll();
                     break;
@@ -248,6 +250,9 @@ pub fn pop3_session(data: &[u8]) {
                     });
                 }
                 Step::StartTls => s.tls_started(),
+                Step::Flush => {
+                    s.take_output();
+                }
                 Step::Idle | Step::NeedInput => break,
                 Step::Close => {
                     s.take_output();
