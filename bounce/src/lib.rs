@@ -56,14 +56,47 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
     let Some(x) = extract::extract(raw) else {
         return Vec::new();
     };
+    // The previous recipient's evidence and what it gave: the recipients of a report often
+    // share their evidence whole (the same status, prose and context), and it is read once.
+    type Evidence = (
+        Option<String>,
+        String,
+        std::sync::Arc<str>,
+        Option<String>,
+        Option<String>,
+        Option<u16>,
+        Option<String>,
+    );
+    let mut last: Option<(Evidence, (&'static str, &'static str))> = None;
     x.findings
         .into_iter()
         .map(|f| {
             let remote = origin::remote(f.remote_mta.as_deref(), &f.diagnostic);
-            let (reason, why) = match x.kind {
-                extract::Kind::Feedback => ("feedback", "feedback report"),
-                extract::Kind::Vacation => ("vacation", "auto-reply"),
-                extract::Kind::Bounce => reason::explain(&reason::Evidence {
+            let evidence = |f: &extract::Finding| -> Evidence {
+                (
+                    f.status.clone(),
+                    f.diagnostic.clone(),
+                    f.context.clone(),
+                    f.command.clone(),
+                    f.action.clone(),
+                    f.reply_code,
+                    f.remote_mta.clone(),
+                )
+            };
+            let same = last.as_ref().is_some_and(|(e, _)| {
+                e.0 == f.status
+                    && e.1 == f.diagnostic
+                    && (std::sync::Arc::ptr_eq(&e.2, &f.context) || e.2 == f.context)
+                    && e.3 == f.command
+                    && e.4 == f.action
+                    && e.5 == f.reply_code
+                    && e.6 == f.remote_mta
+            });
+            let (reason, why) = match (x.kind, &last) {
+                (extract::Kind::Bounce, Some((_, decided))) if same => *decided,
+                (extract::Kind::Feedback, _) => ("feedback", "feedback report"),
+                (extract::Kind::Vacation, _) => ("vacation", "auto-reply"),
+                (extract::Kind::Bounce, _) => reason::explain(&reason::Evidence {
                     status: f.status.as_deref(),
                     diagnostic: &f.diagnostic,
                     context: &f.context,
@@ -74,6 +107,9 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
                     writer: x.writer,
                 }),
             };
+            if x.kind == extract::Kind::Bounce && !same {
+                last = Some((evidence(&f), (reason, why)));
+            }
             let (reason, why) = match remote_host_reason(remote, &f.diagnostic) {
                 Some(r) => (r, "remote host"),
                 None => (reason, why),

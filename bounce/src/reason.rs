@@ -1826,12 +1826,15 @@ pub fn reason(e: &Evidence) -> &'static str {
 /// The reason and what decided it (a phrase, "status", "action").
 pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
     let primary = readable(e.diagnostic);
-    let context = readable(e.context);
+    // Read only when the earlier evidence decided nothing (a report naming thousands of
+    // recipients shares one long text as their context).
+    let context = std::cell::OnceCell::new();
+    let context = || context.get_or_init(|| readable(e.context)).as_str();
     use crate::published::{MtaMessages, Tier};
     let mta_primary = MtaMessages::in_text(&primary, e.writer);
     // Read only when the earlier evidence decided nothing.
     let mta_context = std::cell::OnceCell::new();
-    let mta_context = || mta_context.get_or_init(|| MtaMessages::in_text(&context, e.writer));
+    let mta_context = || mta_context.get_or_init(|| MtaMessages::in_text(context(), e.writer));
     let fragment = |d: crate::published::Decided| (d.0, d.2);
     // RFC 3464 section 2.3.3: a report of success (delivered, relayed, expanded) is no bounce;
     // Sisimai calls it "delivered".
@@ -1871,7 +1874,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .reason(Tier::Cause, rule_left_out)
                 .map(fragment)
         })
-        .or_else(|| find_rule(RULES, &context))
+        .or_else(|| find_rule(RULES, context()))
         .or_else(|| {
             mta_context()
                 .reason(Tier::Wrapper, rule_left_out)
@@ -1896,7 +1899,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .map(fragment)
         })
         .or_else(|| find_rule(LATE_RULES, &primary))
-        .or_else(|| find_rule(LATE_RULES, &context))
+        .or_else(|| find_rule(LATE_RULES, context()))
         .or_else(|| {
             e.status
                 .filter(|s| !s.ends_with(".0.0") && !s.contains(".0.9"))
@@ -1916,7 +1919,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .map(fragment)
         })
         .or_else(|| find_rule(WEAK_RULES, &primary))
-        .or_else(|| find_rule(WEAK_RULES, &context));
+        .or_else(|| find_rule(WEAK_RULES, context()));
     let (mut r, why) = decided.unwrap_or(("onhold", "default"));
 
     // An unknown recipient refused at RCPT (or with a 5.1.x status) is unknown; refused after
@@ -1958,7 +1961,7 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
             || SURELY_UNKNOWN
                 .iter()
                 .filter(|p| !left_out(p))
-                .any(|p| mentions(&primary, p) || mentions(&context, p));
+                .any(|p| mentions(&primary, p) || mentions(context(), p));
         if !status_says_address && !surely {
             r = "filtered";
         }
