@@ -88,7 +88,7 @@ impl Capabilities {
     }
 }
 
-/// Frame a message for DATA: normalise bare LF to CRLF, double leading dots, end with
+/// Frame a message for DATA: normalise bare LF and bare CR to CRLF, double leading dots, end with
 /// `CRLF.CRLF`. Appends to `out`.
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 5);
@@ -99,24 +99,35 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
         if first == b'.' {
             out.push(b'.');
         }
-        match memchr::memchr(b'\n', rest) {
-            Some(i) => {
-                let line = &rest[..i];
-                out.extend_from_slice(line);
-                if !line.ends_with(b"\r") {
-                    out.push(b'\r');
-                }
-                out.push(b'\n');
-                rest = &rest[i + 1..];
-            }
-            None => {
-                out.extend_from_slice(rest);
-                out.extend_from_slice(b"\r\n");
-                rest = &[];
-            }
-        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        push_line(line.strip_suffix(b"\r").unwrap_or(line), out);
+        out.extend_from_slice(b"\r\n");
+        rest = next;
     }
     out.extend_from_slice(b".\r\n");
+}
+
+/// One line's content (without its line end): a CR in it, not followed by LF, ends a line as
+/// CRLF, and a dot after it is doubled. RFC 5321 section 2.3.8: a client sends CR only in
+/// CRLF. Sent on as it was, "text<CR>.<CR><LF>" ends the message early at a receiver that takes
+/// a bare CR for a line end, and what follows is read as commands (SMTP smuggling).
+fn push_line(content: &[u8], out: &mut Vec<u8>) {
+    if memchr::memchr(b'\r', content).is_none() {
+        out.extend_from_slice(content);
+        return;
+    }
+    for (n, piece) in content.split(|&b| b == b'\r').enumerate() {
+        if n > 0 {
+            out.extend_from_slice(b"\r\n");
+            if piece.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+        }
+        out.extend_from_slice(piece);
+    }
 }
 
 /// One envelope to send in a transaction.
@@ -907,13 +918,19 @@ mod tests {
         let mut out = Vec::new();
         dot_stuff(b"a\r\n.b\n..c\r\nend", &mut out);
         assert_eq!(out, b"a\r\n..b\r\n...c\r\nend\r\n.\r\n");
+        // An independent review: a bare CR went out as it was, so "<CR>.<CR><LF>" could end
+        // the message early at a receiver that reads a bare CR as a line end.
+        out.clear();
+        dot_stuff(b"line1\r.\r\nMAIL FROM:<evil@x.test>\r\n", &mut out);
+        assert_eq!(out, b"line1\r\n..\r\nMAIL FROM:<evil@x.test>\r\n.\r\n");
     }
 
-    /// The rule byte by byte, as RFC 5321 section 4.5.2 states it.
+    /// The rule byte by byte, as RFC 5321 section 4.5.2 states it, with bare LF and bare CR
+    /// sent as CRLF (section 2.3.8).
     fn dot_stuff_reference(body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let (mut at_line_start, mut prev) = (true, 0u8);
-        for &b in body {
+        for (i, &b) in body.iter().enumerate() {
             if at_line_start && b == b'.' {
                 out.push(b'.');
             }
@@ -922,6 +939,10 @@ mod tests {
             }
             out.push(b);
             at_line_start = b == b'\n';
+            if b == b'\r' && body.get(i + 1) != Some(&b'\n') {
+                out.push(b'\n');
+                at_line_start = true;
+            }
             prev = b;
         }
         if !body.is_empty() && !at_line_start {
