@@ -554,6 +554,11 @@ impl<'c> Session<'c> {
     /// returned.
     fn input(&mut self, input: Input) -> Option<Action> {
         let flow = match input {
+            // A response too long ends an AUTH exchange (an independent review: the next line
+            // was still read as the response, and a command got 501).
+            Input::LineTooLong if self.auth_step.take().is_some() => {
+                self.auth_failed(500, (5, 5, 6), "line too long: authentication cancelled")
+            }
             Input::LineTooLong => {
                 Reply::new(500, (5, 5, 6), "line too long").write_to(&mut self.out);
                 Flow::Continue
@@ -1209,6 +1214,47 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:25".parse().unwrap();
         SessionInfo::new(1, peer, local)
+    }
+
+    /// A response line too long ends an AUTH exchange: the next line is a command again.
+    #[test]
+    fn a_response_too_long_cancels_auth() {
+        let cfg = ServerConfig {
+            hostname: "mx.test".into(),
+            auth: true,
+            ..ServerConfig::default()
+        };
+        let mut info = session_info();
+        info.tls = true;
+        let mut s = Session::new(info, &cfg);
+        let t0 = Duration::ZERO;
+        let drive = |s: &mut Session, input: &[u8]| {
+            s.feed(input);
+            let mut out = Vec::new();
+            loop {
+                match s.next(t0) {
+                    Action::Flush => {
+                        out.extend_from_slice(s.output());
+                        s.flushed();
+                    }
+                    Action::Read { .. } => return String::from_utf8(out).unwrap(),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        drive(&mut s, b"");
+        assert!(drive(&mut s, b"EHLO c.test\r\n").contains("AUTH PLAIN LOGIN"));
+        assert_eq!(drive(&mut s, b"AUTH PLAIN\r\n"), "334 \r\n");
+        let long = format!("{}\r\n", "QUFB".repeat(150));
+        let r = drive(&mut s, long.as_bytes());
+        assert!(
+            r.starts_with("500 5.5.6 line too long: authentication cancelled"),
+            "{r}"
+        );
+        assert!(
+            drive(&mut s, b"NOOP\r\n").starts_with("250"),
+            "a command again"
+        );
     }
 
     /// The session is a state machine: bytes and answers in, replies and questions out, time
