@@ -150,7 +150,7 @@ enum Command {
         /// The port remote SMTP servers listen on (`mailsim fleet` prints it).
         #[arg(long, default_value_t = 25)]
         remote_port: u16,
-        #[arg(long, default_value = "mta.mailsim.test")]
+        #[arg(long, value_parser = host_name_arg, default_value = "mta.mailsim.test")]
         hostname: String,
         /// Source address of outbound connections.
         #[arg(long, default_value = "127.0.0.1")]
@@ -370,7 +370,7 @@ enum AuthCommand {
         #[arg(long)]
         dns: Option<SocketAddr>,
         /// The receiving host's name (authserv-id in the header).
-        #[arg(long, default_value = "mx.mailsim.test")]
+        #[arg(long, value_parser = host_name_arg, default_value = "mx.mailsim.test")]
         hostname: String,
     },
     /// Lint a sending domain's DNS setup: SPF (syntax, the 10-lookup and void-lookup limits,
@@ -1277,7 +1277,7 @@ struct MailboxArgs {
     #[arg(long, default_value = "self-signed")]
     tls: String,
     /// The name the server gives itself (greetings, certificate, headers).
-    #[arg(long, default_value = "mail.mailsim.test")]
+    #[arg(long, value_parser = host_name_arg, default_value = "mail.mailsim.test")]
     hostname: String,
     /// DNS server for SPF/DKIM/DMARC checks (default: the system's resolvers).
     #[arg(long)]
@@ -1352,4 +1352,9 @@ fn load_records(run_dir: &std::path::Path) -> anyhow::Result<Vec<mailsim_events:
         );
     }
     Ok(records)
+}
+
+/// `--hostname`: a host name (see [`mailsim::scenario::host_name`]).
+fn host_name_arg(s: &str) -> Result<String, String> {
+    mailsim::scenario::host_name(s).map(|()| s.to_string())
 }

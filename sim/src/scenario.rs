@@ -1204,6 +1204,23 @@ impl Scenario {
                 ),
             ));
         }
+        // The name the MTA gives in EHLO (RFC 5321 4.1.1.1: a Domain): an independent review
+        // found "" and a name with CRLF (which put a command of its own on the wire) accepted.
+        if let Err(why) = host_name(&m.hostname) {
+            let at = mta_at
+                + text[mta_at..]
+                    .lines()
+                    .scan(0usize, |offset, l| {
+                        let at = *offset;
+                        *offset += l.len() + 1;
+                        Some((at, l))
+                    })
+                    .skip(1)
+                    .take_while(|(_, l)| !l.trim_start().starts_with('['))
+                    .find(|(_, l)| l.trim_start().starts_with("hostname"))
+                    .map_or(0, |(at, _)| at);
+            return Err(invalid(at, "mta.hostname".into(), why));
+        }
         Ok(())
     }
 
@@ -1457,6 +1474,18 @@ fn check_rules(prefix: &str, rules: &Rules) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// A host name to give in EHLO and greetings (RFC 5321 section 4.1.1.1's Domain: dotted
+/// labels of letters, digits and inner hyphens), or why not.
+pub fn host_name(name: &str) -> Result<(), String> {
+    if valid_domain(name) && !name.ends_with('.') {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a host name (labels of ASCII letters, digits and inner hyphens, joined by dots: RFC 5321's Domain)"
+        ))
+    }
+}
+
 fn valid_domain(name: &str) -> bool {
     let name = name.trim_end_matches('.');
     !name.is_empty()
@@ -1558,6 +1587,16 @@ messages = 10
             assert_eq!(GOOD.matches(from).count(), 1, "{from}");
             let e = err(&GOOD.replace(from, to));
             assert!(e.contains(field) && e.contains("x.toml:"), "{to}: {e}");
+        }
+        // The MTA's EHLO name: a CRLF in it put a command of its own on the wire, and "" made
+        // every message bounce (an independent review).
+        for hostname in ["a b\r\nX: y", "", "mta..test", "-mta.test"] {
+            let text = format!("{GOOD}[mta]\nretry_interval_s_min = 60\nhostname = {hostname:?}\n");
+            let e = err(&text);
+            assert!(
+                e.starts_with("x.toml:12:") && e.contains("mta.hostname"),
+                "{e}"
+            );
         }
     }
 
