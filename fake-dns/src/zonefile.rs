@@ -36,7 +36,11 @@ pub fn parse(text: &str, path: &Path, origin: Option<&str>) -> Result<ZoneFile, 
     };
     // Records without a TTL before any $TTL get fake-dns's default (hickory refuses them; BIND
     // takes the SOA's). One line is added in front: line numbers are counted back.
-    let text = format!("$TTL {}\n{}", crate::TTL_S_DEFAULT, mend_quoted(text));
+    let mended = mend_quoted(text).map_err(|line| DnsError::ZoneFile {
+        place: format!("{}:{line}", path.display()),
+        message: "this '(' is never closed: every later line would be part of its record".into(),
+    })?;
+    let text = format!("$TTL {}\n{}", crate::TTL_S_DEFAULT, mended);
     let parsed = Parser::new(text.as_str(), Some(path.to_path_buf()), origin_name.clone()).parse();
     let (origin, sets) = match parsed {
         Ok(ok) => ok,
@@ -226,12 +230,17 @@ fn line_of_record(text: &str, owner: &str, origin: &str, rtype: &str) -> Option<
 /// (`\059` is not ';'). So a record in parentheses is joined onto its first line (its comments
 /// dropped, the line breaks it held put back after it, so later line numbers hold), a ';'
 /// inside quotes becomes `\;`, and a `\DDD` of a printable character becomes that character
-/// (escaped where it must be).
-fn mend_quoted(text: &str) -> String {
+/// (escaped where it must be). Err: the line of a '(' never closed (an independent review:
+/// the rest of the file was silently taken into its record).
+fn mend_quoted(text: &str) -> Result<String, usize> {
     let mut out = String::with_capacity(text.len() + 16);
     let mut chars = text.chars().peekable();
     let (mut quoted, mut comment, mut depth, mut held) = (false, false, 0usize, 0usize);
+    let (mut line, mut opened_at) = (1usize, 0usize);
     while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
         if comment {
             if c == '\n' {
                 comment = false;
@@ -281,6 +290,9 @@ fn mend_quoted(text: &str) -> String {
                 }
             }
             '(' if !quoted => {
+                if depth == 0 {
+                    opened_at = line;
+                }
                 depth += 1;
                 out.push(' ');
             }
@@ -301,7 +313,10 @@ fn mend_quoted(text: &str) -> String {
             _ => out.push(c),
         }
     }
-    out
+    if depth > 0 {
+        return Err(opened_at);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -416,6 +431,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("/nonexistent/z.zone: "), "{e}");
+        // An independent review: a '(' never closed took every later record into its own.
+        let e = parse(
+            "$ORIGIN x.test.\n; a comment (\nfoo IN A ( 127.0.0.1\nbar IN A 127.0.0.2\nbaz IN MX 10 mx.x.test.\n",
+            Path::new("p.zone"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("p.zone:3: ") && e.contains("never closed"),
+            "{e}"
+        );
     }
 
     #[test]
