@@ -574,6 +574,30 @@ impl LogReader {
 
 /// Bytes looked at per read while searching for the next valid frame.
 const RESYNC_WINDOW_BYTES: usize = 1 << 20;
+/// Bytes one search for the next valid frame reads and checksums as candidate payloads before
+/// it gives up (the rest of the log then counts as damaged). A real log's next frame is a few
+/// bytes after its damage; a crafted one made every marker byte claim a payload of megabytes
+/// (an independent review: 5.8 MB took hours to read).
+const RESYNC_CHECKED_BYTES_MAX: usize = 256 << 20;
+
+/// Whether a binary record could start at `bytes` (its marker, two varints, a known kind),
+/// judged before its frame's payload is read and checksummed. True when `bytes` ends too soon
+/// to tell.
+fn plausible_binary_head(bytes: &[u8]) -> bool {
+    let mut input = binary::Input::new(bytes);
+    let head = (|| {
+        if input.byte()? != binary::MARKER {
+            return Err("marker");
+        }
+        input.varint()?;
+        input.varint()?;
+        input.byte()
+    })();
+    match head {
+        Ok(kind) => usize::from(kind) < Event::KINDS.len(),
+        Err(_) => bytes.len() < 1 + 10 + 10 + 1,
+    }
+}
 /// Every JSON record starts so (serde writes `seq` first): a cheap test before the checksum.
 const RECORD_PREFIX: &[u8] = b"{\"seq\":";
 
@@ -598,6 +622,7 @@ fn next_valid_frame(
     let mut window = vec![0u8; RESYNC_WINDOW_BYTES];
     let mut payload = Vec::new();
     let mut at = from;
+    let mut checked = 0usize;
     while at + (overlap as u64) <= end {
         let want = ((end - at) as usize).min(RESYNC_WINDOW_BYTES);
         let got = read_full_at(&read_at, at, &mut window[..want])?;
@@ -616,6 +641,13 @@ fn next_valid_frame(
             let payload_at = start + FRAME_HEADER_BYTES as u64;
             if len > RECORD_BYTES_MAX || payload_at + len as u64 > end {
                 continue;
+            }
+            if format == Format::Binary && !plausible_binary_head(&w[i..w.len().min(i + len)]) {
+                continue;
+            }
+            checked += len;
+            if checked > RESYNC_CHECKED_BYTES_MAX {
+                return Ok(None);
             }
             payload.resize(len, 0);
             if read_full_at(&read_at, payload_at, &mut payload)? == len
@@ -1119,6 +1151,35 @@ mod tests {
         log.close().unwrap();
         let bytes = std::fs::read(&path).unwrap();
         (path, bytes)
+    }
+
+    /// An independent review: after damage, every marker byte claimed a payload of megabytes
+    /// and each was read and checksummed (5.8 MB of log took hours). Candidates whose head is
+    /// no record are passed over unread, and one search reads at most
+    /// RESYNC_CHECKED_BYTES_MAX; here every head is plausible, so the bound is what ends it.
+    #[test]
+    fn a_log_crafted_to_slow_the_resync_is_read_in_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut bytes) = log_of(dir.path(), 10);
+        bytes.extend_from_slice(&[0xAA; 12]);
+        let claimed: u32 = 4_000_000;
+        for _ in 0..200_000 {
+            bytes.extend_from_slice(&claimed.to_le_bytes());
+            bytes.extend_from_slice(&0u32.to_le_bytes());
+            bytes.extend_from_slice(&[binary::MARKER, 1, 1, 0]);
+        }
+        bytes.resize(bytes.len() + claimed as usize, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let started = std::time::Instant::now();
+        let read = read_log(&path);
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        match read {
+            Ok((records, _)) => assert_eq!(records.len(), 10),
+            Err(e) => assert!(matches!(e, LogError::Corrupt { record: 11, .. }), "{e}"),
+        }
+        // Heads that are no record are not read at all.
+        assert!(!plausible_binary_head(&[binary::MARKER, 0, 9, 0xFF]));
+        assert!(plausible_binary_head(&[binary::MARKER, 1, 1, 0]));
     }
 
     /// Issue 13, item 6: 64 bytes overwritten in the middle are damage, not a torn tail:
