@@ -260,10 +260,47 @@ fn field<'a>(block: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// `rfc822; user@example.org` -> `user@example.org`
+/// `rfc822; user@example.org` -> `user@example.org`. An address of type `utf-8` (RFC 6533's
+/// global DSN) may hold any Unicode: taken whole, its `\x{HEX}` escapes decoded (an
+/// independent review found such reports not read at all).
 fn typed_address(value: &str) -> Option<String> {
-    let v = value.split_once(';').map_or(value, |(_, a)| a);
-    address_re().find(v).map(|m| m.as_str().to_string())
+    let (kind, v) = value.split_once(';').unwrap_or(("", value));
+    if let Some(m) = address_re().find(v) {
+        return Some(m.as_str().to_string());
+    }
+    if !kind.trim().eq_ignore_ascii_case("utf-8") {
+        return None;
+    }
+    let decoded = unescape_utf8_addr(v.trim().trim_start_matches('<').trim_end_matches('>'));
+    let (local, domain) = decoded.rsplit_once('@')?;
+    let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    (clean(local) && clean(domain) && domain.contains('.')).then_some(decoded)
+}
+
+/// RFC 6533 section 3: `\x{HEX}` in a utf-8-addr-xtext stands for that code point.
+fn unescape_utf8_addr(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\\x{") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 3..];
+        let decoded = after.split_once('}').and_then(|(hex, tail)| {
+            let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
+            Some((c, tail))
+        });
+        match decoded {
+            Some((c, tail)) => {
+                out.push(c);
+                rest = tail;
+            }
+            None => {
+                out.push_str("\\x{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The SMTP command a failure answered: the one named last before the first reply code, or

@@ -105,3 +105,22 @@ fn reports_naming_thousands_of_recipients_cost_what_their_size_does() {
         found[0]
     );
 }
+
+/// Found by an independent review: an RFC 6533 global DSN, whose recipients are of type
+/// `utf-8` and may hold any Unicode (or `\x{HEX}` escapes), was not read at all.
+#[test]
+fn a_global_dsn_names_its_utf8_recipients() {
+    let raw = "From: MAILER-DAEMON@x.test\r\nTo: a@s.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=global-delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour message could not be delivered.\r\n\r\n--b\r\nContent-Type: message/global-delivery-status\r\n\r\nReporting-MTA: dns; x.test\r\n\r\nFinal-Recipient: utf-8; jörg@müller.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\nFinal-Recipient: utf-8; ren\\x{E9}@caf\\x{E9}.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n";
+    let found = mailsim_bounce::classify_message(raw.as_bytes());
+    let got: Vec<(&str, &str)> = found
+        .iter()
+        .map(|c| (c.recipient.as_str(), c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("jörg@müller.example", "userunknown"),
+            ("rené@café.example", "userunknown")
+        ]
+    );
+}
