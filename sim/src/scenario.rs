@@ -920,6 +920,32 @@ impl Scenario {
                     format!("{from:?} is not an address at {}", s.get_ref().domain),
                 ));
             }
+            // A key file that cannot be read is named with its line here; what it holds is
+            // read with the world (an independent review found the line missing).
+            if let Some(key) = &s.get_ref().dkim_private_key
+                && let Err(e) = std::fs::metadata(relative_to(path, key))
+            {
+                let field_at = field_in_table(text, at, "dkim_private_key").unwrap_or(at);
+                return Err(invalid(
+                    field_at,
+                    format!("sender[{i}].dkim_private_key"),
+                    format!("{}: {e}", key.display()),
+                ));
+            }
+        }
+        for (i, z) in self.zones.iter().enumerate() {
+            if let Err(e) = std::fs::metadata(relative_to(path, z.file())) {
+                let shown = z.file().display().to_string();
+                let field_at = text
+                    .find(&shown)
+                    .or_else(|| text.find("zones"))
+                    .unwrap_or(0);
+                return Err(invalid(
+                    field_at,
+                    format!("zones[{i}]"),
+                    format!("{shown}: {e}"),
+                ));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, d) in self.domains.iter().enumerate() {
@@ -1207,18 +1233,7 @@ impl Scenario {
         // The name the MTA gives in EHLO (RFC 5321 4.1.1.1: a Domain): an independent review
         // found "" and a name with CRLF (which put a command of its own on the wire) accepted.
         if let Err(why) = host_name(&m.hostname) {
-            let at = mta_at
-                + text[mta_at..]
-                    .lines()
-                    .scan(0usize, |offset, l| {
-                        let at = *offset;
-                        *offset += l.len() + 1;
-                        Some((at, l))
-                    })
-                    .skip(1)
-                    .take_while(|(_, l)| !l.trim_start().starts_with('['))
-                    .find(|(_, l)| l.trim_start().starts_with("hostname"))
-                    .map_or(0, |(at, _)| at);
+            let at = field_in_table(text, mta_at, "hostname").unwrap_or(mta_at);
             return Err(invalid(at, "mta.hostname".into(), why));
         }
         Ok(())
@@ -1256,7 +1271,8 @@ impl Scenario {
         let last_send_s = c
             .send_interval_s
             .saturating_mul(u64::from(c.sends.saturating_sub(1)));
-        if last_send_s >= self.mta.run_time_s_max {
+        // (A run_time_s_max of 0 is refused with its own field below.)
+        if self.mta.run_time_s_max > 0 && last_send_s >= self.mta.run_time_s_max {
             return Err(at(
                 campaign_at,
                 if c.schedule.is_empty() {
@@ -1486,6 +1502,31 @@ pub fn host_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Where the line of `key` is in the table whose header is at `table_at` (before the next
+/// table's header).
+fn field_in_table(text: &str, table_at: usize, key: &str) -> Option<usize> {
+    let mut offset = table_at;
+    for (n, line) in text.get(table_at..)?.split_inclusive('\n').enumerate() {
+        let t = line.trim_start();
+        if n > 0 && t.starts_with('[') {
+            return None;
+        }
+        if t.starts_with(key) {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// A path the scenario names: relative to the scenario file, as a user writes it.
+pub(crate) fn relative_to(scenario: &Path, named: &Path) -> PathBuf {
+    match scenario.parent() {
+        Some(dir) if named.is_relative() => dir.join(named),
+        _ => named.to_path_buf(),
+    }
+}
+
 fn valid_domain(name: &str) -> bool {
     let name = name.trim_end_matches('.');
     !name.is_empty()
@@ -1588,6 +1629,20 @@ messages = 10
             let e = err(&GOOD.replace(from, to));
             assert!(e.contains(field) && e.contains("x.toml:"), "{to}: {e}");
         }
+        // Files that cannot be read, and a zero time limit, name their line and field (an
+        // independent review: the first two named no line, the third blamed campaign.sends).
+        let e = err(&GOOD.replace(
+            "domain = \"s.test\"",
+            "domain = \"s.test\"\ndkim_private_key = \"nonexistent.pem\"",
+        ));
+        assert!(
+            e.starts_with("x.toml:6: sender[0].dkim_private_key: nonexistent.pem"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("seed = 1", "seed = 1\nzones = [\"nonexistent.zone\"]"));
+        assert!(e.starts_with("x.toml:4: zones[0]: nonexistent.zone"), "{e}");
+        let e = err(&format!("{GOOD}[mta]\nrun_time_s_max = 0\n"));
+        assert!(e.contains("mta.run_time_s_max: must be positive"), "{e}");
         // The MTA's EHLO name: a CRLF in it put a command of its own on the wire, and "" made
         // every message bounce (an independent review).
         for hostname in ["a b\r\nX: y", "", "mta..test", "-mta.test"] {

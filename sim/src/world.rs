@@ -206,11 +206,7 @@ impl World {
             let key_seed = mix(scenario.seed, &format!("dkim:{i}:{}", s.domain));
             let key = match (&s.dkim_private_key, s.dkim_algorithm) {
                 (Some(path), _) => {
-                    // A relative path is relative to the scenario file, as a user writes it.
-                    let resolved = match scenario.path.parent() {
-                        Some(dir) if path.is_relative() => dir.join(path),
-                        _ => path.clone(),
-                    };
+                    let resolved = crate::scenario::relative_to(&scenario.path, path);
                     let place = || {
                         let shown = if resolved == *path {
                             path.display().to_string()
@@ -348,11 +344,7 @@ impl World {
         // The scenario's zone files, over the generated records.
         for (i, z) in scenario.zones.iter().enumerate() {
             let path = z.file();
-            // A relative path is relative to the scenario file, as a user writes it.
-            let resolved = match scenario.path.parent() {
-                Some(dir) if path.is_relative() => dir.join(path),
-                _ => path.to_path_buf(),
-            };
+            let resolved = crate::scenario::relative_to(&scenario.path, path);
             let file = fake_dns::zonefile::load(&resolved, z.origin()).map_err(|e| {
                 format!(
                     "{}: zones[{i}] = {}: {e}",
