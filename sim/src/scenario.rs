@@ -775,10 +775,7 @@ impl Scenario {
         scenario.validate(text, path)?;
         scenario.path = path.to_path_buf();
         if let Some(file) = scenario.mta.shaping.clone() {
-            let resolved = match path.parent() {
-                Some(dir) if file.is_relative() => dir.join(&file),
-                _ => file.clone(),
-            };
+            let resolved = relative_to(path, &file);
             let invalid = |message: String| ScenarioError::Invalid {
                 file: path.to_path_buf(),
                 line: text
@@ -797,10 +794,7 @@ impl Scenario {
             scenario.mta.shaping_rules = Some(std::sync::Arc::new(rules));
         }
         if let Some(t) = scenario.campaign.get_ref().html_template.clone() {
-            let resolved = match path.parent() {
-                Some(dir) if t.is_relative() => dir.join(&t),
-                _ => t.clone(),
-            };
+            let resolved = relative_to(path, &t);
             let text_of =
                 std::fs::read_to_string(&resolved).map_err(|e| ScenarioError::Invalid {
                     file: path.to_path_buf(),
@@ -811,10 +805,7 @@ impl Scenario {
             scenario.campaign.get_mut().html_template_text = Some(text_of);
         }
         if let Some(list) = scenario.campaign.get_ref().list.clone() {
-            let resolved = match path.parent() {
-                Some(dir) if list.is_relative() => dir.join(&list),
-                _ => list.clone(),
-            };
+            let resolved = relative_to(path, &list);
             let line = line_of(text, scenario.campaign.span().start);
             let invalid = |message: String| ScenarioError::Invalid {
                 file: path.to_path_buf(),
