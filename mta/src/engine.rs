@@ -349,6 +349,15 @@ pub fn verp_address(from: &str, id: u64, rcpt: &str) -> String {
     format!("bounces+{id}-{encoded}@{domain}")
 }
 
+/// The recipient a VERP return path was made for ([`verp_address`]), if it is one: the
+/// domain holds no `=`, so the last one stands for the `@`.
+pub fn verp_rcpt(addr: &str) -> Option<String> {
+    let local = addr.rsplit_once('@')?.0;
+    let (_, encoded) = local.strip_prefix("bounces+")?.split_once('-')?;
+    let (l, d) = encoded.rsplit_once('=')?;
+    (!l.is_empty() && !d.is_empty()).then(|| format!("{l}@{d}"))
+}
+
 /// The queue id in a VERP return path, if it is one.
 pub fn verp_id(addr: &str) -> Option<u64> {
     let local = addr.rsplit_once('@')?.0;

@@ -12,7 +12,7 @@ use crate::fleet::{LaterKind, LaterReport};
 use mailsim_events::{Clock, Event, EventSink};
 use mailsim_mta::Connector;
 use mailsim_mta::dns::Resolver;
-use mailsim_mta::engine::verp_id;
+use mailsim_mta::engine::{verp_id, verp_rcpt};
 use mailsim_mta::suppression::Suppression;
 use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts};
 use mailsim_smtp::server::{SessionInfo, Transaction};
@@ -379,6 +379,10 @@ impl BounceProcessor {
         }
         let found = classified.unwrap_or_else(|| mailsim_bounce::classify_message(message));
         let text = String::from_utf8_lossy(message);
+        // A report that came to a VERP return path speaks for the one recipient that path was
+        // made for: another address it names is recorded, not suppressed (an independent
+        // review: a forged DSN to the sender's MX suppressed whatever it named).
+        let verp_for = tx.rcpts.iter().find_map(|r| verp_rcpt(r));
         // DSNs come to the VERP return path; complaints name it in Original-Mail-From.
         let msg = tx.rcpts.iter().find_map(|r| verp_id(r)).or_else(|| {
             text.split(|c: char| c == '<' || c == '>' || c.is_whitespace())
@@ -400,7 +404,20 @@ impl BounceProcessor {
                 message_id: c.message_id.clone().unwrap_or_default(),
                 action: c.action.clone().unwrap_or_default(),
             });
-            if (kind == "complaint" || c.hard) && self.suppression.add(&c.recipient, &c.reason) {
+            let tied = verp_for
+                .as_ref()
+                .is_none_or(|v| v.eq_ignore_ascii_case(&c.recipient));
+            if !tied {
+                tracing::warn!(
+                    "a report to the return path of {} names {}: recorded, not suppressed",
+                    verp_for.as_deref().unwrap_or_default(),
+                    c.recipient
+                );
+            }
+            if (kind == "complaint" || c.hard)
+                && tied
+                && self.suppression.add(&c.recipient, &c.reason)
+            {
                 added.push((c.recipient.clone(), c.reason.clone()));
                 self.events.emit(Event::SuppressionAdded {
                     rcpt: c.recipient,
@@ -409,5 +426,53 @@ impl BounceProcessor {
             }
         }
         added
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailsim_events::{EventLog, SystemClock};
+
+    /// A report that came to a VERP return path suppresses the recipient that path was made
+    /// for, and only that one (an independent review: a forged DSN to the sender's MX put
+    /// whatever addresses it named on the suppression list).
+    #[test]
+    fn a_report_to_a_verp_path_suppresses_its_own_recipient_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::create(&dir.path().join("events.log"), Arc::new(SystemClock)).unwrap();
+        let processor = BounceProcessor {
+            events: log.sink(),
+            suppression: Arc::new(Suppression::in_memory()),
+        };
+        let verp = mailsim_mta::engine::verp_address("news@s.test", 7, "ann@x.test");
+        assert_eq!(verp_rcpt(&verp).as_deref(), Some("ann@x.test"));
+        let dsn = "From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nUndeliverable.\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x.test\r\n\r\nFinal-Recipient: rfc822; ann@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\nFinal-Recipient: rfc822; vip@gmail.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n";
+        let info = SessionInfo::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:25".parse().unwrap(),
+        );
+        let tx = Transaction {
+            mail_from: String::new(),
+            rcpts: vec![verp],
+        };
+        let added = processor.process(&info, &tx, dsn.as_bytes());
+        assert_eq!(
+            added,
+            [("ann@x.test".to_string(), "userunknown".to_string())]
+        );
+        assert!(processor.suppression.reason("vip@gmail.test").is_none());
+        // Without VERP (the daemon's MX) a report is taken as it comes, as the README says.
+        let plain = Transaction {
+            mail_from: String::new(),
+            rcpts: vec!["bounces@s.test".into()],
+        };
+        let added = processor.process(&info, &plain, dsn.as_bytes());
+        assert_eq!(
+            added,
+            [("vip@gmail.test".to_string(), "userunknown".to_string())]
+        );
+        log.close().unwrap();
     }
 }
