@@ -919,21 +919,29 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
     if !findings.is_empty() {
         let n = findings.len();
         // Every recipient without a diagnostic takes the prose about it (the whole prose when
-        // it is not named there) and has the whole prose as context: the text read for one
-        // report is bounded (PROSE_BYTES_MAX over its recipients, at least 4 KB each), so that
-        // a report naming thousands of recipients next to a long text costs what a real one
-        // does (an independent review: 3,000 recipients beside 1 MB of text took 3 GB).
-        let budget = (PROSE_BYTES_MAX / n).max(4096);
-        let human = &human[..floor_char_boundary(&human, budget)];
+        // it is not named there) and has the whole prose as context; one with a diagnostic has
+        // the prose about it as context. The text read for one report is bounded
+        // (PROSE_BYTES_MAX over its recipients, at least 1 KB each) and a whole text is shared,
+        // so that a report naming thousands of recipients next to a long text costs what a
+        // real one does (an independent review: 3,000 recipients beside 1 MB of text took 3 GB).
+        let budget = (PROSE_BYTES_MAX / n).max(1024);
+        let human = &human[..human.floor_char_boundary(budget)];
         let shared: std::sync::Arc<str> = human.into();
+        let glossless = std::cell::OnceCell::<std::sync::Arc<str>>::new();
         let mentions = Mentions::new(human, &findings);
         for (i, f) in findings.iter_mut().enumerate() {
             let segment = mentions.segment(human, i);
-            if f.diagnostic.trim().is_empty() {
-                f.diagnostic = segment;
-                f.context = shared.clone();
-            } else {
-                f.context = without_gloss(segment).into();
+            match (f.diagnostic.trim().is_empty(), segment) {
+                (true, segment) => {
+                    f.diagnostic = segment.unwrap_or_else(|| human.to_string());
+                    f.context = shared.clone();
+                }
+                (false, Some(segment)) => f.context = without_gloss(segment).into(),
+                (false, None) => {
+                    f.context = glossless
+                        .get_or_init(|| without_gloss(human.to_string()).into())
+                        .clone();
+                }
             }
             if f.command.is_none() {
                 f.command = command_in(&f.diagnostic).or_else(|| command_in(&f.context));
@@ -976,14 +984,6 @@ fn extract_from(m: &Message, depth: usize) -> Option<Extracted> {
 /// How much prose a report's recipients read in all (see the use).
 const PROSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// The largest char boundary of `s` at or below `at`.
-fn floor_char_boundary(s: &str, at: usize) -> usize {
-    if at >= s.len() {
-        return s.len();
-    }
-    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
-}
-
 /// Where each recipient of a report is named in its prose (case-insensitive), found once for
 /// all: per recipient a search of the text, not one per pair of recipients (the pairs made a
 /// report of 2,000 recipients take minutes).
@@ -992,6 +992,8 @@ struct Mentions {
     id: Vec<usize>,
     /// Every mention of every recipient: (offset, recipient number), by offset.
     all: Vec<(usize, usize)>,
+    /// Each recipient number's mentions, by offset.
+    of: Vec<Vec<usize>>,
 }
 
 impl Mentions {
@@ -1011,20 +1013,25 @@ impl Mentions {
             .flat_map(|(r, &n)| lower.match_indices(r.as_str()).map(move |(p, _)| (p, n)))
             .collect();
         all.sort_unstable();
-        Mentions { id, all }
+        let mut of = vec![Vec::new(); ids.len()];
+        for &(p, n) in &all {
+            of[n].push(p);
+        }
+        Mentions { id, all, of }
     }
 
     /// The prose about recipient `i`: every stretch from a mention of it to the next mention of
     /// another recipient (a bounce often lists the addresses first and explains them later);
-    /// the whole text when it is not named.
-    fn segment(&self, text: &str, i: usize) -> String {
+    /// None when it is not named.
+    fn segment(&self, text: &str, i: usize) -> Option<String> {
         let me = self.id[i];
-        let mine = self.all.iter().filter(|(_, n)| *n == me).map(|(p, _)| *p);
+        let mine = &self.of[me];
+        if mine.is_empty() {
+            return None;
+        }
         let mut out = String::new();
         let mut covered = 0;
-        let mut named = false;
-        for at in mine {
-            named = true;
+        for &at in mine {
             if at < covered {
                 continue;
             }
@@ -1045,7 +1052,7 @@ impl Mentions {
             out.push('\n');
             covered = end;
         }
-        if named { out } else { text.to_string() }
+        Some(out)
     }
 }
 
