@@ -56,60 +56,45 @@ pub fn classify_message(raw: &[u8]) -> Vec<Classified> {
     let Some(x) = extract::extract(raw) else {
         return Vec::new();
     };
-    // The previous recipient's evidence and what it gave: the recipients of a report often
-    // share their evidence whole (the same status, prose and context), and it is read once.
-    type Evidence = (
-        Option<String>,
-        String,
-        std::sync::Arc<str>,
-        Option<String>,
-        Option<String>,
-        Option<u16>,
-        Option<String>,
-    );
-    let mut last: Option<(Evidence, (&'static str, &'static str))> = None;
+    // What the evidence of each recipient says, read once for a run of recipients with the
+    // same evidence (the recipients of a report often share it whole: the same status, prose
+    // and context).
+    let same_evidence = |a: &extract::Finding, b: &extract::Finding| {
+        a.status == b.status
+            && a.diagnostic == b.diagnostic
+            && (std::sync::Arc::ptr_eq(&a.context, &b.context) || a.context == b.context)
+            && a.command == b.command
+            && a.action == b.action
+            && a.reply_code == b.reply_code
+            && a.remote_mta == b.remote_mta
+    };
+    let mut decided: Vec<(Option<&'static str>, &'static str, &'static str)> =
+        Vec::with_capacity(x.findings.len());
+    for (i, f) in x.findings.iter().enumerate() {
+        let remote = origin::remote(f.remote_mta.as_deref(), &f.diagnostic);
+        let (reason, why) = match x.kind {
+            extract::Kind::Feedback => ("feedback", "feedback report"),
+            extract::Kind::Vacation => ("vacation", "auto-reply"),
+            extract::Kind::Bounce if i > 0 && same_evidence(&x.findings[i - 1], f) => {
+                (decided[i - 1].1, decided[i - 1].2)
+            }
+            extract::Kind::Bounce => reason::explain(&reason::Evidence {
+                status: f.status.as_deref(),
+                diagnostic: &f.diagnostic,
+                context: &f.context,
+                command: f.command.as_deref(),
+                action: f.action.as_deref(),
+                reply_code: f.reply_code,
+                remote,
+                writer: x.writer,
+            }),
+        };
+        decided.push((remote, reason, why));
+    }
     x.findings
         .into_iter()
-        .map(|f| {
-            let remote = origin::remote(f.remote_mta.as_deref(), &f.diagnostic);
-            let evidence = |f: &extract::Finding| -> Evidence {
-                (
-                    f.status.clone(),
-                    f.diagnostic.clone(),
-                    f.context.clone(),
-                    f.command.clone(),
-                    f.action.clone(),
-                    f.reply_code,
-                    f.remote_mta.clone(),
-                )
-            };
-            let same = last.as_ref().is_some_and(|(e, _)| {
-                e.0 == f.status
-                    && e.1 == f.diagnostic
-                    && (std::sync::Arc::ptr_eq(&e.2, &f.context) || e.2 == f.context)
-                    && e.3 == f.command
-                    && e.4 == f.action
-                    && e.5 == f.reply_code
-                    && e.6 == f.remote_mta
-            });
-            let (reason, why) = match (x.kind, &last) {
-                (extract::Kind::Bounce, Some((_, decided))) if same => *decided,
-                (extract::Kind::Feedback, _) => ("feedback", "feedback report"),
-                (extract::Kind::Vacation, _) => ("vacation", "auto-reply"),
-                (extract::Kind::Bounce, _) => reason::explain(&reason::Evidence {
-                    status: f.status.as_deref(),
-                    diagnostic: &f.diagnostic,
-                    context: &f.context,
-                    command: f.command.as_deref(),
-                    action: f.action.as_deref(),
-                    reply_code: f.reply_code,
-                    remote,
-                    writer: x.writer,
-                }),
-            };
-            if x.kind == extract::Kind::Bounce && !same {
-                last = Some((evidence(&f), (reason, why)));
-            }
+        .zip(decided)
+        .map(|(f, (remote, reason, why))| {
             let (reason, why) = match remote_host_reason(remote, &f.diagnostic) {
                 Some(r) => (r, "remote host"),
                 None => (reason, why),
