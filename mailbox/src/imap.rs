@@ -1815,6 +1815,25 @@ mod tests {
         );
     }
 
+    /// Step the session as its shell does until it needs input, each output taken as it would
+    /// be sent and checked to be under `bound`; all the output, and how many flushes.
+    fn drain_bounded(s: &mut Session, bound: usize) -> (String, usize) {
+        let (mut all, mut flushes) = (String::new(), 0);
+        loop {
+            let step = s.step();
+            let out = String::from_utf8(s.take_output()).unwrap();
+            assert!(out.len() < bound, "{}", out.len());
+            all.push_str(&out);
+            match step {
+                Step::Flush => flushes += 1,
+                other => {
+                    assert_eq!(other, Step::NeedInput);
+                    return (all, flushes);
+                }
+            }
+        }
+    }
+
     /// Commands pipelined by a client that does not read are answered a bounded amount at a
     /// time ([`Step::Flush`] once the unsent output passes [`OUTPUT_PENDING_MAX`]): 800 FETCHes
     /// of a 1 MB message held 1.2 GB before.
@@ -1838,25 +1857,8 @@ mod tests {
             pipelined.push_str(&format!("f{i} FETCH 1 BODY.PEEK[]\r\n"));
         }
         s.feed(pipelined.as_bytes());
-        let (mut answered, mut flushes) = (0, 0);
-        loop {
-            let step = s.step();
-            let out = String::from_utf8(s.take_output()).unwrap();
-            assert!(
-                out.len() < OUTPUT_PENDING_MAX + body.len() + 200,
-                "{}",
-                out.len()
-            );
-            answered += out.matches(" OK Fetch completed").count();
-            match step {
-                Step::Flush => flushes += 1,
-                other => {
-                    assert_eq!(other, Step::NeedInput);
-                    break;
-                }
-            }
-        }
-        assert_eq!(answered, 40);
+        let (all, flushes) = drain_bounded(&mut s, OUTPUT_PENDING_MAX + body.len() + 200);
+        assert_eq!(all.matches(" OK Fetch completed").count(), 40);
         assert!(flushes >= 10, "{flushes}");
 
         // One FETCH of many messages is answered a part at a time too, its tagged answer last.
@@ -1868,26 +1870,8 @@ mod tests {
             assert!(r.contains(&format!("a{i} OK")), "{r}");
         }
         s.feed(b"g FETCH 1:* (UID BODY.PEEK[])\r\nh NOOP\r\n");
-        let (mut fetched, mut flushes, mut all) = (0, 0, String::new());
-        loop {
-            let step = s.step();
-            let out = String::from_utf8(s.take_output()).unwrap();
-            assert!(
-                out.len() < OUTPUT_PENDING_MAX + body.len() + 200,
-                "{}",
-                out.len()
-            );
-            fetched += out.matches(" FETCH (UID ").count();
-            all.push_str(&out);
-            match step {
-                Step::Flush => flushes += 1,
-                other => {
-                    assert_eq!(other, Step::NeedInput);
-                    break;
-                }
-            }
-        }
-        assert_eq!(fetched, 40);
+        let (all, flushes) = drain_bounded(&mut s, OUTPUT_PENDING_MAX + body.len() + 200);
+        assert_eq!(all.matches(" FETCH (UID ").count(), 40);
         assert!(flushes >= 10, "{flushes}");
         let done = all.find("g OK Fetch completed.").expect("tagged");
         assert!(
