@@ -164,6 +164,18 @@ fn read_deadline<P: Protocol>(
     deadline
 }
 
+/// End a session on a timer: its goodbye for `why`, sent within the command timeout.
+async fn timed_out<S, P>(mut stream: S, session: &mut P, ctx: &Context, why: Timeout) -> End<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    P: Protocol,
+{
+    session.timed_out(why);
+    let _ = send_within(&mut stream, &session.take_output(), ctx.timeouts.command).await;
+    let _ = stream.shutdown().await;
+    End::Closed
+}
+
 async fn drive<S, P>(
     mut stream: S,
     session: &mut P,
@@ -196,14 +208,7 @@ where
                 match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => session.feed(&buf[..n]),
                     Ok(_) => return End::Closed,
-                    Err(_) => {
-                        session.timed_out(why);
-                        let _ =
-                            send_within(&mut stream, &session.take_output(), ctx.timeouts.command)
-                                .await;
-                        let _ = stream.shutdown().await;
-                        return End::Closed;
-                    }
+                    Err(_) => return timed_out(stream, session, ctx, why).await,
                 }
             }
             Step::Authenticate { login, password } => {
@@ -233,13 +238,7 @@ where
                                 session.feed(&buf[..n]);
                             }
                             Ok(_) => return End::Closed,
-                            Err(_) => {
-                                session.timed_out(Timeout::Idle);
-                                let out = session.take_output();
-                                let _ = send_within(&mut stream, &out, ctx.timeouts.command).await;
-                                let _ = stream.shutdown().await;
-                                return End::Closed;
-                            }
+                            Err(_) => return timed_out(stream, session, ctx, Timeout::Idle).await,
                         }
                     }
                     _ = changed => session.idle_poll(),
