@@ -175,6 +175,14 @@ impl Lookups for HickoryResolver {
 
 impl<L: Lookups> Resolver for L {
     async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
+        // RFC 5321 section 5.1: an address literal is the address to deliver to, without DNS.
+        if let Some(ip) = mailsim_smtp::server::address_literal(domain) {
+            return Ok(vec![MxHost {
+                name: domain.to_string(),
+                preference: 0,
+                addrs: vec![ip],
+            }]);
+        }
         let mx = match self.mx(domain).await {
             Answer::Records(mut hosts) => {
                 hosts.sort();

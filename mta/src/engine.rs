@@ -1575,7 +1575,9 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     /// and none means delivery as without MTA-STS.
     async fn sts_policy(&self, domain: &str) -> Option<Arc<StsPolicy>> {
         let inner = &self.inner;
-        if !inner.cfg.mta_sts {
+        // An address literal names no domain to publish a policy (RFC 8461 section 4.1 reads
+        // the recipient's domain).
+        if !inner.cfg.mta_sts || mailsim_smtp::server::address_literal(domain).is_some() {
             return None;
         }
         // (the policy while it applies, whether the entry is fresh, its expiry): an entry is

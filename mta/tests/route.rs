@@ -82,3 +82,22 @@ async fn routes_follow_dns() {
     );
     server.shutdown().await;
 }
+
+/// RFC 5321 section 5.1: an address literal is the route itself; the DNS (which holds no such
+/// name) is not asked.
+#[tokio::test]
+async fn an_address_literal_routes_to_its_address() {
+    let server = DnsServer::start(&ZoneSet::new(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let r = HickoryResolver::new(fake_dns::resolver_for(server.addr())).unwrap();
+    for (domain, ip) in [
+        ("[127.0.0.7]", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7))),
+        ("[IPv6:::1]", IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+    ] {
+        let hosts = r.route(domain).await.unwrap();
+        assert_eq!(hosts.len(), 1, "{domain}");
+        assert_eq!(hosts[0].addrs, vec![ip], "{domain}");
+    }
+    assert!(r.route("[300.0.0.1]").await.is_err());
+}

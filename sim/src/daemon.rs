@@ -190,10 +190,9 @@ fn is_unsubscribe_address(rcpt: &str) -> bool {
 
 /// Any address with a local part and a dotted domain is taken (the daemons relay or read it).
 fn rcpt_reply(rcpt: &str) -> Reply {
-    if rcpt
-        .rsplit_once('@')
-        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-    {
+    if rcpt.rsplit_once('@').is_some_and(|(l, d)| {
+        !l.is_empty() && (d.contains('.') || mailsim_smtp::server::address_literal(d).is_some())
+    }) {
         Reply::new(250, (2, 1, 5), "recipient OK")
     } else {
         Reply::new(501, (5, 1, 3), "bad recipient address")

@@ -702,10 +702,21 @@ impl<'c> Session<'c> {
         let cfg = self.cfg;
         let out = &mut self.out;
         let mut with_crlf = Vec::with_capacity(line.len() + 2);
-        with_crlf.extend_from_slice(line);
+        // smtp-proto reads no address literal (RFC 5321 section 4.1.3): a valid one is read in
+        // a placeholder's stead and put back after.
+        let literal = match literal_hidden(line) {
+            Some((hidden, literal)) => {
+                with_crlf.extend_from_slice(&hidden);
+                Some(literal)
+            }
+            None => {
+                with_crlf.extend_from_slice(line);
+                None
+            }
+        };
         with_crlf.extend_from_slice(b"\r\n");
         let request = match Request::parse(&mut with_crlf.iter()) {
-            Ok(r) => r.into_owned(),
+            Ok(r) => with_literal(r.into_owned(), literal),
             Err(smtp_proto::Error::UnknownCommand) => {
                 Reply::new(500, (5, 5, 2), "command not recognized").write_to(out);
                 return Flow::Continue;
@@ -1074,6 +1085,98 @@ fn unoffered_mail_parameter(from: &smtp_proto::MailFrom<String>) -> Option<&'sta
     }
 }
 
+/// The domain smtp-proto reads in an address literal's stead (`.invalid`: RFC 2606, no real
+/// domain).
+const LITERAL_PLACEHOLDER: &str = "address-literal.invalid";
+
+/// The address a literal domain names (RFC 5321 section 4.1.3): `[192.0.2.1]` or
+/// `[IPv6:2001:db8::1]` (the tag in any case). None for anything else, the general form with
+/// another tag included: no other tag is registered.
+pub fn address_literal(domain: &str) -> Option<std::net::IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    match inner.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..]
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(std::net::IpAddr::V6),
+        _ => inner
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(std::net::IpAddr::V4),
+    }
+}
+
+/// A MAIL or RCPT line whose path ends in a valid address literal, with the literal replaced by
+/// [`LITERAL_PLACEHOLDER`]; and the literal. None for any other line (an invalid literal is
+/// left for smtp-proto to refuse).
+fn literal_hidden(line: &[u8]) -> Option<(Vec<u8>, String)> {
+    let verb = line.get(..4)?;
+    if !verb.eq_ignore_ascii_case(b"MAIL") && !verb.eq_ignore_ascii_case(b"RCPT") {
+        return None;
+    }
+    let open = line.iter().position(|&b| b == b'<')?;
+    let close = open + line[open..].iter().position(|&b| b == b'>')?;
+    let path = &line[open + 1..close];
+    let at = path.iter().rposition(|&b| b == b'@')?;
+    let domain = std::str::from_utf8(&path[at + 1..]).ok()?;
+    address_literal(domain)?;
+    let mut hidden = Vec::with_capacity(line.len() + LITERAL_PLACEHOLDER.len());
+    hidden.extend_from_slice(&line[..open + 1 + at + 1]);
+    hidden.extend_from_slice(LITERAL_PLACEHOLDER.as_bytes());
+    hidden.extend_from_slice(&line[close..]);
+    Some((hidden, domain.to_string()))
+}
+
+/// `request` as the backend is asked it: the address literal [`literal_hidden`] took out put
+/// back, and a local part that is no dot-string quoted again (smtp-proto takes the quotes off
+/// `"a b"@x.test`, which written as it reads, `a b@x.test`, is no address).
+fn with_literal(request: Request<String>, literal: Option<String>) -> Request<String> {
+    let restore = |address: &mut String| {
+        if let Some(literal) = &literal
+            && let Some(local) = address.strip_suffix(LITERAL_PLACEHOLDER)
+        {
+            *address = format!("{local}{literal}");
+        }
+        if let Some((local, domain)) = address.rsplit_once('@')
+            && !is_dot_string(local)
+        {
+            let mut quoted = String::with_capacity(address.len() + 4);
+            quoted.push('"');
+            for c in local.chars() {
+                if c == '"' || c == '\\' {
+                    quoted.push('\\');
+                }
+                quoted.push(c);
+            }
+            quoted.push_str("\"@");
+            quoted.push_str(domain);
+            *address = quoted;
+        }
+    };
+    match request {
+        Request::Mail { mut from } => {
+            restore(&mut from.address);
+            Request::Mail { from }
+        }
+        Request::Rcpt { mut to } => {
+            restore(&mut to.address);
+            Request::Rcpt { to }
+        }
+        other => other,
+    }
+}
+
+/// RFC 5321 section 4.1.2's Dot-string: atoms of atext (RFC 5322 section 3.2.3; any non-ASCII
+/// character too, as RFC 6531 allows) joined by single dots.
+fn is_dot_string(local: &str) -> bool {
+    local.split('.').all(|atom| {
+        !atom.is_empty()
+            && atom.chars().all(|c| {
+                !c.is_ascii() || c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+            })
+    })
+}
+
 /// RFC 5321 section 4.1.2: `Local-part "@" ( Domain / address-literal )`, both parts present
 /// (smtp-proto lets `a@` through).
 fn is_mailbox(address: &str) -> bool {
@@ -1398,6 +1501,46 @@ mod tests {
         s.feed(b"OP\r\nQUIT\r\n");
         assert!(matches!(s.next(t10), Action::Close));
         assert_eq!(s.output(), b"250 2.0.0 OK\r\n221 2.0.0 mx.test closing\r\n");
+    }
+
+    /// RFC 5321 section 4.1.3: a path may end in an address literal, IPv4 or IPv6; the
+    /// backend is asked with the literal as the client wrote it. A literal that is not one is
+    /// bad syntax.
+    #[test]
+    fn address_literals_are_read() {
+        let cfg = ServerConfig::default();
+        let mut s = Session::new(session_info(), &cfg);
+        drive(&mut s, b"EHLO c.test\r\n");
+        s.feed(b"MAIL FROM:<a@[192.0.2.1]> SIZE=10\r\n");
+        match s.next(Duration::ZERO) {
+            Action::Ask(Question::Mail { from }) => assert_eq!(from, "a@[192.0.2.1]"),
+            other => panic!("{other:?}"),
+        }
+        s.answer(Reply::new(250, (2, 1, 0), "ok"));
+        drive(&mut s, b"");
+        for (rcpt, want) in [
+            ("<b@[127.0.0.1]>", "b@[127.0.0.1]"),
+            ("<\"c d\"@[ipv6:2001:db8::1]>", "\"c d\"@[ipv6:2001:db8::1]"),
+            ("<\"e\\\\\\\"f\"@x.test>", "\"e\\\\\\\"f\"@x.test"),
+            ("<g.h@x.test>", "g.h@x.test"),
+        ] {
+            s.feed(format!("RCPT TO:{rcpt}\r\n").as_bytes());
+            match s.next(Duration::ZERO) {
+                Action::Ask(Question::Rcpt { rcpt: to }) => assert_eq!(to, want),
+                other => panic!("{rcpt}: {other:?}"),
+            }
+            s.answer(Reply::new(250, (2, 1, 5), "ok"));
+            drive(&mut s, b"");
+        }
+        for bad in ["<e@[300.1.1.1]>", "<e@[IPv6:zz]>", "<e@[Tag:x]>", "<e@[]>"] {
+            let r = drive(&mut s, format!("RCPT TO:{bad}\r\n").as_bytes());
+            assert!(r.starts_with("501 5.1.3"), "{bad}: {r}");
+        }
+        assert_eq!(
+            address_literal("[IPv6:::1]"),
+            Some(std::net::Ipv6Addr::LOCALHOST.into())
+        );
+        assert_eq!(address_literal("192.0.2.1"), None);
     }
 
     #[test]
