@@ -489,10 +489,14 @@ pub async fn check_host<D: SpfDns>(dns: &D, r: &Request<'_>) -> Outcome {
     }
 }
 
-/// Section 4.3: a name that can be a host's (labels of 1 to 63 octets, at least two labels).
+/// Section 4.3: a name that can be a host's (labels of 1 to 63 octets, at least two labels);
+/// an address literal (`MAIL FROM:<a@[192.0.2.1]>`, RFC 5321 section 4.1.3) is none.
 fn valid_domain(d: &str) -> bool {
     let d = d.strip_suffix('.').unwrap_or(d);
-    d.len() <= 253 && d.contains('.') && d.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+    d.len() <= 253
+        && d.contains('.')
+        && !d.starts_with('[')
+        && d.split('.').all(|l| !l.is_empty() && l.len() <= 63)
 }
 
 type Step = (SpfResult, String, Option<String>);
@@ -972,6 +976,11 @@ mod tests {
         }
         assert!(!is_spf1("v=spf10"));
         assert!(is_spf1("V=SPF1"));
+        // Section 4.3: an address literal is no domain to ask (the result is none).
+        assert!(valid_domain("mail.example.com"));
+        for bad in ["[192.0.2.1]", "[IPv6:2001:db8::1]", "example", "a..example"] {
+            assert!(!valid_domain(bad), "{bad}");
+        }
     }
 
     #[test]
