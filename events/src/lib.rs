@@ -19,7 +19,7 @@ pub mod schema;
 pub use clock::{Clock, RuntimeClock, SystemClock};
 pub use log::{
     Damage, Durability, EventLog, EventSink, Format, LogError, LogReader, LogTail, Observer,
-    RepairReport, convert, read_log, repair,
+    RepairReport, check_sequence, convert, read_log, repair,
 };
 pub use schema::{
     Event, HasShape, Kind, PayloadError, Record, Reply, SCHEMA_VERSION, Shape, SmtpReply,

@@ -428,6 +428,31 @@ pub struct LogReader {
     pub format: Format,
     buf: Vec<u8>,
     done: bool,
+    /// The last record's `seq`, to hold the next one to follow it.
+    last_seq: Option<u64>,
+}
+
+/// The error for a record whose `seq` does not follow the one before it: every writer numbers
+/// its records one after another (a collected run's too), so a record met again (a log
+/// appended to itself, frames copied twice) or out of order is damage, never counted twice.
+pub fn check_sequence(
+    path: &Path,
+    last: Option<u64>,
+    seq: u64,
+    record: u64,
+    offset: u64,
+) -> Result<(), LogError> {
+    match last {
+        Some(last) if seq <= last => Err(LogError::BadRecord {
+            path: path.to_path_buf(),
+            record,
+            offset,
+            message: format!(
+                "its seq {seq} does not follow the record before it ({last}): a record repeated or out of order"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// What the frame at the reader's position is.
@@ -464,6 +489,7 @@ impl LogReader {
             format,
             buf: Vec::new(),
             done: false,
+            last_seq: None,
         })
     }
 
@@ -705,7 +731,7 @@ impl Iterator for LogReader {
             Err(e) => return Some(Err(e)),
             Ok(Some((start, frame))) => (start, Record::from_payload(frame)),
         };
-        Some(decoded.map_err(|e| {
+        let record = decoded.map_err(|e| {
             // The checksum matched, so this is a schema mismatch, not a torn write.
             LogError::BadRecord {
                 path: self.path.clone(),
@@ -713,6 +739,11 @@ impl Iterator for LogReader {
                 offset: start,
                 message: e.to_string(),
             }
+        });
+        Some(record.and_then(|r| {
+            check_sequence(&self.path, self.last_seq, r.seq, self.records, start)?;
+            self.last_seq = Some(r.seq);
+            Ok(r)
         }))
     }
 }

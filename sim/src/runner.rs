@@ -799,28 +799,41 @@ struct RawBatch {
 }
 
 impl RawBatch {
-    fn decode(self, path: &Path) -> Result<Vec<mailsim_events::Record>, mailsim_events::LogError> {
+    /// The batch's records, each following the one before it, with the number and offset of
+    /// its first (for the check against the batch before).
+    fn decode(self, path: &Path) -> Result<Decoded, mailsim_events::LogError> {
         let mut start = 0;
         let mut out = Vec::with_capacity(self.frames.len());
+        let first = self.frames.first().map_or((0, 0), |f| (f.1, f.2));
         for (end, record, offset) in self.frames {
             let payload = &self.bytes[start..end];
             start = end;
-            out.push(mailsim_events::Record::from_payload(payload).map_err(|e| {
+            let r = mailsim_events::Record::from_payload(payload).map_err(|e| {
                 mailsim_events::LogError::BadRecord {
                     path: path.to_path_buf(),
                     record,
                     offset,
                     message: e.to_string(),
                 }
-            })?);
+            })?;
+            mailsim_events::check_sequence(
+                path,
+                out.last().map(|l: &mailsim_events::Record| l.seq),
+                r.seq,
+                record,
+                offset,
+            )?;
+            out.push(r);
         }
-        Ok(out)
+        Ok((out, first))
     }
 }
 
+/// A batch's records, and its first record's number and offset.
+type Decoded = (Vec<mailsim_events::Record>, (u64, u64));
+
 /// One batch's records, or why not, from the thread that decoded it.
-type DecodedBatch =
-    std::sync::mpsc::Receiver<Result<Vec<mailsim_events::Record>, mailsim_events::LogError>>;
+type DecodedBatch = std::sync::mpsc::Receiver<Result<Decoded, mailsim_events::LogError>>;
 
 /// `fold` over the records of the log at `path`. One thread reads the frames (checksums
 /// checked) in batches, the batches are decoded on the other cores, and this thread folds them
@@ -834,7 +847,7 @@ fn fold_log_with<T>(
     use std::sync::{Arc as SharedArc, Mutex};
     type Job = (
         RawBatch,
-        SyncSender<Result<Vec<mailsim_events::Record>, mailsim_events::LogError>>,
+        SyncSender<Result<Decoded, mailsim_events::LogError>>,
     );
     let mut reader = LogReader::open(path)?;
     let decoders = std::thread::available_parallelism()
@@ -902,11 +915,23 @@ fn fold_log_with<T>(
             })?;
         // The first decoding error ends the records; it is the result.
         let mut failed = None;
+        let mut last_seq = None;
         let folded = {
             let mut records = answers
                 .iter()
                 .map_while(|answer| match answer.recv() {
-                    Ok(Ok(records)) => Some(records),
+                    Ok(Ok((records, (record, offset)))) => {
+                        // Each batch is in order; its first record follows the last batch's.
+                        let first = records.first().map_or(0, |r| r.seq);
+                        if let Err(e) =
+                            mailsim_events::check_sequence(path, last_seq, first, record, offset)
+                        {
+                            failed = Some(anyhow::Error::from(e));
+                            return None;
+                        }
+                        last_seq = records.last().map(|r| r.seq).or(last_seq);
+                        Some(records)
+                    }
                     Ok(Err(e)) => {
                         failed = Some(anyhow::Error::from(e));
                         None

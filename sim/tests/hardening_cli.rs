@@ -130,6 +130,54 @@ fn damage_in_the_middle_is_refused_with_the_place_and_repair_keeps_the_rest() {
     assert_eq!(text(&o).0, salvaged);
 }
 
+/// A frame copied twice (its checksum right, its record met again) is damage, not a second
+/// event: `replay` counted a bounce twice in its reasons (an independent review). `events` and
+/// `replay` refuse it with the record's place.
+#[test]
+fn a_record_met_twice_is_refused_with_its_place_not_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run_dir, out) = run(dir.path(), "a", SCENARIO);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let log = run_dir.join("events.log");
+    let bytes = std::fs::read(&log).unwrap();
+    // The frames (12-byte header; each frame a 4-byte length, a 4-byte CRC, the payload).
+    let mut frames = Vec::new();
+    let mut at = 12;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        frames.push(at..at + 8 + len);
+        at += 8 + len;
+    }
+    // The middle frame written again right after itself, and (a second log) at the end.
+    let middle = frames[frames.len() / 2].clone();
+    let mut twice = bytes[..middle.end].to_vec();
+    twice.extend_from_slice(&bytes[middle.clone()]);
+    twice.extend_from_slice(&bytes[middle.end..]);
+    let record = frames.len() / 2 + 2;
+    for (name, damaged, record) in [
+        ("middle", twice, record),
+        (
+            "end",
+            [&bytes[..], &bytes[middle]].concat(),
+            frames.len() + 1,
+        ),
+    ] {
+        std::fs::write(&log, &damaged).unwrap();
+        for cmd in [vec!["events", s(&run_dir)], vec!["replay", s(&run_dir)]] {
+            let o = mailsim(&cmd);
+            let (_, err) = text(&o);
+            assert!(!o.status.success(), "{name} {cmd:?}: accepted");
+            assert!(
+                err.contains(&format!("record {record} "))
+                    && err.contains("repeated or out of order"),
+                "{name} {cmd:?}: {err}"
+            );
+        }
+    }
+    std::fs::write(&log, &bytes).unwrap();
+    assert!(mailsim(&["replay", s(&run_dir)]).status.success());
+}
+
 /// Item 6: a frame whose checksum is right but whose event type this build does not know is
 /// refused by `report` as by `events`.
 #[test]
