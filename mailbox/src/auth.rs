@@ -348,6 +348,11 @@ impl Verifier {
                 header,
             };
         };
+        // RFC 6376 section 6.1: verifiers may limit the signatures they try; each costs a key
+        // lookup, and a message can carry thousands (an independent review: 3,000 took 6 s).
+        // The first (the newest) are kept.
+        let mut parsed = parsed;
+        parsed.dkim_headers.truncate(DKIM_SIGNATURES_MAX);
         let dkim = self.auth.verify_dkim(self.with_caches(&parsed)).await;
         // A body hash that does not match is a failed verification (RFC 6376 section 6.1.3:
         // PERMFAIL, "body hash did not verify"; RFC 8601 section 2.7.1: dkim=fail), which
@@ -410,6 +415,39 @@ impl Verifier {
                     .with_signature(sig);
             }
         }
+        // A signature whose tag list names a tag twice is invalid (RFC 6376 section 3.2: a
+        // verifier reading the first d= would credit another domain than one reading the last),
+        // and one whose h= leaves out From must be ignored (section 5.4 and 6.1.1: PERMFAIL);
+        // mail-auth 0.13 takes both.
+        for d in checked_dkim.iter_mut() {
+            let Some(header) = d.signature().and_then(|sig| {
+                parsed
+                    .dkim_headers
+                    .iter()
+                    .find(|h| std::ptr::eq(&h.header, sig))
+            }) else {
+                continue;
+            };
+            let problem = match crate::tags::tag_list(&String::from_utf8_lossy(header.value)) {
+                Err(e) => format!(
+                    "{REFUSED_SIGNATURE} its tag list is invalid: {e} (RFC 6376 section 3.2)"
+                ),
+                Ok(_)
+                    if !header
+                        .header
+                        .h
+                        .iter()
+                        .any(|h| h.trim().eq_ignore_ascii_case("from")) =>
+                {
+                    format!(
+                        "{REFUSED_SIGNATURE} it does not sign From (h=), which RFC 6376 section 5.4 requires (section 6.1.1: PERMFAIL)"
+                    )
+                }
+                Ok(_) => continue,
+            };
+            *d = DkimOutput::perm_err(mail_auth::Error::Crypto(CryptoError::Library(problem)))
+                .with_signature(&header.header);
+        }
         let dkim = checked_dkim;
         // ARC (RFC 8617) only where the message carries it: no clause otherwise.
         let arc = if parsed.as_headers.is_empty()
@@ -423,15 +461,29 @@ impl Verifier {
                 &parsed,
             ))
         };
-        let dmarc = self
-            .auth
-            .verify_dmarc(self.with_caches(DmarcParameters::new(
-                &parsed,
-                &dkim,
-                &mail_from_domain,
-                &spf,
-            )))
-            .await;
+        // A message without exactly one From field, or whose From names several domains, has
+        // no one author domain: mail-auth exempts it from DMARC, which let a second From (or a
+        // second address) carry a p=reject domain's name past it (an independent review).
+        // RFC 7489 section 6.6.1: such messages are rejected; here a permerror, which fails.
+        let author_problem = author_problem(&parsed);
+        let dmarc = match &author_problem {
+            Some(_) => {
+                let refused = || DmarcResult::PermError(mail_auth::Error::ParseError);
+                mail_auth::DmarcOutput::default()
+                    .with_spf_result(refused())
+                    .with_dkim_result(refused())
+            }
+            None => {
+                self.auth
+                    .verify_dmarc(self.with_caches(DmarcParameters::new(
+                        &parsed,
+                        &dkim,
+                        &mail_from_domain,
+                        &spf,
+                    )))
+                    .await
+            }
+        };
         let header_from = Some(parsed.from())
             .and_then(|f| f.rsplit_once('@'))
             .map(|(_, d)| d.to_ascii_lowercase())
@@ -481,7 +533,13 @@ impl Verifier {
         let detail = Detail {
             spf: spf_detail(&checked),
             dkim: dkim.iter().map(dkim_detail).collect(),
-            dmarc: dmarc_detail(&dmarc, dmarc_word, &header_from, dmarc_policy.as_deref()),
+            dmarc: {
+                let mut d = dmarc_detail(&dmarc, dmarc_word, &header_from, dmarc_policy.as_deref());
+                if let Some(problem) = author_problem {
+                    d.reason = problem;
+                }
+                d
+            },
             arc: arc.as_ref().map(|(a, problem)| ArcDetail {
                 result: self::dkim_word(a.result()).into(),
                 sets: a.sets().len(),
@@ -731,6 +789,44 @@ fn arc_header_problem(parsed: &AuthenticatedMessage<'_>) -> Option<String> {
     None
 }
 
+/// DKIM signatures verified per message at most (see the use).
+const DKIM_SIGNATURES_MAX: usize = 10;
+
+/// How a signature verifiers must refuse is described (and recognised in [`dkim_reason`]).
+const REFUSED_SIGNATURE: &str = "the signature is refused:";
+
+/// Why the message has no one author domain for DMARC: RFC 5322 section 3.6 allows exactly one
+/// From field, and an author domain is one domain (RFC 7489 section 6.6.1).
+fn author_problem(parsed: &AuthenticatedMessage<'_>) -> Option<String> {
+    let fields = parsed
+        .headers
+        .iter()
+        .filter(|(name, _)| name.trim_ascii().eq_ignore_ascii_case(b"from"))
+        .count();
+    if fields != 1 {
+        return Some(format!(
+            "the message has {fields} From fields, where RFC 5322 section 3.6 allows exactly one: no author domain to check (RFC 7489 section 6.6.1: rejected)"
+        ));
+    }
+    let mut domains: Vec<String> = parsed
+        .from
+        .iter()
+        .filter_map(|a| a.rsplit_once('@'))
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .collect();
+    domains.sort();
+    domains.dedup();
+    match domains.as_slice() {
+        [_] => None,
+        [] => Some("the From field holds no address with a domain: no author domain to check (RFC 7489 section 6.6.1)".into()),
+        many => Some(format!(
+            "the From field names addresses in {} domains ({}): no one author domain to check (RFC 7489 section 6.6.1: rejected)",
+            many.len(),
+            many.join(", ")
+        )),
+    }
+}
+
 /// The message's own copy of a signature a DKIM output points at (an output is rebuilt with
 /// it, which needs the message's lifetime).
 fn own_signature<'x>(
@@ -803,6 +899,9 @@ fn dkim_reason(e: &mail_auth::Error, selector: &str, domain: &str) -> String {
     use mail_auth::common::crypto::CryptoError;
     use mail_auth::dkim::DkimError;
     match e {
+        mail_auth::Error::Crypto(CryptoError::Library(msg)) if msg.starts_with(REFUSED_SIGNATURE) => {
+            format!("the signature is refused:{}", &msg[REFUSED_SIGNATURE.len()..])
+        }
         mail_auth::Error::Crypto(CryptoError::Library(msg)) if msg.starts_with(UNUSABLE_KEY) => {
             let what = &msg[UNUSABLE_KEY.len()..];
             format!("the key at {selector}._domainkey.{domain} is{what}")

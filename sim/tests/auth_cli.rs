@@ -209,3 +209,86 @@ fn auth_verify_reads_rfc_8463s_example_signed_by_dkimpy() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--zone"));
 }
+
+/// Found by an independent review. A message must have one author domain for DMARC: a second
+/// From field, or a second domain in the one From field, made mail-auth exempt the message, and
+/// SPF's pass then let it through as from a p=reject domain (RFC 7489 section 6.6.1: rejected).
+/// A DKIM signature whose tag list names a tag twice, or whose h= leaves out From, is refused
+/// (RFC 6376 sections 3.2 and 6.1.1), whatever its cryptography says.
+#[test]
+fn no_one_author_domain_fails_dmarc_and_bad_signatures_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(data("rfc8463.eml")).unwrap();
+    let from = "From: Joe SixPack <joe@football.example.com>\n";
+    let cases = [
+        (
+            "two-from",
+            original.replace(from, &format!("{from}From: ceo@victim.example\n")),
+            "2 From fields",
+        ),
+        (
+            "two-domains",
+            original.replace(
+                from,
+                "From: Joe SixPack <joe@football.example.com>, ceo@victim.example\n",
+            ),
+            "2 domains (football.example.com, victim.example)",
+        ),
+        ("no-from", original.replace(from, ""), "0 From fields"),
+    ];
+    for (name, text, says) in cases {
+        let file = dir.path().join(format!("{name}.eml"));
+        std::fs::write(&file, text).unwrap();
+        // From the domain's own MX: SPF passes, and used to carry the message through.
+        let (out, text, v) = verify(&file, "192.0.2.25", "joe@football.example.com");
+        assert_eq!(v["spf"]["result"], "pass", "{name}: {text}");
+        assert_eq!(out.status.code(), Some(1), "{name}: {text}");
+        assert_eq!(v["dmarc"]["result"], "permerror", "{name}: {text}");
+        assert!(text.contains("dmarc=permerror"), "{name}: {text}");
+        let reason = v["dmarc"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(says) && reason.contains("6.6.1"),
+            "{name}: {reason}"
+        );
+    }
+    let signature = "d=football.example.com; i=@football.example.com; \n q=dns/txt; s=brisbane;";
+    let cases = [
+        (
+            "twice",
+            original.replacen(signature, &format!("d=evil.example; {signature}"), 1),
+            "tag d appears twice",
+        ),
+        (
+            "from-unsigned",
+            original.replacen(
+                "h=from : to : \n subject : date : message-id : from : subject : date;",
+                "h=to : \n subject : date : message-id : subject : date;",
+                1,
+            ),
+            "does not sign From",
+        ),
+    ];
+    for (name, text, says) in cases {
+        assert_ne!(text, original, "{name}: the case changes the message");
+        let file = dir.path().join(format!("{name}.eml"));
+        std::fs::write(&file, text).unwrap();
+        let (_, text, v) = verify(&file, "192.0.2.25", "joe@football.example.com");
+        let ed25519 = &v["dkim"][0];
+        assert_eq!(ed25519["selector"], "brisbane", "{name}: {text}");
+        assert_eq!(ed25519["result"], "permerror", "{name}: {text}");
+        let reason = ed25519["reason"].as_str().unwrap();
+        assert!(reason.contains(says), "{name}: {reason}");
+        // The other signature is untouched and still verifies.
+        assert_eq!(v["dkim"][1]["result"], "pass", "{name}: {text}");
+    }
+    // Thousands of signatures cost a key lookup each: the first 10 are verified.
+    let many: String = (0..3000)
+        .map(|i| format!("DKIM-Signature: v=1; a=ed25519-sha256; d=football.example.com; s=s{i}; h=from; bh=AAAA; b=AAAA\n"))
+        .collect();
+    let file = dir.path().join("many.eml");
+    std::fs::write(&file, format!("{many}{original}")).unwrap();
+    let started = std::time::Instant::now();
+    let (_, text, v) = verify(&file, "192.0.2.25", "joe@football.example.com");
+    assert_eq!(v["dkim"].as_array().unwrap().len(), 10, "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
