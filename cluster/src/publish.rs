@@ -63,6 +63,16 @@ fn seq_of(payload: &[u8]) -> Result<u64, String> {
 
 /// The sequence number after the last record the stream holds on `subject` (0 when none).
 pub async fn resume_point(stream: &Stream, subject: &str) -> Result<u64, ClusterError> {
+    Ok(last_published(stream, subject)
+        .await?
+        .map_or(0, |(seq, _)| seq + 1))
+}
+
+/// The last record the stream holds on `subject`: its seq and its payload.
+async fn last_published(
+    stream: &Stream,
+    subject: &str,
+) -> Result<Option<(u64, bytes::Bytes)>, ClusterError> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(m) => {
@@ -75,10 +85,51 @@ pub async fn resume_point(stream: &Stream, subject: &str) -> Result<u64, Cluster
                     subject: subject.to_string(),
                     message: format!("no {SEQ_HEADER} header with a number"),
                 })?;
-            Ok(seq + 1)
+            Ok(Some((seq, m.payload)))
         }
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(nats(e)),
+    }
+}
+
+/// Check that the record the stream holds last from this node, `seq`, is this log's (the same
+/// bytes). A node started again with a new directory under the same run and node name numbers
+/// its records from 0 again: they were taken for records already sent and dropped by their
+/// message ids (an independent review: 100 delivered messages missing from the collected run).
+fn check_same_log(
+    tail: &mut mailsim_events::LogTail,
+    publisher: &Publisher,
+    seq: u64,
+    published: &[u8],
+) -> Result<(), ClusterError> {
+    let (start, records) = (tail.offset(), tail.records());
+    let mut same = None;
+    while let Some(payload) = tail.next_payload()? {
+        let s = seq_of(payload).map_err(|message| ClusterError::Record {
+            path: publisher.log.display().to_string(),
+            message,
+        })?;
+        if s >= seq {
+            same = Some(s == seq && payload == published);
+            break;
+        }
+    }
+    tail.seek(start, records);
+    match same {
+        Some(true) => Ok(()),
+        other => Err(ClusterError::Record {
+            path: publisher.log.display().to_string(),
+            message: format!(
+                "run {:?} already holds records 0 to {seq} of node {:?} {}: they are another log's (a node started again with a new directory?); give this one another --node name, or start another run",
+                publisher.run,
+                publisher.node,
+                if other.is_none() {
+                    "and this log has fewer".to_string()
+                } else {
+                    format!("and this log's record {seq} is not the one published")
+                }
+            ),
+        }),
     }
 }
 
@@ -94,8 +145,12 @@ impl Publisher {
         let mut tail = open_when_there(&self.log, &mut stop).await?;
         let mut out = Published::default();
         let mut next_seq = loop {
-            match resume_point(&self.stream, &subject).await {
-                Ok(n) => break n,
+            match last_published(&self.stream, &subject).await {
+                Ok(None) => break 0,
+                Ok(Some((seq, payload))) => {
+                    check_same_log(&mut tail, &self, seq, &payload)?;
+                    break seq + 1;
+                }
                 Err(e) => {
                     tracing::warn!("{}: finding where to resume: {e}; retrying", self.node);
                     out.retries += 1;

@@ -238,3 +238,65 @@ async fn every_record_once_through_a_killed_publisher_and_a_nats_outage() {
         .to_string();
     assert!(none.contains("nosuchrun"), "{none}");
 }
+
+/// A node started again under the same run and node name with a new directory numbers its
+/// records from 0 again: they must not be taken for the records already in the stream (and
+/// dropped as duplicates by their message ids). Its publisher refuses, naming the node; the
+/// same log started again resumes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_log_under_a_published_node_name_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"), 0).expect("nats-server");
+    let url = nats.url();
+    let run = "t3";
+    let within = Duration::from_secs(60);
+    let publish = |path: PathBuf| {
+        let url = url.clone();
+        async move {
+            let (stop, stop_rx) = watch::channel(true);
+            let done =
+                tokio::time::timeout(within, publisher(&url, run, "m", &path).await.run(stop_rx))
+                    .await
+                    .unwrap();
+            drop(stop);
+            done
+        }
+    };
+    let (log, sink, first, _) = node_log(dir.path(), "first", 1_000);
+    for i in 0..300 {
+        sink.emit(injected(i));
+    }
+    drop(sink);
+    log.close().unwrap();
+    assert_eq!(publish(first.clone()).await.unwrap().next_seq, 300);
+
+    let (log, sink, second, _) = node_log(dir.path(), "second", 5_000);
+    for i in 0..100 {
+        sink.emit(injected(1_000 + i));
+    }
+    drop(sink);
+    log.close().unwrap();
+    let refused = publish(second).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("second/events.log")
+            && refused.contains("records 0 to 299 of node \"m\"")
+            && refused.contains("another --node name"),
+        "{refused}"
+    );
+    // A new log longer than what was published: its record 299 is another.
+    let (log, sink, third, _) = node_log(dir.path(), "third", 9_000);
+    for i in 0..400 {
+        sink.emit(injected(2_000 + i));
+    }
+    drop(sink);
+    log.close().unwrap();
+    let refused = publish(third).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("record 299 is not the one published"),
+        "{refused}"
+    );
+    // The first log again: it is the one published, and resumes.
+    let again = publish(first).await.unwrap();
+    assert_eq!((again.found, again.next_seq), (300, 300));
+    assert_eq!(stream_counts(&url, run).await["m"], 300);
+}
