@@ -182,8 +182,10 @@ where
             report.host,
         );
         let domain = to.rsplit_once('@').map_or("", |(_, d)| d).to_string();
+        // A recipient acting on a URL of the message asks only 127.0.0.0/8, as its web
+        // requests do (a mailto address may be a literal: unsub@[192.0.2.1]).
         let result = self
-            .send(&report, &report.rcpt, &domain, to, body.as_bytes())
+            .send(&report, &report.rcpt, &domain, to, body.as_bytes(), true)
             .await;
         let (status, error) = match result {
             Ok(()) => (250, String::new()),
@@ -263,7 +265,7 @@ where
         };
         let domain = to.rsplit_once('@').map_or("", |(_, d)| d).to_string();
         for attempt in 1..=REPORT_ATTEMPTS_MAX {
-            match self.send(&report, "", &domain, &to, &body).await {
+            match self.send(&report, "", &domain, &to, &body, false).await {
                 Ok(()) => {
                     self.events.emit(Event::ReportSent {
                         host: report.host.clone(),
@@ -292,6 +294,7 @@ where
         domain: &str,
         to: &str,
         body: &[u8],
+        loopback_only: bool,
     ) -> Result<(), String> {
         let hosts = self
             .resolver
@@ -304,6 +307,10 @@ where
             .flat_map(|h| h.addrs.iter())
             .next()
             .ok_or_else(|| format!("{domain}: no MX address"))?;
+        if loopback_only && !crate::web::allowed(*addr) {
+            tracing::warn!("refused to send to {domain} at {addr}: outside 127.0.0.0/8");
+            return Err(format!("refused: {addr} ({domain}) is outside 127.0.0.0/8"));
+        }
         let stream = connector
             .connect(SocketAddr::new(*addr, self.port))
             .await
@@ -433,6 +440,88 @@ impl BounceProcessor {
 mod tests {
     use super::*;
     use mailsim_events::{EventLog, SystemClock};
+
+    /// A DNS that answers nothing: an address literal needs none.
+    struct NoDns;
+
+    impl mailsim_mta::dns::Lookups for NoDns {
+        async fn mx(&self, _: &str) -> mailsim_mta::dns::Answer<(u16, String)> {
+            mailsim_mta::dns::Answer::Failed("no DNS here".into())
+        }
+        async fn a(&self, _: &str) -> mailsim_mta::dns::Answer<IpAddr> {
+            mailsim_mta::dns::Answer::Failed("no DNS here".into())
+        }
+        async fn txt(&self, _: &str) -> mailsim_mta::dns::Answer<String> {
+            mailsim_mta::dns::Answer::Failed("no DNS here".into())
+        }
+    }
+
+    /// A network that records every connection asked of it and makes none.
+    struct Refusing(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+
+    impl Connector for Refusing {
+        type Stream = tokio::io::DuplexStream;
+        async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream> {
+            self.0.lock().unwrap().push(addr);
+            Err(std::io::ErrorKind::ConnectionRefused.into())
+        }
+    }
+
+    /// A simulated recipient's mailto unsubscribe goes only to 127.0.0.0/8, as its web
+    /// requests do: an address literal elsewhere is refused before any connection, and the
+    /// refusal is in the event log; one on loopback is tried.
+    #[tokio::test]
+    async fn a_mailto_unsubscribe_outside_loopback_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let log = EventLog::create(&path, Arc::new(SystemClock)).unwrap();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let reporter = Reporter {
+            resolver: Arc::new(NoDns),
+            connector_for: move |_| Refusing(seen.clone()),
+            port: 25,
+            events: log.sink(),
+            clock: Arc::new(SystemClock),
+            feedback_addresses: Vec::new(),
+            trust: crate::web::Trust::default(),
+        };
+        for url in ["unsub@[192.0.2.1]?subject=stop", "unsub@[127.0.0.9]"] {
+            reporter
+                .unsubscribe_by_mail(LaterReport {
+                    due_ms: 0,
+                    kind: LaterKind::UnsubscribeMailto,
+                    host: "mx.r.test".into(),
+                    host_ip: "127.0.0.2".parse().unwrap(),
+                    mail_from: "bounces@s.test".into(),
+                    rcpt: "ann@r.test".into(),
+                    message_id: "<1@s.test>".into(),
+                    headers: Vec::new(),
+                    url: url.into(),
+                })
+                .await;
+        }
+        assert_eq!(
+            *asked.lock().unwrap(),
+            ["127.0.0.9:25".parse::<SocketAddr>().unwrap()]
+        );
+        drop(reporter);
+        log.close().unwrap();
+        let (records, _) = mailsim_events::read_log(&path).unwrap();
+        let errors: Vec<String> = records
+            .into_iter()
+            .filter_map(|r| match r.event {
+                Event::Unsubscribed { error, .. } => Some(error),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("192.0.2.1") && errors[0].contains("outside 127.0.0.0/8"),
+            "{errors:?}"
+        );
+        assert!(!errors[1].contains("outside"), "{errors:?}");
+    }
 
     /// A report that came to a VERP return path suppresses the recipient that path was made
     /// for, and only that one (an independent review: a forged DSN to the sender's MX put
