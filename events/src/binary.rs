@@ -22,6 +22,22 @@ use std::collections::BTreeMap;
 /// hold what looks like the start of a record to a reader resynchronising after damage.
 pub const MARKER: u8 = 0xF5;
 
+/// A record's `seq` read from its payload alone, binary or JSON (serde writes `seq` first),
+/// without decoding the rest; None when the payload does not start as a record does.
+pub fn seq_of_payload(payload: &[u8]) -> Option<u64> {
+    match payload.split_first()? {
+        (&MARKER, rest) => Input::new(rest).varint().ok(),
+        _ => {
+            let digits = payload.strip_prefix(br#"{"seq":"#)?;
+            let end = digits
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(digits.len());
+            std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+        }
+    }
+}
+
 /// Why a binary record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("binary record, {context}: {what}")]
@@ -237,6 +253,28 @@ impl Bin for SmtpReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seq_is_read_from_a_payload_of_either_format() {
+        use crate::schema::{Event, Record};
+        let record = Record {
+            seq: 300,
+            ts: 7,
+            event: Event::DsnQueued {
+                msg: 1,
+                about: 2,
+                to: "c@d.test".into(),
+                reason: "userunknown".into(),
+            },
+        };
+        let json = serde_json::to_vec(&record).unwrap();
+        let mut binary = Vec::new();
+        record.put_binary(&mut binary);
+        assert_eq!(super::seq_of_payload(&json), Some(300));
+        assert_eq!(super::seq_of_payload(&binary), Some(300));
+        assert_eq!(super::seq_of_payload(b"{\"ts\":1}"), None);
+        assert_eq!(super::seq_of_payload(&[MARKER]), None);
+    }
 
     #[test]
     fn varints_round_trip_at_every_width_and_refuse_overflow() {

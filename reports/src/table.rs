@@ -545,12 +545,30 @@ fn export_to(
         });
         // The reader (this thread): the torn flag, or the error and the part it was met in.
         let mut sent = 0;
+        let mut last_seq = None;
         let read = (|| -> Result<bool, (TableError, usize)> {
             loop {
                 let mut part = Part::default();
                 while part.records.len() < rows_per_part {
+                    // The number of the frame read next (counted from 1).
+                    let record = reader.records + 1;
                     match reader.next_payload().map_err(|e| (e.into(), sent))? {
-                        Some((at, payload)) => part.push(at, payload),
+                        Some((at, payload)) => {
+                            // A record met again or out of order is refused, as by `events`
+                            // and `replay` (a payload that is no record is the decoder's).
+                            if let Some(seq) = mailsim_events::binary::seq_of_payload(payload) {
+                                mailsim_events::check_sequence(
+                                    log,
+                                    last_seq,
+                                    seq,
+                                    record,
+                                    at,
+                                )
+                                .map_err(|e| (e.into(), sent))?;
+                                last_seq = Some(seq);
+                            }
+                            part.push(at, payload)
+                        }
                         None => break,
                     }
                 }

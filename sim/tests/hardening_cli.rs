@@ -131,8 +131,8 @@ fn damage_in_the_middle_is_refused_with_the_place_and_repair_keeps_the_rest() {
 }
 
 /// A frame copied twice (its checksum right, its record met again) is damage, not a second
-/// event: `replay` counted a bounce twice in its reasons (an independent review). `events` and
-/// `replay` refuse it with the record's place.
+/// event: `replay` counted a bounce twice in its reasons (an independent review). `events`,
+/// `replay` and `report` refuse it with the record's place.
 #[test]
 fn a_record_met_twice_is_refused_with_its_place_not_counted_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,7 +163,11 @@ fn a_record_met_twice_is_refused_with_its_place_not_counted_twice() {
         ),
     ] {
         std::fs::write(&log, &damaged).unwrap();
-        for cmd in [vec!["events", s(&run_dir)], vec!["replay", s(&run_dir)]] {
+        let mut cmds = vec![vec!["events", s(&run_dir)], vec!["replay", s(&run_dir)]];
+        if cfg!(feature = "report") {
+            cmds.push(vec!["report", s(&run_dir), "--quiet"]);
+        }
+        for cmd in cmds {
             let o = mailsim(&cmd);
             let (_, err) = text(&o);
             assert!(!o.status.success(), "{name} {cmd:?}: accepted");
