@@ -86,6 +86,10 @@ pub struct MtaConfig {
     /// Envelope senders `bounces+<id>-<local>=<domain>@<sender domain>` (VERP), so that every
     /// asynchronous bounce maps to its message and recipient.
     pub verp: bool,
+    /// With VERP, a tag made with this key in every return path
+    /// (`bounces+<id>.<tag>-<local>=<domain>@...`), so that the sender's MX can tell a report
+    /// about a message this MTA sent from a forged one ([`verp_signed_rcpt`]).
+    pub verp_key: Option<Arc<VerpKey>>,
     /// Per-destination limits and reply-driven actions (a shaping file).
     pub shaping: Arc<Shaping>,
     /// STARTTLS where a shaping rule does not say otherwise.
@@ -120,6 +124,7 @@ impl Default for MtaConfig {
             timeouts: SmtpTimeouts::default(),
             destination_backoff_s: 60,
             verp: false,
+            verp_key: None,
             shaping: Arc::new(Shaping::default()),
             tls: TlsMode::default(),
             tls_client: ClientTls::untrusting(),
@@ -342,27 +347,88 @@ pub struct RecoveryReport {
     pub announced: u64,
 }
 
-/// The VERP return path for queue entry `id` to `rcpt`, from sender `from`.
-pub fn verp_address(from: &str, id: u64, rcpt: &str) -> String {
+/// The key VERP return paths are tagged with: HMAC-SHA256 over the queue id and the
+/// recipient, the first 8 bytes in hex. The queue id and the recipient alone can be guessed;
+/// the tag cannot without the key.
+pub struct VerpKey(ring::hmac::Key);
+
+impl std::fmt::Debug for VerpKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerpKey(..)")
+    }
+}
+
+impl VerpKey {
+    pub fn new(secret: &[u8; 32]) -> Self {
+        VerpKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
+    }
+
+    fn tag(&self, id: u64, rcpt: &str) -> String {
+        let mac = ring::hmac::sign(
+            &self.0,
+            format!("{id}:{}", rcpt.to_ascii_lowercase()).as_bytes(),
+        );
+        mac.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The VERP return path for queue entry `id` to `rcpt`, from sender `from`, tagged when a key
+/// is given.
+pub fn verp_address(from: &str, id: u64, rcpt: &str, key: Option<&VerpKey>) -> String {
     let domain = from.rsplit_once('@').map_or(from, |(_, d)| d);
     let encoded = rcpt.replacen('@', "=", 1);
-    format!("bounces+{id}-{encoded}@{domain}")
+    match key {
+        Some(key) => format!("bounces+{id}.{}-{encoded}@{domain}", key.tag(id, rcpt)),
+        None => format!("bounces+{id}-{encoded}@{domain}"),
+    }
+}
+
+/// A VERP return path's parts: the queue id, the tag (if any) and the recipient.
+fn verp_parts(addr: &str) -> Option<(u64, Option<&str>, String)> {
+    let local = addr.rsplit_once('@')?.0;
+    let (head, encoded) = local.strip_prefix("bounces+")?.split_once('-')?;
+    let (id, tag) = match head.split_once('.') {
+        Some((id, tag)) => (id, Some(tag)),
+        None => (head, None),
+    };
+    let (l, d) = encoded.rsplit_once('=')?;
+    if l.is_empty() || d.is_empty() {
+        return None;
+    }
+    Some((id.parse().ok()?, tag, format!("{l}@{d}")))
 }
 
 /// The recipient a VERP return path was made for ([`verp_address`]), if it is one: the
 /// domain holds no `=`, so the last one stands for the `@`.
 pub fn verp_rcpt(addr: &str) -> Option<String> {
-    let local = addr.rsplit_once('@')?.0;
-    let (_, encoded) = local.strip_prefix("bounces+")?.split_once('-')?;
-    let (l, d) = encoded.rsplit_once('=')?;
-    (!l.is_empty() && !d.is_empty()).then(|| format!("{l}@{d}"))
+    verp_parts(addr).map(|(_, _, rcpt)| rcpt)
+}
+
+/// The recipient of a VERP return path tagged with `key` ([`verp_address`]); None for any
+/// other address, an untagged return path or a tag the key did not make.
+pub fn verp_signed_rcpt(addr: &str, key: &VerpKey) -> Option<String> {
+    let (id, tag, rcpt) = verp_parts(addr)?;
+    let expected = key.tag(id, &rcpt);
+    let tag = tag?.as_bytes();
+    // Compared in constant time: how much of a guessed tag is right is not told.
+    let same = tag.len() == expected.len()
+        && tag
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same.then_some(rcpt)
 }
 
 /// The queue id in a VERP return path, if it is one.
 pub fn verp_id(addr: &str) -> Option<u64> {
     let local = addr.rsplit_once('@')?.0;
     let rest = local.strip_prefix("bounces+")?;
-    rest.split('-').next()?.parse().ok()
+    let head = rest.split('-').next()?;
+    head.split('.').next()?.parse().ok()
 }
 
 impl<R: Resolver, C: Connector> Mta<R, C> {
@@ -572,7 +638,12 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         let id = envelope.first_id + i as u64;
         let rcpt = envelope.rcpts[i].clone();
         let from = if self.inner.cfg.verp && !envelope.from.is_empty() {
-            verp_address(&envelope.from, id, &rcpt)
+            verp_address(
+                &envelope.from,
+                id,
+                &rcpt,
+                self.inner.cfg.verp_key.as_deref(),
+            )
         } else {
             envelope.from.clone()
         };
@@ -2025,4 +2096,40 @@ fn sign_all(
         r?;
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod verp_tests {
+    use super::*;
+
+    /// A tagged VERP return path names its recipient only with the key that made it; an
+    /// untagged or altered one, or another key's, names nobody. The queue id and recipient
+    /// still read from both forms.
+    #[test]
+    fn a_tagged_return_path_is_checked_with_its_key() {
+        let key = VerpKey::new(&[7; 32]);
+        let other = VerpKey::new(&[8; 32]);
+        let rcpt = "ann-marie.o@x-y.test";
+        let tagged = verp_address("news@s.test", 42, rcpt, Some(&key));
+        assert!(
+            tagged.starts_with("bounces+42.") && tagged.ends_with("@s.test"),
+            "{tagged}"
+        );
+        assert_eq!(verp_signed_rcpt(&tagged, &key).as_deref(), Some(rcpt));
+        assert_eq!(verp_signed_rcpt(&tagged, &other), None);
+        assert_eq!(verp_rcpt(&tagged).as_deref(), Some(rcpt));
+        assert_eq!(verp_id(&tagged), Some(42));
+        let plain = verp_address("news@s.test", 42, rcpt, None);
+        assert_eq!(plain, "bounces+42-ann-marie.o=x-y.test@s.test");
+        assert_eq!(verp_signed_rcpt(&plain, &key), None);
+        assert_eq!(
+            (verp_rcpt(&plain).as_deref(), verp_id(&plain)),
+            (Some(rcpt), Some(42))
+        );
+        // The tag of one recipient does not vouch for another, nor for another queue id.
+        let moved = tagged.replace("ann-marie.o=x-y.test", "vip=gmail.test");
+        assert_eq!(verp_signed_rcpt(&moved, &key), None);
+        let renumbered = tagged.replacen("bounces+42.", "bounces+43.", 1);
+        assert_eq!(verp_signed_rcpt(&renumbered, &key), None);
+    }
 }

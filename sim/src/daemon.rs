@@ -130,16 +130,17 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The key tracking tokens are signed with: `tracking.key` in the spool (made on the first
-/// start, kept across restarts, so that the links in mail already sent keep working).
-fn tracking_key(spool: &std::path::Path, env: &LiveEnv) -> anyhow::Result<[u8; 32]> {
-    let path = spool.join("tracking.key");
+/// A key of the spool: `<name>.key` (made on the first start, kept across restarts, so that
+/// what was made with it before keeps working: `tracking.key` signs the tracking links in mail
+/// already sent, `verp.key` tags the return paths of mail not yet bounced).
+fn spool_key(spool: &std::path::Path, name: &str, env: &LiveEnv) -> anyhow::Result<[u8; 32]> {
+    let path = spool.join(format!("{name}.key"));
     match std::fs::read(&path) {
         Ok(bytes) => bytes.try_into().map_err(|b: Vec<u8>| {
             anyhow::anyhow!("{}: {} bytes, a key is 32", path.display(), b.len())
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = env.secret("tracking");
+            let key = env.secret(name);
             write_private(&path, &key)?;
             Ok(key)
         }
@@ -416,7 +417,20 @@ pub async fn run_mta(
     let events = log.sink();
     let suppression = Arc::new(Suppression::open(&opts.spool.join("suppression.log"))?);
     let segments = opts.spool.join("segments");
-    let (cfg, ip) = (opts.mta_config()?, opts.source_ip);
+    let (mut cfg, ip) = (opts.mta_config()?, opts.source_ip);
+    // With the sender's MX here, the return paths are VERP tagged with the spool's key: a
+    // report suppresses only the recipient whose tagged return path it came to or quotes (a
+    // forged DSN or complaint naming anyone else is recorded, not acted on).
+    let verp_key = match opts.mx {
+        Some(_) => Some(Arc::new(mailsim_mta::engine::VerpKey::new(&spool_key(
+            &opts.spool,
+            "verp",
+            &env,
+        )?))),
+        None => None,
+    };
+    cfg.verp = verp_key.is_some();
+    cfg.verp_key = verp_key.clone();
     let mta = build_mta(
         &env,
         cfg,
@@ -492,8 +506,10 @@ pub async fn run_mta(
                 Some((_, _, at)) => format!("https://{at}"),
                 None => format!("http://{local}"),
             });
-            let mut tracker =
-                mailsim_platform::track::Tracker::new(&tracking_key(&opts.spool, &env)?, &base);
+            let mut tracker = mailsim_platform::track::Tracker::new(
+                &spool_key(&opts.spool, "tracking", &env)?,
+                &base,
+            );
             if opts.mx.is_some() {
                 tracker = tracker.with_mailto();
             }
@@ -549,6 +565,7 @@ pub async fn run_mta(
             processor: crate::feedback::BounceProcessor {
                 events: events.clone(),
                 suppression: suppression.clone(),
+                verp_key,
             },
             store: mailsim_mailbox::store::Maildir::new(&opts.spool.join("mx"), true, "mx"),
         };

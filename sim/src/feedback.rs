@@ -344,6 +344,10 @@ where
 pub struct BounceProcessor {
     pub events: EventSink,
     pub suppression: Arc<Suppression>,
+    /// The key the MTA tags its VERP return paths with (the daemon's `--mx`): a report then
+    /// suppresses only the recipient of a tagged return path it came to or quotes (None: a
+    /// scenario's sender MX, whose reports come from the run's own fleet).
+    pub verp_key: Option<Arc<mailsim_mta::engine::VerpKey>>,
 }
 
 impl BounceProcessor {
@@ -389,12 +393,25 @@ impl BounceProcessor {
         // A report that came to a VERP return path speaks for the one recipient that path was
         // made for: another address it names is recorded, not suppressed (an independent
         // review: a forged DSN to the sender's MX suppressed whatever it named).
-        let verp_for = tx.rcpts.iter().find_map(|r| verp_rcpt(r));
+        // With a key, only a tagged return path counts, the one the report came to or the one
+        // it quotes (a complaint's Original-Mail-From, a DSN's returned Return-Path): the
+        // queue id and recipient in an untagged one can be guessed.
+        let tokens = || text.split(|c: char| c == '<' || c == '>' || c.is_whitespace());
+        let verp_for = match &self.verp_key {
+            None => tx.rcpts.iter().find_map(|r| verp_rcpt(r)),
+            Some(key) => tx
+                .rcpts
+                .iter()
+                .map(String::as_str)
+                .chain(tokens())
+                .find_map(|a| mailsim_mta::engine::verp_signed_rcpt(a, key)),
+        };
         // DSNs come to the VERP return path; complaints name it in Original-Mail-From.
-        let msg = tx.rcpts.iter().find_map(|r| verp_id(r)).or_else(|| {
-            text.split(|c: char| c == '<' || c == '>' || c.is_whitespace())
-                .find_map(verp_id)
-        });
+        let msg = tx
+            .rcpts
+            .iter()
+            .find_map(|r| verp_id(r))
+            .or_else(|| tokens().find_map(verp_id));
         for c in found {
             let kind = if c.reason == "feedback" {
                 "complaint"
@@ -411,14 +428,16 @@ impl BounceProcessor {
                 message_id: c.message_id.clone().unwrap_or_default(),
                 action: c.action.clone().unwrap_or_default(),
             });
-            let tied = verp_for
-                .as_ref()
-                .is_none_or(|v| v.eq_ignore_ascii_case(&c.recipient));
+            let mine = |v: &String| v.eq_ignore_ascii_case(&c.recipient);
+            let tied = match &self.verp_key {
+                None => verp_for.as_ref().is_none_or(mine),
+                Some(_) => verp_for.as_ref().is_some_and(mine),
+            };
             if !tied {
                 tracing::warn!(
-                    "a report to the return path of {} names {}: recorded, not suppressed",
-                    verp_for.as_deref().unwrap_or_default(),
-                    c.recipient
+                    "a report names {} without a return path made for it ({}): recorded, not suppressed",
+                    c.recipient,
+                    verp_for.as_deref().unwrap_or("none")
                 );
             }
             if (kind == "complaint" || c.hard)
@@ -533,8 +552,9 @@ mod tests {
         let processor = BounceProcessor {
             events: log.sink(),
             suppression: Arc::new(Suppression::in_memory()),
+            verp_key: None,
         };
-        let verp = mailsim_mta::engine::verp_address("news@s.test", 7, "ann@x.test");
+        let verp = mailsim_mta::engine::verp_address("news@s.test", 7, "ann@x.test", None);
         assert_eq!(verp_rcpt(&verp).as_deref(), Some("ann@x.test"));
         let dsn = "From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nUndeliverable.\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x.test\r\n\r\nFinal-Recipient: rfc822; ann@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\nFinal-Recipient: rfc822; vip@gmail.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n";
         let info = SessionInfo::new(

@@ -469,6 +469,7 @@ impl FleetContext {
         let processor = crate::feedback::BounceProcessor {
             events: events.clone(),
             suppression,
+            verp_key: None,
         };
         FleetContext {
             verifier: Arc::new(verifier),

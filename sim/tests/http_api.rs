@@ -1315,6 +1315,25 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
         !bad.status.success() && said.contains("< 550 5.1.3"),
         "{said}"
     );
+    // Forged DSNs (found by an independent review: they suppressed whatever they named), to
+    // the plain return path and to a guessed VERP one without the tag: stored and recorded,
+    // but nobody is suppressed (the counts below hold every calm.test subscriber but u3).
+    for rcpt in [
+        "bounces@news.example.test",
+        "bounces+1-u1=calm.test@news.example.test",
+    ] {
+        std::fs::write(
+            &mail,
+            "From: MAILER-DAEMON@calm.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nUndeliverable.\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; calm.test\r\n\r\nFinal-Recipient: rfc822; u1@calm.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\nFinal-Recipient: rfc822; u2@calm.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n",
+        )
+        .unwrap();
+        let out = submit(&[rcpt]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = send(&subject);
     assert!(
         out.status.success(),
