@@ -557,14 +557,8 @@ fn export_to(
                             // A record met again or out of order is refused, as by `events`
                             // and `replay` (a payload that is no record is the decoder's).
                             if let Some(seq) = mailsim_events::binary::seq_of_payload(payload) {
-                                mailsim_events::check_sequence(
-                                    log,
-                                    last_seq,
-                                    seq,
-                                    record,
-                                    at,
-                                )
-                                .map_err(|e| (e.into(), sent))?;
+                                mailsim_events::check_sequence(log, last_seq, seq, record, at)
+                                    .map_err(|e| (e.into(), sent))?;
                                 last_seq = Some(seq);
                             }
                             part.push(at, payload)
