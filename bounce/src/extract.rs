@@ -507,8 +507,18 @@ fn is_daemon(addr: &str) -> bool {
 }
 
 /// Parse one message. `None` when it is neither a bounce, a complaint nor an auto-reply.
+/// Blank lines before the header section (a message saved with a line of spaces first) are
+/// not an empty header section: they are passed over.
 pub fn extract(raw: &[u8]) -> Option<Extracted> {
-    extract_depth(raw, 0)
+    let mut start = 0;
+    while let Some(end) = raw[start..].iter().position(|&b| b == b'\n') {
+        let line = &raw[start..start + end];
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            break;
+        }
+        start += end + 1;
+    }
+    extract_depth(&raw[start..], 0)
 }
 
 /// A bounce forwarded inside another message: the inner one has the delivery status.

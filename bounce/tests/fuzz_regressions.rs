@@ -124,3 +124,20 @@ fn a_global_dsn_names_its_utf8_recipients() {
         ]
     );
 }
+
+/// A message saved with a line of spaces (or blank lines) before its header section, as one of
+/// the bounce_email gem's samples is: the lines are passed over, not read as an empty header
+/// section followed by a body.
+#[test]
+fn blank_lines_before_the_header_section_are_passed_over() {
+    let dsn = "Delivered-To: a@s.test\r\nFrom: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\r\nTo: a@s.test\r\nX-Failed-Recipients: ann@x.test\r\nSubject: Delivery Status Notification (Failure)\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\nDelivery to the following recipient failed permanently:\r\n\r\n     ann@x.test\r\n\r\nTechnical details of permanent failure:\r\nGoogle tried to deliver your message, but it was rejected by the server for the recipient domain x.test by mx.x.test. [192.0.2.1].\r\n\r\nThe error that the other server returned was:\r\n550 5.1.1 <ann@x.test>: Recipient address rejected: User unknown\r\n";
+    let spaces = format!("{}\n", " ".repeat(255));
+    for lead in ["", "   \r\n", "\r\n\r\n", "\t \n", &spaces] {
+        let found = mailsim_bounce::classify_message(format!("{lead}{dsn}").as_bytes());
+        let got: Vec<(&str, &str)> = found
+            .iter()
+            .map(|c| (c.recipient.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(got, [("ann@x.test", "userunknown")], "{lead:?}");
+    }
+}
