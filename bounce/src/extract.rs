@@ -633,21 +633,12 @@ fn mbox_envelope_re() -> &'static regex::bytes::Regex {
     })
 }
 
-/// mail-parser, with its debug assertions (which fire on some malformed MIME in unoptimised
-/// builds) turned into "unparsable" instead of a panic.
-fn parse_message(raw: &[u8]) -> Option<Message<'_>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        MessageParser::default().parse(raw)
-    }))
-    .ok()
-    .flatten()
-}
-
 fn extract_depth(raw: &[u8], depth: usize) -> Option<Extracted> {
-    let m = parse_message(raw)?;
-    let mut x = extract_from(&m, depth)?;
+    let parsed = crate::message::parse(raw);
+    let m = parsed.get()?;
+    let mut x = extract_from(m, depth)?;
     if x.message_id.is_none() {
-        x.message_id = returned_message_id(&m, raw);
+        x.message_id = returned_message_id(m, raw);
     }
     Some(x)
 }

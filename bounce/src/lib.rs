@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod extract;
+pub mod message;
 pub mod origin;
 pub mod published;
 pub mod reason;

@@ -182,11 +182,7 @@ pub struct Links {
 
 impl Links {
     pub fn of(message: &[u8]) -> Links {
-        Links::of_parsed(
-            mail_parser::MessageParser::default()
-                .parse(message)
-                .as_ref(),
-        )
+        Links::of_parsed(mailsim_bounce::message::parse(message).get())
     }
 
     /// The links of a message already parsed (None: one that could not be parsed has none).

@@ -486,6 +486,51 @@ mod tests {
         }
     }
 
+    /// A bounce processor without a VERP key, logging to `dir`.
+    fn processor_in(dir: &std::path::Path) -> (EventLog, BounceProcessor) {
+        let log = EventLog::create(&dir.join("events.log"), Arc::new(SystemClock)).unwrap();
+        let processor = BounceProcessor {
+            events: log.sink(),
+            suppression: Arc::new(Suppression::in_memory()),
+            verp_key: None,
+        };
+        (log, processor)
+    }
+
+    /// One mail nesting 50,000 messages (3 MB) to the sender's MX, on a thread with a tokio
+    /// worker's stack: read and recorded, not a stack overflow that took the MX down at every
+    /// retry (an independent review); the receivers' content reading likewise.
+    #[test]
+    fn a_message_nesting_50000_messages_does_not_take_the_mx_down() {
+        let unit = "From: a@b.test\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n\r\n";
+        let raw = format!("{}x", unit.repeat(50_000));
+        let dir = tempfile::tempdir().unwrap();
+        let (log, processor) = processor_in(dir.path());
+        let added = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn_scoped(s, || {
+                    let info = SessionInfo::new(
+                        1,
+                        "127.0.0.1:1".parse().unwrap(),
+                        "127.0.0.1:25".parse().unwrap(),
+                    );
+                    let tx = Transaction {
+                        mail_from: String::new(),
+                        rcpts: vec!["bounces@s.test".into()],
+                    };
+                    let _ = crate::engage::Links::of(raw.as_bytes());
+                    let _ = crate::reputation::content_score(raw.as_bytes(), &[]);
+                    processor.process(&info, &tx, raw.as_bytes())
+                })
+                .unwrap()
+                .join()
+                .unwrap()
+        });
+        assert!(added.is_empty());
+        log.close().unwrap();
+    }
+
     /// A simulated recipient's mailto unsubscribe goes only to 127.0.0.0/8, as its web
     /// requests do: an address literal elsewhere is refused before any connection, and the
     /// refusal is in the event log; one on loopback is tried.
@@ -548,12 +593,7 @@ mod tests {
     #[test]
     fn a_report_to_a_verp_path_suppresses_its_own_recipient_only() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::create(&dir.path().join("events.log"), Arc::new(SystemClock)).unwrap();
-        let processor = BounceProcessor {
-            events: log.sink(),
-            suppression: Arc::new(Suppression::in_memory()),
-            verp_key: None,
-        };
+        let (log, processor) = processor_in(dir.path());
         let verp = mailsim_mta::engine::verp_address("news@s.test", 7, "ann@x.test", None);
         assert_eq!(verp_rcpt(&verp).as_deref(), Some("ann@x.test"));
         let dsn = "From: MAILER-DAEMON@x.test\r\nSubject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nUndeliverable.\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x.test\r\n\r\nFinal-Recipient: rfc822; ann@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\nFinal-Recipient: rfc822; vip@gmail.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n";

@@ -53,10 +53,10 @@ pub struct ContentRead {
 
 impl ContentRead {
     pub fn of(message: &[u8]) -> Self {
-        let parsed = mail_parser::MessageParser::default().parse(message);
+        let parsed = mailsim_bounce::message::parse(message);
         ContentRead {
-            links: Links::of_parsed(parsed.as_ref()),
-            facts: ContentFacts::of(parsed.as_ref()),
+            links: Links::of_parsed(parsed.get()),
+            facts: ContentFacts::of(parsed.get()),
         }
     }
 }

@@ -504,12 +504,7 @@ pub const SPAM_PHRASES: &[&str] = &[
 /// (SpamAssassin's MIME_HTML_ONLY), an HTML part of images with little text (HTML_IMAGE_RATIO),
 /// very many links, and no List-Unsubscribe header at all.
 pub fn content_score(message: &[u8], extra_words: &[String]) -> u32 {
-    content_score_of(
-        mail_parser::MessageParser::default()
-            .parse(message)
-            .as_ref(),
-        extra_words,
-    )
+    content_score_of(mailsim_bounce::message::parse(message).get(), extra_words)
 }
 
 /// [`content_score`] of a message already parsed (None: it could not be parsed, which scores
