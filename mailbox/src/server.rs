@@ -131,7 +131,9 @@ impl MailboxBackend {
         self.users.canonical(rcpt)
     }
 
-    fn received(&self, info: &SessionInfo, rcpt: &str) -> String {
+    /// The Received field this server adds; `for` names the recipient when the copy is for
+    /// one (a copy relayed to several must not show each of them the others: Bcc).
+    fn received(&self, info: &SessionInfo, rcpt: Option<&str>) -> String {
         let with = match (info.tls, info.user.is_some()) {
             (true, true) => "ESMTPSA",
             (true, false) => "ESMTPS",
@@ -141,8 +143,9 @@ impl MailboxBackend {
         let date = chrono::DateTime::from_timestamp_millis(self.store.clock().now_ms() as i64)
             .unwrap_or_default()
             .to_rfc2822();
+        let rcpt = rcpt.map(|r| format!("\r\n\tfor <{r}>")).unwrap_or_default();
         format!(
-            "Received: from {} ([{}])\r\n\tby {} (mailsim) with {with}\r\n\tfor <{rcpt}>; {date}\r\n",
+            "Received: from {} ([{}])\r\n\tby {} (mailsim) with {with}{rcpt}; {date}\r\n",
             info.helo,
             info.peer.ip(),
             self.hostname
@@ -202,6 +205,18 @@ impl MailboxBackend {
         client.quit().await;
         Reply::new(250, (2, 0, 0), "Ok: queued")
     }
+}
+
+/// The first address in a message's From or Sender field that is not `user`'s.
+fn foreign_author(message: &[u8], user: &str) -> Option<String> {
+    let headers = mail_parser::MessageParser::default().parse_headers(message)?;
+    [headers.from(), headers.sender()]
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a.iter())
+        .filter_map(|a| a.address())
+        .find(|a| !a.eq_ignore_ascii_case(user))
+        .map(str::to_string)
 }
 
 impl Backend for MailboxBackend {
@@ -283,14 +298,56 @@ impl Backend for MailboxBackend {
                 }
                 _ => String::new(),
             };
-            for rcpt in &local {
-                let user = self.mailbox_of(rcpt);
-                let mut stored = Vec::with_capacity(message.len() + 512);
-                stored.extend_from_slice(format!("Return-Path: <{}>\r\n", tx.mail_from).as_bytes());
-                stored.extend_from_slice(format!("Delivered-To: {user}\r\n").as_bytes());
-                stored.extend_from_slice(self.received(&info, &user).as_bytes());
-                stored.extend_from_slice(auth_header.as_bytes());
-                stored.extend_from_slice(&message);
+            // A user submits as themself: the author (From) and Sender fields name the
+            // authenticated user's address, as the envelope does (an independent review: a user
+            // could write another user's address in From and have it relayed).
+            if self.role == Role::Submission
+                && let Some(user) = &info.user
+                && let Some(other) = foreign_author(&message, user)
+            {
+                return Reply::new(
+                    553,
+                    (5, 7, 1),
+                    format!(
+                        "the header names <{other}> as author; user {user} sends as <{user}> only"
+                    ),
+                );
+            }
+            // Nothing is committed before everything that can refuse has answered: every
+            // local mailbox's quota, then the relay, so that a retry after a refusal makes no
+            // second copy (an independent review: a closed relay port left the local
+            // recipient one copy per attempt).
+            let copies: Vec<(&String, String, Vec<u8>)> = local
+                .iter()
+                .map(|rcpt| {
+                    let user = self.mailbox_of(rcpt);
+                    let mut stored = Vec::with_capacity(message.len() + 512);
+                    stored.extend_from_slice(
+                        format!("Return-Path: <{}>\r\n", tx.mail_from).as_bytes(),
+                    );
+                    stored.extend_from_slice(format!("Delivered-To: {user}\r\n").as_bytes());
+                    stored.extend_from_slice(self.received(&info, Some(&user)).as_bytes());
+                    stored.extend_from_slice(auth_header.as_bytes());
+                    stored.extend_from_slice(&message);
+                    (rcpt, user, stored)
+                })
+                .collect();
+            if let Some((full, _, _)) = copies
+                .iter()
+                .find(|(_, user, stored)| self.store.over_quota(user, stored.len() as u64))
+            {
+                return Reply::new(452, (4, 2, 2), format!("<{full}>: mailbox full"));
+            }
+            if !remote.is_empty() {
+                let one = (remote.len() == 1).then(|| remote[0].as_str());
+                let mut relayed = self.received(&info, one).into_bytes();
+                relayed.extend_from_slice(&message);
+                let answer = self.relay(&tx.mail_from, &remote, &relayed).await;
+                if answer.code / 100 != 2 {
+                    return answer;
+                }
+            }
+            for (rcpt, user, stored) in copies {
                 let store = self.store.clone();
                 let result = tokio::task::spawn_blocking(move || store.deliver(&user, &stored))
                     .await
@@ -316,9 +373,7 @@ impl Backend for MailboxBackend {
                 }
             }
             if !remote.is_empty() {
-                let mut relayed = self.received(&info, &remote.join(">, <")).into_bytes();
-                relayed.extend_from_slice(&message);
-                return self.relay(&tx.mail_from, &remote, &relayed).await;
+                return Reply::new(250, (2, 0, 0), "Ok: queued");
             }
             Reply::new(250, (2, 0, 0), "Ok: delivered")
         }

@@ -260,7 +260,9 @@ async fn submission_relays_other_domains_and_quota_fills_with_452() {
     let dns = dns().await;
     // The other domain's server, with a small quota for its user.
     let mut users = Users::new(&["other.test".into()]);
-    users.add_spec("carol:pw", "test").unwrap();
+    for spec in ["carol:pw", "dave:pw", "erin:pw"] {
+        users.add_spec(spec, "test").unwrap();
+    }
     let mut cfg = MailboxConfig::new(dir.path().join("other"), users);
     cfg.smtp = loopback();
     cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
@@ -287,6 +289,16 @@ try:
     print("third accepted")
 except smtplib.SMTPException as e:
     print("third refused", e)
+# Two recipients in one message: each copy's Received field names neither (Bcc).
+print(s.sendmail("bob@example.test", ["dave@other.test", "erin@other.test"],
+                 b"From: bob@example.test\r\nTo: dave@other.test\r\nSubject: two\r\n\r\nhi\r\n"))
+# Bob writing Carol's address as the author is refused.
+try:
+    s.sendmail("bob@example.test", ["dave@other.test"],
+               b"From: Carol <carol@other.test>\r\nSubject: spoof\r\n\r\nhi\r\n")
+    print("spoof accepted")
+except smtplib.SMTPException as e:
+    print("spoof refused", e)
 s.quit()
 "#;
     let mut cmd = Command::new("python3");
@@ -308,6 +320,30 @@ s.quit()
         .collect();
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert!(stored[0].contains("with ESMTPSA") && stored[0].contains("Subject: relayed"));
+    assert!(
+        text.contains("spoof refused") && text.contains("553") && text.contains("carol@other.test"),
+        "{text}"
+    );
+    let read = |user: &str| -> Vec<String> {
+        let d = other.store.user_dir(user);
+        std::fs::read_dir(d.join("new"))
+            .into_iter()
+            .chain(std::fs::read_dir(d.join("cur")))
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect()
+    };
+    // Erin was a blind copy (To names Dave only): Dave's copy does not name her. Our Received
+    // field names no recipient; the receiving server's own names the one it delivered to.
+    let (dave, erin) = (read("dave@other.test"), read("erin@other.test"));
+    assert_eq!((dave.len(), erin.len()), (1, 1), "{dave:?} {erin:?}");
+    assert!(!dave[0].contains("erin@other.test"), "{}", dave[0]);
+    assert!(
+        erin[0].contains("with ESMTPSA;") && erin[0].contains("for <erin@other.test>"),
+        "{}",
+        erin[0]
+    );
     ours.shutdown().await;
     other.shutdown().await;
     dns.shutdown().await;
@@ -356,5 +392,55 @@ async fn idle_announces_new_mail() {
     let seen = read_until(&mut r, "d OK").await;
     assert!(seen.contains("c OK"), "{seen}");
     srv.shutdown().await;
+    dns.shutdown().await;
+}
+
+/// A message for a local and a remote recipient while the relay is down: refused whole (451)
+/// and nothing kept, so that the client's retries leave the local recipient no copies (an
+/// independent review: one per attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_relay_leaves_no_local_copy_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut users = Users::new(&["example.test".into()]);
+    for spec in ["bob:secret", "alice:pw"] {
+        users.add_spec(spec, "test").unwrap();
+    }
+    let mut cfg = MailboxConfig::new(dir.path().join("ours"), users);
+    cfg.submission = loopback();
+    cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
+    cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
+    cfg.relay = Some(closed);
+    let ours = server::start(cfg).await.unwrap();
+    let script = r#"
+import smtplib, ssl, sys
+tls = ssl.create_default_context(); tls.check_hostname = False; tls.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1])); s.starttls(context=tls); s.login("bob", "secret")
+for attempt in range(3):
+    try:
+        s.sendmail("bob@example.test", ["alice@example.test", "carol@other.test"],
+                   b"From: bob@example.test\r\nSubject: both\r\n\r\nhi\r\n")
+        print("accepted")
+    except smtplib.SMTPException as e:
+        print("refused", e)
+s.quit()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &ours.submission.unwrap().port().to_string()]);
+    let text = blocking(cmd, "python3 relay down").await;
+    assert_eq!(text.matches("refused").count(), 3, "{text}");
+    assert!(text.contains("451"), "{text}");
+    let alice = ours.store.user_dir("alice@example.test");
+    let kept = std::fs::read_dir(alice.join("new"))
+        .into_iter()
+        .chain(std::fs::read_dir(alice.join("cur")))
+        .flatten()
+        .count();
+    assert_eq!(kept, 0, "copies left for alice by refused attempts");
+    ours.shutdown().await;
     dns.shutdown().await;
 }
