@@ -229,7 +229,7 @@ pub struct StoreError {
 }
 
 /// A recipient address turned into a safe (domain, local part) pair of path components.
-fn path_parts(rcpt: &str) -> Option<(String, String)> {
+pub(crate) fn path_parts(rcpt: &str) -> Option<(String, String)> {
     let (local, domain) = rcpt.rsplit_once('@')?;
     let clean = |s: &str| -> Option<String> {
         let s = s.to_ascii_lowercase();

@@ -18,6 +18,10 @@ pub enum UsersError {
         address: String,
         domains: String,
     },
+    #[error(
+        "{place}: {address:?} cannot name a mailbox on disk: its local part and domain take letters, digits and . _ + - = only (not . or .. alone)"
+    )]
+    BadAddress { place: String, address: String },
     #[error("{place}: bad password hash: {why}")]
     BadHash { place: String, why: String },
     #[error("reading {path}: {source}")]
@@ -88,6 +92,14 @@ impl Users {
             });
         }
         let address = self.canonical(login.trim());
+        // The address names the mailbox's directory: a users-file line could otherwise store
+        // mail outside the data directory ("x/../../escaped", an independent review).
+        if crate::store::path_parts(&address).is_none() {
+            return Err(UsersError::BadAddress {
+                place: place.to_string(),
+                address,
+            });
+        }
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
         if !self.is_local_domain(domain) {
             return Err(UsersError::ForeignDomain {
@@ -204,6 +216,28 @@ pub fn hash_password(password: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An address that cannot name a directory under the data directory is refused where it
+    /// is written (an independent review stored mail outside it through a users-file line).
+    #[test]
+    fn an_address_that_is_no_directory_name_is_refused_with_its_place() {
+        let mut u = Users::new(&["example.test".into()]);
+        for bad in [
+            "\"x/../../../../escaped\"@example.test:pw",
+            "../../escape@example.test:pw",
+            "a b@example.test:pw",
+            "..@example.test:pw",
+            "a%2Fb@example.test:pw",
+        ] {
+            let e = u.add_spec(bad, "users.txt line 3").unwrap_err().to_string();
+            assert!(
+                e.starts_with("users.txt line 3: ") && e.contains("cannot name a mailbox"),
+                "{bad}: {e}"
+            );
+        }
+        u.add_spec("ann.o-b+c=d@example.test:pw", "users.txt line 4")
+            .unwrap();
+    }
 
     #[test]
     fn add_verify_and_errors_name_the_place() {
