@@ -407,19 +407,50 @@ async fn run_external_async(
     }));
     let time_limit = tokio::time::sleep(Duration::from_secs(scenario.mta.run_time_s_max));
     tokio::pin!(time_limit);
-    let (acked, expected) = submit(scenario, &a, mta).await?;
+    // The submission is within the time limit too; one that fails still ends the run with its
+    // log closed and its summary written (what was acknowledged before is in both), and then
+    // the error is the command's.
+    let submitted = tokio::select! {
+        biased;
+        _ = &mut time_limit => None,
+        r = submit(scenario, &a, mta) => Some(r),
+    };
+    let (acked, expected, reason) = match submitted {
+        Some(Ok((acked, expected))) => (acked, expected, None),
+        Some(Err(e)) => {
+            let _ = stop_reports.send(true);
+            reporting.await?;
+            finish(a, scenario, "submission failed", opts).await?;
+            return Err(e.context(format!(
+                "submitting to {} (the run's log and summary are written)",
+                mta.submission
+            )));
+        }
+        None => {
+            let acked = finals.borrow().0;
+            (
+                acked,
+                scenario.campaign.get_ref().messages,
+                Some("time limit"),
+            )
+        }
+    };
     // Every acknowledged message final (stored by the fleet, or failed per the other MTA's
     // DSN), then a quiet period with nothing more heard: the run is over.
-    let reason = loop {
-        let (injected, done) = *finals.borrow_and_update();
-        let all_final = injected >= acked && done >= injected && *pending.borrow_and_update() == 0;
-        tokio::select! {
-            biased;
-            _ = &mut time_limit => break "time limit",
-            changed = finals.changed() => if changed.is_err() { break "drained" },
-            _ = pending.changed() => {}
-            _ = tokio::time::sleep(EXTERNAL_QUIET), if all_final => break "drained",
-        }
+    let reason = match reason {
+        Some(reason) => reason,
+        None => loop {
+            let (injected, done) = *finals.borrow_and_update();
+            let all_final =
+                injected >= acked && done >= injected && *pending.borrow_and_update() == 0;
+            tokio::select! {
+                biased;
+                _ = &mut time_limit => break "time limit",
+                changed = finals.changed() => if changed.is_err() { break "drained" },
+                _ = pending.changed() => {}
+                _ = tokio::time::sleep(EXTERNAL_QUIET), if all_final => break "drained",
+            }
+        },
     };
     let _ = stop_reports.send(true);
     reporting.await?;

@@ -130,6 +130,65 @@ pub async fn send(
     Ok(report)
 }
 
+/// How long a worker has gone without an answer that moves the campaign on, measured on the
+/// clock (the time spent waiting for a server counts, not only the pauses between tries), and
+/// what went wrong last, for the error that ends it.
+struct Stall {
+    since: tokio::time::Instant,
+    max: Duration,
+    last: String,
+}
+
+impl Stall {
+    fn new(max: Duration) -> Self {
+        Stall {
+            since: tokio::time::Instant::now(),
+            max,
+            last: "no answer yet".into(),
+        }
+    }
+
+    /// An answer that moves the campaign on (a message accepted or refused for good).
+    fn progress(&mut self) {
+        self.since = tokio::time::Instant::now();
+    }
+
+    fn failed(&mut self, what: impl std::fmt::Display) {
+        self.last = what.to_string();
+    }
+
+    /// What is left of the time without progress (a wait for a server is bounded by it).
+    fn remaining(&self) -> Duration {
+        self.max.saturating_sub(self.since.elapsed())
+    }
+
+    fn check(&self, to: SocketAddr) -> anyhow::Result<()> {
+        if self.remaining().is_zero() {
+            anyhow::bail!(
+                "{to}: nothing acknowledged for {:?}; last: {}",
+                self.max,
+                self.last
+            );
+        }
+        Ok(())
+    }
+
+    /// `work`, or the stall's end if it comes first (then None, and the reason is kept).
+    async fn bounded<T>(
+        &mut self,
+        what: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.remaining(), work).await {
+            Ok(t) => Some(t),
+            Err(_) => {
+                self.failed(format!("{what}: no answer"));
+                None
+            }
+        }
+    }
+}
+
 async fn connect(to: SocketAddr) -> anyhow::Result<SmtpClient<TcpStream>> {
     let stream = TcpStream::connect(to).await?;
     stream.set_nodelay(true)?;
@@ -148,22 +207,22 @@ async fn worker(
     shared: &Shared,
 ) -> anyhow::Result<()> {
     let mut client: Option<SmtpClient<TcpStream>> = None;
-    let mut stalled = Duration::ZERO;
+    let mut stall = Stall::new(stall_max);
     let pause = Duration::from_millis(100);
     for m in &messages {
         shared.pace().await;
         loop {
-            if stalled > stall_max {
-                anyhow::bail!("{to}: nothing acknowledged for {stall_max:?}");
-            }
+            stall.check(to)?;
             let c = match client.as_mut() {
                 Some(c) => c,
-                None => match connect(to).await {
-                    Ok(c) => client.insert(c),
-                    Err(_) => {
+                None => match stall.bounded("connecting", connect(to)).await {
+                    Some(Ok(c)) => client.insert(c),
+                    failed => {
+                        if let Some(Err(e)) = failed {
+                            stall.failed(format!("connecting: {e:#}"));
+                        }
                         shared.report.lock().expect("report").retried += 1;
                         tokio::time::sleep(pause).await;
-                        stalled += pause;
                         continue;
                     }
                 },
@@ -173,7 +232,11 @@ async fn worker(
                 rcpt: &m.rcpts[0],
                 body: &m.body,
             };
-            match c.transaction(&env).await {
+            let Some(answer) = stall.bounded("the transaction", c.transaction(&env)).await else {
+                client = None;
+                continue;
+            };
+            match answer {
                 Ok(outcome) if outcome.decisive.code / 100 == 2 => {
                     if let Some(f) = &shared.acked {
                         let mut f = f.lock().expect("acked file");
@@ -184,7 +247,7 @@ async fn worker(
                         f(m);
                     }
                     shared.report.lock().expect("report").acked += 1;
-                    stalled = Duration::ZERO;
+                    stall.progress();
                     if outcome.connection_closed {
                         client = None;
                     }
@@ -192,24 +255,26 @@ async fn worker(
                 }
                 Ok(outcome) if outcome.decisive.code >= 500 => {
                     shared.report.lock().expect("report").rejected += 1;
+                    stall.progress();
                     if outcome.connection_closed {
                         client = None;
                     }
                     break;
                 }
                 Ok(outcome) => {
+                    let r = &outcome.decisive;
+                    stall.failed(format!("{} {}", r.code, r.text));
                     shared.report.lock().expect("report").retried += 1;
                     if outcome.connection_closed {
                         client = None;
                     }
                     tokio::time::sleep(pause).await;
-                    stalled += pause;
                 }
-                Err(_) => {
+                Err(e) => {
+                    stall.failed(e);
                     shared.report.lock().expect("report").retried += 1;
                     client = None;
                     tokio::time::sleep(pause).await;
-                    stalled += pause;
                 }
             }
         }
@@ -314,22 +379,22 @@ async fn http_worker(
 ) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let mut conn: Option<HttpSender> = None;
-    let mut stalled = Duration::ZERO;
+    let mut stall = Stall::new(stall_max);
     let pause = Duration::from_millis(100);
     for (body, recipients) in requests {
         let body = bytes::Bytes::from(body);
         loop {
-            if stalled > stall_max {
-                anyhow::bail!("{to}: nothing acknowledged for {stall_max:?}");
-            }
+            stall.check(to)?;
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => match http_connect(to).await {
-                    Ok(c) => conn.insert(c),
-                    Err(_) => {
+                None => match stall.bounded("connecting", http_connect(to)).await {
+                    Some(Ok(c)) => conn.insert(c),
+                    failed => {
+                        if let Some(Err(e)) = failed {
+                            stall.failed(format!("connecting: {e:#}"));
+                        }
                         shared.report.lock().expect("report").retried += 1;
                         tokio::time::sleep(pause).await;
-                        stalled += pause;
                         continue;
                     }
                 },
@@ -339,15 +404,25 @@ async fn http_worker(
                 .header(hyper::header::AUTHORIZATION, token)
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(http_body_util::Full::new(body.clone()))?;
-            let answer = match c.send_request(request).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    match response.into_body().collect().await {
-                        Ok(b) => Some((status, b.to_bytes())),
-                        Err(_) => None,
+            let exchange = async {
+                match c.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        match response.into_body().collect().await {
+                            Ok(b) => Ok((status, b.to_bytes())),
+                            Err(e) => Err(format!("reading the answer: {e}")),
+                        }
                     }
+                    Err(e) => Err(format!("the request: {e}")),
                 }
-                Err(_) => None,
+            };
+            let answer = match stall.bounded("the request", exchange).await {
+                Some(Ok(answer)) => Some(answer),
+                Some(Err(e)) => {
+                    stall.failed(e);
+                    None
+                }
+                None => None,
             };
             match answer {
                 Some((200, bytes)) => {
@@ -363,7 +438,7 @@ async fn http_worker(
                     let mut report = shared.report.lock().expect("report");
                     report.acked += queued.len() as u64;
                     report.rejected += v["fail_count"].as_u64().unwrap_or(0);
-                    stalled = Duration::ZERO;
+                    stall.progress();
                     break;
                 }
                 Some((status @ (401 | 403), bytes)) => {
@@ -381,13 +456,19 @@ async fn http_worker(
                         );
                     }
                     report.rejected += recipients as u64;
+                    stall.progress();
                     break;
                 }
-                _ => {
+                other => {
+                    if let Some((status, bytes)) = other {
+                        stall.failed(format!(
+                            "{status} {}",
+                            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                        ));
+                    }
                     shared.report.lock().expect("report").retried += 1;
                     conn = None;
                     tokio::time::sleep(pause).await;
-                    stalled += pause;
                 }
             }
         }
