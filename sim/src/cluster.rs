@@ -218,12 +218,8 @@ async fn submit_share(
 ) -> anyhow::Result<crate::send::SendReport> {
     let world = crate::world::World::build(scenario).map_err(anyhow::Error::msg)?;
     let now_s = (mailsim_events::SystemClock.now_ms() / 1000) as i64;
-    let messages: Vec<_> = crate::send::campaign(scenario, &world, now_s, None, None)?
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| *i as u64 % u64::from(count.max(1)) == u64::from(index))
-        .map(|(_, m)| m)
-        .collect();
+    let campaign =
+        crate::send::Campaign::new(scenario, &world, now_s, None, None).share(index, count);
     let send = crate::send::SendOptions {
         to,
         connections,
@@ -232,7 +228,7 @@ async fn submit_share(
         on_ack: None,
         rate: None,
     };
-    crate::send::send(messages, &send).await
+    crate::send::send(&campaign, &send).await
 }
 
 /// What a node says once it serves (key `ready.<node>`).

@@ -1074,7 +1074,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let world = World::build(&sc).map_err(anyhow::Error::msg)?;
             // The MTA it is sent to signs, or not (mailsim's daemon with --dkim).
             let now_s = (SystemClock.now_ms() / 1000) as i64;
-            let messages = mailsim::send::campaign(&sc, &world, now_s, None, None)?;
+            let campaign = mailsim::send::Campaign::new(&sc, &world, now_s, None, None);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -1086,7 +1086,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 on_ack: None,
                 rate,
             };
-            // The time of the sending alone (the messages and requests are built before).
+            // The time of the sending (by SMTP the messages are built a batch at a time as the
+            // sessions take them, within it; the HTTP requests are built before).
             let (report, took) = match (http, &token_file) {
                 (Some(api), Some(file)) => {
                     // The first token of a file as `mailsim mta --http-tokens` reads one.
@@ -1100,6 +1101,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     else {
                         anyhow::bail!("--token-file {}: no token in it", file.display());
                     };
+                    let messages = campaign.all()?;
                     let requests =
                         mailsim::send::campaign_requests(&sc, &messages, &world, per_request);
                     drop(messages);
@@ -1111,7 +1113,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 }
                 _ => {
                     let started = std::time::Instant::now();
-                    let report = runtime.block_on(mailsim::send::send(messages, &opts))?;
+                    let report = runtime.block_on(mailsim::send::send(&campaign, &opts))?;
                     (report, started.elapsed())
                 }
             };

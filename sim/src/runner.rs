@@ -523,14 +523,14 @@ async fn submit<E: Env>(
         None
     };
     let date_s = (a.env.clock().now_ms() / 1000) as i64;
-    let messages = crate::send::campaign(
+    let campaign = crate::send::Campaign::new(
         scenario,
         &a.world,
         date_s,
         signer.as_ref(),
         a.tracking.as_ref(),
-    )?;
-    let expected = messages.len() as u64;
+    );
+    let expected = campaign.len();
     let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let sink = a.events.clone();
     let on_ack: crate::send::OnAck = Arc::new(move |m: &OutboundMessage| {
@@ -557,7 +557,7 @@ async fn submit<E: Env>(
         on_ack: Some(on_ack),
         rate: None,
     };
-    let report = crate::send::send(messages, &send_opts).await?;
+    let report = crate::send::send(&campaign, &send_opts).await?;
     Ok((report.acked, expected))
 }
 
