@@ -36,6 +36,9 @@ pub struct SendReport {
     pub retried: u64,
 }
 
+/// The pause after a failed attempt, before the next.
+const PAUSE: Duration = Duration::from_millis(100);
+
 /// Messages a worker builds at a time.
 const BATCH: u64 = 64;
 
@@ -254,6 +257,23 @@ impl Stall {
         Ok(())
     }
 
+    /// A connection made by `work`, or None after a failure (counted as a retry, named, and
+    /// followed by a pause).
+    async fn connect<T>(
+        &mut self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+        shared: &Shared,
+    ) -> Option<T> {
+        match self.bounded("connecting", work).await {
+            Some(Ok(c)) => return Some(c),
+            Some(Err(e)) => self.failed(format!("connecting: {e:#}")),
+            None => {}
+        }
+        shared.report.lock().expect("report").retried += 1;
+        tokio::time::sleep(PAUSE).await;
+        None
+    }
+
     /// `work`, or the stall's end if it comes first (then None, and the reason is kept).
     async fn bounded<T>(
         &mut self,
@@ -289,7 +309,6 @@ async fn worker(
 ) -> anyhow::Result<()> {
     let mut client: Option<SmtpClient<TcpStream>> = None;
     let mut stall = Stall::new(stall_max);
-    let pause = Duration::from_millis(100);
     while let Some(batch) = campaign.next_batch()? {
         for m in &batch {
             shared.pace().await;
@@ -297,16 +316,9 @@ async fn worker(
                 stall.check(to)?;
                 let c = match client.as_mut() {
                     Some(c) => c,
-                    None => match stall.bounded("connecting", connect(to)).await {
-                        Some(Ok(c)) => client.insert(c),
-                        failed => {
-                            if let Some(Err(e)) = failed {
-                                stall.failed(format!("connecting: {e:#}"));
-                            }
-                            shared.report.lock().expect("report").retried += 1;
-                            tokio::time::sleep(pause).await;
-                            continue;
-                        }
+                    None => match stall.connect(connect(to), shared).await {
+                        Some(c) => client.insert(c),
+                        None => continue,
                     },
                 };
                 let env = Envelope {
@@ -351,13 +363,13 @@ async fn worker(
                         if outcome.connection_closed {
                             client = None;
                         }
-                        tokio::time::sleep(pause).await;
+                        tokio::time::sleep(PAUSE).await;
                     }
                     Err(e) => {
                         stall.failed(e);
                         shared.report.lock().expect("report").retried += 1;
                         client = None;
-                        tokio::time::sleep(pause).await;
+                        tokio::time::sleep(PAUSE).await;
                     }
                 }
             }
@@ -464,23 +476,15 @@ async fn http_worker(
     use http_body_util::BodyExt;
     let mut conn: Option<HttpSender> = None;
     let mut stall = Stall::new(stall_max);
-    let pause = Duration::from_millis(100);
     for (body, recipients) in requests {
         let body = bytes::Bytes::from(body);
         loop {
             stall.check(to)?;
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => match stall.bounded("connecting", http_connect(to)).await {
-                    Some(Ok(c)) => conn.insert(c),
-                    failed => {
-                        if let Some(Err(e)) = failed {
-                            stall.failed(format!("connecting: {e:#}"));
-                        }
-                        shared.report.lock().expect("report").retried += 1;
-                        tokio::time::sleep(pause).await;
-                        continue;
-                    }
+                None => match stall.connect(http_connect(to), shared).await {
+                    Some(c) => conn.insert(c),
+                    None => continue,
                 },
             };
             let request = hyper::Request::post("/api/inject/v1")
@@ -552,7 +556,7 @@ async fn http_worker(
                     }
                     shared.report.lock().expect("report").retried += 1;
                     conn = None;
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(PAUSE).await;
                 }
             }
         }
