@@ -60,6 +60,17 @@ fn run(cmd: &mut Command, what: &str) -> String {
     text
 }
 
+/// The messages of a Maildir (new and cur), as text.
+fn maildir_texts(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("new"))
+        .into_iter()
+        .chain(std::fs::read_dir(dir.join("cur")))
+        .flatten()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect()
+}
+
 async fn blocking(mut cmd: Command, what: &'static str) -> String {
     tokio::task::spawn_blocking(move || run(&mut cmd, what))
         .await
@@ -310,30 +321,14 @@ s.quit()
         text.contains("third refused") && text.contains("452") && text.contains("4.2.2"),
         "{text}"
     );
-    let carol = other.store.user_dir("carol@other.test");
-    let stored: Vec<String> = std::fs::read_dir(carol.join("new"))
-        .into_iter()
-        .chain(std::fs::read_dir(carol.join("cur")))
-        .flatten()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let read = |user: &str| maildir_texts(&other.store.user_dir(user));
+    let stored = read("carol@other.test");
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert!(stored[0].contains("with ESMTPSA") && stored[0].contains("Subject: relayed"));
     assert!(
         text.contains("spoof refused") && text.contains("553") && text.contains("carol@other.test"),
         "{text}"
     );
-    let read = |user: &str| -> Vec<String> {
-        let d = other.store.user_dir(user);
-        std::fs::read_dir(d.join("new"))
-            .into_iter()
-            .chain(std::fs::read_dir(d.join("cur")))
-            .flatten()
-            .flatten()
-            .map(|e| std::fs::read_to_string(e.path()).unwrap())
-            .collect()
-    };
     // Erin was a blind copy (To names Dave only): Dave's copy does not name her. Our Received
     // field names no recipient; the receiving server's own names the one it delivered to.
     let (dave, erin) = (read("dave@other.test"), read("erin@other.test"));
@@ -434,12 +429,7 @@ s.quit()
     let text = blocking(cmd, "python3 relay down").await;
     assert_eq!(text.matches("refused").count(), 3, "{text}");
     assert!(text.contains("451"), "{text}");
-    let alice = ours.store.user_dir("alice@example.test");
-    let kept = std::fs::read_dir(alice.join("new"))
-        .into_iter()
-        .chain(std::fs::read_dir(alice.join("cur")))
-        .flatten()
-        .count();
+    let kept = maildir_texts(&ours.store.user_dir("alice@example.test")).len();
     assert_eq!(kept, 0, "copies left for alice by refused attempts");
     ours.shutdown().await;
     dns.shutdown().await;

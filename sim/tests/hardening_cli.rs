@@ -63,6 +63,15 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The commands that read a run's whole log: `events`, `replay`, and `report` when built.
+fn log_readers(run_dir: &Path) -> Vec<Vec<&str>> {
+    let mut cmds = vec![vec!["events", s(run_dir)], vec!["replay", s(run_dir)]];
+    if cfg!(feature = "report") {
+        cmds.push(vec!["report", s(run_dir), "--quiet"]);
+    }
+    cmds
+}
+
 /// Item 6: 64 bytes overwritten in the middle of events.log.
 #[test]
 fn damage_in_the_middle_is_refused_with_the_place_and_repair_keeps_the_rest() {
@@ -79,11 +88,7 @@ fn damage_in_the_middle_is_refused_with_the_place_and_repair_keeps_the_rest() {
     }
     std::fs::write(&log, &bytes).unwrap();
 
-    let mut cmds = vec![vec!["events", s(&run_dir)], vec!["replay", s(&run_dir)]];
-    if cfg!(feature = "report") {
-        cmds.push(vec!["report", s(&run_dir), "--quiet"]);
-    }
-    for cmd in cmds {
+    for cmd in log_readers(&run_dir) {
         let o = mailsim(&cmd);
         let (_, err) = text(&o);
         assert_eq!(o.status.code(), Some(2), "{cmd:?}: {err}");
@@ -163,11 +168,7 @@ fn a_record_met_twice_is_refused_with_its_place_not_counted_twice() {
         ),
     ] {
         std::fs::write(&log, &damaged).unwrap();
-        let mut cmds = vec![vec!["events", s(&run_dir)], vec!["replay", s(&run_dir)]];
-        if cfg!(feature = "report") {
-            cmds.push(vec!["report", s(&run_dir), "--quiet"]);
-        }
-        for cmd in cmds {
+        for cmd in log_readers(&run_dir) {
             let o = mailsim(&cmd);
             let (_, err) = text(&o);
             assert!(!o.status.success(), "{name} {cmd:?}: accepted");
