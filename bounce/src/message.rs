@@ -37,6 +37,10 @@ pub fn parse(raw: &[u8]) -> Parsed<'_> {
 /// Drop `m` one nesting level at a time: each nested message is taken out of its part before
 /// the part is dropped.
 fn drop_flat(m: Message<'_>) {
+    // Most messages nest none: they are dropped as they are, without the stack.
+    if !m.parts.iter().any(|p| matches!(p.body, PartType::Message(_))) {
+        return;
+    }
     let mut stack = vec![m];
     while let Some(mut message) = stack.pop() {
         for part in &mut message.parts {
