@@ -38,7 +38,11 @@ pub fn parse(raw: &[u8]) -> Parsed<'_> {
 /// the part is dropped.
 fn drop_flat(m: Message<'_>) {
     // Most messages nest none: they are dropped as they are, without the stack.
-    if !m.parts.iter().any(|p| matches!(p.body, PartType::Message(_))) {
+    if !m
+        .parts
+        .iter()
+        .any(|p| matches!(p.body, PartType::Message(_)))
+    {
         return;
     }
     let mut stack = vec![m];
