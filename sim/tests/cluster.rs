@@ -183,9 +183,11 @@ fn two_fleet_shards_and_an_mta_publish_one_run_through_a_killed_shard() {
     let nats = NatsServer::start(&dir.path().join("nats"), 0)
         .expect("nats-server (apt-get install nats-server)");
     let url = nats.url();
-    let port = common::free_port();
+    // The first shard picks the port (binding it on all its hosts), the second takes the same
+    // on its own hosts: no port chosen ahead that something else may take meanwhile.
     let (f0_dir, f1_dir) = (dir.path().join("fleet-0"), dir.path().join("fleet-1"));
-    let (f0, ready0) = fleet_shard(&scenario, &f0_dir, 0, port, &url);
+    let (f0, ready0) = fleet_shard(&scenario, &f0_dir, 0, 0, &url);
+    let port: u16 = field(&ready0, "smtp_port").parse().unwrap();
     let mut reaper = Reaper(vec![f0.id()]);
     let (mut f1, _) = fleet_shard(&scenario, &f1_dir, 1, port, &url);
     reaper.0.push(f1.id());
@@ -193,25 +195,25 @@ fn two_fleet_shards_and_an_mta_publish_one_run_through_a_killed_shard() {
     // The shards split the domains: each serves some, none serves one twice (the second would
     // not have bound the addresses), and the MTA resolves through the first shard's DNS.
     let dns = field(&ready0, "dns").to_string();
-    let submission = common::free_port().to_string();
     let spool = dir.path().join("mta");
-    let (mut mta, _) = start_daemon(
+    let (mut mta, mta_ready) = start_daemon(
         bin()
             .arg("mta")
             .arg("--spool")
             .arg(&spool)
             .args(["--dns", &dns, "--remote-port", &port.to_string()])
-            .args(["--submission", &format!("127.0.0.1:{submission}")])
+            .args(["--submission", "127.0.0.1:0"])
             .args(["--retry-interval-s-min", "1", "--retry-interval-s-max", "2"])
             .args(["--destination-backoff-s", "2"])
             .args(["--nats", &url, "--run", "r1", "--node", "mta"]),
     );
     reaper.0.push(mta.id());
+    let submission = field(&mta_ready, "submission").to_string();
     let acked = dir.path().join("acked.txt");
     let mut send = bin()
         .arg("send")
         .arg(&scenario)
-        .args(["--to", &format!("127.0.0.1:{submission}"), "--acked"])
+        .args(["--to", &submission, "--acked"])
         .arg(&acked)
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -244,21 +244,28 @@ pub fn serve_dns(args: &[&str]) -> (std::process::Child, u16) {
 }
 
 /// Start a daemon and return it with its ready line (the first line saying "ready"). The rest
-/// of its output is drained on a thread, so that the daemon never blocks on a full pipe.
+/// of its output is drained on a thread, so that the daemon never blocks on a full pipe. A
+/// daemon that exits before it is ready fails the test with what it said on stderr.
 pub fn start_daemon(cmd: &mut std::process::Command) -> (std::process::Child, String) {
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut err = child.stderr.take().unwrap();
     let mut line = String::new();
     while !line.contains("ready") {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "exited before ready");
+        if out.read_line(&mut line).unwrap() == 0 {
+            let mut said = String::new();
+            let _ = err.read_to_string(&mut said);
+            panic!("exited before ready ({}): {said}", child.wait().unwrap());
+        }
     }
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     (child, line)
 }
 
