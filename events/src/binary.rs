@@ -116,53 +116,108 @@ fn put_str(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// A field type's binary encoding.
+/// A field type's binary encoding, and its view: the value as it lies in a record's bytes,
+/// borrowing its strings from them ([`crate::EventView`]), so that a reader which only looks
+/// at a record (a replay's fold) allocates nothing for it.
 pub trait Bin: Sized {
+    /// The value borrowed from a record's bytes (`&str` for a `String`).
+    type View<'a>;
     fn put(&self, out: &mut Vec<u8>);
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault>;
+    /// The view of the value at the input's position: every check of [`Bin::get`] made.
+    fn get_view<'a>(input: &mut Input<'a>) -> Result<Self::View<'a>, Fault>;
+    /// The owned value of a view.
+    fn from_view(view: Self::View<'_>) -> Self;
+    /// The view of an owned value.
+    fn view(&self) -> Self::View<'_>;
+    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+        Self::get_view(input).map(Self::from_view)
+    }
 }
 
 impl Bin for String {
+    type View<'a> = &'a str;
     fn put(&self, out: &mut Vec<u8>) {
         put_str(self, out);
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
-        input.str().map(str::to_string)
+    fn get_view<'a>(input: &mut Input<'a>) -> Result<&'a str, Fault> {
+        input.str()
+    }
+    fn from_view(view: &str) -> Self {
+        view.to_string()
+    }
+    fn view(&self) -> &str {
+        self
     }
 }
 
-impl Bin for u64 {
-    fn put(&self, out: &mut Vec<u8>) {
-        put_varint(*self, out);
+/// Integers and bools are their own views.
+macro_rules! plain {
+    ($($t:ty),*) => {$(
+        impl Bin for $t {
+            type View<'a> = $t;
+            fn put(&self, out: &mut Vec<u8>) {
+                put_plain(*self, out);
+            }
+            fn get_view<'a>(input: &mut Input<'a>) -> Result<$t, Fault> {
+                get_plain(input)
+            }
+            fn from_view(view: $t) -> Self {
+                view
+            }
+            fn view(&self) -> $t {
+                *self
+            }
+        }
+    )*};
+}
+plain!(u64, u32, u16, bool);
+
+/// How a plain value is written and read.
+trait Plain: Sized {
+    fn put_plain(self, out: &mut Vec<u8>);
+    fn get_plain(input: &mut Input<'_>) -> Result<Self, Fault>;
+}
+
+fn put_plain<T: Plain>(v: T, out: &mut Vec<u8>) {
+    v.put_plain(out)
+}
+
+fn get_plain<T: Plain>(input: &mut Input<'_>) -> Result<T, Fault> {
+    T::get_plain(input)
+}
+
+impl Plain for u64 {
+    fn put_plain(self, out: &mut Vec<u8>) {
+        put_varint(self, out);
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+    fn get_plain(input: &mut Input<'_>) -> Result<Self, Fault> {
         input.varint()
     }
 }
 
-impl Bin for u32 {
-    fn put(&self, out: &mut Vec<u8>) {
-        put_varint(u64::from(*self), out);
+impl Plain for u32 {
+    fn put_plain(self, out: &mut Vec<u8>) {
+        put_varint(u64::from(self), out);
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+    fn get_plain(input: &mut Input<'_>) -> Result<Self, Fault> {
         u32::try_from(input.varint()?).map_err(|_| "a number over 32 bits")
     }
 }
 
-impl Bin for u16 {
-    fn put(&self, out: &mut Vec<u8>) {
-        put_varint(u64::from(*self), out);
+impl Plain for u16 {
+    fn put_plain(self, out: &mut Vec<u8>) {
+        put_varint(u64::from(self), out);
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+    fn get_plain(input: &mut Input<'_>) -> Result<Self, Fault> {
         u16::try_from(input.varint()?).map_err(|_| "a number over 16 bits")
     }
 }
 
-impl Bin for bool {
-    fn put(&self, out: &mut Vec<u8>) {
-        out.push(u8::from(*self));
+impl Plain for bool {
+    fn put_plain(self, out: &mut Vec<u8>) {
+        out.push(u8::from(self));
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+    fn get_plain(input: &mut Input<'_>) -> Result<Self, Fault> {
         match input.byte()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -172,6 +227,7 @@ impl Bin for bool {
 }
 
 impl<T: Bin> Bin for Option<T> {
+    type View<'a> = Option<T::View<'a>>;
     fn put(&self, out: &mut Vec<u8>) {
         match self {
             None => out.push(0),
@@ -181,35 +237,52 @@ impl<T: Bin> Bin for Option<T> {
             }
         }
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+    fn get_view<'a>(input: &mut Input<'a>) -> Result<Self::View<'a>, Fault> {
         match input.byte()? {
             0 => Ok(None),
-            1 => T::get(input).map(Some),
+            1 => T::get_view(input).map(Some),
             _ => Err("an option flag that is neither 0 nor 1"),
         }
     }
+    fn from_view(view: Self::View<'_>) -> Self {
+        view.map(T::from_view)
+    }
+    fn view(&self) -> Self::View<'_> {
+        self.as_ref().map(T::view)
+    }
 }
 
+/// Lists are in rare kinds only (DNS answers, MTA-STS policies): their views are lists of
+/// views.
 impl Bin for Vec<String> {
+    type View<'a> = Vec<&'a str>;
     fn put(&self, out: &mut Vec<u8>) {
         put_varint(self.len() as u64, out);
         for s in self {
             put_str(s, out);
         }
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+    fn get_view<'a>(input: &mut Input<'a>) -> Result<Vec<&'a str>, Fault> {
         // Each item takes at least one byte: the count cannot pass the record's end. The list
         // grows as items are read, not from the count, which a damaged record may inflate.
         let n = input.len()?;
         let mut items = Vec::with_capacity(n.min(64));
         for _ in 0..n {
-            items.push(String::get(input)?);
+            items.push(input.str()?);
         }
         Ok(items)
     }
+    fn from_view(view: Vec<&str>) -> Self {
+        view.into_iter().map(str::to_string).collect()
+    }
+    fn view(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
 }
 
+/// Maps are in one rare kind (a run's start).
 impl Bin for BTreeMap<String, String> {
+    type View<'a> = BTreeMap<&'a str, &'a str>;
     fn put(&self, out: &mut Vec<u8>) {
         put_varint(self.len() as u64, out);
         for (k, v) in self {
@@ -217,36 +290,70 @@ impl Bin for BTreeMap<String, String> {
             put_str(v, out);
         }
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
+    fn get_view<'a>(input: &mut Input<'a>) -> Result<Self::View<'a>, Fault> {
         let n = input.len()?;
         let mut map = BTreeMap::new();
         for _ in 0..n {
-            let k = String::get(input)?;
-            let v = String::get(input)?;
+            let k = input.str()?;
+            let v = input.str()?;
             if map.insert(k, v).is_some() {
                 return Err("a map with a key twice");
             }
         }
         Ok(map)
     }
+    fn from_view(view: Self::View<'_>) -> Self {
+        view.into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+    fn view(&self) -> Self::View<'_> {
+        self.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+}
+
+/// An [`SmtpReply`] as it lies in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmtpReplyView<'a> {
+    pub command: &'a str,
+    pub code: u16,
+    pub enhanced: Option<&'a str>,
+    pub text: &'a str,
 }
 
 impl Bin for SmtpReply {
+    type View<'a> = SmtpReplyView<'a>;
     fn put(&self, out: &mut Vec<u8>) {
         self.command.put(out);
         self.reply.code.put(out);
         self.reply.enhanced.put(out);
         self.reply.text.put(out);
     }
-    fn get(input: &mut Input<'_>) -> Result<Self, Fault> {
-        Ok(SmtpReply {
-            command: String::get(input)?,
-            reply: Reply {
-                code: u16::get(input)?,
-                enhanced: Option::get(input)?,
-                text: String::get(input)?,
-            },
+    fn get_view<'a>(input: &mut Input<'a>) -> Result<SmtpReplyView<'a>, Fault> {
+        Ok(SmtpReplyView {
+            command: input.str()?,
+            code: get_plain(input)?,
+            enhanced: Option::<String>::get_view(input)?,
+            text: input.str()?,
         })
+    }
+    fn from_view(v: SmtpReplyView<'_>) -> Self {
+        SmtpReply {
+            command: v.command.to_string(),
+            reply: Reply {
+                code: v.code,
+                enhanced: v.enhanced.map(str::to_string),
+                text: v.text.to_string(),
+            },
+        }
+    }
+    fn view(&self) -> SmtpReplyView<'_> {
+        SmtpReplyView {
+            command: &self.command,
+            code: self.reply.code,
+            enhanced: self.reply.enhanced.as_deref(),
+            text: &self.reply.text,
+        }
     }
 }
 

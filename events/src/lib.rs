@@ -7,6 +7,8 @@
 //! * [`log::EventLog`] appends records to a file with per-record CRC32 checksums, group-commits
 //!   them (one fsync per batch) on a writer thread, and cuts a torn tail on reopen.
 //!   [`log::read_log`] reads a log back; every projection (summary, replay, reports) folds these.
+//! * [`RecordView`] is a record as it lies in its binary encoding, its strings borrowed: what a
+//!   replay's fold reads without allocating.
 //!
 //! Data flow: components hold an [`log::EventSink`] (cheap to clone), stamp events with the
 //! clock and send them to the writer thread, which assigns `seq` in arrival order.
@@ -16,11 +18,13 @@ pub mod clock;
 pub mod log;
 pub mod schema;
 
+pub use binary::SmtpReplyView;
 pub use clock::{Clock, RuntimeClock, SystemClock};
 pub use log::{
     Damage, Durability, EventLog, EventSink, Format, LogError, LogReader, LogTail, Observer,
     RepairReport, check_sequence, convert, read_log, repair,
 };
 pub use schema::{
-    Event, HasShape, Kind, PayloadError, Record, Reply, SCHEMA_VERSION, Shape, SmtpReply,
+    Event, EventView, HasShape, Kind, PayloadError, Record, RecordView, Reply, SCHEMA_VERSION,
+    Shape, SmtpReply,
 };

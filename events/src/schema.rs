@@ -187,16 +187,53 @@ macro_rules! schema {
                 }
             }
 
-            /// The event whose kind byte and fields `input` holds.
-            fn get_binary(input: &mut Input<'_>) -> Result<Event, DecodeError> {
+            /// The event as a view: its strings borrowed.
+            pub fn view(&self) -> EventView<'_> {
+                match self {
+                    $(Event::$variant { $($field,)* } => EventView::$variant {
+                        $($field: Bin::view($field),)*
+                    },)*
+                }
+            }
+        }
+
+        /// An [`Event`] as it lies in a record's bytes: its strings borrowed from them (what a
+        /// reader that only looks at each record, a replay's fold, decodes without allocating).
+        /// Its variants and fields are the event's, each field its type's [`Bin::View`].
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum EventView<'a> {
+            $(
+                $variant { $( $field: <$ty as Bin>::View<'a>, )* },
+            )*
+        }
+
+        impl<'a> EventView<'a> {
+            /// The `type` tag of the event.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(EventView::$variant { .. } => $tag,)*
+                }
+            }
+
+            /// The owned event.
+            pub fn to_owned(self) -> Event {
+                match self {
+                    $(EventView::$variant { $($field,)* } => Event::$variant {
+                        $($field: <$ty as Bin>::from_view($field),)*
+                    },)*
+                }
+            }
+
+            /// The view of the event whose kind byte and fields `input` holds.
+            fn get_binary(input: &mut Input<'a>) -> Result<EventView<'a>, DecodeError> {
                 let kind = input.byte().map_err(|what| DecodeError {
                     context: "kind".into(),
                     what: what.into(),
                 })?;
                 $(
                     if kind == KindId::$variant as u8 {
-                        return Ok(Event::$variant {
-                            $($field: Bin::get(input).map_err(|what| DecodeError {
+                        return Ok(EventView::$variant {
+                            $($field: <$ty as Bin>::get_view(input).map_err(|what| DecodeError {
                                 context: concat!($tag, ".", stringify!($field)).into(),
                                 what: what.into(),
                             })?,)*
@@ -552,6 +589,49 @@ pub struct Record {
     pub event: Event,
 }
 
+/// A [`Record`] as it lies in its binary encoding: the event's strings borrowed from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordView<'a> {
+    pub seq: u64,
+    pub ts: u64,
+    pub event: EventView<'a>,
+}
+
+impl<'a> RecordView<'a> {
+    /// The view of the record whose binary encoding (beginning with [`binary::MARKER`]) is
+    /// `bytes`: every check of [`Record::from_binary`] made, nothing allocated for the event's
+    /// strings.
+    pub fn from_binary(bytes: &'a [u8]) -> Result<RecordView<'a>, DecodeError> {
+        let mut input = Input::new(bytes);
+        let head = |context: &str, what: &str| DecodeError {
+            context: context.into(),
+            what: what.into(),
+        };
+        if input.byte().ok() != Some(binary::MARKER) {
+            return Err(head("marker", "not a binary record"));
+        }
+        let seq = input.varint().map_err(|w| head("seq", w))?;
+        let ts = input.varint().map_err(|w| head("ts", w))?;
+        let event = EventView::get_binary(&mut input)?;
+        if !input.at_end() {
+            return Err(DecodeError {
+                context: event.kind().into(),
+                what: "bytes after the last field".into(),
+            });
+        }
+        Ok(RecordView { seq, ts, event })
+    }
+
+    /// The owned record.
+    pub fn to_owned(self) -> Record {
+        Record {
+            seq: self.seq,
+            ts: self.ts,
+            event: self.event.to_owned(),
+        }
+    }
+}
+
 /// Why a frame's payload is not a record.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
@@ -572,24 +652,16 @@ impl Record {
 
     /// A record from its binary encoding (beginning with [`binary::MARKER`]).
     pub fn from_binary(bytes: &[u8]) -> Result<Record, DecodeError> {
-        let mut input = Input::new(bytes);
-        let head = |context: &str, what: &str| DecodeError {
-            context: context.into(),
-            what: what.into(),
-        };
-        if input.byte().ok() != Some(binary::MARKER) {
-            return Err(head("marker", "not a binary record"));
+        RecordView::from_binary(bytes).map(RecordView::to_owned)
+    }
+
+    /// The record as a view: its strings borrowed.
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            seq: self.seq,
+            ts: self.ts,
+            event: self.event.view(),
         }
-        let seq = input.varint().map_err(|w| head("seq", w))?;
-        let ts = input.varint().map_err(|w| head("ts", w))?;
-        let event = Event::get_binary(&mut input)?;
-        if !input.at_end() {
-            return Err(DecodeError {
-                context: event.kind().into(),
-                what: "bytes after the last field".into(),
-            });
-        }
-        Ok(Record { seq, ts, event })
     }
 
     /// A record from a log frame's payload, in either encoding: JSON (log format 1, and what
@@ -823,6 +895,9 @@ mod tests {
             r.put_binary(&mut b);
             assert_eq!(&Record::from_binary(&b).unwrap(), r);
             assert_eq!(&Record::from_payload(&b).unwrap(), r);
+            // The view read from the bytes is the record's own view, field for field.
+            assert_eq!(RecordView::from_binary(&b).unwrap(), r.view());
+            assert_eq!(&r.view().to_owned(), r);
             let json = serde_json::to_vec(r).unwrap();
             assert_eq!(&Record::from_payload(&json).unwrap(), r);
             assert!(b.len() < json.len(), "{} vs {}", b.len(), json.len());

@@ -1,6 +1,6 @@
 //! The run summary, folded from the event log.
 
-use mailsim_events::{Event, Record};
+use mailsim_events::{EventView, Record, RecordView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -168,6 +168,12 @@ pub struct SummaryFold {
 impl SummaryFold {
     /// Take the next record (in log order) into account.
     pub fn push(&mut self, r: &Record) {
+        self.push_view(&r.view())
+    }
+
+    /// Take the next record (in log order) into account, as a view of its bytes (a replay
+    /// decodes none of a record's strings into an allocation of its own).
+    pub fn push_view(&mut self, r: &RecordView<'_>) {
         let SummaryFold {
             s,
             fates,
@@ -188,17 +194,17 @@ impl SummaryFold {
         first_ts.get_or_insert(r.ts);
         *last_ts = (*last_ts).max(r.ts);
         match &r.event {
-            Event::RunStarted {
+            EventView::RunStarted {
                 scenario,
                 seed,
                 mode,
                 ..
             } => {
-                s.scenario = scenario.clone();
+                s.scenario = scenario.to_string();
                 s.seed = *seed;
-                *external = mode == "external";
+                *external = *mode == "external";
             }
-            Event::Injected {
+            EventView::Injected {
                 msg,
                 domain,
                 message_id,
@@ -207,20 +213,20 @@ impl SummaryFold {
                 ..
             } => {
                 on_injected(r.ts);
-                let transactional = lane.as_deref() == Some("transactional");
+                let transactional = *lane == Some("transactional");
                 let domain = domains.id(domain);
                 fates.insert(*msg, (domain, Fate::Queued, r.ts, transactional));
                 if *external {
-                    let key = (message_id.clone(), rcpt.to_ascii_lowercase());
+                    let key = (message_id.to_string(), rcpt.to_ascii_lowercase());
                     if let Some((ts, outcome)) = early.remove(&key) {
                         outcome.apply(*msg, ts, fates, s, &mut on_delivered);
                     }
                     by_message.insert(key, *msg);
                 }
             }
-            Event::Stored { .. } | Event::ReportReceived { .. } if *external => {
-                if let Event::ReportReceived { kind, .. } = &r.event {
-                    *s.reports_received.entry(kind.clone()).or_default() += 1;
+            EventView::Stored { .. } | EventView::ReportReceived { .. } if *external => {
+                if let EventView::ReportReceived { kind, .. } = &r.event {
+                    *s.reports_received.entry(kind.to_string()).or_default() += 1;
                 }
                 if let Some((key, outcome)) = external_outcome(&r.event) {
                     match by_message.get(&key) {
@@ -231,7 +237,7 @@ impl SummaryFold {
                     }
                 }
             }
-            Event::Delivered { msg, .. } => {
+            EventView::Delivered { msg, .. } => {
                 let first = fates
                     .get(msg)
                     .filter(|f| f.1 != Fate::Delivered)
@@ -243,36 +249,36 @@ impl SummaryFold {
                     on_delivered(r.ts);
                 }
             }
-            Event::Bounced { msg, reason, .. } if set_fate(fates, *msg, Fate::Bounced) => {
+            EventView::Bounced { msg, reason, .. } if set_fate(fates, *msg, Fate::Bounced) => {
                 *s.reasons.entry(reason_word(reason)).or_default() += 1;
             }
-            Event::Expired { msg, .. } if set_fate(fates, *msg, Fate::Expired) => {
+            EventView::Expired { msg, .. } if set_fate(fates, *msg, Fate::Expired) => {
                 *s.reasons.entry("expired".into()).or_default() += 1;
             }
-            Event::Suppressed { domain, .. } => {
-                s.domains.entry(domain.clone()).or_default().suppressed += 1;
+            EventView::Suppressed { domain, .. } => {
+                s.domains.entry(domain.to_string()).or_default().suppressed += 1;
                 s.suppressed += 1;
             }
-            Event::SuppressionAdded { .. } => s.suppression_added += 1,
-            Event::DsnQueued { .. } => s.dsns_queued += 1,
-            Event::ReportReceived { kind, .. } => {
-                *s.reports_received.entry(kind.clone()).or_default() += 1
+            EventView::SuppressionAdded { .. } => s.suppression_added += 1,
+            EventView::DsnQueued { .. } => s.dsns_queued += 1,
+            EventView::ReportReceived { kind, .. } => {
+                *s.reports_received.entry(kind.to_string()).or_default() += 1
             }
-            Event::AuthVerdict {
+            EventView::AuthVerdict {
                 spf, dkim, dmarc, ..
             } => {
                 let a = &mut s.auth;
-                if spf == "pass" {
+                if *spf == "pass" {
                     a.spf_pass += 1
                 } else {
                     a.spf_fail += 1
                 }
-                match dkim.as_str() {
+                match *dkim {
                     "pass" => a.dkim_pass += 1,
                     "none" => a.dkim_none += 1,
                     _ => a.dkim_fail += 1,
                 }
-                if dmarc == "pass" {
+                if *dmarc == "pass" {
                     a.dmarc_pass += 1
                 } else {
                     a.dmarc_fail += 1
@@ -409,15 +415,15 @@ pub enum Outcome {
 /// (Message-ID, lower-cased recipient). A copy stored is a delivery; a DSN the bounce processor
 /// read is final when it says failed (or, without an Action, gives a hard reason): an expiry
 /// when its status is temporary (4.x.x), else a bounce. Anything else says nothing final.
-pub fn external_outcome(event: &Event) -> Option<((String, String), Outcome)> {
+pub fn external_outcome(event: &EventView<'_>) -> Option<((String, String), Outcome)> {
     match event {
-        Event::Stored {
+        EventView::Stored {
             message_id, rcpt, ..
         } => Some((
-            (message_id.clone(), rcpt.to_ascii_lowercase()),
+            (message_id.to_string(), rcpt.to_ascii_lowercase()),
             Outcome::Delivered,
         )),
-        Event::ReportReceived {
+        EventView::ReportReceived {
             kind,
             rcpt,
             reason,
@@ -426,15 +432,15 @@ pub fn external_outcome(event: &Event) -> Option<((String, String), Outcome)> {
             message_id,
             action,
             ..
-        } if kind == "bounce" && !message_id.is_empty() => {
-            let failed = action == "failed" || (action.is_empty() && *hard);
+        } if *kind == "bounce" && !message_id.is_empty() => {
+            let failed = *action == "failed" || (action.is_empty() && *hard);
             failed.then(|| {
                 let outcome = if status.starts_with('4') {
                     Outcome::Expired
                 } else {
                     Outcome::Bounced(reason_word(reason))
                 };
-                ((message_id.clone(), rcpt.to_ascii_lowercase()), outcome)
+                ((message_id.to_string(), rcpt.to_ascii_lowercase()), outcome)
             })
         }
         _ => None,
@@ -484,6 +490,7 @@ fn reason_word(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailsim_events::Event;
 
     fn rec(seq: u64, event: Event) -> Record {
         Record {
