@@ -16,7 +16,7 @@
 
 use crate::binary;
 use crate::clock::Clock;
-use crate::schema::{Event, Record};
+use crate::schema::{Event, Record, RecordView};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -722,28 +722,69 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// A record read by [`LogReader`]: a binary one as a view of its bytes, a JSON one decoded.
+enum Decoded<'a> {
+    View(RecordView<'a>),
+    Owned(Record),
+}
+
+impl LogReader {
+    /// `f` of the next record, given as a view of its bytes (a binary record is read where it
+    /// lies, nothing allocated for its strings; a JSON one is decoded, then viewed); `None` at
+    /// the end or at a torn tail. What the records are as an iterator, without the copies.
+    pub fn next_with<T>(
+        &mut self,
+        f: impl FnOnce(&RecordView<'_>) -> T,
+    ) -> Option<Result<T, LogError>> {
+        Some(self.next_read()?.map(|read| match read {
+            Decoded::View(view) => f(&view),
+            Decoded::Owned(record) => f(&record.view()),
+        }))
+    }
+
+    /// The next record, checked to follow the one before it.
+    fn next_read(&mut self) -> Option<Result<Decoded<'_>, LogError>> {
+        let start = match self.next_payload() {
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+            Ok(Some((start, _))) => start,
+        };
+        // The checksum matched, so a record that does not read is a schema mismatch, not a
+        // torn write.
+        let bad = |e: &dyn std::fmt::Display| LogError::BadRecord {
+            path: self.path.clone(),
+            record: self.records,
+            offset: start,
+            message: e.to_string(),
+        };
+        let read = if self.buf.first() == Some(&binary::MARKER) {
+            RecordView::from_binary(&self.buf)
+                .map(Decoded::View)
+                .map_err(|e| bad(&e))
+        } else {
+            Record::from_json(&self.buf)
+                .map(Decoded::Owned)
+                .map_err(|e| bad(&e))
+        };
+        Some(read.and_then(|read| {
+            let seq = match &read {
+                Decoded::View(v) => v.seq,
+                Decoded::Owned(r) => r.seq,
+            };
+            check_sequence(&self.path, self.last_seq, seq, self.records, start)?;
+            self.last_seq = Some(seq);
+            Ok(read)
+        }))
+    }
+}
+
 impl Iterator for LogReader {
     type Item = Result<Record, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (start, decoded) = match self.next_payload() {
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e)),
-            Ok(Some((start, frame))) => (start, Record::from_payload(frame)),
-        };
-        let record = decoded.map_err(|e| {
-            // The checksum matched, so this is a schema mismatch, not a torn write.
-            LogError::BadRecord {
-                path: self.path.clone(),
-                record: self.records,
-                offset: start,
-                message: e.to_string(),
-            }
-        });
-        Some(record.and_then(|r| {
-            check_sequence(&self.path, self.last_seq, r.seq, self.records, start)?;
-            self.last_seq = Some(r.seq);
-            Ok(r)
+        Some(self.next_read()?.map(|read| match read {
+            Decoded::View(view) => view.to_owned(),
+            Decoded::Owned(record) => record,
         }))
     }
 }

@@ -40,6 +40,18 @@ impl Serialize for SmtpReply {
     }
 }
 
+impl Serialize for crate::binary::SmtpReplyView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SmtpReplyJson {
+            command: self.command,
+            code: self.code,
+            enhanced: self.enhanced,
+            text: self.text,
+        }
+        .serialize(s)
+    }
+}
+
 impl<'de> Deserialize<'de> for SmtpReply {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let j = SmtpReplyJson::<String, String>::deserialize(d)?;
@@ -199,11 +211,13 @@ macro_rules! schema {
 
         /// An [`Event`] as it lies in a record's bytes: its strings borrowed from them (what a
         /// reader that only looks at each record, a replay's fold, decodes without allocating).
-        /// Its variants and fields are the event's, each field its type's [`Bin::View`].
-        #[derive(Debug, Clone, PartialEq)]
+        /// Its variants and fields are the event's, each field its type's [`Bin::View`], and
+        /// its JSON is the event's.
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
         pub enum EventView<'a> {
             $(
-                $variant { $( $field: <$ty as Bin>::View<'a>, )* },
+                $variant { $( $(#[$fmeta])* $field: <$ty as Bin>::View<'a>, )* },
             )*
         }
 
@@ -522,9 +536,9 @@ schema! {
         reason: String,
         status: String,
         hard: bool,
-        #[serde(default, skip_serializing_if = "String::is_empty")]
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         message_id: String,
-        #[serde(default, skip_serializing_if = "String::is_empty")]
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         action: String,
     }
     /// Receiving side (a provider with a reputation model): where an accepted copy landed,
@@ -555,7 +569,7 @@ schema! {
         message_id: String,
         url: String,
         http_status: u16,
-        #[serde(default, skip_serializing_if = "String::is_empty")]
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         error: String,
     }
     /// A simulated recipient followed a link of a message.
@@ -564,7 +578,7 @@ schema! {
         message_id: String,
         url: String,
         http_status: u16,
-        #[serde(default, skip_serializing_if = "String::is_empty")]
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         error: String,
     }
     /// A simulated recipient unsubscribed: `method` `one-click` (RFC 8058 POST) or `mailto`.
@@ -574,7 +588,7 @@ schema! {
         method: String,
         url: String,
         http_status: u16,
-        #[serde(default, skip_serializing_if = "String::is_empty")]
+        #[serde(default, skip_serializing_if = "str::is_empty")]
         error: String,
     }
 }
@@ -589,11 +603,13 @@ pub struct Record {
     pub event: Event,
 }
 
-/// A [`Record`] as it lies in its binary encoding: the event's strings borrowed from it.
-#[derive(Debug, Clone, PartialEq)]
+/// A [`Record`] as it lies in its binary encoding: the event's strings borrowed from it. Its
+/// JSON is the record's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordView<'a> {
     pub seq: u64,
     pub ts: u64,
+    #[serde(flatten)]
     pub event: EventView<'a>,
 }
 
@@ -895,9 +911,12 @@ mod tests {
             r.put_binary(&mut b);
             assert_eq!(&Record::from_binary(&b).unwrap(), r);
             assert_eq!(&Record::from_payload(&b).unwrap(), r);
-            // The view read from the bytes is the record's own view, field for field.
+            // The view read from the bytes is the record's own view, field for field, and
+            // its JSON the record's.
             assert_eq!(RecordView::from_binary(&b).unwrap(), r.view());
             assert_eq!(&r.view().to_owned(), r);
+            let json = serde_json::to_string(r).unwrap();
+            assert_eq!(serde_json::to_string(&r.view()).unwrap(), json);
             let json = serde_json::to_vec(r).unwrap();
             assert_eq!(&Record::from_payload(&json).unwrap(), r);
             assert!(b.len() < json.len(), "{} vs {}", b.len(), json.len());

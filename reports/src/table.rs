@@ -405,9 +405,10 @@ fn decode_part(path: &str, part: &Part) -> Result<DataFrame, TableError> {
         };
         let payload = &part.bytes[r.clone()];
         if payload.first() == Some(&mailsim_events::binary::MARKER) {
-            // Log format 2: the record decoded, its fields as its JSON would give them.
+            // Log format 2: the record read as a view of its bytes, its fields as its JSON
+            // would give them.
             let record =
-                mailsim_events::Record::from_binary(payload).map_err(|e| bad(e.to_string()))?;
+                mailsim_events::RecordView::from_binary(payload).map_err(|e| bad(e.to_string()))?;
             from_record::push(&mut cols, &record).map_err(|e| bad(e.to_string()))?;
             continue;
         }

@@ -575,8 +575,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut write = || -> anyhow::Result<()> {
-                for r in reader.by_ref() {
-                    serde_json::to_writer(&mut out, &r?)?;
+                // Each record written from a view of its bytes: nothing allocated for it.
+                while let Some(written) = reader.next_with(|r| serde_json::to_writer(&mut out, r)) {
+                    written??;
                     out.write_all(b"\n")?;
                 }
                 out.flush()?;

@@ -1,10 +1,10 @@
-//! A decoded [`Record`] (a log in the binary format) into the table's builders, its fields
+//! A [`RecordView`] (a record of a log in the binary format) into the table's builders, its fields
 //! given as its JSON gives them: through the record's own `Serialize` (the schema's, with every
 //! `skip_serializing_if` and flattening), so that a field its JSON leaves out is a null here
 //! too, and a log in either format makes the same table.
 
 use super::{Builder, Cols, KIND, Layout, Slot};
-use mailsim_events::Record;
+use mailsim_events::RecordView;
 use serde::ser::{self, Impossible, Serialize, SerializeMap, SerializeStruct, Serializer};
 use std::fmt;
 
@@ -33,7 +33,7 @@ impl serde::de::Error for Error {
 }
 
 /// Add `record` as the next row of `cols`.
-pub(super) fn push(cols: &mut Cols<'_>, record: &Record) -> Result<(), Error> {
+pub(super) fn push(cols: &mut Cols<'_>, record: &RecordView<'_>) -> Result<(), Error> {
     record.serialize(Row(cols))
 }
 
