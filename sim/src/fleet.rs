@@ -12,7 +12,9 @@ use mailsim_events::{Clock, Event, EventSink};
 use mailsim_mailbox::auth::Verifier;
 use mailsim_mailbox::store::Maildir;
 use mailsim_smtp::Reply;
-use mailsim_smtp::server::{Backend, Server, ServerConfig, SessionInfo, Transaction};
+use mailsim_smtp::server::{
+    Backend, DATA_BUDGET_BYTES_DEFAULT, DataBudget, Server, ServerConfig, SessionInfo, Transaction,
+};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -492,6 +494,8 @@ impl FleetContext {
 impl FleetServers {
     /// One server per live host, each offering STARTTLS as its plan says.
     pub fn build(hosts: &[HostPlan], ctx: &FleetContext) -> Result<FleetServers, String> {
+        // One budget for the messages every host is receiving: the fleet is one process.
+        let budget = DataBudget::new(DATA_BUDGET_BYTES_DEFAULT);
         let servers = hosts
             .iter()
             .filter(|h| !h.down)
@@ -516,6 +520,7 @@ impl FleetServers {
                 });
                 let mut cfg = ServerConfig {
                     hostname: h.name.clone(),
+                    data_budget: budget.clone(),
                     ..ServerConfig::default()
                 };
                 if let Some(max) = size_max {

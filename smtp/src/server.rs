@@ -8,7 +8,7 @@ use smtp_proto::request::receiver::DataReceiver;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -47,6 +47,80 @@ pub struct ServerConfig {
     pub auth: bool,
     /// Failed AUTH attempts before the connection is closed.
     pub auth_failures_max: u32,
+    /// The bytes of messages being received (and handed to the backend) that every session
+    /// sharing this budget may hold at once. A message that would pass it is read to its end
+    /// and refused with 452 4.3.1 (insufficient system storage, RFC 5321 section 4.2.3 and
+    /// RFC 3463): many clients sending large messages at once cannot take the server's memory.
+    /// Servers given clones of one budget share it (a fleet's hosts).
+    pub data_budget: DataBudget,
+}
+
+/// The default [`ServerConfig::data_budget`]: room for ten messages at the default size limit,
+/// and for thousands of ordinary ones.
+pub const DATA_BUDGET_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+
+/// Bytes of messages in flight that the sessions sharing it may hold ([`ServerConfig::data_budget`]).
+#[derive(Debug, Clone)]
+pub struct DataBudget(Arc<(AtomicUsize, usize)>);
+
+impl DataBudget {
+    pub fn new(bytes_max: usize) -> Self {
+        DataBudget(Arc::new((AtomicUsize::new(0), bytes_max)))
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.0.0.load(Ordering::Relaxed)
+    }
+
+    /// A session's share, empty.
+    fn share(&self) -> Share<'_> {
+        Share {
+            budget: self,
+            bytes: 0,
+        }
+    }
+}
+
+/// The answer to a message the server has no room for (RFC 3463 4.3.1: mail system full).
+fn no_room_reply() -> Reply {
+    Reply::new(
+        452,
+        (4, 3, 1),
+        "insufficient system storage for the message now, try again later",
+    )
+}
+
+/// What one session holds of a [`DataBudget`]; given back when dropped.
+struct Share<'b> {
+    budget: &'b DataBudget,
+    bytes: usize,
+}
+
+impl Share<'_> {
+    /// Hold `bytes` in all; false (holding what it held) when the budget has no room for more.
+    fn hold(&mut self, bytes: usize) -> bool {
+        let (used, max) = &*self.budget.0;
+        if bytes <= self.bytes {
+            used.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        } else {
+            let more = bytes - self.bytes;
+            let taken = used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(more).filter(|n| n <= max)
+            });
+            if taken.is_err() {
+                return false;
+            }
+        }
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        self.hold(0);
+    }
 }
 
 impl Default for ServerConfig {
@@ -66,6 +140,7 @@ impl Default for ServerConfig {
             tls: None,
             auth: false,
             auth_failures_max: 3,
+            data_budget: DataBudget::new(DATA_BUDGET_BYTES_DEFAULT),
         }
     }
 }
@@ -156,6 +231,16 @@ pub enum Input {
     Data(Vec<u8>),
     /// A DATA body over the size limit (discarded).
     DataTooBig,
+    /// A DATA body the server had no room for ([`Framer::no_room`]; discarded).
+    DataNoRoom,
+}
+
+/// What becomes of the DATA body being received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Kept,
+    TooBig,
+    NoRoom,
 }
 
 /// Sans-IO framer: feed it bytes, take complete command lines or DATA bodies.
@@ -164,7 +249,7 @@ pub struct Framer {
     pos: usize,
     line_bytes_max: usize,
     data_bytes_max: usize,
-    data: Option<(DataReceiver, Vec<u8>, bool)>,
+    data: Option<(DataReceiver, Vec<u8>, Body)>,
     discarding_line: bool,
     /// Inputs handed out so far (to tell a command in progress from the next one).
     taken: u64,
@@ -200,7 +285,23 @@ impl Framer {
         let mut receiver = DataReceiver::new();
         let mut primed = Vec::new();
         receiver.ingest(&mut b"\r\n".iter(), &mut primed);
-        self.data = Some((receiver, Vec::new(), false));
+        self.data = Some((receiver, Vec::new(), Body::Kept));
+    }
+
+    /// Bytes of memory the DATA body received so far holds (its buffer's capacity).
+    pub fn data_bytes(&self) -> usize {
+        self.data.as_ref().map_or(0, |(_, body, _)| body.capacity())
+    }
+
+    /// The server has no room for the DATA body being received: it is dropped, the rest read
+    /// to its end and discarded, and the body is [`Input::DataNoRoom`].
+    pub fn no_room(&mut self) {
+        if let Some((_, body, state)) = self.data.as_mut() {
+            *body = Vec::new();
+            if *state == Body::Kept {
+                *state = Body::NoRoom;
+            }
+        }
     }
 
     pub fn has_buffered(&self) -> bool {
@@ -232,23 +333,30 @@ impl Framer {
 
     fn take_input(&mut self) -> Option<Input> {
         let rest = &self.buf[self.pos..];
-        if let Some((receiver, body, too_big)) = self.data.as_mut() {
+        if let Some((receiver, body, state)) = self.data.as_mut() {
             let mut it = rest.iter();
             let done = receiver.ingest(&mut it, body);
             self.pos = self.buf.len() - it.len();
             if body.len() > self.data_bytes_max {
-                *too_big = true;
-                body.clear();
+                *state = Body::TooBig;
+            }
+            if *state != Body::Kept {
+                // Discarding: the buffer's memory goes back too (it counts against the budget).
+                if body.capacity() > READ_BUF_BYTES {
+                    *body = Vec::new();
+                } else {
+                    body.clear();
+                }
             }
             if !done {
                 self.compact();
                 return None;
             }
-            let (_, body, too_big) = self.data.take().expect("data mode");
-            return Some(if too_big {
-                Input::DataTooBig
-            } else {
-                Input::Data(body)
+            let (_, body, state) = self.data.take().expect("data mode");
+            return Some(match state {
+                Body::Kept => Input::Data(body),
+                Body::TooBig => Input::DataTooBig,
+                Body::NoRoom => Input::DataNoRoom,
             });
         }
         match rest.iter().position(|&b| b == b'\n') {
@@ -400,6 +508,17 @@ impl<'c> Session<'c> {
     /// Bytes from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.framer.feed(bytes);
+    }
+
+    /// Bytes of memory the message being received holds so far.
+    pub fn data_bytes(&self) -> usize {
+        self.framer.data_bytes()
+    }
+
+    /// The server has no room for the message being received: it is read to its end,
+    /// discarded, and refused with 452 4.3.1.
+    pub fn no_room(&mut self) {
+        self.framer.no_room();
     }
 
     /// The replies to send.
@@ -567,6 +686,11 @@ impl<'c> Session<'c> {
                 self.tx = None;
                 Reply::new(552, (5, 3, 4), "message exceeds the size limit")
                     .write_to(&mut self.out);
+                Flow::Continue
+            }
+            Input::DataNoRoom => {
+                self.tx = None;
+                no_room_reply().write_to(&mut self.out);
                 Flow::Continue
             }
             Input::Data(message) => {
@@ -990,8 +1114,19 @@ where
     // Per-connection memory is what bounds a server holding thousands of idle clients.
     let mut readbuf = vec![0u8; READ_BUF_BYTES];
     let limit = session.cfg.command_timeout;
+    // The message being received, held against the server's budget from its first byte
+    // until the backend has answered for it.
+    let budget = session.cfg.data_budget.clone();
+    let mut share = budget.share();
     loop {
-        match session.next(started.elapsed()) {
+        let action = session.next(started.elapsed());
+        if !matches!(action, Action::Ask(Question::Data { .. }))
+            && !share.hold(session.data_bytes())
+        {
+            session.no_room();
+            share.hold(0);
+        }
+        match action {
             Action::Flush => {
                 let delay = backend.reply_delay(&session.info);
                 if !delay.is_zero() {
@@ -1028,7 +1163,13 @@ where
                     session.answer(reply);
                 }
                 Question::Data { tx, message } => {
-                    let reply = backend.on_data(&session.info, &tx, message).await;
+                    let reply = if share.hold(message.capacity()) {
+                        backend.on_data(&session.info, &tx, message).await
+                    } else {
+                        drop(message);
+                        no_room_reply()
+                    };
+                    share.hold(0);
                     session.answer(reply);
                 }
                 Question::Credentials { login, password } => {
@@ -1582,6 +1723,11 @@ mod tests {
                 let n = rng.gen_range(1..=(input.len() - fed).min(50));
                 f.feed(&input[fed..fed + n]);
                 fed += n;
+                // The driver may find no room for a message at any point of it.
+                if f.in_data() && rng.gen_bool(0.05) {
+                    f.no_room();
+                    assert_eq!(f.data_bytes(), 0);
+                }
                 while let Some(item) = f.next_input() {
                     match item {
                         Input::Line(l) => {
@@ -1591,8 +1737,9 @@ mod tests {
                             }
                         }
                         Input::Data(d) => assert!(d.len() <= 256),
-                        Input::LineTooLong | Input::DataTooBig => {}
+                        Input::LineTooLong | Input::DataTooBig | Input::DataNoRoom => {}
                     }
+                    assert!(f.data_bytes() <= 1024);
                 }
             }
         }

@@ -210,3 +210,76 @@ async fn the_command_deadline_follows_each_command_not_the_session() {
         "{took:?}"
     );
 }
+
+/// Messages being received share the server's data budget (the memory their buffers hold):
+/// while one client holds most of it with a message not yet ended, another's message that would pass it is read to its end and
+/// refused with 452 4.3.1 (temporary), and the same message goes through once the first is in.
+#[tokio::test]
+async fn a_message_the_data_budget_has_no_room_for_is_refused_for_now() {
+    use mailsim_smtp::server::DataBudget;
+    let budget = DataBudget::new(200_000);
+    let cfg = ServerConfig {
+        message_bytes_max: 1_000_000,
+        data_budget: budget.clone(),
+        ..ServerConfig::default()
+    };
+    let (addr, backend, stop, task) = start(cfg).await;
+    let line = |c: char| format!("{}\r\n", c.to_string().repeat(98));
+    let body = |c: char, lines: usize| line(c).repeat(lines).into_bytes();
+    async fn open(addr: std::net::SocketAddr) -> Client {
+        let mut c = Client::connect(addr).await;
+        assert!(c.reply().await.starts_with("220 "));
+        c.send(b"EHLO client.test\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<x@r.test>\r\nDATA\r\n")
+            .await;
+        for code in ["250", "250 2.1.0", "250 2.1.5", "354"] {
+            let r = c.reply().await;
+            assert!(r.starts_with(code), "{r}");
+        }
+        c
+    }
+    let wait_held = |at_least: usize, at_most: usize| {
+        let budget = budget.clone();
+        async move {
+            for _ in 0..500 {
+                let held = budget.held();
+                if (at_least..=at_most).contains(&held) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("held {} not in {at_least}..={at_most}", budget.held());
+        }
+    };
+
+    // A: 80,000 bytes of a message, not ended (held in a buffer of 131,072).
+    let mut a = open(addr).await;
+    a.send(&body('a', 800)).await;
+    wait_held(80_000, 200_000).await;
+    // B: a whole message of as much: no room.
+    let mut b = open(addr).await;
+    b.send(&body('b', 800)).await;
+    b.send(b".\r\n").await;
+    let refused = b.reply().await;
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    // B's session goes on; A ends its message and gives its share back.
+    a.send(b".\r\n").await;
+    assert!(a.reply().await.starts_with("250 "));
+    wait_held(0, 0).await;
+    b.send(b"MAIL FROM:<a@s.test>\r\nRCPT TO:<x@r.test>\r\nDATA\r\n")
+        .await;
+    for code in ["250 2.1.0", "250 2.1.5", "354"] {
+        assert!(b.reply().await.starts_with(code));
+    }
+    b.send(&body('b', 800)).await;
+    b.send(b".\r\n").await;
+    assert!(b.reply().await.starts_with("250 "));
+    wait_held(0, 0).await;
+    // What the server stored: A's message, then B's second, whole; nothing of B's first.
+    let got = backend.messages.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1, body('a', 800));
+    assert_eq!(got[1].1, body('b', 800));
+    drop(got);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
