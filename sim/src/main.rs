@@ -1087,8 +1087,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 on_ack: None,
                 rate,
             };
-            // The time of the sending (by SMTP the messages are built a batch at a time as the
-            // sessions take them, within it; the HTTP requests are built before).
+            // The time of the sending (the messages, or the HTTP requests, are built as the
+            // sessions take them, within it).
             let (report, took) = match (http, &token_file) {
                 (Some(api), Some(file)) => {
                     // The first token of a file as `mailsim mta --http-tokens` reads one.
@@ -1102,14 +1102,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     else {
                         anyhow::bail!("--token-file {}: no token in it", file.display());
                     };
-                    let messages = campaign.all()?;
-                    let requests =
-                        mailsim::send::campaign_requests(&sc, &messages, &world, per_request);
-                    drop(messages);
+                    let requests = mailsim::send::HttpRequests::new(&campaign, per_request);
                     opts.to = api;
                     let started = std::time::Instant::now();
-                    let report =
-                        runtime.block_on(mailsim::send::send_http(requests, api, &token, &opts))?;
+                    let report = runtime
+                        .block_on(mailsim::send::send_http(&requests, api, &token, &opts))?;
                     (report, started.elapsed())
                 }
                 _ => {

@@ -49,27 +49,16 @@ pub fn build_messages(
     tracking: Option<&crate::web::Tracking>,
 ) -> Vec<OutboundMessage> {
     let campaign = scenario.campaign();
-    let domains = weighted_domains(scenario);
-    let total: f64 = domains.iter().map(|d| d.1).sum();
+    let envelopes = Envelopes::new(scenario, world);
     let sender = &world.senders[0].sender;
     let from = sender.from_address();
     let filler =
         "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
     range
         .map(|i| {
-            let subscriber = campaign
-                .list_subscribers
-                .as_ref()
-                .map(|l| &l[(i % l.len() as u64) as usize]);
-            let rcpt = match subscriber {
-                Some(s) => s.email.clone(),
-                None => recipient_in(scenario.seed, &domains, total, i),
-            };
-            let message_id = if send == 0 {
-                format!("{i}.{}@{}", scenario.seed, sender.domain)
-            } else {
-                format!("{i}.{}.{send}@{}", scenario.seed, sender.domain)
-            };
+            let subscriber = envelopes.subscriber(i);
+            let rcpt = envelopes.rcpt(i);
+            let message_id = envelopes.message_id(i, send);
             let greeting = subscriber
                 .and_then(|s| s.fields.get("name"))
                 .and_then(|n| n.as_str())
@@ -139,6 +128,52 @@ pub fn build_messages(
             }
         })
         .collect()
+}
+
+/// Who campaign message `i` goes to and its Message-ID, as [`build_messages`] gives them,
+/// known without building the message (the HTTP load generator's requests carry only these).
+pub struct Envelopes<'a> {
+    scenario: &'a Scenario,
+    domains: Vec<(&'a str, f64)>,
+    total: f64,
+    sender_domain: &'a str,
+}
+
+impl<'a> Envelopes<'a> {
+    pub fn new(scenario: &'a Scenario, world: &'a World) -> Self {
+        let domains = weighted_domains(scenario);
+        Envelopes {
+            scenario,
+            total: domains.iter().map(|d| d.1).sum(),
+            domains,
+            sender_domain: &world.senders[0].sender.domain,
+        }
+    }
+
+    /// The list subscriber message `i` goes to, when the campaign is sent to a list.
+    fn subscriber(&self, i: u64) -> Option<&'a mailsim_platform::lists::Subscriber> {
+        let list = self.scenario.campaign().list_subscribers.as_ref()?;
+        list.get((i % list.len() as u64) as usize)
+    }
+
+    /// The recipient of message `i`.
+    pub fn rcpt(&self, i: u64) -> String {
+        match self.subscriber(i) {
+            Some(s) => s.email.clone(),
+            None => recipient_in(self.scenario.seed, &self.domains, self.total, i),
+        }
+    }
+
+    /// The Message-ID of message `i` of send `send` (0: the campaign's first), without its
+    /// angle brackets.
+    pub fn message_id(&self, i: u64, send: u32) -> String {
+        let (seed, domain) = (self.scenario.seed, self.sender_domain);
+        if send == 0 {
+            format!("{i}.{seed}@{domain}")
+        } else {
+            format!("{i}.{seed}.{send}@{domain}")
+        }
+    }
 }
 
 /// Transactional message `i` of the scenario's `[transactional]` stream: a sign-in code to a

@@ -139,9 +139,9 @@ impl<'a> Campaign<'a> {
         }
     }
 
-    /// Every message of the share at once (the HTTP load generator's requests are made of
-    /// them).
-    pub fn all(&self) -> anyhow::Result<Vec<OutboundMessage>> {
+    /// Every message of the share at once (the tests' reference).
+    #[cfg(test)]
+    fn all(&self) -> anyhow::Result<Vec<OutboundMessage>> {
         self.build(0..self.all)
     }
 }
@@ -191,16 +191,6 @@ impl Shared {
             tokio::time::sleep_until(slot).await;
         }
     }
-}
-
-/// Deal `items` round-robin into `n` parts (at least one), one per connection.
-fn deal<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
-    let n = n.max(1);
-    let mut parts: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
-    for (i, item) in items.into_iter().enumerate() {
-        parts[i % n].push(item);
-    }
-    parts
 }
 
 /// Submit `campaign` over `opts.connections` sessions at once, each taking the next batch of
@@ -383,74 +373,102 @@ async fn worker(
 
 /// The campaign as HTTP injection requests (`POST /api/inject/v1`), `per_request` recipients
 /// each: one template (the campaign's subject, its From, a text body of its size) with each
-/// recipient's name and Message-ID as substitution data, so the MTA builds what `campaign`
-/// would have sent by SMTP (same recipients, Message-IDs, subject and size).
-pub fn campaign_requests(
-    scenario: &Scenario,
-    messages: &[OutboundMessage],
-    world: &World,
-    per_request: usize,
-) -> Vec<(Vec<u8>, usize)> {
-    let campaign = scenario.campaign();
-    let sender = &world.senders[0].sender;
-    let filler =
-        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
-    let mut text = String::from("Hello {{ name }},\r\n\r\n");
-    while text.len() + 600 < campaign.size_bytes {
-        text.push_str(filler);
+/// recipient's name and Message-ID as substitution data, so the MTA builds what the campaign
+/// would have sent by SMTP (same recipients, Message-IDs, subject and size). Made one at a time
+/// as the connections take them, from the recipients and Message-IDs alone (no message built):
+/// memory does not grow with the campaign.
+pub struct HttpRequests<'a> {
+    campaign: &'a Campaign<'a>,
+    envelopes: crate::runner::Envelopes<'a>,
+    envelope_sender: String,
+    content: serde_json::Value,
+    per_request: u64,
+    /// The next request to take.
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl<'a> HttpRequests<'a> {
+    pub fn new(campaign: &'a Campaign<'a>, per_request: usize) -> Self {
+        let scenario = campaign.scenario;
+        let c = scenario.campaign();
+        let sender = &campaign.world.senders[0].sender;
+        let filler =
+            "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
+        let mut text = String::from("Hello {{ name }},\r\n\r\n");
+        while text.len() + 600 < c.size_bytes {
+            text.push_str(filler);
+        }
+        HttpRequests {
+            campaign,
+            envelopes: crate::runner::Envelopes::new(scenario, campaign.world),
+            envelope_sender: sender.from_address(),
+            content: serde_json::json!({
+                "from": {"email": sender.from_address(), "name": "Newsletter"},
+                "subject": c.subject,
+                "headers": {"Message-ID": "{{ id }}"},
+                "text_body": text,
+            }),
+            per_request: per_request.max(1) as u64,
+            next: Default::default(),
+        }
     }
-    let content = serde_json::json!({
-        "from": {"email": sender.from_address(), "name": "Newsletter"},
-        "subject": campaign.subject,
-        "headers": {"Message-ID": "{{ id }}"},
-        "text_body": text,
-    });
-    messages
-        .chunks(per_request.max(1))
-        .enumerate()
-        .map(|(k, chunk)| {
-            let recipients: Vec<serde_json::Value> = chunk
-                .iter()
-                .enumerate()
-                .map(|(j, m)| {
-                    serde_json::json!({
-                        "email": m.rcpts[0],
-                        "substitutions": {
-                            "name": format!("user{}", k * per_request.max(1) + j),
-                            "id": m.message_id,
-                        }
-                    })
+
+    /// Request `k`: its JSON body and how many recipients it names; None past the last.
+    fn request(&self, k: u64) -> Option<(Vec<u8>, usize)> {
+        let (index, count) = self.campaign.share;
+        let first = k.checked_mul(self.per_request)?;
+        let end = first
+            .saturating_add(self.per_request)
+            .min(self.campaign.len());
+        if first >= end {
+            return None;
+        }
+        // The share's `j`-th message is the campaign's `index + j * count`.
+        let recipients: Vec<serde_json::Value> = (first..end)
+            .map(|j| {
+                let i = index + j * count;
+                serde_json::json!({
+                    "email": self.envelopes.rcpt(i),
+                    "substitutions": {
+                        "name": format!("user{j}"),
+                        "id": format!("<{}>", self.envelopes.message_id(i, 0)),
+                    }
                 })
-                .collect();
-            let body = serde_json::json!({
-                "envelope_sender": chunk[0].from,
-                "content": content,
-                "recipients": recipients,
-            });
-            (serde_json::to_vec(&body).unwrap_or_default(), chunk.len())
-        })
-        .collect()
+            })
+            .collect();
+        let body = serde_json::json!({
+            "envelope_sender": self.envelope_sender,
+            "content": self.content,
+            "recipients": recipients,
+        });
+        Some((
+            serde_json::to_vec(&body).unwrap_or_default(),
+            (end - first) as usize,
+        ))
+    }
+
+    /// The next request not yet taken.
+    fn take(&self) -> Option<(Vec<u8>, usize)> {
+        let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.request(k)
+    }
 }
 
 /// POST each request to the injection API at `to` with `token`, over `connections` kept-alive
-/// connections; a request answered 5xx or lost is sent again, one answered 4xx counts its
-/// recipients as rejected (and its error is printed once).
+/// connections, each taking the next request as it needs one; a request answered 5xx or lost
+/// is sent again, one answered 4xx counts its recipients as rejected (and its error is printed
+/// once).
 pub async fn send_http(
-    requests: Vec<(Vec<u8>, usize)>,
+    requests: &HttpRequests<'_>,
     to: SocketAddr,
     token: &str,
     opts: &SendOptions,
 ) -> anyhow::Result<SendReport> {
     let shared = Shared::new(opts)?;
-    let token = Arc::new(format!("Bearer {token}"));
-    let mut tasks = tokio::task::JoinSet::new();
-    for part in deal(requests, opts.connections) {
-        let (shared, token, stall) = (shared.clone(), token.clone(), opts.stall_max);
-        tasks.spawn(async move { http_worker(part, to, &token, stall, &shared).await });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    let token = format!("Bearer {token}");
+    let workers = (0..opts.connections.max(1))
+        .map(|_| http_worker(requests, to, &token, opts.stall_max, &shared));
+    futures_util::future::try_join_all(workers).await?;
     let report = *shared.report.lock().expect("report");
     Ok(report)
 }
@@ -467,7 +485,7 @@ async fn http_connect(to: SocketAddr) -> anyhow::Result<HttpSender> {
 }
 
 async fn http_worker(
-    requests: Vec<(Vec<u8>, usize)>,
+    requests: &HttpRequests<'_>,
     to: SocketAddr,
     token: &str,
     stall_max: Duration,
@@ -476,7 +494,7 @@ async fn http_worker(
     use http_body_util::BodyExt;
     let mut conn: Option<HttpSender> = None;
     let mut stall = Stall::new(stall_max);
-    for (body, recipients) in requests {
+    while let Some((body, recipients)) = requests.take() {
         let body = bytes::Bytes::from(body);
         loop {
             stall.check(to)?;
@@ -493,6 +511,11 @@ async fn http_worker(
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(http_body_util::Full::new(body.clone()))?;
             let exchange = async {
+                // The connection takes the next request once it has read the last answer
+                // whole: before that, hyper refuses it (not ready), which is no failure.
+                c.ready()
+                    .await
+                    .map_err(|e| format!("the connection: {e}"))?;
                 match c.send_request(request).await {
                     Ok(response) => {
                         let status = response.status().as_u16();
@@ -603,5 +626,30 @@ mod tests {
             .map(|m| m.message_id.clone())
             .collect();
         assert_eq!(ids(&taken), every_fourth);
+
+        // The HTTP requests of a share name its messages' recipients and Message-IDs, in
+        // order, `per_request` at a time, the names numbered through the share.
+        let requests = HttpRequests::new(&share, 5);
+        let mut named = Vec::new();
+        while let Some((body, n)) = requests.take() {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let rcpts = v["recipients"].as_array().unwrap();
+            assert_eq!(rcpts.len(), n);
+            assert!(n <= 5);
+            assert_eq!(v["envelope_sender"], taken[0].from.as_str());
+            for r in rcpts {
+                named.push((
+                    r["email"].as_str().unwrap().to_string(),
+                    r["substitutions"]["id"].as_str().unwrap().to_string(),
+                    r["substitutions"]["name"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+        let expected: Vec<(String, String, String)> = taken
+            .iter()
+            .enumerate()
+            .map(|(j, m)| (m.rcpts[0].clone(), m.message_id.clone(), format!("user{j}")))
+            .collect();
+        assert_eq!(named, expected);
     }
 }

@@ -1420,3 +1420,67 @@ fn the_sender_s_mx_takes_bounces_complaints_and_mailto_unsubscribes_and_the_list
     }
     drop(idle);
 }
+
+/// `mailsim send --http`: the campaign through the injection API, its requests made as the
+/// connections take them. What the fleet stored is the campaign the scenario describes: every
+/// one of its Message-IDs, once, to the recipient `mailsim send` by SMTP would have used.
+#[test]
+fn send_over_http_injects_the_whole_campaign() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("http.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"http\"\nseed = 12\n[[sender]]\ndomain = \"news.example.test\"\n\
+         [[domain]]\nname = \"a.test\"\n[[domain]]\nname = \"b.test\"\n\
+         [campaign]\nmessages = 230\nsize_bytes = 1500\n",
+    )
+    .unwrap();
+    let p = Platform::start_with(dir.path(), &scenario, &[]);
+    let acked = dir.path().join("acked.txt");
+    let out = bin()
+        .arg("send")
+        .arg(&scenario)
+        .args(["--http", &p.api, "--per-request", "7", "--connections", "3"])
+        .arg("--token-file")
+        .arg(&p.tokens)
+        .arg("--acked")
+        .arg(&acked)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = wait_stored(&p.fleet_dir.join("mailboxes"), 230);
+    let expected: std::collections::BTreeSet<String> = (0..230)
+        .map(|i| format!("<{i}.12@news.example.test>"))
+        .collect();
+    assert_eq!(
+        stored
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
+    assert_eq!(
+        common::maildir_files(&p.fleet_dir.join("mailboxes")).len(),
+        230
+    );
+    // Each copy went to the recipient the SMTP campaign gives its number (its mailbox's
+    // domain), and says hello to the name the request gave it.
+    let sc = mailsim::scenario::Scenario::load(&scenario).unwrap();
+    let world = mailsim::world::World::build(&sc).unwrap();
+    let built = mailsim::runner::build_messages(&sc, &world, 0..230, 0, 0, None);
+    for (i, m) in built.iter().enumerate() {
+        let text = &stored[&m.message_id];
+        let to = text
+            .lines()
+            .find_map(|l| l.strip_prefix("To: "))
+            .unwrap_or_default();
+        assert!(to.contains(&m.rcpts[0]), "{i}: {to} for {}", m.rcpts[0]);
+        assert!(text.contains(&format!("Hello user{i},")), "{i}");
+    }
+    let acked = std::fs::read_to_string(&acked).unwrap();
+    assert_eq!(acked.lines().count(), 230);
+}
