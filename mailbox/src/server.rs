@@ -152,10 +152,17 @@ impl MailboxBackend {
         )
     }
 
-    /// Relay one message to the MTA, one transaction per recipient.
-    async fn relay(&self, from: &str, rcpts: &[String], message: &[u8]) -> Reply {
+    /// Relay one message to the MTA, one transaction per recipient: for each recipient, None
+    /// when the MTA took it, or the refusal to give back (a session that broke refuses the
+    /// recipient it was at and those after it). An error when no transaction could begin.
+    async fn relay(
+        &self,
+        from: &str,
+        rcpts: &[String],
+        message: &[u8],
+    ) -> Result<Vec<Option<Reply>>, Reply> {
         let Some(addr) = self.relay else {
-            return Reply::new(550, (5, 7, 1), "no outbound relay configured");
+            return Err(Reply::new(550, (5, 7, 1), "no outbound relay configured"));
         };
         let timeouts = mailsim_smtp::client::SmtpTimeouts::default();
         let stream = match tokio::time::timeout(
@@ -165,13 +172,20 @@ impl MailboxBackend {
         .await
         {
             Ok(Ok(s)) => s,
-            _ => return Reply::new(451, (4, 4, 1), "relay MTA not reachable, try again later"),
+            _ => {
+                return Err(Reply::new(
+                    451,
+                    (4, 4, 1),
+                    "relay MTA not reachable, try again later",
+                ));
+            }
         };
         let mut client = mailsim_smtp::client::SmtpClient::new(stream, timeouts);
         match client.handshake(&self.hostname).await {
             Ok(r) if r.last().is_some_and(|(_, r)| r.code == 250) => {}
-            _ => return Reply::new(451, (4, 4, 2), "relay MTA refused the session"),
+            _ => return Err(Reply::new(451, (4, 4, 2), "relay MTA refused the session")),
         }
+        let mut results = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
             let env = mailsim_smtp::client::Envelope {
                 from,
@@ -179,9 +193,9 @@ impl MailboxBackend {
                 body: message,
             };
             match client.transaction(&env).await {
-                Ok(o) if o.decisive.code / 100 == 2 => {}
+                Ok(o) if o.decisive.code / 100 == 2 => results.push(None),
                 Ok(o) => {
-                    // The relay's verdict goes back to the client as it was given.
+                    // The relay's verdict goes back as it was given.
                     let r = &o.decisive;
                     let (code, class) = match r.code / 100 {
                         5 => (r.code, 5),
@@ -197,13 +211,86 @@ impl MailboxBackend {
                         })
                         .filter(|e| e.0 == class)
                         .unwrap_or((class, 0, 0));
-                    return Reply::new(code, enhanced, format!("relay: <{rcpt}>: {}", r.text));
+                    results.push(Some(Reply::new(
+                        code,
+                        enhanced,
+                        format!("relay: <{rcpt}>: {}", r.text),
+                    )));
+                    if o.connection_closed {
+                        break;
+                    }
                 }
-                Err(e) => return Reply::new(451, (4, 4, 2), format!("relay failed: {e}")),
+                Err(e) => {
+                    results.push(Some(Reply::new(
+                        451,
+                        (4, 4, 2),
+                        format!("relay failed: {e}"),
+                    )));
+                    break;
+                }
             }
         }
+        // The recipients after a session that ended: not relayed, for now.
+        while results.len() < rcpts.len() {
+            results.push(Some(Reply::new(
+                451,
+                (4, 4, 2),
+                "relay session ended before this recipient",
+            )));
+        }
         client.quit().await;
-        Reply::new(250, (2, 0, 0), "Ok: queued")
+        Ok(results)
+    }
+
+    /// A delivery status notification (RFC 3464) to `user`'s own mailbox about the recipients
+    /// the relay refused after it had taken others: the message was accepted (250), so the
+    /// client will not send it again, and this server keeps no queue to try them later.
+    /// Each report with the mailbox it goes to.
+    fn refused_reports(
+        &self,
+        user: &str,
+        message: &[u8],
+        refused: &[(&String, Reply)],
+        session: u64,
+    ) -> Vec<(String, Vec<u8>)> {
+        let headers = match message.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(end) => &message[..end + 2],
+            None => message,
+        };
+        let now_ms = self.store.clock().now_ms();
+        let mut reports = Vec::with_capacity(refused.len());
+        for (n, (rcpt, reply)) in refused.iter().enumerate() {
+            let status = reply
+                .enhanced
+                .clone()
+                .unwrap_or_else(|| format!("{}.0.0", reply.code / 100));
+            let diagnostic = format!("{} {status} {}", reply.code, reply.text);
+            let explanation = if reply.code / 100 == 5 {
+                "The relay MTA refused this recipient; the others were sent.".to_string()
+            } else {
+                "The relay MTA refused this recipient for now; the others were sent. This server \
+                 keeps no queue: send the message again to this recipient."
+                    .to_string()
+            };
+            let message_id = format!("{now_ms}.{session}.{n}.dsn@{}", self.hostname);
+            let dsn = mailsim_bounce::build::dsn(&mailsim_bounce::build::Dsn {
+                reporting_mta: &self.hostname,
+                to: user,
+                recipient: rcpt,
+                action: "failed",
+                status: &status,
+                diagnostic: Some(&diagnostic),
+                remote_mta: None,
+                explanation: &explanation,
+                original_headers: headers,
+                message_id: &message_id,
+                date_s: (now_ms / 1000) as i64,
+            });
+            let mut stored = format!("Return-Path: <>\r\nDelivered-To: {user}\r\n").into_bytes();
+            stored.extend_from_slice(&dsn);
+            reports.push((self.mailbox_of(user), stored));
+        }
+        reports
     }
 }
 
@@ -338,13 +425,28 @@ impl Backend for MailboxBackend {
             {
                 return Reply::new(452, (4, 2, 2), format!("<{full}>: mailbox full"));
             }
+            // The remote recipients the relay refused after taking others (reported to the
+            // user once the message is accepted).
+            let mut refused = Vec::new();
             if !remote.is_empty() {
                 let one = (remote.len() == 1).then(|| remote[0].as_str());
                 let mut relayed = self.received(&info, one).into_bytes();
                 relayed.extend_from_slice(&message);
-                let answer = self.relay(&tx.mail_from, &remote, &relayed).await;
-                if answer.code / 100 != 2 {
-                    return answer;
+                let results = match self.relay(&tx.mail_from, &remote, &relayed).await {
+                    Ok(results) => results,
+                    Err(answer) => return answer,
+                };
+                refused = remote
+                    .iter()
+                    .zip(results)
+                    .filter_map(|(rcpt, r)| Some((rcpt, r?)))
+                    .collect();
+                // Nobody taken: the refusal is the answer, and nothing is kept, so that the
+                // client may send it again. Someone taken: the message is accepted (sent
+                // again, it would reach them twice), and the others are reported.
+                if refused.len() == remote.len() {
+                    let (_, first) = refused.swap_remove(0);
+                    return first;
                 }
             }
             for (rcpt, user, stored) in copies {
@@ -371,6 +473,23 @@ impl Backend for MailboxBackend {
                         );
                     }
                 }
+            }
+            if !refused.is_empty() {
+                let reports = self.refused_reports(&tx.mail_from, &message, &refused, info.id);
+                let store = self.store.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (mailbox, report) in reports {
+                        if let Err(e) = store.deliver(&mailbox, &report) {
+                            tracing::error!("a relay report to {mailbox}: {e}");
+                        }
+                    }
+                })
+                .await;
+                return Reply::new(
+                    250,
+                    (2, 0, 0),
+                    "Ok: queued; some recipients refused by the relay, reported to the sender",
+                );
             }
             if !remote.is_empty() {
                 return Reply::new(250, (2, 0, 0), "Ok: queued");

@@ -263,31 +263,39 @@ async fn mail_survives_a_restart_with_uids_and_flags() {
     dns.shutdown().await;
 }
 
+/// Our server (bob at example.test, submission with STARTTLS) relaying through the MX of
+/// another (carol, dave and erin at other.test, 5,000 bytes of quota each), the receiving
+/// side of that domain, where the relayed copies can be checked.
+async fn relaying_pair(
+    dir: &std::path::Path,
+    dns: &DnsServer,
+) -> (server::Running, server::Running) {
+    let mut users = Users::new(&["other.test".into()]);
+    for spec in ["carol:pw", "dave:pw", "erin:pw"] {
+        users.add_spec(spec, "test").unwrap();
+    }
+    let mut cfg = MailboxConfig::new(dir.join("other"), users);
+    cfg.smtp = loopback();
+    cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
+    cfg.quota_bytes = 5000;
+    let other = server::start(cfg).await.unwrap();
+    let mut users = Users::new(&["example.test".into()]);
+    users.add_spec("bob:secret", "test").unwrap();
+    let mut cfg = MailboxConfig::new(dir.join("ours"), users);
+    cfg.submission = loopback();
+    cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
+    cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
+    cfg.relay = other.smtp;
+    (server::start(cfg).await.unwrap(), other)
+}
+
 /// Submission for another domain goes out through the relay MTA; here the relay is a second
 /// mailbox server's MX (the receiving side of that domain), so the copy can be checked there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_relays_other_domains_and_quota_fills_with_452() {
     let dir = tempfile::tempdir().unwrap();
     let dns = dns().await;
-    // The other domain's server, with a small quota for its user.
-    let mut users = Users::new(&["other.test".into()]);
-    for spec in ["carol:pw", "dave:pw", "erin:pw"] {
-        users.add_spec(spec, "test").unwrap();
-    }
-    let mut cfg = MailboxConfig::new(dir.path().join("other"), users);
-    cfg.smtp = loopback();
-    cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
-    cfg.quota_bytes = 5000;
-    let other = server::start(cfg).await.unwrap();
-    // Ours relays through it.
-    let mut users = Users::new(&["example.test".into()]);
-    users.add_spec("bob:secret", "test").unwrap();
-    let mut cfg = MailboxConfig::new(dir.path().join("ours"), users);
-    cfg.submission = loopback();
-    cfg.tls = Some(Tls::self_signed(&["mx.example.test".into()]).unwrap());
-    cfg.dns = Some(fake_dns::resolver_for(dns.addr()));
-    cfg.relay = other.smtp;
-    let ours = server::start(cfg).await.unwrap();
+    let (ours, other) = relaying_pair(dir.path(), &dns).await;
     let script = r#"
 import smtplib, ssl, sys
 tls = ssl.create_default_context(); tls.check_hostname = False; tls.verify_mode = ssl.CERT_NONE
@@ -432,5 +440,85 @@ s.quit()
     let kept = maildir_texts(&ours.store.user_dir("alice@example.test")).len();
     assert_eq!(kept, 0, "copies left for alice by refused attempts");
     ours.shutdown().await;
+    dns.shutdown().await;
+}
+
+/// A message the relay takes for one recipient and refuses for another: accepted (sent again,
+/// it would reach the first twice), and the refusal reported to the sender by a DSN in their
+/// own mailbox, which Python's email package reads as an RFC 3464 report. A message it
+/// refuses for everyone is refused, with nothing reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_the_relay_refuses_after_another_is_reported_not_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = dns().await;
+    let (ours, other) = relaying_pair(dir.path(), &dns).await;
+    let script = r#"
+import smtplib, ssl, sys
+tls = ssl.create_default_context(); tls.check_hostname = False; tls.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1])); s.starttls(context=tls); s.login("bob", "secret")
+msg = b"From: bob@example.test\r\nSubject: partly\r\nMessage-ID: <p1@example.test>\r\n\r\nhi\r\n"
+print("first", s.sendmail("bob@example.test", ["dave@other.test", "nobody@other.test"], msg))
+try:
+    s.sendmail("bob@example.test", ["nobody@other.test"], msg)
+    print("second accepted")
+except smtplib.SMTPException as e:
+    print("second refused", e)
+s.quit()
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, &ours.submission.unwrap().port().to_string()]);
+    let text = blocking(cmd, "python3 partial relay").await;
+    assert!(text.contains("first {}"), "{text}");
+    assert!(
+        text.contains("second refused") && text.contains("550"),
+        "{text}"
+    );
+    assert_eq!(
+        maildir_texts(&other.store.user_dir("dave@other.test")).len(),
+        1
+    );
+    let reports = maildir_texts(&ours.store.user_dir("bob@example.test"));
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let read = r#"
+import email, sys
+m = email.message_from_string(sys.stdin.read())
+print(m.get_content_type(), m.get_param("report-type"), m["To"])
+for part in m.walk():
+    if part.get_content_type() == "message/delivery-status":
+        for block in part.get_payload():
+            for k in ("Final-Recipient", "Action", "Status", "Diagnostic-Code"):
+                if block[k]:
+                    print(k, block[k])
+    if part.get_content_type() == "text/rfc822-headers":
+        print("original", "p1@example.test" in part.get_payload())
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", read]).stdin(std::process::Stdio::piped());
+    let report = reports[0].clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(report.as_bytes())
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    })
+    .await
+    .unwrap();
+    for want in [
+        "multipart/report delivery-status <bob@example.test>",
+        "Final-Recipient rfc822; nobody@other.test",
+        "Action failed",
+        "Status 5.1.1",
+        "original True",
+    ] {
+        assert!(parsed.contains(want), "{want} in {parsed}");
+    }
+    assert!(parsed.contains("Diagnostic-Code smtp; 550"), "{parsed}");
+    ours.shutdown().await;
+    other.shutdown().await;
     dns.shutdown().await;
 }
