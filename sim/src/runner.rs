@@ -877,14 +877,18 @@ impl RawBatch {
         })
     }
 
-    /// The batch's records, owned (a JSON log's, on a decoding thread).
-    fn decode(self, path: &Path) -> Result<Vec<mailsim_events::Record>, mailsim_events::LogError> {
-        self.payloads()
-            .map(|(payload, record, offset)| {
-                mailsim_events::Record::from_payload(payload)
-                    .map_err(|e| bad_record(path, record, offset, e))
-            })
-            .collect()
+    /// The batch's records, owned (a JSON log's, on a decoding thread), up to the first that
+    /// does not read, and that one's error: the fold checks the records before it first (a
+    /// record among them out of sequence is the earlier error).
+    fn decode(self, path: &Path) -> Decoded {
+        let mut records = Vec::with_capacity(self.frames.len());
+        for (payload, record, offset) in self.payloads() {
+            match mailsim_events::Record::from_payload(payload) {
+                Ok(r) => records.push(r),
+                Err(e) => return (records, Some(bad_record(path, record, offset, e))),
+            }
+        }
+        (records, None)
     }
 }
 
@@ -902,14 +906,17 @@ fn bad_record(
     }
 }
 
+/// A JSON batch decoded: its records up to the first that does not read, and that one's error.
+type Decoded = (
+    Vec<mailsim_events::Record>,
+    Option<mailsim_events::LogError>,
+);
+
 /// A batch on its way to the fold: a binary log's frames, which the fold reads as views where
 /// they lie, or a JSON log's, being decoded on another thread.
 enum Pending {
     Frames(RawBatch),
-    Decoding(
-        RawBatch,
-        std::sync::mpsc::Receiver<Result<Vec<mailsim_events::Record>, mailsim_events::LogError>>,
-    ),
+    Decoding(RawBatch, std::sync::mpsc::Receiver<Decoded>),
 }
 
 /// Call `fold` on each record of the log at `path`, in log order, each checked to follow the
@@ -925,7 +932,7 @@ enum Pending {
 fn fold_log_with(path: &Path, mut fold: impl FnMut(&RecordView<'_>)) -> anyhow::Result<bool> {
     use std::sync::mpsc::{SyncSender, sync_channel};
     use std::sync::{Arc as SharedArc, Mutex};
-    type Answer = SyncSender<Result<Vec<mailsim_events::Record>, mailsim_events::LogError>>;
+    type Answer = SyncSender<Decoded>;
     let mut reader = LogReader::open(path)?;
     let decoders = match reader.format {
         mailsim_events::Format::Binary => 0,
@@ -1039,15 +1046,18 @@ fn fold_log_with(path: &Path, mut fold: impl FnMut(&RecordView<'_>)) -> anyhow::
                     let _ = recycle.try_send(batch);
                 }
                 Pending::Decoding(places, decoded) => {
-                    let records = decoded.recv().map_err(|_| {
+                    let (records, failed) = decoded.recv().map_err(|_| {
                         anyhow::anyhow!(
                             "reading {}: a thread decoding the log panicked",
                             path.display()
                         )
-                    })??;
+                    })?;
                     for (r, &(_, record, offset)) in records.iter().zip(&places.frames) {
                         follows(r.seq, record, offset)?;
                         fold(&r.view());
+                    }
+                    if let Some(e) = failed {
+                        return Err(e.into());
                     }
                 }
             }
@@ -1170,6 +1180,25 @@ mod tests {
         let json = dir.path().join("json.log");
         mailsim_events::convert(&path, &json, mailsim_events::Format::Json).unwrap();
         assert_eq!(fold_log(&json).unwrap(), (folded, false));
+        // In a JSON log, a record out of sequence is the error though a later record of its
+        // batch does not read (that one was decoded first, on another thread).
+        let mut bytes = b"MSIMLOG\0\x01\0\0\0".to_vec();
+        for n in 1..=200u64 {
+            let payload = match n {
+                11 => r#"{"seq":3,"ts":1,"type":"run_finished","reason":"x"}"#.to_string(),
+                101 => r#"{"seq":100,"ts":1,"type":"delivered"}"#.to_string(),
+                _ => format!(
+                    r#"{{"seq":{},"ts":1,"type":"run_finished","reason":"x"}}"#,
+                    n - 1
+                ),
+            };
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(payload.as_bytes()).to_le_bytes());
+            bytes.extend_from_slice(payload.as_bytes());
+        }
+        std::fs::write(&json, &bytes).unwrap();
+        let e = fold_log(&json).unwrap_err().to_string();
+        assert!(e.contains("record 11 ") && e.contains("seq 3"), "{e}");
 
         // Record 5000's payload replaced by bytes of its length that do not read (its checksum
         // made right), damage ten frames later (in the same batch, valid frames after it), and
