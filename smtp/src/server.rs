@@ -55,8 +55,9 @@ pub struct ServerConfig {
     pub data_budget: DataBudget,
 }
 
-/// The default [`ServerConfig::data_budget`]: room for ten messages at the default size limit,
-/// and for thousands of ordinary ones.
+/// The default [`ServerConfig::data_budget`]: room for about seven messages at the default size
+/// limit at once (a buffer grows by doubling: a 24 MB message holds 32 MiB), and for thousands
+/// of ordinary ones.
 pub const DATA_BUDGET_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 
 /// Bytes of messages in flight that the sessions sharing it may hold ([`ServerConfig::data_budget`]).
@@ -249,7 +250,9 @@ pub struct Framer {
     pos: usize,
     line_bytes_max: usize,
     data_bytes_max: usize,
-    data: Option<(DataReceiver, Vec<u8>, Body)>,
+    /// In DATA mode: the receiver, the body kept, what becomes of it, and every byte of it
+    /// received (kept or not: a body over the size limit is that, whatever else it is).
+    data: Option<(DataReceiver, Vec<u8>, Body, usize)>,
     discarding_line: bool,
     /// Inputs handed out so far (to tell a command in progress from the next one).
     taken: u64,
@@ -285,18 +288,20 @@ impl Framer {
         let mut receiver = DataReceiver::new();
         let mut primed = Vec::new();
         receiver.ingest(&mut b"\r\n".iter(), &mut primed);
-        self.data = Some((receiver, Vec::new(), Body::Kept));
+        self.data = Some((receiver, Vec::new(), Body::Kept, 0));
     }
 
     /// Bytes of memory the DATA body received so far holds (its buffer's capacity).
     pub fn data_bytes(&self) -> usize {
-        self.data.as_ref().map_or(0, |(_, body, _)| body.capacity())
+        self.data
+            .as_ref()
+            .map_or(0, |(_, body, ..)| body.capacity())
     }
 
     /// The server has no room for the DATA body being received: it is dropped, the rest read
     /// to its end and discarded, and the body is [`Input::DataNoRoom`].
     pub fn no_room(&mut self) {
-        if let Some((_, body, state)) = self.data.as_mut() {
+        if let Some((_, body, state, _)) = self.data.as_mut() {
             *body = Vec::new();
             if *state == Body::Kept {
                 *state = Body::NoRoom;
@@ -333,11 +338,15 @@ impl Framer {
 
     fn take_input(&mut self) -> Option<Input> {
         let rest = &self.buf[self.pos..];
-        if let Some((receiver, body, state)) = self.data.as_mut() {
+        if let Some((receiver, body, state, seen)) = self.data.as_mut() {
             let mut it = rest.iter();
+            let before = body.len();
             let done = receiver.ingest(&mut it, body);
             self.pos = self.buf.len() - it.len();
-            if body.len() > self.data_bytes_max {
+            *seen = seen.saturating_add(body.len() - before);
+            // Over the size limit, whether kept or not (a message the server had no room for
+            // is still too big: 552, not 452, or it would be retried until it expires).
+            if *seen > self.data_bytes_max {
                 *state = Body::TooBig;
             }
             if *state != Body::Kept {
@@ -352,7 +361,7 @@ impl Framer {
                 self.compact();
                 return None;
             }
-            let (_, body, state) = self.data.take().expect("data mode");
+            let (_, body, state, _) = self.data.take().expect("data mode");
             return Some(match state {
                 Body::Kept => Input::Data(body),
                 Body::TooBig => Input::DataTooBig,
@@ -1704,6 +1713,19 @@ mod tests {
         assert_eq!(f.next_input(), Some(Input::Line(b"NOOP".to_vec())));
         f.start_data();
         f.feed(b"0123456789abcdef\r\n.\r\n");
+        assert_eq!(f.next_input(), Some(Input::DataTooBig));
+        // No room for a message: refused for now (452), unless it is too big anyway (552).
+        f.start_data();
+        f.feed(b"0123");
+        assert_eq!(f.next_input(), None);
+        f.no_room();
+        f.feed(b"45\r\n.\r\n");
+        assert_eq!(f.next_input(), Some(Input::DataNoRoom));
+        f.start_data();
+        f.feed(b"0123");
+        assert_eq!(f.next_input(), None);
+        f.no_room();
+        f.feed(b"456789abcdef\r\n.\r\n");
         assert_eq!(f.next_input(), Some(Input::DataTooBig));
     }
 
