@@ -447,6 +447,15 @@ impl<'a> HttpRequests<'a> {
         ))
     }
 
+    /// How many requests the campaign makes.
+    pub fn len(&self) -> u64 {
+        self.campaign.len().div_ceil(self.per_request)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The next request not yet taken.
     fn take(&self) -> Option<(Vec<u8>, usize)> {
         let k = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -466,12 +475,17 @@ pub async fn send_http(
 ) -> anyhow::Result<SendReport> {
     let shared = Shared::new(opts)?;
     let token = format!("Bearer {token}");
-    let workers = (0..opts.connections.max(1))
-        .map(|_| http_worker(requests, to, &token, opts.stall_max, &shared));
+    // No more connections than requests.
+    let connections = (opts.connections.max(1) as u64).min(requests.len().max(1));
+    let workers =
+        (0..connections).map(|_| http_worker(requests, to, &token, opts.stall_max, &shared));
     futures_util::future::try_join_all(workers).await?;
     let report = *shared.report.lock().expect("report");
     Ok(report)
 }
+
+/// The most an injection API's answer may hold (it names each recipient of a request once).
+const ANSWER_BYTES_MAX: usize = 16 << 20;
 
 type HttpSender = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
 
@@ -519,8 +533,16 @@ async fn http_worker(
                 match c.send_request(request).await {
                     Ok(response) => {
                         let status = response.status().as_u16();
-                        match response.into_body().collect().await {
-                            Ok(b) => Ok((status, b.to_bytes())),
+                        let retry_after = response
+                            .headers()
+                            .get(hyper::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                        // An answer lists each recipient once: its size is bounded (a server
+                        // sending without end took `send` to 5.8 GB: an independent review).
+                        let body =
+                            http_body_util::Limited::new(response.into_body(), ANSWER_BYTES_MAX);
+                        match body.collect().await {
+                            Ok(b) => Ok((status, retry_after, b.to_bytes())),
                             Err(e) => Err(format!("reading the answer: {e}")),
                         }
                     }
@@ -536,9 +558,21 @@ async fn http_worker(
                 None => None,
             };
             match answer {
-                Some((200, bytes)) => {
-                    let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+                Some((200, _, bytes)) => {
+                    // The answer accounts for every recipient of the request, or the server is
+                    // not the injection API this speaks to: nothing can be counted.
+                    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                        anyhow::anyhow!("{to}: 200 to POST /api/inject/v1, not JSON: {e}")
+                    })?;
                     let queued = v["queued"].as_array().map_or(&[][..], |q| q.as_slice());
+                    let failed = v["fail_count"].as_u64().unwrap_or(0);
+                    if queued.len() as u64 + failed != recipients as u64 {
+                        anyhow::bail!(
+                            "{to}: 200 to POST /api/inject/v1 names {} queued and {failed} failed \
+                             of the request's {recipients} recipients",
+                            queued.len()
+                        );
+                    }
                     if let Some(f) = &shared.acked {
                         let mut f = f.lock().expect("acked file");
                         for q in queued {
@@ -548,17 +582,18 @@ async fn http_worker(
                     }
                     let mut report = shared.report.lock().expect("report");
                     report.acked += queued.len() as u64;
-                    report.rejected += v["fail_count"].as_u64().unwrap_or(0);
+                    report.rejected += failed;
                     stall.progress();
                     break;
                 }
-                Some((status @ (401 | 403), bytes)) => {
+                Some((status @ (401 | 403), _, bytes)) => {
                     anyhow::bail!(
                         "{to}: {status} {}",
                         String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
                     );
                 }
-                Some((status, bytes)) if (400..500).contains(&status) => {
+                // Too many requests (RFC 6585) is for later, not a refusal.
+                Some((status, _, bytes)) if (400..500).contains(&status) && status != 429 => {
                     let mut report = shared.report.lock().expect("report");
                     if report.rejected == 0 {
                         eprintln!(
@@ -571,15 +606,21 @@ async fn http_worker(
                     break;
                 }
                 other => {
-                    if let Some((status, bytes)) = other {
+                    // As long as the server asks (Retry-After, in seconds), within the stall
+                    // limit.
+                    let mut pause = PAUSE;
+                    if let Some((status, retry_after, bytes)) = other {
                         stall.failed(format!(
                             "{status} {}",
                             String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
                         ));
+                        if let Some(s) = retry_after {
+                            pause = Duration::from_secs(s).min(stall.remaining()).max(PAUSE);
+                        }
                     }
                     shared.report.lock().expect("report").retried += 1;
                     conn = None;
-                    tokio::time::sleep(PAUSE).await;
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
