@@ -296,7 +296,8 @@ fn used_columns() -> [Expr; 32] {
         col("text"),
         col("attempts"),
         col("reason"),
-        col("hard"),
+        // A bounce's `hard` may be left out of its JSON (false by the schema's default).
+        col("hard").fill_null(lit(false)),
         col("spf"),
         col("dkim"),
         col("dmarc"),
@@ -870,4 +871,31 @@ fn tls_rows(ev: &LazyFrame, engine: Engine) -> PolarsResult<Vec<TlsRow>> {
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A bounce whose JSON leaves `hard` out (the schema's default: false) is a soft bounce
+    /// in the report, as in the summary (an independent review: it was neither).
+    #[test]
+    fn a_bounce_without_hard_is_soft() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("events.log");
+        let mut bytes = b"MSIMLOG\0\x01\0\0\0".to_vec();
+        for payload in [
+            r#"{"seq":0,"ts":1000,"type":"run_started","scenario":"s","seed":1,"mode":"virtual"}"#,
+            r#"{"seq":1,"ts":1000,"type":"injected","msg":1,"message_id":"<1@s>","from":"a@s.test","rcpt":"u@d.test","domain":"d.test","size":10}"#,
+            r#"{"seq":2,"ts":2000,"type":"bounced","msg":1,"rcpt":"u@d.test","domain":"d.test","attempts":1,"reason":"userunknown"}"#,
+            r#"{"seq":3,"ts":3000,"type":"run_finished","reason":"drained"}"#,
+        ] {
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(payload.as_bytes()).to_le_bytes());
+            bytes.extend_from_slice(payload.as_bytes());
+        }
+        std::fs::write(&log, bytes).unwrap();
+        let parquet = dir.path().join("events.parquet");
+        crate::table::export(&log, &parquet, &|_| {}).unwrap();
+        let f = super::compute_from_parquet(&parquet).unwrap();
+        assert_eq!((f.totals.bounced_hard, f.totals.bounced_soft), (0, 1));
+    }
 }
