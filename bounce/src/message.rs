@@ -35,7 +35,11 @@ pub const PART_LINES_MAX: usize = 50_000;
 /// `raw` parsed whole (see [`Parsed`]); with more than [`PART_LINES_MAX`] lines that may open
 /// a part, its header section only.
 pub fn parse(raw: &[u8]) -> Parsed<'_> {
-    let part_lines = raw.windows(3).filter(|w| w == b"\n--").count();
+    // Counted with memchr's searcher, and only as far as the cap: every message received
+    // (a receiver's content read, foresight) passes here.
+    let part_lines = memchr::memmem::find_iter(raw, b"\n--")
+        .take(PART_LINES_MAX + 1)
+        .count();
     Parsed(
         std::panic::catch_unwind(|| {
             let parser = MessageParser::default();
