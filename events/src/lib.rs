@@ -25,6 +25,6 @@ pub use log::{
     RepairReport, check_sequence, convert, read_log, repair,
 };
 pub use schema::{
-    Event, EventView, HasShape, Kind, PayloadError, Record, RecordView, Reply, SCHEMA_VERSION,
-    Shape, SmtpReply,
+    Event, EventView, HasShape, Kind, PayloadError, PayloadRecord, Record, RecordView, Reply,
+    SCHEMA_VERSION, Shape, SmtpReply,
 };

@@ -16,7 +16,7 @@
 
 use crate::binary;
 use crate::clock::Clock;
-use crate::schema::{Event, Record, RecordView};
+use crate::schema::{Event, PayloadRecord, Record, RecordView};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -722,12 +722,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// A record read by [`LogReader`]: a binary one as a view of its bytes, a JSON one decoded.
-enum Decoded<'a> {
-    View(RecordView<'a>),
-    Owned(Record),
-}
-
 impl LogReader {
     /// `f` of the next record, given as a view of its bytes (a binary record is read where it
     /// lies, nothing allocated for its strings; a JSON one is decoded, then viewed); `None` at
@@ -736,14 +730,11 @@ impl LogReader {
         &mut self,
         f: impl FnOnce(&RecordView<'_>) -> T,
     ) -> Option<Result<T, LogError>> {
-        Some(self.next_read()?.map(|read| match read {
-            Decoded::View(view) => f(&view),
-            Decoded::Owned(record) => f(&record.view()),
-        }))
+        Some(self.next_read()?.map(|read| read.with_view(f)))
     }
 
     /// The next record, checked to follow the one before it.
-    fn next_read(&mut self) -> Option<Result<Decoded<'_>, LogError>> {
+    fn next_read(&mut self) -> Option<Result<PayloadRecord<'_>, LogError>> {
         let start = match self.next_payload() {
             Ok(None) => return None,
             Err(e) => return Some(Err(e)),
@@ -757,20 +748,9 @@ impl LogReader {
             offset: start,
             message: e.to_string(),
         };
-        let read = if self.buf.first() == Some(&binary::MARKER) {
-            RecordView::from_binary(&self.buf)
-                .map(Decoded::View)
-                .map_err(|e| bad(&e))
-        } else {
-            Record::from_json(&self.buf)
-                .map(Decoded::Owned)
-                .map_err(|e| bad(&e))
-        };
+        let read = PayloadRecord::read(&self.buf).map_err(|e| bad(&e));
         Some(read.and_then(|read| {
-            let seq = match &read {
-                Decoded::View(v) => v.seq,
-                Decoded::Owned(r) => r.seq,
-            };
+            let seq = read.seq();
             check_sequence(&self.path, self.last_seq, seq, self.records, start)?;
             self.last_seq = Some(seq);
             Ok(read)
@@ -782,10 +762,7 @@ impl Iterator for LogReader {
     type Item = Result<Record, LogError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        Some(self.next_read()?.map(|read| match read {
-            Decoded::View(view) => view.to_owned(),
-            Decoded::Owned(record) => record,
-        }))
+        Some(self.next_read()?.map(PayloadRecord::into_owned))
     }
 }
 

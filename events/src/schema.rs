@@ -648,6 +648,47 @@ impl<'a> RecordView<'a> {
     }
 }
 
+/// A record read from a log frame's payload, in either encoding: a binary record as a view of
+/// the payload, a JSON one decoded.
+pub enum PayloadRecord<'a> {
+    View(RecordView<'a>),
+    Owned(Record),
+}
+
+impl<'a> PayloadRecord<'a> {
+    /// The record `payload` holds, told apart by its first byte as [`Record::from_payload`]
+    /// does.
+    pub fn read(payload: &'a [u8]) -> Result<Self, PayloadError> {
+        if payload.first() == Some(&binary::MARKER) {
+            Ok(PayloadRecord::View(RecordView::from_binary(payload)?))
+        } else {
+            Ok(PayloadRecord::Owned(Record::from_json(payload)?))
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        match self {
+            PayloadRecord::View(v) => v.seq,
+            PayloadRecord::Owned(r) => r.seq,
+        }
+    }
+
+    /// `f` of the record as a view.
+    pub fn with_view<T>(&self, f: impl FnOnce(&RecordView<'_>) -> T) -> T {
+        match self {
+            PayloadRecord::View(v) => f(v),
+            PayloadRecord::Owned(r) => f(&r.view()),
+        }
+    }
+
+    pub fn into_owned(self) -> Record {
+        match self {
+            PayloadRecord::View(v) => v.to_owned(),
+            PayloadRecord::Owned(r) => r,
+        }
+    }
+}
+
 /// Why a frame's payload is not a record.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {

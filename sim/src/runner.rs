@@ -52,8 +52,6 @@ pub fn build_messages(
     let envelopes = Envelopes::new(scenario, world);
     let sender = &world.senders[0].sender;
     let from = sender.from_address();
-    let filler =
-        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
     range
         .map(|i| {
             let subscriber = envelopes.subscriber(i);
@@ -63,10 +61,7 @@ pub fn build_messages(
                 .and_then(|s| s.fields.get("name"))
                 .and_then(|n| n.as_str())
                 .map_or_else(|| format!("user{i}"), str::to_string);
-            let mut body = format!("Hello {greeting},\r\n\r\n");
-            while body.len() + 600 < campaign.size_bytes {
-                body.push_str(filler);
-            }
+            let body = campaign_text(&greeting, campaign.size_bytes);
             let mut builder = MessageBuilder::new()
                 .from(("Newsletter", from.as_str()))
                 .to(rcpt.as_str())
@@ -128,6 +123,18 @@ pub fn build_messages(
             }
         })
         .collect()
+}
+
+/// A campaign message's text: a greeting to `greeting`, then filler up to about `size_bytes`
+/// for the whole message (its header section takes about 600).
+pub fn campaign_text(greeting: &str, size_bytes: usize) -> String {
+    let filler =
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
+    let mut text = format!("Hello {greeting},\r\n\r\n");
+    while text.len() + 600 < size_bytes {
+        text.push_str(filler);
+    }
+    text
 }
 
 /// Who campaign message `i` goes to and its Message-ID, as [`build_messages`] gives them,
@@ -1027,20 +1034,11 @@ fn fold_log_with(path: &Path, mut fold: impl FnMut(&RecordView<'_>)) -> anyhow::
             match batch {
                 Pending::Frames(batch) => {
                     for (payload, record, offset) in batch.payloads() {
-                        match RecordView::from_binary(payload) {
-                            Ok(r) => {
-                                follows(r.seq, record, offset)?;
-                                fold(&r);
-                            }
-                            // A JSON record in a binary log: read the owned way.
-                            Err(_) if payload.first() != Some(&mailsim_events::binary::MARKER) => {
-                                let r = mailsim_events::Record::from_payload(payload)
-                                    .map_err(|e| bad_record(path, record, offset, e))?;
-                                follows(r.seq, record, offset)?;
-                                fold(&r.view());
-                            }
-                            Err(e) => return Err(bad_record(path, record, offset, e).into()),
-                        }
+                        // (A JSON record in a binary log is read the owned way.)
+                        let r = mailsim_events::PayloadRecord::read(payload)
+                            .map_err(|e| bad_record(path, record, offset, e))?;
+                        follows(r.seq(), record, offset)?;
+                        r.with_view(&mut fold);
                     }
                     // A reader gone or with enough batches in hand: this one is dropped.
                     let _ = recycle.try_send(batch);

@@ -392,12 +392,8 @@ impl<'a> HttpRequests<'a> {
         let scenario = campaign.scenario;
         let c = scenario.campaign();
         let sender = &campaign.world.senders[0].sender;
-        let filler =
-            "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
-        let mut text = String::from("Hello {{ name }},\r\n\r\n");
-        while text.len() + 600 < c.size_bytes {
-            text.push_str(filler);
-        }
+        // The campaign's text, its greeting a substitution the MTA fills in.
+        let text = crate::runner::campaign_text("{{ name }}", c.size_bytes);
         HttpRequests {
             campaign,
             envelopes: crate::runner::Envelopes::new(scenario, campaign.world),
