@@ -156,10 +156,10 @@ macro_rules! plain {
         impl Bin for $t {
             type View<'a> = $t;
             fn put(&self, out: &mut Vec<u8>) {
-                put_plain(*self, out);
+                self.put_plain(out);
             }
             fn get_view<'a>(input: &mut Input<'a>) -> Result<$t, Fault> {
-                get_plain(input)
+                <$t as Plain>::get_plain(input)
             }
             fn from_view(view: $t) -> Self {
                 view
@@ -176,14 +176,6 @@ plain!(u64, u32, u16, bool);
 trait Plain: Sized {
     fn put_plain(self, out: &mut Vec<u8>);
     fn get_plain(input: &mut Input<'_>) -> Result<Self, Fault>;
-}
-
-fn put_plain<T: Plain>(v: T, out: &mut Vec<u8>) {
-    v.put_plain(out)
-}
-
-fn get_plain<T: Plain>(input: &mut Input<'_>) -> Result<T, Fault> {
-    T::get_plain(input)
 }
 
 impl Plain for u64 {
@@ -332,7 +324,7 @@ impl Bin for SmtpReply {
     fn get_view<'a>(input: &mut Input<'a>) -> Result<SmtpReplyView<'a>, Fault> {
         Ok(SmtpReplyView {
             command: input.str()?,
-            code: get_plain(input)?,
+            code: u16::get_plain(input)?,
             enhanced: Option::<String>::get_view(input)?,
             text: input.str()?,
         })
