@@ -2,9 +2,10 @@
 //! (nulls where a kind has no such field), written to `events.parquet`.
 //!
 //! The log is read in parts of [`ROWS_PER_PART`] records, its frames checked (length and CRC, a
-//! torn tail ends it as for every reader); each part is decoded on one of the cores into
-//! borrowed rows whose fields go straight into polars column builders, written as one Parquet
-//! row group and dropped, so that memory holds a few parts whatever the log's size.
+//! torn tail ends it as for every reader); each part is decoded on one of the cores, its
+//! records read as `mailsim events` reads them (so the report refuses what it refuses, at the
+//! same record) and their fields put straight into polars column builders, written as one
+//! Parquet row group and dropped, so that memory holds a few parts whatever the log's size.
 //!
 //! The columns come from the event schema ([`Event::SCHEMA`]), so a new kind or field reaches
 //! `events.parquet` without an edit here: `seq`, `ts_ms`, `type`; one column per scalar field
@@ -17,11 +18,8 @@
 use mailsim_events::{Event, LogError, Shape};
 use polars::prelude::*;
 use polars_arrow::array::{MutableBinaryViewArray, MutableBooleanArray, MutablePrimitiveArray};
-use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
-use std::borrow::Cow;
+use serde::de;
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 
 mod from_record;
@@ -52,41 +50,6 @@ pub enum TableError {
 /// Records decoded per part, and rows per Parquet row group.
 pub const ROWS_PER_PART: usize = 1 << 18;
 
-/// A string from the log, borrowed when it has no escapes.
-struct Text<'de>(Cow<'de, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-/// The reply inside `deferred` and `bounced` (shape [`Shape::Reply`]).
-#[derive(Deserialize)]
-struct Reply<'a> {
-    #[serde(borrow, default)]
-    command: Option<Text<'a>>,
-    #[serde(default)]
-    code: Option<u32>,
-    #[serde(borrow, default)]
-    enhanced: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    text: Option<Text<'a>>,
-}
-
 /// Where a field of the log goes in the table.
 #[derive(Clone, Copy)]
 enum Slot {
@@ -99,7 +62,7 @@ enum Slot {
 /// The table's columns, derived from the event schema ([`Event::SCHEMA`]): `seq`, `ts_ms`,
 /// `type`; then every scalar field of the common kinds, in schema order (a reply as its four
 /// parts); then `detail`, a JSON object holding every other field (those only rare kinds carry,
-/// lists and maps, and any field the schema does not know).
+/// lists and maps).
 struct Layout {
     columns: Vec<(&'static str, Shape)>,
     /// Where each field name goes, by the name's first byte: a record's keys are looked up
@@ -278,17 +241,6 @@ impl<'l> Cols<'l> {
         Ok(b)
     }
 
-    /// One value of column `i`, read as the column's shape.
-    fn value<'de, A: MapAccess<'de>>(&mut self, i: usize, map: &mut A) -> Result<(), A::Error> {
-        match self.fill(i)? {
-            Builder::Str(b) => b.push(map.next_value::<Option<Text<'de>>>()?.map(|t| t.0)),
-            Builder::U64(b) => b.push(map.next_value::<Option<u64>>()?),
-            Builder::U32(b) => b.push(map.next_value::<Option<u32>>()?),
-            Builder::Bool(b) => b.push(map.next_value::<Option<bool>>()?),
-        }
-        Ok(())
-    }
-
     /// The row's last step: the fields no column holds as its `detail`; every row has `seq`,
     /// `ts` and `type`.
     fn end_row<E: de::Error>(
@@ -309,121 +261,67 @@ impl<'l> Cols<'l> {
         self.row += 1;
         Ok(())
     }
-
-    fn reply_part<E: de::Error>(&mut self, name: &str, t: Option<Text<'_>>) -> Result<(), E> {
-        if let Some(Slot::Column(i)) = self.layout.slot(name)
-            && let Builder::Str(b) = self.fill(i)?
-        {
-            b.push(t.map(|t| t.0));
-        }
-        Ok(())
-    }
-}
-
-/// Reads one record straight into the builders; returns its `type`.
-struct RowSeed<'c, 'l>(&'c mut Cols<'l>);
-
-impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
-    type Value = Text<'de>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Text<'de>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RowSeed<'_, '_> {
-    type Value = Text<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an event record (a JSON object)")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
-        let cols = self.0;
-        let layout = cols.layout;
-        let mut kind: Option<Text<'de>> = None;
-        let mut detail = serde_json::Map::new();
-        while let Some(key) = map.next_key::<Text<'de>>()? {
-            match layout.slot(&key.0) {
-                Some(Slot::Column(i)) if i == KIND => {
-                    let t: Text<'de> = map.next_value()?;
-                    let Builder::Str(b) = cols.fill(i)? else {
-                        unreachable!("`type` is a string column")
-                    };
-                    b.push_value(&*t.0);
-                    kind = Some(t);
-                }
-                Some(Slot::Column(i)) => cols.value(i, &mut map)?,
-                Some(Slot::Reply) => {
-                    if let Some(r) = map.next_value::<Option<Reply<'de>>>()? {
-                        cols.reply_part("command", r.command)?;
-                        if let Some(Slot::Column(i)) = layout.slot("code")
-                            && let Builder::U32(b) = cols.fill(i)?
-                        {
-                            b.push(r.code);
-                        }
-                        cols.reply_part("enhanced", r.enhanced)?;
-                        cols.reply_part("text", r.text)?;
-                    }
-                }
-                None => {
-                    let v: serde_json::Value = map.next_value()?;
-                    detail.insert(key.0.into_owned(), v);
-                }
-            }
-        }
-        cols.end_row(detail)?;
-        kind.ok_or_else(|| de::Error::missing_field("type"))
-    }
 }
 
 /// A run of records read from the log: their payloads one after another, and for each its
-/// range there and the offset its frame starts at in the log (for errors).
+/// range there, the offset its frame starts at in the log and its number there (from 1), for
+/// errors.
 #[derive(Default)]
 struct Part {
     bytes: Vec<u8>,
-    records: Vec<(std::ops::Range<usize>, u64)>,
+    records: Vec<(std::ops::Range<usize>, u64, u64)>,
 }
 
 impl Part {
-    fn push(&mut self, at: u64, payload: &[u8]) {
+    fn push(&mut self, at: u64, number: u64, payload: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
-        self.records.push((start..self.bytes.len(), at));
+        self.records.push((start..self.bytes.len(), at, number));
     }
 }
 
-/// Decode the records of `part` (from the log `path`) into columns.
-fn decode_part(path: &str, part: &Part) -> Result<DataFrame, TableError> {
+/// A part decoded: its columns, and the `seq` of its first record (with where that record is)
+/// and of its last, for the writer's check that each part follows the one before.
+#[derive(Debug)]
+struct DecodedPart {
+    df: DataFrame,
+    /// `seq`, offset and number of the part's first record.
+    first: (u64, u64, u64),
+    last_seq: u64,
+}
+
+/// Decode the records of `part` (from the log `path`) into columns. Each record is read as
+/// `mailsim events` and `replay` read it ([`mailsim_events::PayloadRecord`]: the binary
+/// encoding as a view of its bytes, JSON by the schema's own decoding, so a record they refuse
+/// is refused here too), and its `seq` must follow the one before it in the part. The first
+/// error in the part is the one given.
+fn decode_part(path: &str, part: &Part) -> Result<DecodedPart, TableError> {
     let layout = Layout::new();
     let mut cols = Cols::with_capacity(&layout, part.records.len());
-    for (r, at) in &part.records {
+    let mut first = None;
+    let mut last_seq = None;
+    for (r, at, number) in &part.records {
         let bad = |message: String| TableError::BadRecord {
             path: path.to_string(),
             offset: *at,
             message,
         };
-        let payload = &part.bytes[r.clone()];
-        if payload.first() == Some(&mailsim_events::binary::MARKER) {
-            // Log format 2: the record read as a view of its bytes, its fields as its JSON
-            // would give them.
-            let record =
-                mailsim_events::RecordView::from_binary(payload).map_err(|e| bad(e.to_string()))?;
-            from_record::push(&mut cols, &record).map_err(|e| bad(e.to_string()))?;
-            continue;
-        }
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let kind = RowSeed(&mut cols)
-            .deserialize(&mut de)
-            .and_then(|k| de.end().map(|()| k))
-            .map_err(|err| bad(err.to_string()))?;
-        // What `mailsim events` refuses, the report refuses too.
-        if !Event::is_kind(&kind.0) {
-            return Err(bad(format!("unknown event type {:?}", kind.0)));
-        }
+        let record = mailsim_events::PayloadRecord::read(&part.bytes[r.clone()])
+            .map_err(|e| bad(e.to_string()))?;
+        let seq = record.seq();
+        mailsim_events::check_sequence(Path::new(path), last_seq, seq, *number, *at)?;
+        last_seq = Some(seq);
+        first.get_or_insert((seq, *at, *number));
+        record
+            .with_view(|view| from_record::push(&mut cols, view))
+            .map_err(|e| bad(e.to_string()))?;
     }
     let rows = cols.row;
-    Ok(DataFrame::new_infer_height(cols.into_columns(rows))?)
+    Ok(DecodedPart {
+        df: DataFrame::new_infer_height(cols.into_columns(rows))?,
+        first: first.unwrap_or_default(),
+        last_seq: last_seq.unwrap_or_default(),
+    })
 }
 
 /// What [`export`] wrote.
@@ -475,7 +373,7 @@ fn export_in_parts(
 
 /// One part's columns, or why not, from the thread that decoded it (an error when it ended
 /// without answering).
-type Decoded = std::sync::mpsc::Receiver<Result<DataFrame, TableError>>;
+type Decoded = std::sync::mpsc::Receiver<Result<DecodedPart, TableError>>;
 
 fn export_to(
     log: &Path,
@@ -507,7 +405,7 @@ fn export_to(
         // the writer at that part.
         type Job = (
             Part,
-            std::sync::mpsc::SyncSender<Result<DataFrame, TableError>>,
+            std::sync::mpsc::SyncSender<Result<DecodedPart, TableError>>,
         );
         let (to_decode, queue) = std::sync::mpsc::sync_channel::<Job>(decoders);
         let (in_order, answers) = std::sync::mpsc::sync_channel::<Decoded>(decoders);
@@ -532,11 +430,18 @@ fn export_to(
         // The writer: rows and parts written, or the error and the part it was met at.
         let write = scope.spawn(move || -> Result<u64, (TableError, usize)> {
             let mut rows = 0u64;
+            let mut last_seq = None;
             for (i, answer) in answers.into_iter().enumerate() {
-                let df = answer
+                let part = answer
                     .recv()
                     .unwrap_or(Err(TableError::Panicked("decoding the event log")))
                     .map_err(|e| (e, i))?;
+                // The part follows the one before it (each decoder checked its own part).
+                let (seq, at, number) = part.first;
+                mailsim_events::check_sequence(log, last_seq, seq, number, at)
+                    .map_err(|e| (e.into(), i))?;
+                last_seq = Some(part.last_seq);
+                let df = part.df;
                 writer.write_batch(&df).map_err(|e| (written(e), i))?;
                 rows += df.height() as u64;
                 progress(df.height() as u64);
@@ -545,29 +450,27 @@ fn export_to(
             Ok(rows)
         });
         // The reader (this thread): the torn flag, or the error and the part it was met in.
+        // A damaged frame ends the reading; the records before it, in its part, are sent to be
+        // decoded first, so that an error among them is the one given (as a reader going record
+        // by record would meet it first).
         let mut sent = 0;
-        let mut last_seq = None;
         let read = (|| -> Result<bool, (TableError, usize)> {
             loop {
                 let mut part = Part::default();
+                let mut failed = None;
                 while part.records.len() < rows_per_part {
                     // The number of the frame read next (counted from 1).
-                    let record = reader.records + 1;
-                    match reader.next_payload().map_err(|e| (e.into(), sent))? {
-                        Some((at, payload)) => {
-                            // A record met again or out of order is refused, as by `events`
-                            // and `replay` (a payload that is no record is the decoder's).
-                            if let Some(seq) = mailsim_events::binary::seq_of_payload(payload) {
-                                mailsim_events::check_sequence(log, last_seq, seq, record, at)
-                                    .map_err(|e| (e.into(), sent))?;
-                                last_seq = Some(seq);
-                            }
-                            part.push(at, payload)
+                    let number = reader.records + 1;
+                    match reader.next_payload() {
+                        Ok(Some((at, payload))) => part.push(at, number, payload),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
                         }
-                        None => break,
                     }
                 }
-                let last = part.records.len() < rows_per_part;
+                let last = failed.is_some() || part.records.len() < rows_per_part;
                 if !part.records.is_empty() {
                     let (answer, decoded) = std::sync::mpsc::sync_channel(1);
                     // A refused send: the writer or the decoders stopped, which they report.
@@ -575,6 +478,9 @@ fn export_to(
                         break;
                     }
                     sent += 1;
+                }
+                if let Some(e) = failed {
+                    return Err((e.into(), sent));
                 }
                 if last {
                     break;
@@ -668,15 +574,16 @@ mod tests {
     #[test]
     fn every_field_of_every_kind_reaches_the_table() {
         let mut n = 0;
-        let records: Vec<serde_json::Value> =
+        let mut records: Vec<serde_json::Value> =
             Event::SCHEMA.iter().map(|k| example(k, &mut n)).collect();
         let mut part = Part::default();
-        for r in &records {
+        for (i, r) in records.iter_mut().enumerate() {
+            r["seq"] = (i as u64 + 1).into();
             // Each example is a valid record of the schema.
             serde_json::from_value::<mailsim_events::Record>(r.clone()).expect("valid record");
-            part.push(0, &serde_json::to_vec(r).unwrap());
+            part.push(0, i as u64 + 1, &serde_json::to_vec(r).unwrap());
         }
-        let df = decode_part("test", &part).unwrap();
+        let df = decode_part("test", &part).unwrap().df;
         assert_eq!(df.height(), records.len());
         for (row, r) in records.iter().enumerate() {
             let detail = df.column("detail").unwrap().str().unwrap().get(row);
@@ -734,15 +641,16 @@ mod tests {
             records.len()
         );
         let (mut json, mut binary) = (Part::default(), Part::default());
-        for r in &records {
-            json.push(0, &serde_json::to_vec(r).unwrap());
+        for (i, r) in records.iter_mut().enumerate() {
+            r.seq = i as u64 + 1;
+            json.push(0, r.seq, &serde_json::to_vec(r).unwrap());
             let mut b = Vec::new();
             r.put_binary(&mut b);
-            binary.push(0, &b);
+            binary.push(0, r.seq, &b);
         }
         let (a, b) = (
-            decode_part("json", &json).unwrap(),
-            decode_part("binary", &binary).unwrap(),
+            decode_part("json", &json).unwrap().df,
+            decode_part("binary", &binary).unwrap().df,
         );
         assert_eq!(a.height(), records.len());
         assert!(a.equals_missing(&b), "{a}\n{b}");
@@ -799,6 +707,94 @@ mod tests {
         assert!(!dir.path().join("many.parquet.partial").exists());
     }
 
+    /// A log in format 1 (JSON records) holding `payloads`, framed as the log writer frames
+    /// them; returns each frame's offset.
+    fn json_log(path: &Path, payloads: &[String]) -> Vec<u64> {
+        let mut bytes = b"MSIMLOG\0".to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        let mut offsets = Vec::new();
+        for p in payloads {
+            offsets.push(bytes.len() as u64);
+            bytes.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(p.as_bytes()).to_le_bytes());
+            bytes.extend_from_slice(p.as_bytes());
+        }
+        std::fs::write(path, bytes).unwrap();
+        offsets
+    }
+
+    /// The report refuses a JSON log where `mailsim events` and `replay` refuse it (their
+    /// reader, [`mailsim_events::LogReader`]), at the same record: a record without a field its
+    /// kind requires, a `seq` of null, a reply code out of range, a repeated `seq` whose keys
+    /// come in another order; and of two bad records in one part, the first. Exported in one
+    /// part and in parts of two records (the check across parts).
+    #[test]
+    fn a_json_log_is_refused_where_the_other_readers_refuse_it() {
+        let fine =
+            |seq: u64| format!(r#"{{"seq":{seq},"ts":2,"type":"run_finished","reason":"a"}}"#);
+        let mut n = 0;
+        let deferred = Event::SCHEMA.iter().find(|k| k.tag == "deferred").unwrap();
+        let mut far_code = example(deferred, &mut n);
+        far_code["seq"] = 3.into();
+        far_code["reply"]["code"] = 70_000.into();
+        let cases: Vec<(Vec<String>, usize)> = vec![
+            (
+                vec![fine(1), r#"{"seq":2,"ts":2,"type":"run_finished"}"#.into()],
+                1,
+            ),
+            (
+                vec![
+                    fine(1),
+                    fine(2),
+                    r#"{"seq":null,"ts":2,"type":"run_finished","reason":"a"}"#.into(),
+                ],
+                2,
+            ),
+            (vec![fine(1), fine(2), far_code.to_string()], 2),
+            (
+                vec![
+                    fine(1),
+                    fine(2),
+                    r#"{"ts":2,"type":"run_finished","seq":2,"reason":"b"}"#.into(),
+                ],
+                2,
+            ),
+            (
+                vec![
+                    fine(1),
+                    fine(2),
+                    fine(3),
+                    r#"{"seq":4,"ts":2}"#.into(),
+                    fine(3),
+                    r#"{"seq":6}"#.into(),
+                ],
+                3,
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (payloads, bad)) in cases.iter().enumerate() {
+            let log = dir.path().join(format!("{i}.log"));
+            let offsets = json_log(&log, payloads);
+            let at = format!("at byte {}", offsets[*bad]);
+            let reader = mailsim_events::LogReader::open(&log)
+                .unwrap()
+                .find_map(Result::err)
+                .unwrap_or_else(|| panic!("case {i}: the log reader takes it"));
+            assert!(reader.to_string().contains(&at), "case {i}: {reader}");
+            for rows in [1 << 20, 2] {
+                let out = dir.path().join(format!("{i}-{rows}.parquet"));
+                let err = export_in_parts(&log, &out, rows, &|_| {})
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(&at),
+                    "case {i}, parts of {rows}: {err} (not {at})"
+                );
+                assert!(!out.exists());
+            }
+        }
+    }
+
     #[test]
     fn a_field_given_twice_or_a_missing_type_is_refused() {
         for bad in [
@@ -807,7 +803,7 @@ mod tests {
             r#"{"seq":1,"ts":2,"type":"no_such_kind"}"#,
         ] {
             let mut part = Part::default();
-            part.push(77, bad.as_bytes());
+            part.push(77, 1, bad.as_bytes());
             let err = decode_part("log", &part).unwrap_err();
             assert!(
                 err.to_string().starts_with("log: record at byte 77"),
