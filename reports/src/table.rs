@@ -33,9 +33,11 @@ pub enum TableError {
     },
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("{path}: record at byte {offset}: {message}")]
+    #[error("{path}: record {record} (at byte {offset}): {message}")]
     BadRecord {
         path: String,
+        /// The frame's number in the log, from 1 (as `mailsim events` counts).
+        record: u64,
         offset: u64,
         message: String,
     },
@@ -280,14 +282,13 @@ impl Part {
     }
 }
 
-/// A part decoded: its columns, and the `seq` of its first record (with where that record is)
-/// and of its last, for the writer's check that each part follows the one before.
-#[derive(Debug)]
+/// A part decoded: where its first record is and its `seq` (known even when a later record of
+/// the part fails: the writer checks first that the part follows the one before, which comes
+/// first in the log), and its columns with the `seq` of its last record, or its first error.
 struct DecodedPart {
-    df: DataFrame,
-    /// `seq`, offset and number of the part's first record.
-    first: (u64, u64, u64),
-    last_seq: u64,
+    /// `seq`, offset and number of the part's first record, when it could be read.
+    first: Option<(u64, u64, u64)>,
+    rows: Result<(DataFrame, u64), TableError>,
 }
 
 /// Decode the records of `part` (from the log `path`) into columns. Each record is read as
@@ -295,33 +296,42 @@ struct DecodedPart {
 /// encoding as a view of its bytes, JSON by the schema's own decoding, so a record they refuse
 /// is refused here too), and its `seq` must follow the one before it in the part. The first
 /// error in the part is the one given.
-fn decode_part(path: &str, part: &Part) -> Result<DecodedPart, TableError> {
+fn decode_part(path: &str, part: &Part) -> DecodedPart {
+    let mut first = None;
+    let rows = decode_rows(path, part, &mut first);
+    DecodedPart { first, rows }
+}
+
+fn decode_rows(
+    path: &str,
+    part: &Part,
+    first: &mut Option<(u64, u64, u64)>,
+) -> Result<(DataFrame, u64), TableError> {
     let layout = Layout::new();
     let mut cols = Cols::with_capacity(&layout, part.records.len());
-    let mut first = None;
     let mut last_seq = None;
     for (r, at, number) in &part.records {
         let bad = |message: String| TableError::BadRecord {
             path: path.to_string(),
+            record: *number,
             offset: *at,
             message,
         };
         let record = mailsim_events::PayloadRecord::read(&part.bytes[r.clone()])
             .map_err(|e| bad(e.to_string()))?;
         let seq = record.seq();
+        first.get_or_insert((seq, *at, *number));
         mailsim_events::check_sequence(Path::new(path), last_seq, seq, *number, *at)?;
         last_seq = Some(seq);
-        first.get_or_insert((seq, *at, *number));
         record
             .with_view(|view| from_record::push(&mut cols, view))
             .map_err(|e| bad(e.to_string()))?;
     }
     let rows = cols.row;
-    Ok(DecodedPart {
-        df: DataFrame::new_infer_height(cols.into_columns(rows))?,
-        first: first.unwrap_or_default(),
-        last_seq: last_seq.unwrap_or_default(),
-    })
+    Ok((
+        DataFrame::new_infer_height(cols.into_columns(rows))?,
+        last_seq.unwrap_or_default(),
+    ))
 }
 
 /// What [`export`] wrote.
@@ -373,7 +383,7 @@ fn export_in_parts(
 
 /// One part's columns, or why not, from the thread that decoded it (an error when it ended
 /// without answering).
-type Decoded = std::sync::mpsc::Receiver<Result<DecodedPart, TableError>>;
+type Decoded = std::sync::mpsc::Receiver<DecodedPart>;
 
 fn export_to(
     log: &Path,
@@ -403,10 +413,7 @@ fn export_to(
         // answers in log order. Both queues are bounded: a slow writer holds up the decoders,
         // and they the reader. A decoder that ends without answering (a panic) is an error for
         // the writer at that part.
-        type Job = (
-            Part,
-            std::sync::mpsc::SyncSender<Result<DecodedPart, TableError>>,
-        );
+        type Job = (Part, std::sync::mpsc::SyncSender<DecodedPart>);
         let (to_decode, queue) = std::sync::mpsc::sync_channel::<Job>(decoders);
         let (in_order, answers) = std::sync::mpsc::sync_channel::<Decoded>(decoders);
         let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
@@ -434,14 +441,15 @@ fn export_to(
             for (i, answer) in answers.into_iter().enumerate() {
                 let part = answer
                     .recv()
-                    .unwrap_or(Err(TableError::Panicked("decoding the event log")))
-                    .map_err(|e| (e, i))?;
-                // The part follows the one before it (each decoder checked its own part).
-                let (seq, at, number) = part.first;
-                mailsim_events::check_sequence(log, last_seq, seq, number, at)
-                    .map_err(|e| (e.into(), i))?;
-                last_seq = Some(part.last_seq);
-                let df = part.df;
+                    .map_err(|_| (TableError::Panicked("decoding the event log"), i))?;
+                // The part follows the one before it (each decoder checked its own part); that
+                // is checked before any error the decoder met later in the part.
+                if let Some((seq, at, number)) = part.first {
+                    mailsim_events::check_sequence(log, last_seq, seq, number, at)
+                        .map_err(|e| (e.into(), i))?;
+                }
+                let (df, last) = part.rows.map_err(|e| (e, i))?;
+                last_seq = Some(last);
                 writer.write_batch(&df).map_err(|e| (written(e), i))?;
                 rows += df.height() as u64;
                 progress(df.height() as u64);
@@ -583,7 +591,7 @@ mod tests {
             serde_json::from_value::<mailsim_events::Record>(r.clone()).expect("valid record");
             part.push(0, i as u64 + 1, &serde_json::to_vec(r).unwrap());
         }
-        let df = decode_part("test", &part).unwrap().df;
+        let df = decode_part("test", &part).rows.unwrap().0;
         assert_eq!(df.height(), records.len());
         for (row, r) in records.iter().enumerate() {
             let detail = df.column("detail").unwrap().str().unwrap().get(row);
@@ -649,8 +657,8 @@ mod tests {
             binary.push(0, r.seq, &b);
         }
         let (a, b) = (
-            decode_part("json", &json).unwrap().df,
-            decode_part("binary", &binary).unwrap().df,
+            decode_part("json", &json).rows.unwrap().0,
+            decode_part("binary", &binary).rows.unwrap().0,
         );
         assert_eq!(a.height(), records.len());
         assert!(a.equals_missing(&b), "{a}\n{b}");
@@ -726,8 +734,9 @@ mod tests {
     /// The report refuses a JSON log where `mailsim events` and `replay` refuse it (their
     /// reader, [`mailsim_events::LogReader`]), at the same record: a record without a field its
     /// kind requires, a `seq` of null, a reply code out of range, a repeated `seq` whose keys
-    /// come in another order; and of two bad records in one part, the first. Exported in one
-    /// part and in parts of two records (the check across parts).
+    /// come in another order; and of two bad records, the first (also when the first is a part's
+    /// first record going back and the second is later in that part). Exported in one part and
+    /// in parts of two records (the check across parts).
     #[test]
     fn a_json_log_is_refused_where_the_other_readers_refuse_it() {
         let fine =
@@ -770,6 +779,8 @@ mod tests {
                 ],
                 3,
             ),
+            // A part's first record going back, before a bad record later in that part.
+            (vec![fine(1), fine(2), fine(1), r#"{"seq":5}"#.into()], 2),
         ];
         let dir = tempfile::tempdir().unwrap();
         for (i, (payloads, bad)) in cases.iter().enumerate() {
@@ -804,9 +815,9 @@ mod tests {
         ] {
             let mut part = Part::default();
             part.push(77, 1, bad.as_bytes());
-            let err = decode_part("log", &part).unwrap_err();
+            let err = decode_part("log", &part).rows.unwrap_err();
             assert!(
-                err.to_string().starts_with("log: record at byte 77"),
+                err.to_string().starts_with("log: record 1 (at byte 77)"),
                 "{err}"
             );
         }
