@@ -51,6 +51,10 @@ pub enum TableError {
 
 /// Records decoded per part, and rows per Parquet row group.
 pub const ROWS_PER_PART: usize = 1 << 18;
+/// Payload bytes after which a part is decoded with fewer records: a log of large records (up
+/// to 16 MiB each) is exported in parts of about this size, not of 262,144 such records. (A
+/// part of scale-million's JSON log is about 60 MB.)
+const PART_BYTES: usize = 128 << 20;
 
 /// Where a field of the log goes in the table.
 #[derive(Clone, Copy)]
@@ -358,17 +362,18 @@ pub fn export(
     parquet: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Exported, TableError> {
-    export_in_parts(log, parquet, ROWS_PER_PART, progress)
+    export_in_parts(log, parquet, (ROWS_PER_PART, PART_BYTES), progress)
 }
 
+/// [`export`] in parts of at most `rows` records, or of fewer once they hold `bytes`.
 fn export_in_parts(
     log: &Path,
     parquet: &Path,
-    rows_per_part: usize,
+    (rows, bytes): (usize, usize),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Exported, TableError> {
     let partial = parquet.with_extension("parquet.partial");
-    let written = export_to(log, &partial, rows_per_part, progress).and_then(|e| {
+    let written = export_to(log, &partial, (rows, bytes), progress).and_then(|e| {
         std::fs::rename(&partial, parquet).map_err(|source| TableError::Write {
             path: parquet.display().to_string(),
             source: source.into(),
@@ -388,7 +393,7 @@ type Decoded = std::sync::mpsc::Receiver<DecodedPart>;
 fn export_to(
     log: &Path,
     out: &Path,
-    rows_per_part: usize,
+    (rows_per_part, bytes_per_part): (usize, usize),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Exported, TableError> {
     let p = log.display().to_string();
@@ -465,20 +470,23 @@ fn export_to(
         let read = (|| -> Result<bool, (TableError, usize)> {
             loop {
                 let mut part = Part::default();
-                let mut failed = None;
-                while part.records.len() < rows_per_part {
+                let (mut failed, mut ended) = (None, false);
+                while part.records.len() < rows_per_part && part.bytes.len() < bytes_per_part {
                     // The number of the frame read next (counted from 1).
                     let number = reader.records + 1;
                     match reader.next_payload() {
                         Ok(Some((at, payload))) => part.push(at, number, payload),
-                        Ok(None) => break,
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
                         Err(e) => {
                             failed = Some(e);
                             break;
                         }
                     }
                 }
-                let last = failed.is_some() || part.records.len() < rows_per_part;
+                let last = failed.is_some() || ended;
                 if !part.records.is_empty() {
                     let (answer, decoded) = std::sync::mpsc::sync_channel(1);
                     // A refused send: the writer or the decoders stopped, which they report.
@@ -695,12 +703,28 @@ mod tests {
             dir.path().join("one.parquet"),
             dir.path().join("many.parquet"),
         );
-        let whole = export_in_parts(&log, &one, 1 << 20, &|_| {}).unwrap();
-        let parts = export_in_parts(&log, &many, 7, &|_| {}).unwrap();
+        // Parts written (the progress is told once a part).
+        let counted = |rows_bytes, path: &Path| {
+            let written = std::sync::atomic::AtomicU64::new(0);
+            let e = export_in_parts(&log, path, rows_bytes, &|_| {
+                written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .unwrap();
+            (e, written.into_inner())
+        };
+        let (whole, one_part) = counted((1 << 20, PART_BYTES), &one);
+        let (parts, sevens) = counted((7, PART_BYTES), &many);
         assert_eq!(whole, parts);
         assert_eq!(whole.rows, 5 * Event::SCHEMA.len() as u64);
+        assert_eq!((one_part, sevens), (1, whole.rows.div_ceil(7)));
+        // Parts cut by their bytes (a few records each here) make the same table too.
+        let by_bytes = dir.path().join("by_bytes.parquet");
+        let (cut, cuts) = counted((1 << 20, 300), &by_bytes);
+        assert_eq!(cut, whole);
+        assert!(cuts > whole.rows / 10, "{cuts} parts");
         let (a, b) = (read_parquet(&one).unwrap(), read_parquet(&many).unwrap());
         assert!(a.equals_missing(&b), "{a}\n{b}");
+        assert!(a.equals_missing(&read_parquet(&by_bytes).unwrap()));
         let seq: Vec<u64> = b
             .column("seq")
             .unwrap()
@@ -794,7 +818,7 @@ mod tests {
             assert!(reader.to_string().contains(&at), "case {i}: {reader}");
             for rows in [1 << 20, 2] {
                 let out = dir.path().join(format!("{i}-{rows}.parquet"));
-                let err = export_in_parts(&log, &out, rows, &|_| {})
+                let err = export_in_parts(&log, &out, (rows, PART_BYTES), &|_| {})
                     .unwrap_err()
                     .to_string();
                 assert!(

@@ -861,6 +861,9 @@ pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
 
 /// Records per batch handed from the reading thread to the decoders and on to the fold.
 const FOLD_BATCH: usize = 4096;
+/// Payload bytes after which a batch is handed on with fewer records: a log of large records
+/// (up to 16 MiB each) is folded in batches of about this size, not of 4,096 such records.
+const FOLD_BATCH_BYTES: usize = 8 << 20;
 
 /// Threads decoding batches of JSON records at most.
 const FOLD_DECODERS_MAX: usize = 4;
@@ -977,8 +980,11 @@ fn fold_log_with(path: &Path, mut fold: impl FnMut(&RecordView<'_>)) -> anyhow::
                 loop {
                     let mut batch = recycled.try_recv().unwrap_or_default();
                     batch.bytes.clear();
+                    // (What a batch of large records grew to is not kept for the next one.)
+                    batch.bytes.shrink_to(FOLD_BATCH_BYTES);
                     batch.frames.clear();
-                    while batch.frames.len() < FOLD_BATCH {
+                    let mut ended = false;
+                    while batch.frames.len() < FOLD_BATCH && batch.bytes.len() < FOLD_BATCH_BYTES {
                         match reader.next_payload() {
                             Ok(Some((offset, payload))) => {
                                 batch.bytes.extend_from_slice(payload);
@@ -986,14 +992,17 @@ fn fold_log_with(path: &Path, mut fold: impl FnMut(&RecordView<'_>)) -> anyhow::
                                     .frames
                                     .push((batch.bytes.len(), reader.records, offset));
                             }
-                            Ok(None) => break,
+                            Ok(None) => {
+                                ended = true;
+                                break;
+                            }
                             Err(e) => {
                                 met = Some(e);
                                 break;
                             }
                         }
                     }
-                    let last = met.is_some() || batch.frames.len() < FOLD_BATCH;
+                    let last = met.is_some() || ended;
                     if !batch.frames.is_empty() {
                         // A refused send: the fold or the decoders stopped.
                         let sent = if decoders == 0 {
