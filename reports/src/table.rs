@@ -1,7 +1,8 @@
 //! The event log as a table: one row per record, one column per field of any event kind
 //! (nulls where a kind has no such field), written to `events.parquet`.
 //!
-//! The log is read in parts of [`ROWS_PER_PART`] records, its frames checked (length and CRC, a
+//! The log is read in parts of at most [`ROWS_PER_PART`] records (fewer once they hold
+//! [`PART_BYTES`]), its frames checked (length and CRC, a
 //! torn tail ends it as for every reader); each part is decoded on one of the cores, its
 //! records read as `mailsim events` reads them (so the report refuses what it refuses, at the
 //! same record) and their fields put straight into polars column builders, written as one
@@ -49,11 +50,14 @@ pub enum TableError {
     Panicked(&'static str),
 }
 
-/// Records decoded per part, and rows per Parquet row group.
+/// Records decoded per part at most, and rows per Parquet row group.
 pub const ROWS_PER_PART: usize = 1 << 18;
 /// Payload bytes after which a part is decoded with fewer records: a log of large records (up
 /// to 16 MiB each) is exported in parts of about this size, not of 262,144 such records. (A
-/// part of scale-million's JSON log is about 60 MB.)
+/// part of scale-million's JSON log is about 60 MB: normal logs never reach it, so their row
+/// groups do not depend on it.) With at most [`DECODERS_MAX`] + 2 parts in hand, the parts'
+/// bytes stay under about 6 x 144 MiB whatever the log (decoded records of large lists take
+/// more: a list's items are decoded one by one).
 const PART_BYTES: usize = 128 << 20;
 
 /// Where a field of the log goes in the table.
@@ -352,7 +356,7 @@ pub struct Exported {
 const DECODERS_MAX: usize = 4;
 
 /// Write the event log `log` as the table `parquet` (rows in log order, LZ4), part by part:
-/// [`ROWS_PER_PART`] records are read (frames checked: length and CRC, a torn tail ends the
+/// at most [`ROWS_PER_PART`] records (or [`PART_BYTES`]) are read (frames checked: length and CRC, a torn tail ends the
 /// log as for every reader), decoded on other cores into columns, and written as one row
 /// group, so that memory holds a few parts whatever the log's size (and however many cores). `progress` is told how
 /// many records are written as it goes. On any error (a damaged or invalid record, I/O) nothing
@@ -372,6 +376,7 @@ fn export_in_parts(
     (rows, bytes): (usize, usize),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Exported, TableError> {
+    debug_assert!(rows > 0 && bytes > 0, "a part holds at least one record");
     let partial = parquet.with_extension("parquet.partial");
     let written = export_to(log, &partial, (rows, bytes), progress).and_then(|e| {
         std::fs::rename(&partial, parquet).map_err(|source| TableError::Write {

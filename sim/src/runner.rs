@@ -855,11 +855,12 @@ async fn finish<E: Env>(
 /// value is true when the log ends in a torn record (left out).
 pub fn fold_log(path: &Path) -> anyhow::Result<(Summary, bool)> {
     let mut fold = SummaryFold::default();
-    let torn = fold_log_with(path, |r| fold.push_view(r))?;
+    let torn = fold_log_with(path, (FOLD_BATCH, FOLD_BATCH_BYTES), |r| fold.push_view(r))?;
     Ok((fold.finish(), torn))
 }
 
-/// Records per batch handed from the reading thread to the decoders and on to the fold.
+/// Records per batch (at most) handed from the reading thread to the decoders and on to the
+/// fold.
 const FOLD_BATCH: usize = 4096;
 /// Payload bytes after which a batch is handed on with fewer records: a log of large records
 /// (up to 16 MiB each) is folded in batches of about this size, not of 4,096 such records.
@@ -939,7 +940,17 @@ enum Pending {
 /// (14.9 M records of scale-million: see BENCHMARKS.md). A JSON log's records are decoded on
 /// the other cores. An error reading or decoding the log is the result, whatever was folded
 /// before it.
-fn fold_log_with(path: &Path, mut fold: impl FnMut(&RecordView<'_>)) -> anyhow::Result<bool> {
+///
+/// Batches hold at most `records` records, fewer once their payloads reach `bytes`.
+fn fold_log_with(
+    path: &Path,
+    (records, bytes): (usize, usize),
+    mut fold: impl FnMut(&RecordView<'_>),
+) -> anyhow::Result<bool> {
+    debug_assert!(
+        records > 0 && bytes > 0,
+        "a batch holds at least one record"
+    );
     use std::sync::mpsc::{SyncSender, sync_channel};
     use std::sync::{Arc as SharedArc, Mutex};
     type Answer = SyncSender<Decoded>;
@@ -981,10 +992,10 @@ fn fold_log_with(path: &Path, mut fold: impl FnMut(&RecordView<'_>)) -> anyhow::
                     let mut batch = recycled.try_recv().unwrap_or_default();
                     batch.bytes.clear();
                     // (What a batch of large records grew to is not kept for the next one.)
-                    batch.bytes.shrink_to(FOLD_BATCH_BYTES);
+                    batch.bytes.shrink_to(bytes);
                     batch.frames.clear();
                     let mut ended = false;
-                    while batch.frames.len() < FOLD_BATCH && batch.bytes.len() < FOLD_BATCH_BYTES {
+                    while batch.frames.len() < records && batch.bytes.len() < bytes {
                         match reader.next_payload() {
                             Ok(Some((offset, payload))) => {
                                 batch.bytes.extend_from_slice(payload);
@@ -1186,7 +1197,22 @@ mod tests {
         // The same log in JSON (format 1), decoded on the other threads, folds the same.
         let json = dir.path().join("json.log");
         mailsim_events::convert(&path, &json, mailsim_events::Format::Json).unwrap();
-        assert_eq!(fold_log(&json).unwrap(), (folded, false));
+        assert_eq!(fold_log(&json).unwrap(), (folded.clone(), false));
+        // Batches cut by their bytes (a few records each; one record each), in either format,
+        // fold the same.
+        for log in [&path, &json] {
+            for bytes in [1000, 1] {
+                let mut fold = SummaryFold::default();
+                let torn = fold_log_with(log, (FOLD_BATCH, bytes), |r| fold.push_view(r));
+                assert!(!torn.unwrap());
+                assert_eq!(
+                    fold.finish(),
+                    folded,
+                    "{} in batches of {bytes} bytes",
+                    log.display()
+                );
+            }
+        }
         // In a JSON log, a record out of sequence is the error though a later record of its
         // batch does not read (that one was decoded first, on another thread).
         let mut bytes = b"MSIMLOG\0\x01\0\0\0".to_vec();
