@@ -21,8 +21,8 @@ pub mod schema;
 pub use binary::SmtpReplyView;
 pub use clock::{Clock, RuntimeClock, SystemClock};
 pub use log::{
-    Damage, Durability, EventLog, EventSink, Format, LogError, LogReader, LogTail, Observer,
-    RepairReport, check_sequence, convert, read_log, repair,
+    Damage, Durability, EventLog, EventSink, Format, FrameBatch, LogError, LogReader, LogTail,
+    Observer, RepairReport, check_sequence, convert, read_log, repair,
 };
 pub use schema::{
     Event, EventView, HasShape, Kind, PayloadError, PayloadRecord, Record, RecordView, Reply,

@@ -462,6 +462,56 @@ enum Frame {
     Bad,
 }
 
+/// Frames read from a log and not decoded yet ([`LogReader::read_batch`]): their payloads one
+/// after another, and for each its end there, its number in the log (from 1) and the offset
+/// its frame starts at (for errors).
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    bytes: Vec<u8>,
+    frames: Vec<(usize, u64, u64)>,
+}
+
+impl FrameBatch {
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// A frame's payload, with its number in the log and the offset its frame starts at.
+    pub fn push(&mut self, number: u64, offset: u64, payload: &[u8]) {
+        self.bytes.extend_from_slice(payload);
+        self.frames.push((self.bytes.len(), number, offset));
+    }
+
+    /// Each frame's payload with its number in the log and its offset.
+    pub fn payloads(&self) -> impl Iterator<Item = (&[u8], u64, u64)> {
+        let mut start = 0;
+        self.frames.iter().map(move |&(end, number, offset)| {
+            let payload = &self.bytes[start..end];
+            start = end;
+            (payload, number, offset)
+        })
+    }
+
+    /// Each frame's number in the log and offset.
+    pub fn places(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.frames
+            .iter()
+            .map(|&(_, number, offset)| (number, offset))
+    }
+
+    /// The batch without its payloads: where its frames are, for naming one.
+    pub fn without_payloads(&self) -> FrameBatch {
+        FrameBatch {
+            bytes: Vec::new(),
+            frames: self.frames.clone(),
+        }
+    }
+}
+
 impl LogReader {
     pub fn open(path: &Path) -> Result<Self, LogError> {
         let file = File::open(path).map_err(io_err(path))?;
@@ -584,6 +634,32 @@ impl LogReader {
                 Err(e)
             }
         }
+    }
+
+    /// Read frames into `batch` (emptied first, its payload buffer kept up to `bytes`) until it
+    /// holds `records` frames or `bytes` payload bytes, or the log ends: true when it ended. On
+    /// an error the batch holds the frames read before it, for a caller that checks those
+    /// first.
+    pub fn read_batch(
+        &mut self,
+        batch: &mut FrameBatch,
+        (records, bytes): (usize, usize),
+    ) -> Result<bool, LogError> {
+        debug_assert!(records > 0 && bytes > 0, "a batch holds at least one frame");
+        batch.bytes.clear();
+        // (What a batch of large records grew to is not kept for the next one.)
+        batch.bytes.shrink_to(bytes);
+        batch.frames.clear();
+        while batch.frames.len() < records && batch.bytes.len() < bytes {
+            match self.next_payload()? {
+                Some((offset, payload)) => {
+                    batch.bytes.extend_from_slice(payload);
+                    batch.frames.push((batch.bytes.len(), self.records, offset));
+                }
+                None => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 
     fn corrupt(&self, d: Damage) -> LogError {

@@ -273,22 +273,8 @@ impl<'l> Cols<'l> {
     }
 }
 
-/// A run of records read from the log: their payloads one after another, and for each its
-/// range there, the offset its frame starts at in the log and its number there (from 1), for
-/// errors.
-#[derive(Default)]
-struct Part {
-    bytes: Vec<u8>,
-    records: Vec<(std::ops::Range<usize>, u64, u64)>,
-}
-
-impl Part {
-    fn push(&mut self, at: u64, number: u64, payload: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(payload);
-        self.records.push((start..self.bytes.len(), at, number));
-    }
-}
+/// A run of records read from the log, not decoded yet.
+type Part = mailsim_events::FrameBatch;
 
 /// A part decoded: where its first record is and its `seq` (known even when a later record of
 /// the part fails: the writer checks first that the part follows the one before, which comes
@@ -316,20 +302,20 @@ fn decode_rows(
     first: &mut Option<(u64, u64, u64)>,
 ) -> Result<(DataFrame, u64), TableError> {
     let layout = Layout::new();
-    let mut cols = Cols::with_capacity(&layout, part.records.len());
+    let mut cols = Cols::with_capacity(&layout, part.len());
     let mut last_seq = None;
-    for (r, at, number) in &part.records {
+    for (payload, number, at) in part.payloads() {
         let bad = |message: String| TableError::BadRecord {
             path: path.to_string(),
-            record: *number,
-            offset: *at,
+            record: number,
+            offset: at,
             message,
         };
-        let record = mailsim_events::PayloadRecord::read(&part.bytes[r.clone()])
-            .map_err(|e| bad(e.to_string()))?;
+        let record =
+            mailsim_events::PayloadRecord::read(payload).map_err(|e| bad(e.to_string()))?;
         let seq = record.seq();
-        first.get_or_insert((seq, *at, *number));
-        mailsim_events::check_sequence(Path::new(path), last_seq, seq, *number, *at)?;
+        first.get_or_insert((seq, at, number));
+        mailsim_events::check_sequence(Path::new(path), last_seq, seq, number, at)?;
         last_seq = Some(seq);
         record
             .with_view(|view| from_record::push(&mut cols, view))
@@ -475,24 +461,12 @@ fn export_to(
         let read = (|| -> Result<bool, (TableError, usize)> {
             loop {
                 let mut part = Part::default();
-                let (mut failed, mut ended) = (None, false);
-                while part.records.len() < rows_per_part && part.bytes.len() < bytes_per_part {
-                    // The number of the frame read next (counted from 1).
-                    let number = reader.records + 1;
-                    match reader.next_payload() {
-                        Ok(Some((at, payload))) => part.push(at, number, payload),
-                        Ok(None) => {
-                            ended = true;
-                            break;
-                        }
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                let last = failed.is_some() || ended;
-                if !part.records.is_empty() {
+                let (failed, last) =
+                    match reader.read_batch(&mut part, (rows_per_part, bytes_per_part)) {
+                        Ok(ended) => (None, ended),
+                        Err(e) => (Some(e), true),
+                    };
+                if !part.is_empty() {
                     let (answer, decoded) = std::sync::mpsc::sync_channel(1);
                     // A refused send: the writer or the decoders stopped, which they report.
                     if in_order.send(decoded).is_err() || to_decode.send((part, answer)).is_err() {
@@ -602,7 +576,7 @@ mod tests {
             r["seq"] = (i as u64 + 1).into();
             // Each example is a valid record of the schema.
             serde_json::from_value::<mailsim_events::Record>(r.clone()).expect("valid record");
-            part.push(0, i as u64 + 1, &serde_json::to_vec(r).unwrap());
+            part.push(i as u64 + 1, 0, &serde_json::to_vec(r).unwrap());
         }
         let df = decode_part("test", &part).rows.unwrap().0;
         assert_eq!(df.height(), records.len());
@@ -664,10 +638,10 @@ mod tests {
         let (mut json, mut binary) = (Part::default(), Part::default());
         for (i, r) in records.iter_mut().enumerate() {
             r.seq = i as u64 + 1;
-            json.push(0, r.seq, &serde_json::to_vec(r).unwrap());
+            json.push(r.seq, 0, &serde_json::to_vec(r).unwrap());
             let mut b = Vec::new();
             r.put_binary(&mut b);
-            binary.push(0, r.seq, &b);
+            binary.push(r.seq, 0, &b);
         }
         let (a, b) = (
             decode_part("json", &json).rows.unwrap().0,
@@ -843,7 +817,7 @@ mod tests {
             r#"{"seq":1,"ts":2,"type":"no_such_kind"}"#,
         ] {
             let mut part = Part::default();
-            part.push(77, 1, bad.as_bytes());
+            part.push(1, 77, bad.as_bytes());
             let err = decode_part("log", &part).rows.unwrap_err();
             assert!(
                 err.to_string().starts_with("log: record 1 (at byte 77)"),

@@ -869,38 +869,18 @@ const FOLD_BATCH_BYTES: usize = 8 << 20;
 /// Threads decoding batches of JSON records at most.
 const FOLD_DECODERS_MAX: usize = 4;
 
-/// Frames read from the log, not yet decoded: their payloads one after another, and for each
-/// its end there, its number in the log and the offset its frame starts at (for errors).
-#[derive(Default)]
-struct RawBatch {
-    bytes: Vec<u8>,
-    frames: Vec<(usize, u64, u64)>,
-}
-
-impl RawBatch {
-    /// Each frame's payload with its number in the log and its offset.
-    fn payloads(&self) -> impl Iterator<Item = (&[u8], u64, u64)> {
-        let mut start = 0;
-        self.frames.iter().map(move |&(end, record, offset)| {
-            let payload = &self.bytes[start..end];
-            start = end;
-            (payload, record, offset)
-        })
-    }
-
-    /// The batch's records, owned (a JSON log's, on a decoding thread), up to the first that
-    /// does not read, and that one's error: the fold checks the records before it first (a
-    /// record among them out of sequence is the earlier error).
-    fn decode(self, path: &Path) -> Decoded {
-        let mut records = Vec::with_capacity(self.frames.len());
-        for (payload, record, offset) in self.payloads() {
-            match mailsim_events::Record::from_payload(payload) {
-                Ok(r) => records.push(r),
-                Err(e) => return (records, Some(bad_record(path, record, offset, e))),
-            }
+/// The batch's records, owned (a JSON log's, on a decoding thread), up to the first that does
+/// not read, and that one's error: the fold checks the records before it first (a record among
+/// them out of sequence is the earlier error).
+fn decode_batch(batch: mailsim_events::FrameBatch, path: &Path) -> Decoded {
+    let mut records = Vec::with_capacity(batch.len());
+    for (payload, record, offset) in batch.payloads() {
+        match mailsim_events::Record::from_payload(payload) {
+            Ok(r) => records.push(r),
+            Err(e) => return (records, Some(bad_record(path, record, offset, e))),
         }
-        (records, None)
     }
+    (records, None)
 }
 
 fn bad_record(
@@ -926,8 +906,11 @@ type Decoded = (
 /// A batch on its way to the fold: a binary log's frames, which the fold reads as views where
 /// they lie, or a JSON log's, being decoded on another thread.
 enum Pending {
-    Frames(RawBatch),
-    Decoding(RawBatch, std::sync::mpsc::Receiver<Decoded>),
+    Frames(mailsim_events::FrameBatch),
+    Decoding(
+        mailsim_events::FrameBatch,
+        std::sync::mpsc::Receiver<Decoded>,
+    ),
 }
 
 /// Call `fold` on each record of the log at `path`, in log order, each checked to follow the
@@ -961,11 +944,11 @@ fn fold_log_with(
             .map_or(1, |n| n.get())
             .min(FOLD_DECODERS_MAX),
     };
-    let (to_decode, jobs) = sync_channel::<(RawBatch, Answer)>(decoders.max(1));
+    let (to_decode, jobs) = sync_channel::<(mailsim_events::FrameBatch, Answer)>(decoders.max(1));
     let (to_fold, pending) = sync_channel::<Pending>(decoders + 2);
     // Folded batches go back to the reader to be filled again: their memory is reused, not
     // allocated (and faulted in) anew for every batch.
-    let (recycle, recycled) = sync_channel::<RawBatch>(decoders + 3);
+    let (recycle, recycled) = sync_channel::<mailsim_events::FrameBatch>(decoders + 3);
     let jobs = SharedArc::new(Mutex::new(jobs));
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..decoders)
@@ -976,7 +959,7 @@ fn fold_log_with(
                         let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         let Ok((batch, answer)) = job else { break };
                         // A fold gone (it stopped) needs no answer.
-                        let _ = answer.send(batch.decode(path));
+                        let _ = answer.send(decode_batch(batch, path));
                     }
                 })
             })
@@ -990,31 +973,14 @@ fn fold_log_with(
                 let mut met = None;
                 loop {
                     let mut batch = recycled.try_recv().unwrap_or_default();
-                    batch.bytes.clear();
-                    // (What a batch of large records grew to is not kept for the next one.)
-                    batch.bytes.shrink_to(bytes);
-                    batch.frames.clear();
-                    let mut ended = false;
-                    while batch.frames.len() < records && batch.bytes.len() < bytes {
-                        match reader.next_payload() {
-                            Ok(Some((offset, payload))) => {
-                                batch.bytes.extend_from_slice(payload);
-                                batch
-                                    .frames
-                                    .push((batch.bytes.len(), reader.records, offset));
-                            }
-                            Ok(None) => {
-                                ended = true;
-                                break;
-                            }
-                            Err(e) => {
-                                met = Some(e);
-                                break;
-                            }
+                    let last = match reader.read_batch(&mut batch, (records, bytes)) {
+                        Ok(ended) => ended,
+                        Err(e) => {
+                            met = Some(e);
+                            true
                         }
-                    }
-                    let last = met.is_some() || ended;
-                    if !batch.frames.is_empty() {
+                    };
+                    if !batch.is_empty() {
                         // A refused send: the fold or the decoders stopped.
                         let sent = if decoders == 0 {
                             to_fold.send(Pending::Frames(batch)).is_ok()
@@ -1022,10 +988,7 @@ fn fold_log_with(
                             // The decoders get the frames, the fold what it needs to name a
                             // record that does not follow the one before it.
                             let (answer, decoded) = sync_channel(1);
-                            let places = RawBatch {
-                                bytes: Vec::new(),
-                                frames: batch.frames.clone(),
-                            };
+                            let places = batch.without_payloads();
                             to_fold.send(Pending::Decoding(places, decoded)).is_ok()
                                 && to_decode.send((batch, answer)).is_ok()
                         };
@@ -1070,7 +1033,7 @@ fn fold_log_with(
                             path.display()
                         )
                     })?;
-                    for (r, &(_, record, offset)) in records.iter().zip(&places.frames) {
+                    for (r, (record, offset)) in records.iter().zip(places.places()) {
                         follows(r.seq, record, offset)?;
                         fold(&r.view());
                     }
