@@ -543,9 +543,43 @@ struct Following {
     progress: Progress,
     /// The campaign's messages (the MTA's own DSNs are final too, and are not among them).
     campaign: std::collections::HashSet<u64>,
+    /// Every message with a final outcome read so far, the campaign's or not yet known to be.
     finals: std::collections::HashSet<u64>,
     /// The stream sequence to read from next.
     next: u64,
+}
+
+impl Following {
+    /// Count one of the MTA node's records; whether the progress changed. The stream may hold
+    /// a node's records out of their order (a record lost with a broken connection is
+    /// published again after later ones were stored), so a final outcome read before its
+    /// message's injection counts once the injection is read.
+    fn read(&mut self, event: &mailsim_events::Event) -> bool {
+        use mailsim_events::Event;
+        let p = &mut self.progress;
+        match *event {
+            Event::Injected { msg, .. } => {
+                if !self.campaign.insert(msg) {
+                    return false;
+                }
+                p.injected += 1;
+                if self.finals.contains(&msg) {
+                    p.done += 1;
+                }
+            }
+            Event::Suppressed { .. } => p.suppressed += 1,
+            Event::Delivered { msg, .. }
+            | Event::Bounced { msg, .. }
+            | Event::Expired { msg, .. } => {
+                if !self.finals.insert(msg) || !self.campaign.contains(&msg) {
+                    return false;
+                }
+                p.done += 1;
+            }
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// How long [`follow`] keeps trying to read the stream again after it failed (NATS restarting
@@ -591,7 +625,7 @@ async fn follow_from(
 ) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     use futures_util::StreamExt;
-    use mailsim_events::{Event, Record};
+    use mailsim_events::Record;
     let stream = js
         .get_stream(mailsim_cluster::stream_name(run))
         .await
@@ -619,24 +653,9 @@ async fn follow_from(
         f.next = at + 1;
         let r = Record::from_payload(&m.payload)
             .map_err(|e| anyhow::anyhow!("{}: a record that does not read: {e}", m.subject))?;
-        let p = &mut f.progress;
-        match r.event {
-            Event::Injected { msg, .. } => {
-                if f.campaign.insert(msg) {
-                    p.injected += 1;
-                }
-            }
-            Event::Suppressed { .. } => p.suppressed += 1,
-            Event::Delivered { msg, .. }
-            | Event::Bounced { msg, .. }
-            | Event::Expired { msg, .. } => {
-                if f.campaign.contains(&msg) && f.finals.insert(msg) {
-                    p.done += 1;
-                }
-            }
-            _ => continue,
+        if f.read(&r.event) {
+            let _ = tx.send(f.progress);
         }
-        let _ = tx.send(*p);
     }
     Ok(())
 }
@@ -862,6 +881,83 @@ async fn coordinate_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The coordinator's count of the MTA node's records does not depend on their order in
+    /// the stream: after a broken connection a node's record can be stored after later ones
+    /// (a delivery before its injection), and a record can be read twice.
+    #[test]
+    fn following_counts_the_same_in_any_order() {
+        use mailsim_events::Event;
+        let injected = |msg: u64| Event::Injected {
+            msg,
+            message_id: format!("<{msg}@test>"),
+            from: "a@b.test".into(),
+            rcpt: format!("u{msg}@c.test"),
+            domain: "c.test".into(),
+            size: 100,
+            lane: None,
+            campaign: None,
+        };
+        let delivered = |msg: u64| Event::Delivered {
+            msg,
+            rcpt: format!("u{msg}@c.test"),
+            domain: "c.test".into(),
+            mx: "mx.c.test".into(),
+            attempts: 1,
+        };
+        let bounced = |msg: u64| Event::Bounced {
+            msg,
+            rcpt: format!("u{msg}@c.test"),
+            domain: "c.test".into(),
+            attempts: 2,
+            reason: "550 5.1.1 no such user".into(),
+            hard: true,
+            reply: None,
+        };
+        let suppressed = Event::Suppressed {
+            message_id: "<s@test>".into(),
+            rcpt: "s@c.test".into(),
+            domain: "c.test".into(),
+            reason: "unsubscribed".into(),
+        };
+        // Messages 1-3 of the campaign and the MTA's own DSN (message 9, final, never injected).
+        let mut events = vec![
+            injected(1),
+            delivered(1),
+            injected(2),
+            bounced(2),
+            injected(3),
+            delivered(3),
+            delivered(9),
+            suppressed,
+        ];
+        let want = Progress {
+            injected: 3,
+            suppressed: 1,
+            done: 3,
+        };
+        let count = |events: &[Event]| {
+            let mut f = Following::default();
+            for e in events {
+                f.read(e);
+            }
+            f.progress
+        };
+        assert_eq!(count(&events), want);
+        // Every rotation and the reverse: finals before their injections.
+        for _ in 0..events.len() {
+            events.rotate_left(1);
+            assert_eq!(count(&events), want);
+        }
+        events.reverse();
+        assert_eq!(count(&events), want);
+        // A record read twice (published again after a break) counts once.
+        let twice: Vec<Event> = events.iter().chain(&events[..6]).cloned().collect();
+        assert_eq!(count(&twice).done, 3);
+        assert_eq!(count(&twice).injected, 3);
+        // A final without its injection yet: not done.
+        assert_eq!(count(&[delivered(1)]), Progress::default());
+    }
 
     #[test]
     fn shards_split_every_domain_once() {
