@@ -142,6 +142,32 @@ impl HostBackend {
         reply
     }
 
+    /// Keep an accepted copy for `address` (in `folder`; None: INBOX) as `[fleet] store` says:
+    /// a Maildir file, its header block appended to the folder's mbox, or nothing (None).
+    fn keep(
+        &self,
+        address: &str,
+        folder: Option<&str>,
+        sender: &str,
+        copy: &[u8],
+    ) -> Option<Result<std::path::PathBuf, mailsim_mailbox::store::StoreError>> {
+        match self.keep {
+            Store::Full => Some(self.store.deliver_into(address, folder, copy)),
+            Store::Headers => {
+                // The header block with its last line end; the empty line after it makes a
+                // message with an empty body.
+                let mut block = copy[..find_header_end(copy)].to_vec();
+                block.extend_from_slice(b"\r\n");
+                let unix_s = (self.now().ms / 1000) as i64;
+                Some(
+                    self.store
+                        .append_mbox(address, folder, sender, unix_s, &block),
+                )
+            }
+            Store::Nothing => None,
+        }
+    }
+
     /// Carry out a verdict: the reply to send (a refusal recorded, a drop recorded and cut).
     fn carry_out(&self, info: &SessionInfo, command: &str, rcpt: &str, v: Verdict) -> Reply {
         match v {
@@ -204,6 +230,8 @@ impl Backend for HostBackend {
         if let Some(inbox) = &self.inbox {
             // The sender's own mailbox: stored and handed to the bounce processor. Plus-addresses
             // (VERP) share their base mailbox: bounces+7-bob=x.test@ -> bounces@.
+            // What it keeps is what every server keeps (`[fleet] store`): a large virtual
+            // run's tens of thousands of reports cost no file each.
             for rcpt in &tx.rcpts {
                 let mailbox = match rcpt.rsplit_once('@') {
                     Some((local, domain)) => {
@@ -211,7 +239,7 @@ impl Backend for HostBackend {
                     }
                     None => rcpt.clone(),
                 };
-                if let Err(e) = self.store.deliver(&mailbox, &message) {
+                if let Some(Err(e)) = self.keep(&mailbox, None, &tx.mail_from, &message) {
                     tracing::warn!(host = %self.host, "{e}");
                     return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
                 }
@@ -320,19 +348,7 @@ impl Backend for HostBackend {
             )
             .into_bytes();
             copy.extend_from_slice(&stored);
-            let kept = match self.keep {
-                Store::Full => Some(self.store.deliver_into(&self.inbox_address, folder, &copy)),
-                Store::Headers => {
-                    // The header block with its last line end; the empty line after it
-                    // makes a message with an empty body. Appended to the server's mbox.
-                    copy.truncate(find_header_end(&copy));
-                    copy.extend_from_slice(b"\r\n");
-                    let (from, unix_s) = (&tx.mail_from, (self.now().ms / 1000) as i64);
-                    Some((self.store).append_mbox(&self.inbox_address, folder, from, unix_s, &copy))
-                }
-                Store::Nothing => None,
-            };
-            if let Some(Err(e)) = kept {
+            if let Some(Err(e)) = self.keep(&self.inbox_address, folder, &tx.mail_from, &copy) {
                 tracing::warn!(host = %self.host, "{e}");
                 return Reply::new(451, (4, 3, 0), "local storage failure, try again later");
             }

@@ -177,8 +177,9 @@ pub struct FleetSection {
     pub store: Option<Store>,
 }
 
-/// What a receiving server writes for each accepted copy. Events, verdicts
-/// and the stored copy's size are the same whatever it keeps.
+/// What a receiving server writes for each accepted copy (the sender's own MX too, for each
+/// report it takes). Events, verdicts and the stored copy's size are the same whatever it
+/// keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Store {
     /// The whole message, as received (with Return-Path, Delivered-To, Authentication-Results

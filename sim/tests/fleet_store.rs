@@ -29,8 +29,8 @@ size_bytes = 4000
     )
 }
 
-/// Run the scenario; the log's records as `mailsim events` prints them, and the recipient
-/// servers' Maildir files (the sender's own MX left out).
+/// Run the scenario; the log's records as `mailsim events` prints them, the recipient
+/// servers' Maildir files (the sender's own MX left out), and the number delivered.
 fn run(store: &str, dir: &Path) -> (String, Vec<std::path::PathBuf>, u64) {
     let scenario = Scenario::parse(&scenario(store), Path::new("store.toml")).unwrap();
     let summary = common::run(&scenario, dir);
@@ -124,6 +124,63 @@ fn full_headers_and_nothing_keep_what_they_say_and_log_the_same() {
     assert_eq!(full_ids, header_ids);
     // Nothing: no file at the receivers.
     assert!(none.is_empty(), "{none:?}");
+
+    // The sender's own MX (its bounce mailbox) keeps the reports it takes as every server
+    // keeps copies: a Maildir file each, their header blocks in its mbox, or nothing.
+    let sender_files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        let mailboxes = dir.join("mailboxes");
+        let mut all = Vec::new();
+        let Ok(hosts) = std::fs::read_dir(&mailboxes) else {
+            return all;
+        };
+        for host in hosts {
+            let host = host.unwrap().path();
+            if host.to_string_lossy().ends_with("s.test")
+                && !host.to_string_lossy().ends_with("-unknown.test")
+            {
+                all.extend(common::files_named(&host, "headers.mbox"));
+                all.extend(common::maildir_files(&host));
+            }
+        }
+        all
+    };
+    let reports: Vec<String> = sender_files(dirs[0].path())
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(
+        !reports.is_empty(),
+        "no report reached the sender's mailbox"
+    );
+    for r in &reports {
+        let (head, body) = r.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_ascii_lowercase().contains("multipart/report"),
+            "{head}"
+        );
+        assert!(body.contains("Status: 5.1.1"), "{body}");
+    }
+    let kept = sender_files(dirs[1].path());
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].ends_with("headers.mbox"), "{kept:?}");
+    let reader = std::io::BufReader::new(std::fs::File::open(&kept[0]).unwrap());
+    let mut heads = 0;
+    for m in mail_parser::mailbox::mbox::MessageIterator::new(reader) {
+        let m = m.unwrap();
+        let text = String::from_utf8(m.contents().to_vec()).unwrap();
+        assert!(text.ends_with("\n\n\n"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("multipart/report"),
+            "{text}"
+        );
+        assert!(!text.contains("Status: 5.1.1"), "a body was kept: {text}");
+        // The null reverse path of a report.
+        assert_eq!(m.from(), "MAILER-DAEMON");
+        heads += 1;
+    }
+    assert_eq!(heads, reports.len());
+    let kept = sender_files(dirs[2].path());
+    assert!(kept.is_empty(), "{kept:?}");
 }
 
 #[test]
