@@ -84,6 +84,8 @@ enum Data {
 
 /// Files of released segments the writer thread keeps aside to write again, at most.
 const SPARE_MAX: usize = 64;
+/// A set-aside file's name: its segment's number with this extension (never `.seg`).
+const SPARE_EXTENSION: &str = "spare";
 
 /// Segments waiting in the writer thread's queue at most (then `write_batch` waits for it; one
 /// more is being written).
@@ -104,9 +106,10 @@ pub struct Spool {
 enum WriteJob {
     /// A segment to write: its number, its file, its bytes.
     Write(u64, PathBuf, Arc<Vec<u8>>),
-    /// A written segment whose last body was released: its file to delete (deleting a file of
-    /// some megabytes frees its blocks and cached pages, work kept off the caller's thread).
-    Remove(PathBuf),
+    /// A written segment whose last body was released: its file to set aside for a new
+    /// segment, or to delete (deleting a file of some megabytes frees its blocks and cached
+    /// pages, work kept off the caller's thread); with the segment's open file.
+    Remove(PathBuf, Arc<File>),
 }
 
 /// The thread writing an `OnFlush` spool's segments behind its caller.
@@ -125,56 +128,57 @@ impl Writer {
                 // spools a million messages creates (and deletes) tens of thousands of
                 // segments, and on ext4 creating a file where many were just deleted costs
                 // about a millisecond (the inode allocator skips recently deleted inodes);
-                // renaming one costs no inode.
-                let mut spare: Vec<PathBuf> = Vec::new();
-                let mut spare_n = 0u64;
+                // renaming one costs no inode. Each is kept with its open file: it is written
+                // again only when no reader holds that file any more (a read in flight of a
+                // released body reads the old bytes, as from a deleted file), and emptied
+                // before it takes a segment's name (a spool recovered after a kill finds no
+                // released entries under a live segment's name).
+                let mut spare: Vec<(PathBuf, Arc<File>)> = Vec::new();
                 for job in rx {
                     let (segment, path, data) = match job {
                         WriteJob::Write(segment, path, data) => (segment, path, data),
-                        WriteJob::Remove(path) => {
+                        WriteJob::Remove(path, file) => {
                             // Not `.seg`: a spool opened again does not take it for a segment.
-                            let aside = path.with_file_name(format!("spare-{spare_n}"));
-                            spare_n += 1;
+                            let aside = path.with_extension(SPARE_EXTENSION);
                             if spare.len() < SPARE_MAX && fs::rename(&path, &aside).is_ok() {
-                                spare.push(aside);
+                                spare.push((aside, file));
                             } else {
                                 let _ = fs::remove_file(&path);
                             }
                             continue;
                         }
                     };
-                    let reused = spare.pop().and_then(|aside| {
-                        let reopened = fs::rename(&aside, &path)
-                            .and_then(|()| OpenOptions::new().read(true).write(true).open(&path));
-                        match reopened.and_then(|f| f.set_len(0).map(|()| f)) {
-                            Ok(f) => Some(f),
-                            Err(_) => {
-                                let _ = fs::remove_file(&aside);
-                                let _ = fs::remove_file(&path);
-                                None
+                    let unread = spare.iter().position(|(_, f)| Arc::strong_count(f) == 1);
+                    let reused = unread
+                        .map(|i| spare.swap_remove(i))
+                        .and_then(|(aside, file)| {
+                            match file.set_len(0).and_then(|()| fs::rename(&aside, &path)) {
+                                Ok(()) => Some(file),
+                                Err(_) => {
+                                    let _ = fs::remove_file(&aside);
+                                    None
+                                }
                             }
-                        }
-                    });
+                        });
                     let written = match reused {
-                        Some(f) => Ok(f),
+                        Some(file) => file.write_all_at(&data, 0).map(|()| file),
                         None => OpenOptions::new()
                             .create_new(true)
                             .read(true)
                             .write(true)
-                            .open(&path),
+                            .open(&path)
+                            .and_then(|mut f| f.write_all(&data).map(|()| Arc::new(f))),
                     }
-                    .and_then(|mut f| match f.write_all(&data) {
-                        Ok(()) => Ok(f),
-                        // No partial file is left behind (one the open refused is not
-                        // this spool's to delete).
-                        Err(e) => {
+                    .inspect_err(|e| {
+                        // No partial file is left behind (one the open refused is not this
+                        // spool's to delete).
+                        if e.kind() != io::ErrorKind::AlreadyExists {
                             let _ = fs::remove_file(&path);
-                            Err(e)
                         }
                     });
                     let mut st = state.lock().expect("spool lock");
                     match (written, st.segments.get_mut(&segment)) {
-                        (Ok(file), Some(seg)) => seg.data = Data::File(Arc::new(file)),
+                        (Ok(file), Some(seg)) => seg.data = Data::File(file),
                         // Released while being written: nothing reads it any more.
                         (Ok(_), None) => {
                             let _ = fs::remove_file(&path);
@@ -188,7 +192,7 @@ impl Writer {
                         }
                     }
                 }
-                for aside in spare {
+                for (aside, _) in spare {
                     let _ = fs::remove_file(aside);
                 }
             })?;
@@ -233,13 +237,20 @@ impl Spool {
         let mut next_segment = 0;
         for entry in fs::read_dir(dir).map_err(err)? {
             let entry = entry.map_err(err)?;
-            if let Some(n) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if let Some(n) = name
+                .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 next_segment = next_segment.max(n + 1);
+            } else if name
+                .strip_suffix(SPARE_EXTENSION)
+                .and_then(|n| n.strip_suffix('.'))
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+            {
+                // Set aside by a spool that did not close (killed): nothing to keep.
+                let _ = fs::remove_file(entry.path());
             }
         }
         let state = Arc::new(Mutex::new(SpoolState {
@@ -497,19 +508,19 @@ impl Spool {
                     return;
                 }
                 // A segment still being written is deleted by the writer when it is done.
-                Durability::OnFlush => matches!(seg.map(|s| s.data), Some(Data::File(_))),
+                Durability::OnFlush => match seg.map(|s| s.data) {
+                    Some(Data::File(file)) => file,
+                    _ => return,
+                },
             }
         };
-        if !written {
-            return;
-        }
-        // A written segment is deleted by the writer too, after the writes queued before it
-        // (and with the lock released: the writer takes it after each write).
+        // A written segment is set aside or deleted by the writer too, after the writes queued
+        // before it (and with the lock released: the writer takes it after each write).
         let path = self.segment_path(r.segment);
         let left = match self.writer.as_ref().and_then(|w| w.jobs.as_ref()) {
-            Some(jobs) => match jobs.send(WriteJob::Remove(path)) {
+            Some(jobs) => match jobs.send(WriteJob::Remove(path, written)) {
                 Ok(()) => None,
-                Err(std::sync::mpsc::SendError(WriteJob::Remove(path))) => Some(path),
+                Err(std::sync::mpsc::SendError(WriteJob::Remove(path, _))) => Some(path),
                 Err(_) => None,
             },
             None => Some(path),
@@ -704,6 +715,57 @@ mod tests {
             assert!(len as usize > body.len());
         }
         recovers_exactly(dir.path(), &kept);
+    }
+
+    /// A released segment's file that a reader still holds (a read in flight) is not written
+    /// again until the reader lets it go; a set-aside file left by a spool that did not close
+    /// is deleted when the directory is opened again, and is never taken for a segment.
+    #[test]
+    fn a_file_still_read_is_not_written_again_and_leftovers_go_at_open() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_with(dir.path(), Durability::OnFlush).unwrap();
+        let seg_path = |r: &SpoolRef| dir.path().join(format!("{:010}.seg", r.segment));
+        let on_disk = |spool: &Spool, r: &SpoolRef| loop {
+            let data = spool
+                .state
+                .lock()
+                .unwrap()
+                .segments
+                .get(&r.segment)
+                .map(|s| s.data.clone());
+            if let Some(Data::File(f)) = data {
+                return f;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let (e1, e2, e3) = (env(1), env(2), env(3));
+        let a = spool.write_batch(&[(&e1, b"first".as_slice())]).unwrap()[0];
+        let held = on_disk(&spool, &a);
+        let a_inode = fs::metadata(seg_path(&a)).unwrap().ino();
+        spool.release(&a);
+        let b = spool.write_batch(&[(&e2, b"second".as_slice())]).unwrap()[0];
+        drop(on_disk(&spool, &b));
+        assert_ne!(fs::metadata(seg_path(&b)).unwrap().ino(), a_inode);
+        // The reader still reads the released body's bytes.
+        let mut buf = vec![0u8; a.len as usize];
+        held.read_exact_at(&mut buf, a.offset).unwrap();
+        assert_eq!(buf, b"first");
+        drop(held);
+        let c = spool.write_batch(&[(&e3, b"third".as_slice())]).unwrap()[0];
+        drop(on_disk(&spool, &c));
+        assert_eq!(fs::metadata(seg_path(&c)).unwrap().ino(), a_inode);
+        assert_eq!(spool.read(&c).unwrap(), b"third");
+        drop(spool);
+        // A spool killed with a file set aside: the file is not a segment and goes at open.
+        fs::write(dir.path().join("0000000042.spare"), b"old entries").unwrap();
+        fs::write(dir.path().join("notes.txt"), b"not the spool's").unwrap();
+        let again = Spool::open_with(dir.path(), Durability::OnFlush).unwrap();
+        assert!(!dir.path().join("0000000042.spare").exists());
+        assert!(dir.path().join("notes.txt").exists());
+        let rec = again.recover().unwrap();
+        let bodies: Vec<Vec<u8>> = rec.iter().map(|r| again.read(&r.spool).unwrap()).collect();
+        assert_eq!(bodies, [b"second".to_vec(), b"third".to_vec()]);
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub struct HostBackend {
     inbox_address: String,
     later: Option<LaterQueue>,
     inbox: Option<Inbox>,
-    /// What a campaign recipient's copy leaves in the Maildir.
+    /// What an accepted copy (a report, at a sender's own MX) leaves in the Maildir.
     keep: Store,
     /// Content read ahead (virtual runs).
     foresight: Option<Arc<crate::foresight::Foresight>>,
@@ -464,7 +464,7 @@ pub struct FleetContext {
     /// Copies stored (campaign recipients), for a runner waiting on another MTA's deliveries;
     /// figures come from the `stored` events, not from this.
     pub stored: Arc<std::sync::atomic::AtomicU64>,
-    /// What the recipient servers keep of each copy (the senders' own MXs keep everything).
+    /// What the servers keep of each copy (the senders' own MXs of each report alike).
     pub keep: Store,
     /// The authority that issues the servers' certificates (None: no STARTTLS).
     pub tls_ca: Option<Arc<mailsim_smtp::tls::Ca>>,
