@@ -489,7 +489,7 @@ impl Spool {
     /// Release one body; the segment file goes when its last body does (for a durable spool,
     /// at the next [`Spool::collect`]).
     pub fn release(&self, r: &SpoolRef) {
-        let written = {
+        let file = {
             let mut st = self.state.lock().expect("spool lock");
             let gone = match st.segments.get_mut(&r.segment) {
                 Some(seg) => {
@@ -518,7 +518,7 @@ impl Spool {
         // before it (and with the lock released: the writer takes it after each write).
         let path = self.segment_path(r.segment);
         let left = match self.writer.as_ref().and_then(|w| w.jobs.as_ref()) {
-            Some(jobs) => match jobs.send(WriteJob::Remove(path, written)) {
+            Some(jobs) => match jobs.send(WriteJob::Remove(path, file)) {
                 Ok(()) => None,
                 Err(std::sync::mpsc::SendError(WriteJob::Remove(path, _))) => Some(path),
                 Err(_) => None,
@@ -604,6 +604,32 @@ mod tests {
         }
     }
 
+    /// The file of `r`'s segment once the spool's writer has written it (waiting up to 2 s).
+    fn written(spool: &Spool, r: &SpoolRef) -> Arc<File> {
+        for _ in 0..2000 {
+            let data = spool
+                .state
+                .lock()
+                .unwrap()
+                .segments
+                .get(&r.segment)
+                .map(|s| s.data.clone());
+            if let Some(Data::File(f)) = data {
+                return f;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("segment {} never written", r.segment);
+    }
+
+    /// The inode of `r`'s segment file in `dir`.
+    fn inode(dir: &Path, r: &SpoolRef) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(dir.join(format!("{:010}.seg", r.segment)))
+            .unwrap()
+            .ino()
+    }
+
     #[test]
     fn a_spool_without_durability_writes_behind_and_reads_back_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
@@ -644,41 +670,17 @@ mod tests {
     fn released_segment_files_are_written_again_and_hold_only_the_new_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open_with(dir.path(), Durability::OnFlush).unwrap();
-        let wait_on_disk = |spool: &Spool, r: &SpoolRef| {
-            for _ in 0..2000 {
-                let on_disk = matches!(
-                    spool
-                        .state
-                        .lock()
-                        .unwrap()
-                        .segments
-                        .get(&r.segment)
-                        .map(|s| &s.data),
-                    Some(Data::File(_))
-                );
-                if on_disk {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            panic!("segment {} never written", r.segment);
-        };
         // Long segments written and released: their files are kept aside.
-        use std::os::unix::fs::MetadataExt;
-        let inode = |r: &SpoolRef| {
-            fs::metadata(dir.path().join(format!("{:010}.seg", r.segment)))
-                .unwrap()
-                .ino()
-        };
         let long = vec![b'x'; 20_000];
         let mut old = Vec::new();
         for i in 0..10 {
             let e = env(i);
             let r = spool.write_batch(&[(&e, long.as_slice())]).unwrap();
-            wait_on_disk(&spool, &r[0]);
+            written(&spool, &r[0]);
             old.push(r[0]);
         }
-        let old_inodes: std::collections::HashSet<u64> = old.iter().map(inode).collect();
+        let old_inodes: std::collections::HashSet<u64> =
+            old.iter().map(|r| inode(dir.path(), r)).collect();
         assert_eq!(old_inodes.len(), 10);
         for r in &old {
             spool.release(r);
@@ -689,11 +691,11 @@ mod tests {
             let e = env(i);
             let body = format!("short body {i}").into_bytes();
             let r = spool.write_batch(&[(&e, body.as_slice())]).unwrap();
-            wait_on_disk(&spool, &r[0]);
+            written(&spool, &r[0]);
             assert_eq!(spool.read(&r[0]).unwrap(), body);
             // The file of a released segment, not a new one.
             assert!(
-                old_inodes.contains(&inode(&r[0])),
+                old_inodes.contains(&inode(dir.path(), &r[0])),
                 "segment {}",
                 r[0].segment
             );
@@ -722,39 +724,24 @@ mod tests {
     /// is deleted when the directory is opened again, and is never taken for a segment.
     #[test]
     fn a_file_still_read_is_not_written_again_and_leftovers_go_at_open() {
-        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open_with(dir.path(), Durability::OnFlush).unwrap();
-        let seg_path = |r: &SpoolRef| dir.path().join(format!("{:010}.seg", r.segment));
-        let on_disk = |spool: &Spool, r: &SpoolRef| loop {
-            let data = spool
-                .state
-                .lock()
-                .unwrap()
-                .segments
-                .get(&r.segment)
-                .map(|s| s.data.clone());
-            if let Some(Data::File(f)) = data {
-                return f;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
         let (e1, e2, e3) = (env(1), env(2), env(3));
         let a = spool.write_batch(&[(&e1, b"first".as_slice())]).unwrap()[0];
-        let held = on_disk(&spool, &a);
-        let a_inode = fs::metadata(seg_path(&a)).unwrap().ino();
+        let held = written(&spool, &a);
+        let a_inode = inode(dir.path(), &a);
         spool.release(&a);
         let b = spool.write_batch(&[(&e2, b"second".as_slice())]).unwrap()[0];
-        drop(on_disk(&spool, &b));
-        assert_ne!(fs::metadata(seg_path(&b)).unwrap().ino(), a_inode);
+        written(&spool, &b);
+        assert_ne!(inode(dir.path(), &b), a_inode);
         // The reader still reads the released body's bytes.
         let mut buf = vec![0u8; a.len as usize];
         held.read_exact_at(&mut buf, a.offset).unwrap();
         assert_eq!(buf, b"first");
         drop(held);
         let c = spool.write_batch(&[(&e3, b"third".as_slice())]).unwrap()[0];
-        drop(on_disk(&spool, &c));
-        assert_eq!(fs::metadata(seg_path(&c)).unwrap().ino(), a_inode);
+        written(&spool, &c);
+        assert_eq!(inode(dir.path(), &c), a_inode);
         assert_eq!(spool.read(&c).unwrap(), b"third");
         drop(spool);
         // A spool killed with a file set aside: the file is not a segment and goes at open.
