@@ -1039,10 +1039,11 @@ impl Mentions {
             // From the start of the mentioning line (a transcript names the command there),
             // but not before what is already taken: searched only back to there, so a long line
             // with many mentions costs its length once, not once per mention.
-            let start = text.as_bytes()[covered..at]
+            let line = text.as_bytes()[covered..at]
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(covered, |p| covered + p + 1);
+            let start = exchange_before(text, covered, line);
             // The next mention of another recipient after the start.
             let from = self.all.partition_point(|&(p, _)| p <= start);
             let end = self.all[from..]
@@ -1055,6 +1056,30 @@ impl Mentions {
         }
         Some(out)
     }
+}
+
+/// Where the SMTP exchange written just before the line at `line` starts (not before
+/// `floor`): Sendmail's transcript gives the remote's words (`<<< 550 ...`) on the lines before
+/// its own line about the recipient (`554 <rcpt>... Remote protocol error`), after
+/// `While talking to HOST:` and the command (`>>> MAIL From:<...>`), which may name no
+/// recipient. `line` itself when no such lines come before it.
+fn exchange_before(text: &str, floor: usize, line: usize) -> usize {
+    let mut start = line;
+    while start > floor {
+        let before = &text[floor..start - 1];
+        let from = before.rfind('\n').map_or(floor, |p| floor + p + 1);
+        let previous = text[from..start - 1].trim_start();
+        let transcript = previous.starts_with("<<<")
+            || previous.starts_with(">>>")
+            || previous
+                .get(..16)
+                .is_some_and(|w| w.eq_ignore_ascii_case("while talking to"));
+        if !transcript {
+            break;
+        }
+        start = from;
+    }
+    start
 }
 
 /// Collapse runs of white space (folded lines) into one space.

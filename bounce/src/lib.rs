@@ -584,6 +584,49 @@ mod tests {
         );
     }
 
+    /// Sendmail's "Remote protocol error" (EX_PROTOCOL) gives way to the remote's own reply,
+    /// which its transcript gives on the lines before; without words of its own the remote
+    /// refused the client. A recipient's own exchange (`>>> RCPT To:<...>`) stays its own.
+    #[test]
+    fn sendmail_protocol_errors_read_the_remote_reply() {
+        let bounce = |transcript: &str| {
+            let raw = format!(
+                "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.test>\r\nTo: news@news.test\r\nSubject: Returned mail: Remote protocol error\r\n\r\n   ----- Transcript of session follows -----\r\n{transcript}\r\n   ----- Unsent message follows -----\r\nFrom: news@news.test\r\nTo: bob@x.test\r\nSubject: hi\r\n\r\nhi\r\n"
+            );
+            classify_message(raw.as_bytes())
+                .into_iter()
+                .map(|c| (c.recipient, c.reason))
+                .collect::<Vec<_>>()
+        };
+        let of = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(r, why)| (r.to_string(), why.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            bounce(
+                "While talking to mx.x.test:\r\n>>> MAIL From:<news@news.test>\r\n<<< 550 5.7.1 Relaying denied\r\n554 <bob@x.test>... Remote protocol error"
+            ),
+            of(&[("bob@x.test", "norelaying")])
+        );
+        assert_eq!(
+            bounce(
+                "While talking to mx.x.test:\r\n>>> DATA\r\n<<< 550 We do not take your mail today\r\n554 <bob@x.test>... Remote protocol error"
+            ),
+            of(&[("bob@x.test", "blocked")])
+        );
+        assert_eq!(
+            bounce(
+                "While talking to mx.x.test:\r\n>>> MAIL From:<news@news.test>\r\n<<< 550 Mailbox full for this sender\r\n554 <bob@x.test>... Remote protocol error\r\nWhile talking to mx.y.test:\r\n>>> RCPT To:<carol@y.test>\r\n<<< 550 5.1.1 No such user here\r\n550 <carol@y.test>... User unknown"
+            ),
+            of(&[
+                ("bob@x.test", "mailboxfull"),
+                ("carol@y.test", "userunknown")
+            ])
+        );
+    }
+
     #[test]
     fn an_rfc3464_report_names_each_recipient() {
         let raw = b"From: MAILER-DAEMON@mta.test\r\nTo: bounces+7-bob=x.test@news.test\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mta.test\r\n\r\nFinal-Recipient: rfc822; bob@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\nFinal-Recipient: rfc822; carol@x.test\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n--b--\r\n";

@@ -327,6 +327,9 @@ static RULES: &[Rule] = &[
             "unable to relay",
             "we do not relay",
             "relaying not allowed",
+            // Sendmail-era anti-relay rules: "550 Insecure Mail Relay" (listed with these
+            // by the bounce parsers' relay definitions, Sisimai's NoRelaying among them).
+            "insecure mail relay",
         ],
     ),
     (
@@ -1818,6 +1821,16 @@ fn without_purposes(text: String) -> String {
     PURPOSES.iter().fold(text, |t, p| t.replace(p, " "))
 }
 
+/// Sendmail's EX_PROTOCOL ("Remote protocol error", sysexits.c) says only that the remote
+/// answered what Sendmail did not expect; its transcript gives that answer on the line before
+/// (`<<< 550 Insecure Mail Relay`), which says why. That answer (readable text), when the text
+/// has one.
+fn remote_reply_before_protocol_error(text: &str) -> Option<&str> {
+    let gloss = text.find("remote protocol error")?;
+    let reply = text[..gloss].rfind("<<< ")?;
+    Some(&text[reply + 4..gloss])
+}
+
 /// Pick the reason for one failure.
 pub fn reason(e: &Evidence) -> &'static str {
     explain(e).0
@@ -1861,6 +1874,13 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .filter(|_| mta_primary.reason(Tier::Wrapper, rule_left_out).is_some())
                 .and_then(reason_for_status)
                 .map(|r| (r, "status"))
+        })
+        .or_else(|| {
+            remote_reply_before_protocol_error(&primary).and_then(|reply| {
+                find_pair(reply, Stage::Early)
+                    .or_else(|| find_rule(RULES, reply))
+                    .or_else(|| find_pair(reply, Stage::Phrases))
+            })
         })
         .or_else(|| find_pair(&primary, Stage::Early))
         .or_else(|| find_rule(RULES, &primary))
