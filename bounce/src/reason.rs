@@ -425,6 +425,8 @@ static RULES: &[Rule] = &[
             "local delivery failed",
         ],
     ),
+    // Sendmail's EX_PROTOCOL ("Remote protocol error") when the remote's reply before it in
+    // the transcript said nothing a family reads (`remote_reply_before_protocol_error`).
     (
         "blocked",
         "remote protocol error",
@@ -543,11 +545,6 @@ static RULES: &[Rule] = &[
         &["blacklisted url", "uribl"],
     ),
     ("spamdetected", "unsolicited mail", &["unsolicited mail"]),
-    (
-        "blocked",
-        "remote protocol error",
-        &["remote protocol error"],
-    ),
     (
         "undefined",
         "delivery report unavailable",
