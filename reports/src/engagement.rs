@@ -65,7 +65,10 @@ impl Engagement {
     }
 }
 
-pub fn compute(ev: &LazyFrame, engine: Engine) -> PolarsResult<Engagement> {
+/// The figures; `any_acts` says whether the log holds an open, a click or an unsubscribe at all
+/// (known from an earlier pass over it): without any, the queries that count them are not run
+/// (nothing counted, no link clicked).
+pub fn compute(ev: &LazyFrame, engine: Engine, any_acts: bool) -> PolarsResult<Engagement> {
     let mut out = Engagement::default();
     let campaign = col("campaign")
         .cast(DataType::String)
@@ -98,6 +101,10 @@ pub fn compute(ev: &LazyFrame, engine: Engine) -> PolarsResult<Engagement> {
         .agg([
             len().alias("sent"),
             col("delivered_ms").count().alias("delivered"),
+            col("lane")
+                .eq(lit("transactional"))
+                .sum()
+                .alias("transactional"),
         ]);
     // Each copy's campaign and domain (a whole message for many recipients is a copy each).
     let copies = sent
@@ -145,12 +152,17 @@ pub fn compute(ev: &LazyFrame, engine: Engine) -> PolarsResult<Engagement> {
         ("clicked", is("clicked")),
         ("unsubscribed", is("unsubscribed").and(taken())),
     ] {
-        table = table.join(
-            counted(kind, keep),
-            [col("campaign"), col("domain")],
-            [col("campaign"), col("domain")],
-            JoinArgs::new(JoinType::Left),
-        );
+        table = if any_acts {
+            table.join(
+                counted(kind, keep),
+                [col("campaign"), col("domain")],
+                [col("campaign"), col("domain")],
+                JoinArgs::new(JoinType::Left),
+            )
+        } else {
+            // No copy was acted on: none counted (null, as the join leaves a copy without).
+            table.with_column(lit(NULL).cast(IDX_DTYPE).alias(kind))
+        };
     }
     let table = table
         .sort(["campaign", "domain"], SortMultipleOptions::default())
@@ -164,6 +176,8 @@ pub fn compute(ev: &LazyFrame, engine: Engine) -> PolarsResult<Engagement> {
         nums(&table, "clicked")?,
         nums(&table, "unsubscribed")?,
     );
+    // Mail in the transactional lane: the lanes' times are worth a query.
+    let transactional = nums(&table, "transactional")?.iter().any(|&n| n > 0);
     for i in 0..table.height() {
         out.campaigns.push(CampaignRow {
             campaign: c[i].clone(),
@@ -180,6 +194,10 @@ pub fn compute(ev: &LazyFrame, engine: Engine) -> PolarsResult<Engagement> {
         .then(lit("(tracked link) ") + col("url").str().extract(lit(r"^(\w+://[^/]+)"), 1))
         .otherwise(col("url"))
         .alias("link");
+    if !any_acts {
+        // No click: no link to show.
+        return lanes(fates, engine, transactional, out);
+    }
     let links = acts
         .filter(is("clicked"))
         .select([col("campaign"), link, col("rcpt")])
@@ -206,6 +224,19 @@ pub fn compute(ev: &LazyFrame, engine: Engine) -> PolarsResult<Engagement> {
             clicks: n[i],
             recipients: r[i],
         });
+    }
+    lanes(fates, engine, transactional, out)
+}
+
+/// The lanes' times from injection to delivery, when the log has transactional mail.
+fn lanes(
+    fates: LazyFrame,
+    engine: Engine,
+    transactional: bool,
+    mut out: Engagement,
+) -> PolarsResult<Engagement> {
+    if !transactional {
+        return Ok(out);
     }
     let times = fates
         .filter(col("delivered_ms").is_not_null())

@@ -381,6 +381,11 @@ fn compute_with(ev: LazyFrame, engine: Engine) -> PolarsResult<Figures> {
                 .first()
                 .alias("mode"),
             is("dsn_queued").sum().alias("dsns"),
+            is("opened")
+                .or(is("clicked"))
+                .or(is("unsubscribed"))
+                .sum()
+                .alias("acts"),
             is("suppression_added").sum().alias("supp_added"),
         ])
         .run(engine)?;
@@ -392,6 +397,7 @@ fn compute_with(ev: LazyFrame, engine: Engine) -> PolarsResult<Figures> {
     f.mode = str_at(&meta, "mode", 0)?;
     f.dsns_queued = u64_at(&meta, "dsns", 0)?;
     f.suppression_added = u64_at(&meta, "supp_added", 0)?;
+    let acts = u64_at(&meta, "acts", 0)? > 0;
     let external = f.mode == "external";
 
     let received = ev
@@ -813,7 +819,7 @@ fn compute_with(ev: LazyFrame, engine: Engine) -> PolarsResult<Figures> {
     }
     f.deliverability =
         crate::deliverability::compute(&ev, engine, f.first_ts_ms, f.totals.delivered)?;
-    f.engagement = crate::engagement::compute(&ev, engine)?;
+    f.engagement = crate::engagement::compute(&ev, engine, acts)?;
     Ok(f)
 }
 
