@@ -1043,7 +1043,14 @@ impl Mentions {
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(covered, |p| covered + p + 1);
-            let start = exchange_before(text, covered, line);
+            // Not before the line after the last mention of anyone before this line: the
+            // exchange is this recipient's alone, and no two walks go over the same lines.
+            let before = self.all.partition_point(|&(p, _)| p < line);
+            let floor = match before.checked_sub(1).map(|k| self.all[k].0) {
+                Some(p) => text[p..].find('\n').map_or(line, |n| (p + n + 1).min(line)),
+                None => 0,
+            };
+            let start = exchange_before(text, floor.max(covered), line);
             // The next mention of another recipient after the start.
             let from = self.all.partition_point(|&(p, _)| p <= start);
             let end = self.all[from..]
@@ -1059,19 +1066,21 @@ impl Mentions {
 }
 
 /// Where the SMTP exchange written just before the line at `line` starts (not before
-/// `floor`): Sendmail's transcript gives the remote's words (`<<< 550 ...`) on the lines before
-/// its own line about the recipient (`554 <rcpt>... Remote protocol error`), after
-/// `While talking to HOST:` and the command (`>>> MAIL From:<...>`), which may name no
-/// recipient. `line` itself when no such lines come before it.
+/// `floor`, a line's start): Sendmail's transcript gives the remote's words (`<<< 550 ...`) on
+/// the lines before its own line about the recipient (`554 <rcpt>... Remote protocol error`),
+/// after the host (`While talking to HOST:` in V5, `... while talking to HOST.:` in 8) and the
+/// command (`>>> MAIL From:<...>`), which may name no recipient. `line` itself when no such
+/// lines come before it.
 fn exchange_before(text: &str, floor: usize, line: usize) -> usize {
     let mut start = line;
     while start > floor {
         let before = &text[floor..start - 1];
         let from = before.rfind('\n').map_or(floor, |p| floor + p + 1);
         let previous = text[from..start - 1].trim_start();
+        let host = previous.trim_start_matches("... ");
         let transcript = previous.starts_with("<<<")
             || previous.starts_with(">>>")
-            || previous
+            || host
                 .get(..16)
                 .is_some_and(|w| w.eq_ignore_ascii_case("while talking to"));
         if !transcript {

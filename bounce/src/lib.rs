@@ -625,6 +625,42 @@ mod tests {
                 ("carol@y.test", "userunknown")
             ])
         );
+        // Sendmail 8 names the host as "... while talking to HOST.:".
+        assert_eq!(
+            bounce(
+                "... while talking to mx.x.test.:\r\n>>> MAIL From:<news@news.test>\r\n<<< 554 5.7.1 Relay access denied\r\n554 5.0.0 <bob@x.test>... Remote protocol error"
+            ),
+            of(&[("bob@x.test", "norelaying")])
+        );
+        // Another recipient's exchange just before is not this one's: bob keeps his own line.
+        assert_eq!(
+            bounce(
+                "While talking to mx.x.test:\r\n>>> RCPT To:<carol@x.test>\r\n554 <bob@x.test>... Remote protocol error\r\n550 <carol@x.test>... User unknown"
+            ),
+            of(&[("carol@x.test", "userunknown"), ("bob@x.test", "blocked")])
+        );
+    }
+
+    /// Tens of thousands of transcript lines naming two recipients in turn are read in time
+    /// proportional to their length: no recipient's line walks back over lines another's did.
+    #[test]
+    fn long_transcripts_are_read_once() {
+        let m = 40_000;
+        let mut t = String::new();
+        for who in ["carol@x.test", "bob@x.test"] {
+            for _ in 0..m {
+                t.push_str(&format!(">>> RCPT To:<{who}>\r\n"));
+            }
+        }
+        t.push_str("550 <carol@x.test>... User unknown\r\n550 <bob@x.test>... User unknown\r\n");
+        let raw = format!(
+            "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.test>\r\nTo: news@news.test\r\nSubject: Returned mail: User unknown\r\n\r\n   ----- Transcript of session follows -----\r\n{t}"
+        );
+        let started = std::time::Instant::now();
+        let found = classify_message(raw.as_bytes());
+        assert!(found.len() >= 2, "{}", found.len());
+        // Quadratic, this took minutes; read once, well under a second even unoptimised.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]

@@ -1820,12 +1820,23 @@ fn without_purposes(text: String) -> String {
 
 /// Sendmail's EX_PROTOCOL ("Remote protocol error", sysexits.c) says only that the remote
 /// answered what Sendmail did not expect; its transcript gives that answer on the line before
-/// (`<<< 550 Insecure Mail Relay`), which says why. That answer (readable text), when the text
-/// has one.
-fn remote_reply_before_protocol_error(text: &str) -> Option<&str> {
-    let gloss = text.find("remote protocol error")?;
-    let reply = text[..gloss].rfind("<<< ")?;
-    Some(&text[reply + 4..gloss])
+/// (`<<< 550 Insecure Mail Relay`), which says why. That answer (readable), for the first such
+/// line of `text` (the diagnostic as written, in lines) that has one.
+fn remote_reply_before_protocol_error(text: &str) -> Option<String> {
+    let mut previous: Option<&str> = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        const GLOSS: &[u8] = b"remote protocol error";
+        if line
+            .as_bytes()
+            .windows(GLOSS.len())
+            .any(|w| w.eq_ignore_ascii_case(GLOSS))
+            && let Some(reply) = previous.and_then(|p| p.strip_prefix("<<<"))
+        {
+            return Some(readable(reply));
+        }
+        previous = Some(line);
+    }
+    None
 }
 
 /// Pick the reason for one failure.
@@ -1873,10 +1884,12 @@ pub fn explain(e: &Evidence) -> (&'static str, &'static str) {
                 .map(|r| (r, "status"))
         })
         .or_else(|| {
-            remote_reply_before_protocol_error(&primary).and_then(|reply| {
-                find_pair(reply, Stage::Early)
-                    .or_else(|| find_rule(RULES, reply))
-                    .or_else(|| find_pair(reply, Stage::Phrases))
+            let gloss = primary.contains("remote protocol error");
+            let reply = gloss.then(|| remote_reply_before_protocol_error(e.diagnostic));
+            reply.flatten().and_then(|reply| {
+                find_pair(&reply, Stage::Early)
+                    .or_else(|| find_rule(RULES, &reply))
+                    .or_else(|| find_pair(&reply, Stage::Phrases))
             })
         })
         .or_else(|| find_pair(&primary, Stage::Early))

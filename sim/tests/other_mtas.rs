@@ -214,8 +214,9 @@ const QUEUE_RUN_EVERY: Duration = Duration::from_secs(5);
 /// Postfix needs it with retries a second apart. When its queue manager takes a deferred
 /// message up again while the delivery agent that deferred it still holds the queue file's
 /// lock, it logs "skipped, still being delivered" and puts the message back in the incoming
-/// queue, 60 s in the future; the incoming queue is scanned only when new mail comes in, and
-/// at the end of a campaign none does: the message would wait for the run's time limit (seen
+/// queue, 60 s in the future; the incoming queue is scanned when new mail comes in (and when
+/// the master wakes the queue manager, every 300 s in Debian's master.cf), and at the end of a
+/// campaign none does: the message would wait for the run's time limit (seen
 /// in CI twice, and here once in 7 runs of this test). With Postfix's default
 /// retry times (300 s apart and more) this does not happen.
 fn postfix_queue_run(conf: &Path) {
