@@ -68,7 +68,7 @@ impl Engagement {
 /// The figures; `any_acts` says whether the log holds an open, a click or an unsubscribe at all
 /// (known from an earlier pass over it): without any, the queries that count them are not run
 /// (nothing counted, no link clicked).
-pub fn compute(ev: &LazyFrame, engine: Engine, any_acts: bool) -> PolarsResult<Engagement> {
+pub(crate) fn compute(ev: &LazyFrame, engine: Engine, any_acts: bool) -> PolarsResult<Engagement> {
     let mut out = Engagement::default();
     let campaign = col("campaign")
         .cast(DataType::String)
@@ -176,7 +176,8 @@ pub fn compute(ev: &LazyFrame, engine: Engine, any_acts: bool) -> PolarsResult<E
         nums(&table, "clicked")?,
         nums(&table, "unsubscribed")?,
     );
-    // Mail in the transactional lane: the lanes' times are worth a query.
+    // A copy injected in the transactional lane (delivered or not): the lanes' times are worth
+    // a query (which keeps them only if one was delivered).
     let transactional = nums(&table, "transactional")?.iter().any(|&n| n > 0);
     for i in 0..table.height() {
         out.campaigns.push(CampaignRow {
