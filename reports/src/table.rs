@@ -5,8 +5,10 @@
 //! [`PART_BYTES`]), its frames checked (length and CRC, a
 //! torn tail ends it as for every reader); each part is decoded on one of the cores, its
 //! records read as `mailsim events` reads them (so the report refuses what it refuses, at the
-//! same record) and their fields put straight into polars column builders, written as one
-//! Parquet row group and dropped, so that memory holds a few parts whatever the log's size.
+//! same record) and their fields put straight into Arrow column builders (a string column as a
+//! dictionary of its distinct values and each row's number in it, as Parquet stores it),
+//! written by polars' Parquet writer as one row group and dropped, so that memory holds a few
+//! parts whatever the log's size.
 //!
 //! The columns come from the event schema ([`Event::SCHEMA`]), so a new kind or field reaches
 //! `events.parquet` without an edit here: `seq`, `ts_ms`, `type`; one column per scalar field
@@ -18,7 +20,11 @@
 
 use mailsim_events::{Event, LogError, Shape};
 use polars::prelude::*;
-use polars_arrow::array::{MutableBinaryViewArray, MutableBooleanArray, MutablePrimitiveArray};
+use polars_arrow::array::{
+    ArrayRef, DictionaryArray, MutableBinaryViewArray, MutableBooleanArray, MutablePrimitiveArray,
+};
+use polars_arrow::datatypes::{ArrowDataType, ArrowSchema, Field as ArrowField, IntegerType};
+use polars_parquet::write as pq;
 use serde::de;
 use std::collections::HashMap;
 use std::path::Path;
@@ -153,10 +159,49 @@ impl Layout {
 /// two values (most columns are empty in most rows) are added as one run when the next value
 /// comes, or when the part ends.
 enum Builder {
+    /// `detail`: JSON objects, nearly all different.
     Str(MutableBinaryViewArray<str>),
+    /// The other string columns: few distinct values each (kinds, domains, hosts, replies,
+    /// addresses repeated over a message's events).
+    Dict(DictBuilder),
     U64(MutablePrimitiveArray<u64>),
     U32(MutablePrimitiveArray<u32>),
     Bool(MutableBooleanArray),
+}
+
+/// A string column as a dictionary: each distinct value once, and per row its number in it.
+/// Parquet writes such a column as a dictionary page and the rows' numbers; built here, as the
+/// records are decoded, the writer need not find the distinct values again (polars estimates
+/// a string column's cardinality and hashes every value into its own map: a quarter of the
+/// report's time on a real 10 M-event log).
+struct DictBuilder {
+    keys: MutablePrimitiveArray<u32>,
+    values: MutableBinaryViewArray<str>,
+    index: std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+}
+
+impl DictBuilder {
+    fn push(&mut self, v: &str) {
+        let key = match self.index.get(v) {
+            Some(&k) => k,
+            None => {
+                let k = self.values.len() as u32;
+                self.values.push_value(v);
+                self.index.insert(v.into(), k);
+                k
+            }
+        };
+        self.keys.push(Some(key));
+    }
+}
+
+/// The Arrow type of a dictionary column: keys into string values.
+fn dictionary_type() -> ArrowDataType {
+    ArrowDataType::Dictionary(
+        IntegerType::UInt32,
+        Box::new(ArrowDataType::Utf8View),
+        false,
+    )
 }
 
 impl Builder {
@@ -165,9 +210,12 @@ impl Builder {
             Shape::U64 => Builder::U64(MutablePrimitiveArray::with_capacity(n)),
             Shape::U32 => Builder::U32(MutablePrimitiveArray::with_capacity(n)),
             Shape::Bool => Builder::Bool(MutableBooleanArray::with_capacity(n)),
-            Shape::Str | Shape::Reply | Shape::Json => {
-                Builder::Str(MutableBinaryViewArray::with_capacity(n))
-            }
+            Shape::Str | Shape::Reply => Builder::Dict(DictBuilder {
+                keys: MutablePrimitiveArray::with_capacity(n),
+                values: MutableBinaryViewArray::new(),
+                index: Default::default(),
+            }),
+            Shape::Json => Builder::Str(MutableBinaryViewArray::with_capacity(n)),
         }
     }
 
@@ -177,20 +225,82 @@ impl Builder {
         }
         match self {
             Builder::Str(b) => b.extend_null(n),
+            Builder::Dict(b) => b.keys.extend_null(n),
             Builder::U64(b) => b.extend_null(n),
             Builder::U32(b) => b.extend_null(n),
             Builder::Bool(b) => b.extend_null(n),
         }
     }
 
-    fn finish(self, name: &str) -> Column {
-        let name = PlSmallStr::from(name);
-        match self {
-            Builder::Str(b) => StringChunked::with_chunk(name, b.freeze()).into_column(),
-            Builder::U64(b) => UInt64Chunked::with_chunk(name, b.freeze()).into_column(),
-            Builder::U32(b) => UInt32Chunked::with_chunk(name, b.freeze()).into_column(),
-            Builder::Bool(b) => BooleanChunked::with_chunk(name, b.freeze()).into_column(),
-        }
+    fn finish(self) -> Result<ArrayRef, TableError> {
+        Ok(match self {
+            Builder::Str(b) => b.freeze().boxed(),
+            Builder::Dict(b) => DictionaryArray::try_new(
+                dictionary_type(),
+                b.keys.freeze(),
+                b.values.freeze().boxed(),
+            )?
+            .boxed(),
+            Builder::U64(b) => b.freeze().boxed(),
+            Builder::U32(b) => b.freeze().boxed(),
+            Builder::Bool(b) => b.freeze().boxed(),
+        })
+    }
+}
+
+/// The table's Arrow schema: a string column is declared a string whether its part holds it
+/// as a dictionary or not (Parquet's dictionary encoding is how it is stored, not its type).
+fn arrow_schema(layout: &Layout) -> ArrowSchema {
+    layout
+        .columns
+        .iter()
+        .map(|&(name, shape)| {
+            let dtype = match shape {
+                Shape::U64 => ArrowDataType::UInt64,
+                Shape::U32 => ArrowDataType::UInt32,
+                Shape::Bool => ArrowDataType::Boolean,
+                Shape::Str | Shape::Reply | Shape::Json => ArrowDataType::Utf8View,
+            };
+            let name = PlSmallStr::from(name);
+            (name.clone(), ArrowField::new(name, dtype, true))
+        })
+        .collect()
+}
+
+/// One part of the table, decoded: its columns (in [`Layout`] order) and its rows.
+#[derive(Debug)]
+struct PartColumns {
+    arrays: Vec<ArrayRef>,
+    rows: usize,
+}
+
+impl PartColumns {
+    /// The part as a DataFrame of the table's types (dictionaries as their strings).
+    #[cfg(test)]
+    fn frame(&self) -> DataFrame {
+        let layout = Layout::new();
+        let columns = self
+            .arrays
+            .iter()
+            .zip(&layout.columns)
+            .map(|(a, (name, _))| {
+                let name = PlSmallStr::from(*name);
+                match a.as_any().downcast_ref::<DictionaryArray<u32>>() {
+                    Some(d) => {
+                        let values = d
+                            .values()
+                            .as_any()
+                            .downcast_ref::<polars_arrow::array::Utf8ViewArray>()
+                            .unwrap();
+                        let strings: Vec<Option<&str>> =
+                            d.keys_iter().map(|k| k.map(|k| values.value(k))).collect();
+                        StringChunked::from_iter_options(name, strings.into_iter()).into_column()
+                    }
+                    None => Series::from_arrow(name, a.clone()).unwrap().into_column(),
+                }
+            })
+            .collect();
+        DataFrame::new_infer_height(columns).unwrap()
     }
 }
 
@@ -224,16 +334,17 @@ impl<'l> Cols<'l> {
     }
 
     /// The columns of the `rows` rows read.
-    fn into_columns(self, rows: usize) -> Vec<Column> {
-        self.builders
+    fn into_columns(self, rows: usize) -> Result<PartColumns, TableError> {
+        let arrays = self
+            .builders
             .into_iter()
             .zip(self.len)
-            .zip(&self.layout.columns)
-            .map(|((mut b, len), (name, _))| {
+            .map(|(mut b, len)| {
                 b.nulls(rows - len);
-                b.finish(name)
+                b.finish()
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(PartColumns { arrays, rows })
     }
 
     /// The builder of column `i`, its nulls up to this row added, for this row's value (a
@@ -282,7 +393,7 @@ type Part = mailsim_events::FrameBatch;
 struct DecodedPart {
     /// `seq`, offset and number of the part's first record, when it could be read.
     first: Option<(u64, u64, u64)>,
-    rows: Result<(DataFrame, u64), TableError>,
+    rows: Result<(PartColumns, u64), TableError>,
 }
 
 /// Decode the records of `part` (from the log `path`) into columns. Each record is read as
@@ -300,7 +411,7 @@ fn decode_rows(
     path: &str,
     part: &Part,
     first: &mut Option<(u64, u64, u64)>,
-) -> Result<(DataFrame, u64), TableError> {
+) -> Result<(PartColumns, u64), TableError> {
     let layout = Layout::new();
     let mut cols = Cols::with_capacity(&layout, part.len());
     let mut last_seq = None;
@@ -322,10 +433,7 @@ fn decode_rows(
             .map_err(|e| bad(e.to_string()))?;
     }
     let rows = cols.row;
-    Ok((
-        DataFrame::new_infer_height(cols.into_columns(rows))?,
-        last_seq.unwrap_or_default(),
-    ))
+    Ok((cols.into_columns(rows)?, last_seq.unwrap_or_default()))
 }
 
 /// What [`export`] wrote.
@@ -394,13 +502,19 @@ fn export_to(
         source,
     };
     let file = std::fs::File::create(out).map_err(|e| written(e.into()))?;
-    let empty =
-        DataFrame::new_infer_height(Cols::with_capacity(&Layout::new(), 0).into_columns(0))?;
-    // LZ4: most of the cost of writing is compression, and the file is read locally.
-    let mut writer = ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Lz4Raw)
-        .batched(empty.schema())
-        .map_err(written)?;
+    let schema = std::sync::Arc::new(arrow_schema(&Layout::new()));
+    // LZ4: most of the cost of writing is compression, and the file is read locally. Statistics
+    // as polars' own writer keeps them.
+    let options = pq::WriteOptions {
+        statistics: pq::StatisticsOptions::default(),
+        version: pq::Version::V1,
+        compression: pq::CompressionOptions::Lz4Raw,
+        data_page_size: None,
+    };
+    let mut writer =
+        pq::FileWriter::try_new(std::io::BufWriter::new(file), (*schema).clone(), options)
+            .map_err(written)?;
+    let fields = writer.parquet_schema().fields().to_vec();
     let decoders = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(DECODERS_MAX);
@@ -444,13 +558,36 @@ fn export_to(
                     mailsim_events::check_sequence(log, last_seq, seq, number, at)
                         .map_err(|e| (e.into(), i))?;
                 }
-                let (df, last) = part.rows.map_err(|e| (e, i))?;
+                let (part, last) = part.rows.map_err(|e| (e, i))?;
                 last_seq = Some(last);
-                writer.write_batch(&df).map_err(|e| (written(e), i))?;
-                rows += df.height() as u64;
-                progress(df.height() as u64);
+                if part.rows > 0 {
+                    // Each column as polars' writer encodes it (a dictionary as a dictionary
+                    // page and its keys), compressed as the file writer takes it.
+                    let encodings: Vec<Vec<pq::Encoding>> = part
+                        .arrays
+                        .iter()
+                        .map(|a| pq::get_dtype_encoding(a.dtype()))
+                        .collect();
+                    let batch = polars_arrow::record_batch::RecordBatchT::try_new(
+                        part.rows,
+                        schema.clone(),
+                        part.arrays,
+                    )
+                    .map_err(|e| (written(e), i))?;
+                    let group =
+                        pq::row_group_iter(batch, encodings.into(), fields.clone(), options);
+                    writer
+                        .write(part.rows as u64, group)
+                        .map_err(|e| (written(e), i))?;
+                }
+                rows += part.rows as u64;
+                progress(part.rows as u64);
             }
-            writer.finish().map_err(|e| (written(e), usize::MAX))?;
+            writer.end(None).map_err(|e| (written(e), usize::MAX))?;
+            writer
+                .into_inner()
+                .into_inner()
+                .map_err(|e| (written(e.into_error().into()), usize::MAX))?;
             Ok(rows)
         });
         // The reader (this thread): the torn flag, or the error and the part it was met in.
@@ -578,7 +715,7 @@ mod tests {
             serde_json::from_value::<mailsim_events::Record>(r.clone()).expect("valid record");
             part.push(i as u64 + 1, 0, &serde_json::to_vec(r).unwrap());
         }
-        let df = decode_part("test", &part).rows.unwrap().0;
+        let df = decode_part("test", &part).rows.unwrap().0.frame();
         assert_eq!(df.height(), records.len());
         for (row, r) in records.iter().enumerate() {
             let detail = df.column("detail").unwrap().str().unwrap().get(row);
@@ -644,8 +781,8 @@ mod tests {
             binary.push(r.seq, 0, &b);
         }
         let (a, b) = (
-            decode_part("json", &json).rows.unwrap().0,
-            decode_part("binary", &binary).rows.unwrap().0,
+            decode_part("json", &json).rows.unwrap().0.frame(),
+            decode_part("binary", &binary).rows.unwrap().0.frame(),
         );
         assert_eq!(a.height(), records.len());
         assert!(a.equals_missing(&b), "{a}\n{b}");

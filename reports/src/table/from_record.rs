@@ -279,6 +279,10 @@ impl Serializer for Value<'_> {
                 b.push_value(v);
                 Ok(())
             }
+            Builder::Dict(b) => {
+                b.push(v);
+                Ok(())
+            }
             _ => Err(self.mismatch("a string")),
         }
     }
