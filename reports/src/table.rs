@@ -177,21 +177,31 @@ enum Builder {
 struct DictBuilder {
     keys: MutablePrimitiveArray<u32>,
     values: MutableBinaryViewArray<str>,
-    index: std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    /// The distinct values' numbers, found by the values themselves (kept once, in `values`).
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl DictBuilder {
     fn push(&mut self, v: &str) {
-        let key = match self.index.get(v) {
+        use std::hash::BuildHasher;
+        let DictBuilder {
+            keys,
+            values,
+            index,
+            hasher,
+        } = self;
+        let hash = hasher.hash_one(v);
+        let key = match index.find(hash, |&k| values.value(k as usize) == v) {
             Some(&k) => k,
             None => {
-                let k = self.values.len() as u32;
-                self.values.push_value(v);
-                self.index.insert(v.into(), k);
+                let k = values.len() as u32;
+                values.push_value(v);
+                index.insert_unique(hash, k, |&k| hasher.hash_one(values.value(k as usize)));
                 k
             }
         };
-        self.keys.push(Some(key));
+        keys.push(Some(key));
     }
 }
 
@@ -214,6 +224,7 @@ impl Builder {
                 keys: MutablePrimitiveArray::with_capacity(n),
                 values: MutableBinaryViewArray::new(),
                 index: Default::default(),
+                hasher: Default::default(),
             }),
             Shape::Json => Builder::Str(MutableBinaryViewArray::with_capacity(n)),
         }
