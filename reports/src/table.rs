@@ -5,10 +5,10 @@
 //! [`PART_BYTES`]), its frames checked (length and CRC, a
 //! torn tail ends it as for every reader); each part is decoded on one of the cores, its
 //! records read as `mailsim events` reads them (so the report refuses what it refuses, at the
-//! same record) and their fields put straight into Arrow column builders (a string column as a
-//! dictionary of its distinct values and each row's number in it, as Parquet stores it),
-//! written by polars' Parquet writer as one row group and dropped, so that memory holds a few
-//! parts whatever the log's size.
+//! same record) and their fields put straight into Arrow column builders (a string column of
+//! the common kinds' fields as a dictionary of its distinct values and each row's number in it,
+//! as Parquet stores it), written by polars' Parquet writer as one row group and dropped, so
+//! that memory holds a few parts whatever the log's size.
 //!
 //! The columns come from the event schema ([`Event::SCHEMA`]), so a new kind or field reaches
 //! `events.parquet` without an edit here: `seq`, `ts_ms`, `type`; one column per scalar field
@@ -21,7 +21,8 @@
 use mailsim_events::{Event, LogError, Shape};
 use polars::prelude::*;
 use polars_arrow::array::{
-    ArrayRef, DictionaryArray, MutableBinaryViewArray, MutableBooleanArray, MutablePrimitiveArray,
+    ArrayRef, DictionaryArray, MutableArray, MutableBinaryViewArray, MutableBooleanArray,
+    MutablePrimitiveArray,
 };
 use polars_arrow::datatypes::{ArrowDataType, ArrowSchema, Field as ArrowField, IntegerType};
 use polars_parquet::write as pq;
@@ -170,10 +171,11 @@ enum Builder {
 }
 
 /// A string column as a dictionary: each distinct value once, and per row its number in it.
-/// Parquet writes such a column as a dictionary page and the rows' numbers; built here, as the
-/// records are decoded, the writer need not find the distinct values again (polars estimates
-/// a string column's cardinality and hashes every value into its own map: a quarter of the
-/// report's time on a real 10 M-event log).
+/// Parquet stores a column of few distinct values as a dictionary page and the rows' numbers;
+/// built here, as the records are decoded, the writer need not find the distinct values again
+/// (polars estimates a string column's cardinality and hashes every value into its own map: a
+/// quarter of the report's time on a real 10 M-event log). Keys fit in 32 bits: a part holds
+/// at most [`ROWS_PER_PART`] rows, and a column one value per row (`Cols::fill`).
 struct DictBuilder {
     keys: MutablePrimitiveArray<u32>,
     values: MutableBinaryViewArray<str>,
@@ -202,6 +204,29 @@ impl DictBuilder {
             }
         };
         keys.push(Some(key));
+    }
+}
+
+impl DictBuilder {
+    /// The column: a dictionary, or, when nearly every value is distinct (more than three in
+    /// four of a part's values, as polars' own writer decides), the strings themselves, which
+    /// the writer stores as plain pages as it did before (a dictionary would only add keys).
+    fn finish(self) -> Result<ArrayRef, TableError> {
+        let present = self.keys.len() - self.keys.validity().map_or(0, |v| v.unset_bits());
+        let distinct = self.values.len();
+        if present > 128 && distinct * 4 > present * 3 {
+            let mut strings = MutableBinaryViewArray::<str>::with_capacity(self.keys.len());
+            for k in self.keys.iter() {
+                strings.push(k.map(|&k| self.values.value(k as usize)));
+            }
+            return Ok(strings.freeze().boxed());
+        }
+        Ok(DictionaryArray::try_new(
+            dictionary_type(),
+            self.keys.freeze(),
+            self.values.freeze().boxed(),
+        )?
+        .boxed())
     }
 }
 
@@ -246,12 +271,7 @@ impl Builder {
     fn finish(self) -> Result<ArrayRef, TableError> {
         Ok(match self {
             Builder::Str(b) => b.freeze().boxed(),
-            Builder::Dict(b) => DictionaryArray::try_new(
-                dictionary_type(),
-                b.keys.freeze(),
-                b.values.freeze().boxed(),
-            )?
-            .boxed(),
+            Builder::Dict(b) => b.finish()?,
             Builder::U64(b) => b.freeze().boxed(),
             Builder::U32(b) => b.freeze().boxed(),
             Builder::Bool(b) => b.freeze().boxed(),
@@ -546,10 +566,10 @@ fn export_to(
                     loop {
                         let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         let Ok((part, answer)) = job else { break };
-                        let df = decode_part(p, &part);
+                        let decoded = decode_part(p, &part);
                         drop(part);
                         // A writer gone (it stopped at an error) needs no answer.
-                        let _ = answer.send(df);
+                        let _ = answer.send(decoded);
                     }
                 })
             })
@@ -665,6 +685,35 @@ mod tests {
     fn valid(m: &serde_json::Map<String, serde_json::Value>) -> bool {
         serde_json::from_value::<mailsim_events::Record>(serde_json::Value::Object(m.clone()))
             .is_ok()
+    }
+
+    /// A string column of few distinct values is a dictionary; one of nearly all distinct
+    /// values stays strings (as polars' writer would store it plainly); both keep their nulls.
+    #[test]
+    fn a_dictionary_only_for_repeated_values() {
+        use polars_arrow::array::Array;
+        let column = |values: &dyn Fn(usize) -> Option<String>| {
+            let mut b = Builder::new(Shape::Str, 0);
+            for i in 0..400 {
+                match (values(i), &mut b) {
+                    (Some(v), Builder::Dict(d)) => d.push(&v),
+                    (None, b) => b.nulls(1),
+                    _ => unreachable!("a string column is built as a dictionary"),
+                }
+            }
+            b.finish().unwrap()
+        };
+        let few = column(&|i| (i % 5 != 0).then(|| format!("v{}", i % 3)));
+        assert_eq!(few.dtype(), &dictionary_type());
+        let d = few.as_any().downcast_ref::<DictionaryArray<u32>>().unwrap();
+        assert_eq!((d.values().len(), d.null_count()), (3, 80));
+        let unique = column(&|i| (i % 5 != 0).then(|| format!("address-{i}@x.test")));
+        assert_eq!(unique.dtype(), &ArrowDataType::Utf8View);
+        let s = unique
+            .as_any()
+            .downcast_ref::<polars_arrow::array::Utf8ViewArray>()
+            .unwrap();
+        assert_eq!((s.null_count(), s.value(1)), (80, "address-1@x.test"));
     }
 
     /// A record of `kind` with every field the schema gives it, each a distinct value.
@@ -851,6 +900,16 @@ mod tests {
         assert!(cuts > whole.rows / 10, "{cuts} parts");
         let (a, b) = (read_parquet(&one).unwrap(), read_parquet(&many).unwrap());
         assert!(a.equals_missing(&b), "{a}\n{b}");
+        // What the file holds is what the records decoded to: the same columns, types and
+        // values (the dictionaries read back as strings).
+        let mut all = Part::default();
+        mailsim_events::LogReader::open(&log)
+            .unwrap()
+            .read_batch(&mut all, (1 << 20, PART_BYTES))
+            .unwrap();
+        let decoded = decode_part("log", &all).rows.unwrap().0.frame();
+        assert_eq!(a.schema(), decoded.schema());
+        assert!(a.equals_missing(&decoded), "{a}\n{decoded}");
         assert!(a.equals_missing(&read_parquet(&by_bytes).unwrap()));
         let seq: Vec<u64> = b
             .column("seq")
