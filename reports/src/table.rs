@@ -205,9 +205,7 @@ impl DictBuilder {
         };
         keys.push(Some(key));
     }
-}
 
-impl DictBuilder {
     /// The column: a dictionary, or, when nearly every value is distinct (more than three in
     /// four of a part's values, as polars' own writer decides), the strings themselves, which
     /// the writer stores as plain pages as it did before (a dictionary would only add keys).
