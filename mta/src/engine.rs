@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -239,6 +240,9 @@ struct Inner<R, C> {
     read_ahead: Mutex<VecDeque<(u64, Option<Vec<u8>>)>>,
     /// Told of the Ed25519 signatures made (a virtual run's fleet verifies them ahead).
     witness: std::sync::OnceLock<Arc<dyn SignatureWitness>>,
+    /// [`Mta::ready_below`]'s mark (0: nobody waits), and its waiter's wake-up.
+    ready_mark: AtomicUsize,
+    ready_low: Notify,
 }
 
 /// Bodies kept read ahead of their turn.
@@ -477,6 +481,8 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                 sts_lookups: Mutex::new(HashMap::new()),
                 read_ahead: Mutex::default(),
                 witness: std::sync::OnceLock::new(),
+                ready_mark: AtomicUsize::new(0),
+                ready_low: Notify::new(),
             }),
         }
     }
@@ -501,12 +507,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     /// batch. Signing runs on every core. Returns the queue ids. Blocking: call it from a
     /// blocking thread.
     pub fn inject(&self, batch: Vec<OutboundMessage>) -> Result<Vec<u64>, MtaError> {
-        Ok(self
-            .inject_each(batch)?
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .collect())
+        self.inject_each(batch).map(queue_ids)
     }
 
     /// [`Mta::inject`], answering for each message and each of its recipients, in order: the
@@ -516,20 +517,66 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         &self,
         batch: Vec<OutboundMessage>,
     ) -> Result<Vec<Vec<Result<u64, String>>>, MtaError> {
-        let inner = &self.inner;
-        // Refuse the whole batch before anything is written if a recipient has no domain.
-        if let Some(bad) = batch.iter().flat_map(|m| &m.rcpts).find(|r| {
-            !r.rsplit_once('@')
-                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
-        }) {
-            return Err(MtaError::BadRecipient(bad.clone()));
-        }
-        let signed = sign_all(
-            &inner.signers,
+        refuse_domainless(&batch)?;
+        let signed = self.sign_ahead(batch, self.inner.clock.now_ms() / 1000)?;
+        self.queue_signed(signed.messages)
+    }
+
+    /// DKIM-sign a batch for injection in the second `at_s` (on every core; callable from any
+    /// thread): a virtual run signs its next batch while the sessions deliver the last one.
+    pub fn sign_ahead(
+        &self,
+        mut batch: Vec<OutboundMessage>,
+        at_s: u64,
+    ) -> Result<SignedBatch, MtaError> {
+        let unsigned_at: Vec<usize> = batch.iter().map(|m| m.body.len()).collect();
+        batch = sign_all(
+            &self.inner.signers,
             batch,
-            inner.clock.now_ms() / 1000,
-            inner.witness.get().map(|w| &**w),
+            at_s,
+            self.inner.witness.get().map(|w| &**w),
         )?;
+        let unsigned_at = batch
+            .iter()
+            .zip(unsigned_at)
+            .map(|(m, len)| m.body.len() - len)
+            .collect();
+        Ok(SignedBatch {
+            messages: batch,
+            at_s,
+            unsigned_at,
+        })
+    }
+
+    /// [`Mta::inject`] for a batch [`Mta::sign_ahead`] signed. One signed for another second
+    /// than the clock's is signed again (its signatures' `t=` must be the injection's).
+    pub fn inject_signed(&self, batch: SignedBatch) -> Result<Vec<u64>, MtaError> {
+        refuse_domainless(&batch.messages)?;
+        let now_s = self.inner.clock.now_ms() / 1000;
+        let signed = if batch.at_s == now_s {
+            batch.messages
+        } else {
+            tracing::debug!(
+                signed_for = batch.at_s,
+                now_s,
+                "a batch signed ahead for another second is signed again"
+            );
+            let mut unsigned = batch.messages;
+            for (m, at) in unsigned.iter_mut().zip(&batch.unsigned_at) {
+                m.body.drain(..*at);
+            }
+            self.sign_ahead(unsigned, now_s)?.messages
+        };
+        self.queue_signed(signed).map(queue_ids)
+    }
+
+    /// Spool and queue signed messages (recipients on the suppression list are not queued):
+    /// per message and recipient, the queue id or the suppression list's reason.
+    fn queue_signed(
+        &self,
+        signed: Vec<OutboundMessage>,
+    ) -> Result<Vec<Vec<Result<u64, String>>>, MtaError> {
+        let inner = &self.inner;
         let now = inner.clock.now_ms();
         // Recipients on the suppression list are not queued (and get no queue id).
         let mut suppressed = Vec::new();
@@ -841,12 +888,33 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
 
     /// The next ready entry of `domain` (transactional first; with `transactional`, no other).
     fn take(&self, domain: &str, transactional: bool) -> Option<QueueEntry> {
-        self.inner
-            .state
-            .lock()
-            .expect("mta state")
-            .queue
-            .take_ready(domain, transactional)
+        let mut st = self.inner.state.lock().expect("mta state");
+        let entry = st.queue.take_ready(domain, transactional);
+        let mark = self.inner.ready_mark.load(Ordering::Relaxed);
+        if mark > 0 && st.queue.ready_places() < mark {
+            self.inner.ready_mark.store(0, Ordering::Relaxed);
+            self.inner.ready_low.notify_one();
+        }
+        entry
+    }
+
+    /// Return when fewer than `n` entries are ready, woken by the sessions taking them. A
+    /// virtual run injects its next batch then: the sessions never run dry while a campaign is
+    /// injected, and the wake-up comes from the runtime's own tasks, so it falls at the same
+    /// point in every run.
+    pub async fn ready_below(&self, n: usize) {
+        loop {
+            let low = self.inner.ready_low.notified();
+            {
+                let st = self.inner.state.lock().expect("mta state");
+                if st.queue.ready_places() < n {
+                    self.inner.ready_mark.store(0, Ordering::Relaxed);
+                    return;
+                }
+                self.inner.ready_mark.store(n, Ordering::Relaxed);
+            }
+            low.await;
+        }
     }
 
     /// Hand over to the connector the bodies of the entries [`Mta::take`] would give next (as
@@ -2036,6 +2104,41 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     }
 }
 
+/// A batch DKIM-signed by [`Mta::sign_ahead`], for [`Mta::inject_signed`].
+pub struct SignedBatch {
+    messages: Vec<OutboundMessage>,
+    /// The second its signatures were made for.
+    at_s: u64,
+    /// Where each message's own bytes start (after the signature header added).
+    unsigned_at: Vec<usize>,
+}
+
+impl SignedBatch {
+    pub fn messages(&self) -> &[OutboundMessage] {
+        &self.messages
+    }
+}
+
+/// The queue ids among [`Mta::inject_each`]'s answers, in order.
+fn queue_ids(answers: Vec<Vec<Result<u64, String>>>) -> Vec<u64> {
+    answers
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// A batch is refused whole, before anything is written, when a recipient has no domain.
+fn refuse_domainless(batch: &[OutboundMessage]) -> Result<(), MtaError> {
+    match batch.iter().flat_map(|m| &m.rcpts).find(|r| {
+        !r.rsplit_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+    }) {
+        Some(bad) => Err(MtaError::BadRecipient(bad.clone())),
+        None => Ok(()),
+    }
+}
+
 /// DKIM-sign a batch on all cores; each core tells `witness` of the Ed25519 signatures it
 /// made, once per signer.
 fn sign_all(
@@ -2131,5 +2234,88 @@ mod verp_tests {
         assert_eq!(verp_signed_rcpt(&moved, &key), None);
         let renumbered = tagged.replacen("bounces+42.", "bounces+43.", 1);
         assert_eq!(verp_signed_rcpt(&renumbered, &key), None);
+    }
+}
+
+#[cfg(test)]
+mod sign_ahead_tests {
+    use super::*;
+    use crate::dns::Answer;
+    use mail_auth::common::crypto::Ed25519Key;
+    use mailsim_events::{EventLog, RuntimeClock};
+
+    /// No DNS: injecting looks nothing up.
+    struct NoDns;
+
+    impl crate::dns::Lookups for NoDns {
+        async fn mx(&self, _: &str) -> Answer<(u16, String)> {
+            Answer::NoRecords
+        }
+        async fn a(&self, _: &str) -> Answer<IpAddr> {
+            Answer::NoRecords
+        }
+        async fn txt(&self, _: &str) -> Answer<String> {
+            Answer::NoRecords
+        }
+    }
+
+    fn message(i: u32) -> OutboundMessage {
+        OutboundMessage {
+            from: "news@s.test".into(),
+            rcpts: vec![format!("user{i}@r.test")],
+            message_id: format!("<{i}@s.test>"),
+            body: format!(
+                "From: news@s.test\r\nTo: user{i}@r.test\r\nSubject: {i}\r\n\
+                 Message-ID: <{i}@s.test>\r\n\r\nHello {i}\r\n"
+            )
+            .into_bytes(),
+            lane: Lane::Bulk,
+            campaign: None,
+        }
+    }
+
+    /// The spooled bytes of every queued entry, in queue-id order.
+    fn spooled(mta: &Mta<NoDns, TcpConnector>, ids: &[u64]) -> Vec<String> {
+        let st = mta.inner.state.lock().unwrap();
+        ids.iter()
+            .map(|id| {
+                let entry = st.queue.get(*id).expect("queued");
+                String::from_utf8(mta.inner.spool.read(&entry.spool).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
+    /// A batch signed ahead for the second it is injected in goes in as signed; one signed for
+    /// another second is signed again for the injection's (one signature, its `t=` the
+    /// injection's), with the message's own bytes unchanged.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_signed_for_another_second_is_signed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(RuntimeClock::new(1_767_225_600_000));
+        let log = EventLog::create(&dir.path().join("events.log"), clock.clone()).unwrap();
+        let der = Ed25519Key::generate_pkcs8().unwrap();
+        let signer = Signer::from_pkcs8("s.test", "k1", &der, true).unwrap();
+        let mta = Mta::new(
+            MtaConfig::default(),
+            NoDns,
+            TcpConnector { source_ip: None },
+            Spool::open(&dir.path().join("spool")).unwrap(),
+            vec![signer],
+            Arc::new(Suppression::open(&dir.path().join("suppressed")).unwrap()),
+            log.sink(),
+        );
+        let now_s = clock.now_ms() / 1000;
+        let batch = || (0..3).map(message).collect::<Vec<_>>();
+        let on_time = mta.sign_ahead(batch(), now_s).unwrap();
+        let late = mta.sign_ahead(batch(), now_s - 5).unwrap();
+        let ids = mta.inject_signed(on_time).unwrap();
+        let late_ids = mta.inject_signed(late).unwrap();
+        let (on_time, late) = (spooled(&mta, &ids), spooled(&mta, &late_ids));
+        for (i, (a, b)) in on_time.iter().zip(&late).enumerate() {
+            assert_eq!(a, b, "message {i}: the same bytes either way");
+            assert_eq!(a.matches("DKIM-Signature:").count(), 1, "{a}");
+            assert!(a.contains(&format!("t={now_s};")), "{a}");
+            assert!(a.ends_with(&format!("Hello {i}\r\n")), "{a}");
+        }
     }
 }

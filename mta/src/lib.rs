@@ -19,4 +19,4 @@ pub mod spool;
 pub mod sts;
 pub mod suppression;
 
-pub use engine::{Connector, Mta, MtaConfig, MtaError, OutboundMessage, TcpConnector};
+pub use engine::{Connector, Mta, MtaConfig, MtaError, OutboundMessage, SignedBatch, TcpConnector};

@@ -177,6 +177,12 @@ impl Queue {
             .map(|(d, q)| (d.as_str(), q.len()))
     }
 
+    /// How many places the ready lists hold, every domain's (an entry removed while ready
+    /// keeps its place until a take skips it).
+    pub fn ready_places(&self) -> usize {
+        self.ready.values().map(Ready::len).sum()
+    }
+
     /// How many transactional entries of `domain` are ready (0 without lanes or on hold).
     pub fn ready_transactional(&self, domain: &str) -> usize {
         if self.holds.contains_key(domain) {

@@ -9,7 +9,7 @@
 //! | the fleet's listeners | one TCP listener per MX host address | in-memory pipes |
 //! | connections | TCP from a source address | a pipe to the host at that address |
 //! | durability | fsync per batch | fsync at flush and close |
-//! | batch building | on blocking threads | on a thread of its own, ahead (a pure function of the scenario); signed and injected inline (the paused clock must not move) |
+//! | batch building | on blocking threads | built and signed on threads of their own, a batch ahead (a pure function of the scenario and the send's second); injected when fewer than half a batch is ready or the runtime has nothing to run ([`Idle`]), so the sessions deliver while the next batch is signed and the paused clock does not move |
 //! | the receivers' verification and content reads | when a message arrives | also started on another thread as the MTA sends it; the receiver takes the answers, waits for them, or does the work itself if the thread has not started on it (the same answers: [`crate::foresight`]) |
 //!
 //! The event sink is made from the clock and the durability by [`crate::assemble`].
@@ -25,7 +25,9 @@ use mailsim_mta::dns::{Answer, HickoryResolver, Lookups, Resolver};
 use mailsim_mta::{Connector, TcpConnector};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 /// The name the fleet's verifier gives itself in Authentication-Results.
 pub(crate) const VERIFIER_HOST: &str = "fleet.mailsim.test";
@@ -37,6 +39,62 @@ pub const VIRTUAL_EPOCH_MS: u64 = 1_767_225_600_000;
 /// Milliseconds since the scenario's start, on `clock`: the time the DNS fault timeline follows.
 fn scenario_time(clock: Arc<dyn Clock>, start_ms: u64) -> fake_dns::Elapsed {
     Arc::new(move || clock.now_ms().saturating_sub(start_ms))
+}
+
+/// When a current-thread runtime has nothing left to run: its `on_thread_park` hook calls
+/// [`Idle::parked`], which wakes the task waiting in [`Idle::wait`] instead of letting the
+/// runtime park (and a paused clock move on). The point depends on the runtime's tasks alone,
+/// so a virtual run does the same thing there every time.
+#[derive(Clone, Default)]
+pub struct Idle(Arc<IdleInner>);
+
+#[derive(Default)]
+struct IdleInner {
+    waiter: Mutex<Option<Waker>>,
+    fired: AtomicBool,
+}
+
+impl Idle {
+    /// The runtime is about to park: wake the waiter, if any.
+    pub fn parked(&self) {
+        let waiter = self.0.waiter.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = waiter {
+            self.0.fired.store(true, Ordering::Release);
+            w.wake();
+        }
+    }
+
+    /// Return when the runtime next runs out of work.
+    pub fn wait(&self) -> IdleWait<'_> {
+        self.0.fired.store(false, Ordering::Release);
+        IdleWait(self)
+    }
+}
+
+/// [`Idle::wait`]'s future; dropped, it is forgotten.
+pub struct IdleWait<'a>(&'a Idle);
+
+impl Future for IdleWait<'_> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let idle = &self.0.0;
+        if idle.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        if let Ok(mut w) = idle.waiter.lock() {
+            *w = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for IdleWait<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.0.0.waiter.lock() {
+            *w = None;
+        }
+    }
 }
 
 /// A connector that can speak from another source address (a fleet host sending reports).
@@ -69,9 +127,13 @@ pub trait Env: Send + Sync + 'static {
     fn clock(&self) -> Arc<dyn Clock>;
     /// How the event log and the spool force writes to disk.
     fn durability(&self) -> Durability;
-    /// Build and sign campaign batches on blocking threads (else built ahead on a thread of
-    /// their own, signed and injected inline).
+    /// Build and sign campaign batches on blocking threads (else built and signed ahead on a
+    /// thread of their own, and injected by the run's own task).
     fn blocking_threads(&self) -> bool;
+    /// Where the runtime tells when it runs out of work (virtual runs).
+    fn idle(&self) -> Option<&Idle> {
+        None
+    }
     /// Answer the zones from now on, scenario time counting from `start_ms`; `port` is the
     /// DNS port where there is one (0: any).
     fn start_dns(
@@ -254,16 +316,20 @@ pub struct VirtualEnv {
     /// Start [`Foresight`] with the DNS (`MAILSIM_FORESIGHT=0` turns it off: the peer a
     /// benchmark measures it against, and the test that it changes nothing recorded).
     foresee: bool,
+    /// Called by the runtime's `on_thread_park` hook.
+    idle: Idle,
 }
 
 impl VirtualEnv {
-    pub fn new() -> Self {
+    /// `idle` is the one the runtime's `on_thread_park` hook calls.
+    pub fn new(idle: Idle) -> Self {
         VirtualEnv {
             clock: Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS)),
             zones: None,
             net: None,
             foresight: None,
             foresee: std::env::var("MAILSIM_FORESIGHT").map_or(true, |v| v != "0"),
+            idle,
         }
     }
 
@@ -271,12 +337,6 @@ impl VirtualEnv {
         self.zones
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no zones to answer from"))
-    }
-}
-
-impl Default for VirtualEnv {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -295,6 +355,10 @@ impl Env for VirtualEnv {
 
     fn blocking_threads(&self) -> bool {
         false
+    }
+
+    fn idle(&self) -> Option<&Idle> {
+        Some(&self.idle)
     }
 
     async fn start_dns(
@@ -516,5 +580,58 @@ impl AuthDns for Zones {
     }
     fn ptr(&self, name: Option<&str>) -> mail_auth::RecordSet<Box<str>> {
         self.0.ptr(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Idle;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// [`Idle::wait`] returns once every other task has run as far as it can at this instant:
+    /// the busy task has finished its steps, the sleeping one still sleeps, and the paused
+    /// clock has not moved. Without a waiter, the clock moves on as usual.
+    #[test]
+    fn idle_is_when_nothing_else_can_run_and_before_the_clock_moves() {
+        let idle = Idle::default();
+        let hook = idle.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .on_thread_park(move || hook.parked())
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let start = tokio::time::Instant::now();
+            let steps = Arc::new(AtomicU32::new(0));
+            let woke = Arc::new(AtomicU32::new(0));
+            let busy = {
+                let steps = steps.clone();
+                tokio::spawn(async move {
+                    for _ in 0..1000 {
+                        steps.fetch_add(1, Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            let sleeper = {
+                let woke = woke.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    woke.fetch_add(1, Ordering::Relaxed);
+                })
+            };
+            idle.wait().await;
+            assert_eq!(steps.load(Ordering::Relaxed), 1000);
+            assert!(busy.is_finished());
+            assert_eq!(woke.load(Ordering::Relaxed), 0);
+            assert_eq!(start.elapsed(), Duration::ZERO);
+            // Nobody waits now: the runtime parks and the paused clock moves to the sleeper.
+            sleeper.await.unwrap();
+            assert_eq!(woke.load(Ordering::Relaxed), 1);
+            assert_eq!(start.elapsed(), Duration::from_secs(10));
+        });
     }
 }

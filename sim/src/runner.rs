@@ -24,6 +24,11 @@ use std::time::Duration;
 
 /// Messages built, signed and spooled per injection batch.
 const INJECT_BATCH: usize = 1000;
+/// A virtual run injects a send's next batch once fewer entries than this are ready: enough
+/// for every destination's sessions (the MTA opens one per 500 ready, 8 at most) to keep
+/// delivering while the batches after it are signed. Below it, batches go in one after the
+/// other.
+const READY_LOW_WATER: usize = 16 * INJECT_BATCH;
 
 pub struct RunOptions {
     pub out_dir: PathBuf,
@@ -345,11 +350,16 @@ pub fn run_scenario_drained(
             .enable_all()
             .build()?
             .block_on(run(scenario, opts, LiveEnv::default(), "live")),
-        Mode::Virtual => tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()?
-            .block_on(async { run(scenario, opts, VirtualEnv::new(), "virtual").await }),
+        Mode::Virtual => {
+            let idle = crate::env::Idle::default();
+            let hook = idle.clone();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .on_thread_park(move || hook.parked())
+                .build()?
+                .block_on(async { run(scenario, opts, VirtualEnv::new(idle), "virtual").await })
+        }
     }
 }
 
@@ -604,9 +614,10 @@ async fn submit<E: Env>(
 }
 
 /// Inject the campaign, run the MTA until every message is final or the time limit passes.
-/// Live mode builds and signs batches on blocking threads; virtual mode builds them on a thread
-/// of its own ahead of time and signs and injects them inline, so that the paused clock cannot
-/// move while a batch is being injected.
+/// Live mode builds and signs batches on blocking threads; virtual mode builds and signs them
+/// ahead on a thread of their own and injects each when fewer than [`READY_LOW_WATER`] entries
+/// are ready or the runtime is idle, so that the sessions deliver meanwhile and the paused
+/// clock cannot move while a send is injected.
 async fn drive<E: Env>(
     scenario: &Scenario,
     setup: &Assembly<E>,
@@ -671,14 +682,18 @@ async fn drive<E: Env>(
         if let (Some(after), Some(web)) = (campaign.sunset_after_sends, &setup.web) {
             sunset(scenario, setup, web, count, after);
         }
-        // Virtual: the batches are built on a thread of their own, ahead of the one being
-        // injected (building is a pure function of the scenario, the send and its date, so the
-        // bytes are the same either way); live: built and injected on a blocking thread.
+        // Virtual: the batches are built and signed on threads of their own, ahead of the one
+        // being injected (building is a pure function of the scenario, the send and its date,
+        // and signing of the message and the second, so the bytes are the same either way);
+        // live: built and injected on a blocking thread.
         let ahead = (!blocking_threads).then(|| {
+            let mta = mta.clone();
+            let at_s = u64::try_from(date_s).unwrap_or(0);
             built_ahead(
                 scenario_arc.clone(),
                 setup.world.clone(),
                 tracking.clone(),
+                move |batch| mta.sign_ahead(batch, at_s),
                 (count, send, date_s),
             )
         });
@@ -689,14 +704,13 @@ async fn drive<E: Env>(
             // sunset), inject.
             let (web, suppression, mta2) =
                 (setup.web.clone(), setup.suppression.clone(), mta.clone());
-            let inject = move |batch: Vec<OutboundMessage>| {
+            let mailed = move |batch: &[OutboundMessage]| {
                 if let Some(web) = &web {
                     let rcpts = batch.iter().flat_map(|m| &m.rcpts);
                     for rcpt in rcpts.filter(|r| suppression.reason(r).is_none()) {
                         web.mailed(rcpt);
                     }
                 }
-                mta2.inject(batch)
             };
             match &ahead {
                 None => {
@@ -711,15 +725,31 @@ async fn drive<E: Env>(
                             date_s,
                             tracking.as_deref(),
                         );
-                        inject(batch)
+                        mailed(&batch);
+                        mta2.inject(batch)
                     })
                     .await??;
                 }
                 Some(built) => {
-                    let batch = built
+                    if start > 0 {
+                        // The next batch goes in when fewer than READY_LOW_WATER entries are
+                        // ready, or the sessions have nothing left to do at this instant:
+                        // points the runtime's own tasks decide, whenever the signing is done.
+                        let low = mta.ready_below(READY_LOW_WATER);
+                        match setup.env.idle() {
+                            Some(idle) => tokio::select! {
+                                biased;
+                                () = low => {}
+                                () = idle.wait() => {}
+                            },
+                            None => low.await,
+                        }
+                    }
+                    let signed = built
                         .recv()
-                        .map_err(|_| anyhow::anyhow!("the thread building the messages ended"))?;
-                    inject(batch)?;
+                        .map_err(|_| anyhow::anyhow!("the thread building the messages ended"))??;
+                    mailed(signed.messages());
+                    mta.inject_signed(signed)?;
                     // Let the dispatcher start on this batch before the next one is injected.
                     tokio::task::yield_now().await;
                 }
@@ -769,15 +799,16 @@ async fn drive<E: Env>(
     Ok(finish_reason)
 }
 
-/// The batches of a send's `count` messages (of [`INJECT_BATCH`]), built in order on a thread
-/// of their own, at most two ahead of the one taken (one waiting, one being built). The thread ends when they are all built
-/// or the receiver is dropped.
-fn built_ahead(
+/// The batches of a send's `count` messages (of [`INJECT_BATCH`]), built and passed to `sign`
+/// in order on a thread of their own, at most two ahead of the one taken (one waiting, one
+/// being built). The thread ends when they are all built or the receiver is dropped.
+fn built_ahead<T: Send + 'static>(
     scenario: Arc<Scenario>,
     world: Arc<World>,
     tracking: Option<Arc<crate::web::Tracking>>,
+    sign: impl Fn(Vec<OutboundMessage>) -> T + Send + 'static,
     (count, send, date_s): (u64, u32, i64),
-) -> std::sync::mpsc::Receiver<Vec<OutboundMessage>> {
+) -> std::sync::mpsc::Receiver<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("builder".into())
@@ -793,7 +824,7 @@ fn built_ahead(
                     date_s,
                     tracking.as_deref(),
                 );
-                if tx.send(batch).is_err() {
+                if tx.send(sign(batch)).is_err() {
                     return;
                 }
                 start = end;
@@ -1114,7 +1145,13 @@ mod tests {
         let world = Arc::new(World::build(&scenario).unwrap());
         let count = 2 * INJECT_BATCH as u64 + 500;
         let whole = build_messages(&scenario, &world, 0..count, 3, 1_767_225_600, None);
-        let built = built_ahead(Arc::new(scenario), world, None, (count, 3, 1_767_225_600));
+        let built = built_ahead(
+            Arc::new(scenario),
+            world,
+            None,
+            |batch| batch,
+            (count, 3, 1_767_225_600),
+        );
         let batches: Vec<Vec<OutboundMessage>> = built.iter().collect();
         assert_eq!(
             batches.iter().map(Vec::len).collect::<Vec<_>>(),
