@@ -108,8 +108,9 @@ impl Made {
 /// remembers them there for its receivers (see `mailsim_mailbox::auth_memo`).
 pub trait SignatureWitness: Send + Sync {
     /// Signatures made for `domain` with `selector` by the private key whose public half is
-    /// `public`.
-    fn signed(&self, domain: &str, selector: &str, public: &[u8; 32], made: &[Made]);
+    /// `public`, for the second `at_s` (the signer's clock: a witness may be told on any
+    /// thread, where no run's clock can be read).
+    fn signed(&self, domain: &str, selector: &str, public: &[u8; 32], made: &[Made], at_s: u64);
 }
 
 /// The message's header fields (as mail-auth's parser splits them, value with its line end)

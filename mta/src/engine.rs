@@ -517,18 +517,19 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         &self,
         batch: Vec<OutboundMessage>,
     ) -> Result<Vec<Vec<Result<u64, String>>>, MtaError> {
-        refuse_domainless(&batch)?;
         let signed = self.sign_ahead(batch, self.inner.clock.now_ms() / 1000)?;
         self.queue_signed(signed.messages)
     }
 
     /// DKIM-sign a batch for injection in the second `at_s` (on every core; callable from any
-    /// thread): a virtual run signs its next batch while the sessions deliver the last one.
+    /// thread): a virtual run signs its next batch while the sessions deliver the last one. A
+    /// batch with a recipient without a domain is refused whole, unsigned.
     pub fn sign_ahead(
         &self,
         mut batch: Vec<OutboundMessage>,
         at_s: u64,
     ) -> Result<SignedBatch, MtaError> {
+        refuse_domainless(&batch)?;
         let unsigned_at: Vec<usize> = batch.iter().map(|m| m.body.len()).collect();
         batch = sign_all(
             &self.inner.signers,
@@ -551,7 +552,7 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
     /// [`Mta::inject`] for a batch [`Mta::sign_ahead`] signed. One signed for another second
     /// than the clock's is signed again (its signatures' `t=` must be the injection's).
     pub fn inject_signed(&self, batch: SignedBatch) -> Result<Vec<u64>, MtaError> {
-        refuse_domainless(&batch.messages)?;
+        // Only sign_ahead makes a SignedBatch: its recipients all have a domain.
         let now_s = self.inner.clock.now_ms() / 1000;
         let signed = if batch.at_s == now_s {
             batch.messages
@@ -898,17 +899,25 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
         entry
     }
 
-    /// Return when fewer than `n` entries are ready, woken by the sessions taking them. A
-    /// virtual run injects its next batch then: the sessions never run dry while a campaign is
-    /// injected, and the wake-up comes from the runtime's own tasks, so it falls at the same
-    /// point in every run.
+    /// Return when fewer than `n` places are left on the ready lists (every destination's,
+    /// a held one's too), woken by the sessions taking entries. A virtual run injects its next
+    /// batch then: the sessions never run dry while a campaign is injected, and the wake-up
+    /// comes from the runtime's own tasks, so it falls at the same point in every run. One
+    /// waiter at a time (a second one's mark replaces the first's).
     pub async fn ready_below(&self, n: usize) {
+        /// Nobody waits once the wait ends, returned or dropped.
+        struct Unmark<'a>(&'a AtomicUsize);
+        impl Drop for Unmark<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Relaxed);
+            }
+        }
+        let _unmark = Unmark(&self.inner.ready_mark);
         loop {
             let low = self.inner.ready_low.notified();
             {
                 let st = self.inner.state.lock().expect("mta state");
                 if st.queue.ready_places() < n {
-                    self.inner.ready_mark.store(0, Ordering::Relaxed);
                     return;
                 }
                 self.inner.ready_mark.store(n, Ordering::Relaxed);
@@ -2182,7 +2191,13 @@ fn sign_all(
                     if let Some(w) = witness {
                         for (signer, signatures) in made.values() {
                             if let Some(public) = signer.ed25519_public() {
-                                w.signed(signer.domain(), signer.selector(), &public, signatures);
+                                w.signed(
+                                    signer.domain(),
+                                    signer.selector(),
+                                    &public,
+                                    signatures,
+                                    now_s,
+                                );
                             }
                         }
                     }

@@ -84,6 +84,8 @@ pub struct Queue {
     /// size a slot (a hash table keeps about twice as many slots as entries, all touched).
     entries: HashMap<u64, Box<QueueEntry>>,
     ready: BTreeMap<String, Ready>,
+    /// How many places `ready` holds, every domain's.
+    ready_places: usize,
     waiting: BinaryHeap<Reverse<(u64, u64)>>,
     holds: HashMap<String, u64>,
     /// Keep transactional entries apart and take them first (else one FIFO per domain).
@@ -119,6 +121,7 @@ impl Queue {
     /// Put `id` on its domain's ready list (its lane's, with lanes).
     fn make_ready(&mut self, domain: &str, id: u64, lane: Lane) {
         make_ready_in(&mut self.ready, self.lanes, domain, id, lane);
+        self.ready_places += 1;
     }
 
     pub fn len(&self) -> usize {
@@ -154,6 +157,7 @@ impl Queue {
             self.waiting.pop();
             if let Some(e) = self.entries.get(&id) {
                 make_ready_in(&mut self.ready, self.lanes, &e.domain, id, e.lane);
+                self.ready_places += 1;
             }
         }
         self.holds.retain(|_, until| *until > now_ms);
@@ -177,10 +181,10 @@ impl Queue {
             .map(|(d, q)| (d.as_str(), q.len()))
     }
 
-    /// How many places the ready lists hold, every domain's (an entry removed while ready
-    /// keeps its place until a take skips it).
+    /// How many places the ready lists hold, every domain's, a held one's too (an entry
+    /// removed while ready keeps its place until a take skips it).
     pub fn ready_places(&self) -> usize {
-        self.ready.values().map(Ready::len).sum()
+        self.ready_places
     }
 
     /// How many transactional entries of `domain` are ready (0 without lanes or on hold).
@@ -199,6 +203,7 @@ impl Queue {
         }
         let r = self.ready.get_mut(domain)?;
         while let Some(id) = r.transactional.pop_front() {
+            self.ready_places -= 1;
             if let Some(e) = self.entries.get(&id) {
                 return Some(QueueEntry::clone(e));
             }
@@ -207,6 +212,7 @@ impl Queue {
             return None;
         }
         while let Some(id) = r.bulk.pop_front() {
+            self.ready_places -= 1;
             if let Some(e) = self.entries.get(&id) {
                 return Some(QueueEntry::clone(e));
             }

@@ -325,7 +325,7 @@ impl<E: Env> Assembly<E> {
         )?;
         // A virtual run remembers the MTA's Ed25519 signatures as they are made.
         if let Some(f) = self.env.foresight() {
-            mta.set_signature_witness(Arc::new(f.signatures_ahead()));
+            mta.set_signature_witness(Arc::new(f.signatures_ahead(self.start_ms)));
         }
         Ok(mta)
     }

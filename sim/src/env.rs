@@ -9,7 +9,7 @@
 //! | the fleet's listeners | one TCP listener per MX host address | in-memory pipes |
 //! | connections | TCP from a source address | a pipe to the host at that address |
 //! | durability | fsync per batch | fsync at flush and close |
-//! | batch building | on blocking threads | built and signed on threads of their own, a batch ahead (a pure function of the scenario and the send's second); injected when fewer than half a batch is ready or the runtime has nothing to run ([`Idle`]), so the sessions deliver while the next batch is signed and the paused clock does not move |
+//! | batch building | on blocking threads | built and signed on threads of their own, up to two batches ahead (a pure function of the scenario and the send's second); each injected when fewer than 16,000 entries are on the ready lists or the runtime has nothing to run ([`Idle`]), so the sessions deliver while the next batches are signed and the paused clock does not move |
 //! | the receivers' verification and content reads | when a message arrives | also started on another thread as the MTA sends it; the receiver takes the answers, waits for them, or does the work itself if the thread has not started on it (the same answers: [`crate::foresight`]) |
 //!
 //! The event sink is made from the clock and the durability by [`crate::assemble`].
@@ -306,8 +306,22 @@ impl Env for LiveEnv {
     }
 }
 
+/// The runtime a virtual run runs on: one thread, the clock paused (it moves only when no task
+/// can run), and its `on_thread_park` hook calling the [`Idle`] returned, for the
+/// [`VirtualEnv`] made inside it.
+pub fn virtual_runtime() -> std::io::Result<(tokio::runtime::Runtime, Idle)> {
+    let idle = Idle::default();
+    let hook = idle.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .on_thread_park(move || hook.parked())
+        .build()?;
+    Ok((runtime, idle))
+}
+
 /// A paused clock, in-memory connections and DNS answered in-process. Create it inside the
-/// current-thread runtime with a paused clock that the run uses.
+/// runtime [`virtual_runtime`] made.
 pub struct VirtualEnv {
     clock: Arc<dyn Clock>,
     zones: Option<Zones>,
@@ -321,7 +335,8 @@ pub struct VirtualEnv {
 }
 
 impl VirtualEnv {
-    /// `idle` is the one the runtime's `on_thread_park` hook calls.
+    /// `idle` is the one [`virtual_runtime`] returned with the runtime (a run would otherwise
+    /// let the clock move while a send goes in).
     pub fn new(idle: Idle) -> Self {
         VirtualEnv {
             clock: Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS)),
@@ -585,7 +600,6 @@ impl AuthDns for Zones {
 
 #[cfg(test)]
 mod tests {
-    use super::Idle;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
@@ -595,14 +609,7 @@ mod tests {
     /// clock has not moved. Without a waiter, the clock moves on as usual.
     #[test]
     fn idle_is_when_nothing_else_can_run_and_before_the_clock_moves() {
-        let idle = Idle::default();
-        let hook = idle.clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .on_thread_park(move || hook.parked())
-            .build()
-            .unwrap();
+        let (rt, idle) = super::virtual_runtime().unwrap();
         rt.block_on(async {
             let start = tokio::time::Instant::now();
             let steps = Arc::new(AtomicU32::new(0));

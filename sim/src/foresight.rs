@@ -315,12 +315,13 @@ impl Foresight {
     }
 
     /// A witness of the MTA's Ed25519 signatures that remembers them in the memo as they are
-    /// made.
-    pub fn signatures_ahead(&self) -> SignaturesAhead {
+    /// made; the key records are read at the signatures' second, scenario time counting from
+    /// `start_ms`.
+    pub fn signatures_ahead(&self, start_ms: u64) -> SignaturesAhead {
         SignaturesAhead {
             memo: self.signatures.clone(),
             zones: self.zones.clone(),
-            elapsed: self.elapsed.clone(),
+            start_ms,
         }
     }
 
@@ -535,7 +536,8 @@ impl AheadVerifier {
 pub struct SignaturesAhead {
     memo: Arc<SignatureMemo>,
     zones: Arc<FaultyZones>,
-    elapsed: fake_dns::Elapsed,
+    /// The scenario's start on the run's clock.
+    start_ms: u64,
 }
 
 impl mailsim_mta::dkim::SignatureWitness for SignaturesAhead {
@@ -545,10 +547,14 @@ impl mailsim_mta::dkim::SignatureWitness for SignaturesAhead {
         selector: &str,
         public: &[u8; 32],
         made: &[mailsim_mta::dkim::Made],
+        at_s: u64,
     ) {
-        // The name as mail-auth asks it.
+        // The name as mail-auth asks it, and the key record the zones answer at the second
+        // signed for (a receiver whose zones answer otherwise when the message arrives misses
+        // the memo and verifies).
         let name = format!("{selector}._domainkey.{domain}.");
-        let answered = txt_texts(&self.zones, &name, (self.elapsed)());
+        let elapsed_ms = at_s.saturating_mul(1000).saturating_sub(self.start_ms);
+        let answered = txt_texts(&self.zones, &name, elapsed_ms);
         let made: Vec<([u8; 32], &[u8])> = made
             .iter()
             .map(|m| (*m.header_hash(), m.signature()))
@@ -797,10 +803,10 @@ mod tests {
         let with = Verifier::in_process(dns, "r.test")
             .unwrap()
             .with_memo(foresight.signatures());
-        let witness = foresight.signatures_ahead();
+        let witness = foresight.signatures_ahead(0);
         let witness = |signer: &Signer, selector: &str, made: &[mailsim_mta::dkim::Made]| {
             let public = signer.ed25519_public().expect("an Ed25519 signer");
-            witness.signed(signer.domain(), selector, &public, made)
+            witness.signed(signer.domain(), selector, &public, made, 0)
         };
         let signer = Signer::from_pkcs8("s.test", "sel", &key.pkcs8_der, true).unwrap();
         let message = |i: usize| {

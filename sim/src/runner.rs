@@ -24,9 +24,10 @@ use std::time::Duration;
 
 /// Messages built, signed and spooled per injection batch.
 const INJECT_BATCH: usize = 1000;
-/// A virtual run injects a send's next batch once fewer entries than this are ready: enough
-/// for every destination's sessions (the MTA opens one per 500 ready, 8 at most) to keep
-/// delivering while the batches after it are signed. Below it, batches go in one after the
+/// A virtual run injects a send's next batch once fewer than this many entries are on the
+/// ready lists (every destination's together): the MTA opens a session per 500 ready entries
+/// of a destination (8 at most), so four destinations keep all their sessions, more keep
+/// several each, while the batches after it are signed. Below it, batches go in one after the
 /// other.
 const READY_LOW_WATER: usize = 16 * INJECT_BATCH;
 
@@ -351,14 +352,8 @@ pub fn run_scenario_drained(
             .build()?
             .block_on(run(scenario, opts, LiveEnv::default(), "live")),
         Mode::Virtual => {
-            let idle = crate::env::Idle::default();
-            let hook = idle.clone();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .on_thread_park(move || hook.parked())
-                .build()?
-                .block_on(async { run(scenario, opts, VirtualEnv::new(idle), "virtual").await })
+            let (runtime, idle) = crate::env::virtual_runtime()?;
+            runtime.block_on(async { run(scenario, opts, VirtualEnv::new(idle), "virtual").await })
         }
     }
 }
@@ -801,14 +796,15 @@ async fn drive<E: Env>(
 
 /// The batches of a send's `count` messages (of [`INJECT_BATCH`]), built and passed to `sign`
 /// in order on a thread of their own, at most two ahead of the one taken (one waiting, one
-/// being built). The thread ends when they are all built or the receiver is dropped.
-fn built_ahead<T: Send + 'static>(
+/// being built). The thread ends when they are all built, after a batch `sign` refused, or
+/// when the receiver is dropped.
+fn built_ahead<T: Send + 'static, E: Send + 'static>(
     scenario: Arc<Scenario>,
     world: Arc<World>,
     tracking: Option<Arc<crate::web::Tracking>>,
-    sign: impl Fn(Vec<OutboundMessage>) -> T + Send + 'static,
+    sign: impl Fn(Vec<OutboundMessage>) -> Result<T, E> + Send + 'static,
     (count, send, date_s): (u64, u32, i64),
-) -> std::sync::mpsc::Receiver<T> {
+) -> std::sync::mpsc::Receiver<Result<T, E>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("builder".into())
@@ -824,7 +820,9 @@ fn built_ahead<T: Send + 'static>(
                     date_s,
                     tracking.as_deref(),
                 );
-                if tx.send(sign(batch)).is_err() {
+                let signed = sign(batch);
+                let failed = signed.is_err();
+                if tx.send(signed).is_err() || failed {
                     return;
                 }
                 start = end;
@@ -1149,10 +1147,10 @@ mod tests {
             Arc::new(scenario),
             world,
             None,
-            |batch| batch,
+            Ok::<_, std::convert::Infallible>,
             (count, 3, 1_767_225_600),
         );
-        let batches: Vec<Vec<OutboundMessage>> = built.iter().collect();
+        let batches: Vec<Vec<OutboundMessage>> = built.iter().map(Result::unwrap).collect();
         assert_eq!(
             batches.iter().map(Vec::len).collect::<Vec<_>>(),
             [INJECT_BATCH, INJECT_BATCH, 500]
