@@ -326,6 +326,40 @@ mod tests {
         );
     }
 
+    /// The running count of ready places is what the lists hold, whatever adds or takes
+    /// them: new entries, entries due again, takes (a lane's, with lanes), places whose entry
+    /// completed while ready (skipped by a take), a held domain's.
+    #[test]
+    fn the_ready_places_counted_are_the_places_listed() {
+        let listed = |q: &Queue| q.ready.values().map(Ready::len).sum::<usize>();
+        let mut q = Queue::with_lanes();
+        for id in 1..=6 {
+            let mut e = entry(id, if id % 2 == 0 { "a.test" } else { "b.test" });
+            if id == 5 {
+                e.lane = Lane::Transactional;
+            }
+            q.insert(e);
+        }
+        assert_eq!((q.ready_places(), listed(&q)), (6, 6));
+        assert_eq!(q.take_ready("b.test", true).unwrap().id, 5);
+        q.complete(1);
+        q.defer(5, 1, 100);
+        assert_eq!(q.take_ready("b.test", false).unwrap().id, 3, "1 skipped");
+        assert_eq!((q.ready_places(), listed(&q)), (3, 3));
+        q.hold_domain("a.test", 200);
+        q.promote_due(100);
+        assert_eq!((q.ready_places(), listed(&q)), (4, 4));
+        assert!(
+            q.take_ready("a.test", false).is_none(),
+            "held, still counted"
+        );
+        assert_eq!(q.ready_places(), 4);
+        q.promote_due(200);
+        while q.take_ready("a.test", false).is_some() {}
+        while q.take_ready("b.test", false).is_some() {}
+        assert_eq!((q.ready_places(), listed(&q)), (0, 0));
+    }
+
     #[test]
     fn deferred_entries_come_back_when_due_and_holds_block_a_domain() {
         let mut q = Queue::new();
