@@ -25,9 +25,7 @@ use mailsim_mta::dns::{Answer, HickoryResolver, Lookups, Resolver};
 use mailsim_mta::{Connector, TcpConnector};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::sync::Arc;
 
 /// The name the fleet's verifier gives itself in Authentication-Results.
 pub(crate) const VERIFIER_HOST: &str = "fleet.mailsim.test";
@@ -42,58 +40,21 @@ fn scenario_time(clock: Arc<dyn Clock>, start_ms: u64) -> fake_dns::Elapsed {
 }
 
 /// When a current-thread runtime has nothing left to run: its `on_thread_park` hook calls
-/// [`Idle::parked`], which wakes the task waiting in [`Idle::wait`] instead of letting the
-/// runtime park (and a paused clock move on). The point depends on the runtime's tasks alone,
-/// so a virtual run does the same thing there every time.
+/// [`Idle::parked`], which wakes the tasks waiting in [`Idle::wait`] instead of letting the
+/// runtime park (and a paused clock move on); no wake-up is kept for a later waiter. The point
+/// depends on the runtime's tasks alone, so a virtual run does the same thing there every time.
 #[derive(Clone, Default)]
-pub struct Idle(Arc<IdleInner>);
-
-#[derive(Default)]
-struct IdleInner {
-    waiter: Mutex<Option<Waker>>,
-    fired: AtomicBool,
-}
+pub struct Idle(Arc<tokio::sync::Notify>);
 
 impl Idle {
-    /// The runtime is about to park: wake the waiter, if any.
+    /// The runtime is about to park: wake the waiters, if any.
     pub fn parked(&self) {
-        let waiter = self.0.waiter.lock().ok().and_then(|mut w| w.take());
-        if let Some(w) = waiter {
-            self.0.fired.store(true, Ordering::Release);
-            w.wake();
-        }
+        self.0.notify_waiters();
     }
 
     /// Return when the runtime next runs out of work.
-    pub fn wait(&self) -> IdleWait<'_> {
-        self.0.fired.store(false, Ordering::Release);
-        IdleWait(self)
-    }
-}
-
-/// [`Idle::wait`]'s future; dropped, it is forgotten.
-pub struct IdleWait<'a>(&'a Idle);
-
-impl Future for IdleWait<'_> {
-    type Output = ();
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let idle = &self.0.0;
-        if idle.fired.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
-        if let Ok(mut w) = idle.waiter.lock() {
-            *w = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for IdleWait<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut w) = self.0.0.waiter.lock() {
-            *w = None;
-        }
+    pub fn wait(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.notified()
     }
 }
 
