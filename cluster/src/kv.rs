@@ -3,7 +3,7 @@
 
 use crate::{ClusterError, check_name, nats};
 use async_nats::jetstream::{Context, kv};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The run's bucket name.
 pub fn bucket_name(run: &str) -> String {
@@ -39,8 +39,9 @@ pub async fn wait_for(
     key: &str,
     within: Duration,
 ) -> Result<bytes::Bytes, ClusterError> {
-    // A deadline past what the clock can hold is no deadline.
-    let deadline = Instant::now().checked_add(within);
+    // On the runtime's timer (one past what the clock can hold is none).
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
     // A failed read (the server restarting, a timeout) is tried again until the deadline,
     // and named if it is the last word.
     loop {
@@ -49,13 +50,16 @@ pub async fn wait_for(
             Ok(None) => None,
             Err(e) => Some(e.to_string()),
         };
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let why = last_error.map_or_else(String::new, |e| format!(" (last read: {e})"));
-            return Err(ClusterError::Nats(format!(
-                "no {key:?} in the run's bucket within {within:?}{why}"
-            )));
+        tokio::select! {
+            biased;
+            () = &mut deadline => {
+                let why = last_error.map_or_else(String::new, |e| format!(" (last read: {e})"));
+                return Err(ClusterError::Nats(format!(
+                    "no {key:?} in the run's bucket within {within:?}{why}"
+                )));
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -69,14 +73,18 @@ pub async fn put(
     value: impl Into<bytes::Bytes>,
 ) -> Result<(), ClusterError> {
     let value = value.into();
-    let deadline = Instant::now() + PUT_RETRY_MAX;
+    let deadline = tokio::time::sleep(PUT_RETRY_MAX);
+    tokio::pin!(deadline);
     loop {
         match kv.put(key, value.clone()).await {
             Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(ClusterError::Nats(format!("putting {key:?}: {e}")));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => tokio::select! {
+                biased;
+                () = &mut deadline => {
+                    return Err(ClusterError::Nats(format!("putting {key:?}: {e}")));
+                }
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            },
         }
     }
 }
