@@ -3,7 +3,7 @@
 //!
 //! | what | [`LiveEnv`] | [`VirtualEnv`] |
 //! |---|---|---|
-//! | clock | the wall clock | the runtime's paused clock from 2026-01-01 |
+//! | clock | the wall clock | the runtime's paused clock from 2026-01-01, read as the runtime wakes from a park ([`VirtualClock`]) |
 //! | DNS | fake-dns on loopback UDP/TCP, asked through hickory-resolver | the zones answered in-process |
 //! | auth lookups (mail-auth) | over DNS to fake-dns | mail-auth's caches filled from the zones |
 //! | the fleet's listeners | one TCP listener per MX host address | in-memory pipes |
@@ -43,18 +43,77 @@ fn scenario_time(clock: Arc<dyn Clock>, start_ms: u64) -> fake_dns::Elapsed {
 /// [`Idle::parked`], which wakes the tasks waiting in [`Idle::wait`] instead of letting the
 /// runtime park (and a paused clock move on); no wake-up is kept for a later waiter. The point
 /// depends on the runtime's tasks alone, so a virtual run does the same thing there every time.
+///
+/// Its `on_thread_unpark` hook calls [`Idle::unparked`]: a paused clock moves only while the
+/// runtime parks (tokio advances it there, to the next timer), so the clock read then is the
+/// clock until the next park, and [`VirtualClock`] answers from that reading.
 #[derive(Clone, Default)]
-pub struct Idle(Arc<tokio::sync::Notify>);
+pub struct Idle {
+    waiters: Arc<tokio::sync::Notify>,
+    woken: Arc<Woken>,
+}
+
+/// The paused clock as the runtime last woke to it.
+#[derive(Default)]
+struct Woken {
+    /// Set by the [`VirtualClock`] made for the runtime (read inside it).
+    start: std::sync::OnceLock<tokio::time::Instant>,
+    elapsed_ms: std::sync::atomic::AtomicU64,
+}
 
 impl Idle {
     /// The runtime is about to park: wake the waiters, if any.
     pub fn parked(&self) {
-        self.0.notify_waiters();
+        self.waiters.notify_waiters();
+    }
+
+    /// The runtime woke from a park (the clock may have moved): read it.
+    pub fn unparked(&self) {
+        if let Some(start) = self.woken.start.get() {
+            let ms = start.elapsed().as_millis() as u64;
+            self.woken
+                .elapsed_ms
+                .store(ms, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Return when the runtime next runs out of work.
     pub fn wait(&self) -> tokio::sync::futures::Notified<'_> {
-        self.0.notified()
+        self.waiters.notified()
+    }
+}
+
+/// Virtual time from `epoch_ms`: the paused clock of the runtime [`virtual_runtime`] made, as
+/// it was when the runtime last woke from a park. The same instants as
+/// [`RuntimeClock`] (which reads the clock, a lock and the runtime's context, at every call:
+/// a twenty-fifth of a million-message run's critical thread), and the same from any thread.
+pub struct VirtualClock {
+    epoch_ms: u64,
+    woken: Arc<Woken>,
+}
+
+impl VirtualClock {
+    /// The clock of `idle`'s runtime, counted from now; inside that runtime. None when one
+    /// was made for it already (its count started then).
+    pub fn start(idle: &Idle, epoch_ms: u64) -> Option<VirtualClock> {
+        idle.woken.start.set(tokio::time::Instant::now()).ok()?;
+        idle.woken
+            .elapsed_ms
+            .store(0, std::sync::atomic::Ordering::Release);
+        Some(VirtualClock {
+            epoch_ms,
+            woken: idle.woken.clone(),
+        })
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now_ms(&self) -> u64 {
+        self.epoch_ms
+            + self
+                .woken
+                .elapsed_ms
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -268,15 +327,16 @@ impl Env for LiveEnv {
 }
 
 /// The runtime a virtual run runs on: one thread, the clock paused (it moves only when no task
-/// can run), and its `on_thread_park` hook calling the [`Idle`] returned, for the
-/// [`VirtualEnv`] made inside it.
+/// can run), and its `on_thread_park` and `on_thread_unpark` hooks calling the [`Idle`]
+/// returned, for the [`VirtualEnv`] made inside it.
 pub fn virtual_runtime() -> std::io::Result<(tokio::runtime::Runtime, Idle)> {
     let idle = Idle::default();
-    let hook = idle.clone();
+    let (park, unpark) = (idle.clone(), idle.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
-        .on_thread_park(move || hook.parked())
+        .on_thread_park(move || park.parked())
+        .on_thread_unpark(move || unpark.unparked())
         .build()?;
     Ok((runtime, idle))
 }
@@ -299,8 +359,12 @@ impl VirtualEnv {
     /// `idle` is the one [`virtual_runtime`] returned with the runtime (a run would otherwise
     /// let the clock move while a send goes in).
     pub fn new(idle: Idle) -> Self {
+        let clock: Arc<dyn Clock> = match VirtualClock::start(&idle, VIRTUAL_EPOCH_MS) {
+            Some(clock) => Arc::new(clock),
+            None => Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS)),
+        };
         VirtualEnv {
-            clock: Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS)),
+            clock,
             zones: None,
             net: None,
             foresight: None,
@@ -600,6 +664,44 @@ mod tests {
             sleeper.await.unwrap();
             assert_eq!(woke.load(Ordering::Relaxed), 1);
             assert_eq!(start.elapsed(), Duration::from_secs(10));
+        });
+    }
+
+    /// [`super::VirtualClock`] answers what the runtime's clock reads, after sleeps, timeouts,
+    /// yields and wake-ups from other tasks, and answers the same on another thread; a second
+    /// one for the same runtime is refused.
+    #[test]
+    fn the_clock_read_at_wake_up_is_the_runtimes_clock() {
+        use mailsim_events::{Clock, RuntimeClock};
+        let (rt, idle) = super::virtual_runtime().unwrap();
+        rt.block_on(async {
+            let epoch = super::VIRTUAL_EPOCH_MS;
+            let cached = Arc::new(super::VirtualClock::start(&idle, epoch).unwrap());
+            assert!(super::VirtualClock::start(&idle, epoch).is_none());
+            let read = RuntimeClock::new(epoch);
+            assert_eq!(cached.now_ms(), read.now_ms());
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..20u64 {
+                let (cached, read) = (cached.clone(), read);
+                tasks.spawn(async move {
+                    for j in 0..5u64 {
+                        tokio::time::sleep(Duration::from_millis(137 * i + 1009 * j)).await;
+                        assert_eq!(cached.now_ms(), read.now_ms());
+                        tokio::task::yield_now().await;
+                        assert_eq!(cached.now_ms(), read.now_ms());
+                        let never = std::future::pending::<()>();
+                        let _ = tokio::time::timeout(Duration::from_millis(j + 1), never).await;
+                        assert_eq!(cached.now_ms(), read.now_ms());
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {
+                assert_eq!(cached.now_ms(), read.now_ms());
+            }
+            let there = cached.clone();
+            let elsewhere = std::thread::spawn(move || there.now_ms()).join().unwrap();
+            assert_eq!(elsewhere, read.now_ms());
+            assert!(read.now_ms() > epoch + 19 * 137 + 4 * 1009);
         });
     }
 }
