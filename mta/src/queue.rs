@@ -82,12 +82,13 @@ pub struct QueueEntry {
 pub struct Queue {
     /// Boxed: a million queued entries then cost the map 16 bytes a slot, not the entry's
     /// size a slot (a hash table keeps about twice as many slots as entries, all touched).
-    entries: HashMap<u64, Box<QueueEntry>>,
+    /// foldhash: every take and look-ahead hashes an id, and SipHash costs more than the probe.
+    entries: HashMap<u64, Box<QueueEntry>, foldhash::fast::RandomState>,
     ready: BTreeMap<String, Ready>,
     /// How many places `ready` holds, every domain's.
     ready_places: usize,
     waiting: BinaryHeap<Reverse<(u64, u64)>>,
-    holds: HashMap<String, u64>,
+    holds: HashMap<String, u64, foldhash::fast::RandomState>,
     /// Keep transactional entries apart and take them first (else one FIFO per domain).
     lanes: bool,
 }
