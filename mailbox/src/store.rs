@@ -23,6 +23,8 @@ pub struct Maildir {
     /// The thread writing the blocks of a store that does not sync (started with its first
     /// block).
     writer: Mutex<Option<BlockWriter>>,
+    /// The last From line's date, by the second it was made for (copies come many a second).
+    from_date: Mutex<(i64, String)>,
 }
 
 /// Most mbox files kept open at once (then all are flushed, closed and opened again as needed).
@@ -252,6 +254,7 @@ impl Maildir {
             counter: AtomicU64::new(0),
             tag: tag.replace(['/', '.'], "_"),
             mboxes: Mutex::default(),
+            from_date: Mutex::default(),
             writer: Mutex::default(),
         }
     }
@@ -355,17 +358,26 @@ impl Maildir {
             let path = path.to_path_buf();
             move |source| StoreError { path, source }
         };
-        let when = chrono::DateTime::from_timestamp(unix_s, 0).unwrap_or_default();
         // The From line's address: the envelope sender, or MAILER-DAEMON for the null one.
         // (A quoted local part may hold spaces, which the From line cannot.)
-        let sender = match sender.trim() {
-            "" => "MAILER-DAEMON".to_string(),
-            s => s.replace(char::is_whitespace, "_"),
+        let sender: std::borrow::Cow<'_, str> = match sender.trim() {
+            "" => "MAILER-DAEMON".into(),
+            s if s.contains(char::is_whitespace) => s.replace(char::is_whitespace, "_").into(),
+            s => s.into(),
         };
         let mut out = Vec::with_capacity(message.len() + 64);
-        out.extend_from_slice(
-            format!("From {sender} {}\n", when.format("%a %b %e %H:%M:%S %Y")).as_bytes(),
-        );
+        out.extend_from_slice(b"From ");
+        out.extend_from_slice(sender.as_bytes());
+        out.push(b' ');
+        {
+            let mut date = self.from_date.lock().unwrap_or_else(|e| e.into_inner());
+            if date.1.is_empty() || date.0 != unix_s {
+                let when = chrono::DateTime::from_timestamp(unix_s, 0).unwrap_or_default();
+                *date = (unix_s, when.format("%a %b %e %H:%M:%S %Y").to_string());
+            }
+            out.extend_from_slice(date.1.as_bytes());
+        }
+        out.push(b'\n');
         for line in message.split_inclusive(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\n").unwrap_or(line);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
