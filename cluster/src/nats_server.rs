@@ -45,9 +45,11 @@ impl NatsServer {
                 "nats-server not found (Debian: apt-get install nats-server)",
             )
         })?;
-        std::fs::create_dir_all(store)?;
         let ports_dir = store.join("ports");
-        std::fs::create_dir_all(&ports_dir)?;
+        std::fs::create_dir_all(&ports_dir).map_err(|e| named(&ports_dir, e))?;
+        // Its log, quoted when it fails to start (a port taken, a store it cannot recover).
+        let log_path = store.join("nats-server.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| named(&log_path, e))?;
         let port_arg = if port == 0 {
             "-1".to_string()
         } else {
@@ -59,14 +61,16 @@ impl NatsServer {
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()?;
         let mut server = NatsServer {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             store: store.to_path_buf(),
         };
-        server.addr = server.wait_ready(&ports_dir)?;
+        server.addr = server
+            .wait_ready(&ports_dir)
+            .map_err(|e| std::io::Error::other(format!("{e}{}", log_tail(&log_path))))?;
         Ok(server)
     }
 
@@ -83,9 +87,11 @@ impl NatsServer {
             None => return Err(std::io::Error::other("nats-server was not started")),
         };
         let suffix = format!("_{pid}.ports");
+        let mut named_port = None;
         // 200 tries 50 ms apart: 10 s at least.
         for _ in 0..200 {
-            if let Some(addr) = ports_file_addr(ports_dir, &suffix)?
+            named_port = ports_file_addr(ports_dir, &suffix)?;
+            if let Some(addr) = named_port
                 && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             {
                 return Ok(addr);
@@ -94,18 +100,19 @@ impl NatsServer {
                 && let Some(status) = child.try_wait()?
             {
                 return Err(std::io::Error::other(format!(
-                    "nats-server (port {}) exited at start: {status}",
+                    "nats-server (pid {pid}, port {}) exited at start: {status}",
                     port_name(self.addr.port())
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let why = match named_port {
+            Some(addr) => format!("its ports file names {addr}, which took no connection"),
+            None => format!("no ports file *{suffix} in {}", ports_dir.display()),
+        };
         Err(std::io::Error::other(format!(
-            "nats-server (pid {pid}, port {}) did not listen in 200 tries 50 ms apart \
-             (no ports file {} in {})",
+            "nats-server (pid {pid}, port {}) did not listen in 200 tries 50 ms apart: {why}",
             port_name(self.addr.port()),
-            suffix,
-            ports_dir.display()
         )))
     }
 
@@ -126,6 +133,23 @@ impl NatsServer {
     }
 }
 
+/// `e` with the path it was about.
+fn named(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The last lines of the server's log, to quote in an error ("" when it has none).
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join("\n  ");
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; the end of {}:\n  {tail}", path.display())
+    }
+}
+
 fn port_name(port: u16) -> String {
     match port {
         0 => "picked by the server".to_string(),
@@ -140,8 +164,8 @@ fn ports_file_addr(dir: &Path, suffix: &str) -> std::io::Result<Option<SocketAdd
     struct Ports {
         nats: Vec<String>,
     }
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| named(dir, e))? {
+        let path = entry.map_err(|e| named(dir, e))?.path();
         if !path
             .file_name()
             .and_then(|n| n.to_str())
@@ -149,7 +173,8 @@ fn ports_file_addr(dir: &Path, suffix: &str) -> std::io::Result<Option<SocketAdd
         {
             continue;
         }
-        let Ok(ports) = serde_json::from_slice::<Ports>(&std::fs::read(&path)?) else {
+        let bytes = std::fs::read(&path).map_err(|e| named(&path, e))?;
+        let Ok(ports) = serde_json::from_slice::<Ports>(&bytes) else {
             return Ok(None);
         };
         let addr = ports
