@@ -18,7 +18,7 @@ use crate::fleet::{Fleet, FleetServers};
 use crate::foresight::Foresight;
 use crate::virt::VirtualNet;
 use fake_dns::{DnsServer, FaultyZones, InProcess, RecordData, RecordType, Resolution};
-use mailsim_events::{Clock, Durability, RuntimeClock, SystemClock};
+use mailsim_events::{Clock, Durability, SystemClock};
 use mailsim_mailbox::auth::Verifier;
 use mailsim_mailbox::auth_dns::AuthDns;
 use mailsim_mta::dns::{Answer, HickoryResolver, Lookups, Resolver};
@@ -47,7 +47,10 @@ fn scenario_time(clock: Arc<dyn Clock>, start_ms: u64) -> fake_dns::Elapsed {
 /// Its `on_thread_unpark` hook calls [`Idle::unparked`]: a paused clock moves only while the
 /// runtime parks (tokio advances it there, to the next timer), so the clock read then is the
 /// clock until the next park, and [`VirtualClock`] answers from that reading.
-#[derive(Clone, Default)]
+///
+/// Only [`virtual_runtime`] makes one: an `Idle` whose hooks no runtime calls would leave a
+/// [`VirtualClock`] at its start.
+#[derive(Clone)]
 pub struct Idle {
     waiters: Arc<tokio::sync::Notify>,
     woken: Arc<Woken>,
@@ -85,7 +88,7 @@ impl Idle {
 
 /// Virtual time from `epoch_ms`: the paused clock of the runtime [`virtual_runtime`] made, as
 /// it was when the runtime last woke from a park. The same instants as
-/// [`RuntimeClock`] (which reads the clock, a lock and the runtime's context, at every call:
+/// [`mailsim_events::RuntimeClock`] (which reads the clock, a lock and the runtime's context, at every call:
 /// a twenty-fifth of a million-message run's critical thread), and the same from any thread.
 pub struct VirtualClock {
     epoch_ms: u64,
@@ -93,14 +96,17 @@ pub struct VirtualClock {
 }
 
 impl VirtualClock {
-    /// The clock of `idle`'s runtime, counted from now; inside that runtime. None when one
-    /// was made for it already (its count started then).
-    pub fn start(idle: &Idle, epoch_ms: u64) -> Option<VirtualClock> {
-        idle.woken.start.set(tokio::time::Instant::now()).ok()?;
+    /// The clock of `idle`'s runtime, counted from now; inside that runtime. An error when
+    /// one was made for it already (its count started then).
+    pub fn start(idle: &Idle, epoch_ms: u64) -> anyhow::Result<VirtualClock> {
+        idle.woken
+            .start
+            .set(tokio::time::Instant::now())
+            .map_err(|_| anyhow::anyhow!("a virtual clock was made for this runtime already"))?;
         idle.woken
             .elapsed_ms
             .store(0, std::sync::atomic::Ordering::Release);
-        Some(VirtualClock {
+        Ok(VirtualClock {
             epoch_ms,
             woken: idle.woken.clone(),
         })
@@ -330,7 +336,10 @@ impl Env for LiveEnv {
 /// can run), and its `on_thread_park` and `on_thread_unpark` hooks calling the [`Idle`]
 /// returned, for the [`VirtualEnv`] made inside it.
 pub fn virtual_runtime() -> std::io::Result<(tokio::runtime::Runtime, Idle)> {
-    let idle = Idle::default();
+    let idle = Idle {
+        waiters: Arc::default(),
+        woken: Arc::default(),
+    };
     let (park, unpark) = (idle.clone(), idle.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -358,19 +367,17 @@ pub struct VirtualEnv {
 impl VirtualEnv {
     /// `idle` is the one [`virtual_runtime`] returned with the runtime (a run would otherwise
     /// let the clock move while a send goes in).
-    pub fn new(idle: Idle) -> Self {
-        let clock: Arc<dyn Clock> = match VirtualClock::start(&idle, VIRTUAL_EPOCH_MS) {
-            Some(clock) => Arc::new(clock),
-            None => Arc::new(RuntimeClock::new(VIRTUAL_EPOCH_MS)),
-        };
-        VirtualEnv {
+    /// One per runtime: its clock counts from here (an error for a second one).
+    pub fn new(idle: Idle) -> anyhow::Result<Self> {
+        let clock = Arc::new(VirtualClock::start(&idle, VIRTUAL_EPOCH_MS)?);
+        Ok(VirtualEnv {
             clock,
             zones: None,
             net: None,
             foresight: None,
             foresee: std::env::var("MAILSIM_FORESIGHT").map_or(true, |v| v != "0"),
             idle,
-        }
+        })
     }
 
     fn zones(&self) -> anyhow::Result<Zones> {
@@ -677,7 +684,7 @@ mod tests {
         rt.block_on(async {
             let epoch = super::VIRTUAL_EPOCH_MS;
             let cached = Arc::new(super::VirtualClock::start(&idle, epoch).unwrap());
-            assert!(super::VirtualClock::start(&idle, epoch).is_none());
+            assert!(super::VirtualClock::start(&idle, epoch).is_err());
             let read = RuntimeClock::new(epoch);
             assert_eq!(cached.now_ms(), read.now_ms());
             let mut tasks = tokio::task::JoinSet::new();

@@ -353,7 +353,7 @@ pub fn run_scenario_drained(
             .block_on(run(scenario, opts, LiveEnv::default(), "live")),
         Mode::Virtual => {
             let (runtime, idle) = crate::env::virtual_runtime()?;
-            runtime.block_on(async { run(scenario, opts, VirtualEnv::new(idle), "virtual").await })
+            runtime.block_on(async { run(scenario, opts, VirtualEnv::new(idle)?, "virtual").await })
         }
     }
 }
