@@ -13,7 +13,11 @@ fn servers_started_at_once_listen_on_ports_of_their_own_and_a_taken_port_is_name
     });
     assert_ne!(a.addr, b.addr);
     for server in [&a, &b] {
-        assert!(std::net::TcpStream::connect(server.addr).is_ok(), "{}", server.addr);
+        assert!(
+            std::net::TcpStream::connect(server.addr).is_ok(),
+            "{}",
+            server.addr
+        );
     }
     // A third on a's port cannot listen: its error names the port and quotes its log.
     let e = NatsServer::start(&dir.path().join("c"), a.addr.port())
@@ -22,5 +26,8 @@ fn servers_started_at_once_listen_on_ports_of_their_own_and_a_taken_port_is_name
         .to_string();
     assert!(e.contains(&a.addr.port().to_string()), "{e}");
     assert!(e.contains("exited at start"), "{e}");
-    assert!(e.contains("nats-server.log") && e.contains("address already in use"), "{e}");
+    assert!(
+        e.contains("nats-server.log") && e.contains("address already in use"),
+        "{e}"
+    );
 }
