@@ -103,9 +103,7 @@ impl VirtualClock {
             .start
             .set(tokio::time::Instant::now())
             .map_err(|_| anyhow::anyhow!("a virtual clock was made for this runtime already"))?;
-        idle.woken
-            .elapsed_ms
-            .store(0, std::sync::atomic::Ordering::Release);
+        // elapsed_ms is still 0: `unparked` reads nothing before the start is set.
         Ok(VirtualClock {
             epoch_ms,
             woken: idle.woken.clone(),
@@ -360,14 +358,14 @@ pub struct VirtualEnv {
     /// Start [`Foresight`] with the DNS (`MAILSIM_FORESIGHT=0` turns it off: the peer a
     /// benchmark measures it against, and the test that it changes nothing recorded).
     foresee: bool,
-    /// Called by the runtime's `on_thread_park` hook.
+    /// Called by the runtime's park and unpark hooks; also the clock's reading.
     idle: Idle,
 }
 
 impl VirtualEnv {
     /// `idle` is the one [`virtual_runtime`] returned with the runtime (a run would otherwise
-    /// let the clock move while a send goes in).
-    /// One per runtime: its clock counts from here (an error for a second one).
+    /// let the clock move while a send goes in). One per runtime: its clock counts from here
+    /// (an error for a second one).
     pub fn new(idle: Idle) -> anyhow::Result<Self> {
         let clock = Arc::new(VirtualClock::start(&idle, VIRTUAL_EPOCH_MS)?);
         Ok(VirtualEnv {
