@@ -1282,6 +1282,20 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         break;
                     }
                 }
+                Err(ClientError::Reset(why)) => {
+                    // The server dropped or refused the RSET that went ahead of this
+                    // transaction: it never began it, so the entry is not tried, and the
+                    // connection ends as after a refused RSET on its own.
+                    tracing::debug!(domain, mx, "RSET before a transaction: {why}");
+                    inner
+                        .state
+                        .lock()
+                        .expect("mta state")
+                        .queue
+                        .put_back(&entry);
+                    throttled = true;
+                    break;
+                }
                 Err(e) => {
                     // A spool failing in the middle of DATA ends the connection too, but says
                     // nothing of the destination.
@@ -2332,5 +2346,171 @@ mod sign_ahead_tests {
             assert!(a.contains(&format!("t={now_s};")), "{a}");
             assert!(a.ends_with(&format!("Hello {i}\r\n")), "{a}");
         }
+    }
+}
+
+#[cfg(test)]
+mod reset_tests {
+    use super::*;
+    use crate::dns::Answer;
+    use mailsim_events::{EventLog, RuntimeClock};
+    use std::net::Ipv4Addr;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// Every domain's MX is 127.0.0.1.
+    struct Loopback;
+
+    impl crate::dns::Lookups for Loopback {
+        async fn mx(&self, domain: &str) -> Answer<(u16, String)> {
+            Answer::Records(vec![(10, format!("mx.{domain}"))])
+        }
+        async fn a(&self, _: &str) -> Answer<IpAddr> {
+            Answer::Records(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
+        }
+        async fn txt(&self, _: &str) -> Answer<String> {
+            Answer::NoRecords
+        }
+    }
+
+    /// A pipelining server that refuses `gone@r.test` at RCPT and keeps the sender after
+    /// DATA's 554, as Postfix does. On its first connection it answers the RSET after that
+    /// refusal with 421 and closes. It tells what it took: (connection, recipient).
+    async fn serve(
+        listener: tokio::net::TcpListener,
+        took: tokio::sync::mpsc::UnboundedSender<(u32, String)>,
+    ) {
+        for n in 1.. {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let took = took.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                let _ = w.write_all(b"220 script ESMTP\r\n").await;
+                let (mut rcpt, mut in_mail, mut in_data) = (None::<String>, false, false);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: &[u8] = if in_data {
+                        if line != "." {
+                            continue;
+                        }
+                        in_data = false;
+                        in_mail = false;
+                        let _ = took.send((n, rcpt.take().unwrap_or_default()));
+                        b"250 2.0.0 queued\r\n"
+                    } else if line.starts_with("EHLO") {
+                        b"250-script\r\n250 PIPELINING\r\n"
+                    } else if line == "RSET" && n == 1 {
+                        let _ = w.write_all(b"421 4.3.2 going away\r\n").await;
+                        return;
+                    } else if line == "RSET" {
+                        in_mail = false;
+                        b"250 2.0.0 ok\r\n"
+                    } else if line.starts_with("MAIL") && in_mail {
+                        b"503 5.5.1 Error: nested MAIL command\r\n"
+                    } else if line.starts_with("MAIL") {
+                        in_mail = true;
+                        b"250 2.1.0 ok\r\n"
+                    } else if let Some(to) = line.strip_prefix("RCPT TO:<") {
+                        let to = to.trim_end_matches('>');
+                        if to == "gone@r.test" {
+                            b"550 5.1.1 no such user\r\n"
+                        } else {
+                            rcpt = Some(to.to_string());
+                            b"250 2.1.5 ok\r\n"
+                        }
+                    } else if line == "DATA" && rcpt.is_some() {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    } else if line == "DATA" {
+                        b"554 5.5.1 Error: no valid recipients\r\n"
+                    } else if line == "QUIT" {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"500 5.5.2 what\r\n"
+                    };
+                    if w.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// After a refused recipient, the next one's transaction starts with RSET. A server that
+    /// refuses that RSET and closes never began the transaction: its recipient is not counted
+    /// as tried, and is delivered on the next connection at its first attempt.
+    #[tokio::test]
+    async fn a_recipient_behind_a_refused_reset_is_tried_on_the_next_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(serve(listener, took_tx));
+        let clock: Arc<dyn Clock> = Arc::new(RuntimeClock::new(1_767_225_600_000));
+        let path = dir.path().join("events.log");
+        let log = EventLog::create(&path, clock.clone()).unwrap();
+        let cfg = MtaConfig {
+            remote_port: port,
+            conns_per_domain_max: 1,
+            ..MtaConfig::default()
+        };
+        let mta = Mta::new(
+            cfg,
+            Loopback,
+            TcpConnector { source_ip: None },
+            Spool::open(&dir.path().join("spool")).unwrap(),
+            Vec::new(),
+            Arc::new(Suppression::open(&dir.path().join("suppressed")).unwrap()),
+            log.sink(),
+        );
+        let message = |rcpt: &str| OutboundMessage {
+            from: "news@s.test".into(),
+            rcpts: vec![rcpt.to_string()],
+            message_id: format!("<{rcpt}>"),
+            body: format!("From: news@s.test\r\nTo: {rcpt}\r\nSubject: t\r\n\r\nhello\r\n")
+                .into_bytes(),
+            lane: Lane::Bulk,
+            campaign: None,
+        };
+        let batch = vec![message("gone@r.test"), message("here@r.test")];
+        let ids = mta.inject(batch).unwrap();
+        assert_eq!(ids.len(), 2);
+        let mut queued = mta.queued_watch();
+        let drained = async move {
+            let _ = queued.wait_for(|n| *n == 0).await;
+        };
+        tokio::time::timeout(Duration::from_secs(20), mta.run(drained))
+            .await
+            .expect("the queue drains");
+        drop(mta);
+        log.close().unwrap();
+        // The server's account: here@r.test taken once, not on the first connection (the
+        // bounce report to news@s.test went through it too).
+        let mut taken = Vec::new();
+        while let Ok((conn, rcpt)) = took.try_recv() {
+            if rcpt.ends_with("@r.test") {
+                taken.push((conn > 1, rcpt));
+            }
+        }
+        assert_eq!(taken, [(true, "here@r.test".to_string())]);
+        let (records, _) = mailsim_events::read_log(&path).unwrap();
+        let delivered: Vec<(String, u32)> = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Delivered { rcpt, attempts, .. } if rcpt.ends_with("@r.test") => {
+                    Some((rcpt.clone(), *attempts))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, [("here@r.test".to_string(), 1)]);
+        assert!(
+            !records
+                .iter()
+                .any(|r| matches!(&r.event, Event::Deferred { .. })),
+            "nothing was deferred"
+        );
     }
 }

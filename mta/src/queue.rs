@@ -243,6 +243,21 @@ impl Queue {
             .take(n)
     }
 
+    /// Give back an entry [`Queue::take_ready`] gave that was not tried (its connection
+    /// failed before its transaction began): first on its ready list again.
+    pub fn put_back(&mut self, entry: &QueueEntry) {
+        if !self.entries.contains_key(&entry.id) {
+            return;
+        }
+        let ready = self.ready.entry(entry.domain.clone()).or_default();
+        if self.lanes && entry.lane == Lane::Transactional {
+            ready.transactional.push_front(entry.id);
+        } else {
+            ready.bulk.push_front(entry.id);
+        }
+        self.ready_places += 1;
+    }
+
     /// Schedule another attempt at `due_ms`, recording the attempt count.
     pub fn defer(&mut self, id: u64, attempts: u32, due_ms: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
@@ -359,6 +374,32 @@ mod tests {
         while q.take_ready("a.test", false).is_some() {}
         while q.take_ready("b.test", false).is_some() {}
         assert_eq!((q.ready_places(), listed(&q)), (0, 0));
+    }
+
+    /// An entry given back untried is the next taken, in its lane, and counted ready again;
+    /// one completed meanwhile is not given back.
+    #[test]
+    fn an_entry_put_back_is_taken_next() {
+        let mut q = Queue::with_lanes();
+        for id in 1..=3 {
+            q.insert(entry(id, "a.test"));
+        }
+        let mut t = entry(4, "a.test");
+        t.lane = Lane::Transactional;
+        q.insert(t);
+        let first = q.take_ready("a.test", false).unwrap();
+        let second = q.take_ready("a.test", false).unwrap();
+        assert_eq!((first.id, second.id, q.ready_places()), (4, 1, 2));
+        q.put_back(&second);
+        q.put_back(&first);
+        assert_eq!(q.ready_places(), 4);
+        assert_eq!(q.take_ready("a.test", true).unwrap().id, 4);
+        assert_eq!(q.take_ready("a.test", false).unwrap().id, 1);
+        let again = q.take_ready("a.test", false).unwrap();
+        q.complete(again.id);
+        q.put_back(&again);
+        assert_eq!(q.ready_places(), 1);
+        assert_eq!(q.take_ready("a.test", false).unwrap().id, 3);
     }
 
     #[test]

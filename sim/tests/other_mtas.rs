@@ -4,7 +4,8 @@
 //! run's figures are checked against each MTA's own log: every delivery and every bounce
 //! accounted for, nothing double-counted, the run over by itself. The test command installs
 //! Postfix ("No configuration") and unpacks Exim's package (Debian's MTA packages conflict with
-//! each other); both daemons start as root.
+//! each other); both daemons start as root. Postfix's smtpd also receives from mailsim's own
+//! SMTP client, to hold it to how a real server keeps a transaction.
 
 mod common;
 
@@ -250,12 +251,14 @@ impl Drop for Postfix {
 }
 
 /// Postfix on 127.0.0.1:`port` with its own configuration and queue under `dir`: no DNS, every
-/// domain of `routes` sent to its fleet host on `fleet_port`, retries after a second.
+/// domain of `routes` sent to its fleet host on `fleet_port`, retries after a second; `extra`
+/// lines go at the end of its main.cf.
 fn start_postfix(
     dir: &Path,
     port: u16,
     routes: &[(String, std::net::Ipv4Addr)],
     fleet_port: u16,
+    extra: &str,
 ) -> Postfix {
     let pf = dir.join("postfix");
     let conf = pf.join("conf");
@@ -303,6 +306,7 @@ minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 maillog_file_prefixes = {dir}
 maillog_file = {log}
+{extra}
 ",
             dir = dir.display(),
             queue = pf.join("queue").display(),
@@ -378,7 +382,7 @@ fn postfix_outcomes(log: &str, sender_domain: &str) -> BTreeMap<String, String> 
 fn postfix_is_measured_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path());
-    let _postfix = start_postfix(dir.path(), s.mta_port, &s.routes, s.fleet_port);
+    let _postfix = start_postfix(dir.path(), s.mta_port, &s.routes, s.fleet_port, "");
     let log = || std::fs::read_to_string(dir.path().join("postfix.log")).unwrap_or_default();
     let said = measure(
         &s,
@@ -404,6 +408,80 @@ fn postfix_is_measured_exactly() {
         assert!(text.contains("(using TLSv1."), "{}", f.display());
     }
     eprintln!("postfix: {said}; {trusted} trusted TLS connections");
+}
+
+/// mailsim's SMTP client against Postfix's smtpd. With PIPELINING, Postfix answers DATA "554
+/// 5.5.1 Error: no valid recipients" when every recipient was refused, but keeps the sender:
+/// a MAIL after it without RSET gets "503 5.5.1 Error: nested MAIL command" (which an MTA reads
+/// as a permanent refusal of the next recipient). The client resets first, and Postfix takes
+/// the next recipient: its own log says so.
+#[tokio::test]
+async fn after_a_refused_pipelined_transaction_postfix_takes_the_next() {
+    use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts};
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    // Mail for r.test goes nowhere: it waits in Postfix's queue.
+    let _postfix = start_postfix(
+        dir.path(),
+        port,
+        &[("r.test".into(), std::net::Ipv4Addr::LOCALHOST)],
+        common::free_port(),
+        "smtpd_recipient_restrictions = check_recipient_access inline:{ gone@r.test=REJECT }, \
+         permit_mynetworks, reject\ndefer_transports = smtp",
+    );
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut client = SmtpClient::new(stream, SmtpTimeouts::default());
+    let said = client.handshake("client.test").await.unwrap();
+    assert_eq!(said.last().map(|(_, r)| r.code), Some(250), "{said:?}");
+    assert!(client.caps.pipelining, "Postfix offers PIPELINING");
+    let body = b"From: a@client.test\r\nTo: x@r.test\r\nSubject: t\r\n\
+                 Message-ID: <m@client.test>\r\n\r\nhello\r\n";
+    let mut outcomes = Vec::new();
+    for rcpt in ["gone@r.test", "here@r.test", "gone@r.test", "also@r.test"] {
+        let env = Envelope {
+            from: "a@client.test",
+            rcpt,
+            body,
+        };
+        let o = client.transaction(&env).await.unwrap();
+        outcomes.push((rcpt, o.decisive.code, o.decisive_command));
+    }
+    client.quit().await;
+    let log = dir.path().join("postfix.log");
+    assert_eq!(
+        outcomes,
+        [
+            ("gone@r.test", 554, "RCPT"),
+            ("here@r.test", 250, "DATA"),
+            ("gone@r.test", 554, "RCPT"),
+            ("also@r.test", 250, "DATA"),
+        ],
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // Postfix's own account: two recipients refused at RCPT, two messages queued, no command
+    // out of order.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("message-id=<m@client.test>").count() >= 2 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        text.matches("NOQUEUE: reject: RCPT from").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("message-id=<m@client.test>").count(),
+        2,
+        "{text}"
+    );
+    assert!(!text.contains("nested MAIL"), "{text}");
 }
 
 /// Where the test command unpacks Debian's exim4-daemon-light (the package itself would remove

@@ -54,6 +54,11 @@ pub enum ClientError {
     /// connection is in the middle of DATA and unusable.
     #[error("DATA: the message could not be read: {0}")]
     Message(std::io::Error),
+    /// The RSET that went first in this transaction's commands (the one before it ended short
+    /// of its data) was refused or lost: the server never began this transaction, and the
+    /// connection is not fit for it. Try it on another connection.
+    #[error("RSET: {0}")]
+    Reset(String),
 }
 
 /// What the server said it supports in its EHLO reply.
@@ -178,12 +183,16 @@ pub enum Step {
     Message,
     /// The transaction is over.
     Done(TransactionOutcome),
+    /// The transaction cannot go on, and its recipient is not decided ([`ClientError::Reset`]).
+    Failed(ClientError),
 }
 
 /// Where a transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     SendMail,
+    /// The reply to the RSET that went first (see [`ClientTransaction::following`]).
+    ReadReset,
     ReadMail,
     SendRcpt,
     ReadRcpt,
@@ -215,6 +224,10 @@ pub struct ClientTransaction {
     data: Option<Reply>,
     replies: Vec<(&'static str, Reply)>,
     after_rset: Option<TransactionOutcome>,
+    /// RSET went first in this transaction's commands.
+    reset_first: bool,
+    /// It ended short of its data with PIPELINING: the next one on the connection resets first.
+    owes_reset: bool,
 }
 
 /// `RCPT TO:<rcpt>` and its line end.
@@ -233,6 +246,23 @@ impl ClientTransaction {
     /// `out` and the first step returned. The message itself is asked for with
     /// [`Step::Message`] when the server takes it.
     pub fn new(env: &EnvelopeHead<'_>, caps: &Capabilities, out: &mut Vec<u8>) -> (Self, Step) {
+        Self::following(env, caps, false, out)
+    }
+
+    /// [`ClientTransaction::new`] for a transaction that follows, on the same connection, one
+    /// that [owes a reset](ClientTransaction::owes_reset) (`reset`, with PIPELINING): RSET
+    /// goes first, in the same write as MAIL, RCPT and DATA (RFC 2920 section 3.1 lets RSET
+    /// stand anywhere in a group), so the reset costs no round trip of its own.
+    pub fn following(
+        env: &EnvelopeHead<'_>,
+        caps: &Capabilities,
+        reset: bool,
+        out: &mut Vec<u8>,
+    ) -> (Self, Step) {
+        let reset_first = reset && caps.pipelining;
+        if reset_first {
+            out.extend_from_slice(b"RSET\r\n");
+        }
         out.extend_from_slice(b"MAIL FROM:<");
         out.extend_from_slice(env.from.as_bytes());
         out.push(b'>');
@@ -260,13 +290,28 @@ impl ClientTransaction {
             data: None,
             replies: Vec::with_capacity(4),
             after_rset: None,
+            reset_first,
+            owes_reset: false,
         };
-        (t, send("MAIL", Wait::Command))
+        (
+            t,
+            send(if reset_first { "RSET" } else { "MAIL" }, Wait::Command),
+        )
+    }
+
+    /// The transaction ended, with PIPELINING, before the server took its data (a refused
+    /// sender or recipient, DATA refused): the server may still hold its sender (Postfix
+    /// answers the next MAIL "503 5.5.1 Error: nested MAIL command"), so the next transaction
+    /// on the connection goes with RSET first ([`ClientTransaction::following`]). Without
+    /// PIPELINING the transaction sent its RSET itself.
+    pub fn owes_reset(&self) -> bool {
+        self.owes_reset
     }
 
     /// The output was sent.
     pub fn sent(&mut self) -> Step {
         let (state, phase, wait) = match self.state {
+            State::SendMail if self.reset_first => (State::ReadReset, "RSET", Wait::Command),
             State::SendMail => (State::ReadMail, "MAIL", Wait::Command),
             State::SendRcpt => (State::ReadRcpt, "RCPT", Wait::Command),
             State::SendData => (State::ReadData, "DATA", Wait::Command),
@@ -282,6 +327,20 @@ impl ClientTransaction {
     /// A reply came; what is sent next is appended to `out`.
     pub fn reply(&mut self, r: Reply, out: &mut Vec<u8>) -> Step {
         match self.state {
+            State::ReadReset => {
+                let ok = r.code / 100 == 2;
+                let said = format!("{} {}", r.code, r.text);
+                self.replies.push(("RSET", r));
+                if !ok {
+                    self.state = State::Done;
+                    return Step::Failed(ClientError::Reset(said));
+                }
+                self.state = State::ReadMail;
+                Step::Read {
+                    phase: "MAIL",
+                    wait: Wait::Command,
+                }
+            }
             State::ReadMail if self.pipelining => {
                 if r.code == 421 {
                     // The server is closing: its reply decides, nothing more will come.
@@ -355,6 +414,11 @@ impl ClientTransaction {
     /// (a refused envelope and then a closed connection; a failed RSET only closes).
     pub fn failed(&mut self, e: ClientError) -> Result<TransactionOutcome, ClientError> {
         match self.state {
+            // Nothing of this transaction was begun: the connection failed before the server
+            // answered the RSET that went first.
+            State::SendMail | State::ReadReset if self.reset_first => {
+                Err(ClientError::Reset(e.to_string()))
+            }
             State::SendRset | State::ReadRset => {
                 let mut outcome = self.after_rset.take().ok_or(e)?;
                 outcome.connection_closed = true;
@@ -411,6 +475,9 @@ impl ClientTransaction {
                     .map(|r| (r.clone(), command))
             });
         if let Some((reply, command)) = refused {
+            // Unless the server took an empty message (its end completes the transaction).
+            let data_sent = self.data.as_ref().is_some_and(|d| d.code == 354);
+            self.owes_reset = self.pipelining && !data_sent;
             return self.done(reply, command, false);
         }
         let Some(data) = self.data.clone() else {
@@ -437,7 +504,7 @@ impl ClientTransaction {
     }
 
     /// A refusal by `reply` to `command`: the server closes after a 421; otherwise RSET, so
-    /// the next transaction starts clean.
+    /// the next transaction starts clean (with PIPELINING, in the next transaction's write).
     fn reset_unless_closing(
         &mut self,
         reply: Reply,
@@ -446,6 +513,10 @@ impl ClientTransaction {
     ) -> Step {
         if reply.code == 421 {
             return self.done(reply, command, true);
+        }
+        if self.pipelining {
+            self.owes_reset = true;
+            return self.done(reply, command, false);
         }
         self.after_rset = Some(self.outcome(reply, command, false));
         out.extend_from_slice(b"RSET\r\n");
@@ -486,6 +557,8 @@ pub struct SmtpClient<S> {
     outbuf: Vec<u8>,
     timeouts: SmtpTimeouts,
     pub caps: Capabilities,
+    /// The last transaction [owes a reset](ClientTransaction::owes_reset).
+    reset_owed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
@@ -498,6 +571,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             outbuf: Vec::with_capacity(16 * 1024),
             timeouts,
             caps: Capabilities::default(),
+            reset_owed: false,
         }
     }
 
@@ -573,6 +647,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
         replies: &mut Vec<(&'static str, Reply)>,
     ) -> Result<(), ClientError> {
         self.caps = Capabilities::default();
+        // EHLO clears any transaction (RFC 5321 section 4.1.4).
+        self.reset_owed = false;
         self.outbuf
             .extend_from_slice(format!("EHLO {helo_name}\r\n").as_bytes());
         self.flush_out("EHLO", self.timeouts.command).await?;
@@ -618,10 +694,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             Wait::Command => t.command,
             Wait::Data => t.data,
         };
-        let (mut tx, mut step) = ClientTransaction::new(env, &self.caps, &mut self.outbuf);
+        let reset = std::mem::take(&mut self.reset_owed);
+        let (mut tx, mut step) =
+            ClientTransaction::following(env, &self.caps, reset, &mut self.outbuf);
         loop {
             let next = match step {
-                Step::Done(outcome) => return Ok(outcome),
+                Step::Done(outcome) => {
+                    self.reset_owed = tx.owes_reset();
+                    return Ok(outcome);
+                }
+                Step::Failed(e) => return Err(e),
                 Step::Send { phase, wait } => {
                     self.flush_out(phase, limit(wait)).await.map(|()| tx.sent())
                 }
@@ -849,24 +931,122 @@ mod tests {
         assert!(t.failed(ClientError::Closed { phase: "DATA" }).is_err());
     }
 
+    /// With PIPELINING, a transaction that ends before its data leaves the server's
+    /// transaction open (Postfix keeps the sender after "554 no valid recipients"): the next
+    /// one sends RSET first, in the same write, and reads its reply first. One whose empty
+    /// message the server took owes nothing; without PIPELINING nothing is owed or sent first.
+    #[test]
+    fn a_pipelined_refusal_is_reset_in_the_next_transactions_write() {
+        let mut out = Vec::new();
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), &mut out);
+        out.clear();
+        t.sent();
+        t.reply(r(250), &mut out);
+        t.reply(r(550), &mut out);
+        match t.reply(r(554), &mut out) {
+            Step::Done(o) => assert_eq!((o.decisive.code, o.decisive_command), (550, "RCPT")),
+            other => panic!("{other:?}"),
+        }
+        assert!(out.is_empty(), "no RSET of its own");
+        assert!(t.owes_reset());
+        let (mut t, step) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
+        assert!(matches!(step, Step::Send { phase: "RSET", .. }));
+        assert_eq!(
+            out,
+            b"RSET\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<b@r.test>\r\nDATA\r\n"
+        );
+        out.clear();
+        assert!(matches!(t.sent(), Step::Read { phase: "RSET", .. }));
+        assert!(matches!(
+            t.reply(r(250), &mut out),
+            Step::Read { phase: "MAIL", .. }
+        ));
+        t.reply(r(250), &mut out);
+        t.reply(r(250), &mut out);
+        assert!(matches!(t.reply(r(354), &mut out), Step::Message));
+        t.message(BODY, &mut out);
+        t.sent();
+        match t.reply(r(250), &mut out) {
+            Step::Done(o) => {
+                let commands: Vec<&str> = o.replies.iter().map(|(c, _)| *c).collect();
+                assert_eq!(commands, ["RSET", "MAIL", "RCPT", "DATA", "DATA"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!t.owes_reset());
+        // The server took an empty message for a refused recipient: its end closed the
+        // transaction.
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), &mut out);
+        t.sent();
+        t.reply(r(250), &mut out);
+        t.reply(r(550), &mut out);
+        t.reply(r(354), &mut out);
+        t.sent();
+        assert!(matches!(t.reply(r(250), &mut out), Step::Done(_)));
+        assert!(!t.owes_reset());
+        // Without PIPELINING the RSET went on its own, and none goes first.
+        out.clear();
+        let (t, step) = ClientTransaction::following(&ENV, &caps(false), true, &mut out);
+        assert!(matches!(step, Step::Send { phase: "MAIL", .. }));
+        assert_eq!(out, b"MAIL FROM:<a@s.test>\r\n");
+        assert!(!t.owes_reset());
+    }
+
+    /// A refused or lost RSET ahead of a transaction leaves its recipient undecided: the
+    /// server never began it.
+    #[test]
+    fn a_failed_reset_ahead_of_a_transaction_decides_nothing() {
+        let mut out = Vec::new();
+        let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
+        t.sent();
+        match t.reply(r(421), &mut out) {
+            Step::Failed(ClientError::Reset(why)) => assert!(why.starts_with("421"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
+        assert!(matches!(
+            t.failed(ClientError::Closed { phase: "RSET" }),
+            Err(ClientError::Reset(_))
+        ));
+        let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
+        t.sent();
+        assert!(matches!(
+            t.failed(ClientError::Closed { phase: "RSET" }),
+            Err(ClientError::Reset(_))
+        ));
+    }
+
     /// The driver reads the message only for a recipient the server took, and a message that
     /// cannot be read then is an error of its own.
     #[tokio::test]
     async fn the_message_is_read_only_when_the_server_takes_it() {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        // A pipelining server refusing the first recipient, taking the second and third.
+        // A pipelining server refusing the first recipient, taking the second and third. Like
+        // Postfix, it keeps the sender after refusing DATA for want of recipients, and answers
+        // another MAIL before an RSET with 503.
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move {
             let (r, mut w) = tokio::io::split(server_end);
             let mut lines = BufReader::new(r).lines();
-            let (mut rcpts, mut in_data) = (0, false);
+            let (mut rcpts, mut in_data, mut in_mail) = (0, false, false);
             while let Ok(Some(line)) = lines.next_line().await {
                 let reply: &[u8] = if in_data {
                     if line != "." {
                         continue;
                     }
                     in_data = false;
+                    in_mail = false;
                     b"250 2.0.0 queued\r\n"
+                } else if line.starts_with("MAIL") {
+                    if in_mail {
+                        b"503 5.5.1 Error: nested MAIL command\r\n"
+                    } else {
+                        in_mail = true;
+                        b"250 2.1.0 ok\r\n"
+                    }
+                } else if line == "RSET" {
+                    in_mail = false;
+                    b"250 2.0.0 ok\r\n"
                 } else if line.starts_with("RCPT") {
                     rcpts += 1;
                     if rcpts == 1 {
@@ -899,7 +1079,8 @@ mod tests {
         let o = client.transaction_reading(&ENV, read).await.unwrap();
         assert_eq!((o.decisive.code, reads.get()), (550, 0));
         let o = client.transaction_reading(&ENV, read).await.unwrap();
-        assert_eq!((o.decisive.code, reads.get()), (250, 1));
+        assert_eq!((o.decisive.code, reads.get()), (250, 1), "{o:?}");
+        assert_eq!(o.replies[0].0, "RSET");
         let failed = client
             .transaction_reading(&ENV, || -> std::io::Result<&[u8]> {
                 Err(std::io::Error::other("spool segment gone"))
