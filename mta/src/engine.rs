@@ -1282,19 +1282,28 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         break;
                     }
                 }
-                Err(ClientError::Reset(why)) => {
-                    // The server dropped or refused the RSET that went ahead of this
-                    // transaction: it never began it, so the entry is not tried, and the
-                    // connection ends as after a refused RSET on its own.
-                    tracing::debug!(domain, mx, "RSET before a transaction: {why}");
+                Err(ClientError::Reset { reply, cause }) => {
+                    // The server refused the RSET that went ahead of this transaction, or the
+                    // connection failed before its reply: the server never began it, so the
+                    // entry is not tried. The connection's other replies are unread: it is
+                    // dropped, without QUIT.
                     inner
                         .state
                         .lock()
                         .expect("mta state")
                         .queue
                         .put_back(&entry);
-                    throttled = true;
-                    break;
+                    inner.events.emit(Event::ConnClosed {
+                        conn,
+                        messages: sent,
+                    });
+                    return match reply {
+                        Some(r) => {
+                            self.emit_reply(conn, None, "RSET", &r);
+                            SessionEnd::Other
+                        }
+                        None => SessionEnd::Lost(format!("connection lost: {cause}")),
+                    };
                 }
                 Err(e) => {
                     // A spool failing in the middle of DATA ends the connection too, but says
@@ -2374,9 +2383,11 @@ mod reset_tests {
 
     /// A pipelining server that refuses `gone@r.test` at RCPT and keeps the sender after
     /// DATA's 554, as Postfix does. On its first connection it answers the RSET after that
-    /// refusal with 421 and closes. It tells what it took: (connection, recipient).
+    /// refusal with `first_rset` (and closes after a 421). It tells what it took:
+    /// (connection, recipient).
     async fn serve(
         listener: tokio::net::TcpListener,
+        first_rset: &'static str,
         took: tokio::sync::mpsc::UnboundedSender<(u32, String)>,
     ) {
         for n in 1.. {
@@ -2401,8 +2412,12 @@ mod reset_tests {
                     } else if line.starts_with("EHLO") {
                         b"250-script\r\n250 PIPELINING\r\n"
                     } else if line == "RSET" && n == 1 {
-                        let _ = w.write_all(b"421 4.3.2 going away\r\n").await;
-                        return;
+                        if w.write_all(first_rset.as_bytes()).await.is_err()
+                            || first_rset.starts_with("421")
+                        {
+                            return;
+                        }
+                        continue;
                     } else if line == "RSET" {
                         in_mail = false;
                         b"250 2.0.0 ok\r\n"
@@ -2438,22 +2453,28 @@ mod reset_tests {
         }
     }
 
-    /// After a refused recipient, the next one's transaction starts with RSET. A server that
-    /// refuses that RSET and closes never began the transaction: its recipient is not counted
-    /// as tried, and is delivered on the next connection at its first attempt.
-    #[tokio::test]
-    async fn a_recipient_behind_a_refused_reset_is_tried_on_the_next_connection() {
+    /// Deliver "gone@r.test" then "here@r.test" to [`serve`] with `first_rset`: what the
+    /// server took (on a connection after the first?, recipient), and the MTA's deliveries
+    /// (recipient, attempts) and deferrals: r.test's only (the bounce report goes to
+    /// news@s.test's MX, the same server).
+    async fn deliver(first_rset: &'static str) -> (Vec<(bool, String)>, Vec<(String, u32)>, usize) {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (took_tx, mut took) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(serve(listener, took_tx));
+        tokio::spawn(serve(listener, first_rset, took_tx));
         let clock: Arc<dyn Clock> = Arc::new(RuntimeClock::new(1_767_225_600_000));
         let path = dir.path().join("events.log");
         let log = EventLog::create(&path, clock.clone()).unwrap();
         let cfg = MtaConfig {
             remote_port: port,
             conns_per_domain_max: 1,
+            retry: RetryPolicy {
+                retry_interval_s_min: 1,
+                retry_interval_s_max: 1,
+                lifetime_s: 60,
+            },
+            destination_backoff_s: 1,
             ..MtaConfig::default()
         };
         let mta = Mta::new(
@@ -2486,17 +2507,14 @@ mod reset_tests {
             .expect("the queue drains");
         drop(mta);
         log.close().unwrap();
-        // The server's account: here@r.test taken once, not on the first connection (the
-        // bounce report to news@s.test went through it too).
         let mut taken = Vec::new();
         while let Ok((conn, rcpt)) = took.try_recv() {
             if rcpt.ends_with("@r.test") {
                 taken.push((conn > 1, rcpt));
             }
         }
-        assert_eq!(taken, [(true, "here@r.test".to_string())]);
         let (records, _) = mailsim_events::read_log(&path).unwrap();
-        let delivered: Vec<(String, u32)> = records
+        let delivered = records
             .iter()
             .filter_map(|r| match &r.event {
                 Event::Delivered { rcpt, attempts, .. } if rcpt.ends_with("@r.test") => {
@@ -2505,12 +2523,31 @@ mod reset_tests {
                 _ => None,
             })
             .collect();
+        let deferred = records
+            .iter()
+            .filter(|r| matches!(&r.event, Event::Deferred { .. }))
+            .count();
+        (taken, delivered, deferred)
+    }
+
+    /// After a refused recipient, the next one's transaction starts with RSET. A server that
+    /// refuses that RSET never began the transaction: its recipient is not counted as tried,
+    /// and is delivered on the next connection at its first attempt.
+    #[tokio::test]
+    async fn a_recipient_behind_a_refused_reset_is_tried_on_the_next_connection() {
+        let (taken, delivered, deferred) = deliver("502 5.5.1 no RSET here\r\n").await;
+        assert_eq!(taken, [(true, "here@r.test".to_string())]);
         assert_eq!(delivered, [("here@r.test".to_string(), 1)]);
-        assert!(
-            !records
-                .iter()
-                .any(|r| matches!(&r.event, Event::Deferred { .. })),
-            "nothing was deferred"
-        );
+        assert_eq!(deferred, 0);
+    }
+
+    /// A 421 to that RSET decides as a 421 to MAIL would: the recipient is deferred (its
+    /// attempt counted) and delivered at its second.
+    #[tokio::test]
+    async fn a_reset_answered_421_defers_the_recipient_behind_it() {
+        let (taken, delivered, deferred) = deliver("421 4.7.0 too many errors\r\n").await;
+        assert_eq!(taken, [(true, "here@r.test".to_string())]);
+        assert_eq!(delivered, [("here@r.test".to_string(), 2)]);
+        assert_eq!(deferred, 1);
     }
 }

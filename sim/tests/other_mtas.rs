@@ -482,6 +482,8 @@ async fn after_a_refused_pipelined_transaction_postfix_takes_the_next() {
         "{text}"
     );
     assert!(!text.contains("nested MAIL"), "{text}");
+    // RSET first in a group is pipelining RFC 2920 allows, which Postfix checks for.
+    assert!(!text.contains("improper command pipelining"), "{text}");
 }
 
 /// Where the test command unpacks Debian's exim4-daemon-light (the package itself would remove

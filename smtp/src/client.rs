@@ -55,10 +55,12 @@ pub enum ClientError {
     #[error("DATA: the message could not be read: {0}")]
     Message(std::io::Error),
     /// The RSET that went first in this transaction's commands (the one before it ended short
-    /// of its data) was refused or lost: the server never began this transaction, and the
-    /// connection is not fit for it. Try it on another connection.
-    #[error("RSET: {0}")]
-    Reset(String),
+    /// of its data) was refused (`reply`) or the connection failed before its reply: the
+    /// server never began this transaction, and the connection is not fit for it (its other
+    /// replies are unread). Try it on another connection. (A 421 there is not this error: it
+    /// decides the transaction as a 421 to MAIL would.)
+    #[error("RSET: {cause}")]
+    Reset { reply: Option<Reply>, cause: String },
 }
 
 /// What the server said it supports in its EHLO reply.
@@ -328,12 +330,18 @@ impl ClientTransaction {
     pub fn reply(&mut self, r: Reply, out: &mut Vec<u8>) -> Step {
         match self.state {
             State::ReadReset => {
-                let ok = r.code / 100 == 2;
-                let said = format!("{} {}", r.code, r.text);
-                self.replies.push(("RSET", r));
-                if !ok {
+                self.replies.push(("RSET", r.clone()));
+                if r.code == 421 {
+                    // The server is closing: as a 421 to MAIL, it decides.
+                    return self.done(r, "RSET", true);
+                }
+                if r.code / 100 != 2 {
                     self.state = State::Done;
-                    return Step::Failed(ClientError::Reset(said));
+                    let cause = format!("{} {}", r.code, r.text);
+                    return Step::Failed(ClientError::Reset {
+                        reply: Some(r),
+                        cause,
+                    });
                 }
                 self.state = State::ReadMail;
                 Step::Read {
@@ -391,8 +399,9 @@ impl ClientTransaction {
             }
             State::ReadData => self.envelope_answered(Some(r), out),
             State::ReadEmpty => {
+                let closing = r.code == 421;
                 self.replies.push(("DATA", r));
-                self.after_data(out)
+                self.after_data(closing, out)
             }
             State::ReadEnd => {
                 self.replies.push(("DATA", r.clone()));
@@ -400,7 +409,12 @@ impl ClientTransaction {
                 self.done(r, "DATA", closing)
             }
             State::ReadRset => match self.after_rset.take() {
-                Some(outcome) => {
+                Some(mut outcome) => {
+                    // A server that refuses RSET may still hold the transaction: the
+                    // connection is not used again.
+                    outcome.connection_closed |= r.code / 100 != 2;
+                    self.replies.push(("RSET", r));
+                    outcome.replies.append(&mut self.replies);
                     self.state = State::Done;
                     Step::Done(outcome)
                 }
@@ -416,9 +430,10 @@ impl ClientTransaction {
         match self.state {
             // Nothing of this transaction was begun: the connection failed before the server
             // answered the RSET that went first.
-            State::SendMail | State::ReadReset if self.reset_first => {
-                Err(ClientError::Reset(e.to_string()))
-            }
+            State::SendMail | State::ReadReset if self.reset_first => Err(ClientError::Reset {
+                reply: None,
+                cause: e.to_string(),
+            }),
             State::SendRset | State::ReadRset => {
                 let mut outcome = self.after_rset.take().ok_or(e)?;
                 outcome.connection_closed = true;
@@ -454,6 +469,7 @@ impl ClientTransaction {
         };
         self.replies.push(("DATA", data.clone()));
         let data_ok = data.code == 354;
+        let closing = data.code == 421;
         self.data = Some(data);
         if data_ok && !(mail.code / 100 == 2 && rcpt.code / 100 == 2) {
             // The server wants data although nobody can receive it: send an empty message.
@@ -461,11 +477,12 @@ impl ClientTransaction {
             self.state = State::SendEmpty;
             return send("DATA", Wait::Data);
         }
-        self.after_data(out)
+        self.after_data(closing, out)
     }
 
-    /// Which reply decides, or the message itself.
-    fn after_data(&mut self, out: &mut Vec<u8>) -> Step {
+    /// Which reply decides, or the message itself; `closing`: the last reply was 421 (the
+    /// server closes whatever decides).
+    fn after_data(&mut self, closing: bool, out: &mut Vec<u8>) -> Step {
         let refused = [(&self.mail, "MAIL"), (&self.rcpt, "RCPT")]
             .into_iter()
             .find_map(|(reply, command)| {
@@ -475,10 +492,11 @@ impl ClientTransaction {
                     .map(|r| (r.clone(), command))
             });
         if let Some((reply, command)) = refused {
-            // Unless the server took an empty message (its end completes the transaction).
+            // Unless the server took an empty message (its end completes the transaction) or
+            // is closing.
             let data_sent = self.data.as_ref().is_some_and(|d| d.code == 354);
-            self.owes_reset = self.pipelining && !data_sent;
-            return self.done(reply, command, false);
+            self.owes_reset = self.pipelining && !data_sent && !closing;
+            return self.done(reply, command, closing);
         }
         let Some(data) = self.data.clone() else {
             unreachable!("after_data without a DATA reply")
@@ -931,6 +949,18 @@ mod tests {
         assert!(t.failed(ClientError::Closed { phase: "DATA" }).is_err());
     }
 
+    /// A pipelined transaction whose recipient was refused but whose DATA the server took
+    /// (354): the empty message sent, the reply to its end next.
+    fn empty_message_sent(out: &mut Vec<u8>) -> ClientTransaction {
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), out);
+        t.sent();
+        t.reply(r(250), out);
+        t.reply(r(550), out);
+        assert!(matches!(t.reply(r(354), out), Step::Send { .. }));
+        t.sent();
+        t
+    }
+
     /// With PIPELINING, a transaction that ends before its data leaves the server's
     /// transaction open (Postfix keeps the sender after "554 no valid recipients"): the next
     /// one sends RSET first, in the same write, and reads its reply first. One whose empty
@@ -976,12 +1006,7 @@ mod tests {
         assert!(!t.owes_reset());
         // The server took an empty message for a refused recipient: its end closed the
         // transaction.
-        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), &mut out);
-        t.sent();
-        t.reply(r(250), &mut out);
-        t.reply(r(550), &mut out);
-        t.reply(r(354), &mut out);
-        t.sent();
+        let mut t = empty_message_sent(&mut out);
         assert!(matches!(t.reply(r(250), &mut out), Step::Done(_)));
         assert!(!t.owes_reset());
         // Without PIPELINING the RSET went on its own, and none goes first.
@@ -993,27 +1018,97 @@ mod tests {
     }
 
     /// A refused or lost RSET ahead of a transaction leaves its recipient undecided: the
-    /// server never began it.
+    /// server never began it. A 421 there decides, as a 421 to MAIL does; a connection lost
+    /// after the RSET was taken is an ordinary failure.
     #[test]
     fn a_failed_reset_ahead_of_a_transaction_decides_nothing() {
         let mut out = Vec::new();
         let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
         t.sent();
-        match t.reply(r(421), &mut out) {
-            Step::Failed(ClientError::Reset(why)) => assert!(why.starts_with("421"), "{why}"),
+        match t.reply(r(500), &mut out) {
+            Step::Failed(ClientError::Reset {
+                reply: Some(reply),
+                cause,
+            }) => assert_eq!((reply.code, cause.starts_with("500")), (500, true)),
             other => panic!("{other:?}"),
         }
         let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
+        t.sent();
+        match t.reply(r(421), &mut out) {
+            Step::Done(o) => {
+                assert_eq!((o.decisive.code, o.decisive_command), (421, "RSET"));
+                assert!(o.connection_closed);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!t.owes_reset());
+        let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
         assert!(matches!(
             t.failed(ClientError::Closed { phase: "RSET" }),
-            Err(ClientError::Reset(_))
+            Err(ClientError::Reset { reply: None, .. })
         ));
         let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
         t.sent();
         assert!(matches!(
             t.failed(ClientError::Closed { phase: "RSET" }),
-            Err(ClientError::Reset(_))
+            Err(ClientError::Reset { reply: None, .. })
         ));
+        let (mut t, _) = ClientTransaction::following(&ENV, &caps(true), true, &mut out);
+        t.sent();
+        t.reply(r(250), &mut out);
+        assert!(matches!(
+            t.failed(ClientError::Closed { phase: "MAIL" }),
+            Err(ClientError::Closed { .. })
+        ));
+    }
+
+    /// A 421 to a pipelined DATA (a server closing after too many refused recipients, as
+    /// Postfix and mailsim's mailbox server do) closes the connection whatever decides the
+    /// recipient, and no RSET is owed; so does a 421 to the end of an empty message. A
+    /// refused RSET on its own closes too: the server may still hold the transaction.
+    #[test]
+    fn a_server_closing_after_a_refusal_is_not_used_again() {
+        let mut out = Vec::new();
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), &mut out);
+        t.sent();
+        t.reply(r(250), &mut out);
+        t.reply(r(550), &mut out);
+        match t.reply(r(421), &mut out) {
+            Step::Done(o) => {
+                assert_eq!((o.decisive.code, o.decisive_command), (550, "RCPT"));
+                assert!(o.connection_closed);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!t.owes_reset());
+        let mut t = empty_message_sent(&mut out);
+        match t.reply(r(421), &mut out) {
+            Step::Done(o) => {
+                assert_eq!((o.decisive.code, o.decisive_command), (550, "RCPT"));
+                assert!(o.connection_closed);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(false), &mut out);
+        t.sent();
+        t.reply(r(250), &mut out);
+        t.sent();
+        assert!(matches!(
+            t.reply(r(550), &mut out),
+            Step::Send { phase: "RSET", .. }
+        ));
+        t.sent();
+        match t.reply(r(502), &mut out) {
+            Step::Done(o) => {
+                assert_eq!((o.decisive.code, o.decisive_command), (550, "RCPT"));
+                assert!(o.connection_closed);
+                assert_eq!(
+                    o.replies.last().map(|(c, r)| (*c, r.code)),
+                    Some(("RSET", 502))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// The driver reads the message only for a recipient the server took, and a message that
