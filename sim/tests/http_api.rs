@@ -1044,9 +1044,26 @@ fn a_scheduled_campaign_keeps_its_rate_across_a_restart_and_recipients_engage_th
     to.sort();
     to.dedup();
     assert_eq!((stored.len(), to.len()), (24, 24), "each subscriber once");
-    // The recipients act within 3 s of each arrival; then the campaign's report is what the
-    // fleet's recipients did (their own log) and what the shop saw.
+    // The recipients act within 3 s of each arrival (on a loaded machine, the inbox's opens
+    // are waited for); then the campaign's report is what the fleet's recipients did (their
+    // own log) and what the shop saw.
     std::thread::sleep(Duration::from_secs(6));
+    let rcpts_of =
+        |kind: &str, keep: &dyn Fn(&Value) -> bool| -> std::collections::BTreeSet<String> {
+            fleet_events(&p.fleet_dir, kind)
+                .iter()
+                .filter(|e| keep(e))
+                .map(|e| e["rcpt"].as_str().unwrap().to_string())
+                .collect()
+        };
+    // Whatever the answer: a recipient who acted while the MTA was down got none.
+    let opened_rcpts = || rcpts_of("opened", &|_| true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rcpts_of("placed", &|e| e["folder"] == "inbox").is_subset(&opened_rcpts())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let get = |path: &str| {
         let out = Command::new("curl")
             .args(["-sS", "-H", AUTH])
@@ -1066,8 +1083,21 @@ fn a_scheduled_campaign_keeps_its_rate_across_a_restart_and_recipients_engage_th
         rcpts.dedup();
         rcpts.len() as u64
     };
+    // Every recipient whose copy the fleet placed in the inbox opened it, that is fetched its
+    // images (open_percent = 100; in the spam folder a tenth as many open). How many go to the
+    // inbox is not fixed: each unsubscribe lowers the sender's reputation for the copies that
+    // arrive after it, and in live mode that order is the machine's (the check this replaces,
+    // at least 12 of the 24 opens answered, once saw 11 on a loaded CI machine). The MTA
+    // answers the opens made while it runs.
+    let inbox = rcpts_of("placed", &|e| e["folder"] == "inbox");
+    assert!(!inbox.is_empty(), "nothing placed in the inbox: {report}");
+    let opened_rcpts = opened_rcpts();
+    assert!(
+        inbox.is_subset(&opened_rcpts),
+        "every inbox recipient opened: inbox {inbox:?}, opened {opened_rcpts:?}: {report}"
+    );
     let opened = did("opened", 200);
-    assert!(opened >= 12, "most of the inbox opened: {report}");
+    assert!(opened > 0, "no open answered: {report}");
     assert_eq!(report["state"], "sent", "{report}");
     assert_eq!(report["queued"], 24, "{report}");
     assert_eq!(report["opened"], opened, "{report}");
