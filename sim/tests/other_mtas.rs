@@ -4,8 +4,8 @@
 //! run's figures are checked against each MTA's own log: every delivery and every bounce
 //! accounted for, nothing double-counted, the run over by itself. The test command installs
 //! Postfix ("No configuration") and unpacks Exim's package (Debian's MTA packages conflict with
-//! each other); both daemons start as root. Postfix's smtpd also receives from mailsim's own
-//! SMTP client, to hold it to how a real server keeps a transaction.
+//! each other); both daemons start as root. Both also receive from mailsim's own SMTP client,
+//! to hold it to how a real server keeps a transaction.
 
 mod common;
 
@@ -410,32 +410,19 @@ fn postfix_is_measured_exactly() {
     eprintln!("postfix: {said}; {trusted} trusted TLS connections");
 }
 
-/// mailsim's SMTP client against Postfix's smtpd. With PIPELINING, Postfix answers DATA "554
-/// 5.5.1 Error: no valid recipients" when every recipient was refused, but keeps the sender:
-/// a MAIL after it without RSET gets "503 5.5.1 Error: nested MAIL command" (which an MTA reads
-/// as a permanent refusal of the next recipient). The client resets first, and Postfix takes
-/// the next recipient: its own log says so.
-#[tokio::test]
-async fn after_a_refused_pipelined_transaction_postfix_takes_the_next() {
+/// mailsim's SMTP client to the server on 127.0.0.1:`port`, one connection: four transactions
+/// for `gone@r.test` (which the server refuses with `refused`), `here@r.test`, `gone@r.test`
+/// and `also@r.test`. The refused ones are refused at RCPT and the others taken. Returns the
+/// server's log (`log`) once `taken` is in it twice, or after 10 s.
+async fn refused_then_next(port: u16, refused: u16, log: &Path, taken: &str) -> String {
     use mailsim_smtp::client::{Envelope, SmtpClient, SmtpTimeouts};
-    let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    // Mail for r.test goes nowhere: it waits in Postfix's queue.
-    let _postfix = start_postfix(
-        dir.path(),
-        port,
-        &[("r.test".into(), std::net::Ipv4Addr::LOCALHOST)],
-        common::free_port(),
-        "smtpd_recipient_restrictions = check_recipient_access inline:{ gone@r.test=REJECT }, \
-         permit_mynetworks, reject\ndefer_transports = smtp",
-    );
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     let mut client = SmtpClient::new(stream, SmtpTimeouts::default());
     let said = client.handshake("client.test").await.unwrap();
     assert_eq!(said.last().map(|(_, r)| r.code), Some(250), "{said:?}");
-    assert!(client.caps.pipelining, "Postfix offers PIPELINING");
+    assert!(client.caps.pipelining, "the server offers PIPELINING");
     let body = b"From: a@client.test\r\nTo: x@r.test\r\nSubject: t\r\n\
                  Message-ID: <m@client.test>\r\n\r\nhello\r\n";
     let mut outcomes = Vec::new();
@@ -449,28 +436,55 @@ async fn after_a_refused_pipelined_transaction_postfix_takes_the_next() {
         outcomes.push((rcpt, o.decisive.code, o.decisive_command));
     }
     client.quit().await;
-    let log = dir.path().join("postfix.log");
     assert_eq!(
         outcomes,
         [
-            ("gone@r.test", 554, "RCPT"),
+            ("gone@r.test", refused, "RCPT"),
             ("here@r.test", 250, "DATA"),
-            ("gone@r.test", 554, "RCPT"),
+            ("gone@r.test", refused, "RCPT"),
             ("also@r.test", 250, "DATA"),
         ],
         "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    // The server logs what it took after answering.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(taken).count() >= 2 || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// mailsim's SMTP client against Postfix's smtpd. With PIPELINING, Postfix answers DATA "554
+/// 5.5.1 Error: no valid recipients" when every recipient was refused, but keeps the sender:
+/// a MAIL after it without RSET gets "503 5.5.1 Error: nested MAIL command" (which an MTA reads
+/// as a permanent refusal of the next recipient). The client resets first, and Postfix takes
+/// the next recipient: its own log says so.
+#[tokio::test]
+async fn after_a_refused_pipelined_transaction_postfix_takes_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    // Mail for r.test goes nowhere: it waits in Postfix's queue.
+    let _postfix = start_postfix(
+        dir.path(),
+        port,
+        &[("r.test".into(), std::net::Ipv4Addr::LOCALHOST)],
+        common::free_port(),
+        "smtpd_recipient_restrictions = check_recipient_access inline:{ gone@r.test=REJECT }, \
+         permit_mynetworks, reject\ndefer_transports = smtp",
     );
     // Postfix's own account: two recipients refused at RCPT, two messages queued, no command
     // out of order.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.matches("message-id=<m@client.test>").count() >= 2 || Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = refused_then_next(
+        port,
+        554,
+        &dir.path().join("postfix.log"),
+        "message-id=<m@client.test>",
+    )
+    .await;
     assert_eq!(
         text.matches("NOQUEUE: reject: RCPT from").count(),
         2,
@@ -505,7 +519,15 @@ impl Drop for Exim {
 /// Exim on 127.0.0.1:`port` in the foreground, its configuration, spool and logs under `dir`:
 /// no DNS, every domain of `routes` sent to its fleet host on `fleet_port`, a queue run every
 /// second and a retry after a second.
-fn start_exim(dir: &Path, port: u16, routes: &[(String, Ipv4Addr)], fleet_port: u16) -> Exim {
+/// Exim's daemon on 127.0.0.1:`port` (see [`start_postfix`]); `rcpt_acl` lines go first in its
+/// RCPT ACL.
+fn start_exim(
+    dir: &Path,
+    port: u16,
+    routes: &[(String, Ipv4Addr)],
+    fleet_port: u16,
+    rcpt_acl: &str,
+) -> Exim {
     let ex = dir.join("exim");
     for d in ["spool", "log"] {
         std::fs::create_dir_all(ex.join(d)).unwrap();
@@ -541,6 +563,7 @@ acl_smtp_rcpt = acl_check_rcpt
 
 begin acl
 acl_check_rcpt:
+{rcpt_acl}
   accept hosts = 127.0.0.0/8
   deny
 
@@ -618,7 +641,7 @@ fn exim_outcomes(log: &str, sender_domain: &str) -> BTreeMap<String, String> {
 fn exim_is_measured_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path());
-    let _exim = start_exim(dir.path(), s.mta_port, &s.routes, s.fleet_port);
+    let _exim = start_exim(dir.path(), s.mta_port, &s.routes, s.fleet_port, "");
     let log = || std::fs::read_to_string(dir.path().join("exim/log/mainlog")).unwrap_or_default();
     let said = measure(
         &s,
@@ -629,4 +652,41 @@ fn exim_is_measured_exactly() {
         || {},
     );
     eprintln!("exim: {said}");
+}
+
+/// The same client against Exim's daemon, which refuses `gone@r.test` at RCPT: the recipients
+/// after each refusal are taken, by Exim's own log, and Exim saw no synchronization error
+/// (RFC 2920 pipelining it did not allow).
+#[tokio::test]
+async fn after_a_refused_pipelined_transaction_exim_takes_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = Command::new("chmod")
+        .arg("755")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let port = common::free_port();
+    // Mail for r.test waits in Exim's queue: nothing listens on its route.
+    let _exim = start_exim(
+        dir.path(),
+        port,
+        &[("r.test".into(), Ipv4Addr::LOCALHOST)],
+        common::free_port(),
+        "  deny recipients = gone@r.test",
+    );
+    let text = refused_then_next(
+        port,
+        550,
+        &dir.path().join("exim/log/mainlog"),
+        " <= a@client.test ",
+    )
+    .await;
+    assert_eq!(
+        text.matches("rejected RCPT <gone@r.test>").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(text.matches(" <= a@client.test ").count(), 2, "{text}");
+    assert!(!text.contains("synchronization error"), "{text}");
 }
