@@ -1274,11 +1274,27 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         break;
                     }
                     throttled |= backoff || outcome.connection_closed;
-                    if outcome.connection_closed && !backoff {
-                        break;
-                    }
                     if backoff {
                         self.back_off(domain, reason);
+                    }
+                    // A 421 after the deciding reply (to DATA after a refused recipient, to
+                    // an empty message's end) closes the connection, and says of the
+                    // destination what a 421 says wherever it comes.
+                    if let Some((command, closing)) = outcome
+                        .replies
+                        .last()
+                        .filter(|(_, c)| c.code == 421 && outcome.decisive.code != 421)
+                    {
+                        self.emit_reply(conn, None, command, closing);
+                        let (reason, _) = classify(closing, command);
+                        if !self.shape_reply(domain, closing)
+                            && !backoff
+                            && is_rate_limit(closing, reason)
+                        {
+                            self.back_off(domain, reason);
+                        }
+                    }
+                    if outcome.connection_closed || backoff {
                         break;
                     }
                 }
@@ -1293,17 +1309,18 @@ impl<R: Resolver, C: Connector> Mta<R, C> {
                         .expect("mta state")
                         .queue
                         .put_back(&entry);
-                    inner.events.emit(Event::ConnClosed {
-                        conn,
-                        messages: sent,
-                    });
-                    return match reply {
+                    let end = match reply {
                         Some(r) => {
                             self.emit_reply(conn, None, "RSET", &r);
                             SessionEnd::Other
                         }
                         None => SessionEnd::Lost(format!("connection lost: {cause}")),
                     };
+                    inner.events.emit(Event::ConnClosed {
+                        conn,
+                        messages: sent,
+                    });
+                    return end;
                 }
                 Err(e) => {
                     // A spool failing in the middle of DATA ends the connection too, but says
@@ -2383,7 +2400,8 @@ mod reset_tests {
 
     /// A pipelining server that refuses `gone@r.test` at RCPT and keeps the sender after
     /// DATA's 554, as Postfix does. On its first connection it answers the RSET after that
-    /// refusal with `first_rset` (and closes after a 421). It tells what it took:
+    /// refusal with `first_rset` (and closes after a 421), or with `first_rset`'s "DATA:" form
+    /// answers that refusal's DATA with what follows and closes. It tells what it took:
     /// (connection, recipient).
     async fn serve(
         listener: tokio::net::TcpListener,
@@ -2437,6 +2455,11 @@ mod reset_tests {
                     } else if line == "DATA" && rcpt.is_some() {
                         in_data = true;
                         b"354 go ahead\r\n"
+                    } else if let (Some(said), "DATA", 1) =
+                        (first_rset.strip_prefix("DATA:"), line.as_str(), n)
+                    {
+                        let _ = w.write_all(said.as_bytes()).await;
+                        return;
                     } else if line == "DATA" {
                         b"554 5.5.1 Error: no valid recipients\r\n"
                     } else if line == "QUIT" {
@@ -2457,7 +2480,14 @@ mod reset_tests {
     /// server took (on a connection after the first?, recipient), and the MTA's deliveries
     /// (recipient, attempts) and deferrals: r.test's only (the bounce report goes to
     /// news@s.test's MX, the same server).
-    async fn deliver(first_rset: &'static str) -> (Vec<(bool, String)>, Vec<(String, u32)>, usize) {
+    async fn deliver(
+        first_rset: &'static str,
+    ) -> (
+        Vec<(bool, String)>,
+        Vec<(String, u32)>,
+        usize,
+        Vec<(String, u16)>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -2527,7 +2557,17 @@ mod reset_tests {
             .iter()
             .filter(|r| matches!(&r.event, Event::Deferred { .. }))
             .count();
-        (taken, delivered, deferred)
+        // Replies recorded for no message: the connection's.
+        let unattached = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::SmtpReply {
+                    msg: None, reply, ..
+                } => Some((reply.command.clone(), reply.reply.code)),
+                _ => None,
+            })
+            .collect();
+        (taken, delivered, deferred, unattached)
     }
 
     /// After a refused recipient, the next one's transaction starts with RSET. A server that
@@ -2535,19 +2575,33 @@ mod reset_tests {
     /// and is delivered on the next connection at its first attempt.
     #[tokio::test]
     async fn a_recipient_behind_a_refused_reset_is_tried_on_the_next_connection() {
-        let (taken, delivered, deferred) = deliver("502 5.5.1 no RSET here\r\n").await;
+        let (taken, delivered, deferred, unattached) = deliver("502 5.5.1 no RSET here\r\n").await;
         assert_eq!(taken, [(true, "here@r.test".to_string())]);
         assert_eq!(delivered, [("here@r.test".to_string(), 1)]);
         assert_eq!(deferred, 0);
+        assert_eq!(unattached, [("RSET".to_string(), 502)]);
     }
 
     /// A 421 to that RSET decides as a 421 to MAIL would: the recipient is deferred (its
     /// attempt counted) and delivered at its second.
     #[tokio::test]
     async fn a_reset_answered_421_defers_the_recipient_behind_it() {
-        let (taken, delivered, deferred) = deliver("421 4.7.0 too many errors\r\n").await;
+        let (taken, delivered, deferred, _) = deliver("421 4.7.0 too many errors\r\n").await;
         assert_eq!(taken, [(true, "here@r.test".to_string())]);
         assert_eq!(delivered, [("here@r.test".to_string(), 2)]);
         assert_eq!(deferred, 1);
+    }
+
+    /// A 421 to DATA after the refused recipient (a server at its error limit) closes the
+    /// connection and is recorded; the next recipient goes on another connection, first
+    /// time.
+    #[tokio::test]
+    async fn a_421_after_a_refusal_ends_the_connection() {
+        let (taken, delivered, deferred, unattached) =
+            deliver("DATA:421 4.7.0 too many errors\r\n").await;
+        assert_eq!(taken, [(true, "here@r.test".to_string())]);
+        assert_eq!(delivered, [("here@r.test".to_string(), 1)]);
+        assert_eq!(deferred, 0);
+        assert_eq!(unattached, [("DATA".to_string(), 421)]);
     }
 }

@@ -375,8 +375,12 @@ impl ClientTransaction {
             State::ReadRcpt if self.pipelining => {
                 if r.code == 421 {
                     let mail = self.mail.take().unwrap_or_else(|| r.clone());
-                    self.replies.push(("MAIL", mail));
+                    self.replies.push(("MAIL", mail.clone()));
                     self.replies.push(("RCPT", r.clone()));
+                    // A refused sender still decides (as after DATA); the server closes.
+                    if mail.code / 100 != 2 && mail.code != 421 {
+                        return self.done(mail, "MAIL", true);
+                    }
                     return self.done(r, "RCPT", true);
                 }
                 self.rcpt = Some(r);
@@ -453,6 +457,12 @@ impl ClientTransaction {
                 self.replies.push(("RCPT", rcpt));
                 Ok(self.outcome(decisive, command, true))
             }
+            // The empty message for a refused recipient: the refusal decides (its replies are
+            // recorded already).
+            State::SendEmpty | State::ReadEmpty => match self.refused() {
+                Some((decisive, command)) => Ok(self.outcome(decisive, command, true)),
+                None => Err(e),
+            },
             _ => Err(e),
         }
     }
@@ -483,15 +493,7 @@ impl ClientTransaction {
     /// Which reply decides, or the message itself; `closing`: the last reply was 421 (the
     /// server closes whatever decides).
     fn after_data(&mut self, closing: bool, out: &mut Vec<u8>) -> Step {
-        let refused = [(&self.mail, "MAIL"), (&self.rcpt, "RCPT")]
-            .into_iter()
-            .find_map(|(reply, command)| {
-                reply
-                    .as_ref()
-                    .filter(|r| r.code / 100 != 2)
-                    .map(|r| (r.clone(), command))
-            });
-        if let Some((reply, command)) = refused {
+        if let Some((reply, command)) = self.refused() {
             // Unless the server took an empty message (its end completes the transaction) or
             // is closing.
             let data_sent = self.data.as_ref().is_some_and(|d| d.code == 354);
@@ -540,6 +542,18 @@ impl ClientTransaction {
         out.extend_from_slice(b"RSET\r\n");
         self.state = State::SendRset;
         send("RSET", Wait::Command)
+    }
+
+    /// The first refusal of the envelope, with its command: MAIL's, else RCPT's.
+    fn refused(&self) -> Option<(Reply, &'static str)> {
+        [(&self.mail, "MAIL"), (&self.rcpt, "RCPT")]
+            .into_iter()
+            .find_map(|(reply, command)| {
+                reply
+                    .as_ref()
+                    .filter(|r| r.code / 100 != 2)
+                    .map(|r| (r.clone(), command))
+            })
     }
 
     fn outcome(
@@ -1060,6 +1074,27 @@ mod tests {
             t.failed(ClientError::Closed { phase: "MAIL" }),
             Err(ClientError::Closed { .. })
         ));
+    }
+
+    /// A connection lost around the empty message sent for a refused recipient: the refusal
+    /// decides. A 421 to RCPT after a refused sender: the sender's refusal decides.
+    #[test]
+    fn a_refusal_decides_whatever_comes_after_it() {
+        let mut out = Vec::new();
+        let mut t = empty_message_sent(&mut out);
+        let o = t.failed(ClientError::Closed { phase: "DATA" }).unwrap();
+        assert_eq!((o.decisive.code, o.decisive_command), (550, "RCPT"));
+        assert!(o.connection_closed);
+        let (mut t, _) = ClientTransaction::new(&ENV, &caps(true), &mut out);
+        t.sent();
+        t.reply(r(553), &mut out);
+        match t.reply(r(421), &mut out) {
+            Step::Done(o) => {
+                assert_eq!((o.decisive.code, o.decisive_command), (553, "MAIL"));
+                assert!(o.connection_closed);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A 421 to a pipelined DATA (a server closing after too many refused recipients, as
