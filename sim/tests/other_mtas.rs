@@ -518,9 +518,7 @@ impl Drop for Exim {
 
 /// Exim on 127.0.0.1:`port` in the foreground, its configuration, spool and logs under `dir`:
 /// no DNS, every domain of `routes` sent to its fleet host on `fleet_port`, a queue run every
-/// second and a retry after a second.
-/// Exim's daemon on 127.0.0.1:`port` (see [`start_postfix`]); `rcpt_acl` lines go first in its
-/// RCPT ACL.
+/// second and a retry after a second; `rcpt_acl` lines go first in its RCPT ACL.
 fn start_exim(
     dir: &Path,
     port: u16,
@@ -667,7 +665,7 @@ async fn after_a_refused_pipelined_transaction_exim_takes_the_next() {
         .unwrap();
     assert!(ok.success());
     let port = common::free_port();
-    // Mail for r.test waits in Exim's queue: nothing listens on its route.
+    // Mail for r.test stays in Exim's queue: its route is Exim's own address.
     let _exim = start_exim(
         dir.path(),
         port,
