@@ -104,6 +104,15 @@ impl Ready {
     fn len(&self) -> usize {
         self.transactional.len() + self.bulk.len()
     }
+
+    /// The list an entry in `lane` goes on (its lane's, with lanes).
+    fn list(&mut self, lanes: bool, lane: Lane) -> &mut VecDeque<u64> {
+        if lanes && lane == Lane::Transactional {
+            &mut self.transactional
+        } else {
+            &mut self.bulk
+        }
+    }
 }
 
 impl Queue {
@@ -249,12 +258,11 @@ impl Queue {
         if !self.entries.contains_key(&entry.id) {
             return;
         }
-        let ready = self.ready.entry(entry.domain.clone()).or_default();
-        if self.lanes && entry.lane == Lane::Transactional {
-            ready.transactional.push_front(entry.id);
-        } else {
-            ready.bulk.push_front(entry.id);
-        }
+        self.ready
+            .entry(entry.domain.clone())
+            .or_default()
+            .list(self.lanes, entry.lane)
+            .push_front(entry.id);
         self.ready_places += 1;
     }
 
@@ -290,11 +298,7 @@ fn make_ready_in(
         Some(r) => r,
         None => ready.entry(domain.to_string()).or_default(),
     };
-    if lanes && lane == Lane::Transactional {
-        ready.transactional.push_back(id);
-    } else {
-        ready.bulk.push_back(id);
-    }
+    ready.list(lanes, lane).push_back(id);
 }
 
 #[cfg(test)]
